@@ -1,0 +1,227 @@
+"""Typed, strict configuration: every spec is a pydantic model with ``extra="forbid"``.
+
+A misspelt key is an error that names the field and suggests the closest valid one;
+TOML load/dump round-trips exactly. SNR ranges (``0:30``, ``0:30:2``, ``0,10,20,inf``)
+are parsed here so the CLI and experiment specs share one grammar.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+import tomli_w
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from noisydeq.errors import NoisyDEQError
+
+try:  # Python >= 3.11
+    import tomllib
+except ModuleNotFoundError:  # pragma: no cover - Python 3.10
+    import tomli as tomllib  # type: ignore[no-redef]
+
+M = TypeVar("M", bound="StrictModel")
+
+
+class StrictModel(BaseModel):
+    """Base of every spec: unknown keys are errors, values are validated on assignment."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False)
+
+
+# ----------------------------------------------------------------------------- errors
+
+
+def _known_fields(model: type[BaseModel], loc: tuple) -> list[str]:
+    """Field names valid at ``loc`` (a pydantic error location) inside ``model``."""
+    current: Any = model
+    for part in loc[:-1]:
+        if isinstance(part, int) or current is None:
+            continue
+        fields = getattr(current, "model_fields", {})
+        if part not in fields:
+            return []
+        ann = fields[part].annotation
+        current = ann if isinstance(ann, type) and issubclass(ann, BaseModel) else None
+    return list(getattr(current, "model_fields", {}) or [])
+
+
+def format_validation_error(err: ValidationError, model: type[BaseModel], where: str = "") -> str:
+    """One readable line for a pydantic error, with a "did you mean" for unknown keys."""
+    parts = []
+    for e in err.errors():
+        loc = tuple(e["loc"])
+        name = ".".join(str(p) for p in loc) or model.__name__
+        if e["type"] == "extra_forbidden":
+            known = _known_fields(model, loc)
+            close = difflib.get_close_matches(str(loc[-1]), known, n=1)
+            hint = f"; did you mean '{close[0]}'?" if close else ""
+            allowed = f" (allowed: {', '.join(known)})" if known and not close else ""
+            parts.append(f"unknown key '{name}'{hint}{allowed}")
+        else:
+            msg = e["msg"].removeprefix("Value error, ")
+            parts.append(f"{name}: {msg}")
+    prefix = f"{where}: " if where else ""
+    return prefix + "; ".join(parts)
+
+
+def build(model: type[M], data: dict[str, Any] | None = None, where: str = "", **kw: Any) -> M:
+    """Validate ``data`` into ``model``; raise :class:`NoisyDEQError` with one readable line."""
+    payload = dict(data or {})
+    payload.update(kw)
+    try:
+        return model.model_validate(payload)
+    except ValidationError as err:
+        raise NoisyDEQError(format_validation_error(err, model, where)) from None
+
+
+# ------------------------------------------------------------------------------- TOML
+
+
+def _to_toml_value(value: Any) -> Any:
+    if isinstance(value, float) and math.isinf(value):
+        return value  # tomli_w writes inf / -inf natively
+    if isinstance(value, dict):
+        return {k: _to_toml_value(v) for k, v in value.items() if v is not None}
+    if isinstance(value, (list, tuple)):
+        return [_to_toml_value(v) for v in value]
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+def dumps_toml(spec: BaseModel) -> str:
+    """Serialise a spec to TOML (``None`` fields are omitted; they are the defaults)."""
+    return tomli_w.dumps(_to_toml_value(spec.model_dump(mode="python")))
+
+
+def loads_toml(model: type[M], text: str, where: str = "") -> M:
+    """Parse TOML text into ``model`` (strict)."""
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as err:
+        raise NoisyDEQError(f"{where or 'TOML'}: not valid TOML ({err})") from None
+    return build(model, data, where=where)
+
+
+def load_toml(model: type[M], path: str | os.PathLike) -> M:
+    """Load a TOML file into ``model``; a missing file is one clear error."""
+    p = Path(path)
+    if not p.is_file():
+        raise NoisyDEQError(f"file not found: {p}")
+    return loads_toml(model, p.read_text(encoding="utf-8"), where=str(p))
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+    """Write ``text`` to ``path`` atomically (temp file in the same directory + rename)."""
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=f".{p.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, p)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return p
+
+
+def dump_toml(spec: BaseModel, path: str | os.PathLike) -> Path:
+    """Write a spec to a TOML file atomically."""
+    return atomic_write_text(path, dumps_toml(spec))
+
+
+# -------------------------------------------------------------------------------- SNR
+
+
+def parse_snr_value(text: str | float | int) -> float:
+    """One SNR in dB: a number, or ``inf`` (no noise)."""
+    if isinstance(text, (int, float)) and not isinstance(text, bool):
+        value = float(text)
+    else:
+        s = str(text).strip().lower()
+        if s in {"inf", "+inf", "infinity", "none", "∞"}:
+            return math.inf
+        try:
+            value = float(s)
+        except ValueError:
+            raise NoisyDEQError(
+                f"SNR value '{text}' is not a number of dB or 'inf'"
+            ) from None
+    if math.isnan(value) or value == -math.inf:
+        raise NoisyDEQError(f"SNR value '{text}' must be a finite number of dB or 'inf'")
+    return value
+
+
+def parse_snr_range(text: str) -> list[float]:
+    """Parse an SNR grid in dB.
+
+    ``a:b`` is a to b inclusive in 1 dB steps, ``a:b:s`` uses step s, and a comma list
+    (``0,10,20,inf``) is taken as given; forms can be mixed (``0:20:5,inf``).
+    The result is sorted and de-duplicated.
+    """
+    if not isinstance(text, str) or not text.strip():
+        raise NoisyDEQError("--snr: empty SNR grid (use e.g. 0:30, 0:30:2 or 0,10,20,inf)")
+    values: list[float] = []
+    for part in text.split(","):
+        part = part.strip()
+        if not part:
+            raise NoisyDEQError(f"--snr '{text}': empty item in the list")
+        if ":" in part:
+            fields = part.split(":")
+            if len(fields) not in (2, 3):
+                raise NoisyDEQError(f"--snr '{part}': a range is start:stop or start:stop:step")
+            start, stop = parse_snr_value(fields[0]), parse_snr_value(fields[1])
+            step = parse_snr_value(fields[2]) if len(fields) == 3 else 1.0
+            if math.isinf(start) or math.isinf(stop) or math.isinf(step):
+                raise NoisyDEQError(f"--snr '{part}': range ends and step must be finite")
+            if step <= 0:
+                raise NoisyDEQError(f"--snr '{part}': step must be positive, got {step:g}")
+            if start > stop:
+                raise NoisyDEQError(f"--snr '{part}': start {start:g} is above stop {stop:g}")
+            n = int(math.floor((stop - start) / step + 1e-9)) + 1
+            values.extend(round(start + i * step, 10) for i in range(n))
+        else:
+            values.append(parse_snr_value(part))
+    return sorted(set(values))
+
+
+SNRValue = float
+
+
+class NoiseSpec(StrictModel):
+    """Where and how a model is perturbed (paper Eq. 3-4 multiplicative, Eq. 8 additive).
+
+    ``site``: ``input`` (x), ``state`` (z), ``signal`` (pre-activation) or ``none``.
+    ``snr_db`` applies to multiplicative noise (``inf`` = no noise); ``eta`` to additive.
+    """
+
+    site: Literal["none", "input", "state", "signal"] = "none"
+    kind: Literal["multiplicative", "additive"] = "multiplicative"
+    snr_db: float = math.inf
+    eta: float = Field(default=0.0, ge=0.0)
+
+    @field_validator("snr_db", mode="before")
+    @classmethod
+    def _parse_snr(cls, v: Any) -> float:
+        return parse_snr_value(v)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> NoiseSpec:
+        return self
+
+    @property
+    def active(self) -> bool:
+        """True when this spec injects any noise."""
+        if self.site == "none":
+            return False
+        if self.kind == "multiplicative":
+            return not math.isinf(self.snr_db)
+        return self.eta > 0.0

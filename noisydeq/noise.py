@@ -1,0 +1,229 @@
+"""SNR maths and the noise primitives of the paper (Eq. 3-4 multiplicative, Eq. 8 additive).
+
+SNR convention (DESIGN §1). For a noisy vector y + ε the SNR is ‖y‖² / E‖ε‖², per sample.
+The paper writes ε ~ N(0, ‖y‖/√SNR) per element (Eq. 4); taken literally each of the d
+elements has variance ‖y‖²/SNR, so E‖ε‖² = d·‖y‖²/SNR and the realised SNR is SNR/d — it
+depends on the width. We draw ε_i ~ N(0, ‖y‖² / (d·SNR)) instead, so the realised SNR equals
+the nominal one at every width. ``paper_literal_snr_db`` converts between the two.
+
+Randomness only comes from explicit generators. :class:`NoiseStream` wraps one generator or
+several, each owning a contiguous block of rows of the batch: a batch that stacks several SNR
+levels (one block each) then draws exactly the numbers the per-level runs would draw, which
+makes batched sweeps equal to per-point ones for the same seeds.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+from noisydeq.config import NoiseSpec
+
+SNRLike = float | Tensor
+
+
+def db_to_linear(snr_db: SNRLike) -> SNRLike:
+    """SNR in dB → linear power ratio (``inf`` stays ``inf``)."""
+    if isinstance(snr_db, Tensor):
+        return torch.pow(10.0, snr_db / 10.0)
+    return math.inf if math.isinf(snr_db) else 10.0 ** (snr_db / 10.0)
+
+
+def linear_to_db(snr: SNRLike) -> SNRLike:
+    """Linear power ratio → dB."""
+    if isinstance(snr, Tensor):
+        return 10.0 * torch.log10(snr)
+    if snr <= 0:
+        return -math.inf
+    return math.inf if math.isinf(snr) else 10.0 * math.log10(snr)
+
+
+def paper_literal_snr_db(nominal_db: float, width: int) -> float:
+    """Realised SNR (dB) of the paper's literal Eq. 4 (per-element std ‖y‖/√SNR) at ``width``."""
+    return nominal_db - 10.0 * math.log10(width)
+
+
+def seeded_generator(seed: int, device: torch.device | str = "cpu") -> torch.Generator:
+    """A fresh ``torch.Generator`` on ``device`` seeded with ``seed``."""
+    g = torch.Generator(device=device)
+    g.manual_seed(int(seed) % (2**63 - 1))
+    return g
+
+
+def derive_seed(*parts: object) -> int:
+    """Stable 63-bit seed derived from (seed, model, SNR, chip, ...) — same parts, same seed."""
+    import hashlib
+
+    h = hashlib.blake2b(repr(parts).encode(), digest_size=8).digest()
+    return int.from_bytes(h, "little") & (2**63 - 1)
+
+
+@dataclass
+class NoiseStream:
+    """A seeded Gaussian source for a batch, optionally split into row blocks.
+
+    ``blocks`` lists ``(n_rows, generator)``; the rows of a drawn tensor are filled block by
+    block, each from its own generator. With a single generator the whole batch is one block
+    of any size.
+    """
+
+    generators: list[torch.Generator]
+    block_rows: list[int] | None = None
+    _calls: int = field(default=0, repr=False)
+
+    @classmethod
+    def from_seed(cls, seed: int, device: torch.device | str = "cpu") -> NoiseStream:
+        """One generator for the whole batch."""
+        return cls([seeded_generator(seed, device)])
+
+    @classmethod
+    def from_blocks(
+        cls, seeds: Sequence[int], block_rows: Sequence[int], device: torch.device | str = "cpu"
+    ) -> NoiseStream:
+        """One generator per block of rows (e.g. one block per SNR level of a batched sweep)."""
+        if len(seeds) != len(block_rows):
+            raise ValueError("one seed per block is required")
+        return cls([seeded_generator(s, device) for s in seeds], list(block_rows))
+
+    def randn(self, shape: Sequence[int], dtype: torch.dtype, device: torch.device) -> Tensor:
+        """Standard normal tensor of ``shape`` (batch first)."""
+        self._calls += 1
+        shape = tuple(shape)
+        if self.block_rows is None:
+            return torch.randn(shape, generator=self.generators[0], dtype=dtype, device=device)
+        if sum(self.block_rows) != shape[0]:
+            raise ValueError(
+                f"noise stream expects a batch of {sum(self.block_rows)} rows, got {shape[0]}"
+            )
+        parts = [
+            torch.randn((n, *shape[1:]), generator=g, dtype=dtype, device=device)
+            for n, g in zip(self.block_rows, self.generators)
+        ]
+        return torch.cat(parts, dim=0)
+
+    def rand(self, shape: Sequence[int], dtype: torch.dtype, device: torch.device) -> Tensor:
+        """Uniform [0, 1) tensor of ``shape`` (batch first), block-wise like :meth:`randn`."""
+        shape = tuple(shape)
+        if self.block_rows is None:
+            return torch.rand(shape, generator=self.generators[0], dtype=dtype, device=device)
+        parts = [
+            torch.rand((n, *shape[1:]), generator=g, dtype=dtype, device=device)
+            for n, g in zip(self.block_rows, self.generators)
+        ]
+        return torch.cat(parts, dim=0)
+
+
+def _per_sample(value: SNRLike, y: Tensor) -> Tensor:
+    """Broadcast a scalar or per-sample (B,) tensor to shape (B, 1, ..., 1) like ``y``."""
+    t = torch.as_tensor(value, dtype=y.dtype, device=y.device)
+    if t.ndim == 0:
+        return t.reshape((1,) * y.ndim)
+    if t.ndim != 1 or t.shape[0] != y.shape[0]:
+        raise ValueError(f"per-sample SNR must have shape ({y.shape[0]},), got {tuple(t.shape)}")
+    return t.reshape((-1,) + (1,) * (y.ndim - 1))
+
+
+def multiplicative_noise_std(y: Tensor, snr_db: SNRLike) -> Tensor:
+    """Per-element noise std so the realised per-sample SNR is ``snr_db`` (Eq. 4, width-fixed).
+
+    std_b = ‖y_b‖ / √(d · SNR_b), with d the number of elements of one sample; zero where
+    SNR = inf. Returned with shape (B, 1, ..., 1).
+    """
+    d = y[0].numel() if y.ndim > 1 else 1
+    flat = y.reshape(y.shape[0], -1) if y.ndim > 1 else y.reshape(-1, 1)
+    norm2 = flat.pow(2).sum(dim=1).reshape((-1,) + (1,) * (y.ndim - 1))
+    snr_lin = db_to_linear(_per_sample(snr_db, y))
+    return torch.sqrt(norm2 / (d * snr_lin))  # inf SNR -> 0 std
+
+
+def multiplicative(y: Tensor, snr_db: SNRLike, stream: NoiseStream) -> Tensor:
+    """y + ε with ε ~ N(0, ‖y‖²/(d·SNR)) per element, per sample (paper Eq. 3-4).
+
+    The noise scale follows y (input-dependent), and gradients flow through it.
+    """
+    if not isinstance(snr_db, Tensor) and math.isinf(snr_db):
+        return y
+    std = multiplicative_noise_std(y, snr_db)
+    return y + std * stream.randn(y.shape, y.dtype, y.device)
+
+
+def additive(y: Tensor, eta: SNRLike, stream: NoiseStream) -> Tensor:
+    """y + η ξ with ξ ~ N(0, I) (paper Eq. 8); ``eta`` scalar or per-sample (B,)."""
+    if not isinstance(eta, Tensor) and eta == 0.0:
+        return y
+    return y + _per_sample(eta, y) * stream.randn(y.shape, y.dtype, y.device)
+
+
+def measured_snr_db(clean: Tensor, noisy: Tensor) -> float:
+    """Realised SNR of a batch in dB: Σ‖y‖² / Σ‖ε‖² (ratio of batch totals)."""
+    signal = clean.detach().double().pow(2).sum()
+    noise = (noisy.detach().double() - clean.detach().double()).pow(2).sum()
+    if noise == 0:
+        return math.inf
+    return float(10.0 * torch.log10(signal / noise))
+
+
+def measured_snr_db_per_sample(clean: Tensor, noisy: Tensor) -> Tensor:
+    """Realised SNR per sample in dB, shape (B,)."""
+    c = clean.detach().double().reshape(clean.shape[0], -1)
+    e = noisy.detach().double().reshape(noisy.shape[0], -1) - c
+    return 10.0 * torch.log10(c.pow(2).sum(1) / e.pow(2).sum(1))
+
+
+class Noise:
+    """Runtime noise injector for one forward pass: a :class:`NoiseSpec` plus a stream.
+
+    ``snr_db`` / ``eta`` may be overridden by per-sample (B,) tensors so that one batch
+    carries several noise levels. Models call :meth:`apply` at every site they own; it is
+    a no-op for sites other than ``spec.site``.
+    """
+
+    def __init__(
+        self,
+        spec: NoiseSpec,
+        stream: NoiseStream,
+        snr_db: SNRLike | None = None,
+        eta: SNRLike | None = None,
+    ) -> None:
+        self.spec = spec
+        self.stream = stream
+        self.snr_db = spec.snr_db if snr_db is None else snr_db
+        self.eta = spec.eta if eta is None else eta
+
+    @property
+    def site(self) -> str:
+        return self.spec.site
+
+    def at(self, site: str) -> bool:
+        """True when this injector perturbs ``site``."""
+        return self.spec.site == site
+
+    def apply(self, site: str, y: Tensor) -> Tensor:
+        """Perturb ``y`` if ``site`` is this injector's site (Eq. 3-4 or Eq. 8)."""
+        if self.spec.site != site:
+            return y
+        if self.spec.kind == "multiplicative":
+            return multiplicative(y, self.snr_db, self.stream)
+        return additive(y, self.eta, self.stream)
+
+    def select(self, index: Tensor) -> Noise:
+        """An injector restricted to a subset of the batch rows (per-sample levels sliced).
+
+        Only valid for a single-generator stream (block streams must see the full batch).
+        """
+        snr = self.snr_db[index] if isinstance(self.snr_db, Tensor) else self.snr_db
+        eta = self.eta[index] if isinstance(self.eta, Tensor) else self.eta
+        return Noise(self.spec, self.stream, snr, eta)
+
+
+def make_noise(
+    spec: NoiseSpec | None, seed: int = 0, device: torch.device | str = "cpu"
+) -> Noise | None:
+    """A :class:`Noise` for ``spec`` seeded with ``seed``, or ``None`` when it injects nothing."""
+    if spec is None or not spec.active:
+        return None
+    return Noise(spec, NoiseStream.from_seed(seed, device))
