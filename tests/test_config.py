@@ -1,0 +1,69 @@
+"""Strict configs: typos are errors with suggestions; TOML round-trips; SNR grammar."""
+
+import math
+
+import pytest
+
+from noisydeq.config import (
+    NoiseSpec,
+    atomic_write_text,
+    build,
+    dump_toml,
+    load_toml,
+    loads_toml,
+    parse_snr_range,
+)
+from noisydeq.errors import NoisyDEQError
+
+
+def test_misspelt_key_is_an_error_with_suggestion():
+    with pytest.raises(NoisyDEQError, match="did you mean 'snr_db'"):
+        build(NoiseSpec, {"snr_bd": 3})
+
+
+def test_bad_literal_names_allowed_values():
+    with pytest.raises(NoisyDEQError, match="site"):
+        build(NoiseSpec, {"site": "everywhere"})
+
+
+def test_toml_round_trip_is_exact(tmp_path):
+    spec = NoiseSpec(site="signal", snr_db=10.0, kind="multiplicative")
+    path = dump_toml(spec, tmp_path / "noise.toml")
+    assert load_toml(NoiseSpec, path) == spec
+    inf_spec = NoiseSpec(site="state")
+    assert loads_toml(NoiseSpec, dump_toml(inf_spec, tmp_path / "n2.toml").read_text()) == inf_spec
+
+
+def test_missing_and_invalid_toml_are_clear(tmp_path):
+    with pytest.raises(NoisyDEQError, match="file not found"):
+        load_toml(NoiseSpec, tmp_path / "nope.toml")
+    bad = tmp_path / "bad.toml"
+    bad.write_text("site = [")
+    with pytest.raises(NoisyDEQError, match="not valid TOML"):
+        load_toml(NoiseSpec, bad)
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("0:30", [float(i) for i in range(31)]),
+        ("0:30:10", [0.0, 10.0, 20.0, 30.0]),
+        ("0,10,20,inf", [0.0, 10.0, 20.0, math.inf]),
+        ("-10:0:5,inf", [-10.0, -5.0, 0.0, math.inf]),
+        ("0:1:0.5", [0.0, 0.5, 1.0]),
+    ],
+)
+def test_snr_grid_grammar(text, expected):
+    assert parse_snr_range(text) == expected
+
+
+@pytest.mark.parametrize("text", ["30:0", "0:30:0", "0:30:-2", "abc", "", "0:inf", "1,,2", "nan"])
+def test_bad_snr_grids_are_one_clear_error(text):
+    with pytest.raises(NoisyDEQError):
+        parse_snr_range(text)
+
+
+def test_atomic_write_leaves_no_temp_files(tmp_path):
+    atomic_write_text(tmp_path / "a.txt", "hello")
+    assert (tmp_path / "a.txt").read_text() == "hello"
+    assert [p.name for p in tmp_path.iterdir()] == ["a.txt"]
