@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
@@ -73,7 +73,6 @@ class NoiseStream:
 
     generators: list[torch.Generator]
     block_rows: list[int] | None = None
-    _calls: int = field(default=0, repr=False)
 
     @classmethod
     def from_seed(cls, seed: int, device: torch.device | str = "cpu") -> NoiseStream:
@@ -91,28 +90,23 @@ class NoiseStream:
 
     def randn(self, shape: Sequence[int], dtype: torch.dtype, device: torch.device) -> Tensor:
         """Standard normal tensor of ``shape`` (batch first)."""
-        self._calls += 1
+        return self._draw(torch.randn, shape, dtype, device)
+
+    def rand(self, shape: Sequence[int], dtype: torch.dtype, device: torch.device) -> Tensor:
+        """Uniform [0, 1) tensor of ``shape`` (batch first), block-wise like :meth:`randn`."""
+        return self._draw(torch.rand, shape, dtype, device)
+
+    def _draw(self, fn, shape: Sequence[int], dtype: torch.dtype, device: torch.device) -> Tensor:
         shape = tuple(shape)
         if self.block_rows is None:
-            return torch.randn(shape, generator=self.generators[0], dtype=dtype, device=device)
+            return fn(shape, generator=self.generators[0], dtype=dtype, device=device)
         if sum(self.block_rows) != shape[0]:
             raise ValueError(
                 f"noise stream expects a batch of {sum(self.block_rows)} rows, got {shape[0]}"
             )
         parts = [
-            torch.randn((n, *shape[1:]), generator=g, dtype=dtype, device=device)
-            for n, g in zip(self.block_rows, self.generators)
-        ]
-        return torch.cat(parts, dim=0)
-
-    def rand(self, shape: Sequence[int], dtype: torch.dtype, device: torch.device) -> Tensor:
-        """Uniform [0, 1) tensor of ``shape`` (batch first), block-wise like :meth:`randn`."""
-        shape = tuple(shape)
-        if self.block_rows is None:
-            return torch.rand(shape, generator=self.generators[0], dtype=dtype, device=device)
-        parts = [
-            torch.rand((n, *shape[1:]), generator=g, dtype=dtype, device=device)
-            for n, g in zip(self.block_rows, self.generators)
+            fn((n, *shape[1:]), generator=g, dtype=dtype, device=device)
+            for n, g in zip(self.block_rows, self.generators, strict=True)
         ]
         return torch.cat(parts, dim=0)
 
