@@ -225,3 +225,81 @@ class NoiseSpec(StrictModel):
         if self.kind == "multiplicative":
             return not math.isinf(self.snr_db)
         return self.eta > 0.0
+
+
+# ---------------------------------------------------------------------- solvers / gradients
+
+
+class SolverSpec(StrictModel):
+    """A fixed-point solver and its stop rule (paper App. B, Eq. 7/53-54; App. E.3).
+
+    ``name``: ``unroll`` (damped iteration z ← (1−tau) z + tau f(z)), ``anderson`` (memory
+    ``m``, regularisation ``lam``, mixing ``beta``), ``broyden`` (limited memory ``m``,
+    default ``max_iter``), ``stochastic`` (Robbins–Monro z ← (1−α_k) z + α_k f(z),
+    α_k = alpha0/(k+1)^gamma, returns the mean of the last ``window`` iterates).
+    ``stop``: ``abs`` ‖f(z)−z‖, ``rel`` ‖f(z)−z‖/‖f(z)‖, ``mean_rel`` (Eq. 54, relative
+    residual of the ``window``-averaged iterate), each per sample against ``tol``.
+    ``random_threshold``: each sample's iteration cap is drawn uniformly in 1..max_iter.
+    ``diverge_factor``: a sample whose residual exceeds this factor times
+    max(initial residual, ‖f(z0)‖, 1) is flagged diverged. ``traces=False`` skips the
+    per-iteration residual traces (the stop rule is still evaluated).
+    """
+
+    name: Literal["unroll", "anderson", "broyden", "stochastic"] = "anderson"
+    max_iter: int = Field(default=30, ge=1)
+    tol: float = Field(default=1e-3, gt=0.0)
+    stop: Literal["abs", "rel", "mean_rel"] = "rel"
+    window: int = Field(default=5, ge=1)
+    tau: float = Field(default=1.0, gt=0.0, le=1.0)
+    m: int | None = Field(default=None, ge=1)
+    lam: float = Field(default=1e-4, ge=0.0)
+    beta: float = Field(default=1.0, gt=0.0, le=1.0)
+    alpha0: float = Field(default=0.5, gt=0.0, le=1.0)
+    gamma: float = Field(default=0.0, ge=0.0, le=1.0)
+    random_threshold: bool = False
+    diverge_factor: float = Field(default=1e6, gt=1.0)
+    traces: bool = True
+
+    @model_validator(mode="after")
+    def _window_fits(self) -> SolverSpec:
+        if self.window > self.max_iter:
+            raise ValueError(
+                f"window ({self.window}) must not exceed max_iter ({self.max_iter})"
+            )
+        return self
+
+    def memory(self) -> int:
+        """History size: ``m`` if set, else 5 for anderson and ``max_iter`` for broyden."""
+        if self.m is not None:
+            return self.m
+        return self.max_iter if self.name == "broyden" else 5
+
+
+def _default_backward_solver() -> SolverSpec:
+    return SolverSpec(name="anderson", max_iter=40, tol=1e-6, stop="rel", window=1)
+
+
+class GradientSpec(StrictModel):
+    """How the backward pass of a DEQ is made (separate from the forward solver).
+
+    ``ift``: implicit function theorem, the linear fixed point g = J_fᵀ g + ∂L/∂z* solved
+    with ``backward_solver``; ``phantom``: ``phantom_steps`` damped steps
+    z ← (1−phantom_lambda) z + phantom_lambda f(z) from z* (paper App. C: 9 and 0.5);
+    ``jfb``: one step z = f(z*); ``bptt``: autograd through the forward unroll.
+    """
+
+    name: Literal["ift", "phantom", "jfb", "bptt"] = "ift"
+    phantom_steps: int = Field(default=9, ge=1)
+    phantom_lambda: float = Field(default=0.5, gt=0.0, le=1.0)
+    backward_solver: SolverSpec = Field(default_factory=_default_backward_solver)
+
+
+class JacobianRegSpec(StrictModel):
+    """Jacobian regulariser weight·‖J_f‖²_F/d (Hutchinson, ``n_samples`` probes).
+
+    ``stop_epoch``: the regulariser is switched off from this epoch on (None = never).
+    """
+
+    weight: float = Field(default=0.0, ge=0.0)
+    stop_epoch: int | None = Field(default=None, ge=0)
+    n_samples: int = Field(default=1, ge=1)
