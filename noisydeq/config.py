@@ -303,3 +303,114 @@ class JacobianRegSpec(StrictModel):
     weight: float = Field(default=0.0, ge=0.0)
     stop_epoch: int | None = Field(default=None, ge=0)
     n_samples: int = Field(default=1, ge=1)
+
+
+# ----------------------------------------------------------------- sweeps and experiments
+
+
+def _snr_list(value: Any, field: str) -> list[float]:
+    """An SNR grid from a string (``0:30:2,inf``), one number, or a list of numbers/strings."""
+    if isinstance(value, str):
+        try:
+            return parse_snr_range(value)
+        except NoisyDEQError as err:
+            raise ValueError(str(err).replace("--snr", field)) from None
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        value = [value]
+    if not isinstance(value, (list, tuple)) or not value:
+        raise ValueError(f"{field} must be a non-empty SNR grid such as '0:30' or [0, 10, inf]")
+    try:
+        return sorted({parse_snr_value(v) for v in value})
+    except NoisyDEQError as err:
+        raise ValueError(f"{field}: {err}") from None
+
+
+class SweepSpec(StrictModel):
+    """A sweep: trained model families × inference SNR grid × chip instances (issue 4).
+
+    ``noise_site = "device"`` sweeps the SNR of the hardware model (``device`` calibrated to
+    each SNR); ``signal`` / ``state`` / ``input`` sweep the paper's multiplicative model noise
+    (Eq. 3-4) at that site while the weights run on ``device`` (usually ``ideal``).
+    ``seeds`` and ``train_snr_db`` are grids too: one family is trained per (seed, train SNR).
+    """
+
+    task: str = "digits"
+    data_dir: str | None = None
+    depths: list[int] = Field(default_factory=lambda: [1, 3, 5, 7])
+    kinds: list[Literal["deq", "ffw"]] = Field(default_factory=lambda: ["deq", "ffw"])
+    hidden: int = Field(default=128, ge=1)
+    input_act: str = "relu"
+    train_snr_db: list[float] = Field(default_factory=lambda: [math.inf])
+    train_site: Literal["signal", "state", "input"] = "signal"
+    train_preset: str = "quick"
+    epochs: int | None = Field(default=None, ge=0)
+    device: str = "rram"
+    noise_site: Literal["device", "signal", "state", "input"] = "device"
+    snr_db: list[float] = Field(default_factory=lambda: parse_snr_range("0:30"))
+    chips: int = Field(default=3, ge=1)
+    seeds: list[int] = Field(default_factory=lambda: [0])
+    torch_device: str = "cpu"
+    max_rows: int = Field(default=16384, ge=1)
+    max_train_samples: int | None = Field(default=None, ge=1)
+    max_test_samples: int | None = Field(default=None, ge=1)
+    fixed_snr_db: list[float] = Field(default_factory=lambda: [0.0])
+    batched: bool = True
+
+    @field_validator("snr_db", "train_snr_db", "fixed_snr_db", mode="before")
+    @classmethod
+    def _grid(cls, v: Any, info: Any) -> list[float]:
+        return _snr_list(v, info.field_name)
+
+    @field_validator("depths", mode="before")
+    @classmethod
+    def _depths(cls, v: Any) -> list[int]:
+        if isinstance(v, str):
+            v = [p.strip() for p in v.split(",")]
+        if isinstance(v, int) and not isinstance(v, bool):
+            v = [v]
+        if not isinstance(v, (list, tuple)) or not v:
+            raise ValueError("depths must be a non-empty list of positive integers, e.g. 1,3,5,7")
+        out = []
+        for d in v:
+            try:
+                ok = not isinstance(d, bool) and float(d) == int(float(d)) and int(float(d)) >= 1
+            except (TypeError, ValueError):
+                ok = False
+            if not ok:
+                raise ValueError(f"depth '{d}' is not a positive integer (e.g. 1,3,5,7)")
+            out.append(int(float(d)))
+        return sorted(set(out))
+
+    @field_validator("seeds", "kinds", mode="after")
+    @classmethod
+    def _non_empty(cls, v: list, info: Any) -> list:
+        if not v:
+            raise ValueError(f"{info.field_name} must not be empty")
+        return list(dict.fromkeys(v))
+
+
+class ExperimentSpec(StrictModel):
+    """An experiment file (``experiments/*.toml``): a base sweep plus ``quick``/``full`` variants.
+
+    ``sweep`` holds the :class:`SweepSpec` fields shared by both variants; ``quick`` and
+    ``full`` override some of them. Both variants are validated when the file is loaded.
+    """
+
+    name: str
+    title: str = ""
+    figures: list[str] = Field(default_factory=list)
+    description: str = ""
+    sweep: dict[str, Any] = Field(default_factory=dict)
+    quick: dict[str, Any] = Field(default_factory=dict)
+    full: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _variants_valid(self) -> ExperimentSpec:
+        for variant in ("quick", "full"):
+            self.resolve(variant)
+        return self
+
+    def resolve(self, variant: Literal["quick", "full"]) -> SweepSpec:
+        """The :class:`SweepSpec` of ``variant`` (base ``sweep`` table + its overrides)."""
+        overrides = self.quick if variant == "quick" else self.full
+        return build(SweepSpec, {**self.sweep, **overrides}, where=f"[{variant}]")
