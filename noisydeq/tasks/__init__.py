@@ -1,1 +1,8 @@
-"""noisydeq.tasks"""
+"""Tasks (data sets in memory): ``digits`` (default), ``regression1d``, ``mnist``, ``mnist10k``.
+
+``load_task(name, data_dir=None, seed=0) -> Task``; see :mod:`noisydeq.tasks.base`.
+"""
+
+from noisydeq.tasks.base import Task, check_task_name, load_task, task_names
+
+__all__ = ["Task", "check_task_name", "load_task", "task_names"]

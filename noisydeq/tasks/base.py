@@ -1,0 +1,179 @@
+"""The :class:`Task` container, seeded splits and the task registry (``load_task``).
+
+A task is a supervised data set held in memory as tensors plus the loss and metric that
+go with it: classification (cross-entropy, accuracy) for the image tasks of the paper's
+Sec. 4.1 / App. D.2, regression (MSE) for the 1-D function of App. D.1.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from functools import cached_property
+from pathlib import Path
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from noisydeq.errors import NoisyDEQError
+
+TaskKind = Literal["classification", "regression"]
+
+
+@dataclass(frozen=True)
+class Task:
+    """A data set in memory: ``x_*`` float (N, in_features), ``y_*`` long (N,) or float (N, out).
+
+    ``notice`` carries a one-line message for the user when the loader had to fall back
+    (e.g. ``mnist`` → ``mnist10k``); ``source`` names what was loaded, for provenance.
+    """
+
+    name: str
+    kind: TaskKind
+    x_train: Tensor
+    y_train: Tensor
+    x_test: Tensor
+    y_test: Tensor
+    in_features: int
+    out_features: int
+    seed: int = 0
+    source: str = ""
+    notice: str | None = None
+    extra: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def metric_name(self) -> str:
+        """``accuracy`` (higher is better) or ``mse`` (lower is better)."""
+        return "accuracy" if self.kind == "classification" else "mse"
+
+    @property
+    def higher_is_better(self) -> bool:
+        return self.kind == "classification"
+
+    def loss(self, output: Tensor, target: Tensor) -> Tensor:
+        """Training loss: cross-entropy on logits (softmax head, Table 1) or MSE (App. D.1)."""
+        if self.kind == "classification":
+            return F.cross_entropy(output, target)
+        return F.mse_loss(output, target)
+
+    def metric(self, output: Tensor, target: Tensor) -> float:
+        """Accuracy (fraction correct) or mean squared error of a batch."""
+        if self.kind == "classification":
+            return float((output.argmax(dim=-1) == target).double().mean())
+        return float(F.mse_loss(output.double(), target.double()))
+
+    def to(self, device: torch.device | str) -> Task:
+        """The same task with every tensor on ``device``."""
+        return replace(
+            self,
+            x_train=self.x_train.to(device),
+            y_train=self.y_train.to(device),
+            x_test=self.x_test.to(device),
+            y_test=self.y_test.to(device),
+        )
+
+    @cached_property
+    def fingerprint(self) -> str:
+        """Hash of the data itself (both splits), for cache keys of trained models."""
+        h = hashlib.blake2b(digest_size=16)
+        h.update(f"{self.name}|{self.kind}|{self.in_features}|{self.out_features}".encode())
+        for t in (self.x_train, self.y_train, self.x_test, self.y_test):
+            c = t.detach().to("cpu").contiguous()
+            h.update(f"{tuple(c.shape)}{c.dtype}".encode())
+            h.update(c.numpy().tobytes())
+        return h.hexdigest()
+
+    def summary(self) -> str:
+        """One line: name, sizes, metric."""
+        return (
+            f"{self.name}: {len(self.x_train)} train / {len(self.x_test)} test, "
+            f"{self.in_features} → {self.out_features}, metric {self.metric_name}"
+        )
+
+
+def stratified_split(labels: Tensor, n_test: int, seed: int) -> tuple[Tensor, Tensor]:
+    """Seeded stratified split of ``labels`` into (train_idx, test_idx) with exactly ``n_test``.
+
+    Each class contributes ``n_test · n_c / N`` test samples, rounded by the largest-remainder
+    method so the total is exact; within a class the samples are chosen by a permutation
+    drawn from ``torch.Generator().manual_seed(seed)``. Indices come back sorted.
+    """
+    labels = labels.detach().to("cpu").long()
+    n = labels.numel()
+    if not 0 < n_test < n:
+        raise NoisyDEQError(f"split: n_test must be in 1..{n - 1}, got {n_test}")
+    classes, counts = torch.unique(labels, return_counts=True)
+    quota = counts.double() * n_test / n
+    take = quota.floor().long()
+    short = n_test - int(take.sum())
+    if short > 0:
+        order = torch.argsort(quota - take.double(), descending=True, stable=True)
+        take[order[:short]] += 1
+    g = torch.Generator().manual_seed(int(seed))
+    test_parts = []
+    for c, k in zip(classes.tolist(), take.tolist(), strict=True):
+        idx = torch.nonzero(labels == c, as_tuple=False).flatten()
+        perm = idx[torch.randperm(idx.numel(), generator=g)]
+        test_parts.append(perm[:k])
+    test_idx = torch.sort(torch.cat(test_parts)).values
+    mask = torch.ones(n, dtype=torch.bool)
+    mask[test_idx] = False
+    return torch.nonzero(mask, as_tuple=False).flatten(), test_idx
+
+
+def random_split(n: int, n_test: int, seed: int) -> tuple[Tensor, Tensor]:
+    """Seeded random split of ``range(n)`` into (train_idx, test_idx), indices sorted."""
+    g = torch.Generator().manual_seed(int(seed))
+    perm = torch.randperm(n, generator=g)
+    return torch.sort(perm[n_test:]).values, torch.sort(perm[:n_test]).values
+
+
+Loader = Callable[..., Task]
+
+
+def _registry() -> dict[str, Loader]:
+    from noisydeq.tasks import digits, mnist, regression1d
+
+    return {
+        "digits": digits.load,
+        "regression1d": regression1d.load,
+        "mnist": mnist.load_mnist,
+        "mnist10k": mnist.load_mnist10k,
+    }
+
+
+def task_names() -> list[str]:
+    """Names accepted by :func:`load_task`."""
+    return list(_registry())
+
+
+def check_task_name(name: str) -> str:
+    """Return ``name`` if it is a known task, else raise one line with a suggestion."""
+    names = task_names()
+    if name in names:
+        return name
+    close = difflib.get_close_matches(str(name), names, n=1)
+    hint = f"; did you mean '{close[0]}'?" if close else ""
+    raise NoisyDEQError(f"task: unknown task '{name}'{hint} (allowed: {', '.join(names)})")
+
+
+def load_task(
+    name: str,
+    data_dir: str | Path | None = None,
+    seed: int = 0,
+    *,
+    download: bool | None = None,
+) -> Task:
+    """Load a task by name: ``digits`` (default), ``regression1d``, ``mnist``, ``mnist10k``.
+
+    ``seed`` fixes the train/test split (and the sampled points of ``regression1d``).
+    ``data_dir`` / ``download`` only matter for the MNIST tasks (see :mod:`noisydeq.tasks.mnist`).
+    """
+    loader = _registry()[check_task_name(name)]
+    if name.startswith("mnist"):
+        return loader(data_dir=data_dir, seed=seed, download=download)
+    return loader(seed=seed)  # data_dir is ignored: these tasks ship with the package
