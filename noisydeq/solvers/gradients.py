@@ -1,0 +1,96 @@
+"""Gradient methods for a solved fixed point z* = f(z*) (paper App. C; separate from solvers).
+
+``attach_gradient(f, z_star, spec) -> z`` returns a tensor whose value is one step of f from
+the (detached) solution and whose autograd graph is the chosen method's:
+
+* ``ift`` — implicit function theorem. z = f(z*) is recorded once; a hook on z replaces the
+  incoming gradient v = ∂L/∂z by the solution u of the linear fixed point u = J_fᵀ u + v
+  (J_f = ∂f/∂z at z*), solved with ``spec.backward_solver`` using vector–Jacobian products of
+  the same recorded call. Back-propagating u through f(z*) then gives
+  ∂L/∂θ = v (I − J_f)⁻¹ ∂f/∂θ, the exact implicit gradient.
+* ``phantom`` — ``phantom_steps`` damped steps z ← (1 − λ) z + λ f(z) from z* with autograd
+  (paper App. C: K = 9, λ = 0.5).
+* ``jfb`` — Jacobian-free backprop: the single step z = f(z*).
+* ``bptt`` — not attached afterwards: run the forward solve with
+  :func:`noisydeq.solvers.solve_with_grad` (``unroll``/``stochastic``); its ``Solution.z``
+  already carries the graph. Passing ``bptt`` here is an error that says so.
+
+A stochastic f draws fresh noise at each call; ``ift`` and ``jfb`` call it once, ``phantom``
+``phantom_steps`` times.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from noisydeq.config import GradientSpec, build
+from noisydeq.errors import NoisyDEQError
+from noisydeq.solvers.registry import solve
+
+
+def as_gradient_spec(spec: GradientSpec | dict[str, Any] | None) -> GradientSpec:
+    """Accept a :class:`GradientSpec`, a dict (validated strictly) or None (defaults)."""
+    if spec is None:
+        return GradientSpec()
+    if isinstance(spec, GradientSpec):
+        return spec
+    if isinstance(spec, dict):
+        return build(GradientSpec, spec, where="gradient")
+    raise NoisyDEQError(f"gradient: expected a GradientSpec or dict, got {type(spec).__name__}")
+
+
+def attach_gradient(
+    f: Callable[[Tensor], Tensor],
+    z_star: Tensor,
+    spec: GradientSpec | dict[str, Any] | None = None,
+) -> Tensor:
+    """Return z = (one or more steps of f from z*) with the graph of ``spec.name`` (App. C)."""
+    spec = as_gradient_spec(spec)
+    z0 = z_star.detach()
+    if spec.name == "bptt":
+        raise NoisyDEQError(
+            "gradient.name: 'bptt' differentiates the forward unroll itself; solve with "
+            "noisydeq.solvers.solve_with_grad instead of attach_gradient"
+        )
+    with torch.enable_grad():
+        if spec.name == "jfb":
+            return f(z0)
+        if spec.name == "phantom":
+            lam = spec.phantom_lambda
+            z = z0
+            for _ in range(spec.phantom_steps):
+                z = (1.0 - lam) * z + lam * f(z)
+            return z
+        return _ift(f, z0, spec)
+
+
+def _ift(f: Callable[[Tensor], Tensor], z0: Tensor, spec: GradientSpec) -> Tensor:
+    """z = f(z*) with a backward hook solving u = J_fᵀ u + v (implicit function theorem)."""
+    z_in = z0.clone().requires_grad_(True)
+    z = f(z_in)
+    if not z.requires_grad:  # f has no trainable dependence: nothing to correct
+        return z
+    bspec = spec.backward_solver
+    busy = [False]
+
+    def hook(v: Tensor) -> Tensor:
+        if busy[0]:  # the vector-Jacobian products below must not re-enter the hook
+            return v
+        busy[0] = True
+        try:
+
+            def vjp_step(u: Tensor) -> Tensor:
+                (ju,) = torch.autograd.grad(z, z_in, u, retain_graph=True)
+                return ju + v
+
+            sol = solve(vjp_step, v.detach(), bspec)
+            return sol.z
+        finally:
+            busy[0] = False
+
+    z.register_hook(hook)
+    return z

@@ -1,0 +1,109 @@
+"""Solver registry and the public entry points ``solve`` / ``solve_with_grad``.
+
+``solve(f, z0, spec, generator=None) -> Solution`` finds z = f(z) (or z = E[f(z)] for a
+stochastic f, paper Eq. 6) without building an autograd graph; gradients are attached
+afterwards by :mod:`noisydeq.solvers.gradients`. ``solve_with_grad`` runs ``unroll`` or
+``stochastic`` with autograd recording every step: that is the ``bptt`` gradient method.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from noisydeq.config import SolverSpec, build
+from noisydeq.errors import NoisyDEQError
+from noisydeq.solvers.loop import Method, run_loop
+from noisydeq.solvers.solution import Solution
+from noisydeq.solvers.stochastic import Stochastic
+from noisydeq.solvers.unroll import Unroll
+
+SOLVERS: dict[str, Callable[[SolverSpec, Tensor], Method]] = {
+    "unroll": Unroll,
+    "stochastic": Stochastic,
+}
+GRAD_SOLVERS = ("unroll", "stochastic")
+
+
+def register(name: str, factory: Callable[[SolverSpec, Tensor], Method]) -> None:
+    """Register a solver method factory under ``name``."""
+    SOLVERS[name] = factory
+
+
+def as_spec(spec: SolverSpec | dict[str, Any] | None) -> SolverSpec:
+    """Accept a :class:`SolverSpec`, a plain dict (validated strictly) or None (defaults)."""
+    if spec is None:
+        return SolverSpec()
+    if isinstance(spec, SolverSpec):
+        return spec
+    if isinstance(spec, dict):
+        return build(SolverSpec, spec, where="solver")
+    raise NoisyDEQError(f"solver: expected a SolverSpec or dict, got {type(spec).__name__}")
+
+
+def _check_z0(z0: Tensor) -> None:
+    if not isinstance(z0, Tensor) or not z0.is_floating_point() or z0.ndim < 1 or z0.shape[0] < 1:
+        what = (
+            f"{z0.dtype} tensor of shape {tuple(z0.shape)}"
+            if isinstance(z0, Tensor)
+            else type(z0).__name__
+        )
+        raise NoisyDEQError(
+            f"solver: z0 must be a floating tensor with a batch dimension, got {what}"
+        )
+
+
+def _run(
+    f: Callable[[Tensor], Tensor], z0: Tensor, spec: SolverSpec, generator: torch.Generator | None
+) -> Solution:
+    if spec.name not in SOLVERS:
+        raise NoisyDEQError(
+            f"solver.name: '{spec.name}' is not available (allowed: {', '.join(SOLVERS)})"
+        )
+    return run_loop(
+        f, z0, spec, SOLVERS[spec.name], generator, needs_window=spec.name == "stochastic"
+    )
+
+
+def solve(
+    f: Callable[[Tensor], Tensor],
+    z0: Tensor,
+    spec: SolverSpec | dict[str, Any] | None = None,
+    *,
+    generator: torch.Generator | None = None,
+) -> Solution:
+    """Solve z = f(z) per sample from ``z0`` with ``spec`` (paper Eq. 2, 6-7, 53-54), no grad.
+
+    ``f`` maps a batch-first tensor to one of the same shape and is always called on the full
+    batch. ``generator`` seeds the random thresholds of ``spec.random_threshold`` (App. E.3).
+    """
+    spec = as_spec(spec)
+    _check_z0(z0)
+    with torch.no_grad():
+        return _run(f, z0.detach(), spec, generator)
+
+
+def solve_with_grad(
+    f: Callable[[Tensor], Tensor],
+    z0: Tensor,
+    spec: SolverSpec | dict[str, Any] | None = None,
+    *,
+    generator: torch.Generator | None = None,
+) -> Solution:
+    """Like :func:`solve` but records autograd through every step (the ``bptt`` gradient).
+
+    Only ``unroll`` and ``stochastic`` can be differentiated this way; ``Solution.z`` then
+    carries the graph of the whole unroll (frozen samples stop contributing when they stop).
+    """
+    spec = as_spec(spec)
+    _check_z0(z0)
+    if spec.name not in GRAD_SOLVERS:
+        raise NoisyDEQError(
+            f"solver.name: bptt needs a differentiable solver "
+            f"(allowed: {', '.join(GRAD_SOLVERS)}), got '{spec.name}'"
+        )
+    with torch.enable_grad():
+        return _run(f, z0, spec, generator)
