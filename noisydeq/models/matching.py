@@ -23,13 +23,18 @@ PAPER_DEPTHS = (1, 3, 5, 7, 9, 11, 13)
 PAPER_WIDTHS = (128, 223, 288, 340, 386, 427, 467)
 
 
-def matched_width(depth: int, hidden: int = 128) -> int:
-    """DEQ width d with d(d+1) = depth · hidden(hidden+1) hidden-layer parameters (App. E.1)."""
-    for name, value in (("depth", depth), ("hidden", hidden)):
+def matched_width(depth: int, hidden: int = 128, kernel_area: int = 1) -> int:
+    """DEQ width d with d(d+1) = depth · hidden(hidden+1) hidden-layer parameters (App. E.1).
+
+    For convolutional cells (k×k kernels, ``kernel_area`` = k²) the count per layer is
+    k²·c² + c, and d solves k²·d² + d = depth · (k²·h² + h).
+    """
+    for name, value in (("depth", depth), ("hidden", hidden), ("kernel_area", kernel_area)):
         if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
             raise NoisyDEQError(f"{name}: must be a positive integer, got {value!r}")
-    target = depth * hidden * (hidden + 1)
-    d = (-1.0 + math.sqrt(1.0 + 4.0 * target)) / 2.0
+    a = float(kernel_area)
+    target = depth * (a * hidden * hidden + hidden)
+    d = (-1.0 + math.sqrt(1.0 + 4.0 * a * target)) / (2.0 * a)
     return max(1, int(round(d)))
 
 

@@ -1,0 +1,35 @@
+"""What DEQ and FFW models share: the :class:`ModelOutput` record and parameter counting."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from torch import Tensor, nn
+
+
+@dataclass
+class ModelOutput:
+    """Everything one forward pass can report.
+
+    ``logits``: head output. ``z``: the hidden state fed to the head (the DEQ fixed point
+    z* with its gradient attached, or the last FFW layer). ``solution``: the forward solver's
+    ``Solution`` (DEQ only). ``states``: per-iteration (DEQ: the cell output of every
+    f-evaluation of the forward solve) or per-layer (FFW) states, only when asked for.
+    ``jac_loss``: the weighted Jacobian regulariser term (DEQ, training, regulariser on).
+    """
+
+    logits: Tensor
+    z: Tensor
+    solution: Any | None = None
+    states: list[Tensor] | None = None
+    jac_loss: Tensor | None = None
+
+
+class CountingMixin:
+    """``parameter_count`` for any ``nn.Module``; models add ``hidden_weight_count``."""
+
+    def parameter_count(self) -> int:
+        """Number of trainable parameters (all weights and biases, projections and head)."""
+        assert isinstance(self, nn.Module)
+        return sum(p.numel() for p in self.parameters() if p.requires_grad)

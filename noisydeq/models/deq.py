@@ -1,0 +1,167 @@
+"""Deep Equilibrium model: z* = f(z*; x) under noise, then an output head (paper Eq. 1-6).
+
+The forward pass solves z* = f(z*) from z⁰ = 0 (Eq. 1) with a ``SolverSpec``; with noise
+the cell draws fresh state/signal noise at every f-evaluation (dynamic noise, Eq. 3), so
+the solver finds z = E[f(z + ε_z, x + ε_x)] (Eq. 6). Input noise ε_x is drawn once per
+forward (Eq. 3 gives it no iteration index). The backward pass is made by a separate
+``GradientSpec`` (IFT, phantom, JFB, BPTT); the Jacobian regulariser (Table 1) is computed
+at z* when training.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import Tensor, nn
+
+from noisydeq.config import GradientSpec, JacobianRegSpec, SolverSpec
+from noisydeq.models.base import CountingMixin, ModelOutput
+from noisydeq.models.cells import MLPCell, check_positive
+from noisydeq.noise import Noise
+from noisydeq.solvers import solve, solve_with_grad
+from noisydeq.solvers.gradients import attach_gradient
+
+
+def paper_solver(train: bool, noisy: bool = False) -> SolverSpec:
+    """The paper's MNIST / 1-D regression solvers (Table 1).
+
+    Train: unrolling, threshold 60, ε = 1e-3 with stop ``rel`` — or ε = 0.05 with
+    ``mean_rel`` when training with noise. Test: unrolling, 60, ε = 0.05, ``mean_rel``
+    (Eq. 54; window 5, our default: the paper does not print the window).
+    """
+    if train and not noisy:
+        return SolverSpec(name="unroll", max_iter=60, tol=1e-3, stop="rel")
+    return SolverSpec(name="unroll", max_iter=60, tol=0.05, stop="mean_rel", window=5)
+
+
+class DEQ(CountingMixin, nn.Module):
+    """MLP DEQ: x̃ = act(U x), z* = tanh(W z* + b + x̃) (Eq. 57), logits = head(z*).
+
+    ``solver`` is used in training mode, ``test_solver`` (default: ``solver``) in eval mode.
+    ``depth`` labels the FFW depth this DEQ is parameter-matched to (1 = unmatched); it does
+    not change the computation. ``jac_reg``: ``weight · ‖J_f(z*)‖²_F / d`` estimate exposed
+    as ``ModelOutput.jac_loss`` in training mode when the weight is positive; set
+    ``jac_reg_active = False`` to switch it off (e.g. after ``stop_epoch``).
+    """
+
+    kind = "deq"
+
+    def __init__(
+        self,
+        in_features: int,
+        width: int,
+        out_features: int,
+        input_act: str = "relu",
+        solver: SolverSpec | None = None,
+        gradient: GradientSpec | None = None,
+        jac_reg: JacobianRegSpec | None = None,
+        *,
+        test_solver: SolverSpec | None = None,
+        depth: int = 1,
+    ) -> None:
+        super().__init__()
+        check_positive("out_features", out_features)
+        self.cell = MLPCell(in_features, width, input_act)
+        self.head = nn.Linear(width, out_features)
+        self.in_features = in_features
+        self.out_features = out_features
+        self.input_act = input_act
+        self._configure(width, depth, solver, gradient, jac_reg, test_solver)
+
+    def _configure(
+        self,
+        width: int,
+        depth: int,
+        solver: SolverSpec | None,
+        gradient: GradientSpec | None,
+        jac_reg: JacobianRegSpec | None,
+        test_solver: SolverSpec | None,
+    ) -> None:
+        self.width = check_positive("width", width)
+        self.depth = check_positive("depth", depth)
+        self.solver = solver if solver is not None else paper_solver(train=True)
+        self.test_solver = test_solver
+        self.gradient = gradient if gradient is not None else GradientSpec()
+        self.jac_reg = jac_reg
+        self.jac_reg_active = True
+        self.last_solution = None
+
+    # ------------------------------------------------------------------ pieces
+
+    def active_solver(self) -> SolverSpec:
+        """The solver of the current mode (``solver`` when training, else ``test_solver``)."""
+        if self.training or self.test_solver is None:
+            return self.solver
+        return self.test_solver
+
+    def inject(self, x: Tensor, noise: Noise | None = None) -> Tensor:
+        """x̃ for a batch x (input noise drawn here, once per forward)."""
+        return self.cell.project(x, noise)
+
+    def cell_fn(self, xt: Tensor, noise: Noise | None = None) -> Callable[[Tensor], Tensor]:
+        """f(z) = cell(z, x̃) with dynamic noise: each call draws fresh state/signal noise."""
+        return lambda z: self.cell(z, xt, noise)
+
+    def initial_state(self, xt: Tensor) -> Tensor:
+        """z⁰ = 0 (Eq. 1), shaped like the injection."""
+        return torch.zeros_like(xt)
+
+    def hidden_weight_count(self, include_bias: bool = True) -> int:
+        """Parameters of the cell's W (d² + d; d² without the bias), as matched in App. E.1."""
+        return self.cell.hidden_weight_count(include_bias)
+
+    # ----------------------------------------------------------------- forward
+
+    def forward(
+        self,
+        x: Tensor,
+        noise: Noise | None = None,
+        *,
+        return_solution: bool = False,
+        return_states: bool = False,
+        generator: torch.Generator | None = None,
+    ) -> Tensor | ModelOutput:
+        """Solve z* = f(z*; x) (Eq. 1/3), attach the gradient, return head(z*).
+
+        Returns the logits, or a :class:`ModelOutput` when ``return_solution`` or
+        ``return_states`` is set. ``generator`` feeds the solver's random threshold.
+        """
+        xt = self.inject(x, noise)
+        f = self.cell_fn(xt, noise)
+        states: list[Tensor] | None = [] if return_states else None
+
+        def f_forward(z: Tensor) -> Tensor:
+            out = f(z)
+            if states is not None:
+                states.append(out)
+            return out
+
+        spec = self.active_solver()
+        z0 = self.initial_state(xt)
+        grad_on = torch.is_grad_enabled()
+        if self.gradient.name == "bptt" and grad_on:
+            solution = solve_with_grad(f_forward, z0, spec, generator=generator)
+            z = solution.z
+        else:
+            solution = solve(f_forward, z0, spec, generator=generator)
+            z_star = solution.z.detach()
+            z = attach_gradient(f, z_star, self.gradient) if grad_on else z_star
+        self.last_solution = solution
+
+        jac_loss = None
+        reg = self.jac_reg
+        if reg is not None and reg.weight > 0 and self.jac_reg_active and self.training and grad_on:
+            from noisydeq.solvers import jacobian_frobenius_hutchinson
+
+            est = jacobian_frobenius_hutchinson(f, solution.z.detach(), n=reg.n_samples)
+            jac_loss = reg.weight * est
+
+        logits = self.head(self.pool(z))
+        if not (return_solution or return_states):
+            return logits
+        return ModelOutput(logits=logits, z=z, solution=solution, states=states, jac_loss=jac_loss)
+
+    def pool(self, z: Tensor) -> Tensor:
+        """Map the hidden state to head features (identity for the MLP cell)."""
+        return z
