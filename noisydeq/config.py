@@ -305,6 +305,52 @@ class JacobianRegSpec(StrictModel):
     n_samples: int = Field(default=1, ge=1)
 
 
+# ------------------------------------------------------------------------------- models
+
+
+class ModelSpec(StrictModel):
+    """A DEQ or FFW model (paper App. E.1-E.3, Tables 1-2 and 5-6); built by
+    ``noisydeq.models.build_model``.
+
+    ``width``: units of an FFW layer or of the DEQ cell (channels for ``cell="conv"``).
+    ``depth``: FFW layers. For a DEQ with ``matched`` (default), ``depth`` names the FFW it
+    is parameter-matched to and the DEQ width becomes ``matched_width(depth, width)``
+    (App. E.1: 128, 222, 287, … for depths 1, 3, 5, …); with ``matched = false`` the DEQ has
+    exactly ``width`` units. ``input_act``: nonlinearity of the input projection x̃ = act(U x).
+    ``ffw_form``: ``eq57`` (z⁰ = 0, x̃ injected at every layer) or ``eq32`` (z⁰ = x̃, no
+    injection). Conv only: ``in_shape`` [C, H, W] (default: one square channel),
+    ``kernel_size`` (odd), ``weight_norm``, ``pool`` (head pooling to pool×pool).
+    """
+
+    kind: Literal["deq", "ffw"] = "deq"
+    cell: Literal["mlp", "conv"] = "mlp"
+    in_features: int = Field(gt=0)
+    out_features: int = Field(gt=0)
+    width: int = Field(default=128, gt=0)
+    depth: int = Field(default=1, gt=0)
+    matched: bool = True
+    input_act: Literal["relu", "silu", "identity"] = "relu"
+    ffw_form: Literal["eq57", "eq32"] = "eq57"
+    in_shape: list[int] | None = None
+    kernel_size: int = Field(default=3, gt=0)
+    weight_norm: bool = True
+    pool: int = Field(default=2, gt=0)
+
+    @field_validator("kernel_size")
+    @classmethod
+    def _odd_kernel(cls, v: int) -> int:
+        if v % 2 == 0:
+            raise ValueError(f"must be odd ('same' padding), got {v}")
+        return v
+
+    @field_validator("in_shape")
+    @classmethod
+    def _shape(cls, v: list[int] | None) -> list[int] | None:
+        if v is not None and (len(v) != 3 or min(v) <= 0):
+            raise ValueError(f"must be three positive integers [C, H, W], got {v}")
+        return v
+
+
 # ----------------------------------------------------------------- sweeps and experiments
 
 
