@@ -4,7 +4,17 @@ Public API (docs/architecture.md): ``solve``, ``solve_with_grad``, ``Solution``,
 ``attach_gradient``, ``jacobian_frobenius_hutchinson``.
 """
 
+from noisydeq.solvers.gradients import attach_gradient
+from noisydeq.solvers.jacobian import jacobian_frobenius_hutchinson
 from noisydeq.solvers.registry import SOLVERS, register, solve, solve_with_grad
 from noisydeq.solvers.solution import Solution
 
-__all__ = ["SOLVERS", "Solution", "register", "solve", "solve_with_grad"]
+__all__ = [
+    "SOLVERS",
+    "Solution",
+    "attach_gradient",
+    "jacobian_frobenius_hutchinson",
+    "register",
+    "solve",
+    "solve_with_grad",
+]

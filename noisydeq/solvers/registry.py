@@ -16,6 +16,8 @@ from torch import Tensor
 
 from noisydeq.config import SolverSpec, build
 from noisydeq.errors import NoisyDEQError
+from noisydeq.solvers.anderson import Anderson
+from noisydeq.solvers.broyden import Broyden
 from noisydeq.solvers.loop import Method, run_loop
 from noisydeq.solvers.solution import Solution
 from noisydeq.solvers.stochastic import Stochastic
@@ -23,6 +25,8 @@ from noisydeq.solvers.unroll import Unroll
 
 SOLVERS: dict[str, Callable[[SolverSpec, Tensor], Method]] = {
     "unroll": Unroll,
+    "anderson": Anderson,
+    "broyden": Broyden,
     "stochastic": Stochastic,
 }
 GRAD_SOLVERS = ("unroll", "stochastic")

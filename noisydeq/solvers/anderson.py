@@ -1,0 +1,66 @@
+"""Anderson acceleration (type II) for z = f(z), per sample and batched (paper App. B).
+
+With the last n ≤ m points x_i and residuals g_i = f(x_i) − x_i, the next point is
+
+    x_new = Σ_i α_i (x_i + β g_i),   α = argmin ‖Σ α_i g_i‖² + λ' ‖α‖²  s.t. Σ α_i = 1,
+
+solved in closed form: α ∝ (G Gᵀ + λ' I)⁻¹ 1 (the Lagrange condition of the constrained least
+squares). The n×n Gram matrix G Gᵀ is updated one row per iteration (O(B·m·D) instead of
+O(B·m²·D)) and the small SPD systems are solved batched with ``torch.linalg.solve_ex`` —
+which never raises — so a NaN, inf or singular system falls back to the plain step
+x + β g for that sample only. The regulariser is relative, λ' = λ · max_i ‖g_i‖², so it
+does not swamp the Gram matrix as the residuals shrink (an absolute λ would turn Anderson
+into plain averaging near the solution).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from noisydeq.config import SolverSpec
+from noisydeq.solvers.stop import Window
+
+
+class Anderson:
+    """Anderson mixing with memory ``m``, regularisation ``lam`` and mixing ``beta``."""
+
+    def __init__(self, spec: SolverSpec, x0: Tensor) -> None:
+        b, d = x0.shape
+        self.m = spec.memory()
+        self.lam = spec.lam
+        self.beta = spec.beta
+        kw = {"dtype": x0.dtype, "device": x0.device}
+        self.X = torch.zeros(b, self.m, d, **kw)
+        self.G = torch.zeros(b, self.m, d, **kw)
+        self.gram = torch.zeros(b, self.m, self.m, **kw)
+        self.eye = torch.eye(self.m, **kw)
+
+    def estimate(self, k: int, x: Tensor, fx: Tensor, window: Window | None) -> Tensor:
+        return fx
+
+    def step(self, k: int, x: Tensor, fx: Tensor, active: Tensor) -> Tensor:
+        j = k % self.m
+        n = min(k + 1, self.m)
+        xs = torch.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0)
+        g = torch.nan_to_num(fx, nan=0.0, posinf=0.0, neginf=0.0) - xs
+        self.X[:, j] = xs
+        self.G[:, j] = g
+        Gn = self.G[:, :n]
+        row = torch.bmm(Gn, g.unsqueeze(2)).squeeze(2)  # (B, n)
+        self.gram[:, j, :n] = row
+        self.gram[:, :n, j] = row
+        H = self.gram[:, :n, :n]
+        diag = torch.diagonal(H, dim1=1, dim2=2)
+        reg = self.lam * diag.amax(dim=1).clamp(min=torch.finfo(x.dtype).tiny)
+        H = H + reg[:, None, None] * self.eye[:n, :n]
+        ones = torch.ones(H.shape[0], n, 1, dtype=x.dtype, device=x.device)
+        sol, info = torch.linalg.solve_ex(H, ones)
+        a = sol.squeeze(2)
+        a = a / a.sum(dim=1, keepdim=True)
+        ok = (info == 0) & torch.isfinite(a).all(dim=1)
+        fallback = torch.zeros_like(a)
+        fallback[:, j] = 1.0
+        a = torch.where(ok[:, None], a, fallback)
+        mix = self.X[:, :n] + self.beta * Gn
+        return torch.bmm(a.unsqueeze(1), mix).squeeze(1)

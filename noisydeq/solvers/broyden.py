@@ -1,0 +1,86 @@
+"""Limited-memory ("good") Broyden's method for g(z) = f(z) − z = 0, per sample (App. B).
+
+The inverse Jacobian of g is approximated as B = −I + Σ_l u_l v_lᵀ (start: −I, i.e. the
+first step is a plain fixed-point step). After a step Δx with residual change Δg, the
+rank-one update that makes B Δg = Δx and changes B least in the direction Δxᵀ B is
+
+    vᵀ = Δxᵀ B,   u = (Δx − B Δg) / (vᵀ Δg),
+
+and the next point is x − B g. At most ``m`` rank-one terms are kept (the oldest is
+overwritten; default m = max_iter). Each sample has its own terms; an update with a zero,
+tiny or non-finite denominator is skipped for that sample (frozen samples have Δx = 0), and
+a non-finite step falls back to the plain step f(x), so a NaN input cannot break the batch.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from noisydeq.config import SolverSpec
+from noisydeq.solvers.stop import Window
+
+
+class Broyden:
+    """Good Broyden with ``m`` stored rank-one corrections per sample."""
+
+    def __init__(self, spec: SolverSpec, x0: Tensor) -> None:
+        b, d = x0.shape
+        self.L = spec.memory()
+        kw = {"dtype": x0.dtype, "device": x0.device}
+        self.U = torch.zeros(b, self.L, d, **kw)
+        self.V = torch.zeros(b, self.L, d, **kw)
+        self.count = 0
+        self.prev_x: Tensor | None = None
+        self.prev_g: Tensor | None = None
+
+    def _used(self) -> int:
+        return min(self.count, self.L)
+
+    def matvec(self, y: Tensor) -> Tensor:
+        """B y = −y + Σ u_l (v_lᵀ y)."""
+        n = self._used()
+        if n == 0:
+            return -y
+        U, V = self.U[:, :n], self.V[:, :n]
+        coef = torch.bmm(V, y.unsqueeze(2))  # (B, n, 1)
+        return -y + torch.bmm(U.transpose(1, 2), coef).squeeze(2)
+
+    def rmatvec(self, y: Tensor) -> Tensor:
+        """yᵀ B = −yᵀ + Σ (yᵀ u_l) v_lᵀ."""
+        n = self._used()
+        if n == 0:
+            return -y
+        U, V = self.U[:, :n], self.V[:, :n]
+        coef = torch.bmm(U, y.unsqueeze(2))
+        return -y + torch.bmm(V.transpose(1, 2), coef).squeeze(2)
+
+    def estimate(self, k: int, x: Tensor, fx: Tensor, window: Window | None) -> Tensor:
+        return x
+
+    def step(self, k: int, x: Tensor, fx: Tensor, active: Tensor) -> Tensor:
+        xs = torch.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0)
+        g = torch.nan_to_num(fx, nan=0.0, posinf=0.0, neginf=0.0) - xs
+        if self.prev_x is not None and self.prev_g is not None:
+            dx = xs - self.prev_x
+            dg = g - self.prev_g
+            vT = self.rmatvec(dx)
+            den = (vT * dg).sum(dim=1)
+            u = (dx - self.matvec(dg)) / den[:, None]
+            scale = vT.norm(dim=1) * dg.norm(dim=1)
+            ok = (
+                active
+                & torch.isfinite(den)
+                & (den.abs() > 1e-12 * scale)
+                & (den != 0)
+                & torch.isfinite(u).all(dim=1)
+                & torch.isfinite(vT).all(dim=1)
+            )
+            slot = self.count % self.L
+            self.U[:, slot] = torch.where(ok[:, None], u, 0.0)
+            self.V[:, slot] = torch.where(ok[:, None], vT, 0.0)
+            self.count += 1
+        self.prev_x, self.prev_g = xs, g
+        x_new = xs - self.matvec(g)
+        good = torch.isfinite(x_new).all(dim=1)
+        return torch.where(good[:, None], x_new, fx)
