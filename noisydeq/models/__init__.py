@@ -8,6 +8,7 @@ from noisydeq.models.base import ModelOutput
 from noisydeq.models.cells import InputProjection, MLPCell, TanhLayer
 from noisydeq.models.conv import ConvCell, ConvDEQ, ConvFFW, ConvTanhLayer
 from noisydeq.models.deq import DEQ, paper_solver
+from noisydeq.models.factory import build_model, resolved_width
 from noisydeq.models.ffw import FFW
 from noisydeq.models.matching import PAPER_DEPTHS, PAPER_WIDTHS, matched_width
 
@@ -24,6 +25,8 @@ __all__ = [
     "MLPCell",
     "ModelOutput",
     "TanhLayer",
+    "build_model",
     "matched_width",
     "paper_solver",
+    "resolved_width",
 ]

@@ -1,0 +1,79 @@
+"""Build a DEQ or FFW from a :class:`~noisydeq.config.ModelSpec` (App. E.1-E.3)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import nn
+
+from noisydeq.config import GradientSpec, JacobianRegSpec, ModelSpec, SolverSpec, build
+from noisydeq.errors import NoisyDEQError
+from noisydeq.models.conv import ConvDEQ, ConvFFW
+from noisydeq.models.deq import DEQ
+from noisydeq.models.ffw import FFW
+from noisydeq.models.matching import matched_width
+
+
+def as_model_spec(spec: ModelSpec | dict[str, Any]) -> ModelSpec:
+    """Accept a :class:`ModelSpec` or a dict (validated strictly, "did you mean" errors)."""
+    if isinstance(spec, ModelSpec):
+        return spec
+    if isinstance(spec, dict):
+        return build(ModelSpec, spec, where="model")
+    raise NoisyDEQError(f"model: expected a ModelSpec or dict, got {type(spec).__name__}")
+
+
+def resolved_width(spec: ModelSpec) -> int:
+    """The width the model gets: a matched DEQ uses ``matched_width(depth, width)`` (App. E.1).
+
+    For conv cells the match counts k²·c² + c parameters per layer.
+    """
+    if spec.kind == "deq" and spec.matched and spec.depth > 1:
+        area = spec.kernel_size**2 if spec.cell == "conv" else 1
+        return matched_width(spec.depth, spec.width, kernel_area=area)
+    return spec.width
+
+
+def build_model(
+    spec: ModelSpec | dict[str, Any],
+    *,
+    solver: SolverSpec | None = None,
+    gradient: GradientSpec | None = None,
+    jac_reg: JacobianRegSpec | None = None,
+    test_solver: SolverSpec | None = None,
+) -> nn.Module:
+    """A fresh (randomly initialised: seed torch first) model for ``spec``.
+
+    DEQ solver defaults: ``paper_solver(train=True)`` in training mode and ``test_solver``
+    (default: the same solver) in eval mode. The spec is kept as ``model.spec``.
+    """
+    spec = as_model_spec(spec)
+    width = resolved_width(spec)
+    model: nn.Module
+    if spec.kind == "deq":
+        common: dict[str, Any] = dict(
+            solver=solver, gradient=gradient, jac_reg=jac_reg, test_solver=test_solver,
+            depth=spec.depth,
+        )
+        if spec.cell == "mlp":
+            model = DEQ(spec.in_features, width, spec.out_features, spec.input_act, **common)
+        else:
+            model = ConvDEQ(
+                spec.in_features, width, spec.out_features, spec.input_act, **common,
+                in_shape=spec.in_shape, kernel_size=spec.kernel_size,
+                weight_norm=spec.weight_norm, pool=spec.pool,
+            )
+    else:
+        if solver is not None or gradient is not None or jac_reg is not None:
+            raise NoisyDEQError("model.kind: 'ffw' takes no solver, gradient or jac_reg")
+        if spec.cell == "mlp":
+            model = FFW(spec.in_features, width, spec.depth, spec.out_features, spec.input_act,
+                        form=spec.ffw_form)
+        else:
+            model = ConvFFW(
+                spec.in_features, width, spec.depth, spec.out_features, spec.input_act,
+                form=spec.ffw_form, in_shape=spec.in_shape, kernel_size=spec.kernel_size,
+                weight_norm=spec.weight_norm, pool=spec.pool,
+            )
+    model.spec = spec
+    return model
