@@ -460,3 +460,142 @@ class ExperimentSpec(StrictModel):
         """The :class:`SweepSpec` of ``variant`` (base ``sweep`` table + its overrides)."""
         overrides = self.quick if variant == "quick" else self.full
         return build(SweepSpec, {**self.sweep, **overrides}, where=f"[{variant}]")
+
+
+# ------------------------------------------------------------------------ training / families
+
+TRAIN_PRESETS = ("quick", "paper")
+
+
+class TrainSpec(StrictModel):
+    """Training of one model (issue 4; paper Tables 1-2, App. E.1-E.2).
+
+    Adam (``lr``, ``weight_decay``) for ``epochs`` passes over the task's training set in
+    mini-batches of ``batch_size`` shuffled by a generator seeded from ``seed``.
+    ``noise``: training noise injected by the model (the paper trains with signal noise at
+    0 dB, 10 dB or none, Eq. 3-4). ``device``: optional hardware model in the loop (preset
+    name or TOML path), calibrated to ``device_snr_db`` (None = its native SNR): the model is
+    deployed, trained through the device's noisy MVMs and its digital weights are saved.
+    DEQ only: ``solver`` (training), ``test_solver`` (evaluation), ``gradient`` and
+    ``jac_reg`` replace the model's own when set. ``max_train_samples``: use only the first
+    N training samples. Presets: :meth:`TrainSpec.preset` (``quick``, ``paper``).
+    """
+
+    epochs: int = Field(default=6, ge=0)
+    batch_size: int = Field(default=64, ge=1)
+    lr: float = Field(default=1e-3, gt=0.0)
+    weight_decay: float = Field(default=0.0, ge=0.0)
+    seed: int = 0
+    noise: NoiseSpec = Field(default_factory=NoiseSpec)
+    device: str | None = None
+    device_snr_db: float | None = None
+    solver: SolverSpec | None = None
+    test_solver: SolverSpec | None = None
+    gradient: GradientSpec | None = None
+    jac_reg: JacobianRegSpec | None = None
+    max_train_samples: int | None = Field(default=None, ge=1)
+
+    @classmethod
+    def preset(
+        cls,
+        name: str = "quick",
+        kind: Literal["deq", "ffw"] = "deq",
+        noise: NoiseSpec | None = None,
+        **overrides: Any,
+    ) -> TrainSpec:
+        """A named training preset for a model ``kind``, with field ``overrides``.
+
+        ``quick``: 6 epochs, batch 64; DEQ trained with a 30-step unroll (rel 1e-3) and the
+        phantom gradient (5 damped steps, λ = 0.5, App. C), evaluated with a 30-step unroll
+        stopping on ``mean_rel`` 0.05 — sized for the two-minute default sweep.
+        ``paper``: Table 1 (DEQ: 30 epochs, batch 16, Jacobian regulariser weight 1.0 until
+        epoch 55, unroll 60 with rel 1e-3 — or mean_rel 0.05 when training with noise —
+        tested with unroll 60, mean_rel 0.05) and Table 2 (FFW: 64 epochs, batch 16).
+        """
+        if name not in TRAIN_PRESETS:
+            close = difflib.get_close_matches(str(name), TRAIN_PRESETS, n=1)
+            hint = f"; did you mean '{close[0]}'?" if close else ""
+            raise NoisyDEQError(
+                f"train preset: unknown preset '{name}'{hint} (allowed: {', '.join(TRAIN_PRESETS)})"
+            )
+        noise = noise if noise is not None else NoiseSpec()
+        data: dict[str, Any] = {"noise": noise, "lr": 1e-3, "weight_decay": 0.0}
+        if name == "quick":
+            data.update(epochs=6, batch_size=64)
+            if kind == "deq":
+                data.update(
+                    solver=SolverSpec(name="unroll", max_iter=30, tol=1e-3, stop="rel",
+                                      traces=False),
+                    test_solver=SolverSpec(name="unroll", max_iter=30, tol=0.05,
+                                           stop="mean_rel", window=5),
+                    gradient=GradientSpec(name="phantom", phantom_steps=5, phantom_lambda=0.5),
+                )
+        else:
+            from noisydeq.models.deq import paper_solver
+
+            if kind == "deq":
+                data.update(
+                    epochs=30, batch_size=16,
+                    solver=paper_solver(train=True, noisy=noise.active),
+                    test_solver=paper_solver(train=False),
+                    jac_reg=JacobianRegSpec(weight=1.0, stop_epoch=55),
+                )
+            else:
+                data.update(epochs=64, batch_size=16)
+        data.update(overrides)
+        return build(cls, data, where=f"train preset '{name}'")
+
+
+class FamilySpec(StrictModel):
+    """A depth-matched family: FFW(depth, ``hidden``) and DEQ(matched_width(depth)) per depth.
+
+    Both kinds share the input projection (``input_act``) and output head shapes of the task
+    (App. E.1). Each member is trained with ``train_preset`` for its kind plus ``train``
+    overrides, with training noise at ``train_site`` / ``train_snr_db`` (``inf`` = none) and
+    the optional hardware ``device`` in the loop; ``seed`` seeds weights, data order and noise.
+    """
+
+    task: str = "digits"
+    data_dir: str | None = None
+    depths: list[int] = Field(default_factory=lambda: [1, 3, 5, 7])
+    kinds: list[Literal["deq", "ffw"]] = Field(default_factory=lambda: ["deq", "ffw"])
+    hidden: int = Field(default=128, ge=1)
+    input_act: Literal["relu", "silu", "identity"] = "relu"
+    seed: int = 0
+    train_preset: str = "quick"
+    train: dict[str, Any] = Field(default_factory=dict)
+    train_snr_db: float = math.inf
+    train_site: Literal["signal", "state", "input"] = "signal"
+    device: str | None = None
+
+    @field_validator("depths", mode="before")
+    @classmethod
+    def _depths(cls, v: Any) -> list[int]:
+        return SweepSpec._depths(v)
+
+    @field_validator("train_snr_db", mode="before")
+    @classmethod
+    def _snr(cls, v: Any) -> float:
+        return parse_snr_value(v)
+
+    @field_validator("train_preset")
+    @classmethod
+    def _preset(cls, v: str) -> str:
+        if v not in TRAIN_PRESETS:
+            close = difflib.get_close_matches(v, TRAIN_PRESETS, n=1)
+            hint = f"; did you mean '{close[0]}'?" if close else ""
+            raise ValueError(f"unknown preset '{v}'{hint} (allowed: {', '.join(TRAIN_PRESETS)})")
+        return v
+
+    def noise(self) -> NoiseSpec:
+        """The training noise: multiplicative at ``train_site`` / ``train_snr_db``, or none."""
+        if math.isinf(self.train_snr_db):
+            return NoiseSpec()
+        return NoiseSpec(site=self.train_site, kind="multiplicative", snr_db=self.train_snr_db)
+
+    def train_spec(self, kind: Literal["deq", "ffw"]) -> TrainSpec:
+        """The resolved :class:`TrainSpec` of a member of ``kind``."""
+        over = {"seed": self.seed, **self.train}
+        if self.device is not None:
+            over.setdefault("device", self.device)
+        return TrainSpec.preset(self.train_preset, kind, self.noise(), **over)
