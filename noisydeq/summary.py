@@ -1,0 +1,135 @@
+"""Aggregation of the tidy sweep table and the condensed text summary printed by the CLI.
+
+Aggregates are over chip instances and seeds: mean, min and max of the metric per
+(model kind, depth, train SNR, inference SNR) — the quantities plotted in Fig. 1 / 7-12.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Agg:
+    """Metric statistics over chips and seeds for one (model, train SNR, SNR) point."""
+
+    mean: float
+    lo: float
+    hi: float
+    std: float
+    count: int
+    diverged_frac: float
+
+
+def _agg(values: Sequence[float], diverged: Sequence[float]) -> Agg:
+    vals = [v for v in values if not math.isnan(v)]
+    if not vals:
+        return Agg(math.nan, math.nan, math.nan, math.nan, 0, sum(diverged) / len(diverged))
+    mean = sum(vals) / len(vals)
+    std = math.sqrt(sum((v - mean) ** 2 for v in vals) / len(vals))
+    return Agg(mean, min(vals), max(vals), std, len(vals), sum(diverged) / len(diverged))
+
+
+ModelKey = tuple[str, int, int, int, float]  # kind, depth, width, params, train_snr_db
+
+
+def aggregate(rows: Iterable[dict[str, Any]]) -> dict[ModelKey, dict[float, Agg]]:
+    """{(kind, depth, width, params, train_snr): {snr_db: Agg}} over chips and seeds."""
+    groups: dict[ModelKey, dict[float, tuple[list[float], list[float]]]] = defaultdict(dict)
+    for r in rows:
+        key = (r["kind"], int(r["depth"]), int(r["width"]), int(r["params"]), r["train_snr_db"])
+        vals, div = groups[key].setdefault(float(r["snr_db"]), ([], []))
+        vals.append(float(r["value"]))
+        div.append(float(r["diverged_frac"]))
+    return {
+        k: {s: _agg(v, d) for s, (v, d) in sorted(levels.items())}
+        for k, levels in sorted(groups.items(), key=lambda kv: (kv[0][4], kv[0][1], kv[0][0]))
+    }
+
+
+def condensed_levels(levels: Sequence[float], limit: int = 8) -> list[float]:
+    """At most about ``limit`` columns: every level if few, else multiples of 5 dB (+ ∞)."""
+    levels = sorted(levels)
+    if len(levels) <= limit:
+        return levels
+    finite = [s for s in levels if math.isfinite(s)]
+    for step in (5, 10, 20):
+        picked = [s for s in finite if abs(s / step - round(s / step)) < 1e-9]
+        if 2 <= len(picked) <= limit:
+            break
+    else:
+        idx = sorted({round(i * (len(finite) - 1) / (limit - 1)) for i in range(limit)})
+        picked = [finite[i] for i in idx]
+    return picked + [s for s in levels if math.isinf(s)]
+
+
+def _fmt_value(v: float, metric: str) -> str:
+    if math.isnan(v):
+        return "nan"
+    return f"{v:.3f}" if metric == "accuracy" else f"{v:.2e}"
+
+
+def _fmt_db(v: float) -> str:
+    return "∞" if math.isinf(v) else f"{v:g}"
+
+
+def summary_table(rows: Sequence[dict[str, Any]], limit: int = 8) -> str:
+    """Text table: one line per model, the mean metric at (condensed) SNR columns.
+
+    A trailing ``*`` marks points where some samples diverged (see ``diverged_frac``).
+    """
+    if not rows:
+        return "(no results)"
+    metric = rows[0]["metric"]
+    agg = aggregate(rows)
+    levels = condensed_levels(sorted({float(r["snr_db"]) for r in rows}), limit)
+    multi_train = len({k[4] for k in agg}) > 1
+    head = ["model", "depth", "width", "params"] + (["train SNR"] if multi_train else [])
+    head += [f"{_fmt_db(s)} dB" for s in levels]
+    lines = []
+    for (kind, depth, width, params, tsnr), by_snr in agg.items():
+        cells = [kind.upper(), str(depth), str(width), f"{params:,}"]
+        if multi_train:
+            cells.append(f"{_fmt_db(tsnr)} dB")
+        for s in levels:
+            a = by_snr.get(s)
+            if a is None:
+                cells.append("-")
+            else:
+                cells.append(_fmt_value(a.mean, metric) + ("*" if a.diverged_frac > 0 else ""))
+        lines.append(cells)
+    widths = [max(len(h), *(len(c[i]) for c in lines)) for i, h in enumerate(head)]
+    out = ["  ".join(h.rjust(w) for h, w in zip(head, widths, strict=False))]
+    out.append("  ".join("-" * w for w in widths))
+    out += ["  ".join(c.rjust(w) for c, w in zip(cells, widths, strict=False)) for cells in lines]
+    n_chips = len({r["chip"] for r in rows})
+    n_seeds = len({r["seed"] for r in rows})
+    out.append(
+        f"{metric} (inference SNR columns), mean over {n_chips} chip(s) × {n_seeds} seed(s)"
+        + ("; * = some samples diverged" if any(r["diverged_frac"] > 0 for r in rows) else "")
+    )
+    return "\n".join(out)
+
+
+def summary_json(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Machine-readable aggregate: one record per model and SNR (JSON-safe: ∞ as "inf")."""
+
+    def safe(v: float) -> float | str:
+        return v if math.isfinite(v) else ("nan" if math.isnan(v) else ("inf" if v > 0 else "-inf"))
+
+    out = []
+    for (kind, depth, width, params, tsnr), by_snr in aggregate(rows).items():
+        for s, a in by_snr.items():
+            out.append(
+                {
+                    "kind": kind, "depth": depth, "width": width, "params": params,
+                    "train_snr_db": safe(tsnr), "snr_db": safe(s), "mean": safe(a.mean),
+                    "min": safe(a.lo), "max": safe(a.hi), "n": a.count,
+                    "diverged_frac": a.diverged_frac,
+                }
+            )
+    return out

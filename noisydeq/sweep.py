@@ -1,0 +1,473 @@
+"""The sweep engine: trained models × inference SNR grid × chip instances → one tidy table.
+
+For every model, chip instance and chunk of SNR levels (a *cell*) the test set is pushed
+through the deployed model once with the SNR levels **stacked along the batch**: K levels ×
+n samples make one (K·n)-row forward, with a per-sample SNR tensor and a block
+:class:`~noisydeq.noise.NoiseStream` (one generator per level, seeded by
+``derive_seed(seed, model_id, snr, chip, batch)``). Because every block draws exactly what a
+separate run at that level would draw, the batched results equal the per-point ones
+(``batched=False``) for the same seeds. ``max_rows`` bounds K·n (memory).
+
+Metric conventions (the paper's Sec. 4.1 / App. D.1 metrics, made explicit for noise):
+
+* classification — accuracy over **all** test samples; a sample whose solve diverged
+  (non-finite state or output) counts as wrong.
+* regression — MSE over the samples that did not diverge (a diverged sample has no
+  meaningful output); ``nan`` if all diverged.
+* In both cases ``diverged_frac`` is reported next to the metric, so a diverging model is
+  never hidden inside an average.
+
+``measured_snr_db`` is the realised SNR Σ‖y‖²/Σ‖ε‖² at the noise site over all injections
+of that level (model noise), or the device's own measurement (device noise); ``inf`` when
+there is no noise.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from noisydeq.config import NoiseSpec, SweepSpec
+from noisydeq.errors import NoisyDEQError
+from noisydeq.noise import Noise, NoiseStream, derive_seed
+from noisydeq.results import RunDir
+
+
+def fmt_db(value: float) -> str:
+    """Compact text of an SNR in dB (``inf`` for no noise) for ids and keys."""
+    return "inf" if math.isinf(value) else f"{value:g}"
+
+
+@dataclass
+class SweepModel:
+    """One trained model of a sweep and the facts the table reports about it.
+
+    ``depth`` is the FFW depth of the family member: an FFW's number of layers, or for a
+    DEQ the FFW depth it is parameter-matched to (so DEQ and FFW of one depth pair up).
+    """
+
+    model: nn.Module
+    kind: str
+    depth: int
+    width: int
+    params: int
+    seed: int = 0
+    train_snr_db: float = math.inf
+
+    @property
+    def model_id(self) -> str:
+        return (
+            f"{self.kind}-d{self.depth}-w{self.width}-s{self.seed}"
+            f"-t{fmt_db(self.train_snr_db)}"
+        )
+
+
+@dataclass
+class LevelStats:
+    """Running sums for one (model, chip, SNR level) over the test batches."""
+
+    n: int = 0
+    score: float = 0.0  # correct count (classification) or Σ squared error (regression)
+    n_scored: int = 0  # denominator of the metric
+    steps: float = 0.0
+    converged: int = 0
+    diverged: int = 0
+    signal: float = 0.0
+    noise: float = 0.0
+    device_snr: list[float] = field(default_factory=list)
+
+    def measured_db(self) -> float:
+        if self.device_snr:
+            finite = [v for v in self.device_snr if not math.isnan(v)]
+            return sum(finite) / len(finite) if finite else math.nan
+        if self.noise == 0.0:
+            return math.inf
+        if self.signal == 0.0:
+            return -math.inf
+        return 10.0 * math.log10(self.signal / self.noise)
+
+
+class MeteredNoise(Noise):
+    """A :class:`Noise` injector that also sums ‖y‖² and ‖ε‖² per sample at its site."""
+
+    def __init__(self, spec: NoiseSpec, stream: NoiseStream, snr_db: Tensor) -> None:
+        super().__init__(spec, stream, snr_db=snr_db)
+        b = snr_db.shape[0]
+        self.signal = torch.zeros(b, dtype=torch.float64, device=snr_db.device)
+        self.noise = torch.zeros(b, dtype=torch.float64, device=snr_db.device)
+
+    def apply(self, site: str, y: Tensor) -> Tensor:
+        out = super().apply(site, y)
+        if site == self.spec.site:
+            c = y.detach().reshape(y.shape[0], -1).double()
+            e = out.detach().reshape(y.shape[0], -1).double() - c
+            self.signal += c.pow(2).sum(1)
+            self.noise += e.pow(2).sum(1)
+        return out
+
+
+# ------------------------------------------------------------------------ hardware
+
+
+class Hardware:
+    """Adapter from the sweep to a device model (``noisydeq.hardware``).
+
+    ``device == "ideal"`` with model noise runs the digital weights directly (the ideal
+    device is the identity), so the engine works without any hardware model.
+    """
+
+    def __init__(self, spec: SweepSpec) -> None:
+        self.spec = spec
+        self.direct = spec.device == "ideal"
+        self.device: Any = None
+        self.hw: Any = None
+        if not self.direct:
+            from noisydeq import hardware
+
+            self.hw = hardware
+            self.device = hardware.get_device(spec.device)
+        self.per_sample = self.direct or bool(getattr(self.device, "supports_sample_snr", True))
+
+    def native_snr_db(self) -> float:
+        if self.direct:
+            return math.inf
+        return float(self.device.native_snr_db())
+
+    def chip(self, model: nn.Module, seed: int, chip: int) -> Callable[[float | None], nn.Module]:
+        """A factory: SNR level (or None for per-sample) → the model deployed on chip ``chip``."""
+        if self.direct:
+            return lambda _level: model
+        chip_dev = self.device.new_chip(derive_seed(seed, "chip", chip))
+        cache: dict[Any, nn.Module] = {}
+
+        def deployed(level: float | None) -> nn.Module:
+            key = "batched" if level is None or self.per_sample else level
+            if key not in cache:
+                dev = chip_dev if key == "batched" else chip_dev.at_snr(level)
+                cache.clear()
+                cache[key] = dev.deploy(model).eval()
+            return cache[key]
+
+        return deployed
+
+    def prepare(self, model: nn.Module, snr: Tensor, stream: NoiseStream, device_noise: bool):
+        """Point the deployed model's dynamic noise at ``stream`` and its SNR targets."""
+        if self.direct:
+            return
+        self.hw.set_stream(model, stream)
+        self.hw.set_sample_snr(model, snr if (device_noise and self.per_sample) else None)
+
+    def measured(self, model: nn.Module, blocks: int) -> list[float] | None:
+        """Per-block measured SNR (dB) of the last forward, when the device reports it."""
+        if self.direct:
+            return None
+        report = self.hw.layer_snr_report(model)
+        if not report:
+            return None
+        values = list(report.values())
+        per_block = []
+        for k in range(blocks):
+            vals = []
+            for v in values:
+                if isinstance(v, Tensor) and v.ndim == 1 and v.numel() == blocks:
+                    vals.append(float(v[k]))
+                elif isinstance(v, (list, tuple)) and len(v) == blocks:
+                    vals.append(float(v[k]))
+                elif blocks == 1:
+                    vals.append(float(v))
+            if not vals:
+                return None
+            per_block.append(_mean_db(vals))
+        return per_block
+
+
+def _mean_db(values: Sequence[float]) -> float:
+    """Mean of dB values (inf when all are inf)."""
+    finite = [v for v in values if math.isfinite(v)]
+    if not finite:
+        return math.inf if all(v == math.inf for v in values) else math.nan
+    return sum(finite) / len(finite)
+
+
+# ------------------------------------------------------------------------ evaluation
+
+
+def _forward(model: nn.Module, x: Tensor, noise: Noise | None) -> tuple[Tensor, Any]:
+    out = model(x, noise, return_solution=True)
+    logits = getattr(out, "logits", out)
+    return logits, getattr(out, "solution", None)
+
+
+def forward_levels(
+    deployed: nn.Module,
+    sm: SweepModel,
+    x: Tensor,
+    y: Tensor,
+    levels: Sequence[float],
+    seeds: Sequence[int],
+    spec: SweepSpec,
+    hardware: Hardware,
+    classification: bool,
+    stats: Sequence[LevelStats],
+) -> None:
+    """One forward of the n samples ``x`` at K SNR ``levels`` stacked (K·n rows).
+
+    Block k of the batch carries level k and draws its noise from ``seeds[k]``; ``stats[k]``
+    accumulates that level's results.
+    """
+    n, k = x.shape[0], len(levels)
+    xs = x.repeat(k, *([1] * (x.ndim - 1)))
+    snr = torch.tensor(list(levels), dtype=x.dtype, device=x.device).repeat_interleave(n)
+    stream = NoiseStream.from_blocks(list(seeds), [n] * k, device=x.device)
+    device_noise = spec.noise_site == "device"
+    hardware.prepare(deployed, snr, stream, device_noise)
+    noise = None
+    if not device_noise:
+        noise = MeteredNoise(NoiseSpec(site=spec.noise_site), stream, snr_db=snr)
+    with torch.no_grad():
+        logits, sol = _forward(deployed, xs, noise)
+    rows = logits.reshape(k * n, -1)
+    diverged = ~torch.isfinite(rows).all(dim=1)
+    if sol is not None:
+        diverged = diverged | sol.diverged.to(diverged.device)
+        steps = sol.steps.double()
+        converged = sol.converged & ~diverged
+    else:  # feed-forward: one layer evaluation per layer, always "converged"
+        steps = torch.full((k * n,), float(sm.depth), dtype=torch.float64, device=x.device)
+        converged = ~diverged
+    if classification:
+        correct = (rows.argmax(dim=1) == y.repeat(k)) & ~diverged
+        per_sample = correct.double()
+    else:
+        target = y.reshape(n, -1).repeat(k, 1).to(rows.dtype)
+        per_sample = (rows - target).double().pow(2).mean(dim=1)
+        per_sample = torch.where(diverged, torch.zeros_like(per_sample), per_sample)
+    measured = hardware.measured(deployed, k) if device_noise else None
+    for j, st in enumerate(stats):
+        sl = slice(j * n, (j + 1) * n)
+        div = int(diverged[sl].sum())
+        st.n += n
+        st.score += float(per_sample[sl].sum())
+        st.n_scored += n if classification else n - div
+        st.steps += float(steps[sl].sum())
+        st.converged += int(converged[sl].sum())
+        st.diverged += div
+        if noise is not None:
+            st.signal += float(noise.signal[sl].sum())
+            st.noise += float(noise.noise[sl].sum())
+        elif device_noise:
+            if hardware.direct:
+                st.device_snr.append(math.inf)
+            elif measured is not None:
+                st.device_snr.append(measured[j])
+            else:
+                st.device_snr.append(math.inf if math.isinf(levels[j]) else math.nan)
+
+
+def level_chunks(
+    levels: Sequence[float], n_test: int, max_rows: int
+) -> tuple[int, list[list[float]]]:
+    """Rows per level per forward and the SNR chunks (each ≤ ``max_rows`` rows in all)."""
+    rows = max(1, min(n_test, max_rows))
+    per_chunk = max(1, max_rows // rows)
+    levels = list(levels)
+    return rows, [levels[i : i + per_chunk] for i in range(0, len(levels), per_chunk)]
+
+
+def evaluate_cell(
+    sm: SweepModel,
+    deployed_at: Callable[[float | None], nn.Module],
+    x: Tensor,
+    y: Tensor,
+    levels: Sequence[float],
+    chip: int,
+    spec: SweepSpec,
+    hardware: Hardware,
+    classification: bool,
+    rows_per_batch: int,
+    batched: bool,
+) -> list[LevelStats]:
+    """Statistics of one cell: model ``sm`` on chip ``chip`` at the SNR ``levels``.
+
+    Batched: one forward per test batch carrying all levels. Per-point: one forward per
+    level per test batch, with the same seeds — the results are the same.
+    """
+    stats = [LevelStats() for _ in levels]
+    can_batch = batched and hardware.per_sample
+    for b, start in enumerate(range(0, x.shape[0], rows_per_batch)):
+        xb, yb = x[start : start + rows_per_batch], y[start : start + rows_per_batch]
+        seeds = [derive_seed(sm.seed, sm.model_id, fmt_db(s), chip, b) for s in levels]
+        if can_batch:
+            forward_levels(
+                deployed_at(None), sm, xb, yb, levels, seeds, spec, hardware, classification, stats
+            )
+        else:
+            for j, s in enumerate(levels):
+                forward_levels(
+                    deployed_at(s), sm, xb, yb, [s], [seeds[j]], spec, hardware,
+                    classification, [stats[j]],
+                )
+    return stats
+
+
+def stats_rows(
+    sm: SweepModel,
+    stats: Sequence[LevelStats],
+    levels: Sequence[float],
+    chip: int,
+    spec: SweepSpec,
+    task_name: str,
+    metric: str,
+) -> list[dict[str, Any]]:
+    """Tidy-table rows (see :data:`noisydeq.results.COLUMNS`) for one finished cell."""
+    rows = []
+    for st, level in zip(stats, levels, strict=False):
+        if metric == "accuracy":
+            value = st.score / st.n
+        else:
+            value = st.score / st.n_scored if st.n_scored else math.nan
+        rows.append(
+            {
+                "task": task_name,
+                "model_id": sm.model_id,
+                "kind": sm.kind,
+                "depth": int(sm.depth),
+                "width": int(sm.width),
+                "params": int(sm.params),
+                "seed": int(sm.seed),
+                "train_snr_db": float(sm.train_snr_db),
+                "device": spec.device,
+                "noise_site": spec.noise_site,
+                "snr_db": float(level),
+                "measured_snr_db": float(st.measured_db()),
+                "chip": int(chip),
+                "metric": metric,
+                "value": float(value),
+                "n_samples": int(st.n),
+                "mean_steps": st.steps / st.n,
+                "converged_frac": st.converged / st.n,
+                "diverged_frac": st.diverged / st.n,
+            }
+        )
+    return rows
+
+
+# ------------------------------------------------------------------------ the sweep
+
+
+@dataclass
+class SweepResult:
+    """What :func:`run_sweep` produced."""
+
+    rows: list[dict[str, Any]]
+    run_dir: RunDir
+    native_snr_db: float
+    computed_cells: int
+    skipped_cells: int
+    figures: list[Path] = field(default_factory=list)
+
+
+ModelProvider = Callable[[SweepSpec, Any, bool], list[SweepModel]]
+
+
+def _test_tensors(task: Any, spec: SweepSpec, torch_device: torch.device) -> tuple[Tensor, Tensor]:
+    x, y = task.x_test, task.y_test
+    if spec.max_test_samples is not None:
+        x, y = x[: spec.max_test_samples], y[: spec.max_test_samples]
+    return x.to(torch_device), y.to(torch_device)
+
+
+def resolve_torch_device(name: str) -> torch.device:
+    """A torch device from ``--torch-device`` (``cpu``, ``cuda``, ``cuda:1``, ...)."""
+    try:
+        dev = torch.device(name)
+    except RuntimeError:
+        raise NoisyDEQError(
+            f"--torch-device '{name}': not a torch device (e.g. cpu, cuda, cuda:0)"
+        ) from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise NoisyDEQError(f"--torch-device '{name}': CUDA is not available on this machine")
+    return dev
+
+
+def run_sweep(
+    spec: SweepSpec,
+    out_dir: str | Path,
+    *,
+    task: Any = None,
+    models: Sequence[SweepModel] | ModelProvider | None = None,
+    progress: bool = True,
+    on_cell: Callable[[int], None] | None = None,
+    plots: bool = True,
+) -> SweepResult:
+    """Run (or resume) the sweep ``spec`` into ``out_dir``; returns the tidy table.
+
+    ``task`` / ``models`` default to ``noisydeq.tasks.load_task`` and the trained family of
+    ``noisydeq.families``; tests pass their own. ``on_cell(n)`` is called after the n-th cell
+    computed in this process is saved (used to test interruption).
+    """
+    from tqdm.auto import tqdm
+
+    torch_device = resolve_torch_device(spec.torch_device)
+    if task is None:
+        from noisydeq.tasks import load_task
+
+        task = load_task(spec.task, data_dir=spec.data_dir, seed=spec.seeds[0])
+    hardware = Hardware(spec)  # validates the device before anything is written
+    run_dir = RunDir(out_dir)
+    run_dir.open(spec)
+    if models is None:
+        from noisydeq.family_provider import family_models
+
+        models = family_models
+    if callable(models):
+        models = models(spec, task, progress)
+    models = list(models)
+
+    x, y = _test_tensors(task, spec, torch_device)
+    classification = task.kind == "classification"
+    metric = "accuracy" if classification else "mse"
+    rows_per_batch, chunks = level_chunks(spec.snr_db, x.shape[0], spec.max_rows)
+
+    cells = [(m, c, ch) for m in models for c in range(spec.chips) for ch in chunks]
+    all_rows: list[dict[str, Any]] = []
+    computed = skipped = 0
+    bar = tqdm(total=len(cells), desc="sweep", unit="cell", disable=not progress, leave=False)
+    current: tuple[str, int] | None = None
+    deployed_at: Callable[[float | None], nn.Module] | None = None
+    for sm, chip, levels in cells:
+        key = f"{sm.model_id}|chip{chip}|" + ",".join(fmt_db(s) for s in levels)
+        rows = run_dir.load_cell(key)
+        if rows is None:
+            if current != (sm.model_id, chip):
+                sm.model.to(torch_device).eval()
+                deployed_at = hardware.chip(sm.model, sm.seed, chip)
+                current = (sm.model_id, chip)
+            assert deployed_at is not None
+            stats = evaluate_cell(
+                sm, deployed_at, x, y, levels, chip, spec, hardware, classification,
+                rows_per_batch, spec.batched,
+            )
+            rows = stats_rows(sm, stats, levels, chip, spec, task.name, metric)
+            run_dir.save_cell(key, rows)
+            computed += 1
+            if on_cell is not None:
+                on_cell(computed)
+        else:
+            skipped += 1
+        all_rows.extend(rows)
+        bar.update(1)
+    bar.close()
+    run_dir.write_table(all_rows)
+    result = SweepResult(all_rows, run_dir, hardware.native_snr_db(), computed, skipped)
+    if plots and all_rows:
+        from noisydeq.plots import plot_sweep
+
+        result.figures = plot_sweep(all_rows, run_dir.figures, spec, result.native_snr_db)
+    return result
