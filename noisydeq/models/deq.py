@@ -21,6 +21,7 @@ from noisydeq.models.cells import MLPCell, check_positive
 from noisydeq.noise import Noise
 from noisydeq.solvers import solve, solve_with_grad
 from noisydeq.solvers.gradients import attach_gradient
+from noisydeq.solvers.jacobian import jacobian_frobenius_hutchinson
 
 
 def paper_solver(train: bool, noisy: bool = False) -> SolverSpec:
@@ -125,7 +126,8 @@ class DEQ(CountingMixin, nn.Module):
         """Solve z* = f(z*; x) (Eq. 1/3), attach the gradient, return head(z*).
 
         Returns the logits, or a :class:`ModelOutput` when ``return_solution`` or
-        ``return_states`` is set. ``generator`` feeds the solver's random threshold.
+        ``return_states`` is set. ``generator`` feeds the solver's random threshold and the
+        Hutchinson probes of the Jacobian regulariser (global torch RNG when ``None``).
         """
         xt = self.inject(x, noise)
         f = self.cell_fn(xt, noise)
@@ -152,9 +154,10 @@ class DEQ(CountingMixin, nn.Module):
         jac_loss = None
         reg = self.jac_reg
         if reg is not None and reg.weight > 0 and self.jac_reg_active and self.training and grad_on:
-            from noisydeq.solvers import jacobian_frobenius_hutchinson
-
-            est = jacobian_frobenius_hutchinson(f, solution.z.detach(), n=reg.n_samples)
+            z_in = solution.z.detach().requires_grad_(True)
+            est = jacobian_frobenius_hutchinson(
+                f(z_in), z_in, n_samples=reg.n_samples, generator=generator
+            )
             jac_loss = reg.weight * est
 
         logits = self.head(self.pool(z))
