@@ -1,1 +1,40 @@
-"""noisydeq.hardware"""
+"""Hardware devices: deploy any torch model on an ideal, SNR, RRAM or photonic MVM.
+
+>>> from noisydeq import hardware
+>>> dev = hardware.get_device("rram-wan2022").at_snr(20).new_chip(1)
+>>> noisy_model = dev.deploy(model)  # doctest: +SKIP
+"""
+
+from noisydeq.hardware.base import (
+    Device,
+    DeviceLayer,
+    calibrate,
+    device_layers,
+    layer_snr_report,
+    set_measure,
+    set_sample_snr,
+    set_stream,
+)
+from noisydeq.hardware.presets import (
+    device_from_spec,
+    get_device,
+    load_spec,
+    preset_names,
+    spec_from_dict,
+)
+
+__all__ = [
+    "Device",
+    "DeviceLayer",
+    "calibrate",
+    "device_from_spec",
+    "device_layers",
+    "get_device",
+    "layer_snr_report",
+    "load_spec",
+    "preset_names",
+    "set_measure",
+    "set_sample_snr",
+    "set_stream",
+    "spec_from_dict",
+]
