@@ -75,7 +75,7 @@ def fixed_point(
         step = torch.linalg.solve(eye - jz, (z - fz).unsqueeze(-1)).squeeze(-1)
         step = torch.where(active[:, None], step, torch.zeros_like(step))
         t = torch.ones_like(res)
-        for _ in range(6):
+        for _ in range(30):
             z_new = z - t[:, None] * step
             fz_new, res_new = residual(z_new)
             worse = active & ~(res_new <= res)
