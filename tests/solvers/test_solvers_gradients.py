@@ -1,0 +1,189 @@
+"""Gradient methods vs finite differences, autograd through explicit unrolls, each other."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from noisydeq.config import GradientSpec, SolverSpec, build
+from noisydeq.errors import NoisyDEQError
+from noisydeq.solvers import attach_gradient, jacobian_frobenius_hutchinson, solve, solve_with_grad
+
+D, B = 6, 3
+FWD = SolverSpec(name="anderson", max_iter=200, tol=1e-13, stop="abs")
+
+
+def _params(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    w = torch.randn(D, D, generator=g, dtype=torch.float64) * (0.8 / D**0.5)
+    b = torch.randn(D, generator=g, dtype=torch.float64) * 0.5
+    x = torch.randn(B, D, generator=g, dtype=torch.float64)
+    return w, b, x
+
+
+def _cell(w: torch.Tensor, b: torch.Tensor, x: torch.Tensor):
+    return lambda z: torch.tanh(z @ w.T + b + x)
+
+
+def _loss(z: torch.Tensor) -> torch.Tensor:
+    target = torch.linspace(-1, 1, D, dtype=torch.float64)
+    return ((z - target) ** 2).sum() + z[:, 0].sum() ** 3
+
+
+def _deq_loss(w, b, x, grad: GradientSpec | None = None) -> torch.Tensor:
+    f = _cell(w, b, x)
+    sol = solve(f, torch.zeros_like(x), FWD)
+    assert sol.converged.all()
+    z = sol.z if grad is None else attach_gradient(f, sol.z, grad)
+    return _loss(z)
+
+
+def _grads(grad: GradientSpec, seed: int = 0) -> list[torch.Tensor]:
+    params = [p.clone().requires_grad_(True) for p in _params(seed)]
+    _deq_loss(*params, grad).backward()
+    return [p.grad for p in params]
+
+
+def _finite_differences(seed: int = 0, eps: float = 1e-6) -> list[torch.Tensor]:
+    params = list(_params(seed))
+    out = []
+    for i, p in enumerate(params):
+        g = torch.zeros_like(p)
+        for idx in range(p.numel()):
+            vals = []
+            for sgn in (1.0, -1.0):
+                q = [t.clone() for t in params]
+                q[i].view(-1)[idx] += sgn * eps
+                vals.append(_deq_loss(*q).item())
+            g.view(-1)[idx] = (vals[0] - vals[1]) / (2 * eps)
+        out.append(g)
+    return out
+
+
+@pytest.fixture(scope="module")
+def fd_grads() -> list[torch.Tensor]:
+    return _finite_differences()
+
+
+def _rel(a: list[torch.Tensor], b: list[torch.Tensor]) -> float:
+    num = sum((x - y).pow(2).sum() for x, y in zip(a, b, strict=True)) ** 0.5
+    den = sum(y.pow(2).sum() for y in b) ** 0.5
+    return float(num / den)
+
+
+@pytest.mark.parametrize("backward", ["anderson", "broyden", "unroll"])
+def test_ift_matches_finite_differences(fd_grads, backward: str) -> None:
+    spec = GradientSpec(
+        name="ift",
+        backward_solver=SolverSpec(name=backward, max_iter=300, tol=1e-12, stop="rel", window=1),
+    )
+    err = _rel(_grads(spec), fd_grads)
+    print(f"ift ({backward} backward) vs finite differences (W, b, x): rel err {err:.2e}")
+    assert err < 1e-4
+
+
+def test_phantom_approaches_ift_as_k_grows(fd_grads) -> None:
+    errs = []
+    for k in (1, 3, 9, 27):
+        spec = GradientSpec(name="phantom", phantom_steps=k, phantom_lambda=0.5)
+        errs.append(_rel(_grads(spec), fd_grads))
+    print("phantom rel err vs exact gradient for k=1,3,9,27:", [f"{e:.1e}" for e in errs])
+    assert all(a > b for a, b in zip(errs, errs[1:], strict=False))
+    assert errs[-1] < 1e-4 < errs[0]
+
+
+def test_jfb_is_finite_and_not_exact(fd_grads) -> None:
+    g = _grads(GradientSpec(name="jfb"))
+    assert all(torch.isfinite(t).all() for t in g)
+    cos = sum((x * y).sum() for x, y in zip(g, fd_grads, strict=True)) / (
+        sum(x.pow(2).sum() for x in g) ** 0.5 * sum(y.pow(2).sum() for y in fd_grads) ** 0.5
+    )
+    print(f"jfb: cosine with the exact gradient {float(cos):.3f}")
+    assert 0.0 < float(cos) < 1.0 - 1e-6  # a descent direction, but an approximation
+
+
+def test_bptt_equals_autograd_through_explicit_unroll() -> None:
+    w, b, x = (p.clone().requires_grad_(True) for p in _params(1))
+    f = _cell(w, b, x)
+    # per-sample stopping: rows stop at different steps; bptt must match a per-row unroll
+    sol = solve_with_grad(
+        f, torch.zeros_like(x), SolverSpec(name="unroll", max_iter=40, tol=1e-4, stop="abs")
+    )
+    assert sol.z.requires_grad
+    _loss(sol.z).backward()
+    got = [w.grad.clone(), b.grad.clone(), x.grad.clone()]
+    for p in (w, b, x):
+        p.grad = None
+    steps = sol.steps.tolist()
+    rows = []
+    for r, k in enumerate(steps):
+        z = torch.zeros(1, D, dtype=torch.float64)
+        for _ in range(k):  # k evaluations; the solution is f of the last point = k-th image
+            z = torch.tanh(z @ w.T + b + x[r : r + 1])
+        rows.append(z)
+    _loss(torch.cat(rows)).backward()
+    ref = [w.grad, b.grad, x.grad]
+    print("bptt steps per sample", steps)
+    assert all(torch.isfinite(t).all() for t in got)
+    for a, c in zip(got, ref, strict=True):
+        torch.testing.assert_close(a, c, rtol=1e-10, atol=1e-12)
+
+
+def test_bptt_through_stochastic_solver_is_finite() -> None:
+    w, b, x = (p.clone().requires_grad_(True) for p in _params(2))
+    sol = solve_with_grad(
+        _cell(w, b, x),
+        torch.zeros_like(x),
+        SolverSpec(name="stochastic", max_iter=30, tol=1e-6, window=5),
+    )
+    _loss(sol.z).backward()
+    assert torch.isfinite(w.grad).all() and w.grad.abs().sum() > 0
+
+
+def test_gradient_spec_errors_name_the_field() -> None:
+    with pytest.raises(NoisyDEQError, match="name"):
+        build(GradientSpec, {"name": "implicit"})
+    with pytest.raises(NoisyDEQError, match="phantom_steps"):
+        attach_gradient(lambda z: z, torch.zeros(1, 2), {"phantom_steps": 0})
+    with pytest.raises(NoisyDEQError, match="backward_solver: window"):
+        build(GradientSpec, {"backward_solver": {"max_iter": 3, "window": 5}})
+    with pytest.raises(NoisyDEQError, match="solve_with_grad"):
+        attach_gradient(lambda z: z, torch.zeros(1, 2), GradientSpec(name="bptt"))
+    with pytest.raises(NoisyDEQError, match="allowed: unroll, stochastic"):
+        solve_with_grad(lambda z: z, torch.zeros(1, 2), SolverSpec(name="anderson"))
+
+
+def test_hutchinson_matches_exact_jacobian_norm() -> None:
+    w, b, x = _params(3)
+    z = torch.randn(B, D, dtype=torch.float64, generator=torch.Generator().manual_seed(9))
+    z.requires_grad_(True)
+    fz = _cell(w, b, x)(z)
+    exact = sum(
+        torch.autograd.functional.jacobian(_cell(w, b, x[i : i + 1]), z[i : i + 1].detach())
+        .pow(2)
+        .sum()
+        for i in range(B)
+    ) / (B * D)
+    g = torch.Generator().manual_seed(0)
+    est = jacobian_frobenius_hutchinson(fz, z, n_samples=20000, generator=g, create_graph=False)
+    print(f"hutchinson {est.item():.5f} vs exact ‖J‖²_F/d {exact.item():.5f}")
+    assert abs(est.item() - exact.item()) < 0.03 * exact.item()
+    # seeded and reproducible; differentiable when create_graph=True
+    a = jacobian_frobenius_hutchinson(fz, z, 2, torch.Generator().manual_seed(1))
+    c = jacobian_frobenius_hutchinson(fz, z, 2, torch.Generator().manual_seed(1))
+    assert torch.equal(a, c) and a.requires_grad
+
+
+def test_torchdeq_jac_reg_uses_the_same_normalisation() -> None:
+    jac = pytest.importorskip("torchdeq.loss.jacobian")
+    a = torch.randn(D, D, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
+    z = torch.randn(B, D, dtype=torch.float64, requires_grad=True)
+    fz = z @ a.T  # constant Jacobian: both estimators converge to ‖A‖²_F / D
+    torch.manual_seed(0)
+    theirs = jac.jac_reg(fz, z, vecs=4000, create_graph=False).item()
+    ours = jacobian_frobenius_hutchinson(
+        fz, z, 4000, torch.Generator().manual_seed(0), create_graph=False
+    ).item()
+    exact = a.pow(2).sum().item() / D
+    print(f"ours {ours:.4f} torchdeq {theirs:.4f} exact {exact:.4f}")
+    assert abs(ours - exact) < 0.05 * exact and abs(theirs - exact) < 0.05 * exact
