@@ -1,0 +1,149 @@
+"""Find and load the trained models of a family (a ``noisydeq sweep``/``train`` output dir).
+
+Any ``model.safetensors`` below the given path that ``noisydeq.train.train_model`` wrote is
+a member: its metadata holds the full config (model spec, training spec, task), so the model
+is rebuilt with ``build_model`` and its weights loaded without pickle. Members are grouped
+by (seed, training noise) and paired by depth: a DEQ labelled with FFW depth n is the
+parameter-matched partner of the n-layer FFW (paper §4.1, App. E.1).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from noisydeq import store
+from noisydeq.errors import NoisyDEQError
+
+MODEL_FILE = "model.safetensors"
+
+
+@dataclass
+class Member:
+    """One trained model of a family and the facts the analyses report about it."""
+
+    path: Path
+    model: nn.Module
+    kind: str
+    depth: int
+    width: int
+    params: int
+    task: str
+    task_seed: int
+    seed: int
+    train_snr_db: float
+    test_metric: float
+
+    @property
+    def group(self) -> tuple[int, float]:
+        return (self.seed, self.train_snr_db)
+
+
+def _train_snr(train: dict[str, Any]) -> float:
+    noise = train.get("noise") or {}
+    if noise.get("site", "none") == "none":
+        return math.inf
+    value = noise.get("snr_db", math.inf)
+    return math.inf if value is None else float(value)
+
+
+def load_member(path: Path) -> Member:
+    """Rebuild one checkpoint; one clear error when it is not a trained MLP DEQ/FFW."""
+    from noisydeq.analysis.probe import check_mlp_model
+    from noisydeq.config import TrainSpec, build
+    from noisydeq.models.factory import build_model
+    from noisydeq.train import apply_overrides
+
+    tensors, meta = store.load_checkpoint(path)
+    config = meta.get("config") or {}
+    spec = (config.get("model") or {}).get("spec")
+    if not isinstance(spec, dict):
+        raise NoisyDEQError(
+            f"checkpoint {path}: no model spec in its metadata (not written by noisydeq train)"
+        )
+    train = config.get("train") or {}
+    if int(train.get("epochs", 0)) <= 0 or "test_metric" not in (meta.get("extra") or {}):
+        raise NoisyDEQError(f"checkpoint {path}: the model is untrained (0 epochs)")
+    model = build_model(spec)
+    apply_overrides(model, build(TrainSpec, train, where=f"{path} train"))
+    store.load_into(model, tensors, path)
+    kind = check_mlp_model(model)
+    task = config.get("task") or {}
+    return Member(
+        path=path, model=model.eval(), kind=kind, depth=int(model.depth),
+        width=int(model.width), params=int(model.hidden_weight_count()),
+        task=str(task.get("name", "digits")), task_seed=int(task.get("seed", 0)),
+        seed=int(train.get("seed", 0)), train_snr_db=_train_snr(train),
+        test_metric=float(meta["extra"]["test_metric"]),
+    )
+
+
+def find_checkpoints(root: str | Path) -> list[Path]:
+    """``model.safetensors`` files at or below ``root`` (a file is taken as is)."""
+    p = Path(root)
+    if p.is_file():
+        return [p]
+    if not p.is_dir():
+        raise NoisyDEQError(f"--family: {p} does not exist")
+    found = sorted(p.rglob(MODEL_FILE))
+    if not found:
+        raise NoisyDEQError(
+            f"--family: no trained model ({MODEL_FILE}) under {p}; "
+            "give a run dir of 'noisydeq sweep'/'noisydeq train' or a checkpoint"
+        )
+    return found
+
+
+def load_family(root: str | Path, device: torch.device | str = "cpu") -> list[Member]:
+    """All members under ``root``, sorted by group, kind and depth."""
+    members = [load_member(p) for p in find_checkpoints(root)]
+    tasks = {m.task for m in members}
+    if len(tasks) > 1:
+        raise NoisyDEQError(f"--family: members were trained on different tasks {sorted(tasks)}")
+    for m in members:
+        m.model.to(device)
+    return sorted(members, key=lambda m: (m.seed, m.train_snr_db, m.kind, m.depth))
+
+
+@dataclass
+class Pair:
+    """A DEQ and an FFW of the same depth and group (either may be missing)."""
+
+    depth: int
+    group: tuple[int, float]
+    deq: Member | None
+    ffw: Member | None
+
+    def count_warning(self, tolerance: float = 0.02) -> str | None:
+        """A warning line when the hidden-parameter counts differ by more than ``tolerance``."""
+        if self.deq is None or self.ffw is None:
+            return None
+        a, b = self.deq.params, self.ffw.params
+        if abs(a - b) > tolerance * max(a, b):
+            return (
+                f"warning: depth {self.depth}: DEQ (width {self.deq.width}) has {a} hidden "
+                f"parameters but the FFW has {b}; the pair is not parameter-matched"
+            )
+        return None
+
+
+def pairs(members: list[Member]) -> list[Pair]:
+    """Pair DEQ and FFW members by (group, depth)."""
+    table: dict[tuple[tuple[int, float], int], dict[str, Member]] = {}
+    for m in members:
+        slot = table.setdefault((m.group, m.depth), {})
+        if m.kind in slot:
+            raise NoisyDEQError(
+                f"--family: two {m.kind} models of depth {m.depth} in one group: "
+                f"{slot[m.kind].path} and {m.path}"
+            )
+        slot[m.kind] = m
+    return [
+        Pair(depth, group, slot.get("deq"), slot.get("ffw"))
+        for (group, depth), slot in sorted(table.items(), key=lambda kv: (kv[0][0], kv[0][1]))
+    ]

@@ -1,0 +1,64 @@
+"""Atomic CSV and figure (PNG + SVG) writing for the analysis commands."""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from noisydeq.config import atomic_write_text
+
+
+def write_csv(path: str | os.PathLike, rows: Sequence[dict[str, Any]]) -> Path:
+    """Write ``rows`` (same keys, in order) as CSV atomically."""
+    buf = io.StringIO()
+    fields: list[str] = []
+    for r in rows:
+        fields.extend(k for k in r if k not in fields)
+    w = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n")
+    w.writeheader()
+    for r in rows:
+        w.writerow({k: _fmt(v) for k, v in r.items()})
+    return atomic_write_text(path, buf.getvalue())
+
+
+def _fmt(v: Any) -> Any:
+    if isinstance(v, float):
+        return f"{v:.6g}"
+    return v
+
+
+def save_figure(fig: Any, stem: str | os.PathLike) -> list[Path]:
+    """Save a matplotlib figure as ``stem.png`` and ``stem.svg`` (each atomically); close it."""
+    import matplotlib.pyplot as plt
+
+    out = []
+    stem = Path(stem)
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    for ext in ("png", "svg"):
+        target = stem.with_suffix(f".{ext}")
+        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=f".{ext}")
+        os.close(fd)
+        try:
+            fig.savefig(tmp, format=ext, dpi=130, bbox_inches="tight")
+            os.replace(tmp, target)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        out.append(target)
+    plt.close(fig)
+    return out
+
+
+def pyplot():
+    """matplotlib.pyplot on the non-interactive Agg backend."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt

@@ -1,0 +1,226 @@
+"""Family-level analyses behind ``noisydeq sensitivity`` and ``noisydeq spectrum``.
+
+Sensitivity (paper §4.1.1, Fig. 2b): E_ξ |dz*/dξ_i| of each DEQ and FFW over noise samples ×
+test inputs, the DEQ/FFW ratio per depth, and the Eq. 12 bounds next to the measurement.
+Spectrum (Fig. 2a, Fig. 13 right): eigenvalues of W (DEQ) and W_m⋯W₁ (FFW), spectral radii,
+and ρ(∂f/∂z) at the DEQ fixed point.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from noisydeq.analysis import probe
+from noisydeq.analysis.family import Member, Pair, pairs
+from noisydeq.analysis.outputs import pyplot, save_figure, write_csv
+from noisydeq.config import NoiseSpec
+from noisydeq.errors import NoisyDEQError
+from noisydeq.noise import derive_seed, seeded_generator
+
+
+def family_inputs(members: list[Member], n_inputs: int, data_dir: str | None,
+                device: torch.device) -> torch.Tensor:
+    """The first ``n_inputs`` test inputs of the family's task."""
+    from noisydeq.tasks import load_task
+
+    if n_inputs < 1:
+        raise NoisyDEQError(f"--inputs: need at least 1 input, got {n_inputs}")
+    m = members[0]
+    task = load_task(m.task, data_dir=data_dir, seed=m.task_seed)
+    return task.x_test[:n_inputs].to(device)
+
+
+def _label(group: tuple[int, float]) -> str:
+    seed, snr = group
+    return f"seed {seed}, train SNR {'inf' if math.isinf(snr) else f'{snr:g} dB'}"
+
+
+def run_sensitivity(
+    members: list[Member], spec: NoiseSpec, x: torch.Tensor, out_dir: Path, *,
+    n_noise: int = 100, precision: float | None = 0.05, seed: int = 0,
+    echo: Callable[[str], None] = print,
+) -> tuple[list[dict[str, Any]], list[Path]]:
+    """Measure every member; write ``sensitivity.csv`` and the ratio/bounds figure."""
+    rows: list[dict[str, Any]] = []
+    all_pairs = pairs(members)
+    for pair in all_pairs:
+        warn = pair.count_warning()
+        if warn:
+            echo(warn)
+    results: dict[int, Any] = {}
+    for m in members:
+        gen = seeded_generator(derive_seed(seed, "sensitivity", m.kind, m.depth, m.seed))
+        s = probe.sensitivity(m.model, x, spec, n_noise=n_noise, generator=gen)
+        if precision is not None:
+            s.check_precision(precision, what=f"depth {m.depth}")
+        results[id(m)] = s
+    for pair in all_pairs:
+        row = _pair_row(pair, results, spec)
+        rows.append(row)
+    paths = [write_csv(out_dir / "sensitivity.csv", rows)]
+    paths += plot_sensitivity(rows, spec, out_dir / "sensitivity")
+    return rows, paths
+
+
+def _pair_row(pair: Pair, results: dict[int, Any], spec: NoiseSpec) -> dict[str, Any]:
+    row: dict[str, Any] = {"seed": pair.group[0], "train_snr_db": pair.group[1],
+                           "depth": pair.depth}
+    eta = spec.eta if spec.kind == "additive" else math.nan
+    for kind, m in (("deq", pair.deq), ("ffw", pair.ffw)):
+        if m is None:
+            row.update({f"{kind}_{k}": math.nan for k in
+                        ("width", "params", "sens", "sem", "abs_entry", "n", "failed",
+                         "bound_paper", "bound_norm")})
+            continue
+        s = results[id(m)]
+        row.update({
+            f"{kind}_width": m.width, f"{kind}_params": m.params, f"{kind}_sens": s.mean,
+            f"{kind}_sem": s.sem, f"{kind}_abs_entry": float(s.abs_entry.mean()),
+            f"{kind}_n": s.n, f"{kind}_failed": s.n_failed,
+        })
+        if spec.kind == "additive":
+            b = probe.eq12_bounds(m.model, eta)
+            row[f"{kind}_bound_paper"], row[f"{kind}_bound_norm"] = b.paper, b.norm
+        else:
+            row[f"{kind}_bound_paper"] = row[f"{kind}_bound_norm"] = math.nan
+    d, f = row["deq_sens"], row["ffw_sens"]
+    row["ratio"] = d / f if (f == f and d == d and f > 0) else math.nan
+    if row["ratio"] == row["ratio"]:  # standard error of a ratio (delta method)
+        row["ratio_sem"] = row["ratio"] * math.hypot(row["deq_sem"] / d, row["ffw_sem"] / f)
+    else:
+        row["ratio_sem"] = math.nan
+    return row
+
+
+def plot_sensitivity(rows: list[dict[str, Any]], spec: NoiseSpec, stem: Path) -> list[Path]:
+    """Fig. 2b: DEQ/FFW sensitivity ratio against depth; right: measured vs Eq. 12 bounds."""
+    plt = pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    groups = sorted({(r["seed"], r["train_snr_db"]) for r in rows})
+    for g in groups:
+        rs = [r for r in rows if (r["seed"], r["train_snr_db"]) == g and r["ratio"] == r["ratio"]]
+        if rs:
+            axes[0].errorbar([r["depth"] for r in rs], [r["ratio"] for r in rs],
+                             yerr=[r["ratio_sem"] for r in rs], marker="o", capsize=3,
+                             label=_label(g))
+    axes[0].axhline(1.0, color="grey", ls="--", lw=1)
+    axes[0].set_xlabel("FFW depth (DEQ width parameter-matched)")
+    axes[0].set_ylabel("sensitivity ratio DEQ / FFW")
+    noise = f"additive η={spec.eta:g}" if spec.kind == "additive" else \
+        f"multiplicative {spec.snr_db:g} dB"
+    axes[0].set_title(f"E|dz*/dξ_i| ratio ({spec.site}, {noise})")
+    if axes[0].get_legend_handles_labels()[0]:
+        axes[0].legend(fontsize=8)
+    ax = axes[1]
+    g0 = [r for r in rows if (r["seed"], r["train_snr_db"]) == groups[0]]
+    depth = [r["depth"] for r in g0]
+    for kind, color in (("deq", "C0"), ("ffw", "C3")):
+        ax.plot(depth, [r[f"{kind}_sens"] for r in g0], "o-", color=color,
+                label=f"{kind.upper()} measured")
+        if spec.kind == "additive":
+            ax.plot(depth, [_finite(r[f"{kind}_bound_paper"]) for r in g0], "s--", color=color,
+                    alpha=0.6, label=f"{kind.upper()} Eq. 12 (ρ)")
+            ax.plot(depth, [_finite(r[f"{kind}_bound_norm"]) for r in g0], "^:", color=color,
+                    alpha=0.6, label=f"{kind.upper()} Eq. 12 (‖·‖₂)")
+    ax.set_yscale("log")
+    ax.set_xlabel("FFW depth")
+    ax.set_ylabel("E‖dz*/dξ_i‖₂")
+    ax.set_title("measured sensitivity and Eq. 12 bounds" + (" (inf not drawn)"
+                 if spec.kind == "additive" else ""))
+    ax.legend(fontsize=7)
+    return save_figure(fig, stem)
+
+
+def _finite(v: float) -> float:
+    return v if math.isfinite(v) else math.nan
+
+
+# --------------------------------------------------------------------------- spectra
+
+
+def run_spectrum(
+    members: list[Member], x: torch.Tensor | None, out_dir: Path, *, seed: int = 0,
+) -> tuple[list[dict[str, Any]], list[Path]]:
+    """Eigenvalues and radii of every member: spectrum.csv, eigenvalues.csv and figures."""
+    summary: list[dict[str, Any]] = []
+    eig_rows: list[dict[str, Any]] = []
+    reports = []
+    for m in members:
+        gen = seeded_generator(derive_seed(seed, "spectrum", m.kind, m.depth, m.seed))
+        rep = probe.spectrum(m.model, x if m.kind == "deq" else None, generator=gen)
+        reports.append((m, rep))
+        row: dict[str, Any] = {
+            "seed": m.seed, "train_snr_db": m.train_snr_db, "kind": m.kind, "depth": m.depth,
+            "width": m.width, "params": m.params, "rho": rep.rho,
+            "rho_layers_max": max(rep.layer_radii) if rep.layer_radii else math.nan,
+            "spectral_norm_max": max(rep.spectral_norms) if rep.spectral_norms else math.nan,
+            "rho_products": " ".join(f"{r:.4g}" for r in rep.radii),
+        }
+        if rep.jac_rho is not None:
+            ok = rep.jac_converged
+            vals = rep.jac_rho[ok]
+            row.update({
+                "jac_rho_mean": float(vals.mean()) if vals.numel() else math.nan,
+                "jac_rho_max": float(vals.max()) if vals.numel() else math.nan,
+                "jac_converged": f"{int(ok.sum())}/{ok.numel()}",
+            })
+        summary.append(row)
+        for lam in rep.eig.tolist():
+            eig_rows.append({"seed": m.seed, "train_snr_db": m.train_snr_db, "kind": m.kind,
+                             "depth": m.depth, "real": lam.real, "imag": lam.imag,
+                             "abs": abs(lam)})
+    paths = [write_csv(out_dir / "spectrum.csv", summary),
+             write_csv(out_dir / "eigenvalues.csv", eig_rows)]
+    paths += plot_spectrum(reports, out_dir / "spectrum")
+    return summary, paths
+
+
+def plot_spectrum(reports: list, stem: Path) -> list[Path]:
+    """Fig. 2a / 13 (right): |λ| histograms per depth, DEQ W vs FFW product, and ρ vs depth."""
+    plt = pyplot()
+    seeds = sorted({(m.seed, m.train_snr_db) for m, _ in reports})
+    first = [(m, r) for m, r in reports if (m.seed, m.train_snr_db) == seeds[0]]
+    depths = sorted({m.depth for m, _ in first})
+    fig, axes = plt.subplots(len(depths), 2, figsize=(9, 1.6 * len(depths) + 1.2),
+                             squeeze=False, sharex="col")
+    for i, d in enumerate(depths):
+        for j, kind in enumerate(("deq", "ffw")):
+            ax = axes[i][j]
+            hit = [(m, r) for m, r in first if m.depth == d and m.kind == kind]
+            if not hit:
+                ax.set_axis_off()
+                continue
+            m, r = hit[0]
+            mags = r.eig.abs().numpy()
+            ax.hist(mags, bins=40, color="C0" if kind == "deq" else "C3", alpha=0.8)
+            ax.axvline(r.rho, color="k", lw=1, ls="--")
+            what = f"W (width {m.width})" if kind == "deq" else f"W_{d}…W_1 ({d} layers)"
+            ax.set_title(f"{kind.upper()} depth {d}: |λ| of {what}, ρ={r.rho:.3g}", fontsize=8)
+            if kind == "ffw":
+                ax.set_xscale("symlog", linthresh=1e-3)
+    for ax in axes[-1]:
+        ax.set_xlabel("|eigenvalue|")
+    fig.tight_layout()
+    out = save_figure(fig, stem)
+    fig2, ax = plt.subplots(figsize=(5, 3.5))
+    for kind, color in (("deq", "C0"), ("ffw", "C3")):
+        pts = sorted((m.depth, r.rho) for m, r in first if m.kind == kind)
+        if pts:
+            ax.plot(*zip(*pts, strict=True), "o-", color=color,
+                    label="DEQ ρ(W)" if kind == "deq" else "FFW ρ(W_m…W_1)")
+        jr = sorted((m.depth, float(r.jac_rho[r.jac_converged].mean()))
+                    for m, r in first if kind == "deq" and r.jac_rho is not None
+                    and bool(r.jac_converged.any()))
+        if jr:
+            ax.plot(*zip(*jr, strict=True), "s--", color="C2", label="DEQ ρ(∂f/∂z) at z*")
+    ax.set_yscale("log")
+    ax.set_xlabel("FFW depth (DEQ width matched)")
+    ax.set_ylabel("spectral radius")
+    ax.legend(fontsize=8)
+    out += save_figure(fig2, stem.with_name(stem.name + "_radius"))
+    return out

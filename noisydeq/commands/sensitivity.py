@@ -1,0 +1,92 @@
+"""``noisydeq sensitivity``: DEQ/FFW noise-sensitivity ratio vs depth (paper Fig. 2b, Eq. 12)."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import click
+
+from noisydeq.config import NoiseSpec, build, parse_snr_value
+from noisydeq.errors import NoisyDEQError
+
+
+def torch_device_option(f):
+    return click.option("--torch-device", default="cpu", show_default=True,
+                        help="torch device to compute on (cpu, cuda, cuda:0).")(f)
+
+
+def family_option(f):
+    return click.option("--family", "family", required=True,
+                        type=click.Path(path_type=Path),
+                        help="run dir of 'noisydeq sweep'/'noisydeq train', or a checkpoint.")(f)
+
+
+def out_option(name: str):
+    def deco(f):
+        return click.option("--out", type=click.Path(path_type=Path), default=None,
+                            help=f"output directory (default: <family>/analysis/{name}).")(f)
+    return deco
+
+
+def default_out(family: Path, out: Path | None, name: str) -> Path:
+    if out is not None:
+        return out
+    base = family if family.is_dir() else family.parent
+    return base / "analysis" / name
+
+
+@click.command("sensitivity")
+@family_option
+@click.option("--kind", type=click.Choice(["additive", "multiplicative"]), default="additive",
+              show_default=True, help="noise form: η ξ (Eq. 8) or ‖s‖-scaled (Eq. 22).")
+@click.option("--eta", type=float, default=0.1, show_default=True, help="additive amplitude η.")
+@click.option("--snr", "snr", default="10", show_default=True,
+              help="multiplicative noise SNR in dB.")
+@click.option("--site", type=click.Choice(["signal", "state"]), default="signal",
+              show_default=True, help="where ξ enters every iteration/layer.")
+@click.option("--samples", type=int, default=100, show_default=True,
+              help="noise samples per input (the paper uses 100).")
+@click.option("--inputs", type=int, default=8, show_default=True, help="test inputs used.")
+@click.option("--precision", type=float, default=0.05, show_default=True,
+              help="largest allowed relative standard error of each mean (0 = no check).")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--data-dir", default=None, help="data directory for MNIST tasks.")
+@out_option("sensitivity")
+@torch_device_option
+def command(family, kind, eta, snr, site, samples, inputs, precision, seed, data_dir, out,
+            torch_device) -> None:
+    """E_ξ|dz*/dξ_i| of each DEQ and FFW in a family, the DEQ/FFW ratio and Eq. 12 bounds."""
+    from noisydeq.analysis.family import load_family
+    from noisydeq.analysis.runs import family_inputs, run_sensitivity
+    from noisydeq.sweep import resolve_torch_device
+
+    if samples < 2:
+        raise NoisyDEQError(f"--samples: need at least 2 noise samples, got {samples}")
+    if precision < 0:
+        raise NoisyDEQError(f"--precision: must be >= 0, got {precision:g}")
+    spec = build(NoiseSpec, {"site": site, "kind": kind, "eta": eta,
+                             "snr_db": parse_snr_value(snr)}, where="noise")
+    if kind == "multiplicative" and math.isinf(spec.snr_db):
+        raise NoisyDEQError("--snr: multiplicative noise needs a finite SNR in dB")
+    if kind == "additive" and eta <= 0:
+        raise NoisyDEQError(f"--eta: additive noise needs eta > 0, got {eta:g}")
+    dev = resolve_torch_device(torch_device)
+    members = load_family(family, dev)
+    x = family_inputs(members, inputs, data_dir, dev)
+    out_dir = default_out(family, out, "sensitivity")
+    rows, paths = run_sensitivity(
+        members, spec, x, out_dir, n_noise=samples, precision=precision or None, seed=seed,
+        echo=lambda s: click.echo(s, err=True),
+    )
+    click.echo(f"{'depth':>5} {'DEQ w':>6} {'FFW':>4} {'DEQ sens':>10} {'FFW sens':>10} "
+               f"{'ratio':>8}  (E‖dz*/dξ_i‖₂, {samples} noise x {len(x)} inputs)")
+    for r in rows:
+        click.echo(f"{r['depth']:>5} {_i(r['deq_width']):>6} {_i(r['depth']):>4} "
+                   f"{r['deq_sens']:>10.4g} {r['ffw_sens']:>10.4g} {r['ratio']:>8.3g}")
+    for p in paths:
+        click.echo(f"wrote {p}")
+
+
+def _i(v) -> str:
+    return "-" if v != v else str(int(v))

@@ -1,0 +1,43 @@
+"""``noisydeq spectrum``: eigenvalues of W and W_m⋯W₁, spectral radii, ρ(J) at z* (Fig. 2a/13)."""
+
+from __future__ import annotations
+
+import click
+
+from noisydeq.commands.sensitivity import (
+    default_out,
+    family_option,
+    out_option,
+    torch_device_option,
+)
+
+
+@click.command("spectrum")
+@family_option
+@click.option("--inputs", type=int, default=16, show_default=True,
+              help="test inputs at whose DEQ fixed points ρ(∂f/∂z) is measured (0 = skip).")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--data-dir", default=None, help="data directory for MNIST tasks.")
+@out_option("spectrum")
+@torch_device_option
+def command(family, inputs, seed, data_dir, out, torch_device) -> None:
+    """Eigen-spectra and spectral radii of every DEQ and FFW of a family."""
+    from noisydeq.analysis.family import load_family, pairs
+    from noisydeq.analysis.runs import family_inputs, run_spectrum
+    from noisydeq.sweep import resolve_torch_device
+
+    dev = resolve_torch_device(torch_device)
+    members = load_family(family, dev)
+    for pair in pairs(members):
+        warn = pair.count_warning()
+        if warn:
+            click.echo(warn, err=True)
+    x = family_inputs(members, inputs, data_dir, dev) if inputs > 0 else None
+    rows, paths = run_spectrum(members, x, default_out(family, out, "spectrum"), seed=seed)
+    click.echo(f"{'kind':>4} {'depth':>5} {'width':>5} {'rho':>10} {'rho(J*) mean':>13}")
+    for r in rows:
+        jr = r.get("jac_rho_mean", float("nan"))
+        click.echo(f"{r['kind']:>4} {r['depth']:>5} {r['width']:>5} {r['rho']:>10.4g} "
+                   f"{jr:>13.4g}")
+    for p in paths:
+        click.echo(f"wrote {p}")

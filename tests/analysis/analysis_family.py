@@ -1,0 +1,27 @@
+"""A tiny trained DEQ/FFW family on digits for the analysis CLI tests (seconds to build)."""
+
+from pathlib import Path
+
+import torch
+
+from noisydeq.config import ModelSpec, TrainSpec
+from noisydeq.models.factory import build_model
+from noisydeq.tasks import load_task
+from noisydeq.train import train_model
+
+
+def make_family(root: Path, depths=(1, 3), hidden=6, epochs=1, deq_width=None) -> Path:
+    """Train DEQ/FFW pairs (``hidden`` units, matched DEQ widths) into ``root/<kind>-d<n>``."""
+    task = load_task("digits", seed=0)
+    for depth in depths:
+        for kind in ("deq", "ffw"):
+            torch.manual_seed(depth)
+            spec = ModelSpec(kind=kind, in_features=task.in_features,
+                             out_features=task.out_features, width=hidden, depth=depth,
+                             matched=deq_width is None)
+            if kind == "deq" and deq_width is not None:
+                spec = spec.model_copy(update={"width": deq_width})
+            model = build_model(spec)
+            train = TrainSpec.preset("quick", kind, epochs=epochs, max_train_samples=256)
+            train_model(model, task, train, out_dir=root / f"{kind}-d{depth}")
+    return root
