@@ -25,7 +25,7 @@ def bisect_log(
     *,
     increasing: bool,
     tol_db: float = 0.02,
-    max_iter: int = 80,
+    max_iter: int = 40,
 ) -> float:
     """Knob value in [lo, hi] (geometric bisection) where ``snr_of(knob)`` ≈ ``target_db``.
 

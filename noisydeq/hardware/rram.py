@@ -186,7 +186,7 @@ class RRAMLayer(DeviceLayer):
     def _calibrate(self, snr_db: float) -> float:
         check_reachable(snr_db, self.max_snr_db(), f"RRAM layer '{self.layer_name}'")
         return bisect_log(
-            self.measured_snr_at, snr_db, S_MIN, S_MAX, increasing=False, tol_db=0.02
+            self.measured_snr_at, snr_db, S_MIN, S_MAX, increasing=False, tol_db=0.05
         )
 
 
