@@ -1,0 +1,169 @@
+"""Depth-matched DEQ / FFW families, trained once and cached by a hash of what defines them.
+
+For each FFW depth n the family holds FFW(n layers of ``hidden`` units) and a DEQ whose one
+cell has ``matched_width(n, hidden)`` units, so both have the same number of hidden weights
+(paper App. E.1: 128, 223, 288, 340, 386, 427, 467 for n = 1, 3, …, 13); both share the task's
+input projection x̃ = act(U x) and output head shapes (Eq. 57). Members are initialised from
+``derive_seed(seed, kind, depth)`` and trained with :func:`noisydeq.train.train_model`.
+
+Cache: ``$NOISYDEQ_CACHE`` (default ``platformdirs.user_cache_dir("noisydeq")``) /
+``models/<hash>/``, where ``<hash>`` is :func:`noisydeq.store.config_hash` of the member's full
+training config (:func:`noisydeq.train.run_config`: model spec, initial-weight hash, resolved
+train spec with noise and device, task name + seed + data fingerprint, torch device type,
+package and torch versions, training schema). A second call with the same inputs loads the
+weights instead of training; a member killed mid-training resumes from its last epoch.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from noisydeq.config import FamilySpec, ModelSpec, SweepSpec, build
+from noisydeq.noise import derive_seed
+from noisydeq.store import config_hash
+from noisydeq.tasks.base import Task
+from noisydeq.train import TrainResult, apply_overrides, run_config, train_model
+
+ENV_CACHE = "NOISYDEQ_CACHE"
+
+
+def cache_root(cache_dir: str | os.PathLike | None = None) -> Path:
+    """The model cache: ``cache_dir``, else ``$NOISYDEQ_CACHE``, else the user cache dir."""
+    if cache_dir is not None:
+        return Path(cache_dir).expanduser()
+    if os.environ.get(ENV_CACHE):
+        return Path(os.environ[ENV_CACHE]).expanduser()
+    import platformdirs
+
+    return Path(platformdirs.user_cache_dir("noisydeq"))
+
+
+@dataclass
+class Member:
+    """One trained family member and its record."""
+
+    kind: str
+    depth: int
+    width: int
+    params: int
+    model: nn.Module
+    result: TrainResult
+    cached: bool
+
+    @property
+    def key(self) -> str:
+        return self.result.config_hash
+
+
+@dataclass
+class Family:
+    """The trained members of a :class:`FamilySpec`, DEQ and FFW per depth."""
+
+    spec: FamilySpec
+    task_name: str
+    members: list[Member] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def get(self, kind: str, depth: int) -> Member:
+        """The member of ``kind`` matched to FFW ``depth``."""
+        for m in self.members:
+            if m.kind == kind and m.depth == depth:
+                return m
+        raise KeyError((kind, depth))
+
+    @property
+    def trained_seconds(self) -> float:
+        """Training time spent in this call (cached members count 0)."""
+        return sum(m.result.seconds for m in self.members if not m.cached)
+
+
+def member_spec(spec: FamilySpec, task: Task, kind: str, depth: int) -> ModelSpec:
+    """The :class:`ModelSpec` of one member (a DEQ is matched to the FFW depth)."""
+    return build(
+        ModelSpec,
+        {"kind": kind, "in_features": task.in_features, "out_features": task.out_features,
+         "width": spec.hidden, "depth": depth, "matched": True, "input_act": spec.input_act},
+        where="family member",
+    )
+
+
+def build_member(mspec: ModelSpec, seed: int) -> nn.Module:
+    """A freshly initialised member; the global RNG is forked so callers are unaffected."""
+    from noisydeq.models import build_model
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(derive_seed(seed, mspec.kind, mspec.depth, mspec.width) % (2**63))
+        return build_model(mspec)
+
+
+def train_family(
+    spec: FamilySpec,
+    task: Task | None = None,
+    *,
+    cache_dir: str | os.PathLike | None = None,
+    torch_device: str | torch.device | None = None,
+    quiet: bool = True,
+    log: Any = None,
+) -> Family:
+    """Train (or load from the cache) every member of ``spec``; FFW and DEQ per depth.
+
+    ``task`` defaults to ``load_task(spec.task, spec.data_dir, spec.seed)``. ``log(text)``
+    receives one line per member (trained / loaded, metric, seconds).
+    """
+    t0 = time.perf_counter()
+    if task is None:
+        from noisydeq.tasks import load_task
+
+        task = load_task(spec.task, data_dir=spec.data_dir, seed=spec.seed)
+    dev = torch.device(torch_device) if torch_device is not None else torch.device("cpu")
+    root = cache_root(cache_dir) / "models"
+    family = Family(spec=spec, task_name=task.name)
+    from tqdm.auto import tqdm
+
+    jobs = [(d, k) for d in spec.depths for k in spec.kinds]
+    bar = tqdm(jobs, desc="family", unit="model", disable=quiet, leave=False)
+    for depth, kind in bar:
+        mspec = member_spec(spec, task, kind, depth)
+        model = build_member(mspec, spec.seed)
+        tspec = spec.train_spec(kind)
+        apply_overrides(model, tspec)
+        entry = root / config_hash(run_config(model, task, tspec, dev))
+        name = f"{kind} d{depth} w{model.width}"
+        bar.set_postfix_str(name)
+        result = train_model(model, task, tspec, out_dir=entry, torch_device=dev, quiet=quiet,
+                             desc=name)
+        params = sum(p.numel() for p in result.model.parameters())
+        family.members.append(Member(kind, depth, int(model.width), params, result.model,
+                                     result, cached=result.loaded))
+        if log is not None:
+            how = "cached" if result.loaded else f"trained in {result.seconds:.1f} s"
+            log(f"{name}: {task.metric_name} {result.test_metric:.4f} ({how})")
+    bar.close()
+    family.seconds = time.perf_counter() - t0
+    return family
+
+
+def family_spec_for_sweep(sweep: SweepSpec, seed: int, train_snr_db: float) -> FamilySpec:
+    """The :class:`FamilySpec` one (seed, training SNR) of a :class:`SweepSpec` needs."""
+    train: dict[str, Any] = {}
+    if sweep.epochs is not None:
+        train["epochs"] = sweep.epochs
+    if sweep.max_train_samples is not None:
+        train["max_train_samples"] = sweep.max_train_samples
+    return build(
+        FamilySpec,
+        {"task": sweep.task, "data_dir": sweep.data_dir, "depths": sweep.depths,
+         "kinds": sweep.kinds, "hidden": sweep.hidden, "input_act": sweep.input_act,
+         "seed": seed, "train_preset": sweep.train_preset, "train": train,
+         "train_snr_db": math.inf if train_snr_db is None else train_snr_db,
+         "train_site": sweep.train_site},
+        where="sweep",
+    )
