@@ -334,7 +334,7 @@ class ModelSpec(StrictModel):
     in_shape: list[int] | None = None
     kernel_size: int = Field(default=3, gt=0)
     weight_norm: bool = True
-    pool: int = Field(default=2, gt=0)
+    pool: int = Field(default=4, gt=0)
 
     @field_validator("kernel_size")
     @classmethod

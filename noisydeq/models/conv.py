@@ -109,7 +109,7 @@ class ConvCell(ConvTanhLayer):
 class PooledHead(nn.Module):
     """Average-pool (B, C, H, W) to (B, C, p, p), flatten, one ``nn.Linear``."""
 
-    def __init__(self, channels: int, out_features: int, pool: int = 2) -> None:
+    def __init__(self, channels: int, out_features: int, pool: int = 4) -> None:
         super().__init__()
         self.pool = nn.AdaptiveAvgPool2d(check_positive("pool", pool))
         check_positive("out_features", out_features)
@@ -137,7 +137,7 @@ class ConvDEQ(DEQ):
         in_shape: Sequence[int] | None = None,
         kernel_size: int = 3,
         weight_norm: bool = True,
-        pool: int = 2,
+        pool: int = 4,
     ) -> None:
         nn.Module.__init__(self)
         shape = image_shape(in_features, in_shape)
@@ -164,7 +164,7 @@ class ConvFFW(FFW):
         in_shape: Sequence[int] | None = None,
         kernel_size: int = 3,
         weight_norm: bool = True,
-        pool: int = 2,
+        pool: int = 4,
     ) -> None:
         nn.Module.__init__(self)
         shape = image_shape(in_features, in_shape)
