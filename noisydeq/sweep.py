@@ -80,12 +80,8 @@ class LevelStats:
     diverged: int = 0
     signal: float = 0.0
     noise: float = 0.0
-    device_snr: list[float] = field(default_factory=list)
 
     def measured_db(self) -> float:
-        if self.device_snr:
-            finite = [v for v in self.device_snr if not math.isnan(v)]
-            return sum(finite) / len(finite) if finite else math.nan
         if self.noise == 0.0:
             return math.inf
         if self.signal == 0.0:
@@ -118,8 +114,9 @@ class MeteredNoise(Noise):
 class Hardware:
     """Adapter from the sweep to a device model (``noisydeq.hardware``).
 
-    ``device == "ideal"`` with model noise runs the digital weights directly (the ideal
-    device is the identity), so the engine works without any hardware model.
+    Every device layer accepts per-sample SNR targets (``hardware.set_sample_snr``), so all
+    levels of a chunk share one deployed copy per (model, chip). ``device == "ideal"`` runs
+    the digital weights directly (the ideal device is the identity).
     """
 
     def __init__(self, spec: SweepSpec) -> None:
@@ -132,67 +129,96 @@ class Hardware:
 
             self.hw = hardware
             self.device = hardware.get_device(spec.device)
-        self.per_sample = self.direct or bool(getattr(self.device, "supports_sample_snr", True))
+            if spec.noise_site == "device":
+                finite = [s for s in spec.snr_db if math.isfinite(s)]
+                if finite:  # unreachable SNRs fail now, before anything is written
+                    self.device.at_snr(max(finite))
 
     def native_snr_db(self) -> float:
         if self.direct:
             return math.inf
         return float(self.device.native_snr_db())
 
-    def chip(self, model: nn.Module, seed: int, chip: int) -> Callable[[float | None], nn.Module]:
-        """A factory: SNR level (or None for per-sample) → the model deployed on chip ``chip``."""
+    def chip(self, model: nn.Module, seed: int, chip: int, calib_x: Tensor | None) -> nn.Module:
+        """``model`` deployed on chip instance ``chip`` (static noise seeded by seed, chip).
+
+        Layers are calibrated on the activations of ``calib_x`` (training inputs), so a
+        target SNR is met on the data the model sees, not on synthetic vectors.
+        """
         if self.direct:
-            return lambda _level: model
-        chip_dev = self.device.new_chip(derive_seed(seed, "chip", chip))
-        cache: dict[Any, nn.Module] = {}
-
-        def deployed(level: float | None) -> nn.Module:
-            key = "batched" if level is None or self.per_sample else level
-            if key not in cache:
-                dev = chip_dev if key == "batched" else chip_dev.at_snr(level)
-                cache.clear()
-                cache[key] = dev.deploy(model).eval()
-            return cache[key]
-
+            return model
+        deployed = self.device.new_chip(derive_seed(seed, "chip", chip)).deploy(model).eval()
+        if calib_x is not None:
+            self.hw.calibrate(deployed, calib_x)
         return deployed
 
-    def prepare(self, model: nn.Module, snr: Tensor, stream: NoiseStream, device_noise: bool):
-        """Point the deployed model's dynamic noise at ``stream`` and its SNR targets."""
+    def prepare(
+        self, model: nn.Module, snr: Tensor, seeds: Sequence[int], rows: int, device_noise: bool
+    ) -> None:
+        """Give every device layer its own block stream and the per-sample SNR targets.
+
+        One stream per layer (seeded by the level seed and the layer name) keeps the draws
+        of a layer independent of how often *other* layers were called: a DEQ solve that
+        runs longer because another level in the batch is still iterating does not shift
+        the noise of the output head.
+        """
         if self.direct:
             return
-        self.hw.set_stream(model, stream)
-        self.hw.set_sample_snr(model, snr if (device_noise and self.per_sample) else None)
+        for name, layer in self.hw.device_layers(model).items():
+            layer.stream = NoiseStream.from_blocks(
+                [derive_seed(s, "layer", name) for s in seeds], [rows] * len(seeds),
+                device=snr.device,
+            )
+        self.hw.set_sample_snr(model, snr if device_noise else None)
 
-    def measured(self, model: nn.Module, blocks: int) -> list[float] | None:
-        """Per-block measured SNR (dB) of the last forward, when the device reports it."""
+    def meter(self, model: nn.Module, blocks: int, rows: int) -> DeviceMeter | None:
+        """A per-block SNR meter on the deployed layers for the next forward."""
         if self.direct:
             return None
-        report = self.hw.layer_snr_report(model)
-        if not report:
-            return None
-        values = list(report.values())
-        per_block = []
-        for k in range(blocks):
-            vals = []
-            for v in values:
-                if isinstance(v, Tensor) and v.ndim == 1 and v.numel() == blocks:
-                    vals.append(float(v[k]))
-                elif isinstance(v, (list, tuple)) and len(v) == blocks:
-                    vals.append(float(v[k]))
-                elif blocks == 1:
-                    vals.append(float(v))
-            if not vals:
-                return None
-            per_block.append(_mean_db(vals))
-        return per_block
+        return DeviceMeter(self.hw.device_layers(model), blocks, rows)
 
 
-def _mean_db(values: Sequence[float]) -> float:
-    """Mean of dB values (inf when all are inf)."""
-    finite = [v for v in values if math.isfinite(v)]
-    if not finite:
-        return math.inf if all(v == math.inf for v in values) else math.nan
-    return sum(finite) / len(finite)
+class DeviceMeter:
+    """Measures the realised MVM-output SNR of every device layer, per block of the batch.
+
+    Forward hooks compare the device output (bias removed) with the exact MVM of the digital
+    weights on the first ``probe`` rows of each block: Σ‖Wx‖² / Σ‖y_dev − Wx‖² (DESIGN §1),
+    summed over layers and calls. Probing a few rows keeps the extra exact MVMs cheap.
+    """
+
+    probe = 32
+
+    def __init__(self, layers: dict[str, nn.Module], blocks: int, rows: int) -> None:
+        self.signal = [0.0] * blocks
+        self.noise = [0.0] * blocks
+        self.blocks, self.rows = blocks, rows
+        m = min(rows, self.probe)
+        self.index = torch.cat([torch.arange(m) + k * rows for k in range(blocks)])
+        self.m = m
+        self.handles = [
+            layer.register_forward_hook(self._hook)
+            for layer in layers.values()
+            if getattr(layer, "op", "linear") == "linear"
+        ]
+
+    def _hook(self, layer: nn.Module, inputs: tuple[Tensor, ...], out: Tensor) -> None:
+        x = inputs[0]
+        if x.shape[0] != self.blocks * self.rows:
+            return
+        idx = self.index.to(x.device)
+        y = out[idx].double()
+        if getattr(layer, "bias", None) is not None:
+            y = y - layer.bias.double()
+        exact = torch.nn.functional.linear(x[idx].double(), layer.weight.double())
+        sig = exact.pow(2).reshape(self.blocks, -1).sum(1)
+        noi = (y - exact).pow(2).reshape(self.blocks, -1).sum(1)
+        for k in range(self.blocks):
+            self.signal[k] += float(sig[k])
+            self.noise[k] += float(noi[k])
+
+    def close(self) -> None:
+        for h in self.handles:
+            h.remove()
 
 
 # ------------------------------------------------------------------------ evaluation
@@ -215,23 +241,31 @@ def forward_levels(
     hardware: Hardware,
     classification: bool,
     stats: Sequence[LevelStats],
+    on_device: bool = True,
 ) -> None:
     """One forward of the n samples ``x`` at K SNR ``levels`` stacked (K·n rows).
 
     Block k of the batch carries level k and draws its noise from ``seeds[k]``; ``stats[k]``
-    accumulates that level's results.
+    accumulates that level's results. ``on_device=False``: ``deployed`` is the digital model
+    (used for SNR = ∞ under device noise: the noise-free reference).
     """
     n, k = x.shape[0], len(levels)
     xs = x.repeat(k, *([1] * (x.ndim - 1)))
     snr = torch.tensor(list(levels), dtype=x.dtype, device=x.device).repeat_interleave(n)
-    stream = NoiseStream.from_blocks(list(seeds), [n] * k, device=x.device)
     device_noise = spec.noise_site == "device"
-    hardware.prepare(deployed, snr, stream, device_noise)
+    if on_device:
+        hardware.prepare(deployed, snr, seeds, n, device_noise)
     noise = None
     if not device_noise:
+        stream = NoiseStream.from_blocks(list(seeds), [n] * k, device=x.device)
         noise = MeteredNoise(NoiseSpec(site=spec.noise_site), stream, snr_db=snr)
-    with torch.no_grad():
-        logits, sol = _forward(deployed, xs, noise)
+    meter = hardware.meter(deployed, k, n) if device_noise and on_device else None
+    try:
+        with torch.no_grad():
+            logits, sol = _forward(deployed, xs, noise)
+    finally:
+        if meter is not None:
+            meter.close()
     rows = logits.reshape(k * n, -1)
     diverged = ~torch.isfinite(rows).all(dim=1)
     if sol is not None:
@@ -248,7 +282,6 @@ def forward_levels(
         target = y.reshape(n, -1).repeat(k, 1).to(rows.dtype)
         per_sample = (rows - target).double().pow(2).mean(dim=1)
         per_sample = torch.where(diverged, torch.zeros_like(per_sample), per_sample)
-    measured = hardware.measured(deployed, k) if device_noise else None
     for j, st in enumerate(stats):
         sl = slice(j * n, (j + 1) * n)
         div = int(diverged[sl].sum())
@@ -261,13 +294,9 @@ def forward_levels(
         if noise is not None:
             st.signal += float(noise.signal[sl].sum())
             st.noise += float(noise.noise[sl].sum())
-        elif device_noise:
-            if hardware.direct:
-                st.device_snr.append(math.inf)
-            elif measured is not None:
-                st.device_snr.append(measured[j])
-            else:
-                st.device_snr.append(math.inf if math.isinf(levels[j]) else math.nan)
+        elif meter is not None:
+            st.signal += meter.signal[j]
+            st.noise += meter.noise[j]
 
 
 def level_chunks(
@@ -282,7 +311,7 @@ def level_chunks(
 
 def evaluate_cell(
     sm: SweepModel,
-    deployed_at: Callable[[float | None], nn.Module],
+    deployed: nn.Module,
     x: Tensor,
     y: Tensor,
     levels: Sequence[float],
@@ -299,20 +328,24 @@ def evaluate_cell(
     level per test batch, with the same seeds — the results are the same.
     """
     stats = [LevelStats() for _ in levels]
-    can_batch = batched and hardware.per_sample
+    device_noise = spec.noise_site == "device"
     for b, start in enumerate(range(0, x.shape[0], rows_per_batch)):
         xb, yb = x[start : start + rows_per_batch], y[start : start + rows_per_batch]
         seeds = [derive_seed(sm.seed, sm.model_id, fmt_db(s), chip, b) for s in levels]
-        if can_batch:
-            forward_levels(
-                deployed_at(None), sm, xb, yb, levels, seeds, spec, hardware, classification, stats
-            )
-        else:
-            for j, s in enumerate(levels):
-                forward_levels(
-                    deployed_at(s), sm, xb, yb, [s], [seeds[j]], spec, hardware,
-                    classification, [stats[j]],
-                )
+        # SNR = ∞ under device noise is the noise-free reference: the digital model.
+        groups = [
+            [j for j, s in enumerate(levels) if not (device_noise and math.isinf(s))],
+            [j for j, s in enumerate(levels) if device_noise and math.isinf(s)],
+        ]
+        for on_device, group in zip((True, False), groups, strict=True):
+            model = deployed if on_device else sm.model
+            parts = [group] if batched else [[j] for j in group]
+            for part in parts:
+                if part:
+                    forward_levels(
+                        model, sm, xb, yb, [levels[j] for j in part], [seeds[j] for j in part],
+                        spec, hardware, classification, [stats[j] for j in part], on_device,
+                    )
     return stats
 
 
@@ -440,18 +473,21 @@ def run_sweep(
     computed = skipped = 0
     bar = tqdm(total=len(cells), desc="sweep", unit="cell", disable=not progress, leave=False)
     current: tuple[str, int] | None = None
-    deployed_at: Callable[[float | None], nn.Module] | None = None
+    deployed: nn.Module | None = None
+    calib_x = getattr(task, "x_train", None)
+    if calib_x is not None:
+        calib_x = calib_x[:512].to(torch_device)
     for sm, chip, levels in cells:
         key = f"{sm.model_id}|chip{chip}|" + ",".join(fmt_db(s) for s in levels)
         rows = run_dir.load_cell(key)
         if rows is None:
             if current != (sm.model_id, chip):
                 sm.model.to(torch_device).eval()
-                deployed_at = hardware.chip(sm.model, sm.seed, chip)
+                deployed = hardware.chip(sm.model, sm.seed, chip, calib_x)
                 current = (sm.model_id, chip)
-            assert deployed_at is not None
+            assert deployed is not None
             stats = evaluate_cell(
-                sm, deployed_at, x, y, levels, chip, spec, hardware, classification,
+                sm, deployed, x, y, levels, chip, spec, hardware, classification,
                 rows_per_batch, spec.batched,
             )
             rows = stats_rows(sm, stats, levels, chip, spec, task.name, metric)
