@@ -29,11 +29,14 @@ def paper_solver(train: bool, noisy: bool = False) -> SolverSpec:
 
     Train: unrolling, threshold 60, ε = 1e-3 with stop ``rel`` — or ε = 0.05 with
     ``mean_rel`` when training with noise. Test: unrolling, 60, ε = 0.05, ``mean_rel``
-    (Eq. 54; window 5, our default: the paper does not print the window).
+    (Eq. 54). The paper does not print the averaging window; we use 10: with unrolling the
+    windowed residual telescopes to ‖z_k − z_{k−w}‖/w, and for an untrained width-32 or -128
+    cell under 10 dB signal noise w = 5 never meets ε = 0.05 in 60 steps while w = 10 does
+    (≈ 17-27 steps; 20 dB: ≈ 12).
     """
     if train and not noisy:
         return SolverSpec(name="unroll", max_iter=60, tol=1e-3, stop="rel")
-    return SolverSpec(name="unroll", max_iter=60, tol=0.05, stop="mean_rel", window=5)
+    return SolverSpec(name="unroll", max_iter=60, tol=0.05, stop="mean_rel", window=10)
 
 
 class DEQ(CountingMixin, nn.Module):

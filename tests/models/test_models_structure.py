@@ -275,3 +275,18 @@ def test_bad_constructor_arguments_name_the_field(make, field):
     with pytest.raises(NoisyDEQError, match=field) as info:
         make()
     assert "\n" not in str(info.value)
+
+
+def test_paper_noisy_solver_converges_under_10db_signal_noise():
+    """The window of paper_solver(noisy) lets mean_rel (Eq. 54) stop at 10 dB."""
+    from noisydeq.config import NoiseSpec
+    from noisydeq.noise import Noise, NoiseStream
+
+    torch.manual_seed(0)
+    model = DEQ(64, 128, 10, solver=paper_solver(train=True, noisy=True))
+    x = torch.rand(64, 64, generator=torch.Generator().manual_seed(0))
+    noise = Noise(NoiseSpec(site="signal", snr_db=10.0), NoiseStream.from_seed(1))
+    with torch.no_grad():
+        sol = model(x, noise, return_solution=True).solution
+    assert sol.converged.float().mean() > 0.9
+    assert sol.steps.float().mean() < 45
