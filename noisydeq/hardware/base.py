@@ -50,6 +50,7 @@ DIGITAL_OK: tuple[type[nn.Module], ...] = (
 MAPPABLE: tuple[type[nn.Module], ...] = (nn.Linear, nn.Conv1d, nn.Conv2d)
 
 Control = float | Tensor
+_REF_CACHE: dict[tuple, float] = {}  # reference-MVM results by (what, kind, spec, chip)
 
 
 def straight_through(exact: Tensor, device_out: Tensor) -> Tensor:
@@ -300,18 +301,23 @@ class Device:
             lin = nn.Linear(REF_WIDTH, REF_WIDTH)
         return self.layer_class(self, lin, "reference")
 
+    def _ref_key(self, what: str) -> tuple:
+        return (what, self.kind, self.spec.model_dump_json(), self.chip_seed)
+
     def native_snr_db(self) -> float:
         """Measured SNR of the reference MVM at the physical defaults (dB)."""
-        if "native" not in self._ref_cache:
+        key = self._ref_key("native")
+        if key not in _REF_CACHE:
             layer = self.reference_layer()
-            self._ref_cache["native"] = layer.measured_snr_at(layer.native_control())
-        return self._ref_cache["native"]
+            _REF_CACHE[key] = layer.measured_snr_at(layer.native_control())
+        return _REF_CACHE[key]
 
     def max_snr_db(self) -> float:
         """Highest SNR the reference MVM can be calibrated to (dB)."""
-        if "max" not in self._ref_cache:
-            self._ref_cache["max"] = self.reference_layer().max_snr_db()
-        return self._ref_cache["max"]
+        key = self._ref_key("max")
+        if key not in _REF_CACHE:
+            _REF_CACHE[key] = self.reference_layer().max_snr_db()
+        return _REF_CACHE[key]
 
     def describe(self) -> dict[str, Any]:
         """Key parameters for listings (``noisydeq devices``)."""
