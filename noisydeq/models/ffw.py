@@ -83,8 +83,12 @@ class FFW(CountingMixin, nn.Module):
         *,
         return_solution: bool = False,
         return_states: bool = False,
+        generator: torch.Generator | None = None,
     ) -> Tensor | ModelOutput:
-        """Run the layers (Eq. 57 or Eq. 32) and the head; noise is drawn at every layer."""
+        """Run the layers (Eq. 57 or Eq. 32) and the head; noise is drawn at every layer.
+
+        Same signature as :meth:`DEQ.forward`; ``generator`` is unused (no solver).
+        """
         xt = self.inject(x, noise)
         if self.form == "eq57":
             z, inj = torch.zeros_like(xt), xt
