@@ -1,0 +1,68 @@
+"""``noisydeq train``: bad input is one line + exit 2 + no traceback; a tiny run and its reuse."""
+
+import json
+
+import pytest
+
+from noisydeq.cli import main
+
+
+def _run(capsys, *argv):
+    with pytest.raises(SystemExit) as e:
+        main(["train", *argv])
+    out = capsys.readouterr()
+    return e.value.code, out.out, out.err
+
+
+@pytest.mark.parametrize(
+    "argv, needle",
+    [
+        (["--epochs", "-1"], "--epochs"),
+        (["--batch-size", "0"], "--batch-size"),
+        (["--depths", "1,x"], "depth 'x' is not a positive integer"),
+        (["--depths", "0,3"], "depth '0' is not a positive integer"),
+        (["--depths", "-3"], "depth '-3' is not a positive integer"),
+        (["--task", "digit"], "did you mean 'digits'"),
+        (["--task", "mnist", "--data-dir", "/nonexistent/mnist"], "directory not found"),
+        (["--torch-device", "gpu7"], "--torch-device"),
+        (["--train-snr", "loud"], "--train-snr"),
+        (["--preset", "papr"], "did you mean 'paper'"),
+        (["--kind", "cnn"], "--kind"),
+        (["--width", "0"], "--width"),
+        (["--device", "no-such-device"], "unknown device"),
+        (["--out", "/proc/noisydeq-cannot-write"], "--out"),
+    ],
+)
+def test_bad_input_is_one_line(capsys, tmp_path, monkeypatch, argv, needle):
+    monkeypatch.chdir(tmp_path)
+    code, out, err = _run(capsys, *argv, "--quiet")
+    assert code == 2
+    assert needle in err
+    assert err.count("\n") == 1 and err.startswith("noisydeq: error: ")
+    assert "Traceback" not in err + out
+    assert list(tmp_path.iterdir()) == []  # nothing written
+
+
+def test_train_family_then_reuse_and_other_config_refused(capsys, tmp_path, monkeypatch):
+    monkeypatch.setenv("NOISYDEQ_CACHE", str(tmp_path / "cache"))
+    args = ["--depths", "1", "--epochs", "1", "--batch-size", "128", "--quiet", "--json"]
+    rows = json.loads(_call(capsys, args)[0])
+    assert [(r["kind"], r["depth"], r["width"]) for r in rows] == [("deq", 1, 128),
+                                                                    ("ffw", 1, 128)]
+    assert not any(r["loaded"] for r in rows)
+    again = json.loads(_call(capsys, args)[0])
+    assert all(r["loaded"] for r in again)
+    assert [r["value"] for r in again] == [r["value"] for r in rows]
+
+    single = ["--kind", "ffw", "--depth", "2", "--epochs", "1", "--batch-size", "128",
+              "--out", str(tmp_path / "one"), "--quiet", "--json"]
+    first = json.loads(_call(capsys, single)[0])[0]
+    assert (tmp_path / "one" / "model.safetensors").is_file() and first["depth"] == 2
+    code, out, err = _run(capsys, *single[:5], "2", *single[6:])  # --epochs 2, same --out
+    assert code == 2 and "different config" in err and "train.epochs 1 → 2" in err
+
+
+def _call(capsys, args):
+    main(["train", *args])  # success returns normally (standalone_mode=False)
+    out = capsys.readouterr()
+    return out.out, out.err
