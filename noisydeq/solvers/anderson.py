@@ -43,8 +43,8 @@ class Anderson:
     def step(self, k: int, x: Tensor, fx: Tensor, active: Tensor) -> Tensor:
         j = k % self.m
         n = min(k + 1, self.m)
-        xs = torch.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0)
-        g = torch.nan_to_num(fx, nan=0.0, posinf=0.0, neginf=0.0) - xs
+        xs = x  # rows never mix: a NaN sample only spoils its own (frozen) history
+        g = fx - x
         self.X[:, j] = xs
         self.G[:, j] = g
         Gn = self.G[:, :n]
@@ -59,7 +59,7 @@ class Anderson:
         sol, info = torch.linalg.solve_ex(H, ones)
         a = sol.squeeze(2)
         a = a / a.sum(dim=1, keepdim=True)
-        ok = (info == 0) & torch.isfinite(a).all(dim=1)
+        ok = (info == 0) & torch.isfinite(a.sum(dim=1))
         fallback = torch.zeros_like(a)
         fallback[:, j] = 1.0
         a = torch.where(ok[:, None], a, fallback)

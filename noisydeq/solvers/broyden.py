@@ -22,13 +22,18 @@ from noisydeq.solvers.stop import Window
 
 
 class Broyden:
-    """Good Broyden with ``m`` stored rank-one corrections per sample."""
+    """Good Broyden with ``m`` stored rank-one corrections per sample.
+
+    ``U`` is stored (B, D, L) and ``V`` (B, L, D) so every product is a plain batched
+    matrix-vector product on contiguous-major slices. Rows never mix, so a NaN in one sample
+    cannot reach another; updates and steps are masked with ``torch.where``.
+    """
 
     def __init__(self, spec: SolverSpec, x0: Tensor) -> None:
         b, d = x0.shape
         self.L = spec.memory()
         kw = {"dtype": x0.dtype, "device": x0.device}
-        self.U = torch.zeros(b, self.L, d, **kw)
+        self.U = torch.zeros(b, d, self.L, **kw)
         self.V = torch.zeros(b, self.L, d, **kw)
         self.count = 0
         self.prev_x: Tensor | None = None
@@ -42,45 +47,37 @@ class Broyden:
         n = self._used()
         if n == 0:
             return -y
-        U, V = self.U[:, :n], self.V[:, :n]
-        coef = torch.bmm(V, y.unsqueeze(2))  # (B, n, 1)
-        return -y + torch.bmm(U.transpose(1, 2), coef).squeeze(2)
+        coef = torch.bmm(self.V[:, :n], y.unsqueeze(2))  # (B, n, 1)
+        return torch.baddbmm(-y.unsqueeze(2), self.U[:, :, :n], coef).squeeze(2)
 
     def rmatvec(self, y: Tensor) -> Tensor:
         """yᵀ B = −yᵀ + Σ (yᵀ u_l) v_lᵀ."""
         n = self._used()
         if n == 0:
             return -y
-        U, V = self.U[:, :n], self.V[:, :n]
-        coef = torch.bmm(U, y.unsqueeze(2))
-        return -y + torch.bmm(V.transpose(1, 2), coef).squeeze(2)
+        coef = torch.bmm(y.unsqueeze(1), self.U[:, :, :n])  # (B, 1, n)
+        return torch.baddbmm(-y.unsqueeze(1), coef, self.V[:, :n]).squeeze(1)
 
     def estimate(self, k: int, x: Tensor, fx: Tensor, window: Window | None) -> Tensor:
         return x
 
     def step(self, k: int, x: Tensor, fx: Tensor, active: Tensor) -> Tensor:
-        xs = torch.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0)
-        g = torch.nan_to_num(fx, nan=0.0, posinf=0.0, neginf=0.0) - xs
+        g = fx - x
         if self.prev_x is not None and self.prev_g is not None:
-            dx = xs - self.prev_x
+            dx = x - self.prev_x
             dg = g - self.prev_g
             vT = self.rmatvec(dx)
             den = (vT * dg).sum(dim=1)
             u = (dx - self.matvec(dg)) / den[:, None]
             scale = vT.norm(dim=1) * dg.norm(dim=1)
-            ok = (
-                active
-                & torch.isfinite(den)
-                & (den.abs() > 1e-12 * scale)
-                & (den != 0)
-                & torch.isfinite(u).all(dim=1)
-                & torch.isfinite(vT).all(dim=1)
-            )
+            # den > 1e-12·scale also rejects NaN; a non-finite u or v shows in its sum
+            ok = active & (den.abs() > 1e-12 * scale) & torch.isfinite(u.sum(1) + vT.sum(1))
             slot = self.count % self.L
-            self.U[:, slot] = torch.where(ok[:, None], u, 0.0)
-            self.V[:, slot] = torch.where(ok[:, None], vT, 0.0)
+            okc = ok[:, None]
+            self.U[:, :, slot] = torch.where(okc, u, torch.zeros_like(u))
+            self.V[:, slot] = torch.where(okc, vT, torch.zeros_like(vT))
             self.count += 1
-        self.prev_x, self.prev_g = xs, g
-        x_new = xs - self.matvec(g)
-        good = torch.isfinite(x_new).all(dim=1)
+        self.prev_x, self.prev_g = x, g
+        x_new = x - self.matvec(g)
+        good = torch.isfinite(x_new.sum(1))
         return torch.where(good[:, None], x_new, fx)

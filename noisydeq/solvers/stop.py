@@ -34,18 +34,35 @@ def residuals(x: Tensor, fx: Tensor) -> tuple[Tensor, Tensor, Tensor]:
 class Window:
     """The last ``w`` evaluated points z_i and their images f(z_i) (for Eq. 53-54).
 
-    Kept as a deque of tensors (no in-place writes) so it also works when the solve is
-    tracked by autograd (``bptt`` through ``stochastic``).
+    Running sums make each push O(B·D) whatever ``w`` is; they are recomputed exactly from
+    the stored tensors every ``w`` pushes so rounding cannot accumulate. Only out-of-place
+    operations are used, so the window also works under autograd (``bptt`` through
+    ``stochastic``).
     """
 
     def __init__(self, w: int) -> None:
         self.w = w
         self.xs: deque[Tensor] = deque(maxlen=w)
         self.fs: deque[Tensor] = deque(maxlen=w)
+        self.sum_x: Tensor | None = None
+        self.sum_f: Tensor | None = None
+        self.pushes = 0
 
     def push(self, x: Tensor, fx: Tensor) -> None:
+        self.pushes += 1
+        if self.sum_x is None or self.sum_f is None or self.pushes % self.w == 0:
+            self.xs.append(x)
+            self.fs.append(fx)
+            self.sum_x = torch.stack(tuple(self.xs)).sum(0) if self.w > 1 else x
+            self.sum_f = torch.stack(tuple(self.fs)).sum(0) if self.w > 1 else fx
+            return
+        if self.full:
+            self.sum_x = self.sum_x - self.xs[0]
+            self.sum_f = self.sum_f - self.fs[0]
         self.xs.append(x)
         self.fs.append(fx)
+        self.sum_x = self.sum_x + x
+        self.sum_f = self.sum_f + fx
 
     @property
     def full(self) -> bool:
@@ -53,13 +70,14 @@ class Window:
 
     def mean_x(self) -> Tensor:
         """z̃: mean of the stored points (the Polyak average of Eq. 7/53 over the window)."""
-        return torch.stack(tuple(self.xs)).mean(0)
+        assert self.sum_x is not None
+        return self.sum_x / len(self.xs)
 
     def mean_rel(self) -> Tensor:
         """Eq. 54 with f(z̃) ≈ mean of the stored f(z_i) (exact for affine f)."""
-        xm = torch.stack(tuple(self.xs)).mean(0)
-        fm = torch.stack(tuple(self.fs)).mean(0)
-        return residuals(xm, fm)[1]
+        assert self.sum_x is not None and self.sum_f is not None
+        n = len(self.xs)
+        return residuals(self.sum_x / n, self.sum_f / n)[1]
 
 
 def blowup_scale(spec: SolverSpec, res0: Tensor, fnorm0: Tensor) -> Tensor:
