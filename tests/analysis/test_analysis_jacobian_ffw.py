@@ -50,3 +50,20 @@ def test_training_hook_lowers_layer_jacobians_and_checkpoint_loads_as_ffw(tmp_pa
         tensors, _ = store.load_checkpoint(res.path)
         store.load_into(plain, tensors, res.path)
     assert norms[5.0] < 0.7 * norms[0.0]
+
+
+def test_fig13_spec_and_runner(tmp_path):
+    from noisydeq.analysis.fig13 import Fig13Spec, run_fig13
+    from noisydeq.config import load_toml
+
+    shipped = load_toml(Fig13Spec, "experiments/fig13_jacreg_ffw.toml")
+    assert shipped.depth == 9 and shipped.jac_weight == 1.0
+    import csv
+
+    spec = Fig13Spec(task="digits", depth=2, hidden=8, epochs=1, snr_db="0,inf",
+                     max_test_samples=100)
+    paths = run_fig13(spec, tmp_path)
+    assert {p.name for p in paths} >= {"fig13_accuracy.csv", "fig13.png", "fig13.svg"}
+    with open(tmp_path / "fig13_accuracy.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    assert {r["model"] for r in rows} == {"deq", "ffw", "ffw_jacreg"} and len(rows) == 6
