@@ -174,3 +174,16 @@ def test_calibrate_on_real_activations() -> None:
     rep = hw.layer_snr_report(dep)
     # first layer sees exactly the calibration inputs; the second the noisy tanh outputs
     assert abs(rep["0"] - 15.0) < 0.5 and abs(rep["2"] - 15.0) < 1.0
+
+
+def test_cli_devices_lists_presets_as_json() -> None:
+    import json
+
+    from click.testing import CliRunner
+
+    from noisydeq.cli import cli
+
+    res = CliRunner().invoke(cli, ["devices", "snr", "ideal", "--json"])
+    assert res.exit_code == 0, res.output
+    rows = {r["name"]: r for r in json.loads(res.output)}
+    assert rows["snr"]["native_snr_db"] == 20.0 and rows["ideal"]["native_snr_db"] is None
