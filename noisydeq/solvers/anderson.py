@@ -34,34 +34,36 @@ class Anderson:
         self.beta = spec.beta
         kw = {"dtype": x0.dtype, "device": x0.device}
         self.X = torch.zeros(b, self.m, d, **kw)
+        self.F = torch.zeros(b, self.m, d, **kw)
         self.G = torch.zeros(b, self.m, d, **kw)
         self.gram = torch.zeros(b, self.m, self.m, **kw)
+        self.ones = torch.ones(b, self.m, 1, **kw)
+        self.onehot = torch.eye(self.m, **kw)
+        self.tiny = torch.finfo(x0.dtype).tiny
 
     def estimate(self, k: int, x: Tensor, fx: Tensor, window: Window | None) -> Tensor:
         return fx
 
     def step(self, k: int, x: Tensor, fx: Tensor, active: Tensor) -> Tensor:
+        # Rows never mix: a NaN sample only spoils its own (frozen) history. Batched
+        # mat-vecs are written as multiply-and-sum, several times faster than bmm on CPU.
         j = k % self.m
         n = min(k + 1, self.m)
-        xs = x  # rows never mix: a NaN sample only spoils its own (frozen) history
         g = fx - x
-        self.X[:, j] = xs
+        self.X[:, j] = x
+        self.F[:, j] = fx
         self.G[:, j] = g
-        Gn = self.G[:, :n]
-        row = torch.bmm(Gn, g.unsqueeze(2)).squeeze(2)  # (B, n)
+        row = (self.G[:, :n] * g.unsqueeze(1)).sum(-1)  # (B, n)
         self.gram[:, j, :n] = row
         self.gram[:, :n, j] = row
         H = self.gram[:, :n, :n]
-        diag = torch.diagonal(H, dim1=1, dim2=2)
-        reg = self.lam * diag + torch.finfo(x.dtype).tiny
-        H = H + torch.diag_embed(reg)
-        ones = torch.ones(H.shape[0], n, 1, dtype=x.dtype, device=x.device)
-        sol, info = torch.linalg.solve_ex(H, ones)
+        reg = self.lam * torch.diagonal(H, dim1=1, dim2=2) + self.tiny
+        sol, info = torch.linalg.solve_ex(H + torch.diag_embed(reg), self.ones[:, :n])
         a = sol.squeeze(2)
         a = a / a.sum(dim=1, keepdim=True)
         ok = (info == 0) & torch.isfinite(a.sum(dim=1))
-        fallback = torch.zeros_like(a)
-        fallback[:, j] = 1.0
-        a = torch.where(ok[:, None], a, fallback)
-        mix = self.X[:, :n] + self.beta * Gn
-        return torch.bmm(a.unsqueeze(1), mix).squeeze(1)
+        a = torch.where(ok[:, None], a, self.onehot[j, :n])
+        if self.beta == 1.0:
+            return (a.unsqueeze(2) * self.F[:, :n]).sum(1)
+        mix = self.X[:, :n] + self.beta * self.G[:, :n]
+        return (a.unsqueeze(2) * mix).sum(1)

@@ -24,8 +24,8 @@ from noisydeq.solvers.stop import Window
 class Broyden:
     """Good Broyden with ``m`` stored rank-one corrections per sample.
 
-    ``U`` is stored (B, D, L) and ``V`` (B, L, D) so every product is a plain batched
-    matrix-vector product on contiguous-major slices. Rows never mix, so a NaN in one sample
+    ``U`` and ``V`` are stored (B, L, D); the batched mat-vecs are multiply-and-sum (several
+    times faster than bmm on CPU for these shapes). Rows never mix, so a NaN in one sample
     cannot reach another; updates and steps are masked with ``torch.where``.
     """
 
@@ -33,7 +33,7 @@ class Broyden:
         b, d = x0.shape
         self.L = spec.memory()
         kw = {"dtype": x0.dtype, "device": x0.device}
-        self.U = torch.zeros(b, d, self.L, **kw)
+        self.U = torch.zeros(b, self.L, d, **kw)
         self.V = torch.zeros(b, self.L, d, **kw)
         self.count = 0
         self.prev_x: Tensor | None = None
@@ -47,16 +47,16 @@ class Broyden:
         n = self._used()
         if n == 0:
             return -y
-        coef = torch.bmm(self.V[:, :n], y.unsqueeze(2))  # (B, n, 1)
-        return torch.baddbmm(-y.unsqueeze(2), self.U[:, :, :n], coef).squeeze(2)
+        coef = (self.V[:, :n] * y.unsqueeze(1)).sum(-1, keepdim=True)  # (B, n, 1)
+        return (coef * self.U[:, :n]).sum(1) - y
 
     def rmatvec(self, y: Tensor) -> Tensor:
         """yᵀ B = −yᵀ + Σ (yᵀ u_l) v_lᵀ."""
         n = self._used()
         if n == 0:
             return -y
-        coef = torch.bmm(y.unsqueeze(1), self.U[:, :, :n])  # (B, 1, n)
-        return torch.baddbmm(-y.unsqueeze(1), coef, self.V[:, :n]).squeeze(1)
+        coef = (self.U[:, :n] * y.unsqueeze(1)).sum(-1, keepdim=True)  # (B, n, 1)
+        return (coef * self.V[:, :n]).sum(1) - y
 
     def estimate(self, k: int, x: Tensor, fx: Tensor, window: Window | None) -> Tensor:
         return x
@@ -74,7 +74,7 @@ class Broyden:
             ok = active & (den.abs() > 1e-12 * scale) & torch.isfinite(u.sum(1) + vT.sum(1))
             slot = self.count % self.L
             okc = ok[:, None]
-            self.U[:, :, slot] = torch.where(okc, u, torch.zeros_like(u))
+            self.U[:, slot] = torch.where(okc, u, torch.zeros_like(u))
             self.V[:, slot] = torch.where(okc, vT, torch.zeros_like(vT))
             self.count += 1
         self.prev_x, self.prev_g = x, g

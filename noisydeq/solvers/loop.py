@@ -19,7 +19,7 @@ from torch import Tensor
 from noisydeq.config import SolverSpec
 from noisydeq.errors import NoisyDEQError
 from noisydeq.solvers.solution import TRACE_KEYS, Solution, describe, empty_traces
-from noisydeq.solvers.stop import Window, blowup_scale, residuals, thresholds
+from noisydeq.solvers.stop import Window, blowup_scale, thresholds
 
 
 class Method(Protocol):
@@ -64,42 +64,56 @@ def run_loop(
     diverged = torch.zeros_like(active)
     steps = torch.zeros(batch, dtype=torch.long, device=dev)
     z_out = x
-    trace_buf = (
-        torch.full((n_max, 3, batch), math.nan, dtype=dt, device=dev) if spec.traces else None
-    )
+    trace_buf = torch.empty((n_max, 3, batch), dtype=dt, device=dev) if spec.traces else None
+    need_rel = spec.traces or spec.stop == "rel"
+    tiny = torch.finfo(dt).tiny
     scale: Tensor | None = None
-    nan = torch.tensor(math.nan, dtype=dt, device=dev)
     n_iter = 0
     for k in range(n_max):
         fx = ff(x)
         n_iter = k + 1
-        res, rel, fnorm = residuals(x.detach(), fx.detach())
-        if window is not None:
-            window.push(x, fx)
-        mrel = window.mean_rel().detach() if window is not None else rel
+        xd, fd = x.detach(), fx.detach()
+        res = (fd - xd).norm(dim=1)
+        if need_rel or scale is None:
+            fnorm = fd.norm(dim=1)
+            rel = res / (fnorm + tiny)
         if scale is None:
             scale = blowup_scale(spec, res, fnorm)
-        blew = ~(torch.isfinite(res) & torch.isfinite(fnorm)) | (res > scale)
-        crit = {"abs": res, "rel": rel, "mean_rel": mrel}[spec.stop]
-        met = crit < spec.tol
-        if spec.stop == "mean_rel" and not (window is not None and window.full):
-            met = torch.zeros_like(met)
-        was_active = active
-        steps = steps + was_active.long()
-        upd = was_active & ~blew
+        if window is not None:
+            window.push(x, fx)
+            mrel = window.mean_rel().detach()
+        # NaN/inf in z or f(z) make res NaN/inf, and NaN <= scale is False: one comparison
+        # flags non-finite values and blow-up alike.
+        upd = active & (res <= scale)
+        if spec.stop == "abs":
+            met = res < spec.tol
+        elif spec.stop == "rel":
+            met = rel < spec.tol
+        elif window is not None and window.full:
+            met = mrel < spec.tol
+        else:
+            met = torch.zeros_like(active)
+        steps += active
         z_out = torch.where(upd[:, None], method.estimate(k, x, fx, window), z_out)
-        diverged = diverged | (was_active & blew)
-        converged = converged | (upd & met)
-        active = upd & ~met & (caps > k + 1)
+        diverged = diverged | (active ^ upd)
+        newly = upd & met
+        converged = converged | newly
+        active = upd ^ newly
+        if spec.random_threshold:
+            active = active & (caps > k + 1)
         if trace_buf is not None:
-            vals = torch.stack((res, rel, mrel))
-            trace_buf[k] = torch.where(was_active[None, :], vals, nan)
+            trace_buf[k, 0] = res
+            trace_buf[k, 1] = rel
+            trace_buf[k, 2] = mrel
         if not bool(active.any()):
             break
         x = torch.where(active[:, None], method.step(k, x, fx, active), x)
 
     if trace_buf is not None:
-        trace = {key: trace_buf[:n_iter, i] for i, key in enumerate(TRACE_KEYS)}
+        # entries after a sample stopped are NaN (its z was frozen)
+        after = torch.arange(n_iter, device=dev)[:, None] >= steps[None, :]
+        buf = trace_buf[:n_iter].masked_fill(after[:, None, :], math.nan)
+        trace = {key: buf[:, i] for i, key in enumerate(TRACE_KEYS)}
     else:
         trace = empty_traces(batch, dev, dt)
     return Solution(

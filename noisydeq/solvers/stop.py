@@ -57,12 +57,13 @@ class Window:
             self.sum_f = torch.stack(tuple(self.fs)).sum(0) if self.w > 1 else fx
             return
         if self.full:
-            self.sum_x = self.sum_x - self.xs[0]
-            self.sum_f = self.sum_f - self.fs[0]
+            self.sum_x = self.sum_x - self.xs[0] + x
+            self.sum_f = self.sum_f - self.fs[0] + fx
+        else:
+            self.sum_x = self.sum_x + x
+            self.sum_f = self.sum_f + fx
         self.xs.append(x)
         self.fs.append(fx)
-        self.sum_x = self.sum_x + x
-        self.sum_f = self.sum_f + fx
 
     @property
     def full(self) -> bool:
@@ -76,8 +77,7 @@ class Window:
     def mean_rel(self) -> Tensor:
         """Eq. 54 with f(z̃) ≈ mean of the stored f(z_i) (exact for affine f)."""
         assert self.sum_x is not None and self.sum_f is not None
-        n = len(self.xs)
-        return residuals(self.sum_x / n, self.sum_f / n)[1]
+        return residuals(self.sum_x, self.sum_f)[1]  # the 1/n of both means cancels
 
 
 def blowup_scale(spec: SolverSpec, res0: Tensor, fnorm0: Tensor) -> Tensor:
