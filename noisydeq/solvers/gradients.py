@@ -16,7 +16,10 @@ the (detached) solution and whose autograd graph is the chosen method's:
   already carries the graph. Passing ``bptt`` here is an error that says so.
 
 A stochastic f draws fresh noise at each call; ``ift`` and ``jfb`` call it once, ``phantom``
-``phantom_steps`` times.
+``phantom_steps`` times. The ambient grad mode is respected and nothing else: under
+``torch.no_grad()`` the same value is returned without a graph, and with grad enabled the
+graph is built whatever the module's train/eval mode (so attacks on an eval-mode DEQ get
+gradients with respect to the input).
 """
 
 from __future__ import annotations
@@ -56,16 +59,17 @@ def attach_gradient(
             "gradient.name: 'bptt' differentiates the forward unroll itself; solve with "
             "noisydeq.solvers.solve_with_grad instead of attach_gradient"
         )
-    with torch.enable_grad():
-        if spec.name == "jfb":
-            return f(z0)
-        if spec.name == "phantom":
-            lam = spec.phantom_lambda
-            z = z0
-            for _ in range(spec.phantom_steps):
-                z = (1.0 - lam) * z + lam * f(z)
-            return z
-        return _ift(f, z0, spec)
+    if spec.name == "jfb":
+        return f(z0)
+    if spec.name == "phantom":
+        lam = spec.phantom_lambda
+        z = z0
+        for _ in range(spec.phantom_steps):
+            z = (1.0 - lam) * z + lam * f(z)
+        return z
+    if not torch.is_grad_enabled():  # inference: same value, no graph to build
+        return f(z0)
+    return _ift(f, z0, spec)
 
 
 def _ift(f: Callable[[Tensor], Tensor], z0: Tensor, spec: GradientSpec) -> Tensor:

@@ -187,3 +187,20 @@ def test_torchdeq_jac_reg_uses_the_same_normalisation() -> None:
     exact = a.pow(2).sum().item() / D
     print(f"ours {ours:.4f} torchdeq {theirs:.4f} exact {exact:.4f}")
     assert abs(ours - exact) < 0.05 * exact and abs(theirs - exact) < 0.05 * exact
+
+
+@pytest.mark.parametrize("name", ["ift", "phantom", "jfb"])
+def test_grad_mode_is_respected_and_value_unchanged(name: str) -> None:
+    w, b, x = _params(4)
+    x = x.clone().requires_grad_(True)
+    f = _cell(w, b, x)
+    z_star = solve(f, torch.zeros_like(x), FWD).z
+    with torch.no_grad():
+        z_ng = attach_gradient(f, z_star, GradientSpec(name=name))
+    z_g = attach_gradient(f, z_star, GradientSpec(name=name))
+    assert not z_ng.requires_grad and z_g.requires_grad
+    torch.testing.assert_close(z_ng, z_g.detach(), rtol=0, atol=0)
+    torch.testing.assert_close(z_g.detach(), z_star, rtol=0, atol=1e-12)  # at the fixed point
+    # input gradients exist (what adversarial attacks need), finite
+    (gx,) = torch.autograd.grad(z_g.sum(), x)
+    assert torch.isfinite(gx).all() and gx.abs().sum() > 0

@@ -168,3 +168,17 @@ def test_bad_inputs_are_clear_errors() -> None:
         solve(lambda z: z, torch.zeros(2, 3, dtype=torch.long), SolverSpec(name="unroll"))
     with pytest.raises(NoisyDEQError, match="random_threshold"):
         solve(lambda z: z, torch.zeros(2, 3), SolverSpec(name="unroll", random_threshold=True))
+
+
+@pytest.mark.parametrize("name", ["unroll", "anderson", "broyden", "stochastic"])
+def test_trailing_shapes_and_float32(name: str) -> None:
+    # conv-like state (B, C, H, W) in float32: solution keeps shape and dtype
+    g = torch.Generator().manual_seed(2)
+    c = torch.randn(4, 2, 3, 3, generator=g)
+    f = lambda z: 0.5 * torch.tanh(z.flip(-1)) + c  # noqa: E731
+    sol = solve(
+        f, torch.zeros_like(c), SolverSpec(name=name, max_iter=300, tol=1e-5, stop="rel", window=5)
+    )
+    assert sol.z.shape == c.shape and sol.z.dtype == torch.float32
+    assert sol.converged.all()
+    assert (f(sol.z) - sol.z).flatten(1).norm(dim=1).max() < 1e-3
