@@ -6,10 +6,13 @@ rank-one update that makes B Δg = Δx and changes B least in the direction Δx�
 
     vᵀ = Δxᵀ B,   u = (Δx − B Δg) / (vᵀ Δg),
 
-and the next point is x − B g. At most ``m`` rank-one terms are kept (the oldest is
-overwritten; default m = max_iter). Each sample has its own terms; an update with a zero,
-tiny or non-finite denominator is skipped for that sample (frozen samples have Δx = 0), and
-a non-finite step falls back to the plain step f(x), so a NaN input cannot break the batch.
+and the next point is x − B g. At most ``m`` rank-one terms are kept (default
+m = max_iter); when the memory is full the approximation restarts from −I. (Overwriting
+only the oldest term, as torchdeq does, is unsafe: every later u_l was built on top of it,
+and on a contractive linear problem with m = 10 that variant diverged.) Each sample has
+its own terms; an update with a zero, tiny or non-finite denominator is skipped for that
+sample (frozen samples have Δx = 0), and a non-finite step falls back to the plain step
+f(x), so a NaN input cannot break the batch.
 """
 
 from __future__ import annotations
@@ -72,7 +75,9 @@ class Broyden:
             scale = vT.norm(dim=1) * dg.norm(dim=1)
             # den > 1e-12·scale also rejects NaN; a non-finite u or v shows in its sum
             ok = active & (den.abs() > 1e-12 * scale) & torch.isfinite(u.sum(1) + vT.sum(1))
-            slot = self.count % self.L
+            if self.count == self.L:  # memory full: restart from B = −I (see module doc)
+                self.count = 0
+            slot = self.count
             okc = ok[:, None]
             self.U[:, slot] = torch.where(okc, u, torch.zeros_like(u))
             self.V[:, slot] = torch.where(okc, vT, torch.zeros_like(vT))

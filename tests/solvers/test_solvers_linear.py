@@ -28,7 +28,11 @@ SPECS = {
     "unroll": dict(name="unroll", max_iter=400, tol=1e-9, stop="abs"),
     "unroll_damped": dict(name="unroll", tau=0.7, max_iter=400, tol=1e-9, stop="abs"),
     "anderson": dict(name="anderson", max_iter=200, tol=1e-9, stop="abs"),
+    "anderson_mixed": dict(
+        name="anderson", m=8, lam=1e-3, beta=0.7, max_iter=200, tol=1e-9, stop="abs"
+    ),
     "broyden": dict(name="broyden", max_iter=200, tol=1e-9, stop="abs"),
+    "broyden_m10": dict(name="broyden", m=10, max_iter=300, tol=1e-9, stop="abs"),
     "stochastic": dict(
         name="stochastic", max_iter=3000, tol=1e-9, stop="abs", alpha0=0.5, window=10
     ),
