@@ -112,11 +112,10 @@ def apply_overrides(model: nn.Module, spec: TrainSpec) -> None:
     for attr, value in pairs.items():
         if value is None:
             continue
-        if not is_deq:
-            if getattr(model, "kind", None) == "ffw":
-                continue  # FFWs have no solver: a family-wide DEQ setting does not apply
+        if is_deq or hasattr(model, attr):  # e.g. an FFW with a per-layer Jacobian regulariser
+            setattr(model, attr, value)
+        elif getattr(model, "kind", None) != "ffw":  # FFWs skip family-wide DEQ settings
             raise NoisyDEQError(f"train.{attr}: only a DEQ model takes a {attr} setting")
-        setattr(model, attr, value)
 
 
 # -------------------------------------------------------------------------- state

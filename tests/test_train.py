@@ -196,3 +196,15 @@ def test_diverging_training_is_one_clear_error(digits):
         bad.a.weight.fill_(math.inf)
     with pytest.raises(NoisyDEQError, match="training diverged at epoch 1"):
         train_model(bad, task, TrainSpec(epochs=1))
+
+
+def test_ffw_with_a_jac_reg_attribute_takes_the_spec(digits):
+    from noisydeq.analysis.jacobian_ffw import JacRegFFW
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        m = JacRegFFW(64, 16, 3, 10)
+    spec = TrainSpec(epochs=1, batch_size=128, max_train_samples=256,
+                     jac_reg=JacobianRegSpec(weight=1.0))
+    res = train_model(m, digits, spec)
+    assert res.model.jac_reg.weight == 1.0 and res.history[0]["jac_loss"] > 0
