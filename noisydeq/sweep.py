@@ -409,6 +409,33 @@ class SweepResult:
 ModelProvider = Callable[[SweepSpec, Any, bool], list[SweepModel]]
 
 
+def family_models(spec: SweepSpec, task: Any, progress: bool = True) -> list[SweepModel]:
+    """Trained (or cached) depth-matched families, one per (seed, training SNR) of ``spec``.
+
+    Uses :func:`noisydeq.families.train_family`; members come back in depth order, DEQ then
+    FFW, as evaluated and tabulated.
+    """
+    from noisydeq.families import family_spec_for_sweep, train_family
+
+    log = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        log = tqdm.write
+    out = []
+    for seed in spec.seeds:
+        for tsnr in spec.train_snr_db:
+            fspec = family_spec_for_sweep(spec, seed, tsnr)
+            family = train_family(fspec, task, torch_device=spec.torch_device,
+                                  quiet=not progress, log=log)
+            members = sorted(family.members, key=lambda m: (m.depth, m.kind))
+            out += [
+                SweepModel(m.model, m.kind, m.depth, m.width, m.params, seed, tsnr)
+                for m in members
+            ]
+    return out
+
+
 def _test_tensors(task: Any, spec: SweepSpec, torch_device: torch.device) -> tuple[Tensor, Tensor]:
     x, y = task.x_test, task.y_test
     if spec.max_test_samples is not None:
@@ -438,6 +465,7 @@ def run_sweep(
     progress: bool = True,
     on_cell: Callable[[int], None] | None = None,
     plots: bool = True,
+    title: str = "",
 ) -> SweepResult:
     """Run (or resume) the sweep ``spec`` into ``out_dir``; returns the tidy table.
 
@@ -456,8 +484,6 @@ def run_sweep(
     run_dir = RunDir(out_dir)
     run_dir.open(spec)
     if models is None:
-        from noisydeq.family_provider import family_models
-
         models = family_models
     if callable(models):
         models = models(spec, task, progress)
@@ -505,5 +531,7 @@ def run_sweep(
     if plots and all_rows:
         from noisydeq.plots import plot_sweep
 
-        result.figures = plot_sweep(all_rows, run_dir.figures, spec, result.native_snr_db)
+        result.figures = plot_sweep(
+            all_rows, run_dir.figures, spec, result.native_snr_db, title=title
+        )
     return result

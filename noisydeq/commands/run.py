@@ -1,0 +1,54 @@
+"""``noisydeq run experiments/X.toml [--quick|--full]``: run an experiment spec.
+
+An experiment file (:class:`noisydeq.config.ExperimentSpec`) holds a base sweep and its
+``quick`` (minutes on CPU) and ``full`` (the paper's Table 1/2 settings) variants.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from noisydeq.commands.sweep import check_data_dir, default_out, execute, parse_sets
+from noisydeq.config import ExperimentSpec, SweepSpec, build, load_toml
+
+
+def resolve_experiment(
+    path: str, variant: str, data_dir: str | None = None, torch_device: str | None = None,
+    sets: tuple[str, ...] = (),
+) -> tuple[ExperimentSpec, SweepSpec]:
+    """Load an experiment file and resolve ``variant`` with command-line overrides."""
+    exp = load_toml(ExperimentSpec, path)
+    base = exp.resolve(variant).model_dump()
+    if data_dir is not None:
+        base["data_dir"] = check_data_dir(data_dir)
+    if torch_device is not None:
+        base["torch_device"] = torch_device
+    base.update(parse_sets(sets))
+    return exp, build(SweepSpec, base, where=f"{path} [{variant}]")
+
+
+@click.command("run")
+@click.argument("experiment")
+@click.option("--quick", "variant", flag_value="quick", default=True,
+              help="The quick variant (default): minutes on CPU.")
+@click.option("--full", "variant", flag_value="full", help="The paper's settings (hours).")
+@click.option("--out", default=None, help="Run directory (default runs/<name>-<variant>-<hash>).")
+@click.option("--data-dir", default=None, help="Directory with the MNIST IDX files.")
+@click.option("--torch-device", default=None, help="cpu, cuda, cuda:1, ...")
+@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
+              help="Override any sweep-spec field (e.g. --set epochs=1).")
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+@click.option("--json", "as_json", is_flag=True, help="Print a machine-readable summary.")
+def command(
+    experiment: str, variant: str, out: str | None, data_dir: str | None,
+    torch_device: str | None, sets: tuple[str, ...], quiet: bool, as_json: bool,
+) -> None:
+    """Run an experiment spec (experiments/*.toml) reproducing a figure of the paper."""
+    exp, spec = resolve_experiment(experiment, variant, data_dir, torch_device, sets)
+    out_dir = Path(out) if out else default_out(spec, f"{exp.name}-{variant}")
+    if not quiet and not as_json:
+        click.echo(f"{exp.name} ({variant}): {exp.title}", err=True)
+    title = f"{exp.title} [{variant}]" if exp.title else ""
+    execute(spec, out_dir, quiet=quiet or as_json, as_json=as_json, title=title)

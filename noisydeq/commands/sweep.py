@@ -1,0 +1,161 @@
+"""``noisydeq sweep``: train depth-matched DEQ/FFW families and sweep the inference SNR.
+
+Validates everything (SNR grid, task, device, data directory, output directory) before
+anything is written, then trains or loads the families, evaluates models × SNR × chips
+(resuming a previous run in the same ``--out``), writes the tidy table and the figures, and
+prints a condensed summary with the paths.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+
+from noisydeq.config import SweepSpec, build, parse_snr_range
+from noisydeq.errors import NoisyDEQError
+
+
+def parse_grid(flag: str, text: str) -> list[float]:
+    """An SNR grid for ``flag``; errors name the flag."""
+    try:
+        return parse_snr_range(text)
+    except NoisyDEQError as err:
+        msg = str(err)
+        msg = msg.replace("--snr", flag) if msg.startswith("--snr") else f"{flag}: {msg}"
+        raise NoisyDEQError(msg) from None
+
+
+def parse_seeds(text: str) -> list[int]:
+    """``0`` or ``0,1,2`` → list of integer seeds."""
+    try:
+        seeds = [int(p) for p in str(text).split(",") if p.strip() != ""]
+    except ValueError:
+        raise NoisyDEQError(f"--seed '{text}': seeds are integers, e.g. 0 or 0,1,2") from None
+    if not seeds:
+        raise NoisyDEQError("--seed: give at least one integer seed")
+    return seeds
+
+
+def parse_sets(items: tuple[str, ...]) -> dict[str, Any]:
+    """``--set key=value`` overrides of SweepSpec fields (values parsed as TOML, else text)."""
+    from noisydeq.config import tomllib
+
+    out: dict[str, Any] = {}
+    for item in items:
+        if "=" not in item:
+            raise NoisyDEQError(f"--set '{item}': expected key=value, e.g. --set epochs=2")
+        key, value = item.split("=", 1)
+        try:
+            out[key.strip()] = tomllib.loads(f"v = {value}")["v"]
+        except tomllib.TOMLDecodeError:
+            out[key.strip()] = value
+    return out
+
+
+def check_data_dir(path: str | None) -> str | None:
+    """A ``--data-dir`` that exists, or one clear error."""
+    if path is None:
+        return None
+    p = Path(path).expanduser()
+    if not p.is_dir():
+        raise NoisyDEQError(f"--data-dir {path}: no such directory")
+    return str(p)
+
+
+def default_out(spec: SweepSpec, prefix: str = "sweep") -> Path:
+    """``runs/<prefix>-<config hash>``: re-running the same command resumes the same run."""
+    from noisydeq.results import spec_hash
+
+    return Path("runs") / f"{prefix}-{spec_hash(spec)}"
+
+
+def execute(
+    spec: SweepSpec, out: Path, *, quiet: bool, as_json: bool, title: str = ""
+) -> dict[str, Any]:
+    """Run (or resume) ``spec`` into ``out`` and report on stdout (text or JSON)."""
+    from noisydeq.summary import summary_json, summary_table
+    from noisydeq.sweep import run_sweep
+
+    t0 = time.perf_counter()
+    res = run_sweep(spec, out, progress=not quiet, title=title)
+    seconds = time.perf_counter() - t0
+    report = {
+        "run_dir": str(res.run_dir.path),
+        "results_csv": str(res.run_dir.csv_path),
+        "results_parquet": str(res.run_dir.parquet_path),
+        "figures": [str(p) for p in res.figures],
+        "native_snr_db": res.native_snr_db if math.isfinite(res.native_snr_db) else "inf",
+        "cells_computed": res.computed_cells,
+        "cells_resumed": res.skipped_cells,
+        "seconds": round(seconds, 2),
+    }
+    if as_json:
+        click.echo(json.dumps({**report, "summary": summary_json(res.rows)}, indent=2))
+        return report
+    click.echo(summary_table(res.rows))
+    click.echo("")
+    if math.isfinite(res.native_snr_db) and spec.noise_site == "device":
+        click.echo(f"device {spec.device}: native SNR {res.native_snr_db:.1f} dB")
+    resumed = f", {res.skipped_cells} resumed" if res.skipped_cells else ""
+    click.echo(f"cells: {res.computed_cells} computed{resumed}; {seconds:.1f} s")
+    click.echo(f"results: {res.run_dir.csv_path}")
+    click.echo(f"         {res.run_dir.parquet_path}")
+    pngs = [p for p in res.figures if p.suffix == ".png"]
+    if pngs:
+        click.echo("figures: " + "\n         ".join(str(p) for p in pngs) + "  (+ .svg)")
+    return report
+
+
+@click.command("sweep")
+@click.option("--device", default="rram", show_default=True,
+              help="Device preset name or path of a preset .toml (see `noisydeq devices`).")
+@click.option("--snr", "snr", default="0:30", show_default=True,
+              help="Inference SNR grid in dB: 0:30 (1 dB steps), 0:30:2, 0,10,20,inf.")
+@click.option("--task", default="digits", show_default=True,
+              help="digits, mnist (mnist10k split offline) or regression1d.")
+@click.option("--data-dir", default=None, help="Directory with the MNIST IDX files.")
+@click.option("--depths", default="1,3,5,7", show_default=True,
+              help="FFW depths; each gets a parameter-matched DEQ.")
+@click.option("--train-snr", default="inf", show_default=True,
+              help="Training signal-noise SNR(s) in dB (inf = no training noise), e.g. inf,10,0.")
+@click.option("--chips", type=click.IntRange(min=1), default=3, show_default=True,
+              help="Chip instances (draws of static device noise).")
+@click.option("--epochs", type=click.IntRange(min=0), default=None,
+              help="Training epochs (default: the training preset's).")
+@click.option("--train-preset", default="quick", show_default=True,
+              help="quick (minutes on CPU) or paper (Tables 1-2).")
+@click.option("--noise-site", type=click.Choice(["device", "signal", "state", "input"]),
+              default="device", show_default=True,
+              help="Where the swept SNR applies: the device's MVMs, or the paper's model noise.")
+@click.option("--out", default=None,
+              help="Run directory (default runs/sweep-<config hash>; re-running resumes).")
+@click.option("--seed", default="0", show_default=True, help="Seed or seeds (0,1,2).")
+@click.option("--torch-device", default="cpu", show_default=True, help="cpu, cuda, cuda:1, ...")
+@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
+              help="Override any sweep-spec field (e.g. --set max_rows=8192).")
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+@click.option("--json", "as_json", is_flag=True, help="Print a machine-readable summary.")
+def command(
+    device: str, snr: str, task: str, data_dir: str | None, depths: str, train_snr: str,
+    chips: int, epochs: int | None, train_preset: str, noise_site: str, out: str | None,
+    seed: str, torch_device: str, sets: tuple[str, ...], quiet: bool, as_json: bool,
+) -> None:
+    """Sweep parameter-matched DEQ vs FFW accuracy across SNR on a simulated device."""
+    snr_grid = parse_grid("--snr", snr)
+    train_grid = parse_grid("--train-snr", train_snr)
+    data = {
+        "device": device, "snr_db": snr_grid, "task": task, "data_dir": check_data_dir(data_dir),
+        "depths": depths, "train_snr_db": train_grid, "chips": chips, "epochs": epochs,
+        "train_preset": train_preset, "noise_site": noise_site, "seeds": parse_seeds(seed),
+        "torch_device": torch_device, **parse_sets(sets),
+    }
+    spec = build(SweepSpec, data, where="sweep")
+    execute(spec, Path(out) if out else default_out(spec), quiet=quiet or as_json,
+            as_json=as_json)
+    sys.stdout.flush()
