@@ -89,6 +89,8 @@ class DeviceLayer(nn.Module):
         self.last_snr_db: float | None = None
         self.calib_x: Tensor | None = None
         self._controls: dict[float, float] = {}
+        #: (targets tensor, its version, resolved per-sample controls) of the last forward
+        self._sample_controls: tuple[Tensor, int, Tensor] | None = None
         self.static_seed = derive_seed("chip", device.chip_seed, name)
 
     # ------------------------------------------------------------------ shapes
@@ -149,6 +151,7 @@ class DeviceLayer(nn.Module):
     def reset_calibration(self) -> None:
         """Forget calibrated controls (after training or a new calibration batch)."""
         self._controls.clear()
+        self._sample_controls = None
 
     def calibration_inputs(self) -> Tensor:
         """Input vectors (rows, n_in) for calibration: captured ones, else uniform in [-1, 1]."""
@@ -180,9 +183,15 @@ class DeviceLayer(nn.Module):
             raise NoisyDEQError(
                 f"per-sample SNR has {t.numel()} values but the batch has {batch} samples"
             )
+        cached = self._sample_controls
+        if cached is not None and cached[0] is target and cached[1] == target._version:
+            return cached[2]  # same targets as the last forward (e.g. every DEQ iteration)
         values = t.double().cpu().tolist()
         table = {v: self.control_for(v) for v in set(values)}
-        return torch.tensor([table[v] for v in values], dtype=torch.float64)
+        out = torch.tensor([table[v] for v in values], dtype=torch.float64)
+        out = out.to(self.weight.device)
+        self._sample_controls = (target, target._version, out)
+        return out
 
     # ------------------------------------------------------------------ forward
     def _mvm(self, x: Tensor, control: Control, stream: NoiseStream) -> Tensor:
@@ -208,14 +217,15 @@ class DeviceLayer(nn.Module):
         control = self.resolve_controls(x.shape[0])
         grad = torch.is_grad_enabled() and (self.weight.requires_grad or x.requires_grad)
         with torch.no_grad():
-            y_dev = self.device_output(x, control)
+            y = self.device_output(x, control)  # a fresh tensor: updated in place below
         exact = self.exact(x) if (grad or self.measure) else None
-        y = straight_through(exact, y_dev) if grad else y_dev
         if self.measure:
-            self.last_snr_db = measured_snr_db(exact, y_dev)
+            self.last_snr_db = measured_snr_db(exact, y)
+        if grad:  # straight-through: value of the device output, gradient of the exact MVM
+            y = exact + y.sub_(exact.detach())
         if self.bias is not None:
-            shape = (1, -1) + (1,) * (y.ndim - 2)
-            y = y + self.bias.reshape(shape)
+            bias = self.bias.reshape((1, -1) + (1,) * (y.ndim - 2))
+            y = y + bias if torch.is_grad_enabled() and bias.requires_grad else y.add_(bias)
         return y
 
     def extra_repr(self) -> str:

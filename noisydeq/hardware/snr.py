@@ -16,7 +16,17 @@ import torch
 from torch import Tensor
 
 from noisydeq.hardware.base import Control, Device, DeviceLayer
-from noisydeq.noise import NoiseStream, additive, db_to_linear, multiplicative
+from noisydeq.noise import NoiseStream, db_to_linear, multiplicative_noise_std
+
+
+def _noise_std(y: Tensor, snr_db: Control) -> Tensor:
+    """:func:`noisydeq.noise.multiplicative_noise_std`, one fused norm for a scalar SNR."""
+    if isinstance(snr_db, Tensor):
+        return multiplicative_noise_std(y, snr_db)
+    d = y[0].numel() if y.ndim > 1 else 1
+    norm = torch.linalg.vector_norm(y.reshape(y.shape[0], -1), dim=1)
+    norm = norm.mul_(1.0 / math.sqrt(d * db_to_linear(snr_db)))
+    return norm.reshape((-1,) + (1,) * (y.ndim - 1))
 
 
 class SNRLayer(DeviceLayer):
@@ -40,14 +50,21 @@ class SNRLayer(DeviceLayer):
         return self._controls["ref_power"]
 
     def _noisy(self, y: Tensor, control: Control, stream: NoiseStream) -> Tensor:
+        """``y`` plus its noise, in place (``y`` is a fresh MVM output): one draw, one fused op."""
         if self.device_model.spec.mode == "multiplicative":
-            return multiplicative(y, control, stream)
+            if not isinstance(control, Tensor) and math.isinf(control):
+                return y
+            std = _noise_std(y, control)  # (B, 1, ..., 1), Eq. 4 width-fixed
+            return y.addcmul_(std, stream.randn(y.shape, y.dtype, y.device))
         snr = db_to_linear(control)
         if isinstance(snr, Tensor):
-            eta = torch.sqrt(self._ref_power() / snr)
-        else:
-            eta = 0.0 if math.isinf(snr) else math.sqrt(self._ref_power() / snr)
-        return additive(y, eta, stream)
+            eta = torch.sqrt(self._ref_power() / snr).to(y.dtype)
+            eta = eta.reshape((-1,) + (1,) * (y.ndim - 1))
+            return y.addcmul_(eta, stream.randn(y.shape, y.dtype, y.device))
+        if math.isinf(snr):
+            return y
+        eta = math.sqrt(self._ref_power() / snr)  # Eq. 8: fixed std per layer
+        return y.add_(stream.randn(y.shape, y.dtype, y.device), alpha=eta)
 
     def _mvm(self, x: Tensor, control: Control, stream: NoiseStream) -> Tensor:
         return self._noisy(x @ self.matrix().T, control, stream)
