@@ -1,10 +1,12 @@
 """Find and load the trained models of a family (a ``noisydeq sweep``/``train`` output dir).
 
-Any ``model.safetensors`` below the given path that ``noisydeq.train.train_model`` wrote is
-a member: its metadata holds the full config (model spec, training spec, task), so the model
-is rebuilt with ``build_model`` and its weights loaded without pickle. Members are grouped
-by (seed, training noise) and paired by depth: a DEQ labelled with FFW depth n is the
-parameter-matched partner of the n-layer FFW (paper §4.1, App. E.1).
+The checkpoints are found by :mod:`noisydeq.analysis.locate` (a sweep run dir: through
+the model cache; otherwise every ``model.safetensors`` below the path). Every checkpoint
+that ``noisydeq.train.train_model`` wrote is a member: its metadata holds the full config
+(model spec, training spec, task), so the model is rebuilt with ``build_model`` and its
+weights loaded without pickle. Members are grouped by (seed, training noise) and paired by
+depth: a DEQ labelled with FFW depth n is the parameter-matched partner of the n-layer
+FFW (paper §4.1, App. E.1).
 """
 
 from __future__ import annotations
@@ -18,9 +20,8 @@ import torch
 from torch import nn
 
 from noisydeq import store
+from noisydeq.analysis.locate import MODEL_FILE  # noqa: F401 (re-export)
 from noisydeq.errors import NoisyDEQError
-
-MODEL_FILE = "model.safetensors"
 
 
 @dataclass
@@ -38,6 +39,8 @@ class Member:
     seed: int
     train_snr_db: float
     test_metric: float
+    fingerprint: str | None = None  # hash of the training data (noisydeq.tasks.Task)
+    data_dir: str | None = None  # where the data are (recorded by a sweep or --data-dir)
 
     @property
     def group(self) -> tuple[int, float]:
@@ -80,34 +83,53 @@ def load_member(path: Path) -> Member:
         task=str(task.get("name", "digits")), task_seed=int(task.get("seed", 0)),
         seed=int(train.get("seed", 0)), train_snr_db=_train_snr(train),
         test_metric=float(meta["extra"]["test_metric"]),
+        fingerprint=task.get("fingerprint"),
     )
 
 
 def find_checkpoints(root: str | Path) -> list[Path]:
-    """``model.safetensors`` files at or below ``root`` (a file is taken as is)."""
-    p = Path(root)
-    if p.is_file():
-        return [p]
-    if not p.is_dir():
-        raise NoisyDEQError(f"--family: {p} does not exist")
-    found = sorted(p.rglob(MODEL_FILE))
-    if not found:
-        raise NoisyDEQError(
-            f"--family: no trained model ({MODEL_FILE}) under {p}; "
-            "give a run dir of 'noisydeq sweep'/'noisydeq train' or a checkpoint"
-        )
-    return found
+    """``model.safetensors`` files of ``root`` (see :func:`noisydeq.analysis.locate.locate`)."""
+    from noisydeq.analysis.locate import locate
+
+    return locate(root).checkpoints
 
 
-def load_family(root: str | Path, device: torch.device | str = "cpu") -> list[Member]:
-    """All members under ``root``, sorted by group, kind and depth."""
-    members = [load_member(p) for p in find_checkpoints(root)]
+def load_family(root: str | Path, device: torch.device | str = "cpu", *,
+                data_dir: str | None = None, cache_dir: str | None = None) -> list[Member]:
+    """All members of ``root`` (sweep run dir, train output, checkpoint), sorted by group,
+    kind and depth. ``data_dir`` overrides the data directory a sweep recorded; members
+    carry the one to use (``Member.data_dir``)."""
+    from noisydeq.analysis.locate import locate
+
+    source = locate(root, data_dir=data_dir, cache_dir=cache_dir)
+    members = [load_member(p) for p in source.checkpoints]
     tasks = {m.task for m in members}
     if len(tasks) > 1:
         raise NoisyDEQError(f"--family: members were trained on different tasks {sorted(tasks)}")
     for m in members:
         m.model.to(device)
+        m.data_dir = data_dir or source.data_dir
     return sorted(members, key=lambda m: (m.seed, m.train_snr_db, m.kind, m.depth))
+
+
+def load_family_task(members: list[Member], data_dir: str | None = None):
+    """The task the family was trained on, checked against the recorded data fingerprint.
+
+    ``data_dir`` (``--data-dir``) wins over the directory the run recorded. Data that differ
+    from the training data (another MNIST copy, another split) are refused in one line.
+    """
+    from noisydeq.tasks import load_task
+
+    m = members[0]
+    where = data_dir or m.data_dir
+    task = load_task(m.task, data_dir=where, seed=m.task_seed)
+    if m.fingerprint is not None and task.fingerprint != m.fingerprint:
+        raise NoisyDEQError(
+            f"--data-dir: the {m.task} data found in {where or 'the default location'} differ "
+            f"from the data the models were trained on (fingerprint {task.fingerprint} != "
+            f"{m.fingerprint}); give the directory used for training"
+        )
+    return task
 
 
 @dataclass

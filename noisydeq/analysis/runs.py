@@ -24,15 +24,13 @@ from noisydeq.noise import derive_seed, seeded_generator
 
 
 def family_inputs(members: list[Member], n_inputs: int, data_dir: str | None,
-                device: torch.device) -> torch.Tensor:
-    """The first ``n_inputs`` test inputs of the family's task."""
-    from noisydeq.tasks import load_task
+                  device: torch.device) -> torch.Tensor:
+    """The first ``n_inputs`` test inputs of the family's task (fingerprint-checked)."""
+    from noisydeq.analysis.family import load_family_task
 
     if n_inputs < 1:
         raise NoisyDEQError(f"--inputs: need at least 1 input, got {n_inputs}")
-    m = members[0]
-    task = load_task(m.task, data_dir=data_dir, seed=m.task_seed)
-    return task.x_test[:n_inputs].to(device)
+    return load_family_task(members, data_dir).x_test[:n_inputs].to(device)
 
 
 def _label(group: tuple[int, float]) -> str:

@@ -19,7 +19,14 @@ def torch_device_option(f):
 def family_option(f):
     return click.option("--family", "family", required=True,
                         type=click.Path(path_type=Path),
-                        help="run dir of 'noisydeq sweep'/'noisydeq train', or a checkpoint.")(f)
+                        help="run dir of 'noisydeq sweep'/'noisydeq run', output dir of "
+                             "'noisydeq train', or a checkpoint.")(f)
+
+
+def cache_option(f):
+    return click.option("--cache", "cache", default=None, type=click.Path(path_type=Path),
+                        help="model cache a sweep run dir's models are in "
+                             "(default: $NOISYDEQ_CACHE or the user cache dir).")(f)
 
 
 def out_option(name: str):
@@ -51,11 +58,13 @@ def default_out(family: Path, out: Path | None, name: str) -> Path:
 @click.option("--precision", type=float, default=0.05, show_default=True,
               help="largest allowed relative standard error of each mean (0 = no check).")
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--data-dir", default=None, help="data directory for MNIST tasks.")
+@click.option("--data-dir", default=None,
+              help="data directory for MNIST tasks (default: the one a sweep recorded).")
 @out_option("sensitivity")
+@cache_option
 @torch_device_option
 def command(family, kind, eta, snr, site, samples, inputs, precision, seed, data_dir, out,
-            torch_device) -> None:
+            cache, torch_device) -> None:
     """E_ξ|dz*/dξ_i| of each DEQ and FFW in a family, the DEQ/FFW ratio and Eq. 12 bounds."""
     from noisydeq.analysis.family import load_family
     from noisydeq.analysis.runs import family_inputs, run_sensitivity
@@ -72,7 +81,7 @@ def command(family, kind, eta, snr, site, samples, inputs, precision, seed, data
     if kind == "additive" and eta <= 0:
         raise NoisyDEQError(f"--eta: additive noise needs eta > 0, got {eta:g}")
     dev = resolve_torch_device(torch_device)
-    members = load_family(family, dev)
+    members = load_family(family, dev, data_dir=data_dir, cache_dir=cache)
     x = family_inputs(members, inputs, data_dir, dev)
     out_dir = default_out(family, out, "sensitivity")
     rows, paths = run_sensitivity(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from noisydeq.commands.sensitivity import (
+    cache_option,
     default_out,
     family_option,
     out_option,
@@ -17,17 +18,19 @@ from noisydeq.commands.sensitivity import (
 @click.option("--inputs", type=int, default=16, show_default=True,
               help="test inputs at whose DEQ fixed points ρ(∂f/∂z) is measured (0 = skip).")
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--data-dir", default=None, help="data directory for MNIST tasks.")
+@click.option("--data-dir", default=None,
+              help="data directory for MNIST tasks (default: the one a sweep recorded).")
 @out_option("spectrum")
+@cache_option
 @torch_device_option
-def command(family, inputs, seed, data_dir, out, torch_device) -> None:
+def command(family, inputs, seed, data_dir, out, cache, torch_device) -> None:
     """Eigen-spectra and spectral radii of every DEQ and FFW of a family."""
     from noisydeq.analysis.family import load_family, pairs
     from noisydeq.analysis.runs import family_inputs, run_spectrum
     from noisydeq.sweep import resolve_torch_device
 
     dev = resolve_torch_device(torch_device)
-    members = load_family(family, dev)
+    members = load_family(family, dev, data_dir=data_dir, cache_dir=cache)
     for pair in pairs(members):
         warn = pair.count_warning()
         if warn:

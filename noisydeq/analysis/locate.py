@@ -1,0 +1,111 @@
+"""Where a family's checkpoints and data live, for ``--family PATH`` of the analysis commands.
+
+``PATH`` may be
+
+* a **sweep run directory** (``noisydeq sweep`` / ``noisydeq run``): it records the resolved
+  :class:`~noisydeq.config.SweepSpec` in ``config.toml`` but not the models, which sit in the
+  model cache (``$NOISYDEQ_CACHE`` or the user cache dir, ``--cache`` overrides) under the
+  hash of each member's training config. The hashes are recomputed exactly as the sweep
+  made them (:func:`noisydeq.families.family_spec_for_sweep` → ``member_spec`` →
+  ``build_member`` → :func:`noisydeq.train.run_config`), so the analysis reads the very
+  models the sweep evaluated, never trains; the sweep's ``data_dir`` is taken over;
+* any directory holding ``model.safetensors`` files (``noisydeq train --out DIR`` for one
+  model, ``noisydeq train --depths ... --out DIR`` for a family: ``DIR/models/<hash>/``);
+* one checkpoint file.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from noisydeq.errors import NoisyDEQError
+
+MODEL_FILE = "model.safetensors"
+SWEEP_CONFIG = "config.toml"
+
+
+@dataclass
+class FamilySource:
+    """The checkpoints of a family and the data directory its run recorded (if any)."""
+
+    root: Path
+    checkpoints: list[Path]
+    data_dir: str | None = None
+    origin: str = "dir"  # "sweep", "dir" or "checkpoint"
+
+
+def read_sweep_spec(run_dir: Path):
+    """The :class:`SweepSpec` a sweep run dir recorded, or None when ``run_dir`` is not one."""
+    from noisydeq.config import SweepSpec, loads_toml
+
+    path = run_dir / SWEEP_CONFIG
+    if not path.is_file():
+        return None
+    try:
+        return loads_toml(SweepSpec, path.read_text(encoding="utf-8"))
+    except NoisyDEQError:
+        return None  # a config.toml of something else: fall back to searching checkpoints
+
+
+def sweep_checkpoints(spec, data_dir: str | None = None,
+                      cache_dir: str | os.PathLike | None = None) -> list[Path]:
+    """Checkpoint paths of every family member a sweep spec trained (cache lookup only).
+
+    Mirrors ``noisydeq.sweep.family_models``: the task is loaded with the first seed and
+    each (seed, training SNR) maps to one family. A missing member is one clear error
+    naming the cache that was searched.
+    """
+    from noisydeq.families import build_member, cache_root, family_spec_for_sweep, member_spec
+    from noisydeq.store import config_hash
+    from noisydeq.tasks import load_task
+    from noisydeq.train import apply_overrides, run_config
+
+    task = load_task(spec.task, data_dir=data_dir or spec.data_dir, seed=spec.seeds[0])
+    root = cache_root(cache_dir) / "models"
+    dev = torch.device(spec.torch_device)
+    found, missing = [], []
+    for seed in spec.seeds:
+        for tsnr in spec.train_snr_db:
+            fspec = family_spec_for_sweep(spec, seed, tsnr)
+            for depth in fspec.depths:
+                for kind in fspec.kinds:
+                    model = build_member(member_spec(fspec, task, kind, depth), fspec.seed)
+                    tspec = fspec.train_spec(kind)
+                    apply_overrides(model, tspec)
+                    path = root / config_hash(run_config(model, task, tspec, dev)) / MODEL_FILE
+                    if path.is_file():
+                        found.append(path)
+                    else:
+                        missing.append(f"{kind} d{depth} seed {seed} train SNR {tsnr:g}")
+    if missing:
+        raise NoisyDEQError(
+            f"--family: {len(missing)} model(s) of the sweep are not in the cache {root} "
+            f"(first: {missing[0]}); pass --cache (or set NOISYDEQ_CACHE to) the cache the "
+            "sweep used, or re-run the sweep"
+        )
+    return found
+
+
+def locate(root: str | Path, *, data_dir: str | None = None,
+           cache_dir: str | os.PathLike | None = None) -> FamilySource:
+    """Resolve ``--family`` (see the module docstring); ``data_dir`` overrides the recorded one."""
+    p = Path(root)
+    if p.is_file():
+        return FamilySource(p, [p], origin="checkpoint")
+    if not p.is_dir():
+        raise NoisyDEQError(f"--family: {p} does not exist")
+    spec = read_sweep_spec(p)
+    if spec is not None:
+        return FamilySource(p, sweep_checkpoints(spec, data_dir, cache_dir),
+                            data_dir=spec.data_dir, origin="sweep")
+    found = sorted(p.rglob(MODEL_FILE))
+    if not found:
+        raise NoisyDEQError(
+            f"--family: no trained model ({MODEL_FILE}) under {p}; give a run dir of "
+            "'noisydeq sweep'/'noisydeq train' or a checkpoint"
+        )
+    return FamilySource(p, found)
