@@ -50,24 +50,60 @@ def plot_traces(traces: list[TraceSet], stem: Path) -> list[Path]:
 
 
 def count_rows(counts: list) -> list[dict[str, Any]]:
-    return [{"stop": c.stop, "snr_db": c.snr_db,
+    return [{"stop": c.stop, "window": c.window, "snr_db": c.snr_db,
              "mean_steps": float(c.steps.double().mean()),
              "median_steps": float(c.steps.double().median()),
              "converged_frac": float(c.converged.double().mean())} for c in counts]
 
 
+def _curve_label(stop: str, window: int) -> str:
+    return "rel" if stop == "rel" else f"{stop} (w={window})"
+
+
 def plot_counts(rows: list[dict[str, Any]], eps: float, max_iter: int, stem: Path) -> list[Path]:
-    """Fig. 5: mean iterations against SNR for rel and mean_rel."""
+    """Fig. 5: mean iterations against SNR for rel and mean_rel (one curve per window)."""
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(5, 3.6))
-    for stop in sorted({r["stop"] for r in rows}):
-        rs = sorted((r for r in rows if r["stop"] == stop), key=lambda r: r["snr_db"])
-        ax.plot([r["snr_db"] for r in rs], [r["mean_steps"] for r in rs], "o-", label=stop)
+    for stop, window in dict.fromkeys((r["stop"], r["window"]) for r in rows):
+        rs = sorted((r for r in rows if (r["stop"], r["window"]) == (stop, window)),
+                    key=lambda r: r["snr_db"])
+        ax.plot([r["snr_db"] for r in rs], [r["mean_steps"] for r in rs], "o-",
+                label=_curve_label(stop, window))
     ax.axhline(max_iter, color="grey", ls=":", lw=1, label="cap")
     ax.set_xlabel("signal SNR (dB)")
     ax.set_ylabel("mean iterations (unroll)")
     ax.set_title(f"stop at ε = {eps:g}")
     ax.legend(fontsize=8)
+    return save_figure(fig, stem)
+
+
+def floor_rows(rows: list[dict[str, Any]], eps: float) -> list[dict[str, Any]]:
+    """Add ``window_needed`` = ⌈w · floor / ε⌉: the window whose mean_rel floor is ε (1/w law)."""
+    out = []
+    for r in rows:
+        need = r["window"] * r["mean_rel_floor"] / eps
+        out.append({**r, "w_times_ratio": r["window"] * r["mean_rel_floor"] / r["rel_floor"],
+                    "window_needed": math.ceil(need) if math.isfinite(need) else math.nan})
+    return out
+
+
+def plot_floors(rows: list[dict[str, Any]], eps: float, stem: Path) -> list[Path]:
+    """mean_rel noise floor against the window length per SNR, with ε and a 1/w guide."""
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(5, 3.6))
+    for i, snr in enumerate(sorted({r["snr_db"] for r in rows})):
+        rs = sorted((r for r in rows if r["snr_db"] == snr), key=lambda r: r["window"])
+        ws = [r["window"] for r in rs]
+        ax.plot(ws, [r["mean_rel_floor"] for r in rs], "o-", color=f"C{i}", label=_db(snr))
+        ax.plot(ws, [rs[0]["mean_rel_floor"] * ws[0] / w for w in ws], ":", color=f"C{i}",
+                lw=1)
+    ax.axhline(eps, color="k", ls="--", lw=1, label=f"ε = {eps:g}")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("window w")
+    ax.set_ylabel("median mean_rel floor (unroll)")
+    ax.set_title("mean_rel noise floor vs window (dotted: ∝ 1/w)", fontsize=9)
+    ax.legend(fontsize=7)
     return save_figure(fig, stem)
 
 
@@ -92,6 +128,11 @@ def write_counts(counts: list, eps: float, max_iter: int, out: Path) -> tuple[li
     rows = count_rows(counts)
     return rows, [write_csv(out / "iterations.csv", rows),
                   *plot_counts(rows, eps, max_iter, out / "iterations")]
+
+
+def write_floors(rows: list[dict[str, Any]], eps: float, out: Path) -> tuple[list, list[Path]]:
+    rows = floor_rows(rows, eps)
+    return rows, [write_csv(out / "floors.csv", rows), *plot_floors(rows, eps, out / "floors")]
 
 
 def write_accuracy(rows: list[dict[str, Any]], out: Path) -> list[Path]:

@@ -103,44 +103,137 @@ def _solve(f, z0, spec):
     return solve(f, z0, spec)
 
 
+def parse_windows(text: str | int | Sequence[int]) -> list[int]:
+    """``--window``: one window length or a comma list (``5`` or ``5,20,50``), in order."""
+    parts = [text] if isinstance(text, int) else (
+        str(text).split(",") if isinstance(text, str) else list(text))
+    out: list[int] = []
+    for p in parts:
+        try:
+            w = int(str(p).strip())
+        except ValueError:
+            w = 0
+        if w < 1:
+            raise NoisyDEQError(
+                f"--window: '{str(p).strip()}' is not a positive integer (e.g. 5 or 5,20,50)"
+            )
+        if w not in out:
+            out.append(w)
+    if not out:
+        raise NoisyDEQError("--window: give at least one window length (e.g. 5 or 5,20,50)")
+    return out
+
+
+def ar1_floor_ratio(rho: float, window: int) -> float:
+    """Noise floor of ``mean_rel`` over that of ``rel`` for unrolling, linear model (Eq. 54).
+
+    Undamped unrolling evaluates f at z_i and moves to z_{i+1} = f(z_i), so the window sums
+    of Eq. 54 telescope: Σ_i (f(z_i) − z_i) = z_{k+1} − z_{k+1−w}, and
+    mean_rel = ‖z_{k+1} − z_{k+1−w}‖ / (w ‖z̄‖) exactly. Near the fixed point with
+    independent noise e_k per step, δ_{k+1} = ρ δ_k + e_k (Jacobian ρI) is stationary AR(1)
+    with E‖δ_{k+w} − δ_k‖² = 2 tr Σ (1 − ρ^w), so the RMS ratio to ``rel`` (w = 1) is
+
+        R(w) = (1/w) · √((1 − ρ^w) / (1 − ρ)).
+
+    It falls like 1/√w while w ≪ 1/(1 − ρ) (slow contraction) and like 1/w beyond, with the
+    prefactor 1/√(1 − ρ); for ρ = 0 it is exactly 1/w.
+    """
+    if window < 1:
+        raise NoisyDEQError(f"window: must be a positive integer, got {window}")
+    if not -1.0 < rho < 1.0:
+        raise NoisyDEQError(f"rho: the iteration must contract (|rho| < 1), got {rho:g}")
+    return math.sqrt((1.0 - rho**window) / (1.0 - rho)) / window
+
+
 @dataclass
 class IterationCount:
-    """Steps the solver took per sample with one stop rule at one SNR."""
+    """Steps the solver took per sample with one stop rule at one SNR.
+
+    ``window`` is the averaging window of ``mean_rel`` (``rel`` is ``mean_rel`` with w = 1).
+    """
 
     stop: str
     snr_db: float
     steps: Tensor
     converged: Tensor
+    window: int = 1
+
+
+def _signal_noise(snr: float, seed: int, device: torch.device) -> Noise | None:
+    """Fig. 5 signal noise at ``snr``; one stream per SNR so every rule sees the same draws."""
+    spec = build(NoiseSpec, {"site": "signal", "kind": "multiplicative", "snr_db": snr})
+    stream = NoiseStream.from_seed(derive_seed(seed, "fig5", snr), device)
+    return Noise(spec, stream) if spec.active else None
 
 
 def iteration_counts(
     model: nn.Module, x: Tensor, snr_db: Sequence[float], *, eps: float = 0.01,
     stops: Sequence[str] = ("rel", "mean_rel"), max_iter: int = 100, solver: str = "unroll",
-    window: int = 5, seed: int = 0,
+    window: int | Sequence[int] = 5, seed: int = 0,
 ) -> list[IterationCount]:
-    """Fig. 5: iterations to meet ``rel`` / ``mean_rel`` < ``eps`` under signal noise."""
+    """Fig. 5: iterations to meet ``rel`` / ``mean_rel`` < ``eps`` under signal noise.
+
+    ``window`` may list several lengths: ``mean_rel`` is then counted once per window.
+    """
     if getattr(model, "kind", None) != "deq":
         raise NoisyDEQError("iteration counts need a DEQ model")
     check_solvers([solver])
+    windows = parse_windows(window)
+    if max(windows) > max_iter:
+        raise NoisyDEQError(f"--window {max(windows)}: exceeds the iteration cap {max_iter} "
+                            "(mean_rel can only stop once its window is full)")
     out = []
     with torch.no_grad():
         xt = model.inject(x)
         for snr in snr_db:
-            spec = build(NoiseSpec, {"site": "signal", "kind": "multiplicative", "snr_db": snr})
             for stop in stops:
-                stream = NoiseStream.from_seed(derive_seed(seed, "fig5", snr), x.device)
-                noise = Noise(spec, stream) if spec.active else None
-                sol = _solve(model.cell_fn(xt, noise), model.initial_state(xt),
-                             solver_spec(solver, max_iter, eps, stop, window))
-                out.append(IterationCount(stop, float(snr), sol.steps.cpu(),
-                                          sol.converged.cpu()))
+                for w in (windows if stop == "mean_rel" else windows[:1]):
+                    sol = _solve(model.cell_fn(xt, _signal_noise(snr, seed, x.device)),
+                                 model.initial_state(xt),
+                                 solver_spec(solver, max_iter, eps, stop, w))
+                    out.append(IterationCount(stop, float(snr), sol.steps.cpu(),
+                                              sol.converged.cpu(),
+                                              w if stop == "mean_rel" else 1))
     return out
+
+
+def residual_floors(
+    model: nn.Module, x: Tensor, snr_db: Sequence[float], windows: Sequence[int], *,
+    n_iter: int = 100, solver: str = "unroll", seed: int = 0,
+) -> list[dict]:
+    """Noise floors of ``rel`` and ``mean_rel`` (Eq. 54) per SNR and window, Fig. 5 setting.
+
+    The solver runs ``n_iter`` steps without stopping; a floor is the median over samples
+    and the last half of the iterations (after the transient). ``window_needed_eps`` in the
+    rows of :func:`floor_rows` extrapolates with the 1/w law of :func:`ar1_floor_ratio`.
+    """
+    if getattr(model, "kind", None) != "deq":
+        raise NoisyDEQError("residual floors need a DEQ model")
+    windows = parse_windows(list(windows))
+    if max(windows) > n_iter // 2:
+        raise NoisyDEQError(f"--window {max(windows)}: the floors need runs of at least twice "
+                            f"the window, got {n_iter} steps")
+    rows = []
+    with torch.no_grad():
+        xt = model.inject(x)
+        for snr in snr_db:
+            for w in windows:
+                sol = _solve(model.cell_fn(xt, _signal_noise(snr, seed, x.device)),
+                             model.initial_state(xt), solver_spec(solver, n_iter, 1e-30, "rel", w))
+                tail = slice(n_iter // 2, None)
+                rel = sol.trace["rel"][tail].double()
+                mrel = sol.trace["mean_rel"][tail].double()
+                rows.append({"snr_db": float(snr), "window": w,
+                             "rel_floor": float(rel.nanmedian()),
+                             "mean_rel_floor": float(mrel.nanmedian()),
+                             "mean_rel_p10": float(mrel.nanquantile(0.1))})
+    return rows
 
 
 def accuracy_under_noise(
     model: nn.Module, x: Tensor, y: Tensor, snr_db: Sequence[float], solvers: Sequence[str], *,
     max_iter: int = 40, tol: float = 0.01, stop: str = "mean_rel", seed: int = 0,
-    batch: int = 1000,
+    batch: int = 1000, window: int = 5,
 ) -> list[dict]:
     """Fig. 6 claim: test accuracy of a DEQ solved by each solver under signal noise."""
     if getattr(model, "kind", None) != "deq":
@@ -150,7 +243,7 @@ def accuracy_under_noise(
     model.eval()
     try:
         for name in check_solvers(solvers):
-            model.test_solver = solver_spec(name, max_iter, tol, stop)
+            model.test_solver = solver_spec(name, max_iter, tol, stop, window)
             for snr in snr_db:
                 spec = build(NoiseSpec, {"site": "signal", "kind": "multiplicative",
                                          "snr_db": snr})

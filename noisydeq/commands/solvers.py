@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from noisydeq.commands.sensitivity import torch_device_option
+from noisydeq.commands.sensitivity import cache_option, torch_device_option
 from noisydeq.config import parse_snr_range
 from noisydeq.errors import NoisyDEQError
 
@@ -16,77 +16,106 @@ from noisydeq.errors import NoisyDEQError
               show_default=True, help="comma list of solvers to trace.")
 @click.option("--snr", "snr", default="0,20", show_default=True,
               help="state-noise SNRs (dB) of the Fig. 4 traces.")
-@click.option("--max-iter", type=int, default=100, show_default=True)
+@click.option("--max-iter", type=int, default=100, show_default=True,
+              help="steps of the Fig. 4 traces.")
+@click.option("--window", "window", default="5", show_default=True,
+              help="mean_rel window length(s) (Eq. 54), e.g. 5 or 5,20,50: Fig. 5 counts and "
+                   "floors use every one, Fig. 4 traces and Fig. 6 the first.")
 @click.option("--width", type=int, default=100, show_default=True, help="Fig. 4 cell width.")
 @click.option("--batch", type=int, default=16, show_default=True, help="Fig. 4 random inputs.")
 @click.option("--family", type=click.Path(path_type=Path), default=None,
-              help="trained family/checkpoint: adds Fig. 5 and Fig. 6 on its DEQ.")
+              help="trained family (sweep run dir, train output) or checkpoint: adds Fig. 5 "
+                   "and Fig. 6 on its DEQ.")
 @click.option("--depth", type=int, default=None, help="which DEQ of the family (default: deepest).")
 @click.option("--count-snr", default="0:20:5", show_default=True,
               help="signal SNRs (dB) for the Fig. 5 iteration counts.")
-@click.option("--eps", type=float, default=0.01, show_default=True, help="Fig. 5 stop tolerance.")
-@click.option("--count-max-iter", type=int, default=100, show_default=True)
+@click.option("--eps", "--tol", "eps", type=float, default=0.01, show_default=True,
+              help="Fig. 5 stop tolerance ε.")
+@click.option("--count-max-iter", "--threshold", "count_max_iter", type=int, default=100,
+              show_default=True, help="Fig. 5 iteration cap (the paper's threshold).")
+@click.option("--floors/--no-floors", default=True, show_default=True,
+              help="also measure the rel / mean_rel noise floors per SNR and window "
+                   "(runs of max(threshold, 2·window) steps).")
 @click.option("--accuracy-snr", default="0:20:5,inf", show_default=True,
               help="test signal SNRs (dB) for the Fig. 6 accuracy comparison.")
 @click.option("--accuracy-solvers", default="stochastic,broyden", show_default=True)
+@click.option("--accuracy-max-iter", type=int, default=40, show_default=True,
+              help="iteration cap of the Fig. 6 solvers (stop mean_rel at 0.01).")
 @click.option("--inputs", type=int, default=500, show_default=True,
               help="test inputs for Fig. 5 and Fig. 6.")
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--data-dir", default=None, help="data directory for MNIST tasks.")
+@click.option("--data-dir", default=None,
+              help="data directory for MNIST tasks (default: the one a sweep recorded).")
 @click.option("--out", type=click.Path(path_type=Path), default=None,
               help="output directory (default: <family>/analysis/solvers or ./solvers).")
+@cache_option
 @torch_device_option
-def command(names, snr, max_iter, width, batch, family, depth, count_snr, eps, count_max_iter,
-            accuracy_snr, accuracy_solvers, inputs, seed, data_dir, out, torch_device) -> None:
+def command(names, snr, max_iter, window, width, batch, family, depth, count_snr, eps,
+            count_max_iter, floors, accuracy_snr, accuracy_solvers, accuracy_max_iter, inputs,
+            seed, data_dir, out, cache, torch_device) -> None:
     """Noisy fixed-point solving: traces, stop-rule iteration counts, accuracy per solver."""
     from noisydeq.analysis import solver_runs, traces
     from noisydeq.sweep import resolve_torch_device
 
     solvers = traces.check_solvers(names.split(","))
     acc_solvers = traces.check_solvers(accuracy_solvers.split(","))
+    windows = traces.parse_windows(window)
     for name, v in (("--max-iter", max_iter), ("--count-max-iter", count_max_iter),
-                    ("--width", width), ("--batch", batch), ("--inputs", inputs)):
+                    ("--accuracy-max-iter", accuracy_max_iter), ("--width", width),
+                    ("--batch", batch), ("--inputs", inputs)):
         if v < 1:
             raise NoisyDEQError(f"{name}: must be a positive integer, got {v}")
     if not eps > 0:
         raise NoisyDEQError(f"--eps: must be > 0, got {eps:g}")
+    _check_window(windows[0], max_iter, "--max-iter")
+    if family is not None:
+        _check_window(max(windows), count_max_iter, "--count-max-iter")
+        _check_window(windows[0], accuracy_max_iter, "--accuracy-max-iter")
     snrs = parse_snr_range(snr)
+    count_snrs = parse_snr_range(count_snr)
+    acc_snrs = parse_snr_range(accuracy_snr)
     dev = resolve_torch_device(torch_device)
+    model_info = None
+    if family is not None:  # load (and fail on bad input) before the Fig. 4 work
+        model_info = _family_deq(family, depth, inputs, data_dir, cache, dev)
     if out is None:
         base = Path(".") if family is None else (family if family.is_dir() else family.parent)
         out = base / "analysis" / "solvers" if family is not None else Path("solvers")
     cell, xt = traces.fig4_cell(width, batch, seed, device=dev)
-    ts = traces.residual_traces(cell, xt, snrs, solvers, max_iter=max_iter, seed=seed)
+    ts = traces.residual_traces(cell, xt, snrs, solvers, max_iter=max_iter, seed=seed,
+                                window=windows[0])
     paths = solver_runs.write_traces(ts, out)
-    click.echo("Fig. 4 (median over inputs) final rel / mean_rel residual:")
+    click.echo(f"Fig. 4 (median over inputs) final rel / mean_rel (w={windows[0]}) residual:")
     for t in ts:
         click.echo(f"  {t.solver:>10} SNR {t.snr_db:>5g}: rel {float(t.rel[-1].median()):.3g}  "
                    f"mean_rel {float(t.mean_rel[-1].median()):.3g}")
-    if family is not None:
-        from noisydeq.analysis.family import load_family
-        from noisydeq.tasks import load_task
-
-        members = [m for m in load_family(family, dev) if m.kind == "deq"]
-        if not members:
-            raise NoisyDEQError(f"--family: no DEQ model under {family}")
-        if depth is not None:
-            members = [m for m in members if m.depth == depth]
-            if not members:
-                raise NoisyDEQError(f"--depth: no DEQ of depth {depth} in the family")
-        m = max(members, key=lambda m: m.depth)
-        task = load_task(m.task, data_dir=data_dir, seed=m.task_seed)
-        x, y = task.x_test[:inputs].to(dev), task.y_test[:inputs].to(dev)
-        counts = traces.iteration_counts(m.model, x, parse_snr_range(count_snr), eps=eps,
-                                         max_iter=count_max_iter, seed=seed)
+    if model_info is not None:
+        m, task, x, y = model_info
+        counts = traces.iteration_counts(m.model, x, count_snrs, eps=eps,
+                                         max_iter=count_max_iter, seed=seed, window=windows)
         rows, more = solver_runs.write_counts(counts, eps, count_max_iter, out)
         paths += more
-        click.echo(f"Fig. 5 (DEQ width {m.width}, unroll, ε = {eps:g}): mean iterations")
+        click.echo(f"Fig. 5 (DEQ width {m.width}, unroll, ε = {eps:g}, threshold "
+                   f"{count_max_iter}): mean iterations")
         for r in rows:
-            click.echo(f"  {r['stop']:>8} SNR {r['snr_db']:>5g}: {r['mean_steps']:.1f} "
+            label = "rel" if r["stop"] == "rel" else f"mean_rel w={r['window']}"
+            click.echo(f"  {label:>14} SNR {r['snr_db']:>5g}: {r['mean_steps']:.1f} "
                        f"(converged {r['converged_frac']:.0%})")
+        if floors:
+            n_iter = max(count_max_iter, 2 * max(windows))
+            frows, more = solver_runs.write_floors(
+                traces.residual_floors(m.model, x, count_snrs, windows, n_iter=n_iter,
+                                       seed=seed), eps, out)
+            paths += more
+            click.echo(f"noise floors (median of the last {n_iter - n_iter // 2} of {n_iter} "
+                       "steps):")
+            for r in frows:
+                click.echo(f"  SNR {r['snr_db']:>5g} w={r['window']:<4} rel {r['rel_floor']:.3g}"
+                           f"  mean_rel {r['mean_rel_floor']:.3g}  (window for ε: "
+                           f"~{r['window_needed']})")
         if task.kind == "classification":
-            acc = traces.accuracy_under_noise(m.model, x, y, parse_snr_range(accuracy_snr),
-                                              acc_solvers, seed=seed)
+            acc = traces.accuracy_under_noise(m.model, x, y, acc_snrs, acc_solvers, seed=seed,
+                                              max_iter=accuracy_max_iter, window=windows[0])
             paths += solver_runs.write_accuracy(acc, out)
             click.echo("Fig. 6 claim: accuracy under test-time signal noise")
             for r in acc:
@@ -94,3 +123,27 @@ def command(names, snr, max_iter, width, batch, family, depth, count_snr, eps, c
                            f"({r['mean_steps']:.1f} steps)")
     for p in paths:
         click.echo(f"wrote {p}")
+
+
+def _check_window(window: int, cap: int, flag: str) -> None:
+    if window > cap:
+        raise NoisyDEQError(f"--window {window}: must not exceed {flag} {cap} (mean_rel can "
+                            "only stop once its window is full)")
+
+
+def _family_deq(family: Path, depth: int | None, inputs: int, data_dir: str | None,
+                cache: Path | None, dev):
+    """The family's DEQ (deepest, or ``depth``), its task and the first ``inputs`` tests."""
+    from noisydeq.analysis.family import load_family, load_family_task
+
+    members = [m for m in load_family(family, dev, data_dir=data_dir, cache_dir=cache)
+               if m.kind == "deq"]
+    if not members:
+        raise NoisyDEQError(f"--family: no DEQ model under {family}")
+    if depth is not None:
+        members = [m for m in members if m.depth == depth]
+        if not members:
+            raise NoisyDEQError(f"--depth: no DEQ of depth {depth} in the family")
+    m = max(members, key=lambda m: m.depth)
+    task = load_family_task([m], data_dir)
+    return m, task, task.x_test[:inputs].to(dev), task.y_test[:inputs].to(dev)
