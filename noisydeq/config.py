@@ -396,7 +396,7 @@ class SweepSpec(StrictModel):
     chips: int = Field(default=3, ge=1)
     seeds: list[int] = Field(default_factory=lambda: [0])
     torch_device: str = "cpu"
-    max_rows: int = Field(default=16384, ge=1)
+    max_rows: int = Field(default=4096, ge=1)
     max_train_samples: int | None = Field(default=None, ge=1)
     max_test_samples: int | None = Field(default=None, ge=1)
     fixed_snr_db: list[float] = Field(default_factory=lambda: [0.0])
