@@ -145,6 +145,10 @@ def spec_from_dict(data: dict[str, Any], where: str = "device") -> DeviceSpec:
     return build(SPECS[kind], data, where=where)
 
 
+#: a bare device kind names its default preset (``--device rram`` is the README's command)
+KIND_PRESETS = {"rram": "rram-wan2022"}
+
+
 def presets_dir() -> Path:
     """Folder of the shipped presets (inside the package; the repo's ``devices/``)."""
     here = Path(__file__).resolve().parent.parent / "presets" / "devices"
@@ -168,6 +172,8 @@ def load_spec(name_or_path: str | os.PathLike) -> DeviceSpec:
         where = str(path)
     else:
         path = presets_dir() / f"{text}.toml"
+        if not path.is_file() and text in KIND_PRESETS:  # a bare kind: its default preset
+            path = presets_dir() / f"{KIND_PRESETS[text]}.toml"
         where = f"preset '{text}'"
         if not path.is_file():
             names = preset_names()
