@@ -44,6 +44,12 @@ def _label_db(v: float) -> str:
     return "∞" if math.isinf(v) else f"{v:g}"
 
 
+def _train_title(train_snr_db: float) -> str:
+    if math.isinf(train_snr_db):
+        return "trained without noise"
+    return f"trained at {train_snr_db:g} dB signal SNR"
+
+
 def _metric_label(metric: str) -> str:
     return "test accuracy" if metric == "accuracy" else "test MSE"
 
@@ -128,7 +134,7 @@ def plot_metric_vs_snr(
             ax.xaxis.set_major_locator(FixedLocator(_ticks(levels, pos)))
             ax.set_xticklabels([_label_db(_inv(pos, t)) for t in _ticks(levels, pos)])
             ax.set_xlabel("inference SNR (dB)")
-            ax.set_title(f"training SNR {_label_db(tsnr)} dB")
+            ax.set_title(_train_title(tsnr))
             if metric == "mse":
                 ax.set_yscale("log")
         axes[0][0].set_ylabel(_metric_label(metric))
@@ -199,8 +205,9 @@ def plot_metric_vs_depth(
                             capsize=2, label=name)
                 for x, (_d, _w, params, a) in zip(xs, pts, strict=False):
                     if math.isfinite(a.mean):
+                        dx, dy = (-5, 5) if kind == "deq" else (5, -9)
                         ax.annotate(f"{params / 1e3:.0f}k", (x, a.mean), textcoords="offset points",
-                                    xytext=(0, 6 if kind == "deq" else -11), ha="center",
+                                    xytext=(dx, dy), ha="right" if kind == "deq" else "left",
                                     fontsize=6.5, color=colour)
             ax.set_xticks(range(len(depths)))
             ax.set_xticklabels([str(d) for d in depths])
@@ -212,7 +219,7 @@ def plot_metric_vs_depth(
                 top.set_xticklabels([str(widths.get(d, "")) for d in depths])
                 top.set_xlabel("DEQ width", fontsize=8)
             ax.set_ylabel(_metric_label(metric) + f" at {_label_db(snr)} dB")
-            ax.set_title(f"training SNR {_label_db(tsnr)} dB", pad=24, fontsize=9)
+            ax.set_title(_train_title(tsnr), pad=24, fontsize=9)
             if metric == "mse":
                 ax.set_yscale("log")
             ax.margins(x=0.08, y=0.15)
