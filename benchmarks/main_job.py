@@ -1,0 +1,71 @@
+"""Main job: cold and warm wall time of the README's first command, as a user runs it.
+
+``noisydeq sweep --device rram --snr 0:30`` in a subprocess (the installed console script,
+``--quiet``):
+
+* cold — fresh ``$NOISYDEQ_CACHE`` and fresh ``--out``: trains the default depth-matched
+  family (digits, quick preset), then evaluates it;
+* warm — the same cache (family already trained), fresh ``--out``: evaluation only.
+
+The bound is the target itself (120 s cold, 20 s warm). Check: the warm run's table equals
+the cold run's (the cached family gives the same results, the sweep is deterministic).
+The cache directory is kept and handed to the sweep benchmark (same trained models).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from benchmarks.common import Row
+
+TARGETS = {"cold": 120.0, "warm": 20.0}
+COMMAND = ["sweep", "--device", "rram", "--snr", "0:30"]
+
+
+def noisydeq_exe() -> list[str]:
+    """The installed ``noisydeq`` console script next to this interpreter (or -m fallback)."""
+    exe = Path(sys.executable).with_name("noisydeq")
+    return [str(exe)] if exe.exists() else [sys.executable, "-m", "noisydeq.cli"]
+
+
+def run_once(cache: Path, out: Path, args: list[str], timeout: float) -> tuple[float, int, str]:
+    """(seconds, return code, last stderr line) of one ``noisydeq`` run."""
+    env = {**os.environ, "NOISYDEQ_CACHE": str(cache)}
+    if out.exists():
+        shutil.rmtree(out)
+    t0 = time.perf_counter()
+    try:
+        proc = subprocess.run(noisydeq_exe() + args + ["--out", str(out), "--quiet"], env=env,
+                              capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return time.perf_counter() - t0, -1, f"timed out after {timeout:g} s"
+    tail = (proc.stderr.strip().splitlines() or [""])[-1]
+    return time.perf_counter() - t0, proc.returncode, tail
+
+
+def bench_main_job(
+    workdir: Path, args: list[str] | None = None, timeout: float = 600.0
+) -> tuple[list[Row], Path]:
+    """Rows for the cold and warm runs; returns them and the (kept) cache directory."""
+    args = list(args or COMMAND)
+    cache = workdir / "cache"
+    if cache.exists():
+        shutil.rmtree(cache)
+    results = {}
+    for phase in ("cold", "warm"):
+        results[phase] = run_once(cache, workdir / f"out-{phase}", args, timeout)
+    tables = [workdir / f"out-{p}" / "results.csv" for p in ("cold", "warm")]
+    same = all(t.exists() for t in tables) and tables[0].read_bytes() == tables[1].read_bytes()
+    rows = []
+    for phase, (secs, rc, tail) in results.items():
+        ok = rc == 0 and same
+        check = "warm table == cold table" if rc == 0 else f"exit {rc}: {tail}"
+        rows.append(Row("main job", f"noisydeq {' '.join(args)} ({phase})", secs,
+                        TARGETS[phase], secs / TARGETS[phase], 1.0, check=check, ok=ok,
+                        extra={"seconds": secs, "returncode": rc, "bound_s": TARGETS[phase]}))
+    return rows, cache

@@ -1,0 +1,158 @@
+"""Run the benchmark suite: ``python -m benchmarks.run`` (``make bench``).
+
+Prints one table of ratios (ours vs peer or bound, measured in this run), writes the
+rows and the machine description to ``benchmarks/results.json`` and a report to
+``benchmarks/RESULTS.md`` (both atomically). ``--only`` picks areas, ``--quick`` shrinks
+every benchmark (a smoke run, not for the committed results).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import math
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from benchmarks.common import Row, format_table, machine_info
+from noisydeq.config import atomic_write_text
+
+AREAS = ("main_job", "sweep", "solvers", "devices", "training")
+HERE = Path(__file__).resolve().parent
+
+
+def _run_area(area: str, quick: bool, work: Path, state: dict[str, Any]) -> list[Row]:
+    if area == "main_job":
+        from benchmarks.main_job import bench_main_job
+
+        rows, cache = bench_main_job(work)
+        state["cache"] = cache
+        return rows
+    if area == "sweep":
+        from benchmarks.sweep import bench_sweep
+        from noisydeq.config import SweepSpec, build
+
+        spec = build(SweepSpec, {"chips": 1, "depths": [1, 7]} if quick else {})
+        return bench_sweep(spec, cache=state.get("cache"))
+    if area == "solvers":
+        from benchmarks.solvers import bench_solvers
+
+        if quick:
+            return bench_solvers(cells=("fig4",), repeat=1)
+        return bench_solvers(repeat=3)
+    if area == "devices":
+        from benchmarks.devices import bench_devices
+
+        return bench_devices(repeat=5 if quick else 20)
+    if area == "training":
+        from benchmarks.training import bench_training
+
+        return bench_training(steps=3 if quick else 10, repeat=1 if quick else 3)
+    raise ValueError(area)
+
+
+def _markdown(rows: list[Row], info: dict[str, Any], seconds: float, quick: bool) -> str:
+    met = [r.met for r in rows if r.met is not None]
+    checks = [r.ok for r in rows if r.ok is not None]
+    lines = [
+        "# Benchmark results",
+        "",
+        f"Latest run of `.venv/bin/python -m benchmarks.run`{' --quick' if quick else ''} "
+        f"(`make bench`), {info['date']}, {seconds:.0f} s in all.",
+        "",
+        f"- machine: {info['cores']} cores, {info['cpu']}; torch {info['torch']} with "
+        f"{info['torch_threads']} intra-op threads (the default), Python {info['python']}",
+        f"- peers: torchdeq {info.get('torchdeq')}, aihwkit {info.get('aihwkit')}",
+        f"- load average at start / end: {info['load_avg_start']} / {info['load_avg_end']} "
+        "(the machine is shared; only the ratios are comparable between runs)",
+        f"- targets met: {sum(met)}/{len(met)}; correctness checks passed: "
+        f"{sum(checks)}/{len(checks)}",
+        "",
+        "Ratio = ours / peer for times (≤ target is good); for the sweep rows it is the "
+        "speed-up or the fraction of the measured matmul peak (≥ target is good). Times are "
+        "the best of N interleaved runs (solvers, devices, training) or single runs (sweep, "
+        "main job). `check` is the fast path's answer checked against the reference path. "
+        "What limits each missed target, with its profile: [README.md](README.md).",
+        "",
+        format_table(rows, markdown=True),
+        "",
+        "## Solver details (f-evaluations, final noiseless residual, distance to z0*)",
+        "",
+        "| case | steps ours / torchdeq | rel. residual ours / torchdeq | "
+        "dist. to z0* ours / torchdeq |",
+        "|---|---|---|---|",
+    ]
+    for r in rows:
+        if r.area != "solvers":
+            continue
+        e = r.extra
+        qo, qp = e["quality_ours"], e["quality_torchdeq"]
+        lines.append(f"| {r.name} | {e['steps_ours']} / {e['steps_torchdeq']} | "
+                     f"{qo['res_max']:.1e} / {qp['res_max']:.1e} | "
+                     f"{qo['dist_mean']:.3f} / {qp['dist_mean']:.3f} |")
+    return "\n".join(lines) + "\n"
+
+
+def _clean(obj: Any) -> Any:
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return str(obj)
+    if isinstance(obj, dict):
+        return {k: _clean(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_clean(v) for v in obj]
+    return obj
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__)
+    ap.add_argument("--only", default=",".join(AREAS),
+                    help=f"comma list of areas ({', '.join(AREAS)})")
+    ap.add_argument("--quick", action="store_true", help="small sizes (smoke run)")
+    ap.add_argument("--json", default=str(HERE / "results.json"), help="JSON output path")
+    ap.add_argument("--markdown", default=str(HERE / "RESULTS.md"),
+                    help="Markdown report path ('' = none)")
+    args = ap.parse_args(argv)
+    areas = [a.strip() for a in args.only.split(",") if a.strip()]
+    bad = [a for a in areas if a not in AREAS]
+    if bad:
+        print(f"benchmarks: error: --only: unknown area(s) {', '.join(bad)} "
+              f"(allowed: {', '.join(AREAS)})", file=sys.stderr)
+        return 2
+    info = machine_info()
+    info["date"] = dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
+    print(f"noisydeq benchmarks — {info['cpu']}, {info['cores']} cores, "
+          f"torch {info['torch']} ({info['torch_threads']} threads), load {info['load_avg_start']}",
+          flush=True)
+    t_start = time.perf_counter()
+    rows: list[Row] = []
+    state: dict[str, Any] = {}
+    area_seconds: dict[str, float] = {}
+    with tempfile.TemporaryDirectory(prefix="noisydeq-bench-") as tmp:
+        for area in areas:
+            t0 = time.perf_counter()
+            print(f"[{area}] running ...", flush=True)
+            new = _run_area(area, args.quick, Path(tmp), state)
+            area_seconds[area] = time.perf_counter() - t0
+            print(format_table(new) + f"\n[{area}] {area_seconds[area]:.0f} s\n", flush=True)
+            rows += new
+    seconds = time.perf_counter() - t_start
+    info["load_avg_end"] = [round(v, 2) for v in __import__("os").getloadavg()]
+    info["area_seconds"] = area_seconds
+    print(format_table(rows))
+    print(f"total {seconds:.0f} s")
+    payload = {"machine": info, "seconds": seconds, "quick": args.quick,
+               "rows": [r.as_dict() for r in rows], "torch_threads": torch.get_num_threads()}
+    atomic_write_text(args.json, json.dumps(_clean(payload), indent=2) + "\n")
+    if args.markdown:
+        atomic_write_text(args.markdown, _markdown(rows, info, seconds, args.quick))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

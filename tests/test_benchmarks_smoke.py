@@ -1,0 +1,98 @@
+"""Smoke test of the benchmark suite: every benchmark runs at a tiny size and its fast path
+gives the reference path's answers. No timing is asserted (timings are not tests)."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from benchmarks.common import Row, format_table, timeit_pair
+from tests.sweep_helpers import toy_models, toy_spec, toy_task
+
+
+@pytest.fixture(autouse=True)
+def _single_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def test_solvers_agree_with_torchdeq_and_reference() -> None:
+    from benchmarks.solvers import bench_solvers
+
+    rows = bench_solvers(cells=("fig4",), snrs=(math.inf, 20.0), sizes={"fig4": (16, 8)},
+                         repeat=1, max_iter=60, tol=1e-4)
+    assert len(rows) == 8
+    for r in rows:
+        assert r.extra["steps_ours"] >= 1 and r.extra["steps_torchdeq"] >= 1
+        assert math.isfinite(r.ratio)
+    # noiseless: ours meets the tolerance and lands on the float64 fixed point (z0*)
+    for r in rows:
+        if "noiseless" in r.name and "stochastic" not in r.name:
+            assert r.ok, r.check
+            assert r.extra["quality_ours"]["res_max"] < 2e-4
+
+
+def test_devices_rows_and_checks() -> None:
+    from benchmarks.devices import bench_devices
+
+    rows = bench_devices(width=24, batch=16, repeat=1)
+    names = [r.name for r in rows]
+    assert len(rows) == 5 and any("aihwkit" in n for n in names)
+    by = {n.split()[0]: r for n, r in zip(names, rows, strict=True) if "aihwkit" not in n}
+    assert by["ideal"].ok  # deployed ideal layer == nn.Linear
+    assert abs(by["snr"].extra["measured_snr_db"] - 20.0) < 1.5
+
+
+def test_sweep_batched_equals_per_point() -> None:
+    from benchmarks.sweep import FlopCounter, bench_sweep
+
+    task = toy_task()
+    rows = bench_sweep(toy_spec(chips=1, snr_db="0,10,inf"), task=task, models=toy_models(task),
+                       peak=1.0)
+    assert rows[0].ok, "batched table differs from the per-point table"
+    assert rows[1].extra["flop"] > 0
+    lin = torch.nn.Linear(5, 3)
+    with FlopCounter() as fc:
+        lin(torch.zeros(4, 5))
+    assert fc.flops == 2 * 4 * 5 * 3
+
+
+def test_training_gradients_match_torchdeq() -> None:
+    from benchmarks.training import bench_training
+
+    (row,) = bench_training(width=16, batch=8, steps=1, repeat=1)
+    assert row.ok, row.check
+    assert row.extra["grad_rel_diff"] < 1e-2
+
+
+def test_main_job_cold_and_warm_tables_equal(tmp_path) -> None:
+    from benchmarks.main_job import bench_main_job
+
+    args = ["sweep", "--device", "snr", "--snr", "0,10", "--depths", "1", "--epochs", "0",
+            "--chips", "1", "--set", "max_test_samples=16"]
+    rows, cache = bench_main_job(tmp_path, args, timeout=300)
+    assert [r.extra["returncode"] for r in rows] == [0, 0], [r.check for r in rows]
+    assert all(r.ok for r in rows)
+    assert cache.is_dir()
+
+
+def test_table_and_json_output(tmp_path) -> None:
+    from benchmarks.run import main
+
+    rows = [Row("a", "x", 1.0, 2.0, 0.5, 1.0), Row("b", "y", 3.0, 1.0, 3.0, 5.0, True)]
+    text = format_table(rows)
+    assert "0.50" in text and "NO" in text and "yes" in text
+    t_a, t_b = timeit_pair(lambda: None, lambda: None, repeat=2, warmup=0)
+    assert len(t_a.times) == 2 and t_b.best >= 0
+    out = tmp_path / "r.json"
+    md = tmp_path / "R.md"
+    assert main(["--only", "training", "--quick", "--json", str(out), "--markdown", str(md)]) == 0
+    data = json.loads(out.read_text())
+    assert data["rows"][0]["area"] == "training" and "cpu" in data["machine"]
+    assert "| training |" in md.read_text()
+    assert main(["--only", "nonsense"]) == 2
