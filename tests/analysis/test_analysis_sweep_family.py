@@ -1,0 +1,145 @@
+"""The analysis commands on the outputs of ``noisydeq sweep`` and ``noisydeq train --depths``."""
+
+import csv
+import os
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+from analysis_family import make_family  # noqa: E402
+
+from noisydeq.analysis.family import load_family, load_family_task  # noqa: E402
+from noisydeq.analysis.locate import locate  # noqa: E402
+from noisydeq.cli import main  # noqa: E402
+from noisydeq.config import SweepSpec, atomic_write_text, dumps_toml  # noqa: E402
+from noisydeq.errors import NoisyDEQError  # noqa: E402
+
+
+def run(argv, capsys):
+    code = 0
+    try:
+        main(argv)
+    except SystemExit as e:
+        code = e.code
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def rows(path):
+    with open(path) as fh:
+        return list(csv.DictReader(fh))
+
+
+@pytest.fixture(scope="module")
+def sweep_run(tmp_path_factory):
+    """A tiny sweep (digits, depths 1,3, SNR 0,10, one chip, one epoch) and its cache."""
+    root = tmp_path_factory.mktemp("sweep")
+    saved_env, saved_threads = os.environ.get("NOISYDEQ_CACHE"), torch.get_num_threads()
+    os.environ["NOISYDEQ_CACHE"] = str(root / "cache")
+    torch.set_num_threads(1)
+    try:
+        try:
+            main(["sweep", "--task", "digits", "--depths", "1,3", "--snr", "0,10", "--chips",
+                  "1", "--epochs", "1", "--device", "ideal", "--noise-site", "signal",
+                  "--set", "hidden=16", "--set", "max_train_samples=256", "--quiet",
+                  "--out", str(root / "run")])
+        except SystemExit as e:
+            assert e.code == 0
+        yield root / "run", root / "cache"
+    finally:
+        torch.set_num_threads(saved_threads)
+        if saved_env is None:
+            os.environ.pop("NOISYDEQ_CACHE", None)
+        else:
+            os.environ["NOISYDEQ_CACHE"] = saved_env
+
+
+@pytest.mark.slow
+def test_sweep_run_dir_resolves_to_the_models_the_sweep_trained(sweep_run):
+    run_dir, cache = sweep_run
+    src = locate(run_dir)
+    assert src.origin == "sweep"
+    assert sorted(src.checkpoints) == sorted(cache.rglob("model.safetensors"))
+    members = load_family(run_dir)
+    assert sorted((m.kind, m.depth) for m in members) == [
+        ("deq", 1), ("deq", 3), ("ffw", 1), ("ffw", 3)]
+    # the sweep's own table reports the same widths
+    table = rows(run_dir / "results.csv")
+    widths = {(r["kind"], int(r["depth"])): int(r["width"]) for r in table}
+    assert {(m.kind, m.depth): m.width for m in members} == widths
+    # with another --cache nothing is found: one clear line, nothing trained
+    with pytest.raises(NoisyDEQError, match="not in the cache"):
+        locate(run_dir, cache_dir=cache.parent / "elsewhere")
+
+
+@pytest.mark.slow
+def test_three_commands_run_on_a_sweep_run_dir(sweep_run, capsys):
+    run_dir, _ = sweep_run
+    code, out, err = run(["sensitivity", "--family", str(run_dir), "--samples", "20",
+                          "--inputs", "2", "--precision", "0.5"], capsys)
+    assert code == 0, err
+    table = rows(run_dir / "analysis" / "sensitivity" / "sensitivity.csv")
+    assert [int(r["depth"]) for r in table] == [1, 3]
+    assert all(float(r["ratio"]) > 0 for r in table)
+
+    code, out, err = run(["spectrum", "--family", str(run_dir), "--inputs", "2"], capsys)
+    assert code == 0, err
+    assert len(rows(run_dir / "analysis" / "spectrum" / "spectrum.csv")) == 4
+
+    code, out, err = run(["solvers", "--family", str(run_dir), "--solvers", "unroll",
+                          "--snr", "10", "--max-iter", "10", "--width", "8", "--batch", "2",
+                          "--inputs", "16", "--count-snr", "10", "--window", "3",
+                          "--threshold", "10", "--accuracy-snr", "10",
+                          "--accuracy-solvers", "unroll", "--accuracy-max-iter", "5"], capsys)
+    assert code == 0, err
+    solv = run_dir / "analysis" / "solvers"
+    assert {r["stop"] for r in rows(solv / "iterations.csv")} == {"rel", "mean_rel"}
+    assert len(rows(solv / "accuracy.csv")) == 1 and (solv / "floors.png").is_file()
+    assert "width 28" in out  # the deepest DEQ of the family (matched to the 3-layer FFW)
+
+
+@pytest.fixture
+def one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.mark.slow
+def test_commands_run_on_train_depths_output(tmp_path, capsys, monkeypatch, one_thread):
+    monkeypatch.setenv("NOISYDEQ_CACHE", str(tmp_path / "unused"))
+    out = tmp_path / "fam"
+    code, _, err = run(["train", "--task", "digits", "--depths", "1,3", "--width", "8",
+                        "--epochs", "1", "--quiet", "--out", str(out)], capsys)
+    assert code == 0, err
+    assert len(locate(out).checkpoints) == 4
+    code, stdout, err = run(["spectrum", "--family", str(out), "--inputs", "2"], capsys)
+    assert code == 0, err
+    assert len(rows(out / "analysis" / "spectrum" / "spectrum.csv")) == 4
+    assert not (tmp_path / "unused").exists()
+
+
+def test_sweep_models_missing_from_the_cache_is_one_line(tmp_path, capsys, monkeypatch):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    spec = SweepSpec(task="digits", depths=[1], hidden=4, device="ideal", snr_db=[0.0],
+                     epochs=1)
+    atomic_write_text(run_dir / "config.toml", dumps_toml(spec))
+    monkeypatch.setenv("NOISYDEQ_CACHE", str(tmp_path / "empty"))
+    code, _, err = run(["spectrum", "--family", str(run_dir)], capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert "2 model(s) of the sweep are not in the cache" in err and "--cache" in err
+    assert not (run_dir / "analysis").exists() and not (tmp_path / "empty").exists()
+
+
+def test_data_that_differ_from_the_training_data_are_refused(tmp_path):
+    fam = make_family(tmp_path / "f", depths=(1,))
+    members = load_family(fam)
+    assert load_family_task(members).fingerprint == members[0].fingerprint
+    members[0].fingerprint = "0" * 32
+    with pytest.raises(NoisyDEQError, match="differ from the data the models were trained on"):
+        load_family_task(members)
