@@ -67,8 +67,9 @@ def plot_counts(rows: list[dict[str, Any]], eps: float, max_iter: int, stem: Pat
     for stop, window in dict.fromkeys((r["stop"], r["window"]) for r in rows):
         rs = sorted((r for r in rows if (r["stop"], r["window"]) == (stop, window)),
                     key=lambda r: r["snr_db"])
-        ax.plot([r["snr_db"] for r in rs], [r["mean_steps"] for r in rs], "o-",
-                label=_curve_label(stop, window))
+        ax.plot([r["snr_db"] for r in rs], [r["mean_steps"] for r in rs],
+                "ks--" if stop == "rel" else "o-", label=_curve_label(stop, window),
+                zorder=3 if stop == "rel" else 2)
     ax.axhline(max_iter, color="grey", ls=":", lw=1, label="cap")
     ax.set_xlabel("signal SNR (dB)")
     ax.set_ylabel("mean iterations (unroll)")
