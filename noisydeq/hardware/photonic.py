@@ -61,11 +61,21 @@ def photons_per_mac(power_w: float, spec: PhotonicSpec) -> float:
     return energy_per_mac_j(power_w, spec) * spec.wavelength_nm * 1e-9 / (H_P * C_0)
 
 
-def _quantise(v: Tensor, full: Tensor | float, bits: int) -> Tensor:
-    """Uniform b-bit quantiser on [−full, full] (2^b levels), clipping beyond."""
-    step = 2.0 / (2**bits - 1)
-    u = (v / full).clamp(-1.0, 1.0)
-    return (torch.round((u + 1.0) / step) * step - 1.0) * full
+def variance_coefficients(spec: PhotonicSpec, rp: Control) -> tuple[Control, Control, float]:
+    """(a, c, k) with σ²/(R·P)² = a·S + c + k·(S² + D²) for S = Σ|x̂||t|, D = x̂·t.
+
+    :func:`noise_variance` divided by the squared full-scale current R·P (``rp``), using
+    I± = R·P·(S ± D)/2, so I+ + I− = R·P·S and I+² + I−² = (R·P)²(S² + D²)/2: the noise
+    of one output in units of the MVM result, with R·P a scalar or a per-sample tensor.
+    """
+    b = spec.bandwidth_hz
+    a = 2.0 * Q_E * b / rp
+    floor = 4.0 * Q_E * b * spec.dark_current_a + 4.0 * K_B * spec.temperature_k * b / (
+        spec.load_resistance_ohm
+    )
+    c = floor / (rp * rp)
+    k = 0.5 * 10.0 ** (spec.rin_db_per_hz / 10.0) * b
+    return a, c, k
 
 
 class PhotonicLayer(DeviceLayer):
@@ -75,54 +85,90 @@ class PhotonicLayer(DeviceLayer):
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        self._enc: OrderedDict[tuple, tuple[Tensor, Tensor, Tensor]] = OrderedDict()
+        self._enc: OrderedDict[tuple, tuple[Tensor, Tensor, Tensor, float]] = OrderedDict()
+        self._fused: tuple[Tensor, Tensor, Tensor, float, float] | None = None
 
     @property
     def spec(self) -> PhotonicSpec:
         return self.device_model.spec
 
-    def transmissions(self) -> tuple[Tensor, Tensor, Tensor]:
-        """(signed t, |t|, mean |t| per output) of this chip (static encoding error)."""
+    def _encoding(self) -> tuple[Tensor, Tensor, Tensor, float]:
+        """(signed t, |t|, mean |t| per output, max|W|) of this chip, once per weight version."""
         key = (self.weight._version, self.weight.data_ptr(), self.weight.device)
         if key in self._enc:
             return self._enc[key]
         w = self.matrix().detach()
-        t = w / w.abs().max().clamp(min=1e-12)
+        wmax = w.abs().max().clamp(min=1e-12)
+        t = w / wmax
         if self.spec.weight_error_std > 0:
             g = seeded_generator(self.static_seed)
             err = torch.randn(t.shape, generator=g).to(t.device, t.dtype)
             mag = (t.abs() + self.spec.weight_error_std * err).clamp(0.0, 1.0)
             t = torch.where(t < 0, -mag, mag)
-        entry = (t, t.abs(), t.abs().mean(dim=1))
+        t_abs = t.abs()
+        entry = (t, t_abs, t_abs.mean(dim=1), float(wmax))
         self._enc.clear()
         self._enc[key] = entry
+        self._fused = None
         return entry
 
+    def transmissions(self) -> tuple[Tensor, Tensor, Tensor]:
+        """(signed t, |t|, mean |t| per output) of this chip (static encoding error)."""
+        return self._encoding()[:3]
+
+    def _fused_encoding(self) -> tuple[Tensor, Tensor, Tensor, float, float]:
+        """Static operands of :meth:`_mvm` in ADC units (α = h_adc / (h_dac · full scale)).
+
+        (α·t, α·|t|, rows [(α·mean|t|)², α·mean|t|, 1], α, max|W|), cached with the chip.
+        """
+        t, t_abs, t_mean, wmax = self._encoding()
+        if self._fused is None:
+            sp = self.spec
+            h_dac, h_adc = 0.5 * (2**sp.dac_bits - 1), 0.5 * (2**sp.adc_bits - 1)
+            alpha = h_adc / (h_dac * sp.adc_full_scale * math.sqrt(self.n_in))
+            tm = t_mean * alpha
+            basis = torch.stack([tm.square(), tm, torch.ones_like(tm)])
+            self._fused = (t * alpha, t_abs * alpha, basis, alpha, wmax)
+        return self._fused
+
     def _mvm(self, x: Tensor, control: Control, stream: NoiseStream) -> Tensor:
+        """Noisy photonic MVM (module docstring), fused into one matmul and few passes.
+
+        Both converters are mid-rise quantisers: a b-bit converter on [−F, F] maps
+        z = v·h/F (h = (2^b − 1)/2) to floor(z) + 0.5, clipped to ±h, i.e. to the 2^b
+        levels (2k + 1 − 2^b)/(2^b − 1)·F. The DAC codes x̂·h_dac enter the matmul with the
+        transmissions scaled by α, so its output, the noise and the variance are all in
+        ADC units (full scale ±h_adc) and the ADC needs no rescaling pass.
+        """
         sp = self.spec
-        lead = x.shape[:-1]
-        noise = stream.randn((*lead, self.n_out), x.dtype, x.device)
-        t, t_abs, t_mean = self.transmissions()
+        ta, ta_abs, basis, alpha, wmax = self._fused_encoding()
+        h_dac, h_adc = 0.5 * (2**sp.dac_bits - 1), 0.5 * (2**sp.adc_bits - 1)
+        # DAC: x̂ = x / max|x| (zero vectors: scale 1); |x̂·h| ≤ h needs no clip
         nm = x.abs().amax(dim=-1, keepdim=True)
-        nm = torch.where(nm > 0, nm, torch.ones_like(nm))
-        xq = _quantise(x / nm, 1.0, sp.dac_bits)
-        diff = xq @ t.T
-        if sp.shot_noise == "exact":
-            tot = xq.abs() @ t_abs.T
-        else:
-            tot = xq.abs().sum(dim=-1, keepdim=True) * t_mean
+        nm = nm.masked_fill_(nm == 0, 1.0)
+        xq = x.mul(h_dac / nm).floor_().add_(0.5)  # codes x̂·h_dac
+        z = xq @ ta.T  # D in ADC units, D = (I+ − I−)/(R·P)
         if isinstance(control, Tensor):
-            p = control.to(x.dtype).reshape(-1, *([1] * (x.ndim - 1)))
+            rp = sp.responsivity_a_per_w * control.to(x.dtype).reshape(-1, *([1] * (x.ndim - 1)))
         else:
-            p = control
-        rp = sp.responsivity_a_per_w * p
-        i_sig = diff * rp
-        i_tot = tot * rp
-        i_plus, i_minus = 0.5 * (i_tot + i_sig), 0.5 * (i_tot - i_sig)
-        current = i_sig + noise * noise_variance(i_plus, i_minus, sp).sqrt()
-        full = sp.adc_full_scale * rp * math.sqrt(self.n_in)
-        current = _quantise(current, full, sp.adc_bits)
-        return current / rp * nm * self.matrix().detach().abs().max()
+            rp = sp.responsivity_a_per_w * control
+        u = 1.0 / (h_dac * alpha)  # R·P per ADC unit, over R·P
+        a, c, k = variance_coefficients(sp, rp * u)  # variance in ADC units²
+        if sp.shot_noise == "exact":  # S = (I+ + I−)/(R·P), in ADC units
+            tot = xq.abs_() @ ta_abs.T
+            var = tot.mul(k).add_(a).mul_(tot).add_(c)
+        else:  # S ≈ ‖x̂‖₁ · mean_i |t_ji|: k·S² + a·S + c as one rank-3 product
+            l1 = xq.abs_().sum(dim=-1, keepdim=True)
+            if isinstance(control, Tensor):
+                coef = torch.cat([l1 * l1 * k, l1 * a, c.expand_as(l1)], dim=-1)
+            else:  # [S², S, 1] · [k, a, c]
+                coef = l1.pow(l1.new_tensor([2.0, 1.0, 0.0])).mul_(l1.new_tensor([k, a, c]))
+            var = coef @ basis
+        var = var.addcmul_(z, z, value=k).sqrt_()
+        noise = stream.randn((*x.shape[:-1], self.n_out), x.dtype, x.device)
+        z = z.addcmul_(noise, var).clamp_(-h_adc, h_adc).floor_()  # ADC codes − 0.5
+        scale = nm.mul_(u * wmax)  # back to W x units: code · u · max|x| · max|W|
+        return torch.addcmul(scale.mul(0.5), z, scale, out=z)
 
     # ------------------------------------------------------------ calibration
     def native_control(self) -> float:
