@@ -133,3 +133,29 @@ def summary_json(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
                 }
             )
     return out
+
+
+def paired_table(rows: Sequence[dict[str, Any]], snr_db: float) -> str:
+    """Markdown table: DEQ vs its matched FFW at one inference SNR, per training SNR and depth.
+
+    Mean ± std over chips and seeds, and the difference DEQ − FFW (paper Fig. 1a-c).
+    """
+    metric = rows[0]["metric"]
+    agg = aggregate(r for r in rows if float(r["snr_db"]) == snr_db)
+    pairs: dict[tuple[float, int], dict[str, tuple[int, Agg]]] = defaultdict(dict)
+    for (kind, depth, width, _params, tsnr), by_snr in agg.items():
+        pairs[(tsnr, depth)][kind] = (width, by_snr[snr_db])
+    fmt = (lambda v: f"{v:.3f}") if metric == "accuracy" else (lambda v: f"{v:.2e}")
+    out = [
+        f"| training SNR | FFW depth | DEQ width | DEQ {metric} | FFW {metric} | DEQ − FFW |",
+        "|---|---|---|---|---|---|",
+    ]
+    for (tsnr, depth), kinds in sorted(pairs.items(), key=lambda kv: (-kv[0][0], kv[0][1])):
+        if "deq" not in kinds or "ffw" not in kinds:
+            continue
+        (w, d), (_, f) = kinds["deq"], kinds["ffw"]
+        out.append(
+            f"| {_fmt_db(tsnr)} dB | {depth} | {w} | {fmt(d.mean)} ± {fmt(d.std)} | "
+            f"{fmt(f.mean)} ± {fmt(f.std)} | {d.mean - f.mean:+.3g} |"
+        )
+    return "\n".join(out)

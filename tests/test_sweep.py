@@ -189,3 +189,17 @@ def test_device_noise_batched_equals_per_point(tmp_path):
             assert abs(ra["measured_snr_db"] - ra["snr_db"]) < 1.5
         else:
             assert ra["measured_snr_db"] == math.inf
+
+
+def test_paired_table_differences():
+    from noisydeq.summary import paired_table
+
+    def row(kind, depth, width, chip, value):
+        return {"kind": kind, "depth": depth, "width": width, "params": 1, "train_snr_db": math.inf,
+                "snr_db": 0.0, "chip": chip, "value": value, "diverged_frac": 0.0,
+                "metric": "accuracy", "seed": 0}
+
+    rows = [row("deq", 5, 287, 0, 0.6), row("deq", 5, 287, 1, 0.8), row("ffw", 5, 128, 0, 0.5),
+            row("ffw", 5, 128, 1, 0.5)]
+    text = paired_table(rows, 0.0)
+    assert "| ∞ dB | 5 | 287 | 0.700 ± 0.100 | 0.500 ± 0.000 | +0.2 |" in text
