@@ -17,6 +17,8 @@ Dynamic (per MVM, through the layer's NoiseStream), with the semantics of aihwki
   * output (read) noise N(0, out_noise²), ADC: 2^b−2 levels over ±out_bound, clipped;
   * iterative bound management: a vector whose output clips is re-run with its input
     halved (1, 2, 4, ... while the reduction ≤ max_bm_res / input step).
+The read is fused (:mod:`noisydeq.hardware.rram_io`): one matmul per pass with the read
+noise folded in, and bound-management passes skipped only where their outcome is certain.
 Differences to aihwkit (documented in docs/devices.md): bound management is decided per
 vector (aihwkit: per batch), a re-run reuses the vector's drawn read noise, one tile per
 layer (no 512-row tiling).
@@ -36,14 +38,10 @@ from torch import Tensor
 from noisydeq.hardware.base import Control, Device, DeviceLayer
 from noisydeq.hardware.calibration import bisect_log, check_reachable
 from noisydeq.hardware.presets import RRAMSpec
+from noisydeq.hardware.rram_io import io_forward, row_stats
 from noisydeq.noise import NoiseStream, derive_seed
 
 S_MIN, S_MAX = 1e-4, 1e3
-
-
-def n_states(bits: int) -> int:
-    """Quantisation levels of a b-bit converter in aihwkit's convention (2^b − 2)."""
-    return max(2**bits - 2, 1)
 
 
 def wan2022_noise_model(spec: RRAMSpec, scale: float = 1.0):
@@ -79,18 +77,27 @@ class RRAMLayer(DeviceLayer):
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        self._chips: OrderedDict[tuple, tuple[Tensor, float]] = OrderedDict()
+        self._chips: OrderedDict[tuple, tuple[Tensor, float, float, float]] = OrderedDict()
+        self._wmax: tuple[tuple, float] | None = None
 
     @property
     def spec(self) -> RRAMSpec:
         return self.device_model.spec
 
     # ------------------------------------------------------------ static part
-    def _wscale(self) -> Tensor:
-        return self.matrix().detach().abs().max().clamp(min=1e-12)
+    def _wscale(self) -> float:
+        """max|W| of the digital weights (cached per weight version)."""
+        key = (self.weight._version, self.weight.data_ptr(), self.weight.device)
+        if self._wmax is None or self._wmax[0] != key:
+            self._wmax = (key, float(self.matrix().detach().abs().max().clamp(min=1e-12)))
+        return self._wmax[1]
 
     def chip(self, s: float) -> tuple[Tensor, float]:
         """(W_t normalised, drift-compensation α) of this layer's chip at noise scale ``s``."""
+        return self._chip(s)[:2]
+
+    def _chip(self, s: float) -> tuple[Tensor, float, float, float]:
+        """:meth:`chip` plus (max row L1 norm, RMS) of W_t, for bound management."""
         key = (float(s), self.weight._version, self.weight.data_ptr(), self.weight.device)
         if key in self._chips:
             self._chips.move_to_end(key)
@@ -98,7 +105,7 @@ class RRAMLayer(DeviceLayer):
         w = self.matrix().detach()
         w_norm = w / self._wscale()
         if s == 0:
-            entry = (w_norm.clone(), 1.0)
+            w_t, alpha = w_norm.clone(), 1.0
         else:
             w_prog, w_t = program_weights(w_norm, self.spec, s, self.static_seed)
             w_prog = w_prog.to(w.device, w.dtype)
@@ -106,7 +113,7 @@ class RRAMLayer(DeviceLayer):
             alpha = 1.0
             if self.spec.drift_compensation:
                 alpha = self._readout(w_prog, s) / self._readout(w_t, s)
-            entry = (w_t, alpha)
+        entry = (w_t, alpha, *row_stats(w_t))
         self._chips[key] = entry
         if len(self._chips) > 8:
             self._chips.popitem(last=False)
@@ -117,44 +124,10 @@ class RRAMLayer(DeviceLayer):
         eye = torch.eye(w.shape[1], dtype=w.dtype, device=w.device)
         stream = NoiseStream.from_seed(derive_seed("readout", self.static_seed), w.device)
         noise = stream.randn((eye.shape[0], w.shape[0]), w.dtype, w.device)
-        y = self._io_forward(eye, w, s * self.spec.out_noise, noise)
+        y = io_forward(self.spec, eye, w, s * self.spec.out_noise, noise)
         return float(y.abs().mean().clamp(min=1e-4))
 
     # ------------------------------------------------------------ dynamic part
-    def _io_forward(self, x: Tensor, w: Tensor, out_std: Control, noise: Tensor) -> Tensor:
-        """IO-managed noisy MVM in normalised weight units (rows of ``x`` are vectors)."""
-        sp = self.spec
-        dq = 2.0 * sp.inp_bound / n_states(sp.dac_bits)
-        dy = 2.0 * sp.out_bound / n_states(sp.adc_bits)
-        nm = x.abs().amax(dim=-1, keepdim=True)
-        nm = torch.where(nm > 0, nm, torch.ones_like(nm))
-
-        def once(rows: Tensor | slice, red: float) -> tuple[Tensor, Tensor]:
-            scale = nm[rows] * red
-            xq = torch.round(x[rows] / scale / dq).mul_(dq).clamp_(-sp.inp_bound, sp.inp_bound)
-            y = xq @ w.T
-            if isinstance(out_std, Tensor):
-                y.add_(noise[rows] * out_std[rows])
-            elif out_std > 0:
-                y.add_(noise[rows], alpha=out_std)
-            y = torch.round(y.div_(dy)).mul_(dy)
-            clipped = (y.abs() > sp.out_bound).any(dim=-1)
-            return y.clamp_(-sp.out_bound, sp.out_bound).mul_(scale), clipped
-
-        out, clipped = once(slice(None), 1.0)
-        if sp.bound_management == "none":
-            return out
-        limit = min(1000.0, sp.max_bm_res / dq)
-        red = 1.0
-        while bool(clipped.any()) and red <= limit:
-            red *= 2.0
-            rows = clipped.nonzero().squeeze(1)
-            y, c = once(rows, red)
-            out[rows] = y
-            clipped = torch.zeros_like(clipped)
-            clipped[rows] = c
-        return out
-
     def _mvm(self, x: Tensor, control: Control, stream: NoiseStream) -> Tensor:
         lead = x.shape[:-1]
         noise = stream.randn((*lead, self.n_out), x.dtype, x.device)
@@ -162,17 +135,22 @@ class RRAMLayer(DeviceLayer):
         n2 = noise.reshape(-1, self.n_out)
         wscale = self._wscale()
         if not isinstance(control, Tensor):
-            w, alpha = self.chip(control)
-            y = self._io_forward(x2, w, control * self.spec.out_noise, n2)
-            return (y * (alpha * wscale)).reshape(*lead, self.n_out)
+            w, alpha, *stats = self._chip(control)
+            std = control * self.spec.out_noise
+            y = io_forward(self.spec, x2, w, std, n2, gain=alpha * wscale, stats=tuple(stats))
+            return y.reshape(*lead, self.n_out)
         per_row = control.double().reshape(-1, *([1] * (len(lead) - 1))).expand(lead)
         per_row = per_row.reshape(-1)
         y = torch.empty((x2.shape[0], self.n_out), dtype=x.dtype, device=x.device)
         for s in torch.unique(per_row).tolist():
             rows = (per_row == s).nonzero().squeeze(1)
-            w, alpha = self.chip(s)
-            y[rows] = self._io_forward(x2[rows], w, s * self.spec.out_noise, n2[rows]) * alpha
-        return (y * wscale).reshape(*lead, self.n_out)
+            w, alpha, *stats = self._chip(s)
+            y_s = io_forward(
+                self.spec, x2[rows], w, s * self.spec.out_noise, n2[rows],
+                gain=alpha * wscale, stats=tuple(stats),
+            )
+            y.index_copy_(0, rows, y_s)
+        return y.reshape(*lead, self.n_out)
 
     # ------------------------------------------------------------ calibration
     def native_control(self) -> float:

@@ -1,0 +1,232 @@
+"""The IO-managed crossbar read of the ``rram`` device, fused (aihwkit ``IOParameters``).
+
+One read of a (normalised) weight matrix W by a batch of input vectors, with the
+semantics of aihwkit's torch tile (``TorchInferenceRPUConfig`` forward):
+
+* noise management ``ABS_MAX``: each vector is divided by its max |x| (zero vectors by 1);
+* DAC: inputs rounded to steps dq = 2·inp_bound/(2^b − 2), clipped at ±inp_bound;
+* MVM, plus read noise N(0, out_noise²) per output;
+* ADC: outputs rounded to steps dy = 2·out_bound/(2^b − 2), clipped at ±out_bound;
+* iterative bound management: a vector whose output clips is read again with its input
+  divided by r = 2, 4, … (the read noise draw is reused); the last reduction allowed
+  (first r beyond min(1000, max_bm_res/dq)) is kept whether it clips or not.
+
+Fusion. All arithmetic is in converter units: DAC codes q = round(x/(max|x|·r·dq)), ADC
+inputs v = (dq·q·Wᵀ + σ·ξ)/dy from one ``addmm`` (read noise folded in), ADC codes
+round(v), clipping when |code| > out_bound/dy. Bound management is decided per vector
+(aihwkit: per batch) and skips work without changing the result:
+
+* the batch starts at the reduction its predicted output range needs (the median of the
+  largest of n_out outputs, from ‖x̂‖ and the RMS of W);
+* a lower reduction r/m is skipped only where it surely clips: its pre-ADC value is
+  m·v(r) − (m − 1)·σξ plus the DAC rounding difference, at most (dq/dy)·(m/2)·‖W_i‖₁
+  (bound test), or the output most likely to clip is evaluated exactly by one dot product
+  (exact test); otherwise the pass at r/m is run;
+* vectors that clip go on to the next reduction.
+So the output of every vector is the pass at its first non-clipping reduction, as in the
+sequential rule, at about one matmul plus the passes of vectors that end elsewhere.
+"""
+
+from __future__ import annotations
+
+import math
+from statistics import NormalDist
+
+import torch
+from torch import Tensor
+
+from noisydeq.hardware.presets import RRAMSpec
+
+#: float tolerance of the sure-clip tests, relative to the largest possible |v| (codes)
+_TOL = 1e-5
+
+
+def n_states(bits: int) -> int:
+    """Quantisation levels of a b-bit converter in aihwkit's convention (2^b − 2)."""
+    return max(2**bits - 2, 1)
+
+
+def bm_limit(spec: RRAMSpec) -> int:
+    """Largest input reduction of iterative bound management (1 without it).
+
+    aihwkit halves the input while the output clips and the reduction stays within
+    min(max_bm_factor = 1000, max_bm_res / DAC step): passes run at r = 1, 2, 4, … and
+    the one at the first r beyond that limit is the last.
+    """
+    if spec.bound_management == "none":
+        return 1
+    dq = 2.0 * spec.inp_bound / n_states(spec.dac_bits)
+    limit = min(1000.0, spec.max_bm_res / dq)
+    r = 1
+    while r <= limit:
+        r *= 2
+    return r
+
+
+def row_stats(w: Tensor) -> tuple[float, float]:
+    """(max_i ‖W_i‖₁, RMS of W): the bound-test margin and the output-range estimate."""
+    return float(w.abs().sum(dim=1).max()), float(w.square().mean().sqrt())
+
+
+def _median_max_z(n: int) -> float:
+    """z with n·P(|N(0,1)| > z) = ln 2: about the median of the largest of n |normals|."""
+    return NormalDist().inv_cdf(1.0 - math.log(2.0) / (2.0 * n))
+
+
+class Tile:
+    """One batch read: converter constants, per-vector scales and the passes."""
+
+    def __init__(
+        self, spec: RRAMSpec, x: Tensor, w: Tensor, out_std: float, noise: Tensor, gain: float
+    ) -> None:
+        self.x, self.w, self.noise = x, w, noise
+        self.dq = 2.0 * spec.inp_bound / n_states(spec.dac_bits)
+        self.dy = 2.0 * spec.out_bound / n_states(spec.adc_bits)
+        self.clip_in = spec.inp_bound < 1.0  # else |x̂/(r·dq)| never exceeds the DAC range
+        self.q_max = spec.inp_bound / self.dq
+        self.k_max = spec.out_bound / self.dy  # ADC code bound
+        self.k_clip = math.floor(self.k_max) + 0.5  # |v| beyond it rounds to a clipping code
+        self.sigma = float(out_std) / self.dy  # read noise std in ADC codes
+        self.alpha = self.dq / self.dy
+        nm = torch.maximum(x.amax(dim=-1, keepdim=True), x.amin(dim=-1, keepdim=True).neg_())
+        self.nm = torch.where(nm > 0, nm, 1.0)  # zero vectors: scale 1 (as aihwkit)
+        self.inv = (1.0 / self.dq) / self.nm  # DAC codes per unit input at r = 1
+        self.out_scale = self.nm * (self.dy * gain)  # output units per ADC code at r = 1
+
+    def _rows(self, t: Tensor, rows: Tensor | None) -> Tensor:
+        return t if rows is None else t.index_select(0, rows)
+
+    def codes(self, rows: Tensor | None, r: float) -> Tensor:
+        """DAC codes of ``rows`` at reduction ``r``."""
+        q = self._rows(self.x, rows).mul(self._rows(self.inv, rows).mul(1.0 / r)).round_()
+        return q.clamp_(-self.q_max, self.q_max) if self.clip_in else q
+
+    def run(
+        self, rows: Tensor | None, r: float, q: Tensor | None = None, locate: bool = False
+    ) -> tuple[Tensor, Tensor, Tensor | None]:
+        """The pass at reduction ``r`` on ``rows`` (None: all; ``q``: their DAC codes if
+        known): output (× gain), the largest |ADC code| of each vector before clipping
+        (it clips when > ``k_max``) and, if ``locate``, the output where it is."""
+        q = self.codes(rows, r) if q is None else q
+        noise = self._rows(self.noise, rows)
+        code = torch.addmm(noise, q, self.w.T, beta=self.sigma, alpha=self.alpha).round_()
+        peak = torch.maximum(code.amax(dim=-1), code.amin(dim=-1).neg_())
+        if bool((peak > self.k_max).any()):
+            code = code.clamp_(-self.k_max, self.k_max)
+        where = _argmax_abs(code, self.k_max) if locate else None
+        out = code.mul_(self._rows(self.out_scale, rows).mul(r))
+        return out, peak, where
+
+    def sure_clip(
+        self, rows: Tensor, peak: Tensor, where: Tensor, r: int, low: int, l1_max: float
+    ) -> tuple[Tensor, Tensor]:
+        """The vectors of ``rows`` not surely clipping at reduction ``low`` = r/m, and
+        their DAC codes at ``low``, from the pass at r (largest |code| ``peak`` at output
+        ``where``, of all vectors).
+
+        At output i = ``where`` the pre-ADC value at r/m is m·v_i(r) − (m − 1)·σξ_i +
+        (dq/dy)·e·W_iᵀ with |e_j| ≤ m/2 (DAC rounding), so its size is at least
+        m·(|code_i| − 1/2 − σ|ξ_i|) − (dq/dy)·(m/2)·max‖W_i‖₁ (bound test); where that does not
+        settle it, the value itself is computed (exact test, one dot product).
+        """
+        m = r // low
+        tol = _TOL * self.alpha * l1_max * self.q_max
+        idx = where.index_select(0, rows)
+        noise = self.noise[rows, idx]
+        if self.clip_in:  # DAC clipping voids the rounding bound: exact test only
+            rest = torch.ones_like(idx, dtype=torch.bool)
+        else:
+            top = peak.index_select(0, rows).clamp_(max=self.k_max)  # |code| at `where`
+            lower = top - 0.5 - self.sigma * noise.abs()
+            rest = lower <= (self.k_clip + tol) / m + self.alpha * l1_max / 2
+        rows, idx, noise = rows[rest], idx[rest], noise[rest]
+        q = self.codes(None if rows.numel() == self.x.shape[0] else rows, float(low))
+        if rows.numel():
+            v = torch.linalg.vecdot(q, self.w.index_select(0, idx))
+            unsure = v.mul_(self.alpha).add_(noise, alpha=self.sigma).abs_() <= self.k_clip + tol
+            rows, q = rows[unsure], q[unsure]
+        return rows, q
+
+
+def _argmax_abs(code: Tensor, k_max: float) -> Tensor:
+    """Per row, an index of the largest |code| (codes are integers within ±k_max).
+
+    Packs |code|·2^b + index into one exactly representable float so that one fast
+    ``amax`` finds both (falls back to ``argmax`` when it would not be exact).
+    """
+    n = code.shape[-1]
+    bits = max(n - 1, 1).bit_length()
+    mantissa = 24 if code.dtype in (torch.float32, torch.float16, torch.bfloat16) else 53
+    if code.dtype != torch.float32 or (k_max + 1) * 2**bits >= 2**mantissa:
+        return code.abs().argmax(dim=-1)
+    index = torch.arange(n, dtype=code.dtype, device=code.device)
+    key = torch.addcmul(index, code.abs(), index.new_tensor(float(2**bits))).amax(dim=-1)
+    return key.remainder_(2**bits).long()
+
+
+def start_level(tile: Tile, x: Tensor, n_out: int, w_rms: float, r_max: int) -> int:
+    """The reduction (power of 2, ≤ ``r_max``) bound management starts from.
+
+    The largest output of a vector at r = 1, in ADC codes, is predicted as
+    z·√(‖x̂‖²·RMS(W)²/dy² + σ²) (isotropic estimate, z the median of the largest of n_out
+    |normals|); the start is the smallest r that brings the batch median within the code
+    bound, i.e. about the reduction most vectors end at.
+    """
+    step = max(1, x.shape[0] // 64)  # a sample of the batch is enough for its median
+    norm2 = torch.linalg.vector_norm(x[::step], dim=-1, keepdim=True).div_(tile.nm[::step])
+    z = _median_max_z(n_out) / tile.k_max
+    ratio2 = float(norm2.square_().median()) * (z * w_rms / tile.dy) ** 2 + (z * tile.sigma) ** 2
+    r = 1
+    while r < r_max and ratio2 > r * r:
+        r *= 2
+    return r
+
+
+def io_forward(
+    spec: RRAMSpec,
+    x: Tensor,
+    w: Tensor,
+    out_std: float,
+    noise: Tensor,
+    *,
+    gain: float = 1.0,
+    stats: tuple[float, float] | None = None,
+) -> Tensor:
+    """IO-managed noisy read ``gain·(W x)`` of the rows of ``x`` (module docstring).
+
+    ``w`` is normalised (max|W| ≈ 1), ``noise`` the standard-normal read-noise draw
+    (rows, n_out), ``stats`` the :func:`row_stats` of ``w`` (computed if not given).
+    """
+    tile = Tile(spec, x, w, out_std, noise, gain)
+    r_max = bm_limit(spec)
+    if r_max == 1 or x.shape[0] == 0:
+        return tile.run(None, 1.0)[0]
+    l1_max, w_rms = row_stats(w) if stats is None else stats
+    r = start_level(tile, x, w.shape[0], w_rms, r_max)
+    out, peak, where = tile.run(None, float(r), locate=r > 1)
+    final = peak <= tile.k_max if r < r_max else torch.ones_like(peak, dtype=torch.bool)
+    pending = torch.arange(x.shape[0], device=x.device)  # clip at every reduction < low
+    lowered = torch.zeros_like(final)  # output taken from a pass below r
+    low = 1
+    while low < r and pending.numel():
+        assert where is not None
+        rest, q = tile.sure_clip(pending, peak, where, r, low, l1_max)
+        if rest.numel():  # not surely clipping at `low`: run it
+            y, peak_low, _ = tile.run(rest, float(low), q)
+            ok = peak_low <= tile.k_max
+            done = rest[ok]
+            out[done] = y[ok]
+            lowered[done] = True
+            pending = pending[~lowered[pending]]
+        low *= 2
+    rows = (~(final | lowered)).nonzero().squeeze(1)  # clip at every reduction ≤ r: go on
+    while rows.numel():
+        r *= 2
+        y, peak, _ = tile.run(rows, float(r))
+        if r >= r_max:
+            out[rows] = y
+            break
+        ok = peak <= tile.k_max
+        out[rows[ok]] = y[ok]
+        rows = rows[~ok]
+    return out
