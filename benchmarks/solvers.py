@@ -193,14 +193,19 @@ def bench_solvers(
     pairs: list[tuple[str, str]] | None = None,
     max_iter: int = 100,
     tol: float = 1e-4,
-    repeat: int = 3,
+    repeat: int | dict[str, int] = 3,
     sizes: dict[str, tuple[int, int]] | None = None,
 ) -> list[Row]:
-    """Rows of ours/torchdeq time-to-tolerance ratios for every cell × noise × solver pair."""
+    """Rows of ours/torchdeq time-to-tolerance ratios for every cell × noise × solver pair.
+
+    ``repeat``: timed runs per side (best of), or a dict by cell name (small cells need more
+    runs for a best-of to escape preemption on a shared machine).
+    """
     rows = []
     for cname in cells:
         cell = make_cell(cname, *(sizes or {}).get(cname, (None, None)))
         for snr in snrs:
             for ours_name, td_name in pairs or PAIRS:
-                rows.append(_pair_row(cell, ours_name, td_name, snr, max_iter, tol, repeat))
+                n = repeat.get(cname, 3) if isinstance(repeat, dict) else repeat
+                rows.append(_pair_row(cell, ours_name, td_name, snr, max_iter, tol, n))
     return rows

@@ -9,10 +9,11 @@ the same models and seeds:
 * per-point — the naive loop over SNR points: one forward per level (``batched = False``),
   everything else identical.
 
-Check: both tables are equal (same seeds ⇒ same numbers). Throughput: every MVM of the
-batched run is counted by a global forward hook (2·rows·n_in·n_out per Linear/device layer
-call) and divided by its wall time; the bound is this machine's float32 matmul peak measured
-in the same run (best of a 2048³ ``torch.mm``).
+Check: both tables are equal (same seeds ⇒ same metrics, steps, convergence), except the
+measured SNR of DEQ rows, which must agree within 1 dB (see :func:`compare_tables`).
+Throughput: every MVM of the batched run is counted by a global forward hook
+(2·rows·n_in·n_out per Linear or device-layer call) and divided by its wall time; the bound
+is this machine's float32 matmul peak measured in the same run (best of a 2048³ ``torch.mm``).
 """
 
 from __future__ import annotations
@@ -89,8 +90,24 @@ def default_models(spec: SweepSpec, cache: Path | None) -> tuple[Any, list[Sweep
                 os.environ["NOISYDEQ_CACHE"] = old
 
 
-def _table(rows: list[dict[str, Any]]) -> list[tuple]:
-    return [tuple(sorted(r.items())) for r in rows]
+def compare_tables(a: list[dict[str, Any]], b: list[dict[str, Any]]) -> tuple[bool, float]:
+    """(every column but ``measured_snr_db`` equal, largest measured-SNR difference in dB).
+
+    The measured SNR is a meter over the MVMs actually run: in a batched DEQ solve a level
+    that stopped early still passes through the device (frozen, not sliced, so the block
+    noise streams stay aligned), so its meter sees a few more calls than per point.
+    """
+    if len(a) != len(b):
+        return False, math.inf
+    same, worst = True, 0.0
+    for ra, rb in zip(a, b, strict=True):
+        same &= all(ra[k] == rb[k] for k in ra if k != "measured_snr_db")
+        ma, mb = ra["measured_snr_db"], rb["measured_snr_db"]
+        if math.isfinite(ma) and math.isfinite(mb):
+            worst = max(worst, abs(ma - mb))
+        elif ma != mb:
+            worst = math.inf
+    return same, worst
 
 
 def bench_sweep(
@@ -112,10 +129,11 @@ def bench_sweep(
                 res = run_sweep(s, Path(tmp) / mode, task=task, models=models, progress=False,
                                 plots=False)
                 times[mode] = time.perf_counter() - t0
-            tables[mode] = _table(res.rows)
+            tables[mode] = res.rows
             if mode == "batched":
                 flops = fc.flops
-    same = tables["batched"] == tables["per-point"]
+    same, snr_diff = compare_tables(tables["batched"], tables["per-point"])
+    ok = same and snr_diff < 1.0
     speedup = ratio(times["per-point"], times["batched"])
     gflops = flops / times["batched"] / 1e9
     label = (f"{spec.device} snr {len(spec.snr_db)} levels x {spec.chips} chips x "
@@ -123,7 +141,7 @@ def bench_sweep(
     return [
         Row("sweep", f"batched vs per-point loop ({label})", times["batched"],
             times["per-point"], speedup, TARGET_SPEEDUP, higher_is_better=True,
-            check="tables equal", ok=same,
+            check=f"tables equal (measured SNR within {snr_diff:.2f} dB)", ok=ok,
             extra={"seconds_batched": times["batched"], "seconds_per_point": times["per-point"],
                    "n_rows": len(tables["batched"])}),
         Row("sweep", "batched sweep GFLOP/s vs float32 matmul peak", gflops, peak,
