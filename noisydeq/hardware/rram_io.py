@@ -80,8 +80,9 @@ class Tile:
         self, spec: RRAMSpec, x: Tensor, w: Tensor, out_std: float, noise: Tensor, gain: float
     ) -> None:
         self.x, self.w, self.noise = x, w, noise
-        self.dq = 2.0 * spec.inp_bound / n_states(spec.dac_bits)
-        self.dy = 2.0 * spec.out_bound / n_states(spec.adc_bits)
+        # converter steps as aihwkit forms them: resolution (1/states) times the range
+        self.dq = (1.0 / n_states(spec.dac_bits)) * (2.0 * spec.inp_bound)
+        self.dy = (1.0 / n_states(spec.adc_bits)) * (2.0 * spec.out_bound)
         self.clip_in = spec.inp_bound < 1.0  # else |x̂/(r·dq)| never exceeds the DAC range
         self.q_max = spec.inp_bound / self.dq
         self.k_max = spec.out_bound / self.dy  # ADC code bound
@@ -90,15 +91,17 @@ class Tile:
         self.alpha = self.dq / self.dy
         nm = torch.maximum(x.amax(dim=-1, keepdim=True), x.amin(dim=-1, keepdim=True).neg_())
         self.nm = torch.where(nm > 0, nm, 1.0)  # zero vectors: scale 1 (as aihwkit)
-        self.inv = (1.0 / self.dq) / self.nm  # DAC codes per unit input at r = 1
+        self.inv = 1.0 / self.nm  # noise-management scale at r = 1
         self.out_scale = self.nm * (self.dy * gain)  # output units per ADC code at r = 1
 
     def _rows(self, t: Tensor, rows: Tensor | None) -> Tensor:
         return t if rows is None else t.index_select(0, rows)
 
     def codes(self, rows: Tensor | None, r: float) -> Tensor:
-        """DAC codes of ``rows`` at reduction ``r``."""
-        q = self._rows(self.x, rows).mul(self._rows(self.inv, rows).mul(1.0 / r)).round_()
+        """DAC codes of ``rows`` at reduction ``r`` (aihwkit's operation order, so the codes
+        are bit-identical to its torch tile's)."""
+        q = self._rows(self.x, rows).mul(self._rows(self.inv, rows).div(r)).div_(self.dq)
+        q = q.round_()
         return q.clamp_(-self.q_max, self.q_max) if self.clip_in else q
 
     def run(
