@@ -31,14 +31,15 @@ def _run_area(area: str, quick: bool, work: Path, state: dict[str, Any]) -> list
     if area == "main_job":
         from benchmarks.main_job import bench_main_job
 
-        rows, cache = bench_main_job(work)
+        rows, cache = bench_main_job(work, timeout=480.0)
         state["cache"] = cache
         return rows
     if area == "sweep":
         from benchmarks.sweep import bench_sweep
         from noisydeq.config import SweepSpec, build
 
-        spec = build(SweepSpec, {"chips": 1, "depths": [1, 7]} if quick else {})
+        # the default sweep on one chip instance (3 in the CLI) to bound the suite's time
+        spec = build(SweepSpec, {"chips": 1, "depths": [1, 7]} if quick else {"chips": 1})
         return bench_sweep(spec, cache=state.get("cache"))
     if area == "solvers":
         from benchmarks.solvers import bench_solvers
