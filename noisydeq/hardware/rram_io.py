@@ -159,8 +159,8 @@ def _argmax_abs(code: Tensor, k_max: float) -> Tensor:
     """
     n = code.shape[-1]
     bits = max(n - 1, 1).bit_length()
-    mantissa = 24 if code.dtype in (torch.float32, torch.float16, torch.bfloat16) else 53
-    if code.dtype != torch.float32 or (k_max + 1) * 2**bits >= 2**mantissa:
+    mantissa = {torch.float32: 24, torch.float64: 53}.get(code.dtype, 0)
+    if (k_max + 1) * 2**bits >= 2**mantissa:
         return code.abs().argmax(dim=-1)
     index = torch.arange(n, dtype=code.dtype, device=code.device)
     key = torch.addcmul(index, code.abs(), index.new_tensor(float(2**bits))).amax(dim=-1)
