@@ -127,10 +127,12 @@ def machine_info() -> dict[str, Any]:
         "python": platform.python_version(),
         "load_avg_start": [round(v, 2) for v in load],
     }
+    from importlib.metadata import PackageNotFoundError, version
+
     for mod in ("torchdeq", "aihwkit"):
         try:
-            info[mod] = __import__(mod).__version__
-        except Exception:  # pragma: no cover - peer missing
+            info[mod] = version(mod)
+        except PackageNotFoundError:  # pragma: no cover - peer missing
             info[mod] = None
     return info
 
