@@ -1,0 +1,1 @@
+"""noisydeq benchmarks: ours vs peers (torchdeq, aihwkit, nn.Linear) and bounds, in one run."""
