@@ -31,7 +31,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from noisydeq.config import SweepSpec, atomic_write_text, dumps_toml, loads_toml
+from noisydeq.config import SweepSpec, atomic_write_bytes, atomic_write_text, dumps_toml, loads_toml
 from noisydeq.errors import NoisyDEQError
 
 # Tidy-table schema: column name -> type ("str", "int", "float"). Order is the CSV order.
@@ -82,22 +82,6 @@ def package_versions() -> dict[str, str]:
         except metadata.PackageNotFoundError:
             out[name] = "absent"
     return out
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> Path:
-    """Write ``data`` to ``path`` via temp file + fsync + rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
 
 
 def check_writable(out: Path) -> None:

@@ -15,7 +15,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -26,31 +25,14 @@ from safetensors.torch import save as st_save
 from torch import Tensor
 
 from noisydeq import __version__
-from noisydeq.config import atomic_write_text
+from noisydeq.config import atomic_write_bytes, atomic_write_text
 from noisydeq.errors import NoisyDEQError
 
 FORMAT = "noisydeq-checkpoint/1"
 _META_KEY = "noisydeq"
 
 
-# ------------------------------------------------------------------------ atomic I/O
-
-
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
-    """Write ``data`` to ``path`` atomically (temp file in the same directory + rename)."""
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=f".{p.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, p)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return p
+# ------------------------------------------------------------------ JSON helpers
 
 
 def to_jsonable(value: Any) -> Any:
