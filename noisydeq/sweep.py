@@ -34,9 +34,9 @@ import torch
 from torch import Tensor, nn
 
 from noisydeq.config import NoiseSpec, SweepSpec
-from noisydeq.errors import NoisyDEQError
 from noisydeq.noise import Noise, NoiseStream, derive_seed
 from noisydeq.results import RunDir
+from noisydeq.runtime import resolve_torch_device
 
 
 def fmt_db(value: float) -> str:
@@ -441,19 +441,6 @@ def _test_tensors(task: Any, spec: SweepSpec, torch_device: torch.device) -> tup
     if spec.max_test_samples is not None:
         x, y = x[: spec.max_test_samples], y[: spec.max_test_samples]
     return x.to(torch_device), y.to(torch_device)
-
-
-def resolve_torch_device(name: str) -> torch.device:
-    """A torch device from ``--torch-device`` (``cpu``, ``cuda``, ``cuda:1``, ...)."""
-    try:
-        dev = torch.device(name)
-    except RuntimeError:
-        raise NoisyDEQError(
-            f"--torch-device '{name}': not a torch device (e.g. cpu, cuda, cuda:0)"
-        ) from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise NoisyDEQError(f"--torch-device '{name}': CUDA is not available on this machine")
-    return dev
 
 
 def run_sweep(

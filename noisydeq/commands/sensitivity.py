@@ -68,7 +68,7 @@ def command(family, kind, eta, snr, site, samples, inputs, precision, seed, data
     """E_ξ|dz*/dξ_i| of each DEQ and FFW in a family, the DEQ/FFW ratio and Eq. 12 bounds."""
     from noisydeq.analysis.family import load_family
     from noisydeq.analysis.runs import family_inputs, run_sensitivity
-    from noisydeq.sweep import resolve_torch_device
+    from noisydeq.runtime import resolve_torch_device
 
     if samples < 2:
         raise NoisyDEQError(f"--samples: need at least 2 noise samples, got {samples}")

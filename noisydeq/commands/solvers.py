@@ -55,7 +55,7 @@ def command(names, snr, max_iter, window, width, batch, family, depth, count_snr
             seed, data_dir, out, cache, torch_device) -> None:
     """Noisy fixed-point solving: traces, stop-rule iteration counts, accuracy per solver."""
     from noisydeq.analysis import solver_runs, traces
-    from noisydeq.sweep import resolve_torch_device
+    from noisydeq.runtime import resolve_torch_device
 
     solvers = traces.check_solvers(names.split(","))
     acc_solvers = traces.check_solvers(accuracy_solvers.split(","))

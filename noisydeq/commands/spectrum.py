@@ -27,7 +27,7 @@ def command(family, inputs, seed, data_dir, out, cache, torch_device) -> None:
     """Eigen-spectra and spectral radii of every DEQ and FFW of a family."""
     from noisydeq.analysis.family import load_family, pairs
     from noisydeq.analysis.runs import family_inputs, run_spectrum
-    from noisydeq.sweep import resolve_torch_device
+    from noisydeq.runtime import resolve_torch_device
 
     dev = resolve_torch_device(torch_device)
     members = load_family(family, dev, data_dir=data_dir, cache_dir=cache)

@@ -19,18 +19,7 @@ import torch
 
 from noisydeq.config import FamilySpec, ModelSpec, NoiseSpec, TrainSpec, build, parse_snr_value
 from noisydeq.errors import NoisyDEQError
-
-
-def _torch_device(name: str) -> torch.device:
-    try:
-        dev = torch.device(name)
-    except RuntimeError:
-        raise NoisyDEQError(
-            f"--torch-device '{name}': not a torch device (e.g. cpu, cuda, cuda:0)"
-        ) from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise NoisyDEQError(f"--torch-device '{name}': CUDA is not available on this machine")
-    return dev
+from noisydeq.runtime import resolve_torch_device
 
 
 def _writable_dir(path: Path) -> Path:
@@ -107,7 +96,7 @@ def command(**opts: Any) -> None:
     from noisydeq.tasks import check_task_name, load_task
 
     check_task_name(opts["task"])
-    dev = _torch_device(opts["torch_device"])
+    dev = resolve_torch_device(opts["torch_device"])
     noise = _noise(opts["train_snr"], opts["train_site"])
     overrides: dict[str, Any] = {"seed": opts["seed"]}
     for key in ("epochs", "batch_size", "lr"):
