@@ -6,19 +6,10 @@ from __future__ import annotations
 import json
 import math
 
-import pytest
 import torch
 
 from benchmarks.common import Row, format_table, timeit_pair
 from tests.sweep_helpers import toy_models, toy_spec, toy_task
-
-
-@pytest.fixture(autouse=True)
-def _single_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def test_solvers_agree_with_torchdeq_and_reference() -> None:

@@ -12,15 +12,6 @@ from noisydeq.models import matched_width
 from noisydeq.tasks import load_task
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Small models: one intra-op thread is faster and immune to a busy shared machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def digits():
     return load_task("digits", seed=0)

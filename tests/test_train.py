@@ -13,15 +13,6 @@ from noisydeq.tasks import load_task
 from noisydeq.train import evaluate, train_model
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Small models: one intra-op thread is faster and immune to a busy shared machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def digits():
     return load_task("digits", seed=0)

@@ -3,18 +3,8 @@
 import json
 
 import pytest
-import torch
 
 from noisydeq.cli import main
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Small models: one intra-op thread is faster and immune to a busy shared machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def _run(capsys, *argv):

@@ -101,16 +101,8 @@ def test_three_commands_run_on_a_sweep_run_dir(sweep_run, capsys):
     assert "width 28" in out  # the deepest DEQ of the family (matched to the 3-layer FFW)
 
 
-@pytest.fixture
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.mark.slow
-def test_commands_run_on_train_depths_output(tmp_path, capsys, monkeypatch, one_thread):
+def test_commands_run_on_train_depths_output(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("NOISYDEQ_CACHE", str(tmp_path / "unused"))
     out = tmp_path / "fam"
     code, _, err = run(["train", "--task", "digits", "--depths", "1,3", "--width", "8",

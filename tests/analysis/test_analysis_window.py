@@ -19,14 +19,6 @@ from noisydeq.noise import NoiseStream, additive  # noqa: E402
 from noisydeq.solvers import solve  # noqa: E402
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def measured_ratio(rho: float, window: int, seed: int = 0) -> float:
     """RMS(mean_rel) / RMS(rel) of undamped unrolling on f(z) = ρ z + c + η ξ_k."""
     d, b, steps = 256, 16, 400
