@@ -15,3 +15,13 @@ def _one_intra_op_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _private_model_cache(tmp_path_factory):
+    """Tests never read or fill the user's model cache: $NOISYDEQ_CACHE points to a temp dir
+    (tests that need their own cache still set it themselves)."""
+    mp = pytest.MonkeyPatch()
+    mp.setenv("NOISYDEQ_CACHE", str(tmp_path_factory.mktemp("noisydeq-cache")))
+    yield
+    mp.undo()
