@@ -177,7 +177,7 @@ def load_spec(name_or_path: str | os.PathLike) -> DeviceSpec:
         where = f"preset '{text}'"
         if not path.is_file():
             names = preset_names()
-            close = difflib.get_close_matches(text, names, n=1)
+            close = difflib.get_close_matches(text, [*names, *KIND_PRESETS], n=1)
             hint = f"; did you mean '{close[0]}'?" if close else ""
             raise NoisyDEQError(
                 f"unknown device '{text}'{hint} (presets: {', '.join(names)}; "

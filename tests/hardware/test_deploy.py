@@ -144,6 +144,8 @@ def test_presets_lookup_and_errors(tmp_path) -> None:
         assert hw.get_device(n).kind == hw.load_spec(n).kind
     with pytest.raises(NoisyDEQError, match="did you mean 'rram-wan2022'"):
         hw.get_device("rram-wan")
+    with pytest.raises(NoisyDEQError, match="did you mean 'rram'"):  # bare kinds too
+        hw.get_device("rarm")
     own = tmp_path / "mine.toml"
     own.write_text('kind = "rram"\nt_inference_s = 86400\nout_noise = 0.02\n')
     dev = hw.get_device(str(own))
