@@ -39,6 +39,7 @@ from noisydeq.hardware.base import Control, Device, DeviceLayer
 from noisydeq.hardware.calibration import KnobTable, check_reachable
 from noisydeq.hardware.presets import RRAMSpec
 from noisydeq.hardware.rram_io import io_forward, row_stats
+from noisydeq.hardware.rram_program import ChipDraw
 from noisydeq.noise import NoiseStream, derive_seed
 
 S_MIN, S_MAX = 1e-4, 1e3
@@ -84,6 +85,7 @@ class RRAMLayer(DeviceLayer):
         self._chips: OrderedDict[tuple, tuple[Tensor, float, float, float]] = OrderedDict()
         self._wmax: tuple[tuple, float] | None = None
         self._table: tuple[tuple, KnobTable] | None = None
+        self._draw: tuple[tuple, ChipDraw] | None = None
 
     @property
     def spec(self) -> RRAMSpec:
@@ -112,7 +114,7 @@ class RRAMLayer(DeviceLayer):
         if s == 0:
             w_t, alpha = w_norm.clone(), 1.0
         else:
-            w_prog, w_t = program_weights(w_norm, self.spec, s, self.static_seed)
+            w_prog, w_t = self._chip_draw(w_norm).program(s)
             w_prog = w_prog.to(w.device, w.dtype)
             w_t = w_t.to(w.device, w.dtype)
             alpha = 1.0
@@ -124,6 +126,13 @@ class RRAMLayer(DeviceLayer):
         while len(self._chips) > keep:
             self._chips.popitem(last=False)
         return entry
+
+    def _chip_draw(self, w_norm: Tensor) -> ChipDraw:
+        """This chip's standard draws (same as :func:`program_weights` at every scale)."""
+        key = (self.weight._version, self.weight.data_ptr(), self.weight.device, self.static_seed)
+        if self._draw is None or self._draw[0] != key:
+            self._draw = (key, ChipDraw(w_norm, self.spec, self.static_seed))
+        return self._draw[1]
 
     def _readout(self, w: Tensor, s: float) -> float:
         """aihwkit GlobalDriftCompensation read-out: mean |forward of the identity|."""
