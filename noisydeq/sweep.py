@@ -36,7 +36,7 @@ from torch import Tensor, nn
 from noisydeq.config import NoiseSpec, SweepSpec
 from noisydeq.noise import Noise, NoiseStream, derive_seed
 from noisydeq.results import RunDir
-from noisydeq.runtime import resolve_torch_device
+from noisydeq.runtime import num_threads, resolve_torch_device, thread_plan
 
 
 def fmt_db(value: float) -> str:
@@ -453,15 +453,19 @@ def run_sweep(
     on_cell: Callable[[int], None] | None = None,
     plots: bool = True,
     title: str = "",
+    threads: str | None = None,
 ) -> SweepResult:
     """Run (or resume) the sweep ``spec`` into ``out_dir``; returns the tidy table.
 
     ``task`` / ``models`` default to ``noisydeq.tasks.load_task`` and the trained family of
     ``noisydeq.families``; tests pass their own. ``on_cell(n)`` is called after the n-th cell
-    computed in this process is saved (used to test interruption).
+    computed in this process is saved (used to test interruption). ``threads``: the torch
+    thread counts of training and evaluation (:func:`noisydeq.runtime.thread_plan`; ``None``
+    reads ``$NOISYDEQ_THREADS``), each phase's restored after it.
     """
     from tqdm.auto import tqdm
 
+    train_threads, eval_threads = thread_plan(threads)
     torch_device = resolve_torch_device(spec.torch_device)
     if task is None:
         from noisydeq.tasks import load_task
@@ -473,7 +477,8 @@ def run_sweep(
     if models is None:
         models = family_models
     if callable(models):
-        models = models(spec, task, progress)
+        with num_threads(train_threads):
+            models = models(spec, task, progress)
     models = list(models)
 
     x, y = _test_tensors(task, spec, torch_device)
@@ -490,28 +495,29 @@ def run_sweep(
     calib_x = getattr(task, "x_train", None)
     if calib_x is not None:
         calib_x = calib_x[:512].to(torch_device)
-    for sm, chip, levels in cells:
-        key = f"{sm.model_id}|chip{chip}|" + ",".join(fmt_db(s) for s in levels)
-        rows = run_dir.load_cell(key)
-        if rows is None:
-            if current != (sm.model_id, chip):
-                sm.model.to(torch_device).eval()
-                deployed = hardware.chip(sm.model, sm.seed, chip, calib_x)
-                current = (sm.model_id, chip)
-            assert deployed is not None
-            stats = evaluate_cell(
-                sm, deployed, x, y, levels, chip, spec, hardware, classification,
-                rows_per_batch, spec.batched,
-            )
-            rows = stats_rows(sm, stats, levels, chip, spec, task.name, metric)
-            run_dir.save_cell(key, rows)
-            computed += 1
-            if on_cell is not None:
-                on_cell(computed)
-        else:
-            skipped += 1
-        all_rows.extend(rows)
-        bar.update(1)
+    with num_threads(eval_threads):
+        for sm, chip, levels in cells:
+            key = f"{sm.model_id}|chip{chip}|" + ",".join(fmt_db(s) for s in levels)
+            rows = run_dir.load_cell(key)
+            if rows is None:
+                if current != (sm.model_id, chip):
+                    sm.model.to(torch_device).eval()
+                    deployed = hardware.chip(sm.model, sm.seed, chip, calib_x)
+                    current = (sm.model_id, chip)
+                assert deployed is not None
+                stats = evaluate_cell(
+                    sm, deployed, x, y, levels, chip, spec, hardware, classification,
+                    rows_per_batch, spec.batched,
+                )
+                rows = stats_rows(sm, stats, levels, chip, spec, task.name, metric)
+                run_dir.save_cell(key, rows)
+                computed += 1
+                if on_cell is not None:
+                    on_cell(computed)
+            else:
+                skipped += 1
+            all_rows.extend(rows)
+            bar.update(1)
     bar.close()
     run_dir.write_table(all_rows)
     result = SweepResult(all_rows, run_dir, hardware.native_snr_db(), computed, skipped)

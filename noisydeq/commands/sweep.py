@@ -76,14 +76,15 @@ def default_out(spec: SweepSpec, prefix: str = "sweep") -> Path:
 
 
 def execute(
-    spec: SweepSpec, out: Path, *, quiet: bool, as_json: bool, title: str = ""
+    spec: SweepSpec, out: Path, *, quiet: bool, as_json: bool, title: str = "",
+    threads: str | None = None,
 ) -> dict[str, Any]:
     """Run (or resume) ``spec`` into ``out`` and report on stdout (text or JSON)."""
     from noisydeq.summary import summary_json, summary_table
     from noisydeq.sweep import run_sweep
 
     t0 = time.perf_counter()
-    res = run_sweep(spec, out, progress=not quiet, title=title)
+    res = run_sweep(spec, out, progress=not quiet, title=title, threads=threads)
     seconds = time.perf_counter() - t0
     report = {
         "run_dir": str(res.run_dir.path),
@@ -141,12 +142,19 @@ def execute(
               help="Override any sweep-spec field (e.g. --set max_rows=8192).")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 @click.option("--json", "as_json", is_flag=True, help="Print a machine-readable summary.")
+@click.option("--threads", default=None, metavar="auto|N|TRAIN,EVAL",
+              help="torch threads for training and evaluation (default $NOISYDEQ_THREADS, "
+                   "else auto = torch's default; 1 on a loaded shared machine).")
 def command(
     device: str, snr: str, task: str, data_dir: str | None, depths: str, train_snr: str,
     chips: int, epochs: int | None, train_preset: str, noise_site: str, out: str | None,
     seed: str, torch_device: str, sets: tuple[str, ...], quiet: bool, as_json: bool,
+    threads: str | None,
 ) -> None:
     """Sweep parameter-matched DEQ vs FFW accuracy across SNR on a simulated device."""
+    from noisydeq.runtime import thread_plan
+
+    thread_plan(threads)  # a bad value is one error before anything runs
     snr_grid = parse_grid("--snr", snr)
     train_grid = parse_grid("--train-snr", train_snr)
     data = {
@@ -157,5 +165,5 @@ def command(
     }
     spec = build(SweepSpec, data, where="sweep")
     execute(spec, Path(out) if out else default_out(spec), quiet=quiet or as_json,
-            as_json=as_json)
+            as_json=as_json, threads=threads)
     sys.stdout.flush()
