@@ -115,6 +115,10 @@ class KnobTable:
         self.snr_of, self.increasing, self.tol_db = snr_of, increasing, tol_db
         self.lo, self.hi, self.start = math.log(lo), math.log(hi), math.log(start)
         self.measured: dict[float, float] = {}  # knob -> SNR (dB)
+        #: measurements per search: the quarter-decade bracket shrinks to ~1e-4 in log knob
+        #: after 12 bisections; a target still missed then sits on a jump of the curve
+        #: (quantisation), where more steps do not help (the closest knob is returned)
+        self.max_iter = 12
         self.probes = 0
 
     def _at(self, log_knob: float) -> float:
@@ -150,11 +154,20 @@ class KnobTable:
                 break
             m, v = m2, v2
         (a, va), (b, vb) = sorted([(m, v), (m2, v2)])
+        side_a = va < target_db
+        for knob, val in self.measured.items():  # narrow to the nearest measured points
+            lk = math.log(knob)
+            if a < lk < b:
+                if (val < target_db) == side_a:
+                    a, va = lk, val
+                else:
+                    b, vb = lk, val
         guess = a + (target_db - va) * (b - a) / (vb - va) if vb != va else 0.5 * (a + b)
         near = (a, va) if abs(va - target_db) < abs(vb - target_db) else (b, vb)
         return bisect_log(
             self._memo, target_db, math.exp(a), math.exp(b), increasing=self.increasing,
-            tol_db=self.tol_db, x0=math.exp(guess), known=(math.exp(near[0]), near[1]),
+            tol_db=self.tol_db, max_iter=self.max_iter, x0=math.exp(guess),
+            known=(math.exp(near[0]), near[1]),
         )
 
 
