@@ -96,8 +96,9 @@ class KnobTable:
     target's search starts at the linear interpolant in (log knob, dB) of the two bracketing
     grid points (SNR is near-linear in log knob: 20 dB/decade where noise dominates) and
     refines with :func:`bisect_log` inside that bracket, secant seeded by the nearer grid
-    point. All measurements are memoised: the default 0-30 dB grid of 31 targets costs ~8
-    grid points plus ~1 measurement per target instead of ~4.2 per target.
+    point. All measurements are memoised: the default sweep (36 layers × 31 targets, 0-30 dB)
+    takes 1.54 measurements per target, grid included, instead of 3.2-4.2 per target; a
+    128×128 layer, 31 targets: 47 instead of 100.
     """
 
     def __init__(
