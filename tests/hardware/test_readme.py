@@ -15,4 +15,6 @@ def test_readme_devices_snippet_runs() -> None:
     scope: dict = {}
     exec(compile(code, "README.md#devices", "exec"), scope)  # noqa: S102
     report = scope["hardware"].layer_snr_report(scope["noisy"])
-    assert all(abs(v - 20.0) < 3.0 for v in report.values())  # photonic at 20 dB
+    # photonic at 20 dB, calibrated on the exact activations of x; layer 2 then sees the
+    # noisy outputs of layer 0, hence a tolerance of 1 dB rather than the calibration 0.05 dB
+    assert all(abs(v - 20.0) < 1.0 for v in report.values())
