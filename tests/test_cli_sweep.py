@@ -65,6 +65,13 @@ def test_missing_experiment_file(tmp_path):
     assert "file not found" in proc.stderr
 
 
+def test_run_rejects_bad_threads_before_work(tmp_path):
+    proc = _cli("run", "experiments/fig1-mnist.toml", "--threads", "two", "--out",
+                str(tmp_path / "r"), cwd=ROOT)
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    assert "threads" in proc.stderr and not (tmp_path / "r").exists()
+
+
 def test_experiment_with_typo_is_refused(tmp_path):
     bad = tmp_path / "bad.toml"
     bad.write_text('name = "x"\n[sweep]\ntask = "digits"\n[quick]\nchipz = 2\n')

@@ -41,14 +41,21 @@ def resolve_experiment(
               help="Override any sweep-spec field (e.g. --set epochs=1).")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 @click.option("--json", "as_json", is_flag=True, help="Print a machine-readable summary.")
+@click.option("--threads", default=None, metavar="auto|N|TRAIN,EVAL",
+              help="torch threads for training and evaluation (as for noisydeq sweep).")
 def command(
     experiment: str, variant: str, out: str | None, data_dir: str | None,
     torch_device: str | None, sets: tuple[str, ...], quiet: bool, as_json: bool,
+    threads: str | None,
 ) -> None:
     """Run an experiment spec (experiments/*.toml) reproducing a figure of the paper."""
+    from noisydeq.runtime import thread_plan
+
+    thread_plan(threads)  # a bad value is one error before anything runs
     exp, spec = resolve_experiment(experiment, variant, data_dir, torch_device, sets)
     out_dir = Path(out) if out else default_out(spec, f"{exp.name}-{variant}")
     if not quiet and not as_json:
         click.echo(f"{exp.name} ({variant}): {exp.title}", err=True)
     title = f"{exp.title} [{variant}]" if exp.title else ""
-    execute(spec, out_dir, quiet=quiet or as_json, as_json=as_json, title=title)
+    execute(spec, out_dir, quiet=quiet or as_json, as_json=as_json, title=title,
+            threads=threads)
