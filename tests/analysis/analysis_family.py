@@ -1,9 +1,11 @@
 """A tiny trained DEQ/FFW family on digits for the analysis CLI tests (seconds to build)."""
 
+import csv
 from pathlib import Path
 
 import torch
 
+from noisydeq.cli import main
 from noisydeq.config import ModelSpec, TrainSpec
 from noisydeq.models.factory import build_model
 from noisydeq.tasks import load_task
@@ -25,3 +27,20 @@ def make_family(root: Path, depths=(1, 3), hidden=6, epochs=1, deq_width=None) -
             train = TrainSpec.preset("quick", kind, epochs=epochs, max_train_samples=256)
             train_model(model, task, train, out_dir=root / f"{kind}-d{depth}")
     return root
+
+
+def run(argv, capsys):
+    """Run the CLI in-process: (exit code, stdout, stderr)."""
+    code = 0
+    try:
+        main(argv)
+    except SystemExit as e:
+        code = e.code
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def rows(path):
+    """The rows of a CSV file as dicts."""
+    with open(path) as fh:
+        return list(csv.DictReader(fh))

@@ -1,6 +1,5 @@
 """``noisydeq sensitivity`` / ``spectrum`` on a trained family: outputs, numbers, bad input."""
 
-import csv
 import math
 import sys
 from pathlib import Path
@@ -9,12 +8,11 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from analysis_family import make_family  # noqa: E402
+from analysis_family import make_family, rows, run  # noqa: E402
 
 from noisydeq import store  # noqa: E402
 from noisydeq.analysis import probe, spectra  # noqa: E402
 from noisydeq.analysis.family import load_family  # noqa: E402
-from noisydeq.cli import main  # noqa: E402
 from noisydeq.config import NoiseSpec  # noqa: E402
 from noisydeq.tasks import load_task  # noqa: E402
 
@@ -24,19 +22,6 @@ def family(tmp_path_factory):
     return make_family(tmp_path_factory.mktemp("family"))
 
 
-def run(argv, capsys):
-    code = 0
-    try:
-        main(argv)
-    except SystemExit as e:
-        code = e.code
-    out = capsys.readouterr()
-    return code, out.out, out.err
-
-
-def rows(path):
-    with open(path) as fh:
-        return list(csv.DictReader(fh))
 
 
 def test_sensitivity_command_writes_ratio_table_and_figures(family, tmp_path, capsys):

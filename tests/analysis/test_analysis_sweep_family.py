@@ -1,6 +1,5 @@
 """The analysis commands on the outputs of ``noisydeq sweep`` and ``noisydeq train --depths``."""
 
-import csv
 import os
 import sys
 from pathlib import Path
@@ -9,28 +8,13 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from analysis_family import make_family  # noqa: E402
+from analysis_family import make_family, rows, run  # noqa: E402
 
 from noisydeq.analysis.family import load_family, load_family_task  # noqa: E402
 from noisydeq.analysis.locate import locate  # noqa: E402
 from noisydeq.cli import main  # noqa: E402
 from noisydeq.config import SweepSpec, atomic_write_text, dumps_toml  # noqa: E402
 from noisydeq.errors import NoisyDEQError  # noqa: E402
-
-
-def run(argv, capsys):
-    code = 0
-    try:
-        main(argv)
-    except SystemExit as e:
-        code = e.code
-    out = capsys.readouterr()
-    return code, out.out, out.err
-
-
-def rows(path):
-    with open(path) as fh:
-        return list(csv.DictReader(fh))
 
 
 @pytest.fixture(scope="module")

@@ -9,10 +9,9 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from analysis_family import make_family  # noqa: E402
+from analysis_family import make_family, run  # noqa: E402
 
 from noisydeq.analysis import traces  # noqa: E402
-from noisydeq.cli import main  # noqa: E402
 from noisydeq.config import SolverSpec  # noqa: E402
 from noisydeq.errors import NoisyDEQError  # noqa: E402
 from noisydeq.noise import NoiseStream, additive  # noqa: E402
@@ -70,15 +69,6 @@ def test_parse_windows():
 def family(tmp_path_factory):
     return make_family(tmp_path_factory.mktemp("wfam"), depths=(1,))
 
-
-def run(argv, capsys):
-    code = 0
-    try:
-        main(argv)
-    except SystemExit as e:
-        code = e.code
-    out = capsys.readouterr()
-    return code, out.out, out.err
 
 
 def test_window_list_gives_one_mean_rel_curve_per_window(family, tmp_path, capsys):
