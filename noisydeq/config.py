@@ -79,6 +79,20 @@ def build(model: type[M], data: dict[str, Any] | None = None, where: str = "", *
         raise NoisyDEQError(format_validation_error(err, model, where)) from None
 
 
+def coerce(model: type[M], spec: M | dict[str, Any] | None, where: str) -> M:
+    """Accept a ``model`` instance, a plain dict (validated strictly, "did you mean" errors)
+    or ``None`` (the model's defaults); anything else is one clear error naming ``where``."""
+    if spec is None:
+        return model()
+    if isinstance(spec, model):
+        return spec
+    if isinstance(spec, dict):
+        return build(model, spec, where=where)
+    raise NoisyDEQError(
+        f"{where}: expected a {model.__name__} or dict, got {type(spec).__name__}"
+    )
+
+
 # ------------------------------------------------------------------------------- TOML
 
 

@@ -67,3 +67,16 @@ def test_atomic_write_leaves_no_temp_files(tmp_path):
     atomic_write_text(tmp_path / "a.txt", "hello")
     assert (tmp_path / "a.txt").read_text() == "hello"
     assert [p.name for p in tmp_path.iterdir()] == ["a.txt"]
+
+
+def test_coerce_accepts_spec_dict_or_none_and_names_bad_types():
+    from noisydeq.config import coerce
+
+    assert coerce(NoiseSpec, None, "noise") == NoiseSpec()
+    spec = NoiseSpec(site="state", snr_db=3.0)
+    assert coerce(NoiseSpec, spec, "noise") is spec
+    assert coerce(NoiseSpec, {"site": "state", "snr_db": 3.0}, "noise") == spec
+    with pytest.raises(NoisyDEQError, match="did you mean 'snr_db'"):
+        coerce(NoiseSpec, {"snr": 3.0}, "noise")
+    with pytest.raises(NoisyDEQError, match="noise: expected a NoiseSpec or dict, got int"):
+        coerce(NoiseSpec, 3, "noise")

@@ -6,7 +6,7 @@ from typing import Any
 
 from torch import nn
 
-from noisydeq.config import GradientSpec, JacobianRegSpec, ModelSpec, SolverSpec, build
+from noisydeq.config import GradientSpec, JacobianRegSpec, ModelSpec, SolverSpec, coerce
 from noisydeq.errors import NoisyDEQError
 from noisydeq.models.conv import ConvDEQ, ConvFFW
 from noisydeq.models.deq import DEQ
@@ -16,11 +16,9 @@ from noisydeq.models.matching import matched_width
 
 def as_model_spec(spec: ModelSpec | dict[str, Any]) -> ModelSpec:
     """Accept a :class:`ModelSpec` or a dict (validated strictly, "did you mean" errors)."""
-    if isinstance(spec, ModelSpec):
-        return spec
-    if isinstance(spec, dict):
-        return build(ModelSpec, spec, where="model")
-    raise NoisyDEQError(f"model: expected a ModelSpec or dict, got {type(spec).__name__}")
+    if spec is None:
+        raise NoisyDEQError("model: a ModelSpec or dict is required")
+    return coerce(ModelSpec, spec, "model")
 
 
 def resolved_width(spec: ModelSpec) -> int:

@@ -30,20 +30,14 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from noisydeq.config import GradientSpec, build
+from noisydeq.config import GradientSpec, coerce
 from noisydeq.errors import NoisyDEQError
 from noisydeq.solvers.registry import solve
 
 
 def as_gradient_spec(spec: GradientSpec | dict[str, Any] | None) -> GradientSpec:
     """Accept a :class:`GradientSpec`, a dict (validated strictly) or None (defaults)."""
-    if spec is None:
-        return GradientSpec()
-    if isinstance(spec, GradientSpec):
-        return spec
-    if isinstance(spec, dict):
-        return build(GradientSpec, spec, where="gradient")
-    raise NoisyDEQError(f"gradient: expected a GradientSpec or dict, got {type(spec).__name__}")
+    return coerce(GradientSpec, spec, "gradient")
 
 
 def attach_gradient(

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from noisydeq.config import SolverSpec, build
+from noisydeq.config import SolverSpec, coerce
 from noisydeq.errors import NoisyDEQError
 from noisydeq.solvers.anderson import Anderson
 from noisydeq.solvers.broyden import Broyden
@@ -39,13 +39,7 @@ def register(name: str, factory: Callable[[SolverSpec, Tensor], Method]) -> None
 
 def as_spec(spec: SolverSpec | dict[str, Any] | None) -> SolverSpec:
     """Accept a :class:`SolverSpec`, a plain dict (validated strictly) or None (defaults)."""
-    if spec is None:
-        return SolverSpec()
-    if isinstance(spec, SolverSpec):
-        return spec
-    if isinstance(spec, dict):
-        return build(SolverSpec, spec, where="solver")
-    raise NoisyDEQError(f"solver: expected a SolverSpec or dict, got {type(spec).__name__}")
+    return coerce(SolverSpec, spec, "solver")
 
 
 def _check_z0(z0: Tensor) -> None:
