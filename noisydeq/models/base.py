@@ -29,6 +29,18 @@ class ModelOutput:
 class CountingMixin:
     """``parameter_count`` for any ``nn.Module``; models add ``hidden_weight_count``."""
 
+    def _record_sizes(
+        self, in_features: int, out_features: int, input_act: str, width: int, depth: int
+    ) -> None:
+        """Validate and keep the sizes every DEQ/FFW exposes (width, depth named in errors)."""
+        from noisydeq.models.cells import check_positive
+
+        self.width = check_positive("width", width)
+        self.depth = check_positive("depth", depth)
+        self.in_features = in_features
+        self.out_features = out_features
+        self.input_act = input_act
+
     def parameter_count(self) -> int:
         """Number of trainable parameters (all weights and biases, projections and head)."""
         assert isinstance(self, nn.Module)

@@ -143,10 +143,10 @@ class ConvDEQ(DEQ):
         shape = image_shape(in_features, in_shape)
         self.cell = ConvCell(shape, channels, input_act, kernel_size, weight_norm)
         self.head = PooledHead(channels, out_features, pool)
-        self.in_features = in_features
-        self.out_features = out_features
-        self.input_act = input_act
-        self._configure(channels, depth, solver, gradient, jac_reg, test_solver)
+        self._configure(
+            in_features, out_features, input_act, channels, depth, solver, gradient, jac_reg,
+            test_solver,
+        )
 
 
 class ConvFFW(FFW):
@@ -168,12 +168,8 @@ class ConvFFW(FFW):
     ) -> None:
         nn.Module.__init__(self)
         shape = image_shape(in_features, in_shape)
-        self.width = check_positive("width", channels)
-        self.depth = check_positive("depth", depth)
+        self._record_sizes(in_features, out_features, input_act, channels, depth)
         self.form = check_form(form)
-        self.in_features = in_features
-        self.out_features = out_features
-        self.input_act = input_act
         self.proj = ConvInputProjection(shape, channels, input_act, kernel_size)
         self.layers = nn.ModuleList(
             ConvTanhLayer(channels, kernel_size, weight_norm) for _ in range(depth)

@@ -68,13 +68,16 @@ class DEQ(CountingMixin, nn.Module):
         check_positive("out_features", out_features)
         self.cell = MLPCell(in_features, width, input_act)
         self.head = nn.Linear(width, out_features)
-        self.in_features = in_features
-        self.out_features = out_features
-        self.input_act = input_act
-        self._configure(width, depth, solver, gradient, jac_reg, test_solver)
+        self._configure(
+            in_features, out_features, input_act, width, depth, solver, gradient, jac_reg,
+            test_solver,
+        )
 
     def _configure(
         self,
+        in_features: int,
+        out_features: int,
+        input_act: str,
         width: int,
         depth: int,
         solver: SolverSpec | None,
@@ -82,8 +85,7 @@ class DEQ(CountingMixin, nn.Module):
         jac_reg: JacobianRegSpec | None,
         test_solver: SolverSpec | None,
     ) -> None:
-        self.width = check_positive("width", width)
-        self.depth = check_positive("depth", depth)
+        self._record_sizes(in_features, out_features, input_act, width, depth)
         self.solver = solver if solver is not None else paper_solver(train=True)
         self.test_solver = test_solver
         self.gradient = gradient if gradient is not None else GradientSpec()

@@ -54,12 +54,8 @@ class FFW(CountingMixin, nn.Module):
     ) -> None:
         super().__init__()
         check_positive("out_features", out_features)
-        self.width = check_positive("width", hidden)
-        self.depth = check_positive("depth", depth)
+        self._record_sizes(in_features, out_features, input_act, hidden, depth)
         self.form = check_form(form)
-        self.in_features = in_features
-        self.out_features = out_features
-        self.input_act = input_act
         self.proj = InputProjection(in_features, hidden, input_act)
         self.layers = nn.ModuleList(TanhLayer(hidden) for _ in range(depth))
         self.head = nn.Linear(hidden, out_features)
