@@ -15,8 +15,10 @@ makes batched sweeps equal to per-point ones for the same seeds.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
@@ -63,6 +65,70 @@ def derive_seed(*parts: object) -> int:
 
 
 @dataclass
+class RowSubset:
+    """The rows ``index`` (ascending) of a ``total``-row batch that one evaluation runs on.
+
+    A solver that stops evaluating samples which already met their stop rule calls f on the
+    remaining rows only (:func:`noisydeq.solvers.loop.run_loop`). Inside :func:`row_subset`
+    every per-row source draws for the *full* batch and keeps the subset's rows
+    (:meth:`NoiseStream.randn`), and per-sample tensors sized for the full batch are sliced
+    (:func:`subset_rows`), so each row sees exactly the numbers a full-batch evaluation
+    would give it — the subset changes the work, never the result.
+    """
+
+    index: Tensor
+    total: int
+    #: which rows of ``index`` are evaluated for their own sake (``None``: all). A solver
+    #: pads small subsets with stopped rows (matmul rounding); meters skip the padding.
+    real: Tensor | None = None
+    _hits: dict[tuple[int, ...], list[bool]] = field(default_factory=dict, repr=False)
+
+    def blocks_hit(self, block_rows: Sequence[int]) -> list[bool]:
+        """Which row blocks (sizes ``block_rows``) hold at least one row of the subset."""
+        key = tuple(block_rows)
+        if key not in self._hits:
+            ends = torch.tensor(key, device=self.index.device).cumsum(0)
+            block = torch.bucketize(self.index, ends, right=True)
+            counts = torch.bincount(block, minlength=len(key))[: len(key)]
+            self._hits[key] = (counts > 0).tolist()
+        return self._hits[key]
+
+
+_ROW_SUBSET: ContextVar[RowSubset | None] = ContextVar("noisydeq_row_subset", default=None)
+
+
+@contextmanager
+def row_subset(index: Tensor, total: int, real: Tensor | None = None) -> Iterator[RowSubset]:
+    """Evaluate on the rows ``index`` of a ``total``-row batch (see :class:`RowSubset`)."""
+    subset = RowSubset(index, int(total), real)
+    token = _ROW_SUBSET.set(subset)
+    try:
+        yield subset
+    finally:
+        _ROW_SUBSET.reset(token)
+
+
+def active_subset(rows: int) -> RowSubset | None:
+    """The current :class:`RowSubset` if a consumer seeing ``rows`` rows runs on it."""
+    subset = _ROW_SUBSET.get()
+    if subset is None or rows != subset.index.numel() or rows == subset.total:
+        return None
+    return subset
+
+
+def subset_rows(t: Tensor, rows: int) -> Tensor:
+    """A per-sample tensor of the full batch restricted to the current row subset.
+
+    ``t`` is returned unchanged outside :func:`row_subset`, or when its first dimension is
+    not the full batch, or when the consumer sees the full batch (``rows``).
+    """
+    subset = active_subset(rows)
+    if subset is None or t.ndim == 0 or t.shape[0] != subset.total:
+        return t
+    return t.index_select(0, subset.index.to(t.device))
+
+
+@dataclass
 class NoiseStream:
     """A seeded Gaussian source for a batch, optionally split into row blocks.
 
@@ -98,22 +164,42 @@ class NoiseStream:
 
     def _draw(self, fn, shape: Sequence[int], dtype: torch.dtype, device: torch.device) -> Tensor:
         shape = tuple(shape)
+        subset = active_subset(shape[0]) if shape else None
+        if subset is not None:  # draw for the full batch, keep the subset's rows
+            full = self._draw_full(fn, (subset.total, *shape[1:]), dtype, device, subset)
+            return full.index_select(0, subset.index.to(full.device))
+        return self._draw_full(fn, shape, dtype, device, None)
+
+    def _draw_full(
+        self, fn, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device,
+        subset: RowSubset | None,
+    ) -> Tensor:
         if self.block_rows is None:
             return fn(shape, generator=self.generators[0], dtype=dtype, device=device)
         if sum(self.block_rows) != shape[0]:
             raise ValueError(
                 f"noise stream expects a batch of {sum(self.block_rows)} rows, got {shape[0]}"
             )
-        parts = [
-            fn((n, *shape[1:]), generator=g, dtype=dtype, device=device)
-            for n, g in zip(self.block_rows, self.generators, strict=True)
-        ]
-        return torch.cat(parts, dim=0)
+        # Each block is drawn into its slice of one buffer (no concatenation). Under a row
+        # subset, blocks without a subset row are not drawn: their rows all stopped, and a
+        # block's generator is only ever used for that block's rows (so the numbers every
+        # remaining row gets are the ones of a run of that block alone).
+        hit = subset.blocks_hit(self.block_rows) if subset is not None else None
+        out = torch.empty(shape, dtype=dtype, device=device)
+        start = 0
+        for j, (n, g) in enumerate(zip(self.block_rows, self.generators, strict=True)):
+            if hit is None or hit[j]:
+                fn((n, *shape[1:]), generator=g, dtype=dtype, device=device,
+                   out=out[start : start + n])
+            start += n
+        return out
 
 
 def _per_sample(value: SNRLike, y: Tensor) -> Tensor:
     """Broadcast a scalar or per-sample (B,) tensor to shape (B, 1, ..., 1) like ``y``."""
     t = torch.as_tensor(value, dtype=y.dtype, device=y.device)
+    if t.ndim == 1:
+        t = subset_rows(t, y.shape[0])
     if t.ndim == 0:
         return t.reshape((1,) * y.ndim)
     if t.ndim != 1 or t.shape[0] != y.shape[0]:

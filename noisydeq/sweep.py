@@ -34,7 +34,7 @@ import torch
 from torch import Tensor, nn
 
 from noisydeq.config import NoiseSpec, SweepSpec
-from noisydeq.noise import Noise, NoiseStream, derive_seed
+from noisydeq.noise import Noise, NoiseStream, active_subset, derive_seed
 from noisydeq.results import RunDir
 from noisydeq.runtime import num_threads, resolve_torch_device, thread_plan
 
@@ -103,8 +103,18 @@ class MeteredNoise(Noise):
         if site == self.spec.site:
             c = y.detach().reshape(y.shape[0], -1).double()
             e = out.detach().reshape(y.shape[0], -1).double() - c
-            self.signal += c.pow(2).sum(1)
-            self.noise += e.pow(2).sum(1)
+            subset = active_subset(y.shape[0])  # a solve evaluating only its active rows
+            if subset is None:
+                self.signal += c.pow(2).sum(1)
+                self.noise += e.pow(2).sum(1)
+            else:
+                rows = subset.index.to(self.signal.device)
+                sig, noi = c.pow(2).sum(1), e.pow(2).sum(1)
+                if subset.real is not None:  # padding rows of a small subset do not count
+                    real = subset.real.to(sig.device)
+                    sig, noi = sig * real, noi * real
+                self.signal.index_add_(0, rows, sig)
+                self.noise.index_add_(0, rows, noi)
         return out
 
 
@@ -184,6 +194,8 @@ class DeviceMeter:
     Forward hooks compare the device output (bias removed) with the exact MVM of the digital
     weights on the first ``probe`` rows of each block: Σ‖Wx‖² / Σ‖y_dev − Wx‖² (DESIGN §1),
     summed over layers and calls. Probing a few rows keeps the extra exact MVMs cheap.
+    When a solver evaluates only its active rows (:class:`noisydeq.noise.RowSubset`), the
+    probe rows among them are measured.
     """
 
     probe = 32
@@ -203,15 +215,28 @@ class DeviceMeter:
 
     def _hook(self, layer: nn.Module, inputs: tuple[Tensor, ...], out: Tensor) -> None:
         x = inputs[0]
-        if x.shape[0] != self.blocks * self.rows:
+        total = self.blocks * self.rows
+        subset = active_subset(x.shape[0])
+        if subset is not None and subset.total == total:
+            where = torch.full((total,), -1, dtype=torch.long, device=x.device)
+            where[subset.index.to(x.device)] = torch.arange(x.shape[0], device=x.device)
+            pos = where[self.index.to(x.device)]
+            keep = pos >= 0
+            if subset.real is not None:  # padding rows of a small subset do not count
+                keep &= subset.real.to(x.device)[pos.clamp(min=0)]
+            idx, block = pos[keep], self.index.to(x.device)[keep] // self.rows
+        elif x.shape[0] == total:
+            idx = self.index.to(x.device)
+            block = idx // self.rows
+        else:
             return
-        idx = self.index.to(x.device)
         y = out[idx].double()
         if getattr(layer, "bias", None) is not None:
             y = y - layer.bias.double()
         exact = torch.nn.functional.linear(x[idx].double(), layer.weight.double())
-        sig = exact.pow(2).reshape(self.blocks, -1).sum(1)
-        noi = (y - exact).pow(2).reshape(self.blocks, -1).sum(1)
+        zeros = torch.zeros(self.blocks, dtype=torch.float64, device=x.device)
+        sig = zeros.index_add(0, block, exact.pow(2).sum(1))
+        noi = zeros.index_add(0, block, (y - exact).pow(2).sum(1))
         for k in range(self.blocks):
             self.signal[k] += float(sig[k])
             self.noise[k] += float(noi[k])

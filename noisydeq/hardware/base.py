@@ -31,7 +31,14 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from noisydeq.errors import NoisyDEQError
-from noisydeq.noise import NoiseStream, derive_seed, measured_snr_db, seeded_generator
+from noisydeq.noise import (
+    NoiseStream,
+    active_subset,
+    derive_seed,
+    measured_snr_db,
+    seeded_generator,
+    subset_rows,
+)
 
 #: reference MVM used for a device's native SNR and reachability checks (the paper's
 #: widest DEQ, 467, with nn.Linear's default init and inputs uniform in [-1, 1]).
@@ -179,19 +186,21 @@ class DeviceLayer(nn.Module):
         t = target.detach().reshape(-1)
         if t.numel() == 1:
             return self.control_for(float(t))
-        if t.numel() != batch:
+        subset = active_subset(batch)  # a solver evaluating only some rows of the batch
+        if t.numel() != (batch if subset is None else subset.total):
             raise NoisyDEQError(
                 f"per-sample SNR has {t.numel()} values but the batch has {batch} samples"
             )
         cached = self._sample_controls
         if cached is not None and cached[0] is target and cached[1] == target._version:
-            return cached[2]  # same targets as the last forward (e.g. every DEQ iteration)
+            # same targets as the last forward (e.g. every DEQ iteration)
+            return subset_rows(cached[2], batch)
         values = t.double().cpu().tolist()
         table = {v: self.control_for(v) for v in set(values)}
         out = torch.tensor([table[v] for v in values], dtype=torch.float64)
         out = out.to(self.weight.device)
         self._sample_controls = (target, target._version, out)
-        return out
+        return subset_rows(out, batch)
 
     # ------------------------------------------------------------------ forward
     def _mvm(self, x: Tensor, control: Control, stream: NoiseStream) -> Tensor:

@@ -109,6 +109,13 @@ class DEQ(CountingMixin, nn.Module):
         """f(z) = cell(z, x̃) with dynamic noise: each call draws fresh state/signal noise."""
         return lambda z: self.cell(z, xt, noise)
 
+    def cell_fn_rows(
+        self, xt: Tensor, noise: Noise | None = None
+    ) -> Callable[[Tensor, Tensor], Tensor]:
+        """f on the rows ``rows`` of the batch: cell(z_rows, x̃_rows) (for skipping stopped
+        samples in the solver; noise sources pick their rows, :class:`noisydeq.noise.RowSubset`)."""
+        return lambda z, rows: self.cell(z, xt.index_select(0, rows), noise)
+
     def initial_state(self, xt: Tensor) -> Tensor:
         """z⁰ = 0 (Eq. 1), shaped like the injection."""
         return torch.zeros_like(xt)
@@ -151,7 +158,8 @@ class DEQ(CountingMixin, nn.Module):
             solution = solve_with_grad(f_forward, z0, spec, generator=generator)
             z = solution.z
         else:
-            solution = solve(f_forward, z0, spec, generator=generator)
+            f_rows = None if states is not None else self.cell_fn_rows(xt, noise)
+            solution = solve(f_forward, z0, spec, generator=generator, f_rows=f_rows)
             z_star = solution.z.detach()
             z = attach_gradient(f, z_star, self.gradient) if grad_on else z_star
         self.last_solution = solution

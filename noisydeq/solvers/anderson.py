@@ -44,6 +44,11 @@ class Anderson:
     def estimate(self, k: int, x: Tensor, fx: Tensor, window: Window | None) -> Tensor:
         return fx
 
+    def select(self, rows: Tensor) -> None:
+        """Keep the histories of the samples ``rows``."""
+        for name in ("X", "F", "G", "gram", "ones"):
+            setattr(self, name, getattr(self, name).index_select(0, rows))
+
     def step(self, k: int, x: Tensor, fx: Tensor, active: Tensor) -> Tensor:
         # Rows never mix: a NaN sample only spoils its own (frozen) history. Batched
         # mat-vecs are written as multiply-and-sum, several times faster than bmm on CPU.

@@ -82,6 +82,14 @@ class Broyden:
     def estimate(self, k: int, x: Tensor, fx: Tensor, window: Window | None) -> Tensor:
         return x
 
+    def select(self, rows: Tensor) -> None:
+        """Keep the corrections and last point of the samples ``rows``."""
+        self.U = self.U.index_select(0, rows)
+        self.V = self.V.index_select(0, rows)
+        if self.prev_x is not None and self.prev_g is not None:
+            self.prev_x = self.prev_x.index_select(0, rows)
+            self.prev_g = self.prev_g.index_select(0, rows)
+
     def step(self, k: int, x: Tensor, fx: Tensor, active: Tensor) -> Tensor:
         g = fx - x
         if self.prev_x is not None and self.prev_g is not None:

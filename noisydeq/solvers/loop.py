@@ -1,10 +1,24 @@
-"""The shared solve loop: evaluate f on the full batch, apply per-sample stop rules, freeze.
+"""The shared solve loop: evaluate f, apply per-sample stop rules, freeze stopped samples.
 
 Every method (unroll, anderson, broyden, stochastic) only proposes the next point; this loop
 owns stopping (paper Eq. 54 and App. E.3), divergence, masking and traces, so the rules are
-identical for all solvers. Samples that stopped are frozen with ``torch.where`` — ``f`` is
-still evaluated on the full batch so block noise streams stay aligned (architecture.md).
-Per iteration there is one host sync (“has every sample stopped?”); traces stay on device.
+identical for all solvers. Samples that stopped are frozen with ``torch.where``.
+
+Skipping stopped samples. Given ``f_rows(z_rows, rows)`` (f on the rows ``rows`` of the
+batch) and no autograd, f is evaluated on the active rows only, inside
+:func:`noisydeq.noise.row_subset`: noise streams still draw for the full batch (or for
+every SNR block with an active row) and keep the active rows, so every sample gets the
+numbers of a full-batch evaluation and the solution is unchanged (architecture.md). Once
+half of the rows the loop carries have stopped, it drops them (a *working set*: the
+method's per-sample state, the averaging window, thresholds and results are gathered), so
+residuals, windows and steps also cost O(active rows). Every method is per-sample
+(Anderson's and Broyden's histories are per sample), so the stale f(z) kept for a stopped
+row is never read for an active one. In a noisy sweep the low-SNR samples run to the
+threshold while the rest stop after about 10 steps: most of the work was on stopped rows.
+Small subsets are padded with stopped rows to :data:`MIN_ROWS` (matmul rounding). Without
+``f_rows`` f sees the full batch every iteration. Per iteration there are one or two host
+syncs (“how many samples are active?”, and their indices when some stopped); traces stay
+on device.
 """
 
 from __future__ import annotations
@@ -18,8 +32,16 @@ from torch import Tensor
 
 from noisydeq.config import SolverSpec
 from noisydeq.errors import NoisyDEQError
+from noisydeq.noise import row_subset
 from noisydeq.solvers.solution import TRACE_KEYS, Solution, describe, empty_traces
 from noisydeq.solvers.stop import Window, blowup_scale, thresholds
+
+#: fewest rows f is evaluated on when stopped samples are skipped. CPU matmuls of fewer rows
+#: take other kernels whose rounding differs from the full batch's (float32 addmm on this
+#: machine: 1-3, 5-7 and 9-11 rows differ in the last bit, 12+ match), and one rounding
+#: difference can flip an ADC code: padding with stopped rows keeps every row's numbers
+#: independent of how many others are still active (batched sweeps == per-point ones).
+MIN_ROWS = 16
 
 
 class Method(Protocol):
@@ -29,6 +51,9 @@ class Method(Protocol):
 
     def step(self, k: int, x: Tensor, fx: Tensor, active: Tensor) -> Tensor: ...
 
+    def select(self, rows: Tensor) -> None:
+        """Keep only the per-sample state of ``rows`` (the solve dropped the others)."""
+
 
 def run_loop(
     f: Callable[[Tensor], Tensor],
@@ -37,19 +62,28 @@ def run_loop(
     make_method: Callable[[SolverSpec, Tensor], Method],
     generator: torch.Generator | None = None,
     needs_window: bool = False,
+    f_rows: Callable[[Tensor, Tensor], Tensor] | None = None,
 ) -> Solution:
-    """Iterate ``make_method(spec, x0)`` from ``z0`` until every sample stopped."""
+    """Iterate ``make_method(spec, x0)`` from ``z0`` until every sample stopped.
+
+    ``f_rows`` (optional): f on a subset of rows, used to skip stopped samples (module
+    docstring); only without autograd, as the frozen rows would otherwise lose their graph.
+    """
     shape = z0.shape
     batch = shape[0]
 
-    def ff(x: Tensor) -> Tensor:
-        out = f(x.reshape(shape))
-        if not isinstance(out, Tensor) or out.shape != shape:
+    def checked(out: Tensor, want: tuple[int, ...]) -> Tensor:
+        if not isinstance(out, Tensor) or out.shape != want:
             got = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
             raise NoisyDEQError(
-                f"solver: f(z) must return a tensor shaped like z {tuple(shape)}, got {got}"
+                f"solver: f(z) must return a tensor shaped like z {want}, got {got}"
             )
-        return out.reshape(batch, -1)
+        return out.reshape(want[0], -1)
+
+    def ff(x: Tensor) -> Tensor:
+        return checked(f(x.reshape(shape)), tuple(shape))
+
+    skip_stopped = f_rows is not None and not torch.is_grad_enabled() and batch > MIN_ROWS
 
     x = z0.reshape(batch, -1)
     dev, dt = x.device, x.dtype
@@ -59,18 +93,55 @@ def run_loop(
     use_window = needs_window or spec.stop == "mean_rel" or spec.traces
     window = Window(spec.window) if use_window else None
 
+    # The working set: the batch rows `rows` (None: all of them) that the loop still
+    # carries. Per-iteration work is on the working set only; the full-batch results are
+    # written back (`out`) when the set shrinks and at the end.
+    rows: Tensor | None = None
     active = torch.ones(batch, dtype=torch.bool, device=dev)
     converged = torch.zeros_like(active)
     diverged = torch.zeros_like(active)
     steps = torch.zeros(batch, dtype=torch.long, device=dev)
-    z_out = x
+    z_est = x
+    out: dict[str, Tensor] = {}
     trace_buf = torch.empty((n_max, 3, batch), dtype=dt, device=dev) if spec.traces else None
     need_rel = spec.traces or spec.stop == "rel"
     tiny = torch.finfo(dt).tiny
     scale: Tensor | None = None
     n_iter = 0
+    n_active = batch
+    fx: Tensor | None = None
+
+    def evaluate(x: Tensor, fx: Tensor | None) -> Tensor:
+        """f on the active rows of the working set (padded to MIN_ROWS with stopped ones)."""
+        m = x.shape[0]
+        if fx is None or f_rows is None or (rows is None and n_active == m):
+            return ff(x)
+        local = active.nonzero().squeeze(1) if n_active < m else None
+        real = None
+        if local is not None and local.numel() < MIN_ROWS:  # the set holds >= MIN_ROWS
+            pad = (~active).nonzero().squeeze(1)[: MIN_ROWS - local.numel()]
+            local = torch.cat([local, pad]).sort().values
+            real = active.index_select(0, local)
+        sel = x if local is None else x.index_select(0, local)
+        glob = local if rows is None else (rows if local is None else rows[local])
+        want = (sel.shape[0], *shape[1:])
+        with row_subset(glob, batch, real):
+            new = checked(f_rows(sel.reshape(want), glob), want)
+        return new if local is None else fx.index_copy(0, local, new)
+
+    def write_back() -> None:
+        """Copy the working set's results into the full-batch results."""
+        if rows is None:
+            out.update(z=z_est, steps=steps, converged=converged, diverged=diverged)
+            return
+        if "z" not in out:
+            raise AssertionError("the full-batch results are written before the first shrink")
+        out["z"].index_copy_(0, rows, z_est)
+        for key, val in (("steps", steps), ("converged", converged), ("diverged", diverged)):
+            out[key].index_copy_(0, rows, val)
+
     for k in range(n_max):
-        fx = ff(x)
+        fx = evaluate(x, fx) if skip_stopped else ff(x)
         n_iter = k + 1
         xd, fd = x.detach(), fx.detach()
         res = (fd - xd).norm(dim=1)
@@ -93,8 +164,8 @@ def run_loop(
             met = mrel < spec.tol
         else:
             met = torch.zeros_like(active)
-        steps += active
-        z_out = torch.where(upd[:, None], method.estimate(k, x, fx, window), z_out)
+        steps = steps + active
+        z_est = torch.where(upd[:, None], method.estimate(k, x, fx, window), z_est)
         diverged = diverged | (active ^ upd)
         newly = upd & met
         converged = converged | newly
@@ -102,12 +173,38 @@ def run_loop(
         if spec.random_threshold:
             active = active & (caps > k + 1)
         if trace_buf is not None:
-            trace_buf[k, 0] = res
-            trace_buf[k, 1] = rel
-            trace_buf[k, 2] = mrel
-        if not bool(active.any()):
+            for i, val in enumerate((res, rel, mrel)):
+                if rows is None:
+                    trace_buf[k, i] = val
+                else:
+                    trace_buf[k, i].index_copy_(0, rows, val)
+        n_active = int(active.sum())
+        if n_active == 0:
             break
         x = torch.where(active[:, None], method.step(k, x, fx, active), x)
+        m = x.shape[0]
+        if skip_stopped and m > MIN_ROWS and n_active <= m // 2:
+            # drop the stopped rows from the working set (keep MIN_ROWS for padding)
+            keep = active.nonzero().squeeze(1)
+            if keep.numel() < MIN_ROWS:
+                pad = (~active).nonzero().squeeze(1)[: MIN_ROWS - keep.numel()]
+                keep = torch.cat([keep, pad]).sort().values
+            if rows is None:
+                out.update(z=z_est.clone(), steps=steps.clone(), converged=converged.clone(),
+                           diverged=diverged.clone())
+            else:
+                write_back()
+            rows = keep if rows is None else rows[keep]
+            x, fx, z_est = x[keep], fx[keep], z_est[keep]
+            active, steps = active[keep], steps[keep]
+            converged, diverged = converged[keep], diverged[keep]
+            caps, scale = caps[keep], scale[keep]
+            method.select(keep)
+            if window is not None:
+                window.select(keep)
+    write_back()
+    z_out, steps = out["z"], out["steps"]
+    converged, diverged = out["converged"], out["diverged"]
 
     if trace_buf is not None:
         # entries after a sample stopped are NaN (its z was frozen)

@@ -55,14 +55,19 @@ def _check_z0(z0: Tensor) -> None:
 
 
 def _run(
-    f: Callable[[Tensor], Tensor], z0: Tensor, spec: SolverSpec, generator: torch.Generator | None
+    f: Callable[[Tensor], Tensor],
+    z0: Tensor,
+    spec: SolverSpec,
+    generator: torch.Generator | None,
+    f_rows: Callable[[Tensor, Tensor], Tensor] | None = None,
 ) -> Solution:
     if spec.name not in SOLVERS:
         raise NoisyDEQError(
             f"solver.name: '{spec.name}' is not available (allowed: {', '.join(SOLVERS)})"
         )
     return run_loop(
-        f, z0, spec, SOLVERS[spec.name], generator, needs_window=spec.name == "stochastic"
+        f, z0, spec, SOLVERS[spec.name], generator, needs_window=spec.name == "stochastic",
+        f_rows=f_rows,
     )
 
 
@@ -72,16 +77,19 @@ def solve(
     spec: SolverSpec | dict[str, Any] | None = None,
     *,
     generator: torch.Generator | None = None,
+    f_rows: Callable[[Tensor, Tensor], Tensor] | None = None,
 ) -> Solution:
     """Solve z = f(z) per sample from ``z0`` with ``spec`` (paper Eq. 2, 6-7, 53-54), no grad.
 
-    ``f`` maps a batch-first tensor to one of the same shape and is always called on the full
-    batch. ``generator`` seeds the random thresholds of ``spec.random_threshold`` (App. E.3).
+    ``f`` maps a batch-first tensor to one of the same shape. ``f_rows(z_rows, rows)``
+    (optional) is f on the rows ``rows`` of the batch; with it, samples that stopped are no
+    longer evaluated (:mod:`noisydeq.solvers.loop`), with the same result. ``generator``
+    seeds the random thresholds of ``spec.random_threshold`` (App. E.3).
     """
     spec = as_spec(spec)
     _check_z0(z0)
     with torch.no_grad():
-        return _run(f, z0.detach(), spec, generator)
+        return _run(f, z0.detach(), spec, generator, f_rows)
 
 
 def solve_with_grad(

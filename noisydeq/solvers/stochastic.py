@@ -35,6 +35,9 @@ class Stochastic:
         assert window is not None
         return window.mean_x()
 
+    def select(self, rows: Tensor) -> None:
+        """No per-sample state (the window holds the average)."""
+
     def step(self, k: int, x: Tensor, fx: Tensor, active: Tensor) -> Tensor:
         a = self.alpha(k)
         return (1.0 - a) * x + a * fx

@@ -35,9 +35,10 @@ class Window:
     """The last ``w`` evaluated points z_i and their images f(z_i) (for Eq. 53-54).
 
     Running sums make each push O(B·D) whatever ``w`` is; they are recomputed exactly from
-    the stored tensors every ``w`` pushes so rounding cannot accumulate. Only out-of-place
-    operations are used, so the window also works under autograd (``bptt`` through
-    ``stochastic``).
+    the stored tensors every ``w`` pushes so rounding cannot accumulate. Under autograd
+    (``bptt`` through ``stochastic``) only out-of-place operations are used; otherwise the
+    sums are updated in place (no allocation per push). :meth:`select` keeps some rows
+    (a solve dropping its stopped samples).
     """
 
     def __init__(self, w: int) -> None:
@@ -48,22 +49,49 @@ class Window:
         self.sum_f: Tensor | None = None
         self.pushes = 0
 
+    @staticmethod
+    def _total(ts: deque[Tensor]) -> Tensor:
+        if torch.is_grad_enabled():
+            out = ts[0]
+            for t in list(ts)[1:]:
+                out = out + t
+            return out
+        out = ts[0].clone()
+        for t in list(ts)[1:]:
+            out.add_(t)
+        return out
+
     def push(self, x: Tensor, fx: Tensor) -> None:
         self.pushes += 1
         if self.sum_x is None or self.sum_f is None or self.pushes % self.w == 0:
             self.xs.append(x)
             self.fs.append(fx)
-            self.sum_x = torch.stack(tuple(self.xs)).sum(0) if self.w > 1 else x
-            self.sum_f = torch.stack(tuple(self.fs)).sum(0) if self.w > 1 else fx
+            self.sum_x = self._total(self.xs) if self.w > 1 else x
+            self.sum_f = self._total(self.fs) if self.w > 1 else fx
             return
-        if self.full:
-            self.sum_x = self.sum_x - self.xs[0] + x
-            self.sum_f = self.sum_f - self.fs[0] + fx
-        else:
-            self.sum_x = self.sum_x + x
-            self.sum_f = self.sum_f + fx
+        if torch.is_grad_enabled():
+            if self.full:
+                self.sum_x = self.sum_x - self.xs[0] + x
+                self.sum_f = self.sum_f - self.fs[0] + fx
+            else:
+                self.sum_x = self.sum_x + x
+                self.sum_f = self.sum_f + fx
+        else:  # the sums are the window's own tensors here (w > 1: made by _total)
+            if self.full:
+                self.sum_x.sub_(self.xs[0])
+                self.sum_f.sub_(self.fs[0])
+            self.sum_x.add_(x)
+            self.sum_f.add_(fx)
         self.xs.append(x)
         self.fs.append(fx)
+
+    def select(self, rows: Tensor) -> None:
+        """Keep the rows ``rows`` of every stored point, image and sum."""
+        self.xs = deque((t.index_select(0, rows) for t in self.xs), maxlen=self.w)
+        self.fs = deque((t.index_select(0, rows) for t in self.fs), maxlen=self.w)
+        if self.sum_x is not None and self.sum_f is not None:
+            self.sum_x = self.sum_x.index_select(0, rows)
+            self.sum_f = self.sum_f.index_select(0, rows)
 
     @property
     def full(self) -> bool:

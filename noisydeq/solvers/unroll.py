@@ -17,6 +17,9 @@ class Unroll:
     def estimate(self, k: int, x: Tensor, fx: Tensor, window: Window | None) -> Tensor:
         return fx
 
+    def select(self, rows: Tensor) -> None:
+        """No per-sample state."""
+
     def step(self, k: int, x: Tensor, fx: Tensor, active: Tensor) -> Tensor:
         if self.tau == 1.0:
             return fx
