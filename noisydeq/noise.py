@@ -64,6 +64,14 @@ def derive_seed(*parts: object) -> int:
     return int.from_bytes(h, "little") & (2**63 - 1)
 
 
+#: fewest rows a matmul of a row subset should have: CPU float32 GEMMs of fewer rows take
+#: other kernels whose rounding differs from a large batch's (this machine: 1-3, 5-7 and
+#: 9-11 rows differ in the last bit, 12 and more match), and one rounding difference can
+#: flip an ADC code. Padding a subset to this many rows keeps every row's result
+#: independent of how many other rows are evaluated with it (batched == per-point sweeps).
+STABLE_ROWS = 16
+
+
 @dataclass
 class RowSubset:
     """The rows ``index`` (ascending) of a ``total``-row batch that one evaluation runs on.

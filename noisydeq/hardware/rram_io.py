@@ -36,6 +36,7 @@ import torch
 from torch import Tensor
 
 from noisydeq.hardware.presets import RRAMSpec
+from noisydeq.noise import STABLE_ROWS
 
 #: float tolerance of the sure-clip tests, relative to the largest possible |v| (codes)
 _TOL = 1e-5
@@ -112,7 +113,7 @@ class Tile:
         (it clips when > ``k_max``) and, if ``locate``, the output where it is."""
         q = self.codes(rows, r) if q is None else q
         noise = self._rows(self.noise, rows)
-        code = torch.addmm(noise, q, self.w.T, beta=self.sigma, alpha=self.alpha).round_()
+        code = _stable_addmm(noise, q, self.w.T, self.sigma, self.alpha).round_()
         peak = torch.maximum(code.amax(dim=-1), code.amin(dim=-1).neg_())
         if bool((peak > self.k_max).any()):
             code = code.clamp_(-self.k_max, self.k_max)
@@ -149,6 +150,19 @@ class Tile:
             unsure = v.mul_(self.alpha).add_(noise, alpha=self.sigma).abs_() <= self.k_clip + tol
             rows, q = rows[unsure], q[unsure]
         return rows, q
+
+
+def _stable_addmm(noise: Tensor, q: Tensor, wt: Tensor, beta: float, alpha: float) -> Tensor:
+    """``beta·noise + alpha·q wt`` with fewer than ``STABLE_ROWS`` rows padded by zero rows,
+    so each row rounds as in a large batch (a pass runs on the vectors that still clip, a
+    solve on the samples still active: their number must not change any row's codes)."""
+    m = q.shape[0]
+    if 0 < m < STABLE_ROWS:
+        pad = STABLE_ROWS - m
+        q = torch.cat([q, q.new_zeros((pad, q.shape[1]))])
+        noise = torch.cat([noise, noise.new_zeros((pad, noise.shape[1]))])
+        return torch.addmm(noise, q, wt, beta=beta, alpha=alpha)[:m]
+    return torch.addmm(noise, q, wt, beta=beta, alpha=alpha)
 
 
 def _argmax_abs(code: Tensor, k_max: float) -> Tensor:

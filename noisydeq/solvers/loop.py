@@ -32,16 +32,13 @@ from torch import Tensor
 
 from noisydeq.config import SolverSpec
 from noisydeq.errors import NoisyDEQError
-from noisydeq.noise import row_subset
+from noisydeq.noise import STABLE_ROWS, row_subset
 from noisydeq.solvers.solution import TRACE_KEYS, Solution, describe, empty_traces
 from noisydeq.solvers.stop import Window, blowup_scale, thresholds
 
-#: fewest rows f is evaluated on when stopped samples are skipped. CPU matmuls of fewer rows
-#: take other kernels whose rounding differs from the full batch's (float32 addmm on this
-#: machine: 1-3, 5-7 and 9-11 rows differ in the last bit, 12+ match), and one rounding
-#: difference can flip an ADC code: padding with stopped rows keeps every row's numbers
-#: independent of how many others are still active (batched sweeps == per-point ones).
-MIN_ROWS = 16
+#: fewest rows f is evaluated on when stopped samples are skipped (padded with stopped
+#: rows, whose f(z) is never read): see :data:`noisydeq.noise.STABLE_ROWS`
+MIN_ROWS = STABLE_ROWS
 
 
 class Method(Protocol):
