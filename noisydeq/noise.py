@@ -203,6 +203,42 @@ class NoiseStream:
         return out
 
 
+class ReplayStream(NoiseStream):
+    """A one-generator stream whose draws are recorded once and replayed on every pass.
+
+    Calibration measures a layer at tens of control values on the same inputs with the same
+    seeded stream (common random numbers): every pass draws the same numbers, so they are
+    drawn once. :meth:`rewind` starts a pass; a pass that asks for other shapes than the
+    recording falls back to redrawing from the seed, so the numbers are always those of a
+    fresh ``NoiseStream.from_seed(seed)``. Draws are returned as copies (callers may
+    modify them in place).
+    """
+
+    def __init__(self, seed: int, device: torch.device | str = "cpu") -> None:
+        super().__init__([seeded_generator(seed, device)])
+        self.seed, self.device = seed, device
+        self.records: list[tuple[tuple, Tensor]] = []
+        self.pos = 0
+
+    def rewind(self) -> None:
+        self.pos = 0
+
+    def _draw(self, fn, shape: Sequence[int], dtype: torch.dtype, device: torch.device) -> Tensor:
+        key = (fn.__name__, tuple(shape), dtype, torch.device(device))
+        if self.pos < len(self.records) and self.records[self.pos][0] == key:
+            out = self.records[self.pos][1]
+        else:  # a new sequence from here on: redraw the recorded prefix from the seed
+            prefix = self.records[: self.pos]
+            self.generators = [seeded_generator(self.seed, self.device)]
+            for (name, shp, dt, dev), _ in prefix:
+                draw = torch.randn if name == "randn" else torch.rand
+                super()._draw(draw, shp, dt, dev)
+            out = super()._draw(fn, shape, dtype, device)
+            self.records = [*prefix, (key, out)]
+        self.pos += 1
+        return out.clone()
+
+
 def _per_sample(value: SNRLike, y: Tensor) -> Tensor:
     """Broadcast a scalar or per-sample (B,) tensor to shape (B, 1, ..., 1) like ``y``."""
     t = torch.as_tensor(value, dtype=y.dtype, device=y.device)

@@ -106,3 +106,23 @@ def test_gradient_flows_through_multiplicative_noise():
     y = torch.randn(4, 6, requires_grad=True)
     multiplicative(y, 5.0, NoiseStream.from_seed(0)).sum().backward()
     assert y.grad is not None and torch.isfinite(y.grad).all()
+
+
+def test_replay_stream_gives_the_numbers_of_a_fresh_seeded_stream():
+    from noisydeq.noise import ReplayStream
+
+    cpu = torch.device("cpu")
+
+    def fresh(shapes):
+        s = NoiseStream.from_seed(7)
+        return [s.randn(sh, torch.float32, cpu) for sh in shapes]
+
+    replay = ReplayStream(7)
+    for shapes in ([(5, 3), (2, 4)], [(5, 3), (2, 4)], [(5, 3), (6, 1)], [(5, 3), (2, 4)]):
+        replay.rewind()
+        got = [replay.randn(sh, torch.float32, cpu) for sh in shapes]
+        for a, b in zip(got, fresh(shapes), strict=True):
+            assert torch.equal(a, b)
+        got[0].mul_(0.0)  # callers may modify a draw in place: the recording is untouched
+    replay.rewind()
+    assert torch.equal(replay.randn((5, 3), torch.float32, cpu), fresh([(5, 3)])[0])

@@ -33,6 +33,7 @@ from torch import Tensor, nn
 from noisydeq.errors import NoisyDEQError
 from noisydeq.noise import (
     NoiseStream,
+    ReplayStream,
     active_subset,
     derive_seed,
     measured_snr_db,
@@ -98,6 +99,8 @@ class DeviceLayer(nn.Module):
         self._controls: dict[float, float] = {}
         #: (targets tensor, its version, resolved per-sample controls) of the last forward
         self._sample_controls: tuple[Tensor, int, Tensor] | None = None
+        #: (key, exact MVM, replayed stream) of the last calibration inputs (measured_snr_at)
+        self._measure_cache: tuple[tuple, Tensor, ReplayStream] | None = None
         self.static_seed = derive_seed("chip", device.chip_seed, name)
 
     # ------------------------------------------------------------------ shapes
@@ -169,12 +172,23 @@ class DeviceLayer(nn.Module):
         return x.to(device=self.weight.device, dtype=self.weight.dtype)
 
     def measured_snr_at(self, control: float, x: Tensor | None = None, seed: int = 0) -> float:
-        """Measured MVM-output SNR (dB) at ``control`` on calibration vectors, fixed stream."""
+        """Measured MVM-output SNR (dB) at ``control`` on calibration vectors, fixed stream.
+
+        The exact MVM and the stream's draws are the same at every control (common random
+        numbers): both are computed once per (inputs, weights, seed) and reused.
+        """
         x = self.calibration_inputs() if x is None else x
-        stream = NoiseStream.from_seed(derive_seed("calib", seed), x.device)
+        key = (x.data_ptr(), x._version, tuple(x.shape), x.dtype, x.device,
+               self.weight.data_ptr(), self.weight._version, seed)
+        if self._measure_cache is None or self._measure_cache[0] != key:
+            with torch.no_grad():
+                exact = F.linear(x, self.matrix())
+            self._measure_cache = (key, exact, ReplayStream(derive_seed("calib", seed), x.device))
+        _, exact, stream = self._measure_cache
+        stream.rewind()
         with torch.no_grad():
             y = self._mvm(x, control, stream)
-            return measured_snr_db(F.linear(x, self.matrix()), y)
+            return measured_snr_db(exact, y)
 
     def resolve_controls(self, batch: int) -> Control:
         """Per-sample (B,) or scalar control from ``sample_snr`` / the device target."""

@@ -86,6 +86,7 @@ class RRAMLayer(DeviceLayer):
         self._wmax: tuple[tuple, float] | None = None
         self._table: tuple[tuple, KnobTable] | None = None
         self._draw: tuple[tuple, ChipDraw] | None = None
+        self._readout_inputs: tuple[tuple, Tensor, Tensor] | None = None
 
     @property
     def spec(self) -> RRAMSpec:
@@ -135,10 +136,18 @@ class RRAMLayer(DeviceLayer):
         return self._draw[1]
 
     def _readout(self, w: Tensor, s: float) -> float:
-        """aihwkit GlobalDriftCompensation read-out: mean |forward of the identity|."""
-        eye = torch.eye(w.shape[1], dtype=w.dtype, device=w.device)
-        stream = NoiseStream.from_seed(derive_seed("readout", self.static_seed), w.device)
-        noise = stream.randn((eye.shape[0], w.shape[0]), w.dtype, w.device)
+        """aihwkit GlobalDriftCompensation read-out: mean |forward of the identity|.
+
+        The identity and its read-noise draw (seeded by the chip) are the same for every
+        scale and both read-outs: made once per chip and shape.
+        """
+        key = (tuple(w.shape), w.dtype, w.device, self.static_seed)
+        if self._readout_inputs is None or self._readout_inputs[0] != key:
+            eye = torch.eye(w.shape[1], dtype=w.dtype, device=w.device)
+            stream = NoiseStream.from_seed(derive_seed("readout", self.static_seed), w.device)
+            noise = stream.randn((eye.shape[0], w.shape[0]), w.dtype, w.device)
+            self._readout_inputs = (key, eye, noise)
+        _, eye, noise = self._readout_inputs
         y = io_forward(self.spec, eye, w, s * self.spec.out_noise, noise)
         return float(y.abs().mean().clamp(min=1e-4))
 
