@@ -153,13 +153,21 @@ class Hardware:
         """``model`` deployed on chip instance ``chip`` (static noise seeded by seed, chip).
 
         Layers are calibrated on the activations of ``calib_x`` (training inputs), so a
-        target SNR is met on the data the model sees, not on synthetic vectors.
+        target SNR is met on the data the model sees, not on synthetic vectors. Under device
+        noise every SNR level of the sweep is calibrated here, in ascending order, or loaded
+        from the calibration cache (:mod:`noisydeq.hardware.calibration_store`).
         """
         if self.direct:
             return model
-        deployed = self.device.new_chip(derive_seed(seed, "chip", chip)).deploy(model).eval()
+        device = self.device.new_chip(derive_seed(seed, "chip", chip))
+        deployed = device.deploy(model).eval()
         if calib_x is not None:
             self.hw.calibrate(deployed, calib_x)
+        if self.spec.noise_site == "device":
+            from noisydeq.families import cache_root
+            from noisydeq.hardware.calibration_store import calibrate_levels
+
+            calibrate_levels(deployed, model, device, calib_x, self.spec.snr_db, cache_root())
         return deployed
 
     def prepare(
