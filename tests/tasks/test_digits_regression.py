@@ -35,6 +35,20 @@ def test_digits_matches_sklearn_and_is_stratified():
     assert np.all(test_counts >= np.floor(quota)) and np.all(test_counts <= np.ceil(quota))
 
 
+def test_direct_read_equals_load_digits_and_falls_back(monkeypatch):
+    from sklearn.datasets import load_digits
+
+    from noisydeq.tasks import digits
+
+    raw = load_digits()
+    assert digits.bundled_file() is not None  # the fast path is the one taken here
+    pixels, labels = digits.read_digits()
+    assert np.array_equal(pixels, raw.data) and np.array_equal(labels, raw.target)
+    monkeypatch.setattr(digits, "bundled_file", lambda: None)
+    pixels, labels = digits.read_digits()
+    assert np.array_equal(pixels, raw.data) and np.array_equal(labels, raw.target)
+
+
 def test_splits_are_seeded():
     a, b, c = load_task("digits", seed=0), load_task("digits", seed=0), load_task("digits", seed=1)
     assert torch.equal(a.x_test, b.x_test) and torch.equal(a.y_train, b.y_train)
