@@ -166,14 +166,18 @@ class RRAMLayer(DeviceLayer):
         per_row = control.double().reshape(-1, *([1] * (len(lead) - 1))).expand(lead)
         per_row = per_row.reshape(-1)
         y = torch.empty((x2.shape[0], self.n_out), dtype=x.dtype, device=x.device)
-        for s in torch.unique(per_row).tolist():
-            rows = (per_row == s).nonzero().squeeze(1)
+        # one read per run of equal controls: a batched sweep stacks its levels in blocks,
+        # so each level is one contiguous slice (no gather / scatter of its rows)
+        values, counts = torch.unique_consecutive(per_row, return_counts=True)
+        start = 0
+        for s, n in zip(values.tolist(), counts.tolist(), strict=True):
+            sl = slice(start, start + n)
+            start += n
             w, alpha, *stats = self._chip(s)
-            y_s = io_forward(
-                self.spec, x2[rows], w, s * self.spec.out_noise, n2[rows],
+            y[sl] = io_forward(
+                self.spec, x2[sl], w, s * self.spec.out_noise, n2[sl],
                 gain=alpha * wscale, stats=tuple(stats),
             )
-            y.index_copy_(0, rows, y_s)
         return y.reshape(*lead, self.n_out)
 
     # ------------------------------------------------------------ calibration
