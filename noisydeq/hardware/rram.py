@@ -38,7 +38,7 @@ from torch import Tensor
 from noisydeq.hardware.base import Control, Device, DeviceLayer
 from noisydeq.hardware.calibration import KnobTable, check_reachable
 from noisydeq.hardware.presets import RRAMSpec
-from noisydeq.hardware.rram_io import io_forward, row_stats
+from noisydeq.hardware.rram_io import identity_read, io_forward, row_stats
 from noisydeq.hardware.rram_program import ChipDraw
 from noisydeq.noise import NoiseStream, derive_seed
 
@@ -148,7 +148,9 @@ class RRAMLayer(DeviceLayer):
             noise = stream.randn((eye.shape[0], w.shape[0]), w.dtype, w.device)
             self._readout_inputs = (key, eye, noise)
         _, eye, noise = self._readout_inputs
-        y = io_forward(self.spec, eye, w, s * self.spec.out_noise, noise)
+        y = identity_read(self.spec, w, s * self.spec.out_noise, noise)
+        if y is None:
+            y = io_forward(self.spec, eye, w, s * self.spec.out_noise, noise)
         return float(y.abs().mean().clamp(min=1e-4))
 
     # ------------------------------------------------------------ dynamic part

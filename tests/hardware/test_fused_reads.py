@@ -227,3 +227,30 @@ def test_rram_read_of_a_row_subset_equals_the_full_batch_bit_for_bit(case: dict)
             rows = torch.randperm(len(x), generator=g)[:m].sort().values
             sub = io_forward(spec, x[rows], w, 0.3, noise[rows])
             assert torch.equal(sub, full[rows]), m
+
+
+@pytest.mark.parametrize("case", RRAM_CASES)
+@pytest.mark.parametrize("std", [0.06, 0.6, 2.5])
+def test_rram_identity_read_equals_the_general_read(case: dict, std: float) -> None:
+    """The drift-compensation read-out of the unit vectors, without its matmul, is the
+    general read (up to the GEMM's rounding order: a code may sit one step apart) — or
+    declines (None) where bound management would act."""
+    from noisydeq.hardware.rram_io import identity_read
+
+    spec = RRAMSpec(**case)
+    w = _weights(70, 90, 11)
+    noise = torch.randn(90, 70, generator=torch.Generator().manual_seed(12))
+    with torch.no_grad():
+        fast = identity_read(spec, w, std, noise)
+        ref = io_forward(spec, torch.eye(90), w, std, noise)
+    if fast is None:  # only where some unit vector's output clips
+        dy = 2 * spec.out_bound / n_states(spec.adc_bits)
+        codes = torch.round((w.T * round(1 / (2 * spec.inp_bound / n_states(spec.dac_bits)))
+                             * (2 * spec.inp_bound / n_states(spec.dac_bits)) + std * noise) / dy)
+        assert bool((codes.abs() > spec.out_bound / dy).any()) or spec.inp_bound < 1.0
+    else:
+        step = 2 * spec.out_bound / n_states(spec.adc_bits)
+        diff = (fast - ref).abs()
+        assert float(diff.max()) <= step * 1.0001
+        assert int((diff > 0).sum()) <= 1e-3 * diff.numel()
+        assert float(fast.abs().mean()) == pytest.approx(float(ref.abs().mean()), rel=1e-5)
