@@ -4,7 +4,8 @@ Calibrating a chip (:mod:`noisydeq.hardware.calibration`) measures every device 
 tens of control values per target SNR. The controls found are a deterministic function of
 the digital weights, the device spec, the chip seed, the calibration inputs, the target
 levels and the order in which they are searched (a layer's :class:`KnobTable` reuses the
-measurements of earlier targets), plus the arithmetic of the code and torch version. Their
+measurements of earlier targets), plus the arithmetic of the code (a hash of the device and
+noise sources) and torch version. Their
 hash names a small JSON file under ``<cache>/calibration/``: a second sweep of the same
 models on the same device loads the controls instead of searching (the default sweep's
 calibration was ~40 % of its evaluation time). The chips themselves are still programmed
@@ -18,6 +19,7 @@ by up to 0.3 %).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
@@ -35,6 +37,20 @@ from noisydeq.hardware.base import device_layers
 FORMAT = "noisydeq-calibration/1"
 
 
+@functools.lru_cache(maxsize=1)
+def code_fingerprint() -> str:
+    """Hash of the device and noise code: a change to how layers compute invalidates the
+    stored controls (the package version alone does not change between commits)."""
+    import noisydeq
+
+    root = Path(noisydeq.__file__).parent
+    h = hashlib.blake2b(digest_size=8)
+    for path in sorted([*(root / "hardware").glob("*.py"), root / "noise.py"]):
+        h.update(path.name.encode())
+        h.update(path.read_bytes())
+    return h.hexdigest()
+
+
 def calibration_key(
     model: nn.Module, device: Any, calib_x: Tensor | None, levels: Iterable[float]
 ) -> str:
@@ -44,7 +60,8 @@ def calibration_key(
 
     h = hashlib.blake2b(digest_size=16)
     spec = device.spec.model_dump_json() if hasattr(device.spec, "model_dump_json") else ""
-    head = (FORMAT, noisydeq.__version__, torch.__version__, platform.machine(), device.kind,
+    head = (FORMAT, noisydeq.__version__, code_fingerprint(), torch.__version__,
+            platform.machine(), device.kind,
             spec, int(device.chip_seed), sorted(float(v) for v in levels), init_hash(model))
     h.update(repr(head).encode())
     if calib_x is not None:
