@@ -27,6 +27,23 @@ def resolve_torch_device(name: str) -> torch.device:
 ENV_THREADS = "NOISYDEQ_THREADS"
 
 
+ENV_JOBS = "NOISYDEQ_JOBS"
+
+
+def job_count(text: str | int | None = None) -> int:
+    """Sweep evaluation processes from ``--jobs`` / ``$NOISYDEQ_JOBS``: ``auto`` (default)
+    is one per CPU core, else a positive integer (see :func:`noisydeq.sweep.resolve_jobs`)."""
+    import os
+
+    value = text if text is not None else os.environ.get(ENV_JOBS, "auto")
+    value = str(value).strip().lower()
+    if value in ("", "auto"):
+        return os.cpu_count() or 1
+    if not value.isdigit() or int(value) < 1:
+        raise NoisyDEQError(f"jobs '{value}': expected auto or a positive integer")
+    return int(value)
+
+
 def thread_plan(text: str | None = None) -> tuple[int | None, int | None]:
     """(training, evaluation) torch thread counts from ``--threads`` / ``$NOISYDEQ_THREADS``.
 

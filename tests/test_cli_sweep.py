@@ -35,6 +35,8 @@ BAD = [
     (["--seed", "a"], "--seed"),
     (["--torch-device", "tpu9"], "--torch-device"),
     (["--set", "chipz=2"], "did you mean 'chips'"),
+    (["--jobs", "0"], "jobs '0'"),
+    (["--jobs", "two"], "jobs 'two'"),
 ]
 
 

@@ -43,19 +43,23 @@ def resolve_experiment(
 @click.option("--json", "as_json", is_flag=True, help="Print a machine-readable summary.")
 @click.option("--threads", default=None, metavar="auto|N|TRAIN,EVAL",
               help="torch threads for training and evaluation (as for noisydeq sweep).")
+@click.option("--jobs", default=None, metavar="auto|N",
+              help="evaluation processes (as for noisydeq sweep).")
 def command(
     experiment: str, variant: str, out: str | None, data_dir: str | None,
     torch_device: str | None, sets: tuple[str, ...], quiet: bool, as_json: bool,
     threads: str | None,
+    jobs: str | None,
 ) -> None:
     """Run an experiment spec (experiments/*.toml) reproducing a figure of the paper."""
-    from noisydeq.runtime import thread_plan
+    from noisydeq.runtime import job_count, thread_plan
 
     thread_plan(threads)  # a bad value is one error before anything runs
+    job_count(jobs)
     exp, spec = resolve_experiment(experiment, variant, data_dir, torch_device, sets)
     out_dir = Path(out) if out else default_out(spec, f"{exp.name}-{variant}")
     if not quiet and not as_json:
         click.echo(f"{exp.name} ({variant}): {exp.title}", err=True)
     title = f"{exp.title} [{variant}]" if exp.title else ""
     execute(spec, out_dir, quiet=quiet or as_json, as_json=as_json, title=title,
-            threads=threads)
+            threads=threads, jobs=jobs)

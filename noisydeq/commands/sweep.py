@@ -78,13 +78,14 @@ def default_out(spec: SweepSpec, prefix: str = "sweep") -> Path:
 def execute(
     spec: SweepSpec, out: Path, *, quiet: bool, as_json: bool, title: str = "",
     threads: str | None = None,
+    jobs: str | None = None,
 ) -> dict[str, Any]:
     """Run (or resume) ``spec`` into ``out`` and report on stdout (text or JSON)."""
     from noisydeq.summary import summary_json, summary_table
     from noisydeq.sweep import run_sweep
 
     t0 = time.perf_counter()
-    res = run_sweep(spec, out, progress=not quiet, title=title, threads=threads)
+    res = run_sweep(spec, out, progress=not quiet, title=title, threads=threads, jobs=jobs)
     seconds = time.perf_counter() - t0
     report = {
         "run_dir": str(res.run_dir.path),
@@ -145,16 +146,21 @@ def execute(
 @click.option("--threads", default=None, metavar="auto|N|TRAIN,EVAL",
               help="torch threads for training and evaluation (default $NOISYDEQ_THREADS, "
                    "else auto = torch's default; 1 on a loaded shared machine).")
+@click.option("--jobs", default=None, metavar="auto|N",
+              help="evaluation processes (default $NOISYDEQ_JOBS, else auto = one per CPU "
+                   "core; with more than one, each evaluates with one thread).")
 def command(
     device: str, snr: str, task: str, data_dir: str | None, depths: str, train_snr: str,
     chips: int, epochs: int | None, train_preset: str, noise_site: str, out: str | None,
     seed: str, torch_device: str, sets: tuple[str, ...], quiet: bool, as_json: bool,
     threads: str | None,
+    jobs: str | None,
 ) -> None:
     """Sweep parameter-matched DEQ vs FFW accuracy across SNR on a simulated device."""
-    from noisydeq.runtime import thread_plan
+    from noisydeq.runtime import job_count, thread_plan
 
     thread_plan(threads)  # a bad value is one error before anything runs
+    job_count(jobs)
     snr_grid = parse_grid("--snr", snr)
     train_grid = parse_grid("--train-snr", train_snr)
     data = {
@@ -165,5 +171,5 @@ def command(
     }
     spec = build(SweepSpec, data, where="sweep")
     execute(spec, Path(out) if out else default_out(spec), quiet=quiet or as_json,
-            as_json=as_json, threads=threads)
+            as_json=as_json, threads=threads, jobs=jobs)
     sys.stdout.flush()

@@ -1,0 +1,42 @@
+"""Parallel sweep evaluation: worker processes give the table of one single-threaded process."""
+
+from __future__ import annotations
+
+import pytest
+
+from noisydeq.config import SweepSpec, build
+from noisydeq.errors import NoisyDEQError
+from noisydeq.runtime import job_count
+from noisydeq.sweep import resolve_jobs, run_sweep
+
+SPEC = dict(task="digits", device="rram", snr_db="0,6,12,inf", depths=[1, 3], chips=2,
+            hidden=16, epochs=1, max_train_samples=200, max_rows=800)
+
+
+@pytest.mark.slow
+def test_two_processes_equal_one_single_threaded_process(tmp_path, monkeypatch):
+    spec = build(SweepSpec, SPEC)
+    one = run_sweep(spec, tmp_path / "one", progress=False, plots=False, threads="1", jobs=1)
+    two = run_sweep(spec, tmp_path / "two", progress=False, plots=False, jobs=2)
+    assert one.computed_cells == two.computed_cells == 4 * 2 * 2  # models x chips x chunks
+    assert two.rows == one.rows
+    # and it resumes: nothing left to compute, same table
+    again = run_sweep(spec, tmp_path / "two", progress=False, plots=False, jobs=2)
+    assert again.computed_cells == 0 and again.rows == one.rows
+
+
+def test_job_count_parsing(monkeypatch):
+    monkeypatch.delenv("NOISYDEQ_JOBS", raising=False)
+    assert job_count("3") == 3 and job_count(2) == 2 and job_count("auto") >= 1
+    monkeypatch.setenv("NOISYDEQ_JOBS", "5")
+    assert job_count(None) == 5
+    for bad in ("0", "-1", "x", "1.5"):
+        with pytest.raises(NoisyDEQError, match="jobs"):
+            job_count(bad)
+
+
+def test_parallel_only_where_workers_can_rebuild_the_models():
+    spec = build(SweepSpec, SPEC)
+    assert resolve_jobs(4, spec, pending_pairs=3) == 3  # at most one per pending pair
+    assert resolve_jobs(4, spec, pending_pairs=8, parallel_ok=False) == 1  # models passed in
+    assert resolve_jobs("auto", spec, pending_pairs=0) == 1
