@@ -5,7 +5,7 @@ tens of control values per target SNR. The controls found are a deterministic fu
 the digital weights, the device spec, the chip seed, the calibration inputs, the target
 levels and the order in which they are searched (a layer's :class:`KnobTable` reuses the
 measurements of earlier targets), plus the arithmetic of the code (a hash of the device and
-noise sources) and torch version. Their
+noise sources), torch version and intra-op thread count. Their
 hash names a small JSON file under ``<cache>/calibration/``: a second sweep of the same
 models on the same device loads the controls instead of searching (the default sweep's
 calibration was ~40 % of its evaluation time). The chips themselves are still programmed
@@ -60,8 +60,9 @@ def calibration_key(
 
     h = hashlib.blake2b(digest_size=16)
     spec = device.spec.model_dump_json() if hasattr(device.spec, "model_dump_json") else ""
+    # the intra-op thread count changes float rounding, hence the controls found
     head = (FORMAT, noisydeq.__version__, code_fingerprint(), torch.__version__,
-            platform.machine(), device.kind,
+            platform.machine(), torch.get_num_threads(), device.kind,
             spec, int(device.chip_seed), sorted(float(v) for v in levels), init_hash(model))
     h.update(repr(head).encode())
     if calib_x is not None:
