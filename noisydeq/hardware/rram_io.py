@@ -90,8 +90,8 @@ class Tile:
         self.k_clip = math.floor(self.k_max) + 0.5  # |v| beyond it rounds to a clipping code
         self.sigma = float(out_std) / self.dy  # read noise std in ADC codes
         self.alpha = self.dq / self.dy
-        lo, hi = torch.aminmax(x, dim=-1, keepdim=True)  # one pass for max |x|
-        nm = torch.maximum(hi, lo.neg_())
+        # amax and amin, not aminmax: along the last dim aminmax is ~7x slower (torch 2.13 CPU)
+        nm = torch.maximum(x.amax(dim=-1, keepdim=True), x.amin(dim=-1, keepdim=True).neg_())
         self.nm = torch.where(nm > 0, nm, 1.0)  # zero vectors: scale 1 (as aihwkit)
         self.inv = 1.0 / self.nm  # noise-management scale at r = 1
         self.out_scale = self.nm * (self.dy * gain)  # output units per ADC code at r = 1
@@ -115,8 +115,7 @@ class Tile:
         q = self.codes(rows, r) if q is None else q
         noise = self._rows(self.noise, rows)
         code = _stable_addmm(noise, q, self.w.T, self.sigma, self.alpha).round_()
-        lo, hi = torch.aminmax(code, dim=-1)
-        peak = torch.maximum(hi, lo.neg_())
+        peak = torch.maximum(code.amax(dim=-1), code.amin(dim=-1).neg_())
         if bool((peak > self.k_max).any()):
             code = code.clamp_(-self.k_max, self.k_max)
         where = _argmax_abs(code, self.k_max) if locate else None
