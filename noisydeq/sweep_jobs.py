@@ -108,3 +108,6 @@ def run_parallel(
             if p.is_alive():
                 p.terminate()
             p.join(timeout=5)
+        for q in (work, results):  # release the queues' locks (no leaked semaphores)
+            q.close()
+            q.join_thread()
