@@ -52,6 +52,16 @@ class Method(Protocol):
         """Keep only the per-sample state of ``rows`` (the solve dropped the others)."""
 
 
+def padded_active_rows(active: Tensor) -> Tensor:
+    """Indices (ascending) of the active rows, padded with the first stopped rows up to
+    :data:`MIN_ROWS` (as many as there are)."""
+    rows = active.nonzero().squeeze(1)
+    if rows.numel() < MIN_ROWS:
+        pad = (~active).nonzero().squeeze(1)[: MIN_ROWS - rows.numel()]
+        rows = torch.cat([rows, pad]).sort().values
+    return rows
+
+
 def run_loop(
     f: Callable[[Tensor], Tensor],
     z0: Tensor,
@@ -113,12 +123,8 @@ def run_loop(
         m = x.shape[0]
         if fx is None or f_rows is None or (rows is None and n_active == m):
             return ff(x)
-        local = active.nonzero().squeeze(1) if n_active < m else None
-        real = None
-        if local is not None and local.numel() < MIN_ROWS:  # the set holds >= MIN_ROWS
-            pad = (~active).nonzero().squeeze(1)[: MIN_ROWS - local.numel()]
-            local = torch.cat([local, pad]).sort().values
-            real = active.index_select(0, local)
+        local = padded_active_rows(active) if n_active < m else None  # the set holds >= MIN_ROWS
+        real = active.index_select(0, local) if n_active < MIN_ROWS else None
         sel = x if local is None else x.index_select(0, local)
         glob = local if rows is None else (rows if local is None else rows[local])
         want = (sel.shape[0], *shape[1:])
@@ -126,16 +132,15 @@ def run_loop(
             new = checked(f_rows(sel.reshape(want), glob), want)
         return new if local is None else fx.index_copy(0, local, new)
 
-    def write_back() -> None:
-        """Copy the working set's results into the full-batch results."""
-        if rows is None:
-            out.update(z=z_est, steps=steps, converged=converged, diverged=diverged)
-            return
-        if "z" not in out:
-            raise AssertionError("the full-batch results are written before the first shrink")
-        out["z"].index_copy_(0, rows, z_est)
-        for key, val in (("steps", steps), ("converged", converged), ("diverged", diverged)):
-            out[key].index_copy_(0, rows, val)
+    def write_back(copy: bool = False) -> None:
+        """Copy the working set's results into the full-batch results (``copy``: as new
+        tensors, when the working set is still the full batch and is about to shrink)."""
+        results = {"z": z_est, "steps": steps, "converged": converged, "diverged": diverged}
+        for key, val in results.items():
+            if rows is None:
+                out[key] = val.clone() if copy else val
+            else:
+                out[key].index_copy_(0, rows, val)
 
     for k in range(n_max):
         fx = evaluate(x, fx) if skip_stopped else ff(x)
@@ -182,15 +187,8 @@ def run_loop(
         m = x.shape[0]
         if skip_stopped and m > MIN_ROWS and n_active <= m // 2:
             # drop the stopped rows from the working set (keep MIN_ROWS for padding)
-            keep = active.nonzero().squeeze(1)
-            if keep.numel() < MIN_ROWS:
-                pad = (~active).nonzero().squeeze(1)[: MIN_ROWS - keep.numel()]
-                keep = torch.cat([keep, pad]).sort().values
-            if rows is None:
-                out.update(z=z_est.clone(), steps=steps.clone(), converged=converged.clone(),
-                           diverged=diverged.clone())
-            else:
-                write_back()
+            keep = padded_active_rows(active)
+            write_back(copy=True)
             rows = keep if rows is None else rows[keep]
             x, fx, z_est = x[keep], fx[keep], z_est[keep]
             active, steps = active[keep], steps[keep]
