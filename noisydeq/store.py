@@ -55,6 +55,14 @@ def dumps_json(value: Any) -> str:
     return json.dumps(to_jsonable(value), sort_keys=True, separators=(",", ":"), allow_nan=True)
 
 
+def hash_tensor(h: Any, t: Tensor, label: str = "") -> None:
+    """Feed ``label``, shape, dtype and the bytes of ``t`` into the hashlib object ``h``
+    (model weights, data and calibration inputs in cache keys)."""
+    c = t.detach().to("cpu").contiguous()
+    h.update(f"{label}{tuple(c.shape)}{c.dtype}".encode())
+    h.update(c.numpy().tobytes())
+
+
 def config_hash(config: Any) -> str:
     """Stable 20-hex-digit hash of a config (canonical JSON, blake2b)."""
     return hashlib.blake2b(dumps_json(config).encode(), digest_size=10).hexdigest()

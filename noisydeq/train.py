@@ -65,9 +65,7 @@ def init_hash(model: nn.Module) -> str:
     """Hash of a model's current weights (identifies its initialisation in the config)."""
     h = hashlib.blake2b(digest_size=10)
     for name, t in sorted(model.state_dict().items()):
-        c = t.detach().to("cpu").contiguous()
-        h.update(f"{name}{tuple(c.shape)}{c.dtype}".encode())
-        h.update(c.numpy().tobytes())
+        store.hash_tensor(h, t, name)
     return h.hexdigest()
 
 

@@ -33,6 +33,7 @@ from torch import Tensor, nn
 
 from noisydeq.config import atomic_write_text
 from noisydeq.hardware.base import device_layers
+from noisydeq.store import hash_tensor
 
 FORMAT = "noisydeq-calibration/1"
 
@@ -66,9 +67,7 @@ def calibration_key(
             spec, int(device.chip_seed), sorted(float(v) for v in levels), init_hash(model))
     h.update(repr(head).encode())
     if calib_x is not None:
-        c = calib_x.detach().to("cpu").contiguous()
-        h.update(f"{tuple(c.shape)}{c.dtype}".encode())
-        h.update(c.numpy().tobytes())
+        hash_tensor(h, calib_x)
     return h.hexdigest()
 
 

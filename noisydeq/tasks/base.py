@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from noisydeq.errors import NoisyDEQError
+from noisydeq.store import hash_tensor
 
 TaskKind = Literal["classification", "regression"]
 
@@ -82,9 +83,7 @@ class Task:
         h = hashlib.blake2b(digest_size=16)
         h.update(f"{self.name}|{self.kind}|{self.in_features}|{self.out_features}".encode())
         for t in (self.x_train, self.y_train, self.x_test, self.y_test):
-            c = t.detach().to("cpu").contiguous()
-            h.update(f"{tuple(c.shape)}{c.dtype}".encode())
-            h.update(c.numpy().tobytes())
+            hash_tensor(h, t)
         return h.hexdigest()
 
     def summary(self) -> str:
