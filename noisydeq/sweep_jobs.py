@@ -74,11 +74,13 @@ def run_parallel(
         p.start()
     finished = 0
 
-    def drain(block: bool) -> None:
+    def drain(wait: float | None = None) -> None:
+        """Handle the workers' messages: all queued ones, or (``wait``) the next within
+        ``wait`` seconds."""
         nonlocal finished
         while True:
             try:
-                kind, payload = results.get(block=block, timeout=1.0 if block else None)
+                kind, payload = results.get(timeout=wait) if wait else results.get_nowait()
             except queue.Empty:
                 return
             if kind == _CELL:
@@ -87,19 +89,18 @@ def run_parallel(
                 finished += 1
             else:
                 raise NoisyDEQError(f"sweep worker failed: {payload}")
-            if not block:
-                continue
-            return
+            if wait:
+                return
 
     try:
         while (item := work.get()) is not None:
             i, chip = item
             runner.run_pair(models[i], chip, on_cell)
-            drain(block=False)
+            drain()
         while finished < n_workers:
-            drain(block=True)
+            drain(wait=1.0)
             if finished < n_workers and not any(p.is_alive() for p in procs):
-                drain(block=False)
+                drain()
                 if finished < n_workers:
                     raise NoisyDEQError("sweep worker ended without finishing its cells "
                                         "(run the command again to resume)")
