@@ -146,14 +146,15 @@ def run_loop(
         fx = evaluate(x, fx) if skip_stopped else ff(x)
         n_iter = k + 1
         xd, fd = x.detach(), fx.detach()
-        res = (fd - xd).norm(dim=1)
+        gd = fd - xd
+        res = gd.norm(dim=1)
         if need_rel or scale is None:
             fnorm = fd.norm(dim=1)
             rel = res / (fnorm + tiny)
         if scale is None:
             scale = blowup_scale(spec, res, fnorm)
         if window is not None:
-            window.push(x, fx)
+            window.push(x, fx, gd)
             mrel = window.mean_rel().detach()
         # NaN/inf in z or f(z) make res NaN/inf, and NaN <= scale is False: one comparison
         # flags non-finite values and blow-up alike.
@@ -167,23 +168,29 @@ def run_loop(
         else:
             met = torch.zeros_like(active)
         steps = steps + active
-        z_est = torch.where(upd[:, None], method.estimate(k, x, fx, window), z_est)
         diverged = diverged | (active ^ upd)
         newly = upd & met
         converged = converged | newly
         active = upd ^ newly
         if spec.random_threshold:
             active = active & (caps > k + 1)
+        n_active = int(active.sum())
+        # every row still active: every row was updated and none stopped, so the masked
+        # updates below would copy everything (a broadcast torch.where costs several
+        # elementwise passes on CPU): take the new tensors as they are
+        all_active = n_active == x.shape[0]
+        estimate = method.estimate(k, x, fx, window)
+        z_est = estimate if all_active else torch.where(upd[:, None], estimate, z_est)
         if trace_buf is not None:
             for i, val in enumerate((res, rel, mrel)):
                 if rows is None:
                     trace_buf[k, i] = val
                 else:
                     trace_buf[k, i].index_copy_(0, rows, val)
-        n_active = int(active.sum())
         if n_active == 0:
             break
-        x = torch.where(active[:, None], method.step(k, x, fx, active), x)
+        x_next = method.step(k, x, fx, active)
+        x = x_next if all_active else torch.where(active[:, None], x_next, x)
         m = x.shape[0]
         if skip_stopped and m > MIN_ROWS and n_active <= m // 2:
             # drop the stopped rows from the working set (keep MIN_ROWS for padding)
