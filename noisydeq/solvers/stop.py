@@ -32,80 +32,106 @@ def residuals(x: Tensor, fx: Tensor) -> tuple[Tensor, Tensor, Tensor]:
 
 
 class Window:
-    """The last ``w`` evaluated points z_i and their images f(z_i) (for Eq. 53-54).
+    """The last ``w`` residuals g_i = f(z_i) − z_i and images f(z_i) (for Eq. 53-54).
 
+    The window keeps g and f rather than z and f: Eq. 54's numerator is then a sum of
+    residuals, not a difference of two large sums, and the solve loop's g is reused.
     Running sums make each push O(B·D) whatever ``w`` is; they are recomputed exactly from
-    the stored tensors every ``w`` pushes so rounding cannot accumulate. Under autograd
-    (``bptt`` through ``stochastic``) only out-of-place operations are used; otherwise the
-    sums are updated in place (no allocation per push). :meth:`select` keeps some rows
+    the stored tensors every ``w`` pushes so rounding cannot accumulate. When autograd
+    records the pushed tensors (``bptt`` through ``stochastic``) only out-of-place
+    operations are used; otherwise the sums are the window's own tensors, updated and
+    recounted in place (no allocation per push). :meth:`select` keeps some rows
     (a solve dropping its stopped samples).
     """
 
     def __init__(self, w: int) -> None:
         self.w = w
-        self.xs: deque[Tensor] = deque(maxlen=w)
+        self.gs: deque[Tensor] = deque(maxlen=w)
         self.fs: deque[Tensor] = deque(maxlen=w)
-        self.sum_x: Tensor | None = None
+        self.sum_g: Tensor | None = None
         self.sum_f: Tensor | None = None
+        self._owned = False  # the sums are tensors of this window (may be updated in place)
         self.pushes = 0
 
     @staticmethod
-    def _total(ts: deque[Tensor]) -> Tensor:
-        if torch.is_grad_enabled():
+    def _tracked(*ts: Tensor | None) -> bool:
+        """Whether autograd records operations on these tensors (then no in-place updates)."""
+        return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in ts)
+
+    def _total(self, ts: deque[Tensor], into: Tensor | None, tracked: bool) -> Tensor:
+        """Sum of the stored tensors. Untracked, it is written into ``into`` when that is a
+        sum this window owns (a recount then allocates nothing)."""
+        if tracked:
             out = ts[0]
             for t in list(ts)[1:]:
                 out = out + t
             return out
-        out = ts[0].clone()
+        out = into.copy_(ts[0]) if into is not None and self._owned else ts[0].clone()
         for t in list(ts)[1:]:
             out.add_(t)
         return out
 
-    def push(self, x: Tensor, fx: Tensor) -> None:
+    def push(self, x: Tensor, fx: Tensor, g: Tensor | None = None) -> None:
+        """Add the point ``x`` and its image ``fx``; ``g`` = fx − x if the caller has it
+        (ignored when autograd records ``x`` or ``fx``: the window's g must carry the graph)."""
         self.pushes += 1
-        if self.sum_x is None or self.sum_f is None or self.pushes % self.w == 0:
-            self.xs.append(x)
-            self.fs.append(fx)
-            self.sum_x = self._total(self.xs) if self.w > 1 else x
-            self.sum_f = self._total(self.fs) if self.w > 1 else fx
-            return
-        if torch.is_grad_enabled():
-            if self.full:
-                self.sum_x = self.sum_x - self.xs[0] + x
-                self.sum_f = self.sum_f - self.fs[0] + fx
-            else:
-                self.sum_x = self.sum_x + x
-                self.sum_f = self.sum_f + fx
-        else:  # the sums are the window's own tensors here (w > 1: made by _total)
-            if self.full:
-                self.sum_x.sub_(self.xs[0])
-                self.sum_f.sub_(self.fs[0])
-            self.sum_x.add_(x)
-            self.sum_f.add_(fx)
-        self.xs.append(x)
+        old = (self.gs[0], self.fs[0]) if self.full else ()
+        tracked = self._tracked(x, fx, self.sum_g, self.sum_f, *old)
+        if g is None or tracked:
+            g = fx - x
+        recount = self.sum_g is None or self.sum_f is None or self.pushes % self.w == 0
+        self.gs.append(g)
         self.fs.append(fx)
+        if recount or self.w == 1:
+            if self.w == 1:
+                self.sum_g, self.sum_f, self._owned = g, fx, False
+            else:
+                self.sum_g = self._total(self.gs, self.sum_g, tracked)
+                self.sum_f = self._total(self.fs, self.sum_f, tracked)
+                # tracked, a sum of one tensor is that tensor; otherwise a new one
+                self._owned = not tracked or len(self.gs) > 1
+            return
+        assert self.sum_g is not None and self.sum_f is not None
+        if tracked:
+            if old:
+                self.sum_g = self.sum_g - old[0] + g
+                self.sum_f = self.sum_f - old[1] + fx
+            else:
+                self.sum_g = self.sum_g + g
+                self.sum_f = self.sum_f + fx
+            self._owned = True
+            return
+        if not self._owned:  # never update a caller's tensor in place
+            self.sum_g, self.sum_f, self._owned = self.sum_g.clone(), self.sum_f.clone(), True
+        if old:
+            self.sum_g.sub_(old[0])
+            self.sum_f.sub_(old[1])
+        self.sum_g.add_(g)
+        self.sum_f.add_(fx)
 
     def select(self, rows: Tensor) -> None:
-        """Keep the rows ``rows`` of every stored point, image and sum."""
-        self.xs = deque((t.index_select(0, rows) for t in self.xs), maxlen=self.w)
+        """Keep the rows ``rows`` of every stored residual, image and sum."""
+        self.gs = deque((t.index_select(0, rows) for t in self.gs), maxlen=self.w)
         self.fs = deque((t.index_select(0, rows) for t in self.fs), maxlen=self.w)
-        if self.sum_x is not None and self.sum_f is not None:
-            self.sum_x = self.sum_x.index_select(0, rows)
+        if self.sum_g is not None and self.sum_f is not None:
+            self.sum_g = self.sum_g.index_select(0, rows)
             self.sum_f = self.sum_f.index_select(0, rows)
+            self._owned = True
 
     @property
     def full(self) -> bool:
-        return len(self.xs) == self.w
+        return len(self.gs) == self.w
 
     def mean_x(self) -> Tensor:
         """z̃: mean of the stored points (the Polyak average of Eq. 7/53 over the window)."""
-        assert self.sum_x is not None
-        return self.sum_x / len(self.xs)
+        assert self.sum_g is not None and self.sum_f is not None
+        return (self.sum_f - self.sum_g) / len(self.gs)
 
     def mean_rel(self) -> Tensor:
         """Eq. 54 with f(z̃) ≈ mean of the stored f(z_i) (exact for affine f)."""
-        assert self.sum_x is not None and self.sum_f is not None
-        return residuals(self.sum_x, self.sum_f)[1]  # the 1/n of both means cancels
+        assert self.sum_g is not None and self.sum_f is not None
+        tiny = torch.finfo(self.sum_f.dtype).tiny  # the 1/n of both means cancels
+        return self.sum_g.norm(dim=1) / (self.sum_f.norm(dim=1) + tiny)
 
 
 def blowup_scale(spec: SolverSpec, res0: Tensor, fnorm0: Tensor) -> Tensor:
