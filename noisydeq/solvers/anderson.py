@@ -21,6 +21,7 @@ import torch
 from torch import Tensor
 
 from noisydeq.config import SolverSpec
+from noisydeq.solvers.batched import coefs, combine
 from noisydeq.solvers.stop import Window
 
 
@@ -33,7 +34,6 @@ class Anderson:
         self.lam = spec.lam
         self.beta = spec.beta
         kw = {"dtype": x0.dtype, "device": x0.device}
-        self.X = torch.zeros(b, self.m, d, **kw)
         self.F = torch.zeros(b, self.m, d, **kw)
         self.G = torch.zeros(b, self.m, d, **kw)
         self.gram = torch.zeros(b, self.m, self.m, **kw)
@@ -46,19 +46,18 @@ class Anderson:
 
     def select(self, rows: Tensor) -> None:
         """Keep the histories of the samples ``rows``."""
-        for name in ("X", "F", "G", "gram", "ones"):
+        for name in ("F", "G", "gram", "ones"):
             setattr(self, name, getattr(self, name).index_select(0, rows))
 
     def step(self, k: int, x: Tensor, fx: Tensor, active: Tensor) -> Tensor:
-        # Rows never mix: a NaN sample only spoils its own (frozen) history. Batched
-        # mat-vecs are written as multiply-and-sum, several times faster than bmm on CPU.
+        # Rows never mix: a NaN sample only spoils its own (frozen) history. The mixing
+        # needs only F and G: x_i + β g_i = f_i − (1 − β) g_i.
         j = k % self.m
         n = min(k + 1, self.m)
         g = fx - x
-        self.X[:, j] = x
         self.F[:, j] = fx
         self.G[:, j] = g
-        row = (self.G[:, :n] * g.unsqueeze(1)).sum(-1)  # (B, n)
+        row = coefs(self.G[:, :n], g)  # (B, n)
         self.gram[:, j, :n] = row
         self.gram[:, :n, j] = row
         H = self.gram[:, :n, :n]
@@ -68,7 +67,7 @@ class Anderson:
         a = a / a.sum(dim=1, keepdim=True)
         ok = (info == 0) & torch.isfinite(a.sum(dim=1))
         a = torch.where(ok[:, None], a, self.onehot[j, :n])
+        mixed = combine(a, self.F[:, :n])
         if self.beta == 1.0:
-            return (a.unsqueeze(2) * self.F[:, :n]).sum(1)
-        mix = self.X[:, :n] + self.beta * self.G[:, :n]
-        return (a.unsqueeze(2) * mix).sum(1)
+            return mixed
+        return mixed - (1.0 - self.beta) * combine(a, self.G[:, :n])

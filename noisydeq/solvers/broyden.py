@@ -21,35 +21,16 @@ import torch
 from torch import Tensor
 
 from noisydeq.config import SolverSpec
+from noisydeq.solvers.batched import coefs, combine
 from noisydeq.solvers.stop import Window
-
-#: above this many elements in a (B, n, D) temporary, multiply-and-sum is memory-bound and
-#: bmm wins (256×100×467, the mnist467 benchmark at full memory: 16 ms vs 5 ms per
-#: mat-vec); below it multiply-and-sum is 2-5x faster than bmm
-MULSUM_MAX_ELEMENTS = 1 << 22
-
-
-def _coefs(m: Tensor, y: Tensor) -> Tensor:
-    """(B, n) with entries m_bl · y_b for m (B, n, D), y (B, D)."""
-    if m.numel() <= MULSUM_MAX_ELEMENTS:
-        return (m * y.unsqueeze(1)).sum(-1)
-    return torch.bmm(m, y.unsqueeze(2)).squeeze(2)
-
-
-def _combine(c: Tensor, m: Tensor) -> Tensor:
-    """(B, D) = Σ_l c_bl m_bl for c (B, n), m (B, n, D)."""
-    if m.numel() <= MULSUM_MAX_ELEMENTS:
-        return (c.unsqueeze(2) * m).sum(1)
-    return torch.bmm(c.unsqueeze(1), m).squeeze(1)
 
 
 class Broyden:
     """Good Broyden with ``m`` stored rank-one corrections per sample.
 
-    ``U`` and ``V`` are stored (B, L, D); the batched mat-vecs are multiply-and-sum (several
-    times faster than bmm on CPU for small memories) or bmm once the (B, n, D) temporary
-    would exceed ``MULSUM_MAX_ELEMENTS``. Rows never mix, so a NaN in one sample
-    cannot reach another; updates and steps are masked with ``torch.where``.
+    ``U`` and ``V`` are stored (B, L, D); the mat-vecs are batched row-vector products
+    (:mod:`noisydeq.solvers.batched`). Rows never mix, so a NaN in one sample cannot
+    reach another; updates and steps are masked with ``torch.where``.
     """
 
     def __init__(self, spec: SolverSpec, x0: Tensor) -> None:
@@ -70,14 +51,14 @@ class Broyden:
         n = self._used()
         if n == 0:
             return -y
-        return _combine(_coefs(self.V[:, :n], y), self.U[:, :n]) - y
+        return combine(coefs(self.V[:, :n], y), self.U[:, :n]) - y
 
     def rmatvec(self, y: Tensor) -> Tensor:
         """yᵀ B = −yᵀ + Σ (yᵀ u_l) v_lᵀ."""
         n = self._used()
         if n == 0:
             return -y
-        return _combine(_coefs(self.U[:, :n], y), self.V[:, :n]) - y
+        return combine(coefs(self.U[:, :n], y), self.V[:, :n]) - y
 
     def estimate(self, k: int, x: Tensor, fx: Tensor, window: Window | None) -> Tensor:
         return x
