@@ -181,12 +181,11 @@ def run_loop(
         all_active = n_active == x.shape[0]
         estimate = method.estimate(k, x, fx, window)
         z_est = estimate if all_active else torch.where(upd[:, None], estimate, z_est)
-        if trace_buf is not None:
-            for i, val in enumerate((res, rel, mrel)):
-                if rows is None:
-                    trace_buf[k, i] = val
-                else:
-                    trace_buf[k, i].index_copy_(0, rows, val)
+        if trace_buf is not None:  # one write per iteration (TRACE_KEYS order)
+            if rows is None:
+                torch.stack((res, rel, mrel), out=trace_buf[k])
+            else:
+                trace_buf[k].index_copy_(1, rows, torch.stack((res, rel, mrel)))
         if n_active == 0:
             break
         x_next = method.step(k, x, fx, active)
