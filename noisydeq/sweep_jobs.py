@@ -106,9 +106,12 @@ def run_parallel(
                                         "(run the command again to resume)")
     finally:
         for p in procs:
+            # a worker that reported done is exiting: let it run its exit handlers (they
+            # release the semaphores it registered, e.g. tqdm's lock); stop the others now
+            p.join(timeout=10 if finished == n_workers else 0)
             if p.is_alive():
                 p.terminate()
-            p.join(timeout=5)
+                p.join(timeout=5)
         for q in (work, results):  # release the queues' locks (no leaked semaphores)
             q.close()
             q.join_thread()
