@@ -46,7 +46,7 @@ def _run_area(area: str, quick: bool, work: Path, state: dict[str, Any]) -> list
 
         if quick:
             return bench_solvers(cells=("fig4",), repeat=1)
-        return bench_solvers(repeat={"fig4": 15, "mnist467": 3})
+        return bench_solvers(repeat={"fig4": 15, "mnist467": 5})
     if area == "devices":
         from benchmarks.devices import bench_devices
 

@@ -128,7 +128,8 @@ def run_ours(cell: Cell, name: str, snr_db: float, max_iter: int, tol: float) ->
         extra, stop = {"alpha0": 0.5, "window": 20}, "mean_rel"
     spec = SolverSpec(name=name, max_iter=max_iter, tol=tol, stop=stop, **extra)
     box = [0]
-    sol = solve(_counted(cell.fn(snr_db), box), torch.zeros_like(cell.xt), spec)
+    with torch.no_grad():  # as torchdeq's side runs
+        sol = solve(_counted(cell.fn(snr_db), box), torch.zeros_like(cell.xt), spec)
     return sol.z, box[0]
 
 
