@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import copy
 import math
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -96,7 +97,9 @@ class DeviceLayer(nn.Module):
         self.measure = False
         self.last_snr_db: float | None = None
         self.calib_x: Tensor | None = None
-        self._controls: dict[float, float] = {}
+        #: calibration results: SNR level (dB) -> control, plus named entries a device keeps
+        #: next to them (e.g. "max": the SNR ceiling, "ref_power": the snr device's reference)
+        self._controls: dict[float | str, float] = {}
         #: (targets tensor, its version, resolved per-sample controls) of the last forward
         self._sample_controls: tuple[Tensor, int, Tensor] | None = None
         #: (key, exact MVM, replayed stream) of the last calibration inputs (measured_snr_at)
@@ -157,6 +160,15 @@ class DeviceLayer(nn.Module):
 
     def _calibrate(self, snr_db: float) -> float:
         raise NotImplementedError
+
+    def calibrated_controls(self) -> dict[float | str, float]:
+        """A copy of what calibration found so far (:attr:`_controls`), e.g. to store it."""
+        return dict(self._controls)
+
+    def load_controls(self, controls: Mapping[float | str, float]) -> None:
+        """Adopt controls found earlier for this layer, chip and calibration inputs (a cache
+        keyed by all three: :mod:`noisydeq.hardware.calibration_store`)."""
+        self._controls.update(controls)
 
     def reset_calibration(self) -> None:
         """Forget calibrated controls (after training or a new calibration batch)."""

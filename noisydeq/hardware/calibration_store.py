@@ -115,7 +115,7 @@ def calibrate_levels(
         stored = _load(path, key, list(layers))
         if stored is not None:
             for name, layer in layers.items():
-                layer._controls.update(stored[name])
+                layer.load_controls(stored[name])
             return True
     for level in finite:
         for layer in layers.values():
@@ -124,7 +124,7 @@ def calibrate_levels(
         record = {
             "format": FORMAT,
             "key": key,
-            "layers": {name: _encode(layer._controls) for name, layer in layers.items()},
+            "layers": {n: _encode(layer.calibrated_controls()) for n, layer in layers.items()},
         }
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
