@@ -3,7 +3,8 @@
 Prints one table of ratios (ours vs peer or bound, measured in this run), writes the
 rows and the machine description to ``benchmarks/results.json`` and a report to
 ``benchmarks/RESULTS.md`` (both atomically). ``--only`` picks areas, ``--quick`` shrinks
-every benchmark (a smoke run, not for the committed results).
+every benchmark (a smoke run); either one writes to ``benchmarks/partial/`` instead
+(git-ignored), so only a full run replaces the committed results.
 """
 
 from __future__ import annotations
@@ -115,9 +116,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--only", default=",".join(AREAS),
                     help=f"comma list of areas ({', '.join(AREAS)})")
     ap.add_argument("--quick", action="store_true", help="small sizes (smoke run)")
-    ap.add_argument("--json", default=str(HERE / "results.json"), help="JSON output path")
-    ap.add_argument("--markdown", default=str(HERE / "RESULTS.md"),
-                    help="Markdown report path ('' = none)")
+    ap.add_argument("--json", default=None,
+                    help="JSON output path (default: benchmarks/results.json for a full run, "
+                         "benchmarks/partial/results.json with --only or --quick)")
+    ap.add_argument("--markdown", default=None,
+                    help="Markdown report path ('' = none; default as for --json, RESULTS.md)")
     args = ap.parse_args(argv)
     areas = [a.strip() for a in args.only.split(",") if a.strip()]
     bad = [a for a in areas if a not in AREAS]
@@ -125,6 +128,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"benchmarks: error: --only: unknown area(s) {', '.join(bad)} "
               f"(allowed: {', '.join(AREAS)})", file=sys.stderr)
         return 2
+    full = not args.quick and set(areas) == set(AREAS)
+    out_dir = HERE if full else HERE / "partial"
+    if args.json is None:
+        args.json = str(out_dir / "results.json")
+    if args.markdown is None:
+        args.markdown = str(out_dir / "RESULTS.md")
     info = machine_info()
     info["date"] = dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
     print(f"noisydeq benchmarks — {info['cpu']}, {info['cores']} cores, "

@@ -87,3 +87,13 @@ def test_table_and_json_output(tmp_path) -> None:
     assert data["rows"][0]["area"] == "training" and "cpu" in data["machine"]
     assert "| training |" in md.read_text()
     assert main(["--only", "nonsense"]) == 2
+
+
+def test_partial_runs_leave_the_committed_results_alone(tmp_path, monkeypatch) -> None:
+    import benchmarks.run as run
+
+    monkeypatch.setattr(run, "HERE", tmp_path)
+    assert run.main(["--only", "training", "--quick"]) == 0
+    assert (tmp_path / "partial" / "RESULTS.md").exists()
+    assert (tmp_path / "partial" / "results.json").exists()
+    assert not (tmp_path / "RESULTS.md").exists() and not (tmp_path / "results.json").exists()
