@@ -90,8 +90,9 @@ class Tile:
         self.k_clip = math.floor(self.k_max) + 0.5  # |v| beyond it rounds to a clipping code
         self.sigma = float(out_std) / self.dy  # read noise std in ADC codes
         self.alpha = self.dq / self.dy
-        # amax and amin, not aminmax: along the last dim aminmax is ~7x slower (torch 2.13 CPU)
-        nm = torch.maximum(x.amax(dim=-1, keepdim=True), x.amin(dim=-1, keepdim=True).neg_())
+        # max |x| as abs().amax(): along the last dim 1.7-2x faster than amax and amin, and
+        # aminmax or vector_norm(ord=inf) are ~7-10x slower (torch 2.13 CPU)
+        nm = x.abs().amax(dim=-1, keepdim=True)
         self.nm = torch.where(nm > 0, nm, 1.0)  # zero vectors: scale 1 (as aihwkit)
         self.inv = 1.0 / self.nm  # noise-management scale at r = 1
         self.out_scale = self.nm * (self.dy * gain)  # output units per ADC code at r = 1
@@ -115,10 +116,12 @@ class Tile:
         q = self.codes(rows, r) if q is None else q
         noise = self._rows(self.noise, rows)
         code = _stable_addmm(noise, q, self.w.T, self.sigma, self.alpha).round_()
-        peak = torch.maximum(code.amax(dim=-1), code.amin(dim=-1).neg_())
+        size = code.abs()
+        peak = size.amax(dim=-1)
         if bool((peak > self.k_max).any()):
             code = code.clamp_(-self.k_max, self.k_max)
-        where = _argmax_abs(code, self.k_max) if locate else None
+            size = size.clamp_(max=self.k_max)  # |clamped code|
+        where = _argmax_abs(size, self.k_max) if locate else None
         out = code.mul_(self._rows(self.out_scale, rows).mul(r))
         return out, peak, where
 
@@ -166,19 +169,19 @@ def _stable_addmm(noise: Tensor, q: Tensor, wt: Tensor, beta: float, alpha: floa
     return torch.addmm(noise, q, wt, beta=beta, alpha=alpha)
 
 
-def _argmax_abs(code: Tensor, k_max: float) -> Tensor:
-    """Per row, an index of the largest |code| (codes are integers within ±k_max).
+def _argmax_abs(size: Tensor, k_max: float) -> Tensor:
+    """Per row, an index of the largest entry of ``size`` (|codes|: integers in [0, k_max]).
 
-    Packs |code|·2^b + index into one exactly representable float so that one fast
+    Packs size·2^b + index into one exactly representable float so that one fast
     ``amax`` finds both (falls back to ``argmax`` when it would not be exact).
     """
-    n = code.shape[-1]
+    n = size.shape[-1]
     bits = max(n - 1, 1).bit_length()
-    mantissa = {torch.float32: 24, torch.float64: 53}.get(code.dtype, 0)
+    mantissa = {torch.float32: 24, torch.float64: 53}.get(size.dtype, 0)
     if (k_max + 1) * 2**bits >= 2**mantissa:
-        return code.abs().argmax(dim=-1)
-    index = torch.arange(n, dtype=code.dtype, device=code.device)
-    key = torch.addcmul(index, code.abs(), index.new_tensor(float(2**bits))).amax(dim=-1)
+        return size.argmax(dim=-1)
+    index = torch.arange(n, dtype=size.dtype, device=size.device)
+    key = torch.addcmul(index, size, index.new_tensor(float(2**bits))).amax(dim=-1)
     return key.remainder_(2**bits).long()
 
 
