@@ -210,8 +210,10 @@ class DeviceMeter:
     probe = 32
 
     def __init__(self, layers: dict[str, nn.Module], blocks: int, rows: int) -> None:
-        self.signal = [0.0] * blocks
-        self.noise = [0.0] * blocks
+        #: per-block sums of ‖Wx‖² and ‖y_dev − Wx‖² (float64, on the layers' device once a
+        #: forward ran): accumulated as tensors, read once per cell (:meth:`totals`)
+        self.signal: Tensor | None = None
+        self.noise: Tensor | None = None
         self.blocks, self.rows = blocks, rows
         m = min(rows, self.probe)
         self.index = torch.cat([torch.arange(m) + k * rows for k in range(blocks)])
@@ -243,12 +245,18 @@ class DeviceMeter:
         if getattr(layer, "bias", None) is not None:
             y = y - layer.bias.double()
         exact = torch.nn.functional.linear(x[idx].double(), layer.weight.double())
-        zeros = torch.zeros(self.blocks, dtype=torch.float64, device=x.device)
-        sig = zeros.index_add(0, block, exact.pow(2).sum(1))
-        noi = zeros.index_add(0, block, (y - exact).pow(2).sum(1))
-        for k in range(self.blocks):
-            self.signal[k] += float(sig[k])
-            self.noise[k] += float(noi[k])
+        if self.signal is None or self.noise is None:
+            self.signal = torch.zeros(self.blocks, dtype=torch.float64, device=x.device)
+            self.noise = torch.zeros_like(self.signal)
+        self.signal += self.signal.new_zeros(self.blocks).index_add_(0, block, exact.pow(2).sum(1))
+        self.noise += self.noise.new_zeros(self.blocks).index_add_(0, block,
+                                                                   (y - exact).pow(2).sum(1))
+
+    def totals(self, block: int) -> tuple[float, float]:
+        """(signal, noise) sums of ``block`` over every call so far."""
+        if self.signal is None or self.noise is None:
+            return 0.0, 0.0
+        return float(self.signal[block]), float(self.noise[block])
 
     def close(self) -> None:
         for h in self.handles:
@@ -329,8 +337,9 @@ def forward_levels(
             st.signal += float(noise.signal[sl].sum())
             st.noise += float(noise.noise[sl].sum())
         elif meter is not None:
-            st.signal += meter.signal[j]
-            st.noise += meter.noise[j]
+            sig, noi = meter.totals(j)
+            st.signal += sig
+            st.noise += noi
 
 
 def level_chunks(
