@@ -265,7 +265,8 @@ class SolverSpec(StrictModel):
     ``random_threshold``: each sample's iteration cap is drawn uniformly in 1..max_iter.
     ``diverge_factor``: a sample whose residual exceeds this factor times
     max(initial residual, ‖f(z0)‖, 1) is flagged diverged. ``traces=False`` skips the
-    per-iteration residual traces (the stop rule is still evaluated).
+    per-iteration residual traces (the stop rule is still evaluated) and, unless the stop
+    rule or the solver needs it, the Eq. 54 window the ``mean_rel`` trace is computed from.
     """
 
     name: Literal["unroll", "anderson", "broyden", "stochastic"] = "anderson"
