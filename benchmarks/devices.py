@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from benchmarks.common import Row, ratio, timeit, timeit_pair
+from benchmarks.common import Row, ratio, timeit_pair
 from noisydeq import hardware as hw
 from noisydeq.noise import NoiseStream, measured_snr_db
 
@@ -118,10 +118,3 @@ def _vs_aihwkit(layer, lin, x, exact, err_ours, repeat: int) -> Row:
                extra={"err_std_ours": std_o, "err_std_aihwkit": std_a,
                       "median_ours": t_dev.median, "median_aihwkit": t_ana.median})
 
-
-def linear_time(width: int = 467, batch: int = 256, repeat: int = 20) -> float:
-    """Median time of the plain nn.Linear forward (for quick checks)."""
-    lin = nn.Linear(width, width)
-    x = torch.rand(batch, width)
-    with torch.no_grad():
-        return timeit(lambda: lin(x), repeat=repeat).median

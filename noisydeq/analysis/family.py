@@ -20,7 +20,6 @@ import torch
 from torch import nn
 
 from noisydeq import store
-from noisydeq.analysis.locate import MODEL_FILE  # noqa: F401 (re-export)
 from noisydeq.errors import NoisyDEQError
 
 
@@ -85,13 +84,6 @@ def load_member(path: Path) -> Member:
         test_metric=float(meta["extra"]["test_metric"]),
         fingerprint=task.get("fingerprint"),
     )
-
-
-def find_checkpoints(root: str | Path) -> list[Path]:
-    """``model.safetensors`` files of ``root`` (see :func:`noisydeq.analysis.locate.locate`)."""
-    from noisydeq.analysis.locate import locate
-
-    return locate(root).checkpoints
 
 
 def load_family(root: str | Path, device: torch.device | str = "cpu", *,

@@ -23,8 +23,8 @@ from pathlib import Path
 import torch
 
 from noisydeq.errors import NoisyDEQError
+from noisydeq.train import MODEL_FILE
 
-MODEL_FILE = "model.safetensors"
 SWEEP_CONFIG = "config.toml"
 
 

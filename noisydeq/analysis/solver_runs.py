@@ -6,8 +6,6 @@ import math
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from noisydeq.analysis.outputs import pyplot, save_figure, write_csv
 from noisydeq.analysis.traces import TraceSet
 
@@ -139,6 +137,3 @@ def write_floors(rows: list[dict[str, Any]], eps: float, out: Path) -> tuple[lis
 def write_accuracy(rows: list[dict[str, Any]], out: Path) -> list[Path]:
     return [write_csv(out / "accuracy.csv", rows), *plot_accuracy(rows, out / "accuracy")]
 
-
-def as_tensor_device(x: torch.Tensor, dev: torch.device) -> torch.Tensor:
-    return x.to(dev)

@@ -23,14 +23,6 @@ from noisydeq.config import SolverSpec
 from noisydeq.errors import NoisyDEQError
 
 
-def residuals(x: Tensor, fx: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """(abs, rel, ‖f(z)‖) per sample for flattened (B, D) tensors."""
-    tiny = torch.finfo(x.dtype).tiny
-    res = (fx - x).norm(dim=1)
-    fn = fx.norm(dim=1)
-    return res, res / (fn + tiny), fn
-
-
 class Window:
     """The last ``w`` residuals g_i = f(z_i) − z_i and images f(z_i) (for Eq. 53-54).
 
