@@ -217,7 +217,6 @@ class DeviceMeter:
         self.blocks, self.rows = blocks, rows
         m = min(rows, self.probe)
         self.index = torch.cat([torch.arange(m) + k * rows for k in range(blocks)])
-        self.m = m
         self.handles = [
             layer.register_forward_hook(self._hook)
             for layer in layers.values()
@@ -227,17 +226,18 @@ class DeviceMeter:
     def _hook(self, layer: nn.Module, inputs: tuple[Tensor, ...], out: Tensor) -> None:
         x = inputs[0]
         total = self.blocks * self.rows
+        probe = self.index.to(x.device)
         subset = active_subset(x.shape[0])
         if subset is not None and subset.total == total:
             where = torch.full((total,), -1, dtype=torch.long, device=x.device)
             where[subset.index.to(x.device)] = torch.arange(x.shape[0], device=x.device)
-            pos = where[self.index.to(x.device)]
+            pos = where[probe]
             keep = pos >= 0
             if subset.real is not None:  # padding rows of a small subset do not count
                 keep &= subset.real.to(x.device)[pos.clamp(min=0)]
-            idx, block = pos[keep], self.index.to(x.device)[keep] // self.rows
+            idx, block = pos[keep], probe[keep] // self.rows
         elif x.shape[0] == total:
-            idx = self.index.to(x.device)
+            idx = probe
             block = idx // self.rows
         else:
             return

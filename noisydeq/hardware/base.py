@@ -63,10 +63,14 @@ _REF_CACHE: dict[tuple, float] = {}  # reference-MVM results by (what, kind, spe
 
 
 def straight_through(exact: Tensor, device_out: Tensor) -> Tensor:
-    """Value of ``device_out`` with the gradient of ``exact`` (straight-through estimator)."""
+    """Value of ``device_out`` with the gradient of ``exact`` (straight-through estimator).
+
+    ``device_out`` is a fresh tensor outside autograd; it is overwritten (one allocation
+    fewer per forward).
+    """
     if not exact.requires_grad:
-        return device_out.detach()
-    return exact + (device_out - exact).detach()
+        return device_out
+    return exact + device_out.sub_(exact.detach())
 
 
 class DeviceLayer(nn.Module):
@@ -256,8 +260,8 @@ class DeviceLayer(nn.Module):
         exact = self.exact(x) if (grad or self.measure) else None
         if self.measure:
             self.last_snr_db = measured_snr_db(exact, y)
-        if grad:  # straight-through: value of the device output, gradient of the exact MVM
-            y = exact + y.sub_(exact.detach())
+        if grad:
+            y = straight_through(exact, y)
         if self.bias is not None:
             bias = self.bias.reshape((1, -1) + (1,) * (y.ndim - 2))
             y = y + bias if torch.is_grad_enabled() and bias.requires_grad else y.add_(bias)
