@@ -533,9 +533,13 @@ class CellRunner:
         """The level chunks of (sm, chip) not yet saved in the run directory."""
         return [ch for ch in self.chunks if self.run_dir.load_cell(self.key(sm, chip, ch)) is None]
 
-    def run_pair(self, sm: SweepModel, chip: int, on_cell: Callable[[int], None]) -> None:
-        """Compute and save the missing cells of ``sm`` on chip ``chip``."""
-        todo = self.missing(sm, chip)
+    def run_pair(
+        self, sm: SweepModel, chip: int, on_cell: Callable[[int], None],
+        todo: list[list[float]] | None = None,
+    ) -> None:
+        """Compute and save the missing cells of ``sm`` on chip ``chip`` (``todo``: the
+        level chunks :meth:`missing` gave, when the caller already asked)."""
+        todo = self.missing(sm, chip) if todo is None else todo
         if not todo:
             return
         sm.model.to(self.torch_device).eval()
@@ -594,12 +598,12 @@ def run_sweep(
 
     runner = CellRunner(spec, task, run_dir, hardware, torch_device)
     pairs = [(i, chip) for i, sm in enumerate(models) for chip in range(spec.chips)]
-    todo = {p: len(runner.missing(models[p[0]], p[1])) for p in pairs}
+    todo = {p: runner.missing(models[p[0]], p[1]) for p in pairs}
     pending = [p for p in pairs if todo[p]]
     n_jobs = resolve_jobs(jobs, spec, len(pending), parallel_ok=models_from_cache)
     total = len(pairs) * len(runner.chunks)
     bar = tqdm(total=total, desc="sweep", unit="cell", disable=not progress, leave=False)
-    bar.update(total - sum(todo.values()))
+    bar.update(total - sum(len(t) for t in todo.values()))
     computed = 0
 
     def cell_done(_n: int) -> None:
@@ -617,7 +621,7 @@ def run_sweep(
     else:
         with num_threads(eval_threads):
             for i, chip in pending:
-                runner.run_pair(models[i], chip, cell_done)
+                runner.run_pair(models[i], chip, cell_done, todo[(i, chip)])
     all_rows: list[dict[str, Any]] = []
     for sm in models:
         for chip in range(spec.chips):
