@@ -1,6 +1,8 @@
-"""Run-time environment choices shared by the commands: the torch device to compute on."""
+"""Run-time choices shared by the commands: torch device, thread counts, sweep processes."""
 
 from __future__ import annotations
+
+import os
 
 import torch
 
@@ -27,14 +29,13 @@ def resolve_torch_device(name: str) -> torch.device:
 ENV_THREADS = "NOISYDEQ_THREADS"
 
 
+#: environment variable with the sweep's evaluation process count (see :func:`job_count`)
 ENV_JOBS = "NOISYDEQ_JOBS"
 
 
 def job_count(text: str | int | None = None) -> int:
     """Sweep evaluation processes from ``--jobs`` / ``$NOISYDEQ_JOBS``: ``auto`` (default)
     is one per CPU core, else a positive integer (see :func:`noisydeq.sweep.resolve_jobs`)."""
-    import os
-
     value = text if text is not None else os.environ.get(ENV_JOBS, "auto")
     value = str(value).strip().lower()
     if value in ("", "auto"):
@@ -56,8 +57,6 @@ def thread_plan(text: str | None = None) -> tuple[int | None, int | None]:
     changes floating-point rounding (and so the results of chaotic low-SNR solves): it is a
     fixed choice, never derived from the load. ``None`` in the result = torch's default.
     """
-    import os
-
     text = text if text is not None else os.environ.get(ENV_THREADS, "auto")
     text = str(text).strip().lower()
     if text in ("", "auto"):
