@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from noisydeq.config import FamilySpec, ModelSpec, SweepSpec, build
+from noisydeq.config import FamilySpec, ModelSpec, SweepSpec, TrainSpec, build
 from noisydeq.noise import derive_seed
 from noisydeq.store import config_hash
 from noisydeq.tasks.base import Task
@@ -104,6 +104,17 @@ def build_member(mspec: ModelSpec, seed: int) -> nn.Module:
         return build_model(mspec)
 
 
+def prepared_member(
+    spec: FamilySpec, task: Task, kind: str, depth: int, root: Path, dev: torch.device
+) -> tuple[nn.Module, TrainSpec, Path]:
+    """(initialised model, its train spec, its cache entry ``root/<config hash>``) of one
+    member: the single place a member's cache key is made (training and lookup agree)."""
+    model = build_member(member_spec(spec, task, kind, depth), spec.seed)
+    tspec = spec.train_spec(kind)
+    apply_overrides(model, tspec)
+    return model, tspec, root / config_hash(run_config(model, task, tspec, dev))
+
+
 def train_family(
     spec: FamilySpec,
     task: Task | None = None,
@@ -131,11 +142,7 @@ def train_family(
     jobs = [(d, k) for d in spec.depths for k in spec.kinds]
     bar = tqdm(jobs, desc="family", unit="model", disable=quiet, leave=False)
     for depth, kind in bar:
-        mspec = member_spec(spec, task, kind, depth)
-        model = build_member(mspec, spec.seed)
-        tspec = spec.train_spec(kind)
-        apply_overrides(model, tspec)
-        entry = root / config_hash(run_config(model, task, tspec, dev))
+        model, tspec, entry = prepared_member(spec, task, kind, depth, root, dev)
         name = f"{kind} d{depth} w{model.width}"
         bar.set_postfix_str(name)
         result = train_model(model, task, tspec, out_dir=entry, torch_device=dev, quiet=quiet,

@@ -59,10 +59,8 @@ def sweep_checkpoints(spec, data_dir: str | None = None,
     each (seed, training SNR) maps to one family. A missing member is one clear error
     naming the cache that was searched.
     """
-    from noisydeq.families import build_member, cache_root, family_spec_for_sweep, member_spec
-    from noisydeq.store import config_hash
+    from noisydeq.families import cache_root, family_spec_for_sweep, prepared_member
     from noisydeq.tasks import load_task
-    from noisydeq.train import apply_overrides, run_config
 
     task = load_task(spec.task, data_dir=data_dir or spec.data_dir, seed=spec.seeds[0])
     root = cache_root(cache_dir) / "models"
@@ -73,10 +71,8 @@ def sweep_checkpoints(spec, data_dir: str | None = None,
             fspec = family_spec_for_sweep(spec, seed, tsnr)
             for depth in fspec.depths:
                 for kind in fspec.kinds:
-                    model = build_member(member_spec(fspec, task, kind, depth), fspec.seed)
-                    tspec = fspec.train_spec(kind)
-                    apply_overrides(model, tspec)
-                    path = root / config_hash(run_config(model, task, tspec, dev)) / MODEL_FILE
+                    entry = prepared_member(fspec, task, kind, depth, root, dev)[2]
+                    path = entry / MODEL_FILE
                     if path.is_file():
                         found.append(path)
                     else:
