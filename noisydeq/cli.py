@@ -109,8 +109,17 @@ def main(argv: list[str] | None = None) -> None:
     traceback).
     """
     argv = list(sys.argv[1:] if argv is None else argv)
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, _on_sigterm)
+    main_thread = threading.current_thread() is threading.main_thread()
+    before = signal.signal(signal.SIGTERM, _on_sigterm) if main_thread else None
+    try:
+        _run(argv)
+    finally:
+        if before is not None:
+            signal.signal(signal.SIGTERM, before)
+
+
+def _run(argv: list[str]) -> None:
+    """:func:`main` without the signal set-up."""
     try:
         with cli.make_context("noisydeq", argv) as ctx:
             cli.invoke(ctx)

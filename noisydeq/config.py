@@ -230,6 +230,9 @@ def dump_toml(spec: BaseModel, path: str | os.PathLike) -> Path:
 
 def parse_snr_value(text: str | float | int) -> float:
     """One SNR in dB: a number, or ``inf`` (no noise)."""
+    if isinstance(text, str) and len(text) > 40:
+        raise NoisyDEQError(f"SNR value '{text[:20]}…' ({len(text)} characters) is not a "
+                            "number of dB or 'inf'")
     if isinstance(text, (int, float)) and not isinstance(text, bool):
         value = float(text)
     else:
@@ -244,6 +247,8 @@ def parse_snr_value(text: str | float | int) -> float:
             ) from None
     if math.isnan(value) or value == -math.inf:
         raise NoisyDEQError(f"SNR value '{text}' must be a finite number of dB or 'inf'")
+    if math.isinf(value) and not isinstance(text, (int, float)):  # e.g. 1e309 overflowed
+        raise NoisyDEQError(f"SNR value '{text}' is too large (write 'inf' for no noise)")
     if math.isfinite(value) and not limits.SNR_MIN_DB <= value <= limits.SNR_MAX_DB:
         raise NoisyDEQError(
             f"SNR value '{text}' dB is outside {limits.SNR_MIN_DB:g}..{limits.SNR_MAX_DB:g} dB "

@@ -171,8 +171,8 @@ class RunDir:
             diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
             if diff:
                 raise NoisyDEQError(
-                    f"--out {self.path}: holds a sweep with a different config "
-                    f"(differs in: {', '.join(diff)}); choose another --out"
+                    f"--out {self.path}: its config.toml holds a sweep with a different "
+                    f"config (differs in: {', '.join(diff)}); choose another --out"
                 )
         elif self.cells.exists() or self.csv_path.exists():
             raise NoisyDEQError(

@@ -83,8 +83,9 @@ def warn(message: str) -> None:
 # ------------------------------------------------------------------- atomic writes
 
 _TEMP = re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d+)-[0-9a-f]{8}\.tmp$")
-# temp names of earlier versions (mkstemp, figures): only removed under a lock
-_LEGACY_TEMP = re.compile(r"^\..+\.(tmp|tmp\.png|tmp\.svg|png|svg|part)$")
+# temp names of earlier versions (mkstemp's 8 random characters; plots' fixed names): only
+# removed under a lock
+_LEGACY_TEMP = re.compile(r"^\..+\.([a-z0-9_]{8}\.(tmp|png|svg|part)|tmp\.(png|svg))$")
 
 
 def _temp_path(target: Path) -> Path:
@@ -286,7 +287,8 @@ def dumps_signed(obj: Mapping[str, Any], indent: int | None = None) -> str:
 
 
 def loads_signed(text: str, path: str | os.PathLike) -> dict[str, Any]:
-    """Parse a file written by :func:`dumps_signed` and check its digest."""
+    """Parse a file written by :func:`dumps_signed` and check its digest; the text must be
+    exactly as written, so any change to the file is caught."""
     try:
         data = json.loads(text, parse_constant=parse_constant)
     except (ValueError, RecursionError):
@@ -298,6 +300,8 @@ def loads_signed(text: str, path: str | os.PathLike) -> dict[str, Any]:
         raise CorruptArtefact(path, "carries no digest (not written by this noisydeq)")
     if sha256_hex(_canonical(data)) != digest:
         raise CorruptArtefact(path, "does not match its SHA-256 digest (changed or damaged)")
+    if text not in (dumps_signed(data), dumps_signed(data, 2)):  # whitespace, a lost newline
+        raise CorruptArtefact(path, "was changed (not as written, though its values match)")
     return data
 
 
@@ -308,7 +312,8 @@ def read_signed_json(path: str | os.PathLike, what: str = "file") -> dict[str, A
     except NoisyDEQError as err:
         if not Path(path).exists():
             raise
-        raise CorruptArtefact(path, str(err).split(": ", 1)[-1]) from None
+        reason = str(err).split(str(path), 1)[-1].strip(" :")  # "is not UTF-8 text (...)"
+        raise CorruptArtefact(path, reason) from None
     return loads_signed(text, path)
 
 
@@ -345,26 +350,46 @@ def remove_manifest(directory: str | os.PathLike) -> None:
     (Path(directory) / MANIFEST).unlink(missing_ok=True)
 
 
+def _manifest_entries(manifest: Path) -> dict[str, str]:
+    """``{name: digest}`` of a ``SHA256SUMS`` file, which must be exactly as written."""
+    if not manifest.is_file():
+        raise CorruptArtefact(manifest, "is missing (its run did not finish writing; run the "
+                                        "command again)")
+    text = read_text(manifest, MANIFEST)
+    entries: dict[str, str] = {}
+    for line in text.splitlines():
+        digest, sep, name = line.partition("  ")
+        if not sep or len(digest) != 64 or name in entries:
+            raise CorruptArtefact(manifest, "is not a SHA256SUMS list (damaged)")
+        entries[name] = digest
+    if text != "".join(f"{entries[n]}  {n}\n" for n in sorted(entries)):
+        raise CorruptArtefact(manifest, "was changed (not as written)")
+    return entries
+
+
 def verify_listed(path: str | os.PathLike, directory: str | os.PathLike | None = None) -> None:
     """Check ``path`` against the ``SHA256SUMS`` of ``directory`` (default: its own)."""
     p = Path(path)
     d = Path(directory) if directory is not None else p.parent
-    manifest = d / MANIFEST
-    if not manifest.is_file():
-        raise CorruptArtefact(p, f"has no {MANIFEST} beside it (its run did not finish "
-                                 "writing; run the command again)")
+    entries = _manifest_entries(d / MANIFEST)
     rel = p.resolve().relative_to(d.resolve()).as_posix()
-    try:
-        entries = dict(
-            (name, digest) for digest, name in
-            (line.split("  ", 1) for line in read_text(manifest, MANIFEST).splitlines() if line)
-        )
-    except ValueError:
-        raise CorruptArtefact(manifest, "is not a SHA256SUMS list") from None
     if rel not in entries:
-        raise CorruptArtefact(p, f"is not listed in {manifest}")
+        raise CorruptArtefact(p, f"is not listed in {d / MANIFEST}")
     if not p.is_file() or file_digest(p) != entries[rel]:
-        raise CorruptArtefact(p, f"does not match its digest in {manifest} (changed or damaged)")
+        raise CorruptArtefact(p, f"does not match its digest in {d / MANIFEST} (changed or "
+                                 "damaged)")
+
+
+def verify_manifest(directory: str | os.PathLike) -> list[str]:
+    """Check every file ``directory/SHA256SUMS`` lists (as ``sha256sum -c`` does); returns
+    their names."""
+    d = Path(directory)
+    names = list(_manifest_entries(d / MANIFEST))
+    if not names:
+        raise CorruptArtefact(d / MANIFEST, "lists no file (damaged)")
+    for name in names:
+        verify_listed(d / name, d)
+    return names
 
 
 # ------------------------------------------------------------------------- locks

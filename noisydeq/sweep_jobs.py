@@ -13,7 +13,8 @@ message; finished cells are kept, and a sweep killed mid-way resumes as a sequen
 Process hygiene: a worker dies with its parent, whatever killed the parent (kill -9
 included) — on Linux through ``PR_SET_PDEATHSIG``, everywhere through a thread that waits
 on the parent's sentinel (:func:`multiprocessing.parent_process`) and ends the worker when
-it fires. SIGINT / SIGTERM in the parent stop the workers (terminate, join) and close the
+it fires. Workers ignore SIGINT (Ctrl-C reaches the whole process group; the parent
+handles it); SIGINT / SIGTERM in the parent stop the workers (terminate, join) and close the
 queues; a worker holds no semaphore of its own (its progress-bar lock is a thread lock),
 so however it is stopped nothing leaks.
 """
@@ -88,8 +89,6 @@ def _worker(spec: SweepSpec, out_dir: str, work: Any, results: Any) -> None:
             i, chip = item
             runner.run_pair(models[i], chip, lambda _n: None, save=send)
         results.put((_DONE, None, None))
-    except KeyboardInterrupt:
-        pass
     except Exception as exc:  # reported by the parent as one line
         results.put((_ERROR, f"{type(exc).__name__}: {exc}".splitlines()[0], None))
 
@@ -140,8 +139,16 @@ def run_parallel(
         drain()  # save the workers' cells as they come, not only between pairs
 
     try:
-        for p in procs:
-            p.start()
+        # workers start with SIGINT ignored (inherited across exec; Python keeps it so):
+        # Ctrl-C reaches the whole process group, and the parent alone handles it
+        ignore = threading.current_thread() is threading.main_thread()
+        before = signal.signal(signal.SIGINT, signal.SIG_IGN) if ignore else None
+        try:
+            for p in procs:
+                p.start()
+        finally:
+            if before is not None:
+                signal.signal(signal.SIGINT, before)
         while (item := work.get()) is not None:
             i, chip = item
             runner.run_pair(models[i], chip, own_cell)

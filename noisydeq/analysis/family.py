@@ -71,11 +71,17 @@ def load_member(path: Path) -> Member:
                                 "by noisydeq train)")
         train = config.get("train") or {}
         extra = meta.get("extra") or {}
+        if not isinstance(train, dict) or not isinstance(extra, dict):
+            raise TypeError("train / extra are not objects")
         epochs = train.get("epochs", 0)
         if isinstance(epochs, bool) or not isinstance(epochs, int):
             raise TypeError(f"train.epochs is {epochs!r}")
         if epochs <= 0 or "test_metric" not in extra:
             raise NoisyDEQError(f"checkpoint {path}: the model is untrained (0 epochs)")
+        test_metric = float(extra["test_metric"])
+        task = config.get("task") or {}
+        if not isinstance(task, dict):
+            raise TypeError(f"task is {task!r}")
         mspec = as_model_spec(spec)
         width = resolved_width(mspec)
         hidden = width * width * (mspec.depth if mspec.kind == "ffw" else 1)
@@ -85,13 +91,12 @@ def load_member(path: Path) -> Member:
         apply_overrides(model, build(TrainSpec, train, where=f"{path} train"))
         store.load_into(model, tensors, path)
         kind = check_mlp_model(model)
-        task = config.get("task") or {}
         return Member(
             path=path, model=model.eval(), kind=kind, depth=int(model.depth),
             width=int(model.width), params=int(model.hidden_weight_count()),
             task=str(task.get("name", "digits")), task_seed=int(task.get("seed", 0)),
             seed=int(train.get("seed", 0)), train_snr_db=_train_snr(train),
-            test_metric=float(extra["test_metric"]),
+            test_metric=test_metric,
             fingerprint=task.get("fingerprint"),
         )
     except NoisyDEQError as err:

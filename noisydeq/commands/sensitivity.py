@@ -84,8 +84,14 @@ def command(family, kind, eta, snr, site, samples, inputs, precision, seed, data
         raise NoisyDEQError(f"--inputs: must be an integer in 1..{MAX_COUNT}, got {inputs}")
     if not (math.isfinite(precision) and precision >= 0):
         raise NoisyDEQError(f"--precision: must be a finite number >= 0, got {precision:g}")
-    spec = build(NoiseSpec, {"site": site, "kind": kind, "eta": eta,
-                             "snr_db": parse_snr_value(snr)}, where="noise")
+    if not (math.isfinite(eta) and eta >= 0):
+        raise NoisyDEQError(f"--eta: must be a finite number >= 0, got {eta:g}")
+    try:
+        snr_db = parse_snr_value(snr)
+    except NoisyDEQError as err:
+        raise NoisyDEQError(f"--snr: {err}") from None
+    spec = build(NoiseSpec, {"site": site, "kind": kind, "eta": eta, "snr_db": snr_db},
+                 where="noise")
     if kind == "multiplicative" and math.isinf(spec.snr_db):
         raise NoisyDEQError("--snr: multiplicative noise needs a finite SNR in dB")
     if kind == "additive" and eta <= 0:

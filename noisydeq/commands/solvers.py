@@ -9,7 +9,7 @@ import click
 
 from noisydeq import limits
 from noisydeq.commands.sensitivity import MAX_COUNT, SEED, cache_option, torch_device_option
-from noisydeq.config import parse_snr_range
+from noisydeq.commands.sweep import parse_grid
 from noisydeq.errors import NoisyDEQError
 
 
@@ -82,9 +82,9 @@ def command(names, snr, max_iter, window, width, batch, family, depth, count_snr
     if family is not None:
         _check_window(max(windows), count_max_iter, "--count-max-iter")
         _check_window(windows[0], accuracy_max_iter, "--accuracy-max-iter")
-    snrs = parse_snr_range(snr)
-    count_snrs = parse_snr_range(count_snr)
-    acc_snrs = parse_snr_range(accuracy_snr)
+    snrs = parse_grid("--snr", snr)
+    count_snrs = parse_grid("--count-snr", count_snr)
+    acc_snrs = parse_grid("--accuracy-snr", accuracy_snr)
     dev = resolve_torch_device(torch_device)
     model_info = None
     if family is not None:  # load (and fail on bad input) before the Fig. 4 work

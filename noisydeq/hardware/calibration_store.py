@@ -81,11 +81,12 @@ def _encode(controls: dict[Any, float]) -> list[list[Any]]:
     return [[k if isinstance(k, str) else float(k), float(v)] for k, v in controls.items()]
 
 
-def _load(
+def load_entry(
     path: Path, key: str, names: list[str], levels: list[float]
 ) -> dict[str, dict[Any, float]] | None:
-    """The stored controls, or ``None`` when there is no entry; a damaged, foreign or
-    incomplete one is a :class:`CorruptArtefact`."""
+    """The stored controls of the entry ``path`` for ``key`` (device layers ``names``,
+    finite SNR ``levels``), or ``None`` when there is none; a damaged, foreign or incomplete
+    entry is a :class:`CorruptArtefact`."""
     if not path.exists():
         return None
     data = store.read_signed_json(path, "calibration entry")
@@ -103,9 +104,13 @@ def _load(
         gaps = [v for v in levels if v not in controls]
         if gaps:
             raise CorruptArtefact(path, f"lacks layer {name}'s control at {gaps[0]:g} dB")
-        bad = [k for k, v in controls.items() if not math.isfinite(v)]
+        # a level's control is a finite number; a stored measurement ("max": the layer's
+        # SNR ceiling) may be inf (a layer that sees only zeros), never NaN
+        bad = [k for k, v in controls.items()
+               if math.isnan(v) or (not isinstance(k, str) and math.isinf(v))]
         if bad:
-            raise CorruptArtefact(path, f"holds a non-finite control for layer {name}")
+            raise CorruptArtefact(path, f"holds a non-finite control for layer {name} "
+                                        f"({bad[0]})")
     return out
 
 
@@ -133,7 +138,7 @@ def calibrate_levels(
         key = calibration_key(model, device, calib_x, finite)
         path = Path(cache_dir) / "calibration" / f"{key}.json"
         try:
-            stored = _load(path, key, list(layers), finite)
+            stored = load_entry(path, key, list(layers), finite)
         except CorruptArtefact as err:
             store.warn(f"{err}; calibrating again")
             stored = None
