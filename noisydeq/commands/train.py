@@ -85,12 +85,12 @@ def command(**opts: Any) -> None:
     Everything is validated (including whether the models fit into memory) before
     anything is written.
     """
+    for name, top in (("width", limits.MAX_WIDTH), ("depth", limits.MAX_DEPTH)):
+        if not 1 <= opts[name] <= top:  # before torch is imported: one line, at once
+            raise NoisyDEQError(f"--{name}: must be an integer in 1..{top}, got {opts[name]}")
     from noisydeq.tasks import check_task_name
 
     check_task_name(opts["task"])
-    for name, top in (("width", limits.MAX_WIDTH), ("depth", limits.MAX_DEPTH)):
-        if not 1 <= opts[name] <= top:
-            raise NoisyDEQError(f"--{name}: must be an integer in 1..{top}, got {opts[name]}")
     from noisydeq.families import member_size
     from noisydeq.tasks import load_task
 
