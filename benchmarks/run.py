@@ -22,7 +22,7 @@ from typing import Any
 import torch
 
 from benchmarks.common import Row, format_table, machine_info
-from noisydeq.config import atomic_write_text
+from noisydeq.store import atomic_write_text
 
 AREAS = ("main_job", "sweep", "solvers", "devices", "training")
 HERE = Path(__file__).resolve().parent

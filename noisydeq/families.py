@@ -158,6 +158,49 @@ def train_family(
     return family
 
 
+def member_size(kind: str, depth: int, hidden: int, in_features: int,
+                out_features: int) -> tuple[int, int]:
+    """(width, parameter count) of an MLP family member, without building it (Eq. 57: U,
+    the hidden layers or the DEQ cell with biases, the output head)."""
+    from noisydeq.models.matching import matched_width
+
+    if kind == "ffw":
+        width, hidden_params = hidden, depth * (hidden * hidden + hidden)
+    else:
+        width = matched_width(depth, hidden)
+        hidden_params = width * width + width
+    return width, in_features * width + hidden_params + width * out_features + out_features
+
+
+def check_sweep_families(sweep: SweepSpec, task: Task) -> None:
+    """Validate what a sweep's families need before anything is written: each (seed,
+    training SNR) family spec, the training spec of each kind, and whether the largest
+    member fits into memory (:func:`noisydeq.limits.check_memory`)."""
+    from noisydeq import limits
+
+    batch = 1
+    for seed in sweep.seeds:
+        for tsnr in sweep.train_snr_db:
+            fspec = family_spec_for_sweep(sweep, seed, tsnr)
+            for kind in fspec.kinds:
+                batch = max(batch, fspec.train_spec(kind).batch_size)
+    n_test = len(task.x_test)
+    if sweep.max_test_samples is not None:
+        n_test = min(n_test, sweep.max_test_samples)
+    rows = max(1, min(n_test, sweep.max_rows))
+    rows *= min(len(sweep.snr_db), max(1, sweep.max_rows // rows))  # levels stacked
+    sizes = [member_size(k, d, sweep.hidden, task.in_features, task.out_features)
+             for d in sweep.depths for k in sweep.kinds]
+    families = len(sweep.seeds) * len(sweep.train_snr_db)
+    resident = limits.FLOAT * families * sum(p for _, p in sizes)
+    peak = max(limits.model_bytes(p, max(rows, batch), w) for w, p in sizes)
+    width, params = max(sizes, key=lambda s: s[1])
+    limits.check_memory(
+        resident + peak, f"sweep: its largest model (width {width}, {params:,} parameters)",
+        sweep.torch_device, "lower --depths, hidden or max_rows",
+    )
+
+
 def family_spec_for_sweep(sweep: SweepSpec, seed: int, train_snr_db: float) -> FamilySpec:
     """The :class:`FamilySpec` one (seed, training SNR) of a :class:`SweepSpec` needs."""
     train: dict[str, Any] = {}

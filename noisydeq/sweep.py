@@ -529,16 +529,33 @@ class CellRunner:
     def key(sm: SweepModel, chip: int, levels: Sequence[float]) -> str:
         return f"{sm.model_id}|chip{chip}|" + ",".join(fmt_db(s) for s in levels)
 
+    def expected(self, sm: SweepModel, chip: int, levels: Sequence[float]) -> list[dict]:
+        """What the rows of a cell must say (everything but the measured values)."""
+        fixed = {"task": self.task_name, "model_id": sm.model_id, "kind": sm.kind,
+                 "depth": int(sm.depth), "width": int(sm.width), "params": int(sm.params),
+                 "seed": int(sm.seed), "train_snr_db": float(sm.train_snr_db),
+                 "device": self.spec.device, "noise_site": self.spec.noise_site,
+                 "chip": int(chip), "metric": self.metric, "n_samples": int(self.x.shape[0])}
+        return [{**fixed, "snr_db": float(s)} for s in levels]
+
+    def load(self, sm: SweepModel, chip: int, levels: Sequence[float]) -> list[dict] | None:
+        """The saved rows of a cell (checked against :meth:`expected`), or None."""
+        return self.run_dir.load_cell(self.key(sm, chip, levels), self.expected(sm, chip, levels))
+
     def missing(self, sm: SweepModel, chip: int) -> list[list[float]]:
         """The level chunks of (sm, chip) not yet saved in the run directory."""
-        return [ch for ch in self.chunks if self.run_dir.load_cell(self.key(sm, chip, ch)) is None]
+        return [ch for ch in self.chunks if self.load(sm, chip, ch) is None]
 
     def run_pair(
         self, sm: SweepModel, chip: int, on_cell: Callable[[int], None],
         todo: list[list[float]] | None = None,
+        save: Callable[[str, list[dict[str, Any]]], None] | None = None,
     ) -> None:
         """Compute and save the missing cells of ``sm`` on chip ``chip`` (``todo``: the
-        level chunks :meth:`missing` gave, when the caller already asked)."""
+        level chunks :meth:`missing` gave, when the caller already asked; ``save(key,
+        rows)``: where a finished cell goes, default the run directory — a worker process
+        hands it to the driver instead)."""
+        save = self.run_dir.save_cell if save is None else save
         todo = self.missing(sm, chip) if todo is None else todo
         if not todo:
             return
@@ -550,7 +567,7 @@ class CellRunner:
                 self.classification, self.rows_per_batch, self.spec.batched,
             )
             rows = stats_rows(sm, stats, levels, chip, self.spec, self.task_name, self.metric)
-            self.run_dir.save_cell(self.key(sm, chip, levels), rows)
+            save(self.key(sm, chip, levels), rows)
             on_cell(1)
 
 
@@ -575,9 +592,10 @@ def run_sweep(
     thread counts of training and evaluation (:func:`noisydeq.runtime.thread_plan`; ``None``
     reads ``$NOISYDEQ_THREADS``), each phase's restored after it. ``jobs``: evaluation
     processes (:func:`resolve_jobs`; ``None`` reads ``$NOISYDEQ_JOBS``, default ``auto``).
-    """
-    from tqdm.auto import tqdm
 
+    Everything is validated before anything is written; the run directory is locked for
+    the whole run (a second sweep on the same ``out_dir`` waits for this one).
+    """
     train_threads, eval_threads = thread_plan(threads)
     torch_device = resolve_torch_device(spec.torch_device)
     if task is None:
@@ -585,8 +603,29 @@ def run_sweep(
 
         task = load_task(spec.task, data_dir=spec.data_dir, seed=spec.seeds[0])
     hardware = Hardware(spec)  # validates the device before anything is written
+    if models is None:
+        from noisydeq.families import check_sweep_families
+
+        check_sweep_families(spec, task)  # presets, overrides, memory: before any write
     run_dir = RunDir(out_dir)
     run_dir.open(spec)
+    try:
+        return _run_open(spec, run_dir, task, hardware, models, progress, on_cell, plots,
+                         title, train_threads, eval_threads, torch_device, jobs)
+    finally:
+        run_dir.close()
+
+
+def _run_open(
+    spec: SweepSpec, run_dir: RunDir, task: Any, hardware: Hardware,
+    models: Sequence[SweepModel] | ModelProvider | None, progress: bool,
+    on_cell: Callable[[int], None] | None, plots: bool, title: str,
+    train_threads: int | None, eval_threads: int | None, torch_device: torch.device,
+    jobs: int | str | None,
+) -> SweepResult:
+    """The body of :func:`run_sweep` once its run directory is open and locked."""
+    from tqdm.auto import tqdm
+
     if models is None:
         models = family_models
     # worker processes can rebuild the models only when they come from the family cache
@@ -626,7 +665,7 @@ def run_sweep(
     for sm in models:
         for chip in range(spec.chips):
             for levels in runner.chunks:
-                rows = run_dir.load_cell(runner.key(sm, chip, levels))
+                rows = runner.load(sm, chip, levels)
                 if rows is None:
                     raise NoisyDEQError(f"sweep: cell {sm.model_id} chip {chip} was not written")
                 all_rows.extend(rows)
@@ -640,4 +679,5 @@ def run_sweep(
         result.figures = plot_sweep(
             all_rows, run_dir.figures, spec, result.native_snr_db, title=title
         )
+    run_dir.seal(result.figures)
     return result

@@ -13,11 +13,17 @@ the device's dynamic noise and chip, the solver's random threshold): the same se
 same weights on CPU. With ``out_dir`` the state after every epoch (weights, Adam moments,
 generator states, history) is written atomically to ``resume.safetensors``; running again
 with the same config continues from it and ends with the same weights as an uninterrupted
-run. The finished model is ``model.safetensors`` + ``model.json`` (config, hash, metrics).
+run. The finished model is ``model.safetensors`` + ``model.json`` (config, hash, metrics);
+``resume.safetensors`` is removed once it is written (a finished model needs no resume
+state). ``out_dir`` is locked while a run writes it (:class:`noisydeq.store.DirLock`: a
+second run of the same model waits, then loads the finished one), and a checkpoint or
+resume state that fails its digest or structure check is reported in one line and trained
+again rather than used.
 """
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import math
 import time
@@ -31,7 +37,7 @@ from torch import Tensor, nn
 
 from noisydeq import __version__, store
 from noisydeq.config import TrainSpec
-from noisydeq.errors import NoisyDEQError
+from noisydeq.errors import CorruptArtefact, NoisyDEQError
 from noisydeq.noise import Noise, NoiseStream, derive_seed, seeded_generator
 from noisydeq.tasks.base import Task
 
@@ -158,14 +164,32 @@ def _save_resume(
 
 
 def _load_resume(
-    path: Path, net: nn.Module, opt: torch.optim.Optimizer, rng: _Rng, config: dict
+    path: Path, net: nn.Module, opt: torch.optim.Optimizer, rng: _Rng, config: dict,
+    epochs: int,
 ) -> tuple[int, list[dict[str, float]]]:
+    """Continue from ``path``; a damaged or malformed state is a :class:`CorruptArtefact`
+    and leaves ``net``, ``opt`` and ``rng`` as they were."""
     tensors, meta = store.load_tensors(path)
     store.check_config(meta, config, path)
-    store.load_into(net, {k[6:]: v for k, v in tensors.items() if k.startswith("model/")}, path)
-    opt.load_state_dict(store.unflatten_optimizer(tensors, meta["optimizer"]))
-    rng.load(tensors)
-    return int(meta["epoch"]), list(meta.get("history", []))
+    saved = (copy.deepcopy(net.state_dict()), copy.deepcopy(opt.state_dict()),
+             {k: g.get_state() for k, g in rng.generators().items()})
+    try:
+        epoch, history = meta["epoch"], meta.get("history", [])
+        if (isinstance(epoch, bool) or not isinstance(epoch, int) or not 0 <= epoch <= epochs
+                or not isinstance(history, list) or len(history) != epoch):
+            raise ValueError(f"epoch {epoch!r} with {type(history).__name__} history")
+        store.load_into(net, {k[6:]: v for k, v in tensors.items() if k.startswith("model/")},
+                        path)
+        opt.load_state_dict(store.unflatten_optimizer(tensors, meta["optimizer"]))
+        rng.load(tensors)
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError, RuntimeError) as err:
+        net.load_state_dict(saved[0])
+        opt.load_state_dict(saved[1])
+        for k, g in rng.generators().items():
+            g.set_state(saved[2][k])
+        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise CorruptArtefact(path, f"holds a malformed resume state ({reason})") from None
+    return epoch, list(history)
 
 
 # --------------------------------------------------------------------------- loop
@@ -217,15 +241,42 @@ def _result_from_checkpoint(
     model: nn.Module, path: Path, config: dict, dev: torch.device
 ) -> TrainResult:
     tensors, meta = store.load_checkpoint(path, config)
+    try:
+        extra = meta.get("extra", {})
+        history = extra.get("history", [])
+        test_metric = float(extra.get("test_metric", math.nan))
+        metric_name = str(extra.get("metric_name", ""))
+        seconds = float(extra.get("seconds", 0.0))
+        if not isinstance(history, list):
+            raise TypeError("history is not a list")
+    except (AttributeError, TypeError, ValueError) as err:
+        raise CorruptArtefact(path, f"carries malformed metadata ({err})") from None
     store.load_into(model, tensors, path)
     model.to(dev)
-    extra = meta.get("extra", {})
     return TrainResult(
-        model=model, config=config, config_hash=meta["config_hash"],
-        history=extra.get("history", []), test_metric=extra.get("test_metric", math.nan),
-        metric_name=extra.get("metric_name", ""), seconds=extra.get("seconds", 0.0),
+        model=model, config=config, config_hash=meta["config_hash"], history=history,
+        test_metric=test_metric, metric_name=metric_name, seconds=seconds,
         path=path, start_epoch=int(config["train"]["epochs"]), loaded=True,
     )
+
+
+def _load_finished(
+    model: nn.Module, out: Path, config: dict, dev: torch.device, resume: bool
+) -> TrainResult | None:
+    """The finished model in ``out`` when there is one of this config; a damaged one is
+    reported, removed and trained again (None)."""
+    path = out / MODEL_FILE
+    if not path.is_file():
+        return None
+    if not resume:
+        raise NoisyDEQError(f"{path} exists; use --resume or another --out")
+    try:
+        return _result_from_checkpoint(model, path, config, dev)
+    except CorruptArtefact as err:
+        store.warn(f"{err}; training the model again")
+        path.unlink(missing_ok=True)
+        path.with_suffix(".json").unlink(missing_ok=True)
+        return None
 
 
 def train_model(
@@ -253,22 +304,38 @@ def train_model(
     dev = torch.device(torch_device) if torch_device is not None else _param_device(model)
     apply_overrides(model, spec)
     config = run_config(model, task, spec, dev)
-    chash = store.config_hash(config)
     out = Path(out_dir) if out_dir is not None else None
     if out is not None and out.exists() and not out.is_dir():
         raise NoisyDEQError(f"--out: {out} exists and is not a directory")
-    if out is not None and (out / MODEL_FILE).is_file():
-        if not resume:
-            raise NoisyDEQError(f"{out / MODEL_FILE} exists; use --resume or another --out")
-        return _result_from_checkpoint(model, out / MODEL_FILE, config, dev)
+    if out is None:
+        return _fit(model, task, spec, config, None, resume, dev, quiet, desc, on_epoch, t0)
+    with store.DirLock(out, "model directory"):  # one writer per model directory
+        store.clean_stale_temps(out, locked=True)
+        done = _load_finished(model, out, config, dev, resume)
+        if done is not None:
+            return done
+        return _fit(model, task, spec, config, out, resume, dev, quiet, desc, on_epoch, t0)
 
+
+def _fit(
+    model: nn.Module, task: Task, spec: TrainSpec, config: dict, out: Path | None,
+    resume: bool, dev: torch.device, quiet: bool, desc: str,
+    on_epoch: Callable[[int, dict[str, float]], None] | None, t0: float,
+) -> TrainResult:
+    """The training loop of :func:`train_model` (``out``: locked, or None)."""
+    chash = store.config_hash(config)
     model.to(dev)
     rng = _Rng(spec.seed, dev)
     net = _deploy(model, spec, spec.seed, rng.device_noise)
     opt = torch.optim.Adam(net.parameters(), lr=spec.lr, weight_decay=spec.weight_decay)
     start, history = 0, []
     if out is not None and resume and (out / RESUME_FILE).is_file():
-        start, history = _load_resume(out / RESUME_FILE, net, opt, rng, config)
+        try:
+            start, history = _load_resume(out / RESUME_FILE, net, opt, rng, config,
+                                          spec.epochs)
+        except CorruptArtefact as err:
+            store.warn(f"{err}; starting the training again")
+            (out / RESUME_FILE).unlink(missing_ok=True)
 
     n = len(task.x_train) if spec.max_train_samples is None else min(
         spec.max_train_samples, len(task.x_train))
@@ -300,6 +367,7 @@ def train_model(
         extra = {"history": history, "test_metric": test_metric,
                  "metric_name": task.metric_name, "seconds": seconds}
         result.path = store.save_checkpoint(out / MODEL_FILE, model.state_dict(), config, extra)
+        (out / RESUME_FILE).unlink(missing_ok=True)  # the finished model replaces it
     return result
 
 

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from pydantic import Field, field_validator
 
-from noisydeq.config import JacobianRegSpec, ModelSpec, StrictModel, TrainSpec, load_toml
+from noisydeq.config import InfFloat, JacobianRegSpec, ModelSpec, StrictModel, TrainSpec, load_toml
 from noisydeq.noise import derive_seed, make_noise
 
 
@@ -29,7 +29,7 @@ class Fig13Spec(StrictModel):
     jac_samples: int = Field(default=1, ge=1)
     train_preset: str = "quick"
     epochs: int | None = Field(default=None, ge=0)
-    snr_db: list[float] = Field(default_factory=lambda: [0.0, 5.0, 10.0, 15.0, 20.0, math.inf])
+    snr_db: list[InfFloat] = Field(default_factory=lambda: [0.0, 5.0, 10.0, 15.0, 20.0, math.inf])
     seed: int = 0
     max_test_samples: int = Field(default=2000, ge=1)
 

@@ -53,7 +53,7 @@ def parse_sets(items: tuple[str, ...]) -> dict[str, Any]:
         key, value = item.split("=", 1)
         try:
             out[key.strip()] = tomllib.loads(f"v = {value}")["v"]
-        except tomllib.TOMLDecodeError:
+        except (tomllib.TOMLDecodeError, RecursionError):
             out[key.strip()] = value
     return out
 
