@@ -45,12 +45,13 @@ def _snr(text: str, option: str) -> float:
         raise NoisyDEQError(f"{option}: {err}") from None
 
 
-def _noise(train_snr: str, site: str) -> NoiseSpec:
+def _noise(train_snr: str, site: str, scale: str) -> NoiseSpec:
     snr = _snr(train_snr, "--train-snr")
     if math.isinf(snr):
+        build(NoiseSpec, {"snr_scale": scale}, where="--snr-scale")  # validate it anyway
         return NoiseSpec()
-    return build(NoiseSpec, {"site": site, "kind": "multiplicative", "snr_db": snr},
-                 where="--train-snr")
+    return build(NoiseSpec, {"site": site, "kind": "multiplicative", "snr_db": snr,
+                             "snr_scale": scale}, where="--train-snr")
 
 
 def _fmt(metric: float, name: str) -> str:
@@ -81,6 +82,11 @@ def _fmt(metric: float, name: str) -> str:
               show_default=True, help="Where training noise is injected (Eq. 3-4).")
 @click.option("--input-act", type=click.Choice(["relu", "silu", "identity"]), default="relu",
               show_default=True, help="Input projection nonlinearity.")
+@click.option("--ffw-form", default=None,
+              help="FFW layer form: eq57x (default; z0 = x~, every hidden matrix acts), eq57 "
+                   "(z0 = 0) or eq32 (z0 = x~, no injection).")
+@click.option("--snr-scale", default="realised", show_default=True,
+              help="Training-noise SNR scale: realised or paper (Eq. 4 literally).")
 @click.option("--device", default=None,
               help="Hardware model in the loop (preset name or .toml), e.g. rram, photonic.")
 @click.option("--device-snr", default=None, help="Calibrate the training device to this SNR.")
@@ -97,7 +103,7 @@ def command(**opts: Any) -> None:
 
     check_task_name(opts["task"])
     dev = resolve_torch_device(opts["torch_device"])
-    noise = _noise(opts["train_snr"], opts["train_site"])
+    noise = _noise(opts["train_snr"], opts["train_site"], opts["snr_scale"])
     overrides: dict[str, Any] = {"seed": opts["seed"]}
     for key in ("epochs", "batch_size", "lr"):
         if opts[key] is not None:
@@ -118,7 +124,8 @@ def command(**opts: Any) -> None:
             "task": opts["task"], "data_dir": opts["data_dir"], "depths": opts["depths"],
             "hidden": opts["width"], "input_act": opts["input_act"], "seed": opts["seed"],
             "train_preset": opts["preset"], "train_snr_db": noise.snr_db,
-            "train_site": opts["train_site"],
+            "train_site": opts["train_site"], "ffw_form": opts["ffw_form"],
+            "snr_scale": opts["snr_scale"],
             "train": {k: v for k, v in overrides.items() if k != "seed"},
         }, where="train")
         fspec.train_spec("deq")  # validate the preset + overrides before loading data
@@ -130,6 +137,13 @@ def command(**opts: Any) -> None:
     for name in ("width", "depth"):
         if opts[name] < 1:
             raise NoisyDEQError(f"--{name}: must be a positive integer, got {opts[name]}")
+    if opts["ffw_form"] is not None:
+        if opts["kind"] != "ffw":
+            raise NoisyDEQError(
+                f"--ffw-form: given for a {opts['kind']} model (only an FFW has a layer form)"
+            )
+        build(ModelSpec, {"kind": "ffw", "in_features": 1, "out_features": 1,
+                          "ffw_form": opts["ffw_form"]}, where="model")
     tspec = TrainSpec.preset(opts["preset"], opts["kind"], noise, **overrides)
     task = load_task(opts["task"], data_dir=opts["data_dir"], seed=opts["seed"])
     _notice(task)
@@ -145,11 +159,14 @@ def _single(tspec: TrainSpec, task: Any, out: Path | None, dev: torch.device, op
     from noisydeq.families import build_member
     from noisydeq.train import train_model
 
-    mspec = build(ModelSpec, {
+    data = {
         "kind": opts["kind"], "in_features": task.in_features,
         "out_features": task.out_features, "width": opts["width"], "depth": opts["depth"],
         "input_act": opts["input_act"],
-    }, where="model")
+    }
+    if opts["ffw_form"] is not None:
+        data["ffw_form"] = opts["ffw_form"]
+    mspec = build(ModelSpec, data, where="model")
     model = build_member(mspec, opts["seed"])
     if out is None:
         out = _writable_dir(
