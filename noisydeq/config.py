@@ -181,6 +181,20 @@ def dump_toml(spec: BaseModel, path: str | os.PathLike) -> Path:
     return atomic_write_text(path, dumps_toml(spec))
 
 
+def parse_assignments(items: tuple[str, ...] | list[str], flag: str = "--set") -> dict[str, Any]:
+    """``key=value`` overrides of spec fields (values parsed as TOML, else kept as text)."""
+    out: dict[str, Any] = {}
+    for item in items:
+        if "=" not in item:
+            raise NoisyDEQError(f"{flag} '{item}': expected key=value (e.g. epochs=2)")
+        key, value = item.split("=", 1)
+        try:
+            out[key.strip()] = tomllib.loads(f"v = {value}")["v"]
+        except tomllib.TOMLDecodeError:
+            out[key.strip()] = value
+    return out
+
+
 # -------------------------------------------------------------------------------- SNR
 
 
@@ -431,28 +445,46 @@ def _snr_list(value: Any, field: str) -> list[float]:
         raise ValueError(f"{field}: {err}") from None
 
 
-def _optional_form(v: Any) -> str | None:
-    return None if v is None else check_choice(v, FFW_FORMS)
+class FamilyChoices(StrictModel):
+    """The fields a sweep and a family share beyond sizes: the FFW layer form and the SNR scale.
+
+    ``ffw_form`` (:data:`FFW_FORMS`; ``None`` = the default ``eq57x``) is refused when
+    ``kinds`` has no ``ffw`` member; ``snr_scale`` (:data:`SNR_SCALES`) is how model-noise
+    SNRs are read (:class:`NoiseSpec`).
+    """
+
+    ffw_form: str | None = None
+    snr_scale: str = "realised"
+
+    @field_validator("ffw_form")
+    @classmethod
+    def _form(cls, v: Any) -> str | None:
+        return None if v is None else check_choice(v, FFW_FORMS)
+
+    @field_validator("snr_scale")
+    @classmethod
+    def _scale(cls, v: Any) -> str:
+        return check_choice(v, SNR_SCALES)
+
+    @model_validator(mode="after")
+    def _form_needs_ffw(self) -> FamilyChoices:
+        kinds = list(getattr(self, "kinds", ["ffw"]))
+        if self.ffw_form is not None and "ffw" not in kinds:
+            raise ValueError(
+                f"ffw_form '{self.ffw_form}' is given but kinds {kinds} has no 'ffw' member "
+                "(drop ffw_form or add 'ffw' to kinds)"
+            )
+        return self
 
 
-def _form_needs_ffw(ffw_form: str | None, kinds: list[str]) -> None:
-    """An FFW form given for a family without FFW members is a mistake, not a no-op."""
-    if ffw_form is not None and "ffw" not in kinds:
-        raise ValueError(
-            f"ffw_form '{ffw_form}' is given but kinds {kinds} has no 'ffw' member "
-            "(drop ffw_form or add 'ffw' to kinds)"
-        )
-
-
-class SweepSpec(StrictModel):
+class SweepSpec(FamilyChoices):
     """A sweep: trained model families × inference SNR grid × chip instances (issue 4).
 
     ``noise_site = "device"`` sweeps the SNR of the hardware model (``device`` calibrated to
     each SNR); ``signal`` / ``state`` / ``input`` sweep the paper's multiplicative model noise
     (Eq. 3-4) at that site while the weights run on ``device`` (usually ``ideal``).
     ``seeds`` and ``train_snr_db`` are grids too: one family is trained per (seed, train SNR).
-    ``ffw_form``: the FFW layer form (:data:`FFW_FORMS`; ``None`` = the default ``eq57x``);
-    refused when ``kinds`` has no ``ffw``. ``snr_scale`` (:data:`SNR_SCALES`): how the
+    ``ffw_form`` and ``snr_scale`` (:class:`FamilyChoices`): the FFW layer form, and how the
     model-noise SNRs (swept and training) are read — ``realised`` (realised SNR = nominal at
     every width) or ``paper`` (Eq. 4 literally, nominal − 10·log10(width)); model noise only
     (a device calibrates to the realised SNR of its MVMs). ``test_solver``: the DEQs'
@@ -481,8 +513,6 @@ class SweepSpec(StrictModel):
     max_test_samples: int | None = Field(default=None, ge=1)
     fixed_snr_db: list[float] = Field(default_factory=lambda: [0.0])
     batched: bool = True
-    ffw_form: str | None = None
-    snr_scale: str = "realised"
     test_solver: SolverSpec | None = None
 
     @field_validator("snr_db", "train_snr_db", "fixed_snr_db", mode="before")
@@ -490,19 +520,8 @@ class SweepSpec(StrictModel):
     def _grid(cls, v: Any, info: Any) -> list[float]:
         return _snr_list(v, info.field_name)
 
-    @field_validator("ffw_form")
-    @classmethod
-    def _form(cls, v: Any) -> str | None:
-        return _optional_form(v)
-
-    @field_validator("snr_scale")
-    @classmethod
-    def _scale(cls, v: Any) -> str:
-        return check_choice(v, SNR_SCALES)
-
     @model_validator(mode="after")
-    def _consistent(self) -> SweepSpec:
-        _form_needs_ffw(self.ffw_form, list(self.kinds))
+    def _scale_for_model_noise(self) -> SweepSpec:
         if self.snr_scale != "realised" and self.noise_site == "device":
             raise ValueError(
                 f"snr_scale '{self.snr_scale}' applies to the paper's model noise; with "
@@ -665,16 +684,15 @@ class TrainSpec(StrictModel):
 DEQ_ONLY_TRAIN_FIELDS = ("solver", "test_solver", "gradient", "jac_reg")
 
 
-class FamilySpec(StrictModel):
+class FamilySpec(FamilyChoices):
     """A depth-matched family: FFW(depth, ``hidden``) and DEQ(matched_width(depth)) per depth.
 
     Both kinds share the input projection (``input_act``) and output head shapes of the task
     (App. E.1). Each member is trained with ``train_preset`` for its kind plus ``train``
     overrides, with training noise at ``train_site`` / ``train_snr_db`` (``inf`` = none) and
     the optional hardware ``device`` in the loop; ``seed`` seeds weights, data order and noise.
-    ``ffw_form``: the FFW layer form (:data:`FFW_FORMS`; ``None`` = the default), refused
-    when ``kinds`` has no ``ffw``; it enters the FFW members' specs only, so a family's DEQs
-    do not depend on it. ``snr_scale``: the SNR scale of the training noise (:class:`NoiseSpec`).
+    ``ffw_form`` (:class:`FamilyChoices`) enters the FFW members' specs only, so a family's
+    DEQs do not depend on it; ``snr_scale`` is the SNR scale of the training noise.
     """
 
     task: str = "digits"
@@ -689,28 +707,11 @@ class FamilySpec(StrictModel):
     train_snr_db: float = math.inf
     train_site: Literal["signal", "state", "input"] = "signal"
     device: str | None = None
-    ffw_form: str | None = None
-    snr_scale: str = "realised"
 
     @field_validator("depths", mode="before")
     @classmethod
     def _depths(cls, v: Any) -> list[int]:
         return SweepSpec._depths(v)
-
-    @field_validator("ffw_form")
-    @classmethod
-    def _form(cls, v: Any) -> str | None:
-        return _optional_form(v)
-
-    @field_validator("snr_scale")
-    @classmethod
-    def _scale(cls, v: Any) -> str:
-        return check_choice(v, SNR_SCALES)
-
-    @model_validator(mode="after")
-    def _form_for_ffw(self) -> FamilySpec:
-        _form_needs_ffw(self.ffw_form, list(self.kinds))
-        return self
 
     @field_validator("train_snr_db", mode="before")
     @classmethod

@@ -6,6 +6,7 @@ FFW members (and their cache keys) only; bad names are one line with a suggestio
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -168,3 +169,79 @@ def test_summary_marks_cells_whose_solves_did_not_all_converge():
     recs = {(r["kind"], r["snr_db"]): r for r in summary_json(rows)}
     assert recs[("deq", 0.0)]["converged_frac"] == 0.25
     assert recs[("ffw", 0.0)]["converged_frac"] == 1.0
+
+
+# ------------------------------------------------------------------------------ compare
+
+
+def _toy_runs(tmp_path):
+    """Two toy sweeps of one study, labelled as the two FFW forms (2 seeds each)."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from sweep_helpers import toy_models, toy_spec, toy_task
+
+    from noisydeq.sweep import run_sweep
+
+    task = toy_task(n=60, d=8)
+    runs = []
+    for form in (None, "eq57"):
+        models = toy_models(task, seed=0) + toy_models(task, seed=1)
+        spec = toy_spec(snr_db="0,inf", chips=1, seeds=[0, 1], ffw_form=form)
+        runs.append(run_sweep(spec, tmp_path / f"run-{form}", task=task, models=models,
+                              progress=False, plots=False, jobs=1))
+    return runs
+
+
+def test_compare_pairs_deq_with_each_ffw_form(tmp_path, capsys):
+    from noisydeq.compare import cells, comparison, load_run, markdown, verdict
+
+    res = _toy_runs(tmp_path)
+    runs = [load_run(r.run_dir.path) for r in res]
+    assert [r.form for r in runs] == ["eq57x", "eq57"]
+    data = comparison(runs, 0.0)
+    assert set(data["ffw"]) == {"eq57x", "eq57"} and data["notes"] == []
+    deq = cells(res[0].rows, "deq", 0.0)
+    ffw = cells(res[0].rows, "ffw", 0.0)
+    for key, d in deq.items():  # per-seed values are the table's rows, mean over chips
+        for seed, value in d.by_seed.items():
+            want = [r["value"] for r in res[0].rows if r["kind"] == "deq"
+                    and r["snr_db"] == 0.0 and r["depth"] == key[1] and r["seed"] == seed]
+            assert value == pytest.approx(sum(want) / len(want))
+        diffs = [d.by_seed[s] - ffw[key].by_seed[s] for s in d.by_seed]
+        expect = ("DEQ" if min(diffs) > 0 else "FFW" if max(diffs) < 0
+                  else "equal" if min(diffs) == max(diffs) == 0 else "mixed")
+        assert verdict(d, ffw[key], higher_is_better=True) == expect
+    text = markdown(data)
+    assert "FFW eq57x accuracy" in text and "FFW eq57 accuracy" in text
+    assert text.count("| ∞ |") == 2  # one row per (training SNR, depth)
+    assert main(["compare", str(res[0].run_dir.path), str(res[1].run_dir.path), "--json"]) is None
+    out = json.loads(capsys.readouterr().out)
+    assert set(out["ffw"]) == {"eq57x", "eq57"} and out["metric"] == "accuracy"
+
+
+def test_compare_bad_input_is_one_line(tmp_path, capsys):
+    res = _toy_runs(tmp_path)
+    a = str(res[0].run_dir.path)
+    assert "not a finished sweep run" in _one_line(capsys, ["compare", str(tmp_path)])
+    assert "no results at 5 dB" in _one_line(capsys, ["compare", a, "--snr", "5"])
+    assert "two runs hold FFWs of form eq57x" in _one_line(capsys, ["compare", a, a])
+    assert "--snr" in _one_line(capsys, ["compare", a, "--snr", "x"])
+
+
+def test_a_noise_free_only_sweep_plots_without_the_depth_figure(tmp_path):
+    """A grid of ∞ alone (e.g. to locate a family for the analyses) has no fixed-SNR panel."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from sweep_helpers import toy_models, toy_spec, toy_task
+
+    from noisydeq.sweep import run_sweep
+
+    task = toy_task(n=40)
+    res = run_sweep(toy_spec(snr_db="inf", chips=1), tmp_path / "inf", task=task,
+                    models=toy_models(task), progress=False, jobs=1)
+    names = {p.name for p in res.figures}
+    assert "metric_vs_snr.png" in names and "metric_vs_depth.png" not in names

@@ -17,7 +17,7 @@ from typing import Any
 
 import click
 
-from noisydeq.config import SweepSpec, build, parse_snr_range
+from noisydeq.config import SweepSpec, build, parse_assignments, parse_snr_range
 from noisydeq.errors import NoisyDEQError
 
 
@@ -44,18 +44,7 @@ def parse_seeds(text: str) -> list[int]:
 
 def parse_sets(items: tuple[str, ...]) -> dict[str, Any]:
     """``--set key=value`` overrides of SweepSpec fields (values parsed as TOML, else text)."""
-    from noisydeq.config import tomllib
-
-    out: dict[str, Any] = {}
-    for item in items:
-        if "=" not in item:
-            raise NoisyDEQError(f"--set '{item}': expected key=value, e.g. --set epochs=2")
-        key, value = item.split("=", 1)
-        try:
-            out[key.strip()] = tomllib.loads(f"v = {value}")["v"]
-        except tomllib.TOMLDecodeError:
-            out[key.strip()] = value
-    return out
+    return parse_assignments(items, "--set")
 
 
 def check_data_dir(path: str | None) -> str | None:

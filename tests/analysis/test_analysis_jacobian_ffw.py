@@ -71,3 +71,29 @@ def test_fig13_spec_and_runner(tmp_path):
     with open(tmp_path / "fig13_accuracy.csv") as fh:
         rows = list(csv.DictReader(fh))
     assert {r["model"] for r in rows} == {"deq", "ffw", "ffw_jacreg"} and len(rows) == 6
+    assert {r["ffw_form"] for r in rows} == {"eq57x"} and all("converged_frac" in r for r in rows)
+    # the DEQ and FFW are the family members a sweep with the same settings trains
+    from noisydeq.families import cache_root, prepared_member
+    from noisydeq.tasks import load_task
+    from noisydeq.train import MODEL_FILE
+
+    fam, task = spec.family(0), load_task("digits")
+    for kind in ("deq", "ffw"):
+        entry = prepared_member(fam, task, kind, 2, cache_root() / "models", torch.device("cpu"))
+        assert (entry[2] / MODEL_FILE).is_file()
+
+
+def test_fig13_command_line_overrides_and_errors(tmp_path, capsys):
+    import pytest
+
+    from noisydeq.analysis.fig13 import load_spec, main
+
+    spec = load_spec("experiments/fig13_jacreg_ffw.toml", ["ffw_form=eq57", "seeds=[4]"])
+    assert spec.ffw_form == "eq57" and spec.seeds == [4] and spec.test_solver.window == 40
+    for args, needle in ((["ffw_form=eq75"], "did you mean 'eq57'"),
+                         (["seed=1"], "did you mean 'seeds'"),
+                         (["depth"], "expected key=value")):
+        with pytest.raises(SystemExit) as info:
+            main(["experiments/fig13_jacreg_ffw.toml", str(tmp_path / "o"), *args])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert info.value.code == 2 and len(err) == 1 and needle in err[0], err
