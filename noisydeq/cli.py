@@ -34,6 +34,7 @@ COMMAND_MODULES = [
     "sensitivity",
     "spectrum",
     "solvers",
+    "compare",
 ]
 
 

@@ -180,6 +180,26 @@ def coerce(model: type[M], spec: M | dict[str, Any] | None, where: str) -> M:
     )
 
 
+def check_choice(value: Any, allowed: tuple[str, ...]) -> str:
+    """``value`` if it is one of ``allowed``, else a ValueError with a "did you mean" (a
+    field validator's error is prefixed with the field name: one line)."""
+    if isinstance(value, str) and value in allowed:
+        return value
+    close = difflib.get_close_matches(str(value), allowed, n=1)
+    hint = f"; did you mean '{close[0]}'?" if close else ""
+    raise ValueError(f"unknown value '{value}'{hint} (allowed: {', '.join(allowed)})")
+
+
+#: FFW layer forms (``noisydeq.models.ffw``), the default first: ``eq57x`` z⁰ = x̃ with the
+#: Eq. 57 injection at every layer, ``eq57`` z⁰ = 0 (W₀ never acts), ``eq32`` z⁰ = x̃ and no
+#: injection
+FFW_FORMS = ("eq57x", "eq57", "eq32")
+#: SNR scales of multiplicative noise (``noisydeq.noise``): ``realised`` (the realised SNR
+#: equals the nominal one at every width) or ``paper`` (Eq. 4 literally per element:
+#: realised SNR = nominal − 10·log10(d))
+SNR_SCALES = ("realised", "paper")
+
+
 # ------------------------------------------------------------------------------- TOML
 
 
@@ -223,6 +243,20 @@ def load_toml(model: type[M], path: str | os.PathLike) -> M:
 def dump_toml(spec: BaseModel, path: str | os.PathLike) -> Path:
     """Write a spec to a TOML file atomically."""
     return atomic_write_text(path, dumps_toml(spec))
+
+
+def parse_assignments(items: tuple[str, ...] | list[str], flag: str = "--set") -> dict[str, Any]:
+    """``key=value`` overrides of spec fields (values parsed as TOML, else kept as text)."""
+    out: dict[str, Any] = {}
+    for item in items:
+        if "=" not in item:
+            raise NoisyDEQError(f"{flag} '{item}': expected key=value (e.g. epochs=2)")
+        key, value = item.split("=", 1)
+        try:
+            out[key.strip()] = tomllib.loads(f"v = {value}")["v"]
+        except (tomllib.TOMLDecodeError, RecursionError):
+            out[key.strip()] = value
+    return out
 
 
 # -------------------------------------------------------------------------------- SNR
@@ -307,17 +341,26 @@ class NoiseSpec(StrictModel):
 
     ``site``: ``input`` (x), ``state`` (z), ``signal`` (pre-activation) or ``none``.
     ``snr_db`` applies to multiplicative noise (``inf`` = no noise); ``eta`` to additive.
+    ``snr_scale`` (:data:`SNR_SCALES`): ``realised`` (default) scales the noise so the
+    realised per-sample SNR ‖y‖²/‖ε‖² equals ``snr_db`` at every width; ``paper`` applies
+    Eq. 4 literally per element (std ‖y‖/√SNR), a realised SNR of snr_db − 10·log10(d).
     """
 
     site: Literal["none", "input", "state", "signal"] = "none"
     kind: Literal["multiplicative", "additive"] = "multiplicative"
     snr_db: InfFloat = math.inf
     eta: float = Field(default=0.0, ge=0.0, le=1e6)
+    snr_scale: str = "realised"
 
     @field_validator("snr_db", mode="before")
     @classmethod
     def _parse_snr(cls, v: Any) -> float:
         return parse_snr_value(v)
+
+    @field_validator("snr_scale")
+    @classmethod
+    def _scale(cls, v: Any) -> str:
+        return check_choice(v, SNR_SCALES)
 
     @model_validator(mode="after")
     def _consistent(self) -> NoiseSpec:
@@ -424,9 +467,11 @@ class ModelSpec(StrictModel):
     is parameter-matched to and the DEQ width becomes ``matched_width(depth, width)``
     (App. E.1: 128, 222, 287, … for depths 1, 3, 5, …); with ``matched = false`` the DEQ has
     exactly ``width`` units. ``input_act``: nonlinearity of the input projection x̃ = act(U x).
-    ``ffw_form``: ``eq57`` (z⁰ = 0, x̃ injected at every layer) or ``eq32`` (z⁰ = x̃, no
-    injection). Conv only: ``in_shape`` [C, H, W] (default: one square channel),
-    ``kernel_size`` (odd), ``weight_norm``, ``pool`` (head pooling to pool×pool).
+    ``ffw_form`` (FFW only, :data:`FFW_FORMS`): ``eq57x`` (default; z⁰ = x̃ and x̃ injected at
+    every layer, so every counted hidden matrix acts), ``eq57`` (z⁰ = 0: the first layer's
+    matrix never acts) or ``eq32`` (z⁰ = x̃, no injection). Conv only: ``in_shape``
+    [C, H, W] (default: one square channel), ``kernel_size`` (odd), ``weight_norm``,
+    ``pool`` (head pooling to pool×pool).
     """
 
     kind: Literal["deq", "ffw"] = "deq"
@@ -437,11 +482,16 @@ class ModelSpec(StrictModel):
     depth: int = Field(default=1, gt=0, le=limits.MAX_DEPTH)
     matched: bool = True
     input_act: Literal["relu", "silu", "identity"] = "relu"
-    ffw_form: Literal["eq57", "eq32"] = "eq57"
+    ffw_form: str = FFW_FORMS[0]
     in_shape: list[int] | None = None
     kernel_size: int = Field(default=3, gt=0, le=255)
     weight_norm: bool = True
     pool: int = Field(default=4, gt=0, le=4096)
+
+    @field_validator("ffw_form")
+    @classmethod
+    def _form(cls, v: Any) -> str:
+        return check_choice(v, FFW_FORMS)
 
     @field_validator("kernel_size")
     @classmethod
@@ -482,13 +532,51 @@ def _snr_list(value: Any, field: str) -> list[float]:
         raise ValueError(f"{field}: {err}") from None
 
 
-class SweepSpec(StrictModel):
+class FamilyChoices(StrictModel):
+    """The fields a sweep and a family share beyond sizes: the FFW layer form and the SNR scale.
+
+    ``ffw_form`` (:data:`FFW_FORMS`; ``None`` = the default ``eq57x``) is refused when
+    ``kinds`` has no ``ffw`` member; ``snr_scale`` (:data:`SNR_SCALES`) is how model-noise
+    SNRs are read (:class:`NoiseSpec`).
+    """
+
+    ffw_form: str | None = None
+    snr_scale: str = "realised"
+
+    @field_validator("ffw_form")
+    @classmethod
+    def _form(cls, v: Any) -> str | None:
+        return None if v is None else check_choice(v, FFW_FORMS)
+
+    @field_validator("snr_scale")
+    @classmethod
+    def _scale(cls, v: Any) -> str:
+        return check_choice(v, SNR_SCALES)
+
+    @model_validator(mode="after")
+    def _form_needs_ffw(self) -> FamilyChoices:
+        kinds = list(getattr(self, "kinds", ["ffw"]))
+        if self.ffw_form is not None and "ffw" not in kinds:
+            raise ValueError(
+                f"ffw_form '{self.ffw_form}' is given but kinds {kinds} has no 'ffw' member "
+                "(drop ffw_form or add 'ffw' to kinds)"
+            )
+        return self
+
+
+class SweepSpec(FamilyChoices):
     """A sweep: trained model families × inference SNR grid × chip instances (issue 4).
 
     ``noise_site = "device"`` sweeps the SNR of the hardware model (``device`` calibrated to
     each SNR); ``signal`` / ``state`` / ``input`` sweep the paper's multiplicative model noise
     (Eq. 3-4) at that site while the weights run on ``device`` (usually ``ideal``).
     ``seeds`` and ``train_snr_db`` are grids too: one family is trained per (seed, train SNR).
+    ``ffw_form`` and ``snr_scale`` (:class:`FamilyChoices`): the FFW layer form, and how the
+    model-noise SNRs (swept and training) are read — ``realised`` (realised SNR = nominal at
+    every width) or ``paper`` (Eq. 4 literally, nominal − 10·log10(width)); model noise only
+    (a device calibrates to the realised SNR of its MVMs). ``test_solver``: the DEQs'
+    evaluation solver in place of the preset's (e.g. the paper preset's window-40 solver for
+    quick-trained models swept down to 0 dB).
     """
 
     task: str = "digits"
@@ -512,11 +600,22 @@ class SweepSpec(StrictModel):
     max_test_samples: int | None = Field(default=None, ge=1, le=limits.MAX_SAMPLES)
     fixed_snr_db: list[InfFloat] = Field(default_factory=lambda: [0.0])
     batched: bool = True
+    test_solver: SolverSpec | None = None
 
     @field_validator("snr_db", "train_snr_db", "fixed_snr_db", mode="before")
     @classmethod
     def _grid(cls, v: Any, info: Any) -> list[float]:
         return _snr_list(v, info.field_name)
+
+    @model_validator(mode="after")
+    def _scale_for_model_noise(self) -> SweepSpec:
+        if self.snr_scale != "realised" and self.noise_site == "device":
+            raise ValueError(
+                f"snr_scale '{self.snr_scale}' applies to the paper's model noise; with "
+                "noise_site 'device' the device is calibrated to the realised SNR of its "
+                "MVMs (use noise_site signal, state or input)"
+            )
+        return self
 
     @field_validator("depths", mode="before")
     @classmethod
@@ -613,6 +712,14 @@ class ExperimentSpec(StrictModel):
 
 TRAIN_PRESETS = ("quick", "paper")
 
+#: DEQ test solver of the ``quick`` preset: unroll, threshold 40, Eq. 54 ``mean_rel`` 0.05 over
+#: a window of 20. Eq. 54's noise floor falls as 1/w (docs/analysis.md): with w = 20 it lies
+#: below 0.05 from about 5 dB signal SNR up (measured: every sample of a digits family
+#: converges at 5 dB and above, and at 0 dB on the rram device), where the previous window of
+#: 5 converged nowhere below 15 dB; noise-free it no longer stops after ~10 steps, the
+#: early stop that made a regression DEQ's MSE worse at ∞ than at 15 dB.
+QUICK_TEST_SOLVER = SolverSpec(name="unroll", max_iter=40, tol=0.05, stop="mean_rel", window=20)
+
 
 def check_preset(name: str) -> str:
     """``name`` if it is a training preset, else a "did you mean" error (pydantic validators)."""
@@ -667,11 +774,15 @@ class TrainSpec(StrictModel):
         """A named training preset for a model ``kind``, with field ``overrides``.
 
         ``quick``: 6 epochs, batch 64; DEQ trained with a 30-step unroll (rel 1e-3) and the
-        phantom gradient (5 damped steps, λ = 0.5, App. C), evaluated with a 30-step unroll
-        stopping on ``mean_rel`` 0.05 — sized for the two-minute default sweep.
+        phantom gradient (5 damped steps, λ = 0.5, App. C), evaluated with :data:`QUICK_TEST_SOLVER`
+        (unroll 40, ``mean_rel`` 0.05 over a window of 20: converges from about 5-10 dB up) —
+        sized for the two-minute default sweep.
         ``paper``: Table 1 (DEQ: 30 epochs, batch 16, Jacobian regulariser weight 1.0 until
         epoch 55, unroll 60 with rel 1e-3 — or mean_rel 0.05 when training with noise —
-        tested with unroll 60, mean_rel 0.05) and Table 2 (FFW: 64 epochs, batch 16).
+        tested with unroll 60, mean_rel 0.05 over a window of 40: converges down to about
+        0 dB) and Table 2 (FFW: 64 epochs, batch 16). Why these windows: the noise floor of
+        Eq. 54 falls as 1/window (``docs/analysis.md``); the measurements behind the choice
+        are in ``docs/reproduction.md``.
         """
         if name not in TRAIN_PRESETS:
             close = difflib.get_close_matches(str(name), TRAIN_PRESETS, n=1)
@@ -687,8 +798,7 @@ class TrainSpec(StrictModel):
                 data.update(
                     solver=SolverSpec(name="unroll", max_iter=30, tol=1e-3, stop="rel",
                                       traces=False),
-                    test_solver=SolverSpec(name="unroll", max_iter=30, tol=0.05,
-                                           stop="mean_rel", window=5),
+                    test_solver=QUICK_TEST_SOLVER.model_copy(),
                     gradient=GradientSpec(name="phantom", phantom_steps=5, phantom_lambda=0.5),
                 )
         else:
@@ -707,13 +817,19 @@ class TrainSpec(StrictModel):
         return build(cls, data, where=f"train preset '{name}'")
 
 
-class FamilySpec(StrictModel):
+#: TrainSpec fields only a DEQ uses (an FFW member's spec leaves them out)
+DEQ_ONLY_TRAIN_FIELDS = ("solver", "test_solver", "gradient", "jac_reg")
+
+
+class FamilySpec(FamilyChoices):
     """A depth-matched family: FFW(depth, ``hidden``) and DEQ(matched_width(depth)) per depth.
 
     Both kinds share the input projection (``input_act``) and output head shapes of the task
     (App. E.1). Each member is trained with ``train_preset`` for its kind plus ``train``
     overrides, with training noise at ``train_site`` / ``train_snr_db`` (``inf`` = none) and
     the optional hardware ``device`` in the loop; ``seed`` seeds weights, data order and noise.
+    ``ffw_form`` (:class:`FamilyChoices`) enters the FFW members' specs only, so a family's
+    DEQs do not depend on it; ``snr_scale`` is the SNR scale of the training noise.
     """
 
     task: str = "digits"
@@ -748,11 +864,18 @@ class FamilySpec(StrictModel):
         """The training noise: multiplicative at ``train_site`` / ``train_snr_db``, or none."""
         if math.isinf(self.train_snr_db):
             return NoiseSpec()
-        return NoiseSpec(site=self.train_site, kind="multiplicative", snr_db=self.train_snr_db)
+        return NoiseSpec(site=self.train_site, kind="multiplicative", snr_db=self.train_snr_db,
+                         snr_scale=self.snr_scale)
 
     def train_spec(self, kind: Literal["deq", "ffw"]) -> TrainSpec:
-        """The resolved :class:`TrainSpec` of a member of ``kind``."""
+        """The resolved :class:`TrainSpec` of a member of ``kind``.
+
+        DEQ-only overrides in ``train`` (:data:`DEQ_ONLY_TRAIN_FIELDS`) are left out of an
+        FFW's spec: they do not change its weights, so they do not change its cache key.
+        """
         over = {"seed": self.seed, **self.train}
+        if kind == "ffw":
+            over = {k: v for k, v in over.items() if k not in DEQ_ONLY_TRAIN_FIELDS}
         if self.device is not None:
             over.setdefault("device", self.device)
         return TrainSpec.preset(self.train_preset, kind, self.noise(), **over)

@@ -86,13 +86,18 @@ class Family:
 
 
 def member_spec(spec: FamilySpec, task: Task, kind: str, depth: int) -> ModelSpec:
-    """The :class:`ModelSpec` of one member (a DEQ is matched to the FFW depth)."""
-    return build(
-        ModelSpec,
-        {"kind": kind, "in_features": task.in_features, "out_features": task.out_features,
-         "width": spec.hidden, "depth": depth, "matched": True, "input_act": spec.input_act},
-        where="family member",
-    )
+    """The :class:`ModelSpec` of one member (a DEQ is matched to the FFW depth).
+
+    The family's ``ffw_form`` enters FFW members only: a DEQ's spec (and cache key) does not
+    depend on the form of the FFW it is compared with.
+    """
+    data: dict[str, Any] = {
+        "kind": kind, "in_features": task.in_features, "out_features": task.out_features,
+        "width": spec.hidden, "depth": depth, "matched": True, "input_act": spec.input_act,
+    }
+    if kind == "ffw" and spec.ffw_form is not None:
+        data["ffw_form"] = spec.ffw_form
+    return build(ModelSpec, data, where="family member")
 
 
 def build_member(mspec: ModelSpec, seed: int) -> nn.Module:
@@ -208,12 +213,15 @@ def family_spec_for_sweep(sweep: SweepSpec, seed: int, train_snr_db: float) -> F
         train["epochs"] = sweep.epochs
     if sweep.max_train_samples is not None:
         train["max_train_samples"] = sweep.max_train_samples
+    if sweep.test_solver is not None:
+        train["test_solver"] = sweep.test_solver
     return build(
         FamilySpec,
         {"task": sweep.task, "data_dir": sweep.data_dir, "depths": sweep.depths,
          "kinds": sweep.kinds, "hidden": sweep.hidden, "input_act": sweep.input_act,
          "seed": seed, "train_preset": sweep.train_preset, "train": train,
          "train_snr_db": math.inf if train_snr_db is None else train_snr_db,
-         "train_site": sweep.train_site},
+         "train_site": sweep.train_site, "ffw_form": sweep.ffw_form,
+         "snr_scale": sweep.snr_scale},
         where="sweep",
     )

@@ -4,7 +4,9 @@ SNR convention (DESIGN §1). For a noisy vector y + ε the SNR is ‖y‖² / E�
 The paper writes ε ~ N(0, ‖y‖/√SNR) per element (Eq. 4); taken literally each of the d
 elements has variance ‖y‖²/SNR, so E‖ε‖² = d·‖y‖²/SNR and the realised SNR is SNR/d — it
 depends on the width. We draw ε_i ~ N(0, ‖y‖² / (d·SNR)) instead, so the realised SNR equals
-the nominal one at every width. ``paper_literal_snr_db`` converts between the two.
+the nominal one at every width. ``paper_literal_snr_db`` converts between the two, and the
+``paper`` SNR scale (``NoiseSpec.snr_scale``) draws Eq. 4 literally, so results can be set
+beside the paper's figures: at width 128 its 0 dB is a realised −21.1 dB.
 
 Randomness only comes from explicit generators. :class:`NoiseStream` wraps one generator or
 several, each owning a contiguous block of rows of the batch: a batch that stacks several SNR
@@ -251,27 +253,37 @@ def _per_sample(value: SNRLike, y: Tensor) -> Tensor:
     return t.reshape((-1,) + (1,) * (y.ndim - 1))
 
 
-def multiplicative_noise_std(y: Tensor, snr_db: SNRLike) -> Tensor:
-    """Per-element noise std so the realised per-sample SNR is ``snr_db`` (Eq. 4, width-fixed).
+def multiplicative_noise_std(y: Tensor, snr_db: SNRLike, scale: str = "realised") -> Tensor:
+    """Per-element std of the multiplicative noise of Eq. 4 for the SNR ``snr_db``.
 
-    std_b = ‖y_b‖ / √(d · SNR_b), with d the number of elements of one sample; zero where
+    ``scale="realised"``: std_b = ‖y_b‖ / √(d · SNR_b), d the number of elements of one
+    sample, so the realised per-sample SNR ‖y‖²/E‖ε‖² is ``snr_db`` at every width.
+    ``scale="paper"``: std_b = ‖y_b‖ / √SNR_b, Eq. 4 read literally per element; the realised
+    SNR is then ``snr_db − 10·log10(d)`` (:func:`paper_literal_snr_db`). Zero where
     SNR = inf. Returned with shape (B, 1, ..., 1).
     """
     d = y[0].numel() if y.ndim > 1 else 1
     flat = y.reshape(y.shape[0], -1) if y.ndim > 1 else y.reshape(-1, 1)
     norm2 = flat.pow(2).sum(dim=1).reshape((-1,) + (1,) * (y.ndim - 1))
     snr_lin = db_to_linear(_per_sample(snr_db, y))
-    return torch.sqrt(norm2 / (d * snr_lin))  # inf SNR -> 0 std
+    if scale == "paper":
+        return torch.sqrt(norm2 / snr_lin)  # inf SNR -> 0 std
+    if scale != "realised":
+        raise ValueError(f"snr_scale: unknown scale {scale!r} (allowed: realised, paper)")
+    return torch.sqrt(norm2 / (d * snr_lin))
 
 
-def multiplicative(y: Tensor, snr_db: SNRLike, stream: NoiseStream) -> Tensor:
-    """y + ε with ε ~ N(0, ‖y‖²/(d·SNR)) per element, per sample (paper Eq. 3-4).
+def multiplicative(
+    y: Tensor, snr_db: SNRLike, stream: NoiseStream, scale: str = "realised"
+) -> Tensor:
+    """y + ε with ε ~ N(0, ‖y‖²/(d·SNR)) per element, per sample (paper Eq. 3-4); with
+    ``scale="paper"`` ε ~ N(0, ‖y‖²/SNR) (:func:`multiplicative_noise_std`).
 
     The noise scale follows y (input-dependent), and gradients flow through it.
     """
     if not isinstance(snr_db, Tensor) and math.isinf(snr_db):
         return y
-    std = multiplicative_noise_std(y, snr_db)
+    std = multiplicative_noise_std(y, snr_db, scale)
     return y + std * stream.randn(y.shape, y.dtype, y.device)
 
 
@@ -331,7 +343,7 @@ class Noise:
         if self.spec.site != site:
             return y
         if self.spec.kind == "multiplicative":
-            return multiplicative(y, self.snr_db, self.stream)
+            return multiplicative(y, self.snr_db, self.stream, self.spec.snr_scale)
         return additive(y, self.eta, self.stream)
 
     def select(self, index: Tensor) -> Noise:

@@ -300,7 +300,8 @@ def forward_levels(
     noise = None
     if not device_noise:
         stream = NoiseStream.from_blocks(list(seeds), [n] * k, device=x.device)
-        noise = MeteredNoise(NoiseSpec(site=spec.noise_site), stream, snr_db=snr)
+        noise = MeteredNoise(NoiseSpec(site=spec.noise_site, snr_scale=spec.snr_scale), stream,
+                             snr_db=snr)
     meter = hardware.meter(deployed, k, n) if device_noise and on_device else None
     try:
         with torch.no_grad():

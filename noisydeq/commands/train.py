@@ -33,12 +33,13 @@ def _snr(text: str, option: str) -> float:
         raise NoisyDEQError(f"{option}: {err}") from None
 
 
-def _noise(train_snr: str, site: str) -> NoiseSpec:
+def _noise(train_snr: str, site: str, scale: str) -> NoiseSpec:
     snr = _snr(train_snr, "--train-snr")
     if math.isinf(snr):
+        build(NoiseSpec, {"snr_scale": scale}, where="--snr-scale")  # validate it anyway
         return NoiseSpec()
-    return build(NoiseSpec, {"site": site, "kind": "multiplicative", "snr_db": snr},
-                 where="--train-snr")
+    return build(NoiseSpec, {"site": site, "kind": "multiplicative", "snr_db": snr,
+                             "snr_scale": scale}, where="--train-snr")
 
 
 def _fmt(metric: float, name: str) -> str:
@@ -69,6 +70,11 @@ def _fmt(metric: float, name: str) -> str:
               show_default=True, help="Where training noise is injected (Eq. 3-4).")
 @click.option("--input-act", type=click.Choice(["relu", "silu", "identity"]), default="relu",
               show_default=True, help="Input projection nonlinearity.")
+@click.option("--ffw-form", default=None,
+              help="FFW layer form: eq57x (default; z0 = x~, every hidden matrix acts), eq57 "
+                   "(z0 = 0) or eq32 (z0 = x~, no injection).")
+@click.option("--snr-scale", default="realised", show_default=True,
+              help="Training-noise SNR scale: realised or paper (Eq. 4 literally).")
 @click.option("--device", default=None,
               help="Hardware model in the loop (preset name or .toml), e.g. rram, photonic.")
 @click.option("--device-snr", default=None, help="Calibrate the training device to this SNR.")
@@ -95,7 +101,7 @@ def command(**opts: Any) -> None:
     from noisydeq.tasks import load_task
 
     dev = resolve_torch_device(opts["torch_device"])
-    noise = _noise(opts["train_snr"], opts["train_site"])
+    noise = _noise(opts["train_snr"], opts["train_site"], opts["snr_scale"])
     overrides: dict[str, Any] = {"seed": opts["seed"]}
     for key in ("epochs", "batch_size", "lr"):
         if opts[key] is not None:
@@ -120,7 +126,8 @@ def command(**opts: Any) -> None:
             "task": opts["task"], "data_dir": opts["data_dir"], "depths": opts["depths"],
             "hidden": opts["width"], "input_act": opts["input_act"], "seed": opts["seed"],
             "train_preset": opts["preset"], "train_snr_db": noise.snr_db,
-            "train_site": opts["train_site"],
+            "train_site": opts["train_site"], "ffw_form": opts["ffw_form"],
+            "snr_scale": opts["snr_scale"],
             "train": {k: v for k, v in overrides.items() if k != "seed"},
         }, where="train")
         batch = max(fspec.train_spec(k).batch_size for k in fspec.kinds)  # validate first
@@ -134,13 +141,23 @@ def command(**opts: Any) -> None:
         _family(fspec, task, out, dev, opts)
         return
 
+    if opts["ffw_form"] is not None:
+        if opts["kind"] != "ffw":
+            raise NoisyDEQError(
+                f"--ffw-form: given for a {opts['kind']} model (only an FFW has a layer form)"
+            )
+        build(ModelSpec, {"kind": "ffw", "in_features": 1, "out_features": 1,
+                          "ffw_form": opts["ffw_form"]}, where="model")
     tspec = TrainSpec.preset(opts["preset"], opts["kind"], noise, **overrides)
     task = load_task(opts["task"], data_dir=opts["data_dir"], seed=opts["seed"])
-    mspec = build(ModelSpec, {
+    data = {
         "kind": opts["kind"], "in_features": task.in_features,
         "out_features": task.out_features, "width": opts["width"], "depth": opts["depth"],
         "input_act": opts["input_act"],
-    }, where="model")
+    }
+    if opts["ffw_form"] is not None:
+        data["ffw_form"] = opts["ffw_form"]
+    mspec = build(ModelSpec, data, where="model")
     _check_memory([member_size(mspec.kind, mspec.depth, mspec.width, task.in_features,
                                task.out_features)], tspec.batch_size, dev)
     _notice(task)

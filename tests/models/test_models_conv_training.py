@@ -94,7 +94,7 @@ def test_conv_ffw_layers_and_matching():
     assert len(out.states) == 3 and out.logits.shape == (32, 10)
     img = x.reshape(32, 1, 8, 8)
     xt = torch.relu(F.conv2d(img, ffw.proj.U.weight, padding=1))
-    z = torch.zeros_like(xt)
+    z = xt  # eq57x: z⁰ = x̃, x̃ injected at every layer
     for layer in ffw.layers:
         z = torch.tanh(F.conv2d(z, layer.W.weight, layer.W.bias, padding=1) + xt)
     assert torch.allclose(out.z, z, atol=1e-13)
