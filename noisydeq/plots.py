@@ -182,7 +182,8 @@ def plot_metric_vs_depth(
     agg = aggregate(rows)
     levels = sorted({float(r["snr_db"]) for r in rows})
     snrs = [s for s in dict.fromkeys(_nearest(levels, f) for f in fixed_snr_db) if s is not None]
-    snrs = snrs or levels[:1]  # e.g. a sweep of SNR = inf only: the panel at that level
+    if not snrs:  # a grid without finite SNRs (e.g. only ∞) has no such figure
+        return []
     train_snrs = sorted({k[4] for k in agg}, key=lambda v: -v)
     panels = [(t, s) for s in snrs for t in train_snrs]
     with plt.rc_context(STYLE):
