@@ -14,10 +14,14 @@ stepped. A SplitMix64 stream (seed s, odd gamma γ) outputs mix64(s + i·γ) at 
 mix64 Stafford's "Mix13" 64-bit finaliser (xor-shift 30, multiply, xor-shift 27, multiply,
 xor-shift 31; a bijection with full avalanche). Its state after i steps is known in closed
 form, so output i is computed directly: a counter-based generator in the sense of Salmon
-et al. ("Parallel random numbers: as easy as 1, 2, 3", SC 2011). Statistical quality: the
-SplitMix64 paper reports that single streams and interleaved split streams pass TestU01's
-BigCrush; it is also the generator recommended for seeding the xoshiro family. The address
-is mapped onto it as SplitMix's own ``split`` would:
+et al. ("Parallel random numbers: as easy as 1, 2, 3", SC 2011). Statistical quality: its
+authors tested SplitMix with DieHarder and TestU01 (BigCrush), single and split streams, and
+chose this finaliser and the gamma rule below from those tests; it is the generator Vigna
+recommends for seeding xoshiro. It is fit for Monte Carlo, not for cryptography (two
+outputs reveal the state). Not re-run here: ``tests/test_rng.py`` checks reference
+outputs, moments and a KS test of the Gaussians, and correlations between sources, steps,
+samples and neighbouring elements, all at 4σ. The address is mapped onto the generator as
+SplitMix's own ``split`` would:
 
 * key → stream key k = mix64(key + γ₀) (γ₀ = 2⁶⁴/φ, the golden gamma);
 * (k, sample) → a child stream: seed mix64(k + (2·sample + 1)·γ₀) and gamma
@@ -32,8 +36,9 @@ but not share a run of consecutive outputs, which a fixed gamma would allow.
 
 Gaussians use the Box–Muller transform (Box & Muller 1958) on one 64-bit output per pair of
 elements: the high 32-bit word gives the radius √(−2 ln u), u = (|w| + ½)/(2³¹ + 1) ∈ (0, 1)
-(tails to 6.6σ; ``torch.randn`` reaches 5.8σ in float32), the low word the angle, so elements
-2j and 2j+1 are r·cos θ and r·sin θ of output j. Uniforms take one output per element (the
+(tails to 6.6σ; ``torch.randn`` reaches 5.8σ in float32), the low word the angle: in a row
+of n elements, elements j and ⌈n/2⌉ + j are r·cos θ and r·sin θ of output j (the row length
+of a source is fixed: a layer's output width). Uniforms take one output per element (the
 top 24 bits for float32, 53 for float64, like ``torch.rand``). The arithmetic is int64 with
 wrap-around (two's complement; shifts made logical by masking), which CPU and CUDA kernels
 share: the integer outputs are identical on both, Gaussians up to the last bit of their
@@ -185,10 +190,11 @@ _LOG_SPAN2 = 2.0 * math.log(2.0**31 + 1.0)
 
 def normal(base: Tensor, gamma: Tensor, n: int, dtype: torch.dtype) -> Tensor:
     """(m, n) standard normals from rows at states ``base`` (Box–Muller, module docstring):
-    elements 2j and 2j+1 are r·cos θ and r·sin θ of the row's output j+1."""
+    with h = ⌈n/2⌉, elements j and h + j of a row are r·cos θ and r·sin θ of the row's
+    output j + 1 (the two halves are written contiguously: no interleaving pass)."""
     m, pairs = base.shape[0], (n + 1) // 2
     cdt = _compute_dtype(dtype)
-    out = torch.empty((m, pairs, 2), dtype=cdt, device=base.device)
+    out = torch.empty((m, n), dtype=cdt, device=base.device)
     for sl in _chunks(m, pairs):
         words = raw_bits(base[sl], gamma[sl], pairs).view(torch.int32)
         words = words.view(-1, pairs, 2).permute(2, 0, 1)
@@ -197,9 +203,9 @@ def normal(base: Tensor, gamma: Tensor, n: int, dtype: torch.dtype) -> Tensor:
         f = words.to(cdt, memory_format=torch.contiguous_format)
         theta, r = f[0].mul_(_TWO_PI * 2.0**-32), f[1]
         r = torch.rsub(r.abs_().add_(0.5).log_(), _LOG_SPAN2, alpha=2.0).sqrt_()
-        torch.mul(theta.cos(), r, out=out[sl, :, 0])
-        torch.mul(theta.sin_(), r, out=out[sl, :, 1])
-    out = out.view(m, 2 * pairs)[:, :n]
+        torch.mul(theta.cos(), r, out=out[sl, :pairs])
+        rest = n - pairs
+        torch.mul(theta.sin_()[:, :rest], r[:, :rest], out=out[sl, pairs:])
     return out if cdt == dtype else out.to(dtype)
 
 
