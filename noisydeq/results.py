@@ -67,8 +67,9 @@ COLUMNS: dict[str, str] = {
     "diverged_frac": "float",
 }
 
-# Fields of SweepSpec that do not change results (excluded from the run-dir identity).
-RUNTIME_ONLY = frozenset({"batched"})
+# Fields of SweepSpec that do not change results (excluded from the run-dir identity):
+# noise is keyed by test-sample index, so batching and chunking give the same table.
+RUNTIME_ONLY = frozenset({"batched", "max_rows"})
 
 
 def spec_identity(spec: SweepSpec) -> dict[str, Any]:

@@ -21,7 +21,7 @@ from torch import Tensor
 from noisydeq.config import JacobianRegSpec
 from noisydeq.models.base import ModelOutput
 from noisydeq.models.ffw import DEFAULT_FFW_FORM, FFW, acting_layers
-from noisydeq.noise import Noise
+from noisydeq.noise import Noise, NoiseStream
 from noisydeq.solvers import jacobian_frobenius_hutchinson
 
 
@@ -38,10 +38,12 @@ class JacRegFFW(FFW):
         super().__init__(*args, form=form, **kw)
         self.jac_reg = jac_reg
         self.jac_reg_active = True
-        self.jac_generator: torch.Generator | None = None
+        #: draws the Hutchinson probes (set per batch by training; None: global RNG)
+        self.jac_generator: torch.Generator | NoiseStream | None = None
 
     def layer_penalty(self, x: Tensor, noise: Noise | None = None, n_samples: int = 1,
-                      generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+                      generator: torch.Generator | NoiseStream | None = None,
+                      ) -> tuple[Tensor, Tensor]:
         """(logits, Σ_m ‖∂z^{m+1}/∂z^m‖²_F/d Hutchinson estimate) of one forward pass."""
         xt = self.inject(x, noise)
         z, inj = self.start(xt)

@@ -41,18 +41,20 @@ from noisydeq.errors import CorruptArtefact
 from noisydeq.hardware.base import device_layers
 from noisydeq.store import hash_tensor
 
-FORMAT = "noisydeq-calibration/2"
+#: 2: digests (integrity); 3: counter-based calibration noise (noisydeq.rng)
+FORMAT = "noisydeq-calibration/3"
 
 
 @functools.lru_cache(maxsize=1)
 def code_fingerprint() -> str:
-    """Hash of the device and noise code: a change to how layers compute invalidates the
-    stored controls (the package version alone does not change between commits)."""
+    """Hash of the device, noise and random-number code: a change to how layers compute
+    invalidates the stored controls (the package version alone does not change between
+    commits)."""
     import noisydeq
 
     root = Path(noisydeq.__file__).parent
     h = hashlib.blake2b(digest_size=8)
-    for path in sorted([*(root / "hardware").glob("*.py"), root / "noise.py"]):
+    for path in sorted([*(root / "hardware").glob("*.py"), root / "noise.py", root / "rng.py"]):
         h.update(path.name.encode())
         h.update(path.read_bytes())
     return h.hexdigest()

@@ -18,7 +18,7 @@ from torch import Tensor, nn
 from noisydeq.config import GradientSpec, JacobianRegSpec, SolverSpec
 from noisydeq.models.base import CountingMixin, ModelOutput
 from noisydeq.models.cells import MLPCell, check_positive
-from noisydeq.noise import Noise
+from noisydeq.noise import Noise, NoiseStream
 from noisydeq.solvers import solve, solve_with_grad
 from noisydeq.solvers.gradients import attach_gradient
 from noisydeq.solvers.jacobian import jacobian_frobenius_hutchinson
@@ -138,13 +138,14 @@ class DEQ(CountingMixin, nn.Module):
         *,
         return_solution: bool = False,
         return_states: bool = False,
-        generator: torch.Generator | None = None,
+        generator: torch.Generator | NoiseStream | None = None,
     ) -> Tensor | ModelOutput:
         """Solve z* = f(z*; x) (Eq. 1/3), attach the gradient, return head(z*).
 
         Returns the logits, or a :class:`ModelOutput` when ``return_solution`` or
-        ``return_states`` is set. ``generator`` feeds the solver's random threshold and the
-        Hutchinson probes of the Jacobian regulariser (global torch RNG when ``None``).
+        ``return_states`` is set. ``generator`` (a :class:`~noisydeq.noise.NoiseStream`, or a
+        ``torch.Generator``) feeds the solver's random threshold and the Hutchinson probes
+        of the Jacobian regulariser (global torch RNG when ``None``).
         """
         xt = self.inject(x, noise)
         f = self.cell_fn(xt, noise)

@@ -356,12 +356,12 @@ def test_resume_state(tmp_path, capsys):
     resume.write_bytes(good)
 
     def check() -> None:  # the trainer's own reader, on a throw-away copy of the model
-        from noisydeq.train import _load_resume, _Rng, run_config
+        from noisydeq.train import _load_resume, run_config
 
         model = build_member(mspec, 0)
         opt = torch.optim.Adam(model.parameters())
         cfg = run_config(model, task, spec, torch.device("cpu"))
-        _load_resume(resume, model, opt, _Rng(0, torch.device("cpu")), cfg, spec.epochs)
+        _load_resume(resume, model, opt, cfg, spec.epochs)
 
     damage_all("resume.safetensors", resume, check, seed=70, extra=iter(extra))
     resume.write_bytes(next(d for n, d in raw_damage(good, 71) if "flipped" in n))
