@@ -142,10 +142,10 @@ def train_family(
     dev = torch.device(torch_device) if torch_device is not None else torch.device("cpu")
     root = cache_root(cache_dir) / "models"
     family = Family(spec=spec, task_name=task.name)
-    from tqdm.auto import tqdm
+    from noisydeq.progress import progress
 
     jobs = [(d, k) for d in spec.depths for k in spec.kinds]
-    bar = tqdm(jobs, desc="family", unit="model", disable=quiet, leave=False)
+    bar = progress(jobs, desc="family", unit="models", disable=quiet)
     for depth, kind in bar:
         model, tspec, entry = prepared_member(spec, task, kind, depth, root, dev)
         name = f"{kind} d{depth} w{model.width}"

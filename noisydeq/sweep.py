@@ -553,9 +553,9 @@ def family_models(spec: SweepSpec, task: Any, progress: bool = True) -> list[Swe
 
     log = None
     if progress:
-        from tqdm.auto import tqdm
+        from noisydeq.progress import write
 
-        log = tqdm.write
+        log = write
     out = []
     for seed in spec.seeds:
         for tsnr in spec.train_snr_db:
@@ -715,7 +715,7 @@ def _run_open(
     jobs: int | str | None,
 ) -> SweepResult:
     """The body of :func:`run_sweep` once its run directory is open and locked."""
-    from tqdm.auto import tqdm
+    from noisydeq.progress import progress as progress_bar
 
     if models is None:
         models = family_models
@@ -732,8 +732,8 @@ def _run_open(
     pending = [p for p in pairs if todo[p]]
     n_jobs = resolve_jobs(jobs, spec, len(pending), parallel_ok=models_from_cache)
     total = len(pairs) * len(runner.chunks)
-    bar = tqdm(total=total, desc="sweep", unit="cell", disable=not progress, leave=False)
-    bar.update(total - sum(len(t) for t in todo.values()))
+    bar = progress_bar(total=total, desc="sweep", unit="cells", disable=not progress,
+                       initial=total - sum(len(t) for t in todo.values()))
     computed = 0
 
     def cell_done(_n: int) -> None:

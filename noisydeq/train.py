@@ -351,10 +351,10 @@ def _fit(
         spec.max_train_samples, len(task.x_train))
     x_all, y_all = task.x_train[:n].to(dev), task.y_train[:n].to(dev)
     n_batches = math.ceil(n / spec.batch_size)
-    from tqdm.auto import tqdm
+    from noisydeq.progress import progress
 
-    bar = tqdm(total=(spec.epochs - start) * n_batches, desc=desc, unit="batch",
-               disable=quiet, leave=False)
+    bar = progress(total=(spec.epochs - start) * n_batches, desc=desc or "training",
+                   unit="batches", disable=quiet)
     try:
         for epoch in range(start, spec.epochs):
             record = _train_epoch(net, opt, task, spec, rng, x_all, y_all, epoch, bar)

@@ -1,0 +1,91 @@
+"""Progress on a terminal and in a log file (plain lines, no carriage returns or ANSI)."""
+
+from __future__ import annotations
+
+import io
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from noisydeq.progress import LineProgress, progress
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.t = 100.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def test_lines_at_most_every_interval_then_a_closing_line():
+    clock, out = FakeClock(), io.StringIO()
+    bar = LineProgress(total=40, desc="sweep", unit="cells", stream=out, clock=clock)
+    for _ in range(40):
+        clock.t += 1.0  # one cell per second: a line every 10 cells
+        bar.update(1)
+    bar.close()
+    lines = out.getvalue().splitlines()
+    assert len(lines) == 5, lines
+    assert lines[0] == "noisydeq: sweep 10/40 cells (25%), 0:10 elapsed, ~0:30 left"
+    assert lines[-1] == "noisydeq: sweep 40/40 cells in 0:40"
+    assert "\r" not in out.getvalue() and "\x1b" not in out.getvalue()
+
+
+def test_quick_work_prints_nothing_and_resumed_work_is_not_a_rate():
+    clock, out = FakeClock(), io.StringIO()
+    bar = LineProgress(total=10, desc="sweep", unit="cells", stream=out, clock=clock)
+    bar.update(10)
+    bar.close()
+    assert out.getvalue() == ""
+    bar = LineProgress(total=100, desc="sweep", unit="cells", stream=out, clock=clock,
+                       initial=90)
+    clock.t += 10
+    bar.update(5)  # 5 new cells in 10 s: 5 more take 10 s (the 90 found done do not count)
+    assert out.getvalue().splitlines()[0].endswith("95/100 cells (95%), 0:10 elapsed, ~0:10 left")
+
+
+def test_iteration_and_postfix():
+    clock, out = FakeClock(), io.StringIO()
+    bar = LineProgress(["a", "b", "c"], desc="family", unit="models", stream=out, clock=clock,
+                       every_s=0)
+    seen = []
+    for item in bar:
+        bar.set_postfix_str(f"member {item}")
+        seen.append(item)
+    assert seen == ["a", "b", "c"]
+    lines = out.getvalue().splitlines()
+    assert lines[0].startswith("noisydeq: family 1/3 models") and lines[0].endswith("; member a")
+    assert lines[-1].startswith("noisydeq: family 3/3 models in")
+
+
+def test_terminal_check_and_override(monkeypatch):
+    monkeypatch.setenv("NOISYDEQ_PROGRESS", "lines")
+    assert isinstance(progress(total=3), LineProgress)
+    monkeypatch.setenv("NOISYDEQ_PROGRESS", "bar")
+    assert not isinstance(progress(total=3), LineProgress)
+    assert not isinstance(progress(total=3, disable=True), LineProgress)
+
+
+@pytest.mark.slow
+def test_a_logged_sweep_has_progress_lines_and_no_control_characters(tmp_path):
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "NOISYDEQ_CACHE": str(tmp_path / "cache"), "PYTHONPATH": str(root),
+           "NOISYDEQ_PROGRESS_EVERY": "0"}
+    env.pop("NOISYDEQ_PROGRESS", None)
+    log = tmp_path / "log.txt"
+    with open(log, "wb") as fh:  # stderr is a file, as under nohup or a batch scheduler
+        rc = subprocess.run(
+            [sys.executable, "-m", "noisydeq.cli", "sweep", "--device", "snr", "--snr", "0,inf",
+             "--depths", "1", "--epochs", "1", "--set", "hidden=8", "--set",
+             "max_train_samples=64", "--set", "max_test_samples=32", "--jobs", "1",
+             "--threads", "1", "--out", str(tmp_path / "run")],
+            env=env, stdout=fh, stderr=subprocess.STDOUT, timeout=600).returncode
+    text = log.read_text()
+    assert rc == 0, text
+    assert "\r" not in text and "\x1b" not in text
+    for what in ("noisydeq: family", "noisydeq: sweep", "batches"):
+        assert what in text, text
