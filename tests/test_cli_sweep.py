@@ -37,6 +37,8 @@ BAD = [
     (["--set", "chipz=2"], "did you mean 'chips'"),
     (["--jobs", "0"], "jobs '0'"),
     (["--jobs", "two"], "jobs 'two'"),
+    (["--kinds", "deq,cnn"], "'deq' or 'ffw'"),
+    (["--kinds", ","], "kinds must not be empty"),
 ]
 
 
@@ -119,3 +121,15 @@ def test_sweep_end_to_end_json_and_resume(tmp_path):
     assert text.returncode == 0, text.stderr
     assert "results:" in text.stdout and "figures:" in text.stdout
     assert "DEQ" in text.stdout and "FFW" in text.stdout
+
+
+def test_kinds_selects_the_family_members(tmp_path):
+    out = tmp_path / "run"
+    proc = _cli("sweep", "--device", "snr", "--snr", "10", "--depths", "1,3", "--kinds", "deq",
+                "--epochs", "0", "--chips", "1", "--set", "max_test_samples=32", "--jobs", "1",
+                "--threads", "1", "--out", str(out), "--quiet", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    from noisydeq.results import read_csv
+
+    rows = read_csv(out / "results.csv")
+    assert {r["kind"] for r in rows} == {"deq"} and {r["depth"] for r in rows} == {1, 3}

@@ -124,6 +124,8 @@ def execute(
 @click.option("--noise-site", type=click.Choice(["device", "signal", "state", "input"]),
               default="device", show_default=True,
               help="Where the swept SNR applies: the device's MVMs, or the paper's model noise.")
+@click.option("--kinds", default="deq,ffw", show_default=True,
+              help="Model kinds of each family, comma-separated (e.g. --kinds deq).")
 @click.option("--ffw-form", default=None,
               help="FFW layer form: eq57x (default; z0 = x~, every hidden matrix acts), eq57 "
                    "(z0 = 0, the previous default) or eq32 (z0 = x~, no injection).")
@@ -146,8 +148,8 @@ def execute(
                    "core; with more than one, each evaluates with one thread).")
 def command(
     device: str, snr: str, task: str, data_dir: str | None, depths: str, train_snr: str,
-    chips: int, epochs: int | None, train_preset: str, noise_site: str, ffw_form: str | None,
-    snr_scale: str, out: str | None,
+    chips: int, epochs: int | None, train_preset: str, noise_site: str, kinds: str,
+    ffw_form: str | None, snr_scale: str, out: str | None,
     seed: str, torch_device: str, sets: tuple[str, ...], quiet: bool, as_json: bool,
     threads: str | None,
     jobs: str | None,
@@ -162,7 +164,8 @@ def command(
     data = {
         "device": device, "snr_db": snr_grid, "task": task, "data_dir": check_data_dir(data_dir),
         "depths": depths, "train_snr_db": train_grid, "chips": chips, "epochs": epochs,
-        "train_preset": train_preset, "noise_site": noise_site, "ffw_form": ffw_form,
+        "train_preset": train_preset, "noise_site": noise_site,
+        "kinds": [k.strip() for k in kinds.split(",") if k.strip()], "ffw_form": ffw_form,
         "snr_scale": snr_scale, "seeds": parse_seeds(seed),
         "torch_device": torch_device, **parse_sets(sets),
     }
