@@ -1,0 +1,120 @@
+"""``noisydeq runs [DIR...]``: the run directories below DIR (default ``runs``), their specs
+and status — finished (table written, digests good), partial (cells written, resumable),
+running (another process holds the directory's lock) or damaged (a file fails its check).
+
+Reads only; takes no lock and writes nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+
+from noisydeq.errors import NoisyDEQError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+CONFIG = "config.toml"
+LOCK = ".noisydeq.lock"
+
+
+def _compact(values: Any) -> str:
+    if isinstance(values, list):
+        return ",".join(_compact(v) for v in values)
+    if isinstance(values, float) and math.isinf(values):
+        return "inf"
+    if isinstance(values, float) and values.is_integer():
+        return str(int(values))
+    return str(values)
+
+
+def _held(run: Path) -> bool:
+    """Whether another process holds the run's lock (tested without creating anything)."""
+    lock = run / LOCK
+    if not lock.is_file():
+        return False
+    import fcntl
+
+    try:
+        with open(lock, "rb") as fh:
+            try:
+                fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                return True
+            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+    except OSError:
+        return False
+    return False
+
+
+def describe(run: Path) -> dict[str, Any]:
+    """One run directory: its spec's main fields, cell count and status."""
+    from noisydeq import store
+
+    info: dict[str, Any] = {"run": str(run), "cells": len(list(run.glob("cells/*.json")))}
+    try:
+        body = store.verify_text(store.read_text(run / CONFIG, CONFIG), run / CONFIG)
+        spec = tomllib.loads(body)
+    except (NoisyDEQError, tomllib.TOMLDecodeError) as err:
+        return {**info, "status": f"damaged ({str(err).splitlines()[0]})"}
+    for key in ("task", "device", "noise_site", "depths", "snr_db", "chips", "seeds",
+                "train_snr_db"):
+        info[key] = _compact(spec.get(key, ""))
+    if _held(run):
+        status = "running"
+    elif (run / "results.csv").is_file():
+        try:
+            store.verify_manifest(run)
+            status = "finished"
+        except NoisyDEQError as err:
+            status = f"damaged ({str(err).splitlines()[0]})"
+    else:
+        status = "partial (run the same command again to resume)"
+    info["status"] = status
+    info["modified"] = time.strftime("%Y-%m-%d %H:%M",
+                                     time.localtime((run / CONFIG).stat().st_mtime))
+    return info
+
+
+def find(roots: tuple[str, ...]) -> list[Path]:
+    out: list[Path] = []
+    for root in map(Path, roots or ("runs",)):
+        if not root.is_dir():
+            raise NoisyDEQError(f"runs: {root} is not a directory")
+        cands = [root] if (root / CONFIG).is_file() else sorted(
+            p.parent for p in root.rglob(CONFIG))
+        out += [p for p in cands if p not in out
+                and ((p / "cells").is_dir() or (p / "results.csv").is_file())]
+    return out
+
+
+@click.command("runs")
+@click.argument("dirs", nargs=-1)
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def command(dirs: tuple[str, ...], as_json: bool) -> None:
+    """List sweep run directories below DIRS (default: runs) with their specs and status.
+
+    Example: noisydeq runs runs/ --json
+    """
+    infos = [describe(r) for r in find(dirs)]
+    if as_json:
+        click.echo(json.dumps(infos, indent=2))
+        return
+    if not infos:
+        click.echo(f"no run directories below {', '.join(dirs or ('runs',))}")
+        return
+    cols = ["run", "status", "cells", "task", "device", "noise_site", "depths", "snr_db",
+            "chips", "seeds", "train_snr_db", "modified"]
+    width = {c: max(len(c), *(len(str(i.get(c, ""))) for i in infos)) for c in cols}
+    click.echo("  ".join(c.ljust(width[c]) for c in cols).rstrip())
+    for i in infos:
+        click.echo("  ".join(str(i.get(c, "")).ljust(width[c]) for c in cols).rstrip())

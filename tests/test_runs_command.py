@@ -1,0 +1,57 @@
+"""`noisydeq runs`: run directories with their specs and status (reads only)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+sys.path.insert(0, str(Path(__file__).parent))
+from sweep_helpers import toy_models, toy_spec, toy_task  # noqa: E402
+
+from noisydeq import store  # noqa: E402
+from noisydeq.cli import cli as main  # noqa: E402
+from noisydeq.sweep import run_sweep  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("runs")
+    task = toy_task(n=32)
+    run_sweep(toy_spec(snr_db="0,inf", chips=1), root / "done", task=task,
+              models=toy_models(task), progress=False, jobs=1)
+    for name in ("partial", "damaged", "busy"):
+        shutil.copytree(root / "done", root / name)
+    (root / "partial" / "results.csv").unlink()
+    cfg = root / "damaged" / "config.toml"
+    cfg.write_text(cfg.read_text().replace("chips = 1", "chips = 2"))
+    return root
+
+
+def test_status_of_each_kind_of_run(root):
+    with store.DirLock(root / "busy"):
+        res = CliRunner().invoke(main, ["runs", str(root), "--json"])
+    assert res.exit_code == 0, res.output
+    by = {Path(i["run"]).name: i for i in json.loads(res.output)}
+    assert by["done"]["status"] == "finished" and by["done"]["cells"] >= 1
+    assert by["done"]["snr_db"] == "0,inf" and by["done"]["chips"] == "1"
+    assert by["partial"]["status"].startswith("partial")
+    assert by["damaged"]["status"].startswith("damaged") and "config.toml" in by["damaged"][
+        "status"]
+    assert by["busy"]["status"] == "running"
+    table = CliRunner().invoke(main, ["runs", str(root)]).output
+    assert table.splitlines()[0].startswith("run") and len(table.splitlines()) == 5
+
+
+def test_bad_directory_is_one_line(tmp_path):
+    import subprocess
+
+    proc = subprocess.run([sys.executable, "-m", "noisydeq.cli", "runs", str(tmp_path / "nope")],
+                          capture_output=True, text=True)
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().endswith("is not a directory")
+    assert len(proc.stderr.strip().splitlines()) == 1
