@@ -61,8 +61,14 @@ def _fmt(metric: float, name: str) -> str:
 @click.option("--task", default="digits", show_default=True,
               help="digits, regression1d, mnist or mnist10k.")
 @click.option("--data-dir", default=None, help="MNIST directory (else $NOISYDEQ_MNIST_DIR).")
-@click.option("--kind", type=click.Choice(["deq", "ffw"]), default="deq", show_default=True,
-              help="Model kind (single-model mode).")
+@click.option("--kind", type=click.Choice(["deq", "ffw", "mondeq", "ffw_relu"]), default="deq",
+              show_default=True,
+              help="Model kind (single-model mode); mondeq/ffw_relu: monotone ReLU DEQ and its "
+                   "explicit ReLU baseline (noisydeq certify).")
+@click.option("--monotone", "monotone", default=None, metavar="KEY=VALUE,...",
+              help="mondeq/ffw_relu options, e.g. param=lben,m=0.5 (MonotoneSpec).")
+@click.option("--ibp-eps", type=float, default=None,
+              help="Train with interval bound propagation at this ℓ∞ radius (IBPTrainSpec).")
 @click.option("--width", type=int, default=128, show_default=True,
               help="FFW layer width; DEQ width (or the FFW width it is matched to).")
 @click.option("--depth", type=int, default=1, show_default=True,
@@ -109,6 +115,9 @@ def command(**opts: Any) -> None:
         overrides["device"] = opts["device"]
     if opts["device_snr"] is not None:
         overrides["device_snr_db"] = _snr(opts["device_snr"], "--device-snr")
+    if opts["ibp_eps"] is not None:
+        overrides["ibp"] = {"eps": opts["ibp_eps"]}
+    monotone = _monotone(opts["monotone"])
     out = Path(opts["out"]).expanduser() if opts["out"] else None
     if out is not None:
         _writable_dir(out)
@@ -118,7 +127,8 @@ def command(**opts: Any) -> None:
             "task": opts["task"], "data_dir": opts["data_dir"], "depths": opts["depths"],
             "hidden": opts["width"], "input_act": opts["input_act"], "seed": opts["seed"],
             "train_preset": opts["preset"], "train_snr_db": noise.snr_db,
-            "train_site": opts["train_site"],
+            "train_site": opts["train_site"], "monotone": monotone,
+            **({"kinds": [opts["kind"], "ffw_relu"]} if opts["kind"] == "mondeq" else {}),
             "train": {k: v for k, v in overrides.items() if k != "seed"},
         }, where="train")
         fspec.train_spec("deq")  # validate the preset + overrides before loading data
@@ -133,7 +143,23 @@ def command(**opts: Any) -> None:
     tspec = TrainSpec.preset(opts["preset"], opts["kind"], noise, **overrides)
     task = load_task(opts["task"], data_dir=opts["data_dir"], seed=opts["seed"])
     _notice(task)
-    _single(tspec, task, out, dev, opts)
+    _single(tspec, task, out, dev, opts, monotone)
+
+
+def _monotone(text: str | None) -> dict[str, Any] | None:
+    """``param=lben,m=0.5`` → a dict validated as a MonotoneSpec."""
+    if text is None:
+        return None
+    from noisydeq.config import MonotoneSpec
+
+    data: dict[str, Any] = {}
+    for part in text.split(","):
+        key, sep, value = part.partition("=")
+        if not sep:
+            raise NoisyDEQError(f"--monotone: '{part}' is not KEY=VALUE")
+        low = value.strip().lower()
+        data[key.strip()] = {"true": True, "false": False}.get(low, value.strip())
+    return build(MonotoneSpec, data, where="--monotone").model_dump()
 
 
 def _notice(task: Any) -> None:
@@ -141,7 +167,8 @@ def _notice(task: Any) -> None:
         click.echo(f"noisydeq: note: {task.notice}", err=True)
 
 
-def _single(tspec: TrainSpec, task: Any, out: Path | None, dev: torch.device, opts: dict) -> None:
+def _single(tspec: TrainSpec, task: Any, out: Path | None, dev: torch.device, opts: dict,
+            monotone: dict[str, Any] | None = None) -> None:
     from noisydeq.families import build_member
     from noisydeq.train import train_model
 
@@ -149,6 +176,7 @@ def _single(tspec: TrainSpec, task: Any, out: Path | None, dev: torch.device, op
         "kind": opts["kind"], "in_features": task.in_features,
         "out_features": task.out_features, "width": opts["width"], "depth": opts["depth"],
         "input_act": opts["input_act"],
+        **({"monotone": monotone} if monotone is not None else {}),
     }, where="model")
     model = build_member(mspec, opts["seed"])
     if out is None:
