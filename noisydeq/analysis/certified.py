@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 
+from noisydeq import store
 from noisydeq.certify.envelope import build_envelope
 from noisydeq.certify.envelope_types import Envelope
 from noisydeq.certify.fixed_point import (
@@ -31,8 +32,7 @@ from noisydeq.certify.fixed_point import (
 from noisydeq.certify.pgd import pgd_robust
 from noisydeq.certify.propagate import bounds
 from noisydeq.certify.spec import CertifySpec
-from noisydeq.config import atomic_write_bytes, atomic_write_text
-from noisydeq.noise import derive_seed, seeded_generator
+from noisydeq.noise import derive_seed
 
 COLUMNS = {
     "model_id": "str", "kind": "str", "param": "str", "depth": "int", "width": "int",
@@ -145,11 +145,12 @@ def certify_member(
             certified = torch.cat(cert)
             clean = torch.cat(correct)
             if eps not in pgd_cache:
-                gen = seeded_generator(derive_seed(spec.seed, "pgd", label, eps))
+                key = derive_seed(spec.seed, "pgd", label, eps)
                 pgd_cache[eps] = torch.cat([
                     pgd_robust(model, x[i:i + spec.batch_size], y[i:i + spec.batch_size], eps,
                                steps=spec.pgd_steps, restarts=spec.pgd_restarts, clip=clip,
-                               generator=gen)
+                               seed=key, samples=torch.arange(i, min(i + spec.batch_size,
+                                                                     len(x))))
                     for i in range(0, len(x), spec.batch_size)
                 ])
             robust = pgd_cache[eps] & clean
@@ -180,13 +181,24 @@ def certify_member(
 
 
 def write_table(rows: Sequence[dict[str, Any]], out_dir: Path) -> list[Path]:
-    """``results.csv`` and ``results.parquet`` (atomic)."""
+    """``results.csv`` and ``results.parquet`` (atomic; call inside :func:`write_outputs`)."""
     from noisydeq.results import table_to_csv, table_to_parquet
 
-    out_dir.mkdir(parents=True, exist_ok=True)
-    csv_path = atomic_write_text(out_dir / "results.csv", table_to_csv(rows, COLUMNS))
-    pq_path = atomic_write_bytes(out_dir / "results.parquet", table_to_parquet(rows, COLUMNS))
+    csv_path = store.atomic_write_text(out_dir / "results.csv", table_to_csv(rows, COLUMNS))
+    pq_path = store.atomic_write_bytes(out_dir / "results.parquet",
+                                       table_to_parquet(rows, COLUMNS))
     return [csv_path, pq_path]
+
+
+def write_outputs(out_dir: Path, write: Callable[[], list[Path]]) -> list[Path]:
+    """Run ``write`` (atomic writers, computing nothing) holding ``out_dir``'s lock
+    (:class:`noisydeq.store.DirLock`), then list its files in ``out_dir/SHA256SUMS``
+    (``sha256sum -c`` checks them; :func:`noisydeq.store.verify_manifest`). The old list is
+    dropped first, so an interrupted rewrite leaves no list that vouches for a mix."""
+    with store.DirLock(out_dir, "--out"):
+        store.remove_manifest(out_dir)
+        files = write()
+        return [*files, store.write_manifest(out_dir, files)]
 
 
 def group_rows(rows: Sequence[dict[str, Any]], keys: Sequence[str]) -> dict[tuple, list[dict]]:

@@ -23,9 +23,17 @@ from typing import Any
 import torch
 from torch import nn
 
-from noisydeq.analysis.certified import certify_member, group_rows, plan, plot_accuracy, write_table
+from noisydeq import store
+from noisydeq.analysis.certified import (
+    certify_member,
+    group_rows,
+    plan,
+    plot_accuracy,
+    write_outputs,
+    write_table,
+)
 from noisydeq.certify.spec import CertifyExperimentSpec, CertifySpec, Fig2Spec
-from noisydeq.config import FamilySpec, atomic_write_text, build, dumps_toml
+from noisydeq.config import FamilySpec, build, dumps_toml
 
 #: Table 3 of the paper: the training radius of each test radius on MNIST
 TABLE3 = {0.1: 0.2, 0.2: 0.3, 0.3: 0.4, 0.4: 0.4}
@@ -120,9 +128,18 @@ def run_table2(exp: CertifyExperimentSpec, out: Path, *, data_dir: str | None = 
     rows = []
     for m, pl in zip(models, plans, strict=True):
         rows += certify_member(m, x, y, cspec, echo, pl)
+    files = write_outputs(out, lambda: _write_table2(exp, rows, out))
+    trained = sum(m.train_seconds for m in models)
+    echo(f"{len(models)} models ({trained:.0f} s training), certified in "
+         f"{time.perf_counter() - t0 - trained:.0f} s")
+    return rows, files
+
+
+def _write_table2(exp: CertifyExperimentSpec, rows: list[dict[str, Any]], out: Path
+                  ) -> list[Path]:
     files = write_table(rows, out)
-    files.append(atomic_write_text(out / "table2.md", table2_markdown(rows)))
-    files.append(atomic_write_text(out / "experiment.toml", dumps_toml(exp)))
+    files.append(store.atomic_write_text(out / "table2.md", table2_markdown(rows)))
+    files.append(store.atomic_write_text(out / "experiment.toml", dumps_toml(exp)))
     files += plot_accuracy(rows, out / "figures" / "certified_vs_eps", exp.title)
     paired = [r for r in rows if r["eps"] in TABLE3
               and math.isclose(r["eps_train"], TABLE3[r["eps"]])]
@@ -130,10 +147,7 @@ def run_table2(exp: CertifyExperimentSpec, out: Path, *, data_dir: str | None = 
         pr = [{**r, "eps_train": math.nan} for r in paired]
         files += plot_accuracy(pr, out / "figures" / "table2_pairs",
                                f"{exp.title}: ε_test on the model trained at Table 3's ε_train")
-    trained = sum(m.train_seconds for m in models)
-    echo(f"{len(models)} models ({trained:.0f} s training), certified in "
-         f"{time.perf_counter() - t0 - trained:.0f} s")
-    return rows, files
+    return files
 
 
 def fig2_gaps(spec: Fig2Spec, task: Any) -> list[dict[str, Any]]:
@@ -166,7 +180,6 @@ def fig2_gaps(spec: Fig2Spec, task: Any) -> list[dict[str, Any]]:
 def run_fig2(exp: CertifyExperimentSpec, out: Path, *, data_dir: str | None = None,
              echo: Callable[[str], None] = print) -> tuple[list[dict[str, Any]], list[Path]]:
     """Fig. 2 right: ``fig2.csv`` and ``figures/fig2_right``."""
-    from noisydeq.analysis.outputs import pyplot, save_figure, write_csv
     from noisydeq.tasks import load_task
 
     spec = build(Fig2Spec, exp.fig2, where=f"{exp.name} fig2")
@@ -174,8 +187,15 @@ def run_fig2(exp: CertifyExperimentSpec, out: Path, *, data_dir: str | None = No
     if task.notice:
         echo(f"note: {task.notice}")
     rows = fig2_gaps(spec, task)
+    return rows, write_outputs(out, lambda: _write_fig2(exp, spec, rows, out, echo))
+
+
+def _write_fig2(exp: CertifyExperimentSpec, spec: Fig2Spec, rows: list[dict[str, Any]],
+                out: Path, echo: Callable[[str], None]) -> list[Path]:
+    from noisydeq.analysis.outputs import pyplot, save_figure, write_csv
+
     files = [write_csv(out / "fig2.csv", rows)]
-    files.append(atomic_write_text(out / "experiment.toml", dumps_toml(exp)))
+    files.append(store.atomic_write_text(out / "experiment.toml", dumps_toml(exp)))
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(5.5, 3.8))
     styles = {"mon": "-", "ibp": "--"}
@@ -194,4 +214,4 @@ def run_fig2(exp: CertifyExperimentSpec, out: Path, *, data_dir: str | None = No
     ax.legend(fontsize=8)
     ax.set_title(f"{exp.title} (width {spec.width}, ε = {spec.eps:g})", fontsize=9)
     files += save_figure(fig, out / "figures" / "fig2_right")
-    return rows, files
+    return files

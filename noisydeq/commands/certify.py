@@ -61,9 +61,9 @@ def _check_device(spec) -> None:
 
 
 def _writable(out: Path) -> None:
-    from noisydeq.results import check_writable
+    from noisydeq.store import check_out_dir
 
-    check_writable(out)
+    check_out_dir(out)
 
 
 @click.command("certify")
@@ -127,7 +127,13 @@ def command(source: Path, **opts: Any) -> None:
 
 
 def _models(source: Path, opts: dict[str, Any], echo) -> tuple[list[dict], list[Path]]:
-    from noisydeq.analysis.certified import certify_member, plan, plot_accuracy, write_table
+    from noisydeq.analysis.certified import (
+        certify_member,
+        plan,
+        plot_accuracy,
+        write_outputs,
+        write_table,
+    )
     from noisydeq.analysis.family import load_family, load_family_task
     from noisydeq.certify.checks import check_certifiable
 
@@ -149,18 +155,25 @@ def _models(source: Path, opts: dict[str, Any], echo) -> tuple[list[dict], list[
     for m, pl in zip(members, plans, strict=True):
         m.eps_train = _eps_train(m.path)
         rows += certify_member(m, x, y, spec, echo, pl)
-    files = write_table(rows, out)
-    files += plot_accuracy(rows, out / "figures" / "certified_vs_eps", f"certify {source.name}")
+    files = write_outputs(out, lambda: [
+        *write_table(rows, out),
+        *plot_accuracy(rows, out / "figures" / "certified_vs_eps", f"certify {source.name}"),
+    ])
     return rows, files
 
 
 def _eps_train(path: Path) -> float:
-    """The IBP training radius a checkpoint records (nan when trained without IBP)."""
+    """The IBP training radius a checkpoint records (nan when trained without IBP or when its
+    signed sidecar is missing)."""
+    from noisydeq import store
+
+    side = path.with_suffix(".json")
+    if not side.is_file():
+        return math.nan
     try:
-        side = json.loads(path.with_suffix(".json").read_text(encoding="utf-8"))
-        ibp = side["config"]["train"].get("ibp") or {}
-        return float(ibp.get("eps", math.nan))
-    except (OSError, KeyError, ValueError, TypeError):
+        ibp = store.read_signed_json(side, "checkpoint sidecar")["config"]["train"].get("ibp")
+        return float((ibp or {}).get("eps", math.nan))
+    except (KeyError, ValueError, TypeError, AttributeError):
         return math.nan
 
 

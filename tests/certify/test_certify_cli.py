@@ -10,8 +10,10 @@ import math
 import pytest
 import torch
 
+from noisydeq import store
 from noisydeq.cli import main
 from noisydeq.config import FamilySpec, build
+from noisydeq.errors import CorruptArtefact
 from tests.certify.helpers import run_certify
 
 
@@ -109,6 +111,11 @@ def test_certify_family_digital_and_measured_chip(capsys, tmp_path, family):
     assert (out / "results.parquet").is_file()
     assert (out / "figures" / "certified_vs_eps.png").is_file()
     assert not math.isnan(rows[0]["seconds"])
+    listed = store.verify_manifest(out)  # every output digest-listed (sha256sum -c format)
+    assert {"results.csv", "results.parquet", "figures/certified_vs_eps.png"} <= set(listed)
+    (out / "results.csv").write_text("changed\n")
+    with pytest.raises(CorruptArtefact, match="does not match its digest"):
+        store.verify_manifest(out)
 
 
 @pytest.mark.parametrize("m", [0.0, 1.0, -0.2, 1.5])
