@@ -799,12 +799,12 @@ class IBPTrainSpec(StrictModel):
     """
 
     eps: float = Field(gt=0.0)
-    warmup_epochs: int = Field(default=1, ge=0)
-    ramp_epochs: int | None = Field(default=None, ge=0)
+    warmup_epochs: int = Field(default=1, ge=0, le=limits.MAX_EPOCHS)
+    ramp_epochs: int | None = Field(default=None, ge=0, le=limits.MAX_EPOCHS)
     kappa: float = Field(default=0.0, ge=0.0, le=1.0)
     m_warmup: bool = False
     m_start: float = Field(default=0.99, gt=0.0, lt=1.0)
-    grad_clip: float | None = Field(default=10.0, gt=0.0)
+    grad_clip: float | None = Field(default=10.0, gt=0.0, le=1e30)
 
 
 class TrainSpec(StrictModel):

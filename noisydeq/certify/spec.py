@@ -6,6 +6,7 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator
 
+from noisydeq import limits
 from noisydeq.config import StrictModel, build
 
 
@@ -41,17 +42,17 @@ class CertifySpec(StrictModel):
 
     eps: list[float] = Field(default_factory=lambda: [0.1, 0.2, 0.3, 0.4])
     device: str | None = None
-    chip: int | None = Field(default=None, ge=0)
+    chip: int | None = Field(default=None, ge=0, le=limits.MAX_CHIPS)
     coverage: float | None = Field(default=0.99, gt=0.0, lt=1.0)
-    k: float | None = Field(default=None, gt=0.0)
+    k: float | None = Field(default=None, gt=0.0, le=1e3)
     dynamic: bool = False
-    read_k: float | None = Field(default=None, gt=0.0)
-    n_test: int | None = Field(default=None, ge=1)
-    batch_size: int = Field(default=500, ge=1)
-    pgd_steps: int = Field(default=20, ge=0)
-    pgd_restarts: int = Field(default=1, ge=1)
+    read_k: float | None = Field(default=None, gt=0.0, le=1e3)
+    n_test: int | None = Field(default=None, ge=1, le=limits.MAX_SAMPLES)
+    batch_size: int = Field(default=500, ge=1, le=limits.MAX_BATCH)
+    pgd_steps: int = Field(default=20, ge=0, le=limits.MAX_ITER)
+    pgd_restarts: int = Field(default=1, ge=1, le=1000)
     clip: bool = True
-    seed: int = 0
+    seed: int = Field(default=0, ge=-limits.MAX_SEED, le=limits.MAX_SEED)
 
     @field_validator("eps", mode="before")
     @classmethod
@@ -66,12 +67,12 @@ class Fig2Spec(StrictModel):
 
     task: str = "mnist"
     data_dir: str | None = None
-    width: int = Field(default=128, ge=1)
+    width: int = Field(default=128, ge=1, le=limits.MAX_WIDTH)
     eps: float = Field(default=0.1, ge=0.0)
     alpha: list[float] = Field(default_factory=lambda: [0.1])
     m: float = Field(default=0.1, gt=0.0, lt=1.0)
-    n_iter: int = Field(default=200, ge=1)
-    n_test: int = Field(default=1000, ge=1)
+    n_iter: int = Field(default=200, ge=1, le=limits.MAX_ITER)
+    n_test: int = Field(default=1000, ge=1, le=limits.MAX_SAMPLES)
     seeds: list[int] = Field(default_factory=lambda: [0])
 
 
