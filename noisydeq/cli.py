@@ -35,6 +35,7 @@ COMMAND_MODULES = [
     "spectrum",
     "solvers",
     "compare",
+    "certify",
     "runs",
 ]
 

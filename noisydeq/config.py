@@ -457,6 +457,54 @@ class JacobianRegSpec(StrictModel):
 
 # ------------------------------------------------------------------------------- models
 
+MONOTONE_KINDS = ("mondeq", "ffw_relu")
+
+
+class MonotoneSpec(StrictModel):
+    """Options of the certified-robustness kinds ``mondeq`` and ``ffw_relu`` (Wei & Kolter
+    2022; ``noisydeq.models.mondeq``), ignored by the other kinds.
+
+    ``param``: the monotone DEQ's weight, ``ibp`` W = D^{-1/2} M D^{-1/2} (Theorem 3.1,
+    D = diag((|M| + |M|ᵀ)1 / (2(1 − m))), §4), ``lben`` W = Γ D^{-1/2} M D^{-1/2} Γ⁻¹
+    (Theorem 3.3, Γ = diag((γ − 1)/γ · sigmoid(β) + 1/γ) with γ = ``lben_gamma``) or ``mon``
+    W = (1 − m) I − AᵀA + B − Bᵀ (Winston & Kolter 2020; not IBP-certifiable in general).
+    ``m`` ∈ (0, 1): monotonicity margin, I − W ⪰ m·I. ``splitting``: ``fb`` (forward–backward,
+    step ``alpha`` ∈ (0, 1]) or ``pr`` (Peaceman–Rachford, any ``alpha`` > 0; digital only).
+    ``batch_norm``: BN after every linear layer but the last (Shi et al. 2021, §4).
+    ``ibp_init``: N(0, 2π/fan_in²) weights for the explicit layers (Shi et al. 2021).
+    """
+
+    param: Literal["ibp", "lben", "mon"] = "ibp"
+    m: float = 0.1
+    lben_gamma: float = 3.0
+    splitting: Literal["fb", "pr"] = "fb"
+    alpha: float = 1.0
+    batch_norm: bool = True
+    ibp_init: bool = True
+
+    @field_validator("m")
+    @classmethod
+    def _m(cls, v: float) -> float:
+        if not 0.0 < v < 1.0:
+            raise ValueError(f"must lie in the open interval (0, 1), got {v:g}")
+        return v
+
+    @field_validator("lben_gamma")
+    @classmethod
+    def _gamma(cls, v: float) -> float:
+        if not v > 1.0:
+            raise ValueError(f"must be > 1 (the bound on the condition number of Γ), got {v:g}")
+        return v
+
+    @model_validator(mode="after")
+    def _alpha(self) -> MonotoneSpec:
+        hi = 1.0 if self.splitting == "fb" else math.inf
+        if not 0.0 < self.alpha <= hi:
+            allowed = "(0, 1]" if self.splitting == "fb" else "(0, inf)"
+            raise ValueError(f"alpha must lie in {allowed} for splitting '{self.splitting}', "
+                             f"got {self.alpha:g}")
+        return self
+
 
 class ModelSpec(StrictModel):
     """A DEQ or FFW model (paper App. E.1-E.3, Tables 1-2 and 5-6); built by
@@ -472,9 +520,11 @@ class ModelSpec(StrictModel):
     matrix never acts) or ``eq32`` (z⁰ = x̃, no injection). Conv only: ``in_shape``
     [C, H, W] (default: one square channel), ``kernel_size`` (odd), ``weight_norm``,
     ``pool`` (head pooling to pool×pool).
+    ``mondeq`` (monotone ReLU DEQ) and ``ffw_relu`` (explicit ReLU network, its IBP
+    baseline) take their options from ``monotone`` (:class:`MonotoneSpec`; None = defaults).
     """
 
-    kind: Literal["deq", "ffw"] = "deq"
+    kind: Literal["deq", "ffw", "mondeq", "ffw_relu"] = "deq"
     cell: Literal["mlp", "conv"] = "mlp"
     in_features: int = Field(gt=0, le=2**31)
     out_features: int = Field(gt=0, le=2**31)
@@ -487,6 +537,7 @@ class ModelSpec(StrictModel):
     kernel_size: int = Field(default=3, gt=0, le=255)
     weight_norm: bool = True
     pool: int = Field(default=4, gt=0, le=4096)
+    monotone: MonotoneSpec | None = None
 
     @field_validator("ffw_form")
     @classmethod
@@ -571,6 +622,8 @@ class SweepSpec(FamilyChoices):
     each SNR); ``signal`` / ``state`` / ``input`` sweep the paper's multiplicative model noise
     (Eq. 3-4) at that site while the weights run on ``device`` (usually ``ideal``).
     ``seeds`` and ``train_snr_db`` are grids too: one family is trained per (seed, train SNR).
+    ``kinds`` may also hold the certified-robustness kinds ``mondeq`` / ``ffw_relu``, whose
+    options are ``monotone`` (:class:`MonotoneSpec`).
     ``ffw_form`` and ``snr_scale`` (:class:`FamilyChoices`): the FFW layer form, and how the
     model-noise SNRs (swept and training) are read — ``realised`` (realised SNR = nominal at
     every width) or ``paper`` (Eq. 4 literally, nominal − 10·log10(width)); model noise only
@@ -582,7 +635,8 @@ class SweepSpec(FamilyChoices):
     task: str = "digits"
     data_dir: str | None = None
     depths: list[int] = Field(default_factory=lambda: [1, 3, 5, 7])
-    kinds: list[Literal["deq", "ffw"]] = Field(default_factory=lambda: ["deq", "ffw"])
+    kinds: list[Literal["deq", "ffw", "mondeq", "ffw_relu"]] = Field(
+        default_factory=lambda: ["deq", "ffw"])
     hidden: int = Field(default=128, ge=1, le=limits.MAX_WIDTH)
     input_act: Literal["relu", "silu", "identity"] = "relu"
     train_snr_db: list[InfFloat] = Field(default_factory=lambda: [math.inf])
@@ -601,6 +655,7 @@ class SweepSpec(FamilyChoices):
     fixed_snr_db: list[InfFloat] = Field(default_factory=lambda: [0.0])
     batched: bool = True
     test_solver: SolverSpec | None = None
+    monotone: MonotoneSpec | None = None
 
     @field_validator("snr_db", "train_snr_db", "fixed_snr_db", mode="before")
     @classmethod
@@ -730,6 +785,28 @@ def check_preset(name: str) -> str:
     return name
 
 
+class IBPTrainSpec(StrictModel):
+    """Interval-bound-propagation training (Gowal et al. 2018; Wei & Kolter 2022, App. B).
+
+    Loss κ·CE(logits) + (1 − κ)·CE(worst-case logits of the elided margin bounds at ε).
+    ε is 0 for ``warmup_epochs``, then rises to ``eps`` over ``ramp_epochs`` (per batch: a
+    degree-4 monomial for the first quarter, then linear, continuous slope; Xu et al. 2020;
+    None = half of the epochs after the warm-up), then stays. κ goes from 1 to ``kappa``
+    with ε (κ = 1 − (1 − kappa)·ε/eps; the paper's code trains on the worst-case loss
+    alone, κ = 0; Gowal et al. end at 0.5).
+    ``m_warmup``: for a monotone DEQ, m = m + (``m_start`` − m)(1 − ε/eps) (App. B, DEQ-7).
+    ``grad_clip``: largest ℓ₂ norm of the gradient (App. B: 10; None = off).
+    """
+
+    eps: float = Field(gt=0.0)
+    warmup_epochs: int = Field(default=1, ge=0, le=limits.MAX_EPOCHS)
+    ramp_epochs: int | None = Field(default=None, ge=0, le=limits.MAX_EPOCHS)
+    kappa: float = Field(default=0.0, ge=0.0, le=1.0)
+    m_warmup: bool = False
+    m_start: float = Field(default=0.99, gt=0.0, lt=1.0)
+    grad_clip: float | None = Field(default=10.0, gt=0.0, le=1e30)
+
+
 class TrainSpec(StrictModel):
     """Training of one model (issue 4; paper Tables 1-2, App. E.1-E.2).
 
@@ -741,7 +818,8 @@ class TrainSpec(StrictModel):
     deployed, trained through the device's noisy MVMs and its digital weights are saved.
     DEQ only: ``solver`` (training), ``test_solver`` (evaluation), ``gradient`` and
     ``jac_reg`` replace the model's own when set. ``max_train_samples``: use only the first
-    N training samples. Presets: :meth:`TrainSpec.preset` (``quick``, ``paper``).
+    N training samples. ``ibp``: interval-bound-propagation training (:class:`IBPTrainSpec`).
+    Presets: :meth:`TrainSpec.preset` (``quick``, ``paper``).
     """
 
     epochs: int = Field(default=6, ge=0, le=limits.MAX_EPOCHS)
@@ -757,17 +835,25 @@ class TrainSpec(StrictModel):
     gradient: GradientSpec | None = None
     jac_reg: JacobianRegSpec | None = None
     max_train_samples: int | None = Field(default=None, ge=1, le=limits.MAX_SAMPLES)
+    ibp: IBPTrainSpec | None = None
 
     @field_validator("device_snr_db", mode="before")
     @classmethod
     def _device_snr(cls, v: Any) -> Any:
         return v if v is None else parse_snr_value(v)
 
+    @model_validator(mode="after")
+    def _ibp_clean(self) -> TrainSpec:
+        if self.ibp is not None and self.noise.active:
+            raise ValueError("ibp: interval-bound-propagation training runs the clean model; "
+                             "set no training noise")
+        return self
+
     @classmethod
     def preset(
         cls,
         name: str = "quick",
-        kind: Literal["deq", "ffw"] = "deq",
+        kind: Literal["deq", "ffw", "mondeq", "ffw_relu"] = "deq",
         noise: NoiseSpec | None = None,
         **overrides: Any,
     ) -> TrainSpec:
@@ -828,6 +914,7 @@ class FamilySpec(FamilyChoices):
     (App. E.1). Each member is trained with ``train_preset`` for its kind plus ``train``
     overrides, with training noise at ``train_site`` / ``train_snr_db`` (``inf`` = none) and
     the optional hardware ``device`` in the loop; ``seed`` seeds weights, data order and noise.
+    ``monotone``: options of ``mondeq`` / ``ffw_relu`` members (:class:`MonotoneSpec`).
     ``ffw_form`` (:class:`FamilyChoices`) enters the FFW members' specs only, so a family's
     DEQs do not depend on it; ``snr_scale`` is the SNR scale of the training noise.
     """
@@ -835,7 +922,8 @@ class FamilySpec(FamilyChoices):
     task: str = "digits"
     data_dir: str | None = None
     depths: list[int] = Field(default_factory=lambda: [1, 3, 5, 7])
-    kinds: list[Literal["deq", "ffw"]] = Field(default_factory=lambda: ["deq", "ffw"])
+    kinds: list[Literal["deq", "ffw", "mondeq", "ffw_relu"]] = Field(
+        default_factory=lambda: ["deq", "ffw"])
     hidden: int = Field(default=128, ge=1, le=limits.MAX_WIDTH)
     input_act: Literal["relu", "silu", "identity"] = "relu"
     seed: int = Field(default=0, ge=-limits.MAX_SEED, le=limits.MAX_SEED)
@@ -844,6 +932,7 @@ class FamilySpec(FamilyChoices):
     train_snr_db: InfFloat = math.inf
     train_site: Literal["signal", "state", "input"] = "signal"
     device: str | None = None
+    monotone: MonotoneSpec | None = None
 
     @field_validator("depths", mode="before")
     @classmethod
@@ -867,7 +956,7 @@ class FamilySpec(FamilyChoices):
         return NoiseSpec(site=self.train_site, kind="multiplicative", snr_db=self.train_snr_db,
                          snr_scale=self.snr_scale)
 
-    def train_spec(self, kind: Literal["deq", "ffw"]) -> TrainSpec:
+    def train_spec(self, kind: Literal["deq", "ffw", "mondeq", "ffw_relu"]) -> TrainSpec:
         """The resolved :class:`TrainSpec` of a member of ``kind``.
 
         DEQ-only overrides in ``train`` (:data:`DEQ_ONLY_TRAIN_FIELDS`) are left out of an

@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from noisydeq.config import FamilySpec, ModelSpec, SweepSpec, TrainSpec, build
+from noisydeq.config import MONOTONE_KINDS, FamilySpec, ModelSpec, SweepSpec, TrainSpec, build
 from noisydeq.noise import derive_seed
 from noisydeq.store import config_hash
 from noisydeq.tasks.base import Task
@@ -97,6 +97,8 @@ def member_spec(spec: FamilySpec, task: Task, kind: str, depth: int) -> ModelSpe
     }
     if kind == "ffw" and spec.ffw_form is not None:
         data["ffw_form"] = spec.ffw_form
+    if kind in MONOTONE_KINDS and spec.monotone is not None:
+        data["monotone"] = spec.monotone
     return build(ModelSpec, data, where="family member")
 
 
@@ -169,7 +171,7 @@ def member_size(kind: str, depth: int, hidden: int, in_features: int,
     the hidden layers or the DEQ cell with biases, the output head)."""
     from noisydeq.models.matching import matched_width
 
-    if kind == "ffw":
+    if kind in ("ffw", "ffw_relu"):
         width, hidden_params = hidden, depth * (hidden * hidden + hidden)
     else:
         width = matched_width(depth, hidden)
@@ -222,6 +224,6 @@ def family_spec_for_sweep(sweep: SweepSpec, seed: int, train_snr_db: float) -> F
          "seed": seed, "train_preset": sweep.train_preset, "train": train,
          "train_snr_db": math.inf if train_snr_db is None else train_snr_db,
          "train_site": sweep.train_site, "ffw_form": sweep.ffw_form,
-         "snr_scale": sweep.snr_scale},
+         "snr_scale": sweep.snr_scale, "monotone": sweep.monotone},
         where="sweep",
     )

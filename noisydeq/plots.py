@@ -27,6 +27,12 @@ from noisydeq.config import SweepSpec  # noqa: E402
 from noisydeq.store import atomic_open  # noqa: E402
 from noisydeq.summary import Agg, aggregate  # noqa: E402
 
+#: model kinds of a sweep: colour and marker, display name; the implicit ones (width ↑)
+KIND_STYLES = {"deq": ("tab:blue", "o"), "ffw": ("tab:orange", "s"),
+               "mondeq": ("tab:green", "D"), "ffw_relu": ("tab:red", "^")}
+KIND_NAMES = {"deq": "DEQ", "ffw": "FFW", "mondeq": "monDEQ", "ffw_relu": "ReLU FFW"}
+IMPLICIT = ("deq", "mondeq")
+
 STYLE = {
     "font.size": 9,
     "axes.titlesize": 10,
@@ -119,10 +125,12 @@ def plot_metric_vs_snr(
                 xs = [pos[s] for s in by_snr]
                 pts = list(by_snr.values())
                 c = colours[depth]
-                style = "-" if kind == "deq" else "--"
-                marker = "o" if kind == "deq" else "s"
+                implicit = kind in IMPLICIT
+                style = "-" if implicit else "--"
+                marker = "o" if implicit else "s"
                 plural = "s" * (depth > 1)
-                label = f"DEQ w={width}" if kind == "deq" else f"FFW {depth} layer{plural}"
+                label = (f"{KIND_NAMES[kind]} w={width}" if implicit
+                         else f"{KIND_NAMES.get(kind, kind)} {depth} layer{plural}")
                 ax.plot(xs, [p.mean for p in pts], style, marker=marker, ms=3, color=c, lw=1.4,
                         label=f"{label} ({params / 1e3:.0f}k)")
                 _band(ax, xs, pts, c)
@@ -191,32 +199,33 @@ def plot_metric_vs_depth(
         fig, axes = plt.subplots(len(snrs), ncol, figsize=(4.0 * ncol, 3.4 * len(snrs)),
                                  squeeze=False)
         for (tsnr, snr), ax in zip(panels, axes.flat, strict=False):
-            series: dict[str, list[tuple[int, int, int, Agg]]] = {"deq": [], "ffw": []}
+            series: dict[str, list[tuple[int, int, int, Agg]]] = {k: [] for k in KIND_STYLES}
             for (kind, depth, width, params, t), by_snr in agg.items():
                 if t == tsnr and snr in by_snr:
                     series[kind].append((depth, width, params, by_snr[snr]))
             depths = sorted({d for s in series.values() for d, *_ in s})
             index = {d: i for i, d in enumerate(depths)}
-            for kind, colour, marker in (("deq", "tab:blue", "o"), ("ffw", "tab:orange", "s")):
+            for kind, (colour, marker) in KIND_STYLES.items():
                 pts = sorted(series[kind])
                 if not pts:
                     continue
                 xs = [index[d] for d, *_ in pts]
                 mean = [a.mean for *_, a in pts]
                 yerr = [[a.mean - a.lo for *_, a in pts], [a.hi - a.mean for *_, a in pts]]
-                name = "DEQ (width ↑)" if kind == "deq" else "FFW (depth ↑)"
+                implicit = kind in IMPLICIT
+                name = KIND_NAMES[kind] + (" (width ↑)" if implicit else " (depth ↑)")
                 ax.errorbar(xs, mean, yerr=yerr, fmt="-" + marker, color=colour, ms=4, lw=1.4,
                             capsize=2, label=name)
                 for x, (_d, _w, params, a) in zip(xs, pts, strict=False):
                     if math.isfinite(a.mean):
-                        dx, dy = (-5, 5) if kind == "deq" else (5, -9)
+                        dx, dy = (-5, 5) if implicit else (5, -9)
                         ax.annotate(f"{params / 1e3:.0f}k", (x, a.mean), textcoords="offset points",
-                                    xytext=(dx, dy), ha="right" if kind == "deq" else "left",
+                                    xytext=(dx, dy), ha="right" if implicit else "left",
                                     fontsize=6.5, color=colour)
             ax.set_xticks(range(len(depths)))
             ax.set_xticklabels([str(d) for d in depths])
             ax.set_xlabel("FFW layers")
-            widths = {d: w for d, w, _p, _a in series["deq"]}
+            widths = {d: w for k in IMPLICIT for d, w, _p, _a in series[k]}
             if widths:
                 top = ax.secondary_xaxis("top")
                 top.set_xticks(range(len(depths)))

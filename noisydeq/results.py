@@ -75,6 +75,8 @@ RUNTIME_ONLY = frozenset({"batched", "max_rows"})
 def spec_identity(spec: SweepSpec) -> dict[str, Any]:
     """The part of ``spec`` that determines the results (used to match a run directory)."""
     data = json.loads(spec.model_dump_json())
+    if data.get("monotone") is None:  # unset: identities of earlier runs stay the same
+        data.pop("monotone", None)
     return {k: v for k, v in data.items() if k not in RUNTIME_ONLY}
 
 
@@ -294,13 +296,15 @@ def _fmt(value: Any, kind: str) -> str:
     return str(value)
 
 
-def table_to_csv(rows: Sequence[dict[str, Any]]) -> str:
-    """CSV text of the tidy table (``inf`` / ``nan`` spelled out; floats round-trip exactly)."""
+def table_to_csv(rows: Sequence[dict[str, Any]], columns: dict[str, str] | None = None) -> str:
+    """CSV text of the tidy table (``inf`` / ``nan`` spelled out; floats round-trip exactly);
+    ``columns`` (name → ``str``/``int``/``float``) defaults to the sweep's :data:`COLUMNS`."""
+    columns = COLUMNS if columns is None else columns
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
-    w.writerow(COLUMNS)
+    w.writerow(columns)
     for r in rows:
-        w.writerow([_fmt(r[c], t) for c, t in COLUMNS.items()])
+        w.writerow([_fmt(r[c], t) for c, t in columns.items()])
     return buf.getvalue()
 
 
@@ -314,14 +318,17 @@ def read_csv(path: str | os.PathLike) -> list[dict[str, Any]]:
         ]
 
 
-def table_to_parquet(rows: Sequence[dict[str, Any]]) -> bytes:
-    """Parquet bytes of the tidy table with explicit column types."""
+def table_to_parquet(rows: Sequence[dict[str, Any]], columns: dict[str, str] | None = None
+                     ) -> bytes:
+    """Parquet bytes of the tidy table with explicit column types (``columns`` as for
+    :func:`table_to_csv`)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
+    columns = COLUMNS if columns is None else columns
     types = {"str": pa.string(), "int": pa.int64(), "float": pa.float64()}
-    schema = pa.schema([(c, types[t]) for c, t in COLUMNS.items()])
-    table = pa.table({c: [r[c] for r in rows] for c in COLUMNS}, schema=schema)
+    schema = pa.schema([(c, types[t]) for c, t in columns.items()])
+    table = pa.table({c: [r[c] for r in rows] for c in columns}, schema=schema)
     sink = pa.BufferOutputStream()
     pq.write_table(table, sink)
     return sink.getvalue().to_pybytes()

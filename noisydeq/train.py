@@ -78,12 +78,26 @@ def init_hash(model: nn.Module) -> str:
     return h.hexdigest()
 
 
+#: spec fields added after caches were keyed: left out of a config while unset (None), so
+#: every earlier config keeps its hash
+LATE_OPTIONAL = ("monotone", "ibp")
+
+
+def spec_dump(spec: Any) -> dict[str, Any]:
+    """``spec.model_dump()`` without the unset :data:`LATE_OPTIONAL` fields."""
+    data = spec.model_dump(mode="python")
+    for key in LATE_OPTIONAL:
+        if key in data and data[key] is None:
+            del data[key]
+    return data
+
+
 def describe_model(model: nn.Module) -> dict[str, Any]:
     """What defines a model's architecture: its ``ModelSpec`` when it has one, plus shapes."""
     desc: dict[str, Any] = {"class": f"{type(model).__module__}.{type(model).__qualname__}"}
     spec = getattr(model, "spec", None)
     if spec is not None and hasattr(spec, "model_dump"):
-        desc["spec"] = spec.model_dump(mode="python")
+        desc["spec"] = spec_dump(spec)
     for attr in ("kind", "width", "depth"):
         if hasattr(model, attr):
             desc[attr] = getattr(model, attr)
@@ -99,7 +113,7 @@ def run_config(
         "schema": TRAIN_SCHEMA,
         "model": describe_model(model),
         "init": init_hash(model),
-        "train": spec.model_dump(mode="python"),
+        "train": spec_dump(spec),
         "task": {
             "name": task.name,
             "seed": task.seed,
@@ -394,14 +408,23 @@ def _train_epoch(
     n = len(x_all)
     perm = rng.permutation(n, epoch).to(x_all.device)
     loss_sum = metric_sum = jac_sum = 0.0
+    ibp = None
+    if spec.ibp is not None:  # interval-bound-propagation training (noisydeq.certify)
+        from noisydeq.certify.training import IBPObjective
+
+        ibp = IBPObjective(spec.ibp, math.ceil(n / spec.batch_size), spec.epochs)
     for b, i in enumerate(range(0, n, spec.batch_size)):
         idx = perm[i : i + spec.batch_size]
         xb, yb = x_all[idx], y_all[idx]
-        noise = Noise(spec.noise, rng.stream("noise", epoch, idx)) if spec.noise.active else None
-        if spec.device is not None:
-            _device_streams(net, rng, epoch, idx)
-        out, jac = forward_logits(net, xb, noise, rng.stream("threshold", epoch, idx))
-        loss = task.loss(out, yb)
+        if ibp is not None:
+            (out, loss), jac = ibp(net, xb, yb, epoch, b), None
+        else:
+            noise = (Noise(spec.noise, rng.stream("noise", epoch, idx)) if spec.noise.active
+                     else None)
+            if spec.device is not None:
+                _device_streams(net, rng, epoch, idx)
+            out, jac = forward_logits(net, xb, noise, rng.stream("threshold", epoch, idx))
+            loss = task.loss(out, yb)
         total = loss if jac is None else loss + jac
         if not torch.isfinite(total):
             raise NoisyDEQError(
@@ -410,14 +433,17 @@ def _train_epoch(
             )
         opt.zero_grad(set_to_none=True)
         total.backward()
+        if ibp is not None:
+            ibp.clip(net)
         opt.step()
         loss_sum += float(loss.detach()) * len(idx)
         metric_sum += task.metric(out.detach(), yb) * len(idx)
         jac_sum += float(jac.detach()) * len(idx) if jac is not None else 0.0
         bar.update(1)
         bar.set_postfix(epoch=epoch + 1, loss=f"{float(loss.detach()):.4f}", refresh=False)
-    return {"epoch": epoch + 1, "loss": loss_sum / n, task.metric_name: metric_sum / n,
-            "jac_loss": jac_sum / n, "seconds": time.perf_counter() - t0}
+    record = {"epoch": epoch + 1, "loss": loss_sum / n, task.metric_name: metric_sum / n,
+              "jac_loss": jac_sum / n, "seconds": time.perf_counter() - t0}
+    return record if ibp is None else {**record, **ibp.last}
 
 
 def _param_device(model: nn.Module) -> torch.device:

@@ -50,8 +50,14 @@ def _fmt(metric: float, name: str) -> str:
 @click.option("--task", default="digits", show_default=True,
               help="digits, regression1d, mnist or mnist10k.")
 @click.option("--data-dir", default=None, help="MNIST directory (else $NOISYDEQ_MNIST_DIR).")
-@click.option("--kind", type=click.Choice(["deq", "ffw"]), default="deq", show_default=True,
-              help="Model kind (single-model mode).")
+@click.option("--kind", type=click.Choice(["deq", "ffw", "mondeq", "ffw_relu"]), default="deq",
+              show_default=True,
+              help="Model kind (single-model mode); mondeq/ffw_relu: monotone ReLU DEQ and its "
+                   "explicit ReLU baseline (noisydeq certify).")
+@click.option("--monotone", "monotone", default=None, metavar="KEY=VALUE,...",
+              help="mondeq/ffw_relu options, e.g. param=lben,m=0.5 (MonotoneSpec).")
+@click.option("--ibp-eps", type=float, default=None,
+              help="Train with interval bound propagation at this ℓ∞ radius (IBPTrainSpec).")
 @click.option("--width", type=int, default=128, show_default=True,
               help="FFW layer width; DEQ width (or the FFW width it is matched to).")
 @click.option("--depth", type=int, default=1, show_default=True,
@@ -117,6 +123,9 @@ def command(**opts: Any) -> None:
             from noisydeq.hardware import get_device
 
             get_device(opts["device"], snr_db=overrides["device_snr_db"])
+    if opts["ibp_eps"] is not None:
+        overrides["ibp"] = {"eps": opts["ibp_eps"]}
+    monotone = _monotone(opts["monotone"])
     out = Path(opts["out"]).expanduser() if opts["out"] else None
     if out is not None:
         check_out_dir(out)
@@ -127,7 +136,8 @@ def command(**opts: Any) -> None:
             "hidden": opts["width"], "input_act": opts["input_act"], "seed": opts["seed"],
             "train_preset": opts["preset"], "train_snr_db": noise.snr_db,
             "train_site": opts["train_site"], "ffw_form": opts["ffw_form"],
-            "snr_scale": opts["snr_scale"],
+            "snr_scale": opts["snr_scale"], "monotone": monotone,
+            **({"kinds": [opts["kind"], "ffw_relu"]} if opts["kind"] == "mondeq" else {}),
             "train": {k: v for k, v in overrides.items() if k != "seed"},
         }, where="train")
         batch = max(fspec.train_spec(k).batch_size for k in fspec.kinds)  # validate first
@@ -157,6 +167,8 @@ def command(**opts: Any) -> None:
     }
     if opts["ffw_form"] is not None:
         data["ffw_form"] = opts["ffw_form"]
+    if monotone is not None:
+        data["monotone"] = monotone
     mspec = build(ModelSpec, data, where="model")
     _check_memory([member_size(mspec.kind, mspec.depth, mspec.width, task.in_features,
                                task.out_features)], tspec.batch_size, dev)
@@ -170,6 +182,22 @@ def _check_memory(sizes: list[tuple[int, int]], batch: int, dev: torch.device) -
     need = limits.FLOAT * sum(p for _, p in sizes) + limits.model_bytes(params, batch, width)
     limits.check_memory(need, f"train: the largest model (width {width}, {params:,} "
                         "parameters)", str(dev), "lower --width / --depth(s)")
+
+
+def _monotone(text: str | None) -> dict[str, Any] | None:
+    """``param=lben,m=0.5`` → a dict validated as a MonotoneSpec."""
+    if text is None:
+        return None
+    from noisydeq.config import MonotoneSpec
+
+    data: dict[str, Any] = {}
+    for part in text.split(","):
+        key, sep, value = part.partition("=")
+        if not sep:
+            raise NoisyDEQError(f"--monotone: '{part}' is not KEY=VALUE")
+        low = value.strip().lower()
+        data[key.strip()] = {"true": True, "false": False}.get(low, value.strip())
+    return build(MonotoneSpec, data, where="--monotone").model_dump()
 
 
 def _notice(task: Any) -> None:

@@ -391,6 +391,8 @@ def _check_mappable(model: nn.Module) -> None:
     for name, mod in model.named_modules():
         if isinstance(mod, (*MAPPABLE, *DIGITAL_OK, DeviceLayer)):
             continue
+        if getattr(mod, "digital_periphery", False):  # declares its own parameters digital
+            continue
         if any(True for _ in mod.parameters(recurse=False)):
             bad.append(f"{name or '<root>'} ({type(mod).__name__})")
     if bad:

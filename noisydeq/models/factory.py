@@ -6,7 +6,14 @@ from typing import Any
 
 from torch import nn
 
-from noisydeq.config import GradientSpec, JacobianRegSpec, ModelSpec, SolverSpec, coerce
+from noisydeq.config import (
+    MONOTONE_KINDS,
+    GradientSpec,
+    JacobianRegSpec,
+    ModelSpec,
+    SolverSpec,
+    coerce,
+)
 from noisydeq.errors import NoisyDEQError
 from noisydeq.models.conv import ConvDEQ, ConvFFW
 from noisydeq.models.deq import DEQ
@@ -26,7 +33,7 @@ def resolved_width(spec: ModelSpec) -> int:
 
     For conv cells the match counts k²·c² + c parameters per layer.
     """
-    if spec.kind == "deq" and spec.matched and spec.depth > 1:
+    if spec.kind in ("deq", "mondeq") and spec.matched and spec.depth > 1:
         area = spec.kernel_size**2 if spec.cell == "conv" else 1
         return matched_width(spec.depth, spec.width, kernel_area=area)
     return spec.width
@@ -48,7 +55,9 @@ def build_model(
     spec = as_model_spec(spec)
     width = resolved_width(spec)
     model: nn.Module
-    if spec.kind == "deq":
+    if spec.kind in MONOTONE_KINDS:
+        model = _build_monotone(spec, width, solver, gradient, jac_reg, test_solver)
+    elif spec.kind == "deq":
         common: dict[str, Any] = dict(
             solver=solver, gradient=gradient, jac_reg=jac_reg, test_solver=test_solver,
             depth=spec.depth,
@@ -75,3 +84,24 @@ def build_model(
             )
     model.spec = spec
     return model
+
+
+def _build_monotone(
+    spec: ModelSpec, width: int, solver: SolverSpec | None, gradient: GradientSpec | None,
+    jac_reg: JacobianRegSpec | None, test_solver: SolverSpec | None,
+) -> nn.Module:
+    """A ``mondeq`` or ``ffw_relu`` model (:mod:`noisydeq.models.mondeq`, ``relu_ffw``)."""
+    from noisydeq.models.mondeq import MonDEQ
+    from noisydeq.models.relu_ffw import ReluFFW
+
+    shape = dict(monotone=spec.monotone, conv=spec.cell == "conv", in_shape=spec.in_shape,
+                 kernel_size=spec.kernel_size, pool=spec.pool)
+    if jac_reg is not None and jac_reg.weight > 0:
+        raise NoisyDEQError(f"model.kind: '{spec.kind}' takes no Jacobian regulariser")
+    if spec.kind == "ffw_relu":
+        if solver is not None or gradient is not None:
+            raise NoisyDEQError("model.kind: 'ffw_relu' takes no solver or gradient")
+        return ReluFFW(spec.in_features, width, spec.depth, spec.out_features, spec.input_act,
+                       **shape)
+    return MonDEQ(spec.in_features, width, spec.out_features, spec.input_act, solver, gradient,
+                  test_solver=test_solver, depth=spec.depth, **shape)

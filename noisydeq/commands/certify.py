@@ -1,0 +1,213 @@
+"""``noisydeq certify``: certified (IBP), PGD and clean accuracy vs ε, optionally for every
+chip in a device envelope.
+
+``SOURCE`` is a checkpoint, the output dir of ``noisydeq train`` (one model or a family),
+the run dir of a ``noisydeq sweep`` — or a certify experiment file
+(``experiments/certify-*.toml``, ``--quick``/``--full``) that trains its models with IBP
+first. Writes ``results.csv``, ``results.parquet`` and ``figures/`` into ``--out``; nothing
+is written when the input is refused.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from noisydeq.config import build
+from noisydeq.errors import NoisyDEQError
+
+
+def _spec(opts: dict[str, Any]):
+    from noisydeq.certify.spec import CertifySpec
+
+    data: dict[str, Any] = {"eps": opts["eps"], "device": opts["device"], "chip": opts["chip"],
+                            "coverage": opts["coverage"], "k": opts["k"],
+                            "dynamic": opts["dynamic"], "read_k": opts["read_noise_k"],
+                            "n_test": opts["n_test"], "batch_size": opts["batch_size"],
+                            "pgd_steps": opts["pgd_steps"], "pgd_restarts": opts["pgd_restarts"],
+                            "clip": opts["clip"], "seed": opts["seed"]}
+    return build(CertifySpec, data, where="certify")
+
+
+def _spec_from(data: dict[str, Any]):
+    from noisydeq.certify.spec import CertifySpec
+
+    return build(CertifySpec, data, where="certify")
+
+
+def _check_device(spec) -> None:
+    if spec.device is None:
+        if spec.chip is not None or spec.dynamic or spec.read_k is not None:
+            raise NoisyDEQError("--chip/--dynamic/--read-noise-k need --device")
+        return
+    from noisydeq.hardware.presets import load_spec
+
+    dev = load_spec(spec.device)  # unknown device: one line, before any work
+    if dev.kind not in ("rram", "ideal"):
+        raise NoisyDEQError(
+            f"--device: '{spec.device}' ({dev.kind}) adds Gaussian noise to every read, scaled "
+            "with the signal, with no finite bound; certify supports rram envelopes and ideal"
+        )
+    if spec.dynamic and dev.kind == "rram" and dev.out_noise > 0 and spec.read_k is None:
+        raise NoisyDEQError(
+            f"--dynamic: the rram read noise is Gaussian (σ = {dev.out_noise:g} of full scale) "
+            "and has no finite bound; add --read-noise-k K for a stated K·σ envelope"
+        )
+
+
+def _writable(out: Path) -> None:
+    from noisydeq.store import check_out_dir
+
+    check_out_dir(out)
+
+
+@click.command("certify")
+@click.argument("source", type=click.Path(path_type=Path))
+@click.option("--eps", default="0.1,0.2,0.3,0.4", show_default=True,
+              help="ℓ∞ radii (input units), e.g. 0.1,0.2,0.3,0.4.")
+@click.option("--device", default=None,
+              help="certify for every chip of this device's envelope too (rram preset or "
+                   "ideal), e.g. rram, rram-wan2022-1day.")
+@click.option("--chip", type=int, default=None,
+              help="use the measured error of this programmed chip instead of the model "
+                   "envelope.")
+@click.option("--coverage", type=float, default=0.99, show_default=True,
+              help="model envelope: fraction of chips it must contain (sets k).")
+@click.option("--k", type=float, default=None,
+              help="model envelope: conductances within k·σ (overrides --coverage).")
+@click.option("--dynamic", is_flag=True,
+              help="also bound each read's DAC/ADC rounding and read noise.")
+@click.option("--read-noise-k", type=float, default=None,
+              help="with --dynamic: read noise within this many σ (it is Gaussian).")
+@click.option("--n-test", type=int, default=None, help="first N test samples (default all).")
+@click.option("--batch-size", type=int, default=500, show_default=True)
+@click.option("--pgd-steps", type=int, default=20, show_default=True)
+@click.option("--pgd-restarts", type=int, default=1, show_default=True)
+@click.option("--clip/--no-clip", default=True, show_default=True,
+              help="intersect the ε-box with the input range [0, 1].")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--quick", "variant", flag_value="quick", default=True,
+              help="experiment file: the quick variant (default).")
+@click.option("--full", "variant", flag_value="full", help="experiment file: the full variant.")
+@click.option("--data-dir", default=None, help="MNIST directory (else the recorded one).")
+@click.option("--cache", default=None, help="model cache (default $NOISYDEQ_CACHE).")
+@click.option("--out", type=click.Path(path_type=Path), default=None,
+              help="output directory (default runs/certify-<source>).")
+@click.option("--threads", type=int, default=None, help="torch threads (default: torch's).")
+@click.option("--json", "as_json", is_flag=True, help="print the rows as JSON.")
+@click.option("--quiet", "-q", is_flag=True, help="no per-model lines.")
+def command(source: Path, **opts: Any) -> None:
+    """Certified robustness (interval bounds) of monotone DEQs and explicit networks."""
+    from noisydeq.runtime import num_threads
+
+    if opts["threads"] is not None and opts["threads"] < 1:
+        raise NoisyDEQError(f"--threads: must be a positive integer, got {opts['threads']}")
+    echo = (lambda s: None) if opts["quiet"] or opts["as_json"] else (
+        lambda s: click.echo(s, err=True))
+    with num_threads(opts["threads"]):
+        if source.suffix == ".toml":
+            rows, files = _experiment(source, opts, echo)
+        else:
+            rows, files = _models(source, opts, echo)
+    if opts["as_json"]:
+        click.echo(json.dumps(rows, indent=2, allow_nan=True))
+        return
+    if rows and "model_id" in rows[0]:
+        _print(rows)
+    bad = sum(r.get("violations", 0) for r in rows)
+    if bad:
+        raise NoisyDEQError(f"{bad} certified sample(s) were broken by PGD: a bound is wrong")
+    for f in files:
+        click.echo(f"wrote {f}")
+
+
+def _models(source: Path, opts: dict[str, Any], echo) -> tuple[list[dict], list[Path]]:
+    from noisydeq.analysis.certified import (
+        certify_member,
+        plan,
+        plot_accuracy,
+        write_outputs,
+        write_table,
+    )
+    from noisydeq.analysis.family import load_family, load_family_task
+    from noisydeq.certify.checks import check_certifiable
+
+    spec = _spec(opts)
+    _check_device(spec)
+    if not source.exists():
+        raise NoisyDEQError(f"certify: {source} does not exist")
+    name = source.stem if source.is_file() else source.name
+    out = opts["out"] or Path("runs") / f"certify-{name}"
+    members = load_family(source, data_dir=opts["data_dir"], cache_dir=opts["cache"],
+                          check=check_certifiable)
+    task = load_family_task(members, opts["data_dir"])
+    x, y = task.x_test, task.y_test
+    if spec.n_test is not None:
+        x, y = x[: spec.n_test], y[: spec.n_test]
+    plans = [plan(m, spec, x) for m in members]  # every refusal before any work
+    _writable(out)
+    rows = []
+    for m, pl in zip(members, plans, strict=True):
+        m.eps_train = _eps_train(m.path)
+        rows += certify_member(m, x, y, spec, echo, pl)
+    files = write_outputs(out, lambda: [
+        *write_table(rows, out),
+        *plot_accuracy(rows, out / "figures" / "certified_vs_eps", f"certify {source.name}"),
+    ])
+    return rows, files
+
+
+def _eps_train(path: Path) -> float:
+    """The IBP training radius a checkpoint records (nan when trained without IBP or when its
+    signed sidecar is missing)."""
+    from noisydeq import store
+
+    side = path.with_suffix(".json")
+    if not side.is_file():
+        return math.nan
+    try:
+        ibp = store.read_signed_json(side, "checkpoint sidecar")["config"]["train"].get("ibp")
+        return float((ibp or {}).get("eps", math.nan))
+    except (KeyError, ValueError, TypeError, AttributeError):
+        return math.nan
+
+
+def _experiment(source: Path, opts: dict[str, Any], echo) -> tuple[list[dict], list[Path]]:
+    from noisydeq.analysis.certify_experiments import run_fig2, run_table2
+    from noisydeq.certify.spec import CertifyExperimentSpec
+    from noisydeq.config import load_toml
+
+    exp = load_toml(CertifyExperimentSpec, source).resolve(opts["variant"])
+    out = opts["out"] or Path("runs") / f"{exp.name}-{opts['variant']}"
+    _writable(out)
+    if exp.kind == "fig2":
+        return run_fig2(exp, out, data_dir=opts["data_dir"], echo=echo)
+    ctx = click.get_current_context()
+    names = {"eps": "eps", "device": "device", "chip": "chip", "coverage": "coverage",
+             "k": "k", "dynamic": "dynamic", "read_noise_k": "read_k", "n_test": "n_test",
+             "batch_size": "batch_size", "pgd_steps": "pgd_steps",
+             "pgd_restarts": "pgd_restarts", "clip": "clip"}
+    given = {key: opts[opt] for opt, key in names.items()
+             if ctx.get_parameter_source(opt) is not click.core.ParameterSource.DEFAULT}
+    if given:  # command-line settings win over the file's [certify] table
+        exp.certify = {**exp.certify, **given}
+        _check_device(_spec_from(exp.certify))
+    bars = not opts["quiet"] and not opts["as_json"] and sys.stderr.isatty()
+    return run_table2(exp, out, data_dir=opts["data_dir"], cache_dir=opts["cache"],
+                      quiet=not bars, echo=echo)
+
+
+def _print(rows: list[dict]) -> None:
+    click.echo(f"{'model':<34} {'envelope':<22} {'eps':>5} {'clean':>7} {'PGD':>7} "
+               f"{'certified':>9}")
+    for r in rows:
+        click.echo(f"{r['model_id']:<34} {r['envelope'][:22]:<22} {r['eps']:>5g} "
+                   f"{r['clean_acc']:>7.4f} {r['pgd_acc']:>7.4f} {r['certified_acc']:>9.4f}")
+    envs = {r["envelope"]: r["assumption"] for r in rows if r["envelope"] != "none"}
+    for label, text in envs.items():
+        click.echo(f"assumption [{label}]: {text}")

@@ -1,0 +1,142 @@
+"""``noisydeq certify``: one line for bad input (nothing written), and an end-to-end run on
+IBP-trained digits models whose certified ≤ PGD ≤ clean accuracy holds sample by sample."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+
+import pytest
+import torch
+
+from noisydeq import store
+from noisydeq.cli import main
+from noisydeq.config import FamilySpec, build
+from noisydeq.errors import CorruptArtefact
+from tests.certify.helpers import run_certify
+
+
+@pytest.fixture(scope="module")
+def family(tmp_path_factory):
+    """An IBP-trained mondeq/ffw_relu pair (digits, width 16, 3 epochs) and, next to it,
+    a tanh DEQ and a plain monDEQ (param 'mon') trained one epoch each."""
+    from noisydeq.families import train_family
+
+    root = tmp_path_factory.mktemp("certify-family")
+    torch.manual_seed(0)
+    spec = build(FamilySpec, {"task": "digits", "depths": [1], "kinds": ["mondeq", "ffw_relu"],
+                              "hidden": 16, "train": {
+                                  "epochs": 3, "batch_size": 64, "lr": 3e-3,
+                                  "ibp": {"eps": 0.05, "warmup_epochs": 1, "ramp_epochs": 1}}})
+    train_family(spec, cache_dir=root / "good")
+    bad = build(FamilySpec, {"task": "digits", "depths": [1], "kinds": ["deq"], "hidden": 16,
+                             "train": {"epochs": 1}})
+    train_family(bad, cache_dir=root / "tanh")
+    mon = build(FamilySpec, {"task": "digits", "depths": [1], "kinds": ["mondeq"], "hidden": 16,
+                             "monotone": {"param": "mon"}, "train": {"epochs": 1}})
+    train_family(mon, cache_dir=root / "mon")
+    return root
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("argv, needle", [
+    (["--eps", "-0.1"], "ε must be ≥ 0"),
+    (["--eps", "abc"], "'abc' is not a number"),
+    (["--device", "snr"], "no finite bound"),
+    (["--device", "photonic"], "no finite bound"),
+    (["--device", "rram", "--dynamic"], "--read-noise-k"),
+    (["--device", "rram-wan2022-1day", "--k", "40"], "too wide"),
+    (["--device", "no-such-device"], "unknown device"),
+    (["--coverage", "1.5"], "coverage"),
+    (["--chip", "3"], "need --device"),
+])
+def test_bad_input_is_one_line_and_writes_nothing(capsys, tmp_path, family, argv, needle):
+    out = tmp_path / "out"
+    code, stdout, err = run_certify(capsys, str(family / "good"), "--out", str(out),
+                                    "--n-test", "20", "--quiet", *argv)
+    assert code == 2, err
+    assert needle in err, err
+    assert err.count("\n") == 1 and err.startswith("noisydeq: error: ")
+    assert "Traceback" not in err + stdout
+    assert not out.exists()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("which, needle", [
+    ("tanh", "not a monotone ReLU DEQ"),
+    ("mon", "I − |W| is not positive definite"),
+])
+def test_non_monotone_models_are_refused_with_the_failing_property(capsys, tmp_path, family,
+                                                                    which, needle):
+    out = tmp_path / "out"
+    code, stdout, err = run_certify(capsys, str(family / which), "--out", str(out), "--quiet")
+    assert code == 2 and needle in err and err.count("\n") == 1, err
+    assert not out.exists()
+
+
+def test_missing_source_is_one_line(capsys, tmp_path):
+    code, _, err = run_certify(capsys, str(tmp_path / "nothing"), "--out", str(tmp_path / "o"))
+    assert code == 2 and "does not exist" in err
+
+
+@pytest.mark.slow
+def test_certify_family_digital_and_measured_chip(capsys, tmp_path, family):
+    out = tmp_path / "cert"
+    code, stdout, err = run_certify(capsys, str(family / "good"), "--eps", "0,0.02,0.05",
+                             "--n-test", "120", "--device", "rram", "--chip", "2",
+                             "--pgd-steps", "10", "--out", str(out), "--json")
+    assert code == 0, err
+    rows = json.loads(stdout)
+    assert {(r["kind"], r["envelope"]) for r in rows} == {
+        ("mondeq", "none"), ("ffw_relu", "none"), ("mondeq", "rram-wan2022:chip2"),
+        ("ffw_relu", "rram-wan2022:chip2")}
+    for r in rows:
+        assert r["violations"] == 0
+        assert r["certified_acc"] <= r["pgd_acc"] <= r["clean_acc"]
+        assert r["eps_train"] == pytest.approx(0.05)
+        if r["envelope"] != "none":
+            assert "chip 2" in r["assumption"]
+    by = {(r["kind"], r["envelope"] != "none", r["eps"]): r for r in rows}
+    for kind in ("mondeq", "ffw_relu"):
+        assert by[(kind, False, 0.0)]["certified_acc"] == by[(kind, False, 0.0)]["clean_acc"]
+        assert by[(kind, False, 0.05)]["certified_acc"] > 0.3  # IBP training worked
+        for eps in (0.0, 0.02, 0.05):  # an envelope only removes certificates
+            assert by[(kind, True, eps)]["certified_acc"] <= by[(kind, False, eps)][
+                "certified_acc"]
+    mon = [r for r in rows if r["kind"] == "mondeq"]
+    assert all(r["interval_margin"] > 0 for r in mon)
+    with open(out / "results.csv", newline="") as fh:
+        assert len(list(csv.DictReader(fh))) == len(rows)
+    assert (out / "results.parquet").is_file()
+    assert (out / "figures" / "certified_vs_eps.png").is_file()
+    assert not math.isnan(rows[0]["seconds"])
+    listed = store.verify_manifest(out)  # every output digest-listed (sha256sum -c format)
+    assert {"results.csv", "results.parquet", "figures/certified_vs_eps.png"} <= set(listed)
+    (out / "results.csv").write_text("changed\n")
+    with pytest.raises(CorruptArtefact, match="does not match its digest"):
+        store.verify_manifest(out)
+
+
+@pytest.mark.parametrize("m", [0.0, 1.0, -0.2, 1.5])
+def test_m_outside_open_unit_interval_is_one_line(capsys, tmp_path, monkeypatch, m):
+    monkeypatch.chdir(tmp_path)
+    code = 0
+    try:
+        main(["train", "--kind", "mondeq", "--monotone", f"m={m}", "--quiet"])
+    except SystemExit as e:
+        code = e.code
+    err = capsys.readouterr().err
+    assert code == 2 and "m: must lie in the open interval (0, 1)" in err
+    assert err.count("\n") == 1 and list(tmp_path.iterdir()) == []
+
+
+def test_negative_eps_in_the_api_is_one_error():
+    from noisydeq.certify import bounds
+    from noisydeq.errors import NoisyDEQError
+    from tests.certify.helpers import small_model
+
+    model = small_model(warm=False)
+    x = torch.rand(2, 16, dtype=torch.float64)
+    with pytest.raises(NoisyDEQError, match="eps: must be ≥ 0"):
+        bounds(model, x, torch.zeros(2, dtype=torch.long), -0.1)
