@@ -12,7 +12,7 @@ import math
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, TypeVar, get_args
 
 import tomli_w
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -45,9 +45,16 @@ def _known_fields(model: type[BaseModel], loc: tuple) -> list[str]:
         fields = getattr(current, "model_fields", {})
         if part not in fields:
             return []
-        ann = fields[part].annotation
-        current = ann if isinstance(ann, type) and issubclass(ann, BaseModel) else None
+        current = _spec_of(fields[part].annotation)
     return list(getattr(current, "model_fields", {}) or [])
+
+
+def _spec_of(ann: Any) -> type[BaseModel] | None:
+    """The spec class of a field annotation (``Spec`` or ``Spec | None``), else None."""
+    for cand in (ann, *get_args(ann)):
+        if isinstance(cand, type) and issubclass(cand, BaseModel):
+            return cand
+    return None
 
 
 def format_validation_error(err: ValidationError, model: type[BaseModel], where: str = "") -> str:
@@ -299,6 +306,13 @@ class SolverSpec(StrictModel):
         return self.max_iter if self.name == "broyden" else 5
 
 
+def lyapunov_solver() -> SolverSpec:
+    """The LyaDEQ's forward solver: Anderson acceleration (Chu et al. 2024), memory 5, relative
+    residual 1e-4 within 40 iterations, no per-iteration traces."""
+    return SolverSpec(name="anderson", max_iter=40, tol=1e-4, stop="rel", window=1,
+                      traces=False)
+
+
 def _default_backward_solver() -> SolverSpec:
     return SolverSpec(name="anderson", max_iter=40, tol=1e-6, stop="rel", window=1)
 
@@ -331,6 +345,57 @@ class JacobianRegSpec(StrictModel):
 
 # ------------------------------------------------------------------------------- models
 
+#: LyaDEQ variants (Chu et al. 2024, Table 1): the Eq. 7 DEQ alone, with the Lyapunov module
+#: (Eq. 4-6), with the orthogonal final layer, or with both (the LyaDEQ)
+LYAPUNOV_VARIANTS = ("plain", "lyapunov", "orthogonal", "both")
+
+
+class LyapunovSpec(StrictModel):
+    """A Lyapunov-stable DEQ (``kind = "lyadeq"``, ``noisydeq.models.lyapunov``).
+
+    ``variant`` (:data:`LYAPUNOV_VARIANTS`): ``plain`` (the Eq. 7 DEQ), ``lyapunov`` (+ the
+    projected dynamics of Eq. 4 read out at the fixed point), ``orthogonal`` (+ an orthogonal
+    final layer), ``both`` (the LyaDEQ). ``c`` > 0: the decay rate of Eq. 4 (V decreases at
+    least as fast as e^{-ct} along the projected dynamics). ``d`` > 0: the width of the
+    smooth ReLU's quadratic piece (Eq. 8). ``icnn_hidden``: hidden sizes of the input-convex
+    network g of Eq. 6 (one entry = the paper's two-layer ICNN); its output is one unit.
+    """
+
+    variant: str = "both"
+    c: float = Field(default=1.0, gt=0.0)
+    d: float = Field(default=1.0, gt=0.0)
+    icnn_hidden: list[int] = Field(default_factory=lambda: [64])
+
+    @field_validator("variant")
+    @classmethod
+    def _variant(cls, v: Any) -> str:
+        if v in LYAPUNOV_VARIANTS:
+            return v
+        close = difflib.get_close_matches(str(v), LYAPUNOV_VARIANTS, n=1)
+        hint = f"; did you mean '{close[0]}'?" if close else ""
+        raise ValueError(
+            f"unknown variant '{v}'{hint} (allowed: {', '.join(LYAPUNOV_VARIANTS)})"
+        )
+
+    @field_validator("icnn_hidden")
+    @classmethod
+    def _icnn_sizes(cls, v: list[int]) -> list[int]:
+        if not v or any(isinstance(n, bool) or n < 1 for n in v):
+            raise ValueError(
+                f"ICNN hidden sizes must be a non-empty list of positive integers, got {v}"
+            )
+        return v
+
+    @property
+    def uses_lyapunov(self) -> bool:
+        """The variant reads the fixed point through the projected dynamics (Eq. 4)."""
+        return self.variant in ("lyapunov", "both")
+
+    @property
+    def uses_orthogonal(self) -> bool:
+        """The variant's final layer is orthogonal (Z^T Z = I)."""
+        return self.variant in ("orthogonal", "both")
+
 
 class ModelSpec(StrictModel):
     """A DEQ or FFW model (paper App. E.1-E.3, Tables 1-2 and 5-6); built by
@@ -344,9 +409,11 @@ class ModelSpec(StrictModel):
     ``ffw_form``: ``eq57`` (z⁰ = 0, x̃ injected at every layer) or ``eq32`` (z⁰ = x̃, no
     injection). Conv only: ``in_shape`` [C, H, W] (default: one square channel),
     ``kernel_size`` (odd), ``weight_norm``, ``pool`` (head pooling to pool×pool).
+    ``kind = "lyadeq"``: a Lyapunov-stable DEQ of ``width`` units (never width-matched),
+    configured by ``lyapunov`` (:class:`LyapunovSpec`, defaults when omitted; MLP only).
     """
 
-    kind: Literal["deq", "ffw"] = "deq"
+    kind: Literal["deq", "ffw", "lyadeq"] = "deq"
     cell: Literal["mlp", "conv"] = "mlp"
     in_features: int = Field(gt=0)
     out_features: int = Field(gt=0)
@@ -359,6 +426,22 @@ class ModelSpec(StrictModel):
     kernel_size: int = Field(default=3, gt=0)
     weight_norm: bool = True
     pool: int = Field(default=4, gt=0)
+    lyapunov: LyapunovSpec | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _lyapunov_defaults(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("kind") == "lyadeq" and data.get("lyapunov") is None:
+            data = {**data, "lyapunov": {}}
+        return data
+
+    @model_validator(mode="after")
+    def _lyapunov_kind(self) -> ModelSpec:
+        if self.lyapunov is not None and self.kind != "lyadeq":
+            raise ValueError(f"lyapunov: only kind 'lyadeq' takes it, not '{self.kind}'")
+        if self.kind == "lyadeq" and self.cell != "mlp":
+            raise ValueError("cell: kind 'lyadeq' has the fully connected cell only ('mlp')")
+        return self
 
     @field_validator("kernel_size")
     @classmethod
@@ -395,6 +478,12 @@ def _snr_list(value: Any, field: str) -> list[float]:
         raise ValueError(f"{field}: {err}") from None
 
 
+def check_lyapunov_members(lyapunov: LyapunovSpec | None, kinds: list[str]) -> None:
+    """Lyapunov settings only where a ``lyadeq`` member takes them (else a no-op: an error)."""
+    if lyapunov is not None and "lyadeq" not in kinds:
+        raise ValueError("lyapunov: settings given but 'lyadeq' is not in kinds")
+
+
 class SweepSpec(StrictModel):
     """A sweep: trained model families × inference SNR grid × chip instances (issue 4).
 
@@ -402,12 +491,14 @@ class SweepSpec(StrictModel):
     each SNR); ``signal`` / ``state`` / ``input`` sweep the paper's multiplicative model noise
     (Eq. 3-4) at that site while the weights run on ``device`` (usually ``ideal``).
     ``seeds`` and ``train_snr_db`` are grids too: one family is trained per (seed, train SNR).
+    ``lyapunov``: settings of the ``lyadeq`` members (:class:`LyapunovSpec`; needs
+    ``"lyadeq"`` in ``kinds``).
     """
 
     task: str = "digits"
     data_dir: str | None = None
     depths: list[int] = Field(default_factory=lambda: [1, 3, 5, 7])
-    kinds: list[Literal["deq", "ffw"]] = Field(default_factory=lambda: ["deq", "ffw"])
+    kinds: list[Literal["deq", "ffw", "lyadeq"]] = Field(default_factory=lambda: ["deq", "ffw"])
     hidden: int = Field(default=128, ge=1)
     input_act: str = "relu"
     train_snr_db: list[float] = Field(default_factory=lambda: [math.inf])
@@ -425,6 +516,12 @@ class SweepSpec(StrictModel):
     max_test_samples: int | None = Field(default=None, ge=1)
     fixed_snr_db: list[float] = Field(default_factory=lambda: [0.0])
     batched: bool = True
+    lyapunov: LyapunovSpec | None = None
+
+    @model_validator(mode="after")
+    def _lyapunov_members(self) -> SweepSpec:
+        check_lyapunov_members(self.lyapunov, self.kinds)
+        return self
 
     @field_validator("snr_db", "train_snr_db", "fixed_snr_db", mode="before")
     @classmethod
@@ -502,7 +599,9 @@ class TrainSpec(StrictModel):
     deployed, trained through the device's noisy MVMs and its digital weights are saved.
     DEQ only: ``solver`` (training), ``test_solver`` (evaluation), ``gradient`` and
     ``jac_reg`` replace the model's own when set. ``max_train_samples``: use only the first
-    N training samples. Presets: :meth:`TrainSpec.preset` (``quick``, ``paper``).
+    N training samples. ``lr_schedule``: ``constant``, or ``cosine`` — epoch e of E runs at
+    lr·(1 + cos(πe/E))/2 (PyTorch's ``CosineAnnealingLR`` stepped per epoch with T_max = E).
+    Presets: :meth:`TrainSpec.preset` (``quick``, ``paper``).
     """
 
     epochs: int = Field(default=6, ge=0)
@@ -518,12 +617,13 @@ class TrainSpec(StrictModel):
     gradient: GradientSpec | None = None
     jac_reg: JacobianRegSpec | None = None
     max_train_samples: int | None = Field(default=None, ge=1)
+    lr_schedule: Literal["constant", "cosine"] = "constant"
 
     @classmethod
     def preset(
         cls,
         name: str = "quick",
-        kind: Literal["deq", "ffw"] = "deq",
+        kind: Literal["deq", "ffw", "lyadeq"] = "deq",
         noise: NoiseSpec | None = None,
         **overrides: Any,
     ) -> TrainSpec:
@@ -535,6 +635,10 @@ class TrainSpec(StrictModel):
         ``paper``: Table 1 (DEQ: 30 epochs, batch 16, Jacobian regulariser weight 1.0 until
         epoch 55, unroll 60 with rel 1e-3 — or mean_rel 0.05 when training with noise —
         tested with unroll 60, mean_rel 0.05) and Table 2 (FFW: 64 epochs, batch 16).
+        ``lyadeq`` (Chu et al. 2024, training configurations): Adam at 1e-3 with a cosine
+        annealed learning rate, Anderson acceleration (:func:`lyapunov_solver`) and the
+        implicit (IFT) gradient, batch 64 (the paper gives none); ``paper``: 10 epochs (its
+        MNIST setting), ``quick``: 6.
         """
         if name not in TRAIN_PRESETS:
             close = difflib.get_close_matches(str(name), TRAIN_PRESETS, n=1)
@@ -544,7 +648,11 @@ class TrainSpec(StrictModel):
             )
         noise = noise if noise is not None else NoiseSpec()
         data: dict[str, Any] = {"noise": noise, "lr": 1e-3, "weight_decay": 0.0}
-        if name == "quick":
+        if kind == "lyadeq":
+            data.update(epochs=6 if name == "quick" else 10, batch_size=64,
+                        lr_schedule="cosine", solver=lyapunov_solver(),
+                        test_solver=lyapunov_solver(), gradient=GradientSpec(name="ift"))
+        elif name == "quick":
             data.update(epochs=6, batch_size=64)
             if kind == "deq":
                 data.update(
@@ -577,12 +685,14 @@ class FamilySpec(StrictModel):
     (App. E.1). Each member is trained with ``train_preset`` for its kind plus ``train``
     overrides, with training noise at ``train_site`` / ``train_snr_db`` (``inf`` = none) and
     the optional hardware ``device`` in the loop; ``seed`` seeds weights, data order and noise.
+    A ``lyadeq`` member (``lyapunov`` settings) has ``hidden`` units at every depth; its FFW
+    counterpart is the family's FFW of that depth.
     """
 
     task: str = "digits"
     data_dir: str | None = None
     depths: list[int] = Field(default_factory=lambda: [1, 3, 5, 7])
-    kinds: list[Literal["deq", "ffw"]] = Field(default_factory=lambda: ["deq", "ffw"])
+    kinds: list[Literal["deq", "ffw", "lyadeq"]] = Field(default_factory=lambda: ["deq", "ffw"])
     hidden: int = Field(default=128, ge=1)
     input_act: Literal["relu", "silu", "identity"] = "relu"
     seed: int = 0
@@ -591,11 +701,17 @@ class FamilySpec(StrictModel):
     train_snr_db: float = math.inf
     train_site: Literal["signal", "state", "input"] = "signal"
     device: str | None = None
+    lyapunov: LyapunovSpec | None = None
 
     @field_validator("depths", mode="before")
     @classmethod
     def _depths(cls, v: Any) -> list[int]:
         return SweepSpec._depths(v)
+
+    @model_validator(mode="after")
+    def _lyapunov_members(self) -> FamilySpec:
+        check_lyapunov_members(self.lyapunov, self.kinds)
+        return self
 
     @field_validator("train_snr_db", mode="before")
     @classmethod
@@ -617,7 +733,7 @@ class FamilySpec(StrictModel):
             return NoiseSpec()
         return NoiseSpec(site=self.train_site, kind="multiplicative", snr_db=self.train_snr_db)
 
-    def train_spec(self, kind: Literal["deq", "ffw"]) -> TrainSpec:
+    def train_spec(self, kind: Literal["deq", "ffw", "lyadeq"]) -> TrainSpec:
         """The resolved :class:`TrainSpec` of a member of ``kind``."""
         over = {"seed": self.seed, **self.train}
         if self.device is not None:

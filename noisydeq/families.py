@@ -86,13 +86,13 @@ class Family:
 
 
 def member_spec(spec: FamilySpec, task: Task, kind: str, depth: int) -> ModelSpec:
-    """The :class:`ModelSpec` of one member (a DEQ is matched to the FFW depth)."""
-    return build(
-        ModelSpec,
-        {"kind": kind, "in_features": task.in_features, "out_features": task.out_features,
-         "width": spec.hidden, "depth": depth, "matched": True, "input_act": spec.input_act},
-        where="family member",
-    )
+    """The :class:`ModelSpec` of one member (a DEQ is matched to the FFW depth; a LyaDEQ has
+    ``hidden`` units and the family's Lyapunov settings)."""
+    data = {"kind": kind, "in_features": task.in_features, "out_features": task.out_features,
+            "width": spec.hidden, "depth": depth, "matched": True, "input_act": spec.input_act}
+    if kind == "lyadeq":
+        data["lyapunov"] = spec.lyapunov
+    return build(ModelSpec, data, where="family member")
 
 
 def build_member(mspec: ModelSpec, seed: int) -> nn.Module:
@@ -171,6 +171,6 @@ def family_spec_for_sweep(sweep: SweepSpec, seed: int, train_snr_db: float) -> F
          "kinds": sweep.kinds, "hidden": sweep.hidden, "input_act": sweep.input_act,
          "seed": seed, "train_preset": sweep.train_preset, "train": train,
          "train_snr_db": math.inf if train_snr_db is None else train_snr_db,
-         "train_site": sweep.train_site},
+         "train_site": sweep.train_site, "lyapunov": sweep.lyapunov},
         where="sweep",
     )

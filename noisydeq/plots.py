@@ -1,8 +1,8 @@
 """Figures of a sweep (matplotlib, Agg backend), written as PNG and SVG.
 
 * ``metric_vs_snr`` — metric against inference SNR per model (paper Fig. 7-12), one panel
-  per training SNR; DEQ solid, FFW dashed, colour by family depth, band = min-max over chip
-  instances and seeds, the device's native SNR marked by a vertical line.
+  per training SNR; DEQ solid, FFW dashed, LyaDEQ dotted, colour by family depth, band =
+  min-max over chip instances and seeds, the device's native SNR marked by a vertical line.
 * ``metric_vs_depth`` — metric at fixed inference SNRs against the family member (paper
   Fig. 1a-c): FFW depth on the bottom axis, matched DEQ width on the top axis, parameter
   counts annotated.
@@ -37,6 +37,14 @@ STYLE = {
     "grid.alpha": 0.25,
     "savefig.dpi": 160,
     "svg.hashsalt": "noisydeq",
+}
+
+
+#: line style, marker, colour and depth-plot label of each model kind
+KIND_LOOK = {
+    "deq": ("-", "o", "tab:blue", "DEQ (width ↑)"),
+    "ffw": ("--", "s", "tab:orange", "FFW (depth ↑)"),
+    "lyadeq": (":", "^", "tab:green", "LyaDEQ"),
 }
 
 
@@ -117,10 +125,11 @@ def plot_metric_vs_snr(
                 xs = [pos[s] for s in by_snr]
                 pts = list(by_snr.values())
                 c = colours[depth]
-                style = "-" if kind == "deq" else "--"
-                marker = "o" if kind == "deq" else "s"
+                style, marker = KIND_LOOK.get(kind, KIND_LOOK["ffw"])[:2]
                 plural = "s" * (depth > 1)
                 label = f"DEQ w={width}" if kind == "deq" else f"FFW {depth} layer{plural}"
+                if kind == "lyadeq":
+                    label = f"LyaDEQ w={width}"
                 ax.plot(xs, [p.mean for p in pts], style, marker=marker, ms=3, color=c, lw=1.4,
                         label=f"{label} ({params / 1e3:.0f}k)")
                 _band(ax, xs, pts, c)
@@ -187,20 +196,19 @@ def plot_metric_vs_depth(
         fig, axes = plt.subplots(len(snrs), ncol, figsize=(4.0 * ncol, 3.4 * len(snrs)),
                                  squeeze=False)
         for (tsnr, snr), ax in zip(panels, axes.flat, strict=False):
-            series: dict[str, list[tuple[int, int, int, Agg]]] = {"deq": [], "ffw": []}
+            series: dict[str, list[tuple[int, int, int, Agg]]] = {k: [] for k in KIND_LOOK}
             for (kind, depth, width, params, t), by_snr in agg.items():
                 if t == tsnr and snr in by_snr:
                     series[kind].append((depth, width, params, by_snr[snr]))
             depths = sorted({d for s in series.values() for d, *_ in s})
             index = {d: i for i, d in enumerate(depths)}
-            for kind, colour, marker in (("deq", "tab:blue", "o"), ("ffw", "tab:orange", "s")):
+            for kind, (_style, marker, colour, name) in KIND_LOOK.items():
                 pts = sorted(series[kind])
                 if not pts:
                     continue
                 xs = [index[d] for d, *_ in pts]
                 mean = [a.mean for *_, a in pts]
                 yerr = [[a.mean - a.lo for *_, a in pts], [a.hi - a.mean for *_, a in pts]]
-                name = "DEQ (width ↑)" if kind == "deq" else "FFW (depth ↑)"
                 ax.errorbar(xs, mean, yerr=yerr, fmt="-" + marker, color=colour, ms=4, lw=1.4,
                             capsize=2, label=name)
                 for x, (_d, _w, params, a) in zip(xs, pts, strict=False):

@@ -114,6 +114,9 @@ def apply_overrides(model: nn.Module, spec: TrainSpec) -> None:
             setattr(model, attr, value)
         elif getattr(model, "kind", None) != "ffw":  # FFWs skip family-wide DEQ settings
             raise NoisyDEQError(f"train.{attr}: only a DEQ model takes a {attr} setting")
+    check = getattr(model, "check_solvers", None)  # e.g. a LyaDEQ: settings it cannot use
+    if callable(check):
+        check()
 
 
 # -------------------------------------------------------------------------- state
@@ -175,7 +178,16 @@ def _deploy(model: nn.Module, spec: TrainSpec, rng_seed: int, stream: NoiseStrea
     """The model on ``spec.device`` (one chip derived from the seed), or the model itself."""
     if spec.device is None:
         return model
+    from torch.nn.utils import parametrize
+
     from noisydeq import hardware
+
+    held = [n for n, m in model.named_modules() if parametrize.is_parametrized(m)]
+    if held:  # a chip is programmed with the weight's value; the parametrisation is lost
+        raise NoisyDEQError(
+            f"train.device: layers with parametrised weights ({', '.join(held)}) cannot be "
+            "trained on a device; train digitally and deploy the trained model"
+        )
 
     chip = derive_seed(rng_seed, "train", "chip") % (2**31)
     device = hardware.get_device(spec.device, snr_db=spec.device_snr_db, chip=chip)
@@ -188,7 +200,7 @@ def forward_logits(
     net: nn.Module, x: Tensor, noise: Noise | None, generator: torch.Generator | None = None
 ) -> tuple[Tensor, Tensor | None]:
     """(output, Jacobian-regulariser term or None) of one forward pass of any model."""
-    if getattr(net, "kind", None) == "deq":
+    if getattr(net, "kind", None) in ("deq", "lyadeq"):
         out = net(x, noise, return_solution=True, generator=generator)
     else:
         out = net(x, noise)
@@ -303,6 +315,14 @@ def train_model(
     return result
 
 
+def epoch_lr(spec: TrainSpec, epoch: int) -> float:
+    """Learning rate of ``epoch`` (0-based): ``spec.lr``, or its cosine annealing
+    lr·(1 + cos(π·epoch/epochs))/2 (``CosineAnnealingLR``, T_max = epochs, per epoch)."""
+    if spec.lr_schedule == "constant" or spec.epochs == 0:
+        return spec.lr
+    return spec.lr * 0.5 * (1.0 + math.cos(math.pi * epoch / spec.epochs))
+
+
 def _train_epoch(
     net: nn.Module, opt: torch.optim.Optimizer, task: Task, spec: TrainSpec, rng: _Rng,
     x_all: Tensor, y_all: Tensor, epoch: int, bar: Any,
@@ -315,6 +335,8 @@ def _train_epoch(
         net.jac_reg_active = reg.stop_epoch is None or epoch < reg.stop_epoch
     n = len(x_all)
     perm = torch.randperm(n, generator=rng.shuffle).to(x_all.device)
+    for group in opt.param_groups:
+        group["lr"] = epoch_lr(spec, epoch)
     noise = Noise(spec.noise, rng.noise) if spec.noise.active else None
     loss_sum = metric_sum = jac_sum = 0.0
     for b, i in enumerate(range(0, n, spec.batch_size)):

@@ -17,7 +17,15 @@ from typing import Any
 import click
 import torch
 
-from noisydeq.config import FamilySpec, ModelSpec, NoiseSpec, TrainSpec, build, parse_snr_value
+from noisydeq.config import (
+    FamilySpec,
+    LyapunovSpec,
+    ModelSpec,
+    NoiseSpec,
+    TrainSpec,
+    build,
+    parse_snr_value,
+)
 from noisydeq.errors import NoisyDEQError
 from noisydeq.runtime import resolve_torch_device
 
@@ -61,8 +69,10 @@ def _fmt(metric: float, name: str) -> str:
 @click.option("--task", default="digits", show_default=True,
               help="digits, regression1d, mnist or mnist10k.")
 @click.option("--data-dir", default=None, help="MNIST directory (else $NOISYDEQ_MNIST_DIR).")
-@click.option("--kind", type=click.Choice(["deq", "ffw"]), default="deq", show_default=True,
-              help="Model kind (single-model mode).")
+@click.option("--kind", type=click.Choice(["deq", "ffw", "lyadeq"]), default="deq",
+              show_default=True, help="Model kind (single-model mode).")
+@click.option("--variant", default=None,
+              help="LyaDEQ variant: plain, lyapunov, orthogonal or both (default).")
 @click.option("--width", type=int, default=128, show_default=True,
               help="FFW layer width; DEQ width (or the FFW width it is matched to).")
 @click.option("--depth", type=int, default=1, show_default=True,
@@ -127,6 +137,10 @@ def command(**opts: Any) -> None:
         _family(fspec, task, out, dev, opts)
         return
 
+    if opts["variant"] is not None:
+        if opts["kind"] != "lyadeq":
+            raise NoisyDEQError("--variant: only --kind lyadeq has variants")
+        build(LyapunovSpec, {"variant": opts["variant"]}, where="--variant")
     for name in ("width", "depth"):
         if opts[name] < 1:
             raise NoisyDEQError(f"--{name}: must be a positive integer, got {opts[name]}")
@@ -145,11 +159,14 @@ def _single(tspec: TrainSpec, task: Any, out: Path | None, dev: torch.device, op
     from noisydeq.families import build_member
     from noisydeq.train import train_model
 
-    mspec = build(ModelSpec, {
+    data = {
         "kind": opts["kind"], "in_features": task.in_features,
         "out_features": task.out_features, "width": opts["width"], "depth": opts["depth"],
         "input_act": opts["input_act"],
-    }, where="model")
+    }
+    if opts["variant"] is not None:
+        data["lyapunov"] = {"variant": opts["variant"]}
+    mspec = build(ModelSpec, data, where="model")
     model = build_member(mspec, opts["seed"])
     if out is None:
         out = _writable_dir(
