@@ -1,0 +1,382 @@
+"""LyaDEQ experiments: the paper's Table 1 grid under attack, and accuracy vs device SNR.
+
+An experiment file (``experiments/lyapunov-*.toml``, :class:`LyapunovExperimentSpec`) names
+the task, seeds, LyaDEQ settings and training, plus an ``[attack]`` table (variants ×
+I-FGSM/PGD × ε, Chu et al. 2024 Table 1) and/or a ``[device]`` table (LyaDEQ vs the plain
+Eq. 7 DEQ vs the depth-matched DEQ and FFW, accuracy vs the SNR of each device). Models
+come from the family cache (:func:`noisydeq.families.train_family`), so a model trained for
+one table is reused by the other.
+
+Output directory::
+
+    config.toml                    the resolved experiment
+    attack/<variant>-s<seed>.json  one finished (variant, seed) cell, written atomically
+    attack.csv                     one row per variant × seed × attack × ε
+    device/<device>-<group>/       one sweep run directory per device and model group
+    device.csv                     their tidy tables, with the model group as ``model``
+    report.md, figures/            tables and figures (:mod:`noisydeq.analysis.lyapunov_report`)
+
+Re-running the same experiment into the same directory skips every finished cell.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from pydantic import Field, field_validator, model_validator
+
+from noisydeq.config import (
+    LYAPUNOV_VARIANTS,
+    FamilySpec,
+    LyapunovSpec,
+    StrictModel,
+    SweepSpec,
+    atomic_write_text,
+    build,
+    dumps_toml,
+    parse_snr_range,
+    parse_snr_value,
+)
+from noisydeq.errors import NoisyDEQError
+from noisydeq.noise import derive_seed, seeded_generator
+
+ATTACKS = ("ifgsm", "pgd")
+#: the model groups of the device comparison: the LyaDEQ, its plain Eq. 7 DEQ and the
+#: parameter-matched DEQ and FFW of the paper's unit cell (Eq. 57)
+DEVICE_GROUPS = ("lyadeq", "lyadeq-plain", "deq", "ffw")
+
+
+def _choices(values: list[str], allowed: tuple[str, ...], field: str) -> list[str]:
+    import difflib
+
+    for v in values:
+        if v not in allowed:
+            close = difflib.get_close_matches(str(v), allowed, n=1)
+            hint = f"; did you mean '{close[0]}'?" if close else ""
+            raise ValueError(f"unknown {field} '{v}'{hint} (allowed: {', '.join(allowed)})")
+    if not values:
+        raise ValueError(f"give at least one {field} (allowed: {', '.join(allowed)})")
+    return list(dict.fromkeys(values))
+
+
+class AttackGrid(StrictModel):
+    """The attack table: ``variants`` × ``attacks`` × ``eps_255`` (ε in units of 1/255),
+    step size ``alpha_255``/255 and the paper's step count; ``max_test_samples`` caps the
+    test set (all of it by default)."""
+
+    variants: list[str] = Field(default_factory=lambda: list(LYAPUNOV_VARIANTS))
+    attacks: list[str] = Field(default_factory=lambda: list(ATTACKS))
+    eps_255: list[float] = Field(default_factory=lambda: [2.0, 4.0, 6.0, 8.0])
+    alpha_255: float = Field(default=1.0, gt=0.0)
+    max_test_samples: int | None = Field(default=None, ge=1)
+    batch_size: int = Field(default=500, ge=1)
+
+    @field_validator("variants")
+    @classmethod
+    def _variants(cls, v: list[str]) -> list[str]:
+        return _choices(v, LYAPUNOV_VARIANTS, "variant")
+
+    @field_validator("attacks")
+    @classmethod
+    def _attacks(cls, v: list[str]) -> list[str]:
+        return _choices(v, ATTACKS, "attack")
+
+    @field_validator("eps_255")
+    @classmethod
+    def _eps(cls, v: list[float]) -> list[float]:
+        if not v or any(not 0.0 < e <= 255.0 for e in v):
+            raise ValueError(f"eps_255: values in (0, 255] (ε·255), got {v}")
+        return sorted(set(v))
+
+
+class DeviceGrid(StrictModel):
+    """The device comparison: per device (preset name or path) the model ``groups`` to run
+    (:data:`DEVICE_GROUPS`) at ``snr_db`` (device noise, ``chips`` instances). The ``deq``
+    and ``ffw`` groups are the family members of ``depths`` trained with
+    ``baseline_preset`` (and ``baseline_epochs`` when set)."""
+
+    groups: dict[str, list[str]] = Field(
+        default_factory=lambda: {"rram": list(DEVICE_GROUPS), "photonic": list(DEVICE_GROUPS)})
+    snr_db: list[float] = Field(default_factory=lambda: parse_snr_range("0:30:3,inf"))
+    chips: int = Field(default=3, ge=1)
+    depths: list[int] = Field(default_factory=lambda: [1])
+    baseline_preset: str = "quick"
+    baseline_epochs: int | None = Field(default=None, ge=0)
+    max_test_samples: int | None = Field(default=None, ge=1)
+
+    @field_validator("groups")
+    @classmethod
+    def _groups(cls, v: dict[str, list[str]]) -> dict[str, list[str]]:
+        if not v:
+            raise ValueError('give at least one device, e.g. rram = ["lyadeq", "deq"]')
+        return {device: _choices(g, DEVICE_GROUPS, "group") for device, g in v.items()}
+
+    @field_validator("snr_db", mode="before")
+    @classmethod
+    def _snr(cls, v: Any) -> list[float]:
+        if isinstance(v, str):
+            return parse_snr_range(v)
+        return sorted({parse_snr_value(s) for s in v})
+
+
+class LyapunovExperimentSpec(StrictModel):
+    """An experiment file: shared model/training settings and the ``attack`` and ``device``
+    tables (at least one). ``lyapunov`` holds c, d and the ICNN sizes (the variant comes
+    from the tables); ``train_preset``/``train`` as in :class:`~noisydeq.config.FamilySpec`."""
+
+    name: str
+    title: str = ""
+    description: str = ""
+    task: str = "mnist10k"
+    data_dir: str | None = None
+    seeds: list[int] = Field(default_factory=lambda: [0])
+    hidden: int = Field(default=64, ge=1)
+    input_act: str = "relu"
+    lyapunov: dict[str, Any] = Field(default_factory=dict)
+    train_preset: str = "paper"
+    train: dict[str, Any] = Field(default_factory=dict)
+    attack: AttackGrid | None = None
+    device: DeviceGrid | None = None
+
+    @field_validator("seeds")
+    @classmethod
+    def _seeds(cls, v: list[int]) -> list[int]:
+        if not v:
+            raise ValueError("give at least one seed")
+        return list(dict.fromkeys(v))
+
+    @model_validator(mode="after")
+    def _valid(self) -> LyapunovExperimentSpec:
+        if self.attack is None and self.device is None:
+            raise ValueError("the experiment needs an [attack] or a [device] table")
+        if "variant" in self.lyapunov:
+            raise ValueError("lyapunov.variant: the variants come from the [attack] and "
+                             "[device] tables")
+        build(LyapunovSpec, self.lyapunov, where="lyapunov")
+        self.family_spec(self.seeds[0], "both").train_spec("lyadeq")  # preset + overrides
+        return self
+
+    # ------------------------------------------------------------------ specs
+
+    def model_settings(self, variant: str) -> dict[str, Any]:
+        return {**self.lyapunov, "variant": variant}
+
+    def family_spec(self, seed: int, variant: str) -> FamilySpec:
+        """The one-member family of a LyaDEQ ``variant`` (the cache entry both tables use)."""
+        return build(FamilySpec, {
+            "task": self.task, "data_dir": self.data_dir, "depths": [1], "kinds": ["lyadeq"],
+            "hidden": self.hidden, "input_act": self.input_act, "seed": seed,
+            "train_preset": self.train_preset, "train": self.train,
+            "lyapunov": self.model_settings(variant),
+        }, where="experiment")
+
+    def sweep_spec(self, device: str, group: str) -> SweepSpec:
+        """The sweep of one device and model group (device noise, all seeds)."""
+        grid = self.device
+        assert grid is not None
+        data: dict[str, Any] = {
+            "task": self.task, "data_dir": self.data_dir, "seeds": self.seeds,
+            "hidden": self.hidden, "input_act": self.input_act, "device": device,
+            "noise_site": "device", "snr_db": grid.snr_db, "chips": grid.chips,
+            "max_test_samples": grid.max_test_samples,
+        }
+        if group in ("deq", "ffw"):
+            data.update(kinds=[group], depths=grid.depths,
+                        train_preset=grid.baseline_preset, epochs=grid.baseline_epochs,
+                        max_train_samples=self.train.get("max_train_samples"))
+        else:
+            variant = "both" if group == "lyadeq" else "plain"
+            extra = set(self.train) - {"epochs", "max_train_samples"}
+            if extra:
+                raise NoisyDEQError(
+                    "train: a device sweep passes only 'epochs' and 'max_train_samples' to "
+                    f"its families, got {', '.join(sorted(extra))}"
+                )
+            data.update(kinds=["lyadeq"], depths=[1], train_preset=self.train_preset,
+                        lyapunov=self.model_settings(variant),
+                        epochs=self.train.get("epochs"),
+                        max_train_samples=self.train.get("max_train_samples"))
+        return build(SweepSpec, data, where=f"device {device} {group}")
+
+
+def load_experiment(path: str | Path, **overrides: Any) -> LyapunovExperimentSpec:
+    """Read an experiment file; ``overrides`` replace top-level fields (``None`` = keep)."""
+    from noisydeq.config import tomllib
+
+    p = Path(path)
+    if not p.is_file():
+        raise NoisyDEQError(f"file not found: {p}")
+    try:
+        data = tomllib.loads(p.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as err:
+        raise NoisyDEQError(f"{p}: not valid TOML ({err})") from None
+    data.update({k: v for k, v in overrides.items() if v is not None})
+    return build(LyapunovExperimentSpec, data, where=str(p))
+
+
+# ------------------------------------------------------------------------ attack table
+
+
+def _accuracy(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> int:
+    with torch.no_grad():
+        return int((model(x).argmax(dim=1) == y).sum())
+
+
+def attack_cell(
+    model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, grid: AttackGrid, seed: int,
+) -> list[dict[str, Any]]:
+    """Clean and attacked accuracy of one trained model: rows (attack, ε, steps, accuracy,
+    seconds); ε = 0 is the clean row. PGD's random start is seeded by (seed, ε, batch)."""
+    from noisydeq.analysis.iterative_attacks import ifgsm, paper_steps, pgd
+
+    model.eval()
+    n = x.shape[0]
+    bs = grid.batch_size
+    t0 = time.perf_counter()
+    clean = sum(_accuracy(model, x[i:i + bs], y[i:i + bs]) for i in range(0, n, bs))
+    rows = [{"attack": "none", "eps_255": 0.0, "steps": 0, "accuracy": clean / n,
+             "seconds": time.perf_counter() - t0}]
+    alpha = grid.alpha_255 / 255.0
+    for attack in grid.attacks:
+        for e in grid.eps_255:
+            eps = e / 255.0
+            steps = paper_steps(eps)
+            t0 = time.perf_counter()
+            correct = 0
+            for b, i in enumerate(range(0, n, bs)):
+                xb, yb = x[i:i + bs], y[i:i + bs]
+                if attack == "ifgsm":
+                    adv = ifgsm(model, xb, yb, eps=eps, steps=steps, alpha=alpha)
+                else:
+                    gen = seeded_generator(derive_seed(seed, "pgd", e, b))
+                    adv = pgd(model, xb, yb, eps=eps, steps=steps, alpha=alpha, generator=gen)
+                correct += _accuracy(model, adv, yb)
+            rows.append({"attack": attack, "eps_255": e, "steps": steps,
+                         "accuracy": correct / n, "seconds": time.perf_counter() - t0})
+    return rows
+
+
+def readout_stats(model: torch.nn.Module, x: torch.Tensor) -> dict[str, float]:
+    """Mean V(z*), the fraction of test samples whose readout the projection moved, and the
+    mean solver iterations on clean inputs."""
+    model.eval()
+    with torch.no_grad():
+        out = model(x, return_solution=True)
+    stats = {"mean_steps": float(out.solution.steps.double().mean()),
+             "converged_frac": float(out.solution.converged.double().mean())}
+    r = getattr(model, "last_readout", None)
+    if r is not None:
+        stats.update(mean_V=float(r["V"].double().mean()),
+                     projected_frac=float(r["projected"].double().mean()))
+    return stats
+
+
+def run_attacks(spec: LyapunovExperimentSpec, out: Path, task: Any,
+                log: Callable[[str], None]) -> list[dict[str, Any]]:
+    """Every (variant, seed) cell of the attack table, resumed from ``out/attack``."""
+    from noisydeq.families import train_family
+
+    grid = spec.attack
+    assert grid is not None
+    x, y = task.x_test, task.y_test
+    if grid.max_test_samples is not None:
+        x, y = x[:grid.max_test_samples], y[:grid.max_test_samples]
+    rows: list[dict[str, Any]] = []
+    for variant in grid.variants:
+        for seed in spec.seeds:
+            path = out / "attack" / f"{variant}-s{seed}.json"
+            if path.is_file():
+                cell = json.loads(path.read_text(encoding="utf-8"))
+                log(f"attack {variant} seed {seed}: done before")
+            else:
+                fam = train_family(spec.family_spec(seed, variant), task, log=log)
+                member = fam.members[0]
+                t0 = time.perf_counter()
+                base = {"variant": variant, "seed": seed, "params": member.params,
+                        "train_seconds": member.result.seconds,
+                        "test_metric": member.result.test_metric,
+                        **readout_stats(member.model, x[:grid.batch_size])}
+                cell = [{**base, **r} for r in attack_cell(member.model, x, y, grid, seed)]
+                atomic_write_text(path, json.dumps(cell, indent=1))
+                log(f"attack {variant} seed {seed}: {time.perf_counter() - t0:.1f} s")
+            rows.extend(cell)
+    return rows
+
+
+# ------------------------------------------------------------------------ device table
+
+
+def run_device(spec: LyapunovExperimentSpec, out: Path, task: Any, progress: bool,
+               log: Callable[[str], None]) -> list[dict[str, Any]]:
+    """One sweep per (device, group) into ``out/device``; rows tagged with ``model``."""
+    from noisydeq.sweep import run_sweep
+
+    grid = spec.device
+    assert grid is not None
+    rows: list[dict[str, Any]] = []
+    for device, groups in grid.groups.items():
+        for group in groups:
+            sspec = spec.sweep_spec(device, group)
+            t0 = time.perf_counter()
+            res = run_sweep(sspec, out / "device" / f"{device}-{group}", task=task,
+                            progress=progress, plots=False, jobs=1)
+            log(f"device {device} {group}: {res.computed_cells} cells computed, "
+                f"{res.skipped_cells} resumed, {time.perf_counter() - t0:.1f} s")
+            rows.extend({**r, "model": group} for r in res.rows)
+    return rows
+
+
+# ------------------------------------------------------------------------ driver
+
+
+def run_experiment(
+    spec: LyapunovExperimentSpec, out: str | Path, *, only: str | None = None,
+    progress: bool = True, log: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """Run (or resume) the experiment into ``out``; returns the report's paths and tables."""
+    from noisydeq.analysis.lyapunov_report import write_report
+    from noisydeq.results import check_writable
+    from noisydeq.tasks import load_task
+
+    out = Path(out)
+    check_writable(out)
+    if only not in (None, "attack", "device"):
+        raise NoisyDEQError(f"--only: 'attack' or 'device', got '{only}'")
+    config = out / "config.toml"
+    text = dumps_toml(spec)
+    if config.is_file() and config.read_text(encoding="utf-8") != text:
+        raise NoisyDEQError(f"{out} holds another experiment (its config.toml differs); "
+                            "use another --out")
+    task = load_task(spec.task, data_dir=spec.data_dir, seed=spec.seeds[0])
+    atomic_write_text(config, text)
+    attack_rows: list[dict[str, Any]] = []
+    device_rows: list[dict[str, Any]] = []
+    if spec.attack is not None and only in (None, "attack"):
+        attack_rows = run_attacks(spec, out, task, log)
+        atomic_write_text(out / "attack.csv", _csv(attack_rows))
+    if spec.device is not None and only in (None, "device"):
+        device_rows = run_device(spec, out, task, progress, log)
+        atomic_write_text(out / "device.csv", _csv(device_rows))
+    return write_report(spec, out, attack_rows, device_rows)
+
+
+def _csv(rows: list[dict[str, Any]]) -> str:
+    import csv
+    import io
+
+    if not rows:
+        return ""
+    keys = list(dict.fromkeys(k for r in rows for k in r))
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=keys, lineterminator="\n")
+    w.writeheader()
+    for r in rows:
+        w.writerow({k: (f"{v:.10g}" if isinstance(v, float) and math.isfinite(v) else v)
+                    for k, v in r.items()})
+    return buf.getvalue()
