@@ -47,9 +47,11 @@ from noisydeq.errors import NoisyDEQError
 from noisydeq.noise import derive_seed, seeded_generator
 
 ATTACKS = ("ifgsm", "pgd")
-#: the model groups of the device comparison: the LyaDEQ, its plain Eq. 7 DEQ and the
-#: parameter-matched DEQ and FFW of the paper's unit cell (Eq. 57)
-DEVICE_GROUPS = ("lyadeq", "lyadeq-plain", "deq", "ffw")
+#: the model groups of the device comparison: the LyaDEQ (``lyadeq``, variant ``both``), its
+#: ablations (``lyadeq-<variant>``) and the parameter-matched DEQ and FFW of the paper's unit
+#: cell (Eq. 57)
+DEVICE_GROUPS = ("lyadeq", "lyadeq-plain", "lyadeq-lyapunov", "lyadeq-orthogonal", "deq",
+                 "ffw")
 
 
 def _choices(values: list[str], allowed: tuple[str, ...], field: str) -> list[str]:
@@ -191,7 +193,7 @@ class LyapunovExperimentSpec(StrictModel):
                         train_preset=grid.baseline_preset, epochs=grid.baseline_epochs,
                         max_train_samples=self.train.get("max_train_samples"))
         else:
-            variant = "both" if group == "lyadeq" else "plain"
+            variant = "both" if group == "lyadeq" else group.removeprefix("lyadeq-")
             extra = set(self.train) - {"epochs", "max_train_samples"}
             if extra:
                 raise NoisyDEQError(
