@@ -204,3 +204,18 @@ def test_lyapunov_command_end_to_end(tmp_path, monkeypatch):
     other.write_text(exp.read_text().replace('name = "tiny"', 'name = "other"'))
     res = runner.invoke(cli, ["lyapunov", str(other), "--out", str(out)])
     assert res.exit_code != 0 and "another experiment" in str(res.exception or res.output)
+
+
+def test_attack_cell_rows_and_step_override():
+    from noisydeq.analysis.lyapunov_experiment import AttackGrid, attack_cell
+
+    model = _model("plain")
+    x, y = torch.rand(12, 64), torch.randint(0, 10, (12,))
+    rows = attack_cell(model, x, y, AttackGrid(eps_255=[2, 8], batch_size=5), seed=0)
+    assert [(r["attack"], r["eps_255"], r["steps"]) for r in rows] == [
+        ("none", 0.0, 0), ("ifgsm", 2.0, 2), ("ifgsm", 8.0, 10), ("pgd", 2.0, 2),
+        ("pgd", 8.0, 10)]
+    strong = attack_cell(model, x, y, AttackGrid(attacks=["pgd"], eps_255=[8], steps=3,
+                                                 alpha_255=2.0), seed=0)
+    assert [r["steps"] for r in strong] == [0, 3]
+    assert all(0.0 <= r["accuracy"] <= 1.0 for r in rows + strong)

@@ -69,13 +69,14 @@ def _choices(values: list[str], allowed: tuple[str, ...], field: str) -> list[st
 
 class AttackGrid(StrictModel):
     """The attack table: ``variants`` × ``attacks`` × ``eps_255`` (ε in units of 1/255),
-    step size ``alpha_255``/255 and the paper's step count; ``max_test_samples`` caps the
-    test set (all of it by default)."""
+    step size ``alpha_255``/255 and the paper's step count (or ``steps`` at every ε);
+    ``max_test_samples`` caps the test set (all of it by default)."""
 
     variants: list[str] = Field(default_factory=lambda: list(LYAPUNOV_VARIANTS))
     attacks: list[str] = Field(default_factory=lambda: list(ATTACKS))
     eps_255: list[float] = Field(default_factory=lambda: [2.0, 4.0, 6.0, 8.0])
     alpha_255: float = Field(default=1.0, gt=0.0)
+    steps: int | None = Field(default=None, ge=1)
     max_test_samples: int | None = Field(default=None, ge=1)
     batch_size: int = Field(default=500, ge=1)
 
@@ -248,7 +249,7 @@ def attack_cell(
     for attack in grid.attacks:
         for e in grid.eps_255:
             eps = e / 255.0
-            steps = paper_steps(eps)
+            steps = paper_steps(eps) if grid.steps is None else grid.steps
             t0 = time.perf_counter()
             correct = 0
             for b, i in enumerate(range(0, n, bs)):

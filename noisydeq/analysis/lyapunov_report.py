@@ -51,8 +51,9 @@ def _cell(values: Sequence[float]) -> str:
     return f"{m:.2f} ± {s:.2f}" if len(values) > 1 else f"{m:.2f}"
 
 
-def attack_table(rows: Sequence[dict[str, Any]]) -> str:
-    """Markdown table: variant × attack rows, clean and per-ε accuracy (%), paper beside."""
+def attack_table(rows: Sequence[dict[str, Any]], paper: bool = True) -> str:
+    """Markdown table: variant × attack rows, clean and per-ε accuracy (%), with the paper's
+    numbers beside when ``paper`` (the attacks ran with its protocol)."""
     by: dict[tuple[str, str, float], list[float]] = defaultdict(list)
     seeds: dict[str, set[int]] = defaultdict(set)
     for r in rows:
@@ -72,10 +73,12 @@ def attack_table(rows: Sequence[dict[str, Any]]) -> str:
             first = (f"{VARIANT_NAMES[variant]} | {len(seeds[variant])} | {clean}" if j == 0
                      else " | | ")
             out.append(f"| {first} | {ATTACK_NAMES[attack]} | " + " | ".join(cells) + " |")
-            paper = PAPER_MNIST[variant]
-            pcells = [f"{paper[attack][PAPER_EPS_255.index(e)]:.2f}" if e in PAPER_EPS_255
+            if not paper:
+                continue
+            ref = PAPER_MNIST[variant]
+            pcells = [f"{ref[attack][PAPER_EPS_255.index(e)]:.2f}" if e in PAPER_EPS_255
                       else "" for e in eps]
-            pclean = f"*{paper['none'][0]:.2f}*" if j == 0 else ""
+            pclean = f"*{ref['none'][0]:.2f}*" if j == 0 else ""
             out.append(f"| *paper (MNIST)* | | {pclean} | *{ATTACK_NAMES[attack]}* | "
                        + " | ".join(f"*{c}*" if c else "" for c in pcells) + " |")
     return "\n".join(out)
@@ -140,7 +143,7 @@ def _save(fig: Any, out: Path, name: str) -> list[Path]:
     return save(fig, out, name)
 
 
-def plot_attack(rows: Sequence[dict[str, Any]], out: Path) -> list[Path]:
+def plot_attack(rows: Sequence[dict[str, Any]], out: Path, paper: bool = True) -> list[Path]:
     """Accuracy vs ε (0 = clean) per variant, I-FGSM and PGD panels; bars = min-max over seeds."""
     import matplotlib.pyplot as plt
 
@@ -164,10 +167,11 @@ def plot_attack(rows: Sequence[dict[str, Any]], out: Path) -> list[Path]:
                        [max(pts[e]) - m for m, e in zip(mean, xs, strict=True)]]
                 ax.errorbar(xs, mean, yerr=err, fmt="-o", ms=3.5, lw=1.4, capsize=2,
                             color=f"C{k}", label=VARIANT_NAMES[variant])
-                paper = PAPER_MNIST[variant]
-                ax.plot([0.0, *PAPER_EPS_255], [paper["none"][0], *paper[attack]], ":",
-                        color=f"C{k}", lw=1, alpha=0.6)
-            ax.set_title(f"{ATTACK_NAMES[attack]} (dotted: paper, MNIST)")
+                if paper:
+                    ref = PAPER_MNIST[variant]
+                    ax.plot([0.0, *PAPER_EPS_255], [ref["none"][0], *ref[attack]], ":",
+                            color=f"C{k}", lw=1, alpha=0.6)
+            ax.set_title(f"{ATTACK_NAMES[attack]}" + (" (dotted: paper, MNIST)" if paper else ""))
             ax.set_xlabel("ε (× 1/255)")
             ax.set_ylim(0, 100)
         axes[0][0].set_ylabel("test accuracy (%)")
@@ -221,9 +225,11 @@ def write_report(spec: Any, out: Path, attack_rows: Sequence[dict[str, Any]],
     parts = [f"# {spec.title or spec.name}", ""]
     figures: list[Path] = []
     if attack_rows:
-        parts += ["## Accuracy (%) under attack", "", attack_table(attack_rows), "",
+        grid = spec.attack
+        paper = grid is None or (grid.steps is None and grid.alpha_255 == 1.0)
+        parts += ["## Accuracy (%) under attack", "", attack_table(attack_rows, paper), "",
                   "## Models and run times (mean over seeds)", "", attack_times(attack_rows), ""]
-        figures += plot_attack(attack_rows, out / "figures")
+        figures += plot_attack(attack_rows, out / "figures", paper)
     if device_rows:
         have = sorted({float(r["snr_db"]) for r in device_rows})
         levels = have if len(have) <= 8 else [
