@@ -37,6 +37,15 @@ VARIANT_NAMES = {
     "both": "LyaDEQ (+ orthogonal FC)",
 }
 ATTACK_NAMES = {"ifgsm": "I-FGSM", "pgd": "PGD"}
+#: labels of the device comparison's model groups
+GROUP_NAMES = {
+    "lyadeq": "LyaDEQ (Eq. 7 + Lyapunov + orthogonal FC)",
+    "lyadeq-plain": "DEQ (Eq. 7)",
+    "lyadeq-lyapunov": "Eq. 7 + Lyapunov",
+    "lyadeq-orthogonal": "Eq. 7 + orthogonal FC",
+    "deq": "DEQ (Eq. 57, matched)",
+    "ffw": "FFW (Eq. 57)",
+}
 
 
 def _mean_std(values: Sequence[float]) -> tuple[float, float]:
@@ -130,7 +139,8 @@ def device_table(rows: Sequence[dict[str, Any]], levels: Sequence[float]) -> str
                 continue
             cells = [f"{100 * statistics.fmean(v):.1f} [{100 * min(v):.1f}, {100 * max(v):.1f}]"
                      if v else "" for v in vals]
-            out.append(f"| {device} | {model} | " + " | ".join(cells) + " |")
+            name = GROUP_NAMES.get(model, model)
+            out.append(f"| {device} | {name} | " + " | ".join(cells) + " |")
     return "\n".join(out)
 
 
@@ -203,7 +213,7 @@ def plot_device(rows: Sequence[dict[str, Any]], out: Path) -> list[Path]:
                     continue
                 xs = sorted(pts)
                 ax.plot([pos[s] for s in xs], [statistics.fmean(pts[s]) for s in xs], "-o",
-                        ms=3, lw=1.4, color=f"C{k}", label=model)
+                        ms=3, lw=1.4, color=f"C{k}", label=GROUP_NAMES.get(model, model))
                 ax.fill_between([pos[s] for s in xs], [min(pts[s]) for s in xs],
                                 [max(pts[s]) for s in xs], color=f"C{k}", alpha=0.15, lw=0)
             ticks = [s for s in levels if math.isinf(s) or s % 6 == 0]
@@ -213,7 +223,12 @@ def plot_device(rows: Sequence[dict[str, Any]], out: Path) -> list[Path]:
             ax.set_xlabel("device SNR (dB)")
             ax.set_ylim(0, 100)
         axes[0][0].set_ylabel("test accuracy (%)")
-        axes[0][-1].legend(frameon=False, loc="center left", bbox_to_anchor=(1.02, 0.5))
+        seen: dict[str, Any] = {}  # every model once, whichever panel drew it
+        for ax in axes[0]:
+            for h, label in zip(*ax.get_legend_handles_labels(), strict=True):
+                seen.setdefault(label, h)
+        axes[0][-1].legend(list(seen.values()), list(seen), frameon=False, loc="center left",
+                           bbox_to_anchor=(1.02, 0.5))
         fig.tight_layout()
         return _save(fig, out, "device")
 
