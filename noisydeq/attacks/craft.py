@@ -1,0 +1,43 @@
+"""Make the perturbed inputs of one :class:`AttackSpec` against one estimator.
+
+Gradient attacks follow the estimator (:mod:`noisydeq.attacks.estimators`): ``pgd`` and
+``ifgsm`` through our PGD (:mod:`noisydeq.attacks.pgd`, EOT and warm starts), AutoAttack
+and its parts through torchattacks (:mod:`noisydeq.attacks.library`). Black-box noise
+(:mod:`noisydeq.attacks.blackbox`) never queries the model. Inputs are flat (B, D) in
+[0, 1]; ``in_shape`` (C, H, W) is the image shape torchattacks needs.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from noisydeq.attacks.blackbox import salt_and_pepper, speckle
+from noisydeq.attacks.estimators import AttackModule
+from noisydeq.attacks.library import run_library_attack
+from noisydeq.attacks.pgd import ifgsm, pgd
+from noisydeq.attacks.spec import AttackSpec
+from noisydeq.noise import seeded_generator
+
+
+def craft(spec: AttackSpec, estimator, model: nn.Module, x: Tensor, y: Tensor, *,
+          seed: int, in_shape: tuple[int, ...], n_classes: int) -> Tensor:
+    """Adversarial / corrupted versions of ``x`` (same shape) for ``spec``."""
+    gen = seeded_generator(seed, x.device)
+    if spec.name == "speckle":
+        return speckle(x, spec.eps, gen)
+    if spec.name == "salt-pepper":
+        return salt_and_pepper(x, spec.eps, gen)
+    reset = getattr(estimator, "reset", None)
+    if reset is not None:
+        reset()
+    if spec.name == "pgd":
+        return pgd(estimator, x, y, eps=spec.eps, steps=spec.steps, alpha=spec.alpha,
+                   norm=spec.norm, random_init=spec.random_start, restarts=spec.restarts,
+                   eot=spec.eot, generator=gen, on_restart=reset)
+    if spec.name == "ifgsm":
+        return ifgsm(estimator, x, y, eps=spec.eps, steps=spec.steps, norm=spec.norm,
+                     eot=spec.eot, alpha=spec.alpha)
+    module = AttackModule(estimator, model)
+    with torch.enable_grad():
+        return run_library_attack(module, spec, x, y, in_shape, n_classes, seed)
