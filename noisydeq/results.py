@@ -97,7 +97,14 @@ def check_writable(out: Path) -> None:
 
 
 class RunDir:
-    """A sweep's run directory (see module docstring)."""
+    """A sweep's run directory (see module docstring).
+
+    Subclasses reuse the layout for other resumable grids by setting ``spec_cls`` (the
+    spec recorded in ``config.toml``) and ``columns`` (the tidy-table schema).
+    """
+
+    spec_cls: type = SweepSpec
+    columns: dict[str, str] = COLUMNS
 
     def __init__(self, path: str | os.PathLike) -> None:
         self.path = Path(path)
@@ -108,12 +115,12 @@ class RunDir:
         self.csv_path = self.path / "results.csv"
         self.parquet_path = self.path / "results.parquet"
 
-    def open(self, spec: SweepSpec, extra_meta: dict[str, Any] | None = None) -> bool:
+    def open(self, spec: Any, extra_meta: dict[str, Any] | None = None) -> bool:
         """Create the directory for ``spec`` or check it matches; True when resuming."""
         existing = None
         if self.config_path.is_file():
             try:
-                existing = loads_toml(SweepSpec, self.config_path.read_text(encoding="utf-8"))
+                existing = loads_toml(self.spec_cls, self.config_path.read_text(encoding="utf-8"))
             except NoisyDEQError:
                 raise NoisyDEQError(
                     f"--out {self.path}: holds an unreadable config.toml; choose another --out"
@@ -122,7 +129,7 @@ class RunDir:
             diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
             if diff:
                 raise NoisyDEQError(
-                    f"--out {self.path}: holds a sweep with a different config "
+                    f"--out {self.path}: holds a run with a different config "
                     f"(differs in: {', '.join(diff)}); choose another --out"
                 )
         elif self.path.exists() and any(p.name != "figures" for p in self.path.iterdir()):
@@ -135,7 +142,7 @@ class RunDir:
         if existing is None:
             atomic_write_text(self.config_path, dumps_toml(spec))
         meta = {
-            "seeds": spec.seeds,
+            "seeds": getattr(spec, "seeds", [getattr(spec, "seed", None)]),
             "config_hash": spec_hash(spec),
             "versions": package_versions(),
             "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -180,8 +187,8 @@ class RunDir:
     def write_table(self, rows: Iterable[dict[str, Any]]) -> tuple[Path, Path]:
         """Write the tidy table as CSV and Parquet, each atomically."""
         rows = list(rows)
-        atomic_write_bytes(self.csv_path, table_to_csv(rows).encode())
-        atomic_write_bytes(self.parquet_path, table_to_parquet(rows))
+        atomic_write_bytes(self.csv_path, table_to_csv(rows, self.columns).encode())
+        atomic_write_bytes(self.parquet_path, table_to_parquet(rows, self.columns))
         return self.csv_path, self.parquet_path
 
 
@@ -200,33 +207,33 @@ def _fmt(value: Any, kind: str) -> str:
     return str(value)
 
 
-def table_to_csv(rows: Sequence[dict[str, Any]]) -> str:
+def table_to_csv(rows: Sequence[dict[str, Any]], columns: dict[str, str] = COLUMNS) -> str:
     """CSV text of the tidy table (``inf`` / ``nan`` spelled out; floats round-trip exactly)."""
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
-    w.writerow(COLUMNS)
+    w.writerow(columns)
     for r in rows:
-        w.writerow([_fmt(r[c], t) for c, t in COLUMNS.items()])
+        w.writerow([_fmt(r[c], t) for c, t in columns.items()])
     return buf.getvalue()
 
 
-def read_csv(path: str | os.PathLike) -> list[dict[str, Any]]:
+def read_csv(path: str | os.PathLike, columns: dict[str, str] = COLUMNS) -> list[dict[str, Any]]:
     """Read a results CSV back into typed rows."""
     conv = {"str": str, "int": int, "float": float}
     with open(path, newline="", encoding="utf-8") as fh:
         return [
-            {c: conv[COLUMNS[c]](v) for c, v in row.items()} for row in csv.DictReader(fh)
+            {c: conv[columns[c]](v) for c, v in row.items()} for row in csv.DictReader(fh)
         ]
 
 
-def table_to_parquet(rows: Sequence[dict[str, Any]]) -> bytes:
+def table_to_parquet(rows: Sequence[dict[str, Any]], columns: dict[str, str] = COLUMNS) -> bytes:
     """Parquet bytes of the tidy table with explicit column types."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     types = {"str": pa.string(), "int": pa.int64(), "float": pa.float64()}
-    schema = pa.schema([(c, types[t]) for c, t in COLUMNS.items()])
-    table = pa.table({c: [r[c] for r in rows] for c in COLUMNS}, schema=schema)
+    schema = pa.schema([(c, types[t]) for c, t in columns.items()])
+    table = pa.table({c: [r[c] for r in rows] for c in columns}, schema=schema)
     sink = pa.BufferOutputStream()
     pq.write_table(table, sink)
     return sink.getvalue().to_pybytes()

@@ -54,8 +54,9 @@ def _train_snr(train: dict[str, Any]) -> float:
     return math.inf if value is None else float(value)
 
 
-def load_member(path: Path) -> Member:
-    """Rebuild one checkpoint; one clear error when it is not a trained MLP DEQ/FFW."""
+def load_member(path: Path, mlp_only: bool = True) -> Member:
+    """Rebuild one checkpoint; one clear error when it is not a trained (MLP, unless
+    ``mlp_only`` is off) DEQ/FFW."""
     from noisydeq.analysis.probe import check_mlp_model
     from noisydeq.config import TrainSpec, build
     from noisydeq.models.factory import build_model
@@ -74,7 +75,7 @@ def load_member(path: Path) -> Member:
     model = build_model(spec)
     apply_overrides(model, build(TrainSpec, train, where=f"{path} train"))
     store.load_into(model, tensors, path)
-    kind = check_mlp_model(model)
+    kind = check_mlp_model(model) if mlp_only else _kind(model, path)
     task = config.get("task") or {}
     return Member(
         path=path, model=model.eval(), kind=kind, depth=int(model.depth),
@@ -86,15 +87,23 @@ def load_member(path: Path) -> Member:
     )
 
 
+def _kind(model: nn.Module, path: Path) -> str:
+    kind = getattr(model, "kind", None)
+    if kind not in ("deq", "ffw"):
+        raise NoisyDEQError(f"checkpoint {path}: not a DEQ or FFW (kind={kind!r})")
+    return kind
+
+
 def load_family(root: str | Path, device: torch.device | str = "cpu", *,
-                data_dir: str | None = None, cache_dir: str | None = None) -> list[Member]:
+                data_dir: str | None = None, cache_dir: str | None = None,
+                mlp_only: bool = True) -> list[Member]:
     """All members of ``root`` (sweep run dir, train output, checkpoint), sorted by group,
     kind and depth. ``data_dir`` overrides the data directory a sweep recorded; members
-    carry the one to use (``Member.data_dir``)."""
+    carry the one to use (``Member.data_dir``). ``mlp_only=False`` also loads conv models."""
     from noisydeq.analysis.locate import locate
 
     source = locate(root, data_dir=data_dir, cache_dir=cache_dir)
-    members = [load_member(p) for p in source.checkpoints]
+    members = [load_member(p, mlp_only) for p in source.checkpoints]
     tasks = {m.task for m in members}
     if len(tasks) > 1:
         raise NoisyDEQError(f"--family: members were trained on different tasks {sorted(tasks)}")

@@ -121,11 +121,11 @@ class EstimatorSpec(StrictModel):
     warm: bool = True
 
     def label(self) -> str:
-        """Readable name with the parameters that matter, e.g. ``unrolled(z1,k=1,λ=1)``."""
+        """Readable name with the parameters that matter, e.g. ``unrolled(z1 k=1 λ=1)``."""
         n = self.name
-        at = "" if self.state is None else f"z{self.state},"
+        at = "" if self.state is None else f"z{self.state} "
         if n in ("phantom", "unrolled", "unrolled-ensemble"):
-            return f"{n}({at if n == 'unrolled' else ''}k={self.k},λ={self.lam:g})"
+            return f"{n}({at if n == 'unrolled' else ''}k={self.k} λ={self.lam:g})"
         if n in ("adjoint", "adjoint-ensemble"):
             return f"{n}({at if n == 'adjoint' else ''}β={self.beta:g})"
         return n
