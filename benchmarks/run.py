@@ -24,7 +24,7 @@ import torch
 from benchmarks.common import Row, format_table, machine_info
 from noisydeq.config import atomic_write_text
 
-AREAS = ("main_job", "sweep", "solvers", "devices", "training")
+AREAS = ("main_job", "sweep", "solvers", "devices", "training", "attacks")
 HERE = Path(__file__).resolve().parent
 
 
@@ -56,6 +56,10 @@ def _run_area(area: str, quick: bool, work: Path, state: dict[str, Any]) -> list
         from benchmarks.training import bench_training
 
         return bench_training(steps=3 if quick else 10, repeat=1 if quick else 3)
+    if area == "attacks":
+        from benchmarks.attacks import bench_attacks
+
+        return bench_attacks(quick=quick)
     raise ValueError(area)
 
 
