@@ -123,3 +123,33 @@ def test_estimator_errors() -> None:
         parse_estimator("ajoint")
     with pytest.raises(NoisyDEQError, match="did you mean 'lam'"):
         parse_estimator("phantom:lma=0.5")
+
+
+def test_adjoint_gradient_approaches_the_exact_one_as_the_solve_converges(data) -> None:
+    x, y = data
+    ref = small_deq(SolverSpec(name="broyden", max_iter=80, tol=1e-12, stop="abs"), scale=0.9)
+    exact = _grad(make_estimator(ref, EstimatorSpec(name="exact")), x, y)
+    cos = []
+    for n in (2, 6, 40):
+        m = small_deq(SolverSpec(name="broyden", max_iter=n, tol=1e-12, stop="abs", window=1),
+                      scale=0.9)
+        cos.append(_cos(_grad(make_estimator(m, EstimatorSpec(name="adjoint")), x, y), exact))
+    assert cos[0] < cos[1] < cos[2] and cos[2] >= 0.99
+
+
+def test_eot_through_a_noisy_deployed_model_averages_the_device_noise(data) -> None:
+    from noisydeq.attacks.pgd import loss_and_grad
+    from noisydeq.hardware import get_device, set_stream
+    from noisydeq.noise import NoiseStream
+
+    x, y = data
+    m = small_deq(SolverSpec(name="unroll", max_iter=40, tol=1e-8, stop="abs"), dtype=torch.float32)
+    x = x.float()
+    clean = _grad(make_estimator(m, EstimatorSpec(name="exact")), x, y)
+    chip = get_device("snr").new_chip(1).at_snr(5.0).deploy(m).eval()
+    set_stream(chip, NoiseStream.from_seed(0))
+    est = make_estimator(chip, EstimatorSpec(name="exact"))
+    _, one = loss_and_grad(est, x, y, eot=1)
+    _, many = loss_and_grad(est, x, y, eot=32)
+    assert one.abs().sum() > 0  # straight-through gradients reach the input
+    assert _cos(many, clean) > _cos(one, clean)
