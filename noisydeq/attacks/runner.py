@@ -187,9 +187,10 @@ def validate(spec: AttackRunSpec, task: Any, members: Sequence[AttackMember]) ->
 
 def in_shape_of(task: Any, model: nn.Module) -> tuple[int, ...]:
     """(C, H, W) image shape of the task's inputs (for torchattacks' Square and FAB)."""
-    shape = getattr(getattr(model, "cell", None), "proj", None)
-    if shape is not None and hasattr(shape, "in_shape"):
-        return tuple(shape.in_shape)
+    for proj in (getattr(getattr(model, "cell", None), "proj", None),
+                 getattr(model, "proj", None)):
+        if proj is not None and hasattr(proj, "in_shape"):
+            return tuple(proj.in_shape)
     d = int(task.x_test.shape[1])
     side = int(round(d**0.5))
     return (1, side, side) if side * side == d else (1, 1, d)

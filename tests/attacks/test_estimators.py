@@ -153,3 +153,23 @@ def test_eot_through_a_noisy_deployed_model_averages_the_device_noise(data) -> N
     _, many = loss_and_grad(est, x, y, eot=32)
     assert one.abs().sum() > 0  # straight-through gradients reach the input
     assert _cos(many, clean) > _cos(one, clean)
+
+
+def test_conv_deq_estimators_and_defences_run_on_image_states() -> None:
+    from noisydeq.attacks import defended_correct, parse_defence, pgd
+    from noisydeq.models import ConvDEQ
+    from tests.attacks.helpers import frozen
+
+    torch.manual_seed(0)
+    m = frozen(ConvDEQ(64, 4, 3, solver=SolverSpec(name="unroll", max_iter=20, tol=1e-6,
+                                                    stop="abs")))
+    x, y = torch.rand(5, 64), torch.tensor([0, 1, 2, 0, 1])
+    exact = _grad(make_estimator(m, EstimatorSpec(name="exact")), x, y)
+    for name, least in (("adjoint", 0.99), ("unrolled:k=20,lam=1", 0.99),
+                        ("unrolled-ensemble:k=1", 0.5)):  # the ensemble includes early states
+        g = _grad(make_estimator(m, parse_estimator(name)), x, y)
+        assert g.shape == x.shape and _cos(g, exact) > least
+    adv = pgd(make_estimator(m, EstimatorSpec(name="exact")), x, y, eps=0.1, steps=3,
+              generator=torch.Generator().manual_seed(0))
+    ok = defended_correct(m, adv, y, [parse_defence("early:n=2"), parse_defence("ensemble")])
+    assert set(ok) == {"early(z2)", "ensemble"} and ok["ensemble"].shape == (5,)
