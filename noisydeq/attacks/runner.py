@@ -173,6 +173,8 @@ def validate(spec: AttackRunSpec, task: Any, members: Sequence[AttackMember]) ->
     if needs_val and spec.val_samples < 1 and any(m.kind == "deq" for m in members):
         raise NoisyDEQError("--val-samples: the early-state defence chooses n on a validation "
                             "split; give --val-samples >= 1 or fix n (early:n=3)")
+    if any(p.attack.needs_gradient for p in expand(spec)):
+        probe_gradients(spec, members, task)
     for m in members:
         if m.kind != "deq":
             continue
@@ -182,6 +184,25 @@ def validate(spec: AttackRunSpec, task: Any, members: Sequence[AttackMember]) ->
                 raise NoisyDEQError(
                     f"estimator '{e.name}': {m.model_id} solves with '{sname}', which has no "
                     f"explicit inverse-Jacobian estimate (allowed: {', '.join(ADJOINT_SOLVERS)})"
+                )
+
+
+def probe_gradients(spec: AttackRunSpec, members: Sequence[AttackMember], task: Any) -> None:
+    """One forward of two test inputs per model and estimator: a gradient attack on a
+    model that gives no input gradient is refused before anything is written."""
+    x = task.x_test[:2].to(next(iter(members[0].model.parameters())).device)
+    for m in members:
+        for e in _estimators(spec, m):
+            if e.name.startswith("adjoint"):
+                continue  # needs a solver check first; its graph is its autograd function
+            with torch.enable_grad():
+                out = make_estimator(m.model.eval(), e)(x.clone().requires_grad_(True))
+                ok = isinstance(out, torch.Tensor) and out.requires_grad
+            if not ok:
+                raise NoisyDEQError(
+                    f"attack: {m.model_id} gives no gradient with respect to its input under "
+                    f"estimator '{e.name}'; use only query/noise attacks (square, speckle, "
+                    "salt-pepper) for it"
                 )
 
 

@@ -138,3 +138,33 @@ def test_bad_input_is_one_line(sweep_run, tmp_path, capsys):
     code, _, err = run(["attack", "--family", str(empty)], capsys)
     one_line_error(code, err, "no trained model")
     assert not (tmp_path / "x").exists()  # nothing written for bad input
+
+
+def test_gradient_attack_on_a_model_without_input_gradient_is_refused_before_writing(tmp_path):
+    from types import SimpleNamespace
+
+    from noisydeq.attacks.grid import AttackRunSpec
+    from noisydeq.attacks.runner import AttackMember, run_attacks
+    from noisydeq.config import build
+    from noisydeq.errors import NoisyDEQError
+    from noisydeq.models import FFW
+
+    class Detached(FFW):
+        def forward(self, x, noise=None, **kw):
+            return super().forward(x, noise, **kw).detach()
+
+    torch.manual_seed(0)
+    model = Detached(16, 8, 1, 3).eval()
+    task = SimpleNamespace(name="toy", kind="classification", x_test=torch.rand(40, 16),
+                           y_test=torch.randint(0, 3, (40,)), x_train=torch.rand(8, 16),
+                           out_features=3)
+    member = AttackMember(model, "ffw", 1, 8, 64)
+    spec = build(AttackRunSpec, {"family": "x", "attacks": "pgd-eps", "eps": "0.1",
+                                 "samples": 10, "val_samples": 0})
+    with pytest.raises(NoisyDEQError, match="no gradient with respect to its input"):
+        run_attacks(spec, [member], task, tmp_path / "out", progress=False, plots=False)
+    assert not (tmp_path / "out").exists()
+    ok = build(AttackRunSpec, {"family": "x", "attacks": "speckle", "samples": 10,
+                               "val_samples": 0, "sigma": "0,0.5"})
+    res = run_attacks(ok, [member], task, tmp_path / "noise", progress=False, plots=False)
+    assert len(res.rows) == 2
