@@ -39,5 +39,9 @@ def craft(spec: AttackSpec, estimator, model: nn.Module, x: Tensor, y: Tensor, *
         return ifgsm(estimator, x, y, eps=spec.eps, steps=spec.steps, norm=spec.norm,
                      eot=spec.eot, alpha=spec.alpha)
     module = AttackModule(estimator, model)
-    with torch.enable_grad():
-        return run_library_attack(module, spec, x, y, in_shape, n_classes, seed)
+    mode = model.training
+    try:
+        with torch.enable_grad():
+            return run_library_attack(module, spec, x, y, in_shape, n_classes, seed)
+    finally:
+        model.train(mode)  # whatever the library did with the module's mode

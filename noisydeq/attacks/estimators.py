@@ -146,6 +146,9 @@ class AttackModule(nn.Module):
         super().__init__()
         self.estimator = estimator
         self.inner = model  # registered so torchattacks finds a parameter (its device)
+        # torchattacks restores the mode it found after an attack: a fresh module is in
+        # training mode, which would switch a DEQ to its training solver afterwards
+        self.train(model.training)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.estimator(x.reshape(x.shape[0], -1))

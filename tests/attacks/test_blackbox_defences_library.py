@@ -97,9 +97,11 @@ def test_autoattack_follows_a_deq_estimator() -> None:
     m = small_deq(dtype=torch.float32, in_features=64, classes=10)
     x, y = torch.rand(4, 64), torch.randint(0, 10, (4,))
     est = make_estimator(m, EstimatorSpec(name="phantom"))
+    assert not m.training
     adv = craft(AttackSpec(name="apgd-ce", eps=0.1, steps=3), est, m, x, y, seed=0,
                 in_shape=(1, 8, 8), n_classes=10)
     assert float((adv - x).abs().max()) <= 0.1 + 1e-6
+    assert not m.training  # the DEQ keeps its test solver after a torchattacks attack
 
 
 def test_missing_torchattacks_is_one_line_with_the_install_command(monkeypatch) -> None:
