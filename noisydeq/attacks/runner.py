@@ -20,7 +20,7 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from torch import nn
@@ -70,22 +70,20 @@ class AttackRunDir(RunDir):
         return self.path / "whitebox.csv"
 
 
-@dataclass
-class AttackMember:
-    """A trained model and what the table says about it."""
+class AttackMember(Protocol):
+    """A trained model and what the table says about it (``noisydeq.sweep.SweepModel``
+    has exactly these fields)."""
 
     model: nn.Module
     kind: str
     depth: int
     width: int
     params: int
-    seed: int = 0
-    train_snr_db: float = math.inf
+    seed: int
+    train_snr_db: float
 
     @property
-    def model_id(self) -> str:
-        t = "inf" if math.isinf(self.train_snr_db) else f"{self.train_snr_db:g}"
-        return f"{self.kind}-d{self.depth}-w{self.width}-s{self.seed}-t{t}"
+    def model_id(self) -> str: ...
 
 
 @dataclass

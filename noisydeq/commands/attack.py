@@ -22,12 +22,12 @@ from noisydeq.config import build
 
 def _members(family: Path, data_dir: str | None, cache: Path | None):
     from noisydeq.analysis.family import load_family, load_family_task
-    from noisydeq.attacks.runner import AttackMember
+    from noisydeq.sweep import SweepModel
 
     loaded = load_family(family, "cpu", data_dir=data_dir, cache_dir=cache, mlp_only=False)
     task = load_family_task(loaded, data_dir)
-    members = [AttackMember(m.model, m.kind, m.depth, m.width, m.params, m.seed,
-                            m.train_snr_db) for m in loaded]
+    members = [SweepModel(m.model, m.kind, m.depth, m.width, m.params, m.seed,
+                          m.train_snr_db) for m in loaded]
     return members, task, loaded[0].data_dir
 
 

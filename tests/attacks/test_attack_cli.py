@@ -144,10 +144,11 @@ def test_gradient_attack_on_a_model_without_input_gradient_is_refused_before_wri
     from types import SimpleNamespace
 
     from noisydeq.attacks.grid import AttackRunSpec
-    from noisydeq.attacks.runner import AttackMember, run_attacks
+    from noisydeq.attacks.runner import run_attacks
     from noisydeq.config import build
     from noisydeq.errors import NoisyDEQError
     from noisydeq.models import FFW
+    from noisydeq.sweep import SweepModel
 
     class Detached(FFW):
         def forward(self, x, noise=None, **kw):
@@ -158,7 +159,7 @@ def test_gradient_attack_on_a_model_without_input_gradient_is_refused_before_wri
     task = SimpleNamespace(name="toy", kind="classification", x_test=torch.rand(40, 16),
                            y_test=torch.randint(0, 3, (40,)), x_train=torch.rand(8, 16),
                            out_features=3)
-    member = AttackMember(model, "ffw", 1, 8, 64)
+    member = SweepModel(model, "ffw", 1, 8, 64)
     spec = build(AttackRunSpec, {"family": "x", "attacks": "pgd-eps", "eps": "0.1",
                                  "samples": 10, "val_samples": 0})
     with pytest.raises(NoisyDEQError, match="no gradient with respect to its input"):
