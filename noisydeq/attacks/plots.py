@@ -90,50 +90,61 @@ def plot_run(rows: Sequence[dict[str, Any]], fig_dir: Path, title: str = "") -> 
 
 def plot_vs_snr(rows: Sequence[dict[str, Any]], fig_dir: Path, colour: dict[int, Any],
                 title: str = "") -> list[Path]:
-    """Accuracy under one attack point against the SNR level (white-box and transfer)."""
+    """Accuracy against the SNR level (white-box and transfer), one panel per ε of the
+    first ε curve (ε = 0: the clean accuracy under the noise)."""
     from noisydeq.analysis.outputs import pyplot, save_figure
 
     plt = pyplot()
-    grad = [r for r in rows if r["x_name"] == "eps" and r["x"] > 0 and r["defence"] == "final"]
+    grad = [r for r in rows if r["x_name"] == "eps" and r["defence"] == "final"]
     if not grad:
         return []
     label = grad[0]["attack"]
-    eps = max(r["x"] for r in grad if r["attack"] == label)
-    pick = [r for r in grad if r["attack"] == label and r["x"] == eps]
+    pick = [r for r in grad if r["attack"] == label]
     finite = [r["snr_db"] for r in pick if math.isfinite(r["snr_db"])]
     if not finite:
         return []
     inf_at = max(finite) + 5
-    fig, ax = plt.subplots(figsize=(5.2, 3.6))
-    series: dict[tuple, dict[float, dict[str, list[float]]]] = {}
-    for r in pick:
-        s = r["snr_db"] if math.isfinite(r["snr_db"]) else inf_at
-        modes = ("white-box", "transfer") if math.isinf(r["snr_db"]) else (r["mode"],)
-        for mode in modes:
-            k = (r["model_id"], r["kind"], r["depth"], mode)
-            series.setdefault(k, {}).setdefault(s, {}).setdefault(r["estimator"], []).append(
-                r["value"])
-    for (_mid, kind, depth, mode), pts in sorted(series.items(), key=lambda kv: kv[0][2:]):
-        xs = sorted(pts)
-        if mode == "transfer" and len(xs) < 2:
-            continue
-        # worst estimator per chip set: mean over chips, band = chip range
-        best_est = {s: min(pts[s], key=lambda e: sum(pts[s][e]) / len(pts[s][e])) for s in xs}
-        mean = [sum(pts[s][best_est[s]]) / len(pts[s][best_est[s]]) for s in xs]
-        lo = [min(pts[s][best_est[s]]) for s in xs]
-        hi = [max(pts[s][best_est[s]]) for s in xs]
-        ls = ("-" if kind == "deq" else "--") if mode == "white-box" else ":"
-        ax.plot(xs, mean, ls=ls, marker="o" if kind == "deq" else "s", ms=3,
-                color=colour.get(depth, "k"),
-                label=f"{kind.upper()} d{depth} {mode}")
-        ax.fill_between(xs, lo, hi, color=colour.get(depth, "k"), alpha=0.12, lw=0)
-    ticks = sorted(set(finite)) + [inf_at]
-    ax.set_xticks(ticks, [f"{t:g}" for t in ticks[:-1]] + ["∞"])
-    ax.set_xlabel("device SNR (dB)")
-    ax.set_ylabel(f"accuracy under {label}, ε = {eps:g}")
-    ax.set_ylim(-0.02, 1.02)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, ncol=2)
-    ax.set_title(f"{title}: robust accuracy vs SNR", fontsize=10)
+    eps_values = sorted({r["x"] for r in pick})
+    fig, axes = plt.subplots(1, len(eps_values), figsize=(4.2 * len(eps_values), 3.6),
+                             squeeze=False)
+    for ax, eps in zip(axes.flat, eps_values, strict=True):
+        series: dict[tuple, dict[float, dict[str, list[float]]]] = {}
+        for r in pick:
+            if r["x"] != eps:
+                continue
+            s = r["snr_db"] if math.isfinite(r["snr_db"]) else inf_at
+            modes = ("white-box", "transfer") if math.isinf(r["snr_db"]) else (r["mode"],)
+            for mode in modes:
+                if eps == 0 and mode == "transfer":
+                    continue  # nothing is crafted at ε = 0
+                k = (r["model_id"], r["kind"], r["depth"], mode)
+                series.setdefault(k, {}).setdefault(s, {}).setdefault(r["estimator"],
+                                                                      []).append(r["value"])
+        for (_mid, kind, depth, mode), pts in sorted(series.items(), key=lambda kv: kv[0][2:]):
+            xs = sorted(pts)
+            if mode == "transfer" and len(xs) < 2:
+                continue
+            # the worst estimator at each level; mean over chips, band = chip range
+            worst = {s: min(pts[s], key=lambda e: sum(pts[s][e]) / len(pts[s][e])) for s in xs}
+            vals = [pts[s][worst[s]] for s in xs]
+            ls = ("-" if kind == "deq" else "--") if mode == "white-box" else ":"
+            ax.plot(xs, [sum(v) / len(v) for v in vals], ls=ls,
+                    marker="o" if kind == "deq" else "s", ms=3, color=colour.get(depth, "k"),
+                    label=f"{kind.upper()} d{depth} {mode}")
+            ax.fill_between(xs, [min(v) for v in vals], [max(v) for v in vals],
+                            color=colour.get(depth, "k"), alpha=0.12, lw=0)
+        ticks = sorted(set(finite)) + [inf_at]
+        ax.set_xticks(ticks, [f"{t:g}" for t in ticks[:-1]] + ["∞"])
+        ax.set_xlabel("SNR (dB)")
+        ax.set_ylabel("accuracy")
+        ax.set_title("clean" if eps == 0 else f"{label}, ε = {eps:g}", fontsize=9)
+        ax.set_ylim(-0.02, 1.02)
+        ax.grid(alpha=0.3)
+    handles, names = max((ax.get_legend_handles_labels() for ax in axes.flat),
+                         key=lambda hn: len(hn[1]))
+    fig.legend(handles, names, loc="lower center", ncol=4, fontsize=7,
+               bbox_to_anchor=(0.5, -0.04 - 0.04 * math.ceil(len(names) / 4)))
+    fig.suptitle(f"{title}: accuracy vs SNR (white-box on the noisy model, transfer from "
+                 "the noise-free twin)", fontsize=10)
     fig.tight_layout()
     return save_figure(fig, fig_dir / "robust_vs_snr")
