@@ -92,6 +92,15 @@ def test_attack_command_writes_table_figures_and_resumes(sweep_run, tmp_path, ca
     assert code == 0, err
     assert "0 computed" in stdout and "resumed" in stdout
     assert (out / "results.csv").read_text() == first
+    # an interrupted run (half of the cells lost) resumes to the same table: every cell
+    # draws from seeds derived from its own key
+    cells = sorted((out / "cells").iterdir())
+    for p in cells[::2]:
+        p.unlink()
+    code, stdout, err = run(argv, capsys)
+    assert code == 0, err
+    assert f"{len(cells[::2])} computed" in stdout
+    assert (out / "results.csv").read_text() == first
     # a different grid in the same run dir is refused
     code, _, err = run([*argv[:-2], "--eot", "2", "--out", str(out)], capsys)
     one_line_error(code, err, "different config", "eot")
