@@ -47,15 +47,19 @@ def _floats(v: Any, name: str) -> list[float]:
         parts = [p.strip() for p in v.split(",") if p.strip()]
         out = []
         for p in parts:
-            if ":" in p:  # start:stop:step
-                a, b, *c = (float(t) for t in p.split(":"))
+            try:
+                nums = [float(t) for t in p.split(":")]
+            except ValueError:
+                raise ValueError(f"'{p}' is not a number or start:stop:step") from None
+            if len(nums) > 1:  # start:stop[:step]
+                a, b, *c = nums
                 step = c[0] if c else 0.05
                 if step <= 0:
-                    raise ValueError(f"{name}: step must be > 0 in '{p}'")
+                    raise ValueError(f"step must be > 0 in '{p}'")
                 n = int(math.floor((b - a) / step + 1e-9)) + 1
                 out += [round(a + i * step, 10) for i in range(max(n, 0))]
             else:
-                out.append(float(p))
+                out.append(nums[0])
         v = out
     if isinstance(v, (int, float)) and not isinstance(v, bool):
         v = [v]

@@ -130,6 +130,9 @@ def test_bad_input_is_one_line(sweep_run, tmp_path, capsys):
     cases = [
         (["--eps", "0,1.5"], "outside [0, 1]"),
         (["--eps", "-0.1"], "outside [0, 1]"),
+        (["--eps", "abc"], "not a number"),
+        (["--eps", "0:0.4:0"], "step must be > 0"),
+        (["--snr", "abc"], "not a number of dB"),
         (["--attacks", "pgd-epz"], "did you mean 'pgd-eps'"),
         (["--norm", "l3"], "allowed: linf, l2"),
         (["--estimators", "exactt"], "did you mean 'exact'"),
