@@ -200,6 +200,21 @@ def test_lyapunov_command_end_to_end(tmp_path, monkeypatch):
     again = runner.invoke(cli, args, catch_exceptions=False)  # resumes: nothing recomputed
     assert again.exit_code == 0
     assert (out / "attack.csv").read_text().splitlines() == rows
+    # a damaged cell is refused naming it; deleting it recomputes that cell
+    cell = out / "attack" / "plain-s0.json"
+    cell.write_text(cell.read_text().replace('"accuracy": ', '"accuracy": 1 +', 1))
+    res = runner.invoke(cli, args)
+    assert res.exit_code != 0 and "plain-s0.json" in str(res.exception or res.output)
+    cell.unlink()
+    again = runner.invoke(cli, args, catch_exceptions=False)
+    assert again.exit_code == 0
+
+    def accuracies(text: list[str]) -> list[tuple[str, ...]]:
+        head = text[0].split(",")
+        cols = [head.index(c) for c in ("variant", "attack", "eps_255", "accuracy")]
+        return [tuple(line.split(",")[c] for c in cols) for line in text[1:]]
+
+    assert accuracies((out / "attack.csv").read_text().splitlines()) == accuracies(rows)
     other = tmp_path / "other.toml"
     other.write_text(exp.read_text().replace('name = "tiny"', 'name = "other"'))
     res = runner.invoke(cli, ["lyapunov", str(other), "--out", str(out)])

@@ -10,8 +10,11 @@ digital model needs no expectation over transformations. The paper's settings:
 α = 1/255 and n = ⌊min(255ε + 4, 1.25·255ε)⌋ steps (:func:`paper_steps`; torchattacks'
 BIM uses the same count when given ``steps=0``).
 
-The signatures match ``noisydeq.attacks.ifgsm`` / ``pgd`` of the attack package (model,
-x, y, keyword ε, steps, α, box, generator), so a caller can swap one for the other.
+The iteration is the attack package's (:func:`noisydeq.attacks.pgd.pgd` / ``ifgsm``, one
+step per gradient, no EOT); this module adds the paper's step count, step size and the
+checks of its inputs. ``generator`` is a counter-based
+:class:`~noisydeq.noise.NoiseStream` (a sample's random start depends on the seed and its
+row only) or a ``torch.Generator``.
 """
 
 from __future__ import annotations
@@ -19,10 +22,12 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 
-import torch
-import torch.nn.functional as F
 from torch import Tensor
 
+from noisydeq.attacks.norms import Source
+from noisydeq.attacks.pgd import ifgsm as _ifgsm
+from noisydeq.attacks.pgd import loss_and_grad
+from noisydeq.attacks.pgd import pgd as _pgd
 from noisydeq.errors import NoisyDEQError
 
 Model = Callable[[Tensor], Tensor]
@@ -50,55 +55,30 @@ def check_eps(eps: float) -> float:
 
 def input_gradient(model: Model, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
     """(per-sample cross-entropy, ∇ₓ of their sum) through the model's own backward."""
-    xr = x.detach().requires_grad_(True)
-    with torch.enable_grad():
-        logits = model(xr)
-        if not logits.requires_grad:
-            raise NoisyDEQError("attack: the model gives no gradient with respect to its input")
-        per = F.cross_entropy(logits, y, reduction="none")
-        (grad,) = torch.autograd.grad(per.sum(), xr)
-    return per.detach(), grad
+    return loss_and_grad(model, x, y)
 
 
-def _clip(adv: Tensor, x: Tensor, eps: float, box: tuple[float, float] | None) -> Tensor:
-    adv = torch.max(torch.min(adv, x + eps), x - eps)
-    return adv if box is None else adv.clamp(box[0], box[1])
-
-
-def _iterate(model: Model, x: Tensor, y: Tensor, adv: Tensor, eps: float, steps: int,
-             alpha: float, box: tuple[float, float] | None) -> Tensor:
-    if steps < 1:
+def _settings(eps: float, steps: int | None, alpha: float) -> tuple[float, int]:
+    eps = check_eps(eps)
+    n = paper_steps(eps) if steps is None and eps > 0 else (steps or 1)
+    if steps is not None and (isinstance(steps, bool) or steps < 1):
         raise NoisyDEQError(f"steps: must be a positive integer, got {steps}")
     if not alpha > 0:
         raise NoisyDEQError(f"alpha: must be > 0, got {alpha}")
-    for _ in range(steps):
-        _, g = input_gradient(model, adv, y)
-        adv = _clip(adv + alpha * g.sign(), x, eps, box).detach()
-    return adv
+    return eps, n
 
 
 def ifgsm(model: Model, x: Tensor, y: Tensor, *, eps: float, steps: int | None = None,
           alpha: float = 1.0 / 255.0, box: tuple[float, float] | None = (0.0, 1.0)) -> Tensor:
     """I-FGSM adversarial examples (Eq. 9); ``steps`` defaults to :func:`paper_steps`."""
-    eps = check_eps(eps)
-    x = x.detach()
-    if eps == 0.0:
-        return x.clone()
-    n = paper_steps(eps) if steps is None else steps
-    return _iterate(model, x, y, x.clone(), eps, n, alpha, box)
+    eps, n = _settings(eps, steps, alpha)
+    return _ifgsm(model, x, y, eps=eps, steps=n, alpha=alpha, box=box)
 
 
 def pgd(model: Model, x: Tensor, y: Tensor, *, eps: float, steps: int | None = None,
         alpha: float = 1.0 / 255.0, box: tuple[float, float] | None = (0.0, 1.0),
-        random_init: bool = True, generator: torch.Generator | None = None) -> Tensor:
+        random_init: bool = True, generator: Source = None) -> Tensor:
     """ℓ∞ PGD adversarial examples (Eq. 10) from x + U[−ε, ε] (drawn from ``generator``)."""
-    eps = check_eps(eps)
-    x = x.detach()
-    if eps == 0.0:
-        return x.clone()
-    n = paper_steps(eps) if steps is None else steps
-    start = x.clone()
-    if random_init:
-        u = torch.rand(x.shape, generator=generator, dtype=x.dtype, device="cpu").to(x.device)
-        start = _clip(x + (2.0 * u - 1.0) * eps, x, eps, box)
-    return _iterate(model, x, y, start, eps, n, alpha, box)
+    eps, n = _settings(eps, steps, alpha)
+    return _pgd(model, x, y, eps=eps, steps=n, alpha=alpha, norm="linf",
+                random_init=random_init, restarts=1, box=box, generator=generator)

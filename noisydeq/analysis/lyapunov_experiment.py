@@ -9,19 +9,22 @@ one table is reused by the other.
 
 Output directory::
 
-    config.toml                    the resolved experiment
-    attack/<variant>-s<seed>.json  one finished (variant, seed) cell, written atomically
+    config.toml                    the resolved experiment (digest line first)
+    attack/<variant>-s<seed>.json  one finished (variant, seed) cell, written atomically with
+                                   its digest (a damaged or foreign cell is refused, naming it)
     attack.csv                     one row per variant × seed × attack × ε
     device/<device>-<group>/       one sweep run directory per device and model group
     device.csv                     their tidy tables, with the model group as ``model``
     report.md, figures/            tables and figures (:mod:`noisydeq.analysis.lyapunov_report`)
 
-Re-running the same experiment into the same directory skips every finished cell.
+Re-running the same experiment into the same directory skips every finished cell; one
+process writes a directory at a time (its lock, :class:`noisydeq.store.DirLock`). PGD's
+random start is counter-based: a test sample's start depends on (seed, ε, its index) only,
+not on the batch it is attacked in.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from collections.abc import Callable
@@ -31,20 +34,28 @@ from typing import Any
 import torch
 from pydantic import Field, field_validator, model_validator
 
+from noisydeq import limits, store
 from noisydeq.config import (
     LYAPUNOV_VARIANTS,
     FamilySpec,
+    InfFloat,
     LyapunovSpec,
     StrictModel,
     SweepSpec,
-    atomic_write_text,
+    _snr_list,
     build,
     dumps_toml,
     parse_snr_range,
-    parse_snr_value,
 )
-from noisydeq.errors import NoisyDEQError
-from noisydeq.noise import derive_seed, seeded_generator
+from noisydeq.errors import CorruptArtefact, NoisyDEQError
+from noisydeq.noise import NoiseStream, derive_seed
+
+#: format tag of an attack cell file
+CELL_FORMAT = "noisydeq-lyapunov-cell/1"
+#: column order of attack.csv (a cell file stores its rows with sorted keys)
+ATTACK_CSV_ORDER = ("variant", "seed", "params", "train_seconds", "test_metric", "mean_steps",
+                    "converged_frac", "attack", "eps_255", "steps", "accuracy", "seconds",
+                    "mean_V", "projected_frac")
 
 ATTACKS = ("ifgsm", "pgd")
 #: the model groups of the device comparison: the LyaDEQ (``lyadeq``, variant ``both``), its
@@ -76,9 +87,9 @@ class AttackGrid(StrictModel):
     attacks: list[str] = Field(default_factory=lambda: list(ATTACKS))
     eps_255: list[float] = Field(default_factory=lambda: [2.0, 4.0, 6.0, 8.0])
     alpha_255: float = Field(default=1.0, gt=0.0)
-    steps: int | None = Field(default=None, ge=1)
-    max_test_samples: int | None = Field(default=None, ge=1)
-    batch_size: int = Field(default=500, ge=1)
+    steps: int | None = Field(default=None, ge=1, le=limits.MAX_ITER)
+    max_test_samples: int | None = Field(default=None, ge=1, le=limits.MAX_SAMPLES)
+    batch_size: int = Field(default=500, ge=1, le=limits.MAX_BATCH)
 
     @field_validator("variants")
     @classmethod
@@ -106,12 +117,12 @@ class DeviceGrid(StrictModel):
 
     groups: dict[str, list[str]] = Field(
         default_factory=lambda: {"rram": list(DEVICE_GROUPS), "photonic": list(DEVICE_GROUPS)})
-    snr_db: list[float] = Field(default_factory=lambda: parse_snr_range("0:30:3,inf"))
-    chips: int = Field(default=3, ge=1)
+    snr_db: list[InfFloat] = Field(default_factory=lambda: parse_snr_range("0:30:3,inf"))
+    chips: int = Field(default=3, ge=1, le=limits.MAX_CHIPS)
     depths: list[int] = Field(default_factory=lambda: [1])
     baseline_preset: str = "quick"
-    baseline_epochs: int | None = Field(default=None, ge=0)
-    max_test_samples: int | None = Field(default=None, ge=1)
+    baseline_epochs: int | None = Field(default=None, ge=0, le=limits.MAX_EPOCHS)
+    max_test_samples: int | None = Field(default=None, ge=1, le=limits.MAX_SAMPLES)
 
     @field_validator("groups")
     @classmethod
@@ -123,9 +134,7 @@ class DeviceGrid(StrictModel):
     @field_validator("snr_db", mode="before")
     @classmethod
     def _snr(cls, v: Any) -> list[float]:
-        if isinstance(v, str):
-            return parse_snr_range(v)
-        return sorted({parse_snr_value(s) for s in v})
+        return _snr_list(v, "snr_db")
 
 
 class LyapunovExperimentSpec(StrictModel):
@@ -139,7 +148,7 @@ class LyapunovExperimentSpec(StrictModel):
     task: str = "mnist10k"
     data_dir: str | None = None
     seeds: list[int] = Field(default_factory=lambda: [0])
-    hidden: int = Field(default=64, ge=1)
+    hidden: int = Field(default=64, ge=1, le=limits.MAX_WIDTH)
     input_act: str = "relu"
     lyapunov: dict[str, Any] = Field(default_factory=dict)
     train_preset: str = "paper"
@@ -235,7 +244,8 @@ def attack_cell(
     model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, grid: AttackGrid, seed: int,
 ) -> list[dict[str, Any]]:
     """Clean and attacked accuracy of one trained model: rows (attack, ε, steps, accuracy,
-    seconds); ε = 0 is the clean row. PGD's random start is seeded by (seed, ε, batch)."""
+    seconds); ε = 0 is the clean row. PGD's random start is counter-based: test sample i's
+    start is a function of (seed, ε, i), whatever the batch size."""
     from noisydeq.analysis.iterative_attacks import ifgsm, paper_steps, pgd
 
     model.eval()
@@ -252,12 +262,13 @@ def attack_cell(
             steps = paper_steps(eps) if grid.steps is None else grid.steps
             t0 = time.perf_counter()
             correct = 0
-            for b, i in enumerate(range(0, n, bs)):
+            for i in range(0, n, bs):
                 xb, yb = x[i:i + bs], y[i:i + bs]
                 if attack == "ifgsm":
                     adv = ifgsm(model, xb, yb, eps=eps, steps=steps, alpha=alpha)
                 else:
-                    gen = seeded_generator(derive_seed(seed, "pgd", e, b))
+                    gen = NoiseStream.from_seed(derive_seed(seed, "pgd", e), xb.device,
+                                                samples=torch.arange(i, i + len(xb)))
                     adv = pgd(model, xb, yb, eps=eps, steps=steps, alpha=alpha, generator=gen)
                 correct += _accuracy(model, adv, yb)
             rows.append({"attack": attack, "eps_255": e, "steps": steps,
@@ -294,8 +305,8 @@ def run_attacks(spec: LyapunovExperimentSpec, out: Path, task: Any,
     for variant in grid.variants:
         for seed in spec.seeds:
             path = out / "attack" / f"{variant}-s{seed}.json"
-            if path.is_file():
-                cell = json.loads(path.read_text(encoding="utf-8"))
+            if path.exists():
+                cell = _read_cell(path, variant, seed)
                 log(f"attack {variant} seed {seed}: done before")
             else:
                 fam = train_family(spec.family_spec(seed, variant), task, log=log)
@@ -306,9 +317,31 @@ def run_attacks(spec: LyapunovExperimentSpec, out: Path, task: Any,
                         "test_metric": member.result.test_metric,
                         **readout_stats(member.model, x[:grid.batch_size])}
                 cell = [{**base, **r} for r in attack_cell(member.model, x, y, grid, seed)]
-                atomic_write_text(path, json.dumps(cell, indent=1))
+                store.write_signed_json(path, {"format": CELL_FORMAT, "variant": variant,
+                                               "seed": seed, "rows": cell}, indent=2)
                 log(f"attack {variant} seed {seed}: {time.perf_counter() - t0:.1f} s")
             rows.extend(cell)
+    return rows
+
+
+def _read_cell(path: Path, variant: str, seed: int) -> list[dict[str, Any]]:
+    """A finished cell's rows, digest, format and identity checked (a file that fails is a
+    :class:`CorruptArtefact` naming it)."""
+    try:
+        data = store.read_signed_json(path, "attack cell")
+        if data.get("format") != CELL_FORMAT:
+            raise CorruptArtefact(path, f"has format {data.get('format')!r}, not {CELL_FORMAT}")
+        if (data.get("variant"), data.get("seed")) != (variant, seed):
+            raise CorruptArtefact(path, f"belongs to variant {data.get('variant')!r} seed "
+                                  f"{data.get('seed')!r}, not {variant!r} seed {seed}")
+        rows = data.get("rows")
+        if not isinstance(rows, list) or not rows or not all(
+                isinstance(r, dict) and {"attack", "eps_255", "accuracy"} <= set(r)
+                for r in rows):
+            raise CorruptArtefact(path, "holds no attack rows")
+    except CorruptArtefact as err:
+        raise CorruptArtefact(path, f"{err.reason}; delete it to compute that cell again"
+                              ) from None
     return rows
 
 
@@ -344,38 +377,53 @@ def run_experiment(
 ) -> dict[str, Any]:
     """Run (or resume) the experiment into ``out``; returns the report's paths and tables."""
     from noisydeq.analysis.lyapunov_report import write_report
-    from noisydeq.results import check_writable
     from noisydeq.tasks import load_task
 
     out = Path(out)
-    check_writable(out)
+    store.check_out_dir(out)
     if only not in (None, "attack", "device"):
         raise NoisyDEQError(f"--only: 'attack' or 'device', got '{only}'")
     config = out / "config.toml"
     text = dumps_toml(spec)
-    if config.is_file() and config.read_text(encoding="utf-8") != text:
-        raise NoisyDEQError(f"{out} holds another experiment (its config.toml differs); "
-                            "use another --out")
+    _check_config(config, text)
     task = load_task(spec.task, data_dir=spec.data_dir, seed=spec.seeds[0])
-    atomic_write_text(config, text)
-    attack_rows: list[dict[str, Any]] = []
-    device_rows: list[dict[str, Any]] = []
-    if spec.attack is not None and only in (None, "attack"):
-        attack_rows = run_attacks(spec, out, task, log)
-        atomic_write_text(out / "attack.csv", _csv(attack_rows))
-    if spec.device is not None and only in (None, "device"):
-        device_rows = run_device(spec, out, task, progress, log)
-        atomic_write_text(out / "device.csv", _csv(device_rows))
-    return write_report(spec, out, attack_rows, device_rows)
+    with store.DirLock(out, "--out"):
+        _check_config(config, text)  # again: another writer may have started meanwhile
+        store.atomic_write_text(config, store.sign_text(text))
+        attack_rows: list[dict[str, Any]] = []
+        device_rows: list[dict[str, Any]] = []
+        if spec.attack is not None and only in (None, "attack"):
+            attack_rows = run_attacks(spec, out, task, log)
+            store.atomic_write_text(out / "attack.csv", _csv(attack_rows, ATTACK_CSV_ORDER))
+        if spec.device is not None and only in (None, "device"):
+            device_rows = run_device(spec, out, task, progress, log)
+            store.atomic_write_text(out / "device.csv", _csv(device_rows))
+        return write_report(spec, out, attack_rows, device_rows)
 
 
-def _csv(rows: list[dict[str, Any]]) -> str:
+def _check_config(config: Path, text: str) -> None:
+    """Refuse an output directory that holds another (or a damaged) experiment."""
+    if not config.exists():
+        return
+    try:
+        body = store.verify_text(store.read_text(config, "config.toml"), config)
+    except NoisyDEQError as err:
+        raise NoisyDEQError(f"--out {config.parent}: {err}; use another --out") from None
+    if body != text:
+        raise NoisyDEQError(f"{config.parent} holds another experiment (its config.toml "
+                            "differs); use another --out")
+
+
+def _csv(rows: list[dict[str, Any]], order: tuple[str, ...] = ()) -> str:
+    """CSV of ``rows``: the columns of ``order`` first (in that order), then the others as
+    they first appear."""
     import csv
     import io
 
     if not rows:
         return ""
-    keys = list(dict.fromkeys(k for r in rows for k in r))
+    seen = list(dict.fromkeys(k for r in rows for k in r))
+    keys = [k for k in order if k in seen] + [k for k in seen if k not in order]
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=keys, lineterminator="\n")
     w.writeheader()

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from noisydeq.config import atomic_write_text
+from noisydeq.store import atomic_write_text
 
 #: Chu et al. (2024) Table 1, MNIST rows (accuracy %): clean, then ε = 2, 4, 6, 8 /255
 PAPER_MNIST: dict[str, dict[str, list[float]]] = {
