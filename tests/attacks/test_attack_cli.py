@@ -152,7 +152,7 @@ def test_bad_input_is_one_line(sweep_run, tmp_path, capsys):
         (["--snr", "abc"], "not a number of dB"),
         (["--snr", "nan"], "snr_db"),
         (["--eps", "0:inf:0.1"], "finite"),
-        (["--sigma", "0:1000:0.01"], "at most 1000"),
+        (["--sigma", "0:1000:0.01"], "more than 1000 points"),
         (["--chips", "100000"], "chips"),
         (["--attacks", "pgd-epz"], "did you mean 'pgd-eps'"),
         (["--norm", "l3"], "allowed: linf, l2"),
