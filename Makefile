@@ -1,6 +1,7 @@
 # noisydeq — the README's two set-up commands are `make run` and `make test`.
-# Both create ./.venv on first use (local CPU torch 2.13.0, aihwkit 1.1.0 without its
-# torchvision requirement, noisydeq in editable mode with the dev extra) and reuse it after.
+# Both create ./.venv on first use (local CPU torch 2.13.0, aihwkit 1.1.0 and torchattacks
+# 3.5.1 without their torchvision requirement, noisydeq in editable mode with the dev extra)
+# and reuse it after.
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
@@ -14,6 +15,7 @@ $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check torch==2.13.0
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps aihwkit==1.1.0
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps torchattacks==3.5.1
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e ".[dev]"
 	touch $(STAMP)
 

@@ -36,6 +36,8 @@ COMMAND_MODULES = [
     "solvers",
     "compare",
     "certify",
+    "attack",
+    "lyapunov",
     "runs",
 ]
 

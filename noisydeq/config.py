@@ -87,9 +87,16 @@ def _known_fields(model: type[BaseModel], loc: tuple) -> list[str]:
         fields = getattr(current, "model_fields", {})
         if part not in fields:
             return []
-        ann = fields[part].annotation
-        current = ann if isinstance(ann, type) and issubclass(ann, BaseModel) else None
+        current = _spec_of(fields[part].annotation)
     return list(getattr(current, "model_fields", {}) or [])
+
+
+def _spec_of(ann: Any) -> type[BaseModel] | None:
+    """The spec class of a field annotation (``Spec`` or ``Spec | None``), else None."""
+    for cand in (ann, *get_args(ann)):
+        if isinstance(cand, type) and issubclass(cand, BaseModel):
+            return cand
+    return None
 
 
 def _field_info(model: type[BaseModel], loc: tuple) -> Any:
@@ -103,8 +110,7 @@ def _field_info(model: type[BaseModel], loc: tuple) -> Any:
         if not fields or part not in fields:
             return info
         info = fields[part]
-        ann = info.annotation
-        current = ann if isinstance(ann, type) and issubclass(ann, BaseModel) else None
+        current = _spec_of(info.annotation)
     return info
 
 
@@ -425,6 +431,13 @@ class SolverSpec(StrictModel):
         return self.max_iter if self.name == "broyden" else 5
 
 
+def lyapunov_solver() -> SolverSpec:
+    """The LyaDEQ's forward solver: Anderson acceleration (Chu et al. 2024), memory 5, relative
+    residual 1e-4 within 40 iterations, no per-iteration traces."""
+    return SolverSpec(name="anderson", max_iter=40, tol=1e-4, stop="rel", window=1,
+                      traces=False)
+
+
 def _default_backward_solver() -> SolverSpec:
     return SolverSpec(name="anderson", max_iter=40, tol=1e-6, stop="rel", window=1)
 
@@ -506,6 +519,58 @@ class MonotoneSpec(StrictModel):
         return self
 
 
+#: LyaDEQ variants (Chu et al. 2024, Table 1): the Eq. 7 DEQ alone, with the Lyapunov module
+#: (Eq. 4-6), with the orthogonal final layer, or with both (the LyaDEQ)
+LYAPUNOV_VARIANTS = ("plain", "lyapunov", "orthogonal", "both")
+
+
+class LyapunovSpec(StrictModel):
+    """A Lyapunov-stable DEQ (``kind = "lyadeq"``, ``noisydeq.models.lyapunov``).
+
+    ``variant`` (:data:`LYAPUNOV_VARIANTS`): ``plain`` (the Eq. 7 DEQ), ``lyapunov`` (+ the
+    projected dynamics of Eq. 4 read out at the fixed point), ``orthogonal`` (+ an orthogonal
+    final layer), ``both`` (the LyaDEQ). ``c`` > 0: the decay rate of Eq. 4 (V decreases at
+    least as fast as e^{-ct} along the projected dynamics). ``d`` > 0: the width of the
+    smooth ReLU's quadratic piece (Eq. 8). ``icnn_hidden``: hidden sizes of the input-convex
+    network g of Eq. 6 (one entry = the paper's two-layer ICNN); its output is one unit.
+    """
+
+    variant: str = "both"
+    c: float = Field(default=1.0, gt=0.0)
+    d: float = Field(default=1.0, gt=0.0)
+    icnn_hidden: list[int] = Field(default_factory=lambda: [64])
+
+    @field_validator("variant")
+    @classmethod
+    def _variant(cls, v: Any) -> str:
+        if v in LYAPUNOV_VARIANTS:
+            return v
+        close = difflib.get_close_matches(str(v), LYAPUNOV_VARIANTS, n=1)
+        hint = f"; did you mean '{close[0]}'?" if close else ""
+        raise ValueError(
+            f"unknown variant '{v}'{hint} (allowed: {', '.join(LYAPUNOV_VARIANTS)})"
+        )
+
+    @field_validator("icnn_hidden")
+    @classmethod
+    def _icnn_sizes(cls, v: list[int]) -> list[int]:
+        if not v or any(isinstance(n, bool) or n < 1 for n in v):
+            raise ValueError(
+                f"ICNN hidden sizes must be a non-empty list of positive integers, got {v}"
+            )
+        return v
+
+    @property
+    def uses_lyapunov(self) -> bool:
+        """The variant reads the fixed point through the projected dynamics (Eq. 4)."""
+        return self.variant in ("lyapunov", "both")
+
+    @property
+    def uses_orthogonal(self) -> bool:
+        """The variant's final layer is orthogonal (Z^T Z = I)."""
+        return self.variant in ("orthogonal", "both")
+
+
 class ModelSpec(StrictModel):
     """A DEQ or FFW model (paper App. E.1-E.3, Tables 1-2 and 5-6); built by
     ``noisydeq.models.build_model``.
@@ -522,9 +587,11 @@ class ModelSpec(StrictModel):
     ``pool`` (head pooling to pool×pool).
     ``mondeq`` (monotone ReLU DEQ) and ``ffw_relu`` (explicit ReLU network, its IBP
     baseline) take their options from ``monotone`` (:class:`MonotoneSpec`; None = defaults).
+    ``kind = "lyadeq"``: a Lyapunov-stable DEQ of ``width`` units (never width-matched),
+    configured by ``lyapunov`` (:class:`LyapunovSpec`, defaults when omitted; MLP only).
     """
 
-    kind: Literal["deq", "ffw", "mondeq", "ffw_relu"] = "deq"
+    kind: Literal["deq", "ffw", "mondeq", "ffw_relu", "lyadeq"] = "deq"
     cell: Literal["mlp", "conv"] = "mlp"
     in_features: int = Field(gt=0, le=2**31)
     out_features: int = Field(gt=0, le=2**31)
@@ -538,6 +605,22 @@ class ModelSpec(StrictModel):
     weight_norm: bool = True
     pool: int = Field(default=4, gt=0, le=4096)
     monotone: MonotoneSpec | None = None
+    lyapunov: LyapunovSpec | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _lyapunov_defaults(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("kind") == "lyadeq" and data.get("lyapunov") is None:
+            data = {**data, "lyapunov": {}}
+        return data
+
+    @model_validator(mode="after")
+    def _lyapunov_kind(self) -> ModelSpec:
+        if self.lyapunov is not None and self.kind != "lyadeq":
+            raise ValueError(f"lyapunov: only kind 'lyadeq' takes it, not '{self.kind}'")
+        if self.kind == "lyadeq" and self.cell != "mlp":
+            raise ValueError("cell: kind 'lyadeq' has the fully connected cell only ('mlp')")
+        return self
 
     @field_validator("ffw_form")
     @classmethod
@@ -581,6 +664,12 @@ def _snr_list(value: Any, field: str) -> list[float]:
         return sorted({parse_snr_value(v) for v in value})
     except NoisyDEQError as err:
         raise ValueError(f"{field}: {err}") from None
+
+
+def check_lyapunov_members(lyapunov: LyapunovSpec | None, kinds: list[str]) -> None:
+    """Lyapunov settings only where a ``lyadeq`` member takes them (else a no-op: an error)."""
+    if lyapunov is not None and "lyadeq" not in kinds:
+        raise ValueError("lyapunov: settings given but 'lyadeq' is not in kinds")
 
 
 class FamilyChoices(StrictModel):
@@ -630,12 +719,14 @@ class SweepSpec(FamilyChoices):
     (a device calibrates to the realised SNR of its MVMs). ``test_solver``: the DEQs'
     evaluation solver in place of the preset's (e.g. the paper preset's window-40 solver for
     quick-trained models swept down to 0 dB).
+    ``lyapunov``: settings of the ``lyadeq`` members (:class:`LyapunovSpec`; needs
+    ``"lyadeq"`` in ``kinds``).
     """
 
     task: str = "digits"
     data_dir: str | None = None
     depths: list[int] = Field(default_factory=lambda: [1, 3, 5, 7])
-    kinds: list[Literal["deq", "ffw", "mondeq", "ffw_relu"]] = Field(
+    kinds: list[Literal["deq", "ffw", "mondeq", "ffw_relu", "lyadeq"]] = Field(
         default_factory=lambda: ["deq", "ffw"])
     hidden: int = Field(default=128, ge=1, le=limits.MAX_WIDTH)
     input_act: Literal["relu", "silu", "identity"] = "relu"
@@ -656,6 +747,12 @@ class SweepSpec(FamilyChoices):
     batched: bool = True
     test_solver: SolverSpec | None = None
     monotone: MonotoneSpec | None = None
+    lyapunov: LyapunovSpec | None = None
+
+    @model_validator(mode="after")
+    def _lyapunov_members(self) -> SweepSpec:
+        check_lyapunov_members(self.lyapunov, self.kinds)
+        return self
 
     @field_validator("snr_db", "train_snr_db", "fixed_snr_db", mode="before")
     @classmethod
@@ -819,6 +916,8 @@ class TrainSpec(StrictModel):
     DEQ only: ``solver`` (training), ``test_solver`` (evaluation), ``gradient`` and
     ``jac_reg`` replace the model's own when set. ``max_train_samples``: use only the first
     N training samples. ``ibp``: interval-bound-propagation training (:class:`IBPTrainSpec`).
+    ``lr_schedule``: ``constant``, or ``cosine`` — epoch e of E runs at
+    lr·(1 + cos(πe/E))/2 (PyTorch's ``CosineAnnealingLR`` stepped per epoch with T_max = E).
     Presets: :meth:`TrainSpec.preset` (``quick``, ``paper``).
     """
 
@@ -836,6 +935,7 @@ class TrainSpec(StrictModel):
     jac_reg: JacobianRegSpec | None = None
     max_train_samples: int | None = Field(default=None, ge=1, le=limits.MAX_SAMPLES)
     ibp: IBPTrainSpec | None = None
+    lr_schedule: Literal["constant", "cosine"] = "constant"
 
     @field_validator("device_snr_db", mode="before")
     @classmethod
@@ -853,7 +953,7 @@ class TrainSpec(StrictModel):
     def preset(
         cls,
         name: str = "quick",
-        kind: Literal["deq", "ffw", "mondeq", "ffw_relu"] = "deq",
+        kind: Literal["deq", "ffw", "mondeq", "ffw_relu", "lyadeq"] = "deq",
         noise: NoiseSpec | None = None,
         **overrides: Any,
     ) -> TrainSpec:
@@ -869,6 +969,10 @@ class TrainSpec(StrictModel):
         0 dB) and Table 2 (FFW: 64 epochs, batch 16). Why these windows: the noise floor of
         Eq. 54 falls as 1/window (``docs/analysis.md``); the measurements behind the choice
         are in ``docs/reproduction.md``.
+        ``lyadeq`` (Chu et al. 2024, training configurations): Adam at 1e-3 with a cosine
+        annealed learning rate, Anderson acceleration (:func:`lyapunov_solver`) and the
+        implicit (IFT) gradient, batch 64 (the paper gives none); ``paper``: 10 epochs (its
+        MNIST setting), ``quick``: 6.
         """
         if name not in TRAIN_PRESETS:
             close = difflib.get_close_matches(str(name), TRAIN_PRESETS, n=1)
@@ -878,7 +982,11 @@ class TrainSpec(StrictModel):
             )
         noise = noise if noise is not None else NoiseSpec()
         data: dict[str, Any] = {"noise": noise, "lr": 1e-3, "weight_decay": 0.0}
-        if name == "quick":
+        if kind == "lyadeq":
+            data.update(epochs=6 if name == "quick" else 10, batch_size=64,
+                        lr_schedule="cosine", solver=lyapunov_solver(),
+                        test_solver=lyapunov_solver(), gradient=GradientSpec(name="ift"))
+        elif name == "quick":
             data.update(epochs=6, batch_size=64)
             if kind == "deq":
                 data.update(
@@ -917,12 +1025,14 @@ class FamilySpec(FamilyChoices):
     ``monotone``: options of ``mondeq`` / ``ffw_relu`` members (:class:`MonotoneSpec`).
     ``ffw_form`` (:class:`FamilyChoices`) enters the FFW members' specs only, so a family's
     DEQs do not depend on it; ``snr_scale`` is the SNR scale of the training noise.
+    A ``lyadeq`` member (``lyapunov`` settings) has ``hidden`` units at every depth; its FFW
+    counterpart is the family's FFW of that depth.
     """
 
     task: str = "digits"
     data_dir: str | None = None
     depths: list[int] = Field(default_factory=lambda: [1, 3, 5, 7])
-    kinds: list[Literal["deq", "ffw", "mondeq", "ffw_relu"]] = Field(
+    kinds: list[Literal["deq", "ffw", "mondeq", "ffw_relu", "lyadeq"]] = Field(
         default_factory=lambda: ["deq", "ffw"])
     hidden: int = Field(default=128, ge=1, le=limits.MAX_WIDTH)
     input_act: Literal["relu", "silu", "identity"] = "relu"
@@ -933,11 +1043,17 @@ class FamilySpec(FamilyChoices):
     train_site: Literal["signal", "state", "input"] = "signal"
     device: str | None = None
     monotone: MonotoneSpec | None = None
+    lyapunov: LyapunovSpec | None = None
 
     @field_validator("depths", mode="before")
     @classmethod
     def _depths(cls, v: Any) -> list[int]:
         return SweepSpec._depths(v)
+
+    @model_validator(mode="after")
+    def _lyapunov_members(self) -> FamilySpec:
+        check_lyapunov_members(self.lyapunov, self.kinds)
+        return self
 
     @field_validator("train_snr_db", mode="before")
     @classmethod
@@ -956,7 +1072,7 @@ class FamilySpec(FamilyChoices):
         return NoiseSpec(site=self.train_site, kind="multiplicative", snr_db=self.train_snr_db,
                          snr_scale=self.snr_scale)
 
-    def train_spec(self, kind: Literal["deq", "ffw", "mondeq", "ffw_relu"]) -> TrainSpec:
+    def train_spec(self, kind: Literal["deq", "ffw", "mondeq", "ffw_relu", "lyadeq"]) -> TrainSpec:
         """The resolved :class:`TrainSpec` of a member of ``kind``.
 
         DEQ-only overrides in ``train`` (:data:`DEQ_ONLY_TRAIN_FIELDS`) are left out of an

@@ -86,7 +86,8 @@ class Family:
 
 
 def member_spec(spec: FamilySpec, task: Task, kind: str, depth: int) -> ModelSpec:
-    """The :class:`ModelSpec` of one member (a DEQ is matched to the FFW depth).
+    """The :class:`ModelSpec` of one member (a DEQ is matched to the FFW depth; a LyaDEQ has
+    ``hidden`` units and the family's Lyapunov settings).
 
     The family's ``ffw_form`` enters FFW members only: a DEQ's spec (and cache key) does not
     depend on the form of the FFW it is compared with.
@@ -99,6 +100,8 @@ def member_spec(spec: FamilySpec, task: Task, kind: str, depth: int) -> ModelSpe
         data["ffw_form"] = spec.ffw_form
     if kind in MONOTONE_KINDS and spec.monotone is not None:
         data["monotone"] = spec.monotone
+    if kind == "lyadeq":
+        data["lyapunov"] = spec.lyapunov
     return build(ModelSpec, data, where="family member")
 
 
@@ -173,6 +176,8 @@ def member_size(kind: str, depth: int, hidden: int, in_features: int,
 
     if kind in ("ffw", "ffw_relu"):
         width, hidden_params = hidden, depth * (hidden * hidden + hidden)
+    elif kind == "lyadeq":  # never matched; the Eq. 7 cell's two layers (ICNN not counted)
+        width, hidden_params = hidden, 2 * (hidden * hidden + hidden)
     else:
         width = matched_width(depth, hidden)
         hidden_params = width * width + width
@@ -224,6 +229,7 @@ def family_spec_for_sweep(sweep: SweepSpec, seed: int, train_snr_db: float) -> F
          "seed": seed, "train_preset": sweep.train_preset, "train": train,
          "train_snr_db": math.inf if train_snr_db is None else train_snr_db,
          "train_site": sweep.train_site, "ffw_form": sweep.ffw_form,
-         "snr_scale": sweep.snr_scale, "monotone": sweep.monotone},
+         "snr_scale": sweep.snr_scale, "monotone": sweep.monotone,
+         "lyapunov": sweep.lyapunov},
         where="sweep",
     )

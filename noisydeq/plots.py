@@ -1,8 +1,8 @@
 """Figures of a sweep (matplotlib, Agg backend), written as PNG and SVG.
 
 * ``metric_vs_snr`` — metric against inference SNR per model (paper Fig. 7-12), one panel
-  per training SNR; DEQ solid, FFW dashed, colour by family depth, band = min-max over chip
-  instances and seeds, the device's native SNR marked by a vertical line.
+  per training SNR; DEQ solid, FFW dashed, LyaDEQ dotted, colour by family depth, band =
+  min-max over chip instances and seeds, the device's native SNR marked by a vertical line.
 * ``metric_vs_depth`` — metric at fixed inference SNRs against the family member (paper
   Fig. 1a-c): FFW depth on the bottom axis, matched DEQ width on the top axis, parameter
   counts annotated.
@@ -27,12 +27,6 @@ from noisydeq.config import SweepSpec  # noqa: E402
 from noisydeq.store import atomic_open  # noqa: E402
 from noisydeq.summary import Agg, aggregate  # noqa: E402
 
-#: model kinds of a sweep: colour and marker, display name; the implicit ones (width ↑)
-KIND_STYLES = {"deq": ("tab:blue", "o"), "ffw": ("tab:orange", "s"),
-               "mondeq": ("tab:green", "D"), "ffw_relu": ("tab:red", "^")}
-KIND_NAMES = {"deq": "DEQ", "ffw": "FFW", "mondeq": "monDEQ", "ffw_relu": "ReLU FFW"}
-IMPLICIT = ("deq", "mondeq")
-
 STYLE = {
     "font.size": 9,
     "axes.titlesize": 10,
@@ -45,6 +39,18 @@ STYLE = {
     "savefig.dpi": 160,
     "svg.hashsalt": "noisydeq",
 }
+
+
+#: line style, marker, colour and display name of each model kind
+KIND_LOOK = {
+    "deq": ("-", "o", "tab:blue", "DEQ"),
+    "ffw": ("--", "s", "tab:orange", "FFW"),
+    "mondeq": ("-", "D", "tab:green", "monDEQ"),
+    "ffw_relu": ("--", "^", "tab:red", "ReLU FFW"),
+    "lyadeq": (":", "v", "tab:purple", "LyaDEQ"),
+}
+#: implicit kinds whose width is matched to an FFW depth (width ↑ with depth)
+IMPLICIT = ("deq", "mondeq")
 
 
 def _label_db(v: float) -> str:
@@ -125,12 +131,10 @@ def plot_metric_vs_snr(
                 xs = [pos[s] for s in by_snr]
                 pts = list(by_snr.values())
                 c = colours[depth]
-                implicit = kind in IMPLICIT
-                style = "-" if implicit else "--"
-                marker = "o" if implicit else "s"
+                style, marker, _colour, kind_name = KIND_LOOK.get(kind, KIND_LOOK["ffw"])
                 plural = "s" * (depth > 1)
-                label = (f"{KIND_NAMES[kind]} w={width}" if implicit
-                         else f"{KIND_NAMES.get(kind, kind)} {depth} layer{plural}")
+                label = (f"{kind_name} w={width}" if kind in IMPLICIT or kind == "lyadeq"
+                         else f"{kind_name} {depth} layer{plural}")
                 ax.plot(xs, [p.mean for p in pts], style, marker=marker, ms=3, color=c, lw=1.4,
                         label=f"{label} ({params / 1e3:.0f}k)")
                 _band(ax, xs, pts, c)
@@ -199,21 +203,22 @@ def plot_metric_vs_depth(
         fig, axes = plt.subplots(len(snrs), ncol, figsize=(4.0 * ncol, 3.4 * len(snrs)),
                                  squeeze=False)
         for (tsnr, snr), ax in zip(panels, axes.flat, strict=False):
-            series: dict[str, list[tuple[int, int, int, Agg]]] = {k: [] for k in KIND_STYLES}
+            series: dict[str, list[tuple[int, int, int, Agg]]] = {k: [] for k in KIND_LOOK}
             for (kind, depth, width, params, t), by_snr in agg.items():
                 if t == tsnr and snr in by_snr:
                     series[kind].append((depth, width, params, by_snr[snr]))
             depths = sorted({d for s in series.values() for d, *_ in s})
             index = {d: i for i, d in enumerate(depths)}
-            for kind, (colour, marker) in KIND_STYLES.items():
+            for kind, (_style, marker, colour, kind_name) in KIND_LOOK.items():
                 pts = sorted(series[kind])
                 if not pts:
                     continue
                 xs = [index[d] for d, *_ in pts]
                 mean = [a.mean for *_, a in pts]
                 yerr = [[a.mean - a.lo for *_, a in pts], [a.hi - a.mean for *_, a in pts]]
-                implicit = kind in IMPLICIT
-                name = KIND_NAMES[kind] + (" (width ↑)" if implicit else " (depth ↑)")
+                implicit = kind in IMPLICIT or kind == "lyadeq"
+                name = kind_name + (" (width ↑)" if kind in IMPLICIT
+                                    else " (depth ↑)" if kind in ("ffw", "ffw_relu") else "")
                 ax.errorbar(xs, mean, yerr=yerr, fmt="-" + marker, color=colour, ms=4, lw=1.4,
                             capsize=2, label=name)
                 for x, (_d, _w, params, a) in zip(xs, pts, strict=False):

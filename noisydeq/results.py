@@ -67,20 +67,24 @@ COLUMNS: dict[str, str] = {
     "diverged_frac": "float",
 }
 
+#: columns that identify a row of a sweep's table (no two rows share them)
+IDENTITY: tuple[str, ...] = ("model_id", "chip", "snr_db")
+
 # Fields of SweepSpec that do not change results (excluded from the run-dir identity):
 # noise is keyed by test-sample index, so batching and chunking give the same table.
 RUNTIME_ONLY = frozenset({"batched", "max_rows"})
 
 
-def spec_identity(spec: SweepSpec) -> dict[str, Any]:
+def spec_identity(spec: Any) -> dict[str, Any]:
     """The part of ``spec`` that determines the results (used to match a run directory)."""
     data = json.loads(spec.model_dump_json())
-    if data.get("monotone") is None:  # unset: identities of earlier runs stay the same
-        data.pop("monotone", None)
+    for optional in ("monotone", "lyapunov"):  # unset: identities of earlier runs stay
+        if data.get(optional) is None:
+            data.pop(optional, None)
     return {k: v for k, v in data.items() if k not in RUNTIME_ONLY}
 
 
-def spec_hash(spec: SweepSpec) -> str:
+def spec_hash(spec: Any) -> str:
     """Short stable hash of :func:`spec_identity` (names default run directories)."""
     text = json.dumps(spec_identity(spec), sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:12]
@@ -101,23 +105,26 @@ CELL_FORMAT = "noisydeq-cell/2"
 _CONVERT = {"str": (str,), "int": (int,), "float": (float, int)}
 
 
-def check_rows(rows: Any, path: Path, expect: Sequence[dict[str, Any]] | None = None) -> None:
-    """Rows of a cell: a list of rows with exactly the :data:`COLUMNS` and their types, and
-    (``expect``) as many as expected, in order, matching the expected values."""
+def check_rows(rows: Any, path: Path, expect: Sequence[dict[str, Any]] | None = None,
+               columns: dict[str, str] = COLUMNS,
+               identity: Sequence[str] = IDENTITY) -> None:
+    """Rows of a cell: a list of rows with exactly the ``columns`` (default: a sweep's
+    :data:`COLUMNS`) and their types, no two alike in ``identity``, and (``expect``) as
+    many as expected, in order, matching the expected values."""
     if not isinstance(rows, list):
         raise CorruptArtefact(path, "holds no list of rows")
     if expect is not None and len(rows) != len(expect):
         raise CorruptArtefact(path, f"holds {len(rows)} rows, its cell has {len(expect)}")
     seen = set()
     for i, row in enumerate(rows):
-        if not isinstance(row, dict) or set(row) != set(COLUMNS):
-            cols = sorted(set(row) ^ set(COLUMNS)) if isinstance(row, dict) else "not a row"
+        if not isinstance(row, dict) or set(row) != set(columns):
+            cols = sorted(set(row) ^ set(columns)) if isinstance(row, dict) else "not a row"
             raise CorruptArtefact(path, f"row {i} has the wrong columns ({cols})")
-        for col, kind in COLUMNS.items():
+        for col, kind in columns.items():
             v = row[col]
             if isinstance(v, bool) or not isinstance(v, _CONVERT[kind]):
                 raise CorruptArtefact(path, f"row {i}: {col} = {v!r} is not a {kind}")
-        ident = (row["model_id"], row["chip"], row["snr_db"])
+        ident = tuple(row[c] for c in identity)
         if ident in seen:
             raise CorruptArtefact(path, f"row {i} duplicates {ident}")
         seen.add(ident)
@@ -128,7 +135,17 @@ def check_rows(rows: Any, path: Path, expect: Sequence[dict[str, Any]] | None = 
 
 class RunDir:
     """A sweep's run directory (see module docstring); a context manager that releases
-    its lock on exit."""
+    its lock on exit.
+
+    Subclasses reuse the layout for other resumable grids by setting ``spec_cls`` (the
+    spec recorded in ``config.toml``, named ``what`` in messages), ``columns`` (the tidy
+    table's schema) and ``identity`` (the columns no two rows share).
+    """
+
+    spec_cls: type = SweepSpec
+    what: str = "sweep"
+    columns: dict[str, str] = COLUMNS
+    identity: tuple[str, ...] = IDENTITY
 
     def __init__(self, path: str | os.PathLike) -> None:
         self.path = Path(path)
@@ -143,7 +160,7 @@ class RunDir:
     def _refuse(self, err: NoisyDEQError) -> NoisyDEQError:
         return NoisyDEQError(f"--out {self.path}: {err}; choose another --out or delete it")
 
-    def read_config(self) -> SweepSpec:
+    def read_config(self) -> Any:
         """The run's recorded spec, digest checked (one line naming the file otherwise)."""
         try:
             text = store.read_text(self.config_path, "config.toml")
@@ -151,10 +168,10 @@ class RunDir:
         except NoisyDEQError as err:
             raise self._refuse(err) from None
         try:
-            return loads_toml(SweepSpec, body, where=str(self.config_path))
+            return loads_toml(self.spec_cls, body, where=str(self.config_path))
         except NoisyDEQError as err:
-            raise self._refuse(NoisyDEQError(f"holds a sweep this version cannot read ({err})")
-                               ) from None
+            raise self._refuse(NoisyDEQError(
+                f"holds a {self.what} this version cannot read ({err})")) from None
 
     def read_meta(self) -> dict[str, Any]:
         """``meta.json``, digest checked."""
@@ -163,7 +180,7 @@ class RunDir:
         except NoisyDEQError as err:
             raise self._refuse(err) from None
 
-    def check(self, spec: SweepSpec) -> SweepSpec | None:
+    def check(self, spec: Any) -> Any:
         """Refuse, writing nothing, an ``--out`` that cannot hold ``spec``'s run; returns
         the spec recorded there (None for a new run)."""
         store.check_out_dir(self.path)
@@ -174,7 +191,7 @@ class RunDir:
             diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
             if diff:
                 raise NoisyDEQError(
-                    f"--out {self.path}: its config.toml holds a sweep with a different "
+                    f"--out {self.path}: its config.toml holds a {self.what} with a different "
                     f"config (differs in: {', '.join(diff)}); choose another --out"
                 )
         elif self.cells.exists() or self.csv_path.exists():
@@ -185,7 +202,7 @@ class RunDir:
             self.read_meta()
         return existing
 
-    def open(self, spec: SweepSpec, extra_meta: dict[str, Any] | None = None) -> bool:
+    def open(self, spec: Any, extra_meta: dict[str, Any] | None = None) -> bool:
         """Lock the directory for ``spec`` (waiting for another writer), create it or check
         it matches; True when resuming. Everything is checked before anything is written;
         :meth:`close` (or leaving ``with``) releases the lock."""
@@ -199,7 +216,7 @@ class RunDir:
             if existing is None:
                 store.atomic_write_text(self.config_path, store.sign_text(dumps_toml(spec)))
             meta = {
-                "seeds": spec.seeds,
+                "seeds": getattr(spec, "seeds", [getattr(spec, "seed", None)]),
                 "config_hash": spec_hash(spec),
                 "versions": package_versions(),
                 "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -240,12 +257,15 @@ class RunDir:
         return self.cells / self.cell_file_name(key)
 
     def load_cell(
-        self, key: str, expect: Sequence[dict[str, Any]] | None = None
+        self, key: str, expect: Sequence[dict[str, Any]] | None = None, *,
+        columns: dict[str, str] | None = None, identity: Sequence[str] | None = None,
     ) -> list[dict[str, Any]] | None:
         """Rows of a finished cell, or None when it has not been written.
 
-        The file's digest, format, key and rows (:func:`check_rows`, against ``expect``)
-        are checked; a file that fails is a :class:`CorruptArtefact` naming it.
+        The file's digest, format, key and rows (:func:`check_rows`, against ``expect``,
+        with the table's ``columns`` and ``identity`` unless a cell of another schema
+        names its own) are checked; a file that fails is a :class:`CorruptArtefact`
+        naming it.
         """
         p = self.cell_path(key)
         if not p.exists():
@@ -256,7 +276,8 @@ class RunDir:
                 raise CorruptArtefact(p, f"has format {data.get('format')!r}, not {CELL_FORMAT}")
             if data.get("key") != key:
                 raise CorruptArtefact(p, f"belongs to cell {data.get('key')!r}, not {key!r}")
-            check_rows(data.get("rows"), p, expect)
+            check_rows(data.get("rows"), p, expect, columns or self.columns,
+                       self.identity if identity is None else identity)
         except CorruptArtefact as err:
             raise CorruptArtefact(p, f"{err.reason}; delete it to compute that cell again"
                                   ) from None
@@ -273,15 +294,18 @@ class RunDir:
         """Write the tidy table as CSV and Parquet, each atomically (the digest list is
         dropped first and rewritten by :meth:`seal`)."""
         rows = list(rows)
-        check_rows(rows, self.csv_path)  # columns, types, no duplicated (model, chip, SNR)
+        # columns, types, no duplicated identity (a sweep: model, chip, SNR)
+        check_rows(rows, self.csv_path, columns=self.columns, identity=self.identity)
         store.remove_manifest(self.path)
-        store.atomic_write_bytes(self.csv_path, table_to_csv(rows).encode())
-        store.atomic_write_bytes(self.parquet_path, table_to_parquet(rows))
+        store.atomic_write_bytes(self.csv_path, table_to_csv(rows, self.columns).encode())
+        store.atomic_write_bytes(self.parquet_path, table_to_parquet(rows, self.columns))
         return self.csv_path, self.parquet_path
 
-    def seal(self, figures: Iterable[Path] = ()) -> Path:
-        """Write ``SHA256SUMS`` over the table, config, meta data and ``figures``."""
-        files = [self.csv_path, self.parquet_path, self.config_path, self.meta_path, *figures]
+    def seal(self, figures: Iterable[Path] = (), extra: Iterable[Path] = ()) -> Path:
+        """Write ``SHA256SUMS`` over the table, config, meta data, ``figures`` and any
+        ``extra`` file of the run."""
+        files = [self.csv_path, self.parquet_path, self.config_path, self.meta_path,
+                 *extra, *figures]
         return store.write_manifest(self.path, [f for f in files if f.is_file()])
 
 
@@ -308,13 +332,13 @@ def table_to_csv(rows: Sequence[dict[str, Any]], columns: dict[str, str] | None 
     return buf.getvalue()
 
 
-def read_csv(path: str | os.PathLike) -> list[dict[str, Any]]:
+def read_csv(path: str | os.PathLike, columns: dict[str, str] = COLUMNS) -> list[dict[str, Any]]:
     """Read a run's results CSV back into typed rows (checked against its ``SHA256SUMS``)."""
     store.verify_listed(path)
     conv = {"str": str, "int": int, "float": float}
     with open(path, newline="", encoding="utf-8") as fh:
         return [
-            {c: conv[COLUMNS[c]](v) for c, v in row.items()} for row in csv.DictReader(fh)
+            {c: conv[columns[c]](v) for c, v in row.items()} for row in csv.DictReader(fh)
         ]
 
 

@@ -137,6 +137,9 @@ def apply_overrides(model: nn.Module, spec: TrainSpec) -> None:
             setattr(model, attr, value)
         elif getattr(model, "kind", None) != "ffw":  # FFWs skip family-wide DEQ settings
             raise NoisyDEQError(f"train.{attr}: only a DEQ model takes a {attr} setting")
+    check = getattr(model, "check_solvers", None)  # e.g. a LyaDEQ: settings it cannot use
+    if callable(check):
+        check()
 
 
 # -------------------------------------------------------------------------- state
@@ -210,7 +213,16 @@ def _deploy(model: nn.Module, spec: TrainSpec, rng_seed: int) -> nn.Module:
     """The model on ``spec.device`` (one chip derived from the seed), or the model itself."""
     if spec.device is None:
         return model
+    from torch.nn.utils import parametrize
+
     from noisydeq import hardware
+
+    held = [n for n, m in model.named_modules() if parametrize.is_parametrized(m)]
+    if held:  # a chip is programmed with the weight's value; the parametrisation is lost
+        raise NoisyDEQError(
+            f"train.device: layers with parametrised weights ({', '.join(held)}) cannot be "
+            "trained on a device; train digitally and deploy the trained model"
+        )
 
     chip = derive_seed(rng_seed, "train", "chip") % (2**31)
     device = hardware.get_device(spec.device, snr_db=spec.device_snr_db, chip=chip)
@@ -234,7 +246,7 @@ def forward_logits(
 
     ``generator`` draws a DEQ's random thresholds and the Hutchinson probes of a DEQ's or
     a per-layer regularised FFW's Jacobian term."""
-    if getattr(net, "kind", None) == "deq":
+    if getattr(net, "kind", None) in ("deq", "lyadeq"):
         out = net(x, noise, return_solution=True, generator=generator)
     else:
         if hasattr(net, "jac_generator"):
@@ -395,6 +407,14 @@ def _fit(
     return result
 
 
+def epoch_lr(spec: TrainSpec, epoch: int) -> float:
+    """Learning rate of ``epoch`` (0-based): ``spec.lr``, or its cosine annealing
+    lr·(1 + cos(π·epoch/epochs))/2 (``CosineAnnealingLR``, T_max = epochs, per epoch)."""
+    if spec.lr_schedule == "constant" or spec.epochs == 0:
+        return spec.lr
+    return spec.lr * 0.5 * (1.0 + math.cos(math.pi * epoch / spec.epochs))
+
+
 def _train_epoch(
     net: nn.Module, opt: torch.optim.Optimizer, task: Task, spec: TrainSpec, rng: _Rng,
     x_all: Tensor, y_all: Tensor, epoch: int, bar: Any,
@@ -407,6 +427,8 @@ def _train_epoch(
         net.jac_reg_active = reg.stop_epoch is None or epoch < reg.stop_epoch
     n = len(x_all)
     perm = rng.permutation(n, epoch).to(x_all.device)
+    for group in opt.param_groups:
+        group["lr"] = epoch_lr(spec, epoch)
     loss_sum = metric_sum = jac_sum = 0.0
     ibp = None
     if spec.ibp is not None:  # interval-bound-propagation training (noisydeq.certify)

@@ -99,6 +99,15 @@ def test_partial_runs_leave_the_committed_results_alone(tmp_path, monkeypatch) -
     assert not (tmp_path / "RESULTS.md").exists() and not (tmp_path / "results.json").exists()
 
 
+def test_attack_rows_check_pgd_against_torchattacks_and_warm_against_cold() -> None:
+    from benchmarks.attacks import bench_attacks
+
+    rows = bench_attacks(quick=True)
+    assert len(rows) == 3
+    assert all(r.ok for r in rows), [r.check for r in rows]
+    assert rows[1].extra["f_evals_warm"] < rows[1].extra["f_evals_cold"]
+
+
 def test_rng_rows_and_checks() -> None:
     from benchmarks.rng import bench_rng
 

@@ -54,12 +54,11 @@ def _train_snr(train: dict[str, Any]) -> float:
     return math.inf if value is None else float(value)
 
 
-def load_member(path: Path, check: Any = None) -> Member:
-    """Rebuild one checkpoint; one clear error when it is not a trained MLP DEQ/FFW or its
-    metadata is malformed.
+def load_member(path: Path, check: Any = None, mlp_only: bool = True) -> Member:
+    """Rebuild one checkpoint; one clear error when it is not a trained DEQ/FFW (MLP, unless
+    ``mlp_only`` is off) or its metadata is malformed.
 
-    ``check(model) -> kind`` replaces that test (default: the MLP DEQ/FFW check of the
-    analyses; ``noisydeq certify`` passes its own)."""
+    ``check(model) -> kind`` replaces that test (``noisydeq certify`` passes its own)."""
     from noisydeq.analysis.probe import check_mlp_model
     from noisydeq.config import TrainSpec, build
     from noisydeq.models.factory import as_model_spec, build_model, resolved_width
@@ -93,7 +92,10 @@ def load_member(path: Path, check: Any = None) -> Member:
         model = build_model(mspec)
         apply_overrides(model, build(TrainSpec, train, where=f"{path} train"))
         store.load_into(model, tensors, path)
-        kind = (check_mlp_model if check is None else check)(model)
+        if check is not None:
+            kind = check(model)
+        else:
+            kind = check_mlp_model(model) if mlp_only else _kind(model, path)
         return Member(
             path=path, model=model.eval(), kind=kind, depth=int(model.depth),
             width=int(model.width), params=int(model.hidden_weight_count()),
@@ -111,16 +113,24 @@ def load_member(path: Path, check: Any = None) -> Member:
         raise CorruptArtefact(path, f"carries malformed metadata ({reason})") from None
 
 
+def _kind(model: nn.Module, path: Path) -> str:
+    kind = getattr(model, "kind", None)
+    if kind not in ("deq", "ffw"):
+        raise NoisyDEQError(f"checkpoint {path}: not a DEQ or FFW (kind={kind!r})")
+    return kind
+
+
 def load_family(root: str | Path, device: torch.device | str = "cpu", *,
                 data_dir: str | None = None, cache_dir: str | None = None,
-                check: Any = None) -> list[Member]:
+                check: Any = None, mlp_only: bool = True) -> list[Member]:
     """All members of ``root`` (sweep run dir, train output, checkpoint), sorted by group,
     kind and depth. ``data_dir`` overrides the data directory a sweep recorded; members
-    carry the one to use (``Member.data_dir``). ``check``: see :func:`load_member`."""
+    carry the one to use (``Member.data_dir``). ``check``, ``mlp_only``: see
+    :func:`load_member` (``mlp_only=False`` also loads conv models)."""
     from noisydeq.analysis.locate import locate
 
     source = locate(root, data_dir=data_dir, cache_dir=cache_dir)
-    members = [load_member(p, check) for p in source.checkpoints]
+    members = [load_member(p, check, mlp_only) for p in source.checkpoints]
     tasks = {m.task for m in members}
     if len(tasks) > 1:
         raise NoisyDEQError(f"--family: members were trained on different tasks {sorted(tasks)}")

@@ -17,7 +17,15 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from noisydeq import limits
-from noisydeq.config import FamilySpec, ModelSpec, NoiseSpec, TrainSpec, build, parse_snr_value
+from noisydeq.config import (
+    FamilySpec,
+    LyapunovSpec,
+    ModelSpec,
+    NoiseSpec,
+    TrainSpec,
+    build,
+    parse_snr_value,
+)
 from noisydeq.errors import NoisyDEQError
 from noisydeq.runtime import resolve_torch_device
 from noisydeq.store import check_out_dir, make_dir
@@ -50,14 +58,16 @@ def _fmt(metric: float, name: str) -> str:
 @click.option("--task", default="digits", show_default=True,
               help="digits, regression1d, mnist or mnist10k.")
 @click.option("--data-dir", default=None, help="MNIST directory (else $NOISYDEQ_MNIST_DIR).")
-@click.option("--kind", type=click.Choice(["deq", "ffw", "mondeq", "ffw_relu"]), default="deq",
-              show_default=True,
+@click.option("--kind", type=click.Choice(["deq", "ffw", "mondeq", "ffw_relu", "lyadeq"]),
+              default="deq", show_default=True,
               help="Model kind (single-model mode); mondeq/ffw_relu: monotone ReLU DEQ and its "
-                   "explicit ReLU baseline (noisydeq certify).")
+                   "explicit ReLU baseline (noisydeq certify); lyadeq: Lyapunov-stable DEQ.")
 @click.option("--monotone", "monotone", default=None, metavar="KEY=VALUE,...",
               help="mondeq/ffw_relu options, e.g. param=lben,m=0.5 (MonotoneSpec).")
 @click.option("--ibp-eps", type=float, default=None,
               help="Train with interval bound propagation at this ℓ∞ radius (IBPTrainSpec).")
+@click.option("--variant", default=None,
+              help="LyaDEQ variant: plain, lyapunov, orthogonal or both (default).")
 @click.option("--width", type=int, default=128, show_default=True,
               help="FFW layer width; DEQ width (or the FFW width it is matched to).")
 @click.option("--depth", type=int, default=1, show_default=True,
@@ -151,6 +161,10 @@ def command(**opts: Any) -> None:
         _family(fspec, task, out, dev, opts)
         return
 
+    if opts["variant"] is not None:
+        if opts["kind"] != "lyadeq":
+            raise NoisyDEQError("--variant: only --kind lyadeq has variants")
+        build(LyapunovSpec, {"variant": opts["variant"]}, where="--variant")
     if opts["ffw_form"] is not None:
         if opts["kind"] != "ffw":
             raise NoisyDEQError(
@@ -169,6 +183,8 @@ def command(**opts: Any) -> None:
         data["ffw_form"] = opts["ffw_form"]
     if monotone is not None:
         data["monotone"] = monotone
+    if opts["variant"] is not None:
+        data["lyapunov"] = {"variant": opts["variant"]}
     mspec = build(ModelSpec, data, where="model")
     _check_memory([member_size(mspec.kind, mspec.depth, mspec.width, task.in_features,
                                task.out_features)], tspec.batch_size, dev)

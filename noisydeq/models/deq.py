@@ -16,6 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from noisydeq.config import GradientSpec, JacobianRegSpec, SolverSpec
+from noisydeq.errors import NoisyDEQError
 from noisydeq.models.base import CountingMixin, ModelOutput
 from noisydeq.models.cells import MLPCell, check_positive
 from noisydeq.noise import Noise, NoiseStream
@@ -139,6 +140,7 @@ class DEQ(CountingMixin, nn.Module):
         return_solution: bool = False,
         return_states: bool = False,
         generator: torch.Generator | NoiseStream | None = None,
+        z0: Tensor | None = None,
     ) -> Tensor | ModelOutput:
         """Solve z* = f(z*; x) (Eq. 1/3), attach the gradient, return head(z*).
 
@@ -146,6 +148,8 @@ class DEQ(CountingMixin, nn.Module):
         ``return_states`` is set. ``generator`` (a :class:`~noisydeq.noise.NoiseStream`, or a
         ``torch.Generator``) feeds the solver's random threshold and the Hutchinson probes
         of the Jacobian regulariser (global torch RNG when ``None``).
+        ``z0``: initial state of the solve (default z⁰ = 0, Eq. 1), e.g. the fixed point of
+        a nearby input to warm-start from (attacks); used detached, shaped like x̃.
         """
         xt = self.inject(x, noise)
         f = self.cell_fn(xt, noise)
@@ -158,7 +162,15 @@ class DEQ(CountingMixin, nn.Module):
             return out
 
         spec = self.active_solver()
-        z0 = self.initial_state(xt)
+        if z0 is None:
+            z0 = self.initial_state(xt)
+        elif z0.shape != xt.shape:
+            raise NoisyDEQError(
+                f"z0: initial state must be shaped like the injection {tuple(xt.shape)}, "
+                f"got {tuple(z0.shape)}"
+            )
+        else:
+            z0 = z0.detach().to(dtype=xt.dtype, device=xt.device)
         grad_on = torch.is_grad_enabled()
         if self.gradient.name == "bptt" and grad_on:
             solution = solve_with_grad(f_forward, z0, spec, generator=generator)

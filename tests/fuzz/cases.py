@@ -386,9 +386,83 @@ def run_dir_cases() -> list[Case]:
                  {"setup": run_dir(damage)}) for name, damage in damages.items()]
 
 
+def attack_cases() -> list[Case]:
+    """``attack``: its grids, counts and names (checked before the family is read), and
+    crafted checkpoints."""
+    fam = ["attack", "--family", "{d}/nofamily", "--out", "{d}/out"]
+    out = [Case(f"attack crafted checkpoint: {name}",
+                ["attack", "--family", "{d}/m.safetensors", "--out", "{d}/out"],
+                "m.safetensors", {"setup": _checkpoint(change)})
+           for name, change in CRAFTED.items()]
+    strengths = [g for g in BAD_GRIDS if g not in ("300", "--")]  # 300: a valid σ
+    for flag, name in (("--eps", "eps"), ("--sigma", "sigma"), ("--fraction", "fraction")):
+        out += [Case(f"attack {flag} {g!r}", _with(fam, flag, g), name) for g in strengths]
+    out += [Case(f"attack --snr {g!r}", _with(fam, "--snr", g), "snr") for g in BAD_GRIDS
+            if g != "--"]
+    ints = {"--chips": ["0", "x", "99999999999999999999", "100000"],
+            "--samples": ["0", "-1", "x"], "--val-samples": ["-1"], "--eot": ["0", "1.5"],
+            "--steps": ["0", "1.5", "x", "10000000"], "--pgd-steps": ["0", "2.5"],
+            "--seed": ["a", "-1"], "--steps-eps": ["nan", "-0.1", "2"]}
+    for flag, values in ints.items():
+        needle = "" if flag in ("--samples", "--val-samples", "--seed") else (
+            flag.lstrip("-").replace("-", "_"))  # click's range message or the field name
+        out += [Case(f"attack {flag} {v!r}", _with(fam, flag, v), needle) for v in values]
+    names = {"--attacks": ("pgd-epz", "pgd-eps"), "--estimators": ("exactt", "exact"),
+             "--defences": ("erly", "early"), "--norm": ("l3", "linf"),
+             "--set": ("bogus=1", "bogus")}
+    out += [Case(f"attack {flag} {v!r}", _with(fam, flag, v), needle)
+            for flag, (v, needle) in names.items()]
+    out += [Case("attack --family missing", ["attack", "--family", "{d}/none"], "none"),
+            Case("attack --family without models", ["attack", "--family", "{d}/empty"],
+                 "no trained model", {"empty/readme.txt": "x"})]
+    return out
+
+
+LYAPUNOV_OK = ('name = "x"\ntask = "digits"\n[attack]\nvariants = ["plain"]\n'
+               'eps_255 = [2]\n')
+
+
+def lyapunov_cases() -> list[Case]:
+    """``lyapunov EXPERIMENT.toml``: malformed experiment files and options."""
+    bad = {
+        "no table": ('name = "x"\n', "[attack] or a [device] table"),
+        "not TOML": ('name = "x\n', "not valid TOML"),
+        "unknown key": (LYAPUNOV_OK + "colour = 1\n", "colour"),
+        "variant typo": ('name = "x"\n[attack]\nvariants = ["bot"]\n', "did you mean 'both'"),
+        "eps 0": ('name = "x"\n[attack]\neps_255 = [0]\n', "eps_255"),
+        "eps 300": ('name = "x"\n[attack]\neps_255 = [300]\n', "eps_255"),
+        "eps nan": ('name = "x"\n[attack]\neps_255 = [nan]\n', "eps_255"),
+        "steps 0": ('name = "x"\n[attack]\nsteps = 0\n', "steps"),
+        "alpha inf": ('name = "x"\n[attack]\nalpha_255 = inf\n', "alpha_255"),
+        "device snr nan": ('name = "x"\n[device]\nsnr_db = [nan]\n', "snr_db"),
+        "device snr 300": ('name = "x"\n[device]\nsnr_db = "0:300"\n', "snr_db"),
+        "group typo": ('name = "x"\n[device]\ngroups = {rram = ["lyadeqq"]}\n',
+                       "did you mean 'lyadeq'"),
+        "chips 0": ('name = "x"\n[device]\nchips = 0\n', "chips"),
+        "hidden 10^9": ('name = "x"\nhidden = 1000000000\n[attack]\n', "hidden"),
+        "lyapunov c -1": ('name = "x"\n[lyapunov]\nc = -1.0\n[attack]\n', "c"),
+        "lyapunov variant": ('name = "x"\n[lyapunov]\nvariant = "both"\n[attack]\n',
+                             "variant"),
+        "task typo": ('name = "x"\ntask = "digitz"\n[attack]\n', "digits"),
+    }
+    out = [Case(f"lyapunov file: {name}", ["lyapunov", "{d}/e.toml", "--out", "{d}/out"],
+                needle, {"e.toml": text}) for name, (text, needle) in bad.items()]
+    out += [
+        Case("lyapunov file missing", ["lyapunov", "{d}/none.toml", "--out", "{d}/out"],
+             "none.toml"),
+        Case("lyapunov --seeds x", ["lyapunov", "{d}/e.toml", "--seeds", "x", "--out",
+                                    "{d}/out"], "--seed", {"e.toml": LYAPUNOV_OK}),
+        Case("lyapunov --only typo", ["lyapunov", "{d}/e.toml", "--only", "atack", "--out",
+                                      "{d}/out"], "--only", {"e.toml": LYAPUNOV_OK}),
+        Case("lyapunov --out is a file", ["lyapunov", "{d}/e.toml", "--out", "{d}/e.toml"],
+             "not a directory", {"e.toml": LYAPUNOV_OK}),
+    ]
+    return out
+
+
 def all_cases() -> list[Case]:
     cases = (sweep_cases() + train_cases() + run_cases() + device_cases() + analysis_cases()
-             + run_dir_cases())
+             + run_dir_cases() + attack_cases() + lyapunov_cases())
     ids = [c.id for c in cases]
     dup = {i for i in ids if ids.count(i) > 1}
     assert not dup, dup

@@ -1,0 +1,115 @@
+"""Attacks: our PGD-10 against torchattacks' PGD on the same FFW, and a warm-started DEQ
+attack against the same attack with cold solves.
+
+* ``PGD-10 FFW``: ``noisydeq.attacks.pgd`` (ℓ∞, ε = 0.3, α = 0.1, random start) against
+  ``torchattacks.PGD`` with the same parameters on the same MNIST-size FFW (784 → 3 × 128 →
+  10, random init), batch 256; time per sample. Check: for the same random start both
+  give the same adversarial examples (max |Δ| ≤ 1e-6).
+* ``PGD-10 DEQ warm``: PGD-10 through the ``exact`` (IFT) and ``phantom`` estimators of an
+  MNIST-size DEQ (784 → 222 units, W rescaled to spectral norm 0.9 like a Jacobian-
+  regularised trained DEQ) with the test solver of the ``quick`` training preset that the
+  sweep's families use (:data:`noisydeq.config.QUICK_TEST_SOLVER`: unroll, 40 steps, stop
+  ``mean_rel`` 0.05, window 20), each step's solve warm-started from the previous step's
+  fixed point, against the same attack solving every step from z⁰ = 0. ε = 0.1, α = 0.025.
+  Check: the robust predictions agree on ≥ 95 % of the samples (the solves stop at the
+  same tolerance from different starts, so their answers differ by up to that tolerance).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from benchmarks.common import Row, ratio, timeit_pair
+from noisydeq.attacks import EstimatorSpec, make_estimator, pgd
+from noisydeq.attacks.estimators import AttackModule
+from noisydeq.config import QUICK_TEST_SOLVER
+from noisydeq.models import DEQ, FFW
+
+TARGET_FFW = 1.0
+TARGET_WARM = 0.5
+
+
+def _frozen(model):
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model.eval()
+
+
+def _data(batch: int, d: int = 784, classes: int = 10):
+    g = torch.Generator().manual_seed(0)
+    return torch.rand(batch, d, generator=g), torch.randint(0, classes, (batch,), generator=g)
+
+
+def bench_pgd_ffw(batch: int = 256, hidden: int = 128, repeat: int = 5) -> Row:
+    import torchattacks
+
+    torch.manual_seed(0)
+    model = _frozen(FFW(784, hidden, 3, 10))
+    x, y = _data(batch)
+    est = make_estimator(model, EstimatorSpec(name="backprop"))
+    module = AttackModule(est, model)
+    side = (batch, 1, 28, 28)
+
+    def ours() -> None:
+        pgd(est, x, y, eps=0.3, alpha=0.1, steps=10, generator=torch.Generator().manual_seed(1))
+
+    def peer() -> None:
+        torchattacks.PGD(module, eps=0.3, alpha=0.1, steps=10)(x.reshape(side), y)
+
+    t_o, t_p = timeit_pair(ours, peer, repeat=repeat, warmup=1)
+    torch.manual_seed(5)
+    adv_ta = torchattacks.PGD(module, eps=0.3, alpha=0.1, steps=10)(x.reshape(side), y)
+    torch.manual_seed(5)
+    start = torch.empty(side).uniform_(-0.3, 0.3).reshape(batch, -1)
+    adv = pgd(est, x, y, eps=0.3, alpha=0.1, steps=10, start=start)
+    diff = float((adv - adv_ta.reshape(batch, -1)).abs().max())
+    return Row(area="attacks", name=f"PGD-10 FFW 784-3x{hidden}-10 b{batch}: ours vs "
+               "torchattacks (per sample)", ours=t_o.best / batch, peer=t_p.best / batch,
+               ratio=ratio(t_o.best, t_p.best), target=TARGET_FFW,
+               check=f"same start: max|Δ| {diff:.1e}", ok=diff <= 1e-6,
+               extra={"median_ours": t_o.median / batch, "median_peer": t_p.median / batch})
+
+
+def _deq(width: int) -> DEQ:
+    torch.manual_seed(0)
+    solver = QUICK_TEST_SOLVER.model_copy(update={"traces": False})
+    m = DEQ(784, width, 10, solver=solver)
+    with torch.no_grad():
+        w = m.cell.W.weight
+        w.mul_(0.9 / torch.linalg.matrix_norm(w.double(), ord=2).item())
+    return _frozen(m)
+
+
+def bench_pgd_deq_warm(estimator: str = "exact", batch: int = 128, width: int = 222,
+                       repeat: int = 3) -> Row:
+    model = _deq(width)
+    x, y = _data(batch)
+    warm = make_estimator(model, EstimatorSpec(name=estimator, warm=True))
+    cold = make_estimator(model, EstimatorSpec(name=estimator, warm=False))
+    out: dict[str, torch.Tensor] = {}
+
+    def run(est, key: str) -> None:
+        est.reset()
+        est.solves = 0
+        out[key] = pgd(est, x, y, eps=0.1, steps=10, generator=torch.Generator().manual_seed(1))
+
+    t_o, t_p = timeit_pair(lambda: run(warm, "warm"), lambda: run(cold, "cold"), repeat=repeat,
+                           warmup=1)
+    with torch.no_grad():
+        agree = float((model(out["warm"]).argmax(1) == model(out["cold"]).argmax(1))
+                      .double().mean())
+    return Row(area="attacks", name=f"PGD-10 DEQ 784-{width} b{batch} {estimator}: warm vs cold "
+               "solves", ours=t_o.best, peer=t_p.best, ratio=ratio(t_o.best, t_p.best),
+               target=TARGET_WARM,
+               check=f"predictions agree {agree:.1%}; f-evals {warm.solves} vs {cold.solves}",
+               ok=agree >= 0.95,
+               extra={"f_evals_warm": warm.solves, "f_evals_cold": cold.solves,
+                      "median_ours": t_o.median, "median_peer": t_p.median})
+
+
+def bench_attacks(quick: bool = False) -> list[Row]:
+    if quick:
+        return [bench_pgd_ffw(batch=16, hidden=16, repeat=1),
+                bench_pgd_deq_warm("exact", batch=16, width=24, repeat=1),
+                bench_pgd_deq_warm("phantom", batch=16, width=24, repeat=1)]
+    return [bench_pgd_ffw(), bench_pgd_deq_warm("exact"), bench_pgd_deq_warm("phantom")]

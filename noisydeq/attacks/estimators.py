@@ -1,0 +1,154 @@
+"""DEQ gradient estimators for attacks (closer-look paper §2.1, §4, §5.1): callables
+``x -> logits`` whose autograd graph with respect to x is the estimator's.
+
+* ``backprop`` — the model as it is (an FFW; a DEQ with its own gradient method).
+* ``exact`` — the implicit-function-theorem gradient at the fixed point (their Eq. 2),
+  :func:`noisydeq.solvers.attach_gradient` with ``ift``.
+* ``phantom`` — k damped unroll steps from z* (their Eq. 4-6).
+* ``unrolled`` — the same unroll from an intermediate state z_n of the forward solve
+  (Eq. 13-16); ``unrolled-ensemble`` averages the logits of the unrolls of every state
+  z_1 … z_N, so its gradient is the mean of theirs (Eq. 17 applied to unrolling).
+* ``adjoint`` / ``adjoint-ensemble`` — the simultaneous adjoint
+  (:mod:`noisydeq.attacks.adjoint`).
+
+Final-state estimators (``exact``, ``phantom``, ``backprop`` on a DEQ) warm-start each
+solve from the fixed point of the previous call on a batch of the same shape — the PGD
+iterate moves by at most α per step, so its fixed point is close (Gurumurthy et al. 2021
+fold the attack into the solver for the same reason). Intermediate-state estimators always
+solve from z⁰ = 0: their states are those of the defended model's own forward pass.
+Ensembles take the loss gradient at the averaged logits (what autograd hands back), the
+head's Jacobian at each state.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+
+import torch
+from torch import Tensor, nn
+
+from noisydeq.attacks.adjoint import SimultaneousAdjoint
+from noisydeq.attacks.spec import EstimatorSpec
+from noisydeq.attacks.trajectory import predict, record_states
+from noisydeq.config import GradientSpec
+from noisydeq.errors import NoisyDEQError
+from noisydeq.noise import Noise
+
+
+def is_deq(model: nn.Module) -> bool:
+    return getattr(model, "kind", None) == "deq"
+
+
+@contextmanager
+def gradient_method(model: nn.Module, spec: GradientSpec | None):
+    """Use ``spec`` as the DEQ's gradient method for the duration (restored after)."""
+    if spec is None:
+        yield
+        return
+    saved = model.gradient
+    model.gradient = spec
+    try:
+        yield
+    finally:
+        model.gradient = saved
+
+
+class FinalState:
+    """Logits of the model's solution with the gradient of ``gradient`` (None: the model's)."""
+
+    def __init__(self, model: nn.Module, noise: Noise | None = None,
+                 gradient: GradientSpec | None = None, warm: bool = True) -> None:
+        self.model, self.noise, self.gradient = model, noise, gradient
+        self.warm = warm and is_deq(model)
+        self._z: Tensor | None = None
+        self.solves = 0  # f-evaluations spent in forward solves (for benchmarks)
+
+    def reset(self) -> None:
+        """Forget the warm-start state (next call solves from z⁰ = 0)."""
+        self._z = None
+
+    def __call__(self, x: Tensor) -> Tensor:
+        if not is_deq(self.model):
+            return self.model(x, self.noise)
+        z0 = self._z if self.warm and self._z is not None and self._z.shape[0] == x.shape[0] \
+            else None
+        with gradient_method(self.model, self.gradient):
+            out = self.model(x, self.noise, return_solution=True, z0=z0)
+        sol = out.solution
+        self.solves += int(sol.steps.sum())
+        if self.warm:
+            ok = ~sol.diverged.reshape(-1, *([1] * (sol.z.ndim - 1)))
+            self._z = torch.where(ok, sol.z, torch.zeros_like(sol.z)).detach()
+        return out.logits
+
+
+class Unrolled:
+    """Unroll k damped steps from state z_n (or every state, averaging the logits)."""
+
+    def __init__(self, model: nn.Module, noise: Noise | None = None, *, k: int = 5,
+                 lam: float = 0.5, state: int | None = None, ensemble: bool = False) -> None:
+        self.model, self.noise = model, noise
+        self.k, self.lam, self.state, self.ensemble = k, lam, state, ensemble
+
+    def reset(self) -> None:
+        pass
+
+    def _unroll(self, f, z: Tensor) -> Tensor:
+        for _ in range(self.k):
+            z = (1.0 - self.lam) * z + self.lam * f(z)
+        return predict(self.model, z)
+
+    def __call__(self, x: Tensor) -> Tensor:
+        states = record_states(self.model, x.detach(), self.noise)
+        xt = self.model.inject(x, self.noise)
+        f = self.model.cell_fn(xt, self.noise)
+        if not self.ensemble:
+            z = states.solution.z if self.state is None else states.at(self.state)
+            return self._unroll(f, z)
+        total = None
+        for n in range(1, states.n_max + 1):
+            logits = self._unroll(f, states.at(n))
+            total = logits if total is None else total + logits
+        return total / states.n_max
+
+
+def make_estimator(model: nn.Module, spec: EstimatorSpec, noise: Noise | None = None):
+    """The callable ``x -> logits`` of ``spec`` for ``model`` (see module docstring)."""
+    name = spec.name
+    if not is_deq(model):
+        if name != "backprop":
+            raise NoisyDEQError(
+                f"estimator '{name}': only for DEQs; a {getattr(model, 'kind', 'model')} is "
+                "differentiated by backprop"
+            )
+        return FinalState(model, noise)
+    if name == "backprop":
+        return FinalState(model, noise, None, spec.warm)
+    if name == "exact":
+        return FinalState(model, noise, GradientSpec(name="ift"), spec.warm)
+    if name == "phantom":
+        grad = GradientSpec(name="phantom", phantom_steps=spec.k, phantom_lambda=spec.lam)
+        return FinalState(model, noise, grad, spec.warm)
+    if name in ("unrolled", "unrolled-ensemble"):
+        return Unrolled(model, noise, k=spec.k, lam=spec.lam, state=spec.state,
+                        ensemble=name == "unrolled-ensemble")
+    adj = SimultaneousAdjoint(model, noise, beta=spec.beta, state=spec.state,
+                              ensemble=name == "adjoint-ensemble")
+    adj.reset = lambda: None  # type: ignore[attr-defined]
+    return adj
+
+
+class AttackModule(nn.Module):
+    """An ``nn.Module`` view of an estimator for torchattacks: image-shaped inputs
+    (B, C, H, W) in, the estimator's logits out (inputs are flattened for the model)."""
+
+    def __init__(self, estimator, model: nn.Module) -> None:
+        super().__init__()
+        self.estimator = estimator
+        self.inner = model  # registered so torchattacks finds a parameter (its device)
+        # torchattacks restores the mode it found after an attack: a fresh module is in
+        # training mode, which would switch a DEQ to its training solver afterwards
+        self.train(model.training)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.estimator(x.reshape(x.shape[0], -1))

@@ -1,0 +1,263 @@
+"""The attack grid of ``noisydeq attack`` (main paper App. D.3, Fig. 14-17; closer-look
+Tables 1-3): which attacks at which strengths, against which estimators and defences, on
+which device and SNR levels. :class:`AttackRunSpec` is recorded in the run directory's
+``config.toml``; :func:`expand` turns it into :class:`GridPoint` s.
+
+Attack families (``attacks``), each a curve of accuracy against its strength:
+
+=================  ==========================================================
+``pgd-eps``        PGD-s for each s in ``pgd_steps`` (default 10, 50) over ``eps``
+``pgd-steps``      PGD at ``steps_eps`` over ``steps``
+``ifgsm``          I-FGSM-10 over ``eps``
+``aa``, ``aa-rand``  AutoAttack standard / rand over ``eps``
+``apgd-ce``, ``apgd-t``, ``fab``, ``square``  one AutoAttack part over ``eps``
+``speckle``        x + x·n, n ~ N(0, σ²), over ``sigma``
+``salt-pepper``    fraction p of pixels set to 0/1, over ``fraction``
+=================  ==========================================================
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from noisydeq import limits
+from noisydeq.attacks.spec import (
+    NOISE_ATTACKS,
+    AttackSpec,
+    check_norm,
+    parse_defence,
+    parse_estimator,
+    suggest,
+)
+from noisydeq.config import InfFloat, StrictModel, _snr_list, build
+
+FAMILIES = ("pgd-eps", "pgd-steps", "ifgsm", "aa", "aa-rand", "apgd-ce", "apgd-t", "fab",
+            "square", "speckle", "salt-pepper")
+ALIASES = {"pgd": "pgd-eps", "autoattack": "aa", "sp": "salt-pepper",
+           "salt-and-pepper": "salt-pepper"}
+DEFAULT_ATTACKS = ["pgd-eps", "pgd-steps", "aa", "aa-rand", "speckle", "salt-pepper"]
+MODES = ("digital", "device", "transfer")
+#: most points of one strength grid (ε, σ, fractions, steps)
+MAX_POINTS = 1000
+
+
+def _floats(v: Any, name: str) -> list[float]:
+    if isinstance(v, str):
+        parts = [p.strip() for p in v.split(",")]
+        if any(not p for p in parts) and v.strip():
+            raise ValueError(f"'{v}' has an empty item")
+        parts = [p for p in parts if p]
+        out = []
+        for p in parts:
+            try:
+                nums = [float(t) for t in p.split(":")]
+                if len(nums) > 3:
+                    raise ValueError
+            except ValueError:
+                raise ValueError(f"'{p}' is not a number or start:stop:step") from None
+            if not all(math.isfinite(t) for t in nums):
+                raise ValueError(f"'{p}': values must be finite numbers")
+            if len(nums) > 1:  # start:stop[:step]
+                a, b, *c = nums
+                step = c[0] if c else 0.05
+                if step <= 0:
+                    raise ValueError(f"step must be > 0 in '{p}'")
+                span = (b - a) / step
+                if not math.isfinite(span) or span + 1 > MAX_POINTS:
+                    raise ValueError(f"'{p}' has more than {MAX_POINTS} points, the most a "
+                                     "grid holds")
+                n = int(math.floor(span + 1e-9)) + 1
+                out += [round(a + i * step, 10) for i in range(max(n, 0))]
+            else:
+                out.append(nums[0])
+        v = out
+    if isinstance(v, (int, float)) and not isinstance(v, bool):
+        v = [v]
+    if not isinstance(v, (list, tuple)) or not v:
+        raise ValueError(f"{name} must be a non-empty list of numbers, e.g. 0,0.1,0.2")
+    if len(v) > MAX_POINTS:
+        raise ValueError(f"{name}: {len(v)} points; a grid holds at most {MAX_POINTS}")
+    try:
+        if any(isinstance(x, bool) for x in v):
+            raise TypeError("a boolean is not a number")
+        return [float(x) for x in v]
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a list of numbers, e.g. 0,0.1,0.2") from None
+
+
+class AttackRunSpec(StrictModel):
+    """Everything that defines the results of one ``noisydeq attack`` run (see module doc).
+
+    ``samples`` test inputs are attacked (the first ones of the test split); the
+    early-state defence's n is chosen on the last ``val_samples`` test inputs (disjoint).
+    ``estimators`` apply to DEQs (FFWs are differentiated by backprop); ``defences`` to DEQs
+    (FFWs predict with their last layer). ``device``/``noise_site``/``snr_db``: as for
+    sweeps — ``device`` noise at each SNR level (``inf`` = the digital model) or the
+    model's own noise at a site. ``transfer``: also evaluate, at every finite level,
+    examples crafted on the noise-free digital twin. ``chips``: chip instances (static
+    noise draws) per level.
+    """
+
+    family: str
+    task: str = ""
+    data_dir: str | None = None
+    samples: int = Field(default=200, ge=1, le=limits.MAX_SAMPLES)
+    val_samples: int = Field(default=100, ge=0, le=limits.MAX_SAMPLES)
+    attacks: list[str] = Field(default_factory=lambda: list(DEFAULT_ATTACKS))
+    eps: list[float] = Field(default_factory=lambda: [0.0, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3,
+                                                      0.35, 0.4])
+    pgd_steps: list[int] = Field(default_factory=lambda: [10, 50])
+    steps: list[int] = Field(default_factory=lambda: [1, 2, 5, 10, 20, 50])
+    steps_eps: float = Field(default=0.3, ge=0.0)
+    sigma: list[float] = Field(default_factory=lambda: [0.0, 0.25, 0.5, 1.0, 1.5, 2.0])
+    fraction: list[float] = Field(default_factory=lambda: [0.0, 0.05, 0.1, 0.2, 0.3, 0.4])
+    norm: Literal["linf", "l2"] = "linf"
+    alpha: float | None = Field(default=None, gt=0.0)
+    restarts: int = Field(default=1, ge=1, le=limits.MAX_ITER)
+    eot: int = Field(default=1, ge=1, le=limits.MAX_ITER)
+    queries: int = Field(default=5000, ge=1, le=limits.MAX_ITER)
+    estimators: list[str] = Field(default_factory=lambda: ["exact"])
+    defences: list[str] = Field(default_factory=lambda: ["final"])
+    device: str = "ideal"
+    noise_site: Literal["device", "signal", "state", "input"] = "device"
+    snr_db: list[InfFloat] = Field(default_factory=lambda: [math.inf])
+    chips: int = Field(default=1, ge=1, le=limits.MAX_CHIPS)
+    transfer: bool = False
+    seed: int = Field(default=0, ge=0, le=limits.MAX_SEED)
+    torch_device: str = "cpu"
+
+    @field_validator("attacks", mode="before")
+    @classmethod
+    def _attacks(cls, v: Any) -> list[str]:
+        if isinstance(v, str):
+            v = [p.strip() for p in v.split(",") if p.strip()]
+        out = []
+        for a in v or []:
+            a = ALIASES.get(str(a).lower(), str(a).lower())
+            if a not in FAMILIES:
+                raise suggest("attack", a, FAMILIES)
+            out.append(a)
+        if not out:
+            raise ValueError("attacks must name at least one attack")
+        return list(dict.fromkeys(out))
+
+    @field_validator("eps", "sigma", "fraction", mode="before")
+    @classmethod
+    def _grid(cls, v: Any, info: Any) -> list[float]:
+        return _floats(v, info.field_name)
+
+    @field_validator("pgd_steps", "steps", mode="before")
+    @classmethod
+    def _ints(cls, v: Any, info: Any) -> list[int]:
+        vals = _floats(v, info.field_name)
+        if any(x != int(x) or x < 1 for x in vals):
+            raise ValueError(f"{info.field_name}: steps must be positive integers, got {vals}")
+        if max(vals) > limits.MAX_ITER:
+            raise ValueError(f"{int(max(vals))} steps is above the largest allowed, "
+                             f"{limits.MAX_ITER}")
+        return [int(x) for x in vals]
+
+    @field_validator("snr_db", mode="before")
+    @classmethod
+    def _snr(cls, v: Any, info: Any) -> list[float]:
+        return _snr_list(v, info.field_name)
+
+    @field_validator("norm", mode="before")
+    @classmethod
+    def _norm(cls, v: Any) -> str:
+        return check_norm(v)
+
+    @field_validator("estimators", "defences", mode="before")
+    @classmethod
+    def _names(cls, v: Any, info: Any) -> list[str]:
+        if isinstance(v, str):  # commas separate items unless inside name:k=v,k=v
+            v = _split_items(v)
+        parse = parse_estimator if info.field_name == "estimators" else parse_defence
+        for item in v:
+            parse(item)  # one line with a suggestion for a bad name
+        return list(dict.fromkeys(str(i) for i in v))
+
+    @model_validator(mode="after")
+    def _check(self) -> AttackRunSpec:
+        for field, vals in (("eps", self.eps), ("steps_eps", [self.steps_eps])):
+            for e in vals:
+                if e < 0 or (self.norm == "linf" and e > 1):
+                    raise ValueError(f"{field}: {e:g} is outside [0, 1]")
+        if any(p < 0 or p > 1 for p in self.fraction):
+            raise ValueError("fraction: salt-and-pepper fractions must lie in [0, 1]")
+        if any(s < 0 for s in self.sigma):
+            raise ValueError("sigma: speckle strengths must be >= 0")
+        return self
+
+
+def _split_items(text: str) -> list[str]:
+    """``exact,phantom:k=5,lam=0.5,adjoint`` → [exact, phantom:k=5,lam=0.5, adjoint]."""
+    items: list[str] = []
+    for part in (p.strip() for p in text.split(",")):
+        if not part:
+            continue
+        if "=" in part and ":" not in part and items:
+            items[-1] += "," + part
+        else:
+            items.append(part)
+    return items
+
+
+@dataclass(frozen=True)
+class GridPoint:
+    """One attack at one strength: its curve (``family``, ``label``) and x-value."""
+
+    family: str
+    label: str  # curve name, e.g. "PGD-10", "AA", "speckle"
+    x_name: str  # "eps", "steps", "sigma", "fraction"
+    x: float
+    attack: AttackSpec
+
+    @property
+    def key(self) -> str:
+        a = self.attack
+        return (f"{self.family}|{a.name}|{a.norm}|{a.eps!r}|{a.steps}|{a.alpha!r}|"
+                f"{a.restarts}|{a.eot}|{a.queries}|{a.random_start}")
+
+    @property
+    def uses_model_gradient(self) -> bool:
+        return self.attack.name not in NOISE_ATTACKS
+
+
+def expand(spec: AttackRunSpec) -> list[GridPoint]:
+    """Every (attack, strength) point of the grid, in the order of ``spec.attacks``."""
+    common = dict(norm=spec.norm, alpha=spec.alpha, restarts=spec.restarts, eot=spec.eot,
+                  queries=spec.queries)
+
+    def att(**kw: Any) -> AttackSpec:
+        return build(AttackSpec, {**common, **kw}, where="attack")
+
+    out: list[GridPoint] = []
+    for fam in spec.attacks:
+        if fam == "pgd-eps":
+            for s in spec.pgd_steps:
+                out += [GridPoint(fam, f"PGD-{s}", "eps", e, att(name="pgd", eps=e, steps=s))
+                        for e in spec.eps]
+        elif fam == "pgd-steps":
+            out += [GridPoint(fam, f"PGD ε={spec.steps_eps:g}", "steps", float(s),
+                              att(name="pgd", eps=spec.steps_eps, steps=s)) for s in spec.steps]
+        elif fam == "ifgsm":
+            out += [GridPoint(fam, "I-FGSM-10", "eps", e, att(name="ifgsm", eps=e, steps=10))
+                    for e in spec.eps]
+        elif fam == "speckle":
+            out += [GridPoint(fam, "speckle", "sigma", s,
+                              build(AttackSpec, {"name": "speckle", "eps": s}, where="attack"))
+                    for s in spec.sigma]
+        elif fam == "salt-pepper":
+            out += [GridPoint(fam, "salt-pepper", "fraction", p,
+                              build(AttackSpec, {"name": "salt-pepper", "eps": p},
+                                    where="attack"))
+                    for p in spec.fraction]
+        else:
+            label = {"aa": "AA", "aa-rand": "AA-rand"}.get(fam, fam)
+            out += [GridPoint(fam, label, "eps", e, att(name=fam, eps=e)) for e in spec.eps]
+    return out

@@ -1,0 +1,120 @@
+"""Projected gradient descent (Madry et al. 2018) and I-FGSM (Kurakin et al. 2017), with
+random starts, restarts and expectation over the model's noise (EOT, Athalye et al. 2018).
+
+One step, for the cross-entropy loss L of the attacked model's logits:
+
+    x ← Π_{B_ε(x₀) ∩ [0,1]} ( x + α · dir( (1/E) Σ_{e=1..E} ∇_x L(model_e(x), y) ) )
+
+with dir = sign (ℓ∞) or g/‖g‖₂ (ℓ2) and E = ``eot`` draws of the model's own dynamic noise
+(every call of a noisy model draws fresh noise). I-FGSM is the same iteration from x₀
+without a random start and with α = ε/steps. Our own implementation (torchattacks has
+PGD) because the DEQ attacks need hooks torchattacks does not offer: the gradient
+estimators of :mod:`noisydeq.attacks.estimators` (the model is any callable returning
+logits whose autograd graph is the estimator's), warm-started solves across steps, EOT and
+seeded random starts (a counter-based stream or a generator). On the same model and start
+it takes torchattacks' iterates (``tests/attacks``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import Tensor
+from torch.nn import functional as F
+
+from noisydeq.attacks.norms import Source, clip_box, direction, project, random_start
+from noisydeq.errors import NoisyDEQError
+
+Model = Callable[[Tensor], Tensor]
+
+
+def loss_and_grad(model: Model, x: Tensor, y: Tensor, eot: int = 1) -> tuple[Tensor, Tensor]:
+    """(per-sample CE loss, ∇_x of the summed loss), both averaged over ``eot`` forwards."""
+    grad = torch.zeros_like(x)
+    loss = torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
+    for _ in range(eot):
+        xr = x.detach().requires_grad_(True)
+        with torch.enable_grad():
+            logits = model(xr)
+            if not logits.requires_grad:
+                raise NoisyDEQError(
+                    "attack: the model gives no gradient with respect to its input; use a "
+                    "query or noise attack (square, speckle, salt-pepper) or another estimator"
+                )
+            per = F.cross_entropy(logits, y, reduction="none")
+            (g,) = torch.autograd.grad(per.sum(), xr)
+        grad += g
+        loss += per.detach()
+    return loss / eot, grad / eot
+
+
+def pgd(
+    model: Model,
+    x: Tensor,
+    y: Tensor,
+    *,
+    eps: float,
+    steps: int = 10,
+    alpha: float | None = None,
+    norm: str = "linf",
+    random_init: bool = True,
+    restarts: int = 1,
+    eot: int = 1,
+    box: tuple[float, float] | None = (0.0, 1.0),
+    generator: Source = None,
+    start: Tensor | None = None,
+    on_restart: Callable[[], None] | None = None,
+) -> Tensor:
+    """Adversarial examples within the ``norm`` ε-ball around ``x`` (the paper's PGD, Fig. 14).
+
+    ``alpha`` defaults to 2.5·ε/steps. ``start``: the initial perturbation δ₀ of the first
+    restart (else uniform in the ball when ``random_init``, else 0). With several
+    ``restarts`` each sample keeps the first iterate that the model misclassifies, else the
+    one of highest loss. ``on_restart`` is called before each restart (e.g. to forget a
+    warm-start state). ε = 0 returns ``x`` itself.
+    """
+    if eps < 0:
+        raise NoisyDEQError(f"eps: must be >= 0, got {eps:g}")
+    if steps < 1:
+        raise NoisyDEQError(f"steps: must be a positive integer, got {steps}")
+    x = x.detach()
+    if eps == 0:
+        return x.clone()
+    alpha = 2.5 * eps / steps if alpha is None else alpha
+    best = x.clone()
+    best_loss = torch.full((x.shape[0],), -torch.inf, dtype=x.dtype, device=x.device)
+    fooled = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
+    for r in range(restarts):
+        if on_restart is not None:
+            on_restart()
+        if r == 0 and start is not None:
+            delta = start.to(x)
+        elif random_init:
+            delta = random_start(x, eps, norm, generator)
+        else:
+            delta = torch.zeros_like(x)
+        adv = clip_box(x + project(delta, eps, norm), box)
+        for _ in range(steps):
+            _, g = loss_and_grad(model, adv, y, eot)
+            adv = adv + alpha * direction(g, norm)
+            adv = clip_box(x + project(adv - x, eps, norm), box).detach()
+        if restarts == 1:
+            return adv
+        with torch.no_grad():
+            logits = model(adv)
+            loss = F.cross_entropy(logits, y, reduction="none")
+            wrong = logits.argmax(1) != y
+        take = ~fooled & (wrong | (loss > best_loss))
+        best = torch.where(take.reshape(-1, *([1] * (x.ndim - 1))), adv, best)
+        best_loss = torch.where(take, loss, best_loss)
+        fooled = fooled | wrong
+    return best
+
+
+def ifgsm(model: Model, x: Tensor, y: Tensor, *, eps: float, steps: int = 10,
+          norm: str = "linf", eot: int = 1, box: tuple[float, float] | None = (0.0, 1.0),
+          alpha: float | None = None) -> Tensor:
+    """Iterative FGSM / BIM (Kurakin et al. 2017): PGD from x₀, α = ε/steps by default."""
+    return pgd(model, x, y, eps=eps, steps=steps, alpha=eps / steps if alpha is None else alpha,
+               norm=norm, random_init=False, restarts=1, eot=eot, box=box)

@@ -1,0 +1,150 @@
+"""Figures of an attack run, in the style of the main paper's Fig. 14-17 and for hardware.
+
+* ``attacks_<mode>_<snr>.png/.svg`` — one panel per attack curve (PGD-10 vs ε, PGD-50 vs ε,
+  PGD vs steps, AA, AA-rand, speckle σ, salt-and-pepper p, ...), accuracy against the
+  attack's strength, DEQ (solid) vs FFW (dashed), one colour per matched depth. A DEQ
+  attacked with several gradient estimators is drawn at the worst of them (the attack a
+  defender must survive), predicting with its final state.
+* ``robust_vs_snr.png/.svg`` (more than one SNR level) — accuracy under one attack point
+  (the first curve's point at the headline ε) against the device SNR, white-box on the
+  device (solid) and transferred from the digital twin (dotted); mean over chips with
+  the chip range as a band.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+
+def _snr_label(s: float) -> str:
+    return "inf" if math.isinf(s) else f"{s:g}dB"
+
+
+def _worst(rows: Sequence[dict[str, Any]]) -> dict[tuple, float]:
+    """(model, attack label, x) -> accuracy, worst over estimators, final defence, mean
+    over chips."""
+    acc: dict[tuple, dict[str, list[float]]] = {}
+    for r in rows:
+        if r["defence"] != "final":
+            continue
+        key = (r["model_id"], r["attack"], r["x"])
+        acc.setdefault(key, {}).setdefault(r["estimator"], []).append(r["value"])
+    return {k: min(sum(v) / len(v) for v in per.values()) for k, per in acc.items()}
+
+
+def plot_run(rows: Sequence[dict[str, Any]], fig_dir: Path, title: str = "") -> list[Path]:
+    """Write the run's figures; returns the paths (PNG and SVG)."""
+    from noisydeq.analysis.outputs import pyplot, save_figure
+
+    plt = pyplot()
+    paths: list[Path] = []
+    models = {}
+    for r in rows:
+        models.setdefault(r["model_id"], (r["kind"], r["depth"], r["width"]))
+    depths = sorted({d for _, d, _ in models.values()})
+    cmap = plt.get_cmap("viridis")
+    colour = {d: cmap(i / max(len(depths) - 1, 1) * 0.85) for i, d in enumerate(depths)}
+    by_level: dict[tuple[str, float], list[dict[str, Any]]] = {}
+    for r in rows:
+        by_level.setdefault((r["mode"], r["snr_db"]), []).append(r)
+    for (mode, snr), rs in sorted(by_level.items(), key=lambda kv: (kv[0][0], kv[0][1])):
+        labels = list(dict.fromkeys(r["attack"] for r in rs))
+        xname = {r["attack"]: r["x_name"] for r in rs}
+        worst = _worst(rs)
+        n = len(labels)
+        cols = min(n, 4)
+        nrows = math.ceil(n / cols)
+        fig, axes = plt.subplots(nrows, cols, figsize=(3.4 * cols, 2.9 * nrows), squeeze=False)
+        for ax, label in zip(axes.flat, labels, strict=False):
+            for mid, (kind, depth, width) in sorted(models.items(),
+                                                     key=lambda kv: (kv[1][1], kv[1][0])):
+                pts = sorted((x, v) for (m, a, x), v in worst.items() if m == mid and a == label)
+                if not pts:
+                    continue
+                ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", ms=3,
+                        ls="-" if kind == "deq" else "--", color=colour[depth],
+                        label=f"{kind.upper()} d{depth} (w{width})")
+            ax.set_title(label, fontsize=9)
+            ax.set_xlabel({"eps": "ε", "steps": "PGD steps", "sigma": "speckle σ",
+                           "fraction": "salt-and-pepper p"}.get(xname[label], xname[label]))
+            ax.set_ylabel("accuracy")
+            ax.set_ylim(-0.02, 1.02)
+            ax.grid(alpha=0.3)
+        for ax in list(axes.flat)[n:]:
+            ax.axis("off")
+        handles, names = axes.flat[0].get_legend_handles_labels()
+        fig.legend(handles, names, loc="lower center", ncol=min(len(names), 4), fontsize=8,
+                   bbox_to_anchor=(0.5, -0.02 - 0.03 * math.ceil(len(names) / 4)))
+        where = "digital" if math.isinf(snr) else f"{mode} at {snr:g} dB"
+        fig.suptitle(f"{title} — {where} (DEQ: worst estimator, final state)", fontsize=10)
+        fig.tight_layout()
+        paths += save_figure(fig, fig_dir / f"attacks_{mode}_{_snr_label(snr)}")
+    levels = sorted({r["snr_db"] for r in rows})
+    if len(levels) > 1:
+        paths += plot_vs_snr(rows, fig_dir, colour, title)
+    return paths
+
+
+def plot_vs_snr(rows: Sequence[dict[str, Any]], fig_dir: Path, colour: dict[int, Any],
+                title: str = "") -> list[Path]:
+    """Accuracy against the SNR level (white-box and transfer), one panel per ε of the
+    first ε curve (ε = 0: the clean accuracy under the noise)."""
+    from noisydeq.analysis.outputs import pyplot, save_figure
+
+    plt = pyplot()
+    grad = [r for r in rows if r["x_name"] == "eps" and r["defence"] == "final"]
+    if not grad:
+        return []
+    label = grad[0]["attack"]
+    pick = [r for r in grad if r["attack"] == label]
+    finite = [r["snr_db"] for r in pick if math.isfinite(r["snr_db"])]
+    if not finite:
+        return []
+    inf_at = max(finite) + 5
+    eps_values = sorted({r["x"] for r in pick})
+    fig, axes = plt.subplots(1, len(eps_values), figsize=(4.2 * len(eps_values), 3.6),
+                             squeeze=False)
+    for ax, eps in zip(axes.flat, eps_values, strict=True):
+        series: dict[tuple, dict[float, dict[str, list[float]]]] = {}
+        for r in pick:
+            if r["x"] != eps:
+                continue
+            s = r["snr_db"] if math.isfinite(r["snr_db"]) else inf_at
+            modes = ("white-box", "transfer") if math.isinf(r["snr_db"]) else (r["mode"],)
+            for mode in modes:
+                if eps == 0 and mode == "transfer":
+                    continue  # nothing is crafted at ε = 0
+                k = (r["model_id"], r["kind"], r["depth"], mode)
+                series.setdefault(k, {}).setdefault(s, {}).setdefault(r["estimator"],
+                                                                      []).append(r["value"])
+        for (_mid, kind, depth, mode), pts in sorted(series.items(), key=lambda kv: kv[0][2:]):
+            xs = sorted(pts)
+            if mode == "transfer" and len(xs) < 2:
+                continue
+            # the worst estimator at each level; mean over chips, band = chip range
+            worst = {s: min(pts[s], key=lambda e: sum(pts[s][e]) / len(pts[s][e])) for s in xs}
+            vals = [pts[s][worst[s]] for s in xs]
+            ls = ("-" if kind == "deq" else "--") if mode == "white-box" else ":"
+            ax.plot(xs, [sum(v) / len(v) for v in vals], ls=ls,
+                    marker="o" if kind == "deq" else "s", ms=3, color=colour.get(depth, "k"),
+                    label=f"{kind.upper()} d{depth} {mode}")
+            ax.fill_between(xs, [min(v) for v in vals], [max(v) for v in vals],
+                            color=colour.get(depth, "k"), alpha=0.12, lw=0)
+        ticks = sorted(set(finite)) + [inf_at]
+        ax.set_xticks(ticks, [f"{t:g}" for t in ticks[:-1]] + ["∞"])
+        ax.set_xlabel("SNR (dB)")
+        ax.set_ylabel("accuracy")
+        ax.set_title("clean" if eps == 0 else f"{label}, ε = {eps:g}", fontsize=9)
+        ax.set_ylim(-0.02, 1.02)
+        ax.grid(alpha=0.3)
+    handles, names = max((ax.get_legend_handles_labels() for ax in axes.flat),
+                         key=lambda hn: len(hn[1]))
+    fig.legend(handles, names, loc="lower center", ncol=4, fontsize=7,
+               bbox_to_anchor=(0.5, -0.04 - 0.04 * math.ceil(len(names) / 4)))
+    fig.suptitle(f"{title}: accuracy vs SNR (white-box on the noisy model, transfer from "
+                 "the noise-free twin)", fontsize=10)
+    fig.tight_layout()
+    return save_figure(fig, fig_dir / "robust_vs_snr")

@@ -1,0 +1,411 @@
+"""Run an attack grid (:mod:`noisydeq.attacks.grid`) on trained models, resumably.
+
+The run directory has a sweep's layout (:class:`noisydeq.results.RunDir`): ``config.toml``
+(the :class:`AttackRunSpec`), ``meta.json``, ``cells/`` (one atomic file per finished
+cell), ``results.csv`` / ``results.parquet`` (tidy, :data:`ATTACK_COLUMNS`),
+``whitebox.csv`` and ``figures/``. A cell is one (model, SNR level, chip, mode,
+estimator, attack point): its adversarial examples are judged by every defence, one row
+each. Re-running the same config skips finished cells; every cell draws its noise and
+attack randomness from seeds derived from its own key, so a resumed run's table equals an
+uninterrupted one. Draws are counter-based (:class:`~noisydeq.noise.NoiseStream`): the
+model noise of a sample (a row of the attacked batch, the test-set index on the attacked
+split) is a function of (cell seed, layer, draw count of that sample, sample), so EOT's
+draws and each PGD step's forward see fresh numbers and no draw depends on the other rows.
+Cell files are checked against the rows their key promises (one per defence) like a
+sweep's (:meth:`noisydeq.results.RunDir.load_cell`).
+
+The early-state defence's n is chosen once per (model, level, chip) on the validation
+split under the ready-made PGD-10 (the model's own gradient method, ε = ``steps_eps``) and
+stored as a cell too (its per-state record, :data:`EARLY_COLUMNS`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+from torch import nn
+
+from noisydeq import store
+from noisydeq.attacks.adjoint import ADJOINT_SOLVERS
+from noisydeq.attacks.craft import craft
+from noisydeq.attacks.defences import (
+    best_early_state,
+    defended_correct,
+    select_early_state,
+    white_box,
+)
+from noisydeq.attacks.estimators import make_estimator
+from noisydeq.attacks.grid import AttackRunSpec, GridPoint, expand
+from noisydeq.attacks.hardware import Level, check_device, make_level
+from noisydeq.attacks.spec import (
+    AttackSpec,
+    DefenceSpec,
+    EstimatorSpec,
+    parse_defence,
+    parse_estimator,
+)
+from noisydeq.config import build
+from noisydeq.errors import NoisyDEQError
+from noisydeq.noise import derive_seed
+from noisydeq.results import RunDir, table_to_csv
+
+ATTACK_COLUMNS: dict[str, str] = {
+    "task": "str", "model_id": "str", "kind": "str", "depth": "int", "width": "int",
+    "params": "int", "seed": "int", "train_snr_db": "float",
+    "family": "str", "attack": "str", "attack_name": "str", "norm": "str",
+    "x_name": "str", "x": "float", "eps": "float", "steps": "int", "eot": "int",
+    "estimator": "str", "defence": "str", "early_n": "int",
+    "mode": "str", "device": "str", "noise_site": "str", "snr_db": "float", "chip": "int",
+    "value": "float", "n_samples": "int",
+}
+#: columns no two rows of the attack table share
+ATTACK_IDENTITY: tuple[str, ...] = (
+    "model_id", "snr_db", "chip", "mode", "estimator", "attack", "x_name", "x", "defence",
+    "early_n",
+)
+#: the early-state selection cell: accuracy of each state n on the validation split
+EARLY_COLUMNS: dict[str, str] = {"n": "int", "clean": "float", "robust": "float"}
+WHITEBOX_COLUMNS: dict[str, str] = {
+    "model_id": "str", "kind": "str", "depth": "int", "mode": "str", "snr_db": "float",
+    "chip": "int", "eps": "float", "defence": "str", "worst_value": "float",
+    "worst_attack": "str", "white_box": "float", "best_defence": "str",
+}
+
+
+class AttackRunDir(RunDir):
+    """The run directory of ``noisydeq attack`` (a sweep's layout, another spec/table)."""
+
+    spec_cls = AttackRunSpec
+    what = "attack run"
+    columns = ATTACK_COLUMNS
+    identity = ATTACK_IDENTITY
+
+    @property
+    def whitebox_path(self) -> Path:
+        return self.path / "whitebox.csv"
+
+
+class AttackMember(Protocol):
+    """A trained model and what the table says about it (``noisydeq.sweep.SweepModel``
+    has exactly these fields)."""
+
+    model: nn.Module
+    kind: str
+    depth: int
+    width: int
+    params: int
+    seed: int
+    train_snr_db: float
+
+    @property
+    def model_id(self) -> str: ...
+
+
+@dataclass
+class AttackResult:
+    rows: list[dict[str, Any]]
+    run_dir: AttackRunDir
+    whitebox: list[dict[str, Any]]
+    figures: list[Path] = field(default_factory=list)
+    computed_cells: int = 0
+    skipped_cells: int = 0
+
+
+@dataclass
+class Cell:
+    member: AttackMember
+    snr_db: float
+    chip: int
+    mode: str
+    estimator: EstimatorSpec | None  # None: black-box noise (no model gradient)
+    point: GridPoint
+
+    @property
+    def key(self) -> str:
+        est = "none" if self.estimator is None else self.estimator.model_dump_json()
+        return (f"cell|{self.member.model_id}|{self.snr_db!r}|{self.chip}|{self.mode}|{est}|"
+                f"{self.point.key}")
+
+
+def _estimators(spec: AttackRunSpec, member: AttackMember) -> list[EstimatorSpec]:
+    if member.kind != "deq":
+        return [EstimatorSpec(name="backprop")]
+    return [parse_estimator(e) for e in spec.estimators]
+
+
+def _defences(spec: AttackRunSpec, member: AttackMember) -> list[DefenceSpec]:
+    if member.kind != "deq":
+        return [DefenceSpec(name="final")]
+    return [parse_defence(d) for d in spec.defences]
+
+
+def _levels(spec: AttackRunSpec) -> list[tuple[float, int]]:
+    out = []
+    for s in spec.snr_db:
+        chips = spec.chips if math.isfinite(s) and spec.noise_site == "device" else 1
+        out += [(s, c) for c in range(chips)]
+    return out
+
+
+def plan(spec: AttackRunSpec, members: Sequence[AttackMember]) -> list[Cell]:
+    """Every cell of the run, grouped by (model, level, chip) so each chip is made once."""
+    points = expand(spec)
+    cells: list[Cell] = []
+    for m in members:
+        for snr, chip in _levels(spec):
+            modes = ["white-box"] + (["transfer"] if spec.transfer and math.isfinite(snr)
+                                     else [])
+            for mode in modes:
+                for p in points:
+                    if not p.uses_model_gradient:
+                        if mode == "white-box":
+                            cells.append(Cell(m, snr, chip, mode, None, p))
+                        continue
+                    cells += [Cell(m, snr, chip, mode, e, p) for e in _estimators(spec, m)]
+    return cells
+
+
+def validate(spec: AttackRunSpec, task: Any, members: Sequence[AttackMember]) -> None:
+    """Everything that can be checked before a file is written."""
+    if not members:
+        raise NoisyDEQError("--family: no models to attack")
+    if getattr(task, "kind", "classification") != "classification":
+        raise NoisyDEQError(f"attack: task '{task.name}' is not a classification task")
+    n_test = len(task.x_test)
+    if spec.samples + spec.val_samples > n_test:
+        raise NoisyDEQError(
+            f"--samples {spec.samples} + --val-samples {spec.val_samples} exceed the "
+            f"{n_test} test inputs of '{task.name}' (the two splits must be disjoint)"
+        )
+    lo, hi = float(task.x_test.min()), float(task.x_test.max())
+    if lo < 0 or hi > 1:
+        raise NoisyDEQError(f"attack: inputs of '{task.name}' lie in [{lo:g}, {hi:g}], not [0, 1]")
+    check_device(spec.device, spec.noise_site, spec.snr_db)
+    needs_val = any(parse_defence(d).name == "early" and parse_defence(d).n is None
+                    for d in spec.defences)
+    if needs_val and spec.val_samples < 1 and any(m.kind == "deq" for m in members):
+        raise NoisyDEQError("--val-samples: the early-state defence chooses n on a validation "
+                            "split; give --val-samples >= 1 or fix n (early:n=3)")
+    if any(p.attack.needs_gradient for p in expand(spec)):
+        probe_gradients(spec, members, task)
+    for m in members:
+        if m.kind != "deq":
+            continue
+        sname = m.model.eval().active_solver().name
+        for e in _estimators(spec, m):
+            if e.name.startswith("adjoint") and sname not in ADJOINT_SOLVERS:
+                raise NoisyDEQError(
+                    f"estimator '{e.name}': {m.model_id} solves with '{sname}', which has no "
+                    f"explicit inverse-Jacobian estimate (allowed: {', '.join(ADJOINT_SOLVERS)})"
+                )
+
+
+def probe_gradients(spec: AttackRunSpec, members: Sequence[AttackMember], task: Any) -> None:
+    """One forward of two test inputs per model and estimator: a gradient attack on a
+    model that gives no input gradient is refused before anything is written."""
+    x = task.x_test[:2].to(next(iter(members[0].model.parameters())).device)
+    for m in members:
+        for e in _estimators(spec, m):
+            if e.name.startswith("adjoint"):
+                continue  # needs a solver check first; its graph is its autograd function
+            with torch.enable_grad():
+                out = make_estimator(m.model.eval(), e)(x.clone().requires_grad_(True))
+                ok = isinstance(out, torch.Tensor) and out.requires_grad
+            if not ok:
+                raise NoisyDEQError(
+                    f"attack: {m.model_id} gives no gradient with respect to its input under "
+                    f"estimator '{e.name}'; use only query/noise attacks (square, speckle, "
+                    "salt-pepper) for it"
+                )
+
+
+def in_shape_of(task: Any, model: nn.Module) -> tuple[int, ...]:
+    """(C, H, W) image shape of the task's inputs (for torchattacks' Square and FAB)."""
+    for proj in (getattr(getattr(model, "cell", None), "proj", None),
+                 getattr(model, "proj", None)):
+        if proj is not None and hasattr(proj, "in_shape"):
+            return tuple(proj.in_shape)
+    d = int(task.x_test.shape[1])
+    side = int(round(d**0.5))
+    return (1, side, side) if side * side == d else (1, 1, d)
+
+
+class Runner:
+    """Computes the missing cells of a run (see module docstring)."""
+
+    def __init__(self, spec: AttackRunSpec, task: Any, run_dir: AttackRunDir,
+                 torch_device: torch.device) -> None:
+        self.spec, self.task, self.rd = spec, task, run_dir
+        self.dev = torch_device
+        n = spec.samples
+        self.x = task.x_test[:n].to(torch_device)
+        self.y = task.y_test[:n].to(torch_device)
+        v = spec.val_samples
+        self.xv = task.x_test[len(task.x_test) - v:].to(torch_device) if v else None
+        self.yv = task.y_test[len(task.y_test) - v:].to(torch_device) if v else None
+        self.calib = task.x_train[:512].to(torch_device)
+        self.n_classes = int(task.out_features)
+        self._level: tuple[tuple, Level] | None = None
+
+    def level(self, m: AttackMember, snr: float, chip: int) -> Level:
+        key = (m.model_id, snr, chip)
+        if self._level is None or self._level[0] != key:
+            lvl = make_level(m.model, device=self.spec.device, noise_site=self.spec.noise_site,
+                             snr_db=snr, chip=chip, seed=self.spec.seed, calib_x=self.calib)
+            self._level = (key, lvl)
+        return self._level[1]
+
+    def early_n(self, m: AttackMember, snr: float, chip: int) -> int:
+        """n of the early-state defence for this model, level and chip (cached as a cell)."""
+        key = f"early|{m.model_id}|{snr!r}|{chip}|{self.spec.steps_eps!r}"
+        rows = self.rd.load_cell(key, columns=EARLY_COLUMNS, identity=("n",))
+        if not rows:
+            lvl = self.level(m, snr, chip)
+            lvl.reseed(derive_seed(self.spec.seed, "noise", key))
+            est = make_estimator(lvl.model, EstimatorSpec(name="backprop"), lvl.noise)
+            att = build(AttackSpec, {"name": "pgd", "eps": self.spec.steps_eps, "steps": 10,
+                                     "norm": self.spec.norm}, where="attack")
+            adv = craft(att, est, lvl.model, self.xv, self.yv,
+                        seed=derive_seed(self.spec.seed, "attack", key),
+                        in_shape=in_shape_of(self.task, m.model), n_classes=self.n_classes)
+            lvl.reseed(derive_seed(self.spec.seed, "eval", key))
+            _, rows = select_early_state(lvl.model, self.xv, adv, self.yv, lvl.noise)
+            self.rd.save_cell(key, rows)
+        return best_early_state(rows)
+
+    def expected(self, cell: Cell) -> list[dict[str, Any]]:
+        """What a cell's rows must say (one per defence, in order): checked on resume."""
+        m, p = cell.member, cell.point
+        est = "none" if cell.estimator is None else cell.estimator.label()
+        return [{"model_id": m.model_id, "snr_db": cell.snr_db, "chip": cell.chip,
+                 "mode": cell.mode, "estimator": est, "attack": p.label, "x_name": p.x_name,
+                 "x": p.x, "defence": "final" if d.name == "final" else d.name}
+                for d in _defences(self.spec, m)]
+
+    def compute(self, cell: Cell) -> list[dict[str, Any]]:
+        spec, m = self.spec, cell.member
+        lvl = self.level(m, cell.snr_db, cell.chip)
+        defences = _defences(spec, m)
+        chosen = []
+        for d in defences:
+            if d.name == "early" and d.n is None:
+                d = d.model_copy(update={"n": self.early_n(m, cell.snr_db, cell.chip)})
+            chosen.append(d)
+        key = cell.key
+        if cell.mode == "transfer":
+            attacker, noise = m.model, None
+        else:
+            lvl.reseed(derive_seed(spec.seed, "noise", key))
+            attacker, noise = lvl.model, lvl.noise
+        est = None if cell.estimator is None else make_estimator(attacker, cell.estimator, noise)
+        adv = craft(cell.point.attack, est, attacker, self.x, self.y,
+                    seed=derive_seed(spec.seed, "attack", key),
+                    in_shape=in_shape_of(self.task, m.model), n_classes=self.n_classes)
+        lvl.reseed(derive_seed(spec.seed, "eval", key))
+        correct = defended_correct(lvl.model, adv, self.y, chosen, lvl.noise)
+        rows = []
+        for d in chosen:
+            ok = correct[d.label()]
+            rows.append(self.row(cell, d, float(ok.double().mean())))
+        return rows
+
+    def row(self, cell: Cell, d: DefenceSpec, value: float) -> dict[str, Any]:
+        m, p, a = cell.member, cell.point, cell.point.attack
+        return {
+            "task": self.task.name, "model_id": m.model_id, "kind": m.kind, "depth": m.depth,
+            "width": m.width, "params": m.params, "seed": m.seed,
+            "train_snr_db": m.train_snr_db, "family": p.family, "attack": p.label,
+            "attack_name": a.name, "norm": a.norm, "x_name": p.x_name, "x": p.x,
+            "eps": a.eps, "steps": a.steps if a.needs_gradient else 0,
+            "eot": a.eot if a.needs_gradient else 0,
+            "estimator": "none" if cell.estimator is None else cell.estimator.label(),
+            "defence": "final" if d.name == "final" else d.name,
+            "early_n": d.n if d.name == "early" and d.n else 0,
+            "mode": cell.mode, "device": self.spec.device, "noise_site": self.spec.noise_site,
+            "snr_db": cell.snr_db, "chip": cell.chip, "value": value,
+            "n_samples": int(self.x.shape[0]),
+        }
+
+
+def whitebox_rows(rows: Sequence[dict[str, Any]], eps: float) -> list[dict[str, Any]]:
+    """Closer-look robustness at strength ``eps``: per (model, mode, level, chip), each
+    defence's minimum over gradient/query attacks and estimators, then the best defence."""
+    groups: dict[tuple, list[dict[str, Any]]] = {}
+    for r in rows:
+        if r["x_name"] == "eps" and abs(r["eps"] - eps) < 1e-12:
+            groups.setdefault((r["model_id"], r["mode"], r["snr_db"], r["chip"]), []).append(r)
+    out = []
+    for (mid, mode, snr, chip), rs in sorted(groups.items(), key=lambda kv: str(kv[0])):
+        table = [(r["defence"], f"{r['attack']} / {r['estimator']}", r["value"]) for r in rs]
+        value, best, worst = white_box(table)
+        for d, w in worst.items():
+            which = min((t for t in table if t[0] == d), key=lambda t: t[2])[1]
+            out.append({"model_id": mid, "kind": rs[0]["kind"], "depth": rs[0]["depth"],
+                        "mode": mode, "snr_db": snr, "chip": chip, "eps": eps, "defence": d,
+                        "worst_value": w, "worst_attack": which, "white_box": value,
+                        "best_defence": best})
+    return out
+
+
+def run_attacks(
+    spec: AttackRunSpec, members: Sequence[AttackMember], task: Any, out: str | Path, *,
+    progress: bool = True, plots: bool = True, echo: Callable[[str], None] = print,
+) -> AttackResult:
+    """Run (or resume) the grid of ``spec`` on ``members`` into ``out`` (module docstring).
+
+    The run directory is locked while the grid runs (a second run on ``out`` waits)."""
+    from noisydeq.runtime import resolve_torch_device
+
+    validate(spec, task, members)
+    cells = plan(spec, members)
+    dev = resolve_torch_device(spec.torch_device)
+    with AttackRunDir(out) as rd:
+        rd.open(spec, {"models": [m.model_id for m in members], "cells": len(cells)})
+        return _run_open(spec, members, task, rd, cells, dev, progress, plots)
+
+
+def _run_open(spec: AttackRunSpec, members: Sequence[AttackMember], task: Any,
+              rd: AttackRunDir, cells: Sequence[Cell], dev: torch.device, progress: bool,
+              plots: bool) -> AttackResult:
+    """The body of :func:`run_attacks` once its run directory is open and locked."""
+    for m in members:
+        m.model.to(dev).eval()
+        for p in m.model.parameters():
+            p.requires_grad_(False)
+    runner = Runner(spec, task, rd, dev)
+    rows: list[dict[str, Any]] = []
+    computed = skipped = 0
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=len(cells), desc="attack", unit="cell", disable=not progress,
+               dynamic_ncols=True)
+    try:
+        for cell in cells:
+            got = rd.load_cell(cell.key, runner.expected(cell))
+            if got is None:
+                bar.set_postfix_str(f"{cell.member.kind} d{cell.member.depth} "
+                                    f"{cell.point.label} {cell.point.x:g}", refresh=False)
+                got = runner.compute(cell)
+                rd.save_cell(cell.key, got)
+                computed += 1
+            else:
+                skipped += 1
+            rows += got
+            bar.update(1)
+    finally:
+        bar.close()
+    rd.write_table(rows)
+    wb = whitebox_rows(rows, spec.steps_eps)
+    store.atomic_write_text(rd.whitebox_path, table_to_csv(wb, WHITEBOX_COLUMNS))
+    figures: list[Path] = []
+    if plots:
+        from noisydeq.attacks.plots import plot_run
+
+        figures = plot_run(rows, rd.figures, title=f"{task.name}: {Path(spec.family).name}")
+    rd.seal(figures, extra=[rd.whitebox_path])
+    return AttackResult(rows, rd, wb, figures, computed, skipped)

@@ -1,0 +1,148 @@
+"""``noisydeq attack``: adversarial and black-box attacks on a family's DEQs and FFWs.
+
+Validates everything (family, attack grid, estimators, defences, device, SNR levels, data,
+output directory) before anything is written, then runs or resumes the grid
+(:mod:`noisydeq.attacks.runner`) and prints the white-box robustness summary.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+
+from noisydeq.commands.sensitivity import cache_option, default_out, family_option
+from noisydeq.commands.sweep import check_data_dir, parse_sets
+from noisydeq.config import build
+
+
+def _members(family: Path, data_dir: str | None, cache: Path | None):
+    from noisydeq.analysis.family import load_family, load_family_task
+    from noisydeq.sweep import SweepModel
+
+    loaded = load_family(family, "cpu", data_dir=data_dir, cache_dir=cache, mlp_only=False)
+    task = load_family_task(loaded, data_dir)
+    members = [SweepModel(m.model, m.kind, m.depth, m.width, m.params, m.seed,
+                          m.train_snr_db) for m in loaded]
+    return members, task, loaded[0].data_dir
+
+
+@click.command("attack")
+@family_option
+@click.option("--attacks", default="pgd-eps,pgd-steps,aa,aa-rand,speckle,salt-pepper",
+              show_default=True,
+              help="attack curves: pgd-eps (PGD-s over --eps for s in --pgd-steps), pgd-steps, "
+                   "ifgsm, aa, aa-rand, apgd-ce, apgd-t, fab, square, speckle, salt-pepper.")
+@click.option("--eps", default="0:0.4:0.05", show_default=True,
+              help="ε grid (start:stop:step or a list) for the ε curves.")
+@click.option("--pgd-steps", default="10,50", show_default=True,
+              help="PGD steps of the ε curves (PGD-10, PGD-50).")
+@click.option("--steps", default="1,2,5,10,20,50", show_default=True,
+              help="steps grid of the pgd-steps curve.")
+@click.option("--steps-eps", type=float, default=0.3, show_default=True,
+              help="ε of the pgd-steps curve, of the early-state selection and of the "
+                   "white-box summary.")
+@click.option("--sigma", default="0,0.25,0.5,1,1.5,2", show_default=True,
+              help="speckle σ grid (x + x·n, n ~ N(0, σ²)).")
+@click.option("--fraction", default="0,0.05,0.1,0.2,0.3,0.4", show_default=True,
+              help="salt-and-pepper fractions.")
+@click.option("--norm", default="linf", show_default=True, help="linf or l2.")
+@click.option("--eot", type=click.IntRange(min=1), default=1, show_default=True,
+              help="gradients averaged over this many draws of the model's noise.")
+@click.option("--estimators", default="exact", show_default=True,
+              help="DEQ gradient estimators: exact, phantom[:k=5,lam=0.5], "
+                   "unrolled:state=N[,k=..,lam=..], unrolled-ensemble, adjoint[:beta=0.5,state=N], "
+                   "adjoint-ensemble, backprop (the model's own gradient).")
+@click.option("--defences", default="final", show_default=True,
+              help="DEQ defences: final, early (n chosen on validation) or early:n=N, ensemble.")
+@click.option("--device", default="ideal", show_default=True,
+              help="device preset (see `noisydeq devices`); ideal = digital.")
+@click.option("--noise-site", type=click.Choice(["device", "signal", "state", "input"]),
+              default="device", show_default=True,
+              help="where --snr applies: the device's MVMs or the model's own noise site.")
+@click.option("--snr", default="inf", show_default=True, help="SNR levels in dB (0,10,20,inf).")
+@click.option("--chips", type=click.IntRange(min=1), default=1, show_default=True,
+              help="chip instances per finite SNR level (device noise).")
+@click.option("--transfer", is_flag=True,
+              help="also judge examples crafted on the noise-free digital twin.")
+@click.option("--samples", type=click.IntRange(min=1), default=200, show_default=True,
+              help="test inputs attacked (the first of the test split).")
+@click.option("--val-samples", type=click.IntRange(min=0), default=100, show_default=True,
+              help="validation inputs (the last of the test split) for the early state.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--data-dir", default=None, help="data directory (default: the recorded one).")
+@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
+              help="any other run-spec field (alpha, restarts, queries).")
+@click.option("--out", type=click.Path(path_type=Path), default=None,
+              help="run directory (default <family>/analysis/attack-<hash>; re-running resumes).")
+@cache_option
+@click.option("--torch-device", default="cpu", show_default=True)
+@click.option("--threads", default=None, metavar="auto|N",
+              help="torch threads (default $NOISYDEQ_THREADS, else torch's default).")
+@click.option("--quiet", is_flag=True, help="no progress bar.")
+@click.option("--json", "as_json", is_flag=True, help="print a machine-readable summary.")
+def command(family, attacks, eps, pgd_steps, steps, steps_eps, sigma, fraction, norm, eot,
+            estimators, defences, device, noise_site, snr, chips, transfer, samples,
+            val_samples, seed, data_dir, sets, out, cache, torch_device, threads, quiet,
+            as_json) -> None:
+    """Attack a family's DEQs and FFWs (PGD, AutoAttack, noise; DEQ estimators, defences)."""
+    from noisydeq.attacks.grid import AttackRunSpec
+    from noisydeq.attacks.runner import run_attacks
+    from noisydeq.results import spec_hash
+    from noisydeq.runtime import num_threads, thread_plan
+
+    _, eval_threads = thread_plan(threads)
+    data_dir = check_data_dir(data_dir)
+    data: dict[str, Any] = {
+        "family": str(Path(family).resolve()), "attacks": attacks, "eps": eps,
+        "pgd_steps": pgd_steps, "steps": steps, "steps_eps": steps_eps, "sigma": sigma,
+        "fraction": fraction, "norm": norm, "eot": eot, "estimators": estimators,
+        "defences": defences, "device": device, "noise_site": noise_site, "snr_db": snr,
+        "chips": chips, "transfer": transfer, "samples": samples, "val_samples": val_samples,
+        "seed": seed, "data_dir": data_dir, "torch_device": torch_device, **parse_sets(sets),
+    }
+    spec = build(AttackRunSpec, data, where="attack")
+    members, task, recorded = _members(Path(family), data_dir, cache)
+    spec = spec.model_copy(update={"task": task.name, "data_dir": data_dir or recorded})
+    out_dir = out or default_out(Path(family), None, f"attack-{spec_hash(spec)}")
+    t0 = time.perf_counter()
+    with num_threads(eval_threads):
+        res = run_attacks(spec, members, task, out_dir, progress=not (quiet or as_json),
+                          echo=lambda s: click.echo(s, err=True))
+    seconds = time.perf_counter() - t0
+    report = {"run_dir": str(res.run_dir.path), "results_csv": str(res.run_dir.csv_path),
+              "results_parquet": str(res.run_dir.parquet_path),
+              "whitebox_csv": str(res.run_dir.whitebox_path),
+              "figures": [str(p) for p in res.figures], "cells_computed": res.computed_cells,
+              "cells_resumed": res.skipped_cells, "seconds": round(seconds, 2)}
+    if as_json:
+        click.echo(json.dumps({**report, "whitebox": res.whitebox}, indent=2, default=str))
+        return
+    _summary(res.whitebox, spec.steps_eps)
+    resumed = f", {res.skipped_cells} resumed" if res.skipped_cells else ""
+    click.echo(f"cells: {res.computed_cells} computed{resumed}; {seconds:.1f} s")
+    click.echo(f"results: {res.run_dir.csv_path}\n         {res.run_dir.parquet_path}")
+    click.echo(f"white-box: {res.run_dir.whitebox_path}")
+    pngs = [p for p in res.figures if p.suffix == ".png"]
+    if pngs:
+        click.echo("figures: " + "\n         ".join(str(p) for p in pngs) + "  (+ .svg)")
+    sys.stdout.flush()
+
+
+def _summary(whitebox: list[dict[str, Any]], eps: float) -> None:
+    if not whitebox:
+        click.echo(f"(no gradient or query attack at ε = {eps:g}: no white-box summary)")
+        return
+    click.echo(f"white-box robustness at ε = {eps:g} (per defence: worst attack / estimator; "
+               "robustness = best defence)")
+    click.echo(f"{'model':<24} {'mode':<9} {'SNR':>5} {'chip':>4} {'defence':<12} "
+               f"{'worst':>6}  worst attack")
+    for r in whitebox:
+        snr = "inf" if r["snr_db"] == float("inf") else f"{r['snr_db']:g}"
+        star = " *" if r["defence"] == r["best_defence"] else ""
+        click.echo(f"{r['model_id']:<24} {r['mode']:<9} {snr:>5} {r['chip']:>4} "
+                   f"{r['defence']:<12} {r['worst_value']:>6.3f}  {r['worst_attack']}{star}")

@@ -1,0 +1,204 @@
+"""``noisydeq attack`` on a family from ``noisydeq sweep``: table, figures, resume, bad input."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+
+import pytest
+import torch
+
+from noisydeq.cli import main
+
+
+def run(argv, capsys):
+    code = 0
+    try:
+        main(argv)
+    except SystemExit as e:
+        code = e.code
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def one_line_error(code, err, *needles):
+    assert code == 2, err
+    lines = [ln for ln in err.strip().splitlines() if ln]
+    assert len(lines) == 1 and lines[0].startswith("noisydeq: error:"), err
+    for n in needles:
+        assert n in lines[0], lines[0]
+
+
+@pytest.fixture(scope="module")
+def sweep_run(tmp_path_factory):
+    """A tiny sweep (digits, depth 1, one epoch) and its model cache."""
+    root = tmp_path_factory.mktemp("attack-sweep")
+    saved_env, saved_threads = os.environ.get("NOISYDEQ_CACHE"), torch.get_num_threads()
+    os.environ["NOISYDEQ_CACHE"] = str(root / "cache")
+    torch.set_num_threads(1)
+    try:
+        try:
+            main(["sweep", "--task", "digits", "--depths", "1", "--snr", "0,inf", "--chips", "1",
+                  "--epochs", "1", "--device", "ideal", "--noise-site", "signal", "--set",
+                  "hidden=16", "--set", "max_train_samples=256", "--quiet", "--jobs", "1",
+                  "--out", str(root / "run")])
+        except SystemExit as e:
+            assert e.code == 0
+        yield root / "run"
+    finally:
+        torch.set_num_threads(saved_threads)
+        if saved_env is None:
+            os.environ.pop("NOISYDEQ_CACHE", None)
+        else:
+            os.environ["NOISYDEQ_CACHE"] = saved_env
+
+
+BASE = ["--attacks", "pgd-eps,pgd-steps,speckle,salt-pepper", "--eps", "0,0.3",
+        "--pgd-steps", "5", "--steps", "1,3", "--sigma", "0,1", "--fraction", "0,0.3",
+        "--samples", "24", "--val-samples", "12", "--quiet"]
+
+
+@pytest.mark.slow
+def test_attack_command_writes_table_figures_and_resumes(sweep_run, tmp_path, capsys):
+    out = tmp_path / "a"
+    argv = ["attack", "--family", str(sweep_run), *BASE, "--estimators",
+            "exact,phantom:k=3,lam=0.5,unrolled:state=1,k=1,lam=1,adjoint", "--defences",
+            "final,early,ensemble", "--out", str(out)]
+    code, stdout, err = run(argv, capsys)
+    assert code == 0, err
+    assert "white-box robustness at ε = 0.3" in stdout
+    with open(out / "results.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    deq = [r for r in rows if r["kind"] == "deq"]
+    ffw = [r for r in rows if r["kind"] == "ffw"]
+    # DEQ: 4 estimators × (2 + 2) gradient points + 4 noise points, × 3 defences
+    assert len(deq) == 3 * (4 * 4 + 4)
+    assert len(ffw) == 4 + 4 and {r["estimator"] for r in ffw} <= {"backprop", "none"}
+    assert {r["defence"] for r in deq} == {"final", "early", "ensemble"}
+    assert all(int(r["early_n"]) >= 1 for r in deq if r["defence"] == "early")
+    # ε = 0 is the clean accuracy, whatever the estimator; a standard-trained model falls
+    clean = {r["value"] for r in deq if r["x_name"] == "eps" and r["x"] == "0.0"
+             and r["defence"] == "final"}
+    assert len(clean) == 1
+    strong = [float(r["value"]) for r in rows if r["x_name"] == "eps" and r["x"] == "0.3"]
+    assert max(strong) < float(clean.pop())
+    for name in ("results.parquet", "whitebox.csv", "config.toml", "meta.json",
+                 "figures/attacks_white-box_inf.png", "figures/attacks_white-box_inf.svg"):
+        assert (out / name).stat().st_size > 0
+    first = (out / "results.csv").read_text()
+    code, stdout, err = run(argv, capsys)
+    assert code == 0, err
+    assert "0 computed" in stdout and "resumed" in stdout
+    assert (out / "results.csv").read_text() == first
+    # an interrupted run (half of the cells lost) resumes to the same table: every cell
+    # draws from seeds derived from its own key
+    cells = sorted((out / "cells").iterdir())
+    for p in cells[::2]:
+        p.unlink()
+    code, stdout, err = run(argv, capsys)
+    assert code == 0, err
+    assert f"{len(cells[::2])} computed" in stdout
+    assert (out / "results.csv").read_text() == first
+    sums = (out / "SHA256SUMS").read_text()
+    assert "whitebox.csv" in sums and "results.csv" in sums
+    # a cell whose rows are not the ones its key promises is refused, naming the file;
+    # deleting it recomputes that cell
+    from noisydeq import store
+    from noisydeq.attacks.runner import AttackRunDir
+
+    victim, data = next((p, d) for p in cells for d in [store.read_signed_json(p)]
+                        if any(r.get("defence") == "early" for r in d["rows"]))
+    rows = [dict(r, defence="final") for r in data["rows"]]
+    AttackRunDir(out).save_cell(data["key"], rows)
+    code, _, err = run(argv, capsys)
+    one_line_error(code, err, victim.name, "delete it")
+    victim.unlink()
+    code, stdout, err = run(argv, capsys)
+    assert code == 0, err
+    assert "1 computed" in stdout and (out / "results.csv").read_text() == first
+    # a different grid in the same run dir is refused
+    code, _, err = run([*argv[:-2], "--eot", "2", "--out", str(out)], capsys)
+    one_line_error(code, err, "different config", "eot")
+
+
+@pytest.mark.slow
+def test_attack_on_a_device_with_transfer_and_json(sweep_run, tmp_path, capsys):
+    out = tmp_path / "hw"
+    code, stdout, err = run(["attack", "--family", str(sweep_run), "--attacks", "pgd-eps",
+                             "--eps", "0.3", "--pgd-steps", "3", "--samples", "16",
+                             "--val-samples", "0", "--device", "snr", "--snr", "10,inf",
+                             "--chips", "2", "--transfer", "--eot", "2", "--json", "--out",
+                             str(out)], capsys)
+    assert code == 0, err
+    report = json.loads(stdout)
+    with open(report["results_csv"]) as fh:
+        rows = list(csv.DictReader(fh))
+    modes = {(r["mode"], r["snr_db"], r["chip"]) for r in rows}
+    assert ("transfer", "10.0", "1") in modes and ("white-box", "inf", "0") in modes
+    assert not any(r["mode"] == "transfer" and math.isinf(float(r["snr_db"])) for r in rows)
+    assert any(p.endswith("robust_vs_snr.png") for p in report["figures"])
+
+
+@pytest.mark.slow
+def test_bad_input_is_one_line(sweep_run, tmp_path, capsys):
+    fam = ["attack", "--family", str(sweep_run), "--out", str(tmp_path / "x")]
+    cases = [
+        (["--eps", "0,1.5"], "outside [0, 1]"),
+        (["--eps", "-0.1"], "outside [0, 1]"),
+        (["--eps", "abc"], "not a number"),
+        (["--eps", "0:0.4:0"], "step must be > 0"),
+        (["--snr", "abc"], "not a number of dB"),
+        (["--snr", "nan"], "snr_db"),
+        (["--eps", "0:inf:0.1"], "finite"),
+        (["--sigma", "0:1000:0.01"], "more than 1000 points"),
+        (["--chips", "100000"], "chips"),
+        (["--attacks", "pgd-epz"], "did you mean 'pgd-eps'"),
+        (["--norm", "l3"], "allowed: linf, l2"),
+        (["--estimators", "exactt"], "did you mean 'exact'"),
+        (["--defences", "erly"], "did you mean 'early'"),
+        (["--steps", "0"], "positive integers"),
+        (["--pgd-steps", "2.5"], "positive integers"),
+        (["--samples", "1790"], "exceed"),
+        (["--device", "rramm", "--snr", "10"], "rram"),
+    ]
+    for extra, needle in cases:
+        code, _, err = run([*fam, *extra], capsys)
+        one_line_error(code, err, needle)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    code, _, err = run(["attack", "--family", str(empty)], capsys)
+    one_line_error(code, err, "no trained model")
+    assert not (tmp_path / "x").exists()  # nothing written for bad input
+
+
+def test_gradient_attack_on_a_model_without_input_gradient_is_refused_before_writing(tmp_path):
+    from types import SimpleNamespace
+
+    from noisydeq.attacks.grid import AttackRunSpec
+    from noisydeq.attacks.runner import run_attacks
+    from noisydeq.config import build
+    from noisydeq.errors import NoisyDEQError
+    from noisydeq.models import FFW
+    from noisydeq.sweep import SweepModel
+
+    class Detached(FFW):
+        def forward(self, x, noise=None, **kw):
+            return super().forward(x, noise, **kw).detach()
+
+    torch.manual_seed(0)
+    model = Detached(16, 8, 1, 3).eval()
+    task = SimpleNamespace(name="toy", kind="classification", x_test=torch.rand(40, 16),
+                           y_test=torch.randint(0, 3, (40,)), x_train=torch.rand(8, 16),
+                           out_features=3)
+    member = SweepModel(model, "ffw", 1, 8, 64)
+    spec = build(AttackRunSpec, {"family": "x", "attacks": "pgd-eps", "eps": "0.1",
+                                 "samples": 10, "val_samples": 0})
+    with pytest.raises(NoisyDEQError, match="no gradient with respect to its input"):
+        run_attacks(spec, [member], task, tmp_path / "out", progress=False, plots=False)
+    assert not (tmp_path / "out").exists()
+    ok = build(AttackRunSpec, {"family": "x", "attacks": "speckle", "samples": 10,
+                               "val_samples": 0, "sigma": "0,0.5"})
+    res = run_attacks(ok, [member], task, tmp_path / "noise", progress=False, plots=False)
+    assert len(res.rows) == 2
