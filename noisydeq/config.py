@@ -395,12 +395,34 @@ def _snr_list(value: Any, field: str) -> list[float]:
         raise ValueError(f"{field}: {err}") from None
 
 
+#: which part of a device's noise a swept SNR sets (noisydeq.hardware.modes)
+NOISE_MODES = ("physical", "dynamic", "static", "both")
+#: where a sweep calibrates its device layers (noisydeq.hardware.in_network)
+CALIBRATIONS = ("network", "clean")
+
+
+def _choice(value: Any, allowed: tuple[str, ...], what: str) -> str:
+    """``value`` if allowed, else a ValueError with a "did you mean" and the allowed values."""
+    if value in allowed:
+        return str(value)
+    close = difflib.get_close_matches(str(value), allowed, n=1)
+    hint = f"; did you mean '{close[0]}'?" if close else ""
+    raise ValueError(f"unknown {what} '{value}'{hint} (allowed: {', '.join(allowed)})")
+
+
 class SweepSpec(StrictModel):
     """A sweep: trained model families × inference SNR grid × chip instances (issue 4).
 
     ``noise_site = "device"`` sweeps the SNR of the hardware model (``device`` calibrated to
     each SNR); ``signal`` / ``state`` / ``input`` sweep the paper's multiplicative model noise
     (Eq. 3-4) at that site while the weights run on ``device`` (usually ``ideal``).
+    ``noise_mode`` (device noise): which part of the device's noise the swept SNR sets —
+    ``physical`` (default: the total SNR; below each layer's native SNR only dynamic noise
+    grows, above it both parts shrink together), ``dynamic`` (the dynamic SNR; static noise
+    at its physical level), ``static`` (the static SNR; reads at their physical level) or
+    ``both`` (the total SNR, one scale on every source); docs/devices.md. ``calibration``:
+    ``network`` (default) calibrates every layer on the inputs it sees in the noisy network,
+    ``clean`` on the clean activations.
     ``seeds`` and ``train_snr_db`` are grids too: one family is trained per (seed, train SNR).
     """
 
@@ -416,6 +438,8 @@ class SweepSpec(StrictModel):
     epochs: int | None = Field(default=None, ge=0)
     device: str = "rram"
     noise_site: Literal["device", "signal", "state", "input"] = "device"
+    noise_mode: str = "physical"
+    calibration: str = "network"
     snr_db: list[float] = Field(default_factory=lambda: parse_snr_range("0:30"))
     chips: int = Field(default=3, ge=1)
     seeds: list[int] = Field(default_factory=lambda: [0])
@@ -457,6 +481,31 @@ class SweepSpec(StrictModel):
         if not v:
             raise ValueError(f"{info.field_name} must not be empty")
         return list(dict.fromkeys(v))
+
+    @field_validator("noise_mode")
+    @classmethod
+    def _mode(cls, v: Any) -> str:
+        return _choice(v, NOISE_MODES, "noise mode")
+
+    @field_validator("calibration")
+    @classmethod
+    def _calibration(cls, v: Any) -> str:
+        return _choice(v, CALIBRATIONS, "calibration")
+
+    @model_validator(mode="after")
+    def _mode_needs_device(self) -> SweepSpec:
+        if self.noise_site != "device" and self.noise_mode in ("static", "both"):
+            raise ValueError(
+                f"noise_mode '{self.noise_mode}' sets part of a device's noise "
+                f"(noise_site = 'device'); model noise at '{self.noise_site}' is dynamic"
+            )
+        return self
+
+    @property
+    def swept_mode(self) -> str:
+        """The noise mode the results report: the device's, or ``dynamic`` for model noise
+        (drawn at every evaluation)."""
+        return self.noise_mode if self.noise_site == "device" else "dynamic"
 
 
 class ExperimentSpec(StrictModel):

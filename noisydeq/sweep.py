@@ -18,8 +18,10 @@ Metric conventions (the paper's Sec. 4.1 / App. D.1 metrics, made explicit for n
   never hidden inside an average.
 
 ``measured_snr_db`` is the realised SNR Σ‖y‖²/Σ‖ε‖² at the noise site over all injections
-of that level (model noise), or the device's own measurement (device noise); ``inf`` when
-there is no noise.
+of that level (model noise), or the device's own measurement of the part the noise mode
+sets (device noise: ``static_snr_db``, ``dynamic_snr_db`` or ``total_snr_db``, each over
+every device layer's last evaluation of the probed samples — a DEQ's noisy fixed point);
+``inf`` when there is no noise, ``nan`` when undefined (no signal).
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from torch import Tensor, nn
 
 from noisydeq.config import NoiseSpec, SweepSpec
 from noisydeq.errors import NoisyDEQError
+from noisydeq.hardware.parts import Parts
 from noisydeq.noise import Noise, NoiseStream, active_subset, derive_seed
 from noisydeq.results import RunDir
 from noisydeq.runtime import job_count, num_threads, resolve_torch_device, thread_plan
@@ -79,15 +82,11 @@ class LevelStats:
     steps: float = 0.0
     converged: int = 0
     diverged: int = 0
-    signal: float = 0.0
-    noise: float = 0.0
-
-    def measured_db(self) -> float:
-        if self.noise == 0.0:
-            return math.inf
-        if self.signal == 0.0:
-            return -math.inf
-        return 10.0 * math.log10(self.signal / self.noise)
+    #: signal and error powers (device noise: static / dynamic / total parts, summed over
+    #: layers; model noise: the site's noise as dynamic and total)
+    parts: Parts = field(default_factory=Parts)
+    #: the same per device layer (device noise only)
+    layers: dict[str, Parts] = field(default_factory=dict)
 
 
 class MeteredNoise(Noise):
@@ -139,36 +138,67 @@ class Hardware:
             from noisydeq import hardware
 
             self.hw = hardware
-            self.device = hardware.get_device(spec.device)
-            if spec.noise_site == "device":
-                finite = [s for s in spec.snr_db if math.isfinite(s)]
-                if finite:  # unreachable SNRs fail now, before anything is written
-                    self.device.at_snr(max(finite))
+            self.device = hardware.get_device(spec.device, noise_mode=spec.noise_mode)
+
+    @property
+    def device_noise(self) -> bool:
+        return self.spec.noise_site == "device" and not self.direct
+
+    def native_parts(self) -> dict[str, float]:
+        """Static, dynamic and total native SNR of the device's reference MVM (dB)."""
+        if self.direct:
+            return {"static": math.inf, "dynamic": math.inf, "total": math.inf}
+        return dict(self.device.native_parts())
 
     def native_snr_db(self) -> float:
-        if self.direct:
-            return math.inf
-        return float(self.device.native_snr_db())
+        """Native SNR of the part the noise mode sets (the swept axis's native point)."""
+        from noisydeq.hardware.modes import TARGET_PART
+
+        return float(self.native_parts()[TARGET_PART[self.spec.swept_mode]])
+
+    def check_reachable(self, models: Sequence[SweepModel], calib_x: Tensor | None) -> None:
+        """Refuse (one line naming model, layer and range) a finite target that some layer
+        of the trained ``models`` cannot reach in the noise mode, on its clean calibration
+        inputs on the first chip — before any cell is evaluated."""
+        finite = [s for s in self.spec.snr_db if math.isfinite(s)]
+        if not self.device_noise or not finite:
+            return
+        from noisydeq.hardware.calibration import check_reachable
+
+        lo, hi = min(finite), max(finite)
+        for sm in models:
+            deployed = self.device.new_chip(derive_seed(sm.seed, "chip", 0)).deploy(sm.model)
+            if calib_x is not None:
+                self.hw.calibrate(deployed, calib_x)
+            for name, layer in self.hw.device_layers(deployed).items():
+                reach = layer.snr_range()
+                if math.isnan(reach[0]):
+                    continue  # no signal: not calibrated (docs/devices.md)
+                for target in (lo, hi):
+                    check_reachable(target, reach, f"layer '{name}' of {sm.model_id}",
+                                    self.spec.noise_mode)
 
     def chip(self, model: nn.Module, seed: int, chip: int, calib_x: Tensor | None) -> nn.Module:
         """``model`` deployed on chip instance ``chip`` (static noise seeded by seed, chip).
 
         Layers are calibrated on the activations of ``calib_x`` (training inputs), so a
-        target SNR is met on the data the model sees, not on synthetic vectors. Under device
-        noise every SNR level of the sweep is calibrated here, in ascending order, or loaded
-        from the calibration cache (:mod:`noisydeq.hardware.calibration_store`).
+        target SNR is met on the data the model sees, not on synthetic vectors: inside the
+        noisy network (``spec.calibration = "network"``) or on clean activations. Under
+        device noise every SNR level of the sweep is calibrated here, in ascending order, or
+        loaded from the calibration cache (:mod:`noisydeq.hardware.calibration_store`).
         """
         if self.direct:
             return model
         device = self.device.new_chip(derive_seed(seed, "chip", chip))
         deployed = device.deploy(model).eval()
-        if calib_x is not None:
-            self.hw.calibrate(deployed, calib_x)
         if self.spec.noise_site == "device":
             from noisydeq.families import cache_root
             from noisydeq.hardware.calibration_store import calibrate_levels
 
-            calibrate_levels(deployed, model, device, calib_x, self.spec.snr_db, cache_root())
+            calibrate_levels(deployed, model, device, calib_x, self.spec.snr_db, cache_root(),
+                             calibration=self.spec.calibration)
+        elif calib_x is not None:
+            self.hw.calibrate(deployed, calib_x)
         return deployed
 
     def prepare(
@@ -198,65 +228,83 @@ class Hardware:
 
 
 class DeviceMeter:
-    """Measures the realised MVM-output SNR of every device layer, per block of the batch.
+    """Measures the realised static, dynamic and total MVM-output SNR of every device layer,
+    per block of the batch (:mod:`noisydeq.hardware.parts`).
 
-    Forward hooks compare the device output (bias removed) with the exact MVM of the digital
-    weights on the first ``probe`` rows of each block: Σ‖Wx‖² / Σ‖y_dev − Wx‖² (DESIGN §1),
-    summed over layers and calls. Probing a few rows keeps the extra exact MVMs cheap.
-    When a solver evaluates only its active rows (:class:`noisydeq.noise.RowSubset`), the
-    probe rows among them are measured.
+    Forward hooks keep, for the first ``probe`` rows of each block, each layer's input,
+    device output (bias removed) and knobs at its **last** evaluation of that row: the one
+    evaluation of an FFW layer, the noisy fixed point of a DEQ's cell (the inputs its
+    calibration aimed at). :meth:`layer_parts` then compares the outputs with the exact MVM
+    of the digital weights and with the chip's (W_chip x), once, in float64. When a solver
+    evaluates only its active rows (:class:`noisydeq.noise.RowSubset`), the probe rows among
+    them are recorded.
     """
 
-    probe = 32
+    probe = 64
 
     def __init__(self, layers: dict[str, nn.Module], blocks: int, rows: int) -> None:
-        #: per-block sums of ‖Wx‖² and ‖y_dev − Wx‖² (float64, on the layers' device once a
-        #: forward ran): accumulated as tensors, read once per cell (:meth:`totals`)
-        self.signal: Tensor | None = None
-        self.noise: Tensor | None = None
         self.blocks, self.rows = blocks, rows
         m = min(rows, self.probe)
         self.index = torch.cat([torch.arange(m) + k * rows for k in range(blocks)])
-        self.handles = [
-            layer.register_forward_hook(self._hook)
-            for layer in layers.values()
-            if getattr(layer, "op", "linear") == "linear"
-        ]
+        self.slot_block = self.index // rows
+        self.layers = {n: layer for n, layer in layers.items()
+                       if getattr(layer, "op", "linear") == "linear"}
+        #: per layer: [inputs, outputs, knobs (None: one scalar control), seen] of each slot
+        self.last: dict[str, list[Any]] = {}
+        self._parts: dict[str, Tensor] | None = None
+        self.handles = [layer.register_forward_hook(self._hook(name))
+                        for name, layer in self.layers.items()]
 
-    def _hook(self, layer: nn.Module, inputs: tuple[Tensor, ...], out: Tensor) -> None:
-        x = inputs[0]
-        total = self.blocks * self.rows
-        probe = self.index.to(x.device)
-        subset = active_subset(x.shape[0])
-        if subset is not None and subset.total == total:
-            where = torch.full((total,), -1, dtype=torch.long, device=x.device)
-            where[subset.index.to(x.device)] = torch.arange(x.shape[0], device=x.device)
-            pos = where[probe]
-            keep = pos >= 0
-            if subset.real is not None:  # padding rows of a small subset do not count
-                keep &= subset.real.to(x.device)[pos.clamp(min=0)]
-            idx, block = pos[keep], probe[keep] // self.rows
-        elif x.shape[0] == total:
-            idx = probe
-            block = idx // self.rows
-        else:
-            return
-        y = out[idx].double()
-        if getattr(layer, "bias", None) is not None:
-            y = y - layer.bias.double()
-        exact = torch.nn.functional.linear(x[idx].double(), layer.weight.double())
-        if self.signal is None or self.noise is None:
-            self.signal = torch.zeros(self.blocks, dtype=torch.float64, device=x.device)
-            self.noise = torch.zeros_like(self.signal)
-        self.signal += self.signal.new_zeros(self.blocks).index_add_(0, block, exact.pow(2).sum(1))
-        self.noise += self.noise.new_zeros(self.blocks).index_add_(0, block,
-                                                                   (y - exact).pow(2).sum(1))
+    def _hook(self, name: str):
+        def fn(layer: nn.Module, inputs: tuple[Tensor, ...], out: Tensor) -> None:
+            x = inputs[0].detach()
+            total = self.blocks * self.rows
+            probe = self.index.to(x.device)
+            slots = torch.arange(probe.numel(), device=x.device)
+            subset = active_subset(x.shape[0])
+            if subset is not None and subset.total == total:
+                where = torch.full((total,), -1, dtype=torch.long, device=x.device)
+                where[subset.index.to(x.device)] = torch.arange(x.shape[0], device=x.device)
+                pos = where[probe]
+                keep = pos >= 0
+                if subset.real is not None:  # padding rows of a small subset do not count
+                    keep &= subset.real.to(x.device)[pos.clamp(min=0)]
+                idx, slots = pos[keep], slots[keep]
+            elif x.shape[0] == total:
+                idx = probe
+            else:
+                return
+            control = layer.resolve_controls(x.shape[0])
+            y = out.detach()[idx]
+            if getattr(layer, "bias", None) is not None:
+                y = y - layer.bias.detach()
+            if name not in self.last:
+                n = probe.numel()
+                knobs = (x.new_zeros((n, 2), dtype=torch.float64)
+                         if isinstance(control, Tensor) else control)
+                self.last[name] = [x.new_zeros((n, x.shape[-1])), y.new_zeros((n, y.shape[-1])),
+                                   knobs, torch.zeros(n, dtype=torch.bool, device=x.device)]
+            buf = self.last[name]
+            buf[0][slots] = x[idx]
+            buf[1][slots] = y
+            if isinstance(control, Tensor):
+                buf[2][slots] = control.to(x.device)[idx]
+            buf[3][slots] = True
 
-    def totals(self, block: int) -> tuple[float, float]:
-        """(signal, noise) sums of ``block`` over every call so far."""
-        if self.signal is None or self.noise is None:
-            return 0.0, 0.0
-        return float(self.signal[block]), float(self.noise[block])
+        return fn
+
+    def layer_parts(self, block: int) -> dict[str, Parts]:
+        """Per layer, the summed powers of ``block``'s probed rows (last evaluations)."""
+        if self._parts is None:
+            self._parts = {}
+            for name, (x, y, knobs, seen) in self.last.items():
+                powers = self.layers[name].row_powers(x, y, knobs)
+                self._parts[name] = powers * seen.unsqueeze(1)
+        out = {}
+        for name, powers in self._parts.items():
+            mask = self.slot_block.to(powers.device) == block
+            out[name] = Parts(*powers[mask].sum(0).tolist())
+        return out
 
     def close(self) -> None:
         for h in self.handles:
@@ -334,12 +382,14 @@ def forward_levels(
         st.converged += int(converged[sl].sum())
         st.diverged += div
         if noise is not None:
-            st.signal += float(noise.signal[sl].sum())
-            st.noise += float(noise.noise[sl].sum())
+            noi = float(noise.noise[sl].sum())
+            st.parts += Parts(float(noise.signal[sl].sum()), 0.0, noi, noi)
         elif meter is not None:
-            sig, noi = meter.totals(j)
-            st.signal += sig
-            st.noise += noi
+            for name, parts in meter.layer_parts(j).items():
+                if parts.signal > 0:  # a layer without signal has no SNR (docs/devices.md)
+                    st.parts += parts
+                st.layers.setdefault(name, Parts())
+                st.layers[name] += parts
 
 
 def level_chunks(
@@ -402,12 +452,16 @@ def stats_rows(
     metric: str,
 ) -> list[dict[str, Any]]:
     """Tidy-table rows (see :data:`noisydeq.results.COLUMNS`) for one finished cell."""
+    from noisydeq.hardware.modes import TARGET_PART
+
+    mode = spec.swept_mode
     rows = []
     for st, level in zip(stats, levels, strict=False):
         if metric == "accuracy":
             value = st.score / st.n
         else:
             value = st.score / st.n_scored if st.n_scored else math.nan
+        parts = {p: _part_db(st.parts, p, level) for p in ("static", "dynamic", "total")}
         rows.append(
             {
                 "task": task_name,
@@ -421,7 +475,11 @@ def stats_rows(
                 "device": spec.device,
                 "noise_site": spec.noise_site,
                 "snr_db": float(level),
-                "measured_snr_db": float(st.measured_db()),
+                "measured_snr_db": parts[TARGET_PART[mode]],
+                "noise_mode": mode,
+                "static_snr_db": parts["static"],
+                "dynamic_snr_db": parts["dynamic"],
+                "total_snr_db": parts["total"],
                 "chip": int(chip),
                 "metric": metric,
                 "value": float(value),
@@ -432,6 +490,32 @@ def stats_rows(
             }
         )
     return rows
+
+
+def _part_db(parts: Parts, part: str, level: float) -> float:
+    """SNR (dB) of ``part``: ``inf`` where nothing was noisy (SNR = ∞ runs the digital
+    model), ``nan`` where no layer carried signal."""
+    if parts.signal == 0 and getattr(parts, part) == 0 and math.isinf(level):
+        return math.inf
+    return float(parts.db(part))
+
+
+def layer_rows(
+    sm: SweepModel, stats: Sequence[LevelStats], levels: Sequence[float], chip: int,
+    spec: SweepSpec,
+) -> list[dict[str, Any]]:
+    """Per-layer rows (:data:`noisydeq.results.LAYER_COLUMNS`) of one finished cell: each
+    device layer's measured SNR parts next to the nominal level (device noise only)."""
+    out = []
+    for st, level in zip(stats, levels, strict=False):
+        for name, parts in st.layers.items():
+            out.append({
+                "model_id": sm.model_id, "chip": int(chip), "noise_mode": spec.swept_mode,
+                "snr_db": float(level), "layer": name,
+                "static_snr_db": parts.static_db, "dynamic_snr_db": parts.dynamic_db,
+                "total_snr_db": parts.total_db,
+            })
+    return out
 
 
 # ------------------------------------------------------------------------ the sweep
@@ -447,6 +531,8 @@ class SweepResult:
     computed_cells: int
     skipped_cells: int
     figures: list[Path] = field(default_factory=list)
+    #: static / dynamic / total native SNR of the device's reference MVM (dB)
+    native_parts: dict[str, float] = field(default_factory=dict)
 
 
 ModelProvider = Callable[[SweepSpec, Any, bool], list[SweepModel]]
@@ -524,10 +610,37 @@ class CellRunner:
                                                         spec.max_rows)
         calib_x = getattr(task, "x_train", None)
         self.calib_x = None if calib_x is None else calib_x[:512].to(torch_device)
+        self.content = self._content()
+        self._model_hashes: dict[int, str] = {}
 
-    @staticmethod
-    def key(sm: SweepModel, chip: int, levels: Sequence[float]) -> str:
-        return f"{sm.model_id}|chip{chip}|" + ",".join(fmt_db(s) for s in levels)
+    def _content(self) -> str:
+        """Digest of every input of a cell's results besides the model and its place: the
+        resolved device spec (not its path), noise mode, calibration, the test and
+        calibration data and the package's code (:func:`~noisydeq.hardware.calibration_store
+        .code_fingerprint`)."""
+        import hashlib
+
+        from noisydeq.hardware.calibration_store import code_fingerprint
+        from noisydeq.results import device_identity
+        from noisydeq.store import hash_tensor
+
+        h = hashlib.blake2b(digest_size=10)
+        h.update(repr((device_identity(self.spec), self.spec.swept_mode, self.spec.calibration,
+                       code_fingerprint())).encode())
+        for t in (self.x, self.y, self.calib_x):
+            if t is not None:
+                hash_tensor(h, t.detach().cpu())
+        return h.hexdigest()
+
+    def key(self, sm: SweepModel, chip: int, levels: Sequence[float]) -> str:
+        """Cell key: model id and weights digest, chip, levels and :meth:`_content`."""
+        from noisydeq.train import init_hash
+
+        mh = self._model_hashes.get(id(sm.model))
+        if mh is None:
+            mh = self._model_hashes[id(sm.model)] = init_hash(sm.model)
+        return (f"{sm.model_id}|{mh}|chip{chip}|" + ",".join(fmt_db(s) for s in levels)
+                + f"|{self.content}")
 
     def missing(self, sm: SweepModel, chip: int) -> list[list[float]]:
         """The level chunks of (sm, chip) not yet saved in the run directory."""
@@ -550,7 +663,8 @@ class CellRunner:
                 self.classification, self.rows_per_batch, self.spec.batched,
             )
             rows = stats_rows(sm, stats, levels, chip, self.spec, self.task_name, self.metric)
-            self.run_dir.save_cell(self.key(sm, chip, levels), rows)
+            self.run_dir.save_cell(self.key(sm, chip, levels), rows,
+                                   layers=layer_rows(sm, stats, levels, chip, self.spec))
             on_cell(1)
 
 
@@ -586,7 +700,7 @@ def run_sweep(
         task = load_task(spec.task, data_dir=spec.data_dir, seed=spec.seeds[0])
     hardware = Hardware(spec)  # validates the device before anything is written
     run_dir = RunDir(out_dir)
-    run_dir.open(spec)
+    fresh = not run_dir.open(spec)
     if models is None:
         models = family_models
     # worker processes can rebuild the models only when they come from the family cache
@@ -600,6 +714,15 @@ def run_sweep(
     pairs = [(i, chip) for i, sm in enumerate(models) for chip in range(spec.chips)]
     todo = {p: runner.missing(models[p[0]], p[1]) for p in pairs}
     pending = [p for p in pairs if todo[p]]
+    if pending:  # unreachable targets: one line, before any cell (a new run dir is removed)
+        try:
+            with num_threads(eval_threads):
+                hardware.check_reachable([models[i] for i in sorted({i for i, _ in pending})],
+                                         runner.calib_x)
+        except NoisyDEQError:
+            if fresh:
+                run_dir.discard()
+            raise
     n_jobs = resolve_jobs(jobs, spec, len(pending), parallel_ok=models_from_cache)
     total = len(pairs) * len(runner.chunks)
     bar = tqdm(total=total, desc="sweep", unit="cell", disable=not progress, leave=False)
@@ -623,17 +746,23 @@ def run_sweep(
             for i, chip in pending:
                 runner.run_pair(models[i], chip, cell_done, todo[(i, chip)])
     all_rows: list[dict[str, Any]] = []
+    all_layers: list[dict[str, Any]] = []
     for sm in models:
         for chip in range(spec.chips):
             for levels in runner.chunks:
-                rows = run_dir.load_cell(runner.key(sm, chip, levels))
+                key = runner.key(sm, chip, levels)
+                rows = run_dir.load_cell(key)
                 if rows is None:
                     raise NoisyDEQError(f"sweep: cell {sm.model_id} chip {chip} was not written")
                 all_rows.extend(rows)
+                all_layers.extend(run_dir.load_cell_layers(key))
     skipped = total - computed
     bar.close()
     run_dir.write_table(all_rows)
-    result = SweepResult(all_rows, run_dir, hardware.native_snr_db(), computed, skipped)
+    if all_layers:
+        run_dir.write_layer_table(all_layers)
+    result = SweepResult(all_rows, run_dir, hardware.native_snr_db(), computed, skipped,
+                         native_parts=hardware.native_parts())
     if plots and all_rows:
         from noisydeq.plots import plot_sweep
 

@@ -93,6 +93,9 @@ def execute(
         "results_parquet": str(res.run_dir.parquet_path),
         "figures": [str(p) for p in res.figures],
         "native_snr_db": res.native_snr_db if math.isfinite(res.native_snr_db) else "inf",
+        "native_snr_parts_db": {p: (v if math.isfinite(v) else "inf")
+                                for p, v in res.native_parts.items()},
+        "noise_mode": spec.swept_mode,
         "cells_computed": res.computed_cells,
         "cells_resumed": res.skipped_cells,
         "seconds": round(seconds, 2),
@@ -102,8 +105,11 @@ def execute(
         return report
     click.echo(summary_table(res.rows))
     click.echo("")
-    if math.isfinite(res.native_snr_db) and spec.noise_site == "device":
-        click.echo(f"device {spec.device}: native SNR {res.native_snr_db:.1f} dB")
+    native = res.native_parts
+    if spec.noise_site == "device" and native and math.isfinite(native["total"]):
+        parts = ", ".join(f"{p} {'inf' if math.isinf(v) else f'{v:.1f}'}"
+                          for p, v in native.items())
+        click.echo(f"device {spec.device}: native SNR {parts} dB (reference MVM)")
     resumed = f", {res.skipped_cells} resumed" if res.skipped_cells else ""
     click.echo(f"cells: {res.computed_cells} computed{resumed}; {seconds:.1f} s")
     click.echo(f"results: {res.run_dir.csv_path}")
@@ -135,6 +141,10 @@ def execute(
 @click.option("--noise-site", type=click.Choice(["device", "signal", "state", "input"]),
               default="device", show_default=True,
               help="Where the swept SNR applies: the device's MVMs, or the paper's model noise.")
+@click.option("--noise-mode", default="physical", show_default=True,
+              help="Which part of the device's noise the swept SNR sets: physical (total SNR; "
+                   "below native only dynamic noise grows, above it both shrink), dynamic, "
+                   "static or both (docs/devices.md).")
 @click.option("--out", default=None,
               help="Run directory (default runs/sweep-<config hash>; re-running resumes).")
 @click.option("--seed", default="0", show_default=True, help="Seed or seeds (0,1,2).")
@@ -151,7 +161,8 @@ def execute(
                    "core; with more than one, each evaluates with one thread).")
 def command(
     device: str, snr: str, task: str, data_dir: str | None, depths: str, train_snr: str,
-    chips: int, epochs: int | None, train_preset: str, noise_site: str, out: str | None,
+    chips: int, epochs: int | None, train_preset: str, noise_site: str, noise_mode: str,
+    out: str | None,
     seed: str, torch_device: str, sets: tuple[str, ...], quiet: bool, as_json: bool,
     threads: str | None,
     jobs: str | None,
@@ -166,7 +177,8 @@ def command(
     data = {
         "device": device, "snr_db": snr_grid, "task": task, "data_dir": check_data_dir(data_dir),
         "depths": depths, "train_snr_db": train_grid, "chips": chips, "epochs": epochs,
-        "train_preset": train_preset, "noise_site": noise_site, "seeds": parse_seeds(seed),
+        "train_preset": train_preset, "noise_site": noise_site, "noise_mode": noise_mode,
+        "seeds": parse_seeds(seed),
         "torch_device": torch_device, **parse_sets(sets),
     }
     spec = build(SweepSpec, data, where="sweep")
