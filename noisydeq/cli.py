@@ -23,6 +23,7 @@ COMMAND_MODULES = [
     "train",
     "run",
     "devices",
+    "table",
     "sensitivity",
     "spectrum",
     "solvers",

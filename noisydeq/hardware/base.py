@@ -338,11 +338,14 @@ class DeviceLayer(nn.Module):
         return modes.calibrate(self, snr_db, x, self.noise_mode, start=start, table=table,
                                what=what)
 
-    def recalibrate(self, snr_db: float, x: Tensor, start: Knobs) -> tuple[Knobs, float]:
-        """(knobs meeting ``snr_db`` on the input rows ``x`` searched from ``start``, the
-        target part's SNR at ``start`` there) (:func:`modes.search`)."""
+    def recalibrate(
+        self, snr_db: float, x: Tensor, start: Knobs, prior: tuple[Knobs, float] | None = None
+    ) -> tuple[Knobs, float]:
+        """(knobs meeting ``snr_db`` for the input rows ``x`` made with ``start``, the target
+        part's SNR at ``start`` there) (:func:`modes.search`; ``prior``: an earlier round's)."""
         what = f"{self.device_kind} layer '{self.layer_name}'"
-        return modes.search(self, snr_db, x, self.noise_mode, start=start, what=what)
+        return modes.search(self, snr_db, x, self.noise_mode, start=start, prior=prior,
+                            what=what)
 
     def _inputs_key(self, x: Tensor) -> tuple | None:
         """Cache key of the calibration inputs (None for other inputs: not cached)."""

@@ -5,12 +5,14 @@ target on inputs it never sees once the network is noisy: upstream layers change
 inputs of every layer below them, and a DEQ's cell sees its noisy fixed point, not the clean
 one. :func:`calibrate_in_network` starts from the clean calibration and then, for a few
 rounds, runs the deployed model at every target level at once (levels stacked along the
-batch, one noise stream per level and layer, as a sweep does), captures each layer's input
-at its *last* evaluation of every sample (the noisy fixed point for a DEQ; the one
-evaluation of an FFW layer) and recalibrates the layer for that level on exactly those
-inputs, starting from its current knobs. Upstream layers are then already noisy at their
-current knobs, so the inputs converge with the knobs: a round moves them by less than the
-previous one (the report gives the largest move of the last round).
+batch, one noise stream per level and layer, the same draws every round), captures each
+layer's input at its *last* evaluation of every sample (the noisy fixed point for a DEQ;
+the one evaluation of an FFW layer) and recalibrates the layer for that level: the first
+round searches its knob on exactly those inputs (upstream layers already noisy), later
+rounds take a secant step through the (knob, in-network SNR) pairs of the last two rounds,
+the slope of the self-consistent SNR: a DEQ's cell moves its own inputs with its knob (at
+0 dB a search on fixed inputs overshoots by ~1.5 dB under additive-like noise). The report
+gives, per round, the largest miss of the knobs it started from.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ from noisydeq.hardware.parts import Parts
 from noisydeq.noise import NoiseStream, active_subset, derive_seed
 
 #: defaults of :func:`calibrate_in_network` (docs/devices.md: measured convergence)
-ROUNDS = 1
+ROUNDS = 2
 SAMPLES = 512
 #: a layer is measured on at least this many noisy outputs (rows × outputs): a narrow
 #: layer's captured inputs are read several times (independent draws of its dynamic noise)
@@ -93,10 +95,12 @@ class _LastInputs:
         return fn
 
     def rows(self, name: str, layer: DeviceLayer, block: slice) -> Tensor | None:
-        """Input vectors of ``layer`` for the batch rows ``block`` (None: never called)."""
+        """Input vectors of ``layer`` for the batch rows ``block`` (None: never called);
+        samples whose input is not finite (a diverged solve) are left out."""
         if name not in self.inputs:
             return None
         x = self.inputs[name][block][self.seen[name][block]]
+        x = x[torch.isfinite(x.reshape(x.shape[0], -1)).all(dim=1)]
         return layer.input_rows(x) if x.shape[0] else None
 
     def close(self) -> None:
@@ -169,6 +173,7 @@ def calibrate_in_network(
             layer.control_for(level)
     xs = x if samples is None else x[:samples]
     saved = {name: (layer.stream, layer.sample_snr) for name, layer in layers.items()}
+    history: dict[tuple[str, float], tuple] = {}  # (layer, level) -> (knobs, SNR) last round
     try:
         for _ in range(rounds):
             off = 0.0
@@ -183,7 +188,7 @@ def calibrate_in_network(
                         if rows is None:
                             continue
                         rows = repeated(subsample_rows(rows), layer.n_out)
-                        off = max(off, _recalibrate(layer, level, rows))
+                        off = max(off, _recalibrate(layer, level, rows, history, name))
             report.off_db.append(off)
     finally:
         for name, layer in layers.items():
@@ -233,9 +238,13 @@ def measure_in_network(
     return out
 
 
-def _recalibrate(layer: DeviceLayer, level: float, rows: Tensor) -> float:
-    """Recalibrate ``layer`` for ``level`` on ``rows``; returns how far (dB) its target part
-    was from the level there at the previous knobs (0 for a layer without signal)."""
-    knobs, was = layer.recalibrate(level, rows, layer._controls[level])
+def _recalibrate(layer: DeviceLayer, level: float, rows: Tensor,
+                 history: dict[tuple[str, float], tuple], name: str) -> float:
+    """Recalibrate ``layer`` for ``level`` on ``rows`` (captured at its current knobs; the
+    previous round's knobs and SNR in ``history`` give a secant step); returns how far (dB)
+    its target part was from the level there at the current knobs (0 without signal)."""
+    start = layer._controls[level]
+    knobs, was = layer.recalibrate(level, rows, start, history.get((name, level)))
     layer._controls[level] = knobs
+    history[(name, level)] = (start, was)
     return abs(was - level) if not math.isnan(was) else 0.0

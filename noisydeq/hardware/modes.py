@@ -175,16 +175,20 @@ def calibrate(
 
 def search(
     layer: DeviceLayer, target: float, x: Tensor, mode: str, *, start: Knobs | None = None,
-    table: bool = False, what: str = "",
+    prior: tuple[Knobs, float] | None = None, table: bool = False, what: str = "",
 ) -> tuple[Knobs, float]:
     """(knobs meeting ``target`` on ``x``, the target part's SNR at ``start`` on ``x``).
 
     ``table``: search through the layer's :class:`KnobTable` for ``x`` (shared by every
     target calibrated on the same inputs); otherwise a secant search from ``start`` (the
     knobs found for nearby inputs, e.g. the previous in-network round; kept when they are
-    within the tolerance already). A target outside the layer's reachable range is one
-    clear error naming it; a layer without signal keeps its native knobs (module
-    docstring). The second value is ``nan`` without ``start`` or signal.
+    within the tolerance already). ``prior`` = (knobs, SNR) of an earlier round whose inputs
+    were made with those knobs: when ``x`` was made with ``start`` the two points give the
+    slope of the *self-consistent* SNR (a DEQ cell's inputs move with its own knob), and the
+    knob is one secant step along it instead of a search on the fixed ``x``. A target
+    outside the layer's reachable range is one clear error naming it; a layer without
+    signal keeps its native knobs (module docstring). The second value is ``nan`` without
+    ``start`` or signal.
     """
     if not layer.signal_power(x) > 0:
         return layer.native_knobs(), math.nan
@@ -209,6 +213,9 @@ def search(
 
     if k0 is not None and abs(was - target) <= TOL_DB:
         return start, was  # type: ignore[return-value]
+    step = _secant(route, layer, k0, was, prior, target)
+    if step is not None:
+        return route.knobs(layer, step), was
     if table:
         k = layer.knob_table(route, x, snr).knob_for(target)
     elif k0 is not None and math.isfinite(was):
@@ -225,6 +232,22 @@ def search(
         reach = snr_range(layer, x, mode)
         check_reachable(target, reach, what or f"layer '{layer.layer_name}'", mode)
     return route.knobs(layer, k), was
+
+
+def _secant(route: Route, layer: DeviceLayer, k0: float | None, was: float,
+            prior: tuple[Knobs, float] | None, target: float) -> float | None:
+    """One secant step towards ``target`` through (prior knob, prior SNR) and (k0, was), or
+    None when the two points do not give a slope of the path's direction."""
+    if prior is None or k0 is None or not (math.isfinite(was) and math.isfinite(prior[1])):
+        return None
+    kp = route.knob_of(layer, prior[0])
+    if kp is None or abs(math.log(k0) - math.log(kp)) < 1e-6:
+        return None
+    slope = (was - prior[1]) / (math.log(k0) - math.log(kp))
+    if (slope > 0) != route.increasing or abs(slope) < 0.1 * PRIOR_DB_PER_NAT:
+        return None
+    move = max(-math.log(10.0), min(math.log(10.0), (target - was) / slope))
+    return _clamp(math.exp(math.log(k0) + move), route.lo, route.hi)
 
 
 def new_table(route: Route, snr) -> KnobTable:

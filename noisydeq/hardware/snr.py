@@ -132,7 +132,13 @@ class SNRLayer(DeviceLayer):
             return self.native_knobs()
         return self._knobs_at(*self.part_targets(snr_db, self.noise_mode), x)
 
-    def recalibrate(self, snr_db: float, x: Tensor, start: Knobs) -> tuple[Knobs, float]:
+    def recalibrate(
+        self, snr_db: float, x: Tensor, start: Knobs, prior: tuple[Knobs, float] | None = None
+    ) -> tuple[Knobs, float]:
+        """The closed form on ``x``, or with ``prior`` the generic secant step along the
+        self-consistent SNR (:func:`noisydeq.hardware.modes.search`)."""
+        if prior is not None:
+            return super().recalibrate(snr_db, x, start, prior)
         part = TARGET_PART[self.noise_mode]
         was = math.nan
         if self.signal_power(x) > 0:
@@ -143,9 +149,25 @@ class SNRLayer(DeviceLayer):
         x = self.calibration_inputs() if x is None else x
         return (-math.inf, math.inf) if self.signal_power(x) > 0 else (math.nan, math.nan)
 
+    def knob_bounds(self, which: int) -> tuple[float, float]:
+        return (1e-6, 1e3) if which == 0 else (1e-8, 1e4)
+
     def joint_knobs(self, s: float) -> Knobs:
         sigma0, dyn0 = self.native_knobs()
         return (s * sigma0, s * dyn0)
+
+    def joint_scale(self, knobs: Knobs) -> float | None:
+        sigma0, dyn0 = self.native_knobs()
+        if dyn0 > 0:
+            s = knobs[1] / dyn0
+        elif sigma0 > 0:
+            s = knobs[0] / sigma0
+        else:
+            return None
+        joint = self.joint_knobs(s)
+        close = all(math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-15)
+                    for a, b in zip(joint, knobs, strict=True))
+        return s if close else None
 
     # ------------------------------------------------------------ forward
     def _noisy(self, y: Tensor, x: Tensor, control: Control, stream: NoiseStream,
