@@ -36,8 +36,32 @@ def test_every_preset_runs_the_default_family(tmp_path, preset):
     if preset != "ideal":
         layers = read_csv(res.run_dir.layers_path, LAYER_COLUMNS)
         assert {r["layer"] for r in layers} >= {"head", "cell.W", "layers.0.W"}
-        zero_input = [r for r in layers if r["layer"] == "layers.0.W"]  # z0 = 0: no signal
-        assert all(math.isnan(r["total_snr_db"]) for r in zero_input)
+        # the default FFW form (eq57x, z0 = x~) feeds every layer: every part is defined
+        assert all(math.isfinite(r["total_snr_db"]) for r in layers)
+
+
+def test_layer_without_signal_in_a_sweep_is_nan_never_a_traceback(tmp_path):
+    """An FFW of form eq57 (z0 = 0: its first hidden layer only ever sees zeros) on the
+    photonic device, whose mid-rise DAC makes that layer's output non-zero (SNR -inf): the
+    sweep completes, the layer reports nan and is left out of the row's SNR."""
+    import torch
+
+    from noisydeq.models import FFW
+    from noisydeq.sweep import SweepModel
+
+    task = toy_task(n=40)
+    torch.manual_seed(7)
+    ffw = FFW(task.in_features, 6, 2, task.out_features, form="eq57").eval()
+    models = [SweepModel(ffw, "ffw", 2, 6, ffw.parameter_count(), 0, math.inf)]
+    spec = toy_spec(device="photonic", noise_site="device", snr_db="0,10,inf", chips=1,
+                    max_rows=400)
+    res = run_sweep(spec, tmp_path / "run", task=task, models=models, progress=False,
+                    plots=False)
+    layers = read_csv(res.run_dir.layers_path, LAYER_COLUMNS)
+    zero = [r for r in layers if r["layer"] == "layers.0.W"]
+    assert zero and all(math.isnan(r["total_snr_db"]) for r in zero)
+    finite = [r for r in res.rows if math.isfinite(r["snr_db"])]
+    assert all(abs(r["total_snr_db"] - r["snr_db"]) < 3.0 for r in finite)
 
 
 def _toy(tmp_path, name, preset, **kw):

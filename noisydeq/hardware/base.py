@@ -11,9 +11,10 @@ and total parts (:mod:`noisydeq.hardware.parts`).
 Noise comes in two kinds. *Static* noise belongs to one chip instance
 (:meth:`Device.new_chip`) and is drawn from a generator seeded by (chip seed, layer name):
 the chip's effective weights W_chip (:meth:`DeviceLayer.chip_matrix`). *Dynamic* noise is
-drawn at every forward through the layer's :class:`~noisydeq.noise.NoiseStream`, one draw
-of the full batch per MVM, so a batch that stacks several SNR levels (block stream) draws
-what the separate runs would.
+drawn at every forward through the layer's :class:`~noisydeq.noise.NoiseStream`
+(counter-based: a sample's numbers are a function of its own address), so a batch that
+stacks several SNR levels (block stream) draws what the separate runs would, and a row
+subset draws its own rows only.
 
 Each layer has two *knobs* (:data:`Knobs` = (static, dynamic)), e.g. the RRAM programming
 and read noise scales or the photonic weight-encoding error and optical power; their

@@ -18,13 +18,18 @@ Targets are calibrated in ascending order up front, so the controls no longer de
 order in which a sweep — or a resumed sweep with some cells done — first asks for them (on
 the digits DEQ's 222-wide layer, searching 11-30 dB before 0-10 dB changed 5 of 31 controls
 by up to 0.3 %).
+
+An entry carries its SHA-256 digest (:mod:`noisydeq.store`); one whose digest, key, layers,
+levels or values do not check out (a finite control for every layer and every level) is
+reported in one line and searched again, never used. An entry is one file written by one
+atomic rename, so it takes no lock: two processes computing the same entry write the same
+controls.
 """
 
 from __future__ import annotations
 
 import functools
 import hashlib
-import json
 import math
 import platform
 from collections.abc import Callable, Iterable
@@ -35,19 +40,23 @@ import torch
 from pydantic import BaseModel
 from torch import Tensor, nn
 
-from noisydeq.config import CALIBRATIONS, atomic_write_text
+from noisydeq import store
+from noisydeq.config import CALIBRATIONS
+from noisydeq.errors import CorruptArtefact
 from noisydeq.hardware import in_network
 from noisydeq.hardware.base import calibrate, device_layers
 from noisydeq.store import hash_tensor
 
-FORMAT = "noisydeq-calibration/2"
+#: 2: digests (integrity); 3: counter-based calibration noise (noisydeq.rng); 4: two knobs
+#: (static, dynamic) per level, noise mode and in-network calibration in the key
+FORMAT = "noisydeq-calibration/4"
 
 
 @functools.lru_cache(maxsize=1)
 def code_fingerprint() -> str:
-    """Hash of the package's code: a change to how layers, models or solvers compute
-    invalidates the stored controls (the package version alone does not change between
-    commits)."""
+    """Hash of the package's code (every module, ``noisydeq.rng`` included): a change to
+    how layers, models, solvers or random numbers compute invalidates the stored knobs (the
+    package version alone does not change between commits)."""
     import noisydeq
 
     root = Path(noisydeq.__file__).parent
@@ -99,18 +108,32 @@ def _encode(controls: dict[float, tuple[float, float]]) -> list[list[float]]:
     return [[float(k), float(v[0]), float(v[1])] for k, v in controls.items()]
 
 
-def _load(path: Path, key: str, names: list[str]) -> dict[str, dict[float, tuple]] | None:
-    """The stored controls, or ``None`` when the file is missing, unreadable or another's."""
+def load_entry(
+    path: Path, key: str, names: list[str], levels: list[float]
+) -> dict[str, dict[float, tuple[float, float]]] | None:
+    """The stored knobs of the entry ``path`` for ``key`` (device layers ``names``, finite
+    SNR ``levels``), or ``None`` when there is none; a damaged, foreign or incomplete entry
+    is a :class:`CorruptArtefact`."""
+    if not path.exists():
+        return None
+    data = store.read_signed_json(path, "calibration entry")
+    if data.get("format") != FORMAT or data.get("key") != key:
+        raise CorruptArtefact(path, "is not the entry of this calibration (format or key)")
     try:
-        data = json.loads(path.read_text())
-        if data.get("format") != FORMAT or data.get("key") != key:
-            return None
         layers = data["layers"]
         if sorted(layers) != sorted(names):
-            return None
-        return {n: {float(k): (float(a), float(b)) for k, a, b in layers[n]} for n in names}
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
+            raise ValueError(f"layers {sorted(layers)}, expected {sorted(names)}")
+        out = {n: {float(k): (float(a), float(b)) for k, a, b in layers[n]} for n in names}
+    except (KeyError, TypeError, ValueError, AttributeError) as err:
+        raise CorruptArtefact(path, f"is malformed ({err})") from None
+    for name, controls in out.items():
+        gaps = [v for v in levels if v not in controls]
+        if gaps:
+            raise CorruptArtefact(path, f"lacks layer {name}'s knobs at {gaps[0]:g} dB")
+        bad = [k for k, v in controls.items() if not all(math.isfinite(a) for a in (k, *v))]
+        if bad:
+            raise CorruptArtefact(path, f"holds non-finite knobs for layer {name} ({bad[0]})")
+    return out
 
 
 def calibrate_levels(
@@ -153,7 +176,11 @@ def calibrate_levels(
     if cache_dir is not None:
         key = calibration_key(model, device, calib_x, finite, settings)
         path = Path(cache_dir) / "calibration" / f"{key}.json"
-        stored = _load(path, key, list(layers))
+        try:
+            stored = load_entry(path, key, list(layers), finite)
+        except CorruptArtefact as err:
+            store.warn(f"{err}; calibrating again")
+            stored = None
         if stored is not None:
             for name, layer in layers.items():
                 layer.load_controls(stored[name])
@@ -173,8 +200,8 @@ def calibrate_levels(
             "layers": {n: _encode(layer.calibrated_controls()) for n, layer in layers.items()},
         }
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            atomic_write_text(path, json.dumps(record, allow_nan=True))
+            store.clean_stale_temps(path.parent)
+            store.write_signed_json(path, record)
         except OSError:
             pass  # an unwritable cache only costs the next run its calibration
     return False

@@ -28,12 +28,15 @@ def family():
     return task, {m.kind: m.model for m in fam.members}
 
 
-def _deviations(model, task, device, *, rounds: int = 1) -> dict[tuple[float, str], float]:
+def _deviations(
+    model, task, device, *, rounds: int | None = None
+) -> dict[tuple[float, str], float]:
     """Measured minus nominal SNR of the mode's part, per (level, layer), inside the network:
     averaged over four fresh noise draws on the calibration inputs."""
     dep = device.deploy(model).eval()
     x = task.x_train[:512]
-    calibrate_in_network(dep, x, LEVELS, rounds=rounds, seed=device.chip_seed)
+    kw = {} if rounds is None else {"rounds": rounds}  # default: the sweeps' rounds
+    calibrate_in_network(dep, x, LEVELS, seed=device.chip_seed, **kw)
     sums: dict[tuple[float, str], Parts] = {}
     for seed in (101, 102, 103, 104):
         for level, layers in measure_in_network(dep, x, LEVELS, seed=seed).items():
