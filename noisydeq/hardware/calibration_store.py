@@ -171,7 +171,7 @@ def calibrate_levels(
     samples = in_network.SAMPLES if samples is None else int(samples)
     settings: dict[str, Any] = {"calibration": calibration}
     if calibration == "network" and calib_x is not None:
-        settings.update(rounds=rounds, samples=samples)
+        settings.update(rounds=rounds, samples=samples, draws=in_network.DRAWS)
     path = None
     if cache_dir is not None:
         key = calibration_key(model, device, calib_x, finite, settings)

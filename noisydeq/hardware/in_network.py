@@ -26,6 +26,7 @@ import torch
 from torch import Tensor, nn
 
 from noisydeq.hardware.base import (
+    CALIB_ROWS,
     DeviceLayer,
     calibrate,
     device_layers,
@@ -38,6 +39,10 @@ from noisydeq.noise import NoiseStream, active_subset, derive_seed
 #: defaults of :func:`calibrate_in_network` (docs/devices.md: measured convergence)
 ROUNDS = 2
 SAMPLES = 512
+#: each round runs the samples this many times with independent noise and recalibrates on
+#: all the inputs captured: a layer's in-network SNR at 0 dB varies by ~0.3 dB (one std,
+#: rram) from one draw to the next, so a knob fitted to one draw misses the mean by that much
+DRAWS = 4
 #: a layer is measured on at least this many noisy outputs (rows × outputs): a narrow
 #: layer's captured inputs are read several times (independent draws of its dynamic noise)
 MIN_OUTPUTS = 20_000
@@ -143,6 +148,7 @@ def calibrate_in_network(
     *,
     rounds: int = ROUNDS,
     samples: int | None = SAMPLES,
+    draws: int = DRAWS,
     seed: int = 0,
     max_rows: int = 4096,
     forward: Callable[[nn.Module, Tensor], Any] | None = None,
@@ -152,14 +158,15 @@ def calibrate_in_network(
     ``levels`` on the inputs it sees in the noisy network (module docstring).
 
     ``x``: network inputs (training data); the clean calibration uses all of them, the
-    noisy rounds the first ``samples`` (None: all). ``rounds``: noisy rounds after the clean
-    start (0: clean calibration only). ``forward(model, x)`` runs the model (default
+    noisy rounds the first ``samples`` (None: all), each run ``draws`` times with independent
+    noise (all captured inputs are used). ``rounds``: noisy rounds after the clean start (0:
+    clean calibration only). ``forward(model, x)`` runs the model (default
     ``model(x)``). ``clean_start=False``: the layers were calibrated on ``x`` already
     (:func:`calibrate`). Each layer keeps the knobs found per level (``layer.control_for``);
     its noise streams and per-sample targets are restored afterwards.
     """
-    if rounds < 0:
-        raise ValueError("rounds must be >= 0")
+    if rounds < 0 or draws < 1:
+        raise ValueError("rounds must be >= 0 and draws >= 1")
     forward = forward if forward is not None else (lambda m, inp: m(inp))
     finite = sorted({float(v) for v in levels if math.isfinite(v)})
     layers = device_layers(model)
@@ -172,6 +179,7 @@ def calibrate_in_network(
         for layer in layers.values():
             layer.control_for(level)
     xs = x if samples is None else x[:samples]
+    xs = xs.repeat(draws, *([1] * (xs.ndim - 1)))  # rows keyed by position: own draws
     saved = {name: (layer.stream, layer.sample_snr) for name, layer in layers.items()}
     history: dict[tuple[str, float], tuple] = {}  # (layer, level) -> (knobs, SNR) last round
     try:
@@ -187,7 +195,7 @@ def calibrate_in_network(
                         rows = capture.rows(name, layer, block)
                         if rows is None:
                             continue
-                        rows = repeated(subsample_rows(rows), layer.n_out)
+                        rows = repeated(subsample_rows(rows, CALIB_ROWS * draws), layer.n_out)
                         off = max(off, _recalibrate(layer, level, rows, history, name))
             report.off_db.append(off)
     finally:
