@@ -190,6 +190,16 @@ class Hardware:
 
             self.hw = hardware
             self.device = hardware.get_device(spec.device, noise_mode=spec.noise_mode)
+            finite = [s for s in spec.snr_db if math.isfinite(s)]
+            if spec.noise_site == "device" and finite:
+                # before anything is written (training included): the device's reference
+                # MVM; each trained layer's own range is checked later (check_reachable)
+                from noisydeq.hardware.calibration import check_reachable
+
+                for target in (min(finite), max(finite)):
+                    check_reachable(target, self.device.snr_range(),
+                                    f"device '{spec.device}' (its reference MVM)",
+                                    spec.noise_mode)
 
     @property
     def device_noise(self) -> bool:

@@ -123,8 +123,8 @@ def _main(*args: str, capsys) -> tuple[int, str]:
     "args,message",
     [(["--noise-mode", "dynamc"], "did you mean 'dynamic'"),
      (["--noise-mode", "static", "--noise-site", "signal"], "sets part of a device's noise"),
-     (["--snr=-80,0"], "below what layer"),
-     (["--snr", "0,90"], "above what layer")],
+     (["--snr=-80,0"], "below what device 'rram' (its reference MVM)"),
+     (["--snr", "0,90"], "above what device 'rram' (its reference MVM)")],
 )
 def test_bad_noise_input_is_one_line_and_writes_nothing(tmp_path, monkeypatch, capsys, args,
                                                         message):
@@ -136,7 +136,7 @@ def test_bad_noise_input_is_one_line_and_writes_nothing(tmp_path, monkeypatch, c
     err = err.strip()
     assert code != 0 and "Traceback" not in err
     assert len(err.splitlines()) == 1 and message in err, err
-    if "layer" in message:
+    if "what" in message:
         assert "reachable: minimum" in err and "-inf" not in err
     assert not out.exists()
 
@@ -154,3 +154,24 @@ def test_cli_noise_mode_reaches_the_table(tmp_path):
     finite = [r for r in rows if math.isfinite(r["snr_db"])]
     assert all(abs(r["static_snr_db"] - 5.0) < 1.5 for r in finite)
     assert (out / "identity.json").is_file() and (out / "layers.csv").is_file()
+
+
+def test_target_a_trained_layer_cannot_reach_is_refused_before_any_cell(tmp_path, monkeypatch,
+                                                                        capsys):
+    """The second check: a target inside the device's reference range (here: any, the
+    reference range widened) that a trained layer cannot reach is one line naming model,
+    layer and range, after training and before any cell; the new run directory is removed."""
+    import math as _m
+
+    from noisydeq.hardware.base import Device
+
+    monkeypatch.setenv("NOISYDEQ_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(Device, "snr_range", lambda self: (-_m.inf, _m.inf))
+    out = tmp_path / "run"
+    code, err = _main("sweep", "--device", "rram", "--depths", "1", "--epochs", "0", "--chips",
+                      "1", "--set", "hidden=8", "--set", "max_test_samples=20", "--quiet",
+                      "--jobs", "1", "--out", str(out), "--snr=-80,0", capsys=capsys)
+    err = err.strip()
+    assert code != 0 and len(err.splitlines()) == 1, err
+    assert "below what layer" in err and "reachable: minimum" in err and "-inf" not in err
+    assert not out.exists()
