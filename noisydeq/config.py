@@ -666,15 +666,11 @@ class SweepSpec(FamilyChoices):
             raise ValueError(f"{info.field_name}: {len(v)} entries; at most {limits.MAX_SEEDS}")
         return list(dict.fromkeys(v))
 
-    @field_validator("noise_mode")
+    @field_validator("noise_mode", "calibration")
     @classmethod
-    def _mode(cls, v: Any) -> str:
-        return check_choice(v, NOISE_MODES)
-
-    @field_validator("calibration")
-    @classmethod
-    def _calibration(cls, v: Any) -> str:
-        return check_choice(v, CALIBRATIONS)
+    def _device_choices(cls, v: Any, info: Any) -> str:
+        allowed = {"noise_mode": NOISE_MODES, "calibration": CALIBRATIONS}[info.field_name]
+        return check_choice(v, allowed)
 
     @model_validator(mode="after")
     def _mode_needs_device(self) -> SweepSpec:
