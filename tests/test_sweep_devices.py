@@ -175,3 +175,19 @@ def test_target_a_trained_layer_cannot_reach_is_refused_before_any_cell(tmp_path
     assert code != 0 and len(err.splitlines()) == 1, err
     assert "below what layer" in err and "reachable: minimum" in err and "-inf" not in err
     assert not out.exists()
+
+
+def test_table_command_prints_the_paired_table_and_refuses_bad_input(tmp_path, capsys):
+    res = _toy(tmp_path, "t", "snr", noise_mode="dynamic")
+    out = CliRunner().invoke(cli, ["table", str(res.run_dir.path), "--snr", "0"])
+    assert out.exit_code == 0, out.output
+    assert "noise mode dynamic" in out.output and "| training SNR | FFW depth |" in out.output
+    lines = [ln for ln in out.output.splitlines() if ln.startswith("| ∞ dB |")]
+    assert len(lines) == 2  # depths 1 and 3
+    for args, needle in ((["--snr", "5"], "no level 5 dB"), (["--snr", "0,10"], "one level"),
+                         ([], None)):
+        target = str(res.run_dir.path) if needle else str(tmp_path / "none")
+        code, err = _main("table", target, *args, capsys=capsys)
+        err = err.strip()
+        assert code != 0 and len(err.splitlines()) == 1 and "Traceback" not in err, err
+        assert (needle or "no results.csv") in err
