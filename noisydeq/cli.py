@@ -31,6 +31,7 @@ COMMAND_MODULES = [
     "train",
     "run",
     "devices",
+    "table",
     "sensitivity",
     "spectrum",
     "solvers",

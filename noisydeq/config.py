@@ -672,6 +672,12 @@ def check_lyapunov_members(lyapunov: LyapunovSpec | None, kinds: list[str]) -> N
         raise ValueError("lyapunov: settings given but 'lyadeq' is not in kinds")
 
 
+#: which part of a device's noise a swept SNR sets (noisydeq.hardware.modes)
+NOISE_MODES = ("physical", "dynamic", "static", "both")
+#: where a sweep calibrates its device layers (noisydeq.hardware.in_network)
+CALIBRATIONS = ("network", "clean")
+
+
 class FamilyChoices(StrictModel):
     """The fields a sweep and a family share beyond sizes: the FFW layer form and the SNR scale.
 
@@ -710,6 +716,13 @@ class SweepSpec(FamilyChoices):
     ``noise_site = "device"`` sweeps the SNR of the hardware model (``device`` calibrated to
     each SNR); ``signal`` / ``state`` / ``input`` sweep the paper's multiplicative model noise
     (Eq. 3-4) at that site while the weights run on ``device`` (usually ``ideal``).
+    ``noise_mode`` (device noise): which part of the device's noise the swept SNR sets —
+    ``physical`` (default: the total SNR; below each layer's native SNR only dynamic noise
+    grows, above it both parts shrink together), ``dynamic`` (the dynamic SNR; static noise
+    at its physical level), ``static`` (the static SNR; reads at their physical level) or
+    ``both`` (the total SNR, one scale on every source); docs/devices.md. ``calibration``:
+    ``network`` (default) calibrates every layer on the inputs it sees in the noisy network,
+    ``clean`` on the clean activations.
     ``seeds`` and ``train_snr_db`` are grids too: one family is trained per (seed, train SNR).
     ``kinds`` may also hold the certified-robustness kinds ``mondeq`` / ``ffw_relu``, whose
     options are ``monotone`` (:class:`MonotoneSpec`).
@@ -736,6 +749,8 @@ class SweepSpec(FamilyChoices):
     epochs: int | None = Field(default=None, ge=0, le=limits.MAX_EPOCHS)
     device: str = "rram"
     noise_site: Literal["device", "signal", "state", "input"] = "device"
+    noise_mode: str = "physical"
+    calibration: str = "network"
     snr_db: list[InfFloat] = Field(default_factory=lambda: parse_snr_range("0:30"))
     chips: int = Field(default=3, ge=1, le=limits.MAX_CHIPS)
     seeds: list[int] = Field(default_factory=lambda: [0])
@@ -802,6 +817,27 @@ class SweepSpec(FamilyChoices):
         if len(v) > limits.MAX_SEEDS:
             raise ValueError(f"{info.field_name}: {len(v)} entries; at most {limits.MAX_SEEDS}")
         return list(dict.fromkeys(v))
+
+    @field_validator("noise_mode", "calibration")
+    @classmethod
+    def _device_choices(cls, v: Any, info: Any) -> str:
+        allowed = {"noise_mode": NOISE_MODES, "calibration": CALIBRATIONS}[info.field_name]
+        return check_choice(v, allowed)
+
+    @model_validator(mode="after")
+    def _mode_needs_device(self) -> SweepSpec:
+        if self.noise_site != "device" and self.noise_mode in ("static", "both"):
+            raise ValueError(
+                f"noise_mode '{self.noise_mode}' sets part of a device's noise "
+                f"(noise_site = 'device'); model noise at '{self.noise_site}' is dynamic"
+            )
+        return self
+
+    @property
+    def swept_mode(self) -> str:
+        """The noise mode the results report: the device's, or ``dynamic`` for model noise
+        (drawn at every evaluation)."""
+        return self.noise_mode if self.noise_site == "device" else "dynamic"
 
     @field_validator("seeds", mode="after")
     @classmethod

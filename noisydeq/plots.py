@@ -25,7 +25,7 @@ from matplotlib.ticker import FixedLocator  # noqa: E402
 
 from noisydeq.config import SweepSpec  # noqa: E402
 from noisydeq.store import atomic_open  # noqa: E402
-from noisydeq.summary import Agg, aggregate  # noqa: E402
+from noisydeq.summary import Agg, aggregate, swept_part  # noqa: E402
 
 STYLE = {
     "font.size": 9,
@@ -147,7 +147,7 @@ def plot_metric_vs_snr(
                                 rotation=90, ha="right", va="bottom", fontsize=7)
             ax.xaxis.set_major_locator(FixedLocator(_ticks(levels, pos)))
             ax.set_xticklabels([_label_db(_inv(pos, t)) for t in _ticks(levels, pos)])
-            ax.set_xlabel("inference SNR (dB)")
+            ax.set_xlabel(f"inference {swept_part(rows)} (dB)")
             ax.set_title(_train_title(tsnr))
             if metric == "mse":
                 ax.set_yscale("log")
@@ -236,7 +236,8 @@ def plot_metric_vs_depth(
                 top.set_xticks(range(len(depths)))
                 top.set_xticklabels([str(widths.get(d, "")) for d in depths])
                 top.set_xlabel("DEQ width", fontsize=8)
-            ax.set_ylabel(_metric_label(metric) + f" at {_label_db(snr)} dB")
+            ax.set_ylabel(_metric_label(metric) + f" at {_label_db(snr)} dB {swept_part(rows)}",
+                          fontsize=8)
             ax.set_title(_train_title(tsnr), pad=24, fontsize=9)
             if metric == "mse":
                 ax.set_yscale("log")
@@ -277,7 +278,7 @@ def plot_train_snr_effect(
             ax.xaxis.set_major_locator(FixedLocator(_ticks(levels, pos)))
             ax.set_xticklabels([_label_db(_inv(pos, x)) for x in _ticks(levels, pos)])
             ax.set_title(f"DEQ width {w}")
-            ax.set_xlabel("inference SNR (dB)")
+            ax.set_xlabel(f"inference {swept_part(rows)} (dB)")
             if metric == "mse":
                 ax.set_yscale("log")
         axes[0][0].set_ylabel(_metric_label(metric))
@@ -288,11 +289,20 @@ def plot_train_snr_effect(
         return _save(fig, out, "train_snr_effect")
 
 
+def _mode_title(spec: SweepSpec, title: str) -> str:
+    """``title`` with what the sweep varied (device and noise mode) appended."""
+    if spec.noise_site != "device":
+        return title
+    what = f"{spec.device}, noise mode {spec.noise_mode}"
+    return f"{title} — {what}" if title else what
+
+
 def plot_sweep(
     rows: Sequence[dict[str, Any]], out: Path, spec: SweepSpec,
     native_snr_db: float | None = None, title: str = "",
 ) -> list[Path]:
     """All figures of a sweep into ``out``; returns the written paths."""
+    title = _mode_title(spec, title)
     native = native_snr_db if spec.noise_site == "device" else None
     paths = plot_metric_vs_snr(rows, out, native, title)
     paths += plot_metric_vs_depth(rows, out, spec.fixed_snr_db, title)

@@ -4,24 +4,30 @@ Layout of ``<out>/``::
 
     config.toml        the resolved SweepSpec (what produced the results), digest line first
     meta.json          seed, package versions (python, torch, aihwkit, numpy, noisydeq), start time
+    identity.json      what the run's identity holds beyond config.toml: the resolved device
+                       spec (a preset's content, not its path)
     cells/<key>.json   one file per finished (model, chip, SNR-chunk) cell, written atomically
     results.csv        the tidy table (one row per model × chip × SNR), written atomically
     results.parquet    the same table, typed (pyarrow)
+    layers.csv         device noise: each device layer's measured static / dynamic / total SNR
+                       per model × chip × SNR (LAYER_COLUMNS)
     figures/           plots (PNG + SVG)
     SHA256SUMS         digests of the table, config, meta and figures (``sha256sum -c``)
     .noisydeq.lock     the writer's lock (one writer per run directory)
 
 Resume: a cell file appears only once its cell is complete (temp file + fsync + rename), so a
 killed run leaves either the whole cell or nothing. Re-running the same config skips every
-cell whose file exists. A run directory created by a *different* config is refused with one
-clear error (results of two configs are never mixed).
+cell whose file exists. A run directory created by a *different* config — or by the same
+config whose device preset has changed since (identity by content) — is refused with one
+clear error (results of two configs are never mixed); cell keys carry a digest of the
+device content, data, models and code too, so a stale cell is never reused.
 
-Integrity (:mod:`noisydeq.store`): ``config.toml``, ``meta.json`` and every cell carry their
-SHA-256 digest, and a cell's rows are checked against the rows its key promises (count,
-columns, types, model, chip, SNR levels, no duplicates); a file that fails is refused with
-its name, never used. One process writes a run directory at a time: :meth:`RunDir.open`
-takes its lock (a second sweep on the same ``--out`` waits) and nothing is created before
-the directory, its config and its meta data are checked.
+Integrity (:mod:`noisydeq.store`): ``config.toml``, ``meta.json``, ``identity.json`` and
+every cell carry their SHA-256 digest, and a cell's rows are checked against the rows its
+key promises (count, columns, types, model, chip, SNR levels, no duplicates); a file that
+fails is refused with its name, never used. One process writes a run directory at a time:
+:meth:`RunDir.open` takes its lock (a second sweep on the same ``--out`` waits) and nothing
+is created before the directory, its config and its meta data are checked.
 """
 
 from __future__ import annotations
@@ -58,6 +64,10 @@ COLUMNS: dict[str, str] = {
     "noise_site": "str",
     "snr_db": "float",
     "measured_snr_db": "float",
+    "noise_mode": "str",
+    "static_snr_db": "float",
+    "dynamic_snr_db": "float",
+    "total_snr_db": "float",
     "chip": "int",
     "metric": "str",
     "value": "float",
@@ -69,19 +79,42 @@ COLUMNS: dict[str, str] = {
 
 #: columns that identify a row of a sweep's table (no two rows share them)
 IDENTITY: tuple[str, ...] = ("model_id", "chip", "snr_db")
+#: per-layer table of a device-noise sweep (layers.csv), in CSV order
+LAYER_COLUMNS: dict[str, str] = {
+    "model_id": "str",
+    "chip": "int",
+    "noise_mode": "str",
+    "snr_db": "float",
+    "layer": "str",
+    "static_snr_db": "float",
+    "dynamic_snr_db": "float",
+    "total_snr_db": "float",
+}
 
 # Fields of SweepSpec that do not change results (excluded from the run-dir identity):
 # noise is keyed by test-sample index, so batching and chunking give the same table.
 RUNTIME_ONLY = frozenset({"batched", "max_rows"})
 
 
+def device_identity(spec: SweepSpec) -> dict[str, Any]:
+    """The resolved device spec of ``spec.device`` (a preset's content, not its name or
+    path): what identifies the device a sweep ran on."""
+    from noisydeq.hardware.presets import load_spec
+
+    return json.loads(load_spec(spec.device).model_dump_json())
+
+
 def spec_identity(spec: Any) -> dict[str, Any]:
-    """The part of ``spec`` that determines the results (used to match a run directory)."""
+    """The part of ``spec`` that determines the results (used to match a run directory);
+    for a sweep, with the device's resolved content under ``device_spec``."""
     data = json.loads(spec.model_dump_json())
     for optional in ("monotone", "lyapunov"):  # unset: identities of earlier runs stay
         if data.get(optional) is None:
             data.pop(optional, None)
-    return {k: v for k, v in data.items() if k not in RUNTIME_ONLY}
+    out = {k: v for k, v in data.items() if k not in RUNTIME_ONLY}
+    if isinstance(spec, SweepSpec):
+        out["device_spec"] = device_identity(spec)
+    return out
 
 
 def spec_hash(spec: Any) -> str:
@@ -101,7 +134,8 @@ def package_versions() -> dict[str, str]:
     return out
 
 
-CELL_FORMAT = "noisydeq-cell/2"
+#: 3: cells carry their per-layer SNR rows (``layers``)
+CELL_FORMAT = "noisydeq-cell/3"
 _CONVERT = {"str": (str,), "int": (int,), "float": (float, int)}
 
 
@@ -152,7 +186,9 @@ class RunDir:
         self.cells = self.path / "cells"
         self.figures = self.path / "figures"
         self.config_path = self.path / "config.toml"
+        self.identity_path = self.path / "identity.json"
         self.meta_path = self.path / "meta.json"
+        self.layers_path = self.path / "layers.csv"
         self.csv_path = self.path / "results.csv"
         self.parquet_path = self.path / "results.parquet"
         self.lock = store.DirLock(self.path, "--out")
@@ -188,7 +224,13 @@ class RunDir:
         if self.config_path.exists():
             existing = self.read_config()
             old, new = spec_identity(existing), spec_identity(spec)
+            if "device_spec" in new:
+                old["device_spec"] = self._stored_device(new["device_spec"])
             diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+            if "device_spec" in diff:  # name the preset fields that changed
+                a, b = old["device_spec"], new["device_spec"]
+                fields = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+                diff[diff.index("device_spec")] = "device preset " + ", ".join(fields)
             if diff:
                 raise NoisyDEQError(
                     f"--out {self.path}: its config.toml holds a {self.what} with a different "
@@ -201,6 +243,19 @@ class RunDir:
         if self.meta_path.exists():
             self.read_meta()
         return existing
+
+    def _stored_device(self, current: dict[str, Any]) -> dict[str, Any]:
+        """The device spec recorded when the run began (``identity.json``, digest checked;
+        ``current`` for a run directory that has none yet)."""
+        if not self.identity_path.exists():
+            return current
+        try:
+            data = store.read_signed_json(self.identity_path, "identity.json")
+        except NoisyDEQError as err:
+            raise self._refuse(err) from None
+        if not isinstance(data.get("device_spec"), dict):
+            raise self._refuse(CorruptArtefact(self.identity_path, "holds no device_spec"))
+        return data["device_spec"]
 
     def open(self, spec: Any, extra_meta: dict[str, Any] | None = None) -> bool:
         """Lock the directory for ``spec`` (waiting for another writer), create it or check
@@ -215,6 +270,10 @@ class RunDir:
                 store.clean_stale_temps(d, locked=True)
             if existing is None:
                 store.atomic_write_text(self.config_path, store.sign_text(dumps_toml(spec)))
+            if isinstance(spec, SweepSpec) and (existing is None
+                                                or not self.identity_path.is_file()):
+                store.write_signed_json(self.identity_path,
+                                        {"device_spec": device_identity(spec)}, indent=2)
             meta = {
                 "seeds": getattr(spec, "seeds", [getattr(spec, "seed", None)]),
                 "config_hash": spec_hash(spec),
@@ -235,7 +294,19 @@ class RunDir:
             if created:
                 shutil.rmtree(self.path, ignore_errors=True)
             raise
+        self.created = created
         return existing is not None
+
+    def discard(self) -> None:
+        """Remove a run directory that :meth:`open` created in this run and that holds no
+        cell yet (a sweep refused after opening it leaves nothing behind); call it while
+        holding the lock."""
+        if not getattr(self, "created", False):
+            return
+        if self.cells.is_dir() and any(self.cells.iterdir()):
+            return
+        self.close()
+        shutil.rmtree(self.path, ignore_errors=True)
 
     def close(self) -> None:
         """Release the lock taken by :meth:`open`."""
@@ -283,10 +354,28 @@ class RunDir:
                                   ) from None
         return data["rows"]
 
-    def save_cell(self, key: str, rows: Sequence[dict[str, Any]]) -> None:
-        """Record a finished cell durably (atomic write with fsync, digest embedded)."""
-        store.write_signed_json(self.cell_path(key),
-                                {"format": CELL_FORMAT, "key": key, "rows": list(rows)})
+    def save_cell(
+        self, key: str, rows: Sequence[dict[str, Any]],
+        layers: Sequence[dict[str, Any]] = (),
+    ) -> None:
+        """Record a finished cell durably (atomic write with fsync, digest embedded);
+        ``layers``: its per-layer rows (:data:`LAYER_COLUMNS`)."""
+        record: dict[str, Any] = {"format": CELL_FORMAT, "key": key, "rows": list(rows)}
+        if layers:
+            record["layers"] = list(layers)
+        store.write_signed_json(self.cell_path(key), record)
+
+    def load_cell_layers(self, key: str) -> list[dict[str, Any]]:
+        """The per-layer rows (:data:`LAYER_COLUMNS`) of a finished cell, checked like its
+        rows (empty when it has none)."""
+        p = self.cell_path(key)
+        data = store.read_signed_json(p, "cell file")
+        if data.get("key") != key:
+            raise CorruptArtefact(p, f"belongs to cell {data.get('key')!r}, not {key!r}")
+        layers = data.get("layers", [])
+        check_rows(layers, p, columns=LAYER_COLUMNS,
+                   identity=("model_id", "chip", "snr_db", "layer"))
+        return layers
 
     # --------------------------------------------------------------- final table
 
@@ -301,11 +390,19 @@ class RunDir:
         store.atomic_write_bytes(self.parquet_path, table_to_parquet(rows, self.columns))
         return self.csv_path, self.parquet_path
 
+    def write_layer_table(self, rows: Iterable[dict[str, Any]]) -> Path:
+        """Write the per-layer table (``layers.csv``) atomically."""
+        rows = list(rows)
+        check_rows(rows, self.layers_path, columns=LAYER_COLUMNS,
+                   identity=("model_id", "chip", "snr_db", "layer"))
+        store.atomic_write_bytes(self.layers_path, table_to_csv(rows, LAYER_COLUMNS).encode())
+        return self.layers_path
+
     def seal(self, figures: Iterable[Path] = (), extra: Iterable[Path] = ()) -> Path:
-        """Write ``SHA256SUMS`` over the table, config, meta data, ``figures`` and any
-        ``extra`` file of the run."""
-        files = [self.csv_path, self.parquet_path, self.config_path, self.meta_path,
-                 *extra, *figures]
+        """Write ``SHA256SUMS`` over the tables, config, identity, meta data, ``figures`` and
+        any ``extra`` file of the run."""
+        files = [self.csv_path, self.parquet_path, self.layers_path, self.config_path,
+                 self.identity_path, self.meta_path, *extra, *figures]
         return store.write_manifest(self.path, [f for f in files if f.is_file()])
 
 
@@ -332,8 +429,12 @@ def table_to_csv(rows: Sequence[dict[str, Any]], columns: dict[str, str] | None 
     return buf.getvalue()
 
 
-def read_csv(path: str | os.PathLike, columns: dict[str, str] = COLUMNS) -> list[dict[str, Any]]:
-    """Read a run's results CSV back into typed rows (checked against its ``SHA256SUMS``)."""
+def read_csv(
+    path: str | os.PathLike, columns: dict[str, str] | None = None
+) -> list[dict[str, Any]]:
+    """Read a run's results CSV (or, with ``columns=LAYER_COLUMNS``, its layers.csv) back
+    into typed rows (checked against its ``SHA256SUMS``)."""
+    columns = COLUMNS if columns is None else columns
     store.verify_listed(path)
     conv = {"str": str, "int": int, "float": float}
     with open(path, newline="", encoding="utf-8") as fh:

@@ -74,6 +74,41 @@ def condensed_levels(levels: Sequence[float], limit: int = 8) -> list[float]:
     return picked + [s for s in levels if math.isinf(s)]
 
 
+#: what a swept SNR sets in each noise mode (device noise; docs/devices.md, "Noise modes")
+MODE_TEXT = {
+    "physical": "total SNR; below each layer's native SNR only dynamic noise grows, above it "
+                "static and dynamic noise shrink together",
+    "dynamic": "dynamic SNR (read noise, converters); static noise at its physical level",
+    "static": "static SNR (the chip's weight error); reads at their physical level",
+    "both": "total SNR; one scale on static and dynamic noise",
+}
+#: the SNR part each mode's level refers to (axis labels)
+MODE_PART = {"physical": "total", "both": "total", "dynamic": "dynamic", "static": "static"}
+
+
+def swept_part(rows: Sequence[dict[str, Any]]) -> str:
+    """The SNR the level of ``rows`` refers to, for axis labels: ``device total SNR``,
+    ``device dynamic SNR``, ``signal SNR`` (model noise at its site), ..."""
+    if not rows:
+        return "SNR"
+    r = rows[0]
+    if r.get("noise_site") != "device":
+        return f"{r.get('noise_site', 'model')} SNR"
+    return f"device {MODE_PART.get(r.get('noise_mode', ''), 'total')} SNR"
+
+
+def swept_description(rows: Sequence[dict[str, Any]]) -> str:
+    """One line saying what the sweep varied (device and noise mode, or the model-noise site)."""
+    if not rows:
+        return ""
+    r = rows[0]
+    if r.get("noise_site") != "device":
+        return (f"swept: multiplicative {r.get('noise_site')} noise (paper Eq. 3-4) on device "
+                f"{r.get('device')}")
+    mode = r.get("noise_mode", "")
+    return f"swept: device {r.get('device')}, noise mode {mode}: {MODE_TEXT.get(mode, mode)}"
+
+
 def _fmt_value(v: float, metric: str) -> str:
     if math.isnan(v):
         return "nan"
@@ -123,9 +158,11 @@ def summary_table(rows: Sequence[dict[str, Any]], limit: int = 8) -> str:
     if any(r["diverged_frac"] > 0 for r in rows):
         notes.append("* = some samples diverged")
     out.append(
-        f"{metric} (inference SNR columns), mean over {n_chips} chip(s) × {n_seeds} seed(s)"
+        f"{metric} (inference {swept_part(rows)} columns), mean over {n_chips} chip(s) × "
+        f"{n_seeds} seed(s)"
         + "".join(f"; {n}" for n in notes)
     )
+    out.append(swept_description(rows))
     return "\n".join(out)
 
 

@@ -27,8 +27,10 @@ Metric conventions (the paper's Sec. 4.1 / App. D.1 metrics, made explicit for n
   never hidden inside an average.
 
 ``measured_snr_db`` is the realised SNR Σ‖y‖²/Σ‖ε‖² at the noise site over all injections
-of that level (model noise), or the device's own measurement (device noise); ``inf`` when
-there is no noise.
+of that level (model noise), or the device's own measurement of the part the noise mode
+sets (device noise: ``static_snr_db``, ``dynamic_snr_db`` or ``total_snr_db``, each over
+every device layer's last evaluation of the probed samples — a DEQ's noisy fixed point);
+``inf`` when there is no noise, ``nan`` when undefined (no signal).
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ from torch import Tensor, nn
 
 from noisydeq.config import NoiseSpec, SweepSpec
 from noisydeq.errors import NoisyDEQError
+from noisydeq.hardware.parts import Parts
 from noisydeq.noise import STABLE_ROWS, Noise, NoiseStream, active_subset, derive_seed
 from noisydeq.results import RunDir
 from noisydeq.runtime import job_count, num_threads, resolve_torch_device, thread_plan
@@ -82,8 +85,9 @@ class SweepModel:
 #: row depends on its alignment (64 bytes covers AVX-512), never on the batch around it
 ROW_ALIGN = 16
 #: version of the cells a run directory holds (part of every cell key): 2 = counter-based
-#: noise keyed by test-sample index (cells of version 1 are recomputed, not mixed in)
-CELL_VERSION = 2
+#: noise keyed by test-sample index; 3 = noise modes, static / dynamic / total SNR per row
+#: and per layer, in-network calibration (cells of older versions are recomputed, not mixed in)
+CELL_VERSION = 3
 
 
 @dataclass
@@ -99,11 +103,14 @@ class LevelStats:
     converged: int = 0
     diverged: int = 0
     #: per sample: correct (classification) or squared error (regression), steps; per
-    #: measured sample: ‖y‖² and ‖ε‖² summed over the sample's injections or reads
+    #: measured sample (model noise): ‖y‖² and ‖ε‖² summed over the sample's injections
     scores: list[float] = field(default_factory=list)
     step_counts: list[float] = field(default_factory=list)
     signals: list[float] = field(default_factory=list)
     noises: list[float] = field(default_factory=list)
+    #: device noise: per device layer, per probed sample, its (signal, static, dynamic,
+    #: total) powers at its last evaluation of the sample (:mod:`noisydeq.hardware.parts`)
+    layer_powers: dict[str, list[list[float]]] = field(default_factory=dict)
 
     @property
     def score(self) -> float:
@@ -114,20 +121,23 @@ class LevelStats:
     def steps(self) -> float:
         return math.fsum(self.step_counts)
 
-    @property
-    def signal(self) -> float:
-        return math.fsum(self.signals)
+    def layer_parts(self) -> dict[str, Parts]:
+        """Per device layer, the exact sums of its probed samples' powers."""
+        return {name: Parts(*(math.fsum(col) for col in zip(*rows, strict=True)))
+                if rows else Parts() for name, rows in self.layer_powers.items()}
 
-    @property
-    def noise(self) -> float:
-        return math.fsum(self.noises)
-
-    def measured_db(self) -> float:
-        if self.noise == 0.0:
-            return math.inf
-        if self.signal == 0.0:
-            return -math.inf
-        return 10.0 * math.log10(self.signal / self.noise)
+    def parts(self) -> Parts:
+        """Signal and error powers of the level: device noise — static / dynamic / total
+        summed over the layers that carry signal (a layer without signal has no SNR,
+        docs/devices.md); model noise — the site's noise as dynamic and total."""
+        if self.layer_powers:
+            out = Parts()
+            for parts in self.layer_parts().values():
+                if parts.signal > 0:
+                    out += parts
+            return out
+        noise = math.fsum(self.noises)
+        return Parts(math.fsum(self.signals), 0.0, noise, noise)
 
 
 class MeteredNoise(Noise):
@@ -179,36 +189,77 @@ class Hardware:
             from noisydeq import hardware
 
             self.hw = hardware
-            self.device = hardware.get_device(spec.device)
-            if spec.noise_site == "device":
-                finite = [s for s in spec.snr_db if math.isfinite(s)]
-                if finite:  # unreachable SNRs fail now, before anything is written
-                    self.device.at_snr(max(finite))
+            self.device = hardware.get_device(spec.device, noise_mode=spec.noise_mode)
+            finite = [s for s in spec.snr_db if math.isfinite(s)]
+            if spec.noise_site == "device" and finite:
+                # before anything is written (training included): the device's reference
+                # MVM; each trained layer's own range is checked later (check_reachable)
+                from noisydeq.hardware.calibration import check_reachable
+
+                for target in (min(finite), max(finite)):
+                    check_reachable(target, self.device.snr_range(),
+                                    f"device '{spec.device}' (its reference MVM)",
+                                    spec.noise_mode)
+
+    @property
+    def device_noise(self) -> bool:
+        return self.spec.noise_site == "device" and not self.direct
+
+    def native_parts(self) -> dict[str, float]:
+        """Static, dynamic and total native SNR of the device's reference MVM (dB)."""
+        if self.direct:
+            return {"static": math.inf, "dynamic": math.inf, "total": math.inf}
+        return dict(self.device.native_parts())
 
     def native_snr_db(self) -> float:
-        if self.direct:
-            return math.inf
-        return float(self.device.native_snr_db())
+        """Native SNR of the part the noise mode sets (the swept axis's native point)."""
+        from noisydeq.hardware.modes import TARGET_PART
+
+        return float(self.native_parts()[TARGET_PART[self.spec.swept_mode]])
+
+    def check_reachable(self, models: Sequence[SweepModel], calib_x: Tensor | None) -> None:
+        """Refuse (one line naming model, layer and range) a finite target that some layer
+        of the trained ``models`` cannot reach in the noise mode, on its clean calibration
+        inputs on the first chip — before any cell is evaluated."""
+        finite = [s for s in self.spec.snr_db if math.isfinite(s)]
+        if not self.device_noise or not finite:
+            return
+        from noisydeq.hardware.calibration import check_reachable
+
+        lo, hi = min(finite), max(finite)
+        for sm in models:
+            deployed = self.device.new_chip(derive_seed(sm.seed, "chip", 0)).deploy(sm.model)
+            if calib_x is not None:
+                self.hw.calibrate(deployed, calib_x)
+            for name, layer in self.hw.device_layers(deployed).items():
+                reach = layer.snr_range()
+                if math.isnan(reach[0]):
+                    continue  # no signal: not calibrated (docs/devices.md)
+                for target in (lo, hi):
+                    check_reachable(target, reach, f"layer '{name}' of {sm.model_id}",
+                                    self.spec.noise_mode)
 
     def chip(self, model: nn.Module, seed: int, chip: int, calib_x: Tensor | None) -> nn.Module:
         """``model`` deployed on chip instance ``chip`` (static noise seeded by seed, chip).
 
         Layers are calibrated on the activations of ``calib_x`` (training inputs), so a
-        target SNR is met on the data the model sees, not on synthetic vectors. Under device
-        noise every SNR level of the sweep is calibrated here, in ascending order, or loaded
-        from the calibration cache (:mod:`noisydeq.hardware.calibration_store`).
+        target SNR is met on the data the model sees, not on synthetic vectors: inside the
+        noisy network (``spec.calibration = "network"``) or on clean activations. Under
+        device noise every SNR level of the sweep is calibrated here, in ascending order, or
+        loaded from the calibration cache (:mod:`noisydeq.hardware.calibration_store`).
         """
         if self.direct:
             return model
         device = self.device.new_chip(derive_seed(seed, "chip", chip))
         deployed = device.deploy(model).eval()
-        if calib_x is not None:
-            self.hw.calibrate(deployed, calib_x)
         if self.spec.noise_site == "device":
             from noisydeq.families import cache_root
             from noisydeq.hardware.calibration_store import calibrate_levels
 
-            calibrate_levels(deployed, model, device, calib_x, self.spec.snr_db, cache_root())
+            calibrate_levels(deployed, model, device, calib_x, self.spec.snr_db, cache_root(),
+                             calibration=self.spec.calibration)
+        elif calib_x is not None:
+            self.hw.calibrate(deployed, calib_x)
         return deployed
 
     def prepare(
@@ -231,88 +282,116 @@ class Hardware:
         self.hw.set_sample_snr(model, snr if device_noise else None)
 
     def meter(
-        self, model: nn.Module, blocks: int, rows: int, first_sample: int, total: int
+        self, model: nn.Module, blocks: int, rows: int, first_sample: int, total: int,
+        samples: int | None = None,
     ) -> DeviceMeter | None:
-        """A per-sample SNR meter on the deployed layers for the next forward."""
+        """A per-sample SNR meter on the deployed layers for the next forward (blocks of
+        ``rows`` rows, the first ``samples`` of each real)."""
         if self.direct:
             return None
-        return DeviceMeter(self.hw.device_layers(model), blocks, rows, first_sample, total)
+        return DeviceMeter(self.hw.device_layers(model), blocks, rows, first_sample, total,
+                           samples)
 
 
 class DeviceMeter:
-    """Measures the realised MVM-output SNR of every device layer on the first test samples.
+    """Measures the realised static, dynamic and total MVM-output SNR of every device layer
+    on the first test samples (:mod:`noisydeq.hardware.parts`).
 
-    Forward hooks compare the device output (bias removed) with the exact MVM of the digital
-    weights for the test samples of index < ``probe`` in each block (level): ‖Wx‖² and
-    ‖y_dev − Wx‖² (DESIGN §1) summed per sample over layers and calls, and over samples by
-    the caller. Probing a few samples keeps the extra exact MVMs cheap; probing them by
-    test-set index keeps the measurement independent of the batching. When a solver
-    evaluates only its active rows (:class:`noisydeq.noise.RowSubset`), the probe rows
-    among them are measured.
+    Forward hooks keep, for the test samples of index < ``probe`` in each block (level),
+    each layer's input, device output (bias removed) and knobs at its **last** evaluation
+    of that sample: the one evaluation of an FFW layer, the noisy fixed point of a DEQ's
+    cell (the inputs its calibration aimed at). :meth:`per_sample` then compares the
+    outputs with the exact MVM of the digital weights and with the chip's (W_chip x), once,
+    in float64, each probed row placed at a row ≡ its test index (mod ``ROW_ALIGN``) as in
+    the forward. Probing a few samples keeps the extra MVMs cheap; probing them by test-set
+    index keeps the measurement independent of the batching. When a solver evaluates only
+    its active rows (:class:`noisydeq.noise.RowSubset`), the probe rows among them are
+    recorded.
     """
 
-    probe = 32
+    probe = 64
 
     def __init__(
         self, layers: dict[str, nn.Module], blocks: int, rows: int, first_sample: int,
-        total: int,
+        total: int, samples: int | None = None,
     ) -> None:
-        #: test samples first_sample … first_sample + m − 1 of each block are probed
-        self.m = max(0, min(rows, self.probe - first_sample))
+        #: test samples first_sample … first_sample + m − 1 of each block are probed (of its
+        #: ``samples`` real rows; the rest of a block of ``rows`` is padding)
+        real = rows if samples is None else samples
+        self.m = max(0, min(real, self.probe - first_sample))
         self.blocks, self.total = blocks, total
         self.index = torch.cat([torch.arange(self.m) + k * rows for k in range(blocks)])
-        #: probe row i is computed at row ``place[i]`` of a zero-padded buffer: ≡ its test
-        #: index (mod ROW_ALIGN), as in the forward (``first_sample`` is a multiple of it)
         span = -(-self.m // ROW_ALIGN) * ROW_ALIGN
+        self.span = span
         self.place = torch.cat([torch.arange(self.m) + k * span for k in range(blocks)])
-        self.rows_buf = blocks * span
-        #: per probed row (block-major): sums of ‖Wx‖² and ‖y_dev − Wx‖², float64 on the
-        #: layers' device once a forward ran; read once per forward (:meth:`per_sample`)
-        self.signal: Tensor | None = None
-        self.noise: Tensor | None = None
-        self.handles = [
-            layer.register_forward_hook(self._hook)
-            for layer in layers.values()
-            if getattr(layer, "op", "linear") == "linear" and self.m > 0
-        ]
+        self.layers = {n: layer for n, layer in layers.items()
+                       if getattr(layer, "op", "linear") == "linear" and self.m > 0}
+        #: per layer: [inputs, outputs, per-block knobs, seen] of the probed rows
+        self.last: dict[str, list[Any]] = {}
+        self._powers: dict[str, Tensor] | None = None
+        self.handles = [layer.register_forward_hook(self._hook(name))
+                        for name, layer in self.layers.items()]
 
-    def _hook(self, layer: nn.Module, inputs: tuple[Tensor, ...], out: Tensor) -> None:
-        x = inputs[0]
-        probe = self.index.to(x.device)
-        subset = active_subset(x.shape[0])
-        if subset is not None and subset.total == self.total:
-            where = torch.full((self.total,), -1, dtype=torch.long, device=x.device)
-            where[subset.index.to(x.device)] = torch.arange(x.shape[0], device=x.device)
-            pos = where[probe]
-            keep = pos >= 0
-            if subset.real is not None:  # padding rows of a small subset do not count
-                keep &= subset.real.to(x.device)[pos.clamp(min=0)]
-            slot, idx = keep.nonzero().squeeze(1), pos[keep]
-        elif x.shape[0] == self.total:
-            slot, idx = torch.arange(probe.numel(), device=x.device), probe
-        else:
-            return
-        if idx.numel() == 0:
-            return
-        y = out[idx].double()
-        if getattr(layer, "bias", None) is not None:
-            y = y - layer.bias.double()
-        place = self.place.to(x.device)[slot]
-        xs = x.new_zeros((self.rows_buf, x.shape[1]), dtype=torch.float64)
-        xs[place] = x[idx].double()
-        exact = torch.nn.functional.linear(xs, layer.weight.double())[place]
-        if self.signal is None or self.noise is None:
-            self.signal = torch.zeros(probe.numel(), dtype=torch.float64, device=x.device)
-            self.noise = torch.zeros_like(self.signal)
-        self.signal.index_add_(0, slot, exact.pow(2).sum(1))
-        self.noise.index_add_(0, slot, (y - exact).pow(2).sum(1))
+    def _hook(self, name: str):
+        def fn(layer: nn.Module, inputs: tuple[Tensor, ...], out: Tensor) -> None:
+            x = inputs[0].detach()
+            probe = self.index.to(x.device)
+            subset = active_subset(x.shape[0])
+            if subset is not None and subset.total == self.total:
+                where = torch.full((self.total,), -1, dtype=torch.long, device=x.device)
+                where[subset.index.to(x.device)] = torch.arange(x.shape[0], device=x.device)
+                pos = where[probe]
+                keep = pos >= 0
+                if subset.real is not None:  # padding rows of a small subset do not count
+                    keep &= subset.real.to(x.device)[pos.clamp(min=0)]
+                slot, idx = keep.nonzero().squeeze(1), pos[keep]
+            elif x.shape[0] == self.total:
+                slot, idx = torch.arange(probe.numel(), device=x.device), probe
+            else:
+                return
+            if idx.numel() == 0:
+                return
+            control = layer.resolve_controls(x.shape[0])
+            y = out.detach()[idx]
+            if getattr(layer, "bias", None) is not None:
+                y = y - layer.bias.detach()
+            if name not in self.last:
+                n = probe.numel()
+                knobs = torch.tensor(layer.native_knobs(), dtype=torch.float64,
+                                     device=x.device).repeat(self.blocks, 1)
+                self.last[name] = [x.new_zeros((n, x.shape[-1])), y.new_zeros((n, y.shape[-1])),
+                                   knobs, torch.zeros(n, dtype=torch.bool, device=x.device)]
+                self._powers = None
+            buf = self.last[name]
+            buf[0][slot] = x[idx]
+            buf[1][slot] = y
+            block = slot // self.m
+            if isinstance(control, Tensor):
+                buf[2][block] = control.to(x.device)[idx]
+            else:
+                buf[2][block] = torch.tensor(control, dtype=torch.float64, device=x.device)
+            buf[3][slot] = True
+            self._powers = None
 
-    def per_sample(self, block: int) -> tuple[list[float], list[float]]:
-        """(‖Wx‖², ‖ε‖²) sums of each probed sample of ``block`` over every call so far."""
-        if self.signal is None or self.noise is None:
-            return [], []
+        return fn
+
+    def per_sample(self, block: int) -> dict[str, list[list[float]]]:
+        """Per layer, the (signal, static, dynamic, total) powers of each probed sample of
+        ``block`` at its last evaluation (zeros for a sample the layer never saw)."""
+        if self._powers is None:
+            self._powers = {}
+            for name, (x, y, knobs, seen) in self.last.items():
+                layer = self.layers[name]
+                place = self.place.to(x.device)
+                rows_buf = self.blocks * self.span
+                xs = x.new_zeros((rows_buf, x.shape[1]))
+                ys = y.new_zeros((rows_buf, y.shape[1]))
+                xs[place], ys[place] = x, y
+                control = knobs.repeat_interleave(self.span, dim=0)
+                powers = layer.row_powers(xs, ys, control)[place]
+                self._powers[name] = powers * seen.unsqueeze(1)
         sl = slice(block * self.m, (block + 1) * self.m)
-        return self.signal[sl].tolist(), self.noise[sl].tolist()
+        return {name: p[sl].tolist() for name, p in self._powers.items()}
 
     def close(self) -> None:
         for h in self.handles:
@@ -373,7 +452,7 @@ def forward_levels(
                              snr_db=snr)
     meter = None
     if device_noise and on_device:
-        meter = hardware.meter(deployed, k, nb, first_sample, xs.shape[0])
+        meter = hardware.meter(deployed, k, nb, first_sample, xs.shape[0], n)
     try:
         with torch.no_grad():
             logits, sol = _forward(deployed, xs, noise)
@@ -409,9 +488,8 @@ def forward_levels(
             st.signals += noise.signal[j * nb : j * nb + n].tolist()
             st.noises += noise.noise[j * nb : j * nb + n].tolist()
         elif meter is not None:
-            sig, noi = meter.per_sample(j)
-            st.signals += sig
-            st.noises += noi
+            for name, powers in meter.per_sample(j).items():
+                st.layer_powers.setdefault(name, []).extend(powers)
 
 
 def level_chunks(
@@ -493,12 +571,17 @@ def stats_rows(
     metric: str,
 ) -> list[dict[str, Any]]:
     """Tidy-table rows (see :data:`noisydeq.results.COLUMNS`) for one finished cell."""
+    from noisydeq.hardware.modes import TARGET_PART
+
+    mode = spec.swept_mode
     rows = []
     for st, level in zip(stats, levels, strict=False):
         if metric == "accuracy":
             value = st.score / st.n
         else:
             value = st.score / st.n_scored if st.n_scored else math.nan
+        total = st.parts()
+        parts = {p: _part_db(total, p, level) for p in ("static", "dynamic", "total")}
         rows.append(
             {
                 "task": task_name,
@@ -512,7 +595,11 @@ def stats_rows(
                 "device": spec.device,
                 "noise_site": spec.noise_site,
                 "snr_db": float(level),
-                "measured_snr_db": float(st.measured_db()),
+                "measured_snr_db": parts[TARGET_PART[mode]],
+                "noise_mode": mode,
+                "static_snr_db": parts["static"],
+                "dynamic_snr_db": parts["dynamic"],
+                "total_snr_db": parts["total"],
                 "chip": int(chip),
                 "metric": metric,
                 "value": float(value),
@@ -523,6 +610,32 @@ def stats_rows(
             }
         )
     return rows
+
+
+def _part_db(parts: Parts, part: str, level: float) -> float:
+    """SNR (dB) of ``part``: ``inf`` where nothing was noisy (SNR = ∞ runs the digital
+    model), ``nan`` where no layer carried signal."""
+    if parts.signal == 0 and getattr(parts, part) == 0 and math.isinf(level):
+        return math.inf
+    return float(parts.db(part))
+
+
+def layer_rows(
+    sm: SweepModel, stats: Sequence[LevelStats], levels: Sequence[float], chip: int,
+    spec: SweepSpec,
+) -> list[dict[str, Any]]:
+    """Per-layer rows (:data:`noisydeq.results.LAYER_COLUMNS`) of one finished cell: each
+    device layer's measured SNR parts next to the nominal level (device noise only)."""
+    out = []
+    for st, level in zip(stats, levels, strict=False):
+        for name, parts in st.layer_parts().items():
+            out.append({
+                "model_id": sm.model_id, "chip": int(chip), "noise_mode": spec.swept_mode,
+                "snr_db": float(level), "layer": name,
+                "static_snr_db": parts.static_db, "dynamic_snr_db": parts.dynamic_db,
+                "total_snr_db": parts.total_db,
+            })
+    return out
 
 
 # ------------------------------------------------------------------------ the sweep
@@ -538,6 +651,8 @@ class SweepResult:
     computed_cells: int
     skipped_cells: int
     figures: list[Path] = field(default_factory=list)
+    #: static / dynamic / total native SNR of the device's reference MVM (dB)
+    native_parts: dict[str, float] = field(default_factory=dict)
 
 
 ModelProvider = Callable[[SweepSpec, Any, bool], list[SweepModel]]
@@ -615,10 +730,38 @@ class CellRunner:
                                                         spec.max_rows)
         calib_x = getattr(task, "x_train", None)
         self.calib_x = None if calib_x is None else calib_x[:512].to(torch_device)
+        self.content = self._content()
+        self._model_hashes: dict[int, str] = {}
 
-    @staticmethod
-    def key(sm: SweepModel, chip: int, levels: Sequence[float]) -> str:
-        return f"v{CELL_VERSION}|{sm.model_id}|chip{chip}|" + ",".join(fmt_db(s) for s in levels)
+    def _content(self) -> str:
+        """Digest of every input of a cell's results besides the model and its place: the
+        resolved device spec (not its path), noise mode, calibration, the test and
+        calibration data and the package's code (:func:`~noisydeq.hardware.calibration_store
+        .code_fingerprint`)."""
+        import hashlib
+
+        from noisydeq.hardware.calibration_store import code_fingerprint
+        from noisydeq.results import device_identity
+        from noisydeq.store import hash_tensor
+
+        h = hashlib.blake2b(digest_size=10)
+        h.update(repr((device_identity(self.spec), self.spec.swept_mode, self.spec.calibration,
+                       code_fingerprint())).encode())
+        for t in (self.x, self.y, self.calib_x):
+            if t is not None:
+                hash_tensor(h, t.detach().cpu())
+        return h.hexdigest()
+
+    def key(self, sm: SweepModel, chip: int, levels: Sequence[float]) -> str:
+        """Cell key: version, model id and weights digest, chip, levels and
+        :meth:`_content`."""
+        from noisydeq.train import init_hash
+
+        mh = self._model_hashes.get(id(sm.model))
+        if mh is None:
+            mh = self._model_hashes[id(sm.model)] = init_hash(sm.model)
+        return (f"v{CELL_VERSION}|{sm.model_id}|{mh}|chip{chip}|"
+                + ",".join(fmt_db(s) for s in levels) + f"|{self.content}")
 
     def expected(self, sm: SweepModel, chip: int, levels: Sequence[float]) -> list[dict]:
         """What the rows of a cell must say (everything but the measured values)."""
@@ -626,6 +769,7 @@ class CellRunner:
                  "depth": int(sm.depth), "width": int(sm.width), "params": int(sm.params),
                  "seed": int(sm.seed), "train_snr_db": float(sm.train_snr_db),
                  "device": self.spec.device, "noise_site": self.spec.noise_site,
+                 "noise_mode": self.spec.swept_mode,
                  "chip": int(chip), "metric": self.metric, "n_samples": int(self.x.shape[0])}
         return [{**fixed, "snr_db": float(s)} for s in levels]
 
@@ -640,12 +784,12 @@ class CellRunner:
     def run_pair(
         self, sm: SweepModel, chip: int, on_cell: Callable[[int], None],
         todo: list[list[float]] | None = None,
-        save: Callable[[str, list[dict[str, Any]]], None] | None = None,
+        save: Callable[[str, list[dict[str, Any]], list[dict[str, Any]]], None] | None = None,
     ) -> None:
         """Compute and save the missing cells of ``sm`` on chip ``chip`` (``todo``: the
         level chunks :meth:`missing` gave, when the caller already asked; ``save(key,
-        rows)``: where a finished cell goes, default the run directory — a worker process
-        hands it to the driver instead)."""
+        rows, layers)``: where a finished cell goes, default the run directory — a worker
+        process hands it to the driver instead)."""
         save = self.run_dir.save_cell if save is None else save
         todo = self.missing(sm, chip) if todo is None else todo
         if not todo:
@@ -658,7 +802,8 @@ class CellRunner:
                 self.classification, self.rows_per_batch, self.spec.batched,
             )
             rows = stats_rows(sm, stats, levels, chip, self.spec, self.task_name, self.metric)
-            save(self.key(sm, chip, levels), rows)
+            save(self.key(sm, chip, levels), rows,
+                 layer_rows(sm, stats, levels, chip, self.spec))
             on_cell(1)
 
 
@@ -699,10 +844,10 @@ def run_sweep(
 
         check_sweep_families(spec, task)  # presets, overrides, memory: before any write
     run_dir = RunDir(out_dir)
-    run_dir.open(spec)
+    fresh = not run_dir.open(spec)
     try:
         return _run_open(spec, run_dir, task, hardware, models, progress, on_cell, plots,
-                         title, train_threads, eval_threads, torch_device, jobs)
+                         title, train_threads, eval_threads, torch_device, jobs, fresh)
     finally:
         run_dir.close()
 
@@ -712,9 +857,10 @@ def _run_open(
     models: Sequence[SweepModel] | ModelProvider | None, progress: bool,
     on_cell: Callable[[int], None] | None, plots: bool, title: str,
     train_threads: int | None, eval_threads: int | None, torch_device: torch.device,
-    jobs: int | str | None,
+    jobs: int | str | None, fresh: bool,
 ) -> SweepResult:
-    """The body of :func:`run_sweep` once its run directory is open and locked."""
+    """The body of :func:`run_sweep` once its run directory is open and locked
+    (``fresh``: created by this run)."""
     from noisydeq.progress import progress as progress_bar
 
     if models is None:
@@ -730,6 +876,15 @@ def _run_open(
     pairs = [(i, chip) for i, sm in enumerate(models) for chip in range(spec.chips)]
     todo = {p: runner.missing(models[p[0]], p[1]) for p in pairs}
     pending = [p for p in pairs if todo[p]]
+    if pending:  # unreachable targets: one line, before any cell (a new run dir is removed)
+        try:
+            with num_threads(eval_threads):
+                hardware.check_reachable([models[i] for i in sorted({i for i, _ in pending})],
+                                         runner.calib_x)
+        except NoisyDEQError:
+            if fresh:
+                run_dir.discard()
+            raise
     n_jobs = resolve_jobs(jobs, spec, len(pending), parallel_ok=models_from_cache)
     total = len(pairs) * len(runner.chunks)
     bar = progress_bar(total=total, desc="sweep", unit="cells", disable=not progress,
@@ -753,17 +908,23 @@ def _run_open(
             for i, chip in pending:
                 runner.run_pair(models[i], chip, cell_done, todo[(i, chip)])
     all_rows: list[dict[str, Any]] = []
+    all_layers: list[dict[str, Any]] = []
     for sm in models:
         for chip in range(spec.chips):
             for levels in runner.chunks:
+                key = runner.key(sm, chip, levels)
                 rows = runner.load(sm, chip, levels)
                 if rows is None:
                     raise NoisyDEQError(f"sweep: cell {sm.model_id} chip {chip} was not written")
                 all_rows.extend(rows)
+                all_layers.extend(run_dir.load_cell_layers(key))
     skipped = total - computed
     bar.close()
     run_dir.write_table(all_rows)
-    result = SweepResult(all_rows, run_dir, hardware.native_snr_db(), computed, skipped)
+    if all_layers:
+        run_dir.write_layer_table(all_layers)
+    result = SweepResult(all_rows, run_dir, hardware.native_snr_db(), computed, skipped,
+                         native_parts=hardware.native_parts())
     if plots and all_rows:
         from noisydeq.plots import plot_sweep
 

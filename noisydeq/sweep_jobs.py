@@ -63,7 +63,7 @@ def _die_with_parent() -> None:
 
 def _worker(spec: SweepSpec, out_dir: str, work: Any, results: Any) -> None:
     """Worker process: evaluate pairs from ``work`` until its end marker; cells go back to
-    the parent as ``(cell, key, rows)``."""
+    the parent as ``(cell, key, (rows, layers))``."""
     _die_with_parent()
     from tqdm import tqdm
 
@@ -82,8 +82,8 @@ def _worker(spec: SweepSpec, out_dir: str, work: Any, results: Any) -> None:
         runner = CellRunner(spec, task, RunDir(out_dir), Hardware(spec),
                             resolve_torch_device(spec.torch_device))
 
-        def send(key: str, rows: list[dict[str, Any]]) -> None:
-            results.put((_CELL, key, rows))
+        def send(key: str, rows: list[dict[str, Any]], layers: list[dict[str, Any]]) -> None:
+            results.put((_CELL, key, (rows, layers)))
 
         while (item := work.get()) is not None:
             i, chip = item
@@ -125,7 +125,7 @@ def run_parallel(
             except queue.Empty:
                 return
             if kind == _CELL:
-                runner.run_dir.save_cell(a, b)  # the parent is the run directory's writer
+                runner.run_dir.save_cell(a, *b)  # the parent is the run directory's writer
                 on_cell(1)
             elif kind == _DONE:
                 finished += 1

@@ -62,6 +62,10 @@ def test_spec_variants(path):
     exp = load_toml(ExperimentSpec, path)
     quick, full = exp.resolve("quick"), exp.resolve("full")
     assert quick.train_preset == "quick" and full.train_preset == "paper"  # Tables 1-2
+    if not exp.figures:  # the main job on a device (devices-*.toml), not a paper figure
+        assert quick.noise_site == "device" and quick.chips == 3 and quick.task == "digits"
+        assert quick.depths == [1, 3, 5, 7] and quick.snr_db == list(range(31))
+        return
     assert quick.noise_site == full.noise_site == "signal"  # the paper's signal noise
     assert set(quick.depths) <= set(full.depths) and max(full.depths) >= 11
     assert math.inf in full.snr_db and 0.0 in full.snr_db

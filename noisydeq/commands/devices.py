@@ -10,14 +10,20 @@ import click
 from noisydeq.hardware.presets import device_from_spec, load_spec, preset_names
 
 
+def _db(v: float) -> float | None:
+    return None if math.isinf(v) or math.isnan(v) else round(v, 2)
+
+
 def _row(name: str) -> dict[str, object]:
     spec = load_spec(name)
     device = device_from_spec(spec)
-    native = device.native_snr_db()
+    parts = device.native_parts()
     return {
         "name": name,
         "kind": spec.kind,
-        "native_snr_db": None if math.isinf(native) else round(native, 2),
+        "native_snr_db": _db(parts["total"]),
+        "native_static_snr_db": _db(parts["static"]),
+        "native_dynamic_snr_db": _db(parts["dynamic"]),
         "params": device.describe(),
         "description": spec.description,
     }
@@ -29,16 +35,20 @@ def _row(name: str) -> dict[str, object]:
 def command(presets: tuple[str, ...], as_json: bool) -> None:
     """List device presets (or the given names / .toml paths) with their native SNR.
 
-    The native SNR is measured on the reference MVM: a 467x467 nn.Linear (default init,
-    seed 0) with inputs uniform in [-1, 1].
+    The native SNR (total, and its static and dynamic parts) is measured on the reference
+    MVM: a 467x467 nn.Linear (default init, seed 0) with inputs uniform in [-1, 1].
     """
     rows = [_row(p) for p in (presets or preset_names())]
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
     width = max(len(r["name"]) for r in rows)
+    def fmt(v: object) -> str:
+        return "inf" if v is None else f"{v:.1f}"
+
     for r in rows:
-        snr = "inf" if r["native_snr_db"] is None else f"{r['native_snr_db']:.1f}"
+        snr = (f"native {fmt(r['native_snr_db']):>5} dB (static {fmt(r['native_static_snr_db'])},"
+               f" dynamic {fmt(r['native_dynamic_snr_db'])})")
         params = " ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}"
                           for k, v in r["params"].items())
-        click.echo(f"{r['name']:<{width}}  {r['kind']:<8}  native {snr:>5} dB  {params}")
+        click.echo(f"{r['name']:<{width}}  {r['kind']:<8}  {snr}  {params}")

@@ -82,6 +82,9 @@ def execute(
         "results_parquet": str(res.run_dir.parquet_path),
         "figures": [str(p) for p in res.figures],
         "native_snr_db": res.native_snr_db if math.isfinite(res.native_snr_db) else "inf",
+        "native_snr_parts_db": {p: (v if math.isfinite(v) else "inf")
+                                for p, v in res.native_parts.items()},
+        "noise_mode": spec.swept_mode,
         "cells_computed": res.computed_cells,
         "cells_resumed": res.skipped_cells,
         "seconds": round(seconds, 2),
@@ -91,8 +94,11 @@ def execute(
         return report
     click.echo(summary_table(res.rows))
     click.echo("")
-    if math.isfinite(res.native_snr_db) and spec.noise_site == "device":
-        click.echo(f"device {spec.device}: native SNR {res.native_snr_db:.1f} dB")
+    native = res.native_parts
+    if spec.noise_site == "device" and native and math.isfinite(native["total"]):
+        parts = ", ".join(f"{p} {'inf' if math.isinf(v) else f'{v:.1f}'}"
+                          for p, v in native.items())
+        click.echo(f"device {spec.device}: native SNR {parts} dB (reference MVM)")
     resumed = f", {res.skipped_cells} resumed" if res.skipped_cells else ""
     click.echo(f"cells: {res.computed_cells} computed{resumed}; {seconds:.1f} s")
     click.echo(f"results: {res.run_dir.csv_path}")
@@ -126,6 +132,10 @@ def execute(
               help="Where the swept SNR applies: the device's MVMs, or the paper's model noise.")
 @click.option("--kinds", default="deq,ffw", show_default=True,
               help="Model kinds of each family, comma-separated (e.g. --kinds deq).")
+@click.option("--noise-mode", default="physical", show_default=True,
+              help="Which part of the device's noise the swept SNR sets: physical (total SNR; "
+                   "below native only dynamic noise grows, above it both shrink), dynamic, "
+                   "static or both (docs/devices.md).")
 @click.option("--ffw-form", default=None,
               help="FFW layer form: eq57x (default; z0 = x~, every hidden matrix acts), eq57 "
                    "(z0 = 0, the previous default) or eq32 (z0 = x~, no injection).")
@@ -148,7 +158,8 @@ def execute(
                    "core; with more than one, each evaluates with one thread).")
 def command(
     device: str, snr: str, task: str, data_dir: str | None, depths: str, train_snr: str,
-    chips: int, epochs: int | None, train_preset: str, noise_site: str, kinds: str,
+    chips: int, epochs: int | None, train_preset: str, noise_site: str, noise_mode: str,
+    kinds: str,
     ffw_form: str | None, snr_scale: str, out: str | None,
     seed: str, torch_device: str, sets: tuple[str, ...], quiet: bool, as_json: bool,
     threads: str | None,
@@ -164,7 +175,7 @@ def command(
     data = {
         "device": device, "snr_db": snr_grid, "task": task, "data_dir": check_data_dir(data_dir),
         "depths": depths, "train_snr_db": train_grid, "chips": chips, "epochs": epochs,
-        "train_preset": train_preset, "noise_site": noise_site,
+        "train_preset": train_preset, "noise_site": noise_site, "noise_mode": noise_mode,
         "kinds": [k.strip() for k in kinds.split(",") if k.strip()], "ffw_form": ffw_form,
         "snr_scale": snr_scale, "seeds": parse_seeds(seed),
         "torch_device": torch_device, **parse_sets(sets),

@@ -1,8 +1,9 @@
 """Hardware devices: deploy any torch model on an ideal, SNR, RRAM or photonic MVM.
 
 >>> from noisydeq import hardware
->>> dev = hardware.get_device("rram-wan2022").at_snr(20).new_chip(1)
+>>> dev = hardware.get_device("rram-wan2022", noise_mode="physical").at_snr(20).new_chip(1)
 >>> noisy_model = dev.deploy(model)  # doctest: +SKIP
+>>> hardware.calibrate_in_network(noisy_model, x_train, [0, 10, 20])  # doctest: +SKIP
 """
 
 from noisydeq.hardware.base import (
@@ -10,11 +11,13 @@ from noisydeq.hardware.base import (
     DeviceLayer,
     calibrate,
     device_layers,
+    layer_snr_parts,
     layer_snr_report,
     set_measure,
     set_sample_snr,
     set_stream,
 )
+from noisydeq.hardware.in_network import calibrate_in_network, measure_in_network
 from noisydeq.hardware.presets import (
     device_from_spec,
     get_device,
@@ -27,11 +30,14 @@ __all__ = [
     "Device",
     "DeviceLayer",
     "calibrate",
+    "calibrate_in_network",
     "device_from_spec",
     "device_layers",
     "get_device",
+    "layer_snr_parts",
     "layer_snr_report",
     "load_spec",
+    "measure_in_network",
     "preset_names",
     "set_measure",
     "set_sample_snr",

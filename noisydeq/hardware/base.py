@@ -5,27 +5,32 @@ model into :class:`DeviceLayer` s whose matrix-vector products (MVMs) run on sim
 hardware. A deployed layer keeps the parameters ``weight`` / ``bias`` of the layer it
 replaces (same ``state_dict`` keys, the digital reference) and adds only non-persistent
 state. The bias is added digitally after the MVM; the SNR of a layer is measured on the
-MVM output ``W x`` (DESIGN §1: ‖y‖²/E‖ε‖², batch totals).
+MVM output ``W x`` (DESIGN §1: ‖y‖²/E‖ε‖², batch totals), split into its static, dynamic
+and total parts (:mod:`noisydeq.hardware.parts`).
 
 Noise comes in two kinds. *Static* noise belongs to one chip instance
-(:meth:`Device.new_chip`) and is drawn from a generator seeded by (chip seed, layer name).
-*Dynamic* noise is drawn at every forward through the layer's
-:class:`~noisydeq.noise.NoiseStream` (counter-based: a sample's numbers are a function of
-its own address), so a batch that stacks several SNR levels (block stream) draws what the
-separate runs would, and a row subset draws its own rows only.
+(:meth:`Device.new_chip`) and is drawn from a generator seeded by (chip seed, layer name):
+the chip's effective weights W_chip (:meth:`DeviceLayer.chip_matrix`). *Dynamic* noise is
+drawn at every forward through the layer's :class:`~noisydeq.noise.NoiseStream`
+(counter-based: a sample's numbers are a function of its own address), so a batch that
+stacks several SNR levels (block stream) draws what the separate runs would, and a row
+subset draws its own rows only.
 
-Each physical device has one *control* (SNR in dB for ``snr``, the noise scale for
-``rram``, the optical power per MAC for ``photonic``); a target SNR is turned into the
-control by calibration on the layer's own weights (:mod:`noisydeq.hardware.calibration`).
-Gradients reach the digital weights through a straight-through estimator: the backward
-pass is the one of the exact layer (paper Eq. 1 trained hardware-aware).
+Each layer has two *knobs* (:data:`Knobs` = (static, dynamic)), e.g. the RRAM programming
+and read noise scales or the photonic weight-encoding error and optical power; their
+physical values are the *native* ones. A target SNR is turned into knobs by calibration on
+the layer's own weights and inputs, moving the knob(s) its device's noise mode names
+(:mod:`noisydeq.hardware.modes`). Gradients reach the digital weights through a
+straight-through estimator: the backward pass is the one of the exact layer (paper Eq. 1
+trained hardware-aware).
 """
 
 from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Mapping
+from collections import OrderedDict
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
@@ -34,6 +39,8 @@ from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
 from noisydeq.errors import NoisyDEQError
+from noisydeq.hardware import modes
+from noisydeq.hardware.parts import Parts, parts_of, row_powers
 from noisydeq.noise import (
     NoiseStream,
     ReplayStream,
@@ -60,8 +67,13 @@ DIGITAL_OK: tuple[type[nn.Module], ...] = (
 )
 MAPPABLE: tuple[type[nn.Module], ...] = (nn.Linear, nn.Conv1d, nn.Conv2d)
 
-Control = float | Tensor
-_REF_CACHE: dict[tuple, float] = {}  # reference-MVM results by (what, kind, spec, chip)
+#: (static knob, dynamic knob) of a layer (:data:`modes.Knobs`); a per-sample control is a
+#: (B, 2) float64 tensor
+Knobs = modes.Knobs
+Control = Knobs | Tensor
+_REF_CACHE: dict[tuple, Any] = {}  # reference-MVM results by (what, kind, spec, chip, mode)
+#: effective chip matrices kept per layer (static knob -> W_chip), least recently used out
+CHIP_MATRICES = 8
 
 
 def straight_through(exact: Tensor, device_out: Tensor) -> Tensor:
@@ -75,15 +87,46 @@ def straight_through(exact: Tensor, device_out: Tensor) -> Tensor:
     return exact + device_out.sub_(exact.detach())
 
 
+def control_groups(control: Control, rows: int) -> list[tuple[slice, Knobs]]:
+    """Runs of equal knobs over ``rows`` rows: [(row slice, knobs)].
+
+    A scalar control is one run. A batched sweep stacks its levels in blocks, so each level
+    is one contiguous slice (no gather / scatter of its rows).
+    """
+    if not isinstance(control, Tensor):
+        return [(slice(0, rows), (float(control[0]), float(control[1])))]
+    c = control.reshape(-1, 2)
+    if c.shape[0] != rows:
+        raise ValueError(f"control has {c.shape[0]} rows, the batch {rows}")
+    values, counts = torch.unique_consecutive(c, dim=0, return_counts=True)
+    out, start = [], 0
+    for (ks, kd), n in zip(values.tolist(), counts.tolist(), strict=True):
+        out.append((slice(start, start + n), (float(ks), float(kd))))
+        start += n
+    return out
+
+
+def expand_rows(control: Control, lead: tuple[int, ...]) -> Control:
+    """A per-sample (B, 2) control repeated over the other leading dims of ``lead`` (B, L, ...)
+    as one row per vector; a scalar control is returned unchanged."""
+    if not isinstance(control, Tensor) or len(lead) == 1:
+        return control
+    c = control.reshape(-1, *([1] * (len(lead) - 1)), 2).expand(*lead, 2)
+    return c.reshape(-1, 2)
+
+
 class DeviceLayer(nn.Module):
     """A Linear/Conv layer whose MVM runs on a device; ``weight``/``bias`` are the digital ones.
 
     Subclasses implement :meth:`_mvm` (vectors in the last dimension, ``(B, ..., n_in)`` →
-    ``(B, ..., n_out)``, without bias) for a per-sample control, and the calibration
-    hooks :meth:`native_control`, :meth:`control_for` and :meth:`max_snr_db`.
+    ``(B, ..., n_out)``, without bias) for a control (:data:`Knobs` or per-sample (B, 2)),
+    :meth:`chip_matrix` (the effective weights at a static knob), the knob description
+    (:meth:`native_knobs`, :meth:`knob_bounds`, :attr:`raises_snr`, :meth:`joint_knobs`).
     """
 
     device_kind = "base"
+    #: whether the measured SNR of the part rises with the (static, dynamic) knob
+    raises_snr: tuple[bool, bool] = (False, False)
 
     def __init__(self, device: Device, module: nn.Module, name: str) -> None:
         super().__init__()
@@ -99,17 +142,21 @@ class DeviceLayer(nn.Module):
             if self.op != "linear":
                 self.conv = _conv_args(module, name)
         self.stream: NoiseStream | None = None
-        self.sample_snr: Control | None = None
+        self.sample_snr: Tensor | float | None = None
         self.measure = False
         self.last_snr_db: float | None = None
+        self.last_parts: Parts | None = None
         self.calib_x: Tensor | None = None
-        #: calibration results: SNR level (dB) -> control, plus named entries a device keeps
-        #: next to them (e.g. "max": the SNR ceiling, "ref_power": the snr device's reference)
-        self._controls: dict[float | str, float] = {}
+        #: calibration results: SNR level (dB) -> knobs
+        self._controls: dict[float, Knobs] = {}
         #: (targets tensor, its version, resolved per-sample controls) of the last forward
         self._sample_controls: tuple[Tensor, int, Tensor] | None = None
-        #: (key, exact MVM, replayed stream) of the last calibration inputs (measured_snr_at)
-        self._measure_cache: tuple[tuple, Tensor, ReplayStream] | None = None
+        #: (key, exact MVM, replayed stream, {static knob: W_chip x}, inputs) of the last
+        #: measured inputs
+        self._measure_cache: tuple[tuple, Tensor, ReplayStream, dict, Tensor] | None = None
+        self._tables: dict[tuple, Any] = {}  # KnobTable per (path, inputs)
+        self._ranges: dict[tuple, tuple[float, float]] = {}
+        self._chip_mats: OrderedDict[tuple, Tensor] = OrderedDict()
         self.static_seed = derive_seed("chip", device.chip_seed, name)
 
     # ------------------------------------------------------------------ shapes
@@ -150,36 +197,207 @@ class DeviceLayer(nn.Module):
         out_shape = (w,) if self.op == "conv1d" else (h, w)
         return cols.transpose(1, 2), out_shape
 
-    # ------------------------------------------------------------------ controls
-    def native_control(self) -> float:
+    def input_rows(self, x: Tensor) -> Tensor:
+        """The input vectors of a layer input ``x`` as rows (n, n_in) (conv: its patches)."""
+        rows = x.reshape(-1, self.n_in) if self.op == "linear" else self._patches(x)[0]
+        return rows.reshape(-1, self.n_in)
+
+    # ------------------------------------------------------------------ knobs
+    @property
+    def noise_mode(self) -> str:
+        return getattr(self.device_model, "noise_mode", modes.DEFAULT_MODE)
+
+    def native_knobs(self) -> Knobs:
+        """The (static, dynamic) knobs at the device's physical values."""
         raise NotImplementedError
 
-    def max_snr_db(self) -> float:
-        """Largest SNR this layer can reach (its calibration ceiling)."""
-        return math.inf
+    def knob_bounds(self, which: int) -> tuple[float, float]:
+        """Search bracket (lo, hi), 0 < lo < hi, of the static (0) or dynamic (1) knob."""
+        raise NotImplementedError
 
-    def control_for(self, snr_db: float) -> float:
-        """Control value giving ``snr_db`` on this layer (calibrated once, then cached)."""
+    def joint_bounds(self) -> tuple[float, float]:
+        """Search bracket of the joint scale s (:meth:`joint_knobs`)."""
+        return (1e-4, 1e3)
+
+    def joint_knobs(self, s: float) -> Knobs:
+        """Knobs at one scale ``s`` on every noise source (s = 1: native; SNR falls with s)."""
+        raise NotImplementedError
+
+    def joint_scale(self, knobs: Knobs) -> float | None:
+        """The joint scale s giving ``knobs``, or None when they are off the joint path."""
+        return None
+
+    def chip_matrix(self, static: float) -> Tensor:
+        """The chip's effective weights W_chip (n_out, n_in) at the static knob ``static``."""
+        raise NotImplementedError
+
+    def _chip_matrix(self, static: float) -> Tensor:
+        """:meth:`chip_matrix`, kept for the last few static knobs (per weight version)."""
+        key = (float(static), self.weight._version, self.weight.data_ptr(), self.weight.device)
+        if key in self._chip_mats:
+            self._chip_mats.move_to_end(key)
+            return self._chip_mats[key]
+        with torch.no_grad():
+            w = self.chip_matrix(static).detach()
+        self._chip_mats[key] = w
+        while len(self._chip_mats) > CHIP_MATRICES:
+            self._chip_mats.popitem(last=False)
+        return w
+
+    # ------------------------------------------------------------------ measurement
+    def signal_power(self, x: Tensor) -> float:
+        """Σ‖Wx‖² over the input rows ``x`` (0: the layer carries no signal, its SNR is
+        undefined)."""
+        with torch.no_grad():
+            return float(F.linear(x, self.matrix()).double().square().sum())
+
+    def measure_parts(
+        self, knobs: Knobs, x: Tensor | None = None, seed: int = 0, dynamic: bool = True
+    ) -> Parts:
+        """Static, dynamic and total error powers at ``knobs`` on the rows ``x`` (calibration
+        vectors by default), with a fixed calibration stream (common random numbers).
+
+        The exact MVM, the stream's draws and W_chip x per static knob are computed once per
+        (inputs, weights, seed) and reused. ``dynamic=False`` skips the device read (only
+        the static part is filled in).
+        """
+        x = self.calibration_inputs() if x is None else x
+        # keyed by the inputs tensor itself (held by the cache, so its id is not reused) and
+        # its version: an address-based key could match a new tensor at a freed address
+        key = (id(x), x._version, self.weight.data_ptr(), self.weight._version, seed)
+        if self._measure_cache is None or self._measure_cache[0] != key:
+            with torch.no_grad():
+                exact = F.linear(x, self.matrix())
+            self._measure_cache = (key, exact, ReplayStream(derive_seed("calib", seed), x.device),
+                                   OrderedDict(), x)
+        _, exact, stream, chips, _ = self._measure_cache
+        ks = float(knobs[0])
+        if ks not in chips:
+            with torch.no_grad():
+                chips[ks] = F.linear(x, self._chip_matrix(ks).to(x.dtype))
+            while len(chips) > CHIP_MATRICES:
+                chips.popitem(last=False)
+        chip = chips[ks]
+        if not dynamic:
+            e = exact.double()
+            return Parts(float(e.square().sum()), float((chip.double() - e).square().sum()),
+                         math.nan, math.nan)
+        stream.rewind()
+        with torch.no_grad():
+            y = self._mvm(x, (ks, float(knobs[1])), stream)
+        return parts_of(row_powers(exact, chip, y))
+
+    def measured_snr_at(self, knobs: Knobs, x: Tensor | None = None, seed: int = 0) -> float:
+        """Measured total MVM-output SNR (dB) at ``knobs`` on calibration vectors."""
+        return self.measure_parts(knobs, x, seed).total_db
+
+    def chip_output(self, x: Tensor, control: Control) -> Tensor:
+        """W_chip x of the rows ``x`` (rows, n_in) at their static knobs (no bias)."""
+        groups = control_groups(control, x.shape[0])
+        if len(groups) == 1:
+            return F.linear(x, self._chip_matrix(groups[0][1][0]).to(x.dtype))
+        out = x.new_empty((x.shape[0], self.n_out))
+        for sl, (ks, _kd) in groups:
+            out[sl] = F.linear(x[sl], self._chip_matrix(ks).to(x.dtype))
+        return out
+
+    def row_powers(self, x: Tensor, y: Tensor, control: Control) -> Tensor:
+        """Per-vector (signal, static, dynamic, total) powers of a forward's inputs ``x`` and
+        device outputs ``y`` (no bias) at ``control`` (scalar or per-sample): (vectors, 4).
+
+        Computed in float64, so a vector's powers do not depend on how many vectors are
+        measured with it (a batched sweep and a per-level one agree to the last bit)."""
+        if self.op == "linear":
+            rows, out = x.reshape(-1, self.n_in), y.reshape(-1, self.n_out)
+            control = expand_rows(control, tuple(x.shape[:-1]))
+        else:
+            cols, _ = self._patches(x)
+            rows = cols.reshape(-1, self.n_in)
+            out = y.reshape(y.shape[0], self.n_out, -1).transpose(1, 2).reshape(-1, self.n_out)
+            control = expand_rows(control, tuple(cols.shape[:-1]))
+        rows = rows.double()
+        with torch.no_grad():
+            return row_powers(F.linear(rows, self.matrix().double()),
+                              self.chip_output(rows, control), out)
+
+    # ------------------------------------------------------------------ calibration
+    def control_for(self, snr_db: float) -> Knobs:
+        """Knobs giving ``snr_db`` on this layer's calibration inputs in the device's noise
+        mode (calibrated once, then kept)."""
         if snr_db not in self._controls:
-            self._controls[snr_db] = self._calibrate(snr_db)
+            if math.isinf(snr_db) and snr_db > 0 and self.device_kind == "ideal":
+                return self.native_knobs()
+            self._controls[snr_db] = self.calibrate_knobs(
+                snr_db, self.calibration_inputs(), table=True
+            )
         return self._controls[snr_db]
 
-    def _calibrate(self, snr_db: float) -> float:
-        raise NotImplementedError
+    def calibrate_knobs(
+        self, snr_db: float, x: Tensor, *, start: Knobs | None = None, table: bool = False
+    ) -> Knobs:
+        """Knobs meeting ``snr_db`` on the input rows ``x`` (:func:`modes.calibrate`)."""
+        what = f"{self.device_kind} layer '{self.layer_name}'"
+        return modes.calibrate(self, snr_db, x, self.noise_mode, start=start, table=table,
+                               what=what)
 
-    def calibrated_controls(self) -> dict[float | str, float]:
+    def recalibrate(
+        self, snr_db: float, x: Tensor, start: Knobs, prior: tuple[Knobs, float] | None = None
+    ) -> tuple[Knobs, float]:
+        """(knobs meeting ``snr_db`` for the input rows ``x`` made with ``start``, the target
+        part's SNR at ``start`` there) (:func:`modes.search`; ``prior``: an earlier round's)."""
+        what = f"{self.device_kind} layer '{self.layer_name}'"
+        return modes.search(self, snr_db, x, self.noise_mode, start=start, prior=prior,
+                            what=what)
+
+    def _inputs_key(self, x: Tensor) -> tuple | None:
+        """Cache key of the calibration inputs (None for other inputs: not cached)."""
+        if x is not self.calib_x:
+            return None
+        return (id(x), x._version, self.weight.data_ptr(), self.weight._version)
+
+    def knob_table(self, route: modes.Route, x: Tensor, snr: Callable[[float], float]):
+        """This chip's measured SNR-vs-knob table of ``route`` on the inputs ``x`` (shared
+        by every target calibrated on the calibration inputs; one per path)."""
+        key = self._inputs_key(x)
+        if key is None:
+            return modes.new_table(route, snr)
+        key = (route, *key)
+        if key not in self._tables:
+            self._tables[key] = modes.new_table(route, snr)
+        return self._tables[key]
+
+    def snr_range(self, x: Tensor | None = None) -> tuple[float, float]:
+        """(lowest, highest) SNR this layer reaches in its noise mode on ``x`` (calibration
+        inputs by default, whose range is kept); (nan, nan) when it carries no signal."""
+        x = self.calibration_inputs() if x is None else x
+        key = self._inputs_key(x)
+        if key is None:
+            return modes.snr_range(self, x, self.noise_mode)
+        key = (self.noise_mode, *key)
+        if key not in self._ranges:
+            self._ranges[key] = modes.snr_range(self, x, self.noise_mode)
+        return self._ranges[key]
+
+    def max_snr_db(self) -> float:
+        """Largest SNR this layer can reach (its calibration ceiling) in its noise mode."""
+        return self.snr_range()[1]
+
+    def calibrated_controls(self) -> dict[float, Knobs]:
         """A copy of what calibration found so far (:attr:`_controls`), e.g. to store it."""
         return dict(self._controls)
 
-    def load_controls(self, controls: Mapping[float | str, float]) -> None:
+    def load_controls(self, controls: Mapping[float, Knobs]) -> None:
         """Adopt controls found earlier for this layer, chip and calibration inputs (a cache
         keyed by all three: :mod:`noisydeq.hardware.calibration_store`)."""
-        self._controls.update(controls)
+        self._controls.update({float(k): (float(v[0]), float(v[1])) for k, v in controls.items()})
+        self._sample_controls = None
 
     def reset_calibration(self) -> None:
         """Forget calibrated controls (after training or a new calibration batch)."""
         self._controls.clear()
         self._sample_controls = None
+        self._tables.clear()
+        self._ranges.clear()
 
     def calibration_inputs(self) -> Tensor:
         """Input vectors (rows, n_in) for calibration: captured ones, else uniform in [-1, 1]."""
@@ -187,32 +405,14 @@ class DeviceLayer(nn.Module):
             return self.calib_x
         g = seeded_generator(CALIB_SEED)
         x = torch.rand((CALIB_ROWS, self.n_in), generator=g) * 2 - 1
-        return x.to(device=self.weight.device, dtype=self.weight.dtype)
-
-    def measured_snr_at(self, control: float, x: Tensor | None = None, seed: int = 0) -> float:
-        """Measured MVM-output SNR (dB) at ``control`` on calibration vectors, fixed stream.
-
-        The exact MVM and the stream's draws are the same at every control (common random
-        numbers): both are computed once per (inputs, weights, seed) and reused.
-        """
-        x = self.calibration_inputs() if x is None else x
-        key = (x.data_ptr(), x._version, tuple(x.shape), x.dtype, x.device,
-               self.weight.data_ptr(), self.weight._version, seed)
-        if self._measure_cache is None or self._measure_cache[0] != key:
-            with torch.no_grad():
-                exact = F.linear(x, self.matrix())
-            self._measure_cache = (key, exact, ReplayStream(derive_seed("calib", seed), x.device))
-        _, exact, stream = self._measure_cache
-        stream.rewind()
-        with torch.no_grad():
-            y = self._mvm(x, control, stream)
-            return measured_snr_db(exact, y)
+        self.calib_x = x.to(device=self.weight.device, dtype=self.weight.dtype)
+        return self.calib_x
 
     def resolve_controls(self, batch: int) -> Control:
-        """Per-sample (B,) or scalar control from ``sample_snr`` / the device target."""
+        """Per-sample (B, 2) or scalar knobs from ``sample_snr`` / the device target."""
         target = self.sample_snr if self.sample_snr is not None else self.device_model.target_snr_db
         if target is None:
-            return self.native_control()
+            return self.native_knobs()
         if not isinstance(target, Tensor):
             return self.control_for(float(target))
         t = target.detach().reshape(-1)
@@ -262,6 +462,7 @@ class DeviceLayer(nn.Module):
         exact = self.exact(x) if (grad or self.measure) else None
         if self.measure:
             self.last_snr_db = measured_snr_db(exact, y)
+            self.last_parts = parts_of(self.row_powers(x.detach(), y, control))
         if grad:
             y = straight_through(exact, y)
         if self.bias is not None:
@@ -295,17 +496,20 @@ class Device:
 
     ``spec`` is the validated preset (:mod:`noisydeq.hardware.presets`); ``chip_seed``
     selects the chip instance (static noise); ``target_snr_db`` is ``None`` for the
-    physical defaults (native SNR) or the SNR every deployed layer is calibrated to.
+    physical defaults (native SNR) or the SNR every deployed layer is calibrated to;
+    ``noise_mode`` says which part of the noise that target sets
+    (:mod:`noisydeq.hardware.modes`: ``physical`` (default), ``dynamic``, ``static``, ``both``).
     """
 
     kind = "base"
     layer_class: type[DeviceLayer] = DeviceLayer
 
-    def __init__(self, spec: Any, chip_seed: int = 0, target_snr_db: float | None = None):
+    def __init__(self, spec: Any, chip_seed: int = 0, target_snr_db: float | None = None,
+                 noise_mode: str = modes.DEFAULT_MODE):
         self.spec = spec
         self.chip_seed = int(chip_seed)
         self.target_snr_db = target_snr_db
-        self._ref_cache: dict[str, float] = {}
+        self.noise_mode = modes.check_mode(noise_mode)
 
     @property
     def name(self) -> str:
@@ -313,33 +517,38 @@ class Device:
 
     def __repr__(self) -> str:
         target = "native" if self.target_snr_db is None else f"{self.target_snr_db:g} dB"
-        return f"{type(self).__name__}({self.name!r}, chip={self.chip_seed}, snr={target})"
+        return (f"{type(self).__name__}({self.name!r}, chip={self.chip_seed}, snr={target}, "
+                f"mode={self.noise_mode})")
 
     # ------------------------------------------------------------ copies
     def new_chip(self, seed: int) -> Device:
         """The same device with another chip instance (another draw of static noise)."""
         out = copy.copy(self)
         out.chip_seed = int(seed)
-        out._ref_cache = {}
+        return out
+
+    def with_mode(self, noise_mode: str) -> Device:
+        """The same device whose targets set the part ``noise_mode`` names."""
+        out = copy.copy(self)
+        out.noise_mode = modes.check_mode(noise_mode)
         return out
 
     def at_snr(self, snr_db: float | None) -> Device:
         """A copy calibrated to ``snr_db`` (``None`` → physical defaults).
 
-        Raises :class:`NoisyDEQError` stating the maximum when the reference MVM cannot
-        reach it.
+        Raises :class:`NoisyDEQError` naming the reachable range (on the reference MVM, in
+        this noise mode) when the target lies above or below it.
         """
         from noisydeq.hardware.calibration import check_reachable
 
         out = copy.copy(self)
-        out._ref_cache = dict(self._ref_cache)
         if snr_db is None:
             out.target_snr_db = None
             return out
         snr_db = float(snr_db)
         if math.isnan(snr_db):
             raise NoisyDEQError("snr_db: must be a number of dB or inf")
-        check_reachable(snr_db, self.max_snr_db(), f"device '{self.name}'")
+        check_reachable(snr_db, self.snr_range(), f"device '{self.name}'", self.noise_mode)
         out.target_snr_db = snr_db
         return out
 
@@ -353,22 +562,29 @@ class Device:
         return self.layer_class(self, lin, "reference")
 
     def _ref_key(self, what: str) -> tuple:
-        return (what, self.kind, self.spec.model_dump_json(), self.chip_seed)
+        return (what, self.kind, self.spec.model_dump_json(), self.chip_seed, self.noise_mode)
+
+    def _ref(self, what: str, fn: Callable[[DeviceLayer], Any]) -> Any:
+        key = self._ref_key(what)
+        if key not in _REF_CACHE:
+            _REF_CACHE[key] = fn(self.reference_layer())
+        return _REF_CACHE[key]
+
+    def native_parts(self) -> dict[str, float]:
+        """Static, dynamic and total SNR (dB) of the reference MVM at the physical defaults."""
+        return self._ref("parts", lambda layer: layer.measure_parts(layer.native_knobs()).as_db())
 
     def native_snr_db(self) -> float:
-        """Measured SNR of the reference MVM at the physical defaults (dB)."""
-        key = self._ref_key("native")
-        if key not in _REF_CACHE:
-            layer = self.reference_layer()
-            _REF_CACHE[key] = layer.measured_snr_at(layer.native_control())
-        return _REF_CACHE[key]
+        """Measured (total) SNR of the reference MVM at the physical defaults (dB)."""
+        return self.native_parts()["total"]
+
+    def snr_range(self) -> tuple[float, float]:
+        """(lowest, highest) SNR the reference MVM reaches in this noise mode (dB)."""
+        return self._ref("range", lambda layer: layer.snr_range())
 
     def max_snr_db(self) -> float:
-        """Highest SNR the reference MVM can be calibrated to (dB)."""
-        key = self._ref_key("max")
-        if key not in _REF_CACHE:
-            _REF_CACHE[key] = self.reference_layer().max_snr_db()
-        return _REF_CACHE[key]
+        """Highest SNR the reference MVM can be calibrated to (dB), in this noise mode."""
+        return self.snr_range()[1]
 
     def describe(self) -> dict[str, Any]:
         """Key parameters for listings (``noisydeq devices``)."""
@@ -485,6 +701,7 @@ def set_measure(model: nn.Module, on: bool = True) -> None:
         layer.measure = bool(on)
         if not on:
             layer.last_snr_db = None
+            layer.last_parts = None
 
 
 def layer_snr_report(model: nn.Module) -> dict[str, float]:
@@ -498,12 +715,32 @@ def layer_snr_report(model: nn.Module) -> dict[str, float]:
     }
 
 
+def layer_snr_parts(model: nn.Module) -> dict[str, dict[str, float]]:
+    """Static, dynamic and total SNR (dB) of each device layer in the last forward
+    (:mod:`noisydeq.hardware.parts`; ``nan`` when not measured or without signal)."""
+    empty = {"static": math.nan, "dynamic": math.nan, "total": math.nan}
+    return {
+        n: (dict(empty) if m.last_parts is None else m.last_parts.as_db())
+        for n, m in device_layers(model).items()
+    }
+
+
+def subsample_rows(rows: Tensor, n: int = CALIB_ROWS) -> Tensor:
+    """At most ``n`` of ``rows`` (a seeded random choice; all of them when fewer)."""
+    if rows.shape[0] > n:
+        idx = torch.randperm(rows.shape[0], generator=seeded_generator(CALIB_SEED))[:n]
+        rows = rows[idx.to(rows.device)]
+    return rows.contiguous()
+
+
 def calibrate(model: nn.Module, x: Tensor, *args: Any, **kwargs: Any) -> None:
-    """Calibrate every device layer on the activations it sees for the batch ``x``.
+    """Calibrate every device layer on the clean activations it sees for the batch ``x``.
 
     Runs one noise-free forward (targets at ``inf`` are not used: the exact MVM feeds the
-    next layer), captures each layer's input vectors (at most 512 rows) and forgets the
-    controls calibrated before.
+    next layer), captures each layer's input vectors (at most 512 rows, from every call: a
+    DEQ's cell contributes every iteration) and forgets the controls calibrated before.
+    Calibration inside the noisy network (each layer on the inputs it sees when upstream
+    layers are noisy): :func:`noisydeq.hardware.in_network.calibrate_in_network`.
     """
     layers = device_layers(model)
     captured: dict[str, Tensor] = {}
@@ -511,9 +748,7 @@ def calibrate(model: nn.Module, x: Tensor, *args: Any, **kwargs: Any) -> None:
 
     def hook(name: str, layer: DeviceLayer):
         def fn(_mod: nn.Module, inputs: tuple[Tensor, ...], _out: Tensor) -> None:
-            xin = inputs[0].detach()
-            rows = xin.reshape(-1, layer.n_in) if layer.op == "linear" else layer._patches(xin)[0]
-            rows = rows.reshape(-1, layer.n_in)
+            rows = layer.input_rows(inputs[0].detach())
             prev = captured.get(name)
             captured[name] = rows if prev is None else torch.cat([prev, rows])
 
@@ -533,12 +768,7 @@ def calibrate(model: nn.Module, x: Tensor, *args: Any, **kwargs: Any) -> None:
             layer.forward = saved[name]  # type: ignore[method-assign]
     for name, layer in layers.items():
         if name in captured:
-            rows = captured[name]
-            g = seeded_generator(CALIB_SEED)
-            if rows.shape[0] > CALIB_ROWS:
-                idx = torch.randperm(rows.shape[0], generator=g)[:CALIB_ROWS]
-                rows = rows[idx.to(rows.device)]
-            layer.calib_x = rows.contiguous()
+            layer.calib_x = subsample_rows(captured[name])
         layer.reset_calibration()
 
 

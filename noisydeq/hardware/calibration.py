@@ -1,12 +1,12 @@
 """Calibration: find the one control value of a device layer that yields a target SNR.
 
-Every physical device here has one knob that moves its measured MVM-output SNR
-monotonically: the RRAM noise scale ``s`` (multiplies programming, drift and read noise;
-SNR falls as ``s`` grows) and the photonic optical power per MAC ``P`` (SNR rises with
-``P``). The SNR is the one of DESIGN §1, ‖y‖²/E‖ε‖² over a calibration batch
-(:func:`noisydeq.noise.measured_snr_db`). The measurement uses common random numbers (a
+A device layer's knobs (its static and dynamic noise, or one scale on both: the noise
+modes of :mod:`noisydeq.hardware.modes`) each move a measured SNR part monotonically, e.g.
+the RRAM noise scales (SNR falls as they grow) and the photonic optical power per MAC ``P``
+(SNR rises with ``P``). The SNR is the one of DESIGN §1, ‖y‖²/E‖ε‖² over a calibration
+batch (:mod:`noisydeq.hardware.parts`). The measurement uses common random numbers (a
 fixed calibration stream and the layer's own chip), so it is a deterministic function of
-the knob and a bisection in log-space converges to the target.
+the knob and a search in log-space converges to the target.
 """
 
 from __future__ import annotations
@@ -172,10 +172,31 @@ class KnobTable:
         )
 
 
-def check_reachable(target_db: float, max_db: float, what: str) -> None:
-    """Raise one clear error when ``target_db`` exceeds the device's reachable maximum."""
-    if target_db > max_db:
+def check_reachable(
+    target_db: float, reach: tuple[float, float], what: str, mode: str | None = None
+) -> None:
+    """One clear error when ``target_db`` lies outside the reachable range ``reach``.
+
+    ``reach`` = (lowest, highest) SNR in dB; either end may be ±inf (no limit on that side)
+    or nan (undefined: the error then says so), and every value is formatted readably.
+    """
+    from noisydeq.hardware.parts import fmt_db
+
+    lo, hi = reach
+    in_mode = f" in noise mode '{mode}'" if mode else ""
+    span = f"reachable: minimum {fmt_db(lo)}, maximum {fmt_db(hi)}"
+    if math.isnan(target_db) or math.isnan(lo) or math.isnan(hi):
         raise NoisyDEQError(
-            f"target SNR {target_db:g} dB is beyond what {what} can reach "
-            f"(maximum {max_db:.2f} dB); choose snr_db <= {math.floor(max_db * 10) / 10:g}"
+            f"target SNR {fmt_db(target_db)} cannot be set on {what}{in_mode}: its SNR is "
+            f"undefined ({span})"
+        )
+    if target_db > hi:
+        raise NoisyDEQError(
+            f"target SNR {target_db:g} dB is above what {what} can reach{in_mode} ({span}); "
+            f"choose snr_db <= {math.floor(hi * 10) / 10:g}"
+        )
+    if target_db < lo:
+        raise NoisyDEQError(
+            f"target SNR {target_db:g} dB is below what {what} can reach{in_mode} ({span}); "
+            f"choose snr_db >= {math.ceil(lo * 10) / 10:g}"
         )

@@ -1,15 +1,18 @@
 """Calibrated controls of a deployed model, kept on disk so a repeated sweep skips the search.
 
-Calibrating a chip (:mod:`noisydeq.hardware.calibration`) measures every device layer at
-tens of control values per target SNR. The controls found are a deterministic function of
-the digital weights, the device spec, the chip seed, the calibration inputs, the target
-levels and the order in which they are searched (a layer's :class:`KnobTable` reuses the
-measurements of earlier targets), plus the arithmetic of the code (a hash of the device and
-noise sources), torch version and intra-op thread count. Their
-hash names a small JSON file under ``<cache>/calibration/``: a second sweep of the same
-models on the same device loads the controls instead of searching (the default sweep's
-calibration was ~40 % of its evaluation time). The chips themselves are still programmed
-at the loaded controls, so the results are the ones of a run that calibrated (tested).
+Calibrating a chip (:mod:`noisydeq.hardware.calibration`, :mod:`noisydeq.hardware.modes`)
+measures every device layer at several knob values per target SNR, and calibrating inside
+the noisy network (:mod:`noisydeq.hardware.in_network`) runs the model at every level for a
+few rounds. The knobs found are a deterministic function of: the digital weights and the
+model's configuration (solvers, forms: :func:`model_config`), the device spec, the chip
+seed, the noise mode, the calibration kind and its settings (rounds, samples), the
+calibration inputs, the target levels and the order in which they are searched (a layer's
+:class:`KnobTable` reuses the measurements of earlier targets), plus the arithmetic of the
+code (a hash of the whole package: the in-network forward runs models and solvers), torch
+version and intra-op thread count. Their hash names a small JSON file under
+``<cache>/calibration/``: a second sweep of the same models on the same device loads the
+knobs instead of searching. The chips themselves are still programmed at the loaded
+knobs, so the results are the ones of a run that calibrated (tested).
 
 Targets are calibrated in ascending order up front, so the controls no longer depend on the
 order in which a sweep — or a resumed sweep with some cells done — first asks for them (on
@@ -29,39 +32,59 @@ import functools
 import hashlib
 import math
 import platform
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
 import torch
+from pydantic import BaseModel
 from torch import Tensor, nn
 
 from noisydeq import store
+from noisydeq.config import CALIBRATIONS
 from noisydeq.errors import CorruptArtefact
-from noisydeq.hardware.base import device_layers
+from noisydeq.hardware import in_network
+from noisydeq.hardware.base import calibrate, device_layers
 from noisydeq.store import hash_tensor
 
-#: 2: digests (integrity); 3: counter-based calibration noise (noisydeq.rng)
-FORMAT = "noisydeq-calibration/3"
+#: 2: digests (integrity); 3: counter-based calibration noise (noisydeq.rng); 4: two knobs
+#: (static, dynamic) per level, noise mode and in-network calibration in the key
+FORMAT = "noisydeq-calibration/4"
 
 
 @functools.lru_cache(maxsize=1)
 def code_fingerprint() -> str:
-    """Hash of the device, noise and random-number code: a change to how layers compute
-    invalidates the stored controls (the package version alone does not change between
-    commits)."""
+    """Hash of the package's code (every module, ``noisydeq.rng`` included): a change to
+    how layers, models, solvers or random numbers compute invalidates the stored knobs (the
+    package version alone does not change between commits)."""
     import noisydeq
 
     root = Path(noisydeq.__file__).parent
     h = hashlib.blake2b(digest_size=8)
-    for path in sorted([*(root / "hardware").glob("*.py"), root / "noise.py", root / "rng.py"]):
-        h.update(path.name.encode())
+    for path in sorted(root.rglob("*.py")):
+        h.update(str(path.relative_to(root)).encode())
         h.update(path.read_bytes())
     return h.hexdigest()
 
 
+def model_config(model: nn.Module) -> str:
+    """The configuration of ``model`` beyond its weights: every module's class and its typed
+    settings (e.g. a DEQ's solvers and gradient), as text."""
+    parts = []
+    for name, mod in model.named_modules():
+        items = [name, type(mod).__qualname__]
+        for key, value in sorted(vars(mod).items()):
+            if isinstance(value, BaseModel):
+                items.append(f"{key}={value.model_dump_json()}")
+            elif isinstance(value, (bool, int, float, str)) and not key.startswith("_"):
+                items.append(f"{key}={value!r}")
+        parts.append("|".join(items))
+    return "\n".join(parts)
+
+
 def calibration_key(
-    model: nn.Module, device: Any, calib_x: Tensor | None, levels: Iterable[float]
+    model: nn.Module, device: Any, calib_x: Tensor | None, levels: Iterable[float],
+    settings: dict[str, Any] | None = None,
 ) -> str:
     """Hash of everything the calibrated controls of ``model`` on chip ``device`` depend on."""
     import noisydeq
@@ -71,24 +94,26 @@ def calibration_key(
     spec = device.spec.model_dump_json() if hasattr(device.spec, "model_dump_json") else ""
     # the intra-op thread count changes float rounding, hence the controls found
     head = (FORMAT, noisydeq.__version__, code_fingerprint(), torch.__version__,
-            platform.machine(), torch.get_num_threads(), device.kind,
-            spec, int(device.chip_seed), sorted(float(v) for v in levels), init_hash(model))
+            platform.machine(), torch.get_num_threads(), device.kind, spec,
+            int(device.chip_seed), getattr(device, "noise_mode", ""),
+            sorted((settings or {}).items()), sorted(float(v) for v in levels),
+            init_hash(model), model_config(model))
     h.update(repr(head).encode())
     if calib_x is not None:
         hash_tensor(h, calib_x)
     return h.hexdigest()
 
 
-def _encode(controls: dict[Any, float]) -> list[list[Any]]:
-    return [[k if isinstance(k, str) else float(k), float(v)] for k, v in controls.items()]
+def _encode(controls: dict[float, tuple[float, float]]) -> list[list[float]]:
+    return [[float(k), float(v[0]), float(v[1])] for k, v in controls.items()]
 
 
 def load_entry(
     path: Path, key: str, names: list[str], levels: list[float]
-) -> dict[str, dict[Any, float]] | None:
-    """The stored controls of the entry ``path`` for ``key`` (device layers ``names``,
-    finite SNR ``levels``), or ``None`` when there is none; a damaged, foreign or incomplete
-    entry is a :class:`CorruptArtefact`."""
+) -> dict[str, dict[float, tuple[float, float]]] | None:
+    """The stored knobs of the entry ``path`` for ``key`` (device layers ``names``, finite
+    SNR ``levels``), or ``None`` when there is none; a damaged, foreign or incomplete entry
+    is a :class:`CorruptArtefact`."""
     if not path.exists():
         return None
     data = store.read_signed_json(path, "calibration entry")
@@ -98,21 +123,16 @@ def load_entry(
         layers = data["layers"]
         if sorted(layers) != sorted(names):
             raise ValueError(f"layers {sorted(layers)}, expected {sorted(names)}")
-        out = {n: {(k if isinstance(k, str) else float(k)): float(v) for k, v in layers[n]}
-               for n in names}
+        out = {n: {float(k): (float(a), float(b)) for k, a, b in layers[n]} for n in names}
     except (KeyError, TypeError, ValueError, AttributeError) as err:
         raise CorruptArtefact(path, f"is malformed ({err})") from None
     for name, controls in out.items():
         gaps = [v for v in levels if v not in controls]
         if gaps:
-            raise CorruptArtefact(path, f"lacks layer {name}'s control at {gaps[0]:g} dB")
-        # a level's control is a finite number; a stored measurement ("max": the layer's
-        # SNR ceiling) may be inf (a layer that sees only zeros), never NaN
-        bad = [k for k, v in controls.items()
-               if math.isnan(v) or (not isinstance(k, str) and math.isinf(v))]
+            raise CorruptArtefact(path, f"lacks layer {name}'s knobs at {gaps[0]:g} dB")
+        bad = [k for k, v in controls.items() if not all(math.isfinite(a) for a in (k, *v))]
         if bad:
-            raise CorruptArtefact(path, f"holds a non-finite control for layer {name} "
-                                        f"({bad[0]})")
+            raise CorruptArtefact(path, f"holds non-finite knobs for layer {name} ({bad[0]})")
     return out
 
 
@@ -123,21 +143,38 @@ def calibrate_levels(
     calib_x: Tensor | None,
     levels: Iterable[float],
     cache_dir: Path | None,
+    *,
+    calibration: str = "network",
+    rounds: int | None = None,
+    samples: int | None = None,
+    forward: Callable[[nn.Module, Tensor], Any] | None = None,
 ) -> bool:
-    """Give every device layer of ``deployed`` its controls for the finite ``levels``.
+    """Give every device layer of ``deployed`` its knobs for the finite ``levels``.
 
-    ``deployed`` is ``model`` on chip ``device``, already calibrated on ``calib_x``
-    (:func:`noisydeq.hardware.calibrate`). Loads the controls from ``cache_dir`` when they
-    are there (returns ``True``); otherwise searches them in ascending order and stores them
-    (``cache_dir=None``: no cache).
+    ``deployed`` is ``model`` on chip ``device``. Its layers are calibrated on the clean
+    activations of ``calib_x`` (:func:`noisydeq.hardware.calibrate`), then for every level
+    inside the noisy network (``calibration="network"``,
+    :func:`~noisydeq.hardware.in_network.calibrate_in_network` with ``rounds`` /
+    ``samples``) or on the clean activations (``"clean"``). Loads the knobs from
+    ``cache_dir`` when they are there (returns ``True``); otherwise searches them in
+    ascending order and stores them (``cache_dir=None``: no cache).
     """
+    if calibration not in CALIBRATIONS:
+        raise ValueError(f"calibration must be one of {CALIBRATIONS}")
     finite = sorted({float(v) for v in levels if math.isfinite(v)})
     layers = device_layers(deployed)
+    if calib_x is not None:
+        calibrate(deployed, calib_x)
     if not finite or not layers:
         return False
+    rounds = in_network.ROUNDS if rounds is None else int(rounds)
+    samples = in_network.SAMPLES if samples is None else int(samples)
+    settings: dict[str, Any] = {"calibration": calibration}
+    if calibration == "network" and calib_x is not None:
+        settings.update(rounds=rounds, samples=samples, draws=in_network.DRAWS)
     path = None
     if cache_dir is not None:
-        key = calibration_key(model, device, calib_x, finite)
+        key = calibration_key(model, device, calib_x, finite, settings)
         path = Path(cache_dir) / "calibration" / f"{key}.json"
         try:
             stored = load_entry(path, key, list(layers), finite)
@@ -148,13 +185,18 @@ def calibrate_levels(
             for name, layer in layers.items():
                 layer.load_controls(stored[name])
             return True
-    for level in finite:
-        for layer in layers.values():
-            layer.control_for(level)
+    if calibration == "network" and calib_x is not None:
+        in_network.calibrate_in_network(deployed, calib_x, finite, rounds=rounds, samples=samples,
+                             seed=int(device.chip_seed), forward=forward, clean_start=False)
+    else:
+        for level in finite:
+            for layer in layers.values():
+                layer.control_for(level)
     if path is not None:
         record = {
             "format": FORMAT,
             "key": key,
+            "settings": settings,
             "layers": {n: _encode(layer.calibrated_controls()) for n, layer in layers.items()},
         }
         try:

@@ -7,7 +7,7 @@ import math
 from torch import Tensor
 
 from noisydeq.errors import NoisyDEQError
-from noisydeq.hardware.base import Control, Device, DeviceLayer
+from noisydeq.hardware.base import Control, Device, DeviceLayer, Knobs
 from noisydeq.noise import NoiseStream
 
 
@@ -16,16 +16,22 @@ class IdealLayer(DeviceLayer):
 
     device_kind = "ideal"
 
-    def native_control(self) -> float:
-        return math.inf
+    def native_knobs(self) -> Knobs:
+        return (0.0, 0.0)
 
-    def control_for(self, snr_db: float) -> float:
+    def chip_matrix(self, static: float) -> Tensor:
+        return self.matrix().detach()
+
+    def control_for(self, snr_db: float) -> Knobs:
         if not math.isinf(snr_db):
             raise NoisyDEQError(
                 f"device 'ideal' is exact (SNR = inf); it cannot run at {snr_db:g} dB "
                 "(use the 'snr' device for a noisy channel)"
             )
-        return math.inf
+        return (0.0, 0.0)
+
+    def snr_range(self, x: Tensor | None = None) -> tuple[float, float]:
+        return (math.inf, math.inf)
 
     def _mvm(self, x: Tensor, control: Control, stream: NoiseStream) -> Tensor:
         return x @ self.matrix().T
@@ -40,11 +46,11 @@ class IdealDevice(Device):
     kind = "ideal"
     layer_class = IdealLayer
 
-    def native_snr_db(self) -> float:
-        return math.inf
+    def native_parts(self) -> dict[str, float]:
+        return {"static": math.inf, "dynamic": math.inf, "total": math.inf}
 
-    def max_snr_db(self) -> float:
-        return math.inf
+    def snr_range(self) -> tuple[float, float]:
+        return (math.inf, math.inf)
 
     def at_snr(self, snr_db: float | None) -> Device:
         if snr_db is not None and not math.isinf(float(snr_db)):

@@ -11,11 +11,15 @@ is the paper's reference [29] for optical inference):
     pair outputs I = I+ − I− = R·P·(x̂ · t_j) with noise variance per output
         σ² = 2q(I+ + I− + 2 I_dark)B + 4 k_B T B / R_L + RIN·B·(I+² + I−²)
     (shot, Johnson–Nyquist thermal of the load, laser relative intensity noise);
-  * a b-bit ADC with full scale ±adc_full_scale·R·P·√n_in (gain set for a random-sign
-    signal of n_in products), clipping beyond.
+  * a b-bit ADC with full scale ±F·R·P, clipping beyond: F = adc_full_scale·√n_in (fixed
+    gain, set for a random-sign signal of n_in products), or, with ``adc_gain =
+    "calibrated"``, F = adc_headroom × the layer's largest |x̂·t| on its calibration inputs
+    (the TIA gain set per layer at deployment: coherent outputs, e.g. a trained head's
+    logits, do not clip, small ones use the converter's resolution).
 Static: weight-encoding error. Dynamic: shot, thermal, RIN, DAC/ADC quantisation.
 
-The control of a layer is P; a target SNR maps to P by calibration. Shot-limited SNR grows
+Knobs of a layer (:mod:`noisydeq.hardware.modes`): σ_w (static) and P (dynamic); a target
+SNR maps to them by calibration in the device's noise mode. Shot-limited SNR grows
 as P (10 dB/decade), thermal-limited as P² (20 dB/decade); RIN and the converters set the
 ceiling. Energy per MAC is P/B (one symbol per 1/B), photons per MAC E·λ/(h c).
 ``shot_noise = "fast"`` estimates I+ + I− from ‖x̂‖₁ times the mean transmission of row j
@@ -30,8 +34,7 @@ from collections import OrderedDict
 import torch
 from torch import Tensor
 
-from noisydeq.hardware.base import Control, Device, DeviceLayer
-from noisydeq.hardware.calibration import bisect_log, check_reachable
+from noisydeq.hardware.base import Control, Device, DeviceLayer, Knobs
 from noisydeq.hardware.presets import PhotonicSpec
 from noisydeq.noise import NoiseStream, seeded_generator
 
@@ -40,6 +43,8 @@ K_B = 1.380649e-23  # J/K, Boltzmann constant (SI exact)
 H_P = 6.62607015e-34  # J s, Planck constant (SI exact)
 C_0 = 299792458.0  # m/s, speed of light (SI exact)
 P_MIN_W, P_MAX_W = 1e-15, 1.0  # calibration bracket; 1 W per MAC stands for "unlimited"
+#: bracket of the encoding error std σ_w (fraction of full scale; 3 ≈ random transmissions)
+SIGMA_MIN, SIGMA_MAX = 1e-6, 3.0
 
 
 def noise_variance(i_plus: Tensor, i_minus: Tensor, spec: PhotonicSpec) -> Tensor:
@@ -79,60 +84,117 @@ def variance_coefficients(spec: PhotonicSpec, rp: Control) -> tuple[Control, Con
 
 
 class PhotonicLayer(DeviceLayer):
-    """A Linear/Conv layer on a photonic MVM; the control is the power per MAC (W)."""
+    """A Linear/Conv layer on a photonic MVM; knobs (weight-encoding error std, power per MAC).
+
+    The static knob σ_w is the std of the transmission error (fraction of full scale), drawn
+    once per chip as σ_w times one standard draw (the same draw at every σ_w: common random
+    numbers); the dynamic knob is the optical power per MAC P (W). The joint path scales
+    both noise amplitudes by s: σ_w = s·σ_w0 and P = P0/s² (shot-noise amplitude ∝ s).
+    """
 
     device_kind = "photonic"
+    raises_snr = (False, True)
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        self._enc: OrderedDict[tuple, tuple[Tensor, Tensor, Tensor, float]] = OrderedDict()
-        self._fused: tuple[Tensor, Tensor, Tensor, float, float] | None = None
+        #: per (σ_w, weight version): (signed t, |t|, mean |t| per output, max|W|) and the
+        #: fused operands of :meth:`_read`
+        self._enc: OrderedDict[tuple, tuple] = OrderedDict()
+        self._err: tuple[tuple, Tensor] | None = None
+        self._adc: tuple[tuple, float, Tensor] | None = None
 
     @property
     def spec(self) -> PhotonicSpec:
         return self.device_model.spec
 
-    def _encoding(self) -> tuple[Tensor, Tensor, Tensor, float]:
-        """(signed t, |t|, mean |t| per output, max|W|) of this chip, once per weight version."""
-        key = (self.weight._version, self.weight.data_ptr(), self.weight.device)
+    def _std_draw(self, shape: torch.Size, like: Tensor) -> Tensor:
+        """This chip's standard-normal encoding-error draw (seeded by the chip, per shape)."""
+        key = (tuple(shape), like.dtype, like.device, self.static_seed)
+        if self._err is None or self._err[0] != key:
+            g = seeded_generator(self.static_seed)
+            self._err = (key, torch.randn(shape, generator=g).to(like.device, like.dtype))
+        return self._err[1]
+
+    def adc_scale(self) -> float:
+        """ADC full scale F in units of R·P (module docstring): fixed, or calibrated on the
+        layer's calibration inputs (kept per inputs and weight version)."""
+        sp = self.spec
+        fixed = sp.adc_full_scale * math.sqrt(self.n_in)
+        if sp.adc_gain == "fixed":
+            return fixed
+        x = self.calibration_inputs()
+        key = (id(x), x._version, self.weight.data_ptr(), self.weight._version)
+        if self._adc is None or self._adc[0] != key:  # the entry holds x: ids stay unique
+            with torch.no_grad():
+                nm = x.abs().amax(dim=-1, keepdim=True)
+                xn = x / torch.where(nm > 0, nm, 1.0)
+                w = self.matrix().detach()
+                peak = float((xn @ (w / w.abs().max().clamp(min=1e-12)).T).abs().max())
+            scale = sp.adc_headroom * peak if peak > 0 else fixed
+            self._adc = (key, scale, x)
+        return self._adc[1]
+
+    def _encoding(self, sigma: float | None = None) -> tuple:
+        """(signed t, |t|, mean |t| per output, max|W|, fused) of this chip at encoding error
+        std ``sigma`` (default: the preset's), kept for the last few σ per weight version."""
+        sigma = self.spec.weight_error_std if sigma is None else float(sigma)
+        full_scale = self.adc_scale()
+        key = (sigma, full_scale, self.weight._version, self.weight.data_ptr(), self.weight.device)
         if key in self._enc:
+            self._enc.move_to_end(key)
             return self._enc[key]
         w = self.matrix().detach()
         wmax = w.abs().max().clamp(min=1e-12)
         t = w / wmax
-        if self.spec.weight_error_std > 0:
-            g = seeded_generator(self.static_seed)
-            err = torch.randn(t.shape, generator=g).to(t.device, t.dtype)
-            mag = (t.abs() + self.spec.weight_error_std * err).clamp(0.0, 1.0)
+        if sigma > 0:
+            mag = (t.abs() + sigma * self._std_draw(t.shape, t)).clamp(0.0, 1.0)
             t = torch.where(t < 0, -mag, mag)
         t_abs = t.abs()
-        entry = (t, t_abs, t_abs.mean(dim=1), float(wmax))
-        self._enc.clear()
+        t_mean = t_abs.mean(dim=1)
+        sp = self.spec
+        h_dac, h_adc = 0.5 * (2**sp.dac_bits - 1), 0.5 * (2**sp.adc_bits - 1)
+        alpha = h_adc / (h_dac * full_scale)
+        tm = t_mean * alpha
+        basis = torch.stack([tm.square(), tm, torch.ones_like(tm)])
+        fused = (t * alpha, t_abs * alpha, basis, alpha, float(wmax))
+        entry = (t, t_abs, t_mean, float(wmax), fused)
         self._enc[key] = entry
-        self._fused = None
+        while len(self._enc) > 8:
+            self._enc.popitem(last=False)
         return entry
 
-    def transmissions(self) -> tuple[Tensor, Tensor, Tensor]:
+    def transmissions(self, sigma: float | None = None) -> tuple[Tensor, Tensor, Tensor]:
         """(signed t, |t|, mean |t| per output) of this chip (static encoding error)."""
-        return self._encoding()[:3]
+        return self._encoding(sigma)[:3]
 
-    def _fused_encoding(self) -> tuple[Tensor, Tensor, Tensor, float, float]:
-        """Static operands of :meth:`_mvm` in ADC units (α = h_adc / (h_dac · full scale)).
-
-        (α·t, α·|t|, rows [(α·mean|t|)², α·mean|t|, 1], α, max|W|), cached with the chip.
-        """
-        t, t_abs, t_mean, wmax = self._encoding()
-        if self._fused is None:
-            sp = self.spec
-            h_dac, h_adc = 0.5 * (2**sp.dac_bits - 1), 0.5 * (2**sp.adc_bits - 1)
-            alpha = h_adc / (h_dac * sp.adc_full_scale * math.sqrt(self.n_in))
-            tm = t_mean * alpha
-            basis = torch.stack([tm.square(), tm, torch.ones_like(tm)])
-            self._fused = (t * alpha, t_abs * alpha, basis, alpha, wmax)
-        return self._fused
+    def chip_matrix(self, static: float) -> Tensor:
+        """W_chip = max|W| · t at encoding error std ``static`` (W itself without error)."""
+        if not static:
+            return self.matrix().detach()
+        t, _, _, wmax, _ = self._encoding(static)
+        return t * wmax
 
     def _mvm(self, x: Tensor, control: Control, stream: NoiseStream) -> Tensor:
-        """Noisy photonic MVM (module docstring), fused into one matmul and few passes.
+        """Noisy photonic MVM (module docstring): one read per run of equal σ_w, each with
+        its rows' powers (a scalar, or one per sample)."""
+        noise = stream.randn((*x.shape[:-1], self.n_out), x.dtype, x.device)
+        if not isinstance(control, Tensor):
+            return self._read(x, float(control[0]), float(control[1]), noise)
+        c = control.reshape(-1, 2)
+        sigmas, counts = torch.unique_consecutive(c[:, 0], return_counts=True)
+        if sigmas.numel() == 1:
+            return self._read(x, float(sigmas[0]), c[:, 1], noise)
+        out = x.new_empty((*x.shape[:-1], self.n_out))
+        start = 0
+        for sigma, n in zip(sigmas.tolist(), counts.tolist(), strict=True):
+            sl = slice(start, start + n)
+            start += n
+            out[sl] = self._read(x[sl], sigma, c[sl, 1], noise[sl])
+        return out
+
+    def _read(self, x: Tensor, sigma: float, power: float | Tensor, noise: Tensor) -> Tensor:
+        """The read of ``x`` at encoding error ``sigma`` and power(s) per MAC ``power``,
+        fused into one matmul and few passes (standard normal ``noise``, (*x.shape[:-1], n_out)).
 
         Both converters are mid-rise quantisers: a b-bit converter on [−F, F] maps
         z = v·h/F (h = (2^b − 1)/2) to floor(z) + 0.5, clipped to ±h, i.e. to the 2^b
@@ -141,17 +203,18 @@ class PhotonicLayer(DeviceLayer):
         ADC units (full scale ±h_adc) and the ADC needs no rescaling pass.
         """
         sp = self.spec
-        ta, ta_abs, basis, alpha, wmax = self._fused_encoding()
+        ta, ta_abs, basis, alpha, wmax = self._encoding(sigma)[4]
         h_dac, h_adc = 0.5 * (2**sp.dac_bits - 1), 0.5 * (2**sp.adc_bits - 1)
         # DAC: x̂ = x / max|x| (zero vectors: scale 1); |x̂·h| ≤ h needs no clip
         nm = x.abs().amax(dim=-1, keepdim=True)
         nm = nm.masked_fill_(nm == 0, 1.0)
         xq = x.mul(h_dac / nm).floor_().add_(0.5)  # codes x̂·h_dac
         z = xq @ ta.T  # D in ADC units, D = (I+ − I−)/(R·P)
-        if isinstance(control, Tensor):
-            rp = sp.responsivity_a_per_w * control.to(x.dtype).reshape(-1, *([1] * (x.ndim - 1)))
+        per_sample = isinstance(power, Tensor)
+        if per_sample:
+            rp = sp.responsivity_a_per_w * power.to(x.dtype).reshape(-1, *([1] * (x.ndim - 1)))
         else:
-            rp = sp.responsivity_a_per_w * control
+            rp = sp.responsivity_a_per_w * power
         u = 1.0 / (h_dac * alpha)  # R·P per ADC unit, over R·P
         a, c, k = variance_coefficients(sp, rp * u)  # variance in ADC units²
         if sp.shot_noise == "exact":  # S = (I+ + I−)/(R·P), in ADC units
@@ -159,33 +222,38 @@ class PhotonicLayer(DeviceLayer):
             var = tot.mul(k).add_(a).mul_(tot).add_(c)
         else:  # S ≈ ‖x̂‖₁ · mean_i |t_ji|: k·S² + a·S + c as one rank-3 product
             l1 = xq.abs_().sum(dim=-1, keepdim=True)
-            if isinstance(control, Tensor):
+            if per_sample:
                 coef = torch.cat([l1 * l1 * k, l1 * a, c.expand_as(l1)], dim=-1)
             else:  # [S², S, 1] · [k, a, c]
                 coef = l1.pow(l1.new_tensor([2.0, 1.0, 0.0])).mul_(l1.new_tensor([k, a, c]))
             var = coef @ basis
         var = var.addcmul_(z, z, value=k).sqrt_()
-        noise = stream.randn((*x.shape[:-1], self.n_out), x.dtype, x.device)
         z = z.addcmul_(noise, var).clamp_(-h_adc, h_adc).floor_()  # ADC codes − 0.5
         scale = nm.mul_(u * wmax)  # back to W x units: code · u · max|x| · max|W|
         return torch.addcmul(scale.mul(0.5), z, scale, out=z)
 
-    # ------------------------------------------------------------ calibration
-    def native_control(self) -> float:
-        return float(self.spec.power_w)
+    # ------------------------------------------------------------ knobs
+    def native_knobs(self) -> Knobs:
+        return (float(self.spec.weight_error_std), float(self.spec.power_w))
 
-    def max_snr_db(self) -> float:
-        if "max" not in self._controls:
-            self._controls["max"] = self.measured_snr_at(P_MAX_W)
-        return self._controls["max"]
+    def knob_bounds(self, which: int) -> tuple[float, float]:
+        return (SIGMA_MIN, SIGMA_MAX) if which == 0 else (P_MIN_W, P_MAX_W)
 
-    def _calibrate(self, snr_db: float) -> float:
-        check_reachable(snr_db, self.max_snr_db(), f"photonic layer '{self.layer_name}'")
-        return bisect_log(self.measured_snr_at, snr_db, P_MIN_W, P_MAX_W, increasing=True)
+    def joint_bounds(self) -> tuple[float, float]:
+        p0 = float(self.spec.power_w)  # keep P = P0/s² inside [P_MIN_W, P_MAX_W]
+        return (math.sqrt(p0 / P_MAX_W), math.sqrt(p0 / P_MIN_W))
+
+    def joint_knobs(self, s: float) -> Knobs:
+        sigma0, p0 = self.native_knobs()
+        return (s * sigma0, p0 / (s * s))
+
+    def joint_scale(self, knobs: Knobs) -> float | None:
+        s = math.sqrt(self.native_knobs()[1] / knobs[1])
+        return s if math.isclose(self.joint_knobs(s)[0], knobs[0], rel_tol=1e-9) else None
 
     def operating_point(self, snr_db: float | None = None) -> dict[str, float]:
         """Power, energy and photons per MAC at ``snr_db`` (``None``: native)."""
-        p = self.native_control() if snr_db is None else self.control_for(snr_db)
+        p = self.native_knobs()[1] if snr_db is None else self.control_for(snr_db)[1]
         return {
             "power_per_mac_w": p,
             "energy_per_mac_j": energy_per_mac_j(p, self.spec),
@@ -194,7 +262,7 @@ class PhotonicLayer(DeviceLayer):
 
 
 class PhotonicDevice(Device):
-    """Photonic MVM; a target SNR maps to optical power per MAC."""
+    """Photonic MVM; knobs: weight-encoding error (static), optical power per MAC (dynamic)."""
 
     kind = "photonic"
     layer_class = PhotonicLayer
@@ -216,4 +284,5 @@ class PhotonicDevice(Device):
             "B_Hz": sp.bandwidth_hz,
             "RIN_dB_Hz": sp.rin_db_per_hz,
             "adc_bits": sp.adc_bits,
+            "sigma_w": sp.weight_error_std,
         }

@@ -39,15 +39,18 @@ class IdealSpec(_Base):
 class SNRSpec(_Base):
     """Gaussian noise on every MVM output at a given SNR (paper Eq. 3-4 at layer level).
 
-    ``multiplicative``: std follows each sample's output norm (realised SNR = nominal).
-    ``additive``: fixed std per layer, set so the SNR is nominal on the calibration batch.
+    ``snr_db``: the dynamic part, drawn at every MVM. ``multiplicative``: std follows each
+    sample's output norm (realised SNR = nominal). ``additive``: fixed std per layer, set
+    so the SNR is nominal on the calibration batch. ``static_snr_db``: a per-chip
+    multiplicative weight error W ∘ (1 + σξ) at that SNR (``inf``: none, the default).
     """
 
     kind: Literal["snr"] = "snr"
     mode: Literal["multiplicative", "additive"] = "multiplicative"
     snr_db: InfFloat = 20.0
+    static_snr_db: InfFloat = math.inf
 
-    @field_validator("snr_db", mode="before")
+    @field_validator("snr_db", "static_snr_db", mode="before")
     @classmethod
     def _snr(cls, v: Any) -> float:
         return parse_snr_value(v)
@@ -86,7 +89,13 @@ class RRAMSpec(_Base):
 
 
 class PhotonicSpec(_Base):
-    """Incoherent photonic MVM with balanced detection, shot/thermal/RIN noise."""
+    """Incoherent photonic MVM with balanced detection, shot/thermal/RIN noise.
+
+    ADC gain: ``fixed`` — full scale ±adc_full_scale·R·P·√n_in (a random-sign signal of
+    n_in products); ``calibrated`` — set per layer (its TIA gain) to ``adc_headroom`` times
+    the largest output of the layer on its calibration inputs, so a layer's outputs neither
+    clip nor waste the converter's resolution.
+    """
 
     kind: Literal["photonic"] = "photonic"
     wavelength_nm: float = Field(1550.0, gt=0)
@@ -101,6 +110,8 @@ class PhotonicSpec(_Base):
     dac_bits: int = Field(8, ge=1, le=24)
     adc_bits: int = Field(10, ge=1, le=24)
     adc_full_scale: float = Field(4.0, gt=0)
+    adc_gain: Literal["fixed", "calibrated"] = "fixed"
+    adc_headroom: float = Field(1.25, ge=1.0)
     weight_error_std: float = Field(0.0, ge=0)
     shot_noise: Literal["fast", "exact"] = "fast"
 
@@ -196,10 +207,12 @@ def device_from_spec(spec: DeviceSpec, chip_seed: int = 0):  # -> Device
 
 
 def get_device(
-    name_or_path: str | os.PathLike, *, snr_db: float | None = None, chip: int = 0
+    name_or_path: str | os.PathLike, *, snr_db: float | None = None, chip: int = 0,
+    noise_mode: str = "physical",
 ):  # -> Device
-    """A device from a preset name or TOML path, optionally calibrated and on a chip."""
-    device = device_from_spec(load_spec(name_or_path), chip_seed=chip)
+    """A device from a preset name or TOML path, optionally calibrated and on a chip;
+    ``noise_mode``: which part of its noise a target SNR sets (:mod:`noisydeq.hardware.modes`)."""
+    device = device_from_spec(load_spec(name_or_path), chip_seed=chip).with_mode(noise_mode)
     if snr_db is not None and not (math.isinf(snr_db) and device.kind == "ideal"):
         device = device.at_snr(snr_db)
     return device

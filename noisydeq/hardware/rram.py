@@ -23,9 +23,12 @@ Differences to aihwkit (documented in docs/devices.md): bound management is deci
 vector (aihwkit: per batch), a re-run reuses the vector's drawn read noise, one tile per
 layer (no 512-row tiling).
 
-Calibration scales programming/drift noise and read noise by one factor ``s`` (the layer's
-control); quantisation is a fixed design choice, so the SNR at s → 0 is the device's
-ceiling. The native SNR is the one at s = 1.
+Knobs (:mod:`noisydeq.hardware.modes`): the static knob ``s_p`` scales programming and
+drift noise (aihwkit ``noise_scale``; the drift-compensation read-out, part of programming
+the chip, reads with ``s_p`` times the read noise), the dynamic knob ``s_r`` the read noise
+(``out_noise``). Both are 1 at the physical values; the joint path scales both by one
+``s`` (the single knob of earlier versions). Quantisation is a fixed design choice, so the
+SNR at s → 0 is the device's ceiling.
 """
 
 from __future__ import annotations
@@ -35,8 +38,7 @@ from collections import OrderedDict
 import torch
 from torch import Tensor
 
-from noisydeq.hardware.base import Control, Device, DeviceLayer
-from noisydeq.hardware.calibration import KnobTable, check_reachable
+from noisydeq.hardware.base import Control, Device, DeviceLayer, Knobs, control_groups, expand_rows
 from noisydeq.hardware.presets import RRAMSpec
 from noisydeq.hardware.rram_io import identity_read, io_forward, row_stats
 from noisydeq.hardware.rram_program import ChipDraw
@@ -76,7 +78,7 @@ def program_weights(
 
 
 class RRAMLayer(DeviceLayer):
-    """A Linear/Conv layer on an RRAM crossbar; the control is the noise scale ``s``."""
+    """A Linear/Conv layer on an RRAM crossbar; knobs (programming scale, read-noise scale)."""
 
     device_kind = "rram"
 
@@ -84,7 +86,6 @@ class RRAMLayer(DeviceLayer):
         super().__init__(*args, **kwargs)
         self._chips: OrderedDict[tuple, tuple[Tensor, float, float, float]] = OrderedDict()
         self._wmax: tuple[tuple, float] | None = None
-        self._table: tuple[tuple, KnobTable] | None = None
         self._draw: tuple[tuple, ChipDraw] | None = None
         self._readout_inputs: tuple[tuple, Tensor, Tensor] | None = None
 
@@ -153,6 +154,11 @@ class RRAMLayer(DeviceLayer):
             y = io_forward(self.spec, eye, w, s * self.spec.out_noise, noise)
         return float(y.abs().mean().clamp(min=1e-4))
 
+    def chip_matrix(self, static: float) -> Tensor:
+        """W_chip = α · max|W| · W_t at programming scale ``static`` (drift compensated)."""
+        w_t, alpha = self.chip(static)
+        return w_t * (alpha * self._wscale())
+
     # ------------------------------------------------------------ dynamic part
     def _mvm(self, x: Tensor, control: Control, stream: NoiseStream) -> Tensor:
         lead = x.shape[:-1]
@@ -160,62 +166,42 @@ class RRAMLayer(DeviceLayer):
         x2 = x.reshape(-1, self.n_in)
         n2 = noise.reshape(-1, self.n_out)
         wscale = self._wscale()
-        if not isinstance(control, Tensor):
-            w, alpha, *stats = self._chip(control)
-            std = control * self.spec.out_noise
-            y = io_forward(self.spec, x2, w, std, n2, gain=alpha * wscale, stats=tuple(stats))
+        groups = control_groups(expand_rows(control, tuple(lead)), x2.shape[0])
+        if len(groups) == 1:
+            (s_p, s_r) = groups[0][1]
+            w, alpha, *stats = self._chip(s_p)
+            y = io_forward(self.spec, x2, w, s_r * self.spec.out_noise, n2,
+                           gain=alpha * wscale, stats=tuple(stats))
             return y.reshape(*lead, self.n_out)
-        per_row = control.double().reshape(-1, *([1] * (len(lead) - 1))).expand(lead)
-        per_row = per_row.reshape(-1)
+        # one read per run of equal knobs (a batched sweep's levels are contiguous blocks)
         y = torch.empty((x2.shape[0], self.n_out), dtype=x.dtype, device=x.device)
-        # one read per run of equal controls: a batched sweep stacks its levels in blocks,
-        # so each level is one contiguous slice (no gather / scatter of its rows)
-        values, counts = torch.unique_consecutive(per_row, return_counts=True)
-        start = 0
-        for s, n in zip(values.tolist(), counts.tolist(), strict=True):
-            sl = slice(start, start + n)
-            start += n
-            w, alpha, *stats = self._chip(s)
+        for sl, (s_p, s_r) in groups:
+            w, alpha, *stats = self._chip(s_p)
             y[sl] = io_forward(
-                self.spec, x2[sl], w, s * self.spec.out_noise, n2[sl],
+                self.spec, x2[sl], w, s_r * self.spec.out_noise, n2[sl],
                 gain=alpha * wscale, stats=tuple(stats),
             )
         return y.reshape(*lead, self.n_out)
 
-    # ------------------------------------------------------------ calibration
-    def native_control(self) -> float:
-        return 1.0
+    # ------------------------------------------------------------ knobs
+    def native_knobs(self) -> Knobs:
+        return (1.0, 1.0)
 
-    def max_snr_db(self) -> float:
-        if "max" not in self._controls:
-            self._controls["max"] = self.measured_snr_at(0.0)
-        return self._controls["max"]
+    def knob_bounds(self, which: int) -> tuple[float, float]:
+        return (S_MIN, S_MAX)
 
-    def _calibrate(self, snr_db: float) -> float:
-        """Noise scale for ``snr_db`` from this chip's :class:`KnobTable` (shared by all levels).
+    def joint_bounds(self) -> tuple[float, float]:
+        return (S_MIN, S_MAX)
 
-        The table is per chip: at a fixed s the measured SNR of small layers differs between
-        chips by up to 0.6 dB (10×128, 5 chips, 0-30 dB), more than calibration may miss.
-        The measurement at the returned s programs the chip the forward then reuses.
-        """
-        check_reachable(snr_db, self.max_snr_db(), f"RRAM layer '{self.layer_name}'")
-        return self.calibration_table().knob_for(snr_db)
+    def joint_knobs(self, s: float) -> Knobs:
+        return (s, s)
 
-    def calibration_table(self) -> KnobTable:
-        """This chip's measured SNR-vs-noise-scale table on the calibration inputs."""
-        key = (self.weight._version, self.weight.data_ptr(), id(self.calib_x))
-        if self._table is None or self._table[0] != key:
-            table = KnobTable(self.measured_snr_at, S_MIN, S_MAX, increasing=False, tol_db=0.05)
-            self._table = (key, table)
-        return self._table[1]
-
-    def reset_calibration(self) -> None:
-        super().reset_calibration()
-        self._table = None
+    def joint_scale(self, knobs: Knobs) -> float | None:
+        return knobs[0] if knobs[0] == knobs[1] else None
 
 
 class RRAMDevice(Device):
-    """RRAM crossbar (aihwkit Wan-2022 physics), calibrated by one noise scale."""
+    """RRAM crossbar (aihwkit Wan-2022 physics); knobs: programming and read-noise scales."""
 
     kind = "rram"
     layer_class = RRAMLayer

@@ -206,6 +206,7 @@ def test_config_and_meta(copy):
         "value changed, digest kept": meta.read_bytes().replace(b'"resumed"', b'"resumes"')
         if b'"resumed"' in meta.read_bytes() else meta.read_bytes().replace(b"[", b"[7, ", 1),
     }.items()))
+    damage_all("identity.json", run / "identity.json", check, seed=12)  # the device's content
 
 
 def test_table_figures_and_manifest(copy):
@@ -219,11 +220,12 @@ def test_table_figures_and_manifest(copy):
     }
     damage_all("results.csv", run / "results.csv", lambda: read_csv(run / "results.csv"),
                seed=20, extra=iter(extra.items()))
-    for i, name in enumerate(["results.parquet", "figures/metric_vs_snr.png",
+    for i, name in enumerate(["results.parquet", "layers.csv", "figures/metric_vs_snr.png",
                               "figures/metric_vs_snr.svg", "figures/metric_vs_depth.png"]):
         damage_all(name.split("/")[-1].split(".")[-1], run / name,
                    lambda n=name: store.verify_listed(run / n, run), seed=21 + i)
-    assert len(store.verify_manifest(run)) == 8  # table, config, meta and 4 figures
+    # table (csv, parquet), layers.csv, config, identity, meta and 4 figures
+    assert len(store.verify_manifest(run)) == 10
     damage_all("SHA256SUMS", run / "SHA256SUMS", lambda: store.verify_manifest(run), seed=30)
     (run / "SHA256SUMS").unlink()
     with pytest.raises(CorruptArtefact, match="SHA256SUMS"):

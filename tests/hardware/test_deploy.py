@@ -155,7 +155,8 @@ def test_presets_lookup_and_errors(tmp_path) -> None:
         hw.get_device(str(own))
     with pytest.raises(NoisyDEQError, match="exact"):
         hw.get_device("ideal").at_snr(10.0)
-    assert hw.get_device("snr", snr_db=7.0).deploy(nn.Linear(3, 3)).resolve_controls(1) == 7.0
+    knobs = hw.get_device("snr", snr_db=7.0).deploy(nn.Linear(3, 3)).resolve_controls(1)
+    assert knobs == pytest.approx((0.0, 10 ** (-7.0 / 20)))  # no weight error; r = SNR^-1/2
 
 
 def test_measure_is_optional() -> None:

@@ -163,7 +163,7 @@ def test_photonic_fused_read_equals_physics_reference(shot: str, power: float) -
     layer = PhotonicDevice(spec, chip_seed=1).deploy(lin)
     x = _inputs(150, 30, 6)
     with torch.no_grad():
-        ours = layer._mvm(x, power, NoiseStream.from_seed(9))
+        ours = layer._mvm(x, (spec.weight_error_std, power), NoiseStream.from_seed(9))
     noise = NoiseStream.from_seed(9).randn((len(x), 70), torch.float32, x.device)
     ref = _photonic_reference(layer, x, power, noise)
     nm = x.abs().amax(1, keepdim=True)
@@ -176,11 +176,11 @@ def test_photonic_per_sample_power_equals_separate_calls() -> None:
     torch.manual_seed(1)
     layer = PhotonicDevice(PhotonicSpec()).deploy(torch.nn.Linear(40, 30, bias=False))
     x = torch.rand(12, 40) * 2 - 1
-    powers = torch.tensor([1e-7] * 5 + [1e-4] * 7)
+    powers = torch.tensor([[0.0, 1e-7]] * 5 + [[0.0, 1e-4]] * 7, dtype=torch.float64)
     with torch.no_grad():
         both = layer._mvm(x, powers, NoiseStream.from_blocks([1, 2], [5, 7]))
-        a = layer._mvm(x[:5], 1e-7, NoiseStream.from_seed(1))
-        b = layer._mvm(x[5:], 1e-4, NoiseStream.from_seed(2))
+        a = layer._mvm(x[:5], (0.0, 1e-7), NoiseStream.from_seed(1))
+        b = layer._mvm(x[5:], (0.0, 1e-4), NoiseStream.from_seed(2))
     assert torch.allclose(both, torch.cat([a, b]), rtol=1e-5, atol=1e-6)
 
 

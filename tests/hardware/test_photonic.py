@@ -24,7 +24,8 @@ def _layer(n: int = 128, **kw) -> hw.DeviceLayer:
 
 
 def _slope(layer: hw.DeviceLayer, p1: float, p2: float) -> float:
-    return (layer.measured_snr_at(p2) - layer.measured_snr_at(p1)) / math.log10(p2 / p1)
+    snr1, snr2 = layer.measured_snr_at((0.0, p1)), layer.measured_snr_at((0.0, p2))
+    return (snr2 - snr1) / math.log10(p2 / p1)
 
 
 def test_shot_limited_snr_rises_10_db_per_decade() -> None:
@@ -46,7 +47,7 @@ def test_single_output_snr_matches_closed_form() -> None:
     x = torch.rand(n) * 2 - 1
     xs = x.repeat(rows, 1)
     with torch.no_grad():
-        y = layer._mvm(xs, p, NoiseStream.from_seed(5))[:, 0]
+        y = layer._mvm(xs, (0.0, p), NoiseStream.from_seed(5))[:, 0]
     w = lin.weight.detach()[0]
     t = w / lin.weight.detach().abs().max()
     xh = x / x.abs().max()
@@ -68,7 +69,7 @@ def test_single_output_snr_matches_closed_form() -> None:
 def test_fast_shot_estimate_close_to_exact() -> None:
     fast = _layer(shot_noise="fast", load_resistance_ohm=1e15, rin_db_per_hz=-250.0)
     exact = _layer(load_resistance_ohm=1e15, rin_db_per_hz=-250.0)
-    assert abs(fast.measured_snr_at(1e-8) - exact.measured_snr_at(1e-8)) < 0.5
+    assert abs(fast.measured_snr_at((0.0, 1e-8)) - exact.measured_snr_at((0.0, 1e-8))) < 0.5
 
 
 @pytest.mark.parametrize("target", [0.0, 10.0, 20.0, 30.0])

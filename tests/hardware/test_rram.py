@@ -167,7 +167,7 @@ def test_noise_scale_zero_leaves_only_quantisation() -> None:
     layer = hw.get_device("rram-wan2022").deploy(lin)
     x = torch.rand(8, 32) * 2 - 1
     with torch.no_grad():
-        y = layer.device_output(x, 0.0)
+        y = layer.device_output(x, (0.0, 0.0))
     # worst case: DAC error n·dq/2 + ADC error dy/2 (normalised units), times the largest
     # bound-management reduction (16), the input scale and max|W|
     bound = (32 * (2 / 126) / 2 + (24 / 510) / 2) * 16

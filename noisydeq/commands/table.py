@@ -1,0 +1,46 @@
+"""``noisydeq table RUN_DIR... [--snr 0]``: DEQ vs matched FFW tables of finished sweeps.
+
+Prints, for every run directory, a Markdown heading naming what was swept (device and noise
+mode, or the model-noise site) and the paired table of :func:`noisydeq.summary.paired_table`
+(mean ± std over chips and seeds, DEQ − FFW) at one inference SNR — the tables of
+docs/reproduction.md.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import click
+
+from noisydeq.commands.sweep import parse_grid
+from noisydeq.errors import NoisyDEQError
+
+
+@click.command("table")
+@click.argument("run_dirs", nargs=-1, required=True)
+@click.option("--snr", "snr", default="0", show_default=True,
+              help="Inference SNR (dB) of the table (a level of the sweeps).")
+def command(run_dirs: tuple[str, ...], snr: str) -> None:
+    """DEQ vs matched-FFW tables (Markdown) of finished sweeps at one inference SNR."""
+    from noisydeq.results import read_csv
+    from noisydeq.summary import paired_table, swept_description
+
+    levels = parse_grid("--snr", snr)
+    if len(levels) != 1:
+        raise NoisyDEQError(f"--snr '{snr}': give one level, e.g. --snr 0")
+    level = levels[0]
+    tables = []
+    for run in run_dirs:
+        path = Path(run) / "results.csv"
+        if not path.is_file():
+            raise NoisyDEQError(f"{run}: no results.csv (not a finished sweep's run directory)")
+        rows = read_csv(path)
+        at = [r for r in rows if r["snr_db"] == level]
+        if not at:
+            have = sorted({r["snr_db"] for r in rows})
+            shown = ", ".join("inf" if math.isinf(v) else f"{v:g}" for v in have[:12])
+            raise NoisyDEQError(f"{run}: no level {level:g} dB in its results ({shown})")
+        tables.append(f"### {Path(run).name}: {swept_description(rows)}\n\n"
+                      f"{paired_table(rows, level)}\n")
+    click.echo("\n".join(tables), nl=False)
