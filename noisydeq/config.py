@@ -488,7 +488,105 @@ class ExperimentSpec(StrictModel):
 
 # ------------------------------------------------------------------------ training / families
 
-TRAIN_PRESETS = ("quick", "paper")
+TRAIN_PRESETS = ("quick", "paper", "adversarial", "adversarial-quick")
+ADVERSARIAL_METHODS = ("pgd", "trades")
+
+
+def _suggest_name(kind: str, value: str, allowed: tuple[str, ...]) -> str:
+    close = difflib.get_close_matches(str(value), allowed, n=1)
+    hint = f"; did you mean '{close[0]}'?" if close else ""
+    return f"unknown {kind} '{value}'{hint} (allowed: {', '.join(allowed)})"
+
+
+class AdversarialSpec(StrictModel):
+    """Adversarial training, min_θ max_{‖Δx‖∞ ≤ ε} L (main paper §4.2, App. C Eq. 56).
+
+    ``method``: ``pgd`` (PGD-AT, Madry et al. 2018: the loss at the PGD example) or
+    ``trades`` (Zhang et al. 2019: CE(f(x), y) + ``beta``·KL(f(x) ‖ f(x')), x' maximising
+    the KL from x + 0.001·N(0, I)). The inner attack is ``steps`` ℓ∞ PGD steps of size
+    ``step`` within ε (the paper: ε = 0.3, step 0.1, 10 steps; TRADES β = 6), each through
+    a DEQ's forward solve followed by ``unroll`` damped steps z ← (1−λ) z + λ f(z) with
+    λ = ``unroll_lambda`` (App. C Eq. 55: K = 9, λ = 0.5; an FFW is differentiated by
+    backprop), ``eot`` gradients averaged over the training noise. ``val_fraction`` of the
+    training split (its last samples) is held out: after each epoch the model is attacked
+    there by PGD-``val_steps`` (ε, ``step``, its own gradient) and the epoch of highest
+    robust accuracy is the one saved (0 = no hold-out, the last epoch is saved).
+    ``warmup_epochs``: ε (and the step with it) grows linearly from 0 over this many epochs,
+    per batch (0 = the full ε from the start, as the paper; a short schedule learns nothing
+    at ε = 0.3 from a random start, see docs/robustness.md).
+    """
+
+    method: str = "pgd"
+    eps: float = 0.3
+    step: float = Field(default=0.1, gt=0.0)
+    steps: int = Field(default=10, ge=1)
+    beta: float = 6.0
+    random_start: bool = True
+    unroll: int = Field(default=9, ge=1)
+    unroll_lambda: float = Field(default=0.5, gt=0.0, le=1.0)
+    eot: int = Field(default=1, ge=1)
+    val_fraction: float = Field(default=0.1, ge=0.0, lt=1.0)
+    val_steps: int = Field(default=10, ge=1)
+    warmup_epochs: float = Field(default=0.0, ge=0.0)
+
+    @field_validator("method")
+    @classmethod
+    def _method(cls, v: str) -> str:
+        name = str(v).strip().lower()
+        if name not in ADVERSARIAL_METHODS:
+            raise ValueError(_suggest_name("adversarial method", v, ADVERSARIAL_METHODS))
+        return name
+
+    @field_validator("eps")
+    @classmethod
+    def _eps(cls, v: float) -> float:
+        if not 0.0 <= v <= 1.0:
+            raise ValueError(f"must lie in [0, 1] (inputs lie in [0, 1]), got {v:g}")
+        return v
+
+    @field_validator("beta")
+    @classmethod
+    def _beta(cls, v: float) -> float:
+        if not v >= 0.0 or math.isinf(v):
+            raise ValueError(f"the TRADES weight must be a finite number >= 0, got {v:g}")
+        return v
+
+
+class RandomStateSpec(StrictModel):
+    """Training loss on a random intermediate state (regulation paper Eq. 10).
+
+    Each sample's loss is L(head(z[i]), y) at the state z[i] after i ~ U[1, N] iterations of
+    the DEQ's training solver from z⁰ = 0 (N = ``states``, None = the solver's
+    ``max_iter``), differentiated exactly: back-propagation through the i iterations (no
+    phantom tail). Needs a differentiable training solver (``unroll`` or ``stochastic``).
+    """
+
+    states: int | None = Field(default=None, ge=1)
+
+
+class OptimizerSpec(StrictModel):
+    """Adam's options and the learning-rate schedule (main paper Tables 5-6).
+
+    ``amsgrad``: the AMSGrad variant of Adam. ``milestones``: epochs at which the learning
+    rate is multiplied by ``gamma`` (PyTorch's ``MultiStepLR`` stepped per epoch; the paper:
+    [45], 0.1). ``grad_clip``: largest ℓ₂ norm of the whole gradient (None = off).
+    """
+
+    amsgrad: bool = False
+    milestones: list[int] = Field(default_factory=list)
+    gamma: float = Field(default=0.1, gt=0.0, le=1.0)
+    grad_clip: float | None = Field(default=None, gt=0.0)
+
+    @field_validator("milestones")
+    @classmethod
+    def _milestones(cls, v: list[int]) -> list[int]:
+        if any(m < 1 for m in v):
+            raise ValueError(f"milestones must be positive epochs, got {v}")
+        return sorted(set(v))
+
+    def lr_factor(self, epoch: int) -> float:
+        """The learning-rate multiplier of 0-based ``epoch``: gamma^(milestones passed)."""
+        return self.gamma ** sum(1 for m in self.milestones if epoch >= m)
 
 
 class TrainSpec(StrictModel):
@@ -518,6 +616,9 @@ class TrainSpec(StrictModel):
     gradient: GradientSpec | None = None
     jac_reg: JacobianRegSpec | None = None
     max_train_samples: int | None = Field(default=None, ge=1)
+    adversarial: AdversarialSpec | None = None
+    random_state: RandomStateSpec | None = None
+    optimizer: OptimizerSpec | None = None
 
     @classmethod
     def preset(
@@ -535,6 +636,12 @@ class TrainSpec(StrictModel):
         ``paper``: Table 1 (DEQ: 30 epochs, batch 16, Jacobian regulariser weight 1.0 until
         epoch 55, unroll 60 with rel 1e-3 — or mean_rel 0.05 when training with noise —
         tested with unroll 60, mean_rel 0.05) and Table 2 (FFW: 64 epochs, batch 16).
+        ``adversarial``: Tables 5-6 (64 epochs, batch 32, Adam lr 1e-3 with AMSGrad,
+        learning rate ×0.1 from epoch 45; DEQ: Broyden with threshold M = 8 forward, the
+        phantom gradient K = 9, λ = 0.5 backward, App. C Eq. 55) with PGD-AT at ε = 0.3,
+        step 0.1, 10 steps (:class:`AdversarialSpec`). ``adversarial-quick``: the same for a
+        CPU: 8 epochs, learning rate ×0.1 from epoch 6, batch 64, ε ramped up linearly over
+        the first 3 epochs.
         """
         if name not in TRAIN_PRESETS:
             close = difflib.get_close_matches(str(name), TRAIN_PRESETS, n=1)
@@ -544,7 +651,9 @@ class TrainSpec(StrictModel):
             )
         noise = noise if noise is not None else NoiseSpec()
         data: dict[str, Any] = {"noise": noise, "lr": 1e-3, "weight_decay": 0.0}
-        if name == "quick":
+        if name.startswith("adversarial"):
+            data.update(_adversarial_preset(name, kind))
+        elif name == "quick":
             data.update(epochs=6, batch_size=64)
             if kind == "deq":
                 data.update(
@@ -570,6 +679,26 @@ class TrainSpec(StrictModel):
         return build(cls, data, where=f"train preset '{name}'")
 
 
+def _adversarial_preset(name: str, kind: str) -> dict[str, Any]:
+    """Fields of the ``adversarial`` (Tables 5-6) and ``adversarial-quick`` presets."""
+    quick = name == "adversarial-quick"
+    data: dict[str, Any] = {
+        "epochs": 8 if quick else 64, "batch_size": 64 if quick else 32,
+        "optimizer": OptimizerSpec(amsgrad=True, milestones=[6 if quick else 45], gamma=0.1),
+        # 8 epochs at the full ε = 0.3 from a random start stay at chance accuracy (an
+        # MLP FFW on mnist10k: 11 % after 8 epochs); the quick preset ramps ε over 3
+        "adversarial": AdversarialSpec(warmup_epochs=3.0 if quick else 0.0),
+    }
+    if kind == "deq":
+        # Table 5 "Solver (Train/Test) Broyden/Phantom, Threshold 8/9": forward Broyden with
+        # M = 8 (the tolerance is not printed: 1e-3 rel), backward phantom K = 9, λ = 0.5
+        broyden = SolverSpec(name="broyden", max_iter=8, tol=1e-3, stop="rel", window=1,
+                             traces=False)
+        data.update(solver=broyden, test_solver=broyden,
+                    gradient=GradientSpec(name="phantom", phantom_steps=9, phantom_lambda=0.5))
+    return data
+
+
 class FamilySpec(StrictModel):
     """A depth-matched family: FFW(depth, ``hidden``) and DEQ(matched_width(depth)) per depth.
 
@@ -577,6 +706,8 @@ class FamilySpec(StrictModel):
     (App. E.1). Each member is trained with ``train_preset`` for its kind plus ``train``
     overrides, with training noise at ``train_site`` / ``train_snr_db`` (``inf`` = none) and
     the optional hardware ``device`` in the loop; ``seed`` seeds weights, data order and noise.
+    ``cell``: ``mlp`` (Eq. 57) or ``conv`` (App. E.3: ``hidden`` channels, 3×3 kernels,
+    weight-normalised, one square input channel).
     """
 
     task: str = "digits"
@@ -584,6 +715,7 @@ class FamilySpec(StrictModel):
     depths: list[int] = Field(default_factory=lambda: [1, 3, 5, 7])
     kinds: list[Literal["deq", "ffw"]] = Field(default_factory=lambda: ["deq", "ffw"])
     hidden: int = Field(default=128, ge=1)
+    cell: Literal["mlp", "conv"] = "mlp"
     input_act: Literal["relu", "silu", "identity"] = "relu"
     seed: int = 0
     train_preset: str = "quick"

@@ -90,7 +90,8 @@ def member_spec(spec: FamilySpec, task: Task, kind: str, depth: int) -> ModelSpe
     return build(
         ModelSpec,
         {"kind": kind, "in_features": task.in_features, "out_features": task.out_features,
-         "width": spec.hidden, "depth": depth, "matched": True, "input_act": spec.input_act},
+         "width": spec.hidden, "depth": depth, "matched": True, "input_act": spec.input_act,
+         "cell": spec.cell},
         where="family member",
     )
 

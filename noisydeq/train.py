@@ -69,6 +69,20 @@ def init_hash(model: nn.Module) -> str:
     return h.hexdigest()
 
 
+#: spec fields added after caches were keyed: left out of a config while unset (None), so
+#: every earlier config keeps its hash
+LATE_OPTIONAL = ("adversarial", "random_state", "optimizer")
+
+
+def spec_dump(spec: Any) -> dict[str, Any]:
+    """``spec.model_dump()`` without the unset :data:`LATE_OPTIONAL` fields."""
+    data = spec.model_dump(mode="python")
+    for key in LATE_OPTIONAL:
+        if key in data and data[key] is None:
+            del data[key]
+    return data
+
+
 def describe_model(model: nn.Module) -> dict[str, Any]:
     """What defines a model's architecture: its ``ModelSpec`` when it has one, plus shapes."""
     desc: dict[str, Any] = {"class": f"{type(model).__module__}.{type(model).__qualname__}"}
@@ -90,7 +104,7 @@ def run_config(
         "schema": TRAIN_SCHEMA,
         "model": describe_model(model),
         "init": init_hash(model),
-        "train": spec.model_dump(mode="python"),
+        "train": spec_dump(spec),
         "task": {
             "name": task.name,
             "seed": task.seed,
@@ -146,12 +160,13 @@ class _Rng:
 
 def _save_resume(
     path: Path, net: nn.Module, opt: torch.optim.Optimizer, rng: _Rng, config: dict,
-    epoch: int, history: list[dict[str, float]],
+    epoch: int, history: list[dict[str, float]], extra: dict[str, Tensor] | None = None,
 ) -> None:
     opt_tensors, opt_info = store.flatten_optimizer(opt.state_dict())
     tensors = {f"model/{k}": v for k, v in net.state_dict().items()}
     tensors.update(opt_tensors)
     tensors.update(rng.state())
+    tensors.update(extra or {})
     meta = {"config": config, "config_hash": store.config_hash(config), "epoch": epoch,
             "history": history, "optimizer": opt_info}
     store.save_tensors(path, tensors, meta)
@@ -159,13 +174,13 @@ def _save_resume(
 
 def _load_resume(
     path: Path, net: nn.Module, opt: torch.optim.Optimizer, rng: _Rng, config: dict
-) -> tuple[int, list[dict[str, float]]]:
+) -> tuple[int, list[dict[str, float]], dict[str, Tensor]]:
     tensors, meta = store.load_tensors(path)
     store.check_config(meta, config, path)
     store.load_into(net, {k[6:]: v for k, v in tensors.items() if k.startswith("model/")}, path)
     opt.load_state_dict(store.unflatten_optimizer(tensors, meta["optimizer"]))
     rng.load(tensors)
-    return int(meta["epoch"]), list(meta.get("history", []))
+    return int(meta["epoch"]), list(meta.get("history", [])), tensors
 
 
 # --------------------------------------------------------------------------- loop
@@ -262,17 +277,29 @@ def train_model(
             raise NoisyDEQError(f"{out / MODEL_FILE} exists; use --resume or another --out")
         return _result_from_checkpoint(model, out / MODEL_FILE, config, dev)
 
+    hooks = None  # adversary, random states, optimiser options (noisydeq.adversarial)
+    if spec.adversarial is not None or spec.random_state is not None or spec.optimizer:
+        from noisydeq.adversarial.hooks import TrainingHooks
+
+        hooks = TrainingHooks(spec, model, task, forward_logits)
     model.to(dev)
     rng = _Rng(spec.seed, dev)
     net = _deploy(model, spec, spec.seed, rng.device_noise)
-    opt = torch.optim.Adam(net.parameters(), lr=spec.lr, weight_decay=spec.weight_decay)
-    start, history = 0, []
-    if out is not None and resume and (out / RESUME_FILE).is_file():
-        start, history = _load_resume(out / RESUME_FILE, net, opt, rng, config)
-
+    if hooks is None:
+        opt = torch.optim.Adam(net.parameters(), lr=spec.lr, weight_decay=spec.weight_decay)
+    else:
+        opt = hooks.optimizer(net)
     n = len(task.x_train) if spec.max_train_samples is None else min(
         spec.max_train_samples, len(task.x_train))
     x_all, y_all = task.x_train[:n].to(dev), task.y_train[:n].to(dev)
+    if hooks is not None:
+        x_all, y_all = hooks.split(x_all, y_all)
+        n = len(x_all)
+    start, history = 0, []
+    if out is not None and resume and (out / RESUME_FILE).is_file():
+        start, history, saved = _load_resume(out / RESUME_FILE, net, opt, rng, config)
+        if hooks is not None:
+            hooks.load(saved, history)
     n_batches = math.ceil(n / spec.batch_size)
     from tqdm.auto import tqdm
 
@@ -280,16 +307,22 @@ def train_model(
                disable=quiet, leave=False)
     try:
         for epoch in range(start, spec.epochs):
-            record = _train_epoch(net, opt, task, spec, rng, x_all, y_all, epoch, bar)
+            lr = hooks.start_epoch(opt, epoch) if hooks is not None else spec.lr
+            record = _train_epoch(net, opt, task, spec, rng, x_all, y_all, epoch, bar, hooks)
+            if hooks is not None:
+                record = hooks.end_epoch(net, epoch, record, lr)
             history.append(record)
             if out is not None:
-                _save_resume(out / RESUME_FILE, net, opt, rng, config, epoch + 1, history)
+                _save_resume(out / RESUME_FILE, net, opt, rng, config, epoch + 1, history,
+                             hooks.state() if hooks is not None else None)
             if on_epoch is not None:
                 on_epoch(epoch, record)
     finally:
         bar.close()
 
-    if net is not model:
+    if hooks is not None:  # the selected epoch's weights (deployed layers keep digital ones)
+        model.load_state_dict(hooks.final_weights(net))
+    elif net is not model:
         model.load_state_dict(net.state_dict())  # deployed layers keep the digital weights
     test_metric = evaluate(model, task)
     seconds = time.perf_counter() - t0
@@ -298,14 +331,15 @@ def train_model(
                          seconds=seconds, start_epoch=start)
     if out is not None:
         extra = {"history": history, "test_metric": test_metric,
-                 "metric_name": task.metric_name, "seconds": seconds}
+                 "metric_name": task.metric_name, "seconds": seconds,
+                 **(hooks.extra() if hooks is not None else {})}
         result.path = store.save_checkpoint(out / MODEL_FILE, model.state_dict(), config, extra)
     return result
 
 
 def _train_epoch(
     net: nn.Module, opt: torch.optim.Optimizer, task: Task, spec: TrainSpec, rng: _Rng,
-    x_all: Tensor, y_all: Tensor, epoch: int, bar: Any,
+    x_all: Tensor, y_all: Tensor, epoch: int, bar: Any, hooks: Any = None,
 ) -> dict[str, float]:
     """One pass over the training data; returns the epoch record (mean loss, metric, time)."""
     t0 = time.perf_counter()
@@ -320,8 +354,11 @@ def _train_epoch(
     for b, i in enumerate(range(0, n, spec.batch_size)):
         idx = perm[i : i + spec.batch_size]
         xb, yb = x_all[idx], y_all[idx]
-        out, jac = forward_logits(net, xb, noise, rng.threshold)
-        loss = task.loss(out, yb)
+        if hooks is not None:
+            out, loss, jac = hooks.batch(net, xb, yb, noise, rng.threshold, epoch, b)
+        else:
+            out, jac = forward_logits(net, xb, noise, rng.threshold)
+            loss = task.loss(out, yb)
         total = loss if jac is None else loss + jac
         if not torch.isfinite(total):
             raise NoisyDEQError(
@@ -330,6 +367,8 @@ def _train_epoch(
             )
         opt.zero_grad(set_to_none=True)
         total.backward()
+        if hooks is not None:
+            hooks.clip(net)
         opt.step()
         loss_sum += float(loss.detach()) * len(idx)
         metric_sum += task.metric(out.detach(), yb) * len(idx)
