@@ -27,6 +27,7 @@ COMMAND_MODULES = [
     "spectrum",
     "solvers",
     "attack",
+    "adversarial",
 ]
 
 
