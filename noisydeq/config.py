@@ -492,10 +492,18 @@ TRAIN_PRESETS = ("quick", "paper", "adversarial", "adversarial-quick")
 ADVERSARIAL_METHODS = ("pgd", "trades")
 
 
-def _suggest_name(kind: str, value: str, allowed: tuple[str, ...]) -> str:
+def suggest_name(kind: str, value: str, allowed: tuple[str, ...]) -> str:
+    """"unknown KIND 'VALUE'; did you mean …? (allowed: …)" for a validator's ValueError."""
     close = difflib.get_close_matches(str(value), allowed, n=1)
     hint = f"; did you mean '{close[0]}'?" if close else ""
     return f"unknown {kind} '{value}'{hint} (allowed: {', '.join(allowed)})"
+
+
+def check_radius(v: float) -> float:
+    """An ℓ∞ radius of inputs in [0, 1]: a validator's ValueError outside [0, 1]."""
+    if not 0.0 <= v <= 1.0:
+        raise ValueError(f"must lie in [0, 1] (inputs lie in [0, 1]), got {v:g}")
+    return v
 
 
 class AdversarialSpec(StrictModel):
@@ -534,15 +542,13 @@ class AdversarialSpec(StrictModel):
     def _method(cls, v: str) -> str:
         name = str(v).strip().lower()
         if name not in ADVERSARIAL_METHODS:
-            raise ValueError(_suggest_name("adversarial method", v, ADVERSARIAL_METHODS))
+            raise ValueError(suggest_name("adversarial method", v, ADVERSARIAL_METHODS))
         return name
 
     @field_validator("eps")
     @classmethod
     def _eps(cls, v: float) -> float:
-        if not 0.0 <= v <= 1.0:
-            raise ValueError(f"must lie in [0, 1] (inputs lie in [0, 1]), got {v:g}")
-        return v
+        return check_radius(v)
 
     @field_validator("beta")
     @classmethod

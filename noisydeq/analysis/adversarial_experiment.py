@@ -40,6 +40,7 @@ from noisydeq.config import (
     StrictModel,
     TrainSpec,
     build,
+    suggest_name,
 )
 from noisydeq.errors import NoisyDEQError
 
@@ -90,9 +91,7 @@ class GridSpec(StrictModel):
         for m in v:
             m = str(m).strip().lower()
             if m not in METHODS:
-                close = difflib.get_close_matches(m, METHODS, n=1)
-                hint = f"; did you mean '{close[0]}'?" if close else ""
-                raise ValueError(f"unknown method '{m}'{hint} (allowed: {', '.join(METHODS)})")
+                raise ValueError(suggest_name("method", m, METHODS))
             out.append(m)
         return list(dict.fromkeys(out))
 
@@ -105,9 +104,7 @@ class GridSpec(StrictModel):
     @classmethod
     def _preset(cls, v: str) -> str:
         if v not in TRAIN_PRESETS:
-            close = difflib.get_close_matches(v, TRAIN_PRESETS, n=1)
-            hint = f"; did you mean '{close[0]}'?" if close else ""
-            raise ValueError(f"unknown preset '{v}'{hint} (allowed: {', '.join(TRAIN_PRESETS)})")
+            raise ValueError(suggest_name("preset", v, TRAIN_PRESETS))
         return v
 
     @model_validator(mode="after")
@@ -205,8 +202,10 @@ def family_for(res: Resolved, method: str, defence: str, seed: int) -> FamilySpe
     adv = dict(train.pop("adversarial", {}) or {})
     if method == "none":
         train["adversarial"] = None
-    else:
-        train["adversarial"] = {**adv, "method": method}
+    else:  # the preset's adversary (its ε warm-up too) with the experiment's overrides
+        preset = TrainSpec.preset(res.grid.train_preset, "deq").adversarial
+        base = preset.model_dump() if preset is not None else {}
+        train["adversarial"] = {**base, **adv, "method": method}
     data: dict[str, Any] = {**res.family, "seed": seed, "train_preset": res.grid.train_preset,
                             "kinds": [k for k in res.grid.kinds if k in defence_kinds(defence)]}
     m = DEFENCE_RE.match(defence)

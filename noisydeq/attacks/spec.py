@@ -210,11 +210,7 @@ def parse_defence(text: str) -> DefenceSpec:
     ``entropy[:beta=0.0078,r=10,tf=2,eps=0.031,n=7]`` (Algorithm 1; T_f as ``tf``)."""
     keys = {"n": "n", "beta": "entropy.beta", "r": "entropy.r", "tf": "entropy.tf",
             "t_f": "entropy.tf", "eps": "entropy.eps", "iters": "entropy.iters"}
-    spec = _parse_named("defence", text, DEFENCES, DefenceSpec, keys)
-    if spec.name != "entropy" and spec.entropy is not None:
-        raise NoisyDEQError(f"defence '{text}': beta, r, tf, eps and iters are options of the "
-                            "'entropy' defence")
-    return spec
+    return _parse_named("defence", text, DEFENCES, DefenceSpec, keys)
 
 
 def expand_estimator(text: str) -> list[str]:

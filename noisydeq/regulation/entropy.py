@@ -31,7 +31,7 @@ from pydantic import field_validator
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from noisydeq.config import StrictModel
+from noisydeq.config import StrictModel, check_radius
 from noisydeq.errors import NoisyDEQError
 from noisydeq.noise import Noise
 from noisydeq.solvers.registry import SOLVERS
@@ -67,9 +67,7 @@ class EntropySpec(StrictModel):
     @field_validator("eps")
     @classmethod
     def _eps(cls, v: float) -> float:
-        if not 0.0 <= v <= 1.0:
-            raise ValueError(f"must lie in [0, 1] (inputs lie in [0, 1]), got {v:g}")
-        return v
+        return check_radius(v)
 
     def label(self) -> str:
         return f"β={self.beta:.3g} R={self.r} Tf={self.tf} ε={self.eps:.3g}"
