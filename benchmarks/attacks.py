@@ -8,11 +8,11 @@ attack against the same attack with cold solves.
 * ``PGD-10 DEQ warm``: PGD-10 through the ``exact`` (IFT) and ``phantom`` estimators of an
   MNIST-size DEQ (784 → 222 units, W rescaled to spectral norm 0.9 like a Jacobian-
   regularised trained DEQ) with the test solver of the ``quick`` training preset that the
-  sweep's families use (unroll, 30 steps, stop ``mean_rel`` 0.05, window 5), each step's
-  solve warm-started from the previous step's fixed point, against the same attack solving
-  every step from z⁰ = 0. ε = 0.1, α = 0.025. Check: the robust predictions agree on
-  ≥ 95 % of the samples (the solves stop at the same tolerance from different starts, so
-  their answers differ by up to that tolerance).
+  sweep's families use (:data:`noisydeq.config.QUICK_TEST_SOLVER`: unroll, 40 steps, stop
+  ``mean_rel`` 0.05, window 20), each step's solve warm-started from the previous step's
+  fixed point, against the same attack solving every step from z⁰ = 0. ε = 0.1, α = 0.025.
+  Check: the robust predictions agree on ≥ 95 % of the samples (the solves stop at the
+  same tolerance from different starts, so their answers differ by up to that tolerance).
 * ``PGD-AT epoch``: one epoch of adversarial training (PGD-10 at ε = 0.1, α = 0.025, random
   start; Adam) of an FFW (64 → 3 × 128 → 10) on the digits training split, batch 64,
   through ``noisydeq.train.train_model`` (no validation hold-out) against the same epoch
@@ -29,7 +29,7 @@ import torch
 from benchmarks.common import Row, ratio, timeit_pair
 from noisydeq.attacks import EstimatorSpec, make_estimator, pgd
 from noisydeq.attacks.estimators import AttackModule
-from noisydeq.config import SolverSpec
+from noisydeq.config import QUICK_TEST_SOLVER
 from noisydeq.models import DEQ, FFW
 
 TARGET_FFW = 1.0
@@ -79,8 +79,7 @@ def bench_pgd_ffw(batch: int = 256, hidden: int = 128, repeat: int = 5) -> Row:
 
 def _deq(width: int) -> DEQ:
     torch.manual_seed(0)
-    solver = SolverSpec(name="unroll", max_iter=30, tol=0.05, stop="mean_rel", window=5,
-                        traces=False)
+    solver = QUICK_TEST_SOLVER.model_copy(update={"traces": False})
     m = DEQ(784, width, 10, solver=solver)
     with torch.no_grad():
         w = m.cell.W.weight

@@ -1,8 +1,8 @@
 """Figures of a sweep (matplotlib, Agg backend), written as PNG and SVG.
 
 * ``metric_vs_snr`` — metric against inference SNR per model (paper Fig. 7-12), one panel
-  per training SNR; DEQ solid, FFW dashed, colour by family depth, band = min-max over chip
-  instances and seeds, the device's native SNR marked by a vertical line.
+  per training SNR; DEQ solid, FFW dashed, LyaDEQ dotted, colour by family depth, band =
+  min-max over chip instances and seeds, the device's native SNR marked by a vertical line.
 * ``metric_vs_depth`` — metric at fixed inference SNRs against the family member (paper
   Fig. 1a-c): FFW depth on the bottom axis, matched DEQ width on the top axis, parameter
   counts annotated.
@@ -24,6 +24,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import FixedLocator  # noqa: E402
 
 from noisydeq.config import SweepSpec  # noqa: E402
+from noisydeq.store import atomic_open  # noqa: E402
 from noisydeq.summary import Agg, aggregate  # noqa: E402
 
 STYLE = {
@@ -37,6 +38,14 @@ STYLE = {
     "grid.alpha": 0.25,
     "savefig.dpi": 160,
     "svg.hashsalt": "noisydeq",
+}
+
+
+#: line style, marker, colour and depth-plot label of each model kind
+KIND_LOOK = {
+    "deq": ("-", "o", "tab:blue", "DEQ (width ↑)"),
+    "ffw": ("--", "s", "tab:orange", "FFW (depth ↑)"),
+    "lyadeq": (":", "^", "tab:green", "LyaDEQ"),
 }
 
 
@@ -65,15 +74,16 @@ def _x_positions(levels: Sequence[float]) -> dict[float, float]:
 
 
 def _save(fig: Any, out: Path, name: str) -> list[Path]:
-    out.mkdir(parents=True, exist_ok=True)
+    """``out/name.png`` and ``.svg``, each written atomically (``store.atomic_open``)."""
     paths = []
-    for ext in ("png", "svg"):
-        tmp = out / f".{name}.tmp.{ext}"
-        fig.savefig(tmp, format=ext, bbox_inches="tight", metadata=_meta(ext))
-        final = out / f"{name}.{ext}"
-        tmp.replace(final)
-        paths.append(final)
-    plt.close(fig)
+    try:
+        for ext in ("png", "svg"):
+            final = out / f"{name}.{ext}"
+            with atomic_open(final) as fh:
+                fig.savefig(fh, format=ext, bbox_inches="tight", metadata=_meta(ext))
+            paths.append(final)
+    finally:
+        plt.close(fig)
     return paths
 
 
@@ -117,10 +127,11 @@ def plot_metric_vs_snr(
                 xs = [pos[s] for s in by_snr]
                 pts = list(by_snr.values())
                 c = colours[depth]
-                style = "-" if kind == "deq" else "--"
-                marker = "o" if kind == "deq" else "s"
+                style, marker = KIND_LOOK.get(kind, KIND_LOOK["ffw"])[:2]
                 plural = "s" * (depth > 1)
                 label = f"DEQ w={width}" if kind == "deq" else f"FFW {depth} layer{plural}"
+                if kind == "lyadeq":
+                    label = f"LyaDEQ w={width}"
                 ax.plot(xs, [p.mean for p in pts], style, marker=marker, ms=3, color=c, lw=1.4,
                         label=f"{label} ({params / 1e3:.0f}k)")
                 _band(ax, xs, pts, c)
@@ -180,6 +191,8 @@ def plot_metric_vs_depth(
     agg = aggregate(rows)
     levels = sorted({float(r["snr_db"]) for r in rows})
     snrs = [s for s in dict.fromkeys(_nearest(levels, f) for f in fixed_snr_db) if s is not None]
+    if not snrs:  # a grid without finite SNRs (e.g. only ∞) has no such figure
+        return []
     train_snrs = sorted({k[4] for k in agg}, key=lambda v: -v)
     panels = [(t, s) for s in snrs for t in train_snrs]
     with plt.rc_context(STYLE):
@@ -187,20 +200,19 @@ def plot_metric_vs_depth(
         fig, axes = plt.subplots(len(snrs), ncol, figsize=(4.0 * ncol, 3.4 * len(snrs)),
                                  squeeze=False)
         for (tsnr, snr), ax in zip(panels, axes.flat, strict=False):
-            series: dict[str, list[tuple[int, int, int, Agg]]] = {"deq": [], "ffw": []}
+            series: dict[str, list[tuple[int, int, int, Agg]]] = {k: [] for k in KIND_LOOK}
             for (kind, depth, width, params, t), by_snr in agg.items():
                 if t == tsnr and snr in by_snr:
                     series[kind].append((depth, width, params, by_snr[snr]))
             depths = sorted({d for s in series.values() for d, *_ in s})
             index = {d: i for i, d in enumerate(depths)}
-            for kind, colour, marker in (("deq", "tab:blue", "o"), ("ffw", "tab:orange", "s")):
+            for kind, (_style, marker, colour, name) in KIND_LOOK.items():
                 pts = sorted(series[kind])
                 if not pts:
                     continue
                 xs = [index[d] for d, *_ in pts]
                 mean = [a.mean for *_, a in pts]
                 yerr = [[a.mean - a.lo for *_, a in pts], [a.hi - a.mean for *_, a in pts]]
-                name = "DEQ (width ↑)" if kind == "deq" else "FFW (depth ↑)"
                 ax.errorbar(xs, mean, yerr=yerr, fmt="-" + marker, color=colour, ms=4, lw=1.4,
                             capsize=2, label=name)
                 for x, (_d, _w, params, a) in zip(xs, pts, strict=False):

@@ -106,3 +106,11 @@ def test_attack_rows_check_pgd_against_torchattacks_and_warm_against_cold() -> N
     assert len(rows) == 4
     assert all(r.ok for r in rows), [r.check for r in rows]
     assert rows[2].extra["f_evals_warm"] < rows[2].extra["f_evals_cold"]
+
+
+def test_rng_rows_and_checks() -> None:
+    from benchmarks.rng import bench_rng
+
+    rows = bench_rng(shapes=((32, 24), (64, 33)), repeat=1, threads=(1,))
+    assert len(rows) == 3 and all(math.isfinite(r.ratio) for r in rows)
+    assert all(r.ok for r in rows), [r.check for r in rows]

@@ -4,9 +4,11 @@ intermediate states or the optimiser options of the main paper's Tables 5-6.
 :class:`TrainingHooks` bundles, for one run: the held-out validation split and the
 checkpoint selection (:mod:`noisydeq.adversarial.selection`), the per-batch loss
 (:mod:`noisydeq.adversarial.objective`), Adam with AMSGrad, the per-epoch ``MultiStepLR``
-learning rate and gradient-norm clipping (:class:`~noisydeq.config.OptimizerSpec`). Every
-random draw it makes is keyed by (seed, epoch, batch), so an interrupted run resumes to the
-same weights; the kept best weights travel in the resume file (:meth:`state`).
+learning rate (:func:`noisydeq.train.epoch_lr`) and gradient-norm clipping
+(:class:`~noisydeq.config.OptimizerSpec`). Every random draw of the inner attack comes from
+the counter-based stream the training loop hands over, addressed by (seed, epoch, sample),
+so an interrupted run resumes to the same weights and a sample's draws do not depend on its
+batch; the kept best weights travel in the resume file (:meth:`state`).
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from noisydeq.adversarial.objective import Forward, Objective
 from noisydeq.adversarial.selection import Selector
 from noisydeq.config import TrainSpec
 from noisydeq.errors import NoisyDEQError
-from noisydeq.noise import derive_seed, seeded_generator
+from noisydeq.noise import NoiseStream
 
 
 def needs_hooks(spec: TrainSpec) -> bool:
@@ -111,30 +113,24 @@ class TrainingHooks:
         return torch.optim.Adam(net.parameters(), lr=self.spec.lr,
                                 weight_decay=self.spec.weight_decay, amsgrad=amsgrad)
 
-    def start_epoch(self, opt: torch.optim.Optimizer, epoch: int) -> float:
-        """Set and return the learning rate of 0-based ``epoch`` (MultiStepLR)."""
-        factor = 1.0 if self.opt_spec is None else self.opt_spec.lr_factor(epoch)
-        lr = self.spec.lr * factor
-        for group in opt.param_groups:
-            group["lr"] = lr
-        return lr
-
     def clip(self, net: nn.Module) -> None:
         if self.opt_spec is not None and self.opt_spec.grad_clip is not None:
             torch.nn.utils.clip_grad_norm_(net.parameters(), self.opt_spec.grad_clip)
 
     # ------------------------------------------------------------------ loop
-    def batch(self, net: nn.Module, x: Tensor, y: Tensor, noise: Any, generator: Any,
-              epoch: int, index: int) -> tuple[Tensor, Tensor, Tensor | None]:
-        """(logits, loss, Jacobian term) of one batch."""
-        gen = seeded_generator(derive_seed(self.spec.seed, "adversarial", epoch, index),
-                               x.device)
+    def batch(self, net: nn.Module, x: Tensor, y: Tensor, noise: Any, threshold: Any,
+              attack: NoiseStream, epoch: int, index: int
+              ) -> tuple[Tensor, Tensor, Tensor | None]:
+        """(logits, loss, Jacobian term) of batch ``index`` of ``epoch``; ``threshold``
+        feeds the solver's random threshold, ``attack`` the inner attack's random draws."""
         progress = epoch + (index + 1) / self.n_batches
-        return self.objective(net, x, y, noise, generator, gen, progress)
+        return self.objective(net, x, y, noise, threshold, attack, progress)
 
-    def end_epoch(self, net: nn.Module, epoch: int, record: dict[str, float],
-                  lr: float) -> dict[str, float]:
-        record = {**record, "lr": lr}
+    def end_epoch(self, opt: torch.optim.Optimizer, net: nn.Module, epoch: int,
+                  record: dict[str, float]) -> dict[str, float]:
+        """The epoch's record with its learning rate and, when validating, the validation
+        accuracies (the weights kept if best)."""
+        record = {**record, "lr": float(opt.param_groups[0]["lr"])}
         if self.selector is None:
             return record
         return self.selector.update(net, epoch, record)

@@ -24,11 +24,11 @@ import math
 from collections.abc import Callable
 from typing import Any
 
-import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
 from noisydeq.attacks.estimators import FinalState, is_deq
+from noisydeq.attacks.norms import Source, draw
 from noisydeq.attacks.pgd import pgd
 from noisydeq.config import AdversarialSpec, GradientSpec, TrainSpec
 from noisydeq.errors import NoisyDEQError
@@ -84,7 +84,7 @@ class Objective:
         return FinalState(net, noise, grad, warm=False, generator=generator)
 
     def _attack(self, net: nn.Module, x: Tensor, target: Tensor, noise: Noise | None,
-                generator: Any, attack_gen: torch.Generator, start: Tensor | None,
+                generator: Any, attack_gen: Source, start: Tensor | None,
                 scale: float) -> Tensor:
         adv = self.adv
         assert adv is not None
@@ -101,11 +101,13 @@ class Objective:
         return min(1.0, progress / self.adv.warmup_epochs)
 
     def __call__(self, net: nn.Module, x: Tensor, y: Tensor, noise: Noise | None,
-                 generator: Any, attack_gen: torch.Generator, progress: float = math.inf
+                 generator: Any, attack_gen: Source, progress: float = math.inf
                  ) -> tuple[Tensor, Tensor, Tensor | None]:
         """(logits of the examples trained on, loss, Jacobian term or None).
 
-        ``progress``: epochs done including this batch (for the ε warm-up)."""
+        ``generator``: the solver's random thresholds; ``attack_gen``: the attack's random
+        starts (a counter-based stream keyed by sample, or a generator); ``progress``:
+        epochs done including this batch (for the ε warm-up)."""
         adv = self.adv
         scale = self.scale(progress)
         if adv is None:
@@ -117,8 +119,7 @@ class Objective:
             return logits, F.cross_entropy(logits, y), jac
         logits_c, jac = self.forward(net, x, noise, generator)
         target = F.softmax(logits_c.detach(), dim=-1)
-        start = TRADES_INIT * torch.randn(x.shape, generator=attack_gen, dtype=x.dtype,
-                                          device=attack_gen.device).to(x.device)
+        start = TRADES_INIT * draw(attack_gen, "randn", x.shape, x)
         x_adv = self._attack(net, x, target, noise, generator, attack_gen, start, scale)
         off = {"jac_reg_active": False} if hasattr(net, "jac_reg_active") else {}
         with temporarily(net, **off):

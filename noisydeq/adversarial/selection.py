@@ -4,8 +4,9 @@ PGD-10 at the final state"; Rice et al. 2020 on robust overfitting).
 
 After every epoch the model — in evaluation mode, with its training noise at the same SNR
 (main paper App. E.3) — is attacked on the held-out samples by PGD with its own gradient
-(ε and step of the adversarial training, ``val_steps`` steps, a random start drawn from the
-same seed every epoch, so epochs are compared on the same attack). The epoch of highest
+(ε and step of the adversarial training, ``val_steps`` steps). Every draw — random start,
+noise, device noise — is counter-based, keyed by (seed, validation sample) and the same
+every epoch, so epochs are compared on the same attack. The epoch of highest
 robust accuracy (ties: higher clean accuracy, then the earlier epoch) is the one kept.
 """
 
@@ -17,7 +18,7 @@ from torch import Tensor, nn
 from noisydeq.attacks.estimators import FinalState
 from noisydeq.attacks.pgd import pgd
 from noisydeq.config import AdversarialSpec, NoiseSpec
-from noisydeq.noise import Noise, NoiseStream, derive_seed, seeded_generator
+from noisydeq.noise import Noise, NoiseStream, derive_seed
 
 VAL_BATCH = 256
 PREFIX = "select/"
@@ -34,11 +35,14 @@ class Selector:
         self.best: dict[str, Tensor] | None = None
         self.best_key: tuple[float, float, int] | None = None
 
-    def _noise(self, what: str) -> Noise | None:
+    def _stream(self, rows: Tensor, *what: str) -> NoiseStream:
+        return NoiseStream.from_seed(derive_seed(self.seed, "validation", *what),
+                                     self.x.device, samples=rows)
+
+    def _noise(self, rows: Tensor, what: str) -> Noise | None:
         if not self.noise_spec.active:
             return None
-        return Noise(self.noise_spec, NoiseStream.from_seed(
-            derive_seed(self.seed, "validation", what), self.x.device))
+        return Noise(self.noise_spec, self._stream(rows, what))
 
     def evaluate(self, net: nn.Module) -> tuple[float, float]:
         """(clean, robust) accuracy of ``net`` on the validation split."""
@@ -48,20 +52,20 @@ class Selector:
         net.eval()
         layers = hardware.device_layers(net)
         saved = {name: layer.stream for name, layer in layers.items()}
-        for name, layer in layers.items():
-            layer.stream = NoiseStream.from_seed(derive_seed(self.seed, "validation", name),
-                                                 self.x.device)
-        gen = seeded_generator(derive_seed(self.seed, "validation", "start"), self.x.device)
-        attack_noise, eval_noise = self._noise("attack"), self._noise("eval")
         clean = robust = 0
         try:
             for i in range(0, len(self.x), VAL_BATCH):
                 xb, yb = self.x[i:i + VAL_BATCH], self.y[i:i + VAL_BATCH]
-                x_adv = pgd(FinalState(net, attack_noise, warm=False), xb, yb, eps=self.adv.eps,
-                            steps=self.adv.val_steps, alpha=self.adv.step, generator=gen)
+                rows = torch.arange(i, i + len(xb))
+                for name, layer in layers.items():
+                    layer.stream = self._stream(rows, "device", name)
+                x_adv = pgd(FinalState(net, self._noise(rows, "attack"), warm=False), xb, yb,
+                            eps=self.adv.eps, steps=self.adv.val_steps, alpha=self.adv.step,
+                            generator=self._stream(rows, "start"))
                 with torch.no_grad():
-                    clean += int((net(xb, eval_noise).argmax(1) == yb).sum())
-                    robust += int((net(x_adv, eval_noise).argmax(1) == yb).sum())
+                    clean += int((net(xb, self._noise(rows, "clean")).argmax(1) == yb).sum())
+                    robust += int((net(x_adv, self._noise(rows, "robust")).argmax(1) == yb)
+                                  .sum())
         finally:
             for name, layer in layers.items():
                 layer.stream = saved[name]

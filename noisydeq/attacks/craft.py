@@ -4,7 +4,10 @@ Gradient attacks follow the estimator (:mod:`noisydeq.attacks.estimators`): ``pg
 ``ifgsm`` through our PGD (:mod:`noisydeq.attacks.pgd`, EOT and warm starts), AutoAttack
 and its parts through torchattacks (:mod:`noisydeq.attacks.library`). Black-box noise
 (:mod:`noisydeq.attacks.blackbox`) never queries the model. Inputs are flat (B, D) in
-[0, 1]; ``in_shape`` (C, H, W) is the image shape torchattacks needs.
+[0, 1]; ``in_shape`` (C, H, W) is the image shape torchattacks needs. The random starts and
+the black-box corruptions draw from a counter-based stream seeded by ``seed`` (a row's
+numbers depend on the seed, its row and its draw count only); torchattacks' own draws come
+from the global generator, seeded by ``seed`` inside a forked state.
 """
 
 from __future__ import annotations
@@ -17,13 +20,13 @@ from noisydeq.attacks.estimators import AttackModule
 from noisydeq.attacks.library import run_library_attack
 from noisydeq.attacks.pgd import ifgsm, pgd
 from noisydeq.attacks.spec import AttackSpec
-from noisydeq.noise import seeded_generator
+from noisydeq.noise import NoiseStream
 
 
 def craft(spec: AttackSpec, estimator, model: nn.Module, x: Tensor, y: Tensor, *,
           seed: int, in_shape: tuple[int, ...], n_classes: int) -> Tensor:
     """Adversarial / corrupted versions of ``x`` (same shape) for ``spec``."""
-    gen = seeded_generator(seed, x.device)
+    gen = NoiseStream.from_seed(seed, x.device)
     if spec.name == "speckle":
         return speckle(x, spec.eps, gen)
     if spec.name == "salt-pepper":

@@ -92,8 +92,13 @@ def select_early_state(model: nn.Module, x_clean: Tensor, x_adv: Tensor, y: Tens
         acc_c = float((predict(model, clean.at(n)).argmax(1) == y).double().mean())
         acc_a = float((predict(model, adv.at(n)).argmax(1) == y).double().mean())
         record.append({"n": n, "clean": acc_c, "robust": acc_a})
-    best = max(record, key=lambda r: (r["robust"], r["clean"], -r["n"]))
-    return int(best["n"]), record
+    return best_early_state(record), record
+
+
+def best_early_state(record: Sequence[dict[str, float]]) -> int:
+    """n of the per-state record with the best robust accuracy (ties: the larger clean
+    accuracy, then the smaller n)."""
+    return int(max(record, key=lambda r: (r["robust"], r["clean"], -r["n"]))["n"])
 
 
 def white_box(table: Iterable[tuple[str, str, float]]) -> tuple[float, str, dict[str, float]]:

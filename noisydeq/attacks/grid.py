@@ -24,6 +24,7 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
+from noisydeq import limits
 from noisydeq.attacks.spec import (
     NOISE_ATTACKS,
     AttackSpec,
@@ -32,7 +33,7 @@ from noisydeq.attacks.spec import (
     parse_defence,
     suggest,
 )
-from noisydeq.config import StrictModel, build, parse_snr_range
+from noisydeq.config import InfFloat, StrictModel, _snr_list, build
 
 FAMILIES = ("pgd-eps", "pgd-steps", "ifgsm", "aa", "aa-rand", "apgd-ce", "apgd-t", "fab",
             "square", "speckle", "salt-pepper")
@@ -40,23 +41,36 @@ ALIASES = {"pgd": "pgd-eps", "autoattack": "aa", "sp": "salt-pepper",
            "salt-and-pepper": "salt-pepper"}
 DEFAULT_ATTACKS = ["pgd-eps", "pgd-steps", "aa", "aa-rand", "speckle", "salt-pepper"]
 MODES = ("digital", "device", "transfer")
+#: most points of one strength grid (ε, σ, fractions, steps)
+MAX_POINTS = 1000
 
 
 def _floats(v: Any, name: str) -> list[float]:
     if isinstance(v, str):
-        parts = [p.strip() for p in v.split(",") if p.strip()]
+        parts = [p.strip() for p in v.split(",")]
+        if any(not p for p in parts) and v.strip():
+            raise ValueError(f"'{v}' has an empty item")
+        parts = [p for p in parts if p]
         out = []
         for p in parts:
             try:
                 nums = [float(t) for t in p.split(":")]
+                if len(nums) > 3:
+                    raise ValueError
             except ValueError:
                 raise ValueError(f"'{p}' is not a number or start:stop:step") from None
+            if not all(math.isfinite(t) for t in nums):
+                raise ValueError(f"'{p}': values must be finite numbers")
             if len(nums) > 1:  # start:stop[:step]
                 a, b, *c = nums
                 step = c[0] if c else 0.05
                 if step <= 0:
                     raise ValueError(f"step must be > 0 in '{p}'")
-                n = int(math.floor((b - a) / step + 1e-9)) + 1
+                span = (b - a) / step
+                if not math.isfinite(span) or span + 1 > MAX_POINTS:
+                    raise ValueError(f"'{p}' has more than {MAX_POINTS} points, the most a "
+                                     "grid holds")
+                n = int(math.floor(span + 1e-9)) + 1
                 out += [round(a + i * step, 10) for i in range(max(n, 0))]
             else:
                 out.append(nums[0])
@@ -65,7 +79,14 @@ def _floats(v: Any, name: str) -> list[float]:
         v = [v]
     if not isinstance(v, (list, tuple)) or not v:
         raise ValueError(f"{name} must be a non-empty list of numbers, e.g. 0,0.1,0.2")
-    return [float(x) for x in v]
+    if len(v) > MAX_POINTS:
+        raise ValueError(f"{name}: {len(v)} points; a grid holds at most {MAX_POINTS}")
+    try:
+        if any(isinstance(x, bool) for x in v):
+            raise TypeError("a boolean is not a number")
+        return [float(x) for x in v]
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a list of numbers, e.g. 0,0.1,0.2") from None
 
 
 class AttackRunSpec(StrictModel):
@@ -88,8 +109,8 @@ class AttackRunSpec(StrictModel):
     family: str
     task: str = ""
     data_dir: str | None = None
-    samples: int = Field(default=200, ge=1)
-    val_samples: int = Field(default=100, ge=0)
+    samples: int = Field(default=200, ge=1, le=limits.MAX_SAMPLES)
+    val_samples: int = Field(default=100, ge=0, le=limits.MAX_SAMPLES)
     attacks: list[str] = Field(default_factory=lambda: list(DEFAULT_ATTACKS))
     eps: list[float] = Field(default_factory=lambda: [0.0, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3,
                                                       0.35, 0.4])
@@ -100,18 +121,18 @@ class AttackRunSpec(StrictModel):
     fraction: list[float] = Field(default_factory=lambda: [0.0, 0.05, 0.1, 0.2, 0.3, 0.4])
     norm: Literal["linf", "l2"] = "linf"
     alpha: float | None = Field(default=None, gt=0.0)
-    restarts: int = Field(default=1, ge=1)
-    eot: int = Field(default=1, ge=1)
-    queries: int = Field(default=5000, ge=1)
+    restarts: int = Field(default=1, ge=1, le=limits.MAX_ITER)
+    eot: int = Field(default=1, ge=1, le=limits.MAX_ITER)
+    queries: int = Field(default=5000, ge=1, le=limits.MAX_ITER)
     estimators: list[str] = Field(default_factory=lambda: ["exact"])
     defences: list[str] = Field(default_factory=lambda: ["final"])
     device: str = "ideal"
     noise_site: Literal["device", "signal", "state", "input"] = "device"
-    snr_db: list[float] = Field(default_factory=lambda: [math.inf])
-    chips: int = Field(default=1, ge=1)
+    snr_db: list[InfFloat] = Field(default_factory=lambda: [math.inf])
+    chips: int = Field(default=1, ge=1, le=limits.MAX_CHIPS)
     transfer: bool = False
     train_noise: bool = True
-    seed: int = 0
+    seed: int = Field(default=0, ge=0, le=limits.MAX_SEED)
     torch_device: str = "cpu"
 
     @field_validator("attacks", mode="before")
@@ -140,14 +161,15 @@ class AttackRunSpec(StrictModel):
         vals = _floats(v, info.field_name)
         if any(x != int(x) or x < 1 for x in vals):
             raise ValueError(f"{info.field_name}: steps must be positive integers, got {vals}")
+        if max(vals) > limits.MAX_ITER:
+            raise ValueError(f"{int(max(vals))} steps is above the largest allowed, "
+                             f"{limits.MAX_ITER}")
         return [int(x) for x in vals]
 
     @field_validator("snr_db", mode="before")
     @classmethod
-    def _snr(cls, v: Any) -> list[float]:
-        if isinstance(v, str):
-            return parse_snr_range(v)
-        return [float(x) for x in (v if isinstance(v, (list, tuple)) else [v])]
+    def _snr(cls, v: Any, info: Any) -> list[float]:
+        return _snr_list(v, info.field_name)
 
     @field_validator("norm", mode="before")
     @classmethod

@@ -2,8 +2,10 @@
 
 At SNR level s on chip c (device noise, ``noise_site = "device"``) the *deployed* model is
 ``device.at_snr(s).new_chip(c).deploy(model)``, calibrated on training inputs like a sweep's
-chips; every MVM draws dynamic noise from a seeded stream, the chip's static noise is
-fixed. Three modes:
+chips; every MVM draws dynamic noise from a seeded counter-based stream (one per layer:
+a sample's numbers are a function of (cell seed, layer, that sample's draw count, its row),
+so each EOT draw and PGD step sees fresh noise and a row's noise does not depend on the
+others), the chip's static noise is fixed. Three modes:
 
 * ``device`` — white-box on the chip: gradients through the deployed model (the device
   layers' straight-through estimator: the exact layer's backward at the noisy forward
@@ -39,7 +41,9 @@ class Level:
     device_layers: bool  # True: dynamic noise comes from the deployed layers' streams
 
     def reseed(self, seed: int) -> None:
-        """Restart every noise source from ``seed`` (each cell draws its own numbers)."""
+        """Restart every noise source from ``seed`` (each cell draws its own numbers); rows
+        are keyed by their position in the batch (the test-set index on the attacked
+        split)."""
         if self.device_layers:
             from noisydeq import hardware
 

@@ -11,8 +11,8 @@ without a random start and with α = ε/steps. Our own implementation (torchatta
 PGD) because the DEQ attacks need hooks torchattacks does not offer: the gradient
 estimators of :mod:`noisydeq.attacks.estimators` (the model is any callable returning
 logits whose autograd graph is the estimator's), warm-started solves across steps, EOT and
-a seeded generator. On the same model and start it takes torchattacks' iterates
-(``tests/attacks``).
+seeded random starts (a counter-based stream or a generator). On the same model and start
+it takes torchattacks' iterates (``tests/attacks``).
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import torch
 from torch import Tensor
 from torch.nn import functional as F
 
-from noisydeq.attacks.norms import clip_box, direction, project, random_start
+from noisydeq.attacks.norms import Source, clip_box, direction, project, random_start
 from noisydeq.errors import NoisyDEQError
 
 Model = Callable[[Tensor], Tensor]
@@ -62,7 +62,7 @@ def pgd(
     restarts: int = 1,
     eot: int = 1,
     box: tuple[float, float] | None = (0.0, 1.0),
-    generator: torch.Generator | None = None,
+    generator: Source = None,
     start: Tensor | None = None,
     on_restart: Callable[[], None] | None = None,
 ) -> Tensor:

@@ -7,13 +7,19 @@ cell), ``results.csv`` / ``results.parquet`` (tidy, :data:`ATTACK_COLUMNS`),
 estimator, attack point): its adversarial examples are judged by every defence, one row
 each. Re-running the same config skips finished cells; every cell draws its noise and
 attack randomness from seeds derived from its own key, so a resumed run's table equals an
-uninterrupted one.
+uninterrupted one. Draws are counter-based (:class:`~noisydeq.noise.NoiseStream`): the
+model noise of a sample (a row of the attacked batch, the test-set index on the attacked
+split) is a function of (cell seed, layer, draw count of that sample, sample), so EOT's
+draws and each PGD step's forward see fresh numbers and no draw depends on the other rows.
+Cell files are checked against the rows their key promises (one per defence) like a
+sweep's (:meth:`noisydeq.results.RunDir.load_cell`).
 
 The early-state defence's n is chosen once per (model, level, chip) on the validation
 split under the ready-made PGD-10 (the model's own gradient method, ε = ``steps_eps``) and
-stored as a cell too. Each row also carries the entropy shift of its defence's
-prediction (regulation paper Eq. 12-13): ``entropy_p`` = % of inputs whose clean prediction
-has lower entropy than the attacked one, ``entropy_dh`` = mean H(clean) − H(attacked).
+stored as a cell too (its per-state record, :data:`EARLY_COLUMNS`). Each row also carries
+the entropy shift of its defence's prediction (regulation paper Eq. 12-13): ``entropy_p`` =
+% of inputs whose clean prediction has lower entropy than the attacked one, ``entropy_dh`` =
+mean H(clean) − H(attacked).
 """
 
 from __future__ import annotations
@@ -27,9 +33,15 @@ from typing import Any, Protocol
 import torch
 from torch import nn
 
+from noisydeq import store
 from noisydeq.attacks.adjoint import ADJOINT_SOLVERS
 from noisydeq.attacks.craft import craft
-from noisydeq.attacks.defences import defended_logits, select_early_state, white_box
+from noisydeq.attacks.defences import (
+    best_early_state,
+    defended_logits,
+    select_early_state,
+    white_box,
+)
 from noisydeq.attacks.estimators import make_estimator
 from noisydeq.attacks.grid import AttackRunSpec, GridPoint, expand
 from noisydeq.attacks.hardware import Level, check_device, make_level
@@ -57,6 +69,13 @@ ATTACK_COLUMNS: dict[str, str] = {
     "mode": "str", "device": "str", "noise_site": "str", "snr_db": "float", "chip": "int",
     "value": "float", "n_samples": "int", "entropy_p": "float", "entropy_dh": "float",
 }
+#: columns no two rows of the attack table share
+ATTACK_IDENTITY: tuple[str, ...] = (
+    "model_id", "snr_db", "chip", "mode", "estimator", "attack", "x_name", "x", "defence",
+    "early_n",
+)
+#: the early-state selection cell: accuracy of each state n on the validation split
+EARLY_COLUMNS: dict[str, str] = {"n": "int", "clean": "float", "robust": "float"}
 WHITEBOX_COLUMNS: dict[str, str] = {
     "model_id": "str", "kind": "str", "depth": "int", "mode": "str", "snr_db": "float",
     "chip": "int", "eps": "float", "defence": "str", "worst_value": "float",
@@ -68,7 +87,9 @@ class AttackRunDir(RunDir):
     """The run directory of ``noisydeq attack`` (a sweep's layout, another spec/table)."""
 
     spec_cls = AttackRunSpec
+    what = "attack run"
     columns = ATTACK_COLUMNS
+    identity = ATTACK_IDENTITY
 
     @property
     def whitebox_path(self) -> Path:
@@ -221,6 +242,12 @@ def in_shape_of(task: Any, model: nn.Module) -> tuple[int, ...]:
     return (1, side, side) if side * side == d else (1, 1, d)
 
 
+def defence_name(d: DefenceSpec) -> str:
+    """A row's ``defence``: the name (``early`` keeps its n in ``early_n``), an entropy
+    defence its full label (its settings tell rows apart)."""
+    return d.label() if d.name == "entropy" else d.name
+
+
 class Runner:
     """Computes the missing cells of a run (see module docstring)."""
 
@@ -264,8 +291,8 @@ class Runner:
     def early_n(self, m: AttackMember, snr: float, chip: int) -> int:
         """n of the early-state defence for this model, level and chip (cached as a cell)."""
         key = f"early|{m.model_id}|{snr!r}|{chip}|{self.spec.steps_eps!r}"
-        rows = self.rd.load_cell(key)
-        if rows is None:
+        rows = self.rd.load_cell(key, columns=EARLY_COLUMNS, identity=("n",))
+        if not rows:
             lvl = self.level(m, snr, chip)
             lvl.reseed(derive_seed(self.spec.seed, "noise", key))
             est = make_estimator(lvl.model, EstimatorSpec(name="backprop"), lvl.noise)
@@ -275,10 +302,18 @@ class Runner:
                         seed=derive_seed(self.spec.seed, "attack", key),
                         in_shape=in_shape_of(self.task, m.model), n_classes=self.n_classes)
             lvl.reseed(derive_seed(self.spec.seed, "eval", key))
-            n, record = select_early_state(lvl.model, self.xv, adv, self.yv, lvl.noise)
-            rows = [{"n": n, "record": record}]
+            _, rows = select_early_state(lvl.model, self.xv, adv, self.yv, lvl.noise)
             self.rd.save_cell(key, rows)
-        return int(rows[0]["n"])
+        return best_early_state(rows)
+
+    def expected(self, cell: Cell) -> list[dict[str, Any]]:
+        """What a cell's rows must say (one per defence, in order): checked on resume."""
+        m, p = cell.member, cell.point
+        est = "none" if cell.estimator is None else cell.estimator.label()
+        return [{"model_id": m.model_id, "snr_db": cell.snr_db, "chip": cell.chip,
+                 "mode": cell.mode, "estimator": est, "attack": p.label, "x_name": p.x_name,
+                 "x": p.x, "defence": defence_name(d)}
+                for d in _defences(self.spec, m)]
 
     def compute(self, cell: Cell) -> list[dict[str, Any]]:
         spec, m = self.spec, cell.member
@@ -321,7 +356,7 @@ class Runner:
             "eps": a.eps, "steps": a.steps if a.needs_gradient else 0,
             "eot": a.eot if a.needs_gradient else 0,
             "estimator": "none" if cell.estimator is None else cell.estimator.label(),
-            "defence": d.label() if d.name == "entropy" else d.name,
+            "defence": defence_name(d),
             "early_n": d.n if d.name == "early" and d.n else 0,
             "mode": cell.mode, "device": self.spec.device, "noise_site": self.spec.noise_site,
             "snr_db": cell.snr_db, "chip": cell.chip, "value": value,
@@ -353,15 +388,23 @@ def run_attacks(
     spec: AttackRunSpec, members: Sequence[AttackMember], task: Any, out: str | Path, *,
     progress: bool = True, plots: bool = True, echo: Callable[[str], None] = print,
 ) -> AttackResult:
-    """Run (or resume) the grid of ``spec`` on ``members`` into ``out`` (module docstring)."""
-    from noisydeq.config import atomic_write_text
+    """Run (or resume) the grid of ``spec`` on ``members`` into ``out`` (module docstring).
+
+    The run directory is locked while the grid runs (a second run on ``out`` waits)."""
     from noisydeq.runtime import resolve_torch_device
 
     validate(spec, task, members)
     cells = plan(spec, members)
     dev = resolve_torch_device(spec.torch_device)
-    rd = AttackRunDir(out)
-    rd.open(spec, {"models": [m.model_id for m in members], "cells": len(cells)})
+    with AttackRunDir(out) as rd:
+        rd.open(spec, {"models": [m.model_id for m in members], "cells": len(cells)})
+        return _run_open(spec, members, task, rd, cells, dev, progress, plots)
+
+
+def _run_open(spec: AttackRunSpec, members: Sequence[AttackMember], task: Any,
+              rd: AttackRunDir, cells: Sequence[Cell], dev: torch.device, progress: bool,
+              plots: bool) -> AttackResult:
+    """The body of :func:`run_attacks` once its run directory is open and locked."""
     for m in members:
         m.model.to(dev).eval()
         for p in m.model.parameters():
@@ -375,7 +418,7 @@ def run_attacks(
                dynamic_ncols=True)
     try:
         for cell in cells:
-            got = rd.load_cell(cell.key)
+            got = rd.load_cell(cell.key, runner.expected(cell))
             if got is None:
                 bar.set_postfix_str(f"{cell.member.kind} d{cell.member.depth} "
                                     f"{cell.point.label} {cell.point.x:g}", refresh=False)
@@ -390,10 +433,11 @@ def run_attacks(
         bar.close()
     rd.write_table(rows)
     wb = whitebox_rows(rows, spec.steps_eps)
-    atomic_write_text(rd.whitebox_path, table_to_csv(wb, WHITEBOX_COLUMNS))
+    store.atomic_write_text(rd.whitebox_path, table_to_csv(wb, WHITEBOX_COLUMNS))
     figures: list[Path] = []
     if plots:
         from noisydeq.attacks.plots import plot_run
 
         figures = plot_run(rows, rd.figures, title=f"{task.name}: {Path(spec.family).name}")
+    rd.seal(figures, extra=[rd.whitebox_path])
     return AttackResult(rows, rd, wb, figures, computed, skipped)

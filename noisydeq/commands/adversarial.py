@@ -80,8 +80,8 @@ def command(experiment: str, variant: str, out: Path | None, data_dir: str | Non
             as_json: bool) -> None:
     """Adversarial training grid (PGD-AT/TRADES x defences) and its attack tables."""
     from noisydeq.analysis.adversarial_experiment import load_experiment, run_experiment
-    from noisydeq.results import check_writable
     from noisydeq.runtime import num_threads, thread_plan
+    from noisydeq.store import check_out_dir
 
     train_threads, _ = thread_plan(threads)
     data_dir = check_data_dir(data_dir)
@@ -91,7 +91,7 @@ def command(experiment: str, variant: str, out: Path | None, data_dir: str | Non
     except ValueError as err:
         raise NoisyDEQError(f"{experiment}: {err}") from None
     out_dir = out or _default_out(exp.name, variant, resolved)
-    check_writable(out_dir)
+    check_out_dir(out_dir)
     echo = (lambda s: None) if quiet or as_json else (lambda s: click.echo(s, err=True))
     echo(f"{exp.name} ({variant}): {exp.title}")
     t0 = time.perf_counter()

@@ -10,8 +10,9 @@ MVM output ``W x`` (DESIGN §1: ‖y‖²/E‖ε‖², batch totals).
 Noise comes in two kinds. *Static* noise belongs to one chip instance
 (:meth:`Device.new_chip`) and is drawn from a generator seeded by (chip seed, layer name).
 *Dynamic* noise is drawn at every forward through the layer's
-:class:`~noisydeq.noise.NoiseStream`, one draw of the full batch per MVM, so a batch that
-stacks several SNR levels (block stream) draws what the separate runs would.
+:class:`~noisydeq.noise.NoiseStream` (counter-based: a sample's numbers are a function of
+its own address), so a batch that stacks several SNR levels (block stream) draws what the
+separate runs would, and a row subset draws its own rows only.
 
 Each physical device has one *control* (SNR in dB for ``snr``, the noise scale for
 ``rram``, the optical power per MAC for ``photonic``); a target SNR is turned into the
@@ -30,6 +31,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.nn.utils import parametrize
 
 from noisydeq.errors import NoisyDEQError
 from noisydeq.noise import (
@@ -374,7 +376,12 @@ class Device:
 
     # ------------------------------------------------------------ deployment
     def deploy(self, model: nn.Module) -> nn.Module:
-        """A deep copy of ``model`` whose Linear/Conv1d/Conv2d layers run on this device."""
+        """A deep copy of ``model`` whose Linear/Conv1d/Conv2d layers run on this device.
+
+        A parametrised layer (weight norm, orthogonal) is programmed with its weight's
+        current value (a plain copy: the deployed layer no longer updates it); modules
+        marked ``stays_digital`` and BatchNorm/LayerNorm/GroupNorm stay digital.
+        """
         if not isinstance(model, nn.Module):
             raise NoisyDEQError(f"deploy: expected a torch nn.Module, got {type(model).__name__}")
         out = copy.deepcopy(model)
@@ -385,9 +392,44 @@ class Device:
         return out
 
 
+def stays_digital(module: nn.Module) -> bool:
+    """A module a model marks ``stays_digital = True`` (with everything inside it) is left
+    digital by :meth:`Device.deploy`, e.g. a LyaDEQ's Lyapunov certificate."""
+    return bool(getattr(module, "stays_digital", False))
+
+
+def _parametrized(module: nn.Module) -> bool:
+    """A Linear/Conv whose weight is a ``torch.nn.utils.parametrize`` parametrisation
+    (weight norm, orthogonal, ...)."""
+    return isinstance(module, MAPPABLE) and parametrize.is_parametrized(module, "weight")
+
+
+def _materialised(module: nn.Module) -> nn.Module:
+    """A plain Linear/Conv holding the current value of a parametrised layer's weight (what a
+    chip is programmed with); the original is left untouched."""
+    cls = parametrize.type_before_parametrizations(module)
+    bias = module.bias is not None
+    if cls is nn.Linear:
+        plain = nn.Linear(module.in_features, module.out_features, bias=bias)
+    else:
+        plain = cls(module.in_channels, module.out_channels, module.kernel_size,
+                    stride=module.stride, padding=module.padding, dilation=module.dilation,
+                    groups=module.groups, bias=bias, padding_mode=module.padding_mode)
+    weight = module.weight.detach().clone()
+    plain.weight = nn.Parameter(weight, requires_grad=False)  # programmed: no longer trained
+    plain.bias = module.bias
+    return plain.to(weight.device)
+
+
 def _check_mappable(model: nn.Module) -> None:
     bad = []
+    skip: list[str] = []  # prefixes of digital or parametrised subtrees
     for name, mod in model.named_modules():
+        if any(name.startswith(p) for p in skip):
+            continue
+        if stays_digital(mod) or _parametrized(mod):
+            skip.append(f"{name}." if name else "")
+            continue
         if isinstance(mod, (*MAPPABLE, *DIGITAL_OK, DeviceLayer)):
             continue
         if any(True for _ in mod.parameters(recurse=False)):
@@ -403,7 +445,11 @@ def _check_mappable(model: nn.Module) -> None:
 def _replace(module: nn.Module, device: Device, prefix: str) -> None:
     for child_name, child in list(module.named_children()):
         full = f"{prefix}.{child_name}" if prefix else child_name
-        if type(child) in (nn.Linear, nn.Conv1d, nn.Conv2d):
+        if stays_digital(child):
+            continue
+        if _parametrized(child):
+            setattr(module, child_name, device.layer_class(device, _materialised(child), full))
+        elif type(child) in (nn.Linear, nn.Conv1d, nn.Conv2d):
             setattr(module, child_name, device.layer_class(device, child, full))
         elif isinstance(child, DeviceLayer):
             setattr(module, child_name, device.layer_class(device, child, full))

@@ -1,7 +1,7 @@
 """DEQ and feed-forward models built from the paper's unit cell (Eq. 57) and conv cells.
 
 Public API (docs/architecture.md): ``MLPCell``, ``DEQ``, ``FFW``, ``ConvCell``, ``ConvDEQ``,
-``ConvFFW``, ``matched_width``, ``paper_solver``, ``ModelOutput``, ``build_model``.
+``ConvFFW``, ``LyaDEQ``, ``matched_width``, ``paper_solver``, ``ModelOutput``, ``build_model``.
 """
 
 from noisydeq.models.base import ModelOutput
@@ -10,6 +10,7 @@ from noisydeq.models.conv import ConvCell, ConvDEQ, ConvFFW, ConvTanhLayer
 from noisydeq.models.deq import DEQ, paper_solver
 from noisydeq.models.factory import build_model, resolved_width
 from noisydeq.models.ffw import FFW
+from noisydeq.models.lyapunov import LyaDEQ
 from noisydeq.models.matching import PAPER_DEPTHS, PAPER_WIDTHS, matched_width
 
 __all__ = [
@@ -22,6 +23,7 @@ __all__ = [
     "ConvFFW",
     "ConvTanhLayer",
     "InputProjection",
+    "LyaDEQ",
     "MLPCell",
     "ModelOutput",
     "TanhLayer",

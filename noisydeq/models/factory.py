@@ -1,4 +1,4 @@
-"""Build a DEQ or FFW from a :class:`~noisydeq.config.ModelSpec` (App. E.1-E.3)."""
+"""Build a DEQ, FFW or LyaDEQ from a :class:`~noisydeq.config.ModelSpec` (App. E.1-E.3)."""
 
 from __future__ import annotations
 
@@ -48,7 +48,15 @@ def build_model(
     spec = as_model_spec(spec)
     width = resolved_width(spec)
     model: nn.Module
-    if spec.kind == "deq":
+    if spec.kind == "lyadeq":
+        from noisydeq.models.lyapunov import LyaDEQ
+
+        if jac_reg is not None:
+            raise NoisyDEQError("model.kind: 'lyadeq' takes no jac_reg")
+        model = LyaDEQ(spec.in_features, spec.width, spec.out_features, spec.input_act,
+                       spec.lyapunov, solver=solver, gradient=gradient, test_solver=test_solver,
+                       depth=spec.depth)
+    elif spec.kind == "deq":
         common: dict[str, Any] = dict(
             solver=solver, gradient=gradient, jac_reg=jac_reg, test_solver=test_solver,
             depth=spec.depth,

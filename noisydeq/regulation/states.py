@@ -17,7 +17,6 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-import torch
 from torch import Tensor, nn
 
 from noisydeq.config import GradientSpec, RandomStateSpec, SolverSpec
@@ -71,11 +70,12 @@ def check_random_state(model: nn.Module) -> None:
 
 
 def random_state_forward(model: nn.Module, x: Tensor, noise: Noise | None,
-                         generator: torch.Generator | None, spec: RandomStateSpec
+                         generator: Any, spec: RandomStateSpec
                          ) -> tuple[Tensor, Tensor | None, Tensor]:
     """(logits of z[i], Jacobian-regulariser term or None, the thresholds i) for a batch.
 
-    ``generator`` draws the thresholds (one per sample, uniform in 1…N).
+    ``generator`` draws the thresholds (one per sample, uniform in 1…N): a counter-based
+    :class:`~noisydeq.noise.NoiseStream` keyed by sample, or a ``torch.Generator``.
     """
     solver = random_state_solver(model, spec)
     with temporarily(model, solver=solver, gradient=GradientSpec(name="bptt")):

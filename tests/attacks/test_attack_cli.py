@@ -101,6 +101,23 @@ def test_attack_command_writes_table_figures_and_resumes(sweep_run, tmp_path, ca
     assert code == 0, err
     assert f"{len(cells[::2])} computed" in stdout
     assert (out / "results.csv").read_text() == first
+    sums = (out / "SHA256SUMS").read_text()
+    assert "whitebox.csv" in sums and "results.csv" in sums
+    # a cell whose rows are not the ones its key promises is refused, naming the file;
+    # deleting it recomputes that cell
+    from noisydeq import store
+    from noisydeq.attacks.runner import AttackRunDir
+
+    victim, data = next((p, d) for p in cells for d in [store.read_signed_json(p)]
+                        if any(r.get("defence") == "early" for r in d["rows"]))
+    rows = [dict(r, defence="final") for r in data["rows"]]
+    AttackRunDir(out).save_cell(data["key"], rows)
+    code, _, err = run(argv, capsys)
+    one_line_error(code, err, victim.name, "delete it")
+    victim.unlink()
+    code, stdout, err = run(argv, capsys)
+    assert code == 0, err
+    assert "1 computed" in stdout and (out / "results.csv").read_text() == first
     # a different grid in the same run dir is refused
     code, _, err = run([*argv[:-2], "--eot", "2", "--out", str(out)], capsys)
     one_line_error(code, err, "different config", "eot")
@@ -133,6 +150,10 @@ def test_bad_input_is_one_line(sweep_run, tmp_path, capsys):
         (["--eps", "abc"], "not a number"),
         (["--eps", "0:0.4:0"], "step must be > 0"),
         (["--snr", "abc"], "not a number of dB"),
+        (["--snr", "nan"], "snr_db"),
+        (["--eps", "0:inf:0.1"], "finite"),
+        (["--sigma", "0:1000:0.01"], "more than 1000 points"),
+        (["--chips", "100000"], "chips"),
         (["--attacks", "pgd-epz"], "did you mean 'pgd-eps'"),
         (["--norm", "l3"], "allowed: linf, l2"),
         (["--estimators", "exactt"], "did you mean 'exact'"),

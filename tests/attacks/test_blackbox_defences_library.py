@@ -45,6 +45,36 @@ def test_speckle_and_salt_and_pepper_match_their_definitions() -> None:
         speckle(x, -1.0, g)
 
 
+def test_attack_draws_are_counter_based_per_sample() -> None:
+    """Speckle, salt-and-pepper, PGD's random start and the model noise EOT averages over
+    draw each sample's numbers from (seed, its row, its draw count): a sample gets the same
+    corruption and the same noise whatever else is in the batch, and every further draw
+    (an EOT sample, a PGD step) is fresh."""
+    from noisydeq.attacks.hardware import make_level
+    from noisydeq.attacks.norms import random_start
+    from noisydeq.noise import NoiseStream
+
+    x = torch.rand(40, 16, dtype=torch.float64)
+    y = torch.randint(0, 3, (40,))
+    kw = dict(seed=7, in_shape=(1, 4, 4), n_classes=3)
+    for name, eps in (("speckle", 0.5), ("salt-pepper", 0.2)):
+        spec = AttackSpec(name=name, eps=eps)
+        full, part = craft(spec, None, None, x, y, **kw), craft(spec, None, None, x[:24], y, **kw)
+        assert torch.equal(full[:24], part) and not torch.equal(full, x)
+        assert not torch.equal(full, craft(spec, None, None, x, y, **{**kw, "seed": 8}))
+    for norm in ("linf", "l2"):
+        a = random_start(x, 0.3, norm, NoiseStream.from_seed(3))
+        assert torch.equal(a[:24], random_start(x[:24], 0.3, norm, NoiseStream.from_seed(3)))
+    m = small_deq(SolverSpec(name="unroll", max_iter=30, tol=1e-8, stop="abs"))
+    lvl = make_level(m, device="ideal", noise_site="signal", snr_db=10.0, chip=0, seed=0,
+                     calib_x=None)
+    lvl.reseed(5)
+    first, second = m(x, lvl.noise), m(x, lvl.noise)  # two EOT draws
+    assert not torch.allclose(first, second)
+    lvl.reseed(5)
+    assert torch.allclose(m(x[:24], lvl.noise), first[:24], atol=1e-12, rtol=0)
+
+
 def test_defences_predict_with_the_states_they_name() -> None:
     m = small_deq(SolverSpec(name="unroll", max_iter=9, tol=1e-12, stop="abs"))
     x, y = torch.rand(10, 16, dtype=torch.float64), torch.randint(0, 3, (10,))

@@ -1,0 +1,433 @@
+"""LyaDEQ experiments: the paper's Table 1 grid under attack, and accuracy vs device SNR.
+
+An experiment file (``experiments/lyapunov-*.toml``, :class:`LyapunovExperimentSpec`) names
+the task, seeds, LyaDEQ settings and training, plus an ``[attack]`` table (variants ×
+I-FGSM/PGD × ε, Chu et al. 2024 Table 1) and/or a ``[device]`` table (LyaDEQ vs the plain
+Eq. 7 DEQ vs the depth-matched DEQ and FFW, accuracy vs the SNR of each device). Models
+come from the family cache (:func:`noisydeq.families.train_family`), so a model trained for
+one table is reused by the other.
+
+Output directory::
+
+    config.toml                    the resolved experiment (digest line first)
+    attack/<variant>-s<seed>.json  one finished (variant, seed) cell, written atomically with
+                                   its digest (a damaged or foreign cell is refused, naming it)
+    attack.csv                     one row per variant × seed × attack × ε
+    device/<device>-<group>/       one sweep run directory per device and model group
+    device.csv                     their tidy tables, with the model group as ``model``
+    report.md, figures/            tables and figures (:mod:`noisydeq.analysis.lyapunov_report`)
+
+Re-running the same experiment into the same directory skips every finished cell; one
+process writes a directory at a time (its lock, :class:`noisydeq.store.DirLock`). PGD's
+random start is counter-based: a test sample's start depends on (seed, ε, its index) only,
+not on the batch it is attacked in.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from pydantic import Field, field_validator, model_validator
+
+from noisydeq import limits, store
+from noisydeq.config import (
+    LYAPUNOV_VARIANTS,
+    FamilySpec,
+    InfFloat,
+    LyapunovSpec,
+    StrictModel,
+    SweepSpec,
+    _snr_list,
+    build,
+    dumps_toml,
+    parse_snr_range,
+)
+from noisydeq.errors import CorruptArtefact, NoisyDEQError
+from noisydeq.noise import NoiseStream, derive_seed
+
+#: format tag of an attack cell file
+CELL_FORMAT = "noisydeq-lyapunov-cell/1"
+#: column order of attack.csv (a cell file stores its rows with sorted keys)
+ATTACK_CSV_ORDER = ("variant", "seed", "params", "train_seconds", "test_metric", "mean_steps",
+                    "converged_frac", "attack", "eps_255", "steps", "accuracy", "seconds",
+                    "mean_V", "projected_frac")
+
+ATTACKS = ("ifgsm", "pgd")
+#: the model groups of the device comparison: the LyaDEQ (``lyadeq``, variant ``both``), its
+#: ablations (``lyadeq-<variant>``) and the parameter-matched DEQ and FFW of the paper's unit
+#: cell (Eq. 57)
+DEVICE_GROUPS = ("lyadeq", "lyadeq-plain", "lyadeq-lyapunov", "lyadeq-orthogonal", "deq",
+                 "ffw")
+
+
+def _choices(values: list[str], allowed: tuple[str, ...], field: str) -> list[str]:
+    import difflib
+
+    for v in values:
+        if v not in allowed:
+            close = difflib.get_close_matches(str(v), allowed, n=1)
+            hint = f"; did you mean '{close[0]}'?" if close else ""
+            raise ValueError(f"unknown {field} '{v}'{hint} (allowed: {', '.join(allowed)})")
+    if not values:
+        raise ValueError(f"give at least one {field} (allowed: {', '.join(allowed)})")
+    return list(dict.fromkeys(values))
+
+
+class AttackGrid(StrictModel):
+    """The attack table: ``variants`` × ``attacks`` × ``eps_255`` (ε in units of 1/255),
+    step size ``alpha_255``/255 and the paper's step count (or ``steps`` at every ε);
+    ``max_test_samples`` caps the test set (all of it by default)."""
+
+    variants: list[str] = Field(default_factory=lambda: list(LYAPUNOV_VARIANTS))
+    attacks: list[str] = Field(default_factory=lambda: list(ATTACKS))
+    eps_255: list[float] = Field(default_factory=lambda: [2.0, 4.0, 6.0, 8.0])
+    alpha_255: float = Field(default=1.0, gt=0.0)
+    steps: int | None = Field(default=None, ge=1, le=limits.MAX_ITER)
+    max_test_samples: int | None = Field(default=None, ge=1, le=limits.MAX_SAMPLES)
+    batch_size: int = Field(default=500, ge=1, le=limits.MAX_BATCH)
+
+    @field_validator("variants")
+    @classmethod
+    def _variants(cls, v: list[str]) -> list[str]:
+        return _choices(v, LYAPUNOV_VARIANTS, "variant")
+
+    @field_validator("attacks")
+    @classmethod
+    def _attacks(cls, v: list[str]) -> list[str]:
+        return _choices(v, ATTACKS, "attack")
+
+    @field_validator("eps_255")
+    @classmethod
+    def _eps(cls, v: list[float]) -> list[float]:
+        if not v or any(not 0.0 < e <= 255.0 for e in v):
+            raise ValueError(f"eps_255: values in (0, 255] (ε·255), got {v}")
+        return sorted(set(v))
+
+
+class DeviceGrid(StrictModel):
+    """The device comparison: per device (preset name or path) the model ``groups`` to run
+    (:data:`DEVICE_GROUPS`) at ``snr_db`` (device noise, ``chips`` instances). The ``deq``
+    and ``ffw`` groups are the family members of ``depths`` trained with
+    ``baseline_preset`` (and ``baseline_epochs`` when set)."""
+
+    groups: dict[str, list[str]] = Field(
+        default_factory=lambda: {"rram": list(DEVICE_GROUPS), "photonic": list(DEVICE_GROUPS)})
+    snr_db: list[InfFloat] = Field(default_factory=lambda: parse_snr_range("0:30:3,inf"))
+    chips: int = Field(default=3, ge=1, le=limits.MAX_CHIPS)
+    depths: list[int] = Field(default_factory=lambda: [1])
+    baseline_preset: str = "quick"
+    baseline_epochs: int | None = Field(default=None, ge=0, le=limits.MAX_EPOCHS)
+    max_test_samples: int | None = Field(default=None, ge=1, le=limits.MAX_SAMPLES)
+
+    @field_validator("groups")
+    @classmethod
+    def _groups(cls, v: dict[str, list[str]]) -> dict[str, list[str]]:
+        if not v:
+            raise ValueError('give at least one device, e.g. rram = ["lyadeq", "deq"]')
+        return {device: _choices(g, DEVICE_GROUPS, "group") for device, g in v.items()}
+
+    @field_validator("snr_db", mode="before")
+    @classmethod
+    def _snr(cls, v: Any) -> list[float]:
+        return _snr_list(v, "snr_db")
+
+
+class LyapunovExperimentSpec(StrictModel):
+    """An experiment file: shared model/training settings and the ``attack`` and ``device``
+    tables (at least one). ``lyapunov`` holds c, d and the ICNN sizes (the variant comes
+    from the tables); ``train_preset``/``train`` as in :class:`~noisydeq.config.FamilySpec`."""
+
+    name: str
+    title: str = ""
+    description: str = ""
+    task: str = "mnist10k"
+    data_dir: str | None = None
+    seeds: list[int] = Field(default_factory=lambda: [0])
+    hidden: int = Field(default=64, ge=1, le=limits.MAX_WIDTH)
+    input_act: str = "relu"
+    lyapunov: dict[str, Any] = Field(default_factory=dict)
+    train_preset: str = "paper"
+    train: dict[str, Any] = Field(default_factory=dict)
+    attack: AttackGrid | None = None
+    device: DeviceGrid | None = None
+
+    @field_validator("seeds")
+    @classmethod
+    def _seeds(cls, v: list[int]) -> list[int]:
+        if not v:
+            raise ValueError("give at least one seed")
+        return list(dict.fromkeys(v))
+
+    @model_validator(mode="after")
+    def _valid(self) -> LyapunovExperimentSpec:
+        if self.attack is None and self.device is None:
+            raise ValueError("the experiment needs an [attack] or a [device] table")
+        if "variant" in self.lyapunov:
+            raise ValueError("lyapunov.variant: the variants come from the [attack] and "
+                             "[device] tables")
+        build(LyapunovSpec, self.lyapunov, where="lyapunov")
+        self.family_spec(self.seeds[0], "both").train_spec("lyadeq")  # preset + overrides
+        return self
+
+    # ------------------------------------------------------------------ specs
+
+    def model_settings(self, variant: str) -> dict[str, Any]:
+        return {**self.lyapunov, "variant": variant}
+
+    def family_spec(self, seed: int, variant: str) -> FamilySpec:
+        """The one-member family of a LyaDEQ ``variant`` (the cache entry both tables use)."""
+        return build(FamilySpec, {
+            "task": self.task, "data_dir": self.data_dir, "depths": [1], "kinds": ["lyadeq"],
+            "hidden": self.hidden, "input_act": self.input_act, "seed": seed,
+            "train_preset": self.train_preset, "train": self.train,
+            "lyapunov": self.model_settings(variant),
+        }, where="experiment")
+
+    def sweep_spec(self, device: str, group: str) -> SweepSpec:
+        """The sweep of one device and model group (device noise, all seeds)."""
+        grid = self.device
+        assert grid is not None
+        data: dict[str, Any] = {
+            "task": self.task, "data_dir": self.data_dir, "seeds": self.seeds,
+            "hidden": self.hidden, "input_act": self.input_act, "device": device,
+            "noise_site": "device", "snr_db": grid.snr_db, "chips": grid.chips,
+            "max_test_samples": grid.max_test_samples,
+        }
+        if group in ("deq", "ffw"):
+            data.update(kinds=[group], depths=grid.depths,
+                        train_preset=grid.baseline_preset, epochs=grid.baseline_epochs,
+                        max_train_samples=self.train.get("max_train_samples"))
+        else:
+            variant = "both" if group == "lyadeq" else group.removeprefix("lyadeq-")
+            extra = set(self.train) - {"epochs", "max_train_samples"}
+            if extra:
+                raise NoisyDEQError(
+                    "train: a device sweep passes only 'epochs' and 'max_train_samples' to "
+                    f"its families, got {', '.join(sorted(extra))}"
+                )
+            data.update(kinds=["lyadeq"], depths=[1], train_preset=self.train_preset,
+                        lyapunov=self.model_settings(variant),
+                        epochs=self.train.get("epochs"),
+                        max_train_samples=self.train.get("max_train_samples"))
+        return build(SweepSpec, data, where=f"device {device} {group}")
+
+
+def load_experiment(path: str | Path, **overrides: Any) -> LyapunovExperimentSpec:
+    """Read an experiment file; ``overrides`` replace top-level fields (``None`` = keep)."""
+    from noisydeq.config import tomllib
+
+    p = Path(path)
+    if not p.is_file():
+        raise NoisyDEQError(f"file not found: {p}")
+    try:
+        data = tomllib.loads(p.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as err:
+        raise NoisyDEQError(f"{p}: not valid TOML ({err})") from None
+    data.update({k: v for k, v in overrides.items() if v is not None})
+    return build(LyapunovExperimentSpec, data, where=str(p))
+
+
+# ------------------------------------------------------------------------ attack table
+
+
+def _accuracy(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> int:
+    with torch.no_grad():
+        return int((model(x).argmax(dim=1) == y).sum())
+
+
+def attack_cell(
+    model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, grid: AttackGrid, seed: int,
+) -> list[dict[str, Any]]:
+    """Clean and attacked accuracy of one trained model: rows (attack, ε, steps, accuracy,
+    seconds); ε = 0 is the clean row. PGD's random start is counter-based: test sample i's
+    start is a function of (seed, ε, i), whatever the batch size."""
+    from noisydeq.analysis.iterative_attacks import ifgsm, paper_steps, pgd
+
+    model.eval()
+    n = x.shape[0]
+    bs = grid.batch_size
+    t0 = time.perf_counter()
+    clean = sum(_accuracy(model, x[i:i + bs], y[i:i + bs]) for i in range(0, n, bs))
+    rows = [{"attack": "none", "eps_255": 0.0, "steps": 0, "accuracy": clean / n,
+             "seconds": time.perf_counter() - t0}]
+    alpha = grid.alpha_255 / 255.0
+    for attack in grid.attacks:
+        for e in grid.eps_255:
+            eps = e / 255.0
+            steps = paper_steps(eps) if grid.steps is None else grid.steps
+            t0 = time.perf_counter()
+            correct = 0
+            for i in range(0, n, bs):
+                xb, yb = x[i:i + bs], y[i:i + bs]
+                if attack == "ifgsm":
+                    adv = ifgsm(model, xb, yb, eps=eps, steps=steps, alpha=alpha)
+                else:
+                    gen = NoiseStream.from_seed(derive_seed(seed, "pgd", e), xb.device,
+                                                samples=torch.arange(i, i + len(xb)))
+                    adv = pgd(model, xb, yb, eps=eps, steps=steps, alpha=alpha, generator=gen)
+                correct += _accuracy(model, adv, yb)
+            rows.append({"attack": attack, "eps_255": e, "steps": steps,
+                         "accuracy": correct / n, "seconds": time.perf_counter() - t0})
+    return rows
+
+
+def readout_stats(model: torch.nn.Module, x: torch.Tensor) -> dict[str, float]:
+    """Mean V(z*), the fraction of test samples whose readout the projection moved, and the
+    mean solver iterations on clean inputs."""
+    model.eval()
+    with torch.no_grad():
+        out = model(x, return_solution=True)
+    stats = {"mean_steps": float(out.solution.steps.double().mean()),
+             "converged_frac": float(out.solution.converged.double().mean())}
+    r = getattr(model, "last_readout", None)
+    if r is not None:
+        stats.update(mean_V=float(r["V"].double().mean()),
+                     projected_frac=float(r["projected"].double().mean()))
+    return stats
+
+
+def run_attacks(spec: LyapunovExperimentSpec, out: Path, task: Any,
+                log: Callable[[str], None]) -> list[dict[str, Any]]:
+    """Every (variant, seed) cell of the attack table, resumed from ``out/attack``."""
+    from noisydeq.families import train_family
+
+    grid = spec.attack
+    assert grid is not None
+    x, y = task.x_test, task.y_test
+    if grid.max_test_samples is not None:
+        x, y = x[:grid.max_test_samples], y[:grid.max_test_samples]
+    rows: list[dict[str, Any]] = []
+    for variant in grid.variants:
+        for seed in spec.seeds:
+            path = out / "attack" / f"{variant}-s{seed}.json"
+            if path.exists():
+                cell = _read_cell(path, variant, seed)
+                log(f"attack {variant} seed {seed}: done before")
+            else:
+                fam = train_family(spec.family_spec(seed, variant), task, log=log)
+                member = fam.members[0]
+                t0 = time.perf_counter()
+                base = {"variant": variant, "seed": seed, "params": member.params,
+                        "train_seconds": member.result.seconds,
+                        "test_metric": member.result.test_metric,
+                        **readout_stats(member.model, x[:grid.batch_size])}
+                cell = [{**base, **r} for r in attack_cell(member.model, x, y, grid, seed)]
+                store.write_signed_json(path, {"format": CELL_FORMAT, "variant": variant,
+                                               "seed": seed, "rows": cell}, indent=2)
+                log(f"attack {variant} seed {seed}: {time.perf_counter() - t0:.1f} s")
+            rows.extend(cell)
+    return rows
+
+
+def _read_cell(path: Path, variant: str, seed: int) -> list[dict[str, Any]]:
+    """A finished cell's rows, digest, format and identity checked (a file that fails is a
+    :class:`CorruptArtefact` naming it)."""
+    try:
+        data = store.read_signed_json(path, "attack cell")
+        if data.get("format") != CELL_FORMAT:
+            raise CorruptArtefact(path, f"has format {data.get('format')!r}, not {CELL_FORMAT}")
+        if (data.get("variant"), data.get("seed")) != (variant, seed):
+            raise CorruptArtefact(path, f"belongs to variant {data.get('variant')!r} seed "
+                                  f"{data.get('seed')!r}, not {variant!r} seed {seed}")
+        rows = data.get("rows")
+        if not isinstance(rows, list) or not rows or not all(
+                isinstance(r, dict) and {"attack", "eps_255", "accuracy"} <= set(r)
+                for r in rows):
+            raise CorruptArtefact(path, "holds no attack rows")
+    except CorruptArtefact as err:
+        raise CorruptArtefact(path, f"{err.reason}; delete it to compute that cell again"
+                              ) from None
+    return rows
+
+
+# ------------------------------------------------------------------------ device table
+
+
+def run_device(spec: LyapunovExperimentSpec, out: Path, task: Any, progress: bool,
+               log: Callable[[str], None]) -> list[dict[str, Any]]:
+    """One sweep per (device, group) into ``out/device``; rows tagged with ``model``."""
+    from noisydeq.sweep import run_sweep
+
+    grid = spec.device
+    assert grid is not None
+    rows: list[dict[str, Any]] = []
+    for device, groups in grid.groups.items():
+        for group in groups:
+            sspec = spec.sweep_spec(device, group)
+            t0 = time.perf_counter()
+            res = run_sweep(sspec, out / "device" / f"{device}-{group}", task=task,
+                            progress=progress, plots=False, jobs=1)
+            log(f"device {device} {group}: {res.computed_cells} cells computed, "
+                f"{res.skipped_cells} resumed, {time.perf_counter() - t0:.1f} s")
+            rows.extend({**r, "model": group} for r in res.rows)
+    return rows
+
+
+# ------------------------------------------------------------------------ driver
+
+
+def run_experiment(
+    spec: LyapunovExperimentSpec, out: str | Path, *, only: str | None = None,
+    progress: bool = True, log: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """Run (or resume) the experiment into ``out``; returns the report's paths and tables."""
+    from noisydeq.analysis.lyapunov_report import write_report
+    from noisydeq.tasks import load_task
+
+    out = Path(out)
+    store.check_out_dir(out)
+    if only not in (None, "attack", "device"):
+        raise NoisyDEQError(f"--only: 'attack' or 'device', got '{only}'")
+    config = out / "config.toml"
+    text = dumps_toml(spec)
+    _check_config(config, text)
+    task = load_task(spec.task, data_dir=spec.data_dir, seed=spec.seeds[0])
+    with store.DirLock(out, "--out"):
+        _check_config(config, text)  # again: another writer may have started meanwhile
+        store.atomic_write_text(config, store.sign_text(text))
+        attack_rows: list[dict[str, Any]] = []
+        device_rows: list[dict[str, Any]] = []
+        if spec.attack is not None and only in (None, "attack"):
+            attack_rows = run_attacks(spec, out, task, log)
+            store.atomic_write_text(out / "attack.csv", _csv(attack_rows, ATTACK_CSV_ORDER))
+        if spec.device is not None and only in (None, "device"):
+            device_rows = run_device(spec, out, task, progress, log)
+            store.atomic_write_text(out / "device.csv", _csv(device_rows))
+        return write_report(spec, out, attack_rows, device_rows)
+
+
+def _check_config(config: Path, text: str) -> None:
+    """Refuse an output directory that holds another (or a damaged) experiment."""
+    if not config.exists():
+        return
+    try:
+        body = store.verify_text(store.read_text(config, "config.toml"), config)
+    except NoisyDEQError as err:
+        raise NoisyDEQError(f"--out {config.parent}: {err}; use another --out") from None
+    if body != text:
+        raise NoisyDEQError(f"{config.parent} holds another experiment (its config.toml "
+                            "differs); use another --out")
+
+
+def _csv(rows: list[dict[str, Any]], order: tuple[str, ...] = ()) -> str:
+    """CSV of ``rows``: the columns of ``order`` first (in that order), then the others as
+    they first appear."""
+    import csv
+    import io
+
+    if not rows:
+        return ""
+    seen = list(dict.fromkeys(k for r in rows for k in r))
+    keys = [k for k in order if k in seen] + [k for k in seen if k not in order]
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=keys, lineterminator="\n")
+    w.writeheader()
+    for r in rows:
+        w.writerow({k: (f"{v:.10g}" if isinstance(v, float) and math.isfinite(v) else v)
+                    for k, v in r.items()})
+    return buf.getvalue()

@@ -1,0 +1,56 @@
+"""``noisydeq lyapunov experiments/lyapunov-X.toml``: LyaDEQ under attack and on devices.
+
+Runs (or resumes) a LyaDEQ experiment (:mod:`noisydeq.analysis.lyapunov_experiment`): the
+Table 1 grid of Chu et al. (2024) — plain DEQ, + Lyapunov module, + orthogonal head, both —
+under I-FGSM and PGD, and/or accuracy against device SNR for the LyaDEQ, its plain DEQ and
+the DEQ/FFW family. Writes ``attack.csv``, ``device.csv``, ``report.md`` and figures.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+
+@click.command("lyapunov")
+@click.argument("experiment")
+@click.option("--out", default=None, help="Output directory (default runs/<experiment name>).")
+@click.option("--data-dir", default=None, help="Directory with the MNIST IDX files.")
+@click.option("--seeds", default=None, help="Override the experiment's seeds, e.g. 0,1,2.")
+@click.option("--only", type=click.Choice(["attack", "device"]), default=None,
+              help="Run only one of the experiment's tables.")
+@click.option("--threads", default=None, metavar="auto|N|TRAIN,EVAL",
+              help="torch threads (as for noisydeq sweep; the evaluation count is used).")
+@click.option("--quiet", is_flag=True, help="No progress output.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report's paths as JSON.")
+def command(experiment: str, out: str | None, data_dir: str | None, seeds: str | None,
+            only: str | None, threads: str | None, quiet: bool, as_json: bool) -> None:
+    """Reproduce the LyaDEQ paper's Table 1 and compare LyaDEQ/DEQ/FFW on devices."""
+    from noisydeq.analysis.lyapunov_experiment import load_experiment, run_experiment
+    from noisydeq.commands.sweep import check_data_dir, parse_seeds
+    from noisydeq.runtime import num_threads, thread_plan
+
+    _train, eval_threads = thread_plan(threads)
+    spec = load_experiment(
+        experiment, data_dir=check_data_dir(data_dir),
+        seeds=parse_seeds(seeds) if seeds is not None else None,
+    )
+    out_dir = Path(out) if out else Path("runs") / spec.name
+
+    def log(text: str) -> None:
+        if not (quiet or as_json):
+            click.echo(text, err=True)
+
+    with num_threads(eval_threads):
+        report = run_experiment(spec, out_dir, only=only, progress=not (quiet or as_json),
+                                log=log)
+    if as_json:
+        click.echo(json.dumps({k: v for k, v in report.items() if k != "markdown"}, indent=2))
+        return
+    click.echo(report["markdown"])
+    click.echo(f"\nreport: {report['report']}")
+    for p in report["figures"]:
+        if p.endswith(".png"):
+            click.echo(f"figure: {p}")

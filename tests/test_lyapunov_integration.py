@@ -1,0 +1,236 @@
+"""A LyaDEQ as a citizen of the framework: deployed on every device, trained by
+``train_model`` (cosine schedule, solver checks), a kind of families and sweeps, the train
+and lyapunov CLIs, and the attack/device experiment driver end to end (tiny)."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from noisydeq import hardware
+from noisydeq.cli import cli
+from noisydeq.config import FamilySpec, SolverSpec, SweepSpec, TrainSpec, build
+from noisydeq.errors import NoisyDEQError
+from noisydeq.families import train_family
+from noisydeq.models import build_model
+from noisydeq.tasks import load_task
+from noisydeq.train import epoch_lr, train_model
+
+SPEC = {"kind": "lyadeq", "in_features": 64, "out_features": 10, "width": 16,
+        "lyapunov": {"icnn_hidden": [8]}}
+
+
+def _model(variant: str = "both", seed: int = 0):
+    torch.manual_seed(seed)
+    return build_model({**SPEC, "lyapunov": {"variant": variant, "icnn_hidden": [8]}}).eval()
+
+
+@pytest.mark.parametrize("preset", hardware.preset_names())
+def test_deploys_on_every_device_with_the_certificate_digital(preset):
+    model = _model()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    dev = hardware.get_device(preset).deploy(model)
+    layers = hardware.device_layers(dev)
+    assert set(layers) == {"cell.proj.U", "cell.W1", "cell.W2", "head"}
+    assert not any(isinstance(m, hardware.DeviceLayer) for m in dev.lyapunov.modules())
+    W = model.head.weight.detach()
+    assert torch.equal(layers["head"].weight, W)  # programmed with the orthogonal value
+    x = torch.rand(8, 64)
+    with torch.no_grad():
+        y = dev(x)
+        assert torch.isfinite(y).all()
+        if preset == "ideal":
+            assert torch.allclose(y, model(x), atol=1e-5)
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
+
+
+def test_parametrised_conv_deq_deploys_too():
+    """The weight-normed conv DEQ (a parametrised Conv2d) maps onto a device as well."""
+    torch.manual_seed(0)
+    m = build_model({"kind": "deq", "cell": "conv", "in_features": 64, "out_features": 3,
+                     "width": 4}).eval()
+    dev = hardware.get_device("ideal").deploy(m)
+    assert "cell.W" in hardware.device_layers(dev)
+    x = torch.rand(2, 64)
+    with torch.no_grad():
+        assert torch.allclose(dev(x), m(x), atol=1e-5)
+
+
+def test_cosine_schedule_matches_torch():
+    spec = TrainSpec(epochs=7, lr=3e-3, lr_schedule="cosine")
+    opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=3e-3)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=7)
+    for epoch in range(7):
+        assert math.isclose(epoch_lr(spec, epoch), opt.param_groups[0]["lr"], rel_tol=1e-12)
+        opt.step()
+        sched.step()
+    assert epoch_lr(TrainSpec(epochs=7, lr=3e-3), 5) == 3e-3
+
+
+def test_train_model_trains_a_lyadeq_and_refuses_what_it_cannot_do(tmp_path):
+    task = load_task("digits")
+    spec = TrainSpec.preset("quick", "lyadeq", epochs=2, lr=1e-2, max_train_samples=512)
+    assert spec.lr_schedule == "cosine" and spec.solver.name == "anderson"
+    res = train_model(_model("plain"), task, spec)
+    assert res.test_metric > 0.4  # ten classes: well above chance after 16 steps
+    res = train_model(_model("both"), task, spec)
+    W = res.model.head.weight.detach()
+    assert (W @ W.T - torch.eye(10)).abs().max() <= 1e-5
+    bad = TrainSpec.preset("quick", "lyadeq", epochs=1,
+                           solver=SolverSpec(name="anderson", random_threshold=True))
+    with pytest.raises(NoisyDEQError, match="random_threshold"):
+        train_model(_model(), task, bad, out_dir=tmp_path / "bad")
+    assert not (tmp_path / "bad").exists()
+    on_device = TrainSpec.preset("quick", "lyadeq", epochs=1, device="rram")
+    with pytest.raises(NoisyDEQError, match="parametrised weights"):
+        train_model(_model(), task, on_device)
+    train_model(_model("lyapunov"), task, TrainSpec.preset(
+        "quick", "lyadeq", epochs=1, device="rram", max_train_samples=64))
+
+
+def test_family_and_sweep_specs_take_lyadeq_members():
+    fam = build(FamilySpec, {"kinds": ["lyadeq", "ffw"], "lyapunov": {"variant": "plain"}})
+    assert fam.train_spec("lyadeq").solver.name == "anderson"
+    with pytest.raises(NoisyDEQError, match="'lyadeq' is not in kinds"):
+        build(SweepSpec, {"kinds": ["deq"], "lyapunov": {"variant": "both"}})
+    with pytest.raises(NoisyDEQError, match="did you mean 'both'"):
+        build(SweepSpec, {"kinds": ["lyadeq"], "lyapunov": {"variant": "bth"}})
+
+
+@pytest.mark.slow
+def test_sweep_runs_lyadeq_deq_and_ffw_on_a_device(tmp_path):
+    from noisydeq.sweep import run_sweep
+
+    spec = build(SweepSpec, {
+        "kinds": ["lyadeq", "deq", "ffw"], "depths": [1], "hidden": 16, "epochs": 1,
+        "max_train_samples": 128, "max_test_samples": 64, "device": "rram",
+        "snr_db": [10.0, math.inf], "chips": 1, "lyapunov": {"icnn_hidden": [8]},
+    })
+    res = run_sweep(spec, tmp_path / "run", progress=False, jobs=1)
+    kinds = {r["kind"] for r in res.rows}
+    assert kinds == {"lyadeq", "deq", "ffw"}
+    ly = [r for r in res.rows if r["kind"] == "lyadeq"]
+    assert len(ly) == 2 and all(0.0 <= r["value"] <= 1.0 for r in ly)
+    assert any(p.name == "metric_vs_depth.png" for p in res.figures)
+    # the family members come from the cache on a second call (same hash)
+    fam = train_family(build(FamilySpec, {
+        "kinds": ["lyadeq"], "depths": [1], "hidden": 16, "lyapunov": {"icnn_hidden": [8]},
+        "train": {"epochs": 1, "max_train_samples": 128}}))
+    assert fam.members[0].cached
+
+
+def test_train_cli_lyadeq_variant(tmp_path):
+    runner = CliRunner()
+    out = tmp_path / "m"
+    res = runner.invoke(cli, ["train", "--kind", "lyadeq", "--variant", "lyapunov",
+                              "--width", "16", "--epochs", "1", "--out", str(out),
+                              "--json", "--quiet"], catch_exceptions=False,
+                        standalone_mode=False)
+    assert res.exit_code == 0, res.output
+    row = json.loads(res.output)[0]
+    assert row["kind"] == "lyadeq" and 0 <= row["value"] <= 1
+    meta = json.loads((out / "model.json").read_text())
+    assert "lyapunov" in json.dumps(meta)
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["train", "--kind", "lyadeq", "--variant", "orthogonl"], "did you mean 'orthogonal'"),
+    (["train", "--kind", "deq", "--variant", "both"], "only --kind lyadeq"),
+    (["lyapunov", "missing.toml"], "file not found"),
+])
+def test_cli_bad_input_is_one_line(tmp_path, args, message, capsys):
+    from noisydeq.cli import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(args)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1
+
+
+def test_lyapunov_experiment_validation(tmp_path):
+    from noisydeq.analysis.lyapunov_experiment import load_experiment
+
+    for name in ("lyapunov-table1.toml", "lyapunov-device.toml"):
+        from pathlib import Path
+
+        spec = load_experiment(Path(__file__).resolve().parents[1] / "experiments" / name)
+        assert spec.seeds == [0, 1, 2]
+    bad = tmp_path / "bad.toml"
+    bad.write_text('name = "x"\n[attack]\nvariants = ["plian"]\n')
+    with pytest.raises(NoisyDEQError, match="did you mean 'plain'"):
+        load_experiment(bad)
+    bad.write_text('name = "x"\n[lyapunov]\nc = -1\n[attack]\n')
+    with pytest.raises(NoisyDEQError, match="greater than 0"):
+        load_experiment(bad)
+    bad.write_text('name = "x"\n')
+    with pytest.raises(NoisyDEQError, match=r"\[attack\] or a \[device\]"):
+        load_experiment(bad)
+
+
+@pytest.mark.slow
+def test_lyapunov_command_end_to_end(tmp_path, monkeypatch):
+    monkeypatch.setenv("NOISYDEQ_CACHE", str(tmp_path / "cache"))
+    exp = tmp_path / "exp.toml"
+    exp.write_text(
+        'name = "tiny"\ntask = "digits"\nhidden = 16\ntrain_preset = "quick"\n'
+        'train = {epochs = 1, max_train_samples = 128}\n[lyapunov]\nicnn_hidden = [8]\n'
+        '[attack]\nvariants = ["plain", "both"]\neps_255 = [2, 8]\nmax_test_samples = 40\n'
+        '[device]\nsnr_db = "20,inf"\nchips = 1\ndepths = [1]\nbaseline_epochs = 1\n'
+        'max_test_samples = 40\n[device.groups]\nrram = ["lyadeq", "deq", "ffw"]\n'
+        'photonic = ["lyadeq"]\n'
+    )
+    out = tmp_path / "out"
+    runner = CliRunner()
+    args = ["lyapunov", str(exp), "--out", str(out), "--json"]
+    res = runner.invoke(cli, args, catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    report = json.loads(res.output)
+    assert {p.rsplit("/", 1)[-1] for p in report["figures"]} >= {"attack.png", "device.png"}
+    rows = (out / "attack.csv").read_text().splitlines()
+    assert len(rows) == 1 + 2 * (1 + 2 * 2)  # header + variants × (clean + attacks × ε)
+    text = (out / "report.md").read_text()
+    assert "I-FGSM" in text and "*96.59*" in text and "rram" in text
+    cells = sorted(p.name for p in (out / "attack").iterdir())
+    assert cells == ["both-s0.json", "plain-s0.json"]
+    again = runner.invoke(cli, args, catch_exceptions=False)  # resumes: nothing recomputed
+    assert again.exit_code == 0
+    assert (out / "attack.csv").read_text().splitlines() == rows
+    # a damaged cell is refused naming it; deleting it recomputes that cell
+    cell = out / "attack" / "plain-s0.json"
+    cell.write_text(cell.read_text().replace('"accuracy": ', '"accuracy": 1 +', 1))
+    res = runner.invoke(cli, args)
+    assert res.exit_code != 0 and "plain-s0.json" in str(res.exception or res.output)
+    cell.unlink()
+    again = runner.invoke(cli, args, catch_exceptions=False)
+    assert again.exit_code == 0
+
+    def accuracies(text: list[str]) -> list[tuple[str, ...]]:
+        head = text[0].split(",")
+        cols = [head.index(c) for c in ("variant", "attack", "eps_255", "accuracy")]
+        return [tuple(line.split(",")[c] for c in cols) for line in text[1:]]
+
+    assert accuracies((out / "attack.csv").read_text().splitlines()) == accuracies(rows)
+    other = tmp_path / "other.toml"
+    other.write_text(exp.read_text().replace('name = "tiny"', 'name = "other"'))
+    res = runner.invoke(cli, ["lyapunov", str(other), "--out", str(out)])
+    assert res.exit_code != 0 and "another experiment" in str(res.exception or res.output)
+
+
+def test_attack_cell_rows_and_step_override():
+    from noisydeq.analysis.lyapunov_experiment import AttackGrid, attack_cell
+
+    model = _model("plain")
+    x, y = torch.rand(12, 64), torch.randint(0, 10, (12,))
+    rows = attack_cell(model, x, y, AttackGrid(eps_255=[2, 8], batch_size=5), seed=0)
+    assert [(r["attack"], r["eps_255"], r["steps"]) for r in rows] == [
+        ("none", 0.0, 0), ("ifgsm", 2.0, 2), ("ifgsm", 8.0, 10), ("pgd", 2.0, 2),
+        ("pgd", 8.0, 10)]
+    strong = attack_cell(model, x, y, AttackGrid(attacks=["pgd"], eps_255=[8], steps=3,
+                                                 alpha_255=2.0), seed=0)
+    assert [r["steps"] for r in strong] == [0, 3]
+    assert all(0.0 <= r["accuracy"] <= 1.0 for r in rows + strong)
