@@ -223,7 +223,8 @@ def plot_report(rows: Sequence[dict[str, Any]], info: dict[str, dict[str, Any]],
                                                   for m in info.values())]
         if panels and kinds:
             fig, axes = plt.subplots(len(kinds), len(panels), squeeze=False,
-                                     figsize=(4.2 * len(panels), 3.0 * len(kinds)))
+                                     figsize=(4.2 * len(panels), 3.0 * len(kinds)),
+                                     layout="constrained")
             for j, (fam, lab) in enumerate(panels):
                 groups = _by_group(_curves(sub, fam, lab), info, "defence")
                 defences = sorted({d for _, d in groups})
@@ -272,7 +273,8 @@ def _plot_best(plt: Any, save: Any, rows: Sequence[dict[str, Any]],
     n = len(labels)
     cols = min(n, 4)
     fig, axes = plt.subplots(math.ceil(n / cols), cols, squeeze=False,
-                             figsize=(3.4 * cols, 2.9 * math.ceil(n / cols)))
+                             figsize=(3.4 * cols, 2.9 * math.ceil(n / cols)),
+                             layout="constrained")
     for ax, (fam, lab, xname) in zip(axes.flat, labels, strict=False):
         groups = _by_group(_curves(rows, fam, lab), info, "defence")
         for kind, d in sorted(best.items()):
