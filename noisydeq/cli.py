@@ -39,6 +39,7 @@ COMMAND_MODULES = [
     "certify",
     "attack",
     "lyapunov",
+    "adversarial",
     "runs",
 ]
 

@@ -898,7 +898,111 @@ class ExperimentSpec(StrictModel):
 
 # ------------------------------------------------------------------------ training / families
 
-TRAIN_PRESETS = ("quick", "paper")
+TRAIN_PRESETS = ("quick", "paper", "adversarial", "adversarial-quick")
+ADVERSARIAL_METHODS = ("pgd", "trades")
+
+
+def suggest_name(kind: str, value: str, allowed: tuple[str, ...]) -> str:
+    """"unknown KIND 'VALUE'; did you mean …? (allowed: …)" for a validator's ValueError."""
+    close = difflib.get_close_matches(str(value), allowed, n=1)
+    hint = f"; did you mean '{close[0]}'?" if close else ""
+    return f"unknown {kind} '{value}'{hint} (allowed: {', '.join(allowed)})"
+
+
+def check_radius(v: float) -> float:
+    """An ℓ∞ radius of inputs in [0, 1]: a validator's ValueError outside [0, 1]."""
+    if not 0.0 <= v <= 1.0:
+        raise ValueError(f"must lie in [0, 1] (inputs lie in [0, 1]), got {v:g}")
+    return v
+
+
+class AdversarialSpec(StrictModel):
+    """Adversarial training, min_θ max_{‖Δx‖∞ ≤ ε} L (main paper §4.2, App. C Eq. 56).
+
+    ``method``: ``pgd`` (PGD-AT, Madry et al. 2018: the loss at the PGD example) or
+    ``trades`` (Zhang et al. 2019: CE(f(x), y) + ``beta``·KL(f(x) ‖ f(x')), x' maximising
+    the KL from x + 0.001·N(0, I)). The inner attack is ``steps`` ℓ∞ PGD steps of size
+    ``step`` within ε (the paper: ε = 0.3, step 0.1, 10 steps; TRADES β = 6), each through
+    a DEQ's forward solve followed by ``unroll`` damped steps z ← (1−λ) z + λ f(z) with
+    λ = ``unroll_lambda`` (App. C Eq. 55: K = 9, λ = 0.5; an FFW is differentiated by
+    backprop), ``eot`` gradients averaged over the training noise. ``val_fraction`` of the
+    training split (its last samples) is held out: after each epoch the model is attacked
+    there by PGD-``val_steps`` (ε, ``step``, its own gradient) and the epoch of highest
+    robust accuracy is the one saved (0 = no hold-out, the last epoch is saved).
+    ``warmup_epochs``: ε (and the step with it) grows linearly from 0 over this many epochs,
+    per batch (0 = the full ε from the start, as the paper; a short schedule learns nothing
+    at ε = 0.3 from a random start, see docs/robustness.md).
+    """
+
+    method: str = "pgd"
+    eps: float = 0.3
+    step: float = Field(default=0.1, gt=0.0)
+    steps: int = Field(default=10, ge=1)
+    beta: float = 6.0
+    random_start: bool = True
+    unroll: int = Field(default=9, ge=1)
+    unroll_lambda: float = Field(default=0.5, gt=0.0, le=1.0)
+    eot: int = Field(default=1, ge=1)
+    val_fraction: float = Field(default=0.1, ge=0.0, lt=1.0)
+    val_steps: int = Field(default=10, ge=1)
+    warmup_epochs: float = Field(default=0.0, ge=0.0)
+
+    @field_validator("method")
+    @classmethod
+    def _method(cls, v: str) -> str:
+        name = str(v).strip().lower()
+        if name not in ADVERSARIAL_METHODS:
+            raise ValueError(suggest_name("adversarial method", v, ADVERSARIAL_METHODS))
+        return name
+
+    @field_validator("eps")
+    @classmethod
+    def _eps(cls, v: float) -> float:
+        return check_radius(v)
+
+    @field_validator("beta")
+    @classmethod
+    def _beta(cls, v: float) -> float:
+        if not v >= 0.0 or math.isinf(v):
+            raise ValueError(f"the TRADES weight must be a finite number >= 0, got {v:g}")
+        return v
+
+
+class RandomStateSpec(StrictModel):
+    """Training loss on a random intermediate state (regulation paper Eq. 10).
+
+    Each sample's loss is L(head(z[i]), y) at the state z[i] after i ~ U[1, N] iterations of
+    the DEQ's training solver from z⁰ = 0 (N = ``states``, None = the solver's
+    ``max_iter``), differentiated exactly: back-propagation through the i iterations (no
+    phantom tail). Needs a differentiable training solver (``unroll`` or ``stochastic``).
+    """
+
+    states: int | None = Field(default=None, ge=1)
+
+
+class OptimizerSpec(StrictModel):
+    """Adam's options and the learning-rate schedule (main paper Tables 5-6).
+
+    ``amsgrad``: the AMSGrad variant of Adam. ``milestones``: epochs at which the learning
+    rate is multiplied by ``gamma`` (PyTorch's ``MultiStepLR`` stepped per epoch; the paper:
+    [45], 0.1). ``grad_clip``: largest ℓ₂ norm of the whole gradient (None = off).
+    """
+
+    amsgrad: bool = False
+    milestones: list[int] = Field(default_factory=list)
+    gamma: float = Field(default=0.1, gt=0.0, le=1.0)
+    grad_clip: float | None = Field(default=None, gt=0.0)
+
+    @field_validator("milestones")
+    @classmethod
+    def _milestones(cls, v: list[int]) -> list[int]:
+        if any(m < 1 for m in v):
+            raise ValueError(f"milestones must be positive epochs, got {v}")
+        return sorted(set(v))
+
+    def lr_factor(self, epoch: int) -> float:
+        """The learning-rate multiplier of 0-based ``epoch``: gamma^(milestones passed)."""
+        return self.gamma ** sum(1 for m in self.milestones if epoch >= m)
 
 #: DEQ test solver of the ``quick`` preset: unroll, threshold 40, Eq. 54 ``mean_rel`` 0.05 over
 #: a window of 20. Eq. 54's noise floor falls as 1/w (docs/analysis.md): with w = 20 it lies
@@ -972,6 +1076,9 @@ class TrainSpec(StrictModel):
     max_train_samples: int | None = Field(default=None, ge=1, le=limits.MAX_SAMPLES)
     ibp: IBPTrainSpec | None = None
     lr_schedule: Literal["constant", "cosine"] = "constant"
+    adversarial: AdversarialSpec | None = None
+    random_state: RandomStateSpec | None = None
+    optimizer: OptimizerSpec | None = None
 
     @field_validator("device_snr_db", mode="before")
     @classmethod
@@ -1009,6 +1116,12 @@ class TrainSpec(StrictModel):
         annealed learning rate, Anderson acceleration (:func:`lyapunov_solver`) and the
         implicit (IFT) gradient, batch 64 (the paper gives none); ``paper``: 10 epochs (its
         MNIST setting), ``quick``: 6.
+        ``adversarial``: Tables 5-6 (64 epochs, batch 32, Adam lr 1e-3 with AMSGrad,
+        learning rate ×0.1 from epoch 45; DEQ: Broyden with threshold M = 8 forward, the
+        phantom gradient K = 9, λ = 0.5 backward, App. C Eq. 55) with PGD-AT at ε = 0.3,
+        step 0.1, 10 steps (:class:`AdversarialSpec`). ``adversarial-quick``: the same for a
+        CPU: 8 epochs, learning rate ×0.1 from epoch 6, batch 64, ε ramped up linearly over
+        the first 3 epochs. A ``lyadeq`` under them keeps its own solver and gradient.
         """
         if name not in TRAIN_PRESETS:
             close = difflib.get_close_matches(str(name), TRAIN_PRESETS, n=1)
@@ -1018,7 +1131,9 @@ class TrainSpec(StrictModel):
             )
         noise = noise if noise is not None else NoiseSpec()
         data: dict[str, Any] = {"noise": noise, "lr": 1e-3, "weight_decay": 0.0}
-        if kind == "lyadeq":
+        if name.startswith("adversarial"):
+            data.update(_adversarial_preset(name, kind))
+        elif kind == "lyadeq":
             data.update(epochs=6 if name == "quick" else 10, batch_size=64,
                         lr_schedule="cosine", solver=lyapunov_solver(),
                         test_solver=lyapunov_solver(), gradient=GradientSpec(name="ift"))
@@ -1047,8 +1162,28 @@ class TrainSpec(StrictModel):
         return build(cls, data, where=f"train preset '{name}'")
 
 
+def _adversarial_preset(name: str, kind: str) -> dict[str, Any]:
+    """Fields of the ``adversarial`` (Tables 5-6) and ``adversarial-quick`` presets."""
+    quick = name == "adversarial-quick"
+    data: dict[str, Any] = {
+        "epochs": 8 if quick else 64, "batch_size": 64 if quick else 32,
+        "optimizer": OptimizerSpec(amsgrad=True, milestones=[6 if quick else 45], gamma=0.1),
+        # 8 epochs at the full ε = 0.3 from a random start stay at chance accuracy (an
+        # MLP FFW on mnist10k: 11 % after 8 epochs); the quick preset ramps ε over 3
+        "adversarial": AdversarialSpec(warmup_epochs=3.0 if quick else 0.0),
+    }
+    if kind == "deq":
+        # Table 5 "Solver (Train/Test) Broyden/Phantom, Threshold 8/9": forward Broyden with
+        # M = 8 (the tolerance is not printed: 1e-3 rel), backward phantom K = 9, λ = 0.5
+        broyden = SolverSpec(name="broyden", max_iter=8, tol=1e-3, stop="rel", window=1,
+                             traces=False)
+        data.update(solver=broyden, test_solver=broyden,
+                    gradient=GradientSpec(name="phantom", phantom_steps=9, phantom_lambda=0.5))
+    return data
+
+
 #: TrainSpec fields only a DEQ uses (an FFW member's spec leaves them out)
-DEQ_ONLY_TRAIN_FIELDS = ("solver", "test_solver", "gradient", "jac_reg")
+DEQ_ONLY_TRAIN_FIELDS = ("solver", "test_solver", "gradient", "jac_reg", "random_state")
 
 
 class FamilySpec(FamilyChoices):
@@ -1062,7 +1197,9 @@ class FamilySpec(FamilyChoices):
     ``ffw_form`` (:class:`FamilyChoices`) enters the FFW members' specs only, so a family's
     DEQs do not depend on it; ``snr_scale`` is the SNR scale of the training noise.
     A ``lyadeq`` member (``lyapunov`` settings) has ``hidden`` units at every depth; its FFW
-    counterpart is the family's FFW of that depth.
+    counterpart is the family's FFW of that depth. ``cell``: ``mlp`` (Eq. 57) or ``conv``
+    (App. E.3: ``hidden`` channels, 3×3 kernels, weight-normalised, one square input
+    channel).
     """
 
     task: str = "digits"
@@ -1071,6 +1208,7 @@ class FamilySpec(FamilyChoices):
     kinds: list[Literal["deq", "ffw", "mondeq", "ffw_relu", "lyadeq"]] = Field(
         default_factory=lambda: ["deq", "ffw"])
     hidden: int = Field(default=128, ge=1, le=limits.MAX_WIDTH)
+    cell: Literal["mlp", "conv"] = "mlp"
     input_act: Literal["relu", "silu", "identity"] = "relu"
     seed: int = Field(default=0, ge=-limits.MAX_SEED, le=limits.MAX_SEED)
     train_preset: str = "quick"

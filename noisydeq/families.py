@@ -95,6 +95,7 @@ def member_spec(spec: FamilySpec, task: Task, kind: str, depth: int) -> ModelSpe
     data: dict[str, Any] = {
         "kind": kind, "in_features": task.in_features, "out_features": task.out_features,
         "width": spec.hidden, "depth": depth, "matched": True, "input_act": spec.input_act,
+        "cell": spec.cell,
     }
     if kind == "ffw" and spec.ffw_form is not None:
         data["ffw_form"] = spec.ffw_form

@@ -80,7 +80,7 @@ def init_hash(model: nn.Module) -> str:
 
 #: spec fields added after caches were keyed: left out of a config while unset (None), so
 #: every earlier config keeps its hash
-LATE_OPTIONAL = ("monotone", "ibp")
+LATE_OPTIONAL = ("monotone", "ibp", "adversarial", "random_state", "optimizer")
 
 
 def spec_dump(spec: Any) -> dict[str, Any]:
@@ -172,11 +172,12 @@ class _Rng:
 
 def _save_resume(
     path: Path, net: nn.Module, opt: torch.optim.Optimizer, config: dict,
-    epoch: int, history: list[dict[str, float]],
+    epoch: int, history: list[dict[str, float]], extra: dict[str, Tensor] | None = None,
 ) -> None:
     opt_tensors, opt_info = store.flatten_optimizer(opt.state_dict())
     tensors = {f"model/{k}": v for k, v in net.state_dict().items()}
     tensors.update(opt_tensors)
+    tensors.update(extra or {})
     meta = {"config": config, "config_hash": store.config_hash(config), "epoch": epoch,
             "history": history, "optimizer": opt_info}
     store.save_tensors(path, tensors, meta)
@@ -184,9 +185,9 @@ def _save_resume(
 
 def _load_resume(
     path: Path, net: nn.Module, opt: torch.optim.Optimizer, config: dict, epochs: int,
-) -> tuple[int, list[dict[str, float]]]:
-    """Continue from ``path``; a damaged or malformed state is a :class:`CorruptArtefact`
-    and leaves ``net`` and ``opt`` as they were."""
+) -> tuple[int, list[dict[str, float]], dict[str, Tensor]]:
+    """Continue from ``path`` (epoch, history, every saved tensor); a damaged or malformed
+    state is a :class:`CorruptArtefact` and leaves ``net`` and ``opt`` as they were."""
     tensors, meta = store.load_tensors(path)
     store.check_config(meta, config, path)
     saved = (copy.deepcopy(net.state_dict()), copy.deepcopy(opt.state_dict()))
@@ -203,7 +204,7 @@ def _load_resume(
         opt.load_state_dict(saved[1])
         reason = str(err).splitlines()[0] if str(err) else type(err).__name__
         raise CorruptArtefact(path, f"holds a malformed resume state ({reason})") from None
-    return epoch, list(history)
+    return epoch, list(history), tensors
 
 
 # --------------------------------------------------------------------------- loop
@@ -361,21 +362,35 @@ def _fit(
 ) -> TrainResult:
     """The training loop of :func:`train_model` (``out``: locked, or None)."""
     chash = store.config_hash(config)
+    hooks = None  # adversary, random states, optimiser options (noisydeq.adversarial)
+    if spec.adversarial is not None or spec.random_state is not None or spec.optimizer:
+        from noisydeq.adversarial.hooks import TrainingHooks
+
+        hooks = TrainingHooks(spec, model, task, forward_logits)
     model.to(dev)
     rng = _Rng(spec.seed, dev)
     net = _deploy(model, spec, spec.seed)
-    opt = torch.optim.Adam(net.parameters(), lr=spec.lr, weight_decay=spec.weight_decay)
-    start, history = 0, []
-    if out is not None and resume and (out / RESUME_FILE).is_file():
-        try:
-            start, history = _load_resume(out / RESUME_FILE, net, opt, config, spec.epochs)
-        except CorruptArtefact as err:
-            store.warn(f"{err}; starting the training again")
-            (out / RESUME_FILE).unlink(missing_ok=True)
-
+    if hooks is None:
+        opt = torch.optim.Adam(net.parameters(), lr=spec.lr, weight_decay=spec.weight_decay)
+    else:
+        opt = hooks.optimizer(net)
     n = len(task.x_train) if spec.max_train_samples is None else min(
         spec.max_train_samples, len(task.x_train))
     x_all, y_all = task.x_train[:n].to(dev), task.y_train[:n].to(dev)
+    if hooks is not None:
+        x_all, y_all = hooks.split(x_all, y_all)
+        n = len(x_all)
+    start, history = 0, []
+    if out is not None and resume and (out / RESUME_FILE).is_file():
+        try:
+            start, history, saved = _load_resume(out / RESUME_FILE, net, opt, config,
+                                                 spec.epochs)
+            if hooks is not None:
+                hooks.load(saved, history)
+        except CorruptArtefact as err:
+            store.warn(f"{err}; starting the training again")
+            (out / RESUME_FILE).unlink(missing_ok=True)
+            start, history = 0, []
     n_batches = math.ceil(n / spec.batch_size)
     from noisydeq.progress import progress
 
@@ -383,16 +398,21 @@ def _fit(
                    unit="batches", disable=quiet)
     try:
         for epoch in range(start, spec.epochs):
-            record = _train_epoch(net, opt, task, spec, rng, x_all, y_all, epoch, bar)
+            record = _train_epoch(net, opt, task, spec, rng, x_all, y_all, epoch, bar, hooks)
+            if hooks is not None:
+                record = hooks.end_epoch(opt, net, epoch, record)
             history.append(record)
             if out is not None:
-                _save_resume(out / RESUME_FILE, net, opt, config, epoch + 1, history)
+                _save_resume(out / RESUME_FILE, net, opt, config, epoch + 1, history,
+                             hooks.state() if hooks is not None else None)
             if on_epoch is not None:
                 on_epoch(epoch, record)
     finally:
         bar.close()
 
-    if net is not model:
+    if hooks is not None:  # the selected epoch's weights (deployed layers keep digital ones)
+        model.load_state_dict(hooks.final_weights(net))
+    elif net is not model:
         model.load_state_dict(net.state_dict())  # deployed layers keep the digital weights
     test_metric = evaluate(model, task)
     seconds = time.perf_counter() - t0
@@ -401,7 +421,8 @@ def _fit(
                          seconds=seconds, start_epoch=start)
     if out is not None:
         extra = {"history": history, "test_metric": test_metric,
-                 "metric_name": task.metric_name, "seconds": seconds}
+                 "metric_name": task.metric_name, "seconds": seconds,
+                 **(hooks.extra() if hooks is not None else {})}
         result.path = store.save_checkpoint(out / MODEL_FILE, model.state_dict(), config, extra)
         (out / RESUME_FILE).unlink(missing_ok=True)  # the finished model replaces it
     return result
@@ -409,15 +430,17 @@ def _fit(
 
 def epoch_lr(spec: TrainSpec, epoch: int) -> float:
     """Learning rate of ``epoch`` (0-based): ``spec.lr``, or its cosine annealing
-    lr·(1 + cos(π·epoch/epochs))/2 (``CosineAnnealingLR``, T_max = epochs, per epoch)."""
+    lr·(1 + cos(π·epoch/epochs))/2 (``CosineAnnealingLR``, T_max = epochs, per epoch),
+    times ``spec.optimizer``'s ``MultiStepLR`` factor (main paper Tables 5-6)."""
+    step = 1.0 if spec.optimizer is None else spec.optimizer.lr_factor(epoch)
     if spec.lr_schedule == "constant" or spec.epochs == 0:
-        return spec.lr
-    return spec.lr * 0.5 * (1.0 + math.cos(math.pi * epoch / spec.epochs))
+        return spec.lr * step
+    return step * spec.lr * 0.5 * (1.0 + math.cos(math.pi * epoch / spec.epochs))
 
 
 def _train_epoch(
     net: nn.Module, opt: torch.optim.Optimizer, task: Task, spec: TrainSpec, rng: _Rng,
-    x_all: Tensor, y_all: Tensor, epoch: int, bar: Any,
+    x_all: Tensor, y_all: Tensor, epoch: int, bar: Any, hooks: Any = None,
 ) -> dict[str, float]:
     """One pass over the training data; returns the epoch record (mean loss, metric, time)."""
     t0 = time.perf_counter()
@@ -445,8 +468,13 @@ def _train_epoch(
                      else None)
             if spec.device is not None:
                 _device_streams(net, rng, epoch, idx)
-            out, jac = forward_logits(net, xb, noise, rng.stream("threshold", epoch, idx))
-            loss = task.loss(out, yb)
+            threshold = rng.stream("threshold", epoch, idx)
+            if hooks is not None:
+                out, loss, jac = hooks.batch(net, xb, yb, noise, threshold,
+                                             rng.stream("adversarial", epoch, idx), epoch, b)
+            else:
+                out, jac = forward_logits(net, xb, noise, threshold)
+                loss = task.loss(out, yb)
         total = loss if jac is None else loss + jac
         if not torch.isfinite(total):
             raise NoisyDEQError(
@@ -457,6 +485,8 @@ def _train_epoch(
         total.backward()
         if ibp is not None:
             ibp.clip(net)
+        if hooks is not None:
+            hooks.clip(net)
         opt.step()
         loss_sum += float(loss.detach()) * len(idx)
         metric_sum += task.metric(out.detach(), yb) * len(idx)

@@ -103,9 +103,9 @@ def test_attack_rows_check_pgd_against_torchattacks_and_warm_against_cold() -> N
     from benchmarks.attacks import bench_attacks
 
     rows = bench_attacks(quick=True)
-    assert len(rows) == 3
+    assert len(rows) == 4
     assert all(r.ok for r in rows), [r.check for r in rows]
-    assert rows[1].extra["f_evals_warm"] < rows[1].extra["f_evals_cold"]
+    assert rows[2].extra["f_evals_warm"] < rows[2].extra["f_evals_cold"]
 
 
 def test_rng_rows_and_checks() -> None:

@@ -12,7 +12,7 @@ FFW (paper §4.1, App. E.1).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +40,7 @@ class Member:
     test_metric: float
     fingerprint: str | None = None  # hash of the training data (noisydeq.tasks.Task)
     data_dir: str | None = None  # where the data are (recorded by a sweep or --data-dir)
+    train: dict[str, Any] = field(default_factory=dict)  # the recorded TrainSpec
 
     @property
     def group(self) -> tuple[int, float]:
@@ -102,7 +103,7 @@ def load_member(path: Path, check: Any = None, mlp_only: bool = True) -> Member:
             task=str(task.get("name", "digits")), task_seed=int(task.get("seed", 0)),
             seed=int(train.get("seed", 0)), train_snr_db=_train_snr(train),
             test_metric=test_metric,
-            fingerprint=task.get("fingerprint"),
+            fingerprint=task.get("fingerprint"), train=dict(train),
         )
     except NoisyDEQError as err:
         if str(path) in str(err):

@@ -6,9 +6,11 @@ robustness they are judged by.
   with n fixed or chosen once on a validation split: the n whose predictions are most
   accurate under the ready-made PGD-10 attack (ties: the larger clean accuracy, then the
   smaller n), as the paper does on its development set;
-* ``ensemble`` — the per-sample mean of the states z_1 … z_N (an accumulator, O(1) memory).
+* ``ensemble`` — the per-sample mean of the states z_1 … z_N (an accumulator, O(1) memory);
+* ``entropy`` — the final state (or z_n) of a solve with test-time input entropy reduction
+  (regulation paper Algorithm 1, :mod:`noisydeq.regulation.entropy`).
 
-All three come from one recorded solve from z⁰ = 0. White-box robustness (their §6.2, 6.5):
+The first three come from one recorded solve from z⁰ = 0. White-box robustness (their §6.2, 6.5):
 for each defence the minimum accuracy over all attacks, then the maximum over defences —
 :func:`white_box`.
 """
@@ -23,6 +25,7 @@ from torch import Tensor, nn
 from noisydeq.attacks.spec import DefenceSpec
 from noisydeq.attacks.trajectory import States, predict, record_states
 from noisydeq.noise import Noise
+from noisydeq.regulation.entropy import entropy_reduced_solve
 
 
 def state_logits(model: nn.Module, states: States, defence: DefenceSpec) -> Tensor:
@@ -36,24 +39,42 @@ def state_logits(model: nn.Module, states: States, defence: DefenceSpec) -> Tens
     return predict(model, states.at(defence.n))
 
 
-def defended_correct(model: nn.Module, x: Tensor, y: Tensor, defences: Sequence[DefenceSpec],
-                     noise: Noise | None = None) -> dict[str, Tensor]:
-    """Per-sample correctness (bool) of each defence's prediction on ``x``, one solve.
+def defended_logits(model: nn.Module, x: Tensor, defences: Sequence[DefenceSpec],
+                    noise: Noise | None = None) -> tuple[dict[str, Tensor], Tensor]:
+    """(logits of each defence's prediction on ``x``, per-sample "solve diverged" flags).
 
-    A non-DEQ has only its plain prediction (reported under every defence name asked).
-    A sample whose solve diverged counts as wrong.
+    ``final``/``early``/``ensemble`` share one recorded solve; each ``entropy`` defence
+    runs its own solve with input entropy reduction (regulation paper Algorithm 1). A
+    non-DEQ has only its plain prediction (reported under every defence name asked).
     """
     with torch.no_grad():
         if getattr(model, "kind", None) != "deq":
-            ok = model(x, noise).argmax(1) == y
-            return {d.label(): ok for d in defences}
-        states = record_states(model, x, noise)
-        bad = states.solution.diverged.to(y.device)
+            logits = model(x, noise)
+            return {d.label(): logits for d in defences}, torch.zeros(
+                x.shape[0], dtype=torch.bool, device=x.device)
+        plain = [d for d in defences if d.name != "entropy"]
+        states = record_states(model, x, noise) if plain or not defences else None
+        bad = (states.solution.diverged.to(x.device) if states is not None
+               else torch.zeros(x.shape[0], dtype=torch.bool, device=x.device))
         out = {}
         for d in defences:
-            logits = state_logits(model, states, d)
-            out[d.label()] = (logits.argmax(1) == y) & ~bad & torch.isfinite(logits).all(1)
-        return out
+            if d.name == "entropy":
+                red = entropy_reduced_solve(model, x, d.entropy, noise, keep_states=d.n is not None)
+                z = red.z if d.n is None else red.states[min(d.n, len(red.states)) - 1]
+                out[d.label()] = predict(model, z)
+            else:
+                out[d.label()] = state_logits(model, states, d)
+        return out, bad
+
+
+def defended_correct(model: nn.Module, x: Tensor, y: Tensor, defences: Sequence[DefenceSpec],
+                     noise: Noise | None = None) -> dict[str, Tensor]:
+    """Per-sample correctness (bool) of each defence's prediction on ``x``.
+
+    A sample whose solve diverged (or whose logits are not finite) counts as wrong.
+    """
+    logits, bad = defended_logits(model, x, defences, noise)
+    return {k: (v.argmax(1) == y) & ~bad & torch.isfinite(v).all(1) for k, v in logits.items()}
 
 
 def select_early_state(model: nn.Module, x_clean: Tensor, x_adv: Tensor, y: Tensor,

@@ -57,8 +57,10 @@ class FinalState:
     """Logits of the model's solution with the gradient of ``gradient`` (None: the model's)."""
 
     def __init__(self, model: nn.Module, noise: Noise | None = None,
-                 gradient: GradientSpec | None = None, warm: bool = True) -> None:
+                 gradient: GradientSpec | None = None, warm: bool = True,
+                 generator: torch.Generator | None = None) -> None:
         self.model, self.noise, self.gradient = model, noise, gradient
+        self.generator = generator  # random solver thresholds (a DEQ training with them)
         self.warm = warm and is_deq(model)
         self._z: Tensor | None = None
         self.solves = 0  # f-evaluations spent in forward solves (for benchmarks)
@@ -73,7 +75,8 @@ class FinalState:
         z0 = self._z if self.warm and self._z is not None and self._z.shape[0] == x.shape[0] \
             else None
         with gradient_method(self.model, self.gradient):
-            out = self.model(x, self.noise, return_solution=True, z0=z0)
+            out = self.model(x, self.noise, return_solution=True, z0=z0,
+                             generator=self.generator)
         sol = out.solution
         self.solves += int(sol.steps.sum())
         if self.warm:

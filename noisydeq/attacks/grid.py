@@ -29,8 +29,8 @@ from noisydeq.attacks.spec import (
     NOISE_ATTACKS,
     AttackSpec,
     check_norm,
+    expand_estimator,
     parse_defence,
-    parse_estimator,
     suggest,
 )
 from noisydeq.config import InfFloat, StrictModel, _snr_list, build
@@ -99,7 +99,11 @@ class AttackRunSpec(StrictModel):
     sweeps — ``device`` noise at each SNR level (``inf`` = the digital model) or the
     model's own noise at a site. ``transfer``: also evaluate, at every finite level,
     examples crafted on the noise-free digital twin. ``chips``: chip instances (static
-    noise draws) per level.
+    noise draws) per level. ``train_noise``: a model trained with noise at its input or
+    state as a defence (main paper App. E.3) runs with that noise at the digital level too
+    — "the same SNR at inference" — and attacks see it (EOT with ``eot``).
+    Estimators: ``unrolled-grid[:n,k,lam]`` stands for the regulation paper's grid of
+    intermediate-state attacks (Eq. 11, :func:`noisydeq.attacks.spec.expand_estimator`).
     """
 
     family: str
@@ -127,6 +131,7 @@ class AttackRunSpec(StrictModel):
     snr_db: list[InfFloat] = Field(default_factory=lambda: [math.inf])
     chips: int = Field(default=1, ge=1, le=limits.MAX_CHIPS)
     transfer: bool = False
+    train_noise: bool = True
     seed: int = Field(default=0, ge=0, le=limits.MAX_SEED)
     torch_device: str = "cpu"
 
@@ -176,7 +181,7 @@ class AttackRunSpec(StrictModel):
     def _names(cls, v: Any, info: Any) -> list[str]:
         if isinstance(v, str):  # commas separate items unless inside name:k=v,k=v
             v = _split_items(v)
-        parse = parse_estimator if info.field_name == "estimators" else parse_defence
+        parse = expand_estimator if info.field_name == "estimators" else parse_defence
         for item in v:
             parse(item)  # one line with a suggestion for a bad name
         return list(dict.fromkeys(str(i) for i in v))

@@ -60,10 +60,19 @@ class Level:
 
 
 def make_level(model: nn.Module, *, device: str, noise_site: str, snr_db: float, chip: int,
-               seed: int, calib_x: Tensor | None) -> Level:
-    """The judged model at ``snr_db`` on chip ``chip`` (digital when the level is ∞)."""
+               seed: int, calib_x: Tensor | None,
+               inference_noise: NoiseSpec | None = None) -> Level:
+    """The judged model at ``snr_db`` on chip ``chip`` (digital when the level is ∞).
+
+    ``inference_noise``: the model's own noise (a noise defence kept at inference, main
+    paper App. E.3), drawn on the digital and device levels; a level that sweeps the
+    model's noise at a site replaces it.
+    """
+    own = None
+    if inference_noise is not None and inference_noise.active:
+        own = Noise(inference_noise, NoiseStream.from_seed(seed))
     if math.isinf(snr_db) or (device == "ideal" and noise_site == "device"):
-        return Level(model, None, snr_db, chip, False)
+        return Level(model, own, snr_db, chip, False)
     if noise_site != "device":
         spec = NoiseSpec(site=noise_site, snr_db=snr_db)
         return Level(model, Noise(spec, NoiseStream.from_seed(seed), snr_db=snr_db), snr_db,
@@ -76,7 +85,7 @@ def make_level(model: nn.Module, *, device: str, noise_site: str, snr_db: float,
         p.requires_grad_(False)
     if calib_x is not None:
         hardware.calibrate(deployed, calib_x)
-    return Level(deployed, None, snr_db, chip, True)
+    return Level(deployed, own, snr_db, chip, True)
 
 
 def check_device(device: str, noise_site: str, snr_db: list[float]) -> None:

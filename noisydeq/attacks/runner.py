@@ -16,7 +16,10 @@ sweep's (:meth:`noisydeq.results.RunDir.load_cell`).
 
 The early-state defence's n is chosen once per (model, level, chip) on the validation
 split under the ready-made PGD-10 (the model's own gradient method, ε = ``steps_eps``) and
-stored as a cell too (its per-state record, :data:`EARLY_COLUMNS`).
+stored as a cell too (its per-state record, :data:`EARLY_COLUMNS`). Each row also carries
+the entropy shift of its defence's prediction (regulation paper Eq. 12-13): ``entropy_p`` =
+% of inputs whose clean prediction has lower entropy than the attacked one, ``entropy_dh`` =
+mean H(clean) − H(attacked).
 """
 
 from __future__ import annotations
@@ -35,7 +38,7 @@ from noisydeq.attacks.adjoint import ADJOINT_SOLVERS
 from noisydeq.attacks.craft import craft
 from noisydeq.attacks.defences import (
     best_early_state,
-    defended_correct,
+    defended_logits,
     select_early_state,
     white_box,
 )
@@ -46,12 +49,15 @@ from noisydeq.attacks.spec import (
     AttackSpec,
     DefenceSpec,
     EstimatorSpec,
+    expand_estimator,
     parse_defence,
     parse_estimator,
 )
 from noisydeq.config import build
 from noisydeq.errors import NoisyDEQError
 from noisydeq.noise import derive_seed
+from noisydeq.regulation.entropy import prediction_entropy
+from noisydeq.regulation.states import entropy_shift
 from noisydeq.results import RunDir, table_to_csv
 
 ATTACK_COLUMNS: dict[str, str] = {
@@ -61,7 +67,7 @@ ATTACK_COLUMNS: dict[str, str] = {
     "x_name": "str", "x": "float", "eps": "float", "steps": "int", "eot": "int",
     "estimator": "str", "defence": "str", "early_n": "int",
     "mode": "str", "device": "str", "noise_site": "str", "snr_db": "float", "chip": "int",
-    "value": "float", "n_samples": "int",
+    "value": "float", "n_samples": "int", "entropy_p": "float", "entropy_dh": "float",
 }
 #: columns no two rows of the attack table share
 ATTACK_IDENTITY: tuple[str, ...] = (
@@ -135,7 +141,8 @@ class Cell:
 def _estimators(spec: AttackRunSpec, member: AttackMember) -> list[EstimatorSpec]:
     if member.kind != "deq":
         return [EstimatorSpec(name="backprop")]
-    return [parse_estimator(e) for e in spec.estimators]
+    names = [e for item in spec.estimators for e in expand_estimator(item)]
+    return [parse_estimator(e) for e in dict.fromkeys(names)]
 
 
 def _defences(spec: AttackRunSpec, member: AttackMember) -> list[DefenceSpec]:
@@ -235,6 +242,12 @@ def in_shape_of(task: Any, model: nn.Module) -> tuple[int, ...]:
     return (1, side, side) if side * side == d else (1, 1, d)
 
 
+def defence_name(d: DefenceSpec) -> str:
+    """A row's ``defence``: the name (``early`` keeps its n in ``early_n``), an entropy
+    defence its full label (its settings tell rows apart)."""
+    return d.label() if d.name == "entropy" else d.name
+
+
 class Runner:
     """Computes the missing cells of a run (see module docstring)."""
 
@@ -251,14 +264,29 @@ class Runner:
         self.calib = task.x_train[:512].to(torch_device)
         self.n_classes = int(task.out_features)
         self._level: tuple[tuple, Level] | None = None
+        self._clean: dict[str, torch.Tensor] = {}
 
     def level(self, m: AttackMember, snr: float, chip: int) -> Level:
         key = (m.model_id, snr, chip)
         if self._level is None or self._level[0] != key:
+            own = getattr(m, "inference_noise", None) if self.spec.train_noise else None
             lvl = make_level(m.model, device=self.spec.device, noise_site=self.spec.noise_site,
-                             snr_db=snr, chip=chip, seed=self.spec.seed, calib_x=self.calib)
+                             snr_db=snr, chip=chip, seed=self.spec.seed, calib_x=self.calib,
+                             inference_noise=own)
             self._level = (key, lvl)
+            self._clean = {}
         return self._level[1]
+
+    def clean_entropy(self, m: AttackMember, snr: float, chip: int,
+                      defences: list[DefenceSpec]) -> dict[str, torch.Tensor]:
+        """Per-sample prediction entropy (Eq. 6) of each defence on the clean inputs."""
+        lvl = self.level(m, snr, chip)
+        todo = [d for d in defences if d.label() not in self._clean]
+        if todo:
+            lvl.reseed(derive_seed(self.spec.seed, "clean", m.model_id, snr, chip))
+            logits, _ = defended_logits(lvl.model, self.x, todo, lvl.noise)
+            self._clean.update({k: prediction_entropy(v) for k, v in logits.items()})
+        return {d.label(): self._clean[d.label()] for d in defences}
 
     def early_n(self, m: AttackMember, snr: float, chip: int) -> int:
         """n of the early-state defence for this model, level and chip (cached as a cell)."""
@@ -284,7 +312,7 @@ class Runner:
         est = "none" if cell.estimator is None else cell.estimator.label()
         return [{"model_id": m.model_id, "snr_db": cell.snr_db, "chip": cell.chip,
                  "mode": cell.mode, "estimator": est, "attack": p.label, "x_name": p.x_name,
-                 "x": p.x, "defence": "final" if d.name == "final" else d.name}
+                 "x": p.x, "defence": defence_name(d)}
                 for d in _defences(self.spec, m)]
 
     def compute(self, cell: Cell) -> list[dict[str, Any]]:
@@ -306,15 +334,19 @@ class Runner:
         adv = craft(cell.point.attack, est, attacker, self.x, self.y,
                     seed=derive_seed(spec.seed, "attack", key),
                     in_shape=in_shape_of(self.task, m.model), n_classes=self.n_classes)
+        h_clean = self.clean_entropy(m, cell.snr_db, cell.chip, chosen)
         lvl.reseed(derive_seed(spec.seed, "eval", key))
-        correct = defended_correct(lvl.model, adv, self.y, chosen, lvl.noise)
+        logits, bad = defended_logits(lvl.model, adv, chosen, lvl.noise)
         rows = []
         for d in chosen:
-            ok = correct[d.label()]
-            rows.append(self.row(cell, d, float(ok.double().mean())))
+            out = logits[d.label()]
+            ok = (out.argmax(1) == self.y) & ~bad & torch.isfinite(out).all(1)
+            p, dh = entropy_shift(h_clean[d.label()], prediction_entropy(out))
+            rows.append(self.row(cell, d, float(ok.double().mean()), p, dh))
         return rows
 
-    def row(self, cell: Cell, d: DefenceSpec, value: float) -> dict[str, Any]:
+    def row(self, cell: Cell, d: DefenceSpec, value: float, entropy_p: float = math.nan,
+            entropy_dh: float = math.nan) -> dict[str, Any]:
         m, p, a = cell.member, cell.point, cell.point.attack
         return {
             "task": self.task.name, "model_id": m.model_id, "kind": m.kind, "depth": m.depth,
@@ -324,11 +356,11 @@ class Runner:
             "eps": a.eps, "steps": a.steps if a.needs_gradient else 0,
             "eot": a.eot if a.needs_gradient else 0,
             "estimator": "none" if cell.estimator is None else cell.estimator.label(),
-            "defence": "final" if d.name == "final" else d.name,
+            "defence": defence_name(d),
             "early_n": d.n if d.name == "early" and d.n else 0,
             "mode": cell.mode, "device": self.spec.device, "noise_site": self.spec.noise_site,
             "snr_db": cell.snr_db, "chip": cell.chip, "value": value,
-            "n_samples": int(self.x.shape[0]),
+            "n_samples": int(self.x.shape[0]), "entropy_p": entropy_p, "entropy_dh": entropy_dh,
         }
 
 

@@ -18,6 +18,7 @@ from pydantic import Field, model_validator
 
 from noisydeq.config import StrictModel, build
 from noisydeq.errors import NoisyDEQError
+from noisydeq.regulation.entropy import EntropySpec
 
 #: attacks that follow the loss gradient (they need a differentiable model)
 GRADIENT_ATTACKS = ("pgd", "ifgsm", "apgd-ce", "apgd-t", "fab", "aa", "aa-rand")
@@ -32,7 +33,9 @@ ESTIMATORS = (
     "backprop", "exact", "phantom", "unrolled", "unrolled-ensemble", "adjoint",
     "adjoint-ensemble",
 )
-DEFENCES = ("final", "early", "ensemble")
+DEFENCES = ("final", "early", "ensemble", "entropy")
+#: estimator names that stand for a grid of estimators (expanded by :func:`expand_estimator`)
+ESTIMATOR_GRIDS = ("unrolled-grid",)
 
 
 def suggest(kind: str, value: str, allowed: tuple[str, ...]) -> NoisyDEQError:
@@ -134,12 +137,26 @@ class EstimatorSpec(StrictModel):
 class DefenceSpec(StrictModel):
     """Which state a DEQ predicts with (closer-look §5.2): ``final`` (the solution),
     ``early`` (state z_n; ``n`` None = chosen on a validation split, highest accuracy under
-    PGD-10), ``ensemble`` (per-sample mean of the states z_1 … z_N)."""
+    PGD-10), ``ensemble`` (per-sample mean of the states z_1 … z_N), ``entropy`` (the
+    final state — or z_``n`` — of a solve with test-time input entropy reduction,
+    regulation paper Algorithm 1, options ``entropy``)."""
 
-    name: Literal["final", "early", "ensemble"] = "final"
+    name: Literal["final", "early", "ensemble", "entropy"] = "final"
     n: int | None = Field(default=None, ge=1)
+    entropy: EntropySpec | None = None
+
+    @model_validator(mode="after")
+    def _entropy(self) -> DefenceSpec:
+        if self.name == "entropy" and self.entropy is None:
+            self.entropy = EntropySpec()
+        if self.name != "entropy" and self.entropy is not None:
+            raise ValueError(f"entropy options belong to the 'entropy' defence, not '{self.name}'")
+        return self
 
     def label(self) -> str:
+        if self.name == "entropy" and self.entropy is not None:
+            at = f"z{self.n} " if self.n else ""
+            return f"entropy({at}{self.entropy.label()})"
         return f"early(z{self.n})" if self.name == "early" and self.n else self.name
 
 
@@ -161,6 +178,14 @@ def _parse_named(kind: str, text: str, allowed: tuple[str, ...], model: type[Str
             raise suggest(f"{kind} parameter", key, tuple(keys))
         field = keys[key]
         v = value.strip()
+        if field.startswith("entropy."):
+            sub = field.split(".", 1)[1]
+            try:
+                val: Any = int(v) if sub in ("r", "tf", "iters") else float(v)
+            except ValueError:
+                raise NoisyDEQError(f"{kind} '{text}': {key} must be a number, got '{v}'") from None
+            data.setdefault("entropy", {})[sub] = val
+            continue
         if field == "warm":
             if v.lower() not in ("true", "false", "1", "0", "yes", "no"):
                 raise NoisyDEQError(f"{kind} '{text}': warm must be true or false, got '{v}'")
@@ -181,8 +206,44 @@ def parse_estimator(text: str) -> EstimatorSpec:
 
 
 def parse_defence(text: str) -> DefenceSpec:
-    """``final``, ``early`` (n chosen on validation), ``early:n=3``, ``ensemble``."""
-    return _parse_named("defence", text, DEFENCES, DefenceSpec, {"n": "n"})
+    """``final``, ``early`` (n chosen on validation), ``early:n=3``, ``ensemble``,
+    ``entropy[:beta=0.0078,r=10,tf=2,eps=0.031,n=7]`` (Algorithm 1; T_f as ``tf``)."""
+    keys = {"n": "n", "beta": "entropy.beta", "r": "entropy.r", "tf": "entropy.tf",
+            "t_f": "entropy.tf", "eps": "entropy.eps", "iters": "entropy.iters"}
+    return _parse_named("defence", text, DEFENCES, DefenceSpec, keys)
+
+
+def expand_estimator(text: str) -> list[str]:
+    """The estimators one ``--estimators`` item stands for: itself, or for
+    ``unrolled-grid[:n=8,k=9,lam=0.5/1]`` the intermediate-state attacks of the regulation
+    paper's Eq. 11 — ``unrolled:state=i,k=K,lam=λ`` for i = 1…n, K = 1…k and each λ
+    (default 8 × 9 × {0.5, 1}: its 144 attacks)."""
+    text = str(text).strip()
+    name, _, rest = text.partition(":")
+    if name.strip().lower() not in ESTIMATOR_GRIDS:
+        parse_estimator(text)
+        return [text]
+    opts: dict[str, str] = {}
+    for item in filter(None, (p.strip() for p in rest.split(","))):
+        key, eq, value = item.partition("=")
+        if not eq:
+            raise NoisyDEQError(f"estimator '{text}': expected key=value after ':', got '{item}'")
+        if key.strip() not in ("n", "k", "lam"):
+            raise suggest("estimator parameter", key.strip(), ("n", "k", "lam"))
+        opts[key.strip()] = value.strip()
+    try:
+        n, k = int(opts.get("n", 8)), int(opts.get("k", 9))
+        lams = [float(v) for v in opts.get("lam", "0.5/1").split("/") if v.strip()]
+    except ValueError:
+        raise NoisyDEQError(f"estimator '{text}': n and k are integers, lam numbers "
+                            "separated by '/' (e.g. lam=0.5/1)") from None
+    if n < 1 or k < 1 or not lams:
+        raise NoisyDEQError(f"estimator '{text}': n and k must be >= 1 and lam non-empty")
+    out = [f"unrolled:state={i},k={kk},lam={lam:g}" for lam in lams for i in range(1, n + 1)
+           for kk in range(1, k + 1)]
+    for item in out[:1] + out[-1:]:
+        parse_estimator(item)  # λ outside (0, 1]: one line
+    return out
 
 
 def check_attack_name(name: str) -> str:

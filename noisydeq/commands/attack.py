@@ -18,16 +18,22 @@ import click
 from noisydeq.commands.sensitivity import cache_option, default_out, family_option
 from noisydeq.commands.sweep import check_data_dir, parse_sets
 from noisydeq.config import build
+from noisydeq.errors import NoisyDEQError
 
 
 def _members(family: Path, data_dir: str | None, cache: Path | None):
     from noisydeq.analysis.family import load_family, load_family_task
-    from noisydeq.sweep import SweepModel
+    from noisydeq.attacks.members import defended_model
 
     loaded = load_family(family, "cpu", data_dir=data_dir, cache_dir=cache, mlp_only=False)
     task = load_family_task(loaded, data_dir)
-    members = [SweepModel(m.model, m.kind, m.depth, m.width, m.params, m.seed,
-                          m.train_snr_db) for m in loaded]
+    members = [defended_model(m.model, m.kind, m.depth, m.width, m.params, m.seed, m.train)
+               for m in loaded]
+    ids = [m.model_id for m in members]
+    dup = sorted({i for i in ids if ids.count(i) > 1})
+    if dup:
+        raise NoisyDEQError(f"--family: several models share the id {dup[0]} (same kind, "
+                            "depth, width, seed and training); attack them one run at a time")
     return members, task, loaded[0].data_dir
 
 
@@ -56,9 +62,11 @@ def _members(family: Path, data_dir: str | None, cache: Path | None):
 @click.option("--estimators", default="exact", show_default=True,
               help="DEQ gradient estimators: exact, phantom[:k=5,lam=0.5], "
                    "unrolled:state=N[,k=..,lam=..], unrolled-ensemble, adjoint[:beta=0.5,state=N], "
-                   "adjoint-ensemble, backprop (the model's own gradient).")
+                   "adjoint-ensemble, backprop (the model's own gradient), unrolled-grid"
+                   "[:n=8,k=9,lam=0.5/1] (every intermediate-state attack of that grid).")
 @click.option("--defences", default="final", show_default=True,
-              help="DEQ defences: final, early (n chosen on validation) or early:n=N, ensemble.")
+              help="DEQ defences: final, early (n chosen on validation) or early:n=N, ensemble, "
+                   "entropy[:beta=..,r=..,tf=..,eps=..] (test-time input entropy reduction).")
 @click.option("--device", default="ideal", show_default=True,
               help="device preset (see `noisydeq devices`); ideal = digital.")
 @click.option("--noise-site", type=click.Choice(["device", "signal", "state", "input"]),
@@ -69,6 +77,8 @@ def _members(family: Path, data_dir: str | None, cache: Path | None):
               help="chip instances per finite SNR level (device noise).")
 @click.option("--transfer", is_flag=True,
               help="also judge examples crafted on the noise-free digital twin.")
+@click.option("--train-noise/--no-train-noise", default=True, show_default=True,
+              help="models trained with noise on x or z (a defence) run with it at inference.")
 @click.option("--samples", type=click.IntRange(min=1), default=200, show_default=True,
               help="test inputs attacked (the first of the test split).")
 @click.option("--val-samples", type=click.IntRange(min=0), default=100, show_default=True,
@@ -86,7 +96,7 @@ def _members(family: Path, data_dir: str | None, cache: Path | None):
 @click.option("--quiet", is_flag=True, help="no progress bar.")
 @click.option("--json", "as_json", is_flag=True, help="print a machine-readable summary.")
 def command(family, attacks, eps, pgd_steps, steps, steps_eps, sigma, fraction, norm, eot,
-            estimators, defences, device, noise_site, snr, chips, transfer, samples,
+            estimators, defences, device, noise_site, snr, chips, transfer, train_noise, samples,
             val_samples, seed, data_dir, sets, out, cache, torch_device, threads, quiet,
             as_json) -> None:
     """Attack a family's DEQs and FFWs (PGD, AutoAttack, noise; DEQ estimators, defences)."""
@@ -102,7 +112,8 @@ def command(family, attacks, eps, pgd_steps, steps, steps_eps, sigma, fraction, 
         "pgd_steps": pgd_steps, "steps": steps, "steps_eps": steps_eps, "sigma": sigma,
         "fraction": fraction, "norm": norm, "eot": eot, "estimators": estimators,
         "defences": defences, "device": device, "noise_site": noise_site, "snr_db": snr,
-        "chips": chips, "transfer": transfer, "samples": samples, "val_samples": val_samples,
+        "chips": chips, "transfer": transfer, "train_noise": train_noise, "samples": samples,
+        "val_samples": val_samples,
         "seed": seed, "data_dir": data_dir, "torch_device": torch_device, **parse_sets(sets),
     }
     spec = build(AttackRunSpec, data, where="attack")

@@ -4,7 +4,9 @@ One model goes to ``--out`` (default ``runs/train/<kind>-d<depth>-w<width>-s<see
 ``model.safetensors`` + ``model.json`` (full resolved config and its hash), with a
 per-epoch ``resume.safetensors`` that ``--resume`` continues from. A family goes into the
 model cache (``--out`` overrides it; default ``$NOISYDEQ_CACHE`` or the user cache dir), the
-same cache ``noisydeq sweep`` reuses.
+same cache ``noisydeq sweep`` reuses. Adversarial training (``--adversarial``), the DEQ
+defences (``--random-threshold``, ``--random-state``, noise on x or z with ``--train-site
+input|state``) and the optimiser of Tables 5-6 are :mod:`noisydeq.adversarial`'s.
 """
 
 from __future__ import annotations
@@ -74,7 +76,8 @@ def _fmt(metric: float, name: str) -> str:
               help="FFW layers; for a DEQ the FFW depth whose parameter count it matches.")
 @click.option("--depths", default=None,
               help="Train a matched DEQ/FFW family at these FFW depths, e.g. 1,3,5,7.")
-@click.option("--preset", default="quick", show_default=True, help="quick or paper (Tables 1-2).")
+@click.option("--preset", default="quick", show_default=True,
+              help="quick, paper (Tables 1-2), adversarial (Tables 5-6) or adversarial-quick.")
 @click.option("--epochs", type=click.IntRange(min=0), default=None,
               help="Epochs (default: the preset's).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=None,
@@ -86,6 +89,32 @@ def _fmt(metric: float, name: str) -> str:
               show_default=True, help="Where training noise is injected (Eq. 3-4).")
 @click.option("--input-act", type=click.Choice(["relu", "silu", "identity"]), default="relu",
               show_default=True, help="Input projection nonlinearity.")
+@click.option("--cell", type=click.Choice(["mlp", "conv"]), default="mlp", show_default=True,
+              help="Unit cell: fully connected (Eq. 57) or 3x3 conv with --width channels "
+                   "(App. E.3).")
+@click.option("--adversarial", default=None, metavar="pgd|trades|none",
+              help="Adversarial training: PGD-AT or TRADES (default: the preset's; the "
+                   "adversarial presets use pgd).")
+@click.option("--adv-eps", type=float, default=None, help="ℓ∞ radius ε (paper: 0.3).")
+@click.option("--adv-step", type=float, default=None, help="PGD step size (paper: 0.1).")
+@click.option("--adv-steps", type=int, default=None, help="PGD steps (paper: 10).")
+@click.option("--trades-beta", type=float, default=None, help="TRADES weight β (paper: 6).")
+@click.option("--adv-val", type=float, default=None,
+              help="Share of the training split held out to select the epoch by PGD "
+                   "accuracy (default 0.1; 0 = keep the last epoch).")
+@click.option("--random-threshold", is_flag=True,
+              help="DEQ defence: each sample's training-solver threshold uniform in "
+                   "1..max_iter (main paper App. E.3: M = 8).")
+@click.option("--random-state", is_flag=True,
+              help="DEQ defence: loss at a random intermediate state z[i], i ~ U[1, N], "
+                   "exact gradient (regulation paper Eq. 10; unroll/stochastic solver).")
+@click.option("--amsgrad/--no-amsgrad", default=None,
+              help="Adam's AMSGrad variant (adversarial presets: on).")
+@click.option("--milestones", default=None,
+              help="Epochs at which the learning rate is multiplied by --lr-gamma, e.g. 45.")
+@click.option("--lr-gamma", type=float, default=None, help="MultiStepLR factor (default 0.1).")
+@click.option("--grad-clip", type=float, default=None,
+              help="Clip the gradient's l2 norm to this value.")
 @click.option("--ffw-form", default=None,
               help="FFW layer form: eq57x (default; z0 = x~, every hidden matrix acts), eq57 "
                    "(z0 = 0) or eq32 (z0 = x~, no injection).")
@@ -99,6 +128,8 @@ def _fmt(metric: float, name: str) -> str:
 @click.option("--out", default=None, help="Output directory (family: the model cache).")
 @click.option("--resume/--no-resume", default=True, show_default=True,
               help="Continue an interrupted run / reuse a finished one in --out.")
+@click.option("--threads", default=None, metavar="auto|N",
+              help="torch threads (default $NOISYDEQ_THREADS, else torch's default).")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
 def command(**opts: Any) -> None:
@@ -107,6 +138,14 @@ def command(**opts: Any) -> None:
     Everything is validated (including whether the models fit into memory) before
     anything is written.
     """
+    from noisydeq.runtime import num_threads, thread_plan
+
+    threads, _ = thread_plan(opts["threads"])
+    with num_threads(threads):
+        _command(opts)
+
+
+def _command(opts: dict[str, Any]) -> None:
     for name, top in (("width", limits.MAX_WIDTH), ("depth", limits.MAX_DEPTH)):
         if not 1 <= opts[name] <= top:  # before torch is imported: one line, at once
             raise NoisyDEQError(f"--{name}: must be an integer in 1..{top}, got {opts[name]}")
@@ -122,6 +161,7 @@ def command(**opts: Any) -> None:
     for key in ("epochs", "batch_size", "lr"):
         if opts[key] is not None:
             overrides[key] = opts[key]
+    overrides.update(defence_overrides(opts, noise))
     if opts["device"] is not None:
         from noisydeq.hardware import load_spec
 
@@ -136,6 +176,14 @@ def command(**opts: Any) -> None:
     if opts["ibp_eps"] is not None:
         overrides["ibp"] = {"eps": opts["ibp_eps"]}
     monotone = _monotone(opts["monotone"])
+    if opts["depths"] is None and opts["kind"] != "deq":
+        for flag in ("random_threshold", "random_state"):
+            if opts[flag]:
+                raise NoisyDEQError(f"--{flag.replace('_', '-')}: a defence for DEQs; an "
+                                    f"{opts['kind']} model has no solver")
+    from noisydeq.adversarial.hooks import check_spec
+
+    check_spec(TrainSpec.preset(opts["preset"], "deq", noise, **overrides), "deq")
     out = Path(opts["out"]).expanduser() if opts["out"] else None
     if out is not None:
         check_out_dir(out)
@@ -144,6 +192,7 @@ def command(**opts: Any) -> None:
         fspec = build(FamilySpec, {
             "task": opts["task"], "data_dir": opts["data_dir"], "depths": opts["depths"],
             "hidden": opts["width"], "input_act": opts["input_act"], "seed": opts["seed"],
+            "cell": opts["cell"],
             "train_preset": opts["preset"], "train_snr_db": noise.snr_db,
             "train_site": opts["train_site"], "ffw_form": opts["ffw_form"],
             "snr_scale": opts["snr_scale"], "monotone": monotone,
@@ -177,7 +226,7 @@ def command(**opts: Any) -> None:
     data = {
         "kind": opts["kind"], "in_features": task.in_features,
         "out_features": task.out_features, "width": opts["width"], "depth": opts["depth"],
-        "input_act": opts["input_act"],
+        "input_act": opts["input_act"], "cell": opts["cell"],
     }
     if opts["ffw_form"] is not None:
         data["ffw_form"] = opts["ffw_form"]
@@ -214,6 +263,56 @@ def _monotone(text: str | None) -> dict[str, Any] | None:
         low = value.strip().lower()
         data[key.strip()] = {"true": True, "false": False}.get(low, value.strip())
     return build(MonotoneSpec, data, where="--monotone").model_dump()
+def defence_overrides(opts: dict[str, Any], noise: NoiseSpec) -> dict[str, Any]:
+    """TrainSpec overrides of the adversarial / defence / optimiser options (validated)."""
+    from noisydeq.config import AdversarialSpec, OptimizerSpec, RandomStateSpec
+
+    base = TrainSpec.preset(opts["preset"], "deq", noise)
+    over: dict[str, Any] = {}
+    method = opts["adversarial"]
+    given = {k: opts[o] for k, o in (("eps", "adv_eps"), ("step", "adv_step"),
+                                     ("steps", "adv_steps"), ("beta", "trades_beta"),
+                                     ("val_fraction", "adv_val")) if opts[o] is not None}
+    if method is not None and str(method).strip().lower() == "none":
+        if given:
+            raise NoisyDEQError("--adversarial none: the --adv-*/--trades-beta options need "
+                                "an adversarial method")
+        over["adversarial"] = None
+    elif method is not None or given:
+        adv = base.adversarial.model_dump() if base.adversarial is not None else {}
+        if method is None and not adv:
+            raise NoisyDEQError("--adv-eps/--adv-step/--adv-steps/--trades-beta/--adv-val: "
+                                "give --adversarial pgd|trades (or an adversarial preset)")
+        adv.update(given)
+        if method is not None:
+            adv["method"] = method
+        over["adversarial"] = build(AdversarialSpec, adv, where="--adversarial")
+    if opts["random_threshold"]:
+        solver = base.solver
+        if solver is None:
+            raise NoisyDEQError(f"--random-threshold: preset '{opts['preset']}' gives the DEQ "
+                                "no training solver to randomise")
+        over["solver"] = solver.model_copy(update={"random_threshold": True})
+        if base.test_solver is None:
+            over["test_solver"] = solver
+    if opts["random_state"]:
+        over["random_state"] = RandomStateSpec()
+    opt = base.optimizer.model_dump() if base.optimizer is not None else {}
+    if opts["amsgrad"] is not None:
+        opt["amsgrad"] = opts["amsgrad"]
+    if opts["milestones"] is not None:
+        try:
+            opt["milestones"] = [int(v) for v in str(opts["milestones"]).split(",") if v.strip()]
+        except ValueError:
+            raise NoisyDEQError(f"--milestones: '{opts['milestones']}' is not a comma list of "
+                                "epochs") from None
+    if opts["lr_gamma"] is not None:
+        opt["gamma"] = opts["lr_gamma"]
+    if opts["grad_clip"] is not None:
+        opt["grad_clip"] = opts["grad_clip"]
+    if opt != (base.optimizer.model_dump() if base.optimizer is not None else {}):
+        over["optimizer"] = build(OptimizerSpec, opt, where="--optimizer")
+    return over
 
 
 def _notice(task: Any) -> None:
@@ -227,6 +326,10 @@ def _single(tspec: TrainSpec, task: Any, mspec: ModelSpec, out: Path | None,
     from noisydeq.train import train_model
 
     model = build_member(mspec, opts["seed"])
+    if tspec.adversarial is not None:
+        from noisydeq.adversarial.objective import check_inputs
+
+        check_inputs(task, "--adversarial")
     if out is None:
         out = Path("runs") / "train" / f"{mspec.kind}-d{mspec.depth}-w{model.width}-s{opts['seed']}"
         check_out_dir(out)

@@ -162,6 +162,13 @@ def test_bad_input_is_one_line(sweep_run, tmp_path, capsys):
         (["--pgd-steps", "2.5"], "positive integers"),
         (["--samples", "1790"], "exceed"),
         (["--device", "rramm", "--snr", "10"], "rram"),
+        (["--defences", "entropy:r=0"], "R must be a positive integer"),
+        (["--defences", "entropy:tf=0"], "T_f must be a positive integer"),
+        (["--defences", "entropy:beta=-1"], "β must be a finite number >= 0"),
+        (["--defences", "entropy:eps=1.5"], "[0, 1]"),
+        (["--defences", "early:beta=0.1"], "entropy options belong to the 'entropy' defence"),
+        (["--estimators", "unrolled-grid:n=0"], "must be >= 1"),
+        (["--estimators", "unrolled-grid:lamb=0.5"], "did you mean 'lam'"),
     ]
     for extra, needle in cases:
         code, _, err = run([*fam, *extra], capsys)

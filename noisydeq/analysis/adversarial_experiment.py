@@ -1,0 +1,315 @@
+"""Adversarial-training experiments (``experiments/adversarial-*.toml``): train a grid of
+adversarially trained DEQ/FFW families with defences, then attack them.
+
+The grid (main paper §4.2, App. D.3, Fig. 3 and 14-17; regulation paper Tables 1 and 5):
+training ``methods`` (``pgd`` = PGD-AT, ``trades``, ``none`` = standard training) ×
+training ``defences`` × ``seeds``, each a family of ``kinds`` at ``depths``. Defences:
+
+==============  ==================================================================
+``none``        adversarial training alone
+``x-<S>db``     multiplicative noise on the input x at S dB, kept at inference (DEQ)
+``z-<S>db``     multiplicative noise on the state z at S dB, kept at inference
+``threshold``   the training solver's threshold uniform in 1…max_iter (DEQ; App. E.3)
+``rs``          the loss at a random intermediate state (DEQ; regulation paper Eq. 10)
+==============  ==================================================================
+
+FFWs take only ``none`` and ``z`` (the paper perturbs only z of an FFW). Each
+``evaluations`` table is one ``noisydeq attack`` grid (:class:`AttackRunSpec` fields)
+over all trained models — test-time defences such as ``entropy`` (Algorithm 1) and the
+intermediate-state grid ``unrolled-grid`` go there. Models live in the model cache
+(trained once); each evaluation is a resumable attack run directory under the
+experiment's. ``quick`` and ``full`` override ``family``, ``train``, ``grid`` and any
+evaluation's fields.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from noisydeq.config import (
+    ADVERSARIAL_METHODS,
+    TRAIN_PRESETS,
+    FamilySpec,
+    StrictModel,
+    TrainSpec,
+    build,
+    suggest_name,
+)
+from noisydeq.errors import NoisyDEQError
+
+DEFENCE_RE = re.compile(r"^(x|z)-(-?\d+(?:\.\d+)?)db$")
+DEFENCE_NAMES = ("none", "x-0db", "x-10db", "z-0db", "z-10db", "threshold", "rs")
+METHODS = ("none", *ADVERSARIAL_METHODS)
+PARTS = ("family", "train", "grid", "evaluations")
+
+
+def _deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k),
+                                                                               dict) else v
+    return out
+
+
+def check_defence(name: str) -> str:
+    """A training defence name (see module docstring), or one line with a suggestion."""
+    n = str(name).strip().lower()
+    if n in ("none", "threshold", "rs") or DEFENCE_RE.match(n):
+        return n
+    close = difflib.get_close_matches(n, DEFENCE_NAMES, n=1)
+    hint = f"; did you mean '{close[0]}'?" if close else ""
+    raise ValueError(f"unknown training defence '{name}'{hint} (allowed: none, x-<S>db, "
+                     "z-<S>db, threshold, rs)")
+
+
+def defence_kinds(defence: str) -> tuple[str, ...]:
+    """The model kinds a training defence applies to."""
+    return ("deq", "ffw") if defence == "none" or defence.startswith("z-") else ("deq",)
+
+
+class GridSpec(StrictModel):
+    """The training grid: ``methods`` × ``defences`` × ``seeds`` (families of ``kinds``),
+    each trained with ``train_preset`` plus the experiment's ``train`` overrides."""
+
+    methods: list[str] = Field(default_factory=lambda: ["pgd", "trades"])
+    defences: list[str] = Field(default_factory=lambda: ["none"])
+    kinds: list[Literal["deq", "ffw"]] = Field(default_factory=lambda: ["deq", "ffw"])
+    seeds: list[int] = Field(default_factory=lambda: [0])
+    train_preset: str = "adversarial-quick"
+
+    @field_validator("methods")
+    @classmethod
+    def _methods(cls, v: list[str]) -> list[str]:
+        out = []
+        for m in v:
+            m = str(m).strip().lower()
+            if m not in METHODS:
+                raise ValueError(suggest_name("method", m, METHODS))
+            out.append(m)
+        return list(dict.fromkeys(out))
+
+    @field_validator("defences")
+    @classmethod
+    def _defences(cls, v: list[str]) -> list[str]:
+        return list(dict.fromkeys(check_defence(d) for d in v))
+
+    @field_validator("train_preset")
+    @classmethod
+    def _preset(cls, v: str) -> str:
+        if v not in TRAIN_PRESETS:
+            raise ValueError(suggest_name("preset", v, TRAIN_PRESETS))
+        return v
+
+    @model_validator(mode="after")
+    def _non_empty(self) -> GridSpec:
+        for name in ("methods", "defences", "kinds", "seeds"):
+            if not getattr(self, name):
+                raise ValueError(f"{name} must not be empty")
+        return self
+
+
+@dataclass
+class Resolved:
+    """One variant of an experiment with everything validated."""
+
+    name: str
+    variant: str
+    family: dict[str, Any]
+    train: dict[str, Any]
+    grid: GridSpec
+    evaluations: dict[str, dict[str, Any]]
+    cells: list[Cell] = field(default_factory=list)
+
+
+@dataclass
+class Cell:
+    """One trained family of the grid."""
+
+    method: str
+    defence: str
+    seed: int
+    spec: FamilySpec
+
+
+class AdversarialExperimentSpec(StrictModel):
+    """An ``experiments/adversarial-*.toml`` file (module docstring)."""
+
+    name: str
+    title: str = ""
+    description: str = ""
+    figures: list[str] = Field(default_factory=list)
+    family: dict[str, Any] = Field(default_factory=dict)
+    train: dict[str, Any] = Field(default_factory=dict)
+    grid: dict[str, Any] = Field(default_factory=dict)
+    evaluations: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    quick: dict[str, Any] = Field(default_factory=dict)
+    full: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _variants(self) -> AdversarialExperimentSpec:
+        if not self.evaluations:
+            raise ValueError("evaluations: give at least one attack table")
+        for variant in ("quick", "full"):
+            over = getattr(self, variant)
+            bad = [k for k in over if k not in PARTS]
+            if bad:
+                close = difflib.get_close_matches(bad[0], PARTS, n=1)
+                hint = f"; did you mean '{close[0]}'?" if close else ""
+                raise ValueError(f"[{variant}] unknown table '{bad[0]}'{hint} "
+                                 f"(allowed: {', '.join(PARTS)})")
+            unknown = [k for k in over.get("evaluations", {}) if k not in self.evaluations]
+            if unknown:
+                raise ValueError(f"[{variant}.evaluations] '{unknown[0]}' is not an evaluation "
+                                 f"(have: {', '.join(self.evaluations)})")
+            self.resolve(variant)
+        return self
+
+    def resolve(self, variant: Literal["quick", "full"], **overrides: Any) -> Resolved:
+        """The validated ``variant`` (base tables + the variant's overrides + ``overrides``,
+        itself a {part: dict} mapping)."""
+        over = _deep_merge(getattr(self, variant), overrides)
+        family = _deep_merge(self.family, over.get("family", {}))
+        train = _deep_merge(self.train, over.get("train", {}))
+        grid = build(GridSpec, _deep_merge(self.grid, over.get("grid", {})),
+                     where=f"[{variant}.grid]")
+        evals = {k: _deep_merge(v, over.get("evaluations", {}).get(k, {}))
+                 for k, v in self.evaluations.items()}
+        res = Resolved(self.name, variant, family, train, grid, evals)
+        res.cells = [Cell(m, d, s, family_for(res, m, d, s)) for m in grid.methods
+                     for d in grid.defences for s in grid.seeds]
+        if not res.cells or not any(c.spec.kinds for c in res.cells):
+            raise ValueError(f"[{variant}] the grid trains no model")
+        from noisydeq.attacks.grid import AttackRunSpec
+
+        for k, v in evals.items():
+            build(AttackRunSpec, {**v, "family": self.name}, where=f"[{variant}.evaluations.{k}]")
+        return res
+
+
+def family_for(res: Resolved, method: str, defence: str, seed: int) -> FamilySpec:
+    """The :class:`FamilySpec` of one grid cell, its train specs validated."""
+    from noisydeq.adversarial.hooks import check_spec
+
+    where = f"[{res.variant}] {method}/{defence}/seed {seed}"
+    train = dict(res.train)
+    adv = dict(train.pop("adversarial", {}) or {})
+    if method == "none":
+        train["adversarial"] = None
+    else:  # the preset's adversary (its ε warm-up too) with the experiment's overrides
+        preset = TrainSpec.preset(res.grid.train_preset, "deq").adversarial
+        base = preset.model_dump() if preset is not None else {}
+        train["adversarial"] = {**base, **adv, "method": method}
+    data: dict[str, Any] = {**res.family, "seed": seed, "train_preset": res.grid.train_preset,
+                            "kinds": [k for k in res.grid.kinds if k in defence_kinds(defence)]}
+    m = DEFENCE_RE.match(defence)
+    if m:
+        data["train_site"] = "input" if m.group(1) == "x" else "state"
+        data["train_snr_db"] = float(m.group(2))
+    if defence == "threshold":
+        base = TrainSpec.preset(res.grid.train_preset, "deq", **train).solver
+        if base is None:
+            raise NoisyDEQError(f"{where}: preset '{res.grid.train_preset}' gives the DEQ no "
+                                "solver to randomise")
+        train["solver"] = base.model_copy(update={"random_threshold": True}).model_dump()
+    if defence == "rs":
+        train["random_state"] = {}
+    data["train"] = train
+    spec = build(FamilySpec, data, where=where)
+    for kind in spec.kinds:
+        tspec = spec.train_spec(kind)
+        check_spec(tspec, kind)
+    return spec
+
+
+def load_experiment(path: str | Path) -> AdversarialExperimentSpec:
+    from noisydeq.config import load_toml
+
+    return load_toml(AdversarialExperimentSpec, path)
+
+
+@dataclass
+class ExperimentResult:
+    resolved: Resolved
+    out: Path
+    members: list[Any]
+    info: dict[str, dict[str, Any]]  # model_id -> kind, method, defence, seed, seconds, ...
+    evaluations: dict[str, Any]
+    eval_seconds: dict[str, float]
+    seconds: float
+
+
+def train_grid(res: Resolved, task: Any, *, cache_dir: Any = None, quiet: bool = True,
+               log: Any = None) -> tuple[list[Any], dict[str, dict[str, Any]]]:
+    """Train (or load) every family of the grid: the attack members and, per model id,
+    its grid cell, training seconds and selected epoch."""
+    from noisydeq.attacks.members import defended_model
+    from noisydeq.families import train_family
+
+    members, info = [], {}
+    for cell in res.cells:
+        if not cell.spec.kinds:
+            continue
+        fam = train_family(cell.spec, task, cache_dir=cache_dir, quiet=quiet)
+        for m in fam.members:
+            mem = defended_model(m.model, m.kind, m.depth, m.width,
+                                 int(m.model.hidden_weight_count()), cell.seed,
+                                 m.result.config["train"])
+            members.append(mem)
+            hist = m.result.history
+            sel = None
+            if hist and "val_robust" in hist[0]:
+                sel = int(max(hist, key=lambda r: (r["val_robust"], r["val_clean"],
+                                                   -r["epoch"]))["epoch"])
+            info[mem.model_id] = {"kind": m.kind, "depth": m.depth, "width": m.width,
+                                  "method": cell.method, "defence": cell.defence,
+                                  "seed": cell.seed, "train_seconds": m.result.seconds,
+                                  "epochs": len(hist), "selected_epoch": sel,
+                                  "test_accuracy": m.result.test_metric}
+            if log is not None:
+                how = "cached" if m.cached else f"trained in {m.result.seconds:.0f} s"
+                log(f"{mem.model_id}: clean test accuracy {m.result.test_metric:.3f} ({how})")
+    return members, info
+
+
+def run_experiment(res: Resolved, out: str | Path, *, data_dir: str | None = None,
+                   cache_dir: Any = None, quiet: bool = True, echo: Any = print
+                   ) -> ExperimentResult:
+    """Train the grid, run every evaluation, write the summary tables and figures."""
+    from noisydeq.analysis.adversarial_report import write_report
+    from noisydeq.attacks.grid import AttackRunSpec
+    from noisydeq.attacks.runner import run_attacks
+    from noisydeq.tasks import load_task
+
+    t0 = time.perf_counter()
+    out = Path(out)
+    fam = res.family
+    task = load_task(fam.get("task", "digits"), data_dir=data_dir or fam.get("data_dir"),
+                     seed=0)
+    if task.notice:
+        echo(f"noisydeq: note: {task.notice}")
+    from noisydeq.adversarial.objective import check_inputs
+
+    check_inputs(task, f"[{res.variant}] family.task")
+    specs = {k: build(AttackRunSpec, {**v, "family": str(out), "task": task.name,
+                                      "data_dir": data_dir or fam.get("data_dir")},
+                      where=f"evaluations.{k}") for k, v in res.evaluations.items()}
+    members, info = train_grid(res, task, cache_dir=cache_dir, quiet=quiet,
+                               log=None if quiet else echo)
+    results, eval_s = {}, {}
+    for name, spec in specs.items():
+        t1 = time.perf_counter()
+        results[name] = run_attacks(spec, members, task, out / name, progress=not quiet,
+                                    echo=echo)
+        eval_s[name] = time.perf_counter() - t1
+    result = ExperimentResult(res, out, members, info, results, eval_s,
+                              time.perf_counter() - t0)
+    write_report(result, specs)
+    return result
+

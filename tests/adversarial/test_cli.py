@@ -1,0 +1,122 @@
+"""``noisydeq train --adversarial …`` and ``noisydeq adversarial``: bad input is one line,
+nothing written; the experiment end to end at toy scale."""
+
+import csv
+import json
+
+import pytest
+
+from noisydeq.cli import main
+
+
+def run(argv, capsys):
+    code = 0
+    try:
+        main(argv)
+    except SystemExit as e:
+        code = e.code
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def one_line(code, err, needle):
+    assert code == 2, err
+    lines = [ln for ln in err.strip().splitlines() if ln]
+    assert len(lines) == 1 and lines[0].startswith("noisydeq: error:"), err
+    assert needle in lines[0], lines[0]
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["--adversarial", "pgdd"], "did you mean 'pgd'"),
+    (["--adversarial", "pgd", "--adv-eps", "1.5"], "[0, 1]"),
+    (["--adversarial", "pgd", "--adv-eps", "-0.1"], "[0, 1]"),
+    (["--adversarial", "trades", "--trades-beta", "-1"], "TRADES weight"),
+    (["--adversarial", "pgd", "--adv-steps", "0"], "steps"),
+    (["--adv-eps", "0.1"], "give --adversarial pgd|trades"),
+    (["--adversarial", "none", "--adv-eps", "0.1"], "need an adversarial method"),
+    (["--kind", "ffw", "--random-threshold"], "a defence for DEQs"),
+    (["--kind", "ffw", "--random-state"], "a defence for DEQs"),
+    (["--preset", "adversarial-quick", "--random-state"], "training solver to be one of"),
+    (["--milestones", "4,x"], "--milestones"),
+    (["--preset", "adversarial-quik"], "did you mean 'adversarial-quick'"),
+])
+def test_train_bad_input_is_one_line(capsys, tmp_path, monkeypatch, argv, needle):
+    monkeypatch.chdir(tmp_path)
+    code, _, err = run(["train", "--task", "digits", *argv, "--quiet"], capsys)
+    one_line(code, err, needle)
+    assert not (tmp_path / "runs").exists()
+
+
+EXP = "experiments/adversarial-fig3.toml"
+
+
+@pytest.mark.parametrize("sets, needle", [
+    (["grid.defences=['none','x-10bd']"], "unknown training defence"),
+    (["grid.methods=['pgd','madry']"], "unknown method 'madry'"),
+    (["grid.train_preset='adversarail'"], "did you mean 'adversarial'"),
+    (["train.adversarial={eps=2.0}"], "[0, 1]"),
+    (["evaluations.curves.defences='entropy:tf=0'"], "T_f must be a positive integer"),
+    (["evaluations.nope.samples=3"], "no evaluation 'nope'"),
+])
+def test_experiment_bad_input_is_one_line(capsys, tmp_path, sets, needle):
+    import pathlib
+
+    exp = str(pathlib.Path(__file__).parents[2] / EXP)
+    argv = ["adversarial", exp, "--out", str(tmp_path / "x")]
+    for s in sets:
+        argv += ["--set", s]
+    code, _, err = run(argv, capsys)
+    one_line(code, err, needle)
+    assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.slow
+def test_experiment_end_to_end_on_digits(capsys, tmp_path, monkeypatch):
+    """A toy grid (PGD-AT x {none, threshold}, one epoch) trains, attacks, writes its
+    tables and figures; a second run loads the models and the cells (same table)."""
+    import pathlib
+
+    monkeypatch.setenv("NOISYDEQ_CACHE", str(tmp_path / "cache"))
+    exp = str(pathlib.Path(__file__).parents[2] / EXP)
+    argv = ["adversarial", exp, "--out", str(tmp_path / "e"), "--quiet", "--json",
+            "--set", "family.task='digits'", "--set", "family.hidden=16",
+            "--set", "grid.seeds=[0]", "--set", "grid.methods=['pgd']",
+            "--set", "grid.defences=['none','threshold']",
+            "--set", "train.epochs=1", "--set", "train.max_train_samples=200",
+            "--set", "train.adversarial={steps=2,val_steps=2}",
+            "--set", "evaluations.*.samples=12",
+            "--set", "evaluations.curves.steps=[1,2]",
+            "--set", "evaluations.curves.eps=[0.0,0.3]",
+            "--set", "evaluations.curves.defences='final,entropy:r=2,tf=4'"]
+    code, out, err = run(argv, capsys)
+    assert code == 0, err
+    report = json.loads(out)
+    assert report["models"] == 3  # DEQ and FFW without defence, DEQ with the threshold
+    summary = pathlib.Path(report["summary"]["curves"])
+    with open(summary) as fh:
+        rows = list(csv.DictReader(fh))
+    ids = {r["model_id"] for r in rows}
+    assert any(i.endswith("-thr-pgd") for i in ids) and any(i.startswith("ffw") for i in ids)
+    assert {r["defence"] for r in rows if r["kind"] == "deq"} >= {"final"}
+    assert any(r["defence"].startswith("entropy") for r in rows)
+    assert all(0.0 <= float(r["clean"]) <= 1.0 for r in rows)
+    figs = list((summary.parent / "figures").glob("*.png"))
+    assert figs
+    first = summary.read_text()
+    code, out, err = run(argv, capsys)
+    assert code == 0, err
+    assert summary.read_text().split("train_seconds")[0] == first.split("train_seconds")[0]
+
+
+def test_every_adversarial_experiment_resolves():
+    import pathlib
+
+    from noisydeq.analysis.adversarial_experiment import load_experiment
+
+    files = sorted((pathlib.Path(__file__).parents[2] / "experiments").glob("adversarial-*.toml"))
+    assert len(files) >= 2
+    for f in files:
+        exp = load_experiment(f)
+        for variant in ("quick", "full"):
+            res = exp.resolve(variant)
+            assert res.cells and all(c.spec.kinds for c in res.cells if c.defence == "none")

@@ -1,0 +1,162 @@
+"""Adversarial training (PGD-AT, TRADES) and the random-intermediate-state loss (Eq. 10)."""
+
+import pytest
+import torch
+from torch.nn import functional as F
+
+from noisydeq.adversarial.objective import Objective, trades_loss
+from noisydeq.attacks.estimators import FinalState
+from noisydeq.attacks.pgd import pgd
+from noisydeq.config import (
+    AdversarialSpec,
+    ModelSpec,
+    OptimizerSpec,
+    RandomStateSpec,
+    SolverSpec,
+    TrainSpec,
+)
+from noisydeq.models import DEQ, build_model
+from noisydeq.regulation.states import random_state_forward
+from noisydeq.tasks import load_task
+from noisydeq.train import forward_logits, train_model
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_task("digits", seed=0)
+
+
+def _model(kind, seed=0, width=32):
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return build_model(ModelSpec(kind=kind, in_features=64, out_features=10, width=width,
+                                     depth=1, matched=False))
+
+
+def _robust(model, task, eps=0.1, n=300):
+    model.eval()
+    x, y = task.x_test[:n], task.y_test[:n]
+    gen = torch.Generator().manual_seed(0)
+    adv = pgd(FinalState(model, None, warm=False), x, y, eps=eps, steps=10, alpha=eps / 4,
+              generator=gen)
+    with torch.no_grad():
+        return float((model(adv).argmax(1) == y).double().mean())
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind, epochs, steps", [("ffw", 12, 10), ("deq", 8, 5)])
+def test_pgd_at_raises_robust_accuracy_by_20_points(digits, kind, epochs, steps):
+    """PGD-AT at ε = 0.1 vs standard training, same model, seed and schedule; judged by
+    PGD-10 at ε = 0.1 on 300 test digits (measured: FFW 0.49 -> 0.80, DEQ 0.42 -> 0.73;
+    the DEQ trains with a 5-step inner attack to keep the suite short)."""
+    base = TrainSpec.preset("quick", kind).model_copy(
+        update={"epochs": epochs, "lr": 5e-3, "batch_size": 32})
+    adv = AdversarialSpec(eps=0.1, step=0.025, steps=steps, val_fraction=0.1)
+    plain, trained = _model(kind), _model(kind)
+    train_model(plain, digits, base, quiet=True)
+    res = train_model(trained, digits, base.model_copy(update={"adversarial": adv}), quiet=True)
+    assert res.test_metric > 0.85
+    assert len([h["val_robust"] for h in res.history]) == epochs  # validated every epoch
+    assert _robust(trained, digits) >= _robust(plain, digits) + 0.20
+
+
+def test_trades_loss_matches_definition_and_beta_zero_is_standard(digits):
+    torch.manual_seed(0)
+    a, b = torch.randn(7, 10, dtype=torch.float64), torch.randn(7, 10, dtype=torch.float64)
+    y = torch.randint(0, 10, (7,))
+    p, q = F.softmax(a, -1), F.softmax(b, -1)
+    kl = (p * (p.log() - q.log())).sum(-1).mean()
+    assert torch.allclose(trades_loss(a, b, y, 6.0), F.cross_entropy(a, y) + 6.0 * kl)
+    # the training objective with β = 0 is the clean cross-entropy (standard training)
+    model = _model("deq").double()
+    x, yb = digits.x_train[:16].double(), digits.y_train[:16]
+    spec = TrainSpec.preset("quick", "deq").model_copy(
+        update={"adversarial": AdversarialSpec(method="trades", eps=0.1, step=0.03, beta=0.0,
+                                               val_fraction=0.0)})
+    from noisydeq.train import apply_overrides
+
+    apply_overrides(model, spec)
+    model.train()
+    obj = Objective(spec, model, digits, forward_logits)
+    _, loss, _ = obj(model, x, yb, None, None, torch.Generator().manual_seed(1))
+    logits, _ = forward_logits(model, x, None, None)
+    assert torch.allclose(loss, F.cross_entropy(logits, yb), atol=1e-10)
+    spec6 = spec.model_copy(update={"adversarial": spec.adversarial.model_copy(
+        update={"beta": 6.0})})
+    _, loss6, _ = Objective(spec6, model, digits, forward_logits)(
+        model, x, yb, None, None, torch.Generator().manual_seed(1))
+    assert loss6 > loss  # the KL term of a perturbed input is positive
+
+
+def test_adversarial_run_resumes_to_identical_weights(digits, tmp_path):
+    """Two epochs in one go == interrupted after one, then resumed (attack draws, kept
+    weights of the selection, learning-rate schedule)."""
+    spec = TrainSpec.preset("quick", "ffw").model_copy(update={
+        "epochs": 2, "max_train_samples": 300,
+        "adversarial": AdversarialSpec(eps=0.1, step=0.05, steps=2, val_fraction=0.2),
+        "optimizer": OptimizerSpec(amsgrad=True, milestones=[1], grad_clip=1.0)})
+    a = train_model(_model("ffw"), digits, spec, out_dir=tmp_path / "a", quiet=True)
+
+    def stop(epoch, record):  # an interruption after the first epoch's resume file
+        if epoch == 0:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train_model(_model("ffw"), digits, spec, out_dir=tmp_path / "d", quiet=True,
+                    on_epoch=stop)
+    d = train_model(_model("ffw"), digits, spec, out_dir=tmp_path / "d", quiet=True)
+    assert d.start_epoch == 1
+    assert [h["lr"] for h in a.history] == pytest.approx([1e-3, 1e-4])
+    for k, v in a.model.state_dict().items():
+        assert torch.equal(v, d.model.state_dict()[k]), k
+    assert [h["val_robust"] for h in a.history] == [h["val_robust"] for h in d.history]
+
+
+def _tiny_deq():
+    torch.manual_seed(3)
+    solver = SolverSpec(name="unroll", max_iter=6, tol=1e-12, stop="abs", window=1)
+    m = DEQ(5, 4, 3, solver=solver).double()
+    with torch.no_grad():
+        m.cell.W.weight.mul_(0.5)
+    return m.train()
+
+
+def test_random_state_loss_is_exact_bptt_through_i_steps():
+    """Eq. 10: the logits are those of z[i] = f^i(0) per sample, and the gradient matches
+    central finite differences (float64) — no phantom-tail approximation."""
+    m = _tiny_deq()
+    x = torch.rand(6, 5, dtype=torch.float64)
+    y = torch.tensor([0, 1, 2, 0, 1, 2])
+    spec = RandomStateSpec()
+
+    def loss_of(model):
+        gen = torch.Generator().manual_seed(11)
+        logits, _, steps = random_state_forward(model, x, None, gen, spec)
+        return F.cross_entropy(logits, y), logits, steps
+
+    loss, logits, steps = loss_of(m)
+    assert len(set(steps.tolist())) > 1 and 1 <= int(steps.min()) and int(steps.max()) <= 6
+    # independent: iterate f by hand i times per sample
+    with torch.no_grad():
+        xt = m.inject(x)
+        f = m.cell_fn(xt)
+        z, manual = torch.zeros_like(xt), torch.empty_like(logits)
+        for t in range(1, int(steps.max()) + 1):
+            z = f(z)
+            hit = steps == t
+            manual[hit] = m.head(z)[hit]
+    assert torch.allclose(logits, manual, atol=1e-12)
+    loss.backward()
+    w = m.cell.W.weight
+    grad = w.grad.clone()
+    fd = torch.zeros_like(w)
+    h = 1e-6
+    with torch.no_grad():
+        for idx in [(0, 0), (1, 2), (3, 1), (2, 3)]:
+            w[idx] += h
+            up = loss_of(m)[0]
+            w[idx] -= 2 * h
+            down = loss_of(m)[0]
+            w[idx] += h
+            fd[idx] = (up - down) / (2 * h)
+            assert abs(float(fd[idx] - grad[idx])) < 1e-7 * max(1.0, abs(float(grad[idx])))
