@@ -37,7 +37,7 @@ BAD = [
     (["--set", "chipz=2"], "did you mean 'chips'"),
     (["--jobs", "0"], "jobs '0'"),
     (["--jobs", "two"], "jobs 'two'"),
-    (["--kinds", "deq,cnn"], "'deq' or 'ffw'"),
+    (["--kinds", "deq,cnn"], "kinds.1: Input should be 'deq', 'ffw'"),
     (["--kinds", ","], "kinds must not be empty"),
 ]
 
