@@ -84,15 +84,21 @@ def _rows(run: Path) -> tuple[list[str], list[dict[str, Any]], bool]:
     return header, [dict(r) for r in csv.DictReader(text.splitlines())], False
 
 
-def _spec_fields(run: Path, table_columns: Iterable[str]) -> dict[str, Any]:
+def read_run_config(run: Path) -> dict[str, Any]:
+    """A run directory's ``config.toml`` as a plain table, digest checked (one
+    :class:`NoisyDEQError` naming the file when it is damaged or not TOML)."""
     path = run / CONFIG
-    if not path.is_file():
-        return {}
     body = store.verify_text(store.read_text(path, CONFIG), path)
     try:
-        spec = tomllib.loads(body)
+        return tomllib.loads(body)
     except tomllib.TOMLDecodeError as err:
         raise NoisyDEQError(f"{path}: not TOML ({err})") from None
+
+
+def _spec_fields(run: Path, table_columns: Iterable[str]) -> dict[str, Any]:
+    if not (run / CONFIG).is_file():
+        return {}
+    spec = read_run_config(run)
     taken = set(table_columns)
     return {k: v for k, v in spec.items()
             if k not in taken and isinstance(v, (str, int, float, bool))}

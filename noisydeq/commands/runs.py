@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import math
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -17,11 +16,6 @@ from typing import Any
 import click
 
 from noisydeq.errors import NoisyDEQError
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
 
 CONFIG = "config.toml"
 LOCK = ".noisydeq.lock"
@@ -59,12 +53,12 @@ def _held(run: Path) -> bool:
 def describe(run: Path) -> dict[str, Any]:
     """One run directory: its spec's main fields, cell count and status."""
     from noisydeq import store
+    from noisydeq.loading import read_run_config
 
     info: dict[str, Any] = {"run": str(run), "cells": len(list(run.glob("cells/*.json")))}
     try:
-        body = store.verify_text(store.read_text(run / CONFIG, CONFIG), run / CONFIG)
-        spec = tomllib.loads(body)
-    except (NoisyDEQError, tomllib.TOMLDecodeError) as err:
+        spec = read_run_config(run)
+    except NoisyDEQError as err:
         return {**info, "status": f"damaged ({str(err).splitlines()[0]})"}
     for key in ("task", "device", "noise_site", "depths", "snr_db", "chips", "seeds",
                 "train_snr_db"):
