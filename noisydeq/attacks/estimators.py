@@ -33,6 +33,12 @@ from noisydeq.attacks.trajectory import predict, record_states
 from noisydeq.config import GradientSpec
 from noisydeq.errors import NoisyDEQError
 from noisydeq.noise import Noise
+from noisydeq.solvers import attach_gradient, solve
+from noisydeq.solvers.gradients import AdjointStart
+
+#: points after which a warm-started solve's ``mean_rel`` stop may stop a sample (Eq. 54
+#: over the points available; a cold solve waits for its full window)
+WARM_MIN_WINDOW = 1
 
 
 def is_deq(model: nn.Module) -> bool:
@@ -54,7 +60,15 @@ def gradient_method(model: nn.Module, spec: GradientSpec | None):
 
 
 class FinalState:
-    """Logits of the model's solution with the gradient of ``gradient`` (None: the model's)."""
+    """Logits of the model's solution with the gradient of ``gradient`` (None: the model's).
+
+    Warm (a DEQ whose gradient is not ``bptt``): each call after the first solves from the
+    previous call's fixed point, lets the ``mean_rel`` stop rule stop as soon as Eq. 54 holds
+    over the points evaluated so far (:data:`WARM_MIN_WINDOW`; a cold solve must fill its
+    window first), and starts an ``ift`` backward solve from the previous call's adjoint.
+    Both solves keep their tolerance; only the start and the earliest stop change. The first
+    call (and every call after :meth:`reset`) is the model's own forward, unchanged.
+    """
 
     def __init__(self, model: nn.Module, noise: Noise | None = None,
                  gradient: GradientSpec | None = None, warm: bool = True,
@@ -63,26 +77,46 @@ class FinalState:
         self.generator = generator  # random solver thresholds (a DEQ training with them)
         self.warm = warm and is_deq(model)
         self._z: Tensor | None = None
+        self._adjoint = AdjointStart()
         self.solves = 0  # f-evaluations spent in forward solves (for benchmarks)
 
     def reset(self) -> None:
-        """Forget the warm-start state (next call solves from z⁰ = 0)."""
+        """Forget the warm-start state (next call solves from z⁰ = 0, and v)."""
         self._z = None
+        self._adjoint.reset()
 
     def __call__(self, x: Tensor) -> Tensor:
         if not is_deq(self.model):
             return self.model(x, self.noise)
-        z0 = self._z if self.warm and self._z is not None and self._z.shape[0] == x.shape[0] \
-            else None
-        with gradient_method(self.model, self.gradient):
-            out = self.model(x, self.noise, return_solution=True, z0=z0,
-                             generator=self.generator)
-        sol = out.solution
+        grad = self.gradient if self.gradient is not None else self.model.gradient
+        if not self.warm or grad.name == "bptt":
+            with gradient_method(self.model, self.gradient):
+                out = self.model(x, self.noise, return_solution=True, generator=self.generator)
+            self.solves += int(out.solution.steps.sum())
+            return out.logits
+        return self._warm(x, grad)
+
+    def _warm(self, x: Tensor, grad: GradientSpec) -> Tensor:
+        """The model's forward (inject, solve, attach the gradient, head) with warm starts."""
+        model = self.model
+        xt = model.inject(x, self.noise)
+        f = model.cell_fn(xt, self.noise)
+        z0 = self._z if self._z is not None and self._z.shape == xt.shape else None
+        fresh = z0 is None
+        if fresh:
+            z0 = model.initial_state(xt)
+            self._adjoint.reset()
+        sol = solve(f, z0.to(xt), model.active_solver(), generator=self.generator,
+                    f_rows=model.cell_fn_rows(xt, self.noise),
+                    min_window=None if fresh else WARM_MIN_WINDOW)
+        model.last_solution = sol
         self.solves += int(sol.steps.sum())
-        if self.warm:
-            ok = ~sol.diverged.reshape(-1, *([1] * (sol.z.ndim - 1)))
-            self._z = torch.where(ok, sol.z, torch.zeros_like(sol.z)).detach()
-        return out.logits
+        ok = ~sol.diverged.reshape(-1, *([1] * (sol.z.ndim - 1)))
+        self._z = torch.where(ok, sol.z, torch.zeros_like(sol.z)).detach()
+        z_star = sol.z.detach()
+        z = attach_gradient(f, z_star, grad, self._adjoint) if torch.is_grad_enabled() \
+            else z_star
+        return predict(model, z)
 
 
 class Unrolled:

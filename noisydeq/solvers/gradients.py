@@ -15,6 +15,10 @@ the (detached) solution and whose autograd graph is the chosen method's:
   :func:`noisydeq.solvers.solve_with_grad` (``unroll``/``stochastic``); its ``Solution.z``
   already carries the graph. Passing ``bptt`` here is an error that says so.
 
+``ift`` can warm-start its backward solve: pass an :class:`AdjointStart` and each solve
+starts near the adjoint u of the previous one on a batch of the same shape (else from v),
+then stores its own — for successive solves at nearby points (the steps of an attack).
+
 A stochastic f draws fresh noise at each call; ``ift`` and ``jfb`` call it once, ``phantom``
 ``phantom_steps`` times. The ambient grad mode is respected and nothing else: under
 ``torch.no_grad()`` the same value is returned without a graph, and with grad enabled the
@@ -40,12 +44,44 @@ def as_gradient_spec(spec: GradientSpec | dict[str, Any] | None) -> GradientSpec
     return coerce(GradientSpec, spec, "gradient")
 
 
+class AdjointStart:
+    """Warm start of the ``ift`` backward solve u = J_fᵀ u + v from the previous one.
+
+    The solution is linear in v, u = (I − J_fᵀ)⁻¹ v; for a nearby point (J_f barely moved)
+    the start u_prev + (v − v_prev) keeps the previous solution and adds the new right-hand
+    side's change at first order. Rows whose previous solve diverged start from v.
+    """
+
+    def __init__(self) -> None:
+        self.u: Tensor | None = None
+        self.v: Tensor | None = None
+        self.ok: Tensor | None = None  # (B,) rows whose solve did not diverge
+
+    def reset(self) -> None:
+        self.u = self.v = self.ok = None
+
+    def start(self, v: Tensor) -> Tensor:
+        """u⁰ for the right-hand side ``v``: v, or the warm guess where one is stored."""
+        if self.u is None or self.v is None or self.ok is None or self.u.shape != v.shape:
+            return v
+        guess = self.u + (v - self.v)
+        return torch.where(self.ok.reshape(-1, *([1] * (v.ndim - 1))), guess, v)
+
+    def store(self, u: Tensor, v: Tensor, diverged: Tensor) -> None:
+        """Keep the solution ``u`` of the right-hand side ``v`` for the next solve."""
+        self.u, self.v, self.ok = u.detach(), v.detach(), ~diverged.to(u.device)
+
+
 def attach_gradient(
     f: Callable[[Tensor], Tensor],
     z_star: Tensor,
     spec: GradientSpec | dict[str, Any] | None = None,
+    adjoint: AdjointStart | None = None,
 ) -> Tensor:
-    """Return z = (one or more steps of f from z*) with the graph of ``spec.name`` (App. C)."""
+    """Return z = (one or more steps of f from z*) with the graph of ``spec.name`` (App. C).
+
+    ``adjoint``: warm-start state of the ``ift`` backward solve (ignored by other methods).
+    """
     spec = as_gradient_spec(spec)
     z0 = z_star.detach()
     if spec.name == "bptt":
@@ -63,10 +99,11 @@ def attach_gradient(
         return z
     if not torch.is_grad_enabled():  # inference: same value, no graph to build
         return f(z0)
-    return _ift(f, z0, spec)
+    return _ift(f, z0, spec, adjoint)
 
 
-def _ift(f: Callable[[Tensor], Tensor], z0: Tensor, spec: GradientSpec) -> Tensor:
+def _ift(f: Callable[[Tensor], Tensor], z0: Tensor, spec: GradientSpec,
+         adjoint: AdjointStart | None = None) -> Tensor:
     """z = f(z*) with a backward hook solving u = J_fᵀ u + v (implicit function theorem)."""
     z_in = z0.clone().requires_grad_(True)
     z = f(z_in)
@@ -85,7 +122,10 @@ def _ift(f: Callable[[Tensor], Tensor], z0: Tensor, spec: GradientSpec) -> Tenso
                 (ju,) = torch.autograd.grad(z, z_in, u, retain_graph=True)
                 return ju + v
 
-            sol = solve(vjp_step, v.detach(), bspec)
+            v0 = v.detach()
+            sol = solve(vjp_step, v0 if adjoint is None else adjoint.start(v0), bspec)
+            if adjoint is not None:
+                adjoint.store(sol.z, v0, sol.diverged)
             return sol.z
         finally:
             busy[0] = False

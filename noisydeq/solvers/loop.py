@@ -71,11 +71,14 @@ def run_loop(
     generator: torch.Generator | Draws | None = None,
     needs_window: bool = False,
     f_rows: Callable[[Tensor, Tensor], Tensor] | None = None,
+    min_window: int | None = None,
 ) -> Solution:
     """Iterate ``make_method(spec, x0)`` from ``z0`` until every sample stopped.
 
     ``f_rows`` (optional): f on a subset of rows, used to skip stopped samples (module
     docstring); only without autograd, as the frozen rows would otherwise lose their graph.
+    ``min_window`` (optional): the number of points after which ``mean_rel`` may stop a
+    sample (default: a full window of ``spec.window``; see :func:`noisydeq.solvers.solve`).
     """
     shape = z0.shape
     batch = shape[0]
@@ -100,6 +103,7 @@ def run_loop(
     method = make_method(spec, x)
     use_window = needs_window or spec.stop == "mean_rel" or spec.traces
     window = Window(spec.window) if use_window else None
+    fill = spec.window if min_window is None else max(1, min(min_window, spec.window))
 
     # The working set: the batch rows `rows` (None: all of them) that the loop still
     # carries. Per-iteration work is on the working set only; the full-batch results are
@@ -165,7 +169,7 @@ def run_loop(
             met = res < spec.tol
         elif spec.stop == "rel":
             met = rel < spec.tol
-        elif window is not None and window.full:
+        elif window is not None and len(window.gs) >= fill:
             met = mrel < spec.tol
         else:
             met = torch.zeros_like(active)

@@ -61,6 +61,7 @@ def _run(
     spec: SolverSpec,
     generator: torch.Generator | Draws | None,
     f_rows: Callable[[Tensor, Tensor], Tensor] | None = None,
+    min_window: int | None = None,
 ) -> Solution:
     if spec.name not in SOLVERS:
         raise NoisyDEQError(
@@ -68,7 +69,7 @@ def _run(
         )
     return run_loop(
         f, z0, spec, SOLVERS[spec.name], generator, needs_window=spec.name == "stochastic",
-        f_rows=f_rows,
+        f_rows=f_rows, min_window=min_window,
     )
 
 
@@ -79,6 +80,7 @@ def solve(
     *,
     generator: torch.Generator | Draws | None = None,
     f_rows: Callable[[Tensor, Tensor], Tensor] | None = None,
+    min_window: int | None = None,
 ) -> Solution:
     """Solve z = f(z) per sample from ``z0`` with ``spec`` (paper Eq. 2, 6-7, 53-54), no grad.
 
@@ -86,12 +88,17 @@ def solve(
     (optional) is f on the rows ``rows`` of the batch; with it, samples that stopped are no
     longer evaluated (:mod:`noisydeq.solvers.loop`), with the same result. ``generator``
     (a :class:`~noisydeq.noise.NoiseStream`, or a ``torch.Generator``) seeds the random
-    thresholds of ``spec.random_threshold`` (App. E.3).
+    thresholds of ``spec.random_threshold`` (App. E.3). ``min_window``: let ``mean_rel``
+    stop a sample once this many points are in its window (Eq. 54 over the points
+    available) instead of a full window — for a solve warm-started from a nearby fixed
+    point (attacks), which may already be converged. A partial window averages fewer draws
+    of a stochastic f, so its Eq. 54 is larger in expectation than a full window's: noise
+    alone does not make it stop sooner (E‖ḡ‖² = ‖E g‖² + tr Cov(g)/n).
     """
     spec = as_spec(spec)
     _check_z0(z0)
     with torch.no_grad():
-        return _run(f, z0.detach(), spec, generator, f_rows)
+        return _run(f, z0.detach(), spec, generator, f_rows, min_window)
 
 
 def solve_with_grad(

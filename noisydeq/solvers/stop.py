@@ -9,7 +9,8 @@ Residuals are measured per sample on flattened (B, D) tensors:
   the f(z_i) already computed for those points; this is exact for affine f and accurate to
   second order in the spread of the window otherwise. For a stochastic f it is also the
   natural estimate of E[f(z̃)]. Until ``w`` points exist the mean is over those available
-  (the trace shows it) but ``mean_rel`` may only stop a sample once its window is full.
+  (the trace shows it) but ``mean_rel`` may only stop a sample once its window is full
+  (or holds ``min_window`` points, when a warm-started solve asks for that).
 """
 
 from __future__ import annotations

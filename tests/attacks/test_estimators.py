@@ -8,9 +8,13 @@ from torch.nn import functional as F
 
 from noisydeq.attacks import EstimatorSpec, make_estimator, parse_estimator, record_states
 from noisydeq.attacks import adjoint as adj
-from noisydeq.config import SolverSpec
+from noisydeq.attacks.pgd import pgd
+from noisydeq.config import QUICK_TEST_SOLVER, SolverSpec
 from noisydeq.errors import NoisyDEQError
+from noisydeq.solvers import gradients, solve
 from tests.attacks.helpers import small_deq, small_ffw
+
+QUICK_SOLVER = QUICK_TEST_SOLVER.model_copy(update={"traces": False})
 
 
 def _grad(est, x, y):
@@ -99,6 +103,92 @@ def test_warm_start_keeps_the_gradient_and_saves_solver_steps(data) -> None:
     g_cold, g_warm = _grad(cold, xs, y), _grad(warm, xs, y)
     assert torch.allclose(g_cold, g_warm, atol=1e-6)
     assert warm.solves < cold.solves
+
+
+def test_warm_estimator_first_call_is_the_models_forward(data) -> None:
+    # the warm path composes inject/solve/attach/head itself: from z0 = 0 it must be the
+    # model's own forward, bit for bit (logits and input gradient)
+    x, y = data
+    m = small_deq(QUICK_SOLVER)
+    for spec in ("exact", "phantom", "backprop"):
+        warm = make_estimator(m, parse_estimator(spec))
+        cold = make_estimator(m, parse_estimator(f"{spec}:warm=false"))
+        assert torch.equal(warm(x), cold(x))
+        warm.reset()
+        assert torch.equal(_grad(warm, x, y), _grad(cold, x, y))
+
+
+def test_min_window_stops_a_converged_warm_start_and_leaves_cold_solves_alone() -> None:
+    torch.manual_seed(3)
+    w = 0.5 * torch.randn(12, 12, dtype=torch.float64) / 12 ** 0.5
+    b = torch.randn(5, 12, dtype=torch.float64)
+
+    def f(z):
+        return torch.tanh(z @ w.T + b)
+
+    spec = QUICK_SOLVER
+    z0 = torch.zeros(5, 12, dtype=torch.float64)
+    cold = solve(f, z0, spec)
+    assert int(cold.steps.min()) >= spec.window  # a full window before mean_rel may stop
+    same = solve(f, z0, spec, min_window=spec.window)
+    assert torch.equal(same.z, cold.z) and torch.equal(same.steps, cold.steps)
+    warm = solve(f, cold.z, spec, min_window=1)  # already converged: one evaluation
+    assert warm.steps.tolist() == [1] * 5 and bool(warm.converged.all())
+    rel = (f(warm.z) - warm.z).norm(dim=1) / f(warm.z).norm(dim=1)
+    assert float(rel.max()) < spec.tol
+    # a far start is not stopped early: Eq. 54 over the points so far is still large
+    far = solve(f, torch.full_like(z0, 3.0), spec, min_window=1)
+    assert int(far.steps.min()) > 1
+
+
+def test_warm_ift_backward_solve_starts_from_the_last_adjoint(data, monkeypatch) -> None:
+    # exact gradient (rel 1e-6 backward solve) within tolerance, fewer backward iterations
+    x, y = data
+    xs = x + 1e-3 * torch.randn_like(x)
+    m = small_deq(SolverSpec(name="anderson", max_iter=60, tol=1e-10, stop="rel"))
+    counts: list[int] = []
+    real = gradients.solve
+
+    def counting(*a, **k):
+        sol = real(*a, **k)
+        counts.append(int(sol.n_iter))
+        return sol
+
+    monkeypatch.setattr(gradients, "solve", counting)
+    grads, iters = {}, {}
+    for key in ("cold", "warm"):
+        est = make_estimator(m, parse_estimator(f"exact:warm={key == 'warm'}"))
+        _grad(est, x, y)
+        counts.clear()
+        grads[key] = _grad(est, xs, y)
+        iters[key] = counts[0]
+    err = (grads["warm"] - grads["cold"]).norm() / grads["cold"].norm()
+    assert float(err) < 1e-5
+    assert iters["warm"] < iters["cold"]
+
+
+@pytest.mark.parametrize("name", ["exact", "phantom"])
+def test_warm_started_pgd_matches_cold_within_the_solver_tolerance(name) -> None:
+    # seeded PGD-10 through a DEQ with the quick preset's test solver (mean_rel 0.05 over a
+    # window of 20): warm solves stop at the tolerance (a few evaluations), cold ones make
+    # >= 20; the attack's outcome must be the same
+    torch.manual_seed(0)
+    m = small_deq(QUICK_SOLVER, width=24, in_features=16, classes=3, scale=0.9)
+    x = torch.rand(64, 16, dtype=torch.float64)
+    with torch.no_grad():
+        y = m(x).argmax(1)  # every sample starts correct
+    adv, solves = {}, {}
+    for key in ("cold", "warm"):
+        est = make_estimator(m, parse_estimator(f"{name}:warm={key == 'warm'}"))
+        adv[key] = pgd(est, x, y, eps=0.3, steps=10, generator=torch.Generator().manual_seed(1))
+        solves[key] = est.solves
+    with torch.no_grad():
+        lw, lc = m(adv["warm"]), m(adv["cold"])
+    fooled_w, fooled_c = lw.argmax(1) != y, lc.argmax(1) != y
+    assert 0 < int(fooled_c.sum()) < len(y)  # the case is not trivial either way
+    assert torch.equal(fooled_w, fooled_c)
+    assert float((lw - lc).norm() / lc.norm()) < QUICK_SOLVER.tol
+    assert solves["warm"] < 0.4 * solves["cold"]
 
 
 def test_deq_forward_z0_argument(data) -> None:
