@@ -59,8 +59,8 @@ def draw(source: Source, kind: str, shape: Sequence[int], like: Tensor) -> Tenso
 
 def random_start(x: Tensor, eps: float, norm: str, generator: Source) -> Tensor:
     """A random δ in the ε-ball: uniform in the cube (ℓ∞) or uniform radius and direction (ℓ2)."""
-    if norm == "linf":
-        return (2 * draw(generator, "rand", x.shape, x) - 1) * eps
+    if norm == "linf":  # (2u − 1)·ε, in place on the fresh draw (same rounding)
+        return draw(generator, "rand", x.shape, x).mul_(2).sub_(1).mul_(eps)
     d = draw(generator, "randn", x.shape, x)
     r = draw(generator, "rand", (x.shape[0],), x)
     r = r.reshape(-1, *([1] * (x.ndim - 1)))

@@ -31,8 +31,8 @@ Model = Callable[[Tensor], Tensor]
 
 def loss_and_grad(model: Model, x: Tensor, y: Tensor, eot: int = 1) -> tuple[Tensor, Tensor]:
     """(per-sample CE loss, ∇_x of the summed loss), both averaged over ``eot`` forwards."""
-    grad = torch.zeros_like(x)
-    loss = torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
+    loss: Tensor | None = None
+    grad: Tensor | None = None
     for _ in range(eot):
         xr = x.detach().requires_grad_(True)
         with torch.enable_grad():
@@ -44,9 +44,30 @@ def loss_and_grad(model: Model, x: Tensor, y: Tensor, eot: int = 1) -> tuple[Ten
                 )
             per = F.cross_entropy(logits, y, reduction="none")
             (g,) = torch.autograd.grad(per.sum(), xr)
-        grad += g
-        loss += per.detach()
-    return loss / eot, grad / eot
+        # (one draw: the tensors as they are; several: summed in place, divided once)
+        loss = per.detach() if loss is None else loss.add_(per.detach())
+        grad = g if grad is None else grad.add_(g)
+    assert loss is not None and grad is not None
+    if eot > 1:
+        loss.div_(eot)
+        grad.div_(eot)
+    return loss, grad
+
+
+def _step(adv: Tensor, x: Tensor, grad: Tensor, alpha: float, eps: float, norm: str,
+          box: tuple[float, float] | None) -> Tensor:
+    """One ascent step and projection: Π_{B_ε(x) ∩ box}(adv + α·dir(grad)).
+
+    The arithmetic is torchattacks' (x + clamp(adv' − x), then the box), so the iterates are
+    the same to the bit under ℓ∞; under ℓ∞ it runs in place on the step's own new tensor
+    (``grad`` is consumed): 6 elementwise passes and one allocation per step.
+    """
+    if norm != "linf":
+        adv = adv + alpha * direction(grad, norm)
+        return clip_box(x + project(adv - x, eps, norm), box).detach()
+    # adv + α·sign(g): α·s is exact for s ∈ {−1, 0, 1}, so the fused add rounds the same way
+    out = torch.add(adv, grad.sign_(), alpha=alpha).sub_(x).clamp_(-eps, eps).add_(x)
+    return out if box is None else out.clamp_(box[0], box[1])
 
 
 def pgd(
@@ -97,8 +118,7 @@ def pgd(
         adv = clip_box(x + project(delta, eps, norm), box)
         for _ in range(steps):
             _, g = loss_and_grad(model, adv, y, eot)
-            adv = adv + alpha * direction(g, norm)
-            adv = clip_box(x + project(adv - x, eps, norm), box).detach()
+            adv = _step(adv, x, g, alpha, eps, norm, box)
         if restarts == 1:
             return adv
         with torch.no_grad():
