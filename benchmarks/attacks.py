@@ -4,15 +4,17 @@ attack against the same attack with cold solves.
 * ``PGD-10 FFW``: ``noisydeq.attacks.pgd`` (ℓ∞, ε = 0.3, α = 0.1, random start) against
   ``torchattacks.PGD`` with the same parameters on the same MNIST-size FFW (784 → 3 × 128 →
   10, random init), batch 256; time per sample. Check: for the same random start both
-  give the same adversarial examples (max |Δ| ≤ 1e-6).
+  give the same adversarial examples (bit for bit: the same arithmetic).
 * ``PGD-10 DEQ warm``: PGD-10 through the ``exact`` (IFT) and ``phantom`` estimators of an
   MNIST-size DEQ (784 → 222 units, W rescaled to spectral norm 0.9 like a Jacobian-
   regularised trained DEQ) with the test solver of the ``quick`` training preset that the
   sweep's families use (:data:`noisydeq.config.QUICK_TEST_SOLVER`: unroll, 40 steps, stop
   ``mean_rel`` 0.05, window 20), each step's solve warm-started from the previous step's
-  fixed point, against the same attack solving every step from z⁰ = 0. ε = 0.1, α = 0.025.
-  Check: the robust predictions agree on ≥ 95 % of the samples (the solves stop at the
-  same tolerance from different starts, so their answers differ by up to that tolerance).
+  fixed point (stopped as soon as Eq. 54 holds over the points evaluated so far) and, for
+  ``exact``, each IFT backward solve from the previous step's adjoint, against the same
+  attack solving every step from z⁰ = 0 (and v). ε = 0.1, α = 0.025. Check: the robust
+  predictions agree on ≥ 95 % of the samples (the solves stop at the same tolerance from
+  different starts, so their answers differ by up to that tolerance).
 * ``PGD-AT epoch``: one epoch of adversarial training (PGD-10 at ε = 0.1, α = 0.025, random
   start; Adam) of an FFW (64 → 3 × 128 → 10) on the digits training split, batch 64,
   through ``noisydeq.train.train_model`` (no validation hold-out) against the same epoch
@@ -23,6 +25,8 @@ attack against the same attack with cold solves.
 """
 
 from __future__ import annotations
+
+import statistics
 
 import torch
 
@@ -36,6 +40,15 @@ TARGET_FFW = 1.0
 TARGET_WARM = 0.5
 
 
+def _spread(t_o, t_p) -> dict[str, float]:
+    """Medians and the per-pair ratios (ours_i / peer_i of the interleaved runs): median,
+    min, max — under a shared machine's load the pairs' spread is the honest error bar."""
+    pairs = sorted(a / b for a, b in zip(t_o.times, t_p.times, strict=True))
+    return {"median_ours": t_o.median, "median_peer": t_p.median,
+            "ratio_pairs_median": statistics.median(pairs), "ratio_pairs_min": pairs[0],
+            "ratio_pairs_max": pairs[-1], "pairs": len(pairs)}
+
+
 def _frozen(model):
     for p in model.parameters():
         p.requires_grad_(False)
@@ -47,7 +60,7 @@ def _data(batch: int, d: int = 784, classes: int = 10):
     return torch.rand(batch, d, generator=g), torch.randint(0, classes, (batch,), generator=g)
 
 
-def bench_pgd_ffw(batch: int = 256, hidden: int = 128, repeat: int = 5) -> Row:
+def bench_pgd_ffw(batch: int = 256, hidden: int = 128, repeat: int = 15) -> Row:
     import torchattacks
 
     torch.manual_seed(0)
@@ -70,11 +83,18 @@ def bench_pgd_ffw(batch: int = 256, hidden: int = 128, repeat: int = 5) -> Row:
     start = torch.empty(side).uniform_(-0.3, 0.3).reshape(batch, -1)
     adv = pgd(est, x, y, eps=0.3, alpha=0.1, steps=10, start=start)
     diff = float((adv - adv_ta.reshape(batch, -1)).abs().max())
+    sp = _spread(t_o, t_p)
     return Row(area="attacks", name=f"PGD-10 FFW 784-3x{hidden}-10 b{batch}: ours vs "
                "torchattacks (per sample)", ours=t_o.best / batch, peer=t_p.best / batch,
                ratio=ratio(t_o.best, t_p.best), target=TARGET_FFW,
-               check=f"same start: max|Δ| {diff:.1e}", ok=diff <= 1e-6,
-               extra={"median_ours": t_o.median / batch, "median_peer": t_p.median / batch})
+               check=f"same start: max|Δ| {diff:.1e}; {_pairs(sp)}", ok=diff == 0.0,
+               extra={**sp, "median_ours": t_o.median / batch,
+                      "median_peer": t_p.median / batch})
+
+
+def _pairs(sp: dict[str, float]) -> str:
+    return (f"pairs {sp['ratio_pairs_median']:.2f} [{sp['ratio_pairs_min']:.2f}, "
+            f"{sp['ratio_pairs_max']:.2f}] (n={sp['pairs']})")
 
 
 def _deq(width: int) -> DEQ:
@@ -88,7 +108,7 @@ def _deq(width: int) -> DEQ:
 
 
 def bench_pgd_deq_warm(estimator: str = "exact", batch: int = 128, width: int = 222,
-                       repeat: int = 3) -> Row:
+                       repeat: int = 7) -> Row:
     model = _deq(width)
     x, y = _data(batch)
     warm = make_estimator(model, EstimatorSpec(name=estimator, warm=True))
@@ -103,15 +123,20 @@ def bench_pgd_deq_warm(estimator: str = "exact", batch: int = 128, width: int = 
     t_o, t_p = timeit_pair(lambda: run(warm, "warm"), lambda: run(cold, "cold"), repeat=repeat,
                            warmup=1)
     with torch.no_grad():
-        agree = float((model(out["warm"]).argmax(1) == model(out["cold"]).argmax(1))
-                      .double().mean())
+        pw, pc = model(out["warm"]).argmax(1), model(out["cold"]).argmax(1)
+    agree = float((pw == pc).double().mean())
+    same_outcome = float(((pw == y) == (pc == y)).double().mean())  # per-sample success
+    acc_w, acc_c = float((pw == y).double().mean()), float((pc == y).double().mean())
+    sp = _spread(t_o, t_p)
     return Row(area="attacks", name=f"PGD-10 DEQ 784-{width} b{batch} {estimator}: warm vs cold "
                "solves", ours=t_o.best, peer=t_p.best, ratio=ratio(t_o.best, t_p.best),
                target=TARGET_WARM,
-               check=f"predictions agree {agree:.1%}; f-evals {warm.solves} vs {cold.solves}",
+               check=f"predictions agree {agree:.1%}, success {same_outcome:.1%} (robust acc "
+               f"{acc_w:.3f} vs {acc_c:.3f}); "
+               f"f-evals {warm.solves} vs {cold.solves}; {_pairs(sp)}",
                ok=agree >= 0.95,
-               extra={"f_evals_warm": warm.solves, "f_evals_cold": cold.solves,
-                      "median_ours": t_o.median, "median_peer": t_p.median})
+               extra={**sp, "f_evals_warm": warm.solves, "f_evals_cold": cold.solves,
+                      "robust_acc_warm": acc_w, "robust_acc_cold": acc_c})
 
 
 def bench_adversarial_epoch(hidden: int = 128, samples: int | None = None,
@@ -163,9 +188,9 @@ def bench_adversarial_epoch(hidden: int = 128, samples: int | None = None,
     return Row(area="attacks", name=f"PGD-AT epoch FFW 64-3x{hidden}-10 b64 ({n} digits): "
                "ours vs torchattacks loop", ours=t_o.best, peer=t_p.best,
                ratio=ratio(t_o.best, t_p.best), target=TARGET_FFW,
-               check=f"epoch loss {losses['ours']:.3f} vs {losses['peer']:.3f}",
-               ok=rel <= 0.10,
-               extra={"median_ours": t_o.median, "median_peer": t_p.median})
+               check=f"epoch loss {losses['ours']:.3f} vs {losses['peer']:.3f}; "
+               f"{_pairs(_spread(t_o, t_p))}",
+               ok=rel <= 0.10, extra=_spread(t_o, t_p))
 
 
 def bench_attacks(quick: bool = False) -> list[Row]:
