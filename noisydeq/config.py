@@ -15,7 +15,15 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import tomli_w
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
 
 from noisydeq.errors import NoisyDEQError
 
@@ -344,10 +352,19 @@ class ModelSpec(StrictModel):
     ``ffw_form``: ``eq57`` (z⁰ = 0, x̃ injected at every layer) or ``eq32`` (z⁰ = x̃, no
     injection). Conv only: ``in_shape`` [C, H, W] (default: one square channel),
     ``kernel_size`` (odd), ``weight_norm``, ``pool`` (head pooling to pool×pool).
+
+    Cells beyond Eq. 57 (App. E.1/E.4, ``noisydeq.models.spatial``/``stack``/``mdeq``):
+    ``conv1d`` (one convolution + tanh per iteration) and ``residual`` (two convolutions and
+    a skip, no normalisation) keep the input's layout and predict a class per position;
+    ``in_features`` is then the number of input channels and ``in_shape`` [C, L] or
+    [C, H, W] picks 1-d or 2-d convolutions (default: 1-d for conv1d, 2-d for residual).
+    ``mlp_stack``: ``layers`` fully connected tanh layers per cell call. ``mdeq``: a
+    multiscale cell of ``scales`` resolutions (``width``, 2·``width``, … channels, GroupNorm
+    with ``norm_groups`` groups, weight norm per ``weight_norm``).
     """
 
     kind: Literal["deq", "ffw"] = "deq"
-    cell: Literal["mlp", "conv"] = "mlp"
+    cell: Literal["mlp", "conv", "conv1d", "residual", "mlp_stack", "mdeq"] = "mlp"
     in_features: int = Field(gt=0)
     out_features: int = Field(gt=0)
     width: int = Field(default=128, gt=0)
@@ -359,6 +376,9 @@ class ModelSpec(StrictModel):
     kernel_size: int = Field(default=3, gt=0)
     weight_norm: bool = True
     pool: int = Field(default=4, gt=0)
+    layers: int = Field(default=3, gt=0)
+    scales: int = Field(default=2, ge=1, le=4)
+    norm_groups: int = Field(default=4, gt=0)
 
     @field_validator("kernel_size")
     @classmethod
@@ -370,9 +390,33 @@ class ModelSpec(StrictModel):
     @field_validator("in_shape")
     @classmethod
     def _shape(cls, v: list[int] | None) -> list[int] | None:
-        if v is not None and (len(v) != 3 or min(v) <= 0):
-            raise ValueError(f"must be three positive integers [C, H, W], got {v}")
+        if v is not None and (len(v) not in (2, 3) or min(v) <= 0):
+            raise ValueError(f"must be positive integers [C, H, W] (or [C, L]), got {v}")
         return v
+
+    @model_validator(mode="after")
+    def _cell_fields(self) -> ModelSpec:
+        per_position = self.cell in ("conv1d", "residual")
+        if self.in_shape is not None and len(self.in_shape) == 2 and not per_position:
+            raise ValueError(f"in_shape: cell '{self.cell}' needs [C, H, W], got {self.in_shape}")
+        if self.cell == "mdeq" and self.width % self.norm_groups:
+            raise ValueError(
+                f"width: {self.width} channels cannot be split into norm_groups="
+                f"{self.norm_groups} GroupNorm groups; use a multiple of {self.norm_groups}")
+        return self
+
+    @model_serializer(mode="wrap")
+    def _omit_unused_defaults(self, handler: Any) -> dict[str, Any]:
+        # fields added after models were cached: left out at their defaults so the config
+        # hash (the model-cache key) of every earlier model spec stays what it was
+        data = handler(self)
+        for name, default in _LATE_MODEL_FIELDS.items():
+            if data.get(name, default) == default:
+                data.pop(name, None)
+        return data
+
+
+_LATE_MODEL_FIELDS = {"layers": 3, "scales": 2, "norm_groups": 4}
 
 
 # ----------------------------------------------------------------- sweeps and experiments

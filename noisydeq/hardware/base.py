@@ -49,7 +49,10 @@ REF_BATCH = 256
 CALIB_ROWS = 512
 CALIB_SEED = 12345
 
-#: layers that stay digital (elementwise affine periphery): allowed, left untouched.
+#: layers that stay digital (elementwise affine periphery): allowed, left untouched. A module
+#: whose class sets ``digital_periphery = True`` (its own parameters act elementwise after an
+#: MVM, e.g. :class:`noisydeq.models.wnconv.WeightNorm`'s gain) is allowed too; the Linear/Conv
+#: layers inside it are mapped.
 DIGITAL_OK: tuple[type[nn.Module], ...] = (
     nn.BatchNorm1d,
     nn.BatchNorm2d,
@@ -389,6 +392,8 @@ def _check_mappable(model: nn.Module) -> None:
     bad = []
     for name, mod in model.named_modules():
         if isinstance(mod, (*MAPPABLE, *DIGITAL_OK, DeviceLayer)):
+            continue
+        if getattr(mod, "digital_periphery", False):  # e.g. a weight-norm gain after the MVM
             continue
         if any(True for _ in mod.parameters(recurse=False)):
             bad.append(f"{name or '<root>'} ({type(mod).__name__})")

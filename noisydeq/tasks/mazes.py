@@ -1,4 +1,4 @@
-"""``mazes``: perfect mazes and their start-to-goal path (paper App. E.4, after Schwarzschild et al.).
+"""``mazes``: perfect mazes and their start-to-goal path (App. E.4, after Schwarzschild et al.).
 
 A maze of size n (odd, ≥ 5) is an n×n pixel grid: the m = (n − 1)/2 × m *cells* sit at odd
 coordinates (2i+1, 2j+1), the pixels between two cells are wall or passage, the border is

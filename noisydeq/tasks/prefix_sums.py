@@ -1,4 +1,4 @@
-"""``prefix_sums``: cumulative parity of binary strings (paper App. E.4, after Schwarzschild et al.).
+"""``prefix_sums``: cumulative parity of bit strings (App. E.4, after Schwarzschild et al.).
 
 Each sample is a string of ``length`` uniformly random bits b_1 … b_L; the label of position i
 is the parity of the prefix, p_i = b_1 ⊕ … ⊕ b_i (equivalently (Σ_{j≤i} b_j) mod 2), so a
