@@ -418,6 +418,29 @@ class ModelSpec(StrictModel):
 
 _LATE_MODEL_FIELDS = {"layers": 3, "scales": 2, "norm_groups": 4}
 
+#: ModelSpec fields a family or sweep sets itself (not overridable through its ``model``)
+FAMILY_FIELDS = ("kind", "in_features", "out_features", "width", "depth", "matched",
+                 "input_act")
+
+
+def check_model_fields(fields: dict[str, Any]) -> dict[str, Any]:
+    """Extra :class:`ModelSpec` fields for every member of a family (``cell``, ``layers``, …):
+    known fields only, none that the family sets itself, valid values."""
+    allowed = [f for f in ModelSpec.model_fields if f not in FAMILY_FIELDS]
+    for key in fields:
+        if key in FAMILY_FIELDS:
+            raise ValueError(f"'{key}' is set by the family itself (allowed here: "
+                             f"{', '.join(allowed)})")
+        if key not in allowed:
+            close = difflib.get_close_matches(key, allowed, n=1)
+            hint = f"; did you mean '{close[0]}'?" if close else ""
+            raise ValueError(f"unknown model field '{key}'{hint} (allowed: {', '.join(allowed)})")
+    try:
+        ModelSpec.model_validate({"in_features": 1, "out_features": 1, **fields})
+    except ValidationError as err:
+        raise ValueError(format_validation_error(err, ModelSpec)) from None
+    return dict(fields)
+
 
 # ----------------------------------------------------------------- sweeps and experiments
 
@@ -446,6 +469,8 @@ class SweepSpec(StrictModel):
     each SNR); ``signal`` / ``state`` / ``input`` sweep the paper's multiplicative model noise
     (Eq. 3-4) at that site while the weights run on ``device`` (usually ``ideal``).
     ``seeds`` and ``train_snr_db`` are grids too: one family is trained per (seed, train SNR).
+    ``model``: extra :class:`ModelSpec` fields for every member, e.g. ``{cell = "conv1d",
+    weight_norm = false}`` (the cells beyond Eq. 57; a per-position task needs one).
     """
 
     task: str = "digits"
@@ -469,6 +494,20 @@ class SweepSpec(StrictModel):
     max_test_samples: int | None = Field(default=None, ge=1)
     fixed_snr_db: list[float] = Field(default_factory=lambda: [0.0])
     batched: bool = True
+    model: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("model")
+    @classmethod
+    def _model_fields(cls, v: dict[str, Any]) -> dict[str, Any]:
+        return check_model_fields(v)
+
+    @model_serializer(mode="wrap")
+    def _omit_empty_model(self, handler: Any) -> dict[str, Any]:
+        # added later: left out when empty so earlier sweeps keep their identity and run dir
+        data = handler(self)
+        if not data.get("model"):
+            data.pop("model", None)
+        return data
 
     @field_validator("snr_db", "train_snr_db", "fixed_snr_db", mode="before")
     @classmethod
@@ -621,6 +660,7 @@ class FamilySpec(StrictModel):
     (App. E.1). Each member is trained with ``train_preset`` for its kind plus ``train``
     overrides, with training noise at ``train_site`` / ``train_snr_db`` (``inf`` = none) and
     the optional hardware ``device`` in the loop; ``seed`` seeds weights, data order and noise.
+    ``model``: extra :class:`ModelSpec` fields for every member (``cell``, ``kernel_size``, …).
     """
 
     task: str = "digits"
@@ -635,11 +675,17 @@ class FamilySpec(StrictModel):
     train_snr_db: float = math.inf
     train_site: Literal["signal", "state", "input"] = "signal"
     device: str | None = None
+    model: dict[str, Any] = Field(default_factory=dict)
 
     @field_validator("depths", mode="before")
     @classmethod
     def _depths(cls, v: Any) -> list[int]:
         return SweepSpec._depths(v)
+
+    @field_validator("model")
+    @classmethod
+    def _model_fields(cls, v: dict[str, Any]) -> dict[str, Any]:
+        return check_model_fields(v)
 
     @field_validator("train_snr_db", mode="before")
     @classmethod

@@ -86,11 +86,16 @@ class Family:
 
 
 def member_spec(spec: FamilySpec, task: Task, kind: str, depth: int) -> ModelSpec:
-    """The :class:`ModelSpec` of one member (a DEQ is matched to the FFW depth)."""
+    """The :class:`ModelSpec` of one member (a DEQ is matched to the FFW depth); ``spec.model``
+    adds cell fields (``noisydeq.models.extra.fit_to_task`` checks them against the task)."""
+    from noisydeq.models.extra import fit_to_task
+
+    fields = fit_to_task(spec.model, task)
     return build(
         ModelSpec,
         {"kind": kind, "in_features": task.in_features, "out_features": task.out_features,
-         "width": spec.hidden, "depth": depth, "matched": True, "input_act": spec.input_act},
+         "width": spec.hidden, "depth": depth, "matched": True, "input_act": spec.input_act,
+         **fields},
         where="family member",
     )
 
@@ -171,6 +176,6 @@ def family_spec_for_sweep(sweep: SweepSpec, seed: int, train_snr_db: float) -> F
          "kinds": sweep.kinds, "hidden": sweep.hidden, "input_act": sweep.input_act,
          "seed": seed, "train_preset": sweep.train_preset, "train": train,
          "train_snr_db": math.inf if train_snr_db is None else train_snr_db,
-         "train_site": sweep.train_site},
+         "train_site": sweep.train_site, "model": sweep.model},
         where="sweep",
     )

@@ -38,6 +38,7 @@ from noisydeq.errors import NoisyDEQError
 from noisydeq.noise import Noise, NoiseStream, active_subset, derive_seed
 from noisydeq.results import RunDir
 from noisydeq.runtime import job_count, num_threads, resolve_torch_device, thread_plan
+from noisydeq.tasks.base import sample_correct
 
 
 def fmt_db(value: float) -> str:
@@ -202,7 +203,8 @@ class DeviceMeter:
 
     Forward hooks compare the device output (bias removed) with the exact MVM of the digital
     weights on the first ``probe`` rows of each block: Σ‖Wx‖² / Σ‖y_dev − Wx‖² (DESIGN §1),
-    summed over layers and calls. Probing a few rows keeps the extra exact MVMs cheap.
+    summed over layers and calls (linear and convolutional layers alike). Probing a few rows
+    keeps the extra exact MVMs cheap.
     When a solver evaluates only its active rows (:class:`noisydeq.noise.RowSubset`), the
     probe rows among them are measured.
     """
@@ -217,11 +219,7 @@ class DeviceMeter:
         self.blocks, self.rows = blocks, rows
         m = min(rows, self.probe)
         self.index = torch.cat([torch.arange(m) + k * rows for k in range(blocks)])
-        self.handles = [
-            layer.register_forward_hook(self._hook)
-            for layer in layers.values()
-            if getattr(layer, "op", "linear") == "linear"
-        ]
+        self.handles = [layer.register_forward_hook(self._hook) for layer in layers.values()]
 
     def _hook(self, layer: nn.Module, inputs: tuple[Tensor, ...], out: Tensor) -> None:
         x = inputs[0]
@@ -243,14 +241,14 @@ class DeviceMeter:
             return
         y = out[idx].double()
         if getattr(layer, "bias", None) is not None:
-            y = y - layer.bias.double()
-        exact = torch.nn.functional.linear(x[idx].double(), layer.weight.double())
+            y = y - layer.bias.double().reshape((1, -1) + (1,) * (y.ndim - 2))
+        exact = _exact64(layer, x[idx])
         if self.signal is None or self.noise is None:
             self.signal = torch.zeros(self.blocks, dtype=torch.float64, device=x.device)
             self.noise = torch.zeros_like(self.signal)
-        self.signal += self.signal.new_zeros(self.blocks).index_add_(0, block, exact.pow(2).sum(1))
-        self.noise += self.noise.new_zeros(self.blocks).index_add_(0, block,
-                                                                   (y - exact).pow(2).sum(1))
+        sig, noi = exact.pow(2).flatten(1).sum(1), (y - exact).pow(2).flatten(1).sum(1)
+        self.signal += self.signal.new_zeros(self.blocks).index_add_(0, block, sig)
+        self.noise += self.noise.new_zeros(self.blocks).index_add_(0, block, noi)
 
     def totals(self, block: int) -> tuple[float, float]:
         """(signal, noise) sums of ``block`` over every call so far."""
@@ -261,6 +259,16 @@ class DeviceMeter:
     def close(self) -> None:
         for h in self.handles:
             h.remove()
+
+
+def _exact64(layer: nn.Module, x: Tensor) -> Tensor:
+    """The exact MVM of a device layer (no bias) in float64: linear or convolution."""
+    op = getattr(layer, "op", "linear")
+    w = layer.weight.double()
+    if op == "linear":
+        return torch.nn.functional.linear(x.double(), w)
+    fn = torch.nn.functional.conv1d if op == "conv1d" else torch.nn.functional.conv2d
+    return fn(x.double(), w, None, **layer.conv)
 
 
 # ------------------------------------------------------------------------ evaluation
@@ -317,8 +325,8 @@ def forward_levels(
     else:  # feed-forward: one layer evaluation per layer, always "converged"
         steps = torch.full((k * n,), float(sm.depth), dtype=torch.float64, device=x.device)
         converged = ~diverged
-    if classification:
-        correct = (rows.argmax(dim=1) == y.repeat(k)) & ~diverged
+    if classification:  # a per-position sample is correct only if every position is
+        correct = sample_correct(logits, y.repeat(k, *([1] * (y.ndim - 1)))) & ~diverged
         per_sample = correct.double()
     else:
         target = y.reshape(n, -1).repeat(k, 1).to(rows.dtype)

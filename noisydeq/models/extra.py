@@ -81,3 +81,25 @@ def build_extra(
         return MDEQ(spec.in_features, width, spec.out_features, spec.input_act, **common, **geo)
     return MultiscaleFFW(spec.in_features, width, spec.depth, spec.out_features,
                          spec.input_act, **geo)
+
+
+def fit_to_task(fields: dict[str, Any], task: Any) -> dict[str, Any]:
+    """``fields`` completed for ``task``: a per-position task (a class per position: prefix
+    sums, mazes) needs a per-position cell and passes its input shape; an image task with a
+    known shape (e.g. cifar10) passes it to conv/multiscale cells. One line otherwise."""
+    cell = fields.get("cell", "mlp")
+    per_position = bool(getattr(task, "per_position", False))
+    name = getattr(task, "name", "?")
+    if per_position and cell not in PER_POSITION_CELLS:
+        raise NoisyDEQError(
+            f"model.cell: task '{name}' predicts a class per position; use cell "
+            f"{' or '.join(repr(c) for c in PER_POSITION_CELLS)} (got '{cell}')")
+    if cell in PER_POSITION_CELLS and not per_position:
+        raise NoisyDEQError(
+            f"model.cell: cell '{cell}' predicts a class per position; task '{name}' has one "
+            "label per sample (per-position tasks: prefix_sums, mazes)")
+    shape = getattr(task, "in_shape", None)
+    out = dict(fields)
+    if shape is not None and cell in (*PER_POSITION_CELLS, "conv", "mdeq"):
+        out.setdefault("in_shape", list(shape))
+    return out
