@@ -12,7 +12,7 @@ FFW (paper §4.1, App. E.1).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +40,7 @@ class Member:
     test_metric: float
     fingerprint: str | None = None  # hash of the training data (noisydeq.tasks.Task)
     data_dir: str | None = None  # where the data are (recorded by a sweep or --data-dir)
+    task_options: dict[str, Any] = field(default_factory=dict)  # generator arguments
 
     @property
     def group(self) -> tuple[int, float]:
@@ -55,8 +56,8 @@ def _train_snr(train: dict[str, Any]) -> float:
 
 
 def load_member(path: Path) -> Member:
-    """Rebuild one checkpoint; one clear error when it is not a trained MLP DEQ/FFW."""
-    from noisydeq.analysis.probe import check_mlp_model
+    """Rebuild one checkpoint; one clear error when it is not a trained DEQ/FFW."""
+    from noisydeq.analysis.probe import check_model
     from noisydeq.config import TrainSpec, build
     from noisydeq.models.factory import build_model
     from noisydeq.train import apply_overrides
@@ -74,7 +75,7 @@ def load_member(path: Path) -> Member:
     model = build_model(spec)
     apply_overrides(model, build(TrainSpec, train, where=f"{path} train"))
     store.load_into(model, tensors, path)
-    kind = check_mlp_model(model)
+    kind = check_model(model)
     task = config.get("task") or {}
     return Member(
         path=path, model=model.eval(), kind=kind, depth=int(model.depth),
@@ -82,7 +83,7 @@ def load_member(path: Path) -> Member:
         task=str(task.get("name", "digits")), task_seed=int(task.get("seed", 0)),
         seed=int(train.get("seed", 0)), train_snr_db=_train_snr(train),
         test_metric=float(meta["extra"]["test_metric"]),
-        fingerprint=task.get("fingerprint"),
+        fingerprint=task.get("fingerprint"), task_options=dict(task.get("options") or {}),
     )
 
 
@@ -114,7 +115,7 @@ def load_family_task(members: list[Member], data_dir: str | None = None):
 
     m = members[0]
     where = data_dir or m.data_dir
-    task = load_task(m.task, data_dir=where, seed=m.task_seed)
+    task = load_task(m.task, data_dir=where, seed=m.task_seed, **m.task_options)
     if m.fingerprint is not None and task.fingerprint != m.fingerprint:
         raise NoisyDEQError(
             f"--data-dir: the {m.task} data found in {where or 'the default location'} differ "
