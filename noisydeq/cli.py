@@ -26,6 +26,7 @@ COMMAND_MODULES = [
     "sensitivity",
     "spectrum",
     "solvers",
+    "study",
 ]
 
 
