@@ -143,8 +143,10 @@ def _notice(task: Any) -> None:
 
 def _single(tspec: TrainSpec, task: Any, out: Path | None, dev: torch.device, opts: dict) -> None:
     from noisydeq.families import build_member
+    from noisydeq.models.extra import fit_to_task
     from noisydeq.train import train_model
 
+    fit_to_task({}, task)  # a per-position task (prefix_sums, mazes) needs another cell
     mspec = build(ModelSpec, {
         "kind": opts["kind"], "in_features": task.in_features,
         "out_features": task.out_features, "width": opts["width"], "depth": opts["depth"],
