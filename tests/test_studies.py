@@ -161,3 +161,20 @@ def test_quick_variant_runs_end_to_end(tmp_path, path):
     rep = json.loads(r.output)
     assert rep["summary"] and all(p.endswith((".png", ".svg")) for p in rep["figures"])
     assert rep["figures"]
+
+
+@pytest.mark.slow
+def test_analysis_commands_take_a_study_run_dir(tmp_path):
+    spec = tiny(train_snr_db=["inf"], test_snr_db=["inf"], budgets=["train"], shifts=[])
+    run_study(spec, tmp_path / "run", plots=False)
+    runner = CliRunner()
+    r = runner.invoke(cli, ["sensitivity", "--family", str(tmp_path / "run"), "--samples", "3",
+                            "--inputs", "2", "--precision", "0"], catch_exceptions=False)
+    assert r.exit_code == 0, r.output
+    rows = (tmp_path / "run" / "analysis" / "sensitivity" / "sensitivity.csv").read_text()
+    # DEQ (depth label 1) and FFW (2 layers) are not a depth pair: one row each
+    assert rows.count("\n") == 3 and ",3,60," in rows
+    r = runner.invoke(cli, ["spectrum", "--family", str(tmp_path / "run"), "--inputs", "2"],
+                      catch_exceptions=False)
+    assert r.exit_code == 0, r.output
+    assert "deq" in r.output and "ffw" in r.output
