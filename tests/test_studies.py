@@ -116,6 +116,8 @@ def test_cli_errors_are_one_line(tmp_path):
     path = ROOT / "experiments" / "algorithmic-prefix-sums.toml"
     r = runner.invoke(cli, ["study", str(path), "--set", "seedz=[0]"], standalone_mode=False)
     assert isinstance(r.exception, NoisyDEQError) and "did you mean 'seeds'" in str(r.exception)
+    r = runner.invoke(cli, ["run", str(path)], standalone_mode=False)
+    assert isinstance(r.exception, NoisyDEQError) and "noisydeq study" in str(r.exception)
 
 
 def test_experiment_files_are_valid_and_complete():
