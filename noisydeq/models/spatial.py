@@ -9,12 +9,13 @@ size, and the head predicts one class per position. Two unit cells:
   Eq. 57 (:class:`ConvLayer`, any ``ndim``).
 * ``residual`` (mazes, App. E.4: "residual block structure with two convolutions … no
   normalization … Tanh"): h = tanh(conv₁(z + ε_z) + b₁ + x̃ (+ ε_s)),
-  z ← tanh(conv₂(h) + b₂ + (z + ε_z) (+ ε_s)) (:class:`ResidualLayer`).
+  z ← tanh(conv₂(h + ε_h) + b₂ + (z + ε_z) (+ ε_s)) (:class:`ResidualLayer`).
 
 x̃ = act(conv_U(x + ε_x)) is injected into the first pre-activation at every iteration.
 Noise sites as for the MLP cell (``input`` once per forward; ``state`` and ``signal`` at every
-cell call, the latter at each pre-activation), multiplicative noise normalised per sample
-over all C·L (or C·H·W) elements. The FFW counterparts stack ``depth`` distinct layers of
+cell call: ``state`` on every hidden map entering a convolution, ``signal`` at each
+pre-activation), multiplicative noise normalised per sample over all C·L (or C·H·W)
+elements. The FFW counterparts stack ``depth`` distinct layers of
 the same kind with the injection at each (the ``eq57`` form of :class:`~noisydeq.models.FFW`:
 z⁰ = 0; the paper's maze FFW is the one-block case). The head is one convolution to the
 class scores per position, shared by DEQ and FFW.
@@ -102,10 +103,12 @@ class ConvLayer(nn.Module):
 
 
 class ResidualLayer(nn.Module):
-    """Two convolutions with a skip: h = tanh(conv₁(z̃) + b₁ + x̃), z ← tanh(conv₂(h) + b₂ + z̃).
+    """Two convolutions with a skip: h = tanh(conv₁(z̃) + b₁ + x̃), z ← tanh(conv₂(h̃) + b₂ + z̃).
 
-    z̃ = z + ε_z (the ``state`` site) feeds both the first convolution and the skip; each
-    pre-activation is a ``signal`` site. No normalisation (App. E.4).
+    The ``state`` site perturbs both hidden maps entering a convolution: z̃ = z + ε_z (which
+    feeds the first convolution and the skip) and h̃ = h + ε_h — so the one-block FFW, whose
+    block acts on z⁰ = 0, still has a noisy hidden state; each pre-activation is a
+    ``signal`` site. No normalisation (App. E.4).
     """
 
     def __init__(self, width: int, kernel_size: int, ndim: int, weight_norm: bool = False):
@@ -118,6 +121,7 @@ class ResidualLayer(nn.Module):
     def forward(self, z: Tensor, xt: Tensor, noise: Noise | None = None) -> Tensor:
         zn = apply_noise(noise, "state", z)
         h = torch.tanh(apply_noise(noise, "signal", self.W1(zn) + xt))
+        h = apply_noise(noise, "state", h)
         return torch.tanh(apply_noise(noise, "signal", self.W2(h) + zn))
 
     def hidden_weight_count(self, include_bias: bool = True) -> int:

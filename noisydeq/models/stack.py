@@ -5,7 +5,12 @@ The matrix-addition DEQ has "an input dimensionality of 800 …, three hidden la
 No activation function is used for the input projection" (App. E.4). One cell call runs all
 ``layers`` layers; x̃ enters the first pre-activation (Eq. 57 applied to the first layer):
 
-    h₀ = z + ε_z,   h_i = tanh(W_i h_{i−1} + b_i + [i = 1] x̃ (+ ε_s)),   f(z) = h_L.
+    h₀ = z,   h_i = tanh(W_i (h_{i−1} + ε_z) + b_i + [i = 1] x̃ (+ ε_s)),   f(z) = h_L.
+
+The ``state`` site perturbs every hidden vector that enters a layer (z and the inner h_i),
+the ``signal`` site every pre-activation. So a one-cell FFW, whose first layer acts on
+z⁰ = 0 (which multiplicative noise leaves at zero), still has noisy hidden states, as the
+paper's "perturbation to z" of an FFW's hidden layers requires (App. D.4).
 
 The FFW counterpart stacks ``depth`` such cells with distinct weights (the paper's FFW "has
 the same architecture as the DEQ", i.e. depth 1, with a ReLU input projection), with the
@@ -38,8 +43,9 @@ class StackLayer(nn.Module):
             check_positive("layers", layers)))
 
     def forward(self, z: Tensor, xt: Tensor, noise: Noise | None = None) -> Tensor:
-        h = apply_noise(noise, "state", z)
+        h = z
         for i, lin in enumerate(self.W):
+            h = apply_noise(noise, "state", h)  # every hidden vector entering a layer
             s = lin(h) + xt if i == 0 else lin(h)
             h = torch.tanh(apply_noise(noise, "signal", s))
         return h

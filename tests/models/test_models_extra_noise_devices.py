@@ -16,8 +16,10 @@ CELLS = {
     "mlp_stack": (dict(in_features=10, out_features=5, width=8, layers=3), (6, 10)),
     "mdeq": (dict(in_features=64, out_features=10, width=4, scales=3), (6, 64)),
 }
-#: ``signal`` draws per cell call: one per pre-activation
+#: draws per cell call: ``signal`` one per pre-activation, ``state`` one per hidden vector
+#: entering a weight layer (the cell's input z and, in multi-layer cells, the inner h)
 SIGNAL_DRAWS = {"conv1d": 1, "residual": 2, "mlp_stack": 3, "mdeq": 6}
+STATE_DRAWS = {"conv1d": 1, "residual": 2, "mlp_stack": 3, "mdeq": 1}
 FIXED = SolverSpec(name="unroll", max_iter=5, tol=1e-30, stop="abs", window=1)
 
 
@@ -46,7 +48,8 @@ def test_noise_sites_draw_where_and_as_often_as_stated(cell, kind):
     calls = FIXED.max_iter if kind == "deq" else 2  # cell calls: solver steps / FFW layers
     with torch.no_grad():
         clean = m(x)
-        for site, per_call in (("input", 0), ("state", 1), ("signal", SIGNAL_DRAWS[cell])):
+        for site, per_call in (("input", 0), ("state", STATE_DRAWS[cell]),
+                               ("signal", SIGNAL_DRAWS[cell])):
             stream = CountingStream(7)
             out = m(x, Noise(NoiseSpec(site=site, snr_db=0.0), stream))
             want = 1 if site == "input" else per_call * calls
