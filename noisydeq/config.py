@@ -585,7 +585,9 @@ class TrainSpec(StrictModel):
     deployed, trained through the device's noisy MVMs and its digital weights are saved.
     DEQ only: ``solver`` (training), ``test_solver`` (evaluation), ``gradient`` and
     ``jac_reg`` replace the model's own when set. ``max_train_samples``: use only the first
-    N training samples. Presets: :meth:`TrainSpec.preset` (``quick``, ``paper``).
+    N training samples. ``clip_grad_norm``: rescale each step's gradient to at most this
+    global 2-norm (None: no clipping). Presets: :meth:`TrainSpec.preset` (``quick``,
+    ``paper``).
     """
 
     epochs: int = Field(default=6, ge=0)
@@ -601,6 +603,16 @@ class TrainSpec(StrictModel):
     gradient: GradientSpec | None = None
     jac_reg: JacobianRegSpec | None = None
     max_train_samples: int | None = Field(default=None, ge=1)
+    clip_grad_norm: float | None = Field(default=None, gt=0.0)
+
+    @model_serializer(mode="wrap")
+    def _omit_unset_clip(self, handler: Any) -> dict[str, Any]:
+        # added after models were cached: left out when unset so earlier training configs
+        # (the model-cache keys) are unchanged
+        data = handler(self)
+        if data.get("clip_grad_norm", None) is None:
+            data.pop("clip_grad_norm", None)
+        return data
 
     @classmethod
     def preset(

@@ -333,6 +333,8 @@ def _train_epoch(
             )
         opt.zero_grad(set_to_none=True)
         total.backward()
+        if spec.clip_grad_norm is not None:
+            torch.nn.utils.clip_grad_norm_(net.parameters(), spec.clip_grad_norm)
         opt.step()
         loss_sum += float(loss.detach()) * len(idx)
         metric_sum += task.metric(out.detach(), yb) * len(idx)
