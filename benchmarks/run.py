@@ -22,9 +22,9 @@ from typing import Any
 import torch
 
 from benchmarks.common import Row, format_table, machine_info
-from noisydeq.config import atomic_write_text
+from noisydeq.store import atomic_write_text
 
-AREAS = ("main_job", "sweep", "solvers", "devices", "training")
+AREAS = ("main_job", "sweep", "solvers", "devices", "rng", "training")
 HERE = Path(__file__).resolve().parent
 
 
@@ -52,6 +52,10 @@ def _run_area(area: str, quick: bool, work: Path, state: dict[str, Any]) -> list
         from benchmarks.devices import bench_devices
 
         return bench_devices(repeat=5 if quick else 20)
+    if area == "rng":
+        from benchmarks.rng import bench_rng
+
+        return bench_rng(repeat=5 if quick else 20)
     if area == "training":
         from benchmarks.training import bench_training
 

@@ -1,15 +1,23 @@
 """The ``noisydeq`` command line (click).
 
 Sub-commands live in ``noisydeq/commands/<name>.py``, each exposing a click command called
-``command`` (or a list ``commands``); they are registered here so that modules stay small.
+``command`` (or a list ``commands``); they are loaded on first use (:class:`LazyGroup`) so
+that modules stay small and the command line starts fast.
 Every :class:`~noisydeq.errors.NoisyDEQError` (and click usage error) becomes one readable
-line on stderr and a non-zero exit — never a traceback.
+line on stderr and a non-zero exit — never a traceback; an interrupted run says how to
+resume it.
 """
 
 from __future__ import annotations
 
+import difflib
 import importlib
+import os
+import shlex
+import signal
 import sys
+import threading
+from typing import Any
 
 import click
 
@@ -27,41 +35,107 @@ COMMAND_MODULES = [
     "spectrum",
     "solvers",
     "study",
+    "compare",
 ]
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def _module_commands(name: str) -> list[click.Command]:
+    """The click commands of ``noisydeq/commands/<name>.py`` ([] when not installed)."""
+    try:
+        module = importlib.import_module(f"noisydeq.commands.{name}")
+    except ModuleNotFoundError as err:
+        if err.name == f"noisydeq.commands.{name}":
+            return []
+        raise
+    return list(getattr(module, "commands", None) or [module.command])
+
+
+class LazyGroup(click.Group):
+    """A group that imports a command's module only when that command runs (or help lists
+    them): ``noisydeq sweep --snr ...`` loads neither torch nor the other commands before
+    it has validated its input, and a spawned worker process starts in a fraction of a
+    second (it imports this module as its ``__main__``)."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        names = []
+        for module in COMMAND_MODULES:
+            names += [c.name for c in _module_commands(module) if c.name not in names]
+        return names
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        for module in ([name] if name in COMMAND_MODULES else []) + COMMAND_MODULES:
+            for cmd in _module_commands(module):
+                if cmd.name == name:
+                    return cmd
+        return None
+
+    def resolve_command(self, ctx: click.Context, args: list[str]) -> Any:
+        name = args[0] if args else ""
+        if args and not name.startswith("-") and self.get_command(ctx, name) is None:
+            close = difflib.get_close_matches(name, self.list_commands(ctx), n=1)
+            hint = f"; did you mean '{close[0]}'?" if close else ""
+            ctx.fail(f"no such command '{name}'{hint} "
+                     f"(commands: {', '.join(self.list_commands(ctx))})")
+        return super().resolve_command(ctx, args)
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="noisydeq")
 def cli() -> None:
     """Run DEQ and feed-forward networks on simulated noisy analog and optical hardware."""
 
 
-def _register() -> None:
-    for name in COMMAND_MODULES:
-        try:
-            module = importlib.import_module(f"noisydeq.commands.{name}")
-        except ModuleNotFoundError as err:
-            if err.name == f"noisydeq.commands.{name}":
-                continue
-            raise
-        cmds = getattr(module, "commands", None) or [module.command]
-        for cmd in cmds:
-            cli.add_command(cmd)
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised in the main thread so that ``finally`` blocks run (workers stopped,
+    locks released) as for Ctrl-C."""
+
+    signum = signal.SIGTERM
 
 
-_register()
+def _on_sigterm(signum: int, frame: object) -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second one must not cut the clean-up
+    raise Terminated()
+
+
+def _resume_hint(argv: list[str]) -> str:
+    return ("finished work is kept; run the same command again to resume: "
+            + shlex.join(["noisydeq", *argv]))
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Console-script entry point: user errors become one line and exit code 2."""
+    """Console-script entry point: user errors become one line and exit code 2.
+
+    Ctrl-C and SIGTERM stop the run cleanly (exit 130 / 143) with one line saying how to
+    resume; an ``OSError`` (disk full, permission) or ``MemoryError`` is one line too, and
+    anything unexpected is one "internal error" line (``NOISYDEQ_DEBUG=1`` shows the
+    traceback).
+    """
+    argv = list(sys.argv[1:] if argv is None else argv)
+    main_thread = threading.current_thread() is threading.main_thread()
+    before = signal.signal(signal.SIGTERM, _on_sigterm) if main_thread else None
     try:
-        cli.main(args=argv, prog_name="noisydeq", standalone_mode=False)
+        _run(argv)
+    finally:
+        if before is not None:
+            signal.signal(signal.SIGTERM, before)
+
+
+def _run(argv: list[str]) -> None:
+    """:func:`main` without the signal set-up."""
+    try:
+        with cli.make_context("noisydeq", argv) as ctx:
+            cli.invoke(ctx)
+    except click.exceptions.NoArgsIsHelpError as err:  # bare `noisydeq`: the help
+        click.echo(err.ctx.get_help() if err.ctx is not None else str(err))
+        sys.exit(2)
     except click.exceptions.Abort:
-        click.echo("noisydeq: interrupted", err=True)
+        click.echo(f"noisydeq: interrupted; {_resume_hint(argv)}", err=True)
         sys.exit(130)
-    except KeyboardInterrupt:
-        click.echo("noisydeq: interrupted (finished work is kept; run again to resume)", err=True)
-        sys.exit(130)
+    except KeyboardInterrupt as err:
+        signum = getattr(err, "signum", signal.SIGINT)
+        name = "terminated" if signum == signal.SIGTERM else "interrupted"
+        click.echo(f"noisydeq: {name}; {_resume_hint(argv)}", err=True)
+        sys.exit(128 + int(signum))
     except click.ClickException as err:
         click.echo(f"noisydeq: error: {err.format_message()}", err=True)
         sys.exit(err.exit_code or 2)
@@ -70,6 +144,21 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(2)
     except click.exceptions.Exit as err:
         sys.exit(err.exit_code)
+    except MemoryError:
+        click.echo("noisydeq: error: out of memory (ask for fewer or smaller models, fewer "
+                   "rows per forward or fewer SNR levels)", err=True)
+        sys.exit(2)
+    except OSError as err:
+        where = f"{err.filename}: " if err.filename else ""
+        click.echo(f"noisydeq: error: {where}{err.strerror or err}", err=True)
+        sys.exit(2)
+    except Exception as err:  # noqa: BLE001 - the last line of defence: never a traceback
+        if os.environ.get("NOISYDEQ_DEBUG"):
+            raise
+        msg = str(err).splitlines()[0] if str(err) else ""
+        click.echo(f"noisydeq: internal error: {type(err).__name__}: {msg} (please report it; "
+                   "NOISYDEQ_DEBUG=1 shows the traceback)", err=True)
+        sys.exit(3)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -10,9 +10,9 @@ from __future__ import annotations
 import difflib
 import math
 import os
-import tempfile
+import re
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar, Union, get_args, get_origin
 
 import tomli_w
 from pydantic import (
@@ -25,7 +25,9 @@ from pydantic import (
     model_validator,
 )
 
+from noisydeq import limits
 from noisydeq.errors import NoisyDEQError
+from noisydeq.store import atomic_write_text, read_text
 
 try:  # Python >= 3.11
     import tomllib
@@ -35,10 +37,50 @@ except ModuleNotFoundError:  # pragma: no cover - Python 3.10
 M = TypeVar("M", bound="StrictModel")
 
 
-class StrictModel(BaseModel):
-    """Base of every spec: unknown keys are errors, values are validated on assignment."""
+def _numeric(annotation: Any) -> bool:
+    """True when ``annotation`` is int/float, optionally inside Optional, list or Annotated."""
+    if annotation in (int, float):
+        return True
+    origin = get_origin(annotation)
+    if origin in (Union, list, tuple, Annotated) or str(origin) == "<class 'types.UnionType'>":
+        return any(_numeric(a) for a in get_args(annotation) if a is not type(None))
+    return False
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False)
+
+def _has_bool(value: Any) -> bool:
+    if isinstance(value, bool):
+        return True
+    return isinstance(value, (list, tuple)) and any(isinstance(v, bool) for v in value)
+
+
+#: a float field that may be ``inf`` (an SNR in dB: ``inf`` = no noise)
+InfFloat = Annotated[float, Field(allow_inf_nan=True)]
+
+
+class StrictModel(BaseModel):
+    """Base of every spec: unknown keys are errors, values are validated on assignment.
+
+    Numbers are strict: ``true``/``false`` is not a number, and floats must be finite
+    unless a field is declared :data:`InfFloat` (SNRs in dB).
+    """
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False,
+                              allow_inf_nan=False)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bool_numbers(cls, value: Any, info: Any) -> Any:
+        field = cls.model_fields.get(info.field_name)
+        if field is not None and _has_bool(value) and _numeric(field.annotation) and not (
+                _accepts_bool(field.annotation)):
+            raise ValueError(f"expected a number, got a boolean ({str(value).lower()})")
+        return value
+
+
+def _accepts_bool(annotation: Any) -> bool:
+    if annotation is bool:
+        return True
+    return any(_accepts_bool(a) for a in get_args(annotation))
 
 
 # ----------------------------------------------------------------------------- errors
@@ -58,8 +100,50 @@ def _known_fields(model: type[BaseModel], loc: tuple) -> list[str]:
     return list(getattr(current, "model_fields", {}) or [])
 
 
+def _field_info(model: type[BaseModel], loc: tuple) -> Any:
+    """The pydantic ``FieldInfo`` at ``loc`` inside ``model`` (None when not found)."""
+    current: Any = model
+    info = None
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        fields = getattr(current, "model_fields", None)
+        if not fields or part not in fields:
+            return info
+        info = fields[part]
+        ann = info.annotation
+        current = ann if isinstance(ann, type) and issubclass(ann, BaseModel) else None
+    return info
+
+
+def _allowed_range(model: type[BaseModel], loc: tuple) -> str:
+    """``allowed: 1 ≤ value ≤ 24`` from a numeric field's constraints ('' when none)."""
+    info = _field_info(model, loc)
+    if info is None:
+        return ""
+    low = high = ""
+    for m in info.metadata:
+        for attr, sym, side in (("gt", "<", "low"), ("ge", "≤", "low"),
+                                ("lt", "<", "high"), ("le", "≤", "high")):
+            v = getattr(m, attr, None)
+            if v is not None:
+                if side == "low":
+                    low = f"{v:g} {sym} "
+                else:
+                    high = f" {sym} {v:g}"
+    finite = "" if _is_int(info.annotation) else "finite, "
+    if not (low or high):
+        return ""
+    return f"allowed: {finite}{low}value{high}"
+
+
+def _is_int(annotation: Any) -> bool:
+    return annotation is int or any(_is_int(a) for a in get_args(annotation))
+
+
 def format_validation_error(err: ValidationError, model: type[BaseModel], where: str = "") -> str:
-    """One readable line for a pydantic error, with a "did you mean" for unknown keys."""
+    """One readable line for a pydantic error, with a "did you mean" for unknown keys and
+    the allowed range for a non-finite or boolean number."""
     parts = []
     for e in err.errors():
         loc = tuple(e["loc"])
@@ -72,6 +156,9 @@ def format_validation_error(err: ValidationError, model: type[BaseModel], where:
             parts.append(f"unknown key '{name}'{hint}{allowed}")
         else:
             msg = e["msg"].removeprefix("Value error, ")
+            if e["type"] == "finite_number" or "got a boolean" in msg:
+                rng = _allowed_range(model, loc)
+                msg = f"{msg} ({rng})" if rng else msg
             parts.append(f"{name}: {msg}")
     prefix = f"{where}: " if where else ""
     return prefix + "; ".join(parts)
@@ -101,6 +188,26 @@ def coerce(model: type[M], spec: M | dict[str, Any] | None, where: str) -> M:
     )
 
 
+def check_choice(value: Any, allowed: tuple[str, ...]) -> str:
+    """``value`` if it is one of ``allowed``, else a ValueError with a "did you mean" (a
+    field validator's error is prefixed with the field name: one line)."""
+    if isinstance(value, str) and value in allowed:
+        return value
+    close = difflib.get_close_matches(str(value), allowed, n=1)
+    hint = f"; did you mean '{close[0]}'?" if close else ""
+    raise ValueError(f"unknown value '{value}'{hint} (allowed: {', '.join(allowed)})")
+
+
+#: FFW layer forms (``noisydeq.models.ffw``), the default first: ``eq57x`` z⁰ = x̃ with the
+#: Eq. 57 injection at every layer, ``eq57`` z⁰ = 0 (W₀ never acts), ``eq32`` z⁰ = x̃ and no
+#: injection
+FFW_FORMS = ("eq57x", "eq57", "eq32")
+#: SNR scales of multiplicative noise (``noisydeq.noise``): ``realised`` (the realised SNR
+#: equals the nominal one at every width) or ``paper`` (Eq. 4 literally per element:
+#: realised SNR = nominal − 10·log10(d))
+SNR_SCALES = ("realised", "paper")
+
+
 # ------------------------------------------------------------------------------- TOML
 
 
@@ -121,47 +228,24 @@ def dumps_toml(spec: BaseModel) -> str:
     return tomli_w.dumps(_to_toml_value(spec.model_dump(mode="python")))
 
 
-def loads_toml(model: type[M], text: str, where: str = "") -> M:
-    """Parse TOML text into ``model`` (strict)."""
+def parse_toml(text: str, where: str = "") -> dict[str, Any]:
+    """TOML text as a dict; invalid (or absurdly nested) TOML is one clear error."""
     try:
-        data = tomllib.loads(text)
+        return tomllib.loads(text)
     except tomllib.TOMLDecodeError as err:
         raise NoisyDEQError(f"{where or 'TOML'}: not valid TOML ({err})") from None
-    return build(model, data, where=where)
+    except RecursionError:
+        raise NoisyDEQError(f"{where or 'TOML'}: not valid TOML (nested too deeply)") from None
+
+
+def loads_toml(model: type[M], text: str, where: str = "") -> M:
+    """Parse TOML text into ``model`` (strict)."""
+    return build(model, parse_toml(text, where), where=where)
 
 
 def load_toml(model: type[M], path: str | os.PathLike) -> M:
-    """Load a TOML file into ``model``; a missing file is one clear error."""
-    p = Path(path)
-    if not p.is_file():
-        raise NoisyDEQError(f"file not found: {p}")
-    return loads_toml(model, p.read_text(encoding="utf-8"), where=str(p))
-
-
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
-    """Write ``data`` to ``path`` atomically (temp file in the same directory, fsync, rename).
-
-    A reader sees the old file or the new one, never a half-written one; on any error the
-    temp file is removed and the old file is left in place.
-    """
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=f".{p.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, p)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return p
-
-
-def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
-    """Write UTF-8 ``text`` to ``path`` atomically (see :func:`atomic_write_bytes`)."""
-    return atomic_write_bytes(path, text.encode("utf-8"))
+    """Load a TOML file into ``model``; a missing, binary or non-UTF-8 file is one clear error."""
+    return loads_toml(model, read_text(path, "file"), where=str(path))
 
 
 def dump_toml(spec: BaseModel, path: str | os.PathLike) -> Path:
@@ -169,11 +253,28 @@ def dump_toml(spec: BaseModel, path: str | os.PathLike) -> Path:
     return atomic_write_text(path, dumps_toml(spec))
 
 
+def parse_assignments(items: tuple[str, ...] | list[str], flag: str = "--set") -> dict[str, Any]:
+    """``key=value`` overrides of spec fields (values parsed as TOML, else kept as text)."""
+    out: dict[str, Any] = {}
+    for item in items:
+        if "=" not in item:
+            raise NoisyDEQError(f"{flag} '{item}': expected key=value (e.g. epochs=2)")
+        key, value = item.split("=", 1)
+        try:
+            out[key.strip()] = tomllib.loads(f"v = {value}")["v"]
+        except (tomllib.TOMLDecodeError, RecursionError):
+            out[key.strip()] = value
+    return out
+
+
 # -------------------------------------------------------------------------------- SNR
 
 
 def parse_snr_value(text: str | float | int) -> float:
     """One SNR in dB: a number, or ``inf`` (no noise)."""
+    if isinstance(text, str) and len(text) > 40:
+        raise NoisyDEQError(f"SNR value '{text[:20]}…' ({len(text)} characters) is not a "
+                            "number of dB or 'inf'")
     if isinstance(text, (int, float)) and not isinstance(text, bool):
         value = float(text)
     else:
@@ -188,6 +289,13 @@ def parse_snr_value(text: str | float | int) -> float:
             ) from None
     if math.isnan(value) or value == -math.inf:
         raise NoisyDEQError(f"SNR value '{text}' must be a finite number of dB or 'inf'")
+    if math.isinf(value) and not isinstance(text, (int, float)):  # e.g. 1e309 overflowed
+        raise NoisyDEQError(f"SNR value '{text}' is too large (write 'inf' for no noise)")
+    if math.isfinite(value) and not limits.SNR_MIN_DB <= value <= limits.SNR_MAX_DB:
+        raise NoisyDEQError(
+            f"SNR value '{text}' dB is outside {limits.SNR_MIN_DB:g}..{limits.SNR_MAX_DB:g} dB "
+            "(or inf = no noise)"
+        )
     return value
 
 
@@ -218,9 +326,18 @@ def parse_snr_range(text: str) -> list[float]:
             if start > stop:
                 raise NoisyDEQError(f"--snr '{part}': start {start:g} is above stop {stop:g}")
             n = int(math.floor((stop - start) / step + 1e-9)) + 1
+            if n + len(values) > limits.MAX_SNR_LEVELS:
+                raise NoisyDEQError(
+                    f"--snr '{part}': {n} levels; a grid holds at most "
+                    f"{limits.MAX_SNR_LEVELS} (use a larger step)"
+                )
             values.extend(round(start + i * step, 10) for i in range(n))
         else:
             values.append(parse_snr_value(part))
+    if len(values) > limits.MAX_SNR_LEVELS:
+        raise NoisyDEQError(
+            f"--snr: {len(values)} levels; a grid holds at most {limits.MAX_SNR_LEVELS}"
+        )
     return sorted(set(values))
 
 
@@ -232,17 +349,26 @@ class NoiseSpec(StrictModel):
 
     ``site``: ``input`` (x), ``state`` (z), ``signal`` (pre-activation) or ``none``.
     ``snr_db`` applies to multiplicative noise (``inf`` = no noise); ``eta`` to additive.
+    ``snr_scale`` (:data:`SNR_SCALES`): ``realised`` (default) scales the noise so the
+    realised per-sample SNR ‖y‖²/‖ε‖² equals ``snr_db`` at every width; ``paper`` applies
+    Eq. 4 literally per element (std ‖y‖/√SNR), a realised SNR of snr_db − 10·log10(d).
     """
 
     site: Literal["none", "input", "state", "signal"] = "none"
     kind: Literal["multiplicative", "additive"] = "multiplicative"
-    snr_db: float = math.inf
-    eta: float = Field(default=0.0, ge=0.0)
+    snr_db: InfFloat = math.inf
+    eta: float = Field(default=0.0, ge=0.0, le=1e6)
+    snr_scale: str = "realised"
 
     @field_validator("snr_db", mode="before")
     @classmethod
     def _parse_snr(cls, v: Any) -> float:
         return parse_snr_value(v)
+
+    @field_validator("snr_scale")
+    @classmethod
+    def _scale(cls, v: Any) -> str:
+        return check_choice(v, SNR_SCALES)
 
     @model_validator(mode="after")
     def _consistent(self) -> NoiseSpec:
@@ -278,12 +404,12 @@ class SolverSpec(StrictModel):
     """
 
     name: Literal["unroll", "anderson", "broyden", "stochastic"] = "anderson"
-    max_iter: int = Field(default=30, ge=1)
+    max_iter: int = Field(default=30, ge=1, le=limits.MAX_ITER)
     tol: float = Field(default=1e-3, gt=0.0)
     stop: Literal["abs", "rel", "mean_rel"] = "rel"
-    window: int = Field(default=5, ge=1)
+    window: int = Field(default=5, ge=1, le=limits.MAX_ITER)
     tau: float = Field(default=1.0, gt=0.0, le=1.0)
-    m: int | None = Field(default=None, ge=1)
+    m: int | None = Field(default=None, ge=1, le=1000)
     lam: float = Field(default=1e-4, ge=0.0)
     beta: float = Field(default=1.0, gt=0.0, le=1.0)
     alpha0: float = Field(default=0.5, gt=0.0, le=1.0)
@@ -321,7 +447,7 @@ class GradientSpec(StrictModel):
     """
 
     name: Literal["ift", "phantom", "jfb", "bptt"] = "ift"
-    phantom_steps: int = Field(default=9, ge=1)
+    phantom_steps: int = Field(default=9, ge=1, le=limits.MAX_ITER)
     phantom_lambda: float = Field(default=0.5, gt=0.0, le=1.0)
     backward_solver: SolverSpec = Field(default_factory=_default_backward_solver)
 
@@ -333,8 +459,8 @@ class JacobianRegSpec(StrictModel):
     """
 
     weight: float = Field(default=0.0, ge=0.0)
-    stop_epoch: int | None = Field(default=None, ge=0)
-    n_samples: int = Field(default=1, ge=1)
+    stop_epoch: int | None = Field(default=None, ge=0, le=limits.MAX_EPOCHS)
+    n_samples: int = Field(default=1, ge=1, le=1000)
 
 
 # ------------------------------------------------------------------------------- models
@@ -349,9 +475,11 @@ class ModelSpec(StrictModel):
     is parameter-matched to and the DEQ width becomes ``matched_width(depth, width)``
     (App. E.1: 128, 222, 287, … for depths 1, 3, 5, …); with ``matched = false`` the DEQ has
     exactly ``width`` units. ``input_act``: nonlinearity of the input projection x̃ = act(U x).
-    ``ffw_form``: ``eq57`` (z⁰ = 0, x̃ injected at every layer) or ``eq32`` (z⁰ = x̃, no
-    injection). Conv only: ``in_shape`` [C, H, W] (default: one square channel),
-    ``kernel_size`` (odd), ``weight_norm``, ``pool`` (head pooling to pool×pool).
+    ``ffw_form`` (FFW only, :data:`FFW_FORMS`): ``eq57x`` (default; z⁰ = x̃ and x̃ injected at
+    every layer, so every counted hidden matrix acts), ``eq57`` (z⁰ = 0: the first layer's
+    matrix never acts) or ``eq32`` (z⁰ = x̃, no injection). Conv only: ``in_shape``
+    [C, H, W] (default: one square channel), ``kernel_size`` (odd), ``weight_norm``,
+    ``pool`` (head pooling to pool×pool).
 
     Cells beyond Eq. 57 (App. E.1/E.4, ``noisydeq.models.spatial``/``stack``/``mdeq``):
     ``conv1d`` (one convolution + tanh per iteration) and ``residual`` (two convolutions and
@@ -360,25 +488,32 @@ class ModelSpec(StrictModel):
     [C, H, W] picks 1-d or 2-d convolutions (default: 1-d for conv1d, 2-d for residual).
     ``mlp_stack``: ``layers`` fully connected tanh layers per cell call. ``mdeq``: a
     multiscale cell of ``scales`` resolutions (``width``, 2·``width``, … channels, GroupNorm
-    with ``norm_groups`` groups, weight norm per ``weight_norm``).
+    with ``norm_groups`` groups, weight norm per ``weight_norm``). These cells have one FFW
+    form each (their own layer stack, :mod:`noisydeq.models.extra`); ``ffw_form`` applies to
+    the ``mlp`` and ``conv`` cells.
     """
 
     kind: Literal["deq", "ffw"] = "deq"
     cell: Literal["mlp", "conv", "conv1d", "residual", "mlp_stack", "mdeq"] = "mlp"
-    in_features: int = Field(gt=0)
-    out_features: int = Field(gt=0)
-    width: int = Field(default=128, gt=0)
-    depth: int = Field(default=1, gt=0)
+    in_features: int = Field(gt=0, le=2**31)
+    out_features: int = Field(gt=0, le=2**31)
+    width: int = Field(default=128, gt=0, le=limits.MAX_WIDTH)
+    depth: int = Field(default=1, gt=0, le=limits.MAX_DEPTH)
     matched: bool = True
     input_act: Literal["relu", "silu", "identity"] = "relu"
-    ffw_form: Literal["eq57", "eq32"] = "eq57"
+    ffw_form: str = FFW_FORMS[0]
     in_shape: list[int] | None = None
-    kernel_size: int = Field(default=3, gt=0)
+    kernel_size: int = Field(default=3, gt=0, le=255)
     weight_norm: bool = True
-    pool: int = Field(default=4, gt=0)
-    layers: int = Field(default=3, gt=0)
+    pool: int = Field(default=4, gt=0, le=4096)
+    layers: int = Field(default=3, gt=0, le=limits.MAX_DEPTH)
     scales: int = Field(default=2, ge=1, le=4)
-    norm_groups: int = Field(default=4, gt=0)
+    norm_groups: int = Field(default=4, gt=0, le=limits.MAX_WIDTH)
+
+    @field_validator("ffw_form")
+    @classmethod
+    def _form(cls, v: Any) -> str:
+        return check_choice(v, FFW_FORMS)
 
     @field_validator("kernel_size")
     @classmethod
@@ -390,8 +525,9 @@ class ModelSpec(StrictModel):
     @field_validator("in_shape")
     @classmethod
     def _shape(cls, v: list[int] | None) -> list[int] | None:
-        if v is not None and (len(v) not in (2, 3) or min(v) <= 0):
-            raise ValueError(f"must be positive integers [C, H, W] (or [C, L]), got {v}")
+        if v is not None and (len(v) not in (2, 3) or min(v) <= 0 or max(v) > limits.MAX_WIDTH):
+            raise ValueError(f"must be positive integers [C, H, W] (or [C, L]), each ≤ "
+                             f"{limits.MAX_WIDTH}, got {v}")
         return v
 
     @model_validator(mode="after")
@@ -420,7 +556,7 @@ _LATE_MODEL_FIELDS = {"layers": 3, "scales": 2, "norm_groups": 4}
 
 #: ModelSpec fields a family or sweep sets itself (not overridable through its ``model``)
 FAMILY_FIELDS = ("kind", "in_features", "out_features", "width", "depth", "matched",
-                 "input_act")
+                 "input_act", "ffw_form")
 
 
 def check_model_fields(fields: dict[str, Any]) -> dict[str, Any]:
@@ -456,19 +592,60 @@ def _snr_list(value: Any, field: str) -> list[float]:
         value = [value]
     if not isinstance(value, (list, tuple)) or not value:
         raise ValueError(f"{field} must be a non-empty SNR grid such as '0:30' or [0, 10, inf]")
+    if len(value) > limits.MAX_SNR_LEVELS:
+        raise ValueError(f"{field}: {len(value)} levels; a grid holds at most "
+                         f"{limits.MAX_SNR_LEVELS}")
     try:
         return sorted({parse_snr_value(v) for v in value})
     except NoisyDEQError as err:
         raise ValueError(f"{field}: {err}") from None
 
 
-class SweepSpec(StrictModel):
+class FamilyChoices(StrictModel):
+    """The fields a sweep and a family share beyond sizes: the FFW layer form and the SNR scale.
+
+    ``ffw_form`` (:data:`FFW_FORMS`; ``None`` = the default ``eq57x``) is refused when
+    ``kinds`` has no ``ffw`` member; ``snr_scale`` (:data:`SNR_SCALES`) is how model-noise
+    SNRs are read (:class:`NoiseSpec`).
+    """
+
+    ffw_form: str | None = None
+    snr_scale: str = "realised"
+
+    @field_validator("ffw_form")
+    @classmethod
+    def _form(cls, v: Any) -> str | None:
+        return None if v is None else check_choice(v, FFW_FORMS)
+
+    @field_validator("snr_scale")
+    @classmethod
+    def _scale(cls, v: Any) -> str:
+        return check_choice(v, SNR_SCALES)
+
+    @model_validator(mode="after")
+    def _form_needs_ffw(self) -> FamilyChoices:
+        kinds = list(getattr(self, "kinds", ["ffw"]))
+        if self.ffw_form is not None and "ffw" not in kinds:
+            raise ValueError(
+                f"ffw_form '{self.ffw_form}' is given but kinds {kinds} has no 'ffw' member "
+                "(drop ffw_form or add 'ffw' to kinds)"
+            )
+        return self
+
+
+class SweepSpec(FamilyChoices):
     """A sweep: trained model families × inference SNR grid × chip instances (issue 4).
 
     ``noise_site = "device"`` sweeps the SNR of the hardware model (``device`` calibrated to
     each SNR); ``signal`` / ``state`` / ``input`` sweep the paper's multiplicative model noise
     (Eq. 3-4) at that site while the weights run on ``device`` (usually ``ideal``).
     ``seeds`` and ``train_snr_db`` are grids too: one family is trained per (seed, train SNR).
+    ``ffw_form`` and ``snr_scale`` (:class:`FamilyChoices`): the FFW layer form, and how the
+    model-noise SNRs (swept and training) are read — ``realised`` (realised SNR = nominal at
+    every width) or ``paper`` (Eq. 4 literally, nominal − 10·log10(width)); model noise only
+    (a device calibrates to the realised SNR of its MVMs). ``test_solver``: the DEQs'
+    evaluation solver in place of the preset's (e.g. the paper preset's window-40 solver for
+    quick-trained models swept down to 0 dB).
     ``model``: extra :class:`ModelSpec` fields for every member, e.g. ``{cell = "conv1d",
     weight_norm = false}`` (the cells beyond Eq. 57; a per-position task needs one).
     """
@@ -477,23 +654,24 @@ class SweepSpec(StrictModel):
     data_dir: str | None = None
     depths: list[int] = Field(default_factory=lambda: [1, 3, 5, 7])
     kinds: list[Literal["deq", "ffw"]] = Field(default_factory=lambda: ["deq", "ffw"])
-    hidden: int = Field(default=128, ge=1)
-    input_act: str = "relu"
-    train_snr_db: list[float] = Field(default_factory=lambda: [math.inf])
+    hidden: int = Field(default=128, ge=1, le=limits.MAX_WIDTH)
+    input_act: Literal["relu", "silu", "identity"] = "relu"
+    train_snr_db: list[InfFloat] = Field(default_factory=lambda: [math.inf])
     train_site: Literal["signal", "state", "input"] = "signal"
     train_preset: str = "quick"
-    epochs: int | None = Field(default=None, ge=0)
+    epochs: int | None = Field(default=None, ge=0, le=limits.MAX_EPOCHS)
     device: str = "rram"
     noise_site: Literal["device", "signal", "state", "input"] = "device"
-    snr_db: list[float] = Field(default_factory=lambda: parse_snr_range("0:30"))
-    chips: int = Field(default=3, ge=1)
+    snr_db: list[InfFloat] = Field(default_factory=lambda: parse_snr_range("0:30"))
+    chips: int = Field(default=3, ge=1, le=limits.MAX_CHIPS)
     seeds: list[int] = Field(default_factory=lambda: [0])
     torch_device: str = "cpu"
-    max_rows: int = Field(default=4096, ge=1)
-    max_train_samples: int | None = Field(default=None, ge=1)
-    max_test_samples: int | None = Field(default=None, ge=1)
-    fixed_snr_db: list[float] = Field(default_factory=lambda: [0.0])
+    max_rows: int = Field(default=4096, ge=1, le=limits.MAX_ROWS)
+    max_train_samples: int | None = Field(default=None, ge=1, le=limits.MAX_SAMPLES)
+    max_test_samples: int | None = Field(default=None, ge=1, le=limits.MAX_SAMPLES)
+    fixed_snr_db: list[InfFloat] = Field(default_factory=lambda: [0.0])
     batched: bool = True
+    test_solver: SolverSpec | None = None
     model: dict[str, Any] = Field(default_factory=dict)
 
     @field_validator("model")
@@ -514,6 +692,16 @@ class SweepSpec(StrictModel):
     def _grid(cls, v: Any, info: Any) -> list[float]:
         return _snr_list(v, info.field_name)
 
+    @model_validator(mode="after")
+    def _scale_for_model_noise(self) -> SweepSpec:
+        if self.snr_scale != "realised" and self.noise_site == "device":
+            raise ValueError(
+                f"snr_scale '{self.snr_scale}' applies to the paper's model noise; with "
+                "noise_site 'device' the device is calibrated to the realised SNR of its "
+                "MVMs (use noise_site signal, state or input)"
+            )
+        return self
+
     @field_validator("depths", mode="before")
     @classmethod
     def _depths(cls, v: Any) -> list[int]:
@@ -531,15 +719,39 @@ class SweepSpec(StrictModel):
                 ok = False
             if not ok:
                 raise ValueError(f"depth '{d}' is not a positive integer (e.g. 1,3,5,7)")
+            if int(float(d)) > limits.MAX_DEPTH:
+                raise ValueError(f"depth {int(float(d))} is above the largest allowed, "
+                                 f"{limits.MAX_DEPTH}")
             out.append(int(float(d)))
+        if len(set(out)) > limits.MAX_SEEDS:
+            raise ValueError(f"{len(set(out))} depths; at most {limits.MAX_SEEDS}")
         return sorted(set(out))
 
-    @field_validator("seeds", "kinds", mode="after")
+    @field_validator("seeds", "kinds", "train_snr_db", mode="after")
     @classmethod
     def _non_empty(cls, v: list, info: Any) -> list:
         if not v:
             raise ValueError(f"{info.field_name} must not be empty")
+        if len(v) > limits.MAX_SEEDS:
+            raise ValueError(f"{info.field_name}: {len(v)} entries; at most {limits.MAX_SEEDS}")
         return list(dict.fromkeys(v))
+
+    @field_validator("seeds", mode="after")
+    @classmethod
+    def _seed_range(cls, v: list[int]) -> list[int]:
+        for s in v:
+            if not 0 <= s <= limits.MAX_SEED:
+                raise ValueError(f"seed {s} is outside 0..2^63-1")
+        return v
+
+    @field_validator("train_preset")
+    @classmethod
+    def _preset(cls, v: str) -> str:
+        return check_preset(v)
+
+
+#: an experiment name names its run directory: letters, digits, ``.``, ``_``, ``-``
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 
 
 class ExperimentSpec(StrictModel):
@@ -547,9 +759,21 @@ class ExperimentSpec(StrictModel):
 
     ``sweep`` holds the :class:`SweepSpec` fields shared by both variants; ``quick`` and
     ``full`` override some of them. Both variants are validated when the file is loaded.
+    ``name`` becomes part of the default run directory, so it is one plain file name.
     """
 
     name: str
+
+    @field_validator("name")
+    @classmethod
+    def _plain_name(cls, v: str) -> str:
+        if not NAME_PATTERN.match(v) or v in (".", ".."):
+            raise ValueError(
+                f"{v!r} is not a plain name (letters, digits, '.', '_', '-'; no path "
+                "separators; at most 100 characters)"
+            )
+        return v
+
     title: str = ""
     figures: list[str] = Field(default_factory=list)
     description: str = ""
@@ -573,6 +797,23 @@ class ExperimentSpec(StrictModel):
 
 TRAIN_PRESETS = ("quick", "paper")
 
+#: DEQ test solver of the ``quick`` preset: unroll, threshold 40, Eq. 54 ``mean_rel`` 0.05 over
+#: a window of 20. Eq. 54's noise floor falls as 1/w (docs/analysis.md): with w = 20 it lies
+#: below 0.05 from about 5 dB signal SNR up (measured: every sample of a digits family
+#: converges at 5 dB and above, and at 0 dB on the rram device), where the previous window of
+#: 5 converged nowhere below 15 dB; noise-free it no longer stops after ~10 steps, the
+#: early stop that made a regression DEQ's MSE worse at ∞ than at 15 dB.
+QUICK_TEST_SOLVER = SolverSpec(name="unroll", max_iter=40, tol=0.05, stop="mean_rel", window=20)
+
+
+def check_preset(name: str) -> str:
+    """``name`` if it is a training preset, else a "did you mean" error (pydantic validators)."""
+    if name not in TRAIN_PRESETS:
+        close = difflib.get_close_matches(str(name), TRAIN_PRESETS, n=1)
+        hint = f"; did you mean '{close[0]}'?" if close else ""
+        raise ValueError(f"unknown preset '{name}'{hint} (allowed: {', '.join(TRAIN_PRESETS)})")
+    return name
+
 
 class TrainSpec(StrictModel):
     """Training of one model (issue 4; paper Tables 1-2, App. E.1-E.2).
@@ -590,20 +831,25 @@ class TrainSpec(StrictModel):
     ``paper``).
     """
 
-    epochs: int = Field(default=6, ge=0)
-    batch_size: int = Field(default=64, ge=1)
-    lr: float = Field(default=1e-3, gt=0.0)
-    weight_decay: float = Field(default=0.0, ge=0.0)
-    seed: int = 0
+    epochs: int = Field(default=6, ge=0, le=limits.MAX_EPOCHS)
+    batch_size: int = Field(default=64, ge=1, le=limits.MAX_BATCH)
+    lr: float = Field(default=1e-3, gt=0.0, le=1e3)
+    weight_decay: float = Field(default=0.0, ge=0.0, le=1e3)
+    seed: int = Field(default=0, ge=-limits.MAX_SEED, le=limits.MAX_SEED)
     noise: NoiseSpec = Field(default_factory=NoiseSpec)
     device: str | None = None
-    device_snr_db: float | None = None
+    device_snr_db: InfFloat | None = None
     solver: SolverSpec | None = None
     test_solver: SolverSpec | None = None
     gradient: GradientSpec | None = None
     jac_reg: JacobianRegSpec | None = None
-    max_train_samples: int | None = Field(default=None, ge=1)
+    max_train_samples: int | None = Field(default=None, ge=1, le=limits.MAX_SAMPLES)
     clip_grad_norm: float | None = Field(default=None, gt=0.0)
+
+    @field_validator("device_snr_db", mode="before")
+    @classmethod
+    def _device_snr(cls, v: Any) -> Any:
+        return v if v is None else parse_snr_value(v)
 
     @model_serializer(mode="wrap")
     def _omit_unset_clip(self, handler: Any) -> dict[str, Any]:
@@ -625,11 +871,15 @@ class TrainSpec(StrictModel):
         """A named training preset for a model ``kind``, with field ``overrides``.
 
         ``quick``: 6 epochs, batch 64; DEQ trained with a 30-step unroll (rel 1e-3) and the
-        phantom gradient (5 damped steps, λ = 0.5, App. C), evaluated with a 30-step unroll
-        stopping on ``mean_rel`` 0.05 — sized for the two-minute default sweep.
+        phantom gradient (5 damped steps, λ = 0.5, App. C), evaluated with :data:`QUICK_TEST_SOLVER`
+        (unroll 40, ``mean_rel`` 0.05 over a window of 20: converges from about 5-10 dB up) —
+        sized for the two-minute default sweep.
         ``paper``: Table 1 (DEQ: 30 epochs, batch 16, Jacobian regulariser weight 1.0 until
         epoch 55, unroll 60 with rel 1e-3 — or mean_rel 0.05 when training with noise —
-        tested with unroll 60, mean_rel 0.05) and Table 2 (FFW: 64 epochs, batch 16).
+        tested with unroll 60, mean_rel 0.05 over a window of 40: converges down to about
+        0 dB) and Table 2 (FFW: 64 epochs, batch 16). Why these windows: the noise floor of
+        Eq. 54 falls as 1/window (``docs/analysis.md``); the measurements behind the choice
+        are in ``docs/reproduction.md``.
         """
         if name not in TRAIN_PRESETS:
             close = difflib.get_close_matches(str(name), TRAIN_PRESETS, n=1)
@@ -645,8 +895,7 @@ class TrainSpec(StrictModel):
                 data.update(
                     solver=SolverSpec(name="unroll", max_iter=30, tol=1e-3, stop="rel",
                                       traces=False),
-                    test_solver=SolverSpec(name="unroll", max_iter=30, tol=0.05,
-                                           stop="mean_rel", window=5),
+                    test_solver=QUICK_TEST_SOLVER.model_copy(),
                     gradient=GradientSpec(name="phantom", phantom_steps=5, phantom_lambda=0.5),
                 )
         else:
@@ -665,13 +914,19 @@ class TrainSpec(StrictModel):
         return build(cls, data, where=f"train preset '{name}'")
 
 
-class FamilySpec(StrictModel):
+#: TrainSpec fields only a DEQ uses (an FFW member's spec leaves them out)
+DEQ_ONLY_TRAIN_FIELDS = ("solver", "test_solver", "gradient", "jac_reg")
+
+
+class FamilySpec(FamilyChoices):
     """A depth-matched family: FFW(depth, ``hidden``) and DEQ(matched_width(depth)) per depth.
 
     Both kinds share the input projection (``input_act``) and output head shapes of the task
     (App. E.1). Each member is trained with ``train_preset`` for its kind plus ``train``
     overrides, with training noise at ``train_site`` / ``train_snr_db`` (``inf`` = none) and
     the optional hardware ``device`` in the loop; ``seed`` seeds weights, data order and noise.
+    ``ffw_form`` (:class:`FamilyChoices`) enters the FFW members' specs only, so a family's
+    DEQs do not depend on it; ``snr_scale`` is the SNR scale of the training noise.
     ``model``: extra :class:`ModelSpec` fields for every member (``cell``, ``kernel_size``, …).
     """
 
@@ -679,12 +934,12 @@ class FamilySpec(StrictModel):
     data_dir: str | None = None
     depths: list[int] = Field(default_factory=lambda: [1, 3, 5, 7])
     kinds: list[Literal["deq", "ffw"]] = Field(default_factory=lambda: ["deq", "ffw"])
-    hidden: int = Field(default=128, ge=1)
+    hidden: int = Field(default=128, ge=1, le=limits.MAX_WIDTH)
     input_act: Literal["relu", "silu", "identity"] = "relu"
-    seed: int = 0
+    seed: int = Field(default=0, ge=-limits.MAX_SEED, le=limits.MAX_SEED)
     train_preset: str = "quick"
     train: dict[str, Any] = Field(default_factory=dict)
-    train_snr_db: float = math.inf
+    train_snr_db: InfFloat = math.inf
     train_site: Literal["signal", "state", "input"] = "signal"
     device: str | None = None
     model: dict[str, Any] = Field(default_factory=dict)
@@ -707,21 +962,24 @@ class FamilySpec(StrictModel):
     @field_validator("train_preset")
     @classmethod
     def _preset(cls, v: str) -> str:
-        if v not in TRAIN_PRESETS:
-            close = difflib.get_close_matches(v, TRAIN_PRESETS, n=1)
-            hint = f"; did you mean '{close[0]}'?" if close else ""
-            raise ValueError(f"unknown preset '{v}'{hint} (allowed: {', '.join(TRAIN_PRESETS)})")
-        return v
+        return check_preset(v)
 
     def noise(self) -> NoiseSpec:
         """The training noise: multiplicative at ``train_site`` / ``train_snr_db``, or none."""
         if math.isinf(self.train_snr_db):
             return NoiseSpec()
-        return NoiseSpec(site=self.train_site, kind="multiplicative", snr_db=self.train_snr_db)
+        return NoiseSpec(site=self.train_site, kind="multiplicative", snr_db=self.train_snr_db,
+                         snr_scale=self.snr_scale)
 
     def train_spec(self, kind: Literal["deq", "ffw"]) -> TrainSpec:
-        """The resolved :class:`TrainSpec` of a member of ``kind``."""
+        """The resolved :class:`TrainSpec` of a member of ``kind``.
+
+        DEQ-only overrides in ``train`` (:data:`DEQ_ONLY_TRAIN_FIELDS`) are left out of an
+        FFW's spec: they do not change its weights, so they do not change its cache key.
+        """
         over = {"seed": self.seed, **self.train}
+        if kind == "ffw":
+            over = {k: v for k, v in over.items() if k not in DEQ_ONLY_TRAIN_FIELDS}
         if self.device is not None:
             over.setdefault("device", self.device)
         return TrainSpec.preset(self.train_preset, kind, self.noise(), **over)

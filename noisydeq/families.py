@@ -87,17 +87,21 @@ class Family:
 
 def member_spec(spec: FamilySpec, task: Task, kind: str, depth: int) -> ModelSpec:
     """The :class:`ModelSpec` of one member (a DEQ is matched to the FFW depth); ``spec.model``
-    adds cell fields (``noisydeq.models.extra.fit_to_task`` checks them against the task)."""
+    adds cell fields (``noisydeq.models.extra.fit_to_task`` checks them against the task).
+
+    The family's ``ffw_form`` enters FFW members only: a DEQ's spec (and cache key) does not
+    depend on the form of the FFW it is compared with.
+    """
     from noisydeq.models.extra import fit_to_task
 
-    fields = fit_to_task(spec.model, task)
-    return build(
-        ModelSpec,
-        {"kind": kind, "in_features": task.in_features, "out_features": task.out_features,
-         "width": spec.hidden, "depth": depth, "matched": True, "input_act": spec.input_act,
-         **fields},
-        where="family member",
-    )
+    data: dict[str, Any] = {
+        "kind": kind, "in_features": task.in_features, "out_features": task.out_features,
+        "width": spec.hidden, "depth": depth, "matched": True, "input_act": spec.input_act,
+        **fit_to_task(spec.model, task),
+    }
+    if kind == "ffw" and spec.ffw_form is not None:
+        data["ffw_form"] = spec.ffw_form
+    return build(ModelSpec, data, where="family member")
 
 
 def build_member(mspec: ModelSpec, seed: int) -> nn.Module:
@@ -163,6 +167,49 @@ def train_family(
     return family
 
 
+def member_size(kind: str, depth: int, hidden: int, in_features: int,
+                out_features: int) -> tuple[int, int]:
+    """(width, parameter count) of an MLP family member, without building it (Eq. 57: U,
+    the hidden layers or the DEQ cell with biases, the output head)."""
+    from noisydeq.models.matching import matched_width
+
+    if kind == "ffw":
+        width, hidden_params = hidden, depth * (hidden * hidden + hidden)
+    else:
+        width = matched_width(depth, hidden)
+        hidden_params = width * width + width
+    return width, in_features * width + hidden_params + width * out_features + out_features
+
+
+def check_sweep_families(sweep: SweepSpec, task: Task) -> None:
+    """Validate what a sweep's families need before anything is written: each (seed,
+    training SNR) family spec, the training spec of each kind, and whether the largest
+    member fits into memory (:func:`noisydeq.limits.check_memory`)."""
+    from noisydeq import limits
+
+    batch = 1
+    for seed in sweep.seeds:
+        for tsnr in sweep.train_snr_db:
+            fspec = family_spec_for_sweep(sweep, seed, tsnr)
+            for kind in fspec.kinds:
+                batch = max(batch, fspec.train_spec(kind).batch_size)
+    n_test = len(task.x_test)
+    if sweep.max_test_samples is not None:
+        n_test = min(n_test, sweep.max_test_samples)
+    rows = max(1, min(n_test, sweep.max_rows))
+    rows *= min(len(sweep.snr_db), max(1, sweep.max_rows // rows))  # levels stacked
+    sizes = [member_size(k, d, sweep.hidden, task.in_features, task.out_features)
+             for d in sweep.depths for k in sweep.kinds]
+    families = len(sweep.seeds) * len(sweep.train_snr_db)
+    resident = limits.FLOAT * families * sum(p for _, p in sizes)
+    peak = max(limits.model_bytes(p, max(rows, batch), w) for w, p in sizes)
+    width, params = max(sizes, key=lambda s: s[1])
+    limits.check_memory(
+        resident + peak, f"sweep: its largest model (width {width}, {params:,} parameters)",
+        sweep.torch_device, "lower --depths, hidden or max_rows",
+    )
+
+
 def family_spec_for_sweep(sweep: SweepSpec, seed: int, train_snr_db: float) -> FamilySpec:
     """The :class:`FamilySpec` one (seed, training SNR) of a :class:`SweepSpec` needs."""
     train: dict[str, Any] = {}
@@ -170,12 +217,15 @@ def family_spec_for_sweep(sweep: SweepSpec, seed: int, train_snr_db: float) -> F
         train["epochs"] = sweep.epochs
     if sweep.max_train_samples is not None:
         train["max_train_samples"] = sweep.max_train_samples
+    if sweep.test_solver is not None:
+        train["test_solver"] = sweep.test_solver
     return build(
         FamilySpec,
         {"task": sweep.task, "data_dir": sweep.data_dir, "depths": sweep.depths,
          "kinds": sweep.kinds, "hidden": sweep.hidden, "input_act": sweep.input_act,
          "seed": seed, "train_preset": sweep.train_preset, "train": train,
          "train_snr_db": math.inf if train_snr_db is None else train_snr_db,
-         "train_site": sweep.train_site, "model": sweep.model},
+         "train_site": sweep.train_site, "ffw_form": sweep.ffw_form,
+         "snr_scale": sweep.snr_scale, "model": sweep.model},
         where="sweep",
     )

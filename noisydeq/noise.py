@@ -4,12 +4,16 @@ SNR convention (DESIGN §1). For a noisy vector y + ε the SNR is ‖y‖² / E�
 The paper writes ε ~ N(0, ‖y‖/√SNR) per element (Eq. 4); taken literally each of the d
 elements has variance ‖y‖²/SNR, so E‖ε‖² = d·‖y‖²/SNR and the realised SNR is SNR/d — it
 depends on the width. We draw ε_i ~ N(0, ‖y‖² / (d·SNR)) instead, so the realised SNR equals
-the nominal one at every width. ``paper_literal_snr_db`` converts between the two.
+the nominal one at every width. ``paper_literal_snr_db`` converts between the two, and the
+``paper`` SNR scale (``NoiseSpec.snr_scale``) draws Eq. 4 literally, so results can be set
+beside the paper's figures: at width 128 its 0 dB is a realised −21.1 dB.
 
-Randomness only comes from explicit generators. :class:`NoiseStream` wraps one generator or
-several, each owning a contiguous block of rows of the batch: a batch that stacks several SNR
-levels (one block each) then draws exactly the numbers the per-level runs would draw, which
-makes batched sweeps equal to per-point ones for the same seeds.
+Randomness is counter-based (:mod:`noisydeq.rng`): every number :class:`NoiseStream` draws
+is a pure function of (seed, block, sample, draw count of that sample, element), with the
+seed naming model, SNR level, chip and layer (:func:`derive_seed`). A batch that stacks
+several SNR levels (one block each) therefore draws exactly the numbers the per-level runs
+would draw, a sample keyed by its dataset index gets the same numbers in any batch, chunk or
+process, and a solver evaluating only its active rows draws only those.
 """
 
 from __future__ import annotations
@@ -18,20 +22,26 @@ import math
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
+from noisydeq import rng
 from noisydeq.config import NoiseSpec
 
 SNRLike = float | Tensor
 
 
 def db_to_linear(snr_db: SNRLike) -> SNRLike:
-    """SNR in dB → linear power ratio (``inf`` stays ``inf``)."""
+    """SNR in dB → linear power ratio (``inf`` stays ``inf``).
+
+    Tensors go through ``exp`` (x·ln10/10): CPU ``pow(10, x)`` rounds the last bit of an
+    element differently depending on where it falls in the tensor (vectorised body or
+    tail), which made a sample's noise depend on the batch it was drawn in.
+    """
     if isinstance(snr_db, Tensor):
-        return torch.pow(10.0, snr_db / 10.0)
+        return torch.exp(snr_db * (math.log(10.0) / 10.0))
     return math.inf if math.isinf(snr_db) else 10.0 ** (snr_db / 10.0)
 
 
@@ -78,28 +88,18 @@ class RowSubset:
 
     A solver that stops evaluating samples which already met their stop rule calls f on the
     remaining rows only (:func:`noisydeq.solvers.loop.run_loop`). Inside :func:`row_subset`
-    every per-row source draws for the *full* batch and keeps the subset's rows
-    (:meth:`NoiseStream.randn`), and per-sample tensors sized for the full batch are sliced
-    (:func:`subset_rows`), so each row sees exactly the numbers a full-batch evaluation
-    would give it — the subset changes the work, never the result.
+    every per-row source draws the subset's rows only — a row's numbers are a function of
+    its own address (:class:`NoiseStream`), so they are the ones a full-batch evaluation
+    would give it — and per-sample tensors sized for the full batch are sliced
+    (:func:`subset_rows`): the subset changes the work, never the result.
     """
 
     index: Tensor
     total: int
     #: which rows of ``index`` are evaluated for their own sake (``None``: all). A solver
-    #: pads small subsets with stopped rows (matmul rounding); meters skip the padding.
+    #: pads small subsets with stopped rows (matmul rounding); meters skip the padding, and
+    #: noise sources do not count a padding row's draw as one of its calls.
     real: Tensor | None = None
-    _hits: dict[tuple[int, ...], list[bool]] = field(default_factory=dict, repr=False)
-
-    def blocks_hit(self, block_rows: Sequence[int]) -> list[bool]:
-        """Which row blocks (sizes ``block_rows``) hold at least one row of the subset."""
-        key = tuple(block_rows)
-        if key not in self._hits:
-            ends = torch.tensor(key, device=self.index.device).cumsum(0)
-            block = torch.bucketize(self.index, ends, right=True)
-            counts = torch.bincount(block, minlength=len(key))[: len(key)]
-            self._hits[key] = (counts > 0).tolist()
-        return self._hits[key]
 
 
 _ROW_SUBSET: ContextVar[RowSubset | None] = ContextVar("noisydeq_row_subset", default=None)
@@ -117,9 +117,15 @@ def row_subset(index: Tensor, total: int, real: Tensor | None = None) -> Iterato
 
 
 def active_subset(rows: int) -> RowSubset | None:
-    """The current :class:`RowSubset` if a consumer seeing ``rows`` rows runs on it."""
+    """The current :class:`RowSubset` if a consumer seeing ``rows`` rows runs on it.
+
+    A subset of every row is returned too when some of them are padding (``real``): the
+    sources and meters must then skip the padding rows.
+    """
     subset = _ROW_SUBSET.get()
-    if subset is None or rows != subset.index.numel() or rows == subset.total:
+    if subset is None or rows != subset.index.numel():
+        return None
+    if rows == subset.total and subset.real is None:
         return None
     return subset
 
@@ -136,104 +142,192 @@ def subset_rows(t: Tensor, rows: int) -> Tensor:
     return t.index_select(0, subset.index.to(t.device))
 
 
-@dataclass
 class NoiseStream:
-    """A seeded Gaussian source for a batch, optionally split into row blocks.
+    """A seeded Gaussian / uniform source for a batch whose every number has an address.
 
-    ``blocks`` lists ``(n_rows, generator)``; the rows of a drawn tensor are filled block by
-    block, each from its own generator. With a single generator the whole batch is one block
-    of any size.
+    The rows of a drawn tensor are samples (batch first); the rest of its shape is one
+    row's elements. Element j of row r in that row's c-th draw is a pure function of
+    (block key, sample of r, c, j) — counter-based (:mod:`noisydeq.rng`), so it does not
+    depend on the other rows of the batch, on how the batch was split or on which process
+    draws it. The only state is a per-row draw count.
+
+    * ``seeds``: one source seed per block of rows (``block_rows``, e.g. one block per SNR
+      level of a batched sweep, seeded by the level); with one seed and no ``block_rows``
+      the whole batch is one block of any size.
+    * ``samples``: the sample index of every row (e.g. its index in the test set); by
+      default a row's position in its block. Keying by the dataset index makes a row's
+      noise independent of batch size, test batching and chunking.
+
+    Under :func:`row_subset` only the subset's rows are drawn (their own numbers) and only
+    their counts advance: a stopped DEQ sample costs nothing.
     """
 
-    generators: list[torch.Generator]
-    block_rows: list[int] | None = None
+    #: whether draws follow the current :func:`row_subset` (a stream of a batch's rows)
+    follows_subsets = True
+
+    def __init__(
+        self,
+        seeds: Sequence[int],
+        block_rows: Sequence[int] | None = None,
+        device: torch.device | str = "cpu",
+        samples: Tensor | Sequence[int] | None = None,
+    ) -> None:
+        self.seeds = [int(k) for k in seeds]
+        if not self.seeds:
+            raise ValueError("a noise stream needs at least one seed")
+        if block_rows is None and len(self.seeds) != 1:
+            raise ValueError("several seeds need their block sizes")
+        if block_rows is not None and len(self.seeds) != len(block_rows):
+            raise ValueError("one seed per block is required")
+        self.block_rows = None if block_rows is None else [int(n) for n in block_rows]
+        self.device = torch.device(device)
+        self.samples = None if samples is None else torch.as_tensor(samples, dtype=torch.int64)
+        if self.samples is not None and self.block_rows is not None:
+            if self.samples.shape != (sum(self.block_rows),):
+                raise ValueError("one sample index per row of the blocks is required")
+        #: per row: the SplitMix64 child stream (gamma), its state before the next call
+        #: (base) and the advance of one call (step) — see :mod:`noisydeq.rng`
+        self._gamma: Tensor | None = None
+        self._base: Tensor | None = None
+        self._step: Tensor | None = None
 
     @classmethod
-    def from_seed(cls, seed: int, device: torch.device | str = "cpu") -> NoiseStream:
-        """One generator for the whole batch."""
-        return cls([seeded_generator(seed, device)])
+    def from_seed(
+        cls, seed: int, device: torch.device | str = "cpu",
+        samples: Tensor | Sequence[int] | None = None,
+    ) -> NoiseStream:
+        """One source for the whole batch (rows keyed by ``samples`` or their position)."""
+        return cls([seed], None, device, samples)
 
     @classmethod
     def from_blocks(
-        cls, seeds: Sequence[int], block_rows: Sequence[int], device: torch.device | str = "cpu"
+        cls, seeds: Sequence[int], block_rows: Sequence[int], device: torch.device | str = "cpu",
+        samples: Tensor | Sequence[int] | None = None,
     ) -> NoiseStream:
-        """One generator per block of rows (e.g. one block per SNR level of a batched sweep)."""
-        if len(seeds) != len(block_rows):
-            raise ValueError("one seed per block is required")
-        return cls([seeded_generator(s, device) for s in seeds], list(block_rows))
+        """One source per block of rows (e.g. one block per SNR level of a batched sweep)."""
+        return cls(seeds, block_rows, device, samples)
 
+    # ------------------------------------------------------------------ rows
+    def _fixed_rows(self) -> int | None:
+        if self.samples is not None:
+            return int(self.samples.numel())
+        return None if self.block_rows is None else sum(self.block_rows)
+
+    def _rows(self, total: int, device: torch.device) -> tuple[Tensor, Tensor, Tensor]:
+        """(gamma, base, step) of the batch's ``total`` rows on ``device``."""
+        fixed = self._fixed_rows()
+        if fixed is not None and fixed != total:
+            raise ValueError(f"noise stream expects a batch of {fixed} rows, got {total}")
+        have = 0 if self._base is None else self._base.shape[0]
+        if have < total:  # a keyed-by-position stream meets a larger batch: add rows
+            keys, samples = self._row_addresses(have, total)
+            seed, gamma = rng.split(keys.to(device), samples.to(device))
+            step = rng.call_step(gamma)
+            base = seed
+            if self._base is not None:
+                base = torch.cat([self._base.to(device), base])
+                gamma = torch.cat([self._gamma.to(device), gamma])  # type: ignore[union-attr]
+                step = torch.cat([self._step.to(device), step])  # type: ignore[union-attr]
+            self._gamma, self._base, self._step = gamma, base, step
+        assert self._gamma is not None and self._base is not None and self._step is not None
+        if self._base.device != device:
+            self._gamma, self._base, self._step = (
+                self._gamma.to(device), self._base.to(device), self._step.to(device)
+            )
+        if self._base.shape[0] > total:  # the first rows (views: counts advance in place)
+            return self._gamma[:total], self._base[:total], self._step[:total]
+        return self._gamma, self._base, self._step
+
+    def _row_addresses(self, start: int, stop: int) -> tuple[Tensor, Tensor]:
+        """(stream key, sample) of rows ``start`` … ``stop`` − 1."""
+        keys = [rng.stream_key(s) for s in self.seeds]
+        if self.block_rows is None:
+            key = torch.full((stop - start,), keys[0], dtype=torch.int64)
+            pos = torch.arange(start, stop, dtype=torch.int64)
+        else:
+            sizes = torch.tensor(self.block_rows)
+            key = torch.tensor(keys, dtype=torch.int64).repeat_interleave(sizes)[start:stop]
+            pos = torch.cat([torch.arange(n, dtype=torch.int64) for n in self.block_rows])
+            pos = pos[start:stop]
+        samples = pos if self.samples is None else self.samples[start:stop]
+        return key, samples
+
+    def skip(self, shape: Sequence[int]) -> None:
+        """Advance the draw counts as a draw of ``shape`` would, without drawing."""
+        shape = tuple(shape) or (1,)
+        _, base, step = self._rows(shape[0], self.device if self._base is None
+                                   else self._base.device)
+        base.add_(step)
+
+    # ----------------------------------------------------------------- draws
     def randn(self, shape: Sequence[int], dtype: torch.dtype, device: torch.device) -> Tensor:
         """Standard normal tensor of ``shape`` (batch first)."""
-        return self._draw(torch.randn, shape, dtype, device)
+        return self._draw("randn", shape, dtype, device)
 
     def rand(self, shape: Sequence[int], dtype: torch.dtype, device: torch.device) -> Tensor:
-        """Uniform [0, 1) tensor of ``shape`` (batch first), block-wise like :meth:`randn`."""
-        return self._draw(torch.rand, shape, dtype, device)
+        """Uniform [0, 1) tensor of ``shape`` (batch first)."""
+        return self._draw("rand", shape, dtype, device)
 
-    def _draw(self, fn, shape: Sequence[int], dtype: torch.dtype, device: torch.device) -> Tensor:
-        shape = tuple(shape)
-        subset = active_subset(shape[0]) if shape else None
-        if subset is not None:  # draw for the full batch, keep the subset's rows
-            full = self._draw_full(fn, (subset.total, *shape[1:]), dtype, device, subset)
-            return full.index_select(0, subset.index.to(full.device))
-        return self._draw_full(fn, shape, dtype, device, None)
-
-    def _draw_full(
-        self, fn, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device,
-        subset: RowSubset | None,
-    ) -> Tensor:
-        if self.block_rows is None:
-            return fn(shape, generator=self.generators[0], dtype=dtype, device=device)
-        if sum(self.block_rows) != shape[0]:
-            raise ValueError(
-                f"noise stream expects a batch of {sum(self.block_rows)} rows, got {shape[0]}"
-            )
-        # Each block is drawn into its slice of one buffer (no concatenation). Under a row
-        # subset, blocks without a subset row are not drawn: their rows all stopped, and a
-        # block's generator is only ever used for that block's rows (so the numbers every
-        # remaining row gets are the ones of a run of that block alone).
-        hit = subset.blocks_hit(self.block_rows) if subset is not None else None
-        out = torch.empty(shape, dtype=dtype, device=device)
-        start = 0
-        for j, (n, g) in enumerate(zip(self.block_rows, self.generators, strict=True)):
-            if hit is None or hit[j]:
-                fn((n, *shape[1:]), generator=g, dtype=dtype, device=device,
-                   out=out[start : start + n])
-            start += n
+    def _draw(self, kind: str, shape: Sequence[int], dtype: torch.dtype,
+              device: torch.device) -> Tensor:
+        shape = tuple(int(s) for s in shape)
+        dev = torch.device(device)
+        if not shape:
+            return self._draw(kind, (1,), dtype, dev).reshape(())
+        m, n = shape[0], math.prod(shape[1:])
+        subset = active_subset(m) if self.follows_subsets else None
+        gamma, base, step = self._rows(m if subset is None else subset.total, dev)
+        if subset is not None:  # only the subset's rows, at their own counts
+            index = subset.index.to(dev)
+            gamma, row_base = gamma.index_select(0, index), base.index_select(0, index)
+        else:
+            row_base = base
+        fn = rng.normal if kind == "randn" else rng.uniform
+        out = fn(row_base, gamma, n, dtype).reshape(shape) if m and n else torch.empty(
+            shape, dtype=dtype, device=dev)
+        if subset is None:
+            base.add_(step)
+        else:  # padding rows of a small subset do not use up a call
+            if subset.real is not None:
+                index = index[subset.real.to(dev)]
+            base.index_add_(0, index, step.index_select(0, index))
         return out
 
 
 class ReplayStream(NoiseStream):
-    """A one-generator stream whose draws are recorded once and replayed on every pass.
+    """A one-source stream whose draws are recorded once and replayed on every pass.
 
     Calibration measures a layer at tens of control values on the same inputs with the same
     seeded stream (common random numbers): every pass draws the same numbers, so they are
     drawn once. :meth:`rewind` starts a pass; a pass that asks for other shapes than the
-    recording falls back to redrawing from the seed, so the numbers are always those of a
-    fresh ``NoiseStream.from_seed(seed)``. Draws are returned as copies (callers may
-    modify them in place).
+    recording draws afresh from there on, with the counts the recorded prefix left, so the
+    numbers are always those of a fresh ``NoiseStream.from_seed(seed)``. Draws are returned
+    as copies (callers may modify them in place). Its rows are calibration vectors, never a
+    batch's: a solver's row subset does not apply.
     """
 
+    follows_subsets = False
+
     def __init__(self, seed: int, device: torch.device | str = "cpu") -> None:
-        super().__init__([seeded_generator(seed, device)])
-        self.seed, self.device = seed, device
+        super().__init__([seed], None, device)
+        self.seed = seed
         self.records: list[tuple[tuple, Tensor]] = []
         self.pos = 0
 
     def rewind(self) -> None:
         self.pos = 0
 
-    def _draw(self, fn, shape: Sequence[int], dtype: torch.dtype, device: torch.device) -> Tensor:
-        key = (fn.__name__, tuple(shape), dtype, torch.device(device))
+    def _draw(self, kind: str, shape: Sequence[int], dtype: torch.dtype,
+              device: torch.device) -> Tensor:
+        key = (kind, tuple(shape), dtype, torch.device(device))
         if self.pos < len(self.records) and self.records[self.pos][0] == key:
             out = self.records[self.pos][1]
-        else:  # a new sequence from here on: redraw the recorded prefix from the seed
+        else:  # a new sequence from here on: the counts of the recorded prefix, then draw
             prefix = self.records[: self.pos]
-            self.generators = [seeded_generator(self.seed, self.device)]
-            for (name, shp, dt, dev), _ in prefix:
-                draw = torch.randn if name == "randn" else torch.rand
-                super()._draw(draw, shp, dt, dev)
-            out = super()._draw(fn, shape, dtype, device)
+            self._gamma = self._base = self._step = None
+            for (_, shp, _, _), _ in prefix:
+                self.skip(shp)
+            out = super()._draw(kind, shape, dtype, device)
             self.records = [*prefix, (key, out)]
         self.pos += 1
         return out.clone()
@@ -251,27 +345,37 @@ def _per_sample(value: SNRLike, y: Tensor) -> Tensor:
     return t.reshape((-1,) + (1,) * (y.ndim - 1))
 
 
-def multiplicative_noise_std(y: Tensor, snr_db: SNRLike) -> Tensor:
-    """Per-element noise std so the realised per-sample SNR is ``snr_db`` (Eq. 4, width-fixed).
+def multiplicative_noise_std(y: Tensor, snr_db: SNRLike, scale: str = "realised") -> Tensor:
+    """Per-element std of the multiplicative noise of Eq. 4 for the SNR ``snr_db``.
 
-    std_b = ‖y_b‖ / √(d · SNR_b), with d the number of elements of one sample; zero where
+    ``scale="realised"``: std_b = ‖y_b‖ / √(d · SNR_b), d the number of elements of one
+    sample, so the realised per-sample SNR ‖y‖²/E‖ε‖² is ``snr_db`` at every width.
+    ``scale="paper"``: std_b = ‖y_b‖ / √SNR_b, Eq. 4 read literally per element; the realised
+    SNR is then ``snr_db − 10·log10(d)`` (:func:`paper_literal_snr_db`). Zero where
     SNR = inf. Returned with shape (B, 1, ..., 1).
     """
     d = y[0].numel() if y.ndim > 1 else 1
     flat = y.reshape(y.shape[0], -1) if y.ndim > 1 else y.reshape(-1, 1)
     norm2 = flat.pow(2).sum(dim=1).reshape((-1,) + (1,) * (y.ndim - 1))
     snr_lin = db_to_linear(_per_sample(snr_db, y))
-    return torch.sqrt(norm2 / (d * snr_lin))  # inf SNR -> 0 std
+    if scale == "paper":
+        return torch.sqrt(norm2 / snr_lin)  # inf SNR -> 0 std
+    if scale != "realised":
+        raise ValueError(f"snr_scale: unknown scale {scale!r} (allowed: realised, paper)")
+    return torch.sqrt(norm2 / (d * snr_lin))
 
 
-def multiplicative(y: Tensor, snr_db: SNRLike, stream: NoiseStream) -> Tensor:
-    """y + ε with ε ~ N(0, ‖y‖²/(d·SNR)) per element, per sample (paper Eq. 3-4).
+def multiplicative(
+    y: Tensor, snr_db: SNRLike, stream: NoiseStream, scale: str = "realised"
+) -> Tensor:
+    """y + ε with ε ~ N(0, ‖y‖²/(d·SNR)) per element, per sample (paper Eq. 3-4); with
+    ``scale="paper"`` ε ~ N(0, ‖y‖²/SNR) (:func:`multiplicative_noise_std`).
 
     The noise scale follows y (input-dependent), and gradients flow through it.
     """
     if not isinstance(snr_db, Tensor) and math.isinf(snr_db):
         return y
-    std = multiplicative_noise_std(y, snr_db)
+    std = multiplicative_noise_std(y, snr_db, scale)
     return y + std * stream.randn(y.shape, y.dtype, y.device)
 
 
@@ -331,13 +435,14 @@ class Noise:
         if self.spec.site != site:
             return y
         if self.spec.kind == "multiplicative":
-            return multiplicative(y, self.snr_db, self.stream)
+            return multiplicative(y, self.snr_db, self.stream, self.spec.snr_scale)
         return additive(y, self.eta, self.stream)
 
     def select(self, index: Tensor) -> Noise:
         """An injector restricted to a subset of the batch rows (per-sample levels sliced).
 
-        Only valid for a single-generator stream (block streams must see the full batch).
+        Only valid for a stream keyed by row position (``from_seed`` without samples): the
+        selected rows then draw as rows 0 … len(index) − 1 of that stream.
         """
         snr = self.snr_db[index] if isinstance(self.snr_db, Tensor) else self.snr_db
         eta = self.eta[index] if isinstance(self.eta, Tensor) else self.eta

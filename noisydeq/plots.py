@@ -24,6 +24,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import FixedLocator  # noqa: E402
 
 from noisydeq.config import SweepSpec  # noqa: E402
+from noisydeq.store import atomic_open  # noqa: E402
 from noisydeq.summary import Agg, aggregate  # noqa: E402
 
 STYLE = {
@@ -65,15 +66,16 @@ def _x_positions(levels: Sequence[float]) -> dict[float, float]:
 
 
 def _save(fig: Any, out: Path, name: str) -> list[Path]:
-    out.mkdir(parents=True, exist_ok=True)
+    """``out/name.png`` and ``.svg``, each written atomically (``store.atomic_open``)."""
     paths = []
-    for ext in ("png", "svg"):
-        tmp = out / f".{name}.tmp.{ext}"
-        fig.savefig(tmp, format=ext, bbox_inches="tight", metadata=_meta(ext))
-        final = out / f"{name}.{ext}"
-        tmp.replace(final)
-        paths.append(final)
-    plt.close(fig)
+    try:
+        for ext in ("png", "svg"):
+            final = out / f"{name}.{ext}"
+            with atomic_open(final) as fh:
+                fig.savefig(fh, format=ext, bbox_inches="tight", metadata=_meta(ext))
+            paths.append(final)
+    finally:
+        plt.close(fig)
     return paths
 
 
@@ -180,6 +182,8 @@ def plot_metric_vs_depth(
     agg = aggregate(rows)
     levels = sorted({float(r["snr_db"]) for r in rows})
     snrs = [s for s in dict.fromkeys(_nearest(levels, f) for f in fixed_snr_db) if s is not None]
+    if not snrs:  # a grid without finite SNRs (e.g. only ∞) has no such figure
+        return []
     train_snrs = sorted({k[4] for k in agg}, key=lambda v: -v)
     panels = [(t, s) for s in snrs for t in train_snrs]
     with plt.rc_context(STYLE):

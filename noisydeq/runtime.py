@@ -1,12 +1,18 @@
-"""Run-time choices shared by the commands: torch device, thread counts, sweep processes."""
+"""Run-time choices shared by the commands: torch device, thread counts, sweep processes.
+
+torch is imported by the functions that need it, so a command can check its options
+(threads, jobs) before paying for the import.
+"""
 
 from __future__ import annotations
 
 import os
-
-import torch
+from typing import TYPE_CHECKING
 
 from noisydeq.errors import NoisyDEQError
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
 
 
 def resolve_torch_device(name: str) -> torch.device:
@@ -14,6 +20,8 @@ def resolve_torch_device(name: str) -> torch.device:
 
     An unparsable name or CUDA on a machine without it is one clear error.
     """
+    import torch
+
     try:
         dev = torch.device(name)
     except RuntimeError:
@@ -85,11 +93,15 @@ class num_threads:
         self.before: int | None = None
 
     def __enter__(self) -> num_threads:
+        import torch
+
         if self.n is not None:
             self.before = torch.get_num_threads()
             torch.set_num_threads(self.n)
         return self
 
     def __exit__(self, *exc: object) -> None:
+        import torch
+
         if self.before is not None:
             torch.set_num_threads(self.before)

@@ -1,35 +1,445 @@
-"""Safe, atomic persistence: safetensors checkpoints with their config, and resume state.
+"""Every write of the package and every check on read: atomic files, digests, locks, modes.
 
-Nothing here uses pickle. A checkpoint is **one** ``.safetensors`` file: the tensors plus
-string metadata holding the full resolved config (JSON), its hash and the package version;
-a human-readable ``.json`` sidecar with the same config sits next to it. Optimizer state is
-flattened: every tensor goes into the safetensors file under ``optim/...`` and every other
-value (param-group hyper-parameters, step counters stored as numbers) into JSON metadata, so a
-training run can be resumed bit-for-bit. Every file is written to a temporary name in the
-target directory and renamed into place (``os.replace``), so a killed process never leaves a
-half-written checkpoint behind.
+The rules (``docs/architecture.md``, "Persistence"):
+
+* **Atomic.** A file is written under a unique temporary name in its own directory
+  (``.<name>.<pid>-<random>.tmp``, created with ``O_EXCL``), flushed, ``fsync``'ed, renamed
+  over the target (``os.replace``) and the directory ``fsync``'ed: a reader sees the old
+  file or the new one, never a half-written one, and two writers never share a temp file.
+* **Modes follow the umask.** Temporary files are created with mode ``0o666`` filtered by
+  the process umask, as ``open()`` would (typically ``0644``).
+* **Digests.** Every stored artefact carries a SHA-256 digest that is checked when it is
+  read: JSON files embed theirs (``"sha256"``, over the canonical JSON of the rest), TOML
+  files start with a ``# sha256 <hex>`` line (over the rest of the text), safetensors files
+  hold it in their metadata (over the tensors' names, dtypes, shapes and bytes and the JSON
+  metadata), and formats without room for one (CSV, Parquet, figures) are listed in a
+  ``SHA256SUMS`` file next to them (``sha256sum -c SHA256SUMS`` checks them too). A failed
+  check raises :class:`~noisydeq.errors.CorruptArtefact` naming the file.
+* **Locks.** :class:`DirLock` is an advisory lock on a directory (``filelock``: ``flock`` on
+  POSIX, ``msvcrt`` on Windows; the OS drops it when its holder dies, kill -9 included).
+  A second writer waits and says so in one line.
+* **Stale temporary files** (left by a killed writer) are removed by the next writer that
+  holds the directory's lock (:func:`clean_stale_temps`), or, without a lock, once the
+  process that made them is gone.
+
+Checkpoints are **one** ``.safetensors`` file: the tensors plus string metadata holding the
+full resolved config (JSON), its hash, the package version and the digest; a human-readable
+``.json`` sidecar with the same config sits next to it. Optimizer state is flattened: every
+tensor goes into the safetensors file under ``optim/...`` and every other value into JSON
+metadata, so a training run can be resumed bit-for-bit. Nothing here uses pickle, and
+nothing imports torch until a checkpoint is handled.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import math
 import os
-from collections.abc import Mapping
+import re
+import secrets
+import sys
+import time
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
-from typing import Any
-
-import torch
-from safetensors import SafetensorError, safe_open
-from safetensors.torch import save as st_save
-from torch import Tensor
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from noisydeq import __version__
-from noisydeq.config import atomic_write_bytes, atomic_write_text
-from noisydeq.errors import NoisyDEQError
+from noisydeq.errors import CorruptArtefact, NoisyDEQError
 
-FORMAT = "noisydeq-checkpoint/1"
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+    from torch import Tensor
+
+FORMAT = "noisydeq-checkpoint/2"
 _META_KEY = "noisydeq"
+_DIGEST_KEY = "noisydeq.sha256"
+#: key of the digest embedded in a signed JSON object
+DIGEST = "sha256"
+#: first-line prefix of a signed text (TOML) file
+TEXT_DIGEST = "# sha256 "
+#: name of the digest list of the files in a directory that cannot embed one
+MANIFEST = "SHA256SUMS"
+#: name of the lock file a :class:`DirLock` keeps in its directory
+LOCK_FILE = ".noisydeq.lock"
+#: largest text file (config, preset, experiment, JSON) read; bigger is refused
+MAX_TEXT_BYTES = 16 * 2**20
+#: a temporary file whose writer cannot be identified is stale after this many seconds
+STALE_AFTER_S = 24 * 3600.0
+
+
+# --------------------------------------------------------------------- messages
+
+
+def warn(message: str) -> None:
+    """One warning line on stderr (above any progress bar)."""
+    from tqdm import tqdm
+
+    tqdm.write(f"noisydeq: warning: {message}", file=sys.stderr)
+    sys.stderr.flush()
+
+
+# ------------------------------------------------------------------- atomic writes
+
+_TEMP = re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d+)-[0-9a-f]{8}\.tmp$")
+# temp names of earlier versions (mkstemp's 8 random characters; plots' fixed names): only
+# removed under a lock
+_LEGACY_TEMP = re.compile(r"^\..+\.([a-z0-9_]{8}\.(tmp|png|svg|part)|tmp\.(png|svg))$")
+
+
+def _temp_path(target: Path) -> Path:
+    name = target.name[:180]
+    return target.parent / f".{name}.{os.getpid()}-{secrets.token_hex(4)}.tmp"
+
+
+def _fsync_dir(directory: Path) -> None:
+    """Make a rename in ``directory`` durable (not possible on every platform)."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def atomic_open(path: str | os.PathLike) -> Iterator[BinaryIO]:
+    """A binary file handle whose content replaces ``path`` atomically when the block ends.
+
+    ``with atomic_open(p) as fh: fh.write(...)`` (or ``fig.savefig(fh, format=...)``).
+    On any error the temporary file is removed and ``path`` is left as it was.
+    """
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0) | getattr(
+        os, "O_BINARY", 0)
+    while True:
+        tmp = _temp_path(p)
+        try:
+            fd = os.open(tmp, flags, 0o666)  # the umask applies, as for open()
+            break
+        except FileExistsError:  # pragma: no cover - 32 random bits collided
+            continue
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            yield fh
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, p)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync_dir(p.parent)
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    """Write ``data`` to ``path`` atomically (unique temp file, fsync, rename)."""
+    with atomic_open(path) as fh:
+        fh.write(data)
+    return Path(path)
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+    """Write UTF-8 ``text`` to ``path`` atomically (see :func:`atomic_open`)."""
+    return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    if os.name == "nt":  # pragma: no cover - no cheap liveness probe: rely on the age
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True
+    return True
+
+
+def clean_stale_temps(directory: str | os.PathLike, *, locked: bool = False) -> int:
+    """Remove temporary files killed writers left in ``directory``; returns how many.
+
+    ``locked``: the caller holds the directory's lock, so no other writer is active there
+    and every temporary file is stale. Otherwise only those whose process is gone (or that
+    are older than a day) are removed.
+    """
+    d = Path(directory)
+    if not d.is_dir():
+        return 0
+    removed = 0
+    now = time.time()
+    for f in d.iterdir():
+        m = _TEMP.match(f.name)
+        if m is None and not (locked and _LEGACY_TEMP.match(f.name)):
+            continue
+        try:
+            stale = locked or not _pid_alive(int(m["pid"])) or (
+                now - f.stat().st_mtime > STALE_AFTER_S)
+            if stale and f.is_file():
+                f.unlink()
+                removed += 1
+        except OSError:
+            continue
+    return removed
+
+
+def check_out_dir(out: str | os.PathLike, flag: str = "--out") -> None:
+    """Refuse, creating nothing, an output directory that names a file, lies below one or
+    cannot be created or written for lack of permission."""
+    out = Path(out)
+    for parent in (out, *out.parents):
+        if not parent.exists():
+            continue
+        if not parent.is_dir():
+            where = "is a file" if parent == out else f"lies below the file {parent}"
+            raise NoisyDEQError(f"{flag} {out}: {where}, not a directory")
+        if not os.access(parent, os.W_OK | os.X_OK):
+            raise NoisyDEQError(f"{flag} {out}: cannot write in {parent} (permission denied)")
+        return
+
+
+def make_dir(path: str | os.PathLike, what: str = "--out") -> Path:
+    """``mkdir -p path``; failure is one line naming ``what``."""
+    p = Path(path)
+    try:
+        p.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise NoisyDEQError(f"{what} {p}: cannot create it ({err.strerror or err})") from None
+    return p
+
+
+# ------------------------------------------------------------------ reading text
+
+
+def read_bytes(path: str | os.PathLike, what: str = "file", limit: int | None = None) -> bytes:
+    """The bytes of ``path``; a missing, unreadable or oversized file is one clear error."""
+    p = Path(path)
+    try:
+        if not p.exists():
+            raise NoisyDEQError(f"{what} not found: {p}")
+        if not p.is_file():
+            raise NoisyDEQError(f"{what} {p} is not a file")
+        size = p.stat().st_size
+        if limit is not None and size > limit:
+            raise NoisyDEQError(
+                f"{what} {p} is {size / 2**20:.1f} MiB; at most {limit / 2**20:.0f} MiB is read"
+            )
+        return p.read_bytes()
+    except OSError as err:
+        raise NoisyDEQError(f"{what} {p}: cannot read it ({err.strerror or err})") from None
+
+
+def read_text(path: str | os.PathLike, what: str = "file",
+              limit: int | None = MAX_TEXT_BYTES) -> str:
+    """UTF-8 text of ``path``; binary or non-UTF-8 content is one clear error."""
+    data = read_bytes(path, what, limit)
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise NoisyDEQError(
+            f"{what} {path} is not UTF-8 text (byte {err.start}: {data[err.start:err.start + 1]!r})"
+        ) from None
+    if "\x00" in text:
+        raise NoisyDEQError(f"{what} {path} is binary, not text (it holds NUL bytes)")
+    return text
+
+
+# ----------------------------------------------------------------------- digests
+
+
+def sha256_hex(data: bytes | str) -> str:
+    """SHA-256 of ``data`` (text is UTF-8 encoded) as hex."""
+    if isinstance(data, str):
+        data = data.encode("utf-8")
+    return hashlib.sha256(data).hexdigest()
+
+
+def file_digest(path: str | os.PathLike, algorithm: str = "sha256") -> str:
+    """Hex digest of a file's bytes (read in chunks); SHA-256 unless ``algorithm`` says."""
+    h = hashlib.new(algorithm)
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def parse_constant(name: str) -> float:
+    """``json.loads(parse_constant=...)``: Infinity / -Infinity / NaN as floats."""
+    return {"Infinity": math.inf, "-Infinity": -math.inf, "NaN": math.nan}[name]
+
+
+def _canonical(obj: Any) -> str:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), allow_nan=True)
+
+
+def dumps_signed(obj: Mapping[str, Any], indent: int | None = None) -> str:
+    """JSON text of the object ``obj`` with its digest embedded under ``"sha256"``."""
+    body = {k: v for k, v in obj.items() if k != DIGEST}
+    body[DIGEST] = sha256_hex(_canonical(body))
+    return json.dumps(body, sort_keys=True, indent=indent, allow_nan=True) + "\n"
+
+
+def loads_signed(text: str, path: str | os.PathLike) -> dict[str, Any]:
+    """Parse a file written by :func:`dumps_signed` and check its digest; the text must be
+    exactly as written, so any change to the file is caught."""
+    try:
+        data = json.loads(text, parse_constant=parse_constant)
+    except (ValueError, RecursionError):
+        raise CorruptArtefact(path, "is not valid JSON (truncated or damaged)") from None
+    if not isinstance(data, dict):
+        raise CorruptArtefact(path, "is not a JSON object")
+    digest = data.pop(DIGEST, None)
+    if not isinstance(digest, str):
+        raise CorruptArtefact(path, "carries no digest (not written by this noisydeq)")
+    if sha256_hex(_canonical(data)) != digest:
+        raise CorruptArtefact(path, "does not match its SHA-256 digest (changed or damaged)")
+    if text not in (dumps_signed(data), dumps_signed(data, 2)):  # whitespace, a lost newline
+        raise CorruptArtefact(path, "was changed (not as written, though its values match)")
+    return data
+
+
+def read_signed_json(path: str | os.PathLike, what: str = "file") -> dict[str, Any]:
+    """Read and check a signed JSON file (any failure is a :class:`CorruptArtefact`)."""
+    try:
+        text = read_text(path, what)
+    except NoisyDEQError as err:
+        if not Path(path).exists():
+            raise
+        reason = str(err).split(str(path), 1)[-1].strip(" :")  # "is not UTF-8 text (...)"
+        raise CorruptArtefact(path, reason) from None
+    return loads_signed(text, path)
+
+
+def write_signed_json(path: str | os.PathLike, obj: Mapping[str, Any],
+                      indent: int | None = None) -> Path:
+    """Write ``obj`` as signed JSON, atomically."""
+    return atomic_write_text(path, dumps_signed(obj, indent))
+
+
+def sign_text(text: str) -> str:
+    """``text`` prefixed by its digest line (for TOML: a comment)."""
+    return f"{TEXT_DIGEST}{sha256_hex(text)}\n{text}"
+
+
+def verify_text(text: str, path: str | os.PathLike) -> str:
+    """The body of a text written by :func:`sign_text`, after checking its digest."""
+    head, _, body = text.partition("\n")
+    if not head.startswith(TEXT_DIGEST):
+        raise CorruptArtefact(path, "carries no digest line (not written by this noisydeq)")
+    if head[len(TEXT_DIGEST):].strip() != sha256_hex(body):
+        raise CorruptArtefact(path, "does not match its SHA-256 digest (changed or damaged)")
+    return body
+
+
+def write_manifest(directory: str | os.PathLike, files: Iterable[str | os.PathLike]) -> Path:
+    """Write ``directory/SHA256SUMS`` (``sha256sum`` format) for ``files`` inside it."""
+    d = Path(directory).resolve()
+    rels = sorted({Path(f).resolve().relative_to(d).as_posix() for f in files})
+    return atomic_write_text(d / MANIFEST, "".join(f"{file_digest(d / r)}  {r}\n" for r in rels))
+
+
+def remove_manifest(directory: str | os.PathLike) -> None:
+    """Drop ``directory/SHA256SUMS`` (before the files it lists are rewritten)."""
+    (Path(directory) / MANIFEST).unlink(missing_ok=True)
+
+
+def _manifest_entries(manifest: Path) -> dict[str, str]:
+    """``{name: digest}`` of a ``SHA256SUMS`` file, which must be exactly as written."""
+    if not manifest.is_file():
+        raise CorruptArtefact(manifest, "is missing (its run did not finish writing; run the "
+                                        "command again)")
+    text = read_text(manifest, MANIFEST)
+    entries: dict[str, str] = {}
+    for line in text.splitlines():
+        digest, sep, name = line.partition("  ")
+        if not sep or len(digest) != 64 or name in entries:
+            raise CorruptArtefact(manifest, "is not a SHA256SUMS list (damaged)")
+        entries[name] = digest
+    if text != "".join(f"{entries[n]}  {n}\n" for n in sorted(entries)):
+        raise CorruptArtefact(manifest, "was changed (not as written)")
+    return entries
+
+
+def verify_listed(path: str | os.PathLike, directory: str | os.PathLike | None = None) -> None:
+    """Check ``path`` against the ``SHA256SUMS`` of ``directory`` (default: its own)."""
+    p = Path(path)
+    d = Path(directory) if directory is not None else p.parent
+    entries = _manifest_entries(d / MANIFEST)
+    rel = p.resolve().relative_to(d.resolve()).as_posix()
+    if rel not in entries:
+        raise CorruptArtefact(p, f"is not listed in {d / MANIFEST}")
+    if not p.is_file() or file_digest(p) != entries[rel]:
+        raise CorruptArtefact(p, f"does not match its digest in {d / MANIFEST} (changed or "
+                                 "damaged)")
+
+
+def verify_manifest(directory: str | os.PathLike) -> list[str]:
+    """Check every file ``directory/SHA256SUMS`` lists (as ``sha256sum -c`` does); returns
+    their names."""
+    d = Path(directory)
+    names = list(_manifest_entries(d / MANIFEST))
+    if not names:
+        raise CorruptArtefact(d / MANIFEST, "lists no file (damaged)")
+    for name in names:
+        verify_listed(d / name, d)
+    return names
+
+
+# ------------------------------------------------------------------------- locks
+
+
+class DirLock:
+    """Advisory lock on a directory (``<dir>/.noisydeq.lock``), held inside ``with``.
+
+    Another process holding it makes this one wait, after one line saying so. The lock is
+    released by the OS when its holder dies (kill -9 included), so it never goes stale.
+    Not re-entrant across instances: one holder per directory and process.
+    """
+
+    def __init__(self, directory: str | os.PathLike, what: str = "directory") -> None:
+        self.directory = Path(directory)
+        self.what = what
+        self._lock: Any = None
+
+    @property
+    def path(self) -> Path:
+        return self.directory / LOCK_FILE
+
+    def acquire(self) -> DirLock:
+        import filelock
+
+        make_dir(self.directory, self.what)
+        lock = filelock.FileLock(str(self.path))
+        try:
+            lock.acquire(timeout=0)
+        except filelock.Timeout:
+            warn(f"another noisydeq process is writing {self.what} {self.directory}; waiting "
+                 f"for it to finish (lock {self.path})")
+            lock.acquire()
+        self._lock = lock
+        return self
+
+    def release(self) -> None:
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
+
+    @property
+    def held(self) -> bool:
+        return self._lock is not None
+
+    def __enter__(self) -> DirLock:
+        return self.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
 
 
 # ------------------------------------------------------------------ JSON helpers
@@ -43,7 +453,8 @@ def to_jsonable(value: Any) -> Any:
         return [to_jsonable(v) for v in value]
     if isinstance(value, Path):
         return str(value)
-    if isinstance(value, torch.device):
+    torch = sys.modules.get("torch")
+    if torch is not None and isinstance(value, torch.device):
         return str(value)
     if hasattr(value, "model_dump"):
         return to_jsonable(value.model_dump(mode="python"))
@@ -94,16 +505,38 @@ def _contiguous_cpu(tensors: Mapping[str, Tensor]) -> dict[str, Tensor]:
     return {k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()}
 
 
+def tensors_digest(tensors: Mapping[str, Tensor], meta_json: str) -> str:
+    """SHA-256 over ``meta_json`` and every tensor's name, dtype, shape and bytes."""
+    import torch
+
+    h = hashlib.sha256(meta_json.encode("utf-8"))
+    for name in sorted(tensors):
+        t = tensors[name].detach().to("cpu").contiguous()
+        h.update(f"\0{name}\0{t.dtype}\0{tuple(t.shape)}\0".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy())
+    return h.hexdigest()
+
+
 def save_tensors(
     path: str | os.PathLike, tensors: Mapping[str, Tensor], meta: Mapping[str, Any]
 ) -> Path:
-    """Write tensors + JSON-able ``meta`` into one safetensors file, atomically."""
-    header = {_META_KEY: dumps_json({"format": FORMAT, "version": __version__, **meta})}
-    return atomic_write_bytes(path, st_save(_contiguous_cpu(tensors), metadata=header))
+    """Write tensors + JSON-able ``meta`` into one safetensors file with its digest, atomically."""
+    from safetensors.torch import save as st_save
+
+    flat = _contiguous_cpu(tensors)
+    meta_json = dumps_json({"format": FORMAT, "version": __version__, **meta})
+    header = {_META_KEY: meta_json, _DIGEST_KEY: tensors_digest(flat, meta_json)}
+    return atomic_write_bytes(path, st_save(flat, metadata=header))
 
 
 def load_tensors(path: str | os.PathLike) -> tuple[dict[str, Tensor], dict[str, Any]]:
-    """Read a file written by :func:`save_tensors`: (tensors on CPU, meta)."""
+    """Read a file written by :func:`save_tensors`: (tensors on CPU, meta), digest checked.
+
+    A missing file is a :class:`NoisyDEQError`; an unreadable, foreign or damaged one a
+    :class:`CorruptArtefact` naming it.
+    """
+    from safetensors import SafetensorError, safe_open
+
     p = Path(path)
     if not p.is_file():
         raise NoisyDEQError(f"checkpoint not found: {p}")
@@ -111,14 +544,20 @@ def load_tensors(path: str | os.PathLike) -> tuple[dict[str, Tensor], dict[str, 
         with safe_open(str(p), framework="pt", device="cpu") as fh:
             header = fh.metadata() or {}
             tensors = {k: fh.get_tensor(k) for k in fh.keys()}  # noqa: SIM118
-    except (SafetensorError, OSError, ValueError) as err:
-        raise NoisyDEQError(f"checkpoint {p} is not a readable safetensors file ({err})") from None
+    except (SafetensorError, OSError, ValueError, RuntimeError) as err:
+        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise CorruptArtefact(p, f"is not a readable safetensors file ({reason})") from None
+    meta_json = header.get(_META_KEY)
     try:
-        meta = json.loads(header[_META_KEY])
-    except (KeyError, json.JSONDecodeError):
-        raise NoisyDEQError(f"checkpoint {p} carries no noisydeq metadata") from None
+        meta = json.loads(meta_json, parse_constant=parse_constant)
+    except (TypeError, ValueError, RecursionError):
+        raise CorruptArtefact(p, "carries no noisydeq metadata") from None
+    if not isinstance(meta, dict):
+        raise CorruptArtefact(p, "carries malformed noisydeq metadata (not a JSON object)")
     if meta.get("format") != FORMAT:
-        raise NoisyDEQError(f"checkpoint {p} has format {meta.get('format')!r}, expected {FORMAT}")
+        raise CorruptArtefact(p, f"has format {meta.get('format')!r}, expected {FORMAT}")
+    if header.get(_DIGEST_KEY) != tensors_digest(tensors, meta_json):
+        raise CorruptArtefact(p, "does not match its SHA-256 digest (changed or damaged)")
     return tensors, meta
 
 
@@ -142,14 +581,14 @@ def save_checkpoint(
 
     Writes ``path`` (safetensors; the authoritative copy of the config lives in its
     metadata) and ``path`` with suffix ``.json`` (the same config, hash and ``extra`` —
-    metrics, history — for people and tools).
+    metrics, history — for people and tools, signed).
     """
     p = Path(path)
     cfg = json.loads(dumps_json(config))
     meta = {"config": cfg, "config_hash": config_hash(cfg), "extra": to_jsonable(extra or {})}
     save_tensors(p, state_dict, meta)
     sidecar = {"format": FORMAT, "version": __version__, "weights": p.name, **meta}
-    atomic_write_text(p.with_suffix(".json"), json.dumps(sidecar, indent=2, sort_keys=True))
+    write_signed_json(p.with_suffix(".json"), sidecar, indent=2)
     return p
 
 
@@ -186,6 +625,8 @@ def flatten_optimizer(state: Mapping[str, Any]) -> tuple[dict[str, Tensor], dict
     Tensors go under ``optim/state/<param>/<key>``; non-tensor per-parameter entries and the
     param groups go into the JSON part.
     """
+    from torch import Tensor
+
     tensors: dict[str, Tensor] = {}
     scalars: dict[str, dict[str, Any]] = {}
     for pid, entry in state["state"].items():
@@ -219,4 +660,3 @@ def unflatten_optimizer(tensors: Mapping[str, Tensor], info: Mapping[str, Any]) 
         for g in info["param_groups"]
     ]
     return {"state": state, "param_groups": groups}
-

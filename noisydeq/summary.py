@@ -1,7 +1,8 @@
 """Aggregation of the tidy sweep table and the condensed text summary printed by the CLI.
 
 Aggregates are over chip instances and seeds: mean, min and max of the metric per
-(model kind, depth, train SNR, inference SNR) — the quantities plotted in Fig. 1 / 7-12.
+(model kind, depth, train SNR, inference SNR) — the quantities plotted in Fig. 1 / 7-12 —
+with the fractions of samples whose solve diverged or did not meet its stop rule.
 """
 
 from __future__ import annotations
@@ -23,15 +24,20 @@ class Agg:
     std: float
     count: int
     diverged_frac: float
+    #: mean fraction of samples whose solve met its stop rule (1 for an FFW)
+    converged_frac: float = 1.0
 
 
-def _agg(values: Sequence[float], diverged: Sequence[float]) -> Agg:
+def _agg(values: Sequence[float], diverged: Sequence[float],
+         converged: Sequence[float] | None = None) -> Agg:
     vals = [v for v in values if not math.isnan(v)]
+    div = sum(diverged) / len(diverged)
+    conv = sum(converged) / len(converged) if converged else 1.0
     if not vals:
-        return Agg(math.nan, math.nan, math.nan, math.nan, 0, sum(diverged) / len(diverged))
+        return Agg(math.nan, math.nan, math.nan, math.nan, 0, div, conv)
     mean = sum(vals) / len(vals)
     std = math.sqrt(sum((v - mean) ** 2 for v in vals) / len(vals))
-    return Agg(mean, min(vals), max(vals), std, len(vals), sum(diverged) / len(diverged))
+    return Agg(mean, min(vals), max(vals), std, len(vals), div, conv)
 
 
 ModelKey = tuple[str, int, int, int, float]  # kind, depth, width, params, train_snr_db
@@ -39,14 +45,15 @@ ModelKey = tuple[str, int, int, int, float]  # kind, depth, width, params, train
 
 def aggregate(rows: Iterable[dict[str, Any]]) -> dict[ModelKey, dict[float, Agg]]:
     """{(kind, depth, width, params, train_snr): {snr_db: Agg}} over chips and seeds."""
-    groups: dict[ModelKey, dict[float, tuple[list[float], list[float]]]] = defaultdict(dict)
+    groups: dict[ModelKey, dict[float, tuple[list[float], ...]]] = defaultdict(dict)
     for r in rows:
         key = (r["kind"], int(r["depth"]), int(r["width"]), int(r["params"]), r["train_snr_db"])
-        vals, div = groups[key].setdefault(float(r["snr_db"]), ([], []))
+        vals, div, conv = groups[key].setdefault(float(r["snr_db"]), ([], [], []))
         vals.append(float(r["value"]))
         div.append(float(r["diverged_frac"]))
+        conv.append(float(r.get("converged_frac", 1.0)))
     return {
-        k: {s: _agg(v, d) for s, (v, d) in sorted(levels.items())}
+        k: {s: _agg(v, d, c) for s, (v, d, c) in sorted(levels.items())}
         for k, levels in sorted(groups.items(), key=lambda kv: (kv[0][4], kv[0][1], kv[0][0]))
     }
 
@@ -80,7 +87,9 @@ def _fmt_db(v: float) -> str:
 def summary_table(rows: Sequence[dict[str, Any]], limit: int = 8) -> str:
     """Text table: one line per model, the mean metric at (condensed) SNR columns.
 
-    A trailing ``*`` marks points where some samples diverged (see ``diverged_frac``).
+    A trailing ``~`` marks points where some samples' solves did not meet their stop rule
+    (``converged_frac`` < 1: their outputs are the iterates at the threshold), a trailing
+    ``*`` points where some samples diverged (``diverged_frac`` > 0).
     """
     if not rows:
         return "(no results)"
@@ -100,7 +109,7 @@ def summary_table(rows: Sequence[dict[str, Any]], limit: int = 8) -> str:
             if a is None:
                 cells.append("-")
             else:
-                cells.append(_fmt_value(a.mean, metric) + ("*" if a.diverged_frac > 0 else ""))
+                cells.append(_fmt_value(a.mean, metric) + _marks(a))
         lines.append(cells)
     widths = [max(len(h), *(len(c[i]) for c in lines)) for i, h in enumerate(head)]
     out = ["  ".join(h.rjust(w) for h, w in zip(head, widths, strict=False))]
@@ -108,11 +117,21 @@ def summary_table(rows: Sequence[dict[str, Any]], limit: int = 8) -> str:
     out += ["  ".join(c.rjust(w) for c, w in zip(cells, widths, strict=False)) for cells in lines]
     n_chips = len({r["chip"] for r in rows})
     n_seeds = len({r["seed"] for r in rows})
+    notes = []
+    if any(float(r.get("converged_frac", 1.0)) < 1 for r in rows):
+        notes.append("~ = some samples did not converge (converged_frac < 1 in the table)")
+    if any(r["diverged_frac"] > 0 for r in rows):
+        notes.append("* = some samples diverged")
     out.append(
         f"{metric} (inference SNR columns), mean over {n_chips} chip(s) × {n_seeds} seed(s)"
-        + ("; * = some samples diverged" if any(r["diverged_frac"] > 0 for r in rows) else "")
+        + "".join(f"; {n}" for n in notes)
     )
     return "\n".join(out)
+
+
+def _marks(a: Agg) -> str:
+    """``~`` when not every sample converged, ``*`` when some diverged (:func:`summary_table`)."""
+    return ("~" if a.converged_frac < 1 else "") + ("*" if a.diverged_frac > 0 else "")
 
 
 def summary_json(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -129,7 +148,7 @@ def summary_json(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
                     "kind": kind, "depth": depth, "width": width, "params": params,
                     "train_snr_db": safe(tsnr), "snr_db": safe(s), "mean": safe(a.mean),
                     "min": safe(a.lo), "max": safe(a.hi), "n": a.count,
-                    "diverged_frac": a.diverged_frac,
+                    "diverged_frac": a.diverged_frac, "converged_frac": a.converged_frac,
                 }
             )
     return out

@@ -3,10 +3,19 @@
 For every model, chip instance and chunk of SNR levels (a *cell*) the test set is pushed
 through the deployed model once with the SNR levels **stacked along the batch**: K levels ×
 n samples make one (K·n)-row forward, with a per-sample SNR tensor and a block
-:class:`~noisydeq.noise.NoiseStream` (one generator per level, seeded by
-``derive_seed(seed, model_id, snr, chip, batch)``). Because every block draws exactly what a
-separate run at that level would draw, the batched results equal the per-point ones
-(``batched=False``) for the same seeds. ``max_rows`` bounds K·n (memory).
+:class:`~noisydeq.noise.NoiseStream` (one source per level, seeded by
+``derive_seed(seed, model_id, snr, chip)``, its rows keyed by their index in the test set).
+Every draw is a function of (seed, model, SNR level, chip, layer, solver step, test-sample
+index), so a sample's numbers do not depend on which levels, samples, test batch, chunk or
+process it is evaluated with: the batched results equal the per-point ones
+(``batched=False``) and every ``max_rows`` (which bounds K·n, memory) and ``--jobs`` give
+the same table, byte for byte. Per-sample results are summed exactly (``math.fsum``), so the
+totals do not depend on the batching either. Matmul rounding is kept out of it too: a CPU
+GEMM's result for a row can depend on the row's memory alignment (on this machine, with an
+inner dimension that is not a multiple of 4, e.g. a 287 → 10 head), so every forward places
+test sample s at a row ≡ s (mod :data:`ROW_ALIGN`): test batches start at multiples of it
+and each level's block is padded to a multiple of it (with copies of its samples, whose
+results are dropped).
 
 Metric conventions (the paper's Sec. 4.1 / App. D.1 metrics, made explicit for noise):
 
@@ -35,7 +44,7 @@ from torch import Tensor, nn
 
 from noisydeq.config import NoiseSpec, SweepSpec
 from noisydeq.errors import NoisyDEQError
-from noisydeq.noise import Noise, NoiseStream, active_subset, derive_seed
+from noisydeq.noise import STABLE_ROWS, Noise, NoiseStream, active_subset, derive_seed
 from noisydeq.results import RunDir
 from noisydeq.runtime import job_count, num_threads, resolve_torch_device, thread_plan
 from noisydeq.tasks.base import sample_correct
@@ -70,18 +79,49 @@ class SweepModel:
         )
 
 
+#: a test sample's row in every forward is ≡ its index (mod ROW_ALIGN): GEMM rounding of a
+#: row depends on its alignment (64 bytes covers AVX-512), never on the batch around it
+ROW_ALIGN = 16
+#: version of the cells a run directory holds (part of every cell key): 2 = counter-based
+#: noise keyed by test-sample index (cells of version 1 are recomputed, not mixed in)
+CELL_VERSION = 2
+
+
 @dataclass
 class LevelStats:
-    """Running sums for one (model, chip, SNR level) over the test batches."""
+    """Per-sample results of one (model, chip, SNR level) over the test batches.
+
+    Sums are exact (``math.fsum``) when read, so they do not depend on how the samples
+    were batched.
+    """
 
     n: int = 0
-    score: float = 0.0  # correct count (classification) or Σ squared error (regression)
     n_scored: int = 0  # denominator of the metric
-    steps: float = 0.0
     converged: int = 0
     diverged: int = 0
-    signal: float = 0.0
-    noise: float = 0.0
+    #: per sample: correct (classification) or squared error (regression), steps; per
+    #: measured sample: ‖y‖² and ‖ε‖² summed over the sample's injections or reads
+    scores: list[float] = field(default_factory=list)
+    step_counts: list[float] = field(default_factory=list)
+    signals: list[float] = field(default_factory=list)
+    noises: list[float] = field(default_factory=list)
+
+    @property
+    def score(self) -> float:
+        """Correct count (classification) or Σ squared error (regression)."""
+        return math.fsum(self.scores)
+
+    @property
+    def steps(self) -> float:
+        return math.fsum(self.step_counts)
+
+    @property
+    def signal(self) -> float:
+        return math.fsum(self.signals)
+
+    @property
+    def noise(self) -> float:
+        return math.fsum(self.noises)
 
     def measured_db(self) -> float:
         if self.noise == 0.0:
@@ -173,88 +213,105 @@ class Hardware:
         return deployed
 
     def prepare(
-        self, model: nn.Module, snr: Tensor, seeds: Sequence[int], rows: int, device_noise: bool
+        self, model: nn.Module, snr: Tensor, seeds: Sequence[int], block_rows: Sequence[int],
+        samples: Tensor, device_noise: bool,
     ) -> None:
         """Give every device layer its own block stream and the per-sample SNR targets.
 
         One stream per layer (seeded by the level seed and the layer name) keeps the draws
-        of a layer independent of how often *other* layers were called: a DEQ solve that
-        runs longer because another level in the batch is still iterating does not shift
-        the noise of the output head.
+        of a layer a function of that layer's own calls; rows are keyed by ``samples``
+        (test-set indices).
         """
         if self.direct:
             return
         for name, layer in self.hw.device_layers(model).items():
             layer.stream = NoiseStream.from_blocks(
-                [derive_seed(s, "layer", name) for s in seeds], [rows] * len(seeds),
-                device=snr.device,
+                [derive_seed(s, "layer", name) for s in seeds], block_rows,
+                device=snr.device, samples=samples,
             )
         self.hw.set_sample_snr(model, snr if device_noise else None)
 
-    def meter(self, model: nn.Module, blocks: int, rows: int) -> DeviceMeter | None:
-        """A per-block SNR meter on the deployed layers for the next forward."""
+    def meter(
+        self, model: nn.Module, blocks: int, rows: int, first_sample: int, total: int
+    ) -> DeviceMeter | None:
+        """A per-sample SNR meter on the deployed layers for the next forward."""
         if self.direct:
             return None
-        return DeviceMeter(self.hw.device_layers(model), blocks, rows)
+        return DeviceMeter(self.hw.device_layers(model), blocks, rows, first_sample, total)
 
 
 class DeviceMeter:
-    """Measures the realised MVM-output SNR of every device layer, per block of the batch.
+    """Measures the realised MVM-output SNR of every device layer on the first test samples.
 
     Forward hooks compare the device output (bias removed) with the exact MVM of the digital
-    weights on the first ``probe`` rows of each block: Σ‖Wx‖² / Σ‖y_dev − Wx‖² (DESIGN §1),
-    summed over layers and calls (linear and convolutional layers alike). Probing a few rows
-    keeps the extra exact MVMs cheap.
-    When a solver evaluates only its active rows (:class:`noisydeq.noise.RowSubset`), the
-    probe rows among them are measured.
+    weights for the test samples of index < ``probe`` in each block (level): ‖Wx‖² and
+    ‖y_dev − Wx‖² (DESIGN §1) summed per sample over layers and calls (linear and
+    convolutional layers alike), and over samples by the caller. Probing a few samples keeps
+    the extra exact MVMs cheap; probing them by test-set index keeps the measurement
+    independent of the batching. When a solver evaluates only its active rows
+    (:class:`noisydeq.noise.RowSubset`), the probe rows among them are measured.
     """
 
     probe = 32
 
-    def __init__(self, layers: dict[str, nn.Module], blocks: int, rows: int) -> None:
-        #: per-block sums of ‖Wx‖² and ‖y_dev − Wx‖² (float64, on the layers' device once a
-        #: forward ran): accumulated as tensors, read once per cell (:meth:`totals`)
+    def __init__(
+        self, layers: dict[str, nn.Module], blocks: int, rows: int, first_sample: int,
+        total: int,
+    ) -> None:
+        #: test samples first_sample … first_sample + m − 1 of each block are probed
+        self.m = max(0, min(rows, self.probe - first_sample))
+        self.blocks, self.total = blocks, total
+        self.index = torch.cat([torch.arange(self.m) + k * rows for k in range(blocks)])
+        #: probe row i is computed at row ``place[i]`` of a zero-padded buffer: ≡ its test
+        #: index (mod ROW_ALIGN), as in the forward (``first_sample`` is a multiple of it)
+        span = -(-self.m // ROW_ALIGN) * ROW_ALIGN
+        self.place = torch.cat([torch.arange(self.m) + k * span for k in range(blocks)])
+        self.rows_buf = blocks * span
+        #: per probed row (block-major): sums of ‖Wx‖² and ‖y_dev − Wx‖², float64 on the
+        #: layers' device once a forward ran; read once per forward (:meth:`per_sample`)
         self.signal: Tensor | None = None
         self.noise: Tensor | None = None
-        self.blocks, self.rows = blocks, rows
-        m = min(rows, self.probe)
-        self.index = torch.cat([torch.arange(m) + k * rows for k in range(blocks)])
-        self.handles = [layer.register_forward_hook(self._hook) for layer in layers.values()]
+        self.handles = [
+            layer.register_forward_hook(self._hook) for layer in layers.values() if self.m > 0
+        ]
 
     def _hook(self, layer: nn.Module, inputs: tuple[Tensor, ...], out: Tensor) -> None:
         x = inputs[0]
-        total = self.blocks * self.rows
         probe = self.index.to(x.device)
         subset = active_subset(x.shape[0])
-        if subset is not None and subset.total == total:
-            where = torch.full((total,), -1, dtype=torch.long, device=x.device)
+        if subset is not None and subset.total == self.total:
+            where = torch.full((self.total,), -1, dtype=torch.long, device=x.device)
             where[subset.index.to(x.device)] = torch.arange(x.shape[0], device=x.device)
             pos = where[probe]
             keep = pos >= 0
             if subset.real is not None:  # padding rows of a small subset do not count
                 keep &= subset.real.to(x.device)[pos.clamp(min=0)]
-            idx, block = pos[keep], probe[keep] // self.rows
-        elif x.shape[0] == total:
-            idx = probe
-            block = idx // self.rows
+            slot, idx = keep.nonzero().squeeze(1), pos[keep]
+        elif x.shape[0] == self.total:
+            slot, idx = torch.arange(probe.numel(), device=x.device), probe
         else:
+            return
+        if idx.numel() == 0:
             return
         y = out[idx].double()
         if getattr(layer, "bias", None) is not None:
             y = y - layer.bias.double().reshape((1, -1) + (1,) * (y.ndim - 2))
-        exact = _exact64(layer, x[idx])
+        place = self.place.to(x.device)[slot]
+        xs = x.new_zeros((self.rows_buf, *x.shape[1:]), dtype=torch.float64)
+        xs[place] = x[idx].double()
+        exact = _exact64(layer, xs)[place]
         if self.signal is None or self.noise is None:
-            self.signal = torch.zeros(self.blocks, dtype=torch.float64, device=x.device)
+            self.signal = torch.zeros(probe.numel(), dtype=torch.float64, device=x.device)
             self.noise = torch.zeros_like(self.signal)
-        sig, noi = exact.pow(2).flatten(1).sum(1), (y - exact).pow(2).flatten(1).sum(1)
-        self.signal += self.signal.new_zeros(self.blocks).index_add_(0, block, sig)
-        self.noise += self.noise.new_zeros(self.blocks).index_add_(0, block, noi)
+        self.signal.index_add_(0, slot, exact.pow(2).flatten(1).sum(1))
+        self.noise.index_add_(0, slot, (y - exact).pow(2).flatten(1).sum(1))
 
-    def totals(self, block: int) -> tuple[float, float]:
-        """(signal, noise) sums of ``block`` over every call so far."""
+    def per_sample(self, block: int) -> tuple[list[float], list[float]]:
+        """(‖Wx‖², ‖ε‖²) sums of each probed sample of ``block`` over every call so far."""
         if self.signal is None or self.noise is None:
-            return 0.0, 0.0
-        return float(self.signal[block]), float(self.noise[block])
+            return [], []
+        sl = slice(block * self.m, (block + 1) * self.m)
+        return self.signal[sl].tolist(), self.noise[sl].tolist()
 
     def close(self) -> None:
         for h in self.handles:
@@ -292,36 +349,52 @@ def forward_levels(
     classification: bool,
     stats: Sequence[LevelStats],
     on_device: bool = True,
+    first_sample: int = 0,
 ) -> None:
     """One forward of the n samples ``x`` at K SNR ``levels`` stacked (K·n rows).
 
-    Block k of the batch carries level k and draws its noise from ``seeds[k]``; ``stats[k]``
-    accumulates that level's results. ``on_device=False``: ``deployed`` is the digital model
-    (used for SNR = ∞ under device noise: the noise-free reference).
+    ``x`` are the test samples ``first_sample`` … ``first_sample + n − 1``; block k of the
+    batch carries level k and draws its noise from ``seeds[k]``, each row keyed by its
+    test-sample index; ``stats[k]`` accumulates that level's per-sample results.
+    ``on_device=False``: ``deployed`` is the digital model (used for SNR = ∞ under device
+    noise: the noise-free reference). Each block is padded to a multiple of ``ROW_ALIGN``
+    rows with copies of its samples (their own numbers again; results dropped), and
+    ``first_sample`` is a multiple of it: sample s sits at a row ≡ s (mod ``ROW_ALIGN``).
     """
     n, k = x.shape[0], len(levels)
-    xs = x.repeat(k, *([1] * (x.ndim - 1)))
-    snr = torch.tensor(list(levels), dtype=x.dtype, device=x.device).repeat_interleave(n)
+    nb = -(-n // ROW_ALIGN) * ROW_ALIGN  # rows per block: the n samples, then padding
+    pos = torch.arange(nb, device=x.device) % n  # padding repeats the block's samples
+    rows_of = (torch.arange(k, device=x.device)[:, None] * n + pos).reshape(-1)
+    xs = x.repeat(k, *([1] * (x.ndim - 1)))[rows_of]
+    snr = torch.tensor(list(levels), dtype=x.dtype, device=x.device).repeat_interleave(nb)
+    samples = (first_sample + pos).repeat(k)
+    block_rows = [nb] * k
+    real = (torch.arange(k, device=x.device)[:, None] * nb
+            + torch.arange(n, device=x.device)).reshape(-1)  # rows of the real samples
     device_noise = spec.noise_site == "device"
     if on_device:
-        hardware.prepare(deployed, snr, seeds, n, device_noise)
+        hardware.prepare(deployed, snr, seeds, block_rows, samples, device_noise)
     noise = None
     if not device_noise:
-        stream = NoiseStream.from_blocks(list(seeds), [n] * k, device=x.device)
-        noise = MeteredNoise(NoiseSpec(site=spec.noise_site), stream, snr_db=snr)
-    meter = hardware.meter(deployed, k, n) if device_noise and on_device else None
+        stream = NoiseStream.from_blocks(list(seeds), block_rows, device=x.device,
+                                         samples=samples)
+        noise = MeteredNoise(NoiseSpec(site=spec.noise_site, snr_scale=spec.snr_scale), stream,
+                             snr_db=snr)
+    meter = None
+    if device_noise and on_device:
+        meter = hardware.meter(deployed, k, nb, first_sample, xs.shape[0])
     try:
         with torch.no_grad():
             logits, sol = _forward(deployed, xs, noise)
     finally:
         if meter is not None:
             meter.close()
-    rows = logits.reshape(k * n, -1)
+    rows = logits.reshape(xs.shape[0], -1)[real]
     diverged = ~torch.isfinite(rows).all(dim=1)
     if sol is not None:
-        diverged = diverged | sol.diverged.to(diverged.device)
-        steps = sol.steps.double()
-        converged = sol.converged & ~diverged
+        diverged = diverged | sol.diverged[real].to(diverged.device)
+        steps = sol.steps[real].double()
+        converged = sol.converged[real] & ~diverged
     else:  # feed-forward: one layer evaluation per layer, always "converged"
         steps = torch.full((k * n,), float(sm.depth), dtype=torch.float64, device=x.device)
         converged = ~diverged
@@ -336,28 +409,45 @@ def forward_levels(
         sl = slice(j * n, (j + 1) * n)
         div = int(diverged[sl].sum())
         st.n += n
-        st.score += float(per_sample[sl].sum())
+        st.scores += per_sample[sl].tolist()
         st.n_scored += n if classification else n - div
-        st.steps += float(steps[sl].sum())
+        st.step_counts += steps[sl].tolist()
         st.converged += int(converged[sl].sum())
         st.diverged += div
         if noise is not None:
-            st.signal += float(noise.signal[sl].sum())
-            st.noise += float(noise.noise[sl].sum())
+            st.signals += noise.signal[j * nb : j * nb + n].tolist()
+            st.noises += noise.noise[j * nb : j * nb + n].tolist()
         elif meter is not None:
-            sig, noi = meter.totals(j)
-            st.signal += sig
-            st.noise += noi
+            sig, noi = meter.per_sample(j)
+            st.signals += sig
+            st.noises += noi
 
 
 def level_chunks(
     levels: Sequence[float], n_test: int, max_rows: int
 ) -> tuple[int, list[list[float]]]:
-    """Rows per level per forward and the SNR chunks (each ≤ ``max_rows`` rows in all)."""
-    rows = max(1, min(n_test, max_rows))
-    per_chunk = max(1, max_rows // rows)
+    """Test samples per forward and the SNR chunks (each ≤ ``max_rows`` rows in all).
+
+    The samples per forward are the whole test set or a multiple of ``ROW_ALIGN`` (at least
+    one, even if ``max_rows`` is smaller); a level's block is padded to a multiple of it.
+    """
+    rows = min(n_test, max(max_rows, ROW_ALIGN))
+    if rows < n_test:
+        rows -= rows % ROW_ALIGN
+    rows = max(rows, 1)
+    per_chunk = max(1, max_rows // (-(-rows // ROW_ALIGN) * ROW_ALIGN))
     levels = list(levels)
     return rows, [levels[i : i + per_chunk] for i in range(0, len(levels), per_chunk)]
+
+
+def sample_batches(n_test: int, rows: int) -> list[tuple[int, int]]:
+    """(start, stop) of the test batches of ``rows`` samples; a last batch of fewer than
+    ``STABLE_ROWS`` samples joins the one before (matmul rounding of tiny batches)."""
+    bounds = [(i, min(i + rows, n_test)) for i in range(0, n_test, rows)]
+    if len(bounds) > 1 and bounds[-1][1] - bounds[-1][0] < STABLE_ROWS:
+        (start, _), (_, stop) = bounds[-2], bounds.pop()
+        bounds[-1] = (start, stop)
+    return bounds
 
 
 def evaluate_cell(
@@ -376,18 +466,19 @@ def evaluate_cell(
     """Statistics of one cell: model ``sm`` on chip ``chip`` at the SNR ``levels``.
 
     Batched: one forward per test batch carrying all levels. Per-point: one forward per
-    level per test batch, with the same seeds — the results are the same.
+    level per test batch, with the same seeds — the results are the same, whatever the
+    test batches.
     """
     stats = [LevelStats() for _ in levels]
     device_noise = spec.noise_site == "device"
-    for b, start in enumerate(range(0, x.shape[0], rows_per_batch)):
-        xb, yb = x[start : start + rows_per_batch], y[start : start + rows_per_batch]
-        seeds = [derive_seed(sm.seed, sm.model_id, fmt_db(s), chip, b) for s in levels]
-        # SNR = ∞ under device noise is the noise-free reference: the digital model.
-        groups = [
-            [j for j, s in enumerate(levels) if not (device_noise and math.isinf(s))],
-            [j for j, s in enumerate(levels) if device_noise and math.isinf(s)],
-        ]
+    seeds = [derive_seed(sm.seed, sm.model_id, fmt_db(s), chip) for s in levels]
+    # SNR = ∞ under device noise is the noise-free reference: the digital model.
+    groups = [
+        [j for j, s in enumerate(levels) if not (device_noise and math.isinf(s))],
+        [j for j, s in enumerate(levels) if device_noise and math.isinf(s)],
+    ]
+    for start, stop in sample_batches(x.shape[0], rows_per_batch):
+        xb, yb = x[start:stop], y[start:stop]
         for on_device, group in zip((True, False), groups, strict=True):
             model = deployed if on_device else sm.model
             parts = [group] if batched else [[j] for j in group]
@@ -396,6 +487,7 @@ def evaluate_cell(
                     forward_levels(
                         model, sm, xb, yb, [levels[j] for j in part], [seeds[j] for j in part],
                         spec, hardware, classification, [stats[j] for j in part], on_device,
+                        first_sample=start,
                     )
     return stats
 
@@ -535,18 +627,35 @@ class CellRunner:
 
     @staticmethod
     def key(sm: SweepModel, chip: int, levels: Sequence[float]) -> str:
-        return f"{sm.model_id}|chip{chip}|" + ",".join(fmt_db(s) for s in levels)
+        return f"v{CELL_VERSION}|{sm.model_id}|chip{chip}|" + ",".join(fmt_db(s) for s in levels)
+
+    def expected(self, sm: SweepModel, chip: int, levels: Sequence[float]) -> list[dict]:
+        """What the rows of a cell must say (everything but the measured values)."""
+        fixed = {"task": self.task_name, "model_id": sm.model_id, "kind": sm.kind,
+                 "depth": int(sm.depth), "width": int(sm.width), "params": int(sm.params),
+                 "seed": int(sm.seed), "train_snr_db": float(sm.train_snr_db),
+                 "device": self.spec.device, "noise_site": self.spec.noise_site,
+                 "chip": int(chip), "metric": self.metric, "n_samples": int(self.x.shape[0])}
+        return [{**fixed, "snr_db": float(s)} for s in levels]
+
+    def load(self, sm: SweepModel, chip: int, levels: Sequence[float]) -> list[dict] | None:
+        """The saved rows of a cell (checked against :meth:`expected`), or None."""
+        return self.run_dir.load_cell(self.key(sm, chip, levels), self.expected(sm, chip, levels))
 
     def missing(self, sm: SweepModel, chip: int) -> list[list[float]]:
         """The level chunks of (sm, chip) not yet saved in the run directory."""
-        return [ch for ch in self.chunks if self.run_dir.load_cell(self.key(sm, chip, ch)) is None]
+        return [ch for ch in self.chunks if self.load(sm, chip, ch) is None]
 
     def run_pair(
         self, sm: SweepModel, chip: int, on_cell: Callable[[int], None],
         todo: list[list[float]] | None = None,
+        save: Callable[[str, list[dict[str, Any]]], None] | None = None,
     ) -> None:
         """Compute and save the missing cells of ``sm`` on chip ``chip`` (``todo``: the
-        level chunks :meth:`missing` gave, when the caller already asked)."""
+        level chunks :meth:`missing` gave, when the caller already asked; ``save(key,
+        rows)``: where a finished cell goes, default the run directory — a worker process
+        hands it to the driver instead)."""
+        save = self.run_dir.save_cell if save is None else save
         todo = self.missing(sm, chip) if todo is None else todo
         if not todo:
             return
@@ -558,7 +667,7 @@ class CellRunner:
                 self.classification, self.rows_per_batch, self.spec.batched,
             )
             rows = stats_rows(sm, stats, levels, chip, self.spec, self.task_name, self.metric)
-            self.run_dir.save_cell(self.key(sm, chip, levels), rows)
+            save(self.key(sm, chip, levels), rows)
             on_cell(1)
 
 
@@ -583,9 +692,10 @@ def run_sweep(
     thread counts of training and evaluation (:func:`noisydeq.runtime.thread_plan`; ``None``
     reads ``$NOISYDEQ_THREADS``), each phase's restored after it. ``jobs``: evaluation
     processes (:func:`resolve_jobs`; ``None`` reads ``$NOISYDEQ_JOBS``, default ``auto``).
-    """
-    from tqdm.auto import tqdm
 
+    Everything is validated before anything is written; the run directory is locked for
+    the whole run (a second sweep on the same ``out_dir`` waits for this one).
+    """
     train_threads, eval_threads = thread_plan(threads)
     torch_device = resolve_torch_device(spec.torch_device)
     if task is None:
@@ -593,8 +703,29 @@ def run_sweep(
 
         task = load_task(spec.task, data_dir=spec.data_dir, seed=spec.seeds[0])
     hardware = Hardware(spec)  # validates the device before anything is written
+    if models is None:
+        from noisydeq.families import check_sweep_families
+
+        check_sweep_families(spec, task)  # presets, overrides, memory: before any write
     run_dir = RunDir(out_dir)
     run_dir.open(spec)
+    try:
+        return _run_open(spec, run_dir, task, hardware, models, progress, on_cell, plots,
+                         title, train_threads, eval_threads, torch_device, jobs)
+    finally:
+        run_dir.close()
+
+
+def _run_open(
+    spec: SweepSpec, run_dir: RunDir, task: Any, hardware: Hardware,
+    models: Sequence[SweepModel] | ModelProvider | None, progress: bool,
+    on_cell: Callable[[int], None] | None, plots: bool, title: str,
+    train_threads: int | None, eval_threads: int | None, torch_device: torch.device,
+    jobs: int | str | None,
+) -> SweepResult:
+    """The body of :func:`run_sweep` once its run directory is open and locked."""
+    from tqdm.auto import tqdm
+
     if models is None:
         models = family_models
     # worker processes can rebuild the models only when they come from the family cache
@@ -634,7 +765,7 @@ def run_sweep(
     for sm in models:
         for chip in range(spec.chips):
             for levels in runner.chunks:
-                rows = run_dir.load_cell(runner.key(sm, chip, levels))
+                rows = runner.load(sm, chip, levels)
                 if rows is None:
                     raise NoisyDEQError(f"sweep: cell {sm.model_id} chip {chip} was not written")
                 all_rows.extend(rows)
@@ -648,4 +779,5 @@ def run_sweep(
         result.figures = plot_sweep(
             all_rows, run_dir.figures, spec, result.native_snr_db, title=title
         )
+    run_dir.seal(result.figures)
     return result

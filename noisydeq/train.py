@@ -8,16 +8,24 @@ with its own seeded stream, so a DEQ draws fresh noise at every solver iteration
 With ``spec.device`` the model is deployed on that hardware model and trained through its
 noisy MVMs (hardware-aware training); the digital weights are what is saved.
 
-Randomness comes only from generators derived from ``spec.seed`` (data order, training noise,
-the device's dynamic noise and chip, the solver's random threshold): the same seed gives the
-same weights on CPU. With ``out_dir`` the state after every epoch (weights, Adam moments,
-generator states, history) is written atomically to ``resume.safetensors``; running again
+Randomness is counter-based and addressed by ``spec.seed`` (:class:`_Rng`): the data order of
+an epoch, and the training noise, device noise, random thresholds and Hutchinson probes of a
+sample in an epoch, are functions of (seed, epoch, sample index, draw); the chip of the
+device by the seed. The same seed gives the same weights on CPU. With ``out_dir`` the state
+after every epoch (weights, Adam moments, history; no generator state is needed) is written
+atomically to ``resume.safetensors``; running again
 with the same config continues from it and ends with the same weights as an uninterrupted
-run. The finished model is ``model.safetensors`` + ``model.json`` (config, hash, metrics).
+run. The finished model is ``model.safetensors`` + ``model.json`` (config, hash, metrics);
+``resume.safetensors`` is removed once it is written (a finished model needs no resume
+state). ``out_dir`` is locked while a run writes it (:class:`noisydeq.store.DirLock`: a
+second run of the same model waits, then loads the finished one), and a checkpoint or
+resume state that fails its digest or structure check is reported in one line and trained
+again rather than used.
 """
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import math
 import time
@@ -31,12 +39,13 @@ from torch import Tensor, nn
 
 from noisydeq import __version__, store
 from noisydeq.config import TrainSpec
-from noisydeq.errors import NoisyDEQError
-from noisydeq.noise import Noise, NoiseStream, derive_seed, seeded_generator
+from noisydeq.errors import CorruptArtefact, NoisyDEQError
+from noisydeq.noise import Noise, NoiseStream, derive_seed
 from noisydeq.tasks.base import Task
 
-#: bump when the training procedure changes what a given config produces (cache key)
-TRAIN_SCHEMA = 1
+#: bump when the training procedure changes what a given config produces (cache key).
+#: 2: counter-based random draws (data order, noise, thresholds, probes by epoch and sample)
+TRAIN_SCHEMA = 2
 MODEL_FILE = "model.safetensors"
 RESUME_FILE = "resume.safetensors"
 EVAL_BATCH = 1024
@@ -123,58 +132,70 @@ def apply_overrides(model: nn.Module, spec: TrainSpec) -> None:
 
 
 class _Rng:
-    """Every generator of a training run, derived from ``seed`` (saved for resume)."""
+    """Every random draw of a training run, addressed by (seed, what, epoch, sample).
+
+    Counter-based (:mod:`noisydeq.rng`): the data order of an epoch, and the training noise,
+    device noise, random thresholds and Hutchinson probes of a sample in that epoch are pure
+    functions of their address — independent of the batch a sample lands in, and with no
+    generator state to save for resume.
+    """
 
     def __init__(self, seed: int, dev: torch.device) -> None:
-        self.shuffle = seeded_generator(derive_seed(seed, "train", "shuffle"), "cpu")
-        self.noise = NoiseStream.from_seed(derive_seed(seed, "train", "noise"), dev)
-        self.device_noise = NoiseStream.from_seed(derive_seed(seed, "train", "device"), dev)
-        self.threshold = seeded_generator(derive_seed(seed, "train", "threshold"), dev)
+        self.seed, self.dev = seed, dev
 
-    def generators(self) -> dict[str, torch.Generator]:
-        return {
-            "shuffle": self.shuffle,
-            "noise": self.noise.generators[0],
-            "device_noise": self.device_noise.generators[0],
-            "threshold": self.threshold,
-        }
+    def permutation(self, n: int, epoch: int) -> Tensor:
+        """The data order of ``epoch``: indices sorted by one uniform per sample (53 bits)."""
+        key = derive_seed(self.seed, "train", "shuffle", epoch)
+        u = NoiseStream.from_seed(key).rand((n,), torch.float64, torch.device("cpu"))
+        return torch.argsort(u, stable=True)
 
-    def state(self) -> dict[str, Tensor]:
-        return {f"rng/{k}": g.get_state() for k, g in self.generators().items()}
-
-    def load(self, tensors: dict[str, Tensor]) -> None:
-        for k, g in self.generators().items():
-            g.set_state(tensors[f"rng/{k}"])
+    def stream(self, what: str, epoch: int, samples: Tensor, *name: str) -> NoiseStream:
+        """The ``what`` source (noise, device, threshold) of ``epoch`` for the rows
+        ``samples`` (training-set indices); ``name``: e.g. a device layer's."""
+        key = derive_seed(self.seed, "train", what, epoch, *name)
+        return NoiseStream.from_seed(key, self.dev, samples=samples)
 
 
 def _save_resume(
-    path: Path, net: nn.Module, opt: torch.optim.Optimizer, rng: _Rng, config: dict,
+    path: Path, net: nn.Module, opt: torch.optim.Optimizer, config: dict,
     epoch: int, history: list[dict[str, float]],
 ) -> None:
     opt_tensors, opt_info = store.flatten_optimizer(opt.state_dict())
     tensors = {f"model/{k}": v for k, v in net.state_dict().items()}
     tensors.update(opt_tensors)
-    tensors.update(rng.state())
     meta = {"config": config, "config_hash": store.config_hash(config), "epoch": epoch,
             "history": history, "optimizer": opt_info}
     store.save_tensors(path, tensors, meta)
 
 
 def _load_resume(
-    path: Path, net: nn.Module, opt: torch.optim.Optimizer, rng: _Rng, config: dict
+    path: Path, net: nn.Module, opt: torch.optim.Optimizer, config: dict, epochs: int,
 ) -> tuple[int, list[dict[str, float]]]:
+    """Continue from ``path``; a damaged or malformed state is a :class:`CorruptArtefact`
+    and leaves ``net`` and ``opt`` as they were."""
     tensors, meta = store.load_tensors(path)
     store.check_config(meta, config, path)
-    store.load_into(net, {k[6:]: v for k, v in tensors.items() if k.startswith("model/")}, path)
-    opt.load_state_dict(store.unflatten_optimizer(tensors, meta["optimizer"]))
-    rng.load(tensors)
-    return int(meta["epoch"]), list(meta.get("history", []))
+    saved = (copy.deepcopy(net.state_dict()), copy.deepcopy(opt.state_dict()))
+    try:
+        epoch, history = meta["epoch"], meta.get("history", [])
+        if (isinstance(epoch, bool) or not isinstance(epoch, int) or not 0 <= epoch <= epochs
+                or not isinstance(history, list) or len(history) != epoch):
+            raise ValueError(f"epoch {epoch!r} with {type(history).__name__} history")
+        store.load_into(net, {k[6:]: v for k, v in tensors.items() if k.startswith("model/")},
+                        path)
+        opt.load_state_dict(store.unflatten_optimizer(tensors, meta["optimizer"]))
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError, RuntimeError) as err:
+        net.load_state_dict(saved[0])
+        opt.load_state_dict(saved[1])
+        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise CorruptArtefact(path, f"holds a malformed resume state ({reason})") from None
+    return epoch, list(history)
 
 
 # --------------------------------------------------------------------------- loop
 
 
-def _deploy(model: nn.Module, spec: TrainSpec, rng_seed: int, stream: NoiseStream) -> nn.Module:
+def _deploy(model: nn.Module, spec: TrainSpec, rng_seed: int) -> nn.Module:
     """The model on ``spec.device`` (one chip derived from the seed), or the model itself."""
     if spec.device is None:
         return model
@@ -182,18 +203,31 @@ def _deploy(model: nn.Module, spec: TrainSpec, rng_seed: int, stream: NoiseStrea
 
     chip = derive_seed(rng_seed, "train", "chip") % (2**31)
     device = hardware.get_device(spec.device, snr_db=spec.device_snr_db, chip=chip)
-    net = device.deploy(model)
-    hardware.set_stream(net, stream)
-    return net
+    return device.deploy(model)
+
+
+def _device_streams(net: nn.Module, rng: _Rng, epoch: int, samples: Tensor) -> None:
+    """Give every device layer of ``net`` its dynamic-noise source for this batch."""
+    from noisydeq.hardware.base import DeviceLayer
+
+    for name, layer in net.named_modules():
+        if isinstance(layer, DeviceLayer):
+            layer.stream = rng.stream("device", epoch, samples, name)
 
 
 def forward_logits(
-    net: nn.Module, x: Tensor, noise: Noise | None, generator: torch.Generator | None = None
+    net: nn.Module, x: Tensor, noise: Noise | None,
+    generator: torch.Generator | NoiseStream | None = None,
 ) -> tuple[Tensor, Tensor | None]:
-    """(output, Jacobian-regulariser term or None) of one forward pass of any model."""
+    """(output, Jacobian-regulariser term or None) of one forward pass of any model.
+
+    ``generator`` draws a DEQ's random thresholds and the Hutchinson probes of a DEQ's or
+    a per-layer regularised FFW's Jacobian term."""
     if getattr(net, "kind", None) == "deq":
         out = net(x, noise, return_solution=True, generator=generator)
     else:
+        if hasattr(net, "jac_generator"):
+            net.jac_generator = generator
         out = net(x, noise)
     return getattr(out, "logits", out), getattr(out, "jac_loss", None)
 
@@ -204,12 +238,13 @@ def evaluate(model: nn.Module, task: Task, batch_size: int = EVAL_BATCH) -> floa
     was_training = model.training
     model.eval()
     dev = _param_device(model)
-    generator = seeded_generator(derive_seed("evaluate", "threshold"), dev)  # random caps
+    key = derive_seed("evaluate", "threshold")  # random caps, by test-sample index
     score, n = 0.0, 0
     for i in range(0, len(task.x_test), batch_size):
         xb = task.x_test[i : i + batch_size].to(dev)
         yb = task.y_test[i : i + batch_size].to(dev)
-        out, _ = forward_logits(model, xb, None, generator)
+        caps = NoiseStream.from_seed(key, dev, samples=torch.arange(i, i + len(xb)))
+        out, _ = forward_logits(model, xb, None, caps)
         score += task.metric(out, yb) * len(xb)
         n += len(xb)
     model.train(was_training)
@@ -220,15 +255,42 @@ def _result_from_checkpoint(
     model: nn.Module, path: Path, config: dict, dev: torch.device
 ) -> TrainResult:
     tensors, meta = store.load_checkpoint(path, config)
+    try:
+        extra = meta.get("extra", {})
+        history = extra.get("history", [])
+        test_metric = float(extra.get("test_metric", math.nan))
+        metric_name = str(extra.get("metric_name", ""))
+        seconds = float(extra.get("seconds", 0.0))
+        if not isinstance(history, list):
+            raise TypeError("history is not a list")
+    except (AttributeError, TypeError, ValueError) as err:
+        raise CorruptArtefact(path, f"carries malformed metadata ({err})") from None
     store.load_into(model, tensors, path)
     model.to(dev)
-    extra = meta.get("extra", {})
     return TrainResult(
-        model=model, config=config, config_hash=meta["config_hash"],
-        history=extra.get("history", []), test_metric=extra.get("test_metric", math.nan),
-        metric_name=extra.get("metric_name", ""), seconds=extra.get("seconds", 0.0),
+        model=model, config=config, config_hash=meta["config_hash"], history=history,
+        test_metric=test_metric, metric_name=metric_name, seconds=seconds,
         path=path, start_epoch=int(config["train"]["epochs"]), loaded=True,
     )
+
+
+def _load_finished(
+    model: nn.Module, out: Path, config: dict, dev: torch.device, resume: bool
+) -> TrainResult | None:
+    """The finished model in ``out`` when there is one of this config; a damaged one is
+    reported, removed and trained again (None)."""
+    path = out / MODEL_FILE
+    if not path.is_file():
+        return None
+    if not resume:
+        raise NoisyDEQError(f"{path} exists; use --resume or another --out")
+    try:
+        return _result_from_checkpoint(model, path, config, dev)
+    except CorruptArtefact as err:
+        store.warn(f"{err}; training the model again")
+        path.unlink(missing_ok=True)
+        path.with_suffix(".json").unlink(missing_ok=True)
+        return None
 
 
 def train_model(
@@ -256,22 +318,37 @@ def train_model(
     dev = torch.device(torch_device) if torch_device is not None else _param_device(model)
     apply_overrides(model, spec)
     config = run_config(model, task, spec, dev)
-    chash = store.config_hash(config)
     out = Path(out_dir) if out_dir is not None else None
     if out is not None and out.exists() and not out.is_dir():
         raise NoisyDEQError(f"--out: {out} exists and is not a directory")
-    if out is not None and (out / MODEL_FILE).is_file():
-        if not resume:
-            raise NoisyDEQError(f"{out / MODEL_FILE} exists; use --resume or another --out")
-        return _result_from_checkpoint(model, out / MODEL_FILE, config, dev)
+    if out is None:
+        return _fit(model, task, spec, config, None, resume, dev, quiet, desc, on_epoch, t0)
+    with store.DirLock(out, "model directory"):  # one writer per model directory
+        store.clean_stale_temps(out, locked=True)
+        done = _load_finished(model, out, config, dev, resume)
+        if done is not None:
+            return done
+        return _fit(model, task, spec, config, out, resume, dev, quiet, desc, on_epoch, t0)
 
+
+def _fit(
+    model: nn.Module, task: Task, spec: TrainSpec, config: dict, out: Path | None,
+    resume: bool, dev: torch.device, quiet: bool, desc: str,
+    on_epoch: Callable[[int, dict[str, float]], None] | None, t0: float,
+) -> TrainResult:
+    """The training loop of :func:`train_model` (``out``: locked, or None)."""
+    chash = store.config_hash(config)
     model.to(dev)
     rng = _Rng(spec.seed, dev)
-    net = _deploy(model, spec, spec.seed, rng.device_noise)
+    net = _deploy(model, spec, spec.seed)
     opt = torch.optim.Adam(net.parameters(), lr=spec.lr, weight_decay=spec.weight_decay)
     start, history = 0, []
     if out is not None and resume and (out / RESUME_FILE).is_file():
-        start, history = _load_resume(out / RESUME_FILE, net, opt, rng, config)
+        try:
+            start, history = _load_resume(out / RESUME_FILE, net, opt, config, spec.epochs)
+        except CorruptArtefact as err:
+            store.warn(f"{err}; starting the training again")
+            (out / RESUME_FILE).unlink(missing_ok=True)
 
     n = len(task.x_train) if spec.max_train_samples is None else min(
         spec.max_train_samples, len(task.x_train))
@@ -286,7 +363,7 @@ def train_model(
             record = _train_epoch(net, opt, task, spec, rng, x_all, y_all, epoch, bar)
             history.append(record)
             if out is not None:
-                _save_resume(out / RESUME_FILE, net, opt, rng, config, epoch + 1, history)
+                _save_resume(out / RESUME_FILE, net, opt, config, epoch + 1, history)
             if on_epoch is not None:
                 on_epoch(epoch, record)
     finally:
@@ -303,6 +380,7 @@ def train_model(
         extra = {"history": history, "test_metric": test_metric,
                  "metric_name": task.metric_name, "seconds": seconds}
         result.path = store.save_checkpoint(out / MODEL_FILE, model.state_dict(), config, extra)
+        (out / RESUME_FILE).unlink(missing_ok=True)  # the finished model replaces it
     return result
 
 
@@ -317,13 +395,15 @@ def _train_epoch(
     if reg is not None and hasattr(net, "jac_reg_active"):
         net.jac_reg_active = reg.stop_epoch is None or epoch < reg.stop_epoch
     n = len(x_all)
-    perm = torch.randperm(n, generator=rng.shuffle).to(x_all.device)
-    noise = Noise(spec.noise, rng.noise) if spec.noise.active else None
+    perm = rng.permutation(n, epoch).to(x_all.device)
     loss_sum = metric_sum = jac_sum = 0.0
     for b, i in enumerate(range(0, n, spec.batch_size)):
         idx = perm[i : i + spec.batch_size]
         xb, yb = x_all[idx], y_all[idx]
-        out, jac = forward_logits(net, xb, noise, rng.threshold)
+        noise = Noise(spec.noise, rng.stream("noise", epoch, idx)) if spec.noise.active else None
+        if spec.device is not None:
+            _device_streams(net, rng, epoch, idx)
+        out, jac = forward_logits(net, xb, noise, rng.stream("threshold", epoch, idx))
         loss = task.loss(out, yb)
         total = loss if jac is None else loss + jac
         if not torch.isfinite(total):

@@ -97,3 +97,11 @@ def test_partial_runs_leave_the_committed_results_alone(tmp_path, monkeypatch) -
     assert (tmp_path / "partial" / "RESULTS.md").exists()
     assert (tmp_path / "partial" / "results.json").exists()
     assert not (tmp_path / "RESULTS.md").exists() and not (tmp_path / "results.json").exists()
+
+
+def test_rng_rows_and_checks() -> None:
+    from benchmarks.rng import bench_rng
+
+    rows = bench_rng(shapes=((32, 24), (64, 33)), repeat=1, threads=(1,))
+    assert len(rows) == 3 and all(math.isfinite(r.ratio) for r in rows)
+    assert all(r.ok for r in rows), [r.check for r in rows]

@@ -32,7 +32,32 @@ def test_paper_figures_are_covered():
     assert {"1a", "1b", "1c", "1d", "7", "8", "9", "10", "11", "12"} <= figs
 
 
-@pytest.mark.parametrize("path", FILES, ids=[p.stem for p in FILES])
+REPRO = [p for p in FILES if p.stem.startswith("repro-")]
+PAPER = [p for p in FILES if p not in REPRO]
+
+
+@pytest.mark.parametrize("path", REPRO, ids=[p.stem for p in REPRO])
+def test_full_size_reproduction_specs(path):
+    """The full-size studies: quick training on all training data, 3 seeds, the paper test
+    solver (window 40, threshold 60), both FFW forms reachable with --set ffw_form=eq57."""
+    exp = load_toml(ExperimentSpec, path)
+    full = exp.resolve("full")
+    assert full.train_preset == "quick" and full.seeds == [0, 1, 2]
+    assert full.max_train_samples is None and full.max_test_samples is None
+    assert full.noise_site == "signal" and full.ffw_form is None  # default form eq57x
+    ts = full.test_solver
+    assert (ts.name, ts.max_iter, ts.tol, ts.stop, ts.window) == ("unroll", 60, 0.05,
+                                                                  "mean_rel", 40)
+    if full.task == "mnist":
+        assert full.depths == [1, 3, 5, 7, 9]
+        assert set(full.train_snr_db) == {math.inf, 10.0, 0.0}
+    else:
+        assert full.depths == [1, 3, 5, 7, 9, 11] and full.train_snr_db == [math.inf]
+    old = exp.model_copy(update={"full": {**exp.full, "ffw_form": "eq57"}})
+    assert old.resolve("full").ffw_form == "eq57"
+
+
+@pytest.mark.parametrize("path", PAPER, ids=[p.stem for p in PAPER])
 def test_spec_variants(path):
     exp = load_toml(ExperimentSpec, path)
     quick, full = exp.resolve("quick"), exp.resolve("full")

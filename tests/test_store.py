@@ -3,13 +3,16 @@
 import json
 import math
 import os
+import subprocess
+import sys
+import threading
 
 import pytest
 import torch
 from torch import nn
 
 from noisydeq import store
-from noisydeq.errors import NoisyDEQError
+from noisydeq.errors import CorruptArtefact, NoisyDEQError
 
 
 def _model(seed=0):
@@ -123,3 +126,100 @@ def test_config_hash_is_canonical():
     b = {"z": {"a": 1, "b": 2}, "y": (1, 2), "x": 1}
     assert store.config_hash(a) == store.config_hash(b)
     assert store.config_hash(a) != store.config_hash({**a, "x": 2})
+
+
+# ------------------------------------------------------------- files, digests, locks
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077, 0o002])
+def test_written_files_follow_the_umask(tmp_path, umask):
+    old = os.umask(umask)
+    try:
+        path = store.atomic_write_text(tmp_path / "a.txt", "x")
+        with store.atomic_open(tmp_path / "fig.png") as fh:
+            fh.write(b"png")
+    finally:
+        os.umask(old)
+    for p in (path, tmp_path / "fig.png"):
+        assert p.stat().st_mode & 0o777 == 0o666 & ~umask
+
+
+def test_temp_names_are_unique_and_stale_ones_are_cleaned(tmp_path):
+    names = {store._temp_path(tmp_path / "cell.json").name for _ in range(200)}
+    assert len(names) == 200 and all(n.startswith(".cell.json.") for n in names)
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True).stdout.strip()
+    stale = tmp_path / f".cell.json.{dead}-0123abcd.tmp"  # its writer is gone
+    live = tmp_path / f".other.json.{os.getpid()}-0123abcd.tmp"  # being written now
+    legacy = tmp_path / ".old.json.k2j3h4ab.tmp"  # a mkstemp name of earlier versions
+    mine = tmp_path / ".thumbnail.png"  # not a temporary file: never removed
+    for p in (stale, live, legacy, mine):
+        p.write_text("partial")
+    assert store.clean_stale_temps(tmp_path) == 1 and not stale.exists()
+    assert live.exists() and legacy.exists()
+    assert store.clean_stale_temps(tmp_path, locked=True) == 2  # under the lock: all stale
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".thumbnail.png"]
+
+
+def test_signed_json_and_text_catch_any_change(tmp_path):
+    obj = {"rows": [{"snr_db": math.inf, "value": 0.5}], "key": "a|b"}
+    text = store.dumps_signed(obj)
+    assert store.loads_signed(text, "f") == obj
+    assert store.loads_signed(store.dumps_signed(obj, indent=2), "f") == obj
+    for bad in (text.replace("0.5", "0.6"), text.rstrip("\n"), text.replace(": ", ":"),
+                text.replace('"sha256"', '"sha257"'), "[]", text[:-9]):
+        with pytest.raises(CorruptArtefact):
+            store.loads_signed(bad, "f")
+    signed = store.sign_text("a = 1\n")
+    assert store.verify_text(signed, "f") == "a = 1\n"
+    for bad in (signed.replace("a = 1", "a = 2"), "a = 1\n", signed + " "):
+        with pytest.raises(CorruptArtefact):
+            store.verify_text(bad, "f")
+
+
+def test_manifest_lists_and_checks_files(tmp_path):
+    (tmp_path / "sub").mkdir()
+    a, b = tmp_path / "a.csv", tmp_path / "sub" / "b.png"
+    a.write_text("x,y\n1,2\n")
+    b.write_bytes(b"\x89PNG")
+    store.write_manifest(tmp_path, [a, b])
+    assert store.verify_manifest(tmp_path) == ["a.csv", "sub/b.png"]
+    done = subprocess.run(["sha256sum", "-c", "SHA256SUMS"], cwd=tmp_path, capture_output=True)
+    assert done.returncode == 0  # the standard tool reads it too
+    a.write_text("x,y\n1,3\n")
+    with pytest.raises(CorruptArtefact, match="a.csv"):
+        store.verify_listed(a)
+
+
+def test_a_second_writer_waits_for_the_lock(tmp_path, capsys):
+    """A process holding a directory's lock makes another wait (one line), and the OS drops
+    the lock when its holder dies — kill -9 included."""
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from noisydeq.store import DirLock; "
+         f"l = DirLock({str(tmp_path)!r}).acquire(); print('held', flush=True); time.sleep(60)"],
+        stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "held"
+    done = threading.Event()
+
+    def take() -> None:
+        with store.DirLock(tmp_path, "--out"):
+            done.set()
+
+    t = threading.Thread(target=take)
+    t.start()
+    assert not done.wait(0.5)  # waiting
+    holder.kill()
+    holder.wait()
+    t.join(timeout=30)
+    assert done.is_set()
+    assert "another noisydeq process is writing --out" in capsys.readouterr().err
+
+
+def test_text_reader_refuses_binary_and_huge_files(tmp_path):
+    (tmp_path / "bin").write_bytes(b"\xff\xfe")
+    (tmp_path / "nul").write_text("a = 1\x00")
+    for name, match in (("bin", "not UTF-8"), ("nul", "binary"), ("none", "not found")):
+        with pytest.raises(NoisyDEQError, match=match):
+            store.read_text(tmp_path / name, "preset")
+    with pytest.raises(NoisyDEQError, match="MiB"):
+        store.read_text(tmp_path / "bin", "preset", limit=1)

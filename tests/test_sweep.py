@@ -12,7 +12,7 @@ from noisydeq.errors import NoisyDEQError
 from noisydeq.models.base import ModelOutput
 from noisydeq.results import COLUMNS, read_csv
 from noisydeq.summary import condensed_levels, summary_table
-from noisydeq.sweep import SweepModel, level_chunks, run_sweep
+from noisydeq.sweep import SweepModel, level_chunks, run_sweep, sample_batches
 from tests.sweep_helpers import toy_models, toy_spec, toy_task
 
 
@@ -20,25 +20,28 @@ def _run(tmp_path, name, spec, task, models, **kw):
     return run_sweep(spec, tmp_path / name, task=task, models=models, progress=False, **kw)
 
 
-@pytest.mark.parametrize("kind", ["classification", "regression"])
-def test_batched_equals_per_point(tmp_path, kind):
-    task = toy_task(kind)
+#: (max_rows, batched) settings that split the 53-sample toy test set differently: all levels
+#: in one forward; one level per forward in test batches of 16 (+ a merged tail); max_rows
+#: below the 16-row floor; per-point in 64- and 16-row batches; two levels per forward
+BATCHINGS = [(1000, True), (20, True), (5, True), (64, False), (17, False), (150, True)]
+
+
+@pytest.mark.parametrize("kind,site", [("classification", "signal"), ("regression", "signal"),
+                                       ("classification", "state"), ("regression", "input")])
+def test_rows_are_identical_whatever_the_batching(tmp_path, kind, site):
+    """Counter-based noise keyed by test-sample index: batched == per-point, and every
+    max_rows (test batches, level chunks) gives the same table, byte for byte."""
+    task = toy_task(kind, n=53)
     models = toy_models(task)
-    # max_rows=64 with 48 samples: one level per forward would be per-point; use 200 rows
-    # so 4 levels go through one forward, and 20 rows so the test set is split in batches.
-    for max_rows in (200, 20):
-        spec_b = toy_spec(max_rows=max_rows, batched=True)
-        spec_p = toy_spec(max_rows=max_rows, batched=False)
-        a = _run(tmp_path, f"b{max_rows}{kind}", spec_b, task, models, plots=False).rows
-        b = _run(tmp_path, f"p{max_rows}{kind}", spec_p, task, models, plots=False).rows
-        assert len(a) == len(b) == len(models) * 2 * 4
-        for ra, rb in zip(a, b, strict=False):
-            assert ra["model_id"] == rb["model_id"] and ra["snr_db"] == rb["snr_db"]
-            assert ra["value"] == pytest.approx(rb["value"], rel=1e-6, abs=1e-9)
-            assert ra["mean_steps"] == pytest.approx(rb["mean_steps"], abs=1e-9)
-            assert ra["measured_snr_db"] == pytest.approx(rb["measured_snr_db"], abs=1e-6)
-        if kind == "classification":
-            assert [r["value"] for r in a] == [r["value"] for r in b]
+    tables = [
+        _run(tmp_path, f"{kind}{site}{i}", toy_spec(max_rows=m, batched=b, noise_site=site),
+             task, models, plots=False).rows
+        for i, (m, b) in enumerate(BATCHINGS)
+    ]
+    assert len(tables[0]) == len(models) * 2 * 4
+    for rows in tables[1:]:
+        assert rows == tables[0]
+    assert len({r["value"] for r in tables[0]}) > 1  # the noise did something
 
 
 def test_noise_free_metric_matches_direct_forward(tmp_path):
@@ -70,27 +73,30 @@ def test_noise_changes_results_and_measured_snr_tracks_nominal(tmp_path):
     assert len({(r["value"], r["mean_steps"]) for r in low}) > 1
 
 
+def _sample_index(x: torch.Tensor, x_test: torch.Tensor) -> torch.Tensor:
+    """Each row's test-sample index (a forward stacks levels and pads blocks with copies)."""
+    return (x[:, None, :] == x_test[None]).all(-1).float().argmax(1)
+
+
 class _HalfDiverging(nn.Module):
-    """Predicts the label exactly, but returns NaN logits for odd-indexed rows."""
+    """Predicts the label exactly, but returns NaN logits for odd-indexed samples."""
 
     kind = "ffw"
 
-    def __init__(self, y: torch.Tensor, n_classes: int) -> None:
+    def __init__(self, x: torch.Tensor, y: torch.Tensor, n_classes: int) -> None:
         super().__init__()
-        self.y, self.k = y, n_classes
+        self.x, self.y, self.k = x, y, n_classes
 
     def forward(self, x, noise=None, *, return_solution=False):
-        n = self.y.shape[0]
-        reps = x.shape[0] // n
-        logits = nn.functional.one_hot(self.y.repeat(reps), self.k).float()
-        bad = (torch.arange(x.shape[0]) % 2) == 1
-        logits[bad] = float("nan")
+        i = _sample_index(x, self.x)
+        logits = nn.functional.one_hot(self.y[i], self.k).float()
+        logits[i % 2 == 1] = float("nan")
         return ModelOutput(logits=logits, z=logits, solution=None)
 
 
 def test_diverged_samples_count_as_wrong_and_are_reported(tmp_path):
     task = toy_task(n=40)
-    model = _HalfDiverging(task.y_test, 4)
+    model = _HalfDiverging(task.x_test, task.y_test, 4)
     sm = SweepModel(model, "ffw", 1, 4, 0)
     res = _run(tmp_path, "d", toy_spec(snr_db="0,inf", chips=1, max_rows=1000), task, [sm],
                plots=False)
@@ -106,9 +112,9 @@ def test_regression_mse_excludes_diverged(tmp_path):
 
     class Half(nn.Module):
         def forward(self, x, noise=None, *, return_solution=False):
-            reps = x.shape[0] // target.shape[0]
-            out = target.repeat(reps, 1) + 0.5
-            out[::4] = float("inf")
+            i = _sample_index(x, task.x_test)
+            out = target[i] + 0.5
+            out[i % 4 == 0] = float("inf")
             return ModelOutput(logits=out, z=out)
 
     res = _run(tmp_path, "m", toy_spec(snr_db="inf", chips=1, max_rows=1000), task,
@@ -158,10 +164,12 @@ def test_summary_table_lists_every_model(tmp_path):
 
 def test_level_chunks_bound_rows():
     rows, chunks = level_chunks(list(range(31)), 360, 1000)
-    assert rows == 360 and all(len(c) * rows <= 1000 for c in chunks)
+    assert rows == 360 and all(len(c) * 368 <= 1000 for c in chunks)  # blocks of 16k rows
     assert sum(chunks, []) == list(range(31))
     rows, chunks = level_chunks([0, 1], 5000, 1000)
-    assert rows == 1000 and chunks == [[0], [1]]
+    assert rows == 992 and chunks == [[0], [1]]  # test batches start at multiples of 16
+    assert level_chunks([0, 1], 5000, 3)[0] == 16  # at least 16 samples per forward
+    assert sample_batches(53, 16) == [(0, 16), (16, 32), (32, 53)]  # a tail < 16 is merged
 
 
 def test_other_config_in_run_dir_is_refused(tmp_path):
@@ -173,23 +181,27 @@ def test_other_config_in_run_dir_is_refused(tmp_path):
     # batched is not part of the identity: same results, so resuming is allowed
     res = _run(tmp_path, "x", toy_spec(chips=1, batched=False), task, models, plots=False)
     assert res.computed_cells == 0
+    # neither is max_rows (other chunks are computed, the table is the same)
+    again = _run(tmp_path, "x", toy_spec(chips=1, max_rows=200), task, models, plots=False)
+    assert again.computed_cells > 0 and again.rows == res.rows
 
 
 @pytest.mark.parametrize("device", ["snr", "rram", "photonic"])
-def test_device_noise_batched_equals_per_point(tmp_path, device):
+def test_device_noise_is_identical_whatever_the_batching(tmp_path, device):
     """Device path (per-layer block streams, per-sample controls, DEQ solves that skip
-    their stopped rows): batched == per-point, bit for bit."""
+    their stopped rows, the per-sample SNR meter): batched == per-point and every
+    max_rows give the same table, byte for byte."""
     task = toy_task(n=40)
     models = toy_models(task)
-    kw = dict(device=device, noise_site="device", snr_db="0,10,20,inf", chips=1, max_rows=400)
-    a = _run(tmp_path, "b", toy_spec(**kw), task, models, plots=False).rows
-    b = _run(tmp_path, "p", toy_spec(batched=False, **kw), task, models, plots=False).rows
+    kw = dict(device=device, noise_site="device", snr_db="0,10,20,inf", chips=1)
+    a = _run(tmp_path, "b", toy_spec(max_rows=400, **kw), task, models, plots=False).rows
+    for i, (m, batched) in enumerate([(400, False), (20, True), (17, False)]):
+        other = _run(tmp_path, f"p{i}", toy_spec(max_rows=m, batched=batched, **kw), task,
+                     models, plots=False).rows
+        assert other == a
     deq_steps = [r["mean_steps"] for r in a if r["kind"] == "deq" and r["snr_db"] > 0]
     assert min(deq_steps) < 30  # some levels stop early: the skipping path ran
-    for ra, rb in zip(a, b, strict=True):
-        assert ra["value"] == rb["value"]
-        assert ra["mean_steps"] == rb["mean_steps"]
-        assert ra["measured_snr_db"] == pytest.approx(rb["measured_snr_db"], abs=1e-9)
+    for ra in a:
         if math.isfinite(ra["snr_db"]) and device == "snr":
             # measured MVM-output SNR near the target (rram/photonic are calibrated on
             # uniform inputs here: the toy task has no training inputs to calibrate on)

@@ -27,6 +27,11 @@ def test_two_processes_equal_one_single_threaded_process(tmp_path, monkeypatch):
     # and it resumes: nothing left to compute, same table
     again = run_sweep(spec, tmp_path / "two", progress=False, plots=False, jobs=2)
     assert again.computed_cells == 0 and again.rows == one.rows
+    # other test batches and level chunks in two processes: the same table, byte for byte
+    # (noise keyed by test-sample index)
+    rechunked = build(SweepSpec, {**SPEC, "max_rows": 100})
+    three = run_sweep(rechunked, tmp_path / "three", progress=False, plots=False, jobs=2)
+    assert three.computed_cells == 4 * 2 * 4 and three.rows == one.rows
 
 
 @pytest.mark.slow

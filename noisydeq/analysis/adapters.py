@@ -24,7 +24,7 @@ class ReplayStream(NoiseStream):
     """A noise stream whose every draw is the given tensor ξ (shape checked)."""
 
     def __init__(self, xi: Tensor) -> None:
-        super().__init__(generators=[])
+        super().__init__([0])
         self.xi = xi
 
     def randn(self, shape: Sequence[int], dtype: torch.dtype, device: torch.device) -> Tensor:
@@ -68,20 +68,23 @@ def cell_fn(cell: nn.Module, spec: NoiseSpec) -> Callable[[Tensor, Tensor, Tenso
 
 
 def layers_fn(
-    layers: Sequence[nn.Module], spec: NoiseSpec, step: Callable[..., Tensor] | None = None
+    layers: Sequence[nn.Module], spec: NoiseSpec, step: Callable[..., Tensor] | None = None,
+    start: Callable[[Tensor], tuple[Tensor, Tensor]] | None = None,
 ) -> Callable[[Tensor, Tensor], Tensor]:
     """forward(ξ, x̃) = z_m of a stack of layers, the same ξ at every layer (Eq. 10/41).
 
-    ``step(layer, z, xt, noise)`` is one layer (default: ``layer(z, xt, noise)``); z⁰ = 0 so
-    the first layer sees x̃ only, matching a DEQ started at z⁰ = 0.
+    ``step(layer, z, inj, noise)`` is one layer (default: ``layer(z, inj, noise)``).
+    ``start(x̃)`` gives (z⁰, the injection added at every layer) — an FFW's
+    :meth:`~noisydeq.models.FFW.start`; default (0, x̃), a DEQ started at z⁰ = 0.
     """
     check_noise_spec(spec)
-    one = step or (lambda layer, z, xt, noise: layer(z, xt, noise))
+    one = step or (lambda layer, z, inj, noise: layer(z, inj, noise))
+    begin = start or (lambda xt: (torch.zeros_like(xt), xt))
 
     def forward(xi: Tensor, xt: Tensor) -> Tensor:
-        z = torch.zeros_like(xi)
+        z, inj = begin(xt)
         for layer in layers:
-            z = one(layer, z, xt, noisy(spec, xi))
+            z = one(layer, z, inj, noisy(spec, xi))
         return z
 
     return forward

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from noisydeq import store
-from noisydeq.errors import NoisyDEQError
+from noisydeq.errors import CorruptArtefact, NoisyDEQError
 
 
 @dataclass
@@ -56,35 +56,57 @@ def _train_snr(train: dict[str, Any]) -> float:
 
 
 def load_member(path: Path) -> Member:
-    """Rebuild one checkpoint; one clear error when it is not a trained DEQ/FFW."""
+    """Rebuild one checkpoint; one clear error when it is not a trained DEQ/FFW or its
+    metadata is malformed."""
     from noisydeq.analysis.probe import check_model
     from noisydeq.config import TrainSpec, build
-    from noisydeq.models.factory import build_model
+    from noisydeq.models.factory import as_model_spec, build_model, resolved_width
     from noisydeq.train import apply_overrides
 
     tensors, meta = store.load_checkpoint(path)
-    config = meta.get("config") or {}
-    spec = (config.get("model") or {}).get("spec")
-    if not isinstance(spec, dict):
-        raise NoisyDEQError(
-            f"checkpoint {path}: no model spec in its metadata (not written by noisydeq train)"
+    try:
+        config = meta.get("config") or {}
+        spec = (config.get("model") or {}).get("spec")
+        if not isinstance(spec, dict):
+            raise NoisyDEQError(f"checkpoint {path}: no model spec in its metadata (not written "
+                                "by noisydeq train)")
+        train = config.get("train") or {}
+        extra = meta.get("extra") or {}
+        if not isinstance(train, dict) or not isinstance(extra, dict):
+            raise TypeError("train / extra are not objects")
+        epochs = train.get("epochs", 0)
+        if isinstance(epochs, bool) or not isinstance(epochs, int):
+            raise TypeError(f"train.epochs is {epochs!r}")
+        if epochs <= 0 or "test_metric" not in extra:
+            raise NoisyDEQError(f"checkpoint {path}: the model is untrained (0 epochs)")
+        test_metric = float(extra["test_metric"])
+        task = config.get("task") or {}
+        if not isinstance(task, dict):
+            raise TypeError(f"task is {task!r}")
+        mspec = as_model_spec(spec)
+        width = resolved_width(mspec)
+        hidden = width * width * (mspec.depth if mspec.kind == "ffw" else 1)
+        if hidden > sum(t.numel() for t in tensors.values()):  # before allocating the model
+            raise ValueError(f"its model spec (width {width}) is larger than its weights")
+        model = build_model(mspec)
+        apply_overrides(model, build(TrainSpec, train, where=f"{path} train"))
+        store.load_into(model, tensors, path)
+        kind = check_model(model)
+        return Member(
+            path=path, model=model.eval(), kind=kind, depth=int(model.depth),
+            width=int(model.width), params=int(model.hidden_weight_count()),
+            task=str(task.get("name", "digits")), task_seed=int(task.get("seed", 0)),
+            seed=int(train.get("seed", 0)), train_snr_db=_train_snr(train),
+            test_metric=test_metric,
+            fingerprint=task.get("fingerprint"), task_options=dict(task.get("options") or {}),
         )
-    train = config.get("train") or {}
-    if int(train.get("epochs", 0)) <= 0 or "test_metric" not in (meta.get("extra") or {}):
-        raise NoisyDEQError(f"checkpoint {path}: the model is untrained (0 epochs)")
-    model = build_model(spec)
-    apply_overrides(model, build(TrainSpec, train, where=f"{path} train"))
-    store.load_into(model, tensors, path)
-    kind = check_model(model)
-    task = config.get("task") or {}
-    return Member(
-        path=path, model=model.eval(), kind=kind, depth=int(model.depth),
-        width=int(model.width), params=int(model.hidden_weight_count()),
-        task=str(task.get("name", "digits")), task_seed=int(task.get("seed", 0)),
-        seed=int(train.get("seed", 0)), train_snr_db=_train_snr(train),
-        test_metric=float(meta["extra"]["test_metric"]),
-        fingerprint=task.get("fingerprint"), task_options=dict(task.get("options") or {}),
-    )
+    except NoisyDEQError as err:
+        if str(path) in str(err):
+            raise
+        raise NoisyDEQError(f"checkpoint {path}: {err}") from None
+    except (AttributeError, KeyError, TypeError, ValueError, RuntimeError) as err:
+        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise CorruptArtefact(path, f"carries malformed metadata ({reason})") from None
 
 
 def load_family(root: str | Path, device: torch.device | str = "cpu", *,

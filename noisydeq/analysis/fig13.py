@@ -1,8 +1,16 @@
 """Paper Fig. 13: DEQ (width matched to 9 layers) vs 9-layer FFW with and without per-layer
 Jacobian regularisation — accuracy against test signal SNR, and the eigenvalue spectra.
 
+The DEQ and the plain FFW are the depth-``depth`` members of a family
+(:class:`~noisydeq.config.FamilySpec`, trained or loaded from the model cache exactly as a
+sweep with the same settings makes them: the ``repro-fig1-mnist`` study's depth-9 members
+are reused, not retrained). The regularised FFW (:class:`~noisydeq.analysis.jacobian_ffw.JacRegFFW`,
+"coefficient 1 additive with task loss") starts from the plain FFW's initial weights and is
+trained with Σ_m weight·‖J_m‖²_F/d added; it is cached under the hash of its own config.
 The sweep's ``ExperimentSpec`` has no field for a regularised FFW, so this experiment has its
-own small strict spec (``experiments/fig13_jacreg_ffw.toml``) run by :func:`run_fig13`.
+own small strict spec (``experiments/fig13_jacreg_ffw.toml``) run by :func:`run_fig13`:
+
+    python -m noisydeq.analysis.fig13 SPEC.toml OUT_DIR [key=value ...]
 """
 
 from __future__ import annotations
@@ -14,12 +22,32 @@ from typing import Any
 import torch
 from pydantic import Field, field_validator
 
-from noisydeq.config import JacobianRegSpec, ModelSpec, StrictModel, TrainSpec, load_toml
+from noisydeq.config import (
+    FFW_FORMS,
+    FamilySpec,
+    InfFloat,
+    JacobianRegSpec,
+    SolverSpec,
+    StrictModel,
+    TrainSpec,
+    build,
+    check_choice,
+    load_toml,
+    parse_assignments,
+)
+from noisydeq.errors import NoisyDEQError
 from noisydeq.noise import derive_seed, make_noise
+
+MODELS = ("deq", "ffw", "ffw_jacreg")
 
 
 class Fig13Spec(StrictModel):
-    """DEQ vs FFW vs Jacobian-regularised FFW at one depth (App. D.2, Fig. 13)."""
+    """DEQ vs FFW vs Jacobian-regularised FFW at one depth (App. D.2, Fig. 13).
+
+    ``seeds``: one family member set per seed (the paper averages three). ``ffw_form``: the
+    FFW layer form (``None`` = the default). ``test_solver``: the DEQ's evaluation solver in
+    place of the preset's (give the same one as the sweep whose models are reused).
+    """
 
     task: str = "mnist10k"
     data_dir: str | None = None
@@ -29,8 +57,11 @@ class Fig13Spec(StrictModel):
     jac_samples: int = Field(default=1, ge=1)
     train_preset: str = "quick"
     epochs: int | None = Field(default=None, ge=0)
-    snr_db: list[float] = Field(default_factory=lambda: [0.0, 5.0, 10.0, 15.0, 20.0, math.inf])
-    seed: int = 0
+    max_train_samples: int | None = Field(default=None, ge=1)
+    ffw_form: str | None = None
+    test_solver: SolverSpec | None = None
+    snr_db: list[InfFloat] = Field(default_factory=lambda: [0.0, 5.0, 10.0, 15.0, 20.0, math.inf])
+    seeds: list[int] = Field(default_factory=lambda: [0])
     max_test_samples: int = Field(default=2000, ge=1)
 
     @field_validator("snr_db", mode="before")
@@ -40,83 +71,145 @@ class Fig13Spec(StrictModel):
 
         return _snr_list(v, "snr_db")
 
+    @field_validator("ffw_form")
+    @classmethod
+    def _form(cls, v: Any) -> str | None:
+        return None if v is None else check_choice(v, FFW_FORMS)
 
-def _models(spec: Fig13Spec, task) -> dict[str, tuple[torch.nn.Module, TrainSpec]]:
+    @field_validator("seeds", mode="before")
+    @classmethod
+    def _seeds(cls, v: Any) -> list[int]:
+        v = [v] if isinstance(v, int) and not isinstance(v, bool) else v
+        if not isinstance(v, list) or not v:
+            raise ValueError("seeds must be a non-empty list of integers, e.g. [0, 1, 2]")
+        return v
+
+    def family(self, seed: int) -> FamilySpec:
+        """The one-depth family whose DEQ and FFW members this figure compares."""
+        train: dict[str, Any] = {}
+        for key in ("epochs", "max_train_samples", "test_solver"):
+            if getattr(self, key) is not None:
+                train[key] = getattr(self, key)
+        return build(FamilySpec, {
+            "task": self.task, "data_dir": self.data_dir, "depths": [self.depth],
+            "hidden": self.hidden, "seed": seed, "train_preset": self.train_preset,
+            "train": train, "ffw_form": self.ffw_form,
+        }, where="fig13")
+
+
+def _trained_models(spec: Fig13Spec, task, seed: int, dev: torch.device):
+    """{name: trained model} of one seed, each trained once and cached."""
     from noisydeq.analysis.jacobian_ffw import JacRegFFW
-    from noisydeq.models.factory import build_model
+    from noisydeq.families import cache_root, member_spec, prepared_member
+    from noisydeq.store import config_hash
+    from noisydeq.train import run_config, train_model
 
-    extra = {} if spec.epochs is None else {"epochs": spec.epochs}
+    fam = spec.family(seed)
+    root = cache_root() / "models"
+    out: dict[str, torch.nn.Module] = {}
+    for kind in ("deq", "ffw"):
+        model, tspec, entry = prepared_member(fam, task, kind, spec.depth, root, dev)
+        out[kind] = train_model(model, task, tspec, out_dir=entry, torch_device=dev).model
+    mspec = member_spec(fam, task, "ffw", spec.depth)
     reg = JacobianRegSpec(weight=spec.jac_weight, n_samples=spec.jac_samples)
-    out = {}
-    for name in ("deq", "ffw", "ffw_jacreg"):
-        torch.manual_seed(derive_seed(spec.seed, "fig13", name) % (2**31))
-        kind = "deq" if name == "deq" else "ffw"
-        mspec = ModelSpec(kind=kind, in_features=task.in_features,
-                          out_features=task.out_features, width=spec.hidden, depth=spec.depth)
-        if name == "ffw_jacreg":
-            model = JacRegFFW(task.in_features, spec.hidden, spec.depth, task.out_features,
-                              jac_reg=reg)
-            train = TrainSpec.preset(spec.train_preset, "ffw", jac_reg=reg, seed=spec.seed,
-                                     **extra)
-        else:
-            model = build_model(mspec)
-            train = TrainSpec.preset(spec.train_preset, kind, seed=spec.seed, **extra)
-        out[name] = (model, train)
+    with torch.random.fork_rng(devices=[]):  # the plain FFW member's initial weights
+        torch.manual_seed(derive_seed(seed, "ffw", spec.depth, spec.hidden) % (2**63))
+        jac = JacRegFFW(task.in_features, spec.hidden, spec.depth, task.out_features,
+                        mspec.input_act, form=mspec.ffw_form, jac_reg=reg)
+    jac.spec = mspec  # the form is part of its cache key
+    tspec = build(TrainSpec, {**fam.train_spec("ffw").model_dump(), "jac_reg": reg},
+                  where="fig13 train")
+    entry = root / config_hash(run_config(jac, task, tspec, dev))
+    out["ffw_jacreg"] = train_model(jac, task, tspec, out_dir=entry, torch_device=dev).model
     return out
 
 
+def evaluate(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, snr_db: float,
+             seed: int) -> tuple[float, float]:
+    """(accuracy, converged fraction) under test signal noise at ``snr_db`` (Eq. 3-4)."""
+    from noisydeq.config import NoiseSpec
+
+    noise = make_noise(NoiseSpec(site="signal", snr_db=snr_db), seed=seed)
+    model.eval()
+    with torch.no_grad():
+        out = model(x, noise, return_solution=True)
+    correct = (out.logits.argmax(1) == y).double().mean()
+    sol = out.solution
+    conv = 1.0 if sol is None else float((sol.converged & ~sol.diverged).double().mean())
+    return float(correct), conv
+
+
 def run_fig13(spec: Fig13Spec, out_dir: str | Path) -> list[Path]:
-    """Train the three models (cached in ``out_dir``), write accuracy.csv and spectra figures."""
+    """Train or load the three models per seed; write fig13_accuracy.csv, fig13_spectra.csv
+    and the figure (accuracy vs SNR, mean over seeds; |λ| histograms of the first seed)."""
     from noisydeq.analysis import probe
     from noisydeq.analysis.outputs import pyplot, save_figure, write_csv
-    from noisydeq.config import NoiseSpec
     from noisydeq.tasks import load_task
-    from noisydeq.train import train_model
 
     out = Path(out_dir)
-    task = load_task(spec.task, data_dir=spec.data_dir, seed=spec.seed)
+    dev = torch.device("cpu")
+    task = load_task(spec.task, data_dir=spec.data_dir, seed=spec.seeds[0])
     x = task.x_test[: spec.max_test_samples]
     y = task.y_test[: spec.max_test_samples]
-    rows, spectra_ = [], {}
-    for name, (model, train) in _models(spec, task).items():
-        train_model(model, task, train, out_dir=out / name)
-        model.eval()
-        for snr in spec.snr_db:
-            noise = make_noise(NoiseSpec(site="signal", snr_db=snr),
-                               seed=derive_seed(spec.seed, "fig13-test", name, snr))
-            with torch.no_grad():
-                logits = model(x, noise)
-            rows.append({"model": name, "snr_db": snr,
-                         "accuracy": float((logits.argmax(1) == y).double().mean())})
-        spectra_[name] = probe.spectrum(model)
-    paths = [write_csv(out / "fig13_accuracy.csv", rows)]
+    form = spec.ffw_form or FFW_FORMS[0]
+    rows: list[dict[str, Any]] = []
+    radii: list[dict[str, Any]] = []
+    hist: dict[str, Any] = {}
+    for seed in spec.seeds:
+        for name, model in _trained_models(spec, task, seed, dev).items():
+            for snr in spec.snr_db:
+                acc, conv = evaluate(model, x, y, snr,
+                                     derive_seed(seed, "fig13-test", name, snr))
+                rows.append({"model": name, "ffw_form": form, "seed": seed, "snr_db": snr,
+                             "accuracy": acc, "converged_frac": conv})
+            rep = probe.spectrum(model)
+            radii.append({"model": name, "ffw_form": form, "seed": seed, "rho": rep.rho})
+            hist.setdefault(name, rep)
+    paths = [write_csv(out / "fig13_accuracy.csv", rows),
+             write_csv(out / "fig13_spectra.csv", radii)]
     plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
-    for name in spectra_:
-        rs = [r for r in rows if r["model"] == name]
-        xs = [r["snr_db"] if math.isfinite(r["snr_db"]) else 30.0 for r in rs]
-        axes[0].plot(xs, [r["accuracy"] for r in rs], "o-", label=name)
-        axes[1].hist(spectra_[name].eig.abs().numpy(), bins=50, alpha=0.5,
-                     label=f"{name} ρ={spectra_[name].rho:.3g}")
+    for name in MODELS:
+        levels = list(spec.snr_db)
+        means = [sum(r["accuracy"] for r in rows if r["model"] == name and r["snr_db"] == s)
+                 / len(spec.seeds) for s in levels]
+        xs = [s if math.isfinite(s) else 30.0 for s in levels]
+        axes[0].plot(xs, means, "o-", label=name)
+        axes[1].hist(hist[name].eig.abs().numpy(), bins=50, alpha=0.5,
+                     label=f"{name} ρ={hist[name].rho:.3g}")
     axes[0].set_xlabel("test signal SNR (dB; 30 = no noise)")
-    axes[0].set_ylabel("accuracy")
+    axes[0].set_ylabel(f"accuracy (mean of {len(spec.seeds)} seed(s))")
+    axes[0].set_title(f"depth {spec.depth}, FFW form {form}", fontsize=9)
     axes[0].legend(fontsize=8)
-    axes[1].set_xlabel("|λ| of W (DEQ) / W_m…W_1 (FFW)")
+    axes[1].set_xlabel("|λ| of W (DEQ) / W_m…W_1 (FFW), first seed")
     axes[1].set_yscale("log")
     axes[1].legend(fontsize=8)
     paths += save_figure(fig, out / "fig13")
     return paths
 
 
+def load_spec(path: str, overrides: list[str]) -> Fig13Spec:
+    """The spec file with ``key=value`` overrides (values parsed as TOML, else text)."""
+    base = load_toml(Fig13Spec, path).model_dump(exclude_none=True)
+    return build(Fig13Spec, {**base, **parse_assignments(overrides, "argument")}, where=path)
+
+
 def main(argv: list[str] | None = None) -> None:
-    """``python -m noisydeq.analysis.fig13 SPEC.toml OUT_DIR``."""
+    """``python -m noisydeq.analysis.fig13 SPEC.toml OUT_DIR [key=value ...]``; bad input is
+    one line on stderr and exit status 2."""
     import sys
 
     args = sys.argv[1:] if argv is None else argv
-    if len(args) != 2:
-        raise SystemExit("usage: python -m noisydeq.analysis.fig13 SPEC.toml OUT_DIR")
-    for p in run_fig13(load_toml(Fig13Spec, args[0]), args[1]):
-        print(f"wrote {p}")
+    if len(args) < 2:
+        print("usage: python -m noisydeq.analysis.fig13 SPEC.toml OUT_DIR [key=value ...]",
+              file=sys.stderr)
+        raise SystemExit(2)
+    try:
+        for p in run_fig13(load_spec(args[0], args[2:]), args[1]):
+            print(f"wrote {p}")
+    except NoisyDEQError as err:
+        print(f"noisydeq: error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 if __name__ == "__main__":  # pragma: no cover

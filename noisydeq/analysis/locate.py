@@ -39,16 +39,22 @@ class FamilySource:
 
 
 def read_sweep_spec(run_dir: Path):
-    """The :class:`SweepSpec` a sweep run dir recorded, or None when ``run_dir`` is not one."""
-    from noisydeq.config import SweepSpec, loads_toml
+    """The :class:`SweepSpec` a sweep run dir recorded (digest checked: a damaged one is one
+    error naming it), or None when ``run_dir`` is not a sweep run dir."""
+    from noisydeq import store
+    from noisydeq.results import RunDir
 
-    path = run_dir / SWEEP_CONFIG
-    if not path.is_file():
+    rd = RunDir(run_dir)
+    if not rd.config_path.is_file():
         return None
     try:
-        return loads_toml(SweepSpec, path.read_text(encoding="utf-8"))
-    except NoisyDEQError:
+        with open(rd.config_path, "rb") as fh:
+            head = fh.read(len(store.TEXT_DIGEST))
+    except OSError:
+        return None
+    if head != store.TEXT_DIGEST.encode():
         return None  # a config.toml of something else: fall back to searching checkpoints
+    return rd.read_config()
 
 
 def sweep_checkpoints(spec, data_dir: str | None = None,

@@ -17,9 +17,10 @@ quantities are computed from forward-mode products v ↦ J v only (``torch.func.
 * **Spectra.** ρ(∂f/∂z) at the clean fixed point by the batched block power method of
   :func:`noisydeq.analysis.spectra.power_spectral_radius` on JVPs. For a cell that is one
   convolution (``conv1d``) ρ(W) of the convolution operator at the input's size, and for its
-  FFW ρ(W_m⋯W₂) (the ``eq57`` form: the first layer acts on z⁰ = 0), by the same power
-  method on the linear maps; the eigenvalues reported are the block's Ritz values. Cells of
-  several layers (residual, mlp_stack, multiscale) have no single W: only ρ(∂f/∂z) is given.
+  FFW ρ(W_m⋯W₁) (ρ(W_m⋯W₂) in the ``eq57`` form, whose first layer acts on z⁰ = 0), by
+  the same power method on the linear maps; the eigenvalues reported are the block's Ritz
+  values. Cells of several layers (residual, mlp_stack, multiscale) have no single W: only
+  ρ(∂f/∂z) is given.
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ class SequenceReplay(NoiseStream):
     """
 
     def __init__(self, xi: Tensor | None = None) -> None:
-        super().__init__(generators=[])
+        super().__init__([0])
         self.xi = xi
         self.pos = 0
         self.shapes: list[tuple[int, ...]] = []
@@ -210,12 +211,12 @@ def deq_operator(model: nn.Module, spec: NoiseSpec, xt: Tensor) -> CellOperator:
 
 
 def ffw_forward(model: nn.Module, spec: NoiseSpec, xt: Tensor) -> tuple[Callable, int]:
-    """forward(ξ, x̃) → z_m (flat) with the same ξ at every layer, and ξ's length."""
+    """forward(ξ, x̃) → z_m (flat) with the same ξ at every layer, and ξ's length; started
+    as the model's form starts (:meth:`~noisydeq.models.FFW.start`)."""
     check_noise_spec(spec)
-    eq57 = getattr(model, "form", "eq57") == "eq57"
 
     def run(xi: Tensor | None, c: Tensor, stream: SequenceReplay) -> Tensor:
-        z, inj = (torch.zeros_like(c), c) if eq57 else (c, torch.zeros_like(c))
+        z, inj = model.start(c)
         for layer in model.layers:
             stream.rewind()
             z = layer(z, inj, Noise(spec, stream))

@@ -5,12 +5,11 @@ from __future__ import annotations
 import csv
 import io
 import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from noisydeq.config import atomic_write_text
+from noisydeq.store import atomic_open, atomic_write_text
 
 
 def write_csv(path: str | os.PathLike, rows: Sequence[dict[str, Any]]) -> Path:
@@ -38,19 +37,14 @@ def save_figure(fig: Any, stem: str | os.PathLike) -> list[Path]:
 
     out = []
     stem = Path(stem)
-    stem.parent.mkdir(parents=True, exist_ok=True)
-    for ext in ("png", "svg"):
-        target = stem.with_suffix(f".{ext}")
-        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=f".{ext}")
-        os.close(fd)
-        try:
-            fig.savefig(tmp, format=ext, dpi=130, bbox_inches="tight")
-            os.replace(tmp, target)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        out.append(target)
-    plt.close(fig)
+    try:
+        for ext in ("png", "svg"):
+            target = stem.with_suffix(f".{ext}")
+            with atomic_open(target) as fh:
+                fig.savefig(fh, format=ext, dpi=130, bbox_inches="tight")
+            out.append(target)
+    finally:
+        plt.close(fig)
     return out
 
 

@@ -15,11 +15,12 @@ import torch
 from torch import Tensor, nn
 
 from noisydeq.analysis import bounds, spectra
-from noisydeq.analysis.adapters import cell_fn, check_noise_spec, layers_fn, noisy
+from noisydeq.analysis.adapters import cell_fn, layers_fn
 from noisydeq.analysis.jacobians import jvp_fn
 from noisydeq.analysis.sensitivity import Sensitivity, deq_sensitivity, ffw_sensitivity, fixed_point
 from noisydeq.config import NoiseSpec
 from noisydeq.errors import NoisyDEQError
+from noisydeq.models.ffw import acting_layers
 
 
 def is_mlp_model(model: nn.Module) -> bool:
@@ -73,13 +74,11 @@ def deq_weight(model: nn.Module) -> Tensor:
 def ffw_state_weights(model: nn.Module) -> list[Tensor]:
     """FFW matrices that act on a non-zero state, first to last (W₁ … W_m of §3.3).
 
-    ``eq57`` form: z⁰ = 0, so the first layer's W multiplies zero and is left out.
-    ``eq32`` form: z⁰ = x̃, every layer acts.
+    ``eq57x`` and ``eq32`` forms: z⁰ = x̃, every layer acts. ``eq57`` form: z⁰ = 0, so the
+    first layer's W multiplies zero and is left out (:func:`~noisydeq.models.ffw.acting_layers`).
     """
     layers = list(model.layers)
-    if model.form == "eq57":
-        layers = layers[1:]
-    return [layer.W.weight.detach() for layer in layers]
+    return [layers[m].W.weight.detach() for m in acting_layers(model.form, len(layers))]
 
 
 def ffw_noise_path(model: nn.Module) -> list[Tensor]:
@@ -94,19 +93,9 @@ def inputs_to_injection(model: nn.Module, x: Tensor) -> Tensor:
 
 
 def ffw_forward(model: nn.Module, spec: NoiseSpec):
-    """forward(ξ, x̃) → z_m of an FFW with the same ξ at every layer (Eq. 10/41)."""
-    if model.form == "eq57":
-        return layers_fn(list(model.layers), spec)
-
-    check_noise_spec(spec)
-
-    def forward(xi: Tensor, xt: Tensor) -> Tensor:  # eq32: z⁰ = x̃, no injection
-        z, zero = xt, torch.zeros_like(xt)
-        for layer in model.layers:
-            z = layer(z, zero, noisy(spec, xi))
-        return z
-
-    return forward
+    """forward(ξ, x̃) → z_m of an FFW with the same ξ at every layer (Eq. 10/41), started
+    as the model's form starts (:meth:`~noisydeq.models.FFW.start`)."""
+    return layers_fn(list(model.layers), spec, start=model.start)
 
 
 def sensitivity(

@@ -7,8 +7,14 @@ from pathlib import Path
 
 import click
 
+from noisydeq import limits
 from noisydeq.config import NoiseSpec, build, parse_snr_value
 from noisydeq.errors import NoisyDEQError
+
+#: a seed option's type (seeds are 63-bit: ``derive_seed``, torch generators)
+SEED = click.IntRange(0, limits.MAX_SEED)
+#: most inputs or noise samples an analysis command takes
+MAX_COUNT = 1_000_000
 
 
 def torch_device_option(f):
@@ -57,7 +63,7 @@ def default_out(family: Path, out: Path | None, name: str) -> Path:
 @click.option("--inputs", type=int, default=8, show_default=True, help="test inputs used.")
 @click.option("--precision", type=float, default=0.05, show_default=True,
               help="largest allowed relative standard error of each mean (0 = no check).")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=SEED, default=0, show_default=True)
 @click.option("--data-dir", default=None,
               help="data directory for MNIST tasks (default: the one a sweep recorded).")
 @out_option("sensitivity")
@@ -72,10 +78,20 @@ def command(family, kind, eta, snr, site, samples, inputs, precision, seed, data
 
     if samples < 2:
         raise NoisyDEQError(f"--samples: need at least 2 noise samples, got {samples}")
-    if precision < 0:
-        raise NoisyDEQError(f"--precision: must be >= 0, got {precision:g}")
-    spec = build(NoiseSpec, {"site": site, "kind": kind, "eta": eta,
-                             "snr_db": parse_snr_value(snr)}, where="noise")
+    if samples > MAX_COUNT:
+        raise NoisyDEQError(f"--samples: at most {MAX_COUNT} noise samples, got {samples}")
+    if not 1 <= inputs <= MAX_COUNT:
+        raise NoisyDEQError(f"--inputs: must be an integer in 1..{MAX_COUNT}, got {inputs}")
+    if not (math.isfinite(precision) and precision >= 0):
+        raise NoisyDEQError(f"--precision: must be a finite number >= 0, got {precision:g}")
+    if not (math.isfinite(eta) and eta >= 0):
+        raise NoisyDEQError(f"--eta: must be a finite number >= 0, got {eta:g}")
+    try:
+        snr_db = parse_snr_value(snr)
+    except NoisyDEQError as err:
+        raise NoisyDEQError(f"--snr: {err}") from None
+    spec = build(NoiseSpec, {"site": site, "kind": kind, "eta": eta, "snr_db": snr_db},
+                 where="noise")
     if kind == "multiplicative" and math.isinf(spec.snr_db):
         raise NoisyDEQError("--snr: multiplicative noise needs a finite SNR in dB")
     if kind == "additive" and eta <= 0:

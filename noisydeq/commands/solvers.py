@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import click
 
-from noisydeq.commands.sensitivity import cache_option, torch_device_option
-from noisydeq.config import parse_snr_range
+from noisydeq import limits
+from noisydeq.commands.sensitivity import MAX_COUNT, SEED, cache_option, torch_device_option
+from noisydeq.commands.sweep import parse_grid
 from noisydeq.errors import NoisyDEQError
 
 
@@ -43,7 +45,7 @@ from noisydeq.errors import NoisyDEQError
               help="iteration cap of the Fig. 6 solvers (stop mean_rel at 0.01).")
 @click.option("--inputs", type=int, default=500, show_default=True,
               help="test inputs for Fig. 5 and Fig. 6.")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=SEED, default=0, show_default=True)
 @click.option("--data-dir", default=None,
               help="data directory for MNIST tasks (default: the one a sweep recorded).")
 @click.option("--out", type=click.Path(path_type=Path), default=None,
@@ -60,20 +62,29 @@ def command(names, snr, max_iter, window, width, batch, family, depth, count_snr
     solvers = traces.check_solvers(names.split(","))
     acc_solvers = traces.check_solvers(accuracy_solvers.split(","))
     windows = traces.parse_windows(window)
-    for name, v in (("--max-iter", max_iter), ("--count-max-iter", count_max_iter),
-                    ("--accuracy-max-iter", accuracy_max_iter), ("--width", width),
-                    ("--batch", batch), ("--inputs", inputs)):
+    for name, v, top in (("--max-iter", max_iter, limits.MAX_ITER),
+                         ("--count-max-iter", count_max_iter, limits.MAX_ITER),
+                         ("--accuracy-max-iter", accuracy_max_iter, limits.MAX_ITER),
+                         ("--width", width, limits.MAX_WIDTH), ("--batch", batch, MAX_COUNT),
+                         ("--inputs", inputs, MAX_COUNT)):
         if v < 1:
             raise NoisyDEQError(f"{name}: must be a positive integer, got {v}")
-    if not eps > 0:
-        raise NoisyDEQError(f"--eps: must be > 0, got {eps:g}")
+        if v > top:
+            raise NoisyDEQError(f"{name}: at most {top}, got {v}")
+    if not (eps > 0 and math.isfinite(eps)):
+        raise NoisyDEQError(f"--eps: must be a finite number > 0, got {eps:g}")
+    # the Fig. 4 cell (width² weights) and its traces must fit: one line, before any work
+    limits.check_memory(limits.model_bytes(width * width, batch, width) +
+                        limits.FLOAT * 3 * max_iter * batch * len(names.split(",")),
+                        f"solvers: a width-{width} cell with {batch} inputs", torch_device,
+                        "lower --width / --batch / --max-iter")
     _check_window(windows[0], max_iter, "--max-iter")
     if family is not None:
         _check_window(max(windows), count_max_iter, "--count-max-iter")
         _check_window(windows[0], accuracy_max_iter, "--accuracy-max-iter")
-    snrs = parse_snr_range(snr)
-    count_snrs = parse_snr_range(count_snr)
-    acc_snrs = parse_snr_range(accuracy_snr)
+    snrs = parse_grid("--snr", snr)
+    count_snrs = parse_grid("--count-snr", count_snr)
+    acc_snrs = parse_grid("--accuracy-snr", accuracy_snr)
     dev = resolve_torch_device(torch_device)
     model_info = None
     if family is not None:  # load (and fail on bad input) before the Fig. 4 work

@@ -5,19 +5,22 @@ from __future__ import annotations
 import click
 
 from noisydeq.commands.sensitivity import (
+    MAX_COUNT,
+    SEED,
     cache_option,
     default_out,
     family_option,
     out_option,
     torch_device_option,
 )
+from noisydeq.errors import NoisyDEQError
 
 
 @click.command("spectrum")
 @family_option
 @click.option("--inputs", type=int, default=16, show_default=True,
               help="test inputs at whose DEQ fixed points ρ(∂f/∂z) is measured (0 = skip).")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=SEED, default=0, show_default=True)
 @click.option("--data-dir", default=None,
               help="data directory for MNIST tasks (default: the one a sweep recorded).")
 @out_option("spectrum")
@@ -29,6 +32,8 @@ def command(family, inputs, seed, data_dir, out, cache, torch_device) -> None:
     from noisydeq.analysis.runs import family_inputs, run_spectrum
     from noisydeq.runtime import resolve_torch_device
 
+    if not 0 <= inputs <= MAX_COUNT:
+        raise NoisyDEQError(f"--inputs: must be an integer in 0..{MAX_COUNT}, got {inputs}")
     dev = resolve_torch_device(torch_device)
     members = load_family(family, dev, data_dir=data_dir, cache_dir=cache)
     for pair in pairs(members):

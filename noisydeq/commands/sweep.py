@@ -17,7 +17,7 @@ from typing import Any
 
 import click
 
-from noisydeq.config import SweepSpec, build, parse_snr_range
+from noisydeq.config import SweepSpec, build, parse_assignments, parse_snr_range
 from noisydeq.errors import NoisyDEQError
 
 
@@ -44,18 +44,7 @@ def parse_seeds(text: str) -> list[int]:
 
 def parse_sets(items: tuple[str, ...]) -> dict[str, Any]:
     """``--set key=value`` overrides of SweepSpec fields (values parsed as TOML, else text)."""
-    from noisydeq.config import tomllib
-
-    out: dict[str, Any] = {}
-    for item in items:
-        if "=" not in item:
-            raise NoisyDEQError(f"--set '{item}': expected key=value, e.g. --set epochs=2")
-        key, value = item.split("=", 1)
-        try:
-            out[key.strip()] = tomllib.loads(f"v = {value}")["v"]
-        except tomllib.TOMLDecodeError:
-            out[key.strip()] = value
-    return out
+    return parse_assignments(items, "--set")
 
 
 def check_data_dir(path: str | None) -> str | None:
@@ -135,6 +124,12 @@ def execute(
 @click.option("--noise-site", type=click.Choice(["device", "signal", "state", "input"]),
               default="device", show_default=True,
               help="Where the swept SNR applies: the device's MVMs, or the paper's model noise.")
+@click.option("--ffw-form", default=None,
+              help="FFW layer form: eq57x (default; z0 = x~, every hidden matrix acts), eq57 "
+                   "(z0 = 0, the previous default) or eq32 (z0 = x~, no injection).")
+@click.option("--snr-scale", default="realised", show_default=True,
+              help="How model-noise SNRs are read: realised (realised SNR = nominal at every "
+                   "width) or paper (Eq. 4 literally: nominal - 10 log10(width)).")
 @click.option("--out", default=None,
               help="Run directory (default runs/sweep-<config hash>; re-running resumes).")
 @click.option("--seed", default="0", show_default=True, help="Seed or seeds (0,1,2).")
@@ -151,7 +146,8 @@ def execute(
                    "core; with more than one, each evaluates with one thread).")
 def command(
     device: str, snr: str, task: str, data_dir: str | None, depths: str, train_snr: str,
-    chips: int, epochs: int | None, train_preset: str, noise_site: str, out: str | None,
+    chips: int, epochs: int | None, train_preset: str, noise_site: str, ffw_form: str | None,
+    snr_scale: str, out: str | None,
     seed: str, torch_device: str, sets: tuple[str, ...], quiet: bool, as_json: bool,
     threads: str | None,
     jobs: str | None,
@@ -166,7 +162,8 @@ def command(
     data = {
         "device": device, "snr_db": snr_grid, "task": task, "data_dir": check_data_dir(data_dir),
         "depths": depths, "train_snr_db": train_grid, "chips": chips, "epochs": epochs,
-        "train_preset": train_preset, "noise_site": noise_site, "seeds": parse_seeds(seed),
+        "train_preset": train_preset, "noise_site": noise_site, "ffw_form": ffw_form,
+        "snr_scale": snr_scale, "seeds": parse_seeds(seed),
         "torch_device": torch_device, **parse_sets(sets),
     }
     spec = build(SweepSpec, data, where="sweep")

@@ -12,30 +12,18 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
-import torch
 
+from noisydeq import limits
 from noisydeq.config import FamilySpec, ModelSpec, NoiseSpec, TrainSpec, build, parse_snr_value
 from noisydeq.errors import NoisyDEQError
 from noisydeq.runtime import resolve_torch_device
+from noisydeq.store import check_out_dir, make_dir
 
-
-def _writable_dir(path: Path) -> Path:
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise NoisyDEQError(f"--out: cannot create directory {path} ({err.strerror})") from None
-    if not path.is_dir():
-        raise NoisyDEQError(f"--out: {path} is not a directory")
-    probe = path / ".noisydeq-write-test"
-    try:
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as err:
-        raise NoisyDEQError(f"--out: directory {path} is not writable ({err.strerror})") from None
-    return path
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
 
 
 def _snr(text: str, option: str) -> float:
@@ -45,12 +33,13 @@ def _snr(text: str, option: str) -> float:
         raise NoisyDEQError(f"{option}: {err}") from None
 
 
-def _noise(train_snr: str, site: str) -> NoiseSpec:
+def _noise(train_snr: str, site: str, scale: str) -> NoiseSpec:
     snr = _snr(train_snr, "--train-snr")
     if math.isinf(snr):
+        build(NoiseSpec, {"snr_scale": scale}, where="--snr-scale")  # validate it anyway
         return NoiseSpec()
-    return build(NoiseSpec, {"site": site, "kind": "multiplicative", "snr_db": snr},
-                 where="--train-snr")
+    return build(NoiseSpec, {"site": site, "kind": "multiplicative", "snr_db": snr,
+                             "snr_scale": scale}, where="--train-snr")
 
 
 def _fmt(metric: float, name: str) -> str:
@@ -81,10 +70,15 @@ def _fmt(metric: float, name: str) -> str:
               show_default=True, help="Where training noise is injected (Eq. 3-4).")
 @click.option("--input-act", type=click.Choice(["relu", "silu", "identity"]), default="relu",
               show_default=True, help="Input projection nonlinearity.")
+@click.option("--ffw-form", default=None,
+              help="FFW layer form: eq57x (default; z0 = x~, every hidden matrix acts), eq57 "
+                   "(z0 = 0) or eq32 (z0 = x~, no injection).")
+@click.option("--snr-scale", default="realised", show_default=True,
+              help="Training-noise SNR scale: realised or paper (Eq. 4 literally).")
 @click.option("--device", default=None,
               help="Hardware model in the loop (preset name or .toml), e.g. rram, photonic.")
 @click.option("--device-snr", default=None, help="Calibrate the training device to this SNR.")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=click.IntRange(0, limits.MAX_SEED), default=0, show_default=True)
 @click.option("--torch-device", default="cpu", show_default=True, help="cpu, cuda, cuda:1, ...")
 @click.option("--out", default=None, help="Output directory (family: the model cache).")
 @click.option("--resume/--no-resume", default=True, show_default=True,
@@ -92,12 +86,23 @@ def _fmt(metric: float, name: str) -> str:
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
 def command(**opts: Any) -> None:
-    """Train one model or a depth-matched DEQ/FFW family on a task."""
-    from noisydeq.tasks import check_task_name, load_task
+    """Train one model or a depth-matched DEQ/FFW family on a task.
+
+    Everything is validated (including whether the models fit into memory) before
+    anything is written.
+    """
+    for name, top in (("width", limits.MAX_WIDTH), ("depth", limits.MAX_DEPTH)):
+        if not 1 <= opts[name] <= top:  # before torch is imported: one line, at once
+            raise NoisyDEQError(f"--{name}: must be an integer in 1..{top}, got {opts[name]}")
+    from noisydeq.tasks import check_task_name
 
     check_task_name(opts["task"])
+    from noisydeq.families import member_size
+    from noisydeq.models.extra import fit_to_task
+    from noisydeq.tasks import load_task
+
     dev = resolve_torch_device(opts["torch_device"])
-    noise = _noise(opts["train_snr"], opts["train_site"])
+    noise = _noise(opts["train_snr"], opts["train_site"], opts["snr_scale"])
     overrides: dict[str, Any] = {"seed": opts["seed"]}
     for key in ("epochs", "batch_size", "lr"):
         if opts[key] is not None:
@@ -109,31 +114,65 @@ def command(**opts: Any) -> None:
         overrides["device"] = opts["device"]
     if opts["device_snr"] is not None:
         overrides["device_snr_db"] = _snr(opts["device_snr"], "--device-snr")
+        if opts["device"] is not None:  # an SNR the device cannot reach: one line, now
+            from noisydeq.hardware import get_device
+
+            get_device(opts["device"], snr_db=overrides["device_snr_db"])
     out = Path(opts["out"]).expanduser() if opts["out"] else None
     if out is not None:
-        _writable_dir(out)
+        check_out_dir(out)
 
     if opts["depths"] is not None:
         fspec = build(FamilySpec, {
             "task": opts["task"], "data_dir": opts["data_dir"], "depths": opts["depths"],
             "hidden": opts["width"], "input_act": opts["input_act"], "seed": opts["seed"],
             "train_preset": opts["preset"], "train_snr_db": noise.snr_db,
-            "train_site": opts["train_site"],
+            "train_site": opts["train_site"], "ffw_form": opts["ffw_form"],
+            "snr_scale": opts["snr_scale"],
             "train": {k: v for k, v in overrides.items() if k != "seed"},
         }, where="train")
-        fspec.train_spec("deq")  # validate the preset + overrides before loading data
+        batch = max(fspec.train_spec(k).batch_size for k in fspec.kinds)  # validate first
         task = load_task(opts["task"], data_dir=opts["data_dir"], seed=opts["seed"])
+        fit_to_task({}, task)  # a per-position task (prefix_sums, mazes) needs another cell
+        sizes = [member_size(k, d, fspec.hidden, task.in_features, task.out_features)
+                 for d in fspec.depths for k in fspec.kinds]
+        _check_memory(sizes, batch, dev)
+        if out is not None:
+            make_dir(out)
         _notice(task)
         _family(fspec, task, out, dev, opts)
         return
 
-    for name in ("width", "depth"):
-        if opts[name] < 1:
-            raise NoisyDEQError(f"--{name}: must be a positive integer, got {opts[name]}")
+    if opts["ffw_form"] is not None:
+        if opts["kind"] != "ffw":
+            raise NoisyDEQError(
+                f"--ffw-form: given for a {opts['kind']} model (only an FFW has a layer form)"
+            )
+        build(ModelSpec, {"kind": "ffw", "in_features": 1, "out_features": 1,
+                          "ffw_form": opts["ffw_form"]}, where="model")
     tspec = TrainSpec.preset(opts["preset"], opts["kind"], noise, **overrides)
     task = load_task(opts["task"], data_dir=opts["data_dir"], seed=opts["seed"])
+    fit_to_task({}, task)  # a per-position task (prefix_sums, mazes) needs another cell
+    data = {
+        "kind": opts["kind"], "in_features": task.in_features,
+        "out_features": task.out_features, "width": opts["width"], "depth": opts["depth"],
+        "input_act": opts["input_act"],
+    }
+    if opts["ffw_form"] is not None:
+        data["ffw_form"] = opts["ffw_form"]
+    mspec = build(ModelSpec, data, where="model")
+    _check_memory([member_size(mspec.kind, mspec.depth, mspec.width, task.in_features,
+                               task.out_features)], tspec.batch_size, dev)
     _notice(task)
-    _single(tspec, task, out, dev, opts)
+    _single(tspec, task, mspec, out, dev, opts)
+
+
+def _check_memory(sizes: list[tuple[int, int]], batch: int, dev: torch.device) -> None:
+    """Refuse models that cannot be trained in this machine's memory (one line)."""
+    width, params = max(sizes, key=lambda s: s[1])
+    need = limits.FLOAT * sum(p for _, p in sizes) + limits.model_bytes(params, batch, width)
+    limits.check_memory(need, f"train: the largest model (width {width}, {params:,} "
+                        "parameters)", str(dev), "lower --width / --depth(s)")
 
 
 def _notice(task: Any) -> None:
@@ -141,22 +180,16 @@ def _notice(task: Any) -> None:
         click.echo(f"noisydeq: note: {task.notice}", err=True)
 
 
-def _single(tspec: TrainSpec, task: Any, out: Path | None, dev: torch.device, opts: dict) -> None:
+def _single(tspec: TrainSpec, task: Any, mspec: ModelSpec, out: Path | None,
+            dev: torch.device, opts: dict) -> None:
     from noisydeq.families import build_member
-    from noisydeq.models.extra import fit_to_task
     from noisydeq.train import train_model
 
-    fit_to_task({}, task)  # a per-position task (prefix_sums, mazes) needs another cell
-    mspec = build(ModelSpec, {
-        "kind": opts["kind"], "in_features": task.in_features,
-        "out_features": task.out_features, "width": opts["width"], "depth": opts["depth"],
-        "input_act": opts["input_act"],
-    }, where="model")
     model = build_member(mspec, opts["seed"])
     if out is None:
-        out = _writable_dir(
-            Path("runs") / "train" / f"{mspec.kind}-d{mspec.depth}-w{model.width}-s{opts['seed']}"
-        )
+        out = Path("runs") / "train" / f"{mspec.kind}-d{mspec.depth}-w{model.width}-s{opts['seed']}"
+        check_out_dir(out)
+    make_dir(out)
     res = train_model(model, task, tspec, out_dir=out, resume=opts["resume"],
                       torch_device=dev, quiet=opts["quiet"], desc=f"{mspec.kind}")
     row = {"kind": mspec.kind, "depth": mspec.depth, "width": int(model.width),

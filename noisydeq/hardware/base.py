@@ -10,8 +10,9 @@ MVM output ``W x`` (DESIGN §1: ‖y‖²/E‖ε‖², batch totals).
 Noise comes in two kinds. *Static* noise belongs to one chip instance
 (:meth:`Device.new_chip`) and is drawn from a generator seeded by (chip seed, layer name).
 *Dynamic* noise is drawn at every forward through the layer's
-:class:`~noisydeq.noise.NoiseStream`, one draw of the full batch per MVM, so a batch that
-stacks several SNR levels (block stream) draws what the separate runs would.
+:class:`~noisydeq.noise.NoiseStream` (counter-based: a sample's numbers are a function of
+its own address), so a batch that stacks several SNR levels (block stream) draws what the
+separate runs would, and a row subset draws its own rows only.
 
 Each physical device has one *control* (SNR in dB for ``snr``, the noise scale for
 ``rram``, the optical power per MAC for ``photonic``); a target SNR is turned into the

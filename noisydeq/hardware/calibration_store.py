@@ -15,13 +15,18 @@ Targets are calibrated in ascending order up front, so the controls no longer de
 order in which a sweep — or a resumed sweep with some cells done — first asks for them (on
 the digits DEQ's 222-wide layer, searching 11-30 dB before 0-10 dB changed 5 of 31 controls
 by up to 0.3 %).
+
+An entry carries its SHA-256 digest (:mod:`noisydeq.store`); one whose digest, key, layers,
+levels or values do not check out (a finite control for every layer and every level) is
+reported in one line and searched again, never used. An entry is one file written by one
+atomic rename, so it takes no lock: two processes computing the same entry write the same
+controls.
 """
 
 from __future__ import annotations
 
 import functools
 import hashlib
-import json
 import math
 import platform
 from collections.abc import Iterable
@@ -31,22 +36,25 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from noisydeq.config import atomic_write_text
+from noisydeq import store
+from noisydeq.errors import CorruptArtefact
 from noisydeq.hardware.base import device_layers
 from noisydeq.store import hash_tensor
 
-FORMAT = "noisydeq-calibration/1"
+#: 2: digests (integrity); 3: counter-based calibration noise (noisydeq.rng)
+FORMAT = "noisydeq-calibration/3"
 
 
 @functools.lru_cache(maxsize=1)
 def code_fingerprint() -> str:
-    """Hash of the device and noise code: a change to how layers compute invalidates the
-    stored controls (the package version alone does not change between commits)."""
+    """Hash of the device, noise and random-number code: a change to how layers compute
+    invalidates the stored controls (the package version alone does not change between
+    commits)."""
     import noisydeq
 
     root = Path(noisydeq.__file__).parent
     h = hashlib.blake2b(digest_size=8)
-    for path in sorted([*(root / "hardware").glob("*.py"), root / "noise.py"]):
+    for path in sorted([*(root / "hardware").glob("*.py"), root / "noise.py", root / "rng.py"]):
         h.update(path.name.encode())
         h.update(path.read_bytes())
     return h.hexdigest()
@@ -75,18 +83,37 @@ def _encode(controls: dict[Any, float]) -> list[list[Any]]:
     return [[k if isinstance(k, str) else float(k), float(v)] for k, v in controls.items()]
 
 
-def _load(path: Path, key: str, names: list[str]) -> dict[str, dict[Any, float]] | None:
-    """The stored controls, or ``None`` when the file is missing, unreadable or another's."""
+def load_entry(
+    path: Path, key: str, names: list[str], levels: list[float]
+) -> dict[str, dict[Any, float]] | None:
+    """The stored controls of the entry ``path`` for ``key`` (device layers ``names``,
+    finite SNR ``levels``), or ``None`` when there is none; a damaged, foreign or incomplete
+    entry is a :class:`CorruptArtefact`."""
+    if not path.exists():
+        return None
+    data = store.read_signed_json(path, "calibration entry")
+    if data.get("format") != FORMAT or data.get("key") != key:
+        raise CorruptArtefact(path, "is not the entry of this calibration (format or key)")
     try:
-        data = json.loads(path.read_text())
-        if data.get("format") != FORMAT or data.get("key") != key:
-            return None
         layers = data["layers"]
         if sorted(layers) != sorted(names):
-            return None
-        return {n: {k: float(v) for k, v in layers[n]} for n in names}
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
+            raise ValueError(f"layers {sorted(layers)}, expected {sorted(names)}")
+        out = {n: {(k if isinstance(k, str) else float(k)): float(v) for k, v in layers[n]}
+               for n in names}
+    except (KeyError, TypeError, ValueError, AttributeError) as err:
+        raise CorruptArtefact(path, f"is malformed ({err})") from None
+    for name, controls in out.items():
+        gaps = [v for v in levels if v not in controls]
+        if gaps:
+            raise CorruptArtefact(path, f"lacks layer {name}'s control at {gaps[0]:g} dB")
+        # a level's control is a finite number; a stored measurement ("max": the layer's
+        # SNR ceiling) may be inf (a layer that sees only zeros), never NaN
+        bad = [k for k, v in controls.items()
+               if math.isnan(v) or (not isinstance(k, str) and math.isinf(v))]
+        if bad:
+            raise CorruptArtefact(path, f"holds a non-finite control for layer {name} "
+                                        f"({bad[0]})")
+    return out
 
 
 def calibrate_levels(
@@ -112,7 +139,11 @@ def calibrate_levels(
     if cache_dir is not None:
         key = calibration_key(model, device, calib_x, finite)
         path = Path(cache_dir) / "calibration" / f"{key}.json"
-        stored = _load(path, key, list(layers))
+        try:
+            stored = load_entry(path, key, list(layers), finite)
+        except CorruptArtefact as err:
+            store.warn(f"{err}; calibrating again")
+            stored = None
         if stored is not None:
             for name, layer in layers.items():
                 layer.load_controls(stored[name])
@@ -127,8 +158,8 @@ def calibrate_levels(
             "layers": {n: _encode(layer.calibrated_controls()) for n, layer in layers.items()},
         }
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            atomic_write_text(path, json.dumps(record, allow_nan=True))
+            store.clean_stale_temps(path.parent)
+            store.write_signed_json(path, record)
         except OSError:
             pass  # an unwritable cache only costs the next run its calibration
     return False

@@ -17,13 +17,9 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from noisydeq.config import StrictModel, build, parse_snr_value
+from noisydeq.config import InfFloat, StrictModel, build, parse_snr_value, parse_toml
 from noisydeq.errors import NoisyDEQError
-
-try:  # Python >= 3.11
-    import tomllib
-except ModuleNotFoundError:  # pragma: no cover - Python 3.10
-    import tomli as tomllib  # type: ignore[no-redef]
+from noisydeq.store import read_text
 
 #: Wan-2022 fits exist only at these read times (aihwkit ReRamWan2022NoiseModel).
 T_INFERENCE_VALUES = {1.0: "1 s", 86400.0: "1 day", 172800.0: "2 days"}
@@ -49,7 +45,7 @@ class SNRSpec(_Base):
 
     kind: Literal["snr"] = "snr"
     mode: Literal["multiplicative", "additive"] = "multiplicative"
-    snr_db: float = 20.0
+    snr_db: InfFloat = 20.0
 
     @field_validator("snr_db", mode="before")
     @classmethod
@@ -183,10 +179,7 @@ def load_spec(name_or_path: str | os.PathLike) -> DeviceSpec:
                 f"unknown device '{text}'{hint} (presets: {', '.join(names)}; "
                 "or the path of a .toml preset)"
             )
-    try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except tomllib.TOMLDecodeError as err:
-        raise NoisyDEQError(f"{where}: not valid TOML ({err})") from None
+    data = parse_toml(read_text(path, "device preset"), where)
     data.setdefault("name", path.stem)
     return spec_from_dict(data, where=where)
 

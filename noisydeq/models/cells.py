@@ -20,9 +20,16 @@ from torch import Tensor, nn
 from noisydeq.errors import NoisyDEQError
 from noisydeq.noise import Noise
 
+
+def silu(x: Tensor) -> Tensor:
+    """x·σ(x) = x / (1 + e^(−x)). Not ``F.silu``: on CPU its vectorised body and scalar tail
+    round differently, so a sample's x̃ depended on its position in the batch."""
+    return x / (torch.exp(-x) + 1.0)
+
+
 INPUT_ACTS: dict[str, Callable[[Tensor], Tensor]] = {
     "relu": torch.relu,
-    "silu": nn.functional.silu,
+    "silu": silu,
     "identity": lambda t: t,
 }
 

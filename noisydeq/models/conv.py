@@ -11,7 +11,6 @@ state to ``pool``×``pool`` and apply one ``nn.Linear``.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Literal
 
 import torch
 from torch import Tensor, nn
@@ -21,7 +20,7 @@ from noisydeq.config import GradientSpec, JacobianRegSpec, SolverSpec
 from noisydeq.errors import NoisyDEQError
 from noisydeq.models.cells import apply_noise, check_positive, input_activation
 from noisydeq.models.deq import DEQ
-from noisydeq.models.ffw import FFW, check_form
+from noisydeq.models.ffw import DEFAULT_FFW_FORM, FFW, check_form
 from noisydeq.noise import Noise
 
 
@@ -160,7 +159,7 @@ class ConvFFW(FFW):
         out_features: int,
         input_act: str = "relu",
         *,
-        form: Literal["eq57", "eq32"] = "eq57",
+        form: str = DEFAULT_FFW_FORM,
         in_shape: Sequence[int] | None = None,
         kernel_size: int = 3,
         weight_norm: bool = True,

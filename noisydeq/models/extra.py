@@ -73,14 +73,12 @@ def build_extra(
                         form=spec.ffw_form, layers=spec.layers)
     from noisydeq.models.mdeq import MDEQ, MultiscaleFFW
 
-    if spec.ffw_form != "eq57":
-        raise NoisyDEQError("ffw_form: the multiscale cell supports 'eq57' only")
     geo = dict(in_shape=spec.in_shape, scales=spec.scales, kernel_size=spec.kernel_size,
                norm_groups=spec.norm_groups, weight_norm=spec.weight_norm, pool=spec.pool)
     if deq:
         return MDEQ(spec.in_features, width, spec.out_features, spec.input_act, **common, **geo)
     return MultiscaleFFW(spec.in_features, width, spec.depth, spec.out_features,
-                         spec.input_act, **geo)
+                         spec.input_act, form=spec.ffw_form, **geo)
 
 
 def fit_to_task(fields: dict[str, Any], task: Any) -> dict[str, Any]:

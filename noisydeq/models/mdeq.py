@@ -38,8 +38,8 @@ average-pools each scale to ``pool``×``pool`` (or its own size if smaller), con
 and applies one ``nn.Linear``.
 
 :class:`MultiscaleFFW` is the feed-forward counterpart: ``depth`` distinct multiscale cells
-applied once each from z⁰ = 0 with the injection at each (the ``eq57`` form of
-:class:`~noisydeq.models.FFW`).
+applied once each with the injection at each, started per the FFW ``form`` of
+:class:`~noisydeq.models.FFW` (default ``eq57x``: z⁰ = x̃ packed; ``eq57``: z⁰ = 0).
 """
 
 from __future__ import annotations
@@ -56,7 +56,7 @@ from noisydeq.errors import NoisyDEQError
 from noisydeq.models.cells import apply_noise, check_positive, input_activation
 from noisydeq.models.conv import image_shape
 from noisydeq.models.deq import DEQ
-from noisydeq.models.ffw import FFW
+from noisydeq.models.ffw import DEFAULT_FFW_FORM, FFW, check_form
 from noisydeq.models.spatial import check_kernel, count_params
 from noisydeq.models.wnconv import conv
 from noisydeq.noise import Noise
@@ -292,7 +292,7 @@ class MDEQ(DEQ):
 
 
 class MultiscaleFFW(FFW):
-    """``depth`` distinct multiscale cells from z⁰ = 0, x̃ injected at each (``eq57``)."""
+    """``depth`` distinct multiscale cells, x̃ injected at each, z⁰ per ``form``."""
 
     def __init__(
         self,
@@ -302,6 +302,7 @@ class MultiscaleFFW(FFW):
         out_features: int,
         input_act: str = "relu",
         *,
+        form: str = DEFAULT_FFW_FORM,
         in_shape: Sequence[int] | None = None,
         scales: int = 2,
         kernel_size: int = 3,
@@ -312,7 +313,7 @@ class MultiscaleFFW(FFW):
         nn.Module.__init__(self)
         shape = image_shape(in_features, in_shape)
         self._record_sizes(in_features, out_features, input_act, width, depth)
-        self.form = "eq57"
+        self.form = check_form(form)
         self.scales = scales
         self.proj = MultiscaleProjection(shape, width, scales, input_act, kernel_size)
         self.layers = nn.ModuleList(

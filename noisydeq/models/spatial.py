@@ -15,10 +15,11 @@ x̃ = act(conv_U(x + ε_x)) is injected into the first pre-activation at every i
 Noise sites as for the MLP cell (``input`` once per forward; ``state`` and ``signal`` at every
 cell call: ``state`` on every hidden map entering a convolution, ``signal`` at each
 pre-activation), multiplicative noise normalised per sample over all C·L (or C·H·W)
-elements. The FFW counterparts stack ``depth`` distinct layers of
-the same kind with the injection at each (the ``eq57`` form of :class:`~noisydeq.models.FFW`:
-z⁰ = 0; the paper's maze FFW is the one-block case). The head is one convolution to the
-class scores per position, shared by DEQ and FFW.
+elements. The FFW counterparts stack ``depth`` distinct layers of the same kind with the
+injection at each, started per the FFW ``form`` of :class:`~noisydeq.models.FFW` (default
+``eq57x``: z⁰ = x̃, so the first layer's convolutions act; ``eq57``: z⁰ = 0); the paper's
+maze FFW is the one-block case. The head is one convolution to the class scores per
+position, shared by DEQ and FFW.
 
 In eval mode a :class:`SpatialDEQ` with a ``budget`` scales the test solver's iteration cap
 with the input size (:mod:`noisydeq.models.budget`): information crosses one kernel radius per
@@ -37,7 +38,7 @@ from noisydeq.errors import NoisyDEQError
 from noisydeq.models.budget import IterationBudget
 from noisydeq.models.cells import apply_noise, check_positive, input_activation
 from noisydeq.models.deq import DEQ
-from noisydeq.models.ffw import FFW, check_form
+from noisydeq.models.ffw import DEFAULT_FFW_FORM, FFW, check_form
 from noisydeq.models.wnconv import conv
 from noisydeq.noise import Noise
 
@@ -230,7 +231,7 @@ class SpatialFFW(FFW):
         out_features: int,
         input_act: str = "identity",
         *,
-        form: Literal["eq57", "eq32"] = "eq57",
+        form: str = DEFAULT_FFW_FORM,
         ndim: int = 1,
         kernel_size: int = 3,
         weight_norm: bool = False,

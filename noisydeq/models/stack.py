@@ -8,19 +8,18 @@ No activation function is used for the input projection" (App. E.4). One cell ca
     h₀ = z,   h_i = tanh(W_i (h_{i−1} + ε_z) + b_i + [i = 1] x̃ (+ ε_s)),   f(z) = h_L.
 
 The ``state`` site perturbs every hidden vector that enters a layer (z and the inner h_i),
-the ``signal`` site every pre-activation. So a one-cell FFW, whose first layer acts on
-z⁰ = 0 (which multiplicative noise leaves at zero), still has noisy hidden states, as the
+the ``signal`` site every pre-activation. So a one-cell FFW of the ``eq57`` form (first layer on
+z⁰ = 0, which multiplicative noise leaves at zero) still has noisy hidden states, as the
 paper's "perturbation to z" of an FFW's hidden layers requires (App. D.4).
 
 The FFW counterpart stacks ``depth`` such cells with distinct weights (the paper's FFW "has
 the same architecture as the DEQ", i.e. depth 1, with a ReLU input projection), with the
-injection at each (``eq57`` form, z⁰ = 0). Parameter matching: L(d² + d) per cell, so a DEQ
-matched to ``depth`` FFW cells of width h has d(d + 1) = depth · h(h + 1), as for Eq. 57.
+injection at each, started per the FFW ``form`` (default ``eq57x``: z⁰ = x̃; ``eq57``:
+z⁰ = 0). Parameter matching: L(d² + d) per cell, so a DEQ matched to ``depth`` FFW cells of
+width h has d(d + 1) = depth · h(h + 1), as for Eq. 57.
 """
 
 from __future__ import annotations
-
-from typing import Literal
 
 import torch
 from torch import Tensor, nn
@@ -28,7 +27,7 @@ from torch import Tensor, nn
 from noisydeq.config import GradientSpec, JacobianRegSpec, SolverSpec
 from noisydeq.models.cells import InputProjection, apply_noise, check_positive
 from noisydeq.models.deq import DEQ
-from noisydeq.models.ffw import FFW, check_form
+from noisydeq.models.ffw import DEFAULT_FFW_FORM, FFW, check_form
 from noisydeq.models.spatial import count_params
 from noisydeq.noise import Noise
 
@@ -103,7 +102,7 @@ class StackFFW(FFW):
         out_features: int,
         input_act: str = "relu",
         *,
-        form: Literal["eq57", "eq32"] = "eq57",
+        form: str = DEFAULT_FFW_FORM,
         layers: int = 3,
     ) -> None:
         nn.Module.__init__(self)

@@ -13,17 +13,20 @@ import torch
 from torch import Tensor
 
 from noisydeq.errors import NoisyDEQError
+from noisydeq.solvers.draws import Draws
 
 
 def jacobian_frobenius_hutchinson(
     f_out: Tensor,
     z_in: Tensor,
     n_samples: int = 1,
-    generator: torch.Generator | None = None,
+    generator: torch.Generator | Draws | None = None,
     create_graph: bool = True,
 ) -> Tensor:
     """Unbiased estimate of mean_b ‖∂f_b/∂z_b‖²_F / d from ``f_out = f(z_in)`` (scalar tensor).
 
+    ``generator`` draws the probes: a :class:`~noisydeq.noise.NoiseStream` (each sample's
+    probe a function of its address), a ``torch.Generator``, or ``None`` (the global RNG).
     ``z_in`` must require grad and ``f_out`` must have been computed from it. With
     ``create_graph`` (default) the estimate is differentiable, for use as a training loss.
     """
@@ -35,12 +38,15 @@ def jacobian_frobenius_hutchinson(
         )
     total = f_out.new_zeros(())
     for _ in range(n_samples):
-        v = torch.randn(
-            f_out.shape,
-            generator=generator,
-            dtype=f_out.dtype,
-            device=generator.device if generator is not None else f_out.device,
-        ).to(f_out.device)
+        if generator is not None and not isinstance(generator, torch.Generator):  # a stream
+            v = generator.randn(f_out.shape, f_out.dtype, f_out.device)
+        else:
+            v = torch.randn(
+                f_out.shape,
+                generator=generator,
+                dtype=f_out.dtype,
+                device=generator.device if generator is not None else f_out.device,
+            ).to(f_out.device)
         (vj,) = torch.autograd.grad(f_out, z_in, v, retain_graph=True, create_graph=create_graph)
         total = total + vj.pow(2).sum()
     return total / (n_samples * z_in.numel())

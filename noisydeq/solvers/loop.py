@@ -6,8 +6,8 @@ identical for all solvers. Samples that stopped are frozen with ``torch.where``.
 
 Skipping stopped samples. Given ``f_rows(z_rows, rows)`` (f on the rows ``rows`` of the
 batch) and no autograd, f is evaluated on the active rows only, inside
-:func:`noisydeq.noise.row_subset`: noise streams still draw for the full batch (or for
-every SNR block with an active row) and keep the active rows, so every sample gets the
+:func:`noisydeq.noise.row_subset`: noise streams draw the active rows only, each the
+numbers of its own address (counter-based, :mod:`noisydeq.rng`), so every sample gets the
 numbers of a full-batch evaluation and the solution is unchanged (architecture.md). Once
 half of the rows the loop carries have stopped, it drops them (a *working set*: the
 method's per-sample state, the averaging window, thresholds and results are gathered), so
@@ -33,6 +33,7 @@ from torch import Tensor
 from noisydeq.config import SolverSpec
 from noisydeq.errors import NoisyDEQError
 from noisydeq.noise import STABLE_ROWS, row_subset
+from noisydeq.solvers.draws import Draws
 from noisydeq.solvers.solution import TRACE_KEYS, Solution, describe, empty_traces
 from noisydeq.solvers.stop import Window, blowup_scale, thresholds
 
@@ -67,7 +68,7 @@ def run_loop(
     z0: Tensor,
     spec: SolverSpec,
     make_method: Callable[[SolverSpec, Tensor], Method],
-    generator: torch.Generator | None = None,
+    generator: torch.Generator | Draws | None = None,
     needs_window: bool = False,
     f_rows: Callable[[Tensor, Tensor], Tensor] | None = None,
 ) -> Solution:
@@ -90,7 +91,7 @@ def run_loop(
     def ff(x: Tensor) -> Tensor:
         return checked(f(x.reshape(shape)), tuple(shape))
 
-    skip_stopped = f_rows is not None and not torch.is_grad_enabled() and batch > MIN_ROWS
+    skip_stopped = f_rows is not None and not torch.is_grad_enabled()
 
     x = z0.reshape(batch, -1)
     dev, dt = x.device, x.dtype
@@ -123,7 +124,8 @@ def run_loop(
         m = x.shape[0]
         if fx is None or f_rows is None or (rows is None and n_active == m):
             return ff(x)
-        local = padded_active_rows(active) if n_active < m else None  # the set holds >= MIN_ROWS
+        # (a set of at most MIN_ROWS rows is evaluated whole, its stopped rows as padding)
+        local = padded_active_rows(active) if n_active < m else None
         real = active.index_select(0, local) if n_active < MIN_ROWS else None
         sel = x if local is None else x.index_select(0, local)
         glob = local if rows is None else (rows if local is None else rows[local])
@@ -225,10 +227,16 @@ def run_loop(
     )
 
 
-def spec_generator(generator: torch.Generator | None) -> torch.Generator | None:
-    """Validate the optional generator argument."""
-    if generator is not None and not isinstance(generator, torch.Generator):
+def spec_generator(
+    generator: torch.Generator | Draws | None,
+) -> torch.Generator | Draws | None:
+    """Validate the optional generator argument (a NoiseStream or a torch.Generator)."""
+    if generator is not None and not (
+        isinstance(generator, torch.Generator)
+        or (hasattr(generator, "rand") and hasattr(generator, "randn"))
+    ):
         raise NoisyDEQError(
-            f"solver: generator must be a torch.Generator, got {type(generator).__name__}"
+            "solver: generator must be a noisydeq NoiseStream or a torch.Generator, "
+            f"got {type(generator).__name__}"
         )
     return generator

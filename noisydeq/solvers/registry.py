@@ -18,6 +18,7 @@ from noisydeq.config import SolverSpec, coerce
 from noisydeq.errors import NoisyDEQError
 from noisydeq.solvers.anderson import Anderson
 from noisydeq.solvers.broyden import Broyden
+from noisydeq.solvers.draws import Draws
 from noisydeq.solvers.loop import Method, run_loop
 from noisydeq.solvers.solution import Solution
 from noisydeq.solvers.stochastic import Stochastic
@@ -58,7 +59,7 @@ def _run(
     f: Callable[[Tensor], Tensor],
     z0: Tensor,
     spec: SolverSpec,
-    generator: torch.Generator | None,
+    generator: torch.Generator | Draws | None,
     f_rows: Callable[[Tensor, Tensor], Tensor] | None = None,
 ) -> Solution:
     if spec.name not in SOLVERS:
@@ -76,7 +77,7 @@ def solve(
     z0: Tensor,
     spec: SolverSpec | dict[str, Any] | None = None,
     *,
-    generator: torch.Generator | None = None,
+    generator: torch.Generator | Draws | None = None,
     f_rows: Callable[[Tensor, Tensor], Tensor] | None = None,
 ) -> Solution:
     """Solve z = f(z) per sample from ``z0`` with ``spec`` (paper Eq. 2, 6-7, 53-54), no grad.
@@ -84,7 +85,8 @@ def solve(
     ``f`` maps a batch-first tensor to one of the same shape. ``f_rows(z_rows, rows)``
     (optional) is f on the rows ``rows`` of the batch; with it, samples that stopped are no
     longer evaluated (:mod:`noisydeq.solvers.loop`), with the same result. ``generator``
-    seeds the random thresholds of ``spec.random_threshold`` (App. E.3).
+    (a :class:`~noisydeq.noise.NoiseStream`, or a ``torch.Generator``) seeds the random
+    thresholds of ``spec.random_threshold`` (App. E.3).
     """
     spec = as_spec(spec)
     _check_z0(z0)
@@ -97,7 +99,7 @@ def solve_with_grad(
     z0: Tensor,
     spec: SolverSpec | dict[str, Any] | None = None,
     *,
-    generator: torch.Generator | None = None,
+    generator: torch.Generator | Draws | None = None,
 ) -> Solution:
     """Like :func:`solve` but records autograd through every step (the ``bptt`` gradient).
 

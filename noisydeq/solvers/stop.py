@@ -21,6 +21,7 @@ from torch import Tensor
 
 from noisydeq.config import SolverSpec
 from noisydeq.errors import NoisyDEQError
+from noisydeq.solvers.draws import Draws
 
 
 class Window:
@@ -139,16 +140,25 @@ def blowup_scale(spec: SolverSpec, res0: Tensor, fnorm0: Tensor) -> Tensor:
 
 
 def thresholds(
-    spec: SolverSpec, batch: int, device: torch.device, generator: torch.Generator | None
+    spec: SolverSpec, batch: int, device: torch.device,
+    generator: torch.Generator | Draws | None,
 ) -> Tensor:
-    """(B,) long iteration caps: ``max_iter`` each, or uniform in 1..max_iter (paper E.3)."""
+    """(B,) long iteration caps: ``max_iter`` each, or uniform in 1..max_iter (paper E.3).
+
+    ``generator``: a :class:`Draws` source such as :class:`~noisydeq.noise.NoiseStream` (a
+    sample's cap is then a function of its own address, whatever the batch) or a
+    ``torch.Generator``.
+    """
     if not spec.random_threshold:
         return torch.full((batch,), spec.max_iter, dtype=torch.long, device=device)
     if generator is None:
         raise NoisyDEQError(
-            "solver.random_threshold: needs a torch.Generator (pass generator=...) "
-            "so the random caps are seeded"
+            "solver.random_threshold: needs a generator (pass generator=..., a NoiseStream "
+            "or a torch.Generator) so the random caps are seeded"
         )
+    if not isinstance(generator, torch.Generator):  # a NoiseStream
+        u = generator.rand((batch,), torch.float64, device)
+        return (u * spec.max_iter).long().clamp_(max=spec.max_iter - 1).add_(1)
     caps = torch.randint(
         1, spec.max_iter + 1, (batch,), generator=generator, device=generator.device
     )

@@ -25,7 +25,6 @@ import gzip
 import hashlib
 import os
 import struct
-import tempfile
 import urllib.request
 import zlib
 from pathlib import Path
@@ -34,6 +33,7 @@ import torch
 from torch import Tensor
 
 from noisydeq.errors import NoisyDEQError
+from noisydeq.store import atomic_open, file_digest
 from noisydeq.tasks.base import Task, stratified_split
 
 ENV_DIR = "NOISYDEQ_MNIST_DIR"
@@ -101,11 +101,7 @@ def find_file(directory: Path, stem: str) -> Path | None:
 
 def md5sum(path: Path) -> str:
     """MD5 hex digest of a file."""
-    h = hashlib.md5()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+    return file_digest(path, "md5")
 
 
 def verify_checksum(path: Path) -> None:
@@ -180,28 +176,33 @@ def _read_pair(images_path: Path, labels_path: Path, expected: int) -> tuple[Ten
 # --------------------------------------------------------------------------- download
 
 
+class _ChecksumMismatch(Exception):
+    """A downloaded file's MD5 differs from the official one (the file is not kept)."""
+
+
 def download_file(directory: Path, name: str, timeout: float = DOWNLOAD_TIMEOUT_S) -> str | None:
-    """Fetch one official file into ``directory``; return ``None`` or the last error text."""
-    directory.mkdir(parents=True, exist_ok=True)
+    """Fetch one official file into ``directory``; return ``None`` or the last error text.
+
+    The file appears (atomically, :func:`noisydeq.store.atomic_open`) only once its MD5
+    matches the official sum.
+    """
     last = "no mirror tried"
     for base in MIRRORS:
-        fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{name}.", suffix=".part")
+        h = hashlib.md5()
         try:
-            with os.fdopen(fd, "wb") as out, urllib.request.urlopen(
+            with atomic_open(directory / name) as out, urllib.request.urlopen(
                 base + name, timeout=timeout
             ) as resp:
                 for chunk in iter(lambda: resp.read(1 << 20), b""):
                     out.write(chunk)
-            got = md5sum(Path(tmp))
-            if got != OFFICIAL_MD5[name]:
-                last = f"{base}{name}: checksum mismatch (md5 {got})"
-                continue
-            os.replace(tmp, directory / name)
+                    h.update(chunk)
+                if h.hexdigest() != OFFICIAL_MD5[name]:
+                    raise _ChecksumMismatch(h.hexdigest())
             return None
+        except _ChecksumMismatch as err:
+            last = f"{base}{name}: checksum mismatch (md5 {err})"
         except OSError as err:  # URLError, timeouts and HTTP errors are OSErrors
             last = f"{base}{name}: {err}"
-        finally:
-            Path(tmp).unlink(missing_ok=True)
     return last
 
 

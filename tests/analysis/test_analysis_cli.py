@@ -73,7 +73,7 @@ def test_spectrum_command_matches_eigvals(family, tmp_path, capsys):
     ffw = members[("ffw", 3)].model
     Ws = [layer.W.weight for layer in ffw.layers]
     assert float(table[("ffw", 3)]["rho"]) == pytest.approx(
-        spectra.spectral_radius(Ws[2] @ Ws[1]), rel=1e-5)
+        spectra.spectral_radius(Ws[2] @ Ws[1] @ Ws[0]), rel=1e-5)  # eq57x: all three act
     assert table[("deq", 3)]["jac_converged"] == "3/3"
     # ρ(J) = ρ(diag(1 − z*²) W) ≤ ‖W‖₂
     assert float(table[("deq", 3)]["jac_rho_max"]) <= float(table[("deq", 3)]["spectral_norm_max"])

@@ -1,5 +1,6 @@
 """Per-layer FFW Jacobian regulariser: estimate vs exact Frobenius norms, training hook."""
 
+import pytest
 import torch
 
 from noisydeq.analysis.jacobian_ffw import JacRegFFW
@@ -12,21 +13,24 @@ D = torch.float64
 
 
 def _exact(model, x):
-    """Σ_{m≥1} mean_b ‖diag(1 − z^{m+1}²) W_m‖²_F / d (tanh layers, eq57)."""
+    """Σ_m mean_b ‖diag(1 − z^{m+1}²) W_m‖²_F / d over the acting layers (tanh layers):
+    every layer from z⁰ = x̃ (eq57x, default), all but the first from z⁰ = 0 (eq57)."""
     xt = model.inject(x)
-    z, total = torch.zeros_like(xt), 0.0
+    z, total = (torch.zeros_like(xt) if model.form == "eq57" else xt), 0.0
+    first = 1 if model.form == "eq57" else 0
     for m, layer in enumerate(model.layers):
         z_next = layer(z, xt)
-        if m >= 1:
+        if m >= first:
             J = (1 - z_next**2)[:, :, None] * layer.W.weight[None]
             total += float(J.pow(2).sum((1, 2)).mean()) / z.shape[1]
         z = z_next
     return total
 
 
-def test_hutchinson_penalty_matches_exact_norms():
+@pytest.mark.parametrize("form", ["eq57x", "eq57"])
+def test_hutchinson_penalty_matches_exact_norms(form):
     torch.manual_seed(0)
-    model = JacRegFFW(5, 7, 4, 3).to(D)
+    model = JacRegFFW(5, 7, 4, 3, form=form).to(D)
     x = torch.randn(6, 5, generator=torch.Generator().manual_seed(1), dtype=D)
     _, est = model.layer_penalty(x, n_samples=4000, generator=torch.Generator().manual_seed(2))
     exact = _exact(model, x)
@@ -67,3 +71,29 @@ def test_fig13_spec_and_runner(tmp_path):
     with open(tmp_path / "fig13_accuracy.csv") as fh:
         rows = list(csv.DictReader(fh))
     assert {r["model"] for r in rows} == {"deq", "ffw", "ffw_jacreg"} and len(rows) == 6
+    assert {r["ffw_form"] for r in rows} == {"eq57x"} and all("converged_frac" in r for r in rows)
+    # the DEQ and FFW are the family members a sweep with the same settings trains
+    from noisydeq.families import cache_root, prepared_member
+    from noisydeq.tasks import load_task
+    from noisydeq.train import MODEL_FILE
+
+    fam, task = spec.family(0), load_task("digits")
+    for kind in ("deq", "ffw"):
+        entry = prepared_member(fam, task, kind, 2, cache_root() / "models", torch.device("cpu"))
+        assert (entry[2] / MODEL_FILE).is_file()
+
+
+def test_fig13_command_line_overrides_and_errors(tmp_path, capsys):
+    import pytest
+
+    from noisydeq.analysis.fig13 import load_spec, main
+
+    spec = load_spec("experiments/fig13_jacreg_ffw.toml", ["ffw_form=eq57", "seeds=[4]"])
+    assert spec.ffw_form == "eq57" and spec.seeds == [4] and spec.test_solver.window == 40
+    for args, needle in ((["ffw_form=eq75"], "did you mean 'eq57'"),
+                         (["seed=1"], "did you mean 'seeds'"),
+                         (["depth"], "expected key=value")):
+        with pytest.raises(SystemExit) as info:
+            main(["experiments/fig13_jacreg_ffw.toml", str(tmp_path / "o"), *args])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert info.value.code == 2 and len(err) == 1 and needle in err[0], err

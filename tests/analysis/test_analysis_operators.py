@@ -88,12 +88,16 @@ def test_conv1d_spectra_match_explicit_operators():
         want = float(torch.linalg.eigvals(J).abs().max())
         assert bool(rep.jac_converged[b])
         assert float(rep.jac_rho[b]) == pytest.approx(want, rel=1e-3)
-    ffw = build_model(dict(kind="ffw", cell="conv1d", in_features=1, out_features=2, width=3,
-                           depth=3, weight_norm=False))
-    rep = probe.spectrum(ffw, x, generator=torch.Generator().manual_seed(0), tol=1e-8)
-    Ws = [conv_matrix(layer.W.weight.detach(), 7) for layer in ffw.layers][1:]
-    want = float(torch.linalg.eigvals(Ws[1] @ Ws[0]).abs().max())
-    assert rep.rho == pytest.approx(want, rel=1e-3) and len(rep.radii) == 2
+    for form, acting in (("eq57x", 3), ("eq57", 2)):  # eq57: W1 acts on z0 = 0
+        ffw = build_model(dict(kind="ffw", cell="conv1d", in_features=1, out_features=2,
+                               width=3, depth=3, weight_norm=False, ffw_form=form))
+        rep = probe.spectrum(ffw, x, generator=torch.Generator().manual_seed(0), tol=1e-8)
+        Ws = [conv_matrix(layer.W.weight.detach(), 7) for layer in ffw.layers][3 - acting:]
+        prod = Ws[0]
+        for w in Ws[1:]:
+            prod = w @ prod
+        want = float(torch.linalg.eigvals(prod).abs().max())
+        assert rep.rho == pytest.approx(want, rel=1e-3) and len(rep.radii) == acting
 
 
 @pytest.mark.parametrize("cell", ["residual", "mlp_stack", "mdeq"])

@@ -76,13 +76,18 @@ def test_deq_jacobian_radius_matches_eigvals_of_explicit_jacobian():
 
 def test_ffw_spectrum_uses_acting_matrices_only():
     torch.manual_seed(6)
-    ffw = FFW(5, 8, 4, 3).to(D)
+    ffw = FFW(5, 8, 4, 3, form="eq57").to(D)
     rep = probe.spectrum(ffw)
     Ws = [layer.W.weight for layer in ffw.layers][1:]  # eq57: layer 0 multiplies z⁰ = 0
     assert len(rep.radii) == 3
     assert rep.rho == pytest.approx(spectra.spectral_radius(Ws[2] @ Ws[1] @ Ws[0]), rel=1e-10)
-    ffw32 = FFW(5, 8, 4, 3, form="eq32").to(D)
-    assert len(probe.spectrum(ffw32).radii) == 4
+    for form in ("eq57x", "eq32"):  # z⁰ = x̃: every layer acts
+        ffw_all = FFW(5, 8, 4, 3, form=form).to(D)
+        Ws = [layer.W.weight for layer in ffw_all.layers]
+        rep = probe.spectrum(ffw_all)
+        assert len(rep.radii) == 4
+        assert rep.rho == pytest.approx(
+            spectra.spectral_radius(Ws[3] @ Ws[2] @ Ws[1] @ Ws[0]), rel=1e-10)
 
 
 def test_eq12_forms():

@@ -15,6 +15,7 @@ from noisydeq.analysis.locate import locate  # noqa: E402
 from noisydeq.cli import main  # noqa: E402
 from noisydeq.config import SweepSpec, atomic_write_text, dumps_toml  # noqa: E402
 from noisydeq.errors import NoisyDEQError  # noqa: E402
+from noisydeq.store import sign_text  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -104,7 +105,7 @@ def test_sweep_models_missing_from_the_cache_is_one_line(tmp_path, capsys, monke
     run_dir.mkdir()
     spec = SweepSpec(task="digits", depths=[1], hidden=4, device="ideal", snr_db=[0.0],
                      epochs=1)
-    atomic_write_text(run_dir / "config.toml", dumps_toml(spec))
+    atomic_write_text(run_dir / "config.toml", sign_text(dumps_toml(spec)))  # as a sweep does
     monkeypatch.setenv("NOISYDEQ_CACHE", str(tmp_path / "empty"))
     code, _, err = run(["spectrum", "--family", str(run_dir)], capsys)
     assert code == 2 and len(err.strip().splitlines()) == 1

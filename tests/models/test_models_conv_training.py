@@ -94,7 +94,7 @@ def test_conv_ffw_layers_and_matching():
     assert len(out.states) == 3 and out.logits.shape == (32, 10)
     img = x.reshape(32, 1, 8, 8)
     xt = torch.relu(F.conv2d(img, ffw.proj.U.weight, padding=1))
-    z = torch.zeros_like(xt)
+    z = xt  # eq57x: z⁰ = x̃, x̃ injected at every layer
     for layer in ffw.layers:
         z = torch.tanh(F.conv2d(z, layer.W.weight, layer.W.bias, padding=1) + xt)
     assert torch.allclose(out.z, z, atol=1e-13)
@@ -158,6 +158,8 @@ def test_noisy_training_of_deq_with_paper_noisy_solver():
     model = build_model(dict(kind="deq", in_features=64, out_features=10, width=24),
                         solver=paper_solver(train=True, noisy=True),
                         test_solver=paper_solver(train=False))
-    first, final = train_steps(model, noise_seed=100)
+    # lr 5e-3: at 1e-2 this 24-wide DEQ on 32 samples can leave its stable region after ~12
+    # steps for some noise draws (measured: seed 0 reached loss 1.25, then climbed to 2.1)
+    first, final = train_steps(model, noise_seed=100, lr=5e-3)
     assert final < 0.8 * first, (first, final)
     assert model.last_solution is not None

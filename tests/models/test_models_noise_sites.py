@@ -25,7 +25,7 @@ class CountingStream(NoiseStream):
 
 def noise_at(site: str, seed: int = 5, kind: str = "multiplicative", **kw) -> Noise:
     spec = NoiseSpec(site=site, kind=kind, snr_db=kw.get("snr_db", SNR_DB), eta=kw.get("eta", 0))
-    return Noise(spec, CountingStream(NoiseStream.from_seed(seed).generators))
+    return Noise(spec, CountingStream.from_seed(seed))
 
 
 def capture_inputs(module: nn.Module, store: list):

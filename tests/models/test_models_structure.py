@@ -19,6 +19,7 @@ from noisydeq.models import (
     matched_width,
     paper_solver,
 )
+from noisydeq.models.matching import ffw_hidden_parameter_count
 
 
 def x_batch(n=6, d=10, seed=0):
@@ -115,12 +116,17 @@ def hand_ffw(model: FFW, x: torch.Tensor, form: str) -> torch.Tensor:
     xt = torch.relu(x @ model.proj.U.weight.T)
     z = torch.zeros_like(xt) if form == "eq57" else xt
     for layer in model.layers:
-        inj = xt if form == "eq57" else 0.0
+        inj = 0.0 if form == "eq32" else xt
         z = torch.tanh(z @ layer.W.weight.T + layer.W.bias + inj)
     return z @ model.head.weight.T + model.head.bias
 
 
-@pytest.mark.parametrize("form", ["eq57", "eq32"])
+def test_default_ffw_form_is_eq57x():
+    assert FFW(10, 8, 2, 3).form == "eq57x"
+    assert ModelSpec(kind="ffw", in_features=4, out_features=2).ffw_form == "eq57x"
+
+
+@pytest.mark.parametrize("form", ["eq57x", "eq57", "eq32"])
 def test_ffw_equals_hand_written_loop(form):
     torch.manual_seed(0)
     model = FFW(10, 8, 5, 3, form=form).double()
@@ -136,7 +142,7 @@ def test_weight_tied_ffw_is_the_unrolled_deq():
     n = 6
     deq = DEQ(10, 8, 3, solver=SolverSpec(name="unroll", max_iter=n, tol=1e-30, stop="abs",
                                           window=1)).double()
-    ffw = FFW(10, 8, n, 3).double()
+    ffw = FFW(10, 8, n, 3, form="eq57").double()
     with torch.no_grad():
         ffw.proj.U.weight.copy_(deq.cell.proj.U.weight)
         ffw.head.load_state_dict(deq.head.state_dict())
@@ -147,12 +153,36 @@ def test_weight_tied_ffw_is_the_unrolled_deq():
 
 
 def test_eq57_first_layer_weight_gets_no_gradient():
-    """Documented consequence of z⁰ = 0: W_0 multiplies zero."""
+    """Documented consequence of z⁰ = 0: W_0 multiplies zero (not counted as acting)."""
     torch.manual_seed(0)
-    model = FFW(10, 8, 3, 3).double()
+    model = FFW(10, 8, 3, 3, form="eq57").double()
     model(x_batch()).sum().backward()
     assert model.layers[0].W.weight.grad.abs().max() == 0
     assert model.layers[1].W.weight.grad.abs().max() > 0
+    assert model.acting_weight_count() == model.hidden_weight_count() - 8 * 8
+
+
+@pytest.mark.parametrize("depth", range(1, 14))
+def test_every_counted_hidden_matrix_of_the_default_ffw_acts(depth):
+    """Default form: every W_m gets a non-zero gradient, so the parameter match counts only
+    matrices that act, and the matched DEQ width is within 1 % of the paper's list."""
+    torch.manual_seed(depth)
+    model = FFW(10, 8, depth, 3).double()
+    model(x_batch()).pow(2).sum().backward()
+    for m, layer in enumerate(model.layers):
+        assert layer.W.weight.grad.abs().max() > 0, f"W_{m} got no gradient"
+    assert model.acting_weight_count() == model.hidden_weight_count() == depth * (64 + 8)
+    full = build_model(ModelSpec(kind="ffw", in_features=10, out_features=3, width=128,
+                                 depth=depth))
+    assert full.acting_weight_count() == ffw_hidden_parameter_count(depth, 128)
+    d = matched_width(depth, 128)
+    deq = build_model(ModelSpec(kind="deq", in_features=10, out_features=3, depth=depth))
+    assert deq.width == d
+    if depth in PAPER_DEPTHS:
+        paper = PAPER_WIDTHS[PAPER_DEPTHS.index(depth)]
+        assert abs(d - paper) / paper < 0.01
+    # d(d+1) is the nearest DEQ count to the FFW's acting count (within one width step)
+    assert abs(deq.hidden_weight_count() - full.acting_weight_count()) <= 2 * d + 2
 
 
 # ------------------------------------------------------------------------------- matching

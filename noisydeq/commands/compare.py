@@ -1,0 +1,48 @@
+"""``noisydeq compare RUN_DIR... [--snr 0]``: DEQ vs matched FFW(s) across finished sweeps.
+
+Prints Markdown tables (:mod:`noisydeq.compare`): per training SNR and depth, the DEQ's and
+each FFW form's metric at one inference SNR over seeds, DEQ − FFW, which model is better in
+every seed, and the change that training noise makes. Reads the runs' tables only.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import click
+
+from noisydeq.config import parse_snr_value
+from noisydeq.errors import NoisyDEQError
+
+
+@click.command("compare")
+@click.argument("runs", nargs=-1, required=True)
+@click.option("--snr", "snr", default="0", show_default=True,
+              help="Inference SNR in dB at which the models are compared (inf = no noise).")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def command(runs: tuple[str, ...], snr: str, as_json: bool) -> None:
+    """Compare DEQs with their parameter-matched FFWs (e.g. one run per FFW form)."""
+    from noisydeq.compare import comparison, load_run, markdown
+
+    try:
+        level = parse_snr_value(snr)
+    except NoisyDEQError as err:
+        raise NoisyDEQError(f"--snr: {err}") from None
+    data = comparison([load_run(r) for r in runs], level)
+    if not as_json:
+        click.echo(markdown(data))
+        return
+
+    def safe(v: float) -> float | str:
+        return v if math.isfinite(v) else str(v)
+
+    def table(cells):
+        return [{"train_snr_db": safe(k[0]), "depth": k[1], "width": c.width,
+                 "by_seed": c.by_seed, "mean": c.mean, "std": c.std,
+                 "converged_frac": c.converged_frac} for k, c in sorted(cells.items())]
+
+    click.echo(json.dumps({
+        "metric": data["metric"], "snr_db": safe(level), "deq": table(data["deq"]),
+        "ffw": {form: table(c) for form, c in data["ffw"].items()}, "notes": data["notes"],
+    }, indent=2))

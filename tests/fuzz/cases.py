@@ -1,0 +1,399 @@
+"""Generated malformed inputs for every command and file type the command line reads.
+
+Each :class:`Case` is one distinct bad input: the command line, the files it names (made in
+a fresh directory before the command runs) and a fragment the one-line error must contain.
+``{d}`` in an argument is that directory. Cases are generated from small grammars (SNR
+grids, integers, floats, TOML documents, JSON/safetensors artefacts) crossed with the
+options and files that take them.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+#: a file's content: bytes, text, or a function that writes it into the case directory
+Content = bytes | str | Callable[[Path], None]
+
+
+@dataclass
+class Case:
+    id: str
+    argv: list[str]
+    needle: str = ""
+    files: dict[str, Content] = field(default_factory=dict)
+
+
+# A small, fast sweep the bad option is added to (ideal device, model noise, 0 epochs).
+SWEEP = ["sweep", "--device", "ideal", "--noise-site", "signal", "--snr", "0,inf",
+         "--depths", "1", "--chips", "1", "--epochs", "0", "--set", "hidden=4", "--quiet",
+         "--jobs", "1", "--threads", "1", "--out", "{d}/out"]
+
+
+def _with(base: list[str], flag: str, value: str) -> list[str]:
+    """``base`` with ``flag`` set to ``value`` (replacing the flag's default there)."""
+    argv = list(base)
+    if flag in argv:
+        argv[argv.index(flag) + 1] = value
+    else:
+        argv[1:1] = [flag, value]
+    return argv
+
+
+BAD_GRIDS = [
+    "", " ", ",", "0,,10", "0:", ":10", "0:10:", "0:10:2:3", "a:b", "0:10:0", "0:10:-1",
+    "10:0", "nan", "-inf", "0:inf", "inf:10", "1e309", "-1e308:1e308", "0:1e9", "0:1:1e-9",
+    "-400", "300", "0x10", "∞∞", "0:1:0.0001", "0,10,abc", "--", "0..10",
+]
+BAD_INTS = {
+    "--depths": ["0", "-1", "x", "1.5", "", "1,,3", "1000000", "true", "1,0"],
+    "--chips": ["0", "-1", "x", "99999999999999999999", "1.5"],
+    "--seed": ["a", "-1", "", "99999999999999999999999", "0,x"],
+    "--epochs": ["-1", "x", "1e9"],
+    "--jobs": ["0", "-2", "x", "1.5"],
+    "--threads": ["0", "a", "1,2,3", "-1"],
+}
+BAD_NAMES = {
+    "--task": ["digitz", "", "../digits", "mnist10"],
+    "--device": ["rrm", "", "no/such.toml", "../../etc/passwd"],
+    "--torch-device": ["tpu9", "", "cuda:99"],
+    "--noise-site": ["everywhere"],
+    "--train-preset": ["papr"],
+    "--data-dir": ["/nonexistent/mnist"],
+}
+BAD_SETS = [
+    "x", "chipz=2", "chips=true", "chips=1e30", "max_rows=0", "hidden=-1", "hidden=10000000",
+    "epochs=1e9", "input_act=tanh", "train_preset=quik", "snr_db=[]", "snr_db=[nan]",
+    "seeds=[]", "kinds=['cnn']", "batched=2", "max_test_samples=0", "depths=[[1]]",
+    "noise_site='foo'", "torch_device='tpu'", "fixed_snr_db=[-500]", "train_snr_db=[]",
+    "max_train_samples=-5", "seeds=[-3]", "snr_db=" + "[" * 2000,
+]
+
+
+def sweep_cases() -> list[Case]:
+    out = [Case(f"sweep --snr {g!r}", _with(SWEEP, "--snr", g), "--snr") for g in BAD_GRIDS]
+    out += [Case(f"sweep --train-snr {g!r}", _with(SWEEP, "--train-snr", g), "--train-snr")
+            for g in BAD_GRIDS[::3]]
+    for flag, values in {**BAD_INTS, **BAD_NAMES}.items():
+        out += [Case(f"sweep {flag} {v!r}", _with(SWEEP, flag, v)) for v in values]
+    out += [Case(f"sweep --set {s[:30]!r}", [*SWEEP, "--set", s]) for s in BAD_SETS]
+    out += [
+        Case("sweep memory: 999 layers of 65536", [*SWEEP, "--depths", "999",
+                                                    "--set", "hidden=65536"], "memory"),
+        Case("sweep unknown option", [*SWEEP, "--snrr", "0"], "--snrr"),
+        Case("sweep --out is a file", _with(SWEEP, "--out", "{d}/file"), "is a file",
+             {"file": "x"}),
+        Case("sweep --out below a file", _with(SWEEP, "--out", "{d}/file/sub"), "below the file",
+             {"file": "x"}),
+        Case("sweep --out in /proc", _with(SWEEP, "--out", "/proc/noisydeq-x"), "--out"),
+        Case("sweep --device preset is binary", _with(SWEEP, "--device", "{d}/dev.toml"),
+             "not UTF-8", {"dev.toml": b"\xff\xfe\x00kind"}),
+        Case("sweep unreachable device SNR", [*_with(SWEEP, "--device", "rram"),
+                                              "--noise-site", "device", "--snr", "150"],
+             "SNR"),
+    ]
+    return out
+
+
+TRAIN = ["train", "--epochs", "1", "--width", "4", "--quiet", "--out", "{d}/out"]
+
+
+def train_cases() -> list[Case]:
+    bad = {
+        "--width": ["0", "-1", "10000000", "x"], "--depth": ["0", "2000"],
+        "--epochs": ["-1", "1000000000"], "--batch-size": ["0", "1073741824"],
+        "--lr": ["nan", "inf", "-1", "0", "1e9"], "--train-snr": ["x", "-400", "nan"],
+        "--device": ["nosuch"], "--device-snr": ["300", "abc"], "--seed": ["-1", "9" * 25],
+        "--task": ["digit"], "--kind": ["cnn"], "--depths": ["1,x", "0", "5000"],
+        "--preset": ["papr"], "--torch-device": ["tpu"], "--train-site": ["nowhere"],
+        "--input-act": ["tanh"],
+    }
+    field = {"--device-snr": "SNR", "--device": "device", "--task": "task", "--preset": "preset",
+             "--depths": "depths", "--batch-size": "batch"}  # else the flag or the field
+    out = [Case(f"train {k} {v!r}", _with(TRAIN, k, v), field.get(k, k.lstrip("-")))
+           for k, vs in bad.items() for v in vs]
+    out += [
+        Case("train --out is a file", _with(TRAIN, "--out", "{d}/file"), "is a file",
+             {"file": "x"}),
+        Case("train mnist without data", [*TRAIN, "--task", "mnist", "--data-dir", "{d}/none"],
+             "not found"),
+        Case("train device SNR out of reach", [*TRAIN, "--device", "rram", "--device-snr",
+                                               "150"], "SNR"),
+        Case("train family of huge models", [*TRAIN, "--depths", "999", "--width", "65536"],
+             "memory"),
+    ]
+    return out
+
+
+EXPERIMENT = ('name = "x"\ntitle = "t"\n[sweep]\ntask = "digits"\ndevice = "ideal"\n'
+              'noise_site = "signal"\ndepths = [1]\nhidden = 4\nepochs = 0\nchips = 1\n'
+              'snr_db = "0,inf"\n[quick]\n[full]\n')
+
+
+def _exp(**changes: str) -> str:
+    text = EXPERIMENT
+    for key, value in changes.items():
+        line = next((ln for ln in text.splitlines() if ln.startswith(f"{key} =")), None)
+        text = text.replace(line, f"{key} = {value}") if line else text.replace(
+            "[quick]", f"{key} = {value}\n[quick]")
+    return text
+
+
+def run_cases() -> list[Case]:
+    files = {
+        "binary": b"\x00\x01\x02\x03name",
+        "not UTF-8": 'name = "caf\xe9"\n'.encode("latin-1"),
+        "empty": "",
+        "invalid TOML": "name = \n[sweep\n",
+        "deeply nested": "name = " + "[" * 5000,
+        "name with ../": _exp(name='"../../escape"'),
+        "name with /": _exp(name='"a/b"'),
+        "absolute name": _exp(name='"/tmp/x"'),
+        "no name": EXPERIMENT.replace('name = "x"\n', ""),
+        "unknown key": _exp(nam='"x"'),
+        "typo in quick": EXPERIMENT.replace("[quick]\n", "[quick]\nchipz = 2\n"),
+        "chips = true": _exp(chips="true"),
+        "snr_db 0:1e9": _exp(snr_db='"0:1e9"'),
+        "snr_db nan": _exp(snr_db="nan"),
+        "depths [0]": _exp(depths="[0]"),
+        "hidden inf": _exp(hidden="inf"),
+        "hidden = 1e12": _exp(hidden="1000000000000"),
+        "device unknown": _exp(device='"quantum"'),
+        "task unknown": _exp(task='"imagenet"'),
+        "sweep is a string": EXPERIMENT.replace("[sweep]\n", "sweep = 3\n[sweepx]\n"),
+        "figures not a list": _exp(figures="3"),
+        "huge file": "# " + "x" * (17 * 2**20),
+    }
+    out = [Case(f"run experiment file: {name}", ["run", "{d}/exp.toml", "--quiet",
+                                                 "--out", "{d}/out"], "", {"exp.toml": c})
+           for name, c in files.items()]
+    out += [
+        Case("run missing file", ["run", "{d}/nope.toml"], "not found"),
+        Case("run a directory", ["run", "{d}"], "not a file"),
+        Case("run bad --set", ["run", "{d}/exp.toml", "--set", "chips=0", "--out", "{d}/out"],
+             "chips", {"exp.toml": EXPERIMENT}),
+        Case("run --jobs bad", ["run", "{d}/exp.toml", "--jobs", "none"], "jobs",
+             {"exp.toml": EXPERIMENT}),
+    ]
+    return out
+
+
+PRESET = {
+    "rram": 'kind = "rram"\n', "photonic": 'kind = "photonic"\n', "snr": 'kind = "snr"\n',
+}
+BAD_PRESETS = {
+    "g_max_us = inf": ("rram", "g_max_us = inf"), "g_max_us = nan": ("rram", "g_max_us = nan"),
+    "g_max_us = -1": ("rram", "g_max_us = -1.0"), "dac_bits = true": ("rram", "dac_bits = true"),
+    "adc_bits = 99": ("rram", "adc_bits = 99"), "g_min >= g_max": ("rram", "g_min_us = 50.0"),
+    "t_inference_s = 2": ("rram", "t_inference_s = 2.0"),
+    "t_inference_s = inf": ("rram", "t_inference_s = inf"),
+    "out_noise = -inf": ("rram", "out_noise = -inf"),
+    "drift_compensation = 3": ("rram", "drift_compensation = 3"),
+    "prog_noise_scale text": ("rram", 'prog_noise_scale = "high"'),
+    "wavelength_nm = inf": ("photonic", "wavelength_nm = inf"),
+    "temperature_k = 0": ("photonic", "temperature_k = 0.0"),
+    "power and energy": ("photonic", "power_per_mac_w = 1e-5\nenergy_per_mac_j = 1e-15"),
+    "rin_db_per_hz = 10": ("photonic", "rin_db_per_hz = 10.0"),
+    "bandwidth_hz = nan": ("photonic", "bandwidth_hz = nan"),
+    "adc_full_scale = inf": ("photonic", "adc_full_scale = inf"),
+    "photonic dac_bits = false": ("photonic", "dac_bits = false"),
+    "snr_db = -400": ("snr", "snr_db = -400.0"), "snr_db = nan": ("snr", "snr_db = nan"),
+    "snr mode unknown": ("snr", 'mode = "both"'),
+    "unknown key": ("rram", "g_maxx = 1.0"),
+}
+
+
+def device_cases() -> list[Case]:
+    out = [Case(f"devices preset: {name}", ["devices", "{d}/dev.toml"], "",
+                {"dev.toml": PRESET[kind] + line + "\n"})
+           for name, (kind, line) in BAD_PRESETS.items()]
+    out += [
+        Case("devices preset: binary", ["devices", "{d}/dev.toml"], "not UTF-8",
+             {"dev.toml": bytes(range(256))}),
+        Case("devices preset: NUL bytes", ["devices", "{d}/dev.toml"], "binary",
+             {"dev.toml": 'kind = "snr"\n\x00\x00'}),
+        Case("devices preset: invalid TOML", ["devices", "{d}/dev.toml"], "not valid TOML",
+             {"dev.toml": 'kind = "snr\n'}),
+        Case("devices preset: no kind", ["devices", "{d}/dev.toml"], "kind",
+             {"dev.toml": "snr_db = 10.0\n"}),
+        Case("devices preset: kind unknown", ["devices", "{d}/dev.toml"], "kind",
+             {"dev.toml": 'kind = "memristor"\n'}),
+        Case("devices preset: missing file", ["devices", "{d}/none.toml"], "not found"),
+        Case("devices unknown name", ["devices", "rram-wan2020"], "did you mean"),
+        Case("sweep with a bad preset file", _with(SWEEP, "--device", "{d}/dev.toml"),
+             "g_max_us", {"dev.toml": 'kind = "rram"\ng_max_us = inf\n'}),
+    ]
+    return out
+
+
+def _checkpoint(meta_change: Callable[[dict], None], *, numel: int = 64) -> Callable[[Path], None]:
+    """Writer of a crafted checkpoint (valid digest, bad metadata) at ``<d>/m.safetensors``."""
+
+    def write(d: Path) -> None:
+        import torch
+
+        from noisydeq import store
+
+        config = {"model": {"spec": {"kind": "deq", "in_features": 64, "out_features": 10,
+                                      "width": 8, "depth": 1}},
+                  "train": {"epochs": 1, "seed": 0}, "task": {"name": "digits", "seed": 0}}
+        meta = {"config": config, "config_hash": store.config_hash(config),
+                "extra": {"test_metric": 0.5}}
+        meta_change(meta)
+        store.save_tensors(d / "m.safetensors", {"w": torch.zeros(numel)}, meta)
+
+    return write
+
+
+def _set(path: str, value: object) -> Callable[[dict], None]:
+    def change(meta: dict) -> None:
+        target = meta
+        keys = path.split(".")
+        for k in keys[:-1]:
+            target = target[k]
+        target[keys[-1]] = value
+
+    return change
+
+
+CRAFTED = {
+    "config is a list": _set("config", [1, 2]),
+    "train.epochs = 'abc'": _set("config.train.epochs", "abc"),
+    "train.epochs = true": _set("config.train.epochs", True),
+    "train.epochs = 0": _set("config.train.epochs", 0),
+    "model spec missing": _set("config.model", {}),
+    "model spec a string": _set("config.model.spec", "deq"),
+    "width 65536, tiny weights": _set("config.model.spec.width", 65536),
+    "width 10^12": _set("config.model.spec.width", 10**12),
+    "kind unknown": _set("config.model.spec.kind", "rnn"),
+    "extra is a list": _set("extra", [0.5]),
+    "test_metric text": _set("extra.test_metric", "good"),
+    "task is a number": _set("config.task", 7),
+    "train.noise a list": _set("config.train.noise", [1]),
+    "train.seed text": _set("config.train.seed", "zero"),
+    "weights do not fit": lambda meta: None,
+}
+
+
+def _raw(data: bytes) -> Callable[[Path], None]:
+    def write(d: Path) -> None:
+        (d / "m.safetensors").write_bytes(data)
+
+    return write
+
+
+def analysis_cases() -> list[Case]:
+    out = []
+    for name, change in CRAFTED.items():
+        for cmd in ("spectrum", "sensitivity"):
+            out.append(Case(f"{cmd} crafted checkpoint: {name}",
+                            [cmd, "--family", "{d}/m.safetensors", "--out", "{d}/out"],
+                            "m.safetensors", {"setup": _checkpoint(change)}))
+    raw = {
+        "empty file": b"",
+        "8 bytes": b"\x08\x00\x00\x00\x00\x00\x00\x00",
+        "header length too big": (10**12).to_bytes(8, "little") + b"{}",
+        "header not JSON": b"\x10\x00\x00\x00\x00\x00\x00\x00{not json at all",
+        "plain safetensors": b"\x0e\x00\x00\x00\x00\x00\x00\x00{}            ",
+        "pickle": b"\x80\x04\x95\x00\x00\x00\x00\x00\x00\x00\x00.",
+    }
+    out += [Case(f"spectrum raw checkpoint: {name}", ["spectrum", "--family",
+                                                      "{d}/m.safetensors", "--out", "{d}/o"],
+                 "m.safetensors", {"setup": _raw(data)}) for name, data in raw.items()]
+    bad_opts = [
+        ("sensitivity", "--samples", "1"), ("sensitivity", "--samples", "9999999"),
+        ("sensitivity", "--eta", "-1"), ("sensitivity", "--eta", "nan"),
+        ("sensitivity", "--snr", "x"), ("sensitivity", "--snr", "-400"),
+        ("sensitivity", "--precision", "-1"), ("sensitivity", "--precision", "nan"),
+        ("sensitivity", "--inputs", "0"), ("sensitivity", "--seed", "-1"),
+        ("spectrum", "--inputs", "-1"), ("spectrum", "--inputs", "99999999"),
+        ("solvers", "--width", "0"), ("solvers", "--width", "70000"),
+        ("solvers", "--eps", "0"), ("solvers", "--eps", "nan"), ("solvers", "--eps", "inf"),
+        ("solvers", "--window", "0"), ("solvers", "--window", "x"),
+        ("solvers", "--window", "500"), ("solvers", "--solvers", "newton"),
+        ("solvers", "--snr", "0:1e9"), ("solvers", "--max-iter", "0"),
+        ("solvers", "--max-iter", "10000000"), ("solvers", "--batch", "0"),
+        ("solvers", "--count-snr", "abc"), ("solvers", "--accuracy-snr", "-1e308"),
+    ]
+    for cmd, flag, value in bad_opts:
+        argv = [cmd, flag, value, "--out", "{d}/out"]
+        if cmd != "solvers":
+            argv += ["--family", "{d}/nofamily"]
+        out.append(Case(f"{cmd} {flag} {value!r}", argv, flag))
+    out += [
+        Case("spectrum --family missing", ["spectrum", "--family", "{d}/none"], "--family"),
+        Case("spectrum --family without models", ["spectrum", "--family", "{d}/empty"],
+             "no trained model", {"empty/readme.txt": "x"}),
+        Case("solvers --family missing", ["solvers", "--family", "{d}/none", "--out",
+                                          "{d}/out"], "--family"),
+    ]
+    return out
+
+
+def run_dir_cases() -> list[Case]:
+    """``sweep`` into an --out whose config.toml / meta.json is damaged or foreign."""
+
+    def run_dir(damage: Callable[[Path], None]) -> Callable[[Path], None]:
+        def write(d: Path) -> None:
+            from noisydeq.config import SweepSpec, build
+            from noisydeq.results import RunDir
+
+            spec = build(SweepSpec, {"device": "ideal", "noise_site": "signal",
+                                     "snr_db": [0.0, math.inf], "depths": [1], "chips": 1,
+                                     "epochs": 0, "hidden": 4})
+            with RunDir(d / "out") as rd:
+                rd.open(spec)
+            damage(d / "out")
+
+        return write
+
+    def edit(name: str, fn: Callable[[bytes], bytes]) -> Callable[[Path], None]:
+        def damage(out: Path) -> None:
+            p = out / name
+            p.write_bytes(fn(p.read_bytes()))
+
+        return damage
+
+    def flip(data: bytes, at: int = 40) -> bytes:
+        b = bytearray(data)
+        b[at] ^= 0x04
+        return bytes(b)
+
+    damages = {
+        "config.toml truncated": edit("config.toml", lambda b: b[: len(b) // 2]),
+        "config.toml bit flip": edit("config.toml", lambda b: flip(b, len(b) - 5)),
+        "config.toml digest line removed": edit("config.toml",
+                                                lambda b: b.split(b"\n", 1)[1]),
+        "config.toml binary": edit("config.toml", lambda b: b"\x00\xff" + b),
+        "config.toml other config, digest fixed": lambda out: (out / "config.toml").write_text(
+            __import__("noisydeq.store", fromlist=["x"]).sign_text(
+                (out / "config.toml").read_text().split("\n", 1)[1].replace(
+                    "chips = 1", "chips = 2"))),
+        "config.toml unknown key, digest fixed": lambda out: (out / "config.toml").write_text(
+            __import__("noisydeq.store", fromlist=["x"]).sign_text(
+                (out / "config.toml").read_text().split("\n", 1)[1] + "\nfoo = 1\n")),
+        "meta.json not JSON": edit("meta.json", lambda b: b"{not json"),
+        "meta.json truncated": edit("meta.json", lambda b: b[:20]),
+        "meta.json value changed": edit("meta.json", lambda b: b.replace(b'"seeds"', b'"seedz"')),
+        "meta.json a list": edit("meta.json", lambda b: b"[1, 2]"),
+        "meta.json non-UTF-8": edit("meta.json", lambda b: b"\xff" + b),
+        "cells without config": lambda out: (out / "config.toml").unlink(),
+    }
+    return [Case(f"sweep into run dir: {name}", list(SWEEP), "out",
+                 {"setup": run_dir(damage)}) for name, damage in damages.items()]
+
+
+def all_cases() -> list[Case]:
+    cases = (sweep_cases() + train_cases() + run_cases() + device_cases() + analysis_cases()
+             + run_dir_cases())
+    ids = [c.id for c in cases]
+    dup = {i for i in ids if ids.count(i) > 1}
+    assert not dup, dup
+    return cases
+
+
+def dumps(obj: object) -> str:  # pragma: no cover - debugging aid
+    return json.dumps(obj, indent=1, default=str)
