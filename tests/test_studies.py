@@ -67,6 +67,47 @@ def test_grid_resume_and_metric(tmp_path):
         run_study(tiny(n_shift=5), tmp_path / "run")
 
 
+def test_run_dir_is_signed_sealed_and_a_corrupt_cell_is_one_line(tmp_path):
+    from noisydeq import store
+    from noisydeq.errors import CorruptArtefact
+
+    spec = tiny(shifts=[], budgets=["train"], train_snr_db=["inf"], test_snr_db=["inf"])
+    out = tmp_path / "run"
+    run_study(spec, out, plots=False)
+    listed = store.verify_manifest(out)  # tables, spec and meta data match their digests
+    assert {"results.csv", "summary.csv", "study.toml", "meta.json"} <= set(listed)
+    assert (out / "study.toml").read_text().startswith(store.TEXT_DIGEST)
+    cell = out / "cells" / "deq-s0-tinf.json"
+    data = json.loads(cell.read_text())
+    data["rows"][0]["value"] = 0.123456  # an edited result no longer matches its digest
+    cell.write_text(json.dumps(data))
+    with pytest.raises(CorruptArtefact, match="deq-s0-tinf.json.*digest.*delete it"):
+        run_study(spec, out, plots=False)
+    cell.unlink()  # deleted: that model is evaluated again, the others are loaded
+    again = run_study(spec, out, plots=False)
+    assert again.trained == 0 and store.verify_manifest(out)
+    (out / "study.toml").write_text((out / "study.toml").read_text() + "# edited\n")
+    with pytest.raises(NoisyDEQError, match="study.toml"):
+        run_study(spec, out, plots=False)
+
+
+def test_test_noise_does_not_depend_on_the_evaluation_batch():
+    from noisydeq.studies.evaluate import score
+
+    spec = tiny()
+    task = load_study_task(spec)
+    torch.manual_seed(0)
+    from noisydeq.models import build_model
+
+    model = build_model(spec.models["deq"].spec(task), solver=None)
+    x, y = task.shifted(16, 12)
+    kw = dict(classification=True, noise=spec.noise(0.0), seed=3)
+    a, b = score(model, x, y, batch=12, **kw), score(model, x, y, batch=5, **kw)
+    clean = score(model, x, y, batch=12, classification=True, noise=spec.noise(math.inf), seed=3)
+    assert a["position_acc"] == b["position_acc"] and a["mean_steps"] == b["mean_steps"]
+    assert a["position_acc"] != clean["position_acc"]  # the noise does act
+
+
 def test_paired_and_solver_grid(tmp_path):
     spec = tiny(paired=True, budgets=["train"], shifts=[], train_snr_db=[0.0],
                 test_solvers={"a": {"name": "unroll", "max_iter": 3, "window": 1},

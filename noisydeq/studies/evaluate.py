@@ -6,7 +6,11 @@ strings / mazes) and ``position_acc`` the fraction of positions right; for one l
 sample it is the accuracy; for regression the mean squared error over the samples whose
 solve did not diverge (``position_acc`` is NaN). A diverged sample (non-finite output or the
 solver's divergence flag) counts as wrong; ``diverged_frac`` reports how many there were.
-Noise is drawn from ``NoiseStream.from_seed(derive_seed(seed, batch index))``.
+Randomness is counter-based (:mod:`noisydeq.rng`): the noise of test sample i is drawn from
+``NoiseStream.from_seed(derive_seed(seed, "noise"), samples=[i])`` and a DEQ test solver's
+random iteration cap from the ``"threshold"`` source keyed the same way, so every draw is a
+function of (seed, sample, cell call, element) — the same whatever ``eval_batch`` the test
+set is split by.
 """
 
 from __future__ import annotations
@@ -37,12 +41,14 @@ def score(
     pos_right = pos_total = 0
     sq_err = steps = 0.0
     max_iter = 0
-    for b, start in enumerate(range(0, x.shape[0], batch)):
+    for start in range(0, x.shape[0], batch):
         xb, yb = x[start:start + batch].to(dev), y[start:start + batch].to(dev)
-        inj = Noise(noise, NoiseStream.from_seed(derive_seed(seed, b), dev)) if noise.active \
-            else None
+        samples = torch.arange(start, start + len(xb))
+        inj = Noise(noise, NoiseStream.from_seed(derive_seed(seed, "noise"), dev, samples)) \
+            if noise.active else None
         if deq:
-            out = model(xb, inj, return_solution=True)
+            caps = NoiseStream.from_seed(derive_seed(seed, "threshold"), dev, samples)
+            out = model(xb, inj, return_solution=True, generator=caps)
             logits, sol = out.logits, out.solution
             max_iter = max(max_iter, int(sol.n_iter))
         else:

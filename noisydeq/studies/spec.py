@@ -19,13 +19,17 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
+from noisydeq import limits
 from noisydeq.config import (
+    SNR_SCALES,
+    InfFloat,
     ModelSpec,
     NoiseSpec,
     SolverSpec,
     StrictModel,
     TrainSpec,
     build,
+    check_choice,
 )
 
 Budget = Literal["train", "scaled"]
@@ -34,8 +38,8 @@ Budget = Literal["train", "scaled"]
 class BudgetSpec(StrictModel):
     """Test iterations ∝ (size / training size)^``exponent``, at most ``cap``."""
 
-    exponent: float = Field(default=1.0, ge=0.0)
-    cap: int | None = Field(default=None, ge=1)
+    exponent: float = Field(default=1.0, ge=0.0, le=10.0)
+    cap: int | None = Field(default=None, ge=1, le=limits.MAX_ITER)
 
 
 class StudyModel(StrictModel):
@@ -84,7 +88,8 @@ class StudySpec(StrictModel):
     maze sizes, entry scales); empty = the held-out split at the training size only.
     ``n_shift``: samples per shifted test set (default ``n_test``). ``train``:
     :class:`TrainSpec` overrides for every model (on top of the ``quick`` preset of its
-    kind). ``noise_site``: where training and test noise go (``state`` = z, App. D.4).
+    kind). ``noise_site``: where training and test noise go (``state`` = z, App. D.4);
+    ``snr_scale``: how their SNRs are read (``realised`` or ``paper``, as for sweeps).
     ``test_snr_db``: test SNRs; with ``paired`` only the one equal to the model's training
     SNR (the paper's trained-and-tested-at protocol). ``test_solvers``: named DEQ test
     solvers (empty: the model's own). ``budget`` / ``budgets``: evaluate DEQs with the
@@ -95,21 +100,35 @@ class StudySpec(StrictModel):
     task: str
     task_options: dict[str, Any] = Field(default_factory=dict)
     data_dir: str | None = None
-    shifts: list[float] = Field(default_factory=list)
-    n_shift: int | None = Field(default=None, ge=1)
+    shifts: list[float] = Field(default_factory=list, max_length=limits.MAX_SNR_LEVELS)
+    n_shift: int | None = Field(default=None, ge=1, le=limits.MAX_SAMPLES)
     models: dict[str, StudyModel]
     train: dict[str, Any] = Field(default_factory=dict)
-    train_snr_db: list[float] = Field(default_factory=lambda: [math.inf])
+    train_snr_db: list[InfFloat] = Field(default_factory=lambda: [math.inf])
     noise_site: Literal["state", "signal", "input"] = "state"
-    test_snr_db: list[float] = Field(default_factory=lambda: [math.inf])
+    snr_scale: str = "realised"
+    test_snr_db: list[InfFloat] = Field(default_factory=lambda: [math.inf])
     paired: bool = False
     test_solvers: dict[str, SolverSpec] = Field(default_factory=dict)
     budget: BudgetSpec | None = None
     budgets: list[Budget] = Field(default_factory=lambda: ["train"])
-    fixed_snr_db: float | None = None
-    seeds: list[int] = Field(default_factory=lambda: [0])
+    fixed_snr_db: InfFloat | None = None
+    seeds: list[int] = Field(default_factory=lambda: [0], max_length=limits.MAX_SEEDS)
     torch_device: str = "cpu"
-    eval_batch: int = Field(default=256, ge=1)
+    eval_batch: int = Field(default=256, ge=1, le=limits.MAX_BATCH)
+
+    @field_validator("snr_scale")
+    @classmethod
+    def _scale(cls, v: Any) -> str:
+        return check_choice(v, SNR_SCALES)
+
+    @field_validator("seeds")
+    @classmethod
+    def _seed_range(cls, v: list[int]) -> list[int]:
+        bad = [s for s in v if abs(s) > limits.MAX_SEED]
+        if bad:
+            raise ValueError(f"seeds must be within ±{limits.MAX_SEED}, got {bad[0]}")
+        return v
 
     @field_validator("train_snr_db", "test_snr_db", mode="before")
     @classmethod
@@ -162,7 +181,8 @@ class StudySpec(StrictModel):
         """Multiplicative noise at ``noise_site`` and ``snr_db`` (none at ``inf``)."""
         if math.isinf(snr_db):
             return NoiseSpec()
-        return NoiseSpec(site=self.noise_site, kind="multiplicative", snr_db=snr_db)
+        return NoiseSpec(site=self.noise_site, kind="multiplicative", snr_db=snr_db,
+                         snr_scale=self.snr_scale)
 
     def train_spec(self, name: str, seed: int, train_snr_db: float) -> TrainSpec:
         """The resolved :class:`TrainSpec` of model ``name`` (quick preset + overrides)."""
