@@ -34,11 +34,12 @@ def _refuse_study_file(path: str) -> None:
     """A study file (``[study]`` table) is run by ``noisydeq study``: say so in one line."""
     from noisydeq.config import tomllib
     from noisydeq.errors import NoisyDEQError
+    from noisydeq.store import read_text
 
     try:
-        data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
-        return  # load_toml reports it
+        data = tomllib.loads(read_text(path, "file"))
+    except (NoisyDEQError, tomllib.TOMLDecodeError, RecursionError):
+        return  # load_toml reports it in one line
     if "study" in data and "sweep" not in data:
         raise NoisyDEQError(f"{path}: a study experiment; run it with 'noisydeq study {path}'")
 
