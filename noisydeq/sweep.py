@@ -399,7 +399,8 @@ def forward_levels(
         steps = torch.full((k * n,), float(sm.depth), dtype=torch.float64, device=x.device)
         converged = ~diverged
     if classification:  # a per-position sample is correct only if every position is
-        correct = sample_correct(logits, y.repeat(k, *([1] * (y.ndim - 1)))) & ~diverged
+        correct = sample_correct(logits[real], y.repeat(k, *([1] * (y.ndim - 1))))
+        correct &= ~diverged
         per_sample = correct.double()
     else:
         target = y.reshape(n, -1).repeat(k, 1).to(rows.dtype)
