@@ -87,15 +87,18 @@ class Family:
 
 def member_spec(spec: FamilySpec, task: Task, kind: str, depth: int) -> ModelSpec:
     """The :class:`ModelSpec` of one member (a DEQ is matched to the FFW depth; a LyaDEQ has
-    ``hidden`` units and the family's Lyapunov settings).
+    ``hidden`` units and the family's Lyapunov settings). ``spec.cell`` gives the cell and its
+    options (``noisydeq.models.extra.fit_to_task`` checks them against the task).
 
     The family's ``ffw_form`` enters FFW members only: a DEQ's spec (and cache key) does not
     depend on the form of the FFW it is compared with.
     """
+    from noisydeq.models.extra import fit_to_task
+
     data: dict[str, Any] = {
         "kind": kind, "in_features": task.in_features, "out_features": task.out_features,
         "width": spec.hidden, "depth": depth, "matched": True, "input_act": spec.input_act,
-        "cell": spec.cell,
+        **fit_to_task(spec.cell.fields(), task),
     }
     if kind == "ffw" and spec.ffw_form is not None:
         data["ffw_form"] = spec.ffw_form
@@ -231,6 +234,6 @@ def family_spec_for_sweep(sweep: SweepSpec, seed: int, train_snr_db: float) -> F
          "train_snr_db": math.inf if train_snr_db is None else train_snr_db,
          "train_site": sweep.train_site, "ffw_form": sweep.ffw_form,
          "snr_scale": sweep.snr_scale, "monotone": sweep.monotone,
-         "lyapunov": sweep.lyapunov},
+         "lyapunov": sweep.lyapunov, "cell": sweep.cell},
         where="sweep",
     )

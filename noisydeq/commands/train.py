@@ -153,6 +153,7 @@ def _command(opts: dict[str, Any]) -> None:
 
     check_task_name(opts["task"])
     from noisydeq.families import member_size
+    from noisydeq.models.extra import fit_to_task
     from noisydeq.tasks import load_task
 
     dev = resolve_torch_device(opts["torch_device"])
@@ -201,6 +202,7 @@ def _command(opts: dict[str, Any]) -> None:
         }, where="train")
         batch = max(fspec.train_spec(k).batch_size for k in fspec.kinds)  # validate first
         task = load_task(opts["task"], data_dir=opts["data_dir"], seed=opts["seed"])
+        fit_to_task({}, task)  # a per-position task (prefix_sums, mazes) needs another cell
         sizes = [member_size(k, d, fspec.hidden, task.in_features, task.out_features)
                  for d in fspec.depths for k in fspec.kinds]
         _check_memory(sizes, batch, dev)
@@ -223,6 +225,7 @@ def _command(opts: dict[str, Any]) -> None:
                           "ffw_form": opts["ffw_form"]}, where="model")
     tspec = TrainSpec.preset(opts["preset"], opts["kind"], noise, **overrides)
     task = load_task(opts["task"], data_dir=opts["data_dir"], seed=opts["seed"])
+    fit_to_task({}, task)  # a per-position task (prefix_sums, mazes) needs another cell
     data = {
         "kind": opts["kind"], "in_features": task.in_features,
         "out_features": task.out_features, "width": opts["width"], "depth": opts["depth"],
