@@ -743,8 +743,12 @@ class CellSpec(StrictModel):
             if key not in takes:
                 reads = f"its options: {', '.join(takes)}" if takes else "it has no options"
                 raise ValueError(f"cell '{self.name}' takes no '{key}' ({reads})")
+        # the values alone (a width that fits norm_groups; the member's width is checked by
+        # check_cell with the family's hidden size)
+        width = {"width": self.norm_groups} if self.norm_groups is not None else {}
         try:
-            ModelSpec.model_validate({"in_features": 1, "out_features": 1, **self.fields()})
+            ModelSpec.model_validate({"in_features": 1, "out_features": 1, **width,
+                                      **self.fields()})
         except ValidationError as err:
             raise ValueError(format_validation_error(err, ModelSpec)) from None
         return self
@@ -759,17 +763,27 @@ class CellSpec(StrictModel):
 
     @model_serializer(mode="wrap")
     def _name_only(self, handler: Any) -> Any:
-        return self.name if not self.options() else handler(self)
+        if not self.options():
+            return self.name
+        return {k: v for k, v in handler(self).items() if v is not None}
 
 
-def check_cell_kinds(cell: CellSpec, kinds: list[str]) -> None:
-    """One line when a member kind cannot have ``cell`` (e.g. a ``lyadeq`` with a conv cell)."""
+def check_cell(cell: CellSpec, info: Any) -> CellSpec:
+    """``cell`` of a family or sweep (a field validator's ``info``: the fields before it):
+    one line when a member kind cannot have it (e.g. a ``lyadeq`` with a conv cell) or the
+    ``hidden`` size does not fit it (e.g. multiscale channels vs ``norm_groups``)."""
+    kinds, hidden = info.data.get("kinds"), info.data.get("hidden")
+    if kinds is None or hidden is None:  # reported as their own errors
+        return cell
     for kind in kinds:
         try:
             ModelSpec.model_validate({"kind": kind, "in_features": 1, "out_features": 1,
-                                      **cell.fields()})
+                                      "width": hidden, **cell.fields()})
         except ValidationError as err:
-            raise ValueError(format_validation_error(err, ModelSpec)) from None
+            msg = format_validation_error(err, ModelSpec).removeprefix("ModelSpec: ")
+            raise ValueError(msg.removeprefix("cell: ").replace("width: ", "hidden: ", 1)
+                             ) from None
+    return cell
 
 
 # ----------------------------------------------------------------- sweeps and experiments
@@ -899,8 +913,12 @@ class SweepSpec(FamilyChoices):
     @model_validator(mode="after")
     def _lyapunov_members(self) -> SweepSpec:
         check_lyapunov_members(self.lyapunov, self.kinds)
-        check_cell_kinds(self.cell, self.kinds)
         return self
+
+    @field_validator("cell")
+    @classmethod
+    def _cell(cls, v: CellSpec, info: Any) -> CellSpec:
+        return check_cell(v, info)
 
     @model_serializer(mode="wrap")
     def _omit_plain_cell(self, handler: Any) -> dict[str, Any]:
@@ -1368,8 +1386,12 @@ class FamilySpec(FamilyChoices):
     @model_validator(mode="after")
     def _lyapunov_members(self) -> FamilySpec:
         check_lyapunov_members(self.lyapunov, self.kinds)
-        check_cell_kinds(self.cell, self.kinds)
         return self
+
+    @field_validator("cell")
+    @classmethod
+    def _cell(cls, v: CellSpec, info: Any) -> CellSpec:
+        return check_cell(v, info)
 
     @field_validator("train_snr_db", mode="before")
     @classmethod
