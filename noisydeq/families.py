@@ -190,8 +190,9 @@ def member_size(kind: str, depth: int, hidden: int, in_features: int,
 
 def check_sweep_families(sweep: SweepSpec, task: Task) -> None:
     """Validate what a sweep's families need before anything is written: each (seed,
-    training SNR) family spec, the training spec of each kind, and whether the largest
-    member fits into memory (:func:`noisydeq.limits.check_memory`)."""
+    training SNR) family spec, each member's model spec (its cell fits the task), the
+    training spec of each kind, and whether the largest member fits into memory
+    (:func:`noisydeq.limits.check_memory`)."""
     from noisydeq import limits
 
     batch = 1
@@ -200,6 +201,8 @@ def check_sweep_families(sweep: SweepSpec, task: Task) -> None:
             fspec = family_spec_for_sweep(sweep, seed, tsnr)
             for kind in fspec.kinds:
                 batch = max(batch, fspec.train_spec(kind).batch_size)
+                for depth in fspec.depths:
+                    member_spec(fspec, task, kind, depth)
     n_test = len(task.x_test)
     if sweep.max_test_samples is not None:
         n_test = min(n_test, sweep.max_test_samples)

@@ -25,7 +25,7 @@ def default_out(name: str, variant: str) -> Path:
 @click.command("study")
 @click.argument("experiment")
 @click.option("--quick", "variant", flag_value="quick", default=True,
-              help="The quick variant (default): minutes on CPU.")
+              help="The quick variant (default): CPU scale (the algorithmic ones: hours).")
 @click.option("--full", "variant", flag_value="full", help="The paper-scale variant (hours).")
 @click.option("--out", default=None, help="Run directory (default runs/<name>-<variant>).")
 @click.option("--data-dir", default=None, help="Data directory of file tasks (MNIST, CIFAR-10).")

@@ -94,6 +94,11 @@ def sweep_cases() -> list[Case]:
         Case("sweep unreachable device SNR", [*_with(SWEEP, "--device", "rram"),
                                               "--noise-site", "device", "--snr", "150"],
              "SNR"),
+        Case("sweep --set cell typo", [*SWEEP, "--set", "cell=con"], "did you mean 'conv'"),
+        Case("sweep --set cell option it does not read",
+             [*SWEEP, "--set", 'cell={name="conv1d", scales=2}'], "takes no 'scales'"),
+        Case("sweep --set per-position cell on digits", [*SWEEP, "--set", "cell=conv1d"],
+             "class per position"),
     ]
     return out
 
