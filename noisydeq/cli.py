@@ -35,6 +35,7 @@ COMMAND_MODULES = [
     "sensitivity",
     "spectrum",
     "solvers",
+    "study",
     "compare",
     "certify",
     "attack",

@@ -15,7 +15,15 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar, Union, get_args, get_origin
 
 import tomli_w
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
 
 from noisydeq import limits
 from noisydeq.errors import NoisyDEQError
@@ -589,10 +597,21 @@ class ModelSpec(StrictModel):
     baseline) take their options from ``monotone`` (:class:`MonotoneSpec`; None = defaults).
     ``kind = "lyadeq"``: a Lyapunov-stable DEQ of ``width`` units (never width-matched),
     configured by ``lyapunov`` (:class:`LyapunovSpec`, defaults when omitted; MLP only).
+
+    Cells beyond Eq. 57 (App. E.1/E.4, ``noisydeq.models.spatial``/``stack``/``mdeq``; kinds
+    ``deq`` and ``ffw`` only): ``conv1d`` (one convolution + tanh per iteration) and
+    ``residual`` (two convolutions and a skip, no normalisation) keep the input's layout and
+    predict a class per position; ``in_features`` is then the number of input channels and
+    ``in_shape`` [C, L] or [C, H, W] picks 1-d or 2-d convolutions (default: 1-d for conv1d,
+    2-d for residual). ``mlp_stack``: ``layers`` fully connected tanh layers per cell call.
+    ``mdeq``: a multiscale cell of ``scales`` resolutions (``width``, 2·``width``, … channels,
+    GroupNorm with ``norm_groups`` groups, weight norm per ``weight_norm``). These cells have
+    one FFW form each (their own layer stack, :mod:`noisydeq.models.extra`); ``ffw_form``
+    applies to the ``mlp`` and ``conv`` cells.
     """
 
     kind: Literal["deq", "ffw", "mondeq", "ffw_relu", "lyadeq"] = "deq"
-    cell: Literal["mlp", "conv"] = "mlp"
+    cell: Literal["mlp", "conv", "conv1d", "residual", "mlp_stack", "mdeq"] = "mlp"
     in_features: int = Field(gt=0, le=2**31)
     out_features: int = Field(gt=0, le=2**31)
     width: int = Field(default=128, gt=0, le=limits.MAX_WIDTH)
@@ -604,6 +623,9 @@ class ModelSpec(StrictModel):
     kernel_size: int = Field(default=3, gt=0, le=255)
     weight_norm: bool = True
     pool: int = Field(default=4, gt=0, le=4096)
+    layers: int = Field(default=3, gt=0, le=limits.MAX_DEPTH)
+    scales: int = Field(default=2, ge=1, le=4)
+    norm_groups: int = Field(default=4, gt=0, le=limits.MAX_WIDTH)
     monotone: MonotoneSpec | None = None
     lyapunov: LyapunovSpec | None = None
 
@@ -620,6 +642,9 @@ class ModelSpec(StrictModel):
             raise ValueError(f"lyapunov: only kind 'lyadeq' takes it, not '{self.kind}'")
         if self.kind == "lyadeq" and self.cell != "mlp":
             raise ValueError("cell: kind 'lyadeq' has the fully connected cell only ('mlp')")
+        if self.kind in MONOTONE_KINDS and self.cell not in ("mlp", "conv"):
+            raise ValueError(f"cell: kind '{self.kind}' has the cells 'mlp' and 'conv' only, "
+                             f"not '{self.cell}'")
         return self
 
     @field_validator("ffw_form")
@@ -637,10 +662,128 @@ class ModelSpec(StrictModel):
     @field_validator("in_shape")
     @classmethod
     def _shape(cls, v: list[int] | None) -> list[int] | None:
-        if v is not None and (len(v) != 3 or min(v) <= 0 or max(v) > limits.MAX_WIDTH):
-            raise ValueError(f"must be three positive integers [C, H, W] (each ≤ "
-                             f"{limits.MAX_WIDTH}), got {v}")
+        if v is not None and (len(v) not in (2, 3) or min(v) <= 0 or max(v) > limits.MAX_WIDTH):
+            raise ValueError(f"must be positive integers [C, H, W] (or [C, L]), each ≤ "
+                             f"{limits.MAX_WIDTH}, got {v}")
         return v
+
+    @model_validator(mode="after")
+    def _cell_fields(self) -> ModelSpec:
+        per_position = self.cell in ("conv1d", "residual")
+        if self.in_shape is not None and len(self.in_shape) == 2 and not per_position:
+            raise ValueError(f"in_shape: cell '{self.cell}' needs [C, H, W], got {self.in_shape}")
+        if self.cell == "mdeq" and self.width % self.norm_groups:
+            raise ValueError(
+                f"width: {self.width} channels cannot be split into norm_groups="
+                f"{self.norm_groups} GroupNorm groups; use a multiple of {self.norm_groups}")
+        return self
+
+    @model_serializer(mode="wrap")
+    def _omit_unused_defaults(self, handler: Any) -> dict[str, Any]:
+        # fields added after models were cached: left out at their defaults so the config
+        # hash (the model-cache key) of every earlier model spec stays what it was
+        data = handler(self)
+        for name, default in _LATE_MODEL_FIELDS.items():
+            if data.get(name, default) == default:
+                data.pop(name, None)
+        return data
+
+
+_LATE_MODEL_FIELDS = {"layers": 3, "scales": 2, "norm_groups": 4}
+
+#: the cells of :class:`ModelSpec`, and the ModelSpec options each of them reads
+CELL_OPTIONS: dict[str, tuple[str, ...]] = {
+    "mlp": (),
+    "conv": ("in_shape", "kernel_size", "weight_norm", "pool"),
+    "conv1d": ("in_shape", "kernel_size", "weight_norm"),
+    "residual": ("in_shape", "kernel_size", "weight_norm"),
+    "mlp_stack": ("layers",),
+    "mdeq": ("in_shape", "kernel_size", "weight_norm", "pool", "scales", "norm_groups"),
+}
+
+
+class CellSpec(StrictModel):
+    """The cell of every member of a family or sweep: ``name`` (a :class:`ModelSpec`
+    ``cell``, :data:`CELL_OPTIONS`) and the ModelSpec options that cell reads (unset: the
+    ModelSpec default; an option the cell does not read is refused).
+
+    Written as the name alone (``cell = "conv"``) or as a table (``cell = {name = "conv1d",
+    weight_norm = false}``); a cell without options is written back as its name, so a family
+    or sweep keeps the identity it had when ``cell`` was a plain name.
+    """
+
+    name: str = "mlp"
+    in_shape: list[int] | None = None
+    kernel_size: int | None = None
+    weight_norm: bool | None = None
+    pool: int | None = None
+    layers: int | None = None
+    scales: int | None = None
+    norm_groups: int | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_name(cls, data: Any) -> Any:
+        if isinstance(data, str):
+            return {"name": check_choice(data, tuple(CELL_OPTIONS))}
+        if data is not None and not isinstance(data, (dict, CellSpec)):
+            raise ValueError(f"must be a cell name ({', '.join(CELL_OPTIONS)}) or a table "
+                             f"such as {{name = \"conv\", kernel_size = 5}}, got {data!r}")
+        return data
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: Any) -> str:
+        return check_choice(v, tuple(CELL_OPTIONS))
+
+    @model_validator(mode="after")
+    def _options(self) -> CellSpec:
+        takes = CELL_OPTIONS[self.name]
+        for key in self.options():
+            if key not in takes:
+                reads = f"its options: {', '.join(takes)}" if takes else "it has no options"
+                raise ValueError(f"cell '{self.name}' takes no '{key}' ({reads})")
+        # the values alone (a width that fits norm_groups; the member's width is checked by
+        # check_cell with the family's hidden size)
+        width = {"width": self.norm_groups} if self.norm_groups is not None else {}
+        try:
+            ModelSpec.model_validate({"in_features": 1, "out_features": 1, **width,
+                                      **self.fields()})
+        except ValidationError as err:
+            raise ValueError(format_validation_error(err, ModelSpec)) from None
+        return self
+
+    def options(self) -> dict[str, Any]:
+        """The options set (ModelSpec field → value)."""
+        return {k: v for k, v in self.__dict__.items() if k != "name" and v is not None}
+
+    def fields(self) -> dict[str, Any]:
+        """The :class:`ModelSpec` fields of this cell: ``cell`` and the options set."""
+        return {"cell": self.name, **self.options()}
+
+    @model_serializer(mode="wrap")
+    def _name_only(self, handler: Any) -> Any:
+        if not self.options():
+            return self.name
+        return {k: v for k, v in handler(self).items() if v is not None}
+
+
+def check_cell(cell: CellSpec, info: Any) -> CellSpec:
+    """``cell`` of a family or sweep (a field validator's ``info``: the fields before it):
+    one line when a member kind cannot have it (e.g. a ``lyadeq`` with a conv cell) or the
+    ``hidden`` size does not fit it (e.g. multiscale channels vs ``norm_groups``)."""
+    kinds, hidden = info.data.get("kinds"), info.data.get("hidden")
+    if kinds is None or hidden is None:  # reported as their own errors
+        return cell
+    for kind in kinds:
+        try:
+            ModelSpec.model_validate({"kind": kind, "in_features": 1, "out_features": 1,
+                                      "width": hidden, **cell.fields()})
+        except ValidationError as err:
+            msg = format_validation_error(err, ModelSpec).removeprefix("ModelSpec: ")
+            raise ValueError(msg.removeprefix("cell: ").replace("width: ", "hidden: ", 1)
+                             ) from None
+    return cell
 
 
 # ----------------------------------------------------------------- sweeps and experiments
@@ -733,7 +876,9 @@ class SweepSpec(FamilyChoices):
     evaluation solver in place of the preset's (e.g. the paper preset's window-40 solver for
     quick-trained models swept down to 0 dB).
     ``lyapunov``: settings of the ``lyadeq`` members (:class:`LyapunovSpec`; needs
-    ``"lyadeq"`` in ``kinds``).
+    ``"lyadeq"`` in ``kinds``). ``cell``: the members' cell and its options
+    (:class:`CellSpec`, e.g. ``"conv"`` or ``{name = "conv1d", weight_norm = false}``; a
+    per-position task needs ``conv1d`` or ``residual``).
     """
 
     task: str = "digits"
@@ -763,11 +908,25 @@ class SweepSpec(FamilyChoices):
     test_solver: SolverSpec | None = None
     monotone: MonotoneSpec | None = None
     lyapunov: LyapunovSpec | None = None
+    cell: CellSpec = Field(default_factory=CellSpec)
 
     @model_validator(mode="after")
     def _lyapunov_members(self) -> SweepSpec:
         check_lyapunov_members(self.lyapunov, self.kinds)
         return self
+
+    @field_validator("cell")
+    @classmethod
+    def _cell(cls, v: CellSpec, info: Any) -> CellSpec:
+        return check_cell(v, info)
+
+    @model_serializer(mode="wrap")
+    def _omit_plain_cell(self, handler: Any) -> dict[str, Any]:
+        # added later: the default cell is left out so earlier sweeps keep their identity
+        data = handler(self)
+        if data.get("cell") == "mlp":
+            data.pop("cell")
+        return data
 
     @field_validator("snr_db", "train_snr_db", "fixed_snr_db", mode="before")
     @classmethod
@@ -1197,9 +1356,9 @@ class FamilySpec(FamilyChoices):
     ``ffw_form`` (:class:`FamilyChoices`) enters the FFW members' specs only, so a family's
     DEQs do not depend on it; ``snr_scale`` is the SNR scale of the training noise.
     A ``lyadeq`` member (``lyapunov`` settings) has ``hidden`` units at every depth; its FFW
-    counterpart is the family's FFW of that depth. ``cell``: ``mlp`` (Eq. 57) or ``conv``
-    (App. E.3: ``hidden`` channels, 3×3 kernels, weight-normalised, one square input
-    channel).
+    counterpart is the family's FFW of that depth. ``cell`` (:class:`CellSpec`): ``mlp``
+    (Eq. 57), ``conv`` (App. E.3: ``hidden`` channels, 3×3 kernels, weight-normalised, one
+    square input channel) or a cell beyond Eq. 57, with its options.
     """
 
     task: str = "digits"
@@ -1208,7 +1367,7 @@ class FamilySpec(FamilyChoices):
     kinds: list[Literal["deq", "ffw", "mondeq", "ffw_relu", "lyadeq"]] = Field(
         default_factory=lambda: ["deq", "ffw"])
     hidden: int = Field(default=128, ge=1, le=limits.MAX_WIDTH)
-    cell: Literal["mlp", "conv"] = "mlp"
+    cell: CellSpec = Field(default_factory=CellSpec)
     input_act: Literal["relu", "silu", "identity"] = "relu"
     seed: int = Field(default=0, ge=-limits.MAX_SEED, le=limits.MAX_SEED)
     train_preset: str = "quick"
@@ -1228,6 +1387,11 @@ class FamilySpec(FamilyChoices):
     def _lyapunov_members(self) -> FamilySpec:
         check_lyapunov_members(self.lyapunov, self.kinds)
         return self
+
+    @field_validator("cell")
+    @classmethod
+    def _cell(cls, v: CellSpec, info: Any) -> CellSpec:
+        return check_cell(v, info)
 
     @field_validator("train_snr_db", mode="before")
     @classmethod

@@ -87,15 +87,18 @@ class Family:
 
 def member_spec(spec: FamilySpec, task: Task, kind: str, depth: int) -> ModelSpec:
     """The :class:`ModelSpec` of one member (a DEQ is matched to the FFW depth; a LyaDEQ has
-    ``hidden`` units and the family's Lyapunov settings).
+    ``hidden`` units and the family's Lyapunov settings). ``spec.cell`` gives the cell and its
+    options (``noisydeq.models.extra.fit_to_task`` checks them against the task).
 
     The family's ``ffw_form`` enters FFW members only: a DEQ's spec (and cache key) does not
     depend on the form of the FFW it is compared with.
     """
+    from noisydeq.models.extra import fit_to_task
+
     data: dict[str, Any] = {
         "kind": kind, "in_features": task.in_features, "out_features": task.out_features,
         "width": spec.hidden, "depth": depth, "matched": True, "input_act": spec.input_act,
-        "cell": spec.cell,
+        **fit_to_task(spec.cell.fields(), task),
     }
     if kind == "ffw" and spec.ffw_form is not None:
         data["ffw_form"] = spec.ffw_form
@@ -187,8 +190,9 @@ def member_size(kind: str, depth: int, hidden: int, in_features: int,
 
 def check_sweep_families(sweep: SweepSpec, task: Task) -> None:
     """Validate what a sweep's families need before anything is written: each (seed,
-    training SNR) family spec, the training spec of each kind, and whether the largest
-    member fits into memory (:func:`noisydeq.limits.check_memory`)."""
+    training SNR) family spec, each member's model spec (its cell fits the task), the
+    training spec of each kind, and whether the largest member fits into memory
+    (:func:`noisydeq.limits.check_memory`)."""
     from noisydeq import limits
 
     batch = 1
@@ -197,6 +201,8 @@ def check_sweep_families(sweep: SweepSpec, task: Task) -> None:
             fspec = family_spec_for_sweep(sweep, seed, tsnr)
             for kind in fspec.kinds:
                 batch = max(batch, fspec.train_spec(kind).batch_size)
+                for depth in fspec.depths:
+                    member_spec(fspec, task, kind, depth)
     n_test = len(task.x_test)
     if sweep.max_test_samples is not None:
         n_test = min(n_test, sweep.max_test_samples)
@@ -231,6 +237,6 @@ def family_spec_for_sweep(sweep: SweepSpec, seed: int, train_snr_db: float) -> F
          "train_snr_db": math.inf if train_snr_db is None else train_snr_db,
          "train_site": sweep.train_site, "ffw_form": sweep.ffw_form,
          "snr_scale": sweep.snr_scale, "monotone": sweep.monotone,
-         "lyapunov": sweep.lyapunov},
+         "lyapunov": sweep.lyapunov, "cell": sweep.cell},
         where="sweep",
     )

@@ -50,6 +50,7 @@ from noisydeq.hardware.parts import Parts
 from noisydeq.noise import STABLE_ROWS, Noise, NoiseStream, active_subset, derive_seed
 from noisydeq.results import RunDir
 from noisydeq.runtime import job_count, num_threads, resolve_torch_device, thread_plan
+from noisydeq.tasks.base import sample_correct
 
 
 def fmt_db(value: float) -> str:
@@ -303,10 +304,11 @@ class DeviceMeter:
     cell (the inputs its calibration aimed at). :meth:`per_sample` then compares the
     outputs with the exact MVM of the digital weights and with the chip's (W_chip x), once,
     in float64, each probed row placed at a row ≡ its test index (mod ``ROW_ALIGN``) as in
-    the forward. Probing a few samples keeps the extra MVMs cheap; probing them by test-set
-    index keeps the measurement independent of the batching. When a solver evaluates only
-    its active rows (:class:`noisydeq.noise.RowSubset`), the probe rows among them are
-    recorded.
+    the forward. Linear and convolutional layers alike: a conv layer's powers are summed
+    over the output positions of each sample (one MVM per position, :meth:`row_powers`).
+    Probing a few samples keeps the extra MVMs cheap; probing them by test-set index keeps
+    the measurement independent of the batching. When a solver evaluates only its active
+    rows (:class:`noisydeq.noise.RowSubset`), the probe rows among them are recorded.
     """
 
     probe = 64
@@ -324,8 +326,7 @@ class DeviceMeter:
         span = -(-self.m // ROW_ALIGN) * ROW_ALIGN
         self.span = span
         self.place = torch.cat([torch.arange(self.m) + k * span for k in range(blocks)])
-        self.layers = {n: layer for n, layer in layers.items()
-                       if getattr(layer, "op", "linear") == "linear" and self.m > 0}
+        self.layers = {n: layer for n, layer in layers.items() if self.m > 0}
         #: per layer: [inputs, outputs, per-block knobs, seen] of the probed rows
         self.last: dict[str, list[Any]] = {}
         self._powers: dict[str, Tensor] | None = None
@@ -353,13 +354,13 @@ class DeviceMeter:
                 return
             control = layer.resolve_controls(x.shape[0])
             y = out.detach()[idx]
-            if getattr(layer, "bias", None) is not None:
-                y = y - layer.bias.detach()
-            if name not in self.last:
+            if getattr(layer, "bias", None) is not None:  # (n_out,) along dim 1 of a conv map
+                y = y - layer.bias.detach().reshape((-1,) + (1,) * (y.ndim - 2))
+            if name not in self.last or self.last[name][0].shape[1:] != x.shape[1:]:
                 n = probe.numel()
                 knobs = torch.tensor(layer.native_knobs(), dtype=torch.float64,
                                      device=x.device).repeat(self.blocks, 1)
-                self.last[name] = [x.new_zeros((n, x.shape[-1])), y.new_zeros((n, y.shape[-1])),
+                self.last[name] = [x.new_zeros((n, *x.shape[1:])), y.new_zeros((n, *y.shape[1:])),
                                    knobs, torch.zeros(n, dtype=torch.bool, device=x.device)]
                 self._powers = None
             buf = self.last[name]
@@ -384,12 +385,19 @@ class DeviceMeter:
                 layer = self.layers[name]
                 place = self.place.to(x.device)
                 rows_buf = self.blocks * self.span
-                xs = x.new_zeros((rows_buf, x.shape[1]))
-                ys = y.new_zeros((rows_buf, y.shape[1]))
+                xs = x.new_zeros((rows_buf, *x.shape[1:]))
+                ys = y.new_zeros((rows_buf, *y.shape[1:]))
                 xs[place], ys[place] = x, y
                 control = knobs.repeat_interleave(self.span, dim=0)
-                powers = layer.row_powers(xs, ys, control)[place]
-                self._powers[name] = powers * seen.unsqueeze(1)
+                if getattr(layer, "op", "linear") == "linear":
+                    powers = layer.row_powers(xs, ys, control)
+                else:  # one vector per output position: a block at a time, summed per sample
+                    powers = torch.cat([
+                        layer.row_powers(xs[sl], ys[sl], control[sl]).reshape(
+                            self.span, -1, 4).sum(1)
+                        for sl in (slice(k * self.span, (k + 1) * self.span)
+                                   for k in range(self.blocks))])
+                self._powers[name] = powers[place] * seen.unsqueeze(1)
         sl = slice(block * self.m, (block + 1) * self.m)
         return {name: p[sl].tolist() for name, p in self._powers.items()}
 
@@ -468,8 +476,9 @@ def forward_levels(
     else:  # feed-forward: one layer evaluation per layer, always "converged"
         steps = torch.full((k * n,), float(sm.depth), dtype=torch.float64, device=x.device)
         converged = ~diverged
-    if classification:
-        correct = (rows.argmax(dim=1) == y.repeat(k)) & ~diverged
+    if classification:  # a per-position sample is correct only if every position is
+        correct = sample_correct(logits[real], y.repeat(k, *([1] * (y.ndim - 1))))
+        correct &= ~diverged
         per_sample = correct.double()
     else:
         target = y.reshape(n, -1).repeat(k, 1).to(rows.dtype)

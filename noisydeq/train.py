@@ -119,6 +119,9 @@ def run_config(
             "seed": task.seed,
             "fingerprint": task.fingerprint,
             "n_train": len(task.x_train),
+            # generated tasks: the arguments that regenerate the data (absent for the others,
+            # so their config hashes are unchanged)
+            **({"options": dict(task.options)} if getattr(task, "options", None) else {}),
         },
         "torch_device": torch_device.type,
         "versions": {"noisydeq": __version__, "torch": torch.__version__.split("+")[0]},

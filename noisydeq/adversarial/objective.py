@@ -61,6 +61,7 @@ class Objective:
         self.adv: AdversarialSpec | None = spec.adversarial
         self.rs = spec.random_state if is_deq(model) else None  # FFWs skip DEQ settings
         self.plain = forward
+        self.task_loss = task.loss  # without an adversary: the task's own loss (MSE or CE)
         if self.rs is not None:
             check_random_state(model)
         if self.adv is not None:
@@ -112,11 +113,11 @@ class Objective:
         scale = self.scale(progress)
         if adv is None:
             logits, jac = self.forward(net, x, noise, generator)
-            return logits, F.cross_entropy(logits, y), jac
+            return logits, self.task_loss(logits, y), jac
         if adv.method == "pgd":
             x_adv = self._attack(net, x, y, noise, generator, attack_gen, None, scale)
             logits, jac = self.forward(net, x_adv, noise, generator)
-            return logits, F.cross_entropy(logits, y), jac
+            return logits, self.task_loss(logits, y), jac
         logits_c, jac = self.forward(net, x, noise, generator)
         target = F.softmax(logits_c.detach(), dim=-1)
         start = TRADES_INIT * draw(attack_gen, "randn", x.shape, x)

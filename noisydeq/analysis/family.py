@@ -41,6 +41,7 @@ class Member:
     fingerprint: str | None = None  # hash of the training data (noisydeq.tasks.Task)
     data_dir: str | None = None  # where the data are (recorded by a sweep or --data-dir)
     train: dict[str, Any] = field(default_factory=dict)  # the recorded TrainSpec
+    task_options: dict[str, Any] = field(default_factory=dict)  # generator arguments
 
     @property
     def group(self) -> tuple[int, float]:
@@ -55,12 +56,13 @@ def _train_snr(train: dict[str, Any]) -> float:
     return math.inf if value is None else float(value)
 
 
-def load_member(path: Path, check: Any = None, mlp_only: bool = True) -> Member:
-    """Rebuild one checkpoint; one clear error when it is not a trained DEQ/FFW (MLP, unless
-    ``mlp_only`` is off) or its metadata is malformed.
+def load_member(path: Path, check: Any = None) -> Member:
+    """Rebuild one checkpoint; one clear error when it is not a trained DEQ/FFW of the package
+    (:func:`noisydeq.analysis.probe.check_model`) or its metadata is malformed.
 
-    ``check(model) -> kind`` replaces that test (``noisydeq certify`` passes its own)."""
-    from noisydeq.analysis.probe import check_mlp_model
+    ``check(model) -> kind`` replaces that test (``noisydeq certify`` passes its own,
+    ``noisydeq attack`` :func:`deq_or_ffw`)."""
+    from noisydeq.analysis.probe import check_model
     from noisydeq.config import TrainSpec, build
     from noisydeq.models.factory import as_model_spec, build_model, resolved_width
     from noisydeq.train import apply_overrides
@@ -93,10 +95,7 @@ def load_member(path: Path, check: Any = None, mlp_only: bool = True) -> Member:
         model = build_model(mspec)
         apply_overrides(model, build(TrainSpec, train, where=f"{path} train"))
         store.load_into(model, tensors, path)
-        if check is not None:
-            kind = check(model)
-        else:
-            kind = check_mlp_model(model) if mlp_only else _kind(model, path)
+        kind = (check or check_model)(model)
         return Member(
             path=path, model=model.eval(), kind=kind, depth=int(model.depth),
             width=int(model.width), params=int(model.hidden_weight_count()),
@@ -104,6 +103,7 @@ def load_member(path: Path, check: Any = None, mlp_only: bool = True) -> Member:
             seed=int(train.get("seed", 0)), train_snr_db=_train_snr(train),
             test_metric=test_metric,
             fingerprint=task.get("fingerprint"), train=dict(train),
+            task_options=dict(task.get("options") or {}),
         )
     except NoisyDEQError as err:
         if str(path) in str(err):
@@ -114,24 +114,24 @@ def load_member(path: Path, check: Any = None, mlp_only: bool = True) -> Member:
         raise CorruptArtefact(path, f"carries malformed metadata ({reason})") from None
 
 
-def _kind(model: nn.Module, path: Path) -> str:
+def deq_or_ffw(model: nn.Module) -> str:
+    """``"deq"`` or ``"ffw"`` for any model of those kinds (a ``check`` of :func:`load_member`)."""
     kind = getattr(model, "kind", None)
     if kind not in ("deq", "ffw"):
-        raise NoisyDEQError(f"checkpoint {path}: not a DEQ or FFW (kind={kind!r})")
+        raise NoisyDEQError(f"not a DEQ or FFW (kind={kind!r})")
     return kind
 
 
 def load_family(root: str | Path, device: torch.device | str = "cpu", *,
                 data_dir: str | None = None, cache_dir: str | None = None,
-                check: Any = None, mlp_only: bool = True) -> list[Member]:
+                check: Any = None) -> list[Member]:
     """All members of ``root`` (sweep run dir, train output, checkpoint), sorted by group,
     kind and depth. ``data_dir`` overrides the data directory a sweep recorded; members
-    carry the one to use (``Member.data_dir``). ``check``, ``mlp_only``: see
-    :func:`load_member` (``mlp_only=False`` also loads conv models)."""
+    carry the one to use (``Member.data_dir``). ``check``: see :func:`load_member`."""
     from noisydeq.analysis.locate import locate
 
     source = locate(root, data_dir=data_dir, cache_dir=cache_dir)
-    members = [load_member(p, check, mlp_only) for p in source.checkpoints]
+    members = [load_member(p, check) for p in source.checkpoints]
     tasks = {m.task for m in members}
     if len(tasks) > 1:
         raise NoisyDEQError(f"--family: members were trained on different tasks {sorted(tasks)}")
@@ -151,7 +151,7 @@ def load_family_task(members: list[Member], data_dir: str | None = None):
 
     m = members[0]
     where = data_dir or m.data_dir
-    task = load_task(m.task, data_dir=where, seed=m.task_seed)
+    task = load_task(m.task, data_dir=where, seed=m.task_seed, **m.task_options)
     if m.fingerprint is not None and task.fingerprint != m.fingerprint:
         raise NoisyDEQError(
             f"--data-dir: the {m.task} data found in {where or 'the default location'} differ "

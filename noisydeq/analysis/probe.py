@@ -23,18 +23,38 @@ from noisydeq.errors import NoisyDEQError
 from noisydeq.models.ffw import acting_layers
 
 
-def check_mlp_model(model: nn.Module) -> str:
-    """``"deq"`` or ``"ffw"`` for an MLP DEQ/FFW; one clear error for anything else."""
+def is_mlp_model(model: nn.Module) -> bool:
+    """True for the MLP DEQ/FFW of Eq. 57 (explicit Jacobians); others use JVPs."""
     kind = getattr(model, "kind", None)
     if kind == "deq" and hasattr(model, "cell") and hasattr(model.cell, "W"):
-        if isinstance(model.cell.W, nn.Linear):
-            return "deq"
+        return isinstance(model.cell.W, nn.Linear)
     if kind == "ffw" and hasattr(model, "layers") and hasattr(model, "form"):
-        if all(isinstance(getattr(layer, "W", None), nn.Linear) for layer in model.layers):
-            return "ffw"
+        return all(isinstance(getattr(layer, "W", None), nn.Linear) for layer in model.layers)
+    return False
+
+
+def check_mlp_model(model: nn.Module) -> str:
+    """``"deq"`` or ``"ffw"`` for an MLP DEQ/FFW; one clear error for anything else."""
+    if is_mlp_model(model):
+        return model.kind
     raise NoisyDEQError(
-        f"model: the analyses support the MLP DEQ and FFW (Eq. 57), got "
-        f"{type(model).__name__} (kind={kind!r}); conv models are not supported"
+        f"model: this analysis supports the MLP DEQ and FFW (Eq. 57), got "
+        f"{type(model).__name__} (kind={getattr(model, 'kind', None)!r})"
+    )
+
+
+def check_model(model: nn.Module) -> str:
+    """``"deq"`` or ``"ffw"`` for any DEQ (a ``cell``) or FFW (``layers``) of the package —
+    MLP models are analysed with explicit Jacobians, the others (conv, residual, stacked,
+    multiscale cells) with Jacobian-vector products (:mod:`noisydeq.analysis.operators`)."""
+    kind = getattr(model, "kind", None)
+    if kind == "deq" and hasattr(model, "cell") and hasattr(model, "inject"):
+        return "deq"
+    if kind == "ffw" and hasattr(model, "layers") and hasattr(model, "inject"):
+        return "ffw"
+    raise NoisyDEQError(
+        f"model: the analyses support the package's DEQ and FFW models, got "
+        f"{type(model).__name__} (kind={kind!r})"
     )
 
 
@@ -80,13 +100,26 @@ def ffw_forward(model: nn.Module, spec: NoiseSpec):
 
 def sensitivity(
     model: nn.Module, x: Tensor, spec: NoiseSpec, *, n_noise: int = 100,
-    generator: torch.Generator,
+    generator: torch.Generator, columns: int = 16,
 ) -> Sensitivity:
-    """E_ξ |dz*/dξ_i| of ``model``, ``n_noise`` noise draws per input row of ``x`` (Eq. 9-11)."""
-    kind = check_mlp_model(model)
+    """E_ξ |dz*/dξ_i| of ``model``, ``n_noise`` noise draws per input row of ``x`` (Eq. 9-11).
+
+    MLP models: exact over all i. Other cells: ``columns`` sampled i per draw, from JVPs
+    (:mod:`noisydeq.analysis.operators`).
+    """
+    kind = check_model(model)
     x = x.to(torch.float64)
     m = prepared(model, x)
     xt = inputs_to_injection(m, x)
+    if not is_mlp_model(model):
+        from noisydeq.analysis import operators as ops
+
+        if kind == "deq":
+            return ops.deq_sensitivity_jvp(ops.deq_operator(m, spec, xt), xt, n_noise=n_noise,
+                                           columns=columns, generator=generator)
+        fwd, d_noise = ops.ffw_forward(m, spec, xt)
+        return ops.ffw_sensitivity_jvp(fwd, d_noise, xt, n_noise=n_noise, columns=columns,
+                                       generator=generator)
     if kind == "deq":
         return deq_sensitivity(cell_fn(m.cell, spec), xt, m.width, n_noise=n_noise,
                                generator=generator)
@@ -122,7 +155,13 @@ def spectrum(
     model: nn.Module, x: Tensor | None = None, *, generator: torch.Generator | None = None,
     power_iters: int = 2000, tol: float = 1e-4,
 ) -> SpectrumReport:
-    """Eigen-spectra of a model; with inputs ``x`` also the DEQ's Jacobian radius at z*."""
+    """Eigen-spectra of a model; with inputs ``x`` also the DEQ's Jacobian radius at z*.
+
+    Cells other than Eq. 57's: matrix-free (:func:`operator_spectrum`).
+    """
+    if not is_mlp_model(model):
+        return operator_spectrum(model, x, generator=generator, power_iters=power_iters,
+                                 tol=tol)
     kind = check_mlp_model(model)
     if kind == "deq":
         W = deq_weight(model)
@@ -146,15 +185,77 @@ def spectrum(
     )
 
 
+def operator_spectrum(
+    model: nn.Module, x: Tensor | None = None, *, generator: torch.Generator | None = None,
+    power_iters: int = 2000, tol: float = 1e-4,
+) -> SpectrumReport:
+    """Spectra of a non-MLP model from operator products (:mod:`noisydeq.analysis.operators`):
+    ρ(W) / ρ(W_m⋯W₂) for single-convolution cells at the input's size (``x`` needed), and
+    ρ(∂f/∂z) at the DEQ's fixed points; NaN where a cell has no single W."""
+    from noisydeq.analysis import operators as ops
+
+    kind = check_model(model)
+    gen = generator if generator is not None else torch.Generator().manual_seed(0)
+    nan = torch.full((1,), math.nan, dtype=torch.complex128)
+    layers = [model.cell.layer] if kind == "deq" and hasattr(model.cell, "layer") else list(
+        getattr(model, "layers", []))
+    single = [getattr(layer, "W", None) for layer in layers]
+    rep = SpectrumReport(kind, nan, [math.nan], [], [])  # no single W: ρ(W) undefined
+    if x is not None and single and all(w is not None and not isinstance(w, nn.ModuleList)
+                                        for w in single):
+        m = prepared(model, x.to(torch.float64))
+        xt = inputs_to_injection(m, x.to(torch.float64))
+        shape = tuple(xt.shape[1:])
+        acting = single if kind == "deq" or model.form != "eq57" else single[1:]
+        layers_m = [m.cell.layer] if kind == "deq" else list(m.layers)
+        acting_m = [layer.W for layer in layers_m][len(single) - len(acting):]
+        radii = []
+        for k in range(1, len(acting_m) + 1):
+            res = ops.linear_radius([ops._conv_op(w) for w in acting_m[:k]], shape, gen,
+                                    max_iter=power_iters, tol=tol)
+            radii.append(float(res.rho[0]))
+        layer_radii = [float(ops.linear_radius([ops._conv_op(w)], shape, gen,
+                                               max_iter=power_iters, tol=tol).rho[0])
+                       for w in acting_m]
+        if radii:
+            rep = SpectrumReport(kind, torch.tensor([radii[-1]], dtype=torch.complex128),
+                                 radii, layer_radii, [])
+        else:  # a one-layer eq57 FFW: no matrix acts on a non-zero state
+            rep = SpectrumReport(kind, torch.ones(1, dtype=torch.complex128), [], [], [])
+    if kind == "deq" and x is not None:
+        rep.jac_rho, rep.jac_converged = deq_jacobian_radius(model, x, generator=gen,
+                                                             max_iter=power_iters, tol=tol)
+    return rep
+
+
 def deq_jacobian_radius(
     model: nn.Module, x: Tensor, *, generator: torch.Generator, max_iter: int = 2000,
     tol: float = 1e-4,
 ) -> tuple[Tensor, Tensor]:
-    """ρ(∂f/∂z) at the clean fixed point z* of each input (batched power method)."""
-    check_mlp_model(model)
+    """ρ(∂f/∂z) at the clean fixed point z* of each input (batched power method on JVPs)."""
+    kind = check_model(model)
+    if kind != "deq":
+        raise NoisyDEQError("spectrum: ρ(∂f/∂z) is defined for a DEQ cell")
     x = x.to(torch.float64)
     m = prepared(model, x)
     xt = inputs_to_injection(m, x)
+    if not is_mlp_model(model):
+        from noisydeq.analysis import operators as ops
+
+        shape = ops._state_shape(m, xt)
+
+        def f(z: Tensor, xi: Tensor, c: Tensor) -> Tensor:
+            return m.cell(z.reshape(z.shape[0], *shape), c).reshape(z.shape[0], -1)
+
+        z0 = xt.new_zeros(xt.shape[0], math.prod(shape))
+        with torch.no_grad():
+            fp = ops._solve(lambda z: f(z, z, xt), z0, ops.FIXED_POINT)
+        ok = fp.converged & ~fp.diverged
+        res = spectra.jacobian_spectral_radius(
+            jvp_fn(f, fp.z, fp.z, xt), fp.z.shape, generator, dtype=xt.dtype,
+            device=xt.device, max_iter=max_iter, tol=tol)
+        rho = torch.where(ok, res.rho, torch.full_like(res.rho, math.nan))
+        return rho, res.converged & ok
 
     def f(z: Tensor, xi: Tensor, c: Tensor) -> Tensor:
         return m.cell(z, c)
@@ -178,7 +279,12 @@ class BoundReport:
 
 
 def eq12_bounds(model: nn.Module, eta: float, lip: float = 1.0) -> BoundReport:
-    """Eq. 12 (paper form with ρ, and the guaranteed norm form) for additive noise η."""
+    """Eq. 12 (paper form with ρ, and the guaranteed norm form) for additive noise η.
+
+    Defined for the MLP cell of Eq. 57 only; NaN for other cells.
+    """
+    if not is_mlp_model(model):
+        return BoundReport(math.nan, math.nan)
     kind = check_mlp_model(model)
     if kind == "deq":
         W = deq_weight(model)

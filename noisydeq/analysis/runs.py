@@ -150,7 +150,9 @@ def run_spectrum(
     reports = []
     for m in members:
         gen = seeded_generator(derive_seed(seed, "spectrum", m.kind, m.depth, m.seed))
-        rep = probe.spectrum(m.model, x if m.kind == "deq" else None, generator=gen)
+        # conv operators need the input size: their FFWs get the inputs too
+        wants_x = m.kind == "deq" or not probe.is_mlp_model(m.model)
+        rep = probe.spectrum(m.model, x if wants_x else None, generator=gen)
         reports.append((m, rep))
         row: dict[str, Any] = {
             "seed": m.seed, "train_snr_db": m.train_snr_db, "kind": m.kind, "depth": m.depth,
@@ -195,6 +197,10 @@ def plot_spectrum(reports: list, stem: Path) -> list[Path]:
                 continue
             m, r = hit[0]
             mags = r.eig.abs().numpy()
+            mags = mags[mags == mags]  # cells without a single W have no eigenvalues (NaN)
+            if not mags.size:
+                ax.set_axis_off()
+                continue
             ax.hist(mags, bins=40, color="C0" if kind == "deq" else "C3", alpha=0.8)
             ax.axvline(r.rho, color="k", lw=1, ls="--")
             what = f"W (width {m.width})" if kind == "deq" else f"W_{d}…W_1 ({d} layers)"

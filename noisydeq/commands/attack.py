@@ -22,10 +22,10 @@ from noisydeq.errors import NoisyDEQError
 
 
 def _members(family: Path, data_dir: str | None, cache: Path | None):
-    from noisydeq.analysis.family import load_family, load_family_task
+    from noisydeq.analysis.family import deq_or_ffw, load_family, load_family_task
     from noisydeq.attacks.members import defended_model
 
-    loaded = load_family(family, "cpu", data_dir=data_dir, cache_dir=cache, mlp_only=False)
+    loaded = load_family(family, "cpu", data_dir=data_dir, cache_dir=cache, check=deq_or_ffw)
     task = load_family_task(loaded, data_dir)
     members = [defended_model(m.model, m.kind, m.depth, m.width, m.params, m.seed, m.train)
                for m in loaded]

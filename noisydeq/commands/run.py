@@ -19,6 +19,7 @@ def resolve_experiment(
     sets: tuple[str, ...] = (),
 ) -> tuple[ExperimentSpec, SweepSpec]:
     """Load an experiment file and resolve ``variant`` with command-line overrides."""
+    _refuse_study_file(path)
     exp = load_toml(ExperimentSpec, path)
     base = exp.resolve(variant).model_dump()
     if data_dir is not None:
@@ -27,6 +28,20 @@ def resolve_experiment(
         base["torch_device"] = torch_device
     base.update(parse_sets(sets))
     return exp, build(SweepSpec, base, where=f"{path} [{variant}]")
+
+
+def _refuse_study_file(path: str) -> None:
+    """A study file (``[study]`` table) is run by ``noisydeq study``: say so in one line."""
+    from noisydeq.config import tomllib
+    from noisydeq.errors import NoisyDEQError
+    from noisydeq.store import read_text
+
+    try:
+        data = tomllib.loads(read_text(path, "file"))
+    except (NoisyDEQError, tomllib.TOMLDecodeError, RecursionError):
+        return  # load_toml reports it in one line
+    if "study" in data and "sweep" not in data:
+        raise NoisyDEQError(f"{path}: a study experiment; run it with 'noisydeq study {path}'")
 
 
 @click.command("run")

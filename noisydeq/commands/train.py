@@ -20,6 +20,7 @@ import click
 
 from noisydeq import limits
 from noisydeq.config import (
+    CELL_OPTIONS,
     FamilySpec,
     LyapunovSpec,
     ModelSpec,
@@ -89,9 +90,11 @@ def _fmt(metric: float, name: str) -> str:
               show_default=True, help="Where training noise is injected (Eq. 3-4).")
 @click.option("--input-act", type=click.Choice(["relu", "silu", "identity"]), default="relu",
               show_default=True, help="Input projection nonlinearity.")
-@click.option("--cell", type=click.Choice(["mlp", "conv"]), default="mlp", show_default=True,
-              help="Unit cell: fully connected (Eq. 57) or 3x3 conv with --width channels "
-                   "(App. E.3).")
+@click.option("--cell", type=click.Choice(list(CELL_OPTIONS)), default="mlp", show_default=True,
+              help="Unit cell: fully connected (Eq. 57), 3x3 conv with --width channels "
+                   "(App. E.3), conv1d/residual (a class per position: prefix_sums, mazes), "
+                   "mlp_stack (3 tanh layers per cell) or mdeq (multiscale); their other "
+                   "options: noisydeq study or a sweep's cell.")
 @click.option("--adversarial", default=None, metavar="pgd|trades|none",
               help="Adversarial training: PGD-AT or TRADES (default: the preset's; the "
                    "adversarial presets use pgd).")
@@ -153,6 +156,7 @@ def _command(opts: dict[str, Any]) -> None:
 
     check_task_name(opts["task"])
     from noisydeq.families import member_size
+    from noisydeq.models.extra import fit_to_task
     from noisydeq.tasks import load_task
 
     dev = resolve_torch_device(opts["torch_device"])
@@ -201,6 +205,7 @@ def _command(opts: dict[str, Any]) -> None:
         }, where="train")
         batch = max(fspec.train_spec(k).batch_size for k in fspec.kinds)  # validate first
         task = load_task(opts["task"], data_dir=opts["data_dir"], seed=opts["seed"])
+        fit_to_task({"cell": opts["cell"]}, task)  # the cell must fit the task (one line)
         sizes = [member_size(k, d, fspec.hidden, task.in_features, task.out_features)
                  for d in fspec.depths for k in fspec.kinds]
         _check_memory(sizes, batch, dev)
@@ -226,7 +231,7 @@ def _command(opts: dict[str, Any]) -> None:
     data = {
         "kind": opts["kind"], "in_features": task.in_features,
         "out_features": task.out_features, "width": opts["width"], "depth": opts["depth"],
-        "input_act": opts["input_act"], "cell": opts["cell"],
+        "input_act": opts["input_act"], **fit_to_task({"cell": opts["cell"]}, task),
     }
     if opts["ffw_form"] is not None:
         data["ffw_form"] = opts["ffw_form"]

@@ -58,7 +58,10 @@ REF_BATCH = 256
 CALIB_ROWS = 512
 CALIB_SEED = 12345
 
-#: layers that stay digital (elementwise affine periphery): allowed, left untouched.
+#: layers that stay digital (elementwise affine periphery): allowed, left untouched. A module
+#: whose class sets ``digital_periphery = True`` (its own parameters act digitally around the
+#: MVMs, e.g. :class:`noisydeq.models.wnconv.WeightNorm`'s gain or a monotone DEQ's bias and
+#: D^{-1/2}) is allowed too; the Linear/Conv layers inside it are mapped.
 DIGITAL_OK: tuple[type[nn.Module], ...] = (
     nn.BatchNorm1d,
     nn.BatchNorm2d,
@@ -648,7 +651,7 @@ def _check_mappable(model: nn.Module) -> None:
             continue
         if isinstance(mod, (*MAPPABLE, *DIGITAL_OK, DeviceLayer)):
             continue
-        if getattr(mod, "digital_periphery", False):  # declares its own parameters digital
+        if getattr(mod, "digital_periphery", False):  # its own parameters act digitally
             continue
         if any(True for _ in mod.parameters(recurse=False)):
             bad.append(f"{name or '<root>'} ({type(mod).__name__})")

@@ -17,6 +17,7 @@ from noisydeq.config import (
 from noisydeq.errors import NoisyDEQError
 from noisydeq.models.conv import ConvDEQ, ConvFFW
 from noisydeq.models.deq import DEQ
+from noisydeq.models.extra import EXTRA_CELLS, build_extra, matched_cell_width
 from noisydeq.models.ffw import FFW
 from noisydeq.models.matching import matched_width
 
@@ -31,9 +32,13 @@ def as_model_spec(spec: ModelSpec | dict[str, Any]) -> ModelSpec:
 def resolved_width(spec: ModelSpec) -> int:
     """The width the model gets: a matched DEQ uses ``matched_width(depth, width)`` (App. E.1).
 
-    For conv cells the match counts k²·c² + c parameters per layer.
+    For conv cells the match counts k²·c² + c parameters per layer (k·c² + c for 1-d ones);
+    cells of several such layers (residual, mlp_stack) match the same way; the multiscale
+    cell by an exact parameter count (:func:`noisydeq.models.extra.matched_cell_width`).
     """
     if spec.kind in ("deq", "mondeq") and spec.matched and spec.depth > 1:
+        if spec.cell in EXTRA_CELLS:
+            return matched_cell_width(spec)
         area = spec.kernel_size**2 if spec.cell == "conv" else 1
         return matched_width(spec.depth, spec.width, kernel_area=area)
     return spec.width
@@ -55,7 +60,10 @@ def build_model(
     spec = as_model_spec(spec)
     width = resolved_width(spec)
     model: nn.Module
-    if spec.kind in MONOTONE_KINDS:
+    if spec.cell in EXTRA_CELLS:
+        model = build_extra(spec, width, solver=solver, gradient=gradient, jac_reg=jac_reg,
+                            test_solver=test_solver)
+    elif spec.kind in MONOTONE_KINDS:
         model = _build_monotone(spec, width, solver, gradient, jac_reg, test_solver)
     elif spec.kind == "lyadeq":
         from noisydeq.models.lyapunov import LyaDEQ

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import difflib
 import hashlib
+import inspect
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -45,6 +46,12 @@ class Task:
     source: str = ""
     notice: str | None = None
     extra: dict[str, str] = field(default_factory=dict)
+    #: shape of one input (C, H, W) / (C, L) when it is not a flat square image; inputs of
+    #: tasks with a label per position are stored with this shape (``in_features`` = C)
+    in_shape: tuple[int, ...] | None = None
+    #: generator arguments that reproduce the data with ``load_task(name, seed=seed,
+    #: **options)`` (recorded with trained models); empty for the fixed data sets
+    options: dict[str, Any] = field(default_factory=dict)
 
     @property
     def metric_name(self) -> str:
@@ -62,9 +69,9 @@ class Task:
         return F.mse_loss(output, target)
 
     def metric(self, output: Tensor, target: Tensor) -> float:
-        """Accuracy (fraction correct) or mean squared error of a batch."""
+        """Accuracy (fraction of samples correct, see :func:`sample_correct`) or MSE."""
         if self.kind == "classification":
-            return float((output.argmax(dim=-1) == target).double().mean())
+            return float(sample_correct(output, target).double().mean())
         return float(F.mse_loss(output.double(), target.double()))
 
     def to(self, device: torch.device | str) -> Task:
@@ -92,6 +99,18 @@ class Task:
             f"{self.name}: {len(self.x_train)} train / {len(self.x_test)} test, "
             f"{self.in_features} → {self.out_features}, metric {self.metric_name}"
         )
+
+
+def sample_correct(output: Tensor, target: Tensor) -> Tensor:
+    """(B,) bool: every position of a sample is classified correctly.
+
+    ``output`` holds class scores in dimension 1: (B, K) for one label per sample, or
+    (B, K, L) / (B, K, H, W) for a label per position (prefix sums, mazes) with ``target``
+    (B, L) / (B, H, W). A per-position sample counts only when *all* its positions are right
+    (the paper's fraction of fully correct strings / mazes, App. D.4).
+    """
+    pred = output.argmax(dim=1)
+    return (pred == target).reshape(target.shape[0], -1).all(dim=1)
 
 
 def stratified_split(labels: Tensor, n_test: int, seed: int) -> tuple[Tensor, Tensor]:
@@ -135,14 +154,23 @@ Loader = Callable[..., Task]
 
 
 def _registry() -> dict[str, Loader]:
-    from noisydeq.tasks import digits, mnist, regression1d
+    from noisydeq.tasks import cifar10, digits, matrix_add, mazes, mnist, prefix_sums, regression1d
 
     return {
         "digits": digits.load,
         "regression1d": regression1d.load,
         "mnist": mnist.load_mnist,
         "mnist10k": mnist.load_mnist10k,
+        "cifar10": cifar10.load_cifar10,
+        "prefix_sums": prefix_sums.load,
+        "mazes": mazes.load,
+        "matrix_add": matrix_add.load,
     }
+
+
+#: tasks read from files (``data_dir`` / ``download`` matter); the others are generated
+#: or ship with a package
+FILE_TASKS = ("mnist", "mnist10k", "cifar10")
 
 
 def task_names() -> list[str]:
@@ -166,13 +194,29 @@ def load_task(
     seed: int = 0,
     *,
     download: bool | None = None,
+    **options: Any,
 ) -> Task:
-    """Load a task by name: ``digits`` (default), ``regression1d``, ``mnist``, ``mnist10k``.
+    """Load a task by name: ``digits`` (default), ``regression1d``, ``mnist``, ``mnist10k``,
+    ``cifar10`` (official binary files), or the generated algorithmic tasks ``prefix_sums``,
+    ``mazes``, ``matrix_add`` (App. D.4 / E.4).
 
-    ``seed`` fixes the train/test split (and the sampled points of ``regression1d``).
-    ``data_dir`` / ``download`` only matter for the MNIST tasks (see :mod:`noisydeq.tasks.mnist`).
+    ``seed`` fixes the train/test split (and every generated sample). ``data_dir`` /
+    ``download`` only matter for the file tasks (see :mod:`noisydeq.tasks.mnist`,
+    :mod:`noisydeq.tasks.cifar10`). ``options`` are the generator arguments of the
+    algorithmic tasks (sizes, counts; see their modules); other tasks take none.
     """
     loader = _registry()[check_task_name(name)]
-    if name.startswith("mnist"):
+    if name in FILE_TASKS:
+        if options:
+            raise NoisyDEQError(f"task '{name}': takes no options, got {sorted(options)}")
+        if name == "cifar10":
+            return loader(data_dir=data_dir, seed=seed)
         return loader(data_dir=data_dir, seed=seed, download=download)
-    return loader(seed=seed)  # data_dir is ignored: these tasks ship with the package
+    allowed = [p for p in inspect.signature(loader).parameters if p != "seed"]
+    unknown = [k for k in options if k not in allowed]
+    if unknown:
+        close = difflib.get_close_matches(unknown[0], allowed, n=1)
+        hint = f"; did you mean '{close[0]}'?" if close else ""
+        what = f"allowed: {', '.join(allowed)}" if allowed else "it takes no options"
+        raise NoisyDEQError(f"task '{name}': unknown option '{unknown[0]}'{hint} ({what})")
+    return loader(seed=seed, **options)  # data_dir is ignored: generated or bundled data

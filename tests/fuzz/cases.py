@@ -94,6 +94,11 @@ def sweep_cases() -> list[Case]:
         Case("sweep unreachable device SNR", [*_with(SWEEP, "--device", "rram"),
                                               "--noise-site", "device", "--snr", "150"],
              "SNR"),
+        Case("sweep --set cell typo", [*SWEEP, "--set", "cell=con"], "did you mean 'conv'"),
+        Case("sweep --set cell option it does not read",
+             [*SWEEP, "--set", 'cell={name="conv1d", scales=2}'], "takes no 'scales'"),
+        Case("sweep --set per-position cell on digits", [*SWEEP, "--set", "cell=conv1d"],
+             "class per position"),
     ]
     return out
 
@@ -460,9 +465,74 @@ def lyapunov_cases() -> list[Case]:
     return out
 
 
+STUDY = ('name = "x"\n[study]\ntask = "prefix_sums"\n'
+         'task_options = { length = 8, n_train = 8, n_test = 4 }\nshifts = [8]\n'
+         'train = { epochs = 0 }\n'
+         '[study.models.deq]\nkind = "deq"\ncell = "conv1d"\nwidth = 2\n[quick]\n[full]\n')
+
+
+def _study(**changes: str) -> str:
+    text = STUDY
+    for key, value in changes.items():
+        line = next((ln for ln in text.splitlines() if ln.startswith(f"{key} =")), None)
+        text = text.replace(line, f"{key} = {value}") if line else text.replace(
+            "[study.models", f"{key} = {value}\n[study.models", 1)
+    return text
+
+
+def _truncated_cifar(d: Path) -> None:
+    (d / "cifar").mkdir()
+    for name in [f"data_batch_{i}.bin" for i in range(1, 6)] + ["test_batch.bin"]:
+        (d / "cifar" / name).write_bytes(bytes(3073 * 3))  # 3 records, not 10,000
+
+
+def study_cases() -> list[Case]:
+    maze = 'task = "mazes"\ntask_options = { size = 9, n_train = 4, n_test = 2 }\n'
+    files = {
+        "length 0": (_study(task_options="{ length = 0, n_train = 8, n_test = 4 }"), "length"),
+        "test length -8": (_study(shifts="[8, -8]"), "length"),
+        "odd maze size 10": (STUDY.replace('task = "prefix_sums"\n', maze).replace(
+            "task_options = { length = 8, n_train = 8, n_test = 4 }\n", "").replace(
+            'cell = "conv1d"', 'cell = "residual"').replace("shifts = [8]", "shifts = [10]"),
+            "odd"),
+        "matrix scale 0": (STUDY.replace('task = "prefix_sums"', 'task = "matrix_add"').replace(
+            "task_options = { length = 8, n_train = 8, n_test = 4 }",
+            "task_options = { n_train = 8, n_test = 4 }").replace(
+            'cell = "conv1d"', 'cell = "mlp_stack"').replace("shifts = [8]", "shifts = [0]"),
+            "scale"),
+        "channels 0": (STUDY.replace("width = 2", "width = 0"), "width"),
+        "kernel even": (STUDY.replace("width = 2", "width = 2\nkernel_size = 4"), "odd"),
+        "cell unknown": (STUDY.replace('cell = "conv1d"', 'cell = "conv3d"'), "cell"),
+        "mlp on per-position task": (STUDY.replace('cell = "conv1d"', 'cell = "mlp"'),
+                                     "per position"),
+        "train snr nan": (_study(train_snr_db="[nan]"), "train_snr_db"),
+        "no models": (STUDY.split("[study.models.deq]")[0] + "models = {}\n[quick]\n[full]\n",
+                      "at least one model"),
+        "eval_batch 0": (_study(eval_batch="0"), "eval_batch"),
+        "cifar truncated": (STUDY.replace('task = "prefix_sums"', 'task = "cifar10"').replace(
+            "task_options = { length = 8, n_train = 8, n_test = 4 }\n", "").replace(
+            "shifts = [8]\n", 'data_dir = "cifar"\n').replace('cell = "conv1d"', 'cell = "mdeq"'
+                                                               ).replace("width = 2", "width = 4"),
+            "data_batch_1.bin"),
+    }
+    out = [Case(f"study file: {name}", ["study", "{d}/s.toml", "--quiet", "--out", "{d}/out"],
+                needle, {"s.toml": text, **({"setup": _truncated_cifar} if "cifar" in name
+                                             else {})})
+           for name, (text, needle) in files.items()]
+    out += [
+        Case("study --set unknown", ["study", "{d}/s.toml", "--set", "seedz=[0]", "--out",
+                                     "{d}/out"], "seeds", {"s.toml": STUDY}),
+        Case("study --threads 0", ["study", "{d}/s.toml", "--threads", "0", "--out", "{d}/out"],
+             "threads", {"s.toml": STUDY}),
+        Case("study a sweep file", ["study", "{d}/exp.toml", "--out", "{d}/out"], "",
+             {"exp.toml": EXPERIMENT}),
+    ]
+    return out
+
+
 def all_cases() -> list[Case]:
     cases = (sweep_cases() + train_cases() + run_cases() + device_cases() + analysis_cases()
-             + run_dir_cases() + attack_cases() + lyapunov_cases())
+             + run_dir_cases() + attack_cases() + lyapunov_cases() + study_cases())
     ids = [c.id for c in cases]
     dup = {i for i in ids if ids.count(i) > 1}
     assert not dup, dup

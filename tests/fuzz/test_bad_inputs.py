@@ -22,7 +22,8 @@ def test_at_least_150_distinct_bad_inputs():
     assert len(CASES) >= 150, len(CASES)
     assert len({c.id for c in CASES}) == len(CASES)
     assert {c.argv[0] for c in CASES} == {"sweep", "train", "run", "devices", "sensitivity",
-                                          "spectrum", "solvers", "attack", "lyapunov"}
+                                          "spectrum", "solvers", "attack", "lyapunov",
+                                          "study"}
 
 
 def _tree(root: Path) -> dict[str, tuple[int, int]]:

@@ -1,0 +1,97 @@
+"""``noisydeq study experiments/X.toml [--quick|--full]``: run a study experiment file.
+
+A study trains a few named models (any cell) and evaluates them over test sizes, test SNRs
+and DEQ test solvers (:mod:`noisydeq.studies`): the algorithmic extrapolation experiments
+(``experiments/algorithmic-*.toml``) and the multiscale-DEQ comparison
+(``experiments/mdeq-mnist.toml``).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import click
+
+from noisydeq.commands.sweep import check_data_dir, parse_sets
+from noisydeq.errors import NoisyDEQError
+
+
+def default_out(name: str, variant: str) -> Path:
+    return Path("runs") / f"{name}-{variant}"
+
+
+@click.command("study")
+@click.argument("experiment")
+@click.option("--quick", "variant", flag_value="quick", default=True,
+              help="The quick variant (default): CPU scale (the algorithmic ones: hours).")
+@click.option("--full", "variant", flag_value="full", help="The paper-scale variant (hours).")
+@click.option("--out", default=None, help="Run directory (default runs/<name>-<variant>).")
+@click.option("--data-dir", default=None, help="Data directory of file tasks (MNIST, CIFAR-10).")
+@click.option("--torch-device", default=None, help="cpu, cuda, cuda:1, ...")
+@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
+              help="Override a study field (e.g. --set seeds=[0]).")
+@click.option("--threads", default=None, metavar="N", help="torch threads (default: torch's).")
+@click.option("--quiet", is_flag=True, help="No progress lines.")
+@click.option("--json", "as_json", is_flag=True, help="Print a machine-readable summary.")
+def command(experiment: str, variant: str, out: str | None, data_dir: str | None,
+            torch_device: str | None, sets: tuple[str, ...], threads: str | None, quiet: bool,
+            as_json: bool) -> None:
+    """Train named models and evaluate them over sizes, test noise and solvers."""
+    from noisydeq.config import load_toml
+    from noisydeq.runtime import num_threads
+    from noisydeq.studies import StudyFile, run_study
+
+    n_threads = None
+    if threads is not None:
+        try:
+            n_threads = int(threads)
+        except ValueError:
+            n_threads = 0
+        if n_threads < 1:
+            raise NoisyDEQError(f"--threads: a positive integer, got {threads!r}")
+    exp = load_toml(StudyFile, experiment)
+    over = parse_sets(sets)
+    if data_dir is not None:
+        over["data_dir"] = check_data_dir(data_dir)
+    if torch_device is not None:
+        over["torch_device"] = torch_device
+    spec = exp.resolve(variant, over)
+    target = Path(out) if out else default_out(exp.name, variant)
+    talk = not (quiet or as_json)
+    if talk:
+        click.echo(f"{exp.name} ({variant}): {exp.title}", err=True)
+    log = (lambda s: click.echo(s, err=True)) if talk else None
+    with num_threads(n_threads):
+        res = run_study(spec, target, name=f"{exp.name} [{variant}]", log=log,
+                        title=f"{exp.title} [{variant}]" if exp.title else exp.name)
+    if as_json:
+        click.echo(json.dumps({"out": str(res.out), "seconds": res.seconds,
+                               "trained": res.trained, "loaded": res.loaded,
+                               "summary": res.summary,
+                               "figures": [str(p) for p in res.figures]},
+                              indent=2, allow_nan=True, default=str))
+        return
+    _table(res.summary)
+    click.echo(f"{len(res.rows)} rows in {res.seconds:.1f} s ({res.trained} models trained, "
+               f"{res.loaded} loaded); {res.out / 'summary.csv'}")
+    for p in res.figures:
+        if p.suffix == ".png":
+            click.echo(f"figure: {p}")
+
+
+def _fmt(v: float) -> str:
+    if isinstance(v, float) and math.isinf(v):
+        return "inf"
+    return f"{v:g}" if isinstance(v, float) else str(v)
+
+
+def _table(rows: list[dict]) -> None:
+    click.echo(f"{'model':<12} {'train':>5} {'test':>5} {'shift':>7} {'budget':>6} "
+               f"{'iters':>5} {'solver':>10} {'value':>9} {'±':>7} {'steps':>7}")
+    for r in rows:
+        click.echo(f"{r['model']:<12} {_fmt(r['train_snr_db']):>5} {_fmt(r['test_snr_db']):>5} "
+                   f"{_fmt(r['shift']):>7} {r['budget']:>6} {r['max_iter']:>5} "
+                   f"{r['solver']:>10} {r['value']:>9.4g} {r['value_std']:>7.2g} "
+                   f"{r['mean_steps']:>7.1f}")

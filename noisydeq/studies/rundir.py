@@ -1,0 +1,191 @@
+"""The run directory of a study, written and checked by the rules of :mod:`noisydeq.store`.
+
+Layout (:mod:`noisydeq.studies.runner`): ``study.toml`` (the resolved spec, signed with a
+``# sha256`` line), ``meta.json`` (signed), ``models/<id>/`` (checkpoints, each with its own
+digest and lock), ``cells/<id>.json`` (the rows of one evaluated model, signed),
+``results.csv`` / ``summary.csv`` / ``figures/`` (listed with their digests in
+``SHA256SUMS``). Every file is written atomically. The directory is locked
+(:class:`noisydeq.store.DirLock`) from :meth:`StudyDir.open` to :meth:`StudyDir.close`, so a
+second ``noisydeq study`` on the same ``--out`` waits instead of interleaving its writes.
+A file that fails its digest or structure check is refused in one line naming it
+(:class:`~noisydeq.errors.CorruptArtefact`), never silently reused.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import time
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+from noisydeq import store
+from noisydeq.config import dumps_toml, loads_toml
+from noisydeq.errors import CorruptArtefact, NoisyDEQError
+from noisydeq.studies.spec import StudySpec
+
+#: format tag of a study's cell file
+CELL_FORMAT = "noisydeq-study-cell/1"
+#: the columns that identify a row within one model's cell (checked on load)
+ROW_IDENTITY = ("model", "seed", "train_snr_db", "shift", "budget", "solver", "test_snr_db")
+
+
+def _same(a: Any, b: Any) -> bool:
+    if isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b):
+        return True
+    return bool(a == b)
+
+
+class StudyDir:
+    """A study's run directory (see the module docstring); a context manager that releases
+    its lock on exit."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.spec_path = self.path / "study.toml"
+        self.meta_path = self.path / "meta.json"
+        self.cells = self.path / "cells"
+        self.models = self.path / "models"
+        self.figures = self.path / "figures"
+        self.lock = store.DirLock(self.path, "--out")
+
+    def _refuse(self, err: NoisyDEQError) -> NoisyDEQError:
+        return NoisyDEQError(f"--out {self.path}: {err}; choose another --out or delete it")
+
+    def read_spec(self) -> StudySpec:
+        """The recorded study, digest checked."""
+        try:
+            body = store.verify_text(store.read_text(self.spec_path, "study.toml"),
+                                     self.spec_path)
+        except NoisyDEQError as err:
+            raise self._refuse(err) from None
+        try:
+            return loads_toml(StudySpec, body, where=str(self.spec_path))
+        except NoisyDEQError as err:
+            raise self._refuse(NoisyDEQError(f"holds a study this version cannot read ({err})")
+                               ) from None
+
+    def check(self, spec: StudySpec) -> bool:
+        """Refuse, writing nothing, an ``--out`` that cannot hold ``spec``'s study; True
+        when it already holds it (a resume)."""
+        store.check_out_dir(self.path)
+        if self.spec_path.exists():
+            a, b = self.read_spec().model_dump(mode="json"), spec.model_dump(mode="json")
+            diff = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+            if diff:
+                raise NoisyDEQError(f"--out {self.path}: holds a study with a different config "
+                                    f"(differs in: {', '.join(diff)}); choose another --out")
+            if self.meta_path.exists():
+                self.read_meta()
+            return True
+        if self.path.is_dir() and any(p.name != store.LOCK_FILE for p in self.path.iterdir()):
+            raise NoisyDEQError(f"--out {self.path}: exists and holds no study.toml; "
+                                "choose another --out")
+        return False
+
+    def read_meta(self) -> dict[str, Any]:
+        try:
+            return store.read_signed_json(self.meta_path, "meta.json")
+        except NoisyDEQError as err:
+            raise self._refuse(err) from None
+
+    def open(self, spec: StudySpec, name: str) -> bool:
+        """Lock the directory (waiting for another writer), create it for ``spec`` or check
+        that it holds the same study; True when resuming. Checked before anything is
+        written; :meth:`close` (or leaving ``with``) releases the lock."""
+        from noisydeq.results import package_versions
+
+        self.check(spec)
+        created = not self.path.exists()
+        self.lock.acquire()
+        try:
+            resumed = self.check(spec)  # again: another writer may have finished meanwhile
+            for d in (self.path, self.cells, self.figures):
+                store.clean_stale_temps(d, locked=True)
+            if not resumed:
+                store.atomic_write_text(self.spec_path, store.sign_text(dumps_toml(spec)))
+            meta: dict[str, Any] = {"study": name, "versions": package_versions(),
+                                    "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                                    "resumed": 0}
+            if self.meta_path.exists():
+                old = self.read_meta()
+                meta["started"] = old.get("started", meta["started"])
+                before = old.get("resumed", 0)
+                meta["resumed"] = (before if isinstance(before, int) else 0) + 1
+            store.write_signed_json(self.meta_path, json.loads(json.dumps(meta, default=str)),
+                                    indent=2)
+            self.cells.mkdir(exist_ok=True)
+        except BaseException:
+            self.close()
+            if created:
+                shutil.rmtree(self.path, ignore_errors=True)
+            raise
+        return resumed
+
+    def close(self) -> None:
+        self.lock.release()
+
+    def __enter__(self) -> StudyDir:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------ cells
+
+    def cell_path(self, key: str) -> Path:
+        return self.cells / f"{key}.json"
+
+    def load_cell(self, key: str, expect: Sequence[dict[str, Any]]) -> list[dict[str, Any]] | None:
+        """The rows of an evaluated model, or None when none were written. The digest,
+        format, key and each row's identity (``expect``: :data:`ROW_IDENTITY` values, in
+        order) are checked; a file that fails is a :class:`CorruptArtefact` naming it."""
+        p = self.cell_path(key)
+        if not p.exists():
+            return None
+        try:
+            data = store.read_signed_json(p, "cell file")
+            if data.get("format") != CELL_FORMAT:
+                raise CorruptArtefact(p, f"has format {data.get('format')!r}, not {CELL_FORMAT}")
+            if data.get("key") != key:
+                raise CorruptArtefact(p, f"belongs to {data.get('key')!r}, not {key!r}")
+            rows = data.get("rows")
+            if not isinstance(rows, list) or len(rows) != len(expect):
+                n = len(rows) if isinstance(rows, list) else "no list of"
+                raise CorruptArtefact(p, f"holds {n} rows, its model has {len(expect)}")
+            for i, (row, want) in enumerate(zip(rows, expect, strict=True)):
+                if not isinstance(row, dict):
+                    raise CorruptArtefact(p, f"row {i} is not a row")
+                for col, v in want.items():
+                    if col not in row or not _same(row[col], v):
+                        raise CorruptArtefact(p, f"row {i}: {col} = {row.get(col)!r}, "
+                                              f"expected {v!r}")
+        except CorruptArtefact as err:
+            raise CorruptArtefact(p, f"{err.reason}; delete it to evaluate that model again"
+                                  ) from None
+        return rows
+
+    def save_cell(self, key: str, rows: Sequence[dict[str, Any]]) -> None:
+        """Record an evaluated model durably (atomic write, digest embedded)."""
+        store.write_signed_json(self.cell_path(key),
+                                {"format": CELL_FORMAT, "key": key, "rows": list(rows)})
+
+    # ----------------------------------------------------------------- tables
+
+    def write_tables(self, rows: Sequence[dict[str, Any]], summary: Sequence[dict[str, Any]]
+                     ) -> tuple[Path, Path]:
+        """``results.csv`` and ``summary.csv``, each atomically (the digest list is dropped
+        first and rewritten by :meth:`seal`)."""
+        from noisydeq.analysis.outputs import write_csv
+
+        store.remove_manifest(self.path)
+        return write_csv(self.path / "results.csv", rows), write_csv(
+            self.path / "summary.csv", summary)
+
+    def seal(self, figures: Iterable[Path] = ()) -> Path:
+        """``SHA256SUMS`` over the tables, spec, meta data and ``figures``."""
+        files = [self.path / "results.csv", self.path / "summary.csv", self.spec_path,
+                 self.meta_path, *figures]
+        return store.write_manifest(self.path, [f for f in files if f.is_file()])

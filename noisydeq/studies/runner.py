@@ -1,0 +1,221 @@
+"""Run a study: train each named model once per (seed, training SNR), evaluate the grid.
+
+Run directory (``out``, :class:`~noisydeq.studies.rundir.StudyDir`: locked while written,
+every file atomic and digest-checked)::
+
+    study.toml        the resolved StudySpec, signed (a run dir of another config is refused)
+    meta.json         package versions, start time, resumes (signed)
+    models/<id>/      model.safetensors + model.json (and resume.safetensors while training),
+                      one per model id ``<name>-s<seed>-t<train SNR>``; the analysis
+                      commands take the run dir as ``--family``
+    cells/<id>.json   the evaluated rows of one model (signed), written when complete
+    results.csv       one row per model × test size × budget × test solver × test SNR
+    summary.csv       mean, std, min and max over seeds of every row group
+    figures/          extrapolation curves, iteration budgets, metric vs SNR / parameters
+    SHA256SUMS        digests of the tables, spec, meta data and figures
+
+Training resumes per epoch (:func:`noisydeq.train.train_model`) and finished models are
+loaded, not retrained; evaluated models are not re-evaluated. Weights are initialised from
+``derive_seed(seed, "study", name)``; the task (and every shifted test set) is generated
+from the first seed, so all models see the same data. Test noise and random test-solver caps
+are counter-based, keyed by (seed, model, training SNR, test set, test SNR, sample, cell
+call): every budget and test solver of a model meets the same draws (common random
+numbers), whatever ``eval_batch`` is.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from noisydeq.errors import NoisyDEQError
+from noisydeq.noise import derive_seed
+from noisydeq.studies.evaluate import score
+from noisydeq.studies.rundir import StudyDir
+from noisydeq.studies.spec import StudySpec
+
+
+def fmt_db(v: float) -> str:
+    return "inf" if math.isinf(v) else f"{v:g}"
+
+
+def model_id(name: str, seed: int, train_snr_db: float) -> str:
+    return f"{name}-s{seed}-t{fmt_db(train_snr_db)}"
+
+
+@dataclass
+class StudyResult:
+    """Rows, summary and files of a finished study."""
+
+    rows: list[dict[str, Any]]
+    summary: list[dict[str, Any]]
+    out: Path
+    figures: list[Path] = field(default_factory=list)
+    trained: int = 0
+    loaded: int = 0
+    seconds: float = 0.0
+
+
+def load_study_task(spec: StudySpec) -> Any:
+    """The study's task (first seed), with every requested test size validated up front."""
+    from noisydeq.tasks import load_task
+
+    task = load_task(spec.task, data_dir=spec.data_dir, seed=spec.seeds[0], **spec.task_options)
+    if spec.shifts:
+        check = getattr(task, "check", None)
+        if getattr(task, "make", None) is None:
+            raise NoisyDEQError(f"shifts: task '{spec.task}' has no test sets at other sizes")
+        for s in spec.shifts:
+            check(s)
+    if "scaled" in spec.budgets and not getattr(task, "per_position", False):
+        raise NoisyDEQError("budgets: 'scaled' needs a task whose inputs grow with the problem "
+                            "size (prefix_sums, mazes)")
+    return task
+
+
+def _test_sets(spec: StudySpec, task: Any) -> list[tuple[float | None, Any, Any]]:
+    if not spec.shifts:
+        return [(getattr(task, "train_shift", None), task.x_test, task.y_test)]
+    return [(float(s), *task.shifted(s, spec.n_shift)) for s in spec.shifts]
+
+
+def _build(spec: StudySpec, name: str, task: Any, seed: int):
+    from noisydeq.models import build_model
+
+    mspec = spec.models[name].spec(task)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(derive_seed(seed, "study", name) % (2**63))
+        return build_model(mspec)
+
+
+def _grid(spec: StudySpec, model: Any, sets: list) -> tuple[bool, list, dict]:
+    """(DEQ?, budgets, named test solvers) a model is evaluated over."""
+    deq = getattr(model, "kind", None) == "deq"
+    solvers = (spec.test_solvers or {"trained": None}) if deq else {"-": None}
+    budgets = spec.budgets if deq and hasattr(model, "budget") else ["train"]
+    return deq, budgets, solvers
+
+
+def expected_rows(spec: StudySpec, name: str, model: Any, seed: int, train_snr_db: float,
+                  sets: list) -> list[dict[str, Any]]:
+    """The identity (:data:`~noisydeq.studies.rundir.ROW_IDENTITY`) of every row
+    :func:`evaluate_model` writes for this model, in order (checked when a cell is loaded)."""
+    deq, budgets, solvers = _grid(spec, model, sets)
+    return [{"model": name, "seed": seed, "train_snr_db": train_snr_db,
+             "shift": math.nan if shift is None else float(shift),
+             "budget": budget if deq else "-", "solver": sname if deq else "-",
+             "test_snr_db": snr}
+            for shift, _x, _y in sets for budget in budgets for sname in solvers
+            for snr in spec.test_snrs(train_snr_db)]
+
+
+def evaluate_model(
+    spec: StudySpec, name: str, model: Any, seed: int, train_snr_db: float, task: Any,
+    sets: list, params: int, train_seconds: float,
+) -> list[dict[str, Any]]:
+    """Rows of one trained model over test sets × budgets × test solvers × test SNRs."""
+    from noisydeq.models.budget import IterationBudget
+
+    deq, budgets, solvers = _grid(spec, model, sets)
+    classification = task.kind == "classification"
+    trained_test = getattr(model, "test_solver", None) or getattr(model, "solver", None)
+    rows = []
+    for shift, x, y in sets:
+        for budget in budgets:
+            for sname, solver in solvers.items():
+                test_solver = solver if solver is not None else trained_test
+                if deq:
+                    model.test_solver = test_solver
+                    scaled = budget == "scaled" and spec.budget is not None
+                    if hasattr(model, "budget"):
+                        model.budget = IterationBudget(
+                            train_size=task.train_shift, exponent=spec.budget.exponent,
+                            cap=spec.budget.cap) if scaled else None
+                    cap = model.budget.max_iter(test_solver.max_iter, shift) if (
+                        scaled and model.budget is not None) else test_solver.max_iter
+                else:
+                    cap = int(getattr(model, "depth", 1))
+                for snr in spec.test_snrs(train_snr_db):
+                    # common random numbers: every budget and test solver of a model sees
+                    # the same draws per (test set, test SNR, sample, cell call)
+                    s = score(model, x, y, classification=classification,
+                              noise=spec.noise(snr), batch=spec.eval_batch,
+                              seed=derive_seed(seed, name, "test", fmt_db(train_snr_db),
+                                               shift, fmt_db(snr)))
+                    rows.append({
+                        "task": task.name, "model": name, "kind": model.kind,
+                        "cell": getattr(getattr(model, "spec", None), "cell", "?"),
+                        "width": int(model.width), "depth": int(model.depth),
+                        "params": params, "seed": seed, "train_snr_db": train_snr_db,
+                        "shift_name": getattr(task, "shift_name", "none"),
+                        "shift": math.nan if shift is None else float(shift),
+                        "budget": budget if deq else "-", "max_iter": int(cap),
+                        "solver": sname if deq else "-",
+                        "solver_name": test_solver.name if deq else "-",
+                        "noise_site": spec.noise_site, "test_snr_db": snr,
+                        "metric": task.metric_name, **s, "train_seconds": train_seconds,
+                    })
+    if deq:
+        model.test_solver = trained_test
+    return rows
+
+
+def run_study(
+    spec: StudySpec, out: str | Path, *, name: str = "study", progress: bool = False,
+    log: Callable[[str], None] | None = None, plots: bool = True, title: str = "",
+) -> StudyResult:
+    """Train and evaluate every model of ``spec`` into ``out`` (resumable); see the module."""
+    from noisydeq.runtime import resolve_torch_device
+    from noisydeq.train import train_model
+
+    t0 = time.perf_counter()
+    say = log or (lambda _s: None)
+    dev = resolve_torch_device(spec.torch_device)
+    task = load_study_task(spec)  # validates sizes before anything is written
+    for m in spec.models.values():
+        m.spec(task)  # a model that does not fit the task: one line, before writing
+    sets = _test_sets(spec, task)
+    rows: list[dict[str, Any]] = []
+    trained = loaded = 0
+    with StudyDir(out) as run:
+        run.open(spec, name)
+        for mname in spec.models:
+            for seed in spec.seeds:
+                for tsnr in spec.train_snr_db:
+                    mid = model_id(mname, seed, tsnr)
+                    model = _build(spec, mname, task, seed)
+                    res = train_model(model, task, spec.train_spec(mname, seed, tsnr),
+                                      out_dir=run.models / mid, torch_device=dev,
+                                      quiet=not progress, desc=mid)
+                    trained += not res.loaded
+                    loaded += res.loaded
+                    say(f"{mid}: {task.metric_name} {res.test_metric:.4g} "
+                        f"({'loaded' if res.loaded else f'trained in {res.seconds:.1f} s'})")
+                    expect = expected_rows(spec, mname, res.model, seed, tsnr, sets)
+                    cell = run.load_cell(mid, expect)
+                    if cell is None:
+                        params = sum(p.numel() for p in res.model.parameters())
+                        cell = evaluate_model(spec, mname, res.model, seed, tsnr, task, sets,
+                                              params, res.seconds)
+                        run.save_cell(mid, cell)
+                        say(f"{mid}: evaluated {len(cell)} rows in "
+                            f"{sum(r['eval_seconds'] for r in cell):.1f} s")
+                    rows.extend(cell)
+        from noisydeq.studies.summary import summarise
+
+        summary = summarise(rows)
+        run.write_tables(rows, summary)
+        result = StudyResult(rows, summary, run.path, trained=trained, loaded=loaded)
+        if plots:
+            from noisydeq.studies.plots import plot_study
+
+            result.figures = plot_study(summary, spec, run.figures, title=title or name)
+        run.seal(result.figures)
+    result.seconds = time.perf_counter() - t0
+    return result

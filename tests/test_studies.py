@@ -1,0 +1,223 @@
+"""``noisydeq study``: spec validation, the grid of rows, resume, metrics, experiment files."""
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from noisydeq.cli import cli
+from noisydeq.config import build, load_toml
+from noisydeq.errors import NoisyDEQError
+from noisydeq.studies import StudyFile, StudySpec, run_study
+from noisydeq.studies.runner import load_study_task
+from noisydeq.tasks.base import sample_correct
+
+ROOT = Path(__file__).resolve().parents[1]
+STUDIES = sorted(p for p in (ROOT / "experiments").glob("*.toml")
+                 if "study" in p.read_text(encoding="utf-8").split("[quick]")[0])
+FAST = {"solver": {"name": "unroll", "max_iter": 6, "tol": 1e-30, "stop": "abs", "window": 1},
+        "test_solver": {"name": "unroll", "max_iter": 6, "tol": 1e-30, "stop": "abs",
+                        "window": 1},
+        "gradient": {"name": "bptt"}, "epochs": 1, "batch_size": 32}
+
+
+def tiny(**over):
+    base = {
+        "task": "prefix_sums", "task_options": {"length": 8, "n_train": 64, "n_test": 16},
+        "shifts": [4, 8, 16], "n_shift": 12, "train": FAST,
+        "models": {"deq": {"kind": "deq", "cell": "conv1d", "width": 3, "weight_norm": False},
+                   "ffw": {"kind": "ffw", "cell": "conv1d", "width": 3, "depth": 2,
+                           "weight_norm": False}},
+        "train_snr_db": ["inf", 0.0], "test_snr_db": ["inf", 0.0],
+        "budgets": ["train", "scaled"], "budget": {"exponent": 1.0, "cap": 20},
+    }
+    return build(StudySpec, {**base, **over})
+
+
+def test_grid_resume_and_metric(tmp_path):
+    spec = tiny()
+    res = run_study(spec, tmp_path / "run", plots=True)
+    # deq: 2 train SNRs x 3 sizes x 2 budgets x 2 test SNRs; ffw: no budgets
+    assert len(res.rows) == 2 * 3 * 2 * 2 + 2 * 3 * 2
+    assert res.trained == 4 and res.loaded == 0
+    caps = {(r["shift"], r["budget"]): r["max_iter"] for r in res.rows if r["kind"] == "deq"}
+    assert caps[(16.0, "scaled")] == 12 and caps[(4.0, "scaled")] == 3
+    assert caps[(16.0, "train")] == 6
+    assert {p.name for p in res.figures} == {"extrapolation.png", "extrapolation.svg"}
+    # the clean value is the fraction of fully correct strings, recomputed here
+    task = load_study_task(spec)
+    x, y = task.shifted(16, 12)
+    from noisydeq.studies.runner import _build
+    from noisydeq.train import train_model
+
+    model = _build(spec, "ffw", task, 0)
+    model = train_model(model, task, spec.train_spec("ffw", 0, math.inf),
+                        out_dir=tmp_path / "run" / "models" / "ffw-s0-tinf").model
+    with torch.no_grad():
+        want = float(sample_correct(model.eval()(x), y).double().mean())
+    row = next(r for r in res.rows if r["model"] == "ffw" and r["shift"] == 16.0
+               and math.isinf(r["train_snr_db"]) and math.isinf(r["test_snr_db"]))
+    assert row["value"] == pytest.approx(want)
+    again = run_study(spec, tmp_path / "run", plots=False)
+    assert again.trained == 0 and again.loaded == 4 and again.rows == res.rows
+    with pytest.raises(NoisyDEQError, match="different config.*n_shift"):
+        run_study(tiny(n_shift=5), tmp_path / "run")
+
+
+def test_run_dir_is_signed_sealed_and_a_corrupt_cell_is_one_line(tmp_path):
+    from noisydeq import store
+    from noisydeq.errors import CorruptArtefact
+
+    spec = tiny(shifts=[], budgets=["train"], train_snr_db=["inf"], test_snr_db=["inf"])
+    out = tmp_path / "run"
+    run_study(spec, out, plots=False)
+    listed = store.verify_manifest(out)  # tables, spec and meta data match their digests
+    assert {"results.csv", "summary.csv", "study.toml", "meta.json"} <= set(listed)
+    assert (out / "study.toml").read_text().startswith(store.TEXT_DIGEST)
+    cell = out / "cells" / "deq-s0-tinf.json"
+    data = json.loads(cell.read_text())
+    data["rows"][0]["value"] = 0.123456  # an edited result no longer matches its digest
+    cell.write_text(json.dumps(data))
+    with pytest.raises(CorruptArtefact, match="deq-s0-tinf.json.*digest.*delete it"):
+        run_study(spec, out, plots=False)
+    cell.unlink()  # deleted: that model is evaluated again, the others are loaded
+    again = run_study(spec, out, plots=False)
+    assert again.trained == 0 and store.verify_manifest(out)
+    (out / "study.toml").write_text((out / "study.toml").read_text() + "# edited\n")
+    with pytest.raises(NoisyDEQError, match="study.toml"):
+        run_study(spec, out, plots=False)
+
+
+def test_test_noise_does_not_depend_on_the_evaluation_batch():
+    from noisydeq.studies.evaluate import score
+
+    spec = tiny()
+    task = load_study_task(spec)
+    torch.manual_seed(0)
+    from noisydeq.models import build_model
+
+    model = build_model(spec.models["deq"].spec(task), solver=None)
+    x, y = task.shifted(16, 12)
+    kw = dict(classification=True, noise=spec.noise(0.0), seed=3)
+    a, b = score(model, x, y, batch=12, **kw), score(model, x, y, batch=5, **kw)
+    clean = score(model, x, y, batch=12, classification=True, noise=spec.noise(math.inf), seed=3)
+    assert a["position_acc"] == b["position_acc"] and a["mean_steps"] == b["mean_steps"]
+    assert a["position_acc"] != clean["position_acc"]  # the noise does act
+
+
+def test_paired_and_solver_grid(tmp_path):
+    spec = tiny(paired=True, budgets=["train"], shifts=[], train_snr_db=[0.0],
+                test_solvers={"a": {"name": "unroll", "max_iter": 3, "window": 1},
+                              "b": {"name": "anderson", "max_iter": 3, "window": 1}})
+    rows = run_study(spec, tmp_path / "r", plots=False).rows
+    deq = [r for r in rows if r["kind"] == "deq"]
+    assert {r["solver"] for r in deq} == {"a", "b"} and {r["test_snr_db"] for r in rows} == {0.0}
+    assert all(r["shift"] == 8.0 for r in rows)
+
+
+@pytest.mark.parametrize("over,match", [
+    ({"models": {}}, "at least one model"),
+    ({"models": {"a b": {"kind": "deq"}}}, "plain word"),
+    ({"models": {"m": {"kind": "deq", "cel": "conv1d"}}}, "cel"),
+    ({"models": {"m": {"kind": "deq", "in_features": 3}}}, "comes from the task"),
+    ({"budget": None}, "needs a budget"),
+    ({"fixed_snr_db": 5.0}, "not in test_snr_db"),
+    ({"train": {"epoch": 1}}, "did you mean 'epochs'"),
+    ({"seeds": []}, "must not be empty"),
+])
+def test_bad_specs_are_one_line(over, match):
+    with pytest.raises(NoisyDEQError, match=match):
+        tiny(**over)
+
+
+@pytest.mark.parametrize("over,match", [
+    ({"task": "mazes", "task_options": {"size": 9, "n_train": 4, "n_test": 2},
+      "shifts": [9, 12]}, "odd"),
+    ({"task_options": {"length": 0}}, "length"),
+    ({"task": "matrix_add", "task_options": {"n_train": 4, "n_test": 2}, "shifts": [1, -2],
+      "budgets": ["train"]}, "scale"),
+    ({"task": "digits", "task_options": {}, "shifts": []}, "scaled"),
+    ({"task": "digits", "task_options": {}, "shifts": [], "budgets": ["train"]},
+     "one label per sample"),
+])
+def test_bad_sizes_fail_before_anything_is_written(tmp_path, over, match):
+    with pytest.raises(NoisyDEQError, match=match):
+        run_study(tiny(**over), tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_cli_errors_are_one_line(tmp_path):
+    runner = CliRunner()
+    r = runner.invoke(cli, ["study", str(tmp_path / "nope.toml")], standalone_mode=False,
+                      catch_exceptions=True)
+    assert isinstance(r.exception, NoisyDEQError) and "file not found" in str(r.exception)
+    path = ROOT / "experiments" / "algorithmic-prefix-sums.toml"
+    r = runner.invoke(cli, ["study", str(path), "--set", "seedz=[0]"], standalone_mode=False)
+    assert isinstance(r.exception, NoisyDEQError) and "did you mean 'seeds'" in str(r.exception)
+    r = runner.invoke(cli, ["run", str(path)], standalone_mode=False)
+    assert isinstance(r.exception, NoisyDEQError) and "noisydeq study" in str(r.exception)
+
+
+def test_experiment_files_are_valid_and_complete():
+    assert {p.stem for p in STUDIES} >= {"algorithmic-prefix-sums", "algorithmic-mazes",
+                                        "algorithmic-matrix-add", "mdeq-mnist"}
+    figs = set()
+    for p in STUDIES:
+        exp = load_toml(StudyFile, p)
+        figs |= set(exp.figures)
+        quick, full = exp.resolve("quick"), exp.resolve("full")
+        assert set(quick.models) == set(full.models)
+        assert {m.kind for m in full.models.values()} == {"deq", "ffw"}
+        if exp.name.startswith("algorithmic"):
+            assert quick.noise_site == "state" and set(full.train_snr_db) == {math.inf, 0.0}
+            assert len(full.seeds) == 3 and len(full.shifts) >= 10
+    assert {"18a", "18b", "18c", "1e", "6"} <= figs
+
+
+SCALE = {
+    "algorithmic-prefix-sums": ["--set", "task_options={length=8, n_train=48, n_test=8}",
+                                "--set", "shifts=[8, 16]"],
+    "algorithmic-mazes": ["--set", "task_options={size=5, n_train=32, n_test=8}",
+                          "--set", "shifts=[5, 7]"],
+    "algorithmic-matrix-add": ["--set", "task_options={n_train=64, n_test=16, side=4}",
+                               "--set", "shifts=[1.0, 10.0]"],
+    "mdeq-mnist": ["--set", "test_snr_db=[0, 10, inf]", "--set",
+                   'test_solvers={broyden={name="broyden", max_iter=4, window=1}, '
+                   'stochastic={name="stochastic", max_iter=4, window=2}}'],
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("path", STUDIES, ids=[p.stem for p in STUDIES])
+def test_quick_variant_runs_end_to_end(tmp_path, path):
+    train = ('train={epochs=1, batch_size=16, max_train_samples=64, solver={name="unroll", '
+             'max_iter=4, tol=1e-30, stop="abs", window=1}, test_solver={name="unroll", '
+             'max_iter=4, tol=1e-30, stop="abs", window=1}}')
+    args = ["study", str(path), "--quick", "--json", "--out", str(tmp_path / "run"),
+            "--set", "seeds=[0]", "--set", "n_shift=8", "--set", train,
+            *SCALE.get(path.stem, [])]
+    r = CliRunner().invoke(cli, args, catch_exceptions=False)
+    assert r.exit_code == 0, r.output[-2000:]
+    rep = json.loads(r.output)
+    assert rep["summary"] and all(p.endswith((".png", ".svg")) for p in rep["figures"])
+    assert rep["figures"]
+
+
+@pytest.mark.slow
+def test_analysis_commands_take_a_study_run_dir(tmp_path):
+    spec = tiny(train_snr_db=["inf"], test_snr_db=["inf"], budgets=["train"], shifts=[])
+    run_study(spec, tmp_path / "run", plots=False)
+    runner = CliRunner()
+    r = runner.invoke(cli, ["sensitivity", "--family", str(tmp_path / "run"), "--samples", "3",
+                            "--inputs", "2", "--precision", "0"], catch_exceptions=False)
+    assert r.exit_code == 0, r.output
+    rows = (tmp_path / "run" / "analysis" / "sensitivity" / "sensitivity.csv").read_text()
+    # DEQ (depth label 1) and FFW (2 layers) are not a depth pair: one row each
+    assert rows.count("\n") == 3 and ",3,60," in rows
+    r = runner.invoke(cli, ["spectrum", "--family", str(tmp_path / "run"), "--inputs", "2"],
+                      catch_exceptions=False)
+    assert r.exit_code == 0, r.output
+    assert "deq" in r.output and "ffw" in r.output
