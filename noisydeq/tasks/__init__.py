@@ -1,8 +1,10 @@
 """Tasks (data sets in memory): ``digits`` (default), ``regression1d``, ``mnist``, ``mnist10k``.
 
-``load_task(name, data_dir=None, seed=0) -> Task``; see :mod:`noisydeq.tasks.base`.
+``load_task(name, data_dir=None, seed=0) -> Task``; see :mod:`noisydeq.tasks.registry`
+and :mod:`noisydeq.tasks.base`.
 """
 
-from noisydeq.tasks.base import Task, check_task_name, load_task, task_names
+from noisydeq.tasks.base import Task
+from noisydeq.tasks.registry import check_task_name, load_task, task_names
 
 __all__ = ["Task", "check_task_name", "load_task", "task_names"]

@@ -1,4 +1,4 @@
-"""The :class:`Task` container, seeded splits and the task registry (``load_task``).
+"""The :class:`Task` container and seeded splits (the registry: :mod:`noisydeq.tasks.registry`).
 
 A task is a supervised data set held in memory as tensors plus the loss and metric that
 go with it: classification (cross-entropy, accuracy) for the image tasks of the paper's
@@ -7,12 +7,9 @@ Sec. 4.1 / App. D.2, regression (MSE) for the 1-D function of App. D.1.
 
 from __future__ import annotations
 
-import difflib
 import hashlib
-from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from functools import cached_property
-from pathlib import Path
 from typing import Literal
 
 import torch
@@ -129,50 +126,3 @@ def random_split(n: int, n_test: int, seed: int) -> tuple[Tensor, Tensor]:
     g = torch.Generator().manual_seed(int(seed))
     perm = torch.randperm(n, generator=g)
     return torch.sort(perm[n_test:]).values, torch.sort(perm[:n_test]).values
-
-
-Loader = Callable[..., Task]
-
-
-def _registry() -> dict[str, Loader]:
-    from noisydeq.tasks import digits, mnist, regression1d
-
-    return {
-        "digits": digits.load,
-        "regression1d": regression1d.load,
-        "mnist": mnist.load_mnist,
-        "mnist10k": mnist.load_mnist10k,
-    }
-
-
-def task_names() -> list[str]:
-    """Names accepted by :func:`load_task`."""
-    return list(_registry())
-
-
-def check_task_name(name: str) -> str:
-    """Return ``name`` if it is a known task, else raise one line with a suggestion."""
-    names = task_names()
-    if name in names:
-        return name
-    close = difflib.get_close_matches(str(name), names, n=1)
-    hint = f"; did you mean '{close[0]}'?" if close else ""
-    raise NoisyDEQError(f"task: unknown task '{name}'{hint} (allowed: {', '.join(names)})")
-
-
-def load_task(
-    name: str,
-    data_dir: str | Path | None = None,
-    seed: int = 0,
-    *,
-    download: bool | None = None,
-) -> Task:
-    """Load a task by name: ``digits`` (default), ``regression1d``, ``mnist``, ``mnist10k``.
-
-    ``seed`` fixes the train/test split (and the sampled points of ``regression1d``).
-    ``data_dir`` / ``download`` only matter for the MNIST tasks (see :mod:`noisydeq.tasks.mnist`).
-    """
-    loader = _registry()[check_task_name(name)]
-    if name.startswith("mnist"):
-        return loader(data_dir=data_dir, seed=seed, download=download)
-    return loader(seed=seed)  # data_dir is ignored: these tasks ship with the package
