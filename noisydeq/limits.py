@@ -106,3 +106,10 @@ def check_memory(need: int, what: str, torch_device: str = "cpu", hint: str = ""
     raise NoisyDEQError(
         f"{what} needs about {fmt_bytes(need)} of memory, {where} has {fmt_bytes(have)}{tail}"
     )
+
+
+def check_positive(name: str, value: int) -> int:
+    """A positive integer, or a :class:`NoisyDEQError` naming the field."""
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise NoisyDEQError(f"{name}: must be a positive integer, got {value!r}")
+    return value

@@ -816,6 +816,19 @@ class CellRunner:
             on_cell(1)
 
 
+def worker_runner(spec: SweepSpec, out_dir: str) -> tuple[CellRunner, list[SweepModel]]:
+    """A spawned worker's runner and models (:func:`noisydeq.sweep_jobs.run_parallel`): the
+    task and the family reloaded from the cache the parent filled, the run directory
+    ``out_dir`` (the parent writes it; the worker sends its cells back)."""
+    from noisydeq.tasks import load_task
+
+    task = load_task(spec.task, data_dir=spec.data_dir, seed=spec.seeds[0])
+    models = family_models(spec, task, progress=False)
+    runner = CellRunner(spec, task, RunDir(out_dir), Hardware(spec),
+                        resolve_torch_device(spec.torch_device))
+    return runner, models
+
+
 def run_sweep(
     spec: SweepSpec,
     out_dir: str | Path,
@@ -911,7 +924,7 @@ def _run_open(
         from noisydeq.sweep_jobs import run_parallel
 
         with num_threads(1):  # every process evaluates with one thread (see resolve_jobs)
-            run_parallel(spec, runner, models, pending, n_jobs, cell_done)
+            run_parallel(spec, runner, models, pending, n_jobs, cell_done, worker_runner)
     else:
         with num_threads(eval_threads):
             for i, chip in pending:

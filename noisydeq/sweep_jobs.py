@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
+import pickle
 import queue
 import signal
 import sys
@@ -36,6 +37,9 @@ from noisydeq.errors import NoisyDEQError
 
 _DONE, _CELL, _ERROR = "done", "cell", "error"
 _PR_SET_PDEATHSIG = 1
+#: a worker's set-up: (spec, run dir) -> (cell runner, models); given by the sweep, so this
+#: module imports nothing of it (noisydeq.sweep imports this one)
+Setup = Callable[[SweepSpec, str], tuple[Any, Sequence[Any]]]
 
 
 def _die_with_parent() -> None:
@@ -61,9 +65,10 @@ def _die_with_parent() -> None:
     threading.Thread(target=watch, name="parent-watch", daemon=True).start()
 
 
-def _worker(spec: SweepSpec, out_dir: str, work: Any, results: Any) -> None:
-    """Worker process: evaluate pairs from ``work`` until its end marker; cells go back to
-    the parent as ``(cell, key, (rows, layers))``."""
+def _worker(setup: bytes, spec: SweepSpec, out_dir: str, work: Any, results: Any) -> None:
+    """Worker process: evaluate pairs from ``work`` until its end marker with the runner and
+    models that ``setup`` (a pickled :data:`Setup`) builds from ``(spec, out_dir)``; cells go
+    back to the parent as ``(cell, key, (rows, layers))``."""
     _die_with_parent()
     from tqdm import tqdm
 
@@ -72,15 +77,7 @@ def _worker(spec: SweepSpec, out_dir: str, work: Any, results: Any) -> None:
         import torch
 
         torch.set_num_threads(1)
-        from noisydeq.results import RunDir
-        from noisydeq.runtime import resolve_torch_device
-        from noisydeq.sweep import CellRunner, Hardware, family_models
-        from noisydeq.tasks import load_task
-
-        task = load_task(spec.task, data_dir=spec.data_dir, seed=spec.seeds[0])
-        models = family_models(spec, task, progress=False)
-        runner = CellRunner(spec, task, RunDir(out_dir), Hardware(spec),
-                            resolve_torch_device(spec.torch_device))
+        runner, models = pickle.loads(setup)(spec, out_dir)
 
         def send(key: str, rows: list[dict[str, Any]], layers: list[dict[str, Any]]) -> None:
             results.put((_CELL, key, (rows, layers)))
@@ -100,8 +97,12 @@ def run_parallel(
     pairs: Sequence[tuple[int, int]],
     jobs: int,
     on_cell: Callable[[int], None],
+    setup: Setup,
 ) -> None:
-    """Evaluate ``pairs`` with this process and ``jobs - 1`` spawned workers."""
+    """Evaluate ``pairs`` with this process and ``jobs - 1`` spawned workers; each worker
+    builds its runner and models with ``setup`` (a module-level function, sent by name:
+    :func:`noisydeq.sweep.worker_runner`). It travels pickled and is unpickled — which imports
+    its module, torch included — only after the worker has tied its life to the parent's."""
     ctx = mp.get_context("spawn")
     work, results = ctx.Queue(), ctx.Queue()
     order = sorted(pairs, key=lambda p: -models[p[0]].params)  # big models first
@@ -110,8 +111,9 @@ def run_parallel(
     n_workers = jobs - 1
     for _ in range(jobs):
         work.put(None)
-    procs = [ctx.Process(target=_worker, args=(spec, str(Path(runner.run_dir.path)), work,
-                                                results), daemon=True)
+    blob = pickle.dumps(setup)
+    procs = [ctx.Process(target=_worker, args=(blob, spec, str(Path(runner.run_dir.path)),
+                                                work, results), daemon=True)
              for _ in range(n_workers)]
     finished = 0
 

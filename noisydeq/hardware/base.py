@@ -497,7 +497,7 @@ def _conv_args(module: nn.Module, name: str) -> dict[str, Any]:
 class Device:
     """A hardware model of an analog MVM (architecture.md, Devices).
 
-    ``spec`` is the validated preset (:mod:`noisydeq.hardware.presets`); ``chip_seed``
+    ``spec`` is the validated preset (:mod:`noisydeq.hardware.specs`); ``chip_seed``
     selects the chip instance (static noise); ``target_snr_db`` is ``None`` for the
     physical defaults (native SNR) or the SNR every deployed layer is calibrated to;
     ``noise_mode`` says which part of the noise that target sets

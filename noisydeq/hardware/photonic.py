@@ -35,7 +35,7 @@ import torch
 from torch import Tensor
 
 from noisydeq.hardware.base import Control, Device, DeviceLayer, Knobs
-from noisydeq.hardware.presets import PhotonicSpec
+from noisydeq.hardware.specs import PhotonicSpec
 from noisydeq.noise import NoiseStream, seeded_generator
 
 Q_E = 1.602176634e-19  # C, elementary charge (SI exact)

@@ -39,9 +39,9 @@ import torch
 from torch import Tensor
 
 from noisydeq.hardware.base import Control, Device, DeviceLayer, Knobs, control_groups, expand_rows
-from noisydeq.hardware.presets import RRAMSpec
 from noisydeq.hardware.rram_io import identity_read, io_forward, row_stats
-from noisydeq.hardware.rram_program import ChipDraw
+from noisydeq.hardware.rram_program import ChipDraw, wan2022_noise_model
+from noisydeq.hardware.specs import RRAMSpec
 from noisydeq.noise import NoiseStream, derive_seed
 
 S_MIN, S_MAX = 1e-4, 1e3
@@ -49,15 +49,6 @@ S_MIN, S_MAX = 1e-4, 1e3
 #: SNR levels of a batched sweep (31 for 0:30) do not reprogram the chip at every MVM (with 8,
 #: 9+ levels per batch re-ran aihwkit's programming at every forward: 13x slower at 31)
 CHIP_CACHE_MIN, CHIP_CACHE_BYTES = 8, 256 * 2**20
-
-
-def wan2022_noise_model(spec: RRAMSpec, scale: float = 1.0):
-    """aihwkit's Wan-2022 ReRAM noise model on a single-pair converter at ``spec``'s g range."""
-    from aihwkit.inference.converter.conductance import SinglePairConductanceConverter
-    from aihwkit.inference.noise.reram import ReRamWan2022NoiseModel
-
-    conv = SinglePairConductanceConverter(g_max=spec.g_max_us, g_min=spec.g_min_us)
-    return ReRamWan2022NoiseModel(g_converter=conv, noise_scale=spec.prog_noise_scale * scale)
 
 
 def program_weights(

@@ -35,7 +35,7 @@ from statistics import NormalDist
 import torch
 from torch import Tensor
 
-from noisydeq.hardware.presets import RRAMSpec
+from noisydeq.hardware.specs import RRAMSpec
 from noisydeq.noise import STABLE_ROWS
 
 #: float tolerance of the sure-clip tests, relative to the largest possible |v| (codes)

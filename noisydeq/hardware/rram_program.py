@@ -19,7 +19,16 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from noisydeq.hardware.presets import RRAMSpec
+from noisydeq.hardware.specs import RRAMSpec
+
+
+def wan2022_noise_model(spec: RRAMSpec, scale: float = 1.0):
+    """aihwkit's Wan-2022 ReRAM noise model on a single-pair converter at ``spec``'s g range."""
+    from aihwkit.inference.converter.conductance import SinglePairConductanceConverter
+    from aihwkit.inference.noise.reram import ReRamWan2022NoiseModel
+
+    conv = SinglePairConductanceConverter(g_max=spec.g_max_us, g_min=spec.g_min_us)
+    return ReRamWan2022NoiseModel(g_converter=conv, noise_scale=spec.prog_noise_scale * scale)
 
 
 def _sigma(model, g: Tensor, coeff: list[float]) -> Tensor:
@@ -36,8 +45,6 @@ class ChipDraw:
     """One chip's conductance targets, σ's and standard draws; :meth:`program` at any scale."""
 
     def __init__(self, w_norm: Tensor, spec: RRAMSpec, seed: int) -> None:
-        from noisydeq.hardware.rram import wan2022_noise_model
-
         self.spec = spec
         self.model = wan2022_noise_model(spec, 1.0)
         w = w_norm.detach().to("cpu", torch.float32)

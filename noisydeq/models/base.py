@@ -7,6 +7,8 @@ from typing import Any
 
 from torch import Tensor, nn
 
+from noisydeq.limits import check_positive
+
 
 @dataclass
 class ModelOutput:
@@ -33,8 +35,6 @@ class CountingMixin:
         self, in_features: int, out_features: int, input_act: str, width: int, depth: int
     ) -> None:
         """Validate and keep the sizes every DEQ/FFW exposes (width, depth named in errors)."""
-        from noisydeq.models.cells import check_positive
-
         self.width = check_positive("width", width)
         self.depth = check_positive("depth", depth)
         self.in_features = in_features

@@ -18,6 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from noisydeq.errors import NoisyDEQError
+from noisydeq.limits import check_positive
 from noisydeq.noise import Noise
 
 
@@ -47,13 +48,6 @@ def input_activation(name: str) -> Callable[[Tensor], Tensor]:
 def apply_noise(noise: Noise | None, site: str, y: Tensor) -> Tensor:
     """``noise.apply(site, y)`` or ``y`` unchanged when there is no injector."""
     return y if noise is None else noise.apply(site, y)
-
-
-def check_positive(name: str, value: int) -> int:
-    """A positive integer, or a :class:`NoisyDEQError` naming the field."""
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise NoisyDEQError(f"{name}: must be a positive integer, got {value!r}")
-    return value
 
 
 class InputProjection(nn.Module):

@@ -18,7 +18,8 @@ from torch.nn.utils.parametrizations import weight_norm as _weight_norm
 
 from noisydeq.config import GradientSpec, JacobianRegSpec, SolverSpec
 from noisydeq.errors import NoisyDEQError
-from noisydeq.models.cells import apply_noise, check_positive, input_activation
+from noisydeq.limits import check_positive
+from noisydeq.models.cells import apply_noise, input_activation
 from noisydeq.models.deq import DEQ
 from noisydeq.models.ffw import DEFAULT_FFW_FORM, FFW, check_form
 from noisydeq.noise import Noise

@@ -15,34 +15,15 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
-from noisydeq.config import GradientSpec, JacobianRegSpec, SolverSpec
+from noisydeq.config import GradientSpec, JacobianRegSpec, SolverSpec, paper_solver
 from noisydeq.errors import NoisyDEQError
+from noisydeq.limits import check_positive
 from noisydeq.models.base import CountingMixin, ModelOutput
-from noisydeq.models.cells import MLPCell, check_positive
+from noisydeq.models.cells import MLPCell
 from noisydeq.noise import Noise, NoiseStream
 from noisydeq.solvers import solve, solve_with_grad
 from noisydeq.solvers.gradients import attach_gradient
 from noisydeq.solvers.jacobian import jacobian_frobenius_hutchinson
-
-
-def paper_solver(train: bool, noisy: bool = False) -> SolverSpec:
-    """The paper's MNIST / 1-D regression solvers (Table 1).
-
-    Train: unrolling, threshold 60, ε = 1e-3 with stop ``rel`` — or ε = 0.05 with
-    ``mean_rel`` (Eq. 54) when training with noise. Test: unrolling, 60, ε = 0.05,
-    ``mean_rel``. The paper does not print the averaging window. With unrolling the windowed
-    residual telescopes to ‖z_k − z_{k−w}‖/(w‖z̄‖), so its noise floor falls as 1/w
-    (docs/analysis.md: on an MNIST DEQ, w · floor ≈ 1.1 · rel floor at 10-20 dB and ≈ 1.7 at
-    0 dB, where the rel floor is 1.08). Test: w = 40, the smallest window whose floor is
-    below 0.05 at 0 dB, the lowest inference SNR of the paper's Fig. 1a-c, and that still fits
-    the threshold (measured on a digits family: every sample converges at 0 dB and above).
-    Training with noise: w = 10, which lets an untrained width-32 or -128 cell stop at 10 dB
-    (≈ 17-27 steps; 20 dB: ≈ 12) without making every training solve take ≥ 40 steps.
-    """
-    if train and not noisy:
-        return SolverSpec(name="unroll", max_iter=60, tol=1e-3, stop="rel")
-    return SolverSpec(name="unroll", max_iter=60, tol=0.05, stop="mean_rel",
-                      window=10 if train else 40)
 
 
 class DEQ(CountingMixin, nn.Module):

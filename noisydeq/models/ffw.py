@@ -33,8 +33,9 @@ from torch import Tensor, nn
 
 from noisydeq.config import FFW_FORMS, check_choice
 from noisydeq.errors import NoisyDEQError
+from noisydeq.limits import check_positive
 from noisydeq.models.base import CountingMixin, ModelOutput
-from noisydeq.models.cells import InputProjection, TanhLayer, check_positive
+from noisydeq.models.cells import InputProjection, TanhLayer
 from noisydeq.noise import Noise
 
 DEFAULT_FFW_FORM = FFW_FORMS[0]

@@ -63,7 +63,8 @@ from torch.nn.utils.parametrizations import orthogonal
 
 from noisydeq.config import GradientSpec, LyapunovSpec, SolverSpec, coerce, lyapunov_solver
 from noisydeq.errors import NoisyDEQError
-from noisydeq.models.cells import InputProjection, apply_noise, check_positive
+from noisydeq.limits import check_positive
+from noisydeq.models.cells import InputProjection, apply_noise
 from noisydeq.models.deq import DEQ
 from noisydeq.noise import Noise
 from noisydeq.solvers.registry import GRAD_SOLVERS

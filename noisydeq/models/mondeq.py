@@ -51,8 +51,9 @@ from torch import Tensor, nn
 
 from noisydeq.config import GradientSpec, MonotoneSpec, SolverSpec
 from noisydeq.errors import NoisyDEQError
+from noisydeq.limits import check_positive
 from noisydeq.models.base import ModelOutput
-from noisydeq.models.cells import apply_noise, check_positive, input_activation
+from noisydeq.models.cells import apply_noise, input_activation
 from noisydeq.models.conv import PooledHead, _check_kernel, image_shape
 from noisydeq.models.deq import DEQ
 from noisydeq.models.splitting import (

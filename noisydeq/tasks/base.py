@@ -1,4 +1,4 @@
-"""The :class:`Task` container, seeded splits and the task registry (``load_task``).
+"""The :class:`Task` container and seeded splits (the registry: :mod:`noisydeq.tasks.registry`).
 
 A task is a supervised data set held in memory as tensors plus the loss and metric that
 go with it: classification (cross-entropy, accuracy) for the image tasks of the paper's
@@ -7,13 +7,9 @@ Sec. 4.1 / App. D.2, regression (MSE) for the 1-D function of App. D.1.
 
 from __future__ import annotations
 
-import difflib
 import hashlib
-import inspect
-from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from functools import cached_property
-from pathlib import Path
 from typing import Any, Literal
 
 import torch
@@ -148,75 +144,3 @@ def random_split(n: int, n_test: int, seed: int) -> tuple[Tensor, Tensor]:
     g = torch.Generator().manual_seed(int(seed))
     perm = torch.randperm(n, generator=g)
     return torch.sort(perm[n_test:]).values, torch.sort(perm[:n_test]).values
-
-
-Loader = Callable[..., Task]
-
-
-def _registry() -> dict[str, Loader]:
-    from noisydeq.tasks import cifar10, digits, matrix_add, mazes, mnist, prefix_sums, regression1d
-
-    return {
-        "digits": digits.load,
-        "regression1d": regression1d.load,
-        "mnist": mnist.load_mnist,
-        "mnist10k": mnist.load_mnist10k,
-        "cifar10": cifar10.load_cifar10,
-        "prefix_sums": prefix_sums.load,
-        "mazes": mazes.load,
-        "matrix_add": matrix_add.load,
-    }
-
-
-#: tasks read from files (``data_dir`` / ``download`` matter); the others are generated
-#: or ship with a package
-FILE_TASKS = ("mnist", "mnist10k", "cifar10")
-
-
-def task_names() -> list[str]:
-    """Names accepted by :func:`load_task`."""
-    return list(_registry())
-
-
-def check_task_name(name: str) -> str:
-    """Return ``name`` if it is a known task, else raise one line with a suggestion."""
-    names = task_names()
-    if name in names:
-        return name
-    close = difflib.get_close_matches(str(name), names, n=1)
-    hint = f"; did you mean '{close[0]}'?" if close else ""
-    raise NoisyDEQError(f"task: unknown task '{name}'{hint} (allowed: {', '.join(names)})")
-
-
-def load_task(
-    name: str,
-    data_dir: str | Path | None = None,
-    seed: int = 0,
-    *,
-    download: bool | None = None,
-    **options: Any,
-) -> Task:
-    """Load a task by name: ``digits`` (default), ``regression1d``, ``mnist``, ``mnist10k``,
-    ``cifar10`` (official binary files), or the generated algorithmic tasks ``prefix_sums``,
-    ``mazes``, ``matrix_add`` (App. D.4 / E.4).
-
-    ``seed`` fixes the train/test split (and every generated sample). ``data_dir`` /
-    ``download`` only matter for the file tasks (see :mod:`noisydeq.tasks.mnist`,
-    :mod:`noisydeq.tasks.cifar10`). ``options`` are the generator arguments of the
-    algorithmic tasks (sizes, counts; see their modules); other tasks take none.
-    """
-    loader = _registry()[check_task_name(name)]
-    if name in FILE_TASKS:
-        if options:
-            raise NoisyDEQError(f"task '{name}': takes no options, got {sorted(options)}")
-        if name == "cifar10":
-            return loader(data_dir=data_dir, seed=seed)
-        return loader(data_dir=data_dir, seed=seed, download=download)
-    allowed = [p for p in inspect.signature(loader).parameters if p != "seed"]
-    unknown = [k for k in options if k not in allowed]
-    if unknown:
-        close = difflib.get_close_matches(unknown[0], allowed, n=1)
-        hint = f"; did you mean '{close[0]}'?" if close else ""
-        what = f"allowed: {', '.join(allowed)}" if allowed else "it takes no options"
-        raise NoisyDEQError(f"task '{name}': unknown option '{unknown[0]}'{hint} ({what})")
-    return loader(seed=seed, **options)  # data_dir is ignored: generated or bundled data
