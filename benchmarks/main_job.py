@@ -69,3 +69,34 @@ def bench_main_job(
                         TARGETS[phase], secs / TARGETS[phase], 1.0, check=check, ok=ok,
                         extra={"seconds": secs, "returncode": rc, "bound_s": TARGETS[phase]}))
     return rows, cache
+
+
+def bench_help(repeat: int = 7) -> list[Row]:
+    """``noisydeq --help`` against ``python -c pass`` (the same interpreter), interleaved.
+
+    Target: at most 0.3 s above the bare interpreter, i.e. median(help) ≤ median(pass) +
+    0.3 s (ratio ≤ 1 with the peer taken as median(pass) + 0.3 s). Spread: min–max of the
+    repetitions. Check: the help lists the commands and exits 0."""
+    import statistics
+
+    env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
+    runs: dict[str, list[float]] = {"help": [], "pass": []}
+    cmds = {"help": noisydeq_exe() + ["--help"], "pass": [sys.executable, "-c", "pass"]}
+    ok = True
+    for i in range(repeat + 1):  # the first round warms the file cache, untimed
+        for what, cmd in cmds.items():
+            t0 = time.perf_counter()
+            proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+            dt = time.perf_counter() - t0
+            if what == "help":
+                ok = ok and proc.returncode == 0 and "sweep" in proc.stdout
+            if i:
+                runs[what].append(dt)
+    med = {k: statistics.median(v) for k, v in runs.items()}
+    bound = med["pass"] + 0.3
+    spread = {k: f"{min(v):.2f}-{max(v):.2f}" for k, v in runs.items()}
+    return [Row("main job", "noisydeq --help vs python -c pass + 0.3 s (median)", med["help"],
+                bound, med["help"] / bound, 1.0,
+                check=f"help lists commands; spread help {spread['help']} s, pass "
+                      f"{spread['pass']} s", ok=ok,
+                extra={"help_s": runs["help"], "pass_s": runs["pass"]})]

@@ -30,11 +30,11 @@ HERE = Path(__file__).resolve().parent
 
 def _run_area(area: str, quick: bool, work: Path, state: dict[str, Any]) -> list[Row]:
     if area == "main_job":
-        from benchmarks.main_job import bench_main_job
+        from benchmarks.main_job import bench_help, bench_main_job
 
         rows, cache = bench_main_job(work, timeout=480.0)
         state["cache"] = cache
-        return rows
+        return rows + bench_help(repeat=3 if quick else 7)
     if area == "sweep":
         from benchmarks.sweep import bench_sweep
         from noisydeq.config import SweepSpec, build

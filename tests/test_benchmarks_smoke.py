@@ -72,6 +72,13 @@ def test_main_job_cold_and_warm_tables_equal(tmp_path) -> None:
     assert cache.is_dir()
 
 
+def test_help_row_runs_the_cli() -> None:
+    from benchmarks.main_job import bench_help
+
+    (row,) = bench_help(repeat=1)
+    assert row.ok, row.check
+
+
 def test_table_and_json_output(tmp_path) -> None:
     from benchmarks.run import main
 

@@ -7,14 +7,15 @@ import math
 
 import click
 
-from noisydeq.hardware.presets import device_from_spec, load_spec, preset_names
-
 
 def _db(v: float) -> float | None:
     return None if math.isinf(v) or math.isnan(v) else round(v, 2)
 
 
 def _row(name: str) -> dict[str, object]:
+    # imported here: the hardware package loads torch, which `noisydeq --help` does not need
+    from noisydeq.hardware.presets import device_from_spec, load_spec
+
     spec = load_spec(name)
     device = device_from_spec(spec)
     parts = device.native_parts()
@@ -38,6 +39,8 @@ def command(presets: tuple[str, ...], as_json: bool) -> None:
     The native SNR (total, and its static and dynamic parts) is measured on the reference
     MVM: a 467x467 nn.Linear (default init, seed 0) with inputs uniform in [-1, 1].
     """
+    from noisydeq.hardware.presets import preset_names
+
     rows = [_row(p) for p in (presets or preset_names())]
     if as_json:
         click.echo(json.dumps(rows, indent=2))

@@ -2,8 +2,8 @@
 
 Calibrating a chip (:mod:`noisydeq.hardware.calibration`, :mod:`noisydeq.hardware.modes`)
 measures every device layer at several knob values per target SNR, and calibrating inside
-the noisy network (:mod:`noisydeq.hardware.in_network`) runs the model at every level for a
-few rounds. The knobs found are a deterministic function of: the digital weights and the
+the noisy network (:mod:`noisydeq.hardware.in_network`) runs the model at every level once
+(or twice). The knobs found are a deterministic function of: the digital weights and the
 model's configuration (solvers, forms: :func:`model_config`), the device spec, the chip
 seed, the noise mode, the calibration kind and its settings (rounds, samples), the
 calibration inputs, the target levels and the order in which they are searched (a layer's
@@ -171,7 +171,8 @@ def calibrate_levels(
     samples = in_network.SAMPLES if samples is None else int(samples)
     settings: dict[str, Any] = {"calibration": calibration}
     if calibration == "network" and calib_x is not None:
-        settings.update(rounds=rounds, samples=samples, draws=in_network.DRAWS)
+        settings.update(rounds=rounds, samples=samples, draws=in_network.DRAWS,
+                        refine_db=in_network.REFINE_DB)
     path = None
     if cache_dir is not None:
         key = calibration_key(model, device, calib_x, finite, settings)

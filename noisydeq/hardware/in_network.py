@@ -3,16 +3,23 @@
 Calibrating each layer on the activations of a *clean* forward (:func:`calibrate`) meets its
 target on inputs it never sees once the network is noisy: upstream layers change the
 inputs of every layer below them, and a DEQ's cell sees its noisy fixed point, not the clean
-one. :func:`calibrate_in_network` starts from the clean calibration and then, for a few
-rounds, runs the deployed model at every target level at once (levels stacked along the
-batch, one noise stream per level and layer, the same draws every round), captures each
-layer's input at its *last* evaluation of every sample (the noisy fixed point for a DEQ;
-the one evaluation of an FFW layer) and recalibrates the layer for that level: the first
-round searches its knob on exactly those inputs (upstream layers already noisy), later
-rounds take a secant step through the (knob, in-network SNR) pairs of the last two rounds,
-the slope of the self-consistent SNR: a DEQ's cell moves its own inputs with its knob (at
-0 dB a search on fixed inputs overshoots by ~1.5 dB under additive-like noise). The report
-gives, per round, the largest miss of the knobs it started from.
+one. :func:`calibrate_in_network` starts from the clean calibration and then walks the
+levels in ascending order. Each level is run through the deployed model (one noise stream
+per level and layer, the same draws at every forward of the level), each layer's input is
+captured at its *last* evaluation of every sample (the noisy fixed point for a DEQ; the one
+evaluation of an FFW layer) and the layer is recalibrated for that level on exactly those
+inputs. The in-network correction of a knob (in-network over clean knob, on its noise-mode
+path) changes slowly from one level to the next, so a level starts from its clean knobs
+shifted by the previous level's correction, and the forward there both measures the start
+(kept when within the tolerance) and gives a secant step through the previous level's
+(knob, in-network SNR) point: the slope of the *self-consistent* SNR, since a DEQ's cell
+moves its own inputs with its knob (at 0 dB a search on fixed inputs overshoots by ~1.5 dB
+under additive-like noise). One forward per level where the start lands within
+:data:`REFINE_DB` of the target; otherwise (the first level, or a jump) the level is run
+again at the stepped knobs and takes a secant step through its own two points — what every
+level took before (two rounds of all levels: twice the forwards and a fixed-input search
+per layer and level). The report gives, per forward, the largest miss of the knobs it
+started from.
 """
 
 from __future__ import annotations
@@ -25,9 +32,11 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from noisydeq.hardware import modes
 from noisydeq.hardware.base import (
     CALIB_ROWS,
     DeviceLayer,
+    Knobs,
     calibrate,
     device_layers,
     set_sample_snr,
@@ -47,6 +56,9 @@ DRAWS = 4
 #: layer's captured inputs are read several times (independent draws of its dynamic noise)
 MIN_OUTPUTS = 20_000
 MAX_REPEATS = 8
+#: a level whose first in-network forward finds some layer further than this (dB) from the
+#: target is measured again after the step (its own secant), up to ``rounds`` forwards
+REFINE_DB = 0.25
 
 
 def repeated(rows: Tensor, n_out: int) -> Tensor:
@@ -59,13 +71,15 @@ def repeated(rows: Tensor, n_out: int) -> Tensor:
 
 @dataclass
 class NetworkReport:
-    """What :func:`calibrate_in_network` did: levels, rounds and, per round, the largest
-    change of any layer's target-part SNR (dB) on its captured inputs before recalibration
-    (how far the previous knobs were off inside the network)."""
+    """What :func:`calibrate_in_network` did: levels, the most forwards per level, per
+    forward (first, second, ...) the largest miss of any layer's target-part SNR (dB) on its
+    captured inputs at the knobs it started from (how far they were off inside the
+    network), and the number of noisy forwards (one level each) it ran."""
 
     levels: list[float]
     rounds: int
     off_db: list[float] = field(default_factory=list)
+    forwards: int = 0
 
 
 class _LastInputs:
@@ -158,13 +172,17 @@ def calibrate_in_network(
     ``levels`` on the inputs it sees in the noisy network (module docstring).
 
     ``x``: network inputs (training data); the clean calibration uses all of them, the
-    noisy rounds the first ``samples`` (None: all), each run ``draws`` times with independent
-    noise (all captured inputs are used). ``rounds``: noisy rounds after the clean start (0:
-    clean calibration only). ``forward(model, x)`` runs the model (default
-    ``model(x)``). ``clean_start=False``: the layers were calibrated on ``x`` already
-    (:func:`calibrate`). Each layer keeps the knobs found per level (``layer.control_for``);
-    its noise streams and per-sample targets are restored afterwards.
+    noisy forwards the first ``samples`` (None: all), each run ``draws`` times with
+    independent noise (all captured inputs are used). ``rounds``: the most noisy forwards
+    per level (0: clean calibration only; a level whose first forward lands within
+    :data:`REFINE_DB` of the target takes one). ``forward(model, x)`` runs the model
+    (default ``model(x)``); ``max_rows`` is kept for the interface (a forward holds one
+    level's ``samples × draws`` rows). ``clean_start=False``: the layers were calibrated on
+    ``x`` already (:func:`calibrate`). Each layer keeps the knobs found per level
+    (``layer.control_for``); its noise streams and per-sample targets are restored
+    afterwards.
     """
+    del max_rows  # one level per forward (its rows: samples x draws)
     if rounds < 0 or draws < 1:
         raise ValueError("rounds must be >= 0 and draws >= 1")
     forward = forward if forward is not None else (lambda m, inp: m(inp))
@@ -175,29 +193,48 @@ def calibrate_in_network(
         return report
     if clean_start:
         calibrate(model, x)  # clean start: knobs on the clean activations
-    for level in finite:
-        for layer in layers.values():
-            layer.control_for(level)
+    clean = {level: {name: layer.control_for(level) for name, layer in layers.items()}
+             for level in finite}
+    if rounds == 0:
+        return report
     xs = x if samples is None else x[:samples]
     xs = xs.repeat(draws, *([1] * (xs.ndim - 1)))  # rows keyed by position: own draws
     saved = {name: (layer.stream, layer.sample_snr) for name, layer in layers.items()}
-    history: dict[tuple[str, float], tuple] = {}  # (layer, level) -> (knobs, SNR) last round
+    report.off_db = [0.0] * rounds
+    #: per layer: (clean knobs, final knobs) of the last level and its last in-network
+    #: measurement (knobs, SNR): the next level's start and cross-level secant prior
+    last: dict[str, tuple[Knobs, Knobs]] = {}
+    measured: dict[str, tuple[Knobs, float]] = {}
     try:
-        for _ in range(rounds):
-            off = 0.0
-            for chunk in _level_chunks(finite, xs.shape[0], max_rows):
-                # the same draws every round (common random numbers): the inputs change
-                # only through the knobs, so the rounds converge
-                capture, n = _noisy_inputs(model, layers, xs, chunk, seed, forward)
-                for j, level in enumerate(chunk):
-                    block = slice(j * n, (j + 1) * n)
-                    for name, layer in layers.items():
-                        rows = capture.rows(name, layer, block)
-                        if rows is None:
-                            continue
-                        rows = repeated(subsample_rows(rows, CALIB_ROWS * draws), layer.n_out)
-                        off = max(off, _recalibrate(layer, level, rows, history, name))
-            report.off_db.append(off)
+        for level in finite:
+            for name, layer in layers.items():
+                ref = last.get(name)
+                start = None if ref is None else modes.shifted(
+                    layer, layer.noise_mode, clean[level][name], *ref)
+                layer._controls[level] = clean[level][name] if start is None else start
+            priors = dict(measured)  # the previous level's points (self-consistent slope)
+            for r in range(rounds):
+                # the same draws at every forward of a level (common random numbers): the
+                # inputs change only through the knobs
+                capture, n = _noisy_inputs(model, layers, xs, [level], seed, forward)
+                block = slice(0, n)
+                worst = 0.0
+                for name, layer in layers.items():
+                    rows = capture.rows(name, layer, block)
+                    if rows is None:
+                        continue
+                    rows = repeated(subsample_rows(rows, CALIB_ROWS * draws), layer.n_out)
+                    miss = _recalibrate(layer, level, rows, priors, measured, name)
+                    worst = max(worst, miss)
+                report.off_db[r] = max(report.off_db[r], worst)
+                report.forwards += 1
+                if worst <= REFINE_DB:
+                    break
+                # far off: measure again at the new knobs, with this level's own point as
+                # the secant's prior (same draws: the slope of the self-consistent SNR)
+                priors = {name: measured[name] for name in measured}
+            for name, layer in layers.items():
+                last[name] = (clean[level][name], layer._controls[level])
     finally:
         for name, layer in layers.items():
             layer.stream, layer.sample_snr = saved[name]
@@ -247,12 +284,16 @@ def measure_in_network(
 
 
 def _recalibrate(layer: DeviceLayer, level: float, rows: Tensor,
-                 history: dict[tuple[str, float], tuple], name: str) -> float:
-    """Recalibrate ``layer`` for ``level`` on ``rows`` (captured at its current knobs; the
-    previous round's knobs and SNR in ``history`` give a secant step); returns how far (dB)
-    its target part was from the level there at the current knobs (0 without signal)."""
+                 priors: dict[str, tuple[Knobs, float]], measured: dict[str, tuple[Knobs, float]],
+                 name: str) -> float:
+    """Recalibrate ``layer`` for ``level`` on ``rows`` (captured at its current knobs; an
+    earlier in-network point in ``priors`` gives a secant step) and record the point
+    measured here in ``measured``; returns how far (dB) its target part was from the level
+    at the current knobs (0 without signal)."""
     start = layer._controls[level]
-    knobs, was = layer.recalibrate(level, rows, start, history.get((name, level)))
+    knobs, was = layer.recalibrate(level, rows, start, priors.get(name))
     layer._controls[level] = knobs
-    history[(name, level)] = (start, was)
-    return abs(was - level) if not math.isnan(was) else 0.0
+    if math.isnan(was):
+        return 0.0
+    measured[name] = (start, was)
+    return abs(was - level)

@@ -214,8 +214,9 @@ def search(
     if k0 is not None and abs(was - target) <= TOL_DB:
         return start, was  # type: ignore[return-value]
     step = _secant(route, layer, k0, was, prior, target)
-    if step is not None:
+    if step is not None and route.lo < step < route.hi:
         return route.knobs(layer, step), was
+    # no slope, or a step to the bracket's end: search (and check the range) on ``x``
     if table:
         k = layer.knob_table(route, x, snr).knob_for(target)
     elif k0 is not None and math.isfinite(was):
@@ -248,6 +249,20 @@ def _secant(route: Route, layer: DeviceLayer, k0: float | None, was: float,
         return None
     move = max(-math.log(10.0), min(math.log(10.0), (target - was) / slope))
     return _clamp(math.exp(math.log(k0) + move), route.lo, route.hi)
+
+
+def shifted(layer: DeviceLayer, mode: str, knobs: Knobs, ref_from: Knobs,
+            ref_to: Knobs) -> Knobs | None:
+    """``knobs`` moved along their path by the ratio that took ``ref_from`` to ``ref_to``
+    (clamped to the bracket), or None when the three are not on one path of ``mode``.
+
+    E.g. a level's clean knobs shifted by the previous level's in-network correction (a
+    start for its in-network search: the correction changes slowly with the level)."""
+    for route in routes(layer, mode):
+        k, a, b = (route.knob_of(layer, v) for v in (knobs, ref_from, ref_to))
+        if k is not None and a is not None and b is not None and a > 0:
+            return route.knobs(layer, _clamp(k * b / a, route.lo, route.hi))
+    return None
 
 
 def new_table(route: Route, snr) -> KnobTable:

@@ -29,17 +29,21 @@ def family():
 
 
 def _deviations(
-    model, task, device, *, rounds: int | None = None
+    model, task, device, *, rounds: int | None = None, levels: list[float] = LEVELS,
+    report: list | None = None,
 ) -> dict[tuple[float, str], float]:
     """Measured minus nominal SNR of the mode's part, per (level, layer), inside the network:
-    averaged over four fresh noise draws on the calibration inputs."""
+    averaged over four fresh noise draws on the calibration inputs (independent of the
+    calibration's own draws)."""
     dep = device.deploy(model).eval()
     x = task.x_train[:512]
     kw = {} if rounds is None else {"rounds": rounds}  # default: the sweeps' rounds
-    calibrate_in_network(dep, x, LEVELS, seed=device.chip_seed, **kw)
+    rep = calibrate_in_network(dep, x, levels, seed=device.chip_seed, **kw)
+    if report is not None:
+        report.append(rep)
     sums: dict[tuple[float, str], Parts] = {}
     for seed in (101, 102, 103, 104):
-        for level, layers in measure_in_network(dep, x, LEVELS, seed=seed).items():
+        for level, layers in measure_in_network(dep, x, levels, seed=seed).items():
             for name, parts in layers.items():
                 sums.setdefault((level, name), Parts())
                 sums[(level, name)] += parts
@@ -67,3 +71,22 @@ def test_clean_calibration_misses_inside_the_network(family) -> None:
     task, models = family
     dev = _deviations(models["ffw"], task, hw.get_device("rram-wan2022").new_chip(1), rounds=0)
     assert max(abs(v) for v in dev.values()) > 0.5
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["deq", "ffw"])
+def test_dense_grid_takes_about_one_forward_per_level_and_stays_within_half_a_db(
+    family, kind
+) -> None:
+    """On a 1 dB grid (as the sweeps' default 0:30) each level starts from the previous
+    level's in-network correction: most levels take one noisy forward (two rounds of every
+    level took 2 per level) and every layer still meets its target inside the network."""
+    task, models = family
+    levels = [float(v) for v in range(8)]  # the low end, where the correction is largest
+    reports: list = []
+    dev = _deviations(models[kind], task, hw.get_device("rram-wan2022").new_chip(2),
+                      levels=levels, report=reports)
+    assert len({lv for lv, _ in dev}) == len(levels)
+    worst = max(dev.items(), key=lambda kv: abs(kv[1]))
+    assert abs(worst[1]) < 0.5, worst
+    assert reports[0].forwards <= len(levels) + 3, reports[0]
