@@ -8,7 +8,7 @@ are reused, not retrained). The regularised FFW (:class:`~noisydeq.analysis.jaco
 "coefficient 1 additive with task loss") starts from the plain FFW's initial weights and is
 trained with Σ_m weight·‖J_m‖²_F/d added; it is cached under the hash of its own config.
 The sweep's ``ExperimentSpec`` has no field for a regularised FFW, so this experiment has its
-own small strict spec (``experiments/fig13_jacreg_ffw.toml``) run by :func:`run_fig13`:
+own small strict spec (``noisydeq/experiments/fig13_jacreg_ffw.toml``) run by :func:`run_fig13`:
 
     python -m noisydeq.analysis.fig13 SPEC.toml OUT_DIR [key=value ...]
 """

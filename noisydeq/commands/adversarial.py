@@ -1,5 +1,5 @@
-"""``noisydeq adversarial experiments/adversarial-X.toml [--quick|--full]``: train a grid of
-adversarially trained DEQ/FFW families with defences and attack them
+"""``noisydeq adversarial noisydeq/experiments/adversarial-X.toml [--quick|--full]``: train a
+grid of adversarially trained DEQ/FFW families with defences and attack them
 (:mod:`noisydeq.analysis.adversarial_experiment`).
 
 Everything is validated (spec, every training spec of the grid, every attack table, data,

@@ -3,7 +3,7 @@ chip in a device envelope.
 
 ``SOURCE`` is a checkpoint, the output dir of ``noisydeq train`` (one model or a family),
 the run dir of a ``noisydeq sweep`` — or a certify experiment file
-(``experiments/certify-*.toml``, ``--quick``/``--full``) that trains its models with IBP
+(``noisydeq/experiments/certify-*.toml``, ``--quick``/``--full``) that trains its models with IBP
 first. Writes ``results.csv``, ``results.parquet`` and ``figures/`` into ``--out``; nothing
 is written when the input is refused.
 """

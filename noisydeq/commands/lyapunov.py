@@ -1,4 +1,4 @@
-"""``noisydeq lyapunov experiments/lyapunov-X.toml``: LyaDEQ under attack and on devices.
+"""``noisydeq lyapunov noisydeq/experiments/lyapunov-X.toml``: LyaDEQ under attack and on devices.
 
 Runs (or resumes) a LyaDEQ experiment (:mod:`noisydeq.analysis.lyapunov_experiment`): the
 Table 1 grid of Chu et al. (2024) — plain DEQ, + Lyapunov module, + orthogonal head, both —

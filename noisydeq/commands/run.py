@@ -1,4 +1,4 @@
-"""``noisydeq run experiments/X.toml [--quick|--full]``: run an experiment spec.
+"""``noisydeq run noisydeq/experiments/X.toml [--quick|--full]``: run an experiment spec.
 
 An experiment file (:class:`noisydeq.config.ExperimentSpec`) holds a base sweep and its
 ``quick`` (minutes on CPU) and ``full`` (the paper's Table 1/2 settings) variants.
@@ -66,7 +66,7 @@ def command(
     threads: str | None,
     jobs: str | None,
 ) -> None:
-    """Run an experiment spec (experiments/*.toml) reproducing a figure of the paper."""
+    """Run an experiment spec (noisydeq/experiments/*.toml) reproducing a figure of the paper."""
     from noisydeq.runtime import job_count, thread_plan
 
     thread_plan(threads)  # a bad value is one error before anything runs

@@ -1,9 +1,9 @@
-"""``noisydeq study experiments/X.toml [--quick|--full]``: run a study experiment file.
+"""``noisydeq study noisydeq/experiments/X.toml [--quick|--full]``: run a study experiment file.
 
 A study trains a few named models (any cell) and evaluates them over test sizes, test SNRs
 and DEQ test solvers (:mod:`noisydeq.studies`): the algorithmic extrapolation experiments
-(``experiments/algorithmic-*.toml``) and the multiscale-DEQ comparison
-(``experiments/mdeq-mnist.toml``).
+(``noisydeq/experiments/algorithmic-*.toml``) and the multiscale-DEQ comparison
+(``noisydeq/experiments/mdeq-mnist.toml``).
 """
 
 from __future__ import annotations
