@@ -1,5 +1,5 @@
-"""``noisydeq adversarial noisydeq/experiments/adversarial-X.toml [--quick|--full]``: train a
-grid of adversarially trained DEQ/FFW families with defences and attack them
+"""``noisydeq adversarial NAME|FILE.toml [--quick|--full]``: train a grid of adversarially
+trained DEQ/FFW families with defences and attack them
 (:mod:`noisydeq.analysis.adversarial_experiment`).
 
 Everything is validated (spec, every training spec of the grid, every attack table, data,
@@ -80,12 +80,13 @@ def command(experiment: str, variant: str, out: Path | None, data_dir: str | Non
             as_json: bool) -> None:
     """Adversarial training grid (PGD-AT/TRADES x defences) and its attack tables."""
     from noisydeq.analysis.adversarial_experiment import load_experiment, run_experiment
+    from noisydeq.bundled import find_experiment
     from noisydeq.runtime import num_threads, thread_plan
     from noisydeq.store import check_out_dir
 
     train_threads, _ = thread_plan(threads)
     data_dir = check_data_dir(data_dir)
-    exp = load_experiment(experiment)
+    exp = load_experiment(find_experiment(experiment, "adversarial"))
     try:
         resolved = exp.resolve(variant, **nested_sets(sets, list(exp.evaluations)))
     except ValueError as err:
