@@ -7,6 +7,7 @@ import math
 
 import click
 
+from noisydeq.errors import NoisyDEQError
 from noisydeq.hardware.presets import device_from_spec, load_spec, preset_names
 
 
@@ -14,9 +15,16 @@ def _db(v: float) -> float | None:
     return None if math.isinf(v) or math.isnan(v) else round(v, 2)
 
 
-def _row(name: str) -> dict[str, object]:
+def _row(name: str, listing: bool = False) -> dict[str, object]:
     spec = load_spec(name)
-    device = device_from_spec(spec)
+    try:
+        device = device_from_spec(spec)
+    except NoisyDEQError as err:  # e.g. rram without its optional aihwkit
+        if not listing:
+            raise
+        return {"name": name, "kind": spec.kind, "native_snr_db": None,
+                "native_static_snr_db": None, "native_dynamic_snr_db": None, "params": {},
+                "description": spec.description, "unavailable": str(err)}
     parts = device.native_parts()
     return {
         "name": name,
@@ -38,7 +46,7 @@ def command(presets: tuple[str, ...], as_json: bool) -> None:
     The native SNR (total, and its static and dynamic parts) is measured on the reference
     MVM: a 467x467 nn.Linear (default init, seed 0) with inputs uniform in [-1, 1].
     """
-    rows = [_row(p) for p in (presets or preset_names())]
+    rows = [_row(p) for p in presets] if presets else [_row(p, True) for p in preset_names()]
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
@@ -47,6 +55,9 @@ def command(presets: tuple[str, ...], as_json: bool) -> None:
         return "inf" if v is None else f"{v:.1f}"
 
     for r in rows:
+        if "unavailable" in r:
+            click.echo(f"{r['name']:<{width}}  {r['kind']:<8}  unavailable: {r['unavailable']}")
+            continue
         snr = (f"native {fmt(r['native_snr_db']):>5} dB (static {fmt(r['native_static_snr_db'])},"
                f" dynamic {fmt(r['native_dynamic_snr_db'])})")
         params = " ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}"
