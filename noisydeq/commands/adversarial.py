@@ -18,6 +18,7 @@ import click
 
 from noisydeq.commands.sweep import check_data_dir, parse_sets
 from noisydeq.errors import NoisyDEQError
+from noisydeq.progress import with_heartbeat
 
 
 def nested_sets(items: tuple[str, ...], evaluations: list[str]) -> dict[str, Any]:
@@ -75,6 +76,7 @@ def _default_out(name: str, variant: str, resolved: Any) -> Path:
               help="torch threads (default $NOISYDEQ_THREADS, else torch's default).")
 @click.option("--quiet", is_flag=True, help="No progress output.")
 @click.option("--json", "as_json", is_flag=True, help="Print a machine-readable summary.")
+@with_heartbeat("adversarial")
 def command(experiment: str, variant: str, out: Path | None, data_dir: str | None,
             sets: tuple[str, ...], cache: Path | None, threads: str | None, quiet: bool,
             as_json: bool) -> None:

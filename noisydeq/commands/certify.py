@@ -20,6 +20,7 @@ import click
 
 from noisydeq.config import build
 from noisydeq.errors import NoisyDEQError
+from noisydeq.progress import with_heartbeat
 
 
 def _spec(opts: dict[str, Any]):
@@ -101,6 +102,7 @@ def _writable(out: Path) -> None:
 @click.option("--threads", type=int, default=None, help="torch threads (default: torch's).")
 @click.option("--json", "as_json", is_flag=True, help="print the rows as JSON.")
 @click.option("--quiet", "-q", is_flag=True, help="no per-model lines.")
+@with_heartbeat("certify")
 def command(source: Path, **opts: Any) -> None:
     """Certified robustness (interval bounds) of monotone DEQs and explicit networks."""
     from noisydeq.bundled import find_experiment, is_bundled

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import click
 
+from noisydeq.progress import with_heartbeat
+
 
 @click.command("lyapunov")
 @click.argument("experiment")
@@ -25,6 +27,7 @@ import click
               help="torch threads (as for noisydeq sweep; the evaluation count is used).")
 @click.option("--quiet", is_flag=True, help="No progress output.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report's paths as JSON.")
+@with_heartbeat("lyapunov")
 def command(experiment: str, out: str | None, data_dir: str | None, seeds: str | None,
             only: str | None, threads: str | None, quiet: bool, as_json: bool) -> None:
     """Reproduce the LyaDEQ paper's Table 1 and compare LyaDEQ/DEQ/FFW on devices."""

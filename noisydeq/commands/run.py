@@ -15,6 +15,7 @@ import click
 
 from noisydeq.commands.sweep import check_data_dir, default_out, execute, parse_sets
 from noisydeq.config import ExperimentSpec, SweepSpec, build, load_toml
+from noisydeq.progress import with_heartbeat
 
 
 def resolve_experiment(
@@ -87,6 +88,7 @@ def _list(as_json: bool) -> None:
               help="torch threads for training and evaluation (as for noisydeq sweep).")
 @click.option("--jobs", default=None, metavar="auto|N",
               help="evaluation processes (as for noisydeq sweep).")
+@with_heartbeat("run")
 def command(
     experiment: str | None, list_: bool, variant: str, out: str | None, data_dir: str | None,
     torch_device: str | None, sets: tuple[str, ...], quiet: bool, as_json: bool,

@@ -16,6 +16,7 @@ import click
 
 from noisydeq.commands.sweep import check_data_dir, parse_sets
 from noisydeq.errors import NoisyDEQError
+from noisydeq.progress import with_heartbeat
 
 
 def default_out(name: str, variant: str) -> Path:
@@ -35,6 +36,7 @@ def default_out(name: str, variant: str) -> Path:
 @click.option("--threads", default=None, metavar="N", help="torch threads (default: torch's).")
 @click.option("--quiet", is_flag=True, help="No progress lines.")
 @click.option("--json", "as_json", is_flag=True, help="Print a machine-readable summary.")
+@with_heartbeat("study")
 def command(experiment: str, variant: str, out: str | None, data_dir: str | None,
             torch_device: str | None, sets: tuple[str, ...], threads: str | None, quiet: bool,
             as_json: bool) -> None:
