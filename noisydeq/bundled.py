@@ -126,7 +126,7 @@ def find_experiment(arg: str | Path, command: str = "run") -> Path:
     if p.is_file():
         return p
     if p.is_dir():
-        raise NoisyDEQError(f"{arg}: a directory, not an experiment file")
+        raise NoisyDEQError(f"{arg}: a directory, not a file (an experiment file or a name)")
     if is_bundled(arg):
         return experiments_dir() / f"{_bare(str(arg))}.toml"
     names = experiment_names()
