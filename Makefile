@@ -1,7 +1,8 @@
 # noisydeq — the README's two set-up commands are `make run` and `make test`.
 # Both create ./.venv on first use (local CPU torch 2.13.0, aihwkit 1.1.0 and torchattacks
 # 3.5.1 without their torchvision requirement, noisydeq in editable mode with the dev extra)
-# and reuse it after.
+# and reuse it after. pyproject.toml declares torch as a range and aihwkit/torchattacks as
+# extras (rram, attacks); the exact CPU torch pin and the --no-deps installs live here.
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin

@@ -87,8 +87,34 @@ class LazyGroup(click.Group):
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="noisydeq")
-def cli() -> None:
-    """Run DEQ and feed-forward networks on simulated noisy analog and optical hardware."""
+@click.option("--log-json", "log_json", default=None, metavar="PATH",
+              help="Append machine-readable JSON-lines events (start, progress, cell, end, "
+                   "error) to PATH (also $NOISYDEQ_LOG_JSON).")
+@click.pass_context
+def cli(ctx: click.Context, log_json: str | None) -> None:
+    """Run DEQ and feed-forward networks on simulated noisy analog and optical hardware.
+
+    \b
+    Examples:
+      noisydeq sweep --device snr --snr 0:30:5
+      noisydeq run --list
+      noisydeq --log-json run.jsonl sweep --device rram
+    """
+    from noisydeq import events
+
+    if log_json is not None:
+        events.open_log(log_json)
+        _RUN["opened"] = True
+    if events.active() and not _RUN["started"]:
+        _RUN["started"] = True
+        _RUN["command"] = ctx.invoked_subcommand
+        events.emit("start", command=ctx.invoked_subcommand, argv=_RUN["argv"],
+                    version=__version__, cwd=os.getcwd())
+
+
+#: the current invocation, for its events (``--log-json``)
+_RUN: dict[str, Any] = {"argv": [], "started": False, "opened": False, "command": None,
+                        "t0": 0.0}
 
 
 class Terminated(KeyboardInterrupt):
@@ -127,7 +153,53 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def _run(argv: list[str]) -> None:
-    """:func:`main` without the signal set-up."""
+    """:func:`main` without the signal set-up; with ``--log-json`` it brackets the command with
+    ``start`` and ``end``/``error`` events."""
+    import time
+
+    from noisydeq import events
+
+    _RUN.update(argv=list(argv), started=False, opened=False, command=None,
+                t0=time.monotonic())
+    try:
+        _dispatch(argv)
+    except SystemExit as ex:
+        code = ex.code if isinstance(ex.code, int) else (0 if ex.code is None else 1)
+        if code == 0:
+            _event_end(0)
+        raise
+    else:
+        _event_end(0)
+    finally:
+        if _RUN["opened"]:
+            events.close_log()
+
+
+def _event_end(status: int, message: str | None = None) -> None:
+    """The last event of the invocation (once; nothing without a log or a start)."""
+    import time
+
+    from noisydeq import events
+
+    if not (_RUN["started"] and events.active()):
+        return
+    _RUN["started"] = False
+    fields = {"command": _RUN["command"], "status": status,
+              "seconds": round(time.monotonic() - _RUN["t0"], 3)}
+    if message is None:
+        events.emit("end", **fields)
+    else:
+        events.emit("error", message=message, **fields)
+
+
+def _fail(line: str, status: int) -> None:
+    """One line on stderr, the ``error`` event, exit ``status``."""
+    click.echo(line, err=True)
+    _event_end(status, line)
+    sys.exit(status)
+
+
+def _dispatch(argv: list[str]) -> None:
     try:
         with cli.make_context("noisydeq", argv) as ctx:
             cli.invoke(ctx)
@@ -135,36 +207,29 @@ def _run(argv: list[str]) -> None:
         click.echo(err.ctx.get_help() if err.ctx is not None else str(err))
         sys.exit(2)
     except click.exceptions.Abort:
-        click.echo(f"noisydeq: interrupted; {_resume_hint(argv)}", err=True)
-        sys.exit(130)
+        _fail(f"noisydeq: interrupted; {_resume_hint(argv)}", 130)
     except KeyboardInterrupt as err:
         signum = getattr(err, "signum", signal.SIGINT)
         name = "terminated" if signum == signal.SIGTERM else "interrupted"
-        click.echo(f"noisydeq: {name}; {_resume_hint(argv)}", err=True)
-        sys.exit(128 + int(signum))
+        _fail(f"noisydeq: {name}; {_resume_hint(argv)}", 128 + int(signum))
     except click.ClickException as err:
-        click.echo(f"noisydeq: error: {err.format_message()}", err=True)
-        sys.exit(err.exit_code or 2)
+        _fail(f"noisydeq: error: {err.format_message()}", err.exit_code or 2)
     except NoisyDEQError as err:
-        click.echo(f"noisydeq: error: {err}", err=True)
-        sys.exit(2)
+        _fail(f"noisydeq: error: {err}", 2)
     except click.exceptions.Exit as err:
         sys.exit(err.exit_code)
     except MemoryError:
-        click.echo("noisydeq: error: out of memory (ask for fewer or smaller models, fewer "
-                   "rows per forward or fewer SNR levels)", err=True)
-        sys.exit(2)
+        _fail("noisydeq: error: out of memory (ask for fewer or smaller models, fewer "
+              "rows per forward or fewer SNR levels)", 2)
     except OSError as err:
         where = f"{err.filename}: " if err.filename else ""
-        click.echo(f"noisydeq: error: {where}{err.strerror or err}", err=True)
-        sys.exit(2)
+        _fail(f"noisydeq: error: {where}{err.strerror or err}", 2)
     except Exception as err:  # noqa: BLE001 - the last line of defence: never a traceback
         if os.environ.get("NOISYDEQ_DEBUG"):
             raise
         msg = str(err).splitlines()[0] if str(err) else ""
-        click.echo(f"noisydeq: internal error: {type(err).__name__}: {msg} (please report it; "
-                   "NOISYDEQ_DEBUG=1 shows the traceback)", err=True)
-        sys.exit(3)
+        _fail(f"noisydeq: internal error: {type(err).__name__}: {msg} (please report it; "
+              "NOISYDEQ_DEBUG=1 shows the traceback)", 3)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -11,7 +11,9 @@ work that printed anything, e.g. ::
 Both kinds take the same calls (``update``, ``set_postfix``, ``set_postfix_str``, ``close``,
 iteration over an iterable, ``with``), so callers do not care which one they hold.
 ``NOISYDEQ_PROGRESS=bar|lines`` overrides the terminal check and
-``NOISYDEQ_PROGRESS_EVERY=S`` sets the seconds between lines.
+``NOISYDEQ_PROGRESS_EVERY=S`` sets the seconds between lines. With ``--log-json`` every bar
+also sends JSON ``progress`` events (:mod:`noisydeq.events`); :func:`heartbeat` gives work
+without a count (one long computation) a line every ``every_s`` seconds.
 """
 
 from __future__ import annotations
@@ -24,6 +26,9 @@ from typing import Any, TextIO
 
 #: seconds between two plain progress lines
 EVERY_S = 10.0
+
+#: when the last progress line was printed (monotonic s): a heartbeat stays silent meanwhile
+_LAST_LINE = [0.0]
 
 
 def _clock(seconds: float) -> str:
@@ -99,6 +104,7 @@ class LineProgress:
             text += f"; {self.postfix}"
         print(text, file=self.stream or sys.stderr, flush=True)
         self.printed, self.last = True, now
+        _LAST_LINE[0] = now
 
 
 def _lines_wanted() -> bool:
@@ -115,14 +121,73 @@ def progress(
     iterable: Iterable[Any] | None = None, *, total: int | None = None, desc: str = "",
     unit: str = "it", disable: bool = False, leave: bool = False, initial: int = 0,
 ) -> Any:
-    """A tqdm bar on a terminal, :class:`LineProgress` otherwise (nothing when ``disable``)."""
+    """A tqdm bar on a terminal, :class:`LineProgress` otherwise (nothing when ``disable``).
+    With a JSON event log (:mod:`noisydeq.events`) the bar also sends ``progress`` events,
+    ``disable``d or not."""
+    from noisydeq import events
+
     if disable or not _lines_wanted():
         from tqdm.auto import tqdm
 
-        return tqdm(iterable, total=total, desc=desc, unit=unit, disable=disable, leave=leave,
-                    initial=initial)
-    return LineProgress(iterable, total=total, desc=desc, unit=unit, initial=initial,
-                        every_s=_every_s())
+        bar: Any = tqdm(iterable, total=total, desc=desc, unit=unit, disable=disable,
+                        leave=leave, initial=initial)
+    else:
+        bar = LineProgress(iterable, total=total, desc=desc, unit=unit, initial=initial,
+                           every_s=_every_s())
+    if events.active():
+        return EventProgress(bar, iterable, total=total, desc=desc, unit=unit,
+                             initial=initial, every_s=_every_s())
+    return bar
+
+
+class EventProgress:
+    """A bar (tqdm or :class:`LineProgress`) that also sends ``progress`` events: at most one
+    every ``every_s`` seconds, and one when it closes. Everything else goes to the bar."""
+
+    def __init__(self, bar: Any, iterable: Iterable[Any] | None, *, total: int | None,
+                 desc: str, unit: str, initial: int = 0, every_s: float = EVERY_S,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        if total is None and iterable is not None and hasattr(iterable, "__len__"):
+            total = len(iterable)  # type: ignore[arg-type]
+        self._bar, self._iterable = bar, iterable
+        self._total, self._desc, self._unit = total, desc, unit
+        self._n, self._every_s, self._clock = initial, every_s, clock
+        self._last = clock()
+        self._closed = False
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._bar, name)
+
+    def _emit(self, final: bool) -> None:
+        from noisydeq import events
+
+        events.emit("progress", desc=self._desc, n=self._n, total=self._total,
+                    unit=self._unit, final=final)
+        self._last = self._clock()
+
+    def update(self, n: int = 1) -> None:
+        self._bar.update(n)
+        self._n += n
+        if self._clock() - self._last >= self._every_s:
+            self._emit(final=False)
+
+    def close(self) -> None:
+        self._bar.close()
+        if not self._closed:
+            self._closed = True
+            self._emit(final=True)
+
+    def __iter__(self) -> Iterator[Any]:
+        for item in self._iterable or ():
+            yield item
+            self.update(1)
+        self.close()
+
+    def __enter__(self) -> EventProgress:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 def _every_s() -> float:
@@ -139,3 +204,87 @@ def write(message: str, file: TextIO | None = None) -> None:
     from tqdm import tqdm
 
     tqdm.write(message, file=file)
+
+
+class heartbeat:  # noqa: N801 - used as ``with heartbeat("sensitivity"):``
+    """Lines for work without a count: ``noisydeq: DESC: 0:15 elapsed`` after ``first_s``
+    seconds (default 5) and then every ``every_s`` (``NOISYDEQ_PROGRESS_EVERY``, default 10),
+    plus a closing line when it printed; ``progress`` events with ``n = null`` too. Work that
+    ends sooner prints nothing. A daemon thread writes the lines; ``disable`` turns it off."""
+
+    def __init__(self, desc: str, *, first_s: float = 5.0, every_s: float | None = None,
+                 disable: bool = False, stream: TextIO | None = None) -> None:
+        import threading
+
+        self.desc, self.first_s = desc, first_s
+        self.every_s = _every_s() if every_s is None else every_s
+        self.disable, self.stream = disable, stream
+        self._stop = threading.Event()
+        self._thread: Any = None
+        self.t0 = time.monotonic()
+        self.printed = False
+
+    def _say(self, text: str, final: bool) -> None:
+        from noisydeq import events
+
+        line = f"noisydeq: {self.desc}: {text}"
+        if self.stream is None and _bars_open():
+            write(line, file=sys.stderr)  # above the bar, not through it
+        else:
+            print(line, file=self.stream or sys.stderr, flush=True)
+        events.emit("progress", desc=self.desc, n=None, total=None, unit="", final=final)
+        self.printed = True
+        _LAST_LINE[0] = time.monotonic()
+
+    def _loop(self) -> None:
+        wait = self.first_s
+        while not self._stop.wait(wait):
+            quiet_for = time.monotonic() - max(_LAST_LINE[0], self.t0)
+            if quiet_for >= min(wait, self.every_s) - 0.05 and not _bars_open():
+                self._say(f"{_clock(time.monotonic() - self.t0)} elapsed", final=False)
+                wait = max(self.every_s, 0.5)
+            else:  # other progress spoke lately (or a bar is on screen): wait for silence
+                wait = max(self.every_s - quiet_for, 0.5)
+
+    def __enter__(self) -> heartbeat:
+        import threading
+
+        self.t0 = time.monotonic()
+        if not self.disable:
+            self._thread = threading.Thread(target=self._loop, name="noisydeq-heartbeat",
+                                            daemon=True)
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        if self.printed and exc[0] is None:
+            self._say(f"done in {_clock(time.monotonic() - self.t0)}", final=True)
+
+
+def _bars_open() -> bool:
+    """True while a tqdm bar is on screen (a bar is progress enough)."""
+    tqdm_mod = sys.modules.get("tqdm")
+    if tqdm_mod is None:
+        return False
+    try:
+        return any(not getattr(b, "disable", False) for b in list(tqdm_mod.tqdm._instances))
+    except (AttributeError, TypeError, RuntimeError):
+        return False
+
+
+def with_heartbeat(desc: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Decorate a command's function with :class:`heartbeat` (off with ``quiet``/``as_json``
+    keyword arguments): work over 5 s that prints nothing else still shows it is alive."""
+    import functools
+
+    def wrap(fn: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(fn)
+        def run(*args: Any, **kwargs: Any) -> Any:
+            off = bool(kwargs.get("quiet") or kwargs.get("as_json"))
+            with heartbeat(desc, disable=off):
+                return fn(*args, **kwargs)
+        return run
+    return wrap

@@ -46,7 +46,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from noisydeq import store
+from noisydeq import events, store
 from noisydeq.config import SweepSpec, dumps_toml, loads_toml
 from noisydeq.errors import CorruptArtefact, NoisyDEQError
 
@@ -364,6 +364,7 @@ class RunDir:
         if layers:
             record["layers"] = list(layers)
         store.write_signed_json(self.cell_path(key), record)
+        events.emit("cell", run=str(self.path), key=key, rows=len(record["rows"]))
 
     def load_cell_layers(self, key: str) -> list[dict[str, Any]]:
         """The per-layer rows (:data:`LAYER_COLUMNS`) of a finished cell, checked like its

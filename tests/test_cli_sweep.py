@@ -70,7 +70,7 @@ def test_missing_experiment_file(tmp_path):
 
 
 def test_run_rejects_bad_threads_before_work(tmp_path):
-    proc = _cli("run", "experiments/fig1-mnist.toml", "--threads", "two", "--out",
+    proc = _cli("run", "noisydeq/experiments/fig1-mnist.toml", "--threads", "two", "--out",
                 str(tmp_path / "r"), cwd=ROOT)
     assert proc.returncode != 0 and "Traceback" not in proc.stderr
     assert "threads" in proc.stderr and not (tmp_path / "r").exists()

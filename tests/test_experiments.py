@@ -1,4 +1,4 @@
-"""Experiment specs (experiments/*.toml with a [sweep] table): valid, paper settings, and
+"""Experiment specs (noisydeq/experiments/*.toml with a [sweep] table): valid, paper settings, and
 every quick variant runs end to end through `noisydeq run` (scaled down for CI)."""
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ MNIST = Path(os.environ.get("NOISYDEQ_TEST_MNIST", ROOT.parent / "shared" / "dat
 
 def sweep_experiments() -> list[Path]:
     """Experiment files of the sweep runner (other tools keep their own specs there)."""
-    files = sorted((ROOT / "experiments").glob("*.toml"))
+    files = sorted((ROOT / "noisydeq" / "experiments").glob("*.toml"))
     return [f for f in files if "sweep" in tomllib.loads(f.read_text(encoding="utf-8"))]
 
 

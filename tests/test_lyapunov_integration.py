@@ -158,7 +158,8 @@ def test_lyapunov_experiment_validation(tmp_path):
     for name in ("lyapunov-table1.toml", "lyapunov-device.toml"):
         from pathlib import Path
 
-        spec = load_experiment(Path(__file__).resolve().parents[1] / "experiments" / name)
+        shipped = Path(__file__).resolve().parents[1] / "noisydeq" / "experiments"
+        spec = load_experiment(shipped / name)
         assert spec.seeds == [0, 1, 2]
     bad = tmp_path / "bad.toml"
     bad.write_text('name = "x"\n[attack]\nvariants = ["plian"]\n')

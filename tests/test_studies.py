@@ -16,7 +16,7 @@ from noisydeq.studies.runner import load_study_task
 from noisydeq.tasks.base import sample_correct
 
 ROOT = Path(__file__).resolve().parents[1]
-STUDIES = sorted(p for p in (ROOT / "experiments").glob("*.toml")
+STUDIES = sorted(p for p in (ROOT / "noisydeq" / "experiments").glob("*.toml")
                  if "study" in p.read_text(encoding="utf-8").split("[quick]")[0])
 FAST = {"solver": {"name": "unroll", "max_iter": 6, "tol": 1e-30, "stop": "abs", "window": 1},
         "test_solver": {"name": "unroll", "max_iter": 6, "tol": 1e-30, "stop": "abs",
@@ -154,7 +154,7 @@ def test_cli_errors_are_one_line(tmp_path):
     r = runner.invoke(cli, ["study", str(tmp_path / "nope.toml")], standalone_mode=False,
                       catch_exceptions=True)
     assert isinstance(r.exception, NoisyDEQError) and "file not found" in str(r.exception)
-    path = ROOT / "experiments" / "algorithmic-prefix-sums.toml"
+    path = ROOT / "noisydeq" / "experiments" / "algorithmic-prefix-sums.toml"
     r = runner.invoke(cli, ["study", str(path), "--set", "seedz=[0]"], standalone_mode=False)
     assert isinstance(r.exception, NoisyDEQError) and "did you mean 'seeds'" in str(r.exception)
     r = runner.invoke(cli, ["run", str(path)], standalone_mode=False)

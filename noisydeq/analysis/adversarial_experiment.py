@@ -1,4 +1,4 @@
-"""Adversarial-training experiments (``experiments/adversarial-*.toml``): train a grid of
+"""Adversarial-training experiments (``noisydeq/experiments/adversarial-*.toml``): train a grid of
 adversarially trained DEQ/FFW families with defences, then attack them.
 
 The grid (main paper §4.2, App. D.3, Fig. 3 and 14-17; regulation paper Tables 1 and 5):
@@ -139,7 +139,7 @@ class Cell:
 
 
 class AdversarialExperimentSpec(StrictModel):
-    """An ``experiments/adversarial-*.toml`` file (module docstring)."""
+    """An ``noisydeq/experiments/adversarial-*.toml`` file (module docstring)."""
 
     name: str
     title: str = ""

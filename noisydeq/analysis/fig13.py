@@ -8,7 +8,7 @@ are reused, not retrained). The regularised FFW (:class:`~noisydeq.analysis.jaco
 "coefficient 1 additive with task loss") starts from the plain FFW's initial weights and is
 trained with Σ_m weight·‖J_m‖²_F/d added; it is cached under the hash of its own config.
 The sweep's ``ExperimentSpec`` has no field for a regularised FFW, so this experiment has its
-own small strict spec (``experiments/fig13_jacreg_ffw.toml``) run by :func:`run_fig13`:
+own small strict spec (``noisydeq/experiments/fig13_jacreg_ffw.toml``) run by :func:`run_fig13`:
 
     python -m noisydeq.analysis.fig13 SPEC.toml OUT_DIR [key=value ...]
 """
@@ -195,9 +195,11 @@ def load_spec(path: str, overrides: list[str]) -> Fig13Spec:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """``python -m noisydeq.analysis.fig13 SPEC.toml OUT_DIR [key=value ...]``; bad input is
-    one line on stderr and exit status 2."""
+    """``python -m noisydeq.analysis.fig13 SPEC.toml|fig13_jacreg_ffw OUT_DIR [key=value ...]``;
+    bad input is one line on stderr and exit status 2."""
     import sys
+
+    from noisydeq.bundled import FIG13, find_experiment
 
     args = sys.argv[1:] if argv is None else argv
     if len(args) < 2:
@@ -205,7 +207,8 @@ def main(argv: list[str] | None = None) -> None:
               file=sys.stderr)
         raise SystemExit(2)
     try:
-        for p in run_fig13(load_spec(args[0], args[2:]), args[1]):
+        spec = load_spec(str(find_experiment(args[0], FIG13)), args[2:])
+        for p in run_fig13(spec, args[1]):
             print(f"wrote {p}")
     except NoisyDEQError as err:
         print(f"noisydeq: error: {err}", file=sys.stderr)

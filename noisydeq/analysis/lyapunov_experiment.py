@@ -1,6 +1,6 @@
 """LyaDEQ experiments: the paper's Table 1 grid under attack, and accuracy vs device SNR.
 
-An experiment file (``experiments/lyapunov-*.toml``, :class:`LyapunovExperimentSpec`) names
+An experiment file (``noisydeq/experiments/lyapunov-*.toml``, :class:`LyapunovExperimentSpec`) names
 the task, seeds, LyaDEQ settings and training, plus an ``[attack]`` table (variants ×
 I-FGSM/PGD × ε, Chu et al. 2024 Table 1) and/or a ``[device]`` table (LyaDEQ vs the plain
 Eq. 7 DEQ vs the depth-matched DEQ and FFW, accuracy vs the SNR of each device). Models

@@ -29,8 +29,9 @@ from noisydeq.errors import NoisyDEQError
 
 VERSION = "3.5.1"
 INSTALL_HINT = (
-    f"torchattacks is not installed; install it with `pip install --no-deps "
-    f"torchattacks=={VERSION}` (it runs without torchvision)"
+    f"torchattacks is not installed; install it with pip install 'noisydeq[attacks]' (or, "
+    f"keeping your torch build: pip install --no-deps torchattacks=={VERSION}; it runs "
+    f"without torchvision)"
 )
 
 

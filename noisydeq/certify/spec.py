@@ -77,7 +77,7 @@ class Fig2Spec(StrictModel):
 
 
 class CertifyExperimentSpec(StrictModel):
-    """A certify experiment file (``experiments/certify-*.toml``).
+    """A certify experiment file (``noisydeq/experiments/certify-*.toml``).
 
     ``kind = "table2"``: train the ``family`` (FamilySpec fields: task, hidden, kinds,
     monotone, …) with IBP at each ``eps_train`` (Table 3), each monotone parameterisation of

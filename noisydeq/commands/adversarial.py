@@ -1,5 +1,5 @@
-"""``noisydeq adversarial experiments/adversarial-X.toml [--quick|--full]``: train a grid of
-adversarially trained DEQ/FFW families with defences and attack them
+"""``noisydeq adversarial NAME|FILE.toml [--quick|--full]``: train a grid of adversarially
+trained DEQ/FFW families with defences and attack them
 (:mod:`noisydeq.analysis.adversarial_experiment`).
 
 Everything is validated (spec, every training spec of the grid, every attack table, data,
@@ -18,6 +18,7 @@ import click
 
 from noisydeq.commands.sweep import check_data_dir, parse_sets
 from noisydeq.errors import NoisyDEQError
+from noisydeq.progress import with_heartbeat
 
 
 def nested_sets(items: tuple[str, ...], evaluations: list[str]) -> dict[str, Any]:
@@ -75,17 +76,19 @@ def _default_out(name: str, variant: str, resolved: Any) -> Path:
               help="torch threads (default $NOISYDEQ_THREADS, else torch's default).")
 @click.option("--quiet", is_flag=True, help="No progress output.")
 @click.option("--json", "as_json", is_flag=True, help="Print a machine-readable summary.")
+@with_heartbeat("adversarial")
 def command(experiment: str, variant: str, out: Path | None, data_dir: str | None,
             sets: tuple[str, ...], cache: Path | None, threads: str | None, quiet: bool,
             as_json: bool) -> None:
     """Adversarial training grid (PGD-AT/TRADES x defences) and its attack tables."""
     from noisydeq.analysis.adversarial_experiment import load_experiment, run_experiment
+    from noisydeq.bundled import find_experiment
     from noisydeq.runtime import num_threads, thread_plan
     from noisydeq.store import check_out_dir
 
     train_threads, _ = thread_plan(threads)
     data_dir = check_data_dir(data_dir)
-    exp = load_experiment(experiment)
+    exp = load_experiment(find_experiment(experiment, "adversarial"))
     try:
         resolved = exp.resolve(variant, **nested_sets(sets, list(exp.evaluations)))
     except ValueError as err:

@@ -19,6 +19,7 @@ from noisydeq.commands.sensitivity import cache_option, default_out, family_opti
 from noisydeq.commands.sweep import check_data_dir, parse_sets
 from noisydeq.config import build
 from noisydeq.errors import NoisyDEQError
+from noisydeq.progress import with_heartbeat
 
 
 def _members(family: Path, data_dir: str | None, cache: Path | None):
@@ -95,6 +96,7 @@ def _members(family: Path, data_dir: str | None, cache: Path | None):
               help="torch threads (default $NOISYDEQ_THREADS, else torch's default).")
 @click.option("--quiet", is_flag=True, help="no progress bar.")
 @click.option("--json", "as_json", is_flag=True, help="print a machine-readable summary.")
+@with_heartbeat("attack")
 def command(family, attacks, eps, pgd_steps, steps, steps_eps, sigma, fraction, norm, eot,
             estimators, defences, device, noise_site, snr, chips, transfer, train_noise, samples,
             val_samples, seed, data_dir, sets, out, cache, torch_device, threads, quiet,

@@ -2,9 +2,9 @@
 chip in a device envelope.
 
 ``SOURCE`` is a checkpoint, the output dir of ``noisydeq train`` (one model or a family),
-the run dir of a ``noisydeq sweep`` — or a certify experiment file
-(``experiments/certify-*.toml``, ``--quick``/``--full``) that trains its models with IBP
-first. Writes ``results.csv``, ``results.parquet`` and ``figures/`` into ``--out``; nothing
+the run dir of a ``noisydeq sweep`` — or a certify experiment (a bundled name such as
+``certify-mnist``, or a ``.toml`` file; ``--quick``/``--full``) that trains its models with
+IBP first. Writes ``results.csv``, ``results.parquet`` and ``figures/`` into ``--out``; nothing
 is written when the input is refused.
 """
 
@@ -20,6 +20,7 @@ import click
 
 from noisydeq.config import build
 from noisydeq.errors import NoisyDEQError
+from noisydeq.progress import with_heartbeat
 
 
 def _spec(opts: dict[str, Any]):
@@ -101,8 +102,10 @@ def _writable(out: Path) -> None:
 @click.option("--threads", type=int, default=None, help="torch threads (default: torch's).")
 @click.option("--json", "as_json", is_flag=True, help="print the rows as JSON.")
 @click.option("--quiet", "-q", is_flag=True, help="no per-model lines.")
+@with_heartbeat("certify")
 def command(source: Path, **opts: Any) -> None:
     """Certified robustness (interval bounds) of monotone DEQs and explicit networks."""
+    from noisydeq.bundled import find_experiment, is_bundled
     from noisydeq.runtime import num_threads
 
     if opts["threads"] is not None and opts["threads"] < 1:
@@ -110,8 +113,8 @@ def command(source: Path, **opts: Any) -> None:
     echo = (lambda s: None) if opts["quiet"] or opts["as_json"] else (
         lambda s: click.echo(s, err=True))
     with num_threads(opts["threads"]):
-        if source.suffix == ".toml":
-            rows, files = _experiment(source, opts, echo)
+        if source.suffix == ".toml" or is_bundled(source):
+            rows, files = _experiment(find_experiment(source, "certify"), opts, echo)
         else:
             rows, files = _models(source, opts, echo)
     if opts["as_json"]:

@@ -7,17 +7,26 @@ import math
 
 import click
 
+from noisydeq.errors import NoisyDEQError
+
 
 def _db(v: float) -> float | None:
     return None if math.isinf(v) or math.isnan(v) else round(v, 2)
 
 
-def _row(name: str) -> dict[str, object]:
+def _row(name: str, listing: bool = False) -> dict[str, object]:
     # imported here: the hardware package loads torch, which `noisydeq --help` does not need
     from noisydeq.hardware.presets import device_from_spec, load_spec
 
     spec = load_spec(name)
-    device = device_from_spec(spec)
+    try:
+        device = device_from_spec(spec)
+    except NoisyDEQError as err:  # e.g. rram without its optional aihwkit
+        if not listing:
+            raise
+        return {"name": name, "kind": spec.kind, "native_snr_db": None,
+                "native_static_snr_db": None, "native_dynamic_snr_db": None, "params": {},
+                "description": spec.description, "unavailable": str(err)}
     parts = device.native_parts()
     return {
         "name": name,
@@ -41,7 +50,7 @@ def command(presets: tuple[str, ...], as_json: bool) -> None:
     """
     from noisydeq.hardware.presets import preset_names
 
-    rows = [_row(p) for p in (presets or preset_names())]
+    rows = [_row(p) for p in presets] if presets else [_row(p, True) for p in preset_names()]
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
@@ -50,6 +59,9 @@ def command(presets: tuple[str, ...], as_json: bool) -> None:
         return "inf" if v is None else f"{v:.1f}"
 
     for r in rows:
+        if "unavailable" in r:
+            click.echo(f"{r['name']:<{width}}  {r['kind']:<8}  unavailable: {r['unavailable']}")
+            continue
         snr = (f"native {fmt(r['native_snr_db']):>5} dB (static {fmt(r['native_static_snr_db'])},"
                f" dynamic {fmt(r['native_dynamic_snr_db'])})")
         params = " ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}"

@@ -1,4 +1,4 @@
-"""``noisydeq lyapunov experiments/lyapunov-X.toml``: LyaDEQ under attack and on devices.
+"""``noisydeq lyapunov NAME|FILE.toml``: LyaDEQ under attack and on devices.
 
 Runs (or resumes) a LyaDEQ experiment (:mod:`noisydeq.analysis.lyapunov_experiment`): the
 Table 1 grid of Chu et al. (2024) — plain DEQ, + Lyapunov module, + orthogonal head, both —
@@ -13,6 +13,8 @@ from pathlib import Path
 
 import click
 
+from noisydeq.progress import with_heartbeat
+
 
 @click.command("lyapunov")
 @click.argument("experiment")
@@ -25,16 +27,18 @@ import click
               help="torch threads (as for noisydeq sweep; the evaluation count is used).")
 @click.option("--quiet", is_flag=True, help="No progress output.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report's paths as JSON.")
+@with_heartbeat("lyapunov")
 def command(experiment: str, out: str | None, data_dir: str | None, seeds: str | None,
             only: str | None, threads: str | None, quiet: bool, as_json: bool) -> None:
     """Reproduce the LyaDEQ paper's Table 1 and compare LyaDEQ/DEQ/FFW on devices."""
     from noisydeq.analysis.lyapunov_experiment import load_experiment, run_experiment
+    from noisydeq.bundled import find_experiment
     from noisydeq.commands.sweep import check_data_dir, parse_seeds
     from noisydeq.runtime import num_threads, thread_plan
 
     _train, eval_threads = thread_plan(threads)
     spec = load_experiment(
-        experiment, data_dir=check_data_dir(data_dir),
+        find_experiment(experiment, "lyapunov"), data_dir=check_data_dir(data_dir),
         seeds=parse_seeds(seeds) if seeds is not None else None,
     )
     out_dir = Path(out) if out else Path("runs") / spec.name

@@ -1,25 +1,33 @@
-"""``noisydeq run experiments/X.toml [--quick|--full]``: run an experiment spec.
+"""``noisydeq run NAME|FILE.toml [--quick|--full]``: run an experiment spec.
 
 An experiment file (:class:`noisydeq.config.ExperimentSpec`) holds a base sweep and its
-``quick`` (minutes on CPU) and ``full`` (the paper's Table 1/2 settings) variants.
+``quick`` (minutes on CPU) and ``full`` (the paper's Table 1/2 settings) variants. ``NAME`` is
+a bundled experiment (:mod:`noisydeq.bundled`; ``noisydeq run --list``), ``FILE.toml`` a
+user's own.
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import click
 
 from noisydeq.commands.sweep import check_data_dir, default_out, execute, parse_sets
 from noisydeq.config import ExperimentSpec, SweepSpec, build, load_toml
+from noisydeq.progress import with_heartbeat
 
 
 def resolve_experiment(
     path: str, variant: str, data_dir: str | None = None, torch_device: str | None = None,
     sets: tuple[str, ...] = (),
 ) -> tuple[ExperimentSpec, SweepSpec]:
-    """Load an experiment file and resolve ``variant`` with command-line overrides."""
-    _refuse_study_file(path)
+    """Load an experiment (a bundled name or a file) and resolve ``variant`` with
+    command-line overrides."""
+    from noisydeq.bundled import find_experiment
+
+    given, path = path, str(find_experiment(path, "run"))
+    _refuse_other_kind(path, given)
     exp = load_toml(ExperimentSpec, path)
     base = exp.resolve(variant).model_dump()
     if data_dir is not None:
@@ -30,8 +38,10 @@ def resolve_experiment(
     return exp, build(SweepSpec, base, where=f"{path} [{variant}]")
 
 
-def _refuse_study_file(path: str) -> None:
-    """A study file (``[study]`` table) is run by ``noisydeq study``: say so in one line."""
+def _refuse_other_kind(path: str, given: str) -> None:
+    """An experiment file of another command (a ``[study]`` table, a LyaDEQ, adversarial,
+    certify or Fig. 13 file): say which command runs it, in one line."""
+    from noisydeq.bundled import command_for, runner
     from noisydeq.config import tomllib
     from noisydeq.errors import NoisyDEQError
     from noisydeq.store import read_text
@@ -40,12 +50,30 @@ def _refuse_study_file(path: str) -> None:
         data = tomllib.loads(read_text(path, "file"))
     except (NoisyDEQError, tomllib.TOMLDecodeError, RecursionError):
         return  # load_toml reports it in one line
-    if "study" in data and "sweep" not in data:
-        raise NoisyDEQError(f"{path}: a study experiment; run it with 'noisydeq study {path}'")
+    other = command_for(data)
+    if other not in (None, "run"):
+        raise NoisyDEQError(f"{given}: not a sweep experiment (no [sweep] table); run it with "
+                            f"'{runner(other)} {given}'")
+
+
+def _list(as_json: bool) -> None:
+    from noisydeq.bundled import bundled_experiments
+
+    items = bundled_experiments()
+    if as_json:
+        click.echo(json.dumps([{"name": b.name, "command": b.command,
+                                "description": b.description} for b in items], indent=2))
+        return
+    width = max(len(b.name) for b in items)
+    cwidth = max(len(b.command) for b in items)
+    for b in items:
+        click.echo(f"{b.name:<{width}}  {b.command:<{cwidth}}  {b.description}")
 
 
 @click.command("run")
-@click.argument("experiment")
+@click.argument("experiment", required=False)
+@click.option("--list", "list_", is_flag=True,
+              help="List the bundled experiments (name, command, description) and exit.")
 @click.option("--quick", "variant", flag_value="quick", default=True,
               help="The quick variant (default): minutes on CPU.")
 @click.option("--full", "variant", flag_value="full", help="The paper's settings (hours).")
@@ -60,14 +88,29 @@ def _refuse_study_file(path: str) -> None:
               help="torch threads for training and evaluation (as for noisydeq sweep).")
 @click.option("--jobs", default=None, metavar="auto|N",
               help="evaluation processes (as for noisydeq sweep).")
+@with_heartbeat("run")
 def command(
-    experiment: str, variant: str, out: str | None, data_dir: str | None,
+    experiment: str | None, list_: bool, variant: str, out: str | None, data_dir: str | None,
     torch_device: str | None, sets: tuple[str, ...], quiet: bool, as_json: bool,
     threads: str | None,
     jobs: str | None,
 ) -> None:
-    """Run an experiment spec (experiments/*.toml) reproducing a figure of the paper."""
+    """Run an experiment: a bundled one by NAME (see --list) or a .toml FILE of your own.
+
+    \b
+    Examples:
+      noisydeq run --list
+      noisydeq run fig1-mnist --quick --data-dir DIR
+      noisydeq run my-experiment.toml --set epochs=1
+    """
     from noisydeq.runtime import job_count, thread_plan
+
+    if list_:
+        _list(as_json)
+        return
+    if experiment is None:
+        raise click.UsageError("missing EXPERIMENT: a bundled name (noisydeq run --list) or "
+                               "the path of a .toml file")
 
     thread_plan(threads)  # a bad value is one error before anything runs
     job_count(jobs)

@@ -10,6 +10,7 @@ import click
 from noisydeq import limits
 from noisydeq.config import NoiseSpec, build, parse_snr_value
 from noisydeq.errors import NoisyDEQError
+from noisydeq.progress import with_heartbeat
 
 #: a seed option's type (seeds are 63-bit: ``derive_seed``, torch generators)
 SEED = click.IntRange(0, limits.MAX_SEED)
@@ -69,6 +70,7 @@ def default_out(family: Path, out: Path | None, name: str) -> Path:
 @out_option("sensitivity")
 @cache_option
 @torch_device_option
+@with_heartbeat("sensitivity")
 def command(family, kind, eta, snr, site, samples, inputs, precision, seed, data_dir, out,
             cache, torch_device) -> None:
     """E_ξ|dz*/dξ_i| of each DEQ and FFW in a family, the DEQ/FFW ratio and Eq. 12 bounds."""

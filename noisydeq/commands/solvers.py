@@ -11,6 +11,7 @@ from noisydeq import limits
 from noisydeq.commands.sensitivity import MAX_COUNT, SEED, cache_option, torch_device_option
 from noisydeq.commands.sweep import parse_grid
 from noisydeq.errors import NoisyDEQError
+from noisydeq.progress import with_heartbeat
 
 
 @click.command("solvers")
@@ -52,6 +53,7 @@ from noisydeq.errors import NoisyDEQError
               help="output directory (default: <family>/analysis/solvers or ./solvers).")
 @cache_option
 @torch_device_option
+@with_heartbeat("solvers")
 def command(names, snr, max_iter, window, width, batch, family, depth, count_snr, eps,
             count_max_iter, floors, accuracy_snr, accuracy_solvers, accuracy_max_iter, inputs,
             seed, data_dir, out, cache, torch_device) -> None:

@@ -14,6 +14,7 @@ from noisydeq.commands.sensitivity import (
     torch_device_option,
 )
 from noisydeq.errors import NoisyDEQError
+from noisydeq.progress import with_heartbeat
 
 
 @click.command("spectrum")
@@ -26,6 +27,7 @@ from noisydeq.errors import NoisyDEQError
 @out_option("spectrum")
 @cache_option
 @torch_device_option
+@with_heartbeat("spectrum")
 def command(family, inputs, seed, data_dir, out, cache, torch_device) -> None:
     """Eigen-spectra and spectral radii of every DEQ and FFW of a family."""
     from noisydeq.analysis.family import load_family, pairs

@@ -1,9 +1,9 @@
-"""``noisydeq study experiments/X.toml [--quick|--full]``: run a study experiment file.
+"""``noisydeq study NAME|FILE.toml [--quick|--full]``: run a study experiment file.
 
 A study trains a few named models (any cell) and evaluates them over test sizes, test SNRs
 and DEQ test solvers (:mod:`noisydeq.studies`): the algorithmic extrapolation experiments
-(``experiments/algorithmic-*.toml``) and the multiscale-DEQ comparison
-(``experiments/mdeq-mnist.toml``).
+(``noisydeq/experiments/algorithmic-*.toml``) and the multiscale-DEQ comparison
+(``noisydeq/experiments/mdeq-mnist.toml``).
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import click
 
 from noisydeq.commands.sweep import check_data_dir, parse_sets
 from noisydeq.errors import NoisyDEQError
+from noisydeq.progress import with_heartbeat
 
 
 def default_out(name: str, variant: str) -> Path:
@@ -35,10 +36,12 @@ def default_out(name: str, variant: str) -> Path:
 @click.option("--threads", default=None, metavar="N", help="torch threads (default: torch's).")
 @click.option("--quiet", is_flag=True, help="No progress lines.")
 @click.option("--json", "as_json", is_flag=True, help="Print a machine-readable summary.")
+@with_heartbeat("study")
 def command(experiment: str, variant: str, out: str | None, data_dir: str | None,
             torch_device: str | None, sets: tuple[str, ...], threads: str | None, quiet: bool,
             as_json: bool) -> None:
     """Train named models and evaluate them over sizes, test noise and solvers."""
+    from noisydeq.bundled import find_experiment
     from noisydeq.config import load_toml
     from noisydeq.runtime import num_threads
     from noisydeq.studies import StudyFile, run_study
@@ -51,7 +54,7 @@ def command(experiment: str, variant: str, out: str | None, data_dir: str | None
             n_threads = 0
         if n_threads < 1:
             raise NoisyDEQError(f"--threads: a positive integer, got {threads!r}")
-    exp = load_toml(StudyFile, experiment)
+    exp = load_toml(StudyFile, find_experiment(experiment, "study"))
     over = parse_sets(sets)
     if data_dir is not None:
         over["data_dir"] = check_data_dir(data_dir)

@@ -19,6 +19,7 @@ import click
 
 from noisydeq.config import SweepSpec, build, parse_assignments, parse_snr_range
 from noisydeq.errors import NoisyDEQError
+from noisydeq.progress import with_heartbeat
 
 
 def parse_grid(flag: str, text: str) -> list[float]:
@@ -156,6 +157,7 @@ def execute(
 @click.option("--jobs", default=None, metavar="auto|N",
               help="evaluation processes (default $NOISYDEQ_JOBS, else auto = one per CPU "
                    "core; with more than one, each evaluates with one thread).")
+@with_heartbeat("sweep")
 def command(
     device: str, snr: str, task: str, data_dir: str | None, depths: str, train_snr: str,
     chips: int, epochs: int | None, train_preset: str, noise_site: str, noise_mode: str,

@@ -30,6 +30,7 @@ from noisydeq.config import (
     parse_snr_value,
 )
 from noisydeq.errors import NoisyDEQError
+from noisydeq.progress import with_heartbeat
 from noisydeq.runtime import resolve_torch_device
 from noisydeq.store import check_out_dir, make_dir
 
@@ -135,6 +136,7 @@ def _fmt(metric: float, name: str) -> str:
               help="torch threads (default $NOISYDEQ_THREADS, else torch's default).")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
+@with_heartbeat("train")
 def command(**opts: Any) -> None:
     """Train one model or a depth-matched DEQ/FFW family on a task.
 

@@ -2,9 +2,9 @@
 
 A preset is a flat TOML file with ``kind`` (``ideal``, ``snr``, ``rram``, ``photonic``),
 ``name``, ``description`` and the physical parameters of that kind. The canonical presets
-live in the top-level ``devices/`` folder and ship inside the wheel as
-``noisydeq/presets/devices``; :func:`get_device` takes a preset name (``rram-wan2022``) or
-the path of a user's own TOML file.
+are package data in ``noisydeq/presets/devices`` (shipped in the wheel);
+:func:`get_device` takes a preset name (``rram-wan2022``) or the path of a user's own TOML
+file.
 """
 
 from __future__ import annotations
@@ -40,11 +40,8 @@ KIND_PRESETS = {"rram": "rram-wan2022"}
 
 
 def presets_dir() -> Path:
-    """Folder of the shipped presets (inside the package; the repo's ``devices/``)."""
-    here = Path(__file__).resolve().parent.parent / "presets" / "devices"
-    if here.is_dir():
-        return here
-    return Path(__file__).resolve().parents[2] / "devices"  # pragma: no cover
+    """Folder of the shipped presets (package data)."""
+    return Path(__file__).resolve().parent.parent / "presets" / "devices"
 
 
 def preset_names() -> list[str]:

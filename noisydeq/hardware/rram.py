@@ -40,7 +40,7 @@ from torch import Tensor
 
 from noisydeq.hardware.base import Control, Device, DeviceLayer, Knobs, control_groups, expand_rows
 from noisydeq.hardware.rram_io import identity_read, io_forward, row_stats
-from noisydeq.hardware.rram_program import ChipDraw, wan2022_noise_model
+from noisydeq.hardware.rram_program import ChipDraw, require_aihwkit, wan2022_noise_model
 from noisydeq.hardware.specs import RRAMSpec
 from noisydeq.noise import NoiseStream, derive_seed
 
@@ -196,6 +196,10 @@ class RRAMDevice(Device):
 
     kind = "rram"
     layer_class = RRAMLayer
+
+    def __init__(self, *args, **kwargs) -> None:
+        require_aihwkit()  # one line with the install command, before any work
+        super().__init__(*args, **kwargs)
 
     def describe(self) -> dict[str, object]:
         sp = self.spec

@@ -19,11 +19,32 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from noisydeq.errors import NoisyDEQError
 from noisydeq.hardware.specs import RRAMSpec
+
+#: aihwkit is an optional dependency (the ``rram`` extra); the version the tests run on
+AIHWKIT_VERSION = "1.1.0"
+AIHWKIT_INSTALL = (f"pip install 'noisydeq[rram]' (or, keeping your torch build: "
+                   f"pip install --no-deps aihwkit=={AIHWKIT_VERSION})")
+
+
+def require_aihwkit() -> None:
+    """Import the parts of aihwkit the ``rram`` device uses, or raise one line saying how to
+    install it (or why it did not import)."""
+    try:
+        import aihwkit.inference.converter.conductance  # noqa: F401
+        import aihwkit.inference.noise.reram  # noqa: F401
+    except ImportError as err:
+        if (err.name or "").split(".")[0] == "aihwkit":
+            raise NoisyDEQError(f"the rram device needs aihwkit, which is not installed: "
+                                f"{AIHWKIT_INSTALL}") from None
+        raise NoisyDEQError(f"the rram device needs aihwkit, which failed to import ({err}); "
+                            f"reinstall it: {AIHWKIT_INSTALL}") from None
 
 
 def wan2022_noise_model(spec: RRAMSpec, scale: float = 1.0):
     """aihwkit's Wan-2022 ReRAM noise model on a single-pair converter at ``spec``'s g range."""
+    require_aihwkit()
     from aihwkit.inference.converter.conductance import SinglePairConductanceConverter
     from aihwkit.inference.noise.reram import ReRamWan2022NoiseModel
 

@@ -47,7 +47,7 @@ def test_train_bad_input_is_one_line(capsys, tmp_path, monkeypatch, argv, needle
     assert not (tmp_path / "runs").exists()
 
 
-EXP = "experiments/adversarial-fig3.toml"
+EXP = "noisydeq/experiments/adversarial-fig3.toml"
 
 
 @pytest.mark.parametrize("sets, needle", [
@@ -113,7 +113,8 @@ def test_every_adversarial_experiment_resolves():
 
     from noisydeq.analysis.adversarial_experiment import load_experiment
 
-    files = sorted((pathlib.Path(__file__).parents[2] / "experiments").glob("adversarial-*.toml"))
+    shipped = pathlib.Path(__file__).parents[2] / "noisydeq" / "experiments"
+    files = sorted(shipped.glob("adversarial-*.toml"))
     assert len(files) >= 2
     for f in files:
         exp = load_experiment(f)

@@ -60,7 +60,7 @@ def test_fig13_spec_and_runner(tmp_path):
     from noisydeq.analysis.fig13 import Fig13Spec, run_fig13
     from noisydeq.config import load_toml
 
-    shipped = load_toml(Fig13Spec, "experiments/fig13_jacreg_ffw.toml")
+    shipped = load_toml(Fig13Spec, "noisydeq/experiments/fig13_jacreg_ffw.toml")
     assert shipped.depth == 9 and shipped.jac_weight == 1.0
     import csv
 
@@ -88,12 +88,12 @@ def test_fig13_command_line_overrides_and_errors(tmp_path, capsys):
 
     from noisydeq.analysis.fig13 import load_spec, main
 
-    spec = load_spec("experiments/fig13_jacreg_ffw.toml", ["ffw_form=eq57", "seeds=[4]"])
+    spec = load_spec("noisydeq/experiments/fig13_jacreg_ffw.toml", ["ffw_form=eq57", "seeds=[4]"])
     assert spec.ffw_form == "eq57" and spec.seeds == [4] and spec.test_solver.window == 40
     for args, needle in ((["ffw_form=eq75"], "did you mean 'eq57'"),
                          (["seed=1"], "did you mean 'seeds'"),
                          (["depth"], "expected key=value")):
         with pytest.raises(SystemExit) as info:
-            main(["experiments/fig13_jacreg_ffw.toml", str(tmp_path / "o"), *args])
+            main(["noisydeq/experiments/fig13_jacreg_ffw.toml", str(tmp_path / "o"), *args])
         err = capsys.readouterr().err.strip().splitlines()
         assert info.value.code == 2 and len(err) == 1 and needle in err[0], err

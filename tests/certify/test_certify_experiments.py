@@ -15,7 +15,7 @@ from tests.certify.helpers import run_certify
 
 ROOT = Path(__file__).resolve().parents[2]
 MNIST = Path(os.environ.get("NOISYDEQ_TEST_MNIST", ROOT.parent / "shared" / "data" / "mnist"))
-FILES = sorted((ROOT / "experiments").glob("certify-*.toml"))
+FILES = sorted((ROOT / "noisydeq" / "experiments").glob("certify-*.toml"))
 
 
 

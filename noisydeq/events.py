@@ -1,0 +1,113 @@
+"""Machine-readable events: a JSON-lines log of what a command does (``--log-json PATH``).
+
+``noisydeq --log-json PATH COMMAND ...`` (or ``NOISYDEQ_LOG_JSON=PATH``) appends one JSON
+object per line to PATH::
+
+    {"event": "start", "command": "sweep", "argv": [...], "version": "0.1.0", ...}
+    {"event": "progress", "desc": "sweep", "n": 12, "total": 48, "unit": "cells", ...}
+    {"event": "cell", "run": "runs/sweep-...", "key": "...", ...}
+    {"event": "end", "command": "sweep", "status": 0, "seconds": 164.2, ...}
+    {"event": "error", "command": "sweep", "message": "...", "status": 2, ...}
+
+Every event carries ``ts`` (Unix time, s), ``elapsed`` (s since the command started) and
+``pid``. ``start`` is first and ``end`` (success, ``status`` 0) or ``error`` (one line's
+message and the exit status; interrupts are errors with status 130/143) is last.
+``progress`` events come at most every ``NOISYDEQ_PROGRESS_EVERY`` seconds per bar (default
+10) and once when a bar closes; ``cell`` when a sweep records a finished cell.
+
+Append semantics: the file is opened with ``O_APPEND`` and each event is one ``write`` of a
+whole line, so the lines of concurrent writers (evaluation worker processes inherit the log
+through the environment; several commands may share one file) never interleave within a line
+on a local file system, and a reader sees whole lines only, except possibly a last, partial
+line while a write is in flight or after a crash (skip a line that does not parse). The log is
+never truncated: delete it to start afresh. A log that cannot be opened is one error line
+before the command runs; a failed write later is ignored (the command's work matters more).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from typing import Any
+
+from noisydeq.errors import NoisyDEQError
+
+ENV = "NOISYDEQ_LOG_JSON"
+_T0_ENV = "NOISYDEQ_LOG_JSON_T0"
+
+_state: dict[str, Any] = {"path": None, "t0": None}
+
+
+def open_log(path: str | os.PathLike) -> None:
+    """Send events to ``path`` (created if missing, appended to) from now on, in this process
+    and in the worker processes it starts."""
+    path = os.fspath(path)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+        os.close(fd)
+    except OSError as err:
+        raise NoisyDEQError(f"--log-json: cannot append to {path} "
+                            f"({err.strerror or err})") from None
+    t0 = time.time()
+    _state.update(path=path, t0=t0)
+    os.environ[ENV] = path
+    os.environ[_T0_ENV] = repr(t0)
+
+
+def close_log() -> None:
+    """Stop sending events (the environment no longer names the log)."""
+    _state.update(path=None, t0=None)
+    os.environ.pop(ENV, None)
+    os.environ.pop(_T0_ENV, None)
+
+
+def active() -> bool:
+    """True when events are written (this process or an inherited log)."""
+    return _path() is not None
+
+
+def _path() -> str | None:
+    return _state["path"] or os.environ.get(ENV) or None
+
+
+def _t0() -> float:
+    if _state["t0"] is not None:
+        return _state["t0"]
+    try:
+        return float(os.environ.get(_T0_ENV, ""))
+    except ValueError:
+        return time.time()
+
+
+def _clean(value: Any) -> Any:
+    """JSON without NaN/inf (strict parsers refuse them): those become strings."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, dict):
+        return {str(k): _clean(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_clean(v) for v in value]
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    return str(value)
+
+
+def emit(event: str, **fields: Any) -> None:
+    """Append one event (a no-op without a log)."""
+    path = _path()
+    if path is None:
+        return
+    now = time.time()
+    record = {"event": event, "ts": round(now, 3), "elapsed": round(now - _t0(), 3),
+              "pid": os.getpid(), **_clean(fields)}
+    line = (json.dumps(record, ensure_ascii=False, separators=(",", ":")) + "\n").encode()
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+        try:
+            os.write(fd, line)
+        finally:
+            os.close(fd)
+    except OSError:
+        pass  # the log is a by-product; the command's work goes on
