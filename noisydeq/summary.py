@@ -215,3 +215,30 @@ def paired_table(rows: Sequence[dict[str, Any]], snr_db: float) -> str:
             f"{fmt(f.mean)} ± {fmt(f.std)} | {d.mean - f.mean:+.3g} |"
         )
     return "\n".join(out)
+
+
+def training_label(row: dict[str, Any]) -> str:
+    """How the model of a results row was trained, in words: ``digital`` or ``on <device>``
+    (at its SNR or native, in its noise mode), plus signal training noise if any."""
+    dev = row.get("train_device", "none")
+    tsnr = float(row["train_snr_db"])
+    noise = "" if math.isinf(tsnr) else f"signal noise {tsnr:g} dB"
+    if dev in (None, "none"):
+        return f"digital, {noise}" if noise else "digital"
+    dsnr = float(row["train_device_snr_db"])
+    where = "native" if math.isnan(dsnr) else f"{dsnr:g} dB"
+    mode = row.get("train_noise_mode", "physical")
+    text = f"on {dev} {where}" + ("" if mode == "physical" else f" ({mode})")
+    return f"{text}, {noise}" if noise else text
+
+
+def training_groups(rows: Sequence[dict[str, Any]]) -> list[tuple[str, list[dict[str, Any]]]]:
+    """Rows split by :func:`training_label` (one group per family of a sweep that trains
+    on devices, in the order of first appearance); one unnamed group otherwise."""
+    if not rows or "train_device" not in rows[0]:
+        return [("", list(rows))]
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for r in rows:
+        groups.setdefault(training_label(r), []).append(r)
+    return list(groups.items())
+
