@@ -178,16 +178,24 @@ def summary_json(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
         return v if math.isfinite(v) else ("nan" if math.isnan(v) else ("inf" if v > 0 else "-inf"))
 
     out = []
-    for (kind, depth, width, params, tsnr), by_snr in aggregate(rows).items():
-        for s, a in by_snr.items():
-            out.append(
-                {
-                    "kind": kind, "depth": depth, "width": width, "params": params,
-                    "train_snr_db": safe(tsnr), "snr_db": safe(s), "mean": safe(a.mean),
-                    "min": safe(a.lo), "max": safe(a.hi), "n": a.count,
-                    "diverged_frac": a.diverged_frac, "converged_frac": a.converged_frac,
-                }
-            )
+    for label, group in training_groups(rows):  # a sweep trained on devices: per family
+        hw = {}
+        if label:
+            first = group[0]
+            hw = {"train_device": first["train_device"],
+                  "train_device_snr_db": safe(float(first["train_device_snr_db"])),
+                  "train_noise_mode": first["train_noise_mode"]}
+        for (kind, depth, width, params, tsnr), by_snr in aggregate(group).items():
+            for s, a in by_snr.items():
+                out.append(
+                    {
+                        "kind": kind, "depth": depth, "width": width, "params": params,
+                        "train_snr_db": safe(tsnr), **hw, "snr_db": safe(s),
+                        "mean": safe(a.mean), "min": safe(a.lo), "max": safe(a.hi),
+                        "n": a.count, "diverged_frac": a.diverged_frac,
+                        "converged_frac": a.converged_frac,
+                    }
+                )
     return out
 
 
