@@ -24,7 +24,7 @@ import torch
 from benchmarks.common import Row, format_table, machine_info
 from noisydeq.store import atomic_write_text
 
-AREAS = ("main_job", "sweep", "solvers", "devices", "rng", "training", "attacks")
+AREAS = ("main_job", "sweep", "solvers", "devices", "rng", "training", "attacks", "hwaware")
 HERE = Path(__file__).resolve().parent
 
 
@@ -60,6 +60,10 @@ def _run_area(area: str, quick: bool, work: Path, state: dict[str, Any]) -> list
         from benchmarks.training import bench_training
 
         return bench_training(steps=3 if quick else 10, repeat=1 if quick else 3)
+    if area == "hwaware":
+        from benchmarks.hwaware import bench_hwaware
+
+        return bench_hwaware(steps=5 if quick else 10, repeat=2 if quick else 7)
     if area == "attacks":
         from benchmarks.attacks import bench_attacks
 

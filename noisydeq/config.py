@@ -835,6 +835,8 @@ def check_lyapunov_members(lyapunov: LyapunovSpec | None, kinds: list[str]) -> N
         raise ValueError("lyapunov: settings given but 'lyadeq' is not in kinds")
 
 
+#: a ``train_device`` entry for the digitally trained families of a sweep
+DIGITAL_TRAINING = "none"
 #: which part of a device's noise a swept SNR sets (noisydeq.hardware.modes)
 NOISE_MODES = ("physical", "dynamic", "static", "both")
 #: where a sweep calibrates its device layers (noisydeq.hardware.in_network)
@@ -929,11 +931,62 @@ class SweepSpec(FamilyChoices):
     monotone: MonotoneSpec | None = None
     lyapunov: LyapunovSpec | None = None
     cell: CellSpec = Field(default_factory=CellSpec)
+    train_device: list[str] = Field(default_factory=list)
+    train_device_snr_db: list[InfFloat] = Field(default_factory=list)
+    train_noise_mode: str = "physical"
+    digital_layers: list[str] = Field(default_factory=list)
 
     @model_validator(mode="after")
     def _lyapunov_members(self) -> SweepSpec:
         check_lyapunov_members(self.lyapunov, self.kinds)
         return self
+
+    @field_validator("train_device", "digital_layers", mode="before")
+    @classmethod
+    def _names(cls, v: Any, info: Any) -> list[str]:
+        if isinstance(v, str):
+            v = [p.strip() for p in v.split(",") if p.strip()]
+        if not isinstance(v, (list, tuple)) or not all(isinstance(p, str) and p for p in v):
+            raise ValueError(f"{info.field_name} must be a list of names")
+        if len(v) > limits.MAX_SEEDS:
+            raise ValueError(f"{info.field_name}: {len(v)} entries; at most {limits.MAX_SEEDS}")
+        return list(dict.fromkeys(v))
+
+    @field_validator("train_device_snr_db", mode="before")
+    @classmethod
+    def _train_device_grid(cls, v: Any) -> list[float]:
+        return [] if v in ([], (), None, "") else _snr_list(v, "train_device_snr_db")
+
+    @field_validator("train_noise_mode")
+    @classmethod
+    def _train_mode(cls, v: Any) -> str:
+        return check_choice(v, NOISE_MODES)
+
+    @model_validator(mode="after")
+    def _train_device_options(self) -> SweepSpec:
+        hardware = [d for d in self.train_device if d != DIGITAL_TRAINING]
+        if not hardware:
+            for name, unset in (("train_device_snr_db", []), ("train_noise_mode", "physical")):
+                if getattr(self, name) != unset:
+                    raise ValueError(f"{name}: set for a training device, but train_device "
+                                     "names none")
+        return self
+
+    def training_devices(self) -> list[tuple[str | None, float | None]]:
+        """The (training device, its SNR) of each family of a seed and training SNR:
+        ``[(None, None)]`` (digital training) unless ``train_device`` names devices —
+        then one per device and ``train_device_snr_db`` level (None: the device's native
+        SNR), and ``(None, None)`` for an entry ``none``."""
+        if not self.train_device:
+            return [(None, None)]
+        levels: list[float | None] = list(self.train_device_snr_db) or [None]
+        out: list[tuple[str | None, float | None]] = []
+        for dev in self.train_device:
+            if dev == DIGITAL_TRAINING:
+                out.append((None, None))
+            else:
+                out += [(dev, lvl) for lvl in levels]
+        return out
 
     @field_validator("cell")
     @classmethod
@@ -946,6 +999,11 @@ class SweepSpec(FamilyChoices):
         data = handler(self)
         if data.get("cell") == "mlp":
             data.pop("cell")
+        # hardware-aware training, added later: left out unset (earlier identities stay)
+        for key, unset in (("train_device", []), ("train_device_snr_db", []),
+                           ("train_noise_mode", "physical"), ("digital_layers", [])):
+            if key in data and data[key] == unset:
+                data.pop(key)
         return data
 
     @field_validator("snr_db", "train_snr_db", "fixed_snr_db", mode="before")
@@ -1231,10 +1289,14 @@ class TrainSpec(StrictModel):
     ``noise``: training noise injected by the model (the paper trains with signal noise at
     0 dB, 10 dB or none, Eq. 3-4). ``device``: optional hardware model in the loop (preset
     name or TOML path), calibrated to ``device_snr_db`` (None = its native SNR): the model is
-    deployed, trained through the device's noisy MVMs and its digital weights are saved.
-    DEQ only: ``solver`` (training), ``test_solver`` (evaluation), ``gradient`` and
-    ``jac_reg`` replace the model's own when set. ``max_train_samples``: use only the first
-    N training samples. ``ibp``: interval-bound-propagation training (:class:`IBPTrainSpec`).
+    deployed, trained through the device's noisy MVMs and its digital weights are saved;
+    ``device_noise_mode`` (None = ``physical``) says which part of its noise that SNR sets,
+    ``digital_layers`` names layers kept digital (e.g. ``["proj.U", "head"]``). A fresh
+    chip is drawn every epoch (static noise seen as a distribution), read noise at every MVM
+    (docs/devices.md, "Hardware-aware training"). DEQ only: ``solver`` (training),
+    ``test_solver`` (evaluation), ``gradient`` and ``jac_reg`` replace the model's own when
+    set. ``max_train_samples``: use only the first N training samples. ``ibp``:
+    interval-bound-propagation training (:class:`IBPTrainSpec`).
     ``lr_schedule``: ``constant``, or ``cosine`` — epoch e of E runs at
     lr·(1 + cos(πe/E))/2 (PyTorch's ``CosineAnnealingLR`` stepped per epoch with T_max = E).
     Presets: :meth:`TrainSpec.preset` (``quick``, ``paper``).
@@ -1248,6 +1310,8 @@ class TrainSpec(StrictModel):
     noise: NoiseSpec = Field(default_factory=NoiseSpec)
     device: str | None = None
     device_snr_db: InfFloat | None = None
+    device_noise_mode: str | None = None
+    digital_layers: list[str] | None = None
     solver: SolverSpec | None = None
     test_solver: SolverSpec | None = None
     gradient: GradientSpec | None = None
@@ -1263,6 +1327,24 @@ class TrainSpec(StrictModel):
     @classmethod
     def _device_snr(cls, v: Any) -> Any:
         return v if v is None else parse_snr_value(v)
+
+    @field_validator("device_noise_mode")
+    @classmethod
+    def _device_mode(cls, v: Any) -> str | None:
+        return None if v is None else check_choice(v, NOISE_MODES)
+
+    @field_validator("digital_layers")
+    @classmethod
+    def _digital(cls, v: list[str] | None) -> list[str] | None:
+        return None if not v else list(dict.fromkeys(v))
+
+    @model_validator(mode="after")
+    def _device_options(self) -> TrainSpec:
+        if self.device is None:
+            for name in ("device_snr_db", "device_noise_mode", "digital_layers"):
+                if getattr(self, name) is not None:
+                    raise ValueError(f"{name}: set for a training device, but device is unset")
+        return self
 
     @model_validator(mode="after")
     def _ibp_clean(self) -> TrainSpec:

@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from noisydeq.config import MONOTONE_KINDS, FamilySpec, ModelSpec, SweepSpec, TrainSpec, build
+from noisydeq.errors import NoisyDEQError
 from noisydeq.noise import derive_seed
 from noisydeq.store import config_hash
 from noisydeq.tasks.base import Task
@@ -195,14 +196,20 @@ def check_sweep_families(sweep: SweepSpec, task: Task) -> None:
     (:func:`noisydeq.limits.check_memory`)."""
     from noisydeq import limits
 
+    check_training_devices(sweep)
     batch = 1
     for seed in sweep.seeds:
         for tsnr in sweep.train_snr_db:
-            fspec = family_spec_for_sweep(sweep, seed, tsnr)
-            for kind in fspec.kinds:
-                batch = max(batch, fspec.train_spec(kind).batch_size)
-                for depth in fspec.depths:
-                    member_spec(fspec, task, kind, depth)
+            for dev, dsnr in sweep.training_devices():
+                fspec = family_spec_for_sweep(sweep, seed, tsnr, dev, dsnr)
+                for kind in fspec.kinds:
+                    batch = max(batch, fspec.train_spec(kind).batch_size)
+                    for depth in fspec.depths:
+                        mspec = member_spec(fspec, task, kind, depth)
+                        if sweep.digital_layers and seed == sweep.seeds[0]:
+                            from noisydeq.hardware.base import check_digital_layers
+
+                            check_digital_layers(build_member(mspec, seed), sweep.digital_layers)
     n_test = len(task.x_test)
     if sweep.max_test_samples is not None:
         n_test = min(n_test, sweep.max_test_samples)
@@ -210,7 +217,7 @@ def check_sweep_families(sweep: SweepSpec, task: Task) -> None:
     rows *= min(len(sweep.snr_db), max(1, sweep.max_rows // rows))  # levels stacked
     sizes = [member_size(k, d, sweep.hidden, task.in_features, task.out_features)
              for d in sweep.depths for k in sweep.kinds]
-    families = len(sweep.seeds) * len(sweep.train_snr_db)
+    families = len(sweep.seeds) * len(sweep.train_snr_db) * len(sweep.training_devices())
     resident = limits.FLOAT * families * sum(p for _, p in sizes)
     peak = max(limits.model_bytes(p, max(rows, batch), w) for w, p in sizes)
     width, params = max(sizes, key=lambda s: s[1])
@@ -220,9 +227,35 @@ def check_sweep_families(sweep: SweepSpec, task: Task) -> None:
     )
 
 
-def family_spec_for_sweep(sweep: SweepSpec, seed: int, train_snr_db: float) -> FamilySpec:
-    """The :class:`FamilySpec` one (seed, training SNR) of a :class:`SweepSpec` needs."""
+def check_training_devices(sweep: SweepSpec) -> None:
+    """Each training device of ``sweep`` exists and reaches each training SNR in the
+    training noise mode (its reference MVM), one line otherwise — before anything runs."""
+    from noisydeq.hardware import get_device, load_spec
+
+    for dev, dsnr in sweep.training_devices():
+        if dev is None:
+            continue
+        try:
+            load_spec(dev)
+            get_device(dev, snr_db=dsnr, noise_mode=sweep.train_noise_mode)
+        except NoisyDEQError as err:
+            raise NoisyDEQError(f"train_device: {err}") from None
+
+
+def family_spec_for_sweep(
+    sweep: SweepSpec, seed: int, train_snr_db: float, train_device: str | None = None,
+    train_device_snr_db: float | None = None,
+) -> FamilySpec:
+    """The :class:`FamilySpec` one (seed, training SNR, training device and its SNR) of a
+    :class:`SweepSpec` needs (``train_device`` None: trained digitally)."""
     train: dict[str, Any] = {}
+    if train_device is not None:
+        if train_device_snr_db is not None:
+            train["device_snr_db"] = train_device_snr_db
+        if sweep.train_noise_mode != "physical":
+            train["device_noise_mode"] = sweep.train_noise_mode
+        if sweep.digital_layers:
+            train["digital_layers"] = list(sweep.digital_layers)
     if sweep.epochs is not None:
         train["epochs"] = sweep.epochs
     if sweep.max_train_samples is not None:
@@ -237,6 +270,6 @@ def family_spec_for_sweep(sweep: SweepSpec, seed: int, train_snr_db: float) -> F
          "train_snr_db": math.inf if train_snr_db is None else train_snr_db,
          "train_site": sweep.train_site, "ffw_form": sweep.ffw_form,
          "snr_scale": sweep.snr_scale, "monotone": sweep.monotone,
-         "lyapunov": sweep.lyapunov, "cell": sweep.cell},
+         "lyapunov": sweep.lyapunov, "cell": sweep.cell, "device": train_device},
         where="sweep",
     )

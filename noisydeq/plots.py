@@ -25,7 +25,7 @@ from matplotlib.ticker import FixedLocator  # noqa: E402
 
 from noisydeq.config import SweepSpec  # noqa: E402
 from noisydeq.store import atomic_open  # noqa: E402
-from noisydeq.summary import Agg, aggregate, swept_part  # noqa: E402
+from noisydeq.summary import Agg, aggregate, swept_part, training_groups  # noqa: E402
 
 STYLE = {
     "font.size": 9,
@@ -111,7 +111,7 @@ def _band(ax: Any, xs: list[float], points: list[Agg], colour: Any) -> None:
 
 def plot_metric_vs_snr(
     rows: Sequence[dict[str, Any]], out: Path, native_snr_db: float | None = None,
-    title: str = "",
+    title: str = "", fig_name: str = "metric_vs_snr",
 ) -> list[Path]:
     """Metric vs inference SNR per model with chip bands (paper Fig. 7-12)."""
     metric = rows[0]["metric"]
@@ -160,7 +160,7 @@ def plot_metric_vs_snr(
         if title:
             fig.suptitle(title)
         fig.tight_layout()
-        return _save(fig, out, "metric_vs_snr")
+        return _save(fig, out, fig_name)
 
 
 def _inv(pos: dict[float, float], x: float) -> float:
@@ -187,7 +187,8 @@ def _nearest(levels: Sequence[float], target: float) -> float | None:
 
 
 def plot_metric_vs_depth(
-    rows: Sequence[dict[str, Any]], out: Path, fixed_snr_db: Sequence[float], title: str = ""
+    rows: Sequence[dict[str, Any]], out: Path, fixed_snr_db: Sequence[float], title: str = "",
+    fig_name: str = "metric_vs_depth",
 ) -> list[Path]:
     """Metric at fixed inference SNRs vs FFW depth / matched DEQ width (paper Fig. 1a-c)."""
     metric = rows[0]["metric"]
@@ -246,7 +247,7 @@ def plot_metric_vs_depth(
         if title:
             fig.suptitle(title)
         fig.tight_layout()
-        return _save(fig, out, "metric_vs_depth")
+        return _save(fig, out, fig_name)
 
 
 def plot_train_snr_effect(
@@ -304,8 +305,71 @@ def plot_sweep(
     """All figures of a sweep into ``out``; returns the written paths."""
     title = _mode_title(spec, title)
     native = native_snr_db if spec.noise_site == "device" else None
+    groups = training_groups(rows)
+    if len(groups) > 1:  # families trained on devices: each one's figures, then together
+        paths = []
+        for i, (label, sub) in enumerate(groups):
+            head = f"{title} — trained {label}" if title else f"trained {label}"
+            paths += plot_metric_vs_snr(sub, out, native, head,
+                                        fig_name=f"metric_vs_snr-{i + 1}")
+            paths += plot_metric_vs_depth(sub, out, spec.fixed_snr_db, head,
+                                          fig_name=f"metric_vs_depth-{i + 1}")
+        return paths + plot_training_effect(rows, out, title)
     paths = plot_metric_vs_snr(rows, out, native, title)
     paths += plot_metric_vs_depth(rows, out, spec.fixed_snr_db, title)
     if len({r["train_snr_db"] for r in rows if r["kind"] == "deq"}) > 1:
         paths += plot_train_snr_effect(rows, out, title)
     return paths
+
+
+def plot_training_effect(
+    rows: Sequence[dict[str, Any]], out: Path, title: str = ""
+) -> list[Path]:
+    """Metric vs inference SNR, one line per way of training (digital, signal noise, on a
+    device: :func:`noisydeq.summary.training_label`), a panel per model (paper Fig. 1d
+    style, DEQ panels above the FFW ones); bands: min-max over chips and seeds."""
+    metric = rows[0]["metric"]
+    groups = training_groups(rows)
+    levels = sorted({float(r["snr_db"]) for r in rows})
+    pos = _x_positions(levels)
+    members = sorted({(r["kind"], int(r["depth"]), int(r["width"])) for r in rows},
+                     key=lambda m: (m[0] not in IMPLICIT, m[0], m[1]))
+    kinds = list(dict.fromkeys(m[0] for m in members))
+    ncol = max(sum(1 for m in members if m[0] == k) for k in kinds)
+    cmap = plt.get_cmap("viridis")
+    n_g = max(len(groups) - 1, 1)
+    colour = {label: cmap(0.05 + 0.8 * i / n_g) for i, (label, _) in enumerate(groups)}
+    with plt.rc_context(STYLE):
+        fig, axes = plt.subplots(len(kinds), ncol, figsize=(3.3 * ncol, 2.9 * len(kinds)),
+                                 squeeze=False, sharey=True)
+        for ax in axes.flat:
+            ax.set_visible(False)
+        for r_i, kind in enumerate(kinds):
+            for c_i, (_k, depth, width) in enumerate(m for m in members if m[0] == kind):
+                ax = axes[r_i][c_i]
+                ax.set_visible(True)
+                for label, sub in groups:
+                    agg = aggregate(r for r in sub if r["kind"] == kind
+                                    and int(r["depth"]) == depth)
+                    for by_snr in agg.values():
+                        xs = [pos[s] for s in by_snr]
+                        pts = list(by_snr.values())
+                        ax.plot(xs, [p.mean for p in pts], "-o", ms=3, lw=1.4,
+                                color=colour[label], label=label)
+                        _band(ax, xs, pts, colour[label])
+                ax.xaxis.set_major_locator(FixedLocator(_ticks(levels, pos)))
+                ax.set_xticklabels([_label_db(_inv(pos, x)) for x in _ticks(levels, pos)])
+                look = KIND_LOOK.get(kind, KIND_LOOK["ffw"])[3]
+                ax.set_title(f"{look} width {width}" if kind in IMPLICIT
+                             else f"{look} {depth} layer{'s' * (depth > 1)}", fontsize=9)
+                ax.set_xlabel(f"inference {swept_part(rows)} (dB)", fontsize=8)
+                if metric == "mse":
+                    ax.set_yscale("log")
+            axes[r_i][0].set_ylabel(_metric_label(metric))
+        handles, labels = axes[0][0].get_legend_handles_labels()
+        fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 4),
+                   frameon=False, title="trained")
+        if title:
+            fig.suptitle(title)
+        fig.tight_layout(rect=(0, 0.1, 1, 1))
+        return _save(fig, out, "training_effect")

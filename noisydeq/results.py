@@ -77,6 +77,24 @@ COLUMNS: dict[str, str] = {
     "diverged_frac": "float",
 }
 
+#: hardware-aware training columns, after :data:`COLUMNS` in a sweep that names training
+#: devices (``train_device``): the device a model was trained on (``none``: digitally), the
+#: SNR it was calibrated to (``nan``: native, or digital) and the training noise mode
+TRAIN_DEVICE_COLUMNS: dict[str, str] = {
+    "train_device": "str",
+    "train_device_snr_db": "float",
+    "train_noise_mode": "str",
+}
+
+
+def columns_for(spec: Any) -> dict[str, str]:
+    """The results columns of a sweep ``spec``: :data:`COLUMNS`, plus
+    :data:`TRAIN_DEVICE_COLUMNS` when it trains on devices."""
+    if getattr(spec, "train_device", None):
+        return {**COLUMNS, **TRAIN_DEVICE_COLUMNS}
+    return COLUMNS
+
+
 #: columns that identify a row of a sweep's table (no two rows share them)
 IDENTITY: tuple[str, ...] = ("model_id", "chip", "snr_db")
 #: per-layer table of a device-noise sweep (layers.csv), in CSV order
@@ -114,6 +132,12 @@ def spec_identity(spec: Any) -> dict[str, Any]:
     out = {k: v for k, v in data.items() if k not in RUNTIME_ONLY}
     if isinstance(spec, SweepSpec):
         out["device_spec"] = device_identity(spec)
+        if spec.train_device:  # trained on devices: their resolved content too
+            from noisydeq.hardware.presets import load_spec
+
+            out["train_device_specs"] = {
+                d: json.loads(load_spec(d).model_dump_json())
+                for d in spec.train_device if d != "none"}
     return out
 
 
@@ -435,7 +459,7 @@ def read_csv(
 ) -> list[dict[str, Any]]:
     """Read a run's results CSV (or, with ``columns=LAYER_COLUMNS``, its layers.csv) back
     into typed rows (checked against its ``SHA256SUMS``)."""
-    columns = COLUMNS if columns is None else columns
+    columns = {**COLUMNS, **TRAIN_DEVICE_COLUMNS} if columns is None else columns
     store.verify_listed(path)
     conv = {"str": str, "int": int, "float": float}
     with open(path, newline="", encoding="utf-8") as fh:

@@ -178,16 +178,24 @@ def summary_json(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
         return v if math.isfinite(v) else ("nan" if math.isnan(v) else ("inf" if v > 0 else "-inf"))
 
     out = []
-    for (kind, depth, width, params, tsnr), by_snr in aggregate(rows).items():
-        for s, a in by_snr.items():
-            out.append(
-                {
-                    "kind": kind, "depth": depth, "width": width, "params": params,
-                    "train_snr_db": safe(tsnr), "snr_db": safe(s), "mean": safe(a.mean),
-                    "min": safe(a.lo), "max": safe(a.hi), "n": a.count,
-                    "diverged_frac": a.diverged_frac, "converged_frac": a.converged_frac,
-                }
-            )
+    for label, group in training_groups(rows):  # a sweep trained on devices: per family
+        hw = {}
+        if label:
+            first = group[0]
+            hw = {"train_device": first["train_device"],
+                  "train_device_snr_db": safe(float(first["train_device_snr_db"])),
+                  "train_noise_mode": first["train_noise_mode"]}
+        for (kind, depth, width, params, tsnr), by_snr in aggregate(group).items():
+            for s, a in by_snr.items():
+                out.append(
+                    {
+                        "kind": kind, "depth": depth, "width": width, "params": params,
+                        "train_snr_db": safe(tsnr), **hw, "snr_db": safe(s),
+                        "mean": safe(a.mean), "min": safe(a.lo), "max": safe(a.hi),
+                        "n": a.count, "diverged_frac": a.diverged_frac,
+                        "converged_frac": a.converged_frac,
+                    }
+                )
     return out
 
 
@@ -215,3 +223,30 @@ def paired_table(rows: Sequence[dict[str, Any]], snr_db: float) -> str:
             f"{fmt(f.mean)} ± {fmt(f.std)} | {d.mean - f.mean:+.3g} |"
         )
     return "\n".join(out)
+
+
+def training_label(row: dict[str, Any]) -> str:
+    """How the model of a results row was trained, in words: ``digital`` or ``on <device>``
+    (at its SNR or native, in its noise mode), plus signal training noise if any."""
+    dev = row.get("train_device", "none")
+    tsnr = float(row["train_snr_db"])
+    noise = "" if math.isinf(tsnr) else f"signal noise {tsnr:g} dB"
+    if dev in (None, "none"):
+        return f"digital, {noise}" if noise else "digital"
+    dsnr = float(row["train_device_snr_db"])
+    where = "native" if math.isnan(dsnr) else f"{dsnr:g} dB"
+    mode = row.get("train_noise_mode", "physical")
+    text = f"on {dev} {where}" + ("" if mode == "physical" else f" ({mode})")
+    return f"{text}, {noise}" if noise else text
+
+
+def training_groups(rows: Sequence[dict[str, Any]]) -> list[tuple[str, list[dict[str, Any]]]]:
+    """Rows split by :func:`training_label` (one group per family of a sweep that trains
+    on devices, in the order of first appearance); one unnamed group otherwise."""
+    if not rows or "train_device" not in rows[0]:
+        return [("", list(rows))]
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for r in rows:
+        groups.setdefault(training_label(r), []).append(r)
+    return list(groups.items())
+

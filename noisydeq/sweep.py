@@ -73,13 +73,38 @@ class SweepModel:
     params: int
     seed: int = 0
     train_snr_db: float = math.inf
+    #: hardware-aware training: the training device (None: trained digitally) and the SNR
+    #: it was calibrated to (None: its native SNR)
+    train_device: str | None = None
+    train_device_snr_db: float | None = None
 
     @property
     def model_id(self) -> str:
+        hw = ""
+        if self.train_device is not None:
+            name = Path(self.train_device).stem if self.train_device.endswith(".toml") \
+                else self.train_device
+            snr = "native" if self.train_device_snr_db is None else fmt_db(
+                self.train_device_snr_db)
+            hw = f"-hw{name}@{snr}"
         return (
             f"{self.kind}-d{self.depth}-w{self.width}-s{self.seed}"
-            f"-t{fmt_db(self.train_snr_db)}"
+            f"-t{fmt_db(self.train_snr_db)}{hw}"
         )
+
+    def training_columns(self, spec: SweepSpec) -> dict[str, Any]:
+        """The hardware-aware training columns of its rows (only in a sweep that names
+        training devices, :data:`noisydeq.results.TRAIN_DEVICE_COLUMNS`): device ``none``
+        for a digitally trained model, SNR ``nan`` at the native SNR or digitally."""
+        if not spec.train_device:
+            return {}
+        if self.train_device is None:
+            return {"train_device": "none", "train_device_snr_db": math.nan,
+                    "train_noise_mode": "none"}
+        return {"train_device": self.train_device,
+                "train_device_snr_db": (math.nan if self.train_device_snr_db is None
+                                        else float(self.train_device_snr_db)),
+                "train_noise_mode": spec.train_noise_mode}
 
 
 #: a test sample's row in every forward is ≡ its index (mod ROW_ALIGN): GEMM rounding of a
@@ -229,7 +254,8 @@ class Hardware:
 
         lo, hi = min(finite), max(finite)
         for sm in models:
-            deployed = self.device.new_chip(derive_seed(sm.seed, "chip", 0)).deploy(sm.model)
+            deployed = self.device.new_chip(derive_seed(sm.seed, "chip", 0)).deploy(
+                sm.model, digital_layers=self.spec.digital_layers)
             if calib_x is not None:
                 self.hw.calibrate(deployed, calib_x)
             for name, layer in self.hw.device_layers(deployed).items():
@@ -252,7 +278,7 @@ class Hardware:
         if self.direct:
             return model
         device = self.device.new_chip(derive_seed(seed, "chip", chip))
-        deployed = device.deploy(model).eval()
+        deployed = device.deploy(model, digital_layers=self.spec.digital_layers).eval()
         if self.spec.noise_site == "device":
             from noisydeq.families import cache_root
             from noisydeq.hardware.calibration_store import calibrate_levels
@@ -616,6 +642,7 @@ def stats_rows(
                 "mean_steps": st.steps / st.n,
                 "converged_frac": st.converged / st.n,
                 "diverged_frac": st.diverged / st.n,
+                **sm.training_columns(spec),
             }
         )
     return rows
@@ -683,14 +710,16 @@ def family_models(spec: SweepSpec, task: Any, progress: bool = True) -> list[Swe
     out = []
     for seed in spec.seeds:
         for tsnr in spec.train_snr_db:
-            fspec = family_spec_for_sweep(spec, seed, tsnr)
-            family = train_family(fspec, task, torch_device=spec.torch_device,
-                                  quiet=not progress, log=log)
-            members = sorted(family.members, key=lambda m: (m.depth, m.kind))
-            out += [
-                SweepModel(m.model, m.kind, m.depth, m.width, m.params, seed, tsnr)
-                for m in members
-            ]
+            for dev, dsnr in spec.training_devices():
+                fspec = family_spec_for_sweep(spec, seed, tsnr, dev, dsnr)
+                family = train_family(fspec, task, torch_device=spec.torch_device,
+                                      quiet=not progress, log=log)
+                members = sorted(family.members, key=lambda m: (m.depth, m.kind))
+                out += [
+                    SweepModel(m.model, m.kind, m.depth, m.width, m.params, seed, tsnr,
+                               dev, dsnr)
+                    for m in members
+                ]
     return out
 
 
@@ -730,6 +759,9 @@ class CellRunner:
         torch_device: torch.device,
     ) -> None:
         self.spec, self.run_dir, self.hardware = spec, run_dir, hardware
+        from noisydeq.results import columns_for
+
+        run_dir.columns = columns_for(spec)
         self.torch_device = torch_device
         self.task_name = task.name
         self.x, self.y = _test_tensors(task, spec, torch_device)
@@ -779,7 +811,9 @@ class CellRunner:
                  "seed": int(sm.seed), "train_snr_db": float(sm.train_snr_db),
                  "device": self.spec.device, "noise_site": self.spec.noise_site,
                  "noise_mode": self.spec.swept_mode,
-                 "chip": int(chip), "metric": self.metric, "n_samples": int(self.x.shape[0])}
+                 "chip": int(chip), "metric": self.metric, "n_samples": int(self.x.shape[0]),
+                 **{k: v for k, v in sm.training_columns(self.spec).items()
+                    if not (isinstance(v, float) and math.isnan(v))}}
         return [{**fixed, "snr_db": float(s)} for s in levels]
 
     def load(self, sm: SweepModel, chip: int, levels: Sequence[float]) -> list[dict] | None:

@@ -49,6 +49,10 @@ TRAIN_SCHEMA = 2
 MODEL_FILE = "model.safetensors"
 RESUME_FILE = "resume.safetensors"
 EVAL_BATCH = 1024
+#: device-in-the-loop runs: training inputs the device layers are calibrated on, and test
+#: samples of the per-epoch validation on the device
+CALIB_SAMPLES = 256
+VAL_SAMPLES = 512
 
 
 @dataclass
@@ -80,7 +84,8 @@ def init_hash(model: nn.Module) -> str:
 
 #: spec fields added after caches were keyed: left out of a config while unset (None), so
 #: every earlier config keeps its hash
-LATE_OPTIONAL = ("monotone", "ibp", "adversarial", "random_state", "optimizer")
+LATE_OPTIONAL = ("monotone", "ibp", "adversarial", "random_state", "optimizer",
+                 "device_noise_mode", "digital_layers")
 
 
 def spec_dump(spec: Any) -> dict[str, Any]:
@@ -125,7 +130,19 @@ def run_config(
         },
         "torch_device": torch_device.type,
         "versions": {"noisydeq": __version__, "torch": torch.__version__.split("+")[0]},
+        # the training device's resolved content (not its name or path): a changed preset
+        # is another training run, never a stale cache entry
+        **({"device_spec": device_content(spec.device)} if spec.device is not None else {}),
     }
+
+
+def device_content(name_or_path: str) -> dict[str, Any]:
+    """The resolved preset of a device (name or TOML path) as plain data."""
+    import json
+
+    from noisydeq.hardware.presets import load_spec
+
+    return json.loads(load_spec(name_or_path).model_dump_json())
 
 
 def apply_overrides(model: nn.Module, spec: TrainSpec) -> None:
@@ -213,13 +230,30 @@ def _load_resume(
 # --------------------------------------------------------------------------- loop
 
 
+def _train_device(spec: TrainSpec, chip: int) -> Any:
+    """``spec.device`` on chip ``chip``, in ``spec.device_noise_mode``, at its SNR."""
+    from noisydeq import hardware
+
+    return hardware.get_device(spec.device, snr_db=spec.device_snr_db, chip=chip,
+                               noise_mode=spec.device_noise_mode or "physical")
+
+
+def chip_of_epoch(seed: int, epoch: int) -> int:
+    """The chip a device-in-the-loop run trains on in ``epoch`` (a fresh draw per epoch)."""
+    return derive_seed(seed, "train", "chip", epoch) % (2**31)
+
+
+def validation_chip(seed: int) -> int:
+    """The fixed chip of the per-epoch validation on the device."""
+    return derive_seed(seed, "train", "validation-chip") % (2**31)
+
+
 def _deploy(model: nn.Module, spec: TrainSpec, rng_seed: int) -> nn.Module:
-    """The model on ``spec.device`` (one chip derived from the seed), or the model itself."""
+    """The model on ``spec.device`` (the chip of epoch 0; ``spec.digital_layers`` kept
+    digital), or the model itself."""
     if spec.device is None:
         return model
     from torch.nn.utils import parametrize
-
-    from noisydeq import hardware
 
     held = [n for n, m in model.named_modules() if parametrize.is_parametrized(m)]
     if held:  # a chip is programmed with the weight's value; the parametrisation is lost
@@ -227,10 +261,29 @@ def _deploy(model: nn.Module, spec: TrainSpec, rng_seed: int) -> nn.Module:
             f"train.device: layers with parametrised weights ({', '.join(held)}) cannot be "
             "trained on a device; train digitally and deploy the trained model"
         )
+    return _train_device(spec, chip_of_epoch(rng_seed, 0)).deploy(
+        model, digital_layers=spec.digital_layers or ())
 
-    chip = derive_seed(rng_seed, "train", "chip") % (2**31)
-    device = hardware.get_device(spec.device, snr_db=spec.device_snr_db, chip=chip)
-    return device.deploy(model)
+
+def _calibrate(net: nn.Module, spec: TrainSpec, x: Tensor) -> None:
+    """Calibrate the device layers of ``net`` on the clean activations of ``x`` (a target
+    SNR is met on the data, with the current weights); nothing to do at the native SNR."""
+    if spec.device_snr_db is None:
+        return
+    from noisydeq.hardware.base import calibrate
+
+    was = net.training
+    net.eval()
+    try:
+        calibrate(net, x)
+    finally:
+        net.train(was)
+
+
+def _on_chip(net: nn.Module, spec: TrainSpec, chip: int, x_calib: Tensor) -> None:
+    """Move the deployed ``net`` onto chip ``chip`` (same parameters) and calibrate it."""
+    _train_device(spec, chip).rechip(net)
+    _calibrate(net, spec, x_calib)
 
 
 def _device_streams(net: nn.Module, rng: _Rng, epoch: int, samples: Tensor) -> None:
@@ -260,17 +313,29 @@ def forward_logits(
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, task: Task, batch_size: int = EVAL_BATCH) -> float:
-    """Clean test metric (no noise, digital weights) of ``model`` on ``task``'s test split."""
+def evaluate(model: nn.Module, task: Task, batch_size: int = EVAL_BATCH,
+             limit: int | None = None, device_seed: int | None = None) -> float:
+    """Clean test metric (no noise, digital weights) of ``model`` on ``task``'s test split
+    (its first ``limit`` samples). For a deployed ``model``, ``device_seed`` keys the
+    dynamic device noise of each layer by (seed, layer, test-sample index): the same draws
+    at every call."""
+    from noisydeq.hardware.base import device_layers
+
     was_training = model.training
     model.eval()
     dev = _param_device(model)
     key = derive_seed("evaluate", "threshold")  # random caps, by test-sample index
+    layers = device_layers(model) if device_seed is not None else {}
     score, n = 0.0, 0
-    for i in range(0, len(task.x_test), batch_size):
-        xb = task.x_test[i : i + batch_size].to(dev)
-        yb = task.y_test[i : i + batch_size].to(dev)
-        caps = NoiseStream.from_seed(key, dev, samples=torch.arange(i, i + len(xb)))
+    total = len(task.x_test) if limit is None else min(limit, len(task.x_test))
+    for i in range(0, total, batch_size):
+        xb = task.x_test[i : min(i + batch_size, total)].to(dev)
+        yb = task.y_test[i : min(i + batch_size, total)].to(dev)
+        rows = torch.arange(i, i + len(xb))
+        caps = NoiseStream.from_seed(key, dev, samples=rows)
+        for name, layer in layers.items():
+            layer.stream = NoiseStream.from_seed(
+                derive_seed(device_seed, "validation", name), dev, samples=rows)
         out, _ = forward_logits(model, xb, None, caps)
         score += task.metric(out, yb) * len(xb)
         n += len(xb)
@@ -344,6 +409,10 @@ def train_model(
     t0 = time.perf_counter()
     dev = torch.device(torch_device) if torch_device is not None else _param_device(model)
     apply_overrides(model, spec)
+    if spec.digital_layers:  # an unknown layer name: one line, before anything is written
+        from noisydeq.hardware.base import check_digital_layers
+
+        check_digital_layers(model, spec.digital_layers)
     config = run_config(model, task, spec, dev)
     out = Path(out_dir) if out_dir is not None else None
     if out is not None and out.exists() and not out.is_dir():
@@ -399,9 +468,19 @@ def _fit(
 
     bar = progress(total=(spec.epochs - start) * n_batches, desc=desc or "training",
                    unit="batches", disable=quiet)
+    x_calib = x_all[:CALIB_SAMPLES]
     try:
         for epoch in range(start, spec.epochs):
+            if spec.device is not None:  # a fresh chip per epoch (static noise as a law)
+                _on_chip(net, spec, chip_of_epoch(spec.seed, epoch), x_calib)
             record = _train_epoch(net, opt, task, spec, rng, x_all, y_all, epoch, bar, hooks)
+            if spec.device is not None:
+                record.update(_validate(model, net, task, spec, x_calib))
+                if not quiet:
+                    _report_epoch(desc, spec, epoch, record, task.metric_name)
+                bar.set_postfix(epoch=epoch + 1, loss=f"{record['loss']:.4f}",
+                                device=f"{record[f'val_{task.metric_name}_device']:.4f}",
+                                refresh=False)
             if hooks is not None:
                 record = hooks.end_epoch(opt, net, epoch, record)
             history.append(record)
@@ -429,6 +508,34 @@ def _fit(
         result.path = store.save_checkpoint(out / MODEL_FILE, model.state_dict(), config, extra)
         (out / RESUME_FILE).unlink(missing_ok=True)  # the finished model replaces it
     return result
+
+
+def _validate(model: nn.Module, net: nn.Module, task: Task, spec: TrainSpec,
+              x_calib: Tensor) -> dict[str, float]:
+    """Validation of a device-in-the-loop epoch on the first :data:`VAL_SAMPLES` test
+    samples: the digital weights (``val_<metric>``) and the same weights on the training
+    device at the training SNR on a fixed chip with fixed read noise
+    (``val_<metric>_device``: every epoch sees the same chip and draws)."""
+    t0 = time.perf_counter()
+    model.load_state_dict(net.state_dict())  # deployed layers keep the digital weights
+    name = task.metric_name
+    digital = evaluate(model, task, limit=VAL_SAMPLES)
+    _on_chip(net, spec, validation_chip(spec.seed), x_calib)
+    on_device = evaluate(net, task, limit=VAL_SAMPLES,
+                         device_seed=derive_seed(spec.seed, "train", "validation"))
+    return {f"val_{name}": digital, f"val_{name}_device": on_device,
+            "val_seconds": time.perf_counter() - t0}
+
+
+def _report_epoch(desc: str, spec: TrainSpec, epoch: int, record: dict[str, float],
+                  metric: str) -> None:
+    """One progress line per device-in-the-loop epoch: loss, digital and device metric."""
+    from noisydeq.progress import write
+
+    snr = "native" if spec.device_snr_db is None else f"{spec.device_snr_db:g} dB"
+    write(f"{desc} epoch {epoch + 1}/{spec.epochs}: loss {record['loss']:.4f}, "
+          f"val {metric} digital {record[f'val_{metric}']:.4f}, on {spec.device} ({snr}) "
+          f"{record[f'val_{metric}_device']:.4f}")
 
 
 def epoch_lr(spec: TrainSpec, epoch: int) -> float:

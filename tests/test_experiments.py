@@ -95,11 +95,14 @@ def test_quick_variant_runs(tmp_path, path):
     rep = json.loads(proc.stdout)
     quick = exp.resolve("quick")
     n_levels = len(quick.snr_db)
-    n_models = 2 * 2 * len(quick.train_snr_db)
+    n_models = 2 * 2 * len(quick.train_snr_db) * len(quick.training_devices())
     assert len(rep["summary"]) == n_models * n_levels
     names = {Path(f).name for f in rep["figures"]}
-    assert {"metric_vs_snr.png", "metric_vs_depth.png"} <= names
-    if len(quick.train_snr_db) > 1:
+    if quick.train_device:  # one family per way of training, then side by side
+        assert {"metric_vs_snr-1.png", "metric_vs_depth-1.png", "training_effect.png"} <= names
+    else:
+        assert {"metric_vs_snr.png", "metric_vs_depth.png"} <= names
+    if len(quick.train_snr_db) > 1 and not quick.train_device:
         assert "train_snr_effect.png" in names
     metric_ok = [0 <= r["mean"] <= 1 if quick.task != "regression1d" else r["mean"] >= 0
                  for r in rep["summary"]]

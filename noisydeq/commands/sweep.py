@@ -71,7 +71,7 @@ def execute(
     jobs: str | None = None,
 ) -> dict[str, Any]:
     """Run (or resume) ``spec`` into ``out`` and report on stdout (text or JSON)."""
-    from noisydeq.summary import summary_json, summary_table
+    from noisydeq.summary import summary_json, summary_table, training_groups
     from noisydeq.sweep import run_sweep
 
     t0 = time.perf_counter()
@@ -93,8 +93,11 @@ def execute(
     if as_json:
         click.echo(json.dumps({**report, "summary": summary_json(res.rows)}, indent=2))
         return report
-    click.echo(summary_table(res.rows))
-    click.echo("")
+    for label, rows in training_groups(res.rows):  # one table per training regime
+        if label:
+            click.echo(f"trained {label}:")
+        click.echo(summary_table(rows))
+        click.echo("")
     native = res.native_parts
     if spec.noise_site == "device" and native and math.isfinite(native["total"]):
         parts = ", ".join(f"{p} {'inf' if math.isinf(v) else f'{v:.1f}'}"
@@ -122,6 +125,17 @@ def execute(
               help="FFW depths; each gets a parameter-matched DEQ.")
 @click.option("--train-snr", default="inf", show_default=True,
               help="Training signal-noise SNR(s) in dB (inf = no training noise), e.g. inf,10,0.")
+@click.option("--train-device", default=None, metavar="DEVICE,...",
+              help="Train every family member with this device in the loop (preset name or "
+                   ".toml path; several: one family each; 'none': also a digital family).")
+@click.option("--train-device-snr", default=None,
+              help="SNR grid (dB) the training device is calibrated to (default: native).")
+@click.option("--train-noise-mode", default=None,
+              help="Which part of the training device's noise --train-device-snr sets: "
+                   "physical (default), dynamic, static or both.")
+@click.option("--digital-layers", default=None, metavar="NAME,...",
+              help="Layers kept digital on the devices (training and evaluation), e.g. "
+                   "proj.U,head.")
 @click.option("--chips", type=click.IntRange(min=1), default=3, show_default=True,
               help="Chip instances (draws of static device noise).")
 @click.option("--epochs", type=click.IntRange(min=0), default=None,
@@ -166,6 +180,8 @@ def command(
     seed: str, torch_device: str, sets: tuple[str, ...], quiet: bool, as_json: bool,
     threads: str | None,
     jobs: str | None,
+    train_device: str | None = None, train_device_snr: str | None = None,
+    train_noise_mode: str | None = None, digital_layers: str | None = None,
 ) -> None:
     """Sweep parameter-matched DEQ vs FFW accuracy across SNR on a simulated device."""
     from noisydeq.runtime import job_count, thread_plan
@@ -180,7 +196,13 @@ def command(
         "train_preset": train_preset, "noise_site": noise_site, "noise_mode": noise_mode,
         "kinds": [k.strip() for k in kinds.split(",") if k.strip()], "ffw_form": ffw_form,
         "snr_scale": snr_scale, "seeds": parse_seeds(seed),
-        "torch_device": torch_device, **parse_sets(sets),
+        "torch_device": torch_device,
+        **{k: v for k, v in (("train_device", train_device),
+                             ("train_noise_mode", train_noise_mode),
+                             ("digital_layers", digital_layers)) if v is not None},
+        **({"train_device_snr_db": parse_grid("--train-device-snr", train_device_snr)}
+           if train_device_snr is not None else {}),
+        **parse_sets(sets),
     }
     spec = build(SweepSpec, data, where="sweep")
     execute(spec, Path(out) if out else default_out(spec), quiet=quiet or as_json,

@@ -127,6 +127,11 @@ def _fmt(metric: float, name: str) -> str:
 @click.option("--device", default=None,
               help="Hardware model in the loop (preset name or .toml), e.g. rram, photonic.")
 @click.option("--device-snr", default=None, help="Calibrate the training device to this SNR.")
+@click.option("--device-noise-mode", default=None,
+              help="Which part of the training device's noise --device-snr sets: physical "
+                   "(default), dynamic, static or both (docs/devices.md).")
+@click.option("--digital-layers", default=None, metavar="NAME,...",
+              help="Layers kept digital on the training device, e.g. cell.U,head.")
 @click.option("--seed", type=click.IntRange(0, limits.MAX_SEED), default=0, show_default=True)
 @click.option("--torch-device", default="cpu", show_default=True, help="cpu, cuda, cuda:1, ...")
 @click.option("--out", default=None, help="Output directory (family: the model cache).")
@@ -177,8 +182,13 @@ def _command(opts: dict[str, Any]) -> None:
         overrides["device_snr_db"] = _snr(opts["device_snr"], "--device-snr")
         if opts["device"] is not None:  # an SNR the device cannot reach: one line, now
             from noisydeq.hardware import get_device
+            from noisydeq.hardware.modes import check_mode
 
-            get_device(opts["device"], snr_db=overrides["device_snr_db"])
+            get_device(opts["device"], snr_db=overrides["device_snr_db"],
+                       noise_mode=check_mode(opts["device_noise_mode"] or "physical",
+                                            "--device-noise-mode"))
+    overrides.update(device_options(opts["device"], opts["device_noise_mode"],
+                                    opts["digital_layers"]))
     if opts["ibp_eps"] is not None:
         overrides["ibp"] = {"eps": opts["ibp_eps"]}
     monotone = _monotone(opts["monotone"])
@@ -246,6 +256,21 @@ def _command(opts: dict[str, Any]) -> None:
                                task.out_features)], tspec.batch_size, dev)
     _notice(task)
     _single(tspec, task, mspec, out, dev, opts)
+
+
+def device_options(device: str | None, noise_mode: str | None,
+                   digital_layers: str | None) -> dict[str, Any]:
+    """``device_noise_mode`` / ``digital_layers`` train-spec overrides of the CLI options
+    (each needs ``--device``; a bad mode is one line)."""
+    out: dict[str, Any] = {}
+    for flag, value in (("--device-noise-mode", noise_mode), ("--digital-layers", digital_layers)):
+        if value is not None and device is None:
+            raise NoisyDEQError(f"{flag}: needs a training --device")
+    if noise_mode is not None:
+        out["device_noise_mode"] = noise_mode  # checked by the train spec (one line)
+    if digital_layers is not None:
+        out["digital_layers"] = [n.strip() for n in digital_layers.split(",") if n.strip()]
+    return out
 
 
 def _check_memory(sizes: list[tuple[int, int]], batch: int, dev: torch.device) -> None:
@@ -333,6 +358,10 @@ def _single(tspec: TrainSpec, task: Any, mspec: ModelSpec, out: Path | None,
     from noisydeq.train import train_model
 
     model = build_member(mspec, opts["seed"])
+    if tspec.digital_layers:  # an unknown layer: one line, before the output is made
+        from noisydeq.hardware.base import check_digital_layers
+
+        check_digital_layers(model, tspec.digital_layers)
     if tspec.adversarial is not None:
         from noisydeq.adversarial.objective import check_inputs
 

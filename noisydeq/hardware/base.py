@@ -30,7 +30,7 @@ from __future__ import annotations
 import copy
 import math
 from collections import OrderedDict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -594,27 +594,77 @@ class Device:
         return {}
 
     # ------------------------------------------------------------ deployment
-    def deploy(self, model: nn.Module) -> nn.Module:
+    def deploy(self, model: nn.Module, digital_layers: Sequence[str] = ()) -> nn.Module:
         """A deep copy of ``model`` whose Linear/Conv1d/Conv2d layers run on this device.
 
         A parametrised layer (weight norm, orthogonal) is programmed with its weight's
         current value (a plain copy: the deployed layer no longer updates it); modules
-        marked ``stays_digital`` and BatchNorm/LayerNorm/GroupNorm stay digital.
+        marked ``stays_digital`` and BatchNorm/LayerNorm/GroupNorm stay digital, and so do
+        the modules named in ``digital_layers`` (qualified names such as ``cell.U`` or
+        ``head``, with everything inside them: aihwkit's ``exclude_modules`` idea). An
+        unknown name is refused in one line listing the names a model offers.
         """
         if not isinstance(model, nn.Module):
             raise NoisyDEQError(f"deploy: expected a torch nn.Module, got {type(model).__name__}")
+        keep = check_digital_layers(model, digital_layers)
         out = copy.deepcopy(model)
         if isinstance(out, MAPPABLE):
-            return self.layer_class(self, out, "")
-        _check_mappable(out)
-        _replace(out, self, prefix="")
+            return out if "" in keep else self.layer_class(self, out, "")
+        _check_mappable(out, keep)
+        _replace(out, self, prefix="", keep=keep)
         return out
 
+    def rechip(self, model: nn.Module) -> None:
+        """Move the device layers of a deployed ``model`` onto this device and chip, in place.
 
-def stays_digital(module: nn.Module) -> bool:
+        Each :class:`DeviceLayer` is replaced by a fresh one of this device holding the same
+        ``weight`` / ``bias`` parameters (an optimiser keeps working on them) with no state
+        of the previous chip (programmed weights, calibration); layers kept digital stay so.
+        """
+        for name, layer in list(device_layers(model).items()):
+            fresh = self.layer_class(self, layer, name)
+            fresh.stream = layer.stream
+            if not name:
+                raise NoisyDEQError("rechip: the model is itself one device layer; deploy it")
+            parent, _, child = name.rpartition(".")
+            setattr(model.get_submodule(parent) if parent else model, child, fresh)
+
+
+def stays_digital(module: nn.Module, name: str = "", keep: frozenset[str] = frozenset()) -> bool:
     """A module a model marks ``stays_digital = True`` (with everything inside it) is left
-    digital by :meth:`Device.deploy`, e.g. a LyaDEQ's Lyapunov certificate."""
-    return bool(getattr(module, "stays_digital", False))
+    digital by :meth:`Device.deploy`, e.g. a LyaDEQ's Lyapunov certificate; so is a module
+    whose qualified ``name`` the caller keeps digital (``keep``)."""
+    return bool(getattr(module, "stays_digital", False)) or (bool(keep) and name in keep)
+
+
+def mappable_names(model: nn.Module) -> list[str]:
+    """Qualified names of the layers :meth:`Device.deploy` would map (Linear/Conv, deployed
+    layers), e.g. ``cell.U``, ``head``: what ``digital_layers`` may name."""
+    return [n for n, m in model.named_modules() if isinstance(m, (*MAPPABLE, DeviceLayer))
+            or _parametrized(m)]
+
+
+def check_digital_layers(model: nn.Module, names: Sequence[str]) -> frozenset[str]:
+    """The qualified module names of ``model`` that ``names`` keep digital: a name matches
+    a module whose qualified name is it or ends with ``.<name>`` (``proj.U`` is a DEQ's
+    ``cell.proj.U`` and an FFW's ``proj.U``, so one list serves a whole family). A name
+    matching nothing is one line naming it (with a did-you-mean) and the model's layers."""
+    import difflib
+
+    modules = [n for n, _ in model.named_modules()]
+    out: set[str] = set()
+    for name in names:
+        hits = [m for m in modules if m == name or (name and m.endswith(f".{name}"))]
+        if not hits:
+            offered = mappable_names(model)
+            close = difflib.get_close_matches(name, offered, n=1)
+            hint = f"; did you mean '{close[0]}'?" if close else ""
+            raise NoisyDEQError(
+                f"digital_layers: the model has no layer '{name}'{hint} "
+                f"(its layers: {', '.join(offered) or 'none'})"
+            )
+        out.update(hits)
+    return frozenset(out)
 
 
 def _parametrized(module: nn.Module) -> bool:
@@ -640,13 +690,13 @@ def _materialised(module: nn.Module) -> nn.Module:
     return plain.to(weight.device)
 
 
-def _check_mappable(model: nn.Module) -> None:
+def _check_mappable(model: nn.Module, keep: frozenset[str] = frozenset()) -> None:
     bad = []
     skip: list[str] = []  # prefixes of digital or parametrised subtrees
     for name, mod in model.named_modules():
         if any(name.startswith(p) for p in skip):
             continue
-        if stays_digital(mod) or _parametrized(mod):
+        if stays_digital(mod, name, keep) or _parametrized(mod):
             skip.append(f"{name}." if name else "")
             continue
         if isinstance(mod, (*MAPPABLE, *DIGITAL_OK, DeviceLayer)):
@@ -663,10 +713,11 @@ def _check_mappable(model: nn.Module) -> None:
         )
 
 
-def _replace(module: nn.Module, device: Device, prefix: str) -> None:
+def _replace(module: nn.Module, device: Device, prefix: str,
+             keep: frozenset[str] = frozenset()) -> None:
     for child_name, child in list(module.named_children()):
         full = f"{prefix}.{child_name}" if prefix else child_name
-        if stays_digital(child):
+        if stays_digital(child, full, keep):
             continue
         if _parametrized(child):
             setattr(module, child_name, device.layer_class(device, _materialised(child), full))
@@ -675,7 +726,7 @@ def _replace(module: nn.Module, device: Device, prefix: str) -> None:
         elif isinstance(child, DeviceLayer):
             setattr(module, child_name, device.layer_class(device, child, full))
         else:
-            _replace(child, device, full)
+            _replace(child, device, full, keep)
 
 
 # ---------------------------------------------------------------- model-level controls

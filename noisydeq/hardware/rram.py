@@ -124,7 +124,8 @@ class RRAMLayer(DeviceLayer):
         """This chip's standard draws (same as :func:`program_weights` at every scale)."""
         key = (self.weight._version, self.weight.data_ptr(), self.weight.device, self.static_seed)
         if self._draw is None or self._draw[0] != key:
-            self._draw = (key, ChipDraw(w_norm, self.spec, self.static_seed))
+            like = None if self._draw is None else self._draw[1]
+            self._draw = (key, ChipDraw(w_norm, self.spec, self.static_seed, like))
         return self._draw[1]
 
     def _readout(self, w: Tensor, s: float) -> float:

@@ -65,17 +65,25 @@ def _sigma(model, g: Tensor, coeff: list[float]) -> Tensor:
 class ChipDraw:
     """One chip's conductance targets, σ's and standard draws; :meth:`program` at any scale."""
 
-    def __init__(self, w_norm: Tensor, spec: RRAMSpec, seed: int) -> None:
-        self.spec = spec
+    def __init__(self, w_norm: Tensor, spec: RRAMSpec, seed: int,
+                 like: ChipDraw | None = None) -> None:
+        self.spec, self.seed = spec, seed
         self.model = wan2022_noise_model(spec, 1.0)
         w = w_norm.detach().to("cpu", torch.float32)
         self.targets, self.params = self.model.g_converter.convert_to_conductances(w)
         coeff = self.model.coeff_dic
         self.sig_p = [_sigma(self.model, g, coeff[min(coeff)]) for g in self.targets]
         self.sig_t = [_sigma(self.model, g, coeff[spec.t_inference_s]) for g in self.targets]
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            self.xi = [torch.randn_like(g) for g in (*self.targets, *self.targets)]
+        shapes = [g.shape for g in (*self.targets, *self.targets)]
+        if (like is not None and like.seed == seed
+                and [x.shape for x in like.xi] == shapes):
+            # the standard draws depend on the seed and shapes only: the same chip
+            # reprogrammed with new weights (training) reuses them
+            self.xi = like.xi
+        else:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed)
+                self.xi = [torch.randn_like(g) for g in (*self.targets, *self.targets)]
 
     def program(self, s: float) -> tuple[Tensor, Tensor]:
         """(programmed, read-at-t) normalised weights at noise scale ``s`` (CPU, float32)."""

@@ -1,0 +1,147 @@
+"""Hardware-aware training: one device-in-the-loop training step vs the digital step and
+vs aihwkit's hardware-aware training of the same model, in one run.
+
+Model: the sweep's FFW (64 → 3 × 128 → 10, Eq. 57 ``eq57x``) on the digits training split,
+batch 64, Adam 1e-3, cross-entropy. A step is forward, loss, backward, optimiser step.
+
+* ``digital``: the FFW itself.
+* ``ours rram`` / ``ours photonic``: the FFW deployed on the preset at its physical values
+  and trained as ``noisydeq train --device`` trains (:mod:`noisydeq.train`: counter-based
+  read-noise streams per batch, the chip reprogrammed with the current weights at every
+  step, straight-through gradients).
+* ``aihwkit``: the same FFW through ``convert_to_analog`` with ``TorchInferenceRPUConfig``
+  (aihwkit's pure-torch tile; its defaults: 7-bit DAC, 9-bit ADC, output noise 0.06,
+  noise management abs-max, iterative bound management), the Wan-2022 ReRAM noise model at
+  40 µS and weight scaling ω = 1 as in :mod:`benchmarks.devices`, and additive Gaussian
+  weight noise during training (``WeightModifierType.ADD_NORMAL``, σ = 0.02 of max|W|) —
+  aihwkit's recipe for hardware-aware training; Adam on its parameters.
+
+Timings are interleaved (ours, peer, ours, ...) so load changes hit both; the ratio is the
+median of the per-pair ratios with its min and max. Check: after the timed steps the
+device-trained FFW's training loss is finite and every device layer's weight moved.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import statistics
+
+import torch
+from torch import Tensor, nn
+
+from benchmarks.common import Row, timeit_pair
+
+TARGET_RRAM = 3.0
+TARGET_PHOTONIC = 2.0
+TARGET_VS_AIHWKIT = 0.5
+
+
+def _data(batch: int, steps: int) -> list[tuple[Tensor, Tensor, Tensor]]:
+    from noisydeq.tasks import load_task
+
+    task = load_task("digits", seed=0)
+    return [(task.x_train[i * batch:(i + 1) * batch], task.y_train[i * batch:(i + 1) * batch],
+             torch.arange(i * batch, (i + 1) * batch)) for i in range(steps)]
+
+
+def _ffw() -> nn.Module:
+    from noisydeq.models import FFW
+
+    torch.manual_seed(0)
+    return FFW(64, 128, 3, 10)
+
+
+class _Stepper:
+    """Training steps of one model (deployed or not) over fixed batches."""
+
+    def __init__(self, net: nn.Module, data, device_streams: bool) -> None:
+        from noisydeq.train import _Rng
+
+        self.net, self.data, self.device_streams = net, data, device_streams
+        self.opt = torch.optim.Adam(net.parameters(), lr=1e-3)
+        self.rng = _Rng(0, torch.device("cpu"))
+        self.epoch, self.losses = 0, []
+
+    def __call__(self) -> None:
+        from noisydeq.train import _device_streams
+
+        self.net.train()
+        for xb, yb, idx in self.data:
+            if self.device_streams:
+                _device_streams(self.net, self.rng, self.epoch, idx)
+            loss = nn.functional.cross_entropy(self.net(xb), yb)
+            self.opt.zero_grad(set_to_none=True)
+            loss.backward()
+            self.opt.step()
+            self.losses.append(float(loss.detach()))
+        self.epoch += 1
+
+
+def _ours(preset: str, model: nn.Module, data) -> _Stepper:
+    from noisydeq.hardware import get_device
+
+    return _Stepper(get_device(preset, chip=1).deploy(model), data, device_streams=True)
+
+
+def aihwkit_model(model: nn.Module) -> nn.Module:
+    """``model`` converted by aihwkit for hardware-aware training (module docstring)."""
+    from aihwkit.inference.compensation.drift import GlobalDriftCompensation
+    from aihwkit.inference.converter.conductance import SinglePairConductanceConverter
+    from aihwkit.inference.noise.reram import ReRamWan2022NoiseModel
+    from aihwkit.nn.conversion import convert_to_analog
+    from aihwkit.simulator.configs import TorchInferenceRPUConfig
+    from aihwkit.simulator.parameters.enums import WeightModifierType
+
+    cfg = TorchInferenceRPUConfig()
+    cfg.noise_model = ReRamWan2022NoiseModel(g_converter=SinglePairConductanceConverter(g_max=40.0))
+    cfg.drift_compensation = GlobalDriftCompensation()
+    cfg.mapping.weight_scaling_omega = 1.0
+    cfg.modifier.type = WeightModifierType.ADD_NORMAL
+    cfg.modifier.std_dev = 0.02
+    return convert_to_analog(copy.deepcopy(model), cfg)
+
+
+def _spread(a, b) -> dict[str, float]:
+    pairs = sorted(x / y for x, y in zip(a.times, b.times, strict=True))
+    return {"median_ours": a.median, "median_peer": b.median,
+            "ratio_pairs_median": statistics.median(pairs), "ratio_pairs_min": pairs[0],
+            "ratio_pairs_max": pairs[-1], "pairs": len(pairs)}
+
+
+def bench_hwaware(steps: int = 10, repeat: int = 5, batch: int = 64) -> list[Row]:
+    """Rows: rram and photonic training step vs digital, rram vs aihwkit."""
+    data = _data(batch, steps)
+    model = _ffw()
+    digital = _Stepper(copy.deepcopy(model), data, device_streams=False)
+    rows = []
+    for preset, target in (("rram", TARGET_RRAM), ("photonic", TARGET_PHOTONIC)):
+        ours = _ours(preset, model, data)
+        t_o, t_d = timeit_pair(ours, digital, repeat=repeat)
+        s = _spread(t_o, t_d)
+        moved = all(not torch.equal(p.detach(), q.detach()) for (_n, p), (_m, q) in zip(
+            ours.net.named_parameters(), model.named_parameters(), strict=True))
+        ok = math.isfinite(ours.losses[-1]) and moved
+        rows.append(Row("hwaware", f"{preset} training step FFW 3x128 b{batch} vs digital",
+                        s["median_ours"] / steps, s["median_peer"] / steps,
+                        s["ratio_pairs_median"], target,
+                        check=f"loss {ours.losses[-1]:.3f}, weights moved {moved}", ok=ok,
+                        extra=s))
+        if preset == "rram":
+            try:
+                peer = _Stepper(aihwkit_model(model), data, device_streams=False)
+            except Exception as e:  # pragma: no cover - aihwkit missing or broken
+                rows.append(Row("hwaware", "rram training step vs aihwkit", math.nan,
+                                math.nan, math.nan, TARGET_VS_AIHWKIT,
+                                check=f"aihwkit unavailable: {e}", ok=False))
+                continue
+            t_o, t_a = timeit_pair(ours, peer, repeat=repeat)
+            s = _spread(t_o, t_a)
+            ok = math.isfinite(peer.losses[-1]) and math.isfinite(ours.losses[-1])
+            rows.append(Row("hwaware", f"rram training step FFW 3x128 b{batch} vs aihwkit "
+                            "HWA (TorchInferenceRPUConfig)",
+                            s["median_ours"] / steps, s["median_peer"] / steps,
+                            s["ratio_pairs_median"], TARGET_VS_AIHWKIT,
+                            check=f"loss ours {ours.losses[-1]:.3f}, aihwkit "
+                                  f"{peer.losses[-1]:.3f}", ok=ok, extra=s))
+    return rows

@@ -1,0 +1,218 @@
+"""Hardware-aware training: device-trained vs digital twin on the device, layers kept
+digital (exact, straight-through gradients), per-epoch device validation, cache keys that
+follow the device's content, sweep options and their bad input."""
+
+from __future__ import annotations
+
+import math
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from click.testing import CliRunner
+from torch import nn
+
+from noisydeq.config import FamilySpec, SweepSpec, TrainSpec, build
+from noisydeq.errors import NoisyDEQError
+from noisydeq.hardware import get_device
+from noisydeq.hardware.base import DeviceLayer, calibrate, device_layers
+from noisydeq.noise import NoiseStream, derive_seed
+from noisydeq.tasks import load_task
+from noisydeq.train import train_model
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_task("digits", seed=0)
+
+
+class Tiny(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = nn.Linear(64, 48), nn.Linear(48, 10)
+
+    def forward(self, x, noise=None):
+        return self.b(torch.tanh(self.a(x)))
+
+
+def _tiny() -> Tiny:
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        return Tiny()
+
+
+def _device_loss(model: nn.Module, task, device: str, snr: float, chips: range) -> float:
+    """Mean test cross-entropy of ``model`` on ``device`` at ``snr`` over ``chips`` (each
+    calibrated on training inputs; read noise keyed by test-sample index)."""
+    losses = []
+    for chip in chips:
+        net = get_device(device, snr_db=snr, chip=chip).deploy(model).eval()
+        calibrate(net, task.x_train[:256])
+        rows = torch.arange(len(task.x_test))
+        for name, layer in device_layers(net).items():
+            layer.stream = NoiseStream.from_seed(derive_seed(99, chip, name), samples=rows)
+        with torch.no_grad():
+            losses.append(float(nn.functional.cross_entropy(net(task.x_test), task.y_test)))
+    return sum(losses) / len(losses)
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "measured the other way: after 3 epochs on digits the rram-trained Tiny MLP has a "
+    "higher device-evaluated loss (0.80) than its digital twin (0.72) on the same chips at "
+    "3 dB; also at 0 dB over 6 epochs and on the 'snr' device. Open question: the "
+    "straight-through estimator at low SNR, or too few steps for robustness to pay off"))
+def test_device_trained_model_beats_its_digital_twin_on_the_device(digits):
+    spec = TrainSpec(epochs=3, batch_size=32, lr=3e-3, seed=0)
+    digital = train_model(_tiny(), digits, spec).model
+    on_chip = train_model(_tiny(), digits, spec.model_copy(
+        update={"device": "rram", "device_snr_db": 3.0})).model
+    chips = range(100, 103)  # the same chips for both, none of them seen in training
+    ours, twin = (_device_loss(m, digits, "rram", 3.0, chips) for m in (on_chip, digital))
+    assert ours < twin, (ours, twin)
+
+
+def test_training_reports_the_device_per_epoch(digits, tmp_path):
+    spec = TrainSpec(epochs=2, batch_size=64, max_train_samples=256, device="rram",
+                     device_snr_db=10.0)
+    res = train_model(_tiny(), digits, spec, out_dir=tmp_path / "m")
+    for rec in res.history:
+        assert 0 <= rec["val_accuracy_device"] <= 1 and 0 <= rec["val_accuracy"] <= 1
+    import json
+
+    side = json.loads((tmp_path / "m" / "model.json").read_text())
+    assert side["extra"]["history"][-1]["val_accuracy_device"] == \
+        res.history[-1]["val_accuracy_device"]
+    assert side["config"]["device_spec"]["kind"] == "rram"
+    # the device validation is on a fixed chip with fixed draws: a rerun repeats it
+    again = train_model(_tiny(), digits, spec)
+    assert [h["val_accuracy_device"] for h in again.history] == \
+        [h["val_accuracy_device"] for h in res.history]
+
+
+def test_layers_kept_digital_run_exactly_and_gradients_go_straight_through():
+    model = _tiny()
+    net = get_device("rram", chip=3).deploy(model, digital_layers=["b"])
+    assert isinstance(net.a, DeviceLayer) and type(net.b) is nn.Linear
+    x = torch.rand(16, 64) * 2 - 1
+    net.a.stream = NoiseStream.from_seed(7, samples=torch.arange(16))
+    ya = net.a(x)
+    ya.retain_grad()
+    h = torch.tanh(ya)
+    h.retain_grad()
+    out = net.b(h)
+    assert torch.equal(out, model.b(h))  # the kept layer is exactly nn.Linear
+    assert not torch.allclose(ya, model.a(x))  # the device layer is noisy
+    nn.functional.cross_entropy(out, torch.arange(16) % 10).backward()
+    # straight-through: dL/dW_a = (dL/dy_a)^T x, with y_a the noisy device output
+    assert torch.allclose(net.a.weight.grad, ya.grad.T @ x, atol=1e-6)
+    assert torch.allclose(net.a.bias.grad, ya.grad.sum(0), atol=1e-6)
+    ref = nn.Linear(48, 10)
+    ref.load_state_dict(model.b.state_dict())
+    nn.functional.cross_entropy(ref(h.detach()), torch.arange(16) % 10).backward()
+    assert torch.equal(net.b.weight.grad, ref.weight.grad)  # exact layer, exact gradient
+    # the model's own parameters are the deployed ones (an optimiser on net trains them)
+    assert net.a.weight.grad is not None and model.a.weight.grad is None
+
+
+def test_digital_layers_by_suffix_and_unknown_names():
+    from noisydeq.families import build_member, member_spec
+
+    task = load_task("digits", seed=0)
+    for kind in ("deq", "ffw"):
+        m = build_member(member_spec(FamilySpec(kinds=[kind], depths=[1]), task, kind, 1), 0)
+        net = get_device("photonic").deploy(m, digital_layers=["proj.U", "head"])
+        kept = {n for n, mod in net.named_modules() if type(mod) is nn.Linear}
+        assert kept == ({"cell.proj.U", "head"} if kind == "deq" else {"proj.U", "head"})
+    with pytest.raises(NoisyDEQError, match=r"no layer 'hed'; did you mean 'head'.*its layers"):
+        get_device("rram").deploy(m, digital_layers=["hed"])
+
+
+def test_rechip_keeps_parameters_and_redraws_static_noise():
+    model = _tiny()
+    dev = get_device("rram", chip=1)
+    net = dev.deploy(model)
+    w = net.a.weight
+    before = net.a.chip_matrix(1.0).clone()
+    dev.new_chip(2).rechip(net)
+    assert net.a.weight is w and net.a.device_model.chip_seed == 2
+    assert not torch.equal(net.a.chip_matrix(1.0), before)
+    dev.rechip(net)
+    assert torch.equal(net.a.chip_matrix(1.0), before)
+
+
+def test_cache_key_follows_the_training_device_content(tmp_path, digits):
+    from noisydeq.families import prepared_member
+    from noisydeq.hardware.presets import presets_dir
+
+    preset = tmp_path / "chip.toml"
+    shutil.copy(presets_dir() / "rram-wan2022.toml", preset)
+    spec = FamilySpec(kinds=["ffw"], depths=[1], device=str(preset))
+    dev = torch.device("cpu")
+    _, _, first = prepared_member(spec, digits, "ffw", 1, tmp_path, dev)
+    _, _, again = prepared_member(spec, digits, "ffw", 1, tmp_path, dev)
+    text = preset.read_text()
+    preset.write_text(text.replace("out_noise = 0.06", "out_noise = 0.07"))
+    _, _, changed = prepared_member(spec, digits, "ffw", 1, tmp_path, dev)
+    _, _, digital = prepared_member(FamilySpec(kinds=["ffw"], depths=[1]), digits, "ffw", 1,
+                                    tmp_path, dev)
+    assert first == again and changed != first and digital not in (first, changed)
+
+
+def test_sweep_spec_training_devices_and_identity():
+    plain = SweepSpec()
+    assert "train_device" not in plain.model_dump() and plain.training_devices() == [(None, None)]
+    spec = build(SweepSpec, {"train_device": "none,rram", "train_device_snr_db": "0,10"},
+                 where="sweep")
+    assert spec.training_devices() == [(None, None), ("rram", 0.0), ("rram", 10.0)]
+    with pytest.raises(NoisyDEQError, match="train_noise_mode"):
+        build(SweepSpec, {"train_noise_mode": "dynamic"}, where="sweep")
+    with pytest.raises(NoisyDEQError, match="did you mean 'dynamic'"):
+        build(SweepSpec, {"train_device": "rram", "train_noise_mode": "dynamc"}, where="sweep")
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--train-device", "rrm"], "train_device: unknown device 'rrm'; did you mean 'rram'"),
+    (["--train-device", "rram", "--train-device-snr", "80"], "above what device"),
+    (["--train-device", "rram", "--digital-layers", "hed"], "no layer 'hed'"),
+])
+def test_sweep_bad_training_input_is_one_line_and_writes_nothing(tmp_path, args, message,
+                                                                   monkeypatch, capsys):
+    from noisydeq.cli import main
+
+    monkeypatch.setenv("NOISYDEQ_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "run"
+    with pytest.raises(SystemExit) as exc:
+        main(["sweep", "--depths", "1", "--snr", "0,10", "--chips", "1", "--epochs", "1",
+              "--out", str(out), "--quiet", *args])
+    err = capsys.readouterr().err
+    assert exc.value.code != 0 and message in err, err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert not out.exists() and not (tmp_path / "cache" / "models").exists()
+
+
+@pytest.mark.slow
+def test_sweep_trains_one_family_per_training_device(tmp_path, monkeypatch):
+    from noisydeq.cli import cli
+    from noisydeq.results import COLUMNS, TRAIN_DEVICE_COLUMNS, read_csv
+
+    monkeypatch.setenv("NOISYDEQ_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "run"
+    res = CliRunner().invoke(cli, [
+        "sweep", "--depths", "1", "--kinds", "ffw", "--snr", "0,10", "--chips", "1",
+        "--epochs", "1", "--set", "max_train_samples=256", "--train-device", "none,rram",
+        "--train-device-snr", "10", "--digital-layers", "head", "--out", str(out), "--quiet",
+        "--jobs", "1", "--threads", "1"])
+    assert res.exit_code == 0, res.output
+    assert "trained digital:" in res.output and "trained on rram 10 dB:" in res.output
+    rows = read_csv(out / "results.csv")
+    assert list(rows[0]) == [*COLUMNS, *TRAIN_DEVICE_COLUMNS]
+    ids = {r["model_id"]: r for r in rows}
+    assert set(ids) == {"ffw-d1-w128-s0-tinf", "ffw-d1-w128-s0-tinf-hwrram@10"}
+    hw = ids["ffw-d1-w128-s0-tinf-hwrram@10"]
+    assert (hw["train_device"], hw["train_device_snr_db"], hw["train_noise_mode"]) == (
+        "rram", 10.0, "physical")
+    assert ids["ffw-d1-w128-s0-tinf"]["train_device"] == "none"
+    assert math.isnan(ids["ffw-d1-w128-s0-tinf"]["train_device_snr_db"])
+    assert (out / "figures" / "training_effect.png").is_file()
+    assert Path(out / "figures" / "metric_vs_snr-2.png").is_file()
