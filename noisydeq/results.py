@@ -191,6 +191,34 @@ def check_rows(rows: Any, path: Path, expect: Sequence[dict[str, Any]] | None = 
                 raise CorruptArtefact(path, f"row {i}: {col} = {row[col]!r}, its cell is {want!r}")
 
 
+def refuse_out(out: Path, err: NoisyDEQError) -> NoisyDEQError:
+    """``err`` as the one-line refusal of the run directory ``out`` given as ``--out``."""
+    return NoisyDEQError(f"--out {out}: {err}; choose another --out or delete it")
+
+
+def read_recorded_spec(out: Path, path: Path, spec_cls: type, what: str) -> Any:
+    """The ``spec_cls`` recorded at ``path`` (TOML signed with a ``# sha256`` line) in the run
+    directory ``out``, digest checked; a missing, corrupt or unreadable file is refused in
+    one line naming ``--out`` (``what`` names the run's kind: sweep, study, ...)."""
+    try:
+        body = store.verify_text(store.read_text(path, path.name), path)
+    except NoisyDEQError as err:
+        raise refuse_out(out, err) from None
+    try:
+        return loads_toml(spec_cls, body, where=str(path))
+    except NoisyDEQError as err:
+        raise refuse_out(out, NoisyDEQError(
+            f"holds a {what} this version cannot read ({err})")) from None
+
+
+def read_recorded_meta(out: Path, path: Path) -> dict[str, Any]:
+    """The run directory ``out``'s signed ``meta.json`` at ``path``, digest checked."""
+    try:
+        return store.read_signed_json(path, "meta.json")
+    except NoisyDEQError as err:
+        raise refuse_out(out, err) from None
+
+
 class RunDir:
     """A sweep's run directory (see module docstring); a context manager that releases
     its lock on exit.
@@ -218,27 +246,15 @@ class RunDir:
         self.lock = store.DirLock(self.path, "--out")
 
     def _refuse(self, err: NoisyDEQError) -> NoisyDEQError:
-        return NoisyDEQError(f"--out {self.path}: {err}; choose another --out or delete it")
+        return refuse_out(self.path, err)
 
     def read_config(self) -> Any:
         """The run's recorded spec, digest checked (one line naming the file otherwise)."""
-        try:
-            text = store.read_text(self.config_path, "config.toml")
-            body = store.verify_text(text, self.config_path)
-        except NoisyDEQError as err:
-            raise self._refuse(err) from None
-        try:
-            return loads_toml(self.spec_cls, body, where=str(self.config_path))
-        except NoisyDEQError as err:
-            raise self._refuse(NoisyDEQError(
-                f"holds a {self.what} this version cannot read ({err})")) from None
+        return read_recorded_spec(self.path, self.config_path, self.spec_cls, self.what)
 
     def read_meta(self) -> dict[str, Any]:
         """``meta.json``, digest checked."""
-        try:
-            return store.read_signed_json(self.meta_path, "meta.json")
-        except NoisyDEQError as err:
-            raise self._refuse(err) from None
+        return read_recorded_meta(self.path, self.meta_path)
 
     def check(self, spec: Any) -> Any:
         """Refuse, writing nothing, an ``--out`` that cannot hold ``spec``'s run; returns

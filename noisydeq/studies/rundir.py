@@ -22,8 +22,9 @@ from pathlib import Path
 from typing import Any
 
 from noisydeq import store
-from noisydeq.config import dumps_toml, loads_toml
+from noisydeq.config import dumps_toml
 from noisydeq.errors import CorruptArtefact, NoisyDEQError
+from noisydeq.results import package_versions, read_recorded_meta, read_recorded_spec
 from noisydeq.studies.spec import StudySpec
 
 #: format tag of a study's cell file
@@ -51,21 +52,9 @@ class StudyDir:
         self.figures = self.path / "figures"
         self.lock = store.DirLock(self.path, "--out")
 
-    def _refuse(self, err: NoisyDEQError) -> NoisyDEQError:
-        return NoisyDEQError(f"--out {self.path}: {err}; choose another --out or delete it")
-
     def read_spec(self) -> StudySpec:
         """The recorded study, digest checked."""
-        try:
-            body = store.verify_text(store.read_text(self.spec_path, "study.toml"),
-                                     self.spec_path)
-        except NoisyDEQError as err:
-            raise self._refuse(err) from None
-        try:
-            return loads_toml(StudySpec, body, where=str(self.spec_path))
-        except NoisyDEQError as err:
-            raise self._refuse(NoisyDEQError(f"holds a study this version cannot read ({err})")
-                               ) from None
+        return read_recorded_spec(self.path, self.spec_path, StudySpec, "study")
 
     def check(self, spec: StudySpec) -> bool:
         """Refuse, writing nothing, an ``--out`` that cannot hold ``spec``'s study; True
@@ -86,17 +75,13 @@ class StudyDir:
         return False
 
     def read_meta(self) -> dict[str, Any]:
-        try:
-            return store.read_signed_json(self.meta_path, "meta.json")
-        except NoisyDEQError as err:
-            raise self._refuse(err) from None
+        """``meta.json``, digest checked."""
+        return read_recorded_meta(self.path, self.meta_path)
 
     def open(self, spec: StudySpec, name: str) -> bool:
         """Lock the directory (waiting for another writer), create it for ``spec`` or check
         that it holds the same study; True when resuming. Checked before anything is
         written; :meth:`close` (or leaving ``with``) releases the lock."""
-        from noisydeq.results import package_versions
-
         self.check(spec)
         created = not self.path.exists()
         self.lock.acquire()
