@@ -6,24 +6,8 @@ import json
 
 import pytest
 
-from noisydeq.cli import main
-
-
-def run(argv, capsys):
-    code = 0
-    try:
-        main(argv)
-    except SystemExit as e:
-        code = e.code
-    out = capsys.readouterr()
-    return code, out.out, out.err
-
-
-def one_line(code, err, needle):
-    assert code == 2, err
-    lines = [ln for ln in err.strip().splitlines() if ln]
-    assert len(lines) == 1 and lines[0].startswith("noisydeq: error:"), err
-    assert needle in lines[0], lines[0]
+from tests.cli_helpers import one_line_error as one_line
+from tests.cli_helpers import run_cli as run
 
 
 @pytest.mark.parametrize("argv, needle", [

@@ -5,11 +5,11 @@ from pathlib import Path
 
 import torch
 
-from noisydeq.cli import main
 from noisydeq.config import ModelSpec, TrainSpec
 from noisydeq.models.factory import build_model
 from noisydeq.tasks import load_task
 from noisydeq.train import train_model
+from tests.cli_helpers import run_cli as run  # noqa: F401  (the analysis tests import it from here)
 
 
 def make_family(root: Path, depths=(1, 3), hidden=6, epochs=1, deq_width=None) -> Path:
@@ -27,17 +27,6 @@ def make_family(root: Path, depths=(1, 3), hidden=6, epochs=1, deq_width=None) -
             train = TrainSpec.preset("quick", kind, epochs=epochs, max_train_samples=256)
             train_model(model, task, train, out_dir=root / f"{kind}-d{depth}")
     return root
-
-
-def run(argv, capsys):
-    """Run the CLI in-process: (exit code, stdout, stderr)."""
-    code = 0
-    try:
-        main(argv)
-    except SystemExit as e:
-        code = e.code
-    out = capsys.readouterr()
-    return code, out.out, out.err
 
 
 def rows(path):

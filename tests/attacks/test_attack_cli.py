@@ -11,24 +11,8 @@ import pytest
 import torch
 
 from noisydeq.cli import main
-
-
-def run(argv, capsys):
-    code = 0
-    try:
-        main(argv)
-    except SystemExit as e:
-        code = e.code
-    out = capsys.readouterr()
-    return code, out.out, out.err
-
-
-def one_line_error(code, err, *needles):
-    assert code == 2, err
-    lines = [ln for ln in err.strip().splitlines() if ln]
-    assert len(lines) == 1 and lines[0].startswith("noisydeq: error:"), err
-    for n in needles:
-        assert n in lines[0], lines[0]
+from tests.cli_helpers import one_line_error
+from tests.cli_helpers import run_cli as run
 
 
 @pytest.fixture(scope="module")

@@ -36,12 +36,6 @@ def dense_from_op(op, n: int) -> torch.Tensor:
 
 def run_certify(capsys, *argv):
     """(exit code, stdout, stderr) of ``noisydeq certify ARGV`` in process."""
-    from noisydeq.cli import main
+    from tests.cli_helpers import run_cli
 
-    code = 0
-    try:
-        main(["certify", *argv])
-    except SystemExit as e:
-        code = e.code
-    out = capsys.readouterr()
-    return code, out.out, out.err
+    return run_cli(["certify", *argv], capsys)
