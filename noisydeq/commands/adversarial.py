@@ -80,7 +80,13 @@ def _default_out(name: str, variant: str, resolved: Any) -> Path:
 def command(experiment: str, variant: str, out: Path | None, data_dir: str | None,
             sets: tuple[str, ...], cache: Path | None, threads: str | None, quiet: bool,
             as_json: bool) -> None:
-    """Adversarial training grid (PGD-AT/TRADES x defences) and its attack tables."""
+    """Adversarial training grid (PGD-AT/TRADES x defences) and its attack tables.
+
+    \b
+    Examples:
+      noisydeq adversarial adversarial-fig3 --quick --data-dir DIR
+      noisydeq adversarial adversarial-regulation --set grid.seeds=[0] --set train.epochs=1
+    """
     from noisydeq.analysis.adversarial_experiment import load_experiment, run_experiment
     from noisydeq.bundled import find_experiment
     from noisydeq.runtime import num_threads, thread_plan

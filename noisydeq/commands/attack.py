@@ -101,7 +101,14 @@ def command(family, attacks, eps, pgd_steps, steps, steps_eps, sigma, fraction, 
             estimators, defences, device, noise_site, snr, chips, transfer, train_noise, samples,
             val_samples, seed, data_dir, sets, out, cache, torch_device, threads, quiet,
             as_json) -> None:
-    """Attack a family's DEQs and FFWs (PGD, AutoAttack, noise; DEQ estimators, defences)."""
+    """Attack a family's DEQs and FFWs (PGD, AutoAttack, noise; DEQ estimators, defences).
+
+    \b
+    Examples:
+      noisydeq attack --family runs/sweep-1a2b3c
+      noisydeq attack --family runs/sweep-1a2b3c --attacks pgd-eps --eps 0:0.3:0.05 --norm linf
+      noisydeq attack --family runs/sweep-1a2b3c --device rram --snr 0,10,inf --chips 3
+    """
     from noisydeq.attacks.grid import AttackRunSpec
     from noisydeq.attacks.runner import run_attacks
     from noisydeq.results import spec_hash

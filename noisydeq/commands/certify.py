@@ -104,7 +104,13 @@ def _writable(out: Path) -> None:
 @click.option("--quiet", "-q", is_flag=True, help="no per-model lines.")
 @with_heartbeat("certify")
 def command(source: Path, **opts: Any) -> None:
-    """Certified robustness (interval bounds) of monotone DEQs and explicit networks."""
+    """Certified robustness (interval bounds) of monotone DEQs and explicit networks.
+
+    \b
+    Examples:
+      noisydeq certify certify-mnist --quick --data-dir DIR
+      noisydeq certify runs/train-mondeq --eps 0.1,0.2,0.3 --device rram
+    """
     from noisydeq.bundled import find_experiment, is_bundled
     from noisydeq.runtime import num_threads
 

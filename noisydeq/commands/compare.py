@@ -22,7 +22,13 @@ from noisydeq.errors import NoisyDEQError
               help="Inference SNR in dB at which the models are compared (inf = no noise).")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def command(runs: tuple[str, ...], snr: str, as_json: bool) -> None:
-    """Compare DEQs with their parameter-matched FFWs (e.g. one run per FFW form)."""
+    """Compare DEQs with their parameter-matched FFWs (e.g. one run per FFW form).
+
+    \b
+    Examples:
+      noisydeq compare runs/sweep-1a2b3c --snr 0
+      noisydeq compare runs/sweep-new-form runs/sweep-old-form --snr 0 --json
+    """
     from noisydeq.compare import comparison, load_run, markdown
 
     try:

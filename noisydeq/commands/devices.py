@@ -47,6 +47,12 @@ def command(presets: tuple[str, ...], as_json: bool) -> None:
 
     The native SNR (total, and its static and dynamic parts) is measured on the reference
     MVM: a 467x467 nn.Linear (default init, seed 0) with inputs uniform in [-1, 1].
+
+    \b
+    Examples:
+      noisydeq devices
+      noisydeq devices rram-wan2022 photonic --json
+      noisydeq devices my-chip.toml
     """
     from noisydeq.hardware.presets import preset_names
 

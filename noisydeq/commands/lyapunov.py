@@ -30,7 +30,13 @@ from noisydeq.progress import with_heartbeat
 @with_heartbeat("lyapunov")
 def command(experiment: str, out: str | None, data_dir: str | None, seeds: str | None,
             only: str | None, threads: str | None, quiet: bool, as_json: bool) -> None:
-    """Reproduce the LyaDEQ paper's Table 1 and compare LyaDEQ/DEQ/FFW on devices."""
+    """Reproduce the LyaDEQ paper's Table 1 and compare LyaDEQ/DEQ/FFW on devices.
+
+    \b
+    Examples:
+      noisydeq lyapunov lyapunov-table1 --data-dir DIR
+      noisydeq lyapunov lyapunov-device --data-dir DIR --seeds 0 --only device
+    """
     from noisydeq.analysis.lyapunov_experiment import load_experiment, run_experiment
     from noisydeq.bundled import find_experiment
     from noisydeq.commands.sweep import check_data_dir, parse_seeds

@@ -97,7 +97,10 @@ def find(roots: tuple[str, ...]) -> list[Path]:
 def command(dirs: tuple[str, ...], as_json: bool) -> None:
     """List sweep run directories below DIRS (default: runs) with their specs and status.
 
-    Example: noisydeq runs runs/ --json
+    \b
+    Examples:
+      noisydeq runs
+      noisydeq runs runs/ ~/experiments/ --json
     """
     infos = [describe(r) for r in find(dirs)]
     if as_json:

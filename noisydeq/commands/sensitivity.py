@@ -73,7 +73,13 @@ def default_out(family: Path, out: Path | None, name: str) -> Path:
 @with_heartbeat("sensitivity")
 def command(family, kind, eta, snr, site, samples, inputs, precision, seed, data_dir, out,
             cache, torch_device) -> None:
-    """E_ξ|dz*/dξ_i| of each DEQ and FFW in a family, the DEQ/FFW ratio and Eq. 12 bounds."""
+    """E_ξ|dz*/dξ_i| of each DEQ and FFW in a family, the DEQ/FFW ratio and Eq. 12 bounds.
+
+    \b
+    Examples:
+      noisydeq sensitivity --family runs/sweep-1a2b3c
+      noisydeq sensitivity --family runs/sweep-1a2b3c --kind multiplicative --snr 10 --samples 100
+    """
     from noisydeq.analysis.family import load_family
     from noisydeq.analysis.runs import family_inputs, run_sensitivity
     from noisydeq.runtime import resolve_torch_device

@@ -57,7 +57,13 @@ from noisydeq.progress import with_heartbeat
 def command(names, snr, max_iter, window, width, batch, family, depth, count_snr, eps,
             count_max_iter, floors, accuracy_snr, accuracy_solvers, accuracy_max_iter, inputs,
             seed, data_dir, out, cache, torch_device) -> None:
-    """Noisy fixed-point solving: traces, stop-rule iteration counts, accuracy per solver."""
+    """Noisy fixed-point solving: traces, stop-rule iteration counts, accuracy per solver.
+
+    \b
+    Examples:
+      noisydeq solvers
+      noisydeq solvers --family runs/sweep-1a2b3c --window 5,20,40 --inputs 500
+    """
     from noisydeq.analysis import solver_runs, traces
     from noisydeq.runtime import resolve_torch_device
 

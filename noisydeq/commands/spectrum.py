@@ -29,7 +29,13 @@ from noisydeq.progress import with_heartbeat
 @torch_device_option
 @with_heartbeat("spectrum")
 def command(family, inputs, seed, data_dir, out, cache, torch_device) -> None:
-    """Eigen-spectra and spectral radii of every DEQ and FFW of a family."""
+    """Eigen-spectra and spectral radii of every DEQ and FFW of a family.
+
+    \b
+    Examples:
+      noisydeq spectrum --family runs/sweep-1a2b3c
+      noisydeq spectrum --family runs/sweep-1a2b3c --inputs 64 --out runs/spectra
+    """
     from noisydeq.analysis.family import load_family, pairs
     from noisydeq.analysis.runs import family_inputs, run_spectrum
     from noisydeq.runtime import resolve_torch_device

@@ -40,7 +40,13 @@ def default_out(name: str, variant: str) -> Path:
 def command(experiment: str, variant: str, out: str | None, data_dir: str | None,
             torch_device: str | None, sets: tuple[str, ...], threads: str | None, quiet: bool,
             as_json: bool) -> None:
-    """Train named models and evaluate them over sizes, test noise and solvers."""
+    """Train named models and evaluate them over sizes, test noise and solvers.
+
+    \b
+    Examples:
+      noisydeq study algorithmic-prefix-sums
+      noisydeq study mdeq-mnist --quick --data-dir DIR --set seeds=[0]
+    """
     from noisydeq.bundled import find_experiment
     from noisydeq.config import load_toml
     from noisydeq.runtime import num_threads

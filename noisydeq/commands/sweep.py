@@ -183,7 +183,15 @@ def command(
     train_device: str | None = None, train_device_snr: str | None = None,
     train_noise_mode: str | None = None, digital_layers: str | None = None,
 ) -> None:
-    """Sweep parameter-matched DEQ vs FFW accuracy across SNR on a simulated device."""
+    """Sweep parameter-matched DEQ vs FFW accuracy across SNR on a simulated device.
+
+    \b
+    Examples:
+      noisydeq sweep --device rram --snr 0:30
+      noisydeq sweep --device photonic --snr 0,10,20,inf --chips 3 --seed 0,1,2
+      noisydeq sweep --device rram --noise-mode static --depths 1,3,5
+      noisydeq sweep --task mnist --data-dir DIR --train-snr inf,10,0
+    """
     from noisydeq.runtime import job_count, thread_plan
 
     thread_plan(threads)  # a bad value is one error before anything runs

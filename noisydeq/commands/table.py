@@ -22,7 +22,13 @@ from noisydeq.errors import NoisyDEQError
 @click.option("--snr", "snr", default="0", show_default=True,
               help="Inference SNR (dB) of the table (a level of the sweeps).")
 def command(run_dirs: tuple[str, ...], snr: str) -> None:
-    """DEQ vs matched-FFW tables (Markdown) of finished sweeps at one inference SNR."""
+    """DEQ vs matched-FFW tables (Markdown) of finished sweeps at one inference SNR.
+
+    \b
+    Examples:
+      noisydeq table runs/sweep-1a2b3c --snr 0
+      noisydeq table runs/sweep-1a2b3c runs/sweep-4d5e6f --snr 10
+    """
     from noisydeq.results import read_csv
     from noisydeq.summary import paired_table, swept_description
 

@@ -147,6 +147,12 @@ def command(**opts: Any) -> None:
 
     Everything is validated (including whether the models fit into memory) before
     anything is written.
+
+    \b
+    Examples:
+      noisydeq train --task digits --kind deq --depth 5
+      noisydeq train --task mnist --data-dir DIR --depths 1,3,5 --train-snr 10
+      noisydeq train --task digits --kind ffw --depth 3 --device rram --device-snr 10
     """
     from noisydeq.runtime import num_threads, thread_plan
 
