@@ -1,17 +1,25 @@
-"""Figures of a sweep (matplotlib, Agg backend), written as PNG and SVG.
+"""Figures of a sweep (matplotlib, Agg backend), written as PNG and SVG with the CSV of
+the plotted points beside them (``<name>.csv``: model, training SNR, SNR, mean, band).
+
+One look for every figure (:data:`KIND_LOOK`): each model kind has a colour family and a
+line style — DEQ blues, solid; FFW oranges, dashed; monDEQ greens; ReLU FFW reds; LyaDEQ
+purples, dotted — and within a family a darker shade is a larger member. The title names
+the task, what was swept (device and noise mode, or the noise site) and what the band is.
 
 * ``metric_vs_snr`` — metric against inference SNR per model (paper Fig. 7-12), one panel
-  per training SNR; DEQ solid, FFW dashed, LyaDEQ dotted, colour by family depth, band =
-  min-max over chip instances and seeds, the device's native SNR marked by a vertical line.
+  per training SNR; band = min-max over chip instances and seeds, the device's native SNR
+  marked by a vertical line.
 * ``metric_vs_depth`` — metric at fixed inference SNRs against the family member (paper
-  Fig. 1a-c): FFW depth on the bottom axis, matched DEQ width on the top axis, parameter
-  counts annotated.
+  Fig. 1a-c): FFW depth on the bottom axis and matched DEQ width on the top axis (integer
+  ticks), each with its parameter count; error bars = the same band.
 * ``train_snr_effect`` — only when several training SNRs were swept: the DEQs against
   inference SNR, one line per training SNR (paper Fig. 1d).
 """
 
 from __future__ import annotations
 
+import csv
+import io
 import math
 from collections.abc import Sequence
 from pathlib import Path
@@ -41,7 +49,7 @@ STYLE = {
 }
 
 
-#: line style, marker, colour and display name of each model kind
+#: line style, marker, representative colour and display name of each model kind
 KIND_LOOK = {
     "deq": ("-", "o", "tab:blue", "DEQ"),
     "ffw": ("--", "s", "tab:orange", "FFW"),
@@ -49,6 +57,9 @@ KIND_LOOK = {
     "ffw_relu": ("--", "^", "tab:red", "ReLU FFW"),
     "lyadeq": (":", "v", "tab:purple", "LyaDEQ"),
 }
+#: the colour family (a sequential colormap) of each model kind: shade = member size
+KIND_FAMILY = {"deq": "Blues", "ffw": "Oranges", "mondeq": "Greens", "ffw_relu": "Reds",
+               "lyadeq": "Purples"}
 #: implicit kinds whose width is matched to an FFW depth (width ↑ with depth)
 IMPLICIT = ("deq", "mondeq")
 
@@ -77,8 +88,10 @@ def _x_positions(levels: Sequence[float]) -> dict[float, float]:
     return pos
 
 
-def _save(fig: Any, out: Path, name: str) -> list[Path]:
-    """``out/name.png`` and ``.svg``, each written atomically (``store.atomic_open``)."""
+def _save(fig: Any, out: Path, name: str,
+          table: Sequence[dict[str, Any]] | None = None) -> list[Path]:
+    """``out/name.png`` and ``.svg`` (and ``name.csv`` with ``table``, the plotted points),
+    each written atomically (``store.atomic_open``)."""
     paths = []
     try:
         for ext in ("png", "svg"):
@@ -88,18 +101,52 @@ def _save(fig: Any, out: Path, name: str) -> list[Path]:
             paths.append(final)
     finally:
         plt.close(fig)
+    if table:
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=list(table[0]), lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(table)
+        final = out / f"{name}.csv"
+        with atomic_open(final) as fh:
+            fh.write(buffer.getvalue().encode())
+        paths.append(final)
     return paths
+
+
+def _points(agg: dict[Any, dict[float, Agg]]) -> list[dict[str, Any]]:
+    """The plotted points of ``agg`` as CSV rows (mean and the band's edges)."""
+    return [{"kind": kind, "depth": depth, "width": width, "params": params,
+             "train_snr_db": t, "snr_db": snr, "mean": a.mean, "band_lo": a.lo,
+             "band_hi": a.hi, "std": a.std, "n": a.count, "converged_frac": a.converged_frac}
+            for (kind, depth, width, params, t), by_snr in agg.items()
+            for snr, a in by_snr.items()]
+
+
+def band_note(rows: Sequence[dict[str, Any]]) -> str:
+    """What a figure's band is: ``band: min-max over 3 chips × 2 seeds`` (from the rows)."""
+    chips = len({r.get("chip", 0) for r in rows})
+    seeds = len({r.get("seed", 0) for r in rows})
+    if chips * seeds <= 1:
+        return "one chip, one seed (no band)"
+    parts = [f"{chips} chip{'s' * (chips > 1)}"] * (chips > 1) + [
+        f"{seeds} seed{'s' * (seeds > 1)}"] * (seeds > 1)
+    return "band: min-max over " + " × ".join(parts)
 
 
 def _meta(ext: str) -> dict[str, Any]:
     return {"Date": None} if ext == "svg" else {}
 
 
-def _depth_colours(depths: Sequence[int]) -> dict[int, Any]:
-    cmap = plt.get_cmap("viridis")
-    depths = sorted(set(depths))
-    n = max(len(depths) - 1, 1)
-    return {d: cmap(0.05 + 0.8 * i / n) for i, d in enumerate(depths)}
+def member_colours(keys: Sequence[tuple[str, int]]) -> dict[tuple[str, int], Any]:
+    """A colour per (kind, depth): the kind's colour family, darker for a larger member."""
+    out: dict[tuple[str, int], Any] = {}
+    for kind in dict.fromkeys(k for k, _ in keys):
+        cmap = plt.get_cmap(KIND_FAMILY.get(kind, "Greys"))
+        depths = sorted({d for k, d in keys if k == kind})
+        n = max(len(depths) - 1, 1)
+        for i, d in enumerate(depths):
+            out[(kind, d)] = cmap(0.45 + 0.5 * i / n if len(depths) > 1 else 0.75)
+    return out
 
 
 def _band(ax: Any, xs: list[float], points: list[Agg], colour: Any) -> None:
@@ -119,7 +166,7 @@ def plot_metric_vs_snr(
     train_snrs = sorted({k[4] for k in agg}, key=lambda v: -v)
     levels = sorted({float(r["snr_db"]) for r in rows})
     pos = _x_positions(levels)
-    colours = _depth_colours([k[1] for k in agg])
+    colours = member_colours([(k[0], k[1]) for k in agg])
     with plt.rc_context(STYLE):
         fig, axes = plt.subplots(
             1, len(train_snrs), figsize=(4.6 * len(train_snrs), 3.5), squeeze=False, sharey=True
@@ -130,7 +177,7 @@ def plot_metric_vs_snr(
                     continue
                 xs = [pos[s] for s in by_snr]
                 pts = list(by_snr.values())
-                c = colours[depth]
+                c = colours[(kind, depth)]
                 style, marker, _colour, kind_name = KIND_LOOK.get(kind, KIND_LOOK["ffw"])
                 plural = "s" * (depth > 1)
                 label = (f"{kind_name} w={width}" if kind in IMPLICIT or kind == "lyadeq"
@@ -160,7 +207,7 @@ def plot_metric_vs_snr(
         if title:
             fig.suptitle(title)
         fig.tight_layout()
-        return _save(fig, out, fig_name)
+        return _save(fig, out, fig_name, _points(agg))
 
 
 def _inv(pos: dict[float, float], x: float) -> float:
@@ -177,6 +224,11 @@ def _ticks(levels: Sequence[float], pos: dict[float, float]) -> list[float]:
     if math.inf in pos:
         ticks.append(pos[math.inf])
     return ticks
+
+
+def _k(params: int) -> str:
+    """A parameter count as ``26k`` (or ``1.2M``)."""
+    return f"{params / 1e6:.1f}M" if params >= 1e6 else f"{params / 1e3:.0f}k"
 
 
 def _nearest(levels: Sequence[float], target: float) -> float | None:
@@ -199,9 +251,12 @@ def plot_metric_vs_depth(
         return []
     train_snrs = sorted({k[4] for k in agg}, key=lambda v: -v)
     panels = [(t, s) for s in snrs for t in train_snrs]
+    table: list[dict[str, Any]] = []
     with plt.rc_context(STYLE):
         ncol = len(train_snrs)
-        fig, axes = plt.subplots(len(snrs), ncol, figsize=(4.0 * ncol, 3.4 * len(snrs)),
+        # two-line tick labels (depth, parameters) need ~0.4 in each: 13 depths stay legible
+        panel_w = max(4.0, 0.42 * len({k[1] for k in agg}) + 1.2)
+        fig, axes = plt.subplots(len(snrs), ncol, figsize=(panel_w * ncol, 3.4 * len(snrs)),
                                  squeeze=False)
         for (tsnr, snr), ax in zip(panels, axes.flat, strict=False):
             series: dict[str, list[tuple[int, int, int, Agg]]] = {k: [] for k in KIND_LOOK}
@@ -210,36 +265,38 @@ def plot_metric_vs_depth(
                     series[kind].append((depth, width, params, by_snr[snr]))
             depths = sorted({d for s in series.values() for d, *_ in s})
             index = {d: i for i, d in enumerate(depths)}
-            for kind, (_style, marker, colour, kind_name) in KIND_LOOK.items():
+            for kind, (style, marker, _colour, kind_name) in KIND_LOOK.items():
                 pts = sorted(series[kind])
                 if not pts:
                     continue
                 xs = [index[d] for d, *_ in pts]
                 mean = [a.mean for *_, a in pts]
                 yerr = [[a.mean - a.lo for *_, a in pts], [a.hi - a.mean for *_, a in pts]]
-                implicit = kind in IMPLICIT or kind == "lyadeq"
                 name = kind_name + (" (width ↑)" if kind in IMPLICIT
                                     else " (depth ↑)" if kind in ("ffw", "ffw_relu") else "")
-                ax.errorbar(xs, mean, yerr=yerr, fmt="-" + marker, color=colour, ms=4, lw=1.4,
-                            capsize=2, label=name)
-                for x, (_d, _w, params, a) in zip(xs, pts, strict=False):
-                    if math.isfinite(a.mean):
-                        dx, dy = (-5, 5) if implicit else (5, -9)
-                        ax.annotate(f"{params / 1e3:.0f}k", (x, a.mean), textcoords="offset points",
-                                    xytext=(dx, dy), ha="right" if implicit else "left",
-                                    fontsize=6.5, color=colour)
+                colour = plt.get_cmap(KIND_FAMILY.get(kind, "Greys"))(0.8)
+                ax.errorbar(xs, mean, yerr=yerr, fmt=marker, ls=style, color=colour, ms=4,
+                            lw=1.4, capsize=2, label=name)
+                table += [{"kind": kind, "depth": d, "width": w, "params": p_,
+                           "train_snr_db": tsnr, "snr_db": snr, "mean": a.mean,
+                           "band_lo": a.lo, "band_hi": a.hi, "std": a.std, "n": a.count,
+                           "converged_frac": a.converged_frac} for d, w, p_, a in pts]
+            # parameter counts on the axes, not beside the points: no labels collide
+            ffw_params = {d: p_ for k in ("ffw", "ffw_relu") for d, _w, p_, _a in series[k]}
             ax.set_xticks(range(len(depths)))
-            ax.set_xticklabels([str(d) for d in depths])
-            ax.set_xlabel("FFW layers")
-            widths = {d: w for k in IMPLICIT for d, w, _p, _a in series[k]}
+            ax.set_xticklabels([f"{d}\n{_k(ffw_params[d])}" if d in ffw_params else str(d)
+                                for d in depths], fontsize=7.5)
+            ax.set_xlabel("FFW layers (parameters)")
+            widths = {d: (w, p_) for k in IMPLICIT for d, w, p_, _a in series[k]}
             if widths:
                 top = ax.secondary_xaxis("top")
                 top.set_xticks(range(len(depths)))
-                top.set_xticklabels([str(widths.get(d, "")) for d in depths])
-                top.set_xlabel("DEQ width", fontsize=8)
+                top.set_xticklabels([f"{widths[d][0]}\n{_k(widths[d][1])}" if d in widths else ""
+                                     for d in depths], fontsize=7.5)
+                top.set_xlabel("DEQ width (parameters)", fontsize=8)
             ax.set_ylabel(_metric_label(metric) + f" at {_label_db(snr)} dB {swept_part(rows)}",
                           fontsize=8)
-            ax.set_title(_train_title(tsnr), pad=24, fontsize=9)
+            ax.set_title(_train_title(tsnr), pad=30 if widths else 6, fontsize=9)
             if metric == "mse":
                 ax.set_yscale("log")
             ax.margins(x=0.08, y=0.15)
@@ -247,7 +304,7 @@ def plot_metric_vs_depth(
         if title:
             fig.suptitle(title)
         fig.tight_layout()
-        return _save(fig, out, fig_name)
+        return _save(fig, out, fig_name, table)
 
 
 def plot_train_snr_effect(
@@ -261,9 +318,9 @@ def plot_train_snr_effect(
     train_snrs = sorted({k[4] for k in agg}, key=lambda v: -v)
     levels = sorted({float(r["snr_db"]) for r in deq})
     pos = _x_positions(levels)
-    cmap = plt.get_cmap("plasma")
+    cmap = plt.get_cmap(KIND_FAMILY["deq"])  # DEQs only: blues, darker = noisier training
     n_t = max(len(train_snrs) - 1, 1)
-    colour = {t: cmap(0.1 + 0.7 * i / n_t) for i, t in enumerate(train_snrs)}
+    colour = {t: cmap(0.4 + 0.55 * i / n_t) for i, t in enumerate(train_snrs)}
     with plt.rc_context(STYLE):
         fig, axes = plt.subplots(1, len(widths), figsize=(3.2 * len(widths), 3.0), squeeze=False,
                                  sharey=True)
@@ -287,14 +344,16 @@ def plot_train_snr_effect(
         if title:
             fig.suptitle(title)
         fig.tight_layout()
-        return _save(fig, out, "train_snr_effect")
+        return _save(fig, out, "train_snr_effect", _points(agg))
 
 
 def _mode_title(spec: SweepSpec, title: str) -> str:
-    """``title`` with what the sweep varied (device and noise mode) appended."""
-    if spec.noise_site != "device":
-        return title
-    what = f"{spec.device}, noise mode {spec.noise_mode}"
+    """``title`` with the task and what the sweep varied (device and noise mode, or the
+    noise site) appended."""
+    if spec.noise_site == "device":
+        what = f"{spec.task} · {spec.device}, noise mode {spec.noise_mode}"
+    else:
+        what = f"{spec.task} · {spec.noise_site} noise"
     return f"{title} — {what}" if title else what
 
 
@@ -303,16 +362,17 @@ def plot_sweep(
     native_snr_db: float | None = None, title: str = "",
 ) -> list[Path]:
     """All figures of a sweep into ``out``; returns the written paths."""
-    title = _mode_title(spec, title)
+    head = _mode_title(spec, title)
+    title = f"{head}\n{band_note(rows)}"  # second line: what the band is
     native = native_snr_db if spec.noise_site == "device" else None
     groups = training_groups(rows)
     if len(groups) > 1:  # families trained on devices: each one's figures, then together
         paths = []
         for i, (label, sub) in enumerate(groups):
-            head = f"{title} — trained {label}" if title else f"trained {label}"
-            paths += plot_metric_vs_snr(sub, out, native, head,
+            each = f"{head} — trained {label}\n{band_note(sub)}"
+            paths += plot_metric_vs_snr(sub, out, native, each,
                                         fig_name=f"metric_vs_snr-{i + 1}")
-            paths += plot_metric_vs_depth(sub, out, spec.fixed_snr_db, head,
+            paths += plot_metric_vs_depth(sub, out, spec.fixed_snr_db, each,
                                           fig_name=f"metric_vs_depth-{i + 1}")
         return paths + plot_training_effect(rows, out, title)
     paths = plot_metric_vs_snr(rows, out, native, title)
@@ -339,6 +399,7 @@ def plot_training_effect(
     cmap = plt.get_cmap("viridis")
     n_g = max(len(groups) - 1, 1)
     colour = {label: cmap(0.05 + 0.8 * i / n_g) for i, (label, _) in enumerate(groups)}
+    table: list[dict[str, Any]] = []
     with plt.rc_context(STYLE):
         fig, axes = plt.subplots(len(kinds), ncol, figsize=(3.3 * ncol, 2.9 * len(kinds)),
                                  squeeze=False, sharey=True)
@@ -348,13 +409,15 @@ def plot_training_effect(
             for c_i, (_k, depth, width) in enumerate(m for m in members if m[0] == kind):
                 ax = axes[r_i][c_i]
                 ax.set_visible(True)
+                style, marker = KIND_LOOK.get(kind, KIND_LOOK["ffw"])[:2]
                 for label, sub in groups:
                     agg = aggregate(r for r in sub if r["kind"] == kind
                                     and int(r["depth"]) == depth)
+                    table += [{"trained": label, **point} for point in _points(agg)]
                     for by_snr in agg.values():
                         xs = [pos[s] for s in by_snr]
                         pts = list(by_snr.values())
-                        ax.plot(xs, [p.mean for p in pts], "-o", ms=3, lw=1.4,
+                        ax.plot(xs, [p.mean for p in pts], style, marker=marker, ms=3, lw=1.4,
                                 color=colour[label], label=label)
                         _band(ax, xs, pts, colour[label])
                 ax.xaxis.set_major_locator(FixedLocator(_ticks(levels, pos)))
@@ -372,4 +435,4 @@ def plot_training_effect(
         if title:
             fig.suptitle(title)
         fig.tight_layout(rect=(0, 0.1, 1, 1))
-        return _save(fig, out, "training_effect")
+        return _save(fig, out, "training_effect", table)

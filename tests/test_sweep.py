@@ -141,7 +141,10 @@ def test_table_files_schema_and_plots(tmp_path):
     assert str(table.schema.field("snr_db").type) == "double"
     names = sorted(p.name for p in res.figures)
     assert "metric_vs_snr.png" in names and "metric_vs_depth.svg" in names
-    assert all(p.stat().st_size > 1000 for p in res.figures)
+    assert all(p.stat().st_size > 1000 for p in res.figures if p.suffix in (".png", ".svg"))
+    assert "metric_vs_snr.csv" in names  # the points behind the figure
+    assert all(p.read_text().startswith("kind,depth,width,params,train_snr_db,snr_db,mean")
+               for p in res.figures if p.suffix == ".csv")
     assert (res.run_dir.path / "config.toml").is_file()
     meta = (res.run_dir.path / "meta.json").read_text()
     assert "torch" in meta and "aihwkit" in meta and "numpy" in meta

@@ -2,7 +2,8 @@
 
 * ``attacks_<mode>_<snr>.png/.svg`` — one panel per attack curve (PGD-10 vs ε, PGD-50 vs ε,
   PGD vs steps, AA, AA-rand, speckle σ, salt-and-pepper p, ...), accuracy against the
-  attack's strength, DEQ (solid) vs FFW (dashed), one colour per matched depth. A DEQ
+  attack's strength, DEQ (solid, blues) vs FFW (dashed, oranges), darker for a larger
+  member (the sweep figures' look, ``noisydeq.plots.member_colours``). A DEQ
   attacked with several gradient estimators is drawn at the worst of them (the attack a
   defender must survive), predicting with its final state.
 * ``robust_vs_snr.png/.svg`` (more than one SNR level) — accuracy under one attack point
@@ -38,15 +39,15 @@ def _worst(rows: Sequence[dict[str, Any]]) -> dict[tuple, float]:
 def plot_run(rows: Sequence[dict[str, Any]], fig_dir: Path, title: str = "") -> list[Path]:
     """Write the run's figures; returns the paths (PNG and SVG)."""
     from noisydeq.analysis.outputs import pyplot, save_figure
+    from noisydeq.plots import member_colours
 
     plt = pyplot()
     paths: list[Path] = []
     models = {}
     for r in rows:
         models.setdefault(r["model_id"], (r["kind"], r["depth"], r["width"]))
-    depths = sorted({d for _, d, _ in models.values()})
-    cmap = plt.get_cmap("viridis")
-    colour = {d: cmap(i / max(len(depths) - 1, 1) * 0.85) for i, d in enumerate(depths)}
+    # the sweep figures' look: DEQ blues, FFW oranges, darker = larger member
+    colour = member_colours([(kind, depth) for kind, depth, _ in models.values()])
     by_level: dict[tuple[str, float], list[dict[str, Any]]] = {}
     for r in rows:
         by_level.setdefault((r["mode"], r["snr_db"]), []).append(r)
@@ -65,7 +66,7 @@ def plot_run(rows: Sequence[dict[str, Any]], fig_dir: Path, title: str = "") -> 
                 if not pts:
                     continue
                 ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", ms=3,
-                        ls="-" if kind == "deq" else "--", color=colour[depth],
+                        ls="-" if kind == "deq" else "--", color=colour[(kind, depth)],
                         label=f"{kind.upper()} d{depth} (w{width})")
             ax.set_title(label, fontsize=9)
             ax.set_xlabel({"eps": "ε", "steps": "PGD steps", "sigma": "speckle σ",
@@ -88,7 +89,8 @@ def plot_run(rows: Sequence[dict[str, Any]], fig_dir: Path, title: str = "") -> 
     return paths
 
 
-def plot_vs_snr(rows: Sequence[dict[str, Any]], fig_dir: Path, colour: dict[int, Any],
+def plot_vs_snr(rows: Sequence[dict[str, Any]], fig_dir: Path,
+                colour: dict[tuple[str, int], Any],
                 title: str = "") -> list[Path]:
     """Accuracy against the SNR level (white-box and transfer), one panel per ε of the
     first ε curve (ε = 0: the clean accuracy under the noise)."""
@@ -129,10 +131,11 @@ def plot_vs_snr(rows: Sequence[dict[str, Any]], fig_dir: Path, colour: dict[int,
             vals = [pts[s][worst[s]] for s in xs]
             ls = ("-" if kind == "deq" else "--") if mode == "white-box" else ":"
             ax.plot(xs, [sum(v) / len(v) for v in vals], ls=ls,
-                    marker="o" if kind == "deq" else "s", ms=3, color=colour.get(depth, "k"),
+                    marker="o" if kind == "deq" else "s", ms=3,
+                    color=colour.get((kind, depth), "k"),
                     label=f"{kind.upper()} d{depth} {mode}")
             ax.fill_between(xs, [min(v) for v in vals], [max(v) for v in vals],
-                            color=colour.get(depth, "k"), alpha=0.12, lw=0)
+                            color=colour.get((kind, depth), "k"), alpha=0.12, lw=0)
         ticks = sorted(set(finite)) + [inf_at]
         ax.set_xticks(ticks, [f"{t:g}" for t in ticks[:-1]] + ["∞"])
         ax.set_xlabel("SNR (dB)")
