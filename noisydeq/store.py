@@ -474,6 +474,15 @@ def hash_tensor(h: Any, t: Tensor, label: str = "") -> None:
     h.update(c.numpy().tobytes())
 
 
+def init_hash(model: Any) -> str:
+    """Hash of a module's current weights (``state_dict``, sorted by name): identifies a
+    model's initialisation in its training config and a trained model in cache keys."""
+    h = hashlib.blake2b(digest_size=10)
+    for name, t in sorted(model.state_dict().items()):
+        hash_tensor(h, t, name)
+    return h.hexdigest()
+
+
 def config_hash(config: Any) -> str:
     """Stable 20-hex-digit hash of a config (canonical JSON, blake2b)."""
     return hashlib.blake2b(dumps_json(config).encode(), digest_size=10).hexdigest()

@@ -796,7 +796,7 @@ class CellRunner:
     def key(self, sm: SweepModel, chip: int, levels: Sequence[float]) -> str:
         """Cell key: version, model id and weights digest, chip, levels and
         :meth:`_content`."""
-        from noisydeq.train import init_hash
+        from noisydeq.store import init_hash
 
         mh = self._model_hashes.get(id(sm.model))
         if mh is None:
