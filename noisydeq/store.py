@@ -6,6 +6,8 @@ The rules (``docs/architecture.md``, "Persistence"):
   (``.<name>.<pid>-<random>.tmp``, created with ``O_EXCL``), flushed, ``fsync``'ed, renamed
   over the target (``os.replace``) and the directory ``fsync``'ed: a reader sees the old
   file or the new one, never a half-written one, and two writers never share a temp file.
+* **Append-only logs** (``--log-json``, :mod:`noisydeq.events`) are the one exception to
+  atomic replacement: :func:`append_bytes` adds one whole line per ``write``.
 * **Modes follow the umask.** Temporary files are created with mode ``0o666`` filtered by
   the process umask, as ``open()`` would (typically ``0644``).
 * **Digests.** Every stored artefact carries a SHA-256 digest that is checked when it is
@@ -147,6 +149,21 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     """Write UTF-8 ``text`` to ``path`` atomically (see :func:`atomic_open`)."""
     return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def append_bytes(path: str | os.PathLike, data: bytes = b"") -> None:
+    """Append ``data`` to ``path`` (created if missing, mode ``0o666 & ~umask``) in one
+    ``write`` on an ``O_APPEND`` descriptor: the one write that is not atomic-replace, for
+    logs that only grow (:mod:`noisydeq.events`). On a local file system concurrent
+    appenders never interleave within one call's bytes. ``data=b""`` only checks that the
+    file can be appended to. Raises :class:`OSError`."""
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_CLOEXEC", 0),
+                 0o666)
+    try:
+        if data:
+            os.write(fd, data)
+    finally:
+        os.close(fd)
 
 
 def _pid_alive(pid: int) -> bool:
