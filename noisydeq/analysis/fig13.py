@@ -67,9 +67,9 @@ class Fig13Spec(StrictModel):
     @field_validator("snr_db", mode="before")
     @classmethod
     def _grid(cls, v: Any) -> list[float]:
-        from noisydeq.config import _snr_list
+        from noisydeq.config import snr_list
 
-        return _snr_list(v, "snr_db")
+        return snr_list(v, "snr_db")
 
     @field_validator("ffw_form")
     @classmethod

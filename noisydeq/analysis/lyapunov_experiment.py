@@ -42,10 +42,10 @@ from noisydeq.config import (
     LyapunovSpec,
     StrictModel,
     SweepSpec,
-    _snr_list,
     build,
     dumps_toml,
     parse_snr_range,
+    snr_list,
 )
 from noisydeq.errors import CorruptArtefact, NoisyDEQError
 from noisydeq.noise import NoiseStream, derive_seed
@@ -134,7 +134,7 @@ class DeviceGrid(StrictModel):
     @field_validator("snr_db", mode="before")
     @classmethod
     def _snr(cls, v: Any) -> list[float]:
-        return _snr_list(v, "snr_db")
+        return snr_list(v, "snr_db")
 
 
 class LyapunovExperimentSpec(StrictModel):

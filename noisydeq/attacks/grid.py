@@ -33,7 +33,7 @@ from noisydeq.attacks.spec import (
     parse_defence,
     suggest,
 )
-from noisydeq.config import InfFloat, StrictModel, _snr_list, build
+from noisydeq.config import InfFloat, StrictModel, build, snr_list
 
 FAMILIES = ("pgd-eps", "pgd-steps", "ifgsm", "aa", "aa-rand", "apgd-ce", "apgd-t", "fab",
             "square", "speckle", "salt-pepper")
@@ -169,7 +169,7 @@ class AttackRunSpec(StrictModel):
     @field_validator("snr_db", mode="before")
     @classmethod
     def _snr(cls, v: Any, info: Any) -> list[float]:
-        return _snr_list(v, info.field_name)
+        return snr_list(v, info.field_name)
 
     @field_validator("norm", mode="before")
     @classmethod

@@ -133,9 +133,9 @@ class StudySpec(StrictModel):
     @field_validator("train_snr_db", "test_snr_db", mode="before")
     @classmethod
     def _grid(cls, v: Any, info: Any) -> list[float]:
-        from noisydeq.config import _snr_list
+        from noisydeq.config import snr_list
 
-        return _snr_list(v, info.field_name)
+        return snr_list(v, info.field_name)
 
     @field_validator("fixed_snr_db", mode="before")
     @classmethod
