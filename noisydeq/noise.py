@@ -28,7 +28,7 @@ import torch
 from torch import Tensor
 
 from noisydeq import rng
-from noisydeq.config import NoiseSpec
+from noisydeq.specs.noise import NoiseSpec
 
 SNRLike = float | Tensor
 

@@ -47,8 +47,9 @@ from pathlib import Path
 from typing import Any
 
 from noisydeq import events, store
-from noisydeq.config import SweepSpec, dumps_toml, loads_toml
 from noisydeq.errors import CorruptArtefact, NoisyDEQError
+from noisydeq.specs.sweep import SweepSpec
+from noisydeq.specs.toml import dumps_toml, loads_toml
 
 # Tidy-table schema: column name -> type ("str", "int", "float"). Order is the CSV order.
 COLUMNS: dict[str, str] = {

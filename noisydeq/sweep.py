@@ -44,12 +44,13 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from noisydeq.config import NoiseSpec, SweepSpec
 from noisydeq.errors import NoisyDEQError
 from noisydeq.hardware.parts import Parts
 from noisydeq.noise import STABLE_ROWS, Noise, NoiseStream, active_subset, derive_seed
 from noisydeq.results import RunDir
 from noisydeq.runtime import job_count, num_threads, resolve_torch_device, thread_plan
+from noisydeq.specs.noise import NoiseSpec
+from noisydeq.specs.sweep import SweepSpec
 from noisydeq.tasks.base import sample_correct
 
 

@@ -32,8 +32,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from noisydeq.config import SweepSpec
 from noisydeq.errors import NoisyDEQError
+from noisydeq.specs.sweep import SweepSpec
 
 _DONE, _CELL, _ERROR = "done", "cell", "error"
 _PR_SET_PDEATHSIG = 1

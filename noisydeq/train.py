@@ -37,9 +37,9 @@ import torch
 from torch import Tensor, nn
 
 from noisydeq import __version__, store
-from noisydeq.config import TrainSpec
 from noisydeq.errors import CorruptArtefact, NoisyDEQError
 from noisydeq.noise import Noise, NoiseStream, derive_seed
+from noisydeq.specs.training import TrainSpec
 from noisydeq.store import init_hash
 from noisydeq.tasks.base import Task
 

@@ -35,20 +35,14 @@ import torch
 from pydantic import Field, field_validator, model_validator
 
 from noisydeq import limits, store
-from noisydeq.config import (
-    LYAPUNOV_VARIANTS,
-    FamilySpec,
-    InfFloat,
-    LyapunovSpec,
-    StrictModel,
-    SweepSpec,
-    build,
-    dumps_toml,
-    parse_snr_range,
-    snr_list,
-)
 from noisydeq.errors import CorruptArtefact, NoisyDEQError
 from noisydeq.noise import NoiseStream, derive_seed
+from noisydeq.specs.base import InfFloat, StrictModel, build
+from noisydeq.specs.family import FamilySpec
+from noisydeq.specs.model import LYAPUNOV_VARIANTS, LyapunovSpec
+from noisydeq.specs.noise import parse_snr_range, snr_list
+from noisydeq.specs.sweep import SweepSpec
+from noisydeq.specs.toml import dumps_toml
 
 #: format tag of an attack cell file
 CELL_FORMAT = "noisydeq-lyapunov-cell/1"
@@ -219,7 +213,7 @@ class LyapunovExperimentSpec(StrictModel):
 
 def load_experiment(path: str | Path, **overrides: Any) -> LyapunovExperimentSpec:
     """Read an experiment file; ``overrides`` replace top-level fields (``None`` = keep)."""
-    from noisydeq.config import tomllib
+    from noisydeq.specs.toml import tomllib
 
     p = Path(path)
     if not p.is_file():

@@ -33,7 +33,8 @@ from noisydeq.attacks.spec import (
     parse_defence,
     suggest,
 )
-from noisydeq.config import InfFloat, StrictModel, build, snr_list
+from noisydeq.specs.base import InfFloat, StrictModel, build
+from noisydeq.specs.noise import snr_list
 
 FAMILIES = ("pgd-eps", "pgd-steps", "ifgsm", "aa", "aa-rand", "apgd-ce", "apgd-t", "fab",
             "square", "speckle", "salt-pepper")

@@ -53,12 +53,12 @@ from noisydeq.attacks.spec import (
     parse_defence,
     parse_estimator,
 )
-from noisydeq.config import build
 from noisydeq.errors import NoisyDEQError
 from noisydeq.noise import derive_seed
 from noisydeq.regulation.entropy import prediction_entropy
 from noisydeq.regulation.states import entropy_shift
 from noisydeq.results import RunDir, table_to_csv
+from noisydeq.specs.base import build
 
 ATTACK_COLUMNS: dict[str, str] = {
     "task": "str", "model_id": "str", "kind": "str", "depth": "int", "width": "int",

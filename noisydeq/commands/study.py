@@ -42,8 +42,8 @@ def command(experiment: str, variant: str, out: str | None, data_dir: str | None
             as_json: bool) -> None:
     """Train named models and evaluate them over sizes, test noise and solvers."""
     from noisydeq.bundled import find_experiment
-    from noisydeq.config import load_toml
     from noisydeq.runtime import num_threads
+    from noisydeq.specs.toml import load_toml
     from noisydeq.studies import StudyFile, run_study
 
     n_threads = None

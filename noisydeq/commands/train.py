@@ -19,19 +19,15 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from noisydeq import limits
-from noisydeq.config import (
-    CELL_OPTIONS,
-    FamilySpec,
-    LyapunovSpec,
-    ModelSpec,
-    NoiseSpec,
-    TrainSpec,
-    build,
-    parse_snr_value,
-)
 from noisydeq.errors import NoisyDEQError
 from noisydeq.progress import with_heartbeat
 from noisydeq.runtime import resolve_torch_device
+from noisydeq.specs.base import build
+from noisydeq.specs.cell import CELL_OPTIONS
+from noisydeq.specs.family import FamilySpec
+from noisydeq.specs.model import LyapunovSpec, ModelSpec
+from noisydeq.specs.noise import NoiseSpec, parse_snr_value
+from noisydeq.specs.training import TrainSpec
 from noisydeq.store import check_out_dir, make_dir
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -285,7 +281,7 @@ def _monotone(text: str | None) -> dict[str, Any] | None:
     """``param=lben,m=0.5`` → a dict validated as a MonotoneSpec."""
     if text is None:
         return None
-    from noisydeq.config import MonotoneSpec
+    from noisydeq.specs.model import MonotoneSpec
 
     data: dict[str, Any] = {}
     for part in text.split(","):
@@ -297,7 +293,7 @@ def _monotone(text: str | None) -> dict[str, Any] | None:
     return build(MonotoneSpec, data, where="--monotone").model_dump()
 def defence_overrides(opts: dict[str, Any], noise: NoiseSpec) -> dict[str, Any]:
     """TrainSpec overrides of the adversarial / defence / optimiser options (validated)."""
-    from noisydeq.config import AdversarialSpec, OptimizerSpec, RandomStateSpec
+    from noisydeq.specs.optimizer import AdversarialSpec, OptimizerSpec, RandomStateSpec
 
     base = TrainSpec.preset(opts["preset"], "deq", noise)
     over: dict[str, Any] = {}

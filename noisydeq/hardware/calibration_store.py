@@ -41,10 +41,10 @@ from pydantic import BaseModel
 from torch import Tensor, nn
 
 from noisydeq import store
-from noisydeq.config import CALIBRATIONS
 from noisydeq.errors import CorruptArtefact
 from noisydeq.hardware import in_network
 from noisydeq.hardware.base import calibrate, device_layers
+from noisydeq.specs.device import CALIBRATIONS
 from noisydeq.store import hash_tensor, init_hash
 
 #: 2: digests (integrity); 3: counter-based calibration noise (noisydeq.rng); 4: two knobs

@@ -49,7 +49,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from noisydeq.config import GradientSpec, MonotoneSpec, SolverSpec
 from noisydeq.errors import NoisyDEQError
 from noisydeq.limits import check_positive
 from noisydeq.models.base import ModelOutput
@@ -66,6 +65,8 @@ from noisydeq.models.splitting import (
 from noisydeq.noise import Noise
 from noisydeq.solvers import solve, solve_with_grad
 from noisydeq.solvers.gradients import attach_gradient
+from noisydeq.specs.model import MonotoneSpec
+from noisydeq.specs.solver import GradientSpec, SolverSpec
 
 Map = Callable[[Tensor], Tensor]
 
