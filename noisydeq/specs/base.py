@@ -12,7 +12,14 @@ from __future__ import annotations
 import difflib
 from typing import Annotated, Any, TypeVar, Union, get_args, get_origin
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+)
 
 from noisydeq.errors import NoisyDEQError
 
@@ -176,18 +183,25 @@ def coerce(model: type[M], spec: M | dict[str, Any] | None, where: str) -> M:
     )
 
 
-def check_choice(value: Any, allowed: tuple[str, ...]) -> str:
-    """``value`` if it is one of ``allowed``, else a ValueError with a "did you mean" (a
-    field validator's error is prefixed with the field name: one line)."""
-    if isinstance(value, str) and value in allowed:
-        return value
-    close = difflib.get_close_matches(str(value), allowed, n=1)
-    hint = f"; did you mean '{close[0]}'?" if close else ""
-    raise ValueError(f"unknown value '{value}'{hint} (allowed: {', '.join(allowed)})")
-
-
 def suggest_name(kind: str, value: str, allowed: tuple[str, ...]) -> str:
-    """"unknown KIND 'VALUE'; did you mean …? (allowed: …)" for a validator's ValueError."""
+    """"unknown KIND 'VALUE'; did you mean …? (allowed: …)": the one message of every name
+    field that is not one of its ``allowed`` values."""
     close = difflib.get_close_matches(str(value), allowed, n=1)
     hint = f"; did you mean '{close[0]}'?" if close else ""
     return f"unknown {kind} '{value}'{hint} (allowed: {', '.join(allowed)})"
+
+
+def check_choice(value: Any, allowed: tuple[str, ...], kind: str = "value") -> str:
+    """``value`` if it is one of ``allowed``, else a ValueError with a "did you mean"
+    (:func:`suggest_name`; a field validator's error is prefixed with the field name: one
+    line)."""
+    if isinstance(value, str) and value in allowed:
+        return value
+    raise ValueError(suggest_name(kind, value, allowed))
+
+
+def choice_of(allowed: tuple[str, ...], kind: str = "value") -> Any:
+    """The type of a name field: a ``str`` that must be one of ``allowed``
+    (:func:`check_choice`), e.g. ``snr_scale: SnrScale = "realised"`` with
+    ``SnrScale = choice_of(SNR_SCALES)``; ``Name | None`` leaves ``None`` alone."""
+    return Annotated[str, AfterValidator(lambda v: check_choice(v, allowed, kind))]

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import ValidationError, field_validator, model_serializer, model_validator
+from pydantic import ValidationError, model_serializer, model_validator
 
-from noisydeq.specs.base import StrictModel, check_choice, format_validation_error
+from noisydeq.specs.base import StrictModel, check_choice, choice_of, format_validation_error
 from noisydeq.specs.model import ModelSpec
 
 #: the cells of :class:`ModelSpec`, and the ModelSpec options each of them reads
@@ -20,6 +20,8 @@ CELL_OPTIONS: dict[str, tuple[str, ...]] = {
     "mdeq": ("in_shape", "kernel_size", "weight_norm", "pool", "scales", "norm_groups"),
 }
 
+CellName = choice_of(tuple(CELL_OPTIONS))
+
 
 class CellSpec(StrictModel):
     """The cell of every member of a family or sweep: ``name`` (a :class:`ModelSpec`
@@ -31,7 +33,7 @@ class CellSpec(StrictModel):
     or sweep keeps the identity it had when ``cell`` was a plain name.
     """
 
-    name: str = "mlp"
+    name: CellName = "mlp"
     in_shape: list[int] | None = None
     kernel_size: int | None = None
     weight_norm: bool | None = None
@@ -49,11 +51,6 @@ class CellSpec(StrictModel):
             raise ValueError(f"must be a cell name ({', '.join(CELL_OPTIONS)}) or a table "
                              f"such as {{name = \"conv\", kernel_size = 5}}, got {data!r}")
         return data
-
-    @field_validator("name")
-    @classmethod
-    def _name(cls, v: Any) -> str:
-        return check_choice(v, tuple(CELL_OPTIONS))
 
     @model_validator(mode="after")
     def _options(self) -> CellSpec:

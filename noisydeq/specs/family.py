@@ -9,10 +9,10 @@ from typing import Any, Literal
 from pydantic import Field, field_validator, model_validator
 
 from noisydeq import limits
-from noisydeq.specs.base import InfFloat, StrictModel, check_choice
+from noisydeq.specs.base import InfFloat, StrictModel
 from noisydeq.specs.cell import CellSpec, check_cell
-from noisydeq.specs.model import FFW_FORMS, LyapunovSpec, MonotoneSpec
-from noisydeq.specs.noise import SNR_SCALES, NoiseSpec, parse_snr_value
+from noisydeq.specs.model import FfwForm, LyapunovSpec, MonotoneSpec
+from noisydeq.specs.noise import NoiseSpec, SnrScale, parse_snr_value
 from noisydeq.specs.training import DEQ_ONLY_TRAIN_FIELDS, TrainSpec, check_preset
 
 
@@ -49,25 +49,16 @@ def check_lyapunov_members(lyapunov: LyapunovSpec | None, kinds: list[str]) -> N
 
 
 class FamilyChoices(StrictModel):
-    """The fields a sweep and a family share beyond sizes: the FFW layer form and the SNR scale.
+    """The fields a sweep and a family share beyond sizes: the FFW layer form and the SNR scale,
+    and the checks of the member fields both declare (depths, cell, preset, Lyapunov settings).
 
     ``ffw_form`` (:data:`FFW_FORMS`; ``None`` = the default ``eq57x``) is refused when
     ``kinds`` has no ``ffw`` member; ``snr_scale`` (:data:`SNR_SCALES`) is how model-noise
     SNRs are read (:class:`NoiseSpec`).
     """
 
-    ffw_form: str | None = None
-    snr_scale: str = "realised"
-
-    @field_validator("ffw_form")
-    @classmethod
-    def _form(cls, v: Any) -> str | None:
-        return None if v is None else check_choice(v, FFW_FORMS)
-
-    @field_validator("snr_scale")
-    @classmethod
-    def _scale(cls, v: Any) -> str:
-        return check_choice(v, SNR_SCALES)
+    ffw_form: FfwForm | None = None
+    snr_scale: SnrScale = "realised"
 
     @model_validator(mode="after")
     def _form_needs_ffw(self) -> FamilyChoices:
@@ -78,6 +69,28 @@ class FamilyChoices(StrictModel):
                 "(drop ffw_form or add 'ffw' to kinds)"
             )
         return self
+
+    # the members' fields a family and a sweep both declare (``depths``, ``cell``,
+    # ``train_preset``, ``lyapunov``/``kinds``) are checked once, here
+    @model_validator(mode="after")
+    def _lyapunov_members(self) -> FamilyChoices:
+        check_lyapunov_members(getattr(self, "lyapunov", None), list(getattr(self, "kinds", [])))
+        return self
+
+    @field_validator("depths", mode="before", check_fields=False)
+    @classmethod
+    def _depths(cls, v: Any) -> list[int]:
+        return parse_depths(v)
+
+    @field_validator("cell", check_fields=False)
+    @classmethod
+    def _cell(cls, v: CellSpec, info: Any) -> CellSpec:
+        return check_cell(v, info)
+
+    @field_validator("train_preset", check_fields=False)
+    @classmethod
+    def _preset(cls, v: str) -> str:
+        return check_preset(v)
 
 
 
@@ -114,30 +127,10 @@ class FamilySpec(FamilyChoices):
     monotone: MonotoneSpec | None = None
     lyapunov: LyapunovSpec | None = None
 
-    @field_validator("depths", mode="before")
-    @classmethod
-    def _depths(cls, v: Any) -> list[int]:
-        return parse_depths(v)
-
-    @model_validator(mode="after")
-    def _lyapunov_members(self) -> FamilySpec:
-        check_lyapunov_members(self.lyapunov, self.kinds)
-        return self
-
-    @field_validator("cell")
-    @classmethod
-    def _cell(cls, v: CellSpec, info: Any) -> CellSpec:
-        return check_cell(v, info)
-
     @field_validator("train_snr_db", mode="before")
     @classmethod
     def _snr(cls, v: Any) -> float:
         return parse_snr_value(v)
-
-    @field_validator("train_preset")
-    @classmethod
-    def _preset(cls, v: str) -> str:
-        return check_preset(v)
 
     def noise(self) -> NoiseSpec:
         """The training noise: multiplicative at ``train_site`` / ``train_snr_db``, or none."""

@@ -3,19 +3,19 @@ Chu et al. 2024), built by ``noisydeq.models.build_model``."""
 
 from __future__ import annotations
 
-import difflib
 import math
 from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_serializer, model_validator
 
 from noisydeq import limits
-from noisydeq.specs.base import StrictModel, check_choice
+from noisydeq.specs.base import StrictModel, choice_of
 
 #: FFW layer forms (``noisydeq.models.ffw``), the default first: ``eq57x`` z⁰ = x̃ with the
 #: Eq. 57 injection at every layer, ``eq57`` z⁰ = 0 (W₀ never acts), ``eq32`` z⁰ = x̃ and no
 #: injection
 FFW_FORMS = ("eq57x", "eq57", "eq32")
+FfwForm = choice_of(FFW_FORMS)
 
 MONOTONE_KINDS = ("mondeq", "ffw_relu")
 
@@ -69,6 +69,7 @@ class MonotoneSpec(StrictModel):
 #: LyaDEQ variants (Chu et al. 2024, Table 1): the Eq. 7 DEQ alone, with the Lyapunov module
 #: (Eq. 4-6), with the orthogonal final layer, or with both (the LyaDEQ)
 LYAPUNOV_VARIANTS = ("plain", "lyapunov", "orthogonal", "both")
+LyapunovVariant = choice_of(LYAPUNOV_VARIANTS, "variant")
 
 
 class LyapunovSpec(StrictModel):
@@ -82,21 +83,10 @@ class LyapunovSpec(StrictModel):
     network g of Eq. 6 (one entry = the paper's two-layer ICNN); its output is one unit.
     """
 
-    variant: str = "both"
+    variant: LyapunovVariant = "both"
     c: float = Field(default=1.0, gt=0.0)
     d: float = Field(default=1.0, gt=0.0)
     icnn_hidden: list[int] = Field(default_factory=lambda: [64])
-
-    @field_validator("variant")
-    @classmethod
-    def _variant(cls, v: Any) -> str:
-        if v in LYAPUNOV_VARIANTS:
-            return v
-        close = difflib.get_close_matches(str(v), LYAPUNOV_VARIANTS, n=1)
-        hint = f"; did you mean '{close[0]}'?" if close else ""
-        raise ValueError(
-            f"unknown variant '{v}'{hint} (allowed: {', '.join(LYAPUNOV_VARIANTS)})"
-        )
 
     @field_validator("icnn_hidden")
     @classmethod
@@ -157,7 +147,7 @@ class ModelSpec(StrictModel):
     depth: int = Field(default=1, gt=0, le=limits.MAX_DEPTH)
     matched: bool = True
     input_act: Literal["relu", "silu", "identity"] = "relu"
-    ffw_form: str = FFW_FORMS[0]
+    ffw_form: FfwForm = FFW_FORMS[0]
     in_shape: list[int] | None = None
     kernel_size: int = Field(default=3, gt=0, le=255)
     weight_norm: bool = True
@@ -185,11 +175,6 @@ class ModelSpec(StrictModel):
             raise ValueError(f"cell: kind '{self.kind}' has the cells 'mlp' and 'conv' only, "
                              f"not '{self.cell}'")
         return self
-
-    @field_validator("ffw_form")
-    @classmethod
-    def _form(cls, v: Any) -> str:
-        return check_choice(v, FFW_FORMS)
 
     @field_validator("kernel_size")
     @classmethod

@@ -13,12 +13,13 @@ from pydantic import Field, field_validator, model_validator
 
 from noisydeq import limits
 from noisydeq.errors import NoisyDEQError
-from noisydeq.specs.base import InfFloat, StrictModel, check_choice
+from noisydeq.specs.base import InfFloat, StrictModel, choice_of
 
 #: SNR scales of multiplicative noise (``noisydeq.noise``): ``realised`` (the realised SNR
 #: equals the nominal one at every width) or ``paper`` (Eq. 4 literally per element:
 #: realised SNR = nominal − 10·log10(d))
 SNR_SCALES = ("realised", "paper")
+SnrScale = choice_of(SNR_SCALES)
 
 
 def parse_snr_value(text: str | float | int) -> float:
@@ -129,17 +130,12 @@ class NoiseSpec(StrictModel):
     kind: Literal["multiplicative", "additive"] = "multiplicative"
     snr_db: InfFloat = math.inf
     eta: float = Field(default=0.0, ge=0.0, le=1e6)
-    snr_scale: str = "realised"
+    snr_scale: SnrScale = "realised"
 
     @field_validator("snr_db", mode="before")
     @classmethod
     def _parse_snr(cls, v: Any) -> float:
         return parse_snr_value(v)
-
-    @field_validator("snr_scale")
-    @classmethod
-    def _scale(cls, v: Any) -> str:
-        return check_choice(v, SNR_SCALES)
 
     @model_validator(mode="after")
     def _consistent(self) -> NoiseSpec:

@@ -8,14 +8,13 @@ from typing import Any, Literal
 from pydantic import Field, field_validator, model_serializer, model_validator
 
 from noisydeq import limits
-from noisydeq.specs.base import InfFloat, check_choice
-from noisydeq.specs.cell import CellSpec, check_cell
-from noisydeq.specs.device import CALIBRATIONS, DIGITAL_TRAINING, NOISE_MODES
-from noisydeq.specs.family import FamilyChoices, check_lyapunov_members, parse_depths
+from noisydeq.specs.base import InfFloat
+from noisydeq.specs.cell import CellSpec
+from noisydeq.specs.device import DIGITAL_TRAINING, Calibration, NoiseMode
+from noisydeq.specs.family import FamilyChoices
 from noisydeq.specs.model import LyapunovSpec, MonotoneSpec
 from noisydeq.specs.noise import parse_snr_range, snr_list
 from noisydeq.specs.solver import SolverSpec
-from noisydeq.specs.training import check_preset
 
 
 class SweepSpec(FamilyChoices):
@@ -59,8 +58,8 @@ class SweepSpec(FamilyChoices):
     epochs: int | None = Field(default=None, ge=0, le=limits.MAX_EPOCHS)
     device: str = "rram"
     noise_site: Literal["device", "signal", "state", "input"] = "device"
-    noise_mode: str = "physical"
-    calibration: str = "network"
+    noise_mode: NoiseMode = "physical"
+    calibration: Calibration = "network"
     snr_db: list[InfFloat] = Field(default_factory=lambda: parse_snr_range("0:30"))
     chips: int = Field(default=3, ge=1, le=limits.MAX_CHIPS)
     seeds: list[int] = Field(default_factory=lambda: [0])
@@ -76,13 +75,8 @@ class SweepSpec(FamilyChoices):
     cell: CellSpec = Field(default_factory=CellSpec)
     train_device: list[str] = Field(default_factory=list)
     train_device_snr_db: list[InfFloat] = Field(default_factory=list)
-    train_noise_mode: str = "physical"
+    train_noise_mode: NoiseMode = "physical"
     digital_layers: list[str] = Field(default_factory=list)
-
-    @model_validator(mode="after")
-    def _lyapunov_members(self) -> SweepSpec:
-        check_lyapunov_members(self.lyapunov, self.kinds)
-        return self
 
     @field_validator("train_device", "digital_layers", mode="before")
     @classmethod
@@ -99,11 +93,6 @@ class SweepSpec(FamilyChoices):
     @classmethod
     def _train_device_grid(cls, v: Any) -> list[float]:
         return [] if v in ([], (), None, "") else snr_list(v, "train_device_snr_db")
-
-    @field_validator("train_noise_mode")
-    @classmethod
-    def _train_mode(cls, v: Any) -> str:
-        return check_choice(v, NOISE_MODES)
 
     @model_validator(mode="after")
     def _train_device_options(self) -> SweepSpec:
@@ -130,11 +119,6 @@ class SweepSpec(FamilyChoices):
             else:
                 out += [(dev, lvl) for lvl in levels]
         return out
-
-    @field_validator("cell")
-    @classmethod
-    def _cell(cls, v: CellSpec, info: Any) -> CellSpec:
-        return check_cell(v, info)
 
     @model_serializer(mode="wrap")
     def _omit_plain_cell(self, handler: Any) -> dict[str, Any]:
@@ -164,11 +148,6 @@ class SweepSpec(FamilyChoices):
             )
         return self
 
-    @field_validator("depths", mode="before")
-    @classmethod
-    def _depths(cls, v: Any) -> list[int]:
-        return parse_depths(v)
-
     @field_validator("seeds", "kinds", "train_snr_db", mode="after")
     @classmethod
     def _non_empty(cls, v: list, info: Any) -> list:
@@ -177,12 +156,6 @@ class SweepSpec(FamilyChoices):
         if len(v) > limits.MAX_SEEDS:
             raise ValueError(f"{info.field_name}: {len(v)} entries; at most {limits.MAX_SEEDS}")
         return list(dict.fromkeys(v))
-
-    @field_validator("noise_mode", "calibration")
-    @classmethod
-    def _device_choices(cls, v: Any, info: Any) -> str:
-        allowed = {"noise_mode": NOISE_MODES, "calibration": CALIBRATIONS}[info.field_name]
-        return check_choice(v, allowed)
 
     @model_validator(mode="after")
     def _mode_needs_device(self) -> SweepSpec:
@@ -206,8 +179,3 @@ class SweepSpec(FamilyChoices):
             if not 0 <= s <= limits.MAX_SEED:
                 raise ValueError(f"seed {s} is outside 0..2^63-1")
         return v
-
-    @field_validator("train_preset")
-    @classmethod
-    def _preset(cls, v: str) -> str:
-        return check_preset(v)

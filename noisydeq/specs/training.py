@@ -3,15 +3,14 @@ its named presets."""
 
 from __future__ import annotations
 
-import difflib
 from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
 from noisydeq import limits
 from noisydeq.errors import NoisyDEQError
-from noisydeq.specs.base import InfFloat, StrictModel, build, check_choice
-from noisydeq.specs.device import NOISE_MODES
+from noisydeq.specs.base import InfFloat, StrictModel, build, suggest_name
+from noisydeq.specs.device import NoiseMode
 from noisydeq.specs.noise import NoiseSpec, parse_snr_value
 from noisydeq.specs.optimizer import (
     AdversarialSpec,
@@ -41,9 +40,7 @@ QUICK_TEST_SOLVER = SolverSpec(name="unroll", max_iter=40, tol=0.05, stop="mean_
 def check_preset(name: str) -> str:
     """``name`` if it is a training preset, else a "did you mean" error (pydantic validators)."""
     if name not in TRAIN_PRESETS:
-        close = difflib.get_close_matches(str(name), TRAIN_PRESETS, n=1)
-        hint = f"; did you mean '{close[0]}'?" if close else ""
-        raise ValueError(f"unknown preset '{name}'{hint} (allowed: {', '.join(TRAIN_PRESETS)})")
+        raise ValueError(suggest_name("preset", name, TRAIN_PRESETS))
     return name
 
 
@@ -76,7 +73,7 @@ class TrainSpec(StrictModel):
     noise: NoiseSpec = Field(default_factory=NoiseSpec)
     device: str | None = None
     device_snr_db: InfFloat | None = None
-    device_noise_mode: str | None = None
+    device_noise_mode: NoiseMode | None = None
     digital_layers: list[str] | None = None
     solver: SolverSpec | None = None
     test_solver: SolverSpec | None = None
@@ -93,11 +90,6 @@ class TrainSpec(StrictModel):
     @classmethod
     def _device_snr(cls, v: Any) -> Any:
         return v if v is None else parse_snr_value(v)
-
-    @field_validator("device_noise_mode")
-    @classmethod
-    def _device_mode(cls, v: Any) -> str | None:
-        return None if v is None else check_choice(v, NOISE_MODES)
 
     @field_validator("digital_layers")
     @classmethod
@@ -151,11 +143,7 @@ class TrainSpec(StrictModel):
         the first 3 epochs. A ``lyadeq`` under them keeps its own solver and gradient.
         """
         if name not in TRAIN_PRESETS:
-            close = difflib.get_close_matches(str(name), TRAIN_PRESETS, n=1)
-            hint = f"; did you mean '{close[0]}'?" if close else ""
-            raise NoisyDEQError(
-                f"train preset: unknown preset '{name}'{hint} (allowed: {', '.join(TRAIN_PRESETS)})"
-            )
+            raise NoisyDEQError(f"train preset: {suggest_name('preset', name, TRAIN_PRESETS)}")
         noise = noise if noise is not None else NoiseSpec()
         data: dict[str, Any] = {"noise": noise, "lr": 1e-3, "weight_decay": 0.0}
         if name.startswith("adversarial"):
