@@ -21,6 +21,9 @@ Re-running the same experiment into the same directory skips every finished cell
 process writes a directory at a time (its lock, :class:`noisydeq.store.DirLock`). PGD's
 random start is counter-based: a test sample's start depends on (seed, ε, its index) only,
 not on the batch it is attacked in.
+
+Length (about 430 lines): one experiment's spec and driver (attack cells, device sweeps,
+tables) — the report is :mod:`noisydeq.analysis.lyapunov_report`.
 """
 
 from __future__ import annotations

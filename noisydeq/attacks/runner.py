@@ -20,6 +20,10 @@ stored as a cell too (its per-state record, :data:`EARLY_COLUMNS`). Each row als
 the entropy shift of its defence's prediction (regulation paper Eq. 12-13): ``entropy_p`` =
 % of inputs whose clean prediction has lower entropy than the attacked one, ``entropy_dh`` =
 mean H(clean) − H(attacked).
+
+Length (about 440 lines): one idea, an attack run from its grid of cells to its table; the
+cells, the early-state defence's per-state record and the white-box table share one run
+directory and its checks.
 """
 
 from __future__ import annotations

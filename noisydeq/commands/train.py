@@ -7,6 +7,8 @@ model cache (``--out`` overrides it; default ``$NOISYDEQ_CACHE`` or the user cac
 same cache ``noisydeq sweep`` reuses. Adversarial training (``--adversarial``), the DEQ
 defences (``--random-threshold``, ``--random-state``, noise on x or z with ``--train-site
 input|state``) and the optimiser of Tables 5-6 are :mod:`noisydeq.adversarial`'s.
+
+Length (about 410 lines): one command; most of it is its options and their one-line checks.
 """
 
 from __future__ import annotations

@@ -38,6 +38,10 @@ Solvers: :mod:`noisydeq.models.splitting` (forward–backward with α, Peaceman�
 through the shared solver loop (``unroll``, ``anderson``, any stop rule); the gradient is
 attached through the forward–backward map at the fixed point with the existing methods
 (:mod:`noisydeq.solvers.gradients`; its implicit gradient equals that of z = relu(Wz + v)).
+
+Length (about 410 lines): the three weight parametrisations (``ibp``, ``lben``, ``mon``),
+dense and convolutional, share the forward–backward map, the digital periphery and the
+gradient attachment; apart they would repeat them.
 """
 
 from __future__ import annotations
