@@ -49,8 +49,10 @@ def check_lyapunov_members(lyapunov: LyapunovSpec | None, kinds: list[str]) -> N
 
 
 class FamilyChoices(StrictModel):
-    """The fields a sweep and a family share beyond sizes: the FFW layer form and the SNR scale,
-    and the checks of the member fields both declare (depths, cell, preset, Lyapunov settings).
+    """What a sweep and a family share: the FFW layer form, the SNR scale, the task and the
+    members' depths, kinds and hidden size (declared here first, so both keep their field
+    order and dumps), and the checks of the member fields both have (depths, cell, preset,
+    Lyapunov settings).
 
     ``ffw_form`` (:data:`FFW_FORMS`; ``None`` = the default ``eq57x``) is refused when
     ``kinds`` has no ``ffw`` member; ``snr_scale`` (:data:`SNR_SCALES`) is how model-noise
@@ -59,10 +61,16 @@ class FamilyChoices(StrictModel):
 
     ffw_form: FfwForm | None = None
     snr_scale: SnrScale = "realised"
+    task: str = "digits"
+    data_dir: str | None = None
+    depths: list[int] = Field(default_factory=lambda: [1, 3, 5, 7])
+    kinds: list[Literal["deq", "ffw", "mondeq", "ffw_relu", "lyadeq"]] = Field(
+        default_factory=lambda: ["deq", "ffw"])
+    hidden: int = Field(default=128, ge=1, le=limits.MAX_WIDTH)
 
     @model_validator(mode="after")
     def _form_needs_ffw(self) -> FamilyChoices:
-        kinds = list(getattr(self, "kinds", ["ffw"]))
+        kinds = list(self.kinds)
         if self.ffw_form is not None and "ffw" not in kinds:
             raise ValueError(
                 f"ffw_form '{self.ffw_form}' is given but kinds {kinds} has no 'ffw' member "
@@ -74,10 +82,10 @@ class FamilyChoices(StrictModel):
     # ``train_preset``, ``lyapunov``/``kinds``) are checked once, here
     @model_validator(mode="after")
     def _lyapunov_members(self) -> FamilyChoices:
-        check_lyapunov_members(getattr(self, "lyapunov", None), list(getattr(self, "kinds", [])))
+        check_lyapunov_members(getattr(self, "lyapunov", None), list(self.kinds))
         return self
 
-    @field_validator("depths", mode="before", check_fields=False)
+    @field_validator("depths", mode="before")
     @classmethod
     def _depths(cls, v: Any) -> list[int]:
         return parse_depths(v)
@@ -91,7 +99,6 @@ class FamilyChoices(StrictModel):
     @classmethod
     def _preset(cls, v: str) -> str:
         return check_preset(v)
-
 
 
 class FamilySpec(FamilyChoices):
@@ -110,12 +117,6 @@ class FamilySpec(FamilyChoices):
     square input channel) or a cell beyond Eq. 57, with its options.
     """
 
-    task: str = "digits"
-    data_dir: str | None = None
-    depths: list[int] = Field(default_factory=lambda: [1, 3, 5, 7])
-    kinds: list[Literal["deq", "ffw", "mondeq", "ffw_relu", "lyadeq"]] = Field(
-        default_factory=lambda: ["deq", "ffw"])
-    hidden: int = Field(default=128, ge=1, le=limits.MAX_WIDTH)
     cell: CellSpec = Field(default_factory=CellSpec)
     input_act: Literal["relu", "silu", "identity"] = "relu"
     seed: int = Field(default=0, ge=-limits.MAX_SEED, le=limits.MAX_SEED)

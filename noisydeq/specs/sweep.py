@@ -45,12 +45,6 @@ class SweepSpec(FamilyChoices):
     per-position task needs ``conv1d`` or ``residual``).
     """
 
-    task: str = "digits"
-    data_dir: str | None = None
-    depths: list[int] = Field(default_factory=lambda: [1, 3, 5, 7])
-    kinds: list[Literal["deq", "ffw", "mondeq", "ffw_relu", "lyadeq"]] = Field(
-        default_factory=lambda: ["deq", "ffw"])
-    hidden: int = Field(default=128, ge=1, le=limits.MAX_WIDTH)
     input_act: Literal["relu", "silu", "identity"] = "relu"
     train_snr_db: list[InfFloat] = Field(default_factory=lambda: [math.inf])
     train_site: Literal["signal", "state", "input"] = "signal"
