@@ -42,29 +42,37 @@ every device layer's last evaluation of the probed samples — a DEQ's noisy fix
 ``inf`` when there is no noise, ``nan`` when undefined (no signal).
 """
 
-from noisydeq.sweep.base import (
-    CELL_VERSION,
-    ROW_ALIGN,
-    SweepModel,
-    fmt_db,
-    level_chunks,
-    sample_batches,
-)
-from noisydeq.sweep.evaluate import (
-    LevelStats,
-    MeteredNoise,
-    evaluate_cell,
-    forward_levels,
-    layer_rows,
-    stats_rows,
-)
-from noisydeq.sweep.hardware import DeviceMeter, Hardware
-from noisydeq.sweep.plan import CellRunner, ModelProvider, family_models, resolve_jobs
-from noisydeq.sweep.write import SweepResult, run_sweep, worker_runner
+from __future__ import annotations
 
-__all__ = [
-    "CELL_VERSION", "ROW_ALIGN", "CellRunner", "DeviceMeter", "Hardware", "LevelStats",
-    "MeteredNoise", "ModelProvider", "SweepModel", "SweepResult", "evaluate_cell",
-    "family_models", "fmt_db", "forward_levels", "layer_rows", "level_chunks", "resolve_jobs",
-    "run_sweep", "sample_batches", "stats_rows", "worker_runner",
-]
+import importlib
+from typing import Any
+
+#: every public name of the package and the module that defines it; loaded on first use
+#: (``from noisydeq.sweep import run_sweep`` works as before), so that a spawned worker's
+#: ``import noisydeq.sweep.jobs`` stays free of torch until it has tied its life to its
+#: parent's (:mod:`noisydeq.sweep.jobs`, "Process hygiene")
+_HOMES = {
+    "CELL_VERSION": "base", "ROW_ALIGN": "base", "SweepModel": "base", "fmt_db": "base",
+    "level_chunks": "base", "sample_batches": "base",
+    "LevelStats": "evaluate", "MeteredNoise": "evaluate", "evaluate_cell": "evaluate",
+    "forward_levels": "evaluate", "layer_rows": "evaluate", "stats_rows": "evaluate",
+    "DeviceMeter": "hardware", "Hardware": "hardware",
+    "CellRunner": "plan", "ModelProvider": "plan", "family_models": "plan",
+    "resolve_jobs": "plan",
+    "SweepResult": "write", "run_sweep": "write", "worker_runner": "write",
+}
+
+__all__ = sorted(_HOMES)
+
+
+def __getattr__(name: str) -> Any:
+    home = _HOMES.get(name)
+    if home is None:
+        raise AttributeError(f"module 'noisydeq.sweep' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"noisydeq.sweep.{home}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_HOMES))
