@@ -20,9 +20,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from noisydeq.config import FFW_FORMS, SweepSpec, loads_toml
 from noisydeq.errors import NoisyDEQError
 from noisydeq.results import read_csv
+from noisydeq.specs.model import FFW_FORMS
+from noisydeq.specs.sweep import SweepSpec
+from noisydeq.specs.toml import loads_toml
 from noisydeq.summary import _fmt_db, _fmt_value
 
 Key = tuple[float, int]  # (training SNR, FFW depth)

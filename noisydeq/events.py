@@ -16,10 +16,11 @@ message and the exit status; interrupts are errors with status 130/143) is last.
 10) and once when a bar closes; ``cell`` when a sweep records a finished cell.
 
 Append semantics: the file is opened with ``O_APPEND`` and each event is one ``write`` of a
-whole line, so the lines of concurrent writers (evaluation worker processes inherit the log
-through the environment; several commands may share one file) never interleave within a line
-on a local file system, and a reader sees whole lines only, except possibly a last, partial
-line while a write is in flight or after a crash (skip a line that does not parse). The log is
+whole line (:func:`noisydeq.store.append_bytes`), so the lines of concurrent writers
+(evaluation worker processes inherit the log through the environment; several commands may
+share one file) never interleave within a line on a local file system, and a reader sees
+whole lines only, except possibly a last, partial line while a write is in flight or after a
+crash (skip a line that does not parse). The log is
 never truncated: delete it to start afresh. A log that cannot be opened is one error line
 before the command runs; a failed write later is ignored (the command's work matters more).
 """
@@ -32,6 +33,7 @@ import os
 import time
 from typing import Any
 
+from noisydeq import store
 from noisydeq.errors import NoisyDEQError
 
 ENV = "NOISYDEQ_LOG_JSON"
@@ -45,8 +47,7 @@ def open_log(path: str | os.PathLike) -> None:
     and in the worker processes it starts."""
     path = os.fspath(path)
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
-        os.close(fd)
+        store.append_bytes(path)
     except OSError as err:
         raise NoisyDEQError(f"--log-json: cannot append to {path} "
                             f"({err.strerror or err})") from None
@@ -104,10 +105,6 @@ def emit(event: str, **fields: Any) -> None:
               "pid": os.getpid(), **_clean(fields)}
     line = (json.dumps(record, ensure_ascii=False, separators=(",", ":")) + "\n").encode()
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
-        try:
-            os.write(fd, line)
-        finally:
-            os.close(fd)
+        store.append_bytes(path, line)
     except OSError:
         pass  # the log is a by-product; the command's work goes on

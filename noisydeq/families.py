@@ -26,9 +26,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from noisydeq.config import MONOTONE_KINDS, FamilySpec, ModelSpec, SweepSpec, TrainSpec, build
 from noisydeq.errors import NoisyDEQError
 from noisydeq.noise import derive_seed
+from noisydeq.specs.base import build
+from noisydeq.specs.family import FamilySpec
+from noisydeq.specs.model import MONOTONE_KINDS, ModelSpec
+from noisydeq.specs.sweep import SweepSpec
+from noisydeq.specs.training import TrainSpec
 from noisydeq.store import config_hash
 from noisydeq.tasks.base import Task
 from noisydeq.train import TrainResult, apply_overrides, run_config, train_model

@@ -14,6 +14,10 @@ seed naming model, SNR level, chip and layer (:func:`derive_seed`). A batch that
 several SNR levels (one block each) therefore draws exactly the numbers the per-level runs
 would draw, a sample keyed by its dataset index gets the same numbers in any batch, chunk or
 process, and a solver evaluating only its active rows draws only those.
+
+Length (about 460 lines): one idea, the paper's noise (Eq. 3-4, 8) — the noise model, its
+counter-based stream and the seed derivation, kept together because the determinism rule
+above spans all three.
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ import torch
 from torch import Tensor
 
 from noisydeq import rng
-from noisydeq.config import NoiseSpec
+from noisydeq.specs.noise import NoiseSpec
 
 SNRLike = float | Tensor
 

@@ -31,7 +31,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import FixedLocator  # noqa: E402
 
-from noisydeq.config import SweepSpec  # noqa: E402
+from noisydeq.specs.sweep import SweepSpec  # noqa: E402
 from noisydeq.store import atomic_open  # noqa: E402
 from noisydeq.summary import Agg, aggregate, swept_part, training_groups  # noqa: E402
 

@@ -28,6 +28,10 @@ key promises (count, columns, types, model, chip, SNR levels, no duplicates); a 
 fails is refused with its name, never used. One process writes a run directory at a time:
 :meth:`RunDir.open` takes its lock (a second sweep on the same ``--out`` waits) and nothing
 is created before the directory, its config and its meta data are checked.
+
+Length (about 500 lines): one idea, the sweep run directory — its files, their integrity
+checks against the rows a cell key promises, and the writers of its tables (CSV, Parquet),
+which every reader of a run uses together.
 """
 
 from __future__ import annotations
@@ -47,8 +51,9 @@ from pathlib import Path
 from typing import Any
 
 from noisydeq import events, store
-from noisydeq.config import SweepSpec, dumps_toml, loads_toml
 from noisydeq.errors import CorruptArtefact, NoisyDEQError
+from noisydeq.specs.sweep import SweepSpec
+from noisydeq.specs.toml import dumps_toml, loads_toml
 
 # Tidy-table schema: column name -> type ("str", "int", "float"). Order is the CSV order.
 COLUMNS: dict[str, str] = {

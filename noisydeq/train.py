@@ -26,7 +26,6 @@ again rather than used.
 from __future__ import annotations
 
 import copy
-import hashlib
 import math
 import time
 from collections.abc import Callable
@@ -38,9 +37,10 @@ import torch
 from torch import Tensor, nn
 
 from noisydeq import __version__, store
-from noisydeq.config import TrainSpec
 from noisydeq.errors import CorruptArtefact, NoisyDEQError
 from noisydeq.noise import Noise, NoiseStream, derive_seed
+from noisydeq.specs.training import TrainSpec
+from noisydeq.store import init_hash
 from noisydeq.tasks.base import Task
 
 #: bump when the training procedure changes what a given config produces (cache key).
@@ -72,14 +72,6 @@ class TrainResult:
 
 
 # ------------------------------------------------------------------------- config
-
-
-def init_hash(model: nn.Module) -> str:
-    """Hash of a model's current weights (identifies its initialisation in the config)."""
-    h = hashlib.blake2b(digest_size=10)
-    for name, t in sorted(model.state_dict().items()):
-        store.hash_tensor(h, t, name)
-    return h.hexdigest()
 
 
 #: spec fields added after caches were keyed: left out of a config while unset (None), so

@@ -6,7 +6,6 @@ import pytest
 
 from noisydeq.config import (
     NoiseSpec,
-    atomic_write_text,
     build,
     dump_toml,
     load_toml,
@@ -14,6 +13,7 @@ from noisydeq.config import (
     parse_snr_range,
 )
 from noisydeq.errors import NoisyDEQError
+from noisydeq.store import atomic_write_text
 
 
 def test_misspelt_key_is_an_error_with_suggestion():

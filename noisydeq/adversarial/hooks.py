@@ -21,9 +21,9 @@ from torch import Tensor, nn
 
 from noisydeq.adversarial.objective import Forward, Objective
 from noisydeq.adversarial.selection import Selector
-from noisydeq.config import TrainSpec
 from noisydeq.errors import NoisyDEQError
 from noisydeq.noise import NoiseStream
+from noisydeq.specs.training import TrainSpec
 
 
 def needs_hooks(spec: TrainSpec) -> bool:

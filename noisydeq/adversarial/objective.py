@@ -30,10 +30,12 @@ from torch.nn import functional as F
 from noisydeq.attacks.estimators import FinalState, is_deq
 from noisydeq.attacks.norms import Source, draw
 from noisydeq.attacks.pgd import pgd
-from noisydeq.config import AdversarialSpec, GradientSpec, TrainSpec
 from noisydeq.errors import NoisyDEQError
 from noisydeq.noise import Noise
 from noisydeq.regulation.states import check_random_state, random_state_forward, temporarily
+from noisydeq.specs.optimizer import AdversarialSpec
+from noisydeq.specs.solver import GradientSpec
+from noisydeq.specs.training import TrainSpec
 
 #: forward_logits(net, x, noise, generator) -> (logits, Jacobian term or None)
 Forward = Callable[..., tuple[Tensor, Tensor | None]]

@@ -17,8 +17,9 @@ from torch import Tensor, nn
 
 from noisydeq.attacks.estimators import FinalState
 from noisydeq.attacks.pgd import pgd
-from noisydeq.config import AdversarialSpec, NoiseSpec
 from noisydeq.noise import Noise, NoiseStream, derive_seed
+from noisydeq.specs.noise import NoiseSpec
+from noisydeq.specs.optimizer import AdversarialSpec
 
 VAL_BATCH = 256
 PREFIX = "select/"

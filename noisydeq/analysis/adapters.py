@@ -13,9 +13,9 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor, nn
 
-from noisydeq.config import NoiseSpec
 from noisydeq.errors import NoisyDEQError
 from noisydeq.noise import Noise, NoiseStream
+from noisydeq.specs.noise import NoiseSpec
 
 ITERATED_SITES = ("signal", "state")
 

@@ -33,16 +33,11 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from noisydeq.config import (
-    ADVERSARIAL_METHODS,
-    TRAIN_PRESETS,
-    FamilySpec,
-    StrictModel,
-    TrainSpec,
-    build,
-    suggest_name,
-)
 from noisydeq.errors import NoisyDEQError
+from noisydeq.specs.base import StrictModel, build, suggest_name
+from noisydeq.specs.family import FamilySpec
+from noisydeq.specs.optimizer import ADVERSARIAL_METHODS
+from noisydeq.specs.training import TRAIN_PRESETS, TrainSpec
 
 DEFENCE_RE = re.compile(r"^(x|z)-(-?\d+(?:\.\d+)?)db$")
 DEFENCE_NAMES = ("none", "x-0db", "x-10db", "z-0db", "z-10db", "threshold", "rs")
@@ -229,7 +224,7 @@ def family_for(res: Resolved, method: str, defence: str, seed: int) -> FamilySpe
 
 
 def load_experiment(path: str | Path) -> AdversarialExperimentSpec:
-    from noisydeq.config import load_toml
+    from noisydeq.specs.toml import load_toml
 
     return load_toml(AdversarialExperimentSpec, path)
 

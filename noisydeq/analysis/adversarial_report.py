@@ -29,7 +29,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from noisydeq.config import atomic_write_text
+from noisydeq.store import atomic_write_text
 
 GRADIENT = ("pgd", "ifgsm", "apgd-ce", "apgd-t", "fab", "aa", "aa-rand", "square")
 METRICS = ("clean", "pgd", "aa", "aa_rand", "all")

@@ -33,7 +33,9 @@ from noisydeq.analysis.certified import (
     write_table,
 )
 from noisydeq.certify.spec import CertifyExperimentSpec, CertifySpec, Fig2Spec
-from noisydeq.config import FamilySpec, build, dumps_toml
+from noisydeq.specs.base import build
+from noisydeq.specs.family import FamilySpec
+from noisydeq.specs.toml import dumps_toml
 
 #: Table 3 of the paper: the training radius of each test radius on MNIST
 TABLE3 = {0.1: 0.2, 0.2: 0.3, 0.3: 0.4, 0.4: 0.4}
@@ -154,8 +156,8 @@ def fig2_gaps(spec: Fig2Spec, task: Any) -> list[dict[str, Any]]:
     """Mean interval gap per iteration for mon and ibp layers, per α and seed."""
     from noisydeq.certify.fixed_point import iteration_gaps
     from noisydeq.certify.interval import Interval
-    from noisydeq.config import MonotoneSpec
     from noisydeq.models.mondeq import MonDEQ
+    from noisydeq.specs.model import MonotoneSpec
 
     x = task.x_test[: spec.n_test].double()
     rows = []

@@ -63,8 +63,9 @@ def load_member(path: Path, check: Any = None) -> Member:
     ``check(model) -> kind`` replaces that test (``noisydeq certify`` passes its own,
     ``noisydeq attack`` :func:`deq_or_ffw`)."""
     from noisydeq.analysis.probe import check_model
-    from noisydeq.config import TrainSpec, build
     from noisydeq.models.factory import as_model_spec, build_model, resolved_width
+    from noisydeq.specs.base import build
+    from noisydeq.specs.training import TrainSpec
     from noisydeq.train import apply_overrides
 
     tensors, meta = store.load_checkpoint(path)

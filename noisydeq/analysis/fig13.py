@@ -22,21 +22,14 @@ from typing import Any
 import torch
 from pydantic import Field, field_validator
 
-from noisydeq.config import (
-    FFW_FORMS,
-    FamilySpec,
-    InfFloat,
-    JacobianRegSpec,
-    SolverSpec,
-    StrictModel,
-    TrainSpec,
-    build,
-    check_choice,
-    load_toml,
-    parse_assignments,
-)
 from noisydeq.errors import NoisyDEQError
 from noisydeq.noise import derive_seed, make_noise
+from noisydeq.specs.base import InfFloat, StrictModel, build, check_choice
+from noisydeq.specs.family import FamilySpec
+from noisydeq.specs.model import FFW_FORMS
+from noisydeq.specs.solver import JacobianRegSpec, SolverSpec
+from noisydeq.specs.toml import load_toml, parse_assignments
+from noisydeq.specs.training import TrainSpec
 
 MODELS = ("deq", "ffw", "ffw_jacreg")
 
@@ -67,9 +60,9 @@ class Fig13Spec(StrictModel):
     @field_validator("snr_db", mode="before")
     @classmethod
     def _grid(cls, v: Any) -> list[float]:
-        from noisydeq.config import _snr_list
+        from noisydeq.specs.noise import snr_list
 
-        return _snr_list(v, "snr_db")
+        return snr_list(v, "snr_db")
 
     @field_validator("ffw_form")
     @classmethod
@@ -127,7 +120,7 @@ def _trained_models(spec: Fig13Spec, task, seed: int, dev: torch.device):
 def evaluate(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, snr_db: float,
              seed: int) -> tuple[float, float]:
     """(accuracy, converged fraction) under test signal noise at ``snr_db`` (Eq. 3-4)."""
-    from noisydeq.config import NoiseSpec
+    from noisydeq.specs.noise import NoiseSpec
 
     noise = make_noise(NoiseSpec(site="signal", snr_db=snr_db), seed=seed)
     model.eval()

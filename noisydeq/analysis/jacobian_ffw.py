@@ -18,11 +18,11 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from noisydeq.config import JacobianRegSpec
 from noisydeq.models.base import ModelOutput
 from noisydeq.models.ffw import DEFAULT_FFW_FORM, FFW, acting_layers
 from noisydeq.noise import Noise, NoiseStream
 from noisydeq.solvers import jacobian_frobenius_hutchinson
+from noisydeq.specs.solver import JacobianRegSpec
 
 
 def layer_inputs_regularised(form: str, depth: int) -> list[int]:

@@ -21,6 +21,9 @@ Re-running the same experiment into the same directory skips every finished cell
 process writes a directory at a time (its lock, :class:`noisydeq.store.DirLock`). PGD's
 random start is counter-based: a test sample's start depends on (seed, ε, its index) only,
 not on the batch it is attacked in.
+
+Length (about 430 lines): one experiment's spec and driver (attack cells, device sweeps,
+tables) — the report is :mod:`noisydeq.analysis.lyapunov_report`.
 """
 
 from __future__ import annotations
@@ -35,20 +38,14 @@ import torch
 from pydantic import Field, field_validator, model_validator
 
 from noisydeq import limits, store
-from noisydeq.config import (
-    LYAPUNOV_VARIANTS,
-    FamilySpec,
-    InfFloat,
-    LyapunovSpec,
-    StrictModel,
-    SweepSpec,
-    _snr_list,
-    build,
-    dumps_toml,
-    parse_snr_range,
-)
 from noisydeq.errors import CorruptArtefact, NoisyDEQError
 from noisydeq.noise import NoiseStream, derive_seed
+from noisydeq.specs.base import InfFloat, StrictModel, build
+from noisydeq.specs.family import FamilySpec
+from noisydeq.specs.model import LYAPUNOV_VARIANTS, LyapunovSpec
+from noisydeq.specs.noise import parse_snr_range, snr_list
+from noisydeq.specs.sweep import SweepSpec
+from noisydeq.specs.toml import dumps_toml
 
 #: format tag of an attack cell file
 CELL_FORMAT = "noisydeq-lyapunov-cell/1"
@@ -134,7 +131,7 @@ class DeviceGrid(StrictModel):
     @field_validator("snr_db", mode="before")
     @classmethod
     def _snr(cls, v: Any) -> list[float]:
-        return _snr_list(v, "snr_db")
+        return snr_list(v, "snr_db")
 
 
 class LyapunovExperimentSpec(StrictModel):
@@ -219,7 +216,7 @@ class LyapunovExperimentSpec(StrictModel):
 
 def load_experiment(path: str | Path, **overrides: Any) -> LyapunovExperimentSpec:
     """Read an experiment file; ``overrides`` replace top-level fields (``None`` = keep)."""
-    from noisydeq.config import tomllib
+    from noisydeq.specs.toml import tomllib
 
     p = Path(path)
     if not p.is_file():

@@ -34,9 +34,10 @@ from torch import Tensor, nn
 
 from noisydeq.analysis.adapters import check_noise_spec
 from noisydeq.analysis.sensitivity import Sensitivity, check_samples
-from noisydeq.config import NoiseSpec, SolverSpec
 from noisydeq.errors import NoisyDEQError
 from noisydeq.noise import Noise, NoiseStream
+from noisydeq.specs.noise import NoiseSpec
+from noisydeq.specs.solver import SolverSpec
 
 #: solvers for the fixed point and the linear IFT systems (float64)
 FIXED_POINT = SolverSpec(name="anderson", max_iter=500, tol=1e-10, stop="rel", window=1, m=6)

@@ -18,9 +18,9 @@ from noisydeq.analysis import bounds, spectra
 from noisydeq.analysis.adapters import cell_fn, layers_fn
 from noisydeq.analysis.jacobians import jvp_fn
 from noisydeq.analysis.sensitivity import Sensitivity, deq_sensitivity, ffw_sensitivity, fixed_point
-from noisydeq.config import NoiseSpec
 from noisydeq.errors import NoisyDEQError
 from noisydeq.models.ffw import acting_layers
+from noisydeq.specs.noise import NoiseSpec
 
 
 def is_mlp_model(model: nn.Module) -> bool:

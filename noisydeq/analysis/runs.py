@@ -18,9 +18,9 @@ import torch
 from noisydeq.analysis import probe
 from noisydeq.analysis.family import Member, Pair, pairs
 from noisydeq.analysis.outputs import pyplot, save_figure, write_csv
-from noisydeq.config import NoiseSpec
 from noisydeq.errors import NoisyDEQError
 from noisydeq.noise import derive_seed, seeded_generator
+from noisydeq.specs.noise import NoiseSpec
 
 
 def family_inputs(members: list[Member], n_inputs: int, data_dir: str | None,

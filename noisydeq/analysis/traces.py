@@ -17,10 +17,12 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from noisydeq.config import NoiseSpec, SolverSpec, build
 from noisydeq.errors import NoisyDEQError
 from noisydeq.models.cells import TanhLayer
 from noisydeq.noise import Noise, NoiseStream, derive_seed
+from noisydeq.specs.base import build
+from noisydeq.specs.noise import NoiseSpec
+from noisydeq.specs.solver import SolverSpec
 
 SOLVER_NAMES = ("unroll", "stochastic", "anderson", "broyden")
 

@@ -30,11 +30,11 @@ from torch import Tensor, nn
 from noisydeq.attacks.adjoint import SimultaneousAdjoint
 from noisydeq.attacks.spec import EstimatorSpec
 from noisydeq.attacks.trajectory import predict, record_states
-from noisydeq.config import GradientSpec
 from noisydeq.errors import NoisyDEQError
 from noisydeq.noise import Noise
 from noisydeq.solvers import attach_gradient, solve
 from noisydeq.solvers.gradients import AdjointStart
+from noisydeq.specs.solver import GradientSpec
 
 #: points after which a warm-started solve's ``mean_rel`` stop may stop a sample (Eq. 54
 #: over the points available; a cold solve waits for its full window)

@@ -33,7 +33,8 @@ from noisydeq.attacks.spec import (
     parse_defence,
     suggest,
 )
-from noisydeq.config import InfFloat, StrictModel, _snr_list, build
+from noisydeq.specs.base import InfFloat, StrictModel, build
+from noisydeq.specs.noise import snr_list
 
 FAMILIES = ("pgd-eps", "pgd-steps", "ifgsm", "aa", "aa-rand", "apgd-ce", "apgd-t", "fab",
             "square", "speckle", "salt-pepper")
@@ -169,7 +170,7 @@ class AttackRunSpec(StrictModel):
     @field_validator("snr_db", mode="before")
     @classmethod
     def _snr(cls, v: Any, info: Any) -> list[float]:
-        return _snr_list(v, info.field_name)
+        return snr_list(v, info.field_name)
 
     @field_validator("norm", mode="before")
     @classmethod

@@ -26,8 +26,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from noisydeq.config import NoiseSpec
 from noisydeq.noise import Noise, NoiseStream, derive_seed
+from noisydeq.specs.noise import NoiseSpec
 
 
 @dataclass

@@ -13,7 +13,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from noisydeq.config import NoiseSpec
+from noisydeq.specs.noise import NoiseSpec
 from noisydeq.sweep import SweepModel
 
 #: training-noise sites that are adversarial defences (x and z, main paper §4.2)

@@ -20,6 +20,10 @@ stored as a cell too (its per-state record, :data:`EARLY_COLUMNS`). Each row als
 the entropy shift of its defence's prediction (regulation paper Eq. 12-13): ``entropy_p`` =
 % of inputs whose clean prediction has lower entropy than the attacked one, ``entropy_dh`` =
 mean H(clean) − H(attacked).
+
+Length (about 440 lines): one idea, an attack run from its grid of cells to its table; the
+cells, the early-state defence's per-state record and the white-box table share one run
+directory and its checks.
 """
 
 from __future__ import annotations
@@ -53,12 +57,12 @@ from noisydeq.attacks.spec import (
     parse_defence,
     parse_estimator,
 )
-from noisydeq.config import build
 from noisydeq.errors import NoisyDEQError
 from noisydeq.noise import derive_seed
 from noisydeq.regulation.entropy import prediction_entropy
 from noisydeq.regulation.states import entropy_shift
 from noisydeq.results import RunDir, table_to_csv
+from noisydeq.specs.base import build
 
 ATTACK_COLUMNS: dict[str, str] = {
     "task": "str", "model_id": "str", "kind": "str", "depth": "int", "width": "int",

@@ -16,9 +16,9 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
-from noisydeq.config import StrictModel, build
 from noisydeq.errors import NoisyDEQError
 from noisydeq.regulation.entropy import EntropySpec
+from noisydeq.specs.base import StrictModel, build
 
 #: attacks that follow the loss gradient (they need a differentiable model)
 GRADIENT_ATTACKS = ("pgd", "ifgsm", "apgd-ce", "apgd-t", "fab", "aa", "aa-rand")

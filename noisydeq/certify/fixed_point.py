@@ -39,11 +39,11 @@ from torch import Tensor
 
 from noisydeq.certify.envelope_types import LayerEnvelope
 from noisydeq.certify.interval import Interval
-from noisydeq.config import SolverSpec
 from noisydeq.errors import NoisyDEQError
 from noisydeq.models.splitting import forward_backward
 from noisydeq.solvers import Solution, solve
 from noisydeq.solvers.gradients import attach_gradient
+from noisydeq.specs.solver import SolverSpec
 
 #: the interval solve of a certificate: Anderson on forward–backward, tight relative stop
 CERT_SOLVER = SolverSpec(name="anderson", max_iter=300, tol=1e-7, stop="rel", window=1,

@@ -7,7 +7,7 @@ from typing import Any, Literal
 from pydantic import Field, field_validator
 
 from noisydeq import limits
-from noisydeq.config import StrictModel, build
+from noisydeq.specs.base import StrictModel, build
 
 
 def _eps_list(v: Any) -> list[float]:

@@ -15,7 +15,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-from noisydeq.config import IBPTrainSpec
+from noisydeq.specs.optimizer import IBPTrainSpec
 
 
 def ramp_epochs(spec: IBPTrainSpec, epochs: int) -> int:

@@ -17,9 +17,9 @@ import click
 
 from noisydeq.commands.sensitivity import cache_option, default_out, family_option
 from noisydeq.commands.sweep import check_data_dir, parse_sets
-from noisydeq.config import build
 from noisydeq.errors import NoisyDEQError
 from noisydeq.progress import with_heartbeat
+from noisydeq.specs.base import build
 
 
 def _members(family: Path, data_dir: str | None, cache: Path | None):

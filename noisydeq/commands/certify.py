@@ -18,9 +18,9 @@ from typing import Any
 
 import click
 
-from noisydeq.config import build
 from noisydeq.errors import NoisyDEQError
 from noisydeq.progress import with_heartbeat
+from noisydeq.specs.base import build
 
 
 def _spec(opts: dict[str, Any]):
@@ -189,7 +189,7 @@ def _eps_train(path: Path) -> float:
 def _experiment(source: Path, opts: dict[str, Any], echo) -> tuple[list[dict], list[Path]]:
     from noisydeq.analysis.certify_experiments import run_fig2, run_table2
     from noisydeq.certify.spec import CertifyExperimentSpec
-    from noisydeq.config import load_toml
+    from noisydeq.specs.toml import load_toml
 
     exp = load_toml(CertifyExperimentSpec, source).resolve(opts["variant"])
     out = opts["out"] or Path("runs") / f"{exp.name}-{opts['variant']}"

@@ -12,8 +12,8 @@ import math
 
 import click
 
-from noisydeq.config import parse_snr_value
 from noisydeq.errors import NoisyDEQError
+from noisydeq.specs.noise import parse_snr_value
 
 
 @click.command("compare")

@@ -14,8 +14,11 @@ from pathlib import Path
 import click
 
 from noisydeq.commands.sweep import check_data_dir, default_out, execute, parse_sets
-from noisydeq.config import ExperimentSpec, SweepSpec, build, load_toml
 from noisydeq.progress import with_heartbeat
+from noisydeq.specs.base import build
+from noisydeq.specs.experiment import ExperimentSpec
+from noisydeq.specs.sweep import SweepSpec
+from noisydeq.specs.toml import load_toml
 
 
 def resolve_experiment(
@@ -42,8 +45,8 @@ def _refuse_other_kind(path: str, given: str) -> None:
     """An experiment file of another command (a ``[study]`` table, a LyaDEQ, adversarial,
     certify or Fig. 13 file): say which command runs it, in one line."""
     from noisydeq.bundled import command_for, runner
-    from noisydeq.config import tomllib
     from noisydeq.errors import NoisyDEQError
+    from noisydeq.specs.toml import tomllib
     from noisydeq.store import read_text
 
     try:

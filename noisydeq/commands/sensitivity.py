@@ -8,9 +8,10 @@ from pathlib import Path
 import click
 
 from noisydeq import limits
-from noisydeq.config import NoiseSpec, build, parse_snr_value
 from noisydeq.errors import NoisyDEQError
 from noisydeq.progress import with_heartbeat
+from noisydeq.specs.base import build
+from noisydeq.specs.noise import NoiseSpec, parse_snr_value
 
 #: a seed option's type (seeds are 63-bit: ``derive_seed``, torch generators)
 SEED = click.IntRange(0, limits.MAX_SEED)

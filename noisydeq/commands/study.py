@@ -48,8 +48,8 @@ def command(experiment: str, variant: str, out: str | None, data_dir: str | None
       noisydeq study mdeq-mnist --quick --data-dir DIR --set seeds=[0]
     """
     from noisydeq.bundled import find_experiment
-    from noisydeq.config import load_toml
     from noisydeq.runtime import num_threads
+    from noisydeq.specs.toml import load_toml
     from noisydeq.studies import StudyFile, run_study
 
     n_threads = None

@@ -17,9 +17,12 @@ from typing import Any
 
 import click
 
-from noisydeq.config import SweepSpec, build, parse_assignments, parse_snr_range
 from noisydeq.errors import NoisyDEQError
 from noisydeq.progress import with_heartbeat
+from noisydeq.specs.base import build
+from noisydeq.specs.noise import parse_snr_range
+from noisydeq.specs.sweep import SweepSpec
+from noisydeq.specs.toml import parse_assignments
 
 
 def parse_grid(flag: str, text: str) -> list[float]:

@@ -7,6 +7,8 @@ model cache (``--out`` overrides it; default ``$NOISYDEQ_CACHE`` or the user cac
 same cache ``noisydeq sweep`` reuses. Adversarial training (``--adversarial``), the DEQ
 defences (``--random-threshold``, ``--random-state``, noise on x or z with ``--train-site
 input|state``) and the optimiser of Tables 5-6 are :mod:`noisydeq.adversarial`'s.
+
+Length (about 410 lines): one command; most of it is its options and their one-line checks.
 """
 
 from __future__ import annotations
@@ -19,19 +21,15 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from noisydeq import limits
-from noisydeq.config import (
-    CELL_OPTIONS,
-    FamilySpec,
-    LyapunovSpec,
-    ModelSpec,
-    NoiseSpec,
-    TrainSpec,
-    build,
-    parse_snr_value,
-)
 from noisydeq.errors import NoisyDEQError
 from noisydeq.progress import with_heartbeat
 from noisydeq.runtime import resolve_torch_device
+from noisydeq.specs.base import build
+from noisydeq.specs.cell import CELL_OPTIONS
+from noisydeq.specs.family import FamilySpec
+from noisydeq.specs.model import LyapunovSpec, ModelSpec
+from noisydeq.specs.noise import NoiseSpec, parse_snr_value
+from noisydeq.specs.training import TrainSpec
 from noisydeq.store import check_out_dir, make_dir
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -291,7 +289,7 @@ def _monotone(text: str | None) -> dict[str, Any] | None:
     """``param=lben,m=0.5`` → a dict validated as a MonotoneSpec."""
     if text is None:
         return None
-    from noisydeq.config import MonotoneSpec
+    from noisydeq.specs.model import MonotoneSpec
 
     data: dict[str, Any] = {}
     for part in text.split(","):
@@ -303,7 +301,7 @@ def _monotone(text: str | None) -> dict[str, Any] | None:
     return build(MonotoneSpec, data, where="--monotone").model_dump()
 def defence_overrides(opts: dict[str, Any], noise: NoiseSpec) -> dict[str, Any]:
     """TrainSpec overrides of the adversarial / defence / optimiser options (validated)."""
-    from noisydeq.config import AdversarialSpec, OptimizerSpec, RandomStateSpec
+    from noisydeq.specs.optimizer import AdversarialSpec, OptimizerSpec, RandomStateSpec
 
     base = TrainSpec.preset(opts["preset"], "deq", noise)
     over: dict[str, Any] = {}

@@ -41,11 +41,11 @@ from pydantic import BaseModel
 from torch import Tensor, nn
 
 from noisydeq import store
-from noisydeq.config import CALIBRATIONS
 from noisydeq.errors import CorruptArtefact
 from noisydeq.hardware import in_network
 from noisydeq.hardware.base import calibrate, device_layers
-from noisydeq.store import hash_tensor
+from noisydeq.specs.device import CALIBRATIONS
+from noisydeq.store import hash_tensor, init_hash
 
 #: 2: digests (integrity); 3: counter-based calibration noise (noisydeq.rng); 4: two knobs
 #: (static, dynamic) per level, noise mode and in-network calibration in the key
@@ -88,7 +88,6 @@ def calibration_key(
 ) -> str:
     """Hash of everything the calibrated controls of ``model`` on chip ``device`` depend on."""
     import noisydeq
-    from noisydeq.train import init_hash
 
     h = hashlib.blake2b(digest_size=16)
     spec = device.spec.model_dump_json() if hasattr(device.spec, "model_dump_json") else ""

@@ -31,7 +31,6 @@ from typing import Any
 
 from torch import Tensor
 
-from noisydeq.config import NOISE_MODES
 from noisydeq.errors import NoisyDEQError
 from noisydeq.hardware.calibration import (
     PRIOR_DB_PER_NAT,
@@ -39,6 +38,7 @@ from noisydeq.hardware.calibration import (
     bisect_log,
     check_reachable,
 )
+from noisydeq.specs.device import NOISE_MODES
 
 #: (static knob, dynamic knob) of a device layer
 Knobs = tuple[float, float]

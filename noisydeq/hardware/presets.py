@@ -14,7 +14,6 @@ import math
 import os
 from pathlib import Path
 
-from noisydeq.config import parse_toml
 from noisydeq.errors import NoisyDEQError
 from noisydeq.hardware.specs import (
     SPECS,
@@ -26,6 +25,7 @@ from noisydeq.hardware.specs import (
     SNRSpec,
     spec_from_dict,
 )
+from noisydeq.specs.toml import parse_toml
 from noisydeq.store import read_text
 
 #: the specs are re-exported here, where they were defined before hardware/specs.py

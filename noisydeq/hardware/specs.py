@@ -13,8 +13,9 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from noisydeq.config import InfFloat, StrictModel, build, parse_snr_value
 from noisydeq.errors import NoisyDEQError
+from noisydeq.specs.base import InfFloat, StrictModel, build
+from noisydeq.specs.noise import parse_snr_value
 
 #: Wan-2022 fits exist only at these read times (aihwkit ReRamWan2022NoiseModel).
 T_INFERENCE_VALUES = {1.0: "1 s", 86400.0: "1 day", 172800.0: "2 days"}

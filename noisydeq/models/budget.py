@@ -19,7 +19,8 @@ import math
 
 from pydantic import Field
 
-from noisydeq.config import SolverSpec, StrictModel
+from noisydeq.specs.base import StrictModel
+from noisydeq.specs.solver import SolverSpec
 
 
 class IterationBudget(StrictModel):

@@ -16,13 +16,13 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils.parametrizations import weight_norm as _weight_norm
 
-from noisydeq.config import GradientSpec, JacobianRegSpec, SolverSpec
 from noisydeq.errors import NoisyDEQError
 from noisydeq.limits import check_positive
 from noisydeq.models.cells import apply_noise, input_activation
 from noisydeq.models.deq import DEQ
 from noisydeq.models.ffw import DEFAULT_FFW_FORM, FFW, check_form
 from noisydeq.noise import Noise
+from noisydeq.specs.solver import GradientSpec, JacobianRegSpec, SolverSpec
 
 
 def image_shape(in_features: int, in_shape: Sequence[int] | None = None) -> tuple[int, int, int]:

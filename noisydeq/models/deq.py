@@ -15,7 +15,6 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
-from noisydeq.config import GradientSpec, JacobianRegSpec, SolverSpec, paper_solver
 from noisydeq.errors import NoisyDEQError
 from noisydeq.limits import check_positive
 from noisydeq.models.base import CountingMixin, ModelOutput
@@ -24,6 +23,7 @@ from noisydeq.noise import Noise, NoiseStream
 from noisydeq.solvers import solve, solve_with_grad
 from noisydeq.solvers.gradients import attach_gradient
 from noisydeq.solvers.jacobian import jacobian_frobenius_hutchinson
+from noisydeq.specs.solver import GradientSpec, JacobianRegSpec, SolverSpec, paper_solver
 
 
 class DEQ(CountingMixin, nn.Module):

@@ -15,9 +15,10 @@ from typing import Any
 
 from torch import nn
 
-from noisydeq.config import GradientSpec, JacobianRegSpec, ModelSpec, SolverSpec
 from noisydeq.errors import NoisyDEQError
 from noisydeq.models.matching import matched_width
+from noisydeq.specs.model import ModelSpec
+from noisydeq.specs.solver import GradientSpec, JacobianRegSpec, SolverSpec
 
 EXTRA_CELLS = ("conv1d", "residual", "mlp_stack", "mdeq")
 PER_POSITION_CELLS = ("conv1d", "residual")

@@ -6,20 +6,15 @@ from typing import Any
 
 from torch import nn
 
-from noisydeq.config import (
-    MONOTONE_KINDS,
-    GradientSpec,
-    JacobianRegSpec,
-    ModelSpec,
-    SolverSpec,
-    coerce,
-)
 from noisydeq.errors import NoisyDEQError
 from noisydeq.models.conv import ConvDEQ, ConvFFW
 from noisydeq.models.deq import DEQ
 from noisydeq.models.extra import EXTRA_CELLS, build_extra, matched_cell_width
 from noisydeq.models.ffw import FFW
 from noisydeq.models.matching import matched_width
+from noisydeq.specs.base import coerce
+from noisydeq.specs.model import MONOTONE_KINDS, ModelSpec
+from noisydeq.specs.solver import GradientSpec, JacobianRegSpec, SolverSpec
 
 
 def as_model_spec(spec: ModelSpec | dict[str, Any]) -> ModelSpec:

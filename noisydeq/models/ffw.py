@@ -31,12 +31,13 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from noisydeq.config import FFW_FORMS, check_choice
 from noisydeq.errors import NoisyDEQError
 from noisydeq.limits import check_positive
 from noisydeq.models.base import CountingMixin, ModelOutput
 from noisydeq.models.cells import InputProjection, TanhLayer
 from noisydeq.noise import Noise
+from noisydeq.specs.base import check_choice
+from noisydeq.specs.model import FFW_FORMS
 
 DEFAULT_FFW_FORM = FFW_FORMS[0]
 

@@ -61,13 +61,15 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils.parametrizations import orthogonal
 
-from noisydeq.config import GradientSpec, LyapunovSpec, SolverSpec, coerce, lyapunov_solver
 from noisydeq.errors import NoisyDEQError
 from noisydeq.limits import check_positive
 from noisydeq.models.cells import InputProjection, apply_noise
 from noisydeq.models.deq import DEQ
 from noisydeq.noise import Noise
 from noisydeq.solvers.registry import GRAD_SOLVERS
+from noisydeq.specs.base import coerce
+from noisydeq.specs.model import LyapunovSpec
+from noisydeq.specs.solver import GradientSpec, SolverSpec, lyapunov_solver
 
 # ------------------------------------------------------------------ Eq. 8 and Eq. 6
 

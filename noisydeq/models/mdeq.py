@@ -51,7 +51,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from noisydeq.config import GradientSpec, JacobianRegSpec, SolverSpec
 from noisydeq.errors import NoisyDEQError
 from noisydeq.models.cells import apply_noise, check_positive, input_activation
 from noisydeq.models.conv import image_shape
@@ -60,6 +59,7 @@ from noisydeq.models.ffw import DEFAULT_FFW_FORM, FFW, check_form
 from noisydeq.models.spatial import check_kernel, count_params
 from noisydeq.models.wnconv import conv
 from noisydeq.noise import Noise
+from noisydeq.specs.solver import GradientSpec, JacobianRegSpec, SolverSpec
 
 MAX_SCALES = 4
 

@@ -38,6 +38,10 @@ Solvers: :mod:`noisydeq.models.splitting` (forward–backward with α, Peaceman�
 through the shared solver loop (``unroll``, ``anderson``, any stop rule); the gradient is
 attached through the forward–backward map at the fixed point with the existing methods
 (:mod:`noisydeq.solvers.gradients`; its implicit gradient equals that of z = relu(Wz + v)).
+
+Length (about 410 lines): the three weight parametrisations (``ibp``, ``lben``, ``mon``),
+dense and convolutional, share the forward–backward map, the digital periphery and the
+gradient attachment; apart they would repeat them.
 """
 
 from __future__ import annotations
@@ -49,7 +53,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from noisydeq.config import GradientSpec, MonotoneSpec, SolverSpec
 from noisydeq.errors import NoisyDEQError
 from noisydeq.limits import check_positive
 from noisydeq.models.base import ModelOutput
@@ -66,6 +69,8 @@ from noisydeq.models.splitting import (
 from noisydeq.noise import Noise
 from noisydeq.solvers import solve, solve_with_grad
 from noisydeq.solvers.gradients import attach_gradient
+from noisydeq.specs.model import MonotoneSpec
+from noisydeq.specs.solver import GradientSpec, SolverSpec
 
 Map = Callable[[Tensor], Tensor]
 

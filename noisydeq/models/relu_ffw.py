@@ -21,13 +21,13 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from noisydeq.config import MonotoneSpec
 from noisydeq.limits import check_positive
 from noisydeq.models.base import CountingMixin, ModelOutput
 from noisydeq.models.cells import apply_noise
 from noisydeq.models.conv import PooledHead, _check_kernel, image_shape
 from noisydeq.models.mondeq import Injection, ibp_init_, make_linear, norm_layer
 from noisydeq.noise import Noise
+from noisydeq.specs.model import MonotoneSpec
 
 
 class ReluLayer(nn.Module):

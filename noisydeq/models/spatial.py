@@ -33,7 +33,6 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
-from noisydeq.config import GradientSpec, JacobianRegSpec, SolverSpec
 from noisydeq.errors import NoisyDEQError
 from noisydeq.models.budget import IterationBudget
 from noisydeq.models.cells import apply_noise, check_positive, input_activation
@@ -41,6 +40,7 @@ from noisydeq.models.deq import DEQ
 from noisydeq.models.ffw import DEFAULT_FFW_FORM, FFW, check_form
 from noisydeq.models.wnconv import conv
 from noisydeq.noise import Noise
+from noisydeq.specs.solver import GradientSpec, JacobianRegSpec, SolverSpec
 
 SpatialCell = Literal["conv1d", "residual"]
 SPATIAL_CELLS = ("conv1d", "residual")

@@ -30,9 +30,9 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from noisydeq.config import SolverSpec
 from noisydeq.errors import NoisyDEQError
 from noisydeq.solvers import Solution, solve
+from noisydeq.specs.solver import SolverSpec
 
 Map = Callable[[Tensor], Tensor]
 SPLITTINGS = ("fb", "pr")

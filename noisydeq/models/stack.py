@@ -24,12 +24,12 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from noisydeq.config import GradientSpec, JacobianRegSpec, SolverSpec
 from noisydeq.models.cells import InputProjection, apply_noise, check_positive
 from noisydeq.models.deq import DEQ
 from noisydeq.models.ffw import DEFAULT_FFW_FORM, FFW, check_form
 from noisydeq.models.spatial import count_params
 from noisydeq.noise import Noise
+from noisydeq.specs.solver import GradientSpec, JacobianRegSpec, SolverSpec
 
 
 class StackLayer(nn.Module):

@@ -31,11 +31,12 @@ from pydantic import field_validator
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from noisydeq.config import StrictModel, check_radius
 from noisydeq.errors import NoisyDEQError
 from noisydeq.noise import Noise
 from noisydeq.solvers.registry import SOLVERS
 from noisydeq.solvers.stop import Window
+from noisydeq.specs.base import StrictModel
+from noisydeq.specs.optimizer import check_radius
 
 
 class EntropySpec(StrictModel):

@@ -19,10 +19,11 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from noisydeq.config import GradientSpec, RandomStateSpec, SolverSpec
 from noisydeq.errors import NoisyDEQError
 from noisydeq.noise import Noise
 from noisydeq.solvers.registry import GRAD_SOLVERS
+from noisydeq.specs.optimizer import RandomStateSpec
+from noisydeq.specs.solver import GradientSpec, SolverSpec
 
 #: a tolerance no residual reaches: the solver runs every sample to its drawn threshold
 NEVER = 1e-300

@@ -20,9 +20,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from noisydeq.config import SolverSpec
 from noisydeq.solvers.batched import coefs, combine
 from noisydeq.solvers.stop import Window
+from noisydeq.specs.solver import SolverSpec
 
 
 class Anderson:

@@ -34,9 +34,10 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from noisydeq.config import GradientSpec, coerce
 from noisydeq.errors import NoisyDEQError
 from noisydeq.solvers.registry import solve
+from noisydeq.specs.base import coerce
+from noisydeq.specs.solver import GradientSpec
 
 
 def as_gradient_spec(spec: GradientSpec | dict[str, Any] | None) -> GradientSpec:

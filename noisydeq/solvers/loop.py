@@ -30,12 +30,12 @@ from typing import Protocol
 import torch
 from torch import Tensor
 
-from noisydeq.config import SolverSpec
 from noisydeq.errors import NoisyDEQError
 from noisydeq.noise import STABLE_ROWS, row_subset
 from noisydeq.solvers.draws import Draws
 from noisydeq.solvers.solution import TRACE_KEYS, Solution, describe, empty_traces
 from noisydeq.solvers.stop import Window, blowup_scale, thresholds
+from noisydeq.specs.solver import SolverSpec
 
 #: fewest rows f is evaluated on when stopped samples are skipped (padded with stopped
 #: rows, whose f(z) is never read): see :data:`noisydeq.noise.STABLE_ROWS`

@@ -14,7 +14,6 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from noisydeq.config import SolverSpec, coerce
 from noisydeq.errors import NoisyDEQError
 from noisydeq.solvers.anderson import Anderson
 from noisydeq.solvers.broyden import Broyden
@@ -23,6 +22,8 @@ from noisydeq.solvers.loop import Method, run_loop
 from noisydeq.solvers.solution import Solution
 from noisydeq.solvers.stochastic import Stochastic
 from noisydeq.solvers.unroll import Unroll
+from noisydeq.specs.base import coerce
+from noisydeq.specs.solver import SolverSpec
 
 SOLVERS: dict[str, Callable[[SolverSpec, Tensor], Method]] = {
     "unroll": Unroll,

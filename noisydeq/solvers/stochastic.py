@@ -16,8 +16,8 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from noisydeq.config import SolverSpec
 from noisydeq.solvers.stop import Window
+from noisydeq.specs.solver import SolverSpec
 
 
 class Stochastic:

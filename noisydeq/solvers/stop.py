@@ -20,9 +20,9 @@ from collections import deque
 import torch
 from torch import Tensor
 
-from noisydeq.config import SolverSpec
 from noisydeq.errors import NoisyDEQError
 from noisydeq.solvers.draws import Draws
+from noisydeq.specs.solver import SolverSpec
 
 
 class Window:

@@ -22,8 +22,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from noisydeq.config import NoiseSpec
 from noisydeq.noise import Noise, NoiseStream, derive_seed
+from noisydeq.specs.noise import NoiseSpec
 from noisydeq.tasks.base import sample_correct
 
 

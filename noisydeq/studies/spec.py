@@ -20,17 +20,11 @@ from typing import Any, Literal
 from pydantic import Field, field_validator, model_validator
 
 from noisydeq import limits
-from noisydeq.config import (
-    SNR_SCALES,
-    InfFloat,
-    ModelSpec,
-    NoiseSpec,
-    SolverSpec,
-    StrictModel,
-    TrainSpec,
-    build,
-    check_choice,
-)
+from noisydeq.specs.base import InfFloat, StrictModel, build, check_choice
+from noisydeq.specs.model import ModelSpec
+from noisydeq.specs.noise import SNR_SCALES, NoiseSpec
+from noisydeq.specs.solver import SolverSpec
+from noisydeq.specs.training import TrainSpec
 
 Budget = Literal["train", "scaled"]
 
@@ -133,14 +127,14 @@ class StudySpec(StrictModel):
     @field_validator("train_snr_db", "test_snr_db", mode="before")
     @classmethod
     def _grid(cls, v: Any, info: Any) -> list[float]:
-        from noisydeq.config import _snr_list
+        from noisydeq.specs.noise import snr_list
 
-        return _snr_list(v, info.field_name)
+        return snr_list(v, info.field_name)
 
     @field_validator("fixed_snr_db", mode="before")
     @classmethod
     def _one(cls, v: Any) -> float | None:
-        from noisydeq.config import parse_snr_value
+        from noisydeq.specs.noise import parse_snr_value
 
         return None if v is None else parse_snr_value(v)
 

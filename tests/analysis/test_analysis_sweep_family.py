@@ -13,9 +13,9 @@ from analysis_family import make_family, rows, run  # noqa: E402
 from noisydeq.analysis.family import load_family, load_family_task  # noqa: E402
 from noisydeq.analysis.locate import locate  # noqa: E402
 from noisydeq.cli import main  # noqa: E402
-from noisydeq.config import SweepSpec, atomic_write_text, dumps_toml  # noqa: E402
+from noisydeq.config import SweepSpec, dumps_toml  # noqa: E402
 from noisydeq.errors import NoisyDEQError  # noqa: E402
-from noisydeq.store import sign_text  # noqa: E402
+from noisydeq.store import atomic_write_text, sign_text  # noqa: E402
 
 
 @pytest.fixture(scope="module")

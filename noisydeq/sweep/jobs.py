@@ -7,7 +7,7 @@ the trained family from the cache the parent just filled, take pairs from a shar
 (largest models first, for balance) and send each finished cell's rows back; the parent
 evaluates pairs too and is the only process that writes the run directory (one writer per
 run directory: :mod:`noisydeq.results`). Each process uses one torch thread
-(:func:`noisydeq.sweep.resolve_jobs`). A worker's error ends the sweep with its one-line
+(:func:`noisydeq.sweep.plan.resolve_jobs`). A worker's error ends the sweep with its one-line
 message; finished cells are kept, and a sweep killed mid-way resumes as a sequential one.
 
 Process hygiene: a worker dies with its parent, whatever killed the parent (kill -9
@@ -32,13 +32,13 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from noisydeq.config import SweepSpec
 from noisydeq.errors import NoisyDEQError
+from noisydeq.specs.sweep import SweepSpec
 
 _DONE, _CELL, _ERROR = "done", "cell", "error"
 _PR_SET_PDEATHSIG = 1
 #: a worker's set-up: (spec, run dir) -> (cell runner, models); given by the sweep, so this
-#: module imports nothing of it (noisydeq.sweep imports this one)
+#: module imports nothing of it (noisydeq.sweep.write imports this one)
 Setup = Callable[[SweepSpec, str], tuple[Any, Sequence[Any]]]
 
 
@@ -101,7 +101,7 @@ def run_parallel(
 ) -> None:
     """Evaluate ``pairs`` with this process and ``jobs - 1`` spawned workers; each worker
     builds its runner and models with ``setup`` (a module-level function, sent by name:
-    :func:`noisydeq.sweep.worker_runner`). It travels pickled and is unpickled — which imports
+    :func:`noisydeq.sweep.write.worker_runner`). It travels pickled and is unpickled — which imports
     its module, torch included — only after the worker has tied its life to the parent's."""
     ctx = mp.get_context("spawn")
     work, results = ctx.Queue(), ctx.Queue()

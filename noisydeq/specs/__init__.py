@@ -1,0 +1,8 @@
+"""The specs by domain, from the ground up (the public re-export is :mod:`noisydeq.config`).
+
+``base`` (strict pydantic base, one-line errors, choices) → ``toml`` (load/dump) →
+``noise`` (SNR grammar, :class:`NoiseSpec`), ``solver``, ``model`` → ``cell`` →
+``device`` (a sweep's device choices), ``optimizer`` (a training run's options) →
+``training`` (:class:`TrainSpec` and its presets) → ``family`` → ``sweep`` →
+``experiment``. Each module imports only modules to its left; none imports torch.
+"""

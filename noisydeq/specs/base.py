@@ -1,0 +1,207 @@
+"""The ground of every spec: a strict pydantic base, one-line validation errors, choices.
+
+:class:`StrictModel` refuses unknown keys (with a "did you mean" for a misspelt one),
+booleans where numbers belong and non-finite floats unless a field is :data:`InfFloat`.
+:func:`build` / :func:`coerce` turn a pydantic error into one :class:`NoisyDEQError` line;
+:func:`check_choice` and :func:`suggest_name` are the one "unknown value; did you mean"
+message every spec's name fields share.
+"""
+
+from __future__ import annotations
+
+import difflib
+from typing import Annotated, Any, TypeVar, Union, get_args, get_origin
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+)
+
+from noisydeq.errors import NoisyDEQError
+
+M = TypeVar("M", bound="StrictModel")
+
+
+def _numeric(annotation: Any) -> bool:
+    """True when ``annotation`` is int/float, optionally inside Optional, list or Annotated."""
+    if annotation in (int, float):
+        return True
+    origin = get_origin(annotation)
+    if origin in (Union, list, tuple, Annotated) or str(origin) == "<class 'types.UnionType'>":
+        return any(_numeric(a) for a in get_args(annotation) if a is not type(None))
+    return False
+
+
+def _has_bool(value: Any) -> bool:
+    if isinstance(value, bool):
+        return True
+    return isinstance(value, (list, tuple)) and any(isinstance(v, bool) for v in value)
+
+
+#: a float field that may be ``inf`` (an SNR in dB: ``inf`` = no noise)
+InfFloat = Annotated[float, Field(allow_inf_nan=True)]
+
+
+class StrictModel(BaseModel):
+    """Base of every spec: unknown keys are errors, values are validated on assignment.
+
+    Numbers are strict: ``true``/``false`` is not a number, and floats must be finite
+    unless a field is declared :data:`InfFloat` (SNRs in dB).
+    """
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False,
+                              allow_inf_nan=False)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bool_numbers(cls, value: Any, info: Any) -> Any:
+        field = cls.model_fields.get(info.field_name)
+        if field is not None and _has_bool(value) and _numeric(field.annotation) and not (
+                _accepts_bool(field.annotation)):
+            raise ValueError(f"expected a number, got a boolean ({str(value).lower()})")
+        return value
+
+
+def _accepts_bool(annotation: Any) -> bool:
+    if annotation is bool:
+        return True
+    return any(_accepts_bool(a) for a in get_args(annotation))
+
+
+# ----------------------------------------------------------------------------- errors
+
+
+def _known_fields(model: type[BaseModel], loc: tuple) -> list[str]:
+    """Field names valid at ``loc`` (a pydantic error location) inside ``model``."""
+    current: Any = model
+    for part in loc[:-1]:
+        if isinstance(part, int) or current is None:
+            continue
+        fields = getattr(current, "model_fields", {})
+        if part not in fields:
+            return []
+        current = _spec_of(fields[part].annotation)
+    return list(getattr(current, "model_fields", {}) or [])
+
+
+def _spec_of(ann: Any) -> type[BaseModel] | None:
+    """The spec class of a field annotation (``Spec`` or ``Spec | None``), else None."""
+    for cand in (ann, *get_args(ann)):
+        if isinstance(cand, type) and issubclass(cand, BaseModel):
+            return cand
+    return None
+
+
+def _field_info(model: type[BaseModel], loc: tuple) -> Any:
+    """The pydantic ``FieldInfo`` at ``loc`` inside ``model`` (None when not found)."""
+    current: Any = model
+    info = None
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        fields = getattr(current, "model_fields", None)
+        if not fields or part not in fields:
+            return info
+        info = fields[part]
+        current = _spec_of(info.annotation)
+    return info
+
+
+def _allowed_range(model: type[BaseModel], loc: tuple) -> str:
+    """``allowed: 1 ≤ value ≤ 24`` from a numeric field's constraints ('' when none)."""
+    info = _field_info(model, loc)
+    if info is None:
+        return ""
+    low = high = ""
+    for m in info.metadata:
+        for attr, sym, side in (("gt", "<", "low"), ("ge", "≤", "low"),
+                                ("lt", "<", "high"), ("le", "≤", "high")):
+            v = getattr(m, attr, None)
+            if v is not None:
+                if side == "low":
+                    low = f"{v:g} {sym} "
+                else:
+                    high = f" {sym} {v:g}"
+    finite = "" if _is_int(info.annotation) else "finite, "
+    if not (low or high):
+        return ""
+    return f"allowed: {finite}{low}value{high}"
+
+
+def _is_int(annotation: Any) -> bool:
+    return annotation is int or any(_is_int(a) for a in get_args(annotation))
+
+
+def format_validation_error(err: ValidationError, model: type[BaseModel], where: str = "") -> str:
+    """One readable line for a pydantic error, with a "did you mean" for unknown keys and
+    the allowed range for a non-finite or boolean number."""
+    parts = []
+    for e in err.errors():
+        loc = tuple(e["loc"])
+        name = ".".join(str(p) for p in loc) or model.__name__
+        if e["type"] == "extra_forbidden":
+            known = _known_fields(model, loc)
+            close = difflib.get_close_matches(str(loc[-1]), known, n=1)
+            hint = f"; did you mean '{close[0]}'?" if close else ""
+            allowed = f" (allowed: {', '.join(known)})" if known and not close else ""
+            parts.append(f"unknown key '{name}'{hint}{allowed}")
+        else:
+            msg = e["msg"].removeprefix("Value error, ")
+            if e["type"] == "finite_number" or "got a boolean" in msg:
+                rng = _allowed_range(model, loc)
+                msg = f"{msg} ({rng})" if rng else msg
+            parts.append(f"{name}: {msg}")
+    prefix = f"{where}: " if where else ""
+    return prefix + "; ".join(parts)
+
+
+def build(model: type[M], data: dict[str, Any] | None = None, where: str = "", **kw: Any) -> M:
+    """Validate ``data`` into ``model``; raise :class:`NoisyDEQError` with one readable line."""
+    payload = dict(data or {})
+    payload.update(kw)
+    try:
+        return model.model_validate(payload)
+    except ValidationError as err:
+        raise NoisyDEQError(format_validation_error(err, model, where)) from None
+
+
+def coerce(model: type[M], spec: M | dict[str, Any] | None, where: str) -> M:
+    """Accept a ``model`` instance, a plain dict (validated strictly, "did you mean" errors)
+    or ``None`` (the model's defaults); anything else is one clear error naming ``where``."""
+    if spec is None:
+        return model()
+    if isinstance(spec, model):
+        return spec
+    if isinstance(spec, dict):
+        return build(model, spec, where=where)
+    raise NoisyDEQError(
+        f"{where}: expected a {model.__name__} or dict, got {type(spec).__name__}"
+    )
+
+
+def suggest_name(kind: str, value: str, allowed: tuple[str, ...]) -> str:
+    """"unknown KIND 'VALUE'; did you mean …? (allowed: …)": the one message of every name
+    field that is not one of its ``allowed`` values."""
+    close = difflib.get_close_matches(str(value), allowed, n=1)
+    hint = f"; did you mean '{close[0]}'?" if close else ""
+    return f"unknown {kind} '{value}'{hint} (allowed: {', '.join(allowed)})"
+
+
+def check_choice(value: Any, allowed: tuple[str, ...], kind: str = "value") -> str:
+    """``value`` if it is one of ``allowed``, else a ValueError with a "did you mean"
+    (:func:`suggest_name`; a field validator's error is prefixed with the field name: one
+    line)."""
+    if isinstance(value, str) and value in allowed:
+        return value
+    raise ValueError(suggest_name(kind, value, allowed))
+
+
+def choice_of(allowed: tuple[str, ...], kind: str = "value") -> Any:
+    """The type of a name field: a ``str`` that must be one of ``allowed``
+    (:func:`check_choice`), e.g. ``snr_scale: SnrScale = "realised"`` with
+    ``SnrScale = choice_of(SNR_SCALES)``; ``Name | None`` leaves ``None`` alone."""
+    return Annotated[str, AfterValidator(lambda v: check_choice(v, allowed, kind))]

@@ -1,0 +1,151 @@
+"""Noise specs and the SNR grammar (paper Eq. 3-4 multiplicative, Eq. 8 additive).
+
+SNR ranges (``0:30``, ``0:30:2``, ``0,10,20,inf``) are parsed here so the command line and
+every spec share one grammar; :class:`NoiseSpec` says where and how a model is perturbed.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from noisydeq import limits
+from noisydeq.errors import NoisyDEQError
+from noisydeq.specs.base import InfFloat, StrictModel, choice_of
+
+#: SNR scales of multiplicative noise (``noisydeq.noise``): ``realised`` (the realised SNR
+#: equals the nominal one at every width) or ``paper`` (Eq. 4 literally per element:
+#: realised SNR = nominal − 10·log10(d))
+SNR_SCALES = ("realised", "paper")
+SnrScale = choice_of(SNR_SCALES)
+
+
+def parse_snr_value(text: str | float | int) -> float:
+    """One SNR in dB: a number, or ``inf`` (no noise)."""
+    if isinstance(text, str) and len(text) > 40:
+        raise NoisyDEQError(f"SNR value '{text[:20]}…' ({len(text)} characters) is not a "
+                            "number of dB or 'inf'")
+    if isinstance(text, (int, float)) and not isinstance(text, bool):
+        value = float(text)
+    else:
+        s = str(text).strip().lower()
+        if s in {"inf", "+inf", "infinity", "none", "∞"}:
+            return math.inf
+        try:
+            value = float(s)
+        except ValueError:
+            raise NoisyDEQError(
+                f"SNR value '{text}' is not a number of dB or 'inf'"
+            ) from None
+    if math.isnan(value) or value == -math.inf:
+        raise NoisyDEQError(f"SNR value '{text}' must be a finite number of dB or 'inf'")
+    if math.isinf(value) and not isinstance(text, (int, float)):  # e.g. 1e309 overflowed
+        raise NoisyDEQError(f"SNR value '{text}' is too large (write 'inf' for no noise)")
+    if math.isfinite(value) and not limits.SNR_MIN_DB <= value <= limits.SNR_MAX_DB:
+        raise NoisyDEQError(
+            f"SNR value '{text}' dB is outside {limits.SNR_MIN_DB:g}..{limits.SNR_MAX_DB:g} dB "
+            "(or inf = no noise)"
+        )
+    return value
+
+
+def parse_snr_range(text: str) -> list[float]:
+    """Parse an SNR grid in dB.
+
+    ``a:b`` is a to b inclusive in 1 dB steps, ``a:b:s`` uses step s, and a comma list
+    (``0,10,20,inf``) is taken as given; forms can be mixed (``0:20:5,inf``).
+    The result is sorted and de-duplicated.
+    """
+    if not isinstance(text, str) or not text.strip():
+        raise NoisyDEQError("--snr: empty SNR grid (use e.g. 0:30, 0:30:2 or 0,10,20,inf)")
+    values: list[float] = []
+    for part in text.split(","):
+        part = part.strip()
+        if not part:
+            raise NoisyDEQError(f"--snr '{text}': empty item in the list")
+        if ":" in part:
+            fields = part.split(":")
+            if len(fields) not in (2, 3):
+                raise NoisyDEQError(f"--snr '{part}': a range is start:stop or start:stop:step")
+            start, stop = parse_snr_value(fields[0]), parse_snr_value(fields[1])
+            step = parse_snr_value(fields[2]) if len(fields) == 3 else 1.0
+            if math.isinf(start) or math.isinf(stop) or math.isinf(step):
+                raise NoisyDEQError(f"--snr '{part}': range ends and step must be finite")
+            if step <= 0:
+                raise NoisyDEQError(f"--snr '{part}': step must be positive, got {step:g}")
+            if start > stop:
+                raise NoisyDEQError(f"--snr '{part}': start {start:g} is above stop {stop:g}")
+            n = int(math.floor((stop - start) / step + 1e-9)) + 1
+            if n + len(values) > limits.MAX_SNR_LEVELS:
+                raise NoisyDEQError(
+                    f"--snr '{part}': {n} levels; a grid holds at most "
+                    f"{limits.MAX_SNR_LEVELS} (use a larger step)"
+                )
+            values.extend(round(start + i * step, 10) for i in range(n))
+        else:
+            values.append(parse_snr_value(part))
+    if len(values) > limits.MAX_SNR_LEVELS:
+        raise NoisyDEQError(
+            f"--snr: {len(values)} levels; a grid holds at most {limits.MAX_SNR_LEVELS}"
+        )
+    return sorted(set(values))
+
+
+SNRValue = float
+
+
+def snr_list(value: Any, field: str) -> list[float]:
+    """An SNR grid from a string (``0:30:2,inf``), one number, or a list of numbers/strings."""
+    if isinstance(value, str):
+        try:
+            return parse_snr_range(value)
+        except NoisyDEQError as err:
+            raise ValueError(str(err).replace("--snr", field)) from None
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        value = [value]
+    if not isinstance(value, (list, tuple)) or not value:
+        raise ValueError(f"{field} must be a non-empty SNR grid such as '0:30' or [0, 10, inf]")
+    if len(value) > limits.MAX_SNR_LEVELS:
+        raise ValueError(f"{field}: {len(value)} levels; a grid holds at most "
+                         f"{limits.MAX_SNR_LEVELS}")
+    try:
+        return sorted({parse_snr_value(v) for v in value})
+    except NoisyDEQError as err:
+        raise ValueError(f"{field}: {err}") from None
+
+
+class NoiseSpec(StrictModel):
+    """Where and how a model is perturbed (paper Eq. 3-4 multiplicative, Eq. 8 additive).
+
+    ``site``: ``input`` (x), ``state`` (z), ``signal`` (pre-activation) or ``none``.
+    ``snr_db`` applies to multiplicative noise (``inf`` = no noise); ``eta`` to additive.
+    ``snr_scale`` (:data:`SNR_SCALES`): ``realised`` (default) scales the noise so the
+    realised per-sample SNR ‖y‖²/‖ε‖² equals ``snr_db`` at every width; ``paper`` applies
+    Eq. 4 literally per element (std ‖y‖/√SNR), a realised SNR of snr_db − 10·log10(d).
+    """
+
+    site: Literal["none", "input", "state", "signal"] = "none"
+    kind: Literal["multiplicative", "additive"] = "multiplicative"
+    snr_db: InfFloat = math.inf
+    eta: float = Field(default=0.0, ge=0.0, le=1e6)
+    snr_scale: SnrScale = "realised"
+
+    @field_validator("snr_db", mode="before")
+    @classmethod
+    def _parse_snr(cls, v: Any) -> float:
+        return parse_snr_value(v)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> NoiseSpec:
+        return self
+
+    @property
+    def active(self) -> bool:
+        """True when this spec injects any noise."""
+        if self.site == "none":
+            return False
+        if self.kind == "multiplicative":
+            return not math.isinf(self.snr_db)
+        return self.eta > 0.0

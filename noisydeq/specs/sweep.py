@@ -1,0 +1,175 @@
+"""A sweep: trained families × inference SNR grid × chip instances (:class:`SweepSpec`)."""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Literal
+
+from pydantic import Field, field_validator, model_serializer, model_validator
+
+from noisydeq import limits
+from noisydeq.specs.base import InfFloat
+from noisydeq.specs.cell import CellSpec
+from noisydeq.specs.device import DIGITAL_TRAINING, Calibration, NoiseMode
+from noisydeq.specs.family import FamilyChoices
+from noisydeq.specs.model import LyapunovSpec, MonotoneSpec
+from noisydeq.specs.noise import parse_snr_range, snr_list
+from noisydeq.specs.solver import SolverSpec
+
+
+class SweepSpec(FamilyChoices):
+    """A sweep: trained model families × inference SNR grid × chip instances (issue 4).
+
+    ``noise_site = "device"`` sweeps the SNR of the hardware model (``device`` calibrated to
+    each SNR); ``signal`` / ``state`` / ``input`` sweep the paper's multiplicative model noise
+    (Eq. 3-4) at that site while the weights run on ``device`` (usually ``ideal``).
+    ``noise_mode`` (device noise): which part of the device's noise the swept SNR sets —
+    ``physical`` (default: the total SNR; below each layer's native SNR only dynamic noise
+    grows, above it both parts shrink together), ``dynamic`` (the dynamic SNR; static noise
+    at its physical level), ``static`` (the static SNR; reads at their physical level) or
+    ``both`` (the total SNR, one scale on every source); docs/devices.md. ``calibration``:
+    ``network`` (default) calibrates every layer on the inputs it sees in the noisy network,
+    ``clean`` on the clean activations.
+    ``seeds`` and ``train_snr_db`` are grids too: one family is trained per (seed, train SNR).
+    ``kinds`` may also hold the certified-robustness kinds ``mondeq`` / ``ffw_relu``, whose
+    options are ``monotone`` (:class:`MonotoneSpec`).
+    ``ffw_form`` and ``snr_scale`` (:class:`FamilyChoices`): the FFW layer form, and how the
+    model-noise SNRs (swept and training) are read — ``realised`` (realised SNR = nominal at
+    every width) or ``paper`` (Eq. 4 literally, nominal − 10·log10(width)); model noise only
+    (a device calibrates to the realised SNR of its MVMs). ``test_solver``: the DEQs'
+    evaluation solver in place of the preset's (e.g. the paper preset's window-40 solver for
+    quick-trained models swept down to 0 dB).
+    ``lyapunov``: settings of the ``lyadeq`` members (:class:`LyapunovSpec`; needs
+    ``"lyadeq"`` in ``kinds``). ``cell``: the members' cell and its options
+    (:class:`CellSpec`, e.g. ``"conv"`` or ``{name = "conv1d", weight_norm = false}``; a
+    per-position task needs ``conv1d`` or ``residual``).
+    """
+
+    input_act: Literal["relu", "silu", "identity"] = "relu"
+    train_snr_db: list[InfFloat] = Field(default_factory=lambda: [math.inf])
+    train_site: Literal["signal", "state", "input"] = "signal"
+    train_preset: str = "quick"
+    epochs: int | None = Field(default=None, ge=0, le=limits.MAX_EPOCHS)
+    device: str = "rram"
+    noise_site: Literal["device", "signal", "state", "input"] = "device"
+    noise_mode: NoiseMode = "physical"
+    calibration: Calibration = "network"
+    snr_db: list[InfFloat] = Field(default_factory=lambda: parse_snr_range("0:30"))
+    chips: int = Field(default=3, ge=1, le=limits.MAX_CHIPS)
+    seeds: list[int] = Field(default_factory=lambda: [0])
+    torch_device: str = "cpu"
+    max_rows: int = Field(default=4096, ge=1, le=limits.MAX_ROWS)
+    max_train_samples: int | None = Field(default=None, ge=1, le=limits.MAX_SAMPLES)
+    max_test_samples: int | None = Field(default=None, ge=1, le=limits.MAX_SAMPLES)
+    fixed_snr_db: list[InfFloat] = Field(default_factory=lambda: [0.0])
+    batched: bool = True
+    test_solver: SolverSpec | None = None
+    monotone: MonotoneSpec | None = None
+    lyapunov: LyapunovSpec | None = None
+    cell: CellSpec = Field(default_factory=CellSpec)
+    train_device: list[str] = Field(default_factory=list)
+    train_device_snr_db: list[InfFloat] = Field(default_factory=list)
+    train_noise_mode: NoiseMode = "physical"
+    digital_layers: list[str] = Field(default_factory=list)
+
+    @field_validator("train_device", "digital_layers", mode="before")
+    @classmethod
+    def _names(cls, v: Any, info: Any) -> list[str]:
+        if isinstance(v, str):
+            v = [p.strip() for p in v.split(",") if p.strip()]
+        if not isinstance(v, (list, tuple)) or not all(isinstance(p, str) and p for p in v):
+            raise ValueError(f"{info.field_name} must be a list of names")
+        if len(v) > limits.MAX_SEEDS:
+            raise ValueError(f"{info.field_name}: {len(v)} entries; at most {limits.MAX_SEEDS}")
+        return list(dict.fromkeys(v))
+
+    @field_validator("train_device_snr_db", mode="before")
+    @classmethod
+    def _train_device_grid(cls, v: Any) -> list[float]:
+        return [] if v in ([], (), None, "") else snr_list(v, "train_device_snr_db")
+
+    @model_validator(mode="after")
+    def _train_device_options(self) -> SweepSpec:
+        hardware = [d for d in self.train_device if d != DIGITAL_TRAINING]
+        if not hardware:
+            for name, unset in (("train_device_snr_db", []), ("train_noise_mode", "physical")):
+                if getattr(self, name) != unset:
+                    raise ValueError(f"{name}: set for a training device, but train_device "
+                                     "names none")
+        return self
+
+    def training_devices(self) -> list[tuple[str | None, float | None]]:
+        """The (training device, its SNR) of each family of a seed and training SNR:
+        ``[(None, None)]`` (digital training) unless ``train_device`` names devices —
+        then one per device and ``train_device_snr_db`` level (None: the device's native
+        SNR), and ``(None, None)`` for an entry ``none``."""
+        if not self.train_device:
+            return [(None, None)]
+        levels: list[float | None] = list(self.train_device_snr_db) or [None]
+        out: list[tuple[str | None, float | None]] = []
+        for dev in self.train_device:
+            if dev == DIGITAL_TRAINING:
+                out.append((None, None))
+            else:
+                out += [(dev, lvl) for lvl in levels]
+        return out
+
+    @model_serializer(mode="wrap")
+    def _omit_plain_cell(self, handler: Any) -> dict[str, Any]:
+        # added later: the default cell is left out so earlier sweeps keep their identity
+        data = handler(self)
+        if data.get("cell") == "mlp":
+            data.pop("cell")
+        # hardware-aware training, added later: left out unset (earlier identities stay)
+        for key, unset in (("train_device", []), ("train_device_snr_db", []),
+                           ("train_noise_mode", "physical"), ("digital_layers", [])):
+            if key in data and data[key] == unset:
+                data.pop(key)
+        return data
+
+    @field_validator("snr_db", "train_snr_db", "fixed_snr_db", mode="before")
+    @classmethod
+    def _grid(cls, v: Any, info: Any) -> list[float]:
+        return snr_list(v, info.field_name)
+
+    @model_validator(mode="after")
+    def _scale_for_model_noise(self) -> SweepSpec:
+        if self.snr_scale != "realised" and self.noise_site == "device":
+            raise ValueError(
+                f"snr_scale '{self.snr_scale}' applies to the paper's model noise; with "
+                "noise_site 'device' the device is calibrated to the realised SNR of its "
+                "MVMs (use noise_site signal, state or input)"
+            )
+        return self
+
+    @field_validator("seeds", "kinds", "train_snr_db", mode="after")
+    @classmethod
+    def _non_empty(cls, v: list, info: Any) -> list:
+        if not v:
+            raise ValueError(f"{info.field_name} must not be empty")
+        if len(v) > limits.MAX_SEEDS:
+            raise ValueError(f"{info.field_name}: {len(v)} entries; at most {limits.MAX_SEEDS}")
+        return list(dict.fromkeys(v))
+
+    @model_validator(mode="after")
+    def _mode_needs_device(self) -> SweepSpec:
+        if self.noise_site != "device" and self.noise_mode in ("static", "both"):
+            raise ValueError(
+                f"noise_mode '{self.noise_mode}' sets part of a device's noise "
+                f"(noise_site = 'device'); model noise at '{self.noise_site}' is dynamic"
+            )
+        return self
+
+    @property
+    def swept_mode(self) -> str:
+        """The noise mode the results report: the device's, or ``dynamic`` for model noise
+        (drawn at every evaluation)."""
+        return self.noise_mode if self.noise_site == "device" else "dynamic"
+
+    @field_validator("seeds", mode="after")
+    @classmethod
+    def _seed_range(cls, v: list[int]) -> list[int]:
+        for s in v:
+            if not 0 <= s <= limits.MAX_SEED:
+                raise ValueError(f"seed {s} is outside 0..2^63-1")
+        return v

@@ -1,0 +1,182 @@
+"""Plan: which models (the trained families, :func:`family_models`), which cells (the
+level chunks of every (model, chip) pair and which of them a run directory still lacks:
+:class:`CellRunner`), and how many processes evaluate them (:func:`resolve_jobs`).
+
+:meth:`CellRunner.run_pair` computes a pair's missing cells (:mod:`noisydeq.sweep.evaluate`)
+and hands each one's rows to a ``save`` callback: the run directory in the driver, the
+queue to the driver in a worker process.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from noisydeq.results import RunDir
+from noisydeq.runtime import job_count, resolve_torch_device
+from noisydeq.specs.sweep import SweepSpec
+from noisydeq.sweep.base import CELL_VERSION, SweepModel, fmt_db, level_chunks
+from noisydeq.sweep.evaluate import evaluate_cell, layer_rows, stats_rows
+from noisydeq.sweep.hardware import Hardware
+
+ModelProvider = Callable[[SweepSpec, Any, bool], list[SweepModel]]
+
+
+def family_models(spec: SweepSpec, task: Any, progress: bool = True) -> list[SweepModel]:
+    """Trained (or cached) depth-matched families, one per (seed, training SNR) of ``spec``.
+
+    Uses :func:`noisydeq.families.train_family`; members come back in depth order, DEQ then
+    FFW, as evaluated and tabulated.
+    """
+    from noisydeq.families import family_spec_for_sweep, train_family
+
+    log = None
+    if progress:
+        from noisydeq.progress import write
+
+        log = write
+    out = []
+    for seed in spec.seeds:
+        for tsnr in spec.train_snr_db:
+            for dev, dsnr in spec.training_devices():
+                fspec = family_spec_for_sweep(spec, seed, tsnr, dev, dsnr)
+                family = train_family(fspec, task, torch_device=spec.torch_device,
+                                      quiet=not progress, log=log)
+                members = sorted(family.members, key=lambda m: (m.depth, m.kind))
+                out += [
+                    SweepModel(m.model, m.kind, m.depth, m.width, m.params, seed, tsnr,
+                               dev, dsnr)
+                    for m in members
+                ]
+    return out
+
+
+def _test_tensors(task: Any, spec: SweepSpec, torch_device: torch.device) -> tuple[Tensor, Tensor]:
+    x, y = task.x_test, task.y_test
+    if spec.max_test_samples is not None:
+        x, y = x[: spec.max_test_samples], y[: spec.max_test_samples]
+    return x.to(torch_device), y.to(torch_device)
+
+
+def resolve_jobs(
+    jobs: int | str | None, spec: SweepSpec, pending_pairs: int, parallel_ok: bool = True
+) -> int:
+    """Evaluation processes for a sweep: :func:`noisydeq.runtime.job_count` of ``jobs``.
+
+    ``auto`` (default) = one process per CPU core, at most one per pending (model, chip)
+    pair. Cells are independent and deterministic, so any number of processes gives the
+    same table — but with more than one, *every* process evaluates with one torch thread
+    (so a cell is computed alike by whichever process takes it), which equals
+    ``--jobs 1 --threads 1``: the thread count changes floating-point rounding. On this
+    2-core machine one process with two threads evaluated the default sweep in 20 s, two
+    single-threaded processes in 13 s: the per-level device reads are many small
+    operations, which two threads barely share. Parallel evaluation needs models that a
+    worker can load (the family cache) and the CPU; otherwise one process is used.
+    """
+    n = job_count(jobs)
+    if not parallel_ok or resolve_torch_device(spec.torch_device).type != "cpu":
+        return 1
+    return max(1, min(n, pending_pairs))
+
+
+class CellRunner:
+    """Evaluates the cells of (model, chip) pairs and saves them into the run directory."""
+
+    def __init__(
+        self, spec: SweepSpec, task: Any, run_dir: RunDir, hardware: Hardware,
+        torch_device: torch.device,
+    ) -> None:
+        self.spec, self.run_dir, self.hardware = spec, run_dir, hardware
+        from noisydeq.results import columns_for
+
+        run_dir.columns = columns_for(spec)
+        self.torch_device = torch_device
+        self.task_name = task.name
+        self.x, self.y = _test_tensors(task, spec, torch_device)
+        self.classification = task.kind == "classification"
+        self.metric = "accuracy" if self.classification else "mse"
+        self.rows_per_batch, self.chunks = level_chunks(spec.snr_db, self.x.shape[0],
+                                                        spec.max_rows)
+        calib_x = getattr(task, "x_train", None)
+        self.calib_x = None if calib_x is None else calib_x[:512].to(torch_device)
+        self.content = self._content()
+        self._model_hashes: dict[int, str] = {}
+
+    def _content(self) -> str:
+        """Digest of every input of a cell's results besides the model and its place: the
+        resolved device spec (not its path), noise mode, calibration, the test and
+        calibration data and the package's code (:func:`~noisydeq.hardware.calibration_store
+        .code_fingerprint`)."""
+        import hashlib
+
+        from noisydeq.hardware.calibration_store import code_fingerprint
+        from noisydeq.results import device_identity
+        from noisydeq.store import hash_tensor
+
+        h = hashlib.blake2b(digest_size=10)
+        h.update(repr((device_identity(self.spec), self.spec.swept_mode, self.spec.calibration,
+                       code_fingerprint())).encode())
+        for t in (self.x, self.y, self.calib_x):
+            if t is not None:
+                hash_tensor(h, t.detach().cpu())
+        return h.hexdigest()
+
+    def key(self, sm: SweepModel, chip: int, levels: Sequence[float]) -> str:
+        """Cell key: version, model id and weights digest, chip, levels and
+        :meth:`_content`."""
+        from noisydeq.store import init_hash
+
+        mh = self._model_hashes.get(id(sm.model))
+        if mh is None:
+            mh = self._model_hashes[id(sm.model)] = init_hash(sm.model)
+        return (f"v{CELL_VERSION}|{sm.model_id}|{mh}|chip{chip}|"
+                + ",".join(fmt_db(s) for s in levels) + f"|{self.content}")
+
+    def expected(self, sm: SweepModel, chip: int, levels: Sequence[float]) -> list[dict]:
+        """What the rows of a cell must say (everything but the measured values)."""
+        fixed = {"task": self.task_name, "model_id": sm.model_id, "kind": sm.kind,
+                 "depth": int(sm.depth), "width": int(sm.width), "params": int(sm.params),
+                 "seed": int(sm.seed), "train_snr_db": float(sm.train_snr_db),
+                 "device": self.spec.device, "noise_site": self.spec.noise_site,
+                 "noise_mode": self.spec.swept_mode,
+                 "chip": int(chip), "metric": self.metric, "n_samples": int(self.x.shape[0]),
+                 **{k: v for k, v in sm.training_columns(self.spec).items()
+                    if not (isinstance(v, float) and math.isnan(v))}}
+        return [{**fixed, "snr_db": float(s)} for s in levels]
+
+    def load(self, sm: SweepModel, chip: int, levels: Sequence[float]) -> list[dict] | None:
+        """The saved rows of a cell (checked against :meth:`expected`), or None."""
+        return self.run_dir.load_cell(self.key(sm, chip, levels), self.expected(sm, chip, levels))
+
+    def missing(self, sm: SweepModel, chip: int) -> list[list[float]]:
+        """The level chunks of (sm, chip) not yet saved in the run directory."""
+        return [ch for ch in self.chunks if self.load(sm, chip, ch) is None]
+
+    def run_pair(
+        self, sm: SweepModel, chip: int, on_cell: Callable[[int], None],
+        todo: list[list[float]] | None = None,
+        save: Callable[[str, list[dict[str, Any]], list[dict[str, Any]]], None] | None = None,
+    ) -> None:
+        """Compute and save the missing cells of ``sm`` on chip ``chip`` (``todo``: the
+        level chunks :meth:`missing` gave, when the caller already asked; ``save(key,
+        rows, layers)``: where a finished cell goes, default the run directory — a worker
+        process hands it to the driver instead)."""
+        save = self.run_dir.save_cell if save is None else save
+        todo = self.missing(sm, chip) if todo is None else todo
+        if not todo:
+            return
+        sm.model.to(self.torch_device).eval()
+        deployed = self.hardware.chip(sm.model, sm.seed, chip, self.calib_x)
+        for levels in todo:
+            stats = evaluate_cell(
+                sm, deployed, self.x, self.y, levels, chip, self.spec, self.hardware,
+                self.classification, self.rows_per_batch, self.spec.batched,
+            )
+            rows = stats_rows(sm, stats, levels, chip, self.spec, self.task_name, self.metric)
+            save(self.key(sm, chip, levels), rows,
+                 layer_rows(sm, stats, levels, chip, self.spec))
+            on_cell(1)

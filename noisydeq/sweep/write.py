@@ -1,0 +1,180 @@
+"""Write: the driver of a sweep, the only writer of its run directory.
+
+:func:`run_sweep` validates everything, opens (or resumes) the run directory, plans the
+missing cells, evaluates them in this process or with spawned workers
+(:mod:`noisydeq.sweep.jobs`, whose rows come back here to be saved), and writes the table,
+the per-layer table, the figures and the digests.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from noisydeq.errors import NoisyDEQError
+from noisydeq.results import RunDir
+from noisydeq.runtime import num_threads, resolve_torch_device, thread_plan
+from noisydeq.specs.sweep import SweepSpec
+from noisydeq.sweep.base import SweepModel
+from noisydeq.sweep.hardware import Hardware
+from noisydeq.sweep.plan import CellRunner, ModelProvider, family_models, resolve_jobs
+
+
+@dataclass
+class SweepResult:
+    """What :func:`run_sweep` produced."""
+
+    rows: list[dict[str, Any]]
+    run_dir: RunDir
+    native_snr_db: float
+    computed_cells: int
+    skipped_cells: int
+    figures: list[Path] = field(default_factory=list)
+    #: static / dynamic / total native SNR of the device's reference MVM (dB)
+    native_parts: dict[str, float] = field(default_factory=dict)
+
+
+
+def worker_runner(spec: SweepSpec, out_dir: str) -> tuple[CellRunner, list[SweepModel]]:
+    """A spawned worker's runner and models (:func:`noisydeq.sweep.jobs.run_parallel`): the
+    task and the family reloaded from the cache the parent filled, the run directory
+    ``out_dir`` (the parent writes it; the worker sends its cells back)."""
+    from noisydeq.tasks import load_task
+
+    task = load_task(spec.task, data_dir=spec.data_dir, seed=spec.seeds[0])
+    models = family_models(spec, task, progress=False)
+    runner = CellRunner(spec, task, RunDir(out_dir), Hardware(spec),
+                        resolve_torch_device(spec.torch_device))
+    return runner, models
+
+
+def run_sweep(
+    spec: SweepSpec,
+    out_dir: str | Path,
+    *,
+    task: Any = None,
+    models: Sequence[SweepModel] | ModelProvider | None = None,
+    progress: bool = True,
+    on_cell: Callable[[int], None] | None = None,
+    plots: bool = True,
+    title: str = "",
+    threads: str | None = None,
+    jobs: int | str | None = None,
+) -> SweepResult:
+    """Run (or resume) the sweep ``spec`` into ``out_dir``; returns the tidy table.
+
+    ``task`` / ``models`` default to ``noisydeq.tasks.load_task`` and the trained family of
+    ``noisydeq.families``; tests pass their own. ``on_cell(n)`` is called after the n-th cell
+    computed in this process is saved (used to test interruption). ``threads``: the torch
+    thread counts of training and evaluation (:func:`noisydeq.runtime.thread_plan`; ``None``
+    reads ``$NOISYDEQ_THREADS``), each phase's restored after it. ``jobs``: evaluation
+    processes (:func:`resolve_jobs`; ``None`` reads ``$NOISYDEQ_JOBS``, default ``auto``).
+
+    Everything is validated before anything is written; the run directory is locked for
+    the whole run (a second sweep on the same ``out_dir`` waits for this one).
+    """
+    train_threads, eval_threads = thread_plan(threads)
+    torch_device = resolve_torch_device(spec.torch_device)
+    if task is None:
+        from noisydeq.tasks import load_task
+
+        task = load_task(spec.task, data_dir=spec.data_dir, seed=spec.seeds[0])
+    hardware = Hardware(spec)  # validates the device before anything is written
+    if models is None:
+        from noisydeq.families import check_sweep_families
+
+        check_sweep_families(spec, task)  # presets, overrides, memory: before any write
+    run_dir = RunDir(out_dir)
+    fresh = not run_dir.open(spec)
+    try:
+        return _run_open(spec, run_dir, task, hardware, models, progress, on_cell, plots,
+                         title, train_threads, eval_threads, torch_device, jobs, fresh)
+    finally:
+        run_dir.close()
+
+
+def _run_open(
+    spec: SweepSpec, run_dir: RunDir, task: Any, hardware: Hardware,
+    models: Sequence[SweepModel] | ModelProvider | None, progress: bool,
+    on_cell: Callable[[int], None] | None, plots: bool, title: str,
+    train_threads: int | None, eval_threads: int | None, torch_device: torch.device,
+    jobs: int | str | None, fresh: bool,
+) -> SweepResult:
+    """The body of :func:`run_sweep` once its run directory is open and locked
+    (``fresh``: created by this run)."""
+    from noisydeq.progress import progress as progress_bar
+
+    if models is None:
+        models = family_models
+    # worker processes can rebuild the models only when they come from the family cache
+    models_from_cache = models is family_models
+    if callable(models):
+        with num_threads(train_threads):
+            models = models(spec, task, progress)
+    models = list(models)
+
+    runner = CellRunner(spec, task, run_dir, hardware, torch_device)
+    pairs = [(i, chip) for i, sm in enumerate(models) for chip in range(spec.chips)]
+    todo = {p: runner.missing(models[p[0]], p[1]) for p in pairs}
+    pending = [p for p in pairs if todo[p]]
+    if pending:  # unreachable targets: one line, before any cell (a new run dir is removed)
+        try:
+            with num_threads(eval_threads):
+                hardware.check_reachable([models[i] for i in sorted({i for i, _ in pending})],
+                                         runner.calib_x)
+        except NoisyDEQError:
+            if fresh:
+                run_dir.discard()
+            raise
+    n_jobs = resolve_jobs(jobs, spec, len(pending), parallel_ok=models_from_cache)
+    total = len(pairs) * len(runner.chunks)
+    bar = progress_bar(total=total, desc="sweep", unit="cells", disable=not progress,
+                       initial=total - sum(len(t) for t in todo.values()))
+    computed = 0
+
+    def cell_done(_n: int) -> None:
+        nonlocal computed
+        computed += 1
+        bar.update(1)
+        if on_cell is not None:
+            on_cell(computed)
+
+    if n_jobs > 1:
+        from noisydeq.sweep.jobs import run_parallel
+
+        with num_threads(1):  # every process evaluates with one thread (see resolve_jobs)
+            run_parallel(spec, runner, models, pending, n_jobs, cell_done, worker_runner)
+    else:
+        with num_threads(eval_threads):
+            for i, chip in pending:
+                runner.run_pair(models[i], chip, cell_done, todo[(i, chip)])
+    all_rows: list[dict[str, Any]] = []
+    all_layers: list[dict[str, Any]] = []
+    for sm in models:
+        for chip in range(spec.chips):
+            for levels in runner.chunks:
+                key = runner.key(sm, chip, levels)
+                rows = runner.load(sm, chip, levels)
+                if rows is None:
+                    raise NoisyDEQError(f"sweep: cell {sm.model_id} chip {chip} was not written")
+                all_rows.extend(rows)
+                all_layers.extend(run_dir.load_cell_layers(key))
+    skipped = total - computed
+    bar.close()
+    run_dir.write_table(all_rows)
+    if all_layers:
+        run_dir.write_layer_table(all_layers)
+    result = SweepResult(all_rows, run_dir, hardware.native_snr_db(), computed, skipped,
+                         native_parts=hardware.native_parts())
+    if plots and all_rows:
+        from noisydeq.plots import plot_sweep
+
+        result.figures = plot_sweep(
+            all_rows, run_dir.figures, spec, result.native_snr_db, title=title
+        )
+    run_dir.seal(result.figures)
+    return result
