@@ -221,3 +221,44 @@ def test_analysis_commands_take_a_study_run_dir(tmp_path):
                       catch_exceptions=False)
     assert r.exit_code == 0, r.output
     assert "deq" in r.output and "ffw" in r.output
+
+
+@pytest.mark.parametrize("sets,expected", [
+    (["seeds=[abc]"], "[quick]: seeds: Input should be a valid list"),
+    (['models={deq={kind="deq", cell="conv1d", widht=3}}'],
+     "[quick]: models.deq: unknown key 'widht'; did you mean 'width'?"),
+    (["train={lr=-1}"], "[quick]: train: lr: Input should be greater than 0"),
+    (['models={deq={kind="deq", train={lr=-1}}}'],
+     "[quick]: models.deq.train: lr: Input should be greater than 0"),
+    (["budget=1"], "[quick]: budget: must be a table"),
+    (["--full", "fixed_snr_db=5"], "[full]: fixed_snr_db 5 is not in test_snr_db"),
+])
+def test_study_errors_name_fields_not_classes(capsys, sets, expected):
+    """A bad study is one line naming the user's keys once — no internal class names
+    (StudyFile, StudySpec, BudgetSpec) and no doubled prefixes (``train: train:``)."""
+    from tests.cli_helpers import run_cli
+
+    path = ROOT / "noisydeq" / "experiments" / "algorithmic-prefix-sums.toml"
+    argv = ["study", str(path)]
+    for s in sets:
+        argv += [s] if s.startswith("--") else ["--set", s]
+    code, _out, err = run_cli(argv, capsys)
+    errors = [ln for ln in err.splitlines() if ln.startswith("noisydeq: error:")]
+    assert code == 2 and len(errors) == 1, err
+    assert expected in errors[0], errors[0]
+    for internal in ("StudyFile", "StudySpec", "BudgetSpec", "TrainSpec", "ModelSpec",
+                     "train: train", "model: model", "instance of"):
+        assert internal not in errors[0], errors[0]
+
+
+def test_broken_experiment_file_is_one_line_without_class_names(tmp_path, capsys):
+    from tests.cli_helpers import run_cli
+
+    text = (ROOT / "noisydeq" / "experiments" / "algorithmic-prefix-sums.toml").read_text(
+        encoding="utf-8")
+    bad = tmp_path / "bad.toml"
+    bad.write_text(text.replace("seeds = [0, 1, 2]", 'seeds = "x"', 1), encoding="utf-8")
+    code, _out, err = run_cli(["study", str(bad), "--quick"], capsys)
+    errors = [ln for ln in err.splitlines() if ln.startswith("noisydeq: error:")]
+    assert code == 2 and len(errors) == 1, err
+    assert errors[0] == f"noisydeq: error: {bad}: [full]: seeds: Input should be a valid list"

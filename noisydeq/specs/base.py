@@ -154,7 +154,10 @@ def format_validation_error(err: ValidationError, model: type[BaseModel], where:
             if e["type"] == "finite_number" or "got a boolean" in msg:
                 rng = _allowed_range(model, loc)
                 msg = f"{msg} ({rng})" if rng else msg
-            parts.append(f"{name}: {msg}")
+            if e["type"] == "model_type":  # pydantic names the class: say what to write
+                msg = "must be a table ({key = value, …})"
+            # a model-level check (empty location) carries its own field names
+            parts.append(f"{name}: {msg}" if loc else msg)
     prefix = f"{where}: " if where else ""
     return prefix + "; ".join(parts)
 

@@ -55,14 +55,15 @@ class StudyModel(StrictModel):
         own["model"] = {**own.get("model", {}), **rest}
         return own
 
-    @field_validator("model")
-    @classmethod
-    def _fields(cls, v: dict[str, Any]) -> dict[str, Any]:
-        reserved = [k for k in ("in_features", "out_features") if k in v]
+    @model_validator(mode="after")
+    def _fields(self) -> StudyModel:
+        """The model fields are checked here, at the model's own location (the user writes
+        them flat, ``models.NAME.width``, not under ``model``)."""
+        reserved = [k for k in ("in_features", "out_features") if k in self.model]
         if reserved:
             raise ValueError(f"'{reserved[0]}' comes from the task")
-        build(ModelSpec, {"in_features": 1, "out_features": 1, **v}, where="model")
-        return v
+        build(ModelSpec, {"in_features": 1, "out_features": 1, **self.model})
+        return self
 
     def spec(self, task: Any) -> ModelSpec:
         """The :class:`ModelSpec` for ``task`` (in/out sizes, input shape)."""
@@ -158,7 +159,7 @@ class StudySpec(StrictModel):
     @field_validator("train")
     @classmethod
     def _train(cls, v: dict[str, Any]) -> dict[str, Any]:
-        build(TrainSpec, v, where="train")
+        build(TrainSpec, v)  # pydantic prefixes the field name
         return v
 
     @model_validator(mode="after")

@@ -14,8 +14,12 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from noisydeq.noise import derive_seed
-from noisydeq.tasks.shift import ShiftTask, check_count, check_positive_number
+from noisydeq.tasks.shift import (
+    ShiftTask,
+    check_count,
+    check_positive_number,
+    generated_task,
+)
 
 SIDE = 20
 TRAIN_SCALE = 1.0
@@ -43,30 +47,15 @@ def load(
 ) -> ShiftTask:
     """``n_train`` training and ``n_test`` held-out pairs at ``scale`` (seeded)."""
     scale = check_scale(scale)
-    check_count("n_train", n_train)
-    check_count("n_test", n_test)
     check_count("side", side)
 
     def make(s: float, n: int, sd: int) -> tuple[Tensor, Tensor]:
         return make_pairs(s, n, sd, side)
 
-    x, y = make(scale, n_train + n_test, derive_seed(seed, "matrix_add", "train"))
-    return ShiftTask(
-        name="matrix_add",
-        kind="regression",
-        x_train=x[:n_train],
-        y_train=y[:n_train],
-        x_test=x[n_train:],
-        y_test=y[n_train:],
-        in_features=2 * side * side,
-        out_features=side * side,
-        seed=seed,
+    return generated_task(
+        "matrix_add", "regression", make=make, check=check_scale, shift_name="scale",
+        train_shift=scale, test_shifts=TEST_SCALES, seed=seed, n_train=n_train,
+        n_test=n_test, in_features=2 * side * side, out_features=side * side,
         source=f"generated: pairs of {side}x{side} matrices, entries U(-{scale:g}, {scale:g})",
         options={"scale": scale, "n_train": n_train, "n_test": n_test, "side": side},
-        shift_name="scale",
-        train_shift=scale,
-        test_shifts=TEST_SCALES,
-        per_position=False,
-        make=make,
-        check=check_scale,
     )

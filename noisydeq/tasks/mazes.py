@@ -25,8 +25,7 @@ import torch
 from torch import Tensor
 
 from noisydeq.errors import NoisyDEQError
-from noisydeq.noise import derive_seed
-from noisydeq.tasks.shift import ShiftTask, check_count
+from noisydeq.tasks.shift import ShiftTask, check_count, generated_task
 
 TRAIN_SIZE = 9
 TEST_SIZES = (9, 13, 17, 21, 25, 27, 29, 31, 33, 35, 37, 59)
@@ -125,26 +124,11 @@ def load(
 ) -> ShiftTask:
     """``n_train`` training and ``n_test`` held-out mazes of ``size`` (seeded)."""
     size = check_size(size)
-    check_count("n_train", n_train)
-    check_count("n_test", n_test)
-    x, y = make(size, n_train + n_test, derive_seed(seed, "mazes", "train"))
-    return ShiftTask(
-        name="mazes",
-        kind="classification",
-        x_train=x[:n_train],
-        y_train=y[:n_train],
-        x_test=x[n_train:],
-        y_test=y[n_train:],
-        in_features=3,
-        out_features=2,
-        seed=seed,
+    return generated_task(
+        "mazes", "classification", make=make, check=check_size, shift_name="size",
+        train_shift=size, test_shifts=TEST_SIZES, seed=seed, n_train=n_train, n_test=n_test,
+        in_features=3, out_features=2,
         source=f"generated: {size}x{size} perfect mazes (randomised DFS), BFS path labels",
         in_shape=(3, size, size),
-        options={"size": size, "n_train": n_train, "n_test": n_test},
-        shift_name="size",
-        train_shift=size,
-        test_shifts=TEST_SIZES,
-        per_position=True,
-        make=make,
-        check=check_size,
+        options={"size": size, "n_train": n_train, "n_test": n_test}, per_position=True,
     )

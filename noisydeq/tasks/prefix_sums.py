@@ -17,8 +17,7 @@ import torch
 from torch import Tensor
 
 from noisydeq.errors import NoisyDEQError
-from noisydeq.noise import derive_seed
-from noisydeq.tasks.shift import ShiftTask, check_count
+from noisydeq.tasks.shift import ShiftTask, check_count, generated_task
 
 TRAIN_LENGTH = 32
 TEST_LENGTHS = (16, 18, 20, 24, 32, 64, 72, 128, 256, 512)
@@ -55,26 +54,10 @@ def load(
 ) -> ShiftTask:
     """``n_train`` training and ``n_test`` held-out strings of ``length`` bits (seeded)."""
     length = check_length(length)
-    check_count("n_train", n_train)
-    check_count("n_test", n_test)
-    x, y = make(length, n_train + n_test, derive_seed(seed, "prefix_sums", "train"))
-    return ShiftTask(
-        name="prefix_sums",
-        kind="classification",
-        x_train=x[:n_train],
-        y_train=y[:n_train],
-        x_test=x[n_train:],
-        y_test=y[n_train:],
-        in_features=1,
-        out_features=2,
-        seed=seed,
-        source=f"generated: {length}-bit strings, cumulative parity",
-        in_shape=(1, length),
-        options={"length": length, "n_train": n_train, "n_test": n_test},
-        shift_name="length",
-        train_shift=length,
-        test_shifts=TEST_LENGTHS,
-        per_position=True,
-        make=make,
-        check=check_length,
+    return generated_task(
+        "prefix_sums", "classification", make=make, check=check_length, shift_name="length",
+        train_shift=length, test_shifts=TEST_LENGTHS, seed=seed, n_train=n_train,
+        n_test=n_test, in_features=1, out_features=2,
+        source=f"generated: {length}-bit strings, cumulative parity", in_shape=(1, length),
+        options={"length": length, "n_train": n_train, "n_test": n_test}, per_position=True,
     )

@@ -56,6 +56,30 @@ class ShiftTask(Task):
         return self.make(shift, n, derive_seed(self.seed, self.name, "test", float(shift)))
 
 
+def generated_task(
+    name: str, kind: str, *, make: Maker, check: Callable[[float], float], shift_name: str,
+    train_shift: float, test_shifts: tuple[float, ...], seed: int, n_train: int, n_test: int,
+    in_features: int, out_features: int, source: str, options: dict,
+    in_shape: tuple[int, ...] | None = None, per_position: bool = False,
+) -> ShiftTask:
+    """The :class:`ShiftTask` of a generator: ``n_train + n_test`` samples at ``train_shift``
+    drawn by ``make`` from ``derive_seed(seed, name, "train")``, the first ``n_train`` for
+    training and the rest held out. Sizes are validated (one line) before anything is made."""
+    from noisydeq.noise import derive_seed
+
+    train_shift = check(train_shift)
+    check_count("n_train", n_train)
+    check_count("n_test", n_test)
+    x, y = make(train_shift, n_train + n_test, derive_seed(seed, name, "train"))
+    return ShiftTask(
+        name=name, kind=kind,  # type: ignore[arg-type]
+        x_train=x[:n_train], y_train=y[:n_train], x_test=x[n_train:], y_test=y[n_train:],
+        in_features=in_features, out_features=out_features, seed=seed, source=source,
+        in_shape=in_shape, options=options, shift_name=shift_name, train_shift=train_shift,
+        test_shifts=test_shifts, per_position=per_position, make=make, check=check,
+    )
+
+
 def check_count(name: str, value: int, minimum: int = 1) -> int:
     """A whole number of samples ≥ ``minimum``, or one line naming the field."""
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
