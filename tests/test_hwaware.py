@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 from click.testing import CliRunner
-from torch import nn
+from torch import Tensor, nn
 
 from noisydeq.config import FamilySpec, SweepSpec, TrainSpec, build
 from noisydeq.errors import NoisyDEQError
@@ -57,19 +57,94 @@ def _device_loss(model: nn.Module, task, device: str, snr: float, chips: range) 
     return sum(losses) / len(losses)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "measured the other way: after 3 epochs on digits the rram-trained Tiny MLP has a "
-    "higher device-evaluated loss (0.80) than its digital twin (0.72) on the same chips at "
-    "3 dB; also at 0 dB over 6 epochs and on the 'snr' device. Open question: the "
-    "straight-through estimator at low SNR, or too few steps for robustness to pay off"))
-def test_device_trained_model_beats_its_digital_twin_on_the_device(digits):
-    spec = TrainSpec(epochs=3, batch_size=32, lr=3e-3, seed=0)
+@pytest.mark.parametrize("device, snr, epochs, lr", [("snr", 5.0, 3, 3e-3),
+                                                   ("rram", 3.0, 10, 1e-2)])
+def test_device_trained_model_beats_its_digital_twin_on_the_device(digits, device, snr,
+                                                                   epochs, lr):
+    """Measured (seeds 0-2, chips 100-102, test loss on the device, device − digital):
+    snr 5 dB 3 epochs −0.040 [−0.051, −0.032]; rram 3 dB 10 epochs lr 1e-2 −0.059
+    [−0.065, −0.048] (30 epochs lr 3e-3: −0.088 [−0.091, −0.085]). With the plain
+    straight-through gradient the same runs were +0.024 and +0.61 (worse the longer it
+    trained). Not yet at 3 rram epochs with lr 3e-3 (+0.100: the device-trained model is
+    still undertrained, clean loss 0.42 vs 0.32), nor at 0 dB (20 epochs: +0.007, ±0.03)."""
+    spec = TrainSpec(epochs=epochs, batch_size=32, lr=lr, seed=0)
     digital = train_model(_tiny(), digits, spec).model
     on_chip = train_model(_tiny(), digits, spec.model_copy(
-        update={"device": "rram", "device_snr_db": 3.0})).model
+        update={"device": device, "device_snr_db": snr})).model
     chips = range(100, 103)  # the same chips for both, none of them seen in training
-    ours, twin = (_device_loss(m, digits, "rram", 3.0, chips) for m in (on_chip, digital))
-    assert ours < twin, (ours, twin)
+    ours, twin = (_device_loss(m, digits, device, snr, chips) for m in (on_chip, digital))
+    assert ours < twin - 0.02, (ours, twin)
+
+
+def _frozen(layer: DeviceLayer, x: Tensor) -> Tensor:
+    """The layer's device output (no bias) for ``x`` with draws fixed by sample index."""
+    layer.stream = NoiseStream.from_seed(5, samples=torch.arange(len(x)))
+    with torch.no_grad():
+        return layer.device_output(x, layer.resolve_controls(len(x)))
+
+
+@pytest.mark.parametrize("name", ["rram", "photonic", "snr"])
+def test_scaled_gradient_is_the_device_derivative_along_the_scale(name):
+    """With every draw fixed, the device read of c·W or c·x is c times that of W or x (inputs
+    normalised by max|x|, conductances by max|W|; snr noise ∝ ‖Wx‖), so d/dc L(y(cW)) at
+    c = 1 is Σ g·y_dev: a central difference of the device itself. The scaled estimator's
+    ⟨∇_W L, W⟩ and ⟨∇_x L, x⟩ give it; the plain one gives Σ g·Wx (the noise-free value)."""
+    torch.manual_seed(0)
+    lin = nn.Linear(32, 24, bias=False)
+    layer = get_device(name, snr_db=6.0, chip=2).deploy(lin)
+    x = torch.rand(64, 32) * 2 - 1
+    layer.calib_x = x.clone()
+    g = torch.randn(64, 24)
+    y = _frozen(layer, x)
+    h, w0 = 1e-3, lin.weight.detach().clone()
+
+    def weights(c: float) -> None:
+        with torch.no_grad():  # a new weight version: the chip is programmed again
+            layer.weight.copy_(w0 * c)
+
+    for which in ("W", "x"):
+        ups = []
+        for c in (1 + h, 1 - h):
+            weights(c if which == "W" else 1.0)
+            ups.append(float((g * _frozen(layer, x * (c if which == "x" else 1.0))).sum()))
+        weights(1.0)
+        fd = (ups[0] - ups[1]) / (2 * h)
+        assert fd == pytest.approx(float((g * y).sum()), rel=2e-3), which
+    for on in (True, False):
+        layer.scaled_gradient = on
+        layer.weight.grad = None
+        xr = x.clone().requires_grad_(True)
+        layer.stream = NoiseStream.from_seed(5, samples=torch.arange(len(x)))
+        out = layer(xr)
+        assert torch.allclose(out.detach(), y, atol=1e-6)  # same forward (up to rounding)
+        (g * out).sum().backward()
+        along_w = float((layer.weight.grad * layer.weight.detach()).sum())
+        along_x = float((xr.grad * x).sum())
+        want = float((g * y).sum()) if on else float((g * (x @ lin.weight.detach().T)).sum())
+        assert along_w == pytest.approx(want, rel=1e-4)
+        assert along_x == pytest.approx(want, rel=1e-4)
+
+
+def test_scaled_gradient_of_the_snr_channel_is_the_reparameterised_one():
+    """The snr channel's noise r·‖Wx‖/√d·ξ is smooth in W: with ξ fixed, the scaled
+    estimator's gradient is the full derivative (central differences in a random
+    direction, float64), as signal-noise training's (noise.multiplicative)."""
+    torch.manual_seed(1)
+    lin = nn.Linear(16, 12, bias=False).double()
+    layer = get_device("snr", snr_db=3.0).deploy(lin)
+    layer.scaled_gradient = True
+    x = torch.rand(8, 16, dtype=torch.float64) * 2 - 1
+    layer.calib_x = x.clone()
+    g, v = torch.randn(8, 12, dtype=torch.float64), torch.randn(12, 16, dtype=torch.float64)
+    layer.stream = NoiseStream.from_seed(5, samples=torch.arange(8))
+    (g * layer(x)).sum().backward()
+    w0, h, ups = layer.weight.detach().clone(), 1e-6, []
+    for t in (h, -h):
+        with torch.no_grad():
+            layer.weight.copy_(w0 + t * v)
+        ups.append(float((g * _frozen(layer, x)).sum()))
+    assert float((layer.weight.grad * v).sum()) == pytest.approx((ups[0] - ups[1]) / (2 * h),
+                                                                 rel=1e-6)
 
 
 def test_training_reports_the_device_per_epoch(digits, tmp_path):
@@ -216,3 +291,27 @@ def test_sweep_trains_one_family_per_training_device(tmp_path, monkeypatch):
     assert math.isnan(ids["ffw-d1-w128-s0-tinf"]["train_device_snr_db"])
     assert (out / "figures" / "training_effect.png").is_file()
     assert Path(out / "figures" / "metric_vs_snr-2.png").is_file()
+
+
+@pytest.mark.parametrize("conv", [nn.Conv1d(3, 5, 3, padding=2, dilation=2),
+                                  nn.Conv2d(3, 5, (3, 2), stride=(2, 1), padding=(1, 1)),
+                                  nn.Conv2d(2, 4, 3, padding=3)])
+def test_input_peaks_of_a_convolution_are_the_patch_maxima(conv):
+    from noisydeq.hardware.base import input_peaks
+
+    layer = get_device("rram").deploy(conv)
+    x = torch.randn(2, conv.in_channels, *((9,) if isinstance(conv, nn.Conv1d) else (7, 6)))
+    cols, out_shape = layer._patches(x)  # (B, L, n_in)
+    want = cols.abs().amax(-1).reshape(2, 1, *out_shape)
+    got = input_peaks(x, layer.op, layer.conv, conv.weight.shape[2:])
+    assert torch.equal(got, want)
+
+
+def test_device_training_config_names_its_gradient_and_digital_configs_do_not(digits):
+    from noisydeq.train import DEVICE_GRADIENT, run_config
+
+    cpu = torch.device("cpu")
+    digital = run_config(_tiny(), digits, TrainSpec(), cpu)
+    hw = run_config(_tiny(), digits, TrainSpec(device="snr", device_snr_db=5.0), cpu)
+    assert "device_gradient" not in digital  # digital caches keep their keys
+    assert hw["device_gradient"] == DEVICE_GRADIENT == "scaled-straight-through"

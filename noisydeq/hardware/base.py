@@ -22,7 +22,9 @@ physical values are the *native* ones. A target SNR is turned into knobs by cali
 the layer's own weights and inputs, moving the knob(s) its device's noise mode names
 (:mod:`noisydeq.hardware.modes`). Gradients reach the digital weights through a
 straight-through estimator: the backward pass is the one of the exact layer (paper Eq. 1
-trained hardware-aware).
+trained hardware-aware); with :func:`set_scaled_gradient` (hardware-aware training) it also
+carries the growth of the device error with the weights' and inputs' scale
+(:func:`straight_through`).
 """
 
 from __future__ import annotations
@@ -79,15 +81,49 @@ _REF_CACHE: dict[tuple, Any] = {}  # reference-MVM results by (what, kind, spec,
 CHIP_MATRICES = 8
 
 
-def straight_through(exact: Tensor, device_out: Tensor) -> Tensor:
-    """Value of ``device_out`` with the gradient of ``exact`` (straight-through estimator).
+def straight_through(exact: Tensor, device_out: Tensor, scale: Tensor | None = None) -> Tensor:
+    """Value of ``device_out`` with the gradient of ``exact`` plus, with ``scale``, that of
+    the device error's scale (the *scaled* straight-through estimator).
+
+    The device output is y = W x + e. Plain straight-through (``scale=None``) treats the
+    error e as a constant: right for noise whose size does not depend on W or x (additive
+    noise at a fixed η). Where e is proportional to a differentiable per-vector scale s(W, x)
+    at fixed knobs and draws (a signal-proportional noise: the ``snr`` channel's ‖Wx‖, an
+    RRAM or photonic read's max|W|·max|x|), the forward is y = W x + e·s/sg(s) (sg: stop
+    gradient; the value is unchanged, s/sg(s) = 1), so the gradient also carries
+    e·∇s/s — the reparameterisation gradient of paper Eq. 3-4's noise, whose std follows
+    the signal (:func:`noisydeq.noise.multiplicative` lets gradients flow through it too).
+    Without it the optimiser never sees that a larger weight or input scale raises the
+    noise with the signal, and trains for the exact layer instead.
 
     ``device_out`` is a fresh tensor outside autograd; it is overwritten (one allocation
-    fewer per forward).
+    fewer per forward). ``scale`` broadcasts against it; where sg(s) = 0 the error is kept
+    as a constant.
     """
-    if not exact.requires_grad:
+    if not exact.requires_grad and (scale is None or not scale.requires_grad):
         return device_out
-    return exact + device_out.sub_(exact.detach())
+    err = device_out.sub_(exact.detach())
+    if scale is None or not scale.requires_grad:
+        return exact + err
+    held = scale.detach()
+    ratio = torch.where(held > 0, scale / torch.where(held > 0, held, 1.0), 1.0)
+    return torch.addcmul(exact, err, ratio)
+
+
+def input_peaks(x: Tensor, op: str, conv: Mapping[str, Any] | None = None,
+                kernel: Sequence[int] = ()) -> Tensor:
+    """max |x| of every input vector of a layer's input ``x``, shaped to broadcast against
+    its output: Linear (..., 1); Conv (B, 1, *out) — the largest |x| of each ``kernel``
+    patch over all input channels (max pooling with the convolution's stride, padding and
+    dilation ``conv``; zero padding never wins over |x| ≥ 0)."""
+    if op == "linear":
+        return x.abs().amax(dim=-1, keepdim=True)
+    conv = conv or {}
+    pad = [p for p in reversed(conv["padding"]) for _ in (0, 1)]  # F.pad: last dim first
+    peak = F.pad(x.abs().amax(dim=1, keepdim=True), pad)
+    pool = F.max_pool1d if op == "conv1d" else F.max_pool2d
+    return pool(peak, kernel_size=tuple(kernel), stride=conv["stride"],
+                dilation=conv["dilation"])
 
 
 def control_groups(control: Control, rows: int) -> list[tuple[slice, Knobs]]:
@@ -138,8 +174,12 @@ class DeviceLayer(nn.Module):
         self.layer_name = name
         self.device_model = device
         self.conv: dict[str, Any] = {}
+        #: gradient estimator: plain straight-through (False) or scaled (True, what
+        #: hardware-aware training uses; :func:`straight_through`, :func:`set_scaled_gradient`)
+        self.scaled_gradient = False
         if isinstance(module, DeviceLayer):  # re-deploying a deployed model
             self.op, self.conv = module.op, dict(module.conv)
+            self.scaled_gradient = module.scaled_gradient
         else:
             self.op = {nn.Linear: "linear", nn.Conv1d: "conv1d", nn.Conv2d: "conv2d"}[type(module)]
             if self.op != "linear":
@@ -441,6 +481,19 @@ class DeviceLayer(nn.Module):
     def _mvm(self, x: Tensor, control: Control, stream: NoiseStream) -> Tensor:
         raise NotImplementedError
 
+    def error_scale(self, x: Tensor, exact: Tensor) -> Tensor | None:
+        """A differentiable per-vector scale s(W, x) the device error is proportional to
+        at fixed knobs and draws, broadcasting against the output (:func:`straight_through`),
+        or None when the error does not depend on the weights or inputs."""
+        return None
+
+    def peak_scale(self, x: Tensor) -> Tensor:
+        """max|W| · max|x| per input vector: the scale of a read whose inputs are normalised
+        by their max |x| and whose weights by max|W| (RRAM, photonic): the device output
+        of c·W or c·x is c times that of W or x, with the same draws."""
+        return self.matrix().abs().amax() * input_peaks(x, self.op, self.conv,
+                                                        self.weight.shape[2:])
+
     def _stream(self, device: torch.device) -> NoiseStream:
         if self.stream is None:
             self.stream = NoiseStream.from_seed(derive_seed("dynamic", self.static_seed), device)
@@ -467,7 +520,8 @@ class DeviceLayer(nn.Module):
             self.last_snr_db = measured_snr_db(exact, y)
             self.last_parts = parts_of(self.row_powers(x.detach(), y, control))
         if grad:
-            y = straight_through(exact, y)
+            scale = self.error_scale(x, exact) if self.scaled_gradient else None
+            y = straight_through(exact, y, scale)
         if self.bias is not None:
             bias = self.bias.reshape((1, -1) + (1,) * (y.ndim - 2))
             y = y + bias if torch.is_grad_enabled() and bias.requires_grad else y.add_(bias)
@@ -741,6 +795,15 @@ def set_stream(model: nn.Module, stream: NoiseStream) -> None:
     """Draw the dynamic noise of every device layer from ``stream`` (full batch first)."""
     for layer in device_layers(model).values():
         layer.stream = stream
+
+
+def set_scaled_gradient(model: nn.Module, on: bool = True) -> None:
+    """Backward through every device layer with the scaled straight-through estimator
+    (:func:`straight_through`: the gradient also sees that the device error grows with
+    the weights' and inputs' scale), or the plain one (``on=False``, the default of a
+    deployed layer: the exact layer's backward). Hardware-aware training turns it on."""
+    for layer in device_layers(model).values():
+        layer.scaled_gradient = bool(on)
 
 
 def set_sample_snr(model: nn.Module, snr_db: Tensor | float | None) -> None:

@@ -232,6 +232,11 @@ class PhotonicLayer(DeviceLayer):
         scale = nm.mul_(u * wmax)  # back to W x units: code · u · max|x| · max|W|
         return torch.addcmul(scale.mul(0.5), z, scale, out=z)
 
+    def error_scale(self, x: Tensor, exact: Tensor) -> Tensor:
+        """max|W| · max|x| per vector: transmissions are |W|/max|W| and inputs x/max|x|, so
+        with the same draws the read of c·W or c·x is c times that of W or x."""
+        return self.peak_scale(x)
+
     # ------------------------------------------------------------ knobs
     def native_knobs(self) -> Knobs:
         return (float(self.spec.weight_error_std), float(self.spec.power_w))

@@ -175,6 +175,11 @@ class RRAMLayer(DeviceLayer):
             )
         return y.reshape(*lead, self.n_out)
 
+    def error_scale(self, x: Tensor, exact: Tensor) -> Tensor:
+        """max|W| · max|x| per vector: with the same draws the read of c·W or c·x is c times
+        that of W or x (normalised inputs and conductances), so the error scales with it."""
+        return self.peak_scale(x)
+
     # ------------------------------------------------------------ knobs
     def native_knobs(self) -> Knobs:
         return (1.0, 1.0)
