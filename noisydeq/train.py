@@ -299,12 +299,15 @@ def _on_chip(net: nn.Module, spec: TrainSpec, chip: int, x_calib: Tensor) -> Non
 
 
 def _device_streams(net: nn.Module, rng: _Rng, epoch: int, samples: Tensor) -> None:
-    """Give every device layer of ``net`` its dynamic-noise source for this batch."""
-    from noisydeq.hardware.base import DeviceLayer
+    """Give every device layer of ``net`` its dynamic-noise source for this batch (the
+    streams ``rng.stream("device", epoch, samples, name)``, set up together)."""
+    from noisydeq.hardware.base import device_layers
 
-    for name, layer in net.named_modules():
-        if isinstance(layer, DeviceLayer):
-            layer.stream = rng.stream("device", epoch, samples, name)
+    layers = device_layers(net)
+    keys = [derive_seed(rng.seed, "train", "device", epoch, name) for name in layers]
+    for layer, stream in zip(layers.values(), NoiseStream.many(keys, rng.dev, samples),
+                             strict=True):
+        layer.stream = stream
 
 
 def forward_logits(

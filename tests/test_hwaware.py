@@ -315,3 +315,13 @@ def test_device_training_config_names_its_gradient_and_digital_configs_do_not(di
     hw = run_config(_tiny(), digits, TrainSpec(device="snr", device_snr_db=5.0), cpu)
     assert "device_gradient" not in digital  # digital caches keep their keys
     assert hw["device_gradient"] == DEVICE_GRADIENT == "scaled-straight-through"
+
+
+def test_streams_set_up_together_draw_what_separate_streams_draw():
+    rows = torch.tensor([5, 0, 17, 3])
+    together = NoiseStream.many([11, 12, 13], samples=rows)
+    for seed, stream in zip([11, 12, 13], together, strict=True):
+        alone = NoiseStream.from_seed(seed, samples=rows)
+        for shape in ((4, 7), (4, 3)):  # the second call continues each row's count
+            assert torch.equal(stream.randn(shape, torch.float32, torch.device("cpu")),
+                               alone.randn(shape, torch.float32, torch.device("cpu")))
