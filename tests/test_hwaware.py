@@ -325,3 +325,36 @@ def test_streams_set_up_together_draw_what_separate_streams_draw():
         for shape in ((4, 7), (4, 3)):  # the second call continues each row's count
             assert torch.equal(stream.randn(shape, torch.float32, torch.device("cpu")),
                                alone.randn(shape, torch.float32, torch.device("cpu")))
+
+
+@pytest.mark.parametrize("name", ["rram", "photonic"])
+def test_fused_peak_scaled_gradient_equals_the_generic_formula(name):
+    """A Linear layer's fused backward (no graph of s) equals y = Wx + e·s/sg(s) built from
+    autograd's amax (ties included: inputs with several entries at their max |x|)."""
+    from noisydeq.hardware.base import straight_through
+
+    torch.manual_seed(4)
+    layer = get_device(name, chip=3).deploy(nn.Linear(12, 9))
+    layer.scaled_gradient = True
+    x = (torch.rand(6, 12) * 2 - 1).clamp(-0.8, 0.8)  # ties at ±0.8
+    x[2] = 0.0  # a zero vector: no scale gradient
+    g = torch.randn(6, 9)
+    grads = []
+    for fused in (True, False):
+        layer.peak_scaled = fused
+        layer.weight.grad = layer.bias.grad = None
+        xr = x.clone().requires_grad_(True)
+        layer.stream = NoiseStream.from_seed(1, samples=torch.arange(6))
+        (g * layer(xr)).sum().backward()
+        grads.append((xr.grad, layer.weight.grad.clone(), layer.bias.grad.clone()))
+    layer.stream = NoiseStream.from_seed(1, samples=torch.arange(6))
+    with torch.no_grad():
+        y = layer.device_output(x, layer.resolve_controls(6))
+    xr = x.clone().requires_grad_(True)
+    w = layer.weight.detach().clone().requires_grad_(True)
+    exact = xr @ w.T
+    out = straight_through(exact, y.clone(), w.abs().amax() * xr.abs().amax(-1, keepdim=True))
+    (g * out).sum().backward()
+    for fused, generic in zip(grads[0][:2], (xr.grad, w.grad), strict=True):
+        assert torch.allclose(fused, generic, atol=1e-6, rtol=1e-5)
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(*grads, strict=True))

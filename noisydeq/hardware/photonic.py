@@ -93,6 +93,7 @@ class PhotonicLayer(DeviceLayer):
     """
 
     device_kind = "photonic"
+    peak_scaled = True
     raises_snr = (False, True)
 
     def __init__(self, *args, **kwargs) -> None:

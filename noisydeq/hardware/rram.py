@@ -72,6 +72,7 @@ class RRAMLayer(DeviceLayer):
     """A Linear/Conv layer on an RRAM crossbar; knobs (programming scale, read-noise scale)."""
 
     device_kind = "rram"
+    peak_scaled = True
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
