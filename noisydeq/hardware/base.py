@@ -94,7 +94,9 @@ def straight_through(exact: Tensor, device_out: Tensor, scale: Tensor | None = N
     e·∇s/s — the reparameterisation gradient of paper Eq. 3-4's noise, whose std follows
     the signal (:func:`noisydeq.noise.multiplicative` lets gradients flow through it too).
     Without it the optimiser never sees that a larger weight or input scale raises the
-    noise with the signal, and trains for the exact layer instead.
+    noise with the signal, and trains for the exact layer instead. At a target SNR the
+    layer's forward passes :func:`target_scale` of s (the knob follows the signal, as
+    calibration sets it).
 
     ``device_out`` is a fresh tensor outside autograd; it is overwritten (one allocation
     fewer per forward). ``scale`` broadcasts against it; where sg(s) = 0 the error is kept
@@ -108,6 +110,24 @@ def straight_through(exact: Tensor, device_out: Tensor, scale: Tensor | None = N
     held = scale.detach()
     ratio = torch.where(held > 0, scale / torch.where(held > 0, held, 1.0), 1.0)
     return torch.addcmul(exact, err, ratio)
+
+
+def target_scale(exact: Tensor, scale: Tensor | None) -> Tensor:
+    """The error scale of a layer calibrated to a target SNR: s_b = f_b · RMS(Wx) / RMS(f)
+    over the batch, f the scale at fixed knobs (``scale``; None: a constant, e.g. the
+    additive channel's η).
+
+    Calibration sets the knobs so that the noise power is the signal power over the SNR on
+    the layer's calibration inputs: knob ∝ RMS(Wx)/RMS(f) there. A gradient at fixed
+    knobs lets the optimiser raise the signal against a noise floor that calibration (the
+    next epoch's, and the evaluation's) raises with it; this one follows the calibration,
+    with the batch (training data, like the calibration inputs) in their place. It is
+    exact for the ``snr`` channels (multiplicative: s = ‖Wx_b‖ up to a constant;
+    additive: η ∝ RMS(Wx)) and keeps s homogeneous of degree 1 in W and x."""
+    signal = exact.square().mean().sqrt()
+    if scale is None:
+        return signal
+    return scale * (signal / scale.square().mean().sqrt())
 
 
 class _PeakScaledError(torch.autograd.Function):
@@ -526,6 +546,13 @@ class DeviceLayer(nn.Module):
         or None when the error does not depend on the weights or inputs."""
         return None
 
+    def calibrated_target(self) -> bool:
+        """Whether this layer runs at one target SNR set by calibration (the device's, or
+        one ``sample_snr`` for the whole batch): its knobs then follow the signal power."""
+        if self.sample_snr is None:
+            return self.device_model.target_snr_db is not None
+        return not isinstance(self.sample_snr, Tensor) or self.sample_snr.numel() == 1
+
     def peak_scale(self, x: Tensor) -> Tensor:
         """max|W| · max|x| per input vector: the scale of a read whose inputs are normalised
         by their max |x| and whose weights by max|W| (RRAM, photonic): the device output
@@ -558,10 +585,14 @@ class DeviceLayer(nn.Module):
         if self.measure:
             self.last_snr_db = measured_snr_db(exact, y)
             self.last_parts = parts_of(self.row_powers(x.detach(), y, control))
-        if grad and self.scaled_gradient and self.peak_scaled and self.op == "linear":
+        calibrated = self.scaled_gradient and self.calibrated_target()
+        if (grad and self.scaled_gradient and not calibrated and self.peak_scaled
+                and self.op == "linear"):
             y = exact + _PeakScaledError.apply(y.sub_(exact.detach()), x, self.weight)
         elif grad:
             scale = self.error_scale(x, exact) if self.scaled_gradient else None
+            if calibrated:
+                scale = target_scale(exact, scale)
             y = straight_through(exact, y, scale)
         if self.bias is not None:
             bias = self.bias.reshape((1, -1) + (1,) * (y.ndim - 2))
