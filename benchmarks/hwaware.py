@@ -8,7 +8,7 @@ batch 64, Adam 1e-3, cross-entropy. A step is forward, loss, backward, optimiser
 * ``ours rram`` / ``ours photonic``: the FFW deployed on the preset at its physical values
   and trained as ``noisydeq train --device`` trains (:mod:`noisydeq.train`: counter-based
   read-noise streams per batch, the chip reprogrammed with the current weights at every
-  step, straight-through gradients).
+  step, the scaled straight-through gradient of ``hardware.base.straight_through``).
 * ``aihwkit``: the same FFW through ``convert_to_analog`` with ``TorchInferenceRPUConfig``
   (aihwkit's pure-torch tile; its defaults: 7-bit DAC, 9-bit ADC, output noise 0.06,
   noise management abs-max, iterative bound management), the Wan-2022 ReRAM noise model at
@@ -79,9 +79,11 @@ class _Stepper:
 
 
 def _ours(preset: str, model: nn.Module, data) -> _Stepper:
-    from noisydeq.hardware import get_device
+    from noisydeq.hardware import get_device, set_scaled_gradient
 
-    return _Stepper(get_device(preset, chip=1).deploy(model), data, device_streams=True)
+    net = get_device(preset, chip=1).deploy(model)
+    set_scaled_gradient(net)  # as noisydeq.train deploys
+    return _Stepper(net, data, device_streams=True)
 
 
 def aihwkit_model(model: nn.Module) -> nn.Module:

@@ -6,7 +6,8 @@ Hutchinson estimate of ‖J_f(z*)‖²_F (Table 1: weight 1.0). Training noise (
 signal noise at 0 dB or 10 dB, Eq. 3-4) is passed to the model as a :class:`~noisydeq.noise.Noise`
 with its own seeded stream, so a DEQ draws fresh noise at every solver iteration (Eq. 6).
 With ``spec.device`` the model is deployed on that hardware model and trained through its
-noisy MVMs (hardware-aware training); the digital weights are what is saved.
+noisy MVMs (hardware-aware training) with the scaled straight-through gradient
+(:func:`noisydeq.hardware.base.straight_through`); the digital weights are what is saved.
 
 Randomness is counter-based and addressed by ``spec.seed`` (:class:`_Rng`): the data order of
 an epoch, and the training noise, device noise, random thresholds and Hutchinson probes of a
@@ -46,6 +47,12 @@ from noisydeq.tasks.base import Task
 #: bump when the training procedure changes what a given config produces (cache key).
 #: 2: counter-based random draws (data order, noise, thresholds, probes by epoch and sample)
 TRAIN_SCHEMA = 2
+#: device-in-the-loop runs only (their config carries it; digital caches are unchanged):
+#: the gradient estimator through the device layers. "scaled-straight-through": the device
+#: error's growth with max|W|·max|x| (rram, photonic) or ‖Wx‖ (snr) is differentiated
+#: (noisydeq.hardware.base.straight_through); device-trained models cached before it (plain
+#: straight-through, no such key) are retrained
+DEVICE_GRADIENT = "scaled-straight-through"
 MODEL_FILE = "model.safetensors"
 RESUME_FILE = "resume.safetensors"
 EVAL_BATCH = 1024
@@ -123,8 +130,9 @@ def run_config(
         "torch_device": torch_device.type,
         "versions": {"noisydeq": __version__, "torch": torch.__version__.split("+")[0]},
         # the training device's resolved content (not its name or path): a changed preset
-        # is another training run, never a stale cache entry
-        **({"device_spec": device_content(spec.device)} if spec.device is not None else {}),
+        # is another training run, never a stale cache entry; and the gradient estimator
+        **({"device_spec": device_content(spec.device), "device_gradient": DEVICE_GRADIENT}
+           if spec.device is not None else {}),
     }
 
 
@@ -253,8 +261,12 @@ def _deploy(model: nn.Module, spec: TrainSpec, rng_seed: int) -> nn.Module:
             f"train.device: layers with parametrised weights ({', '.join(held)}) cannot be "
             "trained on a device; train digitally and deploy the trained model"
         )
-    return _train_device(spec, chip_of_epoch(rng_seed, 0)).deploy(
+    from noisydeq.hardware.base import set_scaled_gradient
+
+    net = _train_device(spec, chip_of_epoch(rng_seed, 0)).deploy(
         model, digital_layers=spec.digital_layers or ())
+    set_scaled_gradient(net)  # the gradient sees the error grow with W's and x's scale
+    return net
 
 
 def _calibrate(net: nn.Module, spec: TrainSpec, x: Tensor) -> None:
@@ -279,12 +291,15 @@ def _on_chip(net: nn.Module, spec: TrainSpec, chip: int, x_calib: Tensor) -> Non
 
 
 def _device_streams(net: nn.Module, rng: _Rng, epoch: int, samples: Tensor) -> None:
-    """Give every device layer of ``net`` its dynamic-noise source for this batch."""
-    from noisydeq.hardware.base import DeviceLayer
+    """Give every device layer of ``net`` its dynamic-noise source for this batch (the
+    streams ``rng.stream("device", epoch, samples, name)``, set up together)."""
+    from noisydeq.hardware.base import device_layers
 
-    for name, layer in net.named_modules():
-        if isinstance(layer, DeviceLayer):
-            layer.stream = rng.stream("device", epoch, samples, name)
+    layers = device_layers(net)
+    keys = [derive_seed(rng.seed, "train", "device", epoch, name) for name in layers]
+    for layer, stream in zip(layers.values(), NoiseStream.many(keys, rng.dev, samples),
+                             strict=True):
+        layer.stream = stream
 
 
 def forward_logits(

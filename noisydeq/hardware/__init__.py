@@ -15,6 +15,7 @@ from noisydeq.hardware.base import (
     layer_snr_report,
     set_measure,
     set_sample_snr,
+    set_scaled_gradient,
     set_stream,
 )
 from noisydeq.hardware.in_network import calibrate_in_network, measure_in_network
@@ -41,6 +42,7 @@ __all__ = [
     "preset_names",
     "set_measure",
     "set_sample_snr",
+    "set_scaled_gradient",
     "set_stream",
     "spec_from_dict",
 ]

@@ -22,7 +22,9 @@ physical values are the *native* ones. A target SNR is turned into knobs by cali
 the layer's own weights and inputs, moving the knob(s) its device's noise mode names
 (:mod:`noisydeq.hardware.modes`). Gradients reach the digital weights through a
 straight-through estimator: the backward pass is the one of the exact layer (paper Eq. 1
-trained hardware-aware).
+trained hardware-aware); with :func:`set_scaled_gradient` (hardware-aware training) it also
+carries the growth of the device error with the weights' and inputs' scale
+(:func:`straight_through`).
 """
 
 from __future__ import annotations
@@ -79,15 +81,105 @@ _REF_CACHE: dict[tuple, Any] = {}  # reference-MVM results by (what, kind, spec,
 CHIP_MATRICES = 8
 
 
-def straight_through(exact: Tensor, device_out: Tensor) -> Tensor:
-    """Value of ``device_out`` with the gradient of ``exact`` (straight-through estimator).
+def straight_through(exact: Tensor, device_out: Tensor, scale: Tensor | None = None) -> Tensor:
+    """Value of ``device_out`` with the gradient of ``exact`` plus, with ``scale``, that of
+    the device error's scale (the *scaled* straight-through estimator).
+
+    The device output is y = W x + e. Plain straight-through (``scale=None``) treats the
+    error e as a constant: right for noise whose size does not depend on W or x (additive
+    noise at a fixed η). Where e is proportional to a differentiable per-vector scale s(W, x)
+    at fixed knobs and draws (a signal-proportional noise: the ``snr`` channel's ‖Wx‖, an
+    RRAM or photonic read's max|W|·max|x|), the forward is y = W x + e·s/sg(s) (sg: stop
+    gradient; the value is unchanged, s/sg(s) = 1), so the gradient also carries
+    e·∇s/s — the reparameterisation gradient of paper Eq. 3-4's noise, whose std follows
+    the signal (:func:`noisydeq.noise.multiplicative` lets gradients flow through it too).
+    Without it the optimiser never sees that a larger weight or input scale raises the
+    noise with the signal, and trains for the exact layer instead. At a target SNR the
+    layer's forward passes :func:`target_scale` of s (the knob follows the signal, as
+    calibration sets it).
 
     ``device_out`` is a fresh tensor outside autograd; it is overwritten (one allocation
-    fewer per forward).
+    fewer per forward). ``scale`` broadcasts against it; where sg(s) = 0 the error is kept
+    as a constant.
     """
-    if not exact.requires_grad:
+    if not exact.requires_grad and (scale is None or not scale.requires_grad):
         return device_out
-    return exact + device_out.sub_(exact.detach())
+    err = device_out.sub_(exact.detach())
+    if scale is None or not scale.requires_grad:
+        return exact + err
+    held = scale.detach()
+    ratio = torch.where(held > 0, scale / torch.where(held > 0, held, 1.0), 1.0)
+    return torch.addcmul(exact, err, ratio)
+
+
+def target_scale(exact: Tensor, scale: Tensor | None) -> Tensor:
+    """The error scale of a layer calibrated to a target SNR: s_b = f_b · RMS(Wx) / RMS(f)
+    over the batch, f the scale at fixed knobs (``scale``; None: a constant, e.g. the
+    additive channel's η).
+
+    Calibration sets the knobs so that the noise power is the signal power over the SNR on
+    the layer's calibration inputs: knob ∝ RMS(Wx)/RMS(f) there. A gradient at fixed
+    knobs lets the optimiser raise the signal against a noise floor that calibration (the
+    next epoch's, and the evaluation's) raises with it; this one follows the calibration,
+    with the batch (training data, like the calibration inputs) in their place. It is
+    exact for the ``snr`` channels (multiplicative: s = ‖Wx_b‖ up to a constant;
+    additive: η ∝ RMS(Wx)) and keeps s homogeneous of degree 1 in W and x."""
+    signal = exact.square().mean().sqrt()
+    if scale is None:
+        return signal
+    return scale * (signal / scale.square().mean().sqrt())
+
+
+class _PeakScaledError(torch.autograd.Function):
+    """``err · s/sg(s)`` of :func:`straight_through` for a Linear layer with s = max|W| ·
+    max|x| per input vector (:meth:`DeviceLayer.peak_scale`): the value ``err``, and in
+    the backward ∂L/∂s_b = g_b·err_b/s_b sent to the largest |x_b| and |W| (split over ties,
+    as ``amax``'s backward) without building the graph of s — the same gradient, fewer
+    tensor operations per training step."""
+
+    @staticmethod
+    def forward(ctx: Any, err: Tensor, x: Tensor, w: Tensor) -> Tensor:
+        ctx.save_for_backward(err, x, w)
+        return err.view_as(err)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[None, Tensor | None, Tensor | None]:
+        err, x, w = ctx.saved_tensors
+        rows = x.reshape(-1, x.shape[-1])
+        size = rows.abs()
+        peak = size.amax(dim=-1, keepdim=True)
+        size_w = w.abs()
+        w_max = size_w.amax()
+        scale = peak * w_max
+        dot = (grad.reshape(-1, err.shape[-1]) * err.reshape(-1, err.shape[-1])).sum(
+            dim=-1, keepdim=True)
+        held = scale > 0
+        c = torch.where(held, dot / torch.where(held, scale, 1.0), 0.0)  # ∂L/∂s_b
+        grad_x = grad_w = None
+        if ctx.needs_input_grad[1]:
+            top = size == peak
+            coef = c * w_max / top.sum(dim=-1, keepdim=True)
+            grad_x = (rows.sign() * top * coef).reshape(x.shape)
+        if ctx.needs_input_grad[2]:
+            top_w = size_w == w_max
+            grad_w = w.sign() * top_w * ((c * peak).sum() / top_w.sum())
+        return None, grad_x, grad_w
+
+
+def input_peaks(x: Tensor, op: str, conv: Mapping[str, Any] | None = None,
+                kernel: Sequence[int] = ()) -> Tensor:
+    """max |x| of every input vector of a layer's input ``x``, shaped to broadcast against
+    its output: Linear (..., 1); Conv (B, 1, *out) — the largest |x| of each ``kernel``
+    patch over all input channels (max pooling with the convolution's stride, padding and
+    dilation ``conv``; zero padding never wins over |x| ≥ 0)."""
+    if op == "linear":
+        return x.abs().amax(dim=-1, keepdim=True)
+    conv = conv or {}
+    pad = [p for p in reversed(conv["padding"]) for _ in (0, 1)]  # F.pad: last dim first
+    peak = F.pad(x.abs().amax(dim=1, keepdim=True), pad)
+    pool = F.max_pool1d if op == "conv1d" else F.max_pool2d
+    return pool(peak, kernel_size=tuple(kernel), stride=conv["stride"],
+                dilation=conv["dilation"])
 
 
 def control_groups(control: Control, rows: int) -> list[tuple[slice, Knobs]]:
@@ -128,6 +220,9 @@ class DeviceLayer(nn.Module):
     """
 
     device_kind = "base"
+    #: whether :meth:`error_scale` is :meth:`peak_scale` (a Linear layer's scaled gradient
+    #: then takes the fused :class:`_PeakScaledError`)
+    peak_scaled = False
     #: whether the measured SNR of the part rises with the (static, dynamic) knob
     raises_snr: tuple[bool, bool] = (False, False)
 
@@ -138,8 +233,12 @@ class DeviceLayer(nn.Module):
         self.layer_name = name
         self.device_model = device
         self.conv: dict[str, Any] = {}
+        #: gradient estimator: plain straight-through (False) or scaled (True, what
+        #: hardware-aware training uses; :func:`straight_through`, :func:`set_scaled_gradient`)
+        self.scaled_gradient = False
         if isinstance(module, DeviceLayer):  # re-deploying a deployed model
             self.op, self.conv = module.op, dict(module.conv)
+            self.scaled_gradient = module.scaled_gradient
         else:
             self.op = {nn.Linear: "linear", nn.Conv1d: "conv1d", nn.Conv2d: "conv2d"}[type(module)]
             if self.op != "linear":
@@ -441,6 +540,26 @@ class DeviceLayer(nn.Module):
     def _mvm(self, x: Tensor, control: Control, stream: NoiseStream) -> Tensor:
         raise NotImplementedError
 
+    def error_scale(self, x: Tensor, exact: Tensor) -> Tensor | None:
+        """A differentiable per-vector scale s(W, x) the device error is proportional to
+        at fixed knobs and draws, broadcasting against the output (:func:`straight_through`),
+        or None when the error does not depend on the weights or inputs."""
+        return None
+
+    def calibrated_target(self) -> bool:
+        """Whether this layer runs at one target SNR set by calibration (the device's, or
+        one ``sample_snr`` for the whole batch): its knobs then follow the signal power."""
+        if self.sample_snr is None:
+            return self.device_model.target_snr_db is not None
+        return not isinstance(self.sample_snr, Tensor) or self.sample_snr.numel() == 1
+
+    def peak_scale(self, x: Tensor) -> Tensor:
+        """max|W| · max|x| per input vector: the scale of a read whose inputs are normalised
+        by their max |x| and whose weights by max|W| (RRAM, photonic): the device output
+        of c·W or c·x is c times that of W or x, with the same draws."""
+        return self.matrix().abs().amax() * input_peaks(x, self.op, self.conv,
+                                                        self.weight.shape[2:])
+
     def _stream(self, device: torch.device) -> NoiseStream:
         if self.stream is None:
             self.stream = NoiseStream.from_seed(derive_seed("dynamic", self.static_seed), device)
@@ -466,8 +585,15 @@ class DeviceLayer(nn.Module):
         if self.measure:
             self.last_snr_db = measured_snr_db(exact, y)
             self.last_parts = parts_of(self.row_powers(x.detach(), y, control))
-        if grad:
-            y = straight_through(exact, y)
+        calibrated = self.scaled_gradient and self.calibrated_target()
+        if (grad and self.scaled_gradient and not calibrated and self.peak_scaled
+                and self.op == "linear"):
+            y = exact + _PeakScaledError.apply(y.sub_(exact.detach()), x, self.weight)
+        elif grad:
+            scale = self.error_scale(x, exact) if self.scaled_gradient else None
+            if calibrated:
+                scale = target_scale(exact, scale)
+            y = straight_through(exact, y, scale)
         if self.bias is not None:
             bias = self.bias.reshape((1, -1) + (1,) * (y.ndim - 2))
             y = y + bias if torch.is_grad_enabled() and bias.requires_grad else y.add_(bias)
@@ -741,6 +867,15 @@ def set_stream(model: nn.Module, stream: NoiseStream) -> None:
     """Draw the dynamic noise of every device layer from ``stream`` (full batch first)."""
     for layer in device_layers(model).values():
         layer.stream = stream
+
+
+def set_scaled_gradient(model: nn.Module, on: bool = True) -> None:
+    """Backward through every device layer with the scaled straight-through estimator
+    (:func:`straight_through`: the gradient also sees that the device error grows with
+    the weights' and inputs' scale), or the plain one (``on=False``, the default of a
+    deployed layer: the exact layer's backward). Hardware-aware training turns it on."""
+    for layer in device_layers(model).values():
+        layer.scaled_gradient = bool(on)
 
 
 def set_sample_snr(model: nn.Module, snr_db: Tensor | float | None) -> None:

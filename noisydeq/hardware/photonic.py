@@ -93,6 +93,7 @@ class PhotonicLayer(DeviceLayer):
     """
 
     device_kind = "photonic"
+    peak_scaled = True
     raises_snr = (False, True)
 
     def __init__(self, *args, **kwargs) -> None:
@@ -102,6 +103,8 @@ class PhotonicLayer(DeviceLayer):
         self._enc: OrderedDict[tuple, tuple] = OrderedDict()
         self._err: tuple[tuple, Tensor] | None = None
         self._adc: tuple[tuple, float, Tensor] | None = None
+        #: (inputs key, calibration inputs normalised by their max |x|, the inputs)
+        self._adc_inputs: tuple[tuple, Tensor, Tensor] | None = None
 
     @property
     def spec(self) -> PhotonicSpec:
@@ -125,9 +128,13 @@ class PhotonicLayer(DeviceLayer):
         x = self.calibration_inputs()
         key = (id(x), x._version, self.weight.data_ptr(), self.weight._version)
         if self._adc is None or self._adc[0] != key:  # the entry holds x: ids stay unique
+            x_key = (id(x), x._version)
+            if self._adc_inputs is None or self._adc_inputs[0] != x_key:
+                with torch.no_grad():  # normalised once per inputs (training: per epoch)
+                    nm = x.abs().amax(dim=-1, keepdim=True)
+                    self._adc_inputs = (x_key, x / torch.where(nm > 0, nm, 1.0), x)
+            xn = self._adc_inputs[1]
             with torch.no_grad():
-                nm = x.abs().amax(dim=-1, keepdim=True)
-                xn = x / torch.where(nm > 0, nm, 1.0)
                 w = self.matrix().detach()
                 peak = float((xn @ (w / w.abs().max().clamp(min=1e-12)).T).abs().max())
             scale = sp.adc_headroom * peak if peak > 0 else fixed
@@ -231,6 +238,11 @@ class PhotonicLayer(DeviceLayer):
         z = z.addcmul_(noise, var).clamp_(-h_adc, h_adc).floor_()  # ADC codes − 0.5
         scale = nm.mul_(u * wmax)  # back to W x units: code · u · max|x| · max|W|
         return torch.addcmul(scale.mul(0.5), z, scale, out=z)
+
+    def error_scale(self, x: Tensor, exact: Tensor) -> Tensor:
+        """max|W| · max|x| per vector: transmissions are |W|/max|W| and inputs x/max|x|, so
+        with the same draws the read of c·W or c·x is c times that of W or x."""
+        return self.peak_scale(x)
 
     # ------------------------------------------------------------ knobs
     def native_knobs(self) -> Knobs:

@@ -72,6 +72,7 @@ class RRAMLayer(DeviceLayer):
     """A Linear/Conv layer on an RRAM crossbar; knobs (programming scale, read-noise scale)."""
 
     device_kind = "rram"
+    peak_scaled = True
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
@@ -111,9 +112,10 @@ class RRAMLayer(DeviceLayer):
             w_prog = w_prog.to(w.device, w.dtype)
             w_t = w_t.to(w.device, w.dtype)
             alpha = 1.0
-            if self.spec.drift_compensation:
-                alpha = self._readout(w_prog, s) / self._readout(w_t, s)
-        entry = (w_t, alpha, *row_stats(w_t))
+        stats = row_stats(w_t)
+        if s != 0 and self.spec.drift_compensation:
+            alpha = self._readout(w_prog, s) / self._readout(w_t, s, stats[1])
+        entry = (w_t, alpha, *stats)
         self._chips[key] = entry
         keep = max(CHIP_CACHE_MIN, CHIP_CACHE_BYTES // max(w_t.numel() * w_t.element_size(), 1))
         while len(self._chips) > keep:
@@ -128,7 +130,7 @@ class RRAMLayer(DeviceLayer):
             self._draw = (key, ChipDraw(w_norm, self.spec, self.static_seed, like))
         return self._draw[1]
 
-    def _readout(self, w: Tensor, s: float) -> float:
+    def _readout(self, w: Tensor, s: float, w_rms: float | None = None) -> float:
         """aihwkit GlobalDriftCompensation read-out: mean |forward of the identity|.
 
         The identity and its read-noise draw (seeded by the chip) are the same for every
@@ -141,7 +143,7 @@ class RRAMLayer(DeviceLayer):
             noise = stream.randn((eye.shape[0], w.shape[0]), w.dtype, w.device)
             self._readout_inputs = (key, eye, noise)
         _, eye, noise = self._readout_inputs
-        y = identity_read(self.spec, w, s * self.spec.out_noise, noise)
+        y = identity_read(self.spec, w, s * self.spec.out_noise, noise, w_rms)
         if y is None:
             y = io_forward(self.spec, eye, w, s * self.spec.out_noise, noise)
         return float(y.abs().mean().clamp(min=1e-4))
@@ -174,6 +176,11 @@ class RRAMLayer(DeviceLayer):
                 gain=alpha * wscale, stats=tuple(stats),
             )
         return y.reshape(*lead, self.n_out)
+
+    def error_scale(self, x: Tensor, exact: Tensor) -> Tensor:
+        """max|W| · max|x| per vector: with the same draws the read of c·W or c·x is c times
+        that of W or x (normalised inputs and conductances), so the error scales with it."""
+        return self.peak_scale(x)
 
     # ------------------------------------------------------------ knobs
     def native_knobs(self) -> Knobs:

@@ -29,6 +29,7 @@ sequential rule, at about one matmul plus the passes of vectors that end elsewhe
 
 from __future__ import annotations
 
+import functools
 import math
 from statistics import NormalDist
 
@@ -69,6 +70,7 @@ def row_stats(w: Tensor) -> tuple[float, float]:
     return float(w.abs().sum(dim=1).max()), float(w.square().mean().sqrt())
 
 
+@functools.lru_cache(maxsize=256)
 def _median_max_z(n: int) -> float:
     """z with n·P(|N(0,1)| > z) = ln 2: about the median of the largest of n |normals|."""
     return NormalDist().inv_cdf(1.0 - math.log(2.0) / (2.0 * n))
@@ -203,26 +205,35 @@ def start_level(tile: Tile, x: Tensor, n_out: int, w_rms: float, r_max: int) -> 
     return r
 
 
-def identity_read(spec: RRAMSpec, w: Tensor, out_std: float, noise: Tensor) -> Tensor | None:
+def identity_read(spec: RRAMSpec, w: Tensor, out_std: float, noise: Tensor,
+                  w_rms: float | None = None) -> Tensor | None:
     """``io_forward(spec, I, w, out_std, noise)`` for the identity inputs, without the matmul.
 
     The read-out of aihwkit's global drift compensation sends the unit vectors through the
     tile: e_i has max |x| = 1, DAC code c = round(1/dq) (clipped), so row i's ADC input is
     (dq/dy)·c·W[:, i] + σξ_i — elementwise, where the general path spends an n_in-row
-    matmul. Returns ``None`` when some vector clips at r = 1 (bound management would re-run
-    it): the caller then takes the general path. Equal to it up to the float rounding order
-    of the GEMM's epilogue: on a 339×339 layer 1 of 114,921 codes differs, by one step.
+    matmul. Returns ``None`` when bound management would not start at r = 1 (the start rule
+    of :func:`start_level` for ‖x̂‖ = 1; ``w_rms``: RMS of ``w`` if known) or some vector
+    clips at r = 1: the caller then takes the general path. Equal to it up to the float
+    rounding order of the GEMM's epilogue: on a 339×339 layer 1 of 114,921 codes differs,
+    by one step.
     """
-    tile = Tile(spec, w.new_ones((1, 1)), w, out_std, noise, 1.0)
-    if start_level(tile, w.new_ones((1, 1)), w.shape[0], row_stats(w)[1], bm_limit(spec)) > 1:
-        return None  # a larger starting reduction: the general path decides
-    c = round(1.0 / tile.dq)
-    if tile.clip_in:
-        c = max(-tile.q_max, min(tile.q_max, c))
-    code = torch.add((w.T * c).mul_(tile.alpha), noise, alpha=tile.sigma).round_()
-    if bool((code.abs() > tile.k_max).any()):
+    dq = (1.0 / n_states(spec.dac_bits)) * (2.0 * spec.inp_bound)  # as Tile forms them
+    dy = (1.0 / n_states(spec.adc_bits)) * (2.0 * spec.out_bound)
+    sigma, k_max = float(out_std) / dy, spec.out_bound / dy
+    if bm_limit(spec) > 1:  # start_level's rule with ‖x̂‖² = 1 (its median of one vector)
+        z = _median_max_z(w.shape[0]) / k_max
+        rms = row_stats(w)[1] if w_rms is None else w_rms
+        if 1.0 * (z * rms / dy) ** 2 + (z * sigma) ** 2 > 1:
+            return None  # a larger starting reduction: the general path decides
+    c = round(1.0 / dq)
+    if spec.inp_bound < 1.0:
+        q_max = spec.inp_bound / dq
+        c = max(-q_max, min(q_max, c))
+    code = torch.add((w.T * c).mul_(dq / dy), noise, alpha=sigma).round_()
+    if bool((code.abs() > k_max).any()):
         return None
-    return code.mul_(tile.dy)
+    return code.mul_(dy)
 
 
 def io_forward(

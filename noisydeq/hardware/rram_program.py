@@ -52,52 +52,88 @@ def wan2022_noise_model(spec: RRAMSpec, scale: float = 1.0):
     return ReRamWan2022NoiseModel(g_converter=conv, noise_scale=spec.prog_noise_scale * scale)
 
 
-def _sigma(model, g: Tensor, coeff: list[float]) -> Tensor:
-    """σ(g) of the noise model's polynomial (µS), evaluated as the model does (Horner-free)."""
-    mat: Tensor | float = 1.0
-    sig: Tensor | float = coeff[0]
-    for value in coeff[1:]:
-        mat = mat * (g / model.g_max)
-        sig = sig + mat * value
-    return sig * (model.g_max / model.coeff_g_max_reference)
+#: aihwkit's floor of max|W| in its conductance converters
+_ZERO_CLIP = 1e-7
+
+
+def _sigmas(model, ratio: Tensor, coeffs: list[list[float]]) -> list[Tensor]:
+    """σ(g) (µS) of the noise model's polynomials ``coeffs`` at g/g_max = ``ratio``, in
+    aihwkit's operation order (powers by repeated multiplication, no Horner; in place where
+    aihwkit allocates, the same values), the powers shared by every polynomial and equal
+    polynomials evaluated once (the programming and the 1 s read share theirs):
+    bit-identical to evaluating each as the model does."""
+    unique = [list(c) for c in dict.fromkeys(tuple(c) for c in coeffs)]
+    mat = ratio
+    sigs = [mat * c[1] + c[0] for c in unique]  # c0 + mat·c1 (float + tensor commutes)
+    for k in range(2, len(unique[0])):
+        mat = mat * ratio
+        for sig, c in zip(sigs, unique, strict=True):
+            sig.add_(mat * c[k])
+    unit = model.g_max / model.coeff_g_max_reference
+    done = {tuple(c): sig.mul_(unit) for c, sig in zip(unique, sigs, strict=True)}
+    return [done[tuple(c)] for c in coeffs]
 
 
 class ChipDraw:
-    """One chip's conductance targets, σ's and standard draws; :meth:`program` at any scale."""
+    """One chip's conductance targets, σ's and standard draws; :meth:`program` at any scale.
+
+    The (G+, G−) slices are held as one stacked (2, …) tensor and converted with aihwkit's
+    single-pair converter's own operations (elementwise, so bit-identical to its lists):
+    programming the chip once per training step is a handful of tensor operations."""
 
     def __init__(self, w_norm: Tensor, spec: RRAMSpec, seed: int,
                  like: ChipDraw | None = None) -> None:
         self.spec, self.seed = spec, seed
-        self.model = wan2022_noise_model(spec, 1.0)
+        self.model = like.model if like is not None and like.spec == spec else (
+            wan2022_noise_model(spec, 1.0))
+        conv = self.model.g_converter
+        self.g_min, self.g_max = conv.g_min, conv.g_max
         w = w_norm.detach().to("cpu", torch.float32)
-        self.targets, self.params = self.model.g_converter.convert_to_conductances(w)
+        # SinglePairConductanceConverter.convert_to_conductances, both slices at once
+        self.scale_ratio = (conv.g_max - conv.g_min) / w.abs().max().clamp(min=_ZERO_CLIP)
+        scaled = w * self.scale_ratio
+        self.g = torch.stack([scaled, scaled.neg()]).clamp_(min=0.0, max=conv.g_max)
+        self.g = self.g.add_(conv.g_min)
         coeff = self.model.coeff_dic
-        self.sig_p = [_sigma(self.model, g, coeff[min(coeff)]) for g in self.targets]
-        self.sig_t = [_sigma(self.model, g, coeff[spec.t_inference_s]) for g in self.targets]
-        shapes = [g.shape for g in (*self.targets, *self.targets)]
-        if (like is not None and like.seed == seed
-                and [x.shape for x in like.xi] == shapes):
+        self.sig_prog, self.sig_read = _sigmas(
+            self.model, self.g / self.model.g_max,
+            [coeff[min(coeff)], coeff[spec.t_inference_s]])
+        if like is not None and like.seed == seed and like.g.shape == self.g.shape:
             # the standard draws depend on the seed and shapes only: the same chip
             # reprogrammed with new weights (training) reuses them
-            self.xi = like.xi
+            self.xi_prog, self.xi_read = like.xi_prog, like.xi_read
         else:
             with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(seed)
-                self.xi = [torch.randn_like(g) for g in (*self.targets, *self.targets)]
+                torch.manual_seed(seed)  # aihwkit's order: ξ_p(G+), ξ_p(G−), ξ_t(G+), ξ_t(G−)
+                xi = [torch.randn_like(self.g[0]) for _ in range(4)]
+            self.xi_prog, self.xi_read = torch.stack(xi[:2]), torch.stack(xi[2:])
+
+    @property
+    def targets(self) -> list[Tensor]:
+        """The conductance targets [G+, G−] (µS), as aihwkit's converter lists them."""
+        return list(self.g.unbind(0))
+
+    @property
+    def sig_p(self) -> list[Tensor]:
+        """σ_p(G+), σ_p(G−): programming noise std (µS)."""
+        return list(self.sig_prog.unbind(0))
+
+    @property
+    def sig_t(self) -> list[Tensor]:
+        """σ_t(G+), σ_t(G−): accumulated deviation at the read time (µS)."""
+        return list(self.sig_read.unbind(0))
+
+    def _back(self, g: Tensor, scale_ratio: Tensor) -> Tensor:
+        """``convert_back_to_weights`` of the stacked slices ``g``."""
+        return ((g[0] - self.g_min) - (g[1] - self.g_min)) / scale_ratio
 
     def program(self, s: float) -> tuple[Tensor, Tensor]:
         """(programmed, read-at-t) normalised weights at noise scale ``s`` (CPU, float32)."""
         c = self.spec.prog_noise_scale * s
-        conv = self.model.g_converter
-        n = len(self.targets)
-        g_prog = [
-            (g + c * sig * xi).clamp_(min=0.0)
-            for g, sig, xi in zip(self.targets, self.sig_p, self.xi[:n], strict=True)
-        ]
-        w_prog = conv.convert_back_to_weights(g_prog, self.params)
-        _, params_t = conv.convert_to_conductances(w_prog)
-        g_t = [
-            (g + c * sig * xi).clamp_(min=0.0)
-            for g, sig, xi in zip(self.targets, self.sig_t, self.xi[n:], strict=True)
-        ]
-        return w_prog, conv.convert_back_to_weights(g_t, params_t)
+        w_prog = self._back((self.g + c * self.sig_prog * self.xi_prog).clamp_(min=0.0),
+                            self.scale_ratio)
+        # the read at t converts back with the scale ratio of max|W_prog| (aihwkit converts
+        # W_prog to conductances only for that ratio)
+        ratio_t = (self.g_max - self.g_min) / w_prog.abs().max().clamp(min=_ZERO_CLIP)
+        g_t = (self.g + c * self.sig_read * self.xi_read).clamp_(min=0.0)
+        return w_prog, self._back(g_t, ratio_t)

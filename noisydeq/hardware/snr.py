@@ -202,6 +202,17 @@ class SNRLayer(DeviceLayer):
         norm = norm * dyn if isinstance(dyn, Tensor) else norm.mul_(dyn)
         return norm.reshape(shape)
 
+    def error_scale(self, x: Tensor, exact: Tensor) -> Tensor | None:
+        """‖Wx‖ per sample for the multiplicative channel: its noise std is r·‖Wx‖/√d, so
+        e·s/sg(s) is the reparameterised noise of Eq. 3-4 (exact gradient of the dynamic
+        part; the static part σ(W∘ξ)x is also degree 1 in W and x). The additive channel's
+        η is fixed by calibration: its error does not depend on W or x (None)."""
+        if self.spec.mode != "multiplicative":
+            return None
+        flat = exact.reshape(exact.shape[0], -1) if exact.ndim > 1 else exact.reshape(-1, 1)
+        norm = torch.linalg.vector_norm(flat, dim=1)
+        return norm.reshape((-1,) + (1,) * (exact.ndim - 1))
+
     def _mvm(self, x: Tensor, control: Control, stream: NoiseStream) -> Tensor:
         return self._noisy(x @ self.matrix().T, x, control, stream, vectors=True)
 
