@@ -162,15 +162,17 @@ def run_fig13(spec: Fig13Spec, out_dir: str | Path) -> list[Path]:
              write_csv(out / "fig13_spectra.csv", radii)]
     plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    levels = sorted(spec.snr_db)
+    pos = snr_positions(levels)
     for name in MODELS:
-        levels = list(spec.snr_db)
         means = [sum(r["accuracy"] for r in rows if r["model"] == name and r["snr_db"] == s)
                  / len(spec.seeds) for s in levels]
-        xs = [s if math.isfinite(s) else 30.0 for s in levels]
-        axes[0].plot(xs, means, "o-", label=name)
+        axes[0].plot([pos[s] for s in levels], means, "o-", label=name)
         axes[1].hist(hist[name].eig.abs().numpy(), bins=50, alpha=0.5,
                      label=f"{name} ρ={hist[name].rho:.3g}")
-    axes[0].set_xlabel("test signal SNR (dB; 30 = no noise)")
+    axes[0].set_xticks([pos[s] for s in levels])
+    axes[0].set_xticklabels(["∞" if math.isinf(s) else f"{s:g}" for s in levels])
+    axes[0].set_xlabel("test signal SNR (dB; ∞ = no noise)")
     axes[0].set_ylabel(f"accuracy (mean of {len(spec.seeds)} seed(s))")
     axes[0].set_title(f"depth {spec.depth}, FFW form {form}", fontsize=9)
     axes[0].legend(fontsize=8)
@@ -179,6 +181,14 @@ def run_fig13(spec: Fig13Spec, out_dir: str | Path) -> list[Path]:
     axes[1].legend(fontsize=8)
     paths += save_figure(fig, out / "fig13")
     return paths
+
+
+def snr_positions(levels: list[float]) -> dict[float, float]:
+    """x position of each test SNR: finite levels at their value, ∞ one grid gap right of
+    the largest finite one (as in the sweep figures), so it never lands on a swept level."""
+    from noisydeq.plots import _x_positions
+
+    return _x_positions(levels)
 
 
 def load_spec(path: str, overrides: list[str]) -> Fig13Spec:

@@ -97,3 +97,14 @@ def test_fig13_command_line_overrides_and_errors(tmp_path, capsys):
             main(["noisydeq/experiments/fig13_jacreg_ffw.toml", str(tmp_path / "o"), *args])
         err = capsys.readouterr().err.strip().splitlines()
         assert info.value.code == 2 and len(err) == 1 and needle in err[0], err
+
+
+def test_fig13_plots_no_noise_apart_from_30_db():
+    import math
+
+    from noisydeq.analysis.fig13 import snr_positions
+
+    # the shipped grid is 0:30:5,inf: ∞ once sat on x = 30 with the measured 30 dB point
+    pos = snr_positions([0.0, 5.0, 10.0, 15.0, 20.0, 25.0, 30.0, math.inf])
+    assert pos[30.0] == 30.0 and pos[0.0] == 0.0
+    assert pos[math.inf] > 30.0 and len(set(pos.values())) == 8
