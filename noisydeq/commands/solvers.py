@@ -30,6 +30,11 @@ from noisydeq.progress import with_heartbeat
               help="trained family (sweep run dir, train output) or checkpoint: adds Fig. 5 "
                    "and Fig. 6 on its DEQ.")
 @click.option("--depth", type=int, default=None, help="which DEQ of the family (default: deepest).")
+@click.option("--member-seed", type=int, default=None,
+              help="training seed of the family's DEQ (default: the lowest seed).")
+@click.option("--member-train-snr", default=None,
+              help="training SNR (dB, inf = noise-free) of the family's DEQ (default: inf if "
+                   "the family has it, else the highest).")
 @click.option("--count-snr", default="0:20:5", show_default=True,
               help="signal SNRs (dB) for the Fig. 5 iteration counts.")
 @click.option("--eps", "--tol", "eps", type=float, default=0.01, show_default=True,
@@ -54,7 +59,8 @@ from noisydeq.progress import with_heartbeat
 @cache_option
 @torch_device_option
 @with_heartbeat("solvers")
-def command(names, snr, max_iter, window, width, batch, family, depth, count_snr, eps,
+def command(names, snr, max_iter, window, width, batch, family, depth, member_seed,
+            member_train_snr, count_snr, eps,
             count_max_iter, floors, accuracy_snr, accuracy_solvers, accuracy_max_iter, inputs,
             seed, data_dir, out, cache, torch_device) -> None:
     """Noisy fixed-point solving: traces, stop-rule iteration counts, accuracy per solver.
@@ -96,7 +102,8 @@ def command(names, snr, max_iter, window, width, batch, family, depth, count_snr
     dev = resolve_torch_device(torch_device)
     model_info = None
     if family is not None:  # load (and fail on bad input) before the Fig. 4 work
-        model_info = _family_deq(family, depth, inputs, data_dir, cache, dev)
+        model_info = _family_deq(family, depth, member_seed, member_train_snr, inputs,
+                                 data_dir, cache, dev)
     if out is None:
         base = Path(".") if family is None else (family if family.is_dir() else family.parent)
         out = base / "analysis" / "solvers" if family is not None else Path("solvers")
@@ -114,7 +121,8 @@ def command(names, snr, max_iter, window, width, batch, family, depth, count_snr
                                          max_iter=count_max_iter, seed=seed, window=windows)
         rows, more = solver_runs.write_counts(counts, eps, count_max_iter, out)
         paths += more
-        click.echo(f"Fig. 5 (DEQ width {m.width}, unroll, ε = {eps:g}, threshold "
+        click.echo(f"Fig. 5 (DEQ width {m.width}, seed {m.seed}, trained at "
+                   f"{_db(m.train_snr_db)}, unroll, ε = {eps:g}, threshold "
                    f"{count_max_iter}): mean iterations")
         for r in rows:
             label = "rel" if r["stop"] == "rel" else f"mean_rel w={r['window']}"
@@ -150,15 +158,41 @@ def _check_window(window: int, cap: int, flag: str) -> None:
                             "only stop once its window is full)")
 
 
-def _family_deq(family: Path, depth: int | None, inputs: int, data_dir: str | None,
+def _db(snr_db: float) -> str:
+    return "no noise" if math.isinf(snr_db) else f"{snr_db:g} dB"
+
+
+def _family_deq(family: Path, depth: int | None, member_seed: int | None,
+                member_train_snr: str | None, inputs: int, data_dir: str | None,
                 cache: Path | None, dev):
-    """The family's DEQ (deepest, or ``depth``), its task and the first ``inputs`` tests."""
+    """The family's DEQ (deepest, or ``depth``; lowest seed, or ``member_seed``; trained
+    without noise if there is one, else at the highest SNR, or ``member_train_snr``), its
+    task and the first ``inputs`` tests. A family of several seeds or training SNRs is
+    never reduced to an arbitrary member: the choice is explicit and printed."""
     from noisydeq.analysis.family import load_family, load_family_task
 
     members = [m for m in load_family(family, dev, data_dir=data_dir, cache_dir=cache)
                if m.kind == "deq"]
     if not members:
         raise NoisyDEQError(f"--family: no DEQ model under {family}")
+    seeds = sorted({m.seed for m in members})
+    seed = seeds[0] if member_seed is None else member_seed
+    if seed not in seeds:
+        raise NoisyDEQError(f"--member-seed {seed}: the family's seeds are "
+                            f"{', '.join(map(str, seeds))}")
+    members = [m for m in members if m.seed == seed]
+    snrs = sorted({m.train_snr_db for m in members})
+    if member_train_snr is None:
+        train_snr = snrs[-1]  # inf sorts last: noise-free training if present
+    else:
+        values = parse_grid("--member-train-snr", member_train_snr)
+        if len(values) != 1:
+            raise NoisyDEQError(f"--member-train-snr: one value, got {member_train_snr!r}")
+        train_snr = values[0]
+        if train_snr not in snrs:
+            raise NoisyDEQError(f"--member-train-snr {member_train_snr}: the family's training "
+                                f"SNRs are {', '.join(_db(v) for v in snrs)}")
+    members = [m for m in members if m.train_snr_db == train_snr]
     if depth is not None:
         members = [m for m in members if m.depth == depth]
         if not members:

@@ -120,3 +120,36 @@ def test_data_that_differ_from_the_training_data_are_refused(tmp_path):
     members[0].fingerprint = "0" * 32
     with pytest.raises(NoisyDEQError, match="differ from the data the models were trained on"):
         load_family_task(members)
+
+
+@pytest.mark.slow
+def test_solvers_picks_the_family_member_explicitly(tmp_path, capsys, monkeypatch):
+    """A family of several seeds and training SNRs: `solvers` uses the lowest seed's
+    noise-free DEQ unless told otherwise, says which, and refuses a member it lacks."""
+    monkeypatch.setenv("NOISYDEQ_CACHE", str(tmp_path / "cache"))
+    torch.set_num_threads(1)
+    run_dir = tmp_path / "run"
+    code, _, err = run(["sweep", "--task", "digits", "--depths", "1", "--snr", "10",
+                        "--chips", "1", "--epochs", "1", "--device", "ideal", "--noise-site",
+                        "signal", "--seed", "0,1", "--train-snr", "10,inf", "--set",
+                        "hidden=16", "--set", "max_train_samples=256", "--quiet", "--out",
+                        str(run_dir)], capsys)
+    assert code == 0, err
+    quick = ["--solvers", "unroll", "--snr", "10", "--max-iter", "6", "--width", "8",
+             "--batch", "2", "--inputs", "8", "--count-snr", "10", "--window", "3",
+             "--threshold", "6", "--no-floors", "--accuracy-snr", "10",
+             "--accuracy-solvers", "unroll", "--accuracy-max-iter", "5"]
+    code, out, err = run(["solvers", "--family", str(run_dir), *quick], capsys)
+    assert code == 0, err
+    assert "seed 0, trained at no noise" in out
+    code, out, err = run(["solvers", "--family", str(run_dir), "--member-seed", "1",
+                          "--member-train-snr", "10", "--out", str(tmp_path / "s1"), *quick],
+                         capsys)
+    assert code == 0, err
+    assert "seed 1, trained at 10 dB" in out
+    code, out, err = run(["solvers", "--family", str(run_dir), "--member-seed", "5",
+                          "--out", str(tmp_path / "s5"), *quick], capsys)
+    assert code != 0 and "the family's seeds are 0, 1" in err and "Traceback" not in err
+    code, out, err = run(["solvers", "--family", str(run_dir), "--member-train-snr", "0",
+                          "--out", str(tmp_path / "s6"), *quick], capsys)
+    assert code != 0 and "training SNRs are 10 dB, no noise" in err
