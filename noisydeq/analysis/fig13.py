@@ -164,11 +164,18 @@ def run_fig13(spec: Fig13Spec, out_dir: str | Path) -> list[Path]:
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
     levels = sorted(spec.snr_db)
     pos = snr_positions(levels)
+    # shared logarithmic bins: one model's spectral radius in the thousands (a regularised
+    # FFW's product) must not push every other model's |λ| into the first linear bin
+    mags = {name: hist[name].eig.abs().double() for name in MODELS}
+    top = max(float(m.max()) for m in mags.values())
+    floor = max(min(float(m[m > 0].min()) for m in mags.values() if (m > 0).any()),
+                top * 1e-8)
+    bins = torch.logspace(math.log10(floor), math.log10(top), 51).numpy()
     for name in MODELS:
         means = [sum(r["accuracy"] for r in rows if r["model"] == name and r["snr_db"] == s)
                  / len(spec.seeds) for s in levels]
         axes[0].plot([pos[s] for s in levels], means, "o-", label=name)
-        axes[1].hist(hist[name].eig.abs().numpy(), bins=50, alpha=0.5,
+        axes[1].hist(mags[name].clamp_min(floor).numpy(), bins=bins, alpha=0.5,
                      label=f"{name} ρ={hist[name].rho:.3g}")
     axes[0].set_xticks([pos[s] for s in levels])
     axes[0].set_xticklabels(["∞" if math.isinf(s) else f"{s:g}" for s in levels])
@@ -176,8 +183,15 @@ def run_fig13(spec: Fig13Spec, out_dir: str | Path) -> list[Path]:
     axes[0].set_ylabel(f"accuracy (mean of {len(spec.seeds)} seed(s))")
     axes[0].set_title(f"depth {spec.depth}, FFW form {form}", fontsize=9)
     axes[0].legend(fontsize=8)
-    axes[1].set_xlabel("|λ| of W (DEQ) / W_m…W_1 (FFW), first seed")
+    axes[1].set_xlabel("|λ| of W (DEQ) / W_m…W_1 (FFW), first seed (log scale)")
+    axes[1].set_xscale("log")
     axes[1].set_yscale("log")
+    from matplotlib.ticker import NullFormatter, ScalarFormatter
+
+    axes[1].xaxis.set_minor_formatter(NullFormatter())  # decades only: no crowded labels
+    axes[1].yaxis.set_major_formatter(ScalarFormatter())
+    axes[1].yaxis.set_minor_formatter(NullFormatter())
+    axes[1].set_ylabel("count")
     axes[1].legend(fontsize=8)
     paths += save_figure(fig, out / "fig13")
     return paths
