@@ -221,11 +221,12 @@ def test_table_figures_and_manifest(copy):
     damage_all("results.csv", run / "results.csv", lambda: read_csv(run / "results.csv"),
                seed=20, extra=iter(extra.items()))
     for i, name in enumerate(["results.parquet", "layers.csv", "figures/metric_vs_snr.png",
-                              "figures/metric_vs_snr.svg", "figures/metric_vs_depth.png"]):
+                              "figures/metric_vs_snr.svg", "figures/metric_vs_depth.png",
+                              "figures/metric_vs_snr.csv"]):
         damage_all(name.split("/")[-1].split(".")[-1], run / name,
                    lambda n=name: store.verify_listed(run / n, run), seed=21 + i)
-    # table (csv, parquet), layers.csv, config, identity, meta and 4 figures
-    assert len(store.verify_manifest(run)) == 10
+    # table (csv, parquet), layers.csv, config, identity, meta, 4 figures and their 2 CSVs
+    assert len(store.verify_manifest(run)) == 12
     damage_all("SHA256SUMS", run / "SHA256SUMS", lambda: store.verify_manifest(run), seed=30)
     (run / "SHA256SUMS").unlink()
     with pytest.raises(CorruptArtefact, match="SHA256SUMS"):
