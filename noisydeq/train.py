@@ -7,7 +7,7 @@ signal noise at 0 dB or 10 dB, Eq. 3-4) is passed to the model as a :class:`~noi
 with its own seeded stream, so a DEQ draws fresh noise at every solver iteration (Eq. 6).
 With ``spec.device`` the model is deployed on that hardware model and trained through its
 noisy MVMs (hardware-aware training) with the scaled straight-through gradient
-(:func:`noisydeq.hardware.base.straight_through`); the digital weights are what is saved.
+(:func:`noisydeq.hardware.gradient.straight_through`); the digital weights are what is saved.
 
 Randomness is counter-based and addressed by ``spec.seed`` (:class:`_Rng`): the data order of
 an epoch, and the training noise, device noise, random thresholds and Hutchinson probes of a
@@ -50,7 +50,7 @@ TRAIN_SCHEMA = 2
 #: device-in-the-loop runs only (their config carries it; digital caches are unchanged):
 #: the gradient estimator through the device layers. "scaled-straight-through": the device
 #: error's growth with max|W|·max|x| (rram, photonic) or ‖Wx‖ (snr) is differentiated
-#: (noisydeq.hardware.base.straight_through); device-trained models cached before it (plain
+#: (noisydeq.hardware.gradient.straight_through); device-trained models cached before it (plain
 #: straight-through, no such key) are retrained
 DEVICE_GRADIENT = "scaled-straight-through"
 MODEL_FILE = "model.safetensors"
