@@ -261,7 +261,7 @@ def _deploy(model: nn.Module, spec: TrainSpec, rng_seed: int) -> nn.Module:
             f"train.device: layers with parametrised weights ({', '.join(held)}) cannot be "
             "trained on a device; train digitally and deploy the trained model"
         )
-    from noisydeq.hardware.base import set_scaled_gradient
+    from noisydeq.hardware.controls import set_scaled_gradient
 
     net = _train_device(spec, chip_of_epoch(rng_seed, 0)).deploy(
         model, digital_layers=spec.digital_layers or ())
@@ -274,7 +274,7 @@ def _calibrate(net: nn.Module, spec: TrainSpec, x: Tensor) -> None:
     SNR is met on the data, with the current weights); nothing to do at the native SNR."""
     if spec.device_snr_db is None:
         return
-    from noisydeq.hardware.base import calibrate
+    from noisydeq.hardware.controls import calibrate
 
     was = net.training
     net.eval()
@@ -293,7 +293,7 @@ def _on_chip(net: nn.Module, spec: TrainSpec, chip: int, x_calib: Tensor) -> Non
 def _device_streams(net: nn.Module, rng: _Rng, epoch: int, samples: Tensor) -> None:
     """Give every device layer of ``net`` its dynamic-noise source for this batch (the
     streams ``rng.stream("device", epoch, samples, name)``, set up together)."""
-    from noisydeq.hardware.base import device_layers
+    from noisydeq.hardware.controls import device_layers
 
     layers = device_layers(net)
     keys = [derive_seed(rng.seed, "train", "device", epoch, name) for name in layers]
@@ -326,7 +326,7 @@ def evaluate(model: nn.Module, task: Task, batch_size: int = EVAL_BATCH,
     (its first ``limit`` samples). For a deployed ``model``, ``device_seed`` keys the
     dynamic device noise of each layer by (seed, layer, test-sample index): the same draws
     at every call."""
-    from noisydeq.hardware.base import device_layers
+    from noisydeq.hardware.controls import device_layers
 
     was_training = model.training
     model.eval()

@@ -6,8 +6,8 @@
 >>> hardware.calibrate_in_network(noisy_model, x_train, [0, 10, 20])  # doctest: +SKIP
 """
 
-from noisydeq.hardware.base import (
-    Device,
+from noisydeq.hardware.base import Device
+from noisydeq.hardware.controls import (
     calibrate,
     device_layers,
     layer_snr_parts,

@@ -1,30 +1,25 @@
-"""Device interface, deployed layers and the model-level controls (architecture.md, Devices).
+"""The device interface and deployment (architecture.md, Devices).
 
 A :class:`Device` turns the ``nn.Linear`` / ``nn.Conv1d`` / ``nn.Conv2d`` layers of any
-model into :class:`DeviceLayer` s whose matrix-vector products (MVMs) run on simulated
-hardware. A deployed layer keeps the parameters ``weight`` / ``bias`` of the layer it
-replaces (same ``state_dict`` keys, the digital reference) and adds only non-persistent
-state. The bias is added digitally after the MVM; the SNR of a layer is measured on the
-MVM output ``W x`` (DESIGN §1: ‖y‖²/E‖ε‖², batch totals), split into its static, dynamic
-and total parts (:mod:`noisydeq.hardware.parts`).
+model into device layers (:class:`~noisydeq.hardware.layer.DeviceLayer`) whose
+matrix-vector products (MVMs) run on simulated hardware (:meth:`Device.deploy`; the model
+walk, the layers kept digital and :func:`check_digital_layers` are here too).
 
 Noise comes in two kinds. *Static* noise belongs to one chip instance
-(:meth:`Device.new_chip`) and is drawn from a generator seeded by (chip seed, layer name):
-the chip's effective weights W_chip (:meth:`DeviceLayer.chip_matrix`). *Dynamic* noise is
-drawn at every forward through the layer's :class:`~noisydeq.noise.NoiseStream`
-(counter-based: a sample's numbers are a function of its own address), so a batch that
-stacks several SNR levels (block stream) draws what the separate runs would, and a row
-subset draws its own rows only.
+(:meth:`Device.new_chip`) and is drawn from a generator seeded by (chip seed, layer name).
+*Dynamic* noise is drawn at every forward through the layer's
+:class:`~noisydeq.noise.NoiseStream` (counter-based: a sample's numbers are a function of
+its own address), so a batch that stacks several SNR levels (block stream) draws what the
+separate runs would, and a row subset draws its own rows only. A target SNR
+(:meth:`Device.at_snr`) is turned into each layer's knobs by calibration, moving the
+knob(s) the device's noise mode names (:mod:`noisydeq.hardware.modes`); the reachable range
+is the one of a reference MVM (:meth:`Device.snr_range`).
 
-Each layer has two *knobs* (:data:`Knobs` = (static, dynamic)), e.g. the RRAM programming
-and read noise scales or the photonic weight-encoding error and optical power; their
-physical values are the *native* ones. A target SNR is turned into knobs by calibration on
-the layer's own weights and inputs, moving the knob(s) its device's noise mode names
-(:mod:`noisydeq.hardware.modes`). Gradients reach the digital weights through a
-straight-through estimator: the backward pass is the one of the exact layer (paper Eq. 1
-trained hardware-aware); with :func:`set_scaled_gradient` (hardware-aware training) it also
-carries the growth of the device error with the weights' and inputs' scale
-(:func:`straight_through`).
+The rest of the hardware layer, one idea a module: the deployed layer
+(:mod:`noisydeq.hardware.layer`), its straight-through gradients
+(:mod:`noisydeq.hardware.gradient`) and the model-level controls: noise streams,
+measurement, calibration (:mod:`noisydeq.hardware.controls`). ``calibrate``,
+``device_layers``, ``straight_through`` and ``input_peaks`` stay importable from here.
 """
 
 from __future__ import annotations
@@ -35,14 +30,14 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import nn
 from torch.nn.utils import parametrize
 
 from noisydeq.errors import NoisyDEQError
 from noisydeq.hardware import modes
+from noisydeq.hardware.controls import calibrate, device_layers  # noqa: F401 (moved)
 from noisydeq.hardware.gradient import input_peaks, straight_through  # noqa: F401 (moved)
-from noisydeq.hardware.layer import CALIB_ROWS, CALIB_SEED, DeviceLayer
-from noisydeq.noise import NoiseStream, seeded_generator
+from noisydeq.hardware.layer import DeviceLayer
 
 #: reference MVM used for a device's native SNR and reachability checks (the paper's
 #: widest DEQ, 467, with nn.Linear's default init and inputs uniform in [-1, 1]).
@@ -297,119 +292,3 @@ def _replace(module: nn.Module, device: Device, prefix: str,
             setattr(module, child_name, device.layer_class(device, child, full))
         else:
             _replace(child, device, full, keep)
-
-
-# ---------------------------------------------------------------- model-level controls
-
-
-def device_layers(model: nn.Module) -> dict[str, DeviceLayer]:
-    """All deployed layers of ``model`` by qualified name."""
-    return {n: m for n, m in model.named_modules() if isinstance(m, DeviceLayer)}
-
-
-def set_stream(model: nn.Module, stream: NoiseStream) -> None:
-    """Draw the dynamic noise of every device layer from ``stream`` (full batch first)."""
-    for layer in device_layers(model).values():
-        layer.stream = stream
-
-
-def set_scaled_gradient(model: nn.Module, on: bool = True) -> None:
-    """Backward through every device layer with the scaled straight-through estimator
-    (:func:`straight_through`: the gradient also sees that the device error grows with
-    the weights' and inputs' scale), or the plain one (``on=False``, the default of a
-    deployed layer: the exact layer's backward). Hardware-aware training turns it on."""
-    for layer in device_layers(model).values():
-        layer.scaled_gradient = bool(on)
-
-
-def set_sample_snr(model: nn.Module, snr_db: Tensor | float | None) -> None:
-    """Per-sample (B,) SNR targets in dB (or one value, or ``None`` = device setting)."""
-    for layer in device_layers(model).values():
-        layer.sample_snr = snr_db
-
-
-def set_measure(model: nn.Module, on: bool = True) -> None:
-    """Measure each layer's SNR at every forward (costs one exact MVM per layer)."""
-    for layer in device_layers(model).values():
-        layer.measure = bool(on)
-        if not on:
-            layer.last_snr_db = None
-            layer.last_parts = None
-
-
-def layer_snr_report(model: nn.Module) -> dict[str, float]:
-    """Measured MVM-output SNR (dB) of each device layer in the last forward.
-
-    Layers are measured only while :func:`set_measure` is on; others report ``nan``.
-    """
-    return {
-        n: (math.nan if m.last_snr_db is None else m.last_snr_db)
-        for n, m in device_layers(model).items()
-    }
-
-
-def layer_snr_parts(model: nn.Module) -> dict[str, dict[str, float]]:
-    """Static, dynamic and total SNR (dB) of each device layer in the last forward
-    (:mod:`noisydeq.hardware.parts`; ``nan`` when not measured or without signal)."""
-    empty = {"static": math.nan, "dynamic": math.nan, "total": math.nan}
-    return {
-        n: (dict(empty) if m.last_parts is None else m.last_parts.as_db())
-        for n, m in device_layers(model).items()
-    }
-
-
-def subsample_rows(rows: Tensor, n: int = CALIB_ROWS) -> Tensor:
-    """At most ``n`` of ``rows`` (a seeded random choice; all of them when fewer)."""
-    if rows.shape[0] > n:
-        idx = torch.randperm(rows.shape[0], generator=seeded_generator(CALIB_SEED))[:n]
-        rows = rows[idx.to(rows.device)]
-    return rows.contiguous()
-
-
-def calibrate(model: nn.Module, x: Tensor, *args: Any, **kwargs: Any) -> None:
-    """Calibrate every device layer on the clean activations it sees for the batch ``x``.
-
-    Runs one noise-free forward (targets at ``inf`` are not used: the exact MVM feeds the
-    next layer), captures each layer's input vectors (at most 512 rows, from every call: a
-    DEQ's cell contributes every iteration) and forgets the controls calibrated before.
-    Calibration inside the noisy network (each layer on the inputs it sees when upstream
-    layers are noisy): :func:`noisydeq.hardware.in_network.calibrate_in_network`.
-    """
-    layers = device_layers(model)
-    captured: dict[str, Tensor] = {}
-    handles = []
-
-    def hook(name: str, layer: DeviceLayer):
-        def fn(_mod: nn.Module, inputs: tuple[Tensor, ...], _out: Tensor) -> None:
-            rows = layer.input_rows(inputs[0].detach())
-            prev = captured.get(name)
-            captured[name] = rows if prev is None else torch.cat([prev, rows])
-
-        return fn
-
-    saved = {n: m.forward for n, m in layers.items()}
-    for name, layer in layers.items():
-        handles.append(layer.register_forward_hook(hook(name, layer)))
-        layer.forward = _exact_forward(layer)  # type: ignore[method-assign]
-    try:
-        with torch.no_grad():
-            model(x, *args, **kwargs)
-    finally:
-        for h in handles:
-            h.remove()
-        for name, layer in layers.items():
-            layer.forward = saved[name]  # type: ignore[method-assign]
-    for name, layer in layers.items():
-        if name in captured:
-            layer.calib_x = subsample_rows(captured[name])
-        layer.reset_calibration()
-
-
-def _exact_forward(layer: DeviceLayer):
-    def fn(x: Tensor) -> Tensor:
-        y = layer.exact(x)
-        if layer.bias is not None:
-            y = y + layer.bias.reshape((1, -1) + (1,) * (y.ndim - 2))
-        return y
-
-    return fn

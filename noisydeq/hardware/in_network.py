@@ -33,7 +33,7 @@ import torch
 from torch import Tensor, nn
 
 from noisydeq.hardware import modes
-from noisydeq.hardware.base import (
+from noisydeq.hardware.controls import (
     calibrate,
     device_layers,
     set_sample_snr,
