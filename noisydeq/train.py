@@ -9,24 +9,22 @@ With ``spec.device`` the model is deployed on that hardware model and trained th
 noisy MVMs (hardware-aware training) with the scaled straight-through gradient
 (:func:`noisydeq.hardware.gradient.straight_through`); the digital weights are what is saved.
 
-Randomness is counter-based and addressed by ``spec.seed`` (:class:`_Rng`): the data order of
-an epoch, and the training noise, device noise, random thresholds and Hutchinson probes of a
-sample in an epoch, are functions of (seed, epoch, sample index, draw); the chip of the
-device by the seed. The same seed gives the same weights on CPU. With ``out_dir`` the state
-after every epoch (weights, Adam moments, history; no generator state is needed) is written
-atomically to ``resume.safetensors``; running again
-with the same config continues from it and ends with the same weights as an uninterrupted
+Randomness is counter-based and addressed by ``spec.seed``
+(:class:`noisydeq.train_state._Rng`): the data order of an epoch, and the training noise,
+device noise, random thresholds and Hutchinson probes of a sample in an epoch, are functions of
+(seed, epoch, sample index, draw); the chip of the device by the seed. The same seed gives the
+same weights on CPU. With ``out_dir`` the state after every epoch (weights, Adam moments,
+history; no generator state is needed) is written atomically to ``resume.safetensors``; running
+again with the same config continues from it and ends with the same weights as an uninterrupted
 run. The finished model is ``model.safetensors`` + ``model.json`` (config, hash, metrics);
-``resume.safetensors`` is removed once it is written (a finished model needs no resume
-state). ``out_dir`` is locked while a run writes it (:class:`noisydeq.store.DirLock`: a
-second run of the same model waits, then loads the finished one), and a checkpoint or
-resume state that fails its digest or structure check is reported in one line and trained
-again rather than used.
+``resume.safetensors`` is removed once it is written (a finished model needs no resume state).
+``out_dir`` is locked while a run writes it (:class:`noisydeq.store.DirLock`: a second run of
+the same model waits, then loads the finished one), and a checkpoint or resume state that fails
+its digest or structure check is reported in one line and trained again rather than used.
 """
 
 from __future__ import annotations
 
-import copy
 import math
 import time
 from collections.abc import Callable
@@ -43,6 +41,7 @@ from noisydeq.noise import Noise, NoiseStream, derive_seed
 from noisydeq.specs.training import TrainSpec
 from noisydeq.store import init_hash
 from noisydeq.tasks.base import Task
+from noisydeq.train_state import _load_resume, _Rng, _save_resume
 
 #: bump when the training procedure changes what a given config produces (cache key).
 #: 2: counter-based random draws (data order, noise, thresholds, probes by epoch and sample)
@@ -160,71 +159,6 @@ def apply_overrides(model: nn.Module, spec: TrainSpec) -> None:
     check = getattr(model, "check_solvers", None)  # e.g. a LyaDEQ: settings it cannot use
     if callable(check):
         check()
-
-
-# -------------------------------------------------------------------------- state
-
-
-class _Rng:
-    """Every random draw of a training run, addressed by (seed, what, epoch, sample).
-
-    Counter-based (:mod:`noisydeq.rng`): the data order of an epoch, and the training noise,
-    device noise, random thresholds and Hutchinson probes of a sample in that epoch are pure
-    functions of their address — independent of the batch a sample lands in, and with no
-    generator state to save for resume.
-    """
-
-    def __init__(self, seed: int, dev: torch.device) -> None:
-        self.seed, self.dev = seed, dev
-
-    def permutation(self, n: int, epoch: int) -> Tensor:
-        """The data order of ``epoch``: indices sorted by one uniform per sample (53 bits)."""
-        key = derive_seed(self.seed, "train", "shuffle", epoch)
-        u = NoiseStream.from_seed(key).rand((n,), torch.float64, torch.device("cpu"))
-        return torch.argsort(u, stable=True)
-
-    def stream(self, what: str, epoch: int, samples: Tensor, *name: str) -> NoiseStream:
-        """The ``what`` source (noise, device, threshold) of ``epoch`` for the rows
-        ``samples`` (training-set indices); ``name``: e.g. a device layer's."""
-        key = derive_seed(self.seed, "train", what, epoch, *name)
-        return NoiseStream.from_seed(key, self.dev, samples=samples)
-
-
-def _save_resume(
-    path: Path, net: nn.Module, opt: torch.optim.Optimizer, config: dict,
-    epoch: int, history: list[dict[str, float]], extra: dict[str, Tensor] | None = None,
-) -> None:
-    opt_tensors, opt_info = store.flatten_optimizer(opt.state_dict())
-    tensors = {f"model/{k}": v for k, v in net.state_dict().items()}
-    tensors.update(opt_tensors)
-    tensors.update(extra or {})
-    meta = {"config": config, "config_hash": store.config_hash(config), "epoch": epoch,
-            "history": history, "optimizer": opt_info}
-    store.save_tensors(path, tensors, meta)
-
-
-def _load_resume(
-    path: Path, net: nn.Module, opt: torch.optim.Optimizer, config: dict, epochs: int,
-) -> tuple[int, list[dict[str, float]], dict[str, Tensor]]:
-    """Continue from ``path`` (epoch, history, every saved tensor); a damaged or malformed
-    state is a :class:`CorruptArtefact` and leaves ``net`` and ``opt`` as they were."""
-    tensors, meta = store.load_tensors(path)
-    store.check_config(meta, config, path)
-    saved = (copy.deepcopy(net.state_dict()), copy.deepcopy(opt.state_dict()))
-    try:
-        epoch, history = meta["epoch"], meta.get("history", [])
-        if (isinstance(epoch, bool) or not isinstance(epoch, int) or not 0 <= epoch <= epochs
-                or not isinstance(history, list) or len(history) != epoch):
-            raise ValueError(f"epoch {epoch!r} with {type(history).__name__} history")
-        store.load_into(net, {k[6:]: v for k, v in tensors.items() if k.startswith("model/")},
-                        path)
-        opt.load_state_dict(store.unflatten_optimizer(tensors, meta["optimizer"]))
-    except (KeyError, TypeError, ValueError, AttributeError, IndexError, RuntimeError) as err:
-        net.load_state_dict(saved[0])
-        opt.load_state_dict(saved[1])
-        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
-        raise CorruptArtefact(path, f"holds a malformed resume state ({reason})") from None
-    return epoch, list(history), tensors
 
 
 # --------------------------------------------------------------------------- loop
