@@ -21,6 +21,8 @@ run. The finished model is ``model.safetensors`` + ``model.json`` (config, hash,
 ``out_dir`` is locked while a run writes it (:class:`noisydeq.store.DirLock`: a second run of
 the same model waits, then loads the finished one), and a checkpoint or resume state that fails
 its digest or structure check is reported in one line and trained again rather than used.
+The run's config and cache key are :mod:`noisydeq.train_config`, its random draws and resume
+file :mod:`noisydeq.train_state`, the device in the loop :mod:`noisydeq.train_device`.
 """
 
 from __future__ import annotations
@@ -35,12 +37,17 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from noisydeq import __version__, store
+from noisydeq import store
 from noisydeq.errors import CorruptArtefact, NoisyDEQError
 from noisydeq.noise import Noise, NoiseStream, derive_seed
 from noisydeq.specs.training import TrainSpec
-from noisydeq.store import init_hash
 from noisydeq.tasks.base import Task
+from noisydeq.train_config import (  # noqa: F401 (the constants: still importable here)
+    DEVICE_GRADIENT,
+    TRAIN_SCHEMA,
+    apply_overrides,
+    run_config,
+)
 from noisydeq.train_device import (
     _deploy,
     _device_streams,
@@ -50,15 +57,6 @@ from noisydeq.train_device import (
 )
 from noisydeq.train_state import _load_resume, _Rng, _save_resume
 
-#: bump when the training procedure changes what a given config produces (cache key).
-#: 2: counter-based random draws (data order, noise, thresholds, probes by epoch and sample)
-TRAIN_SCHEMA = 2
-#: device-in-the-loop runs only (their config carries it; digital caches are unchanged):
-#: the gradient estimator through the device layers. "scaled-straight-through": the device
-#: error's growth with max|W|·max|x| (rram, photonic) or ‖Wx‖ (snr) is differentiated
-#: (noisydeq.hardware.gradient.straight_through); device-trained models cached before it (plain
-#: straight-through, no such key) are retrained
-DEVICE_GRADIENT = "scaled-straight-through"
 MODEL_FILE = "model.safetensors"
 RESUME_FILE = "resume.safetensors"
 EVAL_BATCH = 1024
@@ -82,90 +80,6 @@ class TrainResult:
     path: Path | None = None
     start_epoch: int = 0
     loaded: bool = False
-
-
-# ------------------------------------------------------------------------- config
-
-
-#: spec fields added after caches were keyed: left out of a config while unset (None), so
-#: every earlier config keeps its hash
-LATE_OPTIONAL = ("monotone", "ibp", "adversarial", "random_state", "optimizer",
-                 "device_noise_mode", "digital_layers")
-
-
-def spec_dump(spec: Any) -> dict[str, Any]:
-    """``spec.model_dump()`` without the unset :data:`LATE_OPTIONAL` fields."""
-    data = spec.model_dump(mode="python")
-    for key in LATE_OPTIONAL:
-        if key in data and data[key] is None:
-            del data[key]
-    return data
-
-
-def describe_model(model: nn.Module) -> dict[str, Any]:
-    """What defines a model's architecture: its ``ModelSpec`` when it has one, plus shapes."""
-    desc: dict[str, Any] = {"class": f"{type(model).__module__}.{type(model).__qualname__}"}
-    spec = getattr(model, "spec", None)
-    if spec is not None and hasattr(spec, "model_dump"):
-        desc["spec"] = spec_dump(spec)
-    for attr in ("kind", "width", "depth"):
-        if hasattr(model, attr):
-            desc[attr] = getattr(model, attr)
-    desc["shapes"] = {k: list(v.shape) for k, v in model.state_dict().items()}
-    return desc
-
-
-def run_config(
-    model: nn.Module, task: Task, spec: TrainSpec, torch_device: torch.device
-) -> dict[str, Any]:
-    """The full resolved config of a training run: everything that determines its weights."""
-    return {
-        "schema": TRAIN_SCHEMA,
-        "model": describe_model(model),
-        "init": init_hash(model),
-        "train": spec_dump(spec),
-        "task": {
-            "name": task.name,
-            "seed": task.seed,
-            "fingerprint": task.fingerprint,
-            "n_train": len(task.x_train),
-            # generated tasks: the arguments that regenerate the data (absent for the others,
-            # so their config hashes are unchanged)
-            **({"options": dict(task.options)} if getattr(task, "options", None) else {}),
-        },
-        "torch_device": torch_device.type,
-        "versions": {"noisydeq": __version__, "torch": torch.__version__.split("+")[0]},
-        # the training device's resolved content (not its name or path): a changed preset
-        # is another training run, never a stale cache entry; and the gradient estimator
-        **({"device_spec": device_content(spec.device), "device_gradient": DEVICE_GRADIENT}
-           if spec.device is not None else {}),
-    }
-
-
-def device_content(name_or_path: str) -> dict[str, Any]:
-    """The resolved preset of a device (name or TOML path) as plain data."""
-    import json
-
-    from noisydeq.hardware.presets import load_spec
-
-    return json.loads(load_spec(name_or_path).model_dump_json())
-
-
-def apply_overrides(model: nn.Module, spec: TrainSpec) -> None:
-    """Give a DEQ the spec's training/test solver, gradient and Jacobian regulariser."""
-    is_deq = getattr(model, "kind", None) == "deq"
-    pairs = {"solver": spec.solver, "test_solver": spec.test_solver,
-             "gradient": spec.gradient, "jac_reg": spec.jac_reg}
-    for attr, value in pairs.items():
-        if value is None:
-            continue
-        if is_deq or hasattr(model, attr):  # e.g. an FFW with a per-layer Jacobian regulariser
-            setattr(model, attr, value)
-        elif getattr(model, "kind", None) != "ffw":  # FFWs skip family-wide DEQ settings
-            raise NoisyDEQError(f"train.{attr}: only a DEQ model takes a {attr} setting")
-    check = getattr(model, "check_solvers", None)  # e.g. a LyaDEQ: settings it cannot use
-    if callable(check):
-        check()
 
 
 # --------------------------------------------------------------------------- loop
