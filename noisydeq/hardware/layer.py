@@ -11,10 +11,10 @@ Each layer has two knobs (:data:`Knobs` = (static, dynamic)), set for a target S
 calibration on its own weights and inputs (:mod:`noisydeq.hardware.modes`); gradients are
 straight-through (:mod:`noisydeq.hardware.gradient`).
 
-Why over 400 lines: it is one class, the contract every device implements (shapes, knobs,
-measurement, calibration, forward), whose methods share the layer's caches (chip matrices,
-measured inputs, knob tables, resolved per-sample controls); split, each part would reach
-into the others' private state. The device it belongs to (``device_model``) is a
+Length (about 490 lines): one idea, one class — the contract every device implements
+(shapes, knobs, measurement, calibration, forward), whose methods share the layer's caches
+(chip matrices, measured inputs, knob tables, resolved per-sample controls); split, each part
+would reach into the others' private state. The device it belongs to (``device_model``) is a
 :class:`noisydeq.hardware.base.Device`, not imported here: base imports this module.
 """
 
