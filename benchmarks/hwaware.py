@@ -8,7 +8,7 @@ batch 64, Adam 1e-3, cross-entropy. A step is forward, loss, backward, optimiser
 * ``ours rram`` / ``ours photonic``: the FFW deployed on the preset at its physical values
   and trained as ``noisydeq train --device`` trains (:mod:`noisydeq.train`: counter-based
   read-noise streams per batch, the chip reprogrammed with the current weights at every
-  step, the scaled straight-through gradient of ``hardware.base.straight_through``).
+  step, the scaled straight-through gradient of ``hardware.gradient.straight_through``).
 * ``aihwkit``: the same FFW through ``convert_to_analog`` with ``TorchInferenceRPUConfig``
   (aihwkit's pure-torch tile; its defaults: 7-bit DAC, 9-bit ADC, output noise 0.06,
   noise management abs-max, iterative bound management), the Wan-2022 ReRAM noise model at

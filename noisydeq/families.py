@@ -8,7 +8,7 @@ input projection x̃ = act(U x) and output head shapes (Eq. 57). Members are ini
 
 Cache: ``$NOISYDEQ_CACHE`` (default ``platformdirs.user_cache_dir("noisydeq")``) /
 ``models/<hash>/``, where ``<hash>`` is :func:`noisydeq.store.config_hash` of the member's full
-training config (:func:`noisydeq.train.run_config`: model spec, initial-weight hash, resolved
+training config (:func:`noisydeq.train_config.run_config`: model spec, initial-weight hash, resolved
 train spec with noise and device, task name + seed + data fingerprint, torch device type,
 package and torch versions, training schema). A second call with the same inputs loads the
 weights instead of training; a member killed mid-training resumes from its last epoch.
@@ -35,7 +35,8 @@ from noisydeq.specs.sweep import SweepSpec
 from noisydeq.specs.training import TrainSpec
 from noisydeq.store import config_hash
 from noisydeq.tasks.base import Task
-from noisydeq.train import TrainResult, apply_overrides, run_config, train_model
+from noisydeq.train import TrainResult, train_model
+from noisydeq.train_config import apply_overrides, run_config
 
 ENV_CACHE = "NOISYDEQ_CACHE"
 

@@ -14,6 +14,9 @@ the task, what was swept (device and noise mode, or the noise site) and what the
   ticks), each with its parameter count; error bars = the same band.
 * ``train_snr_effect`` — only when several training SNRs were swept: the DEQs against
   inference SNR, one line per training SNR (paper Fig. 1d).
+
+Length (about 440 lines): one idea, a sweep's figures — the three share one look
+(:data:`KIND_LOOK`), one band, one title grammar and the CSV written beside each.
 """
 
 from __future__ import annotations

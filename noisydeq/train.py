@@ -7,26 +7,26 @@ signal noise at 0 dB or 10 dB, Eq. 3-4) is passed to the model as a :class:`~noi
 with its own seeded stream, so a DEQ draws fresh noise at every solver iteration (Eq. 6).
 With ``spec.device`` the model is deployed on that hardware model and trained through its
 noisy MVMs (hardware-aware training) with the scaled straight-through gradient
-(:func:`noisydeq.hardware.base.straight_through`); the digital weights are what is saved.
+(:func:`noisydeq.hardware.gradient.straight_through`); the digital weights are what is saved.
 
-Randomness is counter-based and addressed by ``spec.seed`` (:class:`_Rng`): the data order of
-an epoch, and the training noise, device noise, random thresholds and Hutchinson probes of a
-sample in an epoch, are functions of (seed, epoch, sample index, draw); the chip of the
-device by the seed. The same seed gives the same weights on CPU. With ``out_dir`` the state
-after every epoch (weights, Adam moments, history; no generator state is needed) is written
-atomically to ``resume.safetensors``; running again
-with the same config continues from it and ends with the same weights as an uninterrupted
+Randomness is counter-based and addressed by ``spec.seed``
+(:class:`noisydeq.train_state._Rng`): the data order of an epoch, and the training noise,
+device noise, random thresholds and Hutchinson probes of a sample in an epoch, are functions of
+(seed, epoch, sample index, draw); the chip of the device by the seed. The same seed gives the
+same weights on CPU. With ``out_dir`` the state after every epoch (weights, Adam moments,
+history; no generator state is needed) is written atomically to ``resume.safetensors``; running
+again with the same config continues from it and ends with the same weights as an uninterrupted
 run. The finished model is ``model.safetensors`` + ``model.json`` (config, hash, metrics);
-``resume.safetensors`` is removed once it is written (a finished model needs no resume
-state). ``out_dir`` is locked while a run writes it (:class:`noisydeq.store.DirLock`: a
-second run of the same model waits, then loads the finished one), and a checkpoint or
-resume state that fails its digest or structure check is reported in one line and trained
-again rather than used.
+``resume.safetensors`` is removed once it is written (a finished model needs no resume state).
+``out_dir`` is locked while a run writes it (:class:`noisydeq.store.DirLock`: a second run of
+the same model waits, then loads the finished one), and a checkpoint or resume state that fails
+its digest or structure check is reported in one line and trained again rather than used.
+The run's config and cache key are :mod:`noisydeq.train_config`, its random draws and resume
+file :mod:`noisydeq.train_state`, the device in the loop :mod:`noisydeq.train_device`.
 """
 
 from __future__ import annotations
 
-import copy
 import math
 import time
 from collections.abc import Callable
@@ -37,22 +37,26 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from noisydeq import __version__, store
+from noisydeq import store
 from noisydeq.errors import CorruptArtefact, NoisyDEQError
 from noisydeq.noise import Noise, NoiseStream, derive_seed
 from noisydeq.specs.training import TrainSpec
-from noisydeq.store import init_hash
 from noisydeq.tasks.base import Task
+from noisydeq.train_config import (  # noqa: F401 (the constants: still importable here)
+    DEVICE_GRADIENT,
+    TRAIN_SCHEMA,
+    apply_overrides,
+    run_config,
+)
+from noisydeq.train_device import (
+    _deploy,
+    _device_streams,
+    _on_chip,
+    chip_of_epoch,
+    validation_chip,
+)
+from noisydeq.train_state import _load_resume, _Rng, _save_resume
 
-#: bump when the training procedure changes what a given config produces (cache key).
-#: 2: counter-based random draws (data order, noise, thresholds, probes by epoch and sample)
-TRAIN_SCHEMA = 2
-#: device-in-the-loop runs only (their config carries it; digital caches are unchanged):
-#: the gradient estimator through the device layers. "scaled-straight-through": the device
-#: error's growth with max|W|·max|x| (rram, photonic) or ‖Wx‖ (snr) is differentiated
-#: (noisydeq.hardware.base.straight_through); device-trained models cached before it (plain
-#: straight-through, no such key) are retrained
-DEVICE_GRADIENT = "scaled-straight-through"
 MODEL_FILE = "model.safetensors"
 RESUME_FILE = "resume.safetensors"
 EVAL_BATCH = 1024
@@ -78,228 +82,7 @@ class TrainResult:
     loaded: bool = False
 
 
-# ------------------------------------------------------------------------- config
-
-
-#: spec fields added after caches were keyed: left out of a config while unset (None), so
-#: every earlier config keeps its hash
-LATE_OPTIONAL = ("monotone", "ibp", "adversarial", "random_state", "optimizer",
-                 "device_noise_mode", "digital_layers")
-
-
-def spec_dump(spec: Any) -> dict[str, Any]:
-    """``spec.model_dump()`` without the unset :data:`LATE_OPTIONAL` fields."""
-    data = spec.model_dump(mode="python")
-    for key in LATE_OPTIONAL:
-        if key in data and data[key] is None:
-            del data[key]
-    return data
-
-
-def describe_model(model: nn.Module) -> dict[str, Any]:
-    """What defines a model's architecture: its ``ModelSpec`` when it has one, plus shapes."""
-    desc: dict[str, Any] = {"class": f"{type(model).__module__}.{type(model).__qualname__}"}
-    spec = getattr(model, "spec", None)
-    if spec is not None and hasattr(spec, "model_dump"):
-        desc["spec"] = spec_dump(spec)
-    for attr in ("kind", "width", "depth"):
-        if hasattr(model, attr):
-            desc[attr] = getattr(model, attr)
-    desc["shapes"] = {k: list(v.shape) for k, v in model.state_dict().items()}
-    return desc
-
-
-def run_config(
-    model: nn.Module, task: Task, spec: TrainSpec, torch_device: torch.device
-) -> dict[str, Any]:
-    """The full resolved config of a training run: everything that determines its weights."""
-    return {
-        "schema": TRAIN_SCHEMA,
-        "model": describe_model(model),
-        "init": init_hash(model),
-        "train": spec_dump(spec),
-        "task": {
-            "name": task.name,
-            "seed": task.seed,
-            "fingerprint": task.fingerprint,
-            "n_train": len(task.x_train),
-            # generated tasks: the arguments that regenerate the data (absent for the others,
-            # so their config hashes are unchanged)
-            **({"options": dict(task.options)} if getattr(task, "options", None) else {}),
-        },
-        "torch_device": torch_device.type,
-        "versions": {"noisydeq": __version__, "torch": torch.__version__.split("+")[0]},
-        # the training device's resolved content (not its name or path): a changed preset
-        # is another training run, never a stale cache entry; and the gradient estimator
-        **({"device_spec": device_content(spec.device), "device_gradient": DEVICE_GRADIENT}
-           if spec.device is not None else {}),
-    }
-
-
-def device_content(name_or_path: str) -> dict[str, Any]:
-    """The resolved preset of a device (name or TOML path) as plain data."""
-    import json
-
-    from noisydeq.hardware.presets import load_spec
-
-    return json.loads(load_spec(name_or_path).model_dump_json())
-
-
-def apply_overrides(model: nn.Module, spec: TrainSpec) -> None:
-    """Give a DEQ the spec's training/test solver, gradient and Jacobian regulariser."""
-    is_deq = getattr(model, "kind", None) == "deq"
-    pairs = {"solver": spec.solver, "test_solver": spec.test_solver,
-             "gradient": spec.gradient, "jac_reg": spec.jac_reg}
-    for attr, value in pairs.items():
-        if value is None:
-            continue
-        if is_deq or hasattr(model, attr):  # e.g. an FFW with a per-layer Jacobian regulariser
-            setattr(model, attr, value)
-        elif getattr(model, "kind", None) != "ffw":  # FFWs skip family-wide DEQ settings
-            raise NoisyDEQError(f"train.{attr}: only a DEQ model takes a {attr} setting")
-    check = getattr(model, "check_solvers", None)  # e.g. a LyaDEQ: settings it cannot use
-    if callable(check):
-        check()
-
-
-# -------------------------------------------------------------------------- state
-
-
-class _Rng:
-    """Every random draw of a training run, addressed by (seed, what, epoch, sample).
-
-    Counter-based (:mod:`noisydeq.rng`): the data order of an epoch, and the training noise,
-    device noise, random thresholds and Hutchinson probes of a sample in that epoch are pure
-    functions of their address — independent of the batch a sample lands in, and with no
-    generator state to save for resume.
-    """
-
-    def __init__(self, seed: int, dev: torch.device) -> None:
-        self.seed, self.dev = seed, dev
-
-    def permutation(self, n: int, epoch: int) -> Tensor:
-        """The data order of ``epoch``: indices sorted by one uniform per sample (53 bits)."""
-        key = derive_seed(self.seed, "train", "shuffle", epoch)
-        u = NoiseStream.from_seed(key).rand((n,), torch.float64, torch.device("cpu"))
-        return torch.argsort(u, stable=True)
-
-    def stream(self, what: str, epoch: int, samples: Tensor, *name: str) -> NoiseStream:
-        """The ``what`` source (noise, device, threshold) of ``epoch`` for the rows
-        ``samples`` (training-set indices); ``name``: e.g. a device layer's."""
-        key = derive_seed(self.seed, "train", what, epoch, *name)
-        return NoiseStream.from_seed(key, self.dev, samples=samples)
-
-
-def _save_resume(
-    path: Path, net: nn.Module, opt: torch.optim.Optimizer, config: dict,
-    epoch: int, history: list[dict[str, float]], extra: dict[str, Tensor] | None = None,
-) -> None:
-    opt_tensors, opt_info = store.flatten_optimizer(opt.state_dict())
-    tensors = {f"model/{k}": v for k, v in net.state_dict().items()}
-    tensors.update(opt_tensors)
-    tensors.update(extra or {})
-    meta = {"config": config, "config_hash": store.config_hash(config), "epoch": epoch,
-            "history": history, "optimizer": opt_info}
-    store.save_tensors(path, tensors, meta)
-
-
-def _load_resume(
-    path: Path, net: nn.Module, opt: torch.optim.Optimizer, config: dict, epochs: int,
-) -> tuple[int, list[dict[str, float]], dict[str, Tensor]]:
-    """Continue from ``path`` (epoch, history, every saved tensor); a damaged or malformed
-    state is a :class:`CorruptArtefact` and leaves ``net`` and ``opt`` as they were."""
-    tensors, meta = store.load_tensors(path)
-    store.check_config(meta, config, path)
-    saved = (copy.deepcopy(net.state_dict()), copy.deepcopy(opt.state_dict()))
-    try:
-        epoch, history = meta["epoch"], meta.get("history", [])
-        if (isinstance(epoch, bool) or not isinstance(epoch, int) or not 0 <= epoch <= epochs
-                or not isinstance(history, list) or len(history) != epoch):
-            raise ValueError(f"epoch {epoch!r} with {type(history).__name__} history")
-        store.load_into(net, {k[6:]: v for k, v in tensors.items() if k.startswith("model/")},
-                        path)
-        opt.load_state_dict(store.unflatten_optimizer(tensors, meta["optimizer"]))
-    except (KeyError, TypeError, ValueError, AttributeError, IndexError, RuntimeError) as err:
-        net.load_state_dict(saved[0])
-        opt.load_state_dict(saved[1])
-        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
-        raise CorruptArtefact(path, f"holds a malformed resume state ({reason})") from None
-    return epoch, list(history), tensors
-
-
 # --------------------------------------------------------------------------- loop
-
-
-def _train_device(spec: TrainSpec, chip: int) -> Any:
-    """``spec.device`` on chip ``chip``, in ``spec.device_noise_mode``, at its SNR."""
-    from noisydeq import hardware
-
-    return hardware.get_device(spec.device, snr_db=spec.device_snr_db, chip=chip,
-                               noise_mode=spec.device_noise_mode or "physical")
-
-
-def chip_of_epoch(seed: int, epoch: int) -> int:
-    """The chip a device-in-the-loop run trains on in ``epoch`` (a fresh draw per epoch)."""
-    return derive_seed(seed, "train", "chip", epoch) % (2**31)
-
-
-def validation_chip(seed: int) -> int:
-    """The fixed chip of the per-epoch validation on the device."""
-    return derive_seed(seed, "train", "validation-chip") % (2**31)
-
-
-def _deploy(model: nn.Module, spec: TrainSpec, rng_seed: int) -> nn.Module:
-    """The model on ``spec.device`` (the chip of epoch 0; ``spec.digital_layers`` kept
-    digital), or the model itself."""
-    if spec.device is None:
-        return model
-    from torch.nn.utils import parametrize
-
-    held = [n for n, m in model.named_modules() if parametrize.is_parametrized(m)]
-    if held:  # a chip is programmed with the weight's value; the parametrisation is lost
-        raise NoisyDEQError(
-            f"train.device: layers with parametrised weights ({', '.join(held)}) cannot be "
-            "trained on a device; train digitally and deploy the trained model"
-        )
-    from noisydeq.hardware.base import set_scaled_gradient
-
-    net = _train_device(spec, chip_of_epoch(rng_seed, 0)).deploy(
-        model, digital_layers=spec.digital_layers or ())
-    set_scaled_gradient(net)  # the gradient sees the error grow with W's and x's scale
-    return net
-
-
-def _calibrate(net: nn.Module, spec: TrainSpec, x: Tensor) -> None:
-    """Calibrate the device layers of ``net`` on the clean activations of ``x`` (a target
-    SNR is met on the data, with the current weights); nothing to do at the native SNR."""
-    if spec.device_snr_db is None:
-        return
-    from noisydeq.hardware.base import calibrate
-
-    was = net.training
-    net.eval()
-    try:
-        calibrate(net, x)
-    finally:
-        net.train(was)
-
-
-def _on_chip(net: nn.Module, spec: TrainSpec, chip: int, x_calib: Tensor) -> None:
-    """Move the deployed ``net`` onto chip ``chip`` (same parameters) and calibrate it."""
-    _train_device(spec, chip).rechip(net)
-    _calibrate(net, spec, x_calib)
-
-
-def _device_streams(net: nn.Module, rng: _Rng, epoch: int, samples: Tensor) -> None:
-    """Give every device layer of ``net`` its dynamic-noise source for this batch (the
-    streams ``rng.stream("device", epoch, samples, name)``, set up together)."""
-    from noisydeq.hardware.base import device_layers
-
-    layers = device_layers(net)
-    keys = [derive_seed(rng.seed, "train", "device", epoch, name) for name in layers]
-    for layer, stream in zip(layers.values(), NoiseStream.many(keys, rng.dev, samples),
-                             strict=True):
-        layer.stream = stream
 
 
 def forward_logits(
@@ -326,7 +109,7 @@ def evaluate(model: nn.Module, task: Task, batch_size: int = EVAL_BATCH,
     (its first ``limit`` samples). For a deployed ``model``, ``device_seed`` keys the
     dynamic device noise of each layer by (seed, layer, test-sample index): the same draws
     at every call."""
-    from noisydeq.hardware.base import device_layers
+    from noisydeq.hardware.controls import device_layers
 
     was_training = model.training
     model.eval()

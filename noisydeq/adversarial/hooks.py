@@ -37,7 +37,7 @@ def check_model(spec: TrainSpec, model: nn.Module, strict: bool = False) -> None
 
     The DEQ-only settings (``solver`` with its random threshold, ``random_state``) are
     skipped by an FFW of a family, like the other DEQ settings
-    (:func:`noisydeq.train.apply_overrides`); ``strict`` (one model asked for by name)
+    (:func:`noisydeq.train_config.apply_overrides`); ``strict`` (one model asked for by name)
     refuses them instead.
     """
     kind = getattr(model, "kind", None)

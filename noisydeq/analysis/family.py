@@ -66,7 +66,7 @@ def load_member(path: Path, check: Any = None) -> Member:
     from noisydeq.models.factory import as_model_spec, build_model, resolved_width
     from noisydeq.specs.base import build
     from noisydeq.specs.training import TrainSpec
-    from noisydeq.train import apply_overrides
+    from noisydeq.train_config import apply_overrides
 
     tensors, meta = store.load_checkpoint(path)
     try:

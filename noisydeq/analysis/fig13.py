@@ -95,7 +95,8 @@ def _trained_models(spec: Fig13Spec, task, seed: int, dev: torch.device):
     from noisydeq.analysis.jacobian_ffw import JacRegFFW
     from noisydeq.families import cache_root, member_spec, prepared_member
     from noisydeq.store import config_hash
-    from noisydeq.train import run_config, train_model
+    from noisydeq.train import train_model
+    from noisydeq.train_config import run_config
 
     fam = spec.family(seed)
     root = cache_root() / "models"

@@ -7,7 +7,7 @@
   model cache (``$NOISYDEQ_CACHE`` or the user cache dir, ``--cache`` overrides) under the
   hash of each member's training config. The hashes are recomputed exactly as the sweep
   made them (:func:`noisydeq.families.family_spec_for_sweep` → ``member_spec`` →
-  ``build_member`` → :func:`noisydeq.train.run_config`), so the analysis reads the very
+  ``build_member`` → :func:`noisydeq.train_config.run_config`), so the analysis reads the very
   models the sweep evaluated, never trains; the sweep's ``data_dir`` is taken over;
 * any directory holding ``model.safetensors`` files (``noisydeq train --out DIR`` for one
   model, ``noisydeq train --depths ... --out DIR`` for a family: ``DIR/models/<hash>/``);

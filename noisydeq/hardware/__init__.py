@@ -6,9 +6,8 @@
 >>> hardware.calibrate_in_network(noisy_model, x_train, [0, 10, 20])  # doctest: +SKIP
 """
 
-from noisydeq.hardware.base import (
-    Device,
-    DeviceLayer,
+from noisydeq.hardware.base import Device
+from noisydeq.hardware.controls import (
     calibrate,
     device_layers,
     layer_snr_parts,
@@ -19,6 +18,7 @@ from noisydeq.hardware.base import (
     set_stream,
 )
 from noisydeq.hardware.in_network import calibrate_in_network, measure_in_network
+from noisydeq.hardware.layer import DeviceLayer
 from noisydeq.hardware.presets import (
     device_from_spec,
     get_device,

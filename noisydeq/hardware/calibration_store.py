@@ -43,7 +43,7 @@ from torch import Tensor, nn
 from noisydeq import store
 from noisydeq.errors import CorruptArtefact
 from noisydeq.hardware import in_network
-from noisydeq.hardware.base import calibrate, device_layers
+from noisydeq.hardware.controls import calibrate, device_layers
 from noisydeq.specs.device import CALIBRATIONS
 from noisydeq.store import hash_tensor, init_hash
 

@@ -7,7 +7,8 @@ import math
 from torch import Tensor
 
 from noisydeq.errors import NoisyDEQError
-from noisydeq.hardware.base import Control, Device, DeviceLayer, Knobs
+from noisydeq.hardware.base import Device
+from noisydeq.hardware.layer import Control, DeviceLayer, Knobs
 from noisydeq.noise import NoiseStream
 
 

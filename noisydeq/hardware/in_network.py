@@ -33,15 +33,13 @@ import torch
 from torch import Tensor, nn
 
 from noisydeq.hardware import modes
-from noisydeq.hardware.base import (
-    CALIB_ROWS,
-    DeviceLayer,
-    Knobs,
+from noisydeq.hardware.controls import (
     calibrate,
     device_layers,
     set_sample_snr,
     subsample_rows,
 )
+from noisydeq.hardware.layer import CALIB_ROWS, DeviceLayer, Knobs
 from noisydeq.hardware.parts import Parts
 from noisydeq.noise import NoiseStream, active_subset, derive_seed
 

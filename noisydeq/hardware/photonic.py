@@ -34,7 +34,8 @@ from collections import OrderedDict
 import torch
 from torch import Tensor
 
-from noisydeq.hardware.base import Control, Device, DeviceLayer, Knobs
+from noisydeq.hardware.base import Device
+from noisydeq.hardware.layer import Control, DeviceLayer, Knobs
 from noisydeq.hardware.specs import PhotonicSpec
 from noisydeq.noise import NoiseStream, seeded_generator
 

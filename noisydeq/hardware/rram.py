@@ -38,7 +38,8 @@ from collections import OrderedDict
 import torch
 from torch import Tensor
 
-from noisydeq.hardware.base import Control, Device, DeviceLayer, Knobs, control_groups, expand_rows
+from noisydeq.hardware.base import Device
+from noisydeq.hardware.layer import Control, DeviceLayer, Knobs, control_groups, expand_rows
 from noisydeq.hardware.rram_io import identity_read, io_forward, row_stats
 from noisydeq.hardware.rram_program import ChipDraw, require_aihwkit, wan2022_noise_model
 from noisydeq.hardware.specs import RRAMSpec

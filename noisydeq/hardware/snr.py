@@ -27,7 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from noisydeq.hardware.base import Control, Device, DeviceLayer, Knobs
+from noisydeq.hardware.base import Device
+from noisydeq.hardware.layer import Control, DeviceLayer, Knobs
 from noisydeq.hardware.modes import TARGET_PART
 from noisydeq.hardware.parts import combine_db
 from noisydeq.noise import NoiseStream, db_to_linear, seeded_generator

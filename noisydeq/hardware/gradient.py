@@ -1,0 +1,119 @@
+"""Straight-through gradients of a device layer (architecture.md, Devices).
+
+The forward of a :class:`~noisydeq.hardware.layer.DeviceLayer` is the device's output; its
+backward is the one of the exact layer (paper Eq. 1 trained hardware-aware), and with
+:func:`noisydeq.hardware.controls.set_scaled_gradient` (hardware-aware training) it also
+carries the growth of the device error with the weights' and inputs' scale
+(:func:`straight_through`, :func:`target_scale`, the fused :class:`_PeakScaledError` of
+RRAM/photonic Linear layers, whose scale is :func:`input_peaks` times max|W|).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+def straight_through(exact: Tensor, device_out: Tensor, scale: Tensor | None = None) -> Tensor:
+    """Value of ``device_out`` with the gradient of ``exact`` plus, with ``scale``, that of
+    the device error's scale (the *scaled* straight-through estimator).
+
+    The device output is y = W x + e. Plain straight-through (``scale=None``) treats the
+    error e as a constant: right for noise whose size does not depend on W or x (additive
+    noise at a fixed η). Where e is proportional to a differentiable per-vector scale s(W, x)
+    at fixed knobs and draws (a signal-proportional noise: the ``snr`` channel's ‖Wx‖, an
+    RRAM or photonic read's max|W|·max|x|), the forward is y = W x + e·s/sg(s) (sg: stop
+    gradient; the value is unchanged, s/sg(s) = 1), so the gradient also carries
+    e·∇s/s — the reparameterisation gradient of paper Eq. 3-4's noise, whose std follows
+    the signal (:func:`noisydeq.noise.multiplicative` lets gradients flow through it too).
+    Without it the optimiser never sees that a larger weight or input scale raises the
+    noise with the signal, and trains for the exact layer instead. At a target SNR the
+    layer's forward passes :func:`target_scale` of s (the knob follows the signal, as
+    calibration sets it).
+
+    ``device_out`` is a fresh tensor outside autograd; it is overwritten (one allocation
+    fewer per forward). ``scale`` broadcasts against it; where sg(s) = 0 the error is kept
+    as a constant.
+    """
+    if not exact.requires_grad and (scale is None or not scale.requires_grad):
+        return device_out
+    err = device_out.sub_(exact.detach())
+    if scale is None or not scale.requires_grad:
+        return exact + err
+    held = scale.detach()
+    ratio = torch.where(held > 0, scale / torch.where(held > 0, held, 1.0), 1.0)
+    return torch.addcmul(exact, err, ratio)
+
+
+def target_scale(exact: Tensor, scale: Tensor | None) -> Tensor:
+    """The error scale of a layer calibrated to a target SNR: s_b = f_b · RMS(Wx) / RMS(f)
+    over the batch, f the scale at fixed knobs (``scale``; None: a constant, e.g. the
+    additive channel's η).
+
+    Calibration sets the knobs so that the noise power is the signal power over the SNR on
+    the layer's calibration inputs: knob ∝ RMS(Wx)/RMS(f) there. A gradient at fixed
+    knobs lets the optimiser raise the signal against a noise floor that calibration (the
+    next epoch's, and the evaluation's) raises with it; this one follows the calibration,
+    with the batch (training data, like the calibration inputs) in their place. It is
+    exact for the ``snr`` channels (multiplicative: s = ‖Wx_b‖ up to a constant;
+    additive: η ∝ RMS(Wx)) and keeps s homogeneous of degree 1 in W and x."""
+    signal = exact.square().mean().sqrt()
+    if scale is None:
+        return signal
+    return scale * (signal / scale.square().mean().sqrt())
+
+
+class _PeakScaledError(torch.autograd.Function):
+    """``err · s/sg(s)`` of :func:`straight_through` for a Linear layer with s = max|W| ·
+    max|x| per input vector (:meth:`DeviceLayer.peak_scale`): the value ``err``, and in
+    the backward ∂L/∂s_b = g_b·err_b/s_b sent to the largest |x_b| and |W| (split over ties,
+    as ``amax``'s backward) without building the graph of s — the same gradient, fewer
+    tensor operations per training step."""
+
+    @staticmethod
+    def forward(ctx: Any, err: Tensor, x: Tensor, w: Tensor) -> Tensor:
+        ctx.save_for_backward(err, x, w)
+        return err.view_as(err)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[None, Tensor | None, Tensor | None]:
+        err, x, w = ctx.saved_tensors
+        rows = x.reshape(-1, x.shape[-1])
+        size = rows.abs()
+        peak = size.amax(dim=-1, keepdim=True)
+        size_w = w.abs()
+        w_max = size_w.amax()
+        scale = peak * w_max
+        dot = (grad.reshape(-1, err.shape[-1]) * err.reshape(-1, err.shape[-1])).sum(
+            dim=-1, keepdim=True)
+        held = scale > 0
+        c = torch.where(held, dot / torch.where(held, scale, 1.0), 0.0)  # ∂L/∂s_b
+        grad_x = grad_w = None
+        if ctx.needs_input_grad[1]:
+            top = size == peak
+            coef = c * w_max / top.sum(dim=-1, keepdim=True)
+            grad_x = (rows.sign() * top * coef).reshape(x.shape)
+        if ctx.needs_input_grad[2]:
+            top_w = size_w == w_max
+            grad_w = w.sign() * top_w * ((c * peak).sum() / top_w.sum())
+        return None, grad_x, grad_w
+
+
+def input_peaks(x: Tensor, op: str, conv: Mapping[str, Any] | None = None,
+                kernel: Sequence[int] = ()) -> Tensor:
+    """max |x| of every input vector of a layer's input ``x``, shaped to broadcast against
+    its output: Linear (..., 1); Conv (B, 1, *out) — the largest |x| of each ``kernel``
+    patch over all input channels (max pooling with the convolution's stride, padding and
+    dilation ``conv``; zero padding never wins over |x| ≥ 0)."""
+    if op == "linear":
+        return x.abs().amax(dim=-1, keepdim=True)
+    conv = conv or {}
+    pad = [p for p in reversed(conv["padding"]) for _ in (0, 1)]  # F.pad: last dim first
+    peak = F.pad(x.abs().amax(dim=1, keepdim=True), pad)
+    pool = F.max_pool1d if op == "conv1d" else F.max_pool2d
+    return pool(peak, kernel_size=tuple(kernel), stride=conv["stride"],
+                dilation=conv["dilation"])

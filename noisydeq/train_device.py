@@ -1,0 +1,92 @@
+"""Device-in-the-loop training (:mod:`noisydeq.train`, hardware-aware training).
+
+The model is deployed on ``spec.device`` (``spec.digital_layers`` kept digital) with the
+scaled straight-through gradient (:func:`noisydeq.hardware.controls.set_scaled_gradient`);
+every epoch trains on a fresh chip (:func:`chip_of_epoch`; :meth:`Device.rechip` keeps the
+parameters), calibrated on clean training activations at a target SNR, and validates on one
+fixed chip (:func:`validation_chip`). Each batch draws the dynamic noise of every device
+layer from streams addressed by (seed, epoch, sample, layer) (:func:`_device_streams`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import Tensor, nn
+
+from noisydeq.errors import NoisyDEQError
+from noisydeq.noise import NoiseStream, derive_seed
+from noisydeq.specs.training import TrainSpec
+from noisydeq.train_state import _Rng
+
+
+def _train_device(spec: TrainSpec, chip: int) -> Any:
+    """``spec.device`` on chip ``chip``, in ``spec.device_noise_mode``, at its SNR."""
+    from noisydeq import hardware
+
+    return hardware.get_device(spec.device, snr_db=spec.device_snr_db, chip=chip,
+                               noise_mode=spec.device_noise_mode or "physical")
+
+
+def chip_of_epoch(seed: int, epoch: int) -> int:
+    """The chip a device-in-the-loop run trains on in ``epoch`` (a fresh draw per epoch)."""
+    return derive_seed(seed, "train", "chip", epoch) % (2**31)
+
+
+def validation_chip(seed: int) -> int:
+    """The fixed chip of the per-epoch validation on the device."""
+    return derive_seed(seed, "train", "validation-chip") % (2**31)
+
+
+def _deploy(model: nn.Module, spec: TrainSpec, rng_seed: int) -> nn.Module:
+    """The model on ``spec.device`` (the chip of epoch 0; ``spec.digital_layers`` kept
+    digital), or the model itself."""
+    if spec.device is None:
+        return model
+    from torch.nn.utils import parametrize
+
+    held = [n for n, m in model.named_modules() if parametrize.is_parametrized(m)]
+    if held:  # a chip is programmed with the weight's value; the parametrisation is lost
+        raise NoisyDEQError(
+            f"train.device: layers with parametrised weights ({', '.join(held)}) cannot be "
+            "trained on a device; train digitally and deploy the trained model"
+        )
+    from noisydeq.hardware.controls import set_scaled_gradient
+
+    net = _train_device(spec, chip_of_epoch(rng_seed, 0)).deploy(
+        model, digital_layers=spec.digital_layers or ())
+    set_scaled_gradient(net)  # the gradient sees the error grow with W's and x's scale
+    return net
+
+
+def _calibrate(net: nn.Module, spec: TrainSpec, x: Tensor) -> None:
+    """Calibrate the device layers of ``net`` on the clean activations of ``x`` (a target
+    SNR is met on the data, with the current weights); nothing to do at the native SNR."""
+    if spec.device_snr_db is None:
+        return
+    from noisydeq.hardware.controls import calibrate
+
+    was = net.training
+    net.eval()
+    try:
+        calibrate(net, x)
+    finally:
+        net.train(was)
+
+
+def _on_chip(net: nn.Module, spec: TrainSpec, chip: int, x_calib: Tensor) -> None:
+    """Move the deployed ``net`` onto chip ``chip`` (same parameters) and calibrate it."""
+    _train_device(spec, chip).rechip(net)
+    _calibrate(net, spec, x_calib)
+
+
+def _device_streams(net: nn.Module, rng: _Rng, epoch: int, samples: Tensor) -> None:
+    """Give every device layer of ``net`` its dynamic-noise source for this batch (the
+    streams ``rng.stream("device", epoch, samples, name)``, set up together)."""
+    from noisydeq.hardware.controls import device_layers
+
+    layers = device_layers(net)
+    keys = [derive_seed(rng.seed, "train", "device", epoch, name) for name in layers]
+    for layer, stream in zip(layers.values(), NoiseStream.many(keys, rng.dev, samples),
+                             strict=True):
+        layer.stream = stream
