@@ -17,7 +17,11 @@ Layout of ``<out>/``::
 
 Resume: a cell file appears only once its cell is complete (temp file + fsync + rename), so a
 killed run leaves either the whole cell or nothing. Re-running the same config skips every
-cell whose file exists. A run directory created by a *different* config — or by the same
+cell whose file exists. Extending (:mod:`noisydeq.extension`): the same sweep with more
+SNR levels, chips, seeds, depths or kinds grows the run into the union of the grids —
+``config.toml`` rewritten, the extension recorded in ``meta.json`` (``extensions``), only the
+new cells computed and the tables, figures and digests rewritten over all cells. A run
+directory created by a config that differs in any other field — or by the same
 config whose device preset has changed since (identity by content) — is refused with one
 clear error (results of two configs are never mixed); cell keys carry a digest of the
 device content, data, models and code too, so a stale cell is never reused.
@@ -52,6 +56,7 @@ from typing import Any
 
 from noisydeq import events, store
 from noisydeq.errors import CorruptArtefact, NoisyDEQError
+from noisydeq.extension import GROWABLE, added_grids, history_entry, union_spec
 from noisydeq.specs.sweep import SweepSpec
 from noisydeq.specs.toml import dumps_toml, loads_toml
 
@@ -235,6 +240,8 @@ class RunDir:
 
     spec_cls: type = SweepSpec
     what: str = "sweep"
+    #: spec fields the run may grow in (:mod:`noisydeq.extension`); none for other grids
+    growable: tuple[str, ...] = GROWABLE
     columns: dict[str, str] = COLUMNS
     identity: tuple[str, ...] = IDENTITY
 
@@ -276,10 +283,13 @@ class RunDir:
                 a, b = old["device_spec"], new["device_spec"]
                 fields = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
                 diff[diff.index("device_spec")] = "device preset " + ", ".join(fields)
+            diff = [k for k in diff if k not in self.growable]  # grows: union_spec
             if diff:
+                grows = (f"; a run directory grows only in {', '.join(self.growable)}"
+                         if self.growable else "")
                 raise NoisyDEQError(
                     f"--out {self.path}: its config.toml holds a {self.what} with a different "
-                    f"config (differs in: {', '.join(diff)}); choose another --out"
+                    f"config (differs in: {', '.join(diff)}){grows}; choose another --out"
                 )
         elif self.cells.exists() or self.csv_path.exists():
             raise NoisyDEQError(
@@ -288,6 +298,23 @@ class RunDir:
         if self.meta_path.exists():
             self.read_meta()
         return existing
+
+    def union(self, spec: Any) -> Any:
+        """The spec a run of ``spec`` in this directory runs: ``spec`` itself for a new run
+        directory, else the union of its grids and the recorded ones
+        (:func:`~noisydeq.extension.union_spec`); refused, writing nothing, like
+        :meth:`check`."""
+        existing = self.check(spec)
+        if existing is None or not self.growable:
+            return spec
+        return union_spec(existing, spec)
+
+    def extensions(self) -> list[dict[str, Any]]:
+        """The extensions recorded in ``meta.json`` (oldest first; empty for none)."""
+        if not self.meta_path.exists():
+            return []
+        found = self.read_meta().get("extensions", [])
+        return found if isinstance(found, list) else []
 
     def _stored_device(self, current: dict[str, Any]) -> dict[str, Any]:
         """The device spec recorded when the run began (``identity.json``, digest checked;
@@ -304,13 +331,23 @@ class RunDir:
 
     def open(self, spec: Any, extra_meta: dict[str, Any] | None = None) -> bool:
         """Lock the directory for ``spec`` (waiting for another writer), create it or check
-        it matches; True when resuming. Everything is checked before anything is written;
-        :meth:`close` (or leaving ``with``) releases the lock."""
-        self.check(spec)
+        it matches; True when resuming. A sweep asking for more of the :attr:`growable`
+        grids extends the run: ``config.toml`` becomes the union spec (:attr:`spec`) and
+        ``meta.json``'s ``extensions`` records what was added (:attr:`added`). Everything is
+        checked before anything is written; :meth:`close` (or leaving ``with``) releases
+        the lock."""
+        self.union(spec)
         created = not self.path.exists()
         self.lock.acquire()
         try:
             existing = self.check(spec)  # again: another writer may have finished meanwhile
+            added: dict[str, Any] = {}
+            if existing is not None and self.growable:
+                spec = union_spec(existing, spec)
+                added = added_grids(existing, spec)
+            history = self.extensions()
+            if added:
+                history.append(history_entry(added))
             for d in (self.path, self.cells, self.figures):
                 store.clean_stale_temps(d, locked=True)
             if existing is None:
@@ -331,8 +368,14 @@ class RunDir:
                 meta["started"] = old.get("started", meta["started"])
                 resumed = old.get("resumed", 0)
                 meta["resumed"] = (resumed if isinstance(resumed, int) else 0) + 1
+            if history:
+                meta["extensions"] = history
+            # the history first: a run killed between the two writes recomputes nothing
+            # it holds (level_groups), only records the extension again
             store.write_signed_json(self.meta_path, json.loads(json.dumps(meta, default=str)),
                                     indent=2)
+            if added:
+                store.atomic_write_text(self.config_path, store.sign_text(dumps_toml(spec)))
             self.cells.mkdir(exist_ok=True)
         except BaseException:
             self.close()
@@ -340,6 +383,9 @@ class RunDir:
                 shutil.rmtree(self.path, ignore_errors=True)
             raise
         self.created = created
+        #: the spec this run runs (the union of the recorded and the asked grids) and what
+        #: this opening added to the recorded one (:func:`~noisydeq.extension.added_grids`)
+        self.spec, self.added = spec, added
         return existing is not None
 
     def discard(self) -> None:

@@ -92,8 +92,9 @@ def test_other_config_in_out_is_refused(tmp_path):
     first = _cli(*common, "--chips", "1", cwd=tmp_path)
     assert first.returncode == 0, first.stderr
     before = (out / "results.csv").read_text()
-    second = _cli(*common, "--chips", "2", cwd=tmp_path)
+    second = _cli(*common, "--chips", "1", "--train-snr", "10", cwd=tmp_path)
     assert second.returncode != 0 and "different config" in second.stderr
+    assert "differs in: train_snr_db" in second.stderr  # more chips would extend the run
     assert "Traceback" not in second.stderr
     assert (out / "results.csv").read_text() == before  # untouched
 

@@ -179,8 +179,8 @@ def test_other_config_in_run_dir_is_refused(tmp_path):
     task = toy_task()
     models = toy_models(task)
     _run(tmp_path, "x", toy_spec(chips=1), task, models, plots=False)
-    with pytest.raises(NoisyDEQError, match="different config.*chips"):
-        _run(tmp_path, "x", toy_spec(chips=2), task, models, plots=False)
+    with pytest.raises(NoisyDEQError, match="different config.*noise_site"):
+        _run(tmp_path, "x", toy_spec(chips=1, noise_site="state"), task, models, plots=False)
     # batched is not part of the identity: same results, so resuming is allowed
     res = _run(tmp_path, "x", toy_spec(chips=1, batched=False), task, models, plots=False)
     assert res.computed_cells == 0

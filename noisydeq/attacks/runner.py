@@ -92,6 +92,7 @@ class AttackRunDir(RunDir):
 
     spec_cls = AttackRunSpec
     what = "attack run"
+    growable = ()  # an attack run does not grow: any other spec is refused
     columns = ATTACK_COLUMNS
     identity = ATTACK_IDENTITY
 

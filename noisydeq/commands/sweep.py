@@ -68,6 +68,17 @@ def default_out(spec: SweepSpec, prefix: str = "sweep") -> Path:
     return Path("runs") / f"{prefix}-{spec_hash(spec)}"
 
 
+def describe_extension(added: dict[str, Any]) -> str:
+    """One line of what an extension added (:func:`noisydeq.extension.added_grids`)."""
+    parts = []
+    for name, value in added.items():
+        if name == "chips":
+            parts.append(f"chips {value[0]} → {value[1]}")
+        else:
+            parts.append(f"{name} + {','.join(str(v) for v in value)}")
+    return "; ".join(parts)
+
+
 def execute(
     spec: SweepSpec, out: Path, *, quiet: bool, as_json: bool, title: str = "",
     threads: str | None = None,
@@ -91,6 +102,7 @@ def execute(
         "noise_mode": spec.swept_mode,
         "cells_computed": res.computed_cells,
         "cells_resumed": res.skipped_cells,
+        "extended": res.extended,
         "seconds": round(seconds, 2),
     }
     if as_json:
@@ -106,6 +118,8 @@ def execute(
         parts = ", ".join(f"{p} {'inf' if math.isinf(v) else f'{v:.1f}'}"
                           for p, v in native.items())
         click.echo(f"device {spec.device}: native SNR {parts} dB (reference MVM)")
+    if res.extended:
+        click.echo(f"extended {res.run_dir.path}: {describe_extension(res.extended)}")
     resumed = f", {res.skipped_cells} resumed" if res.skipped_cells else ""
     click.echo(f"cells: {res.computed_cells} computed{resumed}; {seconds:.1f} s")
     click.echo(f"results: {res.run_dir.csv_path}")
@@ -161,7 +175,8 @@ def execute(
               help="How model-noise SNRs are read: realised (realised SNR = nominal at every "
                    "width) or paper (Eq. 4 literally: nominal - 10 log10(width)).")
 @click.option("--out", default=None,
-              help="Run directory (default runs/sweep-<config hash>; re-running resumes).")
+              help="Run directory (default runs/sweep-<config hash>; re-running resumes; "
+                   "more SNR levels, chips, seeds, depths or kinds extend it).")
 @click.option("--seed", default="0", show_default=True, help="Seed or seeds (0,1,2).")
 @click.option("--torch-device", default="cpu", show_default=True, help="cpu, cuda, cuda:1, ...")
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
@@ -194,6 +209,7 @@ def command(
       noisydeq sweep --device photonic --snr 0,10,20,inf --chips 3 --seed 0,1,2
       noisydeq sweep --device rram --noise-mode static --depths 1,3,5
       noisydeq sweep --task mnist --data-dir DIR --train-snr inf,10,0
+      noisydeq sweep --snr 0:30:5 --out runs/r1   # extends runs/r1 (was --snr 0:30:10)
     """
     from noisydeq.runtime import job_count, thread_plan
 

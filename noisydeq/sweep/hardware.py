@@ -26,6 +26,9 @@ class Hardware:
 
     def __init__(self, spec: SweepSpec) -> None:
         self.spec = spec
+        #: the SNR grid in calibration groups: the grid a run began with and each
+        #: extension's levels (set by the cell runner, :func:`noisydeq.extension.level_groups`)
+        self.level_groups: list[list[float]] = [list(spec.snr_db)]
         self.direct = spec.device == "ideal"
         self.device: Any = None
         self.hw: Any = None
@@ -101,8 +104,24 @@ class Hardware:
             from noisydeq.families import cache_root
             from noisydeq.hardware.calibration_store import calibrate_levels
 
-            calibrate_levels(deployed, model, device, calib_x, self.spec.snr_db, cache_root(),
+            # in-network calibration searches the levels in ascending order, each from the
+            # one before: an extended run calibrates the grid it began with and each
+            # extension's levels apart, so every cell is what a run of its group gives
+            groups = self.level_groups
+            knobs: dict[str, dict[float, Any]] = {}
+            for group in groups[1:]:
+                part = device.deploy(model, digital_layers=self.spec.digital_layers).eval()
+                calibrate_levels(part, model, device, calib_x, group, cache_root(),
+                                 calibration=self.spec.calibration)
+                for name, layer in self.hw.device_layers(part).items():
+                    found = layer.calibrated_controls()
+                    knobs.setdefault(name, {}).update(
+                        {float(s): found[float(s)] for s in group if float(s) in found})
+            calibrate_levels(deployed, model, device, calib_x, groups[0], cache_root(),
                              calibration=self.spec.calibration)
+            for name, layer in self.hw.device_layers(deployed).items():
+                if knobs.get(name):
+                    layer.load_controls(knobs[name])
         elif calib_x is not None:
             self.hw.calibrate(deployed, calib_x)
         return deployed

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from noisydeq.extension import level_groups
 from noisydeq.results import RunDir
 from noisydeq.runtime import job_count, resolve_torch_device
 from noisydeq.specs.sweep import SweepSpec
@@ -99,8 +100,13 @@ class CellRunner:
         self.x, self.y = _test_tensors(task, spec, torch_device)
         self.classification = task.kind == "classification"
         self.metric = "accuracy" if self.classification else "mse"
-        self.rows_per_batch, self.chunks = level_chunks(spec.snr_db, self.x.shape[0],
-                                                        spec.max_rows)
+        # the grid the run began with and each extension's new levels are chunked apart,
+        # so the cells an extended run already holds keep their keys (noisydeq.extension)
+        self.chunks: list[list[float]] = []
+        hardware.level_groups = level_groups(spec.snr_db, run_dir.extensions())
+        for group in hardware.level_groups:
+            self.rows_per_batch, chunks = level_chunks(group, self.x.shape[0], spec.max_rows)
+            self.chunks += chunks
         calib_x = getattr(task, "x_train", None)
         self.calib_x = None if calib_x is None else calib_x[:512].to(torch_device)
         self.content = self._content()

@@ -36,6 +36,9 @@ class SweepResult:
     figures: list[Path] = field(default_factory=list)
     #: static / dynamic / total native SNR of the device's reference MVM (dB)
     native_parts: dict[str, float] = field(default_factory=dict)
+    #: what this run added to the grids its run directory held (empty: a new run or a
+    #: resume; :func:`noisydeq.extension.added_grids`)
+    extended: dict[str, Any] = field(default_factory=dict)
 
 
 
@@ -83,13 +86,17 @@ def run_sweep(
         from noisydeq.tasks import load_task
 
         task = load_task(spec.task, data_dir=spec.data_dir, seed=spec.seeds[0])
+    run_dir = RunDir(out_dir)
+    # an existing run directory: its grids and these (refused, naming the field, when
+    # another field differs), so the checks below see the whole extended sweep
+    spec = run_dir.union(spec)
     hardware = Hardware(spec)  # validates the device before anything is written
     if models is None:
         from noisydeq.families import check_sweep_families
 
         check_sweep_families(spec, task)  # presets, overrides, memory: before any write
-    run_dir = RunDir(out_dir)
     fresh = not run_dir.open(spec)
+    spec = run_dir.spec  # another writer may have extended it meanwhile
     try:
         return _run_open(spec, run_dir, task, hardware, models, progress, on_cell, plots,
                          title, train_threads, eval_threads, torch_device, jobs, fresh)
@@ -154,22 +161,27 @@ def _run_open(
                 runner.run_pair(models[i], chip, cell_done, todo[(i, chip)])
     all_rows: list[dict[str, Any]] = []
     all_layers: list[dict[str, Any]] = []
+    at = {s: i for i, s in enumerate(spec.snr_db)}  # chunks of an extended run: grid order
     for sm in models:
         for chip in range(spec.chips):
+            rows_here: list[dict[str, Any]] = []
+            layers_here: list[dict[str, Any]] = []
             for levels in runner.chunks:
                 key = runner.key(sm, chip, levels)
                 rows = runner.load(sm, chip, levels)
                 if rows is None:
                     raise NoisyDEQError(f"sweep: cell {sm.model_id} chip {chip} was not written")
-                all_rows.extend(rows)
-                all_layers.extend(run_dir.load_cell_layers(key))
+                rows_here.extend(rows)
+                layers_here.extend(run_dir.load_cell_layers(key))
+            all_rows += sorted(rows_here, key=lambda r: at[r["snr_db"]])
+            all_layers += sorted(layers_here, key=lambda r: at[r["snr_db"]])
     skipped = total - computed
     bar.close()
     run_dir.write_table(all_rows)
     if all_layers:
         run_dir.write_layer_table(all_layers)
     result = SweepResult(all_rows, run_dir, hardware.native_snr_db(), computed, skipped,
-                         native_parts=hardware.native_parts())
+                         native_parts=hardware.native_parts(), extended=dict(run_dir.added))
     if plots and all_rows:
         from noisydeq.plots import plot_sweep
 

@@ -376,7 +376,7 @@ def run_dir_cases() -> list[Case]:
         "config.toml other config, digest fixed": lambda out: (out / "config.toml").write_text(
             __import__("noisydeq.store", fromlist=["x"]).sign_text(
                 (out / "config.toml").read_text().split("\n", 1)[1].replace(
-                    "chips = 1", "chips = 2"))),
+                    "epochs = 0", "epochs = 1"))),
         "config.toml unknown key, digest fixed": lambda out: (out / "config.toml").write_text(
             __import__("noisydeq.store", fromlist=["x"]).sign_text(
                 (out / "config.toml").read_text().split("\n", 1)[1] + "\nfoo = 1\n")),
