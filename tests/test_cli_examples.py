@@ -22,7 +22,7 @@ def _examples(command: click.Command) -> list[list[str]]:
     for line in block.splitlines()[1:]:  # the lines after the heading
         if not line.strip():
             break
-        lines.append(shlex.split(line.strip()))
+        lines.append(shlex.split(line.strip(), comments=True))  # `# ...` explains
     return lines
 
 

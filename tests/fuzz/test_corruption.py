@@ -196,7 +196,10 @@ def test_config_and_meta(copy):
     check = lambda: RunDir(run).check(spec)  # noqa: E731
     body = store.verify_text((run / "config.toml").read_text(), run / "config.toml")
     damage_all("config.toml", run / "config.toml", check, seed=10, extra=iter({
-        "chips changed": store.sign_text(body.replace("chips = 1", "chips = 2")).encode(),
+        # a re-signed config that only grows chips is a valid extension request, not damage;
+        # one that changes a cell-defining field is refused
+        "hidden changed, re-signed": store.sign_text(
+            body.replace("hidden = 8", "hidden = 9")).encode(),
         "value changed, digest kept": (run / "config.toml").read_bytes().replace(
             b"hidden = 8", b"hidden = 9"),
         "digest line removed": body.encode(),
