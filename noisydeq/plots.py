@@ -116,13 +116,18 @@ def _save(fig: Any, out: Path, name: str,
     return paths
 
 
+def _point(key: tuple[str, int, int, int, float], snr: float, a: Agg) -> dict[str, Any]:
+    """One plotted point as a CSV row: the model ``key`` (kind, depth, width, params,
+    training SNR), the SNR, the mean and the band's edges."""
+    kind, depth, width, params, t = key
+    return {"kind": kind, "depth": depth, "width": width, "params": params,
+            "train_snr_db": t, "snr_db": snr, "mean": a.mean, "band_lo": a.lo,
+            "band_hi": a.hi, "std": a.std, "n": a.count, "converged_frac": a.converged_frac}
+
+
 def _points(agg: dict[Any, dict[float, Agg]]) -> list[dict[str, Any]]:
-    """The plotted points of ``agg`` as CSV rows (mean and the band's edges)."""
-    return [{"kind": kind, "depth": depth, "width": width, "params": params,
-             "train_snr_db": t, "snr_db": snr, "mean": a.mean, "band_lo": a.lo,
-             "band_hi": a.hi, "std": a.std, "n": a.count, "converged_frac": a.converged_frac}
-            for (kind, depth, width, params, t), by_snr in agg.items()
-            for snr, a in by_snr.items()]
+    """The plotted points of ``agg`` as CSV rows (:func:`_point`)."""
+    return [_point(key, snr, a) for key, by_snr in agg.items() for snr, a in by_snr.items()]
 
 
 def band_note(rows: Sequence[dict[str, Any]]) -> str:
@@ -280,10 +285,7 @@ def plot_metric_vs_depth(
                 colour = plt.get_cmap(KIND_FAMILY.get(kind, "Greys"))(0.8)
                 ax.errorbar(xs, mean, yerr=yerr, fmt=marker, ls=style, color=colour, ms=4,
                             lw=1.4, capsize=2, label=name)
-                table += [{"kind": kind, "depth": d, "width": w, "params": p_,
-                           "train_snr_db": tsnr, "snr_db": snr, "mean": a.mean,
-                           "band_lo": a.lo, "band_hi": a.hi, "std": a.std, "n": a.count,
-                           "converged_frac": a.converged_frac} for d, w, p_, a in pts]
+                table += [_point((kind, d, w, p_, tsnr), snr, a) for d, w, p_, a in pts]
             # parameter counts on the axes, not beside the points: no labels collide
             ffw_params = {d: p_ for k in ("ffw", "ffw_relu") for d, _w, p_, _a in series[k]}
             ax.set_xticks(range(len(depths)))
