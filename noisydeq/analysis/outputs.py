@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -23,6 +24,11 @@ def write_csv(path: str | os.PathLike, rows: Sequence[dict[str, Any]]) -> Path:
     for r in rows:
         w.writerow({k: _fmt(v) for k, v in r.items()})
     return atomic_write_text(path, buf.getvalue())
+
+
+def snr_text(snr_db: float) -> str:
+    """An SNR for a title or a message: ``10 dB``, or ``no noise`` for ∞."""
+    return "no noise" if math.isinf(snr_db) else f"{snr_db:g} dB"
 
 
 def _fmt(v: Any) -> Any:

@@ -6,12 +6,8 @@ import math
 from pathlib import Path
 from typing import Any
 
-from noisydeq.analysis.outputs import pyplot, save_figure, write_csv
+from noisydeq.analysis.outputs import pyplot, save_figure, snr_text, write_csv
 from noisydeq.analysis.traces import TraceSet
-
-
-def _db(v: float) -> str:
-    return "no noise" if math.isinf(v) else f"{v:g} dB"
 
 
 def trace_rows(traces: list[TraceSet]) -> list[dict[str, Any]]:
@@ -38,7 +34,7 @@ def plot_traces(traces: list[TraceSet], stem: Path) -> list[Path]:
                 med = vals.double().nanmedian(dim=1).values
                 axes[i][j].plot(range(1, len(med) + 1), med.numpy(), label=t.solver)
                 axes[i][j].set_yscale("log")
-                axes[i][j].set_title(f"{key}, SNR {_db(snr)}", fontsize=9)
+                axes[i][j].set_title(f"{key}, SNR {snr_text(snr)}", fontsize=9)
         axes[1][j].set_xlabel("iteration")
     axes[0][0].set_ylabel("‖f(z)−z‖/‖f(z)‖")
     axes[1][0].set_ylabel("window-averaged (Eq. 54)")
@@ -93,7 +89,7 @@ def plot_floors(rows: list[dict[str, Any]], eps: float, stem: Path) -> list[Path
     for i, snr in enumerate(sorted({r["snr_db"] for r in rows})):
         rs = sorted((r for r in rows if r["snr_db"] == snr), key=lambda r: r["window"])
         ws = [r["window"] for r in rs]
-        ax.plot(ws, [r["mean_rel_floor"] for r in rs], "o-", color=f"C{i}", label=_db(snr))
+        ax.plot(ws, [r["mean_rel_floor"] for r in rs], "o-", color=f"C{i}", label=snr_text(snr))
         ax.plot(ws, [rs[0]["mean_rel_floor"] * ws[0] / w for w in ws], ":", color=f"C{i}",
                 lw=1)
     ax.axhline(eps, color="k", ls="--", lw=1, label=f"ε = {eps:g}")

@@ -71,6 +71,7 @@ def command(names, snr, max_iter, window, width, batch, family, depth, member_se
       noisydeq solvers --family runs/sweep-1a2b3c --window 5,20,40 --inputs 500
     """
     from noisydeq.analysis import solver_runs, traces
+    from noisydeq.analysis.outputs import snr_text
     from noisydeq.runtime import resolve_torch_device
 
     solvers = traces.check_solvers(names.split(","))
@@ -122,7 +123,7 @@ def command(names, snr, max_iter, window, width, batch, family, depth, member_se
         rows, more = solver_runs.write_counts(counts, eps, count_max_iter, out)
         paths += more
         click.echo(f"Fig. 5 (DEQ width {m.width}, seed {m.seed}, trained at "
-                   f"{_db(m.train_snr_db)}, unroll, ε = {eps:g}, threshold "
+                   f"{snr_text(m.train_snr_db)}, unroll, ε = {eps:g}, threshold "
                    f"{count_max_iter}): mean iterations")
         for r in rows:
             label = "rel" if r["stop"] == "rel" else f"mean_rel w={r['window']}"
@@ -158,10 +159,6 @@ def _check_window(window: int, cap: int, flag: str) -> None:
                             "only stop once its window is full)")
 
 
-def _db(snr_db: float) -> str:
-    return "no noise" if math.isinf(snr_db) else f"{snr_db:g} dB"
-
-
 def _family_deq(family: Path, depth: int | None, member_seed: int | None,
                 member_train_snr: str | None, inputs: int, data_dir: str | None,
                 cache: Path | None, dev):
@@ -170,6 +167,7 @@ def _family_deq(family: Path, depth: int | None, member_seed: int | None,
     task and the first ``inputs`` tests. A family of several seeds or training SNRs is
     never reduced to an arbitrary member: the choice is explicit and printed."""
     from noisydeq.analysis.family import load_family, load_family_task
+    from noisydeq.analysis.outputs import snr_text
 
     members = [m for m in load_family(family, dev, data_dir=data_dir, cache_dir=cache)
                if m.kind == "deq"]
@@ -191,7 +189,7 @@ def _family_deq(family: Path, depth: int | None, member_seed: int | None,
         train_snr = values[0]
         if train_snr not in snrs:
             raise NoisyDEQError(f"--member-train-snr {member_train_snr}: the family's training "
-                                f"SNRs are {', '.join(_db(v) for v in snrs)}")
+                                f"SNRs are {', '.join(snr_text(v) for v in snrs)}")
     members = [m for m in members if m.train_snr_db == train_snr]
     if depth is not None:
         members = [m for m in members if m.depth == depth]

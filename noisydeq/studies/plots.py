@@ -14,12 +14,8 @@ import math
 from pathlib import Path
 from typing import Any
 
-from noisydeq.analysis.outputs import pyplot, save_figure
+from noisydeq.analysis.outputs import pyplot, save_figure, snr_text
 from noisydeq.studies.spec import StudySpec
-
-
-def _db(v: float) -> str:
-    return "no noise" if math.isinf(v) else f"{v:g} dB"
 
 
 def _metric_label(rows: list[dict[str, Any]]) -> str:
@@ -44,7 +40,7 @@ def plot_extrapolation(rows: list[dict[str, Any]], stem: Path, title: str) -> li
         for (model, solver, tsnr), pts in lines.items():
             pts.sort(key=lambda r: r["shift"])
             x = [r["shift"] for r in pts]
-            label = f"{model} ({_db(tsnr)})" + (f" [{solver}]" if solver not in ("-",
+            label = f"{model} ({snr_text(tsnr)})" + (f" [{solver}]" if solver not in ("-",
                                                                               "trained") else "")
             ls = "-" if math.isinf(tsnr) else "--"
             line, = ax.plot(x, [r["value"] for r in pts], marker="o", ls=ls, label=label)
@@ -94,7 +90,7 @@ def plot_snr(rows: list[dict[str, Any]], stem: Path, title: str) -> list[Path]:
         ticks = [*finite, inf_at] if finite else [inf_at]
         ax.set_xticks(ticks, [f"{t:g}" for t in finite] + ["∞"])
         ax.set_xlabel("test SNR (dB)")
-        ax.set_title(f"trained with {_db(tsnr)}", fontsize=9)
+        ax.set_title(f"trained with {snr_text(tsnr)}", fontsize=9)
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel(_metric_label(rows))
     axes[0][-1].legend(fontsize=7)
@@ -115,13 +111,13 @@ def plot_params(rows: list[dict[str, Any]], snr: float, stem: Path, title: str) 
             if not pts:
                 continue
             line, = ax.plot([r["params"] for r in pts], [r["value"] for r in pts], marker="o",
-                            label=f"{kind.upper()} (trained {_db(tsnr)})")
+                            label=f"{kind.upper()} (trained {snr_text(tsnr)})")
             for r in pts:
                 ax.annotate(r["model"], (r["params"], r["value"]), fontsize=7,
                             textcoords="offset points", xytext=(3, 3))
     ax.set_xscale("log")
     ax.set_xlabel("parameters")
-    ax.set_ylabel(f"{_metric_label(rows)} at test SNR {_db(snr)}")
+    ax.set_ylabel(f"{_metric_label(rows)} at test SNR {snr_text(snr)}")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     ax.set_title(title, fontsize=10)
