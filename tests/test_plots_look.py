@@ -51,7 +51,6 @@ def test_member_colours_keep_a_family_per_kind():
 
 
 def test_sweep_figures_have_their_points_as_csv(tmp_path):
-    pytest.importorskip("matplotlib")
     rows = _rows()
     spec = SweepSpec(task="digits", device="snr", snr_db=[0.0, 10.0, math.inf])
     paths = plots.plot_sweep(rows, tmp_path, spec, native_snr_db=20.0)
