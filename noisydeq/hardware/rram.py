@@ -44,6 +44,7 @@ from noisydeq.hardware.rram_io import identity_read, io_forward, row_stats
 from noisydeq.hardware.rram_program import ChipDraw, require_aihwkit, wan2022_noise_model
 from noisydeq.hardware.specs import RRAMSpec
 from noisydeq.noise import NoiseStream, derive_seed
+from noisydeq.scalars import const
 
 S_MIN, S_MAX = 1e-4, 1e3
 #: programmed chips kept per layer (LRU): at least 8, more while they fit in 256 MiB, so the
@@ -105,7 +106,7 @@ class RRAMLayer(DeviceLayer):
             self._chips.move_to_end(key)
             return self._chips[key]
         w = self.matrix().detach()
-        w_norm = w / self._wscale()
+        w_norm = w / const(self._wscale(), w)  # noisydeq.scalars: no cast per call
         if s == 0:
             w_t, alpha = w_norm.clone(), 1.0
         else:
