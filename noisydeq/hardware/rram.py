@@ -101,10 +101,16 @@ class RRAMLayer(DeviceLayer):
 
     def _chip(self, s: float) -> tuple[Tensor, float, float, float]:
         """:meth:`chip` plus (max row L1 norm, RMS) of W_t, for bound management."""
-        key = (float(s), self.weight._version, self.weight.data_ptr(), self.weight.device)
+        weights = (self.weight._version, self.weight.data_ptr(), self.weight.device)
+        key = (float(s), *weights)
         if key in self._chips:
             self._chips.move_to_end(key)
             return self._chips[key]
+        # chips of earlier weights are never asked for again (a weight's version only grows):
+        # dropped, so training (new weights every step) does not fill the cache with dead
+        # chips (up to 256 MiB per layer, and fresh memory for every new one)
+        for old in [k for k in self._chips if k[1:] != weights]:
+            del self._chips[old]
         w = self.matrix().detach()
         w_norm = w / const(self._wscale(), w)  # noisydeq.scalars: no cast per call
         if s == 0:
