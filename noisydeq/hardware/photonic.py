@@ -166,16 +166,18 @@ class PhotonicLayer(DeviceLayer):
             return self._enc[key]
         wmax, t = self._unit_weights()
         if sigma > 0:
-            mag = (t.abs() + sigma * self._std_draw(t.shape, t)).clamp(0.0, 1.0)
-            t = torch.where(t < 0, -mag, mag)
+            # constants as 0-dim tensors (noisydeq.scalars): the same values, no casts
+            mag = (t.abs() + const(sigma, t) * self._std_draw(t.shape, t)).clamp(0.0, 1.0)
+            t = torch.where(t < const(0.0, t), -mag, mag)
         t_abs = t.abs()
         t_mean = t_abs.mean(dim=1)
         sp = self.spec
         h_dac, h_adc = 0.5 * (2**sp.dac_bits - 1), 0.5 * (2**sp.adc_bits - 1)
         alpha = h_adc / (h_dac * full_scale)
-        tm = t_mean * alpha
+        a = const(alpha, t)
+        tm = t_mean * a
         basis = torch.stack([tm.square(), tm, torch.ones_like(tm)])
-        fused = (t * alpha, t_abs * alpha, basis, alpha, float(wmax))
+        fused = (t * a, t_abs * a, basis, alpha, float(wmax))
         entry = (t, t_abs, t_mean, float(wmax), fused)
         self._enc[key] = entry
         while len(self._enc) > 8:
