@@ -157,13 +157,14 @@ class Tile:
             rest = torch.ones_like(idx, dtype=torch.bool)
         else:
             top = peak.index_select(0, rows).clamp_(max=self.k_max)  # |code| at `where`
-            lower = top - 0.5 - self.sigma * noise.abs()
-            rest = lower <= (self.k_clip + tol) / m + self.alpha * l1_max / 2
+            lower = top - const(0.5, top) - const(self.sigma, top) * noise.abs()
+            rest = lower <= const((self.k_clip + tol) / m + self.alpha * l1_max / 2, lower)
         rows, idx, noise = rows[rest], idx[rest], noise[rest]
         q = self.codes(None if rows.numel() == self.x.shape[0] else rows, float(low))
         if rows.numel():
             v = torch.linalg.vecdot(q, self.w.index_select(0, idx))
-            unsure = v.mul_(self.alpha).add_(noise, alpha=self.sigma).abs_() <= self.k_clip + tol
+            v = v.mul_(const(self.alpha, v)).add_(noise, alpha=self.sigma).abs_()
+            unsure = v <= const(self.k_clip + tol, v)
             rows, q = rows[unsure], q[unsure]
         return rows, q
 
@@ -193,8 +194,8 @@ def _argmax_abs(size: Tensor, k_max: float) -> Tensor:
     if (k_max + 1) * 2**bits >= 2**mantissa:
         return size.argmax(dim=-1)
     index = torch.arange(n, dtype=size.dtype, device=size.device)
-    key = torch.addcmul(index, size, index.new_tensor(float(2**bits))).amax(dim=-1)
-    return key.remainder_(2**bits).long()
+    key = torch.addcmul(index, size, const(float(2**bits), index)).amax(dim=-1)
+    return key.remainder_(const(float(2**bits), key)).long()
 
 
 def start_level(tile: Tile, x: Tensor, n_out: int, w_rms: float, r_max: int) -> int:
