@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import difflib
 import importlib
+import importlib.util
 import os
 import shlex
 import signal
@@ -20,29 +21,49 @@ import threading
 from typing import Any
 
 import click
+from click.utils import make_default_short_help
 
 from noisydeq import __version__
 from noisydeq.errors import NoisyDEQError
 
-# Command modules under noisydeq/commands, in help order. A module missing from an
-# install is skipped so the core CLI keeps working.
-COMMAND_MODULES = [
-    "sweep",
-    "train",
-    "run",
-    "devices",
-    "table",
-    "sensitivity",
-    "spectrum",
-    "solvers",
-    "study",
-    "compare",
-    "certify",
-    "attack",
-    "lyapunov",
-    "adversarial",
-    "runs",
+#: (command, its module under noisydeq/commands, the first paragraph of its help), in help
+#: order. ``noisydeq --help`` lists the commands from here without importing their modules
+#: (which import the pydantic specs: ~0.2 s of a 0.25 s help); tests/test_cli_imports.py
+#: checks the table against the commands themselves. A module missing from an install is
+#: skipped so the core CLI keeps working.
+COMMANDS: list[tuple[str, str, str]] = [
+    ("sweep", "sweep",
+     "Sweep parameter-matched DEQ vs FFW accuracy across SNR on a simulated device."),
+    ("train", "train", "Train one model or a depth-matched DEQ/FFW family on a task."),
+    ("run", "run",
+     "Run an experiment: a bundled one by NAME (see --list) or a .toml FILE of your own."),
+    ("devices", "devices",
+     "List device presets (or the given names / .toml paths) with their native SNR."),
+    ("table", "table",
+     "DEQ vs matched-FFW tables (Markdown) of finished sweeps at one inference SNR."),
+    ("sensitivity", "sensitivity",
+     "E_ξ|dz*/dξ_i| of each DEQ and FFW in a family, the DEQ/FFW ratio and Eq. 12 bounds."),
+    ("spectrum", "spectrum",
+     "Eigen-spectra and spectral radii of every DEQ and FFW of a family."),
+    ("solvers", "solvers",
+     "Noisy fixed-point solving: traces, stop-rule iteration counts, accuracy per solver."),
+    ("study", "study",
+     "Train named models and evaluate them over sizes, test noise and solvers."),
+    ("compare", "compare",
+     "Compare DEQs with their parameter-matched FFWs (e.g. one run per FFW form)."),
+    ("certify", "certify",
+     "Certified robustness (interval bounds) of monotone DEQs and explicit networks."),
+    ("attack", "attack",
+     "Attack a family's DEQs and FFWs (PGD, AutoAttack, noise; DEQ estimators, defences)."),
+    ("lyapunov", "lyapunov",
+     "Reproduce the LyaDEQ paper's Table 1 and compare LyaDEQ/DEQ/FFW on devices."),
+    ("adversarial", "adversarial",
+     "Adversarial training grid (PGD-AT/TRADES x defences) and its attack tables."),
+    ("runs", "runs",
+     "List sweep run directories below DIRS (default: runs) with their specs and status."),
 ]
+# Command modules under noisydeq/commands, in help order.
+COMMAND_MODULES = list(dict.fromkeys(module for _, module, _ in COMMANDS))
 
 
 def _module_commands(name: str) -> list[click.Command]:
@@ -56,6 +77,11 @@ def _module_commands(name: str) -> list[click.Command]:
     return list(getattr(module, "commands", None) or [module.command])
 
 
+def _installed(module: str) -> bool:
+    """Whether ``noisydeq/commands/<module>.py`` is there (found, not imported)."""
+    return importlib.util.find_spec(f"noisydeq.commands.{module}") is not None
+
+
 class LazyGroup(click.Group):
     """A group that imports a command's module only when that command runs (or help lists
     them): ``noisydeq sweep --snr ...`` loads neither torch nor the other commands before
@@ -67,6 +93,16 @@ class LazyGroup(click.Group):
         for module in COMMAND_MODULES:
             names += [c.name for c in _module_commands(module) if c.name not in names]
         return names
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        """The commands section of the help, from :data:`COMMANDS` (no command module is
+        imported; the same text as click's own listing)."""
+        rows = [(name, text) for name, module, text in COMMANDS if _installed(module)]
+        if rows:
+            limit = formatter.width - 6 - max(len(name) for name, _ in rows)
+            with formatter.section("Commands"):
+                formatter.write_dl([(name, make_default_short_help(text, limit))
+                                    for name, text in rows])
 
     def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
         for module in ([name] if name in COMMAND_MODULES else []) + COMMAND_MODULES:

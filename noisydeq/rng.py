@@ -61,6 +61,8 @@ import sys
 import torch
 from torch import Tensor
 
+from noisydeq.scalars import const
+
 _MASK = (1 << 64) - 1
 #: γ₀ = 2⁶⁴/φ (odd): SplitMix64's default gamma
 GOLDEN = 0x9E3779B97F4A7C15
@@ -201,8 +203,10 @@ def normal(base: Tensor, gamma: Tensor, n: int, dtype: torch.dtype) -> Tensor:
         if _BIG_ENDIAN:  # the words of an int64 in memory are (low, high) on little-endian
             words = words.flip(0)
         f = words.to(cdt, memory_format=torch.contiguous_format)
-        theta, r = f[0].mul_(_TWO_PI * 2.0**-32), f[1]
-        r = torch.rsub(r.abs_().add_(0.5).log_(), _LOG_SPAN2, alpha=2.0).sqrt_()
+        # float constants as 0-dim tensors (noisydeq.scalars: no cast per call, same values)
+        theta, r = f[0].mul_(const(_TWO_PI * 2.0**-32, f)), f[1]
+        r = torch.rsub(r.abs_().add_(const(0.5, f)).log_(), const(_LOG_SPAN2, f),
+                       alpha=2.0).sqrt_()
         torch.mul(theta.cos(), r, out=out[sl, :pairs])
         rest = n - pairs
         torch.mul(theta.sin_()[:, :rest], r[:, :rest], out=out[sl, pairs:])

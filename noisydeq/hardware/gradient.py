@@ -17,6 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from noisydeq.scalars import const
+
 
 def straight_through(exact: Tensor, device_out: Tensor, scale: Tensor | None = None) -> Tensor:
     """Value of ``device_out`` with the gradient of ``exact`` plus, with ``scale``, that of
@@ -90,16 +92,16 @@ class _PeakScaledError(torch.autograd.Function):
         scale = peak * w_max
         dot = (grad.reshape(-1, err.shape[-1]) * err.reshape(-1, err.shape[-1])).sum(
             dim=-1, keepdim=True)
-        held = scale > 0
+        held = scale > const(0.0, scale)  # constants: noisydeq.scalars
         c = torch.where(held, dot / torch.where(held, scale, 1.0), 0.0)  # ∂L/∂s_b
         grad_x = grad_w = None
         if ctx.needs_input_grad[1]:
             top = size == peak
-            coef = c * w_max / top.sum(dim=-1, keepdim=True)
+            coef = c * w_max / top.sum(dim=-1, keepdim=True, dtype=c.dtype)  # exact counts
             grad_x = (rows.sign() * top * coef).reshape(x.shape)
         if ctx.needs_input_grad[2]:
             top_w = size_w == w_max
-            grad_w = w.sign() * top_w * ((c * peak).sum() / top_w.sum())
+            grad_w = w.sign() * top_w * ((c * peak).sum() / top_w.sum(dtype=c.dtype))
         return None, grad_x, grad_w
 
 

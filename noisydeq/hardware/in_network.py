@@ -162,7 +162,6 @@ def calibrate_in_network(
     samples: int | None = SAMPLES,
     draws: int = DRAWS,
     seed: int = 0,
-    max_rows: int = 4096,
     forward: Callable[[nn.Module, Tensor], Any] | None = None,
     clean_start: bool = True,
 ) -> NetworkReport:
@@ -174,13 +173,12 @@ def calibrate_in_network(
     independent noise (all captured inputs are used). ``rounds``: the most noisy forwards
     per level (0: clean calibration only; a level whose first forward lands within
     :data:`REFINE_DB` of the target takes one). ``forward(model, x)`` runs the model
-    (default ``model(x)``); ``max_rows`` is kept for the interface (a forward holds one
-    level's ``samples × draws`` rows). ``clean_start=False``: the layers were calibrated on
+    (default ``model(x)``); a forward holds one level's ``samples × draws`` rows (bounded
+    by ``samples`` and ``draws``). ``clean_start=False``: the layers were calibrated on
     ``x`` already (:func:`calibrate`). Each layer keeps the knobs found per level
     (``layer.control_for``); its noise streams and per-sample targets are restored
     afterwards.
     """
-    del max_rows  # one level per forward (its rows: samples x draws)
     if rounds < 0 or draws < 1:
         raise ValueError("rounds must be >= 0 and draws >= 1")
     forward = forward if forward is not None else (lambda m, inp: m(inp))

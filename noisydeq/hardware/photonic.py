@@ -38,6 +38,7 @@ from noisydeq.hardware.base import Device
 from noisydeq.hardware.layer import Control, DeviceLayer, Knobs
 from noisydeq.hardware.specs import PhotonicSpec
 from noisydeq.noise import NoiseStream, seeded_generator
+from noisydeq.scalars import const
 
 Q_E = 1.602176634e-19  # C, elementary charge (SI exact)
 K_B = 1.380649e-23  # J/K, Boltzmann constant (SI exact)
@@ -104,6 +105,9 @@ class PhotonicLayer(DeviceLayer):
         self._enc: OrderedDict[tuple, tuple] = OrderedDict()
         self._err: tuple[tuple, Tensor] | None = None
         self._adc: tuple[tuple, float, Tensor] | None = None
+        #: (weight version, max|W| (clamped), W / max|W|): shared by the ADC gain and the
+        #: transmissions, both made again whenever the weights change (every training step)
+        self._unit: tuple[tuple, Tensor, Tensor] | None = None
         #: (inputs key, calibration inputs normalised by their max |x|, the inputs)
         self._adc_inputs: tuple[tuple, Tensor, Tensor] | None = None
 
@@ -118,6 +122,16 @@ class PhotonicLayer(DeviceLayer):
             g = seeded_generator(self.static_seed)
             self._err = (key, torch.randn(shape, generator=g).to(like.device, like.dtype))
         return self._err[1]
+
+    def _unit_weights(self) -> tuple[Tensor, Tensor]:
+        """(max|W| clamped at 1e-12, W / max|W|) of the current weights (kept per version)."""
+        key = (self.weight._version, self.weight.data_ptr(), self.weight.device)
+        if self._unit is None or self._unit[0] != key:
+            with torch.no_grad():
+                w = self.matrix().detach()
+                wmax = w.abs().max().clamp(min=1e-12)
+                self._unit = (key, wmax, w / wmax)
+        return self._unit[1], self._unit[2]
 
     def adc_scale(self) -> float:
         """ADC full scale F in units of R·P (module docstring): fixed, or calibrated on the
@@ -136,8 +150,7 @@ class PhotonicLayer(DeviceLayer):
                     self._adc_inputs = (x_key, x / torch.where(nm > 0, nm, 1.0), x)
             xn = self._adc_inputs[1]
             with torch.no_grad():
-                w = self.matrix().detach()
-                peak = float((xn @ (w / w.abs().max().clamp(min=1e-12)).T).abs().max())
+                peak = float((xn @ self._unit_weights()[1].T).abs().max())
             scale = sp.adc_headroom * peak if peak > 0 else fixed
             self._adc = (key, scale, x)
         return self._adc[1]
@@ -151,20 +164,20 @@ class PhotonicLayer(DeviceLayer):
         if key in self._enc:
             self._enc.move_to_end(key)
             return self._enc[key]
-        w = self.matrix().detach()
-        wmax = w.abs().max().clamp(min=1e-12)
-        t = w / wmax
+        wmax, t = self._unit_weights()
         if sigma > 0:
-            mag = (t.abs() + sigma * self._std_draw(t.shape, t)).clamp(0.0, 1.0)
-            t = torch.where(t < 0, -mag, mag)
+            # constants as 0-dim tensors (noisydeq.scalars): the same values, no casts
+            mag = (t.abs() + const(sigma, t) * self._std_draw(t.shape, t)).clamp(0.0, 1.0)
+            t = torch.where(t < const(0.0, t), -mag, mag)
         t_abs = t.abs()
         t_mean = t_abs.mean(dim=1)
         sp = self.spec
         h_dac, h_adc = 0.5 * (2**sp.dac_bits - 1), 0.5 * (2**sp.adc_bits - 1)
         alpha = h_adc / (h_dac * full_scale)
-        tm = t_mean * alpha
+        a = const(alpha, t)
+        tm = t_mean * a
         basis = torch.stack([tm.square(), tm, torch.ones_like(tm)])
-        fused = (t * alpha, t_abs * alpha, basis, alpha, float(wmax))
+        fused = (t * a, t_abs * a, basis, alpha, float(wmax))
         entry = (t, t_abs, t_mean, float(wmax), fused)
         self._enc[key] = entry
         while len(self._enc) > 8:
@@ -215,8 +228,10 @@ class PhotonicLayer(DeviceLayer):
         h_dac, h_adc = 0.5 * (2**sp.dac_bits - 1), 0.5 * (2**sp.adc_bits - 1)
         # DAC: x̂ = x / max|x| (zero vectors: scale 1); |x̂·h| ≤ h needs no clip
         nm = x.abs().amax(dim=-1, keepdim=True)
-        nm = nm.masked_fill_(nm == 0, 1.0)
-        xq = x.mul(h_dac / nm).floor_().add_(0.5)  # codes x̂·h_dac
+        nm = nm.masked_fill_(nm == const(0.0, nm), 1.0)
+        # codes x̂·h_dac; h_dac / nm as torch computes it (nm.reciprocal() * h_dac), the
+        # constants as 0-dim tensors (noisydeq.scalars)
+        xq = x.mul(nm.reciprocal().mul_(const(h_dac, nm))).floor_().add_(const(0.5, x))
         z = xq @ ta.T  # D in ADC units, D = (I+ − I−)/(R·P)
         per_sample = isinstance(power, Tensor)
         if per_sample:
@@ -237,8 +252,8 @@ class PhotonicLayer(DeviceLayer):
             var = coef @ basis
         var = var.addcmul_(z, z, value=k).sqrt_()
         z = z.addcmul_(noise, var).clamp_(-h_adc, h_adc).floor_()  # ADC codes − 0.5
-        scale = nm.mul_(u * wmax)  # back to W x units: code · u · max|x| · max|W|
-        return torch.addcmul(scale.mul(0.5), z, scale, out=z)
+        scale = nm.mul_(const(u * wmax, nm))  # back to W x units: code · u · max|x| · max|W|
+        return torch.addcmul(scale.mul(const(0.5, nm)), z, scale, out=z)
 
     def error_scale(self, x: Tensor, exact: Tensor) -> Tensor:
         """max|W| · max|x| per vector: transmissions are |W|/max|W| and inputs x/max|x|, so

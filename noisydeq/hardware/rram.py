@@ -44,6 +44,7 @@ from noisydeq.hardware.rram_io import identity_read, io_forward, row_stats
 from noisydeq.hardware.rram_program import ChipDraw, require_aihwkit, wan2022_noise_model
 from noisydeq.hardware.specs import RRAMSpec
 from noisydeq.noise import NoiseStream, derive_seed
+from noisydeq.scalars import const
 
 S_MIN, S_MAX = 1e-4, 1e3
 #: programmed chips kept per layer (LRU): at least 8, more while they fit in 256 MiB, so the
@@ -100,12 +101,18 @@ class RRAMLayer(DeviceLayer):
 
     def _chip(self, s: float) -> tuple[Tensor, float, float, float]:
         """:meth:`chip` plus (max row L1 norm, RMS) of W_t, for bound management."""
-        key = (float(s), self.weight._version, self.weight.data_ptr(), self.weight.device)
+        weights = (self.weight._version, self.weight.data_ptr(), self.weight.device)
+        key = (float(s), *weights)
         if key in self._chips:
             self._chips.move_to_end(key)
             return self._chips[key]
+        # chips of earlier weights are never asked for again (a weight's version only grows):
+        # dropped, so training (new weights every step) does not fill the cache with dead
+        # chips (up to 256 MiB per layer, and fresh memory for every new one)
+        for old in [k for k in self._chips if k[1:] != weights]:
+            del self._chips[old]
         w = self.matrix().detach()
-        w_norm = w / self._wscale()
+        w_norm = w / const(self._wscale(), w)  # noisydeq.scalars: no cast per call
         if s == 0:
             w_t, alpha = w_norm.clone(), 1.0
         else:

@@ -38,6 +38,7 @@ from torch import Tensor
 
 from noisydeq.hardware.specs import RRAMSpec
 from noisydeq.noise import STABLE_ROWS
+from noisydeq.scalars import const
 
 #: float tolerance of the sure-clip tests, relative to the largest possible |v| (codes)
 _TOL = 1e-5
@@ -67,7 +68,12 @@ def bm_limit(spec: RRAMSpec) -> int:
 
 def row_stats(w: Tensor) -> tuple[float, float]:
     """(max_i ‖W_i‖₁, RMS of W): the bound-test margin and the output-range estimate."""
-    return float(w.abs().sum(dim=1).max()), float(w.square().mean().sqrt())
+    return float(w.abs().sum(dim=1).max()), rms(w)
+
+
+def rms(w: Tensor) -> float:
+    """RMS of W (the output-range estimate of :func:`start_level`)."""
+    return float(w.square().mean().sqrt())
 
 
 @functools.lru_cache(maxsize=256)
@@ -95,9 +101,12 @@ class Tile:
         # max |x| as abs().amax(): along the last dim 1.7-2x faster than amax and amin, and
         # aminmax or vector_norm(ord=inf) are ~7-10x slower (torch 2.13 CPU)
         nm = x.abs().amax(dim=-1, keepdim=True)
-        self.nm = torch.where(nm > 0, nm, 1.0)  # zero vectors: scale 1 (as aihwkit)
-        self.inv = 1.0 / self.nm  # noise-management scale at r = 1
-        self.out_scale = self.nm * (self.dy * gain)  # output units per ADC code at r = 1
+        self.nm = torch.where(nm > const(0.0, nm), nm, 1.0)  # zero vectors: scale 1 (as aihwkit)
+        # noise-management scale at r = 1: 1.0 / nm, which torch computes as
+        # nm.reciprocal() * 1.0 (Tensor.__rtruediv__), the same values
+        self.inv = self.nm.reciprocal()
+        # output units per ADC code at r = 1 (constants: noisydeq.scalars)
+        self.out_scale = self.nm * const(self.dy * gain, nm)
 
     def _rows(self, t: Tensor, rows: Tensor | None) -> Tensor:
         return t if rows is None else t.index_select(0, rows)
@@ -105,7 +114,8 @@ class Tile:
     def codes(self, rows: Tensor | None, r: float) -> Tensor:
         """DAC codes of ``rows`` at reduction ``r`` (aihwkit's operation order, so the codes
         are bit-identical to its torch tile's)."""
-        q = self._rows(self.x, rows).mul(self._rows(self.inv, rows).div(r)).div_(self.dq)
+        inv = self._rows(self.inv, rows).div(const(r, self.inv))
+        q = self._rows(self.x, rows).mul(inv).div_(const(self.dq, inv))
         q = q.round_()
         return q.clamp_(-self.q_max, self.q_max) if self.clip_in else q
 
@@ -120,11 +130,11 @@ class Tile:
         code = _stable_addmm(noise, q, self.w.T, self.sigma, self.alpha).round_()
         size = code.abs()
         peak = size.amax(dim=-1)
-        if bool((peak > self.k_max).any()):
+        if bool((peak > const(self.k_max, peak)).any()):
             code = code.clamp_(-self.k_max, self.k_max)
             size = size.clamp_(max=self.k_max)  # |clamped code|
         where = _argmax_abs(size, self.k_max) if locate else None
-        out = code.mul_(self._rows(self.out_scale, rows).mul(r))
+        out = code.mul_(self._rows(self.out_scale, rows).mul(const(r, code)))
         return out, peak, where
 
     def sure_clip(
@@ -147,13 +157,14 @@ class Tile:
             rest = torch.ones_like(idx, dtype=torch.bool)
         else:
             top = peak.index_select(0, rows).clamp_(max=self.k_max)  # |code| at `where`
-            lower = top - 0.5 - self.sigma * noise.abs()
-            rest = lower <= (self.k_clip + tol) / m + self.alpha * l1_max / 2
+            lower = top - const(0.5, top) - const(self.sigma, top) * noise.abs()
+            rest = lower <= const((self.k_clip + tol) / m + self.alpha * l1_max / 2, lower)
         rows, idx, noise = rows[rest], idx[rest], noise[rest]
         q = self.codes(None if rows.numel() == self.x.shape[0] else rows, float(low))
         if rows.numel():
             v = torch.linalg.vecdot(q, self.w.index_select(0, idx))
-            unsure = v.mul_(self.alpha).add_(noise, alpha=self.sigma).abs_() <= self.k_clip + tol
+            v = v.mul_(const(self.alpha, v)).add_(noise, alpha=self.sigma).abs_()
+            unsure = v <= const(self.k_clip + tol, v)
             rows, q = rows[unsure], q[unsure]
         return rows, q
 
@@ -183,8 +194,8 @@ def _argmax_abs(size: Tensor, k_max: float) -> Tensor:
     if (k_max + 1) * 2**bits >= 2**mantissa:
         return size.argmax(dim=-1)
     index = torch.arange(n, dtype=size.dtype, device=size.device)
-    key = torch.addcmul(index, size, index.new_tensor(float(2**bits))).amax(dim=-1)
-    return key.remainder_(2**bits).long()
+    key = torch.addcmul(index, size, const(float(2**bits), index)).amax(dim=-1)
+    return key.remainder_(const(float(2**bits), key)).long()
 
 
 def start_level(tile: Tile, x: Tensor, n_out: int, w_rms: float, r_max: int) -> int:
@@ -223,17 +234,18 @@ def identity_read(spec: RRAMSpec, w: Tensor, out_std: float, noise: Tensor,
     sigma, k_max = float(out_std) / dy, spec.out_bound / dy
     if bm_limit(spec) > 1:  # start_level's rule with ‖x̂‖² = 1 (its median of one vector)
         z = _median_max_z(w.shape[0]) / k_max
-        rms = row_stats(w)[1] if w_rms is None else w_rms
-        if 1.0 * (z * rms / dy) ** 2 + (z * sigma) ** 2 > 1:
+        w_rms = rms(w) if w_rms is None else w_rms  # no L1 norms: one pass, not four
+        if 1.0 * (z * w_rms / dy) ** 2 + (z * sigma) ** 2 > 1:
             return None  # a larger starting reduction: the general path decides
     c = round(1.0 / dq)
     if spec.inp_bound < 1.0:
         q_max = spec.inp_bound / dq
         c = max(-q_max, min(q_max, c))
-    code = torch.add((w.T * c).mul_(dq / dy), noise, alpha=sigma).round_()
-    if bool((code.abs() > k_max).any()):
+    code = (w.T * const(c, w)).mul_(const(dq / dy, w))
+    code = torch.add(code, noise, alpha=sigma).round_()
+    if bool((code.abs() > const(k_max, code)).any()):
         return None
-    return code.mul_(dy)
+    return code.mul_(const(dy, code))
 
 
 def io_forward(
@@ -258,7 +270,10 @@ def io_forward(
     l1_max, w_rms = row_stats(w) if stats is None else stats
     r = start_level(tile, x, w.shape[0], w_rms, r_max)
     out, peak, where = tile.run(None, float(r), locate=r > 1)
-    final = peak <= tile.k_max if r < r_max else torch.ones_like(peak, dtype=torch.bool)
+    if r < r_max:
+        final = peak <= const(tile.k_max, peak)
+    else:
+        final = torch.ones_like(peak, dtype=torch.bool)
     pending = torch.arange(x.shape[0], device=x.device)  # clip at every reduction < low
     lowered = torch.zeros_like(final)  # output taken from a pass below r
     low = 1
@@ -267,7 +282,7 @@ def io_forward(
         rest, q = tile.sure_clip(pending, peak, where, r, low, l1_max)
         if rest.numel():  # not surely clipping at `low`: run it
             y, peak_low, _ = tile.run(rest, float(low), q)
-            ok = peak_low <= tile.k_max
+            ok = peak_low <= const(tile.k_max, peak_low)
             done = rest[ok]
             out[done] = y[ok]
             lowered[done] = True
@@ -280,7 +295,7 @@ def io_forward(
         if r >= r_max:
             out[rows] = y
             break
-        ok = peak <= tile.k_max
+        ok = peak <= const(tile.k_max, peak)
         out[rows[ok]] = y[ok]
         rows = rows[~ok]
     return out

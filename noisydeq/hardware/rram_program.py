@@ -21,6 +21,7 @@ from torch import Tensor
 
 from noisydeq.errors import NoisyDEQError
 from noisydeq.hardware.specs import RRAMSpec
+from noisydeq.scalars import const
 
 #: aihwkit is an optional dependency (the ``rram`` extra); the version the tests run on
 AIHWKIT_VERSION = "1.1.0"
@@ -64,12 +65,13 @@ def _sigmas(model, ratio: Tensor, coeffs: list[list[float]]) -> list[Tensor]:
     bit-identical to evaluating each as the model does."""
     unique = [list(c) for c in dict.fromkeys(tuple(c) for c in coeffs)]
     mat = ratio
-    sigs = [mat * c[1] + c[0] for c in unique]  # c0 + mat·c1 (float + tensor commutes)
+    # c0 + mat·c1 (float + tensor commutes); constants as 0-dim tensors (noisydeq.scalars)
+    sigs = [mat * const(c[1], mat) + const(c[0], mat) for c in unique]
     for k in range(2, len(unique[0])):
         mat = mat * ratio
         for sig, c in zip(sigs, unique, strict=True):
-            sig.add_(mat * c[k])
-    unit = model.g_max / model.coeff_g_max_reference
+            sig.add_(mat * const(c[k], mat))
+    unit = const(model.g_max / model.coeff_g_max_reference, ratio)
     done = {tuple(c): sig.mul_(unit) for c, sig in zip(unique, sigs, strict=True)}
     return [done[tuple(c)] for c in coeffs]
 
@@ -90,13 +92,16 @@ class ChipDraw:
         self.g_min, self.g_max = conv.g_min, conv.g_max
         w = w_norm.detach().to("cpu", torch.float32)
         # SinglePairConductanceConverter.convert_to_conductances, both slices at once
-        self.scale_ratio = (conv.g_max - conv.g_min) / w.abs().max().clamp(min=_ZERO_CLIP)
+        self._span = const(conv.g_max - conv.g_min, w)
+        self._g_min = const(conv.g_min, w)
+        # float / tensor is reciprocal(tensor) * float in torch (Tensor.__rtruediv__)
+        self.scale_ratio = w.abs().max().clamp(min=_ZERO_CLIP).reciprocal() * self._span
         scaled = w * self.scale_ratio
         self.g = torch.stack([scaled, scaled.neg()]).clamp_(min=0.0, max=conv.g_max)
-        self.g = self.g.add_(conv.g_min)
+        self.g = self.g.add_(self._g_min)
         coeff = self.model.coeff_dic
         self.sig_prog, self.sig_read = _sigmas(
-            self.model, self.g / self.model.g_max,
+            self.model, self.g / const(self.model.g_max, w),
             [coeff[min(coeff)], coeff[spec.t_inference_s]])
         if like is not None and like.seed == seed and like.g.shape == self.g.shape:
             # the standard draws depend on the seed and shapes only: the same chip
@@ -125,15 +130,15 @@ class ChipDraw:
 
     def _back(self, g: Tensor, scale_ratio: Tensor) -> Tensor:
         """``convert_back_to_weights`` of the stacked slices ``g``."""
-        return ((g[0] - self.g_min) - (g[1] - self.g_min)) / scale_ratio
+        return ((g[0] - self._g_min) - (g[1] - self._g_min)) / scale_ratio
 
     def program(self, s: float) -> tuple[Tensor, Tensor]:
         """(programmed, read-at-t) normalised weights at noise scale ``s`` (CPU, float32)."""
-        c = self.spec.prog_noise_scale * s
+        c = const(self.spec.prog_noise_scale * s, self.g)
         w_prog = self._back((self.g + c * self.sig_prog * self.xi_prog).clamp_(min=0.0),
                             self.scale_ratio)
         # the read at t converts back with the scale ratio of max|W_prog| (aihwkit converts
         # W_prog to conductances only for that ratio)
-        ratio_t = (self.g_max - self.g_min) / w_prog.abs().max().clamp(min=_ZERO_CLIP)
+        ratio_t = w_prog.abs().max().clamp(min=_ZERO_CLIP).reciprocal() * self._span
         g_t = (self.g + c * self.sig_read * self.xi_read).clamp_(min=0.0)
         return w_prog, self._back(g_t, ratio_t)

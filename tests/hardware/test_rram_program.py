@@ -62,3 +62,24 @@ def test_knob_table_hits_targets_and_reuses_measurements() -> None:
         bisect_log(snr_of, t, 1e-4, 1e3, increasing=False, tol_db=0.05)
     assert n_table < 0.7 * len(calls)  # the table saves measurements vs independent searches
     assert table.knob_for(40.0) == pytest.approx(1e-4)  # unreachable: clamped to the bracket end
+
+
+def test_chips_of_earlier_weights_are_dropped_and_the_chip_is_unchanged() -> None:
+    """Training changes the weights every step: the layer keeps the chips of the current
+    weights only (the cache used to hold up to 256 MiB of dead chips per layer), and the chip
+    it programs equals a fresh layer's on the same weights."""
+    torch.manual_seed(5)
+    dev = hw.get_device("rram")
+    layer = dev.deploy(nn.Linear(12, 9))
+    for _ in range(5):
+        with torch.no_grad():
+            layer.weight.mul_(0.99)
+        for s in (0.5, 1.0):
+            layer.chip(s)
+    assert len(layer._chips) == 2
+    twin = nn.Linear(12, 9)
+    twin.weight.data.copy_(layer.weight.detach())
+    fresh = dev.deploy(twin)
+    for s in (0.5, 1.0):
+        (w_a, alpha_a), (w_b, alpha_b) = layer.chip(s), fresh.chip(s)
+        assert torch.equal(w_a, w_b) and alpha_a == alpha_b
