@@ -17,8 +17,17 @@ import torch
 
 from noisydeq.analysis import probe
 from noisydeq.analysis.family import Member, Pair, pairs
-from noisydeq.analysis.outputs import pyplot, save_figure, write_csv
 from noisydeq.errors import NoisyDEQError
+from noisydeq.figures import (
+    context_title,
+    integer_axis,
+    kind_colour,
+    kind_line,
+    save_figure,
+    shades,
+    styled,
+    write_csv,
+)
 from noisydeq.noise import derive_seed, seeded_generator
 from noisydeq.specs.noise import NoiseSpec
 
@@ -60,9 +69,21 @@ def run_sensitivity(
     for pair in all_pairs:
         row = _pair_row(pair, results, spec)
         rows.append(row)
-    paths = [write_csv(out_dir / "sensitivity.csv", rows)]
-    paths += plot_sensitivity(rows, spec, out_dir / "sensitivity")
-    return rows, paths
+    band = f"error bars: ±1 s.e. over {n_noise} noise samples × {len(x)} inputs"
+    return rows, plot_sensitivity(rows, spec, out_dir / "sensitivity",
+                                  family_title(members, band))
+
+
+def family_title(members: list[Member], band: str | None = None) -> str:
+    """The context of a family's figures: its task and how its members were trained, and
+    ``band`` on a second line (:func:`noisydeq.figures.context_title`)."""
+    tasks = ", ".join(dict.fromkeys(m.task for m in members))
+    trained = sorted({m.train_snr_db for m in members}, reverse=True)
+    seeds = sorted({m.seed for m in members})
+    how = "trained " + ", ".join("without noise" if math.isinf(t) else f"at {t:g} dB"
+                                 for t in trained)
+    how += f", seed{'s' * (len(seeds) > 1)} {', '.join(map(str, seeds))}"
+    return context_title("", task=tasks, trained=how, band=band)
 
 
 def _pair_row(pair: Pair, results: dict[int, Any], spec: NoiseSpec) -> dict[str, Any]:
@@ -95,43 +116,59 @@ def _pair_row(pair: Pair, results: dict[int, Any], spec: NoiseSpec) -> dict[str,
     return row
 
 
-def plot_sensitivity(rows: list[dict[str, Any]], spec: NoiseSpec, stem: Path) -> list[Path]:
-    """Fig. 2b: DEQ/FFW sensitivity ratio against depth; right: measured vs Eq. 12 bounds."""
-    plt = pyplot()
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-    groups = sorted({(r["seed"], r["train_snr_db"]) for r in rows})
-    for g in groups:
-        rs = [r for r in rows if (r["seed"], r["train_snr_db"]) == g and r["ratio"] == r["ratio"]]
-        if rs:
-            axes[0].errorbar([r["depth"] for r in rs], [r["ratio"] for r in rs],
-                             yerr=[r["ratio_sem"] for r in rs], marker="o", capsize=3,
-                             label=_label(g))
-    axes[0].axhline(1.0, color="grey", ls="--", lw=1)
-    axes[0].set_xlabel("FFW depth (DEQ width parameter-matched)")
-    axes[0].set_ylabel("sensitivity ratio DEQ / FFW")
-    noise = f"additive η={spec.eta:g}" if spec.kind == "additive" else \
+def _noise_text(spec: NoiseSpec) -> str:
+    amount = f"additive η = {spec.eta:g}" if spec.kind == "additive" else \
         f"multiplicative {spec.snr_db:g} dB"
-    axes[0].set_title(f"E|dz*/dξ_i| ratio ({spec.site}, {noise})")
-    if axes[0].get_legend_handles_labels()[0]:
-        axes[0].legend(fontsize=8)
-    ax = axes[1]
-    g0 = [r for r in rows if (r["seed"], r["train_snr_db"]) == groups[0]]
-    depth = [r["depth"] for r in g0]
-    for kind, color in (("deq", "C0"), ("ffw", "C3")):
-        ax.plot(depth, [r[f"{kind}_sens"] for r in g0], "o-", color=color,
-                label=f"{kind.upper()} measured")
-        if spec.kind == "additive":
-            ax.plot(depth, [_finite(r[f"{kind}_bound_paper"]) for r in g0], "s--", color=color,
-                    alpha=0.6, label=f"{kind.upper()} Eq. 12 (ρ)")
-            ax.plot(depth, [_finite(r[f"{kind}_bound_norm"]) for r in g0], "^:", color=color,
-                    alpha=0.6, label=f"{kind.upper()} Eq. 12 (‖·‖₂)")
-    ax.set_yscale("log")
-    ax.set_xlabel("FFW depth")
-    ax.set_ylabel("E‖dz*/dξ_i‖₂")
-    ax.set_title("measured sensitivity and Eq. 12 bounds" + (" (inf not drawn)"
-                 if spec.kind == "additive" else ""))
-    ax.legend(fontsize=7)
-    return save_figure(fig, stem)
+    return f"{spec.site} noise, {amount}"
+
+
+def plot_sensitivity(rows: list[dict[str, Any]], spec: NoiseSpec, stem: Path,
+                     title: str = "") -> list[Path]:
+    """Fig. 2b: DEQ/FFW sensitivity ratio against depth; right: measured vs Eq. 12 bounds.
+    The house look (:mod:`noisydeq.figures`): DEQ blues solid, FFW oranges dashed; the
+    ratio's groups (seed, training SNR) in blues, darker = later group; ``sensitivity.csv``
+    (``rows``) beside the figure."""
+    with styled() as plt:
+        fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+        groups = sorted({(r["seed"], r["train_snr_db"]) for r in rows})
+        for g, colour in zip(groups, shades("deq", len(groups)), strict=True):
+            rs = [r for r in rows
+                  if (r["seed"], r["train_snr_db"]) == g and r["ratio"] == r["ratio"]]
+            if rs:
+                axes[0].errorbar([r["depth"] for r in rs], [r["ratio"] for r in rs],
+                                 yerr=[r["ratio_sem"] for r in rs], capsize=3,
+                                 label=_label(g), **kind_line("deq", colour))
+        axes[0].axhline(1.0, color="grey", ls=":", lw=1)
+        axes[0].set_xlabel("FFW depth (DEQ width parameter-matched)")
+        axes[0].set_ylabel("sensitivity ratio DEQ / FFW")
+        axes[0].set_title("E‖dz*/dξ_i‖ ratio DEQ / FFW", fontsize=9)
+        if axes[0].get_legend_handles_labels()[0]:
+            axes[0].legend(frameon=False)
+        ax = axes[1]
+        g0 = [r for r in rows if (r["seed"], r["train_snr_db"]) == groups[0]]
+        depth = [r["depth"] for r in g0]
+        for kind in ("deq", "ffw"):
+            line = kind_line(kind)
+            ax.plot(depth, [r[f"{kind}_sens"] for r in g0], label=f"{kind.upper()} measured",
+                    **line)
+            if spec.kind == "additive":
+                for col, marker, what in (("bound_paper", "x", "Eq. 12 (ρ)"),
+                                          ("bound_norm", "+", "Eq. 12 (‖·‖₂)")):
+                    ax.plot(depth, [_finite(r[f"{kind}_{col}"]) for r in g0], ls=line["ls"],
+                            marker=marker, ms=6, lw=0.9, color=kind_colour(kind, 0.5),
+                            label=f"{kind.upper()} {what}")
+        ax.set_yscale("log")
+        ax.set_xlabel("FFW depth")
+        ax.set_ylabel("E‖dz*/dξ_i‖₂")
+        ax.set_title(f"measured ({_label(groups[0])}) and Eq. 12 bounds"
+                     + (" (∞ not drawn)" if spec.kind == "additive" else ""), fontsize=9)
+        ax.legend(frameon=False, fontsize=7)
+        for a_ in axes:
+            integer_axis(a_.xaxis)
+        fig.suptitle(context_title("Sensitivity (Fig. 2b) — " + _noise_text(spec))
+                     + (f" · {title}" if title else ""))
+        fig.tight_layout()
+        return save_figure(fig, stem, rows)
 
 
 def _finite(v: float) -> float:
@@ -176,55 +213,72 @@ def run_spectrum(
                              "abs": abs(lam)})
     paths = [write_csv(out_dir / "spectrum.csv", summary),
              write_csv(out_dir / "eigenvalues.csv", eig_rows)]
-    paths += plot_spectrum(reports, out_dir / "spectrum")
+    paths += plot_spectrum(reports, out_dir / "spectrum", family_title(members))
     return summary, paths
 
 
-def plot_spectrum(reports: list, stem: Path) -> list[Path]:
-    """Fig. 2a / 13 (right): |λ| histograms per depth, DEQ W vs FFW product, and ρ vs depth."""
-    plt = pyplot()
+def plot_spectrum(reports: list, stem: Path, title: str = "") -> list[Path]:
+    """Fig. 2a / 13 (right): |λ| histograms per depth, DEQ W (blues) vs FFW product
+    (oranges), and ρ vs depth. The histograms' data are ``eigenvalues.csv`` and
+    ``spectrum.csv`` (written by :func:`run_spectrum`), the radius figure's
+    ``spectrum_radius.csv`` (written here)."""
     seeds = sorted({(m.seed, m.train_snr_db) for m, _ in reports})
     first = [(m, r) for m, r in reports if (m.seed, m.train_snr_db) == seeds[0]]
     depths = sorted({m.depth for m, _ in first})
-    fig, axes = plt.subplots(len(depths), 2, figsize=(9, 1.6 * len(depths) + 1.2),
-                             squeeze=False, sharex="col")
-    for i, d in enumerate(depths):
-        for j, kind in enumerate(("deq", "ffw")):
-            ax = axes[i][j]
-            hit = [(m, r) for m, r in first if m.depth == d and m.kind == kind]
-            if not hit:
-                ax.set_axis_off()
-                continue
-            m, r = hit[0]
-            mags = r.eig.abs().numpy()
-            mags = mags[mags == mags]  # cells without a single W have no eigenvalues (NaN)
-            if not mags.size:
-                ax.set_axis_off()
-                continue
-            ax.hist(mags, bins=40, color="C0" if kind == "deq" else "C3", alpha=0.8)
-            ax.axvline(r.rho, color="k", lw=1, ls="--")
-            what = f"W (width {m.width})" if kind == "deq" else f"W_{d}…W_1 ({d} layers)"
-            ax.set_title(f"{kind.upper()} depth {d}: |λ| of {what}, ρ={r.rho:.3g}", fontsize=8)
-            if kind == "ffw":
-                ax.set_xscale("symlog", linthresh=1e-3)
-    for ax in axes[-1]:
-        ax.set_xlabel("|eigenvalue|")
-    fig.tight_layout()
-    out = save_figure(fig, stem)
-    fig2, ax = plt.subplots(figsize=(5, 3.5))
-    for kind, color in (("deq", "C0"), ("ffw", "C3")):
-        pts = sorted((m.depth, r.rho) for m, r in first if m.kind == kind)
-        if pts:
-            ax.plot(*zip(*pts, strict=True), "o-", color=color,
-                    label="DEQ ρ(W)" if kind == "deq" else "FFW ρ(W_m…W_1)")
-        jr = sorted((m.depth, float(r.jac_rho[r.jac_converged].mean()))
-                    for m, r in first if kind == "deq" and r.jac_rho is not None
-                    and bool(r.jac_converged.any()))
-        if jr:
-            ax.plot(*zip(*jr, strict=True), "s--", color="C2", label="DEQ ρ(∂f/∂z) at z*")
-    ax.set_yscale("log")
-    ax.set_xlabel("FFW depth (DEQ width matched)")
-    ax.set_ylabel("spectral radius")
-    ax.legend(fontsize=8)
-    out += save_figure(fig2, stem.with_name(stem.name + "_radius"))
+    which = f"first group: {_label(seeds[0])}" if len(seeds) > 1 else ""
+    with styled() as plt:
+        fig, axes = plt.subplots(len(depths), 2, figsize=(9, 1.6 * len(depths) + 1.4),
+                                 squeeze=False, sharex="col")
+        for i, d in enumerate(depths):
+            for j, kind in enumerate(("deq", "ffw")):
+                ax = axes[i][j]
+                hit = [(m, r) for m, r in first if m.depth == d and m.kind == kind]
+                if not hit:
+                    ax.set_axis_off()
+                    continue
+                m, r = hit[0]
+                mags = r.eig.abs().numpy()
+                mags = mags[mags == mags]  # cells without a single W have no eigenvalues (NaN)
+                if not mags.size:
+                    ax.set_axis_off()
+                    continue
+                ax.hist(mags, bins=40, color=kind_colour(kind), alpha=0.85)
+                ax.axvline(r.rho, color="k", lw=1, ls=kind_line(kind)["ls"])
+                what = f"W (width {m.width})" if kind == "deq" else f"W_{d}…W_1 ({d} layers)"
+                ax.set_title(f"{kind.upper()} depth {d}: |λ| of {what}, ρ={r.rho:.3g}",
+                             fontsize=8)
+                if kind == "ffw":
+                    ax.set_xscale("symlog", linthresh=1e-3)
+        for ax in axes[-1]:
+            ax.set_xlabel("|eigenvalue| (line: ρ)")
+        fig.suptitle(context_title("Eigenvalues (Fig. 2a)", band=which or None)
+                     + (f" · {title}" if title else ""))
+        fig.tight_layout()
+        out = save_figure(fig, stem)
+        fig2, ax = plt.subplots(figsize=(5.5, 3.8))
+        table: list[dict[str, Any]] = []
+        for kind in ("deq", "ffw"):
+            pts = sorted((m.depth, m.width, r.rho) for m, r in first if m.kind == kind)
+            if pts:
+                ax.plot([p[0] for p in pts], [p[2] for p in pts], **kind_line(kind),
+                        label="DEQ ρ(W)" if kind == "deq" else "FFW ρ(W_m…W_1)")
+                table += [{"kind": kind, "depth": d, "width": w, "quantity": "rho",
+                           "value": v} for d, w, v in pts]
+            jr = sorted((m.depth, m.width, float(r.jac_rho[r.jac_converged].mean()))
+                        for m, r in first if kind == "deq" and r.jac_rho is not None
+                        and bool(r.jac_converged.any()))
+            if jr:
+                ax.plot([p[0] for p in jr], [p[2] for p in jr], ls="-", marker="D",
+                        color=kind_colour("deq", 0.5), label="DEQ ρ(∂f/∂z) at z*")
+                table += [{"kind": kind, "depth": d, "width": w, "quantity": "jac_rho_mean",
+                           "value": v} for d, w, v in jr]
+        ax.set_yscale("log")
+        integer_axis(ax.xaxis)
+        ax.set_xlabel("FFW depth (DEQ width matched)")
+        ax.set_ylabel("spectral radius")
+        ax.legend(frameon=False)
+        ax.set_title(context_title("Spectral radii (Fig. 2a)", band=which or None)
+                     + (f"\n{title}" if title else ""), fontsize=8)
+        fig2.tight_layout()
+        out += save_figure(fig2, stem.with_name(stem.name + "_radius"), table)
     return out

@@ -38,8 +38,7 @@ def _worst(rows: Sequence[dict[str, Any]]) -> dict[tuple, float]:
 
 def plot_run(rows: Sequence[dict[str, Any]], fig_dir: Path, title: str = "") -> list[Path]:
     """Write the run's figures; returns the paths (PNG and SVG)."""
-    from noisydeq.analysis.outputs import pyplot, save_figure
-    from noisydeq.plots import member_colours
+    from noisydeq.figures import member_colours, pyplot, save_figure
 
     plt = pyplot()
     paths: list[Path] = []
@@ -94,7 +93,7 @@ def plot_vs_snr(rows: Sequence[dict[str, Any]], fig_dir: Path,
                 title: str = "") -> list[Path]:
     """Accuracy against the SNR level (white-box and transfer), one panel per ε of the
     first ε curve (ε = 0: the clean accuracy under the noise)."""
-    from noisydeq.analysis.outputs import pyplot, save_figure
+    from noisydeq.figures import pyplot, save_figure
 
     plt = pyplot()
     grad = [r for r in rows if r["x_name"] == "eps" and r["defence"] == "final"]

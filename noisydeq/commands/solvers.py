@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from noisydeq import limits
+from noisydeq import limits, store
 from noisydeq.commands.sensitivity import MAX_COUNT, SEED, cache_option, torch_device_option
 from noisydeq.commands.sweep import parse_grid
 from noisydeq.errors import NoisyDEQError
@@ -118,9 +118,10 @@ def command(names, snr, max_iter, window, width, batch, family, depth, member_se
                    f"mean_rel {float(t.mean_rel[-1].median()):.3g}")
     if model_info is not None:
         m, task, x, y = model_info
+        title = solver_runs.member_title(m, len(x))
         counts = traces.iteration_counts(m.model, x, count_snrs, eps=eps,
                                          max_iter=count_max_iter, seed=seed, window=windows)
-        rows, more = solver_runs.write_counts(counts, eps, count_max_iter, out)
+        rows, more = solver_runs.write_counts(counts, eps, count_max_iter, out, title)
         paths += more
         click.echo(f"Fig. 5 (DEQ width {m.width}, seed {m.seed}, trained at "
                    f"{snr_text(m.train_snr_db)}, unroll, ε = {eps:g}, threshold "
@@ -133,7 +134,7 @@ def command(names, snr, max_iter, window, width, batch, family, depth, member_se
             n_iter = max(count_max_iter, 2 * max(windows))
             frows, more = solver_runs.write_floors(
                 traces.residual_floors(m.model, x, count_snrs, windows, n_iter=n_iter,
-                                       seed=seed), eps, out)
+                                       seed=seed), eps, out, title)
             paths += more
             click.echo(f"noise floors (median of the last {n_iter - n_iter // 2} of {n_iter} "
                        "steps):")
@@ -144,11 +145,12 @@ def command(names, snr, max_iter, window, width, batch, family, depth, member_se
         if task.kind == "classification":
             acc = traces.accuracy_under_noise(m.model, x, y, acc_snrs, acc_solvers, seed=seed,
                                               max_iter=accuracy_max_iter, window=windows[0])
-            paths += solver_runs.write_accuracy(acc, out)
+            paths += solver_runs.write_accuracy(acc, out, title)
             click.echo("Fig. 6 claim: accuracy under test-time signal noise")
             for r in acc:
                 click.echo(f"  {r['solver']:>10} SNR {r['snr_db']:>5g}: {r['accuracy']:.3f} "
                            f"({r['mean_steps']:.1f} steps)")
+    paths.append(store.write_manifest(out, paths))  # sha256sum -c SHA256SUMS
     for p in paths:
         click.echo(f"wrote {p}")
 

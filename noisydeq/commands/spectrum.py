@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from noisydeq import store
 from noisydeq.commands.sensitivity import (
     MAX_COUNT,
     SEED,
@@ -49,7 +50,9 @@ def command(family, inputs, seed, data_dir, out, cache, torch_device) -> None:
         if warn:
             click.echo(warn, err=True)
     x = family_inputs(members, inputs, data_dir, dev) if inputs > 0 else None
-    rows, paths = run_spectrum(members, x, default_out(family, out, "spectrum"), seed=seed)
+    out_dir = default_out(family, out, "spectrum")
+    rows, paths = run_spectrum(members, x, out_dir, seed=seed)
+    paths.append(store.write_manifest(out_dir, paths))  # sha256sum -c SHA256SUMS
     click.echo(f"{'kind':>4} {'depth':>5} {'width':>5} {'rho':>10} {'rho(J*) mean':>13}")
     for r in rows:
         jr = r.get("jac_rho_mean", float("nan"))
