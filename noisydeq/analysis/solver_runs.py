@@ -179,9 +179,12 @@ def write_accuracy(rows: list[dict[str, Any]], out: Path, title: str = "") -> li
     return plot_accuracy(rows, out / "accuracy", title)
 
 
-def member_title(m: Any, n_inputs: int) -> str:
-    """The context of the figures of one family DEQ: task, width, seed, training."""
-    return context_title("", task=m.task, noise="signal noise",
+def member_title(m: Any, n_inputs: int, on: Any = None) -> str:
+    """The context of the figures of one family DEQ: task, device (``on``:
+    :class:`noisydeq.analysis.on_device.OnDevice`, else digital weights), width, seed,
+    training."""
+    where = f"on {on.describe()}" if on is not None else "digital weights"
+    return context_title("", task=m.task, device=where, noise="signal noise",
                          trained=f"DEQ width {m.width} (depth {m.depth}), seed {m.seed}, "
                                  f"trained with {snr_text(m.train_snr_db)}",
                          band=f"median / mean over {n_inputs} test inputs")

@@ -5,12 +5,11 @@ from __future__ import annotations
 import csv
 import json
 import math
-import os
 
 import pytest
 import torch
 
-from noisydeq.cli import main
+from tests.analysis.analysis_family import tiny_sweep
 from tests.cli_helpers import one_line_error
 from tests.cli_helpers import run_cli as run
 
@@ -18,25 +17,10 @@ from tests.cli_helpers import run_cli as run
 @pytest.fixture(scope="module")
 def sweep_run(tmp_path_factory):
     """A tiny sweep (digits, depth 1, one epoch) and its model cache."""
-    root = tmp_path_factory.mktemp("attack-sweep")
-    saved_env, saved_threads = os.environ.get("NOISYDEQ_CACHE"), torch.get_num_threads()
-    os.environ["NOISYDEQ_CACHE"] = str(root / "cache")
-    torch.set_num_threads(1)
-    try:
-        try:
-            main(["sweep", "--task", "digits", "--depths", "1", "--snr", "0,inf", "--chips", "1",
-                  "--epochs", "1", "--device", "ideal", "--noise-site", "signal", "--set",
-                  "hidden=16", "--set", "max_train_samples=256", "--quiet", "--jobs", "1",
-                  "--out", str(root / "run")])
-        except SystemExit as e:
-            assert e.code == 0
-        yield root / "run"
-    finally:
-        torch.set_num_threads(saved_threads)
-        if saved_env is None:
-            os.environ.pop("NOISYDEQ_CACHE", None)
-        else:
-            os.environ["NOISYDEQ_CACHE"] = saved_env
+    with tiny_sweep(tmp_path_factory.mktemp("attack-sweep"), "--depths", "1", "--snr",
+                    "0,inf", "--chips", "1", "--device", "ideal", "--noise-site", "signal",
+                    "--jobs", "1") as run_dir:
+        yield run_dir
 
 
 BASE = ["--attacks", "pgd-eps,pgd-steps,speckle,salt-pepper", "--eps", "0,0.3",
