@@ -1,9 +1,10 @@
 """Figures of a sweep (matplotlib, Agg backend), written as PNG and SVG with the CSV of
 the plotted points beside them (``<name>.csv``: model, training SNR, SNR, mean, band).
 
-One look for every figure (:data:`KIND_LOOK`): each model kind has a colour family and a
-line style — DEQ blues, solid; FFW oranges, dashed; monDEQ greens; ReLU FFW reds; LyaDEQ
-purples, dotted — and within a family a darker shade is a larger member. The title names
+One look for every figure of the package (:mod:`noisydeq.figures`: :data:`KIND_LOOK`, the
+writer): each model kind has a colour family and a line style — DEQ blues, solid; FFW
+oranges, dashed; monDEQ greens; ReLU FFW reds; LyaDEQ purples, dotted — and within a
+family a darker shade is a larger member. The title names
 the task, what was swept (device and noise mode, or the noise site) and what the band is.
 
 * ``metric_vs_snr`` — metric against inference SNR per model (paper Fig. 7-12), one panel
@@ -15,8 +16,8 @@ the task, what was swept (device and noise mode, or the noise site) and what the
 * ``train_snr_effect`` — only when several training SNRs were swept: the DEQs against
   inference SNR, one line per training SNR (paper Fig. 1d).
 
-Length (about 440 lines): one idea, a sweep's figures — the three share one look
-(:data:`KIND_LOOK`), one band, one title grammar and the CSV written beside each.
+Length (about 400 lines): one idea, a sweep's figures — they share one band, one title
+grammar and the CSV written beside each.
 """
 
 from __future__ import annotations
