@@ -55,6 +55,14 @@ def test_attack_command_writes_table_figures_and_resumes(sweep_run, tmp_path, ca
     for name in ("results.parquet", "whitebox.csv", "config.toml", "meta.json",
                  "figures/attacks_white-box_inf.png", "figures/attacks_white-box_inf.svg"):
         assert (out / name).stat().st_size > 0
+    # the figure's CSV: every plotted point is the worst estimator's final-state accuracy
+    plotted = list(csv.DictReader(open(out / "figures" / "attacks_white-box_inf.csv")))
+    assert plotted
+    for p in plotted:
+        vals = [float(r["value"]) for r in rows if r["model_id"] == p["model_id"]
+                and r["attack"] == p["attack"] and float(r["x"]) == float(p["x"])
+                and r["defence"] == "final"]
+        assert float(p["accuracy_worst"]) == pytest.approx(min(vals))
     first = (out / "results.csv").read_text()
     code, stdout, err = run(argv, capsys)
     assert code == 0, err
