@@ -126,8 +126,15 @@ class LazyGroup(click.Group):
 @click.option("--log-json", "log_json", default=None, metavar="PATH",
               help="Append machine-readable JSON-lines events (start, progress, cell, end, "
                    "error) to PATH (also $NOISYDEQ_LOG_JSON).")
+@click.option("--tracker", type=click.Choice(["tensorboard", "wandb", "mlflow"]), default=None,
+              help="Also log parameters, training epochs and sweep results to this experiment "
+                   "tracker through its own library (off by default).")
+@click.option("--tracker-dir", default=None, metavar="DIR",
+              help="Where the tracker writes (TensorBoard/W&B default: ./tracker; MLflow: "
+                   "its own default).")
 @click.pass_context
-def cli(ctx: click.Context, log_json: str | None) -> None:
+def cli(ctx: click.Context, log_json: str | None, tracker: str | None,
+        tracker_dir: str | None) -> None:
     """Run DEQ and feed-forward networks on simulated noisy analog and optical hardware.
 
     \b
@@ -135,12 +142,21 @@ def cli(ctx: click.Context, log_json: str | None) -> None:
       noisydeq sweep --device snr --snr 0:30:5
       noisydeq run --list
       noisydeq --log-json run.jsonl sweep --device rram
+      noisydeq --tracker tensorboard --tracker-dir tb sweep --device snr
     """
     from noisydeq import events
 
     if log_json is not None:
         events.open_log(log_json)
         _RUN["opened"] = True
+    if tracker is not None:
+        import time
+
+        from noisydeq.trackers import open_tracker
+
+        name = f"{ctx.invoked_subcommand}-{time.strftime('%Y%m%d-%H%M%S')}"
+        events.set_sink(open_tracker(tracker, tracker_dir, name))
+        _RUN["tracker"] = True
     if events.active() and not _RUN["started"]:
         _RUN["started"] = True
         _RUN["command"] = ctx.invoked_subcommand
@@ -150,7 +166,7 @@ def cli(ctx: click.Context, log_json: str | None) -> None:
 
 #: the current invocation, for its events (``--log-json``)
 _RUN: dict[str, Any] = {"argv": [], "started": False, "opened": False, "command": None,
-                        "t0": 0.0}
+                        "t0": 0.0, "tracker": False}
 
 
 class Terminated(KeyboardInterrupt):
@@ -196,7 +212,7 @@ def _run(argv: list[str]) -> None:
     from noisydeq import events
 
     _RUN.update(argv=list(argv), started=False, opened=False, command=None,
-                t0=time.monotonic())
+                t0=time.monotonic(), tracker=False)
     try:
         _dispatch(argv)
     except SystemExit as ex:
@@ -209,6 +225,10 @@ def _run(argv: list[str]) -> None:
     finally:
         if _RUN["opened"]:
             events.close_log()
+        if _RUN["tracker"]:  # closed by the last event; here if none came (an interrupt)
+            sink = events.take_sink()
+            if sink is not None:
+                sink.close()
 
 
 def _event_end(status: int, message: str | None = None) -> None:

@@ -12,8 +12,12 @@ object per line to PATH::
 Every event carries ``ts`` (Unix time, s), ``elapsed`` (s since the command started) and
 ``pid``. ``start`` is first and ``end`` (success, ``status`` 0) or ``error`` (one line's
 message and the exit status; interrupts are errors with status 130/143) is last.
-``progress`` events come at most every ``NOISYDEQ_PROGRESS_EVERY`` seconds per bar (default
-10) and once when a bar closes; ``cell`` when a sweep records a finished cell.
+``epoch`` after every training epoch (``model``, ``epoch`` and the epoch record: loss,
+metric, learning rate, ...). ``progress`` events come at most every
+``NOISYDEQ_PROGRESS_EVERY`` seconds per bar (default 10) and once when a bar closes;
+``cell`` when a sweep records a finished cell (with ``values``: model, chip, metric, SNR
+and value of each of its rows). With ``--tracker`` the same events also go to an
+experiment tracker (:func:`set_sink`, :mod:`noisydeq.trackers`).
 
 Append semantics: the file is opened with ``O_APPEND`` and each event is one ``write`` of a
 whole line (:func:`noisydeq.store.append_bytes`), so the lines of concurrent writers
@@ -39,7 +43,7 @@ from noisydeq.errors import NoisyDEQError
 ENV = "NOISYDEQ_LOG_JSON"
 _T0_ENV = "NOISYDEQ_LOG_JSON_T0"
 
-_state: dict[str, Any] = {"path": None, "t0": None}
+_state: dict[str, Any] = {"path": None, "t0": None, "sink": None}
 
 
 def open_log(path: str | os.PathLike) -> None:
@@ -64,9 +68,25 @@ def close_log() -> None:
     os.environ.pop(_T0_ENV, None)
 
 
+def set_sink(sink: Any) -> None:
+    """Also hand every event of this process (a dict, as written to the log) to
+    ``sink(record)`` — an experiment tracker (:mod:`noisydeq.trackers`); ``None`` stops.
+    The sink is not inherited by worker processes."""
+    _state["sink"] = sink
+    if sink is not None and _state["t0"] is None and not os.environ.get(_T0_ENV):
+        _state["t0"] = time.time()
+
+
+def take_sink() -> Any:
+    """The tracker sink (or ``None``), no longer handed events."""
+    sink, _state["sink"] = _state["sink"], None
+    return sink
+
+
 def active() -> bool:
-    """True when events are written (this process or an inherited log)."""
-    return _path() is not None
+    """True when events are written (this process or an inherited log) or handed to a
+    tracker."""
+    return _path() is not None or _state["sink"] is not None
 
 
 def _path() -> str | None:
@@ -97,14 +117,21 @@ def _clean(value: Any) -> Any:
 
 def emit(event: str, **fields: Any) -> None:
     """Append one event (a no-op without a log)."""
-    path = _path()
-    if path is None:
+    path, sink = _path(), _state["sink"]
+    if path is None and sink is None:
         return
     now = time.time()
     record = {"event": event, "ts": round(now, 3), "elapsed": round(now - _t0(), 3),
               "pid": os.getpid(), **_clean(fields)}
-    line = (json.dumps(record, ensure_ascii=False, separators=(",", ":")) + "\n").encode()
-    try:
-        store.append_bytes(path, line)
-    except OSError:
-        pass  # the log is a by-product; the command's work goes on
+    if path is not None:
+        line = (json.dumps(record, ensure_ascii=False, separators=(",", ":")) + "\n").encode()
+        try:
+            store.append_bytes(path, line)
+        except OSError:
+            pass  # the log is a by-product; the command's work goes on
+    if sink is not None:
+        try:
+            sink(record)
+        except Exception as err:  # noqa: BLE001 - a tracker never stops the command
+            _state["sink"] = None
+            store.warn(f"tracker: stopped logging ({err.__class__.__name__}: {err})")

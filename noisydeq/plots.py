@@ -1,9 +1,10 @@
 """Figures of a sweep (matplotlib, Agg backend), written as PNG and SVG with the CSV of
 the plotted points beside them (``<name>.csv``: model, training SNR, SNR, mean, band).
 
-One look for every figure (:data:`KIND_LOOK`): each model kind has a colour family and a
-line style — DEQ blues, solid; FFW oranges, dashed; monDEQ greens; ReLU FFW reds; LyaDEQ
-purples, dotted — and within a family a darker shade is a larger member. The title names
+One look for every figure of the package (:mod:`noisydeq.figures`: :data:`KIND_LOOK`, the
+writer): each model kind has a colour family and a line style — DEQ blues, solid; FFW
+oranges, dashed; monDEQ greens; ReLU FFW reds; LyaDEQ purples, dotted — and within a
+family a darker shade is a larger member. The title names
 the task, what was swept (device and noise mode, or the noise site) and what the band is.
 
 * ``metric_vs_snr`` — metric against inference SNR per model (paper Fig. 7-12), one panel
@@ -15,14 +16,12 @@ the task, what was swept (device and noise mode, or the noise site) and what the
 * ``train_snr_effect`` — only when several training SNRs were swept: the DEQs against
   inference SNR, one line per training SNR (paper Fig. 1d).
 
-Length (about 440 lines): one idea, a sweep's figures — the three share one look
-(:data:`KIND_LOOK`), one band, one title grammar and the CSV written beside each.
+Length (about 400 lines): one idea, a sweep's figures — they share one band, one title
+grammar and the CSV written beside each.
 """
 
 from __future__ import annotations
 
-import csv
-import io
 import math
 from collections.abc import Sequence
 from pathlib import Path
@@ -34,41 +33,18 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import FixedLocator  # noqa: E402
 
+from noisydeq.figures import (  # noqa: E402
+    IMPLICIT,
+    KIND_FAMILY,
+    KIND_LOOK,
+    STYLE,
+    member_colours,
+    save_figure,
+    snr_positions,
+)
+from noisydeq.figures import snr_label as _label_db  # noqa: E402
 from noisydeq.specs.sweep import SweepSpec  # noqa: E402
-from noisydeq.store import atomic_open  # noqa: E402
 from noisydeq.summary import Agg, aggregate, swept_part, training_groups  # noqa: E402
-
-STYLE = {
-    "font.size": 9,
-    "axes.titlesize": 10,
-    "axes.labelsize": 9,
-    "legend.fontsize": 7.5,
-    "axes.spines.top": False,
-    "axes.spines.right": False,
-    "axes.grid": True,
-    "grid.alpha": 0.25,
-    "savefig.dpi": 160,
-    "svg.hashsalt": "noisydeq",
-}
-
-
-#: line style, marker, representative colour and display name of each model kind
-KIND_LOOK = {
-    "deq": ("-", "o", "tab:blue", "DEQ"),
-    "ffw": ("--", "s", "tab:orange", "FFW"),
-    "mondeq": ("-", "D", "tab:green", "monDEQ"),
-    "ffw_relu": ("--", "^", "tab:red", "ReLU FFW"),
-    "lyadeq": (":", "v", "tab:purple", "LyaDEQ"),
-}
-#: the colour family (a sequential colormap) of each model kind: shade = member size
-KIND_FAMILY = {"deq": "Blues", "ffw": "Oranges", "mondeq": "Greens", "ffw_relu": "Reds",
-               "lyadeq": "Purples"}
-#: implicit kinds whose width is matched to an FFW depth (width ↑ with depth)
-IMPLICIT = ("deq", "mondeq")
-
-
-def _label_db(v: float) -> str:
-    return "∞" if math.isinf(v) else f"{v:g}"
 
 
 def _train_title(train_snr_db: float) -> str:
@@ -81,39 +57,10 @@ def _metric_label(metric: str) -> str:
     return "test accuracy" if metric == "accuracy" else "test MSE"
 
 
-def _x_positions(levels: Sequence[float]) -> dict[float, float]:
-    """x coordinate of each SNR level; ∞ is drawn one grid gap right of the largest finite."""
-    finite = sorted(s for s in levels if math.isfinite(s))
-    pos = {s: s for s in finite}
-    if any(math.isinf(s) for s in levels):
-        gap = (finite[-1] - finite[0]) / 8 if len(finite) > 1 else 5.0
-        pos[math.inf] = (finite[-1] if finite else 0.0) + max(gap, 1.0)
-    return pos
-
-
 def _save(fig: Any, out: Path, name: str,
           table: Sequence[dict[str, Any]] | None = None) -> list[Path]:
-    """``out/name.png`` and ``.svg`` (and ``name.csv`` with ``table``, the plotted points),
-    each written atomically (``store.atomic_open``)."""
-    paths = []
-    try:
-        for ext in ("png", "svg"):
-            final = out / f"{name}.{ext}"
-            with atomic_open(final) as fh:
-                fig.savefig(fh, format=ext, bbox_inches="tight", metadata=_meta(ext))
-            paths.append(final)
-    finally:
-        plt.close(fig)
-    if table:
-        buffer = io.StringIO()
-        writer = csv.DictWriter(buffer, fieldnames=list(table[0]), lineterminator="\n")
-        writer.writeheader()
-        writer.writerows(table)
-        final = out / f"{name}.csv"
-        with atomic_open(final) as fh:
-            fh.write(buffer.getvalue().encode())
-        paths.append(final)
-    return paths
+    """``out/name.png``, ``.svg`` and ``.csv`` (``table``): :func:`noisydeq.figures.save_figure`."""
+    return save_figure(fig, out / name, table)
 
 
 def _point(key: tuple[str, int, int, int, float], snr: float, a: Agg) -> dict[str, Any]:
@@ -141,22 +88,6 @@ def band_note(rows: Sequence[dict[str, Any]]) -> str:
     return "band: min-max over " + " × ".join(parts)
 
 
-def _meta(ext: str) -> dict[str, Any]:
-    return {"Date": None} if ext == "svg" else {}
-
-
-def member_colours(keys: Sequence[tuple[str, int]]) -> dict[tuple[str, int], Any]:
-    """A colour per (kind, depth): the kind's colour family, darker for a larger member."""
-    out: dict[tuple[str, int], Any] = {}
-    for kind in dict.fromkeys(k for k, _ in keys):
-        cmap = plt.get_cmap(KIND_FAMILY.get(kind, "Greys"))
-        depths = sorted({d for k, d in keys if k == kind})
-        n = max(len(depths) - 1, 1)
-        for i, d in enumerate(depths):
-            out[(kind, d)] = cmap(0.45 + 0.5 * i / n if len(depths) > 1 else 0.75)
-    return out
-
-
 def _band(ax: Any, xs: list[float], points: list[Agg], colour: Any) -> None:
     lo = [p.lo for p in points]
     hi = [p.hi for p in points]
@@ -173,7 +104,7 @@ def plot_metric_vs_snr(
     agg = aggregate(rows)
     train_snrs = sorted({k[4] for k in agg}, key=lambda v: -v)
     levels = sorted({float(r["snr_db"]) for r in rows})
-    pos = _x_positions(levels)
+    pos = snr_positions(levels)
     colours = member_colours([(k[0], k[1]) for k in agg])
     with plt.rc_context(STYLE):
         fig, axes = plt.subplots(
@@ -322,7 +253,7 @@ def plot_train_snr_effect(
     widths = sorted({k[2] for k in agg})
     train_snrs = sorted({k[4] for k in agg}, key=lambda v: -v)
     levels = sorted({float(r["snr_db"]) for r in deq})
-    pos = _x_positions(levels)
+    pos = snr_positions(levels)
     cmap = plt.get_cmap(KIND_FAMILY["deq"])  # DEQs only: blues, darker = noisier training
     n_t = max(len(train_snrs) - 1, 1)
     colour = {t: cmap(0.4 + 0.55 * i / n_t) for i, t in enumerate(train_snrs)}
@@ -396,7 +327,7 @@ def plot_training_effect(
     metric = rows[0]["metric"]
     groups = training_groups(rows)
     levels = sorted({float(r["snr_db"]) for r in rows})
-    pos = _x_positions(levels)
+    pos = snr_positions(levels)
     members = sorted({(r["kind"], int(r["depth"]), int(r["width"])) for r in rows},
                      key=lambda m: (m[0] not in IMPLICIT, m[0], m[1]))
     kinds = list(dict.fromkeys(m[0] for m in members))

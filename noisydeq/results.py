@@ -455,7 +455,11 @@ class RunDir:
         if layers:
             record["layers"] = list(layers)
         store.write_signed_json(self.cell_path(key), record)
-        events.emit("cell", run=str(self.path), key=key, rows=len(record["rows"]))
+        if events.active():
+            events.emit("cell", run=str(self.path), key=key, rows=len(record["rows"]),
+                        values=[{"model": r.get("model_id"), "chip": r.get("chip"),
+                                 "metric": r.get("metric"), "snr_db": r.get("snr_db"),
+                                 "value": r.get("value")} for r in record["rows"]])
 
     def load_cell_layers(self, key: str) -> list[dict[str, Any]]:
         """The per-layer rows (:data:`LAYER_COLUMNS`) of a finished cell, checked like its

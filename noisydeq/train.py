@@ -279,6 +279,7 @@ def _fit(
                              hooks.state() if hooks is not None else None)
             if on_epoch is not None:
                 on_epoch(epoch, record)
+            _epoch_event(desc, spec.epochs, record)
     finally:
         bar.close()
 
@@ -315,6 +316,15 @@ def _validate(model: nn.Module, net: nn.Module, task: Task, spec: TrainSpec,
                          device_seed=derive_seed(spec.seed, "train", "validation"))
     return {f"val_{name}": digital, f"val_{name}_device": on_device,
             "val_seconds": time.perf_counter() - t0}
+
+
+def _epoch_event(desc: str, epochs: int, record: dict[str, Any]) -> None:
+    """An ``epoch`` event (``--log-json``, ``--tracker``): the model and its epoch record."""
+    from noisydeq import events
+
+    if events.active():
+        events.emit("epoch", model=desc or "training", epochs=epochs,
+                    **{k: v for k, v in record.items() if isinstance(v, (int, float, str))})
 
 
 def _report_epoch(desc: str, spec: TrainSpec, epoch: int, record: dict[str, float],

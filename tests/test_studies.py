@@ -1,5 +1,6 @@
 """``noisydeq study``: spec validation, the grid of rows, resume, metrics, experiment files."""
 
+import csv
 import json
 import math
 from pathlib import Path
@@ -46,7 +47,13 @@ def test_grid_resume_and_metric(tmp_path):
     caps = {(r["shift"], r["budget"]): r["max_iter"] for r in res.rows if r["kind"] == "deq"}
     assert caps[(16.0, "scaled")] == 12 and caps[(4.0, "scaled")] == 3
     assert caps[(16.0, "train")] == 6
-    assert {p.name for p in res.figures} == {"extrapolation.png", "extrapolation.svg"}
+    assert {p.name for p in res.figures} == {"extrapolation.png", "extrapolation.svg",
+                                             "extrapolation.csv"}
+    # the figure's CSV is the plotted summary rows, exactly (paired train = test SNR)
+    plotted = list(csv.DictReader(open(tmp_path / "run" / "figures" / "extrapolation.csv")))
+    paired = [r for r in res.summary if r["test_snr_db"] == r["train_snr_db"]]
+    assert {(r["model"], float(r["shift"]), float(r["value"])) for r in plotted} == {
+        (r["model"], r["shift"], r["value"]) for r in paired}
     # the clean value is the fraction of fully correct strings, recomputed here
     task = load_study_task(spec)
     x, y = task.shifted(16, 12)
@@ -202,7 +209,7 @@ def test_quick_variant_runs_end_to_end(tmp_path, path):
     r = CliRunner().invoke(cli, args, catch_exceptions=False)
     assert r.exit_code == 0, r.output[-2000:]
     rep = json.loads(r.output)
-    assert rep["summary"] and all(p.endswith((".png", ".svg")) for p in rep["figures"])
+    assert rep["summary"] and all(p.endswith((".png", ".svg", ".csv")) for p in rep["figures"])
     assert rep["figures"]
 
 

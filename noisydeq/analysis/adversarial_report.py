@@ -206,52 +206,67 @@ def _mean_curve(cs: list[dict[float, float]]) -> tuple[list[float], list[float],
     return xs, mean, [min(c[x] for c in cs) for x in xs], [max(c[x] for c in cs) for x in xs]
 
 
+def _seed_band(curves: dict[tuple[str, str], list[dict[float, float]]]) -> str:
+    n = max((len(cs) for cs in curves.values()), default=1)
+    return f"band: min-max over {n} seeds" if n > 1 else "one seed (no band)"
+
+
 def plot_report(rows: Sequence[dict[str, Any]], info: dict[str, dict[str, Any]],
                 summary: Sequence[dict[str, Any]], fig_dir: Path, title: str) -> list[Path]:
-    from noisydeq.analysis.outputs import pyplot, save_figure
+    """The house look (:mod:`noisydeq.figures`): a DEQ panel's defences in blues (solid), an
+    FFW panel's in oranges (dashed), a darker shade for a later defence; each figure's
+    plotted means and ranges are its CSV."""
+    from noisydeq.figures import context_title, kind_line, save_figure, shades, styled
 
-    plt = pyplot()
     paths: list[Path] = []
     methods = sorted({m["method"] for m in info.values()})
     families = {r["family"] for r in rows}
-    cmap = plt.get_cmap("tab10")
-    for method in methods:
-        sub = [r for r in rows if info.get(r["model_id"], {}).get("method") == method]
-        panels = [(f, lab) for f, lab in (("pgd-steps", None), ("pgd-eps", "PGD-10"))
-                  if f in families]
-        kinds = [k for k in ("deq", "ffw") if any(m["kind"] == k and m["method"] == method
-                                                  for m in info.values())]
-        if panels and kinds:
-            fig, axes = plt.subplots(len(kinds), len(panels), squeeze=False,
-                                     figsize=(4.2 * len(panels), 3.0 * len(kinds)),
-                                     layout="constrained")
-            for j, (fam, lab) in enumerate(panels):
-                groups = _by_group(_curves(sub, fam, lab), info, "defence")
-                defences = sorted({d for _, d in groups})
-                for i, kind in enumerate(kinds):
-                    ax = axes[i][j]
-                    for c_i, d in enumerate(defences):
-                        cs = groups.get((kind, d))
-                        if not cs:
-                            continue
-                        xs, mean, lo, hi = _mean_curve(cs)
-                        ax.plot(xs, mean, marker="o", ms=3, color=cmap(c_i % 10), label=d)
-                        if len(cs) > 1:
-                            ax.fill_between(xs, lo, hi, color=cmap(c_i % 10), alpha=0.15)
-                    ax.set_title(f"{kind.upper()}, {method}: "
-                                 f"{'PGD vs steps' if fam == 'pgd-steps' else 'PGD-10 vs ε'}",
-                                 fontsize=9)
-                    ax.set_xlabel("PGD steps" if fam == "pgd-steps" else "ε")
-                    if fam == "pgd-steps":
-                        ax.set_xscale("log")
-                    ax.set_ylabel("accuracy")
-                    ax.set_ylim(-0.02, 1.02)
-                    ax.grid(alpha=0.3)
-                    ax.legend(fontsize=7)
-            fig.suptitle(title, fontsize=10)
-            paths += save_figure(fig, fig_dir / f"pgd_{method}")
-        paths += _plot_best(plt, save_figure, sub, info, summary, method, fig_dir, title)
-    paths += _plot_states(plt, save_figure, rows, info, fig_dir, title)
+    with styled() as plt:
+        for method in methods:
+            sub = [r for r in rows if info.get(r["model_id"], {}).get("method") == method]
+            panels = [(f, lab) for f, lab in (("pgd-steps", None), ("pgd-eps", "PGD-10"))
+                      if f in families]
+            kinds = [k for k in ("deq", "ffw") if any(m["kind"] == k and m["method"] == method
+                                                      for m in info.values())]
+            if panels and kinds:
+                fig, axes = plt.subplots(len(kinds), len(panels), squeeze=False,
+                                         figsize=(4.2 * len(panels), 3.0 * len(kinds)),
+                                         layout="constrained")
+                table: list[dict[str, Any]] = []
+                band = ""
+                for j, (fam, lab) in enumerate(panels):
+                    groups = _by_group(_curves(sub, fam, lab), info, "defence")
+                    band = _seed_band(groups)
+                    defences = sorted({d for _, d in groups})
+                    for i, kind in enumerate(kinds):
+                        ax = axes[i][j]
+                        colours = shades(kind, len(defences))
+                        for c_i, d in enumerate(defences):
+                            cs = groups.get((kind, d))
+                            if not cs:
+                                continue
+                            xs, mean, lo, hi = _mean_curve(cs)
+                            look = kind_line(kind, colours[c_i])
+                            ax.plot(xs, mean, ms=3, label=d, **look)
+                            if len(cs) > 1:
+                                ax.fill_between(xs, lo, hi, color=look["color"], alpha=0.15,
+                                                lw=0)
+                            table += [{"kind": kind, "family": fam, "defence": d, "x": x,
+                                       "mean": m, "lo": lo_, "hi": hi_, "seeds": len(cs)}
+                                      for x, m, lo_, hi_ in zip(xs, mean, lo, hi, strict=True)]
+                        ax.set_title(f"{kind.upper()}, {method}: "
+                                     f"{'PGD vs steps' if fam == 'pgd-steps' else 'PGD-10 vs ε'}",
+                                     fontsize=9)
+                        ax.set_xlabel("PGD steps" if fam == "pgd-steps" else "ε")
+                        if fam == "pgd-steps":
+                            ax.set_xscale("log")
+                        ax.set_ylabel("accuracy")
+                        ax.set_ylim(-0.02, 1.02)
+                        ax.legend(frameon=False, fontsize=7, title="defence")
+                fig.suptitle(context_title(title, band=band), fontsize=10)
+                paths += save_figure(fig, fig_dir / f"pgd_{method}", table)
+            paths += _plot_best(plt, save_figure, sub, info, summary, method, fig_dir, title)
+        paths += _plot_states(plt, save_figure, rows, info, fig_dir, title)
     return paths
 
 
@@ -259,6 +274,8 @@ def _plot_best(plt: Any, save: Any, rows: Sequence[dict[str, Any]],
                info: dict[str, dict[str, Any]], summary: Sequence[dict[str, Any]],
                method: str, fig_dir: Path, title: str) -> list[Path]:
     """Strongest training defence per kind (highest mean ALL at ε) against every curve."""
+    from noisydeq.figures import context_title, kind_line
+
     score: dict[tuple[str, str], list[float]] = {}
     for s in summary:
         if s["method"] == method and s["defence"] == "final" and math.isfinite(s["all"]):
@@ -275,32 +292,41 @@ def _plot_best(plt: Any, save: Any, rows: Sequence[dict[str, Any]],
     fig, axes = plt.subplots(math.ceil(n / cols), cols, squeeze=False,
                              figsize=(3.4 * cols, 2.9 * math.ceil(n / cols)),
                              layout="constrained")
+    table: list[dict[str, Any]] = []
+    band = ""
     for ax, (fam, lab, xname) in zip(axes.flat, labels, strict=False):
         groups = _by_group(_curves(rows, fam, lab), info, "defence")
+        band = band or _seed_band(groups)
         for kind, d in sorted(best.items()):
             cs = groups.get((kind, d))
             if not cs:
                 continue
             xs, mean, lo, hi = _mean_curve(cs)
-            style = "-" if kind == "deq" else "--"
-            ax.plot(xs, mean, style, marker="o", ms=3, label=f"{kind.upper()} ({d})")
+            look = kind_line(kind)
+            ax.plot(xs, mean, ms=3, label=f"{kind.upper()} ({d})", **look)
             if len(cs) > 1:
-                ax.fill_between(xs, lo, hi, alpha=0.15)
+                ax.fill_between(xs, lo, hi, color=look["color"], alpha=0.15, lw=0)
+            table += [{"attack": lab, "kind": kind, "defence": d, "x": x, "mean": m,
+                       "lo": lo_, "hi": hi_, "seeds": len(cs)}
+                      for x, m, lo_, hi_ in zip(xs, mean, lo, hi, strict=True)]
         ax.set_title(lab, fontsize=9)
         ax.set_xlabel({"eps": "ε", "steps": "PGD steps", "sigma": "speckle σ",
                        "fraction": "salt-and-pepper p"}.get(xname, xname))
         ax.set_ylim(-0.02, 1.02)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
+        ax.legend(frameon=False, fontsize=7)
     for ax in list(axes.flat)[n:]:
         ax.axis("off")
-    fig.suptitle(f"{title}: strongest defence, {method}", fontsize=10)
-    return save(fig, fig_dir / f"best_{method}")
+    fig.suptitle(context_title(f"{title}: strongest defence, {method}", band=band or None),
+                 fontsize=10)
+    return save(fig, fig_dir / f"best_{method}", table)
 
 
 def _plot_states(plt: Any, save: Any, rows: Sequence[dict[str, Any]],
                  info: dict[str, dict[str, Any]], fig_dir: Path, title: str) -> list[Path]:
-    """Accuracy under the intermediate-state attacks by attacked state (strongest K per λ)."""
+    """Accuracy under the intermediate-state attacks by attacked state (strongest K per λ);
+    DEQ states, so blues (solid for λ < 1, dotted otherwise), darker = later group."""
+    from noisydeq.figures import integer_axis, shades
+
     acc: dict[tuple[str, str, float], dict[int, list[float]]] = {}
     for r in rows:
         m = UNROLLED.match(r["estimator"])
@@ -312,22 +338,27 @@ def _plot_states(plt: Any, save: Any, rows: Sequence[dict[str, Any]],
     if not acc:
         return []
     fig, ax = plt.subplots(figsize=(5.6, 3.6))
-    for key, per_state in sorted(acc.items()):
+    colours = shades("deq", len(acc))
+    table: list[dict[str, Any]] = []
+    for colour, (key, per_state) in zip(colours, sorted(acc.items()), strict=True):
         xs = sorted(per_state)
-        ax.plot(xs, [min(per_state[x]) for x in xs], marker="o", ms=3,
+        ax.plot(xs, [min(per_state[x]) for x in xs], marker="o", ms=3, color=colour,
                 ls="-" if key[2] < 1 else ":", label=f"{key[0]} / {key[1]}, λ={key[2]:g}")
+        table += [{"method": key[0], "defence": key[1], "lambda": key[2], "state": x,
+                   "accuracy_min": min(per_state[x])} for x in xs]
+    integer_axis(ax.xaxis)
     ax.set_xlabel("attacked intermediate state z[i]")
     ax.set_ylabel("accuracy (strongest K_a, min over seeds)")
     ax.set_ylim(-0.02, 1.02)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-    ax.set_title(title, fontsize=9)
-    return save(fig, fig_dir / "states")
+    ax.legend(frameon=False, fontsize=7)
+    ax.set_title(title + "\nDEQ intermediate-state attacks (min over seeds, no band)",
+                 fontsize=9)
+    return save(fig, fig_dir / "states", table)
 
 
 def write_report(result: Any, specs: dict[str, Any]) -> list[Path]:
     """Write every evaluation's tables and figures into its run directory."""
-    from noisydeq.analysis.outputs import write_csv
+    from noisydeq.figures import write_csv
 
     paths: list[Path] = []
     for name, res in result.evaluations.items():

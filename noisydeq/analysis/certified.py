@@ -209,49 +209,63 @@ def group_rows(rows: Sequence[dict[str, Any]], keys: Sequence[str]) -> dict[tupl
 
 
 def plot_accuracy(rows: Sequence[dict[str, Any]], stem: Path, title: str = "") -> list[Path]:
-    """Certified (solid) and PGD (dashed) accuracy vs ε per model family, mean ± std over
-    seeds; one panel per envelope; clean accuracy as a dotted line."""
-    from noisydeq.analysis.outputs import pyplot, save_figure
+    """Certified (filled markers) and PGD (hollow markers) accuracy vs ε per model family,
+    mean ± 1 s.d. over seeds; one panel per envelope; clean accuracy as a thin dotted line.
+    The house look (:mod:`noisydeq.figures`): a family's kind gives its colour family and
+    line style (monDEQ greens solid, DEQ blues solid, FFW oranges dashed), darker = wider;
+    the plotted means and s.d. are ``stem.csv``."""
+    from noisydeq.figures import context_title, kind_line, member_colours, save_figure, styled
 
-    plt = pyplot()
     envs = list(dict.fromkeys(r["envelope"] for r in rows))
-    n_fam = len({(r["kind"], r["param"], r["width"], r["eps_train"]) for r in rows})
-    fig, axes = plt.subplots(1, len(envs), figsize=(5.6 * len(envs), 3.6 + 0.22 * n_fam),
-                             squeeze=False)
-    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    for ax, env in zip(axes[0], envs, strict=True):
-        sub = [r for r in rows if r["envelope"] == env]
-        fams = group_rows(sub, ("kind", "param", "width", "eps_train"))
-        for j, (key, fam_rows) in enumerate(sorted(fams.items(), key=lambda kv: str(kv[0]))):
-            kind, param, width, eps_train = key
-            name = kind + (f" ({param})" if param else "") + f" w{width}"
-            if not math.isnan(eps_train):
-                name += f", ε_train {eps_train:g}"
-            colour = colours[j % len(colours)]
-            by_eps = group_rows(fam_rows, ("eps",))
-            eps = sorted(e for (e,) in by_eps)
+    fam_keys = {(r["kind"], r["param"], r["width"], r["eps_train"]) for r in rows}
+    colours = member_colours([(k, w) for k, _p, w, _e in fam_keys])
+    seeds = len({r["seed"] for r in rows})
+    band = (f"error bars: ±1 s.d. over {seeds} seeds" if seeds > 1 else "one seed (no bars)")
+    n_samples = sorted({int(r["n_samples"]) for r in rows})
+    table: list[dict[str, Any]] = []
+    with styled() as plt:
+        fig, axes = plt.subplots(1, len(envs), figsize=(5.6 * len(envs),
+                                                        3.6 + 0.22 * len(fam_keys)),
+                                 squeeze=False)
+        for ax, env in zip(axes[0], envs, strict=True):
+            sub = [r for r in rows if r["envelope"] == env]
+            fams = group_rows(sub, ("kind", "param", "width", "eps_train"))
+            for key, fam_rows in sorted(fams.items(), key=lambda kv: str(kv[0])):
+                kind, param, width, eps_train = key
+                name = kind + (f" ({param})" if param else "") + f" w{width}"
+                if not math.isnan(eps_train):
+                    name += f", ε_train {eps_train:g}"
+                look = kind_line(kind, colours[(kind, width)])
+                by_eps = group_rows(fam_rows, ("eps",))
+                eps = sorted(e for (e,) in by_eps)
 
-            def stat(col: str, eps=eps, by_eps=by_eps) -> tuple[list[float], list[float]]:
-                vals = [torch.tensor([r[col] for r in by_eps[(e,)]], dtype=torch.float64)
-                        for e in eps]
-                return ([float(v.mean()) for v in vals],
-                        [float(v.std()) if len(v) > 1 else 0.0 for v in vals])
+                def stat(col: str, eps=eps, by_eps=by_eps) -> tuple[list[float], list[float]]:
+                    vals = [torch.tensor([r[col] for r in by_eps[(e,)]], dtype=torch.float64)
+                            for e in eps]
+                    return ([float(v.mean()) for v in vals],
+                            [float(v.std()) if len(v) > 1 else 0.0 for v in vals])
 
-            c_m, c_s = stat("certified_acc")
-            p_m, p_s = stat("pgd_acc")
-            k_m, _ = stat("clean_acc")
-            ax.errorbar(eps, c_m, yerr=c_s, color=colour, marker="o", capsize=3,
-                        label=f"{name}: certified")
-            ax.errorbar(eps, p_m, yerr=p_s, color=colour, marker="s", ls="--", capsize=3,
-                        label=f"{name}: PGD")
-            ax.plot(eps, k_m, color=colour, ls=":", lw=1)
-        ax.set_xlabel("ℓ∞ radius ε")
-        ax.set_ylabel("accuracy")
-        ax.set_ylim(-0.02, 1.02)
-        ax.grid(alpha=0.3)
-        ax.set_title("digital weights" if env == "none" else f"envelope {env}", fontsize=9)
-        ax.legend(fontsize=6.5, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2,
-                  frameon=False)
-    if title:
-        fig.suptitle(title, fontsize=10)
-    return save_figure(fig, stem)
+                c_m, c_s = stat("certified_acc")
+                p_m, p_s = stat("pgd_acc")
+                k_m, _ = stat("clean_acc")
+                ax.errorbar(eps, c_m, yerr=c_s, capsize=3, ms=4, label=f"{name}: certified",
+                            **look)
+                ax.errorbar(eps, p_m, yerr=p_s, capsize=3, ms=4, mfc="white", alpha=0.8,
+                            label=f"{name}: PGD", **{**look, "marker": "s"})
+                ax.plot(eps, k_m, color=look["color"], ls=":", lw=0.8)
+                table += [{"envelope": env, "kind": kind, "param": param, "width": width,
+                           "eps_train": eps_train, "eps": e, "certified_mean": c_m[i],
+                           "certified_sd": c_s[i], "pgd_mean": p_m[i], "pgd_sd": p_s[i],
+                           "clean_mean": k_m[i], "seeds": len(by_eps[(e,)])}
+                          for i, e in enumerate(eps)]
+            ax.set_xlabel("ℓ∞ radius ε")
+            ax.set_ylabel("accuracy")
+            ax.set_ylim(-0.02, 1.02)
+            ax.set_title("digital weights" if env == "none" else f"envelope {env}", fontsize=9)
+            ax.legend(fontsize=6.5, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2,
+                      frameon=False)
+        fig.suptitle(context_title(
+            title or "Certified accuracy",
+            trained=f"{'/'.join(map(str, n_samples))} test inputs",
+            band=f"{band}; filled: certified, hollow: PGD, dotted: clean"), fontsize=10)
+        return save_figure(fig, stem, table)

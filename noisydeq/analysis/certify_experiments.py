@@ -194,26 +194,46 @@ def run_fig2(exp: CertifyExperimentSpec, out: Path, *, data_dir: str | None = No
 
 def _write_fig2(exp: CertifyExperimentSpec, spec: Fig2Spec, rows: list[dict[str, Any]],
                 out: Path, echo: Callable[[str], None]) -> list[Path]:
-    from noisydeq.analysis.outputs import pyplot, save_figure, write_csv
+    from noisydeq.figures import (
+        context_title,
+        integer_axis,
+        save_figure,
+        shades,
+        styled,
+        write_csv,
+    )
 
     files = [write_csv(out / "fig2.csv", rows)]
     files.append(store.atomic_write_text(out / "experiment.toml", dumps_toml(exp)))
-    plt = pyplot()
-    fig, ax = plt.subplots(figsize=(5.5, 3.8))
-    styles = {"mon": "-", "ibp": "--"}
-    for (param, alpha), sub in group_rows(rows, ("param", "alpha")).items():
-        its = sorted({r["iteration"] for r in sub})
-        mean = [sum(r["mean_gap"] for r in sub if r["iteration"] == k)
-                / max(1, sum(1 for r in sub if r["iteration"] == k)) for k in its]
-        name = "monDEQ" if param == "mon" else "IBP-MonDEQ"
-        ax.plot(its, mean, ls=styles[param], label=f"{name}, α = {alpha:g}")
-        last = mean[-1]
-        echo(f"{name} α={alpha:g}: mean gap after {its[-1]} iterations = {last:.4g}")
-    ax.set_yscale("log")
-    ax.set_xlabel("iteration k of (A.1)")
-    ax.set_ylabel("mean interval width (upper − lower)")
-    ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=8)
-    ax.set_title(f"{exp.title} (width {spec.width}, ε = {spec.eps:g})", fontsize=9)
-    files += save_figure(fig, out / "figures" / "fig2_right")
+    groups = group_rows(rows, ("param", "alpha"))
+    # both are monDEQs (greens, solid): a shade per (layer, α), the plain monDEQ's darker;
+    # circles = monDEQ, squares = IBP-MonDEQ
+    colours = dict(zip(sorted(groups), shades("mondeq", len(groups)), strict=True))
+    table: list[dict[str, Any]] = []
+    with styled() as plt:
+        fig, ax = plt.subplots(figsize=(5.5, 3.8))
+        for (param, alpha), sub in groups.items():
+            its = sorted({r["iteration"] for r in sub})
+            mean = [sum(r["mean_gap"] for r in sub if r["iteration"] == k)
+                    / max(1, sum(1 for r in sub if r["iteration"] == k)) for k in its]
+            name = "monDEQ" if param == "mon" else "IBP-MonDEQ"
+            ax.plot(its, mean, ls="-", marker="o" if param == "mon" else "s", ms=3,
+                    markevery=max(1, len(its) // 10), color=colours[(param, alpha)],
+                    label=f"{name}, α = {alpha:g}")
+            table += [{"param": param, "alpha": alpha, "iteration": k, "mean_gap": v}
+                      for k, v in zip(its, mean, strict=True)]
+            echo(f"{name} α={alpha:g}: mean gap after {its[-1]} iterations = {mean[-1]:.4g}")
+        ax.set_yscale("log")
+        integer_axis(ax.xaxis)
+        ax.set_xlabel("iteration k of (A.1)")
+        ax.set_ylabel("mean interval width (upper − lower)")
+        ax.legend(frameon=False, fontsize=8)
+        ax.set_title(context_title(exp.title, task=getattr(spec, "task", None),
+                                   trained=f"untrained, width {spec.width}, ε = {spec.eps:g}",
+                                   band=f"line: mean over {len(spec.seeds)} random init"
+                                        f"{'s' * (len(spec.seeds) > 1)} of the "
+                                        f"gap over {spec.n_test} inputs (no band)"),
+                     fontsize=8)
+        fig.tight_layout()
+        files += save_figure(fig, out / "figures" / "fig2_right", table)
     return files

@@ -43,9 +43,14 @@ class Member:
     train: dict[str, Any] = field(default_factory=dict)  # the recorded TrainSpec
     task_options: dict[str, Any] = field(default_factory=dict)  # generator arguments
 
+    chip: int | None = None  # the chip it is programmed on (noisydeq.analysis.on_device)
+
     @property
-    def group(self) -> tuple[int, float]:
-        return (self.seed, self.train_snr_db)
+    def group(self) -> tuple:
+        """(seed, training SNR), and the chip when the member is on one: members are paired
+        within a group."""
+        base = (self.seed, self.train_snr_db)
+        return base if self.chip is None else (*base, self.chip)
 
 
 def _train_snr(train: dict[str, Any]) -> float:
@@ -167,7 +172,7 @@ class Pair:
     """A DEQ and an FFW of the same depth and group (either may be missing)."""
 
     depth: int
-    group: tuple[int, float]
+    group: tuple
     deq: Member | None
     ffw: Member | None
 

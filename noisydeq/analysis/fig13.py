@@ -137,7 +137,15 @@ def run_fig13(spec: Fig13Spec, out_dir: str | Path) -> list[Path]:
     """Train or load the three models per seed; write fig13_accuracy.csv, fig13_spectra.csv
     and the figure (accuracy vs SNR, mean over seeds; |λ| histograms of the first seed)."""
     from noisydeq.analysis import probe
-    from noisydeq.analysis.outputs import pyplot, save_figure, write_csv
+    from noisydeq.figures import (
+        context_title,
+        kind_colour,
+        kind_line,
+        save_figure,
+        snr_axis,
+        styled,
+        write_csv,
+    )
     from noisydeq.tasks import load_task
 
     out = Path(out_dir)
@@ -159,10 +167,12 @@ def run_fig13(spec: Fig13Spec, out_dir: str | Path) -> list[Path]:
             rep = probe.spectrum(model)
             radii.append({"model": name, "ffw_form": form, "seed": seed, "rho": rep.rho})
             hist.setdefault(name, rep)
+    # the figure's two panels: fig13_accuracy.csv (left), fig13_spectra.csv (right)
     paths = [write_csv(out / "fig13_accuracy.csv", rows),
              write_csv(out / "fig13_spectra.csv", radii)]
-    plt = pyplot()
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    look = {"deq": kind_line("deq"), "ffw": kind_line("ffw"),
+            # the Jacobian-regularised FFW: an FFW (oranges, dashed), darker, other marker
+            "ffw_jacreg": {**kind_line("ffw", kind_colour("ffw", 0.95)), "marker": "^"}}
     levels = sorted(spec.snr_db)
     pos = snr_positions(levels)
     # shared logarithmic bins: one model's spectral radius in the thousands (a regularised
@@ -172,38 +182,54 @@ def run_fig13(spec: Fig13Spec, out_dir: str | Path) -> list[Path]:
     floor = max(min(float(m[m > 0].min()) for m in mags.values() if (m > 0).any()),
                 top * 1e-8)
     bins = torch.logspace(math.log10(floor), math.log10(top), 51).numpy()
-    for name in MODELS:
-        means = [sum(r["accuracy"] for r in rows if r["model"] == name and r["snr_db"] == s)
-                 / len(spec.seeds) for s in levels]
-        axes[0].plot([pos[s] for s in levels], means, "o-", label=name)
-        axes[1].hist(mags[name].clamp_min(floor).numpy(), bins=bins, alpha=0.5,
-                     label=f"{name} ρ={hist[name].rho:.3g}")
-    axes[0].set_xticks([pos[s] for s in levels])
-    axes[0].set_xticklabels(["∞" if math.isinf(s) else f"{s:g}" for s in levels])
-    axes[0].set_xlabel("test signal SNR (dB; ∞ = no noise)")
-    axes[0].set_ylabel(f"accuracy (mean of {len(spec.seeds)} seed(s))")
-    axes[0].set_title(f"depth {spec.depth}, FFW form {form}", fontsize=9)
-    axes[0].legend(fontsize=8)
-    axes[1].set_xlabel("|λ| of W (DEQ) / W_m…W_1 (FFW), first seed (log scale)")
-    axes[1].set_xscale("log")
-    axes[1].set_yscale("log")
-    from matplotlib.ticker import NullFormatter, ScalarFormatter
+    n = len(spec.seeds)
+    with styled() as plt:
+        fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+        for name in MODELS:
+            per = {s: [r["accuracy"] for r in rows if r["model"] == name and r["snr_db"] == s]
+                   for s in levels}
+            means = [sum(v) / len(v) for v in per.values()]
+            xs = [pos[s] for s in levels]
+            axes[0].plot(xs, means, ms=4, label=name, **look[name])
+            if n > 1:
+                axes[0].fill_between(xs, [min(v) for v in per.values()],
+                                     [max(v) for v in per.values()], color=look[name]["color"],
+                                     alpha=0.15, lw=0)
+            axes[1].hist(mags[name].clamp_min(floor).numpy(), bins=bins, alpha=0.5,
+                         color=look[name]["color"], histtype="stepfilled",
+                         ls=look[name]["ls"], edgecolor=look[name]["color"],
+                         label=f"{name} ρ={hist[name].rho:.3g}")
+        snr_axis(axes[0], pos)
+        axes[0].set_xlabel("test signal SNR (dB; ∞ = no noise)")
+        axes[0].set_ylabel(f"accuracy (mean of {n} seed{'s' * (n > 1)})")
+        axes[0].set_title(f"depth {spec.depth}, FFW form {form}", fontsize=9)
+        axes[0].legend(frameon=False, fontsize=8)
+        axes[1].set_xlabel("|λ| of W (DEQ) / W_m…W_1 (FFW), first seed (log scale)")
+        axes[1].set_xscale("log")
+        axes[1].set_yscale("log")
+        from matplotlib.ticker import NullFormatter, ScalarFormatter
 
-    axes[1].xaxis.set_minor_formatter(NullFormatter())  # decades only: no crowded labels
-    axes[1].yaxis.set_major_formatter(ScalarFormatter())
-    axes[1].yaxis.set_minor_formatter(NullFormatter())
-    axes[1].set_ylabel("count")
-    axes[1].legend(fontsize=8)
-    paths += save_figure(fig, out / "fig13")
+        axes[1].xaxis.set_minor_formatter(NullFormatter())  # decades only: no crowded labels
+        axes[1].yaxis.set_major_formatter(ScalarFormatter())
+        axes[1].yaxis.set_minor_formatter(NullFormatter())
+        axes[1].set_ylabel("count")
+        axes[1].legend(frameon=False, fontsize=8)
+        fig.suptitle(context_title(
+            "Fig. 13: DEQ vs FFW vs Jacobian-regularised FFW", task=spec.task,
+            noise="signal noise", trained=f"{spec.train_preset} preset, trained without noise",
+            band=(f"band: min-max over {n} seeds" if n > 1 else "one seed (no band)")
+            + f"; {min(len(x), spec.max_test_samples)} test inputs"))
+        fig.tight_layout()
+        paths += save_figure(fig, out / "fig13")
     return paths
 
 
 def snr_positions(levels: list[float]) -> dict[float, float]:
     """x position of each test SNR: finite levels at their value, ∞ one grid gap right of
     the largest finite one (as in the sweep figures), so it never lands on a swept level."""
-    from noisydeq.plots import _x_positions
+    from noisydeq.figures import snr_positions as positions
 
-    return _x_positions(levels)
+    return positions(levels)
 
 
 def load_spec(path: str, overrides: list[str]) -> Fig13Spec:

@@ -147,24 +147,44 @@ def device_table(rows: Sequence[dict[str, Any]], levels: Sequence[float]) -> str
 # ------------------------------------------------------------------------ figures
 
 
-def _save(fig: Any, out: Path, name: str) -> list[Path]:
-    from noisydeq.plots import _save as save
+#: each variant / model group's kind (its colour family and line style) and shade: plain
+#: DEQs blue (solid), LyaDEQs purple (dotted), the FFW orange (dashed); the more of the
+#: paper's additions a model has, the darker
+VARIANT_LOOK = {"plain": ("deq", 0.55), "orthogonal": ("deq", 0.9),
+                "lyapunov": ("lyadeq", 0.55), "both": ("lyadeq", 0.9)}
+GROUP_LOOK = {"lyadeq": ("lyadeq", 0.9), "lyadeq-plain": ("deq", 0.45),
+              "lyadeq-lyapunov": ("lyadeq", 0.55), "lyadeq-orthogonal": ("deq", 0.65),
+              "deq": ("deq", 0.9), "ffw": ("ffw", 0.8)}
 
-    return save(fig, out, name)
+
+def _look(table: dict[str, tuple[str, float]], name: str) -> dict[str, Any]:
+    from noisydeq.figures import kind_colour, kind_line
+
+    kind, shade = table.get(name, ("deq", 0.8))
+    return kind_line(kind, kind_colour(kind, shade))
 
 
-def plot_attack(rows: Sequence[dict[str, Any]], out: Path, paper: bool = True) -> list[Path]:
-    """Accuracy vs ε (0 = clean) per variant, I-FGSM and PGD panels; bars = min-max over seeds."""
-    import matplotlib.pyplot as plt
+def _band(rows: Sequence[dict[str, Any]], *, chips: bool) -> str:
+    seeds = len({r.get("seed", 0) for r in rows})
+    n_chips = len({r.get("chip", 0) for r in rows}) if chips else 1
+    parts = [f"{seeds} seeds"] * (seeds > 1) + [f"{n_chips} chips"] * (n_chips > 1)
+    what = "band" if chips else "bars"
+    return f"{what}: min-max over " + " × ".join(parts) if parts else "one seed (no band)"
 
-    from noisydeq.plots import STYLE
+
+def plot_attack(rows: Sequence[dict[str, Any]], out: Path, paper: bool = True,
+                task: str | None = None) -> list[Path]:
+    """Accuracy vs ε (0 = clean) per variant, I-FGSM and PGD panels; bars = min-max over seeds.
+    The plotted means and ranges are ``attack.csv``."""
+    from noisydeq.figures import context_title, save_figure, styled
 
     attacks = [a for a in ("ifgsm", "pgd") if any(r["attack"] == a for r in rows)]
-    with plt.rc_context(STYLE):
-        fig, axes = plt.subplots(1, len(attacks), figsize=(4.4 * len(attacks), 3.4),
+    table: list[dict[str, Any]] = []
+    with styled() as plt:
+        fig, axes = plt.subplots(1, len(attacks), figsize=(4.4 * len(attacks), 3.6),
                                  squeeze=False, sharey=True)
         for ax, attack in zip(axes[0], attacks, strict=True):
-            for k, variant in enumerate(VARIANT_NAMES):
+            for variant in VARIANT_NAMES:
                 pts: dict[float, list[float]] = defaultdict(list)
                 for r in rows:
                     if r["variant"] == variant and r["attack"] in ("none", attack):
@@ -175,36 +195,46 @@ def plot_attack(rows: Sequence[dict[str, Any]], out: Path, paper: bool = True) -
                 mean = [statistics.fmean(pts[e]) for e in xs]
                 err = [[m - min(pts[e]) for m, e in zip(mean, xs, strict=True)],
                        [max(pts[e]) - m for m, e in zip(mean, xs, strict=True)]]
-                ax.errorbar(xs, mean, yerr=err, fmt="-o", ms=3.5, lw=1.4, capsize=2,
-                            color=f"C{k}", label=VARIANT_NAMES[variant])
+                look = _look(VARIANT_LOOK, variant)
+                ax.errorbar(xs, mean, yerr=err, ms=3.5, lw=1.4, capsize=2, **look,
+                            label=VARIANT_NAMES[variant])
+                table += [{"attack": attack, "variant": variant, "eps_255": e,
+                           "accuracy_pct_mean": m, "accuracy_pct_min": min(pts[e]),
+                           "accuracy_pct_max": max(pts[e]), "n": len(pts[e])}
+                          for e, m in zip(xs, mean, strict=True)]
                 if paper:
                     ref = PAPER_MNIST[variant]
-                    ax.plot([0.0, *PAPER_EPS_255], [ref["none"][0], *ref[attack]], ":",
-                            color=f"C{k}", lw=1, alpha=0.6)
-            ax.set_title(f"{ATTACK_NAMES[attack]}" + (" (dotted: paper, MNIST)" if paper else ""))
+                    ax.plot([0.0, *PAPER_EPS_255], [ref["none"][0], *ref[attack]],
+                            color=look["color"], ls=(0, (1, 2)), lw=1, alpha=0.6)
+            ax.set_title(f"{ATTACK_NAMES[attack]}"
+                         + (" (thin dotted: paper, MNIST)" if paper else ""))
             ax.set_xlabel("ε (× 1/255)")
             ax.set_ylim(0, 100)
         axes[0][0].set_ylabel("test accuracy (%)")
         axes[0][-1].legend(frameon=False, loc="center left", bbox_to_anchor=(1.02, 0.5))
+        fig.suptitle(context_title("LyaDEQ under attack (Table 1)", task=task,
+                                   noise="white-box ℓ∞ attacks",
+                                   band=_band(rows, chips=False)))
         fig.tight_layout()
-        return _save(fig, out, "attack")
+        return save_figure(fig, out / "attack", table)
 
 
-def plot_device(rows: Sequence[dict[str, Any]], out: Path) -> list[Path]:
-    """Accuracy vs device SNR per model (mean over seeds and chips, band = min-max)."""
-    import matplotlib.pyplot as plt
-
-    from noisydeq.plots import STYLE, _x_positions
+def plot_device(rows: Sequence[dict[str, Any]], out: Path, task: str | None = None) -> list[Path]:
+    """Accuracy vs device SNR per model (mean over seeds and chips, band = min-max); the
+    plotted means and ranges are ``device.csv`` beside the figure."""
+    from noisydeq.figures import context_title, save_figure, snr_axis, snr_positions, styled
 
     devices = list(dict.fromkeys(r["device"] for r in rows))
     models = list(dict.fromkeys(r["model"] for r in rows))
     levels = sorted({float(r["snr_db"]) for r in rows})
-    pos = _x_positions(levels)
-    with plt.rc_context(STYLE):
-        fig, axes = plt.subplots(1, len(devices), figsize=(4.4 * len(devices), 3.4),
+    pos = snr_positions(levels)
+    modes = sorted({str(r["noise_mode"]) for r in rows if r.get("noise_mode")})
+    table: list[dict[str, Any]] = []
+    with styled() as plt:
+        fig, axes = plt.subplots(1, len(devices), figsize=(4.4 * len(devices), 3.6),
                                  squeeze=False, sharey=True)
         for ax, device in zip(axes[0], devices, strict=True):
-            for k, model in enumerate(models):
+            for model in models:
                 pts: dict[float, list[float]] = defaultdict(list)
                 for r in rows:
                     if r["device"] == device and r["model"] == model:
@@ -212,13 +242,17 @@ def plot_device(rows: Sequence[dict[str, Any]], out: Path) -> list[Path]:
                 if not pts:
                     continue
                 xs = sorted(pts)
-                ax.plot([pos[s] for s in xs], [statistics.fmean(pts[s]) for s in xs], "-o",
-                        ms=3, lw=1.4, color=f"C{k}", label=GROUP_NAMES.get(model, model))
+                look = _look(GROUP_LOOK, model)
+                ax.plot([pos[s] for s in xs], [statistics.fmean(pts[s]) for s in xs], ms=3,
+                        lw=1.4, label=GROUP_NAMES.get(model, model), **look)
                 ax.fill_between([pos[s] for s in xs], [min(pts[s]) for s in xs],
-                                [max(pts[s]) for s in xs], color=f"C{k}", alpha=0.15, lw=0)
-            ticks = [s for s in levels if math.isinf(s) or s % 6 == 0]
-            ax.set_xticks([pos[s] for s in ticks])
-            ax.set_xticklabels(["∞" if math.isinf(s) else f"{s:g}" for s in ticks])
+                                [max(pts[s]) for s in xs], color=look["color"], alpha=0.15,
+                                lw=0)
+                table += [{"device": device, "model": model, "snr_db": s,
+                           "accuracy_pct_mean": statistics.fmean(pts[s]),
+                           "accuracy_pct_min": min(pts[s]), "accuracy_pct_max": max(pts[s]),
+                           "n": len(pts[s])} for s in xs]
+            snr_axis(ax, pos, every=6 if len(levels) > 8 else None)
             ax.set_title(device)
             ax.set_xlabel("device SNR (dB)")
             ax.set_ylim(0, 100)
@@ -229,8 +263,12 @@ def plot_device(rows: Sequence[dict[str, Any]], out: Path) -> list[Path]:
                 seen.setdefault(label, h)
         axes[0][-1].legend(list(seen.values()), list(seen), frameon=False, loc="center left",
                            bbox_to_anchor=(1.02, 0.5))
+        fig.suptitle(context_title(
+            "LyaDEQ on devices", task=task, device=", ".join(devices),
+            noise=f"noise mode {', '.join(modes)}" if modes else "device noise",
+            band=_band(rows, chips=True)))
         fig.tight_layout()
-        return _save(fig, out, "device")
+        return save_figure(fig, out / "device", table)
 
 
 def write_report(spec: Any, out: Path, attack_rows: Sequence[dict[str, Any]],
@@ -244,13 +282,13 @@ def write_report(spec: Any, out: Path, attack_rows: Sequence[dict[str, Any]],
         paper = grid is None or (grid.steps is None and grid.alpha_255 == 1.0)
         parts += ["## Accuracy (%) under attack", "", attack_table(attack_rows, paper), "",
                   "## Models and run times (mean over seeds)", "", attack_times(attack_rows), ""]
-        figures += plot_attack(attack_rows, out / "figures", paper)
+        figures += plot_attack(attack_rows, out / "figures", paper, spec.task)
     if device_rows:
         have = sorted({float(r["snr_db"]) for r in device_rows})
         levels = have if len(have) <= 8 else [
             s for s in have if math.isinf(s) or s % 6 == 0]
         parts += ["## Accuracy (%) vs device SNR", "", device_table(device_rows, levels), ""]
-        figures += plot_device(device_rows, out / "figures")
+        figures += plot_device(device_rows, out / "figures", spec.task)
     text = "\n".join(parts)
     atomic_write_text(out / "report.md", text)
     return {"report": str(out / "report.md"), "figures": [str(p) for p in figures],

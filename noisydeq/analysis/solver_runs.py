@@ -1,4 +1,9 @@
-"""Tables and figures of ``noisydeq solvers`` (paper Fig. 4, Fig. 5, Fig. 6 claim)."""
+"""Tables and figures of ``noisydeq solvers`` (paper Fig. 4, Fig. 5, Fig. 6 claim).
+
+Every figure has the house look (:mod:`noisydeq.figures`): the lines are one DEQ's, so
+they are blues (solid), a darker shade for a longer window, a higher SNR or a later solver;
+``rel`` is drawn grey and dashed. Each figure's CSV (``traces``, ``iterations``, ``floors``,
+``accuracy``) is written beside it; ``title`` (the task, the DEQ, the noise) heads it."""
 
 from __future__ import annotations
 
@@ -6,8 +11,9 @@ import math
 from pathlib import Path
 from typing import Any
 
-from noisydeq.analysis.outputs import pyplot, save_figure, snr_text, write_csv
+from noisydeq.analysis.outputs import snr_text
 from noisydeq.analysis.traces import TraceSet
+from noisydeq.figures import context_title, integer_axis, save_figure, shades, styled
 
 
 def trace_rows(traces: list[TraceSet]) -> list[dict[str, Any]]:
@@ -22,25 +28,40 @@ def trace_rows(traces: list[TraceSet]) -> list[dict[str, Any]]:
     return rows
 
 
-def plot_traces(traces: list[TraceSet], stem: Path) -> list[Path]:
+_MARKERS = ("o", "s", "D", "^", "v", "P")
+
+
+def plot_traces(traces: list[TraceSet], stem: Path, rows: list[dict[str, Any]] | None = None,
+                title: str = "") -> list[Path]:
     """Fig. 4: rows rel / mean_rel, one column per SNR, one line per solver (batch median)."""
-    plt = pyplot()
     snrs = sorted({t.snr_db for t in traces}, reverse=True)
-    fig, axes = plt.subplots(2, len(snrs), figsize=(4.2 * len(snrs), 6.5), squeeze=False,
-                             sharey="row")
-    for j, snr in enumerate(snrs):
-        for t in (t for t in traces if t.snr_db == snr):
-            for i, (key, vals) in enumerate((("rel", t.rel), ("mean_rel", t.mean_rel))):
-                med = vals.double().nanmedian(dim=1).values
-                axes[i][j].plot(range(1, len(med) + 1), med.numpy(), label=t.solver)
-                axes[i][j].set_yscale("log")
-                axes[i][j].set_title(f"{key}, SNR {snr_text(snr)}", fontsize=9)
-        axes[1][j].set_xlabel("iteration")
-    axes[0][0].set_ylabel("‖f(z)−z‖/‖f(z)‖")
-    axes[1][0].set_ylabel("window-averaged (Eq. 54)")
-    axes[0][0].legend(fontsize=8)
-    fig.tight_layout()
-    return save_figure(fig, stem)
+    solvers = list(dict.fromkeys(t.solver for t in traces))
+    colour = dict(zip(solvers, shades("deq", len(solvers)), strict=True))
+    batch = traces[0].rel.shape[1] if traces else 0
+    with styled() as plt:
+        fig, axes = plt.subplots(2, len(snrs), figsize=(4.2 * len(snrs), 6.5), squeeze=False,
+                                 sharey="row")
+        for j, snr in enumerate(snrs):
+            for t in (t for t in traces if t.snr_db == snr):
+                for i, (key, vals) in enumerate((("rel", t.rel), ("mean_rel", t.mean_rel))):
+                    med = vals.double().nanmedian(dim=1).values
+                    k = solvers.index(t.solver)
+                    axes[i][j].plot(range(1, len(med) + 1), med.numpy(), color=colour[t.solver],
+                                    marker=_MARKERS[k % len(_MARKERS)], ms=3,
+                                    markevery=max(1, len(med) // 10), label=t.solver)
+                    axes[i][j].set_yscale("log")
+                    axes[i][j].set_title(f"{key}, SNR {snr_text(snr)}", fontsize=9)
+            axes[1][j].set_xlabel("iteration")
+            for i in range(2):
+                integer_axis(axes[i][j].xaxis)
+        axes[0][0].set_ylabel("‖f(z)−z‖/‖f(z)‖")
+        axes[1][0].set_ylabel("window-averaged (Eq. 54)")
+        axes[0][0].legend(frameon=False, title="solver")
+        fig.suptitle(title or context_title(
+            "Residual traces (Fig. 4)", noise="state noise",
+            trained=f"random DEQ cell, median over {batch} inputs"))
+        fig.tight_layout()
+        return save_figure(fig, stem, rows)
 
 
 def count_rows(counts: list) -> list[dict[str, Any]]:
@@ -54,22 +75,29 @@ def _curve_label(stop: str, window: int) -> str:
     return "rel" if stop == "rel" else f"{stop} (w={window})"
 
 
-def plot_counts(rows: list[dict[str, Any]], eps: float, max_iter: int, stem: Path) -> list[Path]:
+def plot_counts(rows: list[dict[str, Any]], eps: float, max_iter: int, stem: Path,
+                title: str = "") -> list[Path]:
     """Fig. 5: mean iterations against SNR for rel and mean_rel (one curve per window)."""
-    plt = pyplot()
-    fig, ax = plt.subplots(figsize=(5, 3.6))
-    for stop, window in dict.fromkeys((r["stop"], r["window"]) for r in rows):
-        rs = sorted((r for r in rows if (r["stop"], r["window"]) == (stop, window)),
-                    key=lambda r: r["snr_db"])
-        ax.plot([r["snr_db"] for r in rs], [r["mean_steps"] for r in rs],
-                "ks--" if stop == "rel" else "o-", label=_curve_label(stop, window),
-                zorder=3 if stop == "rel" else 2)
-    ax.axhline(max_iter, color="grey", ls=":", lw=1, label="cap")
-    ax.set_xlabel("signal SNR (dB)")
-    ax.set_ylabel("mean iterations (unroll)")
-    ax.set_title(f"stop at ε = {eps:g}")
-    ax.legend(fontsize=8)
-    return save_figure(fig, stem)
+    curves = list(dict.fromkeys((r["stop"], r["window"]) for r in rows))
+    windows = sorted({w for stop, w in curves if stop != "rel"})
+    colour = dict(zip(windows, shades("deq", len(windows)), strict=True))
+    with styled() as plt:
+        fig, ax = plt.subplots(figsize=(5.5, 3.9))
+        for stop, window in curves:
+            rs = sorted((r for r in rows if (r["stop"], r["window"]) == (stop, window)),
+                        key=lambda r: r["snr_db"])
+            look = ({"ls": "--", "marker": "s", "color": "0.35"} if stop == "rel"
+                    else {"ls": "-", "marker": "o", "color": colour[window]})
+            ax.plot([r["snr_db"] for r in rs], [r["mean_steps"] for r in rs], **look,
+                    label=_curve_label(stop, window), zorder=3 if stop == "rel" else 2)
+        ax.axhline(max_iter, color="crimson", ls=":", lw=1, label="cap")
+        ax.set_xlabel("signal SNR (dB)")
+        ax.set_ylabel("mean iterations (unroll)")
+        ax.set_title(f"Stop-rule iterations (Fig. 5), ε = {eps:g}"
+                     + (f"\n{title}" if title else ""), fontsize=8)
+        ax.legend(frameon=False, fontsize=7)
+        fig.tight_layout()
+        return save_figure(fig, stem, rows)
 
 
 def floor_rows(rows: list[dict[str, Any]], eps: float) -> list[dict[str, Any]]:
@@ -82,54 +110,81 @@ def floor_rows(rows: list[dict[str, Any]], eps: float) -> list[dict[str, Any]]:
     return out
 
 
-def plot_floors(rows: list[dict[str, Any]], eps: float, stem: Path) -> list[Path]:
+def plot_floors(rows: list[dict[str, Any]], eps: float, stem: Path,
+                title: str = "") -> list[Path]:
     """mean_rel noise floor against the window length per SNR, with ε and a 1/w guide."""
-    plt = pyplot()
-    fig, ax = plt.subplots(figsize=(5, 3.6))
-    for i, snr in enumerate(sorted({r["snr_db"] for r in rows})):
-        rs = sorted((r for r in rows if r["snr_db"] == snr), key=lambda r: r["window"])
-        ws = [r["window"] for r in rs]
-        ax.plot(ws, [r["mean_rel_floor"] for r in rs], "o-", color=f"C{i}", label=snr_text(snr))
-        ax.plot(ws, [rs[0]["mean_rel_floor"] * ws[0] / w for w in ws], ":", color=f"C{i}",
-                lw=1)
-    ax.axhline(eps, color="k", ls="--", lw=1, label=f"ε = {eps:g}")
-    ax.set_xscale("log")
-    ax.set_yscale("log")
-    ax.set_xlabel("window w")
-    ax.set_ylabel("median mean_rel floor (unroll)")
-    ax.set_title("mean_rel noise floor vs window (dotted: ∝ 1/w)", fontsize=9)
-    ax.legend(fontsize=7)
-    return save_figure(fig, stem)
+    snrs = sorted({r["snr_db"] for r in rows})
+    colour = dict(zip(snrs, shades("deq", len(snrs)), strict=True))
+    with styled() as plt:
+        fig, ax = plt.subplots(figsize=(5.5, 3.9))
+        for snr in snrs:
+            rs = sorted((r for r in rows if r["snr_db"] == snr), key=lambda r: r["window"])
+            ws = [r["window"] for r in rs]
+            ax.plot(ws, [r["mean_rel_floor"] for r in rs], "o-", color=colour[snr],
+                    label=snr_text(snr))
+            ax.plot(ws, [rs[0]["mean_rel_floor"] * ws[0] / w for w in ws], ":",
+                    color=colour[snr], lw=1)
+        ax.axhline(eps, color="crimson", ls="--", lw=1, label=f"ε = {eps:g}")
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("window w")
+        ax.set_ylabel("median mean_rel floor (unroll)")
+        ax.set_title("mean_rel noise floor vs window (dotted: ∝ 1/w)"
+                     + (f"\n{title}" if title else ""), fontsize=8)
+        ax.legend(frameon=False, fontsize=7, title="signal SNR")
+        fig.tight_layout()
+        return save_figure(fig, stem, rows)
 
 
-def plot_accuracy(rows: list[dict[str, Any]], stem: Path) -> list[Path]:
-    """Fig. 6 claim: accuracy against test SNR per solver."""
-    plt = pyplot()
-    fig, ax = plt.subplots(figsize=(5, 3.6))
-    for name in dict.fromkeys(r["solver"] for r in rows):
-        rs = sorted((r for r in rows if r["solver"] == name), key=lambda r: r["snr_db"])
-        ax.plot([r["snr_db"] for r in rs], [r["accuracy"] for r in rs], "o-", label=name)
-    ax.set_xlabel("test signal SNR (dB)")
-    ax.set_ylabel("test accuracy")
-    ax.legend(fontsize=8)
-    return save_figure(fig, stem)
+def plot_accuracy(rows: list[dict[str, Any]], stem: Path, title: str = "") -> list[Path]:
+    """Fig. 6 claim: accuracy against test SNR per solver (∞ = no noise at the right)."""
+    from noisydeq.figures import snr_axis, snr_positions
+
+    names = list(dict.fromkeys(r["solver"] for r in rows))
+    colour = dict(zip(names, shades("deq", len(names)), strict=True))
+    pos = snr_positions([r["snr_db"] for r in rows])
+    with styled() as plt:
+        fig, ax = plt.subplots(figsize=(5.5, 3.9))
+        for k, name in enumerate(names):
+            rs = sorted((r for r in rows if r["solver"] == name), key=lambda r: r["snr_db"])
+            ax.plot([pos[r["snr_db"]] for r in rs], [r["accuracy"] for r in rs], "-",
+                    marker=_MARKERS[k % len(_MARKERS)], color=colour[name], label=name)
+        snr_axis(ax, pos)
+        ax.set_xlabel("test signal SNR (dB)")
+        ax.set_ylabel("test accuracy")
+        ax.set_title("Accuracy per solver (Fig. 6 claim)" + (f"\n{title}" if title else ""),
+                     fontsize=8)
+        ax.legend(frameon=False, title="solver")
+        fig.tight_layout()
+        return save_figure(fig, stem, rows)
 
 
 def write_traces(traces: list[TraceSet], out: Path) -> list[Path]:
-    return [write_csv(out / "traces.csv", trace_rows(traces)), *plot_traces(traces, out / "traces")]
+    return plot_traces(traces, out / "traces", trace_rows(traces))
 
 
-def write_counts(counts: list, eps: float, max_iter: int, out: Path) -> tuple[list, list[Path]]:
+def write_counts(counts: list, eps: float, max_iter: int, out: Path,
+                 title: str = "") -> tuple[list, list[Path]]:
     rows = count_rows(counts)
-    return rows, [write_csv(out / "iterations.csv", rows),
-                  *plot_counts(rows, eps, max_iter, out / "iterations")]
+    return rows, plot_counts(rows, eps, max_iter, out / "iterations", title)
 
 
-def write_floors(rows: list[dict[str, Any]], eps: float, out: Path) -> tuple[list, list[Path]]:
+def write_floors(rows: list[dict[str, Any]], eps: float, out: Path,
+                 title: str = "") -> tuple[list, list[Path]]:
     rows = floor_rows(rows, eps)
-    return rows, [write_csv(out / "floors.csv", rows), *plot_floors(rows, eps, out / "floors")]
+    return rows, plot_floors(rows, eps, out / "floors", title)
 
 
-def write_accuracy(rows: list[dict[str, Any]], out: Path) -> list[Path]:
-    return [write_csv(out / "accuracy.csv", rows), *plot_accuracy(rows, out / "accuracy")]
+def write_accuracy(rows: list[dict[str, Any]], out: Path, title: str = "") -> list[Path]:
+    return plot_accuracy(rows, out / "accuracy", title)
 
+
+def member_title(m: Any, n_inputs: int, on: Any = None) -> str:
+    """The context of the figures of one family DEQ: task, device (``on``:
+    :class:`noisydeq.analysis.on_device.OnDevice`, else digital weights), width, seed,
+    training."""
+    where = f"on {on.describe()}" if on is not None else "digital weights"
+    return context_title("", task=m.task, device=where, noise="signal noise",
+                         trained=f"DEQ width {m.width} (depth {m.depth}), seed {m.seed}, "
+                                 f"trained with {snr_text(m.train_snr_db)}",
+                         band=f"median / mean over {n_inputs} test inputs")

@@ -3,13 +3,15 @@
 * ``attacks_<mode>_<snr>.png/.svg`` — one panel per attack curve (PGD-10 vs ε, PGD-50 vs ε,
   PGD vs steps, AA, AA-rand, speckle σ, salt-and-pepper p, ...), accuracy against the
   attack's strength, DEQ (solid, blues) vs FFW (dashed, oranges), darker for a larger
-  member (the sweep figures' look, ``noisydeq.plots.member_colours``). A DEQ
+  member (the package's look, :mod:`noisydeq.figures`). A DEQ
   attacked with several gradient estimators is drawn at the worst of them (the attack a
   defender must survive), predicting with its final state.
 * ``robust_vs_snr.png/.svg`` (more than one SNR level) — accuracy under one attack point
   (the first curve's point at the headline ε) against the device SNR, white-box on the
   device (solid) and transferred from the digital twin (dotted); mean over chips with
   the chip range as a band.
+
+Each figure's plotted values are the ``.csv`` beside it.
 """
 
 from __future__ import annotations
@@ -37,9 +39,16 @@ def _worst(rows: Sequence[dict[str, Any]]) -> dict[tuple, float]:
 
 
 def plot_run(rows: Sequence[dict[str, Any]], fig_dir: Path, title: str = "") -> list[Path]:
-    """Write the run's figures; returns the paths (PNG and SVG)."""
-    from noisydeq.analysis.outputs import pyplot, save_figure
-    from noisydeq.plots import member_colours
+    """Write the run's figures; returns the paths (PNG, SVG and CSV)."""
+    from noisydeq.figures import member_colours, styled
+
+    with styled():
+        return _plot_run(rows, fig_dir, title, member_colours)
+
+
+def _plot_run(rows: Sequence[dict[str, Any]], fig_dir: Path, title: str,
+              member_colours: Any) -> list[Path]:
+    from noisydeq.figures import pyplot, save_figure
 
     plt = pyplot()
     paths: list[Path] = []
@@ -59,6 +68,7 @@ def plot_run(rows: Sequence[dict[str, Any]], fig_dir: Path, title: str = "") -> 
         cols = min(n, 4)
         nrows = math.ceil(n / cols)
         fig, axes = plt.subplots(nrows, cols, figsize=(3.4 * cols, 2.9 * nrows), squeeze=False)
+        table: list[dict[str, Any]] = []
         for ax, label in zip(axes.flat, labels, strict=False):
             for mid, (kind, depth, width) in sorted(models.items(),
                                                      key=lambda kv: (kv[1][1], kv[1][0])):
@@ -68,6 +78,9 @@ def plot_run(rows: Sequence[dict[str, Any]], fig_dir: Path, title: str = "") -> 
                 ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", ms=3,
                         ls="-" if kind == "deq" else "--", color=colour[(kind, depth)],
                         label=f"{kind.upper()} d{depth} (w{width})")
+                table += [{"attack": label, "x_name": xname[label], "model_id": mid,
+                           "kind": kind, "depth": depth, "width": width, "x": x,
+                           "accuracy_worst": v} for x, v in pts]
             ax.set_title(label, fontsize=9)
             ax.set_xlabel({"eps": "ε", "steps": "PGD steps", "sigma": "speckle σ",
                            "fraction": "salt-and-pepper p"}.get(xname[label], xname[label]))
@@ -82,7 +95,7 @@ def plot_run(rows: Sequence[dict[str, Any]], fig_dir: Path, title: str = "") -> 
         where = "digital" if math.isinf(snr) else f"{mode} at {snr:g} dB"
         fig.suptitle(f"{title} — {where} (DEQ: worst estimator, final state)", fontsize=10)
         fig.tight_layout()
-        paths += save_figure(fig, fig_dir / f"attacks_{mode}_{_snr_label(snr)}")
+        paths += save_figure(fig, fig_dir / f"attacks_{mode}_{_snr_label(snr)}", table)
     levels = sorted({r["snr_db"] for r in rows})
     if len(levels) > 1:
         paths += plot_vs_snr(rows, fig_dir, colour, title)
@@ -94,9 +107,14 @@ def plot_vs_snr(rows: Sequence[dict[str, Any]], fig_dir: Path,
                 title: str = "") -> list[Path]:
     """Accuracy against the SNR level (white-box and transfer), one panel per ε of the
     first ε curve (ε = 0: the clean accuracy under the noise)."""
-    from noisydeq.analysis.outputs import pyplot, save_figure
+    from noisydeq.figures import save_figure, styled
 
-    plt = pyplot()
+    with styled() as plt:
+        return _plot_vs_snr(plt, save_figure, rows, fig_dir, colour, title)
+
+
+def _plot_vs_snr(plt: Any, save_figure: Any, rows: Sequence[dict[str, Any]], fig_dir: Path,
+                 colour: dict[tuple[str, int], Any], title: str) -> list[Path]:
     grad = [r for r in rows if r["x_name"] == "eps" and r["defence"] == "final"]
     if not grad:
         return []
@@ -109,6 +127,7 @@ def plot_vs_snr(rows: Sequence[dict[str, Any]], fig_dir: Path,
     eps_values = sorted({r["x"] for r in pick})
     fig, axes = plt.subplots(1, len(eps_values), figsize=(4.2 * len(eps_values), 3.6),
                              squeeze=False)
+    table: list[dict[str, Any]] = []
     for ax, eps in zip(axes.flat, eps_values, strict=True):
         series: dict[tuple, dict[float, dict[str, list[float]]]] = {}
         for r in pick:
@@ -122,7 +141,7 @@ def plot_vs_snr(rows: Sequence[dict[str, Any]], fig_dir: Path,
                 k = (r["model_id"], r["kind"], r["depth"], mode)
                 series.setdefault(k, {}).setdefault(s, {}).setdefault(r["estimator"],
                                                                       []).append(r["value"])
-        for (_mid, kind, depth, mode), pts in sorted(series.items(), key=lambda kv: kv[0][2:]):
+        for (mid, kind, depth, mode), pts in sorted(series.items(), key=lambda kv: kv[0][2:]):
             xs = sorted(pts)
             if mode == "transfer" and len(xs) < 2:
                 continue
@@ -136,6 +155,11 @@ def plot_vs_snr(rows: Sequence[dict[str, Any]], fig_dir: Path,
                     label=f"{kind.upper()} d{depth} {mode}")
             ax.fill_between(xs, [min(v) for v in vals], [max(v) for v in vals],
                             color=colour.get((kind, depth), "k"), alpha=0.12, lw=0)
+            table += [{"eps": eps, "model_id": mid, "kind": kind, "depth": depth,
+                       "mode": mode, "snr_db": math.inf if s == inf_at else s,
+                       "estimator": worst[s], "accuracy_mean": sum(v) / len(v),
+                       "accuracy_min": min(v), "accuracy_max": max(v), "chips": len(v)}
+                      for s, v in zip(xs, vals, strict=True)]
         ticks = sorted(set(finite)) + [inf_at]
         ax.set_xticks(ticks, [f"{t:g}" for t in ticks[:-1]] + ["∞"])
         ax.set_xlabel("SNR (dB)")
@@ -150,4 +174,4 @@ def plot_vs_snr(rows: Sequence[dict[str, Any]], fig_dir: Path,
     fig.suptitle(f"{title}: accuracy vs SNR (white-box on the noisy model, transfer from "
                  "the noise-free twin)", fontsize=10)
     fig.tight_layout()
-    return save_figure(fig, fig_dir / "robust_vs_snr")
+    return save_figure(fig, fig_dir / "robust_vs_snr", table)

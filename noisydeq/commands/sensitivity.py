@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from noisydeq import limits
+from noisydeq import limits, store
 from noisydeq.errors import NoisyDEQError
 from noisydeq.progress import with_heartbeat
 from noisydeq.specs.base import build
@@ -35,6 +35,31 @@ def cache_option(f):
     return click.option("--cache", "cache", default=None, type=click.Path(path_type=Path),
                         help="model cache a sweep run dir's models are in "
                              "(default: $NOISYDEQ_CACHE or the user cache dir).")(f)
+
+
+def device_options(f):
+    """``--device``, ``--chips``, ``--device-snr``: which device the family's models are
+    analysed on (:mod:`noisydeq.analysis.on_device`; default: the sweep run's own)."""
+    f = click.option("--device-snr", "device_snr", default=None, type=float,
+                     help="program the chips at the static knob the sweep's calibration finds "
+                          "for this SNR in dB (default: the device's native setting).")(f)
+    f = click.option("--chips", "chips", default=None, type=click.IntRange(1, limits.MAX_CHIPS),
+                     help="chips to analyse on (default: the run's).")(f)
+    return click.option("--device", "device", default=None, metavar="NAME|PATH|ideal",
+                        help="device the models are analysed on, as programmed on each chip "
+                             "(default: the sweep run's device when its noise was the "
+                             "device's; 'ideal' = digital weights).")(f)
+
+
+def on_device(family: Path, device, chips, device_snr, members, data_dir, dev):
+    """(the members on the chosen device's chips, the :class:`OnDevice` or None); says which
+    on stderr."""
+    from noisydeq.analysis.on_device import on_chips, resolve
+
+    on = resolve(family, device, chips, device_snr)
+    click.echo(f"device: {on.describe()} (models as programmed on each chip)" if on else
+               "device: none (digital weights)", err=True)
+    return on_chips(members, on, data_dir, dev), on
 
 
 def out_option(name: str):
@@ -70,16 +95,18 @@ def default_out(family: Path, out: Path | None, name: str) -> Path:
               help="data directory for MNIST tasks (default: the one a sweep recorded).")
 @out_option("sensitivity")
 @cache_option
+@device_options
 @torch_device_option
 @with_heartbeat("sensitivity")
 def command(family, kind, eta, snr, site, samples, inputs, precision, seed, data_dir, out,
-            cache, torch_device) -> None:
+            cache, device, chips, device_snr, torch_device) -> None:
     """E_ξ|dz*/dξ_i| of each DEQ and FFW in a family, the DEQ/FFW ratio and Eq. 12 bounds.
 
     \b
     Examples:
       noisydeq sensitivity --family runs/sweep-1a2b3c
       noisydeq sensitivity --family runs/sweep-1a2b3c --kind multiplicative --snr 10 --samples 100
+      noisydeq sensitivity --family runs/sweep-1a2b3c --device ideal
     """
     from noisydeq.analysis.family import load_family
     from noisydeq.analysis.runs import family_inputs, run_sensitivity
@@ -109,15 +136,19 @@ def command(family, kind, eta, snr, site, samples, inputs, precision, seed, data
     members = load_family(family, dev, data_dir=data_dir, cache_dir=cache)
     x = family_inputs(members, inputs, data_dir, dev)
     out_dir = default_out(family, out, "sensitivity")
+    members, on = on_device(family, device, chips, device_snr, members, data_dir, dev)
     rows, paths = run_sensitivity(
         members, spec, x, out_dir, n_noise=samples, precision=precision or None, seed=seed,
-        echo=lambda s: click.echo(s, err=True),
+        echo=lambda s: click.echo(s, err=True), on=on,
     )
-    click.echo(f"{'depth':>5} {'DEQ w':>6} {'FFW':>4} {'DEQ sens':>10} {'FFW sens':>10} "
-               f"{'ratio':>8}  (E‖dz*/dξ_i‖₂, {samples} noise x {len(x)} inputs)")
+    click.echo(f"{'chip':>4} {'depth':>5} {'DEQ w':>6} {'FFW':>4} {'DEQ sens':>10} "
+               f"{'FFW sens':>10} {'ratio':>8}  (E‖dz*/dξ_i‖₂, {samples} noise x {len(x)} "
+               f"inputs; {on.describe() if on else 'digital weights'})")
     for r in rows:
-        click.echo(f"{r['depth']:>5} {_i(r['deq_width']):>6} {_i(r['depth']):>4} "
+        chip = str(r["chip"]) if on else "-"
+        click.echo(f"{chip:>4} {r['depth']:>5} {_i(r['deq_width']):>6} {_i(r['depth']):>4} "
                    f"{r['deq_sens']:>10.4g} {r['ffw_sens']:>10.4g} {r['ratio']:>8.3g}")
+    paths.append(store.write_manifest(out_dir, paths))  # sha256sum -c SHA256SUMS
     for p in paths:
         click.echo(f"wrote {p}")
 

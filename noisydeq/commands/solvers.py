@@ -7,8 +7,14 @@ from pathlib import Path
 
 import click
 
-from noisydeq import limits
-from noisydeq.commands.sensitivity import MAX_COUNT, SEED, cache_option, torch_device_option
+from noisydeq import limits, store
+from noisydeq.commands.sensitivity import (
+    MAX_COUNT,
+    SEED,
+    cache_option,
+    device_options,
+    torch_device_option,
+)
 from noisydeq.commands.sweep import parse_grid
 from noisydeq.errors import NoisyDEQError
 from noisydeq.progress import with_heartbeat
@@ -57,18 +63,20 @@ from noisydeq.progress import with_heartbeat
 @click.option("--out", type=click.Path(path_type=Path), default=None,
               help="output directory (default: <family>/analysis/solvers or ./solvers).")
 @cache_option
+@device_options
 @torch_device_option
 @with_heartbeat("solvers")
 def command(names, snr, max_iter, window, width, batch, family, depth, member_seed,
             member_train_snr, count_snr, eps,
             count_max_iter, floors, accuracy_snr, accuracy_solvers, accuracy_max_iter, inputs,
-            seed, data_dir, out, cache, torch_device) -> None:
+            seed, data_dir, out, cache, device, chips, device_snr, torch_device) -> None:
     """Noisy fixed-point solving: traces, stop-rule iteration counts, accuracy per solver.
 
     \b
     Examples:
       noisydeq solvers
       noisydeq solvers --family runs/sweep-1a2b3c --window 5,20,40 --inputs 500
+      noisydeq solvers --family runs/sweep-1a2b3c --device ideal
     """
     from noisydeq.analysis import solver_runs, traces
     from noisydeq.analysis.outputs import snr_text
@@ -102,9 +110,15 @@ def command(names, snr, max_iter, window, width, batch, family, depth, member_se
     acc_snrs = parse_grid("--accuracy-snr", accuracy_snr)
     dev = resolve_torch_device(torch_device)
     model_info = None
+    on = None
     if family is not None:  # load (and fail on bad input) before the Fig. 4 work
         model_info = _family_deq(family, depth, member_seed, member_train_snr, inputs,
                                  data_dir, cache, dev)
+        model_info, on = _on_device(family, device, chips, device_snr, model_info, data_dir,
+                                    dev)
+    elif device is not None or chips is not None or device_snr is not None:
+        raise NoisyDEQError("--device/--chips/--device-snr: give --family (the Fig. 4 cell "
+                            "is random and digital)")
     if out is None:
         base = Path(".") if family is None else (family if family.is_dir() else family.parent)
         out = base / "analysis" / "solvers" if family is not None else Path("solvers")
@@ -118,9 +132,10 @@ def command(names, snr, max_iter, window, width, batch, family, depth, member_se
                    f"mean_rel {float(t.mean_rel[-1].median()):.3g}")
     if model_info is not None:
         m, task, x, y = model_info
+        title = solver_runs.member_title(m, len(x), on)
         counts = traces.iteration_counts(m.model, x, count_snrs, eps=eps,
                                          max_iter=count_max_iter, seed=seed, window=windows)
-        rows, more = solver_runs.write_counts(counts, eps, count_max_iter, out)
+        rows, more = solver_runs.write_counts(counts, eps, count_max_iter, out, title)
         paths += more
         click.echo(f"Fig. 5 (DEQ width {m.width}, seed {m.seed}, trained at "
                    f"{snr_text(m.train_snr_db)}, unroll, ε = {eps:g}, threshold "
@@ -133,7 +148,7 @@ def command(names, snr, max_iter, window, width, batch, family, depth, member_se
             n_iter = max(count_max_iter, 2 * max(windows))
             frows, more = solver_runs.write_floors(
                 traces.residual_floors(m.model, x, count_snrs, windows, n_iter=n_iter,
-                                       seed=seed), eps, out)
+                                       seed=seed), eps, out, title)
             paths += more
             click.echo(f"noise floors (median of the last {n_iter - n_iter // 2} of {n_iter} "
                        "steps):")
@@ -144,13 +159,35 @@ def command(names, snr, max_iter, window, width, batch, family, depth, member_se
         if task.kind == "classification":
             acc = traces.accuracy_under_noise(m.model, x, y, acc_snrs, acc_solvers, seed=seed,
                                               max_iter=accuracy_max_iter, window=windows[0])
-            paths += solver_runs.write_accuracy(acc, out)
+            paths += solver_runs.write_accuracy(acc, out, title)
             click.echo("Fig. 6 claim: accuracy under test-time signal noise")
             for r in acc:
                 click.echo(f"  {r['solver']:>10} SNR {r['snr_db']:>5g}: {r['accuracy']:.3f} "
                            f"({r['mean_steps']:.1f} steps)")
+    paths.append(store.write_manifest(out, paths))  # sha256sum -c SHA256SUMS
     for p in paths:
         click.echo(f"wrote {p}")
+
+
+def _on_device(family: Path, device, chips, device_snr, model_info, data_dir, dev):
+    """The family DEQ as programmed on the first chip of the chosen device (default: the
+    sweep run's; :mod:`noisydeq.analysis.on_device`), said on stderr."""
+    import dataclasses
+
+    from noisydeq.analysis.on_device import chip_model, resolve
+
+    on = resolve(family, device, chips, device_snr)
+    if on is None:
+        click.echo("device: none (digital weights)", err=True)
+        return model_info, None
+    on = dataclasses.replace(on, chips=on.chips[:1])  # one DEQ, one chip
+    m, task, x, y = model_info
+    calib = task.x_train[:512].to(dev) if on.snr_db is not None else None
+    m = dataclasses.replace(m, model=chip_model(m.model, on, m.seed, on.chips[0], calib),
+                            chip=on.chips[0])
+    click.echo(f"device: {on.describe()} (the DEQ as programmed on it; the Fig. 4 cell "
+               "stays digital)", err=True)
+    return (m, task, x, y), on
 
 
 def _check_window(window: int, cap: int, flag: str) -> None:

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import click
 
+from noisydeq import store
 from noisydeq.commands.sensitivity import (
     MAX_COUNT,
     SEED,
     cache_option,
     default_out,
+    device_options,
     family_option,
+    on_device,
     out_option,
     torch_device_option,
 )
@@ -26,15 +29,18 @@ from noisydeq.progress import with_heartbeat
               help="data directory for MNIST tasks (default: the one a sweep recorded).")
 @out_option("spectrum")
 @cache_option
+@device_options
 @torch_device_option
 @with_heartbeat("spectrum")
-def command(family, inputs, seed, data_dir, out, cache, torch_device) -> None:
+def command(family, inputs, seed, data_dir, out, cache, device, chips, device_snr,
+            torch_device) -> None:
     """Eigen-spectra and spectral radii of every DEQ and FFW of a family.
 
     \b
     Examples:
       noisydeq spectrum --family runs/sweep-1a2b3c
       noisydeq spectrum --family runs/sweep-1a2b3c --inputs 64 --out runs/spectra
+      noisydeq spectrum --family runs/sweep-1a2b3c --device rram --chips 3
     """
     from noisydeq.analysis.family import load_family, pairs
     from noisydeq.analysis.runs import family_inputs, run_spectrum
@@ -49,11 +55,16 @@ def command(family, inputs, seed, data_dir, out, cache, torch_device) -> None:
         if warn:
             click.echo(warn, err=True)
     x = family_inputs(members, inputs, data_dir, dev) if inputs > 0 else None
-    rows, paths = run_spectrum(members, x, default_out(family, out, "spectrum"), seed=seed)
-    click.echo(f"{'kind':>4} {'depth':>5} {'width':>5} {'rho':>10} {'rho(J*) mean':>13}")
+    out_dir = default_out(family, out, "spectrum")
+    members, on = on_device(family, device, chips, device_snr, members, data_dir, dev)
+    rows, paths = run_spectrum(members, x, out_dir, seed=seed, on=on)
+    paths.append(store.write_manifest(out_dir, paths))  # sha256sum -c SHA256SUMS
+    click.echo(f"{'chip':>4} {'kind':>4} {'depth':>5} {'width':>5} {'rho':>10} "
+               f"{'rho(J*) mean':>13}  ({on.describe() if on else 'digital weights'})")
     for r in rows:
         jr = r.get("jac_rho_mean", float("nan"))
-        click.echo(f"{r['kind']:>4} {r['depth']:>5} {r['width']:>5} {r['rho']:>10.4g} "
-                   f"{jr:>13.4g}")
+        chip = str(r["chip"]) if on else "-"
+        click.echo(f"{chip:>4} {r['kind']:>4} {r['depth']:>5} {r['width']:>5} "
+                   f"{r['rho']:>10.4g} {jr:>13.4g}")
     for p in paths:
         click.echo(f"wrote {p}")

@@ -6,6 +6,11 @@
   panel per training SNR — drawn when a study tests more than two SNRs.
 * ``params`` (Fig. 1e): the metric at ``fixed_snr_db`` against the parameter count, a line
   per model kind, each point labelled with its model name.
+
+The house look (:mod:`noisydeq.figures`): each model's kind gives its colour family and line
+style (DEQ blues solid, FFW oranges dashed, ...), a darker shade is a larger model; noisy
+training is marked by a hollow marker. The title names the task, the noise site and the band
+(min-max over the seeds); each figure's CSV (the plotted summary rows) is beside it.
 """
 
 from __future__ import annotations
@@ -14,7 +19,16 @@ import math
 from pathlib import Path
 from typing import Any
 
-from noisydeq.analysis.outputs import pyplot, save_figure, snr_text
+from noisydeq.analysis.outputs import snr_text
+from noisydeq.figures import (
+    context_title,
+    kind_line,
+    member_colours,
+    save_figure,
+    snr_axis,
+    snr_positions,
+    styled,
+)
 from noisydeq.studies.spec import StudySpec
 
 
@@ -25,104 +39,130 @@ def _metric_label(rows: list[dict[str, Any]]) -> str:
     return metric
 
 
+def _looks(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """``model name -> line keywords``: its kind's style, its size's shade."""
+    sizes = {r["model"]: (r["kind"], int(r["params"])) for r in rows}
+    colours = member_colours(list(set(sizes.values())))
+    return {m: kind_line(k, colours[(k, p)]) for m, (k, p) in sizes.items()}
+
+
+def _trained_marker(look: dict[str, Any], train_snr_db: float) -> dict[str, Any]:
+    """Noise-free training: filled markers; noisy training: hollow ones."""
+    return look if math.isinf(train_snr_db) else {**look, "mfc": "white"}
+
+
+def study_title(rows: list[dict[str, Any]], title: str) -> str:
+    """``title — task · noise site noise`` and the band on a second line."""
+    n = max((int(r.get("seeds", 1)) for r in rows), default=1)
+    band = f"band: min-max over {n} seeds" if n > 1 else "one seed (no band)"
+    site = rows[0].get("noise_site") if rows else None
+    return context_title(title, task=rows[0].get("task") if rows else None,
+                         noise=f"{site} noise" if site else None, band=band)
+
+
 def plot_extrapolation(rows: list[dict[str, Any]], stem: Path, title: str) -> list[Path]:
-    plt = pyplot()
     budgets = list(dict.fromkeys(r["budget"] for r in rows if r["budget"] != "-")) or ["-"]
-    fig, axes = plt.subplots(1, len(budgets), figsize=(5.5 * len(budgets), 4), squeeze=False,
-                             sharey=True)
     paired = [r for r in rows if r["test_snr_db"] == r["train_snr_db"]] or rows
     shifts = sorted({r["shift"] for r in paired})
-    for ax, budget in zip(axes[0], budgets, strict=True):
-        sel = [r for r in paired if r["budget"] in (budget, "-")]
-        lines: dict[tuple, list] = {}
-        for r in sel:
-            lines.setdefault((r["model"], r["solver"], r["train_snr_db"]), []).append(r)
-        for (model, solver, tsnr), pts in lines.items():
-            pts.sort(key=lambda r: r["shift"])
-            x = [r["shift"] for r in pts]
-            label = f"{model} ({snr_text(tsnr)})" + (f" [{solver}]" if solver not in ("-",
-                                                                              "trained") else "")
-            ls = "-" if math.isinf(tsnr) else "--"
-            line, = ax.plot(x, [r["value"] for r in pts], marker="o", ls=ls, label=label)
-            ax.fill_between(x, [r["value_min"] for r in pts], [r["value_max"] for r in pts],
-                            color=line.get_color(), alpha=0.15)
-        if shifts and shifts[0] > 0 and shifts[-1] / shifts[0] >= 8:
-            ax.set_xscale("log")
-        name = sel[0]["shift_name"] if sel else "size"
-        ax.set_xlabel(f"test {name}")
-        ax.set_title({"train": "DEQ: training iteration budget",
-                      "scaled": "DEQ: budget scaled with the size"}.get(budget, ""), fontsize=9)
-        ax.grid(alpha=0.3)
-    axes[0][0].set_ylabel(_metric_label(rows) + " (trained and tested at the same SNR)")
-    if rows[0]["metric"] == "mse":
-        axes[0][0].set_yscale("log")
-    else:
-        axes[0][0].set_ylim(-0.03, 1.03)
-    axes[0][-1].legend(fontsize=7)
-    fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    return save_figure(fig, stem)
+    looks = _looks(rows)
+    table: list[dict[str, Any]] = []
+    with styled() as plt:
+        fig, axes = plt.subplots(1, len(budgets), figsize=(5.5 * len(budgets), 4),
+                                 squeeze=False, sharey=True)
+        for ax, budget in zip(axes[0], budgets, strict=True):
+            sel = [r for r in paired if r["budget"] in (budget, "-")]
+            lines: dict[tuple, list] = {}
+            for r in sel:
+                lines.setdefault((r["model"], r["solver"], r["train_snr_db"]), []).append(r)
+            for (model, solver, tsnr), pts in lines.items():
+                pts.sort(key=lambda r: r["shift"])
+                x = [r["shift"] for r in pts]
+                label = f"{model} ({snr_text(tsnr)})" + (
+                    f" [{solver}]" if solver not in ("-", "trained") else "")
+                look = _trained_marker(looks[model], tsnr)
+                ax.plot(x, [r["value"] for r in pts], ms=4, label=label, **look)
+                ax.fill_between(x, [r["value_min"] for r in pts],
+                                [r["value_max"] for r in pts], color=look["color"], alpha=0.15,
+                                lw=0)
+                table += [{"panel_budget": budget, **r} for r in pts]
+            if shifts and shifts[0] > 0 and shifts[-1] / shifts[0] >= 8:
+                ax.set_xscale("log")
+            name = sel[0]["shift_name"] if sel else "size"
+            ax.set_xlabel(f"test {name}")
+            ax.set_title({"train": "DEQ: training iteration budget",
+                          "scaled": "DEQ: budget scaled with the size"}.get(budget, ""),
+                         fontsize=9)
+        axes[0][0].set_ylabel(_metric_label(rows) + " (trained and tested at the same SNR)")
+        if rows[0]["metric"] == "mse":
+            axes[0][0].set_yscale("log")
+        else:
+            axes[0][0].set_ylim(-0.03, 1.03)
+        axes[0][-1].legend(frameon=False, fontsize=7)
+        fig.suptitle(study_title(rows, title), fontsize=10)
+        fig.tight_layout()
+        return save_figure(fig, stem, table)
 
 
 def plot_snr(rows: list[dict[str, Any]], stem: Path, title: str) -> list[Path]:
-    plt = pyplot()
     tsnrs = sorted({r["train_snr_db"] for r in rows})
-    fig, axes = plt.subplots(1, len(tsnrs), figsize=(5.5 * len(tsnrs), 4), squeeze=False)
-    finite = sorted({r["test_snr_db"] for r in rows if math.isfinite(r["test_snr_db"])})
-    inf_at = (finite[-1] + max(5.0, (finite[-1] - finite[0]) / 6)) if finite else 0.0
-
-    def pos(v: float) -> float:
-        return inf_at if math.isinf(v) else v
-
-    for ax, tsnr in zip(axes[0], tsnrs, strict=True):
-        lines: dict[tuple, list] = {}
-        for r in rows:
-            if r["train_snr_db"] == tsnr:
-                lines.setdefault((r["model"], r["solver"]), []).append(r)
-        for (model, solver), pts in lines.items():
-            pts.sort(key=lambda r: pos(r["test_snr_db"]))
-            x = [pos(r["test_snr_db"]) for r in pts]
-            line, = ax.plot(x, [r["value"] for r in pts], marker="o",
-                            ls="-" if solver in ("-", "trained") or "broyden" in solver else "--",
-                            label=model + ("" if solver in ("-", "trained") else f" [{solver}]"))
-            ax.fill_between(x, [r["value_min"] for r in pts], [r["value_max"] for r in pts],
-                            color=line.get_color(), alpha=0.15)
-        ticks = [*finite, inf_at] if finite else [inf_at]
-        ax.set_xticks(ticks, [f"{t:g}" for t in finite] + ["∞"])
-        ax.set_xlabel("test SNR (dB)")
-        ax.set_title(f"trained with {snr_text(tsnr)}", fontsize=9)
-        ax.grid(alpha=0.3)
-    axes[0][0].set_ylabel(_metric_label(rows))
-    axes[0][-1].legend(fontsize=7)
-    fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    return save_figure(fig, stem)
+    pos = snr_positions([r["test_snr_db"] for r in rows])
+    looks = _looks(rows)
+    table: list[dict[str, Any]] = []
+    with styled() as plt:
+        fig, axes = plt.subplots(1, len(tsnrs), figsize=(5.5 * len(tsnrs), 4), squeeze=False)
+        for ax, tsnr in zip(axes[0], tsnrs, strict=True):
+            lines: dict[tuple, list] = {}
+            for r in rows:
+                if r["train_snr_db"] == tsnr:
+                    lines.setdefault((r["model"], r["solver"]), []).append(r)
+            for (model, solver), pts in lines.items():
+                pts.sort(key=lambda r: pos[r["test_snr_db"]])
+                x = [pos[r["test_snr_db"]] for r in pts]
+                look = dict(looks[model])
+                if solver not in ("-", "trained"):  # another test solver: a second marker
+                    look["marker"] = "x"
+                ax.plot(x, [r["value"] for r in pts], ms=4, **look,
+                        label=model + ("" if solver in ("-", "trained") else f" [{solver}]"))
+                ax.fill_between(x, [r["value_min"] for r in pts],
+                                [r["value_max"] for r in pts], color=look["color"], alpha=0.15,
+                                lw=0)
+                table += pts
+            snr_axis(ax, pos)
+            ax.set_xlabel("test SNR (dB)")
+            ax.set_title(f"trained with {snr_text(tsnr)}", fontsize=9)
+        axes[0][0].set_ylabel(_metric_label(rows))
+        axes[0][-1].legend(frameon=False, fontsize=7)
+        fig.suptitle(study_title(rows, title), fontsize=10)
+        fig.tight_layout()
+        return save_figure(fig, stem, table)
 
 
 def plot_params(rows: list[dict[str, Any]], snr: float, stem: Path, title: str) -> list[Path]:
-    plt = pyplot()
-    fig, ax = plt.subplots(figsize=(6, 4))
     sel = [r for r in rows if r["test_snr_db"] == snr and r["solver"] in ("-", "trained",
                                                                            rows[0]["solver"])]
-    for tsnr in sorted({r["train_snr_db"] for r in sel}):
-        for kind in ("deq", "ffw"):
-            pts = sorted((r for r in sel if r["kind"] == kind and r["train_snr_db"] == tsnr),
-                         key=lambda r: r["params"])
-            if not pts:
-                continue
-            line, = ax.plot([r["params"] for r in pts], [r["value"] for r in pts], marker="o",
-                            label=f"{kind.upper()} (trained {snr_text(tsnr)})")
-            for r in pts:
-                ax.annotate(r["model"], (r["params"], r["value"]), fontsize=7,
-                            textcoords="offset points", xytext=(3, 3))
-    ax.set_xscale("log")
-    ax.set_xlabel("parameters")
-    ax.set_ylabel(f"{_metric_label(rows)} at test SNR {snr_text(snr)}")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    ax.set_title(title, fontsize=10)
-    fig.tight_layout()
-    return save_figure(fig, stem)
+    table: list[dict[str, Any]] = []
+    with styled() as plt:
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for tsnr in sorted({r["train_snr_db"] for r in sel}):
+            for kind in dict.fromkeys(r["kind"] for r in sel):
+                pts = sorted((r for r in sel if r["kind"] == kind and r["train_snr_db"] == tsnr),
+                             key=lambda r: r["params"])
+                if not pts:
+                    continue
+                ax.plot([r["params"] for r in pts], [r["value"] for r in pts], ms=4,
+                        label=f"{kind.upper()} (trained {snr_text(tsnr)})",
+                        **_trained_marker(kind_line(kind), tsnr))
+                for r in pts:
+                    ax.annotate(r["model"], (r["params"], r["value"]), fontsize=7,
+                                textcoords="offset points", xytext=(3, 3))
+                table += pts
+        ax.set_xscale("log")
+        ax.set_xlabel("parameters")
+        ax.set_ylabel(f"{_metric_label(rows)} at test SNR {snr_text(snr)}")
+        ax.legend(frameon=False, fontsize=8)
+        ax.set_title(study_title(rows, title), fontsize=9)
+        fig.tight_layout()
+        return save_figure(fig, stem, table)
 
 
 def plot_study(summary: list[dict[str, Any]], spec: StudySpec, out: Path,

@@ -163,7 +163,7 @@ class StudyDir:
                      ) -> tuple[Path, Path]:
         """``results.csv`` and ``summary.csv``, each atomically (the digest list is dropped
         first and rewritten by :meth:`seal`)."""
-        from noisydeq.analysis.outputs import write_csv
+        from noisydeq.figures import write_csv
 
         store.remove_manifest(self.path)
         return write_csv(self.path / "results.csv", rows), write_csv(

@@ -1,6 +1,8 @@
 """A tiny trained DEQ/FFW family on digits for the analysis CLI tests (seconds to build)."""
 
+import contextlib
 import csv
+import os
 from pathlib import Path
 
 import torch
@@ -33,3 +35,29 @@ def rows(path):
     """The rows of a CSV file as dicts."""
     with open(path) as fh:
         return list(csv.DictReader(fh))
+
+
+@contextlib.contextmanager
+def tiny_sweep(root: Path, *args: str):
+    """``noisydeq sweep`` (digits, one epoch, hidden 16, 256 training samples, ``args``) into
+    ``root/run`` with its own model cache ``root/cache`` (one thread); yields the run dir
+    with the cache still set, then restores the environment."""
+    from noisydeq.cli import main
+
+    saved_env, saved_threads = os.environ.get("NOISYDEQ_CACHE"), torch.get_num_threads()
+    os.environ["NOISYDEQ_CACHE"] = str(root / "cache")
+    torch.set_num_threads(1)
+    try:
+        try:
+            main(["sweep", "--task", "digits", "--epochs", "1", "--set", "hidden=16",
+                  "--set", "max_train_samples=256", "--quiet", *args, "--out",
+                  str(root / "run")])
+        except SystemExit as e:
+            assert e.code == 0
+        yield root / "run"
+    finally:
+        torch.set_num_threads(saved_threads)
+        if saved_env is None:
+            os.environ.pop("NOISYDEQ_CACHE", None)
+        else:
+            os.environ["NOISYDEQ_CACHE"] = saved_env

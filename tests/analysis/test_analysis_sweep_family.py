@@ -1,6 +1,5 @@
 """The analysis commands on the outputs of ``noisydeq sweep`` and ``noisydeq train --depths``."""
 
-import os
 import sys
 from pathlib import Path
 
@@ -8,11 +7,10 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from analysis_family import make_family, rows, run  # noqa: E402
+from analysis_family import make_family, rows, run, tiny_sweep  # noqa: E402
 
 from noisydeq.analysis.family import load_family, load_family_task  # noqa: E402
 from noisydeq.analysis.locate import locate  # noqa: E402
-from noisydeq.cli import main  # noqa: E402
 from noisydeq.config import SweepSpec, dumps_toml  # noqa: E402
 from noisydeq.errors import NoisyDEQError  # noqa: E402
 from noisydeq.store import atomic_write_text, sign_text  # noqa: E402
@@ -22,24 +20,9 @@ from noisydeq.store import atomic_write_text, sign_text  # noqa: E402
 def sweep_run(tmp_path_factory):
     """A tiny sweep (digits, depths 1,3, SNR 0,10, one chip, one epoch) and its cache."""
     root = tmp_path_factory.mktemp("sweep")
-    saved_env, saved_threads = os.environ.get("NOISYDEQ_CACHE"), torch.get_num_threads()
-    os.environ["NOISYDEQ_CACHE"] = str(root / "cache")
-    torch.set_num_threads(1)
-    try:
-        try:
-            main(["sweep", "--task", "digits", "--depths", "1,3", "--snr", "0,10", "--chips",
-                  "1", "--epochs", "1", "--device", "ideal", "--noise-site", "signal",
-                  "--set", "hidden=16", "--set", "max_train_samples=256", "--quiet",
-                  "--out", str(root / "run")])
-        except SystemExit as e:
-            assert e.code == 0
-        yield root / "run", root / "cache"
-    finally:
-        torch.set_num_threads(saved_threads)
-        if saved_env is None:
-            os.environ.pop("NOISYDEQ_CACHE", None)
-        else:
-            os.environ["NOISYDEQ_CACHE"] = saved_env
+    with tiny_sweep(root, "--depths", "1,3", "--snr", "0,10", "--chips", "1", "--device",
+                    "ideal", "--noise-site", "signal") as run_dir:
+        yield run_dir, root / "cache"
 
 
 @pytest.mark.slow

@@ -5,12 +5,11 @@ from __future__ import annotations
 import csv
 import json
 import math
-import os
 
 import pytest
 import torch
 
-from noisydeq.cli import main
+from tests.analysis.analysis_family import tiny_sweep
 from tests.cli_helpers import one_line_error
 from tests.cli_helpers import run_cli as run
 
@@ -18,25 +17,10 @@ from tests.cli_helpers import run_cli as run
 @pytest.fixture(scope="module")
 def sweep_run(tmp_path_factory):
     """A tiny sweep (digits, depth 1, one epoch) and its model cache."""
-    root = tmp_path_factory.mktemp("attack-sweep")
-    saved_env, saved_threads = os.environ.get("NOISYDEQ_CACHE"), torch.get_num_threads()
-    os.environ["NOISYDEQ_CACHE"] = str(root / "cache")
-    torch.set_num_threads(1)
-    try:
-        try:
-            main(["sweep", "--task", "digits", "--depths", "1", "--snr", "0,inf", "--chips", "1",
-                  "--epochs", "1", "--device", "ideal", "--noise-site", "signal", "--set",
-                  "hidden=16", "--set", "max_train_samples=256", "--quiet", "--jobs", "1",
-                  "--out", str(root / "run")])
-        except SystemExit as e:
-            assert e.code == 0
-        yield root / "run"
-    finally:
-        torch.set_num_threads(saved_threads)
-        if saved_env is None:
-            os.environ.pop("NOISYDEQ_CACHE", None)
-        else:
-            os.environ["NOISYDEQ_CACHE"] = saved_env
+    with tiny_sweep(tmp_path_factory.mktemp("attack-sweep"), "--depths", "1", "--snr",
+                    "0,inf", "--chips", "1", "--device", "ideal", "--noise-site", "signal",
+                    "--jobs", "1") as run_dir:
+        yield run_dir
 
 
 BASE = ["--attacks", "pgd-eps,pgd-steps,speckle,salt-pepper", "--eps", "0,0.3",
@@ -71,6 +55,14 @@ def test_attack_command_writes_table_figures_and_resumes(sweep_run, tmp_path, ca
     for name in ("results.parquet", "whitebox.csv", "config.toml", "meta.json",
                  "figures/attacks_white-box_inf.png", "figures/attacks_white-box_inf.svg"):
         assert (out / name).stat().st_size > 0
+    # the figure's CSV: every plotted point is the worst estimator's final-state accuracy
+    plotted = list(csv.DictReader(open(out / "figures" / "attacks_white-box_inf.csv")))
+    assert plotted
+    for p in plotted:
+        vals = [float(r["value"]) for r in rows if r["model_id"] == p["model_id"]
+                and r["attack"] == p["attack"] and float(r["x"]) == float(p["x"])
+                and r["defence"] == "final"]
+        assert float(p["accuracy_worst"]) == pytest.approx(min(vals))
     first = (out / "results.csv").read_text()
     code, stdout, err = run(argv, capsys)
     assert code == 0, err
