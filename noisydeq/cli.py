@@ -21,7 +21,6 @@ import threading
 from typing import Any
 
 import click
-from click.utils import make_default_short_help
 
 from noisydeq import __version__
 from noisydeq.errors import NoisyDEQError
@@ -101,7 +100,7 @@ class LazyGroup(click.Group):
         if rows:
             limit = formatter.width - 6 - max(len(name) for name, _ in rows)
             with formatter.section("Commands"):
-                formatter.write_dl([(name, make_default_short_help(text, limit))
+                formatter.write_dl([(name, click.Command(name, help=text).get_short_help_str(limit))
                                     for name, text in rows])
 
     def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
