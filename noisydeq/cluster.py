@@ -30,7 +30,10 @@ from noisydeq.errors import NoisyDEQError
 RAY_VERSION = "2.60.0"
 INSTALL_HINT = f"pip install 'noisydeq[ray]' (or pip install ray=={RAY_VERSION})"
 #: seconds to wait for a head node's port before giving up
-CONNECT_TIMEOUT_S = 10.0
+CONNECT_TIMEOUT_S = 5.0
+#: seconds a trial connection to ``auto`` / ``HOST:PORT`` may take (the whole check of an
+#: unreachable address stays under 30 s)
+PROBE_TIMEOUT_S = 20.0
 #: object store of a cluster started by ``--address local`` (bytes): models, test and
 #: training data travel through it once per run
 LOCAL_OBJECT_STORE = 512 * 2**20
@@ -114,14 +117,41 @@ def connect(backend: Backend) -> bool:
             raise NoisyDEQError(f"--address {addr}: no Ray head node answers there "
                                 f"({err.strerror or type(err).__name__}); start one with "
                                 f"'ray start --head --port {port}'") from None
+    _probe(addr)
     try:
         with _stderr_muted():  # Ray's C++ client logs every retry (once a second) there
             ray.init(address=addr, **quiet)
         return True
     except (ConnectionError, RuntimeError, ValueError) as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise NoisyDEQError(f"--address {addr}: cannot join the Ray cluster ({first})"
-                            ) from None
+        raise NoisyDEQError(f"--address {addr}: cannot join the Ray cluster "
+                            f"({_first_line(str(err)) or type(err).__name__})") from None
+
+
+def _first_line(text: str) -> str:
+    lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
+    return lines[-1] if lines and lines[-1].startswith(("ConnectionError", "RuntimeError")) \
+        else (lines[0] if lines else "")
+
+
+_PROBE = ("import sys, ray\n"
+          "ray.init(address=sys.argv[1], log_to_driver=False, logging_level='error')\n"
+          "ray.shutdown()\n")
+
+
+def _probe(addr: str) -> None:
+    """Join ``addr`` once in a child process, killed after :data:`PROBE_TIMEOUT_S`: a port
+    that accepts but never answers as Ray's GCS would hang ``ray.init`` for minutes."""
+    import subprocess
+
+    try:
+        done = subprocess.run([sys.executable, "-c", _PROBE, addr], capture_output=True,
+                              text=True, timeout=PROBE_TIMEOUT_S, check=False)
+    except subprocess.TimeoutExpired:
+        raise NoisyDEQError(f"--address {addr}: no Ray cluster answered within "
+                            f"{PROBE_TIMEOUT_S:.0f} s") from None
+    if done.returncode != 0:
+        why = _first_line(done.stderr) or f"exit status {done.returncode}"
+        raise NoisyDEQError(f"--address {addr}: cannot join the Ray cluster ({why})")
 
 
 @contextlib.contextmanager
