@@ -105,9 +105,14 @@ def connect(backend: Backend) -> bool:
     quiet = {"log_to_driver": False, "logging_level": "error", "configure_logging": False}
     addr = backend.address
     if addr == "local":
-        ray.init(address="local", num_cpus=backend.num_cpus or os.cpu_count() or 1,
-                 include_dashboard=False, object_store_memory=backend.object_store_memory,
-                 **quiet)
+        try:
+            with _stderr_muted():  # Ray's start-up notices; a failure is raised, not logged
+                ray.init(address="local", num_cpus=backend.num_cpus or os.cpu_count() or 1,
+                         include_dashboard=False,
+                         object_store_memory=backend.object_store_memory, **quiet)
+        except Exception as err:  # noqa: BLE001 - any start-up failure: one line
+            raise NoisyDEQError(f"--backend ray: cannot start a local Ray cluster "
+                                f"({type(err).__name__}: {_first_line(str(err))})") from None
         return True
     if addr != "auto":
         host, port = _host_port(addr)
