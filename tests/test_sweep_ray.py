@@ -76,6 +76,10 @@ def test_ray_table_equals_one_local_process_byte_for_byte(cluster, reference, tm
     ref_cache = Path(reference.run_dir.path).parent / "cache"
     assert len(_weights(tmp_path / "cache")) == 4
     assert _weights(tmp_path / "cache") == _weights(ref_cache)
+    # and the chips' calibration entries the workers returned: those of the local run
+    entries = {p.name: p.read_text() for p in (tmp_path / "cache").rglob("calibration/*.json")}
+    assert len(entries) == 8  # one per (model, chip)
+    assert entries == {p.name: p.read_text() for p in ref_cache.rglob("calibration/*.json")}
     again = run_sweep(spec, tmp_path / "ray", progress=False, plots=False,
                       backend=Backend("ray"))
     assert again.computed_cells == 0 and again.rows == reference.rows
@@ -193,9 +197,13 @@ def _closed_port() -> int:
     (["--address", "auto"], "--address needs --backend ray"),
     (["--backend", "ray", "--address", f"127.0.0.1:{_closed_port()}"], "no Ray head node"),
 ])
-def test_cli_bad_backend_is_one_line_and_writes_nothing(tmp_path, capsys, args, message):
+def test_cli_bad_backend_is_one_line_and_writes_nothing(tmp_path, capsys, monkeypatch, args,
+                                                        message):
     if "127.0.0.1" in " ".join(args):
-        pytest.importorskip("ray")
+        ray = pytest.importorskip("ray")
+        # as in a fresh `noisydeq` process (this one may hold the other tests' cluster,
+        # which a sweep would use)
+        monkeypatch.setattr(ray, "is_initialized", lambda: False)
     out = tmp_path / "run"
     code, _, err = run_cli(["sweep", "--task", "digits", "--depths", "1", "--snr", "0,inf",
                             "--chips", "1", "--out", str(out), "--quiet", *args], capsys)

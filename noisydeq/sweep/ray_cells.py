@@ -15,14 +15,17 @@ layer, solver step, test-sample index) (docs/architecture.md, "Randomness"), nev
 process that evaluates it, and a worker evaluates with one torch thread — the table equals
 ``--jobs 1 --threads 1`` and ``--jobs N``, byte for byte. A worker keeps the last payload
 and models it unpacked (:data:`_KEPT`), so a process that runs many pairs of one sweep
-unpacks them once. Workers write nothing: a chip's calibration knobs are searched in the
-worker (not read from or written to the calibration cache).
+unpacks them once. Workers write nothing that outlives a task: a chip's calibration knobs
+are searched in the worker (the driver's calibration cache is not read there) and come
+back with the cells; the driver checks their digests and caches them, as a local run
+would have.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -86,7 +89,6 @@ def _runner(token: str, box: list[Any]) -> CellRunner:
         raise NoisyDEQError(f"the Ray worker on {socket.gethostname()} runs other noisydeq "
                             "code than the driver (install the same version on every node)")
     hardware = payload.hardware
-    hardware.calibration_cache = False  # the driver alone writes
     runner = CellRunner(payload.spec, payload.task, None, hardware,
                         torch.device(payload.torch_device), groups=payload.groups,
                         content=payload.content)
@@ -107,24 +109,54 @@ def _model(token: str, i: int, box: list[Any]) -> SweepModel:
     return sm
 
 
+Cell = tuple[list[float], list[dict[str, Any]], list[dict[str, Any]]]
+
+
 def evaluate_pair(
     token: str, payload: list[Any], model: list[Any], i: int, chip: int,
     todo: list[list[float]],
-) -> list[tuple[list[float], list[dict[str, Any]], list[dict[str, Any]]]]:
+) -> tuple[list[Cell], dict[str, str]]:
     """A Ray task: the cells (levels, rows, per-layer rows) of model ``i`` on ``chip`` for
-    the level chunks ``todo``; writes nothing. ``payload`` / ``model`` hold an object
-    reference each (in a list, so Ray passes the reference and the worker unpacks it once)."""
+    the level chunks ``todo``, and the calibration entries its chip needed (file name →
+    signed JSON text; the driver checks and caches them). ``payload`` / ``model`` hold an
+    object reference each (in a list, so Ray passes the reference and the worker unpacks
+    it once). Nothing outlives the task: the entries pass through a scratch directory."""
+    import tempfile
+
     torch.set_num_threads(1)
     runner = _runner(token, payload)
     sm = _model(token, i, model)
-    cells: list[tuple[list[float], list[dict[str, Any]], list[dict[str, Any]]]] = []
+    cells: list[Cell] = []
     it = iter(todo)
 
     def keep(_key: str, rows: list[dict[str, Any]], layers: list[dict[str, Any]]) -> None:
         cells.append((list(next(it)), rows, layers))
 
-    runner.run_pair(sm, chip, lambda _n: None, todo=[list(t) for t in todo], save=keep)
-    return cells
+    with tempfile.TemporaryDirectory(prefix="noisydeq-calib-") as scratch:
+        runner.hardware.calibration_root = Path(scratch)
+        try:
+            runner.run_pair(sm, chip, lambda _n: None, todo=[list(t) for t in todo], save=keep)
+        finally:
+            runner.hardware.calibration_root = None
+        found = sorted((Path(scratch) / "calibration").glob("*.json"))
+        entries = {p.name: p.read_text(encoding="utf-8") for p in found}
+    return cells, entries
+
+
+def _cache_calibration(entries: dict[str, str]) -> None:
+    """Write the calibration entries a task returned into the driver's cache (digest
+    checked first; an entry already there is kept)."""
+    from noisydeq import store
+    from noisydeq.families import cache_root
+
+    directory = cache_root() / "calibration"
+    for name, text in entries.items():
+        path = directory / Path(name).name
+        if path.suffix != ".json" or path.exists():
+            continue
+        store.loads_signed(text, path)  # a damaged entry: CorruptArtefact, nothing written
+        store.make_dir(directory, "calibration cache")
+        store.atomic_write_text(path, text)
 
 
 def run_on_ray(
@@ -159,7 +191,7 @@ def run_on_ray(
             for fut in done:
                 i, chip = futures.pop(fut)
                 try:
-                    cells = ray.get(fut)
+                    cells, entries = ray.get(fut)
                 except RayTaskError as err:  # raised inside the task: deterministic
                     cause = err.cause if isinstance(err.cause, Exception) else err
                     text = str(cause).strip().splitlines()
@@ -179,6 +211,7 @@ def run_on_ray(
                     runner.run_dir.save_cell(key, rows, layers)  # the driver writes
                     written.add(key)
                     on_cell(1)
+                _cache_calibration(entries)
     finally:
         for fut in futures:  # an error or Ctrl-C: stop what is still queued or running
             ray.cancel(fut, force=True)
