@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The GPU check (issue: "--torch-device cuda"), on a machine with one NVIDIA GPU and a CUDA
 # build of torch in the venv; about 3-5 minutes:
-#   1. the CUDA unit tests: every device preset sweeps on CUDA tensors within 1 accuracy
+#   1. the CUDA unit tests (tests/test_cuda.py, tests/models/test_models_cuda.py, the CUDA
+#      draws of tests/test_rng.py): every device preset sweeps on CUDA tensors within 1 accuracy
 #      point of the CPU, training on CUDA, the counter-based draws equal on CPU and CUDA
 #   2. CPU-vs-GPU agreement of a small sweep with the same models (same rows, accuracies
 #      within 1 point)
@@ -26,6 +27,6 @@ fi
 command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 "$PY" -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda)"
 echo "== 1. CUDA unit tests"
-timeout 240 "$PY" -m pytest -q -x -p no:cacheprovider tests/test_cuda.py tests/test_rng.py -k "cuda"
+timeout 240 "$PY" -m pytest -q -x -p no:cacheprovider tests/test_cuda.py tests/models/test_models_cuda.py tests/test_rng.py -k "cuda"
 echo "== 2-3. CPU vs GPU agreement, throughput on mnist10k"
 timeout 240 "$PY" -m benchmarks.gpu_check --device cuda --data-dir "$DATA_DIR"
