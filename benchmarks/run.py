@@ -24,7 +24,8 @@ import torch
 from benchmarks.common import Row, format_table, machine_info
 from noisydeq.store import atomic_write_text
 
-AREAS = ("main_job", "sweep", "solvers", "devices", "rng", "training", "attacks", "hwaware")
+AREAS = ("main_job", "sweep", "solvers", "devices", "rng", "training", "attacks", "hwaware",
+         "cluster")
 HERE = Path(__file__).resolve().parent
 
 
@@ -68,6 +69,10 @@ def _run_area(area: str, quick: bool, work: Path, state: dict[str, Any]) -> list
         from benchmarks.attacks import bench_attacks
 
         return bench_attacks(quick=quick)
+    if area == "cluster":  # the Ray backend (no rows without the ray extra)
+        from benchmarks.cluster import bench_cluster
+
+        return bench_cluster()
     raise ValueError(area)
 
 

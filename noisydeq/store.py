@@ -547,16 +547,57 @@ def tensors_digest(tensors: Mapping[str, Tensor], meta_json: str) -> str:
     return h.hexdigest()
 
 
-def save_tensors(
-    path: str | os.PathLike, tensors: Mapping[str, Tensor], meta: Mapping[str, Any]
-) -> Path:
-    """Write tensors + JSON-able ``meta`` into one safetensors file with its digest, atomically."""
+def tensors_blob(tensors: Mapping[str, Tensor], meta: Mapping[str, Any]) -> bytes:
+    """Tensors + JSON-able ``meta`` as the bytes of one safetensors file with its digest
+    (what :func:`save_tensors` writes; a Ray worker returns them to the driver)."""
     from safetensors.torch import save as st_save
 
     flat = _contiguous_cpu(tensors)
     meta_json = dumps_json({"format": FORMAT, "version": __version__, **meta})
     header = {_META_KEY: meta_json, _DIGEST_KEY: tensors_digest(flat, meta_json)}
-    return atomic_write_bytes(path, st_save(flat, metadata=header))
+    return st_save(flat, metadata=header)
+
+
+def save_tensors(
+    path: str | os.PathLike, tensors: Mapping[str, Tensor], meta: Mapping[str, Any]
+) -> Path:
+    """Write tensors + JSON-able ``meta`` into one safetensors file with its digest, atomically."""
+    return atomic_write_bytes(path, tensors_blob(tensors, meta))
+
+
+def _checked_meta(tensors: Mapping[str, Tensor], header: Mapping[str, str],
+                  p: Path) -> dict[str, Any]:
+    """The noisydeq metadata of a safetensors header, its format and digest checked."""
+    meta_json = header.get(_META_KEY)
+    try:
+        meta = json.loads(meta_json, parse_constant=parse_constant)  # type: ignore[arg-type]
+    except (TypeError, ValueError, RecursionError):
+        raise CorruptArtefact(p, "carries no noisydeq metadata") from None
+    if not isinstance(meta, dict):
+        raise CorruptArtefact(p, "carries malformed noisydeq metadata (not a JSON object)")
+    if meta.get("format") != FORMAT:
+        raise CorruptArtefact(p, f"has format {meta.get('format')!r}, expected {FORMAT}")
+    if header.get(_DIGEST_KEY) != tensors_digest(tensors, meta_json):  # type: ignore[arg-type]
+        raise CorruptArtefact(p, "does not match its SHA-256 digest (changed or damaged)")
+    return meta
+
+
+def read_tensors_blob(
+    blob: bytes, what: str | os.PathLike = "checkpoint bytes"
+) -> tuple[dict[str, Tensor], dict[str, Any]]:
+    """(tensors, meta) of bytes made by :func:`tensors_blob`, checked like a file
+    (:func:`load_tensors`); ``what`` names them in errors."""
+    from safetensors.torch import load as st_load
+
+    p = Path(what)
+    try:
+        n = int.from_bytes(blob[:8], "little")
+        header = json.loads(blob[8 : 8 + n]).get("__metadata__") or {}
+        tensors = st_load(blob)
+    except (ValueError, RuntimeError, AttributeError, TypeError) as err:
+        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise CorruptArtefact(p, f"are not a readable safetensors file ({reason})") from None
+    return tensors, _checked_meta(tensors, header, p)
 
 
 def load_tensors(path: str | os.PathLike) -> tuple[dict[str, Tensor], dict[str, Any]]:
@@ -577,18 +618,7 @@ def load_tensors(path: str | os.PathLike) -> tuple[dict[str, Tensor], dict[str, 
     except (SafetensorError, OSError, ValueError, RuntimeError) as err:
         reason = str(err).splitlines()[0] if str(err) else type(err).__name__
         raise CorruptArtefact(p, f"is not a readable safetensors file ({reason})") from None
-    meta_json = header.get(_META_KEY)
-    try:
-        meta = json.loads(meta_json, parse_constant=parse_constant)
-    except (TypeError, ValueError, RecursionError):
-        raise CorruptArtefact(p, "carries no noisydeq metadata") from None
-    if not isinstance(meta, dict):
-        raise CorruptArtefact(p, "carries malformed noisydeq metadata (not a JSON object)")
-    if meta.get("format") != FORMAT:
-        raise CorruptArtefact(p, f"has format {meta.get('format')!r}, expected {FORMAT}")
-    if header.get(_DIGEST_KEY) != tensors_digest(tensors, meta_json):
-        raise CorruptArtefact(p, "does not match its SHA-256 digest (changed or damaged)")
-    return tensors, meta
+    return tensors, _checked_meta(tensors, header, p)
 
 
 def check_config(meta: Mapping[str, Any], config: Any, path: str | os.PathLike) -> None:
@@ -613,11 +643,30 @@ def save_checkpoint(
     metadata) and ``path`` with suffix ``.json`` (the same config, hash and ``extra`` —
     metrics, history — for people and tools, signed).
     """
-    p = Path(path)
+    return write_checkpoint_blob(path, checkpoint_blob(state_dict, config, extra))
+
+
+def checkpoint_blob(
+    state_dict: Mapping[str, Tensor], config: Any, extra: Mapping[str, Any] | None = None,
+) -> bytes:
+    """The bytes of the checkpoint :func:`save_checkpoint` writes (a worker computes them,
+    the driver writes them with :func:`write_checkpoint_blob`)."""
     cfg = json.loads(dumps_json(config))
     meta = {"config": cfg, "config_hash": config_hash(cfg), "extra": to_jsonable(extra or {})}
-    save_tensors(p, state_dict, meta)
-    sidecar = {"format": FORMAT, "version": __version__, "weights": p.name, **meta}
+    return tensors_blob(state_dict, meta)
+
+
+def write_checkpoint_blob(path: str | os.PathLike, blob: bytes) -> Path:
+    """Write checkpoint bytes (:func:`checkpoint_blob`) to ``path`` and its signed ``.json``
+    sidecar, atomically, after checking their digest and config hash (bytes that fail are
+    a :class:`CorruptArtefact`; nothing is written)."""
+    p = Path(path)
+    _, meta = read_tensors_blob(blob, f"checkpoint bytes for {p}")
+    if meta.get("config_hash") != config_hash(meta.get("config")):
+        raise CorruptArtefact(Path(f"checkpoint bytes for {p}"), "carry a wrong config hash")
+    atomic_write_bytes(p, blob)
+    sidecar = {"format": FORMAT, "version": meta.get("version", __version__), "weights": p.name,
+               **{k: meta[k] for k in ("config", "config_hash", "extra")}}
     write_signed_json(p.with_suffix(".json"), sidecar, indent=2)
     return p
 

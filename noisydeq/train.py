@@ -80,6 +80,9 @@ class TrainResult:
     path: Path | None = None
     start_epoch: int = 0
     loaded: bool = False
+    #: what the checkpoint's metadata records besides the config (history, test metric,
+    #: metric name, seconds, the adversarial hooks' record) — also without ``out_dir``
+    extra: dict[str, Any] = field(default_factory=dict)
 
 
 # --------------------------------------------------------------------------- loop
@@ -292,11 +295,12 @@ def _fit(
     result = TrainResult(model=model, config=config, config_hash=chash, history=history,
                          test_metric=test_metric, metric_name=task.metric_name,
                          seconds=seconds, start_epoch=start)
+    result.extra = {"history": history, "test_metric": test_metric,
+                    "metric_name": task.metric_name, "seconds": seconds,
+                    **(hooks.extra() if hooks is not None else {})}
     if out is not None:
-        extra = {"history": history, "test_metric": test_metric,
-                 "metric_name": task.metric_name, "seconds": seconds,
-                 **(hooks.extra() if hooks is not None else {})}
-        result.path = store.save_checkpoint(out / MODEL_FILE, model.state_dict(), config, extra)
+        result.path = store.save_checkpoint(out / MODEL_FILE, model.state_dict(), config,
+                                            result.extra)
         (out / RESUME_FILE).unlink(missing_ok=True)  # the finished model replaces it
     return result
 

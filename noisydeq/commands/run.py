@@ -13,7 +13,14 @@ from pathlib import Path
 
 import click
 
-from noisydeq.commands.sweep import check_data_dir, default_out, execute, parse_sets
+from noisydeq.cluster import Backend
+from noisydeq.commands.sweep import (
+    backend_options,
+    check_data_dir,
+    default_out,
+    execute,
+    parse_sets,
+)
 from noisydeq.progress import with_heartbeat
 from noisydeq.specs.base import build
 from noisydeq.specs.experiment import ExperimentSpec
@@ -91,12 +98,14 @@ def _list(as_json: bool) -> None:
               help="torch threads for training and evaluation (as for noisydeq sweep).")
 @click.option("--jobs", default=None, metavar="auto|N",
               help="evaluation processes (as for noisydeq sweep).")
+@backend_options
 @with_heartbeat("run")
 def command(
     experiment: str | None, list_: bool, variant: str, out: str | None, data_dir: str | None,
     torch_device: str | None, sets: tuple[str, ...], quiet: bool, as_json: bool,
     threads: str | None,
     jobs: str | None,
+    backend: str = "local", address: str | None = None,
 ) -> None:
     """Run an experiment: a bundled one by NAME (see --list) or a .toml FILE of your own.
 
@@ -105,6 +114,7 @@ def command(
       noisydeq run --list
       noisydeq run fig1-mnist --quick --data-dir DIR
       noisydeq run my-experiment.toml --set epochs=1
+      noisydeq run fig1-mnist --full --data-dir DIR --backend ray --address HEAD:6379
     """
     from noisydeq.runtime import job_count, thread_plan
 
@@ -117,10 +127,11 @@ def command(
 
     thread_plan(threads)  # a bad value is one error before anything runs
     job_count(jobs)
+    chosen = Backend.parse(backend, address, jobs)
     exp, spec = resolve_experiment(experiment, variant, data_dir, torch_device, sets)
     out_dir = Path(out) if out else default_out(spec, f"{exp.name}-{variant}")
     if not quiet and not as_json:
         click.echo(f"{exp.name} ({variant}): {exp.title}", err=True)
     title = f"{exp.title} [{variant}]" if exp.title else ""
     execute(spec, out_dir, quiet=quiet or as_json, as_json=as_json, title=title,
-            threads=threads, jobs=jobs)
+            threads=threads, jobs=jobs, backend=chosen)

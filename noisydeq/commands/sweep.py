@@ -17,6 +17,7 @@ from typing import Any
 
 import click
 
+from noisydeq.cluster import Backend
 from noisydeq.errors import NoisyDEQError
 from noisydeq.progress import with_heartbeat
 from noisydeq.specs.base import build
@@ -51,6 +52,19 @@ def parse_sets(items: tuple[str, ...]) -> dict[str, Any]:
     return parse_assignments(items, "--set")
 
 
+def backend_options(f: Any) -> Any:
+    """``--backend`` and ``--address`` (sweep and run)."""
+    f = click.option("--address", default=None, metavar="local|auto|HOST:PORT",
+                     help="Ray cluster for --backend ray: local (default; a private cluster "
+                          "on this machine), auto (the one 'ray start --head' started here) "
+                          "or the head node's HOST:PORT.")(f)
+    return click.option("--backend", type=click.Choice(["local", "ray"]), default="local",
+                        show_default=True,
+                        help="Where evaluation cells and family training run: local "
+                             "processes (--jobs) or a Ray cluster (pip install "
+                             "'noisydeq[ray]'); the same table either way.")(f)
+
+
 def check_data_dir(path: str | None) -> str | None:
     """A ``--data-dir`` that exists, or one clear error."""
     if path is None:
@@ -83,13 +97,15 @@ def execute(
     spec: SweepSpec, out: Path, *, quiet: bool, as_json: bool, title: str = "",
     threads: str | None = None,
     jobs: str | None = None,
+    backend: Backend | None = None,
 ) -> dict[str, Any]:
     """Run (or resume) ``spec`` into ``out`` and report on stdout (text or JSON)."""
     from noisydeq.summary import summary_json, summary_table, training_groups
     from noisydeq.sweep import run_sweep
 
     t0 = time.perf_counter()
-    res = run_sweep(spec, out, progress=not quiet, title=title, threads=threads, jobs=jobs)
+    res = run_sweep(spec, out, progress=not quiet, title=title, threads=threads, jobs=jobs,
+                    backend=backend)
     seconds = time.perf_counter() - t0
     report = {
         "run_dir": str(res.run_dir.path),
@@ -189,6 +205,7 @@ def execute(
 @click.option("--jobs", default=None, metavar="auto|N",
               help="evaluation processes (default $NOISYDEQ_JOBS, else auto = one per CPU "
                    "core; with more than one, each evaluates with one thread).")
+@backend_options
 @with_heartbeat("sweep")
 def command(
     device: str, snr: str, task: str, data_dir: str | None, depths: str, train_snr: str,
@@ -200,6 +217,7 @@ def command(
     jobs: str | None,
     train_device: str | None = None, train_device_snr: str | None = None,
     train_noise_mode: str | None = None, digital_layers: str | None = None,
+    backend: str = "local", address: str | None = None,
 ) -> None:
     """Sweep parameter-matched DEQ vs FFW accuracy across SNR on a simulated device.
 
@@ -210,11 +228,13 @@ def command(
       noisydeq sweep --device rram --noise-mode static --depths 1,3,5
       noisydeq sweep --task mnist --data-dir DIR --train-snr inf,10,0
       noisydeq sweep --snr 0:30:5 --out runs/r1   # extends runs/r1 (was --snr 0:30:10)
+      noisydeq sweep --backend ray --address auto   # on the cluster of 'ray start --head'
     """
     from noisydeq.runtime import job_count, thread_plan
 
     thread_plan(threads)  # a bad value is one error before anything runs
     job_count(jobs)
+    chosen = Backend.parse(backend, address, jobs)
     snr_grid = parse_grid("--snr", snr)
     train_grid = parse_grid("--train-snr", train_snr)
     data = {
@@ -233,5 +253,5 @@ def command(
     }
     spec = build(SweepSpec, data, where="sweep")
     execute(spec, Path(out) if out else default_out(spec), quiet=quiet or as_json,
-            as_json=as_json, threads=threads, jobs=jobs)
+            as_json=as_json, threads=threads, jobs=jobs, backend=chosen)
     sys.stdout.flush()

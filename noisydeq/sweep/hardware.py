@@ -30,6 +30,10 @@ class Hardware:
         #: extension's levels (set by the cell runner, :func:`noisydeq.extension.level_groups`)
         self.level_groups: list[list[float]] = [list(spec.snr_db)]
         self.direct = spec.device == "ideal"
+        #: where calibration knobs are looked up and stored: None = the cache
+        #: (:func:`noisydeq.families.cache_root`); a Ray worker points it at a scratch
+        #: directory per task and returns what lands there to the driver, which caches it
+        self.calibration_root: Any = None
         self.device: Any = None
         self.hw: Any = None
         if not self.direct:
@@ -108,16 +112,17 @@ class Hardware:
             # one before: an extended run calibrates the grid it began with and each
             # extension's levels apart, so every cell is what a run of its group gives
             groups = self.level_groups
+            cache = cache_root() if self.calibration_root is None else self.calibration_root
             knobs: dict[str, dict[float, Any]] = {}
             for group in groups[1:]:
                 part = device.deploy(model, digital_layers=self.spec.digital_layers).eval()
-                calibrate_levels(part, model, device, calib_x, group, cache_root(),
+                calibrate_levels(part, model, device, calib_x, group, cache,
                                  calibration=self.spec.calibration)
                 for name, layer in self.hw.device_layers(part).items():
                     found = layer.calibrated_controls()
                     knobs.setdefault(name, {}).update(
                         {float(s): found[float(s)] for s in group if float(s) in found})
-            calibrate_levels(deployed, model, device, calib_x, groups[0], cache_root(),
+            calibrate_levels(deployed, model, device, calib_x, groups[0], cache,
                              calibration=self.spec.calibration)
             for name, layer in self.hw.device_layers(deployed).items():
                 if knobs.get(name):

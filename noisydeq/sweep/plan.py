@@ -88,13 +88,18 @@ class CellRunner:
     """Evaluates the cells of (model, chip) pairs and saves them into the run directory."""
 
     def __init__(
-        self, spec: SweepSpec, task: Any, run_dir: RunDir, hardware: Hardware,
-        torch_device: torch.device,
+        self, spec: SweepSpec, task: Any, run_dir: RunDir | None, hardware: Hardware,
+        torch_device: torch.device, *, groups: list[list[float]] | None = None,
+        content: str | None = None,
     ) -> None:
+        """``run_dir`` None: a runner without a run directory (a Ray worker's, which only
+        computes: :mod:`noisydeq.sweep.ray_cells`); it is given the driver's calibration
+        ``groups`` and cell ``content`` digest instead of reading them."""
         self.spec, self.run_dir, self.hardware = spec, run_dir, hardware
         from noisydeq.results import columns_for
 
-        run_dir.columns = columns_for(spec)
+        if run_dir is not None:
+            run_dir.columns = columns_for(spec)
         self.torch_device = torch_device
         self.task_name = task.name
         self.x, self.y = _test_tensors(task, spec, torch_device)
@@ -103,13 +108,16 @@ class CellRunner:
         # the grid the run began with and each extension's new levels are chunked apart,
         # so the cells an extended run already holds keep their keys (noisydeq.extension)
         self.chunks: list[list[float]] = []
-        hardware.level_groups = level_groups(spec.snr_db, run_dir.extensions())
+        if groups is None:
+            assert run_dir is not None
+            groups = level_groups(spec.snr_db, run_dir.extensions())
+        hardware.level_groups = groups
         for group in hardware.level_groups:
             self.rows_per_batch, chunks = level_chunks(group, self.x.shape[0], spec.max_rows)
             self.chunks += chunks
         calib_x = getattr(task, "x_train", None)
         self.calib_x = None if calib_x is None else calib_x[:512].to(torch_device)
-        self.content = self._content()
+        self.content = self._content() if content is None else content
         self._model_hashes: dict[int, str] = {}
 
     def _content(self) -> str:

@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from noisydeq.cluster import Backend
 from noisydeq.errors import NoisyDEQError
 from noisydeq.results import RunDir
 from noisydeq.runtime import num_threads, resolve_torch_device, thread_plan
@@ -67,6 +68,7 @@ def run_sweep(
     title: str = "",
     threads: str | None = None,
     jobs: int | str | None = None,
+    backend: Backend | None = None,
 ) -> SweepResult:
     """Run (or resume) the sweep ``spec`` into ``out_dir``; returns the tidy table.
 
@@ -76,6 +78,10 @@ def run_sweep(
     thread counts of training and evaluation (:func:`noisydeq.runtime.thread_plan`; ``None``
     reads ``$NOISYDEQ_THREADS``), each phase's restored after it. ``jobs``: evaluation
     processes (:func:`resolve_jobs`; ``None`` reads ``$NOISYDEQ_JOBS``, default ``auto``).
+    ``backend``: :class:`noisydeq.cluster.Backend` (default local: ``jobs`` processes);
+    with Ray, family members train as Ray tasks (:mod:`noisydeq.family_tasks`) and cells
+    are evaluated as Ray tasks (:mod:`noisydeq.sweep.ray_cells`) — the same table; the
+    cluster is joined (or started) before anything is written, and left at the end.
 
     Everything is validated before anything is written; the run directory is locked for
     the whole run (a second sweep on the same ``out_dir`` waits for this one).
@@ -95,13 +101,26 @@ def run_sweep(
         from noisydeq.families import check_sweep_families
 
         check_sweep_families(spec, task)  # presets, overrides, memory: before any write
-    fresh = not run_dir.open(spec)
-    spec = run_dir.spec  # another writer may have extended it meanwhile
+    backend = backend or Backend()
+    joined = False
+    if backend.ray:  # unreachable: one line, before anything is written
+        from noisydeq.cluster import connect
+
+        joined = connect(backend)
     try:
-        return _run_open(spec, run_dir, task, hardware, models, progress, on_cell, plots,
-                         title, train_threads, eval_threads, torch_device, jobs, fresh)
+        fresh = not run_dir.open(spec)
+        spec = run_dir.spec  # another writer may have extended it meanwhile
+        try:
+            return _run_open(spec, run_dir, task, hardware, models, progress, on_cell, plots,
+                             title, train_threads, eval_threads, torch_device, jobs, fresh,
+                             backend)
+        finally:
+            run_dir.close()
     finally:
-        run_dir.close()
+        if joined:
+            from noisydeq.cluster import disconnect
+
+            disconnect()
 
 
 def _run_open(
@@ -109,7 +128,7 @@ def _run_open(
     models: Sequence[SweepModel] | ModelProvider | None, progress: bool,
     on_cell: Callable[[int], None] | None, plots: bool, title: str,
     train_threads: int | None, eval_threads: int | None, torch_device: torch.device,
-    jobs: int | str | None, fresh: bool,
+    jobs: int | str | None, fresh: bool, backend: Backend,
 ) -> SweepResult:
     """The body of :func:`run_sweep` once its run directory is open and locked
     (``fresh``: created by this run)."""
@@ -119,6 +138,10 @@ def _run_open(
         models = family_models
     # worker processes can rebuild the models only when they come from the family cache
     models_from_cache = models is family_models
+    if models_from_cache and backend.ray:  # members not yet cached train as Ray tasks
+        from noisydeq.family_tasks import train_sweep_families_on_ray
+
+        train_sweep_families_on_ray(spec, task, progress)
     if callable(models):
         with num_threads(train_threads):
             models = models(spec, task, progress)
@@ -137,7 +160,8 @@ def _run_open(
             if fresh:
                 run_dir.discard()
             raise
-    n_jobs = resolve_jobs(jobs, spec, len(pending), parallel_ok=models_from_cache)
+    n_jobs = 1 if backend.ray else resolve_jobs(jobs, spec, len(pending),
+                                                parallel_ok=models_from_cache)
     total = len(pairs) * len(runner.chunks)
     bar = progress_bar(total=total, desc="sweep", unit="cells", disable=not progress,
                        initial=total - sum(len(t) for t in todo.values()))
@@ -150,7 +174,11 @@ def _run_open(
         if on_cell is not None:
             on_cell(computed)
 
-    if n_jobs > 1:
+    if backend.ray:
+        from noisydeq.sweep.ray_cells import run_on_ray
+
+        run_on_ray(runner, task, models, todo, cell_done)
+    elif n_jobs > 1:
         from noisydeq.sweep.jobs import run_parallel
 
         with num_threads(1):  # every process evaluates with one thread (see resolve_jobs)

@@ -1,0 +1,181 @@
+"""Where a sweep's work runs: this machine (``--jobs``) or a Ray cluster (``--backend ray``).
+
+:class:`Backend` is the checked choice of the commands (``--backend local|ray``,
+``--address``, ``--jobs``); :func:`connect` joins (or starts) the Ray cluster before anything
+is written. Ray is optional (``pip install noisydeq[ray]``) and imported only here and in the
+task modules that run on it (:mod:`noisydeq.sweep.ray_cells`,
+:mod:`noisydeq.family_tasks`). On Ray, workers compute and return rows and checkpoint bytes;
+the driver alone writes the run directory and the caches (:mod:`noisydeq.store`), so a
+cluster needs no shared filesystem.
+
+Address forms: ``local`` (default) starts a private single-machine cluster with
+``num_cpus`` workers (one per core by default) and a small object store; ``auto`` joins the
+cluster started on this machine by ``ray start --head``; ``HOST:PORT`` joins a head node's
+GCS port (``ray start --head --port PORT``). An unreachable ``HOST:PORT`` is one line after
+at most :data:`CONNECT_TIMEOUT_S` seconds, before anything is written.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from noisydeq.errors import NoisyDEQError
+
+#: the pinned, tested Ray version (pyproject's ``ray`` extra)
+RAY_VERSION = "2.60.0"
+INSTALL_HINT = f"pip install 'noisydeq[ray]' (or pip install ray=={RAY_VERSION})"
+#: seconds to wait for a head node's port before giving up
+CONNECT_TIMEOUT_S = 5.0
+#: seconds a trial connection to ``auto`` / ``HOST:PORT`` may take (the whole check of an
+#: unreachable address stays under 30 s)
+PROBE_TIMEOUT_S = 20.0
+#: object store of a cluster started by ``--address local`` (bytes): models, test and
+#: training data travel through it once per run
+LOCAL_OBJECT_STORE = 512 * 2**20
+BACKENDS = ("local", "ray")
+
+
+@dataclass(frozen=True)
+class Backend:
+    """A checked backend choice: ``kind`` local (``--jobs`` processes) or ray, and for ray
+    the cluster ``address`` and, for a cluster started here, its ``num_cpus``."""
+
+    kind: str = "local"
+    address: str = "local"
+    num_cpus: int | None = None
+    object_store_memory: int = LOCAL_OBJECT_STORE
+
+    @property
+    def ray(self) -> bool:
+        return self.kind == "ray"
+
+    @classmethod
+    def parse(cls, backend: str | None, address: str | None = None,
+              jobs: str | int | None = None) -> Backend:
+        """The backend of ``--backend`` / ``--address`` / ``--jobs`` or one clear error:
+        an unknown backend, ``--jobs`` with ray, ``--address`` without it, a malformed
+        address, Ray not installed."""
+        kind = (backend or "local").strip().lower()
+        if kind not in BACKENDS:
+            raise NoisyDEQError(f"--backend '{backend}': expected one of {', '.join(BACKENDS)}")
+        if kind == "local":
+            if address is not None:
+                raise NoisyDEQError("--address needs --backend ray")
+            return cls()
+        if jobs is not None:
+            raise NoisyDEQError("--jobs sets local processes; with --backend ray the cluster's "
+                                "CPUs set the parallelism (drop --jobs)")
+        addr = (address or "local").strip()
+        if addr not in ("local", "auto"):
+            _host_port(addr)
+        require_ray()
+        return cls("ray", addr)
+
+
+def _host_port(address: str) -> tuple[str, int]:
+    """(host, port) of a ``HOST:PORT`` address, or one error naming the forms."""
+    host, sep, port = address.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise NoisyDEQError(f"--address '{address}': expected local, auto or HOST:PORT "
+                            "(the head node's port, e.g. 10.0.0.5:6379)")
+    return host.strip("[]"), int(port)
+
+
+def require_ray() -> None:
+    """Ray importable, or one line saying how to install it."""
+    try:
+        import ray  # noqa: F401
+    except ImportError:
+        raise NoisyDEQError(f"--backend ray needs Ray, which is not installed: {INSTALL_HINT}"
+                            ) from None
+
+
+def connect(backend: Backend) -> bool:
+    """Join (or start) ``backend``'s Ray cluster, unless this process already has (False);
+    one line and nothing started when it cannot be reached."""
+    import ray
+
+    if ray.is_initialized():
+        return False
+    quiet = {"log_to_driver": False, "logging_level": "error", "configure_logging": False}
+    addr = backend.address
+    if addr == "local":
+        try:
+            with _stderr_muted():  # Ray's start-up notices; a failure is raised, not logged
+                ray.init(address="local", num_cpus=backend.num_cpus or os.cpu_count() or 1,
+                         include_dashboard=False,
+                         object_store_memory=backend.object_store_memory, **quiet)
+        except Exception as err:  # noqa: BLE001 - any start-up failure: one line
+            raise NoisyDEQError(f"--backend ray: cannot start a local Ray cluster "
+                                f"({type(err).__name__}: {_first_line(str(err))})") from None
+        return True
+    if addr != "auto":
+        host, port = _host_port(addr)
+        try:  # a closed or filtered port: one line now, not Ray's minutes of retries
+            socket.create_connection((host, port), timeout=CONNECT_TIMEOUT_S).close()
+        except OSError as err:
+            raise NoisyDEQError(f"--address {addr}: no Ray head node answers there "
+                                f"({err.strerror or type(err).__name__}); start one with "
+                                f"'ray start --head --port {port}'") from None
+    _probe(addr)
+    try:
+        with _stderr_muted():  # Ray's C++ client logs every retry (once a second) there
+            ray.init(address=addr, **quiet)
+        return True
+    except (ConnectionError, RuntimeError, ValueError) as err:
+        raise NoisyDEQError(f"--address {addr}: cannot join the Ray cluster "
+                            f"({_first_line(str(err)) or type(err).__name__})") from None
+
+
+def _first_line(text: str) -> str:
+    lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
+    return lines[-1] if lines and lines[-1].startswith(("ConnectionError", "RuntimeError")) \
+        else (lines[0] if lines else "")
+
+
+_PROBE = ("import sys, ray\n"
+          "ray.init(address=sys.argv[1], log_to_driver=False, logging_level='error')\n"
+          "ray.shutdown()\n")
+
+
+def _probe(addr: str) -> None:
+    """Join ``addr`` once in a child process, killed after :data:`PROBE_TIMEOUT_S`: a port
+    that accepts but never answers as Ray's GCS would hang ``ray.init`` for minutes."""
+    import subprocess
+
+    try:
+        done = subprocess.run([sys.executable, "-c", _PROBE, addr], capture_output=True,
+                              text=True, timeout=PROBE_TIMEOUT_S, check=False)
+    except subprocess.TimeoutExpired:
+        raise NoisyDEQError(f"--address {addr}: no Ray cluster answered within "
+                            f"{PROBE_TIMEOUT_S:.0f} s") from None
+    if done.returncode != 0:
+        why = _first_line(done.stderr) or f"exit status {done.returncode}"
+        raise NoisyDEQError(f"--address {addr}: cannot join the Ray cluster ({why})")
+
+
+@contextlib.contextmanager
+def _stderr_muted() -> Iterator[None]:
+    """File descriptor 2 points to /dev/null inside (the C++ side writes there directly)."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "wb") as null:
+            os.dup2(null.fileno(), 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+def disconnect() -> None:
+    """Leave the Ray cluster this process joined (a cluster it started stops)."""
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()

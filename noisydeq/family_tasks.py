@@ -1,0 +1,123 @@
+"""Family members trained as Ray tasks (``--backend ray``); the driver caches them.
+
+:func:`train_sweep_families_on_ray` finds the members of a sweep's families that the model
+cache lacks (:func:`noisydeq.families.prepared_member`: the same cache key as a local
+run), puts the task into Ray's object store once and trains each missing member in a Ray
+task (:func:`train_member`) that returns the finished checkpoint as bytes
+(:func:`noisydeq.store.checkpoint_blob`). The driver checks each one's digest and config
+hash against the entry it computed and writes it into the cache
+(:func:`noisydeq.store.write_checkpoint_blob`, under the entry's lock); the sweep then loads
+every member from the cache as usual. Workers write nothing (no resume files: a worker that
+dies is retried by Ray and trains its member from the start).
+
+Same weights as a local run: training draws are functions of (seed, epoch, sample index,
+draw) (:mod:`noisydeq.train`), and a task trains with one torch thread — equal to a local
+run with ``--threads 1``.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import torch
+from torch import nn
+
+from noisydeq.errors import NoisyDEQError
+from noisydeq.specs.sweep import SweepSpec
+from noisydeq.specs.training import TrainSpec
+
+#: retries of a member whose worker process died
+MAX_RETRIES = 3
+#: a worker's unpacked task: (token, task)
+_KEPT: dict[str, Any] = {}
+
+
+def train_member(
+    token: str, box: list[Any], model: nn.Module, tspec: TrainSpec, device: str,
+) -> tuple[bytes, float]:
+    """A Ray task: train ``model`` as ``tspec`` says on the task in ``box`` (an object
+    reference in a list, unpacked once per worker); returns (checkpoint bytes, seconds)."""
+    from noisydeq import store
+    from noisydeq.train import train_model
+
+    torch.set_num_threads(1)
+    kept = _KEPT.get("task")
+    if kept is None or kept[0] != token:
+        import ray
+
+        _KEPT.clear()
+        _KEPT["task"] = kept = (token, ray.get(box[0]))
+    t0 = time.perf_counter()
+    result = train_model(model, kept[1], tspec, out_dir=None, torch_device=device, quiet=True)
+    blob = store.checkpoint_blob(result.model.state_dict(), result.config, result.extra)
+    return blob, time.perf_counter() - t0
+
+
+def train_sweep_families_on_ray(spec: SweepSpec, task: Any, progress: bool = True) -> int:
+    """Train the members of ``spec``'s families missing from the model cache as Ray tasks
+    and cache them (this process writes); returns how many were trained."""
+    import ray
+    from ray.exceptions import RayError, RayTaskError
+
+    from noisydeq import store
+    from noisydeq.families import cache_root, family_spec_for_sweep, prepared_member
+    from noisydeq.train import MODEL_FILE
+
+    dev = torch.device(spec.torch_device)
+    root = cache_root() / "models"
+    todo: dict[str, tuple[nn.Module, TrainSpec, Any, str]] = {}
+    for seed in spec.seeds:
+        for tsnr in spec.train_snr_db:
+            for tdev, dsnr in spec.training_devices():
+                fspec = family_spec_for_sweep(spec, seed, tsnr, tdev, dsnr)
+                for depth in fspec.depths:
+                    for kind in fspec.kinds:
+                        model, tspec, entry = prepared_member(fspec, task, kind, depth, root,
+                                                              dev)
+                        if not (entry / MODEL_FILE).is_file() and entry.name not in todo:
+                            name = f"{kind} d{depth} w{model.width} s{seed}"
+                            todo[entry.name] = (model, tspec, entry, name)
+    if not todo:
+        return 0
+    ref = ray.put(task)
+    gpus = 1 if dev.type == "cuda" else 0
+    fn = ray.remote(train_member).options(
+        num_cpus=1, num_gpus=gpus, max_retries=MAX_RETRIES, retry_exceptions=False,
+        name="noisydeq-train-member")
+    order = sorted(todo, key=lambda k: -sum(p.numel() for p in todo[k][0].parameters()))
+    futures = {fn.remote(ref.hex(), [ref], todo[k][0], todo[k][1], str(dev)): k for k in order}
+    log = None
+    if progress:
+        from noisydeq.progress import write as log
+    try:
+        while futures:
+            done, _ = ray.wait(list(futures), num_returns=1)
+            for fut in done:
+                key = futures.pop(fut)
+                _model, _tspec, entry, name = todo[key]
+                try:
+                    blob, seconds = ray.get(fut)
+                except RayTaskError as err:
+                    cause = err.cause if isinstance(err.cause, Exception) else err
+                    text = (str(cause).strip().splitlines() or [""])[0]
+                    raise NoisyDEQError(f"training {name} failed on Ray: "
+                                        f"{type(cause).__name__}: {text}") from None
+                except RayError as err:
+                    raise NoisyDEQError(f"training {name}: {type(err).__name__} after "
+                                        f"{MAX_RETRIES} retries (run the command again)"
+                                        ) from None
+                _, meta = store.read_tensors_blob(blob, f"checkpoint bytes of {name}")
+                if meta.get("config_hash") != entry.name:
+                    raise NoisyDEQError(
+                        f"training {name} on Ray: the worker's training config differs from "
+                        "the driver's (same noisydeq, torch and data on every node?)")
+                with store.DirLock(entry, "model directory"):  # the driver writes the cache
+                    if not (entry / MODEL_FILE).is_file():
+                        store.write_checkpoint_blob(entry / MODEL_FILE, blob)
+                if log is not None:
+                    log(f"{name}: trained on Ray in {seconds:.1f} s")
+    finally:
+        for fut in futures:
+            ray.cancel(fut, force=True)
+    return len(todo)

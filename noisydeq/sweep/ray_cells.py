@@ -1,0 +1,217 @@
+"""Sweep evaluation on a Ray cluster (``--backend ray``): one task per (model, chip) pair.
+
+The driver puts what every task needs into Ray's object store once — the spec, the test
+and calibration inputs, the device adapter, the calibration groups and the cell digest
+(:class:`Payload`) — and each model once; a task computes the missing level chunks of its
+pair with the same :class:`~noisydeq.sweep.plan.CellRunner` code as a local run and returns
+their rows. The driver saves each cell as its task finishes (the run directory's only
+writer) and at most once. A worker process that dies (killed, out of memory, node lost) is
+retried by Ray (:data:`MAX_RETRIES`); an exception inside a task is deterministic and ends
+the sweep with its one line. A driver that is killed leaves the cells it saved; the same
+command resumes from them.
+
+Same numbers as a local run: every draw depends only on (seed, model, SNR level, chip,
+layer, solver step, test-sample index) (docs/architecture.md, "Randomness"), never on the
+process that evaluates it, and a worker evaluates with one torch thread — the table equals
+``--jobs 1 --threads 1`` and ``--jobs N``, byte for byte. A worker keeps the last payload
+and models it unpacked (:data:`_KEPT`), so a process that runs many pairs of one sweep
+unpacks them once. Workers write nothing that outlives a task: a chip's calibration knobs
+are searched in the worker (the driver's calibration cache is not read there) and come
+back with the cells; the driver checks their digests and caches them, as a local run
+would have.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from noisydeq.errors import NoisyDEQError
+from noisydeq.specs.sweep import SweepSpec
+from noisydeq.sweep.base import SweepModel
+from noisydeq.sweep.hardware import Hardware
+from noisydeq.sweep.plan import CellRunner
+
+#: retries of a task whose worker process died (Ray's system failures)
+MAX_RETRIES = 3
+#: a worker's unpacked payload and models of the sweep it serves: (token, value)
+_KEPT: dict[str, Any] = {}
+
+
+@dataclass
+class TestInputs:
+    """What a cell runner reads of a task: its name, kind, test set and calibration inputs."""
+
+    name: str
+    kind: str
+    x_test: torch.Tensor
+    y_test: torch.Tensor
+    x_train: torch.Tensor | None
+
+
+@dataclass
+class Payload:
+    """Everything a worker's runner needs besides the model (sent once per sweep)."""
+
+    spec: SweepSpec
+    task: TestInputs
+    hardware: Hardware
+    groups: list[list[float]]
+    content: str
+    code: str
+    torch_device: str
+
+
+def _inputs(task: Any, runner: CellRunner) -> TestInputs:
+    """The runner's (already cut) test and calibration inputs, on the CPU."""
+    calib = runner.calib_x
+    return TestInputs(task.name, task.kind, runner.x.cpu(), runner.y.cpu(),
+                      None if calib is None else calib.cpu())
+
+
+def _runner(token: str, box: list[Any]) -> CellRunner:
+    """This worker's runner of the sweep ``token`` (unpacked on first use)."""
+    kept = _KEPT.get("runner")
+    if kept is not None and kept[0] == token:
+        return kept[1]
+    import ray
+
+    from noisydeq.hardware.calibration_store import code_fingerprint
+
+    payload: Payload = ray.get(box[0])
+    if code_fingerprint() != payload.code:
+        import socket
+
+        raise NoisyDEQError(f"the Ray worker on {socket.gethostname()} runs other noisydeq "
+                            "code than the driver (install the same version on every node)")
+    hardware = payload.hardware
+    runner = CellRunner(payload.spec, payload.task, None, hardware,
+                        torch.device(payload.torch_device), groups=payload.groups,
+                        content=payload.content)
+    _KEPT.clear()
+    _KEPT["runner"] = (token, runner)
+    return runner
+
+
+def _model(token: str, i: int, box: list[Any]) -> SweepModel:
+    key = f"model/{i}"
+    kept = _KEPT.get(key)
+    if kept is not None and kept[0] == token:
+        return kept[1]
+    import ray
+
+    sm = ray.get(box[0])
+    _KEPT[key] = (token, sm)
+    return sm
+
+
+Cell = tuple[list[float], list[dict[str, Any]], list[dict[str, Any]]]
+
+
+def evaluate_pair(
+    token: str, payload: list[Any], model: list[Any], i: int, chip: int,
+    todo: list[list[float]],
+) -> tuple[list[Cell], dict[str, str]]:
+    """A Ray task: the cells (levels, rows, per-layer rows) of model ``i`` on ``chip`` for
+    the level chunks ``todo``, and the calibration entries its chip needed (file name →
+    signed JSON text; the driver checks and caches them). ``payload`` / ``model`` hold an
+    object reference each (in a list, so Ray passes the reference and the worker unpacks
+    it once). Nothing outlives the task: the entries pass through a scratch directory."""
+    import tempfile
+
+    torch.set_num_threads(1)
+    runner = _runner(token, payload)
+    sm = _model(token, i, model)
+    cells: list[Cell] = []
+    it = iter(todo)
+
+    def keep(_key: str, rows: list[dict[str, Any]], layers: list[dict[str, Any]]) -> None:
+        cells.append((list(next(it)), rows, layers))
+
+    with tempfile.TemporaryDirectory(prefix="noisydeq-calib-") as scratch:
+        runner.hardware.calibration_root = Path(scratch)
+        try:
+            runner.run_pair(sm, chip, lambda _n: None, todo=[list(t) for t in todo], save=keep)
+        finally:
+            runner.hardware.calibration_root = None
+        found = sorted((Path(scratch) / "calibration").glob("*.json"))
+        entries = {p.name: p.read_text(encoding="utf-8") for p in found}
+    return cells, entries
+
+
+def _cache_calibration(entries: dict[str, str]) -> None:
+    """Write the calibration entries a task returned into the driver's cache (digest
+    checked first; an entry already there is kept)."""
+    from noisydeq import store
+    from noisydeq.families import cache_root
+
+    directory = cache_root() / "calibration"
+    for name, text in entries.items():
+        path = directory / Path(name).name
+        if path.suffix != ".json" or path.exists():
+            continue
+        store.loads_signed(text, path)  # a damaged entry: CorruptArtefact, nothing written
+        store.make_dir(directory, "calibration cache")
+        store.atomic_write_text(path, text)
+
+
+def run_on_ray(
+    runner: CellRunner, task: Any, models: Sequence[SweepModel],
+    todo: dict[tuple[int, int], list[list[float]]], on_cell: Callable[[int], None],
+) -> None:
+    """Evaluate the pending pairs of ``todo`` on the connected Ray cluster, saving each
+    returned cell into ``runner.run_dir`` (once) as its task finishes."""
+    import ray
+    from ray.exceptions import RayError, RayTaskError
+
+    from noisydeq.hardware.calibration_store import code_fingerprint
+
+    assert runner.run_dir is not None
+    payload = Payload(runner.spec, _inputs(task, runner), runner.hardware,
+                      [list(g) for g in runner.hardware.level_groups], runner.content,
+                      code_fingerprint(), str(runner.torch_device))
+    ref = ray.put(payload)
+    token = ref.hex()
+    pending = sorted((p for p, t in todo.items() if t), key=lambda p: -models[p[0]].params)
+    model_refs = {i: ray.put(models[i]) for i in sorted({i for i, _ in pending})}
+    gpus = 1 if runner.torch_device.type == "cuda" else 0
+    task_fn = ray.remote(evaluate_pair).options(
+        num_cpus=1, num_gpus=gpus, max_retries=MAX_RETRIES, retry_exceptions=False,
+        name="noisydeq-sweep-pair")
+    futures = {task_fn.remote(token, [ref], [model_refs[i]], i, chip, todo[(i, chip)]):
+               (i, chip) for i, chip in pending}
+    written: set[str] = set()
+    try:
+        while futures:
+            done, _ = ray.wait(list(futures), num_returns=1)
+            for fut in done:
+                i, chip = futures.pop(fut)
+                try:
+                    cells, entries = ray.get(fut)
+                except RayTaskError as err:  # raised inside the task: deterministic
+                    cause = err.cause if isinstance(err.cause, Exception) else err
+                    text = str(cause).strip().splitlines()
+                    msg = text[0] if text and isinstance(cause, NoisyDEQError) else (
+                        f"{type(cause).__name__}: {text[0] if text else ''}")
+                    raise NoisyDEQError(f"sweep task {models[i].model_id} chip {chip} "
+                                        f"failed on Ray: {msg}") from None
+                except RayError as err:  # workers died more than MAX_RETRIES times
+                    raise NoisyDEQError(
+                        f"sweep task {models[i].model_id} chip {chip}: {type(err).__name__} "
+                        f"after {MAX_RETRIES} retries (run the command again to resume)"
+                    ) from None
+                for levels, rows, layers in cells:
+                    key = runner.key(models[i], chip, levels)
+                    if key in written:
+                        continue
+                    runner.run_dir.save_cell(key, rows, layers)  # the driver writes
+                    written.add(key)
+                    on_cell(1)
+                _cache_calibration(entries)
+    finally:
+        for fut in futures:  # an error or Ctrl-C: stop what is still queued or running
+            ray.cancel(fut, force=True)
