@@ -193,7 +193,10 @@ def execute(
 @click.option("--out", default=None,
               help="Run directory (default runs/sweep-<config hash>; re-running resumes; "
                    "more SNR levels, chips, seeds, depths or kinds extend it).")
-@click.option("--seed", default="0", show_default=True, help="Seed or seeds (0,1,2).")
+@click.option("--seed", default="0", show_default=True,
+              help="Seed or seeds (0,1,2). The first one also draws the data split "
+                   "(and a generated task's data), so --seed 2 alone trains on another split "
+                   "than member 2 of --seed 0,1,2.")
 @click.option("--torch-device", default="cpu", show_default=True, help="cpu, cuda, cuda:1, ...")
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
               help="Override any sweep-spec field (e.g. --set max_rows=8192).")
