@@ -48,13 +48,14 @@ class Run:
         return self.spec.ffw_form or FFW_FORMS[0]
 
 
-def load_run(path: str | Path) -> Run:
-    """Read a run directory of ``noisydeq sweep`` / ``noisydeq run``; one clear error if not."""
+def load_run(path: str | Path, what: str = "compare") -> Run:
+    """Read a run directory of ``noisydeq sweep`` / ``noisydeq run``; one clear error (led
+    by ``what``, the command) if not."""
     p = Path(path)
     config, csv_path = p / "config.toml", p / "results.csv"
     if not config.is_file() or not csv_path.is_file():
         raise NoisyDEQError(
-            f"compare: {p} is not a finished sweep run directory (needs config.toml and "
+            f"{what}: {p} is not a finished sweep run directory (needs config.toml and "
             "results.csv)"
         )
     spec = loads_toml(SweepSpec, config.read_text(encoding="utf-8"), where=str(config))

@@ -195,7 +195,9 @@ def plot_metric_vs_depth(
         ncol = len(train_snrs)
         # two-line tick labels (depth, parameters) need ~0.4 in each: 13 depths stay legible
         panel_w = max(4.0, 0.42 * len({k[1] for k in agg}) + 1.2)
-        fig, axes = plt.subplots(len(snrs), ncol, figsize=(panel_w * ncol, 3.4 * len(snrs)),
+        # the top axis's two-line DEQ labels and the panel title take ~1.2 in of a row:
+        # 4.4 in per row leaves the plot itself ~3 in (at 3.4 it shrank to ~1.7 in)
+        fig, axes = plt.subplots(len(snrs), ncol, figsize=(panel_w * ncol, 4.4 * len(snrs)),
                                  squeeze=False)
         for (tsnr, snr), ax in zip(panels, axes.flat, strict=False):
             series: dict[str, list[tuple[int, int, int, Agg]]] = {k: [] for k in KIND_LOOK}

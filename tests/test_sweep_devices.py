@@ -191,3 +191,42 @@ def test_table_command_prints_the_paired_table_and_refuses_bad_input(tmp_path, c
         err = err.strip()
         assert code != 0 and len(err.splitlines()) == 1 and "Traceback" not in err, err
         assert (needle or "no results.csv") in err
+
+
+def test_plot_command_redraws_a_finished_run_from_its_table(tmp_path, capsys):
+    """``noisydeq plot RUN`` draws the sweep's figures from results.csv alone (the toy
+    models are not in any cache, so loading or computing anything would fail); the run's
+    SHA256SUMS then lists them with their digests; --out leaves the run untouched."""
+    import csv
+    import statistics
+
+    from noisydeq import store
+
+    res = _toy(tmp_path, "p", "snr", noise_mode="dynamic")
+    run = res.run_dir.path
+    assert not (run / "figures" / "metric_vs_snr.png").exists()  # plots=False
+    out = CliRunner().invoke(cli, ["plot", str(run), "--title", "toy"])
+    assert out.exit_code == 0, out.output
+    names = store.verify_manifest(run)
+    for stem in ("metric_vs_snr", "metric_vs_depth"):
+        for ext in ("png", "svg", "csv"):
+            assert f"figures/{stem}.{ext}" in names
+    # the plotted points are the table's: mean over chips of each model at each level
+    table = read_csv(run / "results.csv")
+    with open(run / "figures" / "metric_vs_snr.csv", newline="") as fh:
+        points = list(csv.DictReader(fh))
+    assert points
+    for p in points:
+        vals = [r["value"] for r in table if r["kind"] == p["kind"]
+                and r["depth"] == int(p["depth"]) and r["snr_db"] == float(p["snr_db"])]
+        assert float(p["mean"]) == pytest.approx(statistics.fmean(vals))
+    before = (run / "SHA256SUMS").read_text()
+    other = tmp_path / "figs"
+    out = CliRunner().invoke(cli, ["plot", str(run), "--out", str(other)])
+    assert out.exit_code == 0, out.output
+    assert (other / "metric_vs_snr.png").is_file()
+    assert (run / "SHA256SUMS").read_text() == before
+    code, err = _main("plot", str(tmp_path / "none"), capsys=capsys)
+    err = err.strip()
+    assert code != 0 and len(err.splitlines()) == 1 and "Traceback" not in err, err
+    assert "not a finished sweep run directory" in err

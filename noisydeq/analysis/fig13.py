@@ -207,13 +207,15 @@ def run_fig13(spec: Fig13Spec, out_dir: str | Path) -> list[Path]:
         axes[1].set_xlabel("|λ| of W (DEQ) / W_m…W_1 (FFW), first seed (log scale)")
         axes[1].set_xscale("log")
         axes[1].set_yscale("log")
-        from matplotlib.ticker import NullFormatter, ScalarFormatter
+        from matplotlib.ticker import FuncFormatter, NullFormatter
 
         axes[1].xaxis.set_minor_formatter(NullFormatter())  # decades only: no crowded labels
-        axes[1].yaxis.set_major_formatter(ScalarFormatter())
+        axes[1].yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))  # 1, 10, 100
         axes[1].yaxis.set_minor_formatter(NullFormatter())
         axes[1].set_ylabel("count")
-        axes[1].legend(frameon=False, fontsize=8)
+        # a decade of head room: the legend sits above the tallest bin, never on the bars
+        axes[1].set_ylim(top=axes[1].get_ylim()[1] * 10)
+        axes[1].legend(frameon=False, fontsize=8, ncol=3, loc="upper center")
         fig.suptitle(context_title(
             "Fig. 13: DEQ vs FFW vs Jacobian-regularised FFW", task=spec.task,
             noise="signal noise", trained=f"{spec.train_preset} preset, trained without noise",
