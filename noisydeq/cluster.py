@@ -21,8 +21,9 @@ import contextlib
 import os
 import socket
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Hashable, Iterator
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
 from noisydeq.errors import NoisyDEQError
 
@@ -38,6 +39,11 @@ PROBE_TIMEOUT_S = 20.0
 #: training data travel through it once per run
 LOCAL_OBJECT_STORE = 512 * 2**20
 BACKENDS = ("local", "ray")
+#: retries of a task whose worker process died (Ray's system failures); an exception raised
+#: inside a task is deterministic and not retried
+MAX_RETRIES = 3
+
+K = TypeVar("K", bound=Hashable)
 
 
 @dataclass(frozen=True)
@@ -171,6 +177,50 @@ def _stderr_muted() -> Iterator[None]:
     finally:
         os.dup2(saved, 2)
         os.close(saved)
+
+
+def remote(fn: Callable[..., Any], name: str, gpu: bool = False) -> Any:
+    """``fn`` as a Ray task of one CPU (and one GPU with ``gpu``), retried
+    :data:`MAX_RETRIES` times when its worker dies, never when it raises."""
+    import ray
+
+    return ray.remote(fn).options(num_cpus=1, num_gpus=1 if gpu else 0,
+                                  max_retries=MAX_RETRIES, retry_exceptions=False, name=name)
+
+
+def finished(futures: dict[Any, K], what: Callable[[K], str]) -> Iterator[tuple[K, Any]]:
+    """``(key, result)`` of each Ray future in ``futures`` (future → key) as it finishes.
+
+    An exception raised inside a task is one line, ``<what(key)> failed on Ray: …`` (a
+    :class:`NoisyDEQError`'s own first line, otherwise its type and first line); workers
+    that died more than :data:`MAX_RETRIES` times are one line saying that a re-run
+    resumes. Whatever is still queued or running when the caller stops (an error,
+    Ctrl-C, a broken loop) is cancelled."""
+    import ray
+    from ray.exceptions import RayError, RayTaskError
+
+    pending = dict(futures)
+    try:
+        while pending:
+            done, _ = ray.wait(list(pending), num_returns=1)
+            for fut in done:
+                key = pending.pop(fut)
+                try:
+                    result = ray.get(fut)
+                except RayTaskError as err:  # raised inside the task: deterministic
+                    cause = err.cause if isinstance(err.cause, Exception) else err
+                    text = str(cause).strip().splitlines()
+                    msg = text[0] if text and isinstance(cause, NoisyDEQError) else (
+                        f"{type(cause).__name__}: {text[0] if text else ''}")
+                    raise NoisyDEQError(f"{what(key)} failed on Ray: {msg}") from None
+                except RayError as err:  # its workers died more than MAX_RETRIES times
+                    raise NoisyDEQError(
+                        f"{what(key)}: {type(err).__name__} after {MAX_RETRIES} retries "
+                        "(run the command again to resume)") from None
+                yield key, result
+    finally:
+        for fut in pending:
+            ray.cancel(fut, force=True)
 
 
 def disconnect() -> None:

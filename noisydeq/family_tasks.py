@@ -27,8 +27,6 @@ from noisydeq.errors import NoisyDEQError
 from noisydeq.specs.sweep import SweepSpec
 from noisydeq.specs.training import TrainSpec
 
-#: retries of a member whose worker process died
-MAX_RETRIES = 3
 #: a worker's unpacked task: (token, task)
 _KEPT: dict[str, Any] = {}
 
@@ -58,7 +56,6 @@ def train_sweep_families_on_ray(spec: SweepSpec, task: Any, progress: bool = Tru
     """Train the members of ``spec``'s families missing from the model cache as Ray tasks
     and cache them (this process writes); returns how many were trained."""
     import ray
-    from ray.exceptions import RayError, RayTaskError
 
     from noisydeq import store
     from noisydeq.families import cache_root, family_spec_for_sweep, prepared_member
@@ -80,44 +77,25 @@ def train_sweep_families_on_ray(spec: SweepSpec, task: Any, progress: bool = Tru
                             todo[entry.name] = (model, tspec, entry, name)
     if not todo:
         return 0
+    from noisydeq import cluster
+
     ref = ray.put(task)
-    gpus = 1 if dev.type == "cuda" else 0
-    fn = ray.remote(train_member).options(
-        num_cpus=1, num_gpus=gpus, max_retries=MAX_RETRIES, retry_exceptions=False,
-        name="noisydeq-train-member")
+    fn = cluster.remote(train_member, "noisydeq-train-member", gpu=dev.type == "cuda")
     order = sorted(todo, key=lambda k: -sum(p.numel() for p in todo[k][0].parameters()))
     futures = {fn.remote(ref.hex(), [ref], todo[k][0], todo[k][1], str(dev)): k for k in order}
     log = None
     if progress:
         from noisydeq.progress import write as log
-    try:
-        while futures:
-            done, _ = ray.wait(list(futures), num_returns=1)
-            for fut in done:
-                key = futures.pop(fut)
-                _model, _tspec, entry, name = todo[key]
-                try:
-                    blob, seconds = ray.get(fut)
-                except RayTaskError as err:
-                    cause = err.cause if isinstance(err.cause, Exception) else err
-                    text = (str(cause).strip().splitlines() or [""])[0]
-                    raise NoisyDEQError(f"training {name} failed on Ray: "
-                                        f"{type(cause).__name__}: {text}") from None
-                except RayError as err:
-                    raise NoisyDEQError(f"training {name}: {type(err).__name__} after "
-                                        f"{MAX_RETRIES} retries (run the command again)"
-                                        ) from None
-                _, meta = store.read_tensors_blob(blob, f"checkpoint bytes of {name}")
-                if meta.get("config_hash") != entry.name:
-                    raise NoisyDEQError(
-                        f"training {name} on Ray: the worker's training config differs from "
-                        "the driver's (same noisydeq, torch and data on every node?)")
-                with store.DirLock(entry, "model directory"):  # the driver writes the cache
-                    if not (entry / MODEL_FILE).is_file():
-                        store.write_checkpoint_blob(entry / MODEL_FILE, blob)
-                if log is not None:
-                    log(f"{name}: trained on Ray in {seconds:.1f} s")
-    finally:
-        for fut in futures:
-            ray.cancel(fut, force=True)
+    for key, (blob, seconds) in cluster.finished(futures, lambda k: f"training {todo[k][3]}"):
+        _model, _tspec, entry, name = todo[key]
+        _, meta = store.read_tensors_blob(blob, f"checkpoint bytes of {name}")
+        if meta.get("config_hash") != entry.name:
+            raise NoisyDEQError(
+                f"training {name} on Ray: the worker's training config differs from "
+                "the driver's (same noisydeq, torch and data on every node?)")
+        with store.DirLock(entry, "model directory"):  # the driver writes the cache
+            if not (entry / MODEL_FILE).is_file():
+                store.write_checkpoint_blob(entry / MODEL_FILE, blob)
+        if log is not None:
+            log(f"{name}: trained on Ray in {seconds:.1f} s")
     return len(todo)

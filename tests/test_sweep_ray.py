@@ -169,6 +169,32 @@ def test_interrupted_driver_resumes_from_the_cells_written(cluster, reference, t
     assert res.rows == [r for r in reference.rows if r["chip"] == 0]
 
 
+def _task_outcome(x: int) -> int:
+    if x == 1:
+        raise NoisyDEQError("chip 1 is broken\nsecond line")
+    if x == 2:
+        raise ZeroDivisionError("division by zero")
+    return 10 * x
+
+
+@pytest.mark.ray
+def test_finished_yields_results_and_turns_a_task_error_into_one_line(cluster):
+    """``cluster.finished``, the one loop over Ray futures of the sweep cells and the family
+    members: results come back with their keys; an error inside a task is one line
+    naming the task (a NoisyDEQError by its own first line, anything else by its type)."""
+    from noisydeq import cluster as backend
+
+    fn = backend.remote(_task_outcome, "noisydeq-test-task")
+    assert dict(backend.finished({fn.remote(x): f"k{x}" for x in (0, 3)}, str)) == {
+        "k0": 0, "k3": 30}
+    with pytest.raises(NoisyDEQError) as err:
+        list(backend.finished({fn.remote(1): "one"}, lambda k: f"task {k}"))
+    assert str(err.value) == "task one failed on Ray: chip 1 is broken"
+    with pytest.raises(NoisyDEQError) as err:
+        list(backend.finished({fn.remote(2): "two"}, lambda k: f"task {k}"))
+    assert str(err.value) == "task two failed on Ray: ZeroDivisionError: division by zero"
+
+
 # ------------------------------------------------------------------------ bad input
 
 

@@ -6,9 +6,9 @@ and calibration inputs, the device adapter, the calibration groups and the cell 
 pair with the same :class:`~noisydeq.sweep.plan.CellRunner` code as a local run and returns
 their rows. The driver saves each cell as its task finishes (the run directory's only
 writer) and at most once. A worker process that dies (killed, out of memory, node lost) is
-retried by Ray (:data:`MAX_RETRIES`); an exception inside a task is deterministic and ends
-the sweep with its one line. A driver that is killed leaves the cells it saved; the same
-command resumes from them.
+retried by Ray (:data:`noisydeq.cluster.MAX_RETRIES`); an exception inside a task is
+deterministic and ends the sweep with its one line. A driver that is killed leaves the
+cells it saved; the same command resumes from them.
 
 Same numbers as a local run: every draw depends only on (seed, model, SNR level, chip,
 layer, solver step, test-sample index) (docs/architecture.md, "Randomness"), never on the
@@ -36,8 +36,6 @@ from noisydeq.sweep.base import SweepModel
 from noisydeq.sweep.hardware import Hardware
 from noisydeq.sweep.plan import CellRunner
 
-#: retries of a task whose worker process died (Ray's system failures)
-MAX_RETRIES = 3
 #: a worker's unpacked payload and models of the sweep it serves: (token, value)
 _KEPT: dict[str, Any] = {}
 
@@ -166,8 +164,8 @@ def run_on_ray(
     """Evaluate the pending pairs of ``todo`` on the connected Ray cluster, saving each
     returned cell into ``runner.run_dir`` (once) as its task finishes."""
     import ray
-    from ray.exceptions import RayError, RayTaskError
 
+    from noisydeq import cluster
     from noisydeq.hardware.calibration_store import code_fingerprint
 
     assert runner.run_dir is not None
@@ -178,40 +176,18 @@ def run_on_ray(
     token = ref.hex()
     pending = sorted((p for p, t in todo.items() if t), key=lambda p: -models[p[0]].params)
     model_refs = {i: ray.put(models[i]) for i in sorted({i for i, _ in pending})}
-    gpus = 1 if runner.torch_device.type == "cuda" else 0
-    task_fn = ray.remote(evaluate_pair).options(
-        num_cpus=1, num_gpus=gpus, max_retries=MAX_RETRIES, retry_exceptions=False,
-        name="noisydeq-sweep-pair")
+    task_fn = cluster.remote(evaluate_pair, "noisydeq-sweep-pair",
+                             gpu=runner.torch_device.type == "cuda")
     futures = {task_fn.remote(token, [ref], [model_refs[i]], i, chip, todo[(i, chip)]):
                (i, chip) for i, chip in pending}
     written: set[str] = set()
-    try:
-        while futures:
-            done, _ = ray.wait(list(futures), num_returns=1)
-            for fut in done:
-                i, chip = futures.pop(fut)
-                try:
-                    cells, entries = ray.get(fut)
-                except RayTaskError as err:  # raised inside the task: deterministic
-                    cause = err.cause if isinstance(err.cause, Exception) else err
-                    text = str(cause).strip().splitlines()
-                    msg = text[0] if text and isinstance(cause, NoisyDEQError) else (
-                        f"{type(cause).__name__}: {text[0] if text else ''}")
-                    raise NoisyDEQError(f"sweep task {models[i].model_id} chip {chip} "
-                                        f"failed on Ray: {msg}") from None
-                except RayError as err:  # workers died more than MAX_RETRIES times
-                    raise NoisyDEQError(
-                        f"sweep task {models[i].model_id} chip {chip}: {type(err).__name__} "
-                        f"after {MAX_RETRIES} retries (run the command again to resume)"
-                    ) from None
-                for levels, rows, layers in cells:
-                    key = runner.key(models[i], chip, levels)
-                    if key in written:
-                        continue
-                    runner.run_dir.save_cell(key, rows, layers)  # the driver writes
-                    written.add(key)
-                    on_cell(1)
-                _cache_calibration(entries)
-    finally:
-        for fut in futures:  # an error or Ctrl-C: stop what is still queued or running
-            ray.cancel(fut, force=True)
+    for (i, chip), (cells, entries) in cluster.finished(
+            futures, lambda pair: f"sweep task {models[pair[0]].model_id} chip {pair[1]}"):
+        for levels, rows, layers in cells:
+            key = runner.key(models[i], chip, levels)
+            if key in written:
+                continue
+            runner.run_dir.save_cell(key, rows, layers)  # the driver writes
+            written.add(key)
+            on_cell(1)
+        _cache_calibration(entries)
