@@ -7,8 +7,8 @@ device layers are replaced by the chip's effective weights W_chip
 them (the same device preset and noise mode, chip seed ``derive_seed(model seed, "chip",
 k)``, the same layers kept digital). W_chip is the chip's static error at the device's
 native setting, or — with ``--device-snr S`` — at the static knob the sweep's calibration
-finds for S (:meth:`noisydeq.sweep.hardware.Hardware.chip`, in-network on the first 512
-training inputs, through the same calibration cache). The analysis' own probe noise (η ξ,
+finds for S (:meth:`noisydeq.sweep.hardware.Hardware.chip`, in-network on the sweep's
+calibration inputs, through the same calibration cache). The analysis' own probe noise (η ξ,
 the solvers' SNR) is then applied to that chip model; a device's dynamic (per-read) noise is
 what those probes stand for and is not drawn a second time.
 
@@ -99,20 +99,13 @@ def chip_model(model: nn.Module, on: OnDevice, seed: int, chip: int,
     """A copy of ``model`` whose device layers hold chip ``chip``'s effective weights W_chip
     (native, or at ``on.snr_db``'s static knob); everything else is the digital model."""
     from noisydeq import hardware
-    from noisydeq.noise import derive_seed
+    from noisydeq.sweep.hardware import Hardware
 
-    if on.snr_db is None:
-        device = hardware.get_device(on.device, noise_mode=on.noise_mode)
-        deployed = device.new_chip(derive_seed(seed, "chip", chip)).deploy(
-            model, digital_layers=on.spec.digital_layers).eval()
-        knobs = {n: layer.native_knobs() for n, layer in hardware.device_layers(deployed).items()}
-    else:
-        from noisydeq.sweep.hardware import Hardware
-
-        spec = on.spec.model_copy(update={"snr_db": [on.snr_db]})
-        deployed = Hardware(spec).chip(model, seed, chip, calib_x)
-        knobs = {n: layer.control_for(on.snr_db)
-                 for n, layer in hardware.device_layers(deployed).items()}
+    level = math.inf if on.snr_db is None else on.snr_db  # ∞: deployed, nothing calibrated
+    spec = on.spec.model_copy(update={"snr_db": [level]})
+    deployed = Hardware(spec).chip(model, seed, chip, calib_x)
+    knobs = {n: layer.native_knobs() if on.snr_db is None else layer.control_for(on.snr_db)
+             for n, layer in hardware.device_layers(deployed).items()}
     view = copy.deepcopy(model).eval()
     with torch.no_grad():
         for name, layer in hardware.device_layers(deployed).items():
@@ -150,12 +143,13 @@ def on_chips(members: list[Any], on: OnDevice | None, data_dir: str | None = Non
 
 def calibration_inputs(members: list[Any], data_dir: str | None, on: OnDevice | None,
                        device: torch.device) -> torch.Tensor | None:
-    """The first 512 training inputs (what the sweep calibrates on), only when a level is
-    calibrated."""
+    """The training inputs the sweep calibrates on (the first
+    :data:`~noisydeq.sweep.plan.CALIBRATION_INPUTS`), only when a level is calibrated."""
     if on is None or on.snr_db is None:
         return None
     from noisydeq.analysis.family import load_family_task
+    from noisydeq.sweep.plan import CALIBRATION_INPUTS
 
     task = load_family_task(members, data_dir)
     x = getattr(task, "x_train", None)
-    return None if x is None else x[:512].to(device)
+    return None if x is None else x[:CALIBRATION_INPUTS].to(device)

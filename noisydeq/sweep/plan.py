@@ -24,6 +24,9 @@ from noisydeq.sweep.base import CELL_VERSION, SweepModel, fmt_db, level_chunks
 from noisydeq.sweep.evaluate import evaluate_cell, layer_rows, stats_rows
 from noisydeq.sweep.hardware import Hardware
 
+#: training inputs every layer is calibrated on (the first ones of the task's training set)
+CALIBRATION_INPUTS = 512
+
 ModelProvider = Callable[[SweepSpec, Any, bool], list[SweepModel]]
 
 
@@ -116,7 +119,7 @@ class CellRunner:
             self.rows_per_batch, chunks = level_chunks(group, self.x.shape[0], spec.max_rows)
             self.chunks += chunks
         calib_x = getattr(task, "x_train", None)
-        self.calib_x = None if calib_x is None else calib_x[:512].to(torch_device)
+        self.calib_x = None if calib_x is None else calib_x[:CALIBRATION_INPUTS].to(torch_device)
         self.content = self._content() if content is None else content
         self._model_hashes: dict[int, str] = {}
 
