@@ -38,6 +38,7 @@ from noisydeq.specs.base import StrictModel, build, suggest_name
 from noisydeq.specs.family import FamilySpec
 from noisydeq.specs.optimizer import ADVERSARIAL_METHODS
 from noisydeq.specs.training import TRAIN_PRESETS, TrainSpec
+from noisydeq.specs.variant_file import Variant, VariantFile
 
 DEFENCE_RE = re.compile(r"^(x|z)-(-?\d+(?:\.\d+)?)db$")
 DEFENCE_NAMES = ("none", "x-0db", "x-10db", "z-0db", "z-10db", "threshold", "rs")
@@ -133,43 +134,35 @@ class Cell:
     spec: FamilySpec
 
 
-class AdversarialExperimentSpec(StrictModel):
+class AdversarialExperimentSpec(VariantFile):
     """An ``noisydeq/experiments/adversarial-*.toml`` file (module docstring)."""
 
-    name: str
-    title: str = ""
-    description: str = ""
-    figures: list[str] = Field(default_factory=list)
     family: dict[str, Any] = Field(default_factory=dict)
     train: dict[str, Any] = Field(default_factory=dict)
     grid: dict[str, Any] = Field(default_factory=dict)
     evaluations: dict[str, dict[str, Any]] = Field(default_factory=dict)
-    quick: dict[str, Any] = Field(default_factory=dict)
-    full: dict[str, Any] = Field(default_factory=dict)
 
-    @model_validator(mode="after")
-    def _variants(self) -> AdversarialExperimentSpec:
+    def check_variant(self, variant: Variant) -> None:
+        """Known tables and evaluations in ``variant``, then the resolved grid."""
         if not self.evaluations:
             raise ValueError("evaluations: give at least one attack table")
-        for variant in ("quick", "full"):
-            over = getattr(self, variant)
-            bad = [k for k in over if k not in PARTS]
-            if bad:
-                close = difflib.get_close_matches(bad[0], PARTS, n=1)
-                hint = f"; did you mean '{close[0]}'?" if close else ""
-                raise ValueError(f"[{variant}] unknown table '{bad[0]}'{hint} "
-                                 f"(allowed: {', '.join(PARTS)})")
-            unknown = [k for k in over.get("evaluations", {}) if k not in self.evaluations]
-            if unknown:
-                raise ValueError(f"[{variant}.evaluations] '{unknown[0]}' is not an evaluation "
-                                 f"(have: {', '.join(self.evaluations)})")
-            self.resolve(variant)
-        return self
+        over = self.overrides(variant)
+        bad = [k for k in over if k not in PARTS]
+        if bad:
+            close = difflib.get_close_matches(bad[0], PARTS, n=1)
+            hint = f"; did you mean '{close[0]}'?" if close else ""
+            raise ValueError(f"[{variant}] unknown table '{bad[0]}'{hint} "
+                             f"(allowed: {', '.join(PARTS)})")
+        unknown = [k for k in over.get("evaluations", {}) if k not in self.evaluations]
+        if unknown:
+            raise ValueError(f"[{variant}.evaluations] '{unknown[0]}' is not an evaluation "
+                             f"(have: {', '.join(self.evaluations)})")
+        self.resolve(variant)
 
-    def resolve(self, variant: Literal["quick", "full"], **overrides: Any) -> Resolved:
+    def resolve(self, variant: Variant, **overrides: Any) -> Resolved:
         """The validated ``variant`` (base tables + the variant's overrides + ``overrides``,
         itself a {part: dict} mapping)."""
-        over = _deep_merge(getattr(self, variant), overrides)
+        over = _deep_merge(self.overrides(variant), overrides)
         family = _deep_merge(self.family, over.get("family", {}))
         train = _deep_merge(self.train, over.get("train", {}))
         grid = build(GridSpec, _deep_merge(self.grid, over.get("grid", {})),

@@ -46,6 +46,7 @@ from noisydeq.specs.model import LYAPUNOV_VARIANTS, LyapunovSpec
 from noisydeq.specs.noise import parse_snr_range, snr_list
 from noisydeq.specs.sweep import SweepSpec
 from noisydeq.specs.toml import dumps_toml
+from noisydeq.specs.variant_file import ExperimentName
 
 #: format tag of an attack cell file
 CELL_FORMAT = "noisydeq-lyapunov-cell/1"
@@ -139,7 +140,7 @@ class LyapunovExperimentSpec(StrictModel):
     tables (at least one). ``lyapunov`` holds c, d and the ICNN sizes (the variant comes
     from the tables); ``train_preset``/``train`` as in :class:`~noisydeq.config.FamilySpec`."""
 
-    name: str
+    name: ExperimentName
     title: str = ""
     description: str = ""
     task: str = "mnist10k"

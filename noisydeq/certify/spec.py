@@ -8,6 +8,7 @@ from pydantic import Field, field_validator
 
 from noisydeq import limits
 from noisydeq.specs.base import StrictModel, build
+from noisydeq.specs.variant_file import Variant, VariantFile
 
 
 def _eps_list(v: Any) -> list[float]:
@@ -76,7 +77,7 @@ class Fig2Spec(StrictModel):
     seeds: list[int] = Field(default_factory=lambda: [0])
 
 
-class CertifyExperimentSpec(StrictModel):
+class CertifyExperimentSpec(VariantFile):
     """A certify experiment file (``noisydeq/experiments/certify-*.toml``).
 
     ``kind = "table2"``: train the ``family`` (FamilySpec fields: task, hidden, kinds,
@@ -87,9 +88,6 @@ class CertifyExperimentSpec(StrictModel):
     sections (one level deep).
     """
 
-    name: str
-    title: str = ""
-    description: str = ""
     kind: Literal["table2", "fig2"] = "table2"
     family: dict[str, Any] = Field(default_factory=dict)
     train: dict[str, Any] = Field(default_factory=dict)
@@ -99,26 +97,28 @@ class CertifyExperimentSpec(StrictModel):
     seeds: list[int] = Field(default_factory=lambda: [0])
     certify: dict[str, Any] = Field(default_factory=dict)
     fig2: dict[str, Any] = Field(default_factory=dict)
-    quick: dict[str, Any] = Field(default_factory=dict)
-    full: dict[str, Any] = Field(default_factory=dict)
 
     @field_validator("eps_train", mode="before")
     @classmethod
     def _eps(cls, v: Any) -> list[float]:
         return _eps_list(v)
 
-    def resolve(self, variant: Literal["quick", "full"]) -> CertifyExperimentSpec:
-        """This spec with ``variant``'s overrides merged in (sections one level deep)."""
+    def resolve(self, variant: Variant) -> CertifyExperimentSpec:
+        """This spec with ``variant``'s overrides merged in (sections one level deep); the
+        result has no variants left."""
         data = self.model_dump()
-        for key, value in (self.quick if variant == "quick" else self.full).items():
+        for key, value in self.overrides(variant).items():
             if isinstance(value, dict) and isinstance(data.get(key), dict):
                 data[key] = {**data[key], **value}
             else:
                 data[key] = value
         data["quick"], data["full"] = {}, {}
-        out = build(CertifyExperimentSpec, data, where=f"[{variant}]")
+        return build(CertifyExperimentSpec, data, where=f"[{variant}]")
+
+    def check_variant(self, variant: Variant) -> None:
+        """The variant's ``certify`` (Table 2) or ``fig2`` section is a valid spec."""
+        out = self.resolve(variant) if self.quick or self.full else self
         if out.kind == "table2":
             build(CertifySpec, out.certify, where=f"[{variant}] certify")
         else:
             build(Fig2Spec, out.fig2, where=f"[{variant}] fig2")
-        return out

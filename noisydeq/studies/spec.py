@@ -25,6 +25,7 @@ from noisydeq.specs.model import ModelSpec
 from noisydeq.specs.noise import SNR_SCALES, NoiseSpec
 from noisydeq.specs.solver import SolverSpec
 from noisydeq.specs.training import TrainSpec
+from noisydeq.specs.variant_file import Variant, VariantFile
 
 Budget = Literal["train", "scaled"]
 
@@ -192,25 +193,12 @@ class StudySpec(StrictModel):
         return list(self.test_snr_db)
 
 
-class StudyFile(StrictModel):
+class StudyFile(VariantFile):
     """An experiment file for ``noisydeq study``: a base study plus ``quick``/``full``."""
 
-    name: str
-    title: str = ""
-    figures: list[str] = Field(default_factory=list)
-    description: str = ""
     study: dict[str, Any]
-    quick: dict[str, Any] = Field(default_factory=dict)
-    full: dict[str, Any] = Field(default_factory=dict)
 
-    @model_validator(mode="after")
-    def _variants_valid(self) -> StudyFile:
-        for variant in ("quick", "full"):
-            self.resolve(variant)
-        return self
-
-    def resolve(self, variant: Literal["quick", "full"], sets: dict[str, Any] | None = None
-                ) -> StudySpec:
+    def resolve(self, variant: Variant, sets: dict[str, Any] | None = None) -> StudySpec:
         """The :class:`StudySpec` of ``variant`` (base table + its overrides + ``sets``)."""
-        over = self.quick if variant == "quick" else self.full
-        return build(StudySpec, {**self.study, **over, **(sets or {})}, where=f"[{variant}]")
+        return build(StudySpec, {**self.study, **self.overrides(variant), **(sets or {})},
+                     where=f"[{variant}]")

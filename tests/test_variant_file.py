@@ -1,0 +1,71 @@
+"""Every experiment file kind shares :class:`noisydeq.specs.variant_file.VariantFile`'s
+fields and checks: a plain ``name`` (it names the default run directory, so a path in it
+would write outside ``runs/``) and both variants validated when the file is loaded."""
+
+from __future__ import annotations
+
+import pytest
+
+from noisydeq.analysis.adversarial_experiment import AdversarialExperimentSpec
+from noisydeq.analysis.lyapunov_experiment import LyapunovExperimentSpec
+from noisydeq.bundled import bundled_experiments, command_for
+from noisydeq.certify.spec import CertifyExperimentSpec
+from noisydeq.errors import NoisyDEQError
+from noisydeq.specs.base import build
+from noisydeq.specs.experiment import ExperimentSpec
+from noisydeq.specs.toml import tomllib
+from noisydeq.specs.variant_file import plain_name
+from noisydeq.store import read_text
+from noisydeq.studies import StudyFile
+
+SPEC_OF = {"run": ExperimentSpec, "study": StudyFile, "adversarial": AdversarialExperimentSpec,
+           "certify": CertifyExperimentSpec, "lyapunov": LyapunovExperimentSpec}
+
+
+def _bundled() -> list[tuple[str, type, dict]]:
+    out = []
+    for b in bundled_experiments():
+        data = tomllib.loads(read_text(b.path, "file"))
+        spec = SPEC_OF.get(command_for(data) or "")
+        if spec is not None:
+            out.append((b.name, spec, data))
+    return out
+
+
+BUNDLED = _bundled()
+
+
+def test_every_kind_is_bundled():
+    assert {spec for _, spec, _ in BUNDLED} == set(SPEC_OF.values())
+
+
+@pytest.mark.parametrize("name,spec,data", BUNDLED, ids=[n for n, _, _ in BUNDLED])
+def test_bundled_file_loads(name, spec, data):
+    assert build(spec, data, where=name).name == data["name"]
+
+
+@pytest.mark.parametrize("bad", ["../escape", "a/b", "..", ".hidden", "", "x" * 101])
+@pytest.mark.parametrize("name,spec,data", BUNDLED, ids=[n for n, _, _ in BUNDLED])
+def test_name_with_a_path_is_refused_in_one_line(name, spec, data, bad):
+    with pytest.raises(NoisyDEQError) as err:
+        build(spec, {**data, "name": bad}, where=name)
+    assert "not a plain name" in str(err.value) and "\n" not in str(err.value)
+
+
+def test_plain_name_accepts_the_bundled_names():
+    for name, _, data in BUNDLED:
+        assert plain_name(data["name"]) == data["name"]
+
+
+@pytest.mark.parametrize("spec,data,where", [
+    (ExperimentSpec, {"name": "x", "sweep": {}, "quick": {"epochs": -1}}, "[quick]"),
+    (StudyFile, None, "[full]"),
+    (CertifyExperimentSpec, {"name": "x", "full": {"certify": {"no_such_field": 1}}}, "[full]"),
+])
+def test_a_bad_variant_is_refused_at_load(spec, data, where):
+    if data is None:  # a study file: break its full variant
+        _, _, base = next(b for b in BUNDLED if b[1] is StudyFile)
+        data = {**base, "full": {"no_such_field": 1}}
+    with pytest.raises(NoisyDEQError) as err:
+        build(spec, data, where="file")
+    assert where in str(err.value)
