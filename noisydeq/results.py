@@ -44,7 +44,6 @@ import csv
 import hashlib
 import io
 import json
-import math
 import os
 import platform
 import shutil
@@ -504,12 +503,7 @@ class RunDir:
 
 def _fmt(value: Any, kind: str) -> str:
     if kind == "float":
-        v = float(value)
-        if math.isnan(v):
-            return "nan"
-        if math.isinf(v):
-            return "inf" if v > 0 else "-inf"
-        return repr(v)
+        return repr(float(value))  # shortest round-trip text; spells inf, -inf and nan
     return str(value)
 
 
