@@ -100,3 +100,30 @@ def test_fused_training_gradient_matches_finite_differences_along_the_scale(name
     (g * layer(x)).sum().backward()
     predicted = float((layer.weight.grad * w0).sum())
     assert abs(numeric - predicted) <= 1e-6 * max(1.0, abs(predicted))
+
+
+@pytest.mark.parametrize("name", ["rram", "photonic"])
+def test_fused_training_node_twice_differentiable_as_before(name):
+    """A Jacobian penalty differentiates the input gradient again (``create_graph``): the
+    fused node's backward is built from differentiable operations, so the second
+    derivative equals the replaced graph's."""
+    torch.manual_seed(6)
+    layer = get_device(name, chip=1).deploy(nn.Linear(20, 16))
+    set_scaled_gradient(layer)
+    x = torch.rand(9, 20) * 2 - 1
+    v = torch.randn(9, 16)
+    got = []
+    for fused in (True, False):
+        layer.weight.grad = layer.bias.grad = None
+        xr = x.clone().requires_grad_(True)
+        layer.stream = NoiseStream.from_seed(2, samples=torch.arange(9))
+        if fused:
+            out = layer(xr)
+        else:
+            with torch.no_grad():
+                y = layer.device_output(xr, layer.resolve_controls(9))
+            out = _reference(layer, xr, y)
+        (gx,) = torch.autograd.grad((v * out).sum(), xr, create_graph=True)
+        gx.square().sum().backward()
+        got.append(layer.weight.grad.clone())
+    assert torch.allclose(got[0], got[1], rtol=1e-5, atol=1e-7)
