@@ -100,6 +100,9 @@ class DeviceLayer(nn.Module):
     #: whether :meth:`error_scale` is :meth:`peak_scale` (a Linear layer's scaled gradient
     #: then takes the fused :class:`PeakScaledLinear`)
     peak_scaled = False
+    #: whether every forward draws one standard normal per output, (*x.shape[:-1], n_out),
+    #: as its first draw (a training batch draws these ahead: NoiseStream.draw_ahead)
+    draws_output_noise = False
     #: whether the measured SNR of the part rises with the (static, dynamic) knob
     raises_snr: tuple[bool, bool] = (False, False)
 

@@ -75,6 +75,7 @@ class RRAMLayer(DeviceLayer):
 
     device_kind = "rram"
     peak_scaled = True
+    draws_output_noise = True
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
