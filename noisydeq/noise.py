@@ -194,6 +194,9 @@ class NoiseStream:
         self._gamma: Tensor | None = None
         self._base: Tensor | None = None
         self._step: Tensor | None = None
+        #: (shape, dtype, numbers) of the next ``randn`` call, drawn ahead with other
+        #: streams' (:meth:`draw_ahead`); dropped by any other use of the stream
+        self._ahead: tuple[tuple[int, ...], torch.dtype, Tensor] | None = None
 
     @classmethod
     def from_seed(
@@ -226,6 +229,36 @@ class NoiseStream:
             sl = slice(i * n, (i + 1) * n)
             stream._gamma, stream._base, stream._step = gamma[sl], seed[sl], step[sl]
         return out
+
+    @staticmethod
+    def draw_ahead(streams: Sequence[NoiseStream], shapes: Sequence[Sequence[int]],
+                   dtype: torch.dtype, device: torch.device | str = "cpu") -> None:
+        """Draw the next ``randn(shape)`` of each stream now, streams whose rows have the
+        same length together in one :func:`rng.normal` call (e.g. the same-width device
+        layers of a training batch: one draw instead of one per layer). A row's numbers
+        depend only on its own state (counter-based), so each stream's next ``randn`` of
+        that shape returns exactly what it would have drawn; any other use (another shape
+        or kind, a row subset, :meth:`skip`) drops the numbers drawn ahead and draws as
+        usual. Streams not set up for a batch of ``shape[0]`` rows are left alone."""
+        dev = torch.device(device)
+        groups: dict[int, list[tuple[NoiseStream, tuple[int, ...], Tensor, Tensor]]] = {}
+        for stream, shape in zip(streams, shapes, strict=True):
+            shape = tuple(int(v) for v in shape)
+            stream._ahead = None
+            if (len(shape) < 2 or stream._base is None or stream._fixed_rows() != shape[0]
+                    or stream._base.shape[0] != shape[0]):
+                continue
+            gamma, base, _ = stream._rows(shape[0], dev)
+            groups.setdefault(math.prod(shape[1:]), []).append((stream, shape, base, gamma))
+        for n, members in groups.items():
+            if len(members) < 2 or not n:  # alone: nothing to share
+                continue
+            out = rng.normal(torch.cat([b for _, _, b, _ in members]),
+                             torch.cat([g for _, _, _, g in members]), n, dtype)
+            start = 0
+            for stream, shape, _, _ in members:
+                stream._ahead = (shape, dtype, out[start:start + shape[0]].reshape(shape))
+                start += shape[0]
 
     @classmethod
     def from_blocks(
@@ -283,6 +316,7 @@ class NoiseStream:
     def skip(self, shape: Sequence[int]) -> None:
         """Advance the draw counts as a draw of ``shape`` would, without drawing."""
         shape = tuple(shape) or (1,)
+        self._ahead = None
         _, base, step = self._rows(shape[0], self.device if self._base is None
                                    else self._base.device)
         base.add_(step)
@@ -304,7 +338,12 @@ class NoiseStream:
             return self._draw(kind, (1,), dtype, dev).reshape(())
         m, n = shape[0], math.prod(shape[1:])
         subset = active_subset(m) if self.follows_subsets else None
+        ahead, self._ahead = self._ahead, None
         gamma, base, step = self._rows(m if subset is None else subset.total, dev)
+        if (ahead is not None and subset is None and kind == "randn" and ahead[0] == shape
+                and ahead[1] == dtype and ahead[2].device == base.device):
+            base.add_(step)  # drawn ahead from this very state (draw_ahead)
+            return ahead[2]
         if subset is not None:  # only the subset's rows, at their own counts
             index = subset.index.to(dev)
             gamma, row_base = gamma.index_select(0, index), base.index_select(0, index)

@@ -5,7 +5,8 @@ scaled straight-through gradient (:func:`noisydeq.hardware.controls.set_scaled_g
 every epoch trains on a fresh chip (:func:`chip_of_epoch`; :meth:`Device.rechip` keeps the
 parameters), calibrated on clean training activations at a target SNR, and validates on one
 fixed chip (:func:`validation_chip`). Each batch draws the dynamic noise of every device
-layer from streams addressed by (seed, epoch, sample, layer) (:func:`_device_streams`).
+layer from streams addressed by (seed, epoch, sample, layer) (:func:`_device_streams`; the
+first draws of same-width layers are made together: ``NoiseStream.draw_ahead``).
 """
 
 from __future__ import annotations
@@ -87,6 +88,15 @@ def _device_streams(net: nn.Module, rng: _Rng, epoch: int, samples: Tensor) -> N
 
     layers = device_layers(net)
     keys = [derive_seed(rng.seed, "train", "device", epoch, name) for name in layers]
-    for layer, stream in zip(layers.values(), NoiseStream.many(keys, rng.dev, samples),
-                             strict=True):
+    streams = NoiseStream.many(keys, rng.dev, samples)
+    for layer, stream in zip(layers.values(), streams, strict=True):
         layer.stream = stream
+    # the first read of every Linear layer that draws one normal per output (rram,
+    # photonic): same-width layers' numbers in one call (the same numbers)
+    ahead = [(s, (len(samples), layer.n_out), layer.weight.dtype)
+             for layer, s in zip(layers.values(), streams, strict=True)
+             if layer.draws_output_noise and layer.op == "linear"]
+    for dtype in {d for _, _, d in ahead}:
+        same = [(s, shape) for s, shape, d in ahead if d == dtype]
+        NoiseStream.draw_ahead([s for s, _ in same], [shape for _, shape in same], dtype,
+                               rng.dev)

@@ -362,6 +362,61 @@ def test_streams_set_up_together_draw_what_separate_streams_draw():
                                alone.randn(shape, torch.float32, torch.device("cpu")))
 
 
+def test_draws_made_ahead_are_the_draws_each_stream_makes():
+    """NoiseStream.draw_ahead: same-length rows of several streams in one call give each
+    stream's next randn exactly; another shape, a skip or a row subset drop them."""
+    from noisydeq.noise import row_subset
+
+    cpu = torch.device("cpu")
+    rows = torch.tensor([5, 0, 17, 3])
+    shapes = [(4, 7), (4, 7), (4, 3), (4, 7)]
+
+    def streams():
+        return NoiseStream.many([11, 12, 13, 14], samples=rows)
+
+    ahead = streams()
+    NoiseStream.draw_ahead(ahead, shapes, torch.float32, cpu)
+    assert [s._ahead is not None for s in ahead] == [True, True, False, True]
+    ahead[1].skip((4, 7))  # drops its draw ahead
+    plain = streams()
+    plain[1].skip((4, 7))
+    for a, p, shape in zip(ahead, plain, shapes, strict=True):
+        for _ in range(2):  # the next call continues each row's count
+            assert torch.equal(a.randn(shape, torch.float32, cpu),
+                               p.randn(shape, torch.float32, cpu))
+    ahead, plain = streams(), streams()
+    NoiseStream.draw_ahead(ahead, shapes, torch.float32, cpu)
+    assert torch.equal(ahead[0].randn((4, 5), torch.float32, cpu),  # another shape
+                       plain[0].randn((4, 5), torch.float32, cpu))
+    with row_subset(torch.tensor([1, 3]), 4):  # a subset draws its own rows
+        assert torch.equal(ahead[3].randn((4, 7), torch.float32, cpu),
+                           plain[3].randn((4, 7), torch.float32, cpu))
+    assert ahead[0]._ahead is None and ahead[3]._ahead is None
+
+
+def test_training_batch_draws_ahead_without_changing_a_layer_output():
+    from noisydeq.train import _device_streams
+    from noisydeq.train_state import _Rng
+
+    torch.manual_seed(1)
+    model = nn.Sequential(nn.Linear(8, 6), nn.Tanh(), nn.Linear(6, 6), nn.Tanh(),
+                          nn.Linear(6, 3))
+    x, idx = torch.rand(5, 8), torch.tensor([9, 2, 4, 7, 0])
+    for name in ("rram", "photonic"):
+        net = get_device(name, chip=2).deploy(model)
+        _device_streams(net, _Rng(3, torch.device("cpu")), 0, idx)
+        drawn = [layer.stream._ahead is not None for layer in device_layers(net).values()]
+        assert drawn == [True, True, False]  # the two 6-wide layers together
+        with torch.no_grad():
+            fast = net(x)
+            for layer in device_layers(net).values():
+                layer.stream._ahead = None
+            _device_streams(net, _Rng(3, torch.device("cpu")), 0, idx)
+            for layer in device_layers(net).values():
+                layer.stream._ahead = None
+            assert torch.equal(fast, net(x))
+
+
 @pytest.mark.parametrize("name", ["rram", "photonic"])
 def test_fused_peak_scaled_gradient_equals_the_generic_formula(name):
     """A Linear layer's fused backward (no graph of s) equals y = Wx + e·s/sg(s) built from

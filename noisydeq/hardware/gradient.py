@@ -4,7 +4,7 @@ The forward of a :class:`~noisydeq.hardware.layer.DeviceLayer` is the device's o
 backward is the one of the exact layer (paper Eq. 1 trained hardware-aware), and with
 :func:`noisydeq.hardware.controls.set_scaled_gradient` (hardware-aware training) it also
 carries the growth of the device error with the weights' and inputs' scale
-(:func:`straight_through`, :func:`target_scale`, the fused :class:`_PeakScaledError` of
+(:func:`straight_through`, :func:`target_scale`, the fused :class:`PeakScaledLinear` of
 RRAM/photonic Linear layers, whose scale is :func:`input_peaks` times max|W|).
 """
 
@@ -69,40 +69,72 @@ def target_scale(exact: Tensor, scale: Tensor | None) -> Tensor:
     return scale * (signal / scale.square().mean().sqrt())
 
 
-class _PeakScaledError(torch.autograd.Function):
-    """``err · s/sg(s)`` of :func:`straight_through` for a Linear layer with s = max|W| ·
-    max|x| per input vector (:meth:`DeviceLayer.peak_scale`): the value ``err``, and in
-    the backward ∂L/∂s_b = g_b·err_b/s_b sent to the largest |x_b| and |W| (split over ties,
-    as ``amax``'s backward) without building the graph of s — the same gradient, fewer
-    tensor operations per training step."""
+def _scale_grad(grad: Tensor, err: Tensor, x: Tensor, w: Tensor) -> tuple[Tensor, ...]:
+    """∂L/∂s_b = g_b·err_b/s_b of s_b = max|W| · max|x_b| (Linear rows; 0 where s_b = 0),
+    with |x| (rows), max|x_b|, |W| and max|W|."""
+    rows = x.reshape(-1, x.shape[-1])
+    size = rows.abs()
+    peak = size.amax(dim=-1, keepdim=True)
+    size_w = w.abs()
+    w_max = size_w.amax()
+    scale = peak * w_max
+    dot = (grad.reshape(-1, err.shape[-1]) * err.reshape(-1, err.shape[-1])).sum(
+        dim=-1, keepdim=True)
+    # where s_b = 0 the quotient is inf or nan and not taken (constants: noisydeq.scalars)
+    c = torch.where(scale > const(0.0, scale), dot / scale, 0.0)
+    return c, size, peak, size_w, w_max
+
+
+def add_peak_terms(grad: Tensor, err: Tensor, x: Tensor, w: Tensor, grad_x: Tensor | None,
+                   grad_w: Tensor | None) -> None:
+    """Add the scale's share of ∂L/∂x and ∂L/∂W to ``grad_x`` / ``grad_w`` in place, for
+    s_b = max|W| · max|x_b| (Linear rows): ∂L/∂s_b sent to the largest |x_b| and |W|,
+    split over ties as ``amax``'s backward splits it (sign · [top] · share)."""
+    c, size, peak, size_w, w_max = _scale_grad(grad, err, x, w)
+    rows = x.reshape(-1, x.shape[-1])
+    if grad_x is not None:
+        top = size == peak
+        coef = c * w_max / top.sum(dim=-1, keepdim=True, dtype=c.dtype)  # exact counts
+        grad_x.add_((rows.sign() * top * coef).reshape(grad_x.shape))
+    if grad_w is not None:
+        top_w = size_w == w_max
+        grad_w.add_(w.sign() * top_w * ((c * peak).sum() / top_w.sum(dtype=c.dtype)))
+
+
+class PeakScaledLinear(torch.autograd.Function):
+    """A Linear device layer's training forward as one autograd node: the value
+    ``W x + (y − W x) + b`` (``y`` the device read, without bias) and the gradient of
+    :func:`straight_through` with s = max|W| · max|x| per input vector
+    (:meth:`DeviceLayer.peak_scale`, RRAM and photonic): the exact layer's
+    g·W, gᵀx and Σg, plus the scale's share (:func:`add_peak_terms`).
+
+    The same values as building ``exact + err·s/sg(s) + b`` from autograd's own nodes
+    (linear, amax, add; ``tests/test_hwaware.py`` checks it bit for bit), with one node
+    instead of seven and no graph of s: fewer tensor operations per training step.
+    ``y`` is a fresh tensor outside autograd; it is overwritten."""
 
     @staticmethod
-    def forward(ctx: Any, err: Tensor, x: Tensor, w: Tensor) -> Tensor:
+    def forward(ctx: Any, y: Tensor, x: Tensor, w: Tensor, b: Tensor | None) -> Tensor:
+        exact = F.linear(x, w)
+        err = y.sub_(exact)
+        out = exact.add_(err) if b is None else torch.add(exact, err).add_(b)
         ctx.save_for_backward(err, x, w)
-        return err.view_as(err)
+        ctx.has_bias = b is not None
+        return out
 
     @staticmethod
-    def backward(ctx: Any, grad: Tensor) -> tuple[None, Tensor | None, Tensor | None]:
+    def backward(ctx: Any, grad: Tensor) -> tuple[None, Tensor | None, Tensor | None,
+                                                   Tensor | None]:
         err, x, w = ctx.saved_tensors
-        rows = x.reshape(-1, x.shape[-1])
-        size = rows.abs()
-        peak = size.amax(dim=-1, keepdim=True)
-        size_w = w.abs()
-        w_max = size_w.amax()
-        scale = peak * w_max
-        dot = (grad.reshape(-1, err.shape[-1]) * err.reshape(-1, err.shape[-1])).sum(
-            dim=-1, keepdim=True)
-        held = scale > const(0.0, scale)  # constants: noisydeq.scalars
-        c = torch.where(held, dot / torch.where(held, scale, 1.0), 0.0)  # ∂L/∂s_b
-        grad_x = grad_w = None
-        if ctx.needs_input_grad[1]:
-            top = size == peak
-            coef = c * w_max / top.sum(dim=-1, keepdim=True, dtype=c.dtype)  # exact counts
-            grad_x = (rows.sign() * top * coef).reshape(x.shape)
-        if ctx.needs_input_grad[2]:
-            top_w = size_w == w_max
-            grad_w = w.sign() * top_w * ((c * peak).sum() / top_w.sum(dtype=c.dtype))
-        return None, grad_x, grad_w
+        need_x, need_w, need_b = ctx.needs_input_grad[1:4]
+        # autograd's linear backward, then the scale's share added
+        grad_x = grad.mm(w) if need_x else None
+        grad_w = grad.t().mm(x) if need_w else None
+        add_peak_terms(grad, err, x, w, grad_x, grad_w)
+        grad_b = None
+        if need_b and ctx.has_bias:
+            grad_b = grad.sum(0)
+        return None, grad_x, grad_w, grad_b
 
 
 def input_peaks(x: Tensor, op: str, conv: Mapping[str, Any] | None = None,

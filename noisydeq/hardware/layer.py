@@ -31,7 +31,12 @@ from torch import Tensor, nn
 
 from noisydeq.errors import NoisyDEQError
 from noisydeq.hardware import modes
-from noisydeq.hardware.gradient import _PeakScaledError, input_peaks, straight_through, target_scale
+from noisydeq.hardware.gradient import (
+    PeakScaledLinear,
+    input_peaks,
+    straight_through,
+    target_scale,
+)
 from noisydeq.hardware.parts import Parts, parts_of, row_powers
 from noisydeq.noise import (
     NoiseStream,
@@ -93,8 +98,11 @@ class DeviceLayer(nn.Module):
 
     device_kind = "base"
     #: whether :meth:`error_scale` is :meth:`peak_scale` (a Linear layer's scaled gradient
-    #: then takes the fused :class:`_PeakScaledError`)
+    #: then takes the fused :class:`PeakScaledLinear`)
     peak_scaled = False
+    #: whether every forward draws one standard normal per output, (*x.shape[:-1], n_out),
+    #: as its first draw (a training batch draws these ahead: NoiseStream.draw_ahead)
+    draws_output_noise = False
     #: whether the measured SNR of the part rises with the (static, dynamic) knob
     raises_snr: tuple[bool, bool] = (False, False)
 
@@ -453,15 +461,16 @@ class DeviceLayer(nn.Module):
         grad = torch.is_grad_enabled() and (self.weight.requires_grad or x.requires_grad)
         with torch.no_grad():
             y = self.device_output(x, control)  # a fresh tensor: updated in place below
+        calibrated = self.scaled_gradient and self.calibrated_target()
+        if (grad and not self.measure and self.scaled_gradient and not calibrated
+                and self.peak_scaled and self.op == "linear" and x.ndim == 2):
+            # hardware-aware training of an RRAM/photonic Linear layer: one autograd node
+            return PeakScaledLinear.apply(y, x, self.weight, self.bias)
         exact = self.exact(x) if (grad or self.measure) else None
         if self.measure:
             self.last_snr_db = measured_snr_db(exact, y)
             self.last_parts = parts_of(self.row_powers(x.detach(), y, control))
-        calibrated = self.scaled_gradient and self.calibrated_target()
-        if (grad and self.scaled_gradient and not calibrated and self.peak_scaled
-                and self.op == "linear"):
-            y = exact + _PeakScaledError.apply(y.sub_(exact.detach()), x, self.weight)
-        elif grad:
+        if grad:
             scale = self.error_scale(x, exact) if self.scaled_gradient else None
             if calibrated:
                 scale = target_scale(exact, scale)

@@ -96,6 +96,7 @@ class PhotonicLayer(DeviceLayer):
 
     device_kind = "photonic"
     peak_scaled = True
+    draws_output_noise = True
     raises_snr = (False, True)
 
     def __init__(self, *args, **kwargs) -> None:

@@ -75,6 +75,7 @@ class RRAMLayer(DeviceLayer):
 
     device_kind = "rram"
     peak_scaled = True
+    draws_output_noise = True
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
@@ -135,7 +136,11 @@ class RRAMLayer(DeviceLayer):
         key = (self.weight._version, self.weight.data_ptr(), self.weight.device, self.static_seed)
         if self._draw is None or self._draw[0] != key:
             like = None if self._draw is None else self._draw[1]
-            self._draw = (key, ChipDraw(w_norm, self.spec, self.static_seed, like))
+            # w_norm = W / max|W| has max |w_norm| = 1 exactly (x/x = 1, |w| ≤ max|W|)
+            # unless max|W| was clamped: ChipDraw need not find it again
+            unit = self._wscale() > 1e-12
+            self._draw = (key, ChipDraw(w_norm, self.spec, self.static_seed, like,
+                                        unit_max=unit))
         return self._draw[1]
 
     def _readout(self, w: Tensor, s: float, w_rms: float | None = None) -> float:
@@ -151,10 +156,11 @@ class RRAMLayer(DeviceLayer):
             noise = stream.randn((eye.shape[0], w.shape[0]), w.dtype, w.device)
             self._readout_inputs = (key, eye, noise)
         _, eye, noise = self._readout_inputs
-        y = identity_read(self.spec, w, s * self.spec.out_noise, noise, w_rms)
-        if y is None:
-            y = io_forward(self.spec, eye, w, s * self.spec.out_noise, noise)
-        return float(y.abs().mean().clamp(min=1e-4))
+        size = identity_read(self.spec, w, s * self.spec.out_noise, noise, w_rms,
+                             magnitude=True)
+        if size is None:
+            size = io_forward(self.spec, eye, w, s * self.spec.out_noise, noise).abs()
+        return float(size.mean().clamp(min=1e-4))
 
     def chip_matrix(self, static: float) -> Tensor:
         """W_chip = α · max|W| · W_t at programming scale ``static`` (drift compensated)."""

@@ -84,7 +84,7 @@ class ChipDraw:
     programming the chip once per training step is a handful of tensor operations."""
 
     def __init__(self, w_norm: Tensor, spec: RRAMSpec, seed: int,
-                 like: ChipDraw | None = None) -> None:
+                 like: ChipDraw | None = None, unit_max: bool = False) -> None:
         self.spec, self.seed = spec, seed
         self.model = like.model if like is not None and like.spec == spec else (
             wan2022_noise_model(spec, 1.0))
@@ -94,11 +94,15 @@ class ChipDraw:
         # SinglePairConductanceConverter.convert_to_conductances, both slices at once
         self._span = const(conv.g_max - conv.g_min, w)
         self._g_min = const(conv.g_min, w)
-        # float / tensor is reciprocal(tensor) * float in torch (Tensor.__rtruediv__)
-        self.scale_ratio = w.abs().max().clamp(min=_ZERO_CLIP).reciprocal() * self._span
+        # float / tensor is reciprocal(tensor) * float in torch (Tensor.__rtruediv__);
+        # ``unit_max``: the caller knows max|w_norm| = 1, so the ratio is the span itself
+        # (1⁻¹·span = span exactly)
+        self.scale_ratio = self._span if unit_max else (
+            w.abs().max().clamp(min=_ZERO_CLIP).reciprocal() * self._span)
         scaled = w * self.scale_ratio
         self.g = torch.stack([scaled, scaled.neg()]).clamp_(min=0.0, max=conv.g_max)
-        self.g = self.g.add_(self._g_min)
+        if conv.g_min != 0:  # x + 0 = x: skipped at g_min = 0 (the default)
+            self.g = self.g.add_(self._g_min)
         coeff = self.model.coeff_dic
         self.sig_prog, self.sig_read = _sigmas(
             self.model, self.g / const(self.model.g_max, w),
@@ -130,15 +134,22 @@ class ChipDraw:
 
     def _back(self, g: Tensor, scale_ratio: Tensor) -> Tensor:
         """``convert_back_to_weights`` of the stacked slices ``g``."""
+        if self.g_min == 0:  # x − 0 = x: the same values, two passes fewer
+            return (g[0] - g[1]) / scale_ratio
         return ((g[0] - self._g_min) - (g[1] - self._g_min)) / scale_ratio
 
     def program(self, s: float) -> tuple[Tensor, Tensor]:
         """(programmed, read-at-t) normalised weights at noise scale ``s`` (CPU, float32)."""
-        c = const(self.spec.prog_noise_scale * s, self.g)
-        w_prog = self._back((self.g + c * self.sig_prog * self.xi_prog).clamp_(min=0.0),
+        scale = self.spec.prog_noise_scale * s
+        c = const(scale, self.g)
+
+        def noise(sig: Tensor, xi: Tensor) -> Tensor:  # c·σ·ξ; 1·σ = σ exactly
+            return sig * xi if scale == 1 else c * sig * xi
+
+        w_prog = self._back((self.g + noise(self.sig_prog, self.xi_prog)).clamp_(min=0.0),
                             self.scale_ratio)
         # the read at t converts back with the scale ratio of max|W_prog| (aihwkit converts
         # W_prog to conductances only for that ratio)
         ratio_t = w_prog.abs().max().clamp(min=_ZERO_CLIP).reciprocal() * self._span
-        g_t = (self.g + c * self.sig_read * self.xi_read).clamp_(min=0.0)
+        g_t = (self.g + noise(self.sig_read, self.xi_read)).clamp_(min=0.0)
         return w_prog, self._back(g_t, ratio_t)
