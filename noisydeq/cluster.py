@@ -229,3 +229,16 @@ def disconnect() -> None:
 
     if ray.is_initialized():
         ray.shutdown()
+
+
+@contextlib.contextmanager
+def session(backend: Backend) -> Iterator[None]:
+    """Inside: ``backend``'s Ray cluster joined (or started) when it is Ray — one line and
+    nothing started when it cannot be reached — and left at the end if this call joined
+    it; nothing at all for the local backend."""
+    joined = connect(backend) if backend.ray else False
+    try:
+        yield
+    finally:
+        if joined:
+            disconnect()

@@ -28,13 +28,10 @@ SPEC = dict(task="digits", device="rram", snr_db="0,10,inf", depths=[1, 3], chip
 TASK_NAME = "noisydeq-sweep-pair"  # ray_cells' task name: its workers' process title
 
 
-@pytest.fixture(scope="module")
-def cluster():
-    ray = pytest.importorskip("ray")
-    ray.init(address="local", num_cpus=2, include_dashboard=False,
-             object_store_memory=80 * 2**20, log_to_driver=False, logging_level="error")
-    yield ray
-    ray.shutdown()
+@pytest.fixture
+def cluster(ray_cluster):
+    """The session's local Ray cluster (tests/conftest.py)."""
+    return ray_cluster
 
 
 @pytest.fixture(scope="module")
