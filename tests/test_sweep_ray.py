@@ -4,9 +4,11 @@ driver; bad input is one line with nothing written."""
 
 from __future__ import annotations
 
+import csv
 import os
 import signal
 import socket
+import subprocess
 import sys
 import threading
 import time
@@ -164,6 +166,39 @@ def test_interrupted_driver_resumes_from_the_cells_written(cluster, reference, t
     res = run_sweep(spec, tmp_path / "ray", progress=False, plots=False, backend=Backend("ray"))
     assert (res.computed_cells, res.skipped_cells) == (2, 2)
     assert res.rows == [r for r in reference.rows if r["chip"] == 0]
+
+
+def _csv_rows(path: Path, **where: str) -> list[dict[str, str]]:
+    with open(path, newline="") as fh:
+        return [r for r in csv.DictReader(fh) if all(r[k] == v for k, v in where.items())]
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_host_port_address_from_another_process(cluster, reference, tmp_path):
+    """``--address 127.0.0.1:PORT`` (a head node's GCS port; here the session cluster's) in
+    a fresh ``noisydeq`` process: the chip-0 table of ``--jobs 1``; the same command without
+    Ray's token (the cluster uses token authentication) is one line naming it."""
+    from noisydeq.cluster import AUTH_HINT
+
+    port = cluster.get_runtime_context().gcs_address.rsplit(":", 1)[1]
+    cache = Path(reference.run_dir.path).parent / "cache"  # members cached: evaluation only
+    env = {**os.environ, "NOISYDEQ_CACHE": str(cache), "OMP_NUM_THREADS": "1"}
+    argv = [sys.executable, "-c", "from noisydeq.cli import main; main()", "sweep",
+            "--task", "digits", "--device", "rram", "--snr", "0,10,inf", "--depths", "1,3",
+            "--chips", "1", "--quiet", "--backend", "ray", "--address", f"127.0.0.1:{port}"]
+    token = os.environ.get("RAY_AUTH_MODE") == "token"  # ray.init set it for this cluster
+    if token:
+        bare = {k: v for k, v in env.items() if not k.startswith("RAY_AUTH")}
+        done = subprocess.run([*argv, "--out", str(tmp_path / "no-token")], env=bare,
+                              capture_output=True, text=True, check=False)
+        one_line_error(done.returncode, done.stderr, AUTH_HINT)
+        assert not (tmp_path / "no-token").exists()
+    done = subprocess.run([*argv, "--out", str(tmp_path / "run")], env=env,
+                          capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr
+    got = _csv_rows(tmp_path / "run" / "results.csv")
+    assert len(got) == 4 * 3 and got == _csv_rows(reference.run_dir.csv_path, chip="0")
 
 
 def _task_outcome(x: int) -> int:
