@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from noisydeq.attacks.runner import Runner
+from noisydeq.cluster import Backend
 from noisydeq.results import RunDir
 from tests.analysis.analysis_family import tiny_sweep
 from tests.cli_helpers import one_line_error, run_cli
@@ -141,4 +142,52 @@ def test_certify_bad_backend_is_one_line(certifiable, tmp_path, capsys, monkeypa
     code, _, err = run_cli(["certify", "certify-fig2", "--out", str(out), "--backend",
                             "ray"], capsys)
     one_line_error(code, err, "run it without --backend ray")
+    assert not out.exists()
+
+
+TIMING = ("train_seconds", "eval_seconds")
+
+
+def _untimed(rows):
+    return [{k: v for k, v in r.items() if k not in TIMING} for r in rows]
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_study_on_ray_equals_local_and_resumes(ray_cluster, tmp_path, monkeypatch):
+    from noisydeq.store import load_tensors
+    from noisydeq.studies import run_study
+    from noisydeq.studies import runner as study_runner
+    from noisydeq.studies.ray_models import run_on_ray
+    from tests.test_studies import tiny
+
+    spec = tiny(train_snr_db=["inf"], shifts=[4, 8], budgets=["train"])
+    local = run_study(spec, tmp_path / "local", plots=False)
+    monkeypatch.setattr(study_runner, "evaluate_model", _not_here)  # the workers evaluate
+    ray_out = tmp_path / "ray"
+    res = run_study(spec, ray_out, plots=False, backend=Backend("ray"), remote=run_on_ray)
+    assert (res.trained, res.loaded) == (2, 0)
+    assert _untimed(res.rows) == _untimed(local.rows) and len(res.rows) == 2 * 2 + 2 * 2
+
+    def weights(root):
+        return {p.parent.name: {k: t.numpy().tobytes() for k, t in load_tensors(p)[0].items()}
+                for p in (root / "models").rglob("model.safetensors")}
+
+    assert weights(ray_out) == weights(tmp_path / "local")  # the driver wrote them
+    # one model lost, the other's cell lost: the rerun trains one, evaluates both
+    import shutil
+
+    shutil.rmtree(ray_out / "models" / "deq-s0-tinf")
+    (ray_out / "cells" / "ffw-s0-tinf.json").unlink()
+    again = run_study(spec, ray_out, plots=False, backend=Backend("ray"), remote=run_on_ray)
+    assert (again.trained, again.loaded) == (1, 1)
+    assert _untimed(again.rows) == _untimed(local.rows)
+    assert weights(ray_out) == weights(tmp_path / "local")
+
+
+def test_study_bad_backend_is_one_line(tmp_path, capsys):
+    out = tmp_path / "s"
+    code, _, err = run_cli(["study", "algorithmic-prefix-sums", "--out", str(out),
+                            "--address", "auto"], capsys)
+    one_line_error(code, err, "--address needs --backend ray")
     assert not out.exists()
