@@ -13,9 +13,9 @@ import torch
 
 from noisydeq.attacks.runner import Runner
 from noisydeq.cluster import Backend
-from noisydeq.results import RunDir
 from tests.analysis.analysis_family import tiny_sweep
 from tests.cli_helpers import one_line_error, run_cli
+from tests.sweep_helpers import count_cell_saves
 
 ATTACK = ["--attacks", "pgd-eps,speckle", "--eps", "0,0.3", "--pgd-steps", "3",
           "--sigma", "0,1", "--samples", "16", "--val-samples", "8", "--estimators",
@@ -44,14 +44,7 @@ def test_attack_on_ray_equals_local_and_resumes(ray_cluster, family, tmp_path, c
     code, _, err = run_cli(["attack", "--family", str(family), *ATTACK, "--out", str(local)],
                            capsys)
     assert code == 0, err
-    saved: list[str] = []
-    real_save = RunDir.save_cell
-
-    def counting_save(self, key, rows, layers=()):
-        saved.append(key)
-        return real_save(self, key, rows, layers)
-
-    monkeypatch.setattr(RunDir, "save_cell", counting_save)
+    saved = count_cell_saves(monkeypatch)
     monkeypatch.setattr(Runner, "compute", _not_here)  # the workers compute
     argv = ["attack", "--family", str(family), *ATTACK, "--out", str(ray_out),
             "--backend", "ray"]

@@ -19,10 +19,10 @@ import pytest
 from noisydeq.cluster import Backend
 from noisydeq.config import SweepSpec, build
 from noisydeq.errors import NoisyDEQError
-from noisydeq.results import RunDir
 from noisydeq.store import load_tensors
 from noisydeq.sweep import run_sweep
 from tests.cli_helpers import one_line_error, run_cli
+from tests.sweep_helpers import count_cell_saves
 
 #: the default family (hidden width, quick training preset) on digits: 2 depths, 2 chips,
 #: 3 SNRs — the issue's check
@@ -114,14 +114,7 @@ def _running_pair_workers() -> list[int]:
 def test_killed_worker_the_table_is_complete_without_duplicates(cluster, reference, tmp_path,
                                                                  monkeypatch):
     monkeypatch.setenv("NOISYDEQ_CACHE", str(Path(reference.run_dir.path).parent / "cache"))
-    saved: list[str] = []
-    real_save = RunDir.save_cell
-
-    def counting_save(self, key, rows, layers=()):
-        saved.append(key)
-        return real_save(self, key, rows, layers)
-
-    monkeypatch.setattr(RunDir, "save_cell", counting_save)
+    saved = count_cell_saves(monkeypatch)
     killed: list[int] = []
     stop = threading.Event()
 
