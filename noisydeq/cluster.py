@@ -13,6 +13,14 @@ Address forms: ``local`` (default) starts a private single-machine cluster with
 cluster started on this machine by ``ray start --head``; ``HOST:PORT`` joins a head node's
 GCS port (``ray start --head --port PORT``). An unreachable ``HOST:PORT`` is one line after
 at most :data:`CONNECT_TIMEOUT_S` seconds, before anything is written.
+
+Token authentication (Ray 2.60): ``ray start --head`` enables it when a token exists in
+``~/.ray/auth_token`` (a local ``ray.init`` creates one), and so does a driver joining with
+``auto``; a driver given ``HOST:PORT`` (or ``$RAY_ADDRESS``) never sends a token unless
+``RAY_AUTH_MODE=token`` is set (with the head's token in ``~/.ray/auth_token``,
+``$RAY_AUTH_TOKEN`` or ``$RAY_AUTH_TOKEN_PATH``). Joining such a cluster without it is one
+line naming those variables (:data:`AUTH_HINT`); noisydeq never enables it itself (that
+would send this machine's token to whatever address was typed).
 """
 
 from __future__ import annotations
@@ -39,6 +47,10 @@ PROBE_TIMEOUT_S = 20.0
 #: training data travel through it once per run
 LOCAL_OBJECT_STORE = 512 * 2**20
 BACKENDS = ("local", "ray")
+AUTH_HINT = ("the cluster requires Ray's token authentication: set RAY_AUTH_MODE=token and "
+             "the head node's token (RAY_AUTH_TOKEN, or `ray get-auth-token` there)")
+#: what Ray's GCS client logs when the cluster refuses a driver without a valid token
+AUTH_FAILURES = ("InvalidAuthToken", "Unauthenticated")
 #: retries of a task whose worker process died (Ray's system failures); an exception raised
 #: inside a task is deterministic and not retried
 MAX_RETRIES = 3
@@ -151,17 +163,43 @@ _PROBE = ("import sys, ray\n"
 
 def _probe(addr: str) -> None:
     """Join ``addr`` once in a child process, killed after :data:`PROBE_TIMEOUT_S`: a port
-    that accepts but never answers as Ray's GCS would hang ``ray.init`` for minutes."""
+    that accepts but never answers as Ray's GCS would hang ``ray.init`` for minutes. The
+    child is killed as soon as it logs that the cluster refused it for want of a token
+    (Ray would retry that for seconds): one line saying so (:data:`AUTH_HINT`)."""
     import subprocess
+    import threading
+    import time
 
-    try:
-        done = subprocess.run([sys.executable, "-c", _PROBE, addr], capture_output=True,
-                              text=True, timeout=PROBE_TIMEOUT_S, check=False)
-    except subprocess.TimeoutExpired:
+    child = subprocess.Popen([sys.executable, "-c", _PROBE, addr], stdout=subprocess.DEVNULL,
+                             stderr=subprocess.PIPE, text=True)
+    lines: list[str] = []
+    assert child.stderr is not None
+    def read() -> None:
+        for line in child.stderr:  # type: ignore[union-attr]
+            lines.append(line)
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    deadline = time.monotonic() + PROBE_TIMEOUT_S
+    refused = False
+    while child.poll() is None and time.monotonic() < deadline:
+        if any(word in line for line in list(lines) for word in AUTH_FAILURES):
+            refused = True
+            break
+        time.sleep(0.05)
+    running = child.poll() is None
+    if running:
+        child.kill()
+    child.wait()
+    reader.join(timeout=5)
+    text = "".join(lines)
+    if refused or any(word in text for word in AUTH_FAILURES):
+        raise NoisyDEQError(f"--address {addr}: {AUTH_HINT}")
+    if running:
         raise NoisyDEQError(f"--address {addr}: no Ray cluster answered within "
-                            f"{PROBE_TIMEOUT_S:.0f} s") from None
-    if done.returncode != 0:
-        why = _first_line(done.stderr) or f"exit status {done.returncode}"
+                            f"{PROBE_TIMEOUT_S:.0f} s")
+    if child.returncode != 0:
+        why = _first_line(text) or f"exit status {child.returncode}"
         raise NoisyDEQError(f"--address {addr}: cannot join the Ray cluster ({why})")
 
 
@@ -229,3 +267,16 @@ def disconnect() -> None:
 
     if ray.is_initialized():
         ray.shutdown()
+
+
+@contextlib.contextmanager
+def session(backend: Backend) -> Iterator[None]:
+    """Inside: ``backend``'s Ray cluster joined (or started) when it is Ray — one line and
+    nothing started when it cannot be reached — and left at the end if this call joined
+    it; nothing at all for the local backend."""
+    joined = connect(backend) if backend.ray else False
+    try:
+        yield
+    finally:
+        if joined:
+            disconnect()

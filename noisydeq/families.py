@@ -146,14 +146,14 @@ def train_family(
 ) -> Family:
     """Train (or load from the cache) every member of ``spec``; FFW and DEQ per depth.
 
-    ``task`` defaults to ``load_task(spec.task, spec.data_dir, spec.seed)``. ``log(text)``
+    ``task`` defaults to ``load_task(spec.task, spec.data_dir, spec.data_seed)``. ``log(text)``
     receives one line per member (trained / loaded, metric, seconds).
     """
     t0 = time.perf_counter()
     if task is None:
         from noisydeq.tasks import load_task
 
-        task = load_task(spec.task, data_dir=spec.data_dir, seed=spec.seed)
+        task = load_task(spec.task, data_dir=spec.data_dir, seed=spec.data_seed)
     dev = torch.device(torch_device) if torch_device is not None else torch.device("cpu")
     root = cache_root(cache_dir) / "models"
     family = Family(spec=spec, task_name=task.name)
@@ -271,7 +271,8 @@ def family_spec_for_sweep(
         FamilySpec,
         {"task": sweep.task, "data_dir": sweep.data_dir, "depths": sweep.depths,
          "kinds": sweep.kinds, "hidden": sweep.hidden, "input_act": sweep.input_act,
-         "seed": seed, "train_preset": sweep.train_preset, "train": train,
+         "seed": seed, "data_seed": sweep.data_seed, "train_preset": sweep.train_preset,
+         "train": train,
          "train_snr_db": math.inf if train_snr_db is None else train_snr_db,
          "train_site": sweep.train_site, "ffw_form": sweep.ffw_form,
          "snr_scale": sweep.snr_scale, "monotone": sweep.monotone,

@@ -56,8 +56,9 @@ from typing import Any
 from noisydeq import events, store
 from noisydeq.errors import CorruptArtefact, NoisyDEQError
 from noisydeq.extension import GROWABLE, added_grids, history_entry, union_spec
+from noisydeq.specs.base import build
 from noisydeq.specs.sweep import SweepSpec
-from noisydeq.specs.toml import dumps_toml, loads_toml
+from noisydeq.specs.toml import dumps_toml, parse_toml
 
 # Tidy-table schema: column name -> type ("str", "int", "float"). Order is the CSV order.
 COLUMNS: dict[str, str] = {
@@ -139,6 +140,10 @@ def spec_identity(spec: Any) -> dict[str, Any]:
         if data.get(optional) is None:
             data.pop(optional, None)
     out = {k: v for k, v in data.items() if k not in RUNTIME_ONLY}
+    if isinstance(spec, SweepSpec) and spec.data_seed == spec.seeds[0]:
+        # the split drawn by the first seed, as before data_seed existed: earlier identities
+        # (default run directories, resumes) stay; any other data seed is another run
+        out.pop("data_seed", None)
     if isinstance(spec, SweepSpec):
         out["device_spec"] = device_identity(spec)
         if spec.train_device:  # trained on devices: their resolved content too
@@ -214,7 +219,13 @@ def read_recorded_spec(out: Path, path: Path, spec_cls: type, what: str) -> Any:
     except NoisyDEQError as err:
         raise refuse_out(out, err) from None
     try:
-        return loads_toml(spec_cls, body, where=str(path))
+        data = parse_toml(body, str(path))
+        fields = getattr(spec_cls, "model_fields", {})
+        if "data_seed" in fields and "seeds" in fields and "data_seed" not in data:
+            # recorded before data_seed existed: the first seed drew the split
+            seeds = data.get("seeds", [0])
+            data["data_seed"] = seeds[0] if isinstance(seeds, list) and seeds else 0
+        return build(spec_cls, data, where=str(path))
     except NoisyDEQError as err:
         raise refuse_out(out, NoisyDEQError(
             f"holds a {what} this version cannot read ({err})")) from None

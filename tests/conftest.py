@@ -25,3 +25,15 @@ def _private_model_cache(tmp_path_factory):
     mp.setenv("NOISYDEQ_CACHE", str(tmp_path_factory.mktemp("noisydeq-cache")))
     yield
     mp.undo()
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """One local Ray cluster (127.0.0.1, 2 CPUs) for every ``--backend ray`` test of the
+    session (a start costs ~10 s), shut down at the end; skipped without Ray. Commands
+    that find it joined use it and leave it running."""
+    ray = pytest.importorskip("ray")
+    ray.init(address="local", num_cpus=2, include_dashboard=False,
+             object_store_memory=80 * 2**20, log_to_driver=False, logging_level="error")
+    yield ray
+    ray.shutdown()

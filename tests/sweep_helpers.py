@@ -46,3 +46,19 @@ def toy_spec(**kw) -> SweepSpec:
                 max_rows=64, depths=[1, 3])
     base.update(kw)
     return build(SweepSpec, base)
+
+
+def count_cell_saves(monkeypatch) -> list[str]:
+    """The keys of every cell ``RunDir.save_cell`` writes (in this process) from now on, in
+    order: a list that grows as the test runs (``monkeypatch`` undoes the patch)."""
+    from noisydeq.results import RunDir
+
+    saved: list[str] = []
+    real_save = RunDir.save_cell
+
+    def counting_save(self, key, rows, layers=()):
+        saved.append(key)
+        return real_save(self, key, rows, layers)
+
+    monkeypatch.setattr(RunDir, "save_cell", counting_save)
+    return saved

@@ -4,9 +4,11 @@ driver; bad input is one line with nothing written."""
 
 from __future__ import annotations
 
+import csv
 import os
 import signal
 import socket
+import subprocess
 import sys
 import threading
 import time
@@ -17,10 +19,10 @@ import pytest
 from noisydeq.cluster import Backend
 from noisydeq.config import SweepSpec, build
 from noisydeq.errors import NoisyDEQError
-from noisydeq.results import RunDir
 from noisydeq.store import load_tensors
 from noisydeq.sweep import run_sweep
 from tests.cli_helpers import one_line_error, run_cli
+from tests.sweep_helpers import count_cell_saves
 
 #: the default family (hidden width, quick training preset) on digits: 2 depths, 2 chips,
 #: 3 SNRs — the issue's check
@@ -28,13 +30,10 @@ SPEC = dict(task="digits", device="rram", snr_db="0,10,inf", depths=[1, 3], chip
 TASK_NAME = "noisydeq-sweep-pair"  # ray_cells' task name: its workers' process title
 
 
-@pytest.fixture(scope="module")
-def cluster():
-    ray = pytest.importorskip("ray")
-    ray.init(address="local", num_cpus=2, include_dashboard=False,
-             object_store_memory=80 * 2**20, log_to_driver=False, logging_level="error")
-    yield ray
-    ray.shutdown()
+@pytest.fixture
+def cluster(ray_cluster):
+    """The session's local Ray cluster (tests/conftest.py)."""
+    return ray_cluster
 
 
 @pytest.fixture(scope="module")
@@ -115,14 +114,7 @@ def _running_pair_workers() -> list[int]:
 def test_killed_worker_the_table_is_complete_without_duplicates(cluster, reference, tmp_path,
                                                                  monkeypatch):
     monkeypatch.setenv("NOISYDEQ_CACHE", str(Path(reference.run_dir.path).parent / "cache"))
-    saved: list[str] = []
-    real_save = RunDir.save_cell
-
-    def counting_save(self, key, rows, layers=()):
-        saved.append(key)
-        return real_save(self, key, rows, layers)
-
-    monkeypatch.setattr(RunDir, "save_cell", counting_save)
+    saved = count_cell_saves(monkeypatch)
     killed: list[int] = []
     stop = threading.Event()
 
@@ -167,6 +159,39 @@ def test_interrupted_driver_resumes_from_the_cells_written(cluster, reference, t
     res = run_sweep(spec, tmp_path / "ray", progress=False, plots=False, backend=Backend("ray"))
     assert (res.computed_cells, res.skipped_cells) == (2, 2)
     assert res.rows == [r for r in reference.rows if r["chip"] == 0]
+
+
+def _csv_rows(path: Path, **where: str) -> list[dict[str, str]]:
+    with open(path, newline="") as fh:
+        return [r for r in csv.DictReader(fh) if all(r[k] == v for k, v in where.items())]
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_host_port_address_from_another_process(cluster, reference, tmp_path):
+    """``--address 127.0.0.1:PORT`` (a head node's GCS port; here the session cluster's) in
+    a fresh ``noisydeq`` process: the chip-0 table of ``--jobs 1``; the same command without
+    Ray's token (the cluster uses token authentication) is one line naming it."""
+    from noisydeq.cluster import AUTH_HINT
+
+    port = cluster.get_runtime_context().gcs_address.rsplit(":", 1)[1]
+    cache = Path(reference.run_dir.path).parent / "cache"  # members cached: evaluation only
+    env = {**os.environ, "NOISYDEQ_CACHE": str(cache), "OMP_NUM_THREADS": "1"}
+    argv = [sys.executable, "-c", "from noisydeq.cli import main; main()", "sweep",
+            "--task", "digits", "--device", "rram", "--snr", "0,10,inf", "--depths", "1,3",
+            "--chips", "1", "--quiet", "--backend", "ray", "--address", f"127.0.0.1:{port}"]
+    token = os.environ.get("RAY_AUTH_MODE") == "token"  # ray.init set it for this cluster
+    if token:
+        bare = {k: v for k, v in env.items() if not k.startswith("RAY_AUTH")}
+        done = subprocess.run([*argv, "--out", str(tmp_path / "no-token")], env=bare,
+                              capture_output=True, text=True, check=False)
+        one_line_error(done.returncode, done.stderr, AUTH_HINT)
+        assert not (tmp_path / "no-token").exists()
+    done = subprocess.run([*argv, "--out", str(tmp_path / "run")], env=env,
+                          capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr
+    got = _csv_rows(tmp_path / "run" / "results.csv")
+    assert len(got) == 4 * 3 and got == _csv_rows(reference.run_dir.csv_path, chip="0")
 
 
 def _task_outcome(x: int) -> int:

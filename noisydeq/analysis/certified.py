@@ -174,10 +174,16 @@ def certify_member(
             }
             rows.append(row)
             if echo is not None:
-                echo(f"{label} eps {eps:g} [{row['envelope']}]: clean {row['clean_acc']:.4f} "
-                     f"PGD {row['pgd_acc']:.4f} certified {row['certified_acc']:.4f}"
-                     + (f"  VIOLATIONS {violations}" if violations else ""))
+                echo(row_line(row))
     return rows
+
+
+def row_line(row: dict[str, Any]) -> str:
+    """The progress line of one certified row."""
+    bad = row["violations"]
+    return (f"{row['model_id']} eps {row['eps']:g} [{row['envelope']}]: clean "
+            f"{row['clean_acc']:.4f} PGD {row['pgd_acc']:.4f} certified "
+            f"{row['certified_acc']:.4f}" + (f"  VIOLATIONS {bad}" if bad else ""))
 
 
 def write_table(rows: Sequence[dict[str, Any]], out_dir: Path) -> list[Path]:

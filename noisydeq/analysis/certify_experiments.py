@@ -25,13 +25,13 @@ from torch import nn
 
 from noisydeq import store
 from noisydeq.analysis.certified import (
-    certify_member,
     group_rows,
     plan,
     plot_accuracy,
     write_outputs,
     write_table,
 )
+from noisydeq.analysis.certify_ray import certify_members
 from noisydeq.certify.spec import CertifyExperimentSpec, CertifySpec, Fig2Spec
 from noisydeq.specs.base import build
 from noisydeq.specs.family import FamilySpec
@@ -111,8 +111,10 @@ def table2_markdown(rows: list[dict[str, Any]]) -> str:
 
 def run_table2(exp: CertifyExperimentSpec, out: Path, *, data_dir: str | None = None,
                cache_dir: str | None = None, quiet: bool = True,
-               echo: Callable[[str], None] = print) -> tuple[list[dict[str, Any]], list[Path]]:
-    """Train, certify, write ``results.csv/parquet``, ``table2.md`` and the figure."""
+               echo: Callable[[str], None] = print,
+               backend: Any = None) -> tuple[list[dict[str, Any]], list[Path]]:
+    """Train, certify (on Ray with a Ray ``backend``: :func:`certify_members`; training
+    stays in this process), write ``results.csv/parquet``, ``table2.md`` and the figure."""
     from noisydeq.tasks import load_task
 
     cspec = build(CertifySpec, exp.certify, where=f"{exp.name} certify")
@@ -127,9 +129,7 @@ def run_table2(exp: CertifyExperimentSpec, out: Path, *, data_dir: str | None = 
     if cspec.n_test is not None:
         x, y = x[: cspec.n_test], y[: cspec.n_test]
     plans = [plan(m, cspec, x) for m in models]  # every refusal before certifying
-    rows = []
-    for m, pl in zip(models, plans, strict=True):
-        rows += certify_member(m, x, y, cspec, echo, pl)
+    rows = certify_members(models, plans, x, y, cspec, echo, backend)
     files = write_outputs(out, lambda: _write_table2(exp, rows, out))
     trained = sum(m.train_seconds for m in models)
     echo(f"{len(models)} models ({trained:.0f} s training), certified in "

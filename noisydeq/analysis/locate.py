@@ -61,14 +61,14 @@ def sweep_checkpoints(spec, data_dir: str | None = None,
                       cache_dir: str | os.PathLike | None = None) -> list[Path]:
     """Checkpoint paths of every family member a sweep spec trained (cache lookup only).
 
-    Mirrors ``noisydeq.sweep.family_models``: the task is loaded with the first seed and
+    Mirrors ``noisydeq.sweep.family_models``: the task is loaded with the data seed and
     each (seed, training SNR) maps to one family. A missing member is one clear error
     naming the cache that was searched.
     """
     from noisydeq.families import cache_root, family_spec_for_sweep, prepared_member
     from noisydeq.tasks import load_task
 
-    task = load_task(spec.task, data_dir=data_dir or spec.data_dir, seed=spec.seeds[0])
+    task = load_task(spec.task, data_dir=data_dir or spec.data_dir, seed=spec.data_seed)
     root = cache_root(cache_dir) / "models"
     dev = torch.device(spec.torch_device)
     found, missing = [], []

@@ -57,6 +57,7 @@ from noisydeq.attacks.spec import (
     parse_defence,
     parse_estimator,
 )
+from noisydeq.cluster import Backend
 from noisydeq.errors import NoisyDEQError
 from noisydeq.noise import derive_seed
 from noisydeq.regulation.entropy import prediction_entropy
@@ -253,10 +254,25 @@ def defence_name(d: DefenceSpec) -> str:
     return d.label() if d.name == "entropy" else d.name
 
 
+def early_key(spec: AttackRunSpec, m: AttackMember, snr: float, chip: int) -> str:
+    """The cell key of the early-state selection of (model, level, chip)."""
+    return f"early|{m.model_id}|{snr!r}|{chip}|{spec.steps_eps!r}"
+
+
+class EarlyCells(Protocol):
+    """Where a :class:`Runner` keeps the early-state selection cells: the run directory,
+    or a Ray worker's memory (:mod:`noisydeq.attacks.ray_cells`; the driver writes them)."""
+
+    def load_cell(self, key: str, expect: Any = None, *, columns: Any = None,
+                  identity: Any = None) -> list[dict[str, Any]] | None: ...
+
+    def save_cell(self, key: str, rows: Any, layers: Any = ()) -> Any: ...
+
+
 class Runner:
     """Computes the missing cells of a run (see module docstring)."""
 
-    def __init__(self, spec: AttackRunSpec, task: Any, run_dir: AttackRunDir,
+    def __init__(self, spec: AttackRunSpec, task: Any, run_dir: EarlyCells,
                  torch_device: torch.device) -> None:
         self.spec, self.task, self.rd = spec, task, run_dir
         self.dev = torch_device
@@ -295,7 +311,7 @@ class Runner:
 
     def early_n(self, m: AttackMember, snr: float, chip: int) -> int:
         """n of the early-state defence for this model, level and chip (cached as a cell)."""
-        key = f"early|{m.model_id}|{snr!r}|{chip}|{self.spec.steps_eps!r}"
+        key = early_key(self.spec, m, snr, chip)
         rows = self.rd.load_cell(key, columns=EARLY_COLUMNS, identity=("n",))
         if not rows:
             lvl = self.level(m, snr, chip)
@@ -389,53 +405,84 @@ def whitebox_rows(rows: Sequence[dict[str, Any]], eps: float) -> list[dict[str, 
     return out
 
 
+#: computes missing cells elsewhere (a Ray cluster), writing each into ``runner.rd`` and
+#: calling ``saved(key, rows)``: (runner, members, todo, saved) -> cells written
+RemoteCells = Callable[["Runner", Sequence[AttackMember], Sequence[Cell],
+                        Callable[[str, list[dict[str, Any]]], None]], int]
+
+
 def run_attacks(
     spec: AttackRunSpec, members: Sequence[AttackMember], task: Any, out: str | Path, *,
     progress: bool = True, plots: bool = True, echo: Callable[[str], None] = print,
+    backend: Backend | None = None, remote: RemoteCells | None = None,
 ) -> AttackResult:
     """Run (or resume) the grid of ``spec`` on ``members`` into ``out`` (module docstring).
 
-    The run directory is locked while the grid runs (a second run on ``out`` waits)."""
+    ``backend``: :class:`noisydeq.cluster.Backend` (default: this process); with Ray its
+    cluster is joined before anything is written and ``remote``
+    (:func:`noisydeq.attacks.ray_cells.run_on_ray`) computes the missing cells there, one
+    Ray task per (model, level, chip) group, while this process writes what they return —
+    the same table as a local run with one torch thread. The run directory is locked while
+    the grid runs (a second run on ``out`` waits)."""
+    from noisydeq.cluster import session
     from noisydeq.runtime import resolve_torch_device
 
     validate(spec, task, members)
     cells = plan(spec, members)
     dev = resolve_torch_device(spec.torch_device)
-    with AttackRunDir(out) as rd:
+    backend = backend or Backend()
+    if backend.ray and remote is None:
+        raise NoisyDEQError("run_attacks: --backend ray needs the Ray cell runner "
+                            "(noisydeq.attacks.ray_cells.run_on_ray)")
+    with session(backend), AttackRunDir(out) as rd:
         rd.open(spec, {"models": [m.model_id for m in members], "cells": len(cells)})
-        return _run_open(spec, members, task, rd, cells, dev, progress, plots)
+        return _run_open(spec, members, task, rd, cells, dev, progress, plots,
+                         remote if backend.ray else None)
 
 
 def _run_open(spec: AttackRunSpec, members: Sequence[AttackMember], task: Any,
               rd: AttackRunDir, cells: Sequence[Cell], dev: torch.device, progress: bool,
-              plots: bool) -> AttackResult:
+              plots: bool, remote: RemoteCells | None) -> AttackResult:
     """The body of :func:`run_attacks` once its run directory is open and locked."""
     for m in members:
         m.model.to(dev).eval()
         for p in m.model.parameters():
             p.requires_grad_(False)
     runner = Runner(spec, task, rd, dev)
-    rows: list[dict[str, Any]] = []
+    found: dict[str, list[dict[str, Any]]] = {}
     computed = skipped = 0
     from tqdm.auto import tqdm
 
     bar = tqdm(total=len(cells), desc="attack", unit="cell", disable=not progress,
                dynamic_ncols=True)
     try:
+        todo: list[Cell] = []
         for cell in cells:
             got = rd.load_cell(cell.key, runner.expected(cell))
-            if got is None:
+            if got is not None:
+                found[cell.key] = got
+                skipped += 1
+                bar.update(1)
+            elif remote is None:
                 bar.set_postfix_str(f"{cell.member.kind} d{cell.member.depth} "
                                     f"{cell.point.label} {cell.point.x:g}", refresh=False)
-                got = runner.compute(cell)
-                rd.save_cell(cell.key, got)
+                found[cell.key] = runner.compute(cell)
+                rd.save_cell(cell.key, found[cell.key])
                 computed += 1
+                bar.update(1)
             else:
-                skipped += 1
-            rows += got
-            bar.update(1)
+                todo.append(cell)
+        if todo:
+            assert remote is not None
+
+            def saved(key: str, rows: list[dict[str, Any]]) -> None:
+                found[key] = rows
+                bar.update(1)
+
+            computed += remote(runner, members, todo, saved)
     finally:
         bar.close()
+    rows = [r for cell in cells for r in found[cell.key]]
     rd.write_table(rows)
     wb = whitebox_rows(rows, spec.steps_eps)
     store.atomic_write_text(rd.whitebox_path, table_to_csv(wb, WHITEBOX_COLUMNS))

@@ -16,7 +16,7 @@ from typing import Any
 import click
 
 from noisydeq.commands.sensitivity import cache_option, default_out, family_option
-from noisydeq.commands.sweep import check_data_dir, parse_sets
+from noisydeq.commands.sweep import backend_options, check_data_dir, parse_sets
 from noisydeq.errors import NoisyDEQError
 from noisydeq.progress import with_heartbeat
 from noisydeq.specs.base import build
@@ -96,11 +96,12 @@ def _members(family: Path, data_dir: str | None, cache: Path | None):
               help="torch threads (default $NOISYDEQ_THREADS, else torch's default).")
 @click.option("--quiet", is_flag=True, help="no progress bar.")
 @click.option("--json", "as_json", is_flag=True, help="print a machine-readable summary.")
+@backend_options
 @with_heartbeat("attack")
 def command(family, attacks, eps, pgd_steps, steps, steps_eps, sigma, fraction, norm, eot,
             estimators, defences, device, noise_site, snr, chips, transfer, train_noise, samples,
             val_samples, seed, data_dir, sets, out, cache, torch_device, threads, quiet,
-            as_json) -> None:
+            as_json, backend="local", address=None) -> None:
     """Attack a family's DEQs and FFWs (PGD, AutoAttack, noise; DEQ estimators, defences).
 
     \b
@@ -108,12 +109,16 @@ def command(family, attacks, eps, pgd_steps, steps, steps_eps, sigma, fraction, 
       noisydeq attack --family runs/sweep-1a2b3c
       noisydeq attack --family runs/sweep-1a2b3c --attacks pgd-eps --eps 0:0.3:0.05 --norm linf
       noisydeq attack --family runs/sweep-1a2b3c --device rram --snr 0,10,inf --chips 3
+      noisydeq attack --family runs/sweep-1a2b3c --backend ray --address auto
     """
     from noisydeq.attacks.grid import AttackRunSpec
+    from noisydeq.attacks.ray_cells import run_on_ray
     from noisydeq.attacks.runner import run_attacks
+    from noisydeq.cluster import Backend
     from noisydeq.results import spec_hash
     from noisydeq.runtime import num_threads, thread_plan
 
+    chosen = Backend.parse(backend, address)
     _, eval_threads = thread_plan(threads)
     data_dir = check_data_dir(data_dir)
     data: dict[str, Any] = {
@@ -132,7 +137,8 @@ def command(family, attacks, eps, pgd_steps, steps, steps_eps, sigma, fraction, 
     t0 = time.perf_counter()
     with num_threads(eval_threads):
         res = run_attacks(spec, members, task, out_dir, progress=not (quiet or as_json),
-                          echo=lambda s: click.echo(s, err=True))
+                          echo=lambda s: click.echo(s, err=True), backend=chosen,
+                          remote=run_on_ray if chosen.ray else None)
     seconds = time.perf_counter() - t0
     report = {"run_dir": str(res.run_dir.path), "results_csv": str(res.run_dir.csv_path),
               "results_parquet": str(res.run_dir.parquet_path),

@@ -18,6 +18,7 @@ from typing import Any
 
 import click
 
+from noisydeq.commands.sweep import backend_options
 from noisydeq.errors import NoisyDEQError
 from noisydeq.progress import with_heartbeat
 from noisydeq.specs.base import build
@@ -102,6 +103,7 @@ def _writable(out: Path) -> None:
 @click.option("--threads", type=int, default=None, help="torch threads (default: torch's).")
 @click.option("--json", "as_json", is_flag=True, help="print the rows as JSON.")
 @click.option("--quiet", "-q", is_flag=True, help="no per-model lines.")
+@backend_options
 @with_heartbeat("certify")
 def command(source: Path, **opts: Any) -> None:
     """Certified robustness (interval bounds) of monotone DEQs and explicit networks.
@@ -110,12 +112,15 @@ def command(source: Path, **opts: Any) -> None:
     Examples:
       noisydeq certify certify-mnist --quick --data-dir DIR
       noisydeq certify runs/train-mondeq --eps 0.1,0.2,0.3 --device rram
+      noisydeq certify runs/train-mondeq --backend ray --address HEAD:6379
     """
     from noisydeq.bundled import find_experiment, is_bundled
+    from noisydeq.cluster import Backend
     from noisydeq.runtime import num_threads
 
     if opts["threads"] is not None and opts["threads"] < 1:
         raise NoisyDEQError(f"--threads: must be a positive integer, got {opts['threads']}")
+    opts["backend"] = Backend.parse(opts["backend"], opts["address"])
     echo = (lambda s: None) if opts["quiet"] or opts["as_json"] else (
         lambda s: click.echo(s, err=True))
     with num_threads(opts["threads"]):
@@ -137,14 +142,15 @@ def command(source: Path, **opts: Any) -> None:
 
 def _models(source: Path, opts: dict[str, Any], echo) -> tuple[list[dict], list[Path]]:
     from noisydeq.analysis.certified import (
-        certify_member,
         plan,
         plot_accuracy,
         write_outputs,
         write_table,
     )
+    from noisydeq.analysis.certify_ray import certify_members
     from noisydeq.analysis.family import load_family, load_family_task
     from noisydeq.certify.checks import check_certifiable
+    from noisydeq.cluster import session
 
     spec = _spec(opts)
     _check_device(spec)
@@ -160,10 +166,10 @@ def _models(source: Path, opts: dict[str, Any], echo) -> tuple[list[dict], list[
         x, y = x[: spec.n_test], y[: spec.n_test]
     plans = [plan(m, spec, x) for m in members]  # every refusal before any work
     _writable(out)
-    rows = []
-    for m, pl in zip(members, plans, strict=True):
+    for m in members:
         m.eps_train = _eps_train(m.path)
-        rows += certify_member(m, x, y, spec, echo, pl)
+    with session(opts["backend"]):  # unreachable: one line, nothing written
+        rows = certify_members(members, plans, x, y, spec, echo, opts["backend"])
     files = write_outputs(out, lambda: [
         *write_table(rows, out),
         *plot_accuracy(rows, out / "figures" / "certified_vs_eps", f"certify {source.name}"),
@@ -189,12 +195,16 @@ def _eps_train(path: Path) -> float:
 def _experiment(source: Path, opts: dict[str, Any], echo) -> tuple[list[dict], list[Path]]:
     from noisydeq.analysis.certify_experiments import run_fig2, run_table2
     from noisydeq.certify.spec import CertifyExperimentSpec
+    from noisydeq.cluster import session
     from noisydeq.specs.toml import load_toml
 
     exp = load_toml(CertifyExperimentSpec, source).resolve(opts["variant"])
     out = opts["out"] or Path("runs") / f"{exp.name}-{opts['variant']}"
     _writable(out)
     if exp.kind == "fig2":
+        if opts["backend"].ray:
+            raise NoisyDEQError(f"--backend ray: '{exp.name}' iterates random layers, not "
+                                "certify cells; run it without --backend ray")
         return run_fig2(exp, out, data_dir=opts["data_dir"], echo=echo)
     ctx = click.get_current_context()
     names = {"eps": "eps", "device": "device", "chip": "chip", "coverage": "coverage",
@@ -207,8 +217,9 @@ def _experiment(source: Path, opts: dict[str, Any], echo) -> tuple[list[dict], l
         exp.certify = {**exp.certify, **given}
         _check_device(_spec_from(exp.certify))
     bars = not opts["quiet"] and not opts["as_json"] and sys.stderr.isatty()
-    return run_table2(exp, out, data_dir=opts["data_dir"], cache_dir=opts["cache"],
-                      quiet=not bars, echo=echo)
+    with session(opts["backend"]):  # unreachable: one line, before training writes
+        return run_table2(exp, out, data_dir=opts["data_dir"], cache_dir=opts["cache"],
+                          quiet=not bars, echo=echo, backend=opts["backend"])
 
 
 def _print(rows: list[dict]) -> None:

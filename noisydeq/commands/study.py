@@ -14,7 +14,7 @@ from pathlib import Path
 
 import click
 
-from noisydeq.commands.sweep import check_data_dir, parse_sets
+from noisydeq.commands.sweep import backend_options, check_data_dir, parse_sets
 from noisydeq.errors import NoisyDEQError
 from noisydeq.progress import with_heartbeat
 
@@ -36,22 +36,26 @@ def default_out(name: str, variant: str) -> Path:
 @click.option("--threads", default=None, metavar="N", help="torch threads (default: torch's).")
 @click.option("--quiet", is_flag=True, help="No progress lines.")
 @click.option("--json", "as_json", is_flag=True, help="Print a machine-readable summary.")
+@backend_options
 @with_heartbeat("study")
 def command(experiment: str, variant: str, out: str | None, data_dir: str | None,
             torch_device: str | None, sets: tuple[str, ...], threads: str | None, quiet: bool,
-            as_json: bool) -> None:
+            as_json: bool, backend: str = "local", address: str | None = None) -> None:
     """Train named models and evaluate them over sizes, test noise and solvers.
 
     \b
     Examples:
       noisydeq study algorithmic-prefix-sums
       noisydeq study mdeq-mnist --quick --data-dir DIR --set seeds=[0]
+      noisydeq study algorithmic-prefix-sums --backend ray --address HEAD:6379
     """
     from noisydeq.bundled import find_experiment
+    from noisydeq.cluster import Backend
     from noisydeq.runtime import num_threads
     from noisydeq.specs.toml import load_toml
     from noisydeq.studies import StudyFile, run_study
 
+    chosen = Backend.parse(backend, address)
     n_threads = None
     if threads is not None:
         try:
@@ -74,7 +78,8 @@ def command(experiment: str, variant: str, out: str | None, data_dir: str | None
     log = (lambda s: click.echo(s, err=True)) if talk else None
     with num_threads(n_threads):
         res = run_study(spec, target, name=f"{exp.name} [{variant}]", log=log,
-                        title=f"{exp.title} [{variant}]" if exp.title else exp.name)
+                        title=f"{exp.title} [{variant}]" if exp.title else exp.name,
+                        backend=chosen, remote=_remote(chosen))
     if as_json:
         click.echo(json.dumps({"out": str(res.out), "seconds": res.seconds,
                                "trained": res.trained, "loaded": res.loaded,
@@ -88,6 +93,15 @@ def command(experiment: str, variant: str, out: str | None, data_dir: str | None
     for p in res.figures:
         if p.suffix == ".png":
             click.echo(f"figure: {p}")
+
+
+def _remote(backend):
+    """The Ray model runner for a Ray ``backend`` (None for the local one)."""
+    if not backend.ray:
+        return None
+    from noisydeq.studies.ray_models import run_on_ray
+
+    return run_on_ray
 
 
 def _fmt(v: float) -> str:

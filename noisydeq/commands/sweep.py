@@ -17,6 +17,7 @@ from typing import Any
 
 import click
 
+from noisydeq import limits
 from noisydeq.cluster import Backend
 from noisydeq.errors import NoisyDEQError
 from noisydeq.progress import with_heartbeat
@@ -194,9 +195,15 @@ def execute(
               help="Run directory (default runs/sweep-<config hash>; re-running resumes; "
                    "more SNR levels, chips, seeds, depths or kinds extend it).")
 @click.option("--seed", default="0", show_default=True,
-              help="Seed or seeds (0,1,2). The first one also draws the data split "
-                   "(and a generated task's data), so --seed 2 alone trains on another split "
-                   "than member 2 of --seed 0,1,2.")
+              help="Seed or seeds (0,1,2): weights, data order, noise, chips. The data "
+                   "split is --data-seed's, so --seed 2 alone trains exactly member 2 of "
+                   "--seed 0,1,2.")
+@click.option("--data-seed", type=click.IntRange(0, limits.MAX_SEED), default=0,
+              show_default=True,
+              help="Seed of the train/test split (mnist10k, digits) and of a generated "
+                   "task's data, the same for every --seed. Runs made before it existed drew "
+                   "the split with their first seed: a first seed other than 0 now gives "
+                   "another run (--data-seed N with --seed N,... reproduces one).")
 @click.option("--torch-device", default="cpu", show_default=True, help="cpu, cuda, cuda:1, ...")
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
               help="Override any sweep-spec field (e.g. --set max_rows=8192).")
@@ -218,6 +225,7 @@ def command(
     seed: str, torch_device: str, sets: tuple[str, ...], quiet: bool, as_json: bool,
     threads: str | None,
     jobs: str | None,
+    data_seed: int = 0,
     train_device: str | None = None, train_device_snr: str | None = None,
     train_noise_mode: str | None = None, digital_layers: str | None = None,
     backend: str = "local", address: str | None = None,
@@ -245,7 +253,7 @@ def command(
         "depths": depths, "train_snr_db": train_grid, "chips": chips, "epochs": epochs,
         "train_preset": train_preset, "noise_site": noise_site, "noise_mode": noise_mode,
         "kinds": [k.strip() for k in kinds.split(",") if k.strip()], "ffw_form": ffw_form,
-        "snr_scale": snr_scale, "seeds": parse_seeds(seed),
+        "snr_scale": snr_scale, "seeds": parse_seeds(seed), "data_seed": data_seed,
         "torch_device": torch_device,
         **{k: v for k, v in (("train_device", train_device),
                              ("train_noise_mode", train_noise_mode),

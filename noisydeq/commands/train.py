@@ -130,7 +130,12 @@ def _fmt(metric: float, name: str) -> str:
                    "(default), dynamic, static or both (docs/devices.md).")
 @click.option("--digital-layers", default=None, metavar="NAME,...",
               help="Layers kept digital on the training device, e.g. cell.U,head.")
-@click.option("--seed", type=click.IntRange(0, limits.MAX_SEED), default=0, show_default=True)
+@click.option("--seed", type=click.IntRange(0, limits.MAX_SEED), default=0, show_default=True,
+              help="Seed of the weights, data order and training noise.")
+@click.option("--data-seed", type=click.IntRange(0, limits.MAX_SEED), default=0,
+              show_default=True,
+              help="Seed of the train/test split (mnist10k, digits) and of a generated task's "
+                   "data (before it existed --seed drew it too).")
 @click.option("--torch-device", default="cpu", show_default=True, help="cpu, cuda, cuda:1, ...")
 @click.option("--out", default=None, help="Output directory (family: the model cache).")
 @click.option("--resume/--no-resume", default=True, show_default=True,
@@ -212,6 +217,7 @@ def _command(opts: dict[str, Any]) -> None:
         fspec = build(FamilySpec, {
             "task": opts["task"], "data_dir": opts["data_dir"], "depths": opts["depths"],
             "hidden": opts["width"], "input_act": opts["input_act"], "seed": opts["seed"],
+            "data_seed": opts["data_seed"],
             "cell": opts["cell"],
             "train_preset": opts["preset"], "train_snr_db": noise.snr_db,
             "train_site": opts["train_site"], "ffw_form": opts["ffw_form"],
@@ -220,7 +226,7 @@ def _command(opts: dict[str, Any]) -> None:
             "train": {k: v for k, v in overrides.items() if k != "seed"},
         }, where="train")
         batch = max(fspec.train_spec(k).batch_size for k in fspec.kinds)  # validate first
-        task = load_task(opts["task"], data_dir=opts["data_dir"], seed=opts["seed"])
+        task = load_task(opts["task"], data_dir=opts["data_dir"], seed=opts["data_seed"])
         fit_to_task({"cell": opts["cell"]}, task)  # the cell must fit the task (one line)
         sizes = [member_size(k, d, fspec.hidden, task.in_features, task.out_features)
                  for d in fspec.depths for k in fspec.kinds]
@@ -243,7 +249,7 @@ def _command(opts: dict[str, Any]) -> None:
         build(ModelSpec, {"kind": "ffw", "in_features": 1, "out_features": 1,
                           "ffw_form": opts["ffw_form"]}, where="model")
     tspec = TrainSpec.preset(opts["preset"], opts["kind"], noise, **overrides)
-    task = load_task(opts["task"], data_dir=opts["data_dir"], seed=opts["seed"])
+    task = load_task(opts["task"], data_dir=opts["data_dir"], seed=opts["data_seed"])
     data = {
         "kind": opts["kind"], "in_features": task.in_features,
         "out_features": task.out_features, "width": opts["width"], "depth": opts["depth"],

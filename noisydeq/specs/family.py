@@ -107,7 +107,9 @@ class FamilySpec(FamilyChoices):
     Both kinds share the input projection (``input_act``) and output head shapes of the task
     (App. E.1). Each member is trained with ``train_preset`` for its kind plus ``train``
     overrides, with training noise at ``train_site`` / ``train_snr_db`` (``inf`` = none) and
-    the optional hardware ``device`` in the loop; ``seed`` seeds weights, data order and noise.
+    the optional hardware ``device`` in the loop; ``seed`` seeds weights, data order and noise;
+    ``data_seed`` draws the task's train/test split (independent of ``seed``: the members of
+    every seed of a sweep see one split).
     ``monotone``: options of ``mondeq`` / ``ffw_relu`` members (:class:`MonotoneSpec`).
     ``ffw_form`` (:class:`FamilyChoices`) enters the FFW members' specs only, so a family's
     DEQs do not depend on it; ``snr_scale`` is the SNR scale of the training noise.
@@ -120,6 +122,7 @@ class FamilySpec(FamilyChoices):
     cell: CellSpec = Field(default_factory=CellSpec)
     input_act: Literal["relu", "silu", "identity"] = "relu"
     seed: int = Field(default=0, ge=-limits.MAX_SEED, le=limits.MAX_SEED)
+    data_seed: int = Field(default=0, ge=0, le=limits.MAX_SEED)
     train_preset: str = "quick"
     train: dict[str, Any] = Field(default_factory=dict)
     train_snr_db: InfFloat = math.inf

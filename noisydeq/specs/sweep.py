@@ -31,6 +31,10 @@ class SweepSpec(FamilyChoices):
     ``network`` (default) calibrates every layer on the inputs it sees in the noisy network,
     ``clean`` on the clean activations.
     ``seeds`` and ``train_snr_db`` are grids too: one family is trained per (seed, train SNR).
+    ``data_seed`` draws the data split (mnist10k, digits, generated tasks) for every seed, so
+    ``seeds = [2]`` trains on the split of member 2 of ``seeds = [0, 1, 2]`` (before it was a
+    field, the first seed drew the split: a run directory recorded without it is read with
+    ``data_seed`` = its first seed, :func:`noisydeq.results.read_recorded_spec`).
     ``kinds`` may also hold the certified-robustness kinds ``mondeq`` / ``ffw_relu``, whose
     options are ``monotone`` (:class:`MonotoneSpec`).
     ``ffw_form`` and ``snr_scale`` (:class:`FamilyChoices`): the FFW layer form, and how the
@@ -57,6 +61,7 @@ class SweepSpec(FamilyChoices):
     snr_db: list[InfFloat] = Field(default_factory=lambda: parse_snr_range("0:30"))
     chips: int = Field(default=3, ge=1, le=limits.MAX_CHIPS)
     seeds: list[int] = Field(default_factory=lambda: [0])
+    data_seed: int = Field(default=0, ge=0, le=limits.MAX_SEED)
     torch_device: str = "cpu"
     max_rows: int = Field(default=4096, ge=1, le=limits.MAX_ROWS)
     max_train_samples: int | None = Field(default=None, ge=1, le=limits.MAX_SAMPLES)

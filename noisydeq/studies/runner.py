@@ -166,13 +166,37 @@ def evaluate_model(
     return rows
 
 
+#: trains and evaluates the jobs elsewhere (a Ray cluster), the driver writing each model
+#: and cell: (spec, task, sets, run dir, jobs, say) -> {model id: (rows, trained?)}
+RemoteModels = Callable[[StudySpec, Any, list, StudyDir, list["ModelJob"],
+                         Callable[[str], None]], dict[str, tuple[list[dict[str, Any]], bool]]]
+
+
+@dataclass
+class ModelJob:
+    """One (model name, seed, training SNR) of a study: its id and what is missing."""
+
+    name: str
+    seed: int
+    train_snr_db: float
+    train: bool  # no finished checkpoint in the run directory
+    evaluate: bool  # no cell
+
+
 def run_study(
     spec: StudySpec, out: str | Path, *, name: str = "study", progress: bool = False,
     log: Callable[[str], None] | None = None, plots: bool = True, title: str = "",
+    backend: Any = None, remote: RemoteModels | None = None,
 ) -> StudyResult:
-    """Train and evaluate every model of ``spec`` into ``out`` (resumable); see the module."""
+    """Train and evaluate every model of ``spec`` into ``out`` (resumable); see the module.
+
+    ``backend``: a :class:`noisydeq.cluster.Backend` (default: this process); with Ray its
+    cluster is joined before anything is written and ``remote``
+    (:func:`noisydeq.studies.ray_models.run_on_ray`) trains and evaluates each model whose
+    checkpoint or cell is missing as one Ray task, this process writing both."""
+    from noisydeq.cluster import Backend, session
     from noisydeq.runtime import resolve_torch_device
-    from noisydeq.train import train_model
+    from noisydeq.train import MODEL_FILE, train_model
 
     t0 = time.perf_counter()
     say = log or (lambda _s: None)
@@ -181,32 +205,57 @@ def run_study(
     for m in spec.models.values():
         m.spec(task)  # a model that does not fit the task: one line, before writing
     sets = _test_sets(spec, task)
+    backend = backend or Backend()
+    if backend.ray and remote is None:
+        raise NoisyDEQError("run_study: --backend ray needs the Ray model runner "
+                            "(noisydeq.studies.ray_models.run_on_ray)")
     rows: list[dict[str, Any]] = []
     trained = loaded = 0
-    with StudyDir(out) as run:
+    keys = [(mname, seed, tsnr) for mname in spec.models for seed in spec.seeds
+            for tsnr in spec.train_snr_db]
+    with session(backend), StudyDir(out) as run:
         run.open(spec, name)
-        for mname in spec.models:
-            for seed in spec.seeds:
-                for tsnr in spec.train_snr_db:
-                    mid = model_id(mname, seed, tsnr)
-                    model = _build(spec, mname, task, seed)
-                    res = train_model(model, task, spec.train_spec(mname, seed, tsnr),
-                                      out_dir=run.models / mid, torch_device=dev,
-                                      quiet=not progress, desc=mid)
-                    trained += not res.loaded
-                    loaded += res.loaded
-                    say(f"{mid}: {task.metric_name} {res.test_metric:.4g} "
-                        f"({'loaded' if res.loaded else f'trained in {res.seconds:.1f} s'})")
-                    expect = expected_rows(spec, mname, res.model, seed, tsnr, sets)
-                    cell = run.load_cell(mid, expect)
-                    if cell is None:
-                        params = sum(p.numel() for p in res.model.parameters())
-                        cell = evaluate_model(spec, mname, res.model, seed, tsnr, task, sets,
-                                              params, res.seconds)
-                        run.save_cell(mid, cell)
-                        say(f"{mid}: evaluated {len(cell)} rows in "
-                            f"{sum(r['eval_seconds'] for r in cell):.1f} s")
-                    rows.extend(cell)
+        cells: dict[str, list[dict[str, Any]]] = {}
+        if backend.ray:
+            assert remote is not None
+            jobs = []
+            for mname, seed, tsnr in keys:
+                mid = model_id(mname, seed, tsnr)
+                model = _build(spec, mname, task, seed)
+                done = run.load_cell(mid, expected_rows(spec, mname, model, seed, tsnr, sets))
+                finished = (run.models / mid / MODEL_FILE).is_file()
+                if done is not None and finished:
+                    cells[mid] = done
+                    loaded += 1
+                else:
+                    jobs.append(ModelJob(mname, seed, tsnr, not finished, done is None))
+            for mid, (got, fresh) in remote(spec, task, sets, run, jobs, say).items():
+                cells[mid] = got
+                trained += fresh
+                loaded += not fresh
+        for mname, seed, tsnr in keys:
+            mid = model_id(mname, seed, tsnr)
+            if mid in cells:
+                rows.extend(cells[mid])
+                continue
+            model = _build(spec, mname, task, seed)
+            res = train_model(model, task, spec.train_spec(mname, seed, tsnr),
+                              out_dir=run.models / mid, torch_device=dev,
+                              quiet=not progress, desc=mid)
+            trained += not res.loaded
+            loaded += res.loaded
+            say(f"{mid}: {task.metric_name} {res.test_metric:.4g} "
+                f"({'loaded' if res.loaded else f'trained in {res.seconds:.1f} s'})")
+            expect = expected_rows(spec, mname, res.model, seed, tsnr, sets)
+            cell = run.load_cell(mid, expect)
+            if cell is None:
+                params = sum(p.numel() for p in res.model.parameters())
+                cell = evaluate_model(spec, mname, res.model, seed, tsnr, task, sets,
+                                      params, res.seconds)
+                run.save_cell(mid, cell)
+                say(f"{mid}: evaluated {len(cell)} rows in "
+                    f"{sum(r['eval_seconds'] for r in cell):.1f} s")
+            rows.extend(cell)
         from noisydeq.studies.summary import summarise
 
         summary = summarise(rows)

@@ -49,7 +49,7 @@ def worker_runner(spec: SweepSpec, out_dir: str) -> tuple[CellRunner, list[Sweep
     ``out_dir`` (the parent writes it; the worker sends its cells back)."""
     from noisydeq.tasks import load_task
 
-    task = load_task(spec.task, data_dir=spec.data_dir, seed=spec.seeds[0])
+    task = load_task(spec.task, data_dir=spec.data_dir, seed=spec.data_seed)
     models = family_models(spec, task, progress=False)
     runner = CellRunner(spec, task, RunDir(out_dir), Hardware(spec),
                         resolve_torch_device(spec.torch_device))
@@ -91,7 +91,7 @@ def run_sweep(
     if task is None:
         from noisydeq.tasks import load_task
 
-        task = load_task(spec.task, data_dir=spec.data_dir, seed=spec.seeds[0])
+        task = load_task(spec.task, data_dir=spec.data_dir, seed=spec.data_seed)
     run_dir = RunDir(out_dir)
     # an existing run directory: its grids and these (refused, naming the field, when
     # another field differs), so the checks below see the whole extended sweep
