@@ -53,7 +53,7 @@ def test_name_with_a_path_is_refused_in_one_line(name, spec, data, bad):
 
 
 def test_plain_name_accepts_the_bundled_names():
-    for name, _, data in BUNDLED:
+    for _, _, data in BUNDLED:
         assert plain_name(data["name"]) == data["name"]
 
 
