@@ -136,6 +136,10 @@ def test_driver_names_the_entries_a_one_thread_run_stores(tmp_path, monkeypatch)
     stored = {p.name for p in (tmp_path / "cache" / "calibration").glob("*.json")}
     hw = Hardware(toy_spec(**SPEC))
     calib = task.x_train[:512]
-    named = {n for sm in models for n in hw.calibration_entries(sm.model, sm.seed, 0, calib,
-                                                                 threads=1)}
+    fresh = toy_models(task)  # as the driver may hold them: same weights, train mode
+    for sm in fresh:
+        sm.model.train()
+    named = {n for sm in fresh for n in hw.calibration_entries(sm.model, sm.seed, 0, calib,
+                                                                threads=1)}
     assert named == stored and len(named) == 4
+    assert all(sm.model.training for sm in fresh)  # left as it was
