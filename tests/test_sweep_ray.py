@@ -82,6 +82,15 @@ def test_ray_table_equals_one_local_process_byte_for_byte(cluster, reference, tm
     again = run_sweep(spec, tmp_path / "ray", progress=False, plots=False,
                       backend=Backend("ray"))
     assert again.computed_cells == 0 and again.rows == reference.rows
+    # a new run directory: the driver ships the cached entries, the workers load them and
+    # return none (nothing is written again), and the table is the same
+    stamps = {p.name: p.stat().st_mtime_ns
+              for p in (tmp_path / "cache").rglob("calibration/*.json")}
+    fresh = run_sweep(spec, tmp_path / "ray2", progress=False, plots=False,
+                      backend=Backend("ray"))
+    assert fresh.computed_cells == 8 and fresh.rows == reference.rows
+    assert {p.name: p.stat().st_mtime_ns
+            for p in (tmp_path / "cache").rglob("calibration/*.json")} == stamps
 
 
 def _running_pair_workers() -> list[int]:

@@ -48,8 +48,9 @@ from noisydeq.specs.device import CALIBRATIONS
 from noisydeq.store import hash_tensor, init_hash
 
 #: 2: digests (integrity); 3: counter-based calibration noise (noisydeq.rng); 4: two knobs
-#: (static, dynamic) per level, noise mode and in-network calibration in the key
-FORMAT = "noisydeq-calibration/4"
+#: (static, dynamic) per level, noise mode and in-network calibration in the key; 5: the
+#: in-network estimator measures anchor levels and interpolates between them (SPACING)
+FORMAT = "noisydeq-calibration/5"
 
 
 @functools.lru_cache(maxsize=1)
@@ -84,16 +85,18 @@ def model_config(model: nn.Module) -> str:
 
 def calibration_key(
     model: nn.Module, device: Any, calib_x: Tensor | None, levels: Iterable[float],
-    settings: dict[str, Any] | None = None,
+    settings: dict[str, Any] | None = None, threads: int | None = None,
 ) -> str:
-    """Hash of everything the calibrated controls of ``model`` on chip ``device`` depend on."""
+    """Hash of everything the calibrated controls of ``model`` on chip ``device`` depend on
+    (``threads``: the intra-op thread count they are computed with, default this process's)."""
     import noisydeq
 
     h = hashlib.blake2b(digest_size=16)
     spec = device.spec.model_dump_json() if hasattr(device.spec, "model_dump_json") else ""
     # the intra-op thread count changes float rounding, hence the controls found
     head = (FORMAT, noisydeq.__version__, code_fingerprint(), torch.__version__,
-            platform.machine(), torch.get_num_threads(), device.kind, spec,
+            platform.machine(), torch.get_num_threads() if threads is None else int(threads),
+            device.kind, spec,
             int(device.chip_seed), getattr(device, "noise_mode", ""),
             sorted((settings or {}).items()), sorted(float(v) for v in levels),
             init_hash(model), model_config(model))
@@ -101,6 +104,29 @@ def calibration_key(
     if calib_x is not None:
         hash_tensor(h, calib_x)
     return h.hexdigest()
+
+
+def _settings(calibration: str, calib_x: Tensor | None, rounds: int | None = None,
+              samples: int | None = None) -> dict[str, Any]:
+    """The calibration settings an entry's key holds (defaults: the sweep's)."""
+    settings: dict[str, Any] = {"calibration": calibration}
+    if calibration == "network" and calib_x is not None:
+        settings.update(rounds=in_network.ROUNDS if rounds is None else int(rounds),
+                        samples=in_network.SAMPLES if samples is None else int(samples),
+                        draws=in_network.DRAWS, refine_db=in_network.REFINE_DB,
+                        spacing=in_network.SPACING, dense_below=in_network.DENSE_BELOW_DB)
+    return settings
+
+
+def entry_name(model: nn.Module, device: Any, calib_x: Tensor | None, levels: Iterable[float],
+               calibration: str = "network", threads: int | None = None) -> str:
+    """File name of the entry :func:`calibrate_levels` stores for these arguments (default
+    rounds and samples), as computed with ``threads`` intra-op threads (default: this
+    process's): a Ray driver names the entries its one-thread workers need."""
+    finite = sorted({float(v) for v in levels if math.isfinite(v)})
+    key = calibration_key(model, device, calib_x, finite, _settings(calibration, calib_x),
+                          threads=threads)
+    return f"{key}.json"
 
 
 def _encode(controls: dict[float, tuple[float, float]]) -> list[list[float]]:
@@ -168,10 +194,7 @@ def calibrate_levels(
         return False
     rounds = in_network.ROUNDS if rounds is None else int(rounds)
     samples = in_network.SAMPLES if samples is None else int(samples)
-    settings: dict[str, Any] = {"calibration": calibration}
-    if calibration == "network" and calib_x is not None:
-        settings.update(rounds=rounds, samples=samples, draws=in_network.DRAWS,
-                        refine_db=in_network.REFINE_DB)
+    settings = _settings(calibration, calib_x, rounds, samples)
     path = None
     if cache_dir is not None:
         key = calibration_key(model, device, calib_x, finite, settings)
@@ -199,9 +222,51 @@ def calibrate_levels(
             "settings": settings,
             "layers": {n: _encode(layer.calibrated_controls()) for n, layer in layers.items()},
         }
-        try:
-            store.clean_stale_temps(path.parent)
-            store.write_signed_json(path, record)
-        except OSError:
-            pass  # an unwritable cache only costs the next run its calibration
+        write_entry(path, store.dumps_signed(record))
     return False
+
+
+def write_entry(path: Path, text: str) -> bool:
+    """Store one calibration entry (signed JSON ``text``) at ``path`` — the one writer of
+    the calibration cache, for a local run and for the entries a Ray task returns to the
+    driver. An unwritable cache only costs the next run its calibration: nothing is raised
+    (returns False). ``text`` that is not a valid entry (digest) is not written: a
+    one-line warning, False. An entry already there is replaced (one atomic rename: the
+    same key gives the same knobs, and a damaged file found on load is recalibrated)."""
+    try:
+        store.loads_signed(text, path)
+    except CorruptArtefact as err:
+        store.warn(f"{err}; not cached")
+        return False
+    try:
+        store.clean_stale_temps(path.parent)
+        store.atomic_write_text(path, text)
+    except OSError:
+        return False
+    return True
+
+
+def cache_entries(entries: dict[str, str], cache_dir: Path) -> int:
+    """Store the calibration ``entries`` (file name → signed JSON text, as a Ray task
+    returns them) under ``cache_dir/calibration`` with :func:`write_entry`; returns how
+    many are there now. A name that is not a plain ``<key>.json`` is skipped."""
+    directory = Path(cache_dir) / "calibration"
+    stored = 0
+    for name, text in entries.items():
+        if Path(name).name != name or not name.endswith(".json"):
+            continue
+        stored += write_entry(directory / name, text)
+    return stored
+
+
+def read_entries(cache_dir: Path, names: Iterable[str]) -> dict[str, str]:
+    """The text of the calibration entries ``names`` found under ``cache_dir/calibration``
+    (missing or unreadable ones left out): what the driver ships to its Ray workers."""
+    directory = Path(cache_dir) / "calibration"
+    out: dict[str, str] = {}
+    for name in names:
+        try:
+            out[name] = (directory / Path(name).name).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError):
+            continue
+    return out

@@ -20,6 +20,15 @@ again at the stepped knobs and takes a secant step through its own two points �
 level took before (two rounds of all levels: twice the forwards and a fixed-input search
 per layer and level). The report gives, per forward, the largest miss of the knobs it
 started from.
+
+Not every level is run through the network: on a dense grid the levels at least
+:data:`SPACING` dB apart (:func:`anchor_levels`: every level below :data:`DENSE_BELOW_DB`,
+then every ``SPACING`` dB, the highest) are, and each level between two of them takes
+the clean calibration to a shifted target, ``level + δ``, where δ — the in-network
+correction in dB of clean SNR (:func:`clean_offset`) — is interpolated linearly between
+the two measured levels. The correction changes slowly with the level (it is what lets
+one forward per level suffice above), so a level between anchors costs one clean search
+on the 512 calibration vectors instead of a noisy forward of 2,048 network rows.
 """
 
 from __future__ import annotations
@@ -32,6 +41,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from noisydeq.errors import NoisyDEQError
 from noisydeq.hardware import modes
 from noisydeq.hardware.controls import (
     calibrate,
@@ -57,6 +67,14 @@ MAX_REPEATS = 8
 #: a level whose first in-network forward finds some layer further than this (dB) from the
 #: target is measured again after the step (its own secant), up to ``rounds`` forwards
 REFINE_DB = 0.25
+#: levels measured inside the network are at least this far apart (dB); the levels between
+#: two of them take the interpolated in-network correction (:func:`anchor_levels`)
+SPACING = 5.0
+#: ... except below this level (dB), where every level is run: there the correction is
+#: largest and not linear between levels 5 dB apart (digits DEQ of depth 5 on rram: its cell
+#: and head move 0.5-0.7 dB between 0 and 5 dB, and a 5 dB interpolation missed the
+#: per-level estimator's knobs by up to 0.37 dB at 1-4 dB; from 5 dB up by <= 0.2 dB)
+DENSE_BELOW_DB = 5.0
 
 
 def repeated(rows: Tensor, n_out: int) -> Tensor:
@@ -72,12 +90,14 @@ class NetworkReport:
     """What :func:`calibrate_in_network` did: levels, the most forwards per level, per
     forward (first, second, ...) the largest miss of any layer's target-part SNR (dB) on its
     captured inputs at the knobs it started from (how far they were off inside the
-    network), and the number of noisy forwards (one level each) it ran."""
+    network), the number of noisy forwards (one level each) it ran and the levels it ran
+    them at (the others interpolated)."""
 
     levels: list[float]
     rounds: int
     off_db: list[float] = field(default_factory=list)
     forwards: int = 0
+    measured: list[float] = field(default_factory=list)
 
 
 class _LastInputs:
@@ -164,6 +184,7 @@ def calibrate_in_network(
     seed: int = 0,
     forward: Callable[[nn.Module, Tensor], Any] | None = None,
     clean_start: bool = True,
+    spacing: float = SPACING,
 ) -> NetworkReport:
     """Calibrate every device layer of the deployed ``model`` to each finite SNR of
     ``levels`` on the inputs it sees in the noisy network (module docstring).
@@ -177,7 +198,9 @@ def calibrate_in_network(
     by ``samples`` and ``draws``). ``clean_start=False``: the layers were calibrated on
     ``x`` already (:func:`calibrate`). Each layer keeps the knobs found per level
     (``layer.control_for``); its noise streams and per-sample targets are restored
-    afterwards.
+    afterwards. ``spacing`` (dB): the levels run through the network are at least this far
+    apart, those between them are interpolated (module docstring; 0: every level is run,
+    the estimator of calibration format 4).
     """
     if rounds < 0 or draws < 1:
         raise ValueError("rounds must be >= 0 and draws >= 1")
@@ -197,46 +220,128 @@ def calibrate_in_network(
     xs = xs.repeat(draws, *([1] * (xs.ndim - 1)))  # rows keyed by position: own draws
     saved = {name: (layer.stream, layer.sample_snr) for name, layer in layers.items()}
     report.off_db = [0.0] * rounds
-    #: per layer: (clean knobs, final knobs) of the last level and its last in-network
-    #: measurement (knobs, SNR): the next level's start and cross-level secant prior
+    #: per layer: (clean knobs, final knobs) of the last measured level and its last
+    #: in-network measurement (knobs, SNR): the next level's start and cross-level prior
     last: dict[str, tuple[Knobs, Knobs]] = {}
     measured: dict[str, tuple[Knobs, float]] = {}
+    #: per measured level and layer: (clean knobs, in-network knobs), for interpolation
+    found: dict[float, dict[str, tuple[Knobs, Knobs]]] = {}
+    points: dict[float, dict[str, tuple[Knobs, float]]] = {}
+    offsets: dict[float, dict[str, float]] = {}
+    anchors = anchor_levels(finite, spacing)
     try:
+        for level in anchors:
+            _run_level(model, level, layers, clean[level], last, measured, xs, seed, forward,
+                       rounds, draws, report)
+            found[level], points[level] = dict(last), dict(measured)
+            if len(anchors) < len(finite):
+                offsets[level] = {name: clean_offset(layer, level, layer._controls[level])
+                                  for name, layer in layers.items()}
         for level in finite:
-            for name, layer in layers.items():
-                ref = last.get(name)
-                start = None if ref is None else modes.shifted(
-                    layer, layer.noise_mode, clean[level][name], *ref)
-                layer._controls[level] = clean[level][name] if start is None else start
-            priors = dict(measured)  # the previous level's points (self-consistent slope)
-            for r in range(rounds):
-                # the same draws at every forward of a level (common random numbers): the
-                # inputs change only through the knobs
-                capture, n = _noisy_inputs(model, layers, xs, [level], seed, forward)
-                block = slice(0, n)
-                worst = 0.0
-                for name, layer in layers.items():
-                    rows = capture.rows(name, layer, block)
-                    if rows is None:
-                        continue
-                    rows = repeated(subsample_rows(rows, CALIB_ROWS * draws), layer.n_out)
-                    miss = _recalibrate(layer, level, rows, priors, measured, name)
-                    worst = max(worst, miss)
-                report.off_db[r] = max(report.off_db[r], worst)
-                report.forwards += 1
-                if worst <= REFINE_DB:
-                    break
-                # far off: measure again at the new knobs, with this level's own point as
-                # the secant's prior (same draws: the slope of the self-consistent SNR)
-                priors = {name: measured[name] for name in measured}
-            for name, layer in layers.items():
-                last[name] = (clean[level][name], layer._controls[level])
+            if level in found:
+                continue
+            if not _interpolate(level, layers, offsets):
+                # a corrected target out of reach: measured like an anchor, from the
+                # nearest one below
+                below = max(v for v in found if v < level)
+                _run_level(model, level, layers, clean[level], dict(found[below]),
+                           dict(points[below]), xs, seed, forward, rounds, draws, report)
     finally:
         for name, layer in layers.items():
             layer.stream, layer.sample_snr = saved[name]
             layer._sample_controls = None
     return report
 
+
+def anchor_levels(levels: Sequence[float], spacing: float) -> list[float]:
+    """The levels of the ascending ``levels`` run through the network: every level below
+    :data:`DENSE_BELOW_DB` and the first one above, then each next level at least
+    ``spacing`` dB above the last one run, and the highest (all of them when ``spacing``
+    <= the grid's step: 0, 10, 20, 30 at any spacing <= 10)."""
+    out: list[float] = []
+    for v in levels:
+        if not out or v < DENSE_BELOW_DB or out[-1] < DENSE_BELOW_DB or (
+                v - out[-1] >= spacing - 1e-9):
+            out.append(v)
+    if levels and out[-1] != levels[-1]:
+        out.append(levels[-1])
+    return out
+
+
+def _run_level(
+    model: nn.Module, level: float, layers: dict[str, DeviceLayer], clean: dict[str, Knobs],
+    last: dict[str, tuple[Knobs, Knobs]], measured: dict[str, tuple[Knobs, float]],
+    xs: Tensor, seed: int, forward: Callable[[nn.Module, Tensor], Any], rounds: int,
+    draws: int, report: NetworkReport,
+) -> None:
+    """Calibrate ``level`` inside the network (module docstring): start from the clean
+    knobs shifted by the correction in ``last``, at most ``rounds`` forwards; updates
+    ``last`` and ``measured`` for the next level."""
+    for name, layer in layers.items():
+        ref = last.get(name)
+        start = None if ref is None else modes.shifted(layer, layer.noise_mode, clean[name],
+                                                       *ref)
+        layer._controls[level] = clean[name] if start is None else start
+    priors = dict(measured)  # the previous level's points (self-consistent slope)
+    for r in range(rounds):
+        # the same draws at every forward of a level (common random numbers): the inputs
+        # change only through the knobs
+        capture, n = _noisy_inputs(model, layers, xs, [level], seed, forward)
+        block = slice(0, n)
+        worst = 0.0
+        for name, layer in layers.items():
+            rows = capture.rows(name, layer, block)
+            if rows is None:
+                continue
+            rows = repeated(subsample_rows(rows, CALIB_ROWS * draws), layer.n_out)
+            miss = _recalibrate(layer, level, rows, priors, measured, name)
+            worst = max(worst, miss)
+        report.off_db[r] = max(report.off_db[r], worst)
+        report.forwards += 1
+        if worst <= REFINE_DB:
+            break
+        # far off: measure again at the new knobs, with this level's own point as the
+        # secant's prior (same draws: the slope of the self-consistent SNR)
+        priors = {name: measured[name] for name in measured}
+    for name, layer in layers.items():
+        last[name] = (clean[name], layer._controls[level])
+    report.measured.append(level)
+
+
+def clean_offset(layer: DeviceLayer, level: float, knobs: Knobs) -> float:
+    """The in-network correction of ``knobs`` found for ``level``, in dB of clean SNR: the
+    target part's SNR at ``knobs`` on the layer's clean calibration inputs minus ``level``
+    (nan without signal). Unlike a knob ratio it is defined across the physical mode's two
+    paths (a correction may carry a layer over its native point)."""
+    return layer.measure_parts(knobs, layer.calibration_inputs()).db(
+        modes.TARGET_PART[layer.noise_mode]) - level
+
+
+def _interpolate(level: float, layers: dict[str, DeviceLayer],
+                 offsets: dict[float, dict[str, float]]) -> bool:
+    """Give every layer its knobs at ``level`` from the measured levels around it: the
+    clean calibration to ``level + δ``, where δ is the in-network correction
+    (:func:`clean_offset`) interpolated linearly between the nearest measured levels below
+    and above. False (nothing set) when there is no such pair or a target is out of reach."""
+    lo = max((v for v in offsets if v < level), default=None)
+    hi = min((v for v in offsets if v > level), default=None)
+    if lo is None or hi is None:
+        return False
+    t = (level - lo) / (hi - lo)
+    out: dict[str, Knobs] = {}
+    for name, layer in layers.items():
+        d_lo, d_hi = offsets[lo].get(name, math.nan), offsets[hi].get(name, math.nan)
+        if math.isnan(d_lo) or math.isnan(d_hi):
+            out[name] = layer.control_for(level)  # no signal: native knobs
+            continue
+        try:
+            out[name] = layer.calibrate_knobs(level + (1.0 - t) * d_lo + t * d_hi,
+                                              layer.calibration_inputs(), table=True)
+        except NoisyDEQError:
+            return False
+    for name, layer in layers.items():
+        layer._controls[level] = out[name]
+    return True
 
 def measure_in_network(
     model: nn.Module,

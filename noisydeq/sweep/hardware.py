@@ -131,6 +131,24 @@ class Hardware:
             self.hw.calibrate(deployed, calib_x)
         return deployed
 
+    def calibration_entries(self, model: nn.Module, seed: int, chip: int,
+                            calib_x: Tensor | None, threads: int | None = None) -> list[str]:
+        """File names of the calibration entries :meth:`chip` looks up for this pair (one
+        per level group; none without device noise), as keyed with ``threads`` threads and
+        the model in eval mode (as a pair is evaluated: the mode is part of the key)."""
+        if self.direct or self.spec.noise_site != "device":
+            return []
+        from noisydeq.hardware.calibration_store import entry_name
+
+        device = self.device.new_chip(derive_seed(seed, "chip", chip))
+        was = model.training
+        model.eval()
+        try:
+            return [entry_name(model, device, calib_x, group, self.spec.calibration, threads)
+                    for group in self.level_groups]
+        finally:
+            model.train(was)
+
     def prepare(
         self, model: nn.Module, snr: Tensor, seeds: Sequence[int], block_rows: Sequence[int],
         samples: Tensor, device_noise: bool,

@@ -15,10 +15,12 @@ layer, solver step, test-sample index) (docs/architecture.md, "Randomness"), nev
 process that evaluates it, and a worker evaluates with one torch thread — the table equals
 ``--jobs 1 --threads 1`` and ``--jobs N``, byte for byte. A worker keeps the last payload
 and models it unpacked (:data:`_KEPT`), so a process that runs many pairs of one sweep
-unpacks them once. Workers write nothing that outlives a task: a chip's calibration knobs
-are searched in the worker (the driver's calibration cache is not read there) and come
-back with the cells; the driver checks their digests and caches them, as a local run
-would have.
+unpacks them once. Workers write nothing that outlives a task: the driver ships each task
+the calibration entries its cache holds for the pair (read by the driver, not from a
+shared file system), so a rerun does not calibrate again; knobs a worker had to search
+come back with the cells, and the driver stores them with the local run's writer
+(:func:`~noisydeq.hardware.calibration_store.write_entry`: digest checked, an unwritable
+cache ignored).
 """
 
 from __future__ import annotations
@@ -112,14 +114,17 @@ Cell = tuple[list[float], list[dict[str, Any]], list[dict[str, Any]]]
 
 def evaluate_pair(
     token: str, payload: list[Any], model: list[Any], i: int, chip: int,
-    todo: list[list[float]],
+    todo: list[list[float]], known: dict[str, str] | None = None,
 ) -> tuple[list[Cell], dict[str, str]]:
     """A Ray task: the cells (levels, rows, per-layer rows) of model ``i`` on ``chip`` for
-    the level chunks ``todo``, and the calibration entries its chip needed (file name →
-    signed JSON text; the driver checks and caches them). ``payload`` / ``model`` hold an
-    object reference each (in a list, so Ray passes the reference and the worker unpacks
-    it once). Nothing outlives the task: the entries pass through a scratch directory."""
+    the level chunks ``todo``, and the calibration entries its chip needed that ``known``
+    (the driver's cached entries for this pair, file name → signed JSON text) lacked; the
+    driver checks and caches them. ``payload`` / ``model`` hold an object reference each
+    (in a list, so Ray passes the reference and the worker unpacks it once). Nothing
+    outlives the task: the entries pass through a scratch directory."""
     import tempfile
+
+    from noisydeq.hardware.calibration_store import cache_entries
 
     torch.set_num_threads(1)
     runner = _runner(token, payload)
@@ -131,30 +136,16 @@ def evaluate_pair(
         cells.append((list(next(it)), rows, layers))
 
     with tempfile.TemporaryDirectory(prefix="noisydeq-calib-") as scratch:
+        cache_entries(known or {}, Path(scratch))  # the driver's: loaded, not searched
         runner.hardware.calibration_root = Path(scratch)
         try:
             runner.run_pair(sm, chip, lambda _n: None, todo=[list(t) for t in todo], save=keep)
         finally:
             runner.hardware.calibration_root = None
         found = sorted((Path(scratch) / "calibration").glob("*.json"))
-        entries = {p.name: p.read_text(encoding="utf-8") for p in found}
+        entries = {p.name: p.read_text(encoding="utf-8") for p in found
+                   if p.name not in (known or {})}
     return cells, entries
-
-
-def _cache_calibration(entries: dict[str, str]) -> None:
-    """Write the calibration entries a task returned into the driver's cache (digest
-    checked first; an entry already there is kept)."""
-    from noisydeq import store
-    from noisydeq.families import cache_root
-
-    directory = cache_root() / "calibration"
-    for name, text in entries.items():
-        path = directory / Path(name).name
-        if path.suffix != ".json" or path.exists():
-            continue
-        store.loads_signed(text, path)  # a damaged entry: CorruptArtefact, nothing written
-        store.make_dir(directory, "calibration cache")
-        store.atomic_write_text(path, text)
 
 
 def run_on_ray(
@@ -166,7 +157,8 @@ def run_on_ray(
     import ray
 
     from noisydeq import cluster
-    from noisydeq.hardware.calibration_store import code_fingerprint
+    from noisydeq.families import cache_root
+    from noisydeq.hardware.calibration_store import cache_entries, code_fingerprint, read_entries
 
     assert runner.run_dir is not None
     payload = Payload(runner.spec, _inputs(task, runner), runner.hardware,
@@ -178,8 +170,16 @@ def run_on_ray(
     model_refs = {i: ray.put(models[i]) for i in sorted({i for i, _ in pending})}
     task_fn = cluster.remote(evaluate_pair, "noisydeq-sweep-pair",
                              gpu=runner.torch_device.type == "cuda")
-    futures = {task_fn.remote(token, [ref], [model_refs[i]], i, chip, todo[(i, chip)]):
-               (i, chip) for i, chip in pending}
+    cache = cache_root()
+
+    def known(i: int, chip: int) -> dict[str, str]:
+        sm = models[i]  # keyed as the one-thread worker keys them
+        names = runner.hardware.calibration_entries(sm.model, sm.seed, chip, runner.calib_x,
+                                                    threads=1)
+        return read_entries(cache, names)
+
+    futures = {task_fn.remote(token, [ref], [model_refs[i]], i, chip, todo[(i, chip)],
+                              known(i, chip)): (i, chip) for i, chip in pending}
     written: set[str] = set()
     for (i, chip), (cells, entries) in cluster.finished(
             futures, lambda pair: f"sweep task {models[pair[0]].model_id} chip {pair[1]}"):
@@ -190,4 +190,4 @@ def run_on_ray(
             runner.run_dir.save_cell(key, rows, layers)  # the driver writes
             written.add(key)
             on_cell(1)
-        _cache_calibration(entries)
+        cache_entries(entries, cache)  # the local run's writer: an unwritable cache is ignored

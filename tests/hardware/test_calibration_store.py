@@ -85,3 +85,61 @@ def test_resumed_sweep_calibrates_like_an_uninterrupted_one(tmp_path, monkeypatc
     resumed = _sweep(tmp_path, "cut")
     assert resumed.skipped_cells == 1
     assert resumed.rows == full.rows
+
+
+def test_one_writer_ignores_an_unwritable_cache_and_checks_digests(tmp_path, monkeypatch,
+                                                                    capsys):
+    """:func:`write_entry` / :func:`cache_entries` (the local run's and the Ray driver's
+    writer): an entry lands once, a damaged one is refused with a warning, an unwritable
+    cache raises nothing."""
+    from noisydeq.hardware.calibration_store import cache_entries, read_entries
+
+    monkeypatch.setenv("NOISYDEQ_CACHE", str(tmp_path / "cache"))
+    _sweep(tmp_path, "a")
+    files = sorted((tmp_path / "cache" / "calibration").glob("*.json"))
+    entries = read_entries(tmp_path / "cache", [f.name for f in files] + ["missing.json"])
+    assert sorted(entries) == [f.name for f in files]
+    assert cache_entries(entries, tmp_path / "copy") == len(files)
+    copied = {p.name: p.read_text() for p in (tmp_path / "copy" / "calibration").glob("*")}
+    assert copied == entries
+    name = files[0].name
+    bad = {name: entries[name].replace('"key"', '"kex"'), "../evil.json": entries[name]}
+    assert cache_entries(bad, tmp_path / "other") == 0
+    assert "not cached" in capsys.readouterr().err
+    assert not (tmp_path / "other" / "calibration" / name).exists()
+    assert not (tmp_path / "evil.json").exists()
+    blocked = tmp_path / "blocked"
+    blocked.write_text("a file where the cache directory should be")
+    assert cache_entries(entries, blocked) == 0  # nothing raised
+    monkeypatch.setenv("NOISYDEQ_CACHE", str(blocked))
+    assert _sweep(tmp_path, "b").rows  # the local run ignores it too
+
+
+def test_driver_names_the_entries_a_one_thread_run_stores(tmp_path, monkeypatch):
+    """The Ray driver ships each task the entries of its pair by name
+    (:meth:`Hardware.calibration_entries`, keyed for one thread): the names are the files a
+    ``--threads 1`` run stored, so a worker loads them instead of searching."""
+    import torch
+
+    from noisydeq.sweep.hardware import Hardware
+
+    monkeypatch.setenv("NOISYDEQ_CACHE", str(tmp_path / "cache"))
+    task = toy_task(n=40)
+    task.x_train = task.x_test.flip(0)  # calibrated inside the network on these
+    models = toy_models(task)
+    threads = torch.get_num_threads()
+    try:
+        run_sweep(toy_spec(**SPEC), tmp_path / "a", task=task, models=models, progress=False,
+                  plots=False, threads="1")
+    finally:
+        torch.set_num_threads(threads)
+    stored = {p.name for p in (tmp_path / "cache" / "calibration").glob("*.json")}
+    hw = Hardware(toy_spec(**SPEC))
+    calib = task.x_train[:512]
+    fresh = toy_models(task)  # as the driver may hold them: same weights, train mode
+    for sm in fresh:
+        sm.model.train()
+    named = {n for sm in fresh for n in hw.calibration_entries(sm.model, sm.seed, 0, calib,
+                                                                threads=1)}
+    assert named == stored and len(named) == 4
+    assert all(sm.model.training for sm in fresh)  # left as it was
