@@ -23,6 +23,7 @@ from noisydeq.analysis.outputs import snr_text
 from noisydeq.figures import (
     context_title,
     kind_line,
+    layout,
     member_colours,
     save_figure,
     snr_axis,
@@ -99,7 +100,7 @@ def plot_extrapolation(rows: list[dict[str, Any]], stem: Path, title: str) -> li
             axes[0][0].set_ylim(-0.03, 1.03)
         axes[0][-1].legend(frameon=False, fontsize=7)
         fig.suptitle(study_title(rows, title), fontsize=10)
-        fig.tight_layout()
+        layout(fig)
         return save_figure(fig, stem, table)
 
 
@@ -133,7 +134,7 @@ def plot_snr(rows: list[dict[str, Any]], stem: Path, title: str) -> list[Path]:
         axes[0][0].set_ylabel(_metric_label(rows))
         axes[0][-1].legend(frameon=False, fontsize=7)
         fig.suptitle(study_title(rows, title), fontsize=10)
-        fig.tight_layout()
+        layout(fig)
         return save_figure(fig, stem, table)
 
 
@@ -161,7 +162,7 @@ def plot_params(rows: list[dict[str, Any]], snr: float, stem: Path, title: str) 
         ax.set_ylabel(f"{_metric_label(rows)} at test SNR {snr_text(snr)}")
         ax.legend(frameon=False, fontsize=8)
         ax.set_title(study_title(rows, title), fontsize=9)
-        fig.tight_layout()
+        layout(fig)
         return save_figure(fig, stem, table)
 
 
