@@ -433,3 +433,13 @@ def test_legends_write_no_inf(tmp_path, kept):
     assert "train ∞" in labels and "train 10 dB" in labels
     assert not any("inf" in lab for lab in labels)
     assert figures.snr_legend(math.inf) == "∞" and figures.snr_legend(0.0) == "0 dB"
+
+
+def test_fig5_ticks_are_the_counted_snr_levels(tmp_path, kept):
+    from noisydeq.analysis import solver_runs
+
+    rows = [{"stop": stop, "window": w, "snr_db": s, "mean_steps": 30.0 + s}
+            for stop, w in (("rel", 5), ("mean_rel", 5)) for s in (0.0, 5.0, 10.0, 15.0, 20.0)]
+    solver_runs.plot_counts(rows, 0.01, 60, tmp_path / "it")
+    labels = [t.get_text() for t in kept[-1].axes[0].get_xticklabels()]
+    assert labels == ["0", "5", "10", "15", "20"]  # not 2.5, 7.5, ...

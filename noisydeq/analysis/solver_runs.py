@@ -89,9 +89,12 @@ def _curve_label(stop: str, window: int) -> str:
 def plot_counts(rows: list[dict[str, Any]], eps: float, max_iter: int, stem: Path,
                 title: str = "") -> list[Path]:
     """Fig. 5: mean iterations against SNR for rel and mean_rel (one curve per window)."""
+    from noisydeq.figures import snr_axis, snr_positions
+
     curves = list(dict.fromkeys((r["stop"], r["window"]) for r in rows))
     windows = sorted({w for stop, w in curves if stop != "rel"})
     colour = dict(zip(windows, shades("deq", len(windows)), strict=True))
+    pos = snr_positions([r["snr_db"] for r in rows])
     with styled() as plt:
         fig, ax = plt.subplots(figsize=(5.5, 3.9))
         for stop, window in curves:
@@ -99,8 +102,9 @@ def plot_counts(rows: list[dict[str, Any]], eps: float, max_iter: int, stem: Pat
                         key=lambda r: r["snr_db"])
             look = ({"ls": "--", "marker": "s", "color": "0.35"} if stop == "rel"
                     else {"ls": "-", "marker": "o", "color": colour[window]})
-            ax.plot([r["snr_db"] for r in rs], [r["mean_steps"] for r in rs], **look,
+            ax.plot([pos[r["snr_db"]] for r in rs], [r["mean_steps"] for r in rs], **look,
                     label=_curve_label(stop, window), zorder=3 if stop == "rel" else 2)
+        snr_axis(ax, pos)  # a tick at each counted level, not at 2.5 dB steps
         ax.axhline(max_iter, color="crimson", ls=":", lw=1, label="cap")
         ax.set_xlabel("signal SNR (dB)")
         ax.set_ylabel("mean iterations (unroll)")
