@@ -81,8 +81,6 @@ QUALITATIVE = ("#1b9e77", "#7570b3", "#e7298a", "#66a61e", "#a6761d", "#e6ab02",
                "#e41a1c", "#666666")
 #: display names of the input projection's nonlinearity (x̃ = act(U x), Eq. 57)
 INPUT_ACTS = {"relu": "ReLU", "silu": "SiLU", "identity": "identity", "tanh": "tanh"}
-#: the input nonlinearity every model spec defaults to: a title names any other one
-DEFAULT_INPUT_ACT = "relu"
 
 
 def pyplot() -> Any:
@@ -152,9 +150,11 @@ def category_colours(names: Sequence[str]) -> dict[str, Any]:
 
 
 def input_note(input_act: str | None) -> str | None:
-    """``SiLU input`` for a model whose input projection is not the default ReLU
-    (``None`` for the default or an unknown value): the part of a title that says so."""
-    if not input_act or input_act == DEFAULT_INPUT_ACT:
+    """``SiLU input``: the part of a title naming the input projection's nonlinearity
+    (x̃ = act(U x)), the default ReLU included — figures of the ReLU, SiLU and identity
+    projections (paper Fig. 7-9) must be told apart by their titles; ``None`` where the
+    model has none recorded."""
+    if not input_act:
         return None
     return f"{INPUT_ACTS.get(input_act, input_act)} input"
 

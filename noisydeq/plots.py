@@ -292,8 +292,7 @@ def _mode_title(spec: SweepSpec, title: str,
                 rows: Sequence[dict[str, Any]] = ()) -> str:
     """``title`` with the task (as the results' ``task`` column names it: ``mnist10k`` where
     the spec asked for ``mnist`` and the offline split was used), what the sweep varied
-    (device and noise mode, or the noise site) and a non-default input nonlinearity
-    appended."""
+    (device and noise mode, or the noise site) and the input nonlinearity appended."""
     task = ", ".join(dict.fromkeys(str(r["task"]) for r in rows if r.get("task"))) \
         or spec.task
     if spec.noise_site == "device":

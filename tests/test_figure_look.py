@@ -321,7 +321,7 @@ def test_a_long_title_wraps_and_leaves_the_figure_size_alone(tmp_path, kept):
     assert ax.title.get_window_extent().width <= width + 1
 
 
-def test_the_sweep_title_names_the_results_task_and_a_non_default_input(tmp_path, kept):
+def test_the_sweep_title_names_the_results_task_and_the_input_nonlinearity(tmp_path, kept):
     from noisydeq import plots
     from noisydeq.config import SweepSpec
     from tests.test_plots_look import _rows
@@ -335,10 +335,10 @@ def test_the_sweep_title_names_the_results_task_and_a_non_default_input(tmp_path
     assert "mnist10k · signal noise" in text and "mnist ·" not in text
     assert "SiLU input" in text
     spec = SweepSpec(task="mnist", noise_site="signal", snr_db=[0.0, 10.0, math.inf])
-    plots.plot_sweep(rows, tmp_path, spec)  # the default (ReLU) goes unsaid
-    assert "input" not in _texts(kept[-1])
+    plots.plot_sweep(rows, tmp_path, spec)  # the default is named too (Fig. 9 vs Fig. 8)
+    assert "ReLU input" in _texts(kept[-1]).replace("\n", " ")
     assert figures.input_note("identity") == "identity input"
-    assert figures.input_note("relu") is None
+    assert figures.input_note(None) is None
 
 
 def test_every_log_axis_has_three_labelled_ticks(tmp_path, kept):
