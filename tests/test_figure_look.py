@@ -443,3 +443,22 @@ def test_fig5_ticks_are_the_counted_snr_levels(tmp_path, kept):
     solver_runs.plot_counts(rows, 0.01, 60, tmp_path / "it")
     labels = [t.get_text() for t in kept[-1].axes[0].get_xticklabels()]
     assert labels == ["0", "5", "10", "15", "20"]  # not 2.5, 7.5, ...
+
+
+def test_certified_models_of_one_width_and_several_eps_train_differ(tmp_path, kept):
+    from noisydeq.analysis.certified import plot_accuracy
+
+    rows = [{"envelope": "none", "kind": kind, "param": "", "width": 64, "eps_train": et,
+             "eps": eps, "seed": 0, "n_samples": 50, "certified_acc": 0.5 - eps - et / 10,
+             "pgd_acc": 0.6 - eps, "clean_acc": 0.7}
+            for kind in ("mondeq", "ffw_relu") for et in (0.2, 0.3, 0.4) for eps in (0.0, 0.1)]
+    plot_accuracy(rows, tmp_path / "cert", "Table 2")
+    fig = kept[-1]
+    looks = {lab: c for lab, c, _ls in _kind_lines(fig)}
+    for kind in ("mondeq", "ffw_relu"):
+        shades = [looks[f"{kind} w64, ε_train {et:g}: certified"] for et in (0.2, 0.3, 0.4)]
+        assert len({tuple(c) for c in shades}) == 3  # one colour each, not one for all
+        assert _darkness(shades[2]) > _darkness(shades[0])  # darker = larger ε_train
+    fig.canvas.draw()  # the title sits above the panels' titles
+    top = min(ax.title.get_window_extent().y1 for ax in fig.axes)
+    assert fig._suptitle.get_window_extent().y0 >= top - 1
