@@ -413,6 +413,7 @@ def test_fig13_ffw_histograms_are_told_apart(tmp_path, kept):
         if label and not label.startswith("_"):
             by_label[label.split(" ")[0]] = patch
     plain, reg = by_label["ffw"], by_label["ffw_jacreg"]
+    assert "digits · signal noise" in _texts(kept[-1])  # the task as loaded
     face = [to_rgba(p.get_facecolor()) for p in (plain, reg)]
     filled = [f[3] > 0 for f in face]
     # not two shades of one filled orange: a hatch, or one filled and one not

@@ -223,7 +223,7 @@ def run_fig13(spec: Fig13Spec, out_dir: str | Path) -> list[Path]:
         axes[1].set_ylim(top=axes[1].get_ylim()[1] * 10)
         axes[1].legend(frameon=False, fontsize=8, ncol=3, loc="upper center")
         fig.suptitle(context_title(
-            "Fig. 13: DEQ vs FFW vs Jacobian-regularised FFW", task=spec.task,
+            "Fig. 13: DEQ vs FFW vs Jacobian-regularised FFW", task=task.name,  # mnist10k
             noise="signal noise", trained=f"{spec.train_preset} preset, trained without noise",
             band=(f"band: min-max over {n} seeds" if n > 1 else "one seed (no band)")
             + f"; {min(len(x), spec.max_test_samples)} test inputs"))
