@@ -256,6 +256,7 @@ def test_study_snr_figure(tmp_path, kept):
     fig = kept[-1]
     text = _texts(fig)
     assert "digits" in text and "signal noise" in text and "min-max over 3 seeds" in text
+    assert "trained without noise" in text and "with no noise" not in text
     looks = {lab: (c, ls) for lab, c, ls in _kind_lines(fig)}
     assert _is_blue(looks["deq100"][0]) and looks["deq100"][1] == "-"
     assert _is_orange(looks["ffw400"][0]) and looks["ffw400"][1] == "--"
