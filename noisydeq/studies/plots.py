@@ -152,7 +152,8 @@ def plot_params(rows: list[dict[str, Any]], snr: float, stem: Path, title: str) 
                 if not pts:
                     continue
                 ax.plot([r["params"] for r in pts], [r["value"] for r in pts], ms=4,
-                        label=f"{kind.upper()} (trained {snr_text(tsnr)})",
+                        label=f"{kind.upper()} (trained "
+                              + ("without noise)" if math.isinf(tsnr) else f"at {tsnr:g} dB)"),
                         **_trained_marker(kind_line(kind), tsnr))
                 for r in pts:
                     ax.annotate(r["model"], (r["params"], r["value"]), fontsize=7,
