@@ -464,3 +464,19 @@ def test_certified_models_of_one_width_and_several_eps_train_differ(tmp_path, ke
     fig.canvas.draw()  # the title sits above the panels' titles
     top = min(ax.title.get_window_extent().y1 for ax in fig.axes)
     assert fig._suptitle.get_window_extent().y0 >= top - 1
+
+
+def test_extrapolation_axis_labels_the_tested_sizes(tmp_path, kept):
+    from noisydeq.studies.plots import plot_extrapolation
+
+    shifts = (16, 24, 32, 64, 128, 256, 512)
+    rows = [{"task": "prefix_sums", "model": k, "kind": k, "params": 100, "solver": "-",
+             "budget": "-", "train_snr_db": math.inf, "test_snr_db": math.inf,
+             "shift": sh, "shift_name": "length", "value": 0.5, "value_min": 0.4,
+             "value_max": 0.6, "metric": "accuracy", "noise_site": "state", "seeds": 1}
+            for k in ("deq", "ffw") for sh in shifts]
+    plot_extrapolation(rows, tmp_path / "ext", "prefix sums")
+    ax = kept[-1].axes[0]
+    assert ax.get_xscale() == "log"
+    labels = [t for t in _labelled_ticks(ax.xaxis)]
+    assert labels == [f"{v}" for v in shifts]  # each size once, no 3×10¹ next to 4×10¹

@@ -88,6 +88,13 @@ def plot_extrapolation(rows: list[dict[str, Any]], stem: Path, title: str) -> li
                 table += [{"panel_budget": budget, **r} for r in pts]
             if shifts and shifts[0] > 0 and shifts[-1] / shifts[0] >= 8:
                 ax.set_xscale("log")
+                # a labelled tick at each tested size, plain numbers: the default minor
+                # labels (2×10¹, 3×10¹, 4×10¹ …) collide
+                from matplotlib.ticker import NullFormatter, NullLocator
+
+                ax.set_xticks(shifts, [f"{v:g}" for v in shifts])
+                ax.xaxis.set_minor_locator(NullLocator())
+                ax.xaxis.set_minor_formatter(NullFormatter())
             name = sel[0]["shift_name"] if sel else "size"
             ax.set_xlabel(f"test {name}")
             ax.set_title({"train": "DEQ: training iteration budget",
