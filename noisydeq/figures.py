@@ -14,9 +14,16 @@ The look:
   noise and its mode, how the models were trained, and on a second line what the band or the
   error bars are.
 * :func:`integer_axis` — integer ticks on an axis that counts (depth, iteration, window).
+* :func:`category_colours` — distinct hues (a qualitative palette) for lines that are
+  categories of one model (solvers, attacks), not members of a family: the blue/orange
+  pair stays reserved for DEQ vs FFW.
+* :func:`layout` — wrap every title to the width it heads (:func:`wrap_titles`), then
+  ``tight_layout``: the figure's size never depends on the length of its title.
 
-The writer: :func:`save_figure` writes ``stem.png`` and ``stem.svg`` and, given the plotted
-points, ``stem.csv`` beside them; :func:`write_csv` writes any table. Every file goes through
+The writer: :func:`save_figure` wraps the titles, gives every log axis at least three
+labelled ticks (:func:`legible_log_axes`), writes ``stem.png`` and ``stem.svg`` and, given
+the plotted points, ``stem.csv`` beside them; :func:`write_csv` writes any table. Every
+file goes through
 :func:`noisydeq.store.atomic_open`. CSV numbers are written **exactly**: a float is Python's
 shortest repr that reads back to the same double (``float(text) == value``; ``inf``,
 ``-inf``, ``nan`` for the special values), an integer as an integer — the CSV is the data
@@ -33,6 +40,7 @@ import csv
 import io
 import numbers
 import os
+import re
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -67,6 +75,12 @@ KIND_FAMILY = {"deq": "Blues", "ffw": "Oranges", "mondeq": "Greens", "ffw_relu":
 IMPLICIT = ("deq", "mondeq")
 #: the shade of a kind's colour family a single line of that kind takes
 SHADE = 0.8
+#: hues for categories (solvers, attacks, ...): Dark2 without its orange, then greys —
+#: distinct from each other and from the DEQ blue / FFW orange of a kind comparison
+QUALITATIVE = ("#1b9e77", "#7570b3", "#e7298a", "#66a61e", "#a6761d", "#e6ab02",
+               "#e41a1c", "#666666")
+#: display names of the input projection's nonlinearity (x̃ = act(U x), Eq. 57)
+INPUT_ACTS = {"relu": "ReLU", "silu": "SiLU", "identity": "identity", "tanh": "tanh"}
 
 
 def pyplot() -> Any:
@@ -120,10 +134,37 @@ def member_colours(keys: Sequence[tuple[str, int]]) -> dict[tuple[str, int], Any
 
 
 def shades(kind: str, n: int) -> list[Any]:
-    """``n`` colours of ``kind``'s family from light to dark (for ordered groups of lines)."""
-    if n <= 1:
+    """``n`` colours of ``kind``'s family from light to dark (for ordered groups of lines);
+    none for ``n`` = 0."""
+    if n <= 0:
+        return []
+    if n == 1:
         return [kind_colour(kind)]
     return [kind_colour(kind, 0.45 + 0.5 * i / (n - 1)) for i in range(n)]
+
+
+def category_colours(names: Sequence[str]) -> dict[str, Any]:
+    """A distinct hue per category name (:data:`QUALITATIVE`, in order; cycled past 8)."""
+    names = list(dict.fromkeys(names))
+    return {n: QUALITATIVE[i % len(QUALITATIVE)] for i, n in enumerate(names)}
+
+
+def input_note(input_act: str | None) -> str | None:
+    """``SiLU input``: the part of a title naming the input projection's nonlinearity
+    (x̃ = act(U x)), the default ReLU included — figures of the ReLU, SiLU and identity
+    projections (paper Fig. 7-9) must be told apart by their titles; ``None`` where the
+    model has none recorded."""
+    if not input_act:
+        return None
+    return f"{INPUT_ACTS.get(input_act, input_act)} input"
+
+
+def snr_legend(snr_db: float) -> str:
+    """An SNR level in a legend entry: ``10 dB``, or ``∞`` (no noise), as the tables write
+    it (``train ∞``)."""
+    import math
+
+    return "∞" if math.isinf(snr_db) else f"{snr_db:g} dB"
 
 
 def snr_label(snr_db: float) -> str:
@@ -176,6 +217,98 @@ def context_title(what: str, *, task: str | None = None, device: str | None = No
     return f"{first}\n{band}" if band else first
 
 
+_MATH = re.compile(r"\$[^$]*\$|\S+")
+
+
+def _wrap_one(text_obj: Any, width_px: float, renderer: Any) -> bool:
+    """Wrap ``text_obj``'s words (mathtext kept whole) greedily into lines no wider than
+    ``width_px`` as drawn; its unwrapped text is kept so that wrapping again (after a new
+    layout) starts from it. Returns whether the text changed."""
+    raw = getattr(text_obj, "_noisydeq_raw", None)
+    if raw is None:
+        raw = text_obj.get_text()
+        text_obj._noisydeq_raw = raw
+    if not raw or width_px <= 0:
+        return False
+
+    def width(s: str) -> float:
+        text_obj.set_text(s)
+        return text_obj.get_window_extent(renderer).width
+
+    lines: list[str] = []
+    for para in raw.split("\n"):
+        current = ""
+        for word in _MATH.findall(para):
+            trial = f"{current} {word}" if current else word
+            if current and width(trial) > width_px:
+                lines.append(current)
+                current = word
+            else:
+                current = trial
+        lines.append(current)
+    new = "\n".join(lines)
+    text_obj.set_text(new)
+    return new != text_obj._noisydeq_raw
+
+
+def wrap_titles(fig: Any) -> None:
+    """Wrap the figure's suptitle to the figure's width and each axes title to its axes'
+    width (measured as drawn, in the title's font): a long title adds lines, never width."""
+    renderer = fig.canvas.get_renderer()
+    if fig._suptitle is not None:
+        _wrap_one(fig._suptitle, 0.98 * fig.bbox.width, renderer)
+    for ax in fig.axes:
+        if not ax.get_visible():
+            continue
+        span = ax.get_position().width * fig.bbox.width
+        for title in (ax.title, ax._left_title, ax._right_title):
+            _wrap_one(title, span, renderer)
+
+
+def layout(fig: Any, rect: tuple[float, float, float, float] | None = None) -> None:
+    """Wrap the titles to the widths they head, then ``tight_layout`` (twice: the axes
+    widths the first layout settles on decide the final wrap)."""
+    for _ in range(2):
+        wrap_titles(fig)
+        fig.tight_layout(rect=rect)
+
+
+#: a log axis is legible with at least this many labelled ticks in view
+MIN_LOG_TICKS = 3
+
+
+def _labelled_in_view(axis: Any) -> int:
+    lo, hi = sorted(axis.get_view_interval())
+    n = 0
+    for locs, labels in ((axis.get_majorticklocs(), axis.get_majorticklabels()),
+                         (axis.get_minorticklocs(), axis.get_minorticklabels())):
+        for v, t in zip(locs, labels, strict=False):
+            if t.get_visible() and t.get_text() and lo * (1 - 1e-9) <= v <= hi * (1 + 1e-9):
+                n += 1
+    return n
+
+
+def legible_log_axes(fig: Any) -> None:
+    """Every log-scaled axis of ``fig`` gets at least :data:`MIN_LOG_TICKS` labelled ticks:
+    where fewer are labelled as drawn (a span of about a decade or less), major ticks at
+    1-2-5 (then 1…9) × 10ᵏ with plain numbers and unlabelled minor ticks."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    fig.canvas.draw()
+    for ax in fig.axes:
+        for axis in (ax.xaxis, ax.yaxis):
+            if axis.get_scale() != "log" or _labelled_in_view(axis) >= MIN_LOG_TICKS:
+                continue
+            lo, hi = sorted(axis.get_view_interval())
+            for subs in ((1.0, 2.0, 5.0), tuple(float(k) for k in range(1, 10))):
+                axis.set_major_locator(LogLocator(base=10, subs=subs, numticks=40))
+                if sum(lo <= v <= hi for v in axis.get_major_locator().tick_values(lo, hi)) \
+                        >= MIN_LOG_TICKS:
+                    break
+            axis.set_major_formatter(FuncFormatter(lambda v, _pos: f"{v:.3g}"))
+            axis.set_minor_formatter(NullFormatter())
+
+
 def save_figure(fig: Any, stem: str | os.PathLike,
                 table: Sequence[dict[str, Any]] | None = None) -> list[Path]:
     """Write ``stem.png`` and ``stem.svg`` (and ``stem.csv`` with ``table``, the plotted
@@ -184,6 +317,8 @@ def save_figure(fig: Any, stem: str | os.PathLike,
     stem = Path(stem)
     paths = []
     try:
+        wrap_titles(fig)
+        legible_log_axes(fig)
         with plt.rc_context({"svg.hashsalt": STYLE["svg.hashsalt"]}):
             for ext in ("png", "svg"):
                 target = stem.with_name(f"{stem.name}.{ext}")

@@ -38,8 +38,11 @@ from noisydeq.figures import (  # noqa: E402
     KIND_FAMILY,
     KIND_LOOK,
     STYLE,
+    input_note,
+    layout,
     member_colours,
     save_figure,
+    snr_legend,
     snr_positions,
 )
 from noisydeq.figures import snr_label as _label_db  # noqa: E402
@@ -145,7 +148,7 @@ def plot_metric_vs_snr(
                            title="model (params)")
         if title:
             fig.suptitle(title)
-        fig.tight_layout()
+        layout(fig)
         return _save(fig, out, fig_name, _points(agg))
 
 
@@ -241,7 +244,7 @@ def plot_metric_vs_depth(
             ax.legend(frameon=False, loc="best")
         if title:
             fig.suptitle(title)
-        fig.tight_layout()
+        layout(fig)
         return _save(fig, out, fig_name, table)
 
 
@@ -269,7 +272,7 @@ def plot_train_snr_effect(
                 xs = [pos[s] for s in by_snr]
                 pts = list(by_snr.values())
                 ax.plot(xs, [p.mean for p in pts], "-o", ms=3, lw=1.4, color=colour[t],
-                        label=f"train {_label_db(t)} dB")
+                        label=f"train {snr_legend(t)}")
                 _band(ax, xs, pts, colour[t])
             ax.xaxis.set_major_locator(FixedLocator(_ticks(levels, pos)))
             ax.set_xticklabels([_label_db(_inv(pos, x)) for x in _ticks(levels, pos)])
@@ -281,17 +284,23 @@ def plot_train_snr_effect(
         axes[0][0].legend(frameon=False)
         if title:
             fig.suptitle(title)
-        fig.tight_layout()
+        layout(fig)
         return _save(fig, out, "train_snr_effect", _points(agg))
 
 
-def _mode_title(spec: SweepSpec, title: str) -> str:
-    """``title`` with the task and what the sweep varied (device and noise mode, or the
-    noise site) appended."""
+def _mode_title(spec: SweepSpec, title: str,
+                rows: Sequence[dict[str, Any]] = ()) -> str:
+    """``title`` with the task (as the results' ``task`` column names it: ``mnist10k`` where
+    the spec asked for ``mnist`` and the offline split was used), what the sweep varied
+    (device and noise mode, or the noise site) and the input nonlinearity appended."""
+    task = ", ".join(dict.fromkeys(str(r["task"]) for r in rows if r.get("task"))) \
+        or spec.task
     if spec.noise_site == "device":
-        what = f"{spec.task} · {spec.device}, noise mode {spec.noise_mode}"
+        what = f"{task} · {spec.device}, noise mode {spec.noise_mode}"
     else:
-        what = f"{spec.task} · {spec.noise_site} noise"
+        what = f"{task} · {spec.noise_site} noise"
+    note = input_note(spec.input_act)
+    what += f" · {note}" if note else ""
     return f"{title} — {what}" if title else what
 
 
@@ -300,7 +309,7 @@ def plot_sweep(
     native_snr_db: float | None = None, title: str = "",
 ) -> list[Path]:
     """All figures of a sweep into ``out``; returns the written paths."""
-    head = _mode_title(spec, title)
+    head = _mode_title(spec, title, rows)
     title = f"{head}\n{band_note(rows)}"  # second line: what the band is
     native = native_snr_db if spec.noise_site == "device" else None
     groups = training_groups(rows)
@@ -372,5 +381,5 @@ def plot_training_effect(
                    frameon=False, title="trained")
         if title:
             fig.suptitle(title)
-        fig.tight_layout(rect=(0, 0.1, 1, 1))
+        layout(fig, rect=(0, 0.1, 1, 1))
         return _save(fig, out, "training_effect", table)

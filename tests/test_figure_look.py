@@ -187,8 +187,8 @@ def test_solver_traces_figure(tmp_path, kept):
     fig = kept[-1]
     assert "state noise" in _texts(fig) and "median over 3 inputs" in _texts(fig)
     colours = {lab: c for lab, c, _ls in _kind_lines(fig)}
-    assert all(_is_blue(c) for c in colours.values())  # one DEQ cell: blues
-    assert _darkness(colours["anderson"]) > _darkness(colours["unroll"])
+    # solvers are categories: a hue each (test_solvers_are_categories_with_distinct_hues)
+    assert _hue_gap(_hue(colours["anderson"]), _hue(colours["unroll"])) > 30
     assert all(float(t).is_integer() for t in fig.axes[0].get_xticks())
     back = _csv(tmp_path / "traces.csv")
     assert [float(r["rel_median"]) for r in back] == [
@@ -256,9 +256,227 @@ def test_study_snr_figure(tmp_path, kept):
     fig = kept[-1]
     text = _texts(fig)
     assert "digits" in text and "signal noise" in text and "min-max over 3 seeds" in text
+    assert "trained without noise" in text and "with no noise" not in text
     looks = {lab: (c, ls) for lab, c, ls in _kind_lines(fig)}
     assert _is_blue(looks["deq100"][0]) and looks["deq100"][1] == "-"
     assert _is_orange(looks["ffw400"][0]) and looks["ffw400"][1] == "--"
     assert _darkness(looks["deq400"][0]) > _darkness(looks["deq100"][0])
     assert "∞" in [t.get_text() for t in fig.axes[0].get_xticklabels()]
     assert len(_csv(tmp_path / "snr.csv")) == len(rows)
+
+
+# ----------------------------------------------------------------- what a reader notices
+
+
+def _png_size(path) -> tuple[int, int]:
+    import struct
+
+    with open(path, "rb") as fh:
+        head = fh.read(24)
+    return struct.unpack(">II", head[16:24])
+
+
+def _labelled_ticks(axis) -> list[str]:
+    """The tick labels of ``axis`` drawn inside its view (major and minor)."""
+    axis.figure.canvas.draw()
+    lo, hi = sorted(axis.get_view_interval())
+    out = []
+    for locs, labels in ((axis.get_majorticklocs(), axis.get_majorticklabels()),
+                         (axis.get_minorticklocs(), axis.get_minorticklabels())):
+        for v, t in zip(locs, labels, strict=False):
+            if t.get_visible() and t.get_text() and lo * (1 - 1e-9) <= v <= hi * (1 + 1e-9):
+                out.append(t.get_text())
+    return out
+
+
+LONG = ("a title that goes on and on about the run, its device, its noise mode, its "
+        "training and every other detail a careful reader could want to know about it")
+
+
+def test_a_long_title_wraps_and_leaves_the_figure_size_alone(tmp_path, kept):
+    from noisydeq import plots
+    from noisydeq.analysis import solver_runs
+    from noisydeq.config import SweepSpec
+    from tests.test_plots_look import _rows
+
+    spec = SweepSpec(task="digits", device="snr", snr_db=[0.0, 10.0, math.inf])
+    rows = _rows(depths=(1, 3), chips=2, seeds=(0,))
+    sizes = {}
+    for name, title in (("short", "run"), ("long", LONG)):
+        plots.plot_sweep(rows, tmp_path / name, spec, title=title)
+        sizes[name] = _png_size(tmp_path / name / "metric_vs_snr.png")
+        sup = kept[-2]._suptitle.get_text()  # metric_vs_snr (metric_vs_depth is last)
+        assert sup.replace("\n", " ").startswith(title)
+    assert sizes["long"][0] == sizes["short"][0]  # width independent of the title
+    assert kept[-2]._suptitle.get_text().count("\n") >= 3  # wrapped: more lines instead
+    # an axes title is wrapped to its axes
+    counts = [{"stop": stop, "window": w, "snr_db": s, "mean_steps": 10.0 + s + w}
+              for stop, w in (("rel", 1), ("mean_rel", 5), ("mean_rel", 20))
+              for s in (0.0, 10.0, 20.0)]
+    for name, title in (("short", "run"), ("long", LONG)):
+        solver_runs.plot_counts(counts, 0.01, 60, tmp_path / f"counts-{name}", title)
+        sizes[name] = _png_size(tmp_path / f"counts-{name}.png")
+    assert sizes["long"][0] == sizes["short"][0]
+    ax = kept[-1].axes[0]
+    width = ax.get_window_extent().width
+    assert ax.title.get_window_extent().width <= width + 1
+
+
+def test_the_sweep_title_names_the_results_task_and_the_input_nonlinearity(tmp_path, kept):
+    from noisydeq import plots
+    from noisydeq.config import SweepSpec
+    from tests.test_plots_look import _rows
+
+    rows = [{**r, "task": "mnist10k", "noise_site": "signal"}
+            for r in _rows(depths=(1, 3), chips=1, seeds=(0,))]
+    spec = SweepSpec(task="mnist", noise_site="signal", input_act="silu",
+                     snr_db=[0.0, 10.0, math.inf])
+    plots.plot_sweep(rows, tmp_path, spec)
+    text = _texts(kept[-1]).replace("\n", " ")
+    assert "mnist10k · signal noise" in text and "mnist ·" not in text
+    assert "SiLU input" in text
+    spec = SweepSpec(task="mnist", noise_site="signal", snr_db=[0.0, 10.0, math.inf])
+    plots.plot_sweep(rows, tmp_path, spec)  # the default is named too (Fig. 9 vs Fig. 8)
+    assert "ReLU input" in _texts(kept[-1]).replace("\n", " ")
+    assert figures.input_note("identity") == "identity input"
+    assert figures.input_note(None) is None
+
+
+def test_every_log_axis_has_three_labelled_ticks(tmp_path, kept):
+    from noisydeq import plots
+    from tests.test_plots_look import _rows
+
+    rows = []
+    for r in _rows(depths=(1, 3), chips=1, seeds=(0,)):  # MSE 0.045 … 0.11: < a decade
+        snr = r["snr_db"]
+        value = 0.045 if math.isinf(snr) else 0.11 - 0.003 * snr - 0.001 * r["depth"]
+        rows.append({**r, "metric": "mse", "value": value})
+    plots.plot_metric_vs_snr(rows, tmp_path, title="mse")
+    fig = kept[-1]
+    assert fig.axes[0].get_yscale() == "log"
+    for ax in fig.axes:
+        for axis in (ax.xaxis, ax.yaxis):
+            if axis.get_scale() == "log":
+                assert len(_labelled_ticks(axis)) >= 3, _labelled_ticks(axis)
+    # the same for a hand-made figure through the writer (0.011 … 0.183: two decades'
+    # worth of labels, 10^-2 and 10^-1, only)
+    with figures.styled() as p:
+        fig, ax = p.subplots(figsize=(3, 2.5))
+        ax.plot([0, 1], [0.011, 0.183])
+        ax.set_yscale("log")
+        figures.save_figure(fig, tmp_path / "two")
+    assert len(_labelled_ticks(kept[-1].axes[0].yaxis)) >= 3
+
+
+def _hue(c) -> float:
+    import colorsys
+
+    from matplotlib.colors import to_rgb
+
+    return 360 * colorsys.rgb_to_hsv(*to_rgb(c))[0]
+
+
+def _hue_gap(a: float, b: float) -> float:
+    d = abs(a - b) % 360
+    return min(d, 360 - d)
+
+
+def test_solvers_are_categories_with_distinct_hues(tmp_path, kept):
+    from noisydeq.analysis import solver_runs
+
+    rows = [{"solver": s, "snr_db": snr, "accuracy": 0.5 + 0.01 * i}
+            for i, s in enumerate(("unroll", "stochastic", "anderson", "broyden"))
+            for snr in (0.0, 10.0, math.inf)]
+    solver_runs.plot_accuracy(rows, tmp_path / "acc")
+    hues = {lab: _hue(c) for lab, c, _ls in _kind_lines(kept[-1])}
+    assert len(hues) == 4
+    deq, ffw = _hue(figures.kind_colour("deq")), _hue(figures.kind_colour("ffw"))
+    for a in hues:
+        assert _hue_gap(hues[a], deq) > 15 and _hue_gap(hues[a], ffw) > 15, (a, hues[a])
+        for b in hues:
+            if a < b:
+                assert _hue_gap(hues[a], hues[b]) > 30, (a, b)
+    assert "∞" in [t.get_text() for t in kept[-1].axes[0].get_xticklabels()]
+
+
+def test_fig13_ffw_histograms_are_told_apart(tmp_path, kept):
+    from matplotlib.colors import to_rgba
+
+    from noisydeq.analysis.fig13 import Fig13Spec, run_fig13
+
+    spec = Fig13Spec(task="digits", depth=2, hidden=8, epochs=1, snr_db="0,inf",
+                     max_test_samples=50)
+    run_fig13(spec, tmp_path)
+    hist_ax = kept[-1].axes[1]
+    by_label = {}
+    for patch in hist_ax.patches:
+        label = patch.get_label()
+        if label and not label.startswith("_"):
+            by_label[label.split(" ")[0]] = patch
+    plain, reg = by_label["ffw"], by_label["ffw_jacreg"]
+    assert "digits · signal noise" in _texts(kept[-1])  # the task as loaded
+    face = [to_rgba(p.get_facecolor()) for p in (plain, reg)]
+    filled = [f[3] > 0 for f in face]
+    # not two shades of one filled orange: a hatch, or one filled and one not
+    assert plain.get_hatch() != reg.get_hatch() or filled[0] != filled[1]
+
+
+def test_legends_write_no_inf(tmp_path, kept):
+    from noisydeq import plots
+    from noisydeq.config import SweepSpec
+    from tests.test_plots_look import _rows
+
+    rows = []
+    for t in (math.inf, 10.0):
+        rows += [{**r, "train_snr_db": t} for r in _rows(depths=(1,), chips=1, seeds=(0,))]
+    spec = SweepSpec(task="digits", device="snr", snr_db=[0.0, 10.0, math.inf])
+    plots.plot_sweep(rows, tmp_path, spec)
+    labels = [lab for fig in kept for lab, _c, _ls in _kind_lines(fig)]
+    assert "train ∞" in labels and "train 10 dB" in labels
+    assert not any("inf" in lab for lab in labels)
+    assert figures.snr_legend(math.inf) == "∞" and figures.snr_legend(0.0) == "0 dB"
+
+
+def test_fig5_ticks_are_the_counted_snr_levels(tmp_path, kept):
+    from noisydeq.analysis import solver_runs
+
+    rows = [{"stop": stop, "window": w, "snr_db": s, "mean_steps": 30.0 + s}
+            for stop, w in (("rel", 5), ("mean_rel", 5)) for s in (0.0, 5.0, 10.0, 15.0, 20.0)]
+    solver_runs.plot_counts(rows, 0.01, 60, tmp_path / "it")
+    labels = [t.get_text() for t in kept[-1].axes[0].get_xticklabels()]
+    assert labels == ["0", "5", "10", "15", "20"]  # not 2.5, 7.5, ...
+
+
+def test_certified_models_of_one_width_and_several_eps_train_differ(tmp_path, kept):
+    from noisydeq.analysis.certified import plot_accuracy
+
+    rows = [{"envelope": "none", "kind": kind, "param": "", "width": 64, "eps_train": et,
+             "eps": eps, "seed": 0, "n_samples": 50, "certified_acc": 0.5 - eps - et / 10,
+             "pgd_acc": 0.6 - eps, "clean_acc": 0.7}
+            for kind in ("mondeq", "ffw_relu") for et in (0.2, 0.3, 0.4) for eps in (0.0, 0.1)]
+    plot_accuracy(rows, tmp_path / "cert", "Table 2")
+    fig = kept[-1]
+    looks = {lab: c for lab, c, _ls in _kind_lines(fig)}
+    for kind in ("mondeq", "ffw_relu"):
+        shades = [looks[f"{kind} w64, ε_train {et:g}: certified"] for et in (0.2, 0.3, 0.4)]
+        assert len({tuple(c) for c in shades}) == 3  # one colour each, not one for all
+        assert _darkness(shades[2]) > _darkness(shades[0])  # darker = larger ε_train
+    fig.canvas.draw()  # the title sits above the panels' titles
+    top = min(ax.title.get_window_extent().y1 for ax in fig.axes)
+    assert fig._suptitle.get_window_extent().y0 >= top - 1
+
+
+def test_extrapolation_axis_labels_the_tested_sizes(tmp_path, kept):
+    from noisydeq.studies.plots import plot_extrapolation
+
+    shifts = (16, 24, 32, 64, 128, 256, 512)
+    rows = [{"task": "prefix_sums", "model": k, "kind": k, "params": 100, "solver": "-",
+             "budget": "-", "train_snr_db": math.inf, "test_snr_db": math.inf,
+             "shift": sh, "shift_name": "length", "value": 0.5, "value_min": 0.4,
+             "value_max": 0.6, "metric": "accuracy", "noise_site": "state", "seeds": 1}
+            for k in ("deq", "ffw") for sh in shifts]
+    plot_extrapolation(rows, tmp_path / "ext", "prefix sums")
+    ax = kept[-1].axes[0]
+    assert ax.get_xscale() == "log"
+    labels = [t for t in _labelled_ticks(ax.xaxis)]
+    assert labels == [f"{v}" for v in shifts]  # each size once, no 3×10¹ next to 4×10¹

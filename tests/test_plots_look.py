@@ -75,6 +75,6 @@ def test_sweep_figures_have_their_points_as_csv(tmp_path):
 
 def test_the_title_names_task_device_and_noise_mode():
     spec = SweepSpec(task="digits", device="rram", noise_mode="dynamic")
-    assert plots._mode_title(spec, "") == "digits · rram, noise mode dynamic"
+    assert plots._mode_title(spec, "") == "digits · rram, noise mode dynamic · ReLU input"
     spec = SweepSpec(task="digits", noise_site="signal")
-    assert plots._mode_title(spec, "my run") == "my run — digits · signal noise"
+    assert plots._mode_title(spec, "my run") == "my run — digits · signal noise · ReLU input"

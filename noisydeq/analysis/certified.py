@@ -218,13 +218,25 @@ def plot_accuracy(rows: Sequence[dict[str, Any]], stem: Path, title: str = "") -
     """Certified (filled markers) and PGD (hollow markers) accuracy vs ε per model family,
     mean ± 1 s.d. over seeds; one panel per envelope; clean accuracy as a thin dotted line.
     The house look (:mod:`noisydeq.figures`): a family's kind gives its colour family and
-    line style (monDEQ greens solid, DEQ blues solid, FFW oranges dashed), darker = wider;
+    line style (monDEQ greens solid, DEQ blues solid, FFW oranges dashed), darker = wider or,
+    at one width, trained at a larger ε;
     the plotted means and s.d. are ``stem.csv``."""
-    from noisydeq.figures import context_title, kind_line, member_colours, save_figure, styled
+    from noisydeq.figures import (
+        context_title,
+        kind_line,
+        layout,
+        member_colours,
+        save_figure,
+        styled,
+    )
 
     envs = list(dict.fromkeys(r["envelope"] for r in rows))
     fam_keys = {(r["kind"], r["param"], r["width"], r["eps_train"]) for r in rows}
-    colours = member_colours([(k, w) for k, _p, w, _e in fam_keys])
+    # one shade per member of a kind, darker = wider, then trained at a larger ε: models of
+    # one width trained at several ε_train are told apart (they shared a colour)
+    rank = {key: i for i, key in enumerate(sorted(
+        fam_keys, key=lambda k: (k[0], k[2], -1.0 if math.isnan(k[3]) else k[3], k[1])))}
+    colours = member_colours([(key[0], rank[key]) for key in fam_keys])
     seeds = len({r["seed"] for r in rows})
     band = (f"error bars: ±1 s.d. over {seeds} seeds" if seeds > 1 else "one seed (no bars)")
     n_samples = sorted({int(r["n_samples"]) for r in rows})
@@ -241,7 +253,7 @@ def plot_accuracy(rows: Sequence[dict[str, Any]], stem: Path, title: str = "") -
                 name = kind + (f" ({param})" if param else "") + f" w{width}"
                 if not math.isnan(eps_train):
                     name += f", ε_train {eps_train:g}"
-                look = kind_line(kind, colours[(kind, width)])
+                look = kind_line(kind, colours[(kind, rank[key])])
                 by_eps = group_rows(fam_rows, ("eps",))
                 eps = sorted(e for (e,) in by_eps)
 
@@ -274,4 +286,5 @@ def plot_accuracy(rows: Sequence[dict[str, Any]], stem: Path, title: str = "") -
             title or "Certified accuracy",
             trained=f"{'/'.join(map(str, n_samples))} test inputs",
             band=f"{band}; filled: certified, hollow: PGD, dotted: clean"), fontsize=10)
+        layout(fig)  # the title above the panels, not on them
         return save_figure(fig, stem, table)

@@ -197,6 +197,7 @@ def _write_fig2(exp: CertifyExperimentSpec, spec: Fig2Spec, rows: list[dict[str,
     from noisydeq.figures import (
         context_title,
         integer_axis,
+        layout,
         save_figure,
         shades,
         styled,
@@ -234,6 +235,6 @@ def _write_fig2(exp: CertifyExperimentSpec, spec: Fig2Spec, rows: list[dict[str,
                                         f"{'s' * (len(spec.seeds) > 1)} of the "
                                         f"gap over {spec.n_test} inputs (no band)"),
                      fontsize=8)
-        fig.tight_layout()
+        layout(fig)
         files += save_figure(fig, out / "figures" / "fig2_right", table)
     return files

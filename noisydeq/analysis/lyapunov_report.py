@@ -176,7 +176,7 @@ def plot_attack(rows: Sequence[dict[str, Any]], out: Path, paper: bool = True,
                 task: str | None = None) -> list[Path]:
     """Accuracy vs ε (0 = clean) per variant, I-FGSM and PGD panels; bars = min-max over seeds.
     The plotted means and ranges are ``attack.csv``."""
-    from noisydeq.figures import context_title, save_figure, styled
+    from noisydeq.figures import context_title, layout, save_figure, styled
 
     attacks = [a for a in ("ifgsm", "pgd") if any(r["attack"] == a for r in rows)]
     table: list[dict[str, Any]] = []
@@ -215,14 +215,21 @@ def plot_attack(rows: Sequence[dict[str, Any]], out: Path, paper: bool = True,
         fig.suptitle(context_title("LyaDEQ under attack (Table 1)", task=task,
                                    noise="white-box ℓ∞ attacks",
                                    band=_band(rows, chips=False)))
-        fig.tight_layout()
+        layout(fig)
         return save_figure(fig, out / "attack", table)
 
 
 def plot_device(rows: Sequence[dict[str, Any]], out: Path, task: str | None = None) -> list[Path]:
     """Accuracy vs device SNR per model (mean over seeds and chips, band = min-max); the
     plotted means and ranges are ``device.csv`` beside the figure."""
-    from noisydeq.figures import context_title, save_figure, snr_axis, snr_positions, styled
+    from noisydeq.figures import (
+        context_title,
+        layout,
+        save_figure,
+        snr_axis,
+        snr_positions,
+        styled,
+    )
 
     devices = list(dict.fromkeys(r["device"] for r in rows))
     models = list(dict.fromkeys(r["model"] for r in rows))
@@ -267,7 +274,7 @@ def plot_device(rows: Sequence[dict[str, Any]], out: Path, task: str | None = No
             "LyaDEQ on devices", task=task, device=", ".join(devices),
             noise=f"noise mode {', '.join(modes)}" if modes else "device noise",
             band=_band(rows, chips=True)))
-        fig.tight_layout()
+        layout(fig)
         return save_figure(fig, out / "device", table)
 
 

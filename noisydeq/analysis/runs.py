@@ -21,10 +21,13 @@ from noisydeq.analysis.on_device import DIGITAL_COLUMNS, OnDevice
 from noisydeq.errors import NoisyDEQError
 from noisydeq.figures import (
     context_title,
+    input_note,
     kind_colour,
     kind_line,
+    layout,
     save_figure,
     shades,
+    snr_legend,
     styled,
     write_csv,
 )
@@ -44,7 +47,7 @@ def family_inputs(members: list[Member], n_inputs: int, data_dir: str | None,
 
 def _label(group: tuple) -> str:
     seed, snr, *chip = group
-    text = f"seed {seed}, train SNR {'inf' if math.isinf(snr) else f'{snr:g} dB'}"
+    text = f"seed {seed}, train SNR {snr_legend(snr)}"
     return text + (f", chip {chip[0]}" if chip else "")
 
 
@@ -90,6 +93,9 @@ def family_title(members: list[Member], band: str | None = None,
     how = "trained " + ", ".join("without noise" if math.isinf(t) else f"at {t:g} dB"
                                  for t in trained)
     how += f", seed{'s' * (len(seeds) > 1)} {', '.join(map(str, seeds))}"
+    acts = [input_note(getattr(m.model, "input_act", None)) for m in members]
+    notes = [a for a in dict.fromkeys(acts) if a]
+    how += "".join(f", {a}" for a in notes)
     where = f"on {on.describe()}" if on is not None else "digital weights"
     return context_title("", task=tasks, device=where, trained=how, band=band)
 
@@ -180,7 +186,7 @@ def plot_sensitivity(rows: list[dict[str, Any]], spec: NoiseSpec, stem: Path,
             a_.set_xticks(sorted({r["depth"] for r in rows}))
         fig.suptitle(context_title("Sensitivity (Fig. 2b) — " + _noise_text(spec))
                      + (f" · {title}" if title else ""))
-        fig.tight_layout()
+        layout(fig)
         return save_figure(fig, stem, rows)
 
 
@@ -276,7 +282,7 @@ def plot_spectrum(reports: list, stem: Path, title: str = "") -> list[Path]:
         for ax in axes[-1]:
             ax.set_xlabel("|eigenvalue| (line: ρ)")
         fig.suptitle("\n".join(p for p in ("Eigenvalues (Fig. 2a) — " + title, which) if p))
-        fig.tight_layout()
+        layout(fig)
         out = save_figure(fig, stem)
         fig2, ax = plt.subplots(figsize=(5.5, 3.8))
         table: list[dict[str, Any]] = []
@@ -309,6 +315,6 @@ def plot_spectrum(reports: list, stem: Path, title: str = "") -> list[Path]:
         ax.legend(frameon=False)
         ax.set_title("\n".join(p for p in ("Spectral radii (Fig. 2a)", title, which) if p),
                      fontsize=8)
-        fig2.tight_layout()
+        layout(fig2)
         out += save_figure(fig2, stem.with_name(stem.name + "_radius"), table)
     return out

@@ -1,8 +1,10 @@
 """Tables and figures of ``noisydeq solvers`` (paper Fig. 4, Fig. 5, Fig. 6 claim).
 
-Every figure has the house look (:mod:`noisydeq.figures`): the lines are one DEQ's, so
-they are blues (solid), a darker shade for a longer window, a higher SNR or a later solver;
-``rel`` is drawn grey and dashed. Each figure's CSV (``traces``, ``iterations``, ``floors``,
+Every figure has the house look (:mod:`noisydeq.figures`): the lines are one DEQ's. Solvers
+are categories, not family members: each solver has its own hue
+(:func:`noisydeq.figures.category_colours`) and marker; ordered groups — windows, SNR
+levels — are blues, a darker shade for a longer window or a higher SNR; ``rel`` is drawn
+grey and dashed. Each figure's CSV (``traces``, ``iterations``, ``floors``,
 ``accuracy``) is written beside it; ``title`` (the task, the DEQ, the noise) heads it."""
 
 from __future__ import annotations
@@ -13,7 +15,16 @@ from typing import Any
 
 from noisydeq.analysis.outputs import snr_text
 from noisydeq.analysis.traces import TraceSet
-from noisydeq.figures import context_title, integer_axis, save_figure, shades, styled
+from noisydeq.figures import (
+    category_colours,
+    context_title,
+    input_note,
+    integer_axis,
+    layout,
+    save_figure,
+    shades,
+    styled,
+)
 
 
 def trace_rows(traces: list[TraceSet]) -> list[dict[str, Any]]:
@@ -36,7 +47,7 @@ def plot_traces(traces: list[TraceSet], stem: Path, rows: list[dict[str, Any]] |
     """Fig. 4: rows rel / mean_rel, one column per SNR, one line per solver (batch median)."""
     snrs = sorted({t.snr_db for t in traces}, reverse=True)
     solvers = list(dict.fromkeys(t.solver for t in traces))
-    colour = dict(zip(solvers, shades("deq", len(solvers)), strict=True))
+    colour = category_colours(solvers)
     batch = traces[0].rel.shape[1] if traces else 0
     with styled() as plt:
         fig, axes = plt.subplots(2, len(snrs), figsize=(4.2 * len(snrs), 6.5), squeeze=False,
@@ -60,7 +71,7 @@ def plot_traces(traces: list[TraceSet], stem: Path, rows: list[dict[str, Any]] |
         fig.suptitle(title or context_title(
             "Residual traces (Fig. 4)", noise="state noise",
             trained=f"random DEQ cell, median over {batch} inputs"))
-        fig.tight_layout()
+        layout(fig)
         return save_figure(fig, stem, rows)
 
 
@@ -78,9 +89,12 @@ def _curve_label(stop: str, window: int) -> str:
 def plot_counts(rows: list[dict[str, Any]], eps: float, max_iter: int, stem: Path,
                 title: str = "") -> list[Path]:
     """Fig. 5: mean iterations against SNR for rel and mean_rel (one curve per window)."""
+    from noisydeq.figures import snr_axis, snr_positions
+
     curves = list(dict.fromkeys((r["stop"], r["window"]) for r in rows))
     windows = sorted({w for stop, w in curves if stop != "rel"})
     colour = dict(zip(windows, shades("deq", len(windows)), strict=True))
+    pos = snr_positions([r["snr_db"] for r in rows])
     with styled() as plt:
         fig, ax = plt.subplots(figsize=(5.5, 3.9))
         for stop, window in curves:
@@ -88,15 +102,16 @@ def plot_counts(rows: list[dict[str, Any]], eps: float, max_iter: int, stem: Pat
                         key=lambda r: r["snr_db"])
             look = ({"ls": "--", "marker": "s", "color": "0.35"} if stop == "rel"
                     else {"ls": "-", "marker": "o", "color": colour[window]})
-            ax.plot([r["snr_db"] for r in rs], [r["mean_steps"] for r in rs], **look,
+            ax.plot([pos[r["snr_db"]] for r in rs], [r["mean_steps"] for r in rs], **look,
                     label=_curve_label(stop, window), zorder=3 if stop == "rel" else 2)
+        snr_axis(ax, pos)  # a tick at each counted level, not at 2.5 dB steps
         ax.axhline(max_iter, color="crimson", ls=":", lw=1, label="cap")
         ax.set_xlabel("signal SNR (dB)")
         ax.set_ylabel("mean iterations (unroll)")
         ax.set_title(f"Stop-rule iterations (Fig. 5), ε = {eps:g}"
                      + (f"\n{title}" if title else ""), fontsize=8)
         ax.legend(frameon=False, fontsize=7)
-        fig.tight_layout()
+        layout(fig)
         return save_figure(fig, stem, rows)
 
 
@@ -132,7 +147,7 @@ def plot_floors(rows: list[dict[str, Any]], eps: float, stem: Path,
         ax.set_title("mean_rel noise floor vs window (dotted: ∝ 1/w)"
                      + (f"\n{title}" if title else ""), fontsize=8)
         ax.legend(frameon=False, fontsize=7, title="signal SNR")
-        fig.tight_layout()
+        layout(fig)
         return save_figure(fig, stem, rows)
 
 
@@ -141,7 +156,7 @@ def plot_accuracy(rows: list[dict[str, Any]], stem: Path, title: str = "") -> li
     from noisydeq.figures import snr_axis, snr_positions
 
     names = list(dict.fromkeys(r["solver"] for r in rows))
-    colour = dict(zip(names, shades("deq", len(names)), strict=True))
+    colour = category_colours(names)
     pos = snr_positions([r["snr_db"] for r in rows])
     with styled() as plt:
         fig, ax = plt.subplots(figsize=(5.5, 3.9))
@@ -155,7 +170,7 @@ def plot_accuracy(rows: list[dict[str, Any]], stem: Path, title: str = "") -> li
         ax.set_title("Accuracy per solver (Fig. 6 claim)" + (f"\n{title}" if title else ""),
                      fontsize=8)
         ax.legend(frameon=False, title="solver")
-        fig.tight_layout()
+        layout(fig)
         return save_figure(fig, stem, rows)
 
 
@@ -184,7 +199,10 @@ def member_title(m: Any, n_inputs: int, on: Any = None) -> str:
     :class:`noisydeq.analysis.on_device.OnDevice`, else digital weights), width, seed,
     training."""
     where = f"on {on.describe()}" if on is not None else "digital weights"
+    note = input_note(getattr(m.model, "input_act", None))
     return context_title("", task=m.task, device=where, noise="signal noise",
                          trained=f"DEQ width {m.width} (depth {m.depth}), seed {m.seed}, "
-                                 f"trained with {snr_text(m.train_snr_db)}",
+                                 + ("trained without noise" if math.isinf(m.train_snr_db)
+                                    else f"trained at {m.train_snr_db:g} dB")
+                                 + (f", {note}" if note else ""),
                          band=f"median / mean over {n_inputs} test inputs")

@@ -48,7 +48,7 @@ def plot_run(rows: Sequence[dict[str, Any]], fig_dir: Path, title: str = "") -> 
 
 def _plot_run(rows: Sequence[dict[str, Any]], fig_dir: Path, title: str,
               member_colours: Any) -> list[Path]:
-    from noisydeq.figures import pyplot, save_figure
+    from noisydeq.figures import layout, pyplot, save_figure
 
     plt = pyplot()
     paths: list[Path] = []
@@ -94,7 +94,7 @@ def _plot_run(rows: Sequence[dict[str, Any]], fig_dir: Path, title: str,
                    bbox_to_anchor=(0.5, -0.02 - 0.03 * math.ceil(len(names) / 4)))
         where = "digital" if math.isinf(snr) else f"{mode} at {snr:g} dB"
         fig.suptitle(f"{title} — {where} (DEQ: worst estimator, final state)", fontsize=10)
-        fig.tight_layout()
+        layout(fig)
         paths += save_figure(fig, fig_dir / f"attacks_{mode}_{_snr_label(snr)}", table)
     levels = sorted({r["snr_db"] for r in rows})
     if len(levels) > 1:
@@ -173,5 +173,7 @@ def _plot_vs_snr(plt: Any, save_figure: Any, rows: Sequence[dict[str, Any]], fig
                bbox_to_anchor=(0.5, -0.04 - 0.04 * math.ceil(len(names) / 4)))
     fig.suptitle(f"{title}: accuracy vs SNR (white-box on the noisy model, transfer from "
                  "the noise-free twin)", fontsize=10)
-    fig.tight_layout()
+    from noisydeq.figures import layout
+
+    layout(fig)
     return save_figure(fig, fig_dir / "robust_vs_snr", table)

@@ -23,6 +23,7 @@ from noisydeq.analysis.outputs import snr_text
 from noisydeq.figures import (
     context_title,
     kind_line,
+    layout,
     member_colours,
     save_figure,
     snr_axis,
@@ -87,6 +88,13 @@ def plot_extrapolation(rows: list[dict[str, Any]], stem: Path, title: str) -> li
                 table += [{"panel_budget": budget, **r} for r in pts]
             if shifts and shifts[0] > 0 and shifts[-1] / shifts[0] >= 8:
                 ax.set_xscale("log")
+                # a labelled tick at each tested size, plain numbers: the default minor
+                # labels (2×10¹, 3×10¹, 4×10¹ …) collide
+                from matplotlib.ticker import NullFormatter, NullLocator
+
+                ax.set_xticks(shifts, [f"{v:g}" for v in shifts])
+                ax.xaxis.set_minor_locator(NullLocator())
+                ax.xaxis.set_minor_formatter(NullFormatter())
             name = sel[0]["shift_name"] if sel else "size"
             ax.set_xlabel(f"test {name}")
             ax.set_title({"train": "DEQ: training iteration budget",
@@ -99,7 +107,7 @@ def plot_extrapolation(rows: list[dict[str, Any]], stem: Path, title: str) -> li
             axes[0][0].set_ylim(-0.03, 1.03)
         axes[0][-1].legend(frameon=False, fontsize=7)
         fig.suptitle(study_title(rows, title), fontsize=10)
-        fig.tight_layout()
+        layout(fig)
         return save_figure(fig, stem, table)
 
 
@@ -129,11 +137,12 @@ def plot_snr(rows: list[dict[str, Any]], stem: Path, title: str) -> list[Path]:
                 table += pts
             snr_axis(ax, pos)
             ax.set_xlabel("test SNR (dB)")
-            ax.set_title(f"trained with {snr_text(tsnr)}", fontsize=9)
+            ax.set_title("trained without noise" if math.isinf(tsnr)
+                         else f"trained at {tsnr:g} dB", fontsize=9)
         axes[0][0].set_ylabel(_metric_label(rows))
         axes[0][-1].legend(frameon=False, fontsize=7)
         fig.suptitle(study_title(rows, title), fontsize=10)
-        fig.tight_layout()
+        layout(fig)
         return save_figure(fig, stem, table)
 
 
@@ -150,7 +159,8 @@ def plot_params(rows: list[dict[str, Any]], snr: float, stem: Path, title: str) 
                 if not pts:
                     continue
                 ax.plot([r["params"] for r in pts], [r["value"] for r in pts], ms=4,
-                        label=f"{kind.upper()} (trained {snr_text(tsnr)})",
+                        label=f"{kind.upper()} (trained "
+                              + ("without noise)" if math.isinf(tsnr) else f"at {tsnr:g} dB)"),
                         **_trained_marker(kind_line(kind), tsnr))
                 for r in pts:
                     ax.annotate(r["model"], (r["params"], r["value"]), fontsize=7,
@@ -161,7 +171,7 @@ def plot_params(rows: list[dict[str, Any]], snr: float, stem: Path, title: str) 
         ax.set_ylabel(f"{_metric_label(rows)} at test SNR {snr_text(snr)}")
         ax.legend(frameon=False, fontsize=8)
         ax.set_title(study_title(rows, title), fontsize=9)
-        fig.tight_layout()
+        layout(fig)
         return save_figure(fig, stem, table)
 
 
