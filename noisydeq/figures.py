@@ -38,6 +38,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import io
+import math
 import numbers
 import os
 import re
@@ -277,33 +278,61 @@ def layout(fig: Any, rect: tuple[float, float, float, float] | None = None) -> N
 MIN_LOG_TICKS = 3
 
 
-def _labelled_in_view(axis: Any) -> int:
+#: ... and no stretch of it without a label longer than this share of its span (in log units)
+MAX_LOG_GAP = 0.5
+
+
+def _labelled_in_view(axis: Any) -> list[float]:
+    """The positions of the labelled ticks inside the axis' view."""
     lo, hi = sorted(axis.get_view_interval())
-    n = 0
+    out = []
     for locs, labels in ((axis.get_majorticklocs(), axis.get_majorticklabels()),
                          (axis.get_minorticklocs(), axis.get_minorticklabels())):
         for v, t in zip(locs, labels, strict=False):
             if t.get_visible() and t.get_text() and lo * (1 - 1e-9) <= v <= hi * (1 + 1e-9):
-                n += 1
-    return n
+                out.append(float(v))
+    return sorted(set(out))
+
+
+def _legible(ticks: Sequence[float], lo: float, hi: float) -> bool:
+    """At least :data:`MIN_LOG_TICKS` ticks in [lo, hi], and no unlabelled stretch (between
+    ticks or at either end) longer than :data:`MAX_LOG_GAP` of the span in log units."""
+    inside = [math.log10(v) for v in ticks if lo * (1 - 1e-9) <= v <= hi * (1 + 1e-9)]
+    if len(inside) < MIN_LOG_TICKS:
+        return False
+    edges = [math.log10(lo), *inside, math.log10(hi)]
+    span = edges[-1] - edges[0]
+    return max(b - a for a, b in zip(edges, edges[1:], strict=False)) <= MAX_LOG_GAP * span
 
 
 def legible_log_axes(fig: Any) -> None:
-    """Every log-scaled axis of ``fig`` gets at least :data:`MIN_LOG_TICKS` labelled ticks:
-    where fewer are labelled as drawn (a span of about a decade or less), major ticks at
-    1-2-5 (then 1…9) × 10ᵏ with plain numbers and unlabelled minor ticks."""
-    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+    """Every log-scaled axis of ``fig`` is legible (:func:`_legible`): where it is not as
+    drawn (a span of about a decade or less), major ticks at 1-2-5, then 1…9 × 10ᵏ, then at
+    evenly spaced round numbers, whichever first covers the axis, with plain-number labels
+    and unlabelled minor ticks."""
+    from matplotlib.ticker import (
+        FixedLocator,
+        FuncFormatter,
+        LogLocator,
+        MaxNLocator,
+        NullFormatter,
+    )
 
     fig.canvas.draw()
     for ax in fig.axes:
         for axis in (ax.xaxis, ax.yaxis):
-            if axis.get_scale() != "log" or _labelled_in_view(axis) >= MIN_LOG_TICKS:
+            if axis.get_scale() != "log":
                 continue
             lo, hi = sorted(axis.get_view_interval())
-            for subs in ((1.0, 2.0, 5.0), tuple(float(k) for k in range(1, 10))):
-                axis.set_major_locator(LogLocator(base=10, subs=subs, numticks=40))
-                if sum(lo <= v <= hi for v in axis.get_major_locator().tick_values(lo, hi)) \
-                        >= MIN_LOG_TICKS:
+            if lo <= 0 or _legible(_labelled_in_view(axis), lo, hi):
+                continue
+            linear = [v for v in MaxNLocator(nbins=6).tick_values(lo, hi) if v > 0]
+            for locator in (LogLocator(base=10, subs=(1.0, 2.0, 5.0), numticks=40),
+                            LogLocator(base=10, subs=tuple(float(k) for k in range(1, 10)),
+                                       numticks=40),
+                            FixedLocator(linear)):
+                axis.set_major_locator(locator)
+                if _legible(list(locator.tick_values(lo, hi)), lo, hi):
                     break
             axis.set_major_formatter(FuncFormatter(lambda v, _pos: f"{v:.3g}"))
             axis.set_minor_formatter(NullFormatter())

@@ -368,6 +368,30 @@ def test_every_log_axis_has_three_labelled_ticks(tmp_path, kept):
     assert len(_labelled_ticks(kept[-1].axes[0].yaxis)) >= 3
 
 
+def test_log_axis_labels_cover_the_whole_axis(tmp_path, kept):
+    """0.065 … 0.17: matplotlib labels 0.07, 0.08, 0.09, 0.1 and leaves the upper half of the
+    axis, where these points lie, without a number."""
+    import math
+
+    with figures.styled() as p:
+        fig, ax = p.subplots(figsize=(3, 2.5))
+        ax.plot([0, 1, 2], [0.068, 0.13, 0.165])
+        ax.set_yscale("log")
+        figures.save_figure(fig, tmp_path / "upper")
+    axis = kept[-1].axes[0].yaxis
+    axis.figure.canvas.draw()
+    lo, hi = sorted(axis.get_view_interval())
+    marks = sorted({math.log10(v) for locs, labels in (
+        (axis.get_majorticklocs(), axis.get_majorticklabels()),
+        (axis.get_minorticklocs(), axis.get_minorticklabels()))
+        for v, t in zip(locs, labels, strict=False)
+        if t.get_visible() and t.get_text() and lo <= v <= hi})
+    edges = [math.log10(lo), *marks, math.log10(hi)]
+    assert len(marks) >= 3, marks
+    gaps = [b - a for a, b in zip(edges, edges[1:], strict=False)]
+    assert max(gaps) <= 0.5 * (edges[-1] - edges[0]), marks
+
+
 def _hue(c) -> float:
     import colorsys
 
