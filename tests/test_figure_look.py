@@ -276,8 +276,9 @@ def _png_size(path) -> tuple[int, int]:
     return struct.unpack(">II", head[16:24])
 
 
-def _labelled_ticks(axis) -> list[str]:
-    """The tick labels of ``axis`` drawn inside its view (major and minor)."""
+def _labelled(axis) -> list[tuple[float, str]]:
+    """(position, text) of the tick labels of ``axis`` drawn inside its view (major and
+    minor)."""
     axis.figure.canvas.draw()
     lo, hi = sorted(axis.get_view_interval())
     out = []
@@ -285,8 +286,13 @@ def _labelled_ticks(axis) -> list[str]:
                          (axis.get_minorticklocs(), axis.get_minorticklabels())):
         for v, t in zip(locs, labels, strict=False):
             if t.get_visible() and t.get_text() and lo * (1 - 1e-9) <= v <= hi * (1 + 1e-9):
-                out.append(t.get_text())
+                out.append((float(v), t.get_text()))
     return out
+
+
+def _labelled_ticks(axis) -> list[str]:
+    """The tick labels of ``axis`` drawn inside its view (major and minor)."""
+    return [text for _, text in _labelled(axis)]
 
 
 LONG = ("a title that goes on and on about the run, its device, its noise mode, its "
@@ -379,13 +385,8 @@ def test_log_axis_labels_cover_the_whole_axis(tmp_path, kept):
         ax.set_yscale("log")
         figures.save_figure(fig, tmp_path / "upper")
     axis = kept[-1].axes[0].yaxis
-    axis.figure.canvas.draw()
     lo, hi = sorted(axis.get_view_interval())
-    marks = sorted({math.log10(v) for locs, labels in (
-        (axis.get_majorticklocs(), axis.get_majorticklabels()),
-        (axis.get_minorticklocs(), axis.get_minorticklabels()))
-        for v, t in zip(locs, labels, strict=False)
-        if t.get_visible() and t.get_text() and lo <= v <= hi})
+    marks = sorted({math.log10(v) for v, _ in _labelled(axis)})
     edges = [math.log10(lo), *marks, math.log10(hi)]
     assert len(marks) >= 3, marks
     gaps = [b - a for a, b in zip(edges, edges[1:], strict=False)]
