@@ -15,6 +15,12 @@ attack against the same attack with cold solves.
   attack solving every step from z⁰ = 0 (and v). ε = 0.1, α = 0.025. Check: the robust
   predictions agree on ≥ 95 % of the samples (the solves stop at the same tolerance from
   different starts, so their answers differ by up to that tolerance).
+* ``PGD-10 DEQ digits-trained``: the same pair on a *trained* DEQ — the digits member of the
+  sweep's default family matched to FFW depth 3, ``quick`` preset (trained here, seeded, in
+  a throw-away cache) — attacking its first 128 test inputs with its own test solver.
+  ``python -m benchmarks.attacks --family RUN --data-dir DIR`` runs the pair on every DEQ
+  of a trained family (e.g. the mnist10k families of ``docs/robustness.md``; not part of
+  ``benchmarks.run``, which needs no data files), ``--digits`` adds the digits rows.
 * ``PGD-AT epoch``: one epoch of adversarial training (PGD-10 at ε = 0.1, α = 0.025, random
   start; Adam) of an FFW (64 → 3 × 128 → 10) on the digits training split, batch 64,
   through ``noisydeq.train.train_model`` (no validation hold-out) against the same epoch
@@ -109,8 +115,14 @@ def _deq(width: int) -> DEQ:
 
 def bench_pgd_deq_warm(estimator: str = "exact", batch: int = 128, width: int = 222,
                        repeat: int = 7) -> Row:
-    model = _deq(width)
     x, y = _data(batch)
+    return _warm_cold_row(_deq(width), x, y, f"784-{width} b{batch}", estimator, repeat)
+
+
+def _warm_cold_row(model, x: torch.Tensor, y: torch.Tensor, label: str, estimator: str,
+                   repeat: int, eps: float = 0.1) -> Row:
+    """PGD-10 at ``eps`` (α = ε/4) through ``estimator`` with warm-started solves against
+    the same attack with cold solves, ``repeat`` interleaved pairs after one untimed each."""
     warm = make_estimator(model, EstimatorSpec(name=estimator, warm=True))
     cold = make_estimator(model, EstimatorSpec(name=estimator, warm=False))
     out: dict[str, torch.Tensor] = {}
@@ -118,7 +130,7 @@ def bench_pgd_deq_warm(estimator: str = "exact", batch: int = 128, width: int = 
     def run(est, key: str) -> None:
         est.reset()
         est.solves = 0
-        out[key] = pgd(est, x, y, eps=0.1, steps=10, generator=torch.Generator().manual_seed(1))
+        out[key] = pgd(est, x, y, eps=eps, steps=10, generator=torch.Generator().manual_seed(1))
 
     t_o, t_p = timeit_pair(lambda: run(warm, "warm"), lambda: run(cold, "cold"), repeat=repeat,
                            warmup=1)
@@ -128,7 +140,7 @@ def bench_pgd_deq_warm(estimator: str = "exact", batch: int = 128, width: int = 
     same_outcome = float(((pw == y) == (pc == y)).double().mean())  # per-sample success
     acc_w, acc_c = float((pw == y).double().mean()), float((pc == y).double().mean())
     sp = _spread(t_o, t_p)
-    return Row(area="attacks", name=f"PGD-10 DEQ 784-{width} b{batch} {estimator}: warm vs cold "
+    return Row(area="attacks", name=f"PGD-10 DEQ {label} {estimator}: warm vs cold "
                "solves", ours=t_o.best, peer=t_p.best, ratio=ratio(t_o.best, t_p.best),
                target=TARGET_WARM,
                check=f"predictions agree {agree:.1%}, success {same_outcome:.1%} (robust acc "
@@ -137,6 +149,60 @@ def bench_pgd_deq_warm(estimator: str = "exact", batch: int = 128, width: int = 
                ok=agree >= 0.95,
                extra={**sp, "f_evals_warm": warm.solves, "f_evals_cold": cold.solves,
                       "robust_acc_warm": acc_w, "robust_acc_cold": acc_c})
+
+
+def _digits_deq(depth: int = 3, seed: int = 0, hidden: int | None = None,
+                epochs: int | None = None):
+    """A DEQ trained on digits by the ``quick`` preset (the sweep's default family member
+    matched to FFW depth ``depth``; ``hidden``/``epochs`` shrink it for a smoke run), in a
+    throw-away model cache; returns (model, task)."""
+    import tempfile
+
+    from noisydeq.families import train_family
+    from noisydeq.specs.base import build
+    from noisydeq.specs.family import FamilySpec
+    from noisydeq.tasks import load_task
+
+    task = load_task("digits", seed=seed)
+    data: dict = {"task": "digits", "depths": [depth], "kinds": ["deq"], "seed": seed}
+    if hidden is not None:
+        data["hidden"] = hidden
+    if epochs is not None:
+        data["train"] = {"epochs": epochs}
+    spec = build(FamilySpec, data)
+    with tempfile.TemporaryDirectory() as cache:
+        family = train_family(spec, task, cache_dir=cache)
+    return _frozen(family.members[0].model), task
+
+
+def bench_pgd_deq_warm_digits(estimator: str = "exact", batch: int = 128, repeat: int = 7,
+                              **shrink: int) -> Row:
+    """The warm/cold pair on a trained digits DEQ (``quick`` preset) and its test inputs."""
+    model, task = _digits_deq(**shrink)
+    x, y = task.x_test[:batch], task.y_test[:batch]
+    return _warm_cold_row(model, x, y, f"digits-trained w{model.width} b{batch}", estimator,
+                          repeat)
+
+
+def bench_pgd_deq_warm_family(family: str, data_dir: str | None = None,
+                              cache: str | None = None, estimators: tuple[str, ...] = (
+                                  "exact", "phantom"), batch: int = 128,
+                              repeat: int = 7) -> list[Row]:
+    """The warm/cold pair on every DEQ of a trained family (a ``noisydeq sweep`` run dir,
+    a ``train`` dir or a checkpoint; e.g. the mnist10k families of docs/robustness.md),
+    attacking its first ``batch`` test inputs with the model's own test solver."""
+    from noisydeq.analysis.family import deq_or_ffw, load_family, load_family_task
+
+    members = [m for m in load_family(family, data_dir=data_dir, cache_dir=cache,
+                                      check=deq_or_ffw) if m.kind == "deq"]
+    if not members:
+        raise SystemExit(f"{family}: no DEQ in this family")
+    task = load_family_task(members, data_dir)
+    x, y = task.x_test[:batch], task.y_test[:batch]
+    return [_warm_cold_row(_frozen(m.model), x, y,
+                           f"{m.task}-trained d{m.depth} w{m.width} s{m.seed} b{batch}", est,
+                           repeat)
+            for m in members for est in estimators]
 
 
 def bench_adversarial_epoch(hidden: int = 128, samples: int | None = None,
@@ -198,6 +264,44 @@ def bench_attacks(quick: bool = False) -> list[Row]:
         return [bench_pgd_ffw(batch=16, hidden=16, repeat=1),
                 bench_adversarial_epoch(hidden=16, samples=256, repeat=1),
                 bench_pgd_deq_warm("exact", batch=16, width=24, repeat=1),
-                bench_pgd_deq_warm("phantom", batch=16, width=24, repeat=1)]
+                bench_pgd_deq_warm("phantom", batch=16, width=24, repeat=1),
+                bench_pgd_deq_warm_digits("exact", batch=16, repeat=1, depth=1, hidden=16,
+                                          epochs=1)]
     return [bench_pgd_ffw(), bench_adversarial_epoch(), bench_pgd_deq_warm("exact"),
-            bench_pgd_deq_warm("phantom")]
+            bench_pgd_deq_warm("phantom"), bench_pgd_deq_warm_digits("exact"),
+            bench_pgd_deq_warm_digits("phantom")]
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m benchmarks.attacks --family RUN [--data-dir D] [--cache C]``: the warm/cold
+    rows on a trained family's DEQs (not part of ``benchmarks.run``: it needs a trained
+    family and its data); ``--digits`` adds the digits-trained rows."""
+    import argparse
+    import os
+
+    from benchmarks.common import format_table
+
+    ap = argparse.ArgumentParser(prog="python -m benchmarks.attacks")
+    ap.add_argument("--family", default=None)
+    ap.add_argument("--data-dir", default=None)
+    ap.add_argument("--cache", default=None)
+    ap.add_argument("--estimators", default="exact,phantom")
+    ap.add_argument("--batch", type=int, default=128)
+    ap.add_argument("--repeat", type=int, default=7)
+    ap.add_argument("--digits", action="store_true")
+    args = ap.parse_args(argv)
+    torch.set_num_threads(1)
+    ests = tuple(e for e in args.estimators.split(",") if e)
+    load = os.getloadavg()[0]
+    rows: list[Row] = []
+    if args.digits:
+        rows += [bench_pgd_deq_warm_digits(e, args.batch, args.repeat) for e in ests]
+    if args.family:
+        rows += bench_pgd_deq_warm_family(args.family, args.data_dir, args.cache, ests,
+                                          args.batch, args.repeat)
+    print(f"load average {load:.1f} at start / {os.getloadavg()[0]:.1f} at end, 1 thread")
+    print(format_table(rows, markdown=True))
+
+
+if __name__ == "__main__":
+    main()

@@ -110,9 +110,34 @@ def test_attack_rows_check_pgd_against_torchattacks_and_warm_against_cold() -> N
     from benchmarks.attacks import bench_attacks
 
     rows = bench_attacks(quick=True)
-    assert len(rows) == 4
+    assert len(rows) == 5
     assert all(r.ok for r in rows), [r.check for r in rows]
     assert rows[2].extra["f_evals_warm"] < rows[2].extra["f_evals_cold"]
+    assert "digits-trained" in rows[4].name
+    assert rows[4].extra["f_evals_warm"] < rows[4].extra["f_evals_cold"]
+
+
+def test_attack_warm_rows_on_a_trained_family(tmp_path, capsys) -> None:
+    """``python -m benchmarks.attacks --family DIR``: one row per DEQ and estimator of a
+    trained family, with its own test inputs."""
+    from benchmarks.attacks import bench_pgd_deq_warm_family, main
+    from noisydeq.families import train_family
+    from noisydeq.specs.base import build
+    from noisydeq.specs.family import FamilySpec
+
+    spec = build(FamilySpec, {"task": "digits", "depths": [1], "kinds": ["deq", "ffw"],
+                              "hidden": 8, "train": {"epochs": 1}})
+    train_family(spec, cache_dir=tmp_path)
+    entries = sorted((tmp_path / "models").iterdir())
+    deq = next(e for e in entries if '"deq"' in (e / "model.json").read_text())
+    rows = bench_pgd_deq_warm_family(str(deq), estimators=("exact", "phantom"), batch=8,
+                                     repeat=1)
+    assert [r.name.split()[-5] for r in rows] == ["exact:", "phantom:"]
+    assert all("digits-trained d1" in r.name for r in rows)
+    assert all(r.extra["f_evals_warm"] < r.extra["f_evals_cold"] for r in rows)
+    main(["--family", str(deq), "--estimators", "exact", "--batch", "8", "--repeat", "1"])
+    out = capsys.readouterr().out
+    assert "load average" in out and "warm vs cold" in out
 
 
 def test_rng_rows_and_checks() -> None:
