@@ -168,6 +168,12 @@ def snr_legend(snr_db: float) -> str:
     return "∞" if math.isinf(snr_db) else f"{snr_db:g} dB"
 
 
+def trained_text(snr_db: float, unit: str = "dB") -> str:
+    """How a model was trained, for titles, legends and messages: ``trained without noise``
+    (∞) or ``trained at 10 dB`` (``unit`` after the number)."""
+    return "trained without noise" if math.isinf(snr_db) else f"trained at {snr_db:g} {unit}"
+
+
 def snr_label(snr_db: float) -> str:
     """An SNR level as a tick label: ``10``, or ``∞`` (no noise)."""
     import math

@@ -44,6 +44,7 @@ from noisydeq.figures import (  # noqa: E402
     save_figure,
     snr_legend,
     snr_positions,
+    trained_text,
 )
 from noisydeq.figures import snr_label as _label_db  # noqa: E402
 from noisydeq.specs.sweep import SweepSpec  # noqa: E402
@@ -51,9 +52,7 @@ from noisydeq.summary import Agg, aggregate, swept_part, training_groups  # noqa
 
 
 def _train_title(train_snr_db: float) -> str:
-    if math.isinf(train_snr_db):
-        return "trained without noise"
-    return f"trained at {train_snr_db:g} dB signal SNR"
+    return trained_text(train_snr_db, "dB signal SNR")
 
 
 def _metric_label(metric: str) -> str:

@@ -374,6 +374,12 @@ def test_every_log_axis_has_three_labelled_ticks(tmp_path, kept):
     assert len(_labelled_ticks(kept[-1].axes[0].yaxis)) >= 3
 
 
+def test_trained_text_is_one_phrase_for_titles_legends_and_messages():
+    assert figures.trained_text(math.inf) == "trained without noise"
+    assert figures.trained_text(10.0) == "trained at 10 dB"
+    assert figures.trained_text(0.0, "dB signal SNR") == "trained at 0 dB signal SNR"
+
+
 def test_log_axis_labels_cover_the_whole_axis(tmp_path, kept):
     """0.065 … 0.17: matplotlib labels 0.07, 0.08, 0.09, 0.1 and leaves the upper half of the
     axis, where these points lie, without a number."""

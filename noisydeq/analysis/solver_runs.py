@@ -24,6 +24,7 @@ from noisydeq.figures import (
     save_figure,
     shades,
     styled,
+    trained_text,
 )
 
 
@@ -202,7 +203,6 @@ def member_title(m: Any, n_inputs: int, on: Any = None) -> str:
     note = input_note(getattr(m.model, "input_act", None))
     return context_title("", task=m.task, device=where, noise="signal noise",
                          trained=f"DEQ width {m.width} (depth {m.depth}), seed {m.seed}, "
-                                 + ("trained without noise" if math.isinf(m.train_snr_db)
-                                    else f"trained at {m.train_snr_db:g} dB")
+                                 + trained_text(m.train_snr_db)
                                  + (f", {note}" if note else ""),
                          band=f"median / mean over {n_inputs} test inputs")

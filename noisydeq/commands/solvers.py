@@ -79,7 +79,7 @@ def command(names, snr, max_iter, window, width, batch, family, depth, member_se
       noisydeq solvers --family runs/sweep-1a2b3c --device ideal
     """
     from noisydeq.analysis import solver_runs, traces
-    from noisydeq.analysis.outputs import snr_text
+    from noisydeq.figures import trained_text
     from noisydeq.runtime import resolve_torch_device
 
     solvers = traces.check_solvers(names.split(","))
@@ -137,8 +137,8 @@ def command(names, snr, max_iter, window, width, batch, family, depth, member_se
                                          max_iter=count_max_iter, seed=seed, window=windows)
         rows, more = solver_runs.write_counts(counts, eps, count_max_iter, out, title)
         paths += more
-        click.echo(f"Fig. 5 (DEQ width {m.width}, seed {m.seed}, trained at "
-                   f"{snr_text(m.train_snr_db)}, unroll, ε = {eps:g}, threshold "
+        click.echo(f"Fig. 5 (DEQ width {m.width}, seed {m.seed}, "
+                   f"{trained_text(m.train_snr_db)}, unroll, ε = {eps:g}, threshold "
                    f"{count_max_iter}): mean iterations")
         for r in rows:
             label = "rel" if r["stop"] == "rel" else f"mean_rel w={r['window']}"

@@ -29,6 +29,7 @@ from noisydeq.figures import (
     snr_axis,
     snr_positions,
     styled,
+    trained_text,
 )
 from noisydeq.studies.spec import StudySpec
 
@@ -137,8 +138,7 @@ def plot_snr(rows: list[dict[str, Any]], stem: Path, title: str) -> list[Path]:
                 table += pts
             snr_axis(ax, pos)
             ax.set_xlabel("test SNR (dB)")
-            ax.set_title("trained without noise" if math.isinf(tsnr)
-                         else f"trained at {tsnr:g} dB", fontsize=9)
+            ax.set_title(trained_text(tsnr), fontsize=9)
         axes[0][0].set_ylabel(_metric_label(rows))
         axes[0][-1].legend(frameon=False, fontsize=7)
         fig.suptitle(study_title(rows, title), fontsize=10)

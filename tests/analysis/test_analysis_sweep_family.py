@@ -124,7 +124,7 @@ def test_solvers_picks_the_family_member_explicitly(tmp_path, capsys, monkeypatc
              "--accuracy-solvers", "unroll", "--accuracy-max-iter", "5"]
     code, out, err = run(["solvers", "--family", str(run_dir), *quick], capsys)
     assert code == 0, err
-    assert "seed 0, trained at no noise" in out
+    assert "seed 0, trained without noise" in out
     code, out, err = run(["solvers", "--family", str(run_dir), "--member-seed", "1",
                           "--member-train-snr", "10", "--out", str(tmp_path / "s1"), *quick],
                          capsys)
