@@ -241,6 +241,18 @@ def run_spectrum(
     return summary, paths
 
 
+#: the FFW eigenvalue histograms' symlog axis is linear below this |λ|
+SYMLOG_THRESHOLD = 1e-3
+
+
+def _symlog_bins(values: Any, threshold: float, n: int = 40) -> list[float]:
+    """``n`` histogram edges even on a symlog axis for non-negative ``values``: [0,
+    threshold] as one bin, log-spaced from ``threshold`` to the largest value above it."""
+    top = max(float(values.max()), threshold * 10)
+    ratio = (top / threshold) ** (1.0 / (n - 1))
+    return [0.0] + [threshold * ratio**k for k in range(n - 1)] + [top]
+
+
 def plot_spectrum(reports: list, stem: Path, title: str = "") -> list[Path]:
     """Fig. 2a / 13 (right): |λ| histograms per depth, DEQ W (blues) vs FFW product
     (oranges), and ρ vs depth. The histograms' data are ``eigenvalues.csv`` and
@@ -272,13 +284,18 @@ def plot_spectrum(reports: list, stem: Path, title: str = "") -> list[Path]:
                 if not mags.size:
                     ax.set_axis_off()
                     continue
-                ax.hist(mags, bins=40, color=kind_colour(kind), alpha=0.85)
+                # the FFW product's |λ| span decades (most near 0): bins even on its symlog
+                # axis — one linear bin below the threshold, log-spaced above — so the
+                # histogram is not one bar at the left edge
+                bins = _symlog_bins(mags, SYMLOG_THRESHOLD) if kind == "ffw" else 40
+                ax.hist(mags, bins=bins, color=kind_colour(kind), alpha=0.85)
                 ax.axvline(r.rho, color="k", lw=1, ls=kind_line(kind)["ls"])
-                what = f"W (width {m.width})" if kind == "deq" else f"W_{d}…W_1 ({d} layers)"
+                what = (f"W (width {m.width})" if kind == "deq"
+                        else f"W_{d}…W_1 ({d} layer{'' if d == 1 else 's'})")
                 ax.set_title(f"{kind.upper()} depth {d}: |λ| of {what}, ρ={r.rho:.3g}",
                              fontsize=8)
                 if kind == "ffw":
-                    ax.set_xscale("symlog", linthresh=1e-3)
+                    ax.set_xscale("symlog", linthresh=SYMLOG_THRESHOLD)
         for ax in axes[-1]:
             ax.set_xlabel("|eigenvalue| (line: ρ)")
         fig.suptitle("\n".join(p for p in ("Eigenvalues (Fig. 2a) — " + title, which) if p))

@@ -122,3 +122,19 @@ def test_multiplicative_and_state_sites_run(family, tmp_path, capsys):
     assert code == 0, err
     r = rows(tmp_path / "m" / "sensitivity.csv")[0]
     assert float(r["deq_sens"]) > 0 and math.isnan(float(r["ratio"]))
+
+
+def test_ffw_eigenvalue_bins_are_even_on_the_symlog_axis():
+    """|λ| of a deep FFW's product spans decades: linear bins put nearly all of them into the
+    first bar; the symlog-even bins spread them and keep every value."""
+    import numpy as np
+
+    from noisydeq.analysis.runs import SYMLOG_THRESHOLD, _symlog_bins
+
+    mags = np.concatenate([np.zeros(3), np.geomspace(1e-5, 9e-4, 20), np.geomspace(1e-3, 7.3, 480)])
+    edges = _symlog_bins(mags, SYMLOG_THRESHOLD)
+    counts, _ = np.histogram(mags, bins=edges)
+    assert counts.sum() == mags.size and edges[0] == 0 and edges[-1] == mags.max()
+    assert np.all(np.diff(np.log(edges[1:])) > 0)  # log-spaced above the threshold
+    linear, _ = np.histogram(mags, bins=40)
+    assert linear[0] > 0.5 * mags.size and counts.max() < 0.1 * mags.size
