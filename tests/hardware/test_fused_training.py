@@ -45,6 +45,16 @@ def _reference(layer, x: Tensor, y: Tensor) -> Tensor:
     return out if layer.bias is None else out + layer.bias.reshape(1, -1)
 
 
+def _output(layer, xr, fused: bool):
+    """The layer's training output through the fused node, or through the reference graph
+    on the same device read."""
+    if fused:
+        return layer(xr)
+    with torch.no_grad():
+        y = layer.device_output(xr, layer.resolve_controls(xr.shape[0]))
+    return _reference(layer, xr, y)
+
+
 @pytest.mark.parametrize("name", ["rram", "photonic"])
 @pytest.mark.parametrize("x_grad", [True, False])
 def test_fused_training_node_equals_the_graph_it_replaces(name, x_grad):
@@ -60,13 +70,9 @@ def test_fused_training_node_equals_the_graph_it_replaces(name, x_grad):
         layer.weight.grad = layer.bias.grad = None
         xr = x.clone().requires_grad_(x_grad)
         layer.stream = NoiseStream.from_seed(1, samples=torch.arange(33))
+        out = _output(layer, xr, fused)
         if fused:
-            out = layer(xr)
             assert type(out.grad_fn).__name__ == "PeakScaledLinearBackward"
-        else:
-            with torch.no_grad():
-                y = layer.device_output(xr, layer.resolve_controls(33))
-            out = _reference(layer, xr, y)
         (g * out).sum().backward()
         got.append((out.detach(), layer.weight.grad, layer.bias.grad, xr.grad))
     for a, b in zip(*got, strict=True):
@@ -117,12 +123,7 @@ def test_fused_training_node_twice_differentiable_as_before(name):
         layer.weight.grad = layer.bias.grad = None
         xr = x.clone().requires_grad_(True)
         layer.stream = NoiseStream.from_seed(2, samples=torch.arange(9))
-        if fused:
-            out = layer(xr)
-        else:
-            with torch.no_grad():
-                y = layer.device_output(xr, layer.resolve_controls(9))
-            out = _reference(layer, xr, y)
+        out = _output(layer, xr, fused)
         (gx,) = torch.autograd.grad((v * out).sum(), xr, create_graph=True)
         gx.square().sum().backward()
         got.append(layer.weight.grad.clone())
