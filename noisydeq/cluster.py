@@ -217,6 +217,38 @@ def _stderr_muted() -> Iterator[None]:
         os.close(saved)
 
 
+#: what this worker process unpacked of the run it serves: key -> (run token, value)
+_KEPT: dict[str, tuple[str, Any]] = {}
+
+
+def kept(token: str, key: str, box: list[Any], *, run: bool = False,
+         make: Callable[[Any], Any] | None = None) -> Any:
+    """The object in ``box`` (its object reference in a list, so Ray passes the reference
+    and the worker fetches it once), kept in this worker process for the run ``token``:
+    a task of the same run finds it unpacked. ``run``: the run-level object (a new token
+    drops what was kept of earlier runs); ``make``: what to keep of the fetched value
+    (e.g. a runner built from it; it may refuse the value)."""
+    held = _KEPT.get(key)
+    if held is not None and held[0] == token:
+        return held[1]
+    import ray
+
+    value = ray.get(box[0])
+    if make is not None:
+        value = make(value)
+    if run:
+        _KEPT.clear()
+    _KEPT[key] = (token, value)
+    return value
+
+
+def same_code(driver: str, worker: str) -> None:
+    """Refuse a worker whose noisydeq code (fingerprint) is not the driver's, in one line."""
+    if driver != worker:
+        raise NoisyDEQError(f"the Ray worker on {socket.gethostname()} runs other noisydeq "
+                            "code than the driver (install the same version on every node)")
+
+
 def remote(fn: Callable[..., Any], name: str, gpu: bool = False) -> Any:
     """``fn`` as a Ray task of one CPU (and one GPU with ``gpu``), retried
     :data:`MAX_RETRIES` times when its worker dies, never when it raises."""

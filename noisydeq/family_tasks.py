@@ -23,12 +23,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from noisydeq import cluster
 from noisydeq.errors import NoisyDEQError
 from noisydeq.specs.sweep import SweepSpec
 from noisydeq.specs.training import TrainSpec
-
-#: a worker's unpacked task: (token, task)
-_KEPT: dict[str, Any] = {}
 
 
 def train_member(
@@ -40,14 +38,9 @@ def train_member(
     from noisydeq.train import train_model
 
     torch.set_num_threads(1)
-    kept = _KEPT.get("task")
-    if kept is None or kept[0] != token:
-        import ray
-
-        _KEPT.clear()
-        _KEPT["task"] = kept = (token, ray.get(box[0]))
+    task = cluster.kept(token, "task", box, run=True)
     t0 = time.perf_counter()
-    result = train_model(model, kept[1], tspec, out_dir=None, torch_device=device, quiet=True)
+    result = train_model(model, task, tspec, out_dir=None, torch_device=device, quiet=True)
     blob = store.checkpoint_blob(result.model.state_dict(), result.config, result.extra)
     return blob, time.perf_counter() - t0
 
@@ -77,7 +70,6 @@ def train_sweep_families_on_ray(spec: SweepSpec, task: Any, progress: bool = Tru
                             todo[entry.name] = (model, tspec, entry, name)
     if not todo:
         return 0
-    from noisydeq import cluster
 
     ref = ray.put(task)
     fn = cluster.remote(train_member, "noisydeq-train-member", gpu=dev.type == "cuda")

@@ -23,25 +23,10 @@ from typing import Any
 
 import torch
 
+from noisydeq import cluster
 from noisydeq.analysis.certified import Plan, certify_member, model_label, row_line
 from noisydeq.certify.spec import CertifySpec
 from noisydeq.cluster import Backend
-
-#: a worker's unpacked inputs and models of the run it serves: key -> (token, value)
-_KEPT: dict[str, Any] = {}
-
-
-def _kept(key: str, token: str, box: list[Any]) -> Any:
-    kept = _KEPT.get(key)
-    if kept is not None and kept[0] == token:
-        return kept[1]
-    import ray
-
-    if key == "inputs":
-        _KEPT.clear()
-    value = ray.get(box[0])
-    _KEPT[key] = (token, value)
-    return value
 
 
 def certify_radius(token: str, inputs: list[Any], model: list[Any], i: int,
@@ -50,8 +35,8 @@ def certify_radius(token: str, inputs: list[Any], model: list[Any], i: int,
     ``inputs`` / ``model`` hold an object reference each (in a list, so Ray passes the
     reference and the worker unpacks it once): (x, y, spec) and (member, plans)."""
     torch.set_num_threads(1)
-    x, y, spec = _kept("inputs", token, inputs)
-    member, plans = _kept(f"model/{i}", token, model)
+    x, y, spec = cluster.kept(token, "inputs", inputs, run=True)
+    member, plans = cluster.kept(token, f"model/{i}", model)
     one = spec.model_copy(update={"eps": [eps]})
     return certify_member(member, x, y, one, None, plans)
 
@@ -81,7 +66,6 @@ def certify_on_ray(
     connected Ray cluster (module docstring), echoed as their tasks finish."""
     import ray
 
-    from noisydeq import cluster
 
     ref = ray.put((x.cpu(), y.cpu(), spec))
     token = ref.hex()

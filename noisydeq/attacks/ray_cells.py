@@ -26,6 +26,7 @@ from typing import Any
 
 import torch
 
+from noisydeq import cluster
 from noisydeq.attacks.grid import AttackRunSpec
 from noisydeq.attacks.runner import AttackMember, Cell, Runner, early_key, plan
 from noisydeq.errors import NoisyDEQError
@@ -72,25 +73,12 @@ class MemoryCells:
         self.known[key] = self.saved[key] = [dict(r) for r in rows]
 
 
-def _kept(key: str, token: str, box: list[Any]) -> Any:
-    kept = _KEPT.get(key)
-    if kept is not None and kept[0] == token:
-        return kept[1]
-    import ray
+def _checked(payload: Payload) -> Payload:
+    """``payload``, refused if this worker runs other noisydeq code than the driver."""
+    from noisydeq.hardware.calibration_store import code_fingerprint
 
-    value = ray.get(box[0])
-    if key == "payload":
-        from noisydeq.hardware.calibration_store import code_fingerprint
-
-        if code_fingerprint() != value.code:
-            import socket
-
-            raise NoisyDEQError(f"the Ray worker on {socket.gethostname()} runs other "
-                                "noisydeq code than the driver (install the same version on "
-                                "every node)")
-        _KEPT.clear()
-    _KEPT[key] = (token, value)
-    return value
+    cluster.same_code(payload.code, code_fingerprint())
+    return payload
 
 
 Returned = tuple[list[tuple[str, list[dict[str, Any]]]], dict[str, list[dict[str, Any]]]]
@@ -103,8 +91,8 @@ def attack_group(token: str, payload: list[Any], model: list[Any], i: int, keys:
     an object reference each (in a list, so Ray passes the reference and the worker
     unpacks it once); ``early``: the group's early-state cell when the driver has it."""
     torch.set_num_threads(1)
-    pay: Payload = _kept("payload", token, payload)
-    member: AttackMember = _kept(f"model/{i}", token, model)
+    pay: Payload = cluster.kept(token, "payload", payload, run=True, make=_checked)
+    member: AttackMember = cluster.kept(token, f"model/{i}", model)
     dev = torch.device(pay.torch_device)
     member.model.to(dev).eval()
     memory = MemoryCells(early)
@@ -125,7 +113,6 @@ def run_on_ray(runner: Runner, members: Sequence[AttackMember], todo: Sequence[C
     ``saved(key, rows)``) as its task finishes; returns how many cells were written."""
     import ray
 
-    from noisydeq import cluster
     from noisydeq.attacks.runner import EARLY_COLUMNS
     from noisydeq.hardware.calibration_store import code_fingerprint
 

@@ -26,23 +26,11 @@ from typing import Any
 
 import torch
 
+from noisydeq import cluster
 from noisydeq.errors import NoisyDEQError
 from noisydeq.studies.rundir import StudyDir
 from noisydeq.studies.runner import ModelJob, _build, evaluate_model, model_id
 from noisydeq.studies.spec import StudySpec
-
-#: a worker's unpacked (spec, task, sets) of the study it serves: (token, value)
-_KEPT: dict[str, Any] = {}
-
-
-def _inputs(token: str, box: list[Any]) -> tuple[StudySpec, Any, list]:
-    kept = _KEPT.get("inputs")
-    if kept is None or kept[0] != token:
-        import ray
-
-        _KEPT.clear()
-        _KEPT["inputs"] = kept = (token, ray.get(box[0]))
-    return kept[1]
 
 
 def study_model(token: str, box: list[Any], job: ModelJob, trained: Any,
@@ -53,7 +41,7 @@ def study_model(token: str, box: list[Any], job: ModelJob, trained: Any,
     from noisydeq.train import train_model
 
     torch.set_num_threads(1)
-    spec, task, sets = _inputs(token, box)
+    spec, task, sets = cluster.kept(token, "inputs", box, run=True)
     dev = torch.device(device)
     blob, seconds, metric = None, 0.0, float("nan")
     if trained is None:
@@ -78,7 +66,7 @@ def run_on_ray(spec: StudySpec, task: Any, sets: list, run: StudyDir, jobs: list
     cell into ``run`` as its task finishes; returns model id → (rows, trained here?)."""
     import ray
 
-    from noisydeq import cluster, store
+    from noisydeq import store
     from noisydeq.runtime import resolve_torch_device
     from noisydeq.studies.runner import expected_rows
     from noisydeq.train import MODEL_FILE, RESUME_FILE, train_model

@@ -14,9 +14,9 @@ Same numbers as a local run: every draw depends only on (seed, model, SNR level,
 layer, solver step, test-sample index) (docs/architecture.md, "Randomness"), never on the
 process that evaluates it, and a worker evaluates with one torch thread — the table equals
 ``--jobs 1 --threads 1`` and ``--jobs N``, byte for byte. A worker keeps the last payload
-and models it unpacked (:data:`_KEPT`), so a process that runs many pairs of one sweep
-unpacks them once. Workers write nothing that outlives a task: the driver ships each task
-the calibration entries its cache holds for the pair (read by the driver, not from a
+and models it unpacked (:func:`noisydeq.cluster.kept`), so a process that runs many pairs
+of one sweep unpacks them once. Workers write nothing that outlives a task: the driver
+ships each task the calibration entries its cache holds for the pair (read by the driver, not from a
 shared file system), so a rerun does not calibrate again; knobs a worker had to search
 come back with the cells, and the driver stores them with the local run's writer
 (:func:`~noisydeq.hardware.calibration_store.write_entry`: digest checked, an unwritable
@@ -32,14 +32,11 @@ from typing import Any
 
 import torch
 
-from noisydeq.errors import NoisyDEQError
+from noisydeq import cluster
 from noisydeq.specs.sweep import SweepSpec
 from noisydeq.sweep.base import SweepModel
 from noisydeq.sweep.hardware import Hardware
 from noisydeq.sweep.plan import CellRunner
-
-#: a worker's unpacked payload and models of the sweep it serves: (token, value)
-_KEPT: dict[str, Any] = {}
 
 
 @dataclass
@@ -73,40 +70,14 @@ def _inputs(task: Any, runner: CellRunner) -> TestInputs:
                       None if calib is None else calib.cpu())
 
 
-def _runner(token: str, box: list[Any]) -> CellRunner:
-    """This worker's runner of the sweep ``token`` (unpacked on first use)."""
-    kept = _KEPT.get("runner")
-    if kept is not None and kept[0] == token:
-        return kept[1]
-    import ray
-
+def _build_runner(payload: Payload) -> CellRunner:
+    """The cell runner of a sweep's payload (refused if the worker runs other code)."""
     from noisydeq.hardware.calibration_store import code_fingerprint
 
-    payload: Payload = ray.get(box[0])
-    if code_fingerprint() != payload.code:
-        import socket
-
-        raise NoisyDEQError(f"the Ray worker on {socket.gethostname()} runs other noisydeq "
-                            "code than the driver (install the same version on every node)")
-    hardware = payload.hardware
-    runner = CellRunner(payload.spec, payload.task, None, hardware,
-                        torch.device(payload.torch_device), groups=payload.groups,
-                        content=payload.content)
-    _KEPT.clear()
-    _KEPT["runner"] = (token, runner)
-    return runner
-
-
-def _model(token: str, i: int, box: list[Any]) -> SweepModel:
-    key = f"model/{i}"
-    kept = _KEPT.get(key)
-    if kept is not None and kept[0] == token:
-        return kept[1]
-    import ray
-
-    sm = ray.get(box[0])
-    _KEPT[key] = (token, sm)
-    return sm
+    cluster.same_code(payload.code, code_fingerprint())
+    return CellRunner(payload.spec, payload.task, None, payload.hardware,
+                      torch.device(payload.torch_device), groups=payload.groups,
+                      content=payload.content)
 
 
 Cell = tuple[list[float], list[dict[str, Any]], list[dict[str, Any]]]
@@ -127,8 +98,8 @@ def evaluate_pair(
     from noisydeq.hardware.calibration_store import cache_entries
 
     torch.set_num_threads(1)
-    runner = _runner(token, payload)
-    sm = _model(token, i, model)
+    runner: CellRunner = cluster.kept(token, "runner", payload, run=True, make=_build_runner)
+    sm: SweepModel = cluster.kept(token, f"model/{i}", model)
     cells: list[Cell] = []
     it = iter(todo)
 
@@ -156,7 +127,6 @@ def run_on_ray(
     returned cell into ``runner.run_dir`` (once) as its task finishes."""
     import ray
 
-    from noisydeq import cluster
     from noisydeq.families import cache_root
     from noisydeq.hardware.calibration_store import cache_entries, code_fingerprint, read_entries
 
