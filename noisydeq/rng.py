@@ -111,13 +111,20 @@ def mix64_(z: Tensor) -> Tensor:
     return _xorshift_(z, 31)
 
 
+#: set bits of every byte value 0 … 255 (per device: :func:`_popcount`)
+_BYTE_BITS: dict[torch.device, Tensor] = {}
+
+
 def _popcount(z: Tensor) -> Tensor:
-    """Number of set bits of each int64 (SWAR bit count)."""
-    m1, m2, m4 = 0x5555555555555555, 0x3333333333333333, 0x0F0F0F0F0F0F0F0F
-    z = z - (torch.bitwise_right_shift(z, 1) & m1)
-    z = (z & m2) + (torch.bitwise_right_shift(z, 2) & m2)
-    z = (z + torch.bitwise_right_shift(z, 4)) & m4
-    return torch.bitwise_right_shift(z * _signed(0x0101010101010101), 56) & 0xFF
+    """Number of set bits of each int64: the bit counts of its eight bytes, looked up and
+    summed (exact integers: the same counts as a SWAR bit count, in 3 tensor operations
+    instead of 13)."""
+    table = _BYTE_BITS.get(z.device)
+    if table is None:
+        table = _BYTE_BITS[z.device] = torch.tensor(
+            [bin(v).count("1") for v in range(256)], dtype=torch.int64, device=z.device)
+    octets = z.contiguous().view(torch.uint8).reshape(*z.shape, 8)
+    return table[octets.long()].sum(dim=-1)
 
 
 def mix_gamma(z: Tensor) -> Tensor:
