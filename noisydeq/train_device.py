@@ -6,7 +6,10 @@ every epoch trains on a fresh chip (:func:`chip_of_epoch`; :meth:`Device.rechip`
 parameters), calibrated on clean training activations at a target SNR, and validates on one
 fixed chip (:func:`validation_chip`). Each batch draws the dynamic noise of every device
 layer from streams addressed by (seed, epoch, sample, layer) (:func:`_device_streams`; the
-first draws of same-width layers are made together: ``NoiseStream.draw_ahead``).
+first draws of same-width layers are made together: ``NoiseStream.draw_ahead``). The chip
+is reprogrammed with every step's weights; a photonic device's calibrated ADC gain is
+measured again at every step too, or once per chip with ``device_adc_gain = "epoch"``
+(:func:`_hold_adc_gain`).
 """
 
 from __future__ import annotations
@@ -54,10 +57,28 @@ def _deploy(model: nn.Module, spec: TrainSpec, rng_seed: int) -> nn.Module:
         )
     from noisydeq.hardware.controls import set_scaled_gradient
 
-    net = _train_device(spec, chip_of_epoch(rng_seed, 0)).deploy(
-        model, digital_layers=spec.digital_layers or ())
+    device = _train_device(spec, chip_of_epoch(rng_seed, 0))
+    if spec.device_adc_gain is not None and getattr(device.spec, "adc_gain", None) != "calibrated":
+        raise NoisyDEQError(
+            f"train.device_adc_gain: only for a photonic device with adc_gain = 'calibrated' "
+            f"(device '{spec.device}' measures no ADC gain)")
+    net = device.deploy(model, digital_layers=spec.digital_layers or ())
     set_scaled_gradient(net)  # the gradient sees the error grow with W's and x's scale
+    _hold_adc_gain(net, spec)
     return net
+
+
+def _hold_adc_gain(net: nn.Module, spec: TrainSpec) -> None:
+    """``spec.device_adc_gain = "epoch"``: the device layers measure their ADC gain once on
+    this chip (at deployment: the start of an epoch, or the validation chip) and hold it
+    while the weights train (:attr:`PhotonicLayer.hold_adc_gain`)."""
+    if spec.device_adc_gain != "epoch":
+        return
+    from noisydeq.hardware.controls import device_layers
+
+    for layer in device_layers(net).values():
+        if hasattr(layer, "hold_adc_gain"):
+            layer.hold_adc_gain = True
 
 
 def _calibrate(net: nn.Module, spec: TrainSpec, x: Tensor) -> None:
@@ -78,6 +99,7 @@ def _calibrate(net: nn.Module, spec: TrainSpec, x: Tensor) -> None:
 def _on_chip(net: nn.Module, spec: TrainSpec, chip: int, x_calib: Tensor) -> None:
     """Move the deployed ``net`` onto chip ``chip`` (same parameters) and calibrate it."""
     _train_device(spec, chip).rechip(net)
+    _hold_adc_gain(net, spec)
     _calibrate(net, spec, x_calib)
 
 

@@ -130,6 +130,9 @@ def _fmt(metric: float, name: str) -> str:
                    "(default), dynamic, static or both (docs/devices.md).")
 @click.option("--digital-layers", default=None, metavar="NAME,...",
               help="Layers kept digital on the training device, e.g. cell.U,head.")
+@click.option("--device-adc-gain", type=click.Choice(["step", "epoch"]), default=None,
+              help="Photonic training device with a calibrated ADC gain: measure it with "
+                   "every step's weights (step, default) or once per epoch's chip (epoch).")
 @click.option("--seed", type=click.IntRange(0, limits.MAX_SEED), default=0, show_default=True,
               help="Seed of the weights, data order and training noise.")
 @click.option("--data-seed", type=click.IntRange(0, limits.MAX_SEED), default=0,
@@ -198,6 +201,8 @@ def _command(opts: dict[str, Any]) -> None:
                                             "--device-noise-mode"))
     overrides.update(device_options(opts["device"], opts["device_noise_mode"],
                                     opts["digital_layers"]))
+    if opts["device_adc_gain"] is not None:
+        overrides["device_adc_gain"] = adc_gain_option(opts["device"], opts["device_adc_gain"])
     if opts["ibp_eps"] is not None:
         overrides["ibp"] = {"eps": opts["ibp_eps"]}
     monotone = _monotone(opts["monotone"])
@@ -281,6 +286,19 @@ def device_options(device: str | None, noise_mode: str | None,
     if digital_layers is not None:
         out["digital_layers"] = [n.strip() for n in digital_layers.split(",") if n.strip()]
     return out
+
+
+def adc_gain_option(device: str | None, value: str) -> str:
+    """``--device-adc-gain``: needs a training device that measures its ADC gain (a
+    photonic one with ``adc_gain = "calibrated"``); one line otherwise."""
+    if device is None:
+        raise NoisyDEQError("--device-adc-gain: needs a training --device")
+    from noisydeq.hardware import load_spec
+
+    if getattr(load_spec(device), "adc_gain", None) != "calibrated":
+        raise NoisyDEQError(f"--device-adc-gain: only for a photonic device with adc_gain = "
+                            f"'calibrated' (device '{device}' measures no ADC gain)")
+    return value
 
 
 def _check_memory(sizes: list[tuple[int, int]], batch: int, dev: torch.device) -> None:

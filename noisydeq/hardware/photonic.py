@@ -111,6 +111,10 @@ class PhotonicLayer(DeviceLayer):
         self._unit: tuple[tuple, Tensor, Tensor] | None = None
         #: (inputs key, calibration inputs normalised by their max |x|, the inputs)
         self._adc_inputs: tuple[tuple, Tensor, Tensor] | None = None
+        #: hold the measured ADC gain while the weights change (set at deployment, e.g. once
+        #: per training epoch: ``TrainSpec.device_adc_gain = "epoch"``); False: measured again
+        #: for every weight version
+        self.hold_adc_gain = False
 
     @property
     def spec(self) -> PhotonicSpec:
@@ -136,14 +140,17 @@ class PhotonicLayer(DeviceLayer):
 
     def adc_scale(self) -> float:
         """ADC full scale F in units of R·P (module docstring): fixed, or calibrated on the
-        layer's calibration inputs (kept per inputs and weight version)."""
+        layer's calibration inputs (kept per inputs and weight version; per inputs only
+        while :attr:`hold_adc_gain`)."""
         sp = self.spec
         fixed = sp.adc_full_scale * math.sqrt(self.n_in)
         if sp.adc_gain == "fixed":
             return fixed
         x = self.calibration_inputs()
         key = (id(x), x._version, self.weight.data_ptr(), self.weight._version)
-        if self._adc is None or self._adc[0] != key:  # the entry holds x: ids stay unique
+        held = (self.hold_adc_gain and self._adc is not None
+                and self._adc[0][:2] == key[:2])  # same inputs, weights trained since
+        if not held and (self._adc is None or self._adc[0] != key):  # the entry holds x
             x_key = (id(x), x._version)
             if self._adc_inputs is None or self._adc_inputs[0] != x_key:
                 with torch.no_grad():  # normalised once per inputs (training: per epoch)

@@ -56,10 +56,13 @@ class TrainSpec(StrictModel):
     ``device_noise_mode`` (None = ``physical``) says which part of its noise that SNR sets,
     ``digital_layers`` names layers kept digital (e.g. ``["proj.U", "head"]``). A fresh
     chip is drawn every epoch (static noise seen as a distribution), read noise at every MVM
-    (docs/devices.md, "Hardware-aware training"). DEQ only: ``solver`` (training),
-    ``test_solver`` (evaluation), ``gradient`` and ``jac_reg`` replace the model's own when
-    set. ``max_train_samples``: use only the first N training samples. ``ibp``:
-    interval-bound-propagation training (:class:`IBPTrainSpec`).
+    (docs/devices.md, "Hardware-aware training"). ``device_adc_gain`` (photonic devices
+    with a calibrated ADC gain): ``step`` (None) measures the ADC full scale with every
+    step's weights, ``epoch`` once per epoch when its chip is deployed, then holds it.
+    DEQ only: ``solver`` (training), ``test_solver`` (evaluation), ``gradient`` and
+    ``jac_reg`` replace the model's own when set. ``max_train_samples``: use only the
+    first N training samples. ``ibp``: interval-bound-propagation training
+    (:class:`IBPTrainSpec`).
     ``lr_schedule``: ``constant``, or ``cosine`` — epoch e of E runs at
     lr·(1 + cos(πe/E))/2 (PyTorch's ``CosineAnnealingLR`` stepped per epoch with T_max = E).
     Presets: :meth:`TrainSpec.preset` (``quick``, ``paper``).
@@ -74,6 +77,7 @@ class TrainSpec(StrictModel):
     device: str | None = None
     device_snr_db: InfFloat | None = None
     device_noise_mode: NoiseMode | None = None
+    device_adc_gain: Literal["step", "epoch"] | None = None
     digital_layers: list[str] | None = None
     solver: SolverSpec | None = None
     test_solver: SolverSpec | None = None
@@ -91,6 +95,11 @@ class TrainSpec(StrictModel):
     def _device_snr(cls, v: Any) -> Any:
         return v if v is None else parse_snr_value(v)
 
+    @field_validator("device_adc_gain")
+    @classmethod
+    def _adc_gain(cls, v: str | None) -> str | None:
+        return None if v == "step" else v  # the default: the cache key of earlier models
+
     @field_validator("digital_layers")
     @classmethod
     def _digital(cls, v: list[str] | None) -> list[str] | None:
@@ -99,7 +108,8 @@ class TrainSpec(StrictModel):
     @model_validator(mode="after")
     def _device_options(self) -> TrainSpec:
         if self.device is None:
-            for name in ("device_snr_db", "device_noise_mode", "digital_layers"):
+            for name in ("device_snr_db", "device_noise_mode", "device_adc_gain",
+                         "digital_layers"):
                 if getattr(self, name) is not None:
                     raise ValueError(f"{name}: set for a training device, but device is unset")
         return self
