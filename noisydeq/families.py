@@ -232,11 +232,21 @@ def check_sweep_families(sweep: SweepSpec, task: Task) -> None:
     )
 
 
+def measures_adc_gain(device: str) -> bool:
+    """Whether the training ``device`` measures its ADC gain (photonic, ``adc_gain =
+    "calibrated"``): what ``train_adc_gain = "epoch"`` applies to."""
+    from noisydeq.hardware import load_spec
+
+    return getattr(load_spec(device), "adc_gain", None) == "calibrated"
+
+
 def check_training_devices(sweep: SweepSpec) -> None:
     """Each training device of ``sweep`` exists and reaches each training SNR in the
-    training noise mode (its reference MVM), one line otherwise — before anything runs."""
+    training noise mode (its reference MVM), one line otherwise — before anything runs;
+    ``train_adc_gain = "epoch"`` needs one that measures an ADC gain."""
     from noisydeq.hardware import get_device, load_spec
 
+    devices = []
     for dev, dsnr in sweep.training_devices():
         if dev is None:
             continue
@@ -245,6 +255,11 @@ def check_training_devices(sweep: SweepSpec) -> None:
             get_device(dev, snr_db=dsnr, noise_mode=sweep.train_noise_mode)
         except NoisyDEQError as err:
             raise NoisyDEQError(f"train_device: {err}") from None
+        devices.append(dev)
+    if sweep.train_adc_gain == "epoch" and not any(measures_adc_gain(d) for d in devices):
+        raise NoisyDEQError(
+            f"train_adc_gain: only for a photonic training device with adc_gain = "
+            f"'calibrated' (none of {', '.join(dict.fromkeys(devices))} measures an ADC gain)")
 
 
 def family_spec_for_sweep(
@@ -261,6 +276,8 @@ def family_spec_for_sweep(
             train["device_noise_mode"] = sweep.train_noise_mode
         if sweep.digital_layers:
             train["digital_layers"] = list(sweep.digital_layers)
+        if sweep.train_adc_gain == "epoch" and measures_adc_gain(train_device):
+            train["device_adc_gain"] = "epoch"
     if sweep.epochs is not None:
         train["epochs"] = sweep.epochs
     if sweep.max_train_samples is not None:

@@ -47,6 +47,9 @@ class SweepSpec(FamilyChoices):
     ``"lyadeq"`` in ``kinds``). ``cell``: the members' cell and its options
     (:class:`CellSpec`, e.g. ``"conv"`` or ``{name = "conv1d", weight_norm = false}``; a
     per-position task needs ``conv1d`` or ``residual``).
+    ``train_device`` / ``train_device_snr_db`` / ``train_noise_mode`` / ``train_adc_gain``:
+    hardware-aware training (:class:`TrainSpec` ``device*``; ``train_adc_gain = "epoch"``
+    applies to the training devices that measure an ADC gain, e.g. ``photonic``).
     """
 
     input_act: Literal["relu", "silu", "identity"] = "relu"
@@ -75,6 +78,7 @@ class SweepSpec(FamilyChoices):
     train_device: list[str] = Field(default_factory=list)
     train_device_snr_db: list[InfFloat] = Field(default_factory=list)
     train_noise_mode: NoiseMode = "physical"
+    train_adc_gain: Literal["step", "epoch"] = "step"
     digital_layers: list[str] = Field(default_factory=list)
 
     @field_validator("train_device", "digital_layers", mode="before")
@@ -97,7 +101,8 @@ class SweepSpec(FamilyChoices):
     def _train_device_options(self) -> SweepSpec:
         hardware = [d for d in self.train_device if d != DIGITAL_TRAINING]
         if not hardware:
-            for name, unset in (("train_device_snr_db", []), ("train_noise_mode", "physical")):
+            for name, unset in (("train_device_snr_db", []), ("train_noise_mode", "physical"),
+                                ("train_adc_gain", "step")):
                 if getattr(self, name) != unset:
                     raise ValueError(f"{name}: set for a training device, but train_device "
                                      "names none")
@@ -127,7 +132,8 @@ class SweepSpec(FamilyChoices):
             data.pop("cell")
         # hardware-aware training, added later: left out unset (earlier identities stay)
         for key, unset in (("train_device", []), ("train_device_snr_db", []),
-                           ("train_noise_mode", "physical"), ("digital_layers", [])):
+                           ("train_noise_mode", "physical"), ("digital_layers", []),
+                           ("train_adc_gain", "step")):
             if key in data and data[key] == unset:
                 data.pop(key)
         return data
