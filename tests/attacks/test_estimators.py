@@ -329,3 +329,37 @@ def test_exact_backward_tolerance_is_an_exact_only_option_with_a_stable_cell_key
     gs = make_estimator(small_deq(), e).gradient
     assert gs.name == "ift" and gs.backward_solver.tol == 1e-3
     assert make_estimator(small_deq(), EstimatorSpec()).gradient.backward_solver.tol == 1e-6
+
+
+def test_exact_backward_tolerance_keeps_robust_accuracy_on_a_trained_deq(tmp_path) -> None:
+    # a DEQ trained on digits (quick preset, width 32, 2 epochs): PGD-10 through exact:btol=1e-3
+    # leaves the same number of inputs correct as the default backward solve, per random
+    # start, within the spread between starts measured on trained DEQs (<= 2 inputs)
+    from noisydeq.families import train_family
+    from noisydeq.specs.base import build
+    from noisydeq.specs.family import FamilySpec
+    from noisydeq.tasks import load_task
+
+    task = load_task("digits", seed=0)
+    spec = build(FamilySpec, {"task": "digits", "depths": [1], "kinds": ["deq"], "hidden": 32,
+                              "train": {"epochs": 2}})
+    m = train_family(spec, task, cache_dir=tmp_path).members[0].model.eval()
+    for p in m.parameters():
+        p.requires_grad_(False)
+    x, y = task.x_test[:96], task.y_test[:96]
+    for eps in (0.05, 0.1):
+        correct = {}
+        for name in ("exact", "exact:btol=1e-3"):
+            est = make_estimator(m, parse_estimator(name))
+            counts = []
+            for seed in range(3):
+                est.reset()
+                adv = pgd(est, x, y, eps=eps, steps=10,
+                          generator=torch.Generator().manual_seed(seed))
+                with torch.no_grad():
+                    counts.append(int((m(adv).argmax(1) == y).sum()))
+            correct[name] = counts
+        assert 0 < min(correct["exact"]) < len(y)  # not trivial at either end
+        diffs = [abs(a - b) for a, b in zip(correct["exact"], correct["exact:btol=1e-3"],
+                                            strict=True)]
+        assert max(diffs) <= 2, correct
