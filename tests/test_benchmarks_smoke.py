@@ -135,9 +135,10 @@ def test_attack_warm_rows_on_a_trained_family(tmp_path, capsys) -> None:
     assert [r.name.split()[-5] for r in rows] == ["exact:", "phantom:"]
     assert all("digits-trained d1" in r.name for r in rows)
     assert all(r.extra["f_evals_warm"] < r.extra["f_evals_cold"] for r in rows)
-    main(["--family", str(deq), "--estimators", "exact", "--batch", "8", "--repeat", "1"])
+    main(["--family", str(deq), "--estimators", "exact", "--batch", "8", "--repeat", "1",
+          "--btol", "1e-3"])
     out = capsys.readouterr().out
-    assert "load average" in out and "warm vs cold" in out
+    assert "load average" in out and "exact(btol=0.001): warm vs cold" in out
 
 
 def test_rng_rows_and_checks() -> None:

@@ -139,7 +139,7 @@ class Cell:
 
     @property
     def key(self) -> str:
-        est = "none" if self.estimator is None else self.estimator.model_dump_json()
+        est = "none" if self.estimator is None else self.estimator.key()
         return (f"cell|{self.member.model_id}|{self.snr_db!r}|{self.chip}|{self.mode}|{est}|"
                 f"{self.point.key}")
 

@@ -112,7 +112,11 @@ class EstimatorSpec(StrictModel):
     β B_nᵀ v_n with the forward solver's inverse-Jacobian estimate B_n (Eq. 9-11),
     gradient at ``state`` (None = the last). ``*-ensemble``: the sum over all states
     (Eq. 17). ``warm``: warm-start each solve from the previous call's fixed point
-    (final-state estimators only).
+    (final-state estimators only). ``btol`` (``exact`` only): relative-residual tolerance
+    of the IFT backward solve u = J_fᵀ u + ∂L/∂z* (their Eq. 3); None = the gradient
+    default, rel 1e-6 within 40 Anderson iterations. An attack follows only the gradient's
+    direction (its sign under ℓ∞), so a looser solve can serve; ``docs/robustness.md``
+    measures the gradient's cosine with the converged one and the robust accuracy at 1e-3.
     """
 
     name: Literal["backprop", "exact", "phantom", "unrolled", "unrolled-ensemble", "adjoint",
@@ -122,6 +126,19 @@ class EstimatorSpec(StrictModel):
     state: int | None = Field(default=None, ge=1)
     beta: float = Field(default=0.5, gt=0.0, le=1.0)
     warm: bool = True
+    btol: float | None = Field(default=None, gt=0.0, lt=1.0)
+
+    @model_validator(mode="after")
+    def _btol_for_exact(self) -> EstimatorSpec:
+        if self.btol is not None and self.name != "exact":
+            raise ValueError(f"btol (the IFT backward solve's tolerance) belongs to 'exact', "
+                             f"not '{self.name}'")
+        return self
+
+    def key(self) -> str:
+        """Stable identity (JSON) for resumable cells: ``btol`` appears only when set, so
+        cells written before it existed keep their keys."""
+        return self.model_dump_json(exclude=None if self.btol is not None else {"btol"})
 
     def label(self) -> str:
         """Readable name with the parameters that matter, e.g. ``unrolled(z1 k=1 λ=1)``."""
@@ -131,6 +148,8 @@ class EstimatorSpec(StrictModel):
             return f"{n}({at if n == 'unrolled' else ''}k={self.k} λ={self.lam:g})"
         if n in ("adjoint", "adjoint-ensemble"):
             return f"{n}({at if n == 'adjoint' else ''}β={self.beta:g})"
+        if n == "exact" and self.btol is not None:
+            return f"exact(btol={self.btol:g})"
         return n
 
 
@@ -199,9 +218,10 @@ def _parse_named(kind: str, text: str, allowed: tuple[str, ...], model: type[Str
 
 
 def parse_estimator(text: str) -> EstimatorSpec:
-    """``exact``, ``phantom:k=5,lam=0.5``, ``unrolled:state=1,k=1,lam=1``, ``adjoint:beta=0.5``."""
+    """``exact``, ``exact:btol=1e-3``, ``phantom:k=5,lam=0.5``, ``unrolled:state=1,k=1,lam=1``,
+    ``adjoint:beta=0.5``."""
     keys = {"k": "k", "lam": "lam", "lambda": "lam", "state": "state", "n": "state",
-            "beta": "beta", "warm": "warm"}
+            "beta": "beta", "warm": "warm", "btol": "btol"}
     return _parse_named("estimator", text, ESTIMATORS, EstimatorSpec, keys)
 
 

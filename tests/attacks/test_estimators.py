@@ -263,3 +263,103 @@ def test_conv_deq_estimators_and_defences_run_on_image_states() -> None:
               generator=torch.Generator().manual_seed(0))
     ok = defended_correct(m, adv, y, [parse_defence("early:n=2"), parse_defence("ensemble")])
     assert set(ok) == {"early(z2)", "ensemble"} and ok["ensemble"].shape == (5,)
+
+
+def _closed_form_input_gradient(m, x, y):
+    """∂L/∂x = J_xᵀ (I − J_zᵀ)⁻¹ ∂L/∂z* per sample, with dense Jacobians at z* (the IFT in
+    closed form, independent of the backward solver)."""
+    from torch.autograd.functional import jacobian
+
+    from noisydeq.attacks.trajectory import predict
+
+    with torch.no_grad():
+        z_star = m(x, return_solution=True).solution.z
+    rows = []
+    for i in range(len(x)):
+        xi, zi = x[i : i + 1], z_star[i : i + 1].clone().requires_grad_(True)
+        (c,) = torch.autograd.grad(F.cross_entropy(predict(m, zi), y[i : i + 1]), zi)
+        j_z = jacobian(lambda z, xi=xi: m.cell(z, m.inject(xi)), zi)[0, :, 0, :]
+        j_x = jacobian(lambda v, zi=zi: m.cell(zi.detach(), m.inject(v)), xi)[0, :, 0, :]
+        u = torch.linalg.solve((torch.eye(len(j_z), dtype=x.dtype) - j_z).T, c[0])
+        rows.append(j_x.T @ u)
+    return torch.stack(rows)
+
+
+def test_exact_backward_tolerance_keeps_the_gradient_direction(monkeypatch) -> None:
+    # exact:btol=1e-3 stops the IFT backward solve at rel 1e-3: the adjoint's relative error
+    # is then <= btol / (1 - ρ) for a cell of Lipschitz constant ρ (here ρ <= 0.9: <= 1e-2),
+    # so each sample's input gradient keeps cosine >= 0.999 with the closed-form one, in
+    # fewer backward iterations than the default rel 1e-6
+    torch.manual_seed(2)
+    m = small_deq(width=24, scale=0.9)
+    x = torch.rand(8, 16, dtype=torch.float64)
+    y = torch.arange(8) % 3
+    ref = _closed_form_input_gradient(m, x, y)
+    counts: list[int] = []
+    real = gradients.solve
+
+    def counting(*a, **k):
+        sol = real(*a, **k)
+        counts.append(int(sol.n_iter))
+        return sol
+
+    monkeypatch.setattr(gradients, "solve", counting)
+    iters, cos = {}, {}
+    for spec in ("exact:warm=false", "exact:warm=false,btol=1e-3"):
+        counts.clear()
+        g = _grad(make_estimator(m, parse_estimator(spec)), x, y)
+        iters[spec], cos[spec] = counts[0], F.cosine_similarity(g, ref, dim=1)
+    assert float(cos["exact:warm=false"].min()) > 1 - 1e-9  # the default is the closed form
+    assert float(cos["exact:warm=false,btol=1e-3"].min()) >= 0.999
+    assert iters["exact:warm=false,btol=1e-3"] < iters["exact:warm=false"]
+
+
+def test_exact_backward_tolerance_is_an_exact_only_option_with_a_stable_cell_key() -> None:
+    e = parse_estimator("exact:btol=1e-3")
+    assert e.btol == 1e-3 and e.label() == "exact(btol=0.001)"
+    assert '"btol":0.001' in e.key()
+    # cells written before the option existed keep their keys (btol absent when unset)
+    assert "btol" not in EstimatorSpec(name="exact").key()
+    assert EstimatorSpec(name="exact").label() == "exact"
+    with pytest.raises(NoisyDEQError, match="belongs to 'exact'"):
+        parse_estimator("phantom:btol=1e-3")
+    for bad in ("exact:btol=0", "exact:btol=1", "exact:btol=x"):
+        with pytest.raises(NoisyDEQError):
+            parse_estimator(bad)
+    gs = make_estimator(small_deq(), e).gradient
+    assert gs.name == "ift" and gs.backward_solver.tol == 1e-3
+    assert make_estimator(small_deq(), EstimatorSpec()).gradient.backward_solver.tol == 1e-6
+
+
+def test_exact_backward_tolerance_keeps_robust_accuracy_on_a_trained_deq(tmp_path) -> None:
+    # a DEQ trained on digits (quick preset, width 32, 2 epochs): PGD-10 through exact:btol=1e-3
+    # leaves the same number of inputs correct as the default backward solve, per random
+    # start, within the spread between starts measured on trained DEQs (<= 2 inputs)
+    from noisydeq.families import train_family
+    from noisydeq.specs.base import build
+    from noisydeq.specs.family import FamilySpec
+    from noisydeq.tasks import load_task
+
+    task = load_task("digits", seed=0)
+    spec = build(FamilySpec, {"task": "digits", "depths": [1], "kinds": ["deq"], "hidden": 32,
+                              "train": {"epochs": 2}})
+    m = train_family(spec, task, cache_dir=tmp_path).members[0].model.eval()
+    for p in m.parameters():
+        p.requires_grad_(False)
+    x, y = task.x_test[:96], task.y_test[:96]
+    for eps in (0.05, 0.1):
+        correct = {}
+        for name in ("exact", "exact:btol=1e-3"):
+            est = make_estimator(m, parse_estimator(name))
+            counts = []
+            for seed in range(3):
+                est.reset()
+                adv = pgd(est, x, y, eps=eps, steps=10,
+                          generator=torch.Generator().manual_seed(seed))
+                with torch.no_grad():
+                    counts.append(int((m(adv).argmax(1) == y).sum()))
+            correct[name] = counts
+        assert 0 < min(correct["exact"]) < len(y)  # not trivial at either end
+        diffs = [abs(a - b) for a, b in zip(correct["exact"], correct["exact:btol=1e-3"],
+                                            strict=True)]
+        assert max(diffs) <= 2, correct
