@@ -62,13 +62,18 @@ ONE_THREAD = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
 def _sweep_args(grid: dict[str, Any]) -> list[str]:
     return ["sweep", "--device", "rram", "--snr", grid["snr"], "--depths", grid["depths"],
-            "--chips", str(grid["chips"]), "--jobs", "1", "--threads", "1"]
+            "--chips", str(grid["chips"]), "--jobs", "1", "--threads", "1"] + _epochs(grid)
+
+
+def _epochs(grid: dict[str, Any]) -> list[str]:
+    """``--epochs N`` where the grid sets the family's training epochs (tests: 1)."""
+    return ["--epochs", str(grid["epochs"])] if grid.get("epochs") is not None else []
 
 
 def _peer_cmd(grid: dict[str, Any], out: Path, knobs: Path, warm: bool) -> list[str]:
     cmd = [sys.executable, "-m", "benchmarks.peers.aihwkit_sweep", "--snr", grid["snr"],
            "--depths", grid["depths"], "--chips", str(grid["chips"]), "--threads", "1",
-           "--out", str(out)]
+           "--out", str(out)] + _epochs(grid)
     return cmd + (["--knobs", str(knobs)] if warm else ["--save-knobs", str(knobs)])
 
 
@@ -123,9 +128,9 @@ def _in_process(grid: dict[str, Any], work: Path, cache: Path) -> dict[str, Any]
     torch.set_num_threads(1)
     depths = [int(d) for d in grid["depths"].split(",")]
     spec = build(SweepSpec, {"device": "rram", "snr_db": grid["snr"], "depths": depths,
-                             "chips": grid["chips"]})
+                             "chips": grid["chips"], "epochs": grid.get("epochs")})
     with private_cache(cache):  # the family the CLI trained
-        loaded = peer.load_family("digits", depths, 0, "deq,ffw")
+        loaded = peer.load_family("digits", depths, 0, "deq,ffw", grid.get("epochs"))
     levels = snr_list(grid["snr"], "snr")
     warm_cache = work / "inproc-warm-cache"
     count = [0]
@@ -166,10 +171,13 @@ def _fail(msg: str) -> list[Row]:
                 check=msg, ok=False)]
 
 
-def bench_peer(work: Path, grid_name: str = "small", repeat: int = 3,
+def bench_peer(work: Path, grid_name: str | dict[str, Any] = "small", repeat: int = 3,
                timeout: float = 1800.0) -> list[Row]:
-    """Rows: peer script / sweep time (process and in-process; warm and calibrating)."""
-    grid = GRIDS[grid_name]
+    """Rows: peer script / sweep time (process and in-process; warm and calibrating).
+
+    ``grid_name``: a key of :data:`GRIDS` or such a dict (``snr``, ``chips``, ``depths``,
+    optional ``epochs``)."""
+    grid = GRIDS[grid_name] if isinstance(grid_name, str) else grid_name
     cache = work / "peer-cache"  # models + the sweep's calibration: what warm runs read
     saved = {k: os.environ.get(k) for k in ONE_THREAD}
     os.environ.update(ONE_THREAD)  # this process's in-process runs, and what it spawns
@@ -241,7 +249,6 @@ def _bench(work: Path, grid: dict[str, Any], cache: Path, repeat: int,
     cmp = {s: compare_accuracy(acc[("calibrating", s)], acc[("calibrating", "peer")])
            for s in ("sweep", "sweep-clean")}
     same = {s: acc[("warm", s)] == acc[("calibrating", s)] for s in ("sweep", "peer")}
-    acc_ok = all(c["ok"] for v in cmp.values() for c in v)
     label = f"digits rram {grid['snr']} dB x {grid['chips']} chips, depths {grid['depths']}"
     notes = {}
     for side, v in cmp.items():
@@ -265,7 +272,7 @@ def _bench(work: Path, grid: dict[str, Any], cache: Path, repeat: int,
                             statistics.median(s), statistics.median(p),
                             statistics.median(p) / statistics.median(s), TARGETS[phase],
                             higher_is_better=True, check=check,
-                            ok=acc_ok and all(same.values()),
+                            ok=all(c["ok"] for c in cmp[side]) and all(same.values()),
                             extra={"sweep_s": s, "peer_s": p, "ratios": per_rep,
                                    "load_end": load, "grid": grid, "warm_equals": same,
                                    "accuracy": cmp[side]}))

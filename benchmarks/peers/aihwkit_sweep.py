@@ -174,14 +174,15 @@ def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, seed: int) -> f
     return float(((pred == y) & torch.isfinite(out).all(-1)).float().mean())
 
 
-def load_family(task: str, depths: list[int], seed: int, kinds: str):
+def load_family(task: str, depths: list[int], seed: int, kinds: str,
+                epochs: int | None = None):
     """The trained family and task of ``noisydeq sweep`` with these settings (its cache)."""
     from noisydeq.config import SweepSpec, build
     from noisydeq.sweep import family_models
     from noisydeq.tasks import load_task
 
     spec = build(SweepSpec, {"task": task, "depths": depths, "seeds": [seed],
-                             "kinds": kinds.split(",")})
+                             "kinds": kinds.split(","), "epochs": epochs})
     data = load_task(spec.task, seed=spec.data_seed)
     return data, family_models(spec, data, progress=False)
 
@@ -189,11 +190,12 @@ def load_family(task: str, depths: list[int], seed: int, kinds: str):
 def run(snr: list[float], chips: int, depths: list[int], task: str = "digits", seed: int = 0,
         kinds: str = "deq,ffw", knobs_in: dict[str, Any] | None = None,
         tol_db: float = 0.05, loaded: tuple[Any, Any] | None = None,
-        ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+        epochs: int | None = None) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """The sweep loop: rows (model, level, chip, accuracy, per-layer SNR) and the knobs.
 
     ``loaded``: (task, models) of :func:`load_family` already in memory (benchmarks)."""
-    data, models = loaded if loaded is not None else load_family(task, depths, seed, kinds)
+    data, models = (loaded if loaded is not None
+                    else load_family(task, depths, seed, kinds, epochs))
     calib_x = data.x_train[:512]
     rows, knobs_out = [], {}
     for m in models:
@@ -234,6 +236,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--kinds", default="deq,ffw")
     ap.add_argument("--task", default="digits")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--epochs", type=int, default=None,
+                    help="the family's training epochs, as given to noisydeq sweep")
     ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
     ap.add_argument("--tol-db", type=float, default=0.05)
     ap.add_argument("--knobs", default=None, help="knobs of a previous run: no calibration")
@@ -265,7 +269,7 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     try:
         rows, knobs = run(snr, args.chips, depths, args.task, args.seed, args.kinds, knobs_in,
-                          args.tol_db)
+                          args.tol_db, epochs=args.epochs)
     except KeyError as e:
         print(f"aihwkit_sweep: error: --knobs has no entry {e}", file=sys.stderr)
         return 2
