@@ -19,14 +19,20 @@ the sides of each interleaved in every repetition (the side that goes first rota
 
 The CLI sweep also writes its figures (the peer writes one JSON): that is in its time.
 Ratios are peer / sweep (speed-ups, higher is better) of the medians; the spread is the
-min–max of the per-repetition ratios. Targets (issue 17): warm ≥ 4×, calibrating ≥ 3×.
+min–max of the per-repetition ratios; the CPU time (user + system, this process and its
+children) is reported next to them, since on a loaded machine wall time is mostly waiting.
+Targets (issue 17): warm ≥ 4×, calibrating ≥ 3×.
 
 Checks: the sweep's warm table equals its calibrating one, the peer's warm accuracies equal
 its calibrating ones (both deterministic); and the accuracies agree between the two noise
-implementations at every (model, SNR) — "matched" meaning each layer is calibrated to the
-same total SNR (the peer on its clean activations, to ``--tol-db``; the sweep in-network,
-docs/devices.md) — within ``max(ACC_TOL, chip range)``, the chip range being the larger
-max–min over chips of the two sides at that point (chip-to-chip spread at 0 dB is ~0.2).
+implementations where their noise is *matched*: every layer's total SNR as realised in the
+test forward (the sweep's ``layers.csv``; the peer's ``--measure`` meter in its untimed
+first run), chip-averaged, agrees within :data:`MATCH_DB`. There the chip-mean accuracies
+must agree within ``max(ACC_TOL, chip range)``, the chip range being the larger max–min
+over chips of the two sides (chip-to-chip spread at 0 dB is ~0.2). Unmatched points are
+reported with their SNR gap, not judged: the peer calibrates each layer on clean
+activations, which inside a noisy network at low SNR realises more SNR than the target
+(the reason the sweep calibrates in-network, docs/devices.md).
 """
 
 from __future__ import annotations
@@ -50,6 +56,8 @@ from benchmarks.main_job import run_once
 ROOT = Path(__file__).resolve().parent.parent
 TARGETS = {"warm": 4.0, "calibrating": 3.0}
 ACC_TOL = 0.03
+#: a point's layers realise the same SNR on both sides when they agree within this (dB)
+MATCH_DB = 1.0
 #: the default grid fits a loaded 2-core machine in a few minutes; ``levels`` the main job's
 #: 31 levels on the small family; ``main`` the main job's grid
 GRIDS = {
@@ -77,6 +85,15 @@ def _peer_cmd(grid: dict[str, Any], out: Path, knobs: Path, warm: bool) -> list[
     return cmd + (["--knobs", str(knobs)] if warm else ["--save-knobs", str(knobs)])
 
 
+def cpu_seconds() -> float:
+    """CPU time (user + system) of this process and its waited-for children so far: on a
+    loaded machine wall time is mostly waiting for a core, CPU time is the work."""
+    import resource
+
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return time.process_time() + kids.ru_utime + kids.ru_stime
+
+
 def _run_peer(cmd: list[str], cache: Path, timeout: float) -> tuple[float, int, str]:
     env = {**os.environ, **ONE_THREAD, "NOISYDEQ_CACHE": str(cache)}
     t0 = time.perf_counter()
@@ -96,11 +113,45 @@ def peer_accuracies(rows: list[dict[str, Any]]) -> dict[tuple[str, float, int], 
     return {(r["model_id"], float(r["snr_db"]), int(r["chip"])): r["accuracy"] for r in rows}
 
 
-def compare_accuracy(sweep: dict, peer: dict) -> list[dict[str, Any]]:
-    """Per (model, SNR): both sides' chip-mean accuracy, the difference and its tolerance."""
+def sweep_layer_snr(layers_csv: Path) -> dict[tuple[str, float, int, str], float]:
+    """Each layer's realised total SNR in the sweep's test forward (``layers.csv``)."""
+    with open(layers_csv, newline="", encoding="utf-8") as fh:
+        return {(r["model_id"], float(r["snr_db"]), int(r["chip"]), r["layer"]):
+                float(r["total_snr_db"]) for r in csv.DictReader(fh)}
+
+
+def peer_layer_snr(rows: list[dict[str, Any]]) -> dict[tuple[str, float, int, str], float]:
+    """Each layer's realised total SNR in the peer's test forward (``--measure``)."""
+    return {(r["model_id"], float(r["snr_db"]), int(r["chip"]), n): v
+            for r in rows for n, v in r.get("test_snr_db", {}).items()}
+
+
+def snr_gaps(sweep: dict, peer: dict) -> dict[tuple[str, float], float]:
+    """Per (model, SNR): the largest |peer − sweep| over layers of the chip-mean realised
+    SNR (dB); inf where a layer is metered on one side only."""
+    by: dict[tuple[str, float, str], list[list[float]]] = {}
+    for src, table in ((0, sweep), (1, peer)):
+        for (mid, snr, _chip, layer), v in table.items():
+            by.setdefault((mid, snr, layer), [[], []])[src].append(v)
+    gaps: dict[tuple[str, float], float] = {}
+    for (mid, snr, _layer), (a, b) in by.items():
+        fin = a and b and all(math.isfinite(v) for v in a + b)
+        gap = abs(statistics.fmean(b) - statistics.fmean(a)) if fin else math.inf
+        gaps[(mid, snr)] = max(gaps.get((mid, snr), 0.0), gap)
+    return gaps
+
+
+def compare_accuracy(sweep: dict, peer: dict,
+                     gaps: dict[tuple[str, float], float] | None = None) -> list[dict[str, Any]]:
+    """Per (model, SNR): both sides' chip-mean accuracy, the difference and its tolerance.
+
+    With ``gaps`` (:func:`snr_gaps`) a point is *matched* when every layer's realised SNR
+    agrees within :data:`MATCH_DB`; an unmatched point is reported, not judged (``ok`` None).
+    """
     points: dict[tuple[str, float], list[tuple[float, float]]] = {}
     if set(sweep) != set(peer):
-        return [{"model_id": "grid", "snr_db": math.nan, "ok": False, "delta": math.inf}]
+        return [{"model_id": "grid", "snr_db": math.nan, "ok": False, "delta": math.inf,
+                 "tol": 0.0, "snr_gap": math.inf}]
     for key, acc in sweep.items():
         points.setdefault(key[:2], []).append((acc, peer[key]))
     out = []
@@ -109,9 +160,11 @@ def compare_accuracy(sweep: dict, peer: dict) -> list[dict[str, Any]]:
         p = [b for _, b in pairs]
         delta = statistics.fmean(p) - statistics.fmean(s)
         tol = max(ACC_TOL, max(s) - min(s), max(p) - min(p))
+        gap = math.nan if gaps is None else gaps.get((mid, snr), math.inf)
+        matched = gaps is None or gap <= MATCH_DB
         out.append({"model_id": mid, "snr_db": snr, "sweep": statistics.fmean(s),
-                    "peer": statistics.fmean(p), "delta": delta, "tol": tol,
-                    "ok": abs(delta) <= tol})
+                    "peer": statistics.fmean(p), "delta": delta, "tol": tol, "snr_gap": gap,
+                    "ok": (abs(delta) <= tol) if matched else None})
     return out
 
 
@@ -199,14 +252,17 @@ def _bench(work: Path, grid: dict[str, Any], cache: Path, repeat: int,
     if rc != 0:
         return _fail(f"sweep exit {rc}: {tail}")
     peer_knobs = work / "peer-knobs.json"
-    _, rc, tail = _run_peer(_peer_cmd(grid, work / "peer-train.json", peer_knobs, False),
-                            cache, timeout)
+    _, rc, tail = _run_peer(_peer_cmd(grid, work / "peer-train.json", peer_knobs, False)
+                            + ["--measure"], cache, timeout)
     if rc != 0:
         return _fail(f"peer exit {rc}: {tail}")
     inproc = _in_process(grid, work, cache)
     inproc["prepare"]()
     times: dict[tuple[str, str, str], list[float]] = {}
+    cpu: dict[tuple[str, str, str], list[float]] = {}
     acc: dict[tuple[str, str], Any] = {}
+    realised: dict[str, Any] = {"peer": peer_layer_snr(
+        json.loads((work / "peer-train.json").read_text())["rows"])}
     bad: list[str] = []
     n = 0
     for rep in range(repeat):
@@ -216,6 +272,7 @@ def _bench(work: Path, grid: dict[str, Any], cache: Path, repeat: int,
             for side in order:
                 n += 1
                 tag = f"{where}-{phase}-{side}-{rep}"
+                c0 = cpu_seconds()
                 if where == "in-process":
                     t0 = time.perf_counter()
                     inproc[side](warm)
@@ -234,6 +291,7 @@ def _bench(work: Path, grid: dict[str, Any], cache: Path, repeat: int,
                         bad.append(f"{tag}: exit {rc}: {tail}")
                     elif rep == 0:
                         acc[(phase, side)] = sweep_accuracies(work / tag / "results.csv")
+                        realised[side] = sweep_layer_snr(work / tag / "layers.csv")
                 else:
                     out = work / f"{tag}.json"
                     dt, rc, tail = _run_peer(_peer_cmd(grid, out, peer_knobs, warm), cache,
@@ -243,37 +301,56 @@ def _bench(work: Path, grid: dict[str, Any], cache: Path, repeat: int,
                     elif rep == 0:
                         acc[(phase, side)] = peer_accuracies(json.loads(out.read_text())["rows"])
                 times.setdefault((where, phase, side), []).append(dt)
+                cpu.setdefault((where, phase, side), []).append(cpu_seconds() - c0)
     load = [round(v, 2) for v in os.getloadavg()]
     if bad:
         return _fail("; ".join(bad))
-    cmp = {s: compare_accuracy(acc[("calibrating", s)], acc[("calibrating", "peer")])
+    cmp = {s: compare_accuracy(acc[("calibrating", s)], acc[("calibrating", "peer")],
+                               snr_gaps(realised[s], realised["peer"]))
            for s in ("sweep", "sweep-clean")}
     same = {s: acc[("warm", s)] == acc[("calibrating", s)] for s in ("sweep", "peer")}
     label = f"digits rram {grid['snr']} dB x {grid['chips']} chips, depths {grid['depths']}"
     notes = {}
     for side, v in cmp.items():
-        worst = max(v, key=lambda c: abs(c["delta"]) - c["tol"])
-        notes[side] = (f"accuracy vs peer max |Δ| {max(abs(c['delta']) for c in v):.3f} "
-                       f"(closest to its tolerance: {worst['model_id']} {worst['snr_db']:g} dB, "
-                       f"Δ {worst['delta']:+.3f}, tol {worst['tol']:.3f})")
+        judged = [c for c in v if c["ok"] is not None]
+        free = [c for c in v if c["ok"] is None]
+        text = (f"{len(judged)}/{len(v)} points matched (every layer's realised SNR within "
+                f"{MATCH_DB:g} dB of the peer's)")
+        if judged:
+            worst = max(judged, key=lambda c: abs(c["delta"]) - c["tol"])
+            text += (f", accuracy there max |Δ| {max(abs(c['delta']) for c in judged):.3f} "
+                     f"(closest to its tolerance: {worst['model_id']} {worst['snr_db']:g} dB, "
+                     f"Δ {worst['delta']:+.3f}, tol {worst['tol']:.3f})")
+        if free:
+            levels = ", ".join(f"{v:g}" for v in sorted({c["snr_db"] for c in free}))
+            deltas = [c["delta"] for c in free]
+            text += (f"; unmatched at {levels} dB (SNR gap up to "
+                     f"{max(c['snr_gap'] for c in free):.1f} dB, accuracy Δ "
+                     f"{min(deltas):+.3f}..{max(deltas):+.3f})")
+        notes[side] = text
     rows = []
     for (where, phase), sides in CONDITIONS.items():
         p = times[(where, phase, "peer")]
         for side in sides[:-1]:
             s = times[(where, phase, side)]
             per_rep = [b / a for a, b in zip(s, p, strict=True)]
+            cs, cp = cpu[(where, phase, side)], cpu[(where, phase, "peer")]
+            cpu_ratio = statistics.median(cp) / statistics.median(cs)
             what = "noisydeq sweep" + (" --set calibration=clean" if side == "sweep-clean"
                                        else "")
             eq = ("warm == calibrating tables" if all(same.values()) else
                   f"warm == calibrating: sweep {same['sweep']}, peer {same['peer']}")
-            check = (f"{notes[side]}; {eq}; ratio spread "
-                     f"{min(per_rep):.2f}-{max(per_rep):.2f} (n={repeat}); load {load}")
+            check = (f"ratio spread {min(per_rep):.2f}-{max(per_rep):.2f} (n={repeat}); CPU "
+                     f"time {statistics.median(cs):.1f} vs {statistics.median(cp):.1f} s, ratio "
+                     f"{cpu_ratio:.2f}; load {load}; {notes[side]}; {eq}")
             rows.append(Row("peer", f"{where} {phase}: {what} vs aihwkit peer script ({label})",
                             statistics.median(s), statistics.median(p),
                             statistics.median(p) / statistics.median(s), TARGETS[phase],
                             higher_is_better=True, check=check,
-                            ok=all(c["ok"] for c in cmp[side]) and all(same.values()),
+                            ok=all(c["ok"] is not False for c in cmp[side])
+                            and any(c["ok"] for c in cmp[side]) and all(same.values()),
                             extra={"sweep_s": s, "peer_s": p, "ratios": per_rep,
+                                   "sweep_cpu_s": cs, "peer_cpu_s": cp, "cpu_ratio": cpu_ratio,
                                    "load_end": load, "grid": grid, "warm_equals": same,
                                    "accuracy": cmp[side]}))
     return rows

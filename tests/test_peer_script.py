@@ -73,3 +73,17 @@ def test_accuracy_comparison_uses_chip_spread() -> None:
     assert low["ok"] and low["tol"] == pytest.approx(0.2)  # Δ −0.1 within the chip range
     assert not high["ok"] and high["delta"] == pytest.approx(0.05)  # beyond 0.03
     assert not compare_accuracy(sweep, {})[0]["ok"]
+
+
+def test_unmatched_points_are_reported_not_judged() -> None:
+    from benchmarks.peer_sweep import compare_accuracy, snr_gaps
+
+    sweep = {("m", 3.0, 0): 0.70, ("m", 20.0, 0): 0.95}
+    peer = {("m", 3.0, 0): 0.80, ("m", 20.0, 0): 0.94}
+    s_snr = {("m", 3.0, 0, "W"): 3.1, ("m", 3.0, 0, "head"): 3.0, ("m", 20.0, 0, "W"): 20.0}
+    p_snr = {("m", 3.0, 0, "W"): 3.0, ("m", 3.0, 0, "head"): 7.2, ("m", 20.0, 0, "W"): 20.3}
+    gaps = snr_gaps(s_snr, p_snr)
+    assert gaps[("m", 3.0)] == pytest.approx(4.2) and gaps[("m", 20.0)] == pytest.approx(0.3)
+    low, high = compare_accuracy(sweep, peer, gaps)
+    assert low["ok"] is None and high["ok"] is True
+    assert snr_gaps({("m", 3.0, 0, "W"): 3.0}, {})[("m", 3.0)] == math.inf

@@ -84,10 +84,13 @@ def program(layer: nn.Module, seed: int, t_inference: float = 1.0) -> None:
 
 
 def linear_names(model: nn.Module) -> list[str]:
+    """The model's Linear layers (every one goes on the crossbar, as in the sweep)."""
     return [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
 
 
 def layer_seed(seed: int, chip: int, index: int) -> int:
+    """The programming seed of layer ``index`` on ``chip``: calibration and deployment
+    program the same conductances (common random numbers)."""
     return (seed * 1000 + chip) * 100 + index
 
 
@@ -166,12 +169,32 @@ def deploy(model: nn.Module, knobs: dict[str, tuple[float, float]], seed: int, c
     return analog.eval()
 
 
-def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, seed: int) -> float:
+def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, seed: int,
+             exact: dict[str, nn.Linear] | None = None) -> tuple[float, dict[str, float]]:
+    """Test accuracy and, for the layers in ``exact``, the total SNR each realised in this
+    forward (Σ‖Wx‖² / Σ‖y − b − Wx‖² over every call: every iteration of a DEQ cell)."""
+    sums = {n: [0.0, 0.0] for n in exact or {}}
+
+    def meter(name: str):
+        def hook(mod: nn.Module, inputs: tuple, out: torch.Tensor) -> None:
+            lin = exact[name]
+            clean = inputs[0] @ lin.weight.T
+            err = out - clean - (0 if lin.bias is None else lin.bias)
+            sums[name][0] += float((clean**2).sum())
+            sums[name][1] += float((err**2).sum())
+        return hook
+
+    hooks = [m.register_forward_hook(meter(n)) for n, m in model.named_modules() if n in sums]
     torch.manual_seed(seed)
-    with torch.no_grad():
-        out = model(x)
+    try:
+        with torch.no_grad():
+            out = model(x)
+    finally:
+        for h in hooks:
+            h.remove()
     pred = out.argmax(-1)
-    return float(((pred == y) & torch.isfinite(out).all(-1)).float().mean())
+    snr = {n: 10 * math.log10(s / e) if e > 0 else math.inf for n, (s, e) in sums.items()}
+    return float(((pred == y) & torch.isfinite(out).all(-1)).float().mean()), snr
 
 
 def load_family(task: str, depths: list[int], seed: int, kinds: str,
@@ -190,10 +213,13 @@ def load_family(task: str, depths: list[int], seed: int, kinds: str,
 def run(snr: list[float], chips: int, depths: list[int], task: str = "digits", seed: int = 0,
         kinds: str = "deq,ffw", knobs_in: dict[str, Any] | None = None,
         tol_db: float = 0.05, loaded: tuple[Any, Any] | None = None,
-        epochs: int | None = None) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+        epochs: int | None = None, measure: bool = False,
+        ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """The sweep loop: rows (model, level, chip, accuracy, per-layer SNR) and the knobs.
 
-    ``loaded``: (task, models) of :func:`load_family` already in memory (benchmarks)."""
+    ``loaded``: (task, models) of :func:`load_family` already in memory (benchmarks).
+    ``measure``: also meter each layer's realised SNR in the test forward (``test_snr_db``;
+    an extra exact product per layer call, so off when timed)."""
     data, models = (loaded if loaded is not None
                     else load_family(task, depths, seed, kinds, epochs))
     calib_x = data.x_train[:512]
@@ -219,11 +245,13 @@ def run(snr: list[float], chips: int, depths: list[int], task: str = "digits", s
                     knobs_out[key] = knobs
                 t_cal = time.perf_counter() - t0
                 analog = deploy(model, knobs, seed, chip)
-                acc = accuracy(analog, data.x_test, data.y_test, seed * 1000 + chip)
+                exact = {n: model.get_submodule(n) for n in names} if measure else None
+                acc, test_snr = accuracy(analog, data.x_test, data.y_test, seed * 1000 + chip,
+                                         exact)
                 rows.append({"model_id": m.model_id, "kind": m.kind, "depth": m.depth,
                              "snr_db": level, "chip": chip, "accuracy": acc,
                              "calibration_s": t_cal, "total_s": time.perf_counter() - t0,
-                             "layers": layers})
+                             "layers": layers, "test_snr_db": test_snr})
     return rows, knobs_out
 
 
@@ -243,6 +271,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--knobs", default=None, help="knobs of a previous run: no calibration")
     ap.add_argument("--save-knobs", default=None)
     ap.add_argument("--out", default=None, help="rows as JSON")
+    ap.add_argument("--measure", action="store_true",
+                    help="meter each layer's realised SNR in the test forward (slower)")
     args = ap.parse_args(argv)
     from noisydeq.specs.noise import snr_list
 
@@ -269,7 +299,7 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     try:
         rows, knobs = run(snr, args.chips, depths, args.task, args.seed, args.kinds, knobs_in,
-                          args.tol_db, epochs=args.epochs)
+                          args.tol_db, epochs=args.epochs, measure=args.measure)
     except KeyError as e:
         print(f"aihwkit_sweep: error: --knobs has no entry {e}", file=sys.stderr)
         return 2
