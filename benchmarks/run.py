@@ -98,10 +98,12 @@ def _markdown(rows: list[Row], info: dict[str, Any], seconds: float, quick: bool
         f"- targets met: {sum(met)}/{len(met)}; correctness checks passed: "
         f"{sum(checks)}/{len(checks)}",
         "",
-        "Ratio = ours / peer for times (≤ target is good); for the sweep rows it is the "
-        "speed-up or the fraction of the measured matmul peak (≥ target is good). Times are "
-        "the best of N interleaved runs (solvers, devices, training) or single runs (sweep, "
-        "main job). `check` is the fast path's answer checked against the reference path. "
+        "Ratio = ours / peer for times (≤ target is good); for the sweep and peer rows it is "
+        "the speed-up or the fraction of the measured matmul peak (≥ target is good). Times "
+        "are the best of N interleaved runs (solvers, devices, training), the median of 3 "
+        "interleaved repetitions (peer: the plain aihwkit script, spread, CPU time and load in "
+        "`check`) or single runs (sweep, main job). `check` is the fast path's answer checked "
+        "against the reference path. "
         "What limits each missed target, with its profile: [README.md](README.md).",
         "",
         format_table(rows, markdown=True),
