@@ -382,11 +382,15 @@ def main(argv: list[str] | None = None) -> int:
 
     from benchmarks.common import format_table
 
-    ap = argparse.ArgumentParser(prog="python -m benchmarks.peer_sweep", description=__doc__)
+    ap = argparse.ArgumentParser(prog="python -m benchmarks.peer_sweep",
+                                 description=__doc__.split("\n\n")[0])
     ap.add_argument("--grid", choices=sorted(GRIDS), default="small")
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--profile", action="store_true", help="cProfile both sides instead")
     args = ap.parse_args(argv)
+    if args.repeat < 1:
+        print("peer_sweep: error: --repeat must be at least 1", file=sys.stderr)
+        return 2
     if args.profile:
         profile(args.grid)
         return 0
@@ -396,8 +400,10 @@ def main(argv: list[str] | None = None) -> int:
     for r in rows[:2]:
         print(r.name)
         for c in r.extra.get("accuracy", []):
+            verdict = {True: "ok", False: "DIFFERENT", None: "not matched"}[c["ok"]]
             print(f"  {c['model_id']:<22} {c['snr_db']:>5g} dB  sweep {c['sweep']:.3f}  "
-                  f"peer {c['peer']:.3f}  Δ {c['delta']:+.3f}  tol {c['tol']:.3f}")
+                  f"peer {c['peer']:.3f}  Δ {c['delta']:+.3f}  tol {c['tol']:.3f}  "
+                  f"SNR gap {c['snr_gap']:.2f} dB  {verdict}")
     return 0
 
 

@@ -60,8 +60,9 @@ def test_bad_input_is_one_line(capsys) -> None:
     peer = _peer()
     assert peer.main(["--chips", "0"]) == 2
     assert peer.main(["--snr", "abc"]) == 2
+    assert peer.main(["--tol-db", "0"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 2 and all(line.startswith("aihwkit_sweep: error:") for line in err)
+    assert len(err) == 3 and all(line.startswith("aihwkit_sweep: error:") for line in err)
 
 
 def test_accuracy_comparison_uses_chip_spread() -> None:

@@ -285,6 +285,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.chips < 1 or not snr or not all(math.isfinite(v) for v in snr):
         print("aihwkit_sweep: error: --chips ≥ 1 and finite --snr levels", file=sys.stderr)
         return 2
+    if not args.tol_db > 0 or (args.threads is not None and args.threads < 1):
+        print("aihwkit_sweep: error: --tol-db > 0 and --threads ≥ 1", file=sys.stderr)
+        return 2
     knobs_in = None
     if args.knobs:
         try:
