@@ -24,20 +24,17 @@ children) is reported next to them, since on a loaded machine wall time is mostl
 Targets (issue 17): warm ≥ 4×, calibrating ≥ 3×.
 
 Checks: the sweep's warm table equals its calibrating one, the peer's warm accuracies equal
-its calibrating ones (both deterministic); and the accuracies agree between the two noise
-implementations where their noise is *matched*: every layer's total SNR as realised in the
-test forward (the sweep's ``layers.csv``; the peer's ``--measure`` meter in its untimed
-first run), chip-averaged, agrees within :data:`MATCH_DB`. There the chip-mean accuracies
-must agree within ``max(ACC_TOL, chip range)``, the chip range being the larger max–min
-over chips of the two sides (chip-to-chip spread at 0 dB is ~0.2). Unmatched points are
+its calibrating ones (both deterministic); and where the two noise implementations are
+*matched* — every layer's total SNR as realised in the test forward agrees within 1 dB —
+their accuracies agree (:mod:`benchmarks.peers.matching`). The peer meters its layers in its
+untimed first run (``--measure``), the sweep in its ``layers.csv``. Unmatched points are
 reported with their SNR gap, not judged: the peer calibrates each layer on clean
-activations, which inside a noisy network at low SNR realises more SNR than the target
+activations, which inside a noisy network at low SNR realises another SNR than the target
 (the reason the sweep calibrates in-network, docs/devices.md).
 """
 
 from __future__ import annotations
 
-import csv
 import json
 import math
 import os
@@ -52,12 +49,18 @@ from typing import Any
 
 from benchmarks.common import Row
 from benchmarks.main_job import run_once
+from benchmarks.peers.matching import (
+    MATCH_DB,
+    compare_accuracy,
+    peer_accuracies,
+    peer_layer_snr,
+    snr_gaps,
+    sweep_accuracies,
+    sweep_layer_snr,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 TARGETS = {"warm": 4.0, "calibrating": 3.0}
-ACC_TOL = 0.03
-#: a point's layers realise the same SNR on both sides when they agree within this (dB)
-MATCH_DB = 1.0
 #: the default grid fits a loaded 2-core machine in a few minutes; ``levels`` the main job's
 #: 31 levels on the small family; ``main`` the main job's grid
 GRIDS = {
@@ -101,71 +104,6 @@ def _run_peer(cmd: list[str], cache: Path, timeout: float) -> tuple[float, int, 
                           timeout=timeout)
     tail = (proc.stderr.strip().splitlines() or [""])[-1]
     return time.perf_counter() - t0, proc.returncode, tail
-
-
-def sweep_accuracies(results_csv: Path) -> dict[tuple[str, float, int], float]:
-    with open(results_csv, newline="", encoding="utf-8") as fh:
-        return {(r["model_id"], float(r["snr_db"]), int(r["chip"])): float(r["value"])
-                for r in csv.DictReader(fh) if r["metric"] == "accuracy"}
-
-
-def peer_accuracies(rows: list[dict[str, Any]]) -> dict[tuple[str, float, int], float]:
-    return {(r["model_id"], float(r["snr_db"]), int(r["chip"])): r["accuracy"] for r in rows}
-
-
-def sweep_layer_snr(layers_csv: Path) -> dict[tuple[str, float, int, str], float]:
-    """Each layer's realised total SNR in the sweep's test forward (``layers.csv``)."""
-    with open(layers_csv, newline="", encoding="utf-8") as fh:
-        return {(r["model_id"], float(r["snr_db"]), int(r["chip"]), r["layer"]):
-                float(r["total_snr_db"]) for r in csv.DictReader(fh)}
-
-
-def peer_layer_snr(rows: list[dict[str, Any]]) -> dict[tuple[str, float, int, str], float]:
-    """Each layer's realised total SNR in the peer's test forward (``--measure``)."""
-    return {(r["model_id"], float(r["snr_db"]), int(r["chip"]), n): v
-            for r in rows for n, v in r.get("test_snr_db", {}).items()}
-
-
-def snr_gaps(sweep: dict, peer: dict) -> dict[tuple[str, float], float]:
-    """Per (model, SNR): the largest |peer − sweep| over layers of the chip-mean realised
-    SNR (dB); inf where a layer is metered on one side only."""
-    by: dict[tuple[str, float, str], list[list[float]]] = {}
-    for src, table in ((0, sweep), (1, peer)):
-        for (mid, snr, _chip, layer), v in table.items():
-            by.setdefault((mid, snr, layer), [[], []])[src].append(v)
-    gaps: dict[tuple[str, float], float] = {}
-    for (mid, snr, _layer), (a, b) in by.items():
-        fin = a and b and all(math.isfinite(v) for v in a + b)
-        gap = abs(statistics.fmean(b) - statistics.fmean(a)) if fin else math.inf
-        gaps[(mid, snr)] = max(gaps.get((mid, snr), 0.0), gap)
-    return gaps
-
-
-def compare_accuracy(sweep: dict, peer: dict,
-                     gaps: dict[tuple[str, float], float] | None = None) -> list[dict[str, Any]]:
-    """Per (model, SNR): both sides' chip-mean accuracy, the difference and its tolerance.
-
-    With ``gaps`` (:func:`snr_gaps`) a point is *matched* when every layer's realised SNR
-    agrees within :data:`MATCH_DB`; an unmatched point is reported, not judged (``ok`` None).
-    """
-    points: dict[tuple[str, float], list[tuple[float, float]]] = {}
-    if set(sweep) != set(peer):
-        return [{"model_id": "grid", "snr_db": math.nan, "ok": False, "delta": math.inf,
-                 "tol": 0.0, "snr_gap": math.inf}]
-    for key, acc in sweep.items():
-        points.setdefault(key[:2], []).append((acc, peer[key]))
-    out = []
-    for (mid, snr), pairs in sorted(points.items()):
-        s = [a for a, _ in pairs]
-        p = [b for _, b in pairs]
-        delta = statistics.fmean(p) - statistics.fmean(s)
-        tol = max(ACC_TOL, max(s) - min(s), max(p) - min(p))
-        gap = math.nan if gaps is None else gaps.get((mid, snr), math.inf)
-        matched = gaps is None or gap <= MATCH_DB
-        out.append({"model_id": mid, "snr_db": snr, "sweep": statistics.fmean(s),
-                    "peer": statistics.fmean(p), "delta": delta, "tol": tol, "snr_gap": gap,
-                    "ok": (abs(delta) <= tol) if matched else None})
-    return out
 
 
 def _in_process(grid: dict[str, Any], work: Path, cache: Path) -> dict[str, Any]:

@@ -66,7 +66,7 @@ def test_bad_input_is_one_line(capsys) -> None:
 
 
 def test_accuracy_comparison_uses_chip_spread() -> None:
-    from benchmarks.peer_sweep import compare_accuracy
+    from benchmarks.peers.matching import compare_accuracy
 
     sweep = {("m", 0.0, 0): 0.5, ("m", 0.0, 1): 0.3, ("m", 10.0, 0): 0.9, ("m", 10.0, 1): 0.9}
     peer = {("m", 0.0, 0): 0.2, ("m", 0.0, 1): 0.4, ("m", 10.0, 0): 0.95, ("m", 10.0, 1): 0.95}
@@ -77,7 +77,7 @@ def test_accuracy_comparison_uses_chip_spread() -> None:
 
 
 def test_unmatched_points_are_reported_not_judged() -> None:
-    from benchmarks.peer_sweep import compare_accuracy, snr_gaps
+    from benchmarks.peers.matching import compare_accuracy, snr_gaps
 
     sweep = {("m", 3.0, 0): 0.70, ("m", 20.0, 0): 0.95}
     peer = {("m", 3.0, 0): 0.80, ("m", 20.0, 0): 0.94}
