@@ -32,24 +32,14 @@ TARGET_RRAM_VS_AIHWKIT = 0.5
 
 def aihwkit_layer(weight: torch.Tensor, t_inference: float = 1.0) -> nn.Module:
     """aihwkit AnalogLinear (TorchInferenceRPUConfig, Wan-2022 at 40 µS), programmed + drifted."""
-    from aihwkit.inference.compensation.drift import GlobalDriftCompensation
-    from aihwkit.inference.converter.conductance import SinglePairConductanceConverter
-    from aihwkit.inference.noise.reram import ReRamWan2022NoiseModel
     from aihwkit.nn import AnalogLinear
-    from aihwkit.simulator.configs import TorchInferenceRPUConfig
 
-    cfg = TorchInferenceRPUConfig()
-    cfg.noise_model = ReRamWan2022NoiseModel(
-        g_converter=SinglePairConductanceConverter(g_max=40.0)
-    )
-    cfg.drift_compensation = GlobalDriftCompensation()
-    cfg.mapping.weight_scaling_omega = 1.0
-    layer = AnalogLinear(weight.shape[1], weight.shape[0], bias=True, rpu_config=cfg)
+    from benchmarks.peers.aihwkit_sweep import program, rpu_config
+
+    layer = AnalogLinear(weight.shape[1], weight.shape[0], bias=True, rpu_config=rpu_config())
     layer.set_weights(weight, torch.zeros(weight.shape[0]))
     layer.eval()
-    torch.manual_seed(0)
-    layer.program_analog_weights()
-    layer.drift_analog_weights(t_inference)
+    program(layer, 0, t_inference)
     return layer
 
 

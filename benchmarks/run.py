@@ -24,12 +24,13 @@ import torch
 from benchmarks.common import Row, format_table, machine_info
 from noisydeq.store import atomic_write_text
 
-AREAS = ("main_job", "sweep", "solvers", "devices", "rng", "training", "attacks", "hwaware",
-         "cluster")
+AREAS = ("main_job", "sweep", "peer", "solvers", "devices", "rng", "training", "attacks",
+         "hwaware", "cluster")
 HERE = Path(__file__).resolve().parent
 
 
-def _run_area(area: str, quick: bool, work: Path, state: dict[str, Any]) -> list[Row]:
+def _run_area(area: str, quick: bool, work: Path, state: dict[str, Any],
+              peer_grid: str = "small") -> list[Row]:
     if area == "main_job":
         from benchmarks.main_job import bench_help, bench_main_job
 
@@ -43,6 +44,10 @@ def _run_area(area: str, quick: bool, work: Path, state: dict[str, Any]) -> list
         # the default sweep on one chip instance (3 in the CLI) to bound the suite's time
         spec = build(SweepSpec, {"chips": 1, "depths": [1, 7]} if quick else {"chips": 1})
         return bench_sweep(spec, cache=state.get("cache"))
+    if area == "peer":  # the plain aihwkit script instead of `noisydeq sweep`
+        from benchmarks.peer_sweep import bench_peer
+
+        return bench_peer(work, peer_grid, repeat=1 if quick else 3)
     if area == "solvers":
         from benchmarks.solvers import bench_solvers
 
@@ -93,10 +98,12 @@ def _markdown(rows: list[Row], info: dict[str, Any], seconds: float, quick: bool
         f"- targets met: {sum(met)}/{len(met)}; correctness checks passed: "
         f"{sum(checks)}/{len(checks)}",
         "",
-        "Ratio = ours / peer for times (≤ target is good); for the sweep rows it is the "
-        "speed-up or the fraction of the measured matmul peak (≥ target is good). Times are "
-        "the best of N interleaved runs (solvers, devices, training) or single runs (sweep, "
-        "main job). `check` is the fast path's answer checked against the reference path. "
+        "Ratio = ours / peer for times (≤ target is good); for the sweep and peer rows it is "
+        "the speed-up or the fraction of the measured matmul peak (≥ target is good). Times "
+        "are the best of N interleaved runs (solvers, devices, training), the median of 3 "
+        "interleaved repetitions (peer: the plain aihwkit script, spread, CPU time and load in "
+        "`check`) or single runs (sweep, main job). `check` is the fast path's answer checked "
+        "against the reference path. "
         "What limits each missed target, with its profile: [README.md](README.md).",
         "",
         format_table(rows, markdown=True),
@@ -133,6 +140,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--only", default=",".join(AREAS),
                     help=f"comma list of areas ({', '.join(AREAS)})")
     ap.add_argument("--quick", action="store_true", help="small sizes (smoke run)")
+    ap.add_argument("--peer-grid", choices=("small", "levels", "main"), default="small",
+                    help="grid of the peer-script area: small (digits, depths 1, 4 levels, "
+                         "2 chips), levels (the same with 0:30) or main (the main job's: "
+                         "depths 1,3,5,7, 0:30, 3 chips)")
     ap.add_argument("--json", default=None,
                     help="JSON output path (default: benchmarks/results.json for a full run, "
                          "benchmarks/partial/results.json with --only or --quick)")
@@ -164,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
         for area in areas:
             t0 = time.perf_counter()
             print(f"[{area}] running ...", flush=True)
-            new = _run_area(area, args.quick, Path(tmp), state)
+            new = _run_area(area, args.quick, Path(tmp), state, args.peer_grid)
             area_seconds[area] = time.perf_counter() - t0
             print(format_table(new) + f"\n[{area}] {area_seconds[area]:.0f} s\n", flush=True)
             rows += new

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 
+import pytest
 import torch
 
 from benchmarks.common import Row, format_table, timeit_pair
@@ -147,3 +148,18 @@ def test_rng_rows_and_checks() -> None:
     rows = bench_rng(shapes=((32, 24), (64, 33)), repeat=1, threads=(1,))
     assert len(rows) == 3 and all(math.isfinite(r.ratio) for r in rows)
     assert all(r.ok for r in rows), [r.check for r in rows]
+
+
+def test_peer_rows_run_both_sides_and_match_accuracies(tmp_path) -> None:
+    pytest.importorskip("aihwkit")
+    from benchmarks.peer_sweep import bench_peer
+
+    grid = {"snr": "10,20", "chips": 1, "depths": "1", "epochs": 1}
+    rows = bench_peer(tmp_path, grid, repeat=1)
+    assert len(rows) == 6, [r.check for r in rows]
+    for r in rows:  # accuracies of 1-epoch models on one chip need not match within 0.03
+        assert all(r.extra["warm_equals"].values()), r.check
+        assert r.ours > 0 and r.peer > 0 and math.isfinite(r.ratio)
+        acc = r.extra["accuracy"]
+        assert {c["snr_db"] for c in acc} == {10.0, 20.0}
+        assert all(0 <= c["sweep"] <= 1 and 0 <= c["peer"] <= 1 for c in acc)
