@@ -12,7 +12,8 @@ dies is retried by Ray and trains its member from the start).
 
 Same weights as a local run: training draws are functions of (seed, epoch, sample index,
 draw) (:mod:`noisydeq.train`), and a task trains with one torch thread — equal to a local
-run with ``--threads 1``.
+run with ``--threads 1`` (the default); the driver makes the cache keys with one thread too
+(the thread count is part of the key).
 """
 
 from __future__ import annotations
@@ -52,22 +53,24 @@ def train_sweep_families_on_ray(spec: SweepSpec, task: Any, progress: bool = Tru
 
     from noisydeq import store
     from noisydeq.families import cache_root, family_spec_for_sweep, prepared_member
+    from noisydeq.runtime import num_threads
     from noisydeq.train import MODEL_FILE
 
     dev = torch.device(spec.torch_device)
     root = cache_root() / "models"
     todo: dict[str, tuple[nn.Module, TrainSpec, Any, str]] = {}
-    for seed in spec.seeds:
-        for tsnr in spec.train_snr_db:
-            for tdev, dsnr in spec.training_devices():
-                fspec = family_spec_for_sweep(spec, seed, tsnr, tdev, dsnr)
-                for depth in fspec.depths:
-                    for kind in fspec.kinds:
-                        model, tspec, entry = prepared_member(fspec, task, kind, depth, root,
-                                                              dev)
-                        if not (entry / MODEL_FILE).is_file() and entry.name not in todo:
-                            name = f"{kind} d{depth} w{model.width} s{seed}"
-                            todo[entry.name] = (model, tspec, entry, name)
+    with num_threads(1):  # the keys of one-thread training (train_member)
+        for seed in spec.seeds:
+            for tsnr in spec.train_snr_db:
+                for tdev, dsnr in spec.training_devices():
+                    fspec = family_spec_for_sweep(spec, seed, tsnr, tdev, dsnr)
+                    for depth in fspec.depths:
+                        for kind in fspec.kinds:
+                            model, tspec, entry = prepared_member(fspec, task, kind, depth,
+                                                                  root, dev)
+                            if not (entry / MODEL_FILE).is_file() and entry.name not in todo:
+                                name = f"{kind} d{depth} w{model.width} s{seed}"
+                                todo[entry.name] = (model, tspec, entry, name)
     if not todo:
         return 0
 

@@ -37,6 +37,10 @@ def resolve_torch_device(name: str) -> torch.device:
 ENV_THREADS = "NOISYDEQ_THREADS"
 
 
+#: torch threads per process of ``--threads auto`` in training and evaluation
+AUTO_THREADS = 1
+
+
 #: environment variable with the sweep's evaluation process count (see :func:`job_count`)
 ENV_JOBS = "NOISYDEQ_JOBS"
 
@@ -57,18 +61,20 @@ def thread_plan(text: str | None = None) -> tuple[int | None, int | None]:
     """(training, evaluation) torch thread counts from ``--threads`` / ``$NOISYDEQ_THREADS``.
 
     ``N`` uses N threads in both phases, ``T,E`` T for training and E for evaluation, and
-    ``auto`` (the default) keeps torch's default in both. Measured on a quiet 2-core box
-    (default sweep, digits): training the family 7.3 s with 1 thread vs 5.9 s with 2,
-    the warm evaluation 52 s vs 40 s, so torch's default (2) wins both there; on a loaded
-    shared machine a single thread avoids spin-waiting on a busy core (a 128×128 RRAM
-    calibration measurement: 15 ms with 1 thread vs ~500 ms with 2 at load 4). The count
-    changes floating-point rounding (and so the results of chaotic low-SNR solves): it is a
-    fixed choice, never derived from the load. ``None`` in the result = torch's default.
+    ``auto`` (the default) one thread in both: processes (``--jobs``, Ray workers) are the
+    parallelism. Measured on the 2-core box (default sweep's family, digits, fresh cache):
+    quiet, 7.3 s with 1 thread vs 5.9 s with 2; beside other jobs (load 11-16), 64-85 s wall
+    / 14 CPU s with 1 thread vs 768 s wall / 195 CPU s with 2 — a second thread spin-waits
+    on a busy core (``benchmarks/RESULTS.md``, thread rule). The count also changes
+    floating-point rounding (parallel reductions), so trained weights depend on it: it is
+    a fixed choice, never derived from the load or the core count, and it is part of a
+    trained model's cache key (:func:`noisydeq.train_config.run_config`). ``None`` in the
+    result = keep torch's current count.
     """
     text = text if text is not None else os.environ.get(ENV_THREADS, "auto")
     text = str(text).strip().lower()
     if text in ("", "auto"):
-        return None, None
+        return AUTO_THREADS, AUTO_THREADS
     parts = text.split(",")
     try:
         values = [int(p) for p in parts]

@@ -24,7 +24,9 @@ from noisydeq.tasks.base import Task
 
 #: bump when the training procedure changes what a given config produces (cache key).
 #: 2: counter-based random draws (data order, noise, thresholds, probes by epoch and sample)
-TRAIN_SCHEMA = 2
+#: 3: the torch intra-op thread count is part of the config (it changes the rounding of
+#:    parallel reductions, so the weights); ``--threads auto`` is now one thread
+TRAIN_SCHEMA = 3
 #: device-in-the-loop runs only (their config carries it; digital caches are unchanged):
 #: the gradient estimator through the device layers. "scaled-straight-through": the device
 #: error's growth with max|W|·max|x| (rram, photonic) or ‖Wx‖ (snr) is differentiated
@@ -80,6 +82,8 @@ def run_config(
             **({"options": dict(task.options)} if getattr(task, "options", None) else {}),
         },
         "torch_device": torch_device.type,
+        # intra-op threads while training: parallel reductions round differently
+        "threads": torch.get_num_threads(),
         "versions": {"noisydeq": __version__, "torch": torch.__version__.split("+")[0]},
         # the training device's resolved content (not its name or path): a changed preset
         # is another training run, never a stale cache entry; and the gradient estimator

@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
 from noisydeq.errors import NoisyDEQError
-from noisydeq.runtime import ENV_THREADS, num_threads, thread_plan
+from noisydeq.runtime import AUTO_THREADS, ENV_THREADS, num_threads, thread_plan
 
 
 def test_thread_plan_forms(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv(ENV_THREADS, raising=False)
-    assert thread_plan() == (None, None)
-    assert thread_plan("auto") == (None, None)
+    assert AUTO_THREADS == 1  # the rule of benchmarks/RESULTS.md: processes, not threads
+    assert thread_plan() == (1, 1)
+    assert thread_plan("auto") == (1, 1)
     assert thread_plan("2") == (2, 2)
     assert thread_plan("1,2") == (1, 2)
     monkeypatch.setenv(ENV_THREADS, "1")
@@ -42,3 +45,47 @@ def test_cli_rejects_bad_threads() -> None:
 
     res = CliRunner().invoke(cli, ["sweep", "--threads", "two", "--out", "/nonexistent/x"])
     assert res.exit_code != 0 and "threads 'two'" in str(res.exception or res.output)
+
+
+def test_training_threads_are_part_of_the_cache_key() -> None:
+    """Parallel reductions round differently with another thread count, so a model trained
+    with 2 threads is another cache entry than one trained with 1 (never served for it)."""
+    from noisydeq.families import prepared_member
+    from noisydeq.specs.base import build
+    from noisydeq.specs.family import FamilySpec
+    from noisydeq.tasks import load_task
+
+    task = load_task("digits", seed=0)
+    spec = build(FamilySpec, {"task": "digits", "depths": [1], "kinds": ["deq"], "train": {"epochs": 1}},
+                 where="test")
+    dev = torch.device("cpu")
+    with num_threads(1):
+        one = prepared_member(spec, task, "deq", 1, Path("/nonexistent"), dev)[2]
+    with num_threads(2):
+        two = prepared_member(spec, task, "deq", 1, Path("/nonexistent"), dev)[2]
+    with num_threads(1):
+        again = prepared_member(spec, task, "deq", 1, Path("/nonexistent"), dev)[2]
+    assert one != two and one == again
+
+
+def test_the_thread_count_changes_trained_weights() -> None:
+    """Why the count is in the key: one training run of a digits member with 1 and with 2
+    threads ends with different weights (same seed, data and draws)."""
+    from noisydeq.families import prepared_member
+    from noisydeq.specs.base import build
+    from noisydeq.specs.family import FamilySpec
+    from noisydeq.tasks import load_task
+    from noisydeq.train import train_model
+
+    task = load_task("digits", seed=0)
+    spec = build(FamilySpec, {"task": "digits", "depths": [3], "kinds": ["ffw"], "train": {"epochs": 1, "max_train_samples": 256}},
+                 where="test")
+    dev = torch.device("cpu")
+    weights = []
+    for n in (1, 2, 1):
+        with num_threads(n):
+            model, tspec, _ = prepared_member(spec, task, "ffw", 3, Path("/nonexistent"), dev)
+            res = train_model(model, task, tspec, out_dir=None, torch_device=dev, quiet=True)
+        weights.append(torch.cat([p.detach().flatten() for p in res.model.parameters()]))
+    assert torch.equal(weights[0], weights[2])  # deterministic at a given count
+    assert not torch.equal(weights[0], weights[1])

@@ -66,28 +66,32 @@ def sweep_checkpoints(spec, data_dir: str | None = None,
     naming the cache that was searched.
     """
     from noisydeq.families import cache_root, family_spec_for_sweep, prepared_member
+    from noisydeq.runtime import num_threads, thread_plan
     from noisydeq.tasks import load_task
 
     task = load_task(spec.task, data_dir=data_dir or spec.data_dir, seed=spec.data_seed)
     root = cache_root(cache_dir) / "models"
     dev = torch.device(spec.torch_device)
+    threads = thread_plan(None)[0]  # the sweep's default training threads (part of the key)
     found, missing = [], []
-    for seed in spec.seeds:
-        for tsnr in spec.train_snr_db:
-            fspec = family_spec_for_sweep(spec, seed, tsnr)
-            for depth in fspec.depths:
-                for kind in fspec.kinds:
-                    entry = prepared_member(fspec, task, kind, depth, root, dev)[2]
-                    path = entry / MODEL_FILE
-                    if path.is_file():
-                        found.append(path)
-                    else:
-                        missing.append(f"{kind} d{depth} seed {seed} train SNR {tsnr:g}")
+    with num_threads(threads):
+        for seed in spec.seeds:
+            for tsnr in spec.train_snr_db:
+                fspec = family_spec_for_sweep(spec, seed, tsnr)
+                for depth in fspec.depths:
+                    for kind in fspec.kinds:
+                        entry = prepared_member(fspec, task, kind, depth, root, dev)[2]
+                        path = entry / MODEL_FILE
+                        if path.is_file():
+                            found.append(path)
+                        else:
+                            missing.append(f"{kind} d{depth} seed {seed} train SNR {tsnr:g}")
     if missing:
         raise NoisyDEQError(
-            f"--family: {len(missing)} model(s) of the sweep are not in the cache {root} "
-            f"(first: {missing[0]}); pass --cache (or set NOISYDEQ_CACHE to) the cache the "
-            "sweep used, or re-run the sweep"
+            f"--family: {len(missing)} model(s) of the sweep trained with {threads} torch "
+            f"thread(s) are not in the cache {root} (first: {missing[0]}); pass --cache (or "
+            "set NOISYDEQ_CACHE to) the cache the sweep used, set NOISYDEQ_THREADS to the "
+            "sweep's --threads, or re-run the sweep"
         )
     return found
 

@@ -73,7 +73,7 @@ def _default_out(name: str, variant: str, resolved: Any) -> Path:
 @click.option("--cache", type=click.Path(path_type=Path), default=None,
               help="Model cache (default $NOISYDEQ_CACHE or the user cache dir).")
 @click.option("--threads", default=None, metavar="auto|N",
-              help="torch threads (default $NOISYDEQ_THREADS, else torch's default).")
+              help="torch threads (default $NOISYDEQ_THREADS, else 1).")
 @click.option("--quiet", is_flag=True, help="No progress output.")
 @click.option("--json", "as_json", is_flag=True, help="Print a machine-readable summary.")
 @with_heartbeat("adversarial")

@@ -94,7 +94,7 @@ def _members(family: Path, data_dir: str | None, cache: Path | None):
 @cache_option
 @click.option("--torch-device", default="cpu", show_default=True)
 @click.option("--threads", default=None, metavar="auto|N",
-              help="torch threads (default $NOISYDEQ_THREADS, else torch's default).")
+              help="torch threads (default $NOISYDEQ_THREADS, else 1).")
 @click.option("--quiet", is_flag=True, help="no progress bar.")
 @click.option("--json", "as_json", is_flag=True, help="print a machine-readable summary.")
 @backend_options

@@ -100,7 +100,8 @@ def _writable(out: Path) -> None:
 @click.option("--cache", default=None, help="model cache (default $NOISYDEQ_CACHE).")
 @click.option("--out", type=click.Path(path_type=Path), default=None,
               help="output directory (default runs/certify-<source>).")
-@click.option("--threads", type=int, default=None, help="torch threads (default: torch's).")
+@click.option("--threads", type=int, default=None,
+              help="torch threads (default $NOISYDEQ_THREADS, else 1).")
 @click.option("--json", "as_json", is_flag=True, help="print the rows as JSON.")
 @click.option("--quiet", "-q", is_flag=True, help="no per-model lines.")
 @backend_options
@@ -116,14 +117,15 @@ def command(source: Path, **opts: Any) -> None:
     """
     from noisydeq.bundled import find_experiment, is_bundled
     from noisydeq.cluster import Backend
-    from noisydeq.runtime import num_threads
+    from noisydeq.runtime import num_threads, thread_plan
 
     if opts["threads"] is not None and opts["threads"] < 1:
         raise NoisyDEQError(f"--threads: must be a positive integer, got {opts['threads']}")
     opts["backend"] = Backend.parse(opts["backend"], opts["address"])
     echo = (lambda s: None) if opts["quiet"] or opts["as_json"] else (
         lambda s: click.echo(s, err=True))
-    with num_threads(opts["threads"]):
+    threads = opts["threads"] if opts["threads"] is not None else thread_plan(None)[0]
+    with num_threads(threads):
         if source.suffix == ".toml" or is_bundled(source):
             rows, files = _experiment(find_experiment(source, "certify"), opts, echo)
         else:

@@ -33,7 +33,8 @@ def default_out(name: str, variant: str) -> Path:
 @click.option("--torch-device", default=None, help="cpu, cuda, cuda:1, ...")
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
               help="Override a study field (e.g. --set seeds=[0]).")
-@click.option("--threads", default=None, metavar="N", help="torch threads (default: torch's).")
+@click.option("--threads", default=None, metavar="N",
+              help="torch threads (default $NOISYDEQ_THREADS, else 1).")
 @click.option("--quiet", is_flag=True, help="No progress lines.")
 @click.option("--json", "as_json", is_flag=True, help="Print a machine-readable summary.")
 @backend_options
@@ -51,12 +52,12 @@ def command(experiment: str, variant: str, out: str | None, data_dir: str | None
     """
     from noisydeq.bundled import find_experiment
     from noisydeq.cluster import Backend
-    from noisydeq.runtime import num_threads
+    from noisydeq.runtime import num_threads, thread_plan
     from noisydeq.specs.toml import load_toml
     from noisydeq.studies import StudyFile, run_study
 
     chosen = Backend.parse(backend, address)
-    n_threads = None
+    n_threads = thread_plan(None)[0]  # $NOISYDEQ_THREADS, else one thread
     if threads is not None:
         try:
             n_threads = int(threads)

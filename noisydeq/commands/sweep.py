@@ -215,7 +215,7 @@ def execute(
 @click.option("--json", "as_json", is_flag=True, help="Print a machine-readable summary.")
 @click.option("--threads", default=None, metavar="auto|N|TRAIN,EVAL",
               help="torch threads for training and evaluation (default $NOISYDEQ_THREADS, "
-                   "else auto = torch's default; 1 on a loaded shared machine).")
+                   "else auto = 1 per process; processes are the parallelism).")
 @click.option("--jobs", default=None, metavar="auto|N",
               help="evaluation processes (default $NOISYDEQ_JOBS, else auto = one per CPU "
                    "core; with more than one, each evaluates with one thread).")

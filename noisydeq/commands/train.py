@@ -144,7 +144,7 @@ def _fmt(metric: float, name: str) -> str:
 @click.option("--resume/--no-resume", default=True, show_default=True,
               help="Continue an interrupted run / reuse a finished one in --out.")
 @click.option("--threads", default=None, metavar="auto|N",
-              help="torch threads (default $NOISYDEQ_THREADS, else torch's default).")
+              help="torch threads (default $NOISYDEQ_THREADS, else 1).")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
 @with_heartbeat("train")

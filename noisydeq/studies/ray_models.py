@@ -67,7 +67,7 @@ def run_on_ray(spec: StudySpec, task: Any, sets: list, run: StudyDir, jobs: list
     import ray
 
     from noisydeq import store
-    from noisydeq.runtime import resolve_torch_device
+    from noisydeq.runtime import num_threads, resolve_torch_device
     from noisydeq.studies.runner import expected_rows
     from noisydeq.train import MODEL_FILE, RESUME_FILE, train_model
     from noisydeq.train_config import run_config
@@ -76,18 +76,19 @@ def run_on_ray(spec: StudySpec, task: Any, sets: list, run: StudyDir, jobs: list
     ref = ray.put((spec, task, sets))
     fn = cluster.remote(study_model, "noisydeq-study-model", gpu=dev.type == "cuda")
     futures, hashes = {}, {}
-    for job in jobs:
-        mid = model_id(job.name, job.seed, job.train_snr_db)
-        tspec = spec.train_spec(job.name, job.seed, job.train_snr_db)
-        trained = None
-        if job.train:
-            model = _build(spec, job.name, task, job.seed)
-            hashes[mid] = store.config_hash(run_config(model, task, tspec, dev))
-        else:  # finished here: load it (a checkpoint of another config is trained again)
-            res = train_model(_build(spec, job.name, task, job.seed), task, tspec,
-                              out_dir=run.models / mid, torch_device=dev, quiet=True)
-            trained = ray.put((res.model.cpu(), res.seconds))
-        futures[fn.remote(ref.hex(), [ref], job, trained, str(dev))] = (mid, job)
+    with num_threads(1):  # keys and loads of one-thread training (study_model)
+        for job in jobs:
+            mid = model_id(job.name, job.seed, job.train_snr_db)
+            tspec = spec.train_spec(job.name, job.seed, job.train_snr_db)
+            trained = None
+            if job.train:
+                model = _build(spec, job.name, task, job.seed)
+                hashes[mid] = store.config_hash(run_config(model, task, tspec, dev))
+            else:  # finished here: load it (a checkpoint of another config is trained again)
+                res = train_model(_build(spec, job.name, task, job.seed), task, tspec,
+                                  out_dir=run.models / mid, torch_device=dev, quiet=True)
+                trained = ray.put((res.model.cpu(), res.seconds))
+            futures[fn.remote(ref.hex(), [ref], job, trained, str(dev))] = (mid, job)
     out: dict[str, tuple[list[dict[str, Any]], bool]] = {}
     for (mid, job), (blob, metric, rows) in cluster.finished(
             futures, lambda k: f"study model {k[0]}"):

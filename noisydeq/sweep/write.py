@@ -142,6 +142,7 @@ def _run_open(
         from noisydeq.family_tasks import train_sweep_families_on_ray
 
         train_sweep_families_on_ray(spec, task, progress)
+        train_threads = 1  # Ray tasks train with one thread: load those cache entries
     if callable(models):
         with num_threads(train_threads):
             models = models(spec, task, progress)

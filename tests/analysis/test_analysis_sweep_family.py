@@ -92,7 +92,8 @@ def test_sweep_models_missing_from_the_cache_is_one_line(tmp_path, capsys, monke
     monkeypatch.setenv("NOISYDEQ_CACHE", str(tmp_path / "empty"))
     code, _, err = run(["spectrum", "--family", str(run_dir)], capsys)
     assert code == 2 and len(err.strip().splitlines()) == 1
-    assert "2 model(s) of the sweep are not in the cache" in err and "--cache" in err
+    assert "2 model(s) of the sweep trained with 1 torch thread(s) are not in the cache" in err
+    assert "--cache" in err and "NOISYDEQ_THREADS" in err
     assert not (run_dir / "analysis").exists() and not (tmp_path / "empty").exists()
 
 
