@@ -56,8 +56,8 @@ def test_training_threads_are_part_of_the_cache_key() -> None:
     from noisydeq.tasks import load_task
 
     task = load_task("digits", seed=0)
-    spec = build(FamilySpec, {"task": "digits", "depths": [1], "kinds": ["deq"], "train": {"epochs": 1}},
-                 where="test")
+    spec = build(FamilySpec, {"task": "digits", "depths": [1], "kinds": ["deq"],
+                              "train": {"epochs": 1}}, where="test")
     dev = torch.device("cpu")
     with num_threads(1):
         one = prepared_member(spec, task, "deq", 1, Path("/nonexistent"), dev)[2]
@@ -78,8 +78,8 @@ def test_the_thread_count_changes_trained_weights() -> None:
     from noisydeq.train import train_model
 
     task = load_task("digits", seed=0)
-    spec = build(FamilySpec, {"task": "digits", "depths": [3], "kinds": ["ffw"], "train": {"epochs": 1, "max_train_samples": 256}},
-                 where="test")
+    spec = build(FamilySpec, {"task": "digits", "depths": [3], "kinds": ["ffw"],
+                              "train": {"epochs": 1, "max_train_samples": 256}}, where="test")
     dev = torch.device("cpu")
     weights = []
     for n in (1, 2, 1):
