@@ -184,6 +184,20 @@ def test_experiment_files_are_valid_and_complete():
     assert {"18a", "18b", "18c", "1e", "6"} <= figs
 
 
+def test_prefix_sum_ffw_starts_delta_orthogonal_at_its_own_learning_rate():
+    """The 32-layer prefix-sum FFW does not train from PyTorch's default initialisation
+    (docs/reproduction.md): the file gives it the delta-orthogonal one and lr 1e-3, in both
+    variants, and leaves the DEQ at the default initialisation and the study's lr."""
+    exp = load_toml(StudyFile, ROOT / "noisydeq" / "experiments" / "algorithmic-prefix-sums.toml")
+    for variant in ("quick", "full"):
+        spec = exp.resolve(variant)
+        assert spec.models["ffw"].model["init"] == "delta_orthogonal"
+        assert "init" not in spec.models["deq"].model
+        assert spec.train_spec("ffw", 0, math.inf).lr == 1e-3
+        assert spec.train_spec("deq", 0, math.inf).lr == 3e-3
+        assert spec.train_spec("ffw", 0, math.inf).epochs == spec.train_spec("deq", 0, 0.0).epochs
+
+
 SCALE = {
     "algorithmic-prefix-sums": ["--set", "task_options={length=8, n_train=48, n_test=8}",
                                 "--set", "shifts=[8, 16]"],

@@ -55,15 +55,17 @@ def build_extra(
     common: dict[str, Any] = dict(solver=solver, gradient=gradient, jac_reg=jac_reg,
                                   test_solver=test_solver, depth=spec.depth) if deq else {}
     if spec.cell in PER_POSITION_CELLS:
+        from noisydeq.models.orthinit import apply_init
         from noisydeq.models.spatial import SpatialDEQ, SpatialFFW
 
         geo = dict(ndim=spatial_ndim(spec), kernel_size=spec.kernel_size,
                    weight_norm=spec.weight_norm)
         if deq:
-            return SpatialDEQ(spec.cell, spec.in_features, width, spec.out_features,
-                              spec.input_act, **common, **geo)
-        return SpatialFFW(spec.cell, spec.in_features, width, spec.depth, spec.out_features,
-                          spec.input_act, form=spec.ffw_form, **geo)
+            return apply_init(SpatialDEQ(spec.cell, spec.in_features, width, spec.out_features,
+                                         spec.input_act, **common, **geo), spec.init)
+        return apply_init(SpatialFFW(spec.cell, spec.in_features, width, spec.depth,
+                                     spec.out_features, spec.input_act, form=spec.ffw_form,
+                                     **geo), spec.init)
     if spec.cell == "mlp_stack":
         from noisydeq.models.stack import StackDEQ, StackFFW
 

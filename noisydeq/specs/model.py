@@ -122,6 +122,10 @@ class ModelSpec(StrictModel):
     matrix never acts) or ``eq32`` (z⁰ = x̃, no injection). Conv only: ``in_shape``
     [C, H, W] (default: one square channel), ``kernel_size`` (odd), ``weight_norm``,
     ``pool`` (head pooling to pool×pool).
+    ``init`` (per-position cells ``conv1d``/``residual``): ``default`` (PyTorch's) or
+    ``delta_orthogonal`` (hidden convolutions start as an orthogonal centre tap, Xiao et al.
+    2018: what lets a deep stack of tanh convolutions without skips or normalisation — the
+    prefix-sum FFW — train; :mod:`noisydeq.models.orthinit`).
     ``mondeq`` (monotone ReLU DEQ) and ``ffw_relu`` (explicit ReLU network, its IBP
     baseline) take their options from ``monotone`` (:class:`MonotoneSpec`; None = defaults).
     ``kind = "lyadeq"``: a Lyapunov-stable DEQ of ``width`` units (never width-matched),
@@ -157,6 +161,7 @@ class ModelSpec(StrictModel):
     norm_groups: int = Field(default=4, gt=0, le=limits.MAX_WIDTH)
     monotone: MonotoneSpec | None = None
     lyapunov: LyapunovSpec | None = None
+    init: Literal["default", "delta_orthogonal"] = "default"
 
     @model_validator(mode="before")
     @classmethod
@@ -196,6 +201,9 @@ class ModelSpec(StrictModel):
         per_position = self.cell in ("conv1d", "residual")
         if self.in_shape is not None and len(self.in_shape) == 2 and not per_position:
             raise ValueError(f"in_shape: cell '{self.cell}' needs [C, H, W], got {self.in_shape}")
+        if self.init != "default" and not per_position:
+            raise ValueError(f"init: '{self.init}' applies to the per-position cells conv1d "
+                             f"and residual, not '{self.cell}'")
         if self.cell == "mdeq" and self.width % self.norm_groups:
             raise ValueError(
                 f"width: {self.width} channels cannot be split into norm_groups="
@@ -213,4 +221,4 @@ class ModelSpec(StrictModel):
         return data
 
 
-_LATE_MODEL_FIELDS = {"layers": 3, "scales": 2, "norm_groups": 4}
+_LATE_MODEL_FIELDS = {"layers": 3, "scales": 2, "norm_groups": 4, "init": "default"}
