@@ -141,11 +141,8 @@ def test_min_window_stops_a_converged_warm_start_and_leaves_cold_solves_alone() 
     assert int(far.steps.min()) > 1
 
 
-def test_warm_ift_backward_solve_starts_from_the_last_adjoint(data, monkeypatch) -> None:
-    # exact gradient (rel 1e-6 backward solve) within tolerance, fewer backward iterations
-    x, y = data
-    xs = x + 1e-3 * torch.randn_like(x)
-    m = small_deq(SolverSpec(name="anderson", max_iter=60, tol=1e-10, stop="rel"))
+def count_backward_iterations(monkeypatch) -> list[int]:
+    """A list that receives the iteration count of every IFT backward solve from now on."""
     counts: list[int] = []
     real = gradients.solve
 
@@ -155,6 +152,15 @@ def test_warm_ift_backward_solve_starts_from_the_last_adjoint(data, monkeypatch)
         return sol
 
     monkeypatch.setattr(gradients, "solve", counting)
+    return counts
+
+
+def test_warm_ift_backward_solve_starts_from_the_last_adjoint(data, monkeypatch) -> None:
+    # exact gradient (rel 1e-6 backward solve) within tolerance, fewer backward iterations
+    x, y = data
+    xs = x + 1e-3 * torch.randn_like(x)
+    m = small_deq(SolverSpec(name="anderson", max_iter=60, tol=1e-10, stop="rel"))
+    counts = count_backward_iterations(monkeypatch)
     grads, iters = {}, {}
     for key in ("cold", "warm"):
         est = make_estimator(m, parse_estimator(f"exact:warm={key == 'warm'}"))
@@ -295,15 +301,7 @@ def test_exact_backward_tolerance_keeps_the_gradient_direction(monkeypatch) -> N
     x = torch.rand(8, 16, dtype=torch.float64)
     y = torch.arange(8) % 3
     ref = _closed_form_input_gradient(m, x, y)
-    counts: list[int] = []
-    real = gradients.solve
-
-    def counting(*a, **k):
-        sol = real(*a, **k)
-        counts.append(int(sol.n_iter))
-        return sol
-
-    monkeypatch.setattr(gradients, "solve", counting)
+    counts = count_backward_iterations(monkeypatch)
     iters, cos = {}, {}
     for spec in ("exact:warm=false", "exact:warm=false,btol=1e-3"):
         counts.clear()
