@@ -105,3 +105,34 @@ def test_every_adversarial_experiment_resolves():
         for variant in ("quick", "full"):
             res = exp.resolve(variant)
             assert res.cells and all(c.spec.kinds for c in res.cells if c.defence == "none")
+
+
+def test_documented_small_conv_variant_resolves():
+    """The small conv variant of ``adversarial-fig3`` documented in docs/robustness.md
+    (``--set`` overrides of the quick variant) gives the conv DEQ/FFW of 8 channels with the
+    quick preset shortened to 4 epochs (ε ramp 2, learning rate × 0.1 from epoch 3), the
+    Tables 5-6 solver and adversary otherwise."""
+    import pathlib
+
+    from noisydeq.analysis.adversarial_experiment import load_experiment
+    from noisydeq.commands.adversarial import nested_sets
+
+    exp = load_experiment(pathlib.Path(__file__).parents[2] / EXP)
+    sets = ('family.cell="conv"', "family.hidden=8", "train.epochs=4",
+            "train.optimizer={amsgrad=true, milestones=[3], gamma=0.1}",
+            "train.adversarial.warmup_epochs=2", "grid.seeds=[0]", 'grid.methods=["pgd"]',
+            'grid.defences=["none"]')
+    res = exp.resolve("quick", **nested_sets(sets, list(exp.evaluations)))
+    (cell,) = res.cells
+    assert cell.spec.cell.name == "conv" and cell.spec.hidden == 8
+    assert cell.spec.kinds == ["deq", "ffw"]
+    for kind in cell.spec.kinds:
+        t = cell.spec.train_spec(kind)
+        assert (t.epochs, t.batch_size) == (4, 64)
+        assert t.optimizer.amsgrad and t.optimizer.milestones == [3]
+        adv = t.adversarial
+        assert (adv.method, adv.eps, adv.step, adv.steps, adv.warmup_epochs) == (
+            "pgd", 0.3, 0.1, 10, 2.0)
+    deq = cell.spec.train_spec("deq")
+    assert (deq.solver.name, deq.solver.max_iter) == ("broyden", 8)
+    assert (deq.gradient.name, deq.gradient.phantom_steps) == ("phantom", 9)
