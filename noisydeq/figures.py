@@ -280,6 +280,22 @@ def layout(fig: Any, rect: tuple[float, float, float, float] | None = None) -> N
         fig.tight_layout(rect=rect)
 
 
+#: a legend with more entries than this goes under the panels instead of over the curves
+MAX_INSIDE_LEGEND = 4
+
+
+def panel_legend(fig: Any, ax: Any, fontsize: float = 7) -> None:
+    """The legend of ``ax``'s lines: inside the axes for up to :data:`MAX_INSIDE_LEGEND`
+    entries, else under all panels in rows of four (so it never covers a curve). Call it
+    before :func:`layout`; the saved figure grows to include it."""
+    handles, labels = ax.get_legend_handles_labels()
+    if len(labels) <= MAX_INSIDE_LEGEND:
+        ax.legend(frameon=False, fontsize=fontsize)
+        return
+    fig.legend(handles, labels, loc="upper center", ncol=4, frameon=False,
+               fontsize=fontsize + 1, bbox_to_anchor=(0.5, 0.0))
+
+
 #: a log axis is legible with at least this many labelled ticks in view
 MIN_LOG_TICKS = 3
 

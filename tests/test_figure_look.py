@@ -511,3 +511,19 @@ def test_extrapolation_axis_labels_the_tested_sizes(tmp_path, kept):
     assert ax.get_xscale() == "log"
     labels = [t for t in _labelled_ticks(ax.xaxis)]
     assert labels == [f"{v}" for v in shifts]  # each size once, no 3×10¹ next to 4×10¹
+
+
+def test_panel_legend_moves_under_the_panels_when_long():
+    """Up to four entries stay inside the axes; more go under the panels (never over a
+    curve), and the saved figure includes them."""
+    for n, inside in ((4, True), (6, False)):
+        fig, axes = plt.subplots(1, 2)
+        for i in range(n):
+            axes[1].plot([0, 1], [i, i], label=f"line {i}")
+        figures.panel_legend(fig, axes[1])
+        assert (axes[1].get_legend() is not None) == inside
+        assert (len(fig.legends) == 1) != inside
+        if not inside:
+            assert [t.get_text() for t in fig.legends[0].get_texts()] == [
+                f"line {i}" for i in range(n)]
+        plt.close(fig)

@@ -25,6 +25,7 @@ from noisydeq.figures import (
     kind_line,
     layout,
     member_colours,
+    panel_legend,
     save_figure,
     snr_axis,
     snr_positions,
@@ -106,7 +107,7 @@ def plot_extrapolation(rows: list[dict[str, Any]], stem: Path, title: str) -> li
             axes[0][0].set_yscale("log")
         else:
             axes[0][0].set_ylim(-0.03, 1.03)
-        axes[0][-1].legend(frameon=False, fontsize=7)
+        panel_legend(fig, axes[0][-1])
         fig.suptitle(study_title(rows, title), fontsize=10)
         layout(fig)
         return save_figure(fig, stem, table)
@@ -140,7 +141,7 @@ def plot_snr(rows: list[dict[str, Any]], stem: Path, title: str) -> list[Path]:
             ax.set_xlabel("test SNR (dB)")
             ax.set_title(trained_text(tsnr), fontsize=9)
         axes[0][0].set_ylabel(_metric_label(rows))
-        axes[0][-1].legend(frameon=False, fontsize=7)
+        panel_legend(fig, axes[0][-1])
         fig.suptitle(study_title(rows, title), fontsize=10)
         layout(fig)
         return save_figure(fig, stem, table)
