@@ -125,6 +125,21 @@ def _markdown(rows: list[Row], info: dict[str, Any], seconds: float, quick: bool
     return "\n".join(lines) + "\n"
 
 
+#: RESULTS.md below this line is written by hand (separate runs, profiles); a run keeps it
+KEEP_MARKER = ("<!-- `make bench` regenerates everything above this line and keeps the "
+               "sections below (separate runs, written by hand) -->")
+
+
+def _kept_sections(path: str) -> str:
+    """The hand-written tail of an existing report (from :data:`KEEP_MARKER` on), or ''."""
+    p = Path(path)
+    if not p.is_file():
+        return ""
+    text = p.read_text(encoding="utf-8")
+    at = text.find(KEEP_MARKER)
+    return "" if at < 0 else "\n" + text[at:]
+
+
 def _clean(obj: Any) -> Any:
     if isinstance(obj, float) and not math.isfinite(obj):
         return str(obj)
@@ -188,7 +203,8 @@ def main(argv: list[str] | None = None) -> int:
                "rows": [r.as_dict() for r in rows], "torch_threads": torch.get_num_threads()}
     atomic_write_text(args.json, json.dumps(_clean(payload), indent=2) + "\n")
     if args.markdown:
-        atomic_write_text(args.markdown, _markdown(rows, info, seconds, args.quick))
+        atomic_write_text(args.markdown, _markdown(rows, info, seconds, args.quick)
+                          + _kept_sections(args.markdown))
     return 0
 
 

@@ -163,3 +163,15 @@ def test_peer_rows_run_both_sides_and_match_accuracies(tmp_path) -> None:
         acc = r.extra["accuracy"]
         assert {c["snr_db"] for c in acc} == {10.0, 20.0}
         assert all(0 <= c["sweep"] <= 1 and 0 <= c["peer"] <= 1 for c in acc)
+
+
+def test_a_run_keeps_the_hand_written_sections_of_results_md(tmp_path):
+    """`make bench` rewrites the generated table and keeps what follows the marker."""
+    from benchmarks.run import KEEP_MARKER, _kept_sections
+
+    report = tmp_path / "RESULTS.md"
+    assert _kept_sections(str(report)) == ""  # no report yet
+    report.write_text("# old table\n\n" + KEEP_MARKER + "\n\n## By hand\n\nkept\n")
+    assert _kept_sections(str(report)) == "\n" + KEEP_MARKER + "\n\n## By hand\n\nkept\n"
+    report.write_text("# a report without the marker\n")
+    assert _kept_sections(str(report)) == ""
