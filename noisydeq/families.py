@@ -19,6 +19,7 @@ from __future__ import annotations
 import math
 import os
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -203,18 +204,15 @@ def check_sweep_families(sweep: SweepSpec, task: Task) -> None:
 
     check_training_devices(sweep)
     batch = 1
-    for seed in sweep.seeds:
-        for tsnr in sweep.train_snr_db:
-            for dev, dsnr in sweep.training_devices():
-                fspec = family_spec_for_sweep(sweep, seed, tsnr, dev, dsnr)
-                for kind in fspec.kinds:
-                    batch = max(batch, fspec.train_spec(kind).batch_size)
-                    for depth in fspec.depths:
-                        mspec = member_spec(fspec, task, kind, depth)
-                        if sweep.digital_layers and seed == sweep.seeds[0]:
-                            from noisydeq.hardware.base import check_digital_layers
+    for seed, _tsnr, _dev, _dsnr, fspec in sweep_family_specs(sweep):
+        for kind in fspec.kinds:
+            batch = max(batch, fspec.train_spec(kind).batch_size)
+            for depth in fspec.depths:
+                mspec = member_spec(fspec, task, kind, depth)
+                if sweep.digital_layers and seed == sweep.seeds[0]:
+                    from noisydeq.hardware.base import check_digital_layers
 
-                            check_digital_layers(build_member(mspec, seed), sweep.digital_layers)
+                    check_digital_layers(build_member(mspec, seed), sweep.digital_layers)
     n_test = len(task.x_test)
     if sweep.max_test_samples is not None:
         n_test = min(n_test, sweep.max_test_samples)
@@ -260,6 +258,17 @@ def check_training_devices(sweep: SweepSpec) -> None:
         raise NoisyDEQError(
             f"train_adc_gain: only for a photonic training device with adc_gain = "
             f"'calibrated' (none of {', '.join(dict.fromkeys(devices))} measures an ADC gain)")
+
+
+def sweep_family_specs(
+    sweep: SweepSpec,
+) -> Iterator[tuple[int, float, str | None, float | None, FamilySpec]]:
+    """(seed, training SNR, training device, its SNR, family spec) of every family a sweep
+    trains, in the sweep's order (seeds, then training SNRs, then training devices)."""
+    for seed in sweep.seeds:
+        for tsnr in sweep.train_snr_db:
+            for dev, dsnr in sweep.training_devices():
+                yield seed, tsnr, dev, dsnr, family_spec_for_sweep(sweep, seed, tsnr, dev, dsnr)
 
 
 def family_spec_for_sweep(

@@ -52,7 +52,7 @@ def train_sweep_families_on_ray(spec: SweepSpec, task: Any, progress: bool = Tru
     import ray
 
     from noisydeq import store
-    from noisydeq.families import cache_root, family_spec_for_sweep, prepared_member
+    from noisydeq.families import cache_root, prepared_member, sweep_family_specs
     from noisydeq.runtime import num_threads
     from noisydeq.train import MODEL_FILE
 
@@ -60,17 +60,13 @@ def train_sweep_families_on_ray(spec: SweepSpec, task: Any, progress: bool = Tru
     root = cache_root() / "models"
     todo: dict[str, tuple[nn.Module, TrainSpec, Any, str]] = {}
     with num_threads(1):  # the keys of one-thread training (train_member)
-        for seed in spec.seeds:
-            for tsnr in spec.train_snr_db:
-                for tdev, dsnr in spec.training_devices():
-                    fspec = family_spec_for_sweep(spec, seed, tsnr, tdev, dsnr)
-                    for depth in fspec.depths:
-                        for kind in fspec.kinds:
-                            model, tspec, entry = prepared_member(fspec, task, kind, depth,
-                                                                  root, dev)
-                            if not (entry / MODEL_FILE).is_file() and entry.name not in todo:
-                                name = f"{kind} d{depth} w{model.width} s{seed}"
-                                todo[entry.name] = (model, tspec, entry, name)
+        for seed, _tsnr, _tdev, _dsnr, fspec in sweep_family_specs(spec):
+            for depth in fspec.depths:
+                for kind in fspec.kinds:
+                    model, tspec, entry = prepared_member(fspec, task, kind, depth, root, dev)
+                    if not (entry / MODEL_FILE).is_file() and entry.name not in todo:
+                        name = f"{kind} d{depth} w{model.width} s{seed}"
+                        todo[entry.name] = (model, tspec, entry, name)
     if not todo:
         return 0
 

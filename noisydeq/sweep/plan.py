@@ -36,7 +36,7 @@ def family_models(spec: SweepSpec, task: Any, progress: bool = True) -> list[Swe
     Uses :func:`noisydeq.families.train_family`; members come back in depth order, DEQ then
     FFW, as evaluated and tabulated.
     """
-    from noisydeq.families import family_spec_for_sweep, train_family
+    from noisydeq.families import sweep_family_specs, train_family
 
     log = None
     if progress:
@@ -44,18 +44,14 @@ def family_models(spec: SweepSpec, task: Any, progress: bool = True) -> list[Swe
 
         log = write
     out = []
-    for seed in spec.seeds:
-        for tsnr in spec.train_snr_db:
-            for dev, dsnr in spec.training_devices():
-                fspec = family_spec_for_sweep(spec, seed, tsnr, dev, dsnr)
-                family = train_family(fspec, task, torch_device=spec.torch_device,
-                                      quiet=not progress, log=log)
-                members = sorted(family.members, key=lambda m: (m.depth, m.kind))
-                out += [
-                    SweepModel(m.model, m.kind, m.depth, m.width, m.params, seed, tsnr,
-                               dev, dsnr)
-                    for m in members
-                ]
+    for seed, tsnr, dev, dsnr, fspec in sweep_family_specs(spec):
+        family = train_family(fspec, task, torch_device=spec.torch_device,
+                              quiet=not progress, log=log)
+        members = sorted(family.members, key=lambda m: (m.depth, m.kind))
+        out += [
+            SweepModel(m.model, m.kind, m.depth, m.width, m.params, seed, tsnr, dev, dsnr)
+            for m in members
+        ]
     return out
 
 
