@@ -4,9 +4,9 @@ The checkpoints are found by :mod:`noisydeq.analysis.locate` (a sweep run dir: t
 the model cache; otherwise every ``model.safetensors`` below the path). Every checkpoint
 that ``noisydeq.train.train_model`` wrote is a member: its metadata holds the full config
 (model spec, training spec, task), so the model is rebuilt with ``build_model`` and its
-weights loaded without pickle. Members are grouped by (seed, training noise) and paired by
-depth: a DEQ labelled with FFW depth n is the parameter-matched partner of the n-layer
-FFW (paper §4.1, App. E.1).
+weights loaded without pickle. Members are grouped by (seed, training noise, training
+device) and paired by depth: a DEQ labelled with FFW depth n is the parameter-matched
+partner of the n-layer FFW (paper §4.1, App. E.1).
 """
 
 from __future__ import annotations
@@ -46,11 +46,48 @@ class Member:
     chip: int | None = None  # the chip it is programmed on (noisydeq.analysis.on_device)
 
     @property
+    def trained_on(self) -> str:
+        """Where it was trained: ``digital``, or the training device and its SNR
+        (``rram native``, ``photonic 10 dB``; its noise mode when not ``physical``)."""
+        return trained_on(self.train)
+
+    @property
     def group(self) -> tuple:
-        """(seed, training SNR), and the chip when the member is on one: members are paired
-        within a group."""
-        base = (self.seed, self.train_snr_db)
+        """(seed, training SNR, where trained), and the chip when the member is on one:
+        members are paired within a group."""
+        base = (self.seed, self.train_snr_db, self.trained_on)
         return base if self.chip is None else (*base, self.chip)
+
+
+DIGITAL = "digital"
+
+
+def group_order(group: tuple) -> tuple:
+    """Sort key of a :attr:`Member.group`: seed, training SNR, digitally trained first."""
+    seed, snr, where, *chip = group
+    return (seed, snr, where != DIGITAL, where, *chip)
+
+
+def training_text(member: Member) -> str:
+    """How a member was trained, in words: ``trained at 10 dB`` / ``trained without noise``
+    for a digitally trained one, ``trained on rram native[, signal noise 10 dB]`` else."""
+    from noisydeq.figures import trained_text
+
+    if member.trained_on == DIGITAL:
+        return trained_text(member.train_snr_db)
+    noise = "" if math.isinf(member.train_snr_db) else f", signal noise {member.train_snr_db:g} dB"
+    return f"trained on {member.trained_on}{noise}"
+
+
+def trained_on(train: dict[str, Any]) -> str:
+    """The training device of a recorded TrainSpec, in words (:attr:`Member.trained_on`)."""
+    device = train.get("device")
+    if not device:
+        return DIGITAL
+    snr = train.get("device_snr_db")
+    text = f"{device} " + ("native" if snr is None else f"{float(snr):g} dB")
+    mode = train.get("device_noise_mode")
+    return text if mode in (None, "physical") else f"{text} ({mode})"
 
 
 def _train_snr(train: dict[str, Any]) -> float:
@@ -144,7 +181,7 @@ def load_family(root: str | Path, device: torch.device | str = "cpu", *,
     for m in members:
         m.model.to(device)
         m.data_dir = data_dir or source.data_dir
-    return sorted(members, key=lambda m: (m.seed, m.train_snr_db, m.kind, m.depth))
+    return sorted(members, key=lambda m: (*group_order(m.group), m.kind, m.depth))
 
 
 def load_family_task(members: list[Member], data_dir: str | None = None):
@@ -191,7 +228,7 @@ class Pair:
 
 def pairs(members: list[Member]) -> list[Pair]:
     """Pair DEQ and FFW members by (group, depth)."""
-    table: dict[tuple[tuple[int, float], int], dict[str, Member]] = {}
+    table: dict[tuple[tuple, int], dict[str, Member]] = {}
     for m in members:
         slot = table.setdefault((m.group, m.depth), {})
         if m.kind in slot:
@@ -202,5 +239,6 @@ def pairs(members: list[Member]) -> list[Pair]:
         slot[m.kind] = m
     return [
         Pair(depth, group, slot.get("deq"), slot.get("ffw"))
-        for (group, depth), slot in sorted(table.items(), key=lambda kv: (kv[0][0], kv[0][1]))
+        for (group, depth), slot in sorted(
+            table.items(), key=lambda kv: (group_order(kv[0][0]), kv[0][1]))
     ]

@@ -62,10 +62,11 @@ def sweep_checkpoints(spec, data_dir: str | None = None,
     """Checkpoint paths of every family member a sweep spec trained (cache lookup only).
 
     Mirrors ``noisydeq.sweep.family_models``: the task is loaded with the data seed and
-    each (seed, training SNR) maps to one family. A missing member is one clear error
+    each (seed, training SNR, training device) maps to one family
+    (:func:`noisydeq.families.sweep_family_specs`). A missing member is one clear error
     naming the cache that was searched.
     """
-    from noisydeq.families import cache_root, family_spec_for_sweep, prepared_member
+    from noisydeq.families import cache_root, prepared_member, sweep_family_specs
     from noisydeq.runtime import num_threads, thread_plan
     from noisydeq.tasks import load_task
 
@@ -75,17 +76,17 @@ def sweep_checkpoints(spec, data_dir: str | None = None,
     threads = thread_plan(None)[0]  # the sweep's default training threads (part of the key)
     found, missing = [], []
     with num_threads(threads):
-        for seed in spec.seeds:
-            for tsnr in spec.train_snr_db:
-                fspec = family_spec_for_sweep(spec, seed, tsnr)
-                for depth in fspec.depths:
-                    for kind in fspec.kinds:
-                        entry = prepared_member(fspec, task, kind, depth, root, dev)[2]
-                        path = entry / MODEL_FILE
-                        if path.is_file():
-                            found.append(path)
-                        else:
-                            missing.append(f"{kind} d{depth} seed {seed} train SNR {tsnr:g}")
+        for seed, tsnr, tdev, tdev_snr, fspec in sweep_family_specs(spec):
+            where = "" if tdev is None else (
+                f" on {tdev} " + ("native" if tdev_snr is None else f"{tdev_snr:g} dB"))
+            for depth in fspec.depths:
+                for kind in fspec.kinds:
+                    entry = prepared_member(fspec, task, kind, depth, root, dev)[2]
+                    path = entry / MODEL_FILE
+                    if path.is_file():
+                        found.append(path)
+                    else:
+                        missing.append(f"{kind} d{depth} seed {seed} train SNR {tsnr:g}{where}")
     if missing:
         raise NoisyDEQError(
             f"--family: {len(missing)} model(s) of the sweep trained with {threads} torch "

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from noisydeq.analysis import probe
-from noisydeq.analysis.family import Member, Pair, pairs
+from noisydeq.analysis.family import DIGITAL, Member, Pair, group_order, pairs
 from noisydeq.analysis.on_device import DIGITAL_COLUMNS, OnDevice
 from noisydeq.errors import NoisyDEQError
 from noisydeq.figures import (
@@ -46,9 +46,18 @@ def family_inputs(members: list[Member], n_inputs: int, data_dir: str | None,
 
 
 def _label(group: tuple) -> str:
-    seed, snr, *chip = group
+    seed, snr, where, *chip = group
     text = f"seed {seed}, train SNR {snr_legend(snr)}"
+    text += "" if where == DIGITAL else f", trained on {where}"
     return text + (f", chip {chip[0]}" if chip else "")
+
+
+def trained_on_columns(members: list[Member]) -> Callable[[Member], dict[str, str]]:
+    """A member's ``trained_on`` column (:attr:`Member.trained_on`) when the family holds
+    models trained on a device, else no column (the tables of digital families unchanged)."""
+    if all(m.trained_on == DIGITAL for m in members):
+        return lambda m: {}
+    return lambda m: {"trained_on": m.trained_on}
 
 
 def run_sensitivity(
@@ -73,10 +82,12 @@ def run_sensitivity(
         if precision is not None:
             s.check_precision(precision, what=f"depth {m.depth}")
         results[id(m)] = s
+    trained = trained_on_columns(members)
     for pair in all_pairs:
         row = _pair_row(pair, results, spec)
-        chip = pair.group[2] if len(pair.group) > 2 else 0
-        rows.append({**row, **(on.columns(chip) if on is not None else DIGITAL_COLUMNS)})
+        member = pair.deq or pair.ffw
+        where = on.columns(member.chip or 0) if on is not None else DIGITAL_COLUMNS
+        rows.append({**row, **trained(member), **where})
     band = f"error bars: ±1 s.e. over {n_noise} noise samples × {len(x)} inputs"
     return rows, plot_sensitivity(rows, spec, out_dir / "sensitivity",
                                   family_title(members, band, on))
@@ -92,6 +103,9 @@ def family_title(members: list[Member], band: str | None = None,
     seeds = sorted({m.seed for m in members})
     how = "trained " + ", ".join("without noise" if math.isinf(t) else f"at {t:g} dB"
                                  for t in trained)
+    places = list(dict.fromkeys(m.trained_on for m in members))
+    if places != [DIGITAL]:
+        how += " (" + ", ".join("digitally" if w == DIGITAL else f"on {w}" for w in places) + ")"
     how += f", seed{'s' * (len(seeds) > 1)} {', '.join(map(str, seeds))}"
     acts = [input_note(getattr(m.model, "input_act", None)) for m in members]
     notes = [a for a in dict.fromkeys(acts) if a]
@@ -131,8 +145,9 @@ def _pair_row(pair: Pair, results: dict[int, Any], spec: NoiseSpec) -> dict[str,
 
 
 def _group(row: dict[str, Any]) -> tuple:
-    """(seed, training SNR[, chip]) of a sensitivity row (the chip when on a device)."""
-    base = (row["seed"], row["train_snr_db"])
+    """(seed, training SNR, where trained[, chip]) of a sensitivity row (the chip when on a
+    device), as :attr:`Member.group`."""
+    base = (row["seed"], row["train_snr_db"], row.get("trained_on", DIGITAL))
     return base if row.get("device", "ideal") == "ideal" else (*base, row["chip"])
 
 
@@ -150,7 +165,7 @@ def plot_sensitivity(rows: list[dict[str, Any]], spec: NoiseSpec, stem: Path,
     (``rows``) beside the figure."""
     with styled() as plt:
         fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-        groups = sorted({_group(r) for r in rows})
+        groups = sorted({_group(r) for r in rows}, key=group_order)
         for g, colour in zip(groups, shades("deq", len(groups)), strict=True):
             rs = [r for r in rows if _group(r) == g and r["ratio"] == r["ratio"]]
             if rs:
@@ -207,6 +222,7 @@ def run_spectrum(
     summary: list[dict[str, Any]] = []
     eig_rows: list[dict[str, Any]] = []
     reports = []
+    trained = trained_on_columns(members)
     for m in members:
         gen = seeded_generator(derive_seed(seed, "spectrum", m.kind, m.depth, m.seed,
                                            *(() if m.chip is None else ("chip", m.chip))))
@@ -216,8 +232,8 @@ def run_spectrum(
         rep = probe.spectrum(m.model, x if wants_x else None, generator=gen)
         reports.append((m, rep))
         row: dict[str, Any] = {
-            "seed": m.seed, "train_snr_db": m.train_snr_db, "kind": m.kind, "depth": m.depth,
-            "width": m.width, "params": m.params, "rho": rep.rho,
+            "seed": m.seed, "train_snr_db": m.train_snr_db, **trained(m), "kind": m.kind,
+            "depth": m.depth, "width": m.width, "params": m.params, "rho": rep.rho,
             "rho_layers_max": max(rep.layer_radii) if rep.layer_radii else math.nan,
             "spectral_norm_max": max(rep.spectral_norms) if rep.spectral_norms else math.nan,
             "rho_products": " ".join(f"{r:.4g}" for r in rep.radii), **where,
@@ -232,8 +248,8 @@ def run_spectrum(
             })
         summary.append(row)
         for lam in rep.eig.tolist():
-            eig_rows.append({"seed": m.seed, "train_snr_db": m.train_snr_db, "kind": m.kind,
-                             "depth": m.depth, "real": lam.real, "imag": lam.imag,
+            eig_rows.append({"seed": m.seed, "train_snr_db": m.train_snr_db, **trained(m),
+                             "kind": m.kind, "depth": m.depth, "real": lam.real, "imag": lam.imag,
                              "abs": abs(lam), **where})
     paths = [write_csv(out_dir / "spectrum.csv", summary),
              write_csv(out_dir / "eigenvalues.csv", eig_rows)]
@@ -258,8 +274,8 @@ def plot_spectrum(reports: list, stem: Path, title: str = "") -> list[Path]:
     (oranges), and ρ vs depth. The histograms' data are ``eigenvalues.csv`` and
     ``spectrum.csv`` (written by :func:`run_spectrum`), the radius figure's
     ``spectrum_radius.csv`` (written here)."""
-    seeds = sorted({(m.seed, m.train_snr_db) for m, _ in reports})
-    group = [(m, r) for m, r in reports if (m.seed, m.train_snr_db) == seeds[0]]
+    seeds = sorted({m.group[:3] for m, _ in reports}, key=group_order)
+    group = [(m, r) for m, r in reports if m.group[:3] == seeds[0]]
     chips = sorted({m.chip for m, _ in group if m.chip is not None})
     first = [(m, r) for m, r in group if not chips or m.chip == chips[0]]
     depths = sorted({m.depth for m, _ in first})

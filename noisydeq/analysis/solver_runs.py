@@ -13,6 +13,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+from noisydeq.analysis.family import training_text
 from noisydeq.analysis.outputs import snr_text
 from noisydeq.analysis.traces import TraceSet
 from noisydeq.figures import (
@@ -24,7 +25,6 @@ from noisydeq.figures import (
     save_figure,
     shades,
     styled,
-    trained_text,
 )
 
 
@@ -203,6 +203,6 @@ def member_title(m: Any, n_inputs: int, on: Any = None) -> str:
     note = input_note(getattr(m.model, "input_act", None))
     return context_title("", task=m.task, device=where, noise="signal noise",
                          trained=f"DEQ width {m.width} (depth {m.depth}), seed {m.seed}, "
-                                 + trained_text(m.train_snr_db)
+                                 + training_text(m)
                                  + (f", {note}" if note else ""),
                          band=f"median / mean over {n_inputs} test inputs")

@@ -41,6 +41,10 @@ from noisydeq.progress import with_heartbeat
 @click.option("--member-train-snr", default=None,
               help="training SNR (dB, inf = noise-free) of the family's DEQ (default: inf if "
                    "the family has it, else the highest).")
+@click.option("--member-train-device", default=None,
+              help="training device of the family's DEQ (a sweep with --train-device): none "
+                   "(digital), a device name, or its label as printed (e.g. 'rram 10 dB'); "
+                   "default: digital if the family has it, else the first.")
 @click.option("--count-snr", default="0:20:5", show_default=True,
               help="signal SNRs (dB) for the Fig. 5 iteration counts.")
 @click.option("--eps", "--tol", "eps", type=float, default=0.01, show_default=True,
@@ -67,7 +71,7 @@ from noisydeq.progress import with_heartbeat
 @torch_device_option
 @with_heartbeat("solvers")
 def command(names, snr, max_iter, window, width, batch, family, depth, member_seed,
-            member_train_snr, count_snr, eps,
+            member_train_snr, member_train_device, count_snr, eps,
             count_max_iter, floors, accuracy_snr, accuracy_solvers, accuracy_max_iter, inputs,
             seed, data_dir, out, cache, device, chips, device_snr, torch_device) -> None:
     """Noisy fixed-point solving: traces, stop-rule iteration counts, accuracy per solver.
@@ -79,7 +83,7 @@ def command(names, snr, max_iter, window, width, batch, family, depth, member_se
       noisydeq solvers --family runs/sweep-1a2b3c --device ideal
     """
     from noisydeq.analysis import solver_runs, traces
-    from noisydeq.figures import trained_text
+    from noisydeq.analysis.family import training_text
     from noisydeq.runtime import resolve_torch_device
 
     solvers = traces.check_solvers(names.split(","))
@@ -112,8 +116,8 @@ def command(names, snr, max_iter, window, width, batch, family, depth, member_se
     model_info = None
     on = None
     if family is not None:  # load (and fail on bad input) before the Fig. 4 work
-        model_info = _family_deq(family, depth, member_seed, member_train_snr, inputs,
-                                 data_dir, cache, dev)
+        model_info = _family_deq(family, depth, member_seed, member_train_snr,
+                                 member_train_device, inputs, data_dir, cache, dev)
         model_info, on = _on_device(family, device, chips, device_snr, model_info, data_dir,
                                     dev)
     elif device is not None or chips is not None or device_snr is not None:
@@ -138,7 +142,7 @@ def command(names, snr, max_iter, window, width, batch, family, depth, member_se
         rows, more = solver_runs.write_counts(counts, eps, count_max_iter, out, title)
         paths += more
         click.echo(f"Fig. 5 (DEQ width {m.width}, seed {m.seed}, "
-                   f"{trained_text(m.train_snr_db)}, unroll, ε = {eps:g}, threshold "
+                   f"{training_text(m)}, unroll, ε = {eps:g}, threshold "
                    f"{count_max_iter}): mean iterations")
         for r in rows:
             label = "rel" if r["stop"] == "rel" else f"mean_rel w={r['window']}"
@@ -197,12 +201,14 @@ def _check_window(window: int, cap: int, flag: str) -> None:
 
 
 def _family_deq(family: Path, depth: int | None, member_seed: int | None,
-                member_train_snr: str | None, inputs: int, data_dir: str | None,
-                cache: Path | None, dev):
+                member_train_snr: str | None, member_train_device: str | None, inputs: int,
+                data_dir: str | None, cache: Path | None, dev):
     """The family's DEQ (deepest, or ``depth``; lowest seed, or ``member_seed``; trained
-    without noise if there is one, else at the highest SNR, or ``member_train_snr``), its
-    task and the first ``inputs`` tests. A family of several seeds or training SNRs is
-    never reduced to an arbitrary member: the choice is explicit and printed."""
+    without noise if there is one, else at the highest SNR, or ``member_train_snr``;
+    trained digitally if there is one, else on the first training device, or
+    ``member_train_device``), its task and the first ``inputs`` tests. A family of several
+    seeds, training SNRs or training devices is never reduced to an arbitrary member: the
+    choice is explicit and printed."""
     from noisydeq.analysis.family import load_family, load_family_task
     from noisydeq.analysis.outputs import snr_text
 
@@ -228,6 +234,7 @@ def _family_deq(family: Path, depth: int | None, member_seed: int | None,
             raise NoisyDEQError(f"--member-train-snr {member_train_snr}: the family's training "
                                 f"SNRs are {', '.join(snr_text(v) for v in snrs)}")
     members = [m for m in members if m.train_snr_db == train_snr]
+    members = _trained_on(members, member_train_device)
     if depth is not None:
         members = [m for m in members if m.depth == depth]
         if not members:
@@ -235,3 +242,25 @@ def _family_deq(family: Path, depth: int | None, member_seed: int | None,
     m = max(members, key=lambda m: m.depth)
     task = load_family_task([m], data_dir)
     return m, task, task.x_test[:inputs].to(dev), task.y_test[:inputs].to(dev)
+
+
+def _trained_on(members: list, wanted: str | None) -> list:
+    """The members trained where ``--member-train-device`` says (``none``: digitally; a
+    device name when the family trained on it at one SNR; or the full label), by default
+    the digitally trained ones if any, else those of the first training device."""
+    from noisydeq.analysis.family import DIGITAL
+    from noisydeq.specs.device import DIGITAL_TRAINING
+
+    places = list(dict.fromkeys(m.trained_on for m in members))  # digital first
+    if wanted is None:
+        where = places[0]
+    else:
+        key = DIGITAL if wanted.strip() == DIGITAL_TRAINING else wanted.strip()
+        hits = [p for p in places if key in (p, p.split(" ")[0])]
+        if len(hits) != 1:
+            what = "matches several" if hits else "is not one"
+            raise NoisyDEQError(
+                f"--member-train-device {wanted}: {what} of the family's training devices "
+                f"({'; '.join('none' if p == DIGITAL else p for p in places)})")
+        where = hits[0]
+    return [m for m in members if m.trained_on == where]

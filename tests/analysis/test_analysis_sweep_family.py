@@ -137,3 +137,43 @@ def test_solvers_picks_the_family_member_explicitly(tmp_path, capsys, monkeypatc
     code, out, err = run(["solvers", "--family", str(run_dir), "--member-train-snr", "0",
                           "--out", str(tmp_path / "s6"), *quick], capsys)
     assert code != 0 and "training SNRs are 10 dB, no noise" in err
+
+
+@pytest.mark.slow
+def test_a_sweep_trained_on_a_device_is_analysed_per_training_device(tmp_path, capsys):
+    """`--train-device none,rram`: the analysis commands find both families in the cache
+    (not only the digitally trained one), pair each DEQ with the FFW trained in the same
+    place, and `solvers` picks the member by training device on request."""
+    with tiny_sweep(tmp_path, "--depths", "1", "--snr", "10", "--chips", "1", "--device",
+                    "ideal", "--noise-site", "signal", "--train-device", "none,rram",
+                    "--train-device-snr", "10") as run_dir:
+        src = locate(run_dir)
+        assert sorted(src.checkpoints) == sorted((tmp_path / "cache").rglob("model.safetensors"))
+        members = load_family(run_dir)
+        assert [(m.trained_on, m.kind) for m in members] == [
+            ("digital", "deq"), ("digital", "ffw"), ("rram 10 dB", "deq"), ("rram 10 dB", "ffw")]
+        code, out, err = run(["sensitivity", "--family", str(run_dir), "--samples", "10",
+                              "--inputs", "2", "--precision", "0.9"], capsys)
+        assert code == 0, err
+        table = rows(run_dir / "analysis" / "sensitivity" / "sensitivity.csv")
+        assert [r["trained_on"] for r in table] == ["digital", "rram 10 dB"]
+        code, out, err = run(["spectrum", "--family", str(run_dir), "--inputs", "2"], capsys)
+        assert code == 0, err
+        spec_rows = rows(run_dir / "analysis" / "spectrum" / "spectrum.csv")
+        assert sorted((r["trained_on"], r["kind"]) for r in spec_rows) == [
+            ("digital", "deq"), ("digital", "ffw"), ("rram 10 dB", "deq"), ("rram 10 dB", "ffw")]
+        quick = ["--solvers", "unroll", "--snr", "10", "--max-iter", "6", "--width", "8",
+                 "--batch", "2", "--inputs", "8", "--count-snr", "10", "--window", "3",
+                 "--threshold", "6", "--no-floors", "--accuracy-snr", "10",
+                 "--accuracy-solvers", "unroll", "--accuracy-max-iter", "5"]
+        code, out, err = run(["solvers", "--family", str(run_dir), *quick], capsys)
+        assert code == 0, err
+        assert "trained without noise" in out and "rram" not in out
+        code, out, err = run(["solvers", "--family", str(run_dir), "--member-train-device",
+                              "rram", "--out", str(tmp_path / "s1"), *quick], capsys)
+        assert code == 0, err
+        assert "trained on rram 10 dB" in out
+        code, out, err = run(["solvers", "--family", str(run_dir), "--member-train-device",
+                              "photonic", "--out", str(tmp_path / "s2"), *quick], capsys)
+        assert code != 0 and "Traceback" not in err
+        assert "is not one of the family's training devices (none; rram 10 dB)" in err
