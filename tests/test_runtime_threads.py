@@ -89,3 +89,31 @@ def test_the_thread_count_changes_trained_weights() -> None:
         weights.append(torch.cat([p.detach().flatten() for p in res.model.parameters()]))
     assert torch.equal(weights[0], weights[2])  # deterministic at a given count
     assert not torch.equal(weights[0], weights[1])
+
+
+@pytest.mark.parametrize("command", ["sensitivity", "spectrum", "solvers"])
+def test_analysis_commands_follow_the_thread_rule(command, tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """sensitivity, spectrum and solvers run with one torch thread unless --threads or
+    $NOISYDEQ_THREADS says otherwise (they used torch's default, one per core)."""
+    from click.testing import CliRunner
+
+    from noisydeq.analysis import family
+    from noisydeq.cli import cli
+
+    seen: list[int] = []
+
+    def record(*args, **kwargs):
+        seen.append(torch.get_num_threads())
+        raise NoisyDEQError("stop here")
+
+    monkeypatch.setattr(family, "load_family", record)
+    monkeypatch.delenv(ENV_THREADS, raising=False)
+    before = torch.get_num_threads()
+    args = [command, "--family", str(tmp_path)]
+    for extra, env, want in (([], None, 1), (["--threads", "2"], None, 2), ([], "2", 2)):
+        if env is not None:
+            monkeypatch.setenv(ENV_THREADS, env)
+        result = CliRunner().invoke(cli, args + extra)
+        assert "stop here" in str(result.exception), result.output
+        assert seen[-1] == want and torch.get_num_threads() == before

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 from pathlib import Path
 
@@ -22,6 +23,22 @@ MAX_COUNT = 1_000_000
 def torch_device_option(f):
     return click.option("--torch-device", default="cpu", show_default=True,
                         help="torch device to compute on (cpu, cuda, cuda:0).")(f)
+
+
+def threads_option(f):
+    """``--threads auto|N``: the command runs with that many torch threads (default
+    ``$NOISYDEQ_THREADS``, else one: the rule of :func:`noisydeq.runtime.thread_plan`)."""
+
+    @functools.wraps(f)
+    def run_with_threads(*args, threads=None, **kwargs):
+        from noisydeq.runtime import num_threads, thread_plan
+
+        with num_threads(thread_plan(threads)[1]):
+            return f(*args, **kwargs)
+
+    return click.option("--threads", default=None, metavar="auto|N",
+                        help="torch threads (default $NOISYDEQ_THREADS, else 1).")(
+        run_with_threads)
 
 
 def family_option(f):
@@ -97,6 +114,7 @@ def default_out(family: Path, out: Path | None, name: str) -> Path:
 @cache_option
 @device_options
 @torch_device_option
+@threads_option
 @with_heartbeat("sensitivity")
 def command(family, kind, eta, snr, site, samples, inputs, precision, seed, data_dir, out,
             cache, device, chips, device_snr, torch_device) -> None:

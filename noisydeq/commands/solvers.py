@@ -13,6 +13,7 @@ from noisydeq.commands.sensitivity import (
     SEED,
     cache_option,
     device_options,
+    threads_option,
     torch_device_option,
 )
 from noisydeq.commands.sweep import parse_grid
@@ -69,6 +70,7 @@ from noisydeq.progress import with_heartbeat
 @cache_option
 @device_options
 @torch_device_option
+@threads_option
 @with_heartbeat("solvers")
 def command(names, snr, max_iter, window, width, batch, family, depth, member_seed,
             member_train_snr, member_train_device, count_snr, eps,

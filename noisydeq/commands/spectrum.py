@@ -14,6 +14,7 @@ from noisydeq.commands.sensitivity import (
     family_option,
     on_device,
     out_option,
+    threads_option,
     torch_device_option,
 )
 from noisydeq.errors import NoisyDEQError
@@ -31,6 +32,7 @@ from noisydeq.progress import with_heartbeat
 @cache_option
 @device_options
 @torch_device_option
+@threads_option
 @with_heartbeat("spectrum")
 def command(family, inputs, seed, data_dir, out, cache, device, chips, device_snr,
             torch_device) -> None:
