@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from noisydeq.config import SweepSpec, build
 from noisydeq.errors import NoisyDEQError
@@ -69,3 +70,39 @@ def test_parallel_only_where_workers_can_rebuild_the_models():
     assert resolve_jobs(4, spec, pending_pairs=3) == 3  # at most one per pending pair
     assert resolve_jobs(4, spec, pending_pairs=8, parallel_ok=False) == 1  # models passed in
     assert resolve_jobs("auto", spec, pending_pairs=0) == 1
+
+
+@pytest.mark.slow
+def test_a_worker_keys_cells_as_the_driver_and_refuses_to_disagree(tmp_path):
+    """A spawned worker's cells are saved under its keys: it takes the driver's content
+    digest, and stops in one line when its code or the models it found in the cache are
+    not the driver's (before: a package edited mid-sweep gave cells under keys the driver
+    never read, 'chip N was not written')."""
+    import dataclasses
+
+    from noisydeq.results import RunDir
+    from noisydeq.runtime import num_threads
+    from noisydeq.sweep.hardware import Hardware
+    from noisydeq.sweep.plan import CellRunner, family_models
+    from noisydeq.sweep.write import DriverFacts, worker_runner
+    from noisydeq.tasks import load_task
+
+    spec = build(SweepSpec, {**SPEC, "depths": [1], "chips": 1})
+    run_sweep(spec, tmp_path / "run", progress=False, plots=False, jobs=1)  # the cache
+    with num_threads(1):
+        task = load_task(spec.task, seed=spec.data_seed)
+        models = family_models(spec, task, progress=False)
+        driver = CellRunner(spec, task, RunDir(tmp_path / "run"), Hardware(spec),
+                            torch.device("cpu"))
+        facts = DriverFacts.of(driver, models)
+        runner, found = worker_runner(spec, str(tmp_path / "run"), facts)
+        assert [runner.key(sm, 0, [0.0]) for sm in found] == \
+            [driver.key(sm, 0, [0.0]) for sm in models]
+        other = dataclasses.replace(facts, content="0" * 20)
+        runner, found = worker_runner(spec, str(tmp_path / "run"), other)
+        assert runner.content == other.content  # the driver's digest, not its own
+        with pytest.raises(NoisyDEQError, match="code changed since the sweep started"):
+            worker_runner(spec, str(tmp_path / "run"), dataclasses.replace(facts, code="x"))
+        wrong = dataclasses.replace(facts, model_hashes=("0" * 16, *facts.model_hashes[1:]))
+        with pytest.raises(NoisyDEQError, match="other weights for .* than the sweep loaded"):
+            worker_runner(spec, str(tmp_path / "run"), wrong)

@@ -37,9 +37,11 @@ from noisydeq.specs.sweep import SweepSpec
 
 _DONE, _CELL, _ERROR = "done", "cell", "error"
 _PR_SET_PDEATHSIG = 1
-#: a worker's set-up: (spec, run dir) -> (cell runner, models); given by the sweep, so this
-#: module imports nothing of it (noisydeq.sweep.write imports this one)
-Setup = Callable[[SweepSpec, str], tuple[Any, Sequence[Any]]]
+#: a worker's set-up: (spec, run dir, the driver's facts) -> (cell runner, models); given
+#: by the sweep, so this module imports nothing of it (noisydeq.sweep.write imports this
+#: one); the facts (:class:`noisydeq.sweep.write.DriverFacts`) are what the worker checks
+#: itself against
+Setup = Callable[[SweepSpec, str, Any], tuple[Any, Sequence[Any]]]
 
 
 def _die_with_parent() -> None:
@@ -67,8 +69,9 @@ def _die_with_parent() -> None:
 
 def _worker(setup: bytes, spec: SweepSpec, out_dir: str, work: Any, results: Any) -> None:
     """Worker process: evaluate pairs from ``work`` until its end marker with the runner and
-    models that ``setup`` (a pickled :data:`Setup`) builds from ``(spec, out_dir)``; cells go
-    back to the parent as ``(cell, key, (rows, layers))``."""
+    models that ``setup`` (a pickled pair of a :data:`Setup` and the driver's facts) builds
+    from ``(spec, out_dir, facts)``; cells go back to the parent as ``(cell, key, (rows,
+    layers))``."""
     _die_with_parent()
     from tqdm import tqdm
 
@@ -77,7 +80,8 @@ def _worker(setup: bytes, spec: SweepSpec, out_dir: str, work: Any, results: Any
         import torch
 
         torch.set_num_threads(1)
-        runner, models = pickle.loads(setup)(spec, out_dir)
+        build, facts = pickle.loads(setup)
+        runner, models = build(spec, out_dir, facts)
 
         def send(key: str, rows: list[dict[str, Any]], layers: list[dict[str, Any]]) -> None:
             results.put((_CELL, key, (rows, layers)))
@@ -98,11 +102,14 @@ def run_parallel(
     jobs: int,
     on_cell: Callable[[int], None],
     setup: Setup,
+    facts: Any = None,
 ) -> None:
     """Evaluate ``pairs`` with this process and ``jobs - 1`` spawned workers; each worker
     builds its runner and models with ``setup`` (a module-level function, sent by name:
     :func:`noisydeq.sweep.write.worker_runner`). It travels pickled and is unpickled — which imports
-    its module, torch included — only after the worker has tied its life to the parent's."""
+    its module, torch included — only after the worker has tied its life to the parent's.
+    ``facts`` travel to every worker's ``setup`` (what it must agree with the parent on),
+    pickled with it for the same reason (their class lives in the sweep's modules)."""
     ctx = mp.get_context("spawn")
     work, results = ctx.Queue(), ctx.Queue()
     order = sorted(pairs, key=lambda p: -models[p[0]].params)  # big models first
@@ -111,7 +118,7 @@ def run_parallel(
     n_workers = jobs - 1
     for _ in range(jobs):
         work.put(None)
-    blob = pickle.dumps(setup)
+    blob = pickle.dumps((setup, facts))
     procs = [ctx.Process(target=_worker, args=(blob, spec, str(Path(runner.run_dir.path)),
                                                 work, results), daemon=True)
              for _ in range(n_workers)]

@@ -138,14 +138,19 @@ class CellRunner:
                 hash_tensor(h, t.detach().cpu())
         return h.hexdigest()
 
-    def key(self, sm: SweepModel, chip: int, levels: Sequence[float]) -> str:
-        """Cell key: version, model id and weights digest, chip, levels and
-        :meth:`_content`."""
+    def model_hash(self, sm: SweepModel) -> str:
+        """Digest of a model's weights (part of its cells' keys), computed once."""
         from noisydeq.store import init_hash
 
         mh = self._model_hashes.get(id(sm.model))
         if mh is None:
             mh = self._model_hashes[id(sm.model)] = init_hash(sm.model)
+        return mh
+
+    def key(self, sm: SweepModel, chip: int, levels: Sequence[float]) -> str:
+        """Cell key: version, model id and weights digest, chip, levels and
+        :meth:`_content`."""
+        mh = self.model_hash(sm)
         return (f"v{CELL_VERSION}|{sm.model_id}|{mh}|chip{chip}|"
                 + ",".join(fmt_db(s) for s in levels) + f"|{self.content}")
 

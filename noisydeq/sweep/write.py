@@ -43,16 +43,48 @@ class SweepResult:
 
 
 
-def worker_runner(spec: SweepSpec, out_dir: str) -> tuple[CellRunner, list[SweepModel]]:
+@dataclass(frozen=True)
+class DriverFacts:
+    """What a spawned worker must agree with the driver on before it computes a cell (the
+    worker's cells are saved under its keys): the cells' content digest, the package's
+    code and every model's weights digest."""
+
+    content: str
+    code: str
+    model_hashes: tuple[str, ...]
+
+    @classmethod
+    def of(cls, runner: CellRunner, models: Sequence[SweepModel]) -> DriverFacts:
+        from noisydeq.hardware.calibration_store import code_fingerprint
+
+        return cls(runner.content, code_fingerprint(),
+                   tuple(runner.model_hash(sm) for sm in models))
+
+
+def worker_runner(spec: SweepSpec, out_dir: str,
+                  facts: DriverFacts) -> tuple[CellRunner, list[SweepModel]]:
     """A spawned worker's runner and models (:func:`noisydeq.sweep.jobs.run_parallel`): the
     task and the family reloaded from the cache the parent filled, the run directory
-    ``out_dir`` (the parent writes it; the worker sends its cells back)."""
+    ``out_dir`` (the parent writes it; the worker sends its cells back), the cells keyed by
+    the driver's content digest. Refused in one line when the worker runs other code or
+    found other models than the driver (its cells would carry the driver's keys): a
+    package edited during the sweep, a cache entry replaced."""
+    from noisydeq.hardware.calibration_store import code_fingerprint
     from noisydeq.tasks import load_task
 
+    if code_fingerprint() != facts.code:
+        raise NoisyDEQError("the noisydeq code changed since the sweep started (run the "
+                            "command again: finished cells are kept)")
     task = load_task(spec.task, data_dir=spec.data_dir, seed=spec.data_seed)
     models = family_models(spec, task, progress=False)
     runner = CellRunner(spec, task, RunDir(out_dir), Hardware(spec),
-                        resolve_torch_device(spec.torch_device))
+                        resolve_torch_device(spec.torch_device), content=facts.content)
+    found = tuple(runner.model_hash(sm) for sm in models)
+    if found != facts.model_hashes:
+        first = next((sm.model_id for sm, a, b in zip(models, found, facts.model_hashes,
+                                                      strict=False) if a != b), "count")
+        raise NoisyDEQError(f"the model cache holds other weights for {first} than the sweep "
+                            "loaded (the cache changed during the sweep; run it again)")
     return runner, models
 
 
@@ -183,7 +215,8 @@ def _run_open(
         from noisydeq.sweep.jobs import run_parallel
 
         with num_threads(1):  # every process evaluates with one thread (see resolve_jobs)
-            run_parallel(spec, runner, models, pending, n_jobs, cell_done, worker_runner)
+            run_parallel(spec, runner, models, pending, n_jobs, cell_done, worker_runner,
+                         DriverFacts.of(runner, models))
     else:
         with num_threads(eval_threads):
             for i, chip in pending:
