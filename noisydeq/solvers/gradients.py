@@ -15,6 +15,10 @@ the (detached) solution and whose autograd graph is the chosen method's:
   :func:`noisydeq.solvers.solve_with_grad` (``unroll``/``stochastic``); its ``Solution.z``
   already carries the graph. Passing ``bptt`` here is an error that says so.
 
+The ``ift`` backward solve never records per-iteration traces (its
+:class:`~noisydeq.solvers.Solution` is used for ``z`` and ``diverged`` only), whatever
+``backward_solver.traces`` says: the same iterates and stops, without the trace work.
+
 ``ift`` can warm-start its backward solve: pass an :class:`AdjointStart` and each solve
 starts near the adjoint u of the previous one on a batch of the same shape (else from v),
 then stores its own — for successive solves at nearby points (the steps of an attack).
@@ -111,6 +115,8 @@ def _ift(f: Callable[[Tensor], Tensor], z0: Tensor, spec: GradientSpec,
     if not z.requires_grad:  # f has no trainable dependence: nothing to correct
         return z
     bspec = spec.backward_solver
+    if bspec.traces:  # the hook reads z and diverged only: traces would cost 5-7 % per step
+        bspec = bspec.model_copy(update={"traces": False})
     busy = [False]
 
     def hook(v: Tensor) -> Tensor:

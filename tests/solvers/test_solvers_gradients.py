@@ -222,3 +222,31 @@ def test_grad_mode_is_respected_and_value_unchanged(name: str) -> None:
     # input gradients exist (what adversarial attacks need), finite
     (gx,) = torch.autograd.grad(z_g.sum(), x)
     assert torch.isfinite(gx).all() and gx.abs().sum() > 0
+
+
+def test_ift_backward_solve_skips_traces_with_the_same_gradient(monkeypatch) -> None:
+    # the hook reads only z and diverged of its solve: traces are switched off whatever the
+    # spec says, and the gradient is bit-for-bit the one of a solve that records them
+    # (the stop rule 'rel' needs no window; Anderson's estimate is f(z) either way)
+    from noisydeq.solvers import gradients
+
+    real = gradients.solve
+    seen: list[bool] = []
+    forced: list[bool] = []
+
+    def spy(f, z0, spec, **kw):
+        seen.append(spec.traces)
+        if forced:  # the reference: the solve as the spec asks, traces recorded
+            spec = spec.model_copy(update={"traces": True})
+        sol = real(f, z0, spec, **kw)
+        assert sol.trace["rel"].shape[0] == (sol.n_iter if spec.traces else 0)
+        return sol
+
+    monkeypatch.setattr(gradients, "solve", spy)
+    spec = GradientSpec(name="ift", backward_solver=SolverSpec(
+        name="anderson", max_iter=60, tol=1e-10, stop="rel", window=1, traces=True))
+    off = _grads(spec)
+    forced.append(True)
+    on = _grads(spec)
+    assert seen == [False, False]
+    assert all(torch.equal(a, b) for a, b in zip(off, on, strict=True))
