@@ -15,6 +15,12 @@ from noisydeq.config import SweepSpec, dumps_toml  # noqa: E402
 from noisydeq.errors import NoisyDEQError  # noqa: E402
 from noisydeq.store import atomic_write_text, sign_text  # noqa: E402
 
+#: the `solvers` options of a fast run on a family's DEQ
+QUICK_SOLVERS = ["--solvers", "unroll", "--snr", "10", "--max-iter", "6", "--width", "8",
+                 "--batch", "2", "--inputs", "8", "--count-snr", "10", "--window", "3",
+                 "--threshold", "6", "--no-floors", "--accuracy-snr", "10",
+                 "--accuracy-solvers", "unroll", "--accuracy-max-iter", "5"]
+
 
 @pytest.fixture(scope="module")
 def sweep_run(tmp_path_factory):
@@ -119,23 +125,19 @@ def test_solvers_picks_the_family_member_explicitly(tmp_path, capsys, monkeypatc
                         "hidden=16", "--set", "max_train_samples=256", "--quiet", "--out",
                         str(run_dir)], capsys)
     assert code == 0, err
-    quick = ["--solvers", "unroll", "--snr", "10", "--max-iter", "6", "--width", "8",
-             "--batch", "2", "--inputs", "8", "--count-snr", "10", "--window", "3",
-             "--threshold", "6", "--no-floors", "--accuracy-snr", "10",
-             "--accuracy-solvers", "unroll", "--accuracy-max-iter", "5"]
-    code, out, err = run(["solvers", "--family", str(run_dir), *quick], capsys)
+    code, out, err = run(["solvers", "--family", str(run_dir), *QUICK_SOLVERS], capsys)
     assert code == 0, err
     assert "seed 0, trained without noise" in out
     code, out, err = run(["solvers", "--family", str(run_dir), "--member-seed", "1",
-                          "--member-train-snr", "10", "--out", str(tmp_path / "s1"), *quick],
-                         capsys)
+                          "--member-train-snr", "10", "--out", str(tmp_path / "s1"),
+                          *QUICK_SOLVERS], capsys)
     assert code == 0, err
     assert "seed 1, trained at 10 dB" in out
     code, out, err = run(["solvers", "--family", str(run_dir), "--member-seed", "5",
-                          "--out", str(tmp_path / "s5"), *quick], capsys)
+                          "--out", str(tmp_path / "s5"), *QUICK_SOLVERS], capsys)
     assert code != 0 and "the family's seeds are 0, 1" in err and "Traceback" not in err
     code, out, err = run(["solvers", "--family", str(run_dir), "--member-train-snr", "0",
-                          "--out", str(tmp_path / "s6"), *quick], capsys)
+                          "--out", str(tmp_path / "s6"), *QUICK_SOLVERS], capsys)
     assert code != 0 and "training SNRs are 10 dB, no noise" in err
 
 
@@ -162,18 +164,14 @@ def test_a_sweep_trained_on_a_device_is_analysed_per_training_device(tmp_path, c
         spec_rows = rows(run_dir / "analysis" / "spectrum" / "spectrum.csv")
         assert sorted((r["trained_on"], r["kind"]) for r in spec_rows) == [
             ("digital", "deq"), ("digital", "ffw"), ("rram 10 dB", "deq"), ("rram 10 dB", "ffw")]
-        quick = ["--solvers", "unroll", "--snr", "10", "--max-iter", "6", "--width", "8",
-                 "--batch", "2", "--inputs", "8", "--count-snr", "10", "--window", "3",
-                 "--threshold", "6", "--no-floors", "--accuracy-snr", "10",
-                 "--accuracy-solvers", "unroll", "--accuracy-max-iter", "5"]
-        code, out, err = run(["solvers", "--family", str(run_dir), *quick], capsys)
+        code, out, err = run(["solvers", "--family", str(run_dir), *QUICK_SOLVERS], capsys)
         assert code == 0, err
         assert "trained without noise" in out and "rram" not in out
         code, out, err = run(["solvers", "--family", str(run_dir), "--member-train-device",
-                              "rram", "--out", str(tmp_path / "s1"), *quick], capsys)
+                              "rram", "--out", str(tmp_path / "s1"), *QUICK_SOLVERS], capsys)
         assert code == 0, err
         assert "trained on rram 10 dB" in out
         code, out, err = run(["solvers", "--family", str(run_dir), "--member-train-device",
-                              "photonic", "--out", str(tmp_path / "s2"), *quick], capsys)
+                              "photonic", "--out", str(tmp_path / "s2"), *QUICK_SOLVERS], capsys)
         assert code != 0 and "Traceback" not in err
         assert "is not one of the family's training devices (none; rram 10 dB)" in err
