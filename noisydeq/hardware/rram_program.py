@@ -150,6 +150,9 @@ class ChipDraw:
                             self.scale_ratio)
         # the read at t converts back with the scale ratio of max|W_prog| (aihwkit converts
         # W_prog to conductances only for that ratio)
-        ratio_t = w_prog.abs().max().clamp(min=_ZERO_CLIP).reciprocal() * self._span
+        #: max|W_prog| of the last :meth:`program` (the drift compensation's read-out
+        #: start rule uses it: :func:`noisydeq.hardware.rram_io.identity_magnitudes`)
+        self.prog_peak = w_prog.abs().max()
+        ratio_t = self.prog_peak.clamp(min=_ZERO_CLIP).reciprocal() * self._span
         g_t = (self.g + noise(self.sig_read, self.xi_read)).clamp_(min=0.0)
         return w_prog, self._back(g_t, ratio_t)
