@@ -122,7 +122,7 @@ class Tile:
         # max |x| as abs().amax(): along the last dim 1.7-2x faster than amax and amin, and
         # aminmax or vector_norm(ord=inf) are ~7-10x slower (torch 2.13 CPU)
         nm = x.abs().amax(dim=-1, keepdim=True)
-        self.nm = torch.where(nm > const(0.0, nm), nm, 1.0)  # zero vectors: scale 1 (as aihwkit)
+        self.nm = torch.where(nm > const(0.0, nm), nm, const(1.0, nm))  # zero vectors: 1 (aihwkit)
         # noise-management scale at r = 1: 1.0 / nm, which torch computes as
         # nm.reciprocal() * 1.0 (Tensor.__rtruediv__), the same values
         self.inv = self.nm.reciprocal()
