@@ -120,16 +120,21 @@ class RRAMLayer(DeviceLayer):
             stats = RowStats(w_t)
         else:
             draw = self._chip_draw(w_norm)
-            w_prog, w_t = draw.program(s)
-            w_prog = w_prog.to(w.device, w.dtype)
-            w_t = w_t.to(w.device, w.dtype)
+            draw.program(s)
+            pair = draw.pair.to(w.device, w.dtype)  # (W_prog, W_t): kept together
+            w_prog, w_t = pair.unbind(0)
             alpha = 1.0
             stats = RowStats(w_t)
             if self.spec.drift_compensation:
-                alpha = self._drift_alpha(w_prog, w_t, s, stats.rms, float(draw.prog_peak))
+                alpha = self._drift_alpha(pair, s, stats.rms, float(draw.prog_peak))
+            if pair.untyped_storage().nbytes() * CHIP_CACHE_MIN > CHIP_CACHE_BYTES:
+                # a large layer: the cache keeps W_t alone (the bytes per chip of before)
+                w_t = w_t.clone()
+                stats = RowStats(w_t, stats.rms)
         entry = (w_t, alpha, stats)
         self._chips[key] = entry
-        keep = max(CHIP_CACHE_MIN, CHIP_CACHE_BYTES // max(w_t.numel() * w_t.element_size(), 1))
+        # a chip holds the storage of its W_t (with W_prog beside it: twice W_t)
+        keep = max(CHIP_CACHE_MIN, CHIP_CACHE_BYTES // max(w_t.untyped_storage().nbytes(), 1))
         while len(self._chips) > keep:
             self._chips.popitem(last=False)
         return entry
@@ -146,16 +151,16 @@ class RRAMLayer(DeviceLayer):
                                         unit_max=unit))
         return self._draw[1]
 
-    def _drift_alpha(self, w_prog: Tensor, w_t: Tensor, s: float, rms_t: float,
-                     peak_prog: float) -> float:
+    def _drift_alpha(self, pair: Tensor, s: float, rms_t: float, peak_prog: float) -> float:
         """aihwkit GlobalDriftCompensation: α = mean |forward of the identity| through the
         programmed chip over the same through the chip read at t.
 
         The identity and its read-noise draw (seeded by the chip) are the same for every
         scale and both read-outs: made once per chip and shape. Both read-outs take the
         elementwise path together where they can (:func:`identity_magnitudes`), the
-        general read otherwise.
+        general read otherwise. ``pair``: W_prog and W_t stacked (:attr:`ChipDraw.pair`).
         """
+        w_prog, w_t = pair.unbind(0)
         key = (tuple(w_t.shape), w_t.dtype, w_t.device, self.static_seed)
         if self._readout_inputs is None or self._readout_inputs[0] != key:
             eye = torch.eye(w_t.shape[1], dtype=w_t.dtype, device=w_t.device)
@@ -166,7 +171,7 @@ class RRAMLayer(DeviceLayer):
         _, eye, noise = self._readout_inputs
         std = s * self.spec.out_noise
         sizes = identity_magnitudes(self.spec, [w_prog, w_t], std, noise,
-                                    [None, rms_t], [peak_prog, None])
+                                    [None, rms_t], [peak_prog, None], stacked=pair)
         means = []
         for w, size in zip((w_prog, w_t), sizes, strict=True):
             if size is None:

@@ -260,8 +260,8 @@ def _starts_above_one(spec: RRAMSpec, w: Tensor, sigma: float, k_max: float, dy:
 
 
 def identity_magnitudes(spec: RRAMSpec, ws: list[Tensor], out_std: float, noise: Tensor,
-                        w_rms: list[float | None], w_peak: list[float | None]
-                        ) -> list[Tensor | None]:
+                        w_rms: list[float | None], w_peak: list[float | None],
+                        stacked: Tensor | None = None) -> list[Tensor | None]:
     """``identity_read(spec, w, out_std, noise, rms, magnitude=True)`` of each matrix of
     ``ws`` (same shape), those that take the elementwise path computed as one stack.
 
@@ -269,7 +269,8 @@ def identity_magnitudes(spec: RRAMSpec, ws: list[Tensor], out_std: float, noise:
     unit vectors and read-noise draw: one chain of elementwise operations over both
     instead of two. Each slice of the stack has the layout of the single read (its
     transpose's), so every value and each slice's mean are the single read's (tested
-    bit for bit); ``w_peak``: max|W| where known (:func:`_starts_above_one`)."""
+    bit for bit); ``w_peak``: max|W| where known (:func:`_starts_above_one`); ``stacked``:
+    ``ws`` already as one (k, n_out, n_in) tensor, if the caller has it (no copy)."""
     dq = (1.0 / n_states(spec.dac_bits)) * (2.0 * spec.inp_bound)  # as Tile forms them
     dy = (1.0 / n_states(spec.adc_bits)) * (2.0 * spec.out_bound)
     sigma, k_max = float(out_std) / dy, spec.out_bound / dy
@@ -281,7 +282,8 @@ def identity_magnitudes(spec: RRAMSpec, ws: list[Tensor], out_std: float, noise:
             out[i] = identity_read(spec, ws[i], out_std, noise, w_rms[i], magnitude=True,
                                    w_peak=w_peak[i])
         return out
-    stack = torch.stack([ws[i] for i in take])
+    whole = stacked is not None and len(take) == len(ws)
+    stack = stacked if whole else torch.stack([ws[i] for i in take])
     code = (stack.transpose(1, 2) * const(_unit_code(spec, dq), stack)).mul_(
         const(dq / dy, stack))
     code = torch.add(code, noise, alpha=sigma).round_()
