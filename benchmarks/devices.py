@@ -26,8 +26,10 @@ from benchmarks.common import Row, ratio, timeit_pair
 from noisydeq import hardware as hw
 from noisydeq.noise import NoiseStream, measured_snr_db
 
-TARGET_VS_LINEAR = {"ideal": 1.5, "snr": 1.5, "photonic": 1.5, "rram": 2.0}
-TARGET_RRAM_VS_AIHWKIT = 0.5
+#: issue 17's targets (snr/photonic ≤ 1.3× nn.Linear, rram ≤ 2× and ≤ 0.35× aihwkit's tile;
+#: issue 16 had 1.5× and 0.5×)
+TARGET_VS_LINEAR = {"ideal": 1.5, "snr": 1.3, "photonic": 1.3, "rram": 2.0}
+TARGET_RRAM_VS_AIHWKIT = 0.35
 
 
 def aihwkit_layer(weight: torch.Tensor, t_inference: float = 1.0) -> nn.Module:

@@ -40,7 +40,7 @@ from torch import Tensor
 
 from noisydeq.hardware.base import Device
 from noisydeq.hardware.layer import Control, DeviceLayer, Knobs, control_groups, expand_rows
-from noisydeq.hardware.rram_io import identity_read, io_forward, row_stats
+from noisydeq.hardware.rram_io import RowStats, identity_magnitudes, io_forward
 from noisydeq.hardware.rram_program import ChipDraw, require_aihwkit, wan2022_noise_model
 from noisydeq.hardware.specs import RRAMSpec
 from noisydeq.noise import NoiseStream, derive_seed
@@ -79,7 +79,7 @@ class RRAMLayer(DeviceLayer):
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        self._chips: OrderedDict[tuple, tuple[Tensor, float, float, float]] = OrderedDict()
+        self._chips: OrderedDict[tuple, tuple[Tensor, float, RowStats]] = OrderedDict()
         self._wmax: tuple[tuple, float] | None = None
         self._draw: tuple[tuple, ChipDraw] | None = None
         self._readout_inputs: tuple[tuple, Tensor, Tensor] | None = None
@@ -100,8 +100,9 @@ class RRAMLayer(DeviceLayer):
         """(W_t normalised, drift-compensation α) of this layer's chip at noise scale ``s``."""
         return self._chip(s)[:2]
 
-    def _chip(self, s: float) -> tuple[Tensor, float, float, float]:
-        """:meth:`chip` plus (max row L1 norm, RMS) of W_t, for bound management."""
+    def _chip(self, s: float) -> tuple[Tensor, float, RowStats]:
+        """:meth:`chip` plus the :class:`RowStats` of W_t (RMS; max row L1 norm when a
+        read needs it), for bound management."""
         weights = (self.weight._version, self.weight.data_ptr(), self.weight.device)
         key = (float(s), *weights)
         if key in self._chips:
@@ -116,17 +117,24 @@ class RRAMLayer(DeviceLayer):
         w_norm = w / const(self._wscale(), w)  # noisydeq.scalars: no cast per call
         if s == 0:
             w_t, alpha = w_norm.clone(), 1.0
+            stats = RowStats(w_t)
         else:
-            w_prog, w_t = self._chip_draw(w_norm).program(s)
-            w_prog = w_prog.to(w.device, w.dtype)
-            w_t = w_t.to(w.device, w.dtype)
+            draw = self._chip_draw(w_norm)
+            draw.program(s)
+            pair = draw.pair.to(w.device, w.dtype)  # (W_prog, W_t): kept together
+            w_prog, w_t = pair.unbind(0)
             alpha = 1.0
-        stats = row_stats(w_t)
-        if s != 0 and self.spec.drift_compensation:
-            alpha = self._readout(w_prog, s) / self._readout(w_t, s, stats[1])
-        entry = (w_t, alpha, *stats)
+            stats = RowStats(w_t)
+            if self.spec.drift_compensation:
+                alpha = self._drift_alpha(pair, s, stats.rms, float(draw.prog_peak))
+            if pair.untyped_storage().nbytes() * CHIP_CACHE_MIN > CHIP_CACHE_BYTES:
+                # a large layer: the cache keeps W_t alone (the bytes per chip of before)
+                w_t = w_t.clone()
+                stats = RowStats(w_t, stats.rms)
+        entry = (w_t, alpha, stats)
         self._chips[key] = entry
-        keep = max(CHIP_CACHE_MIN, CHIP_CACHE_BYTES // max(w_t.numel() * w_t.element_size(), 1))
+        # a chip holds the storage of its W_t (with W_prog beside it: twice W_t)
+        keep = max(CHIP_CACHE_MIN, CHIP_CACHE_BYTES // max(w_t.untyped_storage().nbytes(), 1))
         while len(self._chips) > keep:
             self._chips.popitem(last=False)
         return entry
@@ -143,24 +151,33 @@ class RRAMLayer(DeviceLayer):
                                         unit_max=unit))
         return self._draw[1]
 
-    def _readout(self, w: Tensor, s: float, w_rms: float | None = None) -> float:
-        """aihwkit GlobalDriftCompensation read-out: mean |forward of the identity|.
+    def _drift_alpha(self, pair: Tensor, s: float, rms_t: float, peak_prog: float) -> float:
+        """aihwkit GlobalDriftCompensation: α = mean |forward of the identity| through the
+        programmed chip over the same through the chip read at t.
 
         The identity and its read-noise draw (seeded by the chip) are the same for every
-        scale and both read-outs: made once per chip and shape.
+        scale and both read-outs: made once per chip and shape. Both read-outs take the
+        elementwise path together where they can (:func:`identity_magnitudes`), the
+        general read otherwise. ``pair``: W_prog and W_t stacked (:attr:`ChipDraw.pair`).
         """
-        key = (tuple(w.shape), w.dtype, w.device, self.static_seed)
+        w_prog, w_t = pair.unbind(0)
+        key = (tuple(w_t.shape), w_t.dtype, w_t.device, self.static_seed)
         if self._readout_inputs is None or self._readout_inputs[0] != key:
-            eye = torch.eye(w.shape[1], dtype=w.dtype, device=w.device)
-            stream = NoiseStream.from_seed(derive_seed("readout", self.static_seed), w.device)
-            noise = stream.randn((eye.shape[0], w.shape[0]), w.dtype, w.device)
+            eye = torch.eye(w_t.shape[1], dtype=w_t.dtype, device=w_t.device)
+            stream = NoiseStream.from_seed(derive_seed("readout", self.static_seed),
+                                           w_t.device)
+            noise = stream.randn((eye.shape[0], w_t.shape[0]), w_t.dtype, w_t.device)
             self._readout_inputs = (key, eye, noise)
         _, eye, noise = self._readout_inputs
-        size = identity_read(self.spec, w, s * self.spec.out_noise, noise, w_rms,
-                             magnitude=True)
-        if size is None:
-            size = io_forward(self.spec, eye, w, s * self.spec.out_noise, noise).abs()
-        return float(size.mean().clamp(min=1e-4))
+        std = s * self.spec.out_noise
+        sizes = identity_magnitudes(self.spec, [w_prog, w_t], std, noise,
+                                    [None, rms_t], [peak_prog, None], stacked=pair)
+        means = []
+        for w, size in zip((w_prog, w_t), sizes, strict=True):
+            if size is None:
+                size = io_forward(self.spec, eye, w, std, noise).abs()
+            means.append(float(size.mean().clamp(min=1e-4)))
+        return means[0] / means[1]
 
     def chip_matrix(self, static: float) -> Tensor:
         """W_chip = α · max|W| · W_t at programming scale ``static`` (drift compensated)."""
@@ -177,17 +194,17 @@ class RRAMLayer(DeviceLayer):
         groups = control_groups(expand_rows(control, tuple(lead)), x2.shape[0])
         if len(groups) == 1:
             (s_p, s_r) = groups[0][1]
-            w, alpha, *stats = self._chip(s_p)
+            w, alpha, stats = self._chip(s_p)
             y = io_forward(self.spec, x2, w, s_r * self.spec.out_noise, n2,
-                           gain=alpha * wscale, stats=tuple(stats))
+                           gain=alpha * wscale, stats=stats)
             return y.reshape(*lead, self.n_out)
         # one read per run of equal knobs (a batched sweep's levels are contiguous blocks)
         y = torch.empty((x2.shape[0], self.n_out), dtype=x.dtype, device=x.device)
         for sl, (s_p, s_r) in groups:
-            w, alpha, *stats = self._chip(s_p)
+            w, alpha, stats = self._chip(s_p)
             y[sl] = io_forward(
                 self.spec, x2[sl], w, s_r * self.spec.out_noise, n2[sl],
-                gain=alpha * wscale, stats=tuple(stats),
+                gain=alpha * wscale, stats=stats,
             )
         return y.reshape(*lead, self.n_out)
 

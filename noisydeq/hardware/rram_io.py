@@ -66,6 +66,27 @@ def bm_limit(spec: RRAMSpec) -> int:
     return r
 
 
+class RowStats:
+    """Per-chip statistics of a (normalised) weight matrix W for bound management: the RMS
+    of W (the output-range estimate of :func:`start_level`, computed at once) and
+    max_i ‖W_i‖₁ (the bound-test margin of :meth:`Tile.sure_clip`, computed on first use
+    and kept: a read that starts at r = 1 never needs it, e.g. every read of a training
+    step on a 128-wide layer)."""
+
+    __slots__ = ("_l1", "rms", "w")
+
+    def __init__(self, w: Tensor, w_rms: float | None = None) -> None:
+        self.w = w
+        self.rms = rms(w) if w_rms is None else w_rms
+        self._l1: float | None = None
+
+    @property
+    def l1_max(self) -> float:
+        if self._l1 is None:
+            self._l1 = float(self.w.abs().sum(dim=1).max())
+        return self._l1
+
+
 def row_stats(w: Tensor) -> tuple[float, float]:
     """(max_i ‖W_i‖₁, RMS of W): the bound-test margin and the output-range estimate."""
     return float(w.abs().sum(dim=1).max()), rms(w)
@@ -101,7 +122,7 @@ class Tile:
         # max |x| as abs().amax(): along the last dim 1.7-2x faster than amax and amin, and
         # aminmax or vector_norm(ord=inf) are ~7-10x slower (torch 2.13 CPU)
         nm = x.abs().amax(dim=-1, keepdim=True)
-        self.nm = torch.where(nm > const(0.0, nm), nm, 1.0)  # zero vectors: scale 1 (as aihwkit)
+        self.nm = torch.where(nm > const(0.0, nm), nm, const(1.0, nm))  # zero vectors: 1 (aihwkit)
         # noise-management scale at r = 1: 1.0 / nm, which torch computes as
         # nm.reciprocal() * 1.0 (Tensor.__rtruediv__), the same values
         self.inv = self.nm.reciprocal()
@@ -139,7 +160,8 @@ class Tile:
             code = code.clamp_(-self.k_max, self.k_max)
             size = size.clamp_(max=self.k_max)  # |clamped code|
         where = _argmax_abs(size, self.k_max) if locate else None
-        out = code.mul_(self._rows(self.out_scale, rows).mul(const(r, code)))
+        scale = self._rows(self.out_scale, rows)
+        out = code.mul_(scale if r == 1 else scale.mul(const(r, code)))  # x·1 = x
         return out, peak, where
 
     def sure_clip(
@@ -221,8 +243,70 @@ def start_level(tile: Tile, x: Tensor, n_out: int, w_rms: float, r_max: int) -> 
     return r
 
 
+def _starts_above_one(spec: RRAMSpec, w: Tensor, sigma: float, k_max: float, dy: float,
+                      w_rms: float | None, w_peak: float | None) -> bool:
+    """Whether :func:`start_level` would start the read of the unit vectors (‖x̂‖² = 1, its
+    median of one vector) above r = 1: (z·RMS(W)/dy)² + (z·σ)² > 1. ``w_peak`` (max|W|,
+    if known) settles it without the RMS when even max|W| (≥ RMS; a margin of 10⁻⁴ covers
+    the RMS's float rounding) stays within the bound: the same answer, one pass fewer."""
+    if bm_limit(spec) == 1:
+        return False
+    z = _median_max_z(w.shape[0]) / k_max
+    if w_rms is None and w_peak is not None:
+        if (z * w_peak * (1.0 + 1e-4) / dy) ** 2 + (z * sigma) ** 2 <= 1:
+            return False
+    w_rms = rms(w) if w_rms is None else w_rms  # no L1 norms: one pass, not four
+    return 1.0 * (z * w_rms / dy) ** 2 + (z * sigma) ** 2 > 1
+
+
+def identity_magnitudes(spec: RRAMSpec, ws: list[Tensor], out_std: float, noise: Tensor,
+                        w_rms: list[float | None], w_peak: list[float | None],
+                        stacked: Tensor | None = None) -> list[Tensor | None]:
+    """``identity_read(spec, w, out_std, noise, rms, magnitude=True)`` of each matrix of
+    ``ws`` (same shape), those that take the elementwise path computed as one stack.
+
+    The drift compensation reads out the programmed and the drifted chip with the same
+    unit vectors and read-noise draw: one chain of elementwise operations over both
+    instead of two. Each slice of the stack has the layout of the single read (its
+    transpose's), so every value and each slice's mean are the single read's (tested
+    bit for bit); ``w_peak``: max|W| where known (:func:`_starts_above_one`); ``stacked``:
+    ``ws`` already as one (k, n_out, n_in) tensor, if the caller has it (no copy)."""
+    dq = (1.0 / n_states(spec.dac_bits)) * (2.0 * spec.inp_bound)  # as Tile forms them
+    dy = (1.0 / n_states(spec.adc_bits)) * (2.0 * spec.out_bound)
+    sigma, k_max = float(out_std) / dy, spec.out_bound / dy
+    out: list[Tensor | None] = [None] * len(ws)
+    take = [i for i, w in enumerate(ws)
+            if not _starts_above_one(spec, w, sigma, k_max, dy, w_rms[i], w_peak[i])]
+    if len(take) < 2:
+        for i in take:
+            out[i] = identity_read(spec, ws[i], out_std, noise, w_rms[i], magnitude=True,
+                                   w_peak=w_peak[i])
+        return out
+    whole = stacked is not None and len(take) == len(ws)
+    stack = stacked if whole else torch.stack([ws[i] for i in take])
+    code = (stack.transpose(1, 2) * const(_unit_code(spec, dq), stack)).mul_(
+        const(dq / dy, stack))
+    code = torch.add(code, noise, alpha=sigma).round_()
+    size = code.abs()
+    clips = (size.amax(dim=(1, 2)) > const(k_max, size)).tolist()
+    size = size.mul_(const(dy, size))
+    for j, i in enumerate(take):
+        out[i] = None if clips[j] else size[j]
+    return out
+
+
+def _unit_code(spec: RRAMSpec, dq: float) -> float:
+    """DAC code of a unit input, round(1/dq), clipped to the DAC range."""
+    c = round(1.0 / dq)
+    if spec.inp_bound < 1.0:
+        q_max = spec.inp_bound / dq
+        c = max(-q_max, min(q_max, c))
+    return c
+
+
 def identity_read(spec: RRAMSpec, w: Tensor, out_std: float, noise: Tensor,
-                  w_rms: float | None = None, magnitude: bool = False) -> Tensor | None:
+                  w_rms: float | None = None, magnitude: bool = False,
+                  w_peak: float | None = None) -> Tensor | None:
     """``io_forward(spec, I, w, out_std, noise)`` for the identity inputs, without the matmul.
 
     The read-out of aihwkit's global drift compensation sends the unit vectors through the
@@ -233,21 +317,15 @@ def identity_read(spec: RRAMSpec, w: Tensor, out_std: float, noise: Tensor,
     clips at r = 1: the caller then takes the general path. Equal to it up to the float
     rounding order of the GEMM's epilogue: on a 339×339 layer 1 of 114,921 codes differs,
     by one step. ``magnitude``: return |output| instead (what the drift compensation's
-    read-out averages; |code|·dy = |code·dy| exactly, one pass fewer).
+    read-out averages; |code|·dy = |code·dy| exactly, one pass fewer). ``w_peak``: max|W|
+    if known (it may spare the RMS: :func:`_starts_above_one`).
     """
     dq = (1.0 / n_states(spec.dac_bits)) * (2.0 * spec.inp_bound)  # as Tile forms them
     dy = (1.0 / n_states(spec.adc_bits)) * (2.0 * spec.out_bound)
     sigma, k_max = float(out_std) / dy, spec.out_bound / dy
-    if bm_limit(spec) > 1:  # start_level's rule with ‖x̂‖² = 1 (its median of one vector)
-        z = _median_max_z(w.shape[0]) / k_max
-        w_rms = rms(w) if w_rms is None else w_rms  # no L1 norms: one pass, not four
-        if 1.0 * (z * w_rms / dy) ** 2 + (z * sigma) ** 2 > 1:
-            return None  # a larger starting reduction: the general path decides
-    c = round(1.0 / dq)
-    if spec.inp_bound < 1.0:
-        q_max = spec.inp_bound / dq
-        c = max(-q_max, min(q_max, c))
-    code = (w.T * const(c, w)).mul_(const(dq / dy, w))
+    if _starts_above_one(spec, w, sigma, k_max, dy, w_rms, w_peak):
+        return None  # a larger starting reduction: the general path decides
+    code = (w.T * const(_unit_code(spec, dq), w)).mul_(const(dq / dy, w))
     code = torch.add(code, noise, alpha=sigma).round_()
     size = code.abs()
     if bool(size.amax() > const(k_max, size)):  # some output clips
@@ -263,19 +341,25 @@ def io_forward(
     noise: Tensor,
     *,
     gain: float = 1.0,
-    stats: tuple[float, float] | None = None,
+    stats: RowStats | tuple[float, float] | None = None,
 ) -> Tensor:
     """IO-managed noisy read ``gain·(W x)`` of the rows of ``x`` (module docstring).
 
     ``w`` is normalised (max|W| ≈ 1), ``noise`` the standard-normal read-noise draw
-    (rows, n_out), ``stats`` the :func:`row_stats` of ``w`` (computed if not given).
+    (rows, n_out), ``stats`` the :func:`row_stats` or :class:`RowStats` of ``w`` (computed
+    if not given; a :class:`RowStats` computes its L1 norms only if a pass needs them).
     """
     tile = Tile(spec, x, w, out_std, noise, gain)
     r_max = bm_limit(spec)
     if r_max == 1 or x.shape[0] == 0:
         return tile.run(None, 1.0)[0]
-    l1_max, w_rms = row_stats(w) if stats is None else stats
-    r = start_level(tile, x, w.shape[0], w_rms, r_max)
+    if stats is None:
+        stats = RowStats(w)
+    elif not isinstance(stats, RowStats):
+        l1, w_rms = stats
+        stats = RowStats(w, w_rms)
+        stats._l1 = l1
+    r = start_level(tile, x, w.shape[0], stats.rms, r_max)
     out, peak, where = tile.run(None, float(r), locate=r > 1)
     if r == 1 and tile.none_clipped:  # every vector final at the first pass
         return out
@@ -288,7 +372,7 @@ def io_forward(
     low = 1
     while low < r and pending.numel():
         assert where is not None
-        rest, q = tile.sure_clip(pending, peak, where, r, low, l1_max)
+        rest, q = tile.sure_clip(pending, peak, where, r, low, stats.l1_max)
         if rest.numel():  # not surely clipping at `low`: run it
             y, peak_low, _ = tile.run(rest, float(low), q)
             ok = peak_low <= const(tile.k_max, peak_low)

@@ -99,8 +99,10 @@ class ChipDraw:
         # (1⁻¹·span = span exactly)
         self.scale_ratio = self._span if unit_max else (
             w.abs().max().clamp(min=_ZERO_CLIP).reciprocal() * self._span)
-        scaled = w * self.scale_ratio
-        self.g = torch.stack([scaled, scaled.neg()]).clamp_(min=0.0, max=conv.g_max)
+        # the slices written into one buffer (the values of stack([w·r, −(w·r)]), no copy)
+        self.g = torch.empty((2, *w.shape), dtype=w.dtype)
+        torch.neg(torch.mul(w, self.scale_ratio, out=self.g[0]), out=self.g[1])
+        self.g.clamp_(min=0.0, max=conv.g_max)
         if conv.g_min != 0:  # x + 0 = x: skipped at g_min = 0 (the default)
             self.g = self.g.add_(self._g_min)
         coeff = self.model.coeff_dic
@@ -132,24 +134,31 @@ class ChipDraw:
         """σ_t(G+), σ_t(G−): accumulated deviation at the read time (µS)."""
         return list(self.sig_read.unbind(0))
 
-    def _back(self, g: Tensor, scale_ratio: Tensor) -> Tensor:
-        """``convert_back_to_weights`` of the stacked slices ``g``."""
+    def _back(self, g: Tensor, scale_ratio: Tensor, out: Tensor) -> Tensor:
+        """``convert_back_to_weights`` of the stacked slices ``g``, written into ``out``
+        (the values of ``(G+ − G−) / ratio``)."""
         if self.g_min == 0:  # x − 0 = x: the same values, two passes fewer
-            return (g[0] - g[1]) / scale_ratio
-        return ((g[0] - self._g_min) - (g[1] - self._g_min)) / scale_ratio
+            return torch.sub(g[0], g[1], out=out).div_(scale_ratio)
+        return torch.sub(g[0] - self._g_min, g[1] - self._g_min, out=out).div_(scale_ratio)
 
     def program(self, s: float) -> tuple[Tensor, Tensor]:
-        """(programmed, read-at-t) normalised weights at noise scale ``s`` (CPU, float32)."""
+        """(programmed, read-at-t) normalised weights at noise scale ``s`` (CPU, float32),
+        two slices of one (2, n_out, n_in) tensor, :attr:`pair` (the drift compensation
+        reads both out as one stack)."""
         scale = self.spec.prog_noise_scale * s
         c = const(scale, self.g)
 
         def noise(sig: Tensor, xi: Tensor) -> Tensor:  # c·σ·ξ; 1·σ = σ exactly
             return sig * xi if scale == 1 else c * sig * xi
 
+        self.pair = torch.empty_like(self.g)
         w_prog = self._back((self.g + noise(self.sig_prog, self.xi_prog)).clamp_(min=0.0),
-                            self.scale_ratio)
+                            self.scale_ratio, self.pair[0])
         # the read at t converts back with the scale ratio of max|W_prog| (aihwkit converts
         # W_prog to conductances only for that ratio)
-        ratio_t = w_prog.abs().max().clamp(min=_ZERO_CLIP).reciprocal() * self._span
+        #: max|W_prog| of the last :meth:`program` (the drift compensation's read-out
+        #: start rule uses it: :func:`noisydeq.hardware.rram_io.identity_magnitudes`)
+        self.prog_peak = w_prog.abs().max()
+        ratio_t = self.prog_peak.clamp(min=_ZERO_CLIP).reciprocal() * self._span
         g_t = (self.g + noise(self.sig_read, self.xi_read)).clamp_(min=0.0)
-        return w_prog, self._back(g_t, ratio_t)
+        return w_prog, self._back(g_t, ratio_t, self.pair[1])

@@ -254,3 +254,27 @@ def test_rram_identity_read_equals_the_general_read(case: dict, std: float) -> N
         assert float(diff.max()) <= step * 1.0001
         assert int((diff > 0).sum()) <= 1e-3 * diff.numel()
         assert float(fast.abs().mean()) == pytest.approx(float(ref.abs().mean()), rel=1e-5)
+
+
+@pytest.mark.parametrize("case", RRAM_CASES)
+@pytest.mark.parametrize("std", [0.06, 0.6, 2.5])
+@pytest.mark.parametrize("shape", [(70, 90), (10, 128), (33, 7)])
+def test_rram_drift_readouts_stacked_equal_single_reads_bit_for_bit(case, std, shape) -> None:
+    """The drift compensation's two read-outs computed as one stack (and the start rule
+    settled by max|W| where it can) give each read-out's values and mean exactly."""
+    from noisydeq.hardware.rram_io import identity_magnitudes, identity_read, rms
+
+    spec = RRAMSpec(**case)
+    n_out, n_in = shape
+    noise = torch.randn(n_in, n_out, generator=torch.Generator().manual_seed(12))
+    for scale in (1.0, 3.0, 30.0):  # W beyond max 1 (programming noise): the start rule
+        ws = [_weights(n_out, n_in, 11) * scale, _weights(n_out, n_in, 13)]
+        with torch.no_grad():
+            fast = identity_magnitudes(spec, ws, std, noise, [None, rms(ws[1])],
+                                       [float(ws[0].abs().max()), None])
+            for w, got in zip(ws, fast, strict=True):
+                ref = identity_read(spec, w, std, noise, magnitude=True)
+                assert (got is None) == (ref is None)
+                if ref is not None:
+                    assert torch.equal(got, ref)
+                    assert torch.equal(got.mean(), ref.mean())

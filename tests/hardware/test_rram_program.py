@@ -83,3 +83,28 @@ def test_chips_of_earlier_weights_are_dropped_and_the_chip_is_unchanged() -> Non
     for s in (0.5, 1.0):
         (w_a, alpha_a), (w_b, alpha_b) = layer.chip(s), fresh.chip(s)
         assert torch.equal(w_a, w_b) and alpha_a == alpha_b
+
+
+def test_a_large_layer_keeps_its_read_weights_alone_with_the_same_chip(monkeypatch) -> None:
+    """A chip keeps W_prog and W_t in one tensor, except where 8 such pairs would not fit in
+    the cache's budget: then W_t is kept alone (the memory of before). Either way the chip
+    and the read are the same."""
+    import noisydeq.hardware.rram as rram
+    from noisydeq.noise import NoiseStream
+
+    torch.manual_seed(6)
+    lin = nn.Linear(20, 16)
+    x = torch.rand(32, 20) * 2 - 1
+    dev = hw.get_device("rram")
+    outs = []
+    for budget in (rram.CHIP_CACHE_BYTES, 1):
+        monkeypatch.setattr(rram, "CHIP_CACHE_BYTES", budget)
+        layer = dev.deploy(lin)
+        hw.set_stream(layer, NoiseStream.from_seed(3))
+        w_t, alpha = layer.chip(1.0)
+        held = w_t.untyped_storage().nbytes()
+        assert held == (2 if budget > 1 else 1) * w_t.numel() * w_t.element_size()
+        with torch.no_grad():
+            outs.append((w_t, alpha, layer(x)))
+    (w_a, alpha_a, y_a), (w_b, alpha_b, y_b) = outs
+    assert torch.equal(w_a, w_b) and alpha_a == alpha_b and torch.equal(y_a, y_b)
