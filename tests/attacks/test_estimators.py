@@ -214,7 +214,8 @@ def test_warm_adjoint_gradients_equal_cold_ones_along_a_pgd_trajectory(monkeypat
             iters[key] += counts[0]
 
     def worst(a: list[torch.Tensor], b: list[torch.Tensor]) -> float:
-        return max(float(((p - q).norm(dim=1) / q.norm(dim=1)).max()) for p, q in zip(a, b))
+        return max(float(((p - q).norm(dim=1) / q.norm(dim=1)).max())
+                   for p, q in zip(a, b, strict=True))
 
     assert worst(grads["warm"], grads["cold"]) < 2e-5
     assert worst(grads["warm"], grads["ref"]) < 1e-5
