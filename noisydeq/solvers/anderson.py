@@ -20,6 +20,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from noisydeq.scalars import const
 from noisydeq.solvers.batched import coefs, combine
 from noisydeq.solvers.stop import Window
 from noisydeq.specs.solver import SolverSpec
@@ -34,12 +35,15 @@ class Anderson:
         self.lam = spec.lam
         self.beta = spec.beta
         kw = {"dtype": x0.dtype, "device": x0.device}
-        self.F = torch.zeros(b, self.m, d, **kw)
-        self.G = torch.zeros(b, self.m, d, **kw)
-        self.gram = torch.zeros(b, self.m, self.m, **kw)
+        # only the slots already written are read (F, G: the first n; the Gram matrix:
+        # its leading n×n block), so the histories need no zeroing (2 × 2.4 MB at
+        # B = 256, m = 5, D = 467: a zero fill cost as much as two solver steps)
+        self.F = torch.empty(b, self.m, d, **kw)
+        self.G = torch.empty(b, self.m, d, **kw)
+        self.gram = torch.empty(b, self.m, self.m, **kw)
         self.ones = torch.ones(b, self.m, 1, **kw)
         self.onehot = torch.eye(self.m, **kw)
-        self.tiny = torch.finfo(x0.dtype).tiny
+        self.tiny = torch.tensor(torch.finfo(x0.dtype).tiny, **kw)
 
     def estimate(self, k: int, x: Tensor, fx: Tensor, window: Window | None) -> Tensor:
         return fx
@@ -49,20 +53,26 @@ class Anderson:
         for name in ("F", "G", "gram", "ones"):
             setattr(self, name, getattr(self, name).index_select(0, rows))
 
-    def step(self, k: int, x: Tensor, fx: Tensor, active: Tensor) -> Tensor:
+    def step(
+        self, k: int, x: Tensor, fx: Tensor, active: Tensor, g: Tensor | None = None
+    ) -> Tensor:
         # Rows never mix: a NaN sample only spoils its own (frozen) history. The mixing
-        # needs only F and G: x_i + β g_i = f_i − (1 − β) g_i.
+        # needs only F and G: x_i + β g_i = f_i − (1 − β) g_i. ``g``: fx − x when the
+        # caller has it (the solve loop computes it for the residual).
         j = k % self.m
         n = min(k + 1, self.m)
-        g = fx - x
+        if g is None:
+            g = fx - x
         self.F[:, j] = fx
         self.G[:, j] = g
         row = coefs(self.G[:, :n], g)  # (B, n)
         self.gram[:, j, :n] = row
         self.gram[:, :n, j] = row
-        H = self.gram[:, :n, :n]
-        reg = self.lam * torch.diagonal(H, dim1=1, dim2=2) + self.tiny
-        sol, info = torch.linalg.solve_ex(H + torch.diag_embed(reg), self.ones[:, :n])
+        # The stored matrix is H + diag(λ diag(H) + tiny) itself: only slot j's diagonal
+        # entry changes this step (bit-identical to regularising the whole block anew).
+        hjj = row[:, j]
+        self.gram[:, j, j] = hjj + (hjj * const(self.lam, hjj) + self.tiny)
+        sol, info = torch.linalg.solve_ex(self.gram[:, :n, :n], self.ones[:, :n])
         a = sol.squeeze(2)
         a = a / a.sum(dim=1, keepdim=True)
         ok = (info == 0) & torch.isfinite(a.sum(dim=1))
