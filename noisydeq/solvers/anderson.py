@@ -20,7 +20,6 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from noisydeq.scalars import const
 from noisydeq.solvers.batched import coefs, combine
 from noisydeq.solvers.stop import Window
 from noisydeq.specs.solver import SolverSpec
@@ -44,6 +43,19 @@ class Anderson:
         self.ones = torch.ones(b, self.m, 1, **kw)
         self.onehot = torch.eye(self.m, **kw)
         self.tiny = torch.tensor(torch.finfo(x0.dtype).tiny, **kw)
+        self.lam_c = torch.tensor(self.lam, **kw)
+        self._views()
+
+    def _views(self) -> None:
+        """Per-slot views of the histories, made once (a step on small tensors costs about
+        as much per indexing operation as per product): slot j of F and G, row, column and
+        diagonal entry j of the Gram matrix, Gᵀ for the full-memory product."""
+        self.F_slot = self.F.unbind(1)
+        self.G_slot = self.G.unbind(1)
+        self.Gt = self.G.transpose(1, 2)
+        self.gram_row = self.gram.unbind(1)
+        self.gram_col = self.gram.unbind(2)
+        self.gram_diag = self.gram.diagonal(dim1=1, dim2=2).unbind(1)
 
     def estimate(self, k: int, x: Tensor, fx: Tensor, window: Window | None) -> Tensor:
         return fx
@@ -52,6 +64,7 @@ class Anderson:
         """Keep the histories of the samples ``rows``."""
         for name in ("F", "G", "gram", "ones"):
             setattr(self, name, getattr(self, name).index_select(0, rows))
+        self._views()
 
     def step(
         self, k: int, x: Tensor, fx: Tensor, active: Tensor, g: Tensor | None = None
@@ -63,21 +76,28 @@ class Anderson:
         n = min(k + 1, self.m)
         if g is None:
             g = fx - x
-        self.F[:, j] = fx
-        self.G[:, j] = g
-        row = coefs(self.G[:, :n], g)  # (B, n)
-        self.gram[:, j, :n] = row
-        self.gram[:, :n, j] = row
+        self.F_slot[j].copy_(fx)
+        self.G_slot[j].copy_(g)
+        if n == self.m:  # the whole memory: the prepared views (same products as coefs)
+            row = torch.bmm(g.unsqueeze(1), self.Gt).squeeze(1)  # (B, m)
+            self.gram_row[j].copy_(row)
+            self.gram_col[j].copy_(row)
+            H, ones, F = self.gram, self.ones, self.F
+        else:
+            row = coefs(self.G[:, :n], g)  # (B, n)
+            self.gram[:, j, :n] = row
+            self.gram[:, :n, j] = row
+            H, ones, F = self.gram[:, :n, :n], self.ones[:, :n], self.F[:, :n]
         # The stored matrix is H + diag(λ diag(H) + tiny) itself: only slot j's diagonal
         # entry changes this step (bit-identical to regularising the whole block anew).
         hjj = row[:, j]
-        self.gram[:, j, j] = hjj + (hjj * const(self.lam, hjj) + self.tiny)
-        sol, info = torch.linalg.solve_ex(self.gram[:, :n, :n], self.ones[:, :n])
+        torch.add(hjj, hjj * self.lam_c + self.tiny, out=self.gram_diag[j])
+        sol, info = torch.linalg.solve_ex(H, ones)
         a = sol.squeeze(2)
         a = a / a.sum(dim=1, keepdim=True)
         ok = (info == 0) & torch.isfinite(a.sum(dim=1))
         a = torch.where(ok[:, None], a, self.onehot[j, :n])
-        mixed = combine(a, self.F[:, :n])
+        mixed = torch.bmm(a.unsqueeze(1), F).squeeze(1)  # combine(a, F)
         if self.beta == 1.0:
             return mixed
         return mixed - (1.0 - self.beta) * combine(a, self.G[:, :n])

@@ -157,7 +157,8 @@ def run_loop(
     for k in range(n_max):
         fx = evaluate(x, fx) if skip_stopped else ff(x)
         n_iter = k + 1
-        xd, fd = x.detach(), fx.detach()
+        xd = x.detach() if x.requires_grad else x
+        fd = fx.detach() if fx.requires_grad else fx
         gd = fd - xd
         gd_exact = not (x.requires_grad or fx.requires_grad)
         res = gd.norm(dim=1)
