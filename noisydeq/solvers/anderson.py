@@ -41,7 +41,9 @@ class Anderson:
         self.G = torch.empty(b, self.m, d, **kw)
         self.gram = torch.empty(b, self.m, self.m, **kw)
         self.ones = torch.ones(b, self.m, 1, **kw)
-        self.onehot = torch.eye(self.m, **kw)
+        eye = torch.eye(self.m, **kw)
+        #: the plain step's weights (slot j alone) for n stored slots: plain[n - 1][j]
+        self.plain = [eye[:, :n].unbind(0) for n in range(1, self.m + 1)]
         self.tiny = torch.tensor(torch.finfo(x0.dtype).tiny, **kw)
         self.lam_c = torch.tensor(self.lam, **kw)
         self._views()
@@ -92,11 +94,12 @@ class Anderson:
         # entry changes this step (bit-identical to regularising the whole block anew).
         hjj = row[:, j]
         torch.add(hjj, hjj * self.lam_c + self.tiny, out=self.gram_diag[j])
-        sol, info = torch.linalg.solve_ex(H, ones)
-        a = sol.squeeze(2)
+        # A singular system (LU info > 0: an exactly zero pivot) divides by zero in the
+        # solve, so its α is not finite: the finiteness check alone flags it as well.
+        a = torch.linalg.solve_ex(H, ones)[0].squeeze(2)
         a = a / a.sum(dim=1, keepdim=True)
-        ok = (info == 0) & torch.isfinite(a.sum(dim=1))
-        a = torch.where(ok[:, None], a, self.onehot[j, :n])
+        ok = torch.isfinite(a.sum(dim=1, keepdim=True))
+        a = torch.where(ok, a, self.plain[n - 1][j])
         mixed = torch.bmm(a.unsqueeze(1), F).squeeze(1)  # combine(a, F)
         if self.beta == 1.0:
             return mixed

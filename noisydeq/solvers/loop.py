@@ -95,7 +95,13 @@ def run_loop(
             )
         return out.reshape(want[0], -1)
 
+    flat = len(shape) == 2
+
     def ff(x: Tensor) -> Tensor:
+        if flat:  # already (B, D): no reshapes (a view costs a dispatch)
+            out = f(x)
+            return out if isinstance(out, Tensor) and out.shape == shape else checked(
+                out, tuple(shape))
         return checked(f(x.reshape(shape)), tuple(shape))
 
     skip_stopped = f_rows is not None and not torch.is_grad_enabled()
