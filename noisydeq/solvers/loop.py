@@ -127,7 +127,7 @@ def run_loop(
     out: dict[str, Tensor] = {}
     trace_buf = torch.empty((n_max, 3, batch), dtype=dt, device=dev) if spec.traces else None
     need_rel = spec.traces or spec.stop == "rel"
-    tiny = torch.finfo(dt).tiny
+    tiny = torch.tensor(torch.finfo(dt).tiny, dtype=dt, device=dev)  # (no cast per call)
     scale: Tensor | None = None
     n_iter = 0
     n_active = batch
