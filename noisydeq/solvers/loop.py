@@ -160,6 +160,7 @@ def run_loop(
             else:
                 out[key].index_copy_(0, rows, val)
 
+    pending = 0  # iterations not yet added to ``steps`` (every row active in them)
     for k in range(n_max):
         fx = evaluate(x, fx) if skip_stopped else ff(x)
         n_iter = k + 1
@@ -195,13 +196,20 @@ def run_loop(
             still = ok if met is None else ok > met  # ok & ~met for booleans
             n_active = int(still.sum())
             upd = ok
-            steps.add_(1)  # (steps is this loop's own tensor: never handed out in place)
+            # the step counts grow by one per iteration: counted here and added to the
+            # tensor (this loop's own, never handed out before the end) when a row stops
+            pending += 1
             if n_active < m:
+                steps.add_(pending)
+                pending = 0
                 diverged = diverged | ~ok
                 if met is not None:
                     converged = converged | (ok & met)
                 active = still
         else:
+            if pending:
+                steps.add_(pending)
+                pending = 0
             upd = active & ok
             if met is None:
                 met = torch.zeros_like(active)
@@ -243,6 +251,8 @@ def run_loop(
             if window is not None:
                 window.select(keep)
             all_active = n_active == keep.numel()  # (padding rows are stopped ones)
+    if pending:
+        steps.add_(pending)
     write_back()
     z_out, steps = out["z"], out["steps"]
     converged, diverged = out["converged"], out["diverged"]
