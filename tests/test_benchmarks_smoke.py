@@ -41,17 +41,27 @@ def test_devices_rows_and_checks() -> None:
 
 
 def test_sweep_batched_equals_per_point() -> None:
-    from benchmarks.sweep import FlopCounter, bench_sweep
+    from benchmarks.sweep import FlopCounter, bench_sweep, gemm_replay
 
     task = toy_task()
     rows = bench_sweep(toy_spec(chips=1, snr_db="0,10,inf"), task=task, models=toy_models(task),
                        peak=1.0)
     assert rows[0].ok, "batched table differs from the per-point table"
     assert rows[1].extra["flop"] > 0
+    floor = {r.name.split(" (")[0]: r for r in rows[2:]}
+    sweep_floor = floor["batched sweep vs its GEMMs alone"]
+    assert sweep_floor.extra["matmul_calls"] > 0 and math.isfinite(sweep_floor.ratio)
+    deq_rows = [r for n, r in floor.items() if n.startswith("DEQ forward")]
+    if any(m.kind == "deq" for m in toy_models(task)):
+        assert len(deq_rows) == 1 and deq_rows[0].extra["matmul_calls"] > 0
     lin = torch.nn.Linear(5, 3)
     with FlopCounter() as fc:
         lin(torch.zeros(4, 5))
-    assert fc.flops == 2 * 4 * 5 * 3
+        lin(torch.zeros(2, 3, 5))
+    assert fc.flops == 2 * 4 * 5 * 3 + 2 * 6 * 5 * 3
+    assert fc.shapes == {(4, 5, 3): 1, (6, 5, 3): 1}
+    times = gemm_replay(fc.shapes, repeat=3)
+    assert len(times) == 3 and all(t > 0 for t in times)
 
 
 def test_training_gradients_match_torchdeq() -> None:

@@ -79,8 +79,11 @@ class Broyden:
         if self.prev_bg is not None:
             self.prev_bg = self.prev_bg.index_select(0, rows)
 
-    def step(self, k: int, x: Tensor, fx: Tensor, active: Tensor) -> Tensor:
-        g = fx - x
+    def step(
+        self, k: int, x: Tensor, fx: Tensor, active: Tensor, g: Tensor | None = None
+    ) -> Tensor:
+        if g is None:  # fx − x, unless the caller (the solve loop) has it
+            g = fx - x
         bg = self.matvec(g)  # B g with the current B
         if self.prev_x is not None and self.prev_g is not None and self.prev_bg is not None:
             dx = x - self.prev_x

@@ -47,7 +47,11 @@ class Method(Protocol):
 
     def estimate(self, k: int, x: Tensor, fx: Tensor, window: Window | None) -> Tensor: ...
 
-    def step(self, k: int, x: Tensor, fx: Tensor, active: Tensor) -> Tensor: ...
+    def step(
+        self, k: int, x: Tensor, fx: Tensor, active: Tensor, g: Tensor | None = None
+    ) -> Tensor:
+        """The next point; ``g`` = fx − x (detached) when the loop has it, else None."""
+        ...
 
     def select(self, rows: Tensor) -> None:
         """Keep only the per-sample state of ``rows`` (the solve dropped the others)."""
@@ -91,7 +95,13 @@ def run_loop(
             )
         return out.reshape(want[0], -1)
 
+    flat = len(shape) == 2
+
     def ff(x: Tensor) -> Tensor:
+        if flat:  # already (B, D): no reshapes (a view costs a dispatch)
+            out = f(x)
+            return out if isinstance(out, Tensor) and out.shape == shape else checked(
+                out, tuple(shape))
         return checked(f(x.reshape(shape)), tuple(shape))
 
     skip_stopped = f_rows is not None and not torch.is_grad_enabled()
@@ -117,11 +127,13 @@ def run_loop(
     out: dict[str, Tensor] = {}
     trace_buf = torch.empty((n_max, 3, batch), dtype=dt, device=dev) if spec.traces else None
     need_rel = spec.traces or spec.stop == "rel"
-    tiny = torch.finfo(dt).tiny
+    tiny = torch.tensor(torch.finfo(dt).tiny, dtype=dt, device=dev)  # (no cast per call)
     scale: Tensor | None = None
     n_iter = 0
     n_active = batch
     fx: Tensor | None = None
+    tol_c = torch.tensor(spec.tol, dtype=dt)  # (a Python float is cast at every compare)
+    all_active = True  # every row of the working set is active
 
     def evaluate(x: Tensor, fx: Tensor | None) -> Tensor:
         """f on the active rows of the working set (padded to MIN_ROWS with stopped ones)."""
@@ -148,11 +160,14 @@ def run_loop(
             else:
                 out[key].index_copy_(0, rows, val)
 
+    pending = 0  # iterations not yet added to ``steps`` (every row active in them)
     for k in range(n_max):
         fx = evaluate(x, fx) if skip_stopped else ff(x)
         n_iter = k + 1
-        xd, fd = x.detach(), fx.detach()
+        xd = x.detach() if x.requires_grad else x
+        fd = fx.detach() if fx.requires_grad else fx
         gd = fd - xd
+        gd_exact = not (x.requires_grad or fx.requires_grad)
         res = gd.norm(dim=1)
         if need_rel or scale is None:
             fnorm = fd.norm(dim=1)
@@ -164,27 +179,52 @@ def run_loop(
             mrel = window.mean_rel().detach()
         # NaN/inf in z or f(z) make res NaN/inf, and NaN <= scale is False: one comparison
         # flags non-finite values and blow-up alike.
-        upd = active & (res <= scale)
+        ok = res <= scale
         if spec.stop == "abs":
-            met = res < spec.tol
+            met: Tensor | None = res < tol_c
         elif spec.stop == "rel":
-            met = rel < spec.tol
+            met = rel < tol_c
         elif window is not None and len(window.gs) >= fill:
-            met = mrel < spec.tol
+            met = mrel < tol_c
         else:
-            met = torch.zeros_like(active)
-        steps = steps + active
-        diverged = diverged | (active ^ upd)
-        newly = upd & met
-        converged = converged | newly
-        active = upd ^ newly
-        if spec.random_threshold:
-            active = active & (caps > k + 1)
-        n_active = int(active.sum())
+            met = None
+        m = x.shape[0]
+        if all_active and not spec.random_threshold:
+            # every row of the working set was active: upd = ok, and the row stays active
+            # unless it diverged or met the tolerance. When none did (most iterations),
+            # diverged, converged and active are unchanged and each step count grows by 1.
+            still = ok if met is None else ok > met  # ok & ~met for booleans
+            n_active = int(still.sum())
+            upd = ok
+            # the step counts grow by one per iteration: counted here and added to the
+            # tensor (this loop's own, never handed out before the end) when a row stops
+            pending += 1
+            if n_active < m:
+                steps.add_(pending)
+                pending = 0
+                diverged = diverged | ~ok
+                if met is not None:
+                    converged = converged | (ok & met)
+                active = still
+        else:
+            if pending:
+                steps.add_(pending)
+                pending = 0
+            upd = active & ok
+            if met is None:
+                met = torch.zeros_like(active)
+            steps = steps + active
+            diverged = diverged | (active ^ upd)
+            newly = upd & met
+            converged = converged | newly
+            active = upd ^ newly
+            if spec.random_threshold:
+                active = active & (caps > k + 1)
+            n_active = int(active.sum())
         # every row still active: every row was updated and none stopped, so the masked
         # updates below would copy everything (a broadcast torch.where costs several
         # elementwise passes on CPU): take the new tensors as they are
-        all_active = n_active == x.shape[0]
+        all_active = n_active == m
         estimate = method.estimate(k, x, fx, window)
         z_est = estimate if all_active else torch.where(upd[:, None], estimate, z_est)
         if trace_buf is not None:  # one write per iteration (TRACE_KEYS order)
@@ -194,9 +234,10 @@ def run_loop(
                 trace_buf[k].index_copy_(1, rows, torch.stack((res, rel, mrel)))
         if n_active == 0:
             break
-        x_next = method.step(k, x, fx, active)
+        # the residual g is passed only where it equals fx − x as the method would form it
+        # (no autograd recording x or fx: a detached g would cut the bptt graph)
+        x_next = method.step(k, x, fx, active, gd if gd_exact else None)
         x = x_next if all_active else torch.where(active[:, None], x_next, x)
-        m = x.shape[0]
         if skip_stopped and m > MIN_ROWS and n_active <= m // 2:
             # drop the stopped rows from the working set (keep MIN_ROWS for padding)
             keep = padded_active_rows(active)
@@ -209,6 +250,9 @@ def run_loop(
             method.select(keep)
             if window is not None:
                 window.select(keep)
+            all_active = n_active == keep.numel()  # (padding rows are stopped ones)
+    if pending:
+        steps.add_(pending)
     write_back()
     z_out, steps = out["z"], out["steps"]
     converged, diverged = out["converged"], out["diverged"]

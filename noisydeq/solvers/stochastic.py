@@ -38,6 +38,8 @@ class Stochastic:
     def select(self, rows: Tensor) -> None:
         """No per-sample state (the window holds the average)."""
 
-    def step(self, k: int, x: Tensor, fx: Tensor, active: Tensor) -> Tensor:
+    def step(
+        self, k: int, x: Tensor, fx: Tensor, active: Tensor, g: Tensor | None = None
+    ) -> Tensor:
         a = self.alpha(k)
         return (1.0 - a) * x + a * fx

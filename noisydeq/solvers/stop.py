@@ -21,6 +21,7 @@ import torch
 from torch import Tensor
 
 from noisydeq.errors import NoisyDEQError
+from noisydeq.scalars import const
 from noisydeq.solvers.draws import Draws
 from noisydeq.specs.solver import SolverSpec
 
@@ -124,7 +125,8 @@ class Window:
     def mean_rel(self) -> Tensor:
         """Eq. 54 with f(z̃) ≈ mean of the stored f(z_i) (exact for affine f)."""
         assert self.sum_g is not None and self.sum_f is not None
-        tiny = torch.finfo(self.sum_f.dtype).tiny  # the 1/n of both means cancels
+        # the 1/n of both means cancels; tiny as a tensor (a Python float is cast per call)
+        tiny = const(torch.finfo(self.sum_f.dtype).tiny, self.sum_f)
         return self.sum_g.norm(dim=1) / (self.sum_f.norm(dim=1) + tiny)
 
 

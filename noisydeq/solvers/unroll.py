@@ -20,7 +20,9 @@ class Unroll:
     def select(self, rows: Tensor) -> None:
         """No per-sample state."""
 
-    def step(self, k: int, x: Tensor, fx: Tensor, active: Tensor) -> Tensor:
+    def step(
+        self, k: int, x: Tensor, fx: Tensor, active: Tensor, g: Tensor | None = None
+    ) -> Tensor:
         if self.tau == 1.0:
             return fx
         return (1.0 - self.tau) * x + self.tau * fx
