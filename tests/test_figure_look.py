@@ -374,6 +374,27 @@ def test_every_log_axis_has_three_labelled_ticks(tmp_path, kept):
     assert len(_labelled_ticks(kept[-1].axes[0].yaxis)) >= 3
 
 
+def test_a_log_axis_within_a_decade_has_plain_number_labels(tmp_path, kept):
+    """0.57 … 0.67 (no power of ten in view): matplotlib labels minor ticks as 6.6×10⁻¹;
+    the writer turns them into 0.66, keeping the positions."""
+    with figures.styled() as p:
+        fig, ax = p.subplots(figsize=(3, 2.5))
+        ax.plot([0, 1], [0.57, 0.672])
+        ax.set_yscale("log")
+        figures.save_figure(fig, tmp_path / "narrow")
+    texts = _labelled_ticks(kept[-1].axes[0].yaxis)
+    assert len(texts) >= 3
+    assert all(t.replace(".", "").isdigit() for t in texts), texts  # no a×10ᵏ mathtext
+    assert {"0.58", "0.6", "0.62", "0.64", "0.66"} <= set(texts)
+    # a span over decades keeps its powers of ten
+    with figures.styled() as p:
+        fig, ax = p.subplots(figsize=(3, 2.5))
+        ax.plot([0, 1], [0.0019, 0.78])
+        ax.set_yscale("log")
+        figures.save_figure(fig, tmp_path / "wide")
+    assert any("10^{-2}" in t for t in _labelled_ticks(kept[-1].axes[0].yaxis))
+
+
 def test_trained_text_is_one_phrase_for_titles_legends_and_messages():
     assert figures.trained_text(math.inf) == "trained without noise"
     assert figures.trained_text(10.0) == "trained at 10 dB"
