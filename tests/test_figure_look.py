@@ -174,6 +174,12 @@ def test_sensitivity_and_spectrum_figures(family, tmp_path, kept):
         if ax.patches:
             face = ax.patches[0].get_facecolor()
             assert _is_blue(face) if ax.get_title().startswith("DEQ") else _is_orange(face)
+            # |λ| ≥ 0: no negative half; the ρ line (the vertical one) inside the view,
+            # not under the axis' edge
+            lo, hi = ax.get_xlim()
+            assert lo >= 0 if ax.get_title().startswith("FFW") else lo > -1e-12
+            rho = max(line.get_xdata()[0] for line in ax.lines)
+            assert rho < hi and (hi - rho) > 1e-3 * (hi - lo), (rho, hi)
 
 
 def test_solver_traces_figure(tmp_path, kept):
