@@ -554,3 +554,25 @@ def test_panel_legend_moves_under_the_panels_when_long():
             assert [t.get_text() for t in fig.legends[0].get_texts()] == [
                 f"line {i}" for i in range(n)]
         plt.close(fig)
+
+
+def test_parameter_counts_under_ten_thousand_are_not_rounded_to_0k_or_1k(tmp_path, kept):
+    """A small family (hidden=16: 305 and 849/869 parameters) named its members '(0k)' and
+    '(1k)' in the legend and on the depth axes."""
+    from noisydeq import plots
+    from tests.test_plots_look import _rows
+
+    rows = [{**r, "params": {1: 305, 3: 869}[r["depth"]] - (r["kind"] == "ffw") * 20}
+            for r in _rows(depths=(1, 3), chips=1, seeds=(0,))]
+    plots.plot_metric_vs_snr(rows, tmp_path)
+    labels = kept[-1].axes[0].get_legend_handles_labels()[1]
+    assert {"DEQ w=110 (305)", "FFW 1 layer (285)", "DEQ w=130 (869)",
+            "FFW 3 layers (849)"} == set(labels), labels
+    plots.plot_metric_vs_depth(rows, tmp_path, fixed_snr_db=[0.0])
+    fig = kept[-1]
+    fig.canvas.draw()
+    axes = [a for ax in fig.axes for a in (ax, *ax.child_axes)]  # + the DEQ-width top axis
+    text = " ".join(t.get_text() for ax in axes for t in ax.get_xticklabels())
+    assert "0k" not in text and "1k" not in text and "869" in text and "849" in text, text
+    assert [plots._k(n) for n in (0, 999, 1466, 9949, 9950, 26634, 999_499, 999_500)] == [
+        "0", "999", "1.5k", "9.9k", "10k", "27k", "999k", "1.0M"]
