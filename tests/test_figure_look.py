@@ -392,6 +392,14 @@ def test_a_log_axis_within_a_decade_has_plain_number_labels(tmp_path, kept):
     assert len(texts) >= 3
     assert all(t.replace(".", "").isdigit() for t in texts), texts  # no a×10ᵏ mathtext
     assert {"0.58", "0.6", "0.62", "0.64", "0.66"} <= set(texts)
+    # 0.045 … 0.6: matplotlib writes '10⁻¹' beside '6×10⁻¹', '4×10⁻¹': all plain
+    with figures.styled() as p:
+        fig, ax = p.subplots(figsize=(3, 4))
+        ax.plot([0, 1], [0.05, 0.55])
+        ax.set_yscale("log")
+        figures.save_figure(fig, tmp_path / "mixed")
+    texts = _labelled_ticks(kept[-1].axes[0].yaxis)
+    assert "0.1" in texts and all(t.replace(".", "").isdigit() for t in texts), texts
     # a span over decades keeps its powers of ten
     with figures.styled() as p:
         fig, ax = p.subplots(figsize=(3, 2.5))
