@@ -316,6 +316,14 @@ def _labelled_in_view(axis: Any) -> list[float]:
     return sorted(set(out))
 
 
+def _minor_labelled_in_view(axis: Any) -> bool:
+    """Whether a labelled minor tick (not a power of ten, on a log axis) lies in the view."""
+    lo, hi = sorted(axis.get_view_interval())
+    return any(t.get_visible() and t.get_text() and lo * (1 - 1e-9) <= v <= hi * (1 + 1e-9)
+               for v, t in zip(axis.get_minorticklocs(), axis.get_minorticklabels(),
+                               strict=False))
+
+
 def _legible(ticks: Sequence[float], lo: float, hi: float) -> bool:
     """At least :data:`MIN_LOG_TICKS` ticks in [lo, hi], and no unlabelled stretch (between
     ticks or at either end) longer than :data:`MAX_LOG_GAP` of the span in log units."""
@@ -331,7 +339,8 @@ def legible_log_axes(fig: Any) -> None:
     """Every log-scaled axis of ``fig`` is legible (:func:`_legible`): where it is not as
     drawn (a span of about a decade or less), major ticks at 1-2-5, then 1…9 × 10ᵏ, then at
     evenly spaced round numbers, whichever first covers the axis, with plain-number labels
-    and unlabelled minor ticks."""
+    and unlabelled minor ticks; where it is, but with minor ticks labelled a×10ᵏ (a span of a
+    decade or two), all its labelled ticks with plain-number labels (between 10⁻³ and 10⁵)."""
     from matplotlib.ticker import (
         FixedLocator,
         FuncFormatter,
@@ -346,7 +355,16 @@ def legible_log_axes(fig: Any) -> None:
             if axis.get_scale() != "log":
                 continue
             lo, hi = sorted(axis.get_view_interval())
-            if lo <= 0 or _legible(_labelled_in_view(axis), lo, hi):
+            if lo <= 0:
+                continue
+            labelled = _labelled_in_view(axis)
+            if _legible(labelled, lo, hi):
+                if _minor_labelled_in_view(axis) and all(1e-3 <= v < 1e5 for v in labelled):
+                    # over a decade or two matplotlib labels minor ticks as a×10ᵏ ("6×10⁻¹"
+                    # beside "10⁻¹"): the same positions, as plain numbers
+                    axis.set_major_locator(FixedLocator(labelled))
+                    axis.set_major_formatter(FuncFormatter(lambda v, _pos: f"{v:.3g}"))
+                    axis.set_minor_formatter(NullFormatter())
                 continue
             linear = [v for v in MaxNLocator(nbins=6).tick_values(lo, hi) if v > 0]
             for locator in (LogLocator(base=10, subs=(1.0, 2.0, 5.0), numticks=40),

@@ -124,7 +124,7 @@ def plot_metric_vs_snr(
                 label = (f"{kind_name} w={width}" if kind in IMPLICIT or kind == "lyadeq"
                          else f"{kind_name} {depth} layer{plural}")
                 ax.plot(xs, [p.mean for p in pts], style, marker=marker, ms=3, color=c, lw=1.4,
-                        label=f"{label} ({params / 1e3:.0f}k)")
+                        label=f"{label} ({_k(params)})")
                 _band(ax, xs, pts, c)
             if native_snr_db is not None and math.isfinite(native_snr_db):
                 lo, hi = min(pos.values()), max(pos.values())
@@ -168,8 +168,12 @@ def _ticks(levels: Sequence[float], pos: dict[float, float]) -> list[float]:
 
 
 def _k(params: int) -> str:
-    """A parameter count as ``26k`` (or ``1.2M``)."""
-    return f"{params / 1e6:.1f}M" if params >= 1e6 else f"{params / 1e3:.0f}k"
+    """A parameter count as ``305``, ``1.5k``, ``26k`` or ``1.2M`` (never ``0k``)."""
+    if params >= 999_500:  # what rounds to 1000k is 1.0M
+        return f"{params / 1e6:.1f}M"
+    if params >= 9_950:  # what rounds to 10.0k is 10k
+        return f"{params / 1e3:.0f}k"
+    return f"{params / 1e3:.1f}k" if params >= 1e3 else f"{params}"
 
 
 def _nearest(levels: Sequence[float], target: float) -> float | None:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import os
 import sys
 import time
+import weakref
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, TextIO
 
@@ -29,6 +30,10 @@ EVERY_S = 10.0
 
 #: when the last progress line was printed (monotonic s): a heartbeat stays silent meanwhile
 _LAST_LINE = [0.0]
+
+#: the line-mode bars not yet closed, newest last (weak: an abandoned bar is forgotten): a
+#: heartbeat lets the newest one speak
+_OPEN: list[weakref.ref[LineProgress]] = []
 
 
 def _clock(seconds: float) -> str:
@@ -54,6 +59,7 @@ class LineProgress:
         self.t0 = self.last = clock()
         self.postfix = ""
         self.printed = self.closed = False
+        _OPEN.append(weakref.ref(self))
 
     # tqdm's calls ------------------------------------------------------------------
     def update(self, n: int = 1) -> None:
@@ -71,6 +77,7 @@ class LineProgress:
         if not self.closed and self.printed:
             self._line(final=True)
         self.closed = True
+        _OPEN[:] = [r for r in _OPEN if r() not in (None, self)]
 
     def __iter__(self) -> Iterator[Any]:
         for item in self.iterable or ():
@@ -241,7 +248,15 @@ class heartbeat:  # noqa: N801 - used as ``with heartbeat("sensitivity"):``
         while not self._stop.wait(wait):
             quiet_for = time.monotonic() - max(_LAST_LINE[0], self.t0)
             if quiet_for >= min(wait, self.every_s) - 0.05 and not _bars_open():
-                self._say(f"{_clock(time.monotonic() - self.t0)} elapsed", final=False)
+                bar = _open_bar() if self.stream is None else None
+                if bar is not None and bar.total:
+                    # a count is open (slow cells): its line, with count and time left,
+                    # instead of a second clock — "sweep: 5:01 elapsed" beside
+                    # "sweep 22/72 cells, 4:15 elapsed" read as time going backwards
+                    bar._line(final=False)
+                    self.printed = True
+                else:
+                    self._say(f"{_clock(time.monotonic() - self.t0)} elapsed", final=False)
                 wait = max(self.every_s, 0.5)
             else:  # other progress spoke lately (or a bar is on screen): wait for silence
                 wait = max(self.every_s - quiet_for, 0.5)
@@ -262,6 +277,15 @@ class heartbeat:  # noqa: N801 - used as ``with heartbeat("sensitivity"):``
             self._thread.join()
         if self.printed and exc[0] is None:
             self._say(f"done in {_clock(time.monotonic() - self.t0)}", final=True)
+
+
+def _open_bar() -> LineProgress | None:
+    """The newest line-mode bar not yet closed, if any."""
+    for ref in reversed(list(_OPEN)):
+        bar = ref()
+        if bar is not None and not bar.closed:
+            return bar
+    return None
 
 
 def _bars_open() -> bool:

@@ -202,7 +202,8 @@ def summary_json(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
 def paired_table(rows: Sequence[dict[str, Any]], snr_db: float) -> str:
     """Markdown table: DEQ vs its matched FFW at one inference SNR, per training SNR and depth.
 
-    Mean ± std over chips and seeds, and the difference DEQ − FFW (paper Fig. 1a-c).
+    Mean ± std over chips and seeds (the mean alone from a single chip and seed), and the
+    difference DEQ − FFW (paper Fig. 1a-c).
     """
     metric = rows[0]["metric"]
     agg = aggregate(r for r in rows if float(r["snr_db"]) == snr_db)
@@ -210,6 +211,10 @@ def paired_table(rows: Sequence[dict[str, Any]], snr_db: float) -> str:
     for (kind, depth, width, _params, tsnr), by_snr in agg.items():
         pairs[(tsnr, depth)][kind] = (width, by_snr[snr_db])
     fmt = (lambda v: f"{v:.3f}") if metric == "accuracy" else (lambda v: f"{v:.2e}")
+
+    def spread(a: Agg) -> str:  # one chip of one seed has no spread: no "± 0.000"
+        return f"{fmt(a.mean)} ± {fmt(a.std)}" if a.count > 1 else fmt(a.mean)
+
     out = [
         f"| training SNR | FFW depth | DEQ width | DEQ {metric} | FFW {metric} | DEQ − FFW |",
         "|---|---|---|---|---|---|",
@@ -219,8 +224,8 @@ def paired_table(rows: Sequence[dict[str, Any]], snr_db: float) -> str:
             continue
         (w, d), (_, f) = kinds["deq"], kinds["ffw"]
         out.append(
-            f"| {_fmt_db(tsnr)} dB | {depth} | {w} | {fmt(d.mean)} ± {fmt(d.std)} | "
-            f"{fmt(f.mean)} ± {fmt(f.std)} | {d.mean - f.mean:+.3g} |"
+            f"| {_fmt_db(tsnr)} dB | {depth} | {w} | {spread(d)} | {spread(f)} | "
+            f"{d.mean - f.mean:+.3g} |"
         )
     return "\n".join(out)
 

@@ -174,6 +174,12 @@ def test_sensitivity_and_spectrum_figures(family, tmp_path, kept):
         if ax.patches:
             face = ax.patches[0].get_facecolor()
             assert _is_blue(face) if ax.get_title().startswith("DEQ") else _is_orange(face)
+            # |λ| ≥ 0: no negative half; the ρ line (the vertical one) inside the view,
+            # not under the axis' edge
+            lo, hi = ax.get_xlim()
+            assert lo >= 0 if ax.get_title().startswith("FFW") else lo > -1e-12
+            rho = max(line.get_xdata()[0] for line in ax.lines)
+            assert rho < hi and (hi - rho) > 1e-3 * (hi - lo), (rho, hi)
 
 
 def test_solver_traces_figure(tmp_path, kept):
@@ -374,6 +380,35 @@ def test_every_log_axis_has_three_labelled_ticks(tmp_path, kept):
     assert len(_labelled_ticks(kept[-1].axes[0].yaxis)) >= 3
 
 
+def test_a_log_axis_within_a_decade_has_plain_number_labels(tmp_path, kept):
+    """0.57 … 0.67 (no power of ten in view): matplotlib labels minor ticks as 6.6×10⁻¹;
+    the writer turns them into 0.66, keeping the positions."""
+    with figures.styled() as p:
+        fig, ax = p.subplots(figsize=(3, 2.5))
+        ax.plot([0, 1], [0.57, 0.672])
+        ax.set_yscale("log")
+        figures.save_figure(fig, tmp_path / "narrow")
+    texts = _labelled_ticks(kept[-1].axes[0].yaxis)
+    assert len(texts) >= 3
+    assert all(t.replace(".", "").isdigit() for t in texts), texts  # no a×10ᵏ mathtext
+    assert {"0.58", "0.6", "0.62", "0.64", "0.66"} <= set(texts)
+    # 0.045 … 0.6: matplotlib writes '10⁻¹' beside '6×10⁻¹', '4×10⁻¹': all plain
+    with figures.styled() as p:
+        fig, ax = p.subplots(figsize=(3, 4))
+        ax.plot([0, 1], [0.05, 0.55])
+        ax.set_yscale("log")
+        figures.save_figure(fig, tmp_path / "mixed")
+    texts = _labelled_ticks(kept[-1].axes[0].yaxis)
+    assert "0.1" in texts and all(t.replace(".", "").isdigit() for t in texts), texts
+    # a span over decades keeps its powers of ten
+    with figures.styled() as p:
+        fig, ax = p.subplots(figsize=(3, 2.5))
+        ax.plot([0, 1], [0.0019, 0.78])
+        ax.set_yscale("log")
+        figures.save_figure(fig, tmp_path / "wide")
+    assert any("10^{-2}" in t for t in _labelled_ticks(kept[-1].axes[0].yaxis))
+
+
 def test_trained_text_is_one_phrase_for_titles_legends_and_messages():
     assert figures.trained_text(math.inf) == "trained without noise"
     assert figures.trained_text(10.0) == "trained at 10 dB"
@@ -527,3 +562,25 @@ def test_panel_legend_moves_under_the_panels_when_long():
             assert [t.get_text() for t in fig.legends[0].get_texts()] == [
                 f"line {i}" for i in range(n)]
         plt.close(fig)
+
+
+def test_parameter_counts_under_ten_thousand_are_not_rounded_to_0k_or_1k(tmp_path, kept):
+    """A small family (hidden=16: 305 and 849/869 parameters) named its members '(0k)' and
+    '(1k)' in the legend and on the depth axes."""
+    from noisydeq import plots
+    from tests.test_plots_look import _rows
+
+    rows = [{**r, "params": {1: 305, 3: 869}[r["depth"]] - (r["kind"] == "ffw") * 20}
+            for r in _rows(depths=(1, 3), chips=1, seeds=(0,))]
+    plots.plot_metric_vs_snr(rows, tmp_path)
+    labels = kept[-1].axes[0].get_legend_handles_labels()[1]
+    assert {"DEQ w=110 (305)", "FFW 1 layer (285)", "DEQ w=130 (869)",
+            "FFW 3 layers (849)"} == set(labels), labels
+    plots.plot_metric_vs_depth(rows, tmp_path, fixed_snr_db=[0.0])
+    fig = kept[-1]
+    fig.canvas.draw()
+    axes = [a for ax in fig.axes for a in (ax, *ax.child_axes)]  # + the DEQ-width top axis
+    text = " ".join(t.get_text() for ax in axes for t in ax.get_xticklabels())
+    assert "0k" not in text and "1k" not in text and "869" in text and "849" in text, text
+    assert [plots._k(n) for n in (0, 999, 1466, 9949, 9950, 26634, 999_499, 999_500)] == [
+        "0", "999", "1.5k", "9.9k", "10k", "27k", "999k", "1.0M"]

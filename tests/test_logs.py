@@ -112,3 +112,27 @@ def test_train_quiet_says_where_the_checkpoint_went(tmp_path):
     assert "noisydeq: " not in proc.stderr
     paths = [w for w in proc.stdout.split() if w.endswith(".safetensors")]
     assert paths and all((tmp_path / p).is_file() or Path(p).is_file() for p in paths)
+
+
+def test_heartbeat_lets_an_open_count_speak_instead_of_a_second_clock(capsys, monkeypatch):
+    """Slow cells under a heartbeat: the heartbeat's lines are the open bar's own (count,
+    its elapsed time, time left), not 'sweep: 5:01 elapsed' between 'sweep 22/72 cells,
+    4:15 elapsed' lines — two clocks that read as time going backwards."""
+    from noisydeq.progress import LineProgress
+
+    monkeypatch.setenv("NOISYDEQ_PROGRESS", "lines")
+    with heartbeat("sweep", first_s=0.05, every_s=0.05):
+        bar = LineProgress(total=4, desc="sweep", unit="cells", every_s=3600)
+        bar.update(1)
+        time.sleep(1.0)  # a slow cell: the bar itself would not speak for an hour
+        bar.update(3)
+        bar.close()
+        time.sleep(1.0)  # after the count: the heartbeat's own line again
+    lines = capsys.readouterr().err.splitlines()
+    assert lines and "\r" not in "".join(lines)
+    during = [ln for ln in lines if ln.startswith("noisydeq: sweep 1/4 cells (25%), ")]
+    assert during and all("elapsed, ~" in ln for ln in during), lines
+    closed = next(i for i, ln in enumerate(lines) if ln.startswith("noisydeq: sweep 4/4 cells in "))
+    assert not any(ln.startswith("noisydeq: sweep: ") for ln in lines[:closed]), lines
+    assert any(ln.startswith("noisydeq: sweep: ") for ln in lines[closed + 1:]), lines
+    assert lines[-1].startswith("noisydeq: sweep: done in "), lines

@@ -89,3 +89,15 @@ def test_a_logged_sweep_has_progress_lines_and_no_control_characters(tmp_path):
     assert "\r" not in text and "\x1b" not in text
     for what in ("noisydeq: family", "noisydeq: sweep", "batches"):
         assert what in text, text
+
+
+def test_every_progress_bar_goes_through_progress():
+    """A tqdm bar made elsewhere draws carriage returns into a log file (``noisydeq attack``
+    did): bars come from :func:`noisydeq.progress.progress` only."""
+    import re
+
+    root = Path(__file__).resolve().parents[1] / "noisydeq"
+    makers = [str(p.relative_to(root)) for p in sorted(root.rglob("*.py"))
+              if p.name != "progress.py"
+              and re.search(r"\btqdm\s*\(|trange\s*\(", p.read_text(encoding="utf-8"))]
+    assert makers == [], makers

@@ -227,3 +227,6 @@ def test_paired_table_differences():
             row("ffw", 5, 128, 1, 0.5)]
     text = paired_table(rows, 0.0)
     assert "| ∞ dB | 5 | 287 | 0.700 ± 0.100 | 0.500 ± 0.000 | +0.2 |" in text
+    # one chip of one seed: the mean alone, not a spread of "± 0.000" that was never measured
+    text = paired_table([r for r in rows if r["chip"] == 0], 0.0)
+    assert "| ∞ dB | 5 | 287 | 0.600 | 0.500 | +0.1 |" in text, text

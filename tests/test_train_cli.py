@@ -66,3 +66,18 @@ def _call(capsys, args):
     main(["train", *args])  # success returns normally (standalone_mode=False)
     out = capsys.readouterr()
     return out.out, out.err
+
+
+def test_the_table_columns_line_up_for_long_kind_names(capsys):
+    """'mondeq' and 'ffw_relu' rows ran past the 4-wide kind column: depth, width and params
+    stood under no heading."""
+    from noisydeq.commands.train import _report
+
+    rows = [{"kind": k, "depth": 1, "width": 128, "params": 26634, "metric": "accuracy",
+             "value": 0.9, "loaded": False, "seconds": 1.0, "path": "p"}
+            for k in ("mondeq", "ffw_relu", "deq")]
+    _report(rows, as_json=False)
+    lines = capsys.readouterr().out.splitlines()
+    ends = {ln.index("26634") + 5 for ln in lines[1:]} | {lines[0].index("params") + 6}
+    assert len(ends) == 1, lines
+    assert len({ln.index(" 128 ") for ln in lines[1:]}) == 1, lines

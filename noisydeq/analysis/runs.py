@@ -287,6 +287,7 @@ def plot_spectrum(reports: list, stem: Path, title: str = "") -> list[Path]:
     with styled() as plt:
         fig, axes = plt.subplots(len(depths), 2, figsize=(9, 1.6 * len(depths) + 1.4),
                                  squeeze=False, sharex="col")
+        tops: dict[str, float] = {}
         for i, d in enumerate(depths):
             for j, kind in enumerate(("deq", "ffw")):
                 ax = axes[i][j]
@@ -312,6 +313,13 @@ def plot_spectrum(reports: list, stem: Path, title: str = "") -> list[Path]:
                              fontsize=8)
                 if kind == "ffw":
                     ax.set_xscale("symlog", linthresh=SYMLOG_THRESHOLD)
+                tops[kind] = max(tops.get(kind, 0.0), float(mags.max()), float(r.rho))
+        # |λ| ≥ 0: no negative half on the symlog axis; room right of the largest |λ|, so the
+        # ρ line is not hidden under the axis' edge (one limit per column: it is shared)
+        for j, kind in enumerate(("deq", "ffw")):
+            if kind in tops:
+                axes[0][j].set_xlim(0.0 if kind == "ffw" else None,
+                                    tops[kind] * (1.6 if kind == "ffw" else 1.05))
         for ax in axes[-1]:
             ax.set_xlabel("|eigenvalue| (line: ρ)")
         fig.suptitle("\n".join(p for p in ("Eigenvalues (Fig. 2a) — " + title, which) if p))

@@ -162,7 +162,7 @@ def _plot_vs_snr(plt: Any, save_figure: Any, rows: Sequence[dict[str, Any]], fig
                       for s, v in zip(xs, vals, strict=True)]
         ticks = sorted(set(finite)) + [inf_at]
         ax.set_xticks(ticks, [f"{t:g}" for t in ticks[:-1]] + ["∞"])
-        ax.set_xlabel("SNR (dB)")
+        ax.set_xlabel(_snr_axis(pick))
         ax.set_ylabel("accuracy")
         ax.set_title("clean" if eps == 0 else f"{label}, ε = {eps:g}", fontsize=9)
         ax.set_ylim(-0.02, 1.02)
@@ -171,9 +171,19 @@ def _plot_vs_snr(plt: Any, save_figure: Any, rows: Sequence[dict[str, Any]], fig
                          key=lambda hn: len(hn[1]))
     fig.legend(handles, names, loc="lower center", ncol=4, fontsize=7,
                bbox_to_anchor=(0.5, -0.04 - 0.04 * math.ceil(len(names) / 4)))
-    fig.suptitle(f"{title}: accuracy vs SNR (white-box on the noisy model, transfer from "
-                 "the noise-free twin)", fontsize=10)
+    how = "white-box on the noisy model" + (
+        ", transfer from the noise-free twin" if any(r["mode"] == "transfer" for r in pick)
+        else "")
+    fig.suptitle(f"{title}: accuracy vs SNR ({how})", fontsize=10)
     from noisydeq.figures import layout
 
     layout(fig)
     return save_figure(fig, fig_dir / "robust_vs_snr", table)
+
+
+def _snr_axis(rows: Sequence[dict[str, Any]]) -> str:
+    """The SNR axis' label: which noise the levels set (``rram device SNR (dB)``, ``signal noise
+    SNR (dB)``)."""
+    r = rows[0]
+    what = f"{r['device']} device" if r["noise_site"] == "device" else f"{r['noise_site']} noise"
+    return f"{what} SNR (dB)"

@@ -440,6 +440,14 @@ def run_attacks(
                          remote if backend.ray else None)
 
 
+def _noise_text(spec: AttackRunSpec) -> str:
+    """Where the run's SNR levels apply, for the figures' titles: ``device rram``,
+    ``digital`` or ``signal noise``."""
+    if spec.noise_site == "device":
+        return "digital" if spec.device == "ideal" else f"device {spec.device}"
+    return f"{spec.noise_site} noise"
+
+
 def _run_open(spec: AttackRunSpec, members: Sequence[AttackMember], task: Any,
               rd: AttackRunDir, cells: Sequence[Cell], dev: torch.device, progress: bool,
               plots: bool, remote: RemoteCells | None) -> AttackResult:
@@ -451,10 +459,10 @@ def _run_open(spec: AttackRunSpec, members: Sequence[AttackMember], task: Any,
     runner = Runner(spec, task, rd, dev)
     found: dict[str, list[dict[str, Any]]] = {}
     computed = skipped = 0
-    from tqdm.auto import tqdm
+    from noisydeq.progress import progress as progress_bar
 
-    bar = tqdm(total=len(cells), desc="attack", unit="cell", disable=not progress,
-               dynamic_ncols=True)
+    # a bar on a terminal, plain lines in a log (no carriage returns), like the sweep's
+    bar = progress_bar(total=len(cells), desc="attack", unit="cells", disable=not progress)
     try:
         todo: list[Cell] = []
         for cell in cells:
@@ -490,6 +498,7 @@ def _run_open(spec: AttackRunSpec, members: Sequence[AttackMember], task: Any,
     if plots:
         from noisydeq.attacks.plots import plot_run
 
-        figures = plot_run(rows, rd.figures, title=f"{task.name}: {Path(spec.family).name}")
+        figures = plot_run(rows, rd.figures, title=f"{task.name}: {Path(spec.family).name} · "
+                           + _noise_text(spec))
     rd.seal(figures, extra=[rd.whitebox_path])
     return AttackResult(rows, rd, wb, figures, computed, skipped)

@@ -174,7 +174,8 @@ def _models(source: Path, opts: dict[str, Any], echo) -> tuple[list[dict], list[
         rows = certify_members(members, plans, x, y, spec, echo, opts["backend"])
     files = write_outputs(out, lambda: [
         *write_table(rows, out),
-        *plot_accuracy(rows, out / "figures" / "certified_vs_eps", f"certify {source.name}"),
+        *plot_accuracy(rows, out / "figures" / "certified_vs_eps",
+                       f"{task.name}: certify {source.name}"),
     ])
     return rows, files
 

@@ -45,7 +45,10 @@ def resolve_experiment(
     if torch_device is not None:
         base["torch_device"] = torch_device
     base.update(parse_sets(sets))
-    return exp, build(SweepSpec, base, where=f"{path} [{variant}]")
+    # the file's own variant was validated by resolve(): what fails here is the user's --set
+    # (or --data-dir/--torch-device), so name that, and a bundled experiment by its name
+    where = f"{given if path != given and not given.endswith('.toml') else path} [{variant}]"
+    return exp, build(SweepSpec, base, where=where + (" --set" if sets else ""))
 
 
 def _refuse_other_kind(path: str, given: str) -> None:

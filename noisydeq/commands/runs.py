@@ -111,7 +111,20 @@ def command(dirs: tuple[str, ...], as_json: bool) -> None:
         return
     cols = ["run", "status", "cells", "task", "device", "noise_site", "depths", "snr_db",
             "chips", "seeds", "train_snr_db", "modified"]
-    width = {c: max(len(c), *(len(str(i.get(c, ""))) for i in infos)) for c in cols}
-    click.echo("  ".join(c.ljust(width[c]) for c in cols).rstrip())
+    # the table holds the status word; why a run is damaged (a path and a digest message)
+    # or how to resume it follows the table, so one long reason does not push every column
+    notes = []
+    rows = []
     for i in infos:
+        word, _, why = str(i.get("status", "")).partition(" (")
+        rows.append({**i, "status": word})
+        if why:
+            notes.append(f"{i['run']}: {word}: {why[:-1] if why.endswith(')') else why}")
+    width = {c: max(len(c), *(len(str(i.get(c, ""))) for i in rows)) for c in cols}
+    click.echo("  ".join(c.ljust(width[c]) for c in cols).rstrip())
+    for i in rows:
         click.echo("  ".join(str(i.get(c, "")).ljust(width[c]) for c in cols).rstrip())
+    if notes:
+        click.echo("")
+        for note in notes:
+            click.echo(note)

@@ -429,9 +429,10 @@ def _report(rows: list[dict[str, Any]], as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(rows, indent=2, allow_nan=True))
         return
-    click.echo(f"{'kind':<4} {'depth':>5} {'width':>5} {'params':>8}  {'metric':<8} "
+    k = max([4, *(len(r["kind"]) for r in rows)])  # mondeq, ffw_relu, lyadeq: wider
+    click.echo(f"{'kind':<{k}} {'depth':>5} {'width':>5} {'params':>8}  {'metric':<8} "
                f"{'value':>9} {'time':>7}  path")
     for r in rows:
         how = "cached" if r["loaded"] else f"{r['seconds']:.1f}s"
-        click.echo(f"{r['kind']:<4} {r['depth']:>5} {r['width']:>5} {r['params']:>8}  "
+        click.echo(f"{r['kind']:<{k}} {r['depth']:>5} {r['width']:>5} {r['params']:>8}  "
                    f"{r['metric']:<8} {_fmt(r['value'], r['metric']):>9} {how:>7}  {r['path']}")

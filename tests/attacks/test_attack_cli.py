@@ -185,3 +185,30 @@ def test_gradient_attack_on_a_model_without_input_gradient_is_refused_before_wri
                                "val_samples": 0, "sigma": "0,0.5"})
     res = run_attacks(ok, [member], task, tmp_path / "noise", progress=False, plots=False)
     assert len(res.rows) == 2
+
+
+@pytest.mark.slow
+def test_progress_in_a_log_is_lines_and_titles_name_the_device(sweep_run, tmp_path, capsys,
+                                                               monkeypatch):
+    """stderr not a terminal (as under nohup or CI): plain progress lines, no tqdm bar's
+    carriage returns; the figures say on which device the SNR levels were set."""
+    import matplotlib.pyplot as plt
+
+    kept = []
+    monkeypatch.setattr(plt, "close", lambda fig=None: kept.append(fig))
+    monkeypatch.setenv("NOISYDEQ_PROGRESS_EVERY", "0")
+    monkeypatch.delenv("NOISYDEQ_PROGRESS", raising=False)
+    code, _, err = run(["attack", "--family", str(sweep_run), "--attacks", "pgd-eps",
+                        "--eps", "0,0.3", "--pgd-steps", "2", "--samples", "8",
+                        "--val-samples", "0", "--device", "snr", "--snr", "10,inf",
+                        "--out", str(tmp_path / "log")], capsys)
+    monkeypatch.undo()
+    assert code == 0, err
+    assert "\r" not in err and "\x1b" not in err, err
+    assert "noisydeq: attack " in err and " cells in " in err, err
+    titles = [f._suptitle.get_text() for f in kept if f._suptitle is not None]
+    assert titles and all("device snr" in t for t in titles), titles
+    vs_snr = next(f for f in kept if "accuracy vs SNR" in f._suptitle.get_text())
+    assert vs_snr.axes[0].get_xlabel() == "snr device SNR (dB)"
+    assert "transfer" not in vs_snr._suptitle.get_text()  # no --transfer: no transfer lines
+    plt.close("all")

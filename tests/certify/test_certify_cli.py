@@ -81,12 +81,20 @@ def test_missing_source_is_one_line(capsys, tmp_path):
 
 
 @pytest.mark.slow
-def test_certify_family_digital_and_measured_chip(capsys, tmp_path, family):
+def test_certify_family_digital_and_measured_chip(capsys, tmp_path, family, monkeypatch):
+    import matplotlib.pyplot as plt
+
+    kept = []
+    monkeypatch.setattr(plt, "close", lambda fig=None: kept.append(fig))
     out = tmp_path / "cert"
     code, stdout, err = run_certify(capsys, str(family / "good"), "--eps", "0,0.02,0.05",
                              "--n-test", "120", "--device", "rram", "--chip", "2",
                              "--pgd-steps", "10", "--out", str(out), "--json")
+    monkeypatch.undo()
     assert code == 0, err
+    # the figure names the task, not only the source directory
+    assert kept[-1]._suptitle.get_text().startswith("digits: certify good"), kept[-1]._suptitle
+    plt.close("all")
     rows = json.loads(stdout)
     assert {(r["kind"], r["envelope"]) for r in rows} == {
         ("mondeq", "none"), ("ffw_relu", "none"), ("mondeq", "rram-wan2022:chip2"),

@@ -179,7 +179,12 @@ def run_cases() -> list[Case]:
         Case("run missing file", ["run", "{d}/nope.toml"], "not found"),
         Case("run a directory", ["run", "{d}"], "not a file"),
         Case("run bad --set", ["run", "{d}/exp.toml", "--set", "chips=0", "--out", "{d}/out"],
-             "chips", {"exp.toml": EXPERIMENT}),
+             "[quick] --set: chips", {"exp.toml": EXPERIMENT}),
+        # the error names the user's --set and the bundled experiment by name, not the
+        # package's own file as if it were broken
+        Case("run bundled --set typo", ["run", "regression-identity", "--set", "hiddn=3",
+                                        "--out", "{d}/out"],
+             "regression-identity [quick] --set: unknown key 'hiddn'; did you mean 'hidden'"),
         Case("run --jobs bad", ["run", "{d}/exp.toml", "--jobs", "none"], "jobs",
              {"exp.toml": EXPERIMENT}),
     ]
