@@ -360,6 +360,9 @@ class RunDir:
                 history.append(history_entry(added))
             for d in (self.path, self.cells, self.figures):
                 store.clean_stale_temps(d, locked=True)
+            # a resumed run is no longer the sealed one (meta.json changes below): unsealed
+            # until it seals again, so a resume that stops reads as partial, not damaged
+            store.remove_manifest(self.path)
             if existing is None:
                 store.atomic_write_text(self.config_path, store.sign_text(dumps_toml(spec)))
             if isinstance(spec, SweepSpec) and (existing is None

@@ -61,3 +61,22 @@ def test_bad_directory_is_one_line(tmp_path):
     assert proc.returncode != 0 and "Traceback" not in proc.stderr
     assert proc.stderr.strip().endswith("is not a directory")
     assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_a_resume_that_stops_leaves_a_partial_run_not_a_damaged_one(root, tmp_path):
+    """Resuming a finished run rewrites meta.json; a resume that then stops (here on a
+    damaged cell) left the old SHA256SUMS over the new meta.json, and `runs` called the run
+    damaged although the same command resumes it. Opening a run for more work unseals it."""
+    from noisydeq.errors import NoisyDEQError
+
+    run = tmp_path / "resumed"
+    shutil.copytree(root / "done", run)
+    cell = sorted((run / "cells").glob("*.json"))[0]
+    cell.write_text(cell.read_text()[:-20])
+    task = toy_task(n=32)
+    with pytest.raises(NoisyDEQError):
+        run_sweep(toy_spec(snr_db="0,inf", chips=1), run, task=task, models=toy_models(task),
+                  progress=False, jobs=1)
+    res = CliRunner().invoke(main, ["runs", str(run), "--json"])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.output)[0]["status"].startswith("partial"), res.output

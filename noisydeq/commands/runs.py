@@ -65,7 +65,7 @@ def describe(run: Path) -> dict[str, Any]:
         info[key] = _compact(spec.get(key, ""))
     if _held(run):
         status = "running"
-    elif (run / "results.csv").is_file():
+    elif (run / "results.csv").is_file() and (run / store.MANIFEST).is_file():
         try:
             store.verify_manifest(run)
             status = "finished"
