@@ -16,6 +16,8 @@ from tests.cli_helpers import run_cli as run
     (["--adversarial", "pgd", "--adv-eps", "-0.1"], "[0, 1]"),
     (["--adversarial", "trades", "--trades-beta", "-1"], "TRADES weight"),
     (["--adversarial", "pgd", "--adv-steps", "0"], "steps"),
+    (["--adversarial", "pgd", "--adv-warmup", "-1"], "warmup_epochs"),
+    (["--adversarial", "pgd", "--adv-warmup", "inf"], "finite number"),
     (["--adv-eps", "0.1"], "give --adversarial pgd|trades"),
     (["--adversarial", "none", "--adv-eps", "0.1"], "need an adversarial method"),
     (["--kind", "ffw", "--random-threshold"], "a defence for DEQs"),
