@@ -101,6 +101,9 @@ def _fmt(metric: float, name: str) -> str:
 @click.option("--adv-step", type=float, default=None, help="PGD step size (paper: 0.1).")
 @click.option("--adv-steps", type=int, default=None, help="PGD steps (paper: 10).")
 @click.option("--trades-beta", type=float, default=None, help="TRADES weight β (paper: 6).")
+@click.option("--adv-warmup", type=float, default=None, metavar="EPOCHS",
+              help="Ramp ε (and the step) linearly from 0 over this many epochs, per batch "
+                   "(0 = full ε from the start, as the paper; adversarial-quick: 3).")
 @click.option("--adv-val", type=float, default=None,
               help="Share of the training split held out to select the epoch by PGD "
                    "accuracy (default 0.1; 0 = keep the last epoch).")
@@ -332,7 +335,8 @@ def defence_overrides(opts: dict[str, Any], noise: NoiseSpec) -> dict[str, Any]:
     method = opts["adversarial"]
     given = {k: opts[o] for k, o in (("eps", "adv_eps"), ("step", "adv_step"),
                                      ("steps", "adv_steps"), ("beta", "trades_beta"),
-                                     ("val_fraction", "adv_val")) if opts[o] is not None}
+                                     ("val_fraction", "adv_val"),
+                                     ("warmup_epochs", "adv_warmup")) if opts[o] is not None}
     if method is not None and str(method).strip().lower() == "none":
         if given:
             raise NoisyDEQError("--adversarial none: the --adv-*/--trades-beta options need "
@@ -341,7 +345,8 @@ def defence_overrides(opts: dict[str, Any], noise: NoiseSpec) -> dict[str, Any]:
     elif method is not None or given:
         adv = base.adversarial.model_dump() if base.adversarial is not None else {}
         if method is None and not adv:
-            raise NoisyDEQError("--adv-eps/--adv-step/--adv-steps/--trades-beta/--adv-val: "
+            raise NoisyDEQError("--adv-eps/--adv-step/--adv-steps/--trades-beta/--adv-val/"
+                                "--adv-warmup: "
                                 "give --adversarial pgd|trades (or an adversarial preset)")
         adv.update(given)
         if method is not None:

@@ -35,8 +35,10 @@ class AdversarialSpec(StrictModel):
     there by PGD-``val_steps`` (ε, ``step``, its own gradient) and the epoch of highest
     robust accuracy is the one saved (0 = no hold-out, the last epoch is saved).
     ``warmup_epochs``: ε (and the step with it) grows linearly from 0 over this many epochs,
-    per batch (0 = the full ε from the start, as the paper; a short schedule learns nothing
-    at ε = 0.3 from a random start, see docs/robustness.md).
+    per batch: batch i of n in 0-based epoch e is attacked at ε·min(1, (e + (i + 1)/n) /
+    ``warmup_epochs``) (0 = the full ε from the start, as the paper; a short schedule
+    learns nothing at ε = 0.3 from a random start, see docs/robustness.md). The validation
+    attack of the epoch selection always uses the full ε.
     """
 
     method: str = "pgd"

@@ -16,6 +16,8 @@ from tests.cli_helpers import run_cli as run
     (["--adversarial", "pgd", "--adv-eps", "-0.1"], "[0, 1]"),
     (["--adversarial", "trades", "--trades-beta", "-1"], "TRADES weight"),
     (["--adversarial", "pgd", "--adv-steps", "0"], "steps"),
+    (["--adversarial", "pgd", "--adv-warmup", "-1"], "warmup_epochs"),
+    (["--adversarial", "pgd", "--adv-warmup", "inf"], "finite number"),
     (["--adv-eps", "0.1"], "give --adversarial pgd|trades"),
     (["--adversarial", "none", "--adv-eps", "0.1"], "need an adversarial method"),
     (["--kind", "ffw", "--random-threshold"], "a defence for DEQs"),
@@ -136,3 +138,37 @@ def test_documented_small_conv_variant_resolves():
     deq = cell.spec.train_spec("deq")
     assert (deq.solver.name, deq.solver.max_iter) == ("broyden", 8)
     assert (deq.gradient.name, deq.gradient.phantom_steps) == ("phantom", 9)
+
+
+def test_documented_conv_budget_variant_resolves():
+    """The conv run at a budget where both cells learn (docs/robustness.md): the 8-channel
+    conv DEQ/FFW, 4 epochs on the first 5,000 training images at learning rate 5e-3, a
+    5-step inner PGD (step 2.5ε/5 = 0.15) after a 1.5-epoch ε warm-up, evaluated by PGD-10
+    and PGD-50 at the paper's step 0.1."""
+    import pathlib
+
+    from noisydeq.analysis.adversarial_experiment import load_experiment
+    from noisydeq.commands.adversarial import nested_sets
+
+    exp = load_experiment(pathlib.Path(__file__).parents[2] / EXP)
+    sets = ('family.cell="conv"', "family.hidden=8", "train.epochs=4",
+            "train.max_train_samples=5000", "train.lr=0.005",
+            "train.optimizer={amsgrad=true, milestones=[3], gamma=0.1}",
+            "train.adversarial.warmup_epochs=1.5", "train.adversarial.steps=5",
+            "train.adversarial.step=0.15", 'grid.kinds=["deq"]', "grid.seeds=[0]",
+            'grid.methods=["pgd"]', 'grid.defences=["none"]',
+            'evaluations.curves.attacks=["pgd-eps","pgd-steps"]',
+            "evaluations.curves.steps=[10,50]", "evaluations.curves.samples=100",
+            "evaluations.autoattack.samples=50")
+    res = exp.resolve("quick", **nested_sets(sets, list(exp.evaluations)))
+    (cell,) = res.cells
+    assert cell.spec.cell.name == "conv" and cell.spec.hidden == 8 and cell.spec.kinds == ["deq"]
+    t = cell.spec.train_spec("deq")
+    assert (t.epochs, t.batch_size, t.lr, t.max_train_samples) == (4, 64, 0.005, 5000)
+    assert t.optimizer.amsgrad and t.optimizer.milestones == [3]
+    adv = t.adversarial
+    assert (adv.method, adv.eps, adv.step, adv.steps, adv.warmup_epochs, adv.val_steps) == (
+        "pgd", 0.3, 0.15, 5, 1.5, 10)
+    assert (t.solver.name, t.solver.max_iter, t.gradient.phantom_steps) == ("broyden", 8, 9)
+    curves = res.evaluations["curves"]
+    assert (curves["steps"], curves["alpha"], curves["samples"]) == ([10, 50], 0.1, 100)

@@ -160,3 +160,42 @@ def test_random_state_loss_is_exact_bptt_through_i_steps():
             w[idx] += h
             fd[idx] = (up - down) / (2 * h)
             assert abs(float(fd[idx] - grad[idx])) < 1e-7 * max(1.0, abs(float(grad[idx])))
+
+
+def test_eps_warmup_ramps_per_batch_and_enters_the_cache_key(digits, monkeypatch):
+    """``warmup_epochs`` = 2 over 3 epochs of 5 batches: batch i (0-based) of epoch e is
+    attacked at ε·min(1, (e + (i + 1)/5)/2) and with the step scaled alike; the validation
+    attack of the epoch selection keeps the full ε; the warm-up is part of the run's
+    config hash."""
+    import noisydeq.adversarial.objective as objective
+    import noisydeq.adversarial.selection as selection
+    from noisydeq.store import config_hash
+    from noisydeq.train_config import run_config
+
+    seen: dict[str, list[tuple[float, float]]] = {"train": [], "val": []}
+
+    def spy(where, real):
+        def wrapped(model, x, y, *, eps, alpha, **kw):
+            seen[where].append((eps, alpha))
+            out = real(model, x, y, eps=eps, alpha=alpha, **kw)
+            assert float((out - x).abs().max()) <= eps + 1e-6
+            return out
+        return wrapped
+
+    monkeypatch.setattr(objective, "pgd", spy("train", objective.pgd))
+    monkeypatch.setattr(selection, "pgd", spy("val", selection.pgd))
+    adv = AdversarialSpec(eps=0.2, step=0.08, steps=2, val_fraction=0.1, warmup_epochs=2.0)
+    spec = TrainSpec.preset("quick", "ffw").model_copy(update={
+        "epochs": 3, "batch_size": 32, "max_train_samples": 160, "adversarial": adv})
+    train_model(_model("ffw"), digits, spec, quiet=True)
+    # 160 samples, 16 held out: 144 trained on in ceil(144/32) = 5 batches per epoch
+    want = [0.2 * min(1.0, (e + (i + 1) / 5) / 2) for e in range(3) for i in range(5)]
+    assert [e for e, _ in seen["train"]] == pytest.approx(want, abs=1e-12)
+    assert [a for _, a in seen["train"]] == pytest.approx([0.4 * w for w in want], abs=1e-12)
+    assert seen["val"] == [(0.2, 0.08)] * 3  # one validation batch per epoch, full ε
+
+    model = _model("ffw")
+    dev = torch.device("cpu")
+    keys = {w: config_hash(run_config(model, digits, spec.model_copy(update={
+        "adversarial": adv.model_copy(update={"warmup_epochs": w})}), dev)) for w in (0, 2, 3)}
+    assert len(set(keys.values())) == 3
