@@ -91,7 +91,8 @@ def _markdown(rows: list[Row], info: dict[str, Any], seconds: float, quick: bool
         f"(`make bench`), {info['date']}, {seconds:.0f} s in all.",
         "",
         f"- machine: {info['cores']} cores, {info['cpu']}; torch {info['torch']} with "
-        f"{info['torch_threads']} intra-op threads (the default), Python {info['python']}",
+        f"{info['torch_threads']} intra-op threads per process (noisydeq's thread rule, "
+        f"$NOISYDEQ_THREADS), Python {info['python']}",
         f"- peers: torchdeq {info.get('torchdeq')}, aihwkit {info.get('aihwkit')}",
         f"- load average at start / end: {info['load_avg_start']} / {info['load_avg_end']} "
         "(the machine is shared; only the ratios are comparable between runs)",
@@ -177,6 +178,11 @@ def main(argv: list[str] | None = None) -> int:
         args.json = str(out_dir / "results.json")
     if args.markdown is None:
         args.markdown = str(out_dir / "RESULTS.md")
+    # the package's thread rule (one torch thread per process unless $NOISYDEQ_THREADS says
+    # otherwise): the rows measure what the commands run, whatever torch's default is
+    from noisydeq.runtime import thread_plan
+
+    torch.set_num_threads(thread_plan(None)[1])
     info = machine_info()
     info["date"] = dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
     print(f"noisydeq benchmarks — {info['cpu']}, {info['cores']} cores, "
