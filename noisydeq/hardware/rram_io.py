@@ -87,11 +87,6 @@ class RowStats:
         return self._l1
 
 
-def row_stats(w: Tensor) -> tuple[float, float]:
-    """(max_i ‖W_i‖₁, RMS of W): the bound-test margin and the output-range estimate."""
-    return float(w.abs().sum(dim=1).max()), rms(w)
-
-
 def rms(w: Tensor) -> float:
     """RMS of W (the output-range estimate of :func:`start_level`)."""
     return float(w.square().mean().sqrt())
@@ -259,6 +254,22 @@ def _starts_above_one(spec: RRAMSpec, w: Tensor, sigma: float, k_max: float, dy:
     return 1.0 * (z * w_rms / dy) ** 2 + (z * sigma) ** 2 > 1
 
 
+def _read_steps(spec: RRAMSpec, out_std: float) -> tuple[float, float, float, float]:
+    """(dq, dy, σ in ADC steps, k_max) of a read at ``out_std``, formed as :class:`Tile`
+    forms them."""
+    dq = (1.0 / n_states(spec.dac_bits)) * (2.0 * spec.inp_bound)
+    dy = (1.0 / n_states(spec.adc_bits)) * (2.0 * spec.out_bound)
+    return dq, dy, float(out_std) / dy, spec.out_bound / dy
+
+
+def _unit_codes(spec: RRAMSpec, w_t: Tensor, noise: Tensor, dq: float, dy: float,
+                sigma: float) -> Tensor:
+    """ADC codes of the unit vectors read through W (``w_t``: Wᵀ, or a stack of them):
+    round((dq/dy)·c·Wᵀ + σξ) with c the unit input's DAC code."""
+    code = (w_t * const(_unit_code(spec, dq), w_t)).mul_(const(dq / dy, w_t))
+    return torch.add(code, noise, alpha=sigma).round_()
+
+
 def identity_magnitudes(spec: RRAMSpec, ws: list[Tensor], out_std: float, noise: Tensor,
                         w_rms: list[float | None], w_peak: list[float | None],
                         stacked: Tensor | None = None) -> list[Tensor | None]:
@@ -271,9 +282,7 @@ def identity_magnitudes(spec: RRAMSpec, ws: list[Tensor], out_std: float, noise:
     transpose's), so every value and each slice's mean are the single read's (tested
     bit for bit); ``w_peak``: max|W| where known (:func:`_starts_above_one`); ``stacked``:
     ``ws`` already as one (k, n_out, n_in) tensor, if the caller has it (no copy)."""
-    dq = (1.0 / n_states(spec.dac_bits)) * (2.0 * spec.inp_bound)  # as Tile forms them
-    dy = (1.0 / n_states(spec.adc_bits)) * (2.0 * spec.out_bound)
-    sigma, k_max = float(out_std) / dy, spec.out_bound / dy
+    dq, dy, sigma, k_max = _read_steps(spec, out_std)
     out: list[Tensor | None] = [None] * len(ws)
     take = [i for i, w in enumerate(ws)
             if not _starts_above_one(spec, w, sigma, k_max, dy, w_rms[i], w_peak[i])]
@@ -284,10 +293,7 @@ def identity_magnitudes(spec: RRAMSpec, ws: list[Tensor], out_std: float, noise:
         return out
     whole = stacked is not None and len(take) == len(ws)
     stack = stacked if whole else torch.stack([ws[i] for i in take])
-    code = (stack.transpose(1, 2) * const(_unit_code(spec, dq), stack)).mul_(
-        const(dq / dy, stack))
-    code = torch.add(code, noise, alpha=sigma).round_()
-    size = code.abs()
+    size = _unit_codes(spec, stack.transpose(1, 2), noise, dq, dy, sigma).abs()
     clips = (size.amax(dim=(1, 2)) > const(k_max, size)).tolist()
     size = size.mul_(const(dy, size))
     for j, i in enumerate(take):
@@ -320,13 +326,10 @@ def identity_read(spec: RRAMSpec, w: Tensor, out_std: float, noise: Tensor,
     read-out averages; |code|·dy = |code·dy| exactly, one pass fewer). ``w_peak``: max|W|
     if known (it may spare the RMS: :func:`_starts_above_one`).
     """
-    dq = (1.0 / n_states(spec.dac_bits)) * (2.0 * spec.inp_bound)  # as Tile forms them
-    dy = (1.0 / n_states(spec.adc_bits)) * (2.0 * spec.out_bound)
-    sigma, k_max = float(out_std) / dy, spec.out_bound / dy
+    dq, dy, sigma, k_max = _read_steps(spec, out_std)
     if _starts_above_one(spec, w, sigma, k_max, dy, w_rms, w_peak):
         return None  # a larger starting reduction: the general path decides
-    code = (w.T * const(_unit_code(spec, dq), w)).mul_(const(dq / dy, w))
-    code = torch.add(code, noise, alpha=sigma).round_()
+    code = _unit_codes(spec, w.T, noise, dq, dy, sigma)
     size = code.abs()
     if bool(size.amax() > const(k_max, size)):  # some output clips
         return None
@@ -341,13 +344,13 @@ def io_forward(
     noise: Tensor,
     *,
     gain: float = 1.0,
-    stats: RowStats | tuple[float, float] | None = None,
+    stats: RowStats | None = None,
 ) -> Tensor:
     """IO-managed noisy read ``gain·(W x)`` of the rows of ``x`` (module docstring).
 
     ``w`` is normalised (max|W| ≈ 1), ``noise`` the standard-normal read-noise draw
-    (rows, n_out), ``stats`` the :func:`row_stats` or :class:`RowStats` of ``w`` (computed
-    if not given; a :class:`RowStats` computes its L1 norms only if a pass needs them).
+    (rows, n_out), ``stats`` the :class:`RowStats` of ``w`` (made here if not given; its L1
+    norms are computed only if a pass needs them).
     """
     tile = Tile(spec, x, w, out_std, noise, gain)
     r_max = bm_limit(spec)
@@ -355,10 +358,6 @@ def io_forward(
         return tile.run(None, 1.0)[0]
     if stats is None:
         stats = RowStats(w)
-    elif not isinstance(stats, RowStats):
-        l1, w_rms = stats
-        stats = RowStats(w, w_rms)
-        stats._l1 = l1
     r = start_level(tile, x, w.shape[0], stats.rms, r_max)
     out, peak, where = tile.run(None, float(r), locate=r > 1)
     if r == 1 and tile.none_clipped:  # every vector final at the first pass
