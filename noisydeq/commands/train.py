@@ -296,9 +296,9 @@ def adc_gain_option(device: str | None, value: str) -> str:
     photonic one with ``adc_gain = "calibrated"``); one line otherwise."""
     if device is None:
         raise NoisyDEQError("--device-adc-gain: needs a training --device")
-    from noisydeq.hardware import load_spec
+    from noisydeq.families import measures_adc_gain
 
-    if getattr(load_spec(device), "adc_gain", None) != "calibrated":
+    if not measures_adc_gain(device):
         raise NoisyDEQError(f"--device-adc-gain: only for a photonic device with adc_gain = "
                             f"'calibrated' (device '{device}' measures no ADC gain)")
     return value

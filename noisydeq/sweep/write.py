@@ -81,10 +81,11 @@ def worker_runner(spec: SweepSpec, out_dir: str,
                         resolve_torch_device(spec.torch_device), content=facts.content)
     found = tuple(runner.model_hash(sm) for sm in models)
     if found != facts.model_hashes:
-        first = next((sm.model_id for sm, a, b in zip(models, found, facts.model_hashes,
-                                                      strict=False) if a != b), "count")
-        raise NoisyDEQError(f"the model cache holds other weights for {first} than the sweep "
-                            "loaded (the cache changed during the sweep; run it again)")
+        which = next((f"weights for {sm.model_id}" for sm, a, b in zip(
+            models, found, facts.model_hashes, strict=False) if a != b),
+            f"{len(found)} models for the {len(facts.model_hashes)}")
+        raise NoisyDEQError(f"the model cache holds other {which} than the sweep loaded "
+                            "(the cache changed during the sweep; run it again)")
     return runner, models
 
 
