@@ -372,41 +372,31 @@ def test_every_log_axis_has_three_labelled_ticks(tmp_path, kept):
                 assert len(_labelled_ticks(axis)) >= 3, _labelled_ticks(axis)
     # the same for a hand-made figure through the writer (0.011 … 0.183: two decades'
     # worth of labels, 10^-2 and 10^-1, only)
+    assert len(_log_axis_labels(tmp_path / "two", kept, (0.011, 0.183))) >= 3
+
+
+def _log_axis_labels(stem, kept, span: tuple[float, float], height: float = 2.5) -> list[str]:
+    """The labelled ticks of a log y axis over ``span``, drawn through the figure writer."""
     with figures.styled() as p:
-        fig, ax = p.subplots(figsize=(3, 2.5))
-        ax.plot([0, 1], [0.011, 0.183])
+        fig, ax = p.subplots(figsize=(3, height))
+        ax.plot([0, 1], list(span))
         ax.set_yscale("log")
-        figures.save_figure(fig, tmp_path / "two")
-    assert len(_labelled_ticks(kept[-1].axes[0].yaxis)) >= 3
+        figures.save_figure(fig, stem)
+    return _labelled_ticks(kept[-1].axes[0].yaxis)
 
 
 def test_a_log_axis_within_a_decade_has_plain_number_labels(tmp_path, kept):
     """0.57 … 0.67 (no power of ten in view): matplotlib labels minor ticks as 6.6×10⁻¹;
     the writer turns them into 0.66, keeping the positions."""
-    with figures.styled() as p:
-        fig, ax = p.subplots(figsize=(3, 2.5))
-        ax.plot([0, 1], [0.57, 0.672])
-        ax.set_yscale("log")
-        figures.save_figure(fig, tmp_path / "narrow")
-    texts = _labelled_ticks(kept[-1].axes[0].yaxis)
+    texts = _log_axis_labels(tmp_path / "narrow", kept, (0.57, 0.672))
     assert len(texts) >= 3
     assert all(t.replace(".", "").isdigit() for t in texts), texts  # no a×10ᵏ mathtext
     assert {"0.58", "0.6", "0.62", "0.64", "0.66"} <= set(texts)
     # 0.045 … 0.6: matplotlib writes '10⁻¹' beside '6×10⁻¹', '4×10⁻¹': all plain
-    with figures.styled() as p:
-        fig, ax = p.subplots(figsize=(3, 4))
-        ax.plot([0, 1], [0.05, 0.55])
-        ax.set_yscale("log")
-        figures.save_figure(fig, tmp_path / "mixed")
-    texts = _labelled_ticks(kept[-1].axes[0].yaxis)
+    texts = _log_axis_labels(tmp_path / "mixed", kept, (0.05, 0.55), height=4)
     assert "0.1" in texts and all(t.replace(".", "").isdigit() for t in texts), texts
     # a span over decades keeps its powers of ten
-    with figures.styled() as p:
-        fig, ax = p.subplots(figsize=(3, 2.5))
-        ax.plot([0, 1], [0.0019, 0.78])
-        ax.set_yscale("log")
-        figures.save_figure(fig, tmp_path / "wide")
-    assert any("10^{-2}" in t for t in _labelled_ticks(kept[-1].axes[0].yaxis))
+    assert any("10^{-2}" in t for t in _log_axis_labels(tmp_path / "wide", kept, (0.0019, 0.78)))
 
 
 def test_trained_text_is_one_phrase_for_titles_legends_and_messages():
