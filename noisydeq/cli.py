@@ -41,7 +41,7 @@ COMMANDS: list[tuple[str, str, str]] = [
     ("table", "table",
      "DEQ vs matched-FFW tables (Markdown) of finished sweeps at one inference SNR."),
     ("plot", "plot",
-     "Redraw a finished sweep's figures from its results.csv (nothing is recomputed)."),
+     "Redraw a finished run's figures from its results.csv (nothing is recomputed)."),
     ("sensitivity", "sensitivity",
      "E_ξ|dz*/dξ_i| of each DEQ and FFW in a family, the DEQ/FFW ratio and Eq. 12 bounds."),
     ("spectrum", "spectrum",

@@ -283,3 +283,60 @@ def test_broken_experiment_file_is_one_line_without_class_names(tmp_path, capsys
     errors = [ln for ln in err.splitlines() if ln.startswith("noisydeq: error:")]
     assert code == 2 and len(errors) == 1, err
     assert errors[0] == f"noisydeq: error: {bad}: [full]: seeds: Input should be a valid list"
+
+
+def test_plot_redraws_a_study_and_merges_runs_of_one_seed_each(tmp_path):
+    """``noisydeq plot`` draws a study's figures from its table: alone into its own figures/
+    (then listed in SHA256SUMS), or several runs of one task (one seed each) as one figure
+    whose points are the mean, min and max over the runs' per-seed rows — recomputed here
+    from their results.csv. A row two runs hold, a run given twice, another task, a
+    non-study among studies and several runs without --out are each one line."""
+    import statistics
+
+    from noisydeq import store
+
+    grid = {"shifts": [4, 8], "budgets": ["train"], "train_snr_db": ["inf"],
+            "test_snr_db": ["inf"]}
+    a, b = tmp_path / "s0", tmp_path / "s1"
+    run_study(tiny(seeds=[0], **grid), a, plots=False)
+    run_study(tiny(seeds=[1], **grid), b, plots=False)
+    runner = CliRunner()
+    r = runner.invoke(cli, ["plot", str(a)])
+    assert r.exit_code == 0, r.output
+    assert "figures/extrapolation.png" in store.verify_manifest(a)
+    out = tmp_path / "figs"
+    r = runner.invoke(cli, ["plot", str(a), str(b), "--out", str(out), "--title", "toy"])
+    assert r.exit_code == 0, r.output
+    per_seed = [row for d in (a, b) for row in csv.DictReader(open(d / "results.csv"))]
+    plotted = list(csv.DictReader(open(out / "extrapolation.csv")))
+    assert {(p["model"], float(p["shift"])) for p in plotted} == {
+        (m, s) for m in ("deq", "ffw") for s in (4.0, 8.0)}
+    for p in plotted:
+        vals = [float(r["value"]) for r in per_seed if r["model"] == p["model"]
+                and float(r["shift"]) == float(p["shift"]) and r["budget"] == p["budget"]]
+        assert sorted(int(r["seed"]) for r in per_seed if r["model"] == p["model"]
+                      and float(r["shift"]) == float(p["shift"])) == [0, 1]
+        assert int(p["seeds"]) == 2
+        assert float(p["value"]) == pytest.approx(statistics.fmean(vals))
+        assert (float(p["value_min"]), float(p["value_max"])) == (min(vals), max(vals))
+
+    def error(*args):
+        res = runner.invoke(cli, ["plot", *map(str, args)], standalone_mode=False)
+        assert isinstance(res.exception, NoisyDEQError), res.output
+        return str(res.exception)
+
+    again = tmp_path / "s0-again"
+    run_study(tiny(seeds=[0], **grid), again, plots=False)
+    assert "both hold the row of model 'deq', seed 0" in error(a, again, "--out", out)
+    assert "given twice" in error(a, b, a, "--out", out)
+    assert "into --out DIR only" in error(a, b)
+    assert "not a study run directory" in error(a, tmp_path / "none", "--out", out)
+    other = tmp_path / "matrix"
+    run_study(tiny(task="matrix_add", task_options={"n_train": 32, "n_test": 8},
+                   shifts=[1.0, 2.0], budgets=["train"], train_snr_db=["inf"],
+                   test_snr_db=["inf"], n_shift=8,
+                   models={"ffw": {"kind": "ffw", "cell": "mlp_stack", "width": 8,
+                                   "layers": 1, "depth": 1}}),
+              other, plots=False)
+    assert "only studies of one task" in error(a, other, "--out", out)
+    assert not (tmp_path / "figs" / "SHA256SUMS").exists()

@@ -1,10 +1,15 @@
-"""``noisydeq plot RUN_DIR [--out DIR] [--title T]``: redraw a finished sweep's figures.
+"""``noisydeq plot RUN_DIR... [--out DIR] [--title T]``: redraw a finished run's figures.
 
-Reads the run's ``config.toml`` and ``results.csv`` (checked against its ``SHA256SUMS``)
-and draws the figures the sweep draws (:func:`noisydeq.plots.plot_sweep`: PNG, SVG and
-the CSV of the plotted points) — no model is loaded and no cell computed. Into the run's
-own ``figures/`` by default (under the run's lock, its ``SHA256SUMS`` rewritten), or into
-``--out``. For runs made before a change of the figures' look, or with another title.
+A sweep: reads the run's ``config.toml`` and ``results.csv`` (checked against its
+``SHA256SUMS``) and draws the figures the sweep draws (:func:`noisydeq.plots.plot_sweep`: PNG,
+SVG and the CSV of the plotted points). A study (``noisydeq study``): reads ``study.toml``
+and ``results.csv`` and draws the study's figures (:func:`noisydeq.studies.plots.plot_study`)
+from the seed aggregate of its rows. Several studies of one task (e.g. one seed per run) are
+drawn as one: their rows merged (:mod:`noisydeq.studies.merge`; a row two runs both hold is
+refused), then averaged over seeds with the band min…max — into ``--out``, which several
+runs need. No model is loaded and no cell computed. Into the run's own ``figures/`` by
+default (under the run's lock, its ``SHA256SUMS`` rewritten), or into ``--out``. For runs
+made before a change of the figures' look, with another title, or seeds run apart.
 """
 
 from __future__ import annotations
@@ -13,20 +18,80 @@ from pathlib import Path
 
 import click
 
+from noisydeq.errors import NoisyDEQError
+
+
+def _seal_own(rd, draw) -> list[Path]:
+    """Draw into ``rd.figures`` under the run's lock and list every figure file of the run
+    in its ``SHA256SUMS``, the redrawn ones with new digests."""
+    from noisydeq import store
+
+    with rd.lock:
+        store.make_dir(rd.figures, "figures")
+        paths = draw(rd.figures)
+        rd.seal(sorted(p for p in rd.figures.iterdir() if p.is_file()))
+    return paths
+
+
+def _studies(run_dirs: tuple[Path, ...], out: Path | None, title: str) -> list[Path]:
+    from noisydeq import store
+    from noisydeq.studies.merge import load_studies, merged_rows, merged_spec
+    from noisydeq.studies.plots import plot_study
+    from noisydeq.studies.rundir import StudyDir
+    from noisydeq.studies.summary import summarise
+
+    studies = load_studies(run_dirs, "plot")
+    spec, summary = merged_spec(studies), summarise(merged_rows(studies))
+    title = title or studies[0].name
+
+    def draw(folder: Path) -> list[Path]:
+        return plot_study(summary, spec, folder, title=title)
+
+    own = run_dirs[0] / "figures"
+    if out is None or (len(run_dirs) == 1 and out.resolve() == own.resolve()):
+        if len(run_dirs) > 1:
+            raise NoisyDEQError("plot: several study runs are drawn together into --out DIR "
+                                "only (no run's own figures/ holds them)")
+        return _seal_own(StudyDir(run_dirs[0]), draw)
+    store.make_dir(out, "--out")
+    return draw(out)
+
 
 @click.command("plot")
-@click.argument("run_dir", type=click.Path(path_type=Path))
+@click.argument("run_dirs", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--out", type=click.Path(path_type=Path), default=None,
               help="Folder for the figures (default: the run's own figures/).")
 @click.option("--title", default="", help="First part of every figure's title.")
-def command(run_dir: Path, out: Path | None, title: str) -> None:
-    """Redraw a finished sweep's figures from its results.csv (nothing is recomputed).
+def command(run_dirs: tuple[Path, ...], out: Path | None, title: str) -> None:
+    """Redraw a finished run's figures from its results.csv (nothing is recomputed).
+
+    Several studies of one task (e.g. one seed each) are drawn as one figure over their
+    seeds, into --out.
 
     \b
     Examples:
       noisydeq plot runs/sweep-1a2b3c
       noisydeq plot runs/sweep-1a2b3c --out figs --title "Fig. 1a"
+      noisydeq plot runs/mazes-s0 runs/mazes-s1 runs/mazes-s2 --out figs
     """
+    from noisydeq.studies.merge import is_study
+
+    if any(is_study(p) for p in run_dirs):
+        sweeps = [p for p in run_dirs if not is_study(p)]
+        if sweeps:
+            raise NoisyDEQError(f"plot: {sweeps[0]} is not a study run directory; studies "
+                                "and sweeps are drawn apart")
+        paths = _studies(run_dirs, out, title)
+    else:
+        if len(run_dirs) > 1:
+            raise NoisyDEQError("plot: one sweep run directory at a time (several run "
+                                "directories are drawn together only for studies)")
+        paths = _sweep(run_dirs[0], out, title)
+    for p in paths:
+        click.echo(f"wrote {p}")
+
+
+def _sweep(run_dir: Path, out: Path | None, title: str) -> list[Path]:
     from noisydeq import store
     from noisydeq.compare import load_run
     from noisydeq.plots import plot_sweep
@@ -40,12 +105,7 @@ def command(run_dir: Path, out: Path | None, title: str) -> None:
         native = Hardware(run.spec).native_snr_db()
     if out is not None and out.resolve() != (run_dir / "figures").resolve():
         store.make_dir(out, "--out")
-        paths = plot_sweep(run.rows, out, run.spec, native, title=title)
-    else:
-        rd = RunDir(run_dir)
-        with rd.lock:
-            paths = plot_sweep(run.rows, rd.figures, run.spec, native, title=title)
-            # every figure file of the run stays listed, the redrawn ones with new digests
-            rd.seal(sorted(p for p in rd.figures.iterdir() if p.is_file()))
-    for p in paths:
-        click.echo(f"wrote {p}")
+        return plot_sweep(run.rows, out, run.spec, native, title=title)
+    return _seal_own(RunDir(run_dir),
+                     lambda folder: plot_sweep(run.rows, folder, run.spec, native,
+                                               title=title))
