@@ -238,6 +238,14 @@ def measures_adc_gain(device: str) -> bool:
     return getattr(load_spec(device), "adc_gain", None) == "calibrated"
 
 
+def compensates_drift(device: str) -> bool:
+    """Whether the training ``device`` measures a drift-compensation α (rram with
+    ``drift_compensation = true``): what ``device_drift_alpha = "epoch"`` applies to."""
+    from noisydeq.hardware import load_spec
+
+    return bool(getattr(load_spec(device), "drift_compensation", False))
+
+
 def check_training_devices(sweep: SweepSpec) -> None:
     """Each training device of ``sweep`` exists and reaches each training SNR in the
     training noise mode (its reference MVM), one line otherwise — before anything runs;
