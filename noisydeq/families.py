@@ -249,7 +249,8 @@ def compensates_drift(device: str) -> bool:
 def check_training_devices(sweep: SweepSpec) -> None:
     """Each training device of ``sweep`` exists and reaches each training SNR in the
     training noise mode (its reference MVM), one line otherwise — before anything runs;
-    ``train_adc_gain = "epoch"`` needs one that measures an ADC gain."""
+    ``train_adc_gain = "epoch"`` needs one that measures an ADC gain,
+    ``train_drift_alpha = "epoch"`` one with a drift compensation."""
     from noisydeq.hardware import get_device, load_spec
 
     devices = []
@@ -266,6 +267,10 @@ def check_training_devices(sweep: SweepSpec) -> None:
         raise NoisyDEQError(
             f"train_adc_gain: only for a photonic training device with adc_gain = "
             f"'calibrated' (none of {', '.join(dict.fromkeys(devices))} measures an ADC gain)")
+    if sweep.train_drift_alpha == "epoch" and not any(compensates_drift(d) for d in devices):
+        raise NoisyDEQError(
+            f"train_drift_alpha: only for an rram training device with drift_compensation "
+            f"(none of {', '.join(dict.fromkeys(devices))} measures a drift-compensation α)")
 
 
 def sweep_family_specs(
@@ -295,6 +300,8 @@ def family_spec_for_sweep(
             train["digital_layers"] = list(sweep.digital_layers)
         if sweep.train_adc_gain == "epoch" and measures_adc_gain(train_device):
             train["device_adc_gain"] = "epoch"
+        if sweep.train_drift_alpha == "epoch" and compensates_drift(train_device):
+            train["device_drift_alpha"] = "epoch"
     if sweep.epochs is not None:
         train["epochs"] = sweep.epochs
     if sweep.max_train_samples is not None:

@@ -5,15 +5,12 @@ default path unchanged."""
 
 from __future__ import annotations
 
-import pytest
 import torch
 
 from noisydeq.config import TrainSpec
-from noisydeq.errors import NoisyDEQError
 from noisydeq.hardware import get_device
 from noisydeq.hardware.controls import device_layers
 from noisydeq.train_device import _deploy, _on_chip
-from tests.cli_helpers import one_line_error, run_cli
 from tests.hardware.hold_helpers import (
     small_net,
     train_step,
@@ -61,30 +58,3 @@ def test_training_holds_the_gain_per_chip_and_the_validation_chip_measures_its_o
     _on_chip(net, spec, 5, x)  # next epoch's chip: measured with the current weights
     for layer in device_layers(net).values():
         assert layer.hold_adc_gain and layer.adc_scale() == _measured(layer)
-
-
-def test_sweep_option_reaches_the_photonic_families_only() -> None:
-    from noisydeq.config import SweepSpec, build
-    from noisydeq.families import family_spec_for_sweep
-
-    plain = build(SweepSpec, {"device": "photonic", "train_device": "photonic"}, where="sweep")
-    assert "train_adc_gain" not in plain.model_dump()  # earlier sweeps keep their identity
-    sweep = build(SweepSpec, {"device": "photonic", "train_device": "rram,photonic",
-                              "train_adc_gain": "epoch"}, where="sweep")
-    assert sweep.model_dump()["train_adc_gain"] == "epoch"
-    for dev, want in (("photonic", "epoch"), ("rram", None)):
-        fspec = family_spec_for_sweep(sweep, 0, float("inf"), dev, None)
-        assert fspec.train_spec("ffw").device_adc_gain == want
-    with pytest.raises(NoisyDEQError, match="train_adc_gain"):
-        build(SweepSpec, {"train_adc_gain": "epoch"}, where="sweep")
-
-
-def test_sweep_adc_gain_without_a_measuring_device_is_one_line(tmp_path, capsys,
-                                                               monkeypatch) -> None:
-    monkeypatch.setenv("NOISYDEQ_CACHE", str(tmp_path / "cache"))
-    code, _, err = run_cli(["sweep", "--depths", "1", "--snr", "0,10", "--chips", "1",
-                            "--epochs", "1", "--out", str(tmp_path / "run"), "--quiet",
-                            "--train-device", "rram", "--train-device-adc-gain", "epoch"],
-                           capsys)
-    one_line_error(code, err, "train_adc_gain", "measures an ADC gain")
-    assert not (tmp_path / "run").exists()

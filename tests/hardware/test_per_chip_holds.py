@@ -40,3 +40,45 @@ def test_bad_option_is_one_line(tmp_path, capsys, field, flag, device, other, re
     args = ["--device", other, flag, "epoch"] if with_device else [flag, "epoch"]
     needle = refusal if with_device else "needs a training --device"
     check_bad_train_option(tmp_path, capsys, args, needle)
+
+
+#: (sweep field, sweep CLI option, device it reaches, device it does not, refusal text)
+SWEEP_OPTIONS = [
+    ("train_adc_gain", "--train-device-adc-gain", "device_adc_gain", "photonic", "rram",
+     "measures an ADC gain"),
+    ("train_drift_alpha", "--train-device-drift-alpha", "device_drift_alpha", "rram",
+     "photonic", "measures a drift-compensation α"),
+]
+
+
+@pytest.mark.parametrize("field, _flag, train_field, device, other, _refusal", SWEEP_OPTIONS)
+def test_sweep_option_reaches_the_measuring_families_only(field, _flag, train_field, device,
+                                                          other, _refusal) -> None:
+    from noisydeq.config import SweepSpec, build
+    from noisydeq.errors import NoisyDEQError
+    from noisydeq.families import family_spec_for_sweep
+
+    plain = build(SweepSpec, {"device": device, "train_device": device}, where="sweep")
+    assert field not in plain.model_dump()  # earlier sweeps keep their identity
+    sweep = build(SweepSpec, {"device": device, "train_device": f"{other},{device}",
+                              field: "epoch"}, where="sweep")
+    assert sweep.model_dump()[field] == "epoch"
+    for dev, want in ((device, "epoch"), (other, None)):
+        fspec = family_spec_for_sweep(sweep, 0, float("inf"), dev, None)
+        assert getattr(fspec.train_spec("ffw"), train_field) == want
+    with pytest.raises(NoisyDEQError, match=field):
+        build(SweepSpec, {field: "epoch"}, where="sweep")
+
+
+@pytest.mark.parametrize("field, flag, _train_field, _device, other, refusal", SWEEP_OPTIONS)
+def test_sweep_option_without_a_measuring_device_is_one_line(
+        tmp_path, capsys, monkeypatch, field, flag, _train_field, _device, other,
+        refusal) -> None:
+    from tests.cli_helpers import one_line_error, run_cli
+
+    monkeypatch.setenv("NOISYDEQ_CACHE", str(tmp_path / "cache"))
+    code, _, err = run_cli(["sweep", "--depths", "1", "--snr", "0,10", "--chips", "1",
+                            "--epochs", "1", "--out", str(tmp_path / "run"), "--quiet",
+                            "--train-device", other, flag, "epoch"], capsys)
+    one_line_error(code, err, field, refusal)
+    assert not (tmp_path / "run").exists()
