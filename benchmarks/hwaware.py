@@ -12,6 +12,9 @@ batch 64, Adam 1e-3, cross-entropy. A step is forward, loss, backward, optimiser
 * ``ours photonic (ADC gain per epoch)``: the same with ``TrainSpec.device_adc_gain =
   "epoch"`` (the calibrated ADC gain measured once per chip and held while the weights
   train, instead of a 512-row measurement with every step's weights).
+* ``ours rram (drift α per epoch)``: the same with ``TrainSpec.device_drift_alpha =
+  "epoch"`` (the drift compensation's α measured at the chip's first programming and held
+  while the weights train, instead of two identity read-outs with every step's chip).
 * ``aihwkit``: the same FFW through ``convert_to_analog`` with ``TorchInferenceRPUConfig``
   (aihwkit's pure-torch tile; its defaults: 7-bit DAC, 9-bit ADC, output noise 0.06,
   noise management abs-max, iterative bound management), the Wan-2022 ReRAM noise model at
@@ -81,7 +84,8 @@ class _Stepper:
         self.epoch += 1
 
 
-def _ours(preset: str, model: nn.Module, data, adc_gain: str = "step") -> _Stepper:
+def _ours(preset: str, model: nn.Module, data, adc_gain: str = "step",
+          drift_alpha: str = "step") -> _Stepper:
     from noisydeq.hardware import get_device, set_scaled_gradient
     from noisydeq.hardware.controls import device_layers
 
@@ -90,6 +94,9 @@ def _ours(preset: str, model: nn.Module, data, adc_gain: str = "step") -> _Stepp
     if adc_gain == "epoch":  # as noisydeq.train with device_adc_gain = "epoch"
         for layer in device_layers(net).values():
             layer.hold_adc_gain = True
+    if drift_alpha == "epoch":  # as noisydeq.train with device_drift_alpha = "epoch"
+        for layer in device_layers(net).values():
+            layer.hold_drift_alpha = True
     return _Stepper(net, data, device_streams=True)
 
 
@@ -124,22 +131,24 @@ def bench_hwaware(steps: int = 10, repeat: int = 5, batch: int = 64) -> list[Row
     model = _ffw()
     digital = _Stepper(copy.deepcopy(model), data, device_streams=False)
     rows = []
-    for preset, target, adc in (("rram", TARGET_RRAM, "step"),
-                                ("photonic", TARGET_PHOTONIC, "step"),
-                                ("photonic", TARGET_PHOTONIC, "epoch")):
-        ours = _ours(preset, model, data, adc)
+    for preset, target, adc, alpha in (("rram", TARGET_RRAM, "step", "step"),
+                                       ("rram", TARGET_RRAM, "step", "epoch"),
+                                       ("photonic", TARGET_PHOTONIC, "step", "step"),
+                                       ("photonic", TARGET_PHOTONIC, "epoch", "step")):
+        ours = _ours(preset, model, data, adc, alpha)
         t_o, t_d = timeit_pair(ours, digital, repeat=repeat)
         s = _spread(t_o, t_d)
         moved = all(not torch.equal(p.detach(), q.detach()) for (_n, p), (_m, q) in zip(
             ours.net.named_parameters(), model.named_parameters(), strict=True))
         ok = math.isfinite(ours.losses[-1]) and moved
-        what = preset if adc == "step" else f"{preset} (ADC gain per epoch)"
+        what = (f"{preset} (ADC gain per epoch)" if adc == "epoch" else
+                f"{preset} (drift α per epoch)" if alpha == "epoch" else preset)
         rows.append(Row("hwaware", f"{what} training step FFW 3x128 b{batch} vs digital",
                         s["median_ours"] / steps, s["median_peer"] / steps,
                         s["ratio_pairs_median"], target,
                         check=f"loss {ours.losses[-1]:.3f}, weights moved {moved}", ok=ok,
                         extra=s))
-        if preset == "rram":
+        if preset == "rram" and alpha == "step":
             try:
                 peer = _Stepper(aihwkit_model(model), data, device_streams=False)
             except Exception as e:  # pragma: no cover - aihwkit missing or broken

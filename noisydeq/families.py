@@ -238,10 +238,19 @@ def measures_adc_gain(device: str) -> bool:
     return getattr(load_spec(device), "adc_gain", None) == "calibrated"
 
 
+def compensates_drift(device: str) -> bool:
+    """Whether the training ``device`` measures a drift-compensation α (rram with
+    ``drift_compensation = true``): what ``device_drift_alpha = "epoch"`` applies to."""
+    from noisydeq.hardware import load_spec
+
+    return bool(getattr(load_spec(device), "drift_compensation", False))
+
+
 def check_training_devices(sweep: SweepSpec) -> None:
     """Each training device of ``sweep`` exists and reaches each training SNR in the
     training noise mode (its reference MVM), one line otherwise — before anything runs;
-    ``train_adc_gain = "epoch"`` needs one that measures an ADC gain."""
+    ``train_adc_gain = "epoch"`` needs one that measures an ADC gain,
+    ``train_drift_alpha = "epoch"`` one with a drift compensation."""
     from noisydeq.hardware import get_device, load_spec
 
     devices = []
@@ -258,6 +267,10 @@ def check_training_devices(sweep: SweepSpec) -> None:
         raise NoisyDEQError(
             f"train_adc_gain: only for a photonic training device with adc_gain = "
             f"'calibrated' (none of {', '.join(dict.fromkeys(devices))} measures an ADC gain)")
+    if sweep.train_drift_alpha == "epoch" and not any(compensates_drift(d) for d in devices):
+        raise NoisyDEQError(
+            f"train_drift_alpha: only for an rram training device with drift_compensation "
+            f"(none of {', '.join(dict.fromkeys(devices))} measures a drift-compensation α)")
 
 
 def sweep_family_specs(
@@ -287,6 +300,8 @@ def family_spec_for_sweep(
             train["digital_layers"] = list(sweep.digital_layers)
         if sweep.train_adc_gain == "epoch" and measures_adc_gain(train_device):
             train["device_adc_gain"] = "epoch"
+        if sweep.train_drift_alpha == "epoch" and compensates_drift(train_device):
+            train["device_drift_alpha"] = "epoch"
     if sweep.epochs is not None:
         train["epochs"] = sweep.epochs
     if sweep.max_train_samples is not None:

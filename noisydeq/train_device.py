@@ -7,9 +7,9 @@ parameters), calibrated on clean training activations at a target SNR, and valid
 fixed chip (:func:`validation_chip`). Each batch draws the dynamic noise of every device
 layer from streams addressed by (seed, epoch, sample, layer) (:func:`_device_streams`; the
 first draws of same-width layers are made together: ``NoiseStream.draw_ahead``). The chip
-is reprogrammed with every step's weights; a photonic device's calibrated ADC gain is
-measured again at every step too, or once per chip with ``device_adc_gain = "epoch"``
-(:func:`_hold_adc_gain`).
+is reprogrammed with every step's weights; a photonic device's calibrated ADC gain and an
+rram device's drift-compensation α are measured again at every step too, or once per chip
+with ``device_adc_gain = "epoch"`` / ``device_drift_alpha = "epoch"`` (:func:`_hold_per_chip`).
 """
 
 from __future__ import annotations
@@ -62,23 +62,34 @@ def _deploy(model: nn.Module, spec: TrainSpec, rng_seed: int) -> nn.Module:
         raise NoisyDEQError(
             f"train.device_adc_gain: only for a photonic device with adc_gain = 'calibrated' "
             f"(device '{spec.device}' measures no ADC gain)")
+    if spec.device_drift_alpha is not None and not getattr(device.spec, "drift_compensation",
+                                                           False):
+        raise NoisyDEQError(
+            f"train.device_drift_alpha: only for an rram device with drift_compensation "
+            f"(device '{spec.device}' measures no drift-compensation α)")
     net = device.deploy(model, digital_layers=spec.digital_layers or ())
     set_scaled_gradient(net)  # the gradient sees the error grow with W's and x's scale
-    _hold_adc_gain(net, spec)
+    _hold_per_chip(net, spec)
     return net
 
 
-def _hold_adc_gain(net: nn.Module, spec: TrainSpec) -> None:
-    """``spec.device_adc_gain = "epoch"``: the device layers measure their ADC gain once on
-    this chip (at deployment: the start of an epoch, or the validation chip) and hold it
-    while the weights train (:attr:`PhotonicLayer.hold_adc_gain`)."""
-    if spec.device_adc_gain != "epoch":
+def _hold_per_chip(net: nn.Module, spec: TrainSpec) -> None:
+    """``spec.device_adc_gain = "epoch"`` / ``spec.device_drift_alpha = "epoch"``: the
+    device layers measure their ADC gain (photonic) / drift-compensation α (rram, per noise
+    scale) once on this chip (at deployment: the start of an epoch, or the validation chip)
+    and hold it while the weights train (:attr:`PhotonicLayer.hold_adc_gain`,
+    :attr:`RRAMLayer.hold_drift_alpha`)."""
+    flags = [flag for flag, value in (("hold_adc_gain", spec.device_adc_gain),
+                                      ("hold_drift_alpha", spec.device_drift_alpha))
+             if value == "epoch"]
+    if not flags:
         return
     from noisydeq.hardware.controls import device_layers
 
     for layer in device_layers(net).values():
-        if hasattr(layer, "hold_adc_gain"):
-            layer.hold_adc_gain = True
+        for flag in flags:
+            if hasattr(layer, flag):
+                setattr(layer, flag, True)
 
 
 def _calibrate(net: nn.Module, spec: TrainSpec, x: Tensor) -> None:
@@ -99,7 +110,7 @@ def _calibrate(net: nn.Module, spec: TrainSpec, x: Tensor) -> None:
 def _on_chip(net: nn.Module, spec: TrainSpec, chip: int, x_calib: Tensor) -> None:
     """Move the deployed ``net`` onto chip ``chip`` (same parameters) and calibrate it."""
     _train_device(spec, chip).rechip(net)
-    _hold_adc_gain(net, spec)
+    _hold_per_chip(net, spec)
     _calibrate(net, spec, x_calib)
 
 

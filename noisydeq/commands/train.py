@@ -136,6 +136,9 @@ def _fmt(metric: float, name: str) -> str:
 @click.option("--device-adc-gain", type=click.Choice(["step", "epoch"]), default=None,
               help="Photonic training device with a calibrated ADC gain: measure it with "
                    "every step's weights (step, default) or once per epoch's chip (epoch).")
+@click.option("--device-drift-alpha", type=click.Choice(["step", "epoch"]), default=None,
+              help="rram training device with drift compensation: measure its α with every "
+                   "step's programmed chip (step, default) or once per epoch's chip (epoch).")
 @click.option("--seed", type=click.IntRange(0, limits.MAX_SEED), default=0, show_default=True,
               help="Seed of the weights, data order and training noise.")
 @click.option("--data-seed", type=click.IntRange(0, limits.MAX_SEED), default=0,
@@ -206,6 +209,9 @@ def _command(opts: dict[str, Any]) -> None:
                                     opts["digital_layers"]))
     if opts["device_adc_gain"] is not None:
         overrides["device_adc_gain"] = adc_gain_option(opts["device"], opts["device_adc_gain"])
+    if opts["device_drift_alpha"] is not None:
+        overrides["device_drift_alpha"] = drift_alpha_option(opts["device"],
+                                                             opts["device_drift_alpha"])
     if opts["ibp_eps"] is not None:
         overrides["ibp"] = {"eps": opts["ibp_eps"]}
     monotone = _monotone(opts["monotone"])
@@ -301,6 +307,19 @@ def adc_gain_option(device: str | None, value: str) -> str:
     if not measures_adc_gain(device):
         raise NoisyDEQError(f"--device-adc-gain: only for a photonic device with adc_gain = "
                             f"'calibrated' (device '{device}' measures no ADC gain)")
+    return value
+
+
+def drift_alpha_option(device: str | None, value: str) -> str:
+    """``--device-drift-alpha``: needs a training device with a drift compensation (rram
+    with ``drift_compensation = true``); one line otherwise."""
+    if device is None:
+        raise NoisyDEQError("--device-drift-alpha: needs a training --device")
+    from noisydeq.families import compensates_drift
+
+    if not compensates_drift(device):
+        raise NoisyDEQError(f"--device-drift-alpha: only for an rram device with "
+                            f"drift_compensation (device '{device}' measures no α)")
     return value
 
 

@@ -135,7 +135,13 @@ class PeakScaledLinear(torch.autograd.Function):
     def backward(ctx: Any, grad: Tensor) -> tuple[None, Tensor | None, Tensor | None,
                                                    Tensor | None]:
         err, x, w = ctx.saved_tensors
-        need_x, need_w, need_b = ctx.needs_input_grad[1:4]
+        # only the gradients this backward pass uses (a DEQ's implicit backward asks for
+        # ∂/∂z alone at every iteration: no gᵀx, no W share, no Σg there), as autograd's
+        # own linear backward skips them
+        # (next_functions has no entry for a None bias)
+        nodes = [node for node, _ in ctx.next_functions[1:4]]
+        need_x, need_w, need_b = (need and _engine_runs(node) for need, node in zip(
+            ctx.needs_input_grad[1:4], nodes + [None] * (3 - len(nodes)), strict=True))
         # autograd's linear backward, then the scale's share added
         grad_x = grad.mm(w) if need_x else None
         grad_w = grad.t().mm(x) if need_w else None
@@ -144,6 +150,18 @@ class PeakScaledLinear(torch.autograd.Function):
         if need_b and ctx.has_bias:
             grad_b = grad.sum(0)
         return None, grad_x, grad_w, grad_b
+
+
+def _engine_runs(node: Any) -> bool:
+    """Whether the running backward pass will use the gradient sent to ``node`` (the next
+    node of an input): False where ``torch.autograd.grad`` asks for other inputs only.
+    Where torch cannot tell (a leaf that ``autograd.grad`` captures), True."""
+    if node is None:
+        return False
+    try:
+        return bool(torch._C._will_engine_execute_node(node))
+    except (RuntimeError, AttributeError):
+        return True
 
 
 def input_peaks(x: Tensor, op: str, conv: Mapping[str, Any] | None = None,

@@ -8,7 +8,9 @@ Static (per chip, drawn once by aihwkit's own noise model under the chip's seed)
     Wan et al., Nature 608, 504 (2022), in µS at a 40 µS reference (hence g_max = 40);
   * global drift compensation (aihwkit ``GlobalDriftCompensation``): the output is
     multiplied by α = mean|read-out after programming| / mean|read-out at t|, read-outs of
-    the identity through the noisy MVM.
+    the identity through the noisy MVM (measured whenever the chip is programmed, or held
+    from the first programming of a chip at each noise scale: ``hold_drift_alpha``,
+    hardware-aware training with ``device_drift_alpha = "epoch"``).
 Dynamic (per MVM, through the layer's NoiseStream), with the semantics of aihwkit's
 ``IOParameters`` in ``TorchInferenceRPUConfig``:
   * noise management ``ABS_MAX``: each input vector is divided by its max |x|;
@@ -51,6 +53,9 @@ S_MIN, S_MAX = 1e-4, 1e3
 #: SNR levels of a batched sweep (31 for 0:30) do not reprogram the chip at every MVM (with 8,
 #: 9+ levels per batch re-ran aihwkit's programming at every forward: 13x slower at 31)
 CHIP_CACHE_MIN, CHIP_CACHE_BYTES = 8, 256 * 2**20
+#: noise scales whose drift-compensation α a layer holds (:attr:`RRAMLayer.hold_drift_alpha`;
+#: a calibration probes tens of scales, training then runs at one)
+HELD_ALPHAS = 256
 
 
 def program_weights(
@@ -83,6 +88,12 @@ class RRAMLayer(DeviceLayer):
         self._wmax: tuple[tuple, float] | None = None
         self._draw: tuple[tuple, ChipDraw] | None = None
         self._readout_inputs: tuple[tuple, Tensor, Tensor] | None = None
+        #: hold the drift-compensation α measured at each noise scale while the weights
+        #: change (set at deployment, e.g. once per training epoch: ``TrainSpec.
+        #: device_drift_alpha = "epoch"``); False: measured with every weight version
+        self.hold_drift_alpha = False
+        #: noise scale -> the α measured first on this chip (while :attr:`hold_drift_alpha`)
+        self._held_alpha: dict[float, float] = {}
 
     @property
     def spec(self) -> RRAMSpec:
@@ -126,7 +137,11 @@ class RRAMLayer(DeviceLayer):
             alpha = 1.0
             stats = RowStats(w_t)
             if self.spec.drift_compensation:
-                alpha = self._drift_alpha(pair, s, stats.rms, float(draw.prog_peak))
+                alpha = self._held_alpha.get(float(s)) if self.hold_drift_alpha else None
+                if alpha is None:
+                    alpha = self._drift_alpha(pair, s, stats.rms, float(draw.prog_peak))
+                    if self.hold_drift_alpha and len(self._held_alpha) < HELD_ALPHAS:
+                        self._held_alpha[float(s)] = alpha
             if pair.untyped_storage().nbytes() * CHIP_CACHE_MIN > CHIP_CACHE_BYTES:
                 # a large layer: the cache keeps W_t alone (the bytes per chip of before)
                 w_t = w_t.clone()

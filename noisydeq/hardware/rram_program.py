@@ -57,23 +57,46 @@ def wan2022_noise_model(spec: RRAMSpec, scale: float = 1.0):
 _ZERO_CLIP = 1e-7
 
 
-def _sigmas(model, ratio: Tensor, coeffs: list[list[float]]) -> list[Tensor]:
-    """σ(g) (µS) of the noise model's polynomials ``coeffs`` at g/g_max = ``ratio``, in
-    aihwkit's operation order (powers by repeated multiplication, no Horner; in place where
-    aihwkit allocates, the same values), the powers shared by every polynomial and equal
-    polynomials evaluated once (the programming and the 1 s read share theirs):
+#: column coefficient tensors of :func:`_sigmas`, per (polynomials, dtype, device)
+_COLUMNS: dict[tuple, list[Tensor]] = {}
+
+
+def _columns(unique: list[list[float]], ndim: int, like: Tensor) -> list[Tensor]:
+    """The k-th coefficient of every polynomial of ``unique`` as a (u, 1, …) tensor of
+    ``like``'s dtype (each value rounded as :func:`noisydeq.scalars.const` rounds it)."""
+    key = (tuple(map(tuple, unique)), ndim, like.dtype, like.device)
+    cols = _COLUMNS.get(key)
+    if cols is None:
+        if len(_COLUMNS) >= 64:
+            _COLUMNS.clear()
+        cols = _COLUMNS[key] = [
+            torch.tensor([c[k] for c in unique], dtype=like.dtype, device=like.device)
+            .reshape(len(unique), *([1] * ndim)) for k in range(len(unique[0]))]
+    return cols
+
+
+def _sigmas(model, ratio: Tensor, coeffs: list[list[float]]) -> Tensor:
+    """σ(g) (µS) of the noise model's polynomials ``coeffs`` at g/g_max = ``ratio``, stacked
+    (len(coeffs), *ratio.shape), in aihwkit's operation order (powers by repeated
+    multiplication, no Horner; in place where aihwkit allocates, the same values), the
+    powers shared by every polynomial, equal polynomials evaluated once (the programming
+    and the 1 s read share theirs; their rows are one expanded view) and distinct ones as
+    one stack (each coefficient a column: one operation per step for all of them):
     bit-identical to evaluating each as the model does."""
     unique = [list(c) for c in dict.fromkeys(tuple(c) for c in coeffs)]
+    cols = _columns(unique, ratio.ndim, ratio)
     mat = ratio
-    # c0 + mat·c1 (float + tensor commutes); constants as 0-dim tensors (noisydeq.scalars)
-    sigs = [mat * const(c[1], mat) + const(c[0], mat) for c in unique]
+    # c0 + mat·c1 (float + tensor commutes), per polynomial along the first dimension
+    sig = (mat * cols[1]).add_(cols[0])
     for k in range(2, len(unique[0])):
         mat = mat * ratio
-        for sig, c in zip(sigs, unique, strict=True):
-            sig.add_(mat * const(c[k], mat))
-    unit = const(model.g_max / model.coeff_g_max_reference, ratio)
-    done = {tuple(c): sig.mul_(unit) for c, sig in zip(unique, sigs, strict=True)}
-    return [done[tuple(c)] for c in coeffs]
+        sig.add_(mat * cols[k])
+    sig.mul_(const(model.g_max / model.coeff_g_max_reference, ratio))
+    if len(unique) == len(coeffs):  # distinct (the order of coeffs)
+        return sig
+    if len(unique) == 1:
+        return sig.expand(len(coeffs), *ratio.shape)
+    return torch.stack([sig[unique.index(list(c))] for c in coeffs])
 
 
 class ChipDraw:
@@ -81,7 +104,9 @@ class ChipDraw:
 
     The (G+, G−) slices are held as one stacked (2, …) tensor and converted with aihwkit's
     single-pair converter's own operations (elementwise, so bit-identical to its lists):
-    programming the chip once per training step is a handful of tensor operations."""
+    programming the chip once per training step is a handful of tensor operations. The
+    programming and the read at t are one (2 kinds, 2 slices, …) stack of σ's and draws
+    (:attr:`sig`, :attr:`xi`): their noisy conductances are one chain of operations."""
 
     def __init__(self, w_norm: Tensor, spec: RRAMSpec, seed: int,
                  like: ChipDraw | None = None, unit_max: bool = False) -> None:
@@ -106,18 +131,21 @@ class ChipDraw:
         if conv.g_min != 0:  # x + 0 = x: skipped at g_min = 0 (the default)
             self.g = self.g.add_(self._g_min)
         coeff = self.model.coeff_dic
-        self.sig_prog, self.sig_read = _sigmas(
-            self.model, self.g / const(self.model.g_max, w),
-            [coeff[min(coeff)], coeff[spec.t_inference_s]])
+        #: σ_p and σ_t of both slices, (2 kinds, 2 slices, …) (µS)
+        self.sig = _sigmas(self.model, self.g / const(self.model.g_max, w),
+                           [coeff[min(coeff)], coeff[spec.t_inference_s]])
+        self.sig_prog, self.sig_read = self.sig.unbind(0)
         if like is not None and like.seed == seed and like.g.shape == self.g.shape:
             # the standard draws depend on the seed and shapes only: the same chip
             # reprogrammed with new weights (training) reuses them
-            self.xi_prog, self.xi_read = like.xi_prog, like.xi_read
+            self.xi = like.xi
         else:
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(seed)  # aihwkit's order: ξ_p(G+), ξ_p(G−), ξ_t(G+), ξ_t(G−)
                 xi = [torch.randn_like(self.g[0]) for _ in range(4)]
-            self.xi_prog, self.xi_read = torch.stack(xi[:2]), torch.stack(xi[2:])
+            #: the standard draws ξ_p, ξ_t of both slices, (2 kinds, 2 slices, …)
+            self.xi = torch.stack(xi).view(2, *self.g.shape)
+        self.xi_prog, self.xi_read = self.xi.unbind(0)
 
     @property
     def targets(self) -> list[Tensor]:
@@ -134,12 +162,12 @@ class ChipDraw:
         """σ_t(G+), σ_t(G−): accumulated deviation at the read time (µS)."""
         return list(self.sig_read.unbind(0))
 
-    def _back(self, g: Tensor, scale_ratio: Tensor, out: Tensor) -> Tensor:
-        """``convert_back_to_weights`` of the stacked slices ``g``, written into ``out``
-        (the values of ``(G+ − G−) / ratio``)."""
+    def _back(self, g: Tensor, out: Tensor) -> Tensor:
+        """The numerators G+ − G− of ``convert_back_to_weights`` of the stacked slices ``g``
+        (…, 2 slices, …), written into ``out`` (each then divided by its scale ratio)."""
         if self.g_min == 0:  # x − 0 = x: the same values, two passes fewer
-            return torch.sub(g[0], g[1], out=out).div_(scale_ratio)
-        return torch.sub(g[0] - self._g_min, g[1] - self._g_min, out=out).div_(scale_ratio)
+            return torch.sub(g[:, 0], g[:, 1], out=out)
+        return torch.sub(g[:, 0] - self._g_min, g[:, 1] - self._g_min, out=out)
 
     def program(self, s: float) -> tuple[Tensor, Tensor]:
         """(programmed, read-at-t) normalised weights at noise scale ``s`` (CPU, float32),
@@ -148,17 +176,17 @@ class ChipDraw:
         scale = self.spec.prog_noise_scale * s
         c = const(scale, self.g)
 
-        def noise(sig: Tensor, xi: Tensor) -> Tensor:  # c·σ·ξ; 1·σ = σ exactly
-            return sig * xi if scale == 1 else c * sig * xi
-
+        # g + c·σ·ξ (1·σ = σ exactly) of both kinds, clamped: the programmed and the
+        # read-at-t conductances (the latter do not depend on W_prog, only their ratio)
+        noise = self.sig * self.xi if scale == 1 else c * self.sig * self.xi
+        g = noise.add_(self.g).clamp_(min=0.0)
         self.pair = torch.empty_like(self.g)
-        w_prog = self._back((self.g + noise(self.sig_prog, self.xi_prog)).clamp_(min=0.0),
-                            self.scale_ratio, self.pair[0])
+        self._back(g, self.pair)
+        w_prog = self.pair[0].div_(self.scale_ratio)
         # the read at t converts back with the scale ratio of max|W_prog| (aihwkit converts
         # W_prog to conductances only for that ratio)
         #: max|W_prog| of the last :meth:`program` (the drift compensation's read-out
         #: start rule uses it: :func:`noisydeq.hardware.rram_io.identity_magnitudes`)
         self.prog_peak = w_prog.abs().max()
         ratio_t = self.prog_peak.clamp(min=_ZERO_CLIP).reciprocal() * self._span
-        g_t = (self.g + noise(self.sig_read, self.xi_read)).clamp_(min=0.0)
-        return w_prog, self._back(g_t, ratio_t, self.pair[1])
+        return w_prog, self.pair[1].div_(ratio_t)

@@ -59,6 +59,9 @@ class TrainSpec(StrictModel):
     (docs/devices.md, "Hardware-aware training"). ``device_adc_gain`` (photonic devices
     with a calibrated ADC gain): ``step`` (None) measures the ADC full scale with every
     step's weights, ``epoch`` once per epoch when its chip is deployed, then holds it.
+    ``device_drift_alpha`` (rram devices with drift compensation): ``step`` (None)
+    measures the global drift compensation's α with every step's programmed chip,
+    ``epoch`` once per epoch's chip and noise scale, then holds it.
     DEQ only: ``solver`` (training), ``test_solver`` (evaluation), ``gradient`` and
     ``jac_reg`` replace the model's own when set. ``max_train_samples``: use only the
     first N training samples. ``ibp``: interval-bound-propagation training
@@ -78,6 +81,7 @@ class TrainSpec(StrictModel):
     device_snr_db: InfFloat | None = None
     device_noise_mode: NoiseMode | None = None
     device_adc_gain: Literal["step", "epoch"] | None = None
+    device_drift_alpha: Literal["step", "epoch"] | None = None
     digital_layers: list[str] | None = None
     solver: SolverSpec | None = None
     test_solver: SolverSpec | None = None
@@ -95,7 +99,7 @@ class TrainSpec(StrictModel):
     def _device_snr(cls, v: Any) -> Any:
         return v if v is None else parse_snr_value(v)
 
-    @field_validator("device_adc_gain")
+    @field_validator("device_adc_gain", "device_drift_alpha")
     @classmethod
     def _adc_gain(cls, v: str | None) -> str | None:
         return None if v == "step" else v  # the default: the cache key of earlier models
@@ -109,7 +113,7 @@ class TrainSpec(StrictModel):
     def _device_options(self) -> TrainSpec:
         if self.device is None:
             for name in ("device_snr_db", "device_noise_mode", "device_adc_gain",
-                         "digital_layers"):
+                         "device_drift_alpha", "digital_layers"):
                 if getattr(self, name) is not None:
                     raise ValueError(f"{name}: set for a training device, but device is unset")
         return self

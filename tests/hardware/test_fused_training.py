@@ -128,3 +128,40 @@ def test_fused_training_node_twice_differentiable_as_before(name):
         gx.square().sum().backward()
         got.append(layer.weight.grad.clone())
     assert torch.allclose(got[0], got[1], rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("name", ["rram", "photonic"])
+def test_fused_node_computes_only_the_gradients_the_pass_asks_for(name, monkeypatch):
+    """A DEQ's implicit backward asks ``autograd.grad`` for ∂/∂z alone at every iteration:
+    the fused node then skips gᵀx, the weight's scale share and Σg (as autograd's linear
+    does), and its ∂/∂x is the full backward's bit for bit; asked for the weight alone, it
+    computes the full backward's ∂/∂W."""
+    import noisydeq.hardware.gradient as gradient
+
+    seen: list[tuple[bool, bool]] = []
+    add = gradient.add_peak_terms
+
+    def spy(grad, err, x, w, grad_x, grad_w):
+        seen.append((grad_x is not None, grad_w is not None))
+        add(grad, err, x, w, grad_x, grad_w)
+
+    monkeypatch.setattr(gradient, "add_peak_terms", spy)
+    torch.manual_seed(4)
+    layer = get_device(name, chip=3).deploy(nn.Linear(24, 16))
+    set_scaled_gradient(layer)
+    x = torch.rand(10, 24) * 2 - 1
+    g = torch.randn(10, 16)
+
+    def out(xr):
+        layer.stream = NoiseStream.from_seed(5, samples=torch.arange(10))
+        return (g * layer(xr)).sum()
+
+    xr = x.clone().requires_grad_(True)
+    out(xr).backward()
+    full = (xr.grad, layer.weight.grad.clone(), layer.bias.grad.clone())
+    assert seen.pop() == (True, True)
+    xr = x.clone().requires_grad_(True)
+    (gx,) = torch.autograd.grad(out(xr), xr)
+    assert seen.pop() == (True, False) and torch.equal(gx, full[0])
+    (gw,) = torch.autograd.grad(out(x.clone().requires_grad_(True)), layer.weight)
+    assert seen.pop() == (False, True) and torch.equal(gw, full[1])
