@@ -38,7 +38,7 @@ DEVICE_GRADIENT = "scaled-straight-through"
 #: spec fields added after caches were keyed: left out of a config while unset (None), so
 #: every earlier config keeps its hash
 LATE_OPTIONAL = ("monotone", "ibp", "adversarial", "random_state", "optimizer",
-                 "device_noise_mode", "digital_layers", "device_adc_gain")
+                 "device_noise_mode", "digital_layers", "device_adc_gain", "spectral_cap")
 
 
 def spec_dump(spec: Any) -> dict[str, Any]:
