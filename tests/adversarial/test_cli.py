@@ -24,6 +24,9 @@ from tests.cli_helpers import run_cli as run
     (["--kind", "ffw", "--random-state"], "a defence for DEQs"),
     (["--preset", "adversarial-quick", "--random-state"], "training solver to be one of"),
     (["--milestones", "4,x"], "--milestones"),
+    (["--kind", "ffw", "--spectral-cap", "0.9"], "caps the single W of a DEQ"),
+    (["--cell", "residual", "--spectral-cap", "0.9"], "caps the single W of a DEQ"),
+    (["--spectral-cap", "0"], "greater than 0"),
     (["--preset", "adversarial-quik"], "did you mean 'adversarial-quick'"),
 ])
 def test_train_bad_input_is_one_line(capsys, tmp_path, monkeypatch, argv, needle):
