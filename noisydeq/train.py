@@ -2,7 +2,9 @@
 
 ``train_model(model, task, spec)`` minimises the task loss (cross-entropy on the softmax head
 of Table 1, or MSE for App. D.1) plus, for a DEQ with a Jacobian regulariser, its weighted
-Hutchinson estimate of ‖J_f(z*)‖²_F (Table 1: weight 1.0). Training noise (paper Sec. 4.1:
+Hutchinson estimate of ‖J_f(z*)‖²_F (Table 1: weight 1.0); with ``spec.spectral_cap`` a DEQ
+cell's W is projected onto ‖W‖₂ ≤ cap after every step (:mod:`noisydeq.models.spectral_cap`).
+Training noise (paper Sec. 4.1:
 signal noise at 0 dB or 10 dB, Eq. 3-4) is passed to the model as a :class:`~noisydeq.noise.Noise`
 with its own seeded stream, so a DEQ draws fresh noise at every solver iteration (Eq. 6).
 With ``spec.device`` the model is deployed on that hardware model and trained through its
@@ -39,6 +41,7 @@ from torch import Tensor, nn
 
 from noisydeq import store
 from noisydeq.errors import CorruptArtefact, NoisyDEQError
+from noisydeq.models.spectral_cap import cap_spectral_norm, spectral_norm_of
 from noisydeq.noise import Noise, NoiseStream, derive_seed
 from noisydeq.specs.training import TrainSpec
 from noisydeq.tasks.base import Task
@@ -202,6 +205,8 @@ def train_model(
     t0 = time.perf_counter()
     dev = torch.device(torch_device) if torch_device is not None else _param_device(model)
     apply_overrides(model, spec)
+    if spec.spectral_cap is not None:  # a model without a cappable W: one line, before writing
+        spectral_norm_of(model)
     if spec.digital_layers:  # an unknown layer name: one line, before anything is written
         from noisydeq.hardware.base import check_digital_layers
 
@@ -235,6 +240,8 @@ def _fit(
     model.to(dev)
     rng = _Rng(spec.seed, dev)
     net = _deploy(model, spec, spec.seed)
+    if spec.spectral_cap is not None:  # the initial W too: the whole run stays contractive
+        cap_spectral_norm(net, spec.spectral_cap)
     if hooks is None:
         opt = torch.optim.Adam(net.parameters(), lr=spec.lr, weight_decay=spec.weight_decay)
     else:
@@ -402,6 +409,8 @@ def _train_epoch(
         if hooks is not None:
             hooks.clip(net)
         opt.step()
+        if spec.spectral_cap is not None:
+            cap_spectral_norm(net, spec.spectral_cap)
         loss_sum += float(loss.detach()) * len(idx)
         metric_sum += task.metric(out.detach(), yb) * len(idx)
         jac_sum += float(jac.detach()) * len(idx) if jac is not None else 0.0

@@ -39,7 +39,7 @@ DEVICE_GRADIENT = "scaled-straight-through"
 #: every earlier config keeps its hash
 LATE_OPTIONAL = ("monotone", "ibp", "adversarial", "random_state", "optimizer",
                  "device_noise_mode", "digital_layers", "device_adc_gain",
-                 "device_drift_alpha")
+                 "device_drift_alpha", "spectral_cap")
 
 
 def spec_dump(spec: Any) -> dict[str, Any]:

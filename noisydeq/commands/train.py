@@ -113,6 +113,9 @@ def _fmt(metric: float, name: str) -> str:
 @click.option("--random-state", is_flag=True,
               help="DEQ defence: loss at a random intermediate state z[i], i ~ U[1, N], "
                    "exact gradient (regulation paper Eq. 10; unroll/stochastic solver).")
+@click.option("--spectral-cap", type=float, default=None, metavar="C",
+              help="DEQ (mlp or conv cell): rescale W to ||W||_2 <= C after every step; "
+                   "C < 1 keeps the cell a contraction (unique, reachable fixed point).")
 @click.option("--amsgrad/--no-amsgrad", default=None,
               help="Adam's AMSGrad variant (adversarial presets: on).")
 @click.option("--milestones", default=None,
@@ -214,6 +217,11 @@ def _command(opts: dict[str, Any]) -> None:
                                                              opts["device_drift_alpha"])
     if opts["ibp_eps"] is not None:
         overrides["ibp"] = {"eps": opts["ibp_eps"]}
+    if opts["spectral_cap"] is not None:
+        overrides["spectral_cap"] = opts["spectral_cap"]
+        if opts["kind"] != "deq" or opts["cell"] not in ("mlp", "conv"):
+            raise NoisyDEQError(f"--spectral-cap: caps the single W of a DEQ's mlp or conv "
+                                f"cell; not a {opts['kind']} with the {opts['cell']} cell")
     monotone = _monotone(opts["monotone"])
     if opts["depths"] is None and opts["kind"] != "deq":
         for flag in ("random_threshold", "random_state"):

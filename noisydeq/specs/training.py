@@ -65,7 +65,10 @@ class TrainSpec(StrictModel):
     DEQ only: ``solver`` (training), ``test_solver`` (evaluation), ``gradient`` and
     ``jac_reg`` replace the model's own when set. ``max_train_samples``: use only the
     first N training samples. ``ibp``: interval-bound-propagation training
-    (:class:`IBPTrainSpec`).
+    (:class:`IBPTrainSpec`). ``spectral_cap`` (DEQ with the mlp or conv cell): after every
+    optimiser step W is rescaled so that ‖W‖₂ ≤ spectral_cap
+    (:func:`noisydeq.models.spectral_cap.cap_spectral_norm`); below 1 the cell is a
+    contraction and its fixed point unique (None: no cap).
     ``lr_schedule``: ``constant``, or ``cosine`` — epoch e of E runs at
     lr·(1 + cos(πe/E))/2 (PyTorch's ``CosineAnnealingLR`` stepped per epoch with T_max = E).
     Presets: :meth:`TrainSpec.preset` (``quick``, ``paper``).
@@ -93,6 +96,7 @@ class TrainSpec(StrictModel):
     adversarial: AdversarialSpec | None = None
     random_state: RandomStateSpec | None = None
     optimizer: OptimizerSpec | None = None
+    spectral_cap: float | None = Field(default=None, gt=0.0, le=1e3)
 
     @field_validator("device_snr_db", mode="before")
     @classmethod
@@ -116,6 +120,13 @@ class TrainSpec(StrictModel):
                          "device_drift_alpha", "digital_layers"):
                 if getattr(self, name) is not None:
                     raise ValueError(f"{name}: set for a training device, but device is unset")
+        return self
+
+    @model_validator(mode="after")
+    def _cap_digital(self) -> TrainSpec:
+        if self.spectral_cap is not None and self.device is not None:
+            raise ValueError("spectral_cap: caps the digital cell's W after each step; "
+                             "not with a training device")
         return self
 
     @model_validator(mode="after")
@@ -210,4 +221,5 @@ def _adversarial_preset(name: str, kind: str) -> dict[str, Any]:
 
 
 #: TrainSpec fields only a DEQ uses (an FFW member's spec leaves them out)
-DEQ_ONLY_TRAIN_FIELDS = ("solver", "test_solver", "gradient", "jac_reg", "random_state")
+DEQ_ONLY_TRAIN_FIELDS = ("solver", "test_solver", "gradient", "jac_reg", "random_state",
+                         "spectral_cap")

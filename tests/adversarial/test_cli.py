@@ -24,6 +24,9 @@ from tests.cli_helpers import run_cli as run
     (["--kind", "ffw", "--random-state"], "a defence for DEQs"),
     (["--preset", "adversarial-quick", "--random-state"], "training solver to be one of"),
     (["--milestones", "4,x"], "--milestones"),
+    (["--kind", "ffw", "--spectral-cap", "0.9"], "caps the single W of a DEQ"),
+    (["--cell", "residual", "--spectral-cap", "0.9"], "caps the single W of a DEQ"),
+    (["--spectral-cap", "0"], "greater than 0"),
     (["--preset", "adversarial-quik"], "did you mean 'adversarial-quick'"),
 ])
 def test_train_bad_input_is_one_line(capsys, tmp_path, monkeypatch, argv, needle):
@@ -172,3 +175,21 @@ def test_documented_conv_budget_variant_resolves():
     assert (t.solver.name, t.solver.max_iter, t.gradient.phantom_steps) == ("broyden", 8, 9)
     curves = res.evaluations["curves"]
     assert (curves["steps"], curves["alpha"], curves["samples"]) == ([10, 50], 0.1, 100)
+
+
+def test_documented_spectral_cap_variant_resolves():
+    """The capped conv DEQ of docs/robustness.md ("Keeping the conv DEQ convergent"): the
+    budget variant with ``train.spectral_cap=0.9`` reaches the DEQ's spec and is left out of
+    an FFW member's (DEQ-only setting)."""
+    import pathlib
+
+    from noisydeq.analysis.adversarial_experiment import load_experiment
+    from noisydeq.commands.adversarial import nested_sets
+
+    exp = load_experiment(pathlib.Path(__file__).parents[2] / EXP)
+    sets = ('family.cell="conv"', "family.hidden=8", "train.spectral_cap=0.9",
+            "grid.seeds=[0]", 'grid.methods=["pgd"]', 'grid.defences=["none"]')
+    res = exp.resolve("quick", **nested_sets(sets, list(exp.evaluations)))
+    (cell,) = res.cells
+    assert cell.spec.train_spec("deq").spectral_cap == 0.9
+    assert cell.spec.train_spec("ffw").spectral_cap is None
