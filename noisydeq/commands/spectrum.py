@@ -64,9 +64,11 @@ def command(family, inputs, seed, data_dir, out, cache, device, chips, device_sn
     click.echo(f"{'chip':>4} {'kind':>4} {'depth':>5} {'width':>5} {'rho':>10} "
                f"{'rho(J*) mean':>13}  ({on.describe() if on else 'digital weights'})")
     for r in rows:
-        jr = r.get("jac_rho_mean", float("nan"))
+        # ρ(J*) is measured at DEQ fixed points only: an FFW (or --inputs 0) has none, "-"
+        # here as in the chip column, an empty cell in spectrum.csv
+        jr = f"{r['jac_rho_mean']:.4g}" if "jac_rho_mean" in r else "-"
         chip = str(r["chip"]) if on else "-"
         click.echo(f"{chip:>4} {r['kind']:>4} {r['depth']:>5} {r['width']:>5} "
-                   f"{r['rho']:>10.4g} {jr:>13.4g}")
+                   f"{r['rho']:>10.4g} {jr:>13}")
     for p in paths:
         click.echo(f"wrote {p}")

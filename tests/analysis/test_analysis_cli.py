@@ -80,6 +80,14 @@ def test_spectrum_command_matches_eigvals(family, tmp_path, capsys):
     n_eig = sum(1 for r in rows(out / "eigenvalues.csv") if r["kind"] == "deq"
                 and r["depth"] == "3")
     assert n_eig == members[("deq", 3)].width
+    # the printed table: ρ(J*) of a DEQ as a number, "-" for an FFW (no fixed point), no nan;
+    # spectrum.csv leaves the FFW's cell empty
+    printed = {tuple(ln.split()[1:3]): ln.split() for ln in stdout.splitlines()
+               if ln.split()[1:2] in (["deq"], ["ffw"])}
+    assert printed[("ffw", "3")][-1] == "-" and "nan" not in stdout
+    assert float(printed[("deq", "3")][-1]) == pytest.approx(
+        float(table[("deq", 3)]["jac_rho_mean"]), rel=1e-3)
+    assert table[("ffw", 3)]["jac_rho_mean"] == ""
 
 
 def _one_line_error(code, err, *needles):
