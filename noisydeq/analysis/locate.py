@@ -38,11 +38,19 @@ class FamilySource:
     origin: str = "dir"  # "sweep", "dir" or "checkpoint"
 
 
+def _refuse_family(run_dir: Path, err: NoisyDEQError) -> NoisyDEQError:
+    """``err`` (about the run's recorded spec) as the one-line refusal of ``--family``."""
+    return NoisyDEQError(f"--family {run_dir}: its {SWEEP_CONFIG} is damaged or unreadable "
+                         f"({err}); restore it or re-run the sweep")
+
+
 def read_sweep_spec(run_dir: Path):
     """The :class:`SweepSpec` a sweep run dir recorded (digest checked: a damaged one is one
-    error naming it), or None when ``run_dir`` is not a sweep run dir."""
+    error naming it), or None when ``run_dir`` is not a sweep run dir (no ``config.toml``,
+    or one without the digest line noisydeq writes: :func:`locate` then searches for
+    checkpoints)."""
     from noisydeq import store
-    from noisydeq.results import RunDir
+    from noisydeq.results import RunDir, read_recorded_spec
 
     rd = RunDir(run_dir)
     if not rd.config_path.is_file():
@@ -50,11 +58,12 @@ def read_sweep_spec(run_dir: Path):
     try:
         with open(rd.config_path, "rb") as fh:
             head = fh.read(len(store.TEXT_DIGEST))
-    except OSError:
-        return None
+    except OSError as err:
+        raise _refuse_family(run_dir, NoisyDEQError(err.strerror or str(err))) from None
     if head != store.TEXT_DIGEST.encode():
         return None  # a config.toml of something else: fall back to searching checkpoints
-    return rd.read_config()
+    return read_recorded_spec(rd.path, rd.config_path, rd.spec_cls, rd.what,
+                              refuse=_refuse_family)
 
 
 def sweep_checkpoints(spec, data_dir: str | None = None,
@@ -110,6 +119,11 @@ def locate(root: str | Path, *, data_dir: str | None = None,
         return FamilySource(p, sweep_checkpoints(spec, data_dir, cache_dir),
                             data_dir=spec.data_dir, origin="sweep")
     found = sorted(p.rglob(MODEL_FILE))
+    if not found and (p / SWEEP_CONFIG).is_file():
+        # a sweep run dir whose config.toml lost its digest line (truncated, overwritten)
+        raise _refuse_family(p, NoisyDEQError(
+            f"it lacks the digest line noisydeq writes, and no {MODEL_FILE} lies under "
+            "the directory"))
     if not found:
         raise NoisyDEQError(
             f"--family: no trained model ({MODEL_FILE}) under {p}; give a run dir of "

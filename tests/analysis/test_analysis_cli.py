@@ -117,6 +117,16 @@ def test_bad_input_is_one_line(family, tmp_path, capsys):
     store.save_checkpoint(bogus, {"w": torch.zeros(2)}, {"model": {}}, {"test_metric": 1.0})
     code, _, err = run(["sensitivity", "--family", str(bogus)], capsys)
     _one_line_error(code, err, "no model spec")
+    # a sweep run dir whose config.toml is damaged: named as such, not "no trained model"
+    for name, text in (("blank", ""), ("nodigest", "seeds = [0]\n"),
+                       ("changed", "# sha256 00\nseeds = [0]\n")):
+        run_dir = tmp_path / name
+        run_dir.mkdir()
+        (run_dir / "config.toml").write_text(text)
+        for cmd in ("spectrum", "sensitivity"):
+            code, _, err = run([cmd, "--family", str(run_dir)], capsys)
+            _one_line_error(code, err, f"--family {run_dir}: its config.toml is damaged")
+            assert "no trained model" not in err and "--out" not in err
     untrained = make_family(tmp_path / "untrained", depths=(1,), epochs=0)
     code, _, err = run(["spectrum", "--family", str(untrained)], capsys)
     _one_line_error(code, err, "untrained")
