@@ -20,11 +20,10 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-
 from noisydeq.errors import NoisyDEQError
-from noisydeq.train import MODEL_FILE
 
+# torch and noisydeq.train (MODEL_FILE) load inside the functions that need them:
+# check_family runs before a command's heavy imports
 SWEEP_CONFIG = "config.toml"
 
 
@@ -75,9 +74,12 @@ def sweep_checkpoints(spec, data_dir: str | None = None,
     (:func:`noisydeq.families.sweep_family_specs`). A missing member is one clear error
     naming the cache that was searched.
     """
+    import torch
+
     from noisydeq.families import cache_root, prepared_member, sweep_family_specs
     from noisydeq.runtime import num_threads, thread_plan
     from noisydeq.tasks import load_task
+    from noisydeq.train import MODEL_FILE
 
     task = load_task(spec.task, data_dir=data_dir or spec.data_dir, seed=spec.data_seed)
     root = cache_root(cache_dir) / "models"
@@ -106,9 +108,23 @@ def sweep_checkpoints(spec, data_dir: str | None = None,
     return found
 
 
+def check_family(root: str | Path) -> None:
+    """Refuse a ``--family`` that does not exist or a sweep run dir whose ``config.toml`` is
+    damaged, in one line, without torch: commands call it before their heavy imports (and
+    before their heartbeat's first line)."""
+    p = Path(root)
+    if p.is_file():
+        return
+    if not p.is_dir():
+        raise NoisyDEQError(f"--family: {p} does not exist")
+    read_sweep_spec(p)
+
+
 def locate(root: str | Path, *, data_dir: str | None = None,
            cache_dir: str | os.PathLike | None = None) -> FamilySource:
     """Resolve ``--family`` (see the module docstring); ``data_dir`` overrides the recorded one."""
+    from noisydeq.train import MODEL_FILE
+
     p = Path(root)
     if p.is_file():
         return FamilySource(p, [p], origin="checkpoint")

@@ -15,7 +15,12 @@ from typing import Any
 
 import click
 
-from noisydeq.commands.sensitivity import cache_option, default_out, family_option
+from noisydeq.commands.sensitivity import (
+    cache_option,
+    check_family,
+    default_out,
+    family_option,
+)
 from noisydeq.commands.sweep import backend_options, check_data_dir, parse_sets
 from noisydeq.errors import NoisyDEQError
 from noisydeq.progress import with_heartbeat
@@ -112,16 +117,19 @@ def command(family, attacks, eps, pgd_steps, steps, steps_eps, sigma, fraction, 
       noisydeq attack --family runs/sweep-1a2b3c --device rram --snr 0,10,inf --chips 3
       noisydeq attack --family runs/sweep-1a2b3c --backend ray --address auto
     """
-    from noisydeq.attacks.grid import AttackRunSpec
-    from noisydeq.attacks.ray_cells import run_on_ray
-    from noisydeq.attacks.runner import run_attacks
     from noisydeq.cluster import Backend
-    from noisydeq.results import spec_hash
     from noisydeq.runtime import num_threads, thread_plan
 
     chosen = Backend.parse(backend, address)
     _, eval_threads = thread_plan(threads)
     data_dir = check_data_dir(data_dir)
+    check_family(Path(family))
+    # the paths are checked: now the heavy imports (torch), seconds under load
+    from noisydeq.attacks.grid import AttackRunSpec
+    from noisydeq.attacks.ray_cells import run_on_ray
+    from noisydeq.attacks.runner import run_attacks
+    from noisydeq.results import spec_hash
+
     data: dict[str, Any] = {
         "family": str(Path(family).resolve()), "attacks": attacks, "eps": eps,
         "pgd_steps": pgd_steps, "steps": steps, "steps_eps": steps_eps, "sigma": sigma,

@@ -9,6 +9,7 @@ from noisydeq.commands.sensitivity import (
     MAX_COUNT,
     SEED,
     cache_option,
+    check_family,
     default_out,
     device_options,
     family_option,
@@ -44,12 +45,13 @@ def command(family, inputs, seed, data_dir, out, cache, device, chips, device_sn
       noisydeq spectrum --family runs/sweep-1a2b3c --inputs 64 --out runs/spectra
       noisydeq spectrum --family runs/sweep-1a2b3c --device rram --chips 3
     """
+    if not 0 <= inputs <= MAX_COUNT:
+        raise NoisyDEQError(f"--inputs: must be an integer in 0..{MAX_COUNT}, got {inputs}")
+    check_family(family)
     from noisydeq.analysis.family import load_family, pairs
     from noisydeq.analysis.runs import family_inputs, run_spectrum
     from noisydeq.runtime import resolve_torch_device
 
-    if not 0 <= inputs <= MAX_COUNT:
-        raise NoisyDEQError(f"--inputs: must be an integer in 0..{MAX_COUNT}, got {inputs}")
     dev = resolve_torch_device(torch_device)
     members = load_family(family, dev, data_dir=data_dir, cache_dir=cache)
     for pair in pairs(members):
