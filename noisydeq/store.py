@@ -212,8 +212,12 @@ def clean_stale_temps(directory: str | os.PathLike, *, locked: bool = False) -> 
 
 
 def check_out_dir(out: str | os.PathLike, flag: str = "--out") -> None:
-    """Refuse, creating nothing, an output directory that names a file, lies below one or
-    cannot be created or written for lack of permission."""
+    """Refuse, leaving nothing behind, an output directory that names a file, lies below
+    one or cannot be created or written.
+
+    Writing is tried, not predicted (``os.access`` says yes to root on a directory no one
+    can write into, e.g. ``/proc`` or ``/sys``): a temporary file in ``out`` when it
+    exists, else a temporary directory in its nearest existing parent, removed at once."""
     out = Path(out)
     for parent in (out, *out.parents):
         if not parent.exists():
@@ -221,8 +225,17 @@ def check_out_dir(out: str | os.PathLike, flag: str = "--out") -> None:
         if not parent.is_dir():
             where = "is a file" if parent == out else f"lies below the file {parent}"
             raise NoisyDEQError(f"{flag} {out}: {where}, not a directory")
-        if not os.access(parent, os.W_OK | os.X_OK):
-            raise NoisyDEQError(f"{flag} {out}: cannot write in {parent} (permission denied)")
+        probe = _temp_path(parent / "write-probe")
+        try:
+            if parent == out:
+                os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+                probe.unlink()
+            else:
+                probe.mkdir()
+                probe.rmdir()
+        except OSError as err:
+            raise NoisyDEQError(f"{flag} {out}: cannot write in {parent} "
+                                f"({err.strerror or err})") from None
         return
 
 
