@@ -104,6 +104,9 @@ print(json.dumps([code, bool(seen), late]))
     (["certify", "{d}/damaged"], "config.toml is damaged"),
     (["attack", "--family", "{d}/nope"], "does not exist"),
     (["attack", "--family", "{d}", "--data-dir", "{d}/nope"], "--data-dir"),
+    (["spectrum", "--family", "{d}", "--out", "{d}/file/sub"], "not a directory"),
+    (["sensitivity", "--family", "{d}", "--out", "{d}/file"], "not a directory"),
+    (["solvers", "--out", "{d}/file/x"], "not a directory"),
     (["lyapunov", "nope-exp"], "unknown experiment"),
     (["study", "nope-exp"], "unknown experiment"),
 ])
@@ -114,6 +117,7 @@ def test_bad_input_is_refused_before_slow_imports_under_the_heartbeat(args, need
     preceded by 'noisydeq: X: 0:05 elapsed'."""
     (tmp_path / "damaged").mkdir()
     (tmp_path / "damaged" / "config.toml").write_text("# sha256 00\nseeds = [0]\n")
+    (tmp_path / "file").write_text("x")
     argv = [a.replace("{d}", str(tmp_path)) for a in args]
     proc = subprocess.run([sys.executable, "-c", AFTER_HEARTBEAT.format(slow=SLOW), *argv],
                           capture_output=True, text=True, cwd=tmp_path, timeout=120)

@@ -155,6 +155,8 @@ def command(family, kind, eta, snr, site, samples, inputs, precision, seed, data
     if kind == "additive" and eta <= 0:
         raise NoisyDEQError(f"--eta: additive noise needs eta > 0, got {eta:g}")
     check_family(family)
+    out_dir = default_out(family, out, "sensitivity")
+    store.check_out_dir(out_dir)
     # the CLI input is checked: now the heavy imports (torch), seconds under load
     from noisydeq.analysis.family import load_family
     from noisydeq.analysis.runs import family_inputs, run_sensitivity
@@ -163,7 +165,6 @@ def command(family, kind, eta, snr, site, samples, inputs, precision, seed, data
     dev = resolve_torch_device(torch_device)
     members = load_family(family, dev, data_dir=data_dir, cache_dir=cache)
     x = family_inputs(members, inputs, data_dir, dev)
-    out_dir = default_out(family, out, "sensitivity")
     members, on = on_device(family, device, chips, device_snr, members, data_dir, dev)
     rows, paths = run_sensitivity(
         members, spec, x, out_dir, n_noise=samples, precision=precision or None, seed=seed,

@@ -118,6 +118,10 @@ def command(names, snr, max_iter, window, width, batch, family, depth, member_se
     elif device is not None or chips is not None or device_snr is not None:
         raise NoisyDEQError("--device/--chips/--device-snr: give --family (the Fig. 4 cell "
                             "is random and digital)")
+    if out is None:
+        base = Path(".") if family is None else (family if family.is_dir() else family.parent)
+        out = base / "analysis" / "solvers" if family is not None else Path("solvers")
+    store.check_out_dir(out)
     # the CLI input is checked: now the heavy imports (torch), seconds under load
     from noisydeq.analysis import solver_runs, traces
     from noisydeq.analysis.family import training_text
@@ -131,9 +135,6 @@ def command(names, snr, max_iter, window, width, batch, family, depth, member_se
                                  member_train_device, inputs, data_dir, cache, dev)
         model_info, on = _on_device(family, device, chips, device_snr, model_info, data_dir,
                                     dev)
-    if out is None:
-        base = Path(".") if family is None else (family if family.is_dir() else family.parent)
-        out = base / "analysis" / "solvers" if family is not None else Path("solvers")
     cell, xt = traces.fig4_cell(width, batch, seed, device=dev)
     ts = traces.residual_traces(cell, xt, snrs, solvers, max_iter=max_iter, seed=seed,
                                 window=windows[0])

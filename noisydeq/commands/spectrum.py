@@ -48,6 +48,8 @@ def command(family, inputs, seed, data_dir, out, cache, device, chips, device_sn
     if not 0 <= inputs <= MAX_COUNT:
         raise NoisyDEQError(f"--inputs: must be an integer in 0..{MAX_COUNT}, got {inputs}")
     check_family(family)
+    out_dir = default_out(family, out, "spectrum")
+    store.check_out_dir(out_dir)
     from noisydeq.analysis.family import load_family, pairs
     from noisydeq.analysis.runs import family_inputs, run_spectrum
     from noisydeq.runtime import resolve_torch_device
@@ -59,7 +61,6 @@ def command(family, inputs, seed, data_dir, out, cache, device, chips, device_sn
         if warn:
             click.echo(warn, err=True)
     x = family_inputs(members, inputs, data_dir, dev) if inputs > 0 else None
-    out_dir = default_out(family, out, "spectrum")
     members, on = on_device(family, device, chips, device_snr, members, data_dir, dev)
     rows, paths = run_spectrum(members, x, out_dir, seed=seed, on=on)
     paths.append(store.write_manifest(out_dir, paths))  # sha256sum -c SHA256SUMS
