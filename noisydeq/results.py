@@ -3,7 +3,8 @@
 Layout of ``<out>/``::
 
     config.toml        the resolved SweepSpec (what produced the results), digest line first
-    meta.json          seed, package versions (python, torch, aihwkit, numpy, noisydeq), start time
+    meta.json          seed, package versions (python, torch, aihwkit, numpy, noisydeq), start time,
+                       the figures' title when the run has one (an experiment's)
     identity.json      what the run's identity holds beyond config.toml: the resolved device
                        spec (a preset's content, not its path)
     cells/<key>.json   one file per finished (model, chip, SNR-chunk) cell, written atomically
@@ -382,6 +383,8 @@ class RunDir:
             if self.meta_path.exists():
                 old = self.read_meta()
                 meta["started"] = old.get("started", meta["started"])
+                if isinstance(old.get("title"), str):  # a resume without one keeps it
+                    meta.setdefault("title", old["title"])
                 resumed = old.get("resumed", 0)
                 meta["resumed"] = (resumed if isinstance(resumed, int) else 0) + 1
             if history:

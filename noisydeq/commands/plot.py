@@ -4,7 +4,8 @@ Reads the run's ``config.toml`` and ``results.csv`` (checked against its ``SHA25
 and draws the figures the sweep draws (:func:`noisydeq.plots.plot_sweep`: PNG, SVG and
 the CSV of the plotted points) — no model is loaded and no cell computed. Into the run's
 own ``figures/`` by default (under the run's lock, its ``SHA256SUMS`` rewritten), or into
-``--out``. For runs made before a change of the figures' look, or with another title.
+``--out``. For runs made before a change of the figures' look, or with another title; by
+default with the run's own (``meta.json``: an experiment run's title and variant).
 """
 
 from __future__ import annotations
@@ -18,8 +19,10 @@ import click
 @click.argument("run_dir", type=click.Path(path_type=Path))
 @click.option("--out", type=click.Path(path_type=Path), default=None,
               help="Folder for the figures (default: the run's own figures/).")
-@click.option("--title", default="", help="First part of every figure's title.")
-def command(run_dir: Path, out: Path | None, title: str) -> None:
+@click.option("--title", default=None,
+              help="First part of every figure's title (default: the run's own, e.g. an "
+                   "experiment's title and variant).")
+def command(run_dir: Path, out: Path | None, title: str | None) -> None:
     """Redraw a finished sweep's figures from its results.csv (nothing is recomputed).
 
     \b
@@ -33,6 +36,10 @@ def command(run_dir: Path, out: Path | None, title: str) -> None:
     from noisydeq.results import RunDir
 
     run = load_run(run_dir, "plot")  # one line when RUN_DIR is not a finished sweep
+    if title is None:  # the title the run's figures were drawn with (meta.json), if any
+        rd = RunDir(run_dir)
+        recorded = rd.read_meta().get("title") if rd.meta_path.is_file() else None
+        title = recorded if isinstance(recorded, str) else ""
     native = None
     if run.spec.noise_site == "device":
         from noisydeq.sweep.hardware import Hardware

@@ -141,7 +141,8 @@ def run_sweep(
 
         joined = connect(backend)
     try:
-        fresh = not run_dir.open(spec)
+        # the figures' title is recorded: `noisydeq plot` redraws them with it
+        fresh = not run_dir.open(spec, {"title": title} if title else None)
         spec = run_dir.spec  # another writer may have extended it meanwhile
         try:
             return _run_open(spec, run_dir, task, hardware, models, progress, on_cell, plots,
