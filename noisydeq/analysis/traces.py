@@ -29,6 +29,7 @@ from noisydeq.specs.base import build
 from noisydeq.specs.noise import NoiseSpec
 from noisydeq.specs.solver import SolverSpec
 
+
 def fig4_cell(width: int = 100, batch: int = 16, seed: int = 0,
               dtype: torch.dtype = torch.float32,
               device: torch.device | str = "cpu") -> tuple[nn.Module, Tensor]:
