@@ -78,6 +78,7 @@ def sweep_checkpoints(spec, data_dir: str | None = None,
 
     from noisydeq.families import cache_root, prepared_member, sweep_family_specs
     from noisydeq.runtime import num_threads, thread_plan
+    from noisydeq.specs.device import trained_on
     from noisydeq.tasks import load_task
     from noisydeq.train import MODEL_FILE
 
@@ -89,7 +90,7 @@ def sweep_checkpoints(spec, data_dir: str | None = None,
     with num_threads(threads):
         for seed, tsnr, tdev, tdev_snr, fspec in sweep_family_specs(spec):
             where = "" if tdev is None else (
-                f" on {tdev} " + ("native" if tdev_snr is None else f"{tdev_snr:g} dB"))
+                f" on {trained_on(tdev, tdev_snr, spec.train_noise_mode)}")
             for depth in fspec.depths:
                 for kind in fspec.kinds:
                     entry = prepared_member(fspec, task, kind, depth, root, dev)[2]
