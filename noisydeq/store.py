@@ -39,6 +39,7 @@ digests, locks, stale temporary files and checkpoints share the temp-name and di
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import math
@@ -216,8 +217,9 @@ def check_out_dir(out: str | os.PathLike, flag: str = "--out") -> None:
     one or cannot be created or written.
 
     Writing is tried, not predicted (``os.access`` says yes to root on a directory no one
-    can write into, e.g. ``/proc`` or ``/sys``): a temporary file in ``out`` when it
-    exists, else a temporary directory in its nearest existing parent, removed at once."""
+    can write into, e.g. ``/proc`` or ``/sys``), in ``out`` or its nearest existing parent:
+    an unnamed temporary file (``O_TMPFILE``: no name, the directory unchanged), or where
+    the file system has none, a temporary directory removed at once."""
     out = Path(out)
     for parent in (out, *out.parents):
         if not parent.exists():
@@ -225,18 +227,27 @@ def check_out_dir(out: str | os.PathLike, flag: str = "--out") -> None:
         if not parent.is_dir():
             where = "is a file" if parent == out else f"lies below the file {parent}"
             raise NoisyDEQError(f"{flag} {out}: {where}, not a directory")
-        probe = _temp_path(parent / "write-probe")
         try:
-            if parent == out:
-                os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
-                probe.unlink()
-            else:
-                probe.mkdir()
-                probe.rmdir()
+            _try_writing(parent)
         except OSError as err:
             raise NoisyDEQError(f"{flag} {out}: cannot write in {parent} "
                                 f"({err.strerror or err})") from None
         return
+
+
+def _try_writing(directory: Path) -> None:
+    """Create a file in ``directory`` and let it go (OSError when that fails)."""
+    unnamed = getattr(os, "O_TMPFILE", 0)
+    if unnamed:
+        try:
+            os.close(os.open(directory, unnamed | os.O_WRONLY, 0o600))
+            return
+        except OSError as err:
+            if err.errno not in (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL):
+                raise
+    probe = _temp_path(directory / "write-probe")  # no O_TMPFILE here: a named one
+    probe.mkdir()
+    probe.rmdir()
 
 
 def make_dir(path: str | os.PathLike, what: str = "--out") -> Path:
