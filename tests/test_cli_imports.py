@@ -102,7 +102,6 @@ print(json.dumps([code, bool(seen), late]))
     (["solvers", "--device", "rram"], "give --family"),
     (["certify", "{d}/nope"], "does not exist"),
     (["certify", "{d}/damaged"], "config.toml is damaged"),
-    (["attack", "--family", "{d}/nope"], "does not exist"),
     (["attack", "--family", "{d}", "--data-dir", "{d}/nope"], "--data-dir"),
     (["spectrum", "--family", "{d}", "--out", "{d}/file/sub"], "not a directory"),
     (["sensitivity", "--family", "{d}", "--out", "{d}/file"], "not a directory"),

@@ -123,8 +123,8 @@ def command(family, attacks, eps, pgd_steps, steps, steps_eps, sigma, fraction, 
     chosen = Backend.parse(backend, address)
     _, eval_threads = thread_plan(threads)
     data_dir = check_data_dir(data_dir)
-    check_family(Path(family))
-    # the paths are checked: now the heavy imports (torch), seconds under load
+    # the attack grid's checks need torch (attacks.grid): a bad option is named before a
+    # missing --family, as everywhere, so the family is checked after them
     from noisydeq.attacks.grid import AttackRunSpec
     from noisydeq.attacks.ray_cells import run_on_ray
     from noisydeq.attacks.runner import run_attacks
@@ -140,6 +140,7 @@ def command(family, attacks, eps, pgd_steps, steps, steps_eps, sigma, fraction, 
         "seed": seed, "data_dir": data_dir, "torch_device": torch_device, **parse_sets(sets),
     }
     spec = build(AttackRunSpec, data, where="attack")
+    check_family(Path(family))
     members, task, recorded = _members(Path(family), data_dir, cache)
     spec = spec.model_copy(update={"task": task.name, "data_dir": data_dir or recorded})
     out_dir = out or default_out(Path(family), None, f"attack-{spec_hash(spec)}")
