@@ -103,6 +103,8 @@ print(json.dumps([code, bool(seen), late]))
     (["certify", "{d}/nope"], "does not exist"),
     (["certify", "{d}/damaged"], "config.toml is damaged"),
     (["attack", "--family", "{d}", "--data-dir", "{d}/nope"], "--data-dir"),
+    (["attack", "--family", "{d}", "--attacks", "pgd"], "names two curves"),
+    (["attack", "--family", "{d}", "--attacks", "pgd-epz"], "did you mean 'pgd-eps'"),
     (["spectrum", "--family", "{d}", "--out", "{d}/file/sub"], "not a directory"),
     (["sensitivity", "--family", "{d}", "--out", "{d}/file"], "not a directory"),
     (["solvers", "--out", "{d}/file/x"], "not a directory"),

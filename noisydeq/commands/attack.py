@@ -24,6 +24,7 @@ from noisydeq.commands.sensitivity import (
 from noisydeq.commands.sweep import backend_options, check_data_dir, parse_sets
 from noisydeq.errors import NoisyDEQError
 from noisydeq.progress import with_heartbeat
+from noisydeq.specs.attack_names import attack_families
 from noisydeq.specs.base import build
 
 
@@ -123,7 +124,11 @@ def command(family, attacks, eps, pgd_steps, steps, steps_eps, sigma, fraction, 
     chosen = Backend.parse(backend, address)
     _, eval_threads = thread_plan(threads)
     data_dir = check_data_dir(data_dir)
-    # the attack grid's checks need torch (attacks.grid): a bad option is named before a
+    try:  # the names, torch-free (the whole grid is checked below, after the imports)
+        attack_families(attacks)
+    except ValueError as err:
+        raise NoisyDEQError(f"attack: attacks: {err}") from None
+    # the rest of the attack grid's checks need torch (attacks.grid): a bad option is named before a
     # missing --family, as everywhere, so the family is checked after them
     from noisydeq.attacks.grid import AttackRunSpec
     from noisydeq.attacks.ray_cells import run_on_ray
