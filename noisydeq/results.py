@@ -3,7 +3,8 @@
 Layout of ``<out>/``::
 
     config.toml        the resolved SweepSpec (what produced the results), digest line first
-    meta.json          seed, package versions (python, torch, aihwkit, numpy, noisydeq), start time
+    meta.json          seed, package versions (python, torch, aihwkit, numpy, noisydeq), start time,
+                       the figures' title when the run has one (an experiment's)
     identity.json      what the run's identity holds beyond config.toml: the resolved device
                        spec (a preset's content, not its path)
     cells/<key>.json   one file per finished (model, chip, SNR-chunk) cell, written atomically
@@ -48,7 +49,7 @@ import os
 import platform
 import shutil
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -210,14 +211,17 @@ def refuse_out(out: Path, err: NoisyDEQError) -> NoisyDEQError:
     return NoisyDEQError(f"--out {out}: {err}; choose another --out or delete it")
 
 
-def read_recorded_spec(out: Path, path: Path, spec_cls: type, what: str) -> Any:
+def read_recorded_spec(out: Path, path: Path, spec_cls: type, what: str,
+                       refuse: Callable[[Path, NoisyDEQError], NoisyDEQError] = refuse_out
+                       ) -> Any:
     """The ``spec_cls`` recorded at ``path`` (TOML signed with a ``# sha256`` line) in the run
     directory ``out``, digest checked; a missing, corrupt or unreadable file is refused in
-    one line naming ``--out`` (``what`` names the run's kind: sweep, study, ...)."""
+    one line (``refuse``: naming ``--out`` by default; ``what`` names the run's kind: sweep,
+    study, ...)."""
     try:
         body = store.verify_text(store.read_text(path, path.name), path)
     except NoisyDEQError as err:
-        raise refuse_out(out, err) from None
+        raise refuse(out, err) from None
     try:
         data = parse_toml(body, str(path))
         fields = getattr(spec_cls, "model_fields", {})
@@ -227,7 +231,7 @@ def read_recorded_spec(out: Path, path: Path, spec_cls: type, what: str) -> Any:
             data["data_seed"] = seeds[0] if isinstance(seeds, list) and seeds else 0
         return build(spec_cls, data, where=str(path))
     except NoisyDEQError as err:
-        raise refuse_out(out, NoisyDEQError(
+        raise refuse(out, NoisyDEQError(
             f"holds a {what} this version cannot read ({err})")) from None
 
 
@@ -379,6 +383,8 @@ class RunDir:
             if self.meta_path.exists():
                 old = self.read_meta()
                 meta["started"] = old.get("started", meta["started"])
+                if isinstance(old.get("title"), str):  # a resume without one keeps it
+                    meta.setdefault("title", old["title"])
                 resumed = old.get("resumed", 0)
                 meta["resumed"] = (resumed if isinstance(resumed, int) else 0) + 1
             if history:

@@ -39,6 +39,7 @@ digests, locks, stale temporary files and checkpoints share the temp-name and di
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import math
@@ -212,8 +213,13 @@ def clean_stale_temps(directory: str | os.PathLike, *, locked: bool = False) -> 
 
 
 def check_out_dir(out: str | os.PathLike, flag: str = "--out") -> None:
-    """Refuse, creating nothing, an output directory that names a file, lies below one or
-    cannot be created or written for lack of permission."""
+    """Refuse, leaving nothing behind, an output directory that names a file, lies below
+    one or cannot be created or written.
+
+    Writing is tried, not predicted (``os.access`` says yes to root on a directory no one
+    can write into, e.g. ``/proc`` or ``/sys``), in ``out`` or its nearest existing parent:
+    an unnamed temporary file (``O_TMPFILE``: no name, the directory unchanged), or where
+    the file system has none, a temporary directory removed at once."""
     out = Path(out)
     for parent in (out, *out.parents):
         if not parent.exists():
@@ -221,9 +227,27 @@ def check_out_dir(out: str | os.PathLike, flag: str = "--out") -> None:
         if not parent.is_dir():
             where = "is a file" if parent == out else f"lies below the file {parent}"
             raise NoisyDEQError(f"{flag} {out}: {where}, not a directory")
-        if not os.access(parent, os.W_OK | os.X_OK):
-            raise NoisyDEQError(f"{flag} {out}: cannot write in {parent} (permission denied)")
+        try:
+            _try_writing(parent)
+        except OSError as err:
+            raise NoisyDEQError(f"{flag} {out}: cannot write in {parent} "
+                                f"({err.strerror or err})") from None
         return
+
+
+def _try_writing(directory: Path) -> None:
+    """Create a file in ``directory`` and let it go (OSError when that fails)."""
+    unnamed = getattr(os, "O_TMPFILE", 0)
+    if unnamed:
+        try:
+            os.close(os.open(directory, unnamed | os.O_WRONLY, 0o600))
+            return
+        except OSError as err:
+            if err.errno not in (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL):
+                raise
+    probe = _temp_path(directory / "write-probe")  # no O_TMPFILE here: a named one
+    probe.mkdir()
+    probe.rmdir()
 
 
 def make_dir(path: str | os.PathLike, what: str = "--out") -> Path:

@@ -66,3 +66,62 @@ def test_the_help_table_matches_the_commands() -> None:
     for (_, _, cmd), (_, _, text) in zip(real, COMMANDS, strict=True):
         for limit in (30, 45, 68, 120, 400):
             assert cmd.get_short_help_str(limit) == make_default_short_help(text, limit)
+
+
+#: modules that take seconds to import under load (torch, or noisydeq's torch-side layers)
+SLOW = ("torch", "matplotlib", "aihwkit", "noisydeq.models", "noisydeq.tasks",
+        "noisydeq.hardware", "noisydeq.analysis.family", "noisydeq.analysis.traces",
+        "noisydeq.studies", "noisydeq.attacks.grid", "noisydeq.analysis.lyapunov_experiment")
+AFTER_HEARTBEAT = """
+import json, sys
+from noisydeq import progress
+seen = []
+enter = progress.heartbeat.__enter__
+def spy(self):
+    seen.append(set(sys.modules))
+    return enter(self)
+progress.heartbeat.__enter__ = spy
+from noisydeq.cli import main
+try:
+    main(sys.argv[1:])
+except SystemExit as exit:
+    code = exit.code
+slow = {slow!r}
+late = sorted(m for m in slow if m in sys.modules and seen and m not in seen[0])
+print(json.dumps([code, bool(seen), late]))
+"""
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["spectrum", "--family", "{d}", "--inputs", "-1"], "--inputs"),
+    (["spectrum", "--family", "{d}/nope"], "does not exist"),
+    (["spectrum", "--family", "{d}/damaged"], "config.toml is damaged"),
+    (["sensitivity", "--family", "{d}", "--samples", "1"], "--samples"),
+    (["solvers", "--solvers", "bogus"], "unknown solver"),
+    (["solvers", "--max-iter", "0"], "--max-iter"),
+    (["solvers", "--device", "rram"], "give --family"),
+    (["certify", "{d}/nope"], "does not exist"),
+    (["certify", "{d}/damaged"], "config.toml is damaged"),
+    (["attack", "--family", "{d}", "--data-dir", "{d}/nope"], "--data-dir"),
+    (["attack", "--family", "{d}", "--attacks", "pgd"], "names two curves"),
+    (["attack", "--family", "{d}", "--attacks", "pgd-epz"], "did you mean 'pgd-eps'"),
+    (["spectrum", "--family", "{d}", "--out", "{d}/file/sub"], "not a directory"),
+    (["sensitivity", "--family", "{d}", "--out", "{d}/file"], "not a directory"),
+    (["solvers", "--out", "{d}/file/x"], "not a directory"),
+    (["lyapunov", "nope-exp"], "unknown experiment"),
+    (["study", "nope-exp"], "unknown experiment"),
+])
+def test_bad_input_is_refused_before_slow_imports_under_the_heartbeat(args, needle,
+                                                                      tmp_path) -> None:
+    """A heartbeat prints its first line 5 s after a command starts: bad input is refused
+    before the command's slow imports (seconds under load), so its one error line is never
+    preceded by 'noisydeq: X: 0:05 elapsed'."""
+    (tmp_path / "damaged").mkdir()
+    (tmp_path / "damaged" / "config.toml").write_text("# sha256 00\nseeds = [0]\n")
+    (tmp_path / "file").write_text("x")
+    argv = [a.replace("{d}", str(tmp_path)) for a in args]
+    proc = subprocess.run([sys.executable, "-c", AFTER_HEARTBEAT.format(slow=SLOW), *argv],
+                          capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    code, started, late = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert code == 2 and needle in proc.stderr, proc.stderr
+    assert started and late == [], (late, proc.stderr)

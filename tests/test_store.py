@@ -223,3 +223,29 @@ def test_text_reader_refuses_binary_and_huge_files(tmp_path):
             store.read_text(tmp_path / name, "preset")
     with pytest.raises(NoisyDEQError, match="MiB"):
         store.read_text(tmp_path / "bin", "preset", limit=1)
+
+
+@pytest.mark.skipif(not os.path.isdir("/sys"), reason="needs Linux's /sys")
+def test_check_out_dir_tries_writing_instead_of_trusting_os_access(tmp_path):
+    """/sys refuses new entries even to root, whom os.access always answers yes; a writable
+    --out (existing or not) is accepted and nothing of the probe stays behind."""
+    with pytest.raises(NoisyDEQError, match=r"--out /sys/noisydeq-out: cannot write in /sys"):
+        store.check_out_dir("/sys/noisydeq-out")
+    with pytest.raises(NoisyDEQError, match=r"--out /sys/a/b: cannot write in /sys \("):
+        store.check_out_dir("/sys/a/b")
+    before = tmp_path.stat().st_mtime_ns
+    store.check_out_dir(tmp_path / "new" / "deeper")
+    store.check_out_dir(tmp_path)
+    assert list(tmp_path.iterdir()) == []
+    assert tmp_path.stat().st_mtime_ns == before  # an unnamed file: the directory unchanged
+
+
+@pytest.mark.skipif(not os.path.isdir("/sys"), reason="needs Linux's /sys")
+def test_check_out_dir_without_unnamed_files_tries_a_directory(tmp_path, monkeypatch):
+    """Where there is no O_TMPFILE the probe is a named directory, removed at once."""
+    monkeypatch.delattr(os, "O_TMPFILE", raising=False)
+    with pytest.raises(NoisyDEQError, match=r"--out /sys/x: cannot write in /sys \("):
+        store.check_out_dir("/sys/x")
+    store.check_out_dir(tmp_path / "new")
+    store.check_out_dir(tmp_path)
+    assert list(tmp_path.iterdir()) == []

@@ -230,3 +230,29 @@ def test_plot_command_redraws_a_finished_run_from_its_table(tmp_path, capsys):
     err = err.strip()
     assert code != 0 and len(err.splitlines()) == 1 and "Traceback" not in err, err
     assert "not a finished sweep run directory" in err
+
+
+def test_plot_command_redraws_with_the_runs_own_title(tmp_path, monkeypatch):
+    """An experiment run's figures carry its title ("<title> [variant]"); `noisydeq plot RUN`
+    redraws them with the same one (meta.json records it, a resume without a title keeps
+    it), --title still replaces it."""
+    import noisydeq.plots
+
+    task = toy_task(n=40)
+    spec = toy_spec(device="snr", noise_site="device", snr_db="0,inf", chips=1, max_rows=400)
+    run = tmp_path / "exp"
+    run_sweep(spec, run, task=task, models=toy_models(task), progress=False, plots=False,
+              title="Fig. 1a [quick]")
+    run_sweep(spec, run, task=task, models=toy_models(task), progress=False, plots=False)
+    drawn = []
+
+    def plot_sweep(rows, out, spec, native, title=""):
+        out.mkdir(parents=True, exist_ok=True)
+        drawn.append(title)
+        return []
+
+    monkeypatch.setattr(noisydeq.plots, "plot_sweep", plot_sweep)
+    for args in ([], ["--title", "mine"], ["--out", str(tmp_path / "figs")]):
+        out = CliRunner().invoke(cli, ["plot", str(run), *args])
+        assert out.exit_code == 0, out.output
+    assert drawn == ["Fig. 1a [quick]", "mine", "Fig. 1a [quick]"]

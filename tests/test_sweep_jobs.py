@@ -106,3 +106,26 @@ def test_a_worker_keys_cells_as_the_driver_and_refuses_to_disagree(tmp_path):
         wrong = dataclasses.replace(facts, model_hashes=("0" * 16, *facts.model_hashes[1:]))
         with pytest.raises(NoisyDEQError, match="other weights for .* than the sweep loaded"):
             worker_runner(spec, str(tmp_path / "run"), wrong)
+
+
+def test_the_driver_fingerprints_the_code_once(tmp_path, monkeypatch):
+    """The content digest and the facts a parallel sweep's workers check carry one code
+    fingerprint, computed once (it reads every module of the package): the same value,
+    not two reads that an edit between them could split."""
+    import noisydeq.hardware.calibration_store as store_mod
+    from noisydeq.results import RunDir
+    from noisydeq.sweep.hardware import Hardware
+    from noisydeq.sweep.plan import CellRunner
+    from noisydeq.sweep.write import DriverFacts
+    from tests.sweep_helpers import toy_models, toy_spec, toy_task
+
+    calls = []
+    real = store_mod.code_fingerprint
+    monkeypatch.setattr(store_mod, "code_fingerprint",
+                        lambda: calls.append(1) or real())
+    task = toy_task()
+    spec = toy_spec(device="ideal", noise_site="signal", snr_db="0,inf", chips=1)
+    driver = CellRunner(spec, task, RunDir(tmp_path / "run"), Hardware(spec),
+                        torch.device("cpu"))
+    facts = DriverFacts.of(driver, toy_models(task))
+    assert len(calls) == 1 and facts.code == real() and facts.content == driver.content

@@ -21,6 +21,8 @@ from torch import nn
 
 from noisydeq import store
 from noisydeq.errors import CorruptArtefact, NoisyDEQError
+from noisydeq.specs.device import DIGITAL
+from noisydeq.specs.device import trained_on as device_words
 
 
 @dataclass
@@ -59,8 +61,6 @@ class Member:
         return base if self.chip is None else (*base, self.chip)
 
 
-DIGITAL = "digital"
-
 
 def group_order(group: tuple) -> tuple:
     """Sort key of a :attr:`Member.group`: seed, training SNR, digitally trained first."""
@@ -80,14 +80,10 @@ def training_text(member: Member) -> str:
 
 
 def trained_on(train: dict[str, Any]) -> str:
-    """The training device of a recorded TrainSpec, in words (:attr:`Member.trained_on`)."""
-    device = train.get("device")
-    if not device:
-        return DIGITAL
-    snr = train.get("device_snr_db")
-    text = f"{device} " + ("native" if snr is None else f"{float(snr):g} dB")
-    mode = train.get("device_noise_mode")
-    return text if mode in (None, "physical") else f"{text} ({mode})"
+    """The training device of a recorded TrainSpec, in words (:attr:`Member.trained_on`,
+    :func:`noisydeq.specs.device.trained_on`)."""
+    return device_words(train.get("device"), train.get("device_snr_db"),
+                        train.get("device_noise_mode"))
 
 
 def _train_snr(train: dict[str, Any]) -> float:

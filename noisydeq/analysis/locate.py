@@ -20,11 +20,10 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-
 from noisydeq.errors import NoisyDEQError
-from noisydeq.train import MODEL_FILE
 
+# torch and noisydeq.train (MODEL_FILE) load inside the functions that need them:
+# check_family runs before a command's heavy imports
 SWEEP_CONFIG = "config.toml"
 
 
@@ -38,11 +37,19 @@ class FamilySource:
     origin: str = "dir"  # "sweep", "dir" or "checkpoint"
 
 
+def _refuse_family(run_dir: Path, err: NoisyDEQError) -> NoisyDEQError:
+    """``err`` (about the run's recorded spec) as the one-line refusal of ``--family``."""
+    return NoisyDEQError(f"--family {run_dir}: its {SWEEP_CONFIG} is damaged or unreadable "
+                         f"({err}); restore it or re-run the sweep")
+
+
 def read_sweep_spec(run_dir: Path):
     """The :class:`SweepSpec` a sweep run dir recorded (digest checked: a damaged one is one
-    error naming it), or None when ``run_dir`` is not a sweep run dir."""
+    error naming it), or None when ``run_dir`` is not a sweep run dir (no ``config.toml``,
+    or one without the digest line noisydeq writes: :func:`locate` then searches for
+    checkpoints)."""
     from noisydeq import store
-    from noisydeq.results import RunDir
+    from noisydeq.results import RunDir, read_recorded_spec
 
     rd = RunDir(run_dir)
     if not rd.config_path.is_file():
@@ -50,11 +57,12 @@ def read_sweep_spec(run_dir: Path):
     try:
         with open(rd.config_path, "rb") as fh:
             head = fh.read(len(store.TEXT_DIGEST))
-    except OSError:
-        return None
+    except OSError as err:
+        raise _refuse_family(run_dir, NoisyDEQError(err.strerror or str(err))) from None
     if head != store.TEXT_DIGEST.encode():
         return None  # a config.toml of something else: fall back to searching checkpoints
-    return rd.read_config()
+    return read_recorded_spec(rd.path, rd.config_path, rd.spec_cls, rd.what,
+                              refuse=_refuse_family)
 
 
 def sweep_checkpoints(spec, data_dir: str | None = None,
@@ -66,9 +74,13 @@ def sweep_checkpoints(spec, data_dir: str | None = None,
     (:func:`noisydeq.families.sweep_family_specs`). A missing member is one clear error
     naming the cache that was searched.
     """
+    import torch
+
     from noisydeq.families import cache_root, prepared_member, sweep_family_specs
     from noisydeq.runtime import num_threads, thread_plan
+    from noisydeq.specs.device import trained_on
     from noisydeq.tasks import load_task
+    from noisydeq.train import MODEL_FILE
 
     task = load_task(spec.task, data_dir=data_dir or spec.data_dir, seed=spec.data_seed)
     root = cache_root(cache_dir) / "models"
@@ -78,7 +90,7 @@ def sweep_checkpoints(spec, data_dir: str | None = None,
     with num_threads(threads):
         for seed, tsnr, tdev, tdev_snr, fspec in sweep_family_specs(spec):
             where = "" if tdev is None else (
-                f" on {tdev} " + ("native" if tdev_snr is None else f"{tdev_snr:g} dB"))
+                f" on {trained_on(tdev, tdev_snr, spec.train_noise_mode)}")
             for depth in fspec.depths:
                 for kind in fspec.kinds:
                     entry = prepared_member(fspec, task, kind, depth, root, dev)[2]
@@ -97,9 +109,23 @@ def sweep_checkpoints(spec, data_dir: str | None = None,
     return found
 
 
+def check_family(root: str | Path) -> None:
+    """Refuse a ``--family`` that does not exist or a sweep run dir whose ``config.toml`` is
+    damaged, in one line, without torch: commands call it before their heavy imports (and
+    before their heartbeat's first line)."""
+    p = Path(root)
+    if p.is_file():
+        return
+    if not p.is_dir():
+        raise NoisyDEQError(f"--family: {p} does not exist")
+    read_sweep_spec(p)
+
+
 def locate(root: str | Path, *, data_dir: str | None = None,
            cache_dir: str | os.PathLike | None = None) -> FamilySource:
     """Resolve ``--family`` (see the module docstring); ``data_dir`` overrides the recorded one."""
+    from noisydeq.train import MODEL_FILE
+
     p = Path(root)
     if p.is_file():
         return FamilySource(p, [p], origin="checkpoint")
@@ -110,6 +136,11 @@ def locate(root: str | Path, *, data_dir: str | None = None,
         return FamilySource(p, sweep_checkpoints(spec, data_dir, cache_dir),
                             data_dir=spec.data_dir, origin="sweep")
     found = sorted(p.rglob(MODEL_FILE))
+    if not found and (p / SWEEP_CONFIG).is_file():
+        # a sweep run dir whose config.toml lost its digest line (truncated, overwritten)
+        raise _refuse_family(p, NoisyDEQError(
+            f"it lacks the digest line noisydeq writes, and no {MODEL_FILE} lies under "
+            "the directory"))
     if not found:
         raise NoisyDEQError(
             f"--family: no trained model ({MODEL_FILE}) under {p}; give a run dir of "

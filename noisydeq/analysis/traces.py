@@ -17,33 +17,17 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from noisydeq.analysis.solver_names import (  # noqa: F401 (SOLVER_NAMES: re-exported)
+    SOLVER_NAMES,
+    check_solvers,
+    parse_windows,
+)
 from noisydeq.errors import NoisyDEQError
 from noisydeq.models.cells import TanhLayer
 from noisydeq.noise import Noise, NoiseStream, derive_seed
 from noisydeq.specs.base import build
 from noisydeq.specs.noise import NoiseSpec
 from noisydeq.specs.solver import SolverSpec
-
-SOLVER_NAMES = ("unroll", "stochastic", "anderson", "broyden")
-
-
-def check_solvers(names: Sequence[str]) -> list[str]:
-    """Validate solver names (one clear error listing the allowed ones)."""
-    out = []
-    for n in names:
-        n = n.strip()
-        if n not in SOLVER_NAMES:
-            import difflib
-
-            close = difflib.get_close_matches(n, SOLVER_NAMES, n=1)
-            hint = f"; did you mean '{close[0]}'?" if close else ""
-            raise NoisyDEQError(
-                f"--solvers: unknown solver '{n}'{hint} (allowed: {', '.join(SOLVER_NAMES)})"
-            )
-        out.append(n)
-    if not out:
-        raise NoisyDEQError(f"--solvers: empty list (allowed: {', '.join(SOLVER_NAMES)})")
-    return out
 
 
 def fig4_cell(width: int = 100, batch: int = 16, seed: int = 0,
@@ -103,27 +87,6 @@ def _solve(f, z0, spec):
     from noisydeq.solvers import solve
 
     return solve(f, z0, spec)
-
-
-def parse_windows(text: str | int | Sequence[int]) -> list[int]:
-    """``--window``: one window length or a comma list (``5`` or ``5,20,50``), in order."""
-    parts = [text] if isinstance(text, int) else (
-        str(text).split(",") if isinstance(text, str) else list(text))
-    out: list[int] = []
-    for p in parts:
-        try:
-            w = int(str(p).strip())
-        except ValueError:
-            w = 0
-        if w < 1:
-            raise NoisyDEQError(
-                f"--window: '{str(p).strip()}' is not a positive integer (e.g. 5 or 5,20,50)"
-            )
-        if w not in out:
-            out.append(w)
-    if not out:
-        raise NoisyDEQError("--window: give at least one window length (e.g. 5 or 5,20,50)")
-    return out
 
 
 def ar1_floor_ratio(rho: float, window: int) -> float:

@@ -31,15 +31,15 @@ from noisydeq.attacks.spec import (
     check_norm,
     expand_estimator,
     parse_defence,
-    suggest,
+)
+from noisydeq.specs.attack_names import (  # noqa: F401 (FAMILIES, ALIASES: re-exported)
+    ALIASES,
+    FAMILIES,
+    attack_families,
 )
 from noisydeq.specs.base import InfFloat, StrictModel, build
 from noisydeq.specs.noise import snr_list
 
-FAMILIES = ("pgd-eps", "pgd-steps", "ifgsm", "aa", "aa-rand", "apgd-ce", "apgd-t", "fab",
-            "square", "speckle", "salt-pepper")
-ALIASES = {"pgd": "pgd-eps", "autoattack": "aa", "sp": "salt-pepper",
-           "salt-and-pepper": "salt-pepper"}
 DEFAULT_ATTACKS = ["pgd-eps", "pgd-steps", "aa", "aa-rand", "speckle", "salt-pepper"]
 MODES = ("digital", "device", "transfer")
 #: most points of one strength grid (ε, σ, fractions, steps)
@@ -139,17 +139,7 @@ class AttackRunSpec(StrictModel):
     @field_validator("attacks", mode="before")
     @classmethod
     def _attacks(cls, v: Any) -> list[str]:
-        if isinstance(v, str):
-            v = [p.strip() for p in v.split(",") if p.strip()]
-        out = []
-        for a in v or []:
-            a = ALIASES.get(str(a).lower(), str(a).lower())
-            if a not in FAMILIES:
-                raise suggest("attack", a, FAMILIES)
-            out.append(a)
-        if not out:
-            raise ValueError("attacks must name at least one attack")
-        return list(dict.fromkeys(out))
+        return attack_families(v)
 
     @field_validator("eps", "sigma", "fraction", mode="before")
     @classmethod

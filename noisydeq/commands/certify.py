@@ -125,11 +125,14 @@ def command(source: Path, **opts: Any) -> None:
     echo = (lambda s: None) if opts["quiet"] or opts["as_json"] else (
         lambda s: click.echo(s, err=True))
     threads = opts["threads"] if opts["threads"] is not None else thread_plan(None)[0]
+    experiment = source.suffix == ".toml" or is_bundled(source)
+    # the paths first, torch-free: before num_threads and the heavy imports load torch
+    where = find_experiment(source, "certify") if experiment else _check_source(source, opts)
     with num_threads(threads):
-        if source.suffix == ".toml" or is_bundled(source):
-            rows, files = _experiment(find_experiment(source, "certify"), opts, echo)
+        if experiment:
+            rows, files = _experiment(where, opts, echo)
         else:
-            rows, files = _models(source, opts, echo)
+            rows, files = _models(source, where, opts, echo)
     if opts["as_json"]:
         click.echo(json.dumps(rows, indent=2, allow_nan=True))
         return
@@ -142,7 +145,22 @@ def command(source: Path, **opts: Any) -> None:
         click.echo(f"wrote {f}")
 
 
-def _models(source: Path, opts: dict[str, Any], echo) -> tuple[list[dict], list[Path]]:
+def _check_source(source: Path, opts: dict[str, Any]) -> Path:
+    """The ``--out`` of certifying the models at ``source``, after the torch-free checks of
+    both (missing source, damaged run config, unwritable output)."""
+    from noisydeq.analysis.locate import check_family
+
+    if not source.exists():
+        raise NoisyDEQError(f"certify: {source} does not exist")
+    check_family(source)
+    name = source.stem if source.is_file() else source.name
+    out = opts["out"] or Path("runs") / f"certify-{name}"
+    _writable(out)
+    return out
+
+
+def _models(source: Path, out: Path, opts: dict[str, Any], echo
+            ) -> tuple[list[dict], list[Path]]:
     from noisydeq.analysis.certified import (
         plan,
         plot_accuracy,
@@ -156,10 +174,6 @@ def _models(source: Path, opts: dict[str, Any], echo) -> tuple[list[dict], list[
 
     spec = _spec(opts)
     _check_device(spec)
-    if not source.exists():
-        raise NoisyDEQError(f"certify: {source} does not exist")
-    name = source.stem if source.is_file() else source.name
-    out = opts["out"] or Path("runs") / f"certify-{name}"
     members = load_family(source, data_dir=opts["data_dir"], cache_dir=opts["cache"],
                           check=check_certifiable)
     task = load_family_task(members, opts["data_dir"])
@@ -167,7 +181,6 @@ def _models(source: Path, opts: dict[str, Any], echo) -> tuple[list[dict], list[
     if spec.n_test is not None:
         x, y = x[: spec.n_test], y[: spec.n_test]
     plans = [plan(m, spec, x) for m in members]  # every refusal before any work
-    _writable(out)
     for m in members:
         m.eps_train = _eps_train(m.path)
     with session(opts["backend"]):  # unreachable: one line, nothing written

@@ -37,16 +37,18 @@ def command(experiment: str, out: str | None, data_dir: str | None, seeds: str |
       noisydeq lyapunov lyapunov-table1 --data-dir DIR
       noisydeq lyapunov lyapunov-device --data-dir DIR --seeds 0 --only device
     """
-    from noisydeq.analysis.lyapunov_experiment import load_experiment, run_experiment
     from noisydeq.bundled import find_experiment
     from noisydeq.commands.sweep import check_data_dir, parse_seeds
     from noisydeq.runtime import num_threads, thread_plan
 
     _train, eval_threads = thread_plan(threads)
-    spec = load_experiment(
-        find_experiment(experiment, "lyapunov"), data_dir=check_data_dir(data_dir),
-        seeds=parse_seeds(seeds) if seeds is not None else None,
-    )
+    path = find_experiment(experiment, "lyapunov")
+    data_dir = check_data_dir(data_dir)
+    seed_list = parse_seeds(seeds) if seeds is not None else None
+    # the command line is checked: now the heavy imports (torch), seconds under load
+    from noisydeq.analysis.lyapunov_experiment import load_experiment, run_experiment
+
+    spec = load_experiment(path, data_dir=data_dir, seeds=seed_list)
     out_dir = Path(out) if out else Path("runs") / spec.name
 
     def log(text: str) -> None:

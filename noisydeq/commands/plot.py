@@ -9,7 +9,8 @@ drawn as one: their rows merged (:mod:`noisydeq.studies.merge`; a row two runs b
 refused), then averaged over seeds with the band min…max — into ``--out``, which several
 runs need. No model is loaded and no cell computed. Into the run's own ``figures/`` by
 default (under the run's lock, its ``SHA256SUMS`` rewritten), or into ``--out``. For runs
-made before a change of the figures' look, with another title, or seeds run apart.
+made before a change of the figures' look, with another title, or seeds run apart; a
+sweep's title is by default its own (``meta.json``: an experiment run's title and variant).
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ def _seal_own(rd, draw) -> list[Path]:
     return paths
 
 
-def _studies(run_dirs: tuple[Path, ...], out: Path | None, title: str) -> list[Path]:
+def _studies(run_dirs: tuple[Path, ...], out: Path | None, title: str | None) -> list[Path]:
     from noisydeq import store
     from noisydeq.studies.merge import load_studies, merged_rows, merged_spec
     from noisydeq.studies.plots import plot_study
@@ -61,8 +62,10 @@ def _studies(run_dirs: tuple[Path, ...], out: Path | None, title: str) -> list[P
 @click.argument("run_dirs", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--out", type=click.Path(path_type=Path), default=None,
               help="Folder for the figures (default: the run's own figures/).")
-@click.option("--title", default="", help="First part of every figure's title.")
-def command(run_dirs: tuple[Path, ...], out: Path | None, title: str) -> None:
+@click.option("--title", default=None,
+              help="First part of every figure's title (default: the run's own, e.g. an "
+                   "experiment's title and variant).")
+def command(run_dirs: tuple[Path, ...], out: Path | None, title: str | None) -> None:
     """Redraw a finished run's figures from its results.csv (nothing is recomputed).
 
     Several studies of one task (e.g. one seed each) are drawn as one figure over their
@@ -91,13 +94,17 @@ def command(run_dirs: tuple[Path, ...], out: Path | None, title: str) -> None:
         click.echo(f"wrote {p}")
 
 
-def _sweep(run_dir: Path, out: Path | None, title: str) -> list[Path]:
+def _sweep(run_dir: Path, out: Path | None, title: str | None) -> list[Path]:
     from noisydeq import store
     from noisydeq.compare import load_run
     from noisydeq.plots import plot_sweep
     from noisydeq.results import RunDir
 
     run = load_run(run_dir, "plot")  # one line when RUN_DIR is not a finished sweep
+    if title is None:  # the title the run's figures were drawn with (meta.json), if any
+        rd = RunDir(run_dir)
+        recorded = rd.read_meta().get("title") if rd.meta_path.is_file() else None
+        title = recorded if isinstance(recorded, str) else ""
     native = None
     if run.spec.noise_site == "device":
         from noisydeq.sweep.hardware import Hardware

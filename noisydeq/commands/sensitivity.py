@@ -41,6 +41,14 @@ def threads_option(f):
         run_with_threads)
 
 
+def check_family(family: Path) -> None:
+    """``--family``'s one-line refusals that need no torch (missing path, damaged run
+    config): before a command's heavy imports, so no heartbeat line precedes them."""
+    from noisydeq.analysis.locate import check_family as check
+
+    check(family)
+
+
 def family_option(f):
     return click.option("--family", "family", required=True,
                         type=click.Path(path_type=Path),
@@ -126,10 +134,6 @@ def command(family, kind, eta, snr, site, samples, inputs, precision, seed, data
       noisydeq sensitivity --family runs/sweep-1a2b3c --kind multiplicative --snr 10 --samples 100
       noisydeq sensitivity --family runs/sweep-1a2b3c --device ideal
     """
-    from noisydeq.analysis.family import load_family
-    from noisydeq.analysis.runs import family_inputs, run_sensitivity
-    from noisydeq.runtime import resolve_torch_device
-
     if samples < 2:
         raise NoisyDEQError(f"--samples: need at least 2 noise samples, got {samples}")
     if samples > MAX_COUNT:
@@ -150,10 +154,17 @@ def command(family, kind, eta, snr, site, samples, inputs, precision, seed, data
         raise NoisyDEQError("--snr: multiplicative noise needs a finite SNR in dB")
     if kind == "additive" and eta <= 0:
         raise NoisyDEQError(f"--eta: additive noise needs eta > 0, got {eta:g}")
+    check_family(family)
+    out_dir = default_out(family, out, "sensitivity")
+    store.check_out_dir(out_dir)
+    # the CLI input is checked: now the heavy imports (torch), seconds under load
+    from noisydeq.analysis.family import load_family
+    from noisydeq.analysis.runs import family_inputs, run_sensitivity
+    from noisydeq.runtime import resolve_torch_device
+
     dev = resolve_torch_device(torch_device)
     members = load_family(family, dev, data_dir=data_dir, cache_dir=cache)
     x = family_inputs(members, inputs, data_dir, dev)
-    out_dir = default_out(family, out, "sensitivity")
     members, on = on_device(family, device, chips, device_snr, members, data_dir, dev)
     rows, paths = run_sensitivity(
         members, spec, x, out_dir, n_noise=samples, precision=precision or None, seed=seed,

@@ -12,6 +12,7 @@ from noisydeq.commands.sensitivity import (
     MAX_COUNT,
     SEED,
     cache_option,
+    check_family,
     device_options,
     threads_option,
     torch_device_option,
@@ -84,13 +85,11 @@ def command(names, snr, max_iter, window, width, batch, family, depth, member_se
       noisydeq solvers --family runs/sweep-1a2b3c --window 5,20,40 --inputs 500
       noisydeq solvers --family runs/sweep-1a2b3c --device ideal
     """
-    from noisydeq.analysis import solver_runs, traces
-    from noisydeq.analysis.family import training_text
-    from noisydeq.runtime import resolve_torch_device
+    from noisydeq.analysis.solver_names import check_solvers, parse_windows
 
-    solvers = traces.check_solvers(names.split(","))
-    acc_solvers = traces.check_solvers(accuracy_solvers.split(","))
-    windows = traces.parse_windows(window)
+    solvers = check_solvers(names.split(","))
+    acc_solvers = check_solvers(accuracy_solvers.split(","))
+    windows = parse_windows(window)
     for name, v, top in (("--max-iter", max_iter, limits.MAX_ITER),
                          ("--count-max-iter", count_max_iter, limits.MAX_ITER),
                          ("--accuracy-max-iter", accuracy_max_iter, limits.MAX_ITER),
@@ -114,6 +113,20 @@ def command(names, snr, max_iter, window, width, batch, family, depth, member_se
     snrs = parse_grid("--snr", snr)
     count_snrs = parse_grid("--count-snr", count_snr)
     acc_snrs = parse_grid("--accuracy-snr", accuracy_snr)
+    if family is not None:
+        check_family(family)
+    elif device is not None or chips is not None or device_snr is not None:
+        raise NoisyDEQError("--device/--chips/--device-snr: give --family (the Fig. 4 cell "
+                            "is random and digital)")
+    if out is None:
+        base = Path(".") if family is None else (family if family.is_dir() else family.parent)
+        out = base / "analysis" / "solvers" if family is not None else Path("solvers")
+    store.check_out_dir(out)
+    # the CLI input is checked: now the heavy imports (torch), seconds under load
+    from noisydeq.analysis import solver_runs, traces
+    from noisydeq.analysis.family import training_text
+    from noisydeq.runtime import resolve_torch_device
+
     dev = resolve_torch_device(torch_device)
     model_info = None
     on = None
@@ -122,12 +135,6 @@ def command(names, snr, max_iter, window, width, batch, family, depth, member_se
                                  member_train_device, inputs, data_dir, cache, dev)
         model_info, on = _on_device(family, device, chips, device_snr, model_info, data_dir,
                                     dev)
-    elif device is not None or chips is not None or device_snr is not None:
-        raise NoisyDEQError("--device/--chips/--device-snr: give --family (the Fig. 4 cell "
-                            "is random and digital)")
-    if out is None:
-        base = Path(".") if family is None else (family if family.is_dir() else family.parent)
-        out = base / "analysis" / "solvers" if family is not None else Path("solvers")
     cell, xt = traces.fig4_cell(width, batch, seed, device=dev)
     ts = traces.residual_traces(cell, xt, snrs, solvers, max_iter=max_iter, seed=seed,
                                 window=windows[0])

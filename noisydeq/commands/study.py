@@ -54,7 +54,6 @@ def command(experiment: str, variant: str, out: str | None, data_dir: str | None
     from noisydeq.cluster import Backend
     from noisydeq.runtime import num_threads, thread_plan
     from noisydeq.specs.toml import load_toml
-    from noisydeq.studies import StudyFile, run_study
 
     chosen = Backend.parse(backend, address)
     n_threads = thread_plan(None)[0]  # $NOISYDEQ_THREADS, else one thread
@@ -65,12 +64,16 @@ def command(experiment: str, variant: str, out: str | None, data_dir: str | None
             n_threads = 0
         if n_threads < 1:
             raise NoisyDEQError(f"--threads: a positive integer, got {threads!r}")
-    exp = load_toml(StudyFile, find_experiment(experiment, "study"))
+    path = find_experiment(experiment, "study")
     over = parse_sets(sets)
     if data_dir is not None:
         over["data_dir"] = check_data_dir(data_dir)
     if torch_device is not None:
         over["torch_device"] = torch_device
+    # the command line is checked: now the heavy imports (torch), seconds under load
+    from noisydeq.studies import StudyFile, run_study
+
+    exp = load_toml(StudyFile, path)
     spec = exp.resolve(variant, over)
     target = Path(out) if out else default_out(exp.name, variant)
     talk = not (quiet or as_json)

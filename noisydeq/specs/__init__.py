@@ -4,5 +4,6 @@
 ``noise`` (SNR grammar, :class:`NoiseSpec`), ``solver``, ``model`` → ``cell`` →
 ``device`` (a sweep's device choices), ``optimizer`` (a training run's options) →
 ``training`` (:class:`TrainSpec` and its presets) → ``family`` → ``sweep`` →
-``experiment``. Each module imports only modules to its left; none imports torch.
+``experiment``; ``attack_names`` (the attack families ``noisydeq attack`` names) stands
+alone. Each module imports only modules to its left; none imports torch.
 """

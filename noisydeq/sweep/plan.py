@@ -89,11 +89,18 @@ class CellRunner:
     def __init__(
         self, spec: SweepSpec, task: Any, run_dir: RunDir | None, hardware: Hardware,
         torch_device: torch.device, *, groups: list[list[float]] | None = None,
-        content: str | None = None,
+        content: str | None = None, code: str | None = None,
     ) -> None:
         """``run_dir`` None: a runner without a run directory (a Ray worker's, which only
         computes: :mod:`noisydeq.sweep.ray_cells`); it is given the driver's calibration
-        ``groups`` and cell ``content`` digest instead of reading them."""
+        ``groups`` and cell ``content`` digest instead of reading them. ``code``: the
+        package's :func:`~noisydeq.hardware.calibration_store.code_fingerprint` when the
+        caller has it (a worker, after checking it is the driver's); else computed here,
+        once, for the content digest and what the driver tells its workers
+        (:attr:`code`)."""
+        from noisydeq.hardware.calibration_store import code_fingerprint
+
+        self.code = code_fingerprint() if code is None else code
         self.spec, self.run_dir, self.hardware = spec, run_dir, hardware
         from noisydeq.results import columns_for
 
@@ -126,13 +133,12 @@ class CellRunner:
         .code_fingerprint`)."""
         import hashlib
 
-        from noisydeq.hardware.calibration_store import code_fingerprint
         from noisydeq.results import device_identity
         from noisydeq.store import hash_tensor
 
         h = hashlib.blake2b(digest_size=10)
         h.update(repr((device_identity(self.spec), self.spec.swept_mode, self.spec.calibration,
-                       code_fingerprint())).encode())
+                       self.code)).encode())
         for t in (self.x, self.y, self.calib_x):
             if t is not None:
                 hash_tensor(h, t.detach().cpu())

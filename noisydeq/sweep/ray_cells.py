@@ -77,7 +77,7 @@ def _build_runner(payload: Payload) -> CellRunner:
     cluster.same_code(payload.code, code_fingerprint())
     return CellRunner(payload.spec, payload.task, None, payload.hardware,
                       torch.device(payload.torch_device), groups=payload.groups,
-                      content=payload.content)
+                      content=payload.content, code=payload.code)
 
 
 Cell = tuple[list[float], list[dict[str, Any]], list[dict[str, Any]]]
@@ -128,12 +128,12 @@ def run_on_ray(
     import ray
 
     from noisydeq.families import cache_root
-    from noisydeq.hardware.calibration_store import cache_entries, code_fingerprint, read_entries
+    from noisydeq.hardware.calibration_store import cache_entries, read_entries
 
     assert runner.run_dir is not None
     payload = Payload(runner.spec, _inputs(task, runner), runner.hardware,
                       [list(g) for g in runner.hardware.level_groups], runner.content,
-                      code_fingerprint(), str(runner.torch_device))
+                      runner.code, str(runner.torch_device))
     ref = ray.put(payload)
     token = ref.hex()
     pending = sorted((p for p, t in todo.items() if t), key=lambda p: -models[p[0]].params)

@@ -55,10 +55,8 @@ class DriverFacts:
 
     @classmethod
     def of(cls, runner: CellRunner, models: Sequence[SweepModel]) -> DriverFacts:
-        from noisydeq.hardware.calibration_store import code_fingerprint
-
-        return cls(runner.content, code_fingerprint(),
-                   tuple(runner.model_hash(sm) for sm in models))
+        # the code fingerprint the runner's content digest was made with (computed once)
+        return cls(runner.content, runner.code, tuple(runner.model_hash(sm) for sm in models))
 
 
 def worker_runner(spec: SweepSpec, out_dir: str,
@@ -78,7 +76,8 @@ def worker_runner(spec: SweepSpec, out_dir: str,
     task = load_task(spec.task, data_dir=spec.data_dir, seed=spec.data_seed)
     models = family_models(spec, task, progress=False)
     runner = CellRunner(spec, task, RunDir(out_dir), Hardware(spec),
-                        resolve_torch_device(spec.torch_device), content=facts.content)
+                        resolve_torch_device(spec.torch_device), content=facts.content,
+                        code=facts.code)
     found = tuple(runner.model_hash(sm) for sm in models)
     if found != facts.model_hashes:
         which = next((f"weights for {sm.model_id}" for sm, a, b in zip(
@@ -141,7 +140,8 @@ def run_sweep(
 
         joined = connect(backend)
     try:
-        fresh = not run_dir.open(spec)
+        # the figures' title is recorded: `noisydeq plot` redraws them with it
+        fresh = not run_dir.open(spec, {"title": title} if title else None)
         spec = run_dir.spec  # another writer may have extended it meanwhile
         try:
             return _run_open(spec, run_dir, task, hardware, models, progress, on_cell, plots,

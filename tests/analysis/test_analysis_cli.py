@@ -80,6 +80,14 @@ def test_spectrum_command_matches_eigvals(family, tmp_path, capsys):
     n_eig = sum(1 for r in rows(out / "eigenvalues.csv") if r["kind"] == "deq"
                 and r["depth"] == "3")
     assert n_eig == members[("deq", 3)].width
+    # the printed table: ρ(J*) of a DEQ as a number, "-" for an FFW (no fixed point), no nan;
+    # spectrum.csv leaves the FFW's cell empty
+    printed = {tuple(ln.split()[1:3]): ln.split() for ln in stdout.splitlines()
+               if ln.split()[1:2] in (["deq"], ["ffw"])}
+    assert printed[("ffw", "3")][-1] == "-" and "nan" not in stdout
+    assert float(printed[("deq", "3")][-1]) == pytest.approx(
+        float(table[("deq", 3)]["jac_rho_mean"]), rel=1e-3)
+    assert table[("ffw", 3)]["jac_rho_mean"] == ""
 
 
 def _one_line_error(code, err, *needles):
@@ -109,6 +117,16 @@ def test_bad_input_is_one_line(family, tmp_path, capsys):
     store.save_checkpoint(bogus, {"w": torch.zeros(2)}, {"model": {}}, {"test_metric": 1.0})
     code, _, err = run(["sensitivity", "--family", str(bogus)], capsys)
     _one_line_error(code, err, "no model spec")
+    # a sweep run dir whose config.toml is damaged: named as such, not "no trained model"
+    for name, text in (("blank", ""), ("nodigest", "seeds = [0]\n"),
+                       ("changed", "# sha256 00\nseeds = [0]\n")):
+        run_dir = tmp_path / name
+        run_dir.mkdir()
+        (run_dir / "config.toml").write_text(text)
+        for cmd in ("spectrum", "sensitivity"):
+            code, _, err = run([cmd, "--family", str(run_dir)], capsys)
+            _one_line_error(code, err, f"--family {run_dir}: its config.toml is damaged")
+            assert "no trained model" not in err and "--out" not in err
     untrained = make_family(tmp_path / "untrained", depths=(1,), epochs=0)
     code, _, err = run(["spectrum", "--family", str(untrained)], capsys)
     _one_line_error(code, err, "untrained")

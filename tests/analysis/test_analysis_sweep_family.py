@@ -103,6 +103,26 @@ def test_sweep_models_missing_from_the_cache_is_one_line(tmp_path, capsys, monke
     assert not (run_dir / "analysis").exists() and not (tmp_path / "empty").exists()
 
 
+def test_a_missing_device_trained_member_is_named_as_the_analyses_name_it(tmp_path, capsys,
+                                                                          monkeypatch):
+    """The missing member's training device reads as the trained_on column does
+    (noisydeq.specs.device.trained_on: noise mode included), one wording for both."""
+    from noisydeq.analysis.family import trained_on
+
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    spec = SweepSpec(task="digits", depths=[1], hidden=4, device="ideal", snr_db=[0.0],
+                     epochs=1, train_device=["rram"], train_device_snr_db=[10.0],
+                     train_noise_mode="dynamic")
+    atomic_write_text(run_dir / "config.toml", sign_text(dumps_toml(spec)))
+    monkeypatch.setenv("NOISYDEQ_CACHE", str(tmp_path / "empty"))
+    code, _, err = run(["spectrum", "--family", str(run_dir)], capsys)
+    words = trained_on({"device": "rram", "device_snr_db": 10.0,
+                        "device_noise_mode": "dynamic"})
+    assert code == 2 and words == "rram 10 dB (dynamic)"
+    assert f"(first: deq d1 seed 0 train SNR inf on {words});" in err, err
+
+
 def test_data_that_differ_from_the_training_data_are_refused(tmp_path):
     fam = make_family(tmp_path / "f", depths=(1,))
     members = load_family(fam)

@@ -212,3 +212,19 @@ def test_progress_in_a_log_is_lines_and_titles_name_the_device(sweep_run, tmp_pa
     assert vs_snr.axes[0].get_xlabel() == "snr device SNR (dB)"
     assert "transfer" not in vs_snr._suptitle.get_text()  # no --transfer: no transfer lines
     plt.close("all")
+
+
+def test_attack_names_are_the_documented_ones_and_a_bare_pgd_is_refused(tmp_path, capsys):
+    """`--attacks pgd` could mean either PGD curve (over ε or over steps): one line naming
+    both and every valid name, not silently pgd-eps; the documented spellings and aliases
+    are taken. Refused before --family is even loaded (it does not exist here)."""
+    from noisydeq.attacks.grid import AttackRunSpec
+    from noisydeq.specs.base import build
+
+    for given in ("pgd", "PGD", "pgd-eps,pgd"):
+        code, _, err = run(["attack", "--family", str(tmp_path), "--attacks", given], capsys)
+        one_line_error(code, err, "'pgd' names two curves: 'pgd-eps'", "'pgd-steps'",
+                       "allowed: pgd-eps, pgd-steps, ifgsm,")
+        assert "attack: unknown attack" not in err
+    spec = build(AttackRunSpec, {"family": "x", "attacks": "PGD-EPS,autoattack,sp"})
+    assert spec.attacks == ["pgd-eps", "aa", "salt-pepper"]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import os
 
 import pytest
 import torch
@@ -148,3 +149,18 @@ def test_negative_eps_in_the_api_is_one_error():
     x = torch.rand(2, 16, dtype=torch.float64)
     with pytest.raises(NoisyDEQError, match="eps: must be ≥ 0"):
         bounds(model, x, torch.zeros(2, dtype=torch.long), -0.1)
+
+
+@pytest.mark.skipif(not os.path.isdir("/sys"), reason="needs Linux's /sys")
+def test_unwritable_out_is_refused_before_any_work(capsys, family, monkeypatch):
+    """--out in a directory nobody may write into (root included, whom os.access trusts):
+    one line before the models are even loaded."""
+    import noisydeq.analysis.family as fam
+
+    def no_work(*a, **k):
+        raise AssertionError("loaded models before checking --out")
+
+    monkeypatch.setattr(fam, "load_family", no_work)
+    code, _, err = run_certify(capsys, str(family / "good"), "--out", "/sys/noisydeq-certify")
+    assert code == 2 and "--out /sys/noisydeq-certify: cannot write in /sys" in err, err
+    assert err.count("\n") == 1

@@ -1,0 +1,50 @@
+"""The solver names and window lengths ``noisydeq solvers`` takes (paper App. B, Fig. 4-6),
+checked without torch: the command refuses bad input before its heavy imports."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from noisydeq.errors import NoisyDEQError
+
+SOLVER_NAMES = ("unroll", "stochastic", "anderson", "broyden")
+
+
+def check_solvers(names: Sequence[str]) -> list[str]:
+    """Validate solver names (one clear error listing the allowed ones)."""
+    out = []
+    for n in names:
+        n = n.strip()
+        if n not in SOLVER_NAMES:
+            import difflib
+
+            close = difflib.get_close_matches(n, SOLVER_NAMES, n=1)
+            hint = f"; did you mean '{close[0]}'?" if close else ""
+            raise NoisyDEQError(
+                f"--solvers: unknown solver '{n}'{hint} (allowed: {', '.join(SOLVER_NAMES)})"
+            )
+        out.append(n)
+    if not out:
+        raise NoisyDEQError(f"--solvers: empty list (allowed: {', '.join(SOLVER_NAMES)})")
+    return out
+
+
+def parse_windows(text: str | int | Sequence[int]) -> list[int]:
+    """``--window``: one window length or a comma list (``5`` or ``5,20,50``), in order."""
+    parts = [text] if isinstance(text, int) else (
+        str(text).split(",") if isinstance(text, str) else list(text))
+    out: list[int] = []
+    for p in parts:
+        try:
+            w = int(str(p).strip())
+        except ValueError:
+            w = 0
+        if w < 1:
+            raise NoisyDEQError(
+                f"--window: '{str(p).strip()}' is not a positive integer (e.g. 5 or 5,20,50)"
+            )
+        if w not in out:
+            out.append(w)
+    if not out:
+        raise NoisyDEQError("--window: give at least one window length (e.g. 5 or 5,20,50)")
+    return out
