@@ -102,7 +102,8 @@ class Tile:
     """One batch read: converter constants, per-vector scales and the passes."""
 
     def __init__(
-        self, spec: RRAMSpec, x: Tensor, w: Tensor, out_std: float, noise: Tensor, gain: float
+        self, spec: RRAMSpec, x: Tensor, w: Tensor, out_std: float | Tensor, noise: Tensor,
+        gain: float,
     ) -> None:
         self.x, self.w, self.noise = x, w, noise
         # converter steps as aihwkit forms them: resolution (1/states) times the range
@@ -112,7 +113,19 @@ class Tile:
         self.q_max = spec.inp_bound / self.dq
         self.k_max = spec.out_bound / self.dy  # ADC code bound
         self.k_clip = math.floor(self.k_max) + 0.5  # |v| beyond it rounds to a clipping code
-        self.sigma = float(out_std) / self.dy  # read noise std in ADC codes
+        #: per-row read noise (``out_std`` a tensor: the levels of one chip in one read):
+        #: σ_r·ξ as one (rows, n_out) tensor, which the pass adds with β = 1 — the values
+        #: of ``addmm`` with β = σ (the GEMM scales its C by β first; tested bit for bit)
+        self.scaled_noise: Tensor | None = None
+        self.sigma_rows: Tensor | None = None
+        if isinstance(out_std, Tensor):
+            # each row's σ as the scalar path forms it: float(out_std)/dy in double, then
+            # rounded to the noise's dtype (as addmm rounds β)
+            self.sigma_rows = out_std.to(torch.float64).div(self.dy).to(noise.dtype)
+            self.scaled_noise = noise * self.sigma_rows.unsqueeze(1)
+            self.sigma = float(self.sigma_rows.max()) if len(out_std) else 0.0
+        else:
+            self.sigma = float(out_std) / self.dy  # read noise std in ADC codes
         self.alpha = self.dq / self.dy
         # max |x| as abs().amax(): along the last dim 1.7-2x faster than amax and amin, and
         # aminmax or vector_norm(ord=inf) are ~7-10x slower (torch 2.13 CPU)
@@ -146,8 +159,12 @@ class Tile:
         known): output (× gain), the largest |ADC code| of each vector before clipping
         (it clips when > ``k_max``) and, if ``locate``, the output where it is."""
         q = self.codes(rows, r) if q is None else q
-        noise = self._rows(self.noise, rows)
-        code = _stable_addmm(noise, q, self.w.T, self.sigma, self.alpha).round_()
+        if self.scaled_noise is None:
+            noise = self._rows(self.noise, rows)
+            code = _stable_addmm(noise, q, self.w.T, self.sigma, self.alpha).round_()
+        else:
+            noise = self._rows(self.scaled_noise, rows)
+            code = _stable_addmm(noise, q, self.w.T, 1.0, self.alpha).round_()
         size = code.abs()
         peak = size.amax(dim=-1)
         self.none_clipped = not bool((peak > const(self.k_max, peak)).any())
@@ -174,18 +191,24 @@ class Tile:
         m = r // low
         tol = _TOL * self.alpha * l1_max * self.q_max
         idx = where.index_select(0, rows)
-        noise = self.noise[rows, idx]
+        # per-row σ: the read noise σ_r·ξ as the pass adds it (a rounding of σ·ξ apart from
+        # the scalar path's, far inside the tests' tolerance ``tol``: both only decide which
+        # passes run, never what a pass gives)
+        per_row = self.scaled_noise is not None
+        noise = (self.noise if self.scaled_noise is None else self.scaled_noise)[rows, idx]
         if self.clip_in:  # DAC clipping voids the rounding bound: exact test only
             rest = torch.ones_like(idx, dtype=torch.bool)
         else:
             top = peak.index_select(0, rows).clamp_(max=self.k_max)  # |code| at `where`
-            lower = top - const(0.5, top) - const(self.sigma, top) * noise.abs()
+            spread = noise.abs() if per_row else const(self.sigma, top) * noise.abs()
+            lower = top - const(0.5, top) - spread
             rest = lower <= const((self.k_clip + tol) / m + self.alpha * l1_max / 2, lower)
         rows, idx, noise = rows[rest], idx[rest], noise[rest]
         q = self.codes(None if rows.numel() == self.x.shape[0] else rows, float(low))
         if rows.numel():
             v = torch.linalg.vecdot(q, self.w.index_select(0, idx))
-            v = v.mul_(const(self.alpha, v)).add_(noise, alpha=self.sigma).abs_()
+            v = v.mul_(const(self.alpha, v))
+            v = (v.add_(noise) if per_row else v.add_(noise, alpha=self.sigma)).abs_()
             unsure = v <= const(self.k_clip + tol, v)
             rows, q = rows[unsure], q[unsure]
         return rows, q
@@ -231,7 +254,12 @@ def start_level(tile: Tile, x: Tensor, n_out: int, w_rms: float, r_max: int) -> 
     step = max(1, x.shape[0] // 64)  # a sample of the batch is enough for its median
     norm2 = torch.linalg.vector_norm(x[::step], dim=-1, keepdim=True).div_(tile.nm[::step])
     z = _median_max_z(n_out) / tile.k_max
-    ratio2 = float(norm2.square_().median()) * (z * w_rms / tile.dy) ** 2 + (z * tile.sigma) ** 2
+    if tile.sigma_rows is not None:  # per-row σ: the median of the rows' own estimates
+        sig2 = tile.sigma_rows[::step].to(norm2.dtype).unsqueeze(1).mul(z).square_()
+        ratio2 = float(norm2.square_().mul_((z * w_rms / tile.dy) ** 2).add_(sig2).median())
+    else:
+        ratio2 = (float(norm2.square_().median()) * (z * w_rms / tile.dy) ** 2
+                  + (z * tile.sigma) ** 2)
     r = 1
     while r < r_max and ratio2 > r * r:
         r *= 2
@@ -340,7 +368,7 @@ def io_forward(
     spec: RRAMSpec,
     x: Tensor,
     w: Tensor,
-    out_std: float,
+    out_std: float | Tensor,
     noise: Tensor,
     *,
     gain: float = 1.0,
@@ -350,7 +378,9 @@ def io_forward(
 
     ``w`` is normalised (max|W| ≈ 1), ``noise`` the standard-normal read-noise draw
     (rows, n_out), ``stats`` the :class:`RowStats` of ``w`` (made here if not given; its L1
-    norms are computed only if a pass needs them).
+    norms are computed only if a pass needs them). ``out_std``: the read noise std, or one
+    per row (float64, (rows,)): the SNR levels of one chip read as one batch, each row's
+    output the same as reading its level alone (tested bit for bit).
     """
     tile = Tile(spec, x, w, out_std, noise, gain)
     r_max = bm_limit(spec)
