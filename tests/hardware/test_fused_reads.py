@@ -230,6 +230,31 @@ def test_rram_read_of_a_row_subset_equals_the_full_batch_bit_for_bit(case: dict)
 
 
 @pytest.mark.parametrize("case", [*RRAM_CASES, {"adc_bits": 24}])
+@pytest.mark.parametrize("std", [0.06, 0.6, 2.5])
+def test_rram_read_does_not_depend_on_where_bound_management_starts(case: dict,
+                                                                   std: float) -> None:
+    """A chip's next read starts where its last one ended for the median vector
+    (``RowStats.start``); every start, 1 to beyond the last reduction, gives every vector
+    the same output bit for bit (the first reduction at which it does not clip)."""
+    from noisydeq.hardware.rram_io import RowStats, bm_limit
+
+    spec = RRAMSpec(**case)
+    w = _weights(96, 120, 17)
+    x = _inputs(120, 64, 18)
+    noise = torch.randn(len(x), 96, generator=torch.Generator().manual_seed(19))
+    with torch.no_grad():
+        ref = io_forward(spec, x, w, std, noise, stats=RowStats(w))
+        r = 1
+        while r <= 2 * bm_limit(spec):
+            stats = RowStats(w)
+            stats.start = r
+            assert torch.equal(io_forward(spec, x, w, std, noise, stats=stats), ref), r
+            if bm_limit(spec) > 1:  # without bound management there is one pass, no start
+                assert stats.start is not None and 1 <= stats.start <= bm_limit(spec)
+            r *= 2
+
+
+@pytest.mark.parametrize("case", [*RRAM_CASES, {"adc_bits": 24}])
 def test_rram_read_with_per_row_noise_equals_each_level_read_alone(case: dict) -> None:
     """One read of several levels' blocks with one read-noise std per row (a chip's levels
     in a batched sweep, ``out_std`` a tensor) gives every block what reading it alone with
