@@ -40,7 +40,12 @@ from torch import Tensor
 
 from noisydeq.hardware.base import Device
 from noisydeq.hardware.layer import Control, DeviceLayer, Knobs, control_groups, expand_rows
-from noisydeq.hardware.rram_io import RowStats, identity_magnitudes, io_forward
+from noisydeq.hardware.rram_io import (
+    FREE_ROWS_OUT,
+    RowStats,
+    identity_magnitudes,
+    io_forward,
+)
 from noisydeq.hardware.rram_program import ChipDraw, require_aihwkit, wan2022_noise_model
 from noisydeq.hardware.specs import RRAMSpec
 from noisydeq.noise import NoiseStream, derive_seed
@@ -244,11 +249,6 @@ class RRAMLayer(DeviceLayer):
 #: rows whose float32 GEMM rows keep their 64-byte alignment and their index modulo the
 #: kernel's row blocking when shifted by a multiple of it
 MERGE_ALIGN = 16
-#: narrowest output for which a row's GEMM result does not depend on its position in the
-#: batch: on this machine (MKL, AVX-512) 2- and 10-wide outputs with an inner dimension
-#: not a multiple of 4 (the 10-class heads of the 222/287/339-wide DEQs) round a row
-#: differently at other offsets, 15 and wider never did (inner dims 64-339)
-FREE_ROWS_OUT = 16
 
 
 def _chip_runs(groups: list[tuple[slice, Knobs]], out_noise: float,

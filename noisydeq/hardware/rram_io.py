@@ -16,8 +16,10 @@ inputs v = (dq·q·Wᵀ + σ·ξ)/dy from one ``addmm`` (read noise folded in), 
 round(v), clipping when |code| > out_bound/dy. Bound management is decided per vector
 (aihwkit: per batch) and skips work without changing the result:
 
-* the batch starts at the reduction its predicted output range needs (the median of the
-  largest of n_out outputs, from ‖x̂‖ and the RMS of W);
+* the batch starts where the chip's previous read ended for its median vector (a DEQ reads
+  one chip at every iteration), or, on a chip's first read and for outputs narrower than
+  :data:`FREE_ROWS_OUT`, at the reduction its predicted output range needs (the median of
+  the largest of n_out outputs, from ‖x̂‖ and the RMS of W);
 * a lower reduction r/m is skipped only where it surely clips: its pre-ADC value is
   m·v(r) − (m − 1)·σξ plus the DAC rounding difference, at most (dq/dy)·(m/2)·‖W_i‖₁
   (bound test), or the output most likely to clip is evaluated exactly by one dot product
@@ -42,6 +44,13 @@ from noisydeq.scalars import const
 
 #: float tolerance of the sure-clip tests, relative to the largest possible |v| (codes)
 _TOL = 1e-5
+#: narrowest output for which a row's GEMM result does not depend on its position in the
+#: batch: on this machine (MKL, AVX-512) 2- and 10-wide outputs with an inner dimension
+#: not a multiple of 4 (the 10-class heads of the 222/287/339-wide DEQs) round a row
+#: differently at other offsets, 15 and wider never did (inner dims 64-339). A pass on a
+#: gathered subset of the vectors moves them, so narrower reads keep the start rule of
+#: :func:`start_level` (where a read starts decides which subsets are passed)
+FREE_ROWS_OUT = 16
 
 
 def n_states(bits: int) -> int:
@@ -82,9 +91,10 @@ class RowStats:
         self._l1: float | None = None
         #: the reduction the median vector of the last read ended at (None: no read yet).
         #: Where a read starts changes which passes run, never a vector's output (module
-        #: docstring); a DEQ reads the same chip at every iteration with similar inputs, and
-        #: the output-range estimate of :func:`start_level` starts ~70 % of its vectors one
-        #: reduction too low (the main job's 339-wide DEQ: 1.7-1.9 GEMMs per read)
+        #: docstring; outputs narrower than FREE_ROWS_OUT keep :func:`start_level`); a DEQ
+        #: reads the same chip at every iteration with similar inputs, and the estimate of
+        #: :func:`start_level` starts ~70 % of its vectors one reduction too low (the main
+        #: job's DEQs: 1.6-1.9 GEMMs per read)
         self.start: int | None = None
 
     @property
@@ -395,7 +405,7 @@ def io_forward(
         return tile.run(None, 1.0)[0]
     if stats is None:
         stats = RowStats(w)
-    if stats.start is None:
+    if stats.start is None or w.shape[0] < FREE_ROWS_OUT:
         r = start_level(tile, x, w.shape[0], stats.rms, r_max)
     else:  # where this chip's last read ended for its median vector
         r = min(stats.start, r_max)
