@@ -70,12 +70,15 @@ def control_groups(control: Control, rows: int) -> list[tuple[slice, Knobs]]:
     c = control.reshape(-1, 2)
     if c.shape[0] != rows:
         raise ValueError(f"control has {c.shape[0]} rows, the batch {rows}")
-    values, counts = torch.unique_consecutive(c, dim=0, return_counts=True)
-    out, start = [], 0
-    for (ks, kd), n in zip(values.tolist(), counts.tolist(), strict=True):
-        out.append((slice(start, start + n), (float(ks), float(kd))))
-        start += n
-    return out
+    if rows == 0:
+        return []
+    # run starts: row 0 and every row that differs from the one before (what
+    # ``unique_consecutive(dim=0)`` finds, at ~1/50 of its cost on a (B, 2) tensor)
+    starts = (c[1:] != c[:-1]).any(dim=1).nonzero().squeeze(1).add_(1).tolist()
+    bounds = [0, *starts, rows]
+    values = c[bounds[:-1]].tolist()
+    return [(slice(a, b), (float(ks), float(kd)))
+            for a, b, (ks, kd) in zip(bounds[:-1], bounds[1:], values, strict=True)]
 
 
 def expand_rows(control: Control, lead: tuple[int, ...]) -> Control:

@@ -42,7 +42,12 @@ from torch import Tensor
 
 from noisydeq.hardware.base import Device
 from noisydeq.hardware.layer import Control, DeviceLayer, Knobs, control_groups, expand_rows
-from noisydeq.hardware.rram_io import RowStats, identity_magnitudes, io_forward
+from noisydeq.hardware.rram_io import (
+    FREE_ROWS_OUT,
+    RowStats,
+    identity_magnitudes,
+    io_forward,
+)
 from noisydeq.hardware.rram_program import ChipDraw, require_aihwkit, wan2022_noise_model
 from noisydeq.hardware.specs import RRAMSpec
 from noisydeq.noise import NoiseStream, derive_seed
@@ -213,14 +218,25 @@ class RRAMLayer(DeviceLayer):
             y = io_forward(self.spec, x2, w, s_r * self.spec.out_noise, n2,
                            gain=alpha * wscale, stats=stats)
             return y.reshape(*lead, self.n_out)
-        # one read per run of equal knobs (a batched sweep's levels are contiguous blocks)
-        y = torch.empty((x2.shape[0], self.n_out), dtype=x.dtype, device=x.device)
-        for sl, (s_p, s_r) in groups:
+        # one read per run of equal static knobs, i.e. per chip (a batched sweep's levels
+        # are contiguous blocks; below the native SNR the physical mode keeps one chip and
+        # sets only the read noise): its levels' read-noise stds per row
+        runs = _chip_runs(groups, self.spec.out_noise, self.n_out)
+        y = None
+        if len(runs) > 1:
+            y = torch.empty((x2.shape[0], self.n_out), dtype=x.dtype, device=x.device)
+        for sl, s_p, stds in runs:
             w, alpha, stats = self._chip(s_p)
-            y[sl] = io_forward(
-                self.spec, x2[sl], w, s_r * self.spec.out_noise, n2[sl],
-                gain=alpha * wscale, stats=stats,
-            )
+            out_std: float | Tensor = stds[0][1]
+            if len(stds) > 1:
+                out_std = torch.tensor([std for _, std in stds], dtype=torch.float64)
+                out_std = out_std.repeat_interleave(torch.tensor([n for n, _ in stds]))
+            part = io_forward(self.spec, x2[sl], w, out_std, n2[sl], gain=alpha * wscale,
+                              stats=stats)
+            if y is None:  # one read for the whole batch
+                return part.reshape(*lead, self.n_out)
+            y[sl] = part
+        assert y is not None
         return y.reshape(*lead, self.n_out)
 
     def error_scale(self, x: Tensor, exact: Tensor) -> Tensor:
@@ -243,6 +259,31 @@ class RRAMLayer(DeviceLayer):
 
     def joint_scale(self, knobs: Knobs) -> float | None:
         return knobs[0] if knobs[0] == knobs[1] else None
+
+
+#: rows whose float32 GEMM rows keep their 64-byte alignment and their index modulo the
+#: kernel's row blocking when shifted by a multiple of it
+MERGE_ALIGN = 16
+
+
+def _chip_runs(groups: list[tuple[slice, Knobs]], out_noise: float,
+               n_out: int) -> list[tuple[slice, float, list[tuple[int, float]]]]:
+    """Consecutive runs of equal knobs (:func:`control_groups`) joined where their static
+    knob is equal — one read of the chip instead of one per run, each row's output the
+    one its run read alone gives (a run joins only where its rows keep their GEMM
+    rounding: any offset for outputs ≥ :data:`FREE_ROWS_OUT` wide, else a multiple of
+    :data:`MERGE_ALIGN` rows) — as (row slice, static knob, [(rows, read-noise std)])."""
+    out: list[tuple[slice, float, list[tuple[int, float]]]] = []
+    free = n_out >= FREE_ROWS_OUT
+    for sl, (s_p, s_r) in groups:
+        part = (sl.stop - sl.start, s_r * out_noise)
+        if (out and out[-1][1] == s_p and out[-1][0].stop == sl.start
+                and (free or (sl.start - out[-1][0].start) % MERGE_ALIGN == 0)):
+            prev = out[-1]
+            out[-1] = (slice(prev[0].start, sl.stop), s_p, [*prev[2], part])
+        else:
+            out.append((sl, s_p, [part]))
+    return out
 
 
 class RRAMDevice(Device):

@@ -16,8 +16,10 @@ inputs v = (dq·q·Wᵀ + σ·ξ)/dy from one ``addmm`` (read noise folded in), 
 round(v), clipping when |code| > out_bound/dy. Bound management is decided per vector
 (aihwkit: per batch) and skips work without changing the result:
 
-* the batch starts at the reduction its predicted output range needs (the median of the
-  largest of n_out outputs, from ‖x̂‖ and the RMS of W);
+* the batch starts where the chip's previous read ended for its median vector (a DEQ reads
+  one chip at every iteration), or, on a chip's first read and for outputs narrower than
+  :data:`FREE_ROWS_OUT`, at the reduction its predicted output range needs (the median of
+  the largest of n_out outputs, from ‖x̂‖ and the RMS of W);
 * a lower reduction r/m is skipped only where it surely clips: its pre-ADC value is
   m·v(r) − (m − 1)·σξ plus the DAC rounding difference, at most (dq/dy)·(m/2)·‖W_i‖₁
   (bound test), or the output most likely to clip is evaluated exactly by one dot product
@@ -42,6 +44,13 @@ from noisydeq.scalars import const
 
 #: float tolerance of the sure-clip tests, relative to the largest possible |v| (codes)
 _TOL = 1e-5
+#: narrowest output for which a row's GEMM result does not depend on its position in the
+#: batch: on this machine (MKL, AVX-512) 2- and 10-wide outputs with an inner dimension
+#: not a multiple of 4 (the 10-class heads of the 222/287/339-wide DEQs) round a row
+#: differently at other offsets, 15 and wider never did (inner dims 64-339). A pass on a
+#: gathered subset of the vectors moves them, so narrower reads keep the start rule of
+#: :func:`start_level` (where a read starts decides which subsets are passed)
+FREE_ROWS_OUT = 16
 
 
 def n_states(bits: int) -> int:
@@ -71,14 +80,22 @@ class RowStats:
     of W (the output-range estimate of :func:`start_level`, computed at once) and
     max_i ‖W_i‖₁ (the bound-test margin of :meth:`Tile.sure_clip`, computed on first use
     and kept: a read that starts at r = 1 never needs it, e.g. every read of a training
-    step on a 128-wide layer)."""
+    step on a 128-wide layer) — and the reduction the median vector of the chip's last read
+    ended at (:attr:`start`: where :func:`io_forward` starts the next read of this chip)."""
 
-    __slots__ = ("_l1", "rms", "w")
+    __slots__ = ("_l1", "rms", "start", "w")
 
     def __init__(self, w: Tensor, w_rms: float | None = None) -> None:
         self.w = w
         self.rms = rms(w) if w_rms is None else w_rms
         self._l1: float | None = None
+        #: the reduction the median vector of the last read ended at (None: no read yet).
+        #: Where a read starts changes which passes run, never a vector's output (module
+        #: docstring; outputs narrower than FREE_ROWS_OUT keep :func:`start_level`); a DEQ
+        #: reads the same chip at every iteration with similar inputs, and the estimate of
+        #: :func:`start_level` starts ~70 % of its vectors one reduction too low (the main
+        #: job's DEQs: 1.6-1.9 GEMMs per read)
+        self.start: int | None = None
 
     @property
     def l1_max(self) -> float:
@@ -102,7 +119,8 @@ class Tile:
     """One batch read: converter constants, per-vector scales and the passes."""
 
     def __init__(
-        self, spec: RRAMSpec, x: Tensor, w: Tensor, out_std: float, noise: Tensor, gain: float
+        self, spec: RRAMSpec, x: Tensor, w: Tensor, out_std: float | Tensor, noise: Tensor,
+        gain: float,
     ) -> None:
         self.x, self.w, self.noise = x, w, noise
         # converter steps as aihwkit forms them: resolution (1/states) times the range
@@ -112,7 +130,19 @@ class Tile:
         self.q_max = spec.inp_bound / self.dq
         self.k_max = spec.out_bound / self.dy  # ADC code bound
         self.k_clip = math.floor(self.k_max) + 0.5  # |v| beyond it rounds to a clipping code
-        self.sigma = float(out_std) / self.dy  # read noise std in ADC codes
+        #: per-row read noise (``out_std`` a tensor: the levels of one chip in one read):
+        #: σ_r·ξ as one (rows, n_out) tensor, which the pass adds with β = 1 — the values
+        #: of ``addmm`` with β = σ (the GEMM scales its C by β first; tested bit for bit)
+        self.scaled_noise: Tensor | None = None
+        self.sigma_rows: Tensor | None = None
+        if isinstance(out_std, Tensor):
+            # each row's σ as the scalar path forms it: float(out_std)/dy in double, then
+            # rounded to the noise's dtype (as addmm rounds β)
+            self.sigma_rows = out_std.to(torch.float64).div(self.dy).to(noise.dtype)
+            self.scaled_noise = noise * self.sigma_rows.unsqueeze(1)
+            self.sigma = float(self.sigma_rows.max()) if len(out_std) else 0.0
+        else:
+            self.sigma = float(out_std) / self.dy  # read noise std in ADC codes
         self.alpha = self.dq / self.dy
         # max |x| as abs().amax(): along the last dim 1.7-2x faster than amax and amin, and
         # aminmax or vector_norm(ord=inf) are ~7-10x slower (torch 2.13 CPU)
@@ -146,8 +176,12 @@ class Tile:
         known): output (× gain), the largest |ADC code| of each vector before clipping
         (it clips when > ``k_max``) and, if ``locate``, the output where it is."""
         q = self.codes(rows, r) if q is None else q
-        noise = self._rows(self.noise, rows)
-        code = _stable_addmm(noise, q, self.w.T, self.sigma, self.alpha).round_()
+        if self.scaled_noise is None:
+            noise = self._rows(self.noise, rows)
+            code = _stable_addmm(noise, q, self.w.T, self.sigma, self.alpha).round_()
+        else:
+            noise = self._rows(self.scaled_noise, rows)
+            code = _stable_addmm(noise, q, self.w.T, 1.0, self.alpha).round_()
         size = code.abs()
         peak = size.amax(dim=-1)
         self.none_clipped = not bool((peak > const(self.k_max, peak)).any())
@@ -174,18 +208,24 @@ class Tile:
         m = r // low
         tol = _TOL * self.alpha * l1_max * self.q_max
         idx = where.index_select(0, rows)
-        noise = self.noise[rows, idx]
+        # per-row σ: the read noise σ_r·ξ as the pass adds it (a rounding of σ·ξ apart from
+        # the scalar path's, far inside the tests' tolerance ``tol``: both only decide which
+        # passes run, never what a pass gives)
+        per_row = self.scaled_noise is not None
+        noise = (self.noise if self.scaled_noise is None else self.scaled_noise)[rows, idx]
         if self.clip_in:  # DAC clipping voids the rounding bound: exact test only
             rest = torch.ones_like(idx, dtype=torch.bool)
         else:
             top = peak.index_select(0, rows).clamp_(max=self.k_max)  # |code| at `where`
-            lower = top - const(0.5, top) - const(self.sigma, top) * noise.abs()
+            spread = noise.abs() if per_row else const(self.sigma, top) * noise.abs()
+            lower = top - const(0.5, top) - spread
             rest = lower <= const((self.k_clip + tol) / m + self.alpha * l1_max / 2, lower)
         rows, idx, noise = rows[rest], idx[rest], noise[rest]
         q = self.codes(None if rows.numel() == self.x.shape[0] else rows, float(low))
         if rows.numel():
             v = torch.linalg.vecdot(q, self.w.index_select(0, idx))
-            v = v.mul_(const(self.alpha, v)).add_(noise, alpha=self.sigma).abs_()
+            v = v.mul_(const(self.alpha, v))
+            v = (v.add_(noise) if per_row else v.add_(noise, alpha=self.sigma)).abs_()
             unsure = v <= const(self.k_clip + tol, v)
             rows, q = rows[unsure], q[unsure]
         return rows, q
@@ -231,7 +271,12 @@ def start_level(tile: Tile, x: Tensor, n_out: int, w_rms: float, r_max: int) -> 
     step = max(1, x.shape[0] // 64)  # a sample of the batch is enough for its median
     norm2 = torch.linalg.vector_norm(x[::step], dim=-1, keepdim=True).div_(tile.nm[::step])
     z = _median_max_z(n_out) / tile.k_max
-    ratio2 = float(norm2.square_().median()) * (z * w_rms / tile.dy) ** 2 + (z * tile.sigma) ** 2
+    if tile.sigma_rows is not None:  # per-row σ: the median of the rows' own estimates
+        sig2 = tile.sigma_rows[::step].to(norm2.dtype).unsqueeze(1).mul(z).square_()
+        ratio2 = float(norm2.square_().mul_((z * w_rms / tile.dy) ** 2).add_(sig2).median())
+    else:
+        ratio2 = (float(norm2.square_().median()) * (z * w_rms / tile.dy) ** 2
+                  + (z * tile.sigma) ** 2)
     r = 1
     while r < r_max and ratio2 > r * r:
         r *= 2
@@ -340,7 +385,7 @@ def io_forward(
     spec: RRAMSpec,
     x: Tensor,
     w: Tensor,
-    out_std: float,
+    out_std: float | Tensor,
     noise: Tensor,
     *,
     gain: float = 1.0,
@@ -350,7 +395,9 @@ def io_forward(
 
     ``w`` is normalised (max|W| ≈ 1), ``noise`` the standard-normal read-noise draw
     (rows, n_out), ``stats`` the :class:`RowStats` of ``w`` (made here if not given; its L1
-    norms are computed only if a pass needs them).
+    norms are computed only if a pass needs them). ``out_std``: the read noise std, or one
+    per row (float64, (rows,)): the SNR levels of one chip read as one batch, each row's
+    output the same as reading its level alone (tested bit for bit).
     """
     tile = Tile(spec, x, w, out_std, noise, gain)
     r_max = bm_limit(spec)
@@ -358,10 +405,15 @@ def io_forward(
         return tile.run(None, 1.0)[0]
     if stats is None:
         stats = RowStats(w)
-    r = start_level(tile, x, w.shape[0], stats.rms, r_max)
+    if stats.start is None or w.shape[0] < FREE_ROWS_OUT:
+        r = start_level(tile, x, w.shape[0], stats.rms, r_max)
+    else:  # where this chip's last read ended for its median vector
+        r = min(stats.start, r_max)
     out, peak, where = tile.run(None, float(r), locate=r > 1)
     if r == 1 and tile.none_clipped:  # every vector final at the first pass
+        stats.start = 1
         return out
+    ended = torch.full_like(peak, float(r))  # the reduction each vector's output is from
     if r < r_max:
         final = peak <= const(tile.k_max, peak)
     else:
@@ -378,6 +430,7 @@ def io_forward(
             done = rest[ok]
             out[done] = y[ok]
             lowered[done] = True
+            ended[done] = float(low)
             pending = pending[~lowered[pending]]
         low *= 2
     rows = (~(final | lowered)).nonzero().squeeze(1)  # clip at every reduction ≤ r: go on
@@ -386,8 +439,11 @@ def io_forward(
         y, peak, _ = tile.run(rows, float(r))
         if r >= r_max:
             out[rows] = y
+            ended[rows] = float(r)
             break
         ok = peak <= const(tile.k_max, peak)
         out[rows[ok]] = y[ok]
+        ended[rows[ok]] = float(r)
         rows = rows[~ok]
+    stats.start = int(ended.median())
     return out

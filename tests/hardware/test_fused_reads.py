@@ -229,6 +229,60 @@ def test_rram_read_of_a_row_subset_equals_the_full_batch_bit_for_bit(case: dict)
             assert torch.equal(sub, full[rows]), m
 
 
+@pytest.mark.parametrize("case", [*RRAM_CASES, {"adc_bits": 24}])
+@pytest.mark.parametrize("std", [0.06, 0.6, 2.5])
+def test_rram_read_does_not_depend_on_where_bound_management_starts(case: dict,
+                                                                   std: float) -> None:
+    """A chip's next read starts where its last one ended for the median vector
+    (``RowStats.start``); every start, 1 to beyond the last reduction, gives every vector
+    the same output bit for bit (the first reduction at which it does not clip)."""
+    from noisydeq.hardware.rram_io import RowStats, bm_limit
+
+    spec = RRAMSpec(**case)
+    w = _weights(96, 120, 17)
+    x = _inputs(120, 64, 18)
+    noise = torch.randn(len(x), 96, generator=torch.Generator().manual_seed(19))
+    with torch.no_grad():
+        ref = io_forward(spec, x, w, std, noise, stats=RowStats(w))
+        r = 1
+        while r <= 2 * bm_limit(spec):
+            stats = RowStats(w)
+            stats.start = r
+            assert torch.equal(io_forward(spec, x, w, std, noise, stats=stats), ref), r
+            if bm_limit(spec) > 1:  # without bound management there is one pass, no start
+                assert stats.start is not None and 1 <= stats.start <= bm_limit(spec)
+            r *= 2
+
+
+@pytest.mark.parametrize("case", [*RRAM_CASES, {"adc_bits": 24}])
+def test_rram_read_with_per_row_noise_equals_each_level_read_alone(case: dict) -> None:
+    """One read of several levels' blocks with one read-noise std per row (a chip's levels
+    in a batched sweep, ``out_std`` a tensor) gives every block what reading it alone with
+    its scalar std gives, bit for bit (a 24-bit ADC resolves the last float32 bit); blocks
+    of 1 to 40 rows and a zero std included."""
+    spec = RRAMSpec(**case)
+    w = _weights(96, 120, 13)
+    x = _inputs(120, 64, 14)
+    noise = torch.randn(len(x), 96, generator=torch.Generator().manual_seed(15))
+    g = torch.Generator().manual_seed(16)
+    stds = [0.0, 0.004, 0.06, 0.3, 0.6, 2.5, 7.0]
+    with torch.no_grad():
+        for sizes in ([len(x) // 7] * 6 + [len(x) - 6 * (len(x) // 7)],
+                      [1, 3, 40, 7, 64, 11, len(x) - 126]):
+            order = torch.randperm(len(stds), generator=g).tolist()
+            per = [stds[i] for i in order]
+            bounds = [0]
+            for n in sizes:
+                bounds.append(bounds[-1] + n)
+            row_std = torch.tensor(per, dtype=torch.float64).repeat_interleave(
+                torch.tensor(sizes))
+            merged = io_forward(spec, x, w, row_std, noise, gain=1.7)
+            for (a, b), std in zip(zip(bounds[:-1], bounds[1:], strict=True), per,
+                                   strict=True):
+                alone = io_forward(spec, x[a:b], w, std, noise[a:b], gain=1.7)
+                assert torch.equal(merged[a:b], alone), (std, b - a)
+
+
 @pytest.mark.parametrize("case", RRAM_CASES)
 @pytest.mark.parametrize("std", [0.06, 0.6, 2.5])
 def test_rram_identity_read_equals_the_general_read(case: dict, std: float) -> None:
