@@ -21,9 +21,11 @@ wrong). Both are judged under one noise draw per (model, level, chip) — the mo
 and a device's dynamic noise restarted from :meth:`Runner.judge_seed` before the clean and
 before each cell's attacked forward, on the same chip — so at ε = 0 (attacked = clean) a
 row is the clean accuracy exactly, noisy model or not; the attacker's own draws (EOT, PGD
-steps) come from the cell's key. Cell and early-state keys carry the rule's name
-(:data:`noisydeq.attacks.robust.RULE`): cells counted under the earlier rule (attacked
-input only) are not reused.
+steps) and the attack's (random starts, corruptions) come from the cell's draw key
+(:attr:`Cell.draw_key`: its key without the rule, the key before the rule existed). Cell
+and early-state keys carry the rule's name (:data:`noisydeq.attacks.robust.RULE`): cells
+counted under the earlier rule (attacked input only) are not reused, and a re-count
+attacks with the same draws.
 
 The early-state defence's n is chosen once per (model, level, chip) on the validation
 split under the ready-made PGD-10 (the model's own gradient method, ε = ``steps_eps``; a
@@ -152,10 +154,18 @@ class Cell:
     point: GridPoint
 
     @property
-    def key(self) -> str:
+    def draw_key(self) -> str:
+        """What the cell's attack and attacker-noise seeds derive from: its key without the
+        robust rule, so a count under another rule attacks with the same draws."""
         est = "none" if self.estimator is None else self.estimator.key()
-        return (f"cell|{RULE}|{self.member.model_id}|{self.snr_db!r}|{self.chip}|{self.mode}|{est}|"
+        return (f"cell|{self.member.model_id}|{self.snr_db!r}|{self.chip}|{self.mode}|{est}|"
                 f"{self.point.key}")
+
+    @property
+    def key(self) -> str:
+        """The cell file's key: the draw key and the robust rule's name (cells counted under
+        another rule are not reused)."""
+        return self.draw_key.replace("cell|", f"cell|{RULE}|", 1)
 
 
 def _estimators(spec: AttackRunSpec, member: AttackMember) -> list[EstimatorSpec]:
@@ -268,9 +278,14 @@ def defence_name(d: DefenceSpec) -> str:
     return d.label() if d.name == "entropy" else d.name
 
 
+def early_draw_key(spec: AttackRunSpec, m: AttackMember, snr: float, chip: int) -> str:
+    """What the early-state selection's seeds derive from (its key without the rule)."""
+    return f"early|{m.model_id}|{snr!r}|{chip}|{spec.steps_eps!r}"
+
+
 def early_key(spec: AttackRunSpec, m: AttackMember, snr: float, chip: int) -> str:
     """The cell key of the early-state selection of (model, level, chip)."""
-    return f"early|{RULE}|{m.model_id}|{snr!r}|{chip}|{spec.steps_eps!r}"
+    return early_draw_key(spec, m, snr, chip).replace("early|", f"early|{RULE}|", 1)
 
 
 class EarlyCells(Protocol):
@@ -330,19 +345,19 @@ class Runner:
 
     def early_n(self, m: AttackMember, snr: float, chip: int) -> int:
         """n of the early-state defence for this model, level and chip (cached as a cell)."""
-        key = early_key(self.spec, m, snr, chip)
+        key, draws = early_key(self.spec, m, snr, chip), early_draw_key(self.spec, m, snr, chip)
         rows = self.rd.load_cell(key, columns=EARLY_COLUMNS, identity=("n",))
         if not rows:
             lvl = self.level(m, snr, chip)
-            lvl.reseed(derive_seed(self.spec.seed, "noise", key))
+            lvl.reseed(derive_seed(self.spec.seed, "noise", draws))
             est = make_estimator(lvl.model, EstimatorSpec(name="backprop"), lvl.noise)
             att = build(AttackSpec, {"name": "pgd", "eps": self.spec.steps_eps, "steps": 10,
                                      "norm": self.spec.norm}, where="attack")
             adv = craft(att, est, lvl.model, self.xv, self.yv,
-                        seed=derive_seed(self.spec.seed, "attack", key),
+                        seed=derive_seed(self.spec.seed, "attack", draws),
                         in_shape=in_shape_of(self.task, m.model), n_classes=self.n_classes)
             # clean and attacked solves under one draw: robust = both correct at z_n
-            seed = derive_seed(self.spec.seed, "eval", key)
+            seed = derive_seed(self.spec.seed, "eval", draws)
             with torch.no_grad():
                 lvl.reseed(seed)
                 clean = record_states(lvl.model, self.xv, lvl.noise)
@@ -370,7 +385,7 @@ class Runner:
             if d.name == "early" and d.n is None:
                 d = d.model_copy(update={"n": self.early_n(m, cell.snr_db, cell.chip)})
             chosen.append(d)
-        key = cell.key
+        key = cell.draw_key
         if cell.mode == "transfer":
             attacker, noise = m.model, None
         else:

@@ -117,7 +117,7 @@ def test_attack_grid_counts_only_samples_right_clean() -> None:
         est = (None if cell.estimator is None
                else make_estimator(model, EstimatorSpec(name="backprop")))
         adv = craft(cell.point.attack, est, model, x, y,
-                    seed=derive_seed(spec.seed, "attack", cell.key), in_shape=(1, 1, 4),
+                    seed=derive_seed(spec.seed, "attack", cell.draw_key), in_shape=(1, 1, 4),
                     n_classes=2)
         with torch.no_grad():
             assert correct(model(adv), y).all(), cell.point.label
@@ -216,12 +216,16 @@ def test_adversarial_configs_name_the_rule_and_others_do_not() -> None:
 
 @pytest.mark.parametrize("rule_in_key", ["cell", "early"])
 def test_attack_cache_keys_carry_the_rule(rule_in_key: str) -> None:
-    from noisydeq.attacks.runner import early_key
+    from noisydeq.attacks.runner import early_draw_key, early_key
 
     x, y = _inputs()
     spec = build(AttackRunSpec, {"family": "toy", "attacks": ["speckle"], "sigma": [0.5],
                                  "samples": 4, "val_samples": 0}, where="test")
     member = Member(Needle(x[:2]))
-    key = (plan(spec, [member])[0].key if rule_in_key == "cell"
-           else early_key(spec, member, math.inf, 0))
+    cell = plan(spec, [member])[0]
+    key = cell.key if rule_in_key == "cell" else early_key(spec, member, math.inf, 0)
+    draws = cell.draw_key if rule_in_key == "cell" else early_draw_key(spec, member, math.inf, 0)
     assert key.startswith(f"{rule_in_key}|{RULE}|")
+    # the draws come from the key without the rule (the key before it): a re-count under
+    # the rule attacks with the earlier draws
+    assert RULE not in draws and key == draws.replace("|", f"|{RULE}|", 1)
