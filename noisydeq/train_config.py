@@ -5,8 +5,9 @@ weights, hashed as the model cache's key, and the spec's settings a model takes.
 hash, the training spec (:func:`spec_dump`: unset fields added later, :data:`LATE_OPTIONAL`,
 are left out so earlier hashes hold), the task's fingerprint, versions and, for
 device-in-the-loop runs, the training device's resolved content and gradient estimator
-(:data:`DEVICE_GRADIENT`). :func:`apply_overrides` gives a DEQ the spec's solvers, gradient
-and Jacobian regulariser.
+(:data:`DEVICE_GRADIENT`) and, for adversarial runs that select their epoch, the robust
+rule of the selection (:data:`SELECTION_RULE`). :func:`apply_overrides` gives a DEQ the
+spec's solvers, gradient and Jacobian regulariser.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import torch
 from torch import nn
 
 from noisydeq import __version__
+from noisydeq.attacks.robust import RULE as ROBUST_RULE
 from noisydeq.errors import NoisyDEQError
 from noisydeq.specs.training import TrainSpec
 from noisydeq.store import init_hash
@@ -33,6 +35,11 @@ TRAIN_SCHEMA = 3
 #: (noisydeq.hardware.gradient.straight_through); device-trained models cached before it (plain
 #: straight-through, no such key) are retrained
 DEVICE_GRADIENT = "scaled-straight-through"
+#: adversarial runs with checkpoint selection only (their config carries it; every other
+#: cache is unchanged): the rule that counts a validation sample as robust
+#: (right clean *and* attacked). Models selected before it (attacked input only, no such
+#: key) are retrained, not reused
+SELECTION_RULE = ROBUST_RULE
 
 
 #: spec fields added after caches were keyed: left out of a config while unset (None), so
@@ -90,7 +97,15 @@ def run_config(
         # is another training run, never a stale cache entry; and the gradient estimator
         **({"device_spec": device_content(spec.device), "device_gradient": DEVICE_GRADIENT}
            if spec.device is not None else {}),
+        **({"selection": SELECTION_RULE} if selects(spec) else {}),
     }
+
+
+def selects(spec: TrainSpec) -> bool:
+    """Whether the run keeps the epoch of best validation robust accuracy
+    (:mod:`noisydeq.adversarial.selection`)."""
+    adv = getattr(spec, "adversarial", None)
+    return adv is not None and adv.val_fraction > 0
 
 
 def device_content(name_or_path: str) -> dict[str, Any]:

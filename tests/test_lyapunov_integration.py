@@ -235,3 +235,5 @@ def test_attack_cell_rows_and_step_override():
                                                  alpha_255=2.0), seed=0)
     assert [r["steps"] for r in strong] == [0, 3]
     assert all(0.0 <= r["accuracy"] <= 1.0 for r in rows + strong)
+    # robust = right clean and attacked (noisydeq.attacks.robust): never above clean
+    assert all(r["accuracy"] <= rows[0]["accuracy"] for r in rows + strong)

@@ -6,8 +6,13 @@ After every epoch the model — in evaluation mode, with its training noise at t
 (main paper App. E.3) — is attacked on the held-out samples by PGD with its own gradient
 (ε and step of the adversarial training, ``val_steps`` steps). Every draw — random start,
 noise, device noise — is counter-based, keyed by (seed, validation sample) and the same
-every epoch, so epochs are compared on the same attack. The epoch of highest
-robust accuracy (ties: higher clean accuracy, then the earlier epoch) is the one kept.
+every epoch, so epochs are compared on the same attack. A validation sample is robust
+when the model is right on it clean *and* attacked (:mod:`noisydeq.attacks.robust`, the
+attack tables' rule), both forwards under one noise draw (model noise and device noise
+restarted from (seed, "judge", sample)), so at ε = 0 robust equals clean. The epoch of
+highest robust accuracy (ties: higher clean accuracy, then the earlier epoch) is the one
+kept. Models selected under the earlier rule (attacked input only) are not reused: an
+adversarial run's config names the rule (:func:`noisydeq.train_config.run_config`).
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from torch import Tensor, nn
 
 from noisydeq.attacks.estimators import FinalState
 from noisydeq.attacks.pgd import pgd
+from noisydeq.attacks.robust import correct, robust_correct
 from noisydeq.noise import Noise, NoiseStream, derive_seed
 from noisydeq.specs.noise import NoiseSpec
 from noisydeq.specs.optimizer import AdversarialSpec
@@ -45,6 +51,11 @@ class Selector:
             return None
         return Noise(self.noise_spec, self._stream(rows, what))
 
+    def _restart(self, layers: dict[str, nn.Module], rows: Tensor, what: str) -> None:
+        """Every device layer's dynamic noise restarted from (seed, ``what``, its name)."""
+        for name, layer in layers.items():
+            layer.stream = self._stream(rows, what, name)
+
     def evaluate(self, net: nn.Module) -> tuple[float, float]:
         """(clean, robust) accuracy of ``net`` on the validation split."""
         from noisydeq import hardware
@@ -58,15 +69,19 @@ class Selector:
             for i in range(0, len(self.x), VAL_BATCH):
                 xb, yb = self.x[i:i + VAL_BATCH], self.y[i:i + VAL_BATCH]
                 rows = torch.arange(i, i + len(xb))
-                for name, layer in layers.items():
-                    layer.stream = self._stream(rows, "device", name)
+                self._restart(layers, rows, "device")
                 x_adv = pgd(FinalState(net, self._noise(rows, "attack"), warm=False), xb, yb,
                             eps=self.adv.eps, steps=self.adv.val_steps, alpha=self.adv.step,
                             generator=self._stream(rows, "start"))
                 with torch.no_grad():
-                    clean += int((net(xb, self._noise(rows, "clean")).argmax(1) == yb).sum())
-                    robust += int((net(x_adv, self._noise(rows, "robust")).argmax(1) == yb)
-                                  .sum())
+                    # clean and attacked forwards under one draw (module docstring)
+                    self._restart(layers, rows, "judge")
+                    logits_c = net(xb, self._noise(rows, "judge"))
+                    self._restart(layers, rows, "judge")
+                    logits_a = net(x_adv, self._noise(rows, "judge"))
+                ok_c = correct(logits_c, yb)
+                clean += int(ok_c.sum())
+                robust += int(robust_correct(logits_c, logits_a, yb).sum())
         finally:
             for name, layer in layers.items():
                 layer.stream = saved[name]

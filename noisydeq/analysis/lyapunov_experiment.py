@@ -38,6 +38,7 @@ import torch
 from pydantic import Field, field_validator, model_validator
 
 from noisydeq import limits, store
+from noisydeq.attacks.robust import correct
 from noisydeq.errors import CorruptArtefact, NoisyDEQError
 from noisydeq.noise import NoiseStream, derive_seed
 from noisydeq.specs.base import InfFloat, StrictModel, build
@@ -48,8 +49,9 @@ from noisydeq.specs.sweep import SweepSpec
 from noisydeq.specs.toml import dumps_toml
 from noisydeq.specs.variant_file import ExperimentName
 
-#: format tag of an attack cell file
-CELL_FORMAT = "noisydeq-lyapunov-cell/1"
+#: format tag of an attack cell file; 2: robust = right clean *and* attacked
+#: (noisydeq.attacks.robust); cells of format 1 counted the attacked input only
+CELL_FORMAT = "noisydeq-lyapunov-cell/2"
 #: column order of attack.csv (a cell file stores its rows with sorted keys)
 ATTACK_CSV_ORDER = ("variant", "seed", "params", "train_seconds", "test_metric", "mean_steps",
                     "converged_frac", "attack", "eps_255", "steps", "accuracy", "seconds",
@@ -233,25 +235,28 @@ def load_experiment(path: str | Path, **overrides: Any) -> LyapunovExperimentSpe
 # ------------------------------------------------------------------------ attack table
 
 
-def _accuracy(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> int:
+def _correct(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     with torch.no_grad():
-        return int((model(x).argmax(dim=1) == y).sum())
+        return correct(model(x), y)
 
 
 def attack_cell(
     model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, grid: AttackGrid, seed: int,
 ) -> list[dict[str, Any]]:
-    """Clean and attacked accuracy of one trained model: rows (attack, ε, steps, accuracy,
-    seconds); ε = 0 is the clean row. PGD's random start is counter-based: test sample i's
-    start is a function of (seed, ε, i), whatever the batch size."""
+    """Clean and robust accuracy of one trained model: rows (attack, ε, steps, accuracy,
+    seconds); ε = 0 is the clean row. A sample is robust when it is classified correctly
+    clean and attacked (:mod:`noisydeq.attacks.robust`). PGD's random start is
+    counter-based: test sample i's start is a function of (seed, ε, i), whatever the batch
+    size."""
     from noisydeq.analysis.iterative_attacks import ifgsm, paper_steps, pgd
 
     model.eval()
     n = x.shape[0]
     bs = grid.batch_size
     t0 = time.perf_counter()
-    clean = sum(_accuracy(model, x[i:i + bs], y[i:i + bs]) for i in range(0, n, bs))
-    rows = [{"attack": "none", "eps_255": 0.0, "steps": 0, "accuracy": clean / n,
+    right = torch.cat([_correct(model, x[i:i + bs], y[i:i + bs]) for i in range(0, n, bs)])
+    rows = [{"attack": "none", "eps_255": 0.0, "steps": 0,
+             "accuracy": int(right.sum()) / n,
              "seconds": time.perf_counter() - t0}]
     alpha = grid.alpha_255 / 255.0
     for attack in grid.attacks:
@@ -259,7 +264,7 @@ def attack_cell(
             eps = e / 255.0
             steps = paper_steps(eps) if grid.steps is None else grid.steps
             t0 = time.perf_counter()
-            correct = 0
+            robust = 0
             for i in range(0, n, bs):
                 xb, yb = x[i:i + bs], y[i:i + bs]
                 if attack == "ifgsm":
@@ -268,9 +273,9 @@ def attack_cell(
                     gen = NoiseStream.from_seed(derive_seed(seed, "pgd", e), xb.device,
                                                 samples=torch.arange(i, i + len(xb)))
                     adv = pgd(model, xb, yb, eps=eps, steps=steps, alpha=alpha, generator=gen)
-                correct += _accuracy(model, adv, yb)
+                robust += int((_correct(model, adv, yb) & right[i:i + bs]).sum())
             rows.append({"attack": attack, "eps_255": e, "steps": steps,
-                         "accuracy": correct / n, "seconds": time.perf_counter() - t0})
+                         "accuracy": robust / n, "seconds": time.perf_counter() - t0})
     return rows
 
 
@@ -327,6 +332,9 @@ def _read_cell(path: Path, variant: str, seed: int) -> list[dict[str, Any]]:
     :class:`CorruptArtefact` naming it)."""
     try:
         data = store.read_signed_json(path, "attack cell")
+        if data.get("format") == "noisydeq-lyapunov-cell/1":
+            raise CorruptArtefact(path, "counts robust samples by the attacked input only "
+                                  "(format 1; now right clean and attacked)")
         if data.get("format") != CELL_FORMAT:
             raise CorruptArtefact(path, f"has format {data.get('format')!r}, not {CELL_FORMAT}")
         if (data.get("variant"), data.get("seed")) != (variant, seed):

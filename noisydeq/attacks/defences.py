@@ -22,6 +22,7 @@ from collections.abc import Iterable, Sequence
 import torch
 from torch import Tensor, nn
 
+from noisydeq.attacks.robust import correct
 from noisydeq.attacks.spec import DefenceSpec
 from noisydeq.attacks.trajectory import States, predict, record_states
 from noisydeq.noise import Noise
@@ -71,28 +72,39 @@ def defended_correct(model: nn.Module, x: Tensor, y: Tensor, defences: Sequence[
                      noise: Noise | None = None) -> dict[str, Tensor]:
     """Per-sample correctness (bool) of each defence's prediction on ``x``.
 
-    A sample whose solve diverged (or whose logits are not finite) counts as wrong.
+    A sample whose solve diverged (or whose logits are not finite) counts as wrong
+    (:func:`noisydeq.attacks.robust.correct`).
     """
     logits, bad = defended_logits(model, x, defences, noise)
-    return {k: (v.argmax(1) == y) & ~bad & torch.isfinite(v).all(1) for k, v in logits.items()}
+    return {k: correct(v, y, bad) for k, v in logits.items()}
 
 
 def select_early_state(model: nn.Module, x_clean: Tensor, x_adv: Tensor, y: Tensor,
                        noise: Noise | None = None) -> tuple[int, list[dict[str, float]]]:
     """The early-exit state n (validation split, ready-made PGD-10 examples ``x_adv``).
 
-    Returns n and the per-state record (``n``, ``clean``, ``robust`` accuracies).
+    Returns n and the per-state record (:func:`state_record`). Both solves draw from
+    ``noise`` one after the other; the attack runner judges them under one draw instead.
     """
     with torch.no_grad():
         clean = record_states(model, x_clean, noise)
         adv = record_states(model, x_adv, noise)
-    n_max = max(clean.n_max, adv.n_max)
-    record = []
-    for n in range(1, n_max + 1):
-        acc_c = float((predict(model, clean.at(n)).argmax(1) == y).double().mean())
-        acc_a = float((predict(model, adv.at(n)).argmax(1) == y).double().mean())
-        record.append({"n": n, "clean": acc_c, "robust": acc_a})
+    record = state_record(model, clean, adv, y)
     return best_early_state(record), record
+
+
+def state_record(model: nn.Module, clean: States, adv: States, y: Tensor
+                 ) -> list[dict[str, float]]:
+    """Per state n: ``clean`` accuracy of z_n and ``robust`` accuracy — z_n correct on the
+    clean *and* on the attacked input (:mod:`noisydeq.attacks.robust`)."""
+    record = []
+    with torch.no_grad():
+        for n in range(1, max(clean.n_max, adv.n_max) + 1):
+            ok_c = correct(predict(model, clean.at(n)), y)
+            ok_a = ok_c & correct(predict(model, adv.at(n)), y)
+            record.append({"n": n, "clean": float(ok_c.double().mean()),
+                           "robust": float(ok_a.double().mean())})
+    return record
 
 
 def best_early_state(record: Sequence[dict[str, float]]) -> int:

@@ -14,14 +14,28 @@ draws and each PGD step's forward see fresh numbers and no draw depends on the o
 Cell files are checked against the rows their key promises (one per defence) like a
 sweep's (:meth:`noisydeq.results.RunDir.load_cell`).
 
-The early-state defence's n is chosen once per (model, level, chip) on the validation
-split under the ready-made PGD-10 (the model's own gradient method, ε = ``steps_eps``) and
-stored as a cell too (its per-state record, :data:`EARLY_COLUMNS`). Each row also carries
-the entropy shift of its defence's prediction (regulation paper Eq. 12-13): ``entropy_p`` =
-% of inputs whose clean prediction has lower entropy than the attacked one, ``entropy_dh`` =
-mean H(clean) − H(attacked).
+A row's ``value`` is the robust accuracy of :mod:`noisydeq.attacks.robust`: a sample counts
+when its defence's prediction is correct on the attacked input *and* on the clean input
+(each defence against its own clean prediction; a diverged solve or non-finite logits is
+wrong). Both are judged under one noise draw per (model, level, chip) — the model noise
+and a device's dynamic noise restarted from :meth:`Runner.judge_seed` before the clean and
+before each cell's attacked forward, on the same chip — so at ε = 0 (attacked = clean) a
+row is the clean accuracy exactly, noisy model or not; the attacker's own draws (EOT, PGD
+steps) and the attack's (random starts, corruptions) come from the cell's draw key
+(:attr:`Cell.draw_key`: its key without the rule, the key before the rule existed). Cell
+and early-state keys carry the rule's name (:data:`noisydeq.attacks.robust.RULE`): cells
+counted under the earlier rule (attacked input only) are not reused, and a re-count
+attacks with the same draws.
 
-Length (about 440 lines): one idea, an attack run from its grid of cells to its table; the
+The early-state defence's n is chosen once per (model, level, chip) on the validation
+split under the ready-made PGD-10 (the model's own gradient method, ε = ``steps_eps``; a
+state's robust accuracy counts the samples right at z_n clean and attacked, both solves
+under one draw) and stored as a cell too (its per-state record, :data:`EARLY_COLUMNS`).
+Each row also carries the entropy shift of its defence's prediction (regulation paper
+Eq. 12-13): ``entropy_p`` = % of inputs whose clean prediction has lower entropy than the
+attacked one, ``entropy_dh`` = mean H(clean) − H(attacked).
+
+Length (about 470 lines): one idea, an attack run from its grid of cells to its table; the
 cells, the early-state defence's per-state record and the white-box table share one run
 directory and its checks.
 """
@@ -35,7 +49,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from noisydeq import store
 from noisydeq.attacks.adjoint import ADJOINT_SOLVERS
@@ -43,12 +57,13 @@ from noisydeq.attacks.craft import craft
 from noisydeq.attacks.defences import (
     best_early_state,
     defended_logits,
-    select_early_state,
+    state_record,
     white_box,
 )
 from noisydeq.attacks.estimators import make_estimator
 from noisydeq.attacks.grid import AttackRunSpec, GridPoint, expand
 from noisydeq.attacks.hardware import Level, check_device, make_level
+from noisydeq.attacks.robust import RULE, robust_correct
 from noisydeq.attacks.spec import (
     AttackSpec,
     DefenceSpec,
@@ -57,6 +72,7 @@ from noisydeq.attacks.spec import (
     parse_defence,
     parse_estimator,
 )
+from noisydeq.attacks.trajectory import record_states
 from noisydeq.cluster import Backend
 from noisydeq.errors import NoisyDEQError
 from noisydeq.noise import derive_seed
@@ -138,10 +154,18 @@ class Cell:
     point: GridPoint
 
     @property
-    def key(self) -> str:
+    def draw_key(self) -> str:
+        """What the cell's attack and attacker-noise seeds derive from: its key without the
+        robust rule, so a count under another rule attacks with the same draws."""
         est = "none" if self.estimator is None else self.estimator.key()
         return (f"cell|{self.member.model_id}|{self.snr_db!r}|{self.chip}|{self.mode}|{est}|"
                 f"{self.point.key}")
+
+    @property
+    def key(self) -> str:
+        """The cell file's key: the draw key and the robust rule's name (cells counted under
+        another rule are not reused)."""
+        return self.draw_key.replace("cell|", f"cell|{RULE}|", 1)
 
 
 def _estimators(spec: AttackRunSpec, member: AttackMember) -> list[EstimatorSpec]:
@@ -254,9 +278,14 @@ def defence_name(d: DefenceSpec) -> str:
     return d.label() if d.name == "entropy" else d.name
 
 
+def early_draw_key(spec: AttackRunSpec, m: AttackMember, snr: float, chip: int) -> str:
+    """What the early-state selection's seeds derive from (its key without the rule)."""
+    return f"early|{m.model_id}|{snr!r}|{chip}|{spec.steps_eps!r}"
+
+
 def early_key(spec: AttackRunSpec, m: AttackMember, snr: float, chip: int) -> str:
     """The cell key of the early-state selection of (model, level, chip)."""
-    return f"early|{m.model_id}|{snr!r}|{chip}|{spec.steps_eps!r}"
+    return early_draw_key(spec, m, snr, chip).replace("early|", f"early|{RULE}|", 1)
 
 
 class EarlyCells(Protocol):
@@ -285,7 +314,7 @@ class Runner:
         self.calib = task.x_train[:512].to(torch_device)
         self.n_classes = int(task.out_features)
         self._level: tuple[tuple, Level] | None = None
-        self._clean: dict[str, torch.Tensor] = {}
+        self._clean: dict[tuple[str, ...], tuple[dict[str, Tensor], Tensor]] = {}
 
     def level(self, m: AttackMember, snr: float, chip: int) -> Level:
         key = (m.model_id, snr, chip)
@@ -298,32 +327,43 @@ class Runner:
             self._clean = {}
         return self._level[1]
 
-    def clean_entropy(self, m: AttackMember, snr: float, chip: int,
-                      defences: list[DefenceSpec]) -> dict[str, torch.Tensor]:
-        """Per-sample prediction entropy (Eq. 6) of each defence on the clean inputs."""
+    def judge_seed(self, m: AttackMember, snr: float, chip: int) -> int:
+        """The noise draw every prediction of (model, level, chip) is judged under: the
+        clean inputs' and every cell's attacked inputs' (module docstring)."""
+        return derive_seed(self.spec.seed, "judge", m.model_id, snr, chip)
+
+    def clean_logits(self, m: AttackMember, snr: float, chip: int,
+                     defences: list[DefenceSpec]) -> tuple[dict[str, Tensor], Tensor]:
+        """Each defence's logits on the clean inputs and the per-sample "solve diverged"
+        flags, under the judging draw (cached per level and set of defences)."""
         lvl = self.level(m, snr, chip)
-        todo = [d for d in defences if d.label() not in self._clean]
-        if todo:
-            lvl.reseed(derive_seed(self.spec.seed, "clean", m.model_id, snr, chip))
-            logits, _ = defended_logits(lvl.model, self.x, todo, lvl.noise)
-            self._clean.update({k: prediction_entropy(v) for k, v in logits.items()})
-        return {d.label(): self._clean[d.label()] for d in defences}
+        key = tuple(d.label() for d in defences)
+        if key not in self._clean:
+            lvl.reseed(self.judge_seed(m, snr, chip))
+            self._clean[key] = defended_logits(lvl.model, self.x, defences, lvl.noise)
+        return self._clean[key]
 
     def early_n(self, m: AttackMember, snr: float, chip: int) -> int:
         """n of the early-state defence for this model, level and chip (cached as a cell)."""
-        key = early_key(self.spec, m, snr, chip)
+        key, draws = early_key(self.spec, m, snr, chip), early_draw_key(self.spec, m, snr, chip)
         rows = self.rd.load_cell(key, columns=EARLY_COLUMNS, identity=("n",))
         if not rows:
             lvl = self.level(m, snr, chip)
-            lvl.reseed(derive_seed(self.spec.seed, "noise", key))
+            lvl.reseed(derive_seed(self.spec.seed, "noise", draws))
             est = make_estimator(lvl.model, EstimatorSpec(name="backprop"), lvl.noise)
             att = build(AttackSpec, {"name": "pgd", "eps": self.spec.steps_eps, "steps": 10,
                                      "norm": self.spec.norm}, where="attack")
             adv = craft(att, est, lvl.model, self.xv, self.yv,
-                        seed=derive_seed(self.spec.seed, "attack", key),
+                        seed=derive_seed(self.spec.seed, "attack", draws),
                         in_shape=in_shape_of(self.task, m.model), n_classes=self.n_classes)
-            lvl.reseed(derive_seed(self.spec.seed, "eval", key))
-            _, rows = select_early_state(lvl.model, self.xv, adv, self.yv, lvl.noise)
+            # clean and attacked solves under one draw: robust = both correct at z_n
+            seed = derive_seed(self.spec.seed, "eval", draws)
+            with torch.no_grad():
+                lvl.reseed(seed)
+                clean = record_states(lvl.model, self.xv, lvl.noise)
+                lvl.reseed(seed)
+                attacked = record_states(lvl.model, adv, lvl.noise)
+            rows = state_record(lvl.model, clean, attacked, self.yv)
             self.rd.save_cell(key, rows)
         return best_early_state(rows)
 
@@ -345,7 +385,7 @@ class Runner:
             if d.name == "early" and d.n is None:
                 d = d.model_copy(update={"n": self.early_n(m, cell.snr_db, cell.chip)})
             chosen.append(d)
-        key = cell.key
+        key = cell.draw_key
         if cell.mode == "transfer":
             attacker, noise = m.model, None
         else:
@@ -355,14 +395,14 @@ class Runner:
         adv = craft(cell.point.attack, est, attacker, self.x, self.y,
                     seed=derive_seed(spec.seed, "attack", key),
                     in_shape=in_shape_of(self.task, m.model), n_classes=self.n_classes)
-        h_clean = self.clean_entropy(m, cell.snr_db, cell.chip, chosen)
-        lvl.reseed(derive_seed(spec.seed, "eval", key))
+        clean, bad_clean = self.clean_logits(m, cell.snr_db, cell.chip, chosen)
+        lvl.reseed(self.judge_seed(m, cell.snr_db, cell.chip))
         logits, bad = defended_logits(lvl.model, adv, chosen, lvl.noise)
         rows = []
         for d in chosen:
-            out = logits[d.label()]
-            ok = (out.argmax(1) == self.y) & ~bad & torch.isfinite(out).all(1)
-            p, dh = entropy_shift(h_clean[d.label()], prediction_entropy(out))
+            out, ref = logits[d.label()], clean[d.label()]
+            ok = robust_correct(ref, out, self.y, clean_diverged=bad_clean, adv_diverged=bad)
+            p, dh = entropy_shift(prediction_entropy(ref), prediction_entropy(out))
             rows.append(self.row(cell, d, float(ok.double().mean()), p, dh))
         return rows
 

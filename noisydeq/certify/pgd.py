@@ -1,13 +1,15 @@
 """A plain ℓ∞ PGD attack (Madry et al. 2018): the empirical robustness next to certificates.
 
-Deliberately minimal and self-contained (a full attack suite lives elsewhere): projected
+Deliberately minimal (the full attack suite lives in :mod:`noisydeq.attacks`; this shares
+only its rule of what counts as robust): projected
 signed-gradient ascent on the cross-entropy from a uniform random start in the ε-box,
 ``steps`` steps of size ``step`` (default 2.5·ε/steps), ``restarts`` random starts, the
 box intersected with ``clip``. The random starts are counter-based: restart r of the sample
 with dataset index s draws the r-th uniform row of (``seed``, s)
 (:class:`noisydeq.noise.NoiseStream`), so a sample's attack does not depend on the batch it
-is evaluated in. A sample counts as robust when it is classified correctly
-clean *and* at every iterate of every restart — so robust ≤ clean per sample, and a
+is evaluated in. A sample counts as robust when it is classified correctly clean *and* at
+every iterate of every restart (:mod:`noisydeq.attacks.robust`'s rule, every iterate an
+attacked input; non-finite logits are wrong) — so robust ≤ clean per sample, and a
 certified sample the attack breaks is a contradiction (a wrong bound) the caller checks.
 DEQ gradients come from the model's own gradient method (implicit for ``mondeq``).
 """
@@ -17,6 +19,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from noisydeq.attacks.robust import correct
 from noisydeq.noise import NoiseStream
 
 
@@ -38,7 +41,7 @@ def pgd_robust(
     ``samples``: the dataset index of every row (default: its position), which keys its
     random starts together with ``seed``."""
     with torch.no_grad():
-        robust = model(x).argmax(dim=1) == y
+        robust = correct(model(x), y)
     if eps <= 0 or steps <= 0:
         return robust
     step = 2.5 * eps / steps if step is None else step
@@ -56,8 +59,8 @@ def pgd_robust(
             with torch.enable_grad():
                 logits = model(adv)
                 (grad,) = torch.autograd.grad(loss_fn(logits, y), adv)
-            robust &= logits.detach().argmax(dim=1) == y
+            robust &= correct(logits.detach(), y)
             adv = torch.minimum(torch.maximum(adv.detach() + step * grad.sign(), lo), hi)
         with torch.no_grad():
-            robust &= model(adv).argmax(dim=1) == y
+            robust &= correct(model(adv), y)
     return robust

@@ -7,6 +7,7 @@ from torch.nn import functional as F
 from noisydeq.adversarial.objective import Objective, trades_loss
 from noisydeq.attacks.estimators import FinalState
 from noisydeq.attacks.pgd import pgd
+from noisydeq.attacks.robust import robust_correct
 from noisydeq.config import (
     AdversarialSpec,
     ModelSpec,
@@ -39,8 +40,8 @@ def _robust(model, task, eps=0.1, n=300):
     gen = torch.Generator().manual_seed(0)
     adv = pgd(FinalState(model, None, warm=False), x, y, eps=eps, steps=10, alpha=eps / 4,
               generator=gen)
-    with torch.no_grad():
-        return float((model(adv).argmax(1) == y).double().mean())
+    with torch.no_grad():  # right clean and attacked (noisydeq.attacks.robust)
+        return float(robust_correct(model(x), model(adv), y).double().mean())
 
 
 @pytest.mark.slow
