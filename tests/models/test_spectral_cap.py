@@ -84,7 +84,8 @@ def test_cap_on_the_mlp_cell_is_the_exact_norm():
     with torch.no_grad():
         model.cell.W.weight.mul_(10.0)
     cap_spectral_norm(model, 0.5)
-    assert float(torch.linalg.matrix_norm(model.cell.W.weight.detach(), ord=2)) == pytest.approx(0.5)
+    norm = float(torch.linalg.matrix_norm(model.cell.W.weight.detach(), ord=2))
+    assert norm == pytest.approx(0.5)
 
 
 def test_training_keeps_the_cap_and_the_cell_contracts():
