@@ -340,3 +340,16 @@ def test_plot_redraws_a_study_and_merges_runs_of_one_seed_each(tmp_path):
               other, plots=False)
     assert "only studies of one task" in error(a, other, "--out", out)
     assert not (tmp_path / "figs" / "SHA256SUMS").exists()
+
+
+def test_study_title_and_labels_say_seed_counts_when_lines_differ():
+    """A merged figure whose lines average 2 and 3 seeds: the title gives the range and each
+    line's label its own count; one count for every line stays in the title alone."""
+    from noisydeq.studies.plots import _seeds_label, study_title
+
+    deq = [{"model": "deq", "seeds": 3, "task": "mazes", "noise_site": "state"}]
+    ctrl = [{"model": "deq", "seeds": 2, "task": "mazes", "noise_site": "state"}]
+    rows = deq + ctrl
+    assert "2-3 per line" in study_title(rows, "t")
+    assert _seeds_label(deq, rows) == ", 3 seeds" and _seeds_label(ctrl, rows) == ", 2 seeds"
+    assert "over 3 seeds" in study_title(deq, "t") and _seeds_label(deq, deq) == ""

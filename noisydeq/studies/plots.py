@@ -54,10 +54,30 @@ def _trained_marker(look: dict[str, Any], train_snr_db: float) -> dict[str, Any]
     return look if math.isinf(train_snr_db) else {**look, "mfc": "white"}
 
 
+def _seed_counts(rows: list[dict[str, Any]]) -> list[int]:
+    """The distinct seed counts of ``rows``' summary points, ascending."""
+    return sorted({int(r.get("seeds", 1)) for r in rows}) or [1]
+
+
+def _seeds_label(pts: list[dict[str, Any]], rows: list[dict[str, Any]]) -> str:
+    """``", 2 seeds"`` for a line when the figure's lines average different seed counts (the
+    title then gives only the range), else nothing."""
+    if len(_seed_counts(rows)) == 1:
+        return ""
+    n = _seed_counts(pts)
+    return f", {n[0]} seed{'s' if n[0] > 1 else ''}" if len(n) == 1 else \
+        f", {n[0]}-{n[-1]} seeds"
+
+
 def study_title(rows: list[dict[str, Any]], title: str) -> str:
-    """``title — task · noise site noise`` and the band on a second line."""
-    n = max((int(r.get("seeds", 1)) for r in rows), default=1)
-    band = f"band: min-max over {n} seeds" if n > 1 else "one seed (no band)"
+    """``title — task · noise site noise`` and the band on a second line (the seed count, or
+    its range when lines differ: each line's count is then in its label)."""
+    counts = _seed_counts(rows)
+    lo, hi = counts[0], counts[-1]
+    if lo != hi:
+        band = f"band: min-max over the seeds ({lo}-{hi} per line, in the legend)"
+    else:
+        band = f"band: min-max over {hi} seeds" if hi > 1 else "one seed (no band)"
     site = rows[0].get("noise_site") if rows else None
     return context_title(title, task=rows[0].get("task") if rows else None,
                          noise=f"{site} noise" if site else None, band=band)
@@ -80,7 +100,7 @@ def plot_extrapolation(rows: list[dict[str, Any]], stem: Path, title: str) -> li
             for (model, solver, tsnr), pts in lines.items():
                 pts.sort(key=lambda r: r["shift"])
                 x = [r["shift"] for r in pts]
-                label = f"{model} ({snr_text(tsnr)})" + (
+                label = f"{model} ({snr_text(tsnr)}{_seeds_label(pts, rows)})" + (
                     f" [{solver}]" if solver not in ("-", "trained") else "")
                 look = _trained_marker(looks[model], tsnr)
                 ax.plot(x, [r["value"] for r in pts], ms=4, label=label, **look)
@@ -131,8 +151,10 @@ def plot_snr(rows: list[dict[str, Any]], stem: Path, title: str) -> list[Path]:
                 look = dict(looks[model])
                 if solver not in ("-", "trained"):  # another test solver: a second marker
                     look["marker"] = "x"
+                seeds = _seeds_label(pts, rows)
                 ax.plot(x, [r["value"] for r in pts], ms=4, **look,
-                        label=model + ("" if solver in ("-", "trained") else f" [{solver}]"))
+                        label=model + (f" ({seeds[2:]})" if seeds else "")
+                        + ("" if solver in ("-", "trained") else f" [{solver}]"))
                 ax.fill_between(x, [r["value_min"] for r in pts],
                                 [r["value_max"] for r in pts], color=look["color"], alpha=0.15,
                                 lw=0)
