@@ -210,11 +210,10 @@ def _command(opts: dict[str, Any]) -> None:
                                             "--device-noise-mode"))
     overrides.update(device_options(opts["device"], opts["device_noise_mode"],
                                     opts["digital_layers"]))
-    if opts["device_adc_gain"] is not None:
-        overrides["device_adc_gain"] = adc_gain_option(opts["device"], opts["device_adc_gain"])
-    if opts["device_drift_alpha"] is not None:
-        overrides["device_drift_alpha"] = drift_alpha_option(opts["device"],
-                                                             opts["device_drift_alpha"])
+    for key in ("device_adc_gain", "device_drift_alpha"):
+        if opts[key] is not None:
+            flag = "--" + key.replace("_", "-")
+            overrides[key] = held_option(flag, opts["device"], opts[key])
     if opts["ibp_eps"] is not None:
         overrides["ibp"] = {"eps": opts["ibp_eps"]}
     if opts["spectral_cap"] is not None:
@@ -305,29 +304,22 @@ def device_options(device: str | None, noise_mode: str | None,
     return out
 
 
-def adc_gain_option(device: str | None, value: str) -> str:
-    """``--device-adc-gain``: needs a training device that measures its ADC gain (a
-    photonic one with ``adc_gain = "calibrated"``); one line otherwise."""
+def held_option(flag: str, device: str | None, value: str) -> str:
+    """``--device-adc-gain`` / ``--device-drift-alpha``: a per-chip quantity held for an
+    epoch needs a training device that measures it (a photonic one with ``adc_gain =
+    "calibrated"``; an rram one with ``drift_compensation``); one line otherwise."""
     if device is None:
-        raise NoisyDEQError("--device-adc-gain: needs a training --device")
-    from noisydeq.families import measures_adc_gain
+        raise NoisyDEQError(f"{flag}: needs a training --device")
+    from noisydeq.families import compensates_drift, measures_adc_gain
 
-    if not measures_adc_gain(device):
-        raise NoisyDEQError(f"--device-adc-gain: only for a photonic device with adc_gain = "
-                            f"'calibrated' (device '{device}' measures no ADC gain)")
-    return value
-
-
-def drift_alpha_option(device: str | None, value: str) -> str:
-    """``--device-drift-alpha``: needs a training device with a drift compensation (rram
-    with ``drift_compensation = true``); one line otherwise."""
-    if device is None:
-        raise NoisyDEQError("--device-drift-alpha: needs a training --device")
-    from noisydeq.families import compensates_drift
-
-    if not compensates_drift(device):
-        raise NoisyDEQError(f"--device-drift-alpha: only for an rram device with "
-                            f"drift_compensation (device '{device}' measures no α)")
+    if flag == "--device-adc-gain":
+        ok, need = measures_adc_gain(device), "a photonic device with adc_gain = 'calibrated'"
+        what = "measures no ADC gain"
+    else:
+        ok, need = compensates_drift(device), "an rram device with drift_compensation"
+        what = "measures no α"
+    if not ok:
+        raise NoisyDEQError(f"{flag}: only for {need} (device '{device}' {what})")
     return value
 
 
