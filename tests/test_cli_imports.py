@@ -110,6 +110,7 @@ print(json.dumps([code, bool(seen), late]))
     (["solvers", "--out", "{d}/file/x"], "not a directory"),
     (["lyapunov", "nope-exp"], "unknown experiment"),
     (["study", "nope-exp"], "unknown experiment"),
+    (["train", "--task", "digitz"], "did you mean 'digits'"),
 ])
 def test_bad_input_is_refused_before_slow_imports_under_the_heartbeat(args, needle,
                                                                       tmp_path) -> None:
@@ -125,3 +126,12 @@ def test_bad_input_is_refused_before_slow_imports_under_the_heartbeat(args, need
     code, started, late = json.loads(proc.stdout.strip().splitlines()[-1])
     assert code == 2 and needle in proc.stderr, proc.stderr
     assert started and late == [], (late, proc.stderr)
+
+
+def test_the_torch_free_task_names_are_the_registry_s() -> None:
+    """``noisydeq train`` checks ``--task`` against specs.task_names before torch loads: the
+    names are exactly the loaders of the task registry."""
+    from noisydeq.specs.task_names import TASK_NAMES
+    from noisydeq.tasks.registry import _registry
+
+    assert tuple(_registry()) == TASK_NAMES
