@@ -111,6 +111,10 @@ print(json.dumps([code, bool(seen), late]))
     (["lyapunov", "nope-exp"], "unknown experiment"),
     (["study", "nope-exp"], "unknown experiment"),
     (["train", "--task", "digitz"], "did you mean 'digits'"),
+    (["certify", "{d}", "--eps", "-1"], "ε must be ≥ 0"),
+    (["certify", "{d}", "--chip", "1"], "need --device"),
+    (["certify", "certify-mnist", "--eps", "x"], "'x' is not a number"),
+    (["certify", "{d}/bad-certify.toml"], "[quick] certify: eps"),
 ])
 def test_bad_input_is_refused_before_slow_imports_under_the_heartbeat(args, needle,
                                                                       tmp_path) -> None:
@@ -120,6 +124,7 @@ def test_bad_input_is_refused_before_slow_imports_under_the_heartbeat(args, need
     (tmp_path / "damaged").mkdir()
     (tmp_path / "damaged" / "config.toml").write_text("# sha256 00\nseeds = [0]\n")
     (tmp_path / "file").write_text("x")
+    (tmp_path / "bad-certify.toml").write_text('name = "x"\n[certify]\neps = [-1]\n')
     argv = [a.replace("{d}", str(tmp_path)) for a in args]
     proc = subprocess.run([sys.executable, "-c", AFTER_HEARTBEAT.format(slow=SLOW), *argv],
                           capture_output=True, text=True, cwd=tmp_path, timeout=120)

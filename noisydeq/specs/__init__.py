@@ -4,7 +4,8 @@
 ``noise`` (SNR grammar, :class:`NoiseSpec`), ``solver``, ``model`` → ``cell`` →
 ``device`` (a sweep's device choices), ``optimizer`` (a training run's options) →
 ``training`` (:class:`TrainSpec` and its presets) → ``family`` → ``sweep`` →
-``experiment``; ``attack_names`` (the attack families ``noisydeq attack`` names) and
+``experiment``, ``certify`` (a certification run and its experiment files);
+``attack_names`` (the attack families ``noisydeq attack`` names) and
 ``task_names`` (the tasks ``load_task`` loads) stand alone. Each module imports only
 modules to its left; none imports torch.
 """
