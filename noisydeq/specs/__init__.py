@@ -5,7 +5,8 @@
 ``device`` (a sweep's device choices), ``optimizer`` (a training run's options) →
 ``training`` (:class:`TrainSpec` and its presets) → ``family`` → ``sweep`` →
 ``experiment``, ``certify`` (a certification run and its experiment files);
-``attack_names`` (the attack families ``noisydeq attack`` names) and
-``task_names`` (the tasks ``load_task`` loads) stand alone. Each module imports only
-modules to its left; none imports torch.
+``entropy`` (input entropy reduction) → ``attack`` (one attack, estimator, defence) and
+``attack_names`` (the attack families ``noisydeq attack`` names) → ``attack_run`` (the
+attack grid); ``task_names`` (the tasks ``load_task`` loads) stands alone. Each module
+imports only modules to its left; none imports torch.
 """
