@@ -145,3 +145,18 @@ def test_the_torch_free_task_names_are_the_registry_s() -> None:
     from noisydeq.tasks.registry import _registry
 
     assert tuple(_registry()) == TASK_NAMES
+
+
+def test_the_checks_before_the_heartbeat_import_no_torch() -> None:
+    """The modules commands validate with before their heavy imports (every spec module,
+    the attack grid, certify's specs, the task names) load neither torch nor a torch-side
+    layer of noisydeq, in a fresh interpreter."""
+    code = ("import json, sys, pkgutil, importlib, noisydeq.specs, noisydeq.analysis\n"
+            "for m in pkgutil.iter_modules(noisydeq.specs.__path__):\n"
+            "    importlib.import_module('noisydeq.specs.' + m.name)\n"
+            "import noisydeq.analysis.locate, noisydeq.analysis.solver_names\n"
+            f"print(json.dumps([m for m in {SLOW!r} if m in sys.modules]))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout.strip().splitlines()[-1]) == []
