@@ -110,6 +110,16 @@ print(json.dumps([code, bool(seen), late]))
     (["solvers", "--out", "{d}/file/x"], "not a directory"),
     (["lyapunov", "nope-exp"], "unknown experiment"),
     (["study", "nope-exp"], "unknown experiment"),
+    (["train", "--task", "digitz"], "did you mean 'digits'"),
+    (["attack", "--family", "{d}", "--eps", "2"], "eps: 2 is outside [0, 1]"),
+    (["attack", "--family", "{d}", "--norm", "l3"], "unknown norm 'l3'"),
+    (["attack", "--family", "{d}", "--estimators", "exactt"], "did you mean 'exact'"),
+    (["attack", "--family", "{d}", "--defences", "fnal"], "did you mean 'final'"),
+    (["attack", "--family", "{d}", "--defences", "entropy:beta=-1"], "the step β"),
+    (["certify", "{d}", "--eps", "-1"], "ε must be ≥ 0"),
+    (["certify", "{d}", "--chip", "1"], "need --device"),
+    (["certify", "certify-mnist", "--eps", "x"], "'x' is not a number"),
+    (["certify", "{d}/bad-certify.toml"], "[quick] certify: eps"),
 ])
 def test_bad_input_is_refused_before_slow_imports_under_the_heartbeat(args, needle,
                                                                       tmp_path) -> None:
@@ -119,9 +129,34 @@ def test_bad_input_is_refused_before_slow_imports_under_the_heartbeat(args, need
     (tmp_path / "damaged").mkdir()
     (tmp_path / "damaged" / "config.toml").write_text("# sha256 00\nseeds = [0]\n")
     (tmp_path / "file").write_text("x")
+    (tmp_path / "bad-certify.toml").write_text('name = "x"\n[certify]\neps = [-1]\n')
     argv = [a.replace("{d}", str(tmp_path)) for a in args]
     proc = subprocess.run([sys.executable, "-c", AFTER_HEARTBEAT.format(slow=SLOW), *argv],
                           capture_output=True, text=True, cwd=tmp_path, timeout=120)
     code, started, late = json.loads(proc.stdout.strip().splitlines()[-1])
     assert code == 2 and needle in proc.stderr, proc.stderr
     assert started and late == [], (late, proc.stderr)
+
+
+def test_the_torch_free_task_names_are_the_registry_s() -> None:
+    """``noisydeq train`` checks ``--task`` against specs.task_names before torch loads: the
+    names are exactly the loaders of the task registry."""
+    from noisydeq.specs.task_names import TASK_NAMES
+    from noisydeq.tasks.registry import _registry
+
+    assert tuple(_registry()) == TASK_NAMES
+
+
+def test_the_checks_before_the_heartbeat_import_no_torch() -> None:
+    """The modules commands validate with before their heavy imports (every spec module,
+    the attack grid, certify's specs, the task names) load neither torch nor a torch-side
+    layer of noisydeq, in a fresh interpreter."""
+    code = ("import json, sys, pkgutil, importlib, noisydeq.specs, noisydeq.analysis\n"
+            "for m in pkgutil.iter_modules(noisydeq.specs.__path__):\n"
+            "    importlib.import_module('noisydeq.specs.' + m.name)\n"
+            "import noisydeq.analysis.locate, noisydeq.analysis.solver_names\n"
+            f"print(json.dumps([m for m in {SLOW!r} if m in sys.modules]))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout.strip().splitlines()[-1]) == []

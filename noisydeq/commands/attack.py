@@ -24,7 +24,7 @@ from noisydeq.commands.sensitivity import (
 from noisydeq.commands.sweep import backend_options, check_data_dir, parse_sets
 from noisydeq.errors import NoisyDEQError
 from noisydeq.progress import with_heartbeat
-from noisydeq.specs.attack_names import attack_families
+from noisydeq.specs.attack_run import AttackRunSpec
 from noisydeq.specs.base import build
 
 
@@ -124,17 +124,6 @@ def command(family, attacks, eps, pgd_steps, steps, steps_eps, sigma, fraction, 
     chosen = Backend.parse(backend, address)
     _, eval_threads = thread_plan(threads)
     data_dir = check_data_dir(data_dir)
-    try:  # the names, torch-free (the whole grid is checked below, after the imports)
-        attack_families(attacks)
-    except ValueError as err:
-        raise NoisyDEQError(f"attack: attacks: {err}") from None
-    # the rest of the attack grid's checks need torch (attacks.grid): a bad option is named before a
-    # missing --family, as everywhere, so the family is checked after them
-    from noisydeq.attacks.grid import AttackRunSpec
-    from noisydeq.attacks.ray_cells import run_on_ray
-    from noisydeq.attacks.runner import run_attacks
-    from noisydeq.results import spec_hash
-
     data: dict[str, Any] = {
         "family": str(Path(family).resolve()), "attacks": attacks, "eps": eps,
         "pgd_steps": pgd_steps, "steps": steps, "steps_eps": steps_eps, "sigma": sigma,
@@ -144,8 +133,14 @@ def command(family, attacks, eps, pgd_steps, steps, steps_eps, sigma, fraction, 
         "val_samples": val_samples,
         "seed": seed, "data_dir": data_dir, "torch_device": torch_device, **parse_sets(sets),
     }
+    # the whole attack grid, torch-free (specs.attack_run), before the heavy imports; a bad
+    # option is named before a missing --family, as everywhere, so the family comes after
     spec = build(AttackRunSpec, data, where="attack")
     check_family(Path(family))
+    from noisydeq.attacks.ray_cells import run_on_ray
+    from noisydeq.attacks.runner import run_attacks
+    from noisydeq.results import spec_hash
+
     members, task, recorded = _members(Path(family), data_dir, cache)
     spec = spec.model_copy(update={"task": task.name, "data_dir": data_dir or recorded})
     out_dir = out or default_out(Path(family), None, f"attack-{spec_hash(spec)}")

@@ -25,7 +25,7 @@ from noisydeq.specs.base import build
 
 
 def _spec(opts: dict[str, Any]):
-    from noisydeq.certify.spec import CertifySpec
+    from noisydeq.specs.certify import CertifySpec
 
     data: dict[str, Any] = {"eps": opts["eps"], "device": opts["device"], "chip": opts["chip"],
                             "coverage": opts["coverage"], "k": opts["k"],
@@ -37,15 +37,21 @@ def _spec(opts: dict[str, Any]):
 
 
 def _spec_from(data: dict[str, Any]):
-    from noisydeq.certify.spec import CertifySpec
+    from noisydeq.specs.certify import CertifySpec
 
     return build(CertifySpec, data, where="certify")
 
 
+def _check_device_options(spec) -> None:
+    """The device options that need ``--device`` (torch-free)."""
+    if spec.device is None and (spec.chip is not None or spec.dynamic
+                                or spec.read_k is not None):
+        raise NoisyDEQError("--chip/--dynamic/--read-noise-k need --device")
+
+
 def _check_device(spec) -> None:
+    _check_device_options(spec)
     if spec.device is None:
-        if spec.chip is not None or spec.dynamic or spec.read_k is not None:
-            raise NoisyDEQError("--chip/--dynamic/--read-noise-k need --device")
         return
     from noisydeq.hardware.presets import load_spec
 
@@ -126,13 +132,19 @@ def command(source: Path, **opts: Any) -> None:
         lambda s: click.echo(s, err=True))
     threads = opts["threads"] if opts["threads"] is not None else thread_plan(None)[0]
     experiment = source.suffix == ".toml" or is_bundled(source)
-    # the paths first, torch-free: before num_threads and the heavy imports load torch
-    where = find_experiment(source, "certify") if experiment else _check_source(source, opts)
+    # the paths, the options and an experiment file first, torch-free: before num_threads
+    # and the heavy imports load torch
+    if experiment:
+        exp, out, given = _experiment_spec(find_experiment(source, "certify"), opts)
+    else:
+        out = _check_source(source, opts)
+        spec = _spec(opts)
+        _check_device_options(spec)
     with num_threads(threads):
         if experiment:
-            rows, files = _experiment(where, opts, echo)
+            rows, files = _experiment(exp, out, given, opts, echo)
         else:
-            rows, files = _models(source, where, opts, echo)
+            rows, files = _models(source, out, spec, opts, echo)
     if opts["as_json"]:
         click.echo(json.dumps(rows, indent=2, allow_nan=True))
         return
@@ -159,7 +171,7 @@ def _check_source(source: Path, opts: dict[str, Any]) -> Path:
     return out
 
 
-def _models(source: Path, out: Path, opts: dict[str, Any], echo
+def _models(source: Path, out: Path, spec, opts: dict[str, Any], echo
             ) -> tuple[list[dict], list[Path]]:
     from noisydeq.analysis.certified import (
         plan,
@@ -172,7 +184,6 @@ def _models(source: Path, out: Path, opts: dict[str, Any], echo
     from noisydeq.certify.checks import check_certifiable
     from noisydeq.cluster import session
 
-    spec = _spec(opts)
     _check_device(spec)
     members = load_family(source, data_dir=opts["data_dir"], cache_dir=opts["cache"],
                           check=check_certifiable)
@@ -208,10 +219,11 @@ def _eps_train(path: Path) -> float:
         return math.nan
 
 
-def _experiment(source: Path, opts: dict[str, Any], echo) -> tuple[list[dict], list[Path]]:
-    from noisydeq.analysis.certify_experiments import run_fig2, run_table2
-    from noisydeq.certify.spec import CertifyExperimentSpec
-    from noisydeq.cluster import session
+def _experiment_spec(source: Path, opts: dict[str, Any]):
+    """The certify experiment at ``source`` (its ``--quick``/``--full`` variant, with the
+    command line's settings over its ``[certify]`` table), its ``--out`` and whether the
+    command line set any of those settings, checked without torch."""
+    from noisydeq.specs.certify import CertifyExperimentSpec
     from noisydeq.specs.toml import load_toml
 
     exp = load_toml(CertifyExperimentSpec, source).resolve(opts["variant"])
@@ -221,7 +233,7 @@ def _experiment(source: Path, opts: dict[str, Any], echo) -> tuple[list[dict], l
         if opts["backend"].ray:
             raise NoisyDEQError(f"--backend ray: '{exp.name}' iterates random layers, not "
                                 "certify cells; run it without --backend ray")
-        return run_fig2(exp, out, data_dir=opts["data_dir"], echo=echo)
+        return exp, out, False
     ctx = click.get_current_context()
     names = {"eps": "eps", "device": "device", "chip": "chip", "coverage": "coverage",
              "k": "k", "dynamic": "dynamic", "read_noise_k": "read_k", "n_test": "n_test",
@@ -230,7 +242,20 @@ def _experiment(source: Path, opts: dict[str, Any], echo) -> tuple[list[dict], l
     given = {key: opts[opt] for opt, key in names.items()
              if ctx.get_parameter_source(opt) is not click.core.ParameterSource.DEFAULT}
     if given:  # command-line settings win over the file's [certify] table
-        exp.certify = {**exp.certify, **given}
+        merged = {**exp.certify, **given}
+        _check_device_options(_spec_from(merged))  # checked before the (validated) assignment
+        exp.certify = merged
+    return exp, out, bool(given)
+
+
+def _experiment(exp, out: Path, given: bool, opts: dict[str, Any], echo
+                ) -> tuple[list[dict], list[Path]]:
+    from noisydeq.analysis.certify_experiments import run_fig2, run_table2
+    from noisydeq.cluster import session
+
+    if exp.kind == "fig2":
+        return run_fig2(exp, out, data_dir=opts["data_dir"], echo=echo)
+    if given:  # the device presets the command line named (they load torch)
         _check_device(_spec_from(exp.certify))
     bars = not opts["quiet"] and not opts["as_json"] and sys.stderr.isatty()
     with session(opts["backend"]):  # unreachable: one line, before training writes

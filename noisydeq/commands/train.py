@@ -29,6 +29,7 @@ from noisydeq.specs.cell import CELL_OPTIONS
 from noisydeq.specs.family import FamilySpec
 from noisydeq.specs.model import LyapunovSpec, ModelSpec
 from noisydeq.specs.noise import NoiseSpec, parse_snr_value
+from noisydeq.specs.task_names import check_task_name
 from noisydeq.specs.training import TrainSpec
 from noisydeq.store import check_out_dir, make_dir
 
@@ -171,18 +172,16 @@ def command(**opts: Any) -> None:
     """
     from noisydeq.runtime import num_threads, thread_plan
 
+    for name, top in (("width", limits.MAX_WIDTH), ("depth", limits.MAX_DEPTH)):
+        if not 1 <= opts[name] <= top:  # before torch is imported: one line, at once
+            raise NoisyDEQError(f"--{name}: must be an integer in 1..{top}, got {opts[name]}")
+    check_task_name(opts["task"])  # torch-free, before num_threads loads torch
     threads, _ = thread_plan(opts["threads"])
     with num_threads(threads):
         _command(opts)
 
 
 def _command(opts: dict[str, Any]) -> None:
-    for name, top in (("width", limits.MAX_WIDTH), ("depth", limits.MAX_DEPTH)):
-        if not 1 <= opts[name] <= top:  # before torch is imported: one line, at once
-            raise NoisyDEQError(f"--{name}: must be an integer in 1..{top}, got {opts[name]}")
-    from noisydeq.tasks import check_task_name
-
-    check_task_name(opts["task"])
     from noisydeq.families import member_size
     from noisydeq.models.extra import fit_to_task
     from noisydeq.tasks import load_task

@@ -4,6 +4,9 @@
 ``noise`` (SNR grammar, :class:`NoiseSpec`), ``solver``, ``model`` → ``cell`` →
 ``device`` (a sweep's device choices), ``optimizer`` (a training run's options) →
 ``training`` (:class:`TrainSpec` and its presets) → ``family`` → ``sweep`` →
-``experiment``; ``attack_names`` (the attack families ``noisydeq attack`` names) stands
-alone. Each module imports only modules to its left; none imports torch.
+``experiment``, ``certify`` (a certification run and its experiment files);
+``entropy`` (input entropy reduction) → ``attack`` (one attack, estimator, defence) and
+``attack_names`` (the attack families ``noisydeq attack`` names) → ``attack_run`` (the
+attack grid); ``task_names`` (the tasks ``load_task`` loads) stands alone. Each module
+imports only modules to its left; none imports torch.
 """

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from noisydeq.errors import NoisyDEQError
+from noisydeq.specs.task_names import TASK_NAMES, check_task_name  # noqa: F401 (re-exported)
 from noisydeq.tasks.base import Task
 
 Loader = Callable[..., Task]
@@ -40,18 +41,9 @@ FILE_TASKS = ("mnist", "mnist10k", "cifar10")
 
 
 def task_names() -> list[str]:
-    """Names accepted by :func:`load_task`."""
-    return list(_registry())
-
-
-def check_task_name(name: str) -> str:
-    """Return ``name`` if it is a known task, else raise one line with a suggestion."""
-    names = task_names()
-    if name in names:
-        return name
-    close = difflib.get_close_matches(str(name), names, n=1)
-    hint = f"; did you mean '{close[0]}'?" if close else ""
-    raise NoisyDEQError(f"task: unknown task '{name}'{hint} (allowed: {', '.join(names)})")
+    """Names accepted by :func:`load_task` (:data:`noisydeq.specs.task_names.TASK_NAMES`, the
+    registry's keys)."""
+    return list(TASK_NAMES)
 
 
 def load_task(

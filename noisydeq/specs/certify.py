@@ -1,0 +1,126 @@
+"""Typed settings of a certification run and of certify experiment files (torch-free:
+``noisydeq certify`` checks them before its heavy imports; :mod:`noisydeq.certify.spec`
+re-exports them)."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import Field, field_validator
+
+from noisydeq import limits
+from noisydeq.specs.base import StrictModel, build
+from noisydeq.specs.variant_file import Variant, VariantFile
+
+
+def _eps_list(v: Any) -> list[float]:
+    if isinstance(v, str):
+        v = [p for p in v.replace(" ", "").split(",") if p]
+    if isinstance(v, (int, float)) and not isinstance(v, bool):
+        v = [v]
+    if not isinstance(v, (list, tuple)) or not v:
+        raise ValueError("must be a non-empty list of radii, e.g. 0.1,0.2,0.3,0.4")
+    out = []
+    for e in v:
+        try:
+            f = float(e)
+        except (TypeError, ValueError):
+            raise ValueError(f"'{e}' is not a number") from None
+        if not f >= 0:  # also NaN
+            raise ValueError(f"ε must be ≥ 0, got {e}")
+        out.append(f)
+    return sorted(set(out))
+
+
+class CertifySpec(StrictModel):
+    """What ``noisydeq certify`` computes for each model.
+
+    ``eps``: ℓ∞ radii (input units, [0, 1] pixels). ``device``: optional envelope (an rram
+    preset or ``ideal``): ``chip`` = a measured programmed chip, else the Wan-2022 model
+    envelope at chip-level ``coverage`` (or a given ``k``); ``dynamic`` adds the per-read
+    DAC/ADC and read-noise bound, the latter at ``read_k``·σ. ``n_test``: first N test
+    samples (None = all). PGD: ``pgd_steps`` steps, ``pgd_restarts`` random starts.
+    ``clip``: intersect the ε-box with the valid input range [0, 1].
+    """
+
+    eps: list[float] = Field(default_factory=lambda: [0.1, 0.2, 0.3, 0.4])
+    device: str | None = None
+    chip: int | None = Field(default=None, ge=0, le=limits.MAX_CHIPS)
+    coverage: float | None = Field(default=0.99, gt=0.0, lt=1.0)
+    k: float | None = Field(default=None, gt=0.0, le=1e3)
+    dynamic: bool = False
+    read_k: float | None = Field(default=None, gt=0.0, le=1e3)
+    n_test: int | None = Field(default=None, ge=1, le=limits.MAX_SAMPLES)
+    batch_size: int = Field(default=500, ge=1, le=limits.MAX_BATCH)
+    pgd_steps: int = Field(default=20, ge=0, le=limits.MAX_ITER)
+    pgd_restarts: int = Field(default=1, ge=1, le=1000)
+    clip: bool = True
+    seed: int = Field(default=0, ge=-limits.MAX_SEED, le=limits.MAX_SEED)
+
+    @field_validator("eps", mode="before")
+    @classmethod
+    def _eps(cls, v: Any) -> list[float]:
+        return _eps_list(v)
+
+
+class Fig2Spec(StrictModel):
+    """Fig. 2 right: mean z̄_k − z̲_k of the interval iteration (A.1) of randomly initialised
+    dense monDEQ and IBP-MonDEQ layers (``width`` units) on test inputs at radius ``eps``,
+    forward–backward with step ``alpha``, ``n_iter`` iterations, ``n_test`` inputs."""
+
+    task: str = "mnist"
+    data_dir: str | None = None
+    width: int = Field(default=128, ge=1, le=limits.MAX_WIDTH)
+    eps: float = Field(default=0.1, ge=0.0)
+    alpha: list[float] = Field(default_factory=lambda: [0.1])
+    m: float = Field(default=0.1, gt=0.0, lt=1.0)
+    n_iter: int = Field(default=200, ge=1, le=limits.MAX_ITER)
+    n_test: int = Field(default=1000, ge=1, le=limits.MAX_SAMPLES)
+    seeds: list[int] = Field(default_factory=lambda: [0])
+
+
+class CertifyExperimentSpec(VariantFile):
+    """A certify experiment file (``noisydeq/experiments/certify-*.toml``).
+
+    ``kind = "table2"``: train the ``family`` (FamilySpec fields: task, hidden, kinds,
+    monotone, …) with IBP at each ``eps_train`` (Table 3), each monotone parameterisation of
+    ``params`` and ``seeds`` — training settings in ``train`` (TrainSpec fields) and ``ibp``
+    (IBPTrainSpec fields but ``eps``) — then certify every model with ``certify``.
+    ``kind = "fig2"``: the ``fig2`` study. ``quick`` / ``full`` override any of these
+    sections (one level deep).
+    """
+
+    kind: Literal["table2", "fig2"] = "table2"
+    family: dict[str, Any] = Field(default_factory=dict)
+    train: dict[str, Any] = Field(default_factory=dict)
+    ibp: dict[str, Any] = Field(default_factory=dict)
+    eps_train: list[float] = Field(default_factory=lambda: [0.2, 0.3, 0.4])
+    params: list[Literal["ibp", "lben", "mon"]] = Field(default_factory=lambda: ["ibp"])
+    seeds: list[int] = Field(default_factory=lambda: [0])
+    certify: dict[str, Any] = Field(default_factory=dict)
+    fig2: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("eps_train", mode="before")
+    @classmethod
+    def _eps(cls, v: Any) -> list[float]:
+        return _eps_list(v)
+
+    def resolve(self, variant: Variant) -> CertifyExperimentSpec:
+        """This spec with ``variant``'s overrides merged in (sections one level deep); the
+        result has no variants left."""
+        data = self.model_dump()
+        for key, value in self.overrides(variant).items():
+            if isinstance(value, dict) and isinstance(data.get(key), dict):
+                data[key] = {**data[key], **value}
+            else:
+                data[key] = value
+        data["quick"], data["full"] = {}, {}
+        return build(CertifyExperimentSpec, data, where=f"[{variant}]")
+
+    def check_variant(self, variant: Variant) -> None:
+        """The variant's ``certify`` (Table 2) or ``fig2`` section is a valid spec."""
+        out = self.resolve(variant) if self.quick or self.full else self
+        if out.kind == "table2":
+            build(CertifySpec, out.certify, where=f"[{variant}] certify")
+        else:
+            build(Fig2Spec, out.fig2, where=f"[{variant}] fig2")
