@@ -40,10 +40,11 @@ ESTIMATOR_GRIDS = ("unrolled-grid",)
 
 
 def suggest(kind: str, value: str, allowed: tuple[str, ...]) -> NoisyDEQError:
-    """``<kind>: unknown '<value>'; did you mean ...? (allowed: ...)``."""
+    """``unknown <kind> '<value>'; did you mean ...? (allowed: ...)`` (the option or field
+    that was given is named by the caller's prefix: ``attack: norm: unknown norm 'l3'``)."""
     close = difflib.get_close_matches(str(value), allowed, n=1)
     hint = f"; did you mean '{close[0]}'?" if close else ""
-    return NoisyDEQError(f"{kind}: unknown {kind} '{value}'{hint} (allowed: {', '.join(allowed)})")
+    return NoisyDEQError(f"unknown {kind} '{value}'{hint} (allowed: {', '.join(allowed)})")
 
 
 class AttackSpec(StrictModel):
