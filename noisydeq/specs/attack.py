@@ -11,14 +11,13 @@ imports; :mod:`noisydeq.attacks.spec` re-exports them.
 
 from __future__ import annotations
 
-import difflib
 import math
 from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
 from noisydeq.errors import NoisyDEQError
-from noisydeq.specs.base import StrictModel, build
+from noisydeq.specs.base import StrictModel, build, suggest_name
 from noisydeq.specs.entropy import EntropySpec
 
 #: attacks that follow the loss gradient (they need a differentiable model)
@@ -42,9 +41,7 @@ ESTIMATOR_GRIDS = ("unrolled-grid",)
 def suggest(kind: str, value: str, allowed: tuple[str, ...]) -> NoisyDEQError:
     """``unknown <kind> '<value>'; did you mean ...? (allowed: ...)`` (the option or field
     that was given is named by the caller's prefix: ``attack: norm: unknown norm 'l3'``)."""
-    close = difflib.get_close_matches(str(value), allowed, n=1)
-    hint = f"; did you mean '{close[0]}'?" if close else ""
-    return NoisyDEQError(f"unknown {kind} '{value}'{hint} (allowed: {', '.join(allowed)})")
+    return NoisyDEQError(suggest_name(kind, value, allowed))
 
 
 class AttackSpec(StrictModel):

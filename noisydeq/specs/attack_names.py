@@ -4,8 +4,9 @@ refuses a bad name before its heavy imports."""
 
 from __future__ import annotations
 
-import difflib
 from typing import Any
+
+from noisydeq.specs.base import suggest_name
 
 FAMILIES = ("pgd-eps", "pgd-steps", "ifgsm", "aa", "aa-rand", "apgd-ce", "apgd-t", "fab",
             "square", "speckle", "salt-pepper")
@@ -27,9 +28,7 @@ def attack_families(v: Any) -> list[str]:
             raise ValueError("'pgd' names two curves: 'pgd-eps' (PGD over --eps) or "
                              f"'pgd-steps' (PGD over --steps) {allowed}")
         if a not in FAMILIES:
-            close = difflib.get_close_matches(a, FAMILIES, n=1)
-            hint = f"; did you mean '{close[0]}'?" if close else ""
-            raise ValueError(f"unknown attack '{a}'{hint} {allowed}")
+            raise ValueError(suggest_name("attack", a, FAMILIES))
         out.append(a)
     if not out:
         raise ValueError("attacks must name at least one attack")

@@ -4,9 +4,8 @@ heavy imports."""
 
 from __future__ import annotations
 
-import difflib
-
 from noisydeq.errors import NoisyDEQError
+from noisydeq.specs.base import suggest_name
 
 #: every task :func:`noisydeq.tasks.load_task` loads, in the registry's order
 TASK_NAMES = ("digits", "regression1d", "mnist", "mnist10k", "cifar10", "prefix_sums",
@@ -17,6 +16,4 @@ def check_task_name(name: str) -> str:
     """Return ``name`` if it is a known task, else raise one line with a suggestion."""
     if name in TASK_NAMES:
         return name
-    close = difflib.get_close_matches(str(name), TASK_NAMES, n=1)
-    hint = f"; did you mean '{close[0]}'?" if close else ""
-    raise NoisyDEQError(f"task: unknown task '{name}'{hint} (allowed: {', '.join(TASK_NAMES)})")
+    raise NoisyDEQError(f"task: {suggest_name('task', name, TASK_NAMES)}")
