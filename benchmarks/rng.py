@@ -49,9 +49,10 @@ def bench_rng(shapes: tuple[tuple[int, int], ...] = ((256, 467), (2048, 512)),
     """Rows: NoiseStream.randn vs torch.randn per shape and thread count (0: default)."""
     default = torch.get_num_threads()
     rows: list[Row] = []
+    counts = list(dict.fromkeys(th or default for th in threads))  # 0 may resolve to 1
     try:
-        for th in threads:
-            torch.set_num_threads(th or default)
+        for th in counts:
+            torch.set_num_threads(th)
             label = f"{torch.get_num_threads()} thread{'s' if torch.get_num_threads() > 1 else ''}"
             gen = torch.Generator().manual_seed(0)
             for b, d in shapes:
