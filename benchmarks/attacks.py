@@ -28,7 +28,9 @@ attack against the same attack with cold solves.
   ``python -m benchmarks.attacks --family RUN --data-dir DIR`` runs the pair on every DEQ
   of a trained family (e.g. the mnist10k families of ``docs/robustness.md``; not part of
   ``benchmarks.run``, which needs no data files), ``--digits`` adds the digits rows,
-  ``--btol 1e-3`` runs the ``exact`` rows at that backward tolerance. ``benchmarks.run``
+  ``--btol 1e-3`` runs the ``exact`` rows at that backward tolerance, ``--bsolver gmres``
+  (or ``fixed-point,gmres``) with that backward method, ``--synthetic`` adds the synthetic
+  rows. ``benchmarks.run``
   has the digits ``exact`` pair at the default and at ``btol`` 1e-3.
 * ``PGD-AT epoch``: one epoch of adversarial training (PGD-10 at ε = 0.1, α = 0.025, random
   start; Adam) of an FFW (64 → 3 × 128 → 10) on the digits training split, batch 64,
@@ -127,10 +129,11 @@ def _deq(width: int) -> DEQ:
 
 
 def bench_pgd_deq_warm(estimator: str = "exact", batch: int = 128, width: int = 222,
-                       repeat: int = 7, btol: float | None = None) -> Row:
+                       repeat: int = 7, btol: float | None = None,
+                       bsolver: str | None = None) -> Row:
     x, y = _data(batch)
     return _warm_cold_row(_deq(width), x, y, f"784-{width} b{batch}", estimator, repeat,
-                          btol=btol)
+                          btol=btol, bsolver=bsolver)
 
 
 def _attack(est, x: torch.Tensor, y: torch.Tensor, eps: float) -> torch.Tensor:
@@ -159,12 +162,13 @@ def _tight_agreement(model, specs: tuple[EstimatorSpec, EstimatorSpec], x: torch
 
 
 def _warm_cold_row(model, x: torch.Tensor, y: torch.Tensor, label: str, estimator: str,
-                   repeat: int, eps: float = 0.1, btol: float | None = None) -> Row:
+                   repeat: int, eps: float = 0.1, btol: float | None = None,
+                   bsolver: str | None = None) -> Row:
     """PGD-10 at ``eps`` (α = ε/4) through ``estimator`` with warm-started solves against
     the same attack with cold solves, ``repeat`` interleaved pairs after one untimed each;
-    ``btol``: the ``exact`` backward-solve tolerance of both."""
-    specs = (EstimatorSpec(name=estimator, warm=True, btol=btol),
-             EstimatorSpec(name=estimator, warm=False, btol=btol))
+    ``btol``, ``bsolver``: the ``exact`` backward solve's tolerance and method, both."""
+    specs = (EstimatorSpec(name=estimator, warm=True, btol=btol, bsolver=bsolver),
+             EstimatorSpec(name=estimator, warm=False, btol=btol, bsolver=bsolver))
     warm, cold = (make_estimator(model, s) for s in specs)
     out: dict[str, torch.Tensor] = {}
 
@@ -180,7 +184,7 @@ def _warm_cold_row(model, x: torch.Tensor, y: torch.Tensor, label: str, estimato
     not_weaker = b - c <= 2.0 * (b + c) ** 0.5
     tight = _tight_agreement(model, specs, x, y, eps)
     sp = _spread(t_o, t_p)
-    tag = estimator if btol is None else specs[0].label()
+    tag = estimator if btol is None and bsolver is None else specs[0].label()
     return Row(area="attacks", name=f"PGD-10 DEQ {label} {tag}: warm vs cold solves",
                ours=t_o.best, peer=t_p.best, ratio=ratio(t_o.best, t_p.best), target=TARGET_WARM,
                check=f"robust acc {acc_w:.3f} vs {acc_c:.3f}, only-warm/only-cold correct "
@@ -217,18 +221,20 @@ def _digits_deq(depth: int = 3, seed: int = 0, hidden: int | None = None,
 
 
 def bench_pgd_deq_warm_digits(estimator: str = "exact", batch: int = 128, repeat: int = 7,
-                              btol: float | None = None, **shrink: int) -> Row:
+                              btol: float | None = None, bsolver: str | None = None,
+                              **shrink: int) -> Row:
     """The warm/cold pair on a trained digits DEQ (``quick`` preset) and its test inputs."""
     model, task = _digits_deq(**shrink)
     x, y = task.x_test[:batch], task.y_test[:batch]
     return _warm_cold_row(model, x, y, f"digits-trained w{model.width} b{batch}", estimator,
-                          repeat, btol=btol)
+                          repeat, btol=btol, bsolver=bsolver)
 
 
 def bench_pgd_deq_warm_family(family: str, data_dir: str | None = None,
                               cache: str | None = None, estimators: tuple[str, ...] = (
                                   "exact", "phantom"), batch: int = 128,
-                              repeat: int = 7, btol: float | None = None) -> list[Row]:
+                              repeat: int = 7, btol: float | None = None,
+                              bsolver: str | None = None) -> list[Row]:
     """The warm/cold pair on every DEQ of a trained family (a ``noisydeq sweep`` run dir,
     a ``train`` dir or a checkpoint; e.g. the mnist10k families of docs/robustness.md),
     attacking its first ``batch`` test inputs with the model's own test solver."""
@@ -242,7 +248,8 @@ def bench_pgd_deq_warm_family(family: str, data_dir: str | None = None,
     x, y = task.x_test[:batch], task.y_test[:batch]
     return [_warm_cold_row(_frozen(m.model), x, y,
                            f"{m.task}-trained d{m.depth} w{m.width} s{m.seed} b{batch}", est,
-                           repeat, btol=btol if est == "exact" else None)
+                           repeat, btol=btol if est == "exact" else None,
+                           bsolver=bsolver if est == "exact" else None)
             for m in members for est in estimators]
 
 
@@ -332,17 +339,30 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--digits", action="store_true")
     ap.add_argument("--btol", type=float, default=None,
                     help="exact rows: the IFT backward-solve tolerance (default rel 1e-6)")
+    ap.add_argument("--bsolver", default=None, help="exact rows: the IFT backward-solve "
+                    "method, fixed-point (default) or gmres; a comma list runs each")
+    ap.add_argument("--synthetic", action="store_true",
+                    help="add the synthetic 784-222 rows of benchmarks.run")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
     ests = tuple(e for e in args.estimators.split(",") if e)
     load = os.getloadavg()[0]
     rows: list[Row] = []
-    if args.digits:
-        rows += [bench_pgd_deq_warm_digits(e, args.batch, args.repeat,
-                                           args.btol if e == "exact" else None) for e in ests]
-    if args.family:
-        rows += bench_pgd_deq_warm_family(args.family, args.data_dir, args.cache, ests,
-                                          args.batch, args.repeat, args.btol)
+    bsolvers = [b or None for b in (args.bsolver or "").split(",")]
+    for bs in bsolvers:
+        # non-exact rows once (the backward method is the exact estimator's)
+        est_b = ests if bs == bsolvers[0] else tuple(e for e in ests if e == "exact")
+        opts = {"btol": args.btol, "bsolver": bs}
+        if args.synthetic:
+            rows += [bench_pgd_deq_warm(e, args.batch, repeat=args.repeat,
+                                        **(opts if e == "exact" else {})) for e in est_b]
+        if args.digits:
+            rows += [bench_pgd_deq_warm_digits(e, args.batch, args.repeat,
+                                               **(opts if e == "exact" else {}))
+                     for e in est_b]
+        if args.family:
+            rows += bench_pgd_deq_warm_family(args.family, args.data_dir, args.cache, est_b,
+                                              args.batch, args.repeat, **opts)
     print(f"load average {load:.1f} at start / {os.getloadavg()[0]:.1f} at end, 1 thread")
     print(format_table(rows, markdown=True))
 

@@ -39,6 +39,7 @@ import torch
 from torch import Tensor
 
 from noisydeq.errors import NoisyDEQError
+from noisydeq.solvers.krylov import gmres
 from noisydeq.solvers.registry import solve
 from noisydeq.specs.base import coerce
 from noisydeq.specs.solver import GradientSpec
@@ -125,12 +126,19 @@ def _ift(f: Callable[[Tensor], Tensor], z0: Tensor, spec: GradientSpec,
         busy[0] = True
         try:
 
-            def vjp_step(u: Tensor) -> Tensor:
+            def jt(u: Tensor) -> Tensor:
                 (ju,) = torch.autograd.grad(z, z_in, u, retain_graph=True)
-                return ju + v
+                return ju
+
+            def vjp_step(u: Tensor) -> Tensor:
+                return jt(u) + v
 
             v0 = v.detach()
-            sol = solve(vjp_step, v0 if adjoint is None else adjoint.start(v0), bspec)
+            u0 = v0 if adjoint is None else adjoint.start(v0)
+            if spec.backward_method == "gmres":
+                sol = gmres(jt, v0, u0, bspec)
+            else:
+                sol = solve(vjp_step, u0, bspec)
             if adjoint is not None:
                 adjoint.store(sol.z, v0, sol.diverged)
             return sol.z

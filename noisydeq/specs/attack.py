@@ -116,6 +116,9 @@ class EstimatorSpec(StrictModel):
     default, rel 1e-6 within 40 Anderson iterations. An attack follows only the gradient's
     direction (its sign under ℓ∞), so a looser solve can serve; ``docs/robustness.md``
     measures the gradient's cosine with the converged one and the robust accuracy at 1e-3.
+    ``bsolver`` (``exact`` only): how that backward system is solved — ``fixed-point``
+    (the iteration above) or ``gmres`` (the linear system (I − J_fᵀ) u = ∂L/∂z* by GMRES,
+    same tolerance and cap); None = the gradient default, ``fixed-point``.
     """
 
     name: Literal["backprop", "exact", "phantom", "unrolled", "unrolled-ensemble", "adjoint",
@@ -126,18 +129,23 @@ class EstimatorSpec(StrictModel):
     beta: float = Field(default=0.5, gt=0.0, le=1.0)
     warm: bool = True
     btol: float | None = Field(default=None, gt=0.0, lt=1.0)
+    bsolver: Literal["fixed-point", "gmres"] | None = None
 
     @model_validator(mode="after")
     def _btol_for_exact(self) -> EstimatorSpec:
         if self.btol is not None and self.name != "exact":
             raise ValueError(f"btol (the IFT backward solve's tolerance) belongs to 'exact', "
                              f"not '{self.name}'")
+        if self.bsolver is not None and self.name != "exact":
+            raise ValueError(f"bsolver (the IFT backward solve's method) belongs to 'exact', "
+                             f"not '{self.name}'")
         return self
 
     def key(self) -> str:
-        """Stable identity (JSON) for resumable cells: ``btol`` appears only when set, so
-        cells written before it existed keep their keys."""
-        return self.model_dump_json(exclude=None if self.btol is not None else {"btol"})
+        """Stable identity (JSON) for resumable cells: ``btol`` and ``bsolver`` appear only
+        when set, so cells written before they existed keep their keys."""
+        unset = {k for k in ("btol", "bsolver") if getattr(self, k) is None}
+        return self.model_dump_json(exclude=unset or None)
 
     def label(self) -> str:
         """Readable name with the parameters that matter, e.g. ``unrolled(z1 k=1 λ=1)``."""
@@ -147,8 +155,10 @@ class EstimatorSpec(StrictModel):
             return f"{n}({at if n == 'unrolled' else ''}k={self.k} λ={self.lam:g})"
         if n in ("adjoint", "adjoint-ensemble"):
             return f"{n}({at if n == 'adjoint' else ''}β={self.beta:g})"
-        if n == "exact" and self.btol is not None:
-            return f"exact(btol={self.btol:g})"
+        if n == "exact" and (self.btol is not None or self.bsolver is not None):
+            opts = [f"btol={self.btol:g}"] if self.btol is not None else []
+            opts += [self.bsolver] if self.bsolver is not None else []
+            return f"exact({','.join(opts)})"
         return n
 
 
@@ -204,7 +214,9 @@ def _parse_named(kind: str, text: str, allowed: tuple[str, ...], model: type[Str
                 raise NoisyDEQError(f"{kind} '{text}': {key} must be a number, got '{v}'") from None
             data.setdefault("entropy", {})[sub] = val
             continue
-        if field == "warm":
+        if field == "bsolver":
+            data[field] = v.lower()
+        elif field == "warm":
             if v.lower() not in ("true", "false", "1", "0", "yes", "no"):
                 raise NoisyDEQError(f"{kind} '{text}': warm must be true or false, got '{v}'")
             data[field] = v.lower() in ("true", "1", "yes")
@@ -217,10 +229,10 @@ def _parse_named(kind: str, text: str, allowed: tuple[str, ...], model: type[Str
 
 
 def parse_estimator(text: str) -> EstimatorSpec:
-    """``exact``, ``exact:btol=1e-3``, ``phantom:k=5,lam=0.5``, ``unrolled:state=1,k=1,lam=1``,
-    ``adjoint:beta=0.5``."""
+    """``exact``, ``exact:btol=1e-3``, ``exact:bsolver=gmres``, ``phantom:k=5,lam=0.5``,
+    ``unrolled:state=1,k=1,lam=1``, ``adjoint:beta=0.5``."""
     keys = {"k": "k", "lam": "lam", "lambda": "lam", "state": "state", "n": "state",
-            "beta": "beta", "warm": "warm", "btol": "btol"}
+            "beta": "beta", "warm": "warm", "btol": "btol", "bsolver": "bsolver"}
     return _parse_named("estimator", text, ESTIMATORS, EstimatorSpec, keys)
 
 

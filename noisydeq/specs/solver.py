@@ -95,12 +95,24 @@ class GradientSpec(StrictModel):
     with ``backward_solver``; ``phantom``: ``phantom_steps`` damped steps
     z ← (1−phantom_lambda) z + phantom_lambda f(z) from z* (paper App. C: 9 and 0.5);
     ``jfb``: one step z = f(z*); ``bptt``: autograd through the forward unroll.
+    ``backward_method`` (``ift``): ``fixed-point`` iterates u ← J_fᵀ u + ∂L/∂z* with
+    ``backward_solver``'s method; ``gmres`` solves the same linear system (I − J_fᵀ) u =
+    ∂L/∂z* by GMRES (:mod:`noisydeq.solvers.krylov`) within ``backward_solver.max_iter``
+    products, to its ``tol`` under its ``stop`` rule (``abs`` or ``rel``).
     """
 
     name: Literal["ift", "phantom", "jfb", "bptt"] = "ift"
     phantom_steps: int = Field(default=9, ge=1, le=limits.MAX_ITER)
     phantom_lambda: float = Field(default=0.5, gt=0.0, le=1.0)
     backward_solver: SolverSpec = Field(default_factory=_default_backward_solver)
+    backward_method: Literal["fixed-point", "gmres"] = "fixed-point"
+
+    @model_validator(mode="after")
+    def _gmres_stop(self) -> GradientSpec:
+        if self.backward_method == "gmres" and self.backward_solver.stop == "mean_rel":
+            raise ValueError("backward_method 'gmres' stops on 'abs' or 'rel', not "
+                             "backward_solver.stop 'mean_rel'")
+        return self
 
 
 class JacobianRegSpec(StrictModel):

@@ -411,3 +411,39 @@ def test_exact_backward_tolerance_keeps_robust_accuracy_on_a_trained_deq(tmp_pat
         diffs = [abs(a - b) for a, b in zip(correct["exact"], correct["exact:btol=1e-3"],
                                             strict=True)]
         assert max(diffs) <= 2, correct
+
+
+def test_exact_gmres_backward_is_as_exact_as_the_default(monkeypatch) -> None:
+    # exact:bsolver=gmres solves the same linear system (I − J_fᵀ) u = ∂L/∂z* by GMRES to
+    # the same rel 1e-6: every sample's input gradient is the closed form's to within the
+    # default's own error, warm and cold
+    torch.manual_seed(2)
+    m = small_deq(width=24, scale=0.9)
+    x = torch.rand(8, 16, dtype=torch.float64)
+    y = torch.arange(8) % 3
+    ref = _closed_form_input_gradient(m, x, y)
+    err = {}
+    for spec in ("exact:warm=false", "exact:warm=false,bsolver=gmres"):
+        g = _grad(make_estimator(m, parse_estimator(spec)), x, y)
+        err[spec] = float(((g - ref).norm(dim=1) / ref.norm(dim=1)).max())
+    assert err["exact:warm=false,bsolver=gmres"] <= max(2 * err["exact:warm=false"], 1e-7)
+    est = make_estimator(m, parse_estimator("exact:bsolver=gmres"))
+    for step in range(3):  # warm: each call from the last adjoint
+        xs = (x + 0.01 * step).clamp(0, 1)
+        g = _grad(est, xs, y)
+        r = _closed_form_input_gradient(m, xs, y)
+        assert float(((g - r).norm(dim=1) / r.norm(dim=1)).max()) < 1e-5
+
+
+def test_exact_bsolver_is_an_exact_only_option_with_a_stable_cell_key() -> None:
+    e = parse_estimator("exact:btol=1e-3,bsolver=gmres")
+    assert e.label() == "exact(btol=0.001,gmres)"
+    assert '"bsolver":"gmres"' in e.key()
+    assert "bsolver" not in EstimatorSpec(name="exact", btol=1e-3).key()
+    with pytest.raises(NoisyDEQError, match="belongs to 'exact'"):
+        parse_estimator("phantom:bsolver=gmres")
+    with pytest.raises(NoisyDEQError, match="bsolver"):
+        parse_estimator("exact:bsolver=cg")
+    gs = make_estimator(small_deq(), e).gradient
+    assert gs.backward_method == "gmres" and gs.backward_solver.tol == 1e-3
+    assert make_estimator(small_deq(), EstimatorSpec()).gradient.backward_method == "fixed-point"

@@ -250,3 +250,9 @@ def test_ift_backward_solve_skips_traces_with_the_same_gradient(monkeypatch) -> 
     on = _grads(spec)
     assert seen == [False, False]
     assert all(torch.equal(a, b) for a, b in zip(off, on, strict=True))
+
+
+def test_ift_with_gmres_backward_matches_finite_differences(fd_grads) -> None:
+    spec = GradientSpec(name="ift", backward_method="gmres", backward_solver=SolverSpec(
+        name="anderson", max_iter=D, tol=1e-12, stop="rel", window=1))
+    assert _rel(_grads(spec), fd_grads) < 1e-4
