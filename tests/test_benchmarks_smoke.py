@@ -150,6 +150,14 @@ def test_attack_warm_rows_on_a_trained_family(tmp_path, capsys) -> None:
           "--btol", "1e-3"])
     out = capsys.readouterr().out
     assert "load average" in out and "exact(btol=0.001): warm vs cold" in out
+    # --bsolver: the exact rows once per backward method (the synthetic rows here)
+    main(["--synthetic", "--estimators", "exact,phantom", "--batch", "8", "--repeat", "1",
+          "--bsolver", "fixed-point,gmres"])
+    out = capsys.readouterr().out
+    names = [line.split(" | ")[1] for line in out.splitlines() if line.startswith("| attacks")]
+    assert names == ["PGD-10 DEQ 784-222 b8 exact(fixed-point): warm vs cold solves",
+                     "PGD-10 DEQ 784-222 b8 phantom: warm vs cold solves",
+                     "PGD-10 DEQ 784-222 b8 exact(gmres): warm vs cold solves"]
 
 
 def test_rng_rows_and_checks() -> None:
