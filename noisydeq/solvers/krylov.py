@@ -13,8 +13,8 @@ vector–Jacobian product for the whole batch and orthogonalises it against the 
 basis (classical Gram–Schmidt, with a second pass where the first cancelled most of the
 vector, which keeps the basis orthogonal to working precision); each sample's (j+1)×j
 least-squares problem is updated by one Givens rotation in float64. No restart:
-``max_iter`` products at most, so the basis takes B·(max_iter+1)·D numbers. A sample stops
-when ``stop`` (``rel``: ‖r‖/‖f(u)‖, the fixed-point rule ‖f(u) − u‖/‖f(u)‖ with
+``max_iter`` products after the initial residual's, so the basis takes B·(max_iter+1)·D numbers.
+A sample stops when ``stop`` (``rel``: ‖r‖/‖f(u)‖, the fixed-point rule ‖f(u) − u‖/‖f(u)‖ with
 f(u) = J_fᵀu + v = u + r; ``abs``: ‖r‖) is below ``tol``; like the fixed-point solvers it
 returns f(u) (one free step). The residual is the Arnoldi recurrence's (equal to v − A u in
 exact arithmetic), so a stop costs no extra product.
