@@ -249,10 +249,9 @@ def deq_jacobian_radius(
 
         z0 = xt.new_zeros(xt.shape[0], math.prod(shape))
         with torch.no_grad():
-            fp = ops._solve(lambda z: f(z, z, xt), z0, ops.FIXED_POINT)
-        ok = fp.converged & ~fp.diverged
+            z_fp, ok = ops.solve_fixed_point(lambda z: f(z, z, xt), z0)
         res = spectra.jacobian_spectral_radius(
-            jvp_fn(f, fp.z, fp.z, xt), fp.z.shape, generator, dtype=xt.dtype,
+            jvp_fn(f, z_fp, z_fp, xt), z_fp.shape, generator, dtype=xt.dtype,
             device=xt.device, max_iter=max_iter, tol=tol)
         rho = torch.where(ok, res.rho, torch.full_like(res.rho, math.nan))
         return rho, res.converged & ok

@@ -34,6 +34,13 @@ def _members(family: Path, data_dir: str | None, cache: Path | None):
 
     loaded = load_family(family, "cpu", data_dir=data_dir, cache_dir=cache, check=deq_or_ffw)
     task = load_family_task(loaded, data_dir)
+    if getattr(task, "per_position", False):
+        # robust accuracy, the PGD loss, the entropy shift and the early state are defined
+        # for one class per sample; a per-position task (prefix sums, mazes) has none of them
+        raise NoisyDEQError(
+            f"--family: task '{task.name}' predicts a class per position; the attacks are "
+            "for classification tasks with one label per sample (digits, mnist10k, mnist, "
+            "cifar10)")
     members = [defended_model(m.model, m.kind, m.depth, m.width, m.params, m.seed, m.train)
                for m in loaded]
     ids = [m.model_id for m in members]

@@ -125,3 +125,43 @@ def test_multi_layer_cells_get_jacobian_radius_and_sensitivity(cell):
                           columns=4)
     assert s.n == 4 and s.mean > 0
     assert math.isnan(probe.eq12_bounds(deq, 0.1).paper)
+
+
+def test_fixed_points_anderson_leaves_unconverged_are_solved_by_broyden(monkeypatch):
+    """Samples whose Anderson solve fails get the Broyden fallback (operators.solve_fixed_point):
+    with Anderson capped at 2 iterations, ρ(∂f/∂z*) and the sensitivity equal the uncapped
+    ones; with both capped every sample fails and is reported so (NaN, counted)."""
+    torch.manual_seed(0)
+    deq = build_model(dict(cell="conv1d", in_features=1, out_features=2, width=3,
+                           weight_norm=False, input_act="identity"))
+    with torch.no_grad():
+        deq.cell.layer.W.weight.mul_(0.5)
+    x = torch.rand(4, 1, 7, generator=torch.Generator().manual_seed(3))
+
+    def measure():
+        rep = probe.spectrum(deq, x, generator=torch.Generator().manual_seed(0), tol=1e-8)
+        s = probe.sensitivity(deq, x, SPEC, n_noise=2, columns=4,
+                              generator=torch.Generator().manual_seed(0))
+        return rep, s
+
+    want, s_want = measure()
+    assert bool(want.jac_converged.all()) and s_want.n_failed == 0
+    capped = ops.FIXED_POINT.model_copy(update={"max_iter": 2})
+    monkeypatch.setattr(ops, "FIXED_POINT", capped)
+    m = probe.prepared(deq, x.double())
+    xt = probe.inputs_to_injection(m, x.double())
+
+    def f(z):
+        return m.cell(z.reshape(-1, 3, 7), xt).reshape(z.shape[0], -1)
+
+    with torch.no_grad():  # the cap does fail on its own
+        assert not bool(ops._solve(f, xt.new_zeros(4, 3 * 7), capped).converged.any())
+    got, s_got = measure()
+    assert bool(got.jac_converged.all())
+    assert torch.allclose(got.jac_rho, want.jac_rho, rtol=1e-6)
+    assert (s_got.n, s_got.n_failed) == (s_want.n, 0)
+    assert s_got.mean == pytest.approx(s_want.mean, rel=1e-6)
+    monkeypatch.setattr(ops, "FIXED_POINT_FALLBACK",
+                        ops.FIXED_POINT_FALLBACK.model_copy(update={"max_iter": 2}))
+    rep = probe.spectrum(deq, x, generator=torch.Generator().manual_seed(0), tol=1e-8)
+    assert bool(rep.jac_rho.isnan().all()) and not bool(rep.jac_converged.any())

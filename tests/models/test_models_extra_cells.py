@@ -180,10 +180,11 @@ def test_ift_gradients_match_finite_differences(cell):
     fd_check(m, x, y, loss_fn)
 
 
-def test_multiscale_fixed_point_agrees_between_solvers():
+@pytest.mark.parametrize("scales", [2, 3])
+def test_multiscale_fixed_point_agrees_between_solvers(scales):
     torch.manual_seed(0)
-    m = build_model(ModelSpec(cell="mdeq", in_features=36, out_features=3, width=4, scales=2,
-                              in_shape=[1, 6, 6])).double()
+    m = build_model(ModelSpec(cell="mdeq", in_features=36, out_features=3, width=4,
+                              scales=scales, in_shape=[1, 6, 6])).double()
     shrink(m, 0.4)
     x = inputs("mdeq", n=3).new_empty(3, 36).uniform_(0, 1)
     with torch.no_grad():
@@ -234,6 +235,10 @@ def test_iteration_budget_scales_the_test_solver_with_the_input_size():
 
 @pytest.mark.parametrize("bad,match", [
     (dict(cell="conv1d", in_features=1, out_features=2, width=0), "width"),
+    (dict(cell="residual", in_features=3, out_features=2, width=0), "width"),
+    (dict(cell="residual", in_features=3, out_features=2, width=-4), "width"),
+    (dict(cell="mdeq", in_features=64, out_features=10, width=0), "width"),
+    (dict(cell="mlp_stack", in_features=8, out_features=2, width=0), "width"),
     (dict(cell="conv1d", in_features=0, out_features=2), "in_features"),
     (dict(cell="residual", in_features=3, out_features=2, kernel_size=4), "kernel_size"),
     (dict(cell="mdeq", in_features=64, out_features=10, width=6), "norm_groups"),

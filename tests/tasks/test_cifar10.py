@@ -63,6 +63,9 @@ def test_truncated_wrong_and_missing_files_are_one_line(tmp_path, small):
     (d / "data_batch_3.bin").write_bytes(good[:-100])
     with pytest.raises(NoisyDEQError, match="data_batch_3.bin is truncated"):
         load_task("cifar10", data_dir=tmp_path)
+    (d / "data_batch_3.bin").write_bytes(good + good[: cifar10.RECORD])  # one record extra
+    with pytest.raises(NoisyDEQError, match=rf"data_batch_3.bin is too long: {5 * cifar10.RECORD}"):
+        load_task("cifar10", data_dir=tmp_path)
     bad = bytearray(good)
     bad[cifar10.RECORD] = 200  # label of the second record
     (d / "data_batch_3.bin").write_bytes(bytes(bad))
