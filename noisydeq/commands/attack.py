@@ -17,6 +17,7 @@ import click
 
 from noisydeq.commands.sensitivity import (
     cache_option,
+    check_device,
     check_family,
     default_out,
     family_option,
@@ -136,6 +137,7 @@ def command(family, attacks, eps, pgd_steps, steps, steps_eps, sigma, fraction, 
     # the whole attack grid, torch-free (specs.attack_run), before the heavy imports; a bad
     # option is named before a missing --family, as everywhere, so the family comes after
     spec = build(AttackRunSpec, data, where="attack")
+    check_device(device)  # the preset, torch-free; its SNR levels are checked on the device
     check_family(Path(family))
     from noisydeq.attacks.ray_cells import run_on_ray
     from noisydeq.attacks.runner import run_attacks

@@ -49,6 +49,16 @@ def check_family(family: Path) -> None:
     check(family)
 
 
+def check_device(device: str | None) -> None:
+    """A named ``--device`` is a readable, valid preset: one line, torch-free
+    (:mod:`noisydeq.specs.device_presets`), before the family loads and before a command's
+    heavy imports."""
+    if device is not None:
+        from noisydeq.specs.device_presets import load_spec
+
+        load_spec(device)
+
+
 def family_option(f):
     return click.option("--family", "family", required=True,
                         type=click.Path(path_type=Path),
@@ -154,6 +164,7 @@ def command(family, kind, eta, snr, site, samples, inputs, precision, seed, data
         raise NoisyDEQError("--snr: multiplicative noise needs a finite SNR in dB")
     if kind == "additive" and eta <= 0:
         raise NoisyDEQError(f"--eta: additive noise needs eta > 0, got {eta:g}")
+    check_device(device)
     check_family(family)
     out_dir = default_out(family, out, "sensitivity")
     store.check_out_dir(out_dir)

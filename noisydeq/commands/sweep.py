@@ -23,7 +23,7 @@ from noisydeq.errors import NoisyDEQError
 from noisydeq.progress import with_heartbeat
 from noisydeq.specs.base import build
 from noisydeq.specs.noise import parse_snr_range
-from noisydeq.specs.sweep import SweepSpec
+from noisydeq.specs.sweep import SweepSpec, check_device_presets
 from noisydeq.specs.toml import parse_assignments
 
 
@@ -274,6 +274,7 @@ def command(
         **parse_sets(sets),
     }
     spec = build(SweepSpec, data, where="sweep")
+    check_device_presets(spec)  # torch-free: before execute's heavy imports
     execute(spec, Path(out) if out else default_out(spec), quiet=quiet or as_json,
             as_json=as_json, threads=threads, jobs=jobs, backend=chosen)
     sys.stdout.flush()

@@ -26,6 +26,7 @@ from noisydeq.progress import with_heartbeat
 from noisydeq.runtime import resolve_torch_device
 from noisydeq.specs.base import build
 from noisydeq.specs.cell import CELL_OPTIONS
+from noisydeq.specs.device_presets import load_spec
 from noisydeq.specs.family import FamilySpec
 from noisydeq.specs.model import LyapunovSpec, ModelSpec
 from noisydeq.specs.noise import NoiseSpec, parse_snr_value
@@ -176,6 +177,8 @@ def command(**opts: Any) -> None:
         if not 1 <= opts[name] <= top:  # before torch is imported: one line, at once
             raise NoisyDEQError(f"--{name}: must be an integer in 1..{top}, got {opts[name]}")
     check_task_name(opts["task"])  # torch-free, before num_threads loads torch
+    if opts["device"] is not None:
+        load_spec(opts["device"])  # unknown device: one line, torch-free
     threads, _ = thread_plan(opts["threads"])
     with num_threads(threads):
         _command(opts)
@@ -193,10 +196,7 @@ def _command(opts: dict[str, Any]) -> None:
         if opts[key] is not None:
             overrides[key] = opts[key]
     overrides.update(defence_overrides(opts, noise))
-    if opts["device"] is not None:
-        from noisydeq.hardware import load_spec
-
-        load_spec(opts["device"])  # unknown device: one line, before any work
+    if opts["device"] is not None:  # its preset is checked (command)
         overrides["device"] = opts["device"]
     if opts["device_snr"] is not None:
         overrides["device_snr_db"] = _snr(opts["device_snr"], "--device-snr")

@@ -62,7 +62,7 @@ _REF_CACHE: dict[tuple, Any] = {}  # reference-MVM results by (what, kind, spec,
 class Device:
     """A hardware model of an analog MVM (architecture.md, Devices).
 
-    ``spec`` is the validated preset (:mod:`noisydeq.hardware.specs`); ``chip_seed``
+    ``spec`` is the validated preset (:mod:`noisydeq.specs.device_kinds`); ``chip_seed``
     selects the chip instance (static noise); ``target_snr_db`` is ``None`` for the
     physical defaults (native SNR) or the SNR every deployed layer is calibrated to;
     ``noise_mode`` says which part of the noise that target sets

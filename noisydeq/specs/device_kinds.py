@@ -2,7 +2,9 @@
 
 Each spec holds the physical parameters of one kind (``ideal``, ``snr``, ``rram``,
 ``photonic``); the devices (:mod:`noisydeq.hardware.rram`, ...) read their spec from here and
-:mod:`noisydeq.hardware.presets` loads preset TOML files into them.
+:mod:`noisydeq.specs.device_presets` loads preset TOML files into them. Torch-free, so a
+command checks its ``--device`` before torch loads (:mod:`noisydeq.hardware.presets`
+re-exports these names).
 """
 
 from __future__ import annotations
