@@ -57,3 +57,21 @@ def load_spec(name_or_path: str | os.PathLike) -> DeviceSpec:
     data = parse_toml(read_text(path, "device preset"), where)
     data.setdefault("name", path.stem)
     return spec_from_dict(data, where=where)
+
+
+def _spec(device: str | os.PathLike | DeviceSpec) -> DeviceSpec:
+    return device if isinstance(device, DeviceSpec) else load_spec(device)
+
+
+def measures_adc_gain(device: str | os.PathLike | DeviceSpec) -> bool:
+    """Whether ``device`` (a preset name or path, or its spec) measures an ADC gain on each
+    chip: a photonic device with ``adc_gain = "calibrated"``, the gain a training run's
+    ``device_adc_gain`` / a sweep's ``train_adc_gain = "epoch"`` holds for an epoch."""
+    return getattr(_spec(device), "adc_gain", None) == "calibrated"
+
+
+def compensates_drift(device: str | os.PathLike | DeviceSpec) -> bool:
+    """Whether ``device`` (a preset name or path, or its spec) measures a drift-compensation α
+    on each chip: an rram device with ``drift_compensation = true``, the α
+    ``device_drift_alpha`` / ``train_drift_alpha = "epoch"`` holds for an epoch."""
+    return bool(getattr(_spec(device), "drift_compensation", False))
