@@ -10,6 +10,7 @@ message every spec's name fields share.
 from __future__ import annotations
 
 import difflib
+from collections.abc import Callable
 from typing import Annotated, Any, TypeVar, Union, get_args, get_origin
 
 from pydantic import (
@@ -24,6 +25,7 @@ from pydantic import (
 from noisydeq.errors import NoisyDEQError
 
 M = TypeVar("M", bound="StrictModel")
+T = TypeVar("T")
 
 
 def _numeric(annotation: Any) -> bool:
@@ -184,6 +186,26 @@ def coerce(model: type[M], spec: M | dict[str, Any] | None, where: str) -> M:
     raise NoisyDEQError(
         f"{where}: expected a {model.__name__} or dict, got {type(spec).__name__}"
     )
+
+
+def parse_comma_list(v: Any, item: Callable[[Any], T], empty: str, *,
+                     scalars: tuple[type, ...] = (int, float),
+                     skip_blank: bool = False) -> list[T]:
+    """A set of values given as a list, one bare value (of the ``scalars`` types, never a
+    boolean) or a comma string (pieces stripped; blank pieces dropped with
+    ``skip_blank``, else passed to ``item``), each turned into its value by ``item`` (which
+    raises ValueError with its own rule); sorted, duplicates dropped. Nothing at all is
+    the ValueError ``empty``. One grammar for the depth list of a family and the radii of
+    a certification (their element rules are their own)."""
+    if isinstance(v, str):
+        v = [p.strip() for p in v.split(",")]
+        if skip_blank:
+            v = [p for p in v if p]
+    if isinstance(v, scalars) and not isinstance(v, bool):
+        v = [v]
+    if not isinstance(v, (list, tuple)) or not v:
+        raise ValueError(empty)
+    return sorted(set(item(e) for e in v))
 
 
 def suggest_name(kind: str, value: str, allowed: tuple[str, ...]) -> str:
