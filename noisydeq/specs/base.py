@@ -9,7 +9,6 @@ message every spec's name fields share.
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Callable
 from typing import Annotated, Any, TypeVar, Union, get_args, get_origin
 
@@ -22,7 +21,7 @@ from pydantic import (
     field_validator,
 )
 
-from noisydeq.errors import NoisyDEQError
+from noisydeq.errors import NoisyDEQError, did_you_mean
 
 M = TypeVar("M", bound="StrictModel")
 T = TypeVar("T")
@@ -147,9 +146,8 @@ def format_validation_error(err: ValidationError, model: type[BaseModel], where:
         name = ".".join(str(p) for p in loc) or model.__name__
         if e["type"] == "extra_forbidden":
             known = _known_fields(model, loc)
-            close = difflib.get_close_matches(str(loc[-1]), known, n=1)
-            hint = f"; did you mean '{close[0]}'?" if close else ""
-            allowed = f" (allowed: {', '.join(known)})" if known and not close else ""
+            hint = did_you_mean(loc[-1], known)
+            allowed = f" (allowed: {', '.join(known)})" if known and not hint else ""
             parts.append(f"unknown key '{name}'{hint}{allowed}")
         else:
             msg = e["msg"].removeprefix("Value error, ")
@@ -211,8 +209,7 @@ def parse_comma_list(v: Any, item: Callable[[Any], T], empty: str, *,
 def suggest_name(kind: str, value: str, allowed: tuple[str, ...]) -> str:
     """"unknown KIND 'VALUE'; did you mean …? (allowed: …)": the one message of every name
     field that is not one of its ``allowed`` values."""
-    close = difflib.get_close_matches(str(value), allowed, n=1)
-    hint = f"; did you mean '{close[0]}'?" if close else ""
+    hint = did_you_mean(value, allowed)
     return f"unknown {kind} '{value}'{hint} (allowed: {', '.join(allowed)})"
 
 

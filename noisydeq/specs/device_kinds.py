@@ -9,13 +9,12 @@ re-exports these names).
 
 from __future__ import annotations
 
-import difflib
 import math
 from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from noisydeq.errors import NoisyDEQError
+from noisydeq.errors import NoisyDEQError, did_you_mean
 from noisydeq.specs.base import InfFloat, StrictModel, build
 from noisydeq.specs.noise import parse_snr_value
 
@@ -142,8 +141,7 @@ def spec_from_dict(data: dict[str, Any], where: str = "device") -> DeviceSpec:
     """Validate a preset dict (must carry ``kind``) into its spec."""
     kind = data.get("kind")
     if kind not in SPECS:
-        close = difflib.get_close_matches(str(kind), list(SPECS), n=1)
-        hint = f"; did you mean '{close[0]}'?" if close else ""
+        hint = did_you_mean(kind, SPECS)
         raise NoisyDEQError(
             f"{where}: kind '{kind}' is not a device kind{hint} (allowed: {', '.join(SPECS)})"
         )

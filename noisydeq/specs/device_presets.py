@@ -10,11 +10,10 @@ heavy imports; :mod:`noisydeq.hardware.presets` builds the device from the spec.
 
 from __future__ import annotations
 
-import difflib
 import os
 from pathlib import Path
 
-from noisydeq.errors import NoisyDEQError
+from noisydeq.errors import NoisyDEQError, did_you_mean
 from noisydeq.specs.device_kinds import DeviceSpec, spec_from_dict
 from noisydeq.specs.toml import parse_toml
 from noisydeq.store import read_text
@@ -48,8 +47,7 @@ def load_spec(name_or_path: str | os.PathLike) -> DeviceSpec:
         where = f"preset '{text}'"
         if not path.is_file():
             names = preset_names()
-            close = difflib.get_close_matches(text, [*names, *KIND_PRESETS], n=1)
-            hint = f"; did you mean '{close[0]}'?" if close else ""
+            hint = did_you_mean(text, [*names, *KIND_PRESETS])
             raise NoisyDEQError(
                 f"unknown device '{text}'{hint} (presets: {', '.join(names)}; "
                 "or the path of a .toml preset)"
