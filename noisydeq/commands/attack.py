@@ -22,7 +22,7 @@ from noisydeq.commands.sensitivity import (
     default_out,
     family_option,
 )
-from noisydeq.commands.sweep import backend_options, check_data_dir, parse_sets
+from noisydeq.commands.sweep import backend_options, check_data_dir, parse_sets, threads_flag
 from noisydeq.errors import NoisyDEQError
 from noisydeq.progress import with_heartbeat
 from noisydeq.specs.attack_run import AttackRunSpec
@@ -100,8 +100,7 @@ def _members(family: Path, data_dir: str | None, cache: Path | None):
               help="run directory (default <family>/analysis/attack-<hash>; re-running resumes).")
 @cache_option
 @click.option("--torch-device", default="cpu", show_default=True)
-@click.option("--threads", default=None, metavar="auto|N",
-              help="torch threads (default $NOISYDEQ_THREADS, else 1).")
+@threads_flag()
 @click.option("--quiet", is_flag=True, help="no progress bar.")
 @click.option("--json", "as_json", is_flag=True, help="print a machine-readable summary.")
 @backend_options

@@ -9,6 +9,7 @@ from pathlib import Path
 import click
 
 from noisydeq import limits, store
+from noisydeq.commands.sweep import threads_flag
 from noisydeq.errors import NoisyDEQError
 from noisydeq.progress import with_heartbeat
 from noisydeq.specs.base import build
@@ -36,9 +37,7 @@ def threads_option(f):
         with num_threads(thread_plan(threads)[1]):
             return f(*args, **kwargs)
 
-    return click.option("--threads", default=None, metavar="auto|N",
-                        help="torch threads (default $NOISYDEQ_THREADS, else 1).")(
-        run_with_threads)
+    return threads_flag()(run_with_threads)
 
 
 def check_family(family: Path) -> None:

@@ -53,6 +53,14 @@ def parse_sets(items: tuple[str, ...]) -> dict[str, Any]:
     return parse_assignments(items, "--set")
 
 
+def threads_flag(help: str = "torch threads (default $NOISYDEQ_THREADS, else 1).",
+                 metavar: str = "auto|N") -> Any:
+    """The ``--threads`` option every command declares (a string the command reads with
+    :func:`noisydeq.runtime.thread_plan`: ``auto``, ``N`` or, for ``metavar``
+    ``auto|N|TRAIN,EVAL``, a training and an evaluation count)."""
+    return click.option("--threads", default=None, metavar=metavar, help=help)
+
+
 def backend_options(f: Any) -> Any:
     """``--backend`` and ``--address`` (sweep and run)."""
     f = click.option("--address", default=None, metavar="local|auto|HOST:PORT",
@@ -217,9 +225,8 @@ def execute(
               help="Override any sweep-spec field (e.g. --set max_rows=8192).")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 @click.option("--json", "as_json", is_flag=True, help="Print a machine-readable summary.")
-@click.option("--threads", default=None, metavar="auto|N|TRAIN,EVAL",
-              help="torch threads for training and evaluation (default $NOISYDEQ_THREADS, "
-                   "else auto = 1 per process; processes are the parallelism).")
+@threads_flag("torch threads for training and evaluation (default $NOISYDEQ_THREADS, else "
+              "auto = 1 per process; processes are the parallelism).", "auto|N|TRAIN,EVAL")
 @click.option("--jobs", default=None, metavar="auto|N",
               help="evaluation processes (default $NOISYDEQ_JOBS, else auto = one per CPU "
                    "core; with more than one, each evaluates with one thread).")

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from noisydeq import limits
+from noisydeq.commands.sweep import threads_flag
 from noisydeq.errors import NoisyDEQError
 from noisydeq.progress import with_heartbeat
 from noisydeq.runtime import resolve_torch_device
@@ -154,8 +155,7 @@ def _fmt(metric: float, name: str) -> str:
 @click.option("--out", default=None, help="Output directory (family: the model cache).")
 @click.option("--resume/--no-resume", default=True, show_default=True,
               help="Continue an interrupted run / reuse a finished one in --out.")
-@click.option("--threads", default=None, metavar="auto|N",
-              help="torch threads (default $NOISYDEQ_THREADS, else 1).")
+@threads_flag()
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
 @with_heartbeat("train")
