@@ -23,7 +23,7 @@ from noisydeq.errors import NoisyDEQError
 from noisydeq.progress import with_heartbeat
 from noisydeq.specs.base import build
 from noisydeq.specs.noise import parse_snr_range
-from noisydeq.specs.sweep import SweepSpec, check_device_presets
+from noisydeq.specs.sweep import SweepSpec, adc_gain_lines, check_device_presets
 from noisydeq.specs.toml import parse_assignments
 
 
@@ -143,6 +143,8 @@ def execute(
         parts = ", ".join(f"{p} {'inf' if math.isinf(v) else f'{v:.1f}'}"
                           for p, v in native.items())
         click.echo(f"device {spec.device}: native SNR {parts} dB (reference MVM)")
+    for line in adc_gain_lines(spec):
+        click.echo(line)
     if res.extended:
         click.echo(f"extended {res.run_dir.path}: {describe_extension(res.extended)}")
     resumed = f", {res.skipped_cells} resumed" if res.skipped_cells else ""

@@ -120,6 +120,13 @@ class PhotonicSpec(_Base):
             self.power_per_mac_w = 1e-5
         return self
 
+    def adc_text(self) -> str:
+        """The ADC gain in words, for a run's printed summary."""
+        if self.adc_gain == "fixed":
+            return f"ADC gain fixed (full scale ±{self.adc_full_scale:g}·R·P·√n_in)"
+        return (f"ADC gain calibrated per layer ({self.adc_headroom:g} × its largest output "
+                "on its calibration inputs)")
+
     @property
     def power_w(self) -> float:
         """Optical power per MAC (W): given, or energy per MAC × bandwidth."""

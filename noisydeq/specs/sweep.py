@@ -204,3 +204,25 @@ def check_device_presets(sweep: SweepSpec) -> None:
             load_spec(dev)
         except NoisyDEQError as err:
             raise NoisyDEQError(f"train_device: {err}") from None
+
+
+def adc_gain_lines(sweep: SweepSpec) -> list[str]:
+    """What ``sweep``'s photonic devices do with their ADC gain, one line each (its printed
+    summary; the tables have no column for it: one setting per device and sweep): the
+    inference device's gain, and each photonic training device's, with how often a
+    calibrated one is measured while the weights train (``train_adc_gain``)."""
+    out = []
+    spec = load_spec(sweep.device)
+    if spec.kind == "photonic":
+        out.append(f"device {sweep.device}: {spec.adc_text()}")
+    for dev in dict.fromkeys(d for d, _ in sweep.training_devices() if d is not None):
+        spec = load_spec(dev)
+        if spec.kind != "photonic":
+            continue
+        when = ""
+        if spec.adc_gain == "calibrated":
+            when = ("; training measured it once per epoch's chip (train_adc_gain = epoch)"
+                    if sweep.train_adc_gain == "epoch"
+                    else "; training measured it with every step's weights")
+        out.append(f"training device {dev}: {spec.adc_text()}{when}")
+    return out
