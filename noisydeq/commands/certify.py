@@ -18,7 +18,7 @@ from typing import Any
 
 import click
 
-from noisydeq.commands.sweep import backend_options
+from noisydeq.commands.sweep import backend_options, threads_flag
 from noisydeq.errors import NoisyDEQError
 from noisydeq.progress import with_heartbeat
 from noisydeq.specs.base import build
@@ -108,8 +108,7 @@ def _writable(out: Path) -> None:
 @click.option("--cache", default=None, help="model cache (default $NOISYDEQ_CACHE).")
 @click.option("--out", type=click.Path(path_type=Path), default=None,
               help="output directory (default runs/certify-<source>).")
-@click.option("--threads", type=int, default=None,
-              help="torch threads (default $NOISYDEQ_THREADS, else 1).")
+@threads_flag()
 @click.option("--json", "as_json", is_flag=True, help="print the rows as JSON.")
 @click.option("--quiet", "-q", is_flag=True, help="no per-model lines.")
 @backend_options
@@ -127,12 +126,10 @@ def command(source: Path, **opts: Any) -> None:
     from noisydeq.cluster import Backend
     from noisydeq.runtime import num_threads, thread_plan
 
-    if opts["threads"] is not None and opts["threads"] < 1:
-        raise NoisyDEQError(f"--threads: must be a positive integer, got {opts['threads']}")
+    threads = thread_plan(opts["threads"])[0]  # a bad value: one line, first
     opts["backend"] = Backend.parse(opts["backend"], opts["address"])
     echo = (lambda s: None) if opts["quiet"] or opts["as_json"] else (
         lambda s: click.echo(s, err=True))
-    threads = opts["threads"] if opts["threads"] is not None else thread_plan(None)[0]
     experiment = source.suffix == ".toml" or is_bundled(source)
     # the paths, the options and an experiment file first, torch-free: before num_threads
     # and the heavy imports load torch
