@@ -12,11 +12,10 @@ leading comment).
 
 from __future__ import annotations
 
-import difflib
 from dataclasses import dataclass
 from pathlib import Path
 
-from noisydeq.errors import NoisyDEQError
+from noisydeq.errors import NoisyDEQError, did_you_mean
 
 try:
     import tomllib
@@ -134,8 +133,7 @@ def find_experiment(arg: str | Path, command: str = "run") -> Path:
     if stem in names:  # a path whose file is gone, e.g. the old experiments/NAME.toml
         raise NoisyDEQError(f"{arg}: no such file; '{stem}' is a bundled experiment: "
                             f"{runner(command)} {stem}")
-    close = difflib.get_close_matches(stem, names, n=1)
-    hint = f"; did you mean '{close[0]}'?" if close else ""
+    hint = did_you_mean(stem, names)
     what = f"unknown experiment '{arg}'" if _bare(str(arg)) == str(arg) and not str(
         arg).endswith(".toml") else f"file not found: {arg}"
     raise NoisyDEQError(f"{what}{hint} (bundled: {', '.join(names)}; or the path of a .toml "

@@ -10,7 +10,6 @@ resume it.
 
 from __future__ import annotations
 
-import difflib
 import importlib
 import importlib.util
 import os
@@ -23,7 +22,7 @@ from typing import Any
 import click
 
 from noisydeq import __version__
-from noisydeq.errors import NoisyDEQError
+from noisydeq.errors import NoisyDEQError, did_you_mean
 
 #: (command, its module under noisydeq/commands, the first paragraph of its help), in help
 #: order. ``noisydeq --help`` lists the commands from here without importing their modules
@@ -115,8 +114,7 @@ class LazyGroup(click.Group):
     def resolve_command(self, ctx: click.Context, args: list[str]) -> Any:
         name = args[0] if args else ""
         if args and not name.startswith("-") and self.get_command(ctx, name) is None:
-            close = difflib.get_close_matches(name, self.list_commands(ctx), n=1)
-            hint = f"; did you mean '{close[0]}'?" if close else ""
+            hint = did_you_mean(name, self.list_commands(ctx))
             ctx.fail(f"no such command '{name}'{hint} "
                      f"(commands: {', '.join(self.list_commands(ctx))})")
         return super().resolve_command(ctx, args)

@@ -1,12 +1,23 @@
 """One exception type for every user-facing error.
 
 The CLI turns a :class:`NoisyDEQError` into one readable line and a non-zero exit; library
-users catch it like any ``ValueError``.
+users catch it like any ``ValueError``. :func:`did_you_mean` is the suggestion every
+"unknown name" message carries (``specs.base.suggest_name`` the whole message of a name
+field).
 """
 
 from __future__ import annotations
 
+import difflib
 import os
+from collections.abc import Iterable
+
+
+def did_you_mean(value: object, allowed: Iterable[str]) -> str:
+    """``"; did you mean 'X'?"`` with the closest of ``allowed`` to ``value`` (difflib's
+    default cutoff 0.6), or ``""`` when none is close."""
+    close = difflib.get_close_matches(str(value), list(allowed), n=1)
+    return f"; did you mean '{close[0]}'?" if close else ""
 
 
 class NoisyDEQError(ValueError):

@@ -30,6 +30,7 @@ from torch import nn
 from noisydeq.errors import NoisyDEQError
 from noisydeq.noise import derive_seed
 from noisydeq.specs.base import build
+from noisydeq.specs.device_presets import compensates_drift, measures_adc_gain
 from noisydeq.specs.family import FamilySpec
 from noisydeq.specs.model import MONOTONE_KINDS, ModelSpec
 from noisydeq.specs.sweep import SweepSpec
@@ -228,22 +229,6 @@ def check_sweep_families(sweep: SweepSpec, task: Task) -> None:
         resident + peak, f"sweep: its largest model (width {width}, {params:,} parameters)",
         sweep.torch_device, "lower --depths, hidden or max_rows",
     )
-
-
-def measures_adc_gain(device: str) -> bool:
-    """Whether the training ``device`` measures its ADC gain (photonic, ``adc_gain =
-    "calibrated"``): what ``train_adc_gain = "epoch"`` applies to."""
-    from noisydeq.hardware import load_spec
-
-    return getattr(load_spec(device), "adc_gain", None) == "calibrated"
-
-
-def compensates_drift(device: str) -> bool:
-    """Whether the training ``device`` measures a drift-compensation α (rram with
-    ``drift_compensation = true``): what ``device_drift_alpha = "epoch"`` applies to."""
-    from noisydeq.hardware import load_spec
-
-    return bool(getattr(load_spec(device), "drift_compensation", False))
 
 
 def check_training_devices(sweep: SweepSpec) -> None:

@@ -292,8 +292,16 @@ def panel_legend(fig: Any, ax: Any, fontsize: float = 7) -> None:
     if len(labels) <= MAX_INSIDE_LEGEND:
         ax.legend(frameon=False, fontsize=fontsize)
         return
-    fig.legend(handles, labels, loc="upper center", ncol=4, frameon=False,
-               fontsize=fontsize + 1, bbox_to_anchor=(0.5, 0.0))
+    legend_under(fig, handles, labels, fontsize + 1)
+
+
+def legend_under(fig: Any, handles: Sequence[Any], labels: Sequence[str],
+                 fontsize: float = 8) -> None:
+    """One legend for the whole figure, under all its panels in rows of four (hung from the
+    figure's bottom edge, so it covers no panel whatever its row count; the saved figure
+    grows to include it)."""
+    fig.legend(handles, labels, loc="upper center", ncol=min(len(labels), 4) or 1,
+               frameon=False, fontsize=fontsize, bbox_to_anchor=(0.5, 0.0))
 
 
 #: a log axis is legible with at least this many labelled ticks in view

@@ -20,6 +20,7 @@ from torch import Tensor, nn
 
 from noisydeq.errors import NoisyDEQError
 from noisydeq.noise import NoiseStream, derive_seed
+from noisydeq.specs.device_presets import compensates_drift, measures_adc_gain
 from noisydeq.specs.training import TrainSpec
 from noisydeq.train_state import _Rng
 
@@ -58,12 +59,11 @@ def _deploy(model: nn.Module, spec: TrainSpec, rng_seed: int) -> nn.Module:
     from noisydeq.hardware.controls import set_scaled_gradient
 
     device = _train_device(spec, chip_of_epoch(rng_seed, 0))
-    if spec.device_adc_gain is not None and getattr(device.spec, "adc_gain", None) != "calibrated":
+    if spec.device_adc_gain is not None and not measures_adc_gain(device.spec):
         raise NoisyDEQError(
             f"train.device_adc_gain: only for a photonic device with adc_gain = 'calibrated' "
             f"(device '{spec.device}' measures no ADC gain)")
-    if spec.device_drift_alpha is not None and not getattr(device.spec, "drift_compensation",
-                                                           False):
+    if spec.device_drift_alpha is not None and not compensates_drift(device.spec):
         raise NoisyDEQError(
             f"train.device_drift_alpha: only for an rram device with drift_compensation "
             f"(device '{spec.device}' measures no drift-compensation α)")

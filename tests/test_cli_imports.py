@@ -120,6 +120,24 @@ print(json.dumps([code, bool(seen), late]))
     (["certify", "{d}", "--chip", "1"], "need --device"),
     (["certify", "certify-mnist", "--eps", "x"], "'x' is not a number"),
     (["certify", "{d}/bad-certify.toml"], "[quick] certify: eps"),
+    # a --device preset is read torch-free (specs.device_presets), by every command taking it
+    (["certify", "{d}", "--device", "nope"], "unknown device 'nope'"),
+    (["certify", "{d}", "--device", "photonic"], "certify supports rram envelopes and ideal"),
+    (["certify", "{d}", "--device", "rram", "--dynamic"], "add --read-noise-k"),
+    (["certify", "{d}/certify.toml", "--device", "snr"], "'snr' (snr) adds Gaussian noise"),
+    (["train", "--task", "digits", "--device", "rram-wan2O22"], "did you mean 'rram-wan2022'"),
+    (["train", "--task", "digits", "--device", "{d}/file.toml"], "preset file not found"),
+    (["train", "--task", "digits", "--device", "rram", "--device-adc-gain", "epoch"],
+     "--device-adc-gain: only for a photonic device"),
+    (["train", "--task", "digits", "--device", "photonic", "--device-drift-alpha", "epoch"],
+     "--device-drift-alpha: only for an rram device"),
+    (["sweep", "--device", "nope", "--out", "{d}/o"], "unknown device 'nope'"),
+    (["sweep", "--device", "ideal", "--train-device", "rrm", "--out", "{d}/o"],
+     "train_device: unknown device 'rrm'; did you mean 'rram'"),
+    (["attack", "--family", "{d}", "--device", "nope"], "unknown device 'nope'"),
+    (["sensitivity", "--family", "{d}", "--device", "nope"], "unknown device 'nope'"),
+    (["spectrum", "--family", "{d}", "--device", "photonik"], "did you mean 'photonic'"),
+    (["solvers", "--family", "{d}", "--device", "nope"], "unknown device 'nope'"),
 ])
 def test_bad_input_is_refused_before_slow_imports_under_the_heartbeat(args, needle,
                                                                       tmp_path) -> None:
@@ -130,6 +148,7 @@ def test_bad_input_is_refused_before_slow_imports_under_the_heartbeat(args, need
     (tmp_path / "damaged" / "config.toml").write_text("# sha256 00\nseeds = [0]\n")
     (tmp_path / "file").write_text("x")
     (tmp_path / "bad-certify.toml").write_text('name = "x"\n[certify]\neps = [-1]\n')
+    (tmp_path / "certify.toml").write_text('name = "x"\n[certify]\neps = [0.1]\n')
     argv = [a.replace("{d}", str(tmp_path)) for a in args]
     proc = subprocess.run([sys.executable, "-c", AFTER_HEARTBEAT.format(slow=SLOW), *argv],
                           capture_output=True, text=True, cwd=tmp_path, timeout=120)

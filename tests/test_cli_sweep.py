@@ -134,3 +134,36 @@ def test_kinds_selects_the_family_members(tmp_path):
 
     rows = read_csv(out / "results.csv")
     assert {r["kind"] for r in rows} == {"deq"} and {r["depth"] for r in rows} == {1, 3}
+
+
+def test_the_summary_says_each_photonic_device_s_adc_gain(tmp_path):
+    """The printed summary names the photonic ADC gain of the inference device and of each
+    training device (no table column holds it: one setting per device and sweep); a
+    photonic sweep through the CLI prints it after the native SNR."""
+    from noisydeq.specs.base import build
+    from noisydeq.specs.sweep import SweepSpec, adc_gain_lines
+
+    fixed = tmp_path / "fixed.toml"
+    fixed.write_text('kind = "photonic"\nadc_gain = "fixed"\nadc_full_scale = 3.0\n')
+    assert adc_gain_lines(build(SweepSpec, {"device": "rram"})) == []
+    assert adc_gain_lines(build(SweepSpec, {"device": str(fixed)})) == [
+        f"device {fixed}: ADC gain fixed (full scale ±3·R·P·√n_in)"]
+    calibrated = ("ADC gain calibrated per layer (1.25 × its largest output on its calibration "
+                  "inputs)")
+    lines = adc_gain_lines(build(SweepSpec, {
+        "device": "ideal", "noise_site": "signal", "train_device": ["rram", "photonic", "none"],
+        "train_adc_gain": "epoch"}))
+    assert lines == [f"training device photonic: {calibrated}; training measured it once per "
+                     "epoch's chip (train_adc_gain = epoch)"]
+    lines = adc_gain_lines(build(SweepSpec, {"device": "photonic",
+                                             "train_device": [str(fixed), "photonic"]}))
+    assert lines == [f"device photonic: {calibrated}",
+                     f"training device {fixed}: ADC gain fixed (full scale ±3·R·P·√n_in)",
+                     f"training device photonic: {calibrated}; training measured it with "
+                     "every step's weights"]
+    proc = _cli("sweep", "--device", "photonic", "--snr", "10", "--depths", "1", "--kinds",
+                "deq", "--epochs", "0", "--chips", "1", "--set", "hidden=4", "--set",
+                "max_test_samples=32", "--jobs", "1", "--threads", "1", "--out",
+                str(tmp_path / "run"), "--quiet", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert f"device photonic: {calibrated}\n" in proc.stdout

@@ -80,3 +80,46 @@ def test_coerce_accepts_spec_dict_or_none_and_names_bad_types():
         coerce(NoiseSpec, {"snr": 3.0}, "noise")
     with pytest.raises(NoisyDEQError, match="noise: expected a NoiseSpec or dict, got int"):
         coerce(NoiseSpec, 3, "noise")
+
+
+@pytest.mark.parametrize("value,expected", [
+    ("5,3, 1 ,3", [1, 3, 5]), (3, [3]), (["2", 2.0], [2]),
+])
+def test_depth_lists_share_the_comma_grammar(value, expected):
+    from noisydeq.specs.family import parse_depths
+
+    assert parse_depths(value) == expected
+
+
+@pytest.mark.parametrize("value,needle", [
+    ("1,,3", "depth '' is not a positive integer"), ("inf", "depth 'inf' is not a positive"),
+    ("1e999", "depth '1e999' is not a positive"), (1.5, "depths must be a non-empty list"),
+    ([], "depths must be a non-empty list"), ("1,0", "depth '0' is not"),
+])
+def test_bad_depth_lists_are_one_value_error(value, needle):
+    """``inf`` / ``1e999`` were an OverflowError (an internal error on the command line)."""
+    from noisydeq.specs.family import parse_depths
+
+    with pytest.raises(ValueError, match=needle.replace("(", r"\(")):
+        parse_depths(value)
+
+
+@pytest.mark.parametrize("value,expected", [
+    (" 0.2 , 0.1 ,,0.2,", [0.1, 0.2]), (0.3, [0.3]), ([0, "0.5"], [0.0, 0.5]),
+])
+def test_radius_lists_share_the_comma_grammar(value, expected):
+    from noisydeq.specs.certify import CertifySpec
+
+    assert CertifySpec(eps=value).eps == expected
+
+
+@pytest.mark.parametrize("value,needle", [
+    ("0. 1", "'0. 1' is not a number"), ("-1", "ε must be ≥ 0"), ("nan", "ε must be ≥ 0"),
+    ("", "non-empty list of radii"), (True, "non-empty list of radii"),
+])
+def test_bad_radius_lists_are_one_error(value, needle):
+    from noisydeq.specs.base import build
+    from noisydeq.specs.certify import CertifySpec
+
+    with pytest.raises(NoisyDEQError, match=needle):
+        build(CertifySpec, {"eps": value}, where="certify")

@@ -24,7 +24,6 @@ evaluation's fields.
 
 from __future__ import annotations
 
-import difflib
 import re
 import time
 from dataclasses import dataclass, field
@@ -33,7 +32,7 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from noisydeq.errors import NoisyDEQError
+from noisydeq.errors import NoisyDEQError, did_you_mean
 from noisydeq.specs.base import StrictModel, build, suggest_name
 from noisydeq.specs.family import FamilySpec
 from noisydeq.specs.optimizer import ADVERSARIAL_METHODS
@@ -59,8 +58,7 @@ def check_defence(name: str) -> str:
     n = str(name).strip().lower()
     if n in ("none", "threshold", "rs") or DEFENCE_RE.match(n):
         return n
-    close = difflib.get_close_matches(n, DEFENCE_NAMES, n=1)
-    hint = f"; did you mean '{close[0]}'?" if close else ""
+    hint = did_you_mean(n, DEFENCE_NAMES)
     raise ValueError(f"unknown training defence '{name}'{hint} (allowed: none, x-<S>db, "
                      "z-<S>db, threshold, rs)")
 
@@ -149,10 +147,7 @@ class AdversarialExperimentSpec(VariantFile):
         over = self.overrides(variant)
         bad = [k for k in over if k not in PARTS]
         if bad:
-            close = difflib.get_close_matches(bad[0], PARTS, n=1)
-            hint = f"; did you mean '{close[0]}'?" if close else ""
-            raise ValueError(f"[{variant}] unknown table '{bad[0]}'{hint} "
-                             f"(allowed: {', '.join(PARTS)})")
+            raise ValueError(f"[{variant}] {suggest_name('table', bad[0], PARTS)}")
         unknown = [k for k in over.get("evaluations", {}) if k not in self.evaluations]
         if unknown:
             raise ValueError(f"[{variant}.evaluations] '{unknown[0]}' is not an evaluation "

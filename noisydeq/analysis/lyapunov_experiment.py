@@ -41,7 +41,7 @@ from noisydeq import limits, store
 from noisydeq.attacks.robust import correct
 from noisydeq.errors import CorruptArtefact, NoisyDEQError
 from noisydeq.noise import NoiseStream, derive_seed
-from noisydeq.specs.base import InfFloat, StrictModel, build
+from noisydeq.specs.base import InfFloat, StrictModel, build, suggest_name
 from noisydeq.specs.family import FamilySpec
 from noisydeq.specs.model import LYAPUNOV_VARIANTS, LyapunovSpec
 from noisydeq.specs.noise import parse_snr_range, snr_list
@@ -66,13 +66,9 @@ DEVICE_GROUPS = ("lyadeq", "lyadeq-plain", "lyadeq-lyapunov", "lyadeq-orthogonal
 
 
 def _choices(values: list[str], allowed: tuple[str, ...], field: str) -> list[str]:
-    import difflib
-
     for v in values:
         if v not in allowed:
-            close = difflib.get_close_matches(str(v), allowed, n=1)
-            hint = f"; did you mean '{close[0]}'?" if close else ""
-            raise ValueError(f"unknown {field} '{v}'{hint} (allowed: {', '.join(allowed)})")
+            raise ValueError(suggest_name(field, v, allowed))
     if not values:
         raise ValueError(f"give at least one {field} (allowed: {', '.join(allowed)})")
     return list(dict.fromkeys(values))

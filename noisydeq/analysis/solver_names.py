@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from noisydeq.errors import NoisyDEQError
+from noisydeq.specs.base import suggest_name
 
 SOLVER_NAMES = ("unroll", "stochastic", "anderson", "broyden")
 
@@ -16,13 +17,7 @@ def check_solvers(names: Sequence[str]) -> list[str]:
     for n in names:
         n = n.strip()
         if n not in SOLVER_NAMES:
-            import difflib
-
-            close = difflib.get_close_matches(n, SOLVER_NAMES, n=1)
-            hint = f"; did you mean '{close[0]}'?" if close else ""
-            raise NoisyDEQError(
-                f"--solvers: unknown solver '{n}'{hint} (allowed: {', '.join(SOLVER_NAMES)})"
-            )
+            raise NoisyDEQError(f"--solvers: {suggest_name('solver', n, SOLVER_NAMES)}")
         out.append(n)
     if not out:
         raise NoisyDEQError(f"--solvers: empty list (allowed: {', '.join(SOLVER_NAMES)})")

@@ -48,7 +48,7 @@ def plot_run(rows: Sequence[dict[str, Any]], fig_dir: Path, title: str = "") -> 
 
 def _plot_run(rows: Sequence[dict[str, Any]], fig_dir: Path, title: str,
               member_colours: Any) -> list[Path]:
-    from noisydeq.figures import layout, pyplot, save_figure
+    from noisydeq.figures import layout, legend_under, pyplot, save_figure
 
     plt = pyplot()
     paths: list[Path] = []
@@ -90,8 +90,7 @@ def _plot_run(rows: Sequence[dict[str, Any]], fig_dir: Path, title: str,
         for ax in list(axes.flat)[n:]:
             ax.axis("off")
         handles, names = axes.flat[0].get_legend_handles_labels()
-        fig.legend(handles, names, loc="lower center", ncol=min(len(names), 4), fontsize=8,
-                   bbox_to_anchor=(0.5, -0.02 - 0.03 * math.ceil(len(names) / 4)))
+        legend_under(fig, handles, names, fontsize=8)
         where = "digital" if math.isinf(snr) else f"{mode} at {snr:g} dB"
         fig.suptitle(f"{title} — {where} (DEQ: worst estimator, final state)", fontsize=10)
         layout(fig)
@@ -169,14 +168,13 @@ def _plot_vs_snr(plt: Any, save_figure: Any, rows: Sequence[dict[str, Any]], fig
         ax.grid(alpha=0.3)
     handles, names = max((ax.get_legend_handles_labels() for ax in axes.flat),
                          key=lambda hn: len(hn[1]))
-    fig.legend(handles, names, loc="lower center", ncol=4, fontsize=7,
-               bbox_to_anchor=(0.5, -0.04 - 0.04 * math.ceil(len(names) / 4)))
+    from noisydeq.figures import layout, legend_under
+
+    legend_under(fig, handles, names, fontsize=7)
     how = "white-box on the noisy model" + (
         ", transfer from the noise-free twin" if any(r["mode"] == "transfer" for r in pick)
         else "")
     fig.suptitle(f"{title}: accuracy vs SNR ({how})", fontsize=10)
-    from noisydeq.figures import layout
-
     layout(fig)
     return save_figure(fig, fig_dir / "robust_vs_snr", table)
 

@@ -55,7 +55,7 @@ def k_for_coverage(p: float, n: int) -> float:
 
 
 def _fmt_t(t: float) -> str:
-    from noisydeq.hardware.specs import T_INFERENCE_VALUES
+    from noisydeq.specs.device_kinds import T_INFERENCE_VALUES
 
     return T_INFERENCE_VALUES.get(float(t), f"{t:g} s")
 

@@ -16,7 +16,7 @@ from typing import Any
 
 import click
 
-from noisydeq.commands.sweep import check_data_dir, parse_sets
+from noisydeq.commands.sweep import check_data_dir, parse_sets, threads_flag
 from noisydeq.errors import NoisyDEQError
 from noisydeq.progress import with_heartbeat
 
@@ -72,8 +72,7 @@ def _default_out(name: str, variant: str, resolved: Any) -> Path:
                    "evaluations.NAME.samples=50 (NAME = * for all).")
 @click.option("--cache", type=click.Path(path_type=Path), default=None,
               help="Model cache (default $NOISYDEQ_CACHE or the user cache dir).")
-@click.option("--threads", default=None, metavar="auto|N",
-              help="torch threads (default $NOISYDEQ_THREADS, else 1).")
+@threads_flag()
 @click.option("--quiet", is_flag=True, help="No progress output.")
 @click.option("--json", "as_json", is_flag=True, help="Print a machine-readable summary.")
 @with_heartbeat("adversarial")

@@ -17,11 +17,12 @@ import click
 
 from noisydeq.commands.sensitivity import (
     cache_option,
+    check_device,
     check_family,
     default_out,
     family_option,
 )
-from noisydeq.commands.sweep import backend_options, check_data_dir, parse_sets
+from noisydeq.commands.sweep import backend_options, check_data_dir, parse_sets, threads_flag
 from noisydeq.errors import NoisyDEQError
 from noisydeq.progress import with_heartbeat
 from noisydeq.specs.attack_run import AttackRunSpec
@@ -106,8 +107,7 @@ def _members(family: Path, data_dir: str | None, cache: Path | None):
               help="run directory (default <family>/analysis/attack-<hash>; re-running resumes).")
 @cache_option
 @click.option("--torch-device", default="cpu", show_default=True)
-@click.option("--threads", default=None, metavar="auto|N",
-              help="torch threads (default $NOISYDEQ_THREADS, else 1).")
+@threads_flag()
 @click.option("--quiet", is_flag=True, help="no progress bar.")
 @click.option("--json", "as_json", is_flag=True, help="print a machine-readable summary.")
 @backend_options
@@ -143,6 +143,7 @@ def command(family, attacks, eps, pgd_steps, steps, steps_eps, sigma, fraction, 
     # the whole attack grid, torch-free (specs.attack_run), before the heavy imports; a bad
     # option is named before a missing --family, as everywhere, so the family comes after
     spec = build(AttackRunSpec, data, where="attack")
+    check_device(device)  # the preset, torch-free; its SNR levels are checked on the device
     check_family(Path(family))
     from noisydeq.attacks.ray_cells import run_on_ray
     from noisydeq.attacks.runner import run_attacks

@@ -18,7 +18,7 @@ from typing import Any
 
 import click
 
-from noisydeq.commands.sweep import backend_options
+from noisydeq.commands.sweep import backend_options, threads_flag
 from noisydeq.errors import NoisyDEQError
 from noisydeq.progress import with_heartbeat
 from noisydeq.specs.base import build
@@ -50,10 +50,12 @@ def _check_device_options(spec) -> None:
 
 
 def _check_device(spec) -> None:
+    """The device options and the ``--device`` preset: it exists and is one certify bounds
+    (torch-free: the preset is read by :mod:`noisydeq.specs.device_presets`)."""
     _check_device_options(spec)
     if spec.device is None:
         return
-    from noisydeq.hardware.presets import load_spec
+    from noisydeq.specs.device_presets import load_spec
 
     dev = load_spec(spec.device)  # unknown device: one line, before any work
     if dev.kind not in ("rram", "ideal"):
@@ -106,8 +108,7 @@ def _writable(out: Path) -> None:
 @click.option("--cache", default=None, help="model cache (default $NOISYDEQ_CACHE).")
 @click.option("--out", type=click.Path(path_type=Path), default=None,
               help="output directory (default runs/certify-<source>).")
-@click.option("--threads", type=int, default=None,
-              help="torch threads (default $NOISYDEQ_THREADS, else 1).")
+@threads_flag()
 @click.option("--json", "as_json", is_flag=True, help="print the rows as JSON.")
 @click.option("--quiet", "-q", is_flag=True, help="no per-model lines.")
 @backend_options
@@ -125,24 +126,22 @@ def command(source: Path, **opts: Any) -> None:
     from noisydeq.cluster import Backend
     from noisydeq.runtime import num_threads, thread_plan
 
-    if opts["threads"] is not None and opts["threads"] < 1:
-        raise NoisyDEQError(f"--threads: must be a positive integer, got {opts['threads']}")
+    threads = thread_plan(opts["threads"])[0]  # a bad value: one line, first
     opts["backend"] = Backend.parse(opts["backend"], opts["address"])
     echo = (lambda s: None) if opts["quiet"] or opts["as_json"] else (
         lambda s: click.echo(s, err=True))
-    threads = opts["threads"] if opts["threads"] is not None else thread_plan(None)[0]
     experiment = source.suffix == ".toml" or is_bundled(source)
     # the paths, the options and an experiment file first, torch-free: before num_threads
     # and the heavy imports load torch
     if experiment:
-        exp, out, given = _experiment_spec(find_experiment(source, "certify"), opts)
+        exp, out = _experiment_spec(find_experiment(source, "certify"), opts)
     else:
         out = _check_source(source, opts)
         spec = _spec(opts)
-        _check_device_options(spec)
+        _check_device(spec)
     with num_threads(threads):
         if experiment:
-            rows, files = _experiment(exp, out, given, opts, echo)
+            rows, files = _experiment(exp, out, opts, echo)
         else:
             rows, files = _models(source, out, spec, opts, echo)
     if opts["as_json"]:
@@ -184,7 +183,6 @@ def _models(source: Path, out: Path, spec, opts: dict[str, Any], echo
     from noisydeq.certify.checks import check_certifiable
     from noisydeq.cluster import session
 
-    _check_device(spec)
     members = load_family(source, data_dir=opts["data_dir"], cache_dir=opts["cache"],
                           check=check_certifiable)
     task = load_family_task(members, opts["data_dir"])
@@ -221,8 +219,8 @@ def _eps_train(path: Path) -> float:
 
 def _experiment_spec(source: Path, opts: dict[str, Any]):
     """The certify experiment at ``source`` (its ``--quick``/``--full`` variant, with the
-    command line's settings over its ``[certify]`` table), its ``--out`` and whether the
-    command line set any of those settings, checked without torch."""
+    command line's settings over its ``[certify]`` table, their device preset included) and
+    its ``--out``, checked without torch."""
     from noisydeq.specs.certify import CertifyExperimentSpec
     from noisydeq.specs.toml import load_toml
 
@@ -233,7 +231,7 @@ def _experiment_spec(source: Path, opts: dict[str, Any]):
         if opts["backend"].ray:
             raise NoisyDEQError(f"--backend ray: '{exp.name}' iterates random layers, not "
                                 "certify cells; run it without --backend ray")
-        return exp, out, False
+        return exp, out
     ctx = click.get_current_context()
     names = {"eps": "eps", "device": "device", "chip": "chip", "coverage": "coverage",
              "k": "k", "dynamic": "dynamic", "read_noise_k": "read_k", "n_test": "n_test",
@@ -243,20 +241,18 @@ def _experiment_spec(source: Path, opts: dict[str, Any]):
              if ctx.get_parameter_source(opt) is not click.core.ParameterSource.DEFAULT}
     if given:  # command-line settings win over the file's [certify] table
         merged = {**exp.certify, **given}
-        _check_device_options(_spec_from(merged))  # checked before the (validated) assignment
+        _check_device(_spec_from(merged))  # checked before the (validated) assignment
         exp.certify = merged
-    return exp, out, bool(given)
+    return exp, out
 
 
-def _experiment(exp, out: Path, given: bool, opts: dict[str, Any], echo
+def _experiment(exp, out: Path, opts: dict[str, Any], echo
                 ) -> tuple[list[dict], list[Path]]:
     from noisydeq.analysis.certify_experiments import run_fig2, run_table2
     from noisydeq.cluster import session
 
     if exp.kind == "fig2":
         return run_fig2(exp, out, data_dir=opts["data_dir"], echo=echo)
-    if given:  # the device presets the command line named (they load torch)
-        _check_device(_spec_from(exp.certify))
     bars = not opts["quiet"] and not opts["as_json"] and sys.stderr.isatty()
     with session(opts["backend"]):  # unreachable: one line, before training writes
         return run_table2(exp, out, data_dir=opts["data_dir"], cache_dir=opts["cache"],

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import click
 
+from noisydeq.commands.sweep import threads_flag
 from noisydeq.progress import with_heartbeat
 
 
@@ -23,8 +24,8 @@ from noisydeq.progress import with_heartbeat
 @click.option("--seeds", default=None, help="Override the experiment's seeds, e.g. 0,1,2.")
 @click.option("--only", type=click.Choice(["attack", "device"]), default=None,
               help="Run only one of the experiment's tables.")
-@click.option("--threads", default=None, metavar="auto|N|TRAIN,EVAL",
-              help="torch threads (as for noisydeq sweep; the evaluation count is used).")
+@threads_flag("torch threads (as for noisydeq sweep; the evaluation count is used).",
+              "auto|N|TRAIN,EVAL")
 @click.option("--quiet", is_flag=True, help="No progress output.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report's paths as JSON.")
 @with_heartbeat("lyapunov")

@@ -20,6 +20,7 @@ from noisydeq.commands.sweep import (
     default_out,
     execute,
     parse_sets,
+    threads_flag,
 )
 from noisydeq.progress import with_heartbeat
 from noisydeq.specs.base import build
@@ -97,8 +98,8 @@ def _list(as_json: bool) -> None:
               help="Override any sweep-spec field (e.g. --set epochs=1).")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 @click.option("--json", "as_json", is_flag=True, help="Print a machine-readable summary.")
-@click.option("--threads", default=None, metavar="auto|N|TRAIN,EVAL",
-              help="torch threads for training and evaluation (as for noisydeq sweep).")
+@threads_flag("torch threads for training and evaluation (as for noisydeq sweep).",
+              "auto|N|TRAIN,EVAL")
 @click.option("--jobs", default=None, metavar="auto|N",
               help="evaluation processes (as for noisydeq sweep).")
 @backend_options

@@ -9,6 +9,7 @@ from pathlib import Path
 import click
 
 from noisydeq import limits, store
+from noisydeq.commands.sweep import threads_flag
 from noisydeq.errors import NoisyDEQError
 from noisydeq.progress import with_heartbeat
 from noisydeq.specs.base import build
@@ -36,9 +37,7 @@ def threads_option(f):
         with num_threads(thread_plan(threads)[1]):
             return f(*args, **kwargs)
 
-    return click.option("--threads", default=None, metavar="auto|N",
-                        help="torch threads (default $NOISYDEQ_THREADS, else 1).")(
-        run_with_threads)
+    return threads_flag()(run_with_threads)
 
 
 def check_family(family: Path) -> None:
@@ -47,6 +46,16 @@ def check_family(family: Path) -> None:
     from noisydeq.analysis.locate import check_family as check
 
     check(family)
+
+
+def check_device(device: str | None) -> None:
+    """A named ``--device`` is a readable, valid preset: one line, torch-free
+    (:mod:`noisydeq.specs.device_presets`), before the family loads and before a command's
+    heavy imports."""
+    if device is not None:
+        from noisydeq.specs.device_presets import load_spec
+
+        load_spec(device)
 
 
 def family_option(f):
@@ -154,6 +163,7 @@ def command(family, kind, eta, snr, site, samples, inputs, precision, seed, data
         raise NoisyDEQError("--snr: multiplicative noise needs a finite SNR in dB")
     if kind == "additive" and eta <= 0:
         raise NoisyDEQError(f"--eta: additive noise needs eta > 0, got {eta:g}")
+    check_device(device)
     check_family(family)
     out_dir = default_out(family, out, "sensitivity")
     store.check_out_dir(out_dir)

@@ -12,6 +12,7 @@ from noisydeq.commands.sensitivity import (
     MAX_COUNT,
     SEED,
     cache_option,
+    check_device,
     check_family,
     device_options,
     threads_option,
@@ -114,6 +115,7 @@ def command(names, snr, max_iter, window, width, batch, family, depth, member_se
     count_snrs = parse_grid("--count-snr", count_snr)
     acc_snrs = parse_grid("--accuracy-snr", accuracy_snr)
     if family is not None:
+        check_device(device)
         check_family(family)
     elif device is not None or chips is not None or device_snr is not None:
         raise NoisyDEQError("--device/--chips/--device-snr: give --family (the Fig. 4 cell "

@@ -9,6 +9,7 @@ from noisydeq.commands.sensitivity import (
     MAX_COUNT,
     SEED,
     cache_option,
+    check_device,
     check_family,
     default_out,
     device_options,
@@ -47,6 +48,7 @@ def command(family, inputs, seed, data_dir, out, cache, device, chips, device_sn
     """
     if not 0 <= inputs <= MAX_COUNT:
         raise NoisyDEQError(f"--inputs: must be an integer in 0..{MAX_COUNT}, got {inputs}")
+    check_device(device)
     check_family(family)
     out_dir = default_out(family, out, "spectrum")
     store.check_out_dir(out_dir)

@@ -14,8 +14,7 @@ from pathlib import Path
 
 import click
 
-from noisydeq.commands.sweep import backend_options, check_data_dir, parse_sets
-from noisydeq.errors import NoisyDEQError
+from noisydeq.commands.sweep import backend_options, check_data_dir, parse_sets, threads_flag
 from noisydeq.progress import with_heartbeat
 
 
@@ -33,8 +32,7 @@ def default_out(name: str, variant: str) -> Path:
 @click.option("--torch-device", default=None, help="cpu, cuda, cuda:1, ...")
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
               help="Override a study field (e.g. --set seeds=[0]).")
-@click.option("--threads", default=None, metavar="N",
-              help="torch threads (default $NOISYDEQ_THREADS, else 1).")
+@threads_flag()
 @click.option("--quiet", is_flag=True, help="No progress lines.")
 @click.option("--json", "as_json", is_flag=True, help="Print a machine-readable summary.")
 @backend_options
@@ -56,14 +54,7 @@ def command(experiment: str, variant: str, out: str | None, data_dir: str | None
     from noisydeq.specs.toml import load_toml
 
     chosen = Backend.parse(backend, address)
-    n_threads = thread_plan(None)[0]  # $NOISYDEQ_THREADS, else one thread
-    if threads is not None:
-        try:
-            n_threads = int(threads)
-        except ValueError:
-            n_threads = 0
-        if n_threads < 1:
-            raise NoisyDEQError(f"--threads: a positive integer, got {threads!r}")
+    n_threads = thread_plan(threads)[0]  # $NOISYDEQ_THREADS, else one thread
     path = find_experiment(experiment, "study")
     over = parse_sets(sets)
     if data_dir is not None:

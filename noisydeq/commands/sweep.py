@@ -23,7 +23,7 @@ from noisydeq.errors import NoisyDEQError
 from noisydeq.progress import with_heartbeat
 from noisydeq.specs.base import build
 from noisydeq.specs.noise import parse_snr_range
-from noisydeq.specs.sweep import SweepSpec
+from noisydeq.specs.sweep import SweepSpec, adc_gain_lines, check_device_presets
 from noisydeq.specs.toml import parse_assignments
 
 
@@ -51,6 +51,14 @@ def parse_seeds(text: str) -> list[int]:
 def parse_sets(items: tuple[str, ...]) -> dict[str, Any]:
     """``--set key=value`` overrides of SweepSpec fields (values parsed as TOML, else text)."""
     return parse_assignments(items, "--set")
+
+
+def threads_flag(help: str = "torch threads (default $NOISYDEQ_THREADS, else 1).",
+                 metavar: str = "auto|N") -> Any:
+    """The ``--threads`` option every command declares (a string the command reads with
+    :func:`noisydeq.runtime.thread_plan`: ``auto``, ``N`` or, for ``metavar``
+    ``auto|N|TRAIN,EVAL``, a training and an evaluation count)."""
+    return click.option("--threads", default=None, metavar=metavar, help=help)
 
 
 def backend_options(f: Any) -> Any:
@@ -135,6 +143,8 @@ def execute(
         parts = ", ".join(f"{p} {'inf' if math.isinf(v) else f'{v:.1f}'}"
                           for p, v in native.items())
         click.echo(f"device {spec.device}: native SNR {parts} dB (reference MVM)")
+    for line in adc_gain_lines(spec):
+        click.echo(line)
     if res.extended:
         click.echo(f"extended {res.run_dir.path}: {describe_extension(res.extended)}")
     resumed = f", {res.skipped_cells} resumed" if res.skipped_cells else ""
@@ -217,9 +227,8 @@ def execute(
               help="Override any sweep-spec field (e.g. --set max_rows=8192).")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 @click.option("--json", "as_json", is_flag=True, help="Print a machine-readable summary.")
-@click.option("--threads", default=None, metavar="auto|N|TRAIN,EVAL",
-              help="torch threads for training and evaluation (default $NOISYDEQ_THREADS, "
-                   "else auto = 1 per process; processes are the parallelism).")
+@threads_flag("torch threads for training and evaluation (default $NOISYDEQ_THREADS, else "
+              "auto = 1 per process; processes are the parallelism).", "auto|N|TRAIN,EVAL")
 @click.option("--jobs", default=None, metavar="auto|N",
               help="evaluation processes (default $NOISYDEQ_JOBS, else auto = one per CPU "
                    "core; with more than one, each evaluates with one thread).")
@@ -274,6 +283,7 @@ def command(
         **parse_sets(sets),
     }
     spec = build(SweepSpec, data, where="sweep")
+    check_device_presets(spec)  # torch-free: before execute's heavy imports
     execute(spec, Path(out) if out else default_out(spec), quiet=quiet or as_json,
             as_json=as_json, threads=threads, jobs=jobs, backend=chosen)
     sys.stdout.flush()

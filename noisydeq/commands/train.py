@@ -21,11 +21,13 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from noisydeq import limits
+from noisydeq.commands.sweep import threads_flag
 from noisydeq.errors import NoisyDEQError
 from noisydeq.progress import with_heartbeat
 from noisydeq.runtime import resolve_torch_device
 from noisydeq.specs.base import build
 from noisydeq.specs.cell import CELL_OPTIONS
+from noisydeq.specs.device_presets import compensates_drift, load_spec, measures_adc_gain
 from noisydeq.specs.family import FamilySpec
 from noisydeq.specs.model import LyapunovSpec, ModelSpec
 from noisydeq.specs.noise import NoiseSpec, parse_snr_value
@@ -153,8 +155,7 @@ def _fmt(metric: float, name: str) -> str:
 @click.option("--out", default=None, help="Output directory (family: the model cache).")
 @click.option("--resume/--no-resume", default=True, show_default=True,
               help="Continue an interrupted run / reuse a finished one in --out.")
-@click.option("--threads", default=None, metavar="auto|N",
-              help="torch threads (default $NOISYDEQ_THREADS, else 1).")
+@threads_flag()
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
 @with_heartbeat("train")
@@ -176,6 +177,11 @@ def command(**opts: Any) -> None:
         if not 1 <= opts[name] <= top:  # before torch is imported: one line, at once
             raise NoisyDEQError(f"--{name}: must be an integer in 1..{top}, got {opts[name]}")
     check_task_name(opts["task"])  # torch-free, before num_threads loads torch
+    if opts["device"] is not None:
+        load_spec(opts["device"])  # unknown device: one line, torch-free
+    for key in ("device_adc_gain", "device_drift_alpha"):
+        if opts[key] is not None:  # a device that measures no such quantity: torch-free
+            held_option("--" + key.replace("_", "-"), opts["device"], opts[key])
     threads, _ = thread_plan(opts["threads"])
     with num_threads(threads):
         _command(opts)
@@ -193,10 +199,7 @@ def _command(opts: dict[str, Any]) -> None:
         if opts[key] is not None:
             overrides[key] = opts[key]
     overrides.update(defence_overrides(opts, noise))
-    if opts["device"] is not None:
-        from noisydeq.hardware import load_spec
-
-        load_spec(opts["device"])  # unknown device: one line, before any work
+    if opts["device"] is not None:  # its preset is checked (command)
         overrides["device"] = opts["device"]
     if opts["device_snr"] is not None:
         overrides["device_snr_db"] = _snr(opts["device_snr"], "--device-snr")
@@ -210,9 +213,8 @@ def _command(opts: dict[str, Any]) -> None:
     overrides.update(device_options(opts["device"], opts["device_noise_mode"],
                                     opts["digital_layers"]))
     for key in ("device_adc_gain", "device_drift_alpha"):
-        if opts[key] is not None:
-            flag = "--" + key.replace("_", "-")
-            overrides[key] = held_option(flag, opts["device"], opts[key])
+        if opts[key] is not None:  # checked (command)
+            overrides[key] = opts[key]
     if opts["ibp_eps"] is not None:
         overrides["ibp"] = {"eps": opts["ibp_eps"]}
     if opts["spectral_cap"] is not None:
@@ -309,8 +311,6 @@ def held_option(flag: str, device: str | None, value: str) -> str:
     "calibrated"``; an rram one with ``drift_compensation``); one line otherwise."""
     if device is None:
         raise NoisyDEQError(f"{flag}: needs a training --device")
-    from noisydeq.families import compensates_drift, measures_adc_gain
-
     if flag == "--device-adc-gain":
         ok, need = measures_adc_gain(device), "a photonic device with adc_gain = 'calibrated'"
         what = "measures no ADC gain"

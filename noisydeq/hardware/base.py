@@ -33,7 +33,7 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from noisydeq.errors import NoisyDEQError
+from noisydeq.errors import NoisyDEQError, did_you_mean
 from noisydeq.hardware import modes
 from noisydeq.hardware.controls import calibrate, device_layers  # noqa: F401 (moved)
 from noisydeq.hardware.gradient import input_peaks, straight_through  # noqa: F401 (moved)
@@ -62,7 +62,7 @@ _REF_CACHE: dict[tuple, Any] = {}  # reference-MVM results by (what, kind, spec,
 class Device:
     """A hardware model of an analog MVM (architecture.md, Devices).
 
-    ``spec`` is the validated preset (:mod:`noisydeq.hardware.specs`); ``chip_seed``
+    ``spec`` is the validated preset (:mod:`noisydeq.specs.device_kinds`); ``chip_seed``
     selects the chip instance (static noise); ``target_snr_db`` is ``None`` for the
     physical defaults (native SNR) or the SNR every deployed layer is calibrated to;
     ``noise_mode`` says which part of the noise that target sets
@@ -214,16 +214,13 @@ def check_digital_layers(model: nn.Module, names: Sequence[str]) -> frozenset[st
     a module whose qualified name is it or ends with ``.<name>`` (``proj.U`` is a DEQ's
     ``cell.proj.U`` and an FFW's ``proj.U``, so one list serves a whole family). A name
     matching nothing is one line naming it (with a did-you-mean) and the model's layers."""
-    import difflib
-
     modules = [n for n, _ in model.named_modules()]
     out: set[str] = set()
     for name in names:
         hits = [m for m in modules if m == name or (name and m.endswith(f".{name}"))]
         if not hits:
             offered = mappable_names(model)
-            close = difflib.get_close_matches(name, offered, n=1)
-            hint = f"; did you mean '{close[0]}'?" if close else ""
+            hint = did_you_mean(name, offered)
             raise NoisyDEQError(
                 f"digital_layers: the model has no layer '{name}'{hint} "
                 f"(its layers: {', '.join(offered) or 'none'})"

@@ -24,7 +24,6 @@ zero weights) has no SNR; it keeps the native knobs and is not calibrated.
 
 from __future__ import annotations
 
-import difflib
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -38,6 +37,7 @@ from noisydeq.hardware.calibration import (
     bisect_log,
     check_reachable,
 )
+from noisydeq.specs.base import suggest_name
 from noisydeq.specs.device import NOISE_MODES
 
 #: (static knob, dynamic knob) of a device layer
@@ -58,11 +58,7 @@ def check_mode(mode: object, where: str = "noise_mode") -> str:
     """``mode`` if it is a noise mode; otherwise one clear error with a suggestion."""
     if mode in NOISE_MODES:
         return str(mode)
-    close = difflib.get_close_matches(str(mode), NOISE_MODES, n=1)
-    hint = f"; did you mean '{close[0]}'?" if close else ""
-    raise NoisyDEQError(
-        f"{where}: unknown noise mode '{mode}'{hint} (allowed: {', '.join(NOISE_MODES)})"
-    )
+    raise NoisyDEQError(f"{where}: {suggest_name('noise mode', mode, NOISE_MODES)}")
 
 
 @dataclass(frozen=True)

@@ -36,9 +36,9 @@ from torch import Tensor
 
 from noisydeq.hardware.base import Device
 from noisydeq.hardware.layer import Control, DeviceLayer, Knobs
-from noisydeq.hardware.specs import PhotonicSpec
 from noisydeq.noise import NoiseStream, seeded_generator
 from noisydeq.scalars import const
+from noisydeq.specs.device_kinds import PhotonicSpec
 
 Q_E = 1.602176634e-19  # C, elementary charge (SI exact)
 K_B = 1.380649e-23  # J/K, Boltzmann constant (SI exact)

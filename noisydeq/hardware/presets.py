@@ -1,21 +1,18 @@
-"""The device preset loader: TOML presets into the specs of :mod:`noisydeq.hardware.specs`.
+"""Devices from presets: :func:`device_from_spec` and :func:`get_device`.
 
-A preset is a flat TOML file with ``kind`` (``ideal``, ``snr``, ``rram``, ``photonic``),
-``name``, ``description`` and the physical parameters of that kind. The canonical presets
-are package data in ``noisydeq/presets/devices`` (shipped in the wheel);
-:func:`get_device` takes a preset name (``rram-wan2022``) or the path of a user's own TOML
-file.
+The preset specs and their loader are torch-free and live in :mod:`noisydeq.specs`
+(:mod:`~noisydeq.specs.device_kinds`: one strict spec per kind;
+:mod:`~noisydeq.specs.device_presets`: the shipped TOML presets, :func:`load_spec`), so a
+command refuses a bad ``--device`` before torch loads; they are re-exported here, where
+they were defined before.
 """
 
 from __future__ import annotations
 
-import difflib
 import math
 import os
-from pathlib import Path
 
-from noisydeq.errors import NoisyDEQError
-from noisydeq.hardware.specs import (
+from noisydeq.specs.device_kinds import (
     SPECS,
     T_INFERENCE_VALUES,
     DeviceSpec,
@@ -25,54 +22,13 @@ from noisydeq.hardware.specs import (
     SNRSpec,
     spec_from_dict,
 )
-from noisydeq.specs.toml import parse_toml
-from noisydeq.store import read_text
+from noisydeq.specs.device_presets import KIND_PRESETS, load_spec, preset_names, presets_dir
 
-#: the specs are re-exported here, where they were defined before hardware/specs.py
 __all__ = [
     "KIND_PRESETS", "SPECS", "T_INFERENCE_VALUES", "DeviceSpec", "IdealSpec", "PhotonicSpec",
     "RRAMSpec", "SNRSpec", "device_from_spec", "get_device", "load_spec", "preset_names",
     "presets_dir", "spec_from_dict",
 ]
-
-#: a bare device kind names its default preset (``--device rram`` is the README's command)
-KIND_PRESETS = {"rram": "rram-wan2022"}
-
-
-def presets_dir() -> Path:
-    """Folder of the shipped presets (package data)."""
-    return Path(__file__).resolve().parent.parent / "presets" / "devices"
-
-
-def preset_names() -> list[str]:
-    """Names of the shipped presets, sorted."""
-    return sorted(p.stem for p in presets_dir().glob("*.toml"))
-
-
-def load_spec(name_or_path: str | os.PathLike) -> DeviceSpec:
-    """Spec of a shipped preset (by name) or of a TOML file (by path); also bare kinds."""
-    text = str(name_or_path)
-    path = Path(text)
-    if text.endswith(".toml") or path.is_file():
-        if not path.is_file():
-            raise NoisyDEQError(f"device preset file not found: {path}")
-        where = str(path)
-    else:
-        path = presets_dir() / f"{text}.toml"
-        if not path.is_file() and text in KIND_PRESETS:  # a bare kind: its default preset
-            path = presets_dir() / f"{KIND_PRESETS[text]}.toml"
-        where = f"preset '{text}'"
-        if not path.is_file():
-            names = preset_names()
-            close = difflib.get_close_matches(text, [*names, *KIND_PRESETS], n=1)
-            hint = f"; did you mean '{close[0]}'?" if close else ""
-            raise NoisyDEQError(
-                f"unknown device '{text}'{hint} (presets: {', '.join(names)}; "
-                "or the path of a .toml preset)"
-            )
-    data = parse_toml(read_text(path, "device preset"), where)
-    data.setdefault("name", path.stem)
-    return spec_from_dict(data, where=where)
 
 
 def device_from_spec(spec: DeviceSpec, chip_seed: int = 0):  # -> Device

@@ -49,9 +49,9 @@ from noisydeq.hardware.rram_io import (
     io_forward,
 )
 from noisydeq.hardware.rram_program import ChipDraw, require_aihwkit, wan2022_noise_model
-from noisydeq.hardware.specs import RRAMSpec
 from noisydeq.noise import NoiseStream, derive_seed
 from noisydeq.scalars import const
+from noisydeq.specs.device_kinds import RRAMSpec
 
 S_MIN, S_MAX = 1e-4, 1e3
 #: programmed chips kept per layer (LRU): at least 8, more while they fit in 256 MiB, so the

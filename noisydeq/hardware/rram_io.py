@@ -38,9 +38,9 @@ from statistics import NormalDist
 import torch
 from torch import Tensor
 
-from noisydeq.hardware.specs import RRAMSpec
 from noisydeq.noise import STABLE_ROWS
 from noisydeq.scalars import const
+from noisydeq.specs.device_kinds import RRAMSpec
 
 #: float tolerance of the sure-clip tests, relative to the largest possible |v| (codes)
 _TOL = 1e-5

@@ -20,8 +20,8 @@ import torch
 from torch import Tensor
 
 from noisydeq.errors import NoisyDEQError
-from noisydeq.hardware.specs import RRAMSpec
 from noisydeq.scalars import const
+from noisydeq.specs.device_kinds import RRAMSpec
 
 #: aihwkit is an optional dependency (the ``rram`` extra); the version the tests run on
 AIHWKIT_VERSION = "1.1.0"

@@ -2,7 +2,9 @@
 
 ``base`` (strict pydantic base, one-line errors, choices) → ``toml`` (load/dump) →
 ``noise`` (SNR grammar, :class:`NoiseSpec`), ``solver``, ``model`` → ``cell`` →
-``device`` (a sweep's device choices), ``optimizer`` (a training run's options) →
+``device`` (a sweep's device choices), ``device_kinds`` (one spec per device kind) →
+``device_presets`` (the shipped TOML presets, ``load_spec``), ``optimizer`` (a training
+run's options) →
 ``training`` (:class:`TrainSpec` and its presets) → ``family`` → ``sweep`` →
 ``experiment``, ``certify`` (a certification run and its experiment files);
 ``entropy`` (input entropy reduction) → ``attack`` (one attack, estimator, defence) and

@@ -9,7 +9,7 @@ message every spec's name fields share.
 
 from __future__ import annotations
 
-import difflib
+from collections.abc import Callable
 from typing import Annotated, Any, TypeVar, Union, get_args, get_origin
 
 from pydantic import (
@@ -21,9 +21,10 @@ from pydantic import (
     field_validator,
 )
 
-from noisydeq.errors import NoisyDEQError
+from noisydeq.errors import NoisyDEQError, did_you_mean
 
 M = TypeVar("M", bound="StrictModel")
+T = TypeVar("T")
 
 
 def _numeric(annotation: Any) -> bool:
@@ -145,9 +146,8 @@ def format_validation_error(err: ValidationError, model: type[BaseModel], where:
         name = ".".join(str(p) for p in loc) or model.__name__
         if e["type"] == "extra_forbidden":
             known = _known_fields(model, loc)
-            close = difflib.get_close_matches(str(loc[-1]), known, n=1)
-            hint = f"; did you mean '{close[0]}'?" if close else ""
-            allowed = f" (allowed: {', '.join(known)})" if known and not close else ""
+            hint = did_you_mean(loc[-1], known)
+            allowed = f" (allowed: {', '.join(known)})" if known and not hint else ""
             parts.append(f"unknown key '{name}'{hint}{allowed}")
         else:
             msg = e["msg"].removeprefix("Value error, ")
@@ -186,11 +186,30 @@ def coerce(model: type[M], spec: M | dict[str, Any] | None, where: str) -> M:
     )
 
 
+def parse_comma_list(v: Any, item: Callable[[Any], T], empty: str, *,
+                     scalars: tuple[type, ...] = (int, float),
+                     skip_blank: bool = False) -> list[T]:
+    """A set of values given as a list, one bare value (of the ``scalars`` types, never a
+    boolean) or a comma string (pieces stripped; blank pieces dropped with
+    ``skip_blank``, else passed to ``item``), each turned into its value by ``item`` (which
+    raises ValueError with its own rule); sorted, duplicates dropped. Nothing at all is
+    the ValueError ``empty``. One grammar for the depth list of a family and the radii of
+    a certification (their element rules are their own)."""
+    if isinstance(v, str):
+        v = [p.strip() for p in v.split(",")]
+        if skip_blank:
+            v = [p for p in v if p]
+    if isinstance(v, scalars) and not isinstance(v, bool):
+        v = [v]
+    if not isinstance(v, (list, tuple)) or not v:
+        raise ValueError(empty)
+    return sorted(set(item(e) for e in v))
+
+
 def suggest_name(kind: str, value: str, allowed: tuple[str, ...]) -> str:
     """"unknown KIND 'VALUE'; did you mean …? (allowed: …)": the one message of every name
     field that is not one of its ``allowed`` values."""
-    close = difflib.get_close_matches(str(value), allowed, n=1)
-    hint = f"; did you mean '{close[0]}'?" if close else ""
+    hint = did_you_mean(value, allowed)
     return f"unknown {kind} '{value}'{hint} (allowed: {', '.join(allowed)})"
 
 

@@ -9,27 +9,25 @@ from typing import Any, Literal
 from pydantic import Field, field_validator
 
 from noisydeq import limits
-from noisydeq.specs.base import StrictModel, build
+from noisydeq.specs.base import StrictModel, build, parse_comma_list
 from noisydeq.specs.variant_file import Variant, VariantFile
 
 
 def _eps_list(v: Any) -> list[float]:
-    if isinstance(v, str):
-        v = [p for p in v.replace(" ", "").split(",") if p]
-    if isinstance(v, (int, float)) and not isinstance(v, bool):
-        v = [v]
-    if not isinstance(v, (list, tuple)) or not v:
-        raise ValueError("must be a non-empty list of radii, e.g. 0.1,0.2,0.3,0.4")
-    out = []
-    for e in v:
-        try:
-            f = float(e)
-        except (TypeError, ValueError):
-            raise ValueError(f"'{e}' is not a number") from None
-        if not f >= 0:  # also NaN
-            raise ValueError(f"ε must be ≥ 0, got {e}")
-        out.append(f)
-    return sorted(set(out))
+    """ℓ∞ radii: a list, one number or a comma string (blank pieces dropped)."""
+    return parse_comma_list(v, _eps, "must be a non-empty list of radii, e.g. 0.1,0.2,0.3,0.4",
+                            skip_blank=True)
+
+
+def _eps(e: Any) -> float:
+    """One radius: a number ≥ 0."""
+    try:
+        f = float(e)
+    except (TypeError, ValueError):
+        raise ValueError(f"'{e}' is not a number") from None
+    if not f >= 0:  # also NaN
+        raise ValueError(f"ε must be ≥ 0, got {e}")
+    return f
 
 
 class CertifySpec(StrictModel):

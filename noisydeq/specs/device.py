@@ -1,6 +1,6 @@
 """The device choices a sweep or a training spec names: digital training, which part of a
-device's noise an SNR sets, where a sweep calibrates. The device specs themselves sit
-beside their devices (:mod:`noisydeq.hardware.specs`); and where a model was trained, in
+device's noise an SNR sets, where a sweep calibrates. The device specs themselves are
+:mod:`noisydeq.specs.device_kinds`; and where a model was trained, in
 words (:func:`trained_on`)."""
 
 from __future__ import annotations

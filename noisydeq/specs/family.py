@@ -9,7 +9,7 @@ from typing import Any, Literal
 from pydantic import Field, field_validator, model_validator
 
 from noisydeq import limits
-from noisydeq.specs.base import InfFloat, StrictModel
+from noisydeq.specs.base import InfFloat, StrictModel, parse_comma_list
 from noisydeq.specs.cell import CellSpec, check_cell
 from noisydeq.specs.model import FfwForm, LyapunovSpec, MonotoneSpec
 from noisydeq.specs.noise import NoiseSpec, SnrScale, parse_snr_value
@@ -19,27 +19,26 @@ from noisydeq.specs.training import DEQ_ONLY_TRAIN_FIELDS, TrainSpec, check_pres
 def parse_depths(v: Any) -> list[int]:
     """FFW depths of a family or sweep: a list, one integer or a comma string (``1,3,5,7``),
     each a positive integer up to ``limits.MAX_DEPTH``; sorted, duplicates dropped."""
-    if isinstance(v, str):
-        v = [p.strip() for p in v.split(",")]
-    if isinstance(v, int) and not isinstance(v, bool):
-        v = [v]
-    if not isinstance(v, (list, tuple)) or not v:
-        raise ValueError("depths must be a non-empty list of positive integers, e.g. 1,3,5,7")
-    out = []
-    for d in v:
-        try:
-            ok = not isinstance(d, bool) and float(d) == int(float(d)) and int(float(d)) >= 1
-        except (TypeError, ValueError):
-            ok = False
-        if not ok:
-            raise ValueError(f"depth '{d}' is not a positive integer (e.g. 1,3,5,7)")
-        if int(float(d)) > limits.MAX_DEPTH:
-            raise ValueError(f"depth {int(float(d))} is above the largest allowed, "
-                             f"{limits.MAX_DEPTH}")
-        out.append(int(float(d)))
-    if len(set(out)) > limits.MAX_SEEDS:
-        raise ValueError(f"{len(set(out))} depths; at most {limits.MAX_SEEDS}")
-    return sorted(set(out))
+    out = parse_comma_list(
+        v, _depth, "depths must be a non-empty list of positive integers, e.g. 1,3,5,7",
+        scalars=(int,))
+    if len(out) > limits.MAX_SEEDS:
+        raise ValueError(f"{len(out)} depths; at most {limits.MAX_SEEDS}")
+    return out
+
+
+def _depth(d: Any) -> int:
+    """One depth: a positive integer (``3``, ``"3"``, ``3.0``) up to ``limits.MAX_DEPTH``."""
+    try:
+        ok = not isinstance(d, bool) and float(d) == int(float(d)) and int(float(d)) >= 1
+    except (TypeError, ValueError, OverflowError):
+        ok = False
+    if not ok:
+        raise ValueError(f"depth '{d}' is not a positive integer (e.g. 1,3,5,7)")
+    if int(float(d)) > limits.MAX_DEPTH:
+        raise ValueError(f"depth {int(float(d))} is above the largest allowed, "
+                         f"{limits.MAX_DEPTH}")
+    return int(float(d))
 
 
 def check_lyapunov_members(lyapunov: LyapunovSpec | None, kinds: list[str]) -> None:

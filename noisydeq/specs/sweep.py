@@ -8,9 +8,11 @@ from typing import Any, Literal
 from pydantic import Field, field_validator, model_serializer, model_validator
 
 from noisydeq import limits
+from noisydeq.errors import NoisyDEQError
 from noisydeq.specs.base import InfFloat
 from noisydeq.specs.cell import CellSpec
 from noisydeq.specs.device import DIGITAL_TRAINING, Calibration, NoiseMode
+from noisydeq.specs.device_presets import load_spec
 from noisydeq.specs.family import FamilyChoices
 from noisydeq.specs.model import LyapunovSpec, MonotoneSpec
 from noisydeq.specs.noise import parse_snr_range, snr_list
@@ -186,3 +188,41 @@ class SweepSpec(FamilyChoices):
             if not 0 <= s <= limits.MAX_SEED:
                 raise ValueError(f"seed {s} is outside 0..2^63-1")
         return v
+
+
+def check_device_presets(sweep: SweepSpec) -> None:
+    """``sweep``'s device and each training device name a readable, valid preset (one line,
+    torch-free: ``noisydeq sweep`` checks them before its heavy imports; the reachable SNRs
+    are checked on the devices themselves later). The messages are those of the later
+    checks (:class:`noisydeq.sweep.hardware.Hardware`,
+    :func:`noisydeq.families.check_training_devices`)."""
+    load_spec(sweep.device)
+    for dev, _ in sweep.training_devices():
+        if dev is None:
+            continue
+        try:
+            load_spec(dev)
+        except NoisyDEQError as err:
+            raise NoisyDEQError(f"train_device: {err}") from None
+
+
+def adc_gain_lines(sweep: SweepSpec) -> list[str]:
+    """What ``sweep``'s photonic devices do with their ADC gain, one line each (its printed
+    summary; the tables have no column for it: one setting per device and sweep): the
+    inference device's gain, and each photonic training device's, with how often a
+    calibrated one is measured while the weights train (``train_adc_gain``)."""
+    out = []
+    spec = load_spec(sweep.device)
+    if spec.kind == "photonic":
+        out.append(f"device {sweep.device}: {spec.adc_text()}")
+    for dev in dict.fromkeys(d for d, _ in sweep.training_devices() if d is not None):
+        spec = load_spec(dev)
+        if spec.kind != "photonic":
+            continue
+        when = ""
+        if spec.adc_gain == "calibrated":
+            when = ("; training measured it once per epoch's chip (train_adc_gain = epoch)"
+                    if sweep.train_adc_gain == "epoch"
+                    else "; training measured it with every step's weights")
+        out.append(f"training device {dev}: {spec.adc_text()}{when}")
+    return out

@@ -7,13 +7,12 @@ builds a :class:`~noisydeq.tasks.base.Task`; this module maps names to their loa
 
 from __future__ import annotations
 
-import difflib
 import inspect
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from noisydeq.errors import NoisyDEQError
+from noisydeq.errors import NoisyDEQError, did_you_mean
 from noisydeq.specs.task_names import TASK_NAMES, check_task_name  # noqa: F401 (re-exported)
 from noisydeq.tasks.base import Task
 
@@ -73,8 +72,7 @@ def load_task(
     allowed = [p for p in inspect.signature(loader).parameters if p != "seed"]
     unknown = [k for k in options if k not in allowed]
     if unknown:
-        close = difflib.get_close_matches(unknown[0], allowed, n=1)
-        hint = f"; did you mean '{close[0]}'?" if close else ""
+        hint = did_you_mean(unknown[0], allowed)
         what = f"allowed: {', '.join(allowed)}" if allowed else "it takes no options"
         raise NoisyDEQError(f"task '{name}': unknown option '{unknown[0]}'{hint} ({what})")
     return loader(seed=seed, **options)  # data_dir is ignored: generated or bundled data

@@ -51,6 +51,7 @@ def family(tmp_path_factory):
     (["--device", "no-such-device"], "unknown device"),
     (["--coverage", "1.5"], "coverage"),
     (["--chip", "3"], "need --device"),
+    (["--threads", "0"], "threads '0': expected auto, N or TRAIN,EVAL"),
 ])
 def test_bad_input_is_one_line_and_writes_nothing(capsys, tmp_path, family, argv, needle):
     out = tmp_path / "out"

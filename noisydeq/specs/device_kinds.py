@@ -2,18 +2,19 @@
 
 Each spec holds the physical parameters of one kind (``ideal``, ``snr``, ``rram``,
 ``photonic``); the devices (:mod:`noisydeq.hardware.rram`, ...) read their spec from here and
-:mod:`noisydeq.hardware.presets` loads preset TOML files into them.
+:mod:`noisydeq.specs.device_presets` loads preset TOML files into them. Torch-free, so a
+command checks its ``--device`` before torch loads (:mod:`noisydeq.hardware.presets`
+re-exports these names).
 """
 
 from __future__ import annotations
 
-import difflib
 import math
 from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from noisydeq.errors import NoisyDEQError
+from noisydeq.errors import NoisyDEQError, did_you_mean
 from noisydeq.specs.base import InfFloat, StrictModel, build
 from noisydeq.specs.noise import parse_snr_value
 
@@ -119,6 +120,13 @@ class PhotonicSpec(_Base):
             self.power_per_mac_w = 1e-5
         return self
 
+    def adc_text(self) -> str:
+        """The ADC gain in words, for a run's printed summary."""
+        if self.adc_gain == "fixed":
+            return f"ADC gain fixed (full scale ±{self.adc_full_scale:g}·R·P·√n_in)"
+        return (f"ADC gain calibrated per layer ({self.adc_headroom:g} × its largest output "
+                "on its calibration inputs)")
+
     @property
     def power_w(self) -> float:
         """Optical power per MAC (W): given, or energy per MAC × bandwidth."""
@@ -140,8 +148,7 @@ def spec_from_dict(data: dict[str, Any], where: str = "device") -> DeviceSpec:
     """Validate a preset dict (must carry ``kind``) into its spec."""
     kind = data.get("kind")
     if kind not in SPECS:
-        close = difflib.get_close_matches(str(kind), list(SPECS), n=1)
-        hint = f"; did you mean '{close[0]}'?" if close else ""
+        hint = did_you_mean(kind, SPECS)
         raise NoisyDEQError(
             f"{where}: kind '{kind}' is not a device kind{hint} (allowed: {', '.join(SPECS)})"
         )

@@ -1,0 +1,75 @@
+"""The device preset loader: TOML presets into the specs of :mod:`noisydeq.specs.device_kinds`.
+
+A preset is a flat TOML file with ``kind`` (``ideal``, ``snr``, ``rram``, ``photonic``),
+``name``, ``description`` and the physical parameters of that kind. The canonical presets
+are package data in ``noisydeq/presets/devices`` (shipped in the wheel); :func:`load_spec`
+takes a preset name (``rram-wan2022``), a bare kind with a default preset (``rram``) or the
+path of a user's own TOML file. Torch-free: a command reads its ``--device`` here before its
+heavy imports; :mod:`noisydeq.hardware.presets` builds the device from the spec.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from noisydeq.errors import NoisyDEQError, did_you_mean
+from noisydeq.specs.device_kinds import DeviceSpec, spec_from_dict
+from noisydeq.specs.toml import parse_toml
+from noisydeq.store import read_text
+
+#: a bare device kind names its default preset (``--device rram`` is the README's command)
+KIND_PRESETS = {"rram": "rram-wan2022"}
+
+
+def presets_dir() -> Path:
+    """Folder of the shipped presets (package data)."""
+    return Path(__file__).resolve().parent.parent / "presets" / "devices"
+
+
+def preset_names() -> list[str]:
+    """Names of the shipped presets, sorted."""
+    return sorted(p.stem for p in presets_dir().glob("*.toml"))
+
+
+def load_spec(name_or_path: str | os.PathLike) -> DeviceSpec:
+    """Spec of a shipped preset (by name) or of a TOML file (by path); also bare kinds."""
+    text = str(name_or_path)
+    path = Path(text)
+    if text.endswith(".toml") or path.is_file():
+        if not path.is_file():
+            raise NoisyDEQError(f"device preset file not found: {path}")
+        where = str(path)
+    else:
+        path = presets_dir() / f"{text}.toml"
+        if not path.is_file() and text in KIND_PRESETS:  # a bare kind: its default preset
+            path = presets_dir() / f"{KIND_PRESETS[text]}.toml"
+        where = f"preset '{text}'"
+        if not path.is_file():
+            names = preset_names()
+            hint = did_you_mean(text, [*names, *KIND_PRESETS])
+            raise NoisyDEQError(
+                f"unknown device '{text}'{hint} (presets: {', '.join(names)}; "
+                "or the path of a .toml preset)"
+            )
+    data = parse_toml(read_text(path, "device preset"), where)
+    data.setdefault("name", path.stem)
+    return spec_from_dict(data, where=where)
+
+
+def _spec(device: str | os.PathLike | DeviceSpec) -> DeviceSpec:
+    return device if isinstance(device, DeviceSpec) else load_spec(device)
+
+
+def measures_adc_gain(device: str | os.PathLike | DeviceSpec) -> bool:
+    """Whether ``device`` (a preset name or path, or its spec) measures an ADC gain on each
+    chip: a photonic device with ``adc_gain = "calibrated"``, the gain a training run's
+    ``device_adc_gain`` / a sweep's ``train_adc_gain = "epoch"`` holds for an epoch."""
+    return getattr(_spec(device), "adc_gain", None) == "calibrated"
+
+
+def compensates_drift(device: str | os.PathLike | DeviceSpec) -> bool:
+    """Whether ``device`` (a preset name or path, or its spec) measures a drift-compensation α
+    on each chip: an rram device with ``drift_compensation = true``, the α
+    ``device_drift_alpha`` / ``train_drift_alpha = "epoch"`` holds for an epoch."""
+    return bool(getattr(_spec(device), "drift_compensation", False))
