@@ -246,6 +246,16 @@ def compensates_drift(device: str) -> bool:
     return bool(getattr(load_spec(device), "drift_compensation", False))
 
 
+def programs_noise(device: str) -> bool:
+    """Whether the training ``device`` has a programming error (rram with
+    ``prog_noise_scale > 0``, photonic with ``weight_error_std > 0``): what
+    ``device_programming = "epoch"`` applies to."""
+    from noisydeq.hardware import load_spec
+    from noisydeq.hardware.specs import has_programming_error
+
+    return has_programming_error(load_spec(device))
+
+
 def check_training_devices(sweep: SweepSpec) -> None:
     """Each training device of ``sweep`` exists and reaches each training SNR in the
     training noise mode (its reference MVM), one line otherwise — before anything runs;
@@ -271,6 +281,11 @@ def check_training_devices(sweep: SweepSpec) -> None:
         raise NoisyDEQError(
             f"train_drift_alpha: only for an rram training device with drift_compensation "
             f"(none of {', '.join(dict.fromkeys(devices))} measures a drift-compensation α)")
+    if sweep.train_programming == "epoch" and not any(programs_noise(d) for d in devices):
+        raise NoisyDEQError(
+            f"train_programming: only for an rram or photonic training device with "
+            f"programming noise (none of {', '.join(dict.fromkeys(devices))} has a "
+            f"programming error)")
 
 
 def sweep_family_specs(
@@ -302,6 +317,8 @@ def family_spec_for_sweep(
             train["device_adc_gain"] = "epoch"
         if sweep.train_drift_alpha == "epoch" and compensates_drift(train_device):
             train["device_drift_alpha"] = "epoch"
+        if sweep.train_programming == "epoch" and programs_noise(train_device):
+            train["device_programming"] = "epoch"
     if sweep.epochs is not None:
         train["epochs"] = sweep.epochs
     if sweep.max_train_samples is not None:

@@ -10,6 +10,8 @@ first draws of same-width layers are made together: ``NoiseStream.draw_ahead``).
 is reprogrammed with every step's weights; a photonic device's calibrated ADC gain and an
 rram device's drift-compensation α are measured again at every step too, or once per chip
 with ``device_adc_gain = "epoch"`` / ``device_drift_alpha = "epoch"`` (:func:`_hold_per_chip`).
+With ``device_programming = "epoch"`` the chip is programmed in full once per epoch (and
+noise scale) and that programming's error is held on every later step's weights.
 """
 
 from __future__ import annotations
@@ -67,6 +69,13 @@ def _deploy(model: nn.Module, spec: TrainSpec, rng_seed: int) -> nn.Module:
         raise NoisyDEQError(
             f"train.device_drift_alpha: only for an rram device with drift_compensation "
             f"(device '{spec.device}' measures no drift-compensation α)")
+    if spec.device_programming is not None:
+        from noisydeq.hardware.specs import has_programming_error
+
+        if not has_programming_error(device.spec):
+            raise NoisyDEQError(
+                f"train.device_programming: only for an rram or photonic device with "
+                f"programming noise (device '{spec.device}' has no programming error)")
     net = device.deploy(model, digital_layers=spec.digital_layers or ())
     set_scaled_gradient(net)  # the gradient sees the error grow with W's and x's scale
     _hold_per_chip(net, spec)
@@ -74,13 +83,16 @@ def _deploy(model: nn.Module, spec: TrainSpec, rng_seed: int) -> nn.Module:
 
 
 def _hold_per_chip(net: nn.Module, spec: TrainSpec) -> None:
-    """``spec.device_adc_gain = "epoch"`` / ``spec.device_drift_alpha = "epoch"``: the
-    device layers measure their ADC gain (photonic) / drift-compensation α (rram, per noise
-    scale) once on this chip (at deployment: the start of an epoch, or the validation chip)
-    and hold it while the weights train (:attr:`PhotonicLayer.hold_adc_gain`,
-    :attr:`RRAMLayer.hold_drift_alpha`)."""
+    """``spec.device_adc_gain = "epoch"`` / ``spec.device_drift_alpha = "epoch"`` /
+    ``spec.device_programming = "epoch"``: the device layers measure their ADC gain
+    (photonic) / drift-compensation α (rram, per noise scale) / programming error (rram and
+    photonic, per noise scale) once on this chip (at deployment: the start of an epoch, or
+    the validation chip) and hold it while the weights train
+    (:attr:`PhotonicLayer.hold_adc_gain`, :attr:`RRAMLayer.hold_drift_alpha`,
+    ``hold_programming``)."""
     flags = [flag for flag, value in (("hold_adc_gain", spec.device_adc_gain),
-                                      ("hold_drift_alpha", spec.device_drift_alpha))
+                                      ("hold_drift_alpha", spec.device_drift_alpha),
+                                      ("hold_programming", spec.device_programming))
              if value == "epoch"]
     if not flags:
         return
