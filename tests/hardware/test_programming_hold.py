@@ -15,7 +15,7 @@ from noisydeq.hardware import get_device
 from noisydeq.hardware.controls import device_layers
 from noisydeq.noise import NoiseStream
 from noisydeq.train_device import _deploy, _on_chip
-from tests.hardware.hold_helpers import small_net, train_step
+from tests.hardware.hold_helpers import digits_mlp, small_net, train_step
 
 
 def _fresh(layer, s: float):
@@ -129,17 +129,8 @@ def test_resumed_held_training_ends_with_the_same_weights(tmp_path) -> None:
     spec = TrainSpec(epochs=3, batch_size=32, max_train_samples=128, device="rram",
                      device_programming="epoch", device_drift_alpha="epoch")
 
-    class Mlp(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.a, self.b = nn.Linear(64, 24), nn.Linear(24, 10)
-
-        def forward(self, x, noise=None):
-            return self.b(torch.tanh(self.a(x)))
-
     def model() -> nn.Module:
-        torch.manual_seed(3)
-        return Mlp()
+        return digits_mlp(3)
 
     ref = train_model(model(), task, spec)
 
