@@ -15,6 +15,12 @@ batch 64, Adam 1e-3, cross-entropy. A step is forward, loss, backward, optimiser
 * ``ours rram (drift α per epoch)``: the same with ``TrainSpec.device_drift_alpha =
   "epoch"`` (the drift compensation's α measured at the chip's first programming and held
   while the weights train, instead of two identity read-outs with every step's chip).
+* ``ours rram (programming per epoch)`` / ``ours photonic (programming per epoch)``: the
+  same with ``TrainSpec.device_programming = "epoch"`` (the chip programmed in full once —
+  in a real run once per epoch's chip — and its programming error held on every later
+  step's weights: W/max|W| + error, instead of targets, σ(g), noise and conversion back).
+* ``ours rram (all per epoch)`` / ``ours photonic (all per epoch)``: programming and drift
+  α (rram) / programming and ADC gain (photonic) per epoch together.
 * ``aihwkit``: the same FFW through ``convert_to_analog`` with ``TorchInferenceRPUConfig``
   (aihwkit's pure-torch tile; its defaults: 7-bit DAC, 9-bit ADC, output noise 0.06,
   noise management abs-max, iterative bound management), the Wan-2022 ReRAM noise model at
@@ -41,6 +47,19 @@ from benchmarks.common import Row, timeit_pair
 TARGET_RRAM = 3.0
 TARGET_PHOTONIC = 2.0
 TARGET_VS_AIHWKIT = 0.5
+
+
+#: (preset, target vs digital, ADC gain, drift α, programming, row label)
+_VARIANTS = (
+    ("rram", TARGET_RRAM, "step", "step", "step", "rram"),
+    ("rram", TARGET_RRAM, "step", "epoch", "step", "rram (drift α per epoch)"),
+    ("rram", TARGET_RRAM, "step", "step", "epoch", "rram (programming per epoch)"),
+    ("rram", TARGET_RRAM, "step", "epoch", "epoch", "rram (all per epoch)"),
+    ("photonic", TARGET_PHOTONIC, "step", "step", "step", "photonic"),
+    ("photonic", TARGET_PHOTONIC, "epoch", "step", "step", "photonic (ADC gain per epoch)"),
+    ("photonic", TARGET_PHOTONIC, "step", "step", "epoch", "photonic (programming per epoch)"),
+    ("photonic", TARGET_PHOTONIC, "epoch", "step", "epoch", "photonic (all per epoch)"),
+)
 
 
 def _data(batch: int, steps: int) -> list[tuple[Tensor, Tensor, Tensor]]:
@@ -85,7 +104,7 @@ class _Stepper:
 
 
 def _ours(preset: str, model: nn.Module, data, adc_gain: str = "step",
-          drift_alpha: str = "step") -> _Stepper:
+          drift_alpha: str = "step", programming: str = "step") -> _Stepper:
     from noisydeq.hardware import get_device, set_scaled_gradient
     from noisydeq.hardware.controls import device_layers
 
@@ -97,6 +116,9 @@ def _ours(preset: str, model: nn.Module, data, adc_gain: str = "step",
     if drift_alpha == "epoch":  # as noisydeq.train with device_drift_alpha = "epoch"
         for layer in device_layers(net).values():
             layer.hold_drift_alpha = True
+    if programming == "epoch":  # as noisydeq.train with device_programming = "epoch"
+        for layer in device_layers(net).values():
+            layer.hold_programming = True
     return _Stepper(net, data, device_streams=True)
 
 
@@ -126,31 +148,28 @@ def _spread(a, b) -> dict[str, float]:
 
 
 def bench_hwaware(steps: int = 10, repeat: int = 5, batch: int = 64) -> list[Row]:
-    """Rows: rram and photonic training step vs digital, rram vs aihwkit."""
+    """Rows: rram and photonic training step vs digital (per step, each option per epoch,
+    all per epoch), rram vs aihwkit (per step, programming per epoch, all per epoch)."""
     data = _data(batch, steps)
     model = _ffw()
     digital = _Stepper(copy.deepcopy(model), data, device_streams=False)
     rows = []
-    for preset, target, adc, alpha in (("rram", TARGET_RRAM, "step", "step"),
-                                       ("rram", TARGET_RRAM, "step", "epoch"),
-                                       ("photonic", TARGET_PHOTONIC, "step", "step"),
-                                       ("photonic", TARGET_PHOTONIC, "epoch", "step")):
-        ours = _ours(preset, model, data, adc, alpha)
+    peer = None
+    for preset, target, adc, alpha, prog, what in _VARIANTS:
+        ours = _ours(preset, model, data, adc, alpha, prog)
         t_o, t_d = timeit_pair(ours, digital, repeat=repeat)
         s = _spread(t_o, t_d)
         moved = all(not torch.equal(p.detach(), q.detach()) for (_n, p), (_m, q) in zip(
             ours.net.named_parameters(), model.named_parameters(), strict=True))
         ok = math.isfinite(ours.losses[-1]) and moved
-        what = (f"{preset} (ADC gain per epoch)" if adc == "epoch" else
-                f"{preset} (drift α per epoch)" if alpha == "epoch" else preset)
         rows.append(Row("hwaware", f"{what} training step FFW 3x128 b{batch} vs digital",
                         s["median_ours"] / steps, s["median_peer"] / steps,
                         s["ratio_pairs_median"], target,
                         check=f"loss {ours.losses[-1]:.3f}, weights moved {moved}", ok=ok,
                         extra=s))
-        if preset == "rram" and alpha == "step":
+        if preset == "rram" and (alpha == "step" or prog == "epoch"):
             try:
-                peer = _Stepper(aihwkit_model(model), data, device_streams=False)
+                peer = peer or _Stepper(aihwkit_model(model), data, device_streams=False)
             except Exception as e:  # pragma: no cover - aihwkit missing or broken
                 rows.append(Row("hwaware", "rram training step vs aihwkit", math.nan,
                                 math.nan, math.nan, TARGET_VS_AIHWKIT,
@@ -159,7 +178,7 @@ def bench_hwaware(steps: int = 10, repeat: int = 5, batch: int = 64) -> list[Row
             t_o, t_a = timeit_pair(ours, peer, repeat=repeat)
             s = _spread(t_o, t_a)
             ok = math.isfinite(peer.losses[-1]) and math.isfinite(ours.losses[-1])
-            rows.append(Row("hwaware", f"rram training step FFW 3x128 b{batch} vs aihwkit "
+            rows.append(Row("hwaware", f"{what} training step FFW 3x128 b{batch} vs aihwkit "
                             "HWA (TorchInferenceRPUConfig)",
                             s["median_ours"] / steps, s["median_peer"] / steps,
                             s["ratio_pairs_median"], TARGET_VS_AIHWKIT,

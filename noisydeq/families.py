@@ -30,7 +30,7 @@ from torch import nn
 from noisydeq.errors import NoisyDEQError
 from noisydeq.noise import derive_seed
 from noisydeq.specs.base import build
-from noisydeq.specs.device_presets import compensates_drift, measures_adc_gain
+from noisydeq.specs.device_presets import compensates_drift, measures_adc_gain, programs_noise
 from noisydeq.specs.family import FamilySpec
 from noisydeq.specs.model import MONOTONE_KINDS, ModelSpec
 from noisydeq.specs.sweep import SweepSpec
@@ -256,6 +256,11 @@ def check_training_devices(sweep: SweepSpec) -> None:
         raise NoisyDEQError(
             f"train_drift_alpha: only for an rram training device with drift_compensation "
             f"(none of {', '.join(dict.fromkeys(devices))} measures a drift-compensation α)")
+    if sweep.train_programming == "epoch" and not any(programs_noise(d) for d in devices):
+        raise NoisyDEQError(
+            f"train_programming: only for an rram or photonic training device with "
+            f"programming noise (none of {', '.join(dict.fromkeys(devices))} has a "
+            f"programming error)")
 
 
 def sweep_family_specs(
@@ -287,6 +292,8 @@ def family_spec_for_sweep(
             train["device_adc_gain"] = "epoch"
         if sweep.train_drift_alpha == "epoch" and compensates_drift(train_device):
             train["device_drift_alpha"] = "epoch"
+        if sweep.train_programming == "epoch" and programs_noise(train_device):
+            train["device_programming"] = "epoch"
     if sweep.epochs is not None:
         train["epochs"] = sweep.epochs
     if sweep.max_train_samples is not None:

@@ -10,6 +10,8 @@ first draws of same-width layers are made together: ``NoiseStream.draw_ahead``).
 is reprogrammed with every step's weights; a photonic device's calibrated ADC gain and an
 rram device's drift-compensation α are measured again at every step too, or once per chip
 with ``device_adc_gain = "epoch"`` / ``device_drift_alpha = "epoch"`` (:func:`_hold_per_chip`).
+With ``device_programming = "epoch"`` the chip is programmed in full once per epoch (and
+noise scale) and that programming's error is held on every later step's weights.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from torch import Tensor, nn
 
 from noisydeq.errors import NoisyDEQError
 from noisydeq.noise import NoiseStream, derive_seed
-from noisydeq.specs.device_presets import compensates_drift, measures_adc_gain
+from noisydeq.specs.device_presets import compensates_drift, measures_adc_gain, programs_noise
 from noisydeq.specs.training import TrainSpec
 from noisydeq.train_state import _Rng
 
@@ -67,6 +69,10 @@ def _deploy(model: nn.Module, spec: TrainSpec, rng_seed: int) -> nn.Module:
         raise NoisyDEQError(
             f"train.device_drift_alpha: only for an rram device with drift_compensation "
             f"(device '{spec.device}' measures no drift-compensation α)")
+    if spec.device_programming is not None and not programs_noise(device.spec):
+        raise NoisyDEQError(
+            f"train.device_programming: only for an rram or photonic device with "
+            f"programming noise (device '{spec.device}' has no programming error)")
     net = device.deploy(model, digital_layers=spec.digital_layers or ())
     set_scaled_gradient(net)  # the gradient sees the error grow with W's and x's scale
     _hold_per_chip(net, spec)
@@ -74,13 +80,16 @@ def _deploy(model: nn.Module, spec: TrainSpec, rng_seed: int) -> nn.Module:
 
 
 def _hold_per_chip(net: nn.Module, spec: TrainSpec) -> None:
-    """``spec.device_adc_gain = "epoch"`` / ``spec.device_drift_alpha = "epoch"``: the
-    device layers measure their ADC gain (photonic) / drift-compensation α (rram, per noise
-    scale) once on this chip (at deployment: the start of an epoch, or the validation chip)
-    and hold it while the weights train (:attr:`PhotonicLayer.hold_adc_gain`,
-    :attr:`RRAMLayer.hold_drift_alpha`)."""
+    """``spec.device_adc_gain = "epoch"`` / ``spec.device_drift_alpha = "epoch"`` /
+    ``spec.device_programming = "epoch"``: the device layers measure their ADC gain
+    (photonic) / drift-compensation α (rram, per noise scale) / programming error (rram and
+    photonic, per noise scale) once on this chip (at deployment: the start of an epoch, or
+    the validation chip) and hold it while the weights train
+    (:attr:`PhotonicLayer.hold_adc_gain`, :attr:`RRAMLayer.hold_drift_alpha`,
+    ``hold_programming``)."""
     flags = [flag for flag, value in (("hold_adc_gain", spec.device_adc_gain),
-                                      ("hold_drift_alpha", spec.device_drift_alpha))
+                                      ("hold_drift_alpha", spec.device_drift_alpha),
+                                      ("hold_programming", spec.device_programming))
              if value == "epoch"]
     if not flags:
         return

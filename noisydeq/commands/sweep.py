@@ -185,6 +185,11 @@ def execute(
               type=click.Choice(["step", "epoch"]), default=None,
               help="rram training devices with drift compensation: measure its α with every "
                    "step's programmed chip (step, default) or once per epoch's chip (epoch).")
+@click.option("--train-device-programming", "train_programming",
+              type=click.Choice(["step", "epoch"]), default=None,
+              help="rram or photonic training devices: program the chip with every step's "
+                   "weights (step, default) or once per epoch's chip, holding its "
+                   "programming error on later weights (epoch).")
 @click.option("--digital-layers", default=None, metavar="NAME,...",
               help="Layers kept digital on the devices (training and evaluation), e.g. "
                    "proj.U,head.")
@@ -246,6 +251,7 @@ def command(
     train_device: str | None = None, train_device_snr: str | None = None,
     train_noise_mode: str | None = None, digital_layers: str | None = None,
     train_adc_gain: str | None = None, train_drift_alpha: str | None = None,
+    train_programming: str | None = None,
     backend: str = "local", address: str | None = None,
 ) -> None:
     """Sweep parameter-matched DEQ vs FFW accuracy across SNR on a simulated device.
@@ -277,6 +283,7 @@ def command(
                              ("train_noise_mode", train_noise_mode),
                              ("train_adc_gain", train_adc_gain),
                              ("train_drift_alpha", train_drift_alpha),
+                             ("train_programming", train_programming),
                              ("digital_layers", digital_layers)) if v is not None},
         **({"train_device_snr_db": parse_grid("--train-device-snr", train_device_snr)}
            if train_device_snr is not None else {}),

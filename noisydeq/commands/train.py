@@ -27,7 +27,12 @@ from noisydeq.progress import with_heartbeat
 from noisydeq.runtime import resolve_torch_device
 from noisydeq.specs.base import build
 from noisydeq.specs.cell import CELL_OPTIONS
-from noisydeq.specs.device_presets import compensates_drift, load_spec, measures_adc_gain
+from noisydeq.specs.device_presets import (
+    compensates_drift,
+    load_spec,
+    measures_adc_gain,
+    programs_noise,
+)
 from noisydeq.specs.family import FamilySpec
 from noisydeq.specs.model import LyapunovSpec, ModelSpec
 from noisydeq.specs.noise import NoiseSpec, parse_snr_value
@@ -145,6 +150,10 @@ def _fmt(metric: float, name: str) -> str:
 @click.option("--device-drift-alpha", type=click.Choice(["step", "epoch"]), default=None,
               help="rram training device with drift compensation: measure its α with every "
                    "step's programmed chip (step, default) or once per epoch's chip (epoch).")
+@click.option("--device-programming", type=click.Choice(["step", "epoch"]), default=None,
+              help="rram or photonic training device: program the chip with every step's "
+                   "weights (step, default) or once per epoch's chip, holding its "
+                   "programming error on later weights (epoch).")
 @click.option("--seed", type=click.IntRange(0, limits.MAX_SEED), default=0, show_default=True,
               help="Seed of the weights, data order and training noise.")
 @click.option("--data-seed", type=click.IntRange(0, limits.MAX_SEED), default=0,
@@ -179,7 +188,7 @@ def command(**opts: Any) -> None:
     check_task_name(opts["task"])  # torch-free, before num_threads loads torch
     if opts["device"] is not None:
         load_spec(opts["device"])  # unknown device: one line, torch-free
-    for key in ("device_adc_gain", "device_drift_alpha"):
+    for key in ("device_adc_gain", "device_drift_alpha", "device_programming"):
         if opts[key] is not None:  # a device that measures no such quantity: torch-free
             held_option("--" + key.replace("_", "-"), opts["device"], opts[key])
     threads, _ = thread_plan(opts["threads"])
@@ -212,7 +221,7 @@ def _command(opts: dict[str, Any]) -> None:
                                             "--device-noise-mode"))
     overrides.update(device_options(opts["device"], opts["device_noise_mode"],
                                     opts["digital_layers"]))
-    for key in ("device_adc_gain", "device_drift_alpha"):
+    for key in ("device_adc_gain", "device_drift_alpha", "device_programming"):
         if opts[key] is not None:  # checked (command)
             overrides[key] = opts[key]
     if opts["ibp_eps"] is not None:
@@ -306,14 +315,18 @@ def device_options(device: str | None, noise_mode: str | None,
 
 
 def held_option(flag: str, device: str | None, value: str) -> str:
-    """``--device-adc-gain`` / ``--device-drift-alpha``: a per-chip quantity held for an
-    epoch needs a training device that measures it (a photonic one with ``adc_gain =
-    "calibrated"``; an rram one with ``drift_compensation``); one line otherwise."""
+    """``--device-adc-gain`` / ``--device-drift-alpha`` / ``--device-programming``: a
+    per-chip quantity held for an epoch needs a training device that has it (a photonic one
+    with ``adc_gain = "calibrated"``; an rram one with ``drift_compensation``; an rram or
+    photonic one with programming noise); one line otherwise."""
     if device is None:
         raise NoisyDEQError(f"{flag}: needs a training --device")
     if flag == "--device-adc-gain":
         ok, need = measures_adc_gain(device), "a photonic device with adc_gain = 'calibrated'"
         what = "measures no ADC gain"
+    elif flag == "--device-programming":
+        ok, need = programs_noise(device), "an rram or photonic device with programming noise"
+        what = "has no programming error"
     else:
         ok, need = compensates_drift(device), "an rram device with drift_compensation"
         what = "measures no α"

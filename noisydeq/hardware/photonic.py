@@ -131,6 +131,14 @@ class PhotonicLayer(DeviceLayer):
         #: per training epoch: ``TrainSpec.device_adc_gain = "epoch"``); False: measured again
         #: for every weight version
         self.hold_adc_gain = False
+        #: hold the encoding error while the weights change (set at deployment, e.g. once per
+        #: training epoch: ``TrainSpec.device_programming = "epoch"``): at each σ_w the first
+        #: encoding on this chip is done in full, every later weight version's signed
+        #: transmissions are its W / max|W| plus that encoding's error, clipped to [−1, 1]
+        #: (:meth:`held_error`); False: every weight version is encoded afresh
+        self.hold_programming = False
+        #: σ_w -> error of the signed transmissions t − W/max|W| (most recently used last)
+        self._held_error: OrderedDict[float, Tensor] = OrderedDict()
 
     @property
     def spec(self) -> PhotonicSpec:
@@ -189,7 +197,13 @@ class PhotonicLayer(DeviceLayer):
             self._enc.move_to_end(key)
             return self._enc[key]
         wmax, t = self._unit_weights()
-        if sigma > 0:
+        err = self._held_error.get(sigma) if self.hold_programming and sigma > 0 else None
+        if err is not None:  # the held encoding error on the current weights
+            self._held_error.move_to_end(sigma)
+            t = (t + err).clamp_(-1.0, 1.0)
+            t_abs = t.abs()
+        elif sigma > 0:
+            unit = t
             # constants as 0-dim tensors (noisydeq.scalars): the same values, no casts
             mag = (t.abs() + const(sigma, t) * self._std_draw(t.shape, t)).clamp(0.0, 1.0)
             # where(t < 0, −mag, mag) as copysign(mag, t + 0): t + 0 turns −0 into +0 (and
@@ -198,6 +212,10 @@ class PhotonicLayer(DeviceLayer):
             # bool mask's three (3× faster here)
             t = torch.copysign(mag, t + const(0.0, t))
             t_abs = mag  # |±mag| = mag (mag in [0, 1]): the same values, one pass fewer
+            if self.hold_programming:
+                self._held_error[sigma] = t - unit
+                while len(self._held_error) > 8:  # as the encodings kept per weight version
+                    self._held_error.popitem(last=False)
         else:
             t_abs = t.abs()
         t_mean = t_abs.mean(dim=1)
@@ -215,6 +233,10 @@ class PhotonicLayer(DeviceLayer):
         while len(self._enc) > 8:
             self._enc.popitem(last=False)
         return entry
+
+    def held_error(self, sigma: float) -> Tensor | None:
+        """The signed-transmission error held at σ_w ``sigma`` (None: none held yet)."""
+        return self._held_error.get(float(sigma))
 
     def transmissions(self, sigma: float | None = None) -> tuple[Tensor, Tensor, Tensor]:
         """(signed t, |t|, mean |t| per output) of this chip (static encoding error)."""

@@ -99,6 +99,16 @@ class RRAMLayer(DeviceLayer):
         self.hold_drift_alpha = False
         #: noise scale -> the α measured first on this chip (while :attr:`hold_drift_alpha`)
         self._held_alpha: dict[float, float] = {}
+        #: hold the programming error while the weights change (set at deployment, e.g.
+        #: once per training epoch: ``TrainSpec.device_programming = "epoch"``): at each
+        #: noise scale the first programming of this chip is done in full, and every later
+        #: weight version's (programmed, read-at-t) normalised weights are its W / max|W|
+        #: plus that programming's error (:meth:`held_error`); False: every weight version
+        #: is programmed afresh (targets, σ(g), noise, conversion back)
+        self.hold_programming = False
+        #: noise scale -> (2, n_out, n_in) error of (W_prog, W_t) in units of max|W| (= the
+        #: pair's conductance error over g_max − g_min), most recently used last
+        self._held_error: OrderedDict[float, Tensor] = OrderedDict()
 
     @property
     def spec(self) -> RRAMSpec:
@@ -135,16 +145,16 @@ class RRAMLayer(DeviceLayer):
             w_t, alpha = w_norm.clone(), 1.0
             stats = RowStats(w_t)
         else:
-            draw = self._chip_draw(w_norm)
-            draw.program(s)
-            pair = draw.pair.to(w.device, w.dtype)  # (W_prog, W_t): kept together
+            pair, prog_peak = self._program(w_norm, float(s))  # (W_prog, W_t): kept together
             w_prog, w_t = pair.unbind(0)
             alpha = 1.0
             stats = RowStats(w_t)
             if self.spec.drift_compensation:
                 alpha = self._held_alpha.get(float(s)) if self.hold_drift_alpha else None
                 if alpha is None:
-                    alpha = self._drift_alpha(pair, s, stats.rms, float(draw.prog_peak))
+                    if prog_peak is None:  # a held programming: max|W_prog| of the pair
+                        prog_peak = w_prog.abs().max()
+                    alpha = self._drift_alpha(pair, s, stats.rms, float(prog_peak))
                     if self.hold_drift_alpha and len(self._held_alpha) < HELD_ALPHAS:
                         self._held_alpha[float(s)] = alpha
             if pair.untyped_storage().nbytes() * CHIP_CACHE_MIN > CHIP_CACHE_BYTES:
@@ -158,6 +168,32 @@ class RRAMLayer(DeviceLayer):
         while len(self._chips) > keep:
             self._chips.popitem(last=False)
         return entry
+
+    def _program(self, w_norm: Tensor, s: float) -> tuple[Tensor, Tensor | None]:
+        """(W_prog, W_t) stacked, normalised, and max|W_prog| (None: not computed), of this
+        chip programmed with ``w_norm`` at noise scale ``s``: in full (:class:`ChipDraw`),
+        or — while :attr:`hold_programming`, at a scale already programmed on this chip —
+        ``w_norm`` plus the error held from that first programming (:meth:`held_error`)."""
+        if self.hold_programming:
+            err = self._held_error.get(s)
+            if err is not None:
+                self._held_error.move_to_end(s)
+                return w_norm + err, None  # (n_out, n_in) + (2, n_out, n_in): both at once
+        draw = self._chip_draw(w_norm)
+        draw.program(s)
+        pair = draw.pair.to(w_norm.device, w_norm.dtype)
+        if self.hold_programming:
+            self._held_error[s] = pair - w_norm
+            # held per scale, most recently used kept (a calibration probes tens of scales
+            # with the epoch's first weights, training then runs at one): as the chip cache
+            keep = max(CHIP_CACHE_MIN, CHIP_CACHE_BYTES // max(pair.nbytes, 1))
+            while len(self._held_error) > keep:
+                self._held_error.popitem(last=False)
+        return pair, draw.prog_peak
+
+    def held_error(self, s: float) -> Tensor | None:
+        """The (W_prog, W_t) error held at noise scale ``s`` (None: none held yet)."""
+        return self._held_error.get(float(s))
 
     def _chip_draw(self, w_norm: Tensor) -> ChipDraw:
         """This chip's standard draws (same as :func:`program_weights` at every scale)."""

@@ -144,6 +144,14 @@ SPECS: dict[str, type[_Base]] = {
 DeviceSpec = IdealSpec | SNRSpec | RRAMSpec | PhotonicSpec
 
 
+def has_programming_error(spec: Any) -> bool:
+    """Whether a device preset programs its chip with an error (rram with
+    ``prog_noise_scale > 0``, photonic with ``weight_error_std > 0``): what hardware-aware
+    training's ``device_programming = "epoch"`` holds."""
+    return (getattr(spec, "prog_noise_scale", 0.0) > 0
+            or getattr(spec, "weight_error_std", 0.0) > 0)
+
+
 def spec_from_dict(data: dict[str, Any], where: str = "device") -> DeviceSpec:
     """Validate a preset dict (must carry ``kind``) into its spec."""
     kind = data.get("kind")

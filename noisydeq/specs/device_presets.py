@@ -14,7 +14,7 @@ import os
 from pathlib import Path
 
 from noisydeq.errors import NoisyDEQError, did_you_mean
-from noisydeq.specs.device_kinds import DeviceSpec, spec_from_dict
+from noisydeq.specs.device_kinds import DeviceSpec, has_programming_error, spec_from_dict
 from noisydeq.specs.toml import parse_toml
 from noisydeq.store import read_text
 
@@ -73,3 +73,10 @@ def compensates_drift(device: str | os.PathLike | DeviceSpec) -> bool:
     on each chip: an rram device with ``drift_compensation = true``, the α
     ``device_drift_alpha`` / ``train_drift_alpha = "epoch"`` holds for an epoch."""
     return bool(getattr(_spec(device), "drift_compensation", False))
+
+
+def programs_noise(device: str | os.PathLike | DeviceSpec) -> bool:
+    """Whether ``device`` (a preset name or path, or its spec) programs its chip with an
+    error (rram with ``prog_noise_scale > 0``, photonic with ``weight_error_std > 0``): the
+    error ``device_programming`` / ``train_programming = "epoch"`` holds for an epoch."""
+    return has_programming_error(_spec(device))

@@ -52,7 +52,9 @@ class SweepSpec(FamilyChoices):
     ``train_device`` / ``train_device_snr_db`` / ``train_noise_mode`` / ``train_adc_gain``:
     hardware-aware training (:class:`TrainSpec` ``device*``; ``train_adc_gain = "epoch"``
     applies to the training devices that measure an ADC gain, e.g. ``photonic``;
-    ``train_drift_alpha = "epoch"`` to those with a drift compensation, e.g. ``rram``).
+    ``train_drift_alpha = "epoch"`` to those with a drift compensation, e.g. ``rram``;
+    ``train_programming = "epoch"`` to those with programming noise, ``rram`` and
+    ``photonic``).
     """
 
     input_act: Literal["relu", "silu", "identity"] = "relu"
@@ -83,6 +85,7 @@ class SweepSpec(FamilyChoices):
     train_noise_mode: NoiseMode = "physical"
     train_adc_gain: Literal["step", "epoch"] = "step"
     train_drift_alpha: Literal["step", "epoch"] = "step"
+    train_programming: Literal["step", "epoch"] = "step"
     digital_layers: list[str] = Field(default_factory=list)
 
     @field_validator("train_device", "digital_layers", mode="before")
@@ -106,7 +109,8 @@ class SweepSpec(FamilyChoices):
         hardware = [d for d in self.train_device if d != DIGITAL_TRAINING]
         if not hardware:
             for name, unset in (("train_device_snr_db", []), ("train_noise_mode", "physical"),
-                                ("train_adc_gain", "step"), ("train_drift_alpha", "step")):
+                                ("train_adc_gain", "step"), ("train_drift_alpha", "step"),
+                                ("train_programming", "step")):
                 if getattr(self, name) != unset:
                     raise ValueError(f"{name}: set for a training device, but train_device "
                                      "names none")
@@ -137,7 +141,8 @@ class SweepSpec(FamilyChoices):
         # hardware-aware training, added later: left out unset (earlier identities stay)
         for key, unset in (("train_device", []), ("train_device_snr_db", []),
                            ("train_noise_mode", "physical"), ("digital_layers", []),
-                           ("train_adc_gain", "step"), ("train_drift_alpha", "step")):
+                           ("train_adc_gain", "step"), ("train_drift_alpha", "step"),
+                           ("train_programming", "step")):
             if key in data and data[key] == unset:
                 data.pop(key)
         return data

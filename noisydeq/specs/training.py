@@ -62,6 +62,10 @@ class TrainSpec(StrictModel):
     ``device_drift_alpha`` (rram devices with drift compensation): ``step`` (None)
     measures the global drift compensation's α with every step's programmed chip,
     ``epoch`` once per epoch's chip and noise scale, then holds it.
+    ``device_programming`` (rram and photonic devices with programming noise): ``step``
+    (None) programs the chip afresh with every step's weights, ``epoch`` programs it once
+    per epoch's chip and noise scale and holds that programming's error (in units of
+    max|W|) on every later step's weights (docs/devices.md, "Programming per epoch").
     DEQ only: ``solver`` (training), ``test_solver`` (evaluation), ``gradient`` and
     ``jac_reg`` replace the model's own when set. ``max_train_samples``: use only the
     first N training samples. ``ibp``: interval-bound-propagation training
@@ -85,6 +89,7 @@ class TrainSpec(StrictModel):
     device_noise_mode: NoiseMode | None = None
     device_adc_gain: Literal["step", "epoch"] | None = None
     device_drift_alpha: Literal["step", "epoch"] | None = None
+    device_programming: Literal["step", "epoch"] | None = None
     digital_layers: list[str] | None = None
     solver: SolverSpec | None = None
     test_solver: SolverSpec | None = None
@@ -103,7 +108,7 @@ class TrainSpec(StrictModel):
     def _device_snr(cls, v: Any) -> Any:
         return v if v is None else parse_snr_value(v)
 
-    @field_validator("device_adc_gain", "device_drift_alpha")
+    @field_validator("device_adc_gain", "device_drift_alpha", "device_programming")
     @classmethod
     def _adc_gain(cls, v: str | None) -> str | None:
         return None if v == "step" else v  # the default: the cache key of earlier models
@@ -117,7 +122,7 @@ class TrainSpec(StrictModel):
     def _device_options(self) -> TrainSpec:
         if self.device is None:
             for name in ("device_snr_db", "device_noise_mode", "device_adc_gain",
-                         "device_drift_alpha", "digital_layers"):
+                         "device_drift_alpha", "device_programming", "digital_layers"):
                 if getattr(self, name) is not None:
                     raise ValueError(f"{name}: set for a training device, but device is unset")
         return self

@@ -44,23 +44,28 @@ def check_cache_key(field: str, device: str, other: str, refusal: str) -> None:
         _deploy(small_net(), TrainSpec(device=other, **{field: "epoch"}), 0)
 
 
+class DigitsMlp(nn.Module):
+    """64 → 24 → 10 on digits (``train_model`` passes ``noise``)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = nn.Linear(64, 24), nn.Linear(24, 10)
+
+    def forward(self, x, noise=None):
+        return self.b(torch.tanh(self.a(x)))
+
+
+def digits_mlp(seed: int = 1) -> nn.Module:
+    torch.manual_seed(seed)
+    return DigitsMlp()
+
+
 def check_epoch_option_trains(device: str, field: str) -> None:
     """With ``field = "epoch"`` a short training run is reproducible, differs from the
     per-step default and has another config."""
     task = load_task("digits", seed=0)
     common = dict(epochs=1, batch_size=32, max_train_samples=128, device=device)
-
-    class Mlp(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.a, self.b = nn.Linear(64, 24), nn.Linear(24, 10)
-
-        def forward(self, x, noise=None):
-            return self.b(torch.tanh(self.a(x)))
-
-    def model() -> nn.Module:
-        torch.manual_seed(1)
-        return Mlp()
+    model = digits_mlp
 
     step = train_model(model(), task, TrainSpec(**common))
     epoch = train_model(model(), task, TrainSpec(**common, **{field: "epoch"}))

@@ -1,8 +1,10 @@
 """The per-chip holds of hardware-aware training as options: ``TrainSpec.device_adc_gain``
-(photonic) and ``device_drift_alpha`` (rram) = ``"epoch"`` have their own cache key (unset
+(photonic), ``device_drift_alpha`` (rram) and ``device_programming`` (rram, photonic) =
+``"epoch"`` have their own cache key (unset
 or ``step``: every earlier key), need a training device that measures what they hold,
 change a short training run reproducibly, and are refused by ``noisydeq train`` in one
-line otherwise (the holds themselves: test_adc_gain_hold.py, test_drift_alpha_hold.py)."""
+line otherwise (the holds themselves: test_adc_gain_hold.py, test_drift_alpha_hold.py,
+test_programming_hold.py)."""
 
 from __future__ import annotations
 
@@ -18,13 +20,17 @@ from tests.hardware.hold_helpers import (
 OPTIONS = [
     ("device_adc_gain", "--device-adc-gain", "photonic", "rram", "measures no ADC gain"),
     ("device_drift_alpha", "--device-drift-alpha", "rram", "photonic", "measures no α"),
+    ("device_programming", "--device-programming", "rram", "snr", "has no programming error"),
+    ("device_programming", "--device-programming", "photonic", "snr-additive",
+     "has no programming error"),
 ]
 
 
 @pytest.mark.parametrize("field, _flag, device, other, refusal", OPTIONS)
 def test_the_option_has_its_own_cache_key_and_needs_a_measuring_device(
         field, _flag, device, other, refusal) -> None:
-    check_cache_key(field, device, other, "measures no")
+    check_cache_key(field, device, other, refusal if field == "device_programming"
+                    else "measures no")
 
 
 @pytest.mark.parametrize("field, _flag, device, _other, _refusal", OPTIONS)
@@ -48,6 +54,8 @@ SWEEP_OPTIONS = [
      "measures an ADC gain"),
     ("train_drift_alpha", "--train-device-drift-alpha", "device_drift_alpha", "rram",
      "photonic", "measures a drift-compensation α"),
+    ("train_programming", "--train-device-programming", "device_programming", "photonic",
+     "snr", "has a programming error"),
 ]
 
 
