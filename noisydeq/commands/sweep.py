@@ -22,6 +22,7 @@ from noisydeq.cluster import Backend
 from noisydeq.errors import NoisyDEQError
 from noisydeq.progress import with_heartbeat
 from noisydeq.specs.base import build
+from noisydeq.specs.device_names import resolve_preset
 from noisydeq.specs.noise import parse_snr_range
 from noisydeq.specs.sweep import SweepSpec
 from noisydeq.specs.toml import parse_assignments
@@ -274,6 +275,9 @@ def command(
         **parse_sets(sets),
     }
     spec = build(SweepSpec, data, where="sweep")
+    # an unknown device is one line here, before run_sweep's torch import (seconds)
+    for name in [spec.device, *(d for d, _ in spec.training_devices() if d is not None)]:
+        resolve_preset(name)
     execute(spec, Path(out) if out else default_out(spec), quiet=quiet or as_json,
             as_json=as_json, threads=threads, jobs=jobs, backend=chosen)
     sys.stdout.flush()

@@ -9,12 +9,9 @@ file.
 
 from __future__ import annotations
 
-import difflib
 import math
 import os
-from pathlib import Path
 
-from noisydeq.errors import NoisyDEQError
 from noisydeq.hardware.specs import (
     SPECS,
     T_INFERENCE_VALUES,
@@ -25,6 +22,7 @@ from noisydeq.hardware.specs import (
     SNRSpec,
     spec_from_dict,
 )
+from noisydeq.specs.device_names import KIND_PRESETS, preset_names, presets_dir, resolve_preset
 from noisydeq.specs.toml import parse_toml
 from noisydeq.store import read_text
 
@@ -35,41 +33,11 @@ __all__ = [
     "presets_dir", "spec_from_dict",
 ]
 
-#: a bare device kind names its default preset (``--device rram`` is the README's command)
-KIND_PRESETS = {"rram": "rram-wan2022"}
-
-
-def presets_dir() -> Path:
-    """Folder of the shipped presets (package data)."""
-    return Path(__file__).resolve().parent.parent / "presets" / "devices"
-
-
-def preset_names() -> list[str]:
-    """Names of the shipped presets, sorted."""
-    return sorted(p.stem for p in presets_dir().glob("*.toml"))
-
 
 def load_spec(name_or_path: str | os.PathLike) -> DeviceSpec:
-    """Spec of a shipped preset (by name) or of a TOML file (by path); also bare kinds."""
-    text = str(name_or_path)
-    path = Path(text)
-    if text.endswith(".toml") or path.is_file():
-        if not path.is_file():
-            raise NoisyDEQError(f"device preset file not found: {path}")
-        where = str(path)
-    else:
-        path = presets_dir() / f"{text}.toml"
-        if not path.is_file() and text in KIND_PRESETS:  # a bare kind: its default preset
-            path = presets_dir() / f"{KIND_PRESETS[text]}.toml"
-        where = f"preset '{text}'"
-        if not path.is_file():
-            names = preset_names()
-            close = difflib.get_close_matches(text, [*names, *KIND_PRESETS], n=1)
-            hint = f"; did you mean '{close[0]}'?" if close else ""
-            raise NoisyDEQError(
-                f"unknown device '{text}'{hint} (presets: {', '.join(names)}; "
-                "or the path of a .toml preset)"
-            )
+    """Spec of a shipped preset (by name) or of a TOML file (by path); also bare kinds
+    (the name resolved by :func:`noisydeq.specs.device_names.resolve_preset`)."""
+    path, where = resolve_preset(name_or_path)
     data = parse_toml(read_text(path, "device preset"), where)
     data.setdefault("name", path.stem)
     return spec_from_dict(data, where=where)
