@@ -276,8 +276,13 @@ def command(
     }
     spec = build(SweepSpec, data, where="sweep")
     # an unknown device is one line here, before run_sweep's torch import (seconds)
-    for name in [spec.device, *(d for d, _ in spec.training_devices() if d is not None)]:
-        resolve_preset(name)
+    checks = [("", spec.device)] + [("train_device: ", d) for d, _ in spec.training_devices()
+                                    if d is not None]
+    for field, name in checks:
+        try:
+            resolve_preset(name)
+        except NoisyDEQError as e:
+            raise NoisyDEQError(f"{field}{e}") from None
     execute(spec, Path(out) if out else default_out(spec), quiet=quiet or as_json,
             as_json=as_json, threads=threads, jobs=jobs, backend=chosen)
     sys.stdout.flush()
