@@ -64,6 +64,15 @@ def timeit_pair(
     return Timing(a), Timing(b)
 
 
+def pair_spread(ours: list[float], peer: list[float]) -> str:
+    """``pairs 0.91 [0.85, 1.03] (n=15)``: the median and range of the per-pair ratios
+    ours/peer of interleaved runs (item i of each list ran back to back)."""
+    r = [a / b for a, b in zip(ours, peer, strict=True) if b > 0]
+    if not r:
+        return "pairs — (n=0)"
+    return f"pairs {statistics.median(r):.2f} [{min(r):.2f}, {max(r):.2f}] (n={len(r)})"
+
+
 @dataclass
 class Row:
     """One line of the ratio table.

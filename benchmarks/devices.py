@@ -22,7 +22,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from benchmarks.common import Row, ratio, timeit_pair
+from benchmarks.common import Row, pair_spread, ratio, timeit_pair
+from benchmarks.profiles import op_profile
 from noisydeq import hardware as hw
 from noisydeq.noise import NoiseStream, measured_snr_db
 
@@ -82,9 +83,15 @@ def bench_devices(
             ok, check = abs(snr - 20.0) < 1.0, f"SNR {snr:.1f} dB (target 20)"
         else:
             ok, check = None, f"SNR {snr:.1f} dB (native)"
-        rows.append(Row("devices", f"{name} {width}x{width} b{batch} vs nn.Linear",
-                        t_dev.best, t_lin.best, ratio(t_dev.best, t_lin.best),
-                        TARGET_VS_LINEAR[name], check=check, ok=ok, extra=extra))
+        check += "; " + pair_spread(t_dev.times, t_lin.times)
+        row = Row("devices", f"{name} {width}x{width} b{batch} vs nn.Linear",
+                  t_dev.best, t_lin.best, ratio(t_dev.best, t_lin.best),
+                  TARGET_VS_LINEAR[name], check=check, ok=ok, extra=extra)
+        if row.met is False:  # where the time goes (one more untimed run of each side)
+            with torch.no_grad():
+                extra["profile"] = op_profile(lambda m=layer: m(x), repeat=repeat)
+                extra["profile_peer"] = op_profile(lambda: lin(x), repeat=repeat)
+        rows.append(row)
         if name == "rram":
             rows.append(_vs_aihwkit(layer, lin, x, exact, err, repeat))
     return rows
@@ -104,9 +111,17 @@ def _vs_aihwkit(layer, lin, x, exact, err_ours, repeat: int) -> Row:
     std_a = float((ya - exact).std())
     std_o = float(err_ours.std())
     ok = abs(std_o / std_a - 1) < 0.15
-    return Row("devices", f"rram {x.shape[1]}x{x.shape[1]} b{x.shape[0]} vs aihwkit AnalogLinear",
-               t_dev.best, t_ana.best, ratio(t_dev.best, t_ana.best),
-               TARGET_RRAM_VS_AIHWKIT, check=f"err std {std_o:.3f} vs {std_a:.3f}", ok=ok,
-               extra={"err_std_ours": std_o, "err_std_aihwkit": std_a,
-                      "median_ours": t_dev.median, "median_aihwkit": t_ana.median})
+    row = Row("devices", f"rram {x.shape[1]}x{x.shape[1]} b{x.shape[0]} vs aihwkit AnalogLinear",
+              t_dev.best, t_ana.best, ratio(t_dev.best, t_ana.best),
+              TARGET_RRAM_VS_AIHWKIT, ok=ok,
+              check=(f"err std {std_o:.3f} vs {std_a:.3f}; "
+                     + pair_spread(t_dev.times, t_ana.times)),
+              extra={"err_std_ours": std_o, "err_std_aihwkit": std_a,
+                     "median_ours": t_dev.median, "median_aihwkit": t_ana.median})
+    if row.met is False:
+        n = max(3, repeat // 4)
+        with torch.no_grad():
+            row.extra["profile"] = op_profile(lambda: layer(x), repeat=n)
+            row.extra["profile_peer"] = op_profile(lambda: ana(x), repeat=n)
+    return row
 

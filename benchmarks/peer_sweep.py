@@ -243,6 +243,7 @@ def _bench(work: Path, grid: dict[str, Any], cache: Path, repeat: int,
     load = [round(v, 2) for v in os.getloadavg()]
     if bad:
         return _fail("; ".join(bad))
+    profiles = _profiles(grid, work, cache, peer_knobs, inproc, timeout)
     cmp = {s: compare_accuracy(acc[("calibrating", s)], acc[("calibrating", "peer")],
                                snr_gaps(realised[s], realised["peer"]))
            for s in ("sweep", "sweep-clean")}
@@ -281,17 +282,57 @@ def _bench(work: Path, grid: dict[str, Any], cache: Path, repeat: int,
             check = (f"ratio spread {min(per_rep):.2f}-{max(per_rep):.2f} (n={repeat}); CPU "
                      f"time {statistics.median(cs):.1f} vs {statistics.median(cp):.1f} s, ratio "
                      f"{cpu_ratio:.2f}; load {load}; {notes[side]}; {eq}")
-            rows.append(Row("peer", f"{where} {phase}: {what} vs aihwkit peer script ({label})",
-                            statistics.median(s), statistics.median(p),
-                            statistics.median(p) / statistics.median(s), TARGETS[phase],
-                            higher_is_better=True, check=check,
-                            ok=all(c["ok"] is not False for c in cmp[side])
-                            and any(c["ok"] for c in cmp[side]) and all(same.values()),
-                            extra={"sweep_s": s, "peer_s": p, "ratios": per_rep,
-                                   "sweep_cpu_s": cs, "peer_cpu_s": cp, "cpu_ratio": cpu_ratio,
-                                   "load_end": load, "grid": grid, "warm_equals": same,
-                                   "accuracy": cmp[side]}))
+            row = Row("peer", f"{where} {phase}: {what} vs aihwkit peer script ({label})",
+                      statistics.median(s), statistics.median(p),
+                      statistics.median(p) / statistics.median(s), TARGETS[phase],
+                      higher_is_better=True, check=check,
+                      ok=all(c["ok"] is not False for c in cmp[side])
+                      and any(c["ok"] for c in cmp[side]) and all(same.values()),
+                      extra={"sweep_s": s, "peer_s": p, "ratios": per_rep,
+                             "sweep_cpu_s": cs, "peer_cpu_s": cp, "cpu_ratio": cpu_ratio,
+                             "load_end": load, "grid": grid, "warm_equals": same,
+                             "accuracy": cmp[side]})
+            if row.met is False and (where, phase, side) in profiles:
+                row.extra["profile"] = profiles[(where, phase, side)]
+                row.extra["profile_peer"] = profiles.get((where, phase, "peer"))
+            rows.append(row)
     return rows
+
+
+def _profiles(grid: dict[str, Any], work: Path, cache: Path, peer_knobs: Path,
+              inproc: dict[str, Any], timeout: float) -> dict[tuple[str, str, str], Any]:
+    """One more, untimed run of every (where, phase, side) under cProfile: in-process with
+    :func:`benchmarks.profiles.profile_call`, a fresh process with ``python -m
+    benchmarks.profile_run`` (its breakdown includes the imports). A failed run has no
+    profile."""
+    from benchmarks.profiles import profile_call, profile_file
+
+    out: dict[tuple[str, str, str], Any] = {}
+    for (where, phase), sides in CONDITIONS.items():
+        warm = phase == "warm"
+        for side in sides:
+            key = (where, phase, side)
+            if where == "in-process":
+                out[key] = profile_call(lambda f=inproc[side], w=warm: f(w))
+                continue
+            dump = work / f"prof-{phase}-{side}.pstats"
+            prefix = [sys.executable, "-m", "benchmarks.profile_run", str(dump)]
+            if side.startswith("sweep"):
+                use = cache
+                if not warm:
+                    use = work / f"prof-cache-{side}"
+                    shutil.copytree(cache / "models", use / "models")
+                cmd = prefix + ["noisydeq.cli"] + _sweep_args(grid) + (
+                    ["--set", "calibration=clean"] if side == "sweep-clean" else []) + [
+                    "--out", str(work / f"prof-out-{phase}-{side}"), "--quiet"]
+                _, rc, _ = _run_peer(cmd, use, timeout)
+            else:
+                knobs = peer_knobs if warm else work / "prof-peer-knobs.json"
+                cmd = _peer_cmd(grid, work / f"prof-{phase}-peer.json", knobs, warm)
+                _, rc, _ = _run_peer(prefix + cmd[2:], cache, timeout)  # cmd: python -m M
+            if rc == 0 and dump.is_file():
+                out[key] = profile_file(str(dump))
+    return out
 
 
 def profile(grid_name: str = "small", top: int = 25) -> None:

@@ -101,14 +101,16 @@ def _markdown(rows: list[Row], info: dict[str, Any], seconds: float, quick: bool
         "",
         "Ratio = ours / peer for times (≤ target is good); for the sweep and peer rows it is "
         "the speed-up or the fraction of the measured matmul peak (≥ target is good). Times "
-        "are the best of N interleaved runs (solvers, devices, training), the median of 3 "
-        "interleaved repetitions (peer: the plain aihwkit script, spread, CPU time and load in "
-        "`check`) or single runs (sweep, main job). `check` is the fast path's answer checked "
-        "against the reference path. "
-        "What limits each missed target, with its profile: [README.md](README.md).",
+        "are the best of N interleaved runs (solvers, devices, training; the median and range "
+        "of the per-pair ratios in `check`), the median of 3 interleaved repetitions (peer: "
+        "the plain aihwkit script, spread, CPU time and load in `check`) or single runs "
+        "(sweep, main job). `check` is the fast path's answer checked against the reference "
+        "path. Where the time of each missed row goes: the profiles below (this run); what "
+        "limits each missed target: [README.md](README.md) and the sections after the table.",
         "",
         format_table(rows, markdown=True),
         "",
+        *_profile_section(rows),
         "## Solver details (f-evaluations, final noiseless residual, distance to z0*)",
         "",
         "| case | steps ours / torchdeq | rel. residual ours / torchdeq | "
@@ -124,6 +126,43 @@ def _markdown(rows: list[Row], info: dict[str, Any], seconds: float, quick: bool
                      f"{qo['res_max']:.1e} / {qp['res_max']:.1e} | "
                      f"{qo['dist_mean']:.3f} / {qp['dist_mean']:.3f} |")
     return "\n".join(lines) + "\n"
+
+
+def _profile_section(rows: list[Row]) -> list[str]:
+    """The generated "where the time goes" table: every missed row that carries a profile."""
+    from benchmarks.profiles import format_profile
+
+    prof_rows = [r for r in rows if r.met is False and r.extra.get("profile")]
+    if not prof_rows:
+        return []
+    lines = [
+        "## Where the time goes in the rows that miss (profiles of this run)",
+        "",
+        "Extra, untimed runs of each side of every missed row that can be profiled "
+        "(`benchmarks/profiles.py`). Device, solver and training rows and the digital DEQ "
+        "forward: `torch.profiler`, self time of the torch operations by kind, each kind's "
+        "least over N runs (as the rows' times are best of N; the profiler clocks wall time), "
+        "and `outside torch ops` = the run's wall time minus all operations (Python, dispatch, "
+        "the profiler's own cost). Sweep, peer and main-job rows: cProfile with a CPU-time "
+        "clock, self time by the file that spends it (a torch function or method counts for "
+        "the caller's file, operators such as `@` for the function that uses them; `GEMM` = "
+        "the matmul calls wherever made; `autograd` includes the backward pass's operations; "
+        "the main job's profile is one process, `--jobs 1`). cProfile adds ~1 µs to every "
+        "Python call, so it inflates Python-heavy categories; on a shared machine the shares "
+        "are more robust than the seconds. A row's `GEMM` share is its matmul floor.",
+        "",
+        "| row | ratio (target) | ours | peer / bound | ours: largest self times |",
+        "|---|---|---|---|---|",
+    ]
+    for r in prof_rows:
+        ours = r.extra["profile"]
+        peer = r.extra.get("profile_peer")
+        tgt = ("≥ " if r.higher_is_better else "≤ ") + f"{r.target:g}"
+        top = ", ".join(f"{name} {frac * 100:.0f} %" for name, _s, frac in ours["top"][:4])
+        cells = [f"{r.area}: {r.name}", f"{r.ratio:.2f} ({tgt})", format_profile(ours),
+                 format_profile(peer) if peer else "—", top]
+        lines.append("| " + " | ".join(c.replace("|", "/") for c in cells) + " |")
+    return lines + [""]
 
 
 #: RESULTS.md below this line is written by hand (separate runs, profiles); a run keeps it

@@ -29,7 +29,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from benchmarks.common import Row, ratio, timeit_pair
+from benchmarks.common import Row, pair_spread, ratio, timeit_pair
+from benchmarks.profiles import op_profile
 from noisydeq.config import SolverSpec
 from noisydeq.noise import NoiseStream, multiplicative
 from noisydeq.solvers import solve
@@ -176,16 +177,21 @@ def _pair_row(
         check = f"dist {q_o['dist_mean']:.3f} vs td {q_p['dist_mean']:.3f}"
     label = "noiseless" if not noisy else f"{snr:g} dB"
     stop = "mean_rel" if ours_name == "stochastic" else "rel"
-    return Row(
+    row = Row(
         area="solvers",
         name=f"{cell.name} {label}: {ours_name} vs td.{td_name}",
         ours=t_o.best, peer=t_p.best, ratio=ratio(t_o.best, t_p.best),
-        target=TARGETS.get(ours_name), check=f"{check}; steps {n_o} vs {n_p}", ok=ok,
+        target=TARGETS.get(ours_name), ok=ok,
+        check=f"{check}; steps {n_o} vs {n_p}; {pair_spread(t_o.times, t_p.times)}",
         extra={"steps_ours": n_o, "steps_torchdeq": n_p, "quality_ours": q_o,
                "quality_torchdeq": q_p, "median_ours": t_o.median,
                "median_torchdeq": t_p.median, "max_iter": max_iter, "tol": tol,
                "stop_ours": stop, "stop_torchdeq": "rel"},
     )
+    if row.met is False:  # where the time goes (more untimed runs of each side)
+        row.extra["profile"] = op_profile(ours, repeat=min(repeat, 5))
+        row.extra["profile_peer"] = op_profile(peer, repeat=min(repeat, 5))
+    return row
 
 
 def bench_solvers(

@@ -46,6 +46,7 @@ import torch
 from torch import nn
 
 from benchmarks.common import Row, ratio
+from benchmarks.profiles import op_profile, profile_call
 from noisydeq.config import SweepSpec, build
 from noisydeq.sweep import SweepModel, run_sweep
 
@@ -156,7 +157,7 @@ def bench_deq_floor(models: list[SweepModel], task: Any, peak: float,
     mm_gflops = fc.flops / statistics.median(t_mm) / 1e9
     fwd_gflops = fc.flops / statistics.median(t_fwd) / 1e9
     steps = getattr(getattr(model, "last_solution", None), "n_iter", None)
-    return [Row(
+    row = Row(
         "sweep", f"DEQ forward ({sm.model_id}, {x.shape[0]} test inputs, digital) vs its "
         "GEMMs alone (same shapes and call counts)", statistics.median(t_fwd),
         statistics.median(t_mm), statistics.median(ratios), TARGET_GEMM_FLOOR,
@@ -167,7 +168,10 @@ def bench_deq_floor(models: list[SweepModel], task: Any, peak: float,
         extra={"times_forward": t_fwd, "times_gemm": t_mm, "ratios": ratios,
                "matmul_calls": calls, "shapes": len(fc.shapes), "flop": fc.flops,
                "gemm_gflops": mm_gflops, "forward_gflops": fwd_gflops,
-               "peak_gflops": peak, "model": sm.model_id})]
+               "peak_gflops": peak, "model": sm.model_id})
+    if row.met is False:  # where the time goes (more untimed forwards)
+        row.extra["profile"] = op_profile(forward, repeat=3)
+    return [row]
 
 
 def default_models(spec: SweepSpec, cache: Path | None) -> tuple[Any, list[SweepModel]]:
@@ -254,6 +258,11 @@ def bench_sweep(
                 shapes[mode] = fc.shapes
                 if mode == "batched":
                     flops = fc.flops
+            # where a warm batched run's time goes: one more, untimed run under cProfile
+            # (attached to the rows below that miss their targets)
+            s = spec.model_copy(update={"batched": True})
+            prof = profile_call(lambda: run_sweep(s, Path(tmp) / "profiled", task=task,
+                                                  models=models, progress=False, plots=False))
     same, snr_diff = compare_tables(tables["batched"], tables["per-point"])
     warm_same, _ = compare_tables(tables["calibrating"], tables["batched"])
     ok = same and warm_same and snr_diff < 1.0
@@ -267,7 +276,7 @@ def bench_sweep(
     floor = [times["batched"] / t for t in t_mm]
     label = (f"{spec.device} snr {len(spec.snr_db)} levels x {spec.chips} chips x "
              f"{len(models)} models")
-    return [
+    rows = [
         Row("sweep", f"batched vs per-point loop ({label})", times["batched"],
             times["per-point"], speedup, TARGET_SPEEDUP, higher_is_better=True,
             check=(f"calibration cached, timed warm; tables equal (measured SNR within "
@@ -290,5 +299,8 @@ def bench_sweep(
                    f"{len(shapes['batched'])} shapes"),
             extra={"times_gemm": t_mm, "matmul_calls": sum(shapes["batched"].values()),
                    "shapes": len(shapes["batched"]), "gemm_gflops": mm_gflops}),
-        *bench_deq_floor(models, task, peak),
     ]
+    for row in rows:
+        if row.met is False:
+            row.extra["profile"] = prof
+    return rows + bench_deq_floor(models, task, peak)

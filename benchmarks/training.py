@@ -22,7 +22,8 @@ import time
 import torch
 from torch import Tensor, nn
 
-from benchmarks.common import Row, ratio
+from benchmarks.common import Row, pair_spread, ratio
+from benchmarks.profiles import op_profile
 from noisydeq.config import GradientSpec, SolverSpec
 from noisydeq.models import DEQ
 
@@ -106,9 +107,13 @@ def bench_training(
         t_p.append(_steps(peer, opt_p, data[1:]))
     so, sp = min(t_o) / steps, min(t_p) / steps
     ok = dloss < 1e-4 and dgrad < 1e-2
-    return [Row("training", f"DEQ step w{width} b{batch} anderson+IFT vs torchdeq get_deq",
-                so, sp, ratio(so, sp), TARGET,
-                check=f"step-1 grads rel diff {dgrad:.1e}", ok=ok,
-                extra={"steps_per_s_ours": 1 / so, "steps_per_s_torchdeq": 1 / sp,
-                       "loss_diff": dloss, "grad_rel_diff": dgrad, "times_ours": t_o,
-                       "times_torchdeq": t_p})]
+    row = Row("training", f"DEQ step w{width} b{batch} anderson+IFT vs torchdeq get_deq",
+              so, sp, ratio(so, sp), TARGET,
+              check=f"step-1 grads rel diff {dgrad:.1e}; {pair_spread(t_o, t_p)}", ok=ok,
+              extra={"steps_per_s_ours": 1 / so, "steps_per_s_torchdeq": 1 / sp,
+                     "loss_diff": dloss, "grad_rel_diff": dgrad, "times_ours": t_o,
+                     "times_torchdeq": t_p})
+    if row.met is False:  # where the time goes (one more untimed round of each side)
+        row.extra["profile"] = op_profile(lambda: _steps(ours, opt_o, data[1:]), repeat=1)
+        row.extra["profile_peer"] = op_profile(lambda: _steps(peer, opt_p, data[1:]), repeat=1)
+    return [row]

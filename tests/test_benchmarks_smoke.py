@@ -72,15 +72,20 @@ def test_training_gradients_match_torchdeq() -> None:
     assert row.extra["grad_rel_diff"] < 1e-2
 
 
-def test_main_job_cold_and_warm_tables_equal(tmp_path) -> None:
+def test_main_job_cold_and_warm_tables_equal(tmp_path, monkeypatch) -> None:
+    from benchmarks import main_job
     from benchmarks.main_job import bench_main_job
 
+    monkeypatch.setitem(main_job.TARGETS, "warm", 1e-9)  # a missed warm row gets a profile
     args = ["sweep", "--device", "snr", "--snr", "0,10", "--depths", "1", "--epochs", "0",
             "--chips", "1", "--set", "max_test_samples=16"]
     rows, cache = bench_main_job(tmp_path, args, timeout=300)
     assert [r.extra["returncode"] for r in rows] == [0, 0], [r.check for r in rows]
     assert all(r.ok for r in rows)
     assert cache.is_dir()
+    prof = rows[1].extra["profile"]  # one more warm run, one process, under cProfile
+    cats = {name for name, _s, _f in prof["categories"]}
+    assert "imports" in cats and prof["total_s"] > 0 and "--jobs 1" in prof["command"]
 
 
 def test_help_row_runs_the_cli() -> None:
