@@ -3,9 +3,9 @@ paper's and the LyaDEQ's default solvers."""
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, SerializerFunctionWrapHandler, model_serializer, model_validator
 
 from noisydeq import limits
 from noisydeq.specs.base import StrictModel
@@ -106,6 +106,15 @@ class GradientSpec(StrictModel):
     phantom_lambda: float = Field(default=0.5, gt=0.0, le=1.0)
     backward_solver: SolverSpec = Field(default_factory=_default_backward_solver)
     backward_method: Literal["fixed-point", "gmres"] = "fixed-point"
+
+    @model_serializer(mode="wrap")
+    def _dump(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        """Leaves out ``backward_method`` while it is the default: the field came after
+        models were cached, and every earlier cache key (a dump of this spec) must hold."""
+        data = handler(self)
+        if self.backward_method == "fixed-point":
+            data.pop("backward_method", None)
+        return data
 
     @model_validator(mode="after")
     def _gmres_stop(self) -> GradientSpec:

@@ -92,3 +92,15 @@ def test_gmres_backward_method_rejects_mean_rel_and_unknown_names() -> None:
     with pytest.raises(NoisyDEQError, match="backward_method"):
         build(GradientSpec, {"backward_method": "cg"})
     assert GradientSpec().backward_method == "fixed-point"  # the training default
+
+
+def test_default_backward_method_leaves_earlier_dumps_and_keys_unchanged():
+    """``backward_method`` came after models were cached: its default is left out of a dump
+    (every earlier cache key holds), GMRES is written and read back."""
+    from noisydeq.specs.solver import GradientSpec
+
+    assert "backward_method" not in GradientSpec().model_dump()
+    dumped = GradientSpec(backward_method="gmres").model_dump()
+    assert dumped["backward_method"] == "gmres"
+    assert GradientSpec.model_validate(dumped).backward_method == "gmres"
+    assert GradientSpec.model_validate(GradientSpec().model_dump()) == GradientSpec()
