@@ -43,6 +43,8 @@ from noisydeq.specs.device_kinds import PhotonicSpec
 Q_E = 1.602176634e-19  # C, elementary charge (SI exact)
 K_B = 1.380649e-23  # J/K, Boltzmann constant (SI exact)
 H_P = 6.62607015e-34  # J s, Planck constant (SI exact)
+#: encodings (and held encoding errors) kept per layer, most recently used last
+ENCODINGS_KEPT = 8
 C_0 = 299792458.0  # m/s, speed of light (SI exact)
 P_MIN_W, P_MAX_W = 1e-15, 1.0  # calibration bracket; 1 W per MAC stands for "unlimited"
 #: bracket of the encoding error std σ_w (fraction of full scale; 3 ≈ random transmissions)
@@ -214,7 +216,7 @@ class PhotonicLayer(DeviceLayer):
             t_abs = mag  # |±mag| = mag (mag in [0, 1]): the same values, one pass fewer
             if self.hold_programming:
                 self._held_error[sigma] = t - unit
-                while len(self._held_error) > 8:  # as the encodings kept per weight version
+                while len(self._held_error) > ENCODINGS_KEPT:
                     self._held_error.popitem(last=False)
         else:
             t_abs = t.abs()
@@ -230,7 +232,7 @@ class PhotonicLayer(DeviceLayer):
         fused = (t * a, ta_abs, basis, alpha, float(wmax))
         entry = (t, t_abs, t_mean, float(wmax), fused)
         self._enc[key] = entry
-        while len(self._enc) > 8:
+        while len(self._enc) > ENCODINGS_KEPT:
             self._enc.popitem(last=False)
         return entry
 

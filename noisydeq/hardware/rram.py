@@ -58,6 +58,14 @@ S_MIN, S_MAX = 1e-4, 1e3
 #: SNR levels of a batched sweep (31 for 0:30) do not reprogram the chip at every MVM (with 8,
 #: 9+ levels per batch re-ran aihwkit's programming at every forward: 13x slower at 31)
 CHIP_CACHE_MIN, CHIP_CACHE_BYTES = 8, 256 * 2**20
+
+
+def _kept(nbytes: int) -> int:
+    """Entries of ``nbytes`` each a per-layer cache keeps: at least CHIP_CACHE_MIN, more
+    while they fit in CHIP_CACHE_BYTES."""
+    return max(CHIP_CACHE_MIN, CHIP_CACHE_BYTES // max(nbytes, 1))
+
+
 #: noise scales whose drift-compensation α a layer holds (:attr:`RRAMLayer.hold_drift_alpha`;
 #: a calibration probes tens of scales, training then runs at one)
 HELD_ALPHAS = 256
@@ -164,8 +172,7 @@ class RRAMLayer(DeviceLayer):
         entry = (w_t, alpha, stats)
         self._chips[key] = entry
         # a chip holds the storage of its W_t (with W_prog beside it: twice W_t)
-        keep = max(CHIP_CACHE_MIN, CHIP_CACHE_BYTES // max(w_t.untyped_storage().nbytes(), 1))
-        while len(self._chips) > keep:
+        while len(self._chips) > _kept(w_t.untyped_storage().nbytes()):
             self._chips.popitem(last=False)
         return entry
 
@@ -186,8 +193,7 @@ class RRAMLayer(DeviceLayer):
             self._held_error[s] = pair - w_norm
             # held per scale, most recently used kept (a calibration probes tens of scales
             # with the epoch's first weights, training then runs at one): as the chip cache
-            keep = max(CHIP_CACHE_MIN, CHIP_CACHE_BYTES // max(pair.nbytes, 1))
-            while len(self._held_error) > keep:
+            while len(self._held_error) > _kept(pair.nbytes):
                 self._held_error.popitem(last=False)
         return pair, draw.prog_peak
 
