@@ -42,7 +42,8 @@ of a source is fixed: a layer's output width). Uniforms take one output per elem
 top 24 bits for float32, 53 for float64, like ``torch.rand``). The arithmetic is int64 with
 wrap-around (two's complement; shifts made logical by masking), which CPU and CUDA kernels
 share: the integer outputs are identical on both, Gaussians up to the last bit of their
-``log``/``cos``.
+``log``/``cos``/``sin``/``sqrt`` (eager float32 ``sqrt`` is not correctly rounded on this CPU
+build; a compiled kernel's is).
 
 Why not a library: torch 2.13's CPU generator is MT19937, a serial state machine (one
 stream per ``torch.Generator`` object), and its counter-based Philox exists for CUDA
