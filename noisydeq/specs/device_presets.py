@@ -80,3 +80,26 @@ def programs_noise(device: str | os.PathLike | DeviceSpec) -> bool:
     error (rram with ``prog_noise_scale > 0``, photonic with ``weight_error_std > 0``): the
     error ``device_programming`` / ``train_programming = "epoch"`` holds for an epoch."""
     return has_programming_error(_spec(device))
+
+
+#: the per-chip quantities a training run may hold for an epoch (``TrainSpec`` field =
+#: ``"epoch"``): whether a device has it, which device that needs, and what one lacks
+HELD_QUANTITIES = {
+    "device_adc_gain": (measures_adc_gain, "a photonic device with adc_gain = 'calibrated'",
+                        "measures no ADC gain"),
+    "device_drift_alpha": (compensates_drift, "an rram device with drift_compensation",
+                           "measures no drift-compensation α"),
+    "device_programming": (programs_noise, "an rram or photonic device with programming noise",
+                           "has no programming error"),
+}
+
+
+def check_held(field: str, device: str | os.PathLike | DeviceSpec, where: str,
+               name: str | None = None) -> None:
+    """One line (a :class:`NoisyDEQError` starting with ``where``) unless ``device`` (a
+    preset name or path, or its spec; ``name`` in the message) has the per-chip quantity
+    that ``field`` (a key of :data:`HELD_QUANTITIES`) holds for an epoch."""
+    has, need, lacks = HELD_QUANTITIES[field]
+    if not has(device):
+        label = name if name is not None else str(device)
+        raise NoisyDEQError(f"{where}: only for {need} (device '{label}' {lacks})")
