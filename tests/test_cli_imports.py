@@ -184,3 +184,36 @@ def test_the_checks_before_the_heartbeat_import_no_torch() -> None:
                           timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout.strip().splitlines()[-1]) == []
+
+
+NO_TORCH = """
+import json, sys
+from noisydeq.cli import main
+code = None
+try:
+    main(sys.argv[1:])
+except SystemExit as exit:
+    code = exit.code
+print(json.dumps([code, "torch" in sys.modules]))
+"""
+
+
+@pytest.mark.parametrize("args,needle", [
+    # an experiment file whose [sweep] device is no preset: refused like `sweep --device`
+    (["run", "{d}/bad-device.toml"], "unknown device 'nope'"),
+    (["run", "{d}/bad-train-device.toml"],
+     "train_device: unknown device 'rrm'; did you mean 'rram'"),
+])
+def test_bad_input_is_refused_without_importing_torch(args, needle, tmp_path) -> None:
+    """Bad input of a command whose checks are torch-free is one line and exit 2 in a fresh
+    interpreter that never imports torch (not just before the heartbeat's first line)."""
+    (tmp_path / "bad-device.toml").write_text('name = "x"\n[sweep]\ndevice = "nope"\n')
+    (tmp_path / "bad-train-device.toml").write_text(
+        'name = "x"\n[sweep]\ndevice = "ideal"\ntrain_device = ["rrm"]\n')
+    argv = [a.replace("{d}", str(tmp_path)) for a in args]
+    proc = subprocess.run([sys.executable, "-c", NO_TORCH, *argv], capture_output=True,
+                          text=True, cwd=tmp_path, timeout=120)
+    code, torch_loaded = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert code == 2 and needle in proc.stderr, proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert not torch_loaded, proc.stderr
