@@ -203,6 +203,11 @@ print(json.dumps([code, "torch" in sys.modules]))
     (["run", "{d}/bad-device.toml"], "unknown device 'nope'"),
     (["run", "{d}/bad-train-device.toml"],
      "train_device: unknown device 'rrm'; did you mean 'rram'"),
+    # the --threads option of the family commands loads no torch before their own checks
+    (["spectrum", "--family", "{d}", "--inputs", "-1"], "--inputs"),
+    (["sensitivity", "--family", "{d}", "--samples", "1"], "--samples"),
+    (["solvers", "--max-iter", "0"], "--max-iter"),
+    (["spectrum", "--family", "{d}", "--threads", "x"], "threads 'x'"),
 ])
 def test_bad_input_is_refused_without_importing_torch(args, needle, tmp_path) -> None:
     """Bad input of a command whose checks are torch-free is one line and exit 2 in a fresh
