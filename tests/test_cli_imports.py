@@ -222,3 +222,22 @@ def test_bad_input_is_refused_without_importing_torch(args, needle, tmp_path) ->
     assert code == 2 and needle in proc.stderr, proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
     assert not torch_loaded, proc.stderr
+
+
+def test_a_sweep_s_identity_reads_its_presets_without_the_hardware_layer() -> None:
+    """``results.spec_identity`` (a sweep's default run directory, ``noisydeq run``'s and
+    ``sweep``'s) reads the device presets torch-free (specs.device_presets), in a fresh
+    interpreter: neither torch nor noisydeq.hardware is imported."""
+    code = ("import json, sys\n"
+            "from noisydeq.config import SweepSpec, build\n"
+            "from noisydeq.results import spec_identity\n"
+            "spec = build(SweepSpec, {'device': 'rram', 'train_device': 'photonic'}, "
+            "where='sweep')\n"
+            "ident = spec_identity(spec)\n"
+            "print(json.dumps([ident['device_spec']['kind'], "
+            "sorted(ident['train_device_specs']), "
+            f"[m for m in {SLOW!r} if m in sys.modules]]))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout.strip().splitlines()[-1]) == ["rram", ["photonic"], []]

@@ -10,8 +10,10 @@ heavy imports; :mod:`noisydeq.hardware.presets` builds the device from the spec.
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
+from typing import Any
 
 from noisydeq.errors import NoisyDEQError, did_you_mean
 from noisydeq.specs.device_kinds import DeviceSpec, has_programming_error, spec_from_dict
@@ -55,6 +57,12 @@ def load_spec(name_or_path: str | os.PathLike) -> DeviceSpec:
     data = parse_toml(read_text(path, "device preset"), where)
     data.setdefault("name", path.stem)
     return spec_from_dict(data, where=where)
+
+
+def preset_content(name_or_path: str | os.PathLike) -> dict[str, Any]:
+    """The resolved preset of a device (name or TOML path) as plain data: its content, not
+    its name or path, as the identities and cache keys of what ran on it hold it."""
+    return json.loads(load_spec(name_or_path).model_dump_json())
 
 
 def _spec(device: str | os.PathLike | DeviceSpec) -> DeviceSpec:
