@@ -58,6 +58,7 @@ from noisydeq import events, store
 from noisydeq.errors import CorruptArtefact, NoisyDEQError
 from noisydeq.extension import GROWABLE, added_grids, history_entry, union_spec
 from noisydeq.specs.base import build
+from noisydeq.specs.device_presets import preset_content
 from noisydeq.specs.sweep import SweepSpec
 from noisydeq.specs.toml import dumps_toml, parse_toml
 
@@ -128,9 +129,7 @@ RUNTIME_ONLY = frozenset({"batched", "max_rows"})
 def device_identity(spec: SweepSpec) -> dict[str, Any]:
     """The resolved device spec of ``spec.device`` (a preset's content, not its name or
     path): what identifies the device a sweep ran on."""
-    from noisydeq.hardware.presets import load_spec
-
-    return json.loads(load_spec(spec.device).model_dump_json())
+    return preset_content(spec.device)
 
 
 def spec_identity(spec: Any) -> dict[str, Any]:
@@ -148,11 +147,8 @@ def spec_identity(spec: Any) -> dict[str, Any]:
     if isinstance(spec, SweepSpec):
         out["device_spec"] = device_identity(spec)
         if spec.train_device:  # trained on devices: their resolved content too
-            from noisydeq.hardware.presets import load_spec
-
             out["train_device_specs"] = {
-                d: json.loads(load_spec(d).model_dump_json())
-                for d in spec.train_device if d != "none"}
+                d: preset_content(d) for d in spec.train_device if d != "none"}
     return out
 
 

@@ -20,6 +20,7 @@ from torch import nn
 from noisydeq import __version__
 from noisydeq.attacks.robust import RULE as ROBUST_RULE
 from noisydeq.errors import NoisyDEQError
+from noisydeq.specs.device_presets import preset_content
 from noisydeq.specs.training import TrainSpec
 from noisydeq.store import init_hash
 from noisydeq.tasks.base import Task
@@ -95,7 +96,7 @@ def run_config(
         "versions": {"noisydeq": __version__, "torch": torch.__version__.split("+")[0]},
         # the training device's resolved content (not its name or path): a changed preset
         # is another training run, never a stale cache entry; and the gradient estimator
-        **({"device_spec": device_content(spec.device), "device_gradient": DEVICE_GRADIENT}
+        **({"device_spec": preset_content(spec.device), "device_gradient": DEVICE_GRADIENT}
            if spec.device is not None else {}),
         **({"selection": SELECTION_RULE} if selects(spec) else {}),
     }
@@ -106,15 +107,6 @@ def selects(spec: TrainSpec) -> bool:
     (:mod:`noisydeq.adversarial.selection`)."""
     adv = getattr(spec, "adversarial", None)
     return adv is not None and adv.val_fraction > 0
-
-
-def device_content(name_or_path: str) -> dict[str, Any]:
-    """The resolved preset of a device (name or TOML path) as plain data."""
-    import json
-
-    from noisydeq.hardware.presets import load_spec
-
-    return json.loads(load_spec(name_or_path).model_dump_json())
 
 
 def apply_overrides(model: nn.Module, spec: TrainSpec) -> None:

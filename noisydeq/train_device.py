@@ -22,7 +22,7 @@ from torch import Tensor, nn
 
 from noisydeq.errors import NoisyDEQError
 from noisydeq.noise import NoiseStream, derive_seed
-from noisydeq.specs.device_presets import compensates_drift, measures_adc_gain, programs_noise
+from noisydeq.specs.device_presets import HELD_QUANTITIES, check_held
 from noisydeq.specs.training import TrainSpec
 from noisydeq.train_state import _Rng
 
@@ -61,18 +61,9 @@ def _deploy(model: nn.Module, spec: TrainSpec, rng_seed: int) -> nn.Module:
     from noisydeq.hardware.controls import set_scaled_gradient
 
     device = _train_device(spec, chip_of_epoch(rng_seed, 0))
-    if spec.device_adc_gain is not None and not measures_adc_gain(device.spec):
-        raise NoisyDEQError(
-            f"train.device_adc_gain: only for a photonic device with adc_gain = 'calibrated' "
-            f"(device '{spec.device}' measures no ADC gain)")
-    if spec.device_drift_alpha is not None and not compensates_drift(device.spec):
-        raise NoisyDEQError(
-            f"train.device_drift_alpha: only for an rram device with drift_compensation "
-            f"(device '{spec.device}' measures no drift-compensation α)")
-    if spec.device_programming is not None and not programs_noise(device.spec):
-        raise NoisyDEQError(
-            f"train.device_programming: only for an rram or photonic device with "
-            f"programming noise (device '{spec.device}' has no programming error)")
+    for field in HELD_QUANTITIES:
+        if getattr(spec, field) is not None:
+            check_held(field, device.spec, f"train.{field}", spec.device)
     net = device.deploy(model, digital_layers=spec.digital_layers or ())
     set_scaled_gradient(net)  # the gradient sees the error grow with W's and x's scale
     _hold_per_chip(net, spec)

@@ -27,6 +27,14 @@ def _private_model_cache(tmp_path_factory):
     mp.undo()
 
 
+@pytest.fixture(scope="module")
+def digits():
+    """The digits task (data seed 0), loaded once per test module."""
+    from noisydeq.tasks import load_task
+
+    return load_task("digits", seed=0)
+
+
 @pytest.fixture(scope="session")
 def ray_cluster():
     """One local Ray cluster (127.0.0.1, 2 CPUs) for every ``--backend ray`` test of the

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from typing import Any
 
 import pytest
 
@@ -21,12 +22,17 @@ print(json.dumps([m for m in {heavy!r} if m in sys.modules]))
 """
 
 
-def _heavy_modules(args: list[str], tmp_path) -> list[str]:
-    code = PROBE.format(heavy=HEAVY)
+def _fresh(code: str, *args: str, cwd=None) -> tuple[subprocess.CompletedProcess, Any]:
+    """Run ``code`` with ``args`` in a fresh interpreter (nothing preloaded): the finished
+    process and the JSON its last line of output prints."""
     proc = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True,
-                          cwd=tmp_path, timeout=120)
+                          cwd=cwd, timeout=120)
     assert proc.returncode == 0, proc.stderr
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return proc, json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def _heavy_modules(args: list[str], tmp_path) -> list[str]:
+    return _fresh(PROBE.format(heavy=HEAVY), *args, cwd=tmp_path)[1]
 
 
 @pytest.mark.parametrize("args", [["--help"], ["runs", "--help"], ["table", "--help"],
@@ -46,11 +52,9 @@ def test_help_lists_commands_without_importing_their_modules(tmp_path) -> None:
     pydantic spec is imported (they were ~0.2 s of a 0.25 s help)."""
     code = PROBE.format(heavy=("pydantic", "noisydeq.specs", "noisydeq.commands.sweep",
                                "noisydeq.commands.runs"))
-    proc = subprocess.run([sys.executable, "-c", code, "--help"], capture_output=True,
-                          text=True, cwd=tmp_path, timeout=120)
-    assert proc.returncode == 0, proc.stderr
+    proc, loaded = _fresh(code, "--help", cwd=tmp_path)
     assert "sweep" in proc.stdout and "runs" in proc.stdout
-    assert json.loads(proc.stdout.strip().splitlines()[-1]) == []
+    assert loaded == []
 
 
 def test_the_help_table_matches_the_commands() -> None:
@@ -155,9 +159,8 @@ def test_bad_input_is_refused_before_slow_imports_under_the_heartbeat(args, need
     (tmp_path / "bad-certify.toml").write_text('name = "x"\n[certify]\neps = [-1]\n')
     (tmp_path / "certify.toml").write_text('name = "x"\n[certify]\neps = [0.1]\n')
     argv = [a.replace("{d}", str(tmp_path)) for a in args]
-    proc = subprocess.run([sys.executable, "-c", AFTER_HEARTBEAT.format(slow=SLOW), *argv],
-                          capture_output=True, text=True, cwd=tmp_path, timeout=120)
-    code, started, late = json.loads(proc.stdout.strip().splitlines()[-1])
+    proc, (code, started, late) = _fresh(AFTER_HEARTBEAT.format(slow=SLOW), *argv,
+                                         cwd=tmp_path)
     assert code == 2 and needle in proc.stderr, proc.stderr
     assert started and late == [], (late, proc.stderr)
 
@@ -180,7 +183,56 @@ def test_the_checks_before_the_heartbeat_import_no_torch() -> None:
             "    importlib.import_module('noisydeq.specs.' + m.name)\n"
             "import noisydeq.analysis.locate, noisydeq.analysis.solver_names\n"
             f"print(json.dumps([m for m in {SLOW!r} if m in sys.modules]))")
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          timeout=120)
-    assert proc.returncode == 0, proc.stderr
-    assert json.loads(proc.stdout.strip().splitlines()[-1]) == []
+    assert _fresh(code)[1] == []
+
+
+NO_TORCH = """
+import json, sys
+from noisydeq.cli import main
+code = None
+try:
+    main(sys.argv[1:])
+except SystemExit as exit:
+    code = exit.code
+print(json.dumps([code, "torch" in sys.modules]))
+"""
+
+
+@pytest.mark.parametrize("args,needle", [
+    # an experiment file whose [sweep] device is no preset: refused like `sweep --device`
+    (["run", "{d}/bad-device.toml"], "unknown device 'nope'"),
+    (["run", "{d}/bad-train-device.toml"],
+     "train_device: unknown device 'rrm'; did you mean 'rram'"),
+    # the --threads option of the family commands loads no torch before their own checks
+    (["spectrum", "--family", "{d}", "--inputs", "-1"], "--inputs"),
+    (["sensitivity", "--family", "{d}", "--samples", "1"], "--samples"),
+    (["solvers", "--max-iter", "0"], "--max-iter"),
+    (["spectrum", "--family", "{d}", "--threads", "x"], "threads 'x'"),
+])
+def test_bad_input_is_refused_without_importing_torch(args, needle, tmp_path) -> None:
+    """Bad input of a command whose checks are torch-free is one line and exit 2 in a fresh
+    interpreter that never imports torch (not just before the heartbeat's first line)."""
+    (tmp_path / "bad-device.toml").write_text('name = "x"\n[sweep]\ndevice = "nope"\n')
+    (tmp_path / "bad-train-device.toml").write_text(
+        'name = "x"\n[sweep]\ndevice = "ideal"\ntrain_device = ["rrm"]\n')
+    argv = [a.replace("{d}", str(tmp_path)) for a in args]
+    proc, (code, torch_loaded) = _fresh(NO_TORCH, *argv, cwd=tmp_path)
+    assert code == 2 and needle in proc.stderr, proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert not torch_loaded, proc.stderr
+
+
+def test_a_sweep_s_identity_reads_its_presets_without_the_hardware_layer() -> None:
+    """``results.spec_identity`` (a sweep's default run directory, ``noisydeq run``'s and
+    ``sweep``'s) reads the device presets torch-free (specs.device_presets), in a fresh
+    interpreter: neither torch nor noisydeq.hardware is imported."""
+    code = ("import json, sys\n"
+            "from noisydeq.config import SweepSpec, build\n"
+            "from noisydeq.results import spec_identity\n"
+            "spec = build(SweepSpec, {'device': 'rram', 'train_device': 'photonic'}, "
+            "where='sweep')\n"
+            "ident = spec_identity(spec)\n"
+            "print(json.dumps([ident['device_spec']['kind'], "
+            "sorted(ident['train_device_specs']), "
+            f"[m for m in {SLOW!r} if m in sys.modules]]))")
+    assert _fresh(code)[1] == ["rram", ["photonic"], []]

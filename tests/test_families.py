@@ -9,12 +9,6 @@ from noisydeq.config import FamilySpec, SweepSpec, build
 from noisydeq.errors import NoisyDEQError
 from noisydeq.families import cache_root, family_spec_for_sweep, train_family
 from noisydeq.models import matched_width
-from noisydeq.tasks import load_task
-
-
-@pytest.fixture(scope="module")
-def digits():
-    return load_task("digits", seed=0)
 
 
 def _spec(**kw):

@@ -22,11 +22,6 @@ from noisydeq.tasks import load_task
 from noisydeq.train import train_model
 
 
-@pytest.fixture(scope="module")
-def digits():
-    return load_task("digits", seed=0)
-
-
 class Tiny(nn.Module):
     def __init__(self) -> None:
         super().__init__()

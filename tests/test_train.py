@@ -13,11 +13,6 @@ from noisydeq.tasks import load_task
 from noisydeq.train import evaluate, train_model
 
 
-@pytest.fixture(scope="module")
-def digits():
-    return load_task("digits", seed=0)
-
-
 class Tiny(nn.Module):
     """A generic module with the forward(x, noise=None) contract (no kind, no solver)."""
 

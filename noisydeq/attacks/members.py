@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from noisydeq.specs.noise import NoiseSpec
-from noisydeq.sweep import SweepModel
+from noisydeq.swept_model import SweepModel
 
 #: training-noise sites that are adversarial defences (x and z, main paper §4.2)
 DEFENCE_SITES = {"input": "x", "state": "z"}

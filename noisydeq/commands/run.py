@@ -25,7 +25,7 @@ from noisydeq.commands.sweep import (
 from noisydeq.progress import with_heartbeat
 from noisydeq.specs.base import build
 from noisydeq.specs.experiment import ExperimentSpec
-from noisydeq.specs.sweep import SweepSpec
+from noisydeq.specs.sweep import SweepSpec, check_device_presets
 from noisydeq.specs.toml import load_toml
 
 
@@ -133,6 +133,7 @@ def command(
     job_count(jobs)
     chosen = Backend.parse(backend, address, jobs)
     exp, spec = resolve_experiment(experiment, variant, data_dir, torch_device, sets)
+    check_device_presets(spec)  # torch-free: before default_out's and execute's imports
     out_dir = Path(out) if out else default_out(spec, f"{exp.name}-{variant}")
     if not quiet and not as_json:
         click.echo(f"{exp.name} ({variant}): {exp.title}", err=True)

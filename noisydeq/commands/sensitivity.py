@@ -27,17 +27,19 @@ def torch_device_option(f):
 
 
 def threads_option(f):
-    """``--threads auto|N``: the command runs with that many torch threads (default
-    ``$NOISYDEQ_THREADS``, else one: the rule of :func:`noisydeq.runtime.thread_plan`)."""
+    """``--threads auto|N``: a bad value is one line at once, torch-free; the command gets
+    ``threads``, the evaluation count of :func:`noisydeq.runtime.thread_plan` (default
+    ``$NOISYDEQ_THREADS``, else one), and runs its work with that many torch threads
+    (:class:`noisydeq.runtime.num_threads`) once its own input is checked: torch loads
+    only then."""
 
     @functools.wraps(f)
-    def run_with_threads(*args, threads=None, **kwargs):
-        from noisydeq.runtime import num_threads, thread_plan
+    def checked(*args, threads=None, **kwargs):
+        from noisydeq.runtime import thread_plan
 
-        with num_threads(thread_plan(threads)[1]):
-            return f(*args, **kwargs)
+        return f(*args, threads=thread_plan(threads)[1], **kwargs)
 
-    return threads_flag()(run_with_threads)
+    return threads_flag()(checked)
 
 
 def check_family(family: Path) -> None:
@@ -134,7 +136,7 @@ def default_out(family: Path, out: Path | None, name: str) -> Path:
 @threads_option
 @with_heartbeat("sensitivity")
 def command(family, kind, eta, snr, site, samples, inputs, precision, seed, data_dir, out,
-            cache, device, chips, device_snr, torch_device) -> None:
+            cache, device, chips, device_snr, torch_device, threads) -> None:
     """E_ξ|dz*/dξ_i| of each DEQ and FFW in a family, the DEQ/FFW ratio and Eq. 12 bounds.
 
     \b
@@ -170,26 +172,27 @@ def command(family, kind, eta, snr, site, samples, inputs, precision, seed, data
     # the CLI input is checked: now the heavy imports (torch), seconds under load
     from noisydeq.analysis.family import load_family
     from noisydeq.analysis.runs import family_inputs, run_sensitivity
-    from noisydeq.runtime import resolve_torch_device
+    from noisydeq.runtime import num_threads, resolve_torch_device
 
-    dev = resolve_torch_device(torch_device)
-    members = load_family(family, dev, data_dir=data_dir, cache_dir=cache)
-    x = family_inputs(members, inputs, data_dir, dev)
-    members, on = on_device(family, device, chips, device_snr, members, data_dir, dev)
-    rows, paths = run_sensitivity(
-        members, spec, x, out_dir, n_noise=samples, precision=precision or None, seed=seed,
-        echo=lambda s: click.echo(s, err=True), on=on,
-    )
-    click.echo(f"{'chip':>4} {'depth':>5} {'DEQ w':>6} {'FFW':>4} {'DEQ sens':>10} "
-               f"{'FFW sens':>10} {'ratio':>8}  (E‖dz*/dξ_i‖₂, {samples} noise x {len(x)} "
-               f"inputs; {on.describe() if on else 'digital weights'})")
-    for r in rows:
-        chip = str(r["chip"]) if on else "-"
-        click.echo(f"{chip:>4} {r['depth']:>5} {_i(r['deq_width']):>6} {_i(r['depth']):>4} "
-                   f"{r['deq_sens']:>10.4g} {r['ffw_sens']:>10.4g} {r['ratio']:>8.3g}")
-    paths.append(store.write_manifest(out_dir, paths))  # sha256sum -c SHA256SUMS
-    for p in paths:
-        click.echo(f"wrote {p}")
+    with num_threads(threads):
+        dev = resolve_torch_device(torch_device)
+        members = load_family(family, dev, data_dir=data_dir, cache_dir=cache)
+        x = family_inputs(members, inputs, data_dir, dev)
+        members, on = on_device(family, device, chips, device_snr, members, data_dir, dev)
+        rows, paths = run_sensitivity(
+            members, spec, x, out_dir, n_noise=samples, precision=precision or None, seed=seed,
+            echo=lambda s: click.echo(s, err=True), on=on,
+        )
+        click.echo(f"{'chip':>4} {'depth':>5} {'DEQ w':>6} {'FFW':>4} {'DEQ sens':>10} "
+                   f"{'FFW sens':>10} {'ratio':>8}  (E‖dz*/dξ_i‖₂, {samples} noise x {len(x)} "
+                   f"inputs; {on.describe() if on else 'digital weights'})")
+        for r in rows:
+            chip = str(r["chip"]) if on else "-"
+            click.echo(f"{chip:>4} {r['depth']:>5} {_i(r['deq_width']):>6} {_i(r['depth']):>4} "
+                       f"{r['deq_sens']:>10.4g} {r['ffw_sens']:>10.4g} {r['ratio']:>8.3g}")
+        paths.append(store.write_manifest(out_dir, paths))  # sha256sum -c SHA256SUMS
+        for p in paths:
+            click.echo(f"wrote {p}")
 
 
 def _i(v) -> str:

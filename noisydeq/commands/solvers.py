@@ -77,7 +77,8 @@ from noisydeq.progress import with_heartbeat
 def command(names, snr, max_iter, window, width, batch, family, depth, member_seed,
             member_train_snr, member_train_device, count_snr, eps,
             count_max_iter, floors, accuracy_snr, accuracy_solvers, accuracy_max_iter, inputs,
-            seed, data_dir, out, cache, device, chips, device_snr, torch_device) -> None:
+            seed, data_dir, out, cache, device, chips, device_snr, torch_device,
+            threads) -> None:
     """Noisy fixed-point solving: traces, stop-rule iteration counts, accuracy per solver.
 
     \b
@@ -127,61 +128,62 @@ def command(names, snr, max_iter, window, width, batch, family, depth, member_se
     # the CLI input is checked: now the heavy imports (torch), seconds under load
     from noisydeq.analysis import solver_runs, traces
     from noisydeq.analysis.family import training_text
-    from noisydeq.runtime import resolve_torch_device
+    from noisydeq.runtime import num_threads, resolve_torch_device
 
-    dev = resolve_torch_device(torch_device)
-    model_info = None
-    on = None
-    if family is not None:  # load (and fail on bad input) before the Fig. 4 work
-        model_info = _family_deq(family, depth, member_seed, member_train_snr,
-                                 member_train_device, inputs, data_dir, cache, dev)
-        model_info, on = _on_device(family, device, chips, device_snr, model_info, data_dir,
-                                    dev)
-    cell, xt = traces.fig4_cell(width, batch, seed, device=dev)
-    ts = traces.residual_traces(cell, xt, snrs, solvers, max_iter=max_iter, seed=seed,
-                                window=windows[0])
-    paths = solver_runs.write_traces(ts, out)
-    click.echo(f"Fig. 4 (median over inputs) final rel / mean_rel (w={windows[0]}) residual:")
-    for t in ts:
-        click.echo(f"  {t.solver:>10} SNR {t.snr_db:>5g}: rel {float(t.rel[-1].median()):.3g}  "
-                   f"mean_rel {float(t.mean_rel[-1].median()):.3g}")
-    if model_info is not None:
-        m, task, x, y = model_info
-        title = solver_runs.member_title(m, len(x), on)
-        counts = traces.iteration_counts(m.model, x, count_snrs, eps=eps,
-                                         max_iter=count_max_iter, seed=seed, window=windows)
-        rows, more = solver_runs.write_counts(counts, eps, count_max_iter, out, title)
-        paths += more
-        click.echo(f"Fig. 5 (DEQ width {m.width}, seed {m.seed}, "
-                   f"{training_text(m)}, unroll, ε = {eps:g}, threshold "
-                   f"{count_max_iter}): mean iterations")
-        for r in rows:
-            label = "rel" if r["stop"] == "rel" else f"mean_rel w={r['window']}"
-            click.echo(f"  {label:>14} SNR {r['snr_db']:>5g}: {r['mean_steps']:.1f} "
-                       f"(converged {r['converged_frac']:.0%})")
-        if floors:
-            n_iter = max(count_max_iter, 2 * max(windows))
-            frows, more = solver_runs.write_floors(
-                traces.residual_floors(m.model, x, count_snrs, windows, n_iter=n_iter,
-                                       seed=seed), eps, out, title)
+    with num_threads(threads):
+        dev = resolve_torch_device(torch_device)
+        model_info = None
+        on = None
+        if family is not None:  # load (and fail on bad input) before the Fig. 4 work
+            model_info = _family_deq(family, depth, member_seed, member_train_snr,
+                                     member_train_device, inputs, data_dir, cache, dev)
+            model_info, on = _on_device(family, device, chips, device_snr, model_info, data_dir,
+                                        dev)
+        cell, xt = traces.fig4_cell(width, batch, seed, device=dev)
+        ts = traces.residual_traces(cell, xt, snrs, solvers, max_iter=max_iter, seed=seed,
+                                    window=windows[0])
+        paths = solver_runs.write_traces(ts, out)
+        click.echo(f"Fig. 4 (median over inputs) final rel / mean_rel (w={windows[0]}) residual:")
+        for t in ts:
+            click.echo(f"  {t.solver:>10} SNR {t.snr_db:>5g}: rel {float(t.rel[-1].median()):.3g}  "
+                       f"mean_rel {float(t.mean_rel[-1].median()):.3g}")
+        if model_info is not None:
+            m, task, x, y = model_info
+            title = solver_runs.member_title(m, len(x), on)
+            counts = traces.iteration_counts(m.model, x, count_snrs, eps=eps,
+                                             max_iter=count_max_iter, seed=seed, window=windows)
+            rows, more = solver_runs.write_counts(counts, eps, count_max_iter, out, title)
             paths += more
-            click.echo(f"noise floors (median of the last {n_iter - n_iter // 2} of {n_iter} "
-                       "steps):")
-            for r in frows:
-                click.echo(f"  SNR {r['snr_db']:>5g} w={r['window']:<4} rel {r['rel_floor']:.3g}"
-                           f"  mean_rel {r['mean_rel_floor']:.3g}  (window for ε: "
-                           f"~{r['window_needed']})")
-        if task.kind == "classification":
-            acc = traces.accuracy_under_noise(m.model, x, y, acc_snrs, acc_solvers, seed=seed,
-                                              max_iter=accuracy_max_iter, window=windows[0])
-            paths += solver_runs.write_accuracy(acc, out, title)
-            click.echo("Fig. 6 claim: accuracy under test-time signal noise")
-            for r in acc:
-                click.echo(f"  {r['solver']:>10} SNR {r['snr_db']:>5g}: {r['accuracy']:.3f} "
-                           f"({r['mean_steps']:.1f} steps)")
-    paths.append(store.write_manifest(out, paths))  # sha256sum -c SHA256SUMS
-    for p in paths:
-        click.echo(f"wrote {p}")
+            click.echo(f"Fig. 5 (DEQ width {m.width}, seed {m.seed}, "
+                       f"{training_text(m)}, unroll, ε = {eps:g}, threshold "
+                       f"{count_max_iter}): mean iterations")
+            for r in rows:
+                label = "rel" if r["stop"] == "rel" else f"mean_rel w={r['window']}"
+                click.echo(f"  {label:>14} SNR {r['snr_db']:>5g}: {r['mean_steps']:.1f} "
+                           f"(converged {r['converged_frac']:.0%})")
+            if floors:
+                n_iter = max(count_max_iter, 2 * max(windows))
+                frows, more = solver_runs.write_floors(
+                    traces.residual_floors(m.model, x, count_snrs, windows, n_iter=n_iter,
+                                           seed=seed), eps, out, title)
+                paths += more
+                click.echo(f"noise floors (median of the last {n_iter - n_iter // 2} of {n_iter} "
+                           "steps):")
+                for r in frows:
+                    click.echo(f"  SNR {r['snr_db']:>5g} w={r['window']:<4} "
+                               f"rel {r['rel_floor']:.3g}  mean_rel {r['mean_rel_floor']:.3g}"
+                               f"  (window for ε: ~{r['window_needed']})")
+            if task.kind == "classification":
+                acc = traces.accuracy_under_noise(m.model, x, y, acc_snrs, acc_solvers, seed=seed,
+                                                  max_iter=accuracy_max_iter, window=windows[0])
+                paths += solver_runs.write_accuracy(acc, out, title)
+                click.echo("Fig. 6 claim: accuracy under test-time signal noise")
+                for r in acc:
+                    click.echo(f"  {r['solver']:>10} SNR {r['snr_db']:>5g}: {r['accuracy']:.3f} "
+                               f"({r['mean_steps']:.1f} steps)")
+        paths.append(store.write_manifest(out, paths))  # sha256sum -c SHA256SUMS
+        for p in paths:
+            click.echo(f"wrote {p}")
 
 
 def _on_device(family: Path, device, chips, device_snr, model_info, data_dir, dev):

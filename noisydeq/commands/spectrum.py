@@ -37,7 +37,7 @@ from noisydeq.progress import with_heartbeat
 @threads_option
 @with_heartbeat("spectrum")
 def command(family, inputs, seed, data_dir, out, cache, device, chips, device_snr,
-            torch_device) -> None:
+            torch_device, threads) -> None:
     """Eigen-spectra and spectral radii of every DEQ and FFW of a family.
 
     \b
@@ -54,26 +54,27 @@ def command(family, inputs, seed, data_dir, out, cache, device, chips, device_sn
     store.check_out_dir(out_dir)
     from noisydeq.analysis.family import load_family, pairs
     from noisydeq.analysis.runs import family_inputs, run_spectrum
-    from noisydeq.runtime import resolve_torch_device
+    from noisydeq.runtime import num_threads, resolve_torch_device
 
-    dev = resolve_torch_device(torch_device)
-    members = load_family(family, dev, data_dir=data_dir, cache_dir=cache)
-    for pair in pairs(members):
-        warn = pair.count_warning()
-        if warn:
-            click.echo(warn, err=True)
-    x = family_inputs(members, inputs, data_dir, dev) if inputs > 0 else None
-    members, on = on_device(family, device, chips, device_snr, members, data_dir, dev)
-    rows, paths = run_spectrum(members, x, out_dir, seed=seed, on=on)
-    paths.append(store.write_manifest(out_dir, paths))  # sha256sum -c SHA256SUMS
-    click.echo(f"{'chip':>4} {'kind':>4} {'depth':>5} {'width':>5} {'rho':>10} "
-               f"{'rho(J*) mean':>13}  ({on.describe() if on else 'digital weights'})")
-    for r in rows:
-        # ρ(J*) is measured at DEQ fixed points only: an FFW (or --inputs 0) has none, "-"
-        # here as in the chip column, an empty cell in spectrum.csv
-        jr = f"{r['jac_rho_mean']:.4g}" if "jac_rho_mean" in r else "-"
-        chip = str(r["chip"]) if on else "-"
-        click.echo(f"{chip:>4} {r['kind']:>4} {r['depth']:>5} {r['width']:>5} "
-                   f"{r['rho']:>10.4g} {jr:>13}")
-    for p in paths:
-        click.echo(f"wrote {p}")
+    with num_threads(threads):
+        dev = resolve_torch_device(torch_device)
+        members = load_family(family, dev, data_dir=data_dir, cache_dir=cache)
+        for pair in pairs(members):
+            warn = pair.count_warning()
+            if warn:
+                click.echo(warn, err=True)
+        x = family_inputs(members, inputs, data_dir, dev) if inputs > 0 else None
+        members, on = on_device(family, device, chips, device_snr, members, data_dir, dev)
+        rows, paths = run_spectrum(members, x, out_dir, seed=seed, on=on)
+        paths.append(store.write_manifest(out_dir, paths))  # sha256sum -c SHA256SUMS
+        click.echo(f"{'chip':>4} {'kind':>4} {'depth':>5} {'width':>5} {'rho':>10} "
+                   f"{'rho(J*) mean':>13}  ({on.describe() if on else 'digital weights'})")
+        for r in rows:
+            # ρ(J*) is measured at DEQ fixed points only: an FFW (or --inputs 0) has none, "-"
+            # here as in the chip column, an empty cell in spectrum.csv
+            jr = f"{r['jac_rho_mean']:.4g}" if "jac_rho_mean" in r else "-"
+            chip = str(r["chip"]) if on else "-"
+            click.echo(f"{chip:>4} {r['kind']:>4} {r['depth']:>5} {r['width']:>5} "
+                       f"{r['rho']:>10.4g} {jr:>13}")
+        for p in paths:
+            click.echo(f"wrote {p}")

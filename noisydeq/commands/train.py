@@ -27,12 +27,7 @@ from noisydeq.progress import with_heartbeat
 from noisydeq.runtime import resolve_torch_device
 from noisydeq.specs.base import build
 from noisydeq.specs.cell import CELL_OPTIONS
-from noisydeq.specs.device_presets import (
-    compensates_drift,
-    load_spec,
-    measures_adc_gain,
-    programs_noise,
-)
+from noisydeq.specs.device_presets import HELD_QUANTITIES, check_held, load_spec
 from noisydeq.specs.family import FamilySpec
 from noisydeq.specs.model import LyapunovSpec, ModelSpec
 from noisydeq.specs.noise import NoiseSpec, parse_snr_value
@@ -188,9 +183,12 @@ def command(**opts: Any) -> None:
     check_task_name(opts["task"])  # torch-free, before num_threads loads torch
     if opts["device"] is not None:
         load_spec(opts["device"])  # unknown device: one line, torch-free
-    for key in ("device_adc_gain", "device_drift_alpha", "device_programming"):
-        if opts[key] is not None:  # a device that measures no such quantity: torch-free
-            held_option("--" + key.replace("_", "-"), opts["device"], opts[key])
+    for key in HELD_QUANTITIES:  # a per-chip quantity held for an epoch: torch-free
+        if opts[key] is not None:
+            flag = "--" + key.replace("_", "-")
+            if opts["device"] is None:
+                raise NoisyDEQError(f"{flag}: needs a training --device")
+            check_held(key, opts["device"], flag)
     threads, _ = thread_plan(opts["threads"])
     with num_threads(threads):
         _command(opts)
@@ -221,7 +219,7 @@ def _command(opts: dict[str, Any]) -> None:
                                             "--device-noise-mode"))
     overrides.update(device_options(opts["device"], opts["device_noise_mode"],
                                     opts["digital_layers"]))
-    for key in ("device_adc_gain", "device_drift_alpha", "device_programming"):
+    for key in HELD_QUANTITIES:
         if opts[key] is not None:  # checked (command)
             overrides[key] = opts[key]
     if opts["ibp_eps"] is not None:
@@ -312,27 +310,6 @@ def device_options(device: str | None, noise_mode: str | None,
     if digital_layers is not None:
         out["digital_layers"] = [n.strip() for n in digital_layers.split(",") if n.strip()]
     return out
-
-
-def held_option(flag: str, device: str | None, value: str) -> str:
-    """``--device-adc-gain`` / ``--device-drift-alpha`` / ``--device-programming``: a
-    per-chip quantity held for an epoch needs a training device that has it (a photonic one
-    with ``adc_gain = "calibrated"``; an rram one with ``drift_compensation``; an rram or
-    photonic one with programming noise); one line otherwise."""
-    if device is None:
-        raise NoisyDEQError(f"{flag}: needs a training --device")
-    if flag == "--device-adc-gain":
-        ok, need = measures_adc_gain(device), "a photonic device with adc_gain = 'calibrated'"
-        what = "measures no ADC gain"
-    elif flag == "--device-programming":
-        ok, need = programs_noise(device), "an rram or photonic device with programming noise"
-        what = "has no programming error"
-    else:
-        ok, need = compensates_drift(device), "an rram device with drift_compensation"
-        what = "measures no α"
-    if not ok:
-        raise NoisyDEQError(f"{flag}: only for {need} (device '{device}' {what})")
-    return value
 
 
 def _check_memory(sizes: list[tuple[int, int]], batch: int, dev: torch.device) -> None:

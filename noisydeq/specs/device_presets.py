@@ -10,8 +10,10 @@ heavy imports; :mod:`noisydeq.hardware.presets` builds the device from the spec.
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
+from typing import Any
 
 from noisydeq.errors import NoisyDEQError, did_you_mean
 from noisydeq.specs.device_kinds import DeviceSpec, has_programming_error, spec_from_dict
@@ -57,6 +59,12 @@ def load_spec(name_or_path: str | os.PathLike) -> DeviceSpec:
     return spec_from_dict(data, where=where)
 
 
+def preset_content(name_or_path: str | os.PathLike) -> dict[str, Any]:
+    """The resolved preset of a device (name or TOML path) as plain data: its content, not
+    its name or path, as the identities and cache keys of what ran on it hold it."""
+    return json.loads(load_spec(name_or_path).model_dump_json())
+
+
 def _spec(device: str | os.PathLike | DeviceSpec) -> DeviceSpec:
     return device if isinstance(device, DeviceSpec) else load_spec(device)
 
@@ -80,3 +88,26 @@ def programs_noise(device: str | os.PathLike | DeviceSpec) -> bool:
     error (rram with ``prog_noise_scale > 0``, photonic with ``weight_error_std > 0``): the
     error ``device_programming`` / ``train_programming = "epoch"`` holds for an epoch."""
     return has_programming_error(_spec(device))
+
+
+#: the per-chip quantities a training run may hold for an epoch (``TrainSpec`` field =
+#: ``"epoch"``): whether a device has it, which device that needs, and what one lacks
+HELD_QUANTITIES = {
+    "device_adc_gain": (measures_adc_gain, "a photonic device with adc_gain = 'calibrated'",
+                        "measures no ADC gain"),
+    "device_drift_alpha": (compensates_drift, "an rram device with drift_compensation",
+                           "measures no drift-compensation α"),
+    "device_programming": (programs_noise, "an rram or photonic device with programming noise",
+                           "has no programming error"),
+}
+
+
+def check_held(field: str, device: str | os.PathLike | DeviceSpec, where: str,
+               name: str | None = None) -> None:
+    """One line (a :class:`NoisyDEQError` starting with ``where``) unless ``device`` (a
+    preset name or path, or its spec; ``name`` in the message) has the per-chip quantity
+    that ``field`` (a key of :data:`HELD_QUANTITIES`) holds for an epoch."""
+    has, need, lacks = HELD_QUANTITIES[field]
+    if not has(device):
+        label = name if name is not None else str(device)
+        raise NoisyDEQError(f"{where}: only for {need} (device '{label}' {lacks})")

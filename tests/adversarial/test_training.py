@@ -18,13 +18,7 @@ from noisydeq.config import (
 )
 from noisydeq.models import DEQ, build_model
 from noisydeq.regulation.states import random_state_forward
-from noisydeq.tasks import load_task
 from noisydeq.train import forward_logits, train_model
-
-
-@pytest.fixture(scope="module")
-def digits():
-    return load_task("digits", seed=0)
 
 
 def _model(kind, seed=0, width=32):
