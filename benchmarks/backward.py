@@ -3,7 +3,9 @@ fallback (Anderson, then GMRES on the inputs it left unconverged; the default) a
 
 ``python -m benchmarks.backward [--repeat R]`` on the two DEQs of the attack benchmark
 (:mod:`benchmarks.attacks`: the synthetic 784-222 DEQ and the digits-trained ``quick`` DEQ,
-128 inputs each, one thread):
+128 inputs each, one thread); ``--family RUN [--data-dir DIR]`` adds every DEQ of a trained
+family (e.g. the mnist10k families of ``docs/robustness.md``) on its first 128 test inputs,
+``--no-default`` leaves the two out:
 
 1. **Exactness.** Per input, the relative error ‖g − g_ref‖/‖g_ref‖ of the input gradient
    of the summed cross-entropy, at the clean inputs and at the PGD-5 examples of a cold
@@ -175,16 +177,39 @@ def timing(name: str, model, x, y, repeat: int) -> None:
               f"{robust[(m, False)]:.3f}", flush=True)
 
 
+def _family(family: str, data_dir: str | None, cache: str | None) -> list:
+    """(name, model, x, y) for every DEQ of a trained family, its first 128 test inputs."""
+    from benchmarks.attacks import _frozen
+    from noisydeq.analysis.family import deq_or_ffw, load_family, load_family_task
+
+    members = [m for m in load_family(family, data_dir=data_dir, cache_dir=cache,
+                                      check=deq_or_ffw) if m.kind == "deq"]
+    if not members:
+        raise SystemExit(f"{family}: no DEQ in this family")
+    task = load_family_task(members, data_dir)
+    return [(f"{m.task}-trained d{m.depth} w{m.width} s{m.seed}", _frozen(m.model),
+             task.x_test[:128], task.y_test[:128]) for m in members]
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(prog="python -m benchmarks.backward")
     ap.add_argument("--repeat", type=int, default=7)
     ap.add_argument("--only", choices=("exactness", "iterations", "timing"), default=None)
+    ap.add_argument("--family", default=None, help="add every DEQ of this trained family")
+    ap.add_argument("--data-dir", default=None)
+    ap.add_argument("--cache", default=None)
+    ap.add_argument("--no-default", action="store_true",
+                    help="leave out the synthetic and digits DEQs")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
-    x, y = _data(128)
-    digits, task = _digits_deq()
-    models = [("synthetic 784-222", _deq(222), x, y),
-              ("digits-trained w222", digits, task.x_test[:128], task.y_test[:128])]
+    models = []
+    if not args.no_default:
+        x, y = _data(128)
+        digits, task = _digits_deq()
+        models += [("synthetic 784-222", _deq(222), x, y),
+                   ("digits-trained w222", digits, task.x_test[:128], task.y_test[:128])]
+    if args.family:
+        models += _family(args.family, args.data_dir, args.cache)
     print(f"load average {os.getloadavg()[0]:.1f} at start, 1 thread, "
           f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}", flush=True)
     for part in ("exactness", "iterations", "timing"):
