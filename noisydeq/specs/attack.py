@@ -101,7 +101,7 @@ class AttackSpec(StrictModel):
 
 
 #: the ``exact`` estimator's backward method when ``bsolver`` is unset (was ``fixed-point``
-#: until the GMRES fallback: Anderson alone left 12-31 % of a digits DEQ's inputs
+#: until the GMRES fallback: Anderson alone left 12-24 % of a digits DEQ's inputs
 #: unconverged, docs/robustness.md)
 EXACT_BSOLVER = "fallback"
 #: command-line names of backward methods: ``anderson`` is the fixed-point iteration alone
@@ -239,10 +239,10 @@ def _parse_named(kind: str, text: str, allowed: tuple[str, ...], model: type[Str
             data.setdefault("entropy", {})[sub] = val
             continue
         if field == "bsolver":
-            allowed = ("fallback", "fixed-point", "anderson", "gmres")
-            if v.lower() not in allowed:
+            methods = ("fallback", "fixed-point", "anderson", "gmres")
+            if v.lower() not in methods:
                 raise NoisyDEQError(f"{kind} '{text}': "
-                                    + suggest_name("bsolver", v.lower(), allowed))
+                                    + suggest_name("bsolver", v.lower(), methods))
             data[field] = BSOLVER_ALIASES.get(v.lower(), v.lower())
         elif field == "warm":
             if v.lower() not in ("true", "false", "1", "0", "yes", "no"):
