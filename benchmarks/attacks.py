@@ -29,7 +29,8 @@ attack against the same attack with cold solves.
   of a trained family (e.g. the mnist10k families of ``docs/robustness.md``; not part of
   ``benchmarks.run``, which needs no data files), ``--digits`` adds the digits rows,
   ``--btol 1e-3`` runs the ``exact`` rows at that backward tolerance, ``--bsolver gmres``
-  (or ``fixed-point,gmres``) with that backward method, ``--synthetic`` adds the synthetic
+  (or ``fixed-point,fallback,gmres``) with that backward method (unset: the default,
+  ``fallback``), ``--synthetic`` adds the synthetic
   rows. ``benchmarks.run``
   has the digits ``exact`` pair at the default and at ``btol`` 1e-3.
 * ``PGD-AT epoch``: one epoch of adversarial training (PGD-10 at ε = 0.1, α = 0.025, random
@@ -340,7 +341,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--btol", type=float, default=None,
                     help="exact rows: the IFT backward-solve tolerance (default rel 1e-6)")
     ap.add_argument("--bsolver", default=None, help="exact rows: the IFT backward-solve "
-                    "method, fixed-point (default) or gmres; a comma list runs each")
+                    "method, fallback (default: Anderson, GMRES on its unconverged rows), "
+                    "fixed-point (Anderson alone) or gmres; a comma list runs each")
     ap.add_argument("--synthetic", action="store_true",
                     help="add the synthetic 784-222 rows of benchmarks.run")
     args = ap.parse_args(argv)

@@ -4,8 +4,9 @@
 * ``backprop`` — the model as it is (an FFW; a DEQ with its own gradient method).
 * ``exact`` — the implicit-function-theorem gradient at the fixed point (their Eq. 2),
   :func:`noisydeq.solvers.attach_gradient` with ``ift``; its backward solve to rel 1e-6,
-  or to ``btol`` where the spec sets one, by Anderson on u = J_fᵀu + v or, with
-  ``bsolver=gmres``, by GMRES on the same linear system.
+  or to ``btol`` where the spec sets one, by Anderson on u = J_fᵀu + v with GMRES on the
+  same linear system for the inputs Anderson left unconverged (default, ``fallback``), by
+  Anderson alone (``bsolver=fixed-point``) or by GMRES alone (``bsolver=gmres``).
 * ``phantom`` — k damped unroll steps from z* (their Eq. 4-6).
 * ``unrolled`` — the same unroll from an intermediate state z_n of the forward solve
   (Eq. 13-16); ``unrolled-ensemble`` averages the logits of the unrolls of every state
@@ -167,8 +168,7 @@ def make_estimator(model: nn.Module, spec: EstimatorSpec, noise: Noise | None = 
         grad = GradientSpec(name="ift")
         if spec.btol is not None:
             grad.backward_solver = grad.backward_solver.model_copy(update={"tol": spec.btol})
-        if spec.bsolver is not None:
-            grad.backward_method = spec.bsolver
+        grad.backward_method = spec.backward_method()
         return FinalState(model, noise, grad, spec.warm)
     if name == "phantom":
         grad = GradientSpec(name="phantom", phantom_steps=spec.k, phantom_lambda=spec.lam)

@@ -33,9 +33,16 @@ state's robust accuracy counts the samples right at z_n clean and attacked, both
 under one draw) and stored as a cell too (its per-state record, :data:`EARLY_COLUMNS`).
 Each row also carries the entropy shift of its defence's prediction (regulation paper
 Eq. 12-13): ``entropy_p`` = % of inputs whose clean prediction has lower entropy than the
-attacked one, ``entropy_dh`` = mean H(clean) − H(attacked).
+attacked one, ``entropy_dh`` = mean H(clean) − H(attacked). ``bwd_unconverged``: the rows
+(input × backward solve) of the attack's IFT backward solves (``exact``; a DEQ trained
+with ``ift`` under ``backprop``) that missed their tolerance, after the GMRES fallback
+where it ran — 0 where every gradient was converged or no such solve ran, -1 in cells
+written before the column (their rows are loaded with it); a run whose cells have any
+says so in one warning line. Cells of ``exact`` with its default backward method carry
+``bwd=fallback`` in their key (:meth:`EstimatorSpec.cell_tag`): cells computed under the
+earlier default (Anderson alone) are not reused.
 
-Length (about 470 lines): one idea, an attack run from its grid of cells to its table; the
+Length (about 600 lines): one idea, an attack run from its grid of cells to its table; the
 cells, the early-state defence's per-state record and the white-box table share one run
 directory and its checks.
 """
@@ -74,11 +81,12 @@ from noisydeq.attacks.spec import (
 )
 from noisydeq.attacks.trajectory import record_states
 from noisydeq.cluster import Backend
-from noisydeq.errors import NoisyDEQError
+from noisydeq.errors import CorruptArtefact, NoisyDEQError
 from noisydeq.noise import derive_seed
 from noisydeq.regulation.entropy import prediction_entropy
 from noisydeq.regulation.states import entropy_shift
 from noisydeq.results import RunDir, table_to_csv
+from noisydeq.solvers.gradients import tally_backward
 from noisydeq.specs.base import build
 
 ATTACK_COLUMNS: dict[str, str] = {
@@ -89,7 +97,11 @@ ATTACK_COLUMNS: dict[str, str] = {
     "estimator": "str", "defence": "str", "early_n": "int",
     "mode": "str", "device": "str", "noise_site": "str", "snr_db": "float", "chip": "int",
     "value": "float", "n_samples": "int", "entropy_p": "float", "entropy_dh": "float",
+    "bwd_unconverged": "int",
 }
+#: the columns of cells written before ``bwd_unconverged`` (loaded with it set to -1)
+LEGACY_COLUMNS: dict[str, str] = {k: v for k, v in ATTACK_COLUMNS.items()
+                                  if k != "bwd_unconverged"}
 #: columns no two rows of the attack table share
 ATTACK_IDENTITY: tuple[str, ...] = (
     "model_id", "snr_db", "chip", "mode", "estimator", "attack", "x_name", "x", "defence",
@@ -112,6 +124,23 @@ class AttackRunDir(RunDir):
     growable = ()  # an attack run does not grow: any other spec is refused
     columns = ATTACK_COLUMNS
     identity = ATTACK_IDENTITY
+
+    def load_cell(self, key: str, expect: Any = None, *, columns: Any = None,
+                  identity: Any = None) -> list[dict[str, Any]] | None:
+        """A finished cell's rows (:meth:`RunDir.load_cell`); an attack cell written before
+        ``bwd_unconverged`` existed is checked against its own columns and loaded with it
+        set to -1 (not recorded)."""
+        try:
+            return super().load_cell(key, expect, columns=columns, identity=identity)
+        except CorruptArtefact as err:
+            if columns not in (None, ATTACK_COLUMNS):
+                raise
+            try:
+                rows = super().load_cell(key, expect, columns=LEGACY_COLUMNS,
+                                         identity=identity)
+            except CorruptArtefact:
+                raise err from None
+            return None if rows is None else [{**r, "bwd_unconverged": -1} for r in rows]
 
     @property
     def whitebox_path(self) -> Path:
@@ -163,9 +192,11 @@ class Cell:
 
     @property
     def key(self) -> str:
-        """The cell file's key: the draw key and the robust rule's name (cells counted under
-        another rule are not reused)."""
-        return self.draw_key.replace("cell|", f"cell|{RULE}|", 1)
+        """The cell file's key: the draw key, the robust rule's name (cells counted under
+        another rule are not reused) and the estimator's :meth:`EstimatorSpec.cell_tag`
+        (``exact`` at its default backward method: ``bwd=fallback|``)."""
+        tag = "" if self.estimator is None else self.estimator.cell_tag()
+        return self.draw_key.replace("cell|", f"cell|{RULE}|{tag}", 1)
 
 
 def _estimators(spec: AttackRunSpec, member: AttackMember) -> list[EstimatorSpec]:
@@ -392,9 +423,10 @@ class Runner:
             lvl.reseed(derive_seed(spec.seed, "noise", key))
             attacker, noise = lvl.model, lvl.noise
         est = None if cell.estimator is None else make_estimator(attacker, cell.estimator, noise)
-        adv = craft(cell.point.attack, est, attacker, self.x, self.y,
-                    seed=derive_seed(spec.seed, "attack", key),
-                    in_shape=in_shape_of(self.task, m.model), n_classes=self.n_classes)
+        with tally_backward() as tally:
+            adv = craft(cell.point.attack, est, attacker, self.x, self.y,
+                        seed=derive_seed(spec.seed, "attack", key),
+                        in_shape=in_shape_of(self.task, m.model), n_classes=self.n_classes)
         clean, bad_clean = self.clean_logits(m, cell.snr_db, cell.chip, chosen)
         lvl.reseed(self.judge_seed(m, cell.snr_db, cell.chip))
         logits, bad = defended_logits(lvl.model, adv, chosen, lvl.noise)
@@ -403,11 +435,12 @@ class Runner:
             out, ref = logits[d.label()], clean[d.label()]
             ok = robust_correct(ref, out, self.y, clean_diverged=bad_clean, adv_diverged=bad)
             p, dh = entropy_shift(prediction_entropy(ref), prediction_entropy(out))
-            rows.append(self.row(cell, d, float(ok.double().mean()), p, dh))
+            rows.append(self.row(cell, d, float(ok.double().mean()), p, dh,
+                                 tally.unconverged))
         return rows
 
     def row(self, cell: Cell, d: DefenceSpec, value: float, entropy_p: float = math.nan,
-            entropy_dh: float = math.nan) -> dict[str, Any]:
+            entropy_dh: float = math.nan, bwd_unconverged: int = 0) -> dict[str, Any]:
         m, p, a = cell.member, cell.point, cell.point.attack
         return {
             "task": self.task.name, "model_id": m.model_id, "kind": m.kind, "depth": m.depth,
@@ -422,6 +455,7 @@ class Runner:
             "mode": cell.mode, "device": self.spec.device, "noise_site": self.spec.noise_site,
             "snr_db": cell.snr_db, "chip": cell.chip, "value": value,
             "n_samples": int(self.x.shape[0]), "entropy_p": entropy_p, "entropy_dh": entropy_dh,
+            "bwd_unconverged": bwd_unconverged,
         }
 
 
@@ -476,8 +510,27 @@ def run_attacks(
                             "(noisydeq.attacks.ray_cells.run_on_ray)")
     with session(backend), AttackRunDir(out) as rd:
         rd.open(spec, {"models": [m.model_id for m in members], "cells": len(cells)})
-        return _run_open(spec, members, task, rd, cells, dev, progress, plots,
-                         remote if backend.ray else None)
+        result = _run_open(spec, members, task, rd, cells, dev, progress, plots,
+                           remote if backend.ray else None)
+    warning = unconverged_warning(result.rows)
+    if warning:
+        echo(warning)
+    return result
+
+
+def unconverged_warning(rows: Sequence[dict[str, Any]]) -> str:
+    """One line when some cells' attacks used backward solves that missed their tolerance
+    (``bwd_unconverged`` > 0), else ''."""
+    cells: dict[tuple, int] = {}
+    for r in rows:  # one count per cell, repeated on each defence's row
+        if r["bwd_unconverged"] > 0:
+            cells[tuple(r[c] for c in ATTACK_IDENTITY if c not in ("defence", "early_n"))] = \
+                r["bwd_unconverged"]
+    if not cells:
+        return ""
+    return (f"warning: {len(cells)} cell(s) attacked with IFT backward solves that missed "
+            f"their tolerance ({sum(cells.values())} input-solves in all, after any GMRES "
+            "fallback): their gradients are not exact (column bwd_unconverged)")
 
 
 def _noise_text(spec: AttackRunSpec) -> str:

@@ -75,8 +75,10 @@ def _members(family: Path, data_dir: str | None, cache: Path | None):
 @click.option("--eot", type=click.IntRange(min=1), default=1, show_default=True,
               help="gradients averaged over this many draws of the model's noise.")
 @click.option("--estimators", default="exact", show_default=True,
-              help="DEQ gradient estimators: exact[:btol=1e-6,bsolver=gmres] (IFT backward-"
-                   "solve tolerance; fixed-point (default) or gmres), phantom[:k=5,lam=0.5], "
+              help="DEQ gradient estimators: exact[:btol=1e-6,bsolver=fallback] (IFT "
+                   "backward-solve tolerance; fallback (default: Anderson, then GMRES on the "
+                   "inputs it left unconverged), fixed-point/anderson (Anderson alone) or "
+                   "gmres), phantom[:k=5,lam=0.5], "
                    "unrolled:state=N[,k=..,lam=..], unrolled-ensemble, adjoint[:beta=0.5,state=N], "
                    "adjoint-ensemble, backprop (the model's own gradient), unrolled-grid"
                    "[:n=8,k=9,lam=0.5/1] (every intermediate-state attack of that grid).")

@@ -19,6 +19,14 @@ The ``ift`` backward solve never records per-iteration traces (its
 :class:`~noisydeq.solvers.Solution` is used for ``z`` and ``diverged`` only), whatever
 ``backward_solver.traces`` says: the same iterates and stops, without the trace work.
 
+``backward_method``: ``fixed-point`` (the solve above), ``gmres`` (the same linear system
+(I − J_fᵀ) u = v by GMRES, :mod:`noisydeq.solvers.krylov`) or ``fallback``: the fixed-point
+solve, then GMRES on the rows (samples) it left unconverged only, started from their
+fixed-point iterate (a diverged row from the solve's start), :func:`gmres_fallback`. Where
+every row converged the fallback does nothing (the fixed-point result, bit for bit).
+:func:`tally_backward` counts, while active, the rows of every ``ift`` backward solve, those
+re-solved by the fallback and those that still missed the tolerance.
+
 ``ift`` can warm-start its backward solve: pass an :class:`AdjointStart` and each solve
 starts near the adjoint u of the previous one on a batch of the same shape (else from v),
 then stores its own — for successive solves at nearby points (the steps of an attack).
@@ -32,7 +40,9 @@ gradients with respect to the input).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -41,8 +51,9 @@ from torch import Tensor
 from noisydeq.errors import NoisyDEQError
 from noisydeq.solvers.krylov import gmres
 from noisydeq.solvers.registry import solve
+from noisydeq.solvers.solution import Solution, describe
 from noisydeq.specs.base import coerce
-from noisydeq.specs.solver import GradientSpec
+from noisydeq.specs.solver import GradientSpec, SolverSpec
 
 
 def as_gradient_spec(spec: GradientSpec | dict[str, Any] | None) -> GradientSpec:
@@ -76,6 +87,76 @@ class AdjointStart:
     def store(self, u: Tensor, v: Tensor, diverged: Tensor) -> None:
         """Keep the solution ``u`` of the right-hand side ``v`` for the next solve."""
         self.u, self.v, self.ok = u.detach(), v.detach(), ~diverged.to(u.device)
+
+
+@dataclass
+class BackwardTally:
+    """Rows (samples) of the ``ift`` backward solves made while :func:`tally_backward` was
+    active: ``rows`` solved, ``fallback`` re-solved by GMRES (``backward_method``
+    ``fallback``), ``unconverged`` that missed the tolerance in the end (or diverged),
+    ``solves`` backward solves."""
+
+    solves: int = 0
+    rows: int = 0
+    fallback: int = 0
+    unconverged: int = 0
+
+
+_TALLIES: list[BackwardTally] = []
+
+
+@contextmanager
+def tally_backward() -> Iterator[BackwardTally]:
+    """Count the ``ift`` backward solves' rows (:class:`BackwardTally`) made inside."""
+    tally = BackwardTally()
+    _TALLIES.append(tally)
+    try:
+        yield tally
+    finally:
+        _TALLIES.remove(tally)
+
+
+def _record(sol: Solution, fallback: int) -> None:
+    if not _TALLIES:
+        return
+    missed = int((~sol.converged).sum())
+    for t in _TALLIES:
+        t.solves += 1
+        t.rows += int(sol.converged.numel())
+        t.fallback += fallback
+        t.unconverged += missed
+
+
+def gmres_fallback(jt: Callable[[Tensor], Tensor], v: Tensor, u0: Tensor, sol: Solution,
+                   spec: SolverSpec) -> tuple[Solution, int]:
+    """Re-solve by GMRES the rows of the fixed-point solve ``sol`` (of u = J_fᵀu + v from
+    ``u0``) that did not converge, only those: each from its iterate ``sol.z`` (a diverged
+    row from ``u0``), to ``spec``'s tolerance within its ``max_iter`` products. ``jt`` acts
+    on the whole batch (rows never mix), so a product is made on the batch with zero rows
+    elsewhere. Returns the merged :class:`Solution` (``steps``: fixed-point plus GMRES
+    products per row) and the number of rows re-solved; ``sol`` itself where all converged.
+    """
+    missed = ~sol.converged
+    n = int(missed.sum())
+    if n == 0:
+        return sol, 0
+    rows = missed.nonzero().squeeze(1)
+    div = sol.diverged.reshape(-1, *([1] * (v.ndim - 1)))
+    start = torch.where(div, u0, sol.z).index_select(0, rows)
+    full = torch.zeros_like(v)
+
+    def jt_rows(p: Tensor) -> Tensor:
+        full.index_copy_(0, rows, p)
+        return jt(full).index_select(0, rows)
+
+    sub = gmres(jt_rows, v.index_select(0, rows), start, spec)
+    converged = sol.converged.index_copy(0, rows, sub.converged)
+    diverged = sol.diverged.index_copy(0, rows, sub.diverged)
+    steps = sol.steps.index_add(0, rows, sub.steps)
+    merged = Solution(z=sol.z.index_copy(0, rows, sub.z), steps=steps, converged=converged,
+                      diverged=diverged, trace=sol.trace, n_iter=sol.n_iter + sub.n_iter,
+                      reason=describe(converged, diverged))
+    return merged, n
 
 
 def attach_gradient(
@@ -135,10 +216,14 @@ def _ift(f: Callable[[Tensor], Tensor], z0: Tensor, spec: GradientSpec,
 
             v0 = v.detach()
             u0 = v0 if adjoint is None else adjoint.start(v0)
+            fell = 0
             if spec.backward_method == "gmres":
                 sol = gmres(jt, v0, u0, bspec)
             else:
                 sol = solve(vjp_step, u0, bspec)
+                if spec.backward_method == "fallback":
+                    sol, fell = gmres_fallback(jt, v0, u0, sol, bspec)
+            _record(sol, fell)
             if adjoint is not None:
                 adjoint.store(sol.z, v0, sol.diverged)
             return sol.z

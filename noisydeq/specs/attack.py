@@ -100,6 +100,14 @@ class AttackSpec(StrictModel):
         return f"{self.name} {self.norm}"
 
 
+#: the ``exact`` estimator's backward method when ``bsolver`` is unset (was ``fixed-point``
+#: until the GMRES fallback: Anderson alone left 12-24 % of a digits DEQ's inputs
+#: unconverged, docs/robustness.md)
+EXACT_BSOLVER = "fallback"
+#: command-line names of backward methods: ``anderson`` is the fixed-point iteration alone
+BSOLVER_ALIASES = {"anderson": "fixed-point"}
+
+
 class EstimatorSpec(StrictModel):
     """How a gradient attack differentiates a DEQ (closer-look paper §2.1, §4, §5.1).
 
@@ -117,8 +125,12 @@ class EstimatorSpec(StrictModel):
     direction (its sign under ℓ∞), so a looser solve can serve; ``docs/robustness.md``
     measures the gradient's cosine with the converged one and the robust accuracy at 1e-3.
     ``bsolver`` (``exact`` only): how that backward system is solved — ``fixed-point``
-    (the iteration above) or ``gmres`` (the linear system (I − J_fᵀ) u = ∂L/∂z* by GMRES,
-    same tolerance and cap); None = the gradient default, ``fixed-point``.
+    (the Anderson iteration above alone; ``anderson`` on the command line), ``gmres`` (the
+    linear system (I − J_fᵀ) u = ∂L/∂z* by GMRES, same tolerance and cap) or ``fallback``
+    (Anderson, then GMRES on the inputs it left unconverged only, from their Anderson
+    iterate); None = :data:`EXACT_BSOLVER`, ``fallback``. Cells of ``exact`` with
+    ``bsolver`` unset carry :meth:`cell_tag` in their key (the default changed from
+    ``fixed-point``; cells computed with the old default are not reused).
     """
 
     name: Literal["backprop", "exact", "phantom", "unrolled", "unrolled-ensemble", "adjoint",
@@ -129,7 +141,7 @@ class EstimatorSpec(StrictModel):
     beta: float = Field(default=0.5, gt=0.0, le=1.0)
     warm: bool = True
     btol: float | None = Field(default=None, gt=0.0, lt=1.0)
-    bsolver: Literal["fixed-point", "gmres"] | None = None
+    bsolver: Literal["fixed-point", "gmres", "fallback"] | None = None
 
     @model_validator(mode="after")
     def _btol_for_exact(self) -> EstimatorSpec:
@@ -146,6 +158,18 @@ class EstimatorSpec(StrictModel):
         when set, so cells written before they existed keep their keys."""
         unset = {k for k in ("btol", "bsolver") if getattr(self, k) is None}
         return self.model_dump_json(exclude=unset or None)
+
+    def backward_method(self) -> str:
+        """The ``exact`` backward solve's method: ``bsolver``, or :data:`EXACT_BSOLVER`."""
+        return self.bsolver if self.bsolver is not None else EXACT_BSOLVER
+
+    def cell_tag(self) -> str:
+        """What a resumable cell's key adds for this estimator: ``bwd=<method>|`` for
+        ``exact`` with ``bsolver`` unset (whose meaning changed with the default), else
+        nothing (those keys are unchanged)."""
+        if self.name == "exact" and self.bsolver is None:
+            return f"bwd={EXACT_BSOLVER}|"
+        return ""
 
     def label(self) -> str:
         """Readable name with the parameters that matter, e.g. ``unrolled(z1 k=1 λ=1)``."""
@@ -215,7 +239,11 @@ def _parse_named(kind: str, text: str, allowed: tuple[str, ...], model: type[Str
             data.setdefault("entropy", {})[sub] = val
             continue
         if field == "bsolver":
-            data[field] = v.lower()
+            methods = ("fallback", "fixed-point", "anderson", "gmres")
+            if v.lower() not in methods:
+                raise NoisyDEQError(f"{kind} '{text}': "
+                                    + suggest_name("bsolver", v.lower(), methods))
+            data[field] = BSOLVER_ALIASES.get(v.lower(), v.lower())
         elif field == "warm":
             if v.lower() not in ("true", "false", "1", "0", "yes", "no"):
                 raise NoisyDEQError(f"{kind} '{text}': warm must be true or false, got '{v}'")
@@ -229,8 +257,8 @@ def _parse_named(kind: str, text: str, allowed: tuple[str, ...], model: type[Str
 
 
 def parse_estimator(text: str) -> EstimatorSpec:
-    """``exact``, ``exact:btol=1e-3``, ``exact:bsolver=gmres``, ``phantom:k=5,lam=0.5``,
-    ``unrolled:state=1,k=1,lam=1``, ``adjoint:beta=0.5``."""
+    """``exact``, ``exact:btol=1e-3``, ``exact:bsolver=gmres`` (``fallback``, ``anderson``),
+    ``phantom:k=5,lam=0.5``, ``unrolled:state=1,k=1,lam=1``, ``adjoint:beta=0.5``."""
     keys = {"k": "k", "lam": "lam", "lambda": "lam", "state": "state", "n": "state",
             "beta": "beta", "warm": "warm", "btol": "btol", "bsolver": "bsolver"}
     return _parse_named("estimator", text, ESTIMATORS, EstimatorSpec, keys)

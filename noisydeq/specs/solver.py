@@ -98,14 +98,16 @@ class GradientSpec(StrictModel):
     ``backward_method`` (``ift``): ``fixed-point`` iterates u ← J_fᵀ u + ∂L/∂z* with
     ``backward_solver``'s method; ``gmres`` solves the same linear system (I − J_fᵀ) u =
     ∂L/∂z* by GMRES (:mod:`noisydeq.solvers.krylov`) within ``backward_solver.max_iter``
-    products, to its ``tol`` under its ``stop`` rule (``abs`` or ``rel``).
+    products, to its ``tol`` under its ``stop`` rule (``abs`` or ``rel``); ``fallback``
+    runs the fixed-point solve and re-solves only the rows (inputs) it left unconverged by
+    GMRES, started from their fixed-point iterate (no extra work where every row converged).
     """
 
     name: Literal["ift", "phantom", "jfb", "bptt"] = "ift"
     phantom_steps: int = Field(default=9, ge=1, le=limits.MAX_ITER)
     phantom_lambda: float = Field(default=0.5, gt=0.0, le=1.0)
     backward_solver: SolverSpec = Field(default_factory=_default_backward_solver)
-    backward_method: Literal["fixed-point", "gmres"] = "fixed-point"
+    backward_method: Literal["fixed-point", "gmres", "fallback"] = "fixed-point"
 
     @model_serializer(mode="wrap")
     def _dump(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
@@ -118,9 +120,9 @@ class GradientSpec(StrictModel):
 
     @model_validator(mode="after")
     def _gmres_stop(self) -> GradientSpec:
-        if self.backward_method == "gmres" and self.backward_solver.stop == "mean_rel":
-            raise ValueError("backward_method 'gmres' stops on 'abs' or 'rel', not "
-                             "backward_solver.stop 'mean_rel'")
+        if self.backward_method != "fixed-point" and self.backward_solver.stop == "mean_rel":
+            raise ValueError(f"backward_method '{self.backward_method}' (GMRES) stops on "
+                             "'abs' or 'rel', not backward_solver.stop 'mean_rel'")
         return self
 
 

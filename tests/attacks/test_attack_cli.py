@@ -133,6 +133,7 @@ def test_bad_input_is_one_line(sweep_run, tmp_path, capsys):
         (["--attacks", "pgd-epz"], "did you mean 'pgd-eps'"),
         (["--norm", "l3"], "allowed: linf, l2"),
         (["--estimators", "exactt"], "did you mean 'exact'"),
+        (["--estimators", "exact:bsolver=gmress"], "did you mean 'gmres'"),
         (["--defences", "erly"], "did you mean 'early'"),
         (["--steps", "0"], "positive integers"),
         (["--pgd-steps", "2.5"], "positive integers"),

@@ -446,4 +446,4 @@ def test_exact_bsolver_is_an_exact_only_option_with_a_stable_cell_key() -> None:
         parse_estimator("exact:bsolver=cg")
     gs = make_estimator(small_deq(), e).gradient
     assert gs.backward_method == "gmres" and gs.backward_solver.tol == 1e-3
-    assert make_estimator(small_deq(), EstimatorSpec()).gradient.backward_method == "fixed-point"
+    assert make_estimator(small_deq(), EstimatorSpec()).gradient.backward_method == "fallback"
