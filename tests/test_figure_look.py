@@ -304,6 +304,11 @@ def test_study_snr_figure_tells_a_deqs_test_solvers_apart(tmp_path, kept):
     assert (a.get_marker(), a.get_linestyle()) == ("o", "-")
     assert (b.get_marker(), b.get_linestyle()) == ("x", ":")
     assert lines["ffw1"].get_linestyle() == "--"
+    # a panel per training SNR, on one y scale (they are compared side by side)
+    noisy = [{**r, "train_snr_db": 0.0, "value": r["value"] - 0.3} for r in _mdeq_rows()]
+    plot_snr(_mdeq_rows() + noisy, tmp_path / "snr2", "mdeq")
+    a0, a1 = kept[-1].axes[:2]
+    assert a0.get_ylim() == a1.get_ylim() and a0.get_ylim()[0] < 0.6
 
 
 def test_study_solvers_figure_is_one_panel_per_deq(tmp_path, kept):

@@ -156,7 +156,8 @@ def plot_snr(rows: list[dict[str, Any]], stem: Path, title: str) -> list[Path]:
     solvers = deq_solvers(rows)
     table: list[dict[str, Any]] = []
     with styled() as plt:
-        fig, axes = plt.subplots(1, len(tsnrs), figsize=(5.5 * len(tsnrs), 4), squeeze=False)
+        fig, axes = plt.subplots(1, len(tsnrs), figsize=(5.5 * len(tsnrs), 4), squeeze=False,
+                                 sharey=True)  # panels compared side by side: one scale
         for ax, tsnr in zip(axes[0], tsnrs, strict=True):
             lines: dict[tuple, list] = {}
             for r in rows:
