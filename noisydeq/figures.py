@@ -343,6 +343,14 @@ def _legible(ticks: Sequence[float], lo: float, hi: float) -> bool:
     return max(b - a for a, b in zip(edges, edges[1:], strict=False)) <= MAX_LOG_GAP * span
 
 
+def plain_number(v: float) -> str:
+    """``v`` to three significant digits without an exponent: ``0.05``, ``0.66``, ``3000``,
+    ``40000`` (``f"{v:.3g}"`` writes ``3e+03``)."""
+    import numpy as np
+
+    return np.format_float_positional(float(f"{v:.3g}"), trim="-")
+
+
 def legible_log_axes(fig: Any) -> None:
     """Every log-scaled axis of ``fig`` is legible (:func:`_legible`): where it is not as
     drawn (a span of about a decade or less), major ticks at 1-2-5, then 1…9 × 10ᵏ, then at
@@ -371,7 +379,7 @@ def legible_log_axes(fig: Any) -> None:
                     # over a decade or two matplotlib labels minor ticks as a×10ᵏ ("6×10⁻¹"
                     # beside "10⁻¹"): the same positions, as plain numbers
                     axis.set_major_locator(FixedLocator(labelled))
-                    axis.set_major_formatter(FuncFormatter(lambda v, _pos: f"{v:.3g}"))
+                    axis.set_major_formatter(FuncFormatter(lambda v, _pos: plain_number(v)))
                     axis.set_minor_formatter(NullFormatter())
                 continue
             linear = [v for v in MaxNLocator(nbins=6).tick_values(lo, hi) if v > 0]
@@ -382,7 +390,7 @@ def legible_log_axes(fig: Any) -> None:
                 axis.set_major_locator(locator)
                 if _legible(list(locator.tick_values(lo, hi)), lo, hi):
                     break
-            axis.set_major_formatter(FuncFormatter(lambda v, _pos: f"{v:.3g}"))
+            axis.set_major_formatter(FuncFormatter(lambda v, _pos: plain_number(v)))
             axis.set_minor_formatter(NullFormatter())
 
 

@@ -271,6 +271,103 @@ def test_study_snr_figure(tmp_path, kept):
     assert len(_csv(tmp_path / "snr.csv")) == len(rows)
 
 
+def _mdeq_rows(ffw_first: bool = False) -> list[dict]:
+    """Summary rows of a study shaped like mdeq-mnist: three DEQs tested with Broyden and
+    stochastic unrolling (different values), two FFWs; seeds 2, band ±0.01."""
+    models = [("mdeq1", "deq", 2554, ("broyden", "stochastic")),
+              ("mdeq2", "deq", 11250, ("broyden", "stochastic")),
+              ("mdeq3", "deq", 39762, ("broyden", "stochastic")),
+              ("ffw1", "ffw", 7402, ("-",)), ("ffw2", "ffw", 12090, ("-",))]
+    if ffw_first:
+        models = models[3:] + models[:3]
+    rows = []
+    for model, kind, params, solvers in models:
+        for k, solver in enumerate(solvers):
+            for s in (-5.0, 0.0, 10.0, math.inf):
+                v = 0.9 - 0.05 * k + params / 1e6 + (0.0 if math.isinf(s) else s / 1000)
+                rows.append({"task": "digits", "model": model, "kind": kind,
+                             "params": params, "solver": solver, "train_snr_db": math.inf,
+                             "test_snr_db": s, "value": v, "value_min": v - 0.01,
+                             "value_max": v + 0.01, "metric": "accuracy",
+                             "shift_name": "none", "noise_site": "signal", "seeds": 2})
+    return rows
+
+
+def test_study_snr_figure_tells_a_deqs_test_solvers_apart(tmp_path, kept):
+    """Two test solvers of one DEQ were drawn with the same colour, marker and line (only
+    the marker changed, alike for both): its first keeps the kind's look, the other has its own."""
+    from noisydeq.studies.plots import plot_snr
+
+    plot_snr(_mdeq_rows(), tmp_path / "snr", "mdeq")
+    lines = {ln.get_label(): ln for ln in kept[-1].axes[0].get_lines()}
+    a, b = lines["mdeq2 [broyden]"], lines["mdeq2 [stochastic]"]
+    assert (a.get_marker(), a.get_linestyle()) == ("o", "-")
+    assert (b.get_marker(), b.get_linestyle()) == ("x", ":")
+    assert lines["ffw1"].get_linestyle() == "--"
+    # a panel per training SNR, on one y scale (they are compared side by side)
+    noisy = [{**r, "train_snr_db": 0.0, "value": r["value"] - 0.3} for r in _mdeq_rows()]
+    plot_snr(_mdeq_rows() + noisy, tmp_path / "snr2", "mdeq")
+    a0, a1 = kept[-1].axes[:2]
+    assert a0.get_ylim() == a1.get_ylim() and a0.get_ylim()[0] < 0.6
+
+
+def test_study_solvers_figure_is_one_panel_per_deq(tmp_path, kept):
+    """Fig. 6: a panel per DEQ, a line per test solver in its own hue, the legend under the
+    panels, the CSV the plotted DEQ rows exactly; plot_study draws it only with several
+    test solvers."""
+    from noisydeq.studies.plots import plot_solvers, plot_study
+    from noisydeq.studies.spec import StudySpec
+
+    rows = _mdeq_rows()
+    plot_solvers(rows, tmp_path / "solvers", "mdeq")
+    fig = kept[-1]
+    assert [ax.get_title() for ax in fig.axes] == [
+        "mdeq1 (2,554 parameters)", "mdeq2 (11,250 parameters)", "mdeq3 (39,762 parameters)"]
+    for ax in fig.axes:
+        got = {ln.get_label(): ln for ln in ax.get_lines()}
+        assert set(got) == {"broyden", "stochastic"}
+        assert _hue_gap(_hue(got["broyden"].get_color()),
+                        _hue(got["stochastic"].get_color())) > 30
+        assert ax.get_legend() is None
+    assert len(fig.legends) == 1
+    assert "min-max over 2 seeds" in _texts(fig)
+    plotted = _csv(tmp_path / "solvers.csv")
+    deq = [r for r in rows if r["kind"] == "deq"]
+    assert sorted((r["model"], r["solver"], float(r["test_snr_db"]), float(r["value"]))
+                  for r in plotted) == sorted(
+        (r["model"], r["solver"], r["test_snr_db"], r["value"]) for r in deq)
+    spec = StudySpec.model_validate({"task": "digits", "models": {
+        "m": {"kind": "deq", "cell": "mdeq", "width": 4, "scales": 1}}})
+    names = {p.name for p in plot_study(rows, spec, tmp_path / "all")}
+    assert {"snr.png", "solvers.png", "solvers.csv"} <= names
+    one = [r for r in rows if r["solver"] != "stochastic"]
+    assert "solvers.png" not in {p.name for p in plot_study(one, spec, tmp_path / "one")}
+
+
+def test_study_params_figure_keeps_the_deqs_when_an_ffw_comes_first(tmp_path, kept):
+    """Fig. 1e took the DEQ solver from the first row: with an FFW first (solver '-') no DEQ
+    was drawn. The DEQ line is its first test solver's, named in the legend, which sits
+    under the axes; the band is drawn as error bars; parameter ticks are plain numbers."""
+    from noisydeq.studies.plots import plot_params
+
+    for ffw_first in (False, True):
+        plot_params(_mdeq_rows(ffw_first), 10.0, tmp_path / "params", "mdeq")
+        fig = kept[-1]
+        ax = fig.axes[0]
+        labels = [t.get_text() for t in fig.legends[0].get_texts()]
+        assert sorted(labels) == ["DEQ [broyden] (trained without noise)",
+                                  "FFW (trained without noise)"], labels
+        assert ax.get_legend() is None
+        deq = next(ln for ln in ax.get_lines() if ln.get_label().startswith("DEQ"))
+        assert list(deq.get_xdata()) == [2554, 11250, 39762]
+        assert list(deq.get_ydata()) == pytest.approx([0.9 + p / 1e6 + 0.01
+                                                       for p in (2554, 11250, 39762)])
+        assert len(ax.containers) == 2  # error bars: min…max over the seeds
+        ticks = _labelled_ticks(ax.xaxis)
+        assert "10000" in ticks and not any("e+" in t for t in ticks), ticks
+        assert len(_csv(tmp_path / "params.csv")) == 5
+
+
 # ----------------------------------------------------------------- what a reader notices
 
 

@@ -2,10 +2,15 @@
 
 * ``extrapolation`` (Fig. 18): the metric against the test size / scale, one panel per DEQ
   iteration budget, a line per model and (training SNR = test SNR) condition.
-* ``snr`` (Fig. 6): the metric against the test SNR, a line per model and test solver, one
-  panel per training SNR — drawn when a study tests more than two SNRs.
+* ``snr``: the metric against the test SNR, a line per model and test solver (a DEQ's first
+  test solver in its kind's look, each further one with its own marker and a dotted line),
+  one panel per training SNR — drawn when a study tests more than two SNRs.
+* ``solvers`` (Fig. 6): the same curves, one panel per DEQ model (a row per training SNR), a
+  line per test solver in its own hue — drawn when the DEQs are tested with several solvers
+  at more than two SNRs.
 * ``params`` (Fig. 1e): the metric at ``fixed_snr_db`` against the parameter count, a line
-  per model kind, each point labelled with its model name.
+  per model kind (a DEQ's first test solver, named in the legend), each point labelled with
+  its model name, min…max over the seeds as error bars; the legend under the axes.
 
 The house look (:mod:`noisydeq.figures`): each model's kind gives its colour family and line
 style (DEQ blues solid, FFW oranges dashed, ...), a darker shade is a larger model; noisy
@@ -21,9 +26,11 @@ from typing import Any
 
 from noisydeq.analysis.outputs import snr_text
 from noisydeq.figures import (
+    category_colours,
     context_title,
     kind_line,
     layout,
+    legend_under,
     member_colours,
     panel_legend,
     save_figure,
@@ -33,6 +40,15 @@ from noisydeq.figures import (
     trained_text,
 )
 from noisydeq.studies.spec import StudySpec
+
+#: markers of a DEQ's second, third, ... test solver (its first keeps its kind's marker)
+OTHER_MARKERS = ("x", "^", "v", "D")
+
+
+def deq_solvers(rows: list[dict[str, Any]]) -> list[str]:
+    """The DEQs' test solvers in order of first appearance (FFW rows, solver ``-``, have
+    none)."""
+    return list(dict.fromkeys(r["solver"] for r in rows if r["solver"] != "-"))
 
 
 def _metric_label(rows: list[dict[str, Any]]) -> str:
@@ -137,9 +153,11 @@ def plot_snr(rows: list[dict[str, Any]], stem: Path, title: str) -> list[Path]:
     tsnrs = sorted({r["train_snr_db"] for r in rows})
     pos = snr_positions([r["test_snr_db"] for r in rows])
     looks = _looks(rows)
+    solvers = deq_solvers(rows)
     table: list[dict[str, Any]] = []
     with styled() as plt:
-        fig, axes = plt.subplots(1, len(tsnrs), figsize=(5.5 * len(tsnrs), 4), squeeze=False)
+        fig, axes = plt.subplots(1, len(tsnrs), figsize=(5.5 * len(tsnrs), 4), squeeze=False,
+                                 sharey=True)  # panels compared side by side: one scale
         for ax, tsnr in zip(axes[0], tsnrs, strict=True):
             lines: dict[tuple, list] = {}
             for r in rows:
@@ -149,8 +167,9 @@ def plot_snr(rows: list[dict[str, Any]], stem: Path, title: str) -> list[Path]:
                 pts.sort(key=lambda r: pos[r["test_snr_db"]])
                 x = [pos[r["test_snr_db"]] for r in pts]
                 look = dict(looks[model])
-                if solver not in ("-", "trained"):  # another test solver: a second marker
-                    look["marker"] = "x"
+                rank = solvers.index(solver) if solver in solvers else 0
+                if rank:  # a further test solver: its own marker, a dotted line
+                    look.update(marker=OTHER_MARKERS[(rank - 1) % len(OTHER_MARKERS)], ls=":")
                 seeds = _seeds_label(pts, rows)
                 ax.plot(x, [r["value"] for r in pts], ms=4, **look,
                         label=model + (f" ({seeds[2:]})" if seeds else "")
@@ -169,9 +188,56 @@ def plot_snr(rows: list[dict[str, Any]], stem: Path, title: str) -> list[Path]:
         return save_figure(fig, stem, table)
 
 
+def plot_solvers(rows: list[dict[str, Any]], stem: Path, title: str) -> list[Path]:
+    """Fig. 6: each DEQ's metric against the test SNR, a line per test solver (a hue and a
+    marker each), one panel per DEQ model and a row of panels per training SNR."""
+    deq = [r for r in rows if r["solver"] not in ("-",)]
+    models = list(dict.fromkeys(r["model"] for r in deq))
+    tsnrs = sorted({r["train_snr_db"] for r in deq})
+    solvers = deq_solvers(deq)
+    hues = category_colours(solvers)
+    pos = snr_positions([r["test_snr_db"] for r in deq])
+    params = {r["model"]: int(r["params"]) for r in deq}
+    table: list[dict[str, Any]] = []
+    with styled() as plt:
+        fig, axes = plt.subplots(len(tsnrs), len(models),
+                                 figsize=(3.6 * len(models), 3.2 * len(tsnrs)), squeeze=False,
+                                 sharey=True)
+        for i, tsnr in enumerate(tsnrs):
+            for ax, model in zip(axes[i], models, strict=True):
+                for j, solver in enumerate(solvers):
+                    pts = sorted((r for r in deq if r["model"] == model and
+                                  r["solver"] == solver and r["train_snr_db"] == tsnr),
+                                 key=lambda r: pos[r["test_snr_db"]])
+                    if not pts:
+                        continue
+                    x = [pos[r["test_snr_db"]] for r in pts]
+                    look = {"color": hues[solver], "ls": "-" if j == 0 else ":",
+                            "marker": ("o", *OTHER_MARKERS)[j % (1 + len(OTHER_MARKERS))]}
+                    ax.plot(x, [r["value"] for r in pts], ms=4, **look,
+                            label=solver + _seeds_label(pts, rows))
+                    ax.fill_between(x, [r["value_min"] for r in pts],
+                                    [r["value_max"] for r in pts], color=look["color"],
+                                    alpha=0.15, lw=0)
+                    table += pts
+                snr_axis(ax, pos)
+                ax.set_xlabel("test SNR (dB)")
+                ax.set_title(f"{model} ({params[model]:,} parameters)"
+                             + (f", {trained_text(tsnr)}" if len(tsnrs) > 1 else ""),
+                             fontsize=9)
+            axes[i][0].set_ylabel(_metric_label(rows)
+                                  + ("" if len(tsnrs) > 1 else f" ({trained_text(tsnr)})"))
+        handles, labels = axes[0][0].get_legend_handles_labels()
+        legend_under(fig, handles, labels)
+        fig.suptitle(study_title(deq, title + ": test solvers"), fontsize=10)
+        layout(fig)
+        return save_figure(fig, stem, table)
+
+
 def plot_params(rows: list[dict[str, Any]], snr: float, stem: Path, title: str) -> list[Path]:
-    sel = [r for r in rows if r["test_snr_db"] == snr and r["solver"] in ("-", "trained",
-                                                                           rows[0]["solver"])]
+    solvers = deq_solvers(rows)  # a DEQ's points: its first test solver's
+    sel = [r for r in rows if r["test_snr_db"] == snr and r["solver"] in (
+        "-", "trained", *solvers[:1])]
     table: list[dict[str, Any]] = []
     with styled() as plt:
         fig, ax = plt.subplots(figsize=(6, 4))
@@ -181,10 +247,16 @@ def plot_params(rows: list[dict[str, Any]], snr: float, stem: Path, title: str) 
                              key=lambda r: r["params"])
                 if not pts:
                     continue
+                solver = pts[0]["solver"]
                 ax.plot([r["params"] for r in pts], [r["value"] for r in pts], ms=4,
-                        label=f"{kind.upper()} (trained "
-                              + ("without noise)" if math.isinf(tsnr) else f"at {tsnr:g} dB)"),
+                        label=f"{kind.upper()}"
+                              + (f" [{solver}]" if solver not in ("-", "trained") else "")
+                              + f" ({trained_text(tsnr)})",
                         **_trained_marker(kind_line(kind), tsnr))
+                ax.errorbar([r["params"] for r in pts], [r["value"] for r in pts],
+                            yerr=[[r["value"] - r["value_min"] for r in pts],
+                                  [r["value_max"] - r["value"] for r in pts]], fmt="none",
+                            ecolor=kind_line(kind)["color"], elinewidth=1, capsize=2)
                 for r in pts:
                     ax.annotate(r["model"], (r["params"], r["value"]), fontsize=7,
                                 textcoords="offset points", xytext=(3, 3))
@@ -192,7 +264,8 @@ def plot_params(rows: list[dict[str, Any]], snr: float, stem: Path, title: str) 
         ax.set_xscale("log")
         ax.set_xlabel("parameters")
         ax.set_ylabel(f"{_metric_label(rows)} at test SNR {snr_text(snr)}")
-        ax.legend(frameon=False, fontsize=8)
+        handles, labels = ax.get_legend_handles_labels()
+        legend_under(fig, handles, labels)  # under the axes: it covers no point or name
         ax.set_title(study_title(rows, title), fontsize=9)
         layout(fig)
         return save_figure(fig, stem, table)
@@ -206,6 +279,8 @@ def plot_study(summary: list[dict[str, Any]], spec: StudySpec, out: Path,
         paths += plot_extrapolation(summary, out / "extrapolation", title)
     if len({r["test_snr_db"] for r in summary}) > 2:
         paths += plot_snr(summary, out / "snr", title)
+        if len(deq_solvers(summary)) > 1:
+            paths += plot_solvers(summary, out / "solvers", title)
     if spec.fixed_snr_db is not None:
         paths += plot_params(summary, spec.fixed_snr_db, out / "params", title)
     return paths
