@@ -141,19 +141,26 @@ def test_the_per_position_loss_counts_and_entropy_equal_direct_computations():
     assert torch.equal(prediction_entropy(flat), -(lp.exp() * lp).sum(dim=-1))
 
 
-@pytest.fixture(scope="module")
-def family(tmp_path_factory):
-    """A tiny prefix-sum study (DEQ and FFW, 8-bit strings, one epoch): seconds to train."""
+TINY = {  # task options, the FFW's cell
+    "prefix_sums": ({"length": 8, "n_train": 32, "n_test": 16}, "conv1d"),
+    "mazes": ({"size": 5, "n_train": 32, "n_test": 16}, "residual"),
+}
+
+
+@pytest.fixture(scope="module", params=sorted(TINY))
+def family(request, tmp_path_factory):
+    """A tiny study (DEQ and FFW, 8-bit strings or 5×5 mazes, one epoch): seconds to train."""
     tmp_path = tmp_path_factory.mktemp("per-position")
+    options, ffw_cell = TINY[request.param]
     fast = {"name": "unroll", "max_iter": 4, "tol": 1e-30, "stop": "abs", "window": 1}
     spec = build(StudySpec, {
-        "task": "prefix_sums", "task_options": {"length": 8, "n_train": 32, "n_test": 16},
+        "task": request.param, "task_options": options,
         "shifts": [], "n_shift": 4, "train_snr_db": ["inf"], "test_snr_db": ["inf"],
         "budgets": ["train"],
         "train": {"solver": fast, "test_solver": fast, "gradient": {"name": "bptt"},
                   "epochs": 1, "batch_size": 16},
         "models": {"deq": {"kind": "deq", "cell": "conv1d", "width": 2, "weight_norm": False},
-                   "ffw": {"kind": "ffw", "cell": "conv1d", "width": 2, "depth": 2,
+                   "ffw": {"kind": "ffw", "cell": ffw_cell, "width": 2, "depth": 2,
                            "weight_norm": False}},
     })
     run_study(spec, tmp_path / "run", plots=False)
@@ -164,10 +171,12 @@ def test_attack_runs_a_per_position_family_end_to_end(family, tmp_path, capsys):
     from noisydeq.analysis.family import deq_or_ffw, load_family, load_family_task
 
     out = tmp_path / "attack"
+    mazes = "mazes" in (family / "study.toml").read_text(encoding="utf-8")  # ℓ2 there
     code, stdout, err = run(["attack", "--family", str(family), "--samples", "8",
                              "--val-samples", "4", "--eps", "0,0.3", "--pgd-steps", "3",
                              "--steps", "2", "--sigma", "0,1", "--fraction", "0,0.2",
                              "--defences", "final,early,ensemble", "--out", str(out),
+                             "--norm", "l2" if mazes else "linf",
                              "--threads", "1", "--quiet"], capsys)
     assert code in (0, None), err
     # the default attacks without AutoAttack's curves, said in one line
