@@ -233,3 +233,20 @@ def test_a_regression_task_is_refused_in_one_line_and_per_sample_tables_keep_the
     assert "position_value" not in AttackRunDir(tmp_path / "b").columns
     assert AttackRunDir(tmp_path / "c", per_position=True).columns == {
         **ATTACK_COLUMNS, "position_value": "float"}
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_a_per_position_attack_on_ray_equals_the_local_one(ray_cluster, family, tmp_path,
+                                                          capsys):
+    # the workers' stand-in task says it is per-position: their rows carry position_value
+    argv = ["attack", "--family", str(family), "--attacks", "pgd-eps,speckle", "--eps",
+            "0,0.3", "--pgd-steps", "2", "--sigma", "0,1", "--samples", "6", "--val-samples",
+            "0", "--threads", "1", "--quiet"]
+    code, _, err = run([*argv, "--out", str(tmp_path / "local")], capsys)
+    assert code in (0, None), err
+    code, _, err = run([*argv, "--out", str(tmp_path / "ray"), "--backend", "ray"], capsys)
+    assert code in (0, None), err
+    local = (tmp_path / "local" / "results.csv").read_bytes()
+    assert b"position_value" in local
+    assert (tmp_path / "ray" / "results.csv").read_bytes() == local
