@@ -13,6 +13,14 @@ estimators of :mod:`noisydeq.attacks.estimators` (the model is any callable retu
 logits whose autograd graph is the estimator's), warm-started solves across steps, EOT and
 seeded random starts (a counter-based stream or a generator). On the same model and start
 it takes torchattacks' iterates (``tests/attacks``).
+
+Per-position tasks (prefix sums, mazes: logits (B, K, L) or (B, K, H, W), a label per
+position) are attacked with the **mean over positions of the per-position cross-entropy**
+(the training loss of those tasks, per sample; :func:`sample_loss`): every step raises
+the loss of all positions at once, the sign (ℓ∞) or direction (ℓ2) of its gradient being
+that of the sum over positions. A restart keeps the first iterate that gets *some*
+position wrong (the sample is then wrong under the tasks' all-positions metric), else the
+one of highest mean loss.
 """
 
 from __future__ import annotations
@@ -29,8 +37,22 @@ from noisydeq.errors import NoisyDEQError
 Model = Callable[[Tensor], Tensor]
 
 
+def sample_loss(logits: Tensor, y: Tensor) -> Tensor:
+    """(B,) attack loss: the cross-entropy of each sample, for a per-position task the mean
+    over its positions of the per-position cross-entropy (module docstring)."""
+    per = F.cross_entropy(logits, y, reduction="none")
+    return per if per.ndim == 1 else per.reshape(per.shape[0], -1).mean(1)
+
+
+def sample_wrong(logits: Tensor, y: Tensor) -> Tensor:
+    """(B,) bool: the arg-max misses the label (at some position, for a per-position task)."""
+    wrong = logits.argmax(1) != y
+    return wrong if wrong.ndim == 1 else wrong.reshape(wrong.shape[0], -1).any(1)
+
+
 def loss_and_grad(model: Model, x: Tensor, y: Tensor, eot: int = 1) -> tuple[Tensor, Tensor]:
-    """(per-sample CE loss, ∇_x of the summed loss), both averaged over ``eot`` forwards."""
+    """(per-sample loss :func:`sample_loss`, ∇_x of the summed loss), both averaged over
+    ``eot`` forwards."""
     loss: Tensor | None = None
     grad: Tensor | None = None
     for _ in range(eot):
@@ -42,7 +64,7 @@ def loss_and_grad(model: Model, x: Tensor, y: Tensor, eot: int = 1) -> tuple[Ten
                     "attack: the model gives no gradient with respect to its input; use a "
                     "query or noise attack (square, speckle, salt-pepper) or another estimator"
                 )
-            per = F.cross_entropy(logits, y, reduction="none")
+            per = sample_loss(logits, y)
             (g,) = torch.autograd.grad(per.sum(), xr)
         # (one draw: the tensors as they are; several: summed in place, divided once)
         loss = per.detach() if loss is None else loss.add_(per.detach())
@@ -123,8 +145,8 @@ def pgd(
             return adv
         with torch.no_grad():
             logits = model(adv)
-            loss = F.cross_entropy(logits, y, reduction="none")
-            wrong = logits.argmax(1) != y
+            loss = sample_loss(logits, y)
+            wrong = sample_wrong(logits, y)
         take = ~fooled & (wrong | (loss > best_loss))
         best = torch.where(take.reshape(-1, *([1] * (x.ndim - 1))), adv, best)
         best_loss = torch.where(take, loss, best_loss)

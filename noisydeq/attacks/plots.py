@@ -11,7 +11,10 @@
   device (solid) and transferred from the digital twin (dotted); mean over chips with
   the chip range as a band.
 
-Each figure's plotted values are the ``.csv`` beside it.
+Each figure's plotted values are the ``.csv`` beside it. A per-position task's run draws both
+figures twice: from ``value`` (all positions right, clean and attacked) and, named
+``positions_<mode>_<snr>`` / ``positions_vs_snr``, from ``position_value`` (fraction of
+positions right on both).
 """
 
 from __future__ import annotations
@@ -26,31 +29,39 @@ def _snr_label(s: float) -> str:
     return "inf" if math.isinf(s) else f"{s:g}dB"
 
 
-def _worst(rows: Sequence[dict[str, Any]]) -> dict[tuple, float]:
-    """(model, attack label, x) -> accuracy, worst over estimators, final defence, mean
-    over chips."""
+#: per plotted column: (file name prefix of the curves, of the SNR figure; y-axis label)
+COLUMN_LOOK = {"value": ("attacks", "robust_vs_snr", "accuracy"),
+               "position_value": ("positions", "positions_vs_snr", "positions right")}
+
+
+def _worst(rows: Sequence[dict[str, Any]], column: str = "value") -> dict[tuple, float]:
+    """(model, attack label, x) -> accuracy (``column``), worst over estimators, final
+    defence, mean over chips."""
     acc: dict[tuple, dict[str, list[float]]] = {}
     for r in rows:
         if r["defence"] != "final":
             continue
         key = (r["model_id"], r["attack"], r["x"])
-        acc.setdefault(key, {}).setdefault(r["estimator"], []).append(r["value"])
+        acc.setdefault(key, {}).setdefault(r["estimator"], []).append(r[column])
     return {k: min(sum(v) / len(v) for v in per.values()) for k, per in acc.items()}
 
 
-def plot_run(rows: Sequence[dict[str, Any]], fig_dir: Path, title: str = "") -> list[Path]:
-    """Write the run's figures; returns the paths (PNG, SVG and CSV)."""
+def plot_run(rows: Sequence[dict[str, Any]], fig_dir: Path, title: str = "",
+             column: str = "value") -> list[Path]:
+    """Write the run's figures of ``column`` (:data:`COLUMN_LOOK`); returns the paths (PNG,
+    SVG and CSV)."""
     from noisydeq.figures import member_colours, styled
 
     with styled():
-        return _plot_run(rows, fig_dir, title, member_colours)
+        return _plot_run(rows, fig_dir, title, member_colours, column)
 
 
 def _plot_run(rows: Sequence[dict[str, Any]], fig_dir: Path, title: str,
-              member_colours: Any) -> list[Path]:
+              member_colours: Any, column: str = "value") -> list[Path]:
     from noisydeq.figures import layout, legend_under, pyplot, save_figure
 
     plt = pyplot()
+    prefix, _, ylabel = COLUMN_LOOK[column]
     paths: list[Path] = []
     models = {}
     for r in rows:
@@ -63,7 +74,7 @@ def _plot_run(rows: Sequence[dict[str, Any]], fig_dir: Path, title: str,
     for (mode, snr), rs in sorted(by_level.items(), key=lambda kv: (kv[0][0], kv[0][1])):
         labels = list(dict.fromkeys(r["attack"] for r in rs))
         xname = {r["attack"]: r["x_name"] for r in rs}
-        worst = _worst(rs)
+        worst = _worst(rs, column)
         n = len(labels)
         cols = min(n, 4)
         nrows = math.ceil(n / cols)
@@ -84,7 +95,7 @@ def _plot_run(rows: Sequence[dict[str, Any]], fig_dir: Path, title: str,
             ax.set_title(label, fontsize=9)
             ax.set_xlabel({"eps": "ε", "steps": "PGD steps", "sigma": "speckle σ",
                            "fraction": "salt-and-pepper p"}.get(xname[label], xname[label]))
-            ax.set_ylabel("accuracy")
+            ax.set_ylabel(ylabel)
             ax.set_ylim(-0.02, 1.02)
             ax.grid(alpha=0.3)
         for ax in list(axes.flat)[n:]:
@@ -94,26 +105,28 @@ def _plot_run(rows: Sequence[dict[str, Any]], fig_dir: Path, title: str,
         where = "digital" if math.isinf(snr) else f"{mode} at {snr:g} dB"
         fig.suptitle(f"{title} — {where} (DEQ: worst estimator, final state)", fontsize=10)
         layout(fig)
-        paths += save_figure(fig, fig_dir / f"attacks_{mode}_{_snr_label(snr)}", table)
+        paths += save_figure(fig, fig_dir / f"{prefix}_{mode}_{_snr_label(snr)}", table)
     levels = sorted({r["snr_db"] for r in rows})
     if len(levels) > 1:
-        paths += plot_vs_snr(rows, fig_dir, colour, title)
+        paths += plot_vs_snr(rows, fig_dir, colour, title, column)
     return paths
 
 
 def plot_vs_snr(rows: Sequence[dict[str, Any]], fig_dir: Path,
                 colour: dict[tuple[str, int], Any],
-                title: str = "") -> list[Path]:
-    """Accuracy against the SNR level (white-box and transfer), one panel per ε of the
-    first ε curve (ε = 0: the clean accuracy under the noise)."""
+                title: str = "", column: str = "value") -> list[Path]:
+    """Accuracy (``column``) against the SNR level (white-box and transfer), one panel per
+    ε of the first ε curve (ε = 0: the clean accuracy under the noise)."""
     from noisydeq.figures import save_figure, styled
 
     with styled() as plt:
-        return _plot_vs_snr(plt, save_figure, rows, fig_dir, colour, title)
+        return _plot_vs_snr(plt, save_figure, rows, fig_dir, colour, title, column)
 
 
 def _plot_vs_snr(plt: Any, save_figure: Any, rows: Sequence[dict[str, Any]], fig_dir: Path,
-                 colour: dict[tuple[str, int], Any], title: str) -> list[Path]:
+                 colour: dict[tuple[str, int], Any], title: str,
+                 column: str = "value") -> list[Path]:
+    _, name, ylabel = COLUMN_LOOK[column]
     grad = [r for r in rows if r["x_name"] == "eps" and r["defence"] == "final"]
     if not grad:
         return []
@@ -139,7 +152,7 @@ def _plot_vs_snr(plt: Any, save_figure: Any, rows: Sequence[dict[str, Any]], fig
                     continue  # nothing is crafted at ε = 0
                 k = (r["model_id"], r["kind"], r["depth"], mode)
                 series.setdefault(k, {}).setdefault(s, {}).setdefault(r["estimator"],
-                                                                      []).append(r["value"])
+                                                                      []).append(r[column])
         for (mid, kind, depth, mode), pts in sorted(series.items(), key=lambda kv: kv[0][2:]):
             xs = sorted(pts)
             if mode == "transfer" and len(xs) < 2:
@@ -162,7 +175,7 @@ def _plot_vs_snr(plt: Any, save_figure: Any, rows: Sequence[dict[str, Any]], fig
         ticks = sorted(set(finite)) + [inf_at]
         ax.set_xticks(ticks, [f"{t:g}" for t in ticks[:-1]] + ["∞"])
         ax.set_xlabel(_snr_axis(pick))
-        ax.set_ylabel("accuracy")
+        ax.set_ylabel(ylabel)
         ax.set_title("clean" if eps == 0 else f"{label}, ε = {eps:g}", fontsize=9)
         ax.set_ylim(-0.02, 1.02)
         ax.grid(alpha=0.3)
@@ -176,7 +189,7 @@ def _plot_vs_snr(plt: Any, save_figure: Any, rows: Sequence[dict[str, Any]], fig
         else "")
     fig.suptitle(f"{title}: accuracy vs SNR ({how})", fontsize=10)
     layout(fig)
-    return save_figure(fig, fig_dir / "robust_vs_snr", table)
+    return save_figure(fig, fig_dir / name, table)
 
 
 def _snr_axis(rows: Sequence[dict[str, Any]]) -> str:

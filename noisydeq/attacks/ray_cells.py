@@ -28,7 +28,14 @@ import torch
 
 from noisydeq import cluster
 from noisydeq.attacks.grid import AttackRunSpec
-from noisydeq.attacks.runner import AttackMember, Cell, Runner, early_key, plan
+from noisydeq.attacks.runner import (
+    AttackMember,
+    Cell,
+    Runner,
+    early_key,
+    is_per_position,
+    plan,
+)
 from noisydeq.errors import NoisyDEQError
 
 #: a worker's unpacked payload and models of the run it serves: key -> (token, value)
@@ -45,6 +52,8 @@ class TestInputs:
     x_test: torch.Tensor
     y_test: torch.Tensor
     x_train: torch.Tensor
+    #: a class per position (prefix sums, mazes): rows carry ``position_value``
+    per_position: bool = False
 
 
 @dataclass
@@ -119,7 +128,7 @@ def run_on_ray(runner: Runner, members: Sequence[AttackMember], todo: Sequence[C
     spec, task, rd = runner.spec, runner.task, runner.rd
     inputs = TestInputs(task.name, getattr(task, "kind", "classification"),
                         int(task.out_features), task.x_test.cpu(), task.y_test.cpu(),
-                        task.x_train[:512].cpu())
+                        task.x_train[:512].cpu(), is_per_position(task))
     ref = ray.put(Payload(spec, inputs, code_fingerprint(), str(runner.dev)))
     token = ref.hex()
     index = {id(m): i for i, m in enumerate(members)}

@@ -42,7 +42,16 @@ says so in one warning line. Cells of ``exact`` with its default backward method
 ``bwd=fallback`` in their key (:meth:`EstimatorSpec.cell_tag`): cells computed under the
 earlier default (Anderson alone) are not reused.
 
-Length (about 600 lines): one idea, an attack run from its grid of cells to its table; the
+Per-position tasks (prefix sums, mazes: a class per bit or pixel) run the same grid: the
+PGD loss is the mean over positions of the per-position cross-entropy
+(:func:`noisydeq.attacks.pgd.sample_loss`), ``value`` counts a sample when every position
+is right clean and attacked (:mod:`noisydeq.attacks.robust`), an extra column
+``position_value`` (:data:`POSITION_COLUMNS`, only in these runs' tables) the fraction of
+positions right on both, and a sample's entropy is the mean over its positions. AutoAttack
+and its parts (torchattacks: one class per sample) are refused for them in one line; a
+regression task (matrix addition, MSE) is refused.
+
+Length (about 640 lines): one idea, an attack run from its grid of cells to its table; the
 cells, the early-state defence's per-state record and the white-box table share one run
 directory and its checks.
 """
@@ -70,8 +79,9 @@ from noisydeq.attacks.defences import (
 from noisydeq.attacks.estimators import make_estimator
 from noisydeq.attacks.grid import AttackRunSpec, GridPoint, expand
 from noisydeq.attacks.hardware import Level, check_device, make_level
-from noisydeq.attacks.robust import RULE, robust_correct
+from noisydeq.attacks.robust import RULE, robust_correct, robust_position_fraction
 from noisydeq.attacks.spec import (
+    LIBRARY_ATTACKS,
     AttackSpec,
     DefenceSpec,
     EstimatorSpec,
@@ -102,6 +112,9 @@ ATTACK_COLUMNS: dict[str, str] = {
 #: the columns of cells written before ``bwd_unconverged`` (loaded with it set to -1)
 LEGACY_COLUMNS: dict[str, str] = {k: v for k, v in ATTACK_COLUMNS.items()
                                   if k != "bwd_unconverged"}
+#: the extra column of a per-position task's table: fraction of positions right on the clean
+#: and the attacked input (:func:`noisydeq.attacks.robust.robust_position_fraction`)
+POSITION_COLUMNS: dict[str, str] = {"position_value": "float"}
 #: columns no two rows of the attack table share
 ATTACK_IDENTITY: tuple[str, ...] = (
     "model_id", "snr_db", "chip", "mode", "estimator", "attack", "x_name", "x", "defence",
@@ -124,6 +137,11 @@ class AttackRunDir(RunDir):
     growable = ()  # an attack run does not grow: any other spec is refused
     columns = ATTACK_COLUMNS
     identity = ATTACK_IDENTITY
+
+    def __init__(self, path: str | Path, per_position: bool = False) -> None:
+        super().__init__(path)
+        if per_position:  # a per-position task's table (and cells) carry position_value
+            self.columns = {**ATTACK_COLUMNS, **POSITION_COLUMNS}
 
     def load_cell(self, key: str, expect: Any = None, *, columns: Any = None,
                   identity: Any = None) -> list[dict[str, Any]] | None:
@@ -243,7 +261,17 @@ def validate(spec: AttackRunSpec, task: Any, members: Sequence[AttackMember]) ->
     if not members:
         raise NoisyDEQError("--family: no models to attack")
     if getattr(task, "kind", "classification") != "classification":
-        raise NoisyDEQError(f"attack: task '{task.name}' is not a classification task")
+        raise NoisyDEQError(
+            f"attack: task '{task.name}' is a regression task (metric mse); the attacks are "
+            "for classification tasks (a class per sample, or per position as in prefix_sums "
+            "and mazes)")
+    if is_per_position(task):
+        library = [p.attack.name for p in expand(spec) if p.attack.name in LIBRARY_ATTACKS]
+        if library:
+            raise NoisyDEQError(
+                f"attack '{library[0]}': AutoAttack and its parts ({', '.join(LIBRARY_ATTACKS)}"
+                f") score one class per sample; task '{task.name}' predicts a class per "
+                "position: use pgd-eps, pgd-steps, ifgsm, speckle or salt-pepper")
     n_test = len(task.x_test)
     if spec.samples + spec.val_samples > n_test:
         raise NoisyDEQError(
@@ -273,6 +301,11 @@ def validate(spec: AttackRunSpec, task: Any, members: Sequence[AttackMember]) ->
                 )
 
 
+def is_per_position(task: Any) -> bool:
+    """The task predicts a class per position (prefix sums, mazes)."""
+    return bool(getattr(task, "per_position", False))
+
+
 def probe_gradients(spec: AttackRunSpec, members: Sequence[AttackMember], task: Any) -> None:
     """One forward of two test inputs per model and estimator: a gradient attack on a
     model that gives no input gradient is refused before anything is written."""
@@ -298,6 +331,8 @@ def in_shape_of(task: Any, model: nn.Module) -> tuple[int, ...]:
                  getattr(model, "proj", None)):
         if proj is not None and hasattr(proj, "in_shape"):
             return tuple(proj.in_shape)
+    if task.x_test.ndim > 2:  # stored with its shape (a per-position task)
+        return tuple(int(s) for s in task.x_test.shape[1:])
     d = int(task.x_test.shape[1])
     side = int(round(d**0.5))
     return (1, side, side) if side * side == d else (1, 1, d)
@@ -344,6 +379,7 @@ class Runner:
         self.yv = task.y_test[len(task.y_test) - v:].to(torch_device) if v else None
         self.calib = task.x_train[:512].to(torch_device)
         self.n_classes = int(task.out_features)
+        self.per_position = is_per_position(task)
         self._level: tuple[tuple, Level] | None = None
         self._clean: dict[tuple[str, ...], tuple[dict[str, Tensor], Tensor]] = {}
 
@@ -435,8 +471,12 @@ class Runner:
             out, ref = logits[d.label()], clean[d.label()]
             ok = robust_correct(ref, out, self.y, clean_diverged=bad_clean, adv_diverged=bad)
             p, dh = entropy_shift(prediction_entropy(ref), prediction_entropy(out))
-            rows.append(self.row(cell, d, float(ok.double().mean()), p, dh,
-                                 tally.unconverged))
+            row = self.row(cell, d, float(ok.double().mean()), p, dh,
+                           tally.unconverged)
+            if self.per_position:
+                row["position_value"] = robust_position_fraction(
+                    ref, out, self.y, clean_diverged=bad_clean, adv_diverged=bad)
+            rows.append(row)
         return rows
 
     def row(self, cell: Cell, d: DefenceSpec, value: float, entropy_p: float = math.nan,
@@ -508,7 +548,7 @@ def run_attacks(
     if backend.ray and remote is None:
         raise NoisyDEQError("run_attacks: --backend ray needs the Ray cell runner "
                             "(noisydeq.attacks.ray_cells.run_on_ray)")
-    with session(backend), AttackRunDir(out) as rd:
+    with session(backend), AttackRunDir(out, is_per_position(task)) as rd:
         rd.open(spec, {"models": [m.model_id for m in members], "cells": len(cells)})
         result = _run_open(spec, members, task, rd, cells, dev, progress, plots,
                            remote if backend.ray else None)
@@ -591,7 +631,9 @@ def _run_open(spec: AttackRunSpec, members: Sequence[AttackMember], task: Any,
     if plots:
         from noisydeq.attacks.plots import plot_run
 
-        figures = plot_run(rows, rd.figures, title=f"{task.name}: {Path(spec.family).name} · "
-                           + _noise_text(spec))
+        title = f"{task.name}: {Path(spec.family).name} · " + _noise_text(spec)
+        figures = plot_run(rows, rd.figures, title=title)
+        if is_per_position(task):
+            figures += plot_run(rows, rd.figures, title=title, column="position_value")
     rd.seal(figures, extra=[rd.whitebox_path])
     return AttackResult(rows, rd, wb, figures, computed, skipped)

@@ -35,13 +35,6 @@ def _members(family: Path, data_dir: str | None, cache: Path | None):
 
     loaded = load_family(family, "cpu", data_dir=data_dir, cache_dir=cache, check=deq_or_ffw)
     task = load_family_task(loaded, data_dir)
-    if getattr(task, "per_position", False):
-        # robust accuracy, the PGD loss, the entropy shift and the early state are defined
-        # for one class per sample; a per-position task (prefix sums, mazes) has none of them
-        raise NoisyDEQError(
-            f"--family: task '{task.name}' predicts a class per position; the attacks are "
-            "for classification tasks with one label per sample (digits, mnist10k, mnist, "
-            "cifar10)")
     members = [defended_model(m.model, m.kind, m.depth, m.width, m.params, m.seed, m.train)
                for m in loaded]
     ids = [m.model_id for m in members]
@@ -52,12 +45,33 @@ def _members(family: Path, data_dir: str | None, cache: Path | None):
     return members, task, loaded[0].data_dir
 
 
+def _per_position_attacks(spec: AttackRunSpec, task: Any) -> dict[str, Any]:
+    """A per-position task (prefix sums, mazes) attacked with the default ``--attacks``:
+    the default without AutoAttack's curves (torchattacks scores one class per sample), said
+    in one line; named explicitly, they are refused (:func:`noisydeq.attacks.runner.validate`)."""
+    from noisydeq.attacks.spec import LIBRARY_ATTACKS
+
+    ctx = click.get_current_context(silent=True)
+    given = ctx is not None and ctx.get_parameter_source("attacks") not in (
+        click.core.ParameterSource.DEFAULT, click.core.ParameterSource.DEFAULT_MAP, None)
+    if given or not getattr(task, "per_position", False):
+        return {}
+    kept = [a for a in spec.attacks if a not in LIBRARY_ATTACKS]
+    if kept == spec.attacks:
+        return {}
+    dropped = [a for a in spec.attacks if a in LIBRARY_ATTACKS]
+    click.echo(f"attack: task '{task.name}' predicts a class per position; the default "
+               f"attacks run without {', '.join(dropped)} (one class per sample)", err=True)
+    return {"attacks": kept}
+
+
 @click.command("attack")
 @family_option
 @click.option("--attacks", default="pgd-eps,pgd-steps,aa,aa-rand,speckle,salt-pepper",
               show_default=True,
               help="attack curves: pgd-eps (PGD-s over --eps for s in --pgd-steps), pgd-steps, "
-                   "ifgsm, aa, aa-rand, apgd-ce, apgd-t, fab, square, speckle, salt-pepper.")
+                   "ifgsm, aa, aa-rand, apgd-ce, apgd-t, fab, square, speckle, salt-pepper "
+                   "(a per-position task, prefix sums or mazes: not aa … square).")
 @click.option("--eps", default="0:0.4:0.05", show_default=True,
               help="ε grid (start:stop:step or a list) for the ε curves.")
 @click.option("--pgd-steps", default="10,50", show_default=True,
@@ -152,7 +166,8 @@ def command(family, attacks, eps, pgd_steps, steps, steps_eps, sigma, fraction, 
     from noisydeq.results import spec_hash
 
     members, task, recorded = _members(Path(family), data_dir, cache)
-    spec = spec.model_copy(update={"task": task.name, "data_dir": data_dir or recorded})
+    spec = spec.model_copy(update={"task": task.name, "data_dir": data_dir or recorded,
+                                   **_per_position_attacks(spec, task)})
     out_dir = out or default_out(Path(family), None, f"attack-{spec_hash(spec)}")
     t0 = time.perf_counter()
     with num_threads(eval_threads):

@@ -38,7 +38,15 @@ from noisydeq.specs.entropy import EntropySpec
 
 
 def prediction_entropy(logits: Tensor) -> Tensor:
-    """H = −Σ_j p_j log p_j of softmax(logits), per sample (regulation paper Eq. 6)."""
+    """H = −Σ_j p_j log p_j of softmax(logits), per sample (regulation paper Eq. 6).
+
+    Per-position logits (B, K, L) / (B, K, H, W) (prefix sums, mazes): the softmax over the
+    classes (dimension 1) at each position, and the sample's H is the mean over its
+    positions of the per-position entropy.
+    """
+    if logits.ndim > 2:
+        logp = F.log_softmax(logits, dim=1)
+        return -(logp.exp() * logp).sum(dim=1).reshape(logits.shape[0], -1).mean(dim=1)
     logp = F.log_softmax(logits, dim=-1)
     return -(logp.exp() * logp).sum(dim=-1)
 

@@ -1,5 +1,5 @@
 """Attacks on the cells beyond Eq. 57 (issue 22): the multiscale DEQ is attacked like any
-classifier; a per-position task (prefix sums, mazes) is refused in one line."""
+classifier (per-position tasks: tests/attacks/test_per_position.py)."""
 
 from __future__ import annotations
 
@@ -8,13 +8,10 @@ from torch.nn import functional as F
 
 from noisydeq.attacks import EstimatorSpec, make_estimator, parse_estimator
 from noisydeq.attacks.pgd import pgd
-from noisydeq.config import SolverSpec, build
+from noisydeq.config import SolverSpec
 from noisydeq.models import build_model
 from noisydeq.models.wnconv import WeightNorm
-from noisydeq.studies import StudySpec, run_study
 from tests.attacks.helpers import frozen
-from tests.cli_helpers import one_line_error
-from tests.cli_helpers import run_cli as run
 
 
 def small_mdeq():
@@ -62,21 +59,3 @@ def test_mdeq_input_gradients_match_finite_differences_and_pgd_raises_the_loss()
     assert float((adv - x).abs().max()) <= 0.1 + 1e-12 and float(adv.min()) >= 0.0
     with torch.no_grad():
         assert float(_loss(m, adv, y)) > float(_loss(m, x, y))
-
-
-def test_attack_refuses_a_per_position_family_before_writing(tmp_path, capsys):
-    fast = {"name": "unroll", "max_iter": 4, "tol": 1e-30, "stop": "abs", "window": 1}
-    spec = build(StudySpec, {
-        "task": "prefix_sums", "task_options": {"length": 8, "n_train": 32, "n_test": 8},
-        "shifts": [], "n_shift": 4, "train_snr_db": ["inf"], "test_snr_db": ["inf"],
-        "budgets": ["train"],
-        "train": {"solver": fast, "test_solver": fast, "gradient": {"name": "bptt"},
-                  "epochs": 1, "batch_size": 16},
-        "models": {"deq": {"kind": "deq", "cell": "conv1d", "width": 2,
-                           "weight_norm": False}},
-    })
-    run_study(spec, tmp_path / "run", plots=False)
-    code, _, err = run(["attack", "--family", str(tmp_path / "run"), "--samples", "4",
-                        "--quiet"], capsys)
-    one_line_error(code, err, "task 'prefix_sums' predicts a class per position")
-    assert not (tmp_path / "run" / "analysis").exists()
