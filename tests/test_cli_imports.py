@@ -140,7 +140,6 @@ print(json.dumps([code, bool(seen), late]))
      "--device-adc-gain: only for a photonic device"),
     (["train", "--task", "digits", "--device", "photonic", "--device-drift-alpha", "epoch"],
      "--device-drift-alpha: only for an rram device"),
-    (["sweep", "--device", "nope", "--out", "{d}/o"], "unknown device 'nope'"),
     (["sweep", "--device", "ideal", "--train-device", "rrm", "--out", "{d}/o"],
      "train_device: unknown device 'rrm'; did you mean 'rram'"),
     (["attack", "--family", "{d}", "--device", "nope"], "unknown device 'nope'"),
