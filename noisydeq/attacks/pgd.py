@@ -29,6 +29,16 @@ from noisydeq.errors import NoisyDEQError
 Model = Callable[[Tensor], Tensor]
 
 
+def _forward(model: Model, xr: Tensor) -> Tensor:
+    logits = model(xr)
+    if not logits.requires_grad:
+        raise NoisyDEQError(
+            "attack: the model gives no gradient with respect to its input; use a "
+            "query or noise attack (square, speckle, salt-pepper) or another estimator"
+        )
+    return logits
+
+
 def loss_and_grad(model: Model, x: Tensor, y: Tensor, eot: int = 1) -> tuple[Tensor, Tensor]:
     """(per-sample CE loss, ∇_x of the summed loss), both averaged over ``eot`` forwards."""
     loss: Tensor | None = None
@@ -36,13 +46,7 @@ def loss_and_grad(model: Model, x: Tensor, y: Tensor, eot: int = 1) -> tuple[Ten
     for _ in range(eot):
         xr = x.detach().requires_grad_(True)
         with torch.enable_grad():
-            logits = model(xr)
-            if not logits.requires_grad:
-                raise NoisyDEQError(
-                    "attack: the model gives no gradient with respect to its input; use a "
-                    "query or noise attack (square, speckle, salt-pepper) or another estimator"
-                )
-            per = F.cross_entropy(logits, y, reduction="none")
+            per = F.cross_entropy(_forward(model, xr), y, reduction="none")
             (g,) = torch.autograd.grad(per.sum(), xr)
         # (one draw: the tensors as they are; several: summed in place, divided once)
         loss = per.detach() if loss is None else loss.add_(per.detach())
@@ -52,6 +56,23 @@ def loss_and_grad(model: Model, x: Tensor, y: Tensor, eot: int = 1) -> tuple[Ten
         loss.div_(eot)
         grad.div_(eot)
     return loss, grad
+
+
+def input_grad(model: Model, x: Tensor, y: Tensor, eot: int = 1) -> Tensor:
+    """∇_x of the summed CE loss averaged over ``eot`` forwards: :func:`loss_and_grad`'s
+    gradient, bit for bit, without the per-sample loss. The sum is the loss's own
+    ``reduction="sum"`` (the CE backward writes −g at each target either way, g = 1 from
+    the sum's backward or the scalar seed), which saves the sum and its backward node on
+    each of PGD's steps (``tests/attacks`` pins the equality)."""
+    grad: Tensor | None = None
+    for _ in range(eot):
+        xr = x.detach().requires_grad_(True)
+        with torch.enable_grad():
+            total = F.cross_entropy(_forward(model, xr), y, reduction="sum")
+            (g,) = torch.autograd.grad(total, xr)
+        grad = g if grad is None else grad.add_(g)
+    assert grad is not None
+    return grad.div_(eot) if eot > 1 else grad
 
 
 def _step(adv: Tensor, x: Tensor, grad: Tensor, alpha: float, eps: float, norm: str,
@@ -117,8 +138,7 @@ def pgd(
             delta = torch.zeros_like(x)
         adv = clip_box(x + project(delta, eps, norm), box)
         for _ in range(steps):
-            _, g = loss_and_grad(model, adv, y, eot)
-            adv = _step(adv, x, g, alpha, eps, norm, box)
+            adv = _step(adv, x, input_grad(model, adv, y, eot), alpha, eps, norm, box)
         if restarts == 1:
             return adv
         with torch.no_grad():
