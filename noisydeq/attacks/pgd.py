@@ -124,9 +124,11 @@ def pgd(
     if eps == 0:
         return x.clone()
     alpha = 2.5 * eps / steps if alpha is None else alpha
-    best = x.clone()
-    best_loss = torch.full((x.shape[0],), -torch.inf, dtype=x.dtype, device=x.device)
-    fooled = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
+    best = best_loss = fooled = x  # the restarts' record (one restart returns its iterate)
+    if restarts != 1:
+        best = x.clone()
+        best_loss = torch.full((x.shape[0],), -torch.inf, dtype=x.dtype, device=x.device)
+        fooled = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
     for r in range(restarts):
         if on_restart is not None:
             on_restart()
