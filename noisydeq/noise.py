@@ -245,8 +245,9 @@ class NoiseStream:
         of one per batch, the same numbers."""
         if self.samples is not None or self.block_rows is not None or len(self.seeds) != 1:
             raise ValueError("a row table is a one-seed stream keyed by position")
-        out = NoiseStream.from_seed(self.seeds[0], self.device, samples)
-        out._table = (self, out.samples)  # type: ignore[assignment]
+        rows = torch.as_tensor(samples, dtype=torch.int64)
+        out = NoiseStream.from_seed(self.seeds[0], self.device, rows)
+        out._table = (self, rows)
         return out
 
     def _take_rows(self, device: torch.device) -> None:
