@@ -197,6 +197,9 @@ class NoiseStream:
         #: (shape, dtype, numbers) of the next ``randn`` call, drawn ahead with other
         #: streams' (:meth:`draw_ahead`); dropped by any other use of the stream
         self._ahead: tuple[tuple[int, ...], torch.dtype, Tensor] | None = None
+        #: (stream of this seed keyed by position, its rows to take): set-up copied from
+        #: it on first use instead of recomputed (:meth:`rows_of`)
+        self._table: tuple[NoiseStream, Tensor] | None = None
 
     @classmethod
     def from_seed(
@@ -229,6 +232,37 @@ class NoiseStream:
             sl = slice(i * n, (i + 1) * n)
             stream._gamma, stream._base, stream._step = gamma[sl], seed[sl], step[sl]
         return out
+
+    def rows_of(self, samples: Tensor) -> NoiseStream:
+        """``from_seed(seed, device, samples)`` of this stream's one seed, its rows' set-up
+        (:func:`rng.split`) taken from this stream's rows ``samples`` on its first draw.
+
+        This stream must be keyed by position (one seed, no ``samples``, no blocks) and
+        serves as a table: row r's set-up is a function of (seed, r) alone, so the taken
+        rows are exactly the ones a fresh stream of ``samples`` computes; the table grows
+        to the largest sample asked for and is never drawn from. A training epoch keeps one
+        table per source and takes each batch's rows from it: one split per epoch instead
+        of one per batch, the same numbers."""
+        if self.samples is not None or self.block_rows is not None or len(self.seeds) != 1:
+            raise ValueError("a row table is a one-seed stream keyed by position")
+        rows = torch.as_tensor(samples, dtype=torch.int64)
+        out = NoiseStream.from_seed(self.seeds[0], self.device, rows)
+        out._table = (self, rows)
+        return out
+
+    def _take_rows(self, device: torch.device) -> None:
+        """Set up this stream's rows from its table (:meth:`rows_of`), once."""
+        assert self._table is not None
+        table, samples = self._table
+        self._table = None
+        if not samples.numel():
+            return
+        have = 0 if table._base is None else table._base.shape[0]
+        gamma, base, step = table._rows(max(have, int(samples.max()) + 1), table.device)
+        index = samples.to(gamma.device)
+        self._gamma, self._base, self._step = (gamma.index_select(0, index).to(device),
+                                               base.index_select(0, index).to(device),
+                                               step.index_select(0, index).to(device))
 
     @staticmethod
     def draw_ahead(streams: Sequence[NoiseStream], shapes: Sequence[Sequence[int]],
@@ -276,6 +310,8 @@ class NoiseStream:
 
     def _rows(self, total: int, device: torch.device) -> tuple[Tensor, Tensor, Tensor]:
         """(gamma, base, step) of the batch's ``total`` rows on ``device``."""
+        if self._table is not None:
+            self._take_rows(device)
         fixed = self._fixed_rows()
         if fixed is not None and fixed != total:
             raise ValueError(f"noise stream expects a batch of {fixed} rows, got {total}")

@@ -293,8 +293,9 @@ def _fit(
     finally:
         bar.close()
 
-    if hooks is not None:  # the selected epoch's weights (deployed layers keep digital ones)
-        model.load_state_dict(hooks.final_weights(net))
+    selected = hooks.selected_weights() if hooks is not None else None
+    if selected is not None:  # the selected epoch's weights (deployed layers keep digital ones)
+        model.load_state_dict(selected)
     elif net is not model:
         model.load_state_dict(net.state_dict())  # deployed layers keep the digital weights
     test_metric = evaluate(model, task)
@@ -397,11 +398,14 @@ def _train_epoch(
                 out, jac = forward_logits(net, xb, noise, threshold)
                 loss = task.loss(out, yb)
         total = loss if jac is None else loss + jac
-        if not torch.isfinite(total):
+        # one read of the loss per batch: the divergence check, the epoch mean, the bar
+        total_value = float(total.detach())
+        if not math.isfinite(total_value):
             raise NoisyDEQError(
                 f"training diverged at epoch {epoch + 1}, batch {b + 1} "
-                f"(loss {float(total.detach())}); lower the learning rate or the training noise"
+                f"(loss {total_value}); lower the learning rate or the training noise"
             )
+        loss_value = total_value if jac is None else float(loss.detach())
         opt.zero_grad(set_to_none=True)
         total.backward()
         if ibp is not None:
@@ -411,11 +415,11 @@ def _train_epoch(
         opt.step()
         if spec.spectral_cap is not None:
             cap_spectral_norm(net, spec.spectral_cap)
-        loss_sum += float(loss.detach()) * len(idx)
+        loss_sum += loss_value * len(idx)
         metric_sum += task.metric(out.detach(), yb) * len(idx)
         jac_sum += float(jac.detach()) * len(idx) if jac is not None else 0.0
         bar.update(1)
-        bar.set_postfix(epoch=epoch + 1, loss=f"{float(loss.detach()):.4f}", refresh=False)
+        bar.set_postfix(epoch=epoch + 1, loss=f"{loss_value:.4f}", refresh=False)
     record = {"epoch": epoch + 1, "loss": loss_sum / n, task.metric_name: metric_sum / n,
               "jac_loss": jac_sum / n, "seconds": time.perf_counter() - t0}
     return record if ibp is None else {**record, **ibp.last}

@@ -31,6 +31,8 @@ class _Rng:
 
     def __init__(self, seed: int, dev: torch.device) -> None:
         self.seed, self.dev = seed, dev
+        #: the current epoch's row tables, one per source (:meth:`NoiseStream.rows_of`)
+        self._tables: dict[tuple, NoiseStream] = {}
 
     def permutation(self, n: int, epoch: int) -> Tensor:
         """The data order of ``epoch``: indices sorted by one uniform per sample (53 bits)."""
@@ -41,8 +43,15 @@ class _Rng:
     def stream(self, what: str, epoch: int, samples: Tensor, *name: str) -> NoiseStream:
         """The ``what`` source (noise, device, threshold) of ``epoch`` for the rows
         ``samples`` (training-set indices); ``name``: e.g. a device layer's."""
-        key = derive_seed(self.seed, "train", what, epoch, *name)
-        return NoiseStream.from_seed(key, self.dev, samples=samples)
+        address = (what, epoch, *name)
+        table = self._tables.get(address)
+        if table is None:  # a new epoch: the last one's tables are done with
+            if any(k[1] != epoch for k in self._tables):
+                self._tables.clear()
+            key = derive_seed(self.seed, "train", what, epoch, *name)
+            table = self._tables[address] = NoiseStream.from_seed(key, self.dev)
+        # == NoiseStream.from_seed(key, dev, samples), its rows set up once per epoch
+        return table.rows_of(samples)
 
 
 def _save_resume(

@@ -169,6 +169,31 @@ def test_stream_numbers_are_a_function_of_their_address():
     torch.testing.assert_close(again[5], first[5], rtol=0, atol=0)
 
 
+def test_rows_taken_from_a_table_are_a_fresh_stream_of_those_samples():
+    """``table.rows_of(samples)`` (a training epoch's per-batch streams) draws what
+    ``from_seed(seed, samples=samples)`` draws: every kind, draw after draw, any order,
+    growing the table past its rows, a row subset; the table itself is never advanced."""
+    table = NoiseStream.from_seed(23)
+    table.randn((4, 3), torch.float32, CPU)  # set up 4 rows (and advanced: not a table)
+    table = NoiseStream.from_seed(23)
+    for samples in (torch.tensor([5, 0, 9, 3]), torch.tensor([40, 2]), torch.arange(7)):
+        got, ref = table.rows_of(samples), NoiseStream.from_seed(23, samples=samples)
+        n = len(samples)
+        for kind, shape in (("rand", (n, 6)), ("randn", (n, 5)), ("randn", (n, 2, 3))):
+            a = getattr(got, kind)(shape, torch.float64, CPU)
+            torch.testing.assert_close(a, getattr(ref, kind)(shape, torch.float64, CPU),
+                                       rtol=0, atol=0)
+        with row_subset(torch.tensor([0, n - 1]), n):
+            torch.testing.assert_close(got.rand((2, 4), torch.float32, CPU),
+                                       ref.rand((2, 4), torch.float32, CPU), rtol=0, atol=0)
+    assert table._base is not None and table._base.shape[0] == 41
+    fresh = NoiseStream.from_seed(23, samples=torch.arange(41))
+    fresh._rows(41, CPU)
+    assert torch.equal(table._base, fresh._base)  # no draw moved the table's rows
+    with pytest.raises(ValueError, match="row table"):
+        NoiseStream.from_seed(23, samples=torch.arange(3)).rows_of(torch.arange(2))
+
+
 def test_block_stream_rows_match_per_block_streams():
     seeds, rows = [101, 202, 303], [4, 16, 5]
     samples = torch.cat([torch.arange(n) + 40 for n in rows])

@@ -143,11 +143,12 @@ class TrainingHooks:
         if self.selector is not None:
             self.selector.load(tensors, history)
 
-    def final_weights(self, net: nn.Module) -> dict[str, Tensor]:
-        """The weights to save: the selected epoch's, else the last."""
+    def selected_weights(self) -> dict[str, Tensor] | None:
+        """The weights to save when an epoch was selected, else None (the last epoch's:
+        the network's own, nothing to copy)."""
         if self.selector is not None and self.selector.best is not None:
             return self.selector.best
-        return net.state_dict()
+        return None
 
     def extra(self) -> dict[str, Any]:
         """Facts for the saved model's record."""

@@ -66,8 +66,12 @@ class Objective:
         self.task_loss = task.loss  # without an adversary: the task's own loss (MSE or CE)
         if self.rs is not None:
             check_random_state(model)
+        #: the inner attack's DEQ gradient (App. C Eq. 55), built once for the run
+        self.attack_gradient: GradientSpec | None = None
         if self.adv is not None:
             check_inputs(task)
+            self.attack_gradient = GradientSpec(name="phantom", phantom_steps=self.adv.unroll,
+                                                phantom_lambda=self.adv.unroll_lambda)
 
     def forward(self, net: nn.Module, x: Tensor, noise: Noise | None,
                 generator: Any) -> tuple[Tensor, Tensor | None]:
@@ -81,10 +85,8 @@ class Objective:
         """The inner attack's differentiable model (App. C Eq. 55 for a DEQ)."""
         if not is_deq(net):
             return FinalState(net, noise)
-        assert self.adv is not None
-        grad = GradientSpec(name="phantom", phantom_steps=self.adv.unroll,
-                            phantom_lambda=self.adv.unroll_lambda)
-        return FinalState(net, noise, grad, warm=False, generator=generator)
+        assert self.attack_gradient is not None
+        return FinalState(net, noise, self.attack_gradient, warm=False, generator=generator)
 
     def _attack(self, net: nn.Module, x: Tensor, target: Tensor, noise: Noise | None,
                 generator: Any, attack_gen: Source, start: Tensor | None,

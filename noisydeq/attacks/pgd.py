@@ -50,6 +50,16 @@ def sample_wrong(logits: Tensor, y: Tensor) -> Tensor:
     return wrong if wrong.ndim == 1 else wrong.reshape(wrong.shape[0], -1).any(1)
 
 
+def _forward(model: Model, xr: Tensor) -> Tensor:
+    logits = model(xr)
+    if not logits.requires_grad:
+        raise NoisyDEQError(
+            "attack: the model gives no gradient with respect to its input; use a "
+            "query or noise attack (square, speckle, salt-pepper) or another estimator"
+        )
+    return logits
+
+
 def loss_and_grad(model: Model, x: Tensor, y: Tensor, eot: int = 1) -> tuple[Tensor, Tensor]:
     """(per-sample loss :func:`sample_loss`, ∇_x of the summed loss), both averaged over
     ``eot`` forwards."""
@@ -58,13 +68,7 @@ def loss_and_grad(model: Model, x: Tensor, y: Tensor, eot: int = 1) -> tuple[Ten
     for _ in range(eot):
         xr = x.detach().requires_grad_(True)
         with torch.enable_grad():
-            logits = model(xr)
-            if not logits.requires_grad:
-                raise NoisyDEQError(
-                    "attack: the model gives no gradient with respect to its input; use a "
-                    "query or noise attack (square, speckle, salt-pepper) or another estimator"
-                )
-            per = sample_loss(logits, y)
+            per = sample_loss(_forward(model, xr), y)
             (g,) = torch.autograd.grad(per.sum(), xr)
         # (one draw: the tensors as they are; several: summed in place, divided once)
         loss = per.detach() if loss is None else loss.add_(per.detach())
@@ -74,6 +78,25 @@ def loss_and_grad(model: Model, x: Tensor, y: Tensor, eot: int = 1) -> tuple[Ten
         loss.div_(eot)
         grad.div_(eot)
     return loss, grad
+
+
+def input_grad(model: Model, x: Tensor, y: Tensor, eot: int = 1) -> Tensor:
+    """∇_x of the summed attack loss averaged over ``eot`` forwards: :func:`loss_and_grad`'s
+    gradient, bit for bit, without the per-sample loss. The sum is the loss's own
+    ``reduction="sum"`` (the CE backward writes −g at each target either way, g = 1 from
+    the sum's backward or the scalar seed), which saves the sum and its backward node on
+    each of PGD's steps (``tests/attacks`` pins the equality)."""
+    grad: Tensor | None = None
+    for _ in range(eot):
+        xr = x.detach().requires_grad_(True)
+        with torch.enable_grad():
+            logits = _forward(model, xr)
+            total = (F.cross_entropy(logits, y, reduction="sum") if logits.ndim == 2
+                     else sample_loss(logits, y).sum())  # per-position: loss_and_grad's sum
+            (g,) = torch.autograd.grad(total, xr)
+        grad = g if grad is None else grad.add_(g)
+    assert grad is not None
+    return grad.div_(eot) if eot > 1 else grad
 
 
 def _step(adv: Tensor, x: Tensor, grad: Tensor, alpha: float, eps: float, norm: str,
@@ -125,9 +148,11 @@ def pgd(
     if eps == 0:
         return x.clone()
     alpha = 2.5 * eps / steps if alpha is None else alpha
-    best = x.clone()
-    best_loss = torch.full((x.shape[0],), -torch.inf, dtype=x.dtype, device=x.device)
-    fooled = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
+    best = best_loss = fooled = x  # the restarts' record (one restart returns its iterate)
+    if restarts != 1:
+        best = x.clone()
+        best_loss = torch.full((x.shape[0],), -torch.inf, dtype=x.dtype, device=x.device)
+        fooled = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
     for r in range(restarts):
         if on_restart is not None:
             on_restart()
@@ -139,8 +164,7 @@ def pgd(
             delta = torch.zeros_like(x)
         adv = clip_box(x + project(delta, eps, norm), box)
         for _ in range(steps):
-            _, g = loss_and_grad(model, adv, y, eot)
-            adv = _step(adv, x, g, alpha, eps, norm, box)
+            adv = _step(adv, x, input_grad(model, adv, y, eot), alpha, eps, norm, box)
         if restarts == 1:
             return adv
         with torch.no_grad():

@@ -107,6 +107,86 @@ def test_adversarial_run_resumes_to_identical_weights(digits, tmp_path):
     assert [h["val_robust"] for h in a.history] == [h["val_robust"] for h in d.history]
 
 
+def _weights_digest(model) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    for k, v in sorted(model.state_dict().items()):
+        h.update(k.encode())
+        h.update(v.detach().contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def _pgd_at_reference(model, task, spec):
+    """One PGD-AT epoch written out with the arithmetic train_model had before its
+    per-batch overheads were cut (benchmarks/README.md, PGD-AT epoch row): each batch's
+    attack stream set up from scratch, the step gradient of the summed per-sample loss,
+    torchattacks' step, Adam; the epoch's mean loss."""
+    from noisydeq.noise import NoiseStream, derive_seed
+    from noisydeq.train_state import _Rng
+
+    adv, n = spec.adversarial, spec.max_train_samples
+    x_all, y_all = task.x_train[:n], task.y_train[:n]
+    opt = torch.optim.Adam(model.parameters(), lr=spec.lr)
+    perm = _Rng(spec.seed, torch.device("cpu")).permutation(n, 0)
+    key = derive_seed(spec.seed, "train", "adversarial", 0)
+    total = 0.0
+    for i in range(0, n, spec.batch_size):
+        idx = perm[i:i + spec.batch_size]
+        x, y = x_all[idx], y_all[idx]
+        u = NoiseStream.from_seed(key, samples=idx).rand(x.shape, x.dtype, x.device)
+        xa = (x + u.mul(2).sub(1).mul(adv.eps).clamp(-adv.eps, adv.eps)).clamp(0, 1)
+        for _ in range(adv.steps):
+            xr = xa.detach().requires_grad_(True)
+            per = F.cross_entropy(model(xr), y, reduction="none")
+            (g,) = torch.autograd.grad(per.sum(), xr)
+            xa = ((xa + adv.step * g.sign() - x).clamp(-adv.eps, adv.eps) + x).clamp(0, 1)
+        loss = F.cross_entropy(model(xa.detach()), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        total += float(loss.detach()) * len(idx)
+    return total / n
+
+
+def test_pgd_at_epoch_is_pinned_bit_for_bit(digits):
+    """A tiny PGD-AT FFW epoch on digits gives the weights it gave before the epoch's
+    overheads were cut: equal to the written-out reference loop to the bit (any machine),
+    and the digest / loss recorded from the code before the change (this platform: x86-64
+    CPU, one thread; a BLAS with other rounding changes both sides of the first check
+    alike but not these numbers)."""
+    from noisydeq.models import FFW
+
+    spec = TrainSpec(epochs=1, batch_size=64, lr=1e-3, seed=0, max_train_samples=300,
+                     adversarial=AdversarialSpec(eps=0.1, step=0.025, steps=10,
+                                                 val_fraction=0.0))
+
+    def model():
+        torch.manual_seed(0)
+        return FFW(64, 32, 2, 10)
+
+    res = train_model(model(), digits, spec, quiet=True)
+    ref = model()
+    ref_loss = _pgd_at_reference(ref, digits, spec)
+    for k, v in ref.state_dict().items():
+        assert torch.equal(v, res.model.state_dict()[k]), k
+    assert res.history[-1]["loss"] == ref_loss
+    # one thread: the GEMMs' rounding depends on the thread count
+    sel = spec.model_copy(update={"adversarial": spec.adversarial.model_copy(
+        update={"val_fraction": 0.2})})  # + the epoch selection's PGD-10 on 20 % held out
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        pinned = train_model(model(), digits, spec, quiet=True)
+        held = train_model(model(), digits, sel, quiet=True)
+    finally:
+        torch.set_num_threads(threads)
+    assert (_weights_digest(pinned.model), pinned.history[-1]["loss"]) == (
+        "5672119c51410d70", 2.4121317640940347)
+    assert (_weights_digest(held.model), held.history[-1]["loss"]) == (
+        "5d201e84b5e6b45c", 2.4136930306752524)
+
+
 def _tiny_deq():
     torch.manual_seed(3)
     solver = SolverSpec(name="unroll", max_iter=6, tol=1e-12, stop="abs", window=1)

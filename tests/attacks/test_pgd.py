@@ -111,3 +111,28 @@ def test_bad_arguments_and_a_model_without_gradient_are_one_line_errors() -> Non
 
     with pytest.raises(NoisyDEQError, match="no gradient"):
         pgd(detached, x, y, eps=0.1, steps=2)
+
+
+@pytest.mark.parametrize("soft", [False, True])
+def test_input_grad_is_loss_and_grads_gradient_bit_for_bit(soft: bool) -> None:
+    """PGD's step gradient (``reduction="sum"``) == ∇ of the summed per-sample loss, the
+    arithmetic PGD used before, to the bit: hard labels and TRADES' soft targets, an FFW
+    and a DEQ through the phantom estimator, one draw and an EOT of a noisy model."""
+    from noisydeq.attacks.pgd import input_grad, loss_and_grad
+    from noisydeq.config import NoiseSpec
+    from noisydeq.noise import Noise, NoiseStream
+
+    torch.manual_seed(0)
+    x = torch.rand(13, 6)
+    y = torch.randint(0, 3, (13,))
+    if soft:
+        y = torch.softmax(torch.randn(13, 3), dim=-1)
+    ffw, deq = small_ffw(in_features=6, classes=3), small_deq(in_features=6).float()
+    for model, eot in ((ffw, 1), (make_estimator(deq, EstimatorSpec(name="phantom")), 1)):
+        assert torch.equal(input_grad(model, x, y, eot), loss_and_grad(model, x, y, eot)[1])
+
+    def noisy() -> object:  # the same draws for both: a fresh stream per call
+        noise = Noise(NoiseSpec(site="signal", snr_db=10.0), NoiseStream.from_seed(4))
+        return lambda v: ffw(v, noise)
+
+    assert torch.equal(input_grad(noisy(), x, y, 3), loss_and_grad(noisy(), x, y, 3)[1])
