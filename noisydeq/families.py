@@ -89,8 +89,9 @@ class Family:
 
     @property
     def trained_seconds(self) -> float:
-        """Training time spent in this call (cached members count 0)."""
-        return sum(m.result.seconds for m in self.members if not m.cached)
+        """Training time spent in this call (cached members count 0; a resumed member
+        counts this call's part, not its earlier runs')."""
+        return sum(m.result.run_seconds for m in self.members if not m.cached)
 
 
 def member_spec(spec: FamilySpec, task: Task, kind: str, depth: int) -> ModelSpec:
@@ -173,7 +174,7 @@ def train_family(
         family.members.append(Member(kind, depth, int(model.width), params, result.model,
                                      result, cached=result.loaded))
         if log is not None:
-            how = "cached" if result.loaded else f"trained in {result.seconds:.1f} s"
+            how = "cached" if result.loaded else result.trained_in()
             log(f"{name}: {task.metric_name} {result.test_metric:.4f} ({how})")
     bar.close()
     family.seconds = time.perf_counter() - t0

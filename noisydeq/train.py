@@ -25,6 +25,14 @@ the same model waits, then loads the finished one), and a checkpoint or resume s
 its digest or structure check is reported in one line and trained again rather than used.
 The run's config and cache key are :mod:`noisydeq.train_config`, its random draws and resume
 file :mod:`noisydeq.train_state`, the device in the loop :mod:`noisydeq.train_device`.
+
+Training time (``TrainResult.seconds``, ``seconds`` in ``model.json``) is the time spent on the
+model over every run that trained it: each resume state carries the seconds so far and a
+resumed run adds its own, counted from when it holds ``out_dir``'s lock to the saved model
+(setup, epochs, final test metric). Work after an interrupted run's last resume state is lost
+and not counted; the resumed run redoes that epoch and counts it once. The part of the run
+that finished the model is ``seconds_last_run`` in ``model.json``;
+``TrainResult.run_seconds`` is the part spent by this call (0 for a loaded model).
 """
 
 from __future__ import annotations
@@ -63,6 +71,8 @@ from noisydeq.train_state import _load_resume, _Rng, _save_resume
 MODEL_FILE = "model.safetensors"
 RESUME_FILE = "resume.safetensors"
 EVAL_BATCH = 1024
+#: the clock of training time (tests replace it)
+_clock = time.perf_counter
 #: device-in-the-loop runs: training inputs the device layers are calibrated on, and test
 #: samples of the per-epoch validation on the device
 CALIB_SAMPLES = 256
@@ -79,13 +89,25 @@ class TrainResult:
     history: list[dict[str, float]] = field(default_factory=list)
     test_metric: float = math.nan
     metric_name: str = ""
+    #: training time over every run that trained the model (resumes add up), seconds
     seconds: float = 0.0
+    #: the part of ``seconds`` spent by this call (0 for a loaded model)
+    run_seconds: float = 0.0
     path: Path | None = None
     start_epoch: int = 0
     loaded: bool = False
     #: what the checkpoint's metadata records besides the config (history, test metric,
     #: metric name, seconds, the adversarial hooks' record) — also without ``out_dir``
     extra: dict[str, Any] = field(default_factory=dict)
+
+    def trained_in(self, digits: int = 1) -> str:
+        """``trained in 300.0 s``; for a resumed run also this run's part and the epoch it
+        resumed at: ``trained in 300.0 s (100.0 s of them in this run, resumed at epoch 2)``."""
+        text = f"trained in {self.seconds:.{digits}f} s"
+        if self.start_epoch > 0 and not self.loaded:
+            text += (f" ({self.run_seconds:.{digits}f} s of them in this run, resumed at "
+                     f"epoch {self.start_epoch})")
+        return text
 
 
 # --------------------------------------------------------------------------- loop
@@ -202,7 +224,7 @@ def train_model(
     continued — a file of another config is refused with one line. ``on_epoch(epoch,
     record)`` is called after each epoch's checkpoint is written.
     """
-    t0 = time.perf_counter()
+    t0 = _clock()
     dev = torch.device(torch_device) if torch_device is not None else _param_device(model)
     apply_overrides(model, spec)
     if spec.spectral_cap is not None:  # a model without a cappable W: one line, before writing
@@ -218,6 +240,7 @@ def train_model(
     if out is None:
         return _fit(model, task, spec, config, None, resume, dev, quiet, desc, on_epoch, t0)
     with store.DirLock(out, "model directory"):  # one writer per model directory
+        t0 = _clock()  # time waiting for another run's lock is not training time
         store.clean_stale_temps(out, locked=True)
         done = _load_finished(model, out, config, dev, resume)
         if done is not None:
@@ -252,17 +275,17 @@ def _fit(
     if hooks is not None:
         x_all, y_all = hooks.split(x_all, y_all)
         n = len(x_all)
-    start, history = 0, []
+    start, history, before = 0, [], 0.0  # before: training seconds of earlier runs
     if out is not None and resume and (out / RESUME_FILE).is_file():
         try:
-            start, history, saved = _load_resume(out / RESUME_FILE, net, opt, config,
-                                                 spec.epochs)
+            start, history, saved, before = _load_resume(out / RESUME_FILE, net, opt, config,
+                                                         spec.epochs)
             if hooks is not None:
                 hooks.load(saved, history)
         except CorruptArtefact as err:
             store.warn(f"{err}; starting the training again")
             (out / RESUME_FILE).unlink(missing_ok=True)
-            start, history = 0, []
+            start, history, before = 0, [], 0.0
     n_batches = math.ceil(n / spec.batch_size)
     from noisydeq.progress import progress
 
@@ -286,7 +309,8 @@ def _fit(
             history.append(record)
             if out is not None:
                 _save_resume(out / RESUME_FILE, net, opt, config, epoch + 1, history,
-                             hooks.state() if hooks is not None else None)
+                             hooks.state() if hooks is not None else None,
+                             seconds=before + _clock() - t0)
             if on_epoch is not None:
                 on_epoch(epoch, record)
             _epoch_event(desc, spec.epochs, record)
@@ -299,12 +323,14 @@ def _fit(
     elif net is not model:
         model.load_state_dict(net.state_dict())  # deployed layers keep the digital weights
     test_metric = evaluate(model, task)
-    seconds = time.perf_counter() - t0
+    run_seconds = _clock() - t0
+    seconds = before + run_seconds
     result = TrainResult(model=model, config=config, config_hash=chash, history=history,
                          test_metric=test_metric, metric_name=task.metric_name,
-                         seconds=seconds, start_epoch=start)
+                         seconds=seconds, run_seconds=run_seconds, start_epoch=start)
     result.extra = {"history": history, "test_metric": test_metric,
                     "metric_name": task.metric_name, "seconds": seconds,
+                    "seconds_last_run": run_seconds,
                     **(hooks.extra() if hooks is not None else {})}
     if out is not None:
         result.path = store.save_checkpoint(out / MODEL_FILE, model.state_dict(), config,

@@ -3,13 +3,15 @@
 :class:`_Rng` addresses every random draw of a run by (seed, what, epoch, sample)
 (counter-based, :mod:`noisydeq.rng`), so nothing of a generator needs saving;
 :func:`_save_resume` / :func:`_load_resume` write and read the state after an epoch
-(weights, Adam moments, history) through :mod:`noisydeq.store`, digest-checked, and a
-damaged or malformed state is a :class:`~noisydeq.errors.CorruptArtefact`, never used.
+(weights, Adam moments, history, and the training time spent so far over every run that
+led to it: ``seconds``) through :mod:`noisydeq.store`, digest-checked, and a damaged or
+malformed state is a :class:`~noisydeq.errors.CorruptArtefact`, never used.
 """
 
 from __future__ import annotations
 
 import copy
+import math
 from pathlib import Path
 
 import torch
@@ -57,29 +59,37 @@ class _Rng:
 def _save_resume(
     path: Path, net: nn.Module, opt: torch.optim.Optimizer, config: dict,
     epoch: int, history: list[dict[str, float]], extra: dict[str, Tensor] | None = None,
+    seconds: float = 0.0,
 ) -> None:
+    """The state after ``epoch`` epochs; ``seconds``: the training time spent to reach it,
+    summed over the runs that led to it (a resumed run adds its own)."""
     opt_tensors, opt_info = store.flatten_optimizer(opt.state_dict())
     tensors = {f"model/{k}": v for k, v in net.state_dict().items()}
     tensors.update(opt_tensors)
     tensors.update(extra or {})
     meta = {"config": config, "config_hash": store.config_hash(config), "epoch": epoch,
-            "history": history, "optimizer": opt_info}
+            "history": history, "optimizer": opt_info, "seconds": float(seconds)}
     store.save_tensors(path, tensors, meta)
 
 
 def _load_resume(
     path: Path, net: nn.Module, opt: torch.optim.Optimizer, config: dict, epochs: int,
-) -> tuple[int, list[dict[str, float]], dict[str, Tensor]]:
-    """Continue from ``path`` (epoch, history, every saved tensor); a damaged or malformed
-    state is a :class:`CorruptArtefact` and leaves ``net`` and ``opt`` as they were."""
+) -> tuple[int, list[dict[str, float]], dict[str, Tensor], float]:
+    """Continue from ``path`` (epoch, history, every saved tensor, training seconds so far);
+    a damaged or malformed state is a :class:`CorruptArtefact` and leaves ``net`` and
+    ``opt`` as they were. A state written before the seconds were recorded counts 0 s."""
     tensors, meta = store.load_tensors(path)
     store.check_config(meta, config, path)
     saved = (copy.deepcopy(net.state_dict()), copy.deepcopy(opt.state_dict()))
     try:
         epoch, history = meta["epoch"], meta.get("history", [])
+        seconds = meta.get("seconds", 0.0)
         if (isinstance(epoch, bool) or not isinstance(epoch, int) or not 0 <= epoch <= epochs
                 or not isinstance(history, list) or len(history) != epoch):
             raise ValueError(f"epoch {epoch!r} with {type(history).__name__} history")
+        if (isinstance(seconds, bool) or not isinstance(seconds, (int, float))
+                or not math.isfinite(seconds) or seconds < 0):
+            raise ValueError(f"training seconds {seconds!r}")
         store.load_into(net, {k[6:]: v for k, v in tensors.items() if k.startswith("model/")},
                         path)
         opt.load_state_dict(store.unflatten_optimizer(tensors, meta["optimizer"]))
@@ -88,4 +98,4 @@ def _load_resume(
         opt.load_state_dict(saved[1])
         reason = str(err).splitlines()[0] if str(err) else type(err).__name__
         raise CorruptArtefact(path, f"holds a malformed resume state ({reason})") from None
-    return epoch, list(history), tensors
+    return epoch, list(history), tensors, float(seconds)

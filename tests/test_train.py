@@ -108,6 +108,52 @@ def test_resume_after_interrupt_equals_uninterrupted(tmp_path, digits):
         train_model(_deq(seed=5), digits, spec, out_dir=tmp_path)  # other initial weights
 
 
+def test_training_time_adds_up_across_a_resume(tmp_path, digits, monkeypatch):
+    """Recorded training time is the sum over the runs that trained the model: a fake clock
+    in which each epoch takes 100 s and nothing else takes time; the first run dies 50 s into
+    its third epoch (that work is lost: not counted), the resumed run's clock starts elsewhere
+    (another process), and the resumed model records 200 + 100 s, 100 s of them its own."""
+    import noisydeq.train as train_mod
+    from noisydeq import store
+
+    clock = [1000.0]
+    monkeypatch.setattr(train_mod, "_clock", lambda: clock[0])
+    real_epoch = train_mod._train_epoch
+    die_in = [None]
+
+    def epoch_of_100_s(*args, **kwargs):
+        epoch = args[7]  # (net, opt, task, spec, rng, x, y, epoch, ...)
+        if epoch == die_in[0]:
+            clock[0] += 50.0
+            raise KeyboardInterrupt  # killed mid-epoch: its 50 s are lost
+        out = real_epoch(*args, **kwargs)
+        clock[0] += 100.0
+        return out
+
+    monkeypatch.setattr(train_mod, "_train_epoch", epoch_of_100_s)
+    spec = TrainSpec(epochs=3, batch_size=64, max_train_samples=128)
+    ref = train_model(_tiny(), digits, spec, out_dir=tmp_path / "ref")
+    assert ref.seconds == ref.run_seconds == 300.0
+
+    die_in[0] = 2
+    with pytest.raises(KeyboardInterrupt):
+        train_model(_tiny(), digits, spec, out_dir=tmp_path / "cut")
+    _, meta = store.load_tensors(tmp_path / "cut" / "resume.safetensors")
+    assert meta["seconds"] == 200.0  # the two epochs the resume state holds
+    die_in[0], clock[0] = None, 7.0  # a new process: its clock has another origin
+    resumed = train_model(_tiny(), digits, spec, out_dir=tmp_path / "cut")
+    assert resumed.start_epoch == 2 and _same(resumed.model, ref.model)
+    assert resumed.run_seconds == 100.0
+    assert resumed.seconds == meta["seconds"] + resumed.run_seconds == 300.0
+    assert ref.trained_in() == "trained in 300.0 s"
+    assert resumed.trained_in() == ("trained in 300.0 s (100.0 s of them in this run, "
+                                    "resumed at epoch 2)")
+    _, saved = store.load_checkpoint(tmp_path / "cut" / "model.safetensors")
+    assert saved["extra"]["seconds"] == 300.0 and saved["extra"]["seconds_last_run"] == 100.0
+    again = train_model(_tiny(), digits, spec, out_dir=tmp_path / "cut")
+    assert again.loaded and again.seconds == 300.0 and again.run_seconds == 0.0
+
+
 def test_resume_state_of_other_config_is_refused(tmp_path, digits):
     spec = TrainSpec(epochs=2, batch_size=128, max_train_samples=256)
 

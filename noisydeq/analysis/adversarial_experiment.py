@@ -256,7 +256,7 @@ def train_grid(res: Resolved, task: Any, *, cache_dir: Any = None, quiet: bool =
                                   "epochs": len(hist), "selected_epoch": sel,
                                   "test_accuracy": m.result.test_metric}
             if log is not None:
-                how = "cached" if m.cached else f"trained in {m.result.seconds:.0f} s"
+                how = "cached" if m.cached else m.result.trained_in(0)
                 log(f"{mem.model_id}: clean test accuracy {m.result.test_metric:.3f} ({how})")
     return members, info
 

@@ -52,7 +52,7 @@ class Certifiable:
     params: int
     seed: int
     eps_train: float = math.nan
-    train_seconds: float = 0.0
+    train_seconds: float = 0.0  #: training seconds spent by this call (0 when cached)
 
 
 def train_models(exp: CertifyExperimentSpec, task: Any, *, data_dir: str | None,
@@ -80,7 +80,7 @@ def train_models(exp: CertifyExperimentSpec, task: Any, *, data_dir: str | None,
                 for m in family.members:
                     out.append(Certifiable(m.model, m.kind, m.depth, m.width,
                                            int(m.model.hidden_weight_count()), seed, eps_train,
-                                           0.0 if m.cached else m.result.seconds))
+                                           0.0 if m.cached else m.result.run_seconds))
     return out
 
 

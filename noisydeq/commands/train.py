@@ -416,7 +416,8 @@ def _single(tspec: TrainSpec, task: Any, mspec: ModelSpec, out: Path | None,
     row = {"kind": mspec.kind, "depth": mspec.depth, "width": int(model.width),
            "params": sum(p.numel() for p in model.parameters()), "task": task.name,
            "metric": task.metric_name, "value": res.test_metric, "seconds": res.seconds,
-           "loaded": res.loaded, "config_hash": res.config_hash, "path": str(res.path)}
+           "seconds_this_run": res.run_seconds, "loaded": res.loaded,
+           "config_hash": res.config_hash, "path": str(res.path)}
     _report([row], opts["as_json"])
 
 
@@ -428,7 +429,8 @@ def _family(fspec: FamilySpec, task: Any, out: Path | None, dev: torch.device, o
     rows = [
         {"kind": m.kind, "depth": m.depth, "width": m.width, "params": m.params,
          "task": task.name, "metric": task.metric_name, "value": m.result.test_metric,
-         "seconds": m.result.seconds, "loaded": m.cached, "config_hash": m.key,
+         "seconds": m.result.seconds, "seconds_this_run": m.result.run_seconds,
+         "loaded": m.cached, "config_hash": m.key,
          "path": str(root / m.key / "model.safetensors")}
         for m in fam.members
     ]

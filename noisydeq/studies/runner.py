@@ -245,7 +245,7 @@ def run_study(
             trained += not res.loaded
             loaded += res.loaded
             say(f"{mid}: {task.metric_name} {res.test_metric:.4g} "
-                f"({'loaded' if res.loaded else f'trained in {res.seconds:.1f} s'})")
+                f"({'loaded' if res.loaded else res.trained_in()})")
             expect = expected_rows(spec, mname, res.model, seed, tsnr, sets)
             cell = run.load_cell(mid, expect)
             if cell is None:

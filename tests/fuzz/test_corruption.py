@@ -353,6 +353,8 @@ def test_resume_state(tmp_path, capsys):
         "epoch text (re-saved)": {**meta, "epoch": "1"},
         "history missing (re-saved)": {**meta, "history": None},
         "optimizer malformed (re-saved)": {**meta, "optimizer": {"param_groups": 3}},
+        "training seconds text (re-saved)": {**meta, "seconds": "12"},
+        "training seconds negative (re-saved)": {**meta, "seconds": -1.0},
     }
     extra = []
     for name, m in crafted.items():
