@@ -54,6 +54,9 @@ def sample_loss(logits: Tensor, y: Tensor) -> Tensor:
     over its positions of the per-position cross-entropy, for a regression target (floating
     ``y``) the sample's mean squared error (module docstring)."""
     if is_regression_target(y):
+        if logits.shape != y.shape:  # (B, 1) against (B,) would broadcast to (B, B)
+            raise NoisyDEQError(f"attack: the model's output {tuple(logits.shape)} and the "
+                                f"regression targets {tuple(y.shape)} differ in shape")
         return (logits - y).square().reshape(logits.shape[0], -1).mean(1)
     per = F.cross_entropy(logits, y, reduction="none")
     return per if per.ndim == 1 else per.reshape(per.shape[0], -1).mean(1)

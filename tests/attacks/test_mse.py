@@ -214,3 +214,39 @@ def test_a_matrix_add_family_on_a_device_and_under_its_own_noise(family, tmp_pat
         assert all(float(r["value"]) >= 0 for r in rows)
         with open(out / "figures" / "robust_vs_snr.csv", newline="") as fh:
             assert "mse_mean" in next(csv.reader(fh))
+
+
+def test_a_regression_output_of_another_shape_is_refused_not_broadcast():
+    from noisydeq.errors import NoisyDEQError
+
+    with pytest.raises(NoisyDEQError, match=r"output \(4, 1\) and the regression targets \(4,\)"):
+        sample_loss(torch.zeros(4, 1), torch.zeros(4))
+
+
+def test_a_regression1d_sweep_family_is_attacked_on_its_mse(tmp_path, capsys, monkeypatch):
+    # any regression task comes with it: the paper's 1-d function fit (targets (N, 1))
+    from noisydeq.analysis.family import deq_or_ffw, load_family, load_family_task
+
+    monkeypatch.setenv("NOISYDEQ_CACHE", str(tmp_path / "cache"))
+    code, _, err = run(["sweep", "--task", "regression1d", "--epochs", "1", "--set", "hidden=16",
+                        "--set", "max_train_samples=256", "--depths", "1", "--snr", "inf",
+                        "--jobs", "1", "--threads", "1", "--quiet", "--out",
+                        str(tmp_path / "run")], capsys)
+    assert code in (0, None), err
+    out = tmp_path / "attack"
+    code, _, err = run(["attack", "--family", str(tmp_path / "run"), "--attacks",
+                        "pgd-eps,speckle", "--eps", "0,0.1", "--pgd-steps", "3", "--sigma",
+                        "0,1", "--samples", "16", "--val-samples", "0", "--threads", "1",
+                        "--quiet", "--out", str(out)], capsys)
+    assert code in (0, None), err
+    with open(out / "results.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    loaded = load_family(tmp_path / "run", "cpu", check=deq_or_ffw)
+    task = load_family_task(loaded, None)
+    for m in loaded:
+        with torch.no_grad():
+            clean = task.metric(m.model.eval()(task.x_test[:16]), task.y_test[:16])
+        mine = {(r["attack"], float(r["x"])): float(r["value"]) for r in rows
+                if r["model_id"].startswith(m.kind)}
+        assert mine[("PGD-3", 0.0)] == pytest.approx(clean, rel=1e-6)
+        assert mine[("PGD-3", 0.1)] > mine[("PGD-3", 0.0)]
