@@ -562,9 +562,10 @@ def whitebox_rows(rows: Sequence[dict[str, Any]], eps: float,
     for (mid, mode, snr, chip), rs in sorted(groups.items(), key=lambda kv: str(kv[0])):
         table = [(r["defence"], f"{r['attack']} / {r['estimator']}", r["value"]) for r in rs]
         value, best, worst = white_box(table, lower_is_better)
-        pick = max if lower_is_better else min
         for d, w in worst.items():
-            which = pick((t for t in table if t[0] == d), key=lambda t: t[2])[1]
+            mine = [t for t in table if t[0] == d]
+            which = (max(mine, key=lambda t: math.inf if math.isnan(t[2]) else t[2])
+                     if lower_is_better else min(mine, key=lambda t: t[2]))[1]
             out.append({"model_id": mid, "kind": rs[0]["kind"], "depth": rs[0]["depth"],
                         "mode": mode, "snr_db": snr, "chip": chip, "eps": eps, "defence": d,
                         "worst_value": w, "worst_attack": which, "white_box": value,

@@ -117,6 +117,9 @@ def test_white_box_takes_the_largest_mse_over_attacks_and_the_smallest_over_defe
     wb = whitebox_rows(rows, 0.1, lower_is_better=True)
     assert {(r["defence"], r["worst_value"], r["worst_attack"]) for r in wb} == {
         ("final", 0.5, "speckle / exact"), ("ensemble", 0.4, "speckle / exact")}
+    nan = {**rows[0], "attack": "I-FGSM", "value": math.nan}
+    wb = whitebox_rows([nan, *rows], 0.1, lower_is_better=True)
+    assert [r["worst_attack"] for r in wb if r["defence"] == "final"] == ["I-FGSM / exact"]
 
 
 @pytest.fixture(scope="module")
