@@ -253,3 +253,20 @@ def test_a_regression1d_sweep_family_is_attacked_on_its_mse(tmp_path, capsys, mo
                 if r["model_id"].startswith(m.kind)}
         assert mine[("PGD-3", 0.0)] == pytest.approx(clean, rel=1e-6)
         assert mine[("PGD-3", 0.1)] > mine[("PGD-3", 0.0)]
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_a_regression_attack_on_ray_equals_the_local_one(ray_cluster, family, tmp_path, capsys):
+    # the workers' stand-in task carries the task's kind: their rows are MSEs
+    argv = ["attack", "--family", str(family), "--attacks", "pgd-eps,speckle", "--eps",
+            "0,0.3", "--pgd-steps", "2", "--sigma", "0,1", "--samples", "6", "--val-samples",
+            "0", "--threads", "1", "--quiet"]
+    code, _, err = run([*argv, "--out", str(tmp_path / "local")], capsys)
+    assert code in (0, None), err
+    code, _, err = run([*argv, "--out", str(tmp_path / "ray"), "--backend", "ray"], capsys)
+    assert code in (0, None), err
+    local = (tmp_path / "local" / "results.csv").read_bytes()
+    assert (tmp_path / "ray" / "results.csv").read_bytes() == local
+    with open(tmp_path / "local" / "results.csv", newline="") as fh:
+        assert {r["entropy_p"] for r in csv.DictReader(fh)} == {"nan"}
