@@ -65,7 +65,7 @@ value is the clean MSE. Refused in one line: AutoAttack and its parts, salt-and-
 ``entropy`` defences (chosen and defined by class predictions); ``final`` and ``ensemble``
 apply.
 
-Length (about 640 lines): one idea, an attack run from its grid of cells to its table; the
+Length (about 700 lines): one idea, an attack run from its grid of cells to its table; the
 cells, the early-state defence's per-state record and the white-box table share one run
 directory and its checks.
 """
