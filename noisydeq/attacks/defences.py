@@ -113,11 +113,24 @@ def best_early_state(record: Sequence[dict[str, float]]) -> int:
     return int(max(record, key=lambda r: (r["robust"], r["clean"], -r["n"]))["n"])
 
 
-def white_box(table: Iterable[tuple[str, str, float]]) -> tuple[float, str, dict[str, float]]:
+def white_box(table: Iterable[tuple[str, str, float]], lower_is_better: bool = False
+              ) -> tuple[float, str, dict[str, float]]:
     """max over defences of (min over attacks of accuracy), from (defence, attack, accuracy).
 
     Returns (robustness, the defence achieving it, each defence's worst-case accuracy).
+    ``lower_is_better`` (a regression task's attacked MSE): min over defences of (max over
+    attacks); a NaN value counts as the worst.
     """
+    if lower_is_better:
+        def bad(v: float) -> float:
+            return float("inf") if v != v else v
+        w: dict[str, float] = {}
+        for defence, _attack, val in table:
+            w[defence] = max(bad(val), w.get(defence, float("-inf")))
+        if not w:
+            raise ValueError("white_box: no results")
+        top = min(w, key=lambda d: w[d])
+        return w[top], top, w
     worst: dict[str, float] = {}
     for defence, _attack, acc in table:
         worst[defence] = min(acc, worst.get(defence, float("inf")))

@@ -21,6 +21,13 @@ the loss of all positions at once, the sign (ℓ∞) or direction (ℓ2) of its 
 that of the sum over positions. A restart keeps the first iterate that gets *some*
 position wrong (the sample is then wrong under the tasks' all-positions metric), else the
 one of highest mean loss.
+
+Regression tasks (matrix addition: a real target per output, ``y`` a floating-point tensor
+of the output's shape) are attacked with the **per-sample mean squared error**
+mean_j (f(x)_j − y_j)² (the tasks' metric, per sample; :func:`sample_loss`): PGD ascends it
+within the ε-ball. No iterate is ever "wrong" (:func:`sample_wrong`: no threshold on an MSE),
+so a restart keeps the iterate of highest MSE. Their inputs are real numbers, not pixels:
+the caller passes ``box=None`` (no clamp; :mod:`noisydeq.attacks.runner`).
 """
 
 from __future__ import annotations
@@ -37,15 +44,29 @@ from noisydeq.errors import NoisyDEQError
 Model = Callable[[Tensor], Tensor]
 
 
+def is_regression_target(y: Tensor) -> bool:
+    """``y`` holds real targets (a regression task), not class indices."""
+    return y.is_floating_point()
+
+
 def sample_loss(logits: Tensor, y: Tensor) -> Tensor:
     """(B,) attack loss: the cross-entropy of each sample, for a per-position task the mean
-    over its positions of the per-position cross-entropy (module docstring)."""
+    over its positions of the per-position cross-entropy, for a regression target (floating
+    ``y``) the sample's mean squared error (module docstring)."""
+    if is_regression_target(y):
+        if logits.shape != y.shape:  # (B, 1) against (B,) would broadcast to (B, B)
+            raise NoisyDEQError(f"attack: the model's output {tuple(logits.shape)} and the "
+                                f"regression targets {tuple(y.shape)} differ in shape")
+        return (logits - y).square().reshape(logits.shape[0], -1).mean(1)
     per = F.cross_entropy(logits, y, reduction="none")
     return per if per.ndim == 1 else per.reshape(per.shape[0], -1).mean(1)
 
 
 def sample_wrong(logits: Tensor, y: Tensor) -> Tensor:
-    """(B,) bool: the arg-max misses the label (at some position, for a per-position task)."""
+    """(B,) bool: the arg-max misses the label (at some position, for a per-position task);
+    never for a regression target (an MSE has no "wrong")."""
+    if is_regression_target(y):
+        return torch.zeros(logits.shape[0], dtype=torch.bool, device=logits.device)
     wrong = logits.argmax(1) != y
     return wrong if wrong.ndim == 1 else wrong.reshape(wrong.shape[0], -1).any(1)
 

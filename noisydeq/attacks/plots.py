@@ -14,7 +14,9 @@
 Each figure's plotted values are the ``.csv`` beside it. A per-position task's run draws both
 figures twice: from ``value`` (all positions right, clean and attacked) and, named
 ``positions_<mode>_<snr>`` / ``positions_vs_snr``, from ``position_value`` (fraction of
-positions right on both).
+positions right on both). A regression task's run (matrix addition) draws them from
+``value`` read as the attacked MSE (``column="mse"``): y-axis "MSE (lower is better)", not
+clipped to [0, 1], and a DEQ drawn at the estimator of *largest* MSE.
 """
 
 from __future__ import annotations
@@ -31,19 +33,30 @@ def _snr_label(s: float) -> str:
 
 #: per plotted column: (file name prefix of the curves, of the SNR figure; y-axis label)
 COLUMN_LOOK = {"value": ("attacks", "robust_vs_snr", "accuracy"),
-               "position_value": ("positions", "positions_vs_snr", "positions right")}
+               "position_value": ("positions", "positions_vs_snr", "positions right"),
+               "mse": ("attacks", "robust_vs_snr", "MSE (lower is better)")}
+#: plotted columns where lower is better (the worst estimator is the largest), and the
+#: table column each reads
+LOWER_IS_BETTER = {"mse"}
+READS = {"mse": "value"}
+
+
+def _better_lower(column: str) -> bool:
+    return column in LOWER_IS_BETTER
 
 
 def _worst(rows: Sequence[dict[str, Any]], column: str = "value") -> dict[tuple, float]:
     """(model, attack label, x) -> accuracy (``column``), worst over estimators, final
-    defence, mean over chips."""
+    defence, mean over chips (for an MSE the worst is the largest)."""
     acc: dict[tuple, dict[str, list[float]]] = {}
+    field = READS.get(column, column)
     for r in rows:
         if r["defence"] != "final":
             continue
         key = (r["model_id"], r["attack"], r["x"])
-        acc.setdefault(key, {}).setdefault(r["estimator"], []).append(r[column])
-    return {k: min(sum(v) / len(v) for v in per.values()) for k, per in acc.items()}
+        acc.setdefault(key, {}).setdefault(r["estimator"], []).append(r[field])
+    pick = max if _better_lower(column) else min
+    return {k: pick(sum(v) / len(v) for v in per.values()) for k, per in acc.items()}
 
 
 def plot_run(rows: Sequence[dict[str, Any]], fig_dir: Path, title: str = "",
@@ -62,6 +75,7 @@ def _plot_run(rows: Sequence[dict[str, Any]], fig_dir: Path, title: str,
 
     plt = pyplot()
     prefix, _, ylabel = COLUMN_LOOK[column]
+    worst_name = "mse_worst" if _better_lower(column) else "accuracy_worst"
     paths: list[Path] = []
     models = {}
     for r in rows:
@@ -91,12 +105,13 @@ def _plot_run(rows: Sequence[dict[str, Any]], fig_dir: Path, title: str,
                         label=f"{kind.upper()} d{depth} (w{width})")
                 table += [{"attack": label, "x_name": xname[label], "model_id": mid,
                            "kind": kind, "depth": depth, "width": width, "x": x,
-                           "accuracy_worst": v} for x, v in pts]
+                           worst_name: v} for x, v in pts]
             ax.set_title(label, fontsize=9)
             ax.set_xlabel({"eps": "ε", "steps": "PGD steps", "sigma": "speckle σ",
                            "fraction": "salt-and-pepper p"}.get(xname[label], xname[label]))
             ax.set_ylabel(ylabel)
-            ax.set_ylim(-0.02, 1.02)
+            if not _better_lower(column):
+                ax.set_ylim(-0.02, 1.02)
             ax.grid(alpha=0.3)
         for ax in list(axes.flat)[n:]:
             ax.axis("off")
@@ -127,6 +142,7 @@ def _plot_vs_snr(plt: Any, save_figure: Any, rows: Sequence[dict[str, Any]], fig
                  colour: dict[tuple[str, int], Any], title: str,
                  column: str = "value") -> list[Path]:
     _, name, ylabel = COLUMN_LOOK[column]
+    field, lower = READS.get(column, column), _better_lower(column)
     grad = [r for r in rows if r["x_name"] == "eps" and r["defence"] == "final"]
     if not grad:
         return []
@@ -140,6 +156,7 @@ def _plot_vs_snr(plt: Any, save_figure: Any, rows: Sequence[dict[str, Any]], fig
     fig, axes = plt.subplots(1, len(eps_values), figsize=(4.2 * len(eps_values), 3.6),
                              squeeze=False)
     table: list[dict[str, Any]] = []
+    what = "mse" if lower else "accuracy"
     for ax, eps in zip(axes.flat, eps_values, strict=True):
         series: dict[tuple, dict[float, dict[str, list[float]]]] = {}
         for r in pick:
@@ -152,13 +169,14 @@ def _plot_vs_snr(plt: Any, save_figure: Any, rows: Sequence[dict[str, Any]], fig
                     continue  # nothing is crafted at ε = 0
                 k = (r["model_id"], r["kind"], r["depth"], mode)
                 series.setdefault(k, {}).setdefault(s, {}).setdefault(r["estimator"],
-                                                                      []).append(r[column])
+                                                                      []).append(r[field])
         for (mid, kind, depth, mode), pts in sorted(series.items(), key=lambda kv: kv[0][2:]):
             xs = sorted(pts)
             if mode == "transfer" and len(xs) < 2:
                 continue
             # the worst estimator at each level; mean over chips, band = chip range
-            worst = {s: min(pts[s], key=lambda e: sum(pts[s][e]) / len(pts[s][e])) for s in xs}
+            choose = max if lower else min
+            worst = {s: choose(pts[s], key=lambda e: sum(pts[s][e]) / len(pts[s][e])) for s in xs}
             vals = [pts[s][worst[s]] for s in xs]
             ls = ("-" if kind == "deq" else "--") if mode == "white-box" else ":"
             ax.plot(xs, [sum(v) / len(v) for v in vals], ls=ls,
@@ -169,15 +187,16 @@ def _plot_vs_snr(plt: Any, save_figure: Any, rows: Sequence[dict[str, Any]], fig
                             color=colour.get((kind, depth), "k"), alpha=0.12, lw=0)
             table += [{"eps": eps, "model_id": mid, "kind": kind, "depth": depth,
                        "mode": mode, "snr_db": math.inf if s == inf_at else s,
-                       "estimator": worst[s], "accuracy_mean": sum(v) / len(v),
-                       "accuracy_min": min(v), "accuracy_max": max(v), "chips": len(v)}
+                       "estimator": worst[s], f"{what}_mean": sum(v) / len(v),
+                       f"{what}_min": min(v), f"{what}_max": max(v), "chips": len(v)}
                       for s, v in zip(xs, vals, strict=True)]
         ticks = sorted(set(finite)) + [inf_at]
         ax.set_xticks(ticks, [f"{t:g}" for t in ticks[:-1]] + ["∞"])
         ax.set_xlabel(_snr_axis(pick))
         ax.set_ylabel(ylabel)
         ax.set_title("clean" if eps == 0 else f"{label}, ε = {eps:g}", fontsize=9)
-        ax.set_ylim(-0.02, 1.02)
+        if not lower:
+            ax.set_ylim(-0.02, 1.02)
         ax.grid(alpha=0.3)
     handles, names = max((ax.get_legend_handles_labels() for ax in axes.flat),
                          key=lambda hn: len(hn[1]))
@@ -187,7 +206,7 @@ def _plot_vs_snr(plt: Any, save_figure: Any, rows: Sequence[dict[str, Any]], fig
     how = "white-box on the noisy model" + (
         ", transfer from the noise-free twin" if any(r["mode"] == "transfer" for r in pick)
         else "")
-    fig.suptitle(f"{title}: accuracy vs SNR ({how})", fontsize=10)
+    fig.suptitle(f"{title}: {what} vs SNR ({how})", fontsize=10)
     layout(fig)
     return save_figure(fig, fig_dir / name, table)
 

@@ -48,10 +48,24 @@ PGD loss is the mean over positions of the per-position cross-entropy
 is right clean and attacked (:mod:`noisydeq.attacks.robust`), an extra column
 ``position_value`` (:data:`POSITION_COLUMNS`, only in these runs' tables) the fraction of
 positions right on both, and a sample's entropy is the mean over its positions. AutoAttack
-and its parts (torchattacks: one class per sample) are refused for them in one line; a
-regression task (matrix addition, MSE) is refused.
+and its parts (torchattacks: one class per sample) are refused for them in one line.
 
-Length (about 640 lines): one idea, an attack run from its grid of cells to its table; the
+Regression tasks (matrix addition; ``task.kind == "regression"``, metric MSE): PGD and
+I-FGSM ascend the per-sample MSE (:func:`noisydeq.attacks.pgd.sample_loss`) within the
+ε-ball, ε absolute per input entry (ℓ∞; the ℓ2 radius likewise absolute), with **no box**:
+the inputs are real matrices, not pixels in [0, 1], and are not clamped; speckle
+(x + x·n) is unclamped too. A row's ``value`` is then the **attacked MSE** (mean over
+samples and outputs of (f(x') − y)², under the judging draw; a diverged solve's output
+counts as it is) — lower is better, so the white-box table takes the *largest* MSE over
+attacks and estimators and the *smallest* over defences, and the figures plot MSE with the
+worst (largest) estimator. ``entropy_p`` / ``entropy_dh`` are NaN (no class
+distribution). The robust rule (correct clean *and* attacked) does not apply: at ε = 0 the
+value is the clean MSE. Refused in one line: AutoAttack and its parts, salt-and-pepper
+(sets entries to the ends of a box the inputs do not have) and the ``early`` and
+``entropy`` defences (chosen and defined by class predictions); ``final`` and ``ensemble``
+apply.
+
+Length (about 700 lines): one idea, an attack run from its grid of cells to its table; the
 cells, the early-state defence's per-state record and the white-box table share one run
 directory and its checks.
 """
@@ -260,11 +274,11 @@ def validate(spec: AttackRunSpec, task: Any, members: Sequence[AttackMember]) ->
     """Everything that can be checked before a file is written."""
     if not members:
         raise NoisyDEQError("--family: no models to attack")
-    if getattr(task, "kind", "classification") != "classification":
-        raise NoisyDEQError(
-            f"attack: task '{task.name}' is a regression task (metric mse); the attacks are "
-            "for classification tasks (a class per sample, or per position as in prefix_sums "
-            "and mazes)")
+    if is_regression(task):
+        validate_regression(spec, task)
+    elif getattr(task, "kind", "classification") != "classification":
+        raise NoisyDEQError(f"attack: task '{task.name}' is of kind '{task.kind}'; the attacks "
+                            "are for classification and regression tasks")
     if is_per_position(task):
         library = [p.attack.name for p in expand(spec) if p.attack.name in LIBRARY_ATTACKS]
         if library:
@@ -279,7 +293,7 @@ def validate(spec: AttackRunSpec, task: Any, members: Sequence[AttackMember]) ->
             f"{n_test} test inputs of '{task.name}' (the two splits must be disjoint)"
         )
     lo, hi = float(task.x_test.min()), float(task.x_test.max())
-    if lo < 0 or hi > 1:
+    if not is_regression(task) and (lo < 0 or hi > 1):
         raise NoisyDEQError(f"attack: inputs of '{task.name}' lie in [{lo:g}, {hi:g}], not [0, 1]")
     check_device(spec.device, spec.noise_site, spec.snr_db)
     needs_val = any(parse_defence(d).name == "early" and parse_defence(d).n is None
@@ -299,6 +313,33 @@ def validate(spec: AttackRunSpec, task: Any, members: Sequence[AttackMember]) ->
                     f"estimator '{e.name}': {m.model_id} solves with '{sname}', which has no "
                     f"explicit inverse-Jacobian estimate (allowed: {', '.join(ADJOINT_SOLVERS)})"
                 )
+
+
+def is_regression(task: Any) -> bool:
+    """The task regresses real targets (matrix addition; metric MSE, lower is better)."""
+    return getattr(task, "kind", "classification") == "regression"
+
+
+#: the attacks a regression task refuses (module docstring), and its defences
+REGRESSION_REFUSED = (*LIBRARY_ATTACKS, "salt-pepper")
+REGRESSION_DEFENCES = ("final", "ensemble")
+
+
+def validate_regression(spec: AttackRunSpec, task: Any) -> None:
+    """What does not apply to a regression task, refused in one line (module docstring)."""
+    refused = [p.attack.name for p in expand(spec) if p.attack.name in REGRESSION_REFUSED]
+    if refused:
+        why = ("sets entries to the ends of an input box the task does not have"
+               if refused[0] == "salt-pepper" else "scores a class per sample")
+        raise NoisyDEQError(
+            f"attack '{refused[0]}' {why}; task '{task.name}' is a regression task (metric "
+            "mse): use pgd-eps, pgd-steps, ifgsm or speckle")
+    for d in spec.defences:
+        name = parse_defence(d).name
+        if name not in REGRESSION_DEFENCES:
+            raise NoisyDEQError(
+                f"defence '{d}' is chosen by class predictions; task '{task.name}' is a "
+                f"regression task (metric mse): use {' or '.join(REGRESSION_DEFENCES)}")
 
 
 def is_per_position(task: Any) -> bool:
@@ -380,6 +421,9 @@ class Runner:
         self.calib = task.x_train[:512].to(torch_device)
         self.n_classes = int(task.out_features)
         self.per_position = is_per_position(task)
+        self.regression = is_regression(task)
+        #: the input box of the attacks: none for a regression task's real inputs
+        self.box: tuple[float, float] | None = None if self.regression else (0.0, 1.0)
         self._level: tuple[tuple, Level] | None = None
         self._clean: dict[tuple[str, ...], tuple[dict[str, Tensor], Tensor]] = {}
 
@@ -422,7 +466,8 @@ class Runner:
                                      "norm": self.spec.norm}, where="attack")
             adv = craft(att, est, lvl.model, self.xv, self.yv,
                         seed=derive_seed(self.spec.seed, "attack", draws),
-                        in_shape=in_shape_of(self.task, m.model), n_classes=self.n_classes)
+                        in_shape=in_shape_of(self.task, m.model), n_classes=self.n_classes,
+                        box=self.box)
             # clean and attacked solves under one draw: robust = both correct at z_n
             seed = derive_seed(self.spec.seed, "eval", draws)
             with torch.no_grad():
@@ -462,13 +507,18 @@ class Runner:
         with tally_backward() as tally:
             adv = craft(cell.point.attack, est, attacker, self.x, self.y,
                         seed=derive_seed(spec.seed, "attack", key),
-                        in_shape=in_shape_of(self.task, m.model), n_classes=self.n_classes)
+                        in_shape=in_shape_of(self.task, m.model), n_classes=self.n_classes,
+                        box=self.box)
         clean, bad_clean = self.clean_logits(m, cell.snr_db, cell.chip, chosen)
         lvl.reseed(self.judge_seed(m, cell.snr_db, cell.chip))
         logits, bad = defended_logits(lvl.model, adv, chosen, lvl.noise)
         rows = []
         for d in chosen:
             out, ref = logits[d.label()], clean[d.label()]
+            if self.regression:  # the attacked MSE (module docstring)
+                mse = float((out.double() - self.y.double()).square().mean())
+                rows.append(self.row(cell, d, mse, math.nan, math.nan, tally.unconverged))
+                continue
             ok = robust_correct(ref, out, self.y, clean_diverged=bad_clean, adv_diverged=bad)
             p, dh = entropy_shift(prediction_entropy(ref), prediction_entropy(out))
             row = self.row(cell, d, float(ok.double().mean()), p, dh,
@@ -499,9 +549,11 @@ class Runner:
         }
 
 
-def whitebox_rows(rows: Sequence[dict[str, Any]], eps: float) -> list[dict[str, Any]]:
+def whitebox_rows(rows: Sequence[dict[str, Any]], eps: float,
+                  lower_is_better: bool = False) -> list[dict[str, Any]]:
     """Closer-look robustness at strength ``eps``: per (model, mode, level, chip), each
-    defence's minimum over gradient/query attacks and estimators, then the best defence."""
+    defence's minimum over gradient/query attacks and estimators, then the best defence
+    (``lower_is_better``, a regression task's MSE: the maximum, then the lowest)."""
     groups: dict[tuple, list[dict[str, Any]]] = {}
     for r in rows:
         if r["x_name"] == "eps" and abs(r["eps"] - eps) < 1e-12:
@@ -509,9 +561,11 @@ def whitebox_rows(rows: Sequence[dict[str, Any]], eps: float) -> list[dict[str, 
     out = []
     for (mid, mode, snr, chip), rs in sorted(groups.items(), key=lambda kv: str(kv[0])):
         table = [(r["defence"], f"{r['attack']} / {r['estimator']}", r["value"]) for r in rs]
-        value, best, worst = white_box(table)
+        value, best, worst = white_box(table, lower_is_better)
         for d, w in worst.items():
-            which = min((t for t in table if t[0] == d), key=lambda t: t[2])[1]
+            mine = [t for t in table if t[0] == d]
+            which = (max(mine, key=lambda t: math.inf if math.isnan(t[2]) else t[2])
+                     if lower_is_better else min(mine, key=lambda t: t[2]))[1]
             out.append({"model_id": mid, "kind": rs[0]["kind"], "depth": rs[0]["depth"],
                         "mode": mode, "snr_db": snr, "chip": chip, "eps": eps, "defence": d,
                         "worst_value": w, "worst_attack": which, "white_box": value,
@@ -625,14 +679,16 @@ def _run_open(spec: AttackRunSpec, members: Sequence[AttackMember], task: Any,
         bar.close()
     rows = [r for cell in cells for r in found[cell.key]]
     rd.write_table(rows)
-    wb = whitebox_rows(rows, spec.steps_eps)
+    lower = is_regression(task)
+    wb = whitebox_rows(rows, spec.steps_eps, lower)
     store.atomic_write_text(rd.whitebox_path, table_to_csv(wb, WHITEBOX_COLUMNS))
     figures: list[Path] = []
     if plots:
         from noisydeq.attacks.plots import plot_run
 
         title = f"{task.name}: {Path(spec.family).name} · " + _noise_text(spec)
-        figures = plot_run(rows, rd.figures, title=title)
+        figures = plot_run(rows, rd.figures, title=title,
+                           column="mse" if lower else "value")
         if is_per_position(task):
             figures += plot_run(rows, rd.figures, title=title, column="position_value")
     rd.seal(figures, extra=[rd.whitebox_path])

@@ -48,20 +48,27 @@ def _members(family: Path, data_dir: str | None, cache: Path | None):
 def _per_position_attacks(spec: AttackRunSpec, task: Any) -> dict[str, Any]:
     """A per-position task (prefix sums, mazes) attacked with the default ``--attacks``:
     the default without AutoAttack's curves (torchattacks scores one class per sample), said
-    in one line; named explicitly, they are refused (:func:`noisydeq.attacks.runner.validate`)."""
+    in one line; named explicitly, they are refused (:func:`noisydeq.attacks.runner.validate`).
+    A regression task (matrix addition) drops salt-and-pepper too (no input box)."""
     from noisydeq.attacks.spec import LIBRARY_ATTACKS
 
     ctx = click.get_current_context(silent=True)
     given = ctx is not None and ctx.get_parameter_source("attacks") not in (
         click.core.ParameterSource.DEFAULT, click.core.ParameterSource.DEFAULT_MAP, None)
-    if given or not getattr(task, "per_position", False):
+    regression = getattr(task, "kind", "classification") == "regression"
+    if given or not (regression or getattr(task, "per_position", False)):
         return {}
-    kept = [a for a in spec.attacks if a not in LIBRARY_ATTACKS]
+    refused = (*LIBRARY_ATTACKS, "salt-pepper") if regression else LIBRARY_ATTACKS
+    kept = [a for a in spec.attacks if a not in refused]
     if kept == spec.attacks:
         return {}
-    dropped = [a for a in spec.attacks if a in LIBRARY_ATTACKS]
-    click.echo(f"attack: task '{task.name}' predicts a class per position; the default "
-               f"attacks run without {', '.join(dropped)} (one class per sample)", err=True)
+    dropped = [a for a in spec.attacks if a in refused]
+    what = ("is a regression task (metric mse)" if regression
+            else "predicts a class per position")
+    why = ("AutoAttack scores classes, salt-and-pepper needs an input box" if regression
+           else "one class per sample")
+    click.echo(f"attack: task '{task.name}' {what}; the default "
+               f"attacks run without {', '.join(dropped)} ({why})", err=True)
     return {"attacks": kept}
 
 
@@ -71,7 +78,9 @@ def _per_position_attacks(spec: AttackRunSpec, task: Any) -> dict[str, Any]:
               show_default=True,
               help="attack curves: pgd-eps (PGD-s over --eps for s in --pgd-steps), pgd-steps, "
                    "ifgsm, aa, aa-rand, apgd-ce, apgd-t, fab, square, speckle, salt-pepper "
-                   "(a per-position task, prefix sums or mazes: not aa … square).")
+                   "(a per-position task, prefix sums or mazes: not aa … square; a regression "
+                   "task, matrix addition: not aa … square nor salt-pepper, and the value is "
+                   "the attacked MSE).")
 @click.option("--eps", default="0:0.4:0.05", show_default=True,
               help="ε grid (start:stop:step or a list) for the ε curves.")
 @click.option("--pgd-steps", default="10,50", show_default=True,
@@ -183,7 +192,7 @@ def command(family, attacks, eps, pgd_steps, steps, steps_eps, sigma, fraction, 
     if as_json:
         click.echo(json.dumps({**report, "whitebox": res.whitebox}, indent=2, default=str))
         return
-    _summary(res.whitebox, spec.steps_eps)
+    _summary(res.whitebox, spec.steps_eps, getattr(task, "metric_name", "accuracy"))
     resumed = f", {res.skipped_cells} resumed" if res.skipped_cells else ""
     click.echo(f"cells: {res.computed_cells} computed{resumed}; {seconds:.1f} s")
     click.echo(f"results: {res.run_dir.csv_path}\n         {res.run_dir.parquet_path}")
@@ -194,12 +203,13 @@ def command(family, attacks, eps, pgd_steps, steps, steps_eps, sigma, fraction, 
     sys.stdout.flush()
 
 
-def _summary(whitebox: list[dict[str, Any]], eps: float) -> None:
+def _summary(whitebox: list[dict[str, Any]], eps: float, metric: str = "accuracy") -> None:
     if not whitebox:
         click.echo(f"(no gradient or query attack at ε = {eps:g}: no white-box summary)")
         return
+    what = "MSE, lower is better: worst = largest" if metric == "mse" else "accuracy"
     click.echo(f"white-box robustness at ε = {eps:g} (per defence: worst attack / estimator; "
-               "robustness = best defence)")
+               f"robustness = best defence; {what})")
     click.echo(f"{'model':<24} {'mode':<9} {'SNR':>5} {'chip':>4} {'defence':<12} "
                f"{'worst':>6}  worst attack")
     for r in whitebox:

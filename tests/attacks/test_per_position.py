@@ -223,11 +223,12 @@ def test_attacks_that_cannot_apply_per_position_are_one_line(family, tmp_path, c
     assert not out.exists()
 
 
-def test_a_regression_task_is_refused_in_one_line_and_per_sample_tables_keep_their_columns(
+def test_a_task_of_another_kind_is_refused_in_one_line_and_per_sample_tables_keep_columns(
         tmp_path):
+    # (a regression task is attacked on its MSE: tests/attacks/test_mse.py)
     spec = build(AttackRunSpec, {"family": str(tmp_path)}, where="attack")
-    task = SimpleNamespace(name="matrix_add", kind="regression")
-    with pytest.raises(NoisyDEQError, match="'matrix_add' is a regression task"):
+    task = SimpleNamespace(name="odd", kind="ranking")
+    with pytest.raises(NoisyDEQError, match="'odd' is of kind 'ranking'"):
         validate(spec, task, [object()])
     assert AttackRunDir(tmp_path / "a").columns == ATTACK_COLUMNS
     assert "position_value" not in AttackRunDir(tmp_path / "b").columns
