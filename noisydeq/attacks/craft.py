@@ -25,9 +25,10 @@ from noisydeq.noise import NoiseStream
 
 def craft(spec: AttackSpec, estimator, model: nn.Module, x: Tensor, y: Tensor, *,
           seed: int, in_shape: tuple[int, ...], n_classes: int,
-          box: tuple[float, float] | None = (0.0, 1.0)) -> Tensor:
+          box: tuple[float, float] | None = (0.0, 1.0), loss: str = "ce") -> Tensor:
     """Adversarial / corrupted versions of ``x`` (same shape) for ``spec``, clamped to ``box``
-    (PGD, I-FGSM, speckle; None: unclamped, a regression task's real inputs)."""
+    (PGD, I-FGSM, speckle; None: unclamped, a regression task's real inputs); PGD and I-FGSM
+    ascend ``loss`` (``"mse"`` for a regression task, :mod:`noisydeq.attacks.pgd`)."""
     gen = NoiseStream.from_seed(seed, x.device)
     if spec.name == "speckle":
         return speckle(x, spec.eps, gen, box)
@@ -39,10 +40,10 @@ def craft(spec: AttackSpec, estimator, model: nn.Module, x: Tensor, y: Tensor, *
     if spec.name == "pgd":
         return pgd(estimator, x, y, eps=spec.eps, steps=spec.steps, alpha=spec.alpha,
                    norm=spec.norm, random_init=spec.random_start, restarts=spec.restarts,
-                   eot=spec.eot, box=box, generator=gen, on_restart=reset)
+                   eot=spec.eot, box=box, generator=gen, on_restart=reset, loss=loss)
     if spec.name == "ifgsm":
         return ifgsm(estimator, x, y, eps=spec.eps, steps=spec.steps, norm=spec.norm,
-                     eot=spec.eot, box=box, alpha=spec.alpha)
+                     eot=spec.eot, box=box, alpha=spec.alpha, loss=loss)
     module = AttackModule(estimator, model)
     mode = model.training
     try:

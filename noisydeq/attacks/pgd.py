@@ -22,12 +22,14 @@ that of the sum over positions. A restart keeps the first iterate that gets *som
 position wrong (the sample is then wrong under the tasks' all-positions metric), else the
 one of highest mean loss.
 
-Regression tasks (matrix addition: a real target per output, ``y`` a floating-point tensor
-of the output's shape) are attacked with the **per-sample mean squared error**
+Regression tasks (matrix addition: a real target per output, ``y`` a tensor of the output's
+shape) are attacked with ``loss="mse"``, the **per-sample mean squared error**
 mean_j (f(x)_j − y_j)² (the tasks' metric, per sample; :func:`sample_loss`): PGD ascends it
 within the ε-ball. No iterate is ever "wrong" (:func:`sample_wrong`: no threshold on an MSE),
 so a restart keeps the iterate of highest MSE. Their inputs are real numbers, not pixels:
-the caller passes ``box=None`` (no clamp; :mod:`noisydeq.attacks.runner`).
+the caller passes ``box=None`` (no clamp; :mod:`noisydeq.attacks.runner`). The loss is
+named by the caller, never guessed from ``y``: a floating-point ``y`` of the logits' shape
+is also what TRADES' inner attack passes (soft class targets, ``loss="ce"``).
 """
 
 from __future__ import annotations
@@ -44,16 +46,23 @@ from noisydeq.errors import NoisyDEQError
 Model = Callable[[Tensor], Tensor]
 
 
-def is_regression_target(y: Tensor) -> bool:
-    """``y`` holds real targets (a regression task), not class indices."""
-    return y.is_floating_point()
+#: the attack losses: cross-entropy to class indices or soft class targets, and a
+#: regression task's mean squared error
+LOSSES = ("ce", "mse")
 
 
-def sample_loss(logits: Tensor, y: Tensor) -> Tensor:
-    """(B,) attack loss: the cross-entropy of each sample, for a per-position task the mean
-    over its positions of the per-position cross-entropy, for a regression target (floating
-    ``y``) the sample's mean squared error (module docstring)."""
-    if is_regression_target(y):
+def _check_loss(loss: str) -> None:
+    if loss not in LOSSES:
+        raise NoisyDEQError(f"attack: loss must be one of {', '.join(LOSSES)}, got '{loss}'")
+
+
+def sample_loss(logits: Tensor, y: Tensor, loss: str = "ce") -> Tensor:
+    """(B,) attack loss: the cross-entropy of each sample (``y`` class indices or soft
+    targets), for a per-position task the mean over its positions of the per-position
+    cross-entropy; with ``loss="mse"`` (a regression task) the sample's mean squared error
+    (module docstring)."""
+    _check_loss(loss)
+    if loss == "mse":
         if logits.shape != y.shape:  # (B, 1) against (B,) would broadcast to (B, B)
             raise NoisyDEQError(f"attack: the model's output {tuple(logits.shape)} and the "
                                 f"regression targets {tuple(y.shape)} differ in shape")
@@ -62,10 +71,11 @@ def sample_loss(logits: Tensor, y: Tensor) -> Tensor:
     return per if per.ndim == 1 else per.reshape(per.shape[0], -1).mean(1)
 
 
-def sample_wrong(logits: Tensor, y: Tensor) -> Tensor:
+def sample_wrong(logits: Tensor, y: Tensor, loss: str = "ce") -> Tensor:
     """(B,) bool: the arg-max misses the label (at some position, for a per-position task);
-    never for a regression target (an MSE has no "wrong")."""
-    if is_regression_target(y):
+    never with ``loss="mse"`` (an MSE has no "wrong")."""
+    _check_loss(loss)
+    if loss == "mse":
         return torch.zeros(logits.shape[0], dtype=torch.bool, device=logits.device)
     wrong = logits.argmax(1) != y
     return wrong if wrong.ndim == 1 else wrong.reshape(wrong.shape[0], -1).any(1)
@@ -81,27 +91,28 @@ def _forward(model: Model, xr: Tensor) -> Tensor:
     return logits
 
 
-def loss_and_grad(model: Model, x: Tensor, y: Tensor, eot: int = 1) -> tuple[Tensor, Tensor]:
+def loss_and_grad(model: Model, x: Tensor, y: Tensor, eot: int = 1,
+                  loss: str = "ce") -> tuple[Tensor, Tensor]:
     """(per-sample loss :func:`sample_loss`, ∇_x of the summed loss), both averaged over
     ``eot`` forwards."""
-    loss: Tensor | None = None
+    total: Tensor | None = None
     grad: Tensor | None = None
     for _ in range(eot):
         xr = x.detach().requires_grad_(True)
         with torch.enable_grad():
-            per = sample_loss(_forward(model, xr), y)
+            per = sample_loss(_forward(model, xr), y, loss)
             (g,) = torch.autograd.grad(per.sum(), xr)
         # (one draw: the tensors as they are; several: summed in place, divided once)
-        loss = per.detach() if loss is None else loss.add_(per.detach())
+        total = per.detach() if total is None else total.add_(per.detach())
         grad = g if grad is None else grad.add_(g)
-    assert loss is not None and grad is not None
+    assert total is not None and grad is not None
     if eot > 1:
-        loss.div_(eot)
+        total.div_(eot)
         grad.div_(eot)
-    return loss, grad
+    return total, grad
 
 
-def input_grad(model: Model, x: Tensor, y: Tensor, eot: int = 1) -> Tensor:
+def input_grad(model: Model, x: Tensor, y: Tensor, eot: int = 1, loss: str = "ce") -> Tensor:
     """∇_x of the summed attack loss averaged over ``eot`` forwards: :func:`loss_and_grad`'s
     gradient, bit for bit, without the per-sample loss. The sum is the loss's own
     ``reduction="sum"`` (the CE backward writes −g at each target either way, g = 1 from
@@ -112,8 +123,9 @@ def input_grad(model: Model, x: Tensor, y: Tensor, eot: int = 1) -> Tensor:
         xr = x.detach().requires_grad_(True)
         with torch.enable_grad():
             logits = _forward(model, xr)
-            total = (F.cross_entropy(logits, y, reduction="sum") if logits.ndim == 2
-                     else sample_loss(logits, y).sum())  # per-position: loss_and_grad's sum
+            total = (F.cross_entropy(logits, y, reduction="sum")
+                     if loss == "ce" and logits.ndim == 2  # per-position, mse: loss_and_grad's
+                     else sample_loss(logits, y, loss).sum())
             (g,) = torch.autograd.grad(total, xr)
         grad = g if grad is None else grad.add_(g)
     assert grad is not None
@@ -152,6 +164,7 @@ def pgd(
     generator: Source = None,
     start: Tensor | None = None,
     on_restart: Callable[[], None] | None = None,
+    loss: str = "ce",
 ) -> Tensor:
     """Adversarial examples within the ``norm`` ε-ball around ``x`` (the paper's PGD, Fig. 14).
 
@@ -159,8 +172,10 @@ def pgd(
     restart (else uniform in the ball when ``random_init``, else 0). With several
     ``restarts`` each sample keeps the first iterate that the model misclassifies, else the
     one of highest loss. ``on_restart`` is called before each restart (e.g. to forget a
-    warm-start state). ε = 0 returns ``x`` itself.
+    warm-start state). ε = 0 returns ``x`` itself. ``loss``: ``"ce"`` (class indices or soft
+    targets) or ``"mse"`` (a regression task; module docstring).
     """
+    _check_loss(loss)
     if eps < 0:
         raise NoisyDEQError(f"eps: must be >= 0, got {eps:g}")
     if steps < 1:
@@ -185,23 +200,23 @@ def pgd(
             delta = torch.zeros_like(x)
         adv = clip_box(x + project(delta, eps, norm), box)
         for _ in range(steps):
-            adv = _step(adv, x, input_grad(model, adv, y, eot), alpha, eps, norm, box)
+            adv = _step(adv, x, input_grad(model, adv, y, eot, loss), alpha, eps, norm, box)
         if restarts == 1:
             return adv
         with torch.no_grad():
             logits = model(adv)
-            loss = sample_loss(logits, y)
-            wrong = sample_wrong(logits, y)
-        take = ~fooled & (wrong | (loss > best_loss))
+            value = sample_loss(logits, y, loss)
+            wrong = sample_wrong(logits, y, loss)
+        take = ~fooled & (wrong | (value > best_loss))
         best = torch.where(take.reshape(-1, *([1] * (x.ndim - 1))), adv, best)
-        best_loss = torch.where(take, loss, best_loss)
+        best_loss = torch.where(take, value, best_loss)
         fooled = fooled | wrong
     return best
 
 
 def ifgsm(model: Model, x: Tensor, y: Tensor, *, eps: float, steps: int = 10,
           norm: str = "linf", eot: int = 1, box: tuple[float, float] | None = (0.0, 1.0),
-          alpha: float | None = None) -> Tensor:
+          alpha: float | None = None, loss: str = "ce") -> Tensor:
     """Iterative FGSM / BIM (Kurakin et al. 2017): PGD from x₀, α = ε/steps by default."""
     return pgd(model, x, y, eps=eps, steps=steps, alpha=eps / steps if alpha is None else alpha,
-               norm=norm, random_init=False, restarts=1, eot=eot, box=box)
+               norm=norm, random_init=False, restarts=1, eot=eot, box=box, loss=loss)

@@ -467,7 +467,7 @@ class Runner:
             adv = craft(att, est, lvl.model, self.xv, self.yv,
                         seed=derive_seed(self.spec.seed, "attack", draws),
                         in_shape=in_shape_of(self.task, m.model), n_classes=self.n_classes,
-                        box=self.box)
+                        box=self.box, loss="mse" if self.regression else "ce")
             # clean and attacked solves under one draw: robust = both correct at z_n
             seed = derive_seed(self.spec.seed, "eval", draws)
             with torch.no_grad():
@@ -508,7 +508,7 @@ class Runner:
             adv = craft(cell.point.attack, est, attacker, self.x, self.y,
                         seed=derive_seed(spec.seed, "attack", key),
                         in_shape=in_shape_of(self.task, m.model), n_classes=self.n_classes,
-                        box=self.box)
+                        box=self.box, loss="mse" if self.regression else "ce")
         clean, bad_clean = self.clean_logits(m, cell.snr_db, cell.chip, chosen)
         lvl.reseed(self.judge_seed(m, cell.snr_db, cell.chip))
         logits, bad = defended_logits(lvl.model, adv, chosen, lvl.noise)

@@ -16,6 +16,7 @@ from noisydeq.attacks.defences import white_box
 from noisydeq.attacks.pgd import pgd, sample_loss, sample_wrong
 from noisydeq.attacks.runner import ATTACK_COLUMNS, whitebox_rows
 from noisydeq.config import build
+from noisydeq.errors import NoisyDEQError
 from noisydeq.studies import StudySpec, run_study
 from tests.attacks.helpers import frozen
 from tests.cli_helpers import one_line_error
@@ -38,12 +39,20 @@ def test_the_loss_is_the_per_sample_mse_and_no_sample_is_ever_wrong():
                                                                               dtype=torch.float64)
     want = torch.tensor([sum((float(out[b, j]) - float(t[b, j])) ** 2 for j in range(7)) / 7
                          for b in range(5)], dtype=torch.float64)
-    assert torch.allclose(sample_loss(out, t), want, atol=1e-12, rtol=0)
-    assert not sample_wrong(out, t).any()
+    assert torch.allclose(sample_loss(out, t, "mse"), want, atol=1e-12, rtol=0)
+    assert not sample_wrong(out, t, "mse").any()
     # class labels (integer y) keep the cross-entropy
     y = torch.tensor([0, 1, 2, 3, 4])
     assert torch.allclose(sample_loss(out, y),
                           nn.functional.cross_entropy(out, y, reduction="none"))
+    # soft class targets of the logits' shape (TRADES' inner attack) are cross-entropy too:
+    # the loss is named by the caller, never guessed from a floating-point y
+    soft = torch.softmax(t, dim=1)
+    assert torch.allclose(sample_loss(out, soft),
+                          nn.functional.cross_entropy(out, soft, reduction="none"))
+    assert not torch.allclose(sample_loss(out, soft), sample_loss(out, soft, "mse"))
+    with pytest.raises(NoisyDEQError, match="loss must be one of ce, mse"):
+        sample_loss(out, t, "l1")
 
 
 @pytest.mark.parametrize("norm", ["linf", "l2"])
@@ -63,10 +72,10 @@ def test_pgd_reaches_the_closed_form_worst_mse_of_a_single_output_linear_model(n
     expected = (r.abs() + eps * dual) ** 2
     # from δ = 0 the ascent keeps the sign of the residual: every sample reaches the optimum
     # (to 1e-7: the ℓ2 projection divides by ‖δ‖ + 1e-10)
-    adv = pgd(model, x, t, eps=eps, steps=20, norm=norm, random_init=False, box=None)
+    adv = pgd(model, x, t, eps=eps, steps=20, norm=norm, random_init=False, box=None, loss="mse")
     assert torch.allclose(_mse(model, adv, t), expected, rtol=1e-7, atol=0)
     # from a random start too, where |r| > ε‖a‖ (the residual's sign cannot flip in the ball)
-    adv = pgd(model, x, t, eps=eps, steps=20, norm=norm, box=None,
+    adv = pgd(model, x, t, eps=eps, steps=20, norm=norm, box=None, loss="mse",
               generator=torch.Generator().manual_seed(0))
     far = r.abs() > eps * dual
     assert far.sum() >= 4
@@ -92,12 +101,12 @@ def test_pgd_with_restarts_reaches_the_brute_force_worst_corner_of_a_3d_input():
     eps = 0.4
     corners = torch.tensor(list(itertools.product((-1.0, 1.0), repeat=3)), dtype=torch.float64)
     brute = torch.stack([_mse(model, x + eps * c, t) for c in corners]).amax(0)
-    adv = pgd(model, x, t, eps=eps, steps=20, restarts=8, box=None,
+    adv = pgd(model, x, t, eps=eps, steps=20, restarts=8, box=None, loss="mse",
               generator=torch.Generator().manual_seed(0))
     assert torch.allclose(_mse(model, adv, t), brute, rtol=1e-9, atol=0)
     assert torch.all(_mse(model, adv, t) >= _mse(model, x, t))
     # ε = 0: the input itself, so the clean MSE
-    same = pgd(model, x, t, eps=0.0, steps=5, box=None)
+    same = pgd(model, x, t, eps=0.0, steps=5, box=None, loss="mse")
     assert torch.equal(same, x)
 
 
@@ -223,7 +232,7 @@ def test_a_regression_output_of_another_shape_is_refused_not_broadcast():
     from noisydeq.errors import NoisyDEQError
 
     with pytest.raises(NoisyDEQError, match=r"output \(4, 1\) and the regression targets \(4,\)"):
-        sample_loss(torch.zeros(4, 1), torch.zeros(4))
+        sample_loss(torch.zeros(4, 1), torch.zeros(4), "mse")
 
 
 def test_a_regression1d_sweep_family_is_attacked_on_its_mse(tmp_path, capsys, monkeypatch):
