@@ -18,7 +18,7 @@ from noisydeq.attacks.runner import ATTACK_COLUMNS, whitebox_rows
 from noisydeq.config import build
 from noisydeq.errors import NoisyDEQError
 from noisydeq.studies import StudySpec, run_study
-from tests.attacks.helpers import frozen
+from tests.attacks.helpers import attack_on_device_and_under_noise, frozen
 from tests.cli_helpers import one_line_error
 from tests.cli_helpers import run_cli as run
 
@@ -207,24 +207,11 @@ def test_what_does_not_apply_to_a_regression_task_is_one_line(family, tmp_path, 
 
 
 def test_a_matrix_add_family_on_a_device_and_under_its_own_noise(family, tmp_path, capsys):
-    # rram at 20 dB (white-box on the chip, transferred from the digital twin, EOT 2) and the
-    # model's own state noise at 0 dB: MSE rows, the MSE-vs-SNR figure with MSE columns
-    for extra, name in ((["--device", "rram", "--snr", "20,inf", "--transfer", "--eot", "2"],
-                         "rram"),
-                        (["--noise-site", "state", "--snr", "0,inf"], "state")):
-        out = tmp_path / name
-        code, _, err = run(["attack", "--family", str(family), "--attacks", "pgd-eps,speckle",
-                            "--eps", "0,0.2", "--pgd-steps", "2", "--sigma", "0,1",
-                            "--samples", "6", "--val-samples", "0", "--threads", "1",
-                            "--quiet", "--out", str(out), *extra], capsys)
-        assert code in (0, None), err
-        with open(out / "results.csv", newline="") as fh:
-            rows = list(csv.DictReader(fh))
-        assert {r["snr_db"] for r in rows} == {"20.0" if name == "rram" else "0.0", "inf"}
-        if name == "rram":
-            assert {r["mode"] for r in rows} == {"white-box", "transfer"}
+    # MSE rows, the MSE-vs-SNR figure with MSE columns
+    tables = attack_on_device_and_under_noise(family, tmp_path, capsys)
+    for name, rows in tables.items():
         assert all(float(r["value"]) >= 0 for r in rows)
-        with open(out / "figures" / "robust_vs_snr.csv", newline="") as fh:
+        with open(tmp_path / name / "figures" / "robust_vs_snr.csv", newline="") as fh:
             assert "mse_mean" in next(csv.reader(fh))
 
 

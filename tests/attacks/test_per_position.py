@@ -27,7 +27,7 @@ from noisydeq.regulation.entropy import prediction_entropy
 from noisydeq.specs.attack_run import AttackRunSpec
 from noisydeq.studies import StudySpec, run_study
 from noisydeq.tasks.base import sample_correct
-from tests.attacks.helpers import frozen
+from tests.attacks.helpers import attack_on_device_and_under_noise, frozen
 from tests.cli_helpers import one_line_error
 from tests.cli_helpers import run_cli as run
 
@@ -254,22 +254,9 @@ def test_a_per_position_attack_on_ray_equals_the_local_one(ray_cluster, family, 
 
 
 def test_a_per_position_family_on_a_device_and_under_its_own_noise(family, tmp_path, capsys):
-    # rram at 20 dB, white-box through the chip and transferred from the digital twin; the
-    # model's own state noise at 0 dB: the same rows, each with its per-position column
-    for extra, name in ((["--device", "rram", "--snr", "20,inf", "--transfer", "--eot", "2"],
-                         "rram"),
-                        (["--noise-site", "state", "--snr", "0,inf"], "state")):
-        out = tmp_path / name
-        code, _, err = run(["attack", "--family", str(family), "--attacks", "pgd-eps,speckle",
-                            "--eps", "0,0.2", "--pgd-steps", "2", "--sigma", "0,1",
-                            "--samples", "6", "--val-samples", "0", "--threads", "1",
-                            "--quiet", "--out", str(out), *extra], capsys)
-        assert code in (0, None), err
-        with open(out / "results.csv", newline="") as fh:
-            rows = list(csv.DictReader(fh))
-        assert {r["snr_db"] for r in rows} == {"20.0" if name == "rram" else "0.0", "inf"}
-        if name == "rram":
-            assert {r["mode"] for r in rows} == {"white-box", "transfer"}
+    # the same rows, each with its per-position column
+    tables = attack_on_device_and_under_noise(family, tmp_path, capsys)
+    for name, rows in tables.items():
         for r in rows:
             assert 0.0 <= float(r["value"]) <= float(r["position_value"]) <= 1.0
-        assert (out / "figures" / "positions_vs_snr.png").is_file()
+        assert (tmp_path / name / "figures" / "positions_vs_snr.png").is_file()
