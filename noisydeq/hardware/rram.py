@@ -25,6 +25,9 @@ Differences to aihwkit (documented in docs/devices.md): bound management is deci
 vector (aihwkit: per batch), a re-run reuses the vector's drawn read noise, one tile per
 layer (no 512-row tiling).
 
+A sweep keeps its programmed chips on disk (:mod:`noisydeq.hardware.chip_store`, through
+:attr:`RRAMLayer.shelf`): a repeated sweep reads them instead of programming them again.
+
 Knobs (:mod:`noisydeq.hardware.modes`): the static knob ``s_p`` scales programming and
 drift noise (aihwkit ``noise_scale``; the drift-compensation read-out, part of programming
 the chip, reads with ``s_p`` times the read noise), the dynamic knob ``s_r`` the read noise
@@ -36,6 +39,7 @@ SNR at s → 0 is the device's ceiling.
 from __future__ import annotations
 
 from collections import OrderedDict
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -117,6 +121,10 @@ class RRAMLayer(DeviceLayer):
         #: noise scale -> (2, n_out, n_in) error of (W_prog, W_t) in units of max|W| (= the
         #: pair's conductance error over g_max − g_min), most recently used last
         self._held_error: OrderedDict[float, Tensor] = OrderedDict()
+        #: the chips of this layer kept on disk (:mod:`noisydeq.hardware.chip_store`):
+        #: loaded instead of programmed, and the ones programmed or used since, to store;
+        #: None: no disk cache (training, or a chip not deployed by a sweep)
+        self.shelf: Any = None  # a chip_store.ChipShelf
 
     @property
     def spec(self) -> RRAMSpec:
@@ -139,14 +147,24 @@ class RRAMLayer(DeviceLayer):
         read needs it), for bound management."""
         weights = (self.weight._version, self.weight.data_ptr(), self.weight.device)
         key = (float(s), *weights)
+        shelf = self.shelf
+        if shelf is not None and shelf.weights != weights:
+            shelf = None  # the weights changed since the shelf was attached: not theirs
         if key in self._chips:
             self._chips.move_to_end(key)
-            return self._chips[key]
+            entry = self._chips[key]
+            if shelf is not None and s != 0 and float(s) not in shelf.chips:
+                shelf.add(float(s), entry[0], entry[1], entry[2].rms)  # programmed earlier
+            return entry
         # chips of earlier weights are never asked for again (a weight's version only grows):
         # dropped, so training (new weights every step) does not fill the cache with dead
         # chips (up to 256 MiB per layer, and fresh memory for every new one)
         for old in [k for k in self._chips if k[1:] != weights]:
             del self._chips[old]
+        stored = None if shelf is None or s == 0 else shelf.chips.get(float(s))
+        if stored is not None:
+            w_t = self._laid_out(stored[0])
+            return self._keep(key, w_t, stored[1], RowStats(w_t, stored[2]))
         w = self.matrix().detach()
         w_norm = w / const(self._wscale(), w)  # noisydeq.scalars: no cast per call
         if s == 0:
@@ -169,12 +187,30 @@ class RRAMLayer(DeviceLayer):
                 # a large layer: the cache keeps W_t alone (the bytes per chip of before)
                 w_t = w_t.clone()
                 stats = RowStats(w_t, stats.rms)
+            if shelf is not None:
+                shelf.add(float(s), w_t, alpha, stats.rms)
+        return self._keep(key, w_t, alpha, stats)
+
+    def _keep(self, key: tuple, w_t: Tensor, alpha: float,
+              stats: RowStats) -> tuple[Tensor, float, RowStats]:
+        """Put a chip into the in-memory LRU cache and return its entry."""
         entry = (w_t, alpha, stats)
         self._chips[key] = entry
         # a chip holds the storage of its W_t (with W_prog beside it: twice W_t)
         while len(self._chips) > _kept(w_t.untyped_storage().nbytes()):
             self._chips.popitem(last=False)
         return entry
+
+    @staticmethod
+    def _laid_out(w_t: Tensor) -> Tensor:
+        """A stored W_t in the memory layout a programmed one has — the second slice of a
+        fresh (2, n_out, n_in) buffer, or (a large layer) a fresh tensor of its own — so its
+        GEMMs see the same alignment and round as the programmed chip's do."""
+        if 2 * w_t.nbytes * CHIP_CACHE_MIN > CHIP_CACHE_BYTES:
+            return w_t.clone(memory_format=torch.contiguous_format)
+        buf = torch.empty((2, *w_t.shape), dtype=w_t.dtype, device=w_t.device)
+        buf[1].copy_(w_t)
+        return buf[1]
 
     def _program(self, w_norm: Tensor, s: float) -> tuple[Tensor, Tensor | None]:
         """(W_prog, W_t) stacked, normalised, and max|W_prog| (None: not computed), of this

@@ -36,6 +36,9 @@ class Hardware:
         self.calibration_root: Any = None
         self.device: Any = None
         self.hw: Any = None
+        #: the on-disk chip caches of the deployed chips :meth:`chip` gave (by id), until
+        #: :meth:`store_chips` (:mod:`noisydeq.hardware.chip_store`)
+        self._chip_caches: dict[int, Any] = {}
         if not self.direct:
             from noisydeq import hardware
 
@@ -79,10 +82,12 @@ class Hardware:
 
         lo, hi = min(finite), max(finite)
         for sm in models:
-            deployed = self.device.new_chip(derive_seed(sm.seed, "chip", 0)).deploy(
-                sm.model, digital_layers=self.spec.digital_layers)
+            device = self.device.new_chip(derive_seed(sm.seed, "chip", 0))
+            deployed = device.deploy(sm.model, digital_layers=self.spec.digital_layers)
             if calib_x is not None:
                 self.hw.calibrate(deployed, calib_x)
+            # the range programs the chip at the knobs' bounds: kept with the chip's others
+            self._attach_chips(deployed, device)
             for name, layer in self.hw.device_layers(deployed).items():
                 reach = layer.snr_range()
                 if math.isnan(reach[0]):
@@ -90,6 +95,7 @@ class Hardware:
                 for target in (lo, hi):
                     check_reachable(target, reach, f"layer '{name}' of {sm.model_id}",
                                     self.spec.noise_mode)
+            self.store_chips(deployed)
 
     def chip(self, model: nn.Module, seed: int, chip: int, calib_x: Tensor | None) -> nn.Module:
         """``model`` deployed on chip instance ``chip`` (static noise seeded by seed, chip).
@@ -129,7 +135,26 @@ class Hardware:
                     layer.load_controls(knobs[name])
         elif calib_x is not None:
             self.hw.calibrate(deployed, calib_x)
+        self._attach_chips(deployed, device)
         return deployed
+
+    def _attach_chips(self, deployed: nn.Module, device: Any) -> None:
+        """Read the chips of ``deployed`` (on chip ``device``) from the chip cache, in a
+        local run (a Ray task stores nothing): :mod:`noisydeq.hardware.chip_store`."""
+        if self.calibration_root is not None:
+            return
+        from noisydeq.families import cache_root
+        from noisydeq.hardware import chip_store
+
+        cache = chip_store.attach(deployed, device, cache_root())
+        if cache is not None:
+            self._chip_caches[id(deployed)] = cache
+
+    def store_chips(self, deployed: nn.Module) -> bool:
+        """Store the chips ``deployed`` (from :meth:`chip`) programmed that the chip cache
+        lacked, and detach it; True when an entry was written."""
+        cache = self._chip_caches.pop(id(deployed), None)
+        return cache is not None and cache.save()
 
     def calibration_entries(self, model: nn.Module, seed: int, chip: int,
                             calib_x: Tensor | None, threads: int | None = None) -> list[str]:

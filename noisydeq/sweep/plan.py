@@ -204,3 +204,4 @@ class CellRunner:
             save(self.key(sm, chip, levels), rows,
                  layer_rows(sm, stats, levels, chip, self.spec))
             on_cell(1)
+        self.hardware.store_chips(deployed)
