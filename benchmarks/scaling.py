@@ -204,8 +204,9 @@ def bench_levels(
              f"{_fmt_t(statistics.median(t_pp))} "
              f"({statistics.median(t_pp) / statistics.median(t_b):.2f}x); "
              f"batched stats == per-point: {same}; levels per forward (max_rows "
-             f"{limit[0]}): " + ", ".join(f"K{k}: {'+'.join(map(str, c))}"
-                                     for k, c in chunking.items() if len(c) > 1))
+             f"{limit[0]}): " + (", ".join(f"K{k}: {'+'.join(map(str, c))}"
+                                      for k, c in chunking.items() if len(c) > 1)
+                                 or "all in one"))
     return scaling_row(
         f"sweep evaluation time vs SNR levels batched (DEQ 64-{width}, {n} inputs, "
         f"{SOLVE_ITERS} iterations, K = {min(levels)}…{kmax})", "K", times, 1.0,
