@@ -78,8 +78,10 @@ class Row:
     """One line of the ratio table.
 
     ``ratio`` = ours / peer for times (lower is better) unless ``higher_is_better`` (then it
-    is a speed-up or a fraction of a bound and must reach ``target``). ``check`` records the
-    correctness check of the fast path against the reference path (``ok`` True/False).
+    is a speed-up or a fraction of a bound and must reach ``target``). With ``target_low``
+    the target is the range [``target_low``, ``target``] (e.g. a fitted scaling exponent).
+    ``check`` records the correctness check of the fast path against the reference path
+    (``ok`` True/False).
     """
 
     area: str
@@ -93,12 +95,24 @@ class Row:
     check: str = ""
     ok: bool | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    target_low: float | None = None
 
     @property
     def met(self) -> bool | None:
         if self.target is None or not math.isfinite(self.ratio):
             return None
+        if self.target_low is not None:
+            return self.target_low <= self.ratio <= self.target
         return self.ratio >= self.target if self.higher_is_better else self.ratio <= self.target
+
+    @property
+    def target_text(self) -> str:
+        """``≤ 1.5``, ``≥ 4`` or ``1.6–2.2`` (a range); '' without a target."""
+        if self.target is None:
+            return ""
+        if self.target_low is not None:
+            return f"{self.target_low:g}–{self.target:g}"
+        return ("≥ " if self.higher_is_better else "≤ ") + f"{self.target:g}"
 
     def as_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -151,7 +165,7 @@ def _fmt(v: float, unit: str) -> str:
         return "—"
     if unit == "s":
         return f"{v * 1e3:.2f} ms" if v < 1 else f"{v:.2f} s"
-    return f"{v:.3g} {unit}"
+    return f"{v:.3g} {unit}".rstrip()
 
 
 def format_table(rows: list[Row], markdown: bool = False) -> str:
@@ -159,7 +173,7 @@ def format_table(rows: list[Row], markdown: bool = False) -> str:
     head = ["area", "measure", "ours", "peer/bound", "ratio", "target", "met", "check"]
     lines = []
     for r in rows:
-        tgt = "" if r.target is None else ("≥ " if r.higher_is_better else "≤ ") + f"{r.target:g}"
+        tgt = r.target_text
         met = {True: "yes", False: "NO", None: ""}[r.met]
         chk = r.check + ("" if r.ok is None else (" ✓" if r.ok else " ✗"))
         rat = f"{r.ratio:.2f}" if math.isfinite(r.ratio) else "—"

@@ -25,7 +25,7 @@ from benchmarks.common import Row, format_table, machine_info
 from noisydeq.store import atomic_write_text
 
 AREAS = ("main_job", "sweep", "peer", "solvers", "devices", "rng", "training", "attacks",
-         "hwaware", "cluster")
+         "hwaware", "cluster", "scaling")
 HERE = Path(__file__).resolve().parent
 
 
@@ -74,6 +74,13 @@ def _run_area(area: str, quick: bool, work: Path, state: dict[str, Any],
         from benchmarks.attacks import bench_attacks
 
         return bench_attacks(quick=quick)
+    if area == "scaling":  # exponents of time vs width, batch and batched SNR levels
+        from benchmarks.scaling import bench_scaling
+
+        if quick:
+            return bench_scaling(widths=(64, 128, 256), batches=(16, 64, 256), levels=(1, 2, 4),
+                                 repeat=2, level_rows=64)
+        return bench_scaling()
     if area == "cluster":  # the Ray backend (no rows without the ray extra)
         from benchmarks.cluster import bench_cluster
 
@@ -100,7 +107,9 @@ def _markdown(rows: list[Row], info: dict[str, Any], seconds: float, quick: bool
         f"{sum(checks)}/{len(checks)}",
         "",
         "Ratio = ours / peer for times (≤ target is good); for the sweep and peer rows it is "
-        "the speed-up or the fraction of the measured matmul peak (≥ target is good). Times "
+        "the speed-up or the fraction of the measured matmul peak (≥ target is good); for the "
+        "scaling rows it is the fitted exponent of time vs size, next to the expected one "
+        "(target a range or a bound). Times "
         "are the best of N interleaved runs (solvers, devices, training; the median and range "
         "of the per-pair ratios in `check`), the median of 3 interleaved repetitions (peer: "
         "the plain aihwkit script, spread, CPU time and load in `check`) or single runs "
@@ -157,7 +166,7 @@ def _profile_section(rows: list[Row]) -> list[str]:
     for r in prof_rows:
         ours = r.extra["profile"]
         peer = r.extra.get("profile_peer")
-        tgt = ("≥ " if r.higher_is_better else "≤ ") + f"{r.target:g}"
+        tgt = r.target_text
         top = ", ".join(f"{name} {frac * 100:.0f} %" for name, _s, frac in ours["top"][:4])
         cells = [f"{r.area}: {r.name}", f"{r.ratio:.2f} ({tgt})", format_profile(ours),
                  format_profile(peer) if peer else "—", top]

@@ -51,7 +51,8 @@ from noisydeq.config import SweepSpec, build
 from noisydeq.sweep import SweepModel, run_sweep
 
 TARGET_SPEEDUP = 5.0
-TARGET_PEAK_FRACTION = 0.4
+#: issue 17: the batched sweep's GFLOP/s ≥ 20 % of the measured matmul peak (was 0.4)
+TARGET_PEAK_FRACTION = 0.2
 #: issue 17: sweep time vs the GEMM-only time of the same shapes and iteration counts
 TARGET_GEMM_FLOOR = 1.5
 

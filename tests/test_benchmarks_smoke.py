@@ -198,3 +198,43 @@ def test_a_run_keeps_the_hand_written_sections_of_results_md(tmp_path):
     assert _kept_sections(str(report)) == "\n" + KEEP_MARKER + "\n\n## By hand\n\nkept\n"
     report.write_text("# a report without the marker\n")
     assert _kept_sections(str(report)) == ""
+
+
+def test_scaling_fit_recovers_known_exponents() -> None:
+    from benchmarks.scaling import fit_exponent, scaling_row
+
+    xs = [128, 256, 512, 1024]
+    p, se = fit_exponent(xs, [3e-9 * w**2 for w in xs])
+    assert p == pytest.approx(2.0, abs=1e-12) and se == pytest.approx(0.0, abs=1e-9)
+    assert fit_exponent([16, 64, 256], [5e-4 * b for b in (16, 64, 256)])[0] == pytest.approx(1.0)
+    # fixed cost plus linear work: sub-linear, and the fit's error is no longer zero
+    p, se = fit_exponent([1, 2, 4, 8, 16], [1.0 + 0.1 * k for k in (1, 2, 4, 8, 16)])
+    assert 0 < p < 1 and se > 0
+    with pytest.raises(ValueError):
+        fit_exponent([4, 4], [1.0, 2.0])
+    with pytest.raises(ValueError):
+        fit_exponent([1, 2], [0.0, 1.0])
+    # a row: value = exponent of the medians, bound = expected, target a range
+    times = {w: [2e-9 * w**2 * f for f in (1.0, 1.1, 0.9)] for w in xs}
+    row = scaling_row("t vs w", "w", times, 2.0, (1.6, 2.2))
+    assert row.ratio == pytest.approx(2.0) and row.peer == 2.0 and row.met
+    assert row.target_text == "1.6–2.2" and "w1024:" in row.check
+    times = {w: [1e-6 * w] for w in xs}  # linear where w² is expected: outside the range
+    assert scaling_row("t vs w", "w", times, 2.0, (1.6, 2.2)).met is False
+    assert "1.6–2.2" in format_table([row], markdown=True)
+
+
+def test_scaling_rows_run_at_tiny_sizes() -> None:
+    from benchmarks.scaling import SOLVE_ITERS, _deq, bench_scaling
+
+    rows = bench_scaling(widths=(16, 32), batches=(8, 16), levels=(1, 2), width=32, batch=8,
+                         repeat=1, level_rows=24, level_width=12)
+    assert len(rows) == 7 and all(r.area == "scaling" for r in rows)
+    assert all(math.isfinite(r.ratio) and r.extra["median_seconds"] for r in rows)
+    assert [r.peer for r in rows] == [2.0] * 3 + [1.0] * 3 + [1.0]
+    assert rows[-1].ok, rows[-1].check  # batched levels == the per-point loop
+    model = _deq(8, 12)  # the solve runs the fixed iteration count (tolerance never met)
+    with torch.no_grad():
+        model(torch.rand(5, 8))
+    assert int(model.last_solution.steps.max()) == SOLVE_ITERS
+    assert int(model.last_solution.steps.min()) == SOLVE_ITERS
