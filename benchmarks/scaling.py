@@ -10,8 +10,8 @@ to the exponent the work predicts:
   where the GEMM dominates.
 * **batch** — the same layers and solve at w = 512 for b ∈ {16, 32, …, 512}: expected 1.
 * **SNR levels** — the sweep's batched evaluation (:func:`noisydeq.sweep.evaluate_cell`:
-  K levels stacked along the batch, one forward per test batch carrying every level, the
-  levels cut into forwards of ≤ ``max_rows`` rows as the sweep does) of a
+  K levels stacked along the batch, cut as the sweep cuts them: cells of ≤ ``max_rows``
+  rows, each run in forwards of ≤ ``FORWARD_ROWS`` rows) of a
   DEQ (64 → 256, the same fixed 20 iterations, signal-site model noise, ideal weights) on
   360 inputs (the size of the digits test set) for K ∈ {1, 2, 4, 8, 16}: linear work in K,
   so an exponent below 1 is what batching saves per level (fixed per-forward costs shared).
@@ -162,7 +162,7 @@ def bench_levels(
     """The sweep's batched evaluation of K stacked SNR levels vs K (and vs a per-point loop)."""
     from noisydeq.config import SweepSpec, build
     from noisydeq.sweep import SweepModel, level_chunks
-    from noisydeq.sweep.evaluate import evaluate_cell
+    from noisydeq.sweep.evaluate import FORWARD_ROWS, evaluate_cell, forward_levels_per
     from noisydeq.sweep.hardware import Hardware
 
     torch.manual_seed(0)
@@ -203,10 +203,11 @@ def bench_levels(
     check = (f"K={kmax} batched {_fmt_t(statistics.median(t_b))} vs per-point loop "
              f"{_fmt_t(statistics.median(t_pp))} "
              f"({statistics.median(t_pp) / statistics.median(t_b):.2f}x); "
-             f"batched stats == per-point: {same}; levels per forward (max_rows "
+             f"batched stats == per-point: {same}; levels per cell (max_rows "
              f"{limit[0]}): " + (", ".join(f"K{k}: {'+'.join(map(str, c))}"
                                       for k, c in chunking.items() if len(c) > 1)
-                                 or "all in one"))
+                                 or "all in one")
+             + f"; ≤ {forward_levels_per(n)} levels per forward (≤ {FORWARD_ROWS} rows)")
     return scaling_row(
         f"sweep evaluation time vs SNR levels batched (DEQ 64-{width}, {n} inputs, "
         f"{SOLVE_ITERS} iterations, K = {min(levels)}…{kmax})", "K", times, 1.0,
