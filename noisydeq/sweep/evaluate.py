@@ -200,18 +200,20 @@ def forward_levels(
 
 
 
-#: rows a batched cell's forwards keep under: its levels run in forwards of
-#: ≤ FORWARD_ROWS // (block rows) levels, at least one (the cell, its key and its results
-#: are unchanged: the noise is keyed by test sample, not by batch). Measured on the 2-core
-#: EPYC (2 MiB L2 per core; benchmarks/RESULTS.md, "Scaling rows"): a DEQ 64-256 and 64-512
-#: at 16 levels × 360 inputs took 19-33 % less CPU in forwards of ≤ 1024 rows than in the
-#: 11-level (4048-row) forwards that ``max_rows`` = 4096 allows.
-FORWARD_ROWS = 1024
+#: rows a batched cell's forwards keep under (None: a cell's levels in one forward): its
+#: levels run in forwards of ≤ FORWARD_ROWS // (block rows) levels, at least one (the cell,
+#: its key and its results are unchanged: the noise is keyed by test sample, not by batch).
+#: Left unset: on the 2-core EPYC a 1024-row limit took 19-33 % less CPU for a signal-noise
+#: DEQ 64-256/512 at 16 levels × 360 inputs, but lost the rram device sweep's batching gain
+#: (benchmarks/RESULTS.md, "Scaling rows").
+FORWARD_ROWS: int | None = None
 
 
-def forward_levels_per(n: int) -> int:
+def forward_levels_per(n: int) -> int | None:
     """SNR levels per batched forward of ``n`` test samples (a level's block padded to
-    ``ROW_ALIGN`` rows): as many as fit :data:`FORWARD_ROWS`, at least one."""
+    ``ROW_ALIGN`` rows): as many as fit :data:`FORWARD_ROWS`, at least one; None: all."""
+    if FORWARD_ROWS is None:
+        return None
     nb = -(-n // ROW_ALIGN) * ROW_ALIGN
     return max(1, FORWARD_ROWS // nb)
 
@@ -247,7 +249,7 @@ def evaluate_cell(
         xb, yb = x[start:stop], y[start:stop]
         for on_device, group in zip((True, False), groups, strict=True):
             model = deployed if on_device else sm.model
-            per = forward_levels_per(stop - start) if batched else 1
+            per = (forward_levels_per(stop - start) or len(group) or 1) if batched else 1
             parts = [group[i : i + per] for i in range(0, len(group), per)]
             for part in parts:
                 if part:
