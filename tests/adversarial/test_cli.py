@@ -193,3 +193,40 @@ def test_documented_spectral_cap_variant_resolves():
     (cell,) = res.cells
     assert cell.spec.train_spec("deq").spectral_cap == 0.9
     assert cell.spec.train_spec("ffw").spectral_cap is None
+
+
+def test_documented_conv_defence_grid_resolves():
+    """The conv grid with the training defences (docs/robustness.md, "The conv variant with
+    the training defences"): the capped conv DEQ with noise on x or z at 0 / 10 dB or the
+    random threshold keeps the cap and the budget in every defence's spec; the conv FFW with
+    noise on z gets its noise and no cap."""
+    import pathlib
+
+    from noisydeq.analysis.adversarial_experiment import load_experiment
+    from noisydeq.commands.adversarial import nested_sets
+
+    exp = load_experiment(pathlib.Path(__file__).parents[2] / EXP)
+    budget = ('family.cell="conv"', "family.hidden=8", "train.epochs=4",
+              "train.max_train_samples=5000", "train.lr=0.005",
+              "train.optimizer={amsgrad=true, milestones=[3], gamma=0.1}",
+              "train.adversarial.warmup_epochs=1.5", "train.adversarial.steps=5",
+              "train.adversarial.step=0.15", "grid.seeds=[0]", 'grid.methods=["pgd"]')
+    deq_sets = (*budget, "train.spectral_cap=0.9", 'grid.kinds=["deq"]',
+                'grid.defences=["x-0db","x-10db","z-0db","z-10db","threshold"]')
+    res = exp.resolve("quick", **nested_sets(deq_sets, list(exp.evaluations)))
+    expect = {"x-0db": ("input", 0.0), "x-10db": ("input", 10.0), "z-0db": ("state", 0.0),
+              "z-10db": ("state", 10.0), "threshold": ("none", float("inf"))}
+    assert sorted(c.defence for c in res.cells) == sorted(expect)
+    for cell in res.cells:
+        assert cell.spec.kinds == ["deq"] and cell.spec.cell.name == "conv"
+        t = cell.spec.train_spec("deq")
+        assert t.spectral_cap == 0.9 and (t.epochs, t.lr, t.max_train_samples) == (4, 0.005, 5000)
+        assert (t.noise.site, t.noise.snr_db) == expect[cell.defence]
+        assert t.solver.random_threshold == (cell.defence == "threshold")
+    ffw_sets = (*budget, 'grid.kinds=["ffw"]', 'grid.defences=["z-0db","z-10db"]')
+    res = exp.resolve("quick", **nested_sets(ffw_sets, list(exp.evaluations)))
+    assert sorted(c.defence for c in res.cells) == ["z-0db", "z-10db"]
+    for cell in res.cells:
+        t = cell.spec.train_spec("ffw")
+        assert cell.spec.kinds == ["ffw"] and t.spectral_cap is None
+        assert (t.noise.site, t.noise.snr_db) == expect[cell.defence]
