@@ -83,23 +83,30 @@ def model_config(model: nn.Module) -> str:
     return "\n".join(parts)
 
 
+def device_head(fmt: str, device: Any, threads: int | None = None) -> tuple:
+    """What every on-disk device cache entry (calibrations; programmed chips,
+    :mod:`noisydeq.hardware.chip_store`) depends on beyond its own inputs: the entry format,
+    noisydeq's version and code, torch, the machine, the intra-op thread count (it changes
+    float rounding; default this process's), the device kind, spec and chip seed."""
+    import noisydeq
+
+    spec = device.spec.model_dump_json() if hasattr(device.spec, "model_dump_json") else ""
+    return (fmt, noisydeq.__version__, code_fingerprint(), torch.__version__,
+            platform.machine(), torch.get_num_threads() if threads is None else int(threads),
+            device.kind, spec, int(device.chip_seed))
+
+
 def calibration_key(
     model: nn.Module, device: Any, calib_x: Tensor | None, levels: Iterable[float],
     settings: dict[str, Any] | None = None, threads: int | None = None,
 ) -> str:
     """Hash of everything the calibrated controls of ``model`` on chip ``device`` depend on
     (``threads``: the intra-op thread count they are computed with, default this process's)."""
-    import noisydeq
-
     h = hashlib.blake2b(digest_size=16)
-    spec = device.spec.model_dump_json() if hasattr(device.spec, "model_dump_json") else ""
-    # the intra-op thread count changes float rounding, hence the controls found
-    head = (FORMAT, noisydeq.__version__, code_fingerprint(), torch.__version__,
-            platform.machine(), torch.get_num_threads() if threads is None else int(threads),
-            device.kind, spec,
-            int(device.chip_seed), getattr(device, "noise_mode", ""),
-            sorted((settings or {}).items()), sorted(float(v) for v in levels),
-            init_hash(model), model_config(model))
+    head = device_head(FORMAT, device, threads) + (
+        getattr(device, "noise_mode", ""),
+        sorted((settings or {}).items()), sorted(float(v) for v in levels),
+        init_hash(model), model_config(model))
     h.update(repr(head).encode())
     if calib_x is not None:
         hash_tensor(h, calib_x)

@@ -29,7 +29,6 @@ from __future__ import annotations
 import hashlib
 import math
 import os
-import platform
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +37,7 @@ from torch import Tensor, nn
 
 from noisydeq import store
 from noisydeq.errors import CorruptArtefact, NoisyDEQError
-from noisydeq.hardware.calibration_store import code_fingerprint
+from noisydeq.hardware.calibration_store import device_head
 from noisydeq.hardware.controls import device_layers
 from noisydeq.hardware.rram import RRAMLayer
 from noisydeq.store import hash_tensor
@@ -98,13 +97,8 @@ def _weights(layer: RRAMLayer) -> tuple:
 
 def chip_key(layers: dict[str, RRAMLayer], device: Any, threads: int | None = None) -> str:
     """Hash of everything the programmed chips of ``layers`` (on chip ``device``) depend on."""
-    import noisydeq
-
     h = hashlib.blake2b(digest_size=16)
-    spec = device.spec.model_dump_json() if hasattr(device.spec, "model_dump_json") else ""
-    head = (FORMAT, noisydeq.__version__, code_fingerprint(), torch.__version__,
-            platform.machine(), torch.get_num_threads() if threads is None else int(threads),
-            device.kind, spec, int(device.chip_seed), "program=full")
+    head = device_head(FORMAT, device, threads) + ("program=full",)
     h.update(repr(head).encode())
     for name in sorted(layers):
         layer = layers[name]
