@@ -57,3 +57,17 @@ def attack_on_device_and_under_noise(family, tmp_path, capsys) -> dict[str, list
         tables[name] = rows
     return tables
 
+
+def ray_table_equals_local(family, tmp_path, capsys) -> bytes:
+    """``noisydeq attack`` of ``family`` (PGD over ε and speckle, 6 samples) locally and on
+    the Ray cluster: asserts both ``results.csv`` are the same bytes and returns them."""
+    argv = ["attack", "--family", str(family), "--attacks", "pgd-eps,speckle", "--eps",
+            "0,0.3", "--pgd-steps", "2", "--sigma", "0,1", "--samples", "6", "--val-samples",
+            "0", "--threads", "1", "--quiet"]
+    code, _, err = run_cli([*argv, "--out", str(tmp_path / "local")], capsys)
+    assert code in (0, None), err
+    code, _, err = run_cli([*argv, "--out", str(tmp_path / "ray"), "--backend", "ray"], capsys)
+    assert code in (0, None), err
+    local = (tmp_path / "local" / "results.csv").read_bytes()
+    assert (tmp_path / "ray" / "results.csv").read_bytes() == local
+    return local

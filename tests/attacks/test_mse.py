@@ -18,7 +18,11 @@ from noisydeq.attacks.runner import ATTACK_COLUMNS, whitebox_rows
 from noisydeq.config import build
 from noisydeq.errors import NoisyDEQError
 from noisydeq.studies import StudySpec, run_study
-from tests.attacks.helpers import attack_on_device_and_under_noise, frozen
+from tests.attacks.helpers import (
+    attack_on_device_and_under_noise,
+    frozen,
+    ray_table_equals_local,
+)
 from tests.cli_helpers import one_line_error
 from tests.cli_helpers import run_cli as run
 
@@ -255,14 +259,6 @@ def test_a_regression1d_sweep_family_is_attacked_on_its_mse(tmp_path, capsys, mo
 @pytest.mark.slow
 def test_a_regression_attack_on_ray_equals_the_local_one(ray_cluster, family, tmp_path, capsys):
     # the workers' stand-in task carries the task's kind: their rows are MSEs
-    argv = ["attack", "--family", str(family), "--attacks", "pgd-eps,speckle", "--eps",
-            "0,0.3", "--pgd-steps", "2", "--sigma", "0,1", "--samples", "6", "--val-samples",
-            "0", "--threads", "1", "--quiet"]
-    code, _, err = run([*argv, "--out", str(tmp_path / "local")], capsys)
-    assert code in (0, None), err
-    code, _, err = run([*argv, "--out", str(tmp_path / "ray"), "--backend", "ray"], capsys)
-    assert code in (0, None), err
-    local = (tmp_path / "local" / "results.csv").read_bytes()
-    assert (tmp_path / "ray" / "results.csv").read_bytes() == local
+    ray_table_equals_local(family, tmp_path, capsys)
     with open(tmp_path / "local" / "results.csv", newline="") as fh:
         assert {r["entropy_p"] for r in csv.DictReader(fh)} == {"nan"}

@@ -27,7 +27,7 @@ from noisydeq.regulation.entropy import prediction_entropy
 from noisydeq.specs.attack_run import AttackRunSpec
 from noisydeq.studies import StudySpec, run_study
 from noisydeq.tasks.base import sample_correct
-from tests.attacks.helpers import attack_on_device_and_under_noise, frozen
+from tests.attacks.helpers import attack_on_device_and_under_noise, frozen, ray_table_equals_local
 from tests.cli_helpers import one_line_error
 from tests.cli_helpers import run_cli as run
 
@@ -241,16 +241,7 @@ def test_a_task_of_another_kind_is_refused_in_one_line_and_per_sample_tables_kee
 def test_a_per_position_attack_on_ray_equals_the_local_one(ray_cluster, family, tmp_path,
                                                           capsys):
     # the workers' stand-in task says it is per-position: their rows carry position_value
-    argv = ["attack", "--family", str(family), "--attacks", "pgd-eps,speckle", "--eps",
-            "0,0.3", "--pgd-steps", "2", "--sigma", "0,1", "--samples", "6", "--val-samples",
-            "0", "--threads", "1", "--quiet"]
-    code, _, err = run([*argv, "--out", str(tmp_path / "local")], capsys)
-    assert code in (0, None), err
-    code, _, err = run([*argv, "--out", str(tmp_path / "ray"), "--backend", "ray"], capsys)
-    assert code in (0, None), err
-    local = (tmp_path / "local" / "results.csv").read_bytes()
-    assert b"position_value" in local
-    assert (tmp_path / "ray" / "results.csv").read_bytes() == local
+    assert b"position_value" in ray_table_equals_local(family, tmp_path, capsys)
 
 
 def test_a_per_position_family_on_a_device_and_under_its_own_noise(family, tmp_path, capsys):
