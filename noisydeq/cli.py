@@ -61,6 +61,8 @@ COMMANDS: list[tuple[str, str, str]] = [
      "Adversarial training grid (PGD-AT/TRADES x defences) and its attack tables."),
     ("runs", "runs",
      "List sweep run directories below DIRS (default: runs) with their specs and status."),
+    ("cache", "cache",
+     "Show and prune the on-disk cache of models, calibrations and programmed chips."),
 ]
 # Command modules under noisydeq/commands, in help order.
 COMMAND_MODULES = list(dict.fromkeys(module for _, module, _ in COMMANDS))

@@ -29,6 +29,7 @@ from torch import nn
 
 from noisydeq.errors import NoisyDEQError
 from noisydeq.noise import derive_seed
+from noisydeq.runtime import cache_root
 from noisydeq.specs.base import build
 from noisydeq.specs.device_presets import compensates_drift, measures_adc_gain, programs_noise
 from noisydeq.specs.family import FamilySpec
@@ -39,19 +40,6 @@ from noisydeq.store import config_hash
 from noisydeq.tasks.base import Task
 from noisydeq.train import TrainResult, train_model
 from noisydeq.train_config import apply_overrides, run_config
-
-ENV_CACHE = "NOISYDEQ_CACHE"
-
-
-def cache_root(cache_dir: str | os.PathLike | None = None) -> Path:
-    """The model cache: ``cache_dir``, else ``$NOISYDEQ_CACHE``, else the user cache dir."""
-    if cache_dir is not None:
-        return Path(cache_dir).expanduser()
-    if os.environ.get(ENV_CACHE):
-        return Path(os.environ[ENV_CACHE]).expanduser()
-    import platformdirs
-
-    return Path(platformdirs.user_cache_dir("noisydeq"))
 
 
 @dataclass

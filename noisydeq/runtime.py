@@ -7,6 +7,7 @@ torch is imported by the functions that need it, so a command can check its opti
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from noisydeq.errors import NoisyDEQError
@@ -31,6 +32,22 @@ def resolve_torch_device(name: str) -> torch.device:
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise NoisyDEQError(f"--torch-device '{name}': CUDA is not available on this machine")
     return dev
+
+
+#: environment variable naming the on-disk cache (see :func:`cache_root`)
+ENV_CACHE = "NOISYDEQ_CACHE"
+
+
+def cache_root(cache_dir: str | os.PathLike | None = None) -> Path:
+    """The on-disk cache (models, calibrations, programmed chips): ``cache_dir``, else
+    ``$NOISYDEQ_CACHE``, else the user cache dir."""
+    if cache_dir is not None:
+        return Path(cache_dir).expanduser()
+    if os.environ.get(ENV_CACHE):
+        return Path(os.environ[ENV_CACHE]).expanduser()
+    import platformdirs
+
+    return Path(platformdirs.user_cache_dir("noisydeq"))
 
 
 #: environment variable with the torch thread counts of the commands (see :func:`thread_plan`)

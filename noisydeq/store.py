@@ -212,6 +212,22 @@ def clean_stale_temps(directory: str | os.PathLike, *, locked: bool = False) -> 
     return removed
 
 
+def being_written(path: str | os.PathLike) -> bool:
+    """Whether a live process is writing ``path`` now: a temporary file of it (see
+    :func:`atomic_open`) whose writer is alive lies next to it. Lock-free entries (one
+    atomic file) are skipped by ``noisydeq cache prune`` while one is."""
+    p = Path(path)
+    try:
+        names = [f.name for f in p.parent.iterdir()]
+    except OSError:
+        return False
+    for name in names:
+        m = _TEMP.match(name)
+        if m is not None and m["name"] == p.name[:180] and _pid_alive(int(m["pid"])):
+            return True
+    return False
+
+
 def check_out_dir(out: str | os.PathLike, flag: str = "--out") -> None:
     """Refuse, leaving nothing behind, an output directory that names a file, lies below
     one or cannot be created or written.
@@ -473,6 +489,21 @@ class DirLock:
             lock.acquire()
         self._lock = lock
         return self
+
+    def try_acquire(self) -> bool:
+        """Take the lock if no one holds it, without waiting (True), else False; the
+        directory must exist (nothing is created)."""
+        import filelock
+
+        if not self.directory.is_dir():
+            return False
+        lock = filelock.FileLock(str(self.path))
+        try:
+            lock.acquire(timeout=0)
+        except filelock.Timeout:
+            return False
+        self._lock = lock
+        return True
 
     def release(self) -> None:
         if self._lock is not None:

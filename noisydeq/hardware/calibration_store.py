@@ -23,15 +23,15 @@ An entry carries its SHA-256 digest (:mod:`noisydeq.store`); one whose digest, k
 levels or values do not check out (a finite control for every layer and every level) is
 reported in one line and searched again, never used. An entry is one file written by one
 atomic rename, so it takes no lock: two processes computing the same entry write the same
-controls.
+controls. Beside its key an entry records the environment part of it (``env``:
+:data:`RECORDED`), from which ``noisydeq cache`` tells the entries no run of this code can
+hit again.
 """
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import math
-import platform
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -41,7 +41,8 @@ from pydantic import BaseModel
 from torch import Tensor, nn
 
 from noisydeq import store
-from noisydeq.errors import CorruptArtefact
+from noisydeq.errors import CorruptArtefact, NoisyDEQError
+from noisydeq.fingerprint import code_fingerprint, machine
 from noisydeq.hardware import in_network
 from noisydeq.hardware.controls import calibrate, device_layers
 from noisydeq.specs.device import CALIBRATIONS
@@ -51,21 +52,6 @@ from noisydeq.store import hash_tensor, init_hash
 #: (static, dynamic) per level, noise mode and in-network calibration in the key; 5: the
 #: in-network estimator measures anchor levels and interpolates between them (SPACING)
 FORMAT = "noisydeq-calibration/5"
-
-
-@functools.lru_cache(maxsize=1)
-def code_fingerprint() -> str:
-    """Hash of the package's code (every module, ``noisydeq.rng`` included): a change to
-    how layers, models, solvers or random numbers compute invalidates the stored knobs (the
-    package version alone does not change between commits)."""
-    import noisydeq
-
-    root = Path(noisydeq.__file__).parent
-    h = hashlib.blake2b(digest_size=8)
-    for path in sorted(root.rglob("*.py")):
-        h.update(str(path.relative_to(root)).encode())
-        h.update(path.read_bytes())
-    return h.hexdigest()
 
 
 def model_config(model: nn.Module) -> str:
@@ -92,8 +78,18 @@ def device_head(fmt: str, device: Any, threads: int | None = None) -> tuple:
 
     spec = device.spec.model_dump_json() if hasattr(device.spec, "model_dump_json") else ""
     return (fmt, noisydeq.__version__, code_fingerprint(), torch.__version__,
-            platform.machine(), torch.get_num_threads() if threads is None else int(threads),
+            machine(), torch.get_num_threads() if threads is None else int(threads),
             device.kind, spec, int(device.chip_seed))
+
+
+#: the fields of :func:`device_head` an entry records beside its key (``"env"``), which
+#: hides them: ``noisydeq cache`` tells from them the entries no run of this code can hit
+RECORDED = ("format", "version", "code", "torch", "machine", "threads")
+
+
+def head_record(head: tuple) -> dict[str, Any]:
+    """The environment part of a :func:`device_head`, as an entry records it."""
+    return dict(zip(RECORDED, head[:len(RECORDED)], strict=True))
 
 
 def calibration_key(
@@ -148,7 +144,14 @@ def load_entry(
     is a :class:`CorruptArtefact`."""
     if not path.exists():
         return None
-    data = store.read_signed_json(path, "calibration entry")
+    try:
+        data = store.read_signed_json(path, "calibration entry")
+    except CorruptArtefact:
+        raise
+    except NoisyDEQError:
+        if not path.exists():  # removed since (noisydeq cache prune): searched again
+            return None
+        raise
     if data.get("format") != FORMAT or data.get("key") != key:
         raise CorruptArtefact(path, "is not the entry of this calibration (format or key)")
     try:
@@ -205,6 +208,7 @@ def calibrate_levels(
     path = None
     if cache_dir is not None:
         key = calibration_key(model, device, calib_x, finite, settings)
+        env = head_record(device_head(FORMAT, device))  # what the key hides, recorded
         path = Path(cache_dir) / "calibration" / f"{key}.json"
         try:
             stored = load_entry(path, key, list(layers), finite)
@@ -227,6 +231,7 @@ def calibrate_levels(
             "format": FORMAT,
             "key": key,
             "settings": settings,
+            "env": env,
             "layers": {n: _encode(layer.calibrated_controls()) for n, layer in layers.items()},
         }
         write_entry(path, store.dumps_signed(record))

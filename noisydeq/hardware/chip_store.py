@@ -19,7 +19,9 @@ placed in the memory layout a programmed one has, so its reads are the same bit 
 The file carries its SHA-256 digest (:func:`noisydeq.store.save_tensors`); one whose
 digest, format, key, layers or tensors do not check out is reported in one line and the
 chips are programmed again (and the file rewritten), never used. One atomic rename per
-write, no lock: two processes writing the same entry write the same chips.
+write, no lock: two processes writing the same entry write the same chips. Its metadata
+records the environment part of its key (``env``, as a calibration entry does) for
+``noisydeq cache``.
 
 ``$NOISYDEQ_CHIP_CACHE=off`` turns the cache off (every chip programmed, nothing stored).
 """
@@ -37,7 +39,7 @@ from torch import Tensor, nn
 
 from noisydeq import store
 from noisydeq.errors import CorruptArtefact, NoisyDEQError
-from noisydeq.hardware.calibration_store import device_head
+from noisydeq.hardware.calibration_store import device_head, head_record
 from noisydeq.hardware.controls import device_layers
 from noisydeq.hardware.rram import RRAMLayer
 from noisydeq.store import hash_tensor
@@ -154,6 +156,7 @@ class ChipCache:
     def __init__(self, deployed: nn.Module, device: Any, cache_dir: Path) -> None:
         self.layers = _layers(deployed)
         self.key = chip_key(self.layers, device) if self.layers else ""
+        self.env = head_record(device_head(FORMAT, device))  # what the key hides
         self.path = entry_path(cache_dir, self.key)
 
     def attach(self) -> int:
@@ -188,7 +191,7 @@ class ChipCache:
         try:
             store.clean_stale_temps(self.path.parent)
             store.save_tensors(self.path, tensors, {"chips": FORMAT, "key": self.key,
-                                                    "layers": meta})
+                                                    "layers": meta, "env": self.env})
         except OSError:
             return False
         return True

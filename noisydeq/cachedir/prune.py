@@ -1,0 +1,94 @@
+"""Deleting cache entries without hurting a run that uses them.
+
+A model entry is a directory that its writer and its loader hold locked
+(:class:`noisydeq.store.DirLock`, ``train_model``): it is deleted only under its lock, taken
+without waiting, and skipped while another process holds it. Calibration and chip entries
+are single files replaced atomically and take no lock: one is skipped while a live process
+writes it (:func:`noisydeq.store.being_written`); a process that has one open keeps reading
+it after it is unlinked (POSIX), and one that looks for it afterwards computes it again
+(a miss, as for an entry never written). Only regular files inside the cache's kind
+directories are unlinked (never through a link), after :func:`inventory.check_root`.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+from noisydeq import store
+from noisydeq.cachedir.inventory import Entry, Inventory
+
+DAY = 86400.0
+
+
+@dataclass
+class Outcome:
+    """Entries removed (or, in a dry run, that would be) and skipped with the reason."""
+
+    removed: list[Entry] = field(default_factory=list)
+    skipped: list[tuple[Entry, str]] = field(default_factory=list)
+
+    @property
+    def freed(self) -> int:
+        return sum(e.size for e in self.removed)
+
+
+def select(inv: Inventory, kinds: tuple[str, ...] = (), stale: bool = False,
+           older_than: float | None = None, now: float | None = None) -> list[Entry]:
+    """The entries of ``kinds`` (all when empty) that are stale (``stale``) and last written
+    more than ``older_than`` days ago (``None``: any age): both when both are given."""
+    now = time.time() if now is None else now
+    return [e for e in inv.entries
+            if (not kinds or e.kind in kinds) and (not stale or e.status == "stale")
+            and (older_than is None or now - e.mtime > older_than * DAY)]
+
+
+def _in_use(entry: Entry) -> str:
+    """Why ``entry`` cannot be deleted now (``""``: it can); a model's lock is taken and
+    given back at once."""
+    if entry.kind != "models":
+        return "being written by another process" if store.being_written(entry.path) else ""
+    lock = store.DirLock(entry.path, "model directory")
+    if not lock.try_acquire():
+        return "in use by another process (it holds the entry's lock)"
+    lock.release()
+    return ""
+
+
+def _delete(entry: Entry) -> str:
+    """Delete ``entry`` (a model's directory under its lock); why it was not, or ``""``."""
+    if entry.kind != "models":
+        why = _in_use(entry)
+        if not why:
+            entry.path.unlink(missing_ok=True)
+        return why
+    lock = store.DirLock(entry.path, "model directory")
+    if not lock.try_acquire():
+        return "in use by another process (it holds the entry's lock)"
+    try:
+        names = {f.name for f in entry.path.iterdir()} - {store.LOCK_FILE}
+        if names != {f.name for f in entry.files} - {store.LOCK_FILE}:
+            return "changed since it was listed (written by another process)"
+        for f in entry.files:
+            f.unlink(missing_ok=True)
+        lock.path.unlink(missing_ok=True)
+        entry.path.rmdir()
+    finally:
+        lock.release()
+    return ""
+
+
+def remove(entries: list[Entry], dry_run: bool = False) -> Outcome:
+    """Delete ``entries`` (see the module); ``dry_run``: delete nothing, say which would go
+    and which would be skipped now."""
+    out = Outcome()
+    for entry in entries:
+        try:
+            why = _in_use(entry) if dry_run else _delete(entry)
+        except OSError as err:
+            why = f"cannot be deleted ({err.strerror or err})"
+        if why:
+            out.skipped.append((entry, why))
+        else:
+            out.removed.append(entry)
+    return out

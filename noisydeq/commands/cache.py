@@ -1,0 +1,215 @@
+"""``noisydeq cache``: what the on-disk cache holds and which entries no run of this code can
+hit again (``list``, the default), and deleting entries (``prune``, ``clear``) without
+hurting a run that uses them (:mod:`noisydeq.cachedir`). Reads files only: no torch.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import click
+
+from noisydeq.cachedir import KINDS
+from noisydeq.errors import NoisyDEQError, did_you_mean
+
+
+def _size(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return ""  # pragma: no cover
+
+
+def _kinds(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> tuple:
+    for v in values:
+        if v not in KINDS:
+            raise NoisyDEQError(f"--kind '{v}': unknown kind{did_you_mean(v, KINDS)} (kinds: "
+                                f"{', '.join(KINDS)})")
+    return tuple(dict.fromkeys(values))
+
+
+def _days(ctx: click.Context, param: click.Parameter, value: float | None) -> float | None:
+    if value is not None and not value >= 0:
+        raise NoisyDEQError(f"--older-than {value:g}: expected a number of days >= 0")
+    return value
+
+
+def _root(cache: str | None):
+    from noisydeq.runtime import cache_root
+
+    return cache_root(cache)
+
+
+def summary(inv: Any) -> dict[str, Any]:
+    """Per kind: entries, bytes, stale / current / unknown counts and the stale bytes."""
+    from noisydeq.cachedir.current import device_fields
+
+    kinds = {}
+    for kind in KINDS:
+        es = inv.of(kind)
+        kinds[kind] = {"entries": len(es), "bytes": sum(e.size for e in es),
+                       **{s: sum(e.status == s for e in es)
+                          for s in ("stale", "current", "unknown")},
+                       "stale_bytes": sum(e.size for e in es if e.status == "stale")}
+    now = device_fields("chips")
+    return {"cache": str(inv.root), "exists": inv.root.is_dir(), "kinds": kinds,
+            "other": {"files": len(inv.other), "bytes": sum(n for _, n in inv.other)},
+            "current": {k: now[k] for k in ("version", "code", "torch", "machine")}}
+
+
+def _table(info: dict[str, Any]) -> str:
+    head = ("kind", "entries", "size", "stale", "stale size", "current", "unknown")
+    rows = [(k, str(v["entries"]), _size(v["bytes"]), str(v["stale"]), _size(v["stale_bytes"]),
+             str(v["current"]), str(v["unknown"])) for k, v in info["kinds"].items()]
+    total = [sum(v[f] for v in info["kinds"].values())
+             for f in ("entries", "bytes", "stale", "stale_bytes", "current", "unknown")]
+    rows.append(("total", str(total[0]), _size(total[1]), str(total[2]), _size(total[3]),
+                 str(total[4]), str(total[5])))
+    widths = [max(len(r[i]) for r in (head, *rows)) for i in range(len(head))]
+    lines = [f"cache {info['cache']}" + ("" if info["exists"] else " (does not exist)")]
+    for r in (head, *rows):
+        lines.append("  ".join(c.ljust(w) if i == 0 else c.rjust(w)
+                               for i, (c, w) in enumerate(zip(r, widths, strict=True))))
+    other = info["other"]
+    if other["files"]:
+        lines.append(f"other: {other['files']} file(s), {_size(other['bytes'])} "
+                     "(not entries of this noisydeq; never deleted)")
+    cur = info["current"]
+    lines.append(f"stale: cannot be hit by this noisydeq {cur['version']} (code "
+                 f"{cur['code']}), torch {cur['torch']} on {cur['machine']}; unknown: the "
+                 "entry does not record them")
+    return "\n".join(lines)
+
+
+def _cache_option(f):
+    return click.option("--cache", default=None, metavar="DIR",
+                        help="The cache (default $NOISYDEQ_CACHE or the user cache dir).")(f)
+
+
+def _json_option(f):
+    return click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")(f)
+
+
+class _Group(click.Group):
+    def resolve_command(self, ctx: click.Context, args: list[str]) -> Any:
+        name = args[0] if args else ""
+        if args and not name.startswith("-") and self.get_command(ctx, name) is None:
+            ctx.fail(f"no such command 'cache {name}'{did_you_mean(name, self.commands)} "
+                     f"(commands: {', '.join(self.commands)})")
+        return super().resolve_command(ctx, args)
+
+
+@click.group("cache", cls=_Group, invoke_without_command=True)
+@_cache_option
+@_json_option
+@click.pass_context
+def command(ctx: click.Context, cache: str | None, as_json: bool) -> None:
+    """Show and prune the on-disk cache of models, calibrations and programmed chips.
+
+    \b
+    Examples:
+      noisydeq cache                    # = cache list: entries, size, stale per kind
+      noisydeq cache --json
+      noisydeq cache --cache /tmp/cache
+
+    \b
+    Deleting:
+      noisydeq cache prune --stale --dry-run
+      noisydeq cache prune --older-than 30 --kind chips
+      noisydeq cache clear --kind calibration
+      noisydeq cache clear --yes          # every entry of every kind
+
+    An entry is stale when the fields it records (format, noisydeq version and code, torch,
+    machine; a model's training schema) differ from this process's: no run of this code can
+    hit it again. Entries in use by another process are skipped and reported.
+    """
+    ctx.ensure_object(dict)
+    ctx.obj.update(cache=cache, json=as_json)  # given before the sub-command: theirs too
+    if ctx.invoked_subcommand is None:
+        ctx.invoke(list_command, cache=cache, as_json=as_json)
+
+
+def _scan(ctx: click.Context, cache: str | None):
+    from noisydeq.cachedir.inventory import scan
+
+    return scan(_root(cache if cache is not None else (ctx.obj or {}).get("cache")))
+
+
+@command.command("list")
+@_cache_option
+@_json_option
+@click.pass_context
+def list_command(ctx: click.Context, cache: str | None, as_json: bool) -> None:
+    """Entries, size and stale entries per kind, and the cache path."""
+    info = summary(_scan(ctx, cache))
+    as_json = as_json or (ctx.obj or {}).get("json", False)
+    click.echo(json.dumps(info, indent=2) if as_json else _table(info))
+
+
+def _report(outcome: Any, dry_run: bool, as_json: bool) -> None:
+    by_kind = {k: [e for e in outcome.removed if e.kind == k] for k in KINDS}
+    if as_json:
+        click.echo(json.dumps({
+            "dry_run": dry_run, "removed": [e.name for e in outcome.removed],
+            "freed_bytes": outcome.freed,
+            "skipped": [{"entry": e.name, "reason": why} for e, why in outcome.skipped]},
+            indent=2))
+        return
+    parts = ", ".join(f"{k} {len(v)} ({_size(sum(e.size for e in v))})"
+                      for k, v in by_kind.items() if v)
+    verb = "would remove" if dry_run else "removed"
+    freed = "would free" if dry_run else "freed"
+    click.echo(f"{verb} {len(outcome.removed)} entries, {freed} {_size(outcome.freed)}"
+               + (f": {parts}" if parts else ""))
+    for entry, why in outcome.skipped:
+        click.echo(f"skipped {entry.name}: {why}")
+
+
+def _prune(ctx: click.Context, cache: str | None, kinds: tuple, stale: bool,
+           older_than: float | None, dry_run: bool, as_json: bool) -> None:
+    from noisydeq.cachedir.prune import remove, select
+
+    inv = _scan(ctx, cache)
+    as_json = as_json or (ctx.obj or {}).get("json", False)
+    _report(remove(select(inv, kinds, stale, older_than), dry_run), dry_run, as_json)
+
+
+_KIND = click.option("--kind", "kinds", multiple=True, callback=_kinds, metavar="K",
+                     help=f"Only entries of this kind ({', '.join(KINDS)}); repeatable.")
+_DRY = click.option("--dry-run", is_flag=True, help="Delete nothing; say what would go.")
+
+
+@command.command("prune")
+@click.option("--stale", is_flag=True, help="Entries no run of this code can hit again.")
+@click.option("--older-than", "older_than", type=float, default=None, callback=_days,
+              metavar="DAYS", help="Entries last written more than DAYS days ago.")
+@_KIND
+@_DRY
+@_cache_option
+@_json_option
+@click.pass_context
+def prune_command(ctx: click.Context, stale: bool, older_than: float | None, kinds: tuple,
+                  dry_run: bool, cache: str | None, as_json: bool) -> None:
+    """Delete the stale (--stale) and/or old (--older-than DAYS) entries (of --kind)."""
+    if not stale and older_than is None:
+        raise NoisyDEQError("cache prune: give --stale and/or --older-than DAYS (every "
+                            "entry of a kind: noisydeq cache clear --kind K)")
+    _prune(ctx, cache, kinds, stale, older_than, dry_run, as_json)
+
+
+@command.command("clear")
+@_KIND
+@click.option("--yes", is_flag=True, help="Confirm deleting every entry of every kind.")
+@_DRY
+@_cache_option
+@_json_option
+@click.pass_context
+def clear_command(ctx: click.Context, kinds: tuple, yes: bool, dry_run: bool,
+                  cache: str | None, as_json: bool) -> None:
+    """Delete every entry of --kind K (repeatable), or of every kind with --yes."""
+    if not kinds and not yes and not dry_run:
+        raise NoisyDEQError("cache clear: name the --kind to delete (models, calibration, "
+                            "chips), or pass --yes to delete every entry")
+    _prune(ctx, cache, kinds, False, None, dry_run, as_json)
