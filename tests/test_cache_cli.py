@@ -267,7 +267,7 @@ def test_other_files_and_links_are_counted_never_deleted(tmp_path, capsys):
                                       "unknown": 0, "stale_bytes": 4}
     assert info["kinds"]["models"]["entries"] == 0
     code, out, _ = _cli(capsys, "cache", "clear", "--yes", "--cache", str(cache))
-    assert code == 0 and out.startswith("removed 1 entries, freed 4 B")
+    assert code == 0 and out.startswith("removed 1 entry, freed 4 B")
     assert (outside / "keep.txt").read_text() == "keep"
     assert sorted(p.name for p in (cache / "chips").iterdir()) == [
         f"{'1' * 32}.safetensors", "notes.txt"]

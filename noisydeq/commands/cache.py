@@ -77,9 +77,9 @@ def _table(info: dict[str, Any]) -> str:
         lines.append(f"other: {other['files']} file(s), {_size(other['bytes'])} "
                      "(not entries of this noisydeq; never deleted)")
     cur = info["current"]
-    lines.append(f"stale: cannot be hit by this noisydeq {cur['version']} (code "
-                 f"{cur['code']}), torch {cur['torch']} on {cur['machine']}; unknown: the "
-                 "entry does not record them")
+    lines.append("stale = recorded for another code, torch or machine: no run of this one "
+                 f"can hit them\n(this one: noisydeq {cur['version']}, code {cur['code']}, "
+                 f"torch {cur['torch']}, {cur['machine']}); unknown = the entry records none")
     return "\n".join(lines)
 
 
@@ -161,7 +161,8 @@ def _report(outcome: Any, dry_run: bool, as_json: bool) -> None:
                       for k, v in by_kind.items() if v)
     verb = "would remove" if dry_run else "removed"
     freed = "would free" if dry_run else "freed"
-    click.echo(f"{verb} {len(outcome.removed)} entries, {freed} {_size(outcome.freed)}"
+    n = len(outcome.removed)
+    click.echo(f"{verb} {n} entr{'y' if n == 1 else 'ies'}, {freed} {_size(outcome.freed)}"
                + (f": {parts}" if parts else ""))
     for entry, why in outcome.skipped:
         click.echo(f"skipped {entry.name}: {why}")
