@@ -671,3 +671,49 @@ def test_parameter_counts_under_ten_thousand_are_not_rounded_to_0k_or_1k(tmp_pat
     assert "0k" not in text and "1k" not in text and "869" in text and "849" in text, text
     assert [plots._k(n) for n in (0, 999, 1466, 9949, 9950, 26634, 999_499, 999_500)] == [
         "0", "999", "1.5k", "9.9k", "10k", "27k", "999k", "1.0M"]
+
+
+def test_study_params_figure_names_its_error_bars_and_labels_clear_of_them(tmp_path, kept):
+    """Fig. 1e drew min…max as error bars under a title saying "band", and put each model's
+    name 3 points up-right of its point: on its line, touching its bar's cap, over the
+    name of a neighbour of nearly the same size. The title names the error bars; no name
+    meets (by 2 points) a line, a bar, a marker or another name, and all lie in the axes."""
+    from noisydeq.studies.plots import plot_params
+
+    crowded = _mdeq_rows() + [  # a third FFW next to mdeq2, at nearly its accuracy
+        {**r, "model": "ffw3", "params": 11900, "value": r["value"] - 0.003,
+         "value_min": r["value_min"] - 0.003, "value_max": r["value_max"] - 0.003}
+        for r in _mdeq_rows() if r["model"] == "ffw2"]
+    for case, rows in (("mdeq", _mdeq_rows()), ("crowded", crowded)):
+        plot_params(rows, 10.0, tmp_path / case, "mdeq")
+        fig = kept[-1]
+        ax = fig.axes[0]
+        title = ax.get_title().replace("\n", " ")
+        assert "error bars: min-max over 2 seeds" in title and "band" not in title, title
+        fig.canvas.draw()
+        renderer = fig.canvas.get_renderer()
+        names = [t for t in ax.texts if t.get_text() in {r["model"] for r in rows}]
+        assert sorted(t.get_text() for t in names) == sorted({r["model"] for r in rows})
+        segments, markers = figures.drawn_obstacles(ax)
+        assert len(ax.collections) == 2  # the two kinds' error bars are among the segments
+        frame = ax.get_window_extent(renderer)
+        pad = 2 * fig.dpi / 72
+        boxes = [t.get_window_extent(renderer) for t in names]
+        for i, (t, box) in enumerate(zip(names, boxes, strict=True)):
+            padded = box.expanded(1 + 2 * pad / box.width, 1 + 2 * pad / box.height)
+            assert figures.box_hits(padded, segments, markers,
+                                    boxes[:i] + boxes[i + 1:]) == 0, (case, t.get_text())
+            assert frame.x0 <= box.x0 and box.x1 <= frame.x1, (case, t.get_text())
+            assert frame.y0 <= box.y0 and box.y1 <= frame.y1, (case, t.get_text())
+
+
+def test_box_hits_counts_segments_markers_and_boxes():
+    from matplotlib.transforms import Bbox
+
+    box = Bbox.from_extents(0, 0, 10, 5)
+    assert figures.box_hits(box, [(-5, 2, 15, 2)], []) == 1  # crosses through
+    assert figures.box_hits(box, [(-5, 6, 15, 6)], []) == 0  # passes above
+    assert figures.box_hits(box, [(11, -1, 20, 9)], []) == 0  # beside, slanted
+    assert figures.box_hits(box, [(-1, 4, 2, 7)], []) == 1  # clips a corner
+    assert figures.box_hits(box, [], [(12, 2, 3), (20, 2, 3)]) == 1  # radius counts
+    assert figures.box_hits(box, [], [], [Bbox.from_extents(9, 4, 20, 20)]) == 1
