@@ -717,3 +717,40 @@ def test_box_hits_counts_segments_markers_and_boxes():
     assert figures.box_hits(box, [(-1, 4, 2, 7)], []) == 1  # clips a corner
     assert figures.box_hits(box, [], [(12, 2, 3), (20, 2, 3)]) == 1  # radius counts
     assert figures.box_hits(box, [], [], [Bbox.from_extents(9, 4, 20, 20)]) == 1
+
+
+def _attack_rows(device: str, site: str, levels: tuple[float, ...]) -> list[dict]:
+    """Final-state rows of an attack run (one DEQ, one FFW; PGD-10 over two ε) at
+    ``levels``, white-box."""
+    return [{"model_id": f"{kind}-d1", "kind": kind, "depth": 1, "width": 8,
+             "mode": "white-box", "snr_db": s, "chip": 0, "attack": "PGD-10", "x_name": "eps",
+             "x": eps, "defence": "final", "estimator": "exact", "value": 0.9 - eps,
+             "device": device, "noise_site": site}
+            for kind in ("deq", "ffw") for s in levels for eps in (0.0, 0.1)]
+
+
+def test_an_attack_run_without_noise_says_so_once(tmp_path, kept):
+    """The ideal device (the runner's default) titled every figure "… · digital — digital";
+    a noisy run's SNR-∞ figure said "digital" after naming the noise. Now a run without
+    noise says "no noise" once and names no device; a noisy run names its noise once and
+    each figure its level; a run with no noisy level draws no accuracy-vs-SNR figure."""
+    from noisydeq.attacks.plots import level_text, plot_run
+
+    plot_run(_attack_rows("ideal", "device", (math.inf,)), tmp_path / "a", "digits: fam")
+    title = kept[-1]._suptitle.get_text().replace("\n", " ")
+    assert title.startswith("digits: fam — no noise (DEQ"), title
+    assert title.count("noise") == 1 and "digital" not in title, title
+    n = len(kept)  # the ideal device at a finite level is still no noise: one title each
+    plot_run(_attack_rows("ideal", "device", (10.0, math.inf)), tmp_path / "b", "digits: fam")
+    titles = [f._suptitle.get_text().replace("\n", " ") for f in kept[n:]]
+    assert len(titles) == 2 and all(" — no noise (" in t for t in titles), titles
+    assert not (tmp_path / "b" / "robust_vs_snr.png").exists()
+    n = len(kept)
+    plot_run(_attack_rows("snr", "signal", (10.0, math.inf)), tmp_path / "c",
+             "digits: fam · signal noise")
+    titles = [f._suptitle.get_text().replace("\n", " ") for f in kept[n:]]
+    assert any("signal noise — white-box at 10 dB (" in t for t in titles), titles
+    assert any("signal noise — SNR ∞: no noise (" in t for t in titles), titles
+    assert (tmp_path / "c" / "robust_vs_snr.png").exists()
+    assert level_text("white-box", math.inf, False, own_noise=True) == \
+        "only the models' training noise"
