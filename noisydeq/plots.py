@@ -298,7 +298,11 @@ def _mode_title(spec: SweepSpec, title: str,
     (device and noise mode, or the noise site) and the input nonlinearity appended."""
     task = ", ".join(dict.fromkeys(str(r["task"]) for r in rows if r.get("task"))) \
         or spec.task
-    if spec.noise_site == "device":
+    levels = [float(r[k]) for r in rows for k in ("snr_db", "train_snr_db") if k in r] \
+        or [*spec.snr_db, *spec.train_snr_db]
+    if not any(math.isfinite(s) for s in levels):
+        what = f"{task} · no noise"  # said once: no device or site to name
+    elif spec.noise_site == "device":
         what = f"{task} · {spec.device}, noise mode {spec.noise_mode}"
     else:
         what = f"{task} · {spec.noise_site} noise"

@@ -754,3 +754,34 @@ def test_an_attack_run_without_noise_says_so_once(tmp_path, kept):
     assert (tmp_path / "c" / "robust_vs_snr.png").exists()
     assert level_text("white-box", math.inf, False, own_noise=True) == \
         "only the models' training noise"
+
+
+def test_sweep_and_study_titles_of_runs_without_noise_say_no_noise_once(tmp_path, kept):
+    """A sweep on the ideal device at SNR ∞ only was titled "digits · ideal, noise mode
+    static" and a study tested and trained without noise "… · state noise": a run that adds
+    no noise anywhere names no device or site, it says "no noise" once."""
+    from noisydeq import plots
+    from noisydeq.config import SweepSpec
+    from noisydeq.studies.plots import study_title
+    from tests.test_plots_look import _rows
+
+    rows = [{**r, "task": "digits"} for r in _rows(depths=(1, 3), chips=1, seeds=(0,))
+            if math.isinf(r["snr_db"])]
+    spec = SweepSpec(task="digits", device="ideal", snr_db=[math.inf])
+    assert plots._mode_title(spec, "run", rows) == "run — digits · no noise · ReLU input"
+    noisy = [{**r, "task": "digits"} for r in _rows(depths=(1, 3), chips=1, seeds=(0,))]
+    spec = SweepSpec(task="digits", device="rram", snr_db=[0.0, 10.0, math.inf])
+    assert "digits · rram, noise mode" in plots._mode_title(spec, "run", noisy)
+    trained = [{**r, "train_snr_db": 10.0} for r in rows]  # noisy training counts as noise
+    assert "no noise" not in plots._mode_title(
+        SweepSpec(task="digits", noise_site="signal", snr_db=[math.inf],
+                  train_snr_db=[10.0]), "run", trained)
+    plots.plot_sweep(rows, tmp_path, SweepSpec(task="digits", device="ideal",
+                                               snr_db=[math.inf]))
+    text = _texts(kept[-1]).replace("\n", " ")
+    assert text.count("no noise") == 1 and "ideal" not in text, text
+
+    study = [{"task": "digits", "noise_site": "state", "train_snr_db": math.inf,
+              "test_snr_db": math.inf, "seeds": 1}]
+    assert study_title(study, "s") == "s — digits · no noise\none seed (no band)"
+    assert "state noise" in study_title([{**study[0], "test_snr_db": 0.0}], "s")

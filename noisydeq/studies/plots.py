@@ -99,8 +99,11 @@ def study_title(rows: list[dict[str, Any]], title: str, marks: str = "band") -> 
     else:
         band = f"{marks}: min-max over {hi} seeds" if hi > 1 else f"one seed (no {marks})"
     site = rows[0].get("noise_site") if rows else None
+    noisy = any(math.isfinite(float(r[k])) for r in rows
+                for k in ("train_snr_db", "test_snr_db") if k in r)
     return context_title(title, task=rows[0].get("task") if rows else None,
-                         noise=f"{site} noise" if site else None, band=band)
+                         noise=(f"{site} noise" if noisy else "no noise") if site else None,
+                         band=band)
 
 
 def plot_extrapolation(rows: list[dict[str, Any]], stem: Path, title: str) -> list[Path]:
