@@ -36,8 +36,9 @@ from noisydeq.progress import with_heartbeat
 @click.option("--width", type=int, default=100, show_default=True, help="Fig. 4 cell width.")
 @click.option("--batch", type=int, default=16, show_default=True, help="Fig. 4 random inputs.")
 @click.option("--family", type=click.Path(path_type=Path), default=None,
-              help="trained family (sweep run dir, train output) or checkpoint: adds Fig. 5 "
-                   "and Fig. 6 on its DEQ.")
+              help="trained family (run dir of 'noisydeq sweep', 'noisydeq study' or "
+                   "'noisydeq run', output dir of 'noisydeq train') or a checkpoint: adds "
+                   "Fig. 5 and Fig. 6 on its DEQ.")
 @click.option("--depth", type=int, default=None, help="which DEQ of the family (default: deepest).")
 @click.option("--member-seed", type=int, default=None,
               help="training seed of the family's DEQ (default: the lowest seed).")
