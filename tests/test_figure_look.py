@@ -785,3 +785,26 @@ def test_sweep_and_study_titles_of_runs_without_noise_say_no_noise_once(tmp_path
               "test_snr_db": math.inf, "seeds": 1}]
     assert study_title(study, "s") == "s — digits · no noise\none seed (no band)"
     assert "state noise" in study_title([{**study[0], "test_snr_db": 0.0}], "s")
+
+
+def test_the_depth_figure_says_error_bars_where_it_draws_them(tmp_path, kept):
+    """metric_vs_depth draws min…max as error bars under the sweep's title, which said
+    "band: min-max over …" (a band is what metric_vs_snr draws)."""
+    from noisydeq import plots
+    from noisydeq.config import SweepSpec
+    from tests.test_plots_look import _rows
+
+    rows = _rows(depths=(1, 3), chips=2, seeds=(0, 1))
+    spec = SweepSpec(task="digits", device="rram", snr_db=[0.0, 10.0, math.inf],
+                     fixed_snr_db=[0.0])
+    plots.plot_sweep(rows, tmp_path, spec)
+    by_name = {}
+    for fig in kept:
+        names = {ax.get_xlabel() for ax in fig.axes}
+        by_name["depth" if "FFW layers (parameters)" in names else "snr"] = fig
+    depth = by_name["depth"]._suptitle.get_text().replace("\n", " ")
+    snr = by_name["snr"]._suptitle.get_text().replace("\n", " ")
+    assert "error bars: min-max over 2 chips × 2 seeds" in depth and "band" not in depth
+    assert "band: min-max over 2 chips × 2 seeds" in snr
+    assert any(ax.containers for ax in by_name["depth"].axes)  # error bars indeed
+    assert plots.band_note(rows[:1], "error bars") == "one chip, one seed (no error bars)"
