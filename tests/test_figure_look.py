@@ -808,3 +808,28 @@ def test_the_depth_figure_says_error_bars_where_it_draws_them(tmp_path, kept):
     assert "band: min-max over 2 chips × 2 seeds" in snr
     assert any(ax.containers for ax in by_name["depth"].axes)  # error bars indeed
     assert plots.band_note(rows[:1], "error bars") == "one chip, one seed (no error bars)"
+
+
+def test_sensitivity_legend_names_no_line_it_does_not_draw(tmp_path, kept):
+    """The DEQ's Eq. 12 bounds are ∞ at every depth (ρ(W) ≥ 1): nothing is drawn, yet the
+    legend listed "DEQ Eq. 12 (ρ)" and "DEQ Eq. 12 (‖·‖₂)" beside a marker and line a
+    reader then looks for. An entry without a drawn point says it is ∞."""
+    from noisydeq.analysis.runs import plot_sensitivity
+    from noisydeq.config import NoiseSpec
+
+    rows = [{"seed": 0, "train_snr_db": math.inf, "depth": d, "deq_sens": 0.06,
+             "ffw_sens": 0.04 + 0.01 * d, "deq_bound_paper": math.inf,
+             "deq_bound_norm": math.inf, "ffw_bound_paper": 0.1 * d, "ffw_bound_norm": 0.2 * d,
+             "ratio": 0.06 / (0.04 + 0.01 * d), "ratio_sem": 0.01, "device": "ideal"}
+            for d in (1, 3, 5)]
+    plot_sensitivity(rows, NoiseSpec(site="signal", kind="additive", eta=0.1),
+                     tmp_path / "sens")
+    ax = kept[-1].axes[1]
+    for line in ax.get_lines():
+        label = line.get_label()
+        if label.startswith("_"):
+            continue
+        drawn = any(math.isfinite(y) for y in line.get_ydata())
+        assert drawn != label.endswith("∞, not drawn"), label
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert "DEQ Eq. 12 (ρ): ∞, not drawn" in labels and "FFW Eq. 12 (ρ)" in labels
