@@ -833,3 +833,24 @@ def test_sensitivity_legend_names_no_line_it_does_not_draw(tmp_path, kept):
         assert drawn != label.endswith("∞, not drawn"), label
     labels = [t.get_text() for t in ax.get_legend().get_texts()]
     assert "DEQ Eq. 12 (ρ): ∞, not drawn" in labels and "FFW Eq. 12 (ρ)" in labels
+
+
+def test_extrapolation_y_label_fits_beside_its_axes(tmp_path, kept):
+    """'fraction fully correct (trained and tested at the same SNR)' on one line ran past
+    the axes' height, above and below them."""
+    from noisydeq.studies.plots import plot_extrapolation
+
+    rows = [{"task": "mazes", "model": k, "kind": k, "params": 100, "solver": "-",
+             "budget": "-", "train_snr_db": math.inf, "test_snr_db": math.inf, "shift": sh,
+             "shift_name": "size", "value": 0.5, "value_min": 0.4, "value_max": 0.6,
+             "metric": "accuracy", "noise_site": "state", "seeds": 1}
+            for k in ("deq", "ffw") for sh in (9, 11, 13, 17)]
+    plot_extrapolation(rows, tmp_path / "ext", "mazes")
+    fig = kept[-1]
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    ax = fig.axes[0]
+    label = ax.yaxis.label
+    assert "fraction fully correct" in label.get_text()
+    box, frame = label.get_window_extent(renderer), ax.get_window_extent(renderer)
+    assert box.height <= frame.height, (box.height, frame.height)

@@ -145,7 +145,9 @@ def plot_extrapolation(rows: list[dict[str, Any]], stem: Path, title: str) -> li
             ax.set_title({"train": "DEQ: training iteration budget",
                           "scaled": "DEQ: budget scaled with the size"}.get(budget, ""),
                          fontsize=9)
-        axes[0][0].set_ylabel(_metric_label(rows) + " (trained and tested at the same SNR)")
+        # two lines: in one the label ran past the axes' height (out of the figure's top
+        # and bottom edges)
+        axes[0][0].set_ylabel(_metric_label(rows) + "\n(trained and tested at the same SNR)")
         if rows[0]["metric"] == "mse":
             axes[0][0].set_yscale("log")
         else:
