@@ -854,3 +854,40 @@ def test_extrapolation_y_label_fits_beside_its_axes(tmp_path, kept):
     assert "fraction fully correct" in label.get_text()
     box, frame = label.get_window_extent(renderer), ax.get_window_extent(renderer)
     assert box.height <= frame.height, (box.height, frame.height)
+
+
+def test_fig5_says_which_curves_run_along_the_cap(tmp_path, kept):
+    """rel and mean_rel (w=5) at the 60-iteration cap at every SNR lay on one another and on
+    the cap line: four legend entries, two lines to be seen. A curve at the cap throughout
+    says so in its label; the cap line is drawn over the curves."""
+    from noisydeq.analysis import solver_runs
+
+    rows = [{"stop": stop, "window": w, "snr_db": s,
+             "mean_steps": 60.0 if w < 20 or s < 15 else 40.0}
+            for stop, w in (("rel", 1), ("mean_rel", 5), ("mean_rel", 20))
+            for s in (0.0, 10.0, 15.0, 20.0)]
+    solver_runs.plot_counts(rows, 0.01, 60, tmp_path / "it")
+    ax = kept[-1].axes[0]
+    lines = {ln.get_label(): ln for ln in ax.get_lines()}
+    assert set(lines) == {"rel: at the cap throughout",
+                          "mean_rel (w=5): at the cap throughout", "mean_rel (w=20)",
+                          "cap (60)"}, set(lines)
+    assert lines["cap (60)"].get_zorder() > max(
+        ln.get_zorder() for name, ln in lines.items() if name != "cap (60)")
+    # the 300-step count of docs/analysis.md: curves fall from the cap across the whole
+    # panel; inside it the legend lay over one of them
+    rows = [{"stop": stop, "window": w, "snr_db": s, "mean_steps": m}
+            for stop, w, ms in (("rel", 1, (300, 300, 300, 300, 300)),
+                                ("mean_rel", 5, (300, 300, 300, 300, 300)),
+                                ("mean_rel", 20, (300, 300, 300, 205, 27)),
+                                ("mean_rel", 50, (300, 300, 62, 53, 53)),
+                                ("mean_rel", 100, (300, 103, 101, 101, 101)),
+                                ("mean_rel", 200, (200, 200, 200, 200, 200)))
+            for s, m in zip((0.0, 5.0, 10.0, 15.0, 20.0), ms, strict=True)]
+    solver_runs.plot_counts(rows, 0.01, 300, tmp_path / "it300", "a family")
+    fig = kept[-1]
+    fig.canvas.draw()
+    ax = fig.axes[0]
+    box = ax.get_legend().get_window_extent(fig.canvas.get_renderer())
+    segments, markers = figures.drawn_obstacles(ax)
+    assert figures.box_hits(box, segments, markers) == 0
