@@ -891,3 +891,15 @@ def test_fig5_says_which_curves_run_along_the_cap(tmp_path, kept):
     box = ax.get_legend().get_window_extent(fig.canvas.get_renderer())
     segments, markers = figures.drawn_obstacles(ax)
     assert figures.box_hits(box, segments, markers) == 0
+
+
+def test_lyapunov_one_seed_titles_name_what_is_not_drawn():
+    """The Table 1 attack figure draws error bars, the device figure bands: with one seed
+    both said "no band"."""
+    from noisydeq.analysis.lyapunov_report import _band
+
+    one = [{"seed": 0, "chip": 0}]
+    assert _band(one, chips=False) == "one seed (no error bars)"
+    assert _band(one, chips=True) == "one seed, one chip (no band)"
+    assert _band([{"seed": s, "chip": 0} for s in (0, 1)], chips=False) == \
+        "bars: min-max over 2 seeds"
