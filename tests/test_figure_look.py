@@ -903,3 +903,23 @@ def test_lyapunov_one_seed_titles_name_what_is_not_drawn():
     assert _band(one, chips=True) == "one seed, one chip (no band)"
     assert _band([{"seed": s, "chip": 0} for s in (0, 1)], chips=False) == \
         "bars: min-max over 2 seeds"
+
+
+def test_solvers_accuracy_figure_says_accuracy_not_median(family, tmp_path, kept, capsys):
+    """Every figure of `noisydeq solvers --family` said "median / mean over N test inputs";
+    the accuracy figure's points are accuracies over the N inputs."""
+    from tests.cli_helpers import run_cli
+
+    code, _, err = run_cli(
+        ["solvers", "--family", str(family), "--depth", "1", "--solvers", "unroll", "--snr",
+         "10", "--max-iter", "8", "--width", "8", "--batch", "2", "--inputs", "16",
+         "--count-snr", "10", "--window", "4", "--threshold", "8", "--no-floors",
+         "--accuracy-snr", "inf", "--accuracy-solvers", "unroll", "--accuracy-max-iter", "4",
+         "--out", str(tmp_path / "o")], capsys)
+    assert code == 0, err
+    titles = {fig.axes[0].get_title().split("\n")[0]: fig.axes[0].get_title().replace("\n", " ")
+              for fig in kept if fig.axes}
+    acc = next(t for k, t in titles.items() if k.startswith("Accuracy per solver"))
+    its = next(t for k, t in titles.items() if k.startswith("Stop-rule iterations"))
+    assert "accuracy over 16 test inputs" in acc and "median" not in acc, acc
+    assert "median / mean over 16 test inputs" in its, its

@@ -204,14 +204,16 @@ def write_accuracy(rows: list[dict[str, Any]], out: Path, title: str = "") -> li
     return plot_accuracy(rows, out / "accuracy", title)
 
 
-def member_title(m: Any, n_inputs: int, on: Any = None) -> str:
+def member_title(m: Any, n_inputs: int, on: Any = None,
+                 over: str = "median / mean") -> str:
     """The context of the figures of one family DEQ: task, device (``on``:
     :class:`noisydeq.analysis.on_device.OnDevice`, else digital weights), width, seed,
-    training."""
+    training; on the second line what each point is ``over`` the inputs (``accuracy`` for
+    the accuracy figure, not a median or mean)."""
     where = f"on {on.describe()}" if on is not None else "digital weights"
     note = input_note(getattr(m.model, "input_act", None))
     return context_title("", task=m.task, device=where, noise="signal noise",
                          trained=f"DEQ width {m.width} (depth {m.depth}), seed {m.seed}, "
                                  + training_text(m)
                                  + (f", {note}" if note else ""),
-                         band=f"median / mean over {n_inputs} test inputs")
+                         band=f"{over} over {n_inputs} test inputs")

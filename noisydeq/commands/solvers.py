@@ -177,7 +177,8 @@ def command(names, snr, max_iter, window, width, batch, family, depth, member_se
             if task.kind == "classification":
                 acc = traces.accuracy_under_noise(m.model, x, y, acc_snrs, acc_solvers, seed=seed,
                                                   max_iter=accuracy_max_iter, window=windows[0])
-                paths += solver_runs.write_accuracy(acc, out, title)
+                paths += solver_runs.write_accuracy(
+                    acc, out, solver_runs.member_title(m, len(x), on, over="accuracy"))
                 click.echo("Fig. 6 claim: accuracy under test-time signal noise")
                 for r in acc:
                     click.echo(f"  {r['solver']:>10} SNR {r['snr_db']:>5g}: {r['accuracy']:.3f} "
