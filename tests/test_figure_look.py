@@ -725,7 +725,7 @@ def _attack_rows(device: str, site: str, levels: tuple[float, ...]) -> list[dict
     return [{"model_id": f"{kind}-d1", "kind": kind, "depth": 1, "width": 8,
              "mode": "white-box", "snr_db": s, "chip": 0, "attack": "PGD-10", "x_name": "eps",
              "x": eps, "defence": "final", "estimator": "exact", "value": 0.9 - eps,
-             "device": device, "noise_site": site}
+             "device": device, "noise_site": site, "n_samples": 200}
             for kind in ("deq", "ffw") for s in levels for eps in (0.0, 0.1)]
 
 
@@ -740,6 +740,7 @@ def test_an_attack_run_without_noise_says_so_once(tmp_path, kept):
     title = kept[-1]._suptitle.get_text().replace("\n", " ")
     assert title.startswith("digits: fam — no noise (DEQ"), title
     assert title.count("noise") == 1 and "digital" not in title, title
+    assert title.endswith("final state) 200 test inputs"), title  # what a point is over
     n = len(kept)  # the ideal device at a finite level is still no noise: one title each
     plot_run(_attack_rows("ideal", "device", (10.0, math.inf)), tmp_path / "b", "digits: fam")
     titles = [f._suptitle.get_text().replace("\n", " ") for f in kept[n:]]
@@ -752,6 +753,10 @@ def test_an_attack_run_without_noise_says_so_once(tmp_path, kept):
     assert any("signal noise — white-box at 10 dB (" in t for t in titles), titles
     assert any("signal noise — SNR ∞: no noise (" in t for t in titles), titles
     assert (tmp_path / "c" / "robust_vs_snr.png").exists()
+    from noisydeq.attacks.plots import _over
+
+    assert _over([{"n_samples": 50, "chip": c} for c in (0, 1)]) == \
+        "50 test inputs, mean over 2 chips"
     assert level_text("white-box", math.inf, False, own_noise=True) == \
         "only the models' training noise"
 

@@ -13,7 +13,8 @@
 
 Each figure's title names the run (task, family, where its SNR levels apply) and the
 figure's level (``white-box at 10 dB``, ``SNR ∞: no noise``); a run that adds no noise
-(the ideal device, or SNR ∞ only) says ``no noise`` once (:func:`level_text`).
+(the ideal device, or SNR ∞ only) says ``no noise`` once (:func:`level_text`); its second
+line what a point is over (``200 test inputs``, ``mean over 3 chips``).
 
 Each figure's plotted values are the ``.csv`` beside it. A per-position task's run draws both
 figures twice: from ``value`` (all positions right, clean and attacked) and, named
@@ -145,13 +146,24 @@ def _plot_run(rows: Sequence[dict[str, Any]], fig_dir: Path, title: str,
         legend_under(fig, handles, names, fontsize=8)
         where = level_text(mode, snr, adds_noise(rows), own_noise)
         head = f"{title} — {where}" if title else where
-        fig.suptitle(f"{head} (DEQ: worst estimator, final state)", fontsize=10)
+        fig.suptitle(f"{head} (DEQ: worst estimator, final state)"
+                     + (f"\n{_over(rs)}" if _over(rs) else ""), fontsize=10)
         layout(fig)
         paths += save_figure(fig, fig_dir / f"{prefix}_{mode}_{_snr_label(snr)}", table)
     levels = sorted({r["snr_db"] for r in rows})
     if len(levels) > 1 and adds_noise(rows):  # no noise at any level: nothing varies
         paths += plot_vs_snr(rows, fig_dir, colour, title, column)
     return paths
+
+
+def _over(rows: Sequence[dict[str, Any]]) -> str:
+    """What each point of a level's figure is over: ``200 test inputs``, and ``mean over 3
+    chips`` where the level has several (no band: the chips' range is in robust_vs_snr)."""
+    n = sorted({int(r["n_samples"]) for r in rows if r.get("n_samples") is not None})
+    chips = len({r.get("chip", 0) for r in rows})
+    parts = ([f"{n[0]} test inputs" if len(n) == 1 else f"{n[0]}-{n[-1]} test inputs"]
+             if n else []) + ([f"mean over {chips} chips"] if chips > 1 else [])
+    return ", ".join(parts)
 
 
 def plot_vs_snr(rows: Sequence[dict[str, Any]], fig_dir: Path,
