@@ -450,3 +450,115 @@ def write_csv(path: str | os.PathLike, rows: Sequence[dict[str, Any]]) -> Path:
     with atomic_open(final) as fh:
         fh.write(csv_text(rows).encode())
     return final
+
+
+def _segment_hits(x0: float, y0: float, x1: float, y1: float, box: Any) -> bool:
+    """Whether the segment (x0, y0)-(x1, y1) meets the rectangle ``box`` (display units;
+    Liang-Barsky clipping)."""
+    t0, t1 = 0.0, 1.0
+    dx, dy = x1 - x0, y1 - y0
+    for p, q in ((-dx, x0 - box.x0), (dx, box.x1 - x0), (-dy, y0 - box.y0),
+                 (dy, box.y1 - y0)):
+        if p == 0:
+            if q < 0:
+                return False
+            continue
+        t = q / p
+        if p < 0:
+            t0 = max(t0, t)
+        else:
+            t1 = min(t1, t)
+        if t0 > t1:
+            return False
+    return True
+
+
+def drawn_obstacles(ax: Any) -> tuple[list[tuple[float, ...]], list[tuple[float, float, float]]]:
+    """What a label must keep clear of in ``ax``, in display units: the segments of every
+    line and line collection (error bars included) and every marker as (x, y, radius)."""
+    import numpy as np
+
+    segments: list[tuple[float, ...]] = []
+    markers: list[tuple[float, float, float]] = []
+    px = ax.figure.dpi / 72.0
+    for line in ax.get_lines():
+        if not line.get_visible():
+            continue
+        xy = line.get_transform().transform(np.asarray(line.get_xydata(), float))
+        xy = xy[np.all(np.isfinite(xy), axis=1)]
+        if line.get_linestyle() not in ("None", "none", "", " "):
+            segments += [(*a, *b) for a, b in zip(xy[:-1], xy[1:], strict=True)]
+        if line.get_marker() not in (None, "None", "none", "", " "):
+            r = line.get_markersize() * px / 2
+            markers += [(float(x), float(y), r) for x, y in xy]
+    for coll in ax.collections:
+        if not coll.get_visible() or not hasattr(coll, "get_segments"):
+            continue
+        tr = coll.get_transform()
+        for seg in coll.get_segments():
+            xy = tr.transform(np.asarray(seg, float))
+            segments += [(*a, *b) for a, b in zip(xy[:-1], xy[1:], strict=True)]
+    return segments, markers
+
+
+def box_hits(box: Any, segments: Sequence[tuple[float, ...]],
+             markers: Sequence[tuple[float, float, float]], others: Sequence[Any] = ()) -> int:
+    """How many of the segments, markers (x, y, radius) and other boxes ``box`` meets."""
+    n = sum(_segment_hits(*s, box) for s in segments)
+    n += sum(box.x0 - r <= x <= box.x1 + r and box.y0 - r <= y <= box.y1 + r
+             for x, y, r in markers)
+    return n + sum(box.overlaps(o) for o in others)
+
+
+#: where a point's label may go, tried in order: (dx, dy) in units of the clearance,
+#: the text's alignment
+LABEL_SPOTS = ((1, 1, "left", "bottom"), (-1, 1, "right", "bottom"),
+               (1, -1, "left", "top"), (-1, -1, "right", "top"),
+               (1, 0, "left", "center"), (-1, 0, "right", "center"),
+               (0, 1.5, "center", "bottom"), (0, -1.5, "center", "top"))
+
+
+def label_points(ax: Any, points: Sequence[tuple[float, float, str]], fontsize: float = 7,
+                 clear_pt: float = 2.0) -> list[Any]:
+    """Name each data point ``(x, y, text)`` of ``ax`` with its text placed clear (by
+    ``clear_pt`` points) of every line, error bar, marker and earlier label, inside the axes
+    (the first free spot of :data:`LABEL_SPOTS`, at one, two or three times the distance;
+    where none is free, the spot meeting the fewest). Call it once the axes' place and
+    limits are final (after :func:`layout`): the spots are measured as drawn."""
+    fig = ax.figure
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    px = fig.dpi / 72.0
+    segments, markers = drawn_obstacles(ax)
+    frame = ax.get_window_extent(renderer)
+    placed: list[Any] = []
+    boxes: list[Any] = []
+    for x, y, text in points:
+        cx, cy = ax.transData.transform((x, y))
+        near = [r for mx, my, r in markers if abs(mx - cx) < 1e-6 and abs(my - cy) < 1e-6]
+        base = max(near, default=0.0) / px + clear_pt + 1.5  # points: marker, cap, gap
+        best = None
+        for step in (1, 2, 3):
+            for dx, dy, ha, va in LABEL_SPOTS:
+                ann = ax.annotate(text, (x, y), textcoords="offset points", fontsize=fontsize,
+                                  xytext=(dx * base * step, dy * base * step), ha=ha, va=va)
+                box = ann.get_window_extent(renderer)
+                padded = box.expanded(1 + 2 * clear_pt * px / max(box.width, 1),
+                                      1 + 2 * clear_pt * px / max(box.height, 1))
+                inside = (box.x0 >= frame.x0 and box.x1 <= frame.x1 and
+                          box.y0 >= frame.y0 and box.y1 <= frame.y1)
+                score = box_hits(padded, segments, markers, boxes) + (0 if inside else 100)
+                if best is None or score < best[0]:
+                    if best is not None:
+                        best[1].remove()
+                    best = (score, ann, box)
+                else:
+                    ann.remove()
+                if score == 0:
+                    break
+            if best is not None and best[0] == 0:
+                break
+        assert best is not None
+        placed.append(best[1])
+        boxes.append(best[2])
+    return placed

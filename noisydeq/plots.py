@@ -12,7 +12,8 @@ the task, what was swept (device and noise mode, or the noise site) and what the
   marked by a vertical line.
 * ``metric_vs_depth`` — metric at fixed inference SNRs against the family member (paper
   Fig. 1a-c): FFW depth on the bottom axis and matched DEQ width on the top axis (integer
-  ticks), each with its parameter count; error bars = the same band.
+  ticks), each with its parameter count; error bars = the same min-max (its title says
+  "error bars").
 * ``train_snr_effect`` — only when several training SNRs were swept: the DEQs against
   inference SNR, one line per training SNR (paper Fig. 1d).
 
@@ -79,15 +80,16 @@ def _points(agg: dict[Any, dict[float, Agg]]) -> list[dict[str, Any]]:
     return [_point(key, snr, a) for key, by_snr in agg.items() for snr, a in by_snr.items()]
 
 
-def band_note(rows: Sequence[dict[str, Any]]) -> str:
-    """What a figure's band is: ``band: min-max over 3 chips × 2 seeds`` (from the rows)."""
+def band_note(rows: Sequence[dict[str, Any]], marks: str = "band") -> str:
+    """What a figure's band (``marks``: or its error bars) is: ``band: min-max over 3 chips
+    × 2 seeds`` (from the rows)."""
     chips = len({r.get("chip", 0) for r in rows})
     seeds = len({r.get("seed", 0) for r in rows})
     if chips * seeds <= 1:
-        return "one chip, one seed (no band)"
+        return f"one chip, one seed (no {marks})"
     parts = [f"{chips} chip{'s' * (chips > 1)}"] * (chips > 1) + [
         f"{seeds} seed{'s' * (seeds > 1)}"] * (seeds > 1)
-    return "band: min-max over " + " × ".join(parts)
+    return f"{marks}: min-max over " + " × ".join(parts)
 
 
 def _band(ax: Any, xs: list[float], points: list[Agg], colour: Any) -> None:
@@ -298,7 +300,11 @@ def _mode_title(spec: SweepSpec, title: str,
     (device and noise mode, or the noise site) and the input nonlinearity appended."""
     task = ", ".join(dict.fromkeys(str(r["task"]) for r in rows if r.get("task"))) \
         or spec.task
-    if spec.noise_site == "device":
+    levels = [float(r[k]) for r in rows for k in ("snr_db", "train_snr_db") if k in r] \
+        or [*spec.snr_db, *spec.train_snr_db]
+    if not any(math.isfinite(s) for s in levels):
+        what = f"{task} · no noise"  # said once: no device or site to name
+    elif spec.noise_site == "device":
         what = f"{task} · {spec.device}, noise mode {spec.noise_mode}"
     else:
         what = f"{task} · {spec.noise_site} noise"
@@ -314,19 +320,21 @@ def plot_sweep(
     """All figures of a sweep into ``out``; returns the written paths."""
     head = _mode_title(spec, title, rows)
     title = f"{head}\n{band_note(rows)}"  # second line: what the band is
+    bars = f"{head}\n{band_note(rows, 'error bars')}"  # metric_vs_depth draws error bars
     native = native_snr_db if spec.noise_site == "device" else None
     groups = training_groups(rows)
     if len(groups) > 1:  # families trained on devices: each one's figures, then together
         paths = []
         for i, (label, sub) in enumerate(groups):
             each = f"{head} — trained {label}\n{band_note(sub)}"
+            each_bars = f"{head} — trained {label}\n{band_note(sub, 'error bars')}"
             paths += plot_metric_vs_snr(sub, out, native, each,
                                         fig_name=f"metric_vs_snr-{i + 1}")
-            paths += plot_metric_vs_depth(sub, out, spec.fixed_snr_db, each,
+            paths += plot_metric_vs_depth(sub, out, spec.fixed_snr_db, each_bars,
                                           fig_name=f"metric_vs_depth-{i + 1}")
         return paths + plot_training_effect(rows, out, title)
     paths = plot_metric_vs_snr(rows, out, native, title)
-    paths += plot_metric_vs_depth(rows, out, spec.fixed_snr_db, title)
+    paths += plot_metric_vs_depth(rows, out, spec.fixed_snr_db, bars)
     if len({r["train_snr_db"] for r in rows if r["kind"] == "deq"}) > 1:
         paths += plot_train_snr_effect(rows, out, title)
     return paths

@@ -63,3 +63,20 @@ def test_example_experiment_names_are_bundled(name, argument, tmp_path, monkeypa
             assert text in bundled, f"{argv}: {text!r} is not a bundled experiment"
             named += 1
     assert named, f"no example of `noisydeq {name}` names a bundled experiment"
+
+
+def test_family_help_names_every_kind_of_directory_it_accepts(tmp_path) -> None:
+    """``--family`` reads any directory holding checkpoints, a study run's ``models/<id>/``
+    among them (``noisydeq attack --family`` on a study: tests/attacks/test_per_position.py),
+    but its help named sweep, run and train only."""
+    from noisydeq.analysis.locate import locate
+
+    for name in ("attack", "sensitivity", "spectrum", "solvers"):
+        command = cli.get_command(click.Context(cli), name)
+        option = next(p for p in command.params if p.name == "family")
+        assert "'noisydeq study'" in option.help and "'noisydeq sweep'" in option.help, name
+    ckpt = tmp_path / "study" / "models" / "deq" / "model.safetensors"
+    ckpt.parent.mkdir(parents=True)
+    ckpt.write_bytes(b"")
+    (tmp_path / "study" / "study.toml").write_text("")
+    assert locate(tmp_path / "study").checkpoints == [ckpt]

@@ -671,3 +671,260 @@ def test_parameter_counts_under_ten_thousand_are_not_rounded_to_0k_or_1k(tmp_pat
     assert "0k" not in text and "1k" not in text and "869" in text and "849" in text, text
     assert [plots._k(n) for n in (0, 999, 1466, 9949, 9950, 26634, 999_499, 999_500)] == [
         "0", "999", "1.5k", "9.9k", "10k", "27k", "999k", "1.0M"]
+
+
+def test_study_params_figure_names_its_error_bars_and_labels_clear_of_them(tmp_path, kept):
+    """Fig. 1e drew min…max as error bars under a title saying "band", and put each model's
+    name 3 points up-right of its point: on its line, touching its bar's cap, over the
+    name of a neighbour of nearly the same size. The title names the error bars; no name
+    meets (by 2 points) a line, a bar, a marker or another name, and all lie in the axes."""
+    from noisydeq.studies.plots import plot_params
+
+    crowded = _mdeq_rows() + [  # a third FFW next to mdeq2, at nearly its accuracy
+        {**r, "model": "ffw3", "params": 11900, "value": r["value"] - 0.003,
+         "value_min": r["value_min"] - 0.003, "value_max": r["value_max"] - 0.003}
+        for r in _mdeq_rows() if r["model"] == "ffw2"]
+    for case, rows in (("mdeq", _mdeq_rows()), ("crowded", crowded)):
+        plot_params(rows, 10.0, tmp_path / case, "mdeq")
+        fig = kept[-1]
+        ax = fig.axes[0]
+        title = ax.get_title().replace("\n", " ")
+        assert "error bars: min-max over 2 seeds" in title and "band" not in title, title
+        fig.canvas.draw()
+        renderer = fig.canvas.get_renderer()
+        names = [t for t in ax.texts if t.get_text() in {r["model"] for r in rows}]
+        assert sorted(t.get_text() for t in names) == sorted({r["model"] for r in rows})
+        segments, markers = figures.drawn_obstacles(ax)
+        assert len(ax.collections) == 2  # the two kinds' error bars are among the segments
+        frame = ax.get_window_extent(renderer)
+        pad = 2 * fig.dpi / 72
+        boxes = [t.get_window_extent(renderer) for t in names]
+        for i, (t, box) in enumerate(zip(names, boxes, strict=True)):
+            padded = box.expanded(1 + 2 * pad / box.width, 1 + 2 * pad / box.height)
+            assert figures.box_hits(padded, segments, markers,
+                                    boxes[:i] + boxes[i + 1:]) == 0, (case, t.get_text())
+            assert frame.x0 <= box.x0 and box.x1 <= frame.x1, (case, t.get_text())
+            assert frame.y0 <= box.y0 and box.y1 <= frame.y1, (case, t.get_text())
+
+
+def test_box_hits_counts_segments_markers_and_boxes():
+    from matplotlib.transforms import Bbox
+
+    box = Bbox.from_extents(0, 0, 10, 5)
+    assert figures.box_hits(box, [(-5, 2, 15, 2)], []) == 1  # crosses through
+    assert figures.box_hits(box, [(-5, 6, 15, 6)], []) == 0  # passes above
+    assert figures.box_hits(box, [(11, -1, 20, 9)], []) == 0  # beside, slanted
+    assert figures.box_hits(box, [(-1, 4, 2, 7)], []) == 1  # clips a corner
+    assert figures.box_hits(box, [], [(12, 2, 3), (20, 2, 3)]) == 1  # radius counts
+    assert figures.box_hits(box, [], [], [Bbox.from_extents(9, 4, 20, 20)]) == 1
+
+
+def _attack_rows(device: str, site: str, levels: tuple[float, ...]) -> list[dict]:
+    """Final-state rows of an attack run (one DEQ, one FFW; PGD-10 over two ε) at
+    ``levels``, white-box."""
+    return [{"model_id": f"{kind}-d1", "kind": kind, "depth": 1, "width": 8,
+             "mode": "white-box", "snr_db": s, "chip": 0, "attack": "PGD-10", "x_name": "eps",
+             "x": eps, "defence": "final", "estimator": "exact", "value": 0.9 - eps,
+             "device": device, "noise_site": site, "n_samples": 200}
+            for kind in ("deq", "ffw") for s in levels for eps in (0.0, 0.1)]
+
+
+def test_an_attack_run_without_noise_says_so_once(tmp_path, kept):
+    """The ideal device (the runner's default) titled every figure "… · digital — digital";
+    a noisy run's SNR-∞ figure said "digital" after naming the noise. Now a run without
+    noise says "no noise" once and names no device; a noisy run names its noise once and
+    each figure its level; a run with no noisy level draws no accuracy-vs-SNR figure."""
+    from noisydeq.attacks.plots import level_text, plot_run
+
+    plot_run(_attack_rows("ideal", "device", (math.inf,)), tmp_path / "a", "digits: fam")
+    title = kept[-1]._suptitle.get_text().replace("\n", " ")
+    assert title.startswith("digits: fam — no noise (DEQ"), title
+    assert title.count("noise") == 1 and "digital" not in title, title
+    assert title.endswith("final state) 200 test inputs"), title  # what a point is over
+    n = len(kept)  # the ideal device at a finite level is still no noise: one title each
+    plot_run(_attack_rows("ideal", "device", (10.0, math.inf)), tmp_path / "b", "digits: fam")
+    titles = [f._suptitle.get_text().replace("\n", " ") for f in kept[n:]]
+    assert len(titles) == 2 and all(" — no noise (" in t for t in titles), titles
+    assert not (tmp_path / "b" / "robust_vs_snr.png").exists()
+    n = len(kept)
+    plot_run(_attack_rows("snr", "signal", (10.0, math.inf)), tmp_path / "c",
+             "digits: fam · signal noise")
+    titles = [f._suptitle.get_text().replace("\n", " ") for f in kept[n:]]
+    assert any("signal noise — white-box at 10 dB (" in t for t in titles), titles
+    assert any("signal noise — SNR ∞: no noise (" in t for t in titles), titles
+    assert (tmp_path / "c" / "robust_vs_snr.png").exists()
+    from noisydeq.attacks.plots import _over
+
+    assert _over([{"n_samples": 50, "chip": c} for c in (0, 1)]) == \
+        "50 test inputs, mean over 2 chips"
+    assert level_text("white-box", math.inf, False, own_noise=True) == \
+        "only the models' training noise"
+
+
+def test_sweep_and_study_titles_of_runs_without_noise_say_no_noise_once(tmp_path, kept):
+    """A sweep on the ideal device at SNR ∞ only was titled "digits · ideal, noise mode
+    static" and a study tested and trained without noise "… · state noise": a run that adds
+    no noise anywhere names no device or site, it says "no noise" once."""
+    from noisydeq import plots
+    from noisydeq.config import SweepSpec
+    from noisydeq.studies.plots import study_title
+    from tests.test_plots_look import _rows
+
+    rows = [{**r, "task": "digits"} for r in _rows(depths=(1, 3), chips=1, seeds=(0,))
+            if math.isinf(r["snr_db"])]
+    spec = SweepSpec(task="digits", device="ideal", snr_db=[math.inf])
+    assert plots._mode_title(spec, "run", rows) == "run — digits · no noise · ReLU input"
+    noisy = [{**r, "task": "digits"} for r in _rows(depths=(1, 3), chips=1, seeds=(0,))]
+    spec = SweepSpec(task="digits", device="rram", snr_db=[0.0, 10.0, math.inf])
+    assert "digits · rram, noise mode" in plots._mode_title(spec, "run", noisy)
+    trained = [{**r, "train_snr_db": 10.0} for r in rows]  # noisy training counts as noise
+    assert "no noise" not in plots._mode_title(
+        SweepSpec(task="digits", noise_site="signal", snr_db=[math.inf],
+                  train_snr_db=[10.0]), "run", trained)
+    plots.plot_sweep(rows, tmp_path, SweepSpec(task="digits", device="ideal",
+                                               snr_db=[math.inf]))
+    text = _texts(kept[-1]).replace("\n", " ")
+    assert text.count("no noise") == 1 and "ideal" not in text, text
+
+    study = [{"task": "digits", "noise_site": "state", "train_snr_db": math.inf,
+              "test_snr_db": math.inf, "seeds": 1}]
+    assert study_title(study, "s") == "s — digits · no noise\none seed (no band)"
+    assert "state noise" in study_title([{**study[0], "test_snr_db": 0.0}], "s")
+
+
+def test_the_depth_figure_says_error_bars_where_it_draws_them(tmp_path, kept):
+    """metric_vs_depth draws min…max as error bars under the sweep's title, which said
+    "band: min-max over …" (a band is what metric_vs_snr draws)."""
+    from noisydeq import plots
+    from noisydeq.config import SweepSpec
+    from tests.test_plots_look import _rows
+
+    rows = _rows(depths=(1, 3), chips=2, seeds=(0, 1))
+    spec = SweepSpec(task="digits", device="rram", snr_db=[0.0, 10.0, math.inf],
+                     fixed_snr_db=[0.0])
+    plots.plot_sweep(rows, tmp_path, spec)
+    by_name = {}
+    for fig in kept:
+        names = {ax.get_xlabel() for ax in fig.axes}
+        by_name["depth" if "FFW layers (parameters)" in names else "snr"] = fig
+    depth = by_name["depth"]._suptitle.get_text().replace("\n", " ")
+    snr = by_name["snr"]._suptitle.get_text().replace("\n", " ")
+    assert "error bars: min-max over 2 chips × 2 seeds" in depth and "band" not in depth
+    assert "band: min-max over 2 chips × 2 seeds" in snr
+    assert any(ax.containers for ax in by_name["depth"].axes)  # error bars indeed
+    assert plots.band_note(rows[:1], "error bars") == "one chip, one seed (no error bars)"
+
+
+def test_sensitivity_legend_names_no_line_it_does_not_draw(tmp_path, kept):
+    """The DEQ's Eq. 12 bounds are ∞ at every depth (ρ(W) ≥ 1): nothing is drawn, yet the
+    legend listed "DEQ Eq. 12 (ρ)" and "DEQ Eq. 12 (‖·‖₂)" beside a marker and line a
+    reader then looks for. An entry without a drawn point says it is ∞."""
+    from noisydeq.analysis.runs import plot_sensitivity
+    from noisydeq.config import NoiseSpec
+
+    rows = [{"seed": 0, "train_snr_db": math.inf, "depth": d, "deq_sens": 0.06,
+             "ffw_sens": 0.04 + 0.01 * d, "deq_bound_paper": math.inf,
+             "deq_bound_norm": math.inf, "ffw_bound_paper": 0.1 * d, "ffw_bound_norm": 0.2 * d,
+             "ratio": 0.06 / (0.04 + 0.01 * d), "ratio_sem": 0.01, "device": "ideal"}
+            for d in (1, 3, 5)]
+    plot_sensitivity(rows, NoiseSpec(site="signal", kind="additive", eta=0.1),
+                     tmp_path / "sens")
+    ax = kept[-1].axes[1]
+    for line in ax.get_lines():
+        label = line.get_label()
+        if label.startswith("_"):
+            continue
+        drawn = any(math.isfinite(y) for y in line.get_ydata())
+        assert drawn != label.endswith("∞, not drawn"), label
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert "DEQ Eq. 12 (ρ): ∞, not drawn" in labels and "FFW Eq. 12 (ρ)" in labels
+
+
+def test_extrapolation_y_label_fits_beside_its_axes(tmp_path, kept):
+    """'fraction fully correct (trained and tested at the same SNR)' on one line ran past
+    the axes' height, above and below them."""
+    from noisydeq.studies.plots import plot_extrapolation
+
+    rows = [{"task": "mazes", "model": k, "kind": k, "params": 100, "solver": "-",
+             "budget": "-", "train_snr_db": math.inf, "test_snr_db": math.inf, "shift": sh,
+             "shift_name": "size", "value": 0.5, "value_min": 0.4, "value_max": 0.6,
+             "metric": "accuracy", "noise_site": "state", "seeds": 1}
+            for k in ("deq", "ffw") for sh in (9, 11, 13, 17)]
+    plot_extrapolation(rows, tmp_path / "ext", "mazes")
+    fig = kept[-1]
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    ax = fig.axes[0]
+    label = ax.yaxis.label
+    assert "fraction fully correct" in label.get_text()
+    box, frame = label.get_window_extent(renderer), ax.get_window_extent(renderer)
+    assert box.height <= frame.height, (box.height, frame.height)
+
+
+def test_fig5_says_which_curves_run_along_the_cap(tmp_path, kept):
+    """rel and mean_rel (w=5) at the 60-iteration cap at every SNR lay on one another and on
+    the cap line: four legend entries, two lines to be seen. A curve at the cap throughout
+    says so in its label; the cap line is drawn over the curves."""
+    from noisydeq.analysis import solver_runs
+
+    rows = [{"stop": stop, "window": w, "snr_db": s,
+             "mean_steps": 60.0 if w < 20 or s < 15 else 40.0}
+            for stop, w in (("rel", 1), ("mean_rel", 5), ("mean_rel", 20))
+            for s in (0.0, 10.0, 15.0, 20.0)]
+    solver_runs.plot_counts(rows, 0.01, 60, tmp_path / "it")
+    ax = kept[-1].axes[0]
+    lines = {ln.get_label(): ln for ln in ax.get_lines()}
+    assert set(lines) == {"rel: at the cap throughout",
+                          "mean_rel (w=5): at the cap throughout", "mean_rel (w=20)",
+                          "cap (60)"}, set(lines)
+    assert lines["cap (60)"].get_zorder() > max(
+        ln.get_zorder() for name, ln in lines.items() if name != "cap (60)")
+    # the 300-step count of docs/analysis.md: curves fall from the cap across the whole
+    # panel; inside it the legend lay over one of them
+    rows = [{"stop": stop, "window": w, "snr_db": s, "mean_steps": m}
+            for stop, w, ms in (("rel", 1, (300, 300, 300, 300, 300)),
+                                ("mean_rel", 5, (300, 300, 300, 300, 300)),
+                                ("mean_rel", 20, (300, 300, 300, 205, 27)),
+                                ("mean_rel", 50, (300, 300, 62, 53, 53)),
+                                ("mean_rel", 100, (300, 103, 101, 101, 101)),
+                                ("mean_rel", 200, (200, 200, 200, 200, 200)))
+            for s, m in zip((0.0, 5.0, 10.0, 15.0, 20.0), ms, strict=True)]
+    solver_runs.plot_counts(rows, 0.01, 300, tmp_path / "it300", "a family")
+    fig = kept[-1]
+    fig.canvas.draw()
+    ax = fig.axes[0]
+    box = ax.get_legend().get_window_extent(fig.canvas.get_renderer())
+    segments, markers = figures.drawn_obstacles(ax)
+    assert figures.box_hits(box, segments, markers) == 0
+
+
+def test_lyapunov_one_seed_titles_name_what_is_not_drawn():
+    """The Table 1 attack figure draws error bars, the device figure bands: with one seed
+    both said "no band"."""
+    from noisydeq.analysis.lyapunov_report import _band
+
+    one = [{"seed": 0, "chip": 0}]
+    assert _band(one, chips=False) == "one seed (no error bars)"
+    assert _band(one, chips=True) == "one seed, one chip (no band)"
+    assert _band([{"seed": s, "chip": 0} for s in (0, 1)], chips=False) == \
+        "bars: min-max over 2 seeds"
+
+
+def test_solvers_accuracy_figure_says_accuracy_not_median(family, tmp_path, kept, capsys):
+    """Every figure of `noisydeq solvers --family` said "median / mean over N test inputs";
+    the accuracy figure's points are accuracies over the N inputs."""
+    from tests.cli_helpers import run_cli
+
+    code, _, err = run_cli(
+        ["solvers", "--family", str(family), "--depth", "1", "--solvers", "unroll", "--snr",
+         "10", "--max-iter", "8", "--width", "8", "--batch", "2", "--inputs", "16",
+         "--count-snr", "10", "--window", "4", "--threshold", "8", "--no-floors",
+         "--accuracy-snr", "inf", "--accuracy-solvers", "unroll", "--accuracy-max-iter", "4",
+         "--out", str(tmp_path / "o")], capsys)
+    assert code == 0, err
+    titles = {fig.axes[0].get_title().split("\n")[0]: fig.axes[0].get_title().replace("\n", " ")
+              for fig in kept if fig.axes}
+    acc = next(t for k, t in titles.items() if k.startswith("Accuracy per solver"))
+    its = next(t for k, t in titles.items() if k.startswith("Stop-rule iterations"))
+    assert "accuracy over 16 test inputs" in acc and "median" not in acc, acc
+    assert "median / mean over 16 test inputs" in its, its

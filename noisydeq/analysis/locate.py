@@ -10,7 +10,8 @@
   ``build_member`` → :func:`noisydeq.train_config.run_config`), so the analysis reads the very
   models the sweep evaluated, never trains; the sweep's ``data_dir`` is taken over;
 * any directory holding ``model.safetensors`` files (``noisydeq train --out DIR`` for one
-  model, ``noisydeq train --depths ... --out DIR`` for a family: ``DIR/models/<hash>/``);
+  model, ``noisydeq train --depths ... --out DIR`` for a family: ``DIR/models/<hash>/``; a
+  ``noisydeq study`` run directory: ``models/<id>/``);
 * one checkpoint file.
 """
 
@@ -144,6 +145,6 @@ def locate(root: str | Path, *, data_dir: str | None = None,
     if not found:
         raise NoisyDEQError(
             f"--family: no trained model ({MODEL_FILE}) under {p}; give a run dir of "
-            "'noisydeq sweep'/'noisydeq train' or a checkpoint"
+            "'noisydeq sweep'/'noisydeq study'/'noisydeq train' or a checkpoint"
         )
     return FamilySource(p, found)

@@ -169,7 +169,10 @@ def _band(rows: Sequence[dict[str, Any]], *, chips: bool) -> str:
     n_chips = len({r.get("chip", 0) for r in rows}) if chips else 1
     parts = [f"{seeds} seeds"] * (seeds > 1) + [f"{n_chips} chips"] * (n_chips > 1)
     what = "band" if chips else "bars"
-    return f"{what}: min-max over " + " × ".join(parts) if parts else "one seed (no band)"
+    if not parts:  # nothing spans: say what is not drawn (error bars, or a band)
+        return ("one seed, one chip (no band)" if chips
+                else "one seed (no error bars)")
+    return f"{what}: min-max over " + " × ".join(parts)
 
 
 def plot_attack(rows: Sequence[dict[str, Any]], out: Path, paper: bool = True,

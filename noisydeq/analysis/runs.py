@@ -188,9 +188,13 @@ def plot_sensitivity(rows: list[dict[str, Any]], spec: NoiseSpec, stem: Path,
             if spec.kind == "additive":
                 for col, marker, what in (("bound_paper", "x", "Eq. 12 (ρ)"),
                                           ("bound_norm", "+", "Eq. 12 (‖·‖₂)")):
-                    ax.plot(depth, [_finite(r[f"{kind}_{col}"]) for r in g0], ls=line["ls"],
-                            marker=marker, ms=6, lw=0.9, color=kind_colour(kind, 0.5),
-                            label=f"{kind.upper()} {what}")
+                    ys = [_finite(r[f"{kind}_{col}"]) for r in g0]
+                    # a bound infinite at every depth draws nothing: its legend entry says
+                    # so instead of naming a line the reader cannot find
+                    none = all(math.isnan(y) for y in ys)
+                    ax.plot(depth, ys, ls=line["ls"], marker=marker, ms=6, lw=0.9,
+                            color=kind_colour(kind, 0.5),
+                            label=f"{kind.upper()} {what}" + (": ∞, not drawn" if none else ""))
         ax.set_yscale("log")
         ax.set_xlabel("FFW depth")
         ax.set_ylabel("E‖dz*/dξ_i‖₂")

@@ -97,21 +97,30 @@ def plot_counts(rows: list[dict[str, Any]], eps: float, max_iter: int, stem: Pat
     colour = dict(zip(windows, shades("deq", len(windows)), strict=True))
     pos = snr_positions([r["snr_db"] for r in rows])
     with styled() as plt:
-        fig, ax = plt.subplots(figsize=(5.5, 3.9))
+        fig, ax = plt.subplots(figsize=(7.6, 3.9))  # + the legend beside the axes
         for stop, window in curves:
             rs = sorted((r for r in rows if (r["stop"], r["window"]) == (stop, window)),
                         key=lambda r: r["snr_db"])
             look = ({"ls": "--", "marker": "s", "color": "0.35"} if stop == "rel"
                     else {"ls": "-", "marker": "o", "color": colour[window]})
+            # a curve at the cap at every level lies under the others there (and hides
+            # the cap line): its label says so, or the reader looks for a line not seen
+            capped = all(r["mean_steps"] >= max_iter for r in rs)
             ax.plot([pos[r["snr_db"]] for r in rs], [r["mean_steps"] for r in rs], **look,
-                    label=_curve_label(stop, window), zorder=3 if stop == "rel" else 2)
+                    label=_curve_label(stop, window) + (": at the cap throughout"
+                                                        if capped else ""),
+                    zorder=3 if stop == "rel" else 2)
         snr_axis(ax, pos)  # a tick at each counted level, not at 2.5 dB steps
-        ax.axhline(max_iter, color="crimson", ls=":", lw=1, label="cap")
+        # over the curves: seen where a curve runs along it
+        ax.axhline(max_iter, color="crimson", ls=":", lw=1.2, label=f"cap ({max_iter})",
+                   zorder=4)
         ax.set_xlabel("signal SNR (dB)")
         ax.set_ylabel("mean iterations (unroll)")
         ax.set_title(f"Stop-rule iterations (Fig. 5), ε = {eps:g}"
                      + (f"\n{title}" if title else ""), fontsize=8)
-        ax.legend(frameon=False, fontsize=7)
+        # beside the axes: the curves fall across the whole panel (inside, "best" still put
+        # the legend over a falling curve)
+        ax.legend(frameon=False, fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0))
         layout(fig)
         return save_figure(fig, stem, rows)
 
@@ -195,14 +204,16 @@ def write_accuracy(rows: list[dict[str, Any]], out: Path, title: str = "") -> li
     return plot_accuracy(rows, out / "accuracy", title)
 
 
-def member_title(m: Any, n_inputs: int, on: Any = None) -> str:
+def member_title(m: Any, n_inputs: int, on: Any = None,
+                 over: str = "median / mean") -> str:
     """The context of the figures of one family DEQ: task, device (``on``:
     :class:`noisydeq.analysis.on_device.OnDevice`, else digital weights), width, seed,
-    training."""
+    training; on the second line what each point is ``over`` the inputs (``accuracy`` for
+    the accuracy figure, not a median or mean)."""
     where = f"on {on.describe()}" if on is not None else "digital weights"
     note = input_note(getattr(m.model, "input_act", None))
     return context_title("", task=m.task, device=where, noise="signal noise",
                          trained=f"DEQ width {m.width} (depth {m.depth}), seed {m.seed}, "
                                  + training_text(m)
                                  + (f", {note}" if note else ""),
-                         band=f"median / mean over {n_inputs} test inputs")
+                         band=f"{over} over {n_inputs} test inputs")

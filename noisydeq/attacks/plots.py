@@ -6,10 +6,15 @@
   member (the package's look, :mod:`noisydeq.figures`). A DEQ
   attacked with several gradient estimators is drawn at the worst of them (the attack a
   defender must survive), predicting with its final state.
-* ``robust_vs_snr.png/.svg`` (more than one SNR level) — accuracy under one attack point
-  (the first curve's point at the headline ε) against the device SNR, white-box on the
-  device (solid) and transferred from the digital twin (dotted); mean over chips with
-  the chip range as a band.
+* ``robust_vs_snr.png/.svg`` (more than one SNR level, one of them noisy) — accuracy under
+  one attack point (the first curve's point at the headline ε) against the device SNR,
+  white-box on the device (solid) and transferred from the digital twin (dotted); mean over
+  chips with the chip range as a band.
+
+Each figure's title names the run (task, family, where its SNR levels apply) and the
+figure's level (``white-box at 10 dB``, ``SNR ∞: no noise``); a run that adds no noise
+(the ideal device, or SNR ∞ only) says ``no noise`` once (:func:`level_text`); its second
+line what a point is over (``200 test inputs``, ``mean over 3 chips``).
 
 Each figure's plotted values are the ``.csv`` beside it. A per-position task's run draws both
 figures twice: from ``value`` (all positions right, clean and attacked) and, named
@@ -59,18 +64,40 @@ def _worst(rows: Sequence[dict[str, Any]], column: str = "value") -> dict[tuple,
     return {k: pick(sum(v) / len(v) for v in per.values()) for k, per in acc.items()}
 
 
+def adds_noise(rows: Sequence[dict[str, Any]]) -> bool:
+    """Whether any level of the run's rows adds noise: a finite SNR, on a device other than
+    ``ideal`` (the exact digital weights at every level) or at a noise site."""
+    return any(math.isfinite(r["snr_db"]) and not (r.get("noise_site", "device") == "device"
+                                                  and r.get("device") == "ideal")
+               for r in rows)
+
+
+def level_text(mode: str, snr_db: float, noisy: bool, own_noise: bool = False) -> str:
+    """What one figure's level is, for its title: ``white-box at 10 dB``, ``SNR ∞: no
+    noise`` in a run that has noisy levels, plain ``no noise`` in a run without any (its
+    title then names no noise site or device); ``own_noise``: the models keep their training
+    noise at inference (main paper App. E.3), said instead of "no noise"."""
+    none = "only the models' training noise" if own_noise else "no noise"
+    if not noisy:
+        return none
+    return f"SNR ∞: {none}" if math.isinf(snr_db) else f"{mode} at {snr_db:g} dB"
+
+
 def plot_run(rows: Sequence[dict[str, Any]], fig_dir: Path, title: str = "",
-             column: str = "value") -> list[Path]:
+             column: str = "value", own_noise: bool = False) -> list[Path]:
     """Write the run's figures of ``column`` (:data:`COLUMN_LOOK`); returns the paths (PNG,
-    SVG and CSV)."""
+    SVG and CSV). ``title``: the run (task, family and, where the run adds noise, where);
+    each figure's level is appended (:func:`level_text`); ``own_noise``: the models keep
+    their training noise at inference."""
     from noisydeq.figures import member_colours, styled
 
     with styled():
-        return _plot_run(rows, fig_dir, title, member_colours, column)
+        return _plot_run(rows, fig_dir, title, member_colours, column, own_noise)
 
 
 def _plot_run(rows: Sequence[dict[str, Any]], fig_dir: Path, title: str,
-              member_colours: Any, column: str = "value") -> list[Path]:
+              member_colours: Any, column: str = "value",
+              own_noise: bool = False) -> list[Path]:
     from noisydeq.figures import layout, legend_under, pyplot, save_figure
 
     plt = pyplot()
@@ -117,14 +144,26 @@ def _plot_run(rows: Sequence[dict[str, Any]], fig_dir: Path, title: str,
             ax.axis("off")
         handles, names = axes.flat[0].get_legend_handles_labels()
         legend_under(fig, handles, names, fontsize=8)
-        where = "digital" if math.isinf(snr) else f"{mode} at {snr:g} dB"
-        fig.suptitle(f"{title} — {where} (DEQ: worst estimator, final state)", fontsize=10)
+        where = level_text(mode, snr, adds_noise(rows), own_noise)
+        head = f"{title} — {where}" if title else where
+        fig.suptitle(f"{head} (DEQ: worst estimator, final state)"
+                     + (f"\n{_over(rs)}" if _over(rs) else ""), fontsize=10)
         layout(fig)
         paths += save_figure(fig, fig_dir / f"{prefix}_{mode}_{_snr_label(snr)}", table)
     levels = sorted({r["snr_db"] for r in rows})
-    if len(levels) > 1:
+    if len(levels) > 1 and adds_noise(rows):  # no noise at any level: nothing varies
         paths += plot_vs_snr(rows, fig_dir, colour, title, column)
     return paths
+
+
+def _over(rows: Sequence[dict[str, Any]]) -> str:
+    """What each point of a level's figure is over: ``200 test inputs``, and ``mean over 3
+    chips`` where the level has several (no band: the chips' range is in robust_vs_snr)."""
+    n = sorted({int(r["n_samples"]) for r in rows if r.get("n_samples") is not None})
+    chips = len({r.get("chip", 0) for r in rows})
+    parts = ([f"{n[0]} test inputs" if len(n) == 1 else f"{n[0]}-{n[-1]} test inputs"]
+             if n else []) + ([f"mean over {chips} chips"] if chips > 1 else [])
+    return ", ".join(parts)
 
 
 def plot_vs_snr(rows: Sequence[dict[str, Any]], fig_dir: Path,

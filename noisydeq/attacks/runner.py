@@ -549,6 +549,18 @@ class Runner:
         }
 
 
+def summary_eps(rows: Sequence[dict[str, Any]], steps_eps: float) -> float | None:
+    """The ε of the white-box summary: ``steps_eps`` where the ε curves ran it, else the
+    point of their grid nearest to it (the larger on a tie) — the summary is of what was
+    run, its rows say at which ε; None where no ε curve ran (no summary)."""
+    grid = sorted({r["eps"] for r in rows if r["x_name"] == "eps"})
+    if not grid:
+        return None
+    if any(abs(e - steps_eps) < 1e-12 for e in grid):
+        return steps_eps
+    return min(grid, key=lambda e: (round(abs(e - steps_eps), 12), -e))
+
+
 def whitebox_rows(rows: Sequence[dict[str, Any]], eps: float,
                   lower_is_better: bool = False) -> list[dict[str, Any]]:
     """Closer-look robustness at strength ``eps``: per (model, mode, level, chip), each
@@ -627,11 +639,14 @@ def unconverged_warning(rows: Sequence[dict[str, Any]]) -> str:
             "fallback): their gradients are not exact (column bwd_unconverged)")
 
 
-def _noise_text(spec: AttackRunSpec) -> str:
-    """Where the run's SNR levels apply, for the figures' titles: ``device rram``,
-    ``digital`` or ``signal noise``."""
+def _noise_text(spec: AttackRunSpec) -> str | None:
+    """Where the run's SNR levels apply, for the figures' titles: ``device rram`` or
+    ``signal noise``; None for a run that adds no noise at any level (the ideal device, or
+    only SNR ∞: each figure's title then says "no noise" once)."""
+    if not any(math.isfinite(s) for s in spec.snr_db):
+        return None
     if spec.noise_site == "device":
-        return "digital" if spec.device == "ideal" else f"device {spec.device}"
+        return None if spec.device == "ideal" else f"device {spec.device}"
     return f"{spec.noise_site} noise"
 
 
@@ -680,16 +695,21 @@ def _run_open(spec: AttackRunSpec, members: Sequence[AttackMember], task: Any,
     rows = [r for cell in cells for r in found[cell.key]]
     rd.write_table(rows)
     lower = is_regression(task)
-    wb = whitebox_rows(rows, spec.steps_eps, lower)
+    at = summary_eps(rows, spec.steps_eps)
+    wb = [] if at is None else whitebox_rows(rows, at, lower)
     store.atomic_write_text(rd.whitebox_path, table_to_csv(wb, WHITEBOX_COLUMNS))
     figures: list[Path] = []
     if plots:
         from noisydeq.attacks.plots import plot_run
 
-        title = f"{task.name}: {Path(spec.family).name} · " + _noise_text(spec)
+        noise = _noise_text(spec)
+        title = f"{task.name}: {Path(spec.family).name}" + (f" · {noise}" if noise else "")
+        own = spec.train_noise and any(
+            m.inference_noise is not None and m.inference_noise.active for m in members)
         figures = plot_run(rows, rd.figures, title=title,
-                           column="mse" if lower else "value")
+                           column="mse" if lower else "value", own_noise=own)
         if is_per_position(task):
-            figures += plot_run(rows, rd.figures, title=title, column="position_value")
+            figures += plot_run(rows, rd.figures, title=title, column="position_value",
+                                own_noise=own)
     rd.seal(figures, extra=[rd.whitebox_path])
     return AttackResult(rows, rd, wb, figures, computed, skipped)

@@ -89,7 +89,8 @@ def _per_position_attacks(spec: AttackRunSpec, task: Any) -> dict[str, Any]:
               help="steps grid of the pgd-steps curve.")
 @click.option("--steps-eps", type=float, default=0.3, show_default=True,
               help="ε of the pgd-steps curve, of the early-state selection and of the "
-                   "white-box summary.")
+                   "white-box summary (off the --eps grid: the summary is at the grid's "
+                   "nearest point).")
 @click.option("--sigma", default="0,0.25,0.5,1,1.5,2", show_default=True,
               help="speckle σ grid (x + x·n, n ~ N(0, σ²)).")
 @click.option("--fraction", default="0,0.05,0.1,0.2,0.3,0.4", show_default=True,
@@ -203,10 +204,18 @@ def command(family, attacks, eps, pgd_steps, steps, steps_eps, sigma, fraction, 
     sys.stdout.flush()
 
 
-def _summary(whitebox: list[dict[str, Any]], eps: float, metric: str = "accuracy") -> None:
+def _summary(whitebox: list[dict[str, Any]], steps_eps: float,
+             metric: str = "accuracy") -> None:
+    """The white-box table (``whitebox.csv``) at its ε: ``--steps-eps``, or the point of the
+    ε grid nearest to it (said in one line); one line why where there is none."""
     if not whitebox:
-        click.echo(f"(no gradient or query attack at ε = {eps:g}: no white-box summary)")
+        click.echo("(no white-box summary: no attack ran over the --eps grid; pgd-eps, "
+                   "ifgsm, aa, aa-rand, apgd-ce, apgd-t, fab and square do)")
         return
+    eps = whitebox[0]["eps"]
+    if abs(eps - steps_eps) > 1e-12:
+        click.echo(f"(--steps-eps {steps_eps:g} is not on the --eps grid: the summary is at "
+                   f"its nearest point)")
     what = "MSE, lower is better: worst = largest" if metric == "mse" else "accuracy"
     click.echo(f"white-box robustness at ε = {eps:g} (per defence: worst attack / estimator; "
                f"robustness = best defence; {what})")

@@ -63,8 +63,9 @@ def check_device(device: str | None) -> None:
 def family_option(f):
     return click.option("--family", "family", required=True,
                         type=click.Path(path_type=Path),
-                        help="run dir of 'noisydeq sweep'/'noisydeq run', output dir of "
-                             "'noisydeq train', or a checkpoint.")(f)
+                        help="run dir of 'noisydeq sweep', 'noisydeq study' or 'noisydeq "
+                             "run' (a bundled sweep or study), output dir of 'noisydeq "
+                             "train', or a checkpoint.")(f)
 
 
 def cache_option(f):

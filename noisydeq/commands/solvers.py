@@ -36,8 +36,9 @@ from noisydeq.progress import with_heartbeat
 @click.option("--width", type=int, default=100, show_default=True, help="Fig. 4 cell width.")
 @click.option("--batch", type=int, default=16, show_default=True, help="Fig. 4 random inputs.")
 @click.option("--family", type=click.Path(path_type=Path), default=None,
-              help="trained family (sweep run dir, train output) or checkpoint: adds Fig. 5 "
-                   "and Fig. 6 on its DEQ.")
+              help="trained family (run dir of 'noisydeq sweep', 'noisydeq study' or "
+                   "'noisydeq run', output dir of 'noisydeq train') or a checkpoint: adds "
+                   "Fig. 5 and Fig. 6 on its DEQ.")
 @click.option("--depth", type=int, default=None, help="which DEQ of the family (default: deepest).")
 @click.option("--member-seed", type=int, default=None,
               help="training seed of the family's DEQ (default: the lowest seed).")
@@ -176,7 +177,8 @@ def command(names, snr, max_iter, window, width, batch, family, depth, member_se
             if task.kind == "classification":
                 acc = traces.accuracy_under_noise(m.model, x, y, acc_snrs, acc_solvers, seed=seed,
                                                   max_iter=accuracy_max_iter, window=windows[0])
-                paths += solver_runs.write_accuracy(acc, out, title)
+                paths += solver_runs.write_accuracy(
+                    acc, out, solver_runs.member_title(m, len(x), on, over="accuracy"))
                 click.echo("Fig. 6 claim: accuracy under test-time signal noise")
                 for r in acc:
                     click.echo(f"  {r['solver']:>10} SNR {r['snr_db']:>5g}: {r['accuracy']:.3f} "

@@ -10,12 +10,14 @@
   at more than two SNRs.
 * ``params`` (Fig. 1e): the metric at ``fixed_snr_db`` against the parameter count, a line
   per model kind (a DEQ's first test solver, named in the legend), each point labelled with
-  its model name, min…max over the seeds as error bars; the legend under the axes.
+  its model name (placed clear of the error bars, the lines and the other names), min…max
+  over the seeds as error bars (the title says so); the legend under the axes.
 
 The house look (:mod:`noisydeq.figures`): each model's kind gives its colour family and line
 style (DEQ blues solid, FFW oranges dashed, ...), a darker shade is a larger model; noisy
 training is marked by a hollow marker. The title names the task, the noise site and the band
-(min-max over the seeds); each figure's CSV (the plotted summary rows) is beside it.
+or error bars (min-max over the seeds); each figure's CSV (the plotted summary rows) is
+beside it.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from noisydeq.figures import (
     category_colours,
     context_title,
     kind_line,
+    label_points,
     layout,
     legend_under,
     member_colours,
@@ -85,18 +88,22 @@ def _seeds_label(pts: list[dict[str, Any]], rows: list[dict[str, Any]]) -> str:
         f", {n[0]}-{n[-1]} seeds"
 
 
-def study_title(rows: list[dict[str, Any]], title: str) -> str:
-    """``title — task · noise site noise`` and the band on a second line (the seed count, or
-    its range when lines differ: each line's count is then in its label)."""
+def study_title(rows: list[dict[str, Any]], title: str, marks: str = "band") -> str:
+    """``title — task · noise site noise`` and on a second line what ``marks`` (the band, or
+    the error bars) span: the seed count, or its range when lines differ (each line's count
+    is then in its label)."""
     counts = _seed_counts(rows)
     lo, hi = counts[0], counts[-1]
     if lo != hi:
-        band = f"band: min-max over the seeds ({lo}-{hi} per line, in the legend)"
+        band = f"{marks}: min-max over the seeds ({lo}-{hi} per line, in the legend)"
     else:
-        band = f"band: min-max over {hi} seeds" if hi > 1 else "one seed (no band)"
+        band = f"{marks}: min-max over {hi} seeds" if hi > 1 else f"one seed (no {marks})"
     site = rows[0].get("noise_site") if rows else None
+    noisy = any(math.isfinite(float(r[k])) for r in rows
+                for k in ("train_snr_db", "test_snr_db") if k in r)
     return context_title(title, task=rows[0].get("task") if rows else None,
-                         noise=f"{site} noise" if site else None, band=band)
+                         noise=(f"{site} noise" if noisy else "no noise") if site else None,
+                         band=band)
 
 
 def plot_extrapolation(rows: list[dict[str, Any]], stem: Path, title: str) -> list[Path]:
@@ -138,7 +145,9 @@ def plot_extrapolation(rows: list[dict[str, Any]], stem: Path, title: str) -> li
             ax.set_title({"train": "DEQ: training iteration budget",
                           "scaled": "DEQ: budget scaled with the size"}.get(budget, ""),
                          fontsize=9)
-        axes[0][0].set_ylabel(_metric_label(rows) + " (trained and tested at the same SNR)")
+        # two lines: in one the label ran past the axes' height (out of the figure's top
+        # and bottom edges)
+        axes[0][0].set_ylabel(_metric_label(rows) + "\n(trained and tested at the same SNR)")
         if rows[0]["metric"] == "mse":
             axes[0][0].set_yscale("log")
         else:
@@ -257,17 +266,18 @@ def plot_params(rows: list[dict[str, Any]], snr: float, stem: Path, title: str) 
                             yerr=[[r["value"] - r["value_min"] for r in pts],
                                   [r["value_max"] - r["value"] for r in pts]], fmt="none",
                             ecolor=kind_line(kind)["color"], elinewidth=1, capsize=2)
-                for r in pts:
-                    ax.annotate(r["model"], (r["params"], r["value"]), fontsize=7,
-                                textcoords="offset points", xytext=(3, 3))
                 table += pts
         ax.set_xscale("log")
         ax.set_xlabel("parameters")
         ax.set_ylabel(f"{_metric_label(rows)} at test SNR {snr_text(snr)}")
+        ax.margins(x=0.12, y=0.12)  # room for the names of the outermost points
         handles, labels = ax.get_legend_handles_labels()
         legend_under(fig, handles, labels)  # under the axes: it covers no point or name
-        ax.set_title(study_title(rows, title), fontsize=9)
+        ax.set_title(study_title(sel, title, marks="error bars"), fontsize=9)
         layout(fig)
+        # each point's model name, clear of the bars, the lines and the other names (placed
+        # once the axes' place is final: the spots are measured as drawn)
+        label_points(ax, [(r["params"], r["value"], r["model"]) for r in table])
         return save_figure(fig, stem, table)
 
 

@@ -229,3 +229,49 @@ def test_attack_names_are_the_documented_ones_and_a_bare_pgd_is_refused(tmp_path
         assert "attack: unknown attack" not in err
     spec = build(AttackRunSpec, {"family": "x", "attacks": "PGD-EPS,autoattack,sp"})
     assert spec.attacks == ["pgd-eps", "aa", "salt-pepper"]
+
+
+def test_summary_eps_is_steps_eps_or_the_nearest_grid_point():
+    from noisydeq.attacks.runner import summary_eps
+
+    rows = [{"x_name": "eps", "eps": e} for e in (0.0, 0.1, 0.2)] + [
+        {"x_name": "steps", "eps": 0.3}, {"x_name": "sigma", "eps": 0.0}]
+    assert summary_eps(rows, 0.1) == 0.1
+    assert summary_eps(rows, 0.3) == 0.2  # the pgd-steps curve's ε is not an ε curve's
+    assert summary_eps(rows, 0.15) == 0.2  # a tie: the larger
+    assert summary_eps(rows[3:], 0.3) is None
+
+
+@pytest.mark.slow
+def test_a_steps_eps_off_the_grid_still_gets_a_summary_and_a_run_without_noise_says_so(
+        sweep_run, tmp_path, capsys, monkeypatch):
+    """``--steps-eps`` not among ``--eps`` printed no white-box table and said no gradient
+    attack ran at that ε, which had run at others: the table is at the grid's nearest ε,
+    said in one line; without an ε curve one line says why there is none. The run on the
+    ideal device (no noise) titles its figure "no noise" once, not "digital — digital"."""
+    import matplotlib.pyplot as plt
+
+    kept = []
+    monkeypatch.setattr(plt, "close", lambda fig=None: kept.append(fig))
+    small = ["--pgd-steps", "2", "--samples", "8", "--val-samples", "0", "--quiet"]
+    code, stdout, err = run(["attack", "--family", str(sweep_run), "--attacks", "pgd-eps",
+                             "--eps", "0,0.1", "--steps-eps", "0.3", *small, "--out",
+                             str(tmp_path / "off")], capsys)
+    assert code == 0, err
+    assert "white-box robustness at ε = 0.1" in stdout, stdout
+    assert "--steps-eps 0.3 is not on the --eps grid" in stdout, stdout
+    with open(tmp_path / "off" / "whitebox.csv") as fh:
+        wb = list(csv.DictReader(fh))
+    assert wb and {r["eps"] for r in wb} == {"0.1"}
+    titles = [f._suptitle.get_text().replace("\n", " ") for f in kept
+              if f._suptitle is not None]
+    assert titles and all(" — no noise (" in t and "digital" not in t
+                          and t.count("noise") == 1 for t in titles), titles
+    monkeypatch.undo()
+    plt.close("all")
+    code, stdout, err = run(["attack", "--family", str(sweep_run), "--attacks", "speckle",
+                             "--sigma", "0,1", *small, "--out", str(tmp_path / "none")],
+                            capsys)
+    assert code == 0, err
+    lines = [ln for ln in stdout.splitlines() if "white-box" in ln and "summary" in ln]
+    assert len(lines) == 1 and "no attack ran over the --eps grid" in lines[0], stdout
