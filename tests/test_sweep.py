@@ -230,29 +230,3 @@ def test_paired_table_differences():
     # one chip of one seed: the mean alone, not a spread of "± 0.000" that was never measured
     text = paired_table([r for r in rows if r["chip"] == 0], 0.0)
     assert "| ∞ dB | 5 | 287 | 0.600 | 0.500 | +0.1 |" in text, text
-
-
-@pytest.mark.parametrize("site", ["signal", "device"])
-def test_forward_split_of_a_cell_changes_nothing(tmp_path, monkeypatch, site):
-    """A batched cell's levels run in forwards of ≤ FORWARD_ROWS rows: however few
-    levels that allows per forward, the table is the same byte for byte (and the cells,
-    cut by max_rows alone, are the same)."""
-    import noisydeq.sweep.evaluate as ev
-
-    task = toy_task(n=53)
-    models = toy_models(task)
-    kw = dict(noise_site=site, snr_db="0,10,20,inf", chips=1, max_rows=1000)
-    if site == "device":
-        kw["device"] = "snr"
-    a = _run(tmp_path, "a", toy_spec(**kw), task, models, plots=False).rows
-    assert ev.forward_levels_per(53) is None  # the default: a cell's levels in one forward
-    monkeypatch.setattr(ev, "FORWARD_ROWS", 1024)
-    assert ev.forward_levels_per(53) == 16
-    assert ev.forward_levels_per(10**6) == 1
-    monkeypatch.setattr(ev, "FORWARD_ROWS", 64)
-    assert ev.forward_levels_per(53) == 1  # 53 samples: a 64-row block
-    monkeypatch.setattr(ev, "FORWARD_ROWS", 1)
-    assert ev.forward_levels_per(53) == 1
-    b = _run(tmp_path, "b", toy_spec(**kw), task, models, plots=False).rows
-    assert b == a
-    assert level_chunks([0, 10, 20, math.inf], 53, 1000)[1] == [[0, 10, 20, math.inf]]
