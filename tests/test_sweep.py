@@ -10,6 +10,7 @@ from torch import nn
 
 from noisydeq.errors import NoisyDEQError
 from noisydeq.models.base import ModelOutput
+from noisydeq.noise import stacked_chunks
 from noisydeq.results import COLUMNS, read_csv
 from noisydeq.summary import condensed_levels, summary_table
 from noisydeq.sweep import SweepModel, level_chunks, run_sweep, sample_batches
@@ -185,6 +186,10 @@ def test_other_config_in_run_dir_is_refused(tmp_path):
     res = _run(tmp_path, "x", toy_spec(chips=1, batched=False), task, models, plots=False)
     assert res.computed_cells == 0
     # neither is max_rows (other chunks are computed, the table is the same)
+    # the cut the in-network calibration's stacked forwards share (blocks not padded there)
+    assert stacked_chunks(range(5), 360, 1000) == [[0, 1], [2, 3], [4]]
+    assert stacked_chunks([0, 1], 5000, 1000) == [[0], [1]]  # at least one level each
+    assert stacked_chunks([0, 1], 0, 3) == [[0, 1]]  # blocks of no rows: all in one
     again = _run(tmp_path, "x", toy_spec(chips=1, max_rows=200), task, models, plots=False)
     assert again.computed_cells > 0 and again.rows == res.rows
 

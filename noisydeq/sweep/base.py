@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from noisydeq.noise import STABLE_ROWS
+from noisydeq.noise import STABLE_ROWS, stacked_chunks
 from noisydeq.swept_model import SweepModel, fmt_db
 
 __all__ = ["CELL_VERSION", "ROW_ALIGN", "SweepModel", "fmt_db", "level_chunks",
@@ -36,9 +36,7 @@ def level_chunks(
     if rows < n_test:
         rows -= rows % ROW_ALIGN
     rows = max(rows, 1)
-    per_chunk = max(1, max_rows // (-(-rows // ROW_ALIGN) * ROW_ALIGN))
-    levels = list(levels)
-    return rows, [levels[i : i + per_chunk] for i in range(0, len(levels), per_chunk)]
+    return rows, stacked_chunks(levels, -(-rows // ROW_ALIGN) * ROW_ALIGN, max_rows)
 
 
 def sample_batches(n_test: int, rows: int) -> list[tuple[int, int]]:
