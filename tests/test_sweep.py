@@ -166,6 +166,18 @@ def test_summary_table_lists_every_model(tmp_path):
     assert "0 dB" in text and "∞ dB" in text
 
 
+def test_fmt_db_styles():
+    """One SNR text for ids and keys, tables and messages (cache keys hold the key style)."""
+    from noisydeq.summary import fmt_db
+
+    for v, key, table, message in [(10.0, "10", "10", "10.00 dB"), (2.5, "2.5", "2.5", "2.50 dB"),
+                                   (-3.25, "-3.25", "-3.25", "-3.25 dB"),
+                                   (math.inf, "inf", "∞", "inf dB"),
+                                   (-math.inf, "inf", "∞", "-inf dB"),
+                                   (math.nan, "nan", "nan", "undefined")]:
+        assert (fmt_db(v), fmt_db(v, "table"), fmt_db(v, "message")) == (key, table, message)
+
+
 def test_level_chunks_bound_rows():
     rows, chunks = level_chunks(list(range(31)), 360, 1000)
     assert rows == 360 and all(len(c) * 368 <= 1000 for c in chunks)  # blocks of 16k rows
@@ -174,6 +186,10 @@ def test_level_chunks_bound_rows():
     assert rows == 992 and chunks == [[0], [1]]  # test batches start at multiples of 16
     assert level_chunks([0, 1], 5000, 3)[0] == 16  # at least 16 samples per forward
     assert sample_batches(53, 16) == [(0, 16), (16, 32), (32, 53)]  # a tail < 16 is merged
+    # the cut the in-network calibration's stacked forwards share (blocks not padded there)
+    assert stacked_chunks(range(5), 360, 1000) == [[0, 1], [2, 3], [4]]
+    assert stacked_chunks([0, 1], 5000, 1000) == [[0], [1]]  # at least one level each
+    assert stacked_chunks([0, 1], 0, 3) == [[0, 1]]  # blocks of no rows: all in one
 
 
 def test_other_config_in_run_dir_is_refused(tmp_path):
@@ -186,10 +202,6 @@ def test_other_config_in_run_dir_is_refused(tmp_path):
     res = _run(tmp_path, "x", toy_spec(chips=1, batched=False), task, models, plots=False)
     assert res.computed_cells == 0
     # neither is max_rows (other chunks are computed, the table is the same)
-    # the cut the in-network calibration's stacked forwards share (blocks not padded there)
-    assert stacked_chunks(range(5), 360, 1000) == [[0, 1], [2, 3], [4]]
-    assert stacked_chunks([0, 1], 5000, 1000) == [[0], [1]]  # at least one level each
-    assert stacked_chunks([0, 1], 0, 3) == [[0, 1]]  # blocks of no rows: all in one
     again = _run(tmp_path, "x", toy_spec(chips=1, max_rows=200), task, models, plots=False)
     assert again.computed_cells > 0 and again.rows == res.rows
 

@@ -1,14 +1,16 @@
-"""What every step of a sweep shares: a swept model (:class:`SweepModel`) and SNR text for
-ids and keys (:func:`fmt_db`; both defined in :mod:`noisydeq.swept_model`, below the attack
-runner that re-uses them), the cell version, and how the test set and the SNR grid are cut
-into forwards (:func:`level_chunks`, :func:`sample_batches`, :data:`ROW_ALIGN`)."""
+"""What every step of a sweep shares: a swept model (:class:`SweepModel`, defined in
+:mod:`noisydeq.swept_model`, below the attack runner that re-uses it) and SNR text for ids
+and keys (:func:`fmt_db`, from :mod:`noisydeq.summary`), the cell version, and how the test
+set and the SNR grid are cut into forwards (:func:`level_chunks`, :func:`sample_batches`,
+:data:`ROW_ALIGN`)."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
 from noisydeq.noise import STABLE_ROWS, stacked_chunks
-from noisydeq.swept_model import SweepModel, fmt_db
+from noisydeq.summary import fmt_db
+from noisydeq.swept_model import SweepModel
 
 __all__ = ["CELL_VERSION", "ROW_ALIGN", "SweepModel", "fmt_db", "level_chunks",
            "sample_batches"]
