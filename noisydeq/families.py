@@ -30,7 +30,7 @@ from torch import nn
 from noisydeq.errors import NoisyDEQError
 from noisydeq.noise import derive_seed
 from noisydeq.specs.base import build
-from noisydeq.specs.device_presets import compensates_drift, measures_adc_gain, programs_noise
+from noisydeq.specs.device_presets import HELD_QUANTITIES, check_held
 from noisydeq.specs.family import FamilySpec
 from noisydeq.specs.model import MONOTONE_KINDS, ModelSpec
 from noisydeq.specs.sweep import SweepSpec
@@ -236,7 +236,9 @@ def check_training_devices(sweep: SweepSpec) -> None:
     """Each training device of ``sweep`` exists and reaches each training SNR in the
     training noise mode (its reference MVM), one line otherwise — before anything runs;
     ``train_adc_gain = "epoch"`` needs one that measures an ADC gain,
-    ``train_drift_alpha = "epoch"`` one with a drift compensation."""
+    ``train_drift_alpha = "epoch"`` one with a drift compensation, ``train_programming =
+    "epoch"`` one with programming noise (:data:`~noisydeq.specs.device_presets.
+    HELD_QUANTITIES`, :func:`~noisydeq.specs.device_presets.check_held`)."""
     from noisydeq.hardware import get_device, load_spec
 
     devices = []
@@ -249,19 +251,9 @@ def check_training_devices(sweep: SweepSpec) -> None:
         except NoisyDEQError as err:
             raise NoisyDEQError(f"train_device: {err}") from None
         devices.append(dev)
-    if sweep.train_adc_gain == "epoch" and not any(measures_adc_gain(d) for d in devices):
-        raise NoisyDEQError(
-            f"train_adc_gain: only for a photonic training device with adc_gain = "
-            f"'calibrated' (none of {', '.join(dict.fromkeys(devices))} measures an ADC gain)")
-    if sweep.train_drift_alpha == "epoch" and not any(compensates_drift(d) for d in devices):
-        raise NoisyDEQError(
-            f"train_drift_alpha: only for an rram training device with drift_compensation "
-            f"(none of {', '.join(dict.fromkeys(devices))} measures a drift-compensation α)")
-    if sweep.train_programming == "epoch" and not any(programs_noise(d) for d in devices):
-        raise NoisyDEQError(
-            f"train_programming: only for an rram or photonic training device with "
-            f"programming noise (none of {', '.join(dict.fromkeys(devices))} has a "
-            f"programming error)")
+    for key, held in HELD_QUANTITIES.items():
+        if getattr(sweep, held.sweep_field) == "epoch":
+            check_held(key, devices, held.sweep_field)
 
 
 def sweep_family_specs(
@@ -289,12 +281,9 @@ def family_spec_for_sweep(
             train["device_noise_mode"] = sweep.train_noise_mode
         if sweep.digital_layers:
             train["digital_layers"] = list(sweep.digital_layers)
-        if sweep.train_adc_gain == "epoch" and measures_adc_gain(train_device):
-            train["device_adc_gain"] = "epoch"
-        if sweep.train_drift_alpha == "epoch" and compensates_drift(train_device):
-            train["device_drift_alpha"] = "epoch"
-        if sweep.train_programming == "epoch" and programs_noise(train_device):
-            train["device_programming"] = "epoch"
+        for key, held in HELD_QUANTITIES.items():
+            if getattr(sweep, held.sweep_field) == "epoch" and held.has(train_device):
+                train[key] = "epoch"
     if sweep.epochs is not None:
         train["epochs"] = sweep.epochs
     if sweep.max_train_samples is not None:
