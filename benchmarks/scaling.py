@@ -11,7 +11,7 @@ to the exponent the work predicts:
 * **batch** — the same layers and solve at w = 512 for b ∈ {16, 32, …, 512}: expected 1.
 * **SNR levels** — the sweep's batched evaluation (:func:`noisydeq.sweep.evaluate_cell`:
   K levels stacked along the batch, cut as the sweep cuts them: cells of ≤ ``max_rows``
-  rows, each in forwards of ≤ ``FORWARD_ROWS`` rows when that is set) of a
+  rows, a cell's levels in one forward) of a
   DEQ (64 → 256, the same fixed 20 iterations, signal-site model noise, ideal weights) on
   360 inputs (the size of the digits test set) for K ∈ {1, 2, 4, 8, 16}: linear work in K,
   so an exponent below 1 is what batching saves per level (fixed per-forward costs shared).
@@ -162,7 +162,7 @@ def bench_levels(
     """The sweep's batched evaluation of K stacked SNR levels vs K (and vs a per-point loop)."""
     from noisydeq.config import SweepSpec, build
     from noisydeq.sweep import SweepModel, level_chunks
-    from noisydeq.sweep.evaluate import FORWARD_ROWS, evaluate_cell, forward_levels_per
+    from noisydeq.sweep.evaluate import evaluate_cell
     from noisydeq.sweep.hardware import Hardware
 
     torch.manual_seed(0)
@@ -207,8 +207,7 @@ def bench_levels(
              f"{limit[0]}): " + (", ".join(f"K{k}: {'+'.join(map(str, c))}"
                                       for k, c in chunking.items() if len(c) > 1)
                                  or "all in one")
-             + ("; a cell's levels in one forward" if FORWARD_ROWS is None else
-                f"; ≤ {forward_levels_per(n)} levels per forward (≤ {FORWARD_ROWS} rows)"))
+             + "; a cell's levels in one forward")
     return scaling_row(
         f"sweep evaluation time vs SNR levels batched (DEQ 64-{width}, {n} inputs, "
         f"{SOLVE_ITERS} iterations, K = {min(levels)}…{kmax})", "K", times, 1.0,

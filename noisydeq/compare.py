@@ -25,7 +25,7 @@ from noisydeq.results import read_csv
 from noisydeq.specs.model import FFW_FORMS
 from noisydeq.specs.sweep import SweepSpec
 from noisydeq.specs.toml import loads_toml
-from noisydeq.summary import _fmt_db, _fmt_value
+from noisydeq.summary import _fmt_value, fmt_db
 
 Key = tuple[float, int]  # (training SNR, FFW depth)
 
@@ -117,7 +117,7 @@ def verdict(deq: Cell, ffw: Cell, higher_is_better: bool) -> str:
 
 
 def _db(v: float) -> str:
-    return "∞" if math.isinf(v) else f"{_fmt_db(v)} dB"
+    return "∞" if math.isinf(v) else f"{fmt_db(v)} dB"
 
 
 def _cell_text(c: Cell, metric: str) -> str:

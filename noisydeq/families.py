@@ -31,7 +31,7 @@ from noisydeq.errors import NoisyDEQError
 from noisydeq.noise import derive_seed
 from noisydeq.runtime import cache_root
 from noisydeq.specs.base import build
-from noisydeq.specs.device_presets import compensates_drift, measures_adc_gain, programs_noise
+from noisydeq.specs.device_presets import HELD_QUANTITIES, check_held
 from noisydeq.specs.family import FamilySpec
 from noisydeq.specs.model import MONOTONE_KINDS, ModelSpec
 from noisydeq.specs.sweep import SweepSpec
@@ -169,27 +169,37 @@ def train_family(
     return family
 
 
-def member_size(kind: str, depth: int, hidden: int, in_features: int,
-                out_features: int) -> tuple[int, int]:
-    """(width, parameter count) of an MLP family member, without building it (Eq. 57: U,
-    the hidden layers or the DEQ cell with biases, the output head)."""
+def member_matrices(kind: str, depth: int, hidden: int, in_features: int,
+                    out_features: int) -> tuple[int, list[tuple[int, int]]]:
+    """(width, the (n_out, n_in) of every weight matrix) of an MLP family member, without
+    building it (Eq. 57): U, the hidden layers or the DEQ cell, the output head — the layers
+    a device deploys."""
     from noisydeq.models.matching import matched_width
 
     if kind in ("ffw", "ffw_relu"):
-        width, hidden_params = hidden, depth * (hidden * hidden + hidden)
+        width, hidden_layers = hidden, depth
     elif kind == "lyadeq":  # never matched; the Eq. 7 cell's two layers (ICNN not counted)
-        width, hidden_params = hidden, 2 * (hidden * hidden + hidden)
+        width, hidden_layers = hidden, 2
     else:
-        width = matched_width(depth, hidden)
-        hidden_params = width * width + width
-    return width, in_features * width + hidden_params + width * out_features + out_features
+        width, hidden_layers = matched_width(depth, hidden), 1
+    return width, [(width, in_features), *[(width, width)] * hidden_layers,
+                   (out_features, width)]
+
+
+def member_size(kind: str, depth: int, hidden: int, in_features: int,
+                out_features: int) -> tuple[int, int]:
+    """(width, parameter count) of an MLP family member, without building it: its
+    :func:`member_matrices`, the hidden layers' (or the DEQ cell's) biases and the head's."""
+    width, matrices = member_matrices(kind, depth, hidden, in_features, out_features)
+    hidden_biases = (len(matrices) - 2) * width
+    return width, sum(o * i for o, i in matrices) + hidden_biases + out_features
 
 
 def check_sweep_families(sweep: SweepSpec, task: Task) -> None:
     """Validate what a sweep's families need before anything is written: each (seed,
     training SNR) family spec, each member's model spec (its cell fits the task), the
     training spec of each kind, and whether the largest member fits into memory
-    (:func:`noisydeq.limits.check_memory`)."""
+    (:func:`sweep_memory`, :func:`noisydeq.limits.check_memory`)."""
     from noisydeq import limits
 
     check_training_devices(sweep)
@@ -203,28 +213,66 @@ def check_sweep_families(sweep: SweepSpec, task: Task) -> None:
                     from noisydeq.hardware.base import check_digital_layers
 
                     check_digital_layers(build_member(mspec, seed), sweep.digital_layers)
+    sizes = [member_size(k, d, sweep.hidden, task.in_features, task.out_features)
+             for d in sweep.depths for k in sweep.kinds]
+    width, params = max(sizes, key=lambda s: s[1])
+    limits.check_memory(
+        sweep_memory(sweep, task, batch),
+        f"sweep: its largest model (width {width}, {params:,} parameters)",
+        sweep.torch_device, "lower --depths, hidden or max_rows",
+    )
+
+
+def sweep_memory(sweep: SweepSpec, task: Task, batch: int = 1) -> int:
+    """Estimated peak bytes of a sweep (``batch``: its largest training batch): every
+    family's weights, plus the largest member trained or evaluated on one forward of rows
+    (:func:`noisydeq.limits.model_bytes`) with, on an RRAM device, the programmed chips its
+    layers keep for the chip cache (:func:`held_chips`)."""
+    from noisydeq import limits
+    from noisydeq.hardware.chip_store import held_bytes
+
     n_test = len(task.x_test)
     if sweep.max_test_samples is not None:
         n_test = min(n_test, sweep.max_test_samples)
     rows = max(1, min(n_test, sweep.max_rows))
     rows *= min(len(sweep.snr_db), max(1, sweep.max_rows // rows))  # levels stacked
-    sizes = [member_size(k, d, sweep.hidden, task.in_features, task.out_features)
-             for d in sweep.depths for k in sweep.kinds]
+    chips = held_chips(sweep)
+    peak, resident = 0, 0
+    for d in sweep.depths:
+        for k in sweep.kinds:
+            w, p = member_size(k, d, sweep.hidden, task.in_features, task.out_features)
+            resident += p
+            need = limits.model_bytes(p, max(rows, batch), w)
+            if chips:
+                need += held_bytes(member_matrices(k, d, sweep.hidden, task.in_features,
+                                                   task.out_features)[1], chips)
+            peak = max(peak, need)
     families = len(sweep.seeds) * len(sweep.train_snr_db) * len(sweep.training_devices())
-    resident = limits.FLOAT * families * sum(p for _, p in sizes)
-    peak = max(limits.model_bytes(p, max(rows, batch), w) for w, p in sizes)
-    width, params = max(sizes, key=lambda s: s[1])
-    limits.check_memory(
-        resident + peak, f"sweep: its largest model (width {width}, {params:,} parameters)",
-        sweep.torch_device, "lower --depths, hidden or max_rows",
-    )
+    return limits.FLOAT * families * resident + peak
+
+
+def held_chips(sweep: SweepSpec) -> int:
+    """Noise scales per device layer whose programmed chips a deployed model keeps for the
+    chip cache (:mod:`noisydeq.hardware.chip_store`): on an RRAM device with the cache on,
+    one per finite SNR level under device noise (each level's static knob), else the native
+    one; 0 otherwise."""
+    from noisydeq.hardware import chip_store
+    from noisydeq.specs.device_presets import load_spec
+
+    if not chip_store.enabled() or load_spec(sweep.device).kind != "rram":
+        return 0
+    if sweep.noise_site != "device":
+        return 1
+    return len({float(s) for s in sweep.snr_db if math.isfinite(s)})
 
 
 def check_training_devices(sweep: SweepSpec) -> None:
     """Each training device of ``sweep`` exists and reaches each training SNR in the
     training noise mode (its reference MVM), one line otherwise — before anything runs;
     ``train_adc_gain = "epoch"`` needs one that measures an ADC gain,
-    ``train_drift_alpha = "epoch"`` one with a drift compensation."""
+    ``train_drift_alpha = "epoch"`` one with a drift compensation, ``train_programming =
+    "epoch"`` one with programming noise (:data:`~noisydeq.specs.device_presets.
+    HELD_QUANTITIES`, :func:`~noisydeq.specs.device_presets.check_held`)."""
     from noisydeq.hardware import get_device, load_spec
 
     devices = []
@@ -237,19 +285,9 @@ def check_training_devices(sweep: SweepSpec) -> None:
         except NoisyDEQError as err:
             raise NoisyDEQError(f"train_device: {err}") from None
         devices.append(dev)
-    if sweep.train_adc_gain == "epoch" and not any(measures_adc_gain(d) for d in devices):
-        raise NoisyDEQError(
-            f"train_adc_gain: only for a photonic training device with adc_gain = "
-            f"'calibrated' (none of {', '.join(dict.fromkeys(devices))} measures an ADC gain)")
-    if sweep.train_drift_alpha == "epoch" and not any(compensates_drift(d) for d in devices):
-        raise NoisyDEQError(
-            f"train_drift_alpha: only for an rram training device with drift_compensation "
-            f"(none of {', '.join(dict.fromkeys(devices))} measures a drift-compensation α)")
-    if sweep.train_programming == "epoch" and not any(programs_noise(d) for d in devices):
-        raise NoisyDEQError(
-            f"train_programming: only for an rram or photonic training device with "
-            f"programming noise (none of {', '.join(dict.fromkeys(devices))} has a "
-            f"programming error)")
+    for key, held in HELD_QUANTITIES.items():
+        if getattr(sweep, held.sweep_field) == "epoch":
+            check_held(key, devices, held.sweep_field)
 
 
 def sweep_family_specs(
@@ -277,12 +315,9 @@ def family_spec_for_sweep(
             train["device_noise_mode"] = sweep.train_noise_mode
         if sweep.digital_layers:
             train["digital_layers"] = list(sweep.digital_layers)
-        if sweep.train_adc_gain == "epoch" and measures_adc_gain(train_device):
-            train["device_adc_gain"] = "epoch"
-        if sweep.train_drift_alpha == "epoch" and compensates_drift(train_device):
-            train["device_drift_alpha"] = "epoch"
-        if sweep.train_programming == "epoch" and programs_noise(train_device):
-            train["device_programming"] = "epoch"
+        for key, held in HELD_QUANTITIES.items():
+            if getattr(sweep, held.sweep_field) == "epoch" and held.has(train_device):
+                train[key] = "epoch"
     if sweep.epochs is not None:
         train["epochs"] = sweep.epochs
     if sweep.max_train_samples is not None:

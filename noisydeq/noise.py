@@ -86,6 +86,15 @@ def derive_seed(*parts: object) -> int:
 STABLE_ROWS = 16
 
 
+def stacked_chunks(levels: Sequence[float], block_rows: int,
+                   max_rows: int) -> list[list[float]]:
+    """``levels`` cut, in order, into runs that stack into forwards of ≤ ``max_rows`` rows,
+    each level a block of ``block_rows`` rows: as many levels per run as fit, at least one."""
+    per = max(1, max_rows // max(block_rows, 1))
+    levels = list(levels)
+    return [levels[i : i + per] for i in range(0, len(levels), per)]
+
+
 @dataclass
 class RowSubset:
     """The rows ``index`` (ascending) of a ``total``-row batch that one evaluation runs on.

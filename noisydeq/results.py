@@ -120,6 +120,8 @@ LAYER_COLUMNS: dict[str, str] = {
     "dynamic_snr_db": "float",
     "total_snr_db": "float",
 }
+#: columns that identify a row of the per-layer table
+LAYER_IDENTITY: tuple[str, ...] = ("model_id", "chip", "snr_db", "layer")
 
 # Fields of SweepSpec that do not change results (excluded from the run-dir identity):
 # noise is keyed by test-sample index, so batching and chunking give the same table.
@@ -444,6 +446,23 @@ class RunDir:
         names its own) are checked; a file that fails is a :class:`CorruptArtefact`
         naming it.
         """
+        data = self._read_cell(key, expect, columns, identity)
+        return None if data is None else data["rows"]
+
+    def load_cell_and_layers(
+        self, key: str, expect: Sequence[dict[str, Any]] | None = None,
+    ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]] | None:
+        """Rows and per-layer rows (:data:`LAYER_COLUMNS`; empty when it has none) of a
+        finished cell from one read of its file, both checked as :meth:`load_cell` checks
+        the rows; None when it has not been written."""
+        data = self._read_cell(key, expect, None, None, layers=True)
+        return None if data is None else (data["rows"], data.get("layers", []))
+
+    def _read_cell(
+        self, key: str, expect: Sequence[dict[str, Any]] | None,
+        columns: dict[str, str] | None, identity: Sequence[str] | None, layers: bool = False,
+    ) -> dict[str, Any] | None:
+        """The checked record of cell ``key`` (its per-layer rows too with ``layers``)."""
         p = self.cell_path(key)
         if not p.exists():
             return None
@@ -455,10 +474,13 @@ class RunDir:
                 raise CorruptArtefact(p, f"belongs to cell {data.get('key')!r}, not {key!r}")
             check_rows(data.get("rows"), p, expect, columns or self.columns,
                        self.identity if identity is None else identity)
+            if layers:
+                check_rows(data.get("layers", []), p, columns=LAYER_COLUMNS,
+                           identity=LAYER_IDENTITY)
         except CorruptArtefact as err:
             raise CorruptArtefact(p, f"{err.reason}; delete it to compute that cell again"
                                   ) from None
-        return data["rows"]
+        return data
 
     def save_cell(
         self, key: str, rows: Sequence[dict[str, Any]],
@@ -475,18 +497,6 @@ class RunDir:
                         values=[{"model": r.get("model_id"), "chip": r.get("chip"),
                                  "metric": r.get("metric"), "snr_db": r.get("snr_db"),
                                  "value": r.get("value")} for r in record["rows"]])
-
-    def load_cell_layers(self, key: str) -> list[dict[str, Any]]:
-        """The per-layer rows (:data:`LAYER_COLUMNS`) of a finished cell, checked like its
-        rows (empty when it has none)."""
-        p = self.cell_path(key)
-        data = store.read_signed_json(p, "cell file")
-        if data.get("key") != key:
-            raise CorruptArtefact(p, f"belongs to cell {data.get('key')!r}, not {key!r}")
-        layers = data.get("layers", [])
-        check_rows(layers, p, columns=LAYER_COLUMNS,
-                   identity=("model_id", "chip", "snr_db", "layer"))
-        return layers
 
     # --------------------------------------------------------------- final table
 
@@ -505,7 +515,7 @@ class RunDir:
         """Write the per-layer table (``layers.csv``) atomically."""
         rows = list(rows)
         check_rows(rows, self.layers_path, columns=LAYER_COLUMNS,
-                   identity=("model_id", "chip", "snr_db", "layer"))
+                   identity=LAYER_IDENTITY)
         store.atomic_write_bytes(self.layers_path, table_to_csv(rows, LAYER_COLUMNS).encode())
         return self.layers_path
 

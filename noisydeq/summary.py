@@ -11,7 +11,7 @@ import math
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 
 @dataclass(frozen=True)
@@ -115,8 +115,21 @@ def _fmt_value(v: float, metric: str) -> str:
     return f"{v:.3f}" if metric == "accuracy" else f"{v:.2e}"
 
 
-def _fmt_db(v: float) -> str:
-    return "∞" if math.isinf(v) else f"{v:g}"
+def fmt_db(value: float, style: Literal["key", "table", "message"] = "key") -> str:
+    """Text of an SNR in dB, the one function every id, key, table and message writes it
+    with. ``key`` (model ids, cell and cache keys, seeds): compact, ``12.5``, ``inf`` for
+    no noise; ``table`` (tables, summaries): the same with ``∞``; ``message``: ``12.34 dB``,
+    ``inf dB`` / ``-inf dB`` (no limit on that side) or ``undefined`` (nan) — any float
+    gives a readable text."""
+    if style == "message":
+        if math.isnan(value):
+            return "undefined"
+        if math.isinf(value):
+            return "inf dB" if value > 0 else "-inf dB"
+        return f"{value:.2f} dB"
+    if math.isinf(value):
+        return "∞" if style == "table" else "inf"
+    return f"{value:g}"
 
 
 def summary_table(rows: Sequence[dict[str, Any]], limit: int = 8) -> str:
@@ -133,12 +146,12 @@ def summary_table(rows: Sequence[dict[str, Any]], limit: int = 8) -> str:
     levels = condensed_levels(sorted({float(r["snr_db"]) for r in rows}), limit)
     multi_train = len({k[4] for k in agg}) > 1
     head = ["model", "depth", "width", "params"] + (["train SNR"] if multi_train else [])
-    head += [f"{_fmt_db(s)} dB" for s in levels]
+    head += [f"{fmt_db(s, 'table')} dB" for s in levels]
     lines = []
     for (kind, depth, width, params, tsnr), by_snr in agg.items():
         cells = [kind.upper(), str(depth), str(width), f"{params:,}"]
         if multi_train:
-            cells.append(f"{_fmt_db(tsnr)} dB")
+            cells.append(f"{fmt_db(tsnr, 'table')} dB")
         for s in levels:
             a = by_snr.get(s)
             if a is None:
@@ -224,7 +237,7 @@ def paired_table(rows: Sequence[dict[str, Any]], snr_db: float) -> str:
             continue
         (w, d), (_, f) = kinds["deq"], kinds["ffw"]
         out.append(
-            f"| {_fmt_db(tsnr)} dB | {depth} | {w} | {spread(d)} | {spread(f)} | "
+            f"| {fmt_db(tsnr, 'table')} dB | {depth} | {w} | {spread(d)} | {spread(f)} | "
             f"{d.mean - f.mean:+.3g} |"
         )
     return "\n".join(out)

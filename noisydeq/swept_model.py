@@ -1,6 +1,7 @@
-"""One trained model of a sweep (:class:`SweepModel`) and the SNR text of its id
-(:func:`fmt_db`): the sweep engine (:mod:`noisydeq.sweep`) evaluates it, and the attack runner
-(:mod:`noisydeq.attacks.members`) extends it with a defence; it sits below both."""
+"""One trained model of a sweep (:class:`SweepModel`; its id writes SNRs with
+:func:`noisydeq.summary.fmt_db`): the sweep engine (:mod:`noisydeq.sweep`) evaluates it, and
+the attack runner (:mod:`noisydeq.attacks.members`) extends it with a defence; it sits below
+both."""
 
 from __future__ import annotations
 
@@ -10,14 +11,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from noisydeq.specs.sweep import SweepSpec
+from noisydeq.summary import fmt_db
 
 if TYPE_CHECKING:  # pragma: no cover
     from torch import nn
-
-
-def fmt_db(value: float) -> str:
-    """Compact text of an SNR in dB (``inf`` for no noise) for ids and keys."""
-    return "inf" if math.isinf(value) else f"{value:g}"
 
 
 @dataclass

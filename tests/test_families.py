@@ -71,3 +71,58 @@ def test_family_spec_validation_and_sweep_mapping():
     assert ts.solver is not None and fam.train_spec("ffw").solver is None
     clean = family_spec_for_sweep(sweep, seed=0, train_snr_db=math.inf).train_spec("ffw")
     assert not clean.noise.active
+
+
+def test_member_matrices_are_the_deployed_device_layers(digits):
+    """The sizes the memory estimate uses without building a member: the (n_out, n_in) of
+    the layers a device deploys, and the built member's parameter count."""
+    from noisydeq.families import build_member, member_matrices, member_size, member_spec
+    from noisydeq.hardware import get_device
+    from noisydeq.hardware.controls import device_layers
+
+    fspec = _spec(hidden=48)
+    for kind in fspec.kinds:
+        for depth in fspec.depths:
+            model = build_member(member_spec(fspec, digits, kind, depth), 0)
+            width, matrices = member_matrices(kind, depth, 48, digits.in_features,
+                                              digits.out_features)
+            layers = device_layers(get_device("rram").deploy(model))
+            assert sorted((layer.n_out, layer.n_in) for layer in layers.values()) == sorted(
+                matrices)
+            assert member_size(kind, depth, 48, digits.in_features, digits.out_features) == (
+                width, sum(p.numel() for p in model.parameters()))
+
+
+def test_sweep_memory_counts_the_chips_held_for_the_chip_cache(monkeypatch, digits):
+    """An rram sweep's estimate adds the chips its layers keep for the chip cache: per layer
+    and finite level one W_t in its (W_prog, W_t) pair (small layers), at most 64 MiB of W_t
+    a layer; refused in one line when they are what does not fit."""
+    from noisydeq import limits
+    from noisydeq.families import check_sweep_families, sweep_memory
+    from noisydeq.hardware.chip_store import held_bytes
+
+    monkeypatch.delenv("NOISYDEQ_CHIP_CACHE", raising=False)
+    kw = {"depths": [1], "hidden": 64, "snr_db": "0:30"}  # DEQ and FFW: the same matrices
+
+    def need(**more):
+        return sweep_memory(build(SweepSpec, {**kw, **more}, where="sweep"), digits)
+
+    per_level = sum(2 * 4 * o * i for o, i in [(64, 64), (64, 64), (10, 64)])  # U, W, head
+    assert need(device="rram") - need(device="snr") == 31 * per_level
+    assert need(device="rram", noise_site="signal") - need(device="snr", noise_site="signal") \
+        == per_level  # the native knob's chip alone
+    assert need(device="rram", snr_db="0,10,inf") - need(device="snr", snr_db="0,10,inf") \
+        == 2 * per_level
+    # the cap: 64 MiB of W_t per layer; a large layer keeps W_t alone
+    mib = 2**20
+    assert held_bytes([(2048, 2048)], 31) == 4 * 2 * 16 * mib  # 4 chips of 16 MiB, in pairs
+    assert held_bytes([(4096, 4096)], 31) == 64 * mib  # one chip of 64 MiB, no pair
+    assert held_bytes([(4097, 4096)], 31) == 0  # more than 64 MiB: never kept
+    monkeypatch.setenv("NOISYDEQ_CHIP_CACHE", "off")
+    assert need(device="rram") == need(device="snr")
+    monkeypatch.delenv("NOISYDEQ_CHIP_CACHE")
+    have = need(device="snr") + 31 * per_level // 2
+    monkeypatch.setattr(limits, "memory_bytes", lambda torch_device="cpu": have)
+    check_sweep_families(build(SweepSpec, {**kw, "device": "snr"}, where="sweep"), digits)
+    with pytest.raises(NoisyDEQError, match="sweep: its largest model .* needs about"):
+        check_sweep_families(build(SweepSpec, {**kw, "device": "rram"}, where="sweep"), digits)

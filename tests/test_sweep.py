@@ -10,6 +10,7 @@ from torch import nn
 
 from noisydeq.errors import NoisyDEQError
 from noisydeq.models.base import ModelOutput
+from noisydeq.noise import stacked_chunks
 from noisydeq.results import COLUMNS, read_csv
 from noisydeq.summary import condensed_levels, summary_table
 from noisydeq.sweep import SweepModel, level_chunks, run_sweep, sample_batches
@@ -165,6 +166,18 @@ def test_summary_table_lists_every_model(tmp_path):
     assert "0 dB" in text and "∞ dB" in text
 
 
+def test_fmt_db_styles():
+    """One SNR text for ids and keys, tables and messages (cache keys hold the key style)."""
+    from noisydeq.summary import fmt_db
+
+    for v, key, table, message in [(10.0, "10", "10", "10.00 dB"), (2.5, "2.5", "2.5", "2.50 dB"),
+                                   (-3.25, "-3.25", "-3.25", "-3.25 dB"),
+                                   (math.inf, "inf", "∞", "inf dB"),
+                                   (-math.inf, "inf", "∞", "-inf dB"),
+                                   (math.nan, "nan", "nan", "undefined")]:
+        assert (fmt_db(v), fmt_db(v, "table"), fmt_db(v, "message")) == (key, table, message)
+
+
 def test_level_chunks_bound_rows():
     rows, chunks = level_chunks(list(range(31)), 360, 1000)
     assert rows == 360 and all(len(c) * 368 <= 1000 for c in chunks)  # blocks of 16k rows
@@ -173,6 +186,10 @@ def test_level_chunks_bound_rows():
     assert rows == 992 and chunks == [[0], [1]]  # test batches start at multiples of 16
     assert level_chunks([0, 1], 5000, 3)[0] == 16  # at least 16 samples per forward
     assert sample_batches(53, 16) == [(0, 16), (16, 32), (32, 53)]  # a tail < 16 is merged
+    # the cut the in-network calibration's stacked forwards share (blocks not padded there)
+    assert stacked_chunks(range(5), 360, 1000) == [[0, 1], [2, 3], [4]]
+    assert stacked_chunks([0, 1], 5000, 1000) == [[0], [1]]  # at least one level each
+    assert stacked_chunks([0, 1], 0, 3) == [[0, 1]]  # blocks of no rows: all in one
 
 
 def test_other_config_in_run_dir_is_refused(tmp_path):
@@ -230,29 +247,3 @@ def test_paired_table_differences():
     # one chip of one seed: the mean alone, not a spread of "± 0.000" that was never measured
     text = paired_table([r for r in rows if r["chip"] == 0], 0.0)
     assert "| ∞ dB | 5 | 287 | 0.600 | 0.500 | +0.1 |" in text, text
-
-
-@pytest.mark.parametrize("site", ["signal", "device"])
-def test_forward_split_of_a_cell_changes_nothing(tmp_path, monkeypatch, site):
-    """A batched cell's levels run in forwards of ≤ FORWARD_ROWS rows: however few
-    levels that allows per forward, the table is the same byte for byte (and the cells,
-    cut by max_rows alone, are the same)."""
-    import noisydeq.sweep.evaluate as ev
-
-    task = toy_task(n=53)
-    models = toy_models(task)
-    kw = dict(noise_site=site, snr_db="0,10,20,inf", chips=1, max_rows=1000)
-    if site == "device":
-        kw["device"] = "snr"
-    a = _run(tmp_path, "a", toy_spec(**kw), task, models, plots=False).rows
-    assert ev.forward_levels_per(53) is None  # the default: a cell's levels in one forward
-    monkeypatch.setattr(ev, "FORWARD_ROWS", 1024)
-    assert ev.forward_levels_per(53) == 16
-    assert ev.forward_levels_per(10**6) == 1
-    monkeypatch.setattr(ev, "FORWARD_ROWS", 64)
-    assert ev.forward_levels_per(53) == 1  # 53 samples: a 64-row block
-    monkeypatch.setattr(ev, "FORWARD_ROWS", 1)
-    assert ev.forward_levels_per(53) == 1
-    b = _run(tmp_path, "b", toy_spec(**kw), task, models, plots=False).rows
-    assert b == a
-    assert level_chunks([0, 10, 20, math.inf], 53, 1000)[1] == [[0, 10, 20, math.inf]]

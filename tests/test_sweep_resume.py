@@ -49,6 +49,36 @@ def test_injected_interrupt_then_resume(tmp_path):
     assert again.computed_cells == 0 and again.rows == full.rows
 
 
+def test_each_cell_file_is_read_once_per_run(tmp_path, monkeypatch):
+    """A run reads each saved cell once, rows and per-layer rows together: a finished cell
+    found while planning is not read again for the table; a cell computed in the run is read
+    back once. The tables are those of the first run."""
+    from noisydeq import store
+
+    reads = []
+
+    def counting(path, what, *a, **k):
+        if what == "cell file":
+            reads.append(Path(path).name)
+        return real(path, what, *a, **k)
+
+    real = store.read_signed_json
+    monkeypatch.setattr(store, "read_signed_json", counting)
+    task = toy_task()
+    spec = dict(SPEC, device="snr", noise_site="device")  # cells with per-layer rows
+    first = run_sweep(toy_spec(**spec), tmp_path / "r", task=task, models=toy_models(task),
+                      progress=False, plots=False)
+    cells = sorted(p.name for p in (tmp_path / "r" / "cells").glob("*.json"))
+    assert first.computed_cells == len(cells) == 16 and sorted(reads) == cells
+    layers = (tmp_path / "r" / "layers.csv").read_text()
+    assert layers.count("\n") > 1
+    reads.clear()
+    again = run_sweep(toy_spec(**spec), tmp_path / "r", task=task, models=toy_models(task),
+                      progress=False, plots=False)
+    assert again.computed_cells == 0 and sorted(reads) == cells
+    assert again.rows == first.rows and (tmp_path / "r" / "layers.csv").read_text() == layers
+
+
 @pytest.mark.slow
 def test_sigkill_then_resume_matches_uninterrupted(tmp_path):
     full = _full(tmp_path)

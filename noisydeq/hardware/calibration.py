@@ -15,6 +15,7 @@ import math
 from collections.abc import Callable
 
 from noisydeq.errors import NoisyDEQError
+from noisydeq.summary import fmt_db
 
 #: prior slope of SNR (dB) per natural-log unit of the knob for the first secant step:
 #: 20 dB/decade, the noise-amplitude-limited regime of RRAM (s) and thermal-limited photonic (P)
@@ -180,15 +181,13 @@ def check_reachable(
     ``reach`` = (lowest, highest) SNR in dB; either end may be ±inf (no limit on that side)
     or nan (undefined: the error then says so), and every value is formatted readably.
     """
-    from noisydeq.hardware.parts import fmt_db
-
     lo, hi = reach
     in_mode = f" in noise mode '{mode}'" if mode else ""
-    span = f"reachable: minimum {fmt_db(lo)}, maximum {fmt_db(hi)}"
+    span = f"reachable: minimum {fmt_db(lo, 'message')}, maximum {fmt_db(hi, 'message')}"
     if math.isnan(target_db) or math.isnan(lo) or math.isnan(hi):
         raise NoisyDEQError(
-            f"target SNR {fmt_db(target_db)} cannot be set on {what}{in_mode}: its SNR is "
-            f"undefined ({span})"
+            f"target SNR {fmt_db(target_db, 'message')} cannot be set on {what}{in_mode}: its "
+            f"SNR is undefined ({span})"
         )
     if target_db > hi:
         raise NoisyDEQError(

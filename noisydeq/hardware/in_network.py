@@ -51,7 +51,7 @@ from noisydeq.hardware.controls import (
 )
 from noisydeq.hardware.layer import CALIB_ROWS, DeviceLayer, Knobs
 from noisydeq.hardware.parts import Parts
-from noisydeq.noise import NoiseStream, active_subset, derive_seed
+from noisydeq.noise import NoiseStream, active_subset, derive_seed, stacked_chunks
 
 #: defaults of :func:`calibrate_in_network` (docs/devices.md: measured convergence)
 ROUNDS = 2
@@ -143,11 +143,6 @@ class _LastInputs:
     def close(self) -> None:
         for h in self.handles:
             h.remove()
-
-
-def _level_chunks(levels: Sequence[float], n: int, max_rows: int) -> list[list[float]]:
-    per = max(1, max_rows // max(n, 1))
-    return [list(levels[i : i + per]) for i in range(0, len(levels), per)]
 
 
 def _noisy_inputs(
@@ -366,7 +361,7 @@ def measure_in_network(
     out: dict[float, dict[str, Parts]] = {}
     saved = {name: (layer.stream, layer.sample_snr) for name, layer in layers.items()}
     try:
-        for chunk in _level_chunks(finite, x.shape[0], max_rows):
+        for chunk in stacked_chunks(finite, x.shape[0], max_rows):
             capture, n = _noisy_inputs(model, layers, x, chunk, seed, forward)
             for j, level in enumerate(chunk):
                 block = slice(j * n, (j + 1) * n)

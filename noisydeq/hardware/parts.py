@@ -49,16 +49,6 @@ def combine_db(*parts_db: float) -> float:
     return ratio_db(1.0, inv)
 
 
-def fmt_db(value: float) -> str:
-    """Text of an SNR for messages: ``12.34 dB``, ``inf dB`` / ``-inf dB`` (no limit on that
-    side) or ``undefined`` (nan) — any float gives a readable text."""
-    if math.isnan(value):
-        return "undefined"
-    if math.isinf(value):
-        return "inf dB" if value > 0 else "-inf dB"
-    return f"{value:.2f} dB"
-
-
 @dataclass
 class Parts:
     """Summed signal and error powers of one layer (or several): Σ‖Wx‖², Σ‖static‖², ..."""

@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from noisydeq.errors import NoisyDEQError, did_you_mean
 from noisydeq.specs.device_kinds import DeviceSpec, has_programming_error, spec_from_dict
@@ -90,24 +91,49 @@ def programs_noise(device: str | os.PathLike | DeviceSpec) -> bool:
     return has_programming_error(_spec(device))
 
 
+class Held(NamedTuple):
+    """A per-chip quantity a training run may hold for an epoch: whether a device has it,
+    the device that needs (``kind`` … ``with`` ``condition``), what one with it does and
+    what one without it lacks, and the sweep's field that asks for it."""
+
+    has: Callable[[str | os.PathLike | DeviceSpec], bool]
+    kind: str
+    condition: str
+    holds: str
+    lacks: str
+    sweep_field: str
+
+    def need(self, what: str = "device") -> str:
+        """``a photonic device with adc_gain = 'calibrated'`` (``what``: the noun)."""
+        return f"{self.kind} {what} with {self.condition}"
+
+
 #: the per-chip quantities a training run may hold for an epoch (``TrainSpec`` field =
-#: ``"epoch"``): whether a device has it, which device that needs, and what one lacks
+#: ``"epoch"``; a sweep's :attr:`Held.sweep_field` = ``"epoch"`` for its training devices)
 HELD_QUANTITIES = {
-    "device_adc_gain": (measures_adc_gain, "a photonic device with adc_gain = 'calibrated'",
-                        "measures no ADC gain"),
-    "device_drift_alpha": (compensates_drift, "an rram device with drift_compensation",
-                           "measures no drift-compensation α"),
-    "device_programming": (programs_noise, "an rram or photonic device with programming noise",
-                           "has no programming error"),
+    "device_adc_gain": Held(measures_adc_gain, "a photonic", "adc_gain = 'calibrated'",
+                            "measures an ADC gain", "measures no ADC gain", "train_adc_gain"),
+    "device_drift_alpha": Held(compensates_drift, "an rram", "drift_compensation",
+                               "measures a drift-compensation α",
+                               "measures no drift-compensation α", "train_drift_alpha"),
+    "device_programming": Held(programs_noise, "an rram or photonic", "programming noise",
+                               "has a programming error", "has no programming error",
+                               "train_programming"),
 }
 
 
-def check_held(field: str, device: str | os.PathLike | DeviceSpec, where: str,
+def check_held(field: str, device: str | os.PathLike | DeviceSpec | list[str], where: str,
                name: str | None = None) -> None:
     """One line (a :class:`NoisyDEQError` starting with ``where``) unless ``device`` (a
     preset name or path, or its spec; ``name`` in the message) has the per-chip quantity
-    that ``field`` (a key of :data:`HELD_QUANTITIES`) holds for an epoch."""
-    has, need, lacks = HELD_QUANTITIES[field]
-    if not has(device):
+    that ``field`` (a key of :data:`HELD_QUANTITIES`) holds for an epoch. A list: a sweep's
+    training devices (preset names or paths), one of which must have it."""
+    held = HELD_QUANTITIES[field]
+    if isinstance(device, list):
+        if not any(held.has(d) for d in device):
+            names = ", ".join(dict.fromkeys(device))
+            raise NoisyDEQError(f"{where}: only for {held.need('training device')} "
+                                f"(none of {names} {held.holds})")
+    elif not held.has(device):
         label = name if name is not None else str(device)
-        raise NoisyDEQError(f"{where}: only for {need} (device '{label}' {lacks})")
+        raise NoisyDEQError(f"{where}: only for {held.need()} (device '{label}' {held.lacks})")

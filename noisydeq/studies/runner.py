@@ -39,10 +39,7 @@ from noisydeq.noise import derive_seed
 from noisydeq.studies.evaluate import score
 from noisydeq.studies.rundir import StudyDir
 from noisydeq.studies.spec import StudySpec
-
-
-def fmt_db(v: float) -> str:
-    return "inf" if math.isinf(v) else f"{v:g}"
+from noisydeq.summary import fmt_db
 
 
 def model_id(name: str, seed: int, train_snr_db: float) -> str:

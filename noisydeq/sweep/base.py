@@ -1,14 +1,16 @@
-"""What every step of a sweep shares: a swept model (:class:`SweepModel`) and SNR text for
-ids and keys (:func:`fmt_db`; both defined in :mod:`noisydeq.swept_model`, below the attack
-runner that re-uses them), the cell version, and how the test set and the SNR grid are cut
-into forwards (:func:`level_chunks`, :func:`sample_batches`, :data:`ROW_ALIGN`)."""
+"""What every step of a sweep shares: a swept model (:class:`SweepModel`, defined in
+:mod:`noisydeq.swept_model`, below the attack runner that re-uses it) and SNR text for ids
+and keys (:func:`fmt_db`, from :mod:`noisydeq.summary`), the cell version, and how the test
+set and the SNR grid are cut into forwards (:func:`level_chunks`, :func:`sample_batches`,
+:data:`ROW_ALIGN`)."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
-from noisydeq.noise import STABLE_ROWS
-from noisydeq.swept_model import SweepModel, fmt_db
+from noisydeq.noise import STABLE_ROWS, stacked_chunks
+from noisydeq.summary import fmt_db
+from noisydeq.swept_model import SweepModel
 
 __all__ = ["CELL_VERSION", "ROW_ALIGN", "SweepModel", "fmt_db", "level_chunks",
            "sample_batches"]
@@ -36,9 +38,7 @@ def level_chunks(
     if rows < n_test:
         rows -= rows % ROW_ALIGN
     rows = max(rows, 1)
-    per_chunk = max(1, max_rows // (-(-rows // ROW_ALIGN) * ROW_ALIGN))
-    levels = list(levels)
-    return rows, [levels[i : i + per_chunk] for i in range(0, len(levels), per_chunk)]
+    return rows, stacked_chunks(levels, -(-rows // ROW_ALIGN) * ROW_ALIGN, max_rows)
 
 
 def sample_batches(n_test: int, rows: int) -> list[tuple[int, int]]:

@@ -199,25 +199,6 @@ def forward_levels(
                 st.layer_powers.setdefault(name, []).extend(powers)
 
 
-
-#: rows a batched cell's forwards keep under (None: a cell's levels in one forward): its
-#: levels run in forwards of ≤ FORWARD_ROWS // (block rows) levels, at least one (the cell,
-#: its key and its results are unchanged: the noise is keyed by test sample, not by batch).
-#: Left unset: on the 2-core EPYC a 1024-row limit took 19-33 % less CPU for a signal-noise
-#: DEQ 64-256/512 at 16 levels × 360 inputs, but lost the rram device sweep's batching gain
-#: (benchmarks/RESULTS.md, "Scaling rows").
-FORWARD_ROWS: int | None = None
-
-
-def forward_levels_per(n: int) -> int | None:
-    """SNR levels per batched forward of ``n`` test samples (a level's block padded to
-    ``ROW_ALIGN`` rows): as many as fit :data:`FORWARD_ROWS`, at least one; None: all."""
-    if FORWARD_ROWS is None:
-        return None
-    nb = -(-n // ROW_ALIGN) * ROW_ALIGN
-    return max(1, FORWARD_ROWS // nb)
-
-
 def evaluate_cell(
     sm: SweepModel,
     deployed: nn.Module,
@@ -248,16 +229,15 @@ def evaluate_cell(
     for start, stop in sample_batches(x.shape[0], rows_per_batch):
         xb, yb = x[start:stop], y[start:stop]
         for on_device, group in zip((True, False), groups, strict=True):
+            if not group:
+                continue
             model = deployed if on_device else sm.model
-            per = (forward_levels_per(stop - start) or len(group) or 1) if batched else 1
-            parts = [group[i : i + per] for i in range(0, len(group), per)]
-            for part in parts:
-                if part:
-                    forward_levels(
-                        model, sm, xb, yb, [levels[j] for j in part], [seeds[j] for j in part],
-                        spec, hardware, classification, [stats[j] for j in part], on_device,
-                        first_sample=start,
-                    )
+            for part in [group] if batched else [[j] for j in group]:
+                forward_levels(
+                    model, sm, xb, yb, [levels[j] for j in part], [seeds[j] for j in part],
+                    spec, hardware, classification, [stats[j] for j in part], on_device,
+                    first_sample=start,
+                )
     return stats
 
 

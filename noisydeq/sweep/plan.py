@@ -125,6 +125,9 @@ class CellRunner:
         self.calib_x = None if calib_x is None else calib_x[:CALIBRATION_INPUTS].to(torch_device)
         self.content = self._content() if content is None else content
         self._model_hashes: dict[int, str] = {}
+        #: saved cells :meth:`missing` read, until :meth:`take` hands them on: key ->
+        #: (rows, per-layer rows)
+        self._saved: dict[str, tuple[list[dict], list[dict]]] = {}
 
     def _content(self) -> str:
         """Digest of every input of a cell's results besides the model and its place: the
@@ -174,11 +177,33 @@ class CellRunner:
 
     def load(self, sm: SweepModel, chip: int, levels: Sequence[float]) -> list[dict] | None:
         """The saved rows of a cell (checked against :meth:`expected`), or None."""
-        return self.run_dir.load_cell(self.key(sm, chip, levels), self.expected(sm, chip, levels))
+        found = self._read(sm, chip, levels)
+        return None if found is None else found[0]
+
+    def _read(self, sm: SweepModel, chip: int,
+              levels: Sequence[float]) -> tuple[list[dict], list[dict]] | None:
+        """A saved cell's rows and per-layer rows, both checked, from one read of its file."""
+        return self.run_dir.load_cell_and_layers(self.key(sm, chip, levels),
+                                                 self.expected(sm, chip, levels))
 
     def missing(self, sm: SweepModel, chip: int) -> list[list[float]]:
-        """The level chunks of (sm, chip) not yet saved in the run directory."""
-        return [ch for ch in self.chunks if self.load(sm, chip, ch) is None]
+        """The level chunks of (sm, chip) not yet saved in the run directory; the saved
+        ones are kept for :meth:`take` (the run directory is locked: they stay as read)."""
+        todo = []
+        for levels in self.chunks:
+            found = self._read(sm, chip, levels)
+            if found is None:
+                todo.append(levels)
+            else:
+                self._saved[self.key(sm, chip, levels)] = found
+        return todo
+
+    def take(self, sm: SweepModel, chip: int,
+             levels: Sequence[float]) -> tuple[list[dict], list[dict]] | None:
+        """A saved cell's rows and per-layer rows for the table: as :meth:`missing` found
+        it, else (computed since) read once now; None when it was never saved."""
+        found = self._saved.pop(self.key(sm, chip, levels), None)
+        return found if found is not None else self._read(sm, chip, levels)
 
     def run_pair(
         self, sm: SweepModel, chip: int, on_cell: Callable[[int], None],

@@ -230,12 +230,11 @@ def _run_open(
             rows_here: list[dict[str, Any]] = []
             layers_here: list[dict[str, Any]] = []
             for levels in runner.chunks:
-                key = runner.key(sm, chip, levels)
-                rows = runner.load(sm, chip, levels)
-                if rows is None:
+                found = runner.take(sm, chip, levels)
+                if found is None:
                     raise NoisyDEQError(f"sweep: cell {sm.model_id} chip {chip} was not written")
-                rows_here.extend(rows)
-                layers_here.extend(run_dir.load_cell_layers(key))
+                rows_here.extend(found[0])
+                layers_here.extend(found[1])
             all_rows += sorted(rows_here, key=lambda r: at[r["snr_db"]])
             all_layers += sorted(layers_here, key=lambda r: at[r["snr_db"]])
     skipped = total - computed

@@ -90,3 +90,25 @@ def test_sweep_option_without_a_measuring_device_is_one_line(
                             "--train-device", other, flag, "epoch"], capsys)
     one_line_error(code, err, field, refusal)
     assert not (tmp_path / "run").exists()
+
+
+def test_sweep_refusal_is_the_single_device_check_over_the_list() -> None:
+    """The sweep's check is :func:`check_held` over its training devices: the whole line,
+    each device named once, the wording the single-device refusal uses otherwise."""
+    from noisydeq.config import SweepSpec, build
+    from noisydeq.errors import NoisyDEQError
+    from noisydeq.families import check_training_devices
+    from noisydeq.specs.device_presets import check_held
+
+    sweep = build(SweepSpec, {"train_device": "snr,snr-additive,snr",
+                              "train_programming": "epoch"}, where="sweep")
+    with pytest.raises(NoisyDEQError) as err:
+        check_training_devices(sweep)
+    assert str(err.value) == ("train_programming: only for an rram or photonic training "
+                              "device with programming noise (none of snr, snr-additive has "
+                              "a programming error)")
+    with pytest.raises(NoisyDEQError) as err:
+        check_held("device_programming", "snr", "--device-programming")
+    assert str(err.value) == ("--device-programming: only for an rram or photonic device "
+                              "with programming noise (device 'snr' has no programming error)")
+    check_held("device_programming", ["snr", "rram"], "train_programming")  # one has it
