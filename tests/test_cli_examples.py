@@ -63,3 +63,41 @@ def test_example_experiment_names_are_bundled(name, argument, tmp_path, monkeypa
             assert text in bundled, f"{argv}: {text!r} is not a bundled experiment"
             named += 1
     assert named, f"no example of `noisydeq {name}` names a bundled experiment"
+
+
+#: options of other programs a help text may name: ``ray start --head``, and the sweep's
+#: ``--train-device`` in ``noisydeq solvers --member-train-device``
+OTHER_PROGRAMS = {"--head", "--train-device"}
+
+
+def _own_options(command: click.Command) -> set[str]:
+    return {o for p in command.params for o in [*getattr(p, "opts", []),
+                                               *getattr(p, "secondary_opts", [])]}
+
+
+@pytest.mark.parametrize("name", COMMANDS)
+def test_help_names_only_options_the_command_has(name) -> None:
+    """An option a help text tells the reader to use (``--jobs``) exists on that command."""
+    command = cli.get_command(click.Context(cli), name)
+    own = _own_options(command) | OTHER_PROGRAMS
+    texts = [command.help or ""] + [getattr(p, "help", None) or "" for p in command.params]
+    named = {m for t in texts for m in re.findall(r"(?<![\w-])--[a-z][a-z0-9-]*", t)}
+    assert not named - own, f"`noisydeq {name} --help` names {sorted(named - own)}"
+
+
+@pytest.mark.parametrize("name", COMMANDS)
+def test_every_option_says_what_it_does(name) -> None:
+    command = cli.get_command(click.Context(cli), name)
+    bare = [p.opts[0] for p in command.params
+            if isinstance(p, click.Option) and not p.hidden and not p.help]
+    assert not bare, f"`noisydeq {name} --help`: no help for {bare}"
+
+
+@pytest.mark.parametrize("name", ["sweep", "train"])
+def test_task_help_names_every_task(name) -> None:
+    from noisydeq.specs.task_names import TASK_NAMES
+
+    command = cli.get_command(click.Context(cli), name)
+    text = next(p.help for p in command.params if p.name == "task")
+    missing = [t for t in TASK_NAMES if not re.search(rf"\b{t}\b", text)]
+    assert not missing, f"`noisydeq {name} --task` help lacks {missing}"

@@ -102,7 +102,7 @@ def _list(as_json: bool) -> None:
               "auto|N|TRAIN,EVAL")
 @click.option("--jobs", default=None, metavar="auto|N",
               help="evaluation processes (as for noisydeq sweep).")
-@backend_options
+@backend_options("run")
 @with_heartbeat("run")
 def command(
     experiment: str | None, list_: bool, variant: str, out: str | None, data_dir: str | None,

@@ -126,7 +126,8 @@ def default_out(family: Path, out: Path | None, name: str) -> Path:
 @click.option("--inputs", type=int, default=8, show_default=True, help="test inputs used.")
 @click.option("--precision", type=float, default=0.05, show_default=True,
               help="largest allowed relative standard error of each mean (0 = no check).")
-@click.option("--seed", type=SEED, default=0, show_default=True)
+@click.option("--seed", type=SEED, default=0, show_default=True,
+              help="seed of the noise samples ξ.")
 @click.option("--data-dir", default=None,
               help="data directory for MNIST tasks (default: the one a sweep recorded).")
 @out_option("sensitivity")

@@ -27,7 +27,8 @@ from noisydeq.progress import with_heartbeat
 @family_option
 @click.option("--inputs", type=int, default=16, show_default=True,
               help="test inputs at whose DEQ fixed points ρ(∂f/∂z) is measured (0 = skip).")
-@click.option("--seed", type=SEED, default=0, show_default=True)
+@click.option("--seed", type=SEED, default=0, show_default=True,
+              help="seed of the random draws of the spectral-radius estimates.")
 @click.option("--data-dir", default=None,
               help="data directory for MNIST tasks (default: the one a sweep recorded).")
 @out_option("spectrum")

@@ -35,7 +35,7 @@ def default_out(name: str, variant: str) -> Path:
 @threads_flag()
 @click.option("--quiet", is_flag=True, help="No progress lines.")
 @click.option("--json", "as_json", is_flag=True, help="Print a machine-readable summary.")
-@backend_options
+@backend_options("study")
 @with_heartbeat("study")
 def command(experiment: str, variant: str, out: str | None, data_dir: str | None,
             torch_device: str | None, sets: tuple[str, ...], threads: str | None, quiet: bool,

@@ -61,17 +61,34 @@ def threads_flag(help: str = "torch threads (default $NOISYDEQ_THREADS, else 1).
     return click.option("--threads", default=None, metavar=metavar, help=help)
 
 
-def backend_options(f: Any) -> Any:
-    """``--backend`` and ``--address`` (sweep and run)."""
-    f = click.option("--address", default=None, metavar="local|auto|HOST:PORT",
-                     help="Ray cluster for --backend ray: local (default; a private cluster "
-                          "on this machine), auto (the one 'ray start --head' started here) "
-                          "or the head node's HOST:PORT.")(f)
-    return click.option("--backend", type=click.Choice(["local", "ray"]), default="local",
-                        show_default=True,
-                        help="Where evaluation cells and family training run: local "
-                             "processes (--jobs) or a Ray cluster (pip install "
-                             "'noisydeq[ray]'); the same table either way.")(f)
+#: what ``--backend ray`` distributes, per command (its ``--help``): sweep and run have
+#: local processes (``--jobs``); the others compute in the command's own process
+BACKEND_WORK = {
+    "sweep": "Where evaluation cells and family training run: local processes (--jobs)",
+    "attack": "Where the attack cells run (a Ray task per model, SNR level and chip): this "
+              "process",
+    "certify": "Where the certificates are computed (a Ray task per model and ε): this "
+               "process",
+    "study": "Where the models train and are evaluated (a Ray task per model): this process",
+}
+
+
+def backend_options(command: str) -> Any:
+    """``--backend`` and ``--address``, their help saying what ``command`` distributes
+    (a key of :data:`BACKEND_WORK`; ``run`` is a sweep)."""
+    work = BACKEND_WORK["sweep" if command == "run" else command]
+
+    def decorate(f: Any) -> Any:
+        f = click.option("--address", default=None, metavar="local|auto|HOST:PORT",
+                         help="Ray cluster for --backend ray: local (default; a private "
+                              "cluster on this machine), auto (the one 'ray start --head' "
+                              "started here) or the head node's HOST:PORT.")(f)
+        return click.option("--backend", type=click.Choice(["local", "ray"]), default="local",
+                            show_default=True,
+                            help=f"{work} or a Ray cluster (pip install 'noisydeq[ray]'); "
+                                 "the same table either way.")(f)
+
+    return decorate
 
 
 def check_data_dir(path: str | None) -> str | None:
@@ -163,8 +180,13 @@ def execute(
 @click.option("--snr", "snr", default="0:30", show_default=True,
               help="Inference SNR grid in dB: 0:30 (1 dB steps), 0:30:2, 0,10,20,inf.")
 @click.option("--task", default="digits", show_default=True,
-              help="digits, mnist (mnist10k split offline) or regression1d.")
-@click.option("--data-dir", default=None, help="Directory with the MNIST IDX files.")
+              help="digits, mnist (offline: the seeded mnist10k split), mnist10k, "
+                   "regression1d, cifar10 (binary files in --data-dir), prefix_sums, mazes "
+                   "(these two need a per-position cell: --set cell=conv1d or residual) or "
+                   "matrix_add.")
+@click.option("--data-dir", default=None,
+              help="Directory with the MNIST IDX files (else $NOISYDEQ_MNIST_DIR) or the "
+                   "CIFAR-10 binary files (else $NOISYDEQ_CIFAR10_DIR).")
 @click.option("--depths", default="1,3,5,7", show_default=True,
               help="FFW depths; each gets a parameter-matched DEQ.")
 @click.option("--train-snr", default="inf", show_default=True,
@@ -237,7 +259,7 @@ def execute(
 @click.option("--jobs", default=None, metavar="auto|N",
               help="evaluation processes (default $NOISYDEQ_JOBS, else auto = one per CPU "
                    "core; with more than one, each evaluates with one thread).")
-@backend_options
+@backend_options("sweep")
 @with_heartbeat("sweep")
 def command(
     device: str, snr: str, task: str, data_dir: str | None, depths: str, train_snr: str,

@@ -61,8 +61,12 @@ def _fmt(metric: float, name: str) -> str:
 
 @click.command("train")
 @click.option("--task", default="digits", show_default=True,
-              help="digits, regression1d, mnist or mnist10k.")
-@click.option("--data-dir", default=None, help="MNIST directory (else $NOISYDEQ_MNIST_DIR).")
+              help="digits, regression1d, mnist, mnist10k, cifar10 (binary files in "
+                   "--data-dir), prefix_sums, mazes (these two need a per-position --cell: "
+                   "conv1d or residual) or matrix_add.")
+@click.option("--data-dir", default=None,
+              help="MNIST directory (else $NOISYDEQ_MNIST_DIR) or CIFAR-10 directory (else "
+                   "$NOISYDEQ_CIFAR10_DIR).")
 @click.option("--kind", type=click.Choice(["deq", "ffw", "mondeq", "ffw_relu", "lyadeq"]),
               default="deq", show_default=True,
               help="Model kind (single-model mode); mondeq/ffw_relu: monotone ReLU DEQ and its "
