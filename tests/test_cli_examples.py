@@ -101,3 +101,34 @@ def test_task_help_names_every_task(name) -> None:
     text = next(p.help for p in command.params if p.name == "task")
     missing = [t for t in TASK_NAMES if not re.search(rf"\b{t}\b", text)]
     assert not missing, f"`noisydeq {name} --task` help lacks {missing}"
+
+
+@pytest.mark.parametrize("name,experiment,fail_fast", [
+    ("run", "regression-identity", ["--set", "hiddn=3"]),
+    ("study", "algorithmic-mazes", ["--set", "seedz=[0]"]),
+    ("certify", "certify-mnist", ["--data-dir", "no-such-dir"]),
+    ("adversarial", "adversarial-fig3", ["--set", "grid.seedz=[0]"])])
+def test_quick_and_full_together_are_refused(name, experiment, fail_fast, tmp_path,
+                                             monkeypatch):
+    """The two flags shared one value, so the last won silently: `noisydeq run NAME --quick
+    --full` started the paper-scale variant (hours) without a word. (``fail_fast`` stops
+    a command that does not refuse them at once, instead of running it.)"""
+    from click.testing import CliRunner
+
+    monkeypatch.chdir(tmp_path)
+    res = CliRunner().invoke(cli, [name, experiment, "--quick", "--full", *fail_fast])
+    assert res.exit_code == 2 and "--quick and --full: give one of them" in res.output
+    assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("flags,variant", [([], "quick"), (["--quick"], "quick"),
+                                           (["--full"], "full")])
+def test_the_variant_flag_reaches_the_experiment(flags, variant, tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    monkeypatch.chdir(tmp_path)
+    for name, experiment, key in [("run", "regression-identity", "hiddn=3"),
+                                  ("study", "algorithmic-mazes", "seedz=[0]")]:
+        res = CliRunner().invoke(cli, [name, experiment, *flags, "--set", key])
+        assert res.exit_code != 0
+        assert f"[{variant}] --set: unknown key" in str(res.exception), (name, res.exception)

@@ -18,7 +18,7 @@ from typing import Any
 
 import click
 
-from noisydeq.commands.sweep import backend_options, threads_flag
+from noisydeq.commands.sweep import backend_options, threads_flag, variant_options
 from noisydeq.errors import NoisyDEQError
 from noisydeq.progress import with_heartbeat
 from noisydeq.specs.base import build
@@ -105,9 +105,8 @@ def _writable(out: Path) -> None:
               help="intersect the ε-box with the input range [0, 1].")
 @click.option("--seed", type=int, default=0, show_default=True,
               help="seed of the PGD random starts.")
-@click.option("--quick", "variant", flag_value="quick", default=True,
-              help="experiment file: the quick variant (default).")
-@click.option("--full", "variant", flag_value="full", help="experiment file: the full variant.")
+@variant_options("experiment file: the quick variant (default).",
+                 "experiment file: the full variant.")
 @click.option("--data-dir", default=None, help="MNIST directory (else the recorded one).")
 @click.option("--cache", default=None, help="model cache (default $NOISYDEQ_CACHE).")
 @click.option("--out", type=click.Path(path_type=Path), default=None,

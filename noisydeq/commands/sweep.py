@@ -91,6 +91,28 @@ def backend_options(command: str) -> Any:
     return decorate
 
 
+def variant_options(quick: str, full: str) -> Any:
+    """``--quick`` (default) and ``--full`` of an experiment command, with help texts
+    ``quick`` and ``full``; the command gets ``variant="quick"|"full"``. Both flags at once
+    are refused (one shared flag value let the last one win silently: ``--quick --full``
+    ran the paper-scale variant)."""
+    import functools
+
+    def decorate(f: Any) -> Any:
+        @functools.wraps(f)
+        def command(*args: Any, quick_flag: bool = False, full_flag: bool = False,
+                    **kwargs: Any) -> Any:
+            if quick_flag and full_flag:
+                raise click.UsageError("--quick and --full: give one of them (--quick is "
+                                       "the default)")
+            return f(*args, variant="full" if full_flag else "quick", **kwargs)
+
+        command = click.option("--full", "full_flag", is_flag=True, help=full)(command)
+        return click.option("--quick", "quick_flag", is_flag=True, help=quick)(command)
+
+    return decorate
+
+
 def check_data_dir(path: str | None) -> str | None:
     """A ``--data-dir`` that exists, or one clear error."""
     if path is None:
