@@ -1,6 +1,7 @@
 """``noisydeq train``: train one DEQ/FFW, or a depth-matched family (``--depths``).
 
-One model goes to ``--out`` (default ``runs/train/<kind>-d<depth>-w<width>-s<seed>``):
+One model goes to ``--out`` (default ``runs/train/<kind>-d<depth>-w<width>-s<seed>-<config
+hash>``, so the same command finds its model again and another config gets its own folder):
 ``model.safetensors`` + ``model.json`` (full resolved config and its hash), with a
 per-epoch ``resume.safetensors`` that ``--resume`` continues from. A family goes into the
 model cache (``--out`` overrides it; default ``$NOISYDEQ_CACHE`` or the user cache dir), the
@@ -160,7 +161,9 @@ def _fmt(metric: float, name: str) -> str:
               help="Seed of the train/test split (mnist10k, digits) and of a generated task's "
                    "data (before it existed --seed drew it too).")
 @click.option("--torch-device", default="cpu", show_default=True, help="cpu, cuda, cuda:1, ...")
-@click.option("--out", default=None, help="Output directory (family: the model cache).")
+@click.option("--out", default=None,
+              help="Output directory (default runs/train/<kind>-d<depth>-w<width>-s<seed>-"
+                   "<config hash>; a family: the model cache).")
 @click.option("--resume/--no-resume", default=True, show_default=True,
               help="Continue an interrupted run / reuse a finished one in --out.")
 @threads_flag()
@@ -411,8 +414,14 @@ def _single(tspec: TrainSpec, task: Any, mspec: ModelSpec, out: Path | None,
         from noisydeq.adversarial.objective import check_inputs
 
         check_inputs(task, "--adversarial")
-    if out is None:
-        out = Path("runs") / "train" / f"{mspec.kind}-d{mspec.depth}-w{model.width}-s{opts['seed']}"
+    if out is None:  # named after the config, as a sweep's: another config, another folder
+        from noisydeq import store
+        from noisydeq.train_config import apply_overrides, run_config
+
+        apply_overrides(model, tspec)  # (train_model applies them again: the same values)
+        chash = store.config_hash(run_config(model, task, tspec, dev))
+        out = Path("runs") / "train" / (f"{mspec.kind}-d{mspec.depth}-w{model.width}"
+                                         f"-s{opts['seed']}-{chash[:12]}")
         check_out_dir(out)
     make_dir(out)
     res = train_model(model, task, tspec, out_dir=out, resume=opts["resume"],
