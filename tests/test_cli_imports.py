@@ -146,6 +146,13 @@ print(json.dumps([code, bool(seen), late]))
     (["sensitivity", "--family", "{d}", "--device", "nope"], "unknown device 'nope'"),
     (["spectrum", "--family", "{d}", "--device", "photonik"], "did you mean 'photonic'"),
     (["solvers", "--family", "{d}", "--device", "nope"], "unknown device 'nope'"),
+    # found by the fresh-clone audit: these were checked after torch loaded (a heartbeat
+    # line first at load 5-7)
+    (["sweep", "--task", "nosuch", "--out", "{d}/o"], "unknown task 'nosuch'"),
+    (["sweep", "--device", "snr", "--out", "{d}/file"], "is a file, not a directory"),
+    (["train", "--lr", "-1"], "lr: Input should be greater than 0"),
+    (["train", "--train-snr", "10:0"], "--train-snr: SNR value '10:0'"),
+    (["train", "--out", "{d}/file/sub"], "not a directory"),
 ])
 def test_bad_input_is_refused_before_slow_imports_under_the_heartbeat(args, needle,
                                                                       tmp_path) -> None:

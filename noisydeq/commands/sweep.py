@@ -335,6 +335,13 @@ def command(
     }
     spec = build(SweepSpec, data, where="sweep")
     check_device_presets(spec)  # torch-free: before execute's heavy imports
+    # torch-free too: a bad task or --out is one line before the heartbeat can speak
+    from noisydeq.specs.task_names import check_task_name
+    from noisydeq.store import check_out_dir
+
+    check_task_name(spec.task)
+    if out:
+        check_out_dir(out)
     execute(spec, Path(out) if out else default_out(spec), quiet=quiet or as_json,
             as_json=as_json, threads=threads, jobs=jobs, backend=chosen)
     sys.stdout.flush()

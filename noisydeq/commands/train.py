@@ -196,6 +196,13 @@ def command(**opts: Any) -> None:
             if opts["device"] is None:
                 raise NoisyDEQError(f"{flag}: needs a training --device")
             check_held(key, opts["device"], flag)
+    # torch-free checks of what _command reads after torch loads (seconds under load, when
+    # the heartbeat would speak first): the training noise, learning rate and --out
+    noise = _noise(opts["train_snr"], opts["train_site"], opts["snr_scale"])
+    TrainSpec.preset(opts["preset"], "deq", noise,
+                     **{k: opts[k] for k in ("epochs", "batch_size", "lr") if opts[k] is not None})
+    if opts["out"]:
+        check_out_dir(Path(opts["out"]).expanduser())
     threads, _ = thread_plan(opts["threads"])
     with num_threads(threads):
         _command(opts)
