@@ -19,6 +19,7 @@ from noisydeq.commands.sensitivity import (
     cache_option,
     check_device,
     check_family,
+    check_models,
     default_out,
     family_option,
 )
@@ -172,6 +173,7 @@ def command(family, attacks, eps, pgd_steps, steps, steps_eps, sigma, fraction, 
     spec = build(AttackRunSpec, data, where="attack")
     check_device(device)  # the preset, torch-free; its SNR levels are checked on the device
     check_family(Path(family))
+    check_models(Path(family))
     from noisydeq.attacks.ray_cells import run_on_ray
     from noisydeq.attacks.runner import run_attacks
     from noisydeq.results import spec_hash

@@ -142,6 +142,9 @@ def command(source: Path, **opts: Any) -> None:
         out = _check_source(source, opts)
         spec = _spec(opts)
         _check_device(spec)
+        from noisydeq.analysis.locate import check_models
+
+        check_models(source)  # last: the other checks' messages first
     with num_threads(threads):
         if experiment:
             rows, files = _experiment(exp, out, opts, echo)

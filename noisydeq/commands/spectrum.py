@@ -11,6 +11,7 @@ from noisydeq.commands.sensitivity import (
     cache_option,
     check_device,
     check_family,
+    check_models,
     default_out,
     device_options,
     family_option,
@@ -53,6 +54,7 @@ def command(family, inputs, seed, data_dir, out, cache, device, chips, device_sn
     check_family(family)
     out_dir = default_out(family, out, "spectrum")
     store.check_out_dir(out_dir)
+    check_models(family)
     from noisydeq.analysis.family import load_family, pairs
     from noisydeq.analysis.runs import family_inputs, run_spectrum
     from noisydeq.runtime import num_threads, resolve_torch_device
