@@ -120,6 +120,9 @@ print(json.dumps([code, bool(seen), late]))
     (["sweep", "--train-device", "photonik", "--out", "{d}/o"],
      "train_device: unknown device 'photonik'; did you mean 'photonic'"),
     (["sweep", "--device", "{d}/missing.toml", "--out", "{d}/o"], "preset file not found"),
+    # a preset file without its kind said "kind 'None' is not a device kind"
+    (["sweep", "--device", "{d}/kindless.toml", "--out", "{d}/o"],
+     "kindless.toml: no 'kind' (one of: ideal, snr, rram"),
     (["attack", "--family", "{d}", "--eps", "2"], "eps: 2 is outside [0, 1]"),
     (["attack", "--family", "{d}", "--norm", "l3"], "unknown norm 'l3'"),
     (["attack", "--family", "{d}", "--estimators", "exactt"], "did you mean 'exact'"),
@@ -167,6 +170,7 @@ def test_bad_input_is_refused_before_slow_imports_under_the_heartbeat(args, need
     (tmp_path / "damaged" / "config.toml").write_text("# sha256 00\nseeds = [0]\n")
     (tmp_path / "file").write_text("x")
     (tmp_path / "empty").mkdir()
+    (tmp_path / "kindless.toml").write_text("[device]\nsnr_db = 20\n")
     (tmp_path / "bad-certify.toml").write_text('name = "x"\n[certify]\neps = [-1]\n')
     (tmp_path / "certify.toml").write_text('name = "x"\n[certify]\neps = [0.1]\n')
     argv = [a.replace("{d}", str(tmp_path)) for a in args]
