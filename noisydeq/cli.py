@@ -147,8 +147,12 @@ def cli(ctx: click.Context, log_json: str | None, tracker: str | None,
     """
     from noisydeq import events
 
-    if log_json is not None:
-        events.open_log(log_json)
+    # $NOISYDEQ_LOG_JSON is opened like --log-json: checked before any work, and the start
+    # time its events' ``elapsed`` counts from (without it, every ``elapsed`` was -0.0)
+    env_log = events.env_log() if log_json is None else None
+    if log_json is not None or env_log is not None:
+        events.open_log(log_json or env_log,
+                        "--log-json" if log_json is not None else events.ENV)
         _RUN["opened"] = True
     if tracker is not None:
         import time

@@ -46,19 +46,28 @@ _T0_ENV = "NOISYDEQ_LOG_JSON_T0"
 _state: dict[str, Any] = {"path": None, "t0": None, "sink": None}
 
 
-def open_log(path: str | os.PathLike) -> None:
+def open_log(path: str | os.PathLike, source: str = "--log-json") -> None:
     """Send events to ``path`` (created if missing, appended to) from now on, in this process
-    and in the worker processes it starts."""
+    and in the worker processes it starts; ``source`` (the option or variable that named
+    it) is what an error names."""
     path = os.fspath(path)
     try:
         store.append_bytes(path)
     except OSError as err:
-        raise NoisyDEQError(f"--log-json: cannot append to {path} "
+        raise NoisyDEQError(f"{source}: cannot append to {path} "
                             f"({err.strerror or err})") from None
     t0 = time.time()
     _state.update(path=path, t0=t0)
     os.environ[ENV] = path
     os.environ[_T0_ENV] = repr(t0)
+
+
+def env_log() -> str | None:
+    """The log ``$NOISYDEQ_LOG_JSON`` names for a command started afresh (``None`` in a
+    worker process of a command that logs: it inherits its parent's log and start time)."""
+    if os.environ.get(_T0_ENV):
+        return None
+    return os.environ.get(ENV) or None
 
 
 def close_log() -> None:

@@ -403,10 +403,13 @@ def verify_text(text: str, path: str | os.PathLike) -> str:
 
 
 def write_manifest(directory: str | os.PathLike, files: Iterable[str | os.PathLike]) -> Path:
-    """Write ``directory/SHA256SUMS`` (``sha256sum`` format) for ``files`` inside it."""
+    """Write ``directory/SHA256SUMS`` (``sha256sum`` format) for ``files`` inside it; the
+    path returned is ``directory``'s as given (relative stays relative, as the commands
+    print it next to the files it lists)."""
     d = Path(directory).resolve()
     rels = sorted({Path(f).resolve().relative_to(d).as_posix() for f in files})
-    return atomic_write_text(d / MANIFEST, "".join(f"{file_digest(d / r)}  {r}\n" for r in rels))
+    atomic_write_text(d / MANIFEST, "".join(f"{file_digest(d / r)}  {r}\n" for r in rels))
+    return Path(directory) / MANIFEST
 
 
 def remove_manifest(directory: str | os.PathLike) -> None:

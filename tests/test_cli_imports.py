@@ -120,6 +120,9 @@ print(json.dumps([code, bool(seen), late]))
     (["sweep", "--train-device", "photonik", "--out", "{d}/o"],
      "train_device: unknown device 'photonik'; did you mean 'photonic'"),
     (["sweep", "--device", "{d}/missing.toml", "--out", "{d}/o"], "preset file not found"),
+    # a preset file without its kind said "kind 'None' is not a device kind"
+    (["sweep", "--device", "{d}/kindless.toml", "--out", "{d}/o"],
+     "kindless.toml: no 'kind' (one of: ideal, snr, rram"),
     (["attack", "--family", "{d}", "--eps", "2"], "eps: 2 is outside [0, 1]"),
     (["attack", "--family", "{d}", "--norm", "l3"], "unknown norm 'l3'"),
     (["attack", "--family", "{d}", "--estimators", "exactt"], "did you mean 'exact'"),
@@ -146,6 +149,17 @@ print(json.dumps([code, bool(seen), late]))
     (["sensitivity", "--family", "{d}", "--device", "nope"], "unknown device 'nope'"),
     (["spectrum", "--family", "{d}", "--device", "photonik"], "did you mean 'photonic'"),
     (["solvers", "--family", "{d}", "--device", "nope"], "unknown device 'nope'"),
+    # found by the fresh-clone audit: these were checked after torch loaded (a heartbeat
+    # line first at load 5-7)
+    (["sweep", "--task", "nosuch", "--out", "{d}/o"], "unknown task 'nosuch'"),
+    (["sweep", "--device", "snr", "--out", "{d}/file"], "is a file, not a directory"),
+    (["train", "--lr", "-1"], "lr: Input should be greater than 0"),
+    (["train", "--train-snr", "10:0"], "--train-snr: SNR value '10:0'"),
+    (["train", "--out", "{d}/file/sub"], "not a directory"),
+    (["spectrum", "--family", "{d}/empty"], "no trained model (model.safetensors)"),
+    (["sensitivity", "--family", "{d}/empty"], "no trained model (model.safetensors)"),
+    (["attack", "--family", "{d}/empty"], "no trained model (model.safetensors)"),
+    (["certify", "{d}/empty"], "no trained model (model.safetensors)"),
 ])
 def test_bad_input_is_refused_before_slow_imports_under_the_heartbeat(args, needle,
                                                                       tmp_path) -> None:
@@ -155,6 +169,8 @@ def test_bad_input_is_refused_before_slow_imports_under_the_heartbeat(args, need
     (tmp_path / "damaged").mkdir()
     (tmp_path / "damaged" / "config.toml").write_text("# sha256 00\nseeds = [0]\n")
     (tmp_path / "file").write_text("x")
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "kindless.toml").write_text("[device]\nsnr_db = 20\n")
     (tmp_path / "bad-certify.toml").write_text('name = "x"\n[certify]\neps = [-1]\n')
     (tmp_path / "certify.toml").write_text('name = "x"\n[certify]\neps = [0.1]\n')
     argv = [a.replace("{d}", str(tmp_path)) for a in args]
@@ -235,3 +251,10 @@ def test_a_sweep_s_identity_reads_its_presets_without_the_hardware_layer() -> No
             "sorted(ident['train_device_specs']), "
             f"[m for m in {SLOW!r} if m in sys.modules]]))")
     assert _fresh(code)[1] == ["rram", ["photonic"], []]
+
+
+def test_the_torch_free_checkpoint_name_is_train_s() -> None:
+    from noisydeq.analysis.locate import CHECKPOINT
+    from noisydeq.train import MODEL_FILE
+
+    assert CHECKPOINT == MODEL_FILE

@@ -79,6 +79,28 @@ def _cli(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=600)
 
 
+def test_the_environment_variable_opens_the_log_as_the_option_does(tmp_path):
+    """``NOISYDEQ_LOG_JSON=PATH`` (the README's alternative to ``--log-json``) was written
+    without a start time: every event's ``elapsed`` was -0.0, and an unwritable PATH was
+    silently ignored instead of one error line before the command ran."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("NOISYDEQ_LOG_JSON")}
+    run = [sys.executable, "-m", "noisydeq.cli", "devices", "ideal"]
+    proc = subprocess.run(run, cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                          env={**env, "NOISYDEQ_LOG_JSON": "env.jsonl"})
+    assert proc.returncode == 0, proc.stderr
+    ev = _events(tmp_path / "env.jsonl")
+    assert [e["event"] for e in ev] == ["start", "end"]
+    # both count from the command's start (seconds from the CLI's own clock, a few ms apart)
+    assert ev[-1]["elapsed"] == pytest.approx(ev[-1]["seconds"], abs=0.1)
+    assert ev[-1]["seconds"] > 0.1  # importing torch: the check above can fail
+    bad = subprocess.run(run, cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                         env={**env, "NOISYDEQ_LOG_JSON": str(tmp_path / "no" / "l.jsonl")})
+    assert bad.returncode == 2 and bad.stdout == ""
+    assert bad.stderr.strip().splitlines() == [
+        f"noisydeq: error: NOISYDEQ_LOG_JSON: cannot append to {tmp_path / 'no' / 'l.jsonl'} "
+        "(No such file or directory)"]
+
+
 @pytest.mark.slow
 def test_non_tty_sweep_log_and_json_events(tmp_path):
     sweep = ["sweep", "--device", "snr", "--snr", "0,10,inf", "--depths", "1", "--chips", "1",

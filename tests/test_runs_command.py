@@ -80,3 +80,38 @@ def test_a_resume_that_stops_leaves_a_partial_run_not_a_damaged_one(root, tmp_pa
     res = CliRunner().invoke(main, ["runs", str(run), "--json"])
     assert res.exit_code == 0, res.output
     assert json.loads(res.output)[0]["status"].startswith("partial"), res.output
+
+
+@pytest.mark.parametrize("grid", ["0:30", "0:30:5,inf", "0,10,20,inf", "0,inf", "-5:30,inf",
+                                  "0:10:0.5", "0:1:0.1", "0,1,2,5", "1.5", "inf", "0,7,30"])
+def test_the_snr_grid_is_written_as_short_as_it_reads_back(grid):
+    from noisydeq.specs.noise import parse_snr_range, snr_grid_text
+
+    levels = parse_snr_range(grid)
+    text = snr_grid_text(levels)
+    assert parse_snr_range(text) == levels
+    assert len(text) <= len(grid) or "," in grid, (grid, text)
+
+
+def test_a_31_level_grid_is_one_range_in_the_table(tmp_path):
+    """`noisydeq runs` wrote the default sweep's grid as its 31 levels (0,1,2,...,30: the
+    widest column by far); it writes the --snr text that gives them."""
+    task = toy_task(n=32)
+    run_sweep(toy_spec(snr_db="0:30", chips=1), tmp_path / "r", task=task,
+              models=toy_models(task), progress=False, jobs=1)
+    res = CliRunner().invoke(main, ["runs", str(tmp_path), "--json"])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.output)[0]["snr_db"] == "0:30"
+
+
+def test_no_runs_folder_yet_is_not_an_error(tmp_path, monkeypatch):
+    """`noisydeq runs` (its --help's first example) in a folder where no sweep has run yet
+    said 'runs: runs is not a directory' and exited 2; a folder the user names must exist."""
+    monkeypatch.chdir(tmp_path)
+    res = CliRunner().invoke(main, ["runs"])
+    assert res.exit_code == 0, res.output
+    assert res.output.startswith("no run directories below runs (there is no runs/ here yet")
+    res = CliRunner().invoke(main, ["runs", "--json"])
+    assert res.exit_code == 0 and json.loads(res.output) == []
+    res = CliRunner().invoke(main, ["runs", "elsewhere"])
+    assert res.exit_code != 0 and "elsewhere is not a directory" in str(res.exception)

@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 import threading
+from pathlib import Path
 
 import pytest
 import torch
@@ -189,6 +190,17 @@ def test_manifest_lists_and_checks_files(tmp_path):
     a.write_text("x,y\n1,3\n")
     with pytest.raises(CorruptArtefact, match="a.csv"):
         store.verify_listed(a)
+
+
+def test_manifest_path_is_given_as_its_directory_was(tmp_path, monkeypatch):
+    """`noisydeq spectrum` printed 'wrote runs/.../spectrum.csv' then 'wrote
+    /abs/path/runs/.../SHA256SUMS': the manifest's path came back resolved."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "a.csv").write_text("x\n")
+    got = store.write_manifest("out", ["out/a.csv"])
+    assert got == Path("out") / "SHA256SUMS" and got.is_file()
+    assert store.write_manifest(tmp_path / "out", ["out/a.csv"]) == tmp_path / "out" / "SHA256SUMS"
 
 
 def test_a_second_writer_waits_for_the_lock(tmp_path, capsys):

@@ -81,3 +81,23 @@ def test_the_table_columns_line_up_for_long_kind_names(capsys):
     ends = {ln.index("26634") + 5 for ln in lines[1:]} | {lines[0].index("params") + 6}
     assert len(ends) == 1, lines
     assert len({ln.index(" 128 ") for ln in lines[1:]}) == 1, lines
+
+
+def test_the_default_folder_is_named_after_the_config(capsys, tmp_path, monkeypatch):
+    """The default --out was runs/train/<kind>-d<depth>-w<width>-s<seed> whatever else was
+    asked: the README's `noisydeq train --kind deq --device rram ...` and then its
+    `noisydeq train --task digits --adversarial trades ...` (both a DEQ of depth 1, width 128,
+    seed 0) met in one folder and the second stopped with 'made with a different config'.
+    The folder now ends in the config's hash: the same command finds its model again."""
+    monkeypatch.chdir(tmp_path)
+    base = ["--kind", "ffw", "--depth", "1", "--batch-size", "128", "--quiet", "--json",
+            "--threads", "1"]
+    first = json.loads(_call(capsys, [*base, "--epochs", "1"])[0])[0]
+    other = json.loads(_call(capsys, [*base, "--epochs", "2"])[0])[0]
+    again = json.loads(_call(capsys, [*base, "--epochs", "1"])[0])[0]
+    assert first["path"] != other["path"] and again["path"] == first["path"]
+    assert again["loaded"] and not first["loaded"] and not other["loaded"]
+    folder = tmp_path / first["path"]
+    assert folder.parent.name == f"ffw-d1-w128-s0-{first['config_hash'][:12]}"
+    assert sorted(p.name for p in (tmp_path / "runs" / "train").iterdir()) == sorted(
+        [folder.parent.name, (tmp_path / other["path"]).parent.name])

@@ -69,3 +69,27 @@ def test_a_bad_variant_is_refused_at_load(spec, data, where):
     with pytest.raises(NoisyDEQError) as err:
         build(spec, data, where="file")
     assert where in str(err.value)
+
+
+def test_an_error_names_the_table_its_key_was_written_in():
+    """A misspelt key of an experiment file's base table is reported there, not under the
+    variant merged over it; a study's ``--set`` typo is reported as ``--set``."""
+    with pytest.raises(NoisyDEQError) as err:
+        build(ExperimentSpec, {"name": "x", "sweep": {"devise": "snr"}, "quick": {"epochs": 1}})
+    assert "[sweep]: unknown key 'devise'; did you mean 'device'?" in str(err.value)
+    assert "[quick]" not in str(err.value)
+    with pytest.raises(NoisyDEQError) as err:
+        build(ExperimentSpec, {"name": "x", "sweep": {"device": "snr"}, "quick": {"epoch": 1}})
+    assert "[quick]: unknown key 'epoch'" in str(err.value)
+    with pytest.raises(NoisyDEQError) as err:  # one of each: both places named
+        build(ExperimentSpec, {"name": "x", "sweep": {"devise": "snr"}, "quick": {"epochs": -1}})
+    assert "[sweep]: unknown key 'devise'" in str(err.value)
+    assert "[quick]: epochs:" in str(err.value)
+    _, _, base = next(b for b in BUNDLED if b[1] is StudyFile)
+    study = build(StudyFile, base)
+    with pytest.raises(NoisyDEQError) as err:
+        study.resolve("quick", {"seedz": [0]})
+    assert str(err.value).startswith("[quick] --set: unknown key 'seedz'; did you mean 'seeds'?")
+    with pytest.raises(NoisyDEQError) as err:
+        build(StudyFile, {**base, "study": {**base["study"], "seedz": [0]}})
+    assert "[study]: unknown key 'seedz'" in str(err.value)

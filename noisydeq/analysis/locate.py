@@ -26,6 +26,9 @@ from noisydeq.errors import NoisyDEQError
 # torch and noisydeq.train (MODEL_FILE) load inside the functions that need them:
 # check_family runs before a command's heavy imports
 SWEEP_CONFIG = "config.toml"
+#: noisydeq.train.MODEL_FILE, named here without importing torch (tests/test_cli_imports.py
+#: checks the two agree)
+CHECKPOINT = "model.safetensors"
 
 
 @dataclass
@@ -122,6 +125,16 @@ def check_family(root: str | Path) -> None:
     read_sweep_spec(p)
 
 
+def check_models(root: str | Path) -> None:
+    """Refuse a ``--family`` folder that is no sweep run and holds no trained model at all,
+    in one line, without torch: commands call it last among their checks, before their heavy
+    imports (:func:`locate` says the same after them)."""
+    p = Path(root)
+    if (p.is_dir() and not (p / SWEEP_CONFIG).is_file()
+            and next(p.rglob(CHECKPOINT), None) is None):
+        raise _no_model(p)
+
+
 def locate(root: str | Path, *, data_dir: str | None = None,
            cache_dir: str | os.PathLike | None = None) -> FamilySource:
     """Resolve ``--family`` (see the module docstring); ``data_dir`` overrides the recorded one."""
@@ -143,8 +156,11 @@ def locate(root: str | Path, *, data_dir: str | None = None,
             f"it lacks the digest line noisydeq writes, and no {MODEL_FILE} lies under "
             "the directory"))
     if not found:
-        raise NoisyDEQError(
-            f"--family: no trained model ({MODEL_FILE}) under {p}; give a run dir of "
-            "'noisydeq sweep'/'noisydeq study'/'noisydeq train' or a checkpoint"
-        )
+        raise _no_model(p)
     return FamilySource(p, found)
+
+
+def _no_model(p: Path) -> NoisyDEQError:
+    return NoisyDEQError(f"--family: no trained model ({CHECKPOINT}) under {p}; give a run "
+                         "dir of 'noisydeq sweep'/'noisydeq study'/'noisydeq train' or a "
+                         "checkpoint")

@@ -16,7 +16,7 @@ from typing import Any
 
 import click
 
-from noisydeq.commands.sweep import check_data_dir, parse_sets, threads_flag
+from noisydeq.commands.sweep import check_data_dir, parse_sets, threads_flag, variant_options
 from noisydeq.errors import NoisyDEQError
 from noisydeq.progress import with_heartbeat
 
@@ -60,9 +60,7 @@ def _default_out(name: str, variant: str, resolved: Any) -> Path:
 
 @click.command("adversarial")
 @click.argument("experiment")
-@click.option("--quick", "variant", flag_value="quick", default=True,
-              help="The quick variant (default): sized for a CPU.")
-@click.option("--full", "variant", flag_value="full", help="The paper's settings (long).")
+@variant_options("The quick variant (default): sized for a CPU.", "The paper's settings (long).")
 @click.option("--out", type=click.Path(path_type=Path), default=None,
               help="Experiment directory (default runs/<name>-<variant>-<hash>; re-running "
                    "resumes).")

@@ -19,6 +19,7 @@ from noisydeq.commands.sensitivity import (
     cache_option,
     check_device,
     check_family,
+    check_models,
     default_out,
     family_option,
 )
@@ -125,18 +126,20 @@ def _per_position_attacks(spec: AttackRunSpec, task: Any) -> dict[str, Any]:
               help="test inputs attacked (the first of the test split).")
 @click.option("--val-samples", type=click.IntRange(min=0), default=100, show_default=True,
               help="validation inputs (the last of the test split) for the early state.")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True,
+              help="seed of the attacks' random starts and of the noise draws.")
 @click.option("--data-dir", default=None, help="data directory (default: the recorded one).")
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
               help="any other run-spec field (alpha, restarts, queries).")
 @click.option("--out", type=click.Path(path_type=Path), default=None,
               help="run directory (default <family>/analysis/attack-<hash>; re-running resumes).")
 @cache_option
-@click.option("--torch-device", default="cpu", show_default=True)
+@click.option("--torch-device", default="cpu", show_default=True,
+              help="torch device to compute on (cpu, cuda, cuda:0).")
 @threads_flag()
 @click.option("--quiet", is_flag=True, help="no progress bar.")
 @click.option("--json", "as_json", is_flag=True, help="print a machine-readable summary.")
-@backend_options
+@backend_options("attack")
 @with_heartbeat("attack")
 def command(family, attacks, eps, pgd_steps, steps, steps_eps, sigma, fraction, norm, eot,
             estimators, defences, device, noise_site, snr, chips, transfer, train_noise, samples,
@@ -171,6 +174,7 @@ def command(family, attacks, eps, pgd_steps, steps, steps_eps, sigma, fraction, 
     spec = build(AttackRunSpec, data, where="attack")
     check_device(device)  # the preset, torch-free; its SNR levels are checked on the device
     check_family(Path(family))
+    check_models(Path(family))
     from noisydeq.attacks.ray_cells import run_on_ray
     from noisydeq.attacks.runner import run_attacks
     from noisydeq.results import spec_hash

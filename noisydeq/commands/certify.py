@@ -18,7 +18,7 @@ from typing import Any
 
 import click
 
-from noisydeq.commands.sweep import backend_options, threads_flag
+from noisydeq.commands.sweep import backend_options, threads_flag, variant_options
 from noisydeq.errors import NoisyDEQError
 from noisydeq.progress import with_heartbeat
 from noisydeq.specs.base import build
@@ -95,15 +95,18 @@ def _writable(out: Path) -> None:
 @click.option("--read-noise-k", type=float, default=None,
               help="with --dynamic: read noise within this many σ (it is Gaussian).")
 @click.option("--n-test", type=int, default=None, help="first N test samples (default all).")
-@click.option("--batch-size", type=int, default=500, show_default=True)
-@click.option("--pgd-steps", type=int, default=20, show_default=True)
-@click.option("--pgd-restarts", type=int, default=1, show_default=True)
+@click.option("--batch-size", type=int, default=500, show_default=True,
+              help="test samples bounded per batch.")
+@click.option("--pgd-steps", type=int, default=20, show_default=True,
+              help="steps of the PGD attack the empirical accuracy is measured with.")
+@click.option("--pgd-restarts", type=int, default=1, show_default=True,
+              help="random restarts of that attack.")
 @click.option("--clip/--no-clip", default=True, show_default=True,
               help="intersect the ε-box with the input range [0, 1].")
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--quick", "variant", flag_value="quick", default=True,
-              help="experiment file: the quick variant (default).")
-@click.option("--full", "variant", flag_value="full", help="experiment file: the full variant.")
+@click.option("--seed", type=int, default=0, show_default=True,
+              help="seed of the PGD random starts.")
+@variant_options("experiment file: the quick variant (default).",
+                 "experiment file: the full variant.")
 @click.option("--data-dir", default=None, help="MNIST directory (else the recorded one).")
 @click.option("--cache", default=None, help="model cache (default $NOISYDEQ_CACHE).")
 @click.option("--out", type=click.Path(path_type=Path), default=None,
@@ -111,7 +114,7 @@ def _writable(out: Path) -> None:
 @threads_flag()
 @click.option("--json", "as_json", is_flag=True, help="print the rows as JSON.")
 @click.option("--quiet", "-q", is_flag=True, help="no per-model lines.")
-@backend_options
+@backend_options("certify")
 @with_heartbeat("certify")
 def command(source: Path, **opts: Any) -> None:
     """Certified robustness (interval bounds) of monotone DEQs and explicit networks.
@@ -139,6 +142,9 @@ def command(source: Path, **opts: Any) -> None:
         out = _check_source(source, opts)
         spec = _spec(opts)
         _check_device(spec)
+        from noisydeq.analysis.locate import check_models
+
+        check_models(source)  # last: the other checks' messages first
     with num_threads(threads):
         if experiment:
             rows, files = _experiment(exp, out, opts, echo)

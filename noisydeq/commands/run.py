@@ -21,6 +21,7 @@ from noisydeq.commands.sweep import (
     execute,
     parse_sets,
     threads_flag,
+    variant_options,
 )
 from noisydeq.progress import with_heartbeat
 from noisydeq.specs.base import build
@@ -88,9 +89,7 @@ def _list(as_json: bool) -> None:
 @click.argument("experiment", required=False)
 @click.option("--list", "list_", is_flag=True,
               help="List the bundled experiments (name, command, description) and exit.")
-@click.option("--quick", "variant", flag_value="quick", default=True,
-              help="The quick variant (default): minutes on CPU.")
-@click.option("--full", "variant", flag_value="full", help="The paper's settings (hours).")
+@variant_options("The quick variant (default): minutes on CPU.", "The paper's settings (hours).")
 @click.option("--out", default=None, help="Run directory (default runs/<name>-<variant>-<hash>).")
 @click.option("--data-dir", default=None, help="Directory with the MNIST IDX files.")
 @click.option("--torch-device", default=None, help="cpu, cuda, cuda:1, ...")
@@ -102,7 +101,7 @@ def _list(as_json: bool) -> None:
               "auto|N|TRAIN,EVAL")
 @click.option("--jobs", default=None, metavar="auto|N",
               help="evaluation processes (as for noisydeq sweep).")
-@backend_options
+@backend_options("run")
 @with_heartbeat("run")
 def command(
     experiment: str | None, list_: bool, variant: str, out: str | None, data_dir: str | None,

@@ -63,6 +63,12 @@ def describe(run: Path) -> dict[str, Any]:
     for key in ("task", "device", "noise_site", "depths", "snr_db", "chips", "seeds",
                 "train_snr_db"):
         info[key] = _compact(spec.get(key, ""))
+    levels = spec.get("snr_db")
+    if isinstance(levels, list) and levels and all(
+            isinstance(v, (int, float)) for v in levels):
+        from noisydeq.specs.noise import snr_grid_text
+
+        info["snr_db"] = snr_grid_text([float(v) for v in levels])  # 0:30, not 31 levels
     if _held(run):
         status = "running"
     elif (run / "results.csv").is_file() and (run / store.MANIFEST).is_file():
@@ -81,6 +87,8 @@ def describe(run: Path) -> dict[str, Any]:
 
 def find(roots: tuple[str, ...]) -> list[Path]:
     out: list[Path] = []
+    if not roots and not Path("runs").exists():
+        return out  # the default folder before any sweep: nothing to list, not an error
     for root in map(Path, roots or ("runs",)):
         if not root.is_dir():
             raise NoisyDEQError(f"runs: {root} is not a directory")
@@ -107,7 +115,9 @@ def command(dirs: tuple[str, ...], as_json: bool) -> None:
         click.echo(json.dumps(infos, indent=2))
         return
     if not infos:
-        click.echo(f"no run directories below {', '.join(dirs or ('runs',))}")
+        absent = "" if dirs or Path("runs").exists() else (
+            " (there is no runs/ here yet: a sweep writes its run directory there by default)")
+        click.echo(f"no run directories below {', '.join(dirs or ('runs',))}{absent}")
         return
     cols = ["run", "status", "cells", "task", "device", "noise_site", "depths", "snr_db",
             "chips", "seeds", "train_snr_db", "modified"]

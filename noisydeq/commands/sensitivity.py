@@ -50,6 +50,14 @@ def check_family(family: Path) -> None:
     check(family)
 
 
+def check_models(family: Path) -> None:
+    """A ``--family`` folder with no trained model: one line, torch-free; called last among a
+    command's checks (the others' messages come first), before its heavy imports."""
+    from noisydeq.analysis.locate import check_models as check
+
+    check(family)
+
+
 def check_device(device: str | None) -> None:
     """A named ``--device`` is a readable, valid preset: one line, torch-free
     (:mod:`noisydeq.specs.device_presets`), before the family loads and before a command's
@@ -127,7 +135,8 @@ def default_out(family: Path, out: Path | None, name: str) -> Path:
 @click.option("--inputs", type=int, default=8, show_default=True, help="test inputs used.")
 @click.option("--precision", type=float, default=0.05, show_default=True,
               help="largest allowed relative standard error of each mean (0 = no check).")
-@click.option("--seed", type=SEED, default=0, show_default=True)
+@click.option("--seed", type=SEED, default=0, show_default=True,
+              help="seed of the noise samples ξ.")
 @click.option("--data-dir", default=None,
               help="data directory for MNIST tasks (default: the one a sweep recorded).")
 @out_option("sensitivity")
@@ -170,6 +179,7 @@ def command(family, kind, eta, snr, site, samples, inputs, precision, seed, data
     check_family(family)
     out_dir = default_out(family, out, "sensitivity")
     store.check_out_dir(out_dir)
+    check_models(family)
     # the CLI input is checked: now the heavy imports (torch), seconds under load
     from noisydeq.analysis.family import load_family
     from noisydeq.analysis.runs import family_inputs, run_sensitivity

@@ -60,12 +60,14 @@ from noisydeq.progress import with_heartbeat
                    "(runs of max(threshold, 2·window) steps).")
 @click.option("--accuracy-snr", default="0:20:5,inf", show_default=True,
               help="test signal SNRs (dB) for the Fig. 6 accuracy comparison.")
-@click.option("--accuracy-solvers", default="stochastic,broyden", show_default=True)
+@click.option("--accuracy-solvers", default="stochastic,broyden", show_default=True,
+              help="comma list of solvers compared in Fig. 6 (test accuracy per SNR).")
 @click.option("--accuracy-max-iter", type=int, default=40, show_default=True,
               help="iteration cap of the Fig. 6 solvers (stop mean_rel at 0.01).")
 @click.option("--inputs", type=int, default=500, show_default=True,
               help="test inputs for Fig. 5 and Fig. 6.")
-@click.option("--seed", type=SEED, default=0, show_default=True)
+@click.option("--seed", type=SEED, default=0, show_default=True,
+              help="seed of the Fig. 4 cell and inputs and of every noise draw.")
 @click.option("--data-dir", default=None,
               help="data directory for MNIST tasks (default: the one a sweep recorded).")
 @click.option("--out", type=click.Path(path_type=Path), default=None,

@@ -11,6 +11,7 @@ from noisydeq.commands.sensitivity import (
     cache_option,
     check_device,
     check_family,
+    check_models,
     default_out,
     device_options,
     family_option,
@@ -27,7 +28,8 @@ from noisydeq.progress import with_heartbeat
 @family_option
 @click.option("--inputs", type=int, default=16, show_default=True,
               help="test inputs at whose DEQ fixed points ρ(∂f/∂z) is measured (0 = skip).")
-@click.option("--seed", type=SEED, default=0, show_default=True)
+@click.option("--seed", type=SEED, default=0, show_default=True,
+              help="seed of the random draws of the spectral-radius estimates.")
 @click.option("--data-dir", default=None,
               help="data directory for MNIST tasks (default: the one a sweep recorded).")
 @out_option("spectrum")
@@ -52,6 +54,7 @@ def command(family, inputs, seed, data_dir, out, cache, device, chips, device_sn
     check_family(family)
     out_dir = default_out(family, out, "spectrum")
     store.check_out_dir(out_dir)
+    check_models(family)
     from noisydeq.analysis.family import load_family, pairs
     from noisydeq.analysis.runs import family_inputs, run_spectrum
     from noisydeq.runtime import num_threads, resolve_torch_device

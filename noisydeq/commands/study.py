@@ -14,7 +14,13 @@ from pathlib import Path
 
 import click
 
-from noisydeq.commands.sweep import backend_options, check_data_dir, parse_sets, threads_flag
+from noisydeq.commands.sweep import (
+    backend_options,
+    check_data_dir,
+    parse_sets,
+    threads_flag,
+    variant_options,
+)
 from noisydeq.progress import with_heartbeat
 
 
@@ -24,9 +30,8 @@ def default_out(name: str, variant: str) -> Path:
 
 @click.command("study")
 @click.argument("experiment")
-@click.option("--quick", "variant", flag_value="quick", default=True,
-              help="The quick variant (default): CPU scale (the algorithmic ones: hours).")
-@click.option("--full", "variant", flag_value="full", help="The paper-scale variant (hours).")
+@variant_options("The quick variant (default): CPU scale (the algorithmic ones: hours).",
+                 "The paper-scale variant (hours).")
 @click.option("--out", default=None, help="Run directory (default runs/<name>-<variant>).")
 @click.option("--data-dir", default=None, help="Data directory of file tasks (MNIST, CIFAR-10).")
 @click.option("--torch-device", default=None, help="cpu, cuda, cuda:1, ...")
@@ -35,7 +40,7 @@ def default_out(name: str, variant: str) -> Path:
 @threads_flag()
 @click.option("--quiet", is_flag=True, help="No progress lines.")
 @click.option("--json", "as_json", is_flag=True, help="Print a machine-readable summary.")
-@backend_options
+@backend_options("study")
 @with_heartbeat("study")
 def command(experiment: str, variant: str, out: str | None, data_dir: str | None,
             torch_device: str | None, sets: tuple[str, ...], threads: str | None, quiet: bool,

@@ -61,17 +61,56 @@ def threads_flag(help: str = "torch threads (default $NOISYDEQ_THREADS, else 1).
     return click.option("--threads", default=None, metavar=metavar, help=help)
 
 
-def backend_options(f: Any) -> Any:
-    """``--backend`` and ``--address`` (sweep and run)."""
-    f = click.option("--address", default=None, metavar="local|auto|HOST:PORT",
-                     help="Ray cluster for --backend ray: local (default; a private cluster "
-                          "on this machine), auto (the one 'ray start --head' started here) "
-                          "or the head node's HOST:PORT.")(f)
-    return click.option("--backend", type=click.Choice(["local", "ray"]), default="local",
-                        show_default=True,
-                        help="Where evaluation cells and family training run: local "
-                             "processes (--jobs) or a Ray cluster (pip install "
-                             "'noisydeq[ray]'); the same table either way.")(f)
+#: what ``--backend ray`` distributes, per command (its ``--help``): sweep and run have
+#: local processes (``--jobs``); the others compute in the command's own process
+BACKEND_WORK = {
+    "sweep": "Where evaluation cells and family training run: local processes (--jobs)",
+    "attack": "Where the attack cells run (a Ray task per model, SNR level and chip): this "
+              "process",
+    "certify": "Where the certificates are computed (a Ray task per model and ε): this "
+               "process",
+    "study": "Where the models train and are evaluated (a Ray task per model): this process",
+}
+
+
+def backend_options(command: str) -> Any:
+    """``--backend`` and ``--address``, their help saying what ``command`` distributes
+    (a key of :data:`BACKEND_WORK`; ``run`` is a sweep)."""
+    work = BACKEND_WORK["sweep" if command == "run" else command]
+
+    def decorate(f: Any) -> Any:
+        f = click.option("--address", default=None, metavar="local|auto|HOST:PORT",
+                         help="Ray cluster for --backend ray: local (default; a private "
+                              "cluster on this machine), auto (the one 'ray start --head' "
+                              "started here) or the head node's HOST:PORT.")(f)
+        return click.option("--backend", type=click.Choice(["local", "ray"]), default="local",
+                            show_default=True,
+                            help=f"{work} or a Ray cluster (pip install 'noisydeq[ray]'); "
+                                 "the same table either way.")(f)
+
+    return decorate
+
+
+def variant_options(quick: str, full: str) -> Any:
+    """``--quick`` (default) and ``--full`` of an experiment command, with help texts
+    ``quick`` and ``full``; the command gets ``variant="quick"|"full"``. Both flags at once
+    are refused (one shared flag value let the last one win silently: ``--quick --full``
+    ran the paper-scale variant)."""
+    import functools
+
+    def decorate(f: Any) -> Any:
+        @functools.wraps(f)
+        def command(*args: Any, quick_flag: bool = False, full_flag: bool = False,
+                    **kwargs: Any) -> Any:
+            if quick_flag and full_flag:
+                raise click.UsageError("--quick and --full: give one of them (--quick is "
+                                       "the default)")
+            return f(*args, variant="full" if full_flag else "quick", **kwargs)
+
+        command = click.option("--full", "full_flag", is_flag=True, help=full)(command)
+        return click.option("--quick", "quick_flag", is_flag=True, help=quick)(command)
+
+    return decorate
 
 
 def check_data_dir(path: str | None) -> str | None:
@@ -163,8 +202,13 @@ def execute(
 @click.option("--snr", "snr", default="0:30", show_default=True,
               help="Inference SNR grid in dB: 0:30 (1 dB steps), 0:30:2, 0,10,20,inf.")
 @click.option("--task", default="digits", show_default=True,
-              help="digits, mnist (mnist10k split offline) or regression1d.")
-@click.option("--data-dir", default=None, help="Directory with the MNIST IDX files.")
+              help="digits, mnist (offline: the seeded mnist10k split), mnist10k, "
+                   "regression1d, cifar10 (binary files in --data-dir), prefix_sums, mazes "
+                   "(these two need a per-position cell: --set cell=conv1d or residual) or "
+                   "matrix_add.")
+@click.option("--data-dir", default=None,
+              help="Directory with the MNIST IDX files (else $NOISYDEQ_MNIST_DIR) or the "
+                   "CIFAR-10 binary files (else $NOISYDEQ_CIFAR10_DIR).")
 @click.option("--depths", default="1,3,5,7", show_default=True,
               help="FFW depths; each gets a parameter-matched DEQ.")
 @click.option("--train-snr", default="inf", show_default=True,
@@ -237,7 +281,7 @@ def execute(
 @click.option("--jobs", default=None, metavar="auto|N",
               help="evaluation processes (default $NOISYDEQ_JOBS, else auto = one per CPU "
                    "core; with more than one, each evaluates with one thread).")
-@backend_options
+@backend_options("sweep")
 @with_heartbeat("sweep")
 def command(
     device: str, snr: str, task: str, data_dir: str | None, depths: str, train_snr: str,
@@ -291,6 +335,13 @@ def command(
     }
     spec = build(SweepSpec, data, where="sweep")
     check_device_presets(spec)  # torch-free: before execute's heavy imports
+    # torch-free too: a bad task or --out is one line before the heartbeat can speak
+    from noisydeq.specs.task_names import check_task_name
+    from noisydeq.store import check_out_dir
+
+    check_task_name(spec.task)
+    if out:
+        check_out_dir(out)
     execute(spec, Path(out) if out else default_out(spec), quiet=quiet or as_json,
             as_json=as_json, threads=threads, jobs=jobs, backend=chosen)
     sys.stdout.flush()

@@ -1,6 +1,7 @@
 """``noisydeq train``: train one DEQ/FFW, or a depth-matched family (``--depths``).
 
-One model goes to ``--out`` (default ``runs/train/<kind>-d<depth>-w<width>-s<seed>``):
+One model goes to ``--out`` (default ``runs/train/<kind>-d<depth>-w<width>-s<seed>-<config
+hash>``, so the same command finds its model again and another config gets its own folder):
 ``model.safetensors`` + ``model.json`` (full resolved config and its hash), with a
 per-epoch ``resume.safetensors`` that ``--resume`` continues from. A family goes into the
 model cache (``--out`` overrides it; default ``$NOISYDEQ_CACHE`` or the user cache dir), the
@@ -61,8 +62,12 @@ def _fmt(metric: float, name: str) -> str:
 
 @click.command("train")
 @click.option("--task", default="digits", show_default=True,
-              help="digits, regression1d, mnist or mnist10k.")
-@click.option("--data-dir", default=None, help="MNIST directory (else $NOISYDEQ_MNIST_DIR).")
+              help="digits, regression1d, mnist, mnist10k, cifar10 (binary files in "
+                   "--data-dir), prefix_sums, mazes (these two need a per-position --cell: "
+                   "conv1d or residual) or matrix_add.")
+@click.option("--data-dir", default=None,
+              help="MNIST directory (else $NOISYDEQ_MNIST_DIR) or CIFAR-10 directory (else "
+                   "$NOISYDEQ_CIFAR10_DIR).")
 @click.option("--kind", type=click.Choice(["deq", "ffw", "mondeq", "ffw_relu", "lyadeq"]),
               default="deq", show_default=True,
               help="Model kind (single-model mode); mondeq/ffw_relu: monotone ReLU DEQ and its "
@@ -156,7 +161,9 @@ def _fmt(metric: float, name: str) -> str:
               help="Seed of the train/test split (mnist10k, digits) and of a generated task's "
                    "data (before it existed --seed drew it too).")
 @click.option("--torch-device", default="cpu", show_default=True, help="cpu, cuda, cuda:1, ...")
-@click.option("--out", default=None, help="Output directory (family: the model cache).")
+@click.option("--out", default=None,
+              help="Output directory (default runs/train/<kind>-d<depth>-w<width>-s<seed>-"
+                   "<config hash>; a family: the model cache).")
 @click.option("--resume/--no-resume", default=True, show_default=True,
               help="Continue an interrupted run / reuse a finished one in --out.")
 @threads_flag()
@@ -189,6 +196,13 @@ def command(**opts: Any) -> None:
             if opts["device"] is None:
                 raise NoisyDEQError(f"{flag}: needs a training --device")
             check_held(key, opts["device"], flag)
+    # torch-free checks of what _command reads after torch loads (seconds under load, when
+    # the heartbeat would speak first): the training noise, learning rate and --out
+    noise = _noise(opts["train_snr"], opts["train_site"], opts["snr_scale"])
+    TrainSpec.preset(opts["preset"], "deq", noise,
+                     **{k: opts[k] for k in ("epochs", "batch_size", "lr") if opts[k] is not None})
+    if opts["out"]:
+        check_out_dir(Path(opts["out"]).expanduser())
     threads, _ = thread_plan(opts["threads"])
     with num_threads(threads):
         _command(opts)
@@ -407,8 +421,14 @@ def _single(tspec: TrainSpec, task: Any, mspec: ModelSpec, out: Path | None,
         from noisydeq.adversarial.objective import check_inputs
 
         check_inputs(task, "--adversarial")
-    if out is None:
-        out = Path("runs") / "train" / f"{mspec.kind}-d{mspec.depth}-w{model.width}-s{opts['seed']}"
+    if out is None:  # named after the config, as a sweep's: another config, another folder
+        from noisydeq import store
+        from noisydeq.train_config import apply_overrides, run_config
+
+        apply_overrides(model, tspec)  # (train_model applies them again: the same values)
+        chash = store.config_hash(run_config(model, task, tspec, dev))
+        out = Path("runs") / "train" / (f"{mspec.kind}-d{mspec.depth}-w{model.width}"
+                                         f"-s{opts['seed']}-{chash[:12]}")
         check_out_dir(out)
     make_dir(out)
     res = train_model(model, task, tspec, out_dir=out, resume=opts["resume"],

@@ -9,6 +9,7 @@ message every spec's name fields share.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from typing import Annotated, Any, TypeVar, Union, get_args, get_origin
 
@@ -137,29 +138,43 @@ def _is_int(annotation: Any) -> bool:
     return annotation is int or any(_is_int(a) for a in get_args(annotation))
 
 
-def format_validation_error(err: ValidationError, model: type[BaseModel], where: str = "") -> str:
+def _error_text(e: Any, model: type[BaseModel]) -> str:
+    """One pydantic error (an item of ``ValidationError.errors()``) in words."""
+    loc = tuple(e["loc"])
+    name = ".".join(str(p) for p in loc) or model.__name__
+    if e["type"] == "extra_forbidden":
+        known = _known_fields(model, loc)
+        hint = did_you_mean(loc[-1], known)
+        allowed = f" (allowed: {', '.join(known)})" if known and not hint else ""
+        return f"unknown key '{name}'{hint}{allowed}"
+    msg = e["msg"].removeprefix("Value error, ")
+    if e["type"] == "finite_number" or "got a boolean" in msg:
+        rng = _allowed_range(model, loc)
+        msg = f"{msg} ({rng})" if rng else msg
+    if e["type"] == "model_type":  # pydantic names the class: say what to write
+        msg = "must be a table ({key = value, …})"
+    # a model-level check (empty location) carries its own field names
+    return f"{name}: {msg}" if loc else msg
+
+
+def format_validation_error(err: ValidationError, model: type[BaseModel], where: str = "",
+                            origin: dict[str, str] | None = None) -> str:
     """One readable line for a pydantic error, with a "did you mean" for unknown keys and
-    the allowed range for a non-finite or boolean number."""
-    parts = []
+    the allowed range for a non-finite or boolean number.
+
+    ``origin`` maps a top-level key to the place it was written (``[sweep]``, ``--set``):
+    each error is then prefixed by the place of its key (``where`` for the others), so a
+    misspelt key in a file's base table is not reported under the variant merged over it."""
+    groups: dict[str, list[str]] = {}
     for e in err.errors():
-        loc = tuple(e["loc"])
-        name = ".".join(str(p) for p in loc) or model.__name__
-        if e["type"] == "extra_forbidden":
-            known = _known_fields(model, loc)
-            hint = did_you_mean(loc[-1], known)
-            allowed = f" (allowed: {', '.join(known)})" if known and not hint else ""
-            parts.append(f"unknown key '{name}'{hint}{allowed}")
-        else:
-            msg = e["msg"].removeprefix("Value error, ")
-            if e["type"] == "finite_number" or "got a boolean" in msg:
-                rng = _allowed_range(model, loc)
-                msg = f"{msg} ({rng})" if rng else msg
-            if e["type"] == "model_type":  # pydantic names the class: say what to write
-                msg = "must be a table ({key = value, …})"
-            # a model-level check (empty location) carries its own field names
-            parts.append(f"{name}: {msg}" if loc else msg)
-    prefix = f"{where}: " if where else ""
-    return prefix + "; ".join(parts)
+        text = _error_text(e, model)
+        # a model-level check names its key path first (``models.deq.train: lr: ...``)
+        path = re.match(r"(\w+)[.:]", text)
+        key = str(e["loc"][0]) if e["loc"] else (path.group(1) if path else "")
+        place = (origin or {}).get(key, where)
+        groups.setdefault(place, []).append(text)
+    return "; ".join(f"{place}: {'; '.join(texts)}" if place else "; ".join(texts)
+                     for place, texts in groups.items())
 
 
 def build(model: type[M], data: dict[str, Any] | None = None, where: str = "", **kw: Any) -> M:
@@ -170,6 +185,22 @@ def build(model: type[M], data: dict[str, Any] | None = None, where: str = "", *
         return model.model_validate(payload)
     except ValidationError as err:
         raise NoisyDEQError(format_validation_error(err, model, where)) from None
+
+
+def build_layers(model: type[M], layers: list[tuple[str, dict[str, Any]]], where: str) -> M:
+    """Validate the tables of ``layers`` (place, table), each later one's keys over the
+    earlier ones', into ``model``; an error names the place its key was written (an
+    error of no one key: ``where``)."""
+    payload: dict[str, Any] = {}
+    origin: dict[str, str] = {}
+    for place, table in layers:
+        for key, value in table.items():
+            payload[key] = value
+            origin[str(key)] = place
+    try:
+        return model.model_validate(payload)
+    except ValidationError as err:
+        raise NoisyDEQError(format_validation_error(err, model, where, origin)) from None
 
 
 def coerce(model: type[M], spec: M | dict[str, Any] | None, where: str) -> M:

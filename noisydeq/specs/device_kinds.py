@@ -155,6 +155,9 @@ def has_programming_error(spec: Any) -> bool:
 def spec_from_dict(data: dict[str, Any], where: str = "device") -> DeviceSpec:
     """Validate a preset dict (must carry ``kind``) into its spec."""
     kind = data.get("kind")
+    if kind is None:  # not "kind 'None' is not a device kind"
+        raise NoisyDEQError(f"{where}: no 'kind' (one of: {', '.join(SPECS)}), e.g. "
+                            'kind = "rram"')
     if kind not in SPECS:
         hint = did_you_mean(kind, SPECS)
         raise NoisyDEQError(

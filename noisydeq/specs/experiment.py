@@ -6,7 +6,7 @@ from typing import Any
 
 from pydantic import Field
 
-from noisydeq.specs.base import build
+from noisydeq.specs.base import build_layers
 from noisydeq.specs.sweep import SweepSpec
 from noisydeq.specs.variant_file import NAME_PATTERN, Variant, VariantFile
 
@@ -25,4 +25,6 @@ class ExperimentSpec(VariantFile):
 
     def resolve(self, variant: Variant) -> SweepSpec:
         """The :class:`SweepSpec` of ``variant`` (base ``sweep`` table + its overrides)."""
-        return build(SweepSpec, {**self.sweep, **self.overrides(variant)}, where=f"[{variant}]")
+        return build_layers(SweepSpec, [("[sweep]", self.sweep),
+                                        (f"[{variant}]", self.overrides(variant))],
+                            where=f"[{variant}]")

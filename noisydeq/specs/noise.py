@@ -93,6 +93,41 @@ def parse_snr_range(text: str) -> list[float]:
     return sorted(set(values))
 
 
+def snr_grid_text(levels: list[float]) -> str:
+    """The shortest text of the ``--snr`` grammar that :func:`parse_snr_range` reads back to
+    ``levels`` (sorted, unique): runs of three or more evenly spaced finite levels as
+    ``a:b`` (1 dB steps) or ``a:b:s``, other levels listed, ``inf`` last — ``0:30``, not the
+    31 levels."""
+    def num(v: float) -> str:
+        return "inf" if math.isinf(v) else (str(int(v)) if float(v).is_integer() else repr(v))
+
+    finite = [v for v in levels if not math.isinf(v)]
+    parts: list[str] = []
+    i = 0
+    while i < len(finite):
+        j = i + 1
+        if j < len(finite):
+            step = finite[j] - finite[i]
+            while j + 1 < len(finite) and abs(finite[j + 1] - finite[j] - step) <= 1e-9:
+                j += 1
+        if j - i >= 2:  # three or more levels
+            step = round(finite[i + 1] - finite[i], 10)
+            tail = "" if step == 1 else f":{num(step)}"
+            parts.append(f"{num(finite[i])}:{num(finite[j])}{tail}")
+            i = j + 1
+        else:
+            parts.append(num(finite[i]))
+            i += 1
+    parts += [num(v) for v in levels if math.isinf(v)]
+    text = ",".join(parts)
+    try:
+        if text and parse_snr_range(text) == sorted(set(levels)):
+            return text
+    except NoisyDEQError:
+        pass
+    return ",".join(num(v) for v in levels)
+
+
 SNRValue = float
 
 

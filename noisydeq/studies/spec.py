@@ -20,7 +20,7 @@ from typing import Any, Literal
 from pydantic import Field, field_validator, model_validator
 
 from noisydeq import limits
-from noisydeq.specs.base import InfFloat, StrictModel, build, check_choice
+from noisydeq.specs.base import InfFloat, StrictModel, build, build_layers, check_choice
 from noisydeq.specs.model import ModelSpec
 from noisydeq.specs.noise import SNR_SCALES, NoiseSpec
 from noisydeq.specs.solver import SolverSpec
@@ -200,5 +200,7 @@ class StudyFile(VariantFile):
 
     def resolve(self, variant: Variant, sets: dict[str, Any] | None = None) -> StudySpec:
         """The :class:`StudySpec` of ``variant`` (base table + its overrides + ``sets``)."""
-        return build(StudySpec, {**self.study, **self.overrides(variant), **(sets or {})},
-                     where=f"[{variant}]")
+        return build_layers(StudySpec, [("[study]", self.study),
+                                        (f"[{variant}]", self.overrides(variant)),
+                                        (f"[{variant}] --set", sets or {})],
+                            where=f"[{variant}]")
