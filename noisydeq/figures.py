@@ -47,6 +47,7 @@ from pathlib import Path
 from typing import Any
 
 from noisydeq.store import atomic_open
+from noisydeq.summary import fmt_db
 
 STYLE = {
     "font.size": 9,
@@ -160,25 +161,10 @@ def input_note(input_act: str | None) -> str | None:
     return f"{INPUT_ACTS.get(input_act, input_act)} input"
 
 
-def snr_legend(snr_db: float) -> str:
-    """An SNR level in a legend entry: ``10 dB``, or ``∞`` (no noise), as the tables write
-    it (``train ∞``)."""
-    import math
-
-    return "∞" if math.isinf(snr_db) else f"{snr_db:g} dB"
-
-
 def trained_text(snr_db: float, unit: str = "dB") -> str:
     """How a model was trained, for titles, legends and messages: ``trained without noise``
     (∞) or ``trained at 10 dB`` (``unit`` after the number)."""
     return "trained without noise" if math.isinf(snr_db) else f"trained at {snr_db:g} {unit}"
-
-
-def snr_label(snr_db: float) -> str:
-    """An SNR level as a tick label: ``10``, or ``∞`` (no noise)."""
-    import math
-
-    return "∞" if math.isinf(snr_db) else f"{snr_db:g}"
 
 
 def snr_positions(levels: Sequence[float]) -> dict[float, float]:
@@ -203,7 +189,7 @@ def snr_axis(ax: Any, pos: dict[float, float], every: float | None = None) -> No
     if every:
         levels = [s for s in levels
                   if math.isinf(s) or abs(s / every - round(s / every)) < 1e-9] or levels
-    ax.set_xticks([pos[s] for s in levels], [snr_label(s) for s in levels])
+    ax.set_xticks([pos[s] for s in levels], [fmt_db(s, "table") for s in levels])
 
 
 def integer_axis(axis: Any) -> None:

@@ -587,7 +587,24 @@ def test_legends_write_no_inf(tmp_path, kept):
     labels = [lab for fig in kept for lab, _c, _ls in _kind_lines(fig)]
     assert "train ∞" in labels and "train 10 dB" in labels
     assert not any("inf" in lab for lab in labels)
-    assert figures.snr_legend(math.inf) == "∞" and figures.snr_legend(0.0) == "0 dB"
+    from noisydeq.summary import fmt_db
+
+    assert fmt_db(math.inf, "legend") == "∞" and fmt_db(0.0, "legend") == "0 dB"
+
+
+def test_snr_texts_have_one_writer():
+    """Tick labels, legend entries and the comparison tables write an SNR through
+    summary.fmt_db: no copy of it is left in figures or compare."""
+    import inspect
+
+    from noisydeq import compare
+
+    for name in ("snr_label", "snr_legend"):
+        assert not hasattr(figures, name)
+    assert not hasattr(compare, "_db")
+    for module in (figures, compare):
+        assert 'isinf(' not in "".join(
+            ln for ln in inspect.getsource(module).splitlines() if 'dB"' in ln)
 
 
 def test_fig5_ticks_are_the_counted_snr_levels(tmp_path, kept):
