@@ -85,6 +85,19 @@ QUALITATIVE = ("#1b9e77", "#7570b3", "#e7298a", "#66a61e", "#a6761d", "#e6ab02",
 INPUT_ACTS = {"relu": "ReLU", "silu": "SiLU", "identity": "identity", "tanh": "tanh"}
 
 
+def member_label(kind: str, depth: int, width: int, matched: bool = False) -> str:
+    """A family member in a legend, as the sweep figures name it: an implicit model (and a
+    LyaDEQ) by its width, ``DEQ w=222``, an FFW by its depth, ``FFW 3 layers``. ``matched``:
+    an implicit model also names the FFW depth it is parameter-matched to, ``DEQ w=222
+    (≙ FFW 3 layers)`` — where DEQs and FFWs of one depth are drawn side by side (a DEQ has
+    no depth of its own)."""
+    name = KIND_LOOK.get(kind, KIND_LOOK["ffw"])[3]
+    layers = f"{depth} layer{'s' * (depth != 1)}"
+    if kind not in IMPLICIT and kind != "lyadeq":
+        return f"{name} {layers}"
+    return f"{name} w={width}" + (f" (≙ FFW {layers})" if matched and kind in IMPLICIT else "")
+
+
 def pyplot() -> Any:
     """matplotlib.pyplot on the non-interactive Agg backend."""
     import matplotlib

@@ -42,6 +42,7 @@ from noisydeq.figures import (  # noqa: E402
     input_note,
     layout,
     member_colours,
+    member_label,
     save_figure,
     snr_positions,
     trained_text,
@@ -119,12 +120,9 @@ def plot_metric_vs_snr(
                 xs = [pos[s] for s in by_snr]
                 pts = list(by_snr.values())
                 c = colours[(kind, depth)]
-                style, marker, _colour, kind_name = KIND_LOOK.get(kind, KIND_LOOK["ffw"])
-                plural = "s" * (depth > 1)
-                label = (f"{kind_name} w={width}" if kind in IMPLICIT or kind == "lyadeq"
-                         else f"{kind_name} {depth} layer{plural}")
+                style, marker, _colour, _name = KIND_LOOK.get(kind, KIND_LOOK["ffw"])
                 ax.plot(xs, [p.mean for p in pts], style, marker=marker, ms=3, color=c, lw=1.4,
-                        label=f"{label} ({_k(params)})")
+                        label=f"{member_label(kind, depth, width)} ({_k(params)})")
                 _band(ax, xs, pts, c)
             if native_snr_db is not None and math.isfinite(native_snr_db):
                 lo, hi = min(pos.values()), max(pos.values())

@@ -945,3 +945,24 @@ def test_solvers_accuracy_figure_says_accuracy_not_median(family, tmp_path, kept
     its = next(t for k, t in titles.items() if k.startswith("Stop-rule iterations"))
     assert "accuracy over 16 test inputs" in acc and "median" not in acc, acc
     assert "median / mean over 16 test inputs" in its, its
+
+
+def test_attack_legends_name_the_depth_a_deq_is_matched_to(tmp_path, kept):
+    """An attack figure's legend said 'DEQ d3 (w222)', giving a DEQ a depth it does not
+    have; it names members as the sweep figures do (DEQ by width, FFW by depth) and says
+    which FFW depth a DEQ is parameter-matched to, in the level and the SNR figures."""
+    from noisydeq.attacks.plots import plot_run
+
+    rows = [{**r, "model_id": f"{k}-d{d}", "depth": d, "width": w}
+            for d, k, w in ((1, "deq", 128), (1, "ffw", 128), (3, "deq", 222), (3, "ffw", 128))
+            for r in _attack_rows("snr", "signal", (10.0, math.inf)) if r["kind"] == k]
+    plot_run(rows, tmp_path, "digits: fam · signal noise")
+    level = [t.get_text() for t in kept[0].legends[0].get_texts()]
+    assert level == ["DEQ w=128 (≙ FFW 1 layer)", "FFW 1 layer", "DEQ w=222 (≙ FFW 3 layers)",
+                     "FFW 3 layers"], level
+    snr = {t.get_text() for t in kept[-1].legends[0].get_texts()}
+    assert "DEQ w=222 (≙ FFW 3 layers), white-box" in snr and "FFW 3 layers, transfer" not in \
+        snr and "FFW 1 layer, white-box" in snr, snr
+    assert not any(" d1" in t or " d3" in t for t in level + sorted(snr))
+    assert figures.member_label("deq", 3, 222) == "DEQ w=222"  # the sweep figures' label
+    assert figures.member_label("lyadeq", 3, 64, matched=True) == "LyaDEQ w=64"  # never matched
