@@ -966,3 +966,49 @@ def test_attack_legends_name_the_depth_a_deq_is_matched_to(tmp_path, kept):
     assert not any(" d1" in t or " d3" in t for t in level + sorted(snr))
     assert figures.member_label("deq", 3, 222) == "DEQ w=222"  # the sweep figures' label
     assert figures.member_label("lyadeq", 3, 64, matched=True) == "LyaDEQ w=64"  # never matched
+
+
+def test_certified_figure_has_one_legend_for_its_panels(tmp_path, kept):
+    """Each envelope's panel drew its own legend, the same entries twice: one legend for the
+    figure, under the panels, every entry once (a family drawn in one panel only too)."""
+    from noisydeq.analysis.certified import plot_accuracy
+
+    rows = [{"envelope": env, "kind": kind, "param": "", "width": 64, "eps_train": et,
+             "eps": eps, "seed": 0, "n_samples": 50, "certified_acc": 0.5 - eps,
+             "pgd_acc": 0.6 - eps, "clean_acc": 0.7}
+            for env in ("none", "rram:chip0") for kind in ("mondeq", "ffw_relu")
+            for et in (0.2, 0.3) for eps in (0.0, 0.1) if (env, et) != ("none", 0.3)
+            or kind != "ffw_relu"]
+    plot_accuracy(rows, tmp_path / "cert", "Table 2")
+    fig = kept[-1]
+    assert all(ax.get_legend() is None for ax in fig.axes) and len(fig.legends) == 1
+    labels = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert len(labels) == len(set(labels)) == 8 and "ffw_relu w64, ε_train 0.3: PGD" in labels
+    fig.canvas.draw()  # under the panels
+    bottom = min(ax.get_tightbbox().y0 for ax in fig.axes)
+    assert fig.legends[0].get_window_extent().y1 <= bottom + 1
+
+
+def test_fig2_right_tells_the_ibp_lines_apart(tmp_path, kept):
+    """The three IBP-MonDEQ lines (gaps 1e-3..5e-2) lay on one another on an axis the monDEQ
+    lines stretch over 130 decades: they get a panel on their own scale, and each α a line
+    style (markers: circle monDEQ, square IBP-MonDEQ); one legend for the figure."""
+    from noisydeq.analysis.certify_experiments import plot_fig2
+    from noisydeq.specs.certify import Fig2Spec
+
+    rows = [{"param": p, "alpha": a, "iteration": k, "seed": s,
+             "mean_gap": (1.0 + a) ** (3 * k) * 1e-3 if p == "mon" else 0.05 - 0.04 * (1 - a) ** k}
+            for p in ("mon", "ibp") for a in (0.1, 0.5, 1.0) for k in range(1, 51) for s in (0, 1)]
+    spec = Fig2Spec(task="digits", width=16, alpha=[0.1, 0.5, 1.0], n_test=10, seeds=[0, 1])
+    plot_fig2(rows, tmp_path / "fig2", "Fig. 2 right", spec, echo=lambda s: None)
+    fig = kept[-1]
+    full, ibp = fig.axes
+    assert len(full.lines) == 6 and len(ibp.lines) == 3
+    assert {ln.get_marker() for ln in ibp.lines} == {"s"}
+    assert len({ln.get_linestyle() for ln in ibp.lines}) == 3  # one per α
+    lo, hi = ibp.get_ylim()
+    assert math.log10(hi / lo) < 3  # the IBP lines' own scale, not the monDEQ's decades
+    assert all(ax.get_legend() is None for ax in fig.axes) and len(fig.legends) == 1
+    assert len(fig.legends[0].get_texts()) == 6
+    back = _csv(tmp_path / "fig2.csv")
+    assert len(back) == 6 * 50 and float(back[0]["mean_gap"]) == pytest.approx(1.1**3 * 1e-3)
