@@ -203,3 +203,23 @@ def test_sweep_memory_counts_every_evaluation_process(monkeypatch, digits):
     text = str(err.value)
     assert "\n" not in text and "in each of 2 processes needs about" in text
     assert "lower --jobs" in text
+
+
+def test_run_sweep_checks_memory_with_the_processes_it_will_use(monkeypatch, tmp_path, digits):
+    """The up-front check is given the evaluation processes the sweep will start: --jobs,
+    at most one per (model, chip) pair; nothing is written before it."""
+    from noisydeq import families
+    from noisydeq.sweep import run_sweep
+
+    seen = []
+
+    def stop(spec, task, jobs=1):
+        seen.append(jobs)
+        raise NoisyDEQError("stop")
+
+    monkeypatch.setattr(families, "check_sweep_families", stop)
+    spec = build(SweepSpec, {"depths": [1, 3], "chips": 2, "snr_db": "0,10"}, where="sweep")
+    for jobs in (1, 3, 64):  # 2 kinds × 2 depths × 2 chips = 8 pairs
+        with pytest.raises(NoisyDEQError, match="stop"):
+            run_sweep(spec, tmp_path / "run", task=digits, jobs=jobs, progress=False)
+    assert seen == [1, 3, 8] and not (tmp_path / "run").exists()
