@@ -116,10 +116,6 @@ def verdict(deq: Cell, ffw: Cell, higher_is_better: bool) -> str:
     return "equal" if all(d == 0 for d in diffs) else "mixed"
 
 
-def _db(v: float) -> str:
-    return "∞" if math.isinf(v) else f"{fmt_db(v)} dB"
-
-
 def _cell_text(c: Cell, metric: str) -> str:
     seeds = ", ".join(_fmt_value(v, metric) for v in c.by_seed.values())
     spread = f" ± {_fmt_value(c.std, metric)}" if len(c.by_seed) > 1 else ""
@@ -143,17 +139,18 @@ def comparison(runs: list[Run], snr_db: float) -> dict[str, Any]:
             )
     levels = sorted({float(r["snr_db"]) for run in runs for r in run.rows})
     if snr_db not in levels:
-        have = ", ".join(_db(s) for s in levels) if len(levels) <= 8 else (
-            f"{_db(levels[0])} … {_db(levels[-1])}, {len(levels)} levels")
-        raise NoisyDEQError(f"compare: no results at {_db(snr_db)} (the runs have {have})")
+        have = ", ".join(fmt_db(s, "legend") for s in levels) if len(levels) <= 8 else (
+            f"{fmt_db(levels[0], 'legend')} … {fmt_db(levels[-1], 'legend')}, {len(levels)} levels")
+        raise NoisyDEQError(
+            f"compare: no results at {fmt_db(snr_db, 'legend')} (the runs have {have})")
     deq: dict[Key, Cell] = {}
     ffw: dict[str, dict[Key, Cell]] = {}
     notes: list[str] = []
     for run in runs:
         for key, c in cells(run.rows, "deq", snr_db).items():
             if key in deq and deq[key].by_seed != c.by_seed:
-                notes.append(f"DEQ at training SNR {_db(key[0])}, depth {key[1]} differs "
-                             f"between runs ({run.path}); the first run's values are used")
+                notes.append(f"DEQ at training SNR {fmt_db(key[0], 'legend')}, depth {key[1]} "
+                             f"differs between runs ({run.path}); the first run's values are used")
             deq.setdefault(key, c)
         found = cells(run.rows, "ffw", snr_db)
         if found:
@@ -174,12 +171,13 @@ def markdown(data: dict[str, Any]) -> str:
     head = ["training SNR", "FFW depth", "DEQ width", f"DEQ {metric}", "DEQ converged"]
     for f in forms:
         head += [f"FFW {f} {metric}", f"DEQ − FFW {f}", "better (every seed)"]
-    lines = [f"{metric} at {_db(snr)} inference SNR; mean ± sample std over seeds (per seed)",
+    lines = [f"{metric} at {fmt_db(snr, 'legend')} inference SNR; mean ± sample std over "
+             "seeds (per seed)",
              "",
              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for key in keys:
         d = deq.get(key)
-        row = [_db(key[0]), str(key[1]), str(d.width) if d else "-",
+        row = [fmt_db(key[0], "legend"), str(key[1]), str(d.width) if d else "-",
                _cell_text(d, metric) if d else "-",
                f"{d.converged_frac:.2f}" if d else "-"]
         for f in forms:
@@ -204,7 +202,7 @@ def _training_effect(deq: dict[Key, Cell], ffw: dict[str, dict[Key, Cell]], form
     trains = sorted({k[0] for _, t in models for k in t}, key=lambda s: -s)
     if len(trains) < 2 or not math.isinf(trains[0]):
         return ""
-    head = ["model", "depth"] + [f"train {_db(s)} − train ∞" for s in trains[1:]]
+    head = ["model", "depth"] + [f"train {fmt_db(s, 'legend')} − train ∞" for s in trains[1:]]
     lines = [f"change of the {metric} by training noise (paired by seed)", "",
              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for name, table in models:

@@ -195,11 +195,11 @@ def member_size(kind: str, depth: int, hidden: int, in_features: int,
     return width, sum(o * i for o, i in matrices) + hidden_biases + out_features
 
 
-def check_sweep_families(sweep: SweepSpec, task: Task) -> None:
+def check_sweep_families(sweep: SweepSpec, task: Task, jobs: int = 1) -> None:
     """Validate what a sweep's families need before anything is written: each (seed,
     training SNR) family spec, each member's model spec (its cell fits the task), the
-    training spec of each kind, and whether the largest member fits into memory
-    (:func:`sweep_memory`, :func:`noisydeq.limits.check_memory`)."""
+    training spec of each kind, and whether the sweep fits into memory with ``jobs``
+    evaluation processes (:func:`sweep_memory`, :func:`noisydeq.limits.check_memory`)."""
     from noisydeq import limits
 
     check_training_devices(sweep)
@@ -216,54 +216,112 @@ def check_sweep_families(sweep: SweepSpec, task: Task) -> None:
     sizes = [member_size(k, d, sweep.hidden, task.in_features, task.out_features)
              for d in sweep.depths for k in sweep.kinds]
     width, params = max(sizes, key=lambda s: s[1])
+    each = f" in each of {jobs} processes" if jobs > 1 else ""
     limits.check_memory(
-        sweep_memory(sweep, task, batch),
-        f"sweep: its largest model (width {width}, {params:,} parameters)",
-        sweep.torch_device, "lower --depths, hidden or max_rows",
+        sweep_memory(sweep, task, batch, jobs),
+        f"sweep: its largest model (width {width}, {params:,} parameters){each}",
+        sweep.torch_device,
+        ("lower --jobs, " if jobs > 1 else "lower ") + "--depths, hidden or max_rows",
     )
 
 
-def sweep_memory(sweep: SweepSpec, task: Task, batch: int = 1) -> int:
-    """Estimated peak bytes of a sweep (``batch``: its largest training batch): every
-    family's weights, plus the largest member trained or evaluated on one forward of rows
-    (:func:`noisydeq.limits.model_bytes`) with, on an RRAM device, the programmed chips its
-    layers keep for the chip cache (:func:`held_chips`)."""
+def sweep_memory(sweep: SweepSpec, task: Task, batch: int = 1, jobs: int = 1) -> int:
+    """Estimated peak bytes of a sweep (``batch``: its largest training batch) evaluated by
+    ``jobs`` processes (:func:`noisydeq.sweep.plan.resolve_jobs`). Every process holds the
+    task's tensors and every family's weights (a worker loads them from the cache) and
+    evaluates one member at a time on one forward of rows
+    (:func:`noisydeq.limits.model_bytes`) with, on an RRAM device, the chips its device
+    layers keep (:func:`held_chip_bytes`: the in-memory chip cache and the chips kept for
+    the on-disk one; layers in ``digital_layers`` hold none); the driver alone trains, on
+    ``batch`` rows."""
     from noisydeq import limits
-    from noisydeq.hardware.chip_store import held_bytes
 
     n_test = len(task.x_test)
     if sweep.max_test_samples is not None:
         n_test = min(n_test, sweep.max_test_samples)
     rows = max(1, min(n_test, sweep.max_rows))
     rows *= min(len(sweep.snr_db), max(1, sweep.max_rows // rows))  # levels stacked
-    chips = held_chips(sweep)
-    peak, resident = 0, 0
+    scales = programmed_scales(sweep)
+    driver, worker, resident = 0, 0, 0
     for d in sweep.depths:
         for k in sweep.kinds:
             w, p = member_size(k, d, sweep.hidden, task.in_features, task.out_features)
             resident += p
-            need = limits.model_bytes(p, max(rows, batch), w)
-            if chips:
-                need += held_bytes(member_matrices(k, d, sweep.hidden, task.in_features,
-                                                   task.out_features)[1], chips)
-            peak = max(peak, need)
+            chips = held_chip_bytes(device_matrices(sweep, task, k, d), scales) if scales \
+                else 0
+            driver = max(driver, limits.model_bytes(p, max(rows, batch), w) + chips)
+            worker = max(worker, limits.model_bytes(p, rows, w) + chips)
     families = len(sweep.seeds) * len(sweep.train_snr_db) * len(sweep.training_devices())
-    return limits.FLOAT * families * resident + peak
+    data = sum(t.nbytes for t in (task.x_train, task.y_train, task.x_test, task.y_test))
+    held = data + limits.FLOAT * families * resident
+    return jobs * held + driver + (jobs - 1) * worker
 
 
-def held_chips(sweep: SweepSpec) -> int:
-    """Noise scales per device layer whose programmed chips a deployed model keeps for the
-    chip cache (:mod:`noisydeq.hardware.chip_store`): on an RRAM device with the cache on,
-    one per finite SNR level under device noise (each level's static knob), else the native
-    one; 0 otherwise."""
-    from noisydeq.hardware import chip_store
+def device_matrices(sweep: SweepSpec, task: Task, kind: str,
+                    depth: int) -> list[tuple[int, int]]:
+    """(n_out, n_in) of each layer of a member that a sweep deploys on its device: the
+    member's :func:`member_matrices` less the layers ``digital_layers`` keep digital (with
+    everything inside them, as :meth:`noisydeq.hardware.base.Device.deploy` does)."""
+    _, matrices = member_matrices(kind, depth, sweep.hidden, task.in_features,
+                                  task.out_features)
+    if not sweep.digital_layers:
+        return matrices
+    from noisydeq.hardware.base import check_digital_layers, mappable_names
+
+    fspec = next(sweep_family_specs(sweep))[-1]
+    model = build_member(member_spec(fspec, task, kind, depth), sweep.seeds[0])
+    keep = check_digital_layers(model, sweep.digital_layers)
+    left = list(matrices)
+    for name in mappable_names(model):
+        if any(name == k or name.startswith(f"{k}.") or not k for k in keep):
+            weight = model.get_submodule(name).weight
+            shape = (int(weight.shape[0]), int(weight[0].numel()))
+            if shape in left:
+                left.remove(shape)
+    return left
+
+
+def programmed_scales(sweep: SweepSpec) -> int:
+    """Noise scales one RRAM layer programs a chip at while a sweep evaluates one (model,
+    chip) pair, at most (one search per level and layer): under device noise, each finite
+    level's search for its static knob (:class:`noisydeq.hardware.calibration.KnobTable`:
+    the quarter-decade grid between the knob's bounds, then at most
+    :data:`~noisydeq.hardware.calibration.SEARCH_STEPS` probes per level, and the level's
+    knob itself) and the two bounds of the reach check; else the native knob alone; 0 off
+    an RRAM device."""
+    from noisydeq.hardware.calibration import SEARCH_STEPS, TABLE_STEP
+    from noisydeq.hardware.rram import S_MAX, S_MIN
     from noisydeq.specs.device_presets import load_spec
 
-    if not chip_store.enabled() or load_spec(sweep.device).kind != "rram":
+    if load_spec(sweep.device).kind != "rram":
         return 0
-    if sweep.noise_site != "device":
+    levels = len({float(s) for s in sweep.snr_db if math.isfinite(s)})
+    if sweep.noise_site != "device" or not levels:
         return 1
-    return len({float(s) for s in sweep.snr_db if math.isfinite(s)})
+    grid = math.ceil(math.log(S_MAX / S_MIN) / TABLE_STEP) + 2  # and the clamped ends
+    return grid + levels * (SEARCH_STEPS + 1) + 2
+
+
+def held_chip_bytes(matrices: list[tuple[int, int]], scales: int) -> int:
+    """Most bytes of programmed chips the RRAM layers of one deployed model (``matrices``:
+    each one's (n_out, n_in)) hold when each programs ``scales`` noise scales: per layer the
+    chips its in-memory cache keeps (:data:`~noisydeq.hardware.rram.CHIP_CACHE_BYTES`, at
+    least :data:`~noisydeq.hardware.rram.CHIP_CACHE_MIN`) and, with the on-disk chip cache
+    on, those kept to be written (:data:`~noisydeq.hardware.chip_store.LAYER_BYTES` of W_t)
+    which the in-memory cache has dropped — each chip holding the storage it was programmed
+    in: a small layer's (W_prog, W_t) pair, a large one's W_t alone."""
+    from noisydeq import limits
+    from noisydeq.hardware import chip_store
+    from noisydeq.hardware.rram import CHIP_CACHE_BYTES, CHIP_CACHE_MIN
+
+    total = 0
+    for n_out, n_in in matrices:
+        w = limits.FLOAT * n_out * n_in
+        storage = 2 * w if 2 * w * CHIP_CACHE_MIN <= CHIP_CACHE_BYTES else w
+        in_memory = max(CHIP_CACHE_MIN, CHIP_CACHE_BYTES // storage)
+        shelf = chip_store.LAYER_BYTES // w if chip_store.enabled() else 0
+        total += min(scales, in_memory + shelf) * storage
+    return total
 
 
 def check_training_devices(sweep: SweepSpec) -> None:

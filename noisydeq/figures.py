@@ -47,6 +47,7 @@ from pathlib import Path
 from typing import Any
 
 from noisydeq.store import atomic_open
+from noisydeq.summary import fmt_db
 
 STYLE = {
     "font.size": 9,
@@ -82,6 +83,19 @@ QUALITATIVE = ("#1b9e77", "#7570b3", "#e7298a", "#66a61e", "#a6761d", "#e6ab02",
                "#e41a1c", "#666666")
 #: display names of the input projection's nonlinearity (x̃ = act(U x), Eq. 57)
 INPUT_ACTS = {"relu": "ReLU", "silu": "SiLU", "identity": "identity", "tanh": "tanh"}
+
+
+def member_label(kind: str, depth: int, width: int, matched: bool = False) -> str:
+    """A family member in a legend, as the sweep figures name it: an implicit model (and a
+    LyaDEQ) by its width, ``DEQ w=222``, an FFW by its depth, ``FFW 3 layers``. ``matched``:
+    an implicit model also names the FFW depth it is parameter-matched to, ``DEQ w=222
+    (≙ FFW 3 layers)`` — where DEQs and FFWs of one depth are drawn side by side (a DEQ has
+    no depth of its own)."""
+    name = KIND_LOOK.get(kind, KIND_LOOK["ffw"])[3]
+    layers = f"{depth} layer{'s' * (depth != 1)}"
+    if kind not in IMPLICIT and kind != "lyadeq":
+        return f"{name} {layers}"
+    return f"{name} w={width}" + (f" (≙ FFW {layers})" if matched and kind in IMPLICIT else "")
 
 
 def pyplot() -> Any:
@@ -160,25 +174,10 @@ def input_note(input_act: str | None) -> str | None:
     return f"{INPUT_ACTS.get(input_act, input_act)} input"
 
 
-def snr_legend(snr_db: float) -> str:
-    """An SNR level in a legend entry: ``10 dB``, or ``∞`` (no noise), as the tables write
-    it (``train ∞``)."""
-    import math
-
-    return "∞" if math.isinf(snr_db) else f"{snr_db:g} dB"
-
-
 def trained_text(snr_db: float, unit: str = "dB") -> str:
     """How a model was trained, for titles, legends and messages: ``trained without noise``
     (∞) or ``trained at 10 dB`` (``unit`` after the number)."""
     return "trained without noise" if math.isinf(snr_db) else f"trained at {snr_db:g} {unit}"
-
-
-def snr_label(snr_db: float) -> str:
-    """An SNR level as a tick label: ``10``, or ``∞`` (no noise)."""
-    import math
-
-    return "∞" if math.isinf(snr_db) else f"{snr_db:g}"
 
 
 def snr_positions(levels: Sequence[float]) -> dict[float, float]:
@@ -203,7 +202,7 @@ def snr_axis(ax: Any, pos: dict[float, float], every: float | None = None) -> No
     if every:
         levels = [s for s in levels
                   if math.isinf(s) or abs(s / every - round(s / every)) < 1e-9] or levels
-    ax.set_xticks([pos[s] for s in levels], [snr_label(s) for s in levels])
+    ax.set_xticks([pos[s] for s in levels], [fmt_db(s, "table") for s in levels])
 
 
 def integer_axis(axis: Any) -> None:

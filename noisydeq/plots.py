@@ -42,14 +42,13 @@ from noisydeq.figures import (  # noqa: E402
     input_note,
     layout,
     member_colours,
+    member_label,
     save_figure,
-    snr_legend,
     snr_positions,
     trained_text,
 )
-from noisydeq.figures import snr_label as _label_db  # noqa: E402
 from noisydeq.specs.sweep import SweepSpec  # noqa: E402
-from noisydeq.summary import Agg, aggregate, swept_part, training_groups  # noqa: E402
+from noisydeq.summary import Agg, aggregate, fmt_db, swept_part, training_groups  # noqa: E402
 
 
 def _train_title(train_snr_db: float) -> str:
@@ -121,12 +120,9 @@ def plot_metric_vs_snr(
                 xs = [pos[s] for s in by_snr]
                 pts = list(by_snr.values())
                 c = colours[(kind, depth)]
-                style, marker, _colour, kind_name = KIND_LOOK.get(kind, KIND_LOOK["ffw"])
-                plural = "s" * (depth > 1)
-                label = (f"{kind_name} w={width}" if kind in IMPLICIT or kind == "lyadeq"
-                         else f"{kind_name} {depth} layer{plural}")
+                style, marker, _colour, _name = KIND_LOOK.get(kind, KIND_LOOK["ffw"])
                 ax.plot(xs, [p.mean for p in pts], style, marker=marker, ms=3, color=c, lw=1.4,
-                        label=f"{label} ({_k(params)})")
+                        label=f"{member_label(kind, depth, width)} ({_k(params)})")
                 _band(ax, xs, pts, c)
             if native_snr_db is not None and math.isfinite(native_snr_db):
                 lo, hi = min(pos.values()), max(pos.values())
@@ -136,7 +132,7 @@ def plot_metric_vs_snr(
                                 xycoords=("data", "axes fraction"), color="crimson",
                                 rotation=90, ha="right", va="bottom", fontsize=7)
             ax.xaxis.set_major_locator(FixedLocator(_ticks(levels, pos)))
-            ax.set_xticklabels([_label_db(_inv(pos, t)) for t in _ticks(levels, pos)])
+            ax.set_xticklabels([fmt_db(_inv(pos, t), "table") for t in _ticks(levels, pos)])
             ax.set_xlabel(f"inference {swept_part(rows)} (dB)")
             ax.set_title(_train_title(tsnr))
             if metric == "mse":
@@ -240,8 +236,9 @@ def plot_metric_vs_depth(
                 top.set_xticklabels([f"{widths[d][0]}\n{_k(widths[d][1])}" if d in widths else ""
                                      for d in depths], fontsize=7.5)
                 top.set_xlabel("DEQ width (parameters)", fontsize=8)
-            ax.set_ylabel(_metric_label(metric) + f" at {_label_db(snr)} dB {swept_part(rows)}",
-                          fontsize=8)
+            ax.set_ylabel(
+                _metric_label(metric) + f" at {fmt_db(snr, 'table')} dB {swept_part(rows)}",
+                fontsize=8)
             ax.set_title(_train_title(tsnr), pad=30 if widths else 6, fontsize=9)
             if metric == "mse":
                 ax.set_yscale("log")
@@ -277,10 +274,10 @@ def plot_train_snr_effect(
                 xs = [pos[s] for s in by_snr]
                 pts = list(by_snr.values())
                 ax.plot(xs, [p.mean for p in pts], "-o", ms=3, lw=1.4, color=colour[t],
-                        label=f"train {snr_legend(t)}")
+                        label=f"train {fmt_db(t, 'legend')}")
                 _band(ax, xs, pts, colour[t])
             ax.xaxis.set_major_locator(FixedLocator(_ticks(levels, pos)))
-            ax.set_xticklabels([_label_db(_inv(pos, x)) for x in _ticks(levels, pos)])
+            ax.set_xticklabels([fmt_db(_inv(pos, x), "table") for x in _ticks(levels, pos)])
             ax.set_title(f"DEQ width {w}")
             ax.set_xlabel(f"inference {swept_part(rows)} (dB)")
             if metric == "mse":
@@ -379,7 +376,7 @@ def plot_training_effect(
                                 color=colour[label], label=label)
                         _band(ax, xs, pts, colour[label])
                 ax.xaxis.set_major_locator(FixedLocator(_ticks(levels, pos)))
-                ax.set_xticklabels([_label_db(_inv(pos, x)) for x in _ticks(levels, pos)])
+                ax.set_xticklabels([fmt_db(_inv(pos, x), "table") for x in _ticks(levels, pos)])
                 look = KIND_LOOK.get(kind, KIND_LOOK["ffw"])[3]
                 ax.set_title(f"{look} width {width}" if kind in IMPLICIT
                              else f"{look} {depth} layer{'s' * (depth > 1)}", fontsize=9)

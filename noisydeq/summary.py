@@ -115,12 +115,16 @@ def _fmt_value(v: float, metric: str) -> str:
     return f"{v:.3f}" if metric == "accuracy" else f"{v:.2e}"
 
 
-def fmt_db(value: float, style: Literal["key", "table", "message"] = "key") -> str:
-    """Text of an SNR in dB, the one function every id, key, table and message writes it
-    with. ``key`` (model ids, cell and cache keys, seeds): compact, ``12.5``, ``inf`` for
-    no noise; ``table`` (tables, summaries): the same with ``∞``; ``message``: ``12.34 dB``,
-    ``inf dB`` / ``-inf dB`` (no limit on that side) or ``undefined`` (nan) — any float
-    gives a readable text."""
+def fmt_db(value: float,
+           style: Literal["key", "table", "legend", "message"] = "key") -> str:
+    """Text of an SNR in dB, the one function every id, key, table, figure and message writes
+    it with. ``key`` (model ids, cell and cache keys, seeds): compact, ``12.5``, ``inf`` for
+    no noise; ``table`` (tables, summaries, SNR tick labels): the same with ``∞``;
+    ``legend`` (legend entries, the comparison tables' cells): ``12.5 dB``, or ``∞`` alone
+    (no noise, as in ``train ∞``); ``message``: ``12.34 dB``, ``inf dB`` / ``-inf dB`` (no
+    limit on that side) or ``undefined`` (nan) — any float gives a readable text."""
+    if style == "legend":
+        return "∞" if math.isinf(value) else f"{value:g} dB"
     if style == "message":
         if math.isnan(value):
             return "undefined"

@@ -221,6 +221,37 @@ def test_compare_pairs_deq_with_each_ffw_form(tmp_path, capsys):
     assert set(out["ffw"]) == {"eq57x", "eq57"} and out["metric"] == "accuracy"
 
 
+def test_compare_tables_text_is_pinned():
+    """The comparison tables' SNR texts ('∞', '12.5 dB', 'train 12.5 dB − train ∞'), byte
+    for byte as before they were written through summary.fmt_db."""
+    from noisydeq.compare import Cell, markdown
+
+    def c(width, vals):
+        return Cell(width, dict(enumerate(vals)), [1.0, 0.5])
+
+    deq = {(math.inf, 2): c(10, [0.8, 0.9]), (12.5, 2): c(10, [0.7, 0.75]),
+           (-3.0, 1): c(8, [0.4, 0.5])}
+    ffw = {"eq57x": {(math.inf, 2): c(0, [0.6, 0.95]), (12.5, 2): c(0, [0.6, 0.6])}}
+    text = markdown({"metric": "accuracy", "snr_db": 2.5, "deq": deq, "ffw": ffw,
+                     "notes": ["n"]})
+    assert text == (
+        "accuracy at 2.5 dB inference SNR; mean ± sample std over seeds (per seed)\n\n"
+        "| training SNR | FFW depth | DEQ width | DEQ accuracy | DEQ converged "
+        "| FFW eq57x accuracy | DEQ − FFW eq57x | better (every seed) |\n"
+        "|---|---|---|---|---|---|---|---|\n"
+        "| ∞ | 2 | 10 | 0.850 ± 0.071 (0.800, 0.900) | 0.75 "
+        "| 0.775 ± 0.247 (0.600, 0.950) | +0.075 | mixed |\n"
+        "| 12.5 dB | 2 | 10 | 0.725 ± 0.035 (0.700, 0.750) | 0.75 "
+        "| 0.600 ± 0.000 (0.600, 0.600) | +0.125 | DEQ |\n"
+        "| -3 dB | 1 | 8 | 0.450 ± 0.071 (0.400, 0.500) | 0.75 | - | - | - |\n\n"
+        "change of the accuracy by training noise (paired by seed)\n\n"
+        "| model | depth | train 12.5 dB − train ∞ | train -3 dB − train ∞ |\n"
+        "|---|---|---|---|\n"
+        "| DEQ | 2 | -0.125 (every seed) | - |\n"
+        "| FFW eq57x | 2 | -0.175 | - |\n"
+        "note: n")
+
+
 def test_compare_bad_input_is_one_line(tmp_path, capsys):
     res = _toy_runs(tmp_path)
     a = str(res[0].run_dir.path)

@@ -93,36 +93,133 @@ def test_member_matrices_are_the_deployed_device_layers(digits):
                 width, sum(p.numel() for p in model.parameters()))
 
 
-def test_sweep_memory_counts_the_chips_held_for_the_chip_cache(monkeypatch, digits):
-    """An rram sweep's estimate adds the chips its layers keep for the chip cache: per layer
-    and finite level one W_t in its (W_prog, W_t) pair (small layers), at most 64 MiB of W_t
-    a layer; refused in one line when they are what does not fit."""
+def _chip_bytes(shapes, scales, shelf_on):
+    """Bytes of chips held per deployed model, written out from rram.py / chip_store.py's
+    rules: a chip holds a (W_prog, W_t) float32 pair while 8 pairs fit 256 MiB (else W_t
+    alone); the in-memory LRU keeps max(8, 256 MiB // that) chips, the on-disk shelf 64 MiB
+    of W_t more; a layer programs at most ``scales`` chips."""
+    mib, total = 2**20, 0
+    for n_out, n_in in shapes:
+        w = 4 * n_out * n_in
+        pair = 2 * w if 16 * w <= 256 * mib else w
+        kept = max(8, 256 * mib // pair) + (64 * mib // w if shelf_on else 0)
+        total += min(scales, kept) * pair
+    return total
+
+
+def test_sweep_memory_counts_the_chips_the_rram_layers_hold(monkeypatch, digits):
+    """An rram sweep's estimate adds the chips its layers hold: the in-memory chip cache
+    (also with the on-disk cache off) and the chips kept for the on-disk one, for every
+    scale a level's knob search may program (the quarter-decade grid of 1e-4..1e3, 13 per
+    level, the reach check's 2); refused in one line when they are what does not fit."""
     from noisydeq import limits
-    from noisydeq.families import check_sweep_families, sweep_memory
-    from noisydeq.hardware.chip_store import held_bytes
+    from noisydeq.families import check_sweep_families, held_chip_bytes, sweep_memory
 
     monkeypatch.delenv("NOISYDEQ_CHIP_CACHE", raising=False)
     kw = {"depths": [1], "hidden": 64, "snr_db": "0:30"}  # DEQ and FFW: the same matrices
+    shapes = [(64, 64), (64, 64), (10, 64)]  # U, W, head
 
     def need(**more):
         return sweep_memory(build(SweepSpec, {**kw, **more}, where="sweep"), digits)
 
-    per_level = sum(2 * 4 * o * i for o, i in [(64, 64), (64, 64), (10, 64)])  # U, W, head
-    assert need(device="rram") - need(device="snr") == 31 * per_level
+    scales = 30 + 31 * 13 + 2
+    assert need(device="rram") - need(device="snr") == _chip_bytes(shapes, scales, True)
     assert need(device="rram", noise_site="signal") - need(device="snr", noise_site="signal") \
-        == per_level  # the native knob's chip alone
+        == _chip_bytes(shapes, 1, True)  # the native knob's chip alone
     assert need(device="rram", snr_db="0,10,inf") - need(device="snr", snr_db="0,10,inf") \
-        == 2 * per_level
-    # the cap: 64 MiB of W_t per layer; a large layer keeps W_t alone
+        == _chip_bytes(shapes, 30 + 2 * 13 + 2, True)
+    # the caps: large layers keep few chips (a pair while 8 fit 256 MiB, else W_t alone)
     mib = 2**20
-    assert held_bytes([(2048, 2048)], 31) == 4 * 2 * 16 * mib  # 4 chips of 16 MiB, in pairs
-    assert held_bytes([(4096, 4096)], 31) == 64 * mib  # one chip of 64 MiB, no pair
-    assert held_bytes([(4097, 4096)], 31) == 0  # more than 64 MiB: never kept
-    monkeypatch.setenv("NOISYDEQ_CHIP_CACHE", "off")
-    assert need(device="rram") == need(device="snr")
+    for shape in [(2048, 2048), (2049, 2048), (4096, 4096), (8192, 4096), (100, 30)]:
+        assert held_chip_bytes([shape], scales) == _chip_bytes([shape], scales, True)
+    assert held_chip_bytes([(2048, 2048)], scales) == (8 + 4) * 32 * mib  # LRU 8 + shelf 4
+    assert held_chip_bytes([(8192, 4096)], scales) == (8 + 0) * 128 * mib  # shelf: none fits
+    monkeypatch.setenv("NOISYDEQ_CHIP_CACHE", "off")  # the in-memory cache stays
+    assert need(device="rram") - need(device="snr") == _chip_bytes(shapes, scales, False)
+    assert held_chip_bytes([(2048, 2048)], scales) == 8 * 32 * mib
     monkeypatch.delenv("NOISYDEQ_CHIP_CACHE")
-    have = need(device="snr") + 31 * per_level // 2
+    have = need(device="snr") + _chip_bytes(shapes, scales, True) // 2
     monkeypatch.setattr(limits, "memory_bytes", lambda torch_device="cpu": have)
     check_sweep_families(build(SweepSpec, {**kw, "device": "snr"}, where="sweep"), digits)
     with pytest.raises(NoisyDEQError, match="sweep: its largest model .* needs about"):
         check_sweep_families(build(SweepSpec, {**kw, "device": "rram"}, where="sweep"), digits)
+
+
+def test_sweep_memory_leaves_out_the_digital_layers(monkeypatch, digits):
+    """Layers kept digital hold no chips: the estimate counts the layers the device deploys
+    (read off a deployed member)."""
+    from noisydeq.families import build_member, member_spec, sweep_memory
+    from noisydeq.hardware import get_device
+    from noisydeq.hardware.controls import device_layers
+
+    monkeypatch.delenv("NOISYDEQ_CHIP_CACHE", raising=False)
+    kw = {"depths": [2], "hidden": 64, "snr_db": "0,10", "kinds": ["ffw"]}
+    scales = 30 + 2 * 13 + 2
+    for keep in ([], ["head"], ["proj.U", "head"]):
+        spec = build(SweepSpec, {**kw, "device": "rram", "digital_layers": keep}, where="sweep")
+        model = build_member(member_spec(family_spec_for_sweep(spec, 0, math.inf), digits,
+                                         "ffw", 2), 0)
+        deployed = get_device("rram").deploy(model, digital_layers=keep)
+        shapes = [(layer.n_out, layer.n_in) for layer in device_layers(deployed).values()]
+        assert len(shapes) == 4 - len(keep)
+        snr = build(SweepSpec, {**kw, "device": "snr"}, where="sweep")
+        assert sweep_memory(spec, digits) - sweep_memory(snr, digits) == \
+            _chip_bytes(shapes, scales, True)
+
+
+def test_sweep_memory_counts_every_evaluation_process(monkeypatch, digits):
+    """With --jobs N every process holds the task's tensors and every family's weights and
+    evaluates a member (the driver alone trains); refused in one line naming the processes
+    when they are what does not fit."""
+    from noisydeq import limits
+    from noisydeq.families import build_member, check_sweep_families, member_spec, sweep_memory
+
+    kw = {"depths": [1, 3], "hidden": 32, "snr_db": "0,10", "seeds": [0, 1], "device": "snr",
+          "max_test_samples": 100}
+    spec = build(SweepSpec, kw, where="sweep")
+    fspec = family_spec_for_sweep(spec, 0, math.inf)
+    models = [build_member(member_spec(fspec, digits, k, d), 0)
+              for d in spec.depths for k in spec.kinds]
+    params = [sum(p.numel() for p in m.parameters()) for m in models]
+    data = sum(t.numel() * t.element_size()
+               for t in (digits.x_train, digits.y_train, digits.x_test, digits.y_test))
+    held = data + 4 * 2 * sum(params)  # two seeds' families, float32
+    batch = max(fspec.train_spec(k).batch_size for k in spec.kinds)
+    big = max(range(len(models)), key=lambda i: params[i])
+    width = max(m.shape[0] for m in models[big].parameters() if m.dim() == 2)
+    rows = 2 * 100  # two levels stacked over 100 test inputs
+
+    def peak(r):
+        return 4 * (8 * params[big] + 32 * r * width)
+
+    for jobs in (1, 2, 4):
+        assert sweep_memory(spec, digits, batch, jobs) == \
+            jobs * held + peak(max(rows, batch)) + (jobs - 1) * peak(rows)
+    have = sweep_memory(spec, digits, batch, 1) + held // 2
+    monkeypatch.setattr(limits, "memory_bytes", lambda torch_device="cpu": have)
+    check_sweep_families(spec, digits, 1)
+    with pytest.raises(NoisyDEQError) as err:
+        check_sweep_families(spec, digits, 2)
+    text = str(err.value)
+    assert "\n" not in text and "in each of 2 processes needs about" in text
+    assert "lower --jobs" in text
+
+
+def test_run_sweep_checks_memory_with_the_processes_it_will_use(monkeypatch, tmp_path, digits):
+    """The up-front check is given the evaluation processes the sweep will start: --jobs,
+    at most one per (model, chip) pair; nothing is written before it."""
+    from noisydeq import families
+    from noisydeq.sweep import run_sweep
+
+    seen = []
+
+    def stop(spec, task, jobs=1):
+        seen.append(jobs)
+        raise NoisyDEQError("stop")
+
+    monkeypatch.setattr(families, "check_sweep_families", stop)
+    spec = build(SweepSpec, {"depths": [1, 3], "chips": 2, "snr_db": "0,10"}, where="sweep")
+    for jobs in (1, 3, 64):  # 2 kinds × 2 depths × 2 chips = 8 pairs
+        with pytest.raises(NoisyDEQError, match="stop"):
+            run_sweep(spec, tmp_path / "run", task=digits, jobs=jobs, progress=False)
+    assert seen == [1, 3, 8] and not (tmp_path / "run").exists()

@@ -587,7 +587,24 @@ def test_legends_write_no_inf(tmp_path, kept):
     labels = [lab for fig in kept for lab, _c, _ls in _kind_lines(fig)]
     assert "train ∞" in labels and "train 10 dB" in labels
     assert not any("inf" in lab for lab in labels)
-    assert figures.snr_legend(math.inf) == "∞" and figures.snr_legend(0.0) == "0 dB"
+    from noisydeq.summary import fmt_db
+
+    assert fmt_db(math.inf, "legend") == "∞" and fmt_db(0.0, "legend") == "0 dB"
+
+
+def test_snr_texts_have_one_writer():
+    """Tick labels, legend entries and the comparison tables write an SNR through
+    summary.fmt_db: no copy of it is left in figures or compare."""
+    import inspect
+
+    from noisydeq import compare
+
+    for name in ("snr_label", "snr_legend"):
+        assert not hasattr(figures, name)
+    assert not hasattr(compare, "_db")
+    for module in (figures, compare):
+        assert 'isinf(' not in "".join(
+            ln for ln in inspect.getsource(module).splitlines() if 'dB"' in ln)
 
 
 def test_fig5_ticks_are_the_counted_snr_levels(tmp_path, kept):
@@ -928,3 +945,70 @@ def test_solvers_accuracy_figure_says_accuracy_not_median(family, tmp_path, kept
     its = next(t for k, t in titles.items() if k.startswith("Stop-rule iterations"))
     assert "accuracy over 16 test inputs" in acc and "median" not in acc, acc
     assert "median / mean over 16 test inputs" in its, its
+
+
+def test_attack_legends_name_the_depth_a_deq_is_matched_to(tmp_path, kept):
+    """An attack figure's legend said 'DEQ d3 (w222)', giving a DEQ a depth it does not
+    have; it names members as the sweep figures do (DEQ by width, FFW by depth) and says
+    which FFW depth a DEQ is parameter-matched to, in the level and the SNR figures."""
+    from noisydeq.attacks.plots import plot_run
+
+    rows = [{**r, "model_id": f"{k}-d{d}", "depth": d, "width": w}
+            for d, k, w in ((1, "deq", 128), (1, "ffw", 128), (3, "deq", 222), (3, "ffw", 128))
+            for r in _attack_rows("snr", "signal", (10.0, math.inf)) if r["kind"] == k]
+    plot_run(rows, tmp_path, "digits: fam · signal noise")
+    level = [t.get_text() for t in kept[0].legends[0].get_texts()]
+    assert level == ["DEQ w=128 (≙ FFW 1 layer)", "FFW 1 layer", "DEQ w=222 (≙ FFW 3 layers)",
+                     "FFW 3 layers"], level
+    snr = {t.get_text() for t in kept[-1].legends[0].get_texts()}
+    assert "DEQ w=222 (≙ FFW 3 layers), white-box" in snr and "FFW 3 layers, transfer" not in \
+        snr and "FFW 1 layer, white-box" in snr, snr
+    assert not any(" d1" in t or " d3" in t for t in level + sorted(snr))
+    assert figures.member_label("deq", 3, 222) == "DEQ w=222"  # the sweep figures' label
+    assert figures.member_label("lyadeq", 3, 64, matched=True) == "LyaDEQ w=64"  # never matched
+
+
+def test_certified_figure_has_one_legend_for_its_panels(tmp_path, kept):
+    """Each envelope's panel drew its own legend, the same entries twice: one legend for the
+    figure, under the panels, every entry once (a family drawn in one panel only too)."""
+    from noisydeq.analysis.certified import plot_accuracy
+
+    rows = [{"envelope": env, "kind": kind, "param": "", "width": 64, "eps_train": et,
+             "eps": eps, "seed": 0, "n_samples": 50, "certified_acc": 0.5 - eps,
+             "pgd_acc": 0.6 - eps, "clean_acc": 0.7}
+            for env in ("none", "rram:chip0") for kind in ("mondeq", "ffw_relu")
+            for et in (0.2, 0.3) for eps in (0.0, 0.1) if (env, et) != ("none", 0.3)
+            or kind != "ffw_relu"]
+    plot_accuracy(rows, tmp_path / "cert", "Table 2")
+    fig = kept[-1]
+    assert all(ax.get_legend() is None for ax in fig.axes) and len(fig.legends) == 1
+    labels = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert len(labels) == len(set(labels)) == 8 and "ffw_relu w64, ε_train 0.3: PGD" in labels
+    fig.canvas.draw()  # under the panels
+    bottom = min(ax.get_tightbbox().y0 for ax in fig.axes)
+    assert fig.legends[0].get_window_extent().y1 <= bottom + 1
+
+
+def test_fig2_right_tells_the_ibp_lines_apart(tmp_path, kept):
+    """The three IBP-MonDEQ lines (gaps 1e-3..5e-2) lay on one another on an axis the monDEQ
+    lines stretch over 130 decades: they get a panel on their own scale, and each α a line
+    style (markers: circle monDEQ, square IBP-MonDEQ); one legend for the figure."""
+    from noisydeq.analysis.certify_experiments import plot_fig2
+    from noisydeq.specs.certify import Fig2Spec
+
+    rows = [{"param": p, "alpha": a, "iteration": k, "seed": s,
+             "mean_gap": (1.0 + a) ** (3 * k) * 1e-3 if p == "mon" else 0.05 - 0.04 * (1 - a) ** k}
+            for p in ("mon", "ibp") for a in (0.1, 0.5, 1.0) for k in range(1, 51) for s in (0, 1)]
+    spec = Fig2Spec(task="digits", width=16, alpha=[0.1, 0.5, 1.0], n_test=10, seeds=[0, 1])
+    plot_fig2(rows, tmp_path / "fig2", "Fig. 2 right", spec, echo=lambda s: None)
+    fig = kept[-1]
+    full, ibp = fig.axes
+    assert len(full.lines) == 6 and len(ibp.lines) == 3
+    assert {ln.get_marker() for ln in ibp.lines} == {"s"}
+    assert len({ln.get_linestyle() for ln in ibp.lines}) == 3  # one per α
+    lo, hi = ibp.get_ylim()
+    assert math.log10(hi / lo) < 3  # the IBP lines' own scale, not the monDEQ's decades
+    assert all(ax.get_legend() is None for ax in fig.axes) and len(fig.legends) == 1
+    assert len(fig.legends[0].get_texts()) == 6
+    back = _csv(tmp_path / "fig2.csv")
+    assert len(back) == 6 * 50 and float(back[0]["mean_gap"]) == pytest.approx(1.1**3 * 1e-3)

@@ -167,15 +167,18 @@ def test_summary_table_lists_every_model(tmp_path):
 
 
 def test_fmt_db_styles():
-    """One SNR text for ids and keys, tables and messages (cache keys hold the key style)."""
+    """One SNR text for ids and keys, tables and ticks, legends and messages (cache keys hold
+    the key style)."""
     from noisydeq.summary import fmt_db
 
-    for v, key, table, message in [(10.0, "10", "10", "10.00 dB"), (2.5, "2.5", "2.5", "2.50 dB"),
-                                   (-3.25, "-3.25", "-3.25", "-3.25 dB"),
-                                   (math.inf, "inf", "∞", "inf dB"),
-                                   (-math.inf, "inf", "∞", "-inf dB"),
-                                   (math.nan, "nan", "nan", "undefined")]:
-        assert (fmt_db(v), fmt_db(v, "table"), fmt_db(v, "message")) == (key, table, message)
+    for v, key, table, legend, message in [
+            (10.0, "10", "10", "10 dB", "10.00 dB"), (2.5, "2.5", "2.5", "2.5 dB", "2.50 dB"),
+            (-3.25, "-3.25", "-3.25", "-3.25 dB", "-3.25 dB"),
+            (1e-5, "1e-05", "1e-05", "1e-05 dB", "0.00 dB"),
+            (math.inf, "inf", "∞", "∞", "inf dB"), (-math.inf, "inf", "∞", "∞", "-inf dB"),
+            (math.nan, "nan", "nan", "nan dB", "undefined")]:
+        assert (fmt_db(v), fmt_db(v, "table"), fmt_db(v, "legend"),
+                fmt_db(v, "message")) == (key, table, legend, message)
 
 
 def test_level_chunks_bound_rows():

@@ -242,8 +242,7 @@ def plot_accuracy(rows: Sequence[dict[str, Any]], stem: Path, title: str = "") -
     n_samples = sorted({int(r["n_samples"]) for r in rows})
     table: list[dict[str, Any]] = []
     with styled() as plt:
-        fig, axes = plt.subplots(1, len(envs), figsize=(5.6 * len(envs),
-                                                        3.6 + 0.22 * len(fam_keys)),
+        fig, axes = plt.subplots(1, len(envs), figsize=(5.6 * len(envs), 3.6),
                                  squeeze=False)
         for ax, env in zip(axes[0], envs, strict=True):
             sub = [r for r in rows if r["envelope"] == env]
@@ -280,8 +279,16 @@ def plot_accuracy(rows: Sequence[dict[str, Any]], stem: Path, title: str = "") -
             ax.set_ylabel("accuracy")
             ax.set_ylim(-0.02, 1.02)
             ax.set_title("digital weights" if env == "none" else f"envelope {env}", fontsize=9)
-            ax.legend(fontsize=6.5, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2,
-                      frameon=False)
+        # one legend for the figure (every panel draws the same families), under the panels
+        # in a column per kind: the entries of each panel, in its order, each once
+        entries: dict[str, Any] = {}
+        for ax in axes[0]:
+            for handle, label in zip(*ax.get_legend_handles_labels(), strict=True):
+                entries.setdefault(label, handle)
+        kinds = len({key[0] for key in fam_keys})
+        fig.legend(list(entries.values()), list(entries), loc="upper center",
+                   bbox_to_anchor=(0.5, 0.0), ncol=kinds,
+                   frameon=False, fontsize=7)
         fig.suptitle(context_title(
             title or "Certified accuracy",
             trained=f"{'/'.join(map(str, n_samples))} test inputs",

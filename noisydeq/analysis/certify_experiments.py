@@ -194,6 +194,24 @@ def run_fig2(exp: CertifyExperimentSpec, out: Path, *, data_dir: str | None = No
 
 def _write_fig2(exp: CertifyExperimentSpec, spec: Fig2Spec, rows: list[dict[str, Any]],
                 out: Path, echo: Callable[[str], None]) -> list[Path]:
+    from noisydeq.figures import write_csv
+
+    files = [write_csv(out / "fig2.csv", rows)]
+    files.append(store.atomic_write_text(out / "experiment.toml", dumps_toml(exp)))
+    return files + plot_fig2(rows, out / "figures" / "fig2_right", exp.title, spec, echo)
+
+
+#: line style of each step α of a Fig. 2 figure (in ascending order of α)
+FIG2_STYLES = ("-", "--", ":", "-.")
+
+
+def plot_fig2(rows: list[dict[str, Any]], stem: Path, title: str, spec: Fig2Spec,
+              echo: Callable[[str], None] = print) -> list[Path]:
+    """Fig. 2 right from the gaps ``rows`` (per parameterisation, α, iteration and init):
+    the mean gap per iteration, every line on the left panel's log axis — the monDEQ's grow
+    over a hundred decades, where the IBP-MonDEQ's lie on one another — and the IBP-MonDEQ's
+    alone on the right panel's; circles = monDEQ, squares = IBP-MonDEQ, a line style per
+    α. The plotted means are ``stem.csv``."""
     from noisydeq.figures import (
         context_title,
         integer_axis,
@@ -201,40 +219,47 @@ def _write_fig2(exp: CertifyExperimentSpec, spec: Fig2Spec, rows: list[dict[str,
         save_figure,
         shades,
         styled,
-        write_csv,
     )
 
-    files = [write_csv(out / "fig2.csv", rows)]
-    files.append(store.atomic_write_text(out / "experiment.toml", dumps_toml(exp)))
     groups = group_rows(rows, ("param", "alpha"))
-    # both are monDEQs (greens, solid): a shade per (layer, α), the plain monDEQ's darker;
-    # circles = monDEQ, squares = IBP-MonDEQ
+    # both are monDEQs (greens): a shade per (layer, α), the plain monDEQ's darker
     colours = dict(zip(sorted(groups), shades("mondeq", len(groups)), strict=True))
+    alphas = sorted({alpha for _param, alpha in groups})
+    style = {a: FIG2_STYLES[i % len(FIG2_STYLES)] for i, a in enumerate(alphas)}
     table: list[dict[str, Any]] = []
     with styled() as plt:
-        fig, ax = plt.subplots(figsize=(5.5, 3.8))
+        fig, axes = plt.subplots(1, 2, figsize=(9.0, 3.8))
         for (param, alpha), sub in groups.items():
             its = sorted({r["iteration"] for r in sub})
             mean = [sum(r["mean_gap"] for r in sub if r["iteration"] == k)
                     / max(1, sum(1 for r in sub if r["iteration"] == k)) for k in its]
             name = "monDEQ" if param == "mon" else "IBP-MonDEQ"
-            ax.plot(its, mean, ls="-", marker="o" if param == "mon" else "s", ms=3,
-                    markevery=max(1, len(its) // 10), color=colours[(param, alpha)],
-                    label=f"{name}, α = {alpha:g}")
+            for ax in axes if param != "mon" else axes[:1]:
+                ax.plot(its, mean, ls=style[alpha], marker="o" if param == "mon" else "s",
+                        ms=3, markevery=max(1, len(its) // 10), color=colours[(param, alpha)],
+                        label=f"{name}, α = {alpha:g}")
             table += [{"param": param, "alpha": alpha, "iteration": k, "mean_gap": v}
                       for k, v in zip(its, mean, strict=True)]
             echo(f"{name} α={alpha:g}: mean gap after {its[-1]} iterations = {mean[-1]:.4g}")
-        ax.set_yscale("log")
-        integer_axis(ax.xaxis)
-        ax.set_xlabel("iteration k of (A.1)")
-        ax.set_ylabel("mean interval width (upper − lower)")
-        ax.legend(frameon=False, fontsize=8)
-        ax.set_title(context_title(exp.title, task=getattr(spec, "task", None),
+        for ax, what in zip(axes, ("all lines", "IBP-MonDEQ alone, on its own scale"),
+                            strict=True):
+            ax.set_yscale("log")
+            integer_axis(ax.xaxis)
+            ax.set_xlabel("iteration k of (A.1)")
+            ax.set_ylabel("mean interval width (upper − lower)")
+            ax.set_title(what, fontsize=9)
+        # one legend for the figure: a row per parameterisation, a column per α
+        handles = dict(zip(*reversed(axes[0].get_legend_handles_labels()), strict=True))
+        params = list(dict.fromkeys(param for param, _alpha in groups))
+        order = [f"{'monDEQ' if p == 'mon' else 'IBP-MonDEQ'}, α = {a:g}" for a in alphas
+                 for p in params if (p, a) in groups]
+        fig.legend([handles[k] for k in order], order, loc="upper center",
+                   bbox_to_anchor=(0.5, 0.0), ncol=len(alphas), frameon=False, fontsize=8)
+        fig.suptitle(context_title(title, task=getattr(spec, "task", None),
                                    trained=f"untrained, width {spec.width}, ε = {spec.eps:g}",
                                    band=f"line: mean over {len(spec.seeds)} random init"
                                         f"{'s' * (len(spec.seeds) > 1)} of the "
                                         f"gap over {spec.n_test} inputs (no band)"),
-                     fontsize=8)
+                     fontsize=9)
         layout(fig)
-        files += save_figure(fig, out / "figures" / "fig2_right", table)
-    return files
+        return save_figure(fig, stem, table)

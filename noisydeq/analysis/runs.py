@@ -27,12 +27,12 @@ from noisydeq.figures import (
     layout,
     save_figure,
     shades,
-    snr_legend,
     styled,
     write_csv,
 )
 from noisydeq.noise import derive_seed, seeded_generator
 from noisydeq.specs.noise import NoiseSpec
+from noisydeq.summary import fmt_db
 
 
 def family_inputs(members: list[Member], n_inputs: int, data_dir: str | None,
@@ -47,7 +47,7 @@ def family_inputs(members: list[Member], n_inputs: int, data_dir: str | None,
 
 def _label(group: tuple) -> str:
     seed, snr, where, *chip = group
-    text = f"seed {seed}, train SNR {snr_legend(snr)}"
+    text = f"seed {seed}, train SNR {fmt_db(snr, 'legend')}"
     text += "" if where == DIGITAL else f", trained on {where}"
     return text + (f", chip {chip[0]}" if chip else "")
 

@@ -98,7 +98,7 @@ def plot_run(rows: Sequence[dict[str, Any]], fig_dir: Path, title: str = "",
 def _plot_run(rows: Sequence[dict[str, Any]], fig_dir: Path, title: str,
               member_colours: Any, column: str = "value",
               own_noise: bool = False) -> list[Path]:
-    from noisydeq.figures import layout, legend_under, pyplot, save_figure
+    from noisydeq.figures import layout, legend_under, member_label, pyplot, save_figure
 
     plt = pyplot()
     prefix, _, ylabel = COLUMN_LOOK[column]
@@ -129,7 +129,7 @@ def _plot_run(rows: Sequence[dict[str, Any]], fig_dir: Path, title: str,
                     continue
                 ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", ms=3,
                         ls="-" if kind == "deq" else "--", color=colour[(kind, depth)],
-                        label=f"{kind.upper()} d{depth} (w{width})")
+                        label=member_label(kind, depth, width, matched=True))
                 table += [{"attack": label, "x_name": xname[label], "model_id": mid,
                            "kind": kind, "depth": depth, "width": width, "x": x,
                            worst_name: v} for x, v in pts]
@@ -180,6 +180,8 @@ def plot_vs_snr(rows: Sequence[dict[str, Any]], fig_dir: Path,
 def _plot_vs_snr(plt: Any, save_figure: Any, rows: Sequence[dict[str, Any]], fig_dir: Path,
                  colour: dict[tuple[str, int], Any], title: str,
                  column: str = "value") -> list[Path]:
+    from noisydeq.figures import member_label
+
     _, name, ylabel = COLUMN_LOOK[column]
     field, lower = READS.get(column, column), _better_lower(column)
     grad = [r for r in rows if r["x_name"] == "eps" and r["defence"] == "final"]
@@ -187,6 +189,7 @@ def _plot_vs_snr(plt: Any, save_figure: Any, rows: Sequence[dict[str, Any]], fig
         return []
     label = grad[0]["attack"]
     pick = [r for r in grad if r["attack"] == label]
+    widths = {r["model_id"]: int(r["width"]) for r in pick}
     finite = [r["snr_db"] for r in pick if math.isfinite(r["snr_db"])]
     if not finite:
         return []
@@ -221,7 +224,7 @@ def _plot_vs_snr(plt: Any, save_figure: Any, rows: Sequence[dict[str, Any]], fig
             ax.plot(xs, [sum(v) / len(v) for v in vals], ls=ls,
                     marker="o" if kind == "deq" else "s", ms=3,
                     color=colour.get((kind, depth), "k"),
-                    label=f"{kind.upper()} d{depth} {mode}")
+                    label=f"{member_label(kind, depth, widths[mid], matched=True)}, {mode}")
             ax.fill_between(xs, [min(v) for v in vals], [max(v) for v in vals],
                             color=colour.get((kind, depth), "k"), alpha=0.12, lw=0)
             table += [{"eps": eps, "model_id": mid, "kind": kind, "depth": depth,

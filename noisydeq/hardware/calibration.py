@@ -86,6 +86,8 @@ def bisect_log(
 
 #: spacing of a :class:`KnobTable` grid in log(knob): a quarter decade (~5 dB at 20 dB/decade)
 TABLE_STEP = math.log(10.0) / 4.0
+#: most measurements of one target's search inside its bracket (:class:`KnobTable`)
+SEARCH_STEPS = 12
 
 
 class KnobTable:
@@ -120,7 +122,7 @@ class KnobTable:
         #: measurements per search: the quarter-decade bracket shrinks to ~1e-4 in log knob
         #: after 12 bisections; a target still missed then sits on a jump of the curve
         #: (quantisation), where more steps do not help (the closest knob is returned)
-        self.max_iter = 12
+        self.max_iter = SEARCH_STEPS
         self.probes = 0
 
     def _at(self, log_knob: float) -> float:

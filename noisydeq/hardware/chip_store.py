@@ -31,7 +31,6 @@ from __future__ import annotations
 import hashlib
 import math
 import os
-from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -42,8 +41,7 @@ from noisydeq import store
 from noisydeq.errors import CorruptArtefact, NoisyDEQError
 from noisydeq.hardware.calibration_store import device_head, head_record
 from noisydeq.hardware.controls import device_layers
-from noisydeq.hardware.rram import CHIP_CACHE_BYTES, CHIP_CACHE_MIN, RRAMLayer
-from noisydeq.limits import FLOAT
+from noisydeq.hardware.rram import RRAMLayer
 from noisydeq.store import hash_tensor
 
 #: format of an entry (part of its key: a new format is a new file)
@@ -77,21 +75,6 @@ class ChipShelf:
         self.chips[s] = (w_t, float(alpha), float(rms))
         self.nbytes += w_t.nbytes
         self.added.add(s)
-
-
-def held_bytes(matrices: Iterable[tuple[int, int]], chips: int) -> int:
-    """Most bytes the shelves of a deployed model's RRAM layers (``matrices``: each one's
-    (n_out, n_in)) keep for writing when each programs ``chips`` noise scales: per layer the
-    float32 W_t of as many chips as fit :data:`LAYER_BYTES`, each holding the storage it was
-    programmed in — a small layer's W_t is half of its (W_prog, W_t) pair
-    (:data:`~noisydeq.hardware.rram.CHIP_CACHE_BYTES`): twice its bytes. A bound: a chip the
-    layer's in-memory cache still keeps shares that storage."""
-    total = 0
-    for n_out, n_in in matrices:
-        w = FLOAT * n_out * n_in
-        storage = 2 * w if 2 * w * CHIP_CACHE_MIN <= CHIP_CACHE_BYTES else w
-        total += min(chips, LAYER_BYTES // w) * storage
-    return total
 
 
 def enabled() -> bool:
