@@ -305,7 +305,7 @@ def test_a_run_waiting_for_a_pruned_model_gets_its_lock_on_the_same_file(tmp_pat
 
     monkeypatch.setattr(store.DirLock, "try_acquire", held_then_asked)
     outcome = prune.remove(listed)
-    out, err = waiter[0].communicate(timeout=120)
+    out, err = waiter[0].communicate()
     assert [e.name for e in outcome.removed] == [f"models/{entry.name}"]
     assert waiter[0].returncode == 0, err
     assert out.split(" ", 1) == [str(inode), f"{[store.LOCK_FILE]}\n"]
