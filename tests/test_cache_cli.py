@@ -166,7 +166,8 @@ def test_list_prune_stale_then_the_runs_still_hit(tmp_path, monkeypatch, capsys,
     assert {f if f.startswith(("calibration", "chips")) else os.path.dirname(f)
             for f in gone} == {n for n, s in made.items() if s == "stale"}
     assert all(after[f] == before[f] for f in after)  # the rest untouched
-    assert not (cache / "models" / ("a" * 20)).exists()
+    husk = cache / "models" / ("a" * 20)  # emptied: its lock file stays (cachedir.prune)
+    assert [p.name for p in husk.iterdir()] == [store.LOCK_FILE]
 
     counters.update(programmed=0, probes=0)
     second = _sweep(tmp_path, "b")
@@ -272,3 +273,41 @@ def test_other_files_and_links_are_counted_never_deleted(tmp_path, capsys):
     assert sorted(p.name for p in (cache / "chips").iterdir()) == [
         f"{'1' * 32}.safetensors", "notes.txt"]
     assert (cache / "models" / ("a" * 20)).is_symlink()
+
+
+def test_a_run_waiting_for_a_pruned_model_gets_its_lock_on_the_same_file(tmp_path,
+                                                                        monkeypatch):
+    """A process asking for a model entry while ``prune`` holds its lock gets the lock
+    afterwards on the same lock file, in the same directory: the prune removes the model's
+    files, never the lock file (a waiter would lock an unlinked file while a third process
+    locks a new one) nor the directory (filelock 3.12 ends the wait in a traceback)."""
+    from noisydeq.cachedir import inventory, prune
+
+    cache = tmp_path / "cache"
+    entry = cache / "models" / ("b" * 20)
+    store.save_checkpoint(entry / "model.safetensors", {"w": torch.ones(3)},
+                          {"schema": 0}, {})
+    (entry / store.LOCK_FILE).touch()
+    inode = (entry / store.LOCK_FILE).stat().st_ino
+    listed = inventory.scan(cache).entries
+    waiter: list[subprocess.Popen] = []
+    try_acquire = store.DirLock.try_acquire
+
+    def held_then_asked(self: store.DirLock) -> bool:  # the prune holds it; a run asks
+        taken = try_acquire(self)
+        waiter.append(subprocess.Popen(
+            [sys.executable, "-c", "import os, sys; from noisydeq import store; "
+             "lock = store.DirLock(sys.argv[1], 'model directory').acquire(); "
+             "print(os.stat(lock.path).st_ino, sorted(os.listdir(sys.argv[1])))",
+             str(entry)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+        assert "waiting for it to finish" in waiter[0].stderr.readline()
+        return taken
+
+    monkeypatch.setattr(store.DirLock, "try_acquire", held_then_asked)
+    outcome = prune.remove(listed)
+    out, err = waiter[0].communicate()
+    assert [e.name for e in outcome.removed] == [f"models/{entry.name}"]
+    assert waiter[0].returncode == 0, err
+    assert out.split(" ", 1) == [str(inode), f"{[store.LOCK_FILE]}\n"]
+    assert (entry / store.LOCK_FILE).stat().st_ino == inode
+    assert inventory.scan(cache).entries == []  # the husk is no entry

@@ -7,8 +7,9 @@ fields an entry records (:mod:`noisydeq.cachedir.current`): a model's training c
 chip file's metadata are read from their safetensors header (no tensor is read), a
 calibration entry is read whole (its digest checked); an entry that cannot be read is stale
 (no run uses it: it is computed again and replaced). Anything else under the cache is
-*other*: counted, never deleted. A directory that holds more than the kinds' directories
-is not a cache (:func:`check_root`).
+*other*: counted, never deleted. A model directory holding nothing but its lock file (one
+``noisydeq cache`` emptied, or one a run has just locked) is no entry. A directory that
+holds more than the kinds' directories is not a cache (:func:`check_root`).
 """
 
 from __future__ import annotations
@@ -149,6 +150,8 @@ def scan(root: str | os.PathLike) -> Inventory:
                 if p.name != store.LOCK_FILE:
                     inv.other.append((p, p.lstat().st_size))
                 continue
+            if kind == "models" and not [f for f in files if f.name != store.LOCK_FILE]:
+                continue  # a husk: no model (yet), its lock file kept (cachedir.prune)
             stats = [f.lstat() for f in files]
         except OSError:  # removed while we looked
             continue

@@ -1,13 +1,19 @@
 """Deleting cache entries without hurting a run that uses them.
 
 A model entry is a directory that its writer and its loader hold locked
-(:class:`noisydeq.store.DirLock`, ``train_model``): it is deleted only under its lock, taken
-without waiting, and skipped while another process holds it. Calibration and chip entries
-are single files replaced atomically and take no lock: one is skipped while a live process
-writes it (:func:`noisydeq.store.being_written`); a process that has one open keeps reading
-it after it is unlinked (POSIX), and one that looks for it afterwards computes it again
-(a miss, as for an entry never written). Only regular files inside the cache's kind
-directories are unlinked (never through a link), after :func:`inventory.check_root`.
+(:class:`noisydeq.store.DirLock`, ``train_model``): its files are deleted only under its
+lock, taken without waiting, and it is skipped while another process holds it. The
+directory and its lock file stay (an empty husk, which :func:`inventory.scan` does not
+list): a process waiting for the lock then gets it on the same file, finds no model and
+trains it again. Unlinking the lock file would let that process lock the unlinked file
+while a third one locks a new file of the name (two holders), and removing the directory
+would end its wait in a ``FileNotFoundError`` — filelock 3.12, which the package allows,
+neither checks the one nor recreates the other. Calibration and chip entries are single
+files replaced atomically and take no lock: one is skipped while a live process writes it
+(:func:`noisydeq.store.being_written`); a process that has one open keeps reading it after
+it is unlinked (POSIX), and one that looks for it afterwards computes it again (a miss, as
+for an entry never written). Only regular files inside the cache's kind directories are
+unlinked (never through a link), after :func:`inventory.check_root`.
 """
 
 from __future__ import annotations
@@ -70,9 +76,8 @@ def _delete(entry: Entry) -> str:
         if names != {f.name for f in entry.files} - {store.LOCK_FILE}:
             return "changed since it was listed (written by another process)"
         for f in entry.files:
-            f.unlink(missing_ok=True)
-        lock.path.unlink(missing_ok=True)
-        entry.path.rmdir()
+            if f.name != store.LOCK_FILE:  # the lock file and directory stay: see the module
+                f.unlink(missing_ok=True)
     finally:
         lock.release()
     return ""

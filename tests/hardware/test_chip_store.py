@@ -135,6 +135,31 @@ def test_a_damaged_entry_is_reported_programmed_again_and_rewritten(
     assert "is not a readable safetensors file" in capsys.readouterr().err
 
 
+def test_an_entry_removed_between_its_check_and_its_read_is_a_miss(tmp_path, monkeypatch,
+                                                                   capsys):
+    """``noisydeq cache prune`` may unlink an entry after ``load_entry`` saw it: the chips
+    are programmed again without a warning, as for an entry never written (a calibration
+    entry's ``load_entry`` does the same)."""
+    model = _model(12)
+    device = hw.get_device("rram").new_chip(2)
+    first = device.deploy(model).eval()
+    cache = chip_store.attach(first, device, tmp_path)
+    _reads(first, torch.randn(3, 12))
+    assert cache.save()
+    (path,) = (tmp_path / "chips").glob("*.safetensors")
+    load = chip_store.store.load_tensors
+
+    def pruned_first(p, *args, **kwargs):
+        path.unlink()  # the prune's unlink lands between the check and the read
+        return load(p, *args, **kwargs)
+
+    monkeypatch.setattr(chip_store.store, "load_tensors", pruned_first)
+    second = device.deploy(model).eval()
+    again = chip_store.attach(second, device, tmp_path)
+    assert capsys.readouterr().err == ""
+    assert all(not layer.shelf.chips for layer in again.layers.values())
+
+
 def test_off_switch(tmp_path, monkeypatch):
     monkeypatch.setenv(chip_store.ENV, "off")
     device = hw.get_device("rram")
