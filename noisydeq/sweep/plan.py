@@ -94,7 +94,7 @@ class CellRunner:
         """``run_dir`` None: a runner without a run directory (a Ray worker's, which only
         computes: :mod:`noisydeq.sweep.ray_cells`); it is given the driver's calibration
         ``groups`` and cell ``content`` digest instead of reading them. ``code``: the
-        package's :func:`~noisydeq.hardware.calibration_store.code_fingerprint` when the
+        package's :func:`~noisydeq.fingerprint.code_fingerprint` when the
         caller has it (a worker, after checking it is the driver's); else computed here,
         once, for the content digest and what the driver tells its workers
         (:attr:`code`)."""
