@@ -132,7 +132,8 @@ print(json.dumps([code, bool(seen), late]))
     (["certify", "{d}", "--eps", "-1"], "ε must be ≥ 0"),
     (["certify", "{d}", "--chip", "1"], "need --device"),
     (["certify", "certify-mnist", "--eps", "x"], "'x' is not a number"),
-    (["certify", "{d}/bad-certify.toml"], "[quick] certify: eps"),
+    (["certify", "{d}/bad-certify.toml"], "[certify]: eps"),
+    (["certify", "{d}/certify.toml", "--n-test", "0"], "command line: n_test: Input should"),
     # a --device preset is read torch-free (specs.device_presets), by every command taking it
     (["certify", "{d}", "--device", "nope"], "unknown device 'nope'"),
     (["certify", "{d}", "--device", "photonic"], "certify supports rram envelopes and ideal"),
@@ -229,6 +230,8 @@ print(json.dumps([code, "torch" in sys.modules]))
     (["study", "algorithmic-prefix-sums", "--set", "seedz=[0]"],
      "[quick] --set: unknown key 'seedz'; did you mean 'seeds'?"),
     (["study", "{d}/bad-study.toml"], "[study]: unknown key 'seedz'; did you mean 'seeds'?"),
+    (["sweep", "--kinds", "deq,fw", "--out", "{d}/o"],
+     "kinds: unknown model kind 'fw'; did you mean 'ffw'?"),
 ])
 def test_bad_input_is_refused_without_importing_torch(args, needle, tmp_path) -> None:
     """Bad input of a command whose checks are torch-free is one line and exit 2 in a fresh
