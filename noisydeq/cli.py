@@ -132,7 +132,7 @@ class LazyGroup(click.Group):
                    "tracker through its own library (off by default).")
 @click.option("--tracker-dir", default=None, metavar="DIR",
               help="Where the tracker writes (TensorBoard/W&B default: ./tracker; MLflow: "
-                   "its own default).")
+                   "its own default); TensorBoard: one <command>-<time>/ folder per run.")
 @click.pass_context
 def cli(ctx: click.Context, log_json: str | None, tracker: str | None,
         tracker_dir: str | None) -> None:

@@ -206,13 +206,17 @@ def _finite(v: Any) -> bool:
 
 def open_tracker(name: str, logdir: str | os.PathLike | None, run_name: str) -> Tracker:
     """The tracker ``name`` (:data:`TRACKERS`) writing under ``logdir`` (TensorBoard and
-    W&B default: ``./tracker``; MLflow: its own default, ``MLFLOW_TRACKING_URI``)."""
+    W&B default: ``./tracker``; MLflow: its own default, ``MLFLOW_TRACKING_URI``), its run
+    named ``run_name``. TensorBoard writes into ``<logdir>/<run_name>/`` whether or not
+    ``logdir`` was given (a given one got the events straight in it, so two runs' events
+    mixed in one folder while the default kept them apart); W&B and MLflow keep their runs
+    apart by name."""
     if name not in TRACKERS:
         raise NoisyDEQError(f"--tracker: unknown tracker {name!r}; choose one of "
                             f"{', '.join(TRACKERS)}")
     path = Path(logdir) if logdir is not None else None
     if name == "tensorboard":
-        return Tracker(TensorBoard(path or Path("tracker") / run_name))
+        return Tracker(TensorBoard((path or Path("tracker")) / run_name))
     if name == "wandb":
         return Tracker(WandB(path or Path("tracker"), run_name))
     return Tracker(MLflow(path, run_name))

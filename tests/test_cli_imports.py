@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -131,7 +132,8 @@ print(json.dumps([code, bool(seen), late]))
     (["certify", "{d}", "--eps", "-1"], "ε must be ≥ 0"),
     (["certify", "{d}", "--chip", "1"], "need --device"),
     (["certify", "certify-mnist", "--eps", "x"], "'x' is not a number"),
-    (["certify", "{d}/bad-certify.toml"], "[quick] certify: eps"),
+    (["certify", "{d}/bad-certify.toml"], "[certify]: eps"),
+    (["certify", "{d}/certify.toml", "--n-test", "0"], "command line: n_test: Input should"),
     # a --device preset is read torch-free (specs.device_presets), by every command taking it
     (["certify", "{d}", "--device", "nope"], "unknown device 'nope'"),
     (["certify", "{d}", "--device", "photonic"], "certify supports rram envelopes and ideal"),
@@ -223,11 +225,22 @@ print(json.dumps([code, "torch" in sys.modules]))
     (["sensitivity", "--family", "{d}", "--samples", "1"], "--samples"),
     (["solvers", "--max-iter", "0"], "--max-iter"),
     (["spectrum", "--family", "{d}", "--threads", "x"], "threads 'x'"),
+    # a study's spec lived in noisydeq.studies (it imports torch): a typo came after torch
+    # loaded, a heartbeat line first under load
+    (["study", "algorithmic-prefix-sums", "--set", "seedz=[0]"],
+     "[quick] --set: unknown key 'seedz'; did you mean 'seeds'?"),
+    (["study", "{d}/bad-study.toml"], "[study]: unknown key 'seedz'; did you mean 'seeds'?"),
+    (["sweep", "--kinds", "deq,fw", "--out", "{d}/o"],
+     "kinds: unknown model kind 'fw'; did you mean 'ffw'?"),
 ])
 def test_bad_input_is_refused_without_importing_torch(args, needle, tmp_path) -> None:
     """Bad input of a command whose checks are torch-free is one line and exit 2 in a fresh
     interpreter that never imports torch (not just before the heartbeat's first line)."""
     (tmp_path / "bad-device.toml").write_text('name = "x"\n[sweep]\ndevice = "nope"\n')
+    from noisydeq.bundled import find_experiment
+
+    study = Path(find_experiment("algorithmic-prefix-sums", "study")).read_text()
+    (tmp_path / "bad-study.toml").write_text(study.replace("\nseeds =", "\nseedz =", 1))
     (tmp_path / "bad-train-device.toml").write_text(
         'name = "x"\n[sweep]\ndevice = "ideal"\ntrain_device = ["rrm"]\n')
     argv = [a.replace("{d}", str(tmp_path)) for a in args]

@@ -37,7 +37,10 @@ BAD = [
     (["--set", "chipz=2"], "did you mean 'chips'"),
     (["--jobs", "0"], "jobs '0'"),
     (["--jobs", "two"], "jobs 'two'"),
-    (["--kinds", "deq,cnn"], "kinds.1: Input should be 'deq', 'ffw'"),
+    # pydantic said "kinds.1: Input should be 'deq', 'ffw', …": one line naming the kind
+    (["--kinds", "deq,cnn"],
+     "kinds: unknown model kind 'cnn' (allowed: deq, ffw, mondeq, ffw_relu, lyadeq)"),
+    (["--kinds", "deq,fw"], "kinds: unknown model kind 'fw'; did you mean 'ffw'?"),
     (["--kinds", ","], "kinds must not be empty"),
 ]
 

@@ -315,8 +315,8 @@ def test_study_solvers_figure_is_one_panel_per_deq(tmp_path, kept):
     """Fig. 6: a panel per DEQ, a line per test solver in its own hue, the legend under the
     panels, the CSV the plotted DEQ rows exactly; plot_study draws it only with several
     test solvers."""
+    from noisydeq.specs.study import StudySpec
     from noisydeq.studies.plots import plot_solvers, plot_study
-    from noisydeq.studies.spec import StudySpec
 
     rows = _mdeq_rows()
     plot_solvers(rows, tmp_path / "solvers", "mdeq")

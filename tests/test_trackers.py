@@ -108,6 +108,21 @@ def test_cli_tracker_without_its_library_exits_before_work(tmp_path, name):
     assert not (tmp_path / "r").exists()  # nothing was written
 
 
+def test_tensorboard_writes_each_run_in_its_own_folder_given_dir_or_not(monkeypatch,
+                                                                        tmp_path):
+    """``--tracker-dir tb`` gets the same ``<command>-<time>/`` folder as the default
+    ``./tracker`` (it wrote the events straight into ``tb/``, two runs mixed there)."""
+    from noisydeq import trackers
+
+    seen = []
+    monkeypatch.setattr(trackers.TensorBoard, "__init__",
+                        lambda self, logdir: seen.append(logdir))
+    open_tracker("tensorboard", tmp_path / "tb", "sweep-20261207-101500")
+    open_tracker("tensorboard", None, "sweep-20261207-101501")
+    assert seen == [tmp_path / "tb" / "sweep-20261207-101500",
+                    Path("tracker") / "sweep-20261207-101501"]
+
+
 @pytest.mark.slow
 def test_tensorboard_holds_the_sweep_results_and_training_curves(tmp_path):
     pytest.importorskip("tensorboard")
@@ -118,7 +133,9 @@ def test_tensorboard_holds_the_sweep_results_and_training_curves(tmp_path):
             "--out", "r", "--quiet"]
     proc = _cli(args, tmp_path)
     assert proc.returncode == 0, proc.stderr
-    acc = EventAccumulator(str(tmp_path / "tb"))
+    runs = list((tmp_path / "tb").iterdir())  # tb/sweep-<time>/, as under ./tracker
+    assert [p.name[:6] for p in runs] == ["sweep-"] and runs[0].is_dir()
+    acc = EventAccumulator(str(runs[0]))
     acc.Reload()
     tags = set(acc.Tags()["scalars"])
     with open(tmp_path / "r" / "results.csv") as fh:

@@ -60,7 +60,8 @@ def test_plain_name_accepts_the_bundled_names():
 @pytest.mark.parametrize("spec,data,where", [
     (ExperimentSpec, {"name": "x", "sweep": {}, "quick": {"epochs": -1}}, "[quick]"),
     (StudyFile, None, "[full]"),
-    (CertifyExperimentSpec, {"name": "x", "full": {"certify": {"no_such_field": 1}}}, "[full]"),
+    (CertifyExperimentSpec, {"name": "x", "full": {"certify": {"no_such_field": 1}}},
+     "[full.certify]"),
 ])
 def test_a_bad_variant_is_refused_at_load(spec, data, where):
     if data is None:  # a study file: break its full variant
@@ -93,3 +94,33 @@ def test_an_error_names_the_table_its_key_was_written_in():
     with pytest.raises(NoisyDEQError) as err:
         build(StudyFile, {**base, "study": {**base["study"], "seedz": [0]}})
     assert "[study]: unknown key 'seedz'" in str(err.value)
+
+
+def test_a_certify_or_adversarial_error_names_the_table_its_key_was_written_in():
+    """certify's nested tables were all labelled '[quick] certify' (and twice: '[quick]:
+    [quick] certify'); an adversarial grid's base table and --set were '[quick.grid]'."""
+    base = {"name": "x", "certify": {"eps": [0.1]}, "quick": {"certify": {"n_test": 10}}}
+    for data, place, key in [
+            ({**base, "certify": {"eps": [0.1], "pgd_restartz": 1}}, "[certify]", "pgd_restartz"),
+            ({**base, "quick": {"certify": {"n_tset": 1}}}, "[quick.certify]", "n_tset"),
+            ({**base, "full": {"certify": {"n_tset": 1}}}, "[full.certify]", "n_tset"),
+            ({"name": "x", "kind": "fig2", "fig2": {"widht": 1}}, "[fig2]", "widht")]:
+        with pytest.raises(NoisyDEQError) as err:
+            build(CertifyExperimentSpec, data)
+        assert str(err.value).startswith(f"{place}: unknown key '{key}'"), str(err.value)
+    exp = build(CertifyExperimentSpec, base)
+    assert exp.section("quick", {"pgd_steps": 3}).model_dump() == {
+        **exp.section("quick").model_dump(), "pgd_steps": 3}
+    with pytest.raises(NoisyDEQError) as err:  # the command line's options: named so
+        exp.section("quick", {"n_test": 0})
+    assert str(err.value).startswith("command line: n_test: Input should be greater")
+    _, _, adv = next(b for b in BUNDLED if b[1] is AdversarialExperimentSpec)
+    with pytest.raises(NoisyDEQError) as err:
+        build(AdversarialExperimentSpec, {**adv, "grid": {**adv.get("grid", {}), "seedz": [0]}})
+    assert "[grid]: unknown key 'seedz'; did you mean 'seeds'?" in str(err.value)
+    with pytest.raises(NoisyDEQError) as err:
+        build(AdversarialExperimentSpec, {**adv, "quick": {"grid": {"seedz": [0]}}})
+    assert "[quick.grid]: unknown key 'seedz'" in str(err.value)
+    with pytest.raises(NoisyDEQError) as err:
+        build(AdversarialExperimentSpec, adv).resolve("quick", grid={"seedz": [0]})
+    assert str(err.value).startswith("--set grid: unknown key 'seedz'")

@@ -33,8 +33,8 @@ from typing import Any, Literal
 from pydantic import Field, field_validator, model_validator
 
 from noisydeq.errors import NoisyDEQError, did_you_mean
-from noisydeq.specs.base import StrictModel, build, suggest_name
-from noisydeq.specs.family import FamilySpec
+from noisydeq.specs.base import StrictModel, build, build_layers, suggest_name
+from noisydeq.specs.family import FamilySpec, check_kinds
 from noisydeq.specs.optimizer import ADVERSARIAL_METHODS
 from noisydeq.specs.training import TRAIN_PRESETS, TrainSpec
 from noisydeq.specs.variant_file import Variant, VariantFile
@@ -51,6 +51,19 @@ def _deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
         out[k] = _deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k),
                                                                                dict) else v
     return out
+
+
+def _build_layers(model: type[Any], layers: list[tuple[str, dict[str, Any]]], where: str
+                  ) -> Any:
+    """:func:`~noisydeq.specs.base.build_layers` with each layer's tables merged into the
+    earlier ones' (as :func:`_deep_merge`): an error names the table its key was written
+    in (``[grid]``, ``[quick.grid]`` or ``--set grid``)."""
+    acc: dict[str, Any] = {}
+    out = []
+    for place, table in layers:
+        acc = _deep_merge(acc, table)
+        out.append((place, {k: acc[k] for k in table}))
+    return build_layers(model, out, where)
 
 
 def check_defence(name: str) -> str:
@@ -88,6 +101,11 @@ class GridSpec(StrictModel):
                 raise ValueError(suggest_name("method", m, METHODS))
             out.append(m)
         return list(dict.fromkeys(out))
+
+    @field_validator("kinds", mode="before")
+    @classmethod
+    def _kinds(cls, v: Any) -> Any:
+        return check_kinds(v, ("deq", "ffw"))
 
     @field_validator("defences")
     @classmethod
@@ -157,11 +175,14 @@ class AdversarialExperimentSpec(VariantFile):
     def resolve(self, variant: Variant, **overrides: Any) -> Resolved:
         """The validated ``variant`` (base tables + the variant's overrides + ``overrides``,
         itself a {part: dict} mapping)."""
-        over = _deep_merge(self.overrides(variant), overrides)
+        file = self.overrides(variant)
+        over = _deep_merge(file, overrides)
         family = _deep_merge(self.family, over.get("family", {}))
         train = _deep_merge(self.train, over.get("train", {}))
-        grid = build(GridSpec, _deep_merge(self.grid, over.get("grid", {})),
-                     where=f"[{variant}.grid]")
+        grid = _build_layers(GridSpec, [("[grid]", self.grid),
+                                        (f"[{variant}.grid]", file.get("grid", {})),
+                                        ("--set grid", overrides.get("grid", {}))],
+                             where=f"[{variant}.grid]")
         evals = {k: _deep_merge(v, over.get("evaluations", {}).get(k, {}))
                  for k, v in self.evaluations.items()}
         res = Resolved(self.name, variant, family, train, grid, evals)
@@ -171,8 +192,12 @@ class AdversarialExperimentSpec(VariantFile):
             raise ValueError(f"[{variant}] the grid trains no model")
         from noisydeq.attacks.grid import AttackRunSpec
 
-        for k, v in evals.items():
-            build(AttackRunSpec, {**v, "family": self.name}, where=f"[{variant}.evaluations.{k}]")
+        for k, v in self.evaluations.items():
+            _build_layers(AttackRunSpec, [
+                (f"[evaluations.{k}]", {**v, "family": self.name}),
+                (f"[{variant}.evaluations.{k}]", file.get("evaluations", {}).get(k, {})),
+                (f"--set evaluations.{k}", overrides.get("evaluations", {}).get(k, {}))],
+                where=f"[{variant}.evaluations.{k}]")
         return res
 
 

@@ -36,12 +36,6 @@ def _spec(opts: dict[str, Any]):
     return build(CertifySpec, data, where="certify")
 
 
-def _spec_from(data: dict[str, Any]):
-    from noisydeq.specs.certify import CertifySpec
-
-    return build(CertifySpec, data, where="certify")
-
-
 def _check_device_options(spec) -> None:
     """The device options that need ``--device`` (torch-free)."""
     if spec.device is None and (spec.chip is not None or spec.dynamic
@@ -230,7 +224,8 @@ def _experiment_spec(source: Path, opts: dict[str, Any]):
     from noisydeq.specs.certify import CertifyExperimentSpec
     from noisydeq.specs.toml import load_toml
 
-    exp = load_toml(CertifyExperimentSpec, source).resolve(opts["variant"])
+    file = load_toml(CertifyExperimentSpec, source)
+    exp = file.resolve(opts["variant"])
     out = opts["out"] or Path("runs") / f"{exp.name}-{opts['variant']}"
     _writable(out)
     if exp.kind == "fig2":
@@ -246,9 +241,9 @@ def _experiment_spec(source: Path, opts: dict[str, Any]):
     given = {key: opts[opt] for opt, key in names.items()
              if ctx.get_parameter_source(opt) is not click.core.ParameterSource.DEFAULT}
     if given:  # command-line settings win over the file's [certify] table
-        merged = {**exp.certify, **given}
-        _check_device(_spec_from(merged))  # checked before the (validated) assignment
-        exp.certify = merged
+        # checked before the (validated) assignment; an error names the option's table
+        _check_device(file.section(opts["variant"], given))
+        exp.certify = {**exp.certify, **given}
     return exp, out
 
 

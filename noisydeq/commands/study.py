@@ -56,6 +56,7 @@ def command(experiment: str, variant: str, out: str | None, data_dir: str | None
     from noisydeq.bundled import find_experiment
     from noisydeq.cluster import Backend
     from noisydeq.runtime import num_threads, thread_plan
+    from noisydeq.specs.study import StudyFile
     from noisydeq.specs.toml import load_toml
 
     chosen = Backend.parse(backend, address)
@@ -66,11 +67,11 @@ def command(experiment: str, variant: str, out: str | None, data_dir: str | None
         over["data_dir"] = check_data_dir(data_dir)
     if torch_device is not None:
         over["torch_device"] = torch_device
-    # the command line is checked: now the heavy imports (torch), seconds under load
-    from noisydeq.studies import StudyFile, run_study
-
-    exp = load_toml(StudyFile, path)
+    exp = load_toml(StudyFile, path)  # the file and --set: checked before torch loads
     spec = exp.resolve(variant, over)
+    # the command line is checked: now the heavy imports (torch), seconds under load
+    from noisydeq.studies import run_study
+
     target = Path(out) if out else default_out(exp.name, variant)
     talk = not (quiet or as_json)
     if talk:

@@ -9,7 +9,7 @@ from typing import Any, Literal
 from pydantic import Field, field_validator
 
 from noisydeq import limits
-from noisydeq.specs.base import StrictModel, build, parse_comma_list
+from noisydeq.specs.base import StrictModel, build, build_layers, parse_comma_list
 from noisydeq.specs.variant_file import Variant, VariantFile
 
 
@@ -115,10 +115,29 @@ class CertifyExperimentSpec(VariantFile):
         data["quick"], data["full"] = {}, {}
         return build(CertifyExperimentSpec, data, where=f"[{variant}]")
 
+    def section(self, variant: Variant, given: dict[str, Any] | None = None
+                ) -> CertifySpec | Fig2Spec:
+        """The validated ``certify`` (Table 2) or ``fig2`` section of ``variant``: the base
+        table, the variant's over it, ``given`` (the command line's settings) over both; an
+        error names the table its key was written in (``[certify]``, ``[quick.certify]``,
+        ``command line``)."""
+        over = self.overrides(variant)
+        kind = over.get("kind", self.kind)
+        part, model = ("certify", CertifySpec) if kind == "table2" else ("fig2", Fig2Spec)
+        table = over.get(part, {})
+        return build_layers(model, [(f"[{part}]", getattr(self, part)),
+                                    (f"[{variant}.{part}]", table if isinstance(table, dict)
+                                     else {}),
+                                    ("command line", given or {})],
+                            where=f"[{variant}.{part}]")
+
     def check_variant(self, variant: Variant) -> None:
-        """The variant's ``certify`` (Table 2) or ``fig2`` section is a valid spec."""
-        out = self.resolve(variant) if self.quick or self.full else self
-        if out.kind == "table2":
-            build(CertifySpec, out.certify, where=f"[{variant}] certify")
-        else:
-            build(Fig2Spec, out.fig2, where=f"[{variant}] fig2")
+        """The variant's ``certify`` (Table 2) or ``fig2`` section is a valid spec, and the
+        rest of the variant resolves."""
+        over = self.overrides(variant)
+        kind = over.get("kind", self.kind)
+        part = "certify" if kind == "table2" else "fig2"
+        if kind in ("table2", "fig2") and isinstance(over.get(part, {}), dict):
+            self.section(variant)  # before resolve: its error would name the variant
+        if self.quick or self.full:
+            self.resolve(variant)

@@ -9,11 +9,24 @@ from typing import Any, Literal
 from pydantic import Field, field_validator, model_validator
 
 from noisydeq import limits
-from noisydeq.specs.base import InfFloat, StrictModel, parse_comma_list
+from noisydeq.specs.base import InfFloat, StrictModel, check_choice, parse_comma_list
 from noisydeq.specs.cell import CellSpec, check_cell
 from noisydeq.specs.model import FfwForm, LyapunovSpec, MonotoneSpec
 from noisydeq.specs.noise import NoiseSpec, SnrScale, parse_snr_value
 from noisydeq.specs.training import DEQ_ONLY_TRAIN_FIELDS, TrainSpec, check_preset
+
+#: the model kinds a family (and a sweep) may hold
+MODEL_KINDS = ("deq", "ffw", "mondeq", "ffw_relu", "lyadeq")
+
+
+def check_kinds(v: Any, allowed: tuple[str, ...] = MODEL_KINDS) -> Any:
+    """A list of model kinds, each one of ``allowed``: a bad one is one line naming it, a
+    "did you mean" and the allowed kinds (pydantic said ``kinds.1: Input should be …``).
+    Anything but a list is left to the field's type."""
+    if isinstance(v, (list, tuple)):
+        for k in v:
+            check_choice(k if isinstance(k, str) else str(k), allowed, "model kind")
+    return v
 
 
 def parse_depths(v: Any) -> list[int]:
@@ -88,6 +101,11 @@ class FamilyChoices(StrictModel):
     @classmethod
     def _depths(cls, v: Any) -> list[int]:
         return parse_depths(v)
+
+    @field_validator("kinds", mode="before")
+    @classmethod
+    def _kinds(cls, v: Any) -> Any:
+        return check_kinds(v)
 
     @field_validator("cell", check_fields=False)
     @classmethod

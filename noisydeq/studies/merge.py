@@ -24,8 +24,8 @@ from typing import Any
 
 from noisydeq import store
 from noisydeq.errors import CorruptArtefact, NoisyDEQError
+from noisydeq.specs.study import StudySpec
 from noisydeq.studies.rundir import ROW_IDENTITY, StudyDir
-from noisydeq.studies.spec import StudySpec
 
 #: text columns of a study's results.csv; every other column not in :data:`INT_COLUMNS`
 #: is a float (``inf`` / ``nan`` spelled out)

@@ -42,7 +42,7 @@ from noisydeq.figures import (
     styled,
     trained_text,
 )
-from noisydeq.studies.spec import StudySpec
+from noisydeq.specs.study import StudySpec
 
 #: markers of a DEQ's second, third, ... test solver (its first keeps its kind's marker)
 OTHER_MARKERS = ("x", "^", "v", "D")

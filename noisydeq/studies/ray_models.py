@@ -28,9 +28,9 @@ import torch
 
 from noisydeq import cluster
 from noisydeq.errors import NoisyDEQError
+from noisydeq.specs.study import StudySpec
 from noisydeq.studies.rundir import StudyDir
 from noisydeq.studies.runner import ModelJob, _build, evaluate_model, model_id
-from noisydeq.studies.spec import StudySpec
 
 
 def study_model(token: str, box: list[Any], job: ModelJob, trained: Any,

@@ -24,8 +24,8 @@ from typing import Any
 from noisydeq import store
 from noisydeq.errors import CorruptArtefact, NoisyDEQError
 from noisydeq.results import package_versions, read_recorded_meta, read_recorded_spec
+from noisydeq.specs.study import StudySpec
 from noisydeq.specs.toml import dumps_toml
-from noisydeq.studies.spec import StudySpec
 
 #: format tag of a study's cell file
 CELL_FORMAT = "noisydeq-study-cell/1"

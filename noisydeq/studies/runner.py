@@ -36,9 +36,9 @@ import torch
 
 from noisydeq.errors import NoisyDEQError
 from noisydeq.noise import derive_seed
+from noisydeq.specs.study import StudySpec
 from noisydeq.studies.evaluate import score
 from noisydeq.studies.rundir import StudyDir
-from noisydeq.studies.spec import StudySpec
 from noisydeq.summary import fmt_db
 
 

@@ -46,6 +46,12 @@ EXP = "noisydeq/experiments/adversarial-fig3.toml"
     (["train.adversarial={eps=2.0}"], "[0, 1]"),
     (["evaluations.curves.defences='entropy:tf=0'"], "T_f must be a positive integer"),
     (["evaluations.nope.samples=3"], "no evaluation 'nope'"),
+    # a --set typo was labelled [quick.grid], the file's table: name where it was written
+    (["grid.x=1"], "--set grid: unknown key 'x' (allowed: methods,"),
+    (["grid.kinds=['deq','fw']"],
+     "--set grid: kinds: unknown model kind 'fw'; did you mean 'ffw'? (allowed: deq, ffw)"),
+    (["evaluations.curves.sampls=3"],
+     "--set evaluations.curves: unknown key 'sampls'; did you mean 'samples'?"),
 ])
 def test_experiment_bad_input_is_one_line(capsys, tmp_path, sets, needle):
     import pathlib

@@ -94,6 +94,8 @@ def sweep_cases() -> list[Case]:
         Case("sweep unreachable device SNR", [*_with(SWEEP, "--device", "rram"),
                                               "--noise-site", "device", "--snr", "150"],
              "SNR"),
+        Case("sweep --kinds typo", _with(SWEEP, "--kinds", "deq,ffww"),
+             "unknown model kind 'ffww'; did you mean 'ffw'?"),
         Case("sweep --set cell typo", [*SWEEP, "--set", "cell=con"], "did you mean 'conv'"),
         Case("sweep --set cell option it does not read",
              [*SWEEP, "--set", 'cell={name="conv1d", scales=2}'], "takes no 'scales'"),
