@@ -13,7 +13,7 @@ from noisydeq.cli import cli
 from noisydeq.config import build, load_toml
 from noisydeq.errors import NoisyDEQError
 from noisydeq.studies import StudyFile, StudySpec, run_study
-from noisydeq.studies.runner import load_study_task
+from noisydeq.studies.runner import load_study_task, model_spec
 from noisydeq.tasks.base import sample_correct
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -106,7 +106,7 @@ def test_test_noise_does_not_depend_on_the_evaluation_batch():
     torch.manual_seed(0)
     from noisydeq.models import build_model
 
-    model = build_model(spec.models["deq"].spec(task), solver=None)
+    model = build_model(model_spec(spec.models["deq"], task), solver=None)
     x, y = task.shifted(16, 12)
     kw = dict(classification=True, noise=spec.noise(0.0), seed=3)
     a, b = score(model, x, y, batch=12, **kw), score(model, x, y, batch=5, **kw)

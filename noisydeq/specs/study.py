@@ -66,14 +66,6 @@ class StudyModel(StrictModel):
         build(ModelSpec, {"in_features": 1, "out_features": 1, **self.model})
         return self
 
-    def spec(self, task: Any) -> ModelSpec:
-        """The :class:`ModelSpec` for ``task`` (in/out sizes, input shape)."""
-        from noisydeq.models.extra import fit_to_task
-
-        fields = fit_to_task(self.model, task)
-        return build(ModelSpec, {"kind": self.kind, "in_features": task.in_features,
-                                 "out_features": task.out_features, **fields},
-                     where=f"model ({self.kind})")
 
 
 class StudySpec(StrictModel):

@@ -36,10 +36,23 @@ import torch
 
 from noisydeq.errors import NoisyDEQError
 from noisydeq.noise import derive_seed
-from noisydeq.specs.study import StudySpec
+from noisydeq.specs.base import build
+from noisydeq.specs.model import ModelSpec
+from noisydeq.specs.study import StudyModel, StudySpec
 from noisydeq.studies.evaluate import score
 from noisydeq.studies.rundir import StudyDir
 from noisydeq.summary import fmt_db
+
+
+def model_spec(model: StudyModel, task: Any) -> ModelSpec:
+    """The :class:`ModelSpec` of a study's ``model`` for ``task`` (in/out sizes, input
+    shape; a cell that does not fit the task is one line)."""
+    from noisydeq.models.extra import fit_to_task
+
+    fields = fit_to_task(model.model, task)
+    return build(ModelSpec, {"kind": model.kind, "in_features": task.in_features,
+                             "out_features": task.out_features, **fields},
+                 where=f"model ({model.kind})")
 
 
 def model_id(name: str, seed: int, train_snr_db: float) -> str:
@@ -85,7 +98,7 @@ def _test_sets(spec: StudySpec, task: Any) -> list[tuple[float | None, Any, Any]
 def _build(spec: StudySpec, name: str, task: Any, seed: int):
     from noisydeq.models import build_model
 
-    mspec = spec.models[name].spec(task)
+    mspec = model_spec(spec.models[name], task)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(derive_seed(seed, "study", name) % (2**63))
         return build_model(mspec)
@@ -200,7 +213,7 @@ def run_study(
     dev = resolve_torch_device(spec.torch_device)
     task = load_study_task(spec)  # validates sizes before anything is written
     for m in spec.models.values():
-        m.spec(task)  # a model that does not fit the task: one line, before writing
+        model_spec(m, task)  # a model that does not fit the task: one line, before writing
     sets = _test_sets(spec, task)
     backend = backend or Backend()
     if backend.ray and remote is None:
