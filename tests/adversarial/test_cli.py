@@ -201,11 +201,13 @@ def test_documented_spectral_cap_variant_resolves():
     assert cell.spec.train_spec("ffw").spectral_cap is None
 
 
-def test_documented_conv_defence_grid_resolves():
+@pytest.mark.parametrize("method", ["pgd", "trades"])
+def test_documented_conv_defence_grid_resolves(method):
     """The conv grid with the training defences (docs/robustness.md, "The conv variant with
-    the training defences"): the capped conv DEQ with noise on x or z at 0 / 10 dB or the
-    random threshold keeps the cap and the budget in every defence's spec; the conv FFW with
-    noise on z gets its noise and no cap."""
+    the training defences" for PGD-AT, "TRADES with the training defences"): the capped conv
+    DEQ with noise on x or z at 0 / 10 dB or the random threshold keeps the cap, the budget
+    and the method (TRADES: β = 6) in every defence's spec; the conv FFW with noise on z gets
+    its noise and no cap; AA-rand is evaluated beside AA."""
     import pathlib
 
     from noisydeq.analysis.adversarial_experiment import load_experiment
@@ -216,7 +218,8 @@ def test_documented_conv_defence_grid_resolves():
               "train.max_train_samples=5000", "train.lr=0.005",
               "train.optimizer={amsgrad=true, milestones=[3], gamma=0.1}",
               "train.adversarial.warmup_epochs=1.5", "train.adversarial.steps=5",
-              "train.adversarial.step=0.15", "grid.seeds=[0]", 'grid.methods=["pgd"]')
+              "train.adversarial.step=0.15", "grid.seeds=[0]", f'grid.methods=["{method}"]',
+              'evaluations.autoattack.attacks=["aa","aa-rand"]')
     deq_sets = (*budget, "train.spectral_cap=0.9", 'grid.kinds=["deq"]',
                 'grid.defences=["x-0db","x-10db","z-0db","z-10db","threshold"]')
     res = exp.resolve("quick", **nested_sets(deq_sets, list(exp.evaluations)))
@@ -229,6 +232,8 @@ def test_documented_conv_defence_grid_resolves():
         assert t.spectral_cap == 0.9 and (t.epochs, t.lr, t.max_train_samples) == (4, 0.005, 5000)
         assert (t.noise.site, t.noise.snr_db) == expect[cell.defence]
         assert t.solver.random_threshold == (cell.defence == "threshold")
+        assert (cell.method, t.adversarial.method, t.adversarial.beta) == (method, method, 6.0)
+    assert res.evaluations["autoattack"]["attacks"] == ["aa", "aa-rand"]
     ffw_sets = (*budget, 'grid.kinds=["ffw"]', 'grid.defences=["z-0db","z-10db"]')
     res = exp.resolve("quick", **nested_sets(ffw_sets, list(exp.evaluations)))
     assert sorted(c.defence for c in res.cells) == ["z-0db", "z-10db"]
@@ -236,3 +241,4 @@ def test_documented_conv_defence_grid_resolves():
         t = cell.spec.train_spec("ffw")
         assert cell.spec.kinds == ["ffw"] and t.spectral_cap is None
         assert (t.noise.site, t.noise.snr_db) == expect[cell.defence]
+        assert t.adversarial.method == method
