@@ -282,7 +282,11 @@ def train_grid(res: Resolved, task: Any, *, cache_dir: Any = None, quiet: bool =
                                   "test_accuracy": m.result.test_metric}
             if log is not None:
                 how = "cached" if m.cached else m.result.trained_in(0)
-                log(f"{mem.model_id}: clean test accuracy {m.result.test_metric:.3f} ({how})")
+                # training's test accuracy runs the model without the noise it was trained
+                # with: the noise defences' attacks judge it with that noise
+                bare = ", without its noise" if cell.defence.startswith(("x-", "z-")) else ""
+                log(f"{mem.model_id}: clean test accuracy {m.result.test_metric:.3f}{bare} "
+                    f"({how})")
     return members, info
 
 
