@@ -110,6 +110,10 @@ def test_analysis_commands_follow_the_thread_rule(command, tmp_path: Path,
     monkeypatch.setattr(family, "load_family", record)
     monkeypatch.delenv(ENV_THREADS, raising=False)
     before = torch.get_num_threads()
+    # a checkpoint file, so the commands' check before torch loads (a --family folder with
+    # no model is refused there) lets them reach load_family
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "model.safetensors").write_bytes(b"")
     args = [command, "--family", str(tmp_path)]
     for extra, env, want in (([], None, 1), (["--threads", "2"], None, 2), ([], "2", 2)):
         if env is not None:
