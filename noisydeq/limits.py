@@ -51,10 +51,13 @@ ACTIVATION_COPIES = 32
 
 
 def fmt_bytes(n: float) -> str:
-    """``1.5 GiB`` style text of a byte count."""
+    """``1.5 GiB`` style text of a byte count: three significant digits, whole numbers from
+    100 up (``1000 KiB``, not ``1e+03 KiB``)."""
     for unit in ("B", "KiB", "MiB", "GiB", "TiB", "PiB"):
         if n < 1024 or unit == "PiB":
-            return f"{n:.3g} {unit}" if unit != "B" else f"{int(n)} B"
+            if unit == "B":
+                return f"{int(n)} B"
+            return f"{n:.0f} {unit}" if n >= 100 else f"{n:.3g} {unit}"
         n /= 1024
     return f"{n:.3g} EiB"  # pragma: no cover
 

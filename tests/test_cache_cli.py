@@ -311,3 +311,20 @@ def test_a_run_waiting_for_a_pruned_model_gets_its_lock_on_the_same_file(tmp_pat
     assert out.split(" ", 1) == [str(inode), f"{[store.LOCK_FILE]}\n"]
     assert (entry / store.LOCK_FILE).stat().st_ino == inode
     assert inventory.scan(cache).entries == []  # the husk is no entry
+
+
+def test_sizes_are_written_by_the_one_byte_formatter() -> None:
+    """The cache table's sizes come from ``limits.fmt_bytes`` (the memory refusals' text):
+    bytes whole, three significant digits, whole numbers from 100 up — 1000 KiB is not
+    printed ``1e+03 KiB``."""
+    from noisydeq.commands import cache
+    from noisydeq.limits import fmt_bytes
+
+    assert cache.fmt_bytes is fmt_bytes
+    assert fmt_bytes(4) == "4 B"
+    assert fmt_bytes(1023) == "1023 B"
+    assert fmt_bytes(1536) == "1.5 KiB"
+    assert fmt_bytes(1000 * 1024) == "1000 KiB"
+    assert fmt_bytes(123.4 * 2**20) == "123 MiB"
+    assert fmt_bytes(45.25 * 2**20) == "45.2 MiB"
+    assert fmt_bytes(1.5 * 2**30) == "1.5 GiB"

@@ -12,14 +12,7 @@ import click
 
 from noisydeq.cachedir import KINDS
 from noisydeq.errors import NoisyDEQError, did_you_mean
-
-
-def _size(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024 or unit == "GiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return ""  # pragma: no cover
+from noisydeq.limits import fmt_bytes
 
 
 def _kinds(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> tuple:
@@ -61,11 +54,12 @@ def summary(inv: Any) -> dict[str, Any]:
 
 def _table(info: dict[str, Any]) -> str:
     head = ("kind", "entries", "size", "stale", "stale size", "current", "unknown")
-    rows = [(k, str(v["entries"]), _size(v["bytes"]), str(v["stale"]), _size(v["stale_bytes"]),
-             str(v["current"]), str(v["unknown"])) for k, v in info["kinds"].items()]
+    rows = [(k, str(v["entries"]), fmt_bytes(v["bytes"]), str(v["stale"]),
+             fmt_bytes(v["stale_bytes"]), str(v["current"]), str(v["unknown"]))
+            for k, v in info["kinds"].items()]
     total = [sum(v[f] for v in info["kinds"].values())
              for f in ("entries", "bytes", "stale", "stale_bytes", "current", "unknown")]
-    rows.append(("total", str(total[0]), _size(total[1]), str(total[2]), _size(total[3]),
+    rows.append(("total", str(total[0]), fmt_bytes(total[1]), str(total[2]), fmt_bytes(total[3]),
                  str(total[4]), str(total[5])))
     widths = [max(len(r[i]) for r in (head, *rows)) for i in range(len(head))]
     lines = [f"cache {info['cache']}" + ("" if info["exists"] else " (does not exist)")]
@@ -74,7 +68,7 @@ def _table(info: dict[str, Any]) -> str:
                                for i, (c, w) in enumerate(zip(r, widths, strict=True))))
     other = info["other"]
     if other["files"]:
-        lines.append(f"other: {other['files']} file(s), {_size(other['bytes'])} "
+        lines.append(f"other: {other['files']} file(s), {fmt_bytes(other['bytes'])} "
                      "(not entries of this noisydeq; never deleted)")
     cur = info["current"]
     lines.append("stale = recorded for another code, torch or machine: no run of this one "
@@ -157,12 +151,12 @@ def _report(outcome: Any, dry_run: bool, as_json: bool) -> None:
             "skipped": [{"entry": e.name, "reason": why} for e, why in outcome.skipped]},
             indent=2))
         return
-    parts = ", ".join(f"{k} {len(v)} ({_size(sum(e.size for e in v))})"
+    parts = ", ".join(f"{k} {len(v)} ({fmt_bytes(sum(e.size for e in v))})"
                       for k, v in by_kind.items() if v)
     verb = "would remove" if dry_run else "removed"
     freed = "would free" if dry_run else "freed"
     n = len(outcome.removed)
-    click.echo(f"{verb} {n} entr{'y' if n == 1 else 'ies'}, {freed} {_size(outcome.freed)}"
+    click.echo(f"{verb} {n} entr{'y' if n == 1 else 'ies'}, {freed} {fmt_bytes(outcome.freed)}"
                + (f": {parts}" if parts else ""))
     for entry, why in outcome.skipped:
         click.echo(f"skipped {entry.name}: {why}")
