@@ -251,7 +251,7 @@ def sweep_memory(sweep: SweepSpec, task: Task, batch: int = 1, jobs: int = 1) ->
                 else 0
             driver = max(driver, limits.model_bytes(p, max(rows, batch), w) + chips)
             worker = max(worker, limits.model_bytes(p, rows, w) + chips)
-    families = len(sweep.seeds) * len(sweep.train_snr_db) * len(sweep.training_devices())
+    families = sweep.family_count()
     data = sum(t.nbytes for t in (task.x_train, task.y_train, task.x_test, task.y_test))
     held = data + limits.FLOAT * families * resident
     return jobs * held + driver + (jobs - 1) * worker

@@ -223,3 +223,18 @@ def test_run_sweep_checks_memory_with_the_processes_it_will_use(monkeypatch, tmp
         with pytest.raises(NoisyDEQError, match="stop"):
             run_sweep(spec, tmp_path / "run", task=digits, jobs=jobs, progress=False)
     assert seen == [1, 3, 8] and not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("fields, families", [
+    ({}, 1),
+    ({"seeds": [0, 1, 2], "train_snr_db": [0, 10]}, 6),
+    ({"seeds": [0, 1], "train_device": "none,rram", "train_device_snr_db": "0,10"}, 6),
+])
+def test_family_count_is_the_families_a_sweep_trains(fields, families) -> None:
+    """SweepSpec.family_count (the memory check's and the job count's) = the families
+    sweep_family_specs yields, counted by hand: seeds × training SNRs × (digital + each
+    device SNR)."""
+    from noisydeq.families import sweep_family_specs
+
+    spec = build(SweepSpec, fields, where="sweep")
+    assert spec.family_count() == families == sum(1 for _ in sweep_family_specs(spec))

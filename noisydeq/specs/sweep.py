@@ -132,6 +132,11 @@ class SweepSpec(FamilyChoices):
                 out += [(dev, lvl) for lvl in levels]
         return out
 
+    def family_count(self) -> int:
+        """How many families the sweep trains: one per seed, training SNR and
+        :meth:`training_devices` entry (``families.sweep_family_specs`` yields them)."""
+        return len(self.seeds) * len(self.train_snr_db) * len(self.training_devices())
+
     @model_serializer(mode="wrap")
     def _omit_plain_cell(self, handler: Any) -> dict[str, Any]:
         # added later: the default cell is left out so earlier sweeps keep their identity

@@ -133,8 +133,7 @@ def run_sweep(
         from noisydeq.families import check_sweep_families
 
         # presets, overrides, memory (in each evaluation process): before any write
-        pairs = (len(spec.seeds) * len(spec.train_snr_db) * len(spec.training_devices())
-                 * len(spec.depths) * len(spec.kinds) * spec.chips)
+        pairs = spec.family_count() * len(spec.depths) * len(spec.kinds) * spec.chips
         local = 1 if backend is not None and backend.ray else resolve_jobs(jobs, spec, pairs)
         check_sweep_families(spec, task, local)
     backend = backend or Backend()
