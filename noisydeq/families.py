@@ -19,7 +19,7 @@ from __future__ import annotations
 import math
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -204,6 +204,7 @@ def check_sweep_families(sweep: SweepSpec, task: Task, jobs: int = 1) -> None:
 
     check_training_devices(sweep)
     batch = 1
+    built: dict[tuple[str, int], nn.Module] = {}  # the first family's members (digital_layers)
     for seed, _tsnr, _dev, _dsnr, fspec in sweep_family_specs(sweep):
         for kind in fspec.kinds:
             batch = max(batch, fspec.train_spec(kind).batch_size)
@@ -212,20 +213,23 @@ def check_sweep_families(sweep: SweepSpec, task: Task, jobs: int = 1) -> None:
                 if sweep.digital_layers and seed == sweep.seeds[0]:
                     from noisydeq.hardware.base import check_digital_layers
 
-                    check_digital_layers(build_member(mspec, seed), sweep.digital_layers)
+                    model = build_member(mspec, seed)
+                    check_digital_layers(model, sweep.digital_layers)
+                    built.setdefault((kind, depth), model)
     sizes = [member_size(k, d, sweep.hidden, task.in_features, task.out_features)
              for d in sweep.depths for k in sweep.kinds]
     width, params = max(sizes, key=lambda s: s[1])
     each = f" in each of {jobs} processes" if jobs > 1 else ""
     limits.check_memory(
-        sweep_memory(sweep, task, batch, jobs),
+        sweep_memory(sweep, task, batch, jobs, built),
         f"sweep: its largest model (width {width}, {params:,} parameters){each}",
         sweep.torch_device,
         ("lower --jobs, " if jobs > 1 else "lower ") + "--depths, hidden or max_rows",
     )
 
 
-def sweep_memory(sweep: SweepSpec, task: Task, batch: int = 1, jobs: int = 1) -> int:
+def sweep_memory(sweep: SweepSpec, task: Task, batch: int = 1, jobs: int = 1,
+                 members: Mapping[tuple[str, int], nn.Module] | None = None) -> int:
     """Estimated peak bytes of a sweep (``batch``: its largest training batch) evaluated by
     ``jobs`` processes (:func:`noisydeq.sweep.plan.resolve_jobs`). Every process holds the
     task's tensors and every family's weights (a worker loads them from the cache) and
@@ -233,7 +237,8 @@ def sweep_memory(sweep: SweepSpec, task: Task, batch: int = 1, jobs: int = 1) ->
     (:func:`noisydeq.limits.model_bytes`) with, on an RRAM device, the chips its device
     layers keep (:func:`held_chip_bytes`: the in-memory chip cache and the chips kept for
     the on-disk one; layers in ``digital_layers`` hold none); the driver alone trains, on
-    ``batch`` rows."""
+    ``batch`` rows. ``members``: the first family's members by (kind, depth), where the
+    caller has built them (:func:`check_sweep_families`), for :func:`device_matrices`."""
     from noisydeq import limits
 
     n_test = len(task.x_test)
@@ -247,8 +252,8 @@ def sweep_memory(sweep: SweepSpec, task: Task, batch: int = 1, jobs: int = 1) ->
         for k in sweep.kinds:
             w, p = member_size(k, d, sweep.hidden, task.in_features, task.out_features)
             resident += p
-            chips = held_chip_bytes(device_matrices(sweep, task, k, d), scales) if scales \
-                else 0
+            chips = held_chip_bytes(device_matrices(
+                sweep, task, k, d, (members or {}).get((k, d))), scales) if scales else 0
             driver = max(driver, limits.model_bytes(p, max(rows, batch), w) + chips)
             worker = max(worker, limits.model_bytes(p, rows, w) + chips)
     families = sweep.family_count()
@@ -257,19 +262,21 @@ def sweep_memory(sweep: SweepSpec, task: Task, batch: int = 1, jobs: int = 1) ->
     return jobs * held + driver + (jobs - 1) * worker
 
 
-def device_matrices(sweep: SweepSpec, task: Task, kind: str,
-                    depth: int) -> list[tuple[int, int]]:
+def device_matrices(sweep: SweepSpec, task: Task, kind: str, depth: int,
+                    model: nn.Module | None = None) -> list[tuple[int, int]]:
     """(n_out, n_in) of each layer of a member that a sweep deploys on its device: the
     member's :func:`member_matrices` less the layers ``digital_layers`` keep digital (with
-    everything inside them, as :meth:`noisydeq.hardware.base.Device.deploy` does)."""
+    everything inside them, as :meth:`noisydeq.hardware.base.Device.deploy` does), read off
+    ``model`` (the member of the sweep's first family; built here when None)."""
     _, matrices = member_matrices(kind, depth, sweep.hidden, task.in_features,
                                   task.out_features)
     if not sweep.digital_layers:
         return matrices
     from noisydeq.hardware.base import check_digital_layers, mappable_names
 
-    fspec = next(sweep_family_specs(sweep))[-1]
-    model = build_member(member_spec(fspec, task, kind, depth), sweep.seeds[0])
+    if model is None:
+        fspec = next(sweep_family_specs(sweep))[-1]
+        model = build_member(member_spec(fspec, task, kind, depth), sweep.seeds[0])
     keep = check_digital_layers(model, sweep.digital_layers)
     left = list(matrices)
     for name in mappable_names(model):

@@ -48,7 +48,15 @@ from noisydeq.figures import (  # noqa: E402
     trained_text,
 )
 from noisydeq.specs.sweep import SweepSpec  # noqa: E402
-from noisydeq.summary import Agg, aggregate, fmt_db, swept_part, training_groups  # noqa: E402
+from noisydeq.summary import (  # noqa: E402
+    IDEAL,
+    IDEAL_TEXT,
+    Agg,
+    aggregate,
+    fmt_db,
+    swept_part,
+    training_groups,
+)
 
 
 def _train_title(train_snr_db: float) -> str:
@@ -294,13 +302,18 @@ def _mode_title(spec: SweepSpec, title: str,
                 rows: Sequence[dict[str, Any]] = ()) -> str:
     """``title`` with the task (as the results' ``task`` column names it: ``mnist10k`` where
     the spec asked for ``mnist`` and the offline split was used), what the sweep varied
-    (device and noise mode, or the noise site) and the input nonlinearity appended."""
+    (device and noise mode, or the noise site; on the ideal device, that no level adds noise:
+    :data:`~noisydeq.summary.IDEAL_TEXT`) and the input nonlinearity appended."""
     task = ", ".join(dict.fromkeys(str(r["task"]) for r in rows if r.get("task"))) \
         or spec.task
     levels = [float(r[k]) for r in rows for k in ("snr_db", "train_snr_db") if k in r] \
         or [*spec.snr_db, *spec.train_snr_db]
     if not any(math.isfinite(s) for s in levels):
         what = f"{task} · no noise"  # said once: no device or site to name
+    elif spec.noise_site == "device" and spec.device == IDEAL:
+        # the ideal device adds nothing at any level (no noise mode applies), as an attack
+        # run on it says "no noise"; training noise, if any, is in each panel's title
+        what = f"{task} · {IDEAL_TEXT}"
     elif spec.noise_site == "device":
         what = f"{task} · {spec.device}, noise mode {spec.noise_mode}"
     else:

@@ -82,6 +82,10 @@ MODE_TEXT = {
     "static": "static SNR (the chip's weight error); reads at their physical level",
     "both": "total SNR; one scale on static and dynamic noise",
 }
+#: the device that runs the digital weights as they are, adding no noise at any SNR level
+IDEAL = "ideal"
+#: what a sweep of device noise on the ideal device varied (figure titles, summary line)
+IDEAL_TEXT = "ideal device: no noise at any level"
 #: the SNR part each mode's level refers to (axis labels)
 MODE_PART = {"physical": "total", "both": "total", "dynamic": "dynamic", "static": "static"}
 
@@ -105,6 +109,8 @@ def swept_description(rows: Sequence[dict[str, Any]]) -> str:
     if r.get("noise_site") != "device":
         return (f"swept: multiplicative {r.get('noise_site')} noise (paper Eq. 3-4) on device "
                 f"{r.get('device')}")
+    if r.get("device") == IDEAL:
+        return f"swept: nothing ({IDEAL_TEXT}; it runs the digital weights)"
     mode = r.get("noise_mode", "")
     return f"swept: device {r.get('device')}, noise mode {mode}: {MODE_TEXT.get(mode, mode)}"
 

@@ -214,6 +214,7 @@ def train_model(
     quiet: bool = True,
     desc: str = "train",
     on_epoch: Callable[[int, dict[str, float]], None] | None = None,
+    config: dict | None = None,
 ) -> TrainResult:
     """Train ``model`` on ``task`` as ``spec`` says; return the model and its record.
 
@@ -222,7 +223,10 @@ def train_model(
     where the epoch checkpoints and the final model go; with ``resume`` an existing final
     model of the same config is loaded instead of retrained and an epoch checkpoint is
     continued — a file of another config is refused with one line. ``on_epoch(epoch,
-    record)`` is called after each epoch's checkpoint is written.
+    record)`` is called after each epoch's checkpoint is written. ``config``: the
+    :func:`~noisydeq.train_config.run_config` of this model (``spec``'s overrides applied),
+    task, spec and device where the caller has computed it (``noisydeq train`` names its
+    folder after its hash); None computes it here.
     """
     t0 = _clock()
     dev = torch.device(torch_device) if torch_device is not None else _param_device(model)
@@ -233,7 +237,8 @@ def train_model(
         from noisydeq.hardware.base import check_digital_layers
 
         check_digital_layers(model, spec.digital_layers)
-    config = run_config(model, task, spec, dev)
+    if config is None:
+        config = run_config(model, task, spec, dev)
     out = Path(out_dir) if out_dir is not None else None
     if out is not None and out.exists() and not out.is_dir():
         raise NoisyDEQError(f"--out: {out} exists and is not a directory")

@@ -238,3 +238,31 @@ def test_family_count_is_the_families_a_sweep_trains(fields, families) -> None:
 
     spec = build(SweepSpec, fields, where="sweep")
     assert spec.family_count() == families == sum(1 for _ in sweep_family_specs(spec))
+
+
+def test_the_family_check_builds_each_member_once_and_the_estimate_is_unchanged(
+        monkeypatch, digits):
+    """With digital_layers, check_sweep_families builds the first family's members to check
+    the layer names and hands them to the memory estimate (device_matrices built each one
+    again); the estimate equals the one device_matrices makes from members it builds."""
+    from noisydeq import families, limits
+
+    spec = build(SweepSpec, {"depths": [1, 2], "hidden": 32, "snr_db": "0,10",
+                             "train_snr_db": "inf,10", "device": "rram",
+                             "digital_layers": ["head"]}, where="sweep")
+    real, calls, seen = families.build_member, [], []
+
+    def counted(mspec, seed):
+        calls.append((mspec.kind, mspec.depth, seed))
+        return real(mspec, seed)
+
+    monkeypatch.setattr(families, "build_member", counted)
+    monkeypatch.setattr(limits, "check_memory", lambda need, *a, **k: seen.append(need))
+    families.check_sweep_families(spec, digits, 1)
+    # seed 0's two training-SNR families, checked: 2 kinds x 2 depths each, built once
+    assert sorted(calls) == sorted([(k, d, 0) for k in ("deq", "ffw") for d in (1, 2)] * 2)
+    calls.clear()
+    batch = max(next(families.sweep_family_specs(spec))[-1].train_spec(k).batch_size
+                for k in spec.kinds)
+    assert seen == [families.sweep_memory(spec, digits, batch, 1)]
+    assert len(calls) == 4  # the estimate alone builds them

@@ -809,6 +809,35 @@ def test_sweep_and_study_titles_of_runs_without_noise_say_no_noise_once(tmp_path
     assert "state noise" in study_title([{**study[0], "test_snr_db": 0.0}], "s")
 
 
+def test_device_noise_on_the_ideal_device_at_finite_levels_is_titled_no_noise(tmp_path, kept):
+    """The ideal device runs the digital weights at every level: a sweep of its 'device
+    noise' at 0 and 10 dB was titled "digits · ideal, noise mode physical" and summarised
+    as a total-SNR sweep, while an attack run on it says "no noise" (attacks/plots.py);
+    both now say no noise, the sweep why (its axis still shows the levels)."""
+    from noisydeq import plots
+    from noisydeq.config import SweepSpec
+    from noisydeq.summary import swept_description
+    from tests.test_plots_look import _rows
+
+    rows = [{**r, "task": "digits", "device": "ideal", "noise_site": "device",
+             "noise_mode": "physical"} for r in _rows(depths=(1,), chips=1, seeds=(0,))]
+    assert any(math.isfinite(r["snr_db"]) for r in rows)
+    spec = SweepSpec(task="digits", device="ideal", snr_db=[0.0, 10.0, math.inf])
+    assert plots._mode_title(spec, "run", rows) == \
+        "run — digits · ideal device: no noise at any level · ReLU input"
+    assert swept_description(rows) == \
+        "swept: nothing (ideal device: no noise at any level; it runs the digital weights)"
+    plots.plot_sweep(rows, tmp_path, spec)
+    text = _texts(kept[-1]).replace("\n", " ")
+    assert "no noise at any level" in text and "noise mode" not in text, text
+    # another device keeps its noise mode; model noise on the ideal device its site
+    assert "rram, noise mode physical" in plots._mode_title(
+        SweepSpec(task="digits", device="rram", snr_db=[0.0, 10.0]), "", rows)
+    assert "signal noise" in plots._mode_title(
+        SweepSpec(task="digits", device="ideal", noise_site="signal", snr_db=[0.0]), "", rows)
+
+
+
 def test_the_depth_figure_says_error_bars_where_it_draws_them(tmp_path, kept):
     """metric_vs_depth draws min…max as error bars under the sweep's title, which said
     "band: min-max over …" (a band is what metric_vs_snr draws)."""

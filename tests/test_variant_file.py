@@ -124,3 +124,36 @@ def test_a_certify_or_adversarial_error_names_the_table_its_key_was_written_in()
     with pytest.raises(NoisyDEQError) as err:
         build(AdversarialExperimentSpec, adv).resolve("quick", grid={"seedz": [0]})
     assert str(err.value).startswith("--set grid: unknown key 'seedz'")
+
+
+def test_a_single_model_kind_where_a_list_or_another_key_is_wanted_is_one_table_named_line():
+    """A study model's ``kind`` is one name, a sweep's / adversarial grid's ``kinds`` a list:
+    writing the one for the other (or an unknown kind) is one line naming the table and the
+    key in the project's words (pydantic said ``kind: Input should be 'deq' or 'ffw'`` and
+    ``kinds: Input should be a valid list``)."""
+    _, _, base = next(b for b in BUNDLED if b[1] is StudyFile)
+    model = dict(base["study"]["models"]["deq"])
+    cases = [
+        ({**model, "kind": ["deq", "ffw"]},
+         "[study]: models.deq.kind: one model kind per model, 'deq' or 'ffw' (got the list "
+         "['deq', 'ffw']); each model of a study is its own [study.models.NAME] table"),
+        ({**model, "kind": "dqe"},
+         "[study]: models.deq.kind: unknown model kind 'dqe'; did you mean 'deq'? "
+         "(allowed: deq, ffw)"),
+        ({k: v for k, v in model.items() if k != "kind"} | {"kinds": "deq"},
+         "[study]: models.deq: unknown key 'kinds'; did you mean 'kind'?"),
+    ]
+    for bad, message in cases:
+        study = {**base["study"], "models": {**base["study"]["models"], "deq": bad}}
+        with pytest.raises(NoisyDEQError) as err:
+            build(StudyFile, {**base, "study": study}, where="s.toml")
+        assert str(err.value) == f"s.toml: {message}"
+    with pytest.raises(NoisyDEQError) as err:
+        build(ExperimentSpec, {"name": "x", "sweep": {"kinds": "deq"}}, where="x.toml")
+    assert str(err.value) == ("x.toml: [sweep]: kinds: a list of model kinds, "
+                              """e.g. kinds = ["deq"] (got 'deq')""")
+    _, _, adv = next(b for b in BUNDLED if b[1] is AdversarialExperimentSpec)
+    with pytest.raises(NoisyDEQError) as err:
+        build(AdversarialExperimentSpec, {**adv, "grid": {**adv["grid"], "kinds": 3}})
+    assert str(err.value).startswith(
+        """[grid]: kinds: a list of model kinds, e.g. kinds = ["deq", "ffw"] (got 3)""")

@@ -153,6 +153,22 @@ def load_member(path: Path, check: Any = None) -> Member:
         raise CorruptArtefact(path, f"carries malformed metadata ({reason})") from None
 
 
+def load_cached_member(path: Path, check: Any = None) -> Member:
+    """:func:`load_member` of a model in the model cache, under its entry's lock (the
+    :class:`noisydeq.store.DirLock` that ``train_model`` and ``noisydeq cache prune/clear``
+    take): a concurrent clear skips the entry while it is read. An entry emptied after
+    :func:`noisydeq.analysis.locate.locate` found it (a clear between the two) is a miss,
+    said in one line, like a model the cache never held."""
+    entry = path.parent
+    if entry.is_dir():  # DirLock would create a directory the clear removed
+        with store.DirLock(entry, "model directory"):
+            if path.is_file():
+                return load_member(path, check)
+    raise NoisyDEQError(
+        f"--family: the cached model {path} was removed (by another process: noisydeq cache "
+        "clear or prune) after it was found; re-run the sweep to train it again")
+
+
 def deq_or_ffw(model: nn.Module) -> str:
     """``"deq"`` or ``"ffw"`` for any model of those kinds (a ``check`` of :func:`load_member`)."""
     kind = getattr(model, "kind", None)
@@ -170,7 +186,10 @@ def load_family(root: str | Path, device: torch.device | str = "cpu", *,
     from noisydeq.analysis.locate import locate
 
     source = locate(root, data_dir=data_dir, cache_dir=cache_dir)
-    members = [load_member(p, check) for p in source.checkpoints]
+    if source.origin == "sweep":
+        members = [load_cached_member(p, check) for p in source.checkpoints]
+    else:
+        members = [load_member(p, check) for p in source.checkpoints]
     tasks = {m.task for m in members}
     if len(tasks) > 1:
         raise NoisyDEQError(f"--family: members were trained on different tasks {sorted(tasks)}")

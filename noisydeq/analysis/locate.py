@@ -8,7 +8,10 @@
   hash of each member's training config. The hashes are recomputed exactly as the sweep
   made them (:func:`noisydeq.families.family_spec_for_sweep` → ``member_spec`` →
   ``build_member`` → :func:`noisydeq.train_config.run_config`), so the analysis reads the very
-  models the sweep evaluated, never trains; the sweep's ``data_dir`` is taken over;
+  models the sweep evaluated, never trains; the sweep's ``data_dir`` is taken over.
+  :func:`noisydeq.analysis.family.load_family` reads each under its cache entry's lock, as
+  ``train_model`` does, so a concurrent ``noisydeq cache clear`` skips it, and an entry
+  cleared between the lookup and the read is one line, a miss;
 * any directory holding ``model.safetensors`` files (``noisydeq train --out DIR`` for one
   model, ``noisydeq train --depths ... --out DIR`` for a family: ``DIR/models/<hash>/``; a
   ``noisydeq study`` run directory: ``models/<id>/``);

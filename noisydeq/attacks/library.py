@@ -9,7 +9,11 @@ with ``pip install --no-deps torchattacks==3.5.1`` (the Makefile does), like aih
   with torchattacks' AutoAttack settings; APGD-CE/APGD-T average their gradients over
   ``eot`` draws of the model's noise (AutoAttack's own EOT parameter).
 * ``aa-rand`` — AutoAttack *rand*, for randomised defences: APGD-CE and APGD-DLR with
-  EOT over max(20, ``eot``) draws.
+  EOT over max(20, ``eot``) draws (:data:`~noisydeq.specs.attack.AA_RAND_EOT`).
+
+Every APGD part averages :attr:`AttackSpec.draws` draws, the number the attack table
+records in its ``eot`` column; FAB has no EOT (one draw per gradient, recorded 1), Square
+no gradient (recorded 0).
 * ``apgd-ce``, ``apgd-t``, ``fab`` (multi-targeted), ``square`` alone.
 
 The model handed to torchattacks is an :class:`~noisydeq.attacks.estimators.AttackModule`
@@ -52,7 +56,7 @@ def build_attack(module: nn.Module, spec: AttackSpec, n_classes: int, seed: int)
     """The torchattacks attack object for ``spec`` on ``module``."""
     ta = torchattacks()
     kw = dict(eps=spec.eps, norm=_norm(spec.norm), seed=seed)
-    eot = spec.eot
+    eot = spec.draws  # the APGD parts' EOT: the table's eot column
     if spec.name == "apgd-ce":
         return ta.APGD(module, steps=spec.steps, loss="ce", eot_iter=eot, n_restarts=spec.restarts,
                        **kw)
@@ -73,7 +77,6 @@ def build_attack(module: nn.Module, spec: AttackSpec, n_classes: int, seed: int)
         ]
         return ta.MultiAttack(parts)
     if spec.name == "aa-rand":
-        eot = max(20, eot)
         parts = [
             ta.APGD(module, loss="ce", n_restarts=1, eot_iter=eot, **kw),
             ta.APGD(module, loss="dlr", n_restarts=1, eot_iter=eot, **kw),

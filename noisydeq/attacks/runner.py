@@ -38,7 +38,10 @@ attacked one, ``entropy_dh`` = mean H(clean) − H(attacked). ``bwd_unconverged`
 with ``ift`` under ``backprop``) that missed their tolerance, after the GMRES fallback
 where it ran — 0 where every gradient was converged or no such solve ran, -1 in cells
 written before the column (their rows are loaded with it); a run whose cells have any
-says so in one warning line. Cells of ``exact`` with its default backward method carry
+says so in one warning line. ``eot``: the draws of the model's noise each of the attack's
+gradients averaged (:func:`noisydeq.specs.attack.draws`: ``--eot`` for PGD, I-FGSM, APGD
+and AutoAttack standard's APGD parts, at least 20 for AA-rand, 1 for FAB, 0 for Square and
+the noise attacks). Cells of ``exact`` with its default backward method carry
 ``bwd=fallback`` in their key (:meth:`EstimatorSpec.cell_tag`): cells computed under the
 earlier default (Anderson alone) are not reused.
 
@@ -99,6 +102,7 @@ from noisydeq.attacks.spec import (
     AttackSpec,
     DefenceSpec,
     EstimatorSpec,
+    draws,
     expand_estimator,
     parse_defence,
     parse_estimator,
@@ -161,9 +165,12 @@ class AttackRunDir(RunDir):
                   identity: Any = None) -> list[dict[str, Any]] | None:
         """A finished cell's rows (:meth:`RunDir.load_cell`); an attack cell written before
         ``bwd_unconverged`` existed is checked against its own columns and loaded with it
-        set to -1 (not recorded)."""
+        set to -1 (not recorded). Attack rows' ``eot`` is read through
+        :func:`~noisydeq.specs.attack.draws`: cells written when the column was the grid's
+        ``eot`` for every gradient attack (AA-rand then said 1, FAB the grid's ``eot``) load
+        with the draws the attack averaged; newer cells are unchanged."""
         try:
-            return super().load_cell(key, expect, columns=columns, identity=identity)
+            rows = super().load_cell(key, expect, columns=columns, identity=identity)
         except CorruptArtefact as err:
             if columns not in (None, ATTACK_COLUMNS):
                 raise
@@ -172,7 +179,10 @@ class AttackRunDir(RunDir):
                                          identity=identity)
             except CorruptArtefact:
                 raise err from None
-            return None if rows is None else [{**r, "bwd_unconverged": -1} for r in rows]
+            rows = None if rows is None else [{**r, "bwd_unconverged": -1} for r in rows]
+        if rows is None or columns not in (None, ATTACK_COLUMNS):
+            return rows
+        return [{**r, "eot": draws(r["attack_name"], r["eot"])} for r in rows]
 
     @property
     def whitebox_path(self) -> Path:
@@ -538,7 +548,7 @@ class Runner:
             "train_snr_db": m.train_snr_db, "family": p.family, "attack": p.label,
             "attack_name": a.name, "norm": a.norm, "x_name": p.x_name, "x": p.x,
             "eps": a.eps, "steps": a.steps if a.needs_gradient else 0,
-            "eot": a.eot if a.needs_gradient else 0,
+            "eot": a.draws,
             "estimator": "none" if cell.estimator is None else cell.estimator.label(),
             "defence": defence_name(d),
             "early_n": d.n if d.name == "early" and d.n else 0,

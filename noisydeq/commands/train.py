@@ -421,18 +421,21 @@ def _single(tspec: TrainSpec, task: Any, mspec: ModelSpec, out: Path | None,
         from noisydeq.adversarial.objective import check_inputs
 
         check_inputs(task, "--adversarial")
+    config = None
     if out is None:  # named after the config, as a sweep's: another config, another folder
         from noisydeq import store
         from noisydeq.train_config import apply_overrides, run_config
 
         apply_overrides(model, tspec)  # (train_model applies them again: the same values)
-        chash = store.config_hash(run_config(model, task, tspec, dev))
+        config = run_config(model, task, tspec, dev)  # handed on: computed once
+        chash = store.config_hash(config)
         out = Path("runs") / "train" / (f"{mspec.kind}-d{mspec.depth}-w{model.width}"
                                          f"-s{opts['seed']}-{chash[:12]}")
         check_out_dir(out)
     make_dir(out)
     res = train_model(model, task, tspec, out_dir=out, resume=opts["resume"],
-                      torch_device=dev, quiet=opts["quiet"], desc=f"{mspec.kind}")
+                      torch_device=dev, quiet=opts["quiet"], desc=f"{mspec.kind}",
+                      config=config)
     row = {"kind": mspec.kind, "depth": mspec.depth, "width": int(model.width),
            "params": sum(p.numel() for p in model.parameters()), "task": task.name,
            "metric": task.metric_name, "value": res.test_metric, "seconds": res.seconds,

@@ -28,6 +28,9 @@ NOISE_ATTACKS = ("speckle", "salt-pepper")
 ATTACKS = GRADIENT_ATTACKS + QUERY_ATTACKS + NOISE_ATTACKS
 #: attacks run through torchattacks (AutoAttack and its parts)
 LIBRARY_ATTACKS = ("apgd-ce", "apgd-t", "fab", "square", "aa", "aa-rand")
+#: noise draws AutoAttack's version for randomised defences (``aa-rand``) averages each
+#: APGD gradient over, at the least (Croce & Hein 2020, "rand" version: EOT 20)
+AA_RAND_EOT = 20
 NORMS = ("linf", "l2")
 ESTIMATORS = (
     "backprop", "exact", "phantom", "unrolled", "unrolled-ensemble", "adjoint",
@@ -36,6 +39,24 @@ ESTIMATORS = (
 DEFENCES = ("final", "early", "ensemble", "entropy")
 #: estimator names that stand for a grid of estimators (expanded by :func:`expand_estimator`)
 ESTIMATOR_GRIDS = ("unrolled-grid",)
+
+
+def draws(name: str, eot: int) -> int:
+    """How many draws of the model's noise each gradient of attack ``name`` averages, given
+    the grid's ``eot`` (the attack table's ``eot`` column): ``eot`` for PGD, I-FGSM,
+    APGD-CE, APGD-T and AutoAttack standard (its APGD parts; its FAB-T takes one draw per
+    gradient, its Square none); max(:data:`AA_RAND_EOT`, ``eot``) for ``aa-rand``; 1 for
+    FAB (torchattacks' FAB has no EOT: one draw per gradient); 0 for Square and the noise
+    attacks (no gradient). Idempotent (``draws(n, draws(n, e)) == draws(n, e)`` for any
+    ``e`` ≥ 1), so it also corrects the rows of cells written when the column was ``eot``
+    for every gradient attack."""
+    if name == "aa-rand":
+        return max(AA_RAND_EOT, eot)
+    if name == "fab":
+        return 1
+    if name in GRADIENT_ATTACKS:
+        return eot
+    return 0
 
 
 def suggest(kind: str, value: str, allowed: tuple[str, ...]) -> NoisyDEQError:
@@ -83,6 +104,11 @@ class AttackSpec(StrictModel):
     @property
     def needs_gradient(self) -> bool:
         return self.name in GRADIENT_ATTACKS
+
+    @property
+    def draws(self) -> int:
+        """Noise draws each of this attack's gradients averages (:func:`draws`)."""
+        return draws(self.name, self.eot)
 
     @property
     def step_size(self) -> float:

@@ -21,11 +21,14 @@ MODEL_KINDS = ("deq", "ffw", "mondeq", "ffw_relu", "lyadeq")
 
 def check_kinds(v: Any, allowed: tuple[str, ...] = MODEL_KINDS) -> Any:
     """A list of model kinds, each one of ``allowed``: a bad one is one line naming it, a
-    "did you mean" and the allowed kinds (pydantic said ``kinds.1: Input should be …``).
-    Anything but a list is left to the field's type."""
-    if isinstance(v, (list, tuple)):
-        for k in v:
-            check_choice(k if isinstance(k, str) else str(k), allowed, "model kind")
+    "did you mean" and the allowed kinds (pydantic said ``kinds.1: Input should be …``);
+    one kind written without its list (``kinds = "deq"``) says how to write it (pydantic
+    said ``kinds: Input should be a valid list``)."""
+    if not isinstance(v, (list, tuple)):
+        example = f'["{v}"]' if isinstance(v, str) and v in allowed else '["deq", "ffw"]'
+        raise ValueError(f"a list of model kinds, e.g. kinds = {example} (got {v!r})")
+    for k in v:
+        check_choice(k if isinstance(k, str) else str(k), allowed, "model kind")
     return v
 
 

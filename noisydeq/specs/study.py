@@ -28,6 +28,8 @@ from noisydeq.specs.training import TrainSpec
 from noisydeq.specs.variant_file import Variant, VariantFile
 
 Budget = Literal["train", "scaled"]
+#: the model kinds a study trains
+STUDY_KINDS = ("deq", "ffw")
 
 
 class BudgetSpec(StrictModel):
@@ -44,6 +46,17 @@ class StudyModel(StrictModel):
     kind: Literal["deq", "ffw"] = "deq"
     model: dict[str, Any] = Field(default_factory=dict)
     train: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("kind", mode="before")
+    @classmethod
+    def _kind(cls, v: Any) -> Any:
+        """One kind, a string; a list (as a sweep's ``kinds``) or an unknown name is one line
+        saying so (pydantic said ``kind: Input should be 'deq' or 'ffw'``)."""
+        if isinstance(v, (list, tuple)):
+            raise ValueError(f"one model kind per model, 'deq' or 'ffw' (got the list "
+                             f"{list(v)}); each model of a study is its own "
+                             "[study.models.NAME] table")
+        return check_choice(v if isinstance(v, str) else str(v), STUDY_KINDS, "model kind")
 
     @model_validator(mode="before")
     @classmethod

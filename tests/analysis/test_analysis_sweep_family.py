@@ -195,3 +195,36 @@ def test_a_sweep_trained_on_a_device_is_analysed_per_training_device(tmp_path, c
                               "photonic", "--out", str(tmp_path / "s2"), *QUICK_SOLVERS], capsys)
         assert code != 0 and "Traceback" not in err
         assert "is not one of the family's training devices (none; rram 10 dB)" in err
+
+
+def test_a_cache_clear_while_the_family_loads_skips_the_model_being_read(tmp_path,
+                                                                         monkeypatch):
+    """``noisydeq cache clear`` run (another process) while the first member is read: the
+    entry being read is skipped (its lock is held), the other member's is removed, and the
+    load says so in one line, as a miss (not a damaged or unfound checkpoint)."""
+    import os
+    import subprocess
+
+    from noisydeq.analysis import family
+
+    with tiny_sweep(tmp_path, "--depths", "1", "--snr", "0", "--chips", "1", "--device",
+                    "ideal", "--noise-site", "signal", "--jobs", "1") as run_dir:
+        paths = locate(run_dir).checkpoints
+        assert len(paths) == 2
+        real, cleared = family.load_member, []
+
+        def clear_first(path, check=None):
+            if not cleared:
+                cli = Path(sys.executable).with_name("noisydeq")
+                cleared.append(subprocess.run(
+                    [str(cli), "cache", "clear", "--kind", "models", "--json"],
+                    capture_output=True, text=True, env=dict(os.environ), check=True).stdout)
+            return real(path, check)
+
+        monkeypatch.setattr(family, "load_member", clear_first)
+        with pytest.raises(NoisyDEQError, match=r"cached model .* was removed \(by another "
+                                                r"process.*after it was found") as err:
+            load_family(run_dir)
+        assert str(paths[1]) in str(err.value) and "\n" not in str(err.value)
+        assert paths[0].is_file() and not paths[1].exists()
+        assert "in use by another process" in cleared[0]

@@ -100,6 +100,42 @@ def test_attack_command_writes_table_figures_and_resumes(sweep_run, tmp_path, ca
 
 
 @pytest.mark.slow
+def test_eot_column_is_the_draws_each_attack_averaged_old_cells_included(sweep_run, tmp_path,
+                                                                        capsys):
+    """AA-rand averages 20 draws (APGD-CE and APGD-DLR with EOT 20) and its rows say 20, not
+    the grid's --eot 1; FAB (no EOT) says 1, Square (no gradient) 0. Cells written when the
+    column was the grid's eot (AA-rand 1) resume without recomputing and load corrected."""
+    pytest.importorskip("torchattacks")
+    from noisydeq import store
+    from noisydeq.attacks.runner import AttackRunDir
+
+    out = tmp_path / "aa"
+    argv = ["attack", "--family", str(sweep_run), "--attacks", "aa-rand,fab,square",
+            "--eps", "0.1", "--samples", "4", "--val-samples", "0", "--estimators",
+            "phantom", "--defences", "final", "--set", "queries=20", "--quiet", "--out",
+            str(out)]
+    code, _, err = run(argv, capsys)
+    assert code == 0, err
+
+    def eot() -> dict[str, set[str]]:
+        with open(out / "results.csv") as fh:
+            rows = list(csv.DictReader(fh))
+        return {n: {r["eot"] for r in rows if r["attack_name"] == n} for n in
+                ("aa-rand", "fab", "square")}
+
+    assert eot() == {"aa-rand": {"20"}, "fab": {"1"}, "square": {"0"}}
+    first = (out / "results.csv").read_bytes()
+    for p in (out / "cells").iterdir():  # as the code before the column's fix wrote them
+        data = store.read_signed_json(p)
+        if any(r.get("attack_name") in ("aa-rand", "fab") for r in data["rows"]):
+            AttackRunDir(out).save_cell(data["key"], [dict(r, eot=1) for r in data["rows"]])
+    code, stdout, err = run(argv, capsys)
+    assert code == 0, err
+    assert "0 computed" in stdout
+    assert (out / "results.csv").read_bytes() == first
+
+
+@pytest.mark.slow
 def test_attack_on_a_device_with_transfer_and_json(sweep_run, tmp_path, capsys):
     out = tmp_path / "hw"
     code, stdout, err = run(["attack", "--family", str(sweep_run), "--attacks", "pgd-eps",

@@ -166,3 +166,27 @@ def test_attack_spec_bad_values_are_one_line() -> None:
         parse_defence("ensemb")
     assert build(AttackSpec, {"name": "speckle", "eps": 2.0}, where="attack").eps == 2.0
     assert build(AttackSpec, {"norm": "l2", "eps": 3.0}, where="attack").eps == 3.0
+
+
+@pytest.mark.parametrize("eot", [1, 3, 25])
+def test_recorded_draws_are_the_ones_torchattacks_averages(eot: int) -> None:
+    """The table's ``eot`` (AttackSpec.draws) is the EOT torchattacks' APGD parts run with:
+    AA-rand at least 20 whatever ``--eot`` says, AA standard and APGD the grid's; FAB has no
+    EOT (one draw per gradient), Square no gradient; the correction is idempotent, so old
+    cells' rows (the grid's eot for every gradient attack) load with the same numbers."""
+    ta = pytest.importorskip("torchattacks")
+    from noisydeq.attacks.spec import LIBRARY_ATTACKS, draws
+
+    m = small_ffw()
+    expect = {"aa-rand": max(20, eot), "aa": eot, "apgd-ce": eot, "apgd-t": eot, "fab": 1,
+              "square": 0, "pgd": eot, "ifgsm": eot, "speckle": 0, "salt-pepper": 0}
+    for name, n in expect.items():
+        spec = AttackSpec(name=name, eps=0.1, eot=eot)
+        assert spec.draws == n == draws(name, n) == draws(name, draws(name, eot)), name
+        if name not in LIBRARY_ATTACKS:
+            continue
+        attack = library.build_attack(m, spec, 10, seed=0)
+        parts = attack.attacks if isinstance(attack, ta.MultiAttack) else [attack]
+        apgd = [p for p in parts if isinstance(p, (ta.APGD, ta.APGDT))]
+        assert bool(apgd) == (name in ("aa", "aa-rand", "apgd-ce", "apgd-t"))
+        assert all(p.eot_iter == n for p in apgd), name
