@@ -71,7 +71,7 @@ from noisydeq.specs.solver import GradientSpec, SolverSpec
 #: set's gathers, a recording of f per set). Measured on CPU, one thread
 #: (docs/robustness-attack-cost.md): at D = 128 an iteration is fixed cost (PGD-10 on the
 #: mnist10k DEQ w=128 1.03×, the digits training step b64 1.08× with skipping), at D = 222
-#: skipping saves 9-11 % of a warm attack. Bitwise the same gradient either way.
+#: skipping saves 5-15 % of a warm attack. Bitwise the same gradient either way.
 ROW_SKIP_MIN_FEATURES = 192
 
 
@@ -177,8 +177,8 @@ class RowGraph:
         return self.batch if self.rows is None else self.rows.numel()
 
     def focus(self, rows: Tensor) -> None:
-        """Record f on ``rows`` (ascending) when they are at most half of the rows held, or
-        not all held; call inside ``row_subset(rows, …)``."""
+        """Record f on ``rows`` (ascending) when they are fewer than the rows held, or not
+        all held; call inside ``row_subset(rows, …)``."""
         if rows is self.rows:  # (the loop passes one tensor per working set)
             return
         have = self.held()
@@ -222,8 +222,8 @@ def gmres_fallback(jt: Callable[[Tensor], Tensor], v: Tensor, u0: Tensor, sol: S
     row from ``u0``), to ``spec``'s tolerance within its ``max_iter`` products. ``jt`` acts
     on the whole batch (rows never mix), so a product is made on the batch with zero rows
     elsewhere; with a :class:`RowGraph` ``graph``, on f recorded on those rows (padded to
-    :data:`~noisydeq.solvers.loop.MIN_ROWS` with converged ones) instead, once they are at
-    most half of the batch. Returns the merged :class:`Solution` (``steps``: fixed-point
+    :data:`~noisydeq.solvers.loop.MIN_ROWS` with converged ones) instead, when they are
+    fewer than the rows it holds. Returns the merged :class:`Solution` (``steps``: fixed-point
     plus GMRES products per row) and the number of rows re-solved; ``sol`` itself where all
     converged.
     """
