@@ -155,6 +155,87 @@ def subset_rows(t: Tensor, rows: int) -> Tensor:
     return t.index_select(0, subset.index.to(t.device))
 
 
+class ReplayMismatch(RuntimeError):
+    """A replayed evaluation asked for other draws than the recorded one (:class:`DrawTape`)."""
+
+
+class DrawTape:
+    """The draws of one evaluation of f, kept to be replayed on a subset of its rows.
+
+    The ``ift`` backward solve differentiates one recorded call of f at z*; to take
+    vector–Jacobian products on the rows still running it records f again on those rows
+    (:mod:`noisydeq.solvers.gradients`). That call must see the noise of the first one, not
+    the next draws: inside :func:`record_draws` every :class:`NoiseStream` draw is kept in
+    order, and inside :func:`replay_draws` each draw returns the kept one (the current
+    :func:`row_subset`'s rows of it) instead of drawing, and advances no count. A replayed
+    call that asks for other draws than the recorded ones (another stream, kind or row
+    shape, more or fewer draws) is an error, never other numbers.
+    """
+
+    def __init__(self) -> None:
+        self.draws: list[tuple[NoiseStream, str, tuple[int, ...], Tensor]] = []
+        self.pos = 0
+        self.replaying = False
+
+    def keep(self, stream: NoiseStream, kind: str, shape: tuple[int, ...], out: Tensor) -> None:
+        self.draws.append((stream, kind, shape, out))
+
+    def replay(self, stream: NoiseStream, kind: str, shape: tuple[int, ...],
+               dtype: torch.dtype) -> Tensor:
+        """The kept draw for this request, restricted to the current row subset."""
+        if self.pos >= len(self.draws):
+            raise ReplayMismatch("noise replay: the evaluation draws more than the recorded one")
+        kept_stream, kept_kind, kept_shape, out = self.draws[self.pos]
+        self.pos += 1
+        if kept_stream is not stream or kept_kind != kind or out.dtype != dtype:
+            raise ReplayMismatch("noise replay: the evaluation draws other numbers than the "
+                               "recorded one (stream, kind or dtype differ)")
+        if shape == kept_shape:
+            subset = active_subset(shape[0])
+            if subset is None or subset.total != shape[0]:
+                return out.clone()  # (callers may modify a draw in place)
+            return out.index_select(0, subset.index.to(out.device))
+        subset = active_subset(shape[0])
+        if (subset is None or subset.total != kept_shape[0]
+                or shape[1:] != kept_shape[1:]):
+            raise ReplayMismatch(f"noise replay: a draw of shape {shape} cannot be taken from "
+                               f"the recorded {kept_shape}")
+        return out.index_select(0, subset.index.to(out.device))
+
+    def check_done(self) -> None:
+        if self.pos != len(self.draws):
+            raise ReplayMismatch(f"noise replay: the evaluation drew {self.pos} of the "
+                               f"{len(self.draws)} recorded draws")
+
+
+_DRAW_TAPE: ContextVar[DrawTape | None] = ContextVar("noisydeq_draw_tape", default=None)
+
+
+@contextmanager
+def record_draws() -> Iterator[DrawTape]:
+    """Keep every :class:`NoiseStream` draw made inside (see :class:`DrawTape`)."""
+    tape = DrawTape()
+    token = _DRAW_TAPE.set(tape)
+    try:
+        yield tape
+    finally:
+        _DRAW_TAPE.reset(token)
+
+
+@contextmanager
+def replay_draws(tape: DrawTape) -> Iterator[DrawTape]:
+    """Serve the draws made inside from ``tape``, from its first (see :class:`DrawTape`);
+    on a normal exit every kept draw must have been served."""
+    replaying = DrawTape()
+    replaying.draws, replaying.replaying = tape.draws, True
+    token = _DRAW_TAPE.set(replaying)
+    try:
+        yield replaying
+    finally:
+        _DRAW_TAPE.reset(token)
+    replaying.check_done()
+
+
 class NoiseStream:
     """A seeded Gaussian / uniform source for a batch whose every number has an address.
 
@@ -381,6 +462,18 @@ class NoiseStream:
         dev = torch.device(device)
         if not shape:
             return self._draw(kind, (1,), dtype, dev).reshape(())
+        tape = _DRAW_TAPE.get()
+        if tape is None:
+            return self._fresh(kind, shape, dtype, dev)
+        if tape.replaying:
+            return tape.replay(self, kind, shape, dtype)
+        out = self._fresh(kind, shape, dtype, dev)
+        tape.keep(self, kind, shape, out)
+        return out
+
+    def _fresh(self, kind: str, shape: tuple[int, ...], dtype: torch.dtype,
+               dev: torch.device) -> Tensor:
+        """Draw ``shape`` (non-empty) from this stream's current counts (:meth:`_draw`)."""
         m, n = shape[0], math.prod(shape[1:])
         subset = active_subset(m) if self.follows_subsets else None
         ahead, self._ahead = self._ahead, None

@@ -109,16 +109,16 @@ class FinalState:
         if fresh:
             z0 = model.initial_state(xt)
             self._adjoint.reset()
+        f_rows = model.cell_fn_rows(xt, self.noise)
         sol = solve(f, z0.to(xt), model.active_solver(), generator=self.generator,
-                    f_rows=model.cell_fn_rows(xt, self.noise),
-                    min_window=None if fresh else WARM_MIN_WINDOW)
+                    f_rows=f_rows, min_window=None if fresh else WARM_MIN_WINDOW)
         model.last_solution = sol
         self.solves += int(sol.steps.sum())
         ok = ~sol.diverged.reshape(-1, *([1] * (sol.z.ndim - 1)))
         self._z = torch.where(ok, sol.z, torch.zeros_like(sol.z)).detach()
         z_star = sol.z.detach()
-        z = attach_gradient(f, z_star, grad, self._adjoint) if torch.is_grad_enabled() \
-            else z_star
+        z = attach_gradient(f, z_star, grad, self._adjoint, f_rows) \
+            if torch.is_grad_enabled() else z_star
         return predict(model, z)
 
 

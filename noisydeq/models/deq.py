@@ -160,7 +160,8 @@ class DEQ(CountingMixin, nn.Module):
             f_rows = None if states is not None else self.cell_fn_rows(xt, noise)
             solution = solve(f_forward, z0, spec, generator=generator, f_rows=f_rows)
             z_star = solution.z.detach()
-            z = attach_gradient(f, z_star, self.gradient) if grad_on else z_star
+            z = attach_gradient(f, z_star, self.gradient, f_rows=f_rows) if grad_on \
+                else z_star
         self.last_solution = solution
 
         jac_loss = None

@@ -27,6 +27,14 @@ every row converged the fallback does nothing (the fixed-point result, bit for b
 :func:`tally_backward` counts, while active, the rows of every ``ift`` backward solve, those
 re-solved by the fallback and those that still missed the tolerance.
 
+Skipping stopped samples: given ``f_rows`` (f on some rows, as for
+:func:`~noisydeq.solvers.solve`) and at least :data:`ROW_SKIP_MIN_FEATURES` elements of z
+per sample, the ``ift`` backward solve drops the samples whose solve stopped like the
+forward loop, its vector–Jacobian products made on f recorded again on the rows still
+running (:class:`RowGraph`, with the noise of the full-batch call replayed); the GMRES
+fallback on the unconverged rows likewise. The gradient is bit-identical to the
+full-batch solve's.
+
 ``ift`` can warm-start its backward solve: pass an :class:`AdjointStart` and each solve
 starts near the adjoint u of the previous one on a batch of the same shape (else from v),
 then stores its own — for successive solves at nearby points (the steps of an attack).
@@ -49,11 +57,22 @@ import torch
 from torch import Tensor
 
 from noisydeq.errors import NoisyDEQError
+from noisydeq.noise import DrawTape, ReplayMismatch, record_draws, replay_draws, row_subset
 from noisydeq.solvers.krylov import gmres
+from noisydeq.solvers.loop import MIN_ROWS, padded_active_rows
 from noisydeq.solvers.registry import solve
 from noisydeq.solvers.solution import Solution, describe
 from noisydeq.specs.base import coerce
 from noisydeq.specs.solver import GradientSpec, SolverSpec
+
+#: fewest elements per sample of z for which the ``ift`` backward solve skips stopped
+#: samples (with ``f_rows``): a row's share of an iteration (its vector–Jacobian product
+#: and Anderson step, ∝ D² for a dense cell) must outweigh what skipping costs (the working
+#: set's gathers, a recording of f per set). Measured on CPU, one thread
+#: (docs/robustness-attack-cost.md): at D = 128 an iteration is fixed cost (PGD-10 on the
+#: mnist10k DEQ w=128 1.03×, the digits training step b64 1.08× with skipping), at D = 222
+#: skipping saves 5-15 % of a warm attack. Bitwise the same gradient either way.
+ROW_SKIP_MIN_FEATURES = 192
 
 
 def as_gradient_spec(spec: GradientSpec | dict[str, Any] | None) -> GradientSpec:
@@ -127,14 +146,86 @@ def _record(sol: Solution, fallback: int) -> None:
         t.unconverged += missed
 
 
+class RowGraph:
+    """Vector–Jacobian products uᵀJ_f(z*) on some rows (samples) of the batch.
+
+    Starts from the full-batch recorded call z = f(z_in) of :func:`_ift`. Asked for fewer
+    rows than it holds, or rows it does not hold (:meth:`focus`), it records f again on
+    those rows of z* only — ``f_rows(z*[rows], rows)`` inside
+    :func:`~noisydeq.noise.row_subset`, its noise replayed from ``tape`` (the full call's
+    draws, :class:`~noisydeq.noise.DrawTape`), so the same map. The backward solve asks once
+    per working set of its loop (``whole_set``: a recording each time the set halves, not
+    each iteration); sets have at least :data:`~noisydeq.solvers.loop.MIN_ROWS` rows
+    (matmul rounding). A product on some of the rows it holds is made with zero cotangents
+    on the others (rows never mix: the contract of ``f_rows``). Where the replay finds
+    other draws than the recording (an f whose noise does not come from a
+    :class:`~noisydeq.noise.NoiseStream`), it keeps the graph it has — the full-batch
+    products, never another map. ``recorded`` counts the recordings.
+    """
+
+    def __init__(self, f_rows: Callable[[Tensor, Tensor], Tensor], z0: Tensor, z_in: Tensor,
+                 z: Tensor, tape: DrawTape | None) -> None:
+        self.f_rows, self.z0, self.tape = f_rows, z0, tape
+        self.batch = z0.shape[0]
+        self.z_in, self.z = z_in, z
+        self.rows: Tensor | None = None  # the batch rows of (z_in, z); None: all
+        self.where: Tensor | None = None  # (B,) position of each batch row in rows, or −1
+        self.replayable = tape is not None
+        self.recorded = 0
+
+    def held(self) -> int:
+        return self.batch if self.rows is None else self.rows.numel()
+
+    def focus(self, rows: Tensor) -> None:
+        """Record f on ``rows`` (ascending) when they are fewer than the rows held, or not
+        all held; call inside ``row_subset(rows, …)``."""
+        if rows is self.rows:  # (the loop passes one tensor per working set)
+            return
+        have = self.held()
+        outside = self.where is not None and bool((self.where.index_select(0, rows) < 0).any())
+        if not outside and (rows.numel() >= have or not self.replayable):
+            return
+        if not self.replayable or rows.numel() < MIN_ROWS:
+            raise ValueError("RowGraph.focus: rows that cannot be recorded")
+        assert self.tape is not None
+        try:
+            with torch.enable_grad(), replay_draws(self.tape):
+                z_in = self.z0.index_select(0, rows).requires_grad_(True)
+                z = self.f_rows(z_in, rows)
+        except ReplayMismatch:
+            if outside:
+                raise
+            self.replayable = False
+            return
+        self.z_in, self.z, self.rows = z_in, z, rows
+        where = torch.full((self.batch,), -1, dtype=torch.long, device=rows.device)
+        self.where = where.index_copy_(0, rows, torch.arange(rows.numel(), device=rows.device))
+        self.recorded += 1
+
+    def vjp(self, u: Tensor, rows: Tensor | None = None) -> Tensor:
+        """uᵀJ_f on the batch rows ``rows`` (None: every row held); ``u`` has their rows."""
+        if rows is None or rows.numel() == self.held():
+            (ju,) = torch.autograd.grad(self.z, self.z_in, u, retain_graph=True)
+            return ju
+        loc = rows if self.where is None else self.where.index_select(0, rows)
+        if self.where is not None and bool((loc < 0).any()):
+            raise ValueError("RowGraph.vjp: rows outside the recorded ones")
+        full = u.new_zeros((self.held(), *u.shape[1:])).index_copy_(0, loc, u)
+        (ju,) = torch.autograd.grad(self.z, self.z_in, full, retain_graph=True)
+        return ju.index_select(0, loc)
+
+
 def gmres_fallback(jt: Callable[[Tensor], Tensor], v: Tensor, u0: Tensor, sol: Solution,
-                   spec: SolverSpec) -> tuple[Solution, int]:
+                   spec: SolverSpec, graph: RowGraph | None = None) -> tuple[Solution, int]:
     """Re-solve by GMRES the rows of the fixed-point solve ``sol`` (of u = J_fᵀu + v from
     ``u0``) that did not converge, only those: each from its iterate ``sol.z`` (a diverged
     row from ``u0``), to ``spec``'s tolerance within its ``max_iter`` products. ``jt`` acts
     on the whole batch (rows never mix), so a product is made on the batch with zero rows
-    elsewhere. Returns the merged :class:`Solution` (``steps``: fixed-point plus GMRES
-    products per row) and the number of rows re-solved; ``sol`` itself where all converged.
+    elsewhere; with a :class:`RowGraph` ``graph``, on f recorded on those rows (padded to
+    :data:`~noisydeq.solvers.loop.MIN_ROWS` with converged ones) instead, when they are
+    fewer than the rows it holds. Returns the merged :class:`Solution` (``steps``: fixed-point
+    plus GMRES products per row) and the number of rows re-solved; ``sol`` itself where all
+    converged.
     """
     missed = ~sol.converged
     n = int(missed.sum())
@@ -148,6 +239,14 @@ def gmres_fallback(jt: Callable[[Tensor], Tensor], v: Tensor, u0: Tensor, sol: S
     def jt_rows(p: Tensor) -> Tensor:
         full.index_copy_(0, rows, p)
         return jt(full).index_select(0, rows)
+
+    if graph is not None:
+        padded = padded_active_rows(missed)
+        with row_subset(padded, graph.batch, missed.index_select(0, padded)):
+            graph.focus(padded)
+
+        def jt_rows(p: Tensor) -> Tensor:  # noqa: F811 (the row-graph products)
+            return graph.vjp(p, rows)
 
     sub = gmres(jt_rows, v.index_select(0, rows), start, spec)
     converged = sol.converged.index_copy(0, rows, sub.converged)
@@ -164,10 +263,16 @@ def attach_gradient(
     z_star: Tensor,
     spec: GradientSpec | dict[str, Any] | None = None,
     adjoint: AdjointStart | None = None,
+    f_rows: Callable[[Tensor, Tensor], Tensor] | None = None,
 ) -> Tensor:
     """Return z = (one or more steps of f from z*) with the graph of ``spec.name`` (App. C).
 
     ``adjoint``: warm-start state of the ``ift`` backward solve (ignored by other methods).
+    ``f_rows(z_rows, rows)``: f on the rows ``rows`` of the batch (as for
+    :func:`~noisydeq.solvers.solve`; rows never mix, noise from
+    :class:`~noisydeq.noise.NoiseStream` s); with it the ``ift`` backward solve skips the
+    samples that stopped (:class:`RowGraph`), with the same gradient. Ignored by the
+    other methods.
     """
     spec = as_gradient_spec(spec)
     z0 = z_star.detach()
@@ -186,14 +291,22 @@ def attach_gradient(
         return z
     if not torch.is_grad_enabled():  # inference: same value, no graph to build
         return f(z0)
-    return _ift(f, z0, spec, adjoint)
+    return _ift(f, z0, spec, adjoint, f_rows)
 
 
 def _ift(f: Callable[[Tensor], Tensor], z0: Tensor, spec: GradientSpec,
-         adjoint: AdjointStart | None = None) -> Tensor:
+         adjoint: AdjointStart | None = None,
+         f_rows: Callable[[Tensor, Tensor], Tensor] | None = None) -> Tensor:
     """z = f(z*) with a backward hook solving u = J_fᵀ u + v (implicit function theorem)."""
     z_in = z0.clone().requires_grad_(True)
-    z = f(z_in)
+    tape: DrawTape | None = None
+    if z0[0].numel() < ROW_SKIP_MIN_FEATURES:
+        f_rows = None
+    if f_rows is None:
+        z = f(z_in)
+    else:
+        with record_draws() as tape:
+            z = f(z_in)
     if not z.requires_grad:  # f has no trainable dependence: nothing to correct
         return z
     bspec = spec.backward_solver
@@ -216,13 +329,25 @@ def _ift(f: Callable[[Tensor], Tensor], z0: Tensor, spec: GradientSpec,
 
             v0 = v.detach()
             u0 = v0 if adjoint is None else adjoint.start(v0)
+            graph = None if f_rows is None else RowGraph(f_rows, z0, z_in, z, tape)
+
+            v_rows: list[Tensor] = [v0, v0]  # (rows, v0 on them) of the last call
+
+            def vjp_rows(u: Tensor, rows: Tensor) -> Tensor:
+                assert graph is not None  # (called by the loop inside row_subset(rows))
+                graph.focus(rows)
+                if v_rows[0] is not rows:
+                    v_rows[:] = [rows, v0.index_select(0, rows)]
+                return graph.vjp(u, rows) + v_rows[1]
+
             fell = 0
             if spec.backward_method == "gmres":
                 sol = gmres(jt, v0, u0, bspec)
             else:
-                sol = solve(vjp_step, u0, bspec)
+                sol = solve(vjp_step, u0, bspec, f_rows=None if graph is None else vjp_rows,
+                            whole_set=True)
                 if spec.backward_method == "fallback":
-                    sol, fell = gmres_fallback(jt, v0, u0, sol, bspec)
+                    sol, fell = gmres_fallback(jt, v0, u0, sol, bspec, graph)
             _record(sol, fell)
             if adjoint is not None:
                 adjoint.store(sol.z, v0, sol.diverged)

@@ -76,11 +76,16 @@ def run_loop(
     needs_window: bool = False,
     f_rows: Callable[[Tensor, Tensor], Tensor] | None = None,
     min_window: int | None = None,
+    whole_set: bool = False,
 ) -> Solution:
     """Iterate ``make_method(spec, x0)`` from ``z0`` until every sample stopped.
 
     ``f_rows`` (optional): f on a subset of rows, used to skip stopped samples (module
     docstring); only without autograd, as the frozen rows would otherwise lose their graph.
+    ``whole_set``: call ``f_rows`` on the whole working set (its stopped rows as padding)
+    instead of its active rows, so that it sees new rows only when the set shrinks (an
+    ``f_rows`` with a set-up cost per set of rows: the ``ift`` backward solve's, which
+    records f on them, :class:`noisydeq.solvers.gradients.RowGraph`).
     ``min_window`` (optional): the number of points after which ``mean_rel`` may stop a
     sample (default: a full window of ``spec.window``; see :func:`noisydeq.solvers.solve`).
     """
@@ -140,6 +145,12 @@ def run_loop(
         m = x.shape[0]
         if fx is None or f_rows is None or (rows is None and n_active == m):
             return ff(x)
+        if whole_set:
+            if rows is None:
+                return ff(x)
+            want = (m, *shape[1:])
+            with row_subset(rows, batch, None if n_active == m else active):
+                return checked(f_rows(x.reshape(want), rows), want)
         # (a set of at most MIN_ROWS rows is evaluated whole, its stopped rows as padding)
         local = padded_active_rows(active) if n_active < m else None
         real = active.index_select(0, local) if n_active < MIN_ROWS else None

@@ -63,6 +63,7 @@ def _run(
     generator: torch.Generator | Draws | None,
     f_rows: Callable[[Tensor, Tensor], Tensor] | None = None,
     min_window: int | None = None,
+    whole_set: bool = False,
 ) -> Solution:
     if spec.name not in SOLVERS:
         raise NoisyDEQError(
@@ -70,7 +71,7 @@ def _run(
         )
     return run_loop(
         f, z0, spec, SOLVERS[spec.name], generator, needs_window=spec.name == "stochastic",
-        f_rows=f_rows, min_window=min_window,
+        f_rows=f_rows, min_window=min_window, whole_set=whole_set,
     )
 
 
@@ -82,6 +83,7 @@ def solve(
     generator: torch.Generator | Draws | None = None,
     f_rows: Callable[[Tensor, Tensor], Tensor] | None = None,
     min_window: int | None = None,
+    whole_set: bool = False,
 ) -> Solution:
     """Solve z = f(z) per sample from ``z0`` with ``spec`` (paper Eq. 2, 6-7, 53-54), no grad.
 
@@ -94,12 +96,14 @@ def solve(
     available) instead of a full window — for a solve warm-started from a nearby fixed
     point (attacks), which may already be converged. A partial window averages fewer draws
     of a stochastic f, so its Eq. 54 is larger in expectation than a full window's: noise
-    alone does not make it stop sooner (E‖ḡ‖² = ‖E g‖² + tr Cov(g)/n).
+    alone does not make it stop sooner (E‖ḡ‖² = ‖E g‖² + tr Cov(g)/n). ``whole_set``:
+    ``f_rows`` sees the loop's working set, not only its active rows
+    (:func:`~noisydeq.solvers.loop.run_loop`).
     """
     spec = as_spec(spec)
     _check_z0(z0)
     with torch.no_grad():
-        return _run(f, z0.detach(), spec, generator, f_rows, min_window)
+        return _run(f, z0.detach(), spec, generator, f_rows, min_window, whole_set)
 
 
 def solve_with_grad(
