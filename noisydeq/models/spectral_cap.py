@@ -5,7 +5,7 @@ constant at most ‖W‖₂ in z, since tanh is 1-Lipschitz. With ‖W‖₂ ≤
 contraction: the fixed point z* of Eq. 1 exists, is unique, and the iteration reaches it at
 rate c (Banach). Training does not keep that by itself: under adversarial training the conv
 cell's ‖W‖₂ grew from 1.1 to above 2 within 20 batches and the solve stopped converging
-(docs/robustness.md, "Keeping the conv DEQ convergent").
+(docs/robustness-conv.md, "Keeping the conv DEQ convergent").
 
 :func:`cap_spectral_norm` rescales W by c/‖W‖₂ when ‖W‖₂ > c — the Euclidean projection of
 the spectrum's top onto the cap is a rescaling only when one singular value exceeds it, so

@@ -128,7 +128,7 @@ class AttackSpec(StrictModel):
 
 #: the ``exact`` estimator's backward method when ``bsolver`` is unset (was ``fixed-point``
 #: until the GMRES fallback: Anderson alone left 12-24 % of a digits DEQ's inputs
-#: unconverged, docs/robustness.md)
+#: unconverged, docs/robustness-attack-cost.md)
 EXACT_BSOLVER = "fallback"
 #: command-line names of backward methods: ``anderson`` is the fixed-point iteration alone
 BSOLVER_ALIASES = {"anderson": "fixed-point"}
@@ -148,7 +148,7 @@ class EstimatorSpec(StrictModel):
     (final-state estimators only). ``btol`` (``exact`` only): relative-residual tolerance
     of the IFT backward solve u = J_fᵀ u + ∂L/∂z* (their Eq. 3); None = the gradient
     default, rel 1e-6 within 40 Anderson iterations. An attack follows only the gradient's
-    direction (its sign under ℓ∞), so a looser solve can serve; ``docs/robustness.md``
+    direction (its sign under ℓ∞), so a looser solve can serve; ``docs/robustness-attack-cost.md``
     measures the gradient's cosine with the converged one and the robust accuracy at 1e-3.
     ``bsolver`` (``exact`` only): how that backward system is solved — ``fixed-point``
     (the Anderson iteration above alone; ``anderson`` on the command line), ``gmres`` (the

@@ -119,7 +119,7 @@ def test_every_adversarial_experiment_resolves():
 
 
 def test_documented_small_conv_variant_resolves():
-    """The small conv variant of ``adversarial-fig3`` documented in docs/robustness.md
+    """The small conv variant of ``adversarial-fig3`` documented in docs/robustness-conv.md
     (``--set`` overrides of the quick variant) gives the conv DEQ/FFW of 8 channels with the
     quick preset shortened to 4 epochs (ε ramp 2, learning rate × 0.1 from epoch 3), the
     Tables 5-6 solver and adversary otherwise."""
@@ -150,7 +150,7 @@ def test_documented_small_conv_variant_resolves():
 
 
 def test_documented_conv_budget_variant_resolves():
-    """The conv run at a budget where both cells learn (docs/robustness.md): the 8-channel
+    """The conv run at a budget where both cells learn (docs/robustness-conv.md): the 8-channel
     conv DEQ/FFW, 4 epochs on the first 5,000 training images at learning rate 5e-3, a
     5-step inner PGD (step 2.5ε/5 = 0.15) after a 1.5-epoch ε warm-up, evaluated by PGD-10
     and PGD-50 at the paper's step 0.1."""
@@ -184,7 +184,7 @@ def test_documented_conv_budget_variant_resolves():
 
 
 def test_documented_spectral_cap_variant_resolves():
-    """The capped conv DEQ of docs/robustness.md ("Keeping the conv DEQ convergent"): the
+    """The capped conv DEQ of docs/robustness-conv.md ("Keeping the conv DEQ convergent"): the
     budget variant with ``train.spectral_cap=0.9`` reaches the DEQ's spec and is left out of
     an FFW member's (DEQ-only setting)."""
     import pathlib
@@ -203,7 +203,7 @@ def test_documented_spectral_cap_variant_resolves():
 
 @pytest.mark.parametrize("method", ["pgd", "trades"])
 def test_documented_conv_defence_grid_resolves(method):
-    """The conv grid with the training defences (docs/robustness.md, "The conv variant with
+    """The conv grid with the training defences (docs/robustness-conv.md, "The conv variant with
     the training defences" for PGD-AT, "TRADES with the training defences"): the capped conv
     DEQ with noise on x or z at 0 / 10 dB or the random threshold keeps the cap, the budget
     and the method (TRADES: β = 6) in every defence's spec; the conv FFW with noise on z gets
