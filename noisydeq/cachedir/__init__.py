@@ -5,4 +5,4 @@ them (:mod:`~noisydeq.cachedir.prune`). Reads files only: no torch.
 """
 
 #: the kinds of entries, each a directory of the cache
-KINDS = ("models", "calibration", "chips")
+KINDS = ("models", "calibration", "chips", "figures")

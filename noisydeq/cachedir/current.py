@@ -27,7 +27,8 @@ from noisydeq.fingerprint import code_fingerprint, machine, torch_version
 
 #: the module (under ``noisydeq/``) and constant naming each kind's current format
 FORMATS = {"calibration": ("hardware/calibration_store.py", "FORMAT"),
-           "chips": ("hardware/chip_store.py", "FORMAT")}
+           "chips": ("hardware/chip_store.py", "FORMAT"),
+           "figures": ("figure_cache.py", "FORMAT")}
 #: the training schema and device-gradient rule of a model's config
 SCHEMA = ("train_config.py", "TRAIN_SCHEMA")
 GRADIENT = ("train_config.py", "DEVICE_GRADIENT")

@@ -2,7 +2,8 @@
 
 Layout (``docs/architecture.md``, "The on-disk cache"): ``models/<20 hex>/`` (one trained
 model: ``model.safetensors`` + ``model.json``, or ``resume.safetensors`` while it trains),
-``calibration/<32 hex>.json`` and ``chips/<32 hex>.safetensors``. Status comes from the
+``calibration/<32 hex>.json``, ``chips/<32 hex>.safetensors`` and ``figures/<32 hex>.json``
+(a sweep's figures, :mod:`noisydeq.figure_cache`). Status comes from the
 fields an entry records (:mod:`noisydeq.cachedir.current`): a model's training config and a
 chip file's metadata are read from their safetensors header (no tensor is read), a
 calibration entry is read whole (its digest checked); an entry that cannot be read is stale
@@ -31,7 +32,8 @@ from noisydeq.errors import NoisyDEQError
 #: an entry's name per kind
 NAMES = {"models": re.compile(r"^[0-9a-f]{20}$"),
          "calibration": re.compile(r"^[0-9a-f]{32}\.json$"),
-         "chips": re.compile(r"^[0-9a-f]{32}\.safetensors$")}
+         "chips": re.compile(r"^[0-9a-f]{32}\.safetensors$"),
+         "figures": re.compile(r"^[0-9a-f]{32}\.json$")}
 #: the files of a model entry whose header holds its training config, in order of trust
 MODEL_FILES = ("model.safetensors", "resume.safetensors")
 #: largest safetensors header read
@@ -110,8 +112,8 @@ def _status(kind: str, path: Path) -> tuple[str, str]:
             if not isinstance(config, dict):
                 raise ValueError("no config")
             return model_status(config)
-        if kind == "calibration":
-            return device_status(kind, store.read_signed_json(path, "calibration entry"))
+        if kind in ("calibration", "figures"):
+            return device_status(kind, store.read_signed_json(path, f"{kind} entry"))
         return device_status(kind, header_meta(path))
     except (OSError, ValueError, UnicodeDecodeError, RecursionError, AttributeError):
         return "stale", "unreadable"

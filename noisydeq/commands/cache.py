@@ -100,7 +100,7 @@ class _Group(click.Group):
 @_json_option
 @click.pass_context
 def command(ctx: click.Context, cache: str | None, as_json: bool) -> None:
-    """Show and prune the on-disk cache of models, calibrations and programmed chips.
+    """Show and prune the on-disk cache of models, calibrations, programmed chips and figures.
 
     \b
     Examples:

@@ -18,7 +18,7 @@ import torch
 from noisydeq.cluster import Backend
 from noisydeq.errors import NoisyDEQError
 from noisydeq.results import RunDir
-from noisydeq.runtime import num_threads, resolve_torch_device, thread_plan
+from noisydeq.runtime import cache_root, num_threads, resolve_torch_device, thread_plan
 from noisydeq.specs.sweep import SweepSpec
 from noisydeq.sweep.base import SweepModel
 from noisydeq.sweep.hardware import Hardware
@@ -248,10 +248,17 @@ def _run_open(
     result = SweepResult(all_rows, run_dir, hardware.native_snr_db(), computed, skipped,
                          native_parts=hardware.native_parts(), extended=dict(run_dir.added))
     if plots and all_rows:
-        from noisydeq.plots import plot_sweep
+        from noisydeq.figure_cache import cached_figures
 
-        result.figures = plot_sweep(
-            all_rows, run_dir.figures, spec, result.native_snr_db, title=title
-        )
+        def draw() -> list[Path]:
+            from noisydeq.plots import plot_sweep  # matplotlib: only when drawing
+
+            return plot_sweep(all_rows, run_dir.figures, spec, result.native_snr_db,
+                              title=title)
+
+        # the same rows, spec, native SNR and title (and code): the figures of the cache
+        inputs = {"figures": "sweep", "rows": all_rows, "spec": spec,
+                  "native_snr_db": result.native_snr_db, "title": title}
+        result.figures = cached_figures(inputs, run_dir.figures, draw, cache_root())
     run_dir.seal(result.figures)
     return result
