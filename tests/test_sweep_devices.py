@@ -256,3 +256,19 @@ def test_plot_command_redraws_with_the_runs_own_title(tmp_path, monkeypatch):
         out = CliRunner().invoke(cli, ["plot", str(run), *args])
         assert out.exit_code == 0, out.output
     assert drawn == ["Fig. 1a [quick]", "mine", "Fig. 1a [quick]"]
+
+
+def test_table_refusal_names_the_whole_grid(tmp_path, capsys):
+    from noisydeq import store
+
+    """A level the run lacks listed the first 12 of its levels only (`0, 1, …, 11` for a
+    0:30 run: as if the run stopped at 11 dB); the refusal names the grid as --snr gives it."""
+    run = tmp_path / "run"
+    run.mkdir()
+    rows = "".join(f"{v},0.5\n" for v in [*range(31), "inf"])
+    (run / "results.csv").write_text("snr_db,value\n" + rows)
+    store.write_manifest(run, [run / "results.csv"])
+    code, err = _main("table", str(run), "--snr", "7.5", capsys=capsys)
+    err = err.strip()
+    assert code == 2 and len(err.splitlines()) == 1, err
+    assert "no level 7.5 dB in its results (0:30,inf)" in err, err

@@ -19,7 +19,7 @@ from typing import Any
 import click
 
 from noisydeq.commands.sweep import backend_options, threads_flag, variant_options
-from noisydeq.errors import NoisyDEQError
+from noisydeq.errors import NoisyDEQError, did_you_mean
 from noisydeq.progress import with_heartbeat
 from noisydeq.specs.base import build
 
@@ -162,6 +162,13 @@ def _check_source(source: Path, opts: dict[str, Any]) -> Path:
     from noisydeq.analysis.locate import check_family
 
     if not source.exists():
+        if source.parent == Path(".") and source.suffix != ".toml":  # a bare name: mistyped?
+            from noisydeq.bundled import bundled_experiments
+
+            names = [b.name for b in bundled_experiments() if b.command == "certify"]
+            raise NoisyDEQError(
+                f"certify: {source} does not exist and is not a bundled experiment"
+                f"{did_you_mean(source.name, names)} (bundled: {', '.join(names)})")
         raise NoisyDEQError(f"certify: {source} does not exist")
     check_family(source)
     name = source.stem if source.is_file() else source.name

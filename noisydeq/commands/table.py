@@ -8,7 +8,6 @@ docs/reproduction.md.
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import click
@@ -44,8 +43,9 @@ def command(run_dirs: tuple[str, ...], snr: str) -> None:
         rows = read_csv(path)
         at = [r for r in rows if r["snr_db"] == level]
         if not at:
-            have = sorted({r["snr_db"] for r in rows})
-            shown = ", ".join("inf" if math.isinf(v) else f"{v:g}" for v in have[:12])
+            from noisydeq.specs.noise import snr_grid_text
+
+            shown = snr_grid_text(sorted({r["snr_db"] for r in rows}))  # 0:30, not 31 levels
             raise NoisyDEQError(f"{run}: no level {level:g} dB in its results ({shown})")
         tables.append(f"### {Path(run).name}: {swept_description(rows)}\n\n"
                       f"{paired_table(rows, level)}\n")

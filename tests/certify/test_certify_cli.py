@@ -82,6 +82,16 @@ def test_missing_source_is_one_line(capsys, tmp_path):
     assert code == 2 and "does not exist" in err
 
 
+def test_a_mistyped_experiment_name_gets_a_suggestion(capsys, tmp_path, monkeypatch):
+    """`noisydeq certify certify-mnst` said only "does not exist", where `run`, `study`,
+    `adversarial` and `lyapunov` name the bundled experiment meant."""
+    monkeypatch.chdir(tmp_path)
+    code, _, err = run_certify(capsys, "certify-mnst")
+    assert code == 2 and err.count("\n") == 1, err
+    assert "did you mean 'certify-mnist'?" in err and "certify-fig2" in err, err
+    assert not list(tmp_path.iterdir())
+
+
 @pytest.mark.slow
 def test_certify_family_digital_and_measured_chip(capsys, tmp_path, family, monkeypatch):
     import matplotlib.pyplot as plt
