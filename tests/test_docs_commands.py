@@ -25,9 +25,12 @@ from noisydeq.bundled import bundled_experiments
 from noisydeq.cli import cli
 
 ROOT = Path(__file__).resolve().parents[1]
-#: the documents whose commands are checked (docs/robustness.md: see its own tests)
+#: the documents whose commands are checked
 DOCS = ["README.md", "docs/index.md", "docs/devices.md", "docs/analysis.md", "docs/scaling.md",
-        "docs/architecture.md", "docs/reproduction.md"]
+        "docs/architecture.md", "docs/reproduction.md", "docs/robustness.md",
+        "docs/robustness-standard.md", "docs/robustness-attack-cost.md",
+        "docs/robustness-adversarial.md", "docs/robustness-conv.md",
+        "docs/robustness-lyapunov-certified.md"]
 #: commands whose first argument may name a bundled experiment
 RUNS_EXPERIMENTS = {"run", "study", "adversarial", "lyapunov", "certify"}
 #: placeholder values the docs use for an option's value (``--noise-mode MODE``)
@@ -88,6 +91,7 @@ def _alternatives(command: str) -> str:
     command = command.replace("\\|", "|")
     command = re.sub(r"\[([^\[\]|]*)\|[^\[\]]*\]", r"\1", command)
     command = re.sub(r"\[(--[^\[\]]*)\]", r"\1", command)  # [--family DIR] -> --family DIR
+    command = re.sub(r"(--[\w-]+)(\|--[\w-]+)+", r"\1", command)  # --quick|--full -> --quick
     return re.sub(r"=([\w.-]+)\|[\w.|-]+", r"=\1", command)  # input_act=silu|relu -> silu
 
 
@@ -95,18 +99,31 @@ def _argv(command: str, tmp: Path) -> list[str]:
     """The tokens of ``command`` after its program name, placeholders replaced by values
     that exist (folders under ``tmp``) or that the option accepts."""
     argv = []
+    command = re.sub(r"(\.\.\.|…) [^.…]+ (\.\.\.|…)", " ", command)  # "... elided prose ..."
     for token in shlex.split(_alternatives(command), comments=True)[1:]:
         if token in ("...", "…"):
             continue
         token = token.rstrip(".…") if re.fullmatch(r"[A-Z_0-9′]+(\.\.\.|…)", token) else token
         if token in VALUES:
             token = VALUES[token]
-        elif re.fullmatch(r"[A-Z][A-Z_0-9]*′?|runs/[\w.<>-]+|<[\w-]+>", token):
+        elif token in OUTS or re.fullmatch(r"[A-Z][A-Z_0-9]*′?|runs/[\w.<>-]+|<[\w-]+>", token):
             folder = tmp / re.sub(r"[<>′]", "_", token)
             folder.mkdir(parents=True, exist_ok=True)
             token = str(folder)
         argv.append(token)
     return argv
+
+
+def _outs() -> set[str]:
+    """Folders the documented commands write (``--out fam``), named by later commands."""
+    found: set[str] = set()
+    for doc in DOCS:
+        text = (ROOT / doc).read_text(encoding="utf-8")
+        found |= set(re.findall(r"--out ([\w./-]+)", text))
+    return found
+
+
+OUTS = _outs()
 
 
 def _command(argv: list[str]) -> tuple[click.Command, list[str], click.Context]:
