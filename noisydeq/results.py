@@ -138,7 +138,7 @@ def spec_identity(spec: Any) -> dict[str, Any]:
     """The part of ``spec`` that determines the results (used to match a run directory);
     for a sweep, with the device's resolved content under ``device_spec``."""
     data = json.loads(spec.model_dump_json())
-    for optional in ("monotone", "lyapunov"):  # unset: identities of earlier runs stay
+    for optional in ("monotone", "lyapunov", "transfer_from"):  # unset: earlier identities stay
         if data.get(optional) is None:
             data.pop(optional, None)
     out = {k: v for k, v in data.items() if k not in RUNTIME_ONLY}

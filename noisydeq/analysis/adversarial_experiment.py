@@ -16,8 +16,11 @@ training ``defences`` × ``seeds``, each a family of ``kinds`` at ``depths``. De
 FFWs take only ``none`` and ``z`` (the paper perturbs only z of an FFW). Each
 ``evaluations`` table is one ``noisydeq attack`` grid (:class:`AttackRunSpec` fields)
 over all trained models — test-time defences such as ``entropy`` (Algorithm 1) and the
-intermediate-state grid ``unrolled-grid`` go there. Models live in the model cache
-(trained once); each evaluation is a resumable attack run directory under the
+intermediate-state grid ``unrolled-grid`` go there; an evaluation's ``transfer_from``
+(a training defence of the grid, e.g. ``none``) also attacks every other model with
+examples crafted on its same-kind, -method and -seed twin trained with that defence
+(:func:`transfer_sources`: the closer look's gradient-masking check). Models live in the
+model cache (trained once); each evaluation is a resumable attack run directory under the
 experiment's. ``quick`` and ``full`` override ``family``, ``train``, ``grid`` and any
 evaluation's fields.
 """
@@ -193,11 +196,15 @@ class AdversarialExperimentSpec(VariantFile):
         from noisydeq.attacks.grid import AttackRunSpec
 
         for k, v in self.evaluations.items():
-            _build_layers(AttackRunSpec, [
+            ev = _build_layers(AttackRunSpec, [
                 (f"[evaluations.{k}]", {**v, "family": self.name}),
                 (f"[{variant}.evaluations.{k}]", file.get("evaluations", {}).get(k, {})),
                 (f"--set evaluations.{k}", overrides.get("evaluations", {}).get(k, {}))],
                 where=f"[{variant}.evaluations.{k}]")
+            if ev.transfer_from is not None and ev.transfer_from not in grid.defences:
+                raise ValueError(
+                    f"evaluations.{k}.transfer_from: '{ev.transfer_from}' is not a training "
+                    f"defence of the grid (grid.defences: {', '.join(grid.defences)})")
         return res
 
 
@@ -290,6 +297,25 @@ def train_grid(res: Resolved, task: Any, *, cache_dir: Any = None, quiet: bool =
     return members, info
 
 
+def transfer_sources(spec: Any, members: list[Any], info: dict[str, dict[str, Any]]
+                     ) -> dict[str, Any]:
+    """Model id → the model its transfer examples are crafted on (``spec.transfer_from``):
+    the model of the same kind, depth, method and seed trained with that defence; none for
+    the source models themselves, nor for a model whose grid has no such twin."""
+    if spec.transfer_from is None:
+        return {}
+    cell = ("kind", "depth", "method", "seed")
+    twins = {tuple(info[m.model_id][k] for k in cell): m for m in members
+             if info[m.model_id]["defence"] == spec.transfer_from}
+    out = {}
+    for m in members:
+        meta = info[m.model_id]
+        src = twins.get(tuple(meta[k] for k in cell))
+        if src is not None and meta["defence"] != spec.transfer_from:
+            out[m.model_id] = src
+    return out
+
+
 def run_experiment(res: Resolved, out: str | Path, *, data_dir: str | None = None,
                    cache_dir: Any = None, quiet: bool = True, echo: Any = print
                    ) -> ExperimentResult:
@@ -318,7 +344,7 @@ def run_experiment(res: Resolved, out: str | Path, *, data_dir: str | None = Non
     for name, spec in specs.items():
         t1 = time.perf_counter()
         results[name] = run_attacks(spec, members, task, out / name, progress=not quiet,
-                                    echo=echo)
+                                    echo=echo, sources=transfer_sources(spec, members, info))
         eval_s[name] = time.perf_counter() - t1
     result = ExperimentResult(res, out, members, info, results, eval_s,
                               time.perf_counter() - t0)

@@ -181,12 +181,14 @@ def entropy_stats(rows: Sequence[dict[str, Any]], eps: float,
 
 def _curves(rows: Sequence[dict[str, Any]], family: str, label: str | None = None
             ) -> dict[str, dict[float, float]]:
-    """model -> {x: accuracy}, worst over estimators, final defence."""
-    acc: dict[str, dict[float, dict[str, float]]] = {}
+    """model -> {x: accuracy}, worst over estimators and modes (white-box, transfer),
+    final defence."""
+    acc: dict[str, dict[float, dict[tuple[str, str], float]]] = {}
     for r in rows:
         if r["family"] != family or r["defence"] != "final" or (label and r["attack"] != label):
             continue
-        acc.setdefault(r["model_id"], {}).setdefault(r["x"], {})[r["estimator"]] = r["value"]
+        acc.setdefault(r["model_id"], {}).setdefault(r["x"], {})[
+            (r["estimator"], r["mode"])] = r["value"]
     return {m: {x: min(v.values()) for x, v in xs.items()} for m, xs in acc.items()}
 
 

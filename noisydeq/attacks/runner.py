@@ -53,6 +53,16 @@ is right clean and attacked (:mod:`noisydeq.attacks.robust`), an extra column
 positions right on both, and a sample's entropy is the mean over its positions. AutoAttack
 and its parts (torchattacks: one class per sample) are refused for them in one line.
 
+Transfer from another model (``sources``, :func:`run_attacks`): a member given a source
+model also gets cells of mode ``transfer-source`` at each level, one per gradient attack
+point and *source* estimator: the examples are crafted on the source model without noise
+(white-box on it, its own estimators; an FFW source by backprop) and judged on the member
+under the judging draw, as every cell. The source's id is in the cell's draw key (not in
+the rows: whoever passes ``sources`` says which model it is); members without a source get
+no such cells, so runs without ``sources`` keep every key. The closer look's check of
+gradient masking: a defence whose white-box accuracy lies above what transferred examples
+reach is masking its gradients (``noisydeq adversarial``'s ``transfer_from``).
+
 Regression tasks (matrix addition; ``task.kind == "regression"``, metric MSE): PGD and
 I-FGSM ascend the per-sample MSE (:func:`noisydeq.attacks.pgd.sample_loss`) within the
 ε-ball, ε absolute per input entry (ℓ∞; the ℓ2 radius likewise absolute), with **no box**:
@@ -76,7 +86,7 @@ directory and its checks.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -223,13 +233,16 @@ class Cell:
     mode: str
     estimator: EstimatorSpec | None  # None: black-box noise (no model gradient)
     point: GridPoint
+    #: mode ``transfer-source``: the model the examples are crafted on (module docstring)
+    source: AttackMember | None = None
 
     @property
     def draw_key(self) -> str:
         """What the cell's attack and attacker-noise seeds derive from: its key without the
         robust rule, so a count under another rule attacks with the same draws."""
         est = "none" if self.estimator is None else self.estimator.key()
-        return (f"cell|{self.member.model_id}|{self.snr_db!r}|{self.chip}|{self.mode}|{est}|"
+        mode = self.mode if self.source is None else f"{self.mode}<{self.source.model_id}"
+        return (f"cell|{self.member.model_id}|{self.snr_db!r}|{self.chip}|{mode}|{est}|"
                 f"{self.point.key}")
 
     @property
@@ -262,11 +275,18 @@ def _levels(spec: AttackRunSpec) -> list[tuple[float, int]]:
     return out
 
 
-def plan(spec: AttackRunSpec, members: Sequence[AttackMember]) -> list[Cell]:
-    """Every cell of the run, grouped by (model, level, chip) so each chip is made once."""
+#: the mode of cells crafted on another model (module docstring, :func:`run_attacks`)
+SOURCE_MODE = "transfer-source"
+
+
+def plan(spec: AttackRunSpec, members: Sequence[AttackMember],
+         sources: Mapping[str, AttackMember] | None = None) -> list[Cell]:
+    """Every cell of the run, grouped by (model, level, chip) so each chip is made once;
+    a member with a source in ``sources`` (model id → model) gets its transfer cells."""
     points = expand(spec)
     cells: list[Cell] = []
     for m in members:
+        src = (sources or {}).get(m.model_id)
         for snr, chip in _levels(spec):
             modes = ["white-box"] + (["transfer"] if spec.transfer and math.isfinite(snr)
                                      else [])
@@ -277,6 +297,9 @@ def plan(spec: AttackRunSpec, members: Sequence[AttackMember]) -> list[Cell]:
                             cells.append(Cell(m, snr, chip, mode, None, p))
                         continue
                     cells += [Cell(m, snr, chip, mode, e, p) for e in _estimators(spec, m)]
+            if src is not None:
+                cells += [Cell(m, snr, chip, SOURCE_MODE, e, p, src) for p in points
+                          if p.uses_model_gradient for e in _estimators(spec, src)]
     return cells
 
 
@@ -508,7 +531,9 @@ class Runner:
                 d = d.model_copy(update={"n": self.early_n(m, cell.snr_db, cell.chip)})
             chosen.append(d)
         key = cell.draw_key
-        if cell.mode == "transfer":
+        if cell.source is not None:
+            attacker, noise = cell.source.model, None
+        elif cell.mode == "transfer":
             attacker, noise = m.model, None
         else:
             lvl.reseed(derive_seed(spec.seed, "noise", key))
@@ -605,6 +630,7 @@ def run_attacks(
     spec: AttackRunSpec, members: Sequence[AttackMember], task: Any, out: str | Path, *,
     progress: bool = True, plots: bool = True, echo: Callable[[str], None] = print,
     backend: Backend | None = None, remote: RemoteCells | None = None,
+    sources: Mapping[str, AttackMember] | None = None,
 ) -> AttackResult:
     """Run (or resume) the grid of ``spec`` on ``members`` into ``out`` (module docstring).
 
@@ -613,21 +639,31 @@ def run_attacks(
     (:func:`noisydeq.attacks.ray_cells.run_on_ray`) computes the missing cells there, one
     Ray task per (model, level, chip) group, while this process writes what they return —
     the same table as a local run with one torch thread. The run directory is locked while
-    the grid runs (a second run on ``out`` waits)."""
+    the grid runs (a second run on ``out`` waits). ``sources``: model id of a member → the
+    model its ``transfer-source`` examples are crafted on (module docstring; this process
+    only)."""
     from noisydeq.cluster import session
     from noisydeq.runtime import resolve_torch_device
 
-    validate(spec, task, members)
-    cells = plan(spec, members)
+    sources = dict(sources or {})
+    validate(spec, task, [*members, *sources.values()])
+    unknown = sorted(set(sources) - {m.model_id for m in members})
+    if unknown:
+        raise NoisyDEQError(f"run_attacks: a transfer source is given for {unknown[0]}, "
+                            "which is not a model of the run")
+    cells = plan(spec, members, sources)
     dev = resolve_torch_device(spec.torch_device)
     backend = backend or Backend()
     if backend.ray and remote is None:
         raise NoisyDEQError("run_attacks: --backend ray needs the Ray cell runner "
                             "(noisydeq.attacks.ray_cells.run_on_ray)")
+    if backend.ray and sources:
+        raise NoisyDEQError("run_attacks: transfer from source models runs in this process "
+                            "only, not on Ray")
     with session(backend), AttackRunDir(out, is_per_position(task)) as rd:
         rd.open(spec, {"models": [m.model_id for m in members], "cells": len(cells)})
-        result = _run_open(spec, members, task, rd, cells, dev, progress, plots,
-                           remote if backend.ray else None)
+        result = _run_open(spec, [*members, *sources.values()], task, rd, cells, dev,
+                           progress, plots, remote if backend.ray else None)
     warning = unconverged_warning(result.rows)
     if warning:
         echo(warning)

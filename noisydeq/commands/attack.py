@@ -172,6 +172,10 @@ def command(family, attacks, eps, pgd_steps, steps, steps_eps, sigma, fraction, 
     # the whole attack grid, torch-free (specs.attack_run), before the heavy imports; a bad
     # option is named before a missing --family, as everywhere, so the family comes after
     spec = build(AttackRunSpec, data, where="attack")
+    if spec.transfer_from is not None:
+        raise NoisyDEQError("attack: transfer_from names a training defence of a `noisydeq "
+                            "adversarial` grid; a family has none (use --transfer for the "
+                            "noise-free twin)")
     check_device(device)  # the preset, torch-free; its SNR levels are checked on the device
     check_family(Path(family))
     check_models(Path(family))

@@ -79,6 +79,10 @@ class AttackRunSpec(StrictModel):
     noise draws) per level. ``train_noise``: a model trained with noise at its input or
     state as a defence (main paper App. E.3) runs with that noise at the digital level too
     — "the same SNR at inference" — and attacks see it (EOT with ``eot``).
+    ``transfer_from`` (``noisydeq adversarial`` only): also judge every model on examples
+    crafted, without noise, on the model of the same kind, depth, training method and seed
+    trained with this training defence (``none``: the undefended one; mode
+    ``transfer-source``, :mod:`noisydeq.attacks.runner`); unset, nothing changes.
     Estimators: ``unrolled-grid[:n,k,lam]`` stands for the regulation paper's grid of
     intermediate-state attacks (Eq. 11, :func:`noisydeq.attacks.spec.expand_estimator`).
     """
@@ -109,6 +113,7 @@ class AttackRunSpec(StrictModel):
     chips: int = Field(default=1, ge=1, le=limits.MAX_CHIPS)
     transfer: bool = False
     train_noise: bool = True
+    transfer_from: str | None = None
     seed: int = Field(default=0, ge=0, le=limits.MAX_SEED)
     torch_device: str = "cpu"
 

@@ -52,6 +52,9 @@ EXP = "noisydeq/experiments/adversarial-fig3.toml"
      "--set grid: kinds: unknown model kind 'fw'; did you mean 'ffw'? (allowed: deq, ffw)"),
     (["evaluations.curves.sampls=3"],
      "--set evaluations.curves: unknown key 'sampls'; did you mean 'samples'?"),
+    (["grid.defences=['x-0db','z-0db']", "evaluations.curves.transfer_from='none'"],
+     "evaluations.curves.transfer_from: 'none' is not a training defence of the grid "
+     "(grid.defences: x-0db, z-0db)"),
 ])
 def test_experiment_bad_input_is_one_line(capsys, tmp_path, sets, needle):
     import pathlib
