@@ -17,6 +17,7 @@ for each defence the minimum accuracy over all attacks, then the maximum over de
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Sequence
 
 import torch
@@ -27,6 +28,7 @@ from noisydeq.attacks.spec import DefenceSpec
 from noisydeq.attacks.trajectory import States, predict, record_states
 from noisydeq.noise import Noise
 from noisydeq.regulation.entropy import entropy_reduced_solve
+from noisydeq.solvers.solution import Solution
 
 
 def state_logits(model: nn.Module, states: States, defence: DefenceSpec) -> Tensor:
@@ -48,11 +50,21 @@ def defended_logits(model: nn.Module, x: Tensor, defences: Sequence[DefenceSpec]
     runs its own solve with input entropy reduction (regulation paper Algorithm 1). A
     non-DEQ has only its plain prediction (reported under every defence name asked).
     """
+    out, bad, _ = defended_solve(model, x, defences, noise)
+    return out, bad
+
+
+def defended_solve(model: nn.Module, x: Tensor, defences: Sequence[DefenceSpec],
+                   noise: Noise | None = None
+                   ) -> tuple[dict[str, Tensor], Tensor, Solution | None]:
+    """:func:`defended_logits` and the model's own forward solve it made (the recorded
+    solve of ``final``/``early``/``ensemble``; None for a non-DEQ or when only ``entropy``
+    defences are asked)."""
     with torch.no_grad():
         if getattr(model, "kind", None) != "deq":
             logits = model(x, noise)
             return {d.label(): logits for d in defences}, torch.zeros(
-                x.shape[0], dtype=torch.bool, device=x.device)
+                x.shape[0], dtype=torch.bool, device=x.device), None
         plain = [d for d in defences if d.name != "entropy"]
         states = record_states(model, x, noise) if plain or not defences else None
         bad = (states.solution.diverged.to(x.device) if states is not None
@@ -65,7 +77,33 @@ def defended_logits(model: nn.Module, x: Tensor, defences: Sequence[DefenceSpec]
                 out[d.label()] = predict(model, z)
             else:
                 out[d.label()] = state_logits(model, states, d)
-        return out, bad
+        return out, bad, None if states is None else states.solution
+
+
+#: :func:`forward_stats` of no solve (a feed-forward model; a cell written before them)
+NO_FORWARD_STATS: dict[str, float] = {
+    "unconverged": math.nan, "residual": math.nan, "residual_max": math.nan,
+    "steps": math.nan}
+
+
+def forward_stats(sol: Solution | None) -> dict[str, float]:
+    """How a forward solve ended, over its samples: ``unconverged`` the fraction that did
+    not meet the solver's stop rule (diverged included), ``residual`` / ``residual_max``
+    the median (lower middle) / largest relative residual ‖f(z) − z‖/‖f(z)‖ at the point
+    returned (its last trace entry; a diverged sample's non-finite residual counts as
+    inf; NaN when the solver keeps no traces), ``steps`` the mean f-evaluations.
+    :data:`NO_FORWARD_STATS` for None."""
+    if sol is None or sol.converged.numel() == 0:
+        return dict(NO_FORWARD_STATS)
+    out = {"unconverged": float((~sol.converged).double().mean()),
+           "residual": math.nan, "residual_max": math.nan,
+           "steps": float(sol.steps.double().mean())}
+    if sol.trace.get("rel") is not None and sol.trace["rel"].shape[0] > 0:
+        r = sol.final("rel").double()
+        r = torch.where(torch.isfinite(r), r, torch.full_like(r, math.inf))
+        out["residual"] = float(r.median())  # the lower middle value for an even count
+        out["residual_max"] = float(r.max())
+    return out
 
 
 def defended_correct(model: nn.Module, x: Tensor, y: Tensor, defences: Sequence[DefenceSpec],

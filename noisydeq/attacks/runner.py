@@ -38,12 +38,20 @@ attacked one, ``entropy_dh`` = mean H(clean) − H(attacked). ``bwd_unconverged`
 with ``ift`` under ``backprop``) that missed their tolerance, after the GMRES fallback
 where it ran — 0 where every gradient was converged or no such solve ran, -1 in cells
 written before the column (their rows are loaded with it); a run whose cells have any
-says so in one warning line. ``eot``: the draws of the model's noise each of the attack's
-gradients averaged (:func:`noisydeq.specs.attack.draws`: ``--eot`` for PGD, I-FGSM, APGD
-and AutoAttack standard's APGD parts, at least 20 for AA-rand, 1 for FAB, 0 for Square and
-the noise attacks). Cells of ``exact`` with its default backward method carry
-``bwd=fallback`` in their key (:meth:`EstimatorSpec.cell_tag`): cells computed under the
-earlier default (Anderson alone) are not reused.
+says so in one warning line; ``bwd_fallback`` the rows of those solves re-solved by GMRES
+(the ``fallback`` backward method). ``fwd_unconverged``, ``fwd_residual``,
+``fwd_residual_max``, ``fwd_steps`` (and each ``_clean``): how the model's own forward
+solve ended at the attacked (clean) inputs when judged
+(:func:`~noisydeq.attacks.defences.forward_stats`: fraction of samples that missed the
+solver's stop rule, median and largest relative residual, mean f-evaluations; NaN for a
+model without a solve). Cells written before these columns load with them NaN and
+``bwd_fallback`` -1; the columns are not in any key. ``eot``: the draws of the model's
+noise each of the attack's gradients averaged (:func:`noisydeq.specs.attack.draws`:
+``--eot`` for PGD, I-FGSM, APGD and AutoAttack standard's APGD parts, at least 20 for
+AA-rand, 1 for FAB, 0 for Square and the noise attacks). Cells of ``exact`` with its
+default backward method carry ``bwd=fallback`` in their key
+(:meth:`EstimatorSpec.cell_tag`): cells computed under the earlier default (Anderson alone)
+are not reused.
 
 Per-position tasks (prefix sums, mazes: a class per bit or pixel) run the same grid: the
 PGD loss is the mean over positions of the per-position cross-entropy
@@ -98,8 +106,10 @@ from noisydeq import store
 from noisydeq.attacks.adjoint import ADJOINT_SOLVERS
 from noisydeq.attacks.craft import craft
 from noisydeq.attacks.defences import (
+    NO_FORWARD_STATS,
     best_early_state,
-    defended_logits,
+    defended_solve,
+    forward_stats,
     state_record,
     white_box,
 )
@@ -135,11 +145,21 @@ ATTACK_COLUMNS: dict[str, str] = {
     "estimator": "str", "defence": "str", "early_n": "int",
     "mode": "str", "device": "str", "noise_site": "str", "snr_db": "float", "chip": "int",
     "value": "float", "n_samples": "int", "entropy_p": "float", "entropy_dh": "float",
-    "bwd_unconverged": "int",
+    "bwd_unconverged": "int", "bwd_fallback": "int",
+    "fwd_unconverged_clean": "float", "fwd_unconverged": "float",
+    "fwd_residual_clean": "float", "fwd_residual": "float",
+    "fwd_residual_max_clean": "float", "fwd_residual_max": "float",
+    "fwd_steps_clean": "float", "fwd_steps": "float",
 }
+#: the forward-solve columns (:func:`~noisydeq.attacks.defences.forward_stats` of the clean
+#: and the attacked inputs' judging solves) and ``bwd_fallback``, with the value a cell
+#: written before them is loaded with
+SOLVE_COLUMNS_FILL: dict[str, float | int] = {
+    "bwd_fallback": -1, **{f"fwd_{k}{s}": math.nan for k in NO_FORWARD_STATS
+                           for s in ("_clean", "")}}
 #: the columns of cells written before ``bwd_unconverged`` (loaded with it set to -1)
 LEGACY_COLUMNS: dict[str, str] = {k: v for k, v in ATTACK_COLUMNS.items()
-                                  if k != "bwd_unconverged"}
+                                  if k != "bwd_unconverged" and k not in SOLVE_COLUMNS_FILL}
 #: the extra column of a per-position task's table: fraction of positions right on the clean
 #: and the attacked input (:func:`noisydeq.attacks.robust.robust_position_fraction`)
 POSITION_COLUMNS: dict[str, str] = {"position_value": "float"}
@@ -174,25 +194,35 @@ class AttackRunDir(RunDir):
     def load_cell(self, key: str, expect: Any = None, *, columns: Any = None,
                   identity: Any = None) -> list[dict[str, Any]] | None:
         """A finished cell's rows (:meth:`RunDir.load_cell`); an attack cell written before
-        ``bwd_unconverged`` existed is checked against its own columns and loaded with it
-        set to -1 (not recorded). Attack rows' ``eot`` is read through
-        :func:`~noisydeq.specs.attack.draws`: cells written when the column was the grid's
-        ``eot`` for every gradient attack (AA-rand then said 1, FAB the grid's ``eot``) load
-        with the draws the attack averaged; newer cells are unchanged."""
+        the forward-solve columns and ``bwd_fallback`` (:data:`SOLVE_COLUMNS_FILL`) is
+        checked against its own columns and loaded with them NaN and -1 (not recorded), one
+        written before ``bwd_unconverged`` also with that set to -1. Attack rows' ``eot`` is
+        read through :func:`~noisydeq.specs.attack.draws`: cells written when the column was
+        the grid's ``eot`` for every gradient attack (AA-rand then said 1, FAB the grid's
+        ``eot``) load with the draws the attack averaged; newer cells are unchanged."""
         try:
             rows = super().load_cell(key, expect, columns=columns, identity=identity)
         except CorruptArtefact as err:
             if columns not in (None, ATTACK_COLUMNS):
                 raise
-            try:
-                rows = super().load_cell(key, expect, columns=LEGACY_COLUMNS,
-                                         identity=identity)
-            except CorruptArtefact:
-                raise err from None
-            rows = None if rows is None else [{**r, "bwd_unconverged": -1} for r in rows]
+            rows = self._load_legacy(key, expect, identity, err)
         if rows is None or columns not in (None, ATTACK_COLUMNS):
             return rows
         return [{**r, "eot": draws(r["attack_name"], r["eot"])} for r in rows]
+
+    def _load_legacy(self, key: str, expect: Any, identity: Any,
+                     err: CorruptArtefact) -> list[dict[str, Any]] | None:
+        """The rows of a cell of an earlier schema (:meth:`load_cell`), or ``err``."""
+        newer = {k: v for k, v in self.columns.items() if k not in SOLVE_COLUMNS_FILL}
+        oldest = {k: v for k, v in newer.items() if k != "bwd_unconverged"}
+        for cols, fill in ((newer, SOLVE_COLUMNS_FILL),
+                           (oldest, {**SOLVE_COLUMNS_FILL, "bwd_unconverged": -1})):
+            try:
+                rows = super().load_cell(key, expect, columns=cols, identity=identity)
+            except CorruptArtefact:
+                continue
+            return None if rows is None else [{**r, **fill} for r in rows]
+        raise err from None
 
     @property
     def whitebox_path(self) -> Path:
@@ -458,7 +488,8 @@ class Runner:
         #: the input box of the attacks: none for a regression task's real inputs
         self.box: tuple[float, float] | None = None if self.regression else (0.0, 1.0)
         self._level: tuple[tuple, Level] | None = None
-        self._clean: dict[tuple[str, ...], tuple[dict[str, Tensor], Tensor]] = {}
+        self._clean: dict[tuple[str, ...],
+                          tuple[dict[str, Tensor], Tensor, dict[str, float]]] = {}
 
     def level(self, m: AttackMember, snr: float, chip: int) -> Level:
         key = (m.model_id, snr, chip)
@@ -476,15 +507,17 @@ class Runner:
         clean inputs' and every cell's attacked inputs' (module docstring)."""
         return derive_seed(self.spec.seed, "judge", m.model_id, snr, chip)
 
-    def clean_logits(self, m: AttackMember, snr: float, chip: int,
-                     defences: list[DefenceSpec]) -> tuple[dict[str, Tensor], Tensor]:
-        """Each defence's logits on the clean inputs and the per-sample "solve diverged"
-        flags, under the judging draw (cached per level and set of defences)."""
+    def clean_logits(self, m: AttackMember, snr: float, chip: int, defences: list[DefenceSpec]
+                     ) -> tuple[dict[str, Tensor], Tensor, dict[str, float]]:
+        """Each defence's logits on the clean inputs, the per-sample "solve diverged" flags
+        and the solve's :func:`~noisydeq.attacks.defences.forward_stats`, under the judging
+        draw (cached per level and set of defences)."""
         lvl = self.level(m, snr, chip)
         key = tuple(d.label() for d in defences)
         if key not in self._clean:
             lvl.reseed(self.judge_seed(m, snr, chip))
-            self._clean[key] = defended_logits(lvl.model, self.x, defences, lvl.noise)
+            logits, bad, sol = defended_solve(lvl.model, self.x, defences, lvl.noise)
+            self._clean[key] = (logits, bad, forward_stats(sol))
         return self._clean[key]
 
     def early_n(self, m: AttackMember, snr: float, chip: int) -> int:
@@ -544,20 +577,22 @@ class Runner:
                         seed=derive_seed(spec.seed, "attack", key),
                         in_shape=in_shape_of(self.task, m.model), n_classes=self.n_classes,
                         box=self.box, loss="mse" if self.regression else "ce")
-        clean, bad_clean = self.clean_logits(m, cell.snr_db, cell.chip, chosen)
+        clean, bad_clean, fwd_clean = self.clean_logits(m, cell.snr_db, cell.chip, chosen)
         lvl.reseed(self.judge_seed(m, cell.snr_db, cell.chip))
-        logits, bad = defended_logits(lvl.model, adv, chosen, lvl.noise)
+        logits, bad, sol = defended_solve(lvl.model, adv, chosen, lvl.noise)
+        solves = {"bwd_unconverged": tally.unconverged, "bwd_fallback": tally.fallback,
+                  **{f"fwd_{k}_clean": v for k, v in fwd_clean.items()},
+                  **{f"fwd_{k}": v for k, v in forward_stats(sol).items()}}
         rows = []
         for d in chosen:
             out, ref = logits[d.label()], clean[d.label()]
             if self.regression:  # the attacked MSE (module docstring)
                 mse = float((out.double() - self.y.double()).square().mean())
-                rows.append(self.row(cell, d, mse, math.nan, math.nan, tally.unconverged))
+                rows.append(self.row(cell, d, mse, math.nan, math.nan, solves))
                 continue
             ok = robust_correct(ref, out, self.y, clean_diverged=bad_clean, adv_diverged=bad)
             p, dh = entropy_shift(prediction_entropy(ref), prediction_entropy(out))
-            row = self.row(cell, d, float(ok.double().mean()), p, dh,
-                           tally.unconverged)
+            row = self.row(cell, d, float(ok.double().mean()), p, dh, solves)
             if self.per_position:
                 row["position_value"] = robust_position_fraction(
                     ref, out, self.y, clean_diverged=bad_clean, adv_diverged=bad)
@@ -565,7 +600,11 @@ class Runner:
         return rows
 
     def row(self, cell: Cell, d: DefenceSpec, value: float, entropy_p: float = math.nan,
-            entropy_dh: float = math.nan, bwd_unconverged: int = 0) -> dict[str, Any]:
+            entropy_dh: float = math.nan, solves: dict[str, Any] | None = None
+            ) -> dict[str, Any]:
+        """One row of the table; ``solves``: its ``bwd_*`` and ``fwd_*`` columns (the
+        attack's backward-solve tally, :func:`~noisydeq.attacks.defences.forward_stats` of
+        the judging solves; default: no backward solve, no forward stats)."""
         m, p, a = cell.member, cell.point, cell.point.attack
         return {
             "task": self.task.name, "model_id": m.model_id, "kind": m.kind, "depth": m.depth,
@@ -580,7 +619,9 @@ class Runner:
             "mode": cell.mode, "device": self.spec.device, "noise_site": self.spec.noise_site,
             "snr_db": cell.snr_db, "chip": cell.chip, "value": value,
             "n_samples": int(self.x.shape[0]), "entropy_p": entropy_p, "entropy_dh": entropy_dh,
-            "bwd_unconverged": bwd_unconverged,
+            "bwd_unconverged": 0, "bwd_fallback": 0,
+            **{f"fwd_{k}{s}": v for k, v in NO_FORWARD_STATS.items() for s in ("_clean", "")},
+            **(solves or {}),
         }
 
 
