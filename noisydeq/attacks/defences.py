@@ -50,21 +50,24 @@ def defended_logits(model: nn.Module, x: Tensor, defences: Sequence[DefenceSpec]
     runs its own solve with input entropy reduction (regulation paper Algorithm 1). A
     non-DEQ has only its plain prediction (reported under every defence name asked).
     """
-    out, bad, _ = defended_solve(model, x, defences, noise)
+    out, bad, _ = defended_solve(model, x, defences, noise, residual=False)
     return out, bad
 
 
 def defended_solve(model: nn.Module, x: Tensor, defences: Sequence[DefenceSpec],
-                   noise: Noise | None = None
-                   ) -> tuple[dict[str, Tensor], Tensor, Solution | None]:
-    """:func:`defended_logits` and the model's own forward solve it made (the recorded
-    solve of ``final``/``early``/``ensemble``; None for a non-DEQ or when only ``entropy``
-    defences are asked)."""
+                   noise: Noise | None = None, residual: bool = True
+                   ) -> tuple[dict[str, Tensor], Tensor, dict[str, float]]:
+    """:func:`defended_logits` and :func:`forward_stats` of the model's own forward solve
+    it made (the recorded solve of ``final``/``early``/``ensemble``;
+    :data:`NO_FORWARD_STATS` for a non-DEQ or when only ``entropy`` defences are asked).
+    ``residual``: measure the returned state's relative residual, one more evaluation of
+    the model's map after every prediction is made (its noise drawn afresh, as each
+    solver step's); else it is NaN."""
     with torch.no_grad():
         if getattr(model, "kind", None) != "deq":
             logits = model(x, noise)
             return {d.label(): logits for d in defences}, torch.zeros(
-                x.shape[0], dtype=torch.bool, device=x.device), None
+                x.shape[0], dtype=torch.bool, device=x.device), dict(NO_FORWARD_STATS)
         plain = [d for d in defences if d.name != "entropy"]
         states = record_states(model, x, noise) if plain or not defences else None
         bad = (states.solution.diverged.to(x.device) if states is not None
@@ -77,7 +80,14 @@ def defended_solve(model: nn.Module, x: Tensor, defences: Sequence[DefenceSpec],
                 out[d.label()] = predict(model, z)
             else:
                 out[d.label()] = state_logits(model, states, d)
-        return out, bad, None if states is None else states.solution
+        if states is None:
+            return out, bad, dict(NO_FORWARD_STATS)
+        rel = None
+        if residual:
+            z = states.solution.z
+            fz = model.cell_fn(states.xt, noise)(z)
+            rel = (fz - z).flatten(1).norm(dim=1) / fz.flatten(1).norm(dim=1)
+        return out, bad, forward_stats(states.solution, rel)
 
 
 #: :func:`forward_stats` of no solve (a feed-forward model; a cell written before them)
@@ -86,20 +96,17 @@ NO_FORWARD_STATS: dict[str, float] = {
     "steps": math.nan}
 
 
-def forward_stats(sol: Solution | None) -> dict[str, float]:
+def forward_stats(sol: Solution, residual: Tensor | None = None) -> dict[str, float]:
     """How a forward solve ended, over its samples: ``unconverged`` the fraction that did
-    not meet the solver's stop rule (diverged included), ``residual`` / ``residual_max``
-    the median (lower middle) / largest relative residual ‖f(z) − z‖/‖f(z)‖ at the point
-    returned (its last trace entry; a diverged sample's non-finite residual counts as
-    inf; NaN when the solver keeps no traces), ``steps`` the mean f-evaluations.
-    :data:`NO_FORWARD_STATS` for None."""
-    if sol is None or sol.converged.numel() == 0:
-        return dict(NO_FORWARD_STATS)
+    not meet the solver's stop rule (diverged included), ``steps`` the mean
+    f-evaluations, ``residual`` / ``residual_max`` the median (lower middle) / largest of
+    the per-sample relative residuals ``residual`` (‖f(z) − z‖/‖f(z)‖ at the state
+    returned; a non-finite one counts as inf; NaN when not given)."""
     out = {"unconverged": float((~sol.converged).double().mean()),
            "residual": math.nan, "residual_max": math.nan,
            "steps": float(sol.steps.double().mean())}
-    if sol.trace.get("rel") is not None and sol.trace["rel"].shape[0] > 0:
-        r = sol.final("rel").double()
+    if residual is not None and residual.numel() > 0:
+        r = residual.detach().double()
         r = torch.where(torch.isfinite(r), r, torch.full_like(r, math.inf))
         out["residual"] = float(r.median())  # the lower middle value for an even count
         out["residual_max"] = float(r.max())

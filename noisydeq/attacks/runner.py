@@ -43,8 +43,9 @@ says so in one warning line; ``bwd_fallback`` the rows of those solves re-solved
 ``fwd_residual_max``, ``fwd_steps`` (and each ``_clean``): how the model's own forward
 solve ended at the attacked (clean) inputs when judged
 (:func:`~noisydeq.attacks.defences.forward_stats`: fraction of samples that missed the
-solver's stop rule, median and largest relative residual, mean f-evaluations; NaN for a
-model without a solve). Cells written before these columns load with them NaN and
+solver's stop rule, median and largest relative residual ‖f(z) − z‖/‖f(z)‖ of the state
+returned — one more evaluation of the map, its noise drawn afresh —, mean f-evaluations;
+NaN for a model without a solve). Cells written before these columns load with them NaN and
 ``bwd_fallback`` -1; the columns are not in any key. ``eot``: the draws of the model's
 noise each of the attack's gradients averaged (:func:`noisydeq.specs.attack.draws`:
 ``--eot`` for PGD, I-FGSM, APGD and AutoAttack standard's APGD parts, at least 20 for
@@ -109,7 +110,6 @@ from noisydeq.attacks.defences import (
     NO_FORWARD_STATS,
     best_early_state,
     defended_solve,
-    forward_stats,
     state_record,
     white_box,
 )
@@ -516,8 +516,7 @@ class Runner:
         key = tuple(d.label() for d in defences)
         if key not in self._clean:
             lvl.reseed(self.judge_seed(m, snr, chip))
-            logits, bad, sol = defended_solve(lvl.model, self.x, defences, lvl.noise)
-            self._clean[key] = (logits, bad, forward_stats(sol))
+            self._clean[key] = defended_solve(lvl.model, self.x, defences, lvl.noise)
         return self._clean[key]
 
     def early_n(self, m: AttackMember, snr: float, chip: int) -> int:
@@ -579,10 +578,10 @@ class Runner:
                         box=self.box, loss="mse" if self.regression else "ce")
         clean, bad_clean, fwd_clean = self.clean_logits(m, cell.snr_db, cell.chip, chosen)
         lvl.reseed(self.judge_seed(m, cell.snr_db, cell.chip))
-        logits, bad, sol = defended_solve(lvl.model, adv, chosen, lvl.noise)
+        logits, bad, fwd = defended_solve(lvl.model, adv, chosen, lvl.noise)
         solves = {"bwd_unconverged": tally.unconverged, "bwd_fallback": tally.fallback,
                   **{f"fwd_{k}_clean": v for k, v in fwd_clean.items()},
-                  **{f"fwd_{k}": v for k, v in forward_stats(sol).items()}}
+                  **{f"fwd_{k}": v for k, v in fwd.items()}}
         rows = []
         for d in chosen:
             out, ref = logits[d.label()], clean[d.label()]

@@ -13,6 +13,7 @@ from torch.nn import functional as F
 from noisydeq import store
 from noisydeq.attacks import EstimatorSpec, make_estimator, parse_estimator
 from noisydeq.attacks.pgd import pgd
+from noisydeq.attacks.runner import SOLVE_COLUMNS_FILL
 from noisydeq.errors import NoisyDEQError
 from noisydeq.solvers import gradients
 from noisydeq.specs.attack import EXACT_BSOLVER
@@ -159,7 +160,8 @@ def test_unconverged_rows_are_a_column_and_a_warning(tmp_path) -> None:
     assert "bwd=fallback|" in store.read_signed_json(cell)["key"]
     # a cell written before the column: loaded with -1 (not recorded), not refused
     data = store.read_signed_json(cell)
-    legacy = [{k: v for k, v in r.items() if k != "bwd_unconverged"} for r in data["rows"]]
+    legacy = [{k: v for k, v in r.items()
+               if k != "bwd_unconverged" and k not in SOLVE_COLUMNS_FILL} for r in data["rows"]]
     res.run_dir.save_cell(data["key"], legacy)
     res2, said = _run(tmp_path, "exact", "fb")
     assert res2.skipped_cells == 1 and res2.rows[0]["bwd_unconverged"] == -1 and said == []
