@@ -144,7 +144,7 @@ def test_eps_zero_is_the_clean_accuracy_under_model_noise() -> None:
                            y_test=y, x_train=x)
     runner = Runner(spec, task, MemoryCells({}), torch.device("cpu"))
     defences = _defences(spec, member)
-    clean, bad = runner.clean_logits(member, 0.0, 0, defences)
+    clean, bad, fwd = runner.clean_logits(member, 0.0, 0, defences)
     acc = {k: float(correct(v, y, bad).double().mean()) for k, v in clean.items()}
     assert 0.3 < acc["final"] < 0.75  # wrong quarter + noise-flipped
     lvl = runner.level(member, 0.0, 0)
@@ -154,8 +154,12 @@ def test_eps_zero_is_the_clean_accuracy_under_model_noise() -> None:
     for cell in plan(spec, [member]):
         for row in runner.compute(cell):
             assert row["value"] <= acc[row["defence"]] + 1e-12
+            assert row["fwd_residual_clean"] == fwd["residual"]
             if row["x"] == 0:
                 assert row["value"] == acc[row["defence"]], row
+                # the same solve, draw for draw: its residual too (measured after the
+                # predictions, with a fresh draw, not moving any)
+                assert all(row[f"fwd_{k}"] == row[f"fwd_{k}_clean"] for k in fwd), row
 
 
 def test_selection_keeps_the_epoch_robust_under_the_rule() -> None:
