@@ -157,3 +157,35 @@ def test_a_single_model_kind_where_a_list_or_another_key_is_wanted_is_one_table_
         build(AdversarialExperimentSpec, {**adv, "grid": {**adv["grid"], "kinds": 3}})
     assert str(err.value).startswith(
         """[grid]: kinds: a list of model kinds, e.g. kinds = ["deq", "ffw"] (got 3)""")
+
+
+def test_one_value_where_a_list_is_wanted_is_one_line_showing_the_list():
+    """``seeds = 1`` (or any list-valued key of an experiment table given one value) says
+    how to write the list, the value in it when it fits, else the key's default (pydantic
+    said ``seeds: Input should be a valid list`` for every such key)."""
+    _, _, study = next(b for b in BUNDLED if b[1] is StudyFile)
+    _, _, adv = next(b for b in BUNDLED if b[1] is AdversarialExperimentSpec)
+    cases = [
+        (ExperimentSpec, {"name": "x", "sweep": {"seeds": 1}},
+         "[sweep]: seeds: a list, e.g. seeds = [1] (got 1)"),
+        (ExperimentSpec, {"name": "x", "sweep": {"seeds": "x"}},
+         "[sweep]: seeds: a list, e.g. seeds = [0] (got 'x')"),
+        (StudyFile, {**study, "study": {**study["study"], "budgets": "scaled"}},
+         '[study]: budgets: a list, e.g. budgets = ["scaled"] (got \'scaled\')'),
+        (StudyFile, {**study, "study": {**study["study"], "seeds": {"a": 1}}},
+         "[study]: seeds: a list, e.g. seeds = [0] (got {'a': 1})"),
+        (CertifyExperimentSpec, {"name": "x", "seeds": 2},
+         "seeds: a list, e.g. seeds = [2] (got 2)"),
+        (CertifyExperimentSpec, {"name": "x", "params": "mon"},
+         'params: a list, e.g. params = ["mon"] (got \'mon\')'),
+    ]
+    for spec, data, message in cases:
+        with pytest.raises(NoisyDEQError) as err:
+            build(spec, data, where="f.toml")
+        assert str(err.value) == f"f.toml: {message}"
+    with pytest.raises(NoisyDEQError) as err:  # a table of the adversarial file
+        build(AdversarialExperimentSpec, {**adv, "grid": {**adv.get("grid", {}), "seeds": 3}})
+    assert str(err.value).startswith("[grid]: seeds: a list, e.g. seeds = [3] (got 3)")
+    with pytest.raises(NoisyDEQError) as err:  # a certify section, checked at load
+        build(CertifyExperimentSpec, {"name": "x", "kind": "fig2", "fig2": {"alpha": 0.5}})
+    assert str(err.value).startswith("[fig2]: alpha: a list, e.g. alpha = [0.5] (got 0.5)")
