@@ -8,6 +8,9 @@ work that printed anything, e.g. ::
     noisydeq: sweep 12/48 cells (25%), 0:41 elapsed, ~2:03 left
     noisydeq: sweep 48/48 cells in 2:44
 
+A caller whose items cost unequally may rate the time left on units of work instead
+(:func:`set_work`; until it can: ``, estimating time left``).
+
 Both kinds take the same calls (``update``, ``set_postfix``, ``set_postfix_str``, ``close``,
 iteration over an iterable, ``with``), so callers do not care which one they hold.
 ``NOISYDEQ_PROGRESS=bar|lines`` overrides the terminal check and
@@ -59,6 +62,13 @@ class LineProgress:
         self.t0 = self.last = clock()
         self.postfix = ""
         self.printed = self.closed = False
+        #: (done, total) of the work the time left is estimated from, when the caller
+        #: knows better than the count (:func:`set_work`); None: the count itself
+        self.work: tuple[float, float] | None = None
+        #: when the first work was done and how much (the rate is measured from there) and
+        #: how much more must be done before the time left is shown
+        self.work_mark: tuple[float, float] | None = None
+        self.work_more = 1.0
         _OPEN.append(weakref.ref(self))
 
     # tqdm's calls ------------------------------------------------------------------
@@ -103,15 +113,45 @@ class LineProgress:
             if self.total:
                 text += f" ({100 * self.n / self.total:.0f}%)"
             text += f", {_clock(elapsed)} elapsed"
-            done = self.n - self.start_n
-            if self.total and done > 0 and elapsed > 0:
-                left = (self.total - self.n) * elapsed / done
-                text += f", ~{_clock(left)} left"
+            if self.work is None:
+                done, total = self.n - self.start_n, (self.total or 0) - self.start_n
+                if total and done > 0 and elapsed > 0:
+                    left = (total - done) * elapsed / done
+                    text += f", ~{_clock(left)} left"
+            else:
+                text += self._work_left(now)
         if self.postfix:
             text += f"; {self.postfix}"
         print(text, file=self.stream or sys.stderr, flush=True)
         self.printed, self.last = True, now
         _LAST_LINE[0] = now
+
+    def _work_left(self, now: float) -> str:
+        """``, ~0:41 left`` from the work set by :func:`set_work`: the rate since the first
+        work was done, once ``work_more`` more is (``, estimating time left`` before)."""
+        assert self.work is not None
+        done, total = self.work
+        if self.work_mark is None or done - self.work_mark[1] < self.work_more:
+            return ", estimating time left"
+        t1, done1 = self.work_mark
+        left = (total - done) * (now - t1) / (done - done1)
+        return f", ~{_clock(left)} left"
+
+
+def set_work(bar: Any, done: float, total: float, more: float = 1.0) -> None:
+    """Estimate ``bar``'s time left from ``done`` of ``total`` units of work instead of its
+    count, for counted items of unequal cost that the caller can group into units (a
+    sweep's cells: a (model, chip) pair's first cell carries its chip's programming and
+    calibration). The rate is measured from the moment the first work was done, which
+    leaves out the start-up (worker processes, imports, the first unit's set-up), and shown
+    once ``more`` further units are done (one per worker: units that ran alongside the
+    first end just after it); until then the line says ``estimating time left``. A tqdm
+    bar keeps its own estimate (a no-op)."""
+    inner = getattr(bar, "_bar", bar)  # an EventProgress passes it to its bar
+    if isinstance(inner, LineProgress):
+        inner.work, inner.work_more = (float(done), float(total)), float(more)
+        if inner.work_mark is None and done > 0:
+            inner.work_mark = (inner.clock(), float(done))
 
 
 def _lines_wanted() -> bool:

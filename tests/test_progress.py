@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from noisydeq.progress import LineProgress, progress
+from noisydeq.progress import LineProgress, progress, set_work
 
 
 class FakeClock:
@@ -46,6 +46,50 @@ def test_quick_work_prints_nothing_and_resumed_work_is_not_a_rate():
     clock.t += 10
     bar.update(5)  # 5 new cells in 10 s: 5 more take 10 s (the 90 found done do not count)
     assert out.getvalue().splitlines()[0].endswith("95/100 cells (95%), 0:10 elapsed, ~0:10 left")
+
+
+def test_time_left_from_units_of_work_leaves_out_the_start_up():
+    """A sweep's cells are unequal: a (model, chip) pair's first cell programs and
+    calibrates its chip. Rated per cell, the first cell (start-up and set-up included)
+    said ~1.5 h left for a 10-minute run; rated per pair from the first finished pair on,
+    the line says 'estimating time left' until one more pair per worker is done."""
+    clock, out = FakeClock(), io.StringIO()
+    bar = LineProgress(total=12, desc="sweep", unit="cells", stream=out, clock=clock,
+                       every_s=0)
+    set_work(bar, 0, 4, more=1)  # 4 pairs of 3 cells, one worker
+    clock.t += 30.0  # start-up and the first pair's set-up
+    bar.update(1)
+    clock.t += 1.0
+    bar.update(1)
+    clock.t += 1.0
+    set_work(bar, 1, 4, more=1)  # the first pair done (32 s): the rate starts here
+    bar.update(1)
+    clock.t += 12.0
+    bar.update(1)
+    clock.t += 1.0
+    bar.update(1)
+    clock.t += 1.0
+    set_work(bar, 2, 4, more=1)  # the second pair: 14 s, so 2 more pairs take 28 s
+    bar.update(1)
+    lines = out.getvalue().splitlines()
+    assert lines[0] == "noisydeq: sweep 1/12 cells (8%), 0:30 elapsed, estimating time left"
+    assert all(ln.endswith(", estimating time left") for ln in lines[:5]), lines
+    assert lines[5] == "noisydeq: sweep 6/12 cells (50%), 0:46 elapsed, ~0:28 left"
+
+
+def test_time_left_waits_for_a_unit_per_worker_and_a_tqdm_bar_is_left_alone():
+    clock, out = FakeClock(), io.StringIO()
+    bar = LineProgress(total=6, desc="sweep", unit="cells", stream=out, clock=clock,
+                       every_s=0)
+    set_work(bar, 0, 6, more=2)  # two workers
+    for done, dt in ((1, 10.0), (2, 1.0), (3, 9.0)):  # the second ran alongside the first
+        clock.t += dt
+        set_work(bar, done, 6, more=2)
+        bar.update(1)
+    lines = out.getvalue().splitlines()
+    assert lines[1].endswith("estimating time left"), lines  # 1 s per pair is not a rate
+    assert lines[2].endswith("0:20 elapsed, ~0:15 left"), lines
+    set_work(progress(total=3, disable=True), 1, 3)  # not a LineProgress: nothing to do
 
 
 def test_iteration_and_postfix():
@@ -89,6 +133,12 @@ def test_a_logged_sweep_has_progress_lines_and_no_control_characters(tmp_path):
     assert "\r" not in text and "\x1b" not in text
     for what in ("noisydeq: family", "noisydeq: sweep", "batches"):
         assert what in text, text
+    # the time left counts (model, chip) pairs from the first finished one: none after it
+    lines = text.splitlines()
+    first = [ln for ln in lines if ln.startswith("noisydeq: sweep 1/6 cells")]
+    third = [ln for ln in lines if ln.startswith("noisydeq: sweep 3/6 cells")]
+    assert first and first[-1].endswith(", estimating time left"), lines
+    assert third and third[-1].endswith(" left") and ", ~" in third[-1], lines
 
 
 def test_every_progress_bar_goes_through_progress():

@@ -245,7 +245,7 @@ def test_analysis_commands_take_a_study_run_dir(tmp_path):
 
 
 @pytest.mark.parametrize("sets,expected", [
-    (["seeds=[abc]"], "[quick] --set: seeds: Input should be a valid list"),
+    (["seeds=[abc]"], "[quick] --set: seeds: a list, e.g. seeds = [0] (got '[abc]')"),
     (['models={deq={kind="deq", cell="conv1d", widht=3}}'],
      "[quick] --set: models.deq: unknown key 'widht'; did you mean 'width'?"),
     (["train={lr=-1}"], "[quick] --set: train: lr: Input should be greater than 0"),
@@ -283,7 +283,8 @@ def test_broken_experiment_file_is_one_line_without_class_names(tmp_path, capsys
     errors = [ln for ln in err.splitlines() if ln.startswith("noisydeq: error:")]
     assert code == 2 and len(errors) == 1, err
     # the bad value is in the base [study] table (the quick variant overrides it)
-    assert errors[0] == f"noisydeq: error: {bad}: [study]: seeds: Input should be a valid list"
+    assert errors[0] == (f"noisydeq: error: {bad}: [study]: seeds: a list, e.g. seeds = [0] "
+                         "(got 'x')")
 
 
 def test_plot_redraws_a_study_and_merges_runs_of_one_seed_each(tmp_path):

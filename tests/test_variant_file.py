@@ -157,3 +157,60 @@ def test_a_single_model_kind_where_a_list_or_another_key_is_wanted_is_one_table_
         build(AdversarialExperimentSpec, {**adv, "grid": {**adv["grid"], "kinds": 3}})
     assert str(err.value).startswith(
         """[grid]: kinds: a list of model kinds, e.g. kinds = ["deq", "ffw"] (got 3)""")
+
+
+def test_one_value_where_a_list_is_wanted_is_one_line_showing_the_list():
+    """``seeds = 1`` (or any list-valued key of an experiment table given one value) says
+    how to write the list, the value in it when it fits, else the key's default (pydantic
+    said ``seeds: Input should be a valid list`` for every such key)."""
+    _, _, study = next(b for b in BUNDLED if b[1] is StudyFile)
+    _, _, adv = next(b for b in BUNDLED if b[1] is AdversarialExperimentSpec)
+    cases = [
+        (ExperimentSpec, {"name": "x", "sweep": {"seeds": 1}},
+         "[sweep]: seeds: a list, e.g. seeds = [1] (got 1)"),
+        (ExperimentSpec, {"name": "x", "sweep": {"seeds": "x"}},
+         "[sweep]: seeds: a list, e.g. seeds = [0] (got 'x')"),
+        (StudyFile, {**study, "study": {**study["study"], "budgets": "scaled"}},
+         '[study]: budgets: a list, e.g. budgets = ["scaled"] (got \'scaled\')'),
+        (StudyFile, {**study, "study": {**study["study"], "seeds": {"a": 1}}},
+         "[study]: seeds: a list, e.g. seeds = [0] (got {'a': 1})"),
+        (CertifyExperimentSpec, {"name": "x", "seeds": 2},
+         "seeds: a list, e.g. seeds = [2] (got 2)"),
+        (CertifyExperimentSpec, {"name": "x", "params": "mon"},
+         'params: a list, e.g. params = ["mon"] (got \'mon\')'),
+    ]
+    for spec, data, message in cases:
+        with pytest.raises(NoisyDEQError) as err:
+            build(spec, data, where="f.toml")
+        assert str(err.value) == f"f.toml: {message}"
+    with pytest.raises(NoisyDEQError) as err:  # a table of the adversarial file
+        build(AdversarialExperimentSpec, {**adv, "grid": {**adv.get("grid", {}), "seeds": 3}})
+    assert str(err.value).startswith("[grid]: seeds: a list, e.g. seeds = [3] (got 3)")
+    with pytest.raises(NoisyDEQError) as err:  # a certify section, checked at load
+        build(CertifyExperimentSpec, {"name": "x", "kind": "fig2", "fig2": {"alpha": 0.5}})
+    assert str(err.value).startswith("[fig2]: alpha: a list, e.g. alpha = [0.5] (got 0.5)")
+
+
+def test_a_certify_file_error_names_the_file_and_the_table():
+    """A bad key of a certify file's ``family``, ``train`` or ``ibp`` table (or its variant's)
+    is refused when the file loads, naming the file and the table the key was written in,
+    as sweep/study/adversarial files do (it said ``certify-mnist family: unknown key …``,
+    and only after the data loaded; a bad ``train``/``ibp`` key waited for the data)."""
+    from noisydeq.specs.toml import loads_toml
+
+    path = next(b.path for b in bundled_experiments() if b.name == "certify-mnist")
+    text = read_text(path, "file")
+    for old, new, message in [
+            ("hidden = 128", "hiden = 128",
+             "[family]: unknown key 'hiden'; did you mean 'hidden'?"),
+            ("lr = 5e-4", "lrr = 5e-4", "[train]: unknown key 'lrr'; did you mean 'lr'?"),
+            ("kappa = 0.0", "kappa = 2.0", "[ibp]: kappa: Input should be less than or equal"),
+            ("train = { epochs = 10 }", "train = { epochz = 10 }",
+             "[quick.train]: unknown key 'epochz'; did you mean 'epochs'?"),
+            ("family = { hidden = 64 }", "family = { hidden = 0 }",
+             "[quick.family]: hidden: Input should be greater than or equal to 1")]:
+        assert old in text
+        with pytest.raises(NoisyDEQError) as err:
+            loads_toml(CertifyExperimentSpec, text.replace(old, new, 1), where="my.toml")
+        assert str(err.value).startswith(f"my.toml: {message}"), str(err.value)
+        assert "certify-mnist" not in str(err.value)

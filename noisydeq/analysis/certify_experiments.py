@@ -66,11 +66,8 @@ def train_models(exp: CertifyExperimentSpec, task: Any, *, data_dir: str | None,
     for seed in exp.seeds:
         for eps_train in exp.eps_train:
             for j, param in enumerate(exp.params):
-                # the explicit baseline does not depend on the DEQ's parameterisation
-                kinds = base.kinds if j == 0 else [k for k in base.kinds if k == "mondeq"]
-                mono = {**(exp.family.get("monotone") or {}), "param": param}
-                data = {**base.model_dump(), "seed": seed, "kinds": kinds, "monotone": mono,
-                        "train": {**exp.train, "ibp": {**exp.ibp, "eps": eps_train}}}
+                # checked when the file loaded (CertifyExperimentSpec.check_variant)
+                data = exp.member_family(base.model_dump(), seed, eps_train, j, param)
                 if data_dir is not None:
                     data["data_dir"] = data_dir
                 fam = build(FamilySpec, data, where=f"{exp.name} family")

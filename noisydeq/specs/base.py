@@ -9,6 +9,8 @@ message every spec's name fields share.
 
 from __future__ import annotations
 
+import json
+import math
 import re
 from collections.abc import Callable
 from typing import Annotated, Any, TypeVar, Union, get_args, get_origin
@@ -153,8 +155,45 @@ def _error_text(e: Any, model: type[BaseModel]) -> str:
         msg = f"{msg} ({rng})" if rng else msg
     if e["type"] == "model_type":  # pydantic names the class: say what to write
         msg = "must be a table ({key = value, …})"
+    if e["type"] == "list_type":  # ``seeds = 1``: say how to write the list
+        msg = _list_wanted(model, loc, e.get("input"))
     # a model-level check (empty location) carries its own field names
     return f"{name}: {msg}" if loc else msg
+
+
+def _toml_scalar(value: Any) -> str | None:
+    """``value`` as TOML writes it, for a string, boolean or number (None otherwise)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        return repr(value) if math.isfinite(value) else ("nan" if value != value
+                                                          else "-inf" if value < 0 else "inf")
+    if isinstance(value, str):
+        return json.dumps(value, ensure_ascii=False)  # a TOML basic string
+    return None
+
+
+def _list_wanted(model: type[BaseModel], loc: tuple, value: Any) -> str:
+    """The words for a list-valued key given anything but a list (pydantic said ``Input
+    should be a valid list``): one value that fits is shown in its list (``seeds = 1`` →
+    ``e.g. seeds = [1]``, as :func:`~noisydeq.specs.family.check_kinds` does for model
+    kinds), else the key's default list is the example."""
+    key = next((str(p) for p in reversed(loc) if isinstance(p, str)), "")
+    info = _field_info(model, loc)
+    one = _toml_scalar(value)
+    if one is not None and info is not None and _numeric(info.annotation) and isinstance(
+            value, (str, bool)):
+        one = None  # "x" in a list of numbers: the default shows what to write
+    if one is None and info is not None:
+        default = info.get_default(call_default_factory=True)
+        shown = [_toml_scalar(v) for v in default] if isinstance(default, list) else []
+        if shown and None not in shown:
+            one = ", ".join(str(v) for v in shown)
+    if one is None or not key:
+        return f"a list [value, …] (got {value!r})"
+    return f"a list, e.g. {key} = [{one}] (got {value!r})"
 
 
 def format_validation_error(err: ValidationError, model: type[BaseModel], where: str = "",

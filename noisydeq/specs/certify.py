@@ -139,5 +139,54 @@ class CertifyExperimentSpec(VariantFile):
         part = "certify" if kind == "table2" else "fig2"
         if kind in ("table2", "fig2") and isinstance(over.get(part, {}), dict):
             self.section(variant)  # before resolve: its error would name the variant
+        if kind == "table2":
+            self._check_training(variant)
         if self.quick or self.full:
-            self.resolve(variant)
+            self.resolve(variant)  # validated: checks the resolved spec's members too
+        elif kind == "table2":
+            self._check_members()
+
+    def _check_training(self, variant: Variant) -> None:
+        """The ``family``, ``train`` and ``ibp`` tables of ``variant`` are valid, an error
+        naming the table its key was written in (``[family]``, ``[quick.train]``, …; it
+        named the experiment, ``certify-mnist family: …``, and came after the data
+        loaded)."""
+        from noisydeq.specs.family import FamilySpec
+        from noisydeq.specs.optimizer import IBPTrainSpec
+        from noisydeq.specs.training import TrainSpec
+
+        over = self.overrides(variant)
+
+        def layers(part: str) -> list[tuple[str, dict[str, Any]]]:
+            table = over.get(part, {})
+            return [(f"[{part}]", getattr(self, part)),
+                    (f"[{variant}.{part}]", table if isinstance(table, dict) else {})]
+
+        build_layers(FamilySpec, [(p, {"depths": [1], **t}) if p == "[family]" else (p, t)
+                                  for p, t in layers("family")], where=f"[{variant}.family]")
+        build_layers(TrainSpec, layers("train"), where=f"[{variant}.train]")
+        eps_train = over.get("eps_train", self.eps_train)
+        for eps in eps_train if isinstance(eps_train, list) else []:
+            build_layers(IBPTrainSpec, [*layers("ibp"), ("eps_train", {"eps": eps})],
+                         where=f"[{variant}.ibp]")
+
+    def _check_members(self) -> None:
+        """Every member's family (:meth:`member_family`) of this spec without variants is
+        valid (what the tables do together: the one-table checks passed)."""
+        from noisydeq.specs.family import FamilySpec
+
+        base = build(FamilySpec, {"depths": [1], **self.family}).model_dump()
+        for seed in self.seeds:
+            for eps in self.eps_train:
+                for j, param in enumerate(self.params):
+                    build(FamilySpec, self.member_family(base, seed, eps, j, param))
+
+    def member_family(self, base: dict[str, Any], seed: int, eps_train: float, j: int,
+                      param: str) -> dict[str, Any]:
+        """The family of one (seed, ε_train, ``params[j]``) of a resolved ``table2``
+        experiment, over ``base`` (its validated ``family`` table): the explicit baseline
+        trains with the first parameterisation only (it does not depend on the DEQ's)."""
+        kinds = base["kinds"] if j == 0 else [k for k in base["kinds"] if k == "mondeq"]
+        mono = {**(self.family.get("monotone") or {}), "param": param}
+        return {**base, "seed": seed, "kinds": kinds, "monotone": mono,
+                "train": {**self.train, "ibp": {**self.ibp, "eps": eps_train}}}

@@ -88,7 +88,7 @@ def _worker(setup: bytes, spec: SweepSpec, out_dir: str, work: Any, results: Any
 
         while (item := work.get()) is not None:
             i, chip = item
-            runner.run_pair(models[i], chip, lambda _n: None, save=send)
+            runner.run_pair(models[i], chip, lambda *_: None, save=send)
         results.put((_DONE, None, None))
     except Exception as exc:  # reported by the parent as one line
         results.put((_ERROR, f"{type(exc).__name__}: {exc}".splitlines()[0], None))
@@ -100,7 +100,7 @@ def run_parallel(
     models: Sequence[Any],
     pairs: Sequence[tuple[int, int]],
     jobs: int,
-    on_cell: Callable[[int], None],
+    on_cell: Callable[[int, str], None],
     setup: Setup,
     facts: Any = None,
 ) -> None:
@@ -135,7 +135,7 @@ def run_parallel(
                 return
             if kind == _CELL:
                 runner.run_dir.save_cell(a, *b)  # the parent is the run directory's writer
-                on_cell(1)
+                on_cell(1, a)
             elif kind == _DONE:
                 finished += 1
             else:
@@ -143,8 +143,8 @@ def run_parallel(
             if wait:
                 return
 
-    def own_cell(n: int) -> None:
-        on_cell(n)
+    def own_cell(n: int, key: str) -> None:
+        on_cell(n, key)
         drain()  # save the workers' cells as they come, not only between pairs
 
     try:

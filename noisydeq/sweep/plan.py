@@ -206,14 +206,15 @@ class CellRunner:
         return found if found is not None else self._read(sm, chip, levels)
 
     def run_pair(
-        self, sm: SweepModel, chip: int, on_cell: Callable[[int], None],
+        self, sm: SweepModel, chip: int, on_cell: Callable[[int, str], None],
         todo: list[list[float]] | None = None,
         save: Callable[[str, list[dict[str, Any]], list[dict[str, Any]]], None] | None = None,
     ) -> None:
-        """Compute and save the missing cells of ``sm`` on chip ``chip`` (``todo``: the
-        level chunks :meth:`missing` gave, when the caller already asked; ``save(key,
-        rows, layers)``: where a finished cell goes, default the run directory — a worker
-        process hands it to the driver instead)."""
+        """Compute and save the missing cells of ``sm`` on chip ``chip``, calling
+        ``on_cell(1, key)`` after each (``todo``: the level chunks :meth:`missing` gave,
+        when the caller already asked; ``save(key, rows, layers)``: where a finished cell
+        goes, default the run directory — a worker process hands it to the driver
+        instead)."""
         save = self.run_dir.save_cell if save is None else save
         todo = self.missing(sm, chip) if todo is None else todo
         if not todo:
@@ -226,7 +227,7 @@ class CellRunner:
                 self.classification, self.rows_per_batch, self.spec.batched,
             )
             rows = stats_rows(sm, stats, levels, chip, self.spec, self.task_name, self.metric)
-            save(self.key(sm, chip, levels), rows,
-                 layer_rows(sm, stats, levels, chip, self.spec))
-            on_cell(1)
+            key = self.key(sm, chip, levels)
+            save(key, rows, layer_rows(sm, stats, levels, chip, self.spec))
+            on_cell(1, key)
         self.hardware.store_chips(deployed)

@@ -110,7 +110,7 @@ def evaluate_pair(
         cache_entries(known or {}, Path(scratch))  # the driver's: loaded, not searched
         runner.hardware.calibration_root = Path(scratch)
         try:
-            runner.run_pair(sm, chip, lambda _n: None, todo=[list(t) for t in todo], save=keep)
+            runner.run_pair(sm, chip, lambda *_: None, todo=[list(t) for t in todo], save=keep)
         finally:
             runner.hardware.calibration_root = None
         found = sorted((Path(scratch) / "calibration").glob("*.json"))
@@ -121,7 +121,7 @@ def evaluate_pair(
 
 def run_on_ray(
     runner: CellRunner, task: Any, models: Sequence[SweepModel],
-    todo: dict[tuple[int, int], list[list[float]]], on_cell: Callable[[int], None],
+    todo: dict[tuple[int, int], list[list[float]]], on_cell: Callable[[int, str], None],
 ) -> None:
     """Evaluate the pending pairs of ``todo`` on the connected Ray cluster, saving each
     returned cell into ``runner.run_dir`` (once) as its task finishes."""
@@ -159,5 +159,5 @@ def run_on_ray(
                 continue
             runner.run_dir.save_cell(key, rows, layers)  # the driver writes
             written.add(key)
-            on_cell(1)
+            on_cell(1, key)
         cache_entries(entries, cache)  # the local run's writer: an unwritable cache is ignored

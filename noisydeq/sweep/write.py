@@ -169,6 +169,7 @@ def _run_open(
     """The body of :func:`run_sweep` once its run directory is open and locked
     (``fresh``: created by this run)."""
     from noisydeq.progress import progress as progress_bar
+    from noisydeq.progress import set_work
 
     if models is None:
         models = family_models
@@ -203,10 +204,25 @@ def _run_open(
     bar = progress_bar(total=total, desc="sweep", unit="cells", disable=not progress,
                        initial=total - sum(len(t) for t in todo.values()))
     computed = 0
+    # the time left counts whole (model, chip) pairs, not cells: a pair's first cell
+    # programs and calibrates its chip (most of the pair's time), so the rate of the first
+    # cells said ~1.5 h for a 10-minute run; a pair is done when its last cell is. The rate
+    # runs from the first finished pair (start-up left out), shown once n_jobs more finish
+    pair_of = {runner.key(models[i], chip, levels): (i, chip)
+               for i, chip in pending for levels in todo[(i, chip)]}
+    cells_left = {p: len(todo[p]) for p in pending}
+    pairs_done = 0
+    set_work(bar, 0, len(pending), more=n_jobs)
 
-    def cell_done(_n: int) -> None:
-        nonlocal computed
+    def cell_done(_n: int, key: str | None = None) -> None:
+        nonlocal computed, pairs_done
         computed += 1
+        pair = pair_of.get(key) if key is not None else None
+        if pair is not None:
+            cells_left[pair] -= 1
+            if cells_left[pair] == 0:
+                pairs_done += 1
+                set_work(bar, pairs_done, len(pending), more=n_jobs)
         bar.update(1)
         if on_cell is not None:
             on_cell(computed)
