@@ -157,9 +157,6 @@ ATTACK_COLUMNS: dict[str, str] = {
 SOLVE_COLUMNS_FILL: dict[str, float | int] = {
     "bwd_fallback": -1, **{f"fwd_{k}{s}": math.nan for k in NO_FORWARD_STATS
                            for s in ("_clean", "")}}
-#: the columns of cells written before ``bwd_unconverged`` (loaded with it set to -1)
-LEGACY_COLUMNS: dict[str, str] = {k: v for k, v in ATTACK_COLUMNS.items()
-                                  if k != "bwd_unconverged" and k not in SOLVE_COLUMNS_FILL}
 #: the extra column of a per-position task's table: fraction of positions right on the clean
 #: and the attacked input (:func:`noisydeq.attacks.robust.robust_position_fraction`)
 POSITION_COLUMNS: dict[str, str] = {"position_value": "float"}

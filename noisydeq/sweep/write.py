@@ -214,10 +214,10 @@ def _run_open(
     pairs_done = 0
     set_work(bar, 0, len(pending), more=n_jobs)
 
-    def cell_done(_n: int, key: str | None = None) -> None:
+    def cell_done(_n: int, key: str) -> None:
         nonlocal computed, pairs_done
         computed += 1
-        pair = pair_of.get(key) if key is not None else None
+        pair = pair_of.get(key)
         if pair is not None:
             cells_left[pair] -= 1
             if cells_left[pair] == 0:
