@@ -8,9 +8,9 @@ and title give the same bytes: the SVG hash salt is fixed and no date is written
 are stored under ``<cache>/figures/<32 hex>.json``, keyed by:
 
 * the rows, the spec, the native SNR and the title (canonical JSON, :func:`store.dumps_json`);
-* the code: the hash of the whole package (:func:`noisydeq.fingerprint.code_fingerprint`,
-  as the device caches key theirs), so any change to the plotting code — or to anything it
-  calls — draws again;
+* the code: the hash of the whole package's syntax, docstrings and comments aside
+  (:func:`noisydeq.fingerprint.code_fingerprint`, as the device caches key theirs), so any
+  change to the plotting code — or to anything it calls — draws again;
 * the drawing libraries' versions (matplotlib, Pillow, NumPy) and the bytes of every
   ``matplotlibrc`` that matplotlib could read instead of its own (the working directory's,
   ``$MATPLOTLIBRC``, the user's config directory), so a changed style draws again.

@@ -10,7 +10,9 @@ calibration entry is read whole (its digest checked); an entry that cannot be re
 (no run uses it: it is computed again and replaced). Anything else under the cache is
 *other*: counted, never deleted. A model directory holding nothing but its lock file (one
 ``noisydeq cache`` emptied, or one a run has just locked) is no entry. A directory that
-holds more than the kinds' directories is not a cache (:func:`check_root`).
+holds more than the kinds' directories and ``code/`` is not a cache (:func:`check_root`).
+``code/`` holds the code fingerprint's memo (:mod:`noisydeq.fingerprint`): no entry, never
+listed nor deleted (at most ``MEMO_KEEP`` small files, trimmed by their writer).
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from noisydeq import store
 from noisydeq.cachedir import KINDS
 from noisydeq.cachedir.current import device_status, model_status
 from noisydeq.errors import NoisyDEQError
+from noisydeq.fingerprint import MEMO_DIRECTORY
 
 #: an entry's name per kind
 NAMES = {"models": re.compile(r"^[0-9a-f]{20}$"),
@@ -71,13 +74,15 @@ class Inventory:
 
 def check_root(root: Path) -> None:
     """Refuse (one line) a cache path that is a file or a directory holding more than the
-    kinds' directories and lock files: nothing below it is ever deleted."""
+    kinds' directories, the code fingerprint's memo directory and lock files: nothing
+    below it is ever deleted."""
     if not root.exists():
         return
     if not root.is_dir():
         raise NoisyDEQError(f"cache {root} is not a directory")
     foreign = sorted(p.name for p in root.iterdir()
-                     if not (p.name in KINDS and p.is_dir() and not p.is_symlink())
+                     if not (p.name in (*KINDS, MEMO_DIRECTORY) and p.is_dir()
+                             and not p.is_symlink())
                      and p.name != store.LOCK_FILE)
     if foreign:
         more = f" and {len(foreign) - 3} more" if len(foreign) > 3 else ""

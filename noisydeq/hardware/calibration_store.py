@@ -8,11 +8,11 @@ model's configuration (solvers, forms: :func:`model_config`), the device spec, t
 seed, the noise mode, the calibration kind and its settings (rounds, samples), the
 calibration inputs, the target levels and the order in which they are searched (a layer's
 :class:`KnobTable` reuses the measurements of earlier targets), plus the arithmetic of the
-code (a hash of the whole package: the in-network forward runs models and solvers), torch
-version and intra-op thread count. Their hash names a small JSON file under
-``<cache>/calibration/``: a second sweep of the same models on the same device loads the
-knobs instead of searching. The chips themselves are still programmed at the loaded
-knobs, so the results are the ones of a run that calibrated (tested).
+code (a hash of the whole package's syntax, docstrings and comments aside: the in-network
+forward runs models and solvers), torch version and intra-op thread count. Their hash names
+a small JSON file under ``<cache>/calibration/``: a second sweep of the same models on the
+same device loads the knobs instead of searching. The chips themselves are still programmed
+at the loaded knobs, so the results are the ones of a run that calibrated (tested).
 
 Targets are calibrated in ascending order up front, so the controls no longer depend on the
 order in which a sweep — or a resumed sweep with some cells done — first asks for them (on

@@ -8,7 +8,7 @@ normalised weights W_t, α and the RMS of W_t — is a deterministic function of
 weights, the device spec, the layer's chip seed (chip seed and layer name), the noise
 scale, the programming mode (full programming; chips of a layer that holds its programming
 error or its α across weight versions are never stored), the code (a hash of the whole
-package, as for calibration entries: :func:`~noisydeq.hardware.calibration_store.
+package's syntax, as for calibration entries: :func:`~noisydeq.hardware.calibration_store.
 code_fingerprint`), the torch version, the machine and the intra-op thread count (α is a
 mean). Their hash names one safetensors file per deployed (model, chip) under
 ``<cache>/chips/``: every device layer's chips at the scales its evaluation used, written

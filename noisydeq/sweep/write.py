@@ -71,8 +71,10 @@ def worker_runner(spec: SweepSpec, out_dir: str,
     from noisydeq.tasks import load_task
 
     if code_fingerprint() != facts.code:
-        raise NoisyDEQError("the noisydeq code changed since the sweep started (run the "
-                            "command again: finished cells are kept)")
+        raise NoisyDEQError("the noisydeq code changed since the sweep started: run the "
+                            "command again (the cells finished so far hold the earlier "
+                            "code in their keys, so they are computed again; edits to "
+                            "comments and docstrings do not count as a change)")
     task = load_task(spec.task, data_dir=spec.data_dir, seed=spec.data_seed)
     models = family_models(spec, task, progress=False)
     runner = CellRunner(spec, task, RunDir(out_dir), Hardware(spec),
