@@ -89,7 +89,7 @@ def check_root(root: Path) -> None:
         raise NoisyDEQError(
             f"cache {root} does not look like a noisydeq cache (it holds "
             f"{', '.join(repr(n) for n in foreign[:3])}{more}; a cache holds only "
-            f"{', '.join(k + '/' for k in KINDS)}): nothing read or deleted")
+            f"{', '.join(k + '/' for k in (*KINDS, MEMO_DIRECTORY))}): nothing read or deleted")
 
 
 def header_meta(path: Path) -> dict[str, Any]:
