@@ -110,6 +110,8 @@ def test_the_sweep_command_prints_the_lines(tmp_path, monkeypatch, capsys):
     out = capsys.readouterr().out
     assert out.count("convergence: ") == 1
     assert "100% missed the stop rule (relative residual ≤ 0.001 within 1 unroll step)" in out
+    run = tmp_path / "run" / "results.csv"
+    assert f"Detail: converged_frac, diverged_frac in {run} (a sweep records no residuals)" in out
 
 
 def _attack(tmp_path, name, model, x=None):
@@ -150,7 +152,9 @@ def test_attack_lines(tmp_path):
                            "broyden step) — in 3 of 3 solves; relative residual: ")
     med = f"{meds[0]:.2g}" if f"{meds[0]:.2g}" == f"{meds[-1]:.2g}" else \
         f"{meds[0]:.2g}-{meds[-1]:.2g}"
-    assert f"medians {med}, largest {top:.2g}." in line and "fwd_unconverged" in line
+    assert f"medians {med}, largest {top:.2g}." in line
+    assert line.endswith("Detail: fwd_unconverged, fwd_residual, fwd_residual_max, fwd_steps "
+                         f"(attacked; _clean: clean) in {res.run_dir.csv_path}")
     # resumed: the same line from the cells on disk
     again, said2 = _attack(tmp_path, "capped", capped)
     assert again.skipped_cells == 2 and said2 == said
@@ -238,3 +242,23 @@ def test_train_lines(digits, capsys):
     fine = train_model(deq(), digits, spec.model_copy(update={"test_solver": SolverSpec(
         name="unroll", max_iter=300, tol=1e-3, window=1)}), desc="tiny")
     assert fine.test_metric == fine.test_metric and report_lines(fine.convergence, "") == []
+
+
+def test_train_device_validation_lines(digits):
+    """Device-in-the-loop training: the last epoch's validation, digital and on the chip,
+    gets its lines too (with the test metric's)."""
+    from noisydeq.config import ModelSpec
+    from noisydeq.models import build_model
+    from noisydeq.specs.training import TrainSpec
+    from noisydeq.train import train_model
+
+    torch.manual_seed(0)
+    m = build_model(ModelSpec(kind="deq", in_features=64, out_features=10, width=8,
+                              matched=False))
+    spec = TrainSpec(epochs=1, batch_size=256, device="rram", test_solver=CAPPED,
+                     solver=SolverSpec(name="unroll", max_iter=4, tol=1e-3, window=1))
+    res = train_model(m, digits, spec, desc="tiny")
+    names = sorted(t.model for t in res.convergence)
+    assert names == ["tiny (test metric)", "tiny (validation on rram, epoch 1)",
+                     "tiny (validation, epoch 1)"]
+    assert len(report_lines(res.convergence, "X")) == 3

@@ -320,12 +320,14 @@ def run_attacks(spec: LyapunovExperimentSpec, out: Path, task: Any,
                                                "seed": seed, "rows": cell}, indent=2)
                 log(f"attack {variant} seed {seed}: {time.perf_counter() - t0:.1f} s")
             rows.extend(cell)
-    for line in attack_convergence_lines(rows, min(grid.batch_size, len(x))):
+    for line in attack_convergence_lines(rows, min(grid.batch_size, len(x)),
+                                         str(out / "attack.csv")):
         log(line)
     return rows
 
 
-def attack_convergence_lines(rows: list[dict[str, Any]], n: int) -> list[str]:
+def attack_convergence_lines(rows: list[dict[str, Any]], n: int,
+                             table: str = "attack.csv") -> list[str]:
     """The attack table's convergence summary (:func:`noisydeq.convergence.report_lines`):
     one line per (variant, seed) whose clean solve (``converged_frac``, of the first batch
     of test samples, ``n`` of them; the table keeps no divergence count or residual) left
@@ -340,7 +342,7 @@ def attack_convergence_lines(rows: list[dict[str, Any]], n: int) -> list[str]:
             conv = round(float(r["converged_frac"]) * n)
             t.add(n, (n - conv) / n, None)
     return report_lines(tallies.values(), "converged_frac (clean inputs, the first batch) "
-                        "and mean_steps in attack.csv")
+                        f"and mean_steps in {table}")
 
 
 def _read_cell(path: Path, variant: str, seed: int) -> list[dict[str, Any]]:
@@ -391,8 +393,7 @@ def run_device(spec: LyapunovExperimentSpec, out: Path, task: Any, progress: boo
             rows.extend({**r, "model": group} for r in res.rows)
             rules.update({f"{mid} on {device}": r for mid, r in res.stop_rules.items()})
     for line in convergence_lines(rows, rules, key=lambda r: f"{r['model_id']} on {r['device']}",
-                                  columns=f"converged_frac, diverged_frac in device.csv and "
-                                  f"{out / 'device'}/*/results.csv (no residuals recorded)"):
+                                  table=f"{out / 'device.csv'}"):
         log(line)
     return rows
 

@@ -91,7 +91,8 @@ def command(experiment: str, variant: str, out: str | None, data_dir: str | None
     _table(res.summary)
     from noisydeq.studies.summary import convergence_lines
 
-    for line in convergence_lines(res.rows, spec.test_solvers):
+    for line in convergence_lines(res.rows, spec.test_solvers,
+                                  table=str(res.out / "results.csv")):
         click.echo(line)
     click.echo(f"{len(res.rows)} rows in {res.seconds:.1f} s ({res.trained} models trained, "
                f"{res.loaded} loaded); {res.out / 'summary.csv'}")

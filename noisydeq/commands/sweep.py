@@ -182,7 +182,7 @@ def execute(
             click.echo(f"trained {label}:")
         click.echo(summary_table(rows))
         click.echo("")
-    for line in convergence_lines(res.rows, res.stop_rules):
+    for line in convergence_lines(res.rows, res.stop_rules, table=str(res.run_dir.csv_path)):
         click.echo(line)
     native = res.native_parts
     if spec.noise_site == "device" and native and math.isfinite(native["total"]):

@@ -45,17 +45,18 @@ def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 #: where :func:`convergence_lines` sends the reader for a study's per-row numbers
 CONVERGENCE_COLUMNS = ("converged_frac, diverged_frac (with solver, budget, max_iter) in "
-                       "results.csv (a study records no residuals)")
+                       "{table} (a study records no residuals)")
 
 
 def convergence_lines(rows: list[dict[str, Any]], test_solvers: dict[str, Any] | None = None,
-                      limit: int = 5) -> list[str]:
+                      limit: int = 5, table: str = "results.csv") -> list[str]:
     """The study's convergence summary (:func:`noisydeq.convergence.report_lines`): one
     line per model (name and seed) whose samples diverged or missed their test solver's
     stop rule in some row (test set × budget × test solver × test SNR), from the rows'
     ``converged_frac`` / ``diverged_frac``. The stop rule is said per named test solver
     (``test_solvers``, the spec's; the model's own: its method only) with the caps the rows
-    ran (a budget scales them with the problem size)."""
+    ran (a budget scales them with the problem size); ``table``: the study's table, as the
+    lines name it."""
     from noisydeq.convergence import STOP_WORDS, report_lines, tally_rows
 
     test_solvers = test_solvers or {}
@@ -89,4 +90,4 @@ def convergence_lines(rows: list[dict[str, Any]], test_solvers: dict[str, Any] |
 
     rules = {name(r): rule(r["model"], r["seed"]) for r in rows}
     tallies = tally_rows(rows, name, rules, where, unit="rows")
-    return report_lines(tallies, CONVERGENCE_COLUMNS, limit)
+    return report_lines(tallies, CONVERGENCE_COLUMNS.format(table=table), limit)
