@@ -109,6 +109,7 @@ class Tally:
 
     @property
     def any_missed(self) -> bool:
+        """Some sample missed the rule or diverged (a line is due)."""
         return self.cells_missed > 0 or self.nonfinite > 0
 
     def line(self, columns: str) -> str:
@@ -152,6 +153,7 @@ def _pct(frac: float) -> str:
 
 
 def _residuals(medians: Sequence[float], largest: float) -> str:
+    """``medians a-b, largest c`` (two significant digits; one median: ``median a``)."""
     finite = sorted(m for m in medians if math.isfinite(m))
     text = []
     if finite:
@@ -172,8 +174,7 @@ def report_lines(tallies: Iterable[Tally], columns: str, limit: int = 5) -> list
     numbers are (a column list and file), said on each line."""
     bad = [t for t in tallies if t.any_missed]
     bad.sort(key=lambda t: (-(t.diverged or 0.0) / max(t.n, 1.0), -t.nonfinite, -t.missed,
-                            -(t.largest if math.isfinite(t.largest) else math.inf
-                              if not math.isnan(t.largest) else 0.0), t.model))
+                            -(0.0 if math.isnan(t.largest) else t.largest), t.model))
     lines = [t.line(columns) for t in bad[:limit]]
     if len(bad) > limit:
         lines.append(f"convergence: {len(bad) - limit} more model(s) missed their stop rule "
