@@ -173,9 +173,11 @@ def test_attack_lines(tmp_path):
     assert forward_convergence_lines([nan_row]) == []
 
 
-def test_study_lines(tmp_path):
-    from noisydeq.studies import run_study
-    from noisydeq.studies.summary import convergence_lines
+def test_study_lines(tmp_path, monkeypatch, capsys):
+    import noisydeq.studies as studies_pkg
+    from noisydeq.studies import StudyResult, run_study
+    from noisydeq.studies.summary import convergence_lines, summarise
+    from tests.cli_helpers import run_cli
     from tests.test_studies import tiny
 
     solvers = {"a": {"name": "unroll", "max_iter": 2, "window": 1},
@@ -197,6 +199,15 @@ def test_study_lines(tmp_path):
     assert f"{_pct(missed / 2)} missed" in line
     only_b = [r for r in rows if r["solver"] != "a"]
     assert convergence_lines(only_b, spec.test_solvers) == []
+    # the command prints them after its table, naming the run's table
+    monkeypatch.setattr(studies_pkg, "run_study", lambda *a, **k: StudyResult(
+        rows, summarise(rows), tmp_path / "r"))
+    code, out, err = run_cli(["study", "algorithmic-prefix-sums", "--quick", "--out",
+                              str(tmp_path / "cli")], capsys)
+    assert code in (0, None), err
+    (printed,) = [s for s in out.splitlines() if s.startswith("convergence:")]
+    assert printed.startswith("convergence: deq seed 0: of ") and printed.endswith(
+        f"in {tmp_path / 'r' / 'results.csv'} (a study records no residuals)")
 
 
 def test_lyapunov_attack_lines():
