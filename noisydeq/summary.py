@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -278,3 +278,29 @@ def training_groups(rows: Sequence[dict[str, Any]]) -> list[tuple[str, list[dict
         groups.setdefault(training_label(r), []).append(r)
     return list(groups.items())
 
+
+
+#: where :func:`convergence_lines` sends the reader for a sweep's per-cell numbers
+SWEEP_CONVERGENCE_COLUMNS = ("converged_frac, diverged_frac in {table} (a sweep records no "
+                             "residuals)")
+
+
+def convergence_lines(rows: Sequence[dict[str, Any]], rules: dict[str, str] | None = None,
+                      limit: int = 5, key: Callable[[dict[str, Any]], str] | None = None,
+                      columns: str = SWEEP_CONVERGENCE_COLUMNS, table: str = "results.csv"
+                      ) -> list[str]:
+    """The sweep's convergence summary (:func:`noisydeq.convergence.report_lines`): one line
+    per model whose samples diverged or missed their stop rule at some (SNR level, chip),
+    from the table's ``converged_frac`` / ``diverged_frac`` (a resumed run says the same);
+    ``rules``: model name → its test solver's stop rule in words; ``key``: a row's model
+    name (default its ``model_id``); ``columns``: where the lines say the detail is, with
+    ``{table}`` replaced by ``table`` (the run's table)."""
+    from noisydeq.convergence import report_lines, tally_rows
+
+    def where(r: dict[str, Any]) -> str:
+        chips = f", chip {r['chip']}" if r.get("chip") else ""
+        return f"SNR {fmt_db(float(r['snr_db']))} dB{chips}"
+
+    tallies = tally_rows(rows, key or (lambda r: r["model_id"]), rules, where,
+                         unit="points (SNR, chip)")
+    return report_lines(tallies, columns.format(table=table), limit)

@@ -48,6 +48,7 @@ import torch
 from torch import Tensor, nn
 
 from noisydeq import store
+from noisydeq.convergence import Tally, stop_rule
 from noisydeq.errors import CorruptArtefact, NoisyDEQError
 from noisydeq.models.spectral_cap import cap_spectral_norm, spectral_norm_of
 from noisydeq.noise import Noise, NoiseStream, derive_seed
@@ -99,6 +100,10 @@ class TrainResult:
     #: what the checkpoint's metadata records besides the config (history, test metric,
     #: metric name, seconds, the adversarial hooks' record) — also without ``out_dir``
     extra: dict[str, Any] = field(default_factory=dict)
+    #: how the solves of this call's evaluations ended (the test metric's; the last epoch's
+    #: device validation, digital and on the chip): messages only, not in the checkpoint,
+    #: empty for a loaded model or one without a solve (:mod:`noisydeq.convergence`)
+    convergence: list[Tally] = field(default_factory=list)
 
     def trained_in(self, digits: int = 1) -> str:
         """``trained in 300.0 s``; for a resumed run also this run's part and the epoch it
@@ -132,11 +137,13 @@ def forward_logits(
 
 @torch.no_grad()
 def evaluate(model: nn.Module, task: Task, batch_size: int = EVAL_BATCH,
-             limit: int | None = None, device_seed: int | None = None) -> float:
+             limit: int | None = None, device_seed: int | None = None,
+             tally: Tally | None = None) -> float:
     """Clean test metric (no noise, digital weights) of ``model`` on ``task``'s test split
     (its first ``limit`` samples). For a deployed ``model``, ``device_seed`` keys the
     dynamic device noise of each layer by (seed, layer, test-sample index): the same draws
-    at every call."""
+    at every call. ``tally``: gets each batch's solve (a DEQ's; samples that missed the
+    stop rule, diverged — the solver's flag or non-finite outputs), the metric unchanged."""
     from noisydeq.hardware.controls import device_layers
 
     was_training = model.training
@@ -155,10 +162,23 @@ def evaluate(model: nn.Module, task: Task, batch_size: int = EVAL_BATCH,
             layer.stream = NoiseStream.from_seed(
                 derive_seed(device_seed, "validation", name), dev, samples=rows)
         out, _ = forward_logits(model, xb, None, caps)
+        if tally is not None:
+            _tally_batch(tally, model, out)
         score += task.metric(out, yb) * len(xb)
         n += len(xb)
     model.train(was_training)
     return score / max(n, 1)
+
+
+def _tally_batch(tally: Tally, model: nn.Module, out: Tensor) -> None:
+    """Add the batch just evaluated by ``model`` (a DEQ: its ``last_solution``) to ``tally``."""
+    sol = getattr(model, "last_solution", None)
+    if getattr(model, "kind", None) not in ("deq", "lyadeq") or sol is None:
+        return
+    div = sol.diverged.cpu() | ~torch.isfinite(out.reshape(out.shape[0], -1)).all(dim=1).cpu()
+    n = int(div.numel())
+    unc = int((~sol.converged.cpu() & ~div).sum())
+    tally.add(n, unc / n, int(div.sum()) / n)
 
 
 def _result_from_checkpoint(
@@ -297,13 +317,17 @@ def _fit(
     bar = progress(total=(spec.epochs - start) * n_batches, desc=desc or "training",
                    unit="batches", disable=quiet)
     x_calib = x_all[:CALIB_SAMPLES]
+    validation: list[Tally] = []  # the last validated epoch's solves (messages only)
     try:
         for epoch in range(start, spec.epochs):
             if spec.device is not None:  # a fresh chip per epoch (static noise as a law)
                 _on_chip(net, spec, chip_of_epoch(spec.seed, epoch), x_calib)
             record = _train_epoch(net, opt, task, spec, rng, x_all, y_all, epoch, bar, hooks)
             if spec.device is not None:
-                record.update(_validate(model, net, task, spec, x_calib))
+                validation = [Tally(f"{desc or 'model'} ({where}, epoch {epoch + 1})",
+                                    stop_rule(model), unit="batches")
+                              for where in ("validation", f"validation on {spec.device}")]
+                record.update(_validate(model, net, task, spec, x_calib, validation))
                 if not quiet:
                     _report_epoch(desc, spec, epoch, record, task.metric_name)
                 bar.set_postfix(epoch=epoch + 1, loss=f"{record['loss']:.4f}",
@@ -327,12 +351,14 @@ def _fit(
         model.load_state_dict(selected)
     elif net is not model:
         model.load_state_dict(net.state_dict())  # deployed layers keep the digital weights
-    test_metric = evaluate(model, task)
+    test = Tally(f"{desc or 'model'} (test metric)", stop_rule(model), unit="batches")
+    test_metric = evaluate(model, task, tally=test)
     run_seconds = _clock() - t0
     seconds = before + run_seconds
     result = TrainResult(model=model, config=config, config_hash=chash, history=history,
                          test_metric=test_metric, metric_name=task.metric_name,
                          seconds=seconds, run_seconds=run_seconds, start_epoch=start)
+    result.convergence = [test, *validation]
     result.extra = {"history": history, "test_metric": test_metric,
                     "metric_name": task.metric_name, "seconds": seconds,
                     "seconds_last_run": run_seconds,
@@ -345,18 +371,21 @@ def _fit(
 
 
 def _validate(model: nn.Module, net: nn.Module, task: Task, spec: TrainSpec,
-              x_calib: Tensor) -> dict[str, float]:
+              x_calib: Tensor, tallies: list[Tally] | None = None) -> dict[str, float]:
     """Validation of a device-in-the-loop epoch on the first :data:`VAL_SAMPLES` test
     samples: the digital weights (``val_<metric>``) and the same weights on the training
     device at the training SNR on a fixed chip with fixed read noise
-    (``val_<metric>_device``: every epoch sees the same chip and draws)."""
+    (``val_<metric>_device``: every epoch sees the same chip and draws). ``tallies``: the
+    digital and the device evaluation's solves (:func:`evaluate`)."""
     t0 = time.perf_counter()
+    digital_tally, device_tally = tallies if tallies is not None else (None, None)
     model.load_state_dict(net.state_dict())  # deployed layers keep the digital weights
     name = task.metric_name
-    digital = evaluate(model, task, limit=VAL_SAMPLES)
+    digital = evaluate(model, task, limit=VAL_SAMPLES, tally=digital_tally)
     _on_chip(net, spec, validation_chip(spec.seed), x_calib)
     on_device = evaluate(net, task, limit=VAL_SAMPLES,
-                         device_seed=derive_seed(spec.seed, "train", "validation"))
+                         device_seed=derive_seed(spec.seed, "train", "validation"),
+                         tally=device_tally)
     return {f"val_{name}": digital, f"val_{name}_device": on_device,
             "val_seconds": time.perf_counter() - t0}
 

@@ -320,7 +320,29 @@ def run_attacks(spec: LyapunovExperimentSpec, out: Path, task: Any,
                                                "seed": seed, "rows": cell}, indent=2)
                 log(f"attack {variant} seed {seed}: {time.perf_counter() - t0:.1f} s")
             rows.extend(cell)
+    for line in attack_convergence_lines(rows, min(grid.batch_size, len(x)),
+                                         str(out / "attack.csv")):
+        log(line)
     return rows
+
+
+def attack_convergence_lines(rows: list[dict[str, Any]], n: int,
+                             table: str = "attack.csv") -> list[str]:
+    """The attack table's convergence summary (:func:`noisydeq.convergence.report_lines`):
+    one line per (variant, seed) whose clean solve (``converged_frac``, of the first batch
+    of test samples, ``n`` of them; the table keeps no divergence count or residual) left
+    samples short of the model's stop rule."""
+    from noisydeq.convergence import Tally, report_lines
+
+    tallies: dict[str, Tally] = {}
+    for r in rows:  # one clean solve per (variant, seed), repeated on each attack row
+        name = f"LyaDEQ {r['variant']} seed {r['seed']}"
+        if name not in tallies:
+            tallies[name] = t = Tally(name, unit="clean solves")
+            conv = round(float(r["converged_frac"]) * n)
+            t.add(n, (n - conv) / n, None)
+    return report_lines(tallies.values(), "converged_frac (clean inputs, the first batch) "
+                        f"and mean_steps in {table}")
 
 
 def _read_cell(path: Path, variant: str, seed: int) -> list[dict[str, Any]]:
@@ -353,11 +375,13 @@ def _read_cell(path: Path, variant: str, seed: int) -> list[dict[str, Any]]:
 def run_device(spec: LyapunovExperimentSpec, out: Path, task: Any, progress: bool,
                log: Callable[[str], None]) -> list[dict[str, Any]]:
     """One sweep per (device, group) into ``out/device``; rows tagged with ``model``."""
+    from noisydeq.summary import convergence_lines
     from noisydeq.sweep import run_sweep
 
     grid = spec.device
     assert grid is not None
     rows: list[dict[str, Any]] = []
+    rules: dict[str, str] = {}
     for device, groups in grid.groups.items():
         for group in groups:
             sspec = spec.sweep_spec(device, group)
@@ -367,6 +391,10 @@ def run_device(spec: LyapunovExperimentSpec, out: Path, task: Any, progress: boo
             log(f"device {device} {group}: {res.computed_cells} cells computed, "
                 f"{res.skipped_cells} resumed, {time.perf_counter() - t0:.1f} s")
             rows.extend({**r, "model": group} for r in res.rows)
+            rules.update({f"{mid} on {device}": r for mid, r in res.stop_rules.items()})
+    for line in convergence_lines(rows, rules, key=lambda r: f"{r['model_id']} on {r['device']}",
+                                  table=f"{out / 'device.csv'}"):
+        log(line)
     return rows
 
 

@@ -704,7 +704,46 @@ def run_attacks(
     warning = unconverged_warning(result.rows)
     if warning:
         echo(warning)
+    for line in forward_convergence_lines(result.rows, [*members, *sources.values()],
+                                          table=str(result.run_dir.csv_path)):
+        echo(line)
     return result
+
+
+#: where :func:`forward_convergence_lines` sends the reader for the per-cell numbers
+FORWARD_COLUMNS = ("fwd_unconverged, fwd_residual, fwd_residual_max, fwd_steps (attacked; "
+                   "_clean: clean) in {table}")
+
+
+def forward_convergence_lines(rows: Sequence[dict[str, Any]],
+                              members: Sequence[AttackMember] = (), limit: int = 5,
+                              table: str = "results.csv") -> list[str]:
+    """The run's convergence summary (:func:`noisydeq.convergence.report_lines`): one line
+    per model whose judging forward solves, at the clean or the attacked inputs, left samples
+    short of the solver's stop rule — from the ``fwd_*`` columns (each cell's attacked
+    solve once, each (model, level, chip)'s clean solve once), so a resumed run says the same.
+    Diverged samples are not counted apart in the table: a non-finite residual is named.
+    ``table``: the run's table, as the lines name it."""
+    from noisydeq.convergence import Tally, report_lines, stop_rule
+
+    rules = {m.model_id: stop_rule(m.model) for m in members}
+    tallies: dict[str, Tally] = {}
+    seen: set[tuple] = set()
+    for r in rows:
+        mid = r["model_id"]
+        level = f"SNR {r['snr_db']:g} dB" + (f" chip {r['chip']}" if r["chip"] else "")
+        attacked = tuple(r[c] for c in ATTACK_IDENTITY if c not in ("defence", "early_n"))
+        for key, sfx, label in (((mid, r["snr_db"], r["chip"]), "_clean", f"clean inputs, {level}"),
+                                (attacked, "", f"{r['attack']} {r['x_name']} {r['x']:g}, "
+                                               f"{level}")):
+            if key in seen:
+                continue
+            seen.add(key)
+            t = tallies.setdefault(mid, Tally(mid, rules.get(mid, ""), unit="solves"))
+            t.add(r["n_samples"], float(r[f"fwd_unconverged{sfx}"]), None,
+                  residual=float(r[f"fwd_residual{sfx}"]),
+                  residual_max=float(r[f"fwd_residual_max{sfx}"]), label=label)
+    return report_lines(tallies.values(), FORWARD_COLUMNS.format(table=table), limit)
 
 
 def unconverged_warning(rows: Sequence[dict[str, Any]]) -> str:

@@ -89,6 +89,11 @@ def command(experiment: str, variant: str, out: str | None, data_dir: str | None
                               indent=2, allow_nan=True, default=str))
         return
     _table(res.summary)
+    from noisydeq.studies.summary import convergence_lines
+
+    for line in convergence_lines(res.rows, spec.test_solvers,
+                                  table=str(res.out / "results.csv")):
+        click.echo(line)
     click.echo(f"{len(res.rows)} rows in {res.seconds:.1f} s ({res.trained} models trained, "
                f"{res.loaded} loaded); {res.out / 'summary.csv'}")
     for p in res.figures:

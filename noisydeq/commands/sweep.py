@@ -148,7 +148,12 @@ def execute(
     backend: Backend | None = None,
 ) -> dict[str, Any]:
     """Run (or resume) ``spec`` into ``out`` and report on stdout (text or JSON)."""
-    from noisydeq.summary import summary_json, summary_table, training_groups
+    from noisydeq.summary import (
+        convergence_lines,
+        summary_json,
+        summary_table,
+        training_groups,
+    )
     from noisydeq.sweep import run_sweep
 
     t0 = time.perf_counter()
@@ -177,6 +182,8 @@ def execute(
             click.echo(f"trained {label}:")
         click.echo(summary_table(rows))
         click.echo("")
+    for line in convergence_lines(res.rows, res.stop_rules, table=str(res.run_dir.csv_path)):
+        click.echo(line)
     native = res.native_parts
     if spec.noise_site == "device" and native and math.isfinite(native["total"]):
         parts = ", ".join(f"{p} {'inf' if math.isinf(v) else f'{v:.1f}'}"

@@ -442,6 +442,17 @@ def _single(tspec: TrainSpec, task: Any, mspec: ModelSpec, out: Path | None,
            "seconds_this_run": res.run_seconds, "loaded": res.loaded,
            "config_hash": res.config_hash, "path": str(res.path)}
     _report([row], opts["as_json"])
+    if not opts["as_json"]:
+        _convergence(res.convergence)
+
+
+def _convergence(tallies: list[Any]) -> None:
+    """The convergence lines of this call's evaluations (:mod:`noisydeq.convergence`)."""
+    from noisydeq.convergence import report_lines
+
+    for line in report_lines(tallies, "train records no convergence column (noisydeq "
+                             "sweep / attack do, per cell)"):
+        click.echo(line)
 
 
 def _family(fspec: FamilySpec, task: Any, out: Path | None, dev: torch.device, opts: dict) -> None:
@@ -461,6 +472,7 @@ def _family(fspec: FamilySpec, task: Any, out: Path | None, dev: torch.device, o
     if not opts["as_json"]:
         click.echo(f"family: {len(rows)} models in {fam.seconds:.1f} s "
                    f"({fam.trained_seconds:.1f} s training); cache {root}")
+        _convergence([t for m in fam.members for t in m.result.convergence])
 
 
 def _report(rows: list[dict[str, Any]], as_json: bool) -> None:

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from noisydeq.cluster import Backend
+from noisydeq.convergence import stop_rule
 from noisydeq.errors import NoisyDEQError
 from noisydeq.results import RunDir
 from noisydeq.runtime import cache_root, num_threads, resolve_torch_device, thread_plan
@@ -40,6 +41,9 @@ class SweepResult:
     #: what this run added to the grids its run directory held (empty: a new run or a
     #: resume; :func:`noisydeq.extension.added_grids`)
     extended: dict[str, Any] = field(default_factory=dict)
+    #: model id → its test solver's stop rule in words (:func:`noisydeq.convergence
+    #: .stop_rule`; '' for a feed-forward model), for the end-of-run convergence lines
+    stop_rules: dict[str, str] = field(default_factory=dict)
 
 
 
@@ -265,6 +269,7 @@ def _run_open(
         run_dir.write_layer_table(all_layers)
     result = SweepResult(all_rows, run_dir, hardware.native_snr_db(), computed, skipped,
                          native_parts=hardware.native_parts(), extended=dict(run_dir.added))
+    result.stop_rules = {sm.model_id: stop_rule(sm.model) for sm in models}
     if plots and all_rows:
         from noisydeq.figure_cache import cached_figures
 
