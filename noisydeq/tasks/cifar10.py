@@ -31,7 +31,7 @@ import torch
 from torch import Tensor
 
 from noisydeq.errors import NoisyDEQError
-from noisydeq.tasks.base import Task
+from noisydeq.tasks.base import Task, named_data_dir
 
 ENV_DIR = "NOISYDEQ_CIFAR10_DIR"
 FOLDER = "cifar-10-batches-bin"
@@ -49,17 +49,12 @@ CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "hors
 
 def resolve_dir(data_dir: str | os.PathLike | None) -> Path:
     """The directory named by ``data_dir`` or ``$NOISYDEQ_CIFAR10_DIR``; it must exist."""
-    if data_dir is not None and str(data_dir) != "":
-        where, p = "--data-dir", Path(data_dir).expanduser()
-    elif os.environ.get(ENV_DIR):
-        where, p = ENV_DIR, Path(os.environ[ENV_DIR]).expanduser()
-    else:
+    p = named_data_dir(data_dir, ENV_DIR, "CIFAR-10")
+    if p is None:
         raise NoisyDEQError(
             f"cifar10: no data directory; pass --data-dir or set {ENV_DIR} to a directory with "
             f"the official binary files ({FOLDER}/ or {ARCHIVE}); nothing is downloaded"
         )
-    if not p.is_dir():
-        raise NoisyDEQError(f"{where}: CIFAR-10 data directory not found: {p}")
     return p
 
 
