@@ -21,7 +21,6 @@ Pixels are scaled to [0, 1] and kept flat (3,072 features, channel-major); ``in_
 
 from __future__ import annotations
 
-import hashlib
 import os
 import tarfile
 from pathlib import Path
@@ -31,6 +30,7 @@ import torch
 from torch import Tensor
 
 from noisydeq.errors import NoisyDEQError
+from noisydeq.store import file_digest
 from noisydeq.tasks.base import Task, named_data_dir
 
 ENV_DIR = "NOISYDEQ_CIFAR10_DIR"
@@ -80,11 +80,8 @@ def parse_records(raw: bytes, name: str) -> tuple[Tensor, Tensor]:
 
 
 def md5sum(path: Path) -> str:
-    h = hashlib.md5()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+    """MD5 hex digest of a file."""
+    return file_digest(path, "md5")
 
 
 def _read_archive(path: Path, names: tuple[str, ...]) -> dict[str, bytes]:
