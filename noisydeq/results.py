@@ -49,10 +49,11 @@ import os
 import platform
 import shutil
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from noisydeq import events, store
 from noisydeq.errors import CorruptArtefact, NoisyDEQError
@@ -241,7 +242,53 @@ def read_recorded_meta(out: Path, path: Path) -> dict[str, Any]:
         raise refuse_out(out, err) from None
 
 
-class RunDir:
+def resumed_meta(meta: dict[str, Any], old: dict[str, Any]) -> None:
+    """Carry a reopened run's recorded ``meta.json`` (``old``) into the new ``meta``: the
+    first opening's ``started`` and the number of resumes, one more."""
+    meta["started"] = old.get("started", meta["started"])
+    resumed = old.get("resumed", 0)
+    meta["resumed"] = (resumed if isinstance(resumed, int) else 0) + 1
+
+
+_Dir = TypeVar("_Dir", bound="LockedDir")
+
+
+class LockedDir:
+    """A run directory written by one process at a time: ``path`` and its ``--out`` lock
+    (:class:`noisydeq.store.DirLock`), taken by a subclass's ``open`` (:meth:`_opening`) and
+    released by :meth:`close`; a context manager that releases the lock on exit."""
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = Path(path)
+        self.lock = store.DirLock(self.path, "--out")
+
+    @contextmanager
+    def _opening(self) -> Iterator[bool]:
+        """Take the lock (waiting for another writer) for the body of an ``open``; yields
+        whether the directory did not exist before. An error in the body releases the lock
+        and removes the directory when this opening created it."""
+        created = not self.path.exists()
+        self.lock.acquire()
+        try:
+            yield created
+        except BaseException:
+            self.close()
+            if created:
+                shutil.rmtree(self.path, ignore_errors=True)
+            raise
+
+    def close(self) -> None:
+        """Release the lock taken by ``open``."""
+        self.lock.release()
+
+    def __enter__(self: _Dir) -> _Dir:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class RunDir(LockedDir):
     """A sweep's run directory (see module docstring); a context manager that releases
     its lock on exit.
 
@@ -258,7 +305,7 @@ class RunDir:
     identity: tuple[str, ...] = IDENTITY
 
     def __init__(self, path: str | os.PathLike) -> None:
-        self.path = Path(path)
+        super().__init__(path)
         self.cells = self.path / "cells"
         self.figures = self.path / "figures"
         self.config_path = self.path / "config.toml"
@@ -267,7 +314,6 @@ class RunDir:
         self.layers_path = self.path / "layers.csv"
         self.csv_path = self.path / "results.csv"
         self.parquet_path = self.path / "results.parquet"
-        self.lock = store.DirLock(self.path, "--out")
 
     def _refuse(self, err: NoisyDEQError) -> NoisyDEQError:
         return refuse_out(self.path, err)
@@ -349,9 +395,7 @@ class RunDir:
         checked before anything is written; :meth:`close` (or leaving ``with``) releases
         the lock."""
         self.union(spec)
-        created = not self.path.exists()
-        self.lock.acquire()
-        try:
+        with self._opening() as created:
             existing = self.check(spec)  # again: another writer may have finished meanwhile
             added: dict[str, Any] = {}
             if existing is not None and self.growable:
@@ -380,11 +424,9 @@ class RunDir:
             }
             if self.meta_path.exists():
                 old = self.read_meta()
-                meta["started"] = old.get("started", meta["started"])
                 if isinstance(old.get("title"), str):  # a resume without one keeps it
                     meta.setdefault("title", old["title"])
-                resumed = old.get("resumed", 0)
-                meta["resumed"] = (resumed if isinstance(resumed, int) else 0) + 1
+                resumed_meta(meta, old)
             if history:
                 meta["extensions"] = history
             # the history first: a run killed between the two writes recomputes nothing
@@ -394,11 +436,6 @@ class RunDir:
             if added:
                 store.atomic_write_text(self.config_path, store.sign_text(dumps_toml(spec)))
             self.cells.mkdir(exist_ok=True)
-        except BaseException:
-            self.close()
-            if created:
-                shutil.rmtree(self.path, ignore_errors=True)
-            raise
         self.created = created
         #: the spec this run runs (the union of the recorded and the asked grids) and what
         #: this opening added to the recorded one (:func:`~noisydeq.extension.added_grids`)
@@ -415,16 +452,6 @@ class RunDir:
             return
         self.close()
         shutil.rmtree(self.path, ignore_errors=True)
-
-    def close(self) -> None:
-        """Release the lock taken by :meth:`open`."""
-        self.lock.release()
-
-    def __enter__(self) -> RunDir:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     # ------------------------------------------------------------------ cell log
 

@@ -164,6 +164,20 @@ def _look(table: dict[str, tuple[str, float]], name: str) -> dict[str, Any]:
     return kind_line(kind, kind_colour(kind, shade))
 
 
+def _spread(rows: Sequence[dict[str, Any]], x: str, value: str,
+            where: dict[str, tuple[Any, ...]], **keys: Any) -> list[dict[str, Any]]:
+    """The plotted statistics of the ``rows`` whose every ``where`` column holds one of its
+    values: per ``x`` (ascending) the mean, min and max of ``value`` in % and their count,
+    each row led by the ``keys`` columns (empty when no row matches)."""
+    pts: dict[float, list[float]] = defaultdict(list)
+    for r in rows:
+        if all(r[col] in allowed for col, allowed in where.items()):
+            pts[float(r[x])].append(100.0 * float(r[value]))
+    return [{**keys, x: e, "accuracy_pct_mean": statistics.fmean(pts[e]),
+             "accuracy_pct_min": min(pts[e]), "accuracy_pct_max": max(pts[e]),
+             "n": len(pts[e])} for e in sorted(pts)]
+
+
 def _band(rows: Sequence[dict[str, Any]], *, chips: bool) -> str:
     seeds = len({r.get("seed", 0) for r in rows})
     n_chips = len({r.get("chip", 0) for r in rows}) if chips else 1
@@ -188,23 +202,19 @@ def plot_attack(rows: Sequence[dict[str, Any]], out: Path, paper: bool = True,
                                  squeeze=False, sharey=True)
         for ax, attack in zip(axes[0], attacks, strict=True):
             for variant in VARIANT_NAMES:
-                pts: dict[float, list[float]] = defaultdict(list)
-                for r in rows:
-                    if r["variant"] == variant and r["attack"] in ("none", attack):
-                        pts[float(r["eps_255"])].append(100.0 * float(r["accuracy"]))
-                if not pts:
+                stats = _spread(rows, "eps_255", "accuracy",
+                                {"variant": (variant,), "attack": ("none", attack)},
+                                attack=attack, variant=variant)
+                if not stats:
                     continue
-                xs = sorted(pts)
-                mean = [statistics.fmean(pts[e]) for e in xs]
-                err = [[m - min(pts[e]) for m, e in zip(mean, xs, strict=True)],
-                       [max(pts[e]) - m for m, e in zip(mean, xs, strict=True)]]
+                xs = [s["eps_255"] for s in stats]
+                mean = [s["accuracy_pct_mean"] for s in stats]
+                err = [[s["accuracy_pct_mean"] - s["accuracy_pct_min"] for s in stats],
+                       [s["accuracy_pct_max"] - s["accuracy_pct_mean"] for s in stats]]
                 look = _look(VARIANT_LOOK, variant)
                 ax.errorbar(xs, mean, yerr=err, ms=3.5, lw=1.4, capsize=2, **look,
                             label=VARIANT_NAMES[variant])
-                table += [{"attack": attack, "variant": variant, "eps_255": e,
-                           "accuracy_pct_mean": m, "accuracy_pct_min": min(pts[e]),
-                           "accuracy_pct_max": max(pts[e]), "n": len(pts[e])}
-                          for e, m in zip(xs, mean, strict=True)]
+                table += stats
                 if paper:
                     ref = PAPER_MNIST[variant]
                     ax.plot([0.0, *PAPER_EPS_255], [ref["none"][0], *ref[attack]],
@@ -245,23 +255,19 @@ def plot_device(rows: Sequence[dict[str, Any]], out: Path, task: str | None = No
                                  squeeze=False, sharey=True)
         for ax, device in zip(axes[0], devices, strict=True):
             for model in models:
-                pts: dict[float, list[float]] = defaultdict(list)
-                for r in rows:
-                    if r["device"] == device and r["model"] == model:
-                        pts[float(r["snr_db"])].append(100.0 * float(r["value"]))
-                if not pts:
+                stats = _spread(rows, "snr_db", "value",
+                                {"device": (device,), "model": (model,)},
+                                device=device, model=model)
+                if not stats:
                     continue
-                xs = sorted(pts)
+                xs = [pos[s["snr_db"]] for s in stats]
                 look = _look(GROUP_LOOK, model)
-                ax.plot([pos[s] for s in xs], [statistics.fmean(pts[s]) for s in xs], ms=3,
+                ax.plot(xs, [s["accuracy_pct_mean"] for s in stats], ms=3,
                         lw=1.4, label=GROUP_NAMES.get(model, model), **look)
-                ax.fill_between([pos[s] for s in xs], [min(pts[s]) for s in xs],
-                                [max(pts[s]) for s in xs], color=look["color"], alpha=0.15,
-                                lw=0)
-                table += [{"device": device, "model": model, "snr_db": s,
-                           "accuracy_pct_mean": statistics.fmean(pts[s]),
-                           "accuracy_pct_min": min(pts[s]), "accuracy_pct_max": max(pts[s]),
-                           "n": len(pts[s])} for s in xs]
+                ax.fill_between(xs, [s["accuracy_pct_min"] for s in stats],
+                                [s["accuracy_pct_max"] for s in stats], color=look["color"],
+                                alpha=0.15, lw=0)
+                table += stats
             snr_axis(ax, pos, every=6 if len(levels) > 8 else None)
             ax.set_title(device)
             ax.set_xlabel("device SNR (dB)")

@@ -121,6 +121,18 @@ def default_out(family: Path, out: Path | None, name: str) -> Path:
     return base / "analysis" / name
 
 
+def check_analysis(family: Path, device: str | None, out: Path | None, name: str) -> Path:
+    """The torch-free checks of an analysis ``name`` of ``--family`` on ``--device``, in the
+    order their one-line refusals come (device, family, output directory, trained models);
+    returns the output directory (:func:`default_out`)."""
+    check_device(device)
+    check_family(family)
+    out_dir = default_out(family, out, name)
+    store.check_out_dir(out_dir)
+    check_models(family)
+    return out_dir
+
+
 @click.command("sensitivity")
 @family_option
 @click.option("--kind", type=click.Choice(["additive", "multiplicative"]), default="additive",
@@ -175,11 +187,7 @@ def command(family, kind, eta, snr, site, samples, inputs, precision, seed, data
         raise NoisyDEQError("--snr: multiplicative noise needs a finite SNR in dB")
     if kind == "additive" and eta <= 0:
         raise NoisyDEQError(f"--eta: additive noise needs eta > 0, got {eta:g}")
-    check_device(device)
-    check_family(family)
-    out_dir = default_out(family, out, "sensitivity")
-    store.check_out_dir(out_dir)
-    check_models(family)
+    out_dir = check_analysis(family, device, out, "sensitivity")
     # the CLI input is checked: now the heavy imports (torch), seconds under load
     from noisydeq.analysis.family import load_family
     from noisydeq.analysis.runs import family_inputs, run_sensitivity

@@ -9,10 +9,7 @@ from noisydeq.commands.sensitivity import (
     MAX_COUNT,
     SEED,
     cache_option,
-    check_device,
-    check_family,
-    check_models,
-    default_out,
+    check_analysis,
     device_options,
     family_option,
     on_device,
@@ -50,11 +47,7 @@ def command(family, inputs, seed, data_dir, out, cache, device, chips, device_sn
     """
     if not 0 <= inputs <= MAX_COUNT:
         raise NoisyDEQError(f"--inputs: must be an integer in 0..{MAX_COUNT}, got {inputs}")
-    check_device(device)
-    check_family(family)
-    out_dir = default_out(family, out, "spectrum")
-    store.check_out_dir(out_dir)
-    check_models(family)
+    out_dir = check_analysis(family, device, out, "spectrum")
     from noisydeq.analysis.family import load_family, pairs
     from noisydeq.analysis.runs import family_inputs, run_spectrum
     from noisydeq.runtime import num_threads, resolve_torch_device

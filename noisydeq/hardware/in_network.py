@@ -34,7 +34,8 @@ on the 512 calibration vectors instead of a noisy forward of 2,048 network rows.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -168,6 +169,20 @@ def _noisy_inputs(
     return capture, n
 
 
+@contextmanager
+def restored_streams(layers: dict[str, DeviceLayer]) -> Iterator[None]:
+    """Leave the device ``layers`` as found (errors included): each layer's noise stream and
+    per-sample SNR, which :func:`_noisy_inputs` sets for its stacked-level forwards, put back
+    and the per-sample controls derived from them cleared."""
+    saved = {name: (layer.stream, layer.sample_snr) for name, layer in layers.items()}
+    try:
+        yield
+    finally:
+        for name, layer in layers.items():
+            layer.stream, layer.sample_snr = saved[name]
+            layer._sample_controls = None
+
+
 def calibrate_in_network(
     model: nn.Module,
     x: Tensor,
@@ -213,7 +228,6 @@ def calibrate_in_network(
         return report
     xs = x if samples is None else x[:samples]
     xs = xs.repeat(draws, *([1] * (xs.ndim - 1)))  # rows keyed by position: own draws
-    saved = {name: (layer.stream, layer.sample_snr) for name, layer in layers.items()}
     report.off_db = [0.0] * rounds
     #: per layer: (clean knobs, final knobs) of the last measured level and its last
     #: in-network measurement (knobs, SNR): the next level's start and cross-level prior
@@ -224,7 +238,7 @@ def calibrate_in_network(
     points: dict[float, dict[str, tuple[Knobs, float]]] = {}
     offsets: dict[float, dict[str, float]] = {}
     anchors = anchor_levels(finite, spacing)
-    try:
+    with restored_streams(layers):
         for level in anchors:
             _run_level(model, level, layers, clean[level], last, measured, xs, seed, forward,
                        rounds, draws, report)
@@ -241,10 +255,6 @@ def calibrate_in_network(
                 below = max(v for v in found if v < level)
                 _run_level(model, level, layers, clean[level], dict(found[below]),
                            dict(points[below]), xs, seed, forward, rounds, draws, report)
-    finally:
-        for name, layer in layers.items():
-            layer.stream, layer.sample_snr = saved[name]
-            layer._sample_controls = None
     return report
 
 
@@ -359,8 +369,7 @@ def measure_in_network(
     finite = sorted({float(v) for v in levels if math.isfinite(v)})
     layers = device_layers(model)
     out: dict[float, dict[str, Parts]] = {}
-    saved = {name: (layer.stream, layer.sample_snr) for name, layer in layers.items()}
-    try:
+    with restored_streams(layers):
         for chunk in stacked_chunks(finite, x.shape[0], max_rows):
             capture, n = _noisy_inputs(model, layers, x, chunk, seed, forward)
             for j, level in enumerate(chunk):
@@ -372,10 +381,6 @@ def measure_in_network(
                         rows = repeated(rows, layer.n_out)
                         out[level][name] = layer.measure_parts(layer.control_for(level), rows,
                                                                seed=seed)
-    finally:
-        for name, layer in layers.items():
-            layer.stream, layer.sample_snr = saved[name]
-            layer._sample_controls = None
     return out
 
 

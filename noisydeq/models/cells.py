@@ -96,16 +96,20 @@ class TanhLayer(nn.Module):
         return n + (self.W.bias.numel() if include_bias and self.W.bias is not None else 0)
 
 
-class MLPCell(TanhLayer):
-    """The DEQ unit cell f(z; x̃) = tanh(W z + b + x̃) with x̃ = act(U x) (Eq. 57, App. A.1).
+class ProjectedCell:
+    """A DEQ unit cell that holds its own input projection ``proj`` (a module): ``project(x)``
+    computes x̃ once per forward, ``forward(z, xt, noise)`` is one cell call."""
 
-    ``project(x)`` computes x̃ once per forward; ``forward(z, xt, noise)`` is one cell call.
-    """
+    proj: nn.Module
+
+    def project(self, x: Tensor, noise: Noise | None = None) -> Tensor:
+        """x̃ = proj(x + ε_x): the ``input`` site perturbs x before the projection (Eq. 3-4)."""
+        return self.proj(x, noise)
+
+
+class MLPCell(ProjectedCell, TanhLayer):
+    """The DEQ unit cell f(z; x̃) = tanh(W z + b + x̃) with x̃ = act(U x) (Eq. 57, App. A.1)."""
 
     def __init__(self, in_features: int, width: int, input_act: str = "relu") -> None:
         super().__init__(width)
         self.proj = InputProjection(in_features, width, input_act)
-
-    def project(self, x: Tensor, noise: Noise | None = None) -> Tensor:
-        """x̃ = act(U (x + ε_x)): the ``input`` site perturbs x before U (Eq. 3-4)."""
-        return self.proj(x, noise)

@@ -18,7 +18,7 @@ from torch.nn.utils.parametrizations import weight_norm as _weight_norm
 
 from noisydeq.errors import NoisyDEQError
 from noisydeq.limits import check_positive
-from noisydeq.models.cells import apply_noise, input_activation
+from noisydeq.models.cells import ProjectedCell, apply_noise, input_activation
 from noisydeq.models.deq import DEQ
 from noisydeq.models.ffw import DEFAULT_FFW_FORM, FFW, check_form
 from noisydeq.noise import Noise
@@ -88,7 +88,7 @@ class ConvTanhLayer(nn.Module):
         return n + (self.W.bias.numel() if include_bias else 0)
 
 
-class ConvCell(ConvTanhLayer):
+class ConvCell(ProjectedCell, ConvTanhLayer):
     """The conv DEQ unit cell with its own input-injection conv (App. E.3)."""
 
     def __init__(
@@ -101,9 +101,6 @@ class ConvCell(ConvTanhLayer):
     ) -> None:
         super().__init__(channels, kernel_size, weight_norm)
         self.proj = ConvInputProjection(in_shape, channels, input_act, kernel_size)
-
-    def project(self, x: Tensor, noise: Noise | None = None) -> Tensor:
-        return self.proj(x, noise)
 
 
 class PooledHead(nn.Module):

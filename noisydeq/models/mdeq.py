@@ -52,7 +52,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from noisydeq.errors import NoisyDEQError
-from noisydeq.models.cells import apply_noise, check_positive, input_activation
+from noisydeq.models.cells import ProjectedCell, apply_noise, check_positive, input_activation
 from noisydeq.models.conv import image_shape
 from noisydeq.models.deq import DEQ
 from noisydeq.models.ffw import DEFAULT_FFW_FORM, FFW, check_form
@@ -246,7 +246,7 @@ class MultiscaleHead(nn.Module):
         return self.linear(feats)
 
 
-class MultiscaleCell(MultiscaleLayer):
+class MultiscaleCell(ProjectedCell, MultiscaleLayer):
     """The MDEQ unit cell with its input projection."""
 
     def __init__(self, in_shape: Sequence[int], width: int, scales: int, input_act: str,
@@ -254,9 +254,6 @@ class MultiscaleCell(MultiscaleLayer):
         super().__init__(width, scales, tuple(in_shape)[1:], kernel_size, norm_groups,
                          weight_norm)
         self.proj = MultiscaleProjection(in_shape, width, scales, input_act, kernel_size)
-
-    def project(self, x: Tensor, noise: Noise | None = None) -> Tensor:
-        return self.proj(x, noise)
 
 
 class MDEQ(DEQ):

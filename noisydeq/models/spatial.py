@@ -35,7 +35,7 @@ from torch import Tensor, nn
 
 from noisydeq.errors import NoisyDEQError
 from noisydeq.models.budget import IterationBudget
-from noisydeq.models.cells import apply_noise, check_positive, input_activation
+from noisydeq.models.cells import ProjectedCell, apply_noise, check_positive, input_activation
 from noisydeq.models.deq import DEQ
 from noisydeq.models.ffw import DEFAULT_FFW_FORM, FFW, check_form
 from noisydeq.models.wnconv import conv
@@ -139,7 +139,7 @@ def make_layer(cell: str, width: int, kernel_size: int, ndim: int, weight_norm: 
     return LAYERS[cell](width, kernel_size, ndim, weight_norm)
 
 
-class SpatialCellModule(nn.Module):
+class SpatialCellModule(ProjectedCell, nn.Module):
     """A DEQ unit cell (conv1d or residual layer) with its own input projection."""
 
     def __init__(self, cell: str, in_channels: int, width: int, input_act: str,
@@ -148,9 +148,6 @@ class SpatialCellModule(nn.Module):
         self.proj = SpatialProjection(in_channels, width, input_act, kernel_size, ndim,
                                       weight_norm)
         self.layer = make_layer(cell, width, kernel_size, ndim, weight_norm)
-
-    def project(self, x: Tensor, noise: Noise | None = None) -> Tensor:
-        return self.proj(x, noise)
 
     def forward(self, z: Tensor, xt: Tensor, noise: Noise | None = None) -> Tensor:
         return self.layer(z, xt, noise)

@@ -24,7 +24,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from noisydeq.models.cells import InputProjection, apply_noise, check_positive
+from noisydeq.models.cells import InputProjection, ProjectedCell, apply_noise, check_positive
 from noisydeq.models.deq import DEQ
 from noisydeq.models.ffw import DEFAULT_FFW_FORM, FFW, check_form
 from noisydeq.models.spatial import count_params
@@ -54,16 +54,13 @@ class StackLayer(nn.Module):
         return count_params(self.W, include_bias)
 
 
-class StackCell(StackLayer):
+class StackCell(ProjectedCell, StackLayer):
     """The DEQ cell: :class:`StackLayer` plus its input projection x̃ = act(U x)."""
 
     def __init__(self, in_features: int, width: int, layers: int = 3,
                  input_act: str = "identity") -> None:
         super().__init__(width, layers)
         self.proj = InputProjection(in_features, width, input_act)
-
-    def project(self, x: Tensor, noise: Noise | None = None) -> Tensor:
-        return self.proj(x, noise)
 
 
 class StackDEQ(DEQ):

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
 import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -23,7 +22,13 @@ from typing import Any
 
 from noisydeq import store
 from noisydeq.errors import CorruptArtefact, NoisyDEQError
-from noisydeq.results import package_versions, read_recorded_meta, read_recorded_spec
+from noisydeq.results import (
+    LockedDir,
+    package_versions,
+    read_recorded_meta,
+    read_recorded_spec,
+    resumed_meta,
+)
 from noisydeq.specs.study import StudySpec
 from noisydeq.specs.toml import dumps_toml
 
@@ -39,18 +44,17 @@ def _same(a: Any, b: Any) -> bool:
     return bool(a == b)
 
 
-class StudyDir:
+class StudyDir(LockedDir):
     """A study's run directory (see the module docstring); a context manager that releases
     its lock on exit."""
 
     def __init__(self, path: str | Path) -> None:
-        self.path = Path(path)
+        super().__init__(path)
         self.spec_path = self.path / "study.toml"
         self.meta_path = self.path / "meta.json"
         self.cells = self.path / "cells"
         self.models = self.path / "models"
         self.figures = self.path / "figures"
-        self.lock = store.DirLock(self.path, "--out")
 
     def read_spec(self) -> StudySpec:
         """The recorded study, digest checked."""
@@ -83,9 +87,7 @@ class StudyDir:
         that it holds the same study; True when resuming. Checked before anything is
         written; :meth:`close` (or leaving ``with``) releases the lock."""
         self.check(spec)
-        created = not self.path.exists()
-        self.lock.acquire()
-        try:
+        with self._opening():
             resumed = self.check(spec)  # again: another writer may have finished meanwhile
             for d in (self.path, self.cells, self.figures):
                 store.clean_stale_temps(d, locked=True)
@@ -95,28 +97,11 @@ class StudyDir:
                                     "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                                     "resumed": 0}
             if self.meta_path.exists():
-                old = self.read_meta()
-                meta["started"] = old.get("started", meta["started"])
-                before = old.get("resumed", 0)
-                meta["resumed"] = (before if isinstance(before, int) else 0) + 1
+                resumed_meta(meta, self.read_meta())
             store.write_signed_json(self.meta_path, json.loads(json.dumps(meta, default=str)),
                                     indent=2)
             self.cells.mkdir(exist_ok=True)
-        except BaseException:
-            self.close()
-            if created:
-                shutil.rmtree(self.path, ignore_errors=True)
-            raise
         return resumed
-
-    def close(self) -> None:
-        self.lock.release()
-
-    def __enter__(self) -> StudyDir:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     # ------------------------------------------------------------------ cells
 

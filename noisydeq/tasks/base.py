@@ -8,8 +8,10 @@ Sec. 4.1 / App. D.2, regression (MSE) for the 1-D function of App. D.1.
 from __future__ import annotations
 
 import hashlib
+import os
 from dataclasses import dataclass, field, replace
 from functools import cached_property
+from pathlib import Path
 from typing import Any, Literal
 
 import torch
@@ -144,3 +146,18 @@ def random_split(n: int, n_test: int, seed: int) -> tuple[Tensor, Tensor]:
     g = torch.Generator().manual_seed(int(seed))
     perm = torch.randperm(n, generator=g)
     return torch.sort(perm[n_test:]).values, torch.sort(perm[:n_test]).values
+
+
+def named_data_dir(data_dir: str | os.PathLike | None, env: str, what: str) -> Path | None:
+    """The data directory named by ``data_dir`` (``--data-dir``; an empty one names none) or
+    else by ``$env``, which must exist (one line naming where it was named and ``what`` data
+    it is for); None when neither names one."""
+    if data_dir is not None and str(data_dir) != "":
+        where, p = "--data-dir", Path(data_dir).expanduser()
+    elif os.environ.get(env):
+        where, p = env, Path(os.environ[env]).expanduser()
+    else:
+        return None
+    if not p.is_dir():
+        raise NoisyDEQError(f"{where}: {what} data directory not found: {p}")
+    return p

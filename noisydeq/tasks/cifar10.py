@@ -21,7 +21,6 @@ Pixels are scaled to [0, 1] and kept flat (3,072 features, channel-major); ``in_
 
 from __future__ import annotations
 
-import hashlib
 import os
 import tarfile
 from pathlib import Path
@@ -31,7 +30,8 @@ import torch
 from torch import Tensor
 
 from noisydeq.errors import NoisyDEQError
-from noisydeq.tasks.base import Task
+from noisydeq.store import file_digest
+from noisydeq.tasks.base import Task, named_data_dir
 
 ENV_DIR = "NOISYDEQ_CIFAR10_DIR"
 FOLDER = "cifar-10-batches-bin"
@@ -49,17 +49,12 @@ CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "hors
 
 def resolve_dir(data_dir: str | os.PathLike | None) -> Path:
     """The directory named by ``data_dir`` or ``$NOISYDEQ_CIFAR10_DIR``; it must exist."""
-    if data_dir is not None and str(data_dir) != "":
-        where, p = "--data-dir", Path(data_dir).expanduser()
-    elif os.environ.get(ENV_DIR):
-        where, p = ENV_DIR, Path(os.environ[ENV_DIR]).expanduser()
-    else:
+    p = named_data_dir(data_dir, ENV_DIR, "CIFAR-10")
+    if p is None:
         raise NoisyDEQError(
             f"cifar10: no data directory; pass --data-dir or set {ENV_DIR} to a directory with "
             f"the official binary files ({FOLDER}/ or {ARCHIVE}); nothing is downloaded"
         )
-    if not p.is_dir():
-        raise NoisyDEQError(f"{where}: CIFAR-10 data directory not found: {p}")
     return p
 
 
@@ -85,11 +80,8 @@ def parse_records(raw: bytes, name: str) -> tuple[Tensor, Tensor]:
 
 
 def md5sum(path: Path) -> str:
-    h = hashlib.md5()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+    """MD5 hex digest of a file."""
+    return file_digest(path, "md5")
 
 
 def _read_archive(path: Path, names: tuple[str, ...]) -> dict[str, bytes]:

@@ -34,7 +34,7 @@ from torch import Tensor
 
 from noisydeq.errors import NoisyDEQError
 from noisydeq.store import atomic_open, file_digest
-from noisydeq.tasks.base import Task, stratified_split
+from noisydeq.tasks.base import Task, named_data_dir, stratified_split
 
 ENV_DIR = "NOISYDEQ_MNIST_DIR"
 ENV_DOWNLOAD = "NOISYDEQ_DOWNLOAD"
@@ -79,15 +79,8 @@ def default_dir() -> Path:
 
 def resolve_dir(data_dir: str | os.PathLike | None) -> tuple[Path, bool]:
     """(directory, named_explicitly). An explicitly named directory must exist."""
-    if data_dir is not None and str(data_dir) != "":
-        where, p = "--data-dir", Path(data_dir).expanduser()
-    elif os.environ.get(ENV_DIR):
-        where, p = ENV_DIR, Path(os.environ[ENV_DIR]).expanduser()
-    else:
-        return default_dir(), False
-    if not p.is_dir():
-        raise NoisyDEQError(f"{where}: MNIST data directory not found: {p}")
-    return p, True
+    p = named_data_dir(data_dir, ENV_DIR, "MNIST")
+    return (default_dir(), False) if p is None else (p, True)
 
 
 def find_file(directory: Path, stem: str) -> Path | None:

@@ -70,13 +70,20 @@ def conv_matrix(weight, length):
     return F.conv1d(eye, weight.double(), padding=weight.shape[-1] // 2).reshape(-1, c * length).T
 
 
-def test_conv1d_spectra_match_explicit_operators():
+def halved_conv1d_deq():
+    """A conv1d DEQ of 3 channels (seed 0) with its W halved, a contraction, and 4 inputs
+    of length 7 (seed 3)."""
     torch.manual_seed(0)
     deq = build_model(dict(cell="conv1d", in_features=1, out_features=2, width=3,
                            weight_norm=False, input_act="identity"))
     with torch.no_grad():
         deq.cell.layer.W.weight.mul_(0.5)
     x = torch.rand(4, 1, 7, generator=torch.Generator().manual_seed(3))
+    return deq, x
+
+
+def test_conv1d_spectra_match_explicit_operators():
+    deq, x = halved_conv1d_deq()
     rep = probe.spectrum(deq, x, generator=torch.Generator().manual_seed(0), tol=1e-8)
     W = conv_matrix(deq.cell.layer.W.weight.detach(), 7)
     assert rep.rho == pytest.approx(float(torch.linalg.eigvals(W).abs().max()), rel=1e-4)
@@ -131,12 +138,7 @@ def test_fixed_points_anderson_leaves_unconverged_are_solved_by_broyden(monkeypa
     """Samples whose Anderson solve fails get the Broyden fallback (operators.solve_fixed_point):
     with Anderson capped at 2 iterations, ρ(∂f/∂z*) and the sensitivity equal the uncapped
     ones; with both capped every sample fails and is reported so (NaN, counted)."""
-    torch.manual_seed(0)
-    deq = build_model(dict(cell="conv1d", in_features=1, out_features=2, width=3,
-                           weight_norm=False, input_act="identity"))
-    with torch.no_grad():
-        deq.cell.layer.W.weight.mul_(0.5)
-    x = torch.rand(4, 1, 7, generator=torch.Generator().manual_seed(3))
+    deq, x = halved_conv1d_deq()
 
     def measure():
         rep = probe.spectrum(deq, x, generator=torch.Generator().manual_seed(0), tol=1e-8)

@@ -140,13 +140,18 @@ EXPERIMENT = ('name = "x"\ntitle = "t"\n[sweep]\ntask = "digits"\ndevice = "idea
               'snr_db = "0,inf"\n[quick]\n[full]\n')
 
 
-def _exp(**changes: str) -> str:
-    text = EXPERIMENT
+def _edited(text: str, before: str, **changes: str) -> str:
+    """``text`` with each key's ``key = ...`` line set to ``key = value``, or that line added
+    before the first ``before`` when the key has none."""
     for key, value in changes.items():
         line = next((ln for ln in text.splitlines() if ln.startswith(f"{key} =")), None)
         text = text.replace(line, f"{key} = {value}") if line else text.replace(
-            "[quick]", f"{key} = {value}\n[quick]")
+            before, f"{key} = {value}\n{before}", 1)
     return text
+
+
+def _exp(**changes: str) -> str:
+    return _edited(EXPERIMENT, "[quick]", **changes)
 
 
 def run_cases() -> list[Case]:
@@ -479,12 +484,7 @@ STUDY = ('name = "x"\n[study]\ntask = "prefix_sums"\n'
 
 
 def _study(**changes: str) -> str:
-    text = STUDY
-    for key, value in changes.items():
-        line = next((ln for ln in text.splitlines() if ln.startswith(f"{key} =")), None)
-        text = text.replace(line, f"{key} = {value}") if line else text.replace(
-            "[study.models", f"{key} = {value}\n[study.models", 1)
-    return text
+    return _edited(STUDY, "[study.models", **changes)
 
 
 def _truncated_cifar(d: Path) -> None:
