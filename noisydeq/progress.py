@@ -34,6 +34,11 @@ EVERY_S = 10.0
 #: when the last progress line was printed (monotonic s): a heartbeat stays silent meanwhile
 _LAST_LINE = [0.0]
 
+#: the running command's clock and the moment it started (set by the outermost
+#: :class:`heartbeat`): every line's ``elapsed`` counts from there, so a heartbeat line and
+#: a bar's line printed at the same moment say the same time; None outside a command
+_ORIGIN: list[tuple[Callable[[], float], float] | None] = [None]
+
 #: the line-mode bars not yet closed, newest last (weak: an abandoned bar is forgotten): a
 #: heartbeat lets the newest one speak
 _OPEN: list[weakref.ref[LineProgress]] = []
@@ -60,6 +65,10 @@ class LineProgress:
         self.every_s, self.stream, self.clock = every_s, stream, clock
         self.n = self.start_n = initial  # work found done (a resumed sweep) is not a rate
         self.t0 = self.last = clock()
+        #: where ``elapsed`` counts from: the command's start when a heartbeat on the same
+        #: clock runs (one clock for all its lines), else this bar's; rates use ``t0``
+        origin = _ORIGIN[0]
+        self.origin = origin[1] if origin is not None and origin[0] is clock else self.t0
         self.postfix = ""
         self.printed = self.closed = False
         #: (done, total) of the work the time left is estimated from, when the caller
@@ -104,15 +113,17 @@ class LineProgress:
     # ------------------------------------------------------------------------------
     def _line(self, final: bool) -> None:
         now = self.clock()
-        elapsed = now - self.t0
+        elapsed = now - self.t0  # this count's time (its rate)
         of = f"{self.n}/{self.total}" if self.total else f"{self.n}"
         text = f"noisydeq: {self.desc} {of} {self.unit}"
         if final:
-            text += f" in {_clock(elapsed)}"
+            text += f" in {_clock(elapsed)}"  # how long the count took ...
+            if _clock(now - self.origin) != _clock(elapsed):  # ... and the command's clock
+                text += f", {_clock(now - self.origin)} elapsed"
         else:
             if self.total:
                 text += f" ({100 * self.n / self.total:.0f}%)"
-            text += f", {_clock(elapsed)} elapsed"
+            text += f", {_clock(now - self.origin)} elapsed"
             if self.work is None:
                 done, total = self.n - self.start_n, (self.total or 0) - self.start_n
                 if total and done > 0 and elapsed > 0:
@@ -255,20 +266,32 @@ def write(message: str, file: TextIO | None = None) -> None:
 
 class heartbeat:  # noqa: N801 - used as ``with heartbeat("sensitivity"):``
     """Lines for work without a count: ``noisydeq: DESC: 0:15 elapsed`` after ``first_s``
-    seconds (default 5) and then every ``every_s`` (``NOISYDEQ_PROGRESS_EVERY``, default 10),
-    plus a closing line when it printed; ``progress`` events with ``n = null`` too. Work that
-    ends sooner prints nothing. A daemon thread writes the lines; ``disable`` turns it off."""
+    seconds (default 5) and then every ``every_s`` (``NOISYDEQ_PROGRESS_EVERY``, default 10,
+    at least 1), plus a closing line when it printed; ``progress`` events with
+    ``n = null`` too. Work that ends sooner prints nothing. A daemon thread writes the
+    lines; ``disable`` turns it off.
+
+    The outermost heartbeat is the command's clock: the ``elapsed`` of every line-mode bar
+    opened meanwhile (on the same ``clock``) counts from its start too, so a heartbeat line
+    and a bar line never show two times for one moment. While such a bar with a total is
+    open, a heartbeat that falls due prints that bar's line (count and time left) instead
+    of its own."""
 
     def __init__(self, desc: str, *, first_s: float = 5.0, every_s: float | None = None,
-                 disable: bool = False, stream: TextIO | None = None) -> None:
+                 disable: bool = False, stream: TextIO | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         import threading
 
         self.desc, self.first_s = desc, first_s
-        self.every_s = _every_s() if every_s is None else every_s
-        self.disable, self.stream = disable, stream
+        # from the environment at least 1 s: NOISYDEQ_PROGRESS_EVERY=0 (every bar update)
+        # made the heartbeat repeat an unchanged count every 0.5 s between the updates
+        self.every_s = max(_every_s(), 1.0) if every_s is None else every_s
+        self.disable, self.stream, self.clock = disable, stream, clock
         self._stop = threading.Event()
         self._thread: Any = None
-        self.t0 = time.monotonic()
+        self.t0 = self.origin = clock()
+        self._owns_origin = False
+        self._wait = first_s
         self.printed = False
 
     def _say(self, text: str, final: bool) -> None:
@@ -281,30 +304,41 @@ class heartbeat:  # noqa: N801 - used as ``with heartbeat("sensitivity"):``
             print(line, file=self.stream or sys.stderr, flush=True)
         events.emit("progress", desc=self.desc, n=None, total=None, unit="", final=final)
         self.printed = True
-        _LAST_LINE[0] = time.monotonic()
+        _LAST_LINE[0] = self.clock()
+
+    def _tick(self) -> float:
+        """One wake-up of the thread: speak if nothing else has for the interval; the
+        seconds until the next wake-up."""
+        now = self.clock()
+        quiet_for = now - max(_LAST_LINE[0], self.t0)
+        if quiet_for >= min(self._wait, self.every_s) - 0.05 and not _bars_open():
+            bar = _open_bar(self.clock)
+            if bar is not None and bar.total:
+                # a count is open (slow cells): its line, with count and time left, on
+                # the same clock, instead of a line of our own
+                bar._line(final=False)
+                self.printed = True
+            else:
+                self._say(f"{_clock(now - self.origin)} elapsed", final=False)
+            self._wait = max(self.every_s, 0.5)
+        else:  # other progress spoke lately (or a bar is on screen): wait for silence
+            self._wait = max(self.every_s - quiet_for, 0.5)
+        return self._wait
 
     def _loop(self) -> None:
         wait = self.first_s
         while not self._stop.wait(wait):
-            quiet_for = time.monotonic() - max(_LAST_LINE[0], self.t0)
-            if quiet_for >= min(wait, self.every_s) - 0.05 and not _bars_open():
-                bar = _open_bar() if self.stream is None else None
-                if bar is not None and bar.total:
-                    # a count is open (slow cells): its line, with count and time left,
-                    # instead of a second clock — "sweep: 5:01 elapsed" beside
-                    # "sweep 22/72 cells, 4:15 elapsed" read as time going backwards
-                    bar._line(final=False)
-                    self.printed = True
-                else:
-                    self._say(f"{_clock(time.monotonic() - self.t0)} elapsed", final=False)
-                wait = max(self.every_s, 0.5)
-            else:  # other progress spoke lately (or a bar is on screen): wait for silence
-                wait = max(self.every_s - quiet_for, 0.5)
+            wait = self._tick()
 
     def __enter__(self) -> heartbeat:
         import threading
 
-        self.t0 = time.monotonic()
+        self.t0 = self.origin = self.clock()
+        if _ORIGIN[0] is None:  # the outermost: the command's clock
+            _ORIGIN[0], self._owns_origin = (self.clock, self.t0), True
+        elif _ORIGIN[0][0] is self.clock:
+            self.origin = _ORIGIN[0][1]
+        self._wait = self.first_s
         if not self.disable:
             self._thread = threading.Thread(target=self._loop, name="noisydeq-heartbeat",
                                             daemon=True)
@@ -315,15 +349,17 @@ class heartbeat:  # noqa: N801 - used as ``with heartbeat("sensitivity"):``
         self._stop.set()
         if self._thread is not None:
             self._thread.join()
+        if self._owns_origin:
+            _ORIGIN[0], self._owns_origin = None, False
         if self.printed and exc[0] is None:
-            self._say(f"done in {_clock(time.monotonic() - self.t0)}", final=True)
+            self._say(f"done in {_clock(self.clock() - self.t0)}", final=True)
 
 
-def _open_bar() -> LineProgress | None:
-    """The newest line-mode bar not yet closed, if any."""
+def _open_bar(clock: Callable[[], float] | None = None) -> LineProgress | None:
+    """The newest line-mode bar not yet closed (on ``clock``, when given), if any."""
     for ref in reversed(list(_OPEN)):
         bar = ref()
-        if bar is not None and not bar.closed:
+        if bar is not None and not bar.closed and (clock is None or bar.clock is clock):
             return bar
     return None
 

@@ -151,3 +151,70 @@ def test_every_progress_bar_goes_through_progress():
               if p.name != "progress.py"
               and re.search(r"\btqdm\s*\(|trange\s*\(", p.read_text(encoding="utf-8"))]
     assert makers == [], makers
+
+
+def test_a_heartbeat_and_a_bar_read_one_clock(monkeypatch):
+    """A sweep's heartbeat starts with the command, its bar after the family is loaded:
+    each counted from its own start, a log read 'sweep 12/12 cells in 0:10' then 'sweep:
+    0:12 elapsed', and 'sweep: 0:05 elapsed' before 'sweep 1/12 cells, 0:03 elapsed' (time
+    going backwards). Every 'elapsed' now counts from the command's start; a closing
+    'in' says how long the count itself took."""
+    import re
+
+    from noisydeq import progress as prog
+    from noisydeq.progress import heartbeat
+
+    monkeypatch.setattr(prog, "_LAST_LINE", [0.0])
+    clock, out = FakeClock(), io.StringIO()
+    with heartbeat("sweep", clock=clock, stream=out, every_s=10, disable=True) as hb:
+        clock.t += 6.0  # loading the family: the heartbeat's own line
+        hb._tick()
+        bar = LineProgress(total=4, desc="sweep", unit="cells", stream=out, clock=clock)
+        clock.t += 11.0  # the first cell; the bar's line falls due with it
+        bar.update(1)
+        clock.t += 10.0  # a slow cell: the heartbeat lets the bar speak
+        assert hb._tick() == 10.0
+        clock.t += 3.0
+        bar.update(3)
+        bar.close()
+        clock.t += 10.0  # writing the table and the figures
+        hb._tick()
+    lines = out.getvalue().splitlines()
+    assert lines == [
+        "noisydeq: sweep: 0:06 elapsed",
+        "noisydeq: sweep 1/4 cells (25%), 0:17 elapsed, ~0:33 left",
+        "noisydeq: sweep 1/4 cells (25%), 0:27 elapsed, ~1:03 left",
+        "noisydeq: sweep 4/4 cells in 0:24, 0:30 elapsed",
+        "noisydeq: sweep: 0:40 elapsed",
+        "noisydeq: sweep: done in 0:40",
+    ], lines
+    times = [re.findall(r"(\d+):(\d\d) elapsed|done in (\d+):(\d\d)", ln) for ln in lines]
+    seconds = [int(m[0] or m[2]) * 60 + int(m[1] or m[3]) for (m,) in times]
+    assert seconds == sorted(seconds)  # one clock: never backwards
+    assert prog._ORIGIN == [None]  # the command's clock ends with it
+    # without a heartbeat (or on another clock) a bar counts from its own start
+    bar = LineProgress(total=2, desc="x", unit="it", stream=out, clock=clock, every_s=0)
+    clock.t += 2.0
+    bar.update(1)
+    assert out.getvalue().splitlines()[-1] == "noisydeq: x 1/2 it (50%), 0:02 elapsed, ~0:02 left"
+
+
+def test_a_heartbeat_is_at_least_a_second_apart_with_every_zero(monkeypatch):
+    """NOISYDEQ_PROGRESS_EVERY=0 prints every bar update; the heartbeat repeated the same
+    count every 0.5 s between them."""
+    from noisydeq import progress as prog
+    from noisydeq.progress import heartbeat
+
+    monkeypatch.setattr(prog, "_LAST_LINE", [0.0])
+    monkeypatch.setenv("NOISYDEQ_PROGRESS_EVERY", "0")
+    clock, out = FakeClock(), io.StringIO()
+    with heartbeat("sweep", clock=clock, stream=out, disable=True) as hb:
+        bar = LineProgress(total=4, desc="sweep", unit="cells", stream=out, clock=clock,
+                           every_s=0)
+        clock.t += 5.0
+        bar.update(1)
+        clock.t += 0.5
+        assert hb._tick() == 0.5 and len(out.getvalue().splitlines()) == 1  # spoke 0.5 s ago
+        clock.t += 0.5
+        assert hb._tick() == 1.0 and len(out.getvalue().splitlines()) == 2
+        bar.close()
