@@ -4,7 +4,7 @@ level chunks of every (model, chip) pair and which of them a run directory still
 
 :meth:`CellRunner.run_pair` computes a pair's missing cells (:mod:`noisydeq.sweep.evaluate`)
 and hands each one's rows to a ``save`` callback: the run directory in the driver, the
-queue to the driver in a worker process.
+pipe to the driver in a worker process.
 """
 
 from __future__ import annotations
