@@ -8,8 +8,9 @@ work that printed anything, e.g. ::
     noisydeq: sweep 12/48 cells (25%), 0:41 elapsed, ~2:03 left
     noisydeq: sweep 48/48 cells in 2:44
 
-A caller whose items cost unequally may rate the time left on units of work instead
-(:func:`set_work`; until it can: ``, estimating time left``).
+A caller whose items cost unequally may give the time left itself (:func:`set_time_left`,
+e.g. a :class:`TimeLeft` that learns what its units cost; until it can: ``, estimating time
+left``).
 
 Both kinds take the same calls (``update``, ``set_postfix``, ``set_postfix_str``, ``close``,
 iteration over an iterable, ``with``), so callers do not care which one they hold.
@@ -21,11 +22,13 @@ without a count (one long computation) a line every ``every_s`` seconds.
 
 from __future__ import annotations
 
+import math
 import os
 import sys
+import threading
 import time
 import weakref
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping
 from typing import Any, TextIO
 
 #: seconds between two plain progress lines
@@ -33,6 +36,11 @@ EVERY_S = 10.0
 
 #: when the last progress line was printed (monotonic s): a heartbeat stays silent meanwhile
 _LAST_LINE = [0.0]
+
+#: the running command's clock and the moment it started (set by the outermost
+#: :class:`heartbeat`): every line's ``elapsed`` counts from there, so a heartbeat line and
+#: a bar's line printed at the same moment say the same time; None outside a command
+_ORIGIN: list[tuple[Callable[[], float], float] | None] = [None]
 
 #: the line-mode bars not yet closed, newest last (weak: an abandoned bar is forgotten): a
 #: heartbeat lets the newest one speak
@@ -60,15 +68,15 @@ class LineProgress:
         self.every_s, self.stream, self.clock = every_s, stream, clock
         self.n = self.start_n = initial  # work found done (a resumed sweep) is not a rate
         self.t0 = self.last = clock()
+        #: where ``elapsed`` counts from: the command's start when a heartbeat on the same
+        #: clock runs (one clock for all its lines), else this bar's; rates use ``t0``
+        origin = _ORIGIN[0]
+        self.origin = origin[1] if origin is not None and origin[0] is clock else self.t0
         self.postfix = ""
         self.printed = self.closed = False
-        #: (done, total) of the work the time left is estimated from, when the caller
-        #: knows better than the count (:func:`set_work`); None: the count itself
-        self.work: tuple[float, float] | None = None
-        #: when the first work was done and how much (the rate is measured from there) and
-        #: how much more must be done before the time left is shown
-        self.work_mark: tuple[float, float] | None = None
-        self.work_more = 1.0
+        #: the seconds left at a moment, when the caller knows better than the count
+        #: (:func:`set_time_left`; None from it: not yet known); None: from the count
+        self.left: Callable[[float], float | None] | None = None
         _OPEN.append(weakref.ref(self))
 
     # tqdm's calls ------------------------------------------------------------------
@@ -104,55 +112,154 @@ class LineProgress:
     # ------------------------------------------------------------------------------
     def _line(self, final: bool) -> None:
         now = self.clock()
-        elapsed = now - self.t0
+        elapsed = now - self.t0  # this count's time (its rate)
         of = f"{self.n}/{self.total}" if self.total else f"{self.n}"
         text = f"noisydeq: {self.desc} {of} {self.unit}"
         if final:
-            text += f" in {_clock(elapsed)}"
+            text += f" in {_clock(elapsed)}"  # how long the count took ...
+            if _clock(now - self.origin) != _clock(elapsed):  # ... and the command's clock
+                text += f", {_clock(now - self.origin)} elapsed"
         else:
             if self.total:
                 text += f" ({100 * self.n / self.total:.0f}%)"
-            text += f", {_clock(elapsed)} elapsed"
-            if self.work is None:
+            text += f", {_clock(now - self.origin)} elapsed"
+            if self.left is None:
                 done, total = self.n - self.start_n, (self.total or 0) - self.start_n
                 if total and done > 0 and elapsed > 0:
                     left = (total - done) * elapsed / done
                     text += f", ~{_clock(left)} left"
             else:
-                text += self._work_left(now)
+                seconds = self.left(now)
+                text += (", estimating time left" if seconds is None
+                         else f", ~{_clock(seconds)} left")
         if self.postfix:
             text += f"; {self.postfix}"
         print(text, file=self.stream or sys.stderr, flush=True)
         self.printed, self.last = True, now
         _LAST_LINE[0] = now
 
-    def _work_left(self, now: float) -> str:
-        """``, ~0:41 left`` from the work set by :func:`set_work`: the rate since the first
-        work was done, once ``work_more`` more is (``, estimating time left`` before)."""
-        assert self.work is not None
-        done, total = self.work
-        if self.work_mark is None or done - self.work_mark[1] < self.work_more:
-            return ", estimating time left"
-        t1, done1 = self.work_mark
-        left = (total - done) * (now - t1) / (done - done1)
-        return f", ~{_clock(left)} left"
 
-
-def set_work(bar: Any, done: float, total: float, more: float = 1.0) -> None:
-    """Estimate ``bar``'s time left from ``done`` of ``total`` units of work instead of its
-    count, for counted items of unequal cost that the caller can group into units (a
-    sweep's cells: a (model, chip) pair's first cell carries its chip's programming and
-    calibration). The rate is measured from the moment the first work was done, which
-    leaves out the start-up (worker processes, imports, the first unit's set-up), and shown
-    once ``more`` further units are done (one per worker: units that ran alongside the
-    first end just after it); until then the line says ``estimating time left``. A tqdm
-    bar keeps its own estimate (a no-op)."""
+def set_time_left(bar: Any, left: Callable[[float], float | None]) -> None:
+    """Let ``left(now)`` give ``bar``'s time left (seconds; None: ``estimating time left``)
+    instead of its count's rate, for counted items of unequal cost (a sweep's cells). A
+    tqdm bar keeps its own estimate (a no-op)."""
     inner = getattr(bar, "_bar", bar)  # an EventProgress passes it to its bar
     if isinstance(inner, LineProgress):
-        inner.work, inner.work_more = (float(done), float(total)), float(more)
-        if inner.work_mark is None and done > 0:
-            inner.work_mark = (inner.clock(), float(done))
+        inner.left = left
 
+
+class TimeLeft:
+    """The time left of work made of units of unequal cost (a sweep's (model, chip) pairs),
+    from a cost model learned while the work runs.
+
+    Each unit has a kind, a size and a share (the part of it still to do: a resumed pair
+    that has some cells already). Its predicted cost is what finished units of the same
+    kind and size took (:meth:`spend` gives the compute seconds measured where each part
+    ran; a unit's are scaled to the whole unit by its share); a size not yet seen is
+    interpolated by ``seconds = c_kind * size ** alpha``, the exponent fitted (least squares
+    in logs) within kinds over the sizes seen, the factor per kind (the mean of the kinds
+    seen for a kind not yet seen). Only relative costs are used: the rate is the predicted
+    cost of the units finished since the first one finished, over the wall time since then
+    (worker processes, machine load and start-up all in it), and the time left is the
+    predicted cost of the units not finished over that rate.
+
+    ``self(now)`` is None — ``estimating time left`` — until ``workers`` units have
+    finished after the first (units that ran alongside the first end just after it) and
+    until the model has a basis for every unit left: a finished unit of its kind and size,
+    two sizes of one kind for the exponent, or (a kind not seen) a finished unit of its
+    size. Without measured seconds (Ray tasks) every
+    unit costs its share."""
+
+    def __init__(self, units: Mapping[Hashable, tuple[str, float, float]], workers: int = 1,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.units = {u: (str(k), float(size), float(share))
+                      for u, (k, size, share) in units.items()}
+        self.workers, self.clock = max(int(workers), 1), clock
+        self.pending = set(self.units)
+        #: units finished, with when, in order
+        self.finished: list[tuple[Hashable, float]] = []
+        #: compute seconds measured so far of each unit (None: some part was not measured)
+        self.spent: dict[Hashable, float | None] = {}
+        self._lock = threading.Lock()  # units may finish in another thread than the line's
+
+    def spend(self, unit: Hashable, seconds: float | None) -> None:
+        """``seconds`` of compute went into ``unit`` (None: not measured)."""
+        if unit in self.units:
+            with self._lock:
+                had = self.spent.get(unit, 0.0)
+                self.spent[unit] = None if had is None or seconds is None else had + seconds
+
+    def finish(self, unit: Hashable) -> None:
+        """``unit`` is done (now)."""
+        with self._lock:
+            if unit in self.pending:
+                self.pending.discard(unit)
+                self.finished.append((unit, self.clock()))
+
+    def costs(self) -> dict[Hashable, float] | None:
+        """The predicted cost of every unit (finished or not), None without a basis."""
+        seen: dict[tuple[str, float], list[float]] = {}
+        for u, _ in self.finished:
+            seconds, (kind, size, share) = self.spent.get(u), self.units[u]
+            if seconds is not None and seconds > 0 and share > 0:
+                seen.setdefault((kind, size), []).append(seconds / share)
+        if not seen:  # nothing measured (Ray tasks): units are equal
+            return {u: share for u, (_, _, share) in self.units.items()}
+        mean = {ks: sum(v) / len(v) for ks, v in seen.items()}
+        fit = self._fit(mean)
+        at_size: dict[float, list[float]] = {}  # a kind not seen, at a size seen: the others'
+        for (_, size), seconds in mean.items():
+            at_size.setdefault(size, []).append(seconds)
+        out: dict[Hashable, float] = {}
+        for u, (kind, size, share) in self.units.items():
+            if (kind, size) in mean:
+                out[u] = mean[(kind, size)] * share
+            elif fit is None and size in at_size and not any(k == kind for k, _ in mean):
+                out[u] = sum(at_size[size]) / len(at_size[size]) * share
+            elif fit is None or size <= 0:
+                return None
+            else:
+                alpha, factor = fit
+                out[u] = math.exp(factor.get(kind, sum(factor.values()) / len(factor))
+                                  + alpha * math.log(size)) * share
+        return out
+
+    @staticmethod
+    def _fit(mean: dict[tuple[str, float], float]) -> tuple[float, dict[str, float]] | None:
+        """(alpha, log c per kind) of ``seconds = c_kind * size ** alpha`` over the
+        measured (kind, size) means; None while no kind has two sizes."""
+        by_kind: dict[str, list[tuple[float, float]]] = {}
+        for (kind, size), seconds in mean.items():
+            if size > 0:
+                by_kind.setdefault(kind, []).append((math.log(size), math.log(seconds)))
+        sxy = sxx = 0.0
+        for pts in by_kind.values():
+            mx = sum(x for x, _ in pts) / len(pts)
+            my = sum(y for _, y in pts) / len(pts)
+            sxy += sum((x - mx) * (y - my) for x, y in pts)
+            sxx += sum((x - mx) ** 2 for x, _ in pts)
+        if sxx < 1e-12:
+            return None
+        alpha = sxy / sxx
+        factor = {k: sum(y - alpha * x for x, y in pts) / len(pts) for k, pts in by_kind.items()}
+        return alpha, factor
+
+    def __call__(self, now: float) -> float | None:
+        with self._lock:
+            return self._left(now)
+
+    def _left(self, now: float) -> float | None:
+        if not self.finished:
+            return None
+        t1 = self.finished[0][1]
+        since = [u for u, t in self.finished if t > t1]
+        if len(since) < self.workers or now <= t1:
+            return None
+        costs = self.costs()
+        if costs is None:
+            return None
+        rate = sum(costs[u] for u in since) / (now - t1)
+        return sum(costs[u] for u in self.pending) / rate if rate > 0 else None
 
 def _lines_wanted() -> bool:
     forced = os.environ.get("NOISYDEQ_PROGRESS", "").strip().lower()
@@ -255,20 +362,30 @@ def write(message: str, file: TextIO | None = None) -> None:
 
 class heartbeat:  # noqa: N801 - used as ``with heartbeat("sensitivity"):``
     """Lines for work without a count: ``noisydeq: DESC: 0:15 elapsed`` after ``first_s``
-    seconds (default 5) and then every ``every_s`` (``NOISYDEQ_PROGRESS_EVERY``, default 10),
-    plus a closing line when it printed; ``progress`` events with ``n = null`` too. Work that
-    ends sooner prints nothing. A daemon thread writes the lines; ``disable`` turns it off."""
+    seconds (default 5) and then every ``every_s`` (``NOISYDEQ_PROGRESS_EVERY``, default 10,
+    at least 1), plus a closing line when it printed; ``progress`` events with
+    ``n = null`` too. Work that ends sooner prints nothing. A daemon thread writes the
+    lines; ``disable`` turns it off.
+
+    The outermost heartbeat is the command's clock: the ``elapsed`` of every line-mode bar
+    opened meanwhile (on the same ``clock``) counts from its start too, so a heartbeat line
+    and a bar line never show two times for one moment. While such a bar with a total is
+    open, a heartbeat that falls due prints that bar's line (count and time left) instead
+    of its own."""
 
     def __init__(self, desc: str, *, first_s: float = 5.0, every_s: float | None = None,
-                 disable: bool = False, stream: TextIO | None = None) -> None:
-        import threading
-
+                 disable: bool = False, stream: TextIO | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.desc, self.first_s = desc, first_s
-        self.every_s = _every_s() if every_s is None else every_s
-        self.disable, self.stream = disable, stream
+        # from the environment at least 1 s: NOISYDEQ_PROGRESS_EVERY=0 (every bar update)
+        # made the heartbeat repeat an unchanged count every 0.5 s between the updates
+        self.every_s = max(_every_s(), 1.0) if every_s is None else every_s
+        self.disable, self.stream, self.clock = disable, stream, clock
         self._stop = threading.Event()
         self._thread: Any = None
-        self.t0 = time.monotonic()
+        self.t0 = self.origin = clock()
+        self._owns_origin = False
+        self._wait = first_s
         self.printed = False
 
     def _say(self, text: str, final: bool) -> None:
@@ -281,30 +398,39 @@ class heartbeat:  # noqa: N801 - used as ``with heartbeat("sensitivity"):``
             print(line, file=self.stream or sys.stderr, flush=True)
         events.emit("progress", desc=self.desc, n=None, total=None, unit="", final=final)
         self.printed = True
-        _LAST_LINE[0] = time.monotonic()
+        _LAST_LINE[0] = self.clock()
+
+    def _tick(self) -> float:
+        """One wake-up of the thread: speak if nothing else has for the interval; the
+        seconds until the next wake-up."""
+        now = self.clock()
+        quiet_for = now - max(_LAST_LINE[0], self.t0)
+        if quiet_for >= min(self._wait, self.every_s) - 0.05 and not _bars_open():
+            bar = _open_bar(self.clock)
+            if bar is not None and bar.total:
+                # a count is open (slow cells): its line, with count and time left, on
+                # the same clock, instead of a line of our own
+                bar._line(final=False)
+                self.printed = True
+            else:
+                self._say(f"{_clock(now - self.origin)} elapsed", final=False)
+            self._wait = max(self.every_s, 0.5)
+        else:  # other progress spoke lately (or a bar is on screen): wait for silence
+            self._wait = max(self.every_s - quiet_for, 0.5)
+        return self._wait
 
     def _loop(self) -> None:
         wait = self.first_s
         while not self._stop.wait(wait):
-            quiet_for = time.monotonic() - max(_LAST_LINE[0], self.t0)
-            if quiet_for >= min(wait, self.every_s) - 0.05 and not _bars_open():
-                bar = _open_bar() if self.stream is None else None
-                if bar is not None and bar.total:
-                    # a count is open (slow cells): its line, with count and time left,
-                    # instead of a second clock — "sweep: 5:01 elapsed" beside
-                    # "sweep 22/72 cells, 4:15 elapsed" read as time going backwards
-                    bar._line(final=False)
-                    self.printed = True
-                else:
-                    self._say(f"{_clock(time.monotonic() - self.t0)} elapsed", final=False)
-                wait = max(self.every_s, 0.5)
-            else:  # other progress spoke lately (or a bar is on screen): wait for silence
-                wait = max(self.every_s - quiet_for, 0.5)
+            wait = self._tick()
 
     def __enter__(self) -> heartbeat:
-        import threading
-
-        self.t0 = time.monotonic()
+        self.t0 = self.origin = self.clock()
+        if _ORIGIN[0] is None:  # the outermost: the command's clock
+            _ORIGIN[0], self._owns_origin = (self.clock, self.t0), True
+        elif _ORIGIN[0][0] is self.clock:
+            self.origin = _ORIGIN[0][1]
+        self._wait = self.first_s
         if not self.disable:
             self._thread = threading.Thread(target=self._loop, name="noisydeq-heartbeat",
                                             daemon=True)
@@ -315,15 +441,17 @@ class heartbeat:  # noqa: N801 - used as ``with heartbeat("sensitivity"):``
         self._stop.set()
         if self._thread is not None:
             self._thread.join()
+        if self._owns_origin:
+            _ORIGIN[0], self._owns_origin = None, False
         if self.printed and exc[0] is None:
-            self._say(f"done in {_clock(time.monotonic() - self.t0)}", final=True)
+            self._say(f"done in {_clock(self.clock() - self.t0)}", final=True)
 
 
-def _open_bar() -> LineProgress | None:
-    """The newest line-mode bar not yet closed, if any."""
+def _open_bar(clock: Callable[[], float] | None = None) -> LineProgress | None:
+    """The newest line-mode bar not yet closed (on ``clock``, when given), if any."""
     for ref in reversed(list(_OPEN)):
         bar = ref()
-        if bar is not None and not bar.closed:
+        if bar is not None and not bar.closed and (clock is None or bar.clock is clock):
             return bar
     return None
 

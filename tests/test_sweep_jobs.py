@@ -129,3 +129,78 @@ def test_the_driver_fingerprints_the_code_once(tmp_path, monkeypatch):
                         torch.device("cpu"))
     facts = DriverFacts.of(driver, toy_models(task))
     assert len(calls) == 1 and facts.code == real() and facts.content == driver.content
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="kill -9 and /proc")
+def test_a_killed_parent_leaves_nothing_for_the_resource_tracker(tmp_path):
+    """kill -9 (or a closed terminal's SIGHUP) gives the parent no chance to clean up: with
+    a multiprocessing queue for the work and one for the results, Python's resource tracker
+    then warned 'There appear to be 6 leaked semaphore objects' on the run's stderr. The
+    processes share only pipes now: nothing is registered, so nothing is reported."""
+    import os
+    import signal
+    import time
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "NOISYDEQ_CACHE": str(tmp_path / "cache"), "PYTHONPATH": str(root),
+           "NOISYDEQ_PROGRESS": "lines", "OMP_NUM_THREADS": "1"}
+    args = [sys.executable, "-m", "noisydeq.cli", "sweep", "--device", "rram", "--snr",
+            "0:30:5", "--depths", "1", "--chips", "2", "--epochs", "1", "--set", "hidden=8",
+            "--set", "max_train_samples=64", "--set", "max_test_samples=40",
+            "--set", "max_rows=40", "--threads", "1"]
+    subprocess.run([*args, "--jobs", "1", "--quiet", "--out", str(tmp_path / "first")],
+                   env=env, check=True, capture_output=True, timeout=600)  # the models
+    err, run = tmp_path / "err.txt", tmp_path / "run"
+    with open(err, "w") as fh:
+        proc = subprocess.Popen([*args, "--jobs", "2", "--out", str(run)], env=env,
+                                stdout=subprocess.DEVNULL, stderr=fh, start_new_session=True)
+    while proc.poll() is None and not list((run / "cells").glob("*.json")):
+        time.sleep(0.01)
+    assert proc.poll() is None, err.read_text()  # killed mid-run, the worker alive
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=60)
+    for _ in range(500):  # the worker and any resource tracker end with their parent
+        try:
+            os.killpg(proc.pid, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.01)
+    text = err.read_text()
+    assert "leaked" not in text and "resource_tracker" not in text, text
+
+
+def _failing_setup(spec, out_dir, facts):
+    """A worker's set-up that meets a bad input (spawned workers import it by name)."""
+    raise ValueError("bad input in the worker")
+
+
+@pytest.mark.slow
+def test_a_worker_error_is_one_line_and_leaves_no_process_or_semaphore(tmp_path, monkeypatch):
+    """A worker that fails reports one line; the parent stops the others, and neither it
+    nor anything else made a multiprocessing semaphore (what the resource tracker warns of
+    when a process ends without releasing it)."""
+    import multiprocessing as mp
+    from multiprocessing import synchronize
+    from types import SimpleNamespace
+
+    from noisydeq.sweep.jobs import run_parallel
+
+    made: list[str] = []
+    real = synchronize.SemLock.__init__
+
+    def spy(self, *args, **kwargs):
+        made.append(type(self).__name__)
+        real(self, *args, **kwargs)
+
+    monkeypatch.setattr(synchronize.SemLock, "__init__", spy)
+    cells: list[str] = []
+    runner = SimpleNamespace(run_dir=SimpleNamespace(path=tmp_path),
+                             run_pair=lambda sm, chip, on_cell: on_cell(1, f"{chip}", 0.1))
+    models = [SimpleNamespace(params=10)]
+    with pytest.raises(NoisyDEQError, match="sweep worker failed: ValueError: bad input"):
+        run_parallel(build(SweepSpec, SPEC), runner, models, [(0, c) for c in range(3)], 2,
+                     lambda n, key, seconds: cells.append(key), _failing_setup)
+    assert sorted(cells) == ["0", "1", "2"]  # the parent's own pairs were still saved
+    assert mp.active_children() == [] and made == [], made

@@ -3,8 +3,8 @@
 Every pair's cells are independent and deterministic (chips, noise and calibration are
 seeded by the pair), so the table does not depend on which process computed a cell.
 Workers are spawned (not forked: torch's thread pools are not fork-safe), load the task and
-the trained family from the cache the parent just filled, take pairs from a shared queue
-(largest models first, for balance) and send each finished cell's rows back; the parent
+the trained family from the cache the parent just filled, ask the parent for pairs one at a
+time (largest models first, for balance) and send each finished cell's rows back; the parent
 evaluates pairs too and is the only process that writes the run directory (one writer per
 run directory: :mod:`noisydeq.results`). Each process uses one torch thread
 (:func:`noisydeq.sweep.plan.resolve_jobs`). A worker's error ends the sweep with its one-line
@@ -15,12 +15,15 @@ included) — on Linux through ``PR_SET_PDEATHSIG``, everywhere through a thread
 on the parent's sentinel (:func:`multiprocessing.parent_process`) and ends the worker when
 it fires. Workers ignore SIGINT (Ctrl-C reaches the whole process group; the parent
 handles it); SIGINT / SIGTERM in the parent stop the workers (terminate, join) and close the
-queues; a worker holds no semaphore of its own (its progress-bar lock is a thread lock),
-so however it is stopped nothing leaks.
+pipes. The processes share only pipes — no multiprocessing queue, lock or semaphore, in the
+parent or a worker (its progress-bar lock is a thread lock) — so whatever stops the parent
+(kill -9, a closed terminal's SIGHUP) or a worker, Python's resource tracker has nothing to
+warn of (with two queues it warned of 6 leaked semaphores).
 """
 
 from __future__ import annotations
 
+import collections
 import multiprocessing as mp
 import os
 import pickle
@@ -35,7 +38,7 @@ from typing import Any
 from noisydeq.errors import NoisyDEQError
 from noisydeq.specs.sweep import SweepSpec
 
-_DONE, _CELL, _ERROR = "done", "cell", "error"
+_DONE, _CELL, _ERROR, _NEXT = "done", "cell", "error", "next"
 _PR_SET_PDEATHSIG = 1
 #: a worker's set-up: (spec, run dir, the driver's facts) -> (cell runner, models); given
 #: by the sweep, so this module imports nothing of it (noisydeq.sweep.write imports this
@@ -67,11 +70,12 @@ def _die_with_parent() -> None:
     threading.Thread(target=watch, name="parent-watch", daemon=True).start()
 
 
-def _worker(setup: bytes, spec: SweepSpec, out_dir: str, work: Any, results: Any) -> None:
-    """Worker process: evaluate pairs from ``work`` until its end marker with the runner and
-    models that ``setup`` (a pickled pair of a :data:`Setup` and the driver's facts) builds
-    from ``(spec, out_dir, facts)``; cells go back to the parent as ``(cell, key, (rows,
-    layers))``."""
+def _worker(setup: bytes, spec: SweepSpec, out_dir: str, conn: Any) -> None:
+    """Worker process: ask the parent for pairs over ``conn`` (its end of a pipe) and
+    evaluate them until the parent answers None, with the runner and models that ``setup``
+    (a pickled pair of a :data:`Setup` and the driver's facts) builds from ``(spec,
+    out_dir, facts)``; cells go back as ``(cell, key, (rows, layers, seconds))``
+    (``seconds``: its CPU time, for the time left)."""
     _die_with_parent()
     from tqdm import tqdm
 
@@ -82,16 +86,69 @@ def _worker(setup: bytes, spec: SweepSpec, out_dir: str, work: Any, results: Any
         torch.set_num_threads(1)
         build, facts = pickle.loads(setup)
         runner, models = build(spec, out_dir, facts)
+        held: dict[str, tuple[list[dict[str, Any]], list[dict[str, Any]]]] = {}
 
-        def send(key: str, rows: list[dict[str, Any]], layers: list[dict[str, Any]]) -> None:
-            results.put((_CELL, key, (rows, layers)))
+        def keep(key: str, rows: list[dict[str, Any]], layers: list[dict[str, Any]]) -> None:
+            held[key] = (rows, layers)
 
-        while (item := work.get()) is not None:
+        def send(_n: int, key: str, seconds: float) -> None:  # the cell, with its CPU time
+            rows, layers = held.pop(key)
+            conn.send((_CELL, key, (rows, layers, seconds)))
+
+        while True:
+            conn.send((_NEXT, None, None))
+            if (item := conn.recv()) is None:
+                break
             i, chip = item
-            runner.run_pair(models[i], chip, lambda *_: None, save=send)
-        results.put((_DONE, None, None))
+            runner.run_pair(models[i], chip, send, save=keep)
+        conn.send((_DONE, None, None))
     except Exception as exc:  # reported by the parent as one line
-        results.put((_ERROR, f"{type(exc).__name__}: {exc}".splitlines()[0], None))
+        conn.send((_ERROR, f"{type(exc).__name__}: {exc}".splitlines()[0], None))
+    finally:
+        conn.close()
+
+
+def _serve(conns: list[Any], take: Callable[[], tuple[int, int] | None],
+           inbox: queue.SimpleQueue[tuple[str, Any, Any]],
+           on_arrival: Callable[[str, float | None], None] | None = None) -> None:
+    """The parent's thread that answers the workers: the next pair to one that asks
+    (``take``), everything else into ``inbox`` for the main thread, which alone writes
+    the run directory; ``on_arrival(key, seconds)`` hears of each cell at once (the time
+    left), not when the main thread is next free. Ends when every worker's pipe has
+    closed."""
+    try:
+        _answer(conns, take, inbox, on_arrival)
+    except Exception as exc:  # noqa: BLE001 - never a silent end: the workers would wait
+        inbox.put((_ERROR, f"{type(exc).__name__}: {exc}".splitlines()[0], None))
+
+
+def _answer(conns: list[Any], take: Callable[[], tuple[int, int] | None],
+            inbox: queue.SimpleQueue[tuple[str, Any, Any]],
+            on_arrival: Callable[[str, float | None], None] | None) -> None:
+    """:func:`_serve`'s loop."""
+    from multiprocessing.connection import wait
+
+    live = list(conns)
+    while live:
+        try:
+            ready = wait(live)
+        except (OSError, ValueError):  # the parent closed a pipe: the sweep is over
+            return
+        for conn in ready:
+            try:
+                kind, a, b = conn.recv()
+            except (EOFError, OSError):  # the worker ended (or the parent closed its end)
+                live.remove(conn)
+                continue
+            if kind == _NEXT:
+                try:
+                    conn.send(take())
+                except OSError:  # the worker is gone; the main thread finds out
+                    live.remove(conn)
+            else:
+                if kind == _CELL and on_arrival is not None:
+                    on_arrival(a, b[2])
+                inbox.put((kind, a, b))
 
 
 def run_parallel(
@@ -100,42 +157,57 @@ def run_parallel(
     models: Sequence[Any],
     pairs: Sequence[tuple[int, int]],
     jobs: int,
-    on_cell: Callable[[int, str], None],
+    on_cell: Callable[[int, str, float | None], None],
     setup: Setup,
     facts: Any = None,
+    on_arrival: Callable[[str, float | None], None] | None = None,
 ) -> None:
     """Evaluate ``pairs`` with this process and ``jobs - 1`` spawned workers; each worker
     builds its runner and models with ``setup`` (a module-level function, sent by name:
     :func:`noisydeq.sweep.write.worker_runner`). It travels pickled and is unpickled — which imports
     its module, torch included — only after the worker has tied its life to the parent's.
     ``facts`` travel to every worker's ``setup`` (what it must agree with the parent on),
-    pickled with it for the same reason (their class lives in the sweep's modules)."""
+    pickled with it for the same reason (their class lives in the sweep's modules).
+    ``on_arrival(key, seconds)`` hears of every cell, the parent's own and the workers', as
+    soon as it is done (from a thread of the parent for the workers'; ``on_cell`` comes
+    when the main thread has saved it, which waits for the parent's own cell to end).
+
+    Pairs are handed out one at a time, largest models first, to whichever process asks
+    (the parent between its own pairs, a worker through its pipe, answered at once by a
+    thread of the parent). Only pipes join the processes: no queue, lock or semaphore, so
+    nothing is left for Python's resource tracker to warn about however the parent ends
+    (kill -9 and a hang-up included: two queues left 6 semaphores registered)."""
     ctx = mp.get_context("spawn")
-    work, results = ctx.Queue(), ctx.Queue()
-    order = sorted(pairs, key=lambda p: -models[p[0]].params)  # big models first
-    for p in order:
-        work.put(p)
+    order = collections.deque(sorted(pairs, key=lambda p: -models[p[0]].params))
+    order_lock = threading.Lock()
+
+    def take() -> tuple[int, int] | None:
+        with order_lock:
+            return order.popleft() if order else None
+
     n_workers = jobs - 1
-    for _ in range(jobs):
-        work.put(None)
     blob = pickle.dumps((setup, facts))
+    ends = [ctx.Pipe() for _ in range(n_workers)]
     procs = [ctx.Process(target=_worker, args=(blob, spec, str(Path(runner.run_dir.path)),
-                                                work, results), daemon=True)
-             for _ in range(n_workers)]
+                                                child), daemon=True)
+             for _, child in ends]
+    inbox: queue.SimpleQueue[tuple[str, Any, Any]] = queue.SimpleQueue()
+    server: threading.Thread | None = None
     finished = 0
 
     def drain(wait: float | None = None) -> None:
-        """Save the cells the workers sent and count the finished workers: all queued
+        """Save the cells the workers sent and count the finished workers: all received
         messages, or (``wait``) the next within ``wait`` seconds."""
         nonlocal finished
         while True:
             try:
-                kind, a, b = results.get(timeout=wait) if wait else results.get_nowait()
+                kind, a, b = inbox.get(timeout=wait) if wait else inbox.get_nowait()
             except queue.Empty:
                 return
             if kind == _CELL:
-                runner.run_dir.save_cell(a, *b)  # the parent is the run directory's writer
-                on_cell(1, a)
+                rows, layers, seconds = b
+                runner.run_dir.save_cell(a, rows, layers)  # the parent is the writer
+                on_cell(1, a, seconds)
             elif kind == _DONE:
                 finished += 1
             else:
@@ -143,8 +215,10 @@ def run_parallel(
             if wait:
                 return
 
-    def own_cell(n: int, key: str) -> None:
-        on_cell(n, key)
+    def own_cell(n: int, key: str, seconds: float | None = None) -> None:
+        if on_arrival is not None:
+            on_arrival(key, seconds)
+        on_cell(n, key, seconds)
         drain()  # save the workers' cells as they come, not only between pairs
 
     try:
@@ -158,23 +232,32 @@ def run_parallel(
         finally:
             if before is not None:
                 signal.signal(signal.SIGINT, before)
-        while (item := work.get()) is not None:
+        for _, child in ends:
+            child.close()  # the worker holds it now: its end closing means the worker ended
+        server = threading.Thread(target=_serve, name="noisydeq-sweep-jobs", daemon=True,
+                                  args=([c for c, _ in ends], take, inbox, on_arrival))
+        server.start()
+        while (item := take()) is not None:
             i, chip = item
             runner.run_pair(models[i], chip, own_cell)
             drain()
         while finished < n_workers:
             drain(wait=1.0)
             if finished < n_workers and not any(p.is_alive() for p in procs):
+                if server is not None:
+                    server.join(timeout=5)  # what the workers sent before they ended
                 drain()
                 if finished < n_workers:
                     raise NoisyDEQError("sweep worker ended without finishing its cells "
                                         "(run the command again to resume)")
     finally:
+        with order_lock:
+            order.clear()  # a worker that asks now is told to stop
         for p in procs:
             if p.pid is None:
                 continue
-            # a worker that reported done is exiting: let it run its exit handlers (they
-            # release the semaphores it registered, e.g. tqdm's lock); stop the others now
+            # a worker that reported done is exiting: let it run its exit handlers; stop
+            # the others now
             p.join(timeout=10 if finished == n_workers else 0)
             if p.is_alive():
                 p.terminate()
@@ -182,6 +265,9 @@ def run_parallel(
             if p.is_alive():  # pragma: no cover - ignored SIGTERM
                 p.kill()
                 p.join()
-        for q in (work, results):  # release the queues' locks (no leaked semaphores)
-            q.close()
-            q.join_thread()
+        for _, child in ends:
+            child.close()
+        if server is not None:  # every worker is gone: their pipes read as closed
+            server.join(timeout=5)
+        for conn, _ in ends:
+            conn.close()

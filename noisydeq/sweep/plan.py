@@ -4,12 +4,13 @@ level chunks of every (model, chip) pair and which of them a run directory still
 
 :meth:`CellRunner.run_pair` computes a pair's missing cells (:mod:`noisydeq.sweep.evaluate`)
 and hands each one's rows to a ``save`` callback: the run directory in the driver, the
-queue to the driver in a worker process.
+pipe to the driver in a worker process.
 """
 
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -206,19 +207,22 @@ class CellRunner:
         return found if found is not None else self._read(sm, chip, levels)
 
     def run_pair(
-        self, sm: SweepModel, chip: int, on_cell: Callable[[int, str], None],
+        self, sm: SweepModel, chip: int, on_cell: Callable[[int, str, float], None],
         todo: list[list[float]] | None = None,
         save: Callable[[str, list[dict[str, Any]], list[dict[str, Any]]], None] | None = None,
     ) -> None:
         """Compute and save the missing cells of ``sm`` on chip ``chip``, calling
-        ``on_cell(1, key)`` after each (``todo``: the level chunks :meth:`missing` gave,
-        when the caller already asked; ``save(key, rows, layers)``: where a finished cell
-        goes, default the run directory — a worker process hands it to the driver
-        instead)."""
+        ``on_cell(1, key, seconds)`` after each (``seconds``: this process's CPU time for
+        the cell, the first cell's with the chip's programming and calibration: what the
+        sweep's time left learns its costs from; ``todo``: the level chunks
+        :meth:`missing` gave, when the caller already asked; ``save(key, rows, layers)``:
+        where a finished cell goes, default the run directory — a worker process hands it
+        to the driver instead)."""
         save = self.run_dir.save_cell if save is None else save
         todo = self.missing(sm, chip) if todo is None else todo
         if not todo:
             return
+        since = time.process_time()
         sm.model.to(self.torch_device).eval()
         deployed = self.hardware.chip(sm.model, sm.seed, chip, self.calib_x)
         for levels in todo:
@@ -229,5 +233,7 @@ class CellRunner:
             rows = stats_rows(sm, stats, levels, chip, self.spec, self.task_name, self.metric)
             key = self.key(sm, chip, levels)
             save(key, rows, layer_rows(sm, stats, levels, chip, self.spec))
-            on_cell(1, key)
+            on_cell(1, key, time.process_time() - since)
+            since = time.process_time()  # on_cell's own work (a driver saving workers'
+            # cells) is not this pair's
         self.hardware.store_chips(deployed)

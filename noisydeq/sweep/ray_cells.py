@@ -121,7 +121,7 @@ def evaluate_pair(
 
 def run_on_ray(
     runner: CellRunner, task: Any, models: Sequence[SweepModel],
-    todo: dict[tuple[int, int], list[list[float]]], on_cell: Callable[[int, str], None],
+    todo: dict[tuple[int, int], list[list[float]]], on_cell: Callable[..., None],
 ) -> None:
     """Evaluate the pending pairs of ``todo`` on the connected Ray cluster, saving each
     returned cell into ``runner.run_dir`` (once) as its task finishes."""

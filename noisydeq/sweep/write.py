@@ -8,6 +8,7 @@ the per-layer table, the figures and the digests.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -174,8 +175,8 @@ def _run_open(
 ) -> SweepResult:
     """The body of :func:`run_sweep` once its run directory is open and locked
     (``fresh``: created by this run)."""
+    from noisydeq.progress import TimeLeft, set_time_left
     from noisydeq.progress import progress as progress_bar
-    from noisydeq.progress import set_work
 
     if models is None:
         models = family_models
@@ -210,25 +211,36 @@ def _run_open(
     bar = progress_bar(total=total, desc="sweep", unit="cells", disable=not progress,
                        initial=total - sum(len(t) for t in todo.values()))
     computed = 0
-    # the time left counts whole (model, chip) pairs, not cells: a pair's first cell
-    # programs and calibrates its chip (most of the pair's time), so the rate of the first
-    # cells said ~1.5 h for a 10-minute run; a pair is done when its last cell is. The rate
-    # runs from the first finished pair (start-up left out), shown once n_jobs more finish
+    # the time left: a cost model of the (model, chip) pairs, learned from the CPU seconds
+    # of the finished ones by kind and size (the first cell of a pair, which programs and
+    # calibrates its chip, is most of it; parallel runs take the largest models first, so
+    # a mean over finished pairs overstated the rest): progress.TimeLeft
     pair_of = {runner.key(models[i], chip, levels): (i, chip)
                for i, chip in pending for levels in todo[(i, chip)]}
     cells_left = {p: len(todo[p]) for p in pending}
-    pairs_done = 0
-    set_work(bar, 0, len(pending), more=n_jobs)
+    left = TimeLeft({p: (models[p[0]].kind, float(models[p[0]].params),
+                         len(todo[p]) / len(runner.chunks)) for p in pending}, workers=n_jobs)
+    set_time_left(bar, left)
 
-    def cell_done(_n: int, key: str) -> None:
-        nonlocal computed, pairs_done
-        computed += 1
+    parallel = not backend.ray and n_jobs > 1
+    lock = threading.Lock()
+
+    def account(key: str, seconds: float | None) -> None:
+        """A cell is done (a parallel run: as it arrives, from the thread that receives
+        the workers' cells — the driver's main thread saves it when its own cell ends)."""
         pair = pair_of.get(key)
         if pair is not None:
-            cells_left[pair] -= 1
-            if cells_left[pair] == 0:
-                pairs_done += 1
-                set_work(bar, pairs_done, len(pending), more=n_jobs)
+            with lock:
+                left.spend(pair, seconds)
+                cells_left[pair] -= 1
+                if cells_left[pair] == 0:
+                    left.finish(pair)
+
+    def cell_done(_n: int, key: str, seconds: float | None = None) -> None:
+        nonlocal computed
+        computed += 1
+        if not parallel:
+            account(key, seconds)
         bar.update(1)
         if on_cell is not None:
             on_cell(computed)
@@ -242,7 +254,7 @@ def _run_open(
 
         with num_threads(1):  # every process evaluates with one thread (see resolve_jobs)
             run_parallel(spec, runner, models, pending, n_jobs, cell_done, worker_runner,
-                         DriverFacts.of(runner, models))
+                         DriverFacts.of(runner, models), on_arrival=account)
     else:
         with num_threads(eval_threads):
             for i, chip in pending:
