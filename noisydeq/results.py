@@ -55,7 +55,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, TypeVar
 
-from noisydeq import events, store
+from noisydeq import events, fingerprint, store
 from noisydeq.errors import CorruptArtefact, NoisyDEQError
 from noisydeq.extension import GROWABLE, added_grids, history_entry, union_spec
 from noisydeq.specs.base import build
@@ -250,6 +250,25 @@ def resumed_meta(meta: dict[str, Any], old: dict[str, Any]) -> None:
     meta["resumed"] = (resumed if isinstance(resumed, int) else 0) + 1
 
 
+def other_code_note(found: dict[str, str | None], total: int, out: Path, *,
+                    what: str = "cells", kept: bool = False, flag: str = "") -> str:
+    """The line a resumed run prints when ``found`` (key → recorded code, None: not
+    recorded) of its ``total`` ``what`` in ``out`` were computed by other noisydeq code: they
+    are computed again — or, ``kept`` (``flag`` given), served — so the table never mixes
+    two codes' results unsaid; '' for none. ``flag``: the option that keeps them."""
+    if not found:
+        return ""
+    n, unknown = len(found), sum(c is None for c in found.values())
+    older = (f" ({'all' if unknown == n else unknown} of them before cells recorded their "
+             "code)" if unknown else "")
+    head = f"note: {n} of {total} {what} in {out} were computed by other noisydeq code{older}"
+    if kept:
+        return f"{head}; kept ({flag}): the table mixes their results with this code's"
+    keep = f"; {flag} keeps them instead" if flag else ""
+    return (f"{head}: they are computed again (edits to comments and docstrings do not count "
+            f"as a change{keep})")
+
+
 _Dir = TypeVar("_Dir", bound="LockedDir")
 
 
@@ -258,9 +277,44 @@ class LockedDir:
     (:class:`noisydeq.store.DirLock`), taken by a subclass's ``open`` (:meth:`_opening`) and
     released by :meth:`close`; a context manager that releases the lock on exit."""
 
+    #: whether each cell file records the code that computed it (``code``: :attr:`code`)
+    #: and a cell of other code — or one written before cells recorded it — is not served
+    #: unless :attr:`keep_other_code` (:meth:`_other_code`; the sweep's cells hold the code
+    #: in their keys instead)
+    records_code: bool = False
+
     def __init__(self, path: str | os.PathLike) -> None:
         self.path = Path(path)
         self.lock = store.DirLock(self.path, "--out")
+        #: serve cells of other code (the run's ``--keep-other-code``) instead of treating
+        #: them as missing
+        self.keep_other_code = False
+        #: the cells found computed by other code: key → the code they record (None: a
+        #: cell written before cells recorded their code)
+        self.other_code: dict[str, str | None] = {}
+        self._code: str | None = None
+
+    @property
+    def code(self) -> str:
+        """This process's :func:`~noisydeq.fingerprint.code_fingerprint` (read once)."""
+        if self._code is None:
+            self._code = fingerprint.code_fingerprint()
+        return self._code
+
+    def code_record(self) -> dict[str, str]:
+        """What a cell file records of the code that computed it (empty unless
+        :attr:`records_code`)."""
+        return {"code": self.code} if self.records_code else {}
+
+    def _other_code(self, key: str, data: dict[str, Any]) -> bool:
+        """Whether the cell ``key`` (its checked record ``data``) is not served because
+        other code computed it (noted in :attr:`other_code`; kept with
+        :attr:`keep_other_code`)."""
+        if not self.records_code or data.get("code") == self.code:
+            return False
+        code = data.get("code")
+        self.other_code[key] = code if isinstance(code, str) else None
+        return not self.keep_other_code
 
     @contextmanager
     def _opening(self) -> Iterator[bool]:
@@ -499,6 +553,8 @@ class RunDir(LockedDir):
                 raise CorruptArtefact(p, f"has format {data.get('format')!r}, not {CELL_FORMAT}")
             if data.get("key") != key:
                 raise CorruptArtefact(p, f"belongs to cell {data.get('key')!r}, not {key!r}")
+            if self._other_code(key, data):
+                return None
             check_rows(data.get("rows"), p, expect, columns or self.columns,
                        self.identity if identity is None else identity)
             if layers:
@@ -515,7 +571,8 @@ class RunDir(LockedDir):
     ) -> None:
         """Record a finished cell durably (atomic write with fsync, digest embedded);
         ``layers``: its per-layer rows (:data:`LAYER_COLUMNS`)."""
-        record: dict[str, Any] = {"format": CELL_FORMAT, "key": key, "rows": list(rows)}
+        record: dict[str, Any] = {"format": CELL_FORMAT, "key": key, "rows": list(rows),
+                                  **self.code_record()}
         if layers:
             record["layers"] = list(layers)
         store.write_signed_json(self.cell_path(key), record)

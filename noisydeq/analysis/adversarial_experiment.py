@@ -317,9 +317,11 @@ def transfer_sources(spec: Any, members: list[Any], info: dict[str, dict[str, An
 
 
 def run_experiment(res: Resolved, out: str | Path, *, data_dir: str | None = None,
-                   cache_dir: Any = None, quiet: bool = True, echo: Any = print
-                   ) -> ExperimentResult:
-    """Train the grid, run every evaluation, write the summary tables and figures."""
+                   cache_dir: Any = None, quiet: bool = True, echo: Any = print,
+                   keep_other_code: bool = False) -> ExperimentResult:
+    """Train the grid, run every evaluation, write the summary tables and figures; an
+    evaluation's cells computed by other noisydeq code are computed again, or served with
+    ``keep_other_code`` (:func:`noisydeq.attacks.runner.run_attacks`)."""
     from noisydeq.analysis.adversarial_report import write_report
     from noisydeq.attacks.grid import AttackRunSpec
     from noisydeq.attacks.runner import run_attacks
@@ -344,7 +346,8 @@ def run_experiment(res: Resolved, out: str | Path, *, data_dir: str | None = Non
     for name, spec in specs.items():
         t1 = time.perf_counter()
         results[name] = run_attacks(spec, members, task, out / name, progress=not quiet,
-                                    echo=echo, sources=transfer_sources(spec, members, info))
+                                    echo=echo, sources=transfer_sources(spec, members, info),
+                                    keep_other_code=keep_other_code)
         eval_s[name] = time.perf_counter() - t1
     result = ExperimentResult(res, out, members, info, results, eval_s,
                               time.perf_counter() - t0)

@@ -10,14 +10,17 @@ one table is reused by the other.
 Output directory::
 
     config.toml                    the resolved experiment (digest line first)
-    attack/<variant>-s<seed>.json  one finished (variant, seed) cell, written atomically with
-                                   its digest (a damaged or foreign cell is refused, naming it)
+    attack/<variant>-s<seed>.json  one finished (variant, seed) cell and the code that computed
+                                   it, written atomically with its digest (a damaged or
+                                   foreign cell is refused, naming it; one of other code is
+                                   computed again)
     attack.csv                     one row per variant × seed × attack × ε
     device/<device>-<group>/       one sweep run directory per device and model group
     device.csv                     their tidy tables, with the model group as ``model``
     report.md, figures/            tables and figures (:mod:`noisydeq.analysis.lyapunov_report`)
 
-Re-running the same experiment into the same directory skips every finished cell; one
+Re-running the same experiment into the same directory skips every finished cell of this
+code (:func:`run_attacks`; the device sweeps' keys hold the code too); one
 process writes a directory at a time (its lock, :class:`noisydeq.store.DirLock`). PGD's
 random start is counter-based: a test sample's start depends on (seed, ε, its index) only,
 not on the batch it is attacked in.
@@ -292,9 +295,14 @@ def readout_stats(model: torch.nn.Module, x: torch.Tensor) -> dict[str, float]:
 
 def run_attacks(spec: LyapunovExperimentSpec, out: Path, task: Any,
                 log: Callable[[str], None]) -> list[dict[str, Any]]:
-    """Every (variant, seed) cell of the attack table, resumed from ``out/attack``."""
+    """Every (variant, seed) cell of the attack table, resumed from ``out/attack``: a cell
+    other noisydeq code computed (:func:`~noisydeq.fingerprint.code_fingerprint`), or one
+    written before cells recorded their code, is computed again and the log says so (its
+    model comes from the family cache, kept across code versions)."""
     from noisydeq.families import train_family
+    from noisydeq.fingerprint import code_fingerprint
 
+    code = code_fingerprint()
     grid = spec.attack
     assert grid is not None
     x, y = task.x_test, task.y_test
@@ -304,8 +312,13 @@ def run_attacks(spec: LyapunovExperimentSpec, out: Path, task: Any,
     for variant in grid.variants:
         for seed in spec.seeds:
             path = out / "attack" / f"{variant}-s{seed}.json"
-            if path.exists():
-                cell = _read_cell(path, variant, seed)
+            cell, made_by = _read_cell(path, variant, seed) if path.exists() else (None, code)
+            if made_by != code:  # other code's cell: not served, computed again
+                older = "" if made_by else " (before cells recorded their code)"
+                log(f"attack {variant} seed {seed}: computed by other noisydeq code{older}; "
+                    "computing it again (edits to comments and docstrings do not count as "
+                    "a change)")
+            if cell is not None and made_by == code:
                 log(f"attack {variant} seed {seed}: done before")
             else:
                 fam = train_family(spec.family_spec(seed, variant), task, log=log)
@@ -317,7 +330,8 @@ def run_attacks(spec: LyapunovExperimentSpec, out: Path, task: Any,
                         **readout_stats(member.model, x[:grid.batch_size])}
                 cell = [{**base, **r} for r in attack_cell(member.model, x, y, grid, seed)]
                 store.write_signed_json(path, {"format": CELL_FORMAT, "variant": variant,
-                                               "seed": seed, "rows": cell}, indent=2)
+                                               "seed": seed, "code": code, "rows": cell},
+                                        indent=2)
                 log(f"attack {variant} seed {seed}: {time.perf_counter() - t0:.1f} s")
             rows.extend(cell)
     for line in attack_convergence_lines(rows, min(grid.batch_size, len(x)),
@@ -345,9 +359,11 @@ def attack_convergence_lines(rows: list[dict[str, Any]], n: int,
                         f"and mean_steps in {table}")
 
 
-def _read_cell(path: Path, variant: str, seed: int) -> list[dict[str, Any]]:
+def _read_cell(path: Path, variant: str, seed: int
+               ) -> tuple[list[dict[str, Any]], str | None]:
     """A finished cell's rows, digest, format and identity checked (a file that fails is a
-    :class:`CorruptArtefact` naming it)."""
+    :class:`CorruptArtefact` naming it), and the code fingerprint it records (None: written
+    before cells recorded their code)."""
     try:
         data = store.read_signed_json(path, "attack cell")
         if data.get("format") == "noisydeq-lyapunov-cell/1":
@@ -366,7 +382,8 @@ def _read_cell(path: Path, variant: str, seed: int) -> list[dict[str, Any]]:
     except CorruptArtefact as err:
         raise CorruptArtefact(path, f"{err.reason}; delete it to compute that cell again"
                               ) from None
-    return rows
+    made_by = data.get("code")
+    return rows, made_by if isinstance(made_by, str) else None
 
 
 # ------------------------------------------------------------------------ device table

@@ -5,7 +5,8 @@ The run directory has a sweep's layout (:class:`noisydeq.results.RunDir`): ``con
 cell), ``results.csv`` / ``results.parquet`` (tidy, :data:`ATTACK_COLUMNS`),
 ``whitebox.csv`` and ``figures/``. A cell is one (model, SNR level, chip, mode,
 estimator, attack point): its adversarial examples are judged by every defence, one row
-each. Re-running the same config skips finished cells; every cell draws its noise and
+each. Re-running the same config skips finished cells (cells record the code that computed
+them: those of other code are computed again, :func:`run_attacks`); every cell draws its noise and
 attack randomness from seeds derived from its own key, so a resumed run's table equals an
 uninterrupted one. Draws are counter-based (:class:`~noisydeq.noise.NoiseStream`): the
 model noise of a sample (a row of the attacked batch, the test-set index on the attacked
@@ -133,7 +134,7 @@ from noisydeq.errors import CorruptArtefact, NoisyDEQError
 from noisydeq.noise import derive_seed
 from noisydeq.regulation.entropy import prediction_entropy
 from noisydeq.regulation.states import entropy_shift
-from noisydeq.results import RunDir, table_to_csv
+from noisydeq.results import RunDir, other_code_note, table_to_csv
 from noisydeq.solvers.gradients import tally_backward
 from noisydeq.specs.base import build
 
@@ -179,6 +180,7 @@ class AttackRunDir(RunDir):
 
     spec_cls = AttackRunSpec
     what = "attack run"
+    records_code = True  # a cell of other code is computed again (run_attacks)
     growable = ()  # an attack run does not grow: any other spec is refused
     columns = ATTACK_COLUMNS
     identity = ATTACK_IDENTITY
@@ -250,6 +252,9 @@ class AttackResult:
     figures: list[Path] = field(default_factory=list)
     computed_cells: int = 0
     skipped_cells: int = 0
+    #: cells (and early-state selections) on disk that other noisydeq code computed: computed
+    #: again, or served with ``keep_other_code`` (:func:`run_attacks`)
+    other_code_cells: int = 0
 
 
 @dataclass
@@ -667,7 +672,7 @@ def run_attacks(
     spec: AttackRunSpec, members: Sequence[AttackMember], task: Any, out: str | Path, *,
     progress: bool = True, plots: bool = True, echo: Callable[[str], None] = print,
     backend: Backend | None = None, remote: RemoteCells | None = None,
-    sources: Mapping[str, AttackMember] | None = None,
+    sources: Mapping[str, AttackMember] | None = None, keep_other_code: bool = False,
 ) -> AttackResult:
     """Run (or resume) the grid of ``spec`` on ``members`` into ``out`` (module docstring).
 
@@ -678,7 +683,13 @@ def run_attacks(
     the same table as a local run with one torch thread. The run directory is locked while
     the grid runs (a second run on ``out`` waits). ``sources``: model id of a member → the
     model its ``transfer-source`` examples are crafted on (module docstring; this process
-    only)."""
+    only).
+
+    A cell records the code that computed it (:func:`~noisydeq.fingerprint.code_fingerprint`):
+    on resume, the cells (and early-state selections) computed by other noisydeq code, or
+    written before cells recorded their code, are computed again — like a sweep's, whose
+    keys hold the code — and one ``echo`` line says how many; ``keep_other_code`` serves
+    them instead, and the line says the table mixes two codes' results."""
     from noisydeq.cluster import session
     from noisydeq.runtime import resolve_torch_device
 
@@ -698,9 +709,10 @@ def run_attacks(
         raise NoisyDEQError("run_attacks: transfer from source models runs in this process "
                             "only, not on Ray")
     with session(backend), AttackRunDir(out, is_per_position(task)) as rd:
+        rd.keep_other_code = keep_other_code
         rd.open(spec, {"models": [m.model_id for m in members], "cells": len(cells)})
         result = _run_open(spec, [*members, *sources.values()], task, rd, cells, dev,
-                           progress, plots, remote if backend.ray else None)
+                           progress, plots, remote if backend.ray else None, echo)
     warning = unconverged_warning(result.rows)
     if warning:
         echo(warning)
@@ -774,7 +786,8 @@ def _noise_text(spec: AttackRunSpec) -> str | None:
 
 def _run_open(spec: AttackRunSpec, members: Sequence[AttackMember], task: Any,
               rd: AttackRunDir, cells: Sequence[Cell], dev: torch.device, progress: bool,
-              plots: bool, remote: RemoteCells | None) -> AttackResult:
+              plots: bool, remote: RemoteCells | None,
+              echo: Callable[[str], None] = print) -> AttackResult:
     """The body of :func:`run_attacks` once its run directory is open and locked."""
     for m in members:
         m.model.to(dev).eval()
@@ -782,30 +795,38 @@ def _run_open(spec: AttackRunSpec, members: Sequence[AttackMember], task: Any,
             p.requires_grad_(False)
     runner = Runner(spec, task, rd, dev)
     found: dict[str, list[dict[str, Any]]] = {}
-    computed = skipped = 0
+    todo: list[Cell] = []
+    for cell in cells:  # what the run holds, before anything is computed
+        got = rd.load_cell(cell.key, runner.expected(cell))
+        if got is None:
+            todo.append(cell)
+        else:
+            found[cell.key] = got
+    early = _early_keys(spec, cells)
+    for key in _early_keys(spec, todo):  # noted in rd.other_code when other code chose them
+        rd.load_cell(key, columns=EARLY_COLUMNS, identity=("n",))
+    note = other_code_note(rd.other_code, len(cells) + len(early), rd.path,
+                           what="cells and early-state selections" if early else "cells",
+                           kept=rd.keep_other_code, flag="--keep-other-code")
+    if note:
+        echo(note)
+    computed, skipped = 0, len(found)
     from noisydeq.progress import progress as progress_bar
 
     # a bar on a terminal, plain lines in a log (no carriage returns), like the sweep's
     bar = progress_bar(total=len(cells), desc="attack", unit="cells", disable=not progress)
     try:
-        todo: list[Cell] = []
-        for cell in cells:
-            got = rd.load_cell(cell.key, runner.expected(cell))
-            if got is not None:
-                found[cell.key] = got
-                skipped += 1
-                bar.update(1)
-            elif remote is None:
+        if skipped:
+            bar.update(skipped)
+        if remote is None:
+            for cell in todo:
                 bar.set_postfix_str(f"{cell.member.kind} d{cell.member.depth} "
                                     f"{cell.point.label} {cell.point.x:g}", refresh=False)
                 found[cell.key] = runner.compute(cell)
                 rd.save_cell(cell.key, found[cell.key])
                 computed += 1
                 bar.update(1)
-            else:
-                todo.append(cell)
-        if todo:
-            assert remote is not None
+        elif todo:
 
             def saved(key: str, rows: list[dict[str, Any]]) -> None:
                 found[key] = rows
@@ -834,4 +855,12 @@ def _run_open(spec: AttackRunSpec, members: Sequence[AttackMember], task: Any,
             figures += plot_run(rows, rd.figures, title=title, column="position_value",
                                 own_noise=own)
     rd.seal(figures, extra=[rd.whitebox_path])
-    return AttackResult(rows, rd, wb, figures, computed, skipped)
+    return AttackResult(rows, rd, wb, figures, computed, skipped, len(rd.other_code))
+
+
+def _early_keys(spec: AttackRunSpec, cells: Sequence[Cell]) -> list[str]:
+    """The keys of the early-state selections the run's ``cells`` use (one per model, level
+    and chip whose defences choose their n)."""
+    keys = {early_key(spec, c.member, c.snr_db, c.chip): None for c in cells
+            if any(d.name == "early" and d.n is None for d in _defences(spec, c.member))}
+    return list(keys)

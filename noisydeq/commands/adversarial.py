@@ -71,12 +71,15 @@ def _default_out(name: str, variant: str, resolved: Any) -> Path:
 @click.option("--cache", type=click.Path(path_type=Path), default=None,
               help="Model cache (default $NOISYDEQ_CACHE or the user cache dir).")
 @threads_flag()
+@click.option("--keep-other-code", is_flag=True,
+              help="Resuming: serve the attack cells other noisydeq code computed (default: "
+                   "compute them again), the tables then mixing two codes' results.")
 @click.option("--quiet", is_flag=True, help="No progress output.")
 @click.option("--json", "as_json", is_flag=True, help="Print a machine-readable summary.")
 @with_heartbeat("adversarial")
 def command(experiment: str, variant: str, out: Path | None, data_dir: str | None,
-            sets: tuple[str, ...], cache: Path | None, threads: str | None, quiet: bool,
-            as_json: bool) -> None:
+            sets: tuple[str, ...], cache: Path | None, threads: str | None,
+            keep_other_code: bool, quiet: bool, as_json: bool) -> None:
     """Adversarial training grid (PGD-AT/TRADES x defences) and its attack tables.
 
     \b
@@ -103,9 +106,11 @@ def command(experiment: str, variant: str, out: Path | None, data_dir: str | Non
     t0 = time.perf_counter()
     with num_threads(train_threads):
         res = run_experiment(resolved, out_dir, data_dir=data_dir, cache_dir=cache,
-                             quiet=quiet or as_json, echo=echo)
+                             quiet=quiet or as_json, echo=echo,
+                             keep_other_code=keep_other_code)
     report = {"out": str(out_dir), "models": len(res.members),
               "evaluations": {k: str(v.run_dir.path) for k, v in res.evaluations.items()},
+              "cells_other_code": {k: v.other_code_cells for k, v in res.evaluations.items()},
               "seconds": round(time.perf_counter() - t0, 1)}
     if as_json:
         report["summary"] = {k: str(Path(v.run_dir.path) / "summary.csv")

@@ -137,14 +137,17 @@ def _per_position_attacks(spec: AttackRunSpec, task: Any) -> dict[str, Any]:
 @click.option("--torch-device", default="cpu", show_default=True,
               help="torch device to compute on (cpu, cuda, cuda:0).")
 @threads_flag()
+@click.option("--keep-other-code", is_flag=True,
+              help="resuming: serve the cells other noisydeq code computed (default: "
+                   "compute them again), the table then mixing two codes' results.")
 @click.option("--quiet", is_flag=True, help="no progress bar.")
 @click.option("--json", "as_json", is_flag=True, help="print a machine-readable summary.")
 @backend_options("attack")
 @with_heartbeat("attack")
 def command(family, attacks, eps, pgd_steps, steps, steps_eps, sigma, fraction, norm, eot,
             estimators, defences, device, noise_site, snr, chips, transfer, train_noise, samples,
-            val_samples, seed, data_dir, sets, out, cache, torch_device, threads, quiet,
-            as_json, backend="local", address=None) -> None:
+            val_samples, seed, data_dir, sets, out, cache, torch_device, threads,
+            keep_other_code, quiet, as_json, backend="local", address=None) -> None:
     """Attack a family's DEQs and FFWs (PGD, AutoAttack, noise; DEQ estimators, defences).
 
     \b
@@ -191,13 +194,15 @@ def command(family, attacks, eps, pgd_steps, steps, steps_eps, sigma, fraction, 
     with num_threads(eval_threads):
         res = run_attacks(spec, members, task, out_dir, progress=not (quiet or as_json),
                           echo=lambda s: click.echo(s, err=True), backend=chosen,
-                          remote=run_on_ray if chosen.ray else None)
+                          remote=run_on_ray if chosen.ray else None,
+                          keep_other_code=keep_other_code)
     seconds = time.perf_counter() - t0
     report = {"run_dir": str(res.run_dir.path), "results_csv": str(res.run_dir.csv_path),
               "results_parquet": str(res.run_dir.parquet_path),
               "whitebox_csv": str(res.run_dir.whitebox_path),
               "figures": [str(p) for p in res.figures], "cells_computed": res.computed_cells,
-              "cells_resumed": res.skipped_cells, "seconds": round(seconds, 2)}
+              "cells_resumed": res.skipped_cells, "cells_other_code": res.other_code_cells,
+              "seconds": round(seconds, 2)}
     if as_json:
         click.echo(json.dumps({**report, "whitebox": res.whitebox}, indent=2, default=str))
         return

@@ -11,7 +11,8 @@ directory already holds is loaded by the driver and sent once; its task only eva
 The driver checks each checkpoint's config hash against the one it computes, writes it
 into ``models/<id>/`` (under the model directory's lock, with its signed sidecar) and then
 the model's cell — the run directory's only writer, each file once; a rerun resumes from
-what was written.
+what was written. A worker running other noisydeq code than the driver (whose code the
+cells record) is refused in one line.
 
 Same numbers as a local run with one torch thread: training draws are functions of
 (seed, epoch, sample, draw) and test noise of (seed, model, training SNR, test set, test
@@ -33,6 +34,16 @@ from noisydeq.studies.rundir import StudyDir
 from noisydeq.studies.runner import ModelJob, _build, evaluate_model, model_id
 
 
+def _checked(inputs: tuple[Any, ...]) -> tuple[Any, ...]:
+    """(spec, task, test sets) of the driver's inputs, refused if this worker runs other
+    noisydeq code than the driver (whose code its cells record)."""
+    from noisydeq.fingerprint import code_fingerprint
+
+    *rest, code = inputs
+    cluster.same_code(code, code_fingerprint())
+    return tuple(rest)
+
+
 def study_model(token: str, box: list[Any], job: ModelJob, trained: Any,
                 device: str) -> tuple[bytes | None, float, list[dict[str, Any]]]:
     """A Ray task: (checkpoint bytes or None, test metric, rows) of one study model —
@@ -41,7 +52,7 @@ def study_model(token: str, box: list[Any], job: ModelJob, trained: Any,
     from noisydeq.train import train_model
 
     torch.set_num_threads(1)
-    spec, task, sets = cluster.kept(token, "inputs", box, run=True)
+    spec, task, sets = cluster.kept(token, "inputs", box, run=True, make=_checked)
     dev = torch.device(device)
     blob, seconds, metric = None, 0.0, float("nan")
     if trained is None:
@@ -73,7 +84,7 @@ def run_on_ray(spec: StudySpec, task: Any, sets: list, run: StudyDir, jobs: list
     from noisydeq.train_config import run_config
 
     dev = resolve_torch_device(spec.torch_device)
-    ref = ray.put((spec, task, sets))
+    ref = ray.put((spec, task, sets, run.code))
     fn = cluster.remote(study_model, "noisydeq-study-model", gpu=dev.type == "cuda")
     futures, hashes = {}, {}
     with num_threads(1):  # keys and loads of one-thread training (study_model)

@@ -2,9 +2,9 @@
 
 Layout (:mod:`noisydeq.studies.runner`): ``study.toml`` (the resolved spec, signed with a
 ``# sha256`` line), ``meta.json`` (signed), ``models/<id>/`` (checkpoints, each with its own
-digest and lock), ``cells/<id>.json`` (the rows of one evaluated model, signed),
-``results.csv`` / ``summary.csv`` / ``figures/`` (listed with their digests in
-``SHA256SUMS``). Every file is written atomically. The directory is locked
+digest and lock), ``cells/<id>.json`` (the rows of one evaluated model and the code that
+evaluated it, signed), ``results.csv`` / ``summary.csv`` / ``figures/`` (listed with their
+digests in ``SHA256SUMS``). Every file is written atomically. The directory is locked
 (:class:`noisydeq.store.DirLock`) from :meth:`StudyDir.open` to :meth:`StudyDir.close`, so a
 second ``noisydeq study`` on the same ``--out`` waits instead of interleaving its writes.
 A file that fails its digest or structure check is refused in one line naming it
@@ -47,6 +47,10 @@ def _same(a: Any, b: Any) -> bool:
 class StudyDir(LockedDir):
     """A study's run directory (see the module docstring); a context manager that releases
     its lock on exit."""
+
+    #: an evaluation records the code that computed it: one of other code (or written
+    #: before evaluations recorded it) is not served, the model is evaluated again
+    records_code = True
 
     def __init__(self, path: str | Path) -> None:
         super().__init__(path)
@@ -109,7 +113,8 @@ class StudyDir(LockedDir):
         return self.cells / f"{key}.json"
 
     def load_cell(self, key: str, expect: Sequence[dict[str, Any]]) -> list[dict[str, Any]] | None:
-        """The rows of an evaluated model, or None when none were written. The digest,
+        """The rows of an evaluated model, or None when none were written or other
+        noisydeq code evaluated it (noted in :attr:`other_code`). The digest,
         format, key and each row's identity (``expect``: :data:`ROW_IDENTITY` values, in
         order) are checked; a file that fails is a :class:`CorruptArtefact` naming it."""
         p = self.cell_path(key)
@@ -121,6 +126,8 @@ class StudyDir(LockedDir):
                 raise CorruptArtefact(p, f"has format {data.get('format')!r}, not {CELL_FORMAT}")
             if data.get("key") != key:
                 raise CorruptArtefact(p, f"belongs to {data.get('key')!r}, not {key!r}")
+            if self._other_code(key, data):
+                return None
             rows = data.get("rows")
             if not isinstance(rows, list) or len(rows) != len(expect):
                 n = len(rows) if isinstance(rows, list) else "no list of"
@@ -140,7 +147,8 @@ class StudyDir(LockedDir):
     def save_cell(self, key: str, rows: Sequence[dict[str, Any]]) -> None:
         """Record an evaluated model durably (atomic write, digest embedded)."""
         store.write_signed_json(self.cell_path(key),
-                                {"format": CELL_FORMAT, "key": key, "rows": list(rows)})
+                                {"format": CELL_FORMAT, "key": key, "rows": list(rows),
+                                 **self.code_record()})
 
     # ----------------------------------------------------------------- tables
 

@@ -8,14 +8,18 @@ every file atomic and digest-checked)::
     models/<id>/      model.safetensors + model.json (and resume.safetensors while training),
                       one per model id ``<name>-s<seed>-t<train SNR>``; the analysis
                       commands take the run dir as ``--family``
-    cells/<id>.json   the evaluated rows of one model (signed), written when complete
+    cells/<id>.json   the evaluated rows of one model and the code that evaluated them
+                      (signed), written when complete
     results.csv       one row per model × test size × budget × test solver × test SNR
     summary.csv       mean, std, min and max over seeds of every row group
     figures/          extrapolation curves, iteration budgets, metric vs SNR / parameters
     SHA256SUMS        digests of the tables, spec, meta data and figures
 
 Training resumes per epoch (:func:`noisydeq.train.train_model`) and finished models are
-loaded, not retrained; evaluated models are not re-evaluated. Weights are initialised from
+loaded, not retrained; evaluated models are not re-evaluated — unless other noisydeq code
+evaluated them (:func:`~noisydeq.fingerprint.code_fingerprint`; comments and docstrings do
+not count): their evaluation is computed again and the log says so (the checkpoints, like
+the model cache, are kept across code versions). Weights are initialised from
 ``derive_seed(seed, "study", name)``; the task (and every shifted test set) is generated
 from the first seed, so all models see the same data. Test noise and random test-solver caps
 are counter-based, keyed by (seed, model, training SNR, test set, test SNR, sample, cell
@@ -36,6 +40,7 @@ import torch
 
 from noisydeq.errors import NoisyDEQError
 from noisydeq.noise import derive_seed
+from noisydeq.results import other_code_note
 from noisydeq.specs.base import build
 from noisydeq.specs.model import ModelSpec
 from noisydeq.specs.study import StudyModel, StudySpec
@@ -239,6 +244,9 @@ def run_study(
                     loaded += 1
                 else:
                     jobs.append(ModelJob(mname, seed, tsnr, not finished, done is None))
+            if run.other_code:
+                say(other_code_note(run.other_code, len(keys), run.path,
+                                    what="model evaluations"))
             for mid, (got, fresh) in remote(spec, task, sets, run, jobs, say).items():
                 cells[mid] = got
                 trained += fresh
@@ -258,6 +266,10 @@ def run_study(
                 f"({'loaded' if res.loaded else res.trained_in()})")
             expect = expected_rows(spec, mname, res.model, seed, tsnr, sets)
             cell = run.load_cell(mid, expect)
+            if cell is None and mid in run.other_code:
+                say(f"{mid}: evaluated by other noisydeq code"
+                    f"{'' if run.other_code[mid] else ' (before evaluations recorded it)'}: "
+                    "evaluating it again")
             if cell is None:
                 params = sum(p.numel() for p in res.model.parameters())
                 cell = evaluate_model(spec, mname, res.model, seed, tsnr, task, sets,

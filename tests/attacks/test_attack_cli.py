@@ -29,7 +29,8 @@ BASE = ["--attacks", "pgd-eps,pgd-steps,speckle,salt-pepper", "--eps", "0,0.3",
 
 
 @pytest.mark.slow
-def test_attack_command_writes_table_figures_and_resumes(sweep_run, tmp_path, capsys):
+def test_attack_command_writes_table_figures_and_resumes(sweep_run, tmp_path, capsys,
+                                                        monkeypatch):
     out = tmp_path / "a"
     argv = ["attack", "--family", str(sweep_run), *BASE, "--estimators",
             "exact,phantom:k=3,lam=0.5,unrolled:state=1,k=1,lam=1,adjoint", "--defences",
@@ -97,6 +98,15 @@ def test_attack_command_writes_table_figures_and_resumes(sweep_run, tmp_path, ca
     # a different grid in the same run dir is refused
     code, _, err = run([*argv[:-2], "--eot", "2", "--out", str(out)], capsys)
     one_line_error(code, err, "different config", "eot")
+    # resumed by other code: --keep-other-code serves the cells and says so
+    # (tests/attacks/test_other_code.py: without it they are computed again)
+    from noisydeq import fingerprint
+
+    monkeypatch.setattr(fingerprint, "code_fingerprint", lambda: "0123456789abcdef")
+    code, stdout, err = run([*argv, "--keep-other-code"], capsys)
+    assert code == 0, err
+    assert "0 computed" in stdout and (out / "results.csv").read_text() == first
+    assert "were computed by other noisydeq code" in err and "kept (--keep-other-code)" in err
 
 
 @pytest.mark.slow

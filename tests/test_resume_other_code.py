@@ -1,0 +1,131 @@
+"""A resumed study or LyaDEQ attack table never serves an evaluation other noisydeq code
+computed (:func:`noisydeq.fingerprint.code_fingerprint` changed, monkeypatched here): it is
+computed again and the log says so; with the same code every one is served; one written
+before evaluations recorded their code counts as other code. (The attack runs' tests:
+``tests/attacks/test_other_code.py``.)"""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import torch
+
+from noisydeq import fingerprint, store
+from noisydeq.studies import run_study
+from noisydeq.studies import runner as study_runner
+from tests.test_studies import tiny
+
+OTHER = "0123456789abcdef"
+
+
+def _values(rows):
+    return [(r["model"], r["shift"], r["budget"], r["test_snr_db"], r["value"]) for r in rows]
+
+
+def test_study_evaluations_of_other_code_are_computed_again(tmp_path, monkeypatch) -> None:
+    spec = tiny(train_snr_db=["inf"], test_snr_db=["inf"])
+    out = tmp_path / "run"
+    evaluate = study_runner.evaluate_model
+    n = {"evaluated": 0}
+
+    def counting(*a, **k):
+        n["evaluated"] += 1
+        return evaluate(*a, **k)
+
+    monkeypatch.setattr(study_runner, "evaluate_model", counting)
+
+    def run():
+        said: list[str] = []
+        n["evaluated"] = 0
+        return run_study(spec, out, plots=False, log=said.append), said, n["evaluated"]
+
+    first, _, evaluated = run()
+    assert evaluated == 2 and first.trained == 2
+    cells = sorted((out / "cells").iterdir())
+    assert {store.read_signed_json(p)["code"] for p in cells} == {fingerprint.code_fingerprint()}
+    again, said, evaluated = run()  # the same code: every evaluation served
+    assert evaluated == 0 and again.rows == first.rows
+    assert not any("other noisydeq code" in s for s in said)
+    for p in cells:  # a marked value shows whether a cell is served
+        data = store.read_signed_json(p)
+        data["rows"] = [{**r, "value": -7.0} for r in data["rows"]]
+        store.write_signed_json(p, data)
+    monkeypatch.setattr(fingerprint, "code_fingerprint", lambda: OTHER)
+    other, said, evaluated = run()
+    assert evaluated == 2 and other.trained == 0 and other.loaded == 2  # checkpoints kept
+    assert -7.0 not in {r["value"] for r in other.rows}
+    assert _values(other.rows) == _values(first.rows)
+    assert sum("evaluated by other noisydeq code: evaluating it again" in s
+               for s in said) == 2
+    assert {store.read_signed_json(p)["code"] for p in cells} == {OTHER}
+    # an evaluation written before evaluations recorded their code: unknown code
+    data = store.read_signed_json(cells[0])
+    del data["code"]
+    store.write_signed_json(cells[0], data)
+    old, said, evaluated = run()
+    assert evaluated == 1 and _values(old.rows) == _values(first.rows)
+    assert sum("(before evaluations recorded it): evaluating it again" in s
+               for s in said) == 1
+
+
+def test_lyapunov_attack_cells_of_other_code_are_computed_again(tmp_path,
+                                                                 monkeypatch) -> None:
+    from noisydeq import families
+    from noisydeq.analysis import lyapunov_experiment as lx
+
+    exp = tmp_path / "exp.toml"
+    exp.write_text('name = "tiny"\ntask = "digits"\n[attack]\nvariants = ["plain", "both"]\n'
+                   'eps_255 = [2]\nmax_test_samples = 4\n')
+    spec = lx.load_experiment(exp)
+    calls = {"attacked": 0, "value": 0.25}
+    member = SimpleNamespace(params=3, model=None,
+                             result=SimpleNamespace(seconds=1.0, test_metric=0.5))
+    monkeypatch.setattr(families, "train_family",
+                        lambda *a, **k: SimpleNamespace(members=[member]))
+    monkeypatch.setattr(lx, "readout_stats", lambda *a: {"mean_steps": 1.0,
+                                                         "converged_frac": 1.0})
+
+    def attack_cell(model, x, y, grid, seed):
+        calls["attacked"] += 1
+        return [{"attack": "pgd", "eps_255": 2.0, "steps": 1,
+                 "accuracy": calls["value"], "seconds": 0.0}]
+
+    monkeypatch.setattr(lx, "attack_cell", attack_cell)
+    task = SimpleNamespace(x_test=torch.zeros(4, 2), y_test=torch.zeros(4))
+
+    def run():
+        said: list[str] = []
+        calls["attacked"] = 0
+        rows = lx.run_attacks(spec, tmp_path, task, said.append)
+        return {r["variant"]: r["accuracy"] for r in rows}, said, calls["attacked"]
+
+    (tmp_path / "attack").mkdir()
+    assert run()[0] == {"plain": 0.25, "both": 0.25}
+    calls["value"] = 0.75  # what a new code computes
+    rows, said, attacked = run()  # the same code: served
+    assert attacked == 0 and rows == {"plain": 0.25, "both": 0.25}
+    monkeypatch.setattr(fingerprint, "code_fingerprint", lambda: OTHER)
+    rows, said, attacked = run()
+    assert attacked == 2 and rows == {"plain": 0.75, "both": 0.75}
+    assert sum("computed by other noisydeq code; computing it again" in s for s in said) == 2
+    cell = tmp_path / "attack" / "plain-s0.json"
+    data = store.read_signed_json(cell)
+    assert data["code"] == OTHER
+    del data["code"]  # a cell from before cells recorded their code
+    store.write_signed_json(cell, data)
+    calls["value"] = 0.5
+    rows, said, attacked = run()
+    assert attacked == 1 and rows == {"plain": 0.5, "both": 0.75}
+    assert any("(before cells recorded their code); computing it again" in s for s in said)
+
+
+def test_study_ray_worker_of_other_code_is_refused(monkeypatch) -> None:
+    import pytest
+
+    from noisydeq.errors import NoisyDEQError
+    from noisydeq.studies import ray_models
+
+    here = fingerprint.code_fingerprint()
+    assert ray_models._checked(("spec", "task", "sets", here)) == ("spec", "task", "sets")
+    with pytest.raises(NoisyDEQError, match="other noisydeq code than the driver"):
+        ray_models._checked(("spec", "task", "sets", OTHER))
