@@ -111,7 +111,8 @@ def _per_position_attacks(spec: AttackRunSpec, task: Any) -> dict[str, Any]:
               help="DEQ defences: final, early (n chosen on validation) or early:n=N, ensemble, "
                    "entropy[:beta=..,r=..,tf=..,eps=..] (test-time input entropy reduction).")
 @click.option("--device", default="ideal", show_default=True,
-              help="device preset (see `noisydeq devices`); ideal = digital.")
+              help="device preset (see `noisydeq devices`) the models are deployed on with "
+                   "--noise-site device; ideal = digital.")
 @click.option("--noise-site", type=click.Choice(["device", "signal", "state", "input"]),
               default="device", show_default=True,
               help="where --snr applies: the device's MVMs or the model's own noise site.")

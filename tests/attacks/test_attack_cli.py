@@ -182,6 +182,12 @@ def test_bad_input_is_one_line(sweep_run, tmp_path, capsys):
         (["--defences", "early:beta=0.1"], "entropy options belong to the 'entropy' defence"),
         (["--estimators", "unrolled-grid:n=0"], "must be >= 1"),
         (["--estimators", "unrolled-grid:lamb=0.5"], "did you mean 'lam'"),
+        # an l2 radius has no upper bound: a negative one is not "outside [0, 1]"
+        (["--norm", "l2", "--eps", "0,-3"], "-3 is negative (an l2 radius is >= 0)"),
+        # the model's own noise replaces the device: refused rather than a digital run
+        # whose rows name the device
+        (["--device", "photonic", "--noise-site", "signal", "--snr", "10"],
+         "device 'photonic' applies with noise_site 'device' only"),
     ]
     for extra, needle in cases:
         code, _, err = run([*fam, *extra], capsys)
