@@ -161,7 +161,8 @@ print(json.dumps([code, bool(seen), late]))
     (["spectrum", "--family", "{d}/empty"], "no trained model (model.safetensors)"),
     (["sensitivity", "--family", "{d}/empty"], "no trained model (model.safetensors)"),
     (["attack", "--family", "{d}/empty"], "no trained model (model.safetensors)"),
-    (["certify", "{d}/empty"], "no trained model (model.safetensors)"),
+    # certify takes its source as an argument: the message does not name --family
+    (["certify", "{d}/empty"], "error: certify: no trained model (model.safetensors)"),
 ])
 def test_bad_input_is_refused_before_slow_imports_under_the_heartbeat(args, needle,
                                                                       tmp_path) -> None:

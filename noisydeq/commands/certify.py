@@ -138,7 +138,7 @@ def command(source: Path, **opts: Any) -> None:
         _check_device(spec)
         from noisydeq.analysis.locate import check_models
 
-        check_models(source)  # last: the other checks' messages first
+        check_models(source, "certify")  # last: the other checks' messages first
     with num_threads(threads):
         if experiment:
             rows, files = _experiment(exp, out, opts, echo)
