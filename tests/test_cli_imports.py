@@ -114,6 +114,7 @@ print(json.dumps([code, bool(seen), late]))
     (["sensitivity", "--family", "{d}", "--out", "{d}/file"], "not a directory"),
     (["solvers", "--out", "{d}/file/x"], "not a directory"),
     (["lyapunov", "nope-exp"], "unknown experiment"),
+    (["lyapunov", "lyapunov-table1", "--seeds", "a"], "--seeds 'a': seeds are integers"),
     (["study", "nope-exp"], "unknown experiment"),
     (["train", "--task", "digitz"], "did you mean 'digits'"),
     (["sweep", "--device", "nope", "--out", "{d}/o"], "unknown device 'nope'"),

@@ -45,7 +45,7 @@ def command(experiment: str, out: str | None, data_dir: str | None, seeds: str |
     _train, eval_threads = thread_plan(threads)
     path = find_experiment(experiment, "lyapunov")
     data_dir = check_data_dir(data_dir)
-    seed_list = parse_seeds(seeds) if seeds is not None else None
+    seed_list = parse_seeds(seeds, "--seeds") if seeds is not None else None
     # the command line is checked: now the heavy imports (torch), seconds under load
     from noisydeq.analysis.lyapunov_experiment import load_experiment, run_experiment
 
