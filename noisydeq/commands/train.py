@@ -143,7 +143,9 @@ def _fmt(metric: float, name: str) -> str:
               help="Which part of the training device's noise --device-snr sets: physical "
                    "(default), dynamic, static or both (docs/devices.md).")
 @click.option("--digital-layers", default=None, metavar="NAME,...",
-              help="Layers kept digital on the training device, e.g. cell.U,head.")
+              help="Layers kept digital on the training device, e.g. proj.U,head (a name "
+                   "matches the layer whose qualified name ends with it: a DEQ's "
+                   "cell.proj.U, an FFW's proj.U).")
 @click.option("--device-adc-gain", type=click.Choice(["step", "epoch"]), default=None,
               help="Photonic training device with a calibrated ADC gain: measure it with "
                    "every step's weights (step, default) or once per epoch's chip (epoch).")
