@@ -129,7 +129,10 @@ def _per_position_attacks(spec: AttackRunSpec, task: Any) -> dict[str, Any]:
               help="validation inputs (the last of the test split) for the early state.")
 @click.option("--seed", type=int, default=0, show_default=True,
               help="seed of the attacks' random starts and of the noise draws.")
-@click.option("--data-dir", default=None, help="data directory (default: the recorded one).")
+@click.option("--data-dir", default=None,
+              help="data directory (default: the one a sweep or study run recorded — a "
+                   "train folder records none —, else $NOISYDEQ_MNIST_DIR / "
+                   "$NOISYDEQ_CIFAR10_DIR).")
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
               help="any other run-spec field (alpha, restarts, queries).")
 @click.option("--out", type=click.Path(path_type=Path), default=None,

@@ -128,7 +128,9 @@ def _writable(out: Path) -> None:
               help="seed of the PGD random starts.")
 @variant_options("experiment file: the quick variant (default).",
                  "experiment file: the full variant.")
-@click.option("--data-dir", default=None, help="MNIST directory (else the recorded one).")
+@click.option("--data-dir", default=None,
+              help="MNIST directory (else the one a sweep run recorded — a train folder "
+                   "records none —, else $NOISYDEQ_MNIST_DIR).")
 @click.option("--cache", default=None, help="model cache (default $NOISYDEQ_CACHE).")
 @click.option("--out", type=click.Path(path_type=Path), default=None,
               help="output directory (default runs/certify-<source>, an experiment's "
