@@ -231,10 +231,15 @@ def _summary(whitebox: list[dict[str, Any]], steps_eps: float,
     what = "MSE, lower is better: worst = largest" if metric == "mse" else "accuracy"
     click.echo(f"white-box robustness at ε = {eps:g} (per defence: worst attack / estimator; "
                f"robustness = best defence; {what})")
-    click.echo(f"{'model':<24} {'mode':<9} {'SNR':>5} {'chip':>4} {'defence':<12} "
+    # columns as wide as their longest entry (an entropy defence's parameters, a
+    # transfer-source mode, a defended member's id), so the values stay aligned
+    mw = max(24, *(len(str(r["model_id"])) for r in whitebox))
+    ow = max(9, *(len(str(r["mode"])) for r in whitebox))
+    dw = max(12, *(len(str(r["defence"])) for r in whitebox))
+    click.echo(f"{'model':<{mw}} {'mode':<{ow}} {'SNR':>5} {'chip':>4} {'defence':<{dw}} "
                f"{'worst':>6}  worst attack")
     for r in whitebox:
         snr = "inf" if r["snr_db"] == float("inf") else f"{r['snr_db']:g}"
         star = " *" if r["defence"] == r["best_defence"] else ""
-        click.echo(f"{r['model_id']:<24} {r['mode']:<9} {snr:>5} {r['chip']:>4} "
-                   f"{r['defence']:<12} {r['worst_value']:>6.3f}  {r['worst_attack']}{star}")
+        click.echo(f"{r['model_id']:<{mw}} {r['mode']:<{ow}} {snr:>5} {r['chip']:>4} "
+                   f"{r['defence']:<{dw}} {r['worst_value']:>6.3f}  {r['worst_attack']}{star}")

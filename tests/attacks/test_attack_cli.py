@@ -273,6 +273,23 @@ def test_attack_names_are_the_documented_ones_and_a_bare_pgd_is_refused(tmp_path
     assert spec.attacks == ["pgd-eps", "aa", "salt-pepper"]
 
 
+def test_the_printed_white_box_table_stays_aligned_with_long_names(capsys):
+    """An entropy defence with its parameters (README's example) and a transfer-source
+    mode are wider than the old fixed columns: the worst value moved right on their rows."""
+    from noisydeq.commands.attack import _summary
+
+    base = {"eps": 0.3, "snr_db": float("inf"), "chip": 0, "worst_value": 0.0,
+            "worst_attack": "PGD-10 / exact", "best_defence": "final"}
+    rows = [{**base, "model_id": "deq-d1-w128-s0-tinf", "mode": "white-box",
+             "defence": "final"},
+            {**base, "model_id": "deq-d1-w128-s0-t0-z-10db-trades", "mode": "transfer-source",
+             "defence": "entropy(β=0.075 R=10 Tf=2 ε=0.3)"}]
+    _summary(rows, 0.3)
+    lines = capsys.readouterr().out.splitlines()[1:]
+    cols = {ln.index("worst") if i == 0 else ln.index("0.000") for i, ln in enumerate(lines)}
+    assert len(lines) == 3 and len(cols) == 1, lines
+
+
 def test_summary_eps_is_steps_eps_or_the_nearest_grid_point():
     from noisydeq.attacks.runner import summary_eps
 
