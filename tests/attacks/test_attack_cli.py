@@ -96,7 +96,7 @@ def test_attack_command_writes_table_figures_and_resumes(sweep_run, tmp_path, ca
     assert "1 computed" in stdout and (out / "results.csv").read_text() == first
     # a different grid in the same run dir is refused
     code, _, err = run([*argv[:-2], "--eot", "2", "--out", str(out)], capsys)
-    one_line_error(code, err, "different config", "eot")
+    one_line_error(code, err, "holds an attack run with a different config", "eot")
 
 
 @pytest.mark.slow
