@@ -257,3 +257,30 @@ def test_a_seed_subset_gets_its_own_default_folder(tmp_path, monkeypatch):
         res = CliRunner().invoke(cli, ["lyapunov", str(exp), *extra], catch_exceptions=False)
         assert res.exit_code == 0, res.output
     assert [str(p) for p in seen] == ["runs/tiny", "runs/tiny-seeds-0", "runs/tiny-seeds-0-2"]
+
+
+def test_each_variant_s_training_line_names_the_variant(tmp_path, monkeypatch):
+    """The four Table 1 models all printed 'lyadeq d1 w64: accuracy …': the family's line
+    names kind, depth and width, which the variants share. Each line now names the variant
+    and seed it belongs to."""
+    from types import SimpleNamespace
+
+    from noisydeq import families
+    from noisydeq.analysis.lyapunov_experiment import load_experiment, run_attacks
+
+    class Stop(Exception):
+        pass
+
+    def fake_train(spec, task, log=None, **kw):
+        log("lyadeq d1 w16: accuracy 0.5000 (trained in 0.1 s)")
+        raise Stop
+
+    monkeypatch.setattr(families, "train_family", fake_train)
+    exp = tmp_path / "exp.toml"
+    exp.write_text('name = "tiny"\ntask = "digits"\nhidden = 16\ntrain_preset = "quick"\n'
+                   '[attack]\nvariants = ["orthogonal"]\neps_255 = [2]\n')
+    lines = []
+    task = SimpleNamespace(x_test=torch.zeros(2, 64), y_test=torch.zeros(2))
+    with pytest.raises(Stop):
+        run_attacks(load_experiment(exp, seeds=[2]), tmp_path / "out", task, lines.append)
+    assert lines == ["orthogonal seed 2: lyadeq d1 w16: accuracy 0.5000 (trained in 0.1 s)"]
