@@ -399,9 +399,10 @@ class RunDir(LockedDir):
             if diff:
                 grows = (f"; a run directory grows only in {', '.join(self.growable)}"
                          if self.growable else "")
+                article = "an" if self.what[:1] in "aeiou" else "a"
                 raise NoisyDEQError(
-                    f"--out {self.path}: its config.toml holds a {self.what} with a different "
-                    f"config (differs in: {', '.join(diff)}){grows}; choose another --out"
+                    f"--out {self.path}: its config.toml holds {article} {self.what} with a "
+                    f"different config (differs in: {', '.join(diff)}){grows}; choose another --out"
                 )
         elif self.cells.exists() or self.csv_path.exists():
             raise NoisyDEQError(

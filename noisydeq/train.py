@@ -335,6 +335,8 @@ def _fit(
                                 refresh=False)
             if hooks is not None:
                 record = hooks.end_epoch(opt, net, epoch, record)
+                if not quiet and "val_robust" in record:
+                    _report_selection_epoch(desc, spec, epoch, record)
             history.append(record)
             if out is not None:
                 _save_resume(out / RESUME_FILE, net, opt, config, epoch + 1, history,
@@ -349,6 +351,12 @@ def _fit(
     selected = hooks.selected_weights() if hooks is not None else None
     if selected is not None:  # the selected epoch's weights (deployed layers keep digital ones)
         model.load_state_dict(selected)
+        if not quiet:
+            from noisydeq.progress import write
+
+            kept = hooks.extra().get("selected_epoch")
+            write(f"{desc or 'training'}: kept epoch {kept} of {spec.epochs} (highest "
+                  "validation robust accuracy; ties: clean accuracy, then the earlier epoch)")
     elif net is not model:
         model.load_state_dict(net.state_dict())  # deployed layers keep the digital weights
     test = Tally(f"{desc or 'model'} (test metric)", stop_rule(model), unit="batches")
@@ -408,6 +416,18 @@ def _report_epoch(desc: str, spec: TrainSpec, epoch: int, record: dict[str, floa
     write(f"{desc} epoch {epoch + 1}/{spec.epochs}: loss {record['loss']:.4f}, "
           f"val {metric} digital {record[f'val_{metric}']:.4f}, on {spec.device} ({snr}) "
           f"{record[f'val_{metric}_device']:.4f}")
+
+
+def _report_selection_epoch(desc: str, spec: TrainSpec, epoch: int,
+                            record: dict[str, float]) -> None:
+    """One progress line per adversarially trained epoch: loss and the validation accuracy,
+    clean and under the selection's PGD (what picks the saved epoch)."""
+    from noisydeq.progress import write
+
+    adv = spec.adversarial
+    write(f"{desc or 'training'} epoch {epoch + 1}/{spec.epochs}: loss {record['loss']:.4f}, "
+          f"validation clean {record['val_clean']:.4f}, robust {record['val_robust']:.4f} "
+          f"(PGD-{adv.val_steps} at ε = {adv.eps:g})")
 
 
 def epoch_lr(spec: TrainSpec, epoch: int) -> float:

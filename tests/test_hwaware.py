@@ -233,6 +233,23 @@ def test_digital_layers_by_suffix_and_unknown_names():
         get_device("rram").deploy(m, digital_layers=["hed"])
 
 
+def test_the_help_s_digital_layers_example_names_layers_of_a_deq_and_an_ffw():
+    """`train --help` named `cell.U,head`, a layer no DEQ has (its input projection is
+    cell.proj.U): the example a user copies must deploy both kinds of a family."""
+    import re
+
+    from noisydeq.cli import cli
+    from noisydeq.families import build_member, member_spec
+
+    text = CliRunner().invoke(cli, ["train", "--help"], terminal_width=200).output
+    names = re.search(r"--digital-layers NAME,\.\.\.\s+.*?e\.g\. ([\w.,]+)", text,
+                      re.S).group(1).strip(".,").split(",")
+    task = load_task("digits", seed=0)
+    for kind in ("deq", "ffw"):
+        m = build_member(member_spec(FamilySpec(kinds=[kind], depths=[1]), task, kind, 1), 0)
+        get_device("rram").deploy(m, digital_layers=names)  # raises on an unknown name
+
+
 def test_rechip_keeps_parameters_and_redraws_static_noise():
     model = _tiny()
     dev = get_device("rram", chip=1)

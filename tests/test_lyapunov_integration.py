@@ -237,3 +237,50 @@ def test_attack_cell_rows_and_step_override():
     assert all(0.0 <= r["accuracy"] <= 1.0 for r in rows + strong)
     # robust = right clean and attacked (noisydeq.attacks.robust): never above clean
     assert all(r["accuracy"] <= rows[0]["accuracy"] for r in rows + strong)
+
+
+def test_a_seed_subset_gets_its_own_default_folder(tmp_path, monkeypatch):
+    """`lyapunov EXP --seeds 0` (the help's example) wrote runs/<name>, so the documented
+    full run was then refused there ('holds another experiment'): a subset of the seeds
+    now defaults to runs/<name>-seeds-<seeds>; the plain command keeps runs/<name>."""
+    from noisydeq.analysis import lyapunov_experiment
+
+    seen = []
+    monkeypatch.setattr(lyapunov_experiment, "run_experiment",
+                        lambda spec, out, **kw: seen.append(out) or {
+                            "markdown": "", "report": "r", "figures": []})
+    monkeypatch.chdir(tmp_path)
+    exp = tmp_path / "exp.toml"
+    exp.write_text('name = "tiny"\ntask = "digits"\nhidden = 16\ntrain_preset = "quick"\n'
+                   '[attack]\nvariants = ["plain"]\neps_255 = [2]\n')
+    for extra in ([], ["--seeds", "0"], ["--seeds", "0,2"]):
+        res = CliRunner().invoke(cli, ["lyapunov", str(exp), *extra], catch_exceptions=False)
+        assert res.exit_code == 0, res.output
+    assert [str(p) for p in seen] == ["runs/tiny", "runs/tiny-seeds-0", "runs/tiny-seeds-0-2"]
+
+
+def test_each_variant_s_training_line_names_the_variant(tmp_path, monkeypatch):
+    """The four Table 1 models all printed 'lyadeq d1 w64: accuracy …': the family's line
+    names kind, depth and width, which the variants share. Each line now names the variant
+    and seed it belongs to."""
+    from types import SimpleNamespace
+
+    from noisydeq import families
+    from noisydeq.analysis.lyapunov_experiment import load_experiment, run_attacks
+
+    class Stop(Exception):
+        pass
+
+    def fake_train(spec, task, log=None, **kw):
+        log("lyadeq d1 w16: accuracy 0.5000 (trained in 0.1 s)")
+        raise Stop
+
+    monkeypatch.setattr(families, "train_family", fake_train)
+    exp = tmp_path / "exp.toml"
+    exp.write_text('name = "tiny"\ntask = "digits"\nhidden = 16\ntrain_preset = "quick"\n'
+                   '[attack]\nvariants = ["orthogonal"]\neps_255 = [2]\n')
+    lines = []
+    task = SimpleNamespace(x_test=torch.zeros(2, 64), y_test=torch.zeros(2))
+    with pytest.raises(Stop):
+        run_attacks(load_experiment(exp, seeds=[2]), tmp_path / "out", task, lines.append)
+    assert lines == ["orthogonal seed 2: lyadeq d1 w16: accuracy 0.5000 (trained in 0.1 s)"]

@@ -25,6 +25,8 @@ from noisydeq.certify.envelope import build_envelope
 from noisydeq.certify.envelope_types import Envelope
 from noisydeq.certify.fixed_point import (
     CERT_SOLVER,
+    CHIP_ADVICE,
+    ENVELOPE_ADVICE,
     check_dynamic_slope,
     chip_margin,
     interval_margin,
@@ -99,7 +101,8 @@ def plan(member: Any, spec: CertifySpec, x: torch.Tensor) -> list[Plan]:
                 with torch.no_grad():
                     shape = tuple(model.proj.U(model.proj.shaped(x[:1].double())).shape[1:])
             delta = None if le is None else le.delta
-            mu = interval_margin(cell, delta, shape)
+            mu = interval_margin(cell, delta, shape,
+                                 CHIP_ADVICE if spec.chip is not None else ENVELOPE_ADVICE)
             if le is not None and le.dyn is not None:
                 check_dynamic_slope(cell, le.dyn, mu, shape)
             out.append(Plan(e, mu, chip_margin(cell, delta, shape)))

@@ -128,14 +128,15 @@ def check_family(root: str | Path) -> None:
     read_sweep_spec(p)
 
 
-def check_models(root: str | Path) -> None:
+def check_models(root: str | Path, what: str = "--family") -> None:
     """Refuse a ``--family`` folder that is no sweep run and holds no trained model at all,
     in one line, without torch: commands call it last among their checks, before their heavy
-    imports (:func:`locate` says the same after them)."""
+    imports (:func:`locate` says the same after them). ``what`` names the argument in the
+    message (``certify`` takes its source as a positional argument)."""
     p = Path(root)
     if (p.is_dir() and not (p / SWEEP_CONFIG).is_file()
             and next(p.rglob(CHECKPOINT), None) is None):
-        raise _no_model(p)
+        raise _no_model(p, what)
 
 
 def locate(root: str | Path, *, data_dir: str | None = None,
@@ -163,7 +164,7 @@ def locate(root: str | Path, *, data_dir: str | None = None,
     return FamilySource(p, found)
 
 
-def _no_model(p: Path) -> NoisyDEQError:
-    return NoisyDEQError(f"--family: no trained model ({CHECKPOINT}) under {p}; give a run "
+def _no_model(p: Path, what: str = "--family") -> NoisyDEQError:
+    return NoisyDEQError(f"{what}: no trained model ({CHECKPOINT}) under {p}; give a run "
                          "dir of 'noisydeq sweep'/'noisydeq study'/'noisydeq train' or a "
                          "checkpoint")

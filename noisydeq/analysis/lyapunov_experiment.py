@@ -321,7 +321,9 @@ def run_attacks(spec: LyapunovExperimentSpec, out: Path, task: Any,
             if cell is not None and made_by == code:
                 log(f"attack {variant} seed {seed}: done before")
             else:
-                fam = train_family(spec.family_spec(seed, variant), task, log=log)
+                # the family's line names kind, depth and width, the same for every variant
+                fam = train_family(spec.family_spec(seed, variant), task,
+                                   log=lambda text, v=variant, s=seed: log(f"{v} seed {s}: {text}"))
                 member = fam.members[0]
                 t0 = time.perf_counter()
                 base = {"variant": variant, "seed": seed, "params": member.params,

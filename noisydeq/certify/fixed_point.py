@@ -117,9 +117,16 @@ def _sym_lmax(a: Tensor) -> float:
     return float(torch.linalg.eigvalsh((a + a.T) / 2).max())
 
 
-def interval_margin(cell, delta: Tensor | None = None, shape=None) -> float:
+ENVELOPE_ADVICE = "use a smaller k or coverage, a model with a larger m, or a better device"
+# a measured chip's error is what it is: no k or coverage to lower
+CHIP_ADVICE = ("a measured chip's error has no k or coverage to lower: use a model with a "
+               "larger m (noisydeq train --monotone m=...), another chip or a better device")
+
+
+def interval_margin(cell, delta: Tensor | None = None, shape=None,
+                    advice: str = ENVELOPE_ADVICE) -> float:
     """μ with sym(Ŵ_Δ) ⪯ (1 − μ)I (module docstring); raises when μ ≤ 0 (the interval
-    fixed point of the envelope need not exist)."""
+    fixed point of the envelope need not exist), with ``advice`` on what to change."""
     if not cell.conv:
         with torch.no_grad():
             ops = cell.ops()
@@ -146,8 +153,7 @@ def interval_margin(cell, delta: Tensor | None = None, shape=None) -> float:
     if not mu > 0:
         raise NoisyDEQError(
             f"envelope: too wide for the interval fixed point: I − Ŵ_Δ has margin {mu:.3g} "
-            "(must be > 0; Theorem 3.1, Lemma 3.4); use a smaller k or coverage, a model "
-            "with a larger m, or a better device"
+            f"(must be > 0; Theorem 3.1, Lemma 3.4); {advice}"
         )
     return mu
 

@@ -111,7 +111,8 @@ def _per_position_attacks(spec: AttackRunSpec, task: Any) -> dict[str, Any]:
               help="DEQ defences: final, early (n chosen on validation) or early:n=N, ensemble, "
                    "entropy[:beta=..,r=..,tf=..,eps=..] (test-time input entropy reduction).")
 @click.option("--device", default="ideal", show_default=True,
-              help="device preset (see `noisydeq devices`); ideal = digital.")
+              help="device preset (see `noisydeq devices`) the models are deployed on with "
+                   "--noise-site device; ideal = digital.")
 @click.option("--noise-site", type=click.Choice(["device", "signal", "state", "input"]),
               default="device", show_default=True,
               help="where --snr applies: the device's MVMs or the model's own noise site.")
@@ -128,7 +129,10 @@ def _per_position_attacks(spec: AttackRunSpec, task: Any) -> dict[str, Any]:
               help="validation inputs (the last of the test split) for the early state.")
 @click.option("--seed", type=int, default=0, show_default=True,
               help="seed of the attacks' random starts and of the noise draws.")
-@click.option("--data-dir", default=None, help="data directory (default: the recorded one).")
+@click.option("--data-dir", default=None,
+              help="data directory (default: the one a sweep or study run recorded — a "
+                   "train folder records none —, else $NOISYDEQ_MNIST_DIR / "
+                   "$NOISYDEQ_CIFAR10_DIR).")
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
               help="any other run-spec field (alpha, restarts, queries).")
 @click.option("--out", type=click.Path(path_type=Path), default=None,
@@ -232,10 +236,15 @@ def _summary(whitebox: list[dict[str, Any]], steps_eps: float,
     what = "MSE, lower is better: worst = largest" if metric == "mse" else "accuracy"
     click.echo(f"white-box robustness at ε = {eps:g} (per defence: worst attack / estimator; "
                f"robustness = best defence; {what})")
-    click.echo(f"{'model':<24} {'mode':<9} {'SNR':>5} {'chip':>4} {'defence':<12} "
+    # columns as wide as their longest entry (an entropy defence's parameters, a
+    # transfer-source mode, a defended member's id), so the values stay aligned
+    mw = max(24, *(len(str(r["model_id"])) for r in whitebox))
+    ow = max(9, *(len(str(r["mode"])) for r in whitebox))
+    dw = max(12, *(len(str(r["defence"])) for r in whitebox))
+    click.echo(f"{'model':<{mw}} {'mode':<{ow}} {'SNR':>5} {'chip':>4} {'defence':<{dw}} "
                f"{'worst':>6}  worst attack")
     for r in whitebox:
         snr = "inf" if r["snr_db"] == float("inf") else f"{r['snr_db']:g}"
         star = " *" if r["defence"] == r["best_defence"] else ""
-        click.echo(f"{r['model_id']:<24} {r['mode']:<9} {snr:>5} {r['chip']:>4} "
-                   f"{r['defence']:<12} {r['worst_value']:>6.3f}  {r['worst_attack']}{star}")
+        click.echo(f"{r['model_id']:<{mw}} {r['mode']:<{ow}} {snr:>5} {r['chip']:>4} "
+                   f"{r['defence']:<{dw}} {r['worst_value']:>6.3f}  {r['worst_attack']}{star}")

@@ -36,6 +36,33 @@ def _spec(opts: dict[str, Any]):
     return build(CertifySpec, data, where="certify")
 
 
+# certify options by their CertifySpec field: what the command line sets over an experiment's
+# [certify] table, and what names a run's default --out
+_SETTINGS = {"eps": "eps", "device": "device", "chip": "chip", "coverage": "coverage",
+             "k": "k", "dynamic": "dynamic", "read_noise_k": "read_k", "n_test": "n_test",
+             "batch_size": "batch_size", "pgd_steps": "pgd_steps",
+             "pgd_restarts": "pgd_restarts", "clip": "clip", "seed": "seed"}
+
+
+def _given(opts: dict[str, Any]) -> dict[str, Any]:
+    """The certify settings given on the command line (not left at their defaults)."""
+    ctx = click.get_current_context()
+    return {key: opts[opt] for opt, key in _SETTINGS.items()
+            if ctx.get_parameter_source(opt) is not click.core.ParameterSource.DEFAULT}
+
+
+def _default_out(stem: str, given: dict[str, Any]) -> Path:
+    """``runs/<stem>``, or ``runs/<stem>-<hash>`` when settings are given: another command
+    (other ε, a device envelope) gets another folder instead of overwriting the results of
+    the first."""
+    if not given:
+        return Path("runs") / stem
+    import hashlib
+
+    text = json.dumps(given, sort_keys=True, default=str)
+    return Path("runs") / f"{stem}-{hashlib.sha256(text.encode()).hexdigest()[:8]}"
+
+
 def _check_device_options(spec) -> None:
     """The device options that need ``--device`` (torch-free)."""
     if spec.device is None and (spec.chip is not None or spec.dynamic
@@ -101,10 +128,14 @@ def _writable(out: Path) -> None:
               help="seed of the PGD random starts.")
 @variant_options("experiment file: the quick variant (default).",
                  "experiment file: the full variant.")
-@click.option("--data-dir", default=None, help="MNIST directory (else the recorded one).")
+@click.option("--data-dir", default=None,
+              help="MNIST directory (else the one a sweep run recorded — a train folder "
+                   "records none —, else $NOISYDEQ_MNIST_DIR).")
 @click.option("--cache", default=None, help="model cache (default $NOISYDEQ_CACHE).")
 @click.option("--out", type=click.Path(path_type=Path), default=None,
-              help="output directory (default runs/certify-<source>).")
+              help="output directory (default runs/certify-<source>, an experiment's "
+                   "runs/<name>-<variant>; with certify options given, -<hash of them> "
+                   "appended).")
 @threads_flag()
 @click.option("--json", "as_json", is_flag=True, help="print the rows as JSON.")
 @click.option("--quiet", "-q", is_flag=True, help="no per-model lines.")
@@ -138,7 +169,7 @@ def command(source: Path, **opts: Any) -> None:
         _check_device(spec)
         from noisydeq.analysis.locate import check_models
 
-        check_models(source)  # last: the other checks' messages first
+        check_models(source, "certify")  # last: the other checks' messages first
     with num_threads(threads):
         if experiment:
             rows, files = _experiment(exp, out, opts, echo)
@@ -172,7 +203,7 @@ def _check_source(source: Path, opts: dict[str, Any]) -> Path:
         raise NoisyDEQError(f"certify: {source} does not exist")
     check_family(source)
     name = source.stem if source.is_file() else source.name
-    out = opts["out"] or Path("runs") / f"certify-{name}"
+    out = opts["out"] or _default_out(f"certify-{name}", _given(opts))
     _writable(out)
     return out
 
@@ -233,20 +264,14 @@ def _experiment_spec(source: Path, opts: dict[str, Any]):
 
     file = load_toml(CertifyExperimentSpec, source)
     exp = file.resolve(opts["variant"])
-    out = opts["out"] or Path("runs") / f"{exp.name}-{opts['variant']}"
+    given = _given(opts)
+    out = opts["out"] or _default_out(f"{exp.name}-{opts['variant']}", given)
     _writable(out)
     if exp.kind == "fig2":
         if opts["backend"].ray:
             raise NoisyDEQError(f"--backend ray: '{exp.name}' iterates random layers, not "
                                 "certify cells; run it without --backend ray")
         return exp, out
-    ctx = click.get_current_context()
-    names = {"eps": "eps", "device": "device", "chip": "chip", "coverage": "coverage",
-             "k": "k", "dynamic": "dynamic", "read_noise_k": "read_k", "n_test": "n_test",
-             "batch_size": "batch_size", "pgd_steps": "pgd_steps",
-             "pgd_restarts": "pgd_restarts", "clip": "clip"}
-    given = {key: opts[opt] for opt, key in names.items()
-             if ctx.get_parameter_source(opt) is not click.core.ParameterSource.DEFAULT}
     if given:  # command-line settings win over the file's [certify] table
         # checked before the (validated) assignment; an error names the option's table
         _check_device(file.section(opts["variant"], given))

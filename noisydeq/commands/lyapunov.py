@@ -19,7 +19,9 @@ from noisydeq.progress import with_heartbeat
 
 @click.command("lyapunov")
 @click.argument("experiment")
-@click.option("--out", default=None, help="Output directory (default runs/<experiment name>).")
+@click.option("--out", default=None,
+              help="Output directory (default runs/<experiment name>; with --seeds "
+                   "runs/<experiment name>-seeds-<seeds>).")
 @click.option("--data-dir", default=None, help="Directory with the MNIST IDX files.")
 @click.option("--seeds", default=None, help="Override the experiment's seeds, e.g. 0,1,2.")
 @click.option("--only", type=click.Choice(["attack", "device"]), default=None,
@@ -45,12 +47,15 @@ def command(experiment: str, out: str | None, data_dir: str | None, seeds: str |
     _train, eval_threads = thread_plan(threads)
     path = find_experiment(experiment, "lyapunov")
     data_dir = check_data_dir(data_dir)
-    seed_list = parse_seeds(seeds) if seeds is not None else None
+    seed_list = parse_seeds(seeds, "--seeds") if seeds is not None else None
     # the command line is checked: now the heavy imports (torch), seconds under load
     from noisydeq.analysis.lyapunov_experiment import load_experiment, run_experiment
 
     spec = load_experiment(path, data_dir=data_dir, seeds=seed_list)
-    out_dir = Path(out) if out else Path("runs") / spec.name
+    # a subset of the seeds gets its own folder: the run with every seed would be refused
+    # in runs/<name> (its config.toml holds another experiment)
+    stem = spec.name if seed_list is None else f"{spec.name}-seeds-{'-'.join(map(str, seed_list))}"
+    out_dir = Path(out) if out else Path("runs") / stem
 
     def log(text: str) -> None:
         if not (quiet or as_json):

@@ -37,14 +37,14 @@ def parse_grid(flag: str, text: str) -> list[float]:
         raise NoisyDEQError(msg) from None
 
 
-def parse_seeds(text: str) -> list[int]:
-    """``0`` or ``0,1,2`` → list of integer seeds."""
+def parse_seeds(text: str, flag: str = "--seed") -> list[int]:
+    """``0`` or ``0,1,2`` → list of integer seeds (``flag``: the option, for the message)."""
     try:
         seeds = [int(p) for p in str(text).split(",") if p.strip() != ""]
     except ValueError:
-        raise NoisyDEQError(f"--seed '{text}': seeds are integers, e.g. 0 or 0,1,2") from None
+        raise NoisyDEQError(f"{flag} '{text}': seeds are integers, e.g. 0 or 0,1,2") from None
     if not seeds:
-        raise NoisyDEQError("--seed: give at least one integer seed")
+        raise NoisyDEQError(f"{flag}: give at least one integer seed")
     return seeds
 
 

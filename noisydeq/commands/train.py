@@ -105,10 +105,15 @@ def _fmt(metric: float, name: str) -> str:
 @click.option("--adversarial", default=None, metavar="pgd|trades|none",
               help="Adversarial training: PGD-AT or TRADES (default: the preset's; the "
                    "adversarial presets use pgd).")
-@click.option("--adv-eps", type=float, default=None, help="ℓ∞ radius ε (paper: 0.3).")
-@click.option("--adv-step", type=float, default=None, help="PGD step size (paper: 0.1).")
-@click.option("--adv-steps", type=int, default=None, help="PGD steps (paper: 10).")
-@click.option("--trades-beta", type=float, default=None, help="TRADES weight β (paper: 6).")
+@click.option("--adv-eps", type=float, default=None,
+              help="ℓ∞ radius ε (default, as the paper: 0.3).")
+@click.option("--adv-step", type=float, default=None,
+              help="PGD step size (default, as the paper: 0.1; with a smaller --adv-eps give "
+                   "a smaller step, e.g. 2.5ε/steps).")
+@click.option("--adv-steps", type=int, default=None,
+              help="PGD steps (default, as the paper: 10).")
+@click.option("--trades-beta", type=float, default=None,
+              help="TRADES weight β (default, as the paper: 6).")
 @click.option("--adv-warmup", type=float, default=None, metavar="EPOCHS",
               help="Ramp ε (and the step) linearly from 0 over this many epochs, per batch "
                    "(0 = full ε from the start, as the paper; adversarial-quick: 3).")
@@ -143,7 +148,9 @@ def _fmt(metric: float, name: str) -> str:
               help="Which part of the training device's noise --device-snr sets: physical "
                    "(default), dynamic, static or both (docs/devices.md).")
 @click.option("--digital-layers", default=None, metavar="NAME,...",
-              help="Layers kept digital on the training device, e.g. cell.U,head.")
+              help="Layers kept digital on the training device, e.g. proj.U,head (a name "
+                   "matches the layer whose qualified name ends with it: a DEQ's "
+                   "cell.proj.U, an FFW's proj.U).")
 @click.option("--device-adc-gain", type=click.Choice(["step", "epoch"]), default=None,
               help="Photonic training device with a calibrated ADC gain: measure it with "
                    "every step's weights (step, default) or once per epoch's chip (epoch).")

@@ -165,7 +165,7 @@ class Device:
         A parametrised layer (weight norm, orthogonal) is programmed with its weight's
         current value (a plain copy: the deployed layer no longer updates it); modules
         marked ``stays_digital`` and BatchNorm/LayerNorm/GroupNorm stay digital, and so do
-        the modules named in ``digital_layers`` (qualified names such as ``cell.U`` or
+        the modules named in ``digital_layers`` (qualified names such as ``cell.proj.U`` or
         ``head``, with everything inside them: aihwkit's ``exclude_modules`` idea). An
         unknown name is refused in one line listing the names a model offers.
         """
@@ -204,7 +204,7 @@ def stays_digital(module: nn.Module, name: str = "", keep: frozenset[str] = froz
 
 def mappable_names(model: nn.Module) -> list[str]:
     """Qualified names of the layers :meth:`Device.deploy` would map (Linear/Conv, deployed
-    layers), e.g. ``cell.U``, ``head``: what ``digital_layers`` may name."""
+    layers), e.g. ``cell.proj.U``, ``head``: what ``digital_layers`` may name."""
     return [n for n, m in model.named_modules() if isinstance(m, (*MAPPABLE, DeviceLayer))
             or _parametrized(m)]
 

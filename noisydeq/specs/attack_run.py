@@ -162,8 +162,16 @@ class AttackRunSpec(StrictModel):
     def _check(self) -> AttackRunSpec:
         for field, vals in (("eps", self.eps), ("steps_eps", [self.steps_eps])):
             for e in vals:
+                if e < 0 and self.norm == "l2":
+                    raise ValueError(f"{field}: {e:g} is negative (an l2 radius is >= 0)")
                 if e < 0 or (self.norm == "linf" and e > 1):
                     raise ValueError(f"{field}: {e:g} is outside [0, 1]")
+        if self.device != "ideal" and self.noise_site != "device":
+            # the model's own noise replaces the device (attacks.hardware.make_level): the
+            # run would be digital while its rows named the device
+            raise ValueError(f"device {self.device!r} applies with noise_site 'device' only; "
+                             f"noise_site '{self.noise_site}' draws the model's own noise on "
+                             "the digital weights (drop --device, or use --noise-site device)")
         if any(p < 0 or p > 1 for p in self.fraction):
             raise ValueError("fraction: salt-and-pepper fractions must lie in [0, 1]")
         if any(s < 0 for s in self.sigma):

@@ -83,6 +83,25 @@ def test_trades_loss_matches_definition_and_beta_zero_is_standard(digits):
     assert loss6 > loss  # the KL term of a perturbed input is positive
 
 
+def test_adversarial_training_reports_the_validation_per_epoch_and_the_kept_epoch(
+        digits, capsys):
+    """`noisydeq train --adversarial pgd` printed only the final test accuracy: the epoch
+    selection (what is saved) was visible only in model.json. Each epoch now says its
+    validation clean / robust accuracy and the run which epoch it kept, as the history has."""
+    spec = TrainSpec.preset("quick", "ffw").model_copy(update={
+        "epochs": 2, "max_train_samples": 300,
+        "adversarial": AdversarialSpec(eps=0.1, step=0.05, steps=2, val_fraction=0.2)})
+    res = train_model(_model("ffw"), digits, spec, desc="ffw", quiet=False)
+    out = capsys.readouterr().out
+    for i, rec in enumerate(res.history):
+        assert (f"ffw epoch {i + 1}/2: loss {rec['loss']:.4f}, validation clean "
+                f"{rec['val_clean']:.4f}, robust {rec['val_robust']:.4f} (PGD-10 at "
+                "ε = 0.1)") in out
+    kept = max(range(2), key=lambda i: (res.history[i]["val_robust"],
+                                        res.history[i]["val_clean"], -i)) + 1
+    assert f"ffw: kept epoch {kept} of 2 (highest validation robust accuracy" in out
+
+
 def test_adversarial_run_resumes_to_identical_weights(digits, tmp_path):
     """Two epochs in one go == interrupted after one, then resumed (attack draws, kept
     weights of the selection, learning-rate schedule)."""

@@ -97,7 +97,7 @@ def test_attack_command_writes_table_figures_and_resumes(sweep_run, tmp_path, ca
     assert "1 computed" in stdout and (out / "results.csv").read_text() == first
     # a different grid in the same run dir is refused
     code, _, err = run([*argv[:-2], "--eot", "2", "--out", str(out)], capsys)
-    one_line_error(code, err, "different config", "eot")
+    one_line_error(code, err, "holds an attack run with a different config", "eot")
     # resumed by other code: --keep-other-code serves the cells and says so
     # (tests/attacks/test_other_code.py: without it they are computed again)
     from noisydeq import fingerprint
@@ -192,6 +192,12 @@ def test_bad_input_is_one_line(sweep_run, tmp_path, capsys):
         (["--defences", "early:beta=0.1"], "entropy options belong to the 'entropy' defence"),
         (["--estimators", "unrolled-grid:n=0"], "must be >= 1"),
         (["--estimators", "unrolled-grid:lamb=0.5"], "did you mean 'lam'"),
+        # an l2 radius has no upper bound: a negative one is not "outside [0, 1]"
+        (["--norm", "l2", "--eps", "0,-3"], "-3 is negative (an l2 radius is >= 0)"),
+        # the model's own noise replaces the device: refused rather than a digital run
+        # whose rows name the device
+        (["--device", "photonic", "--noise-site", "signal", "--snr", "10"],
+         "device 'photonic' applies with noise_site 'device' only"),
     ]
     for extra, needle in cases:
         code, _, err = run([*fam, *extra], capsys)
@@ -275,6 +281,23 @@ def test_attack_names_are_the_documented_ones_and_a_bare_pgd_is_refused(tmp_path
         assert "attack: unknown attack" not in err
     spec = build(AttackRunSpec, {"family": "x", "attacks": "PGD-EPS,autoattack,sp"})
     assert spec.attacks == ["pgd-eps", "aa", "salt-pepper"]
+
+
+def test_the_printed_white_box_table_stays_aligned_with_long_names(capsys):
+    """An entropy defence with its parameters (README's example) and a transfer-source
+    mode are wider than the old fixed columns: the worst value moved right on their rows."""
+    from noisydeq.commands.attack import _summary
+
+    base = {"eps": 0.3, "snr_db": float("inf"), "chip": 0, "worst_value": 0.0,
+            "worst_attack": "PGD-10 / exact", "best_defence": "final"}
+    rows = [{**base, "model_id": "deq-d1-w128-s0-tinf", "mode": "white-box",
+             "defence": "final"},
+            {**base, "model_id": "deq-d1-w128-s0-t0-z-10db-trades", "mode": "transfer-source",
+             "defence": "entropy(β=0.075 R=10 Tf=2 ε=0.3)"}]
+    _summary(rows, 0.3)
+    lines = capsys.readouterr().out.splitlines()[1:]
+    cols = {ln.index("worst") if i == 0 else ln.index("0.000") for i, ln in enumerate(lines)}
+    assert len(lines) == 3 and len(cols) == 1, lines
 
 
 def test_summary_eps_is_steps_eps_or_the_nearest_grid_point():

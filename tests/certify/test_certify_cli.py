@@ -77,6 +77,28 @@ def test_non_monotone_models_are_refused_with_the_failing_property(capsys, tmp_p
     assert not out.exists()
 
 
+@pytest.mark.slow
+def test_another_command_without_out_does_not_overwrite_the_first(capsys, tmp_path, family,
+                                                                  monkeypatch):
+    """The docs run `certify fam --eps ...` and then `certify fam --device rram --chip 0
+    --eps ...` (and certify-mnist with and without a chip) without --out: both went to
+    runs/certify-<source>, the second overwriting the first's results. Settings given on
+    the command line now name their own folder; the plain command keeps its name."""
+    monkeypatch.chdir(tmp_path)
+    src = str(family / "good")
+    runs = [["--n-test", "20", "--eps", "0.1"], ["--n-test", "20", "--eps", "0,0.05"], []]
+    for argv in runs:
+        code, _, err = run_certify(capsys, src, "--quiet", *argv)
+        assert code == 0, err
+    dirs = sorted(p.name for p in (tmp_path / "runs").iterdir())
+    assert len(dirs) == 3 and "certify-good" in dirs, dirs
+    eps = {d: sorted({float(r["eps"]) for r in csv.DictReader(
+        open(tmp_path / "runs" / d / "results.csv"))}) for d in dirs}
+    assert sorted(map(tuple, eps.values())) == [(0.0, 0.05), (0.1,), (0.1, 0.2, 0.3, 0.4)]
+    code, _, err = run_certify(capsys, src, "--quiet", "--n-test", "20", "--eps", "0.1")
+    assert code == 0 and len(list((tmp_path / "runs").iterdir())) == 3, err  # same folder
+
+
 def test_missing_source_is_one_line(capsys, tmp_path):
     code, _, err = run_certify(capsys, str(tmp_path / "nothing"), "--out", str(tmp_path / "o"))
     assert code == 2 and "does not exist" in err

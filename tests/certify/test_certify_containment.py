@@ -224,3 +224,30 @@ def test_dynamic_read_error_too_steep_is_refused():
     assert check_dynamic_slope(cell, torch.full((12,), 1e-4, dtype=torch.float64), mu) < 1
     with pytest.raises(NoisyDEQError, match="slope"):
         check_dynamic_slope(cell, torch.full((12,), 10.0, dtype=torch.float64), mu)
+
+
+@pytest.mark.parametrize("chip", [None, 0])
+def test_a_too_wide_measured_chip_is_not_told_to_lower_k_or_coverage(monkeypatch, chip):
+    """A measured chip (--chip) has no k or coverage: its refusal names what can change
+    (found by the user audit: `certify fam --device rram --chip 0` on a w128 mondeq said
+    'use a smaller k or coverage'); the model envelope keeps that advice."""
+    from types import SimpleNamespace
+
+    from noisydeq.analysis import certified
+    from noisydeq.certify.envelope_types import Envelope, LayerEnvelope
+    from noisydeq.certify.spec import CertifySpec
+    from noisydeq.errors import NoisyDEQError
+
+    model = small_model("mondeq", "ibp", m=0.1)
+    w = model.cell.M.weight
+    env = Envelope({"cell.M": LayerEnvelope(0.5 * w.abs().max() * torch.ones_like(w))},
+                   "rram-wan2022:chip0")
+    monkeypatch.setattr(certified, "build_envelope", lambda *a, **k: env)
+    member = SimpleNamespace(model=model, kind="mondeq", depth=1, width=12, seed=0)
+    spec = CertifySpec(device="rram", chip=chip)
+    with pytest.raises(NoisyDEQError, match="too wide") as err:
+        certified.plan(member, spec, torch.rand(2, 16, dtype=torch.float64))
+    if chip is None:
+        assert "use a smaller k or coverage" in str(err.value)
+    else:
+        assert "smaller k" not in str(err.value) and "--monotone m=" in str(err.value)

@@ -83,3 +83,25 @@ def test_table2_pipeline_tiny(capsys, tmp_path, monkeypatch):
         assert float(r["certified_acc"]) <= float(r["pgd_acc"]) <= float(r["clean_acc"])
     table = (tmp_path / "run" / "table2.md").read_text(encoding="utf-8")
     assert "ε = 0.1 (train 0.2)" in table and "mondeq (lben)" in table
+
+
+def test_the_command_line_s_seed_reaches_an_experiment_and_names_its_folder(capsys, tmp_path,
+                                                                            monkeypatch):
+    """`certify EXPERIMENT --seed N` was dropped (the options copied over the file's
+    [certify] table left out --seed); and a run with options given goes to its own default
+    folder, not the plain run's runs/<name>-<variant>."""
+    from noisydeq.analysis import certify_experiments
+
+    seen = []
+    monkeypatch.setattr(certify_experiments, "run_table2",
+                        lambda exp, out, **kw: seen.append((exp.certify, out)) or ([], []))
+    monkeypatch.chdir(tmp_path)
+    exp = tmp_path / "t2.toml"
+    exp.write_text('name = "t2"\nkind = "table2"\n[family]\ntask = "digits"\n'
+                   '[certify]\neps = [0.1]\nseed = 1\n', encoding="utf-8")
+    for argv in ([], ["--seed", "7"]):
+        code, _, err = run_certify(capsys, str(exp), "--quiet", *argv)
+        assert code == 0, err
+    (plain, out0), (seeded, out1) = seen
+    assert plain["seed"] == 1 and seeded["seed"] == 7
+    assert out0 == Path("runs") / "t2-quick" and out1.name.startswith("t2-quick-")
