@@ -250,23 +250,43 @@ def resumed_meta(meta: dict[str, Any], old: dict[str, Any]) -> None:
     meta["resumed"] = (resumed if isinstance(resumed, int) else 0) + 1
 
 
+#: what a sweep's note adds: the files of the cells it computes again do not stay behind
+REPLACED = "; each old file is removed once its cell is written again"
+
+
 def other_code_note(found: dict[str, str | None], total: int, out: Path, *,
-                    what: str = "cells", kept: bool = False, flag: str = "") -> str:
+                    what: str = "cells", kept: bool = False, flag: str = "",
+                    tail: str = "", recorded: str = "their code") -> str:
     """The line a resumed run prints when ``found`` (key → recorded code, None: not
     recorded) of its ``total`` ``what`` in ``out`` were computed by other noisydeq code: they
     are computed again — or, ``kept`` (``flag`` given), served — so the table never mixes
-    two codes' results unsaid; '' for none. ``flag``: the option that keeps them."""
+    two codes' results unsaid; '' for none. ``flag``: the option that keeps them; ``tail``:
+    what else happens to them (:data:`REPLACED`); ``recorded``: what cells record (those
+    written before, counted as None in ``found``)."""
     if not found:
         return ""
     n, unknown = len(found), sum(c is None for c in found.values())
-    older = (f" ({'all' if unknown == n else unknown} of them before cells recorded their "
-             "code)" if unknown else "")
+    older = (f" ({'all' if unknown == n else unknown} of them before cells recorded "
+             f"{recorded})" if unknown else "")
     head = f"note: {n} of {total} {what} in {out} were computed by other noisydeq code{older}"
     if kept:
         return f"{head}; kept ({flag}): the table mixes their results with this code's"
     keep = f"; {flag} keeps them instead" if flag else ""
     return (f"{head}: they are computed again (edits to comments and docstrings do not count "
-            f"as a change{keep})")
+            f"as a change{keep}){tail}")
+
+
+def other_weights_note(found: dict[str, Any], total: int, out: Path, *,
+                       what: str = "cells", flag: str = "", tail: str = "") -> str:
+    """The line a resumed run prints when ``found`` (key → recorded weights digest) of its
+    ``total`` ``what`` in ``out`` were computed on other weights of their model (a family
+    retrained under the same ids): they are computed again, even where ``flag`` keeps other
+    code's cells — results of other weights are not this model's; '' for none."""
+    if not found:
+        return ""
+    keep = f" ({flag} keeps other code's cells, never other weights')" if flag else ""
+    return (f"note: {len(found)} of {total} {what} in {out} were computed on other weights "
+            f"of their model: they are computed again{keep}{tail}")
 
 
 _Dir = TypeVar("_Dir", bound="LockedDir")
@@ -292,6 +312,14 @@ class LockedDir:
         #: the cells found computed by other code: key → the code they record (None: a
         #: cell written before cells recorded their code)
         self.other_code: dict[str, str | None] = {}
+        #: key → the weights digest (:func:`noisydeq.store.init_hash`) of the model a cell
+        #: is computed on, where the caller knows it: recorded with the code; a cell that
+        #: records other weights is never served (not even with :attr:`keep_other_code`:
+        #: its results are another model's), one that records none (written before cells
+        #: recorded them) counts as a cell of unknown code
+        self.weights: dict[str, str] = {}
+        #: the cells found computed on other weights: key → the digest they record
+        self.other_weights: dict[str, str] = {}
         self._code: str | None = None
 
     @property
@@ -301,19 +329,36 @@ class LockedDir:
             self._code = fingerprint.code_fingerprint()
         return self._code
 
-    def code_record(self) -> dict[str, str]:
-        """What a cell file records of the code that computed it (empty unless
-        :attr:`records_code`)."""
-        return {"code": self.code} if self.records_code else {}
+    @code.setter
+    def code(self, value: str) -> None:
+        """The code a caller already fingerprinted (a sweep's: the one its keys hold)."""
+        self._code = value
+
+    def code_record(self, key: str = "") -> dict[str, str]:
+        """What a cell file records of the code that computed it and, when :attr:`weights`
+        knows cell ``key``'s model, of its weights (empty unless :attr:`records_code`)."""
+        if not self.records_code:
+            return {}
+        weights = self.weights.get(key)
+        return {"code": self.code, **({"weights": weights} if weights else {})}
 
     def _other_code(self, key: str, data: dict[str, Any]) -> bool:
         """Whether the cell ``key`` (its checked record ``data``) is not served because
-        other code computed it (noted in :attr:`other_code`; kept with
-        :attr:`keep_other_code`)."""
-        if not self.records_code or data.get("code") == self.code:
+        it was computed on other weights than :attr:`weights` gives it (noted in
+        :attr:`other_weights`; never kept) or by other code (noted in :attr:`other_code`;
+        kept with :attr:`keep_other_code`)."""
+        if not self.records_code:
             return False
+        weights, found = self.weights.get(key), data.get("weights")
+        if weights is not None and isinstance(found, str) and found != weights:
+            self.other_weights[key] = found
+            return True
+        # no weights recorded (written before cells recorded them): unknown code too
+        unknown = weights is not None and not isinstance(found, str)
         code = data.get("code")
-        self.other_code[key] = code if isinstance(code, str) else None
+        if code == self.code and not unknown:
+            return False
+        self.other_code[key] = code if isinstance(code, str) and not unknown else None
         return not self.keep_other_code
 
     @contextmanager
@@ -361,6 +406,11 @@ class RunDir(LockedDir):
     def __init__(self, path: str | os.PathLike) -> None:
         super().__init__(path)
         self.cells = self.path / "cells"
+        #: key → the files of cells this one replaces (the same model, chip and levels
+        #: computed from other inputs: other code, weights or data), removed once it is
+        #: written (:meth:`save_cell`; a sweep finds them: :meth:`noisydeq.sweep.plan
+        #: .CellRunner.superseded`)
+        self.superseded: dict[str, list[Path]] = {}
         self.figures = self.path / "figures"
         self.config_path = self.path / "config.toml"
         self.identity_path = self.path / "identity.json"
@@ -573,10 +623,14 @@ class RunDir(LockedDir):
         """Record a finished cell durably (atomic write with fsync, digest embedded);
         ``layers``: its per-layer rows (:data:`LAYER_COLUMNS`)."""
         record: dict[str, Any] = {"format": CELL_FORMAT, "key": key, "rows": list(rows),
-                                  **self.code_record()}
+                                  "code": self.code, **self.code_record(key)}
         if layers:
             record["layers"] = list(layers)
-        store.write_signed_json(self.cell_path(key), record)
+        path = self.cell_path(key)
+        store.write_signed_json(path, record)
+        for old in self.superseded.pop(key, []):  # replaced: unreachable from now on
+            if old != path:
+                old.unlink(missing_ok=True)
         if events.active():
             events.emit("cell", run=str(self.path), key=key, rows=len(record["rows"]),
                         values=[{"model": r.get("model_id"), "chip": r.get("chip"),

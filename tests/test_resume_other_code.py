@@ -78,7 +78,7 @@ def test_lyapunov_attack_cells_of_other_code_are_computed_again(tmp_path,
                    'eps_255 = [2]\nmax_test_samples = 4\n')
     spec = lx.load_experiment(exp)
     calls = {"attacked": 0, "value": 0.25}
-    member = SimpleNamespace(params=3, model=None,
+    member = SimpleNamespace(params=3, model=torch.nn.Linear(2, 1),
                              result=SimpleNamespace(seconds=1.0, test_metric=0.5))
     monkeypatch.setattr(families, "train_family",
                         lambda *a, **k: SimpleNamespace(members=[member]))
@@ -116,7 +116,64 @@ def test_lyapunov_attack_cells_of_other_code_are_computed_again(tmp_path,
     calls["value"] = 0.5
     rows, said, attacked = run()
     assert attacked == 1 and rows == {"plain": 0.5, "both": 0.75}
-    assert any("(before cells recorded their code); computing it again" in s for s in said)
+    assert any("(before cells recorded their code and weights); computing it again" in s
+               for s in said)
+    # a cell of format 1 (robust samples counted by the attacked input only): unknown code
+    data = store.read_signed_json(cell)
+    store.write_signed_json(cell, {"format": "noisydeq-lyapunov-cell/1", "variant": "plain",
+                                   "seed": 0, "rows": data["rows"]})
+    calls["value"] = 0.625
+    rows, said, attacked = run()
+    assert attacked == 1 and rows == {"plain": 0.625, "both": 0.75}
+    assert any(s.startswith("attack plain seed 0: computed by other noisydeq code (before")
+               for s in said)
+    # the family trained again since (other weights under the same id): computed again
+    with torch.no_grad():
+        member.model.weight.add_(1.0)
+    calls["value"] = 0.125
+    rows, said, attacked = run()
+    assert attacked == 2 and rows == {"plain": 0.125, "both": 0.125}
+    assert sum("computed on other weights of its model (trained again since)" in s
+               for s in said) == 2
+    rows, said, attacked = run()  # the same code and weights: served
+    assert attacked == 0 and rows == {"plain": 0.125, "both": 0.125}
+
+
+def test_study_evaluations_of_other_weights_are_computed_again(tmp_path,
+                                                                monkeypatch) -> None:
+    """A study model trained again under its id (here: its checkpoint's weights changed)
+    is evaluated again, whatever code: its cell records the weights it evaluated."""
+    spec = tiny(train_snr_db=["inf"], test_snr_db=["inf"])
+    out = tmp_path / "run"
+    evaluate = study_runner.evaluate_model
+    n = {"evaluated": 0}
+
+    def counting(*a, **k):
+        n["evaluated"] += 1
+        return evaluate(*a, **k)
+
+    monkeypatch.setattr(study_runner, "evaluate_model", counting)
+
+    def run():
+        said: list[str] = []
+        n["evaluated"] = 0
+        return run_study(spec, out, plots=False, log=said.append), said, n["evaluated"]
+
+    first, _, evaluated = run()
+    assert evaluated == 2
+    assert all("weights" in store.read_signed_json(p) for p in (out / "cells").iterdir())
+    again, said, evaluated = run()
+    assert evaluated == 0 and again.rows == first.rows
+    (ckpt, _) = sorted((out / "models").glob("*/model.safetensors"))
+    tensors, meta = store.load_tensors(ckpt)
+    tensors = {k: v + 0.25 if v.is_floating_point() else v for k, v in tensors.items()}
+    store.save_checkpoint(ckpt, tensors, meta["config"], meta.get("extra"))
+    other, said, evaluated = run()
+    assert evaluated == 1 and other.trained == 0
+    assert sum("evaluated on other weights of this model" in s for s in said) == 1
+    assert other.rows != first.rows
+    third, said, evaluated = run()
+    assert evaluated == 0 and third.rows == other.rows
 
 
 def test_study_ray_worker_of_other_code_is_refused(monkeypatch) -> None:

@@ -10,9 +10,10 @@ one table is reused by the other.
 Output directory::
 
     config.toml                    the resolved experiment (digest line first)
-    attack/<variant>-s<seed>.json  one finished (variant, seed) cell and the code that computed
-                                   it, written atomically with its digest (a damaged or
-                                   foreign cell is refused, naming it; one of other code is
+    attack/<variant>-s<seed>.json  one finished (variant, seed) cell, the code that computed
+                                   it and its model's weights digest, written atomically with
+                                   its digest (a damaged or foreign cell is refused, naming
+                                   it; one of other code or weights, or of format 1, is
                                    computed again)
     attack.csv                     one row per variant × seed × attack × ε
     device/<device>-<group>/       one sweep run directory per device and model group
@@ -296,9 +297,11 @@ def readout_stats(model: torch.nn.Module, x: torch.Tensor) -> dict[str, float]:
 def run_attacks(spec: LyapunovExperimentSpec, out: Path, task: Any,
                 log: Callable[[str], None]) -> list[dict[str, Any]]:
     """Every (variant, seed) cell of the attack table, resumed from ``out/attack``: a cell
-    other noisydeq code computed (:func:`~noisydeq.fingerprint.code_fingerprint`), or one
-    written before cells recorded their code, is computed again and the log says so (its
-    model comes from the family cache, kept across code versions)."""
+    other noisydeq code computed (:func:`~noisydeq.fingerprint.code_fingerprint`), or on
+    other weights of its model (:func:`~noisydeq.store.init_hash`: a family trained again
+    since, its cache cleared), or one written before cells recorded both, is computed again
+    and the log says so (its model comes from the family cache, kept across code
+    versions)."""
     from noisydeq.families import train_family
     from noisydeq.fingerprint import code_fingerprint
 
@@ -312,19 +315,26 @@ def run_attacks(spec: LyapunovExperimentSpec, out: Path, task: Any,
     for variant in grid.variants:
         for seed in spec.seeds:
             path = out / "attack" / f"{variant}-s{seed}.json"
-            cell, made_by = _read_cell(path, variant, seed) if path.exists() else (None, code)
-            if made_by != code:  # other code's cell: not served, computed again
-                older = "" if made_by else " (before cells recorded their code)"
+            # the model its cell must be of (from the family cache: trained when missing);
+            # the family's line names kind, depth and width, the same for every variant
+            member = train_family(
+                spec.family_spec(seed, variant), task,
+                log=lambda text, v=variant, s=seed: log(f"{v} seed {s}: {text}")).members[0]
+            weights = store.init_hash(member.model)
+            cell, made_by, on = (_read_cell(path, variant, seed) if path.exists()
+                                 else (None, code, weights))
+            if on is not None and on != weights:  # never served
+                log(f"attack {variant} seed {seed}: computed on other weights of its model "
+                    "(trained again since); computing it again")
+            elif made_by != code or on is None:  # other code's cell: not served
+                older = "" if made_by and on else (" (before cells recorded their code "
+                                                   "and weights)")
                 log(f"attack {variant} seed {seed}: computed by other noisydeq code{older}; "
                     "computing it again (edits to comments and docstrings do not count as "
                     "a change)")
-            if cell is not None and made_by == code:
+            if cell is not None and made_by == code and on == weights:
                 log(f"attack {variant} seed {seed}: done before")
             else:
-                # the family's line names kind, depth and width, the same for every variant
-                fam = train_family(spec.family_spec(seed, variant), task,
-                                   log=lambda text, v=variant, s=seed: log(f"{v} seed {s}: {text}"))
-                member = fam.members[0]
                 t0 = time.perf_counter()
                 base = {"variant": variant, "seed": seed, "params": member.params,
                         "train_seconds": member.result.seconds,
@@ -332,7 +342,8 @@ def run_attacks(spec: LyapunovExperimentSpec, out: Path, task: Any,
                         **readout_stats(member.model, x[:grid.batch_size])}
                 cell = [{**base, **r} for r in attack_cell(member.model, x, y, grid, seed)]
                 store.write_signed_json(path, {"format": CELL_FORMAT, "variant": variant,
-                                               "seed": seed, "code": code, "rows": cell},
+                                               "seed": seed, "code": code,
+                                               "weights": weights, "rows": cell},
                                         indent=2)
                 log(f"attack {variant} seed {seed}: {time.perf_counter() - t0:.1f} s")
             rows.extend(cell)
@@ -362,15 +373,17 @@ def attack_convergence_lines(rows: list[dict[str, Any]], n: int,
 
 
 def _read_cell(path: Path, variant: str, seed: int
-               ) -> tuple[list[dict[str, Any]], str | None]:
+               ) -> tuple[list[dict[str, Any]] | None, str | None, str | None]:
     """A finished cell's rows, digest, format and identity checked (a file that fails is a
-    :class:`CorruptArtefact` naming it), and the code fingerprint it records (None: written
-    before cells recorded their code)."""
+    :class:`CorruptArtefact` naming it), the code fingerprint and the weights digest of its
+    model it records (None: written before cells recorded them). A cell of format 1
+    (robust samples counted by the attacked input only; now right clean and attacked) is
+    one of unknown code: no rows, computed again."""
     try:
         data = store.read_signed_json(path, "attack cell")
-        if data.get("format") == "noisydeq-lyapunov-cell/1":
-            raise CorruptArtefact(path, "counts robust samples by the attacked input only "
-                                  "(format 1; now right clean and attacked)")
+        if (data.get("format") == "noisydeq-lyapunov-cell/1"
+                and (data.get("variant"), data.get("seed")) == (variant, seed)):
+            return None, None, None
         if data.get("format") != CELL_FORMAT:
             raise CorruptArtefact(path, f"has format {data.get('format')!r}, not {CELL_FORMAT}")
         if (data.get("variant"), data.get("seed")) != (variant, seed):
@@ -384,8 +397,9 @@ def _read_cell(path: Path, variant: str, seed: int
     except CorruptArtefact as err:
         raise CorruptArtefact(path, f"{err.reason}; delete it to compute that cell again"
                               ) from None
-    made_by = data.get("code")
-    return rows, made_by if isinstance(made_by, str) else None
+    made_by, on = data.get("code"), data.get("weights")
+    return (rows, made_by if isinstance(made_by, str) else None,
+            on if isinstance(on, str) else None)
 
 
 # ------------------------------------------------------------------------ device table
@@ -406,7 +420,7 @@ def run_device(spec: LyapunovExperimentSpec, out: Path, task: Any, progress: boo
             sspec = spec.sweep_spec(device, group)
             t0 = time.perf_counter()
             res = run_sweep(sspec, out / "device" / f"{device}-{group}", task=task,
-                            progress=progress, plots=False, jobs=1)
+                            progress=progress, plots=False, jobs=1, echo=log)
             log(f"device {device} {group}: {res.computed_cells} cells computed, "
                 f"{res.skipped_cells} resumed, {time.perf_counter() - t0:.1f} s")
             rows.extend({**r, "model": group} for r in res.rows)

@@ -134,7 +134,7 @@ from noisydeq.errors import CorruptArtefact, NoisyDEQError
 from noisydeq.noise import derive_seed
 from noisydeq.regulation.entropy import prediction_entropy
 from noisydeq.regulation.states import entropy_shift
-from noisydeq.results import RunDir, other_code_note, table_to_csv
+from noisydeq.results import RunDir, other_code_note, other_weights_note, table_to_csv
 from noisydeq.solvers.gradients import tally_backward
 from noisydeq.specs.base import build
 
@@ -255,6 +255,10 @@ class AttackResult:
     #: cells (and early-state selections) on disk that other noisydeq code computed: computed
     #: again, or served with ``keep_other_code`` (:func:`run_attacks`)
     other_code_cells: int = 0
+    #: cells (and early-state selections) on disk that record other weights of their model
+    #: (a family retrained under the same ids): always computed again (one recording none
+    #: counts as a cell of unknown code, :attr:`other_code_cells`)
+    other_weights_cells: int = 0
 
 
 @dataclass
@@ -794,6 +798,7 @@ def _run_open(spec: AttackRunSpec, members: Sequence[AttackMember], task: Any,
         for p in m.model.parameters():
             p.requires_grad_(False)
     runner = Runner(spec, task, rd, dev)
+    rd.weights.update(_weights(spec, cells))  # recorded in each cell, checked on resume
     found: dict[str, list[dict[str, Any]]] = {}
     todo: list[Cell] = []
     for cell in cells:  # what the run holds, before anything is computed
@@ -805,11 +810,14 @@ def _run_open(spec: AttackRunSpec, members: Sequence[AttackMember], task: Any,
     early = _early_keys(spec, cells)
     for key in _early_keys(spec, todo):  # noted in rd.other_code when other code chose them
         rd.load_cell(key, columns=EARLY_COLUMNS, identity=("n",))
-    note = other_code_note(rd.other_code, len(cells) + len(early), rd.path,
-                           what="cells and early-state selections" if early else "cells",
-                           kept=rd.keep_other_code, flag="--keep-other-code")
-    if note:
-        echo(note)
+    what = "cells and early-state selections" if early else "cells"
+    for note in (other_weights_note(rd.other_weights, len(cells) + len(early), rd.path,
+                                    what=what, flag="--keep-other-code"),
+                 other_code_note(rd.other_code, len(cells) + len(early), rd.path, what=what,
+                                 kept=rd.keep_other_code, flag="--keep-other-code",
+                                 recorded="their code and weights")):
+        if note:
+            echo(note)
     computed, skipped = 0, len(found)
     from noisydeq.progress import progress as progress_bar
 
@@ -855,7 +863,29 @@ def _run_open(spec: AttackRunSpec, members: Sequence[AttackMember], task: Any,
             figures += plot_run(rows, rd.figures, title=title, column="position_value",
                                 own_noise=own)
     rd.seal(figures, extra=[rd.whitebox_path])
-    return AttackResult(rows, rd, wb, figures, computed, skipped, len(rd.other_code))
+    return AttackResult(rows, rd, wb, figures, computed, skipped, len(rd.other_code),
+                        len(rd.other_weights))
+
+
+def _weights(spec: AttackRunSpec, cells: Sequence[Cell]) -> dict[str, str]:
+    """Cell key → the weights digest (:func:`noisydeq.store.init_hash`, as the sweep's
+    cell keys hold it) of what the cell is computed on: its model's, and a
+    ``transfer-source`` cell's source model's too; the early-state selection of a model,
+    level and chip: that model's."""
+    from noisydeq.store import init_hash
+
+    digests: dict[int, str] = {}
+
+    def of(m: AttackMember) -> str:
+        if id(m.model) not in digests:
+            digests[id(m.model)] = init_hash(m.model)
+        return digests[id(m.model)]
+
+    out: dict[str, str] = {}
+    for c in cells:
+        out[c.key] = of(c.member) + ("" if c.source is None else f"<{of(c.source)}")
+        out[early_key(spec, c.member, c.snr_db, c.chip)] = of(c.member)
+    return out
 
 
 def _early_keys(spec: AttackRunSpec, cells: Sequence[Cell]) -> list[str]:

@@ -111,6 +111,8 @@ def command(experiment: str, variant: str, out: Path | None, data_dir: str | Non
     report = {"out": str(out_dir), "models": len(res.members),
               "evaluations": {k: str(v.run_dir.path) for k, v in res.evaluations.items()},
               "cells_other_code": {k: v.other_code_cells for k, v in res.evaluations.items()},
+              "cells_other_weights": {k: v.other_weights_cells
+                                      for k, v in res.evaluations.items()},
               "seconds": round(time.perf_counter() - t0, 1)}
     if as_json:
         report["summary"] = {k: str(Path(v.run_dir.path) / "summary.csv")

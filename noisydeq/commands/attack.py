@@ -206,6 +206,7 @@ def command(family, attacks, eps, pgd_steps, steps, steps_eps, sigma, fraction, 
               "whitebox_csv": str(res.run_dir.whitebox_path),
               "figures": [str(p) for p in res.figures], "cells_computed": res.computed_cells,
               "cells_resumed": res.skipped_cells, "cells_other_code": res.other_code_cells,
+              "cells_other_weights": res.other_weights_cells,
               "seconds": round(seconds, 2)}
     if as_json:
         click.echo(json.dumps({**report, "whitebox": res.whitebox}, indent=2, default=str))

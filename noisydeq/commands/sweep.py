@@ -158,7 +158,7 @@ def execute(
 
     t0 = time.perf_counter()
     res = run_sweep(spec, out, progress=not quiet, title=title, threads=threads, jobs=jobs,
-                    backend=backend)
+                    backend=backend, echo=lambda s: click.echo(s, err=True))
     seconds = time.perf_counter() - t0
     report = {
         "run_dir": str(res.run_dir.path),
@@ -171,6 +171,7 @@ def execute(
         "noise_mode": spec.swept_mode,
         "cells_computed": res.computed_cells,
         "cells_resumed": res.skipped_cells,
+        "cells_superseded": res.superseded_cells,
         "extended": res.extended,
         "seconds": round(seconds, 2),
     }

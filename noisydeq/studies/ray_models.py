@@ -98,24 +98,27 @@ def run_on_ray(spec: StudySpec, task: Any, sets: list, run: StudyDir, jobs: list
             else:  # finished here: load it (a checkpoint of another config is trained again)
                 res = train_model(_build(spec, job.name, task, job.seed), task, tspec,
                                   out_dir=run.models / mid, torch_device=dev, quiet=True)
+                run.weights[mid] = store.init_hash(res.model)  # what its cell records
                 trained = ray.put((res.model.cpu(), res.seconds))
             futures[fn.remote(ref.hex(), [ref], job, trained, str(dev))] = (mid, job)
     out: dict[str, tuple[list[dict[str, Any]], bool]] = {}
     for (mid, job), (blob, metric, rows) in cluster.finished(
             futures, lambda k: f"study model {k[0]}"):
+        model = _build(spec, job.name, task, job.seed)
         if blob is not None:
-            _, meta = store.read_tensors_blob(blob, f"checkpoint bytes of {mid}")
+            weights, meta = store.read_tensors_blob(blob, f"checkpoint bytes of {mid}")
             if meta.get("config_hash") != hashes[mid]:
                 raise NoisyDEQError(f"study model {mid} on Ray: the worker's training config "
                                     "differs from the driver's (same noisydeq, torch and data "
                                     "on every node?)")
+            store.load_into(model, weights, f"checkpoint bytes of {mid}")
+            run.weights[mid] = store.init_hash(model)  # what its cell records
             entry = run.models / mid
             store.make_dir(entry, "model directory")
             with store.DirLock(entry, "model directory"):  # the driver writes the run dir
                 store.write_checkpoint_blob(entry / MODEL_FILE, blob)
                 (entry / RESUME_FILE).unlink(missing_ok=True)  # a local run's partial one
             say(f"{mid}: {task.metric_name} {metric:.4g} (trained on Ray)")
-        model = _build(spec, job.name, task, job.seed)
         cell = run.load_cell(mid, expected_rows(spec, job.name, model, job.seed,
                                                 job.train_snr_db, sets))
         if cell is None:

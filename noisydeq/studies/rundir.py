@@ -148,7 +148,7 @@ class StudyDir(LockedDir):
         """Record an evaluated model durably (atomic write, digest embedded)."""
         store.write_signed_json(self.cell_path(key),
                                 {"format": CELL_FORMAT, "key": key, "rows": list(rows),
-                                 **self.code_record()})
+                                 **self.code_record(key)})
 
     # ----------------------------------------------------------------- tables
 

@@ -40,7 +40,7 @@ import torch
 
 from noisydeq.errors import NoisyDEQError
 from noisydeq.noise import derive_seed
-from noisydeq.results import other_code_note
+from noisydeq.results import other_code_note, other_weights_note
 from noisydeq.specs.base import build
 from noisydeq.specs.model import ModelSpec
 from noisydeq.specs.study import StudyModel, StudySpec
@@ -210,7 +210,8 @@ def run_study(
     (:func:`noisydeq.studies.ray_models.run_on_ray`) trains and evaluates each model whose
     checkpoint or cell is missing as one Ray task, this process writing both."""
     from noisydeq.cluster import Backend, session
-    from noisydeq.runtime import resolve_torch_device
+    from noisydeq.runtime import num_threads, resolve_torch_device
+    from noisydeq.store import init_hash
     from noisydeq.train import MODEL_FILE, train_model
 
     t0 = time.perf_counter()
@@ -237,16 +238,28 @@ def run_study(
             for mname, seed, tsnr in keys:
                 mid = model_id(mname, seed, tsnr)
                 model = _build(spec, mname, task, seed)
-                done = run.load_cell(mid, expected_rows(spec, mname, model, seed, tsnr, sets))
                 finished = (run.models / mid / MODEL_FILE).is_file()
+                if finished:  # its evaluation must be of these weights (loaded: cheap; with
+                    # one thread, as Ray tasks train: noisydeq.studies.ray_models)
+                    with num_threads(1):
+                        run.weights[mid] = init_hash(train_model(
+                            _build(spec, mname, task, seed), task,
+                            spec.train_spec(mname, seed, tsnr), out_dir=run.models / mid,
+                            torch_device=dev, quiet=True).model)
+                done = run.load_cell(mid, expected_rows(spec, mname, model, seed, tsnr, sets))
                 if done is not None and finished:
                     cells[mid] = done
                     loaded += 1
-                else:
-                    jobs.append(ModelJob(mname, seed, tsnr, not finished, done is None))
-            if run.other_code:
-                say(other_code_note(run.other_code, len(keys), run.path,
-                                    what="model evaluations"))
+                else:  # a model trained (again) here is evaluated (its weights may differ)
+                    jobs.append(ModelJob(mname, seed, tsnr, not finished,
+                                         done is None or not finished))
+            for note in (other_weights_note(run.other_weights, len(keys), run.path,
+                                            what="model evaluations"),
+                         other_code_note(run.other_code, len(keys), run.path,
+                                         what="model evaluations",
+                                         recorded="their code and weights")):
+                if note:
+                    say(note)
             for mid, (got, fresh) in remote(spec, task, sets, run, jobs, say).items():
                 cells[mid] = got
                 trained += fresh
@@ -265,8 +278,12 @@ def run_study(
             say(f"{mid}: {task.metric_name} {res.test_metric:.4g} "
                 f"({'loaded' if res.loaded else res.trained_in()})")
             expect = expected_rows(spec, mname, res.model, seed, tsnr, sets)
+            run.weights[mid] = init_hash(res.model)  # a model retrained since: evaluated again
             cell = run.load_cell(mid, expect)
-            if cell is None and mid in run.other_code:
+            if cell is None and mid in run.other_weights:
+                say(f"{mid}: evaluated on other weights of this model (trained again since): "
+                    "evaluating it again")
+            elif cell is None and mid in run.other_code:
                 say(f"{mid}: evaluated by other noisydeq code"
                     f"{'' if run.other_code[mid] else ' (before evaluations recorded it)'}: "
                     "evaluating it again")

@@ -84,6 +84,13 @@ def resolve_jobs(
     return max(1, min(n, pending_pairs))
 
 
+def _slot(key: str) -> tuple[str, ...] | None:
+    """What of a cell key (:meth:`CellRunner.key`) names its place — model id, chip,
+    levels — without the inputs that computed it (format version, weights, content)."""
+    parts = key.split("|")
+    return (parts[1], parts[3], parts[4]) if len(parts) == 6 else None
+
+
 class CellRunner:
     """Evaluates the cells of (model, chip) pairs and saves them into the run directory."""
 
@@ -107,6 +114,7 @@ class CellRunner:
 
         if run_dir is not None:
             run_dir.columns = columns_for(spec)
+            run_dir.code = self.code  # what its cell files record: the code their keys hold
         self.torch_device = torch_device
         self.task_name = task.name
         self.x, self.y = _test_tensors(task, spec, torch_device)
@@ -205,6 +213,59 @@ class CellRunner:
         it, else (computed since) read once now; None when it was never saved."""
         found = self._saved.pop(self.key(sm, chip, levels), None)
         return found if found is not None else self._read(sm, chip, levels)
+
+    def superseded(self, models: Sequence[SweepModel],
+                   todo: dict[tuple[int, int], list[list[float]]]) -> list[str]:
+        """The lines saying why cells of the run directory are computed again: for each
+        missing cell (``todo``: (model index, chip) → its missing level chunks) whose
+        model, chip and levels a cell file of other inputs holds — other code (or a file
+        written before cells recorded it), other weights of the model, other data — that
+        file is registered in the run directory's ``superseded`` (removed once the cell is
+        written again, :meth:`noisydeq.results.RunDir.save_cell`) and counted in one
+        line per reason. Files of no missing cell are left as they are."""
+        from noisydeq.errors import NoisyDEQError
+        from noisydeq.results import REPLACED, other_code_note, other_weights_note
+        from noisydeq.store import read_signed_json
+
+        rd = self.run_dir
+        assert rd is not None
+        pending = {_slot(key): key for (i, chip), chunks in todo.items() for levels in chunks
+                   for key in [self.key(models[i], chip, levels)]}
+        if not pending or not rd.cells.is_dir():
+            return []
+        known = {rd.cell_file_name(self.key(sm, chip, levels)) for sm in models
+                 for chip in range(self.spec.chips) for levels in self.chunks}
+        code: dict[str, str | None] = {}
+        weights: dict[str, str | None] = {}
+        data: set[str] = set()
+        for path in sorted(rd.cells.glob("*.json")):
+            if path.name in known:
+                continue
+            try:
+                record = read_signed_json(path, "cell file")
+            except NoisyDEQError:  # not a readable cell: no cell's, left alone
+                continue
+            old = record.get("key")
+            key = pending.get(_slot(old)) if isinstance(old, str) else None
+            if key is None:
+                continue
+            rd.superseded.setdefault(key, []).append(path)
+            made_by = record.get("code")
+            if made_by != self.code:
+                code[key] = made_by if isinstance(made_by, str) else None
+            elif old.split("|")[2] != key.split("|")[2]:
+                weights[key] = old.split("|")[2]
+            else:
+                data.add(key)
+        total = len(models) * self.spec.chips * len(self.chunks)
+        lines = [other_code_note(code, total, rd.path, tail=REPLACED),
+                 other_weights_note({k: w for k, w in weights.items() if k not in code},
+                                    total, rd.path, tail=REPLACED)]
+        data -= code.keys() | weights.keys()
+        if data:
+            lines.append(f"note: {len(data)} of {total} cells in {rd.path} were computed on "
+                         f"other test or calibration data: they are computed again{REPLACED}")
+        return [line for line in lines if line]
 
     def run_pair(
         self, sm: SweepModel, chip: int, on_cell: Callable[[int, str, float], None],

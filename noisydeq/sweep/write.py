@@ -8,6 +8,7 @@ the per-layer table, the figures and the digests.
 
 from __future__ import annotations
 
+import sys
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -45,6 +46,9 @@ class SweepResult:
     #: model id → its test solver's stop rule in words (:func:`noisydeq.convergence
     #: .stop_rule`; '' for a feed-forward model), for the end-of-run convergence lines
     stop_rules: dict[str, str] = field(default_factory=dict)
+    #: cells of the run directory computed again because other inputs computed them —
+    #: other code, weights or data (:meth:`~noisydeq.sweep.plan.CellRunner.superseded`)
+    superseded_cells: int = 0
 
 
 
@@ -108,6 +112,7 @@ def run_sweep(
     threads: str | None = None,
     jobs: int | str | None = None,
     backend: Backend | None = None,
+    echo: Callable[[str], None] | None = None,
 ) -> SweepResult:
     """Run (or resume) the sweep ``spec`` into ``out_dir``; returns the tidy table.
 
@@ -121,6 +126,10 @@ def run_sweep(
     with Ray, family members train as Ray tasks (:mod:`noisydeq.family_tasks`) and cells
     are evaluated as Ray tasks (:mod:`noisydeq.sweep.ray_cells`) — the same table; the
     cluster is joined (or started) before anything is written, and left at the end.
+    ``echo``: where the notes before the work go (default standard error): resuming, the
+    cells its files hold from other code, weights or data (their keys hold all three, so
+    they are computed again) are counted in one line each, and each old file is removed
+    once its cell is written again (:meth:`~noisydeq.sweep.plan.CellRunner.superseded`).
 
     Everything is validated before anything is written; the run directory is locked for
     the whole run (a second sweep on the same ``out_dir`` waits for this one).
@@ -156,7 +165,7 @@ def run_sweep(
         try:
             return _run_open(spec, run_dir, task, hardware, models, progress, on_cell, plots,
                              title, train_threads, eval_threads, torch_device, jobs, fresh,
-                             backend)
+                             backend, echo or _stderr)
         finally:
             run_dir.close()
     finally:
@@ -166,12 +175,17 @@ def run_sweep(
             disconnect()
 
 
+def _stderr(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
 def _run_open(
     spec: SweepSpec, run_dir: RunDir, task: Any, hardware: Hardware,
     models: Sequence[SweepModel] | ModelProvider | None, progress: bool,
     on_cell: Callable[[int], None] | None, plots: bool, title: str,
     train_threads: int | None, eval_threads: int | None, torch_device: torch.device,
     jobs: int | str | None, fresh: bool, backend: Backend,
+    echo: Callable[[str], None] = print,
 ) -> SweepResult:
     """The body of :func:`run_sweep` once its run directory is open and locked
     (``fresh``: created by this run)."""
@@ -196,6 +210,9 @@ def _run_open(
     pairs = [(i, chip) for i, sm in enumerate(models) for chip in range(spec.chips)]
     todo = {p: runner.missing(models[p[0]], p[1]) for p in pairs}
     pending = [p for p in pairs if todo[p]]
+    for line in runner.superseded(models, todo):  # before any work
+        echo(line)
+    superseded = len(run_dir.superseded)
     if pending:  # unreachable targets: one line, before any cell (a new run dir is removed)
         try:
             with num_threads(eval_threads):
@@ -280,7 +297,8 @@ def _run_open(
     if all_layers:
         run_dir.write_layer_table(all_layers)
     result = SweepResult(all_rows, run_dir, hardware.native_snr_db(), computed, skipped,
-                         native_parts=hardware.native_parts(), extended=dict(run_dir.added))
+                         native_parts=hardware.native_parts(), extended=dict(run_dir.added),
+                         superseded_cells=superseded)
     result.stop_rules = {sm.model_id: stop_rule(sm.model) for sm in models}
     if plots and all_rows:
         from noisydeq.figure_cache import cached_figures

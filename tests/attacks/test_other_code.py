@@ -5,6 +5,7 @@ code every cell is served."""
 
 from __future__ import annotations
 
+import copy
 import math
 from types import SimpleNamespace
 
@@ -151,3 +152,54 @@ def test_cells_from_before_the_code_record_load(grid, tmp_path, monkeypatch) -> 
     assert n == {"cells": 2, "early": 1} and again.rows == first.rows
     assert any("computed again" in s and "before cells recorded" in s for s in said)
     assert _codes(out) == {fingerprint.code_fingerprint()}
+
+
+def test_other_weights_recompute_even_when_keeping_other_code(grid, tmp_path,
+                                                              monkeypatch) -> None:
+    """A model retrained under the same id (other weights) is never served its old cells:
+    they record the weights digest they were computed on (as the sweep's keys hold it)."""
+    spec, member, task = grid
+    out = tmp_path / "run"
+    first, _, _ = _run(grid, out, monkeypatch)
+    digest = store.init_hash(member.model)
+    assert {store.read_signed_json(p)["weights"] for p in (out / "cells").iterdir()} == {
+        digest}
+    _mark(out)
+    retrained = SweepModel(copy.deepcopy(member.model), "deq", 1, 12, 64)
+    with torch.no_grad():
+        next(retrained.model.parameters()).add_(0.25)
+    for keep in (True, False):
+        again, said, n = _run((spec, retrained, task), out, monkeypatch, keep_other_code=keep)
+        assert n == {"cells": 2, "early": 1} and again.computed_cells == 2
+        assert MARK not in {r["value"] for r in again.rows}
+        if keep:
+            assert again.other_weights_cells == 3 and again.other_code_cells == 0
+            assert said[0] == (f"note: 3 of 3 cells and early-state selections in {out} were "
+                               "computed on other weights of their model: they are computed "
+                               "again (--keep-other-code keeps other code's cells, never "
+                               "other weights')")
+        else:  # computed on the retrained weights by the first pass: served
+            assert again.other_weights_cells == 3
+        member = retrained  # the second pass: back to the first weights
+        retrained = SweepModel(grid[1].model, "deq", 1, 12, 64)
+    assert again.rows == first.rows
+
+
+def test_cells_without_weights_count_as_unknown_code(grid, tmp_path, monkeypatch) -> None:
+    out = tmp_path / "run"
+    first, _, _ = _run(grid, out, monkeypatch)
+    for p in (out / "cells").iterdir():  # written after the code record, before weights'
+        data = store.read_signed_json(p)
+        del data["weights"]
+        store.write_signed_json(p, data)
+    _mark(out)
+    kept, said, n = _run(grid, out, monkeypatch, keep_other_code=True)
+    assert n == {"cells": 0, "early": 0} and {r["value"] for r in kept.rows} == {MARK}
+    (note,) = said[:1]
+    assert "(all of them before cells recorded their code and weights)" in note
+    assert "kept (--keep-other-code)" in note
+    again, said, n = _run(grid, out, monkeypatch)
+    assert n == {"cells": 2, "early": 1} and again.rows == first.rows
+    assert again.other_code_cells == 3 and again.other_weights_cells == 0
+    third, said, n = _run(grid, out, monkeypatch)  # recorded now: served
+    assert n == {"cells": 0, "early": 0} and not said
