@@ -17,6 +17,8 @@ residual set the scale for the recent small ones.
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
@@ -107,11 +109,13 @@ class Anderson:
         # solve, so its α is not finite: the finiteness check alone flags it as well.
         a = torch.linalg.solve_ex(H, ones)[0].squeeze(2)
         a = a / a.sum(dim=1, keepdim=True)
-        ok = torch.isfinite(a.sum(dim=1, keepdim=True))
-        # on CPU (where a host read is free) the selection is skipped when every α is
-        # finite — it would copy a unchanged — and the plain weights are made on first need
-        if a.device.type != "cpu" or not bool(ok.all()):
-            a = torch.where(ok, a, self._plain(n, j, a))
+        sums = a.sum(dim=1, keepdim=True)  # a row's weights are usable where theirs is finite
+        # On CPU (where a host read is free) one read tells whether every row's sum is
+        # finite — a sum over the rows' sums is finite only then (a non-finite term keeps
+        # any IEEE sum non-finite) — and the selection, which would copy a unchanged, is
+        # skipped; the plain weights are made on first need. Elsewhere: no host read.
+        if a.device.type != "cpu" or not math.isfinite(float(sums.sum())):
+            a = torch.where(torch.isfinite(sums), a, self._plain(n, j, a))
         mixed = torch.bmm(a.unsqueeze(1), F).squeeze(1)  # combine(a, F)
         if self.beta == 1.0:
             return mixed
