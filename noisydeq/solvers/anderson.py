@@ -17,9 +17,12 @@ residual set the scale for the recent small ones.
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
+from noisydeq.scalars import const
 from noisydeq.solvers.batched import coefs, combine
 from noisydeq.solvers.stop import Window
 from noisydeq.specs.solver import SolverSpec
@@ -41,11 +44,12 @@ class Anderson:
         self.G = torch.empty(b, self.m, d, **kw)
         self.gram = torch.empty(b, self.m, self.m, **kw)
         self.ones = torch.ones(b, self.m, 1, **kw)
-        eye = torch.eye(self.m, **kw)
-        #: the plain step's weights (slot j alone) for n stored slots: plain[n - 1][j]
-        self.plain = [eye[:, :n].unbind(0) for n in range(1, self.m + 1)]
-        self.tiny = torch.tensor(torch.finfo(x0.dtype).tiny, **kw)
-        self.lam_c = torch.tensor(self.lam, **kw)
+        #: the plain step's weights (slot j alone) for n stored slots, plain[n - 1][j]:
+        #: made by the first step that needs them (:meth:`_plain`), not by every solve
+        self.plain: list[tuple[Tensor, ...]] | None = None
+        # cached 0-dim constants (noisydeq.scalars: the same values, no tensor per solve)
+        self.tiny = const(torch.finfo(x0.dtype).tiny, x0)
+        self.lam_c = const(self.lam, x0)
         self._views()
 
     def _views(self) -> None:
@@ -61,6 +65,13 @@ class Anderson:
 
     def estimate(self, k: int, x: Tensor, fx: Tensor, window: Window | None) -> Tensor:
         return fx
+
+    def _plain(self, n: int, j: int, like: Tensor) -> Tensor:
+        """The plain step's weights for ``n`` stored slots: slot ``j`` alone (n,)."""
+        if self.plain is None:
+            eye = torch.eye(self.m, dtype=like.dtype, device=like.device)
+            self.plain = [eye[:, :k].unbind(0) for k in range(1, self.m + 1)]
+        return self.plain[n - 1][j]
 
     def select(self, rows: Tensor) -> None:
         """Keep the histories of the samples ``rows``."""
@@ -98,8 +109,13 @@ class Anderson:
         # solve, so its α is not finite: the finiteness check alone flags it as well.
         a = torch.linalg.solve_ex(H, ones)[0].squeeze(2)
         a = a / a.sum(dim=1, keepdim=True)
-        ok = torch.isfinite(a.sum(dim=1, keepdim=True))
-        a = torch.where(ok, a, self.plain[n - 1][j])
+        sums = a.sum(dim=1, keepdim=True)  # a row's weights are usable where theirs is finite
+        # On CPU (where a host read is free) one read tells whether every row's sum is
+        # finite — a sum over the rows' sums is finite only then (a non-finite term keeps
+        # any IEEE sum non-finite) — and the selection, which would copy a unchanged, is
+        # skipped; the plain weights are made on first need. Elsewhere: no host read.
+        if a.device.type != "cpu" or not math.isfinite(float(sums.sum())):
+            a = torch.where(torch.isfinite(sums), a, self._plain(n, j, a))
         mixed = torch.bmm(a.unsqueeze(1), F).squeeze(1)  # combine(a, F)
         if self.beta == 1.0:
             return mixed

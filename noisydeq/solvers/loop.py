@@ -32,6 +32,7 @@ from torch import Tensor
 
 from noisydeq.errors import NoisyDEQError
 from noisydeq.noise import STABLE_ROWS, row_subset
+from noisydeq.scalars import const
 from noisydeq.solvers.draws import Draws
 from noisydeq.solvers.solution import TRACE_KEYS, Solution, describe, empty_traces
 from noisydeq.solvers.stop import Window, blowup_scale, thresholds
@@ -113,8 +114,10 @@ def run_loop(
 
     x = z0.reshape(batch, -1)
     dev, dt = x.device, x.dtype
-    caps = thresholds(spec, batch, dev, spec_generator(generator))
-    n_max = int(caps.max()) if spec.random_threshold else spec.max_iter
+    # the per-sample caps exist only with random thresholds (else every cap is max_iter)
+    caps = thresholds(spec, batch, dev, spec_generator(generator)) \
+        if spec.random_threshold else None
+    n_max = spec.max_iter if caps is None else int(caps.max())
     method = make_method(spec, x)
     use_window = needs_window or spec.stop == "mean_rel" or spec.traces
     window = Window(spec.window) if use_window else None
@@ -132,12 +135,12 @@ def run_loop(
     out: dict[str, Tensor] = {}
     trace_buf = torch.empty((n_max, 3, batch), dtype=dt, device=dev) if spec.traces else None
     need_rel = spec.traces or spec.stop == "rel"
-    tiny = torch.tensor(torch.finfo(dt).tiny, dtype=dt, device=dev)  # (no cast per call)
+    tiny = const(torch.finfo(dt).tiny, x)  # (cached 0-dim tensors: no cast per call)
     scale: Tensor | None = None
     n_iter = 0
     n_active = batch
     fx: Tensor | None = None
-    tol_c = torch.tensor(spec.tol, dtype=dt)  # (a Python float is cast at every compare)
+    tol_c = const(spec.tol, x)  # (a Python float is cast at every compare)
     all_active = True  # every row of the working set is active
 
     def evaluate(x: Tensor, fx: Tensor | None) -> Tensor:
@@ -229,7 +232,7 @@ def run_loop(
             newly = upd & met
             converged = converged | newly
             active = upd ^ newly
-            if spec.random_threshold:
+            if caps is not None:
                 active = active & (caps > k + 1)
             n_active = int(active.sum())
         # every row still active: every row was updated and none stopped, so the masked
@@ -257,7 +260,9 @@ def run_loop(
             x, fx, z_est = x[keep], fx[keep], z_est[keep]
             active, steps = active[keep], steps[keep]
             converged, diverged = converged[keep], diverged[keep]
-            caps, scale = caps[keep], scale[keep]
+            scale = scale[keep]
+            if caps is not None:
+                caps = caps[keep]
             method.select(keep)
             if window is not None:
                 window.select(keep)

@@ -293,3 +293,34 @@ def test_eps_warmup_ramps_per_batch_and_enters_the_cache_key(digits, monkeypatch
     keys = {w: config_hash(run_config(model, digits, spec.model_copy(update={
         "adversarial": adv.model_copy(update={"warmup_epochs": w})}), dev)) for w in (0, 2, 3)}
     assert len(set(keys.values())) == 3
+
+
+@pytest.mark.parametrize("amsgrad,decay", [(False, 0.0), (True, 1e-3)])
+def test_training_adam_is_torch_default_adam_bit_for_bit(amsgrad, decay):
+    """The hooks' Adam (multi-tensor, ``foreach``) takes the weights torch's CPU default
+    (one tensor at a time) takes, to the bit, with AMSGrad and weight decay too."""
+    from noisydeq.adversarial.hooks import TrainingHooks
+    from noisydeq.models import FFW
+
+    spec = TrainSpec(epochs=1, batch_size=8, lr=3e-3, seed=0, weight_decay=decay,
+                     optimizer=OptimizerSpec(amsgrad=amsgrad, milestones=[1]))
+    hooks = TrainingHooks.__new__(TrainingHooks)  # only optimizer() is used
+    hooks.spec, hooks.opt_spec = spec, spec.optimizer
+    nets = []
+    for _ in range(2):
+        torch.manual_seed(0)
+        nets.append(FFW(6, 5, 2, 3))
+    opts = [hooks.optimizer(nets[0]), torch.optim.Adam(
+        nets[1].parameters(), lr=3e-3, weight_decay=decay, amsgrad=amsgrad, foreach=False)]
+    g = torch.Generator().manual_seed(1)
+    for step in range(7):
+        grads = [torch.randn(p.shape, generator=g) for p in nets[0].parameters()]
+        for net, opt in zip(nets, opts, strict=True):
+            for group in opt.param_groups:
+                group["lr"] = 3e-3 / (1 + step)
+            for p, gr in zip(net.parameters(), grads, strict=True):
+                p.grad = gr.clone()
+            opt.step()
+    for (k, a), b in zip(nets[0].state_dict().items(), nets[1].state_dict().values(),
+                         strict=True):
+        assert torch.equal(a, b), k
