@@ -5,9 +5,13 @@ The run directory has a sweep's layout (:class:`noisydeq.results.RunDir`): ``con
 cell), ``results.csv`` / ``results.parquet`` (tidy, :data:`ATTACK_COLUMNS`),
 ``whitebox.csv`` and ``figures/``. A cell is one (model, SNR level, chip, mode,
 estimator, attack point): its adversarial examples are judged by every defence, one row
-each. Re-running the same config skips finished cells (cells record the code that computed
-them: those of other code are computed again, :func:`run_attacks`); every cell draws its noise and
-attack randomness from seeds derived from its own key, so a resumed run's table equals an
+each. Attacks without a gradient have one cell per point, estimator ``none``: Square
+queries the model's own forward (:data:`QUERY_ESTIMATOR`), the noise attacks no model
+(runs before this had a Square cell per estimator, each querying that estimator's
+forward under its own seeds; those cells are not reused). Re-running the same config
+skips finished cells (cells record the code that computed them: those of other code are
+computed again, :func:`run_attacks`); every cell draws its noise and attack randomness
+from seeds derived from its own key, so a resumed run's table equals an
 uninterrupted one. Draws are counter-based (:class:`~noisydeq.noise.NoiseStream`): the
 model noise of a sample (a row of the attacked batch, the test-set index on the attacked
 split) is a function of (cell seed, layer, draw count of that sample, sample), so EOT's
@@ -263,7 +267,7 @@ class Cell:
     snr_db: float
     chip: int
     mode: str
-    estimator: EstimatorSpec | None  # None: black-box noise (no model gradient)
+    estimator: EstimatorSpec | None  # None: Square or noise (no model gradient)
     point: GridPoint
     #: mode ``transfer-source``: the model the examples are crafted on (module docstring)
     source: AttackMember | None = None
@@ -284,6 +288,12 @@ class Cell:
         (``exact`` at its default backward method: ``bwd=fallback|``)."""
         tag = "" if self.estimator is None else self.estimator.cell_tag()
         return self.draw_key.replace("cell|", f"cell|{RULE}|{tag}", 1)
+
+
+#: what Square (queries only) queries, and the noise attacks are handed (unused): the
+#: model's own forward, every solve from z⁰ = 0 — not an estimator's (a warm start or an
+#: unroll from z_n would change the function queried), so its cell is one per point
+QUERY_ESTIMATOR = EstimatorSpec(name="backprop", warm=False)
 
 
 def _estimators(spec: AttackRunSpec, member: AttackMember) -> list[EstimatorSpec]:
@@ -324,14 +334,18 @@ def plan(spec: AttackRunSpec, members: Sequence[AttackMember],
                                      else [])
             for mode in modes:
                 for p in points:
-                    if not p.uses_model_gradient:
-                        if mode == "white-box":
+                    if not p.uses_model_gradient:  # one cell, whatever the estimators
+                        if mode == "white-box" or p.queries_model:
                             cells.append(Cell(m, snr, chip, mode, None, p))
                         continue
                     cells += [Cell(m, snr, chip, mode, e, p) for e in _estimators(spec, m)]
             if src is not None:
-                cells += [Cell(m, snr, chip, SOURCE_MODE, e, p, src) for p in points
-                          if p.uses_model_gradient for e in _estimators(spec, src)]
+                for p in points:
+                    if p.uses_model_gradient:
+                        cells += [Cell(m, snr, chip, SOURCE_MODE, e, p, src)
+                                  for e in _estimators(spec, src)]
+                    elif p.queries_model:
+                        cells.append(Cell(m, snr, chip, SOURCE_MODE, None, p, src))
     return cells
 
 
@@ -572,7 +586,7 @@ class Runner:
         else:
             lvl.reseed(derive_seed(spec.seed, "noise", key))
             attacker, noise = lvl.model, lvl.noise
-        est = None if cell.estimator is None else make_estimator(attacker, cell.estimator, noise)
+        est = make_estimator(attacker, cell.estimator or QUERY_ESTIMATOR, noise)
         with tally_backward() as tally:
             adv = craft(cell.point.attack, est, attacker, self.x, self.y,
                         seed=derive_seed(spec.seed, "attack", key),
