@@ -6,7 +6,8 @@ cell), ``results.csv`` / ``results.parquet`` (tidy, :data:`ATTACK_COLUMNS`),
 ``whitebox.csv`` and ``figures/``. A cell is one (model, SNR level, chip, mode,
 estimator, attack point): its adversarial examples are judged by every defence, one row
 each. Attacks without a gradient have one cell per point, estimator ``none``: Square
-queries the model's own forward (:data:`QUERY_ESTIMATOR`), the noise attacks no model
+queries the model's own cold forward
+(:data:`~noisydeq.attacks.estimators.QUERY_ESTIMATOR`), the noise attacks no model
 (runs before this had a Square cell per estimator, each querying that estimator's
 forward under its own seeds; those cells are not reused). Re-running the same config
 skips finished cells (cells record the code that computed them: those of other code are
@@ -118,7 +119,7 @@ from noisydeq.attacks.defences import (
     state_record,
     white_box,
 )
-from noisydeq.attacks.estimators import make_estimator
+from noisydeq.attacks.estimators import QUERY_ESTIMATOR, make_estimator
 from noisydeq.attacks.grid import AttackRunSpec, GridPoint, expand
 from noisydeq.attacks.hardware import Level, check_device, make_level
 from noisydeq.attacks.robust import RULE, robust_correct, robust_position_fraction
@@ -288,12 +289,6 @@ class Cell:
         (``exact`` at its default backward method: ``bwd=fallback|``)."""
         tag = "" if self.estimator is None else self.estimator.cell_tag()
         return self.draw_key.replace("cell|", f"cell|{RULE}|{tag}", 1)
-
-
-#: what Square (queries only) queries, and the noise attacks are handed (unused): the
-#: model's own forward, every solve from z⁰ = 0 — not an estimator's (a warm start or an
-#: unroll from z_n would change the function queried), so its cell is one per point
-QUERY_ESTIMATOR = EstimatorSpec(name="backprop", warm=False)
 
 
 def _estimators(spec: AttackRunSpec, member: AttackMember) -> list[EstimatorSpec]:
