@@ -22,7 +22,7 @@ attack against the same attack with cold solves.
   tolerance is reported, not required: its solves stop anywhere within mean_rel 0.05, and
   on a model with many inputs near the boundary two equally valid attacks (cold at
   tolerance 0.05 vs 0.025, or another random start) disagree on as many inputs.
-* ``PGD-10 DEQ digits-trained``: the same pair on a *trained* DEQ — the digits member of the
+* ``PGD-10 digits DEQ w=222``: the same pair on a *trained* DEQ — the digits member of the
   sweep's default family matched to FFW depth 3, ``quick`` preset (trained here, seeded, in
   a throw-away cache) — attacking its first 128 test inputs with its own test solver.
   ``python -m benchmarks.attacks --family RUN --data-dir DIR`` runs the pair on every DEQ
@@ -134,7 +134,7 @@ def bench_pgd_deq_warm(estimator: str = "exact", batch: int = 128, width: int = 
                        repeat: int = 7, btol: float | None = None,
                        bsolver: str | None = None) -> Row:
     x, y = _data(batch)
-    return _warm_cold_row(_deq(width), x, y, f"784-{width} b{batch}", estimator, repeat,
+    return _warm_cold_row(_deq(width), x, y, f"DEQ 784-{width} b{batch}", estimator, repeat,
                           btol=btol, bsolver=bsolver)
 
 
@@ -187,7 +187,7 @@ def _warm_cold_row(model, x: torch.Tensor, y: torch.Tensor, label: str, estimato
     tight = _tight_agreement(model, specs, x, y, eps)
     sp = _spread(t_o, t_p)
     tag = estimator if btol is None and bsolver is None else specs[0].label()
-    return Row(area="attacks", name=f"PGD-10 DEQ {label} {tag}: warm vs cold solves",
+    return Row(area="attacks", name=f"PGD-10 {label} {tag}: warm vs cold solves",
                ours=t_o.best, peer=t_p.best, ratio=ratio(t_o.best, t_p.best), target=TARGET_WARM,
                check=f"robust acc {acc_w:.3f} vs {acc_c:.3f}, only-warm/only-cold correct "
                f"{b}/{c}; predictions agree {agree:.1%} (at rel 1e-5: {tight:.1%}); "
@@ -222,14 +222,21 @@ def _digits_deq(depth: int = 3, seed: int = 0, hidden: int | None = None,
     return _frozen(family.members[0].model), task
 
 
+def deq_label(task: str, width: int, depth: int = 1, seed: int | None = None) -> str:
+    """A trained DEQ as the docs name it: ``mnist10k DEQ w=128 seed 0`` (``d=N`` for a DEQ of
+    depth N > 1; the docs' "≙ FFW 3 layers" needs the family's FFWs, not named here)."""
+    at = "" if depth == 1 else f" d={depth}"
+    return f"{task} DEQ w={width}{at}" + ("" if seed is None else f" seed {seed}")
+
+
 def bench_pgd_deq_warm_digits(estimator: str = "exact", batch: int = 128, repeat: int = 7,
                               btol: float | None = None, bsolver: str | None = None,
                               **shrink: int) -> Row:
     """The warm/cold pair on a trained digits DEQ (``quick`` preset) and its test inputs."""
     model, task = _digits_deq(**shrink)
     x, y = task.x_test[:batch], task.y_test[:batch]
-    return _warm_cold_row(model, x, y, f"digits-trained w{model.width} b{batch}", estimator,
-                          repeat, btol=btol, bsolver=bsolver)
+    return _warm_cold_row(model, x, y, f"{deq_label('digits', model.width)} b{batch}",
+                          estimator, repeat, btol=btol, bsolver=bsolver)
 
 
 def bench_pgd_deq_warm_family(family: str, data_dir: str | None = None,
@@ -249,7 +256,7 @@ def bench_pgd_deq_warm_family(family: str, data_dir: str | None = None,
     task = load_family_task(members, data_dir)
     x, y = task.x_test[:batch], task.y_test[:batch]
     return [_warm_cold_row(_frozen(m.model), x, y,
-                           f"{m.task}-trained d{m.depth} w{m.width} s{m.seed} b{batch}", est,
+                           f"{deq_label(m.task, m.width, m.depth, m.seed)} b{batch}", est,
                            repeat, btol=btol if est == "exact" else None,
                            bsolver=bsolver if est == "exact" else None)
             for m in members for est in estimators]
@@ -331,7 +338,7 @@ def bench_attacks(quick: bool = False) -> list[Row]:
 def main(argv: list[str] | None = None) -> None:
     """``python -m benchmarks.attacks --family RUN [--data-dir D] [--cache C]``: the warm/cold
     rows on a trained family's DEQs (not part of ``benchmarks.run``: it needs a trained
-    family and its data); ``--digits`` adds the digits-trained rows."""
+    family and its data); ``--digits`` adds the digits DEQ rows."""
     import argparse
     import os
 

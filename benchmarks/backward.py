@@ -34,7 +34,7 @@ import time
 import torch
 from torch.nn import functional as F
 
-from benchmarks.attacks import _attack, _data, _deq, _digits_deq
+from benchmarks.attacks import _attack, _data, _deq, _digits_deq, deq_label
 from noisydeq.attacks import EstimatorSpec, make_estimator, pgd
 from noisydeq.attacks.estimators import FinalState
 from noisydeq.attacks.trajectory import predict
@@ -187,7 +187,7 @@ def _family(family: str, data_dir: str | None, cache: str | None) -> list:
     if not members:
         raise SystemExit(f"{family}: no DEQ in this family")
     task = load_family_task(members, data_dir)
-    return [(f"{m.task}-trained d{m.depth} w{m.width} s{m.seed}", _frozen(m.model),
+    return [(deq_label(m.task, m.width, m.depth, m.seed), _frozen(m.model),
              task.x_test[:128], task.y_test[:128]) for m in members]
 
 
@@ -207,7 +207,8 @@ def main(argv: list[str] | None = None) -> None:
         x, y = _data(128)
         digits, task = _digits_deq()
         models += [("synthetic 784-222", _deq(222), x, y),
-                   ("digits-trained w222", digits, task.x_test[:128], task.y_test[:128])]
+                   (deq_label("digits", digits.width), digits, task.x_test[:128],
+                    task.y_test[:128])]
     if args.family:
         models += _family(args.family, args.data_dir, args.cache)
     print(f"load average {os.getloadavg()[0]:.1f} at start, 1 thread, "

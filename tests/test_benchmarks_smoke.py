@@ -129,7 +129,7 @@ def test_attack_rows_check_pgd_against_torchattacks_and_warm_against_cold() -> N
     assert len(rows) == 5
     assert all(r.ok for r in rows), [r.check for r in rows]
     assert rows[2].extra["f_evals_warm"] < rows[2].extra["f_evals_cold"]
-    assert "digits-trained" in rows[4].name
+    assert rows[4].name.startswith("PGD-10 digits DEQ w=")
     assert rows[4].extra["f_evals_warm"] < rows[4].extra["f_evals_cold"]
 
 
@@ -149,7 +149,8 @@ def test_attack_warm_rows_on_a_trained_family(tmp_path, capsys) -> None:
     rows = bench_pgd_deq_warm_family(str(deq), estimators=("exact", "phantom"), batch=8,
                                      repeat=1)
     assert [r.name.split()[-5] for r in rows] == ["exact:", "phantom:"]
-    assert all("digits-trained d1" in r.name for r in rows)
+    # named as the docs name DEQs ("mnist10k DEQ w=128 seed 0"), not "digits-trained d1 w8 s0"
+    assert all(r.name.startswith("PGD-10 digits DEQ w=8 seed 0 b8 ") for r in rows), rows
     assert all(r.extra["f_evals_warm"] < r.extra["f_evals_cold"] for r in rows)
     main(["--family", str(deq), "--estimators", "exact", "--batch", "8", "--repeat", "1",
           "--btol", "1e-3"])

@@ -131,6 +131,7 @@ print(json.dumps([code, bool(seen), late]))
     (["attack", "--family", "{d}", "--defences", "fnal"], "did you mean 'final'"),
     (["attack", "--family", "{d}", "--defences", "entropy:beta=-1"], "the step β"),
     (["certify", "{d}", "--eps", "-1"], "ε must be ≥ 0"),
+    (["certify", "{d}", "--eps", "0.1,1.5"], "ε 1.5 is outside [0, 1]"),
     (["certify", "{d}", "--chip", "1"], "need --device"),
     (["certify", "certify-mnist", "--eps", "x"], "'x' is not a number"),
     (["certify", "{d}/bad-certify.toml"], "[certify]: eps"),

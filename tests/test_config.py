@@ -115,6 +115,7 @@ def test_radius_lists_share_the_comma_grammar(value, expected):
 
 @pytest.mark.parametrize("value,needle", [
     ("0. 1", "'0. 1' is not a number"), ("-1", "ε must be ≥ 0"), ("nan", "ε must be ≥ 0"),
+    ("0.1,1.5", r"ε 1.5 is outside \[0, 1\]"),
     ("", "non-empty list of radii"), (True, "non-empty list of radii"),
 ])
 def test_bad_radius_lists_are_one_error(value, needle):

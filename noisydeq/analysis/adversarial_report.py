@@ -299,23 +299,37 @@ def _plot_best(plt: Any, save: Any, rows: Sequence[dict[str, Any]],
     for ax, (fam, lab, xname) in zip(axes.flat, labels, strict=False):
         groups = _by_group(_curves(rows, fam, lab), info, "defence")
         band = band or _seed_band(groups)
-        for kind, d in sorted(best.items()):
-            cs = groups.get((kind, d))
-            if not cs:
-                continue
-            xs, mean, lo, hi = _mean_curve(cs)
+        axis = {"eps": "ε", "steps": "PGD steps", "sigma": "speckle σ",
+                "fraction": "salt-and-pepper p"}.get(xname, xname)
+        plotted = [(kind, d, _mean_curve(groups[(kind, d)]), len(groups[(kind, d)]))
+                   for kind, d in sorted(best.items()) if groups.get((kind, d))]
+        # one strength (e.g. AutoAttack at a single ε): a marker per model, not a curve
+        single = len({x for _, _, (xs, *_), _ in plotted for x in xs}) == 1
+        for pos, (kind, d, (xs, mean, lo, hi), seeds) in enumerate(plotted):
             look = kind_line(kind)
-            ax.plot(xs, mean, ms=3, label=f"{kind.upper()} ({d})", **look)
-            if len(cs) > 1:
-                ax.fill_between(xs, lo, hi, color=look["color"], alpha=0.15, lw=0)
+            name = f"{kind.upper()} ({d})"
+            if single:
+                err = [[mean[0] - lo[0]], [hi[0] - mean[0]]] if seeds > 1 else None
+                ax.errorbar([pos], mean, yerr=err, fmt=look.get("marker", "o"), ms=6,
+                            color=look["color"], capsize=4, label=name)
+            else:
+                ax.plot(xs, mean, ms=3, label=name, **look)
+                if seeds > 1:
+                    ax.fill_between(xs, lo, hi, color=look["color"], alpha=0.15, lw=0)
             table += [{"attack": lab, "kind": kind, "defence": d, "x": x, "mean": m,
-                       "lo": lo_, "hi": hi_, "seeds": len(cs)}
+                       "lo": lo_, "hi": hi_, "seeds": seeds}
                       for x, m, lo_, hi_ in zip(xs, mean, lo, hi, strict=True)]
-        ax.set_title(lab, fontsize=9)
-        ax.set_xlabel({"eps": "ε", "steps": "PGD steps", "sigma": "speckle σ",
-                       "fraction": "salt-and-pepper p"}.get(xname, xname))
+        if single:
+            x0 = plotted[0][2][0][0]
+            ax.set_title(f"{lab} at {axis} = {x0:g}", fontsize=9)
+            ax.set_xticks(range(len(plotted)), [f"{k.upper()} ({d})" for k, d, *_ in plotted])
+            ax.set_xlim(-0.6, len(plotted) - 0.4)
+            ax.set_xlabel("model" + (" (bar: seed range)" if band.startswith("band") else ""))
+        else:
+            ax.set_title(lab, fontsize=9)
+            ax.set_xlabel(axis)
+            ax.legend(frameon=False, fontsize=7)
         ax.set_ylim(-0.02, 1.02)
-        ax.legend(frameon=False, fontsize=7)
     for ax in list(axes.flat)[n:]:
         ax.axis("off")
     fig.suptitle(context_title(f"{title}: strongest defence, {method}", band=band or None),

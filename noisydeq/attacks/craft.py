@@ -16,7 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from noisydeq.attacks.blackbox import salt_and_pepper, speckle
-from noisydeq.attacks.estimators import AttackModule
+from noisydeq.attacks.estimators import AttackModule, query_view
 from noisydeq.attacks.library import run_library_attack
 from noisydeq.attacks.pgd import ifgsm, pgd
 from noisydeq.attacks.spec import AttackSpec
@@ -45,9 +45,11 @@ def craft(spec: AttackSpec, estimator, model: nn.Module, x: Tensor, y: Tensor, *
         return ifgsm(estimator, x, y, eps=spec.eps, steps=spec.steps, norm=spec.norm,
                      eot=spec.eot, box=box, alpha=spec.alpha, loss=loss)
     module = AttackModule(estimator, model)
+    # Square, alone or as AutoAttack's last part, queries the model's own cold forward
+    query = query_view(estimator, model) if spec.name in ("square", "aa") else None
     mode = model.training
     try:
         with torch.enable_grad():
-            return run_library_attack(module, spec, x, y, in_shape, n_classes, seed)
+            return run_library_attack(module, spec, x, y, in_shape, n_classes, seed, query)
     finally:
         model.train(mode)  # whatever the library did with the module's mode

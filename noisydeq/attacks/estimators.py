@@ -152,6 +152,20 @@ class Unrolled:
         return total / states.n_max
 
 
+#: what a query attack (Square, alone or as AutoAttack's last part) queries: the model's own
+#: forward, every solve from z⁰ = 0 — not a gradient estimator's (a warm start from the
+#: previous query's fixed point, stopped early under a loose stop, or an unroll from z_n
+#: would change the function queried)
+QUERY_ESTIMATOR = EstimatorSpec(name="backprop", warm=False)
+
+
+def query_view(estimator, model: nn.Module) -> AttackModule:
+    """The :class:`AttackModule` a query attack runs on: ``model``'s own cold forward under
+    ``estimator``'s noise (:data:`QUERY_ESTIMATOR`)."""
+    noise = getattr(estimator, "noise", None)
+    return AttackModule(make_estimator(model, QUERY_ESTIMATOR, noise), model)
+
+
 def make_estimator(model: nn.Module, spec: EstimatorSpec, noise: Noise | None = None):
     """The callable ``x -> logits`` of ``spec`` for ``model`` (see module docstring)."""
     name = spec.name

@@ -53,8 +53,15 @@ class GridPoint:
                 f"{a.restarts}|{a.eot}|{a.queries}|{a.random_start}")
 
     @property
-    def uses_model_gradient(self) -> bool:
+    def queries_model(self) -> bool:
+        """The attack runs the model (gradient or query attacks; not the noise attacks)."""
         return self.attack.name not in NOISE_ATTACKS
+
+    @property
+    def uses_model_gradient(self) -> bool:
+        """The attack follows a gradient, so it has a cell per estimator; Square (queries
+        only) and the noise attacks have one cell, estimator ``none``."""
+        return self.attack.needs_gradient
 
 
 def expand(spec: AttackRunSpec) -> list[GridPoint]:

@@ -52,8 +52,12 @@ def _norm(norm: str) -> str:
     return "Linf" if norm == "linf" else "L2"
 
 
-def build_attack(module: nn.Module, spec: AttackSpec, n_classes: int, seed: int) -> Any:
-    """The torchattacks attack object for ``spec`` on ``module``."""
+def build_attack(module: nn.Module, spec: AttackSpec, n_classes: int, seed: int,
+                 query: nn.Module | None = None) -> Any:
+    """The torchattacks attack object for ``spec`` on ``module``; Square (alone or in
+    ``aa``) queries ``query`` where given (the model's own cold forward,
+    :func:`~noisydeq.attacks.estimators.query_view`), not the gradient estimator."""
+    query = module if query is None else query
     ta = torchattacks()
     kw = dict(eps=spec.eps, norm=_norm(spec.norm), seed=seed)
     eot = spec.draws  # the APGD parts' EOT: the table's eot column
@@ -67,15 +71,19 @@ def build_attack(module: nn.Module, spec: AttackSpec, n_classes: int, seed: int)
         return ta.FAB(module, steps=spec.steps, n_restarts=spec.restarts, multi_targeted=True,
                       n_classes=n_classes, **kw)
     if spec.name == "square":
-        return ta.Square(module, n_queries=spec.queries, n_restarts=spec.restarts, **kw)
+        return ta.Square(query, n_queries=spec.queries, n_restarts=spec.restarts, **kw)
     if spec.name == "aa":
-        parts = [
+        square = ta.Square(module, n_queries=spec.queries, n_restarts=1, **kw)
+        multi = ta.MultiAttack([
             ta.APGD(module, loss="ce", n_restarts=1, eot_iter=eot, **kw),
             ta.APGDT(module, n_classes=n_classes, n_restarts=1, eot_iter=eot, **kw),
             ta.FAB(module, multi_targeted=True, n_classes=n_classes, n_restarts=1, **kw),
-            ta.Square(module, n_queries=spec.queries, n_restarts=1, **kw),
-        ]
-        return ta.MultiAttack(parts)
+            square,
+        ])
+        # after MultiAttack's check that its parts share one model (it runs the samples
+        # still correct through the first part's): Square only queries, the cold forward
+        square.model = query
+        return multi
     if spec.name == "aa-rand":
         parts = [
             ta.APGD(module, loss="ce", n_restarts=1, eot_iter=eot, **kw),
@@ -86,12 +94,14 @@ def build_attack(module: nn.Module, spec: AttackSpec, n_classes: int, seed: int)
 
 
 def run_library_attack(module: nn.Module, spec: AttackSpec, x: Tensor, y: Tensor,
-                       in_shape: tuple[int, ...], n_classes: int, seed: int) -> Tensor:
-    """Adversarial examples of ``spec`` for flat inputs ``x`` (returned flat)."""
+                       in_shape: tuple[int, ...], n_classes: int, seed: int,
+                       query: nn.Module | None = None) -> Tensor:
+    """Adversarial examples of ``spec`` for flat inputs ``x`` (returned flat); ``query``: what
+    Square queries (:func:`build_attack`)."""
     if spec.eps == 0:
         return x.clone()
     images = x.reshape(x.shape[0], *in_shape)
-    attack = build_attack(module, spec, n_classes, seed)
+    attack = build_attack(module, spec, n_classes, seed, query)
     with torch.random.fork_rng(devices=[]):  # torchattacks seeds the global generator
         adv = attack(images, y)
     return adv.detach().reshape(x.shape).to(x.dtype)

@@ -5,9 +5,14 @@ The run directory has a sweep's layout (:class:`noisydeq.results.RunDir`): ``con
 cell), ``results.csv`` / ``results.parquet`` (tidy, :data:`ATTACK_COLUMNS`),
 ``whitebox.csv`` and ``figures/``. A cell is one (model, SNR level, chip, mode,
 estimator, attack point): its adversarial examples are judged by every defence, one row
-each. Re-running the same config skips finished cells (cells record the code that computed
-them: those of other code are computed again, :func:`run_attacks`); every cell draws its noise and
-attack randomness from seeds derived from its own key, so a resumed run's table equals an
+each. Attacks without a gradient have one cell per point, estimator ``none``: Square
+queries the model's own cold forward
+(:data:`~noisydeq.attacks.estimators.QUERY_ESTIMATOR`), the noise attacks no model
+(runs before this had a Square cell per estimator, each querying that estimator's
+forward under its own seeds; those cells are not reused). Re-running the same config
+skips finished cells (cells record the code that computed them: those of other code are
+computed again, :func:`run_attacks`); every cell draws its noise and attack randomness
+from seeds derived from its own key, so a resumed run's table equals an
 uninterrupted one. Draws are counter-based (:class:`~noisydeq.noise.NoiseStream`): the
 model noise of a sample (a row of the attacked batch, the test-set index on the attacked
 split) is a function of (cell seed, layer, draw count of that sample, sample), so EOT's
@@ -114,7 +119,7 @@ from noisydeq.attacks.defences import (
     state_record,
     white_box,
 )
-from noisydeq.attacks.estimators import make_estimator
+from noisydeq.attacks.estimators import QUERY_ESTIMATOR, make_estimator
 from noisydeq.attacks.grid import AttackRunSpec, GridPoint, expand
 from noisydeq.attacks.hardware import Level, check_device, make_level
 from noisydeq.attacks.robust import RULE, robust_correct, robust_position_fraction
@@ -267,7 +272,7 @@ class Cell:
     snr_db: float
     chip: int
     mode: str
-    estimator: EstimatorSpec | None  # None: black-box noise (no model gradient)
+    estimator: EstimatorSpec | None  # None: Square or noise (no model gradient)
     point: GridPoint
     #: mode ``transfer-source``: the model the examples are crafted on (module docstring)
     source: AttackMember | None = None
@@ -328,14 +333,18 @@ def plan(spec: AttackRunSpec, members: Sequence[AttackMember],
                                      else [])
             for mode in modes:
                 for p in points:
-                    if not p.uses_model_gradient:
-                        if mode == "white-box":
+                    if not p.uses_model_gradient:  # one cell, whatever the estimators
+                        if mode == "white-box" or p.queries_model:
                             cells.append(Cell(m, snr, chip, mode, None, p))
                         continue
                     cells += [Cell(m, snr, chip, mode, e, p) for e in _estimators(spec, m)]
             if src is not None:
-                cells += [Cell(m, snr, chip, SOURCE_MODE, e, p, src) for p in points
-                          if p.uses_model_gradient for e in _estimators(spec, src)]
+                for p in points:
+                    if p.uses_model_gradient:
+                        cells += [Cell(m, snr, chip, SOURCE_MODE, e, p, src)
+                                  for e in _estimators(spec, src)]
+                    elif p.queries_model:
+                        cells.append(Cell(m, snr, chip, SOURCE_MODE, None, p, src))
     return cells
 
 
@@ -576,7 +585,7 @@ class Runner:
         else:
             lvl.reseed(derive_seed(spec.seed, "noise", key))
             attacker, noise = lvl.model, lvl.noise
-        est = None if cell.estimator is None else make_estimator(attacker, cell.estimator, noise)
+        est = make_estimator(attacker, cell.estimator or QUERY_ESTIMATOR, noise)
         with tally_backward() as tally:
             adv = craft(cell.point.attack, est, attacker, self.x, self.y,
                         seed=derive_seed(spec.seed, "attack", key),

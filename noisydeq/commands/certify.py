@@ -100,7 +100,7 @@ def _writable(out: Path) -> None:
 @click.command("certify")
 @click.argument("source", type=click.Path(path_type=Path))
 @click.option("--eps", default="0.1,0.2,0.3,0.4", show_default=True,
-              help="ℓ∞ radii (input units), e.g. 0.1,0.2,0.3,0.4.")
+              help="ℓ∞ radii in [0, 1] (input units), e.g. 0.1,0.2,0.3,0.4.")
 @click.option("--device", default=None,
               help="certify for every chip of this device's envelope too (rram preset or "
                    "ideal), e.g. rram, rram-wan2022-1day.")

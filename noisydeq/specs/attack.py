@@ -262,6 +262,8 @@ def _parse_named(kind: str, text: str, allowed: tuple[str, ...], model: type[Str
                 val: Any = int(v) if sub in ("r", "tf", "iters") else float(v)
             except ValueError:
                 raise NoisyDEQError(f"{kind} '{text}': {key} must be a number, got '{v}'") from None
+            if not math.isfinite(val):
+                raise NoisyDEQError(f"{kind} '{text}': {key} must be a finite number, got {v}")
             data.setdefault("entropy", {})[sub] = val
             continue
         if field == "bsolver":
@@ -275,11 +277,47 @@ def _parse_named(kind: str, text: str, allowed: tuple[str, ...], model: type[Str
                 raise NoisyDEQError(f"{kind} '{text}': warm must be true or false, got '{v}'")
             data[field] = v.lower() in ("true", "1", "yes")
         else:
+            whole = field in ("k", "state", "n")
+            allowed = _allowed_range(model, field)
+            what = f"{'an integer' if whole else 'a number'}{allowed and ' ' + allowed}"
             try:
-                data[field] = int(v) if field in ("k", "state", "n") else float(v)
+                data[field] = int(v) if whole else float(v)
             except ValueError:
-                raise NoisyDEQError(f"{kind} '{text}': {key} must be a number, got '{v}'") from None
+                raise NoisyDEQError(f"{kind} '{text}': {key} must be {what}, got '{v}'") from None
+            if not _in_range(model, field, data[field]):
+                raise NoisyDEQError(f"{kind} '{text}': {key} must be {what}, got {v}")
     return build(model, data, where=kind)
+
+
+def _bounds(model: type[StrictModel], field: str) -> dict[str, float]:
+    """The numeric bounds (``ge``, ``gt``, ``le``, ``lt``) pydantic holds for ``field``."""
+    out = {}
+    for c in model.model_fields[field].metadata:
+        for attr in ("ge", "gt", "le", "lt"):
+            if getattr(c, attr, None) is not None:
+                out[attr] = float(getattr(c, attr))
+    return out
+
+
+def _allowed_range(model: type[StrictModel], field: str) -> str:
+    """``field``'s range in words: ``>= 1``, ``in (0, 1]``, ``in (0, 1)``; '' for none."""
+    b = _bounds(model, field)
+    lo = ("[", b["ge"]) if "ge" in b else ("(", b["gt"]) if "gt" in b else None
+    hi = ("]", b["le"]) if "le" in b else (")", b["lt"]) if "lt" in b else None
+    if lo and hi:
+        return f"in {lo[0]}{lo[1]:g}, {hi[1]:g}{hi[0]}"
+    if lo:
+        return f"{'>=' if lo[0] == '[' else '>'} {lo[1]:g}"
+    if hi:
+        return f"{'<=' if hi[0] == ']' else '<'} {hi[1]:g}"
+    return ""
+
+
+def _in_range(model: type[StrictModel], field: str, v: float) -> bool:
+    """``v`` satisfies ``field``'s bounds (NaN does not)."""
+    b = _bounds(model, field)
+    return (v == v and v >= b.get("ge", -math.inf) and v > b.get("gt", -math.inf)
+            and v <= b.get("le", math.inf) and v < b.get("lt", math.inf))
 
 
 def parse_estimator(text: str) -> EstimatorSpec:

@@ -20,13 +20,17 @@ def _eps_list(v: Any) -> list[float]:
 
 
 def _eps(e: Any) -> float:
-    """One radius: a number ≥ 0."""
+    """One radius: a number in [0, 1] (an ℓ∞ radius on inputs in [0, 1]: the bounds clip the
+    box to [0, 1], so any ε > 1 would certify what ε = 1 does under another name)."""
     try:
         f = float(e)
     except (TypeError, ValueError):
         raise ValueError(f"'{e}' is not a number") from None
     if not f >= 0:  # also NaN
         raise ValueError(f"ε must be ≥ 0, got {e}")
+    if f > 1:
+        raise ValueError(f"ε {e} is outside [0, 1] (an ℓ∞ radius on inputs in [0, 1]; ε = 1 "
+                         "already covers every input)")
     return f
 
 

@@ -188,6 +188,7 @@ def test_bad_input_is_one_line(sweep_run, tmp_path, capsys):
         (["--defences", "entropy:beta=-1"], "β must be a finite number >= 0"),
         (["--defences", "entropy:eps=1.5"], "[0, 1]"),
         (["--defences", "early:beta=0.1"], "entropy options belong to the 'entropy' defence"),
+        (["--defences", "early:n=-1"], "defence 'early:n=-1': n must be an integer >= 1, got -1"),
         (["--estimators", "unrolled-grid:n=0"], "must be >= 1"),
         (["--estimators", "unrolled-grid:lamb=0.5"], "did you mean 'lam'"),
         # an l2 radius has no upper bound: a negative one is not "outside [0, 1]"

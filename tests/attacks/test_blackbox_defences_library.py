@@ -15,6 +15,7 @@ from noisydeq.attacks import (
     library,
     make_estimator,
     parse_defence,
+    parse_estimator,
     record_states,
     salt_and_pepper,
     select_early_state,
@@ -190,3 +191,28 @@ def test_recorded_draws_are_the_ones_torchattacks_averages(eot: int) -> None:
         apgd = [p for p in parts if isinstance(p, (ta.APGD, ta.APGDT))]
         assert bool(apgd) == (name in ("aa", "aa-rand", "apgd-ce", "apgd-t"))
         assert all(p.eot_iter == n for p in apgd), name
+
+
+def test_square_queries_the_models_cold_forward_whatever_the_estimator() -> None:
+    """Square (alone, and as AutoAttack's last part) queries the DEQ's own forward solved from
+    z⁰ = 0: a warm-started estimator (each solve from the previous query's fixed point) or an
+    unrolled one hands it the same examples as the cold forward; AA's gradient parts keep the
+    estimator."""
+    pytest.importorskip("torchattacks")
+    from noisydeq.attacks.estimators import AttackModule, query_view
+
+    m = small_deq(dtype=torch.float32, in_features=64, classes=10, scale=0.9)
+    torch.manual_seed(1)
+    x, y = torch.rand(8, 64), torch.randint(0, 10, (8,))
+    kw = dict(seed=3, in_shape=(1, 8, 8), n_classes=10)
+    spec = AttackSpec(name="square", eps=0.3, queries=40)
+    cold = craft(spec, make_estimator(m, EstimatorSpec(name="backprop", warm=False)), m, x, y,
+                 **kw)
+    for e in ("exact", "phantom", "unrolled:state=1,k=1,lam=1"):
+        est = make_estimator(m, parse_estimator(e))
+        assert torch.equal(craft(spec, est, m, x, y, **kw), cold), e
+    est = make_estimator(m, EstimatorSpec(name="phantom"))
+    module, query = AttackModule(est, m), query_view(est, m)
+    aa = library.build_attack(module, AttackSpec(name="aa", eps=0.1), 10, 0, query)
+    assert [a.model for a in aa.attacks] == [module, module, module, query]
+    assert query.estimator.warm is False

@@ -447,3 +447,28 @@ def test_exact_bsolver_is_an_exact_only_option_with_a_stable_cell_key() -> None:
     gs = make_estimator(small_deq(), e).gradient
     assert gs.backward_method == "gmres" and gs.backward_solver.tol == 1e-3
     assert make_estimator(small_deq(), EstimatorSpec()).gradient.backward_method == "fallback"
+
+
+@pytest.mark.parametrize("kind, text, needle", [
+    ("defence", "early:n=-1", "defence 'early:n=-1': n must be an integer >= 1, got -1"),
+    ("defence", "ensemble:n=0", "n must be an integer >= 1, got 0"),
+    ("defence", "early:n=1.5", "n must be an integer >= 1, got '1.5'"),
+    ("defence", "entropy:beta=nan", "beta must be a finite number, got nan"),
+    ("estimator", "adjoint:state=0", "estimator 'adjoint:state=0': state must be an integer >= 1"),
+    ("estimator", "unrolled:n=0", "n must be an integer >= 1, got 0"),
+    ("estimator", "phantom:k=0", "k must be an integer >= 1, got 0"),
+    ("estimator", "phantom:lam=2", "lam must be a number in (0, 1], got 2"),
+    ("estimator", "phantom:lam=nan", "lam must be a number in (0, 1], got nan"),
+    ("estimator", "adjoint:beta=0", "beta must be a number in (0, 1], got 0"),
+    ("estimator", "exact:btol=1", "btol must be a number in (0, 1), got 1"),
+])
+def test_out_of_range_spec_options_name_the_option_and_its_range(kind, text, needle) -> None:
+    """One line in the project's words (pydantic said 'Input should be greater than or equal
+    to 1', naming neither the spec nor the range in the user's terms)."""
+    from noisydeq.attacks import parse_defence
+
+    parse = parse_defence if kind == "defence" else parse_estimator
+    with pytest.raises(NoisyDEQError) as err:
+        parse(text)
+    msg = str(err.value)
+    assert needle in msg and "Input should" not in msg and "\n" not in msg

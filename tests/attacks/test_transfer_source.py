@@ -133,3 +133,36 @@ def test_noisydeq_attack_refuses_transfer_from_in_one_line(tmp_path, capsys):
                             "transfer_from=none", "--out", str(tmp_path / "x")], capsys)
     one_line_error(code, err, "transfer_from names a training defence")
     assert not (tmp_path / "x").exists()
+
+
+def test_square_and_noise_attacks_have_one_cell_whatever_the_estimators(tmp_path):
+    """Square only queries the model: one cell per point (estimator ``none``, the model's own
+    cold forward), not one per DEQ gradient estimator under other seeds; its value does not
+    depend on which estimators the grid lists. The noise attacks likewise; PGD keeps a cell
+    per estimator."""
+    pytest.importorskip("torchattacks")
+    from tests.attacks.helpers import small_deq
+
+    task = _task()
+    member = SweepModel(small_deq(dtype=torch.float32), "deq", 1, 12, 0, 0)
+    values = {}
+    for ests in ("exact,phantom", "phantom"):
+        spec = _spec(attacks="square,speckle,ifgsm", eps="0.3", sigma="0.5",
+                     estimators=ests, queries=30)
+        cells = plan(spec, [member])
+        by_attack = {}
+        for c in cells:
+            by_attack.setdefault(c.point.attack.name, []).append(c.estimator)
+        assert by_attack["square"] == [None] and by_attack["speckle"] == [None]
+        assert len(by_attack["ifgsm"]) == len(ests.split(","))
+        res = run_attacks(spec, [member], task, tmp_path / ests, progress=False, plots=False)
+        sq = [r for r in res.rows if r["attack_name"] == "square"]
+        assert {r["estimator"] for r in sq} == {"none"}
+        values[ests] = [(r["defence"], r["value"]) for r in sq]
+    assert values["exact,phantom"] == values["phantom"]
+    # transfer: Square crafted on the noise-free model too, once
+    spec = _spec(attacks="square,speckle", eps="0.3", sigma="0.5", estimators="exact,phantom",
+                 transfer=True, snr_db="0")
+    modes = [(c.mode, c.point.attack.name, c.estimator) for c in plan(spec, [member])]
+    assert modes.count(("transfer", "square", None)) == 1
+    assert ("transfer", "speckle", None) not in modes

@@ -1,0 +1,41 @@
+"""``noisydeq adversarial``'s strongest-defence figure: a curve per attack, and a marker per
+model where the attack ran at one strength (AutoAttack at a single ε)."""
+
+from __future__ import annotations
+
+
+def _rows():
+    info, rows, summary = {}, [], []
+    for kind in ("deq", "ffw"):
+        for seed in (0, 1):
+            mid = f"{kind}-{seed}"
+            info[mid] = {"kind": kind, "method": "pgd", "defence": "none", "seed": seed}
+            summary.append({"method": "pgd", "defence": "final", "all": 0.3, "kind": kind,
+                            "train_defence": "none"})
+            for fam, lab, xs in (("aa", "AA", [0.3]), ("pgd-eps", "PGD-10", [0.0, 0.1, 0.3])):
+                rows += [{"family": fam, "attack": lab, "x_name": "eps", "x": x,
+                          "defence": "final", "model_id": mid, "estimator": "exact",
+                          "mode": "white-box", "value": 0.9 - x - 0.05 * seed}
+                         for x in xs]
+    return rows, info, summary
+
+
+def test_a_single_strength_is_a_marker_per_model_not_a_curve(tmp_path):
+    from noisydeq.analysis.adversarial_report import _plot_best
+    from noisydeq.figures import save_figure, styled
+
+    seen = {}
+
+    def save(fig, path, table):
+        seen.update({ax.get_title(): ax for ax in fig.axes})
+        return save_figure(fig, path, table)
+
+    rows, info, summary = _rows()
+    with styled() as plt:
+        paths = _plot_best(plt, save, rows, info, summary, "pgd", tmp_path, "t")
+    assert any(p.suffix == ".png" and p.stat().st_size > 0 for p in paths)
+    aa = seen["AA at ε = 0.3"]  # the ε in the title, not a 0.285-0.315 axis around one point
+    assert [t.get_text() for t in aa.get_xticklabels()] == ["DEQ (none)", "FFW (none)"]
+    assert aa.get_xlim() == (-0.6, 1.6)
+    pgd = seen["PGD-10"]  # several strengths stay a curve over ε
+    assert pgd.get_xlabel() == "ε" and pgd.get_xlim()[0] < 0.0 < 0.3 < pgd.get_xlim()[1]
