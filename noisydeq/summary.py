@@ -279,7 +279,6 @@ def training_groups(rows: Sequence[dict[str, Any]]) -> list[tuple[str, list[dict
     return list(groups.items())
 
 
-
 #: where :func:`convergence_lines` sends the reader for a sweep's per-cell numbers
 SWEEP_CONVERGENCE_COLUMNS = ("converged_frac, diverged_frac in {table} (a sweep records no "
                              "residuals)")

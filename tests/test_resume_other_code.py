@@ -22,9 +22,10 @@ def _values(rows):
     return [(r["model"], r["shift"], r["budget"], r["test_snr_db"], r["value"]) for r in rows]
 
 
-def test_study_evaluations_of_other_code_are_computed_again(tmp_path, monkeypatch) -> None:
-    spec = tiny(train_snr_db=["inf"], test_snr_db=["inf"])
-    out = tmp_path / "run"
+def _counting_runs(spec, out, monkeypatch):
+    """A function running the study ``spec`` into ``out`` that returns (its result, the
+    lines it logged, how many models it evaluated) — counted through the runner's
+    ``evaluate_model``, monkeypatched."""
     evaluate = study_runner.evaluate_model
     n = {"evaluated": 0}
 
@@ -39,6 +40,13 @@ def test_study_evaluations_of_other_code_are_computed_again(tmp_path, monkeypatc
         n["evaluated"] = 0
         return run_study(spec, out, plots=False, log=said.append), said, n["evaluated"]
 
+    return run
+
+
+def test_study_evaluations_of_other_code_are_computed_again(tmp_path, monkeypatch) -> None:
+    spec = tiny(train_snr_db=["inf"], test_snr_db=["inf"])
+    out = tmp_path / "run"
+    run = _counting_runs(spec, out, monkeypatch)
     first, _, evaluated = run()
     assert evaluated == 2 and first.trained == 2
     cells = sorted((out / "cells").iterdir())
@@ -145,20 +153,7 @@ def test_study_evaluations_of_other_weights_are_computed_again(tmp_path,
     is evaluated again, whatever code: its cell records the weights it evaluated."""
     spec = tiny(train_snr_db=["inf"], test_snr_db=["inf"])
     out = tmp_path / "run"
-    evaluate = study_runner.evaluate_model
-    n = {"evaluated": 0}
-
-    def counting(*a, **k):
-        n["evaluated"] += 1
-        return evaluate(*a, **k)
-
-    monkeypatch.setattr(study_runner, "evaluate_model", counting)
-
-    def run():
-        said: list[str] = []
-        n["evaluated"] = 0
-        return run_study(spec, out, plots=False, log=said.append), said, n["evaluated"]
-
+    run = _counting_runs(spec, out, monkeypatch)
     first, _, evaluated = run()
     assert evaluated == 2
     assert all("weights" in store.read_signed_json(p) for p in (out / "cells").iterdir())
