@@ -243,9 +243,8 @@ def run_study(
                     # one thread, as Ray tasks train: noisydeq.studies.ray_models)
                     with num_threads(1):
                         run.weights[mid] = init_hash(train_model(
-                            _build(spec, mname, task, seed), task,
-                            spec.train_spec(mname, seed, tsnr), out_dir=run.models / mid,
-                            torch_device=dev, quiet=True).model)
+                            model, task, spec.train_spec(mname, seed, tsnr),
+                            out_dir=run.models / mid, torch_device=dev, quiet=True).model)
                 done = run.load_cell(mid, expected_rows(spec, mname, model, seed, tsnr, sets))
                 if done is not None and finished:
                     cells[mid] = done
