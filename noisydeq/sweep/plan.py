@@ -21,7 +21,7 @@ from noisydeq.extension import level_groups
 from noisydeq.results import RunDir
 from noisydeq.runtime import job_count, resolve_torch_device
 from noisydeq.specs.sweep import SweepSpec
-from noisydeq.sweep.base import CELL_VERSION, SweepModel, fmt_db, level_chunks
+from noisydeq.sweep.base import CellKey, SweepModel, level_chunks
 from noisydeq.sweep.evaluate import evaluate_cell, layer_rows, stats_rows
 from noisydeq.sweep.hardware import Hardware
 
@@ -82,13 +82,6 @@ def resolve_jobs(
     if not parallel_ok or resolve_torch_device(spec.torch_device).type != "cpu":
         return 1
     return max(1, min(n, pending_pairs))
-
-
-def _slot(key: str) -> tuple[str, ...] | None:
-    """What of a cell key (:meth:`CellRunner.key`) names its place — model id, chip,
-    levels — without the inputs that computed it (format version, weights, content)."""
-    parts = key.split("|")
-    return (parts[1], parts[3], parts[4]) if len(parts) == 6 else None
 
 
 class CellRunner:
@@ -165,12 +158,14 @@ class CellRunner:
             mh = self._model_hashes[id(sm.model)] = init_hash(sm.model)
         return mh
 
+    def cell_key(self, sm: SweepModel, chip: int, levels: Sequence[float]) -> CellKey:
+        """The fields of a cell's key: version, model id and weights digest, chip, levels
+        and :meth:`_content`."""
+        return CellKey.of(sm.model_id, self.model_hash(sm), chip, levels, self.content)
+
     def key(self, sm: SweepModel, chip: int, levels: Sequence[float]) -> str:
-        """Cell key: version, model id and weights digest, chip, levels and
-        :meth:`_content`."""
-        mh = self.model_hash(sm)
-        return (f"v{CELL_VERSION}|{sm.model_id}|{mh}|chip{chip}|"
-                + ",".join(fmt_db(s) for s in levels) + f"|{self.content}")
+        """Cell key, the text of :meth:`cell_key` (:class:`~noisydeq.sweep.base.CellKey`)."""
+        return self.cell_key(sm, chip, levels).to_key()
 
     def expected(self, sm: SweepModel, chip: int, levels: Sequence[float]) -> list[dict]:
         """What the rows of a cell must say (everything but the measured values)."""
@@ -229,8 +224,8 @@ class CellRunner:
 
         rd = self.run_dir
         assert rd is not None
-        pending = {_slot(key): key for (i, chip), chunks in todo.items() for levels in chunks
-                   for key in [self.key(models[i], chip, levels)]}
+        pending = {new.slot: new for (i, chip), chunks in todo.items() for levels in chunks
+                   for new in [self.cell_key(models[i], chip, levels)]}
         if not pending or not rd.cells.is_dir():
             return []
         known = {rd.cell_file_name(self.key(sm, chip, levels)) for sm in models
@@ -245,16 +240,18 @@ class CellRunner:
                 record = read_signed_json(path, "cell file")
             except NoisyDEQError:  # not a readable cell: no cell's, left alone
                 continue
-            old = record.get("key")
-            key = pending.get(_slot(old)) if isinstance(old, str) else None
-            if key is None:
+            old = CellKey.from_key(record["key"]) if isinstance(record.get("key"), str) \
+                else None
+            new = None if old is None else pending.get(old.slot)
+            if old is None or new is None:
                 continue
+            key = new.to_key()
             rd.superseded.setdefault(key, []).append(path)
             made_by = record.get("code")
             if made_by != self.code:
                 code[key] = made_by if isinstance(made_by, str) else None
-            elif old.split("|")[2] != key.split("|")[2]:
-                weights[key] = old.split("|")[2]
+            elif old.weights != new.weights:
+                weights[key] = old.weights
             else:
                 data.add(key)
         total = len(models) * self.spec.chips * len(self.chunks)
