@@ -245,18 +245,20 @@ def test_a_seed_subset_gets_its_own_default_folder(tmp_path, monkeypatch):
     now defaults to runs/<name>-seeds-<seeds>; the plain command keeps runs/<name>."""
     from noisydeq.analysis import lyapunov_experiment
 
-    seen = []
+    seen, kept = [], []
     monkeypatch.setattr(lyapunov_experiment, "run_experiment",
-                        lambda spec, out, **kw: seen.append(out) or {
+                        lambda spec, out, **kw: seen.append(out) or kept.append(
+                            kw["keep_other_code"]) or {
                             "markdown": "", "report": "r", "figures": []})
     monkeypatch.chdir(tmp_path)
     exp = tmp_path / "exp.toml"
     exp.write_text('name = "tiny"\ntask = "digits"\nhidden = 16\ntrain_preset = "quick"\n'
                    '[attack]\nvariants = ["plain"]\neps_255 = [2]\n')
-    for extra in ([], ["--seeds", "0"], ["--seeds", "0,2"]):
+    for extra in ([], ["--seeds", "0"], ["--seeds", "0,2", "--keep-other-code"]):
         res = CliRunner().invoke(cli, ["lyapunov", str(exp), *extra], catch_exceptions=False)
         assert res.exit_code == 0, res.output
     assert [str(p) for p in seen] == ["runs/tiny", "runs/tiny-seeds-0", "runs/tiny-seeds-0-2"]
+    assert kept == [False, False, True]  # --keep-other-code reaches the attack table
 
 
 def test_each_variant_s_training_line_names_the_variant(tmp_path, monkeypatch):
@@ -266,7 +268,7 @@ def test_each_variant_s_training_line_names_the_variant(tmp_path, monkeypatch):
     from types import SimpleNamespace
 
     from noisydeq import families
-    from noisydeq.analysis.lyapunov_experiment import load_experiment, run_attacks
+    from noisydeq.analysis.lyapunov_experiment import ExperimentDir, load_experiment, run_attacks
 
     class Stop(Exception):
         pass
@@ -281,6 +283,7 @@ def test_each_variant_s_training_line_names_the_variant(tmp_path, monkeypatch):
                    '[attack]\nvariants = ["orthogonal"]\neps_255 = [2]\n')
     lines = []
     task = SimpleNamespace(x_test=torch.zeros(2, 64), y_test=torch.zeros(2))
-    with pytest.raises(Stop):
-        run_attacks(load_experiment(exp, seeds=[2]), tmp_path / "out", task, lines.append)
+    with pytest.raises(Stop), ExperimentDir(tmp_path / "out") as run:
+        run_attacks(load_experiment(exp, seeds=[2]), run, task, lines.append)
     assert lines == ["orthogonal seed 2: lyadeq d1 w16: accuracy 0.5000 (trained in 0.1 s)"]
+

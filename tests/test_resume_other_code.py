@@ -1,7 +1,8 @@
 """A resumed study or LyaDEQ attack table never serves an evaluation other noisydeq code
-computed (:func:`noisydeq.fingerprint.code_fingerprint` changed, monkeypatched here): it is
-computed again and the log says so; with the same code every one is served; one written
-before evaluations recorded their code counts as other code. (The attack runs' tests:
+computed (:func:`noisydeq.fingerprint.code_fingerprint` changed, monkeypatched here) unless
+told to keep it (the LyaDEQ table's ``--keep-other-code``): it is computed again and the log
+says so; with the same code every one is served; one written before evaluations recorded
+their code counts as other code. (The attack runs' tests:
 ``tests/attacks/test_other_code.py``.)"""
 
 from __future__ import annotations
@@ -78,8 +79,13 @@ def test_study_evaluations_of_other_code_are_computed_again(tmp_path, monkeypatc
 
 def test_lyapunov_attack_cells_of_other_code_are_computed_again(tmp_path,
                                                                  monkeypatch) -> None:
+    """The LyaDEQ attack table decides with the attack and study runs' rule
+    (:class:`noisydeq.results.LockedDir`) and says so in their one line per reason:
+    other code (or a cell from before cells recorded code and weights, or of format 1)
+    computed again unless kept, other weights always."""
     from noisydeq import families
     from noisydeq.analysis import lyapunov_experiment as lx
+    from noisydeq.specs.toml import dumps_toml
 
     exp = tmp_path / "exp.toml"
     exp.write_text('name = "tiny"\ntask = "digits"\n[attack]\nvariants = ["plain", "both"]\n'
@@ -100,51 +106,66 @@ def test_lyapunov_attack_cells_of_other_code_are_computed_again(tmp_path,
 
     monkeypatch.setattr(lx, "attack_cell", attack_cell)
     task = SimpleNamespace(x_test=torch.zeros(4, 2), y_test=torch.zeros(4))
+    out = tmp_path / "out"
 
-    def run():
+    def run(keep: bool):
         said: list[str] = []
         calls["attacked"] = 0
-        rows = lx.run_attacks(spec, tmp_path, task, said.append)
+        with lx.ExperimentDir(out) as d:
+            d.open(dumps_toml(spec))
+            d.keep_other_code = keep
+            rows = lx.run_attacks(spec, d, task, said.append)
         return {r["variant"]: r["accuracy"] for r in rows}, said, calls["attacked"]
 
-    (tmp_path / "attack").mkdir()
-    assert run()[0] == {"plain": 0.25, "both": 0.25}
+    cells = out / "attack"
+
+    def resumed(attacked: int, plain: float, both: float, *notes: str, keep: bool = False):
+        """Run; check how many cells were attacked, the table's accuracies and the notes."""
+        rows, said, n = run(keep)
+        assert n == attacked and rows == {"plain": plain, "both": both}
+        assert [s for s in said if s.startswith("note:")] == [
+            f"note: {text.replace('CELLS', str(cells))}" for text in notes]
+
+    again = ("they are computed again (edits to comments and docstrings do not count as a "
+             "change; --keep-other-code keeps them instead)")
+    resumed(2, 0.25, 0.25)
     calls["value"] = 0.75  # what a new code computes
-    rows, said, attacked = run()  # the same code: served
-    assert attacked == 0 and rows == {"plain": 0.25, "both": 0.25}
+    resumed(0, 0.25, 0.25)  # the same code: served
     monkeypatch.setattr(fingerprint, "code_fingerprint", lambda: OTHER)
-    rows, said, attacked = run()
-    assert attacked == 2 and rows == {"plain": 0.75, "both": 0.75}
-    assert sum("computed by other noisydeq code; computing it again" in s for s in said) == 2
-    cell = tmp_path / "attack" / "plain-s0.json"
+    resumed(0, 0.25, 0.25, "2 of 2 attack cells in CELLS were computed by other noisydeq "
+            "code; kept (--keep-other-code): the table mixes their results with this code's",
+            keep=True)  # other code, kept: served, and said
+    resumed(2, 0.75, 0.75, f"2 of 2 attack cells in CELLS were computed by other noisydeq "
+            f"code: {again}")
+    cell = cells / "plain-s0.json"
     data = store.read_signed_json(cell)
     assert data["code"] == OTHER
     del data["code"]  # a cell from before cells recorded their code
     store.write_signed_json(cell, data)
     calls["value"] = 0.5
-    rows, said, attacked = run()
-    assert attacked == 1 and rows == {"plain": 0.5, "both": 0.75}
-    assert any("(before cells recorded their code and weights); computing it again" in s
-               for s in said)
-    # a cell of format 1 (robust samples counted by the attacked input only): unknown code
-    data = store.read_signed_json(cell)
-    store.write_signed_json(cell, {"format": "noisydeq-lyapunov-cell/1", "variant": "plain",
-                                   "seed": 0, "rows": data["rows"]})
+    older = ("1 of 2 attack cells in CELLS were computed by other noisydeq code (all of them "
+             f"before cells recorded their code and weights): {again}")
+    resumed(1, 0.5, 0.75, older)
+    # a cell of format 1 (robust samples counted by the attacked input only): unknown
+    # code, and another robust rule's count — computed again, kept or not
+    format_1 = {"format": "noisydeq-lyapunov-cell/1", "variant": "plain", "seed": 0,
+                "rows": data["rows"]}
+    store.write_signed_json(cell, format_1)
     calls["value"] = 0.625
-    rows, said, attacked = run()
-    assert attacked == 1 and rows == {"plain": 0.625, "both": 0.75}
-    assert any(s.startswith("attack plain seed 0: computed by other noisydeq code (before")
-               for s in said)
-    # the family trained again since (other weights under the same id): computed again
+    resumed(1, 0.625, 0.75, older)
+    store.write_signed_json(cell, format_1)
+    resumed(1, 0.625, 0.75, "1 of 2 attack cells in CELLS counted robust samples by the "
+            "attacked input only (cell format 1): they are computed again (--keep-other-code "
+            "keeps other code's cells of this robust rule only)", keep=True)
+    # the family trained again since (other weights under the same id): computed again,
+    # kept or not
     with torch.no_grad():
         member.model.weight.add_(1.0)
     calls["value"] = 0.125
-    rows, said, attacked = run()
-    assert attacked == 2 and rows == {"plain": 0.125, "both": 0.125}
-    assert sum("computed on other weights of its model (trained again since)" in s
-               for s in said) == 2
-    rows, said, attacked = run()  # the same code and weights: served
-    assert attacked == 0 and rows == {"plain": 0.125, "both": 0.125}
+    resumed(2, 0.125, 0.125, "2 of 2 attack cells in CELLS were computed on other weights "
+            "of their model: they are computed again (--keep-other-code keeps other code's "
+            "cells, never other weights')", keep=True)
+    resumed(0, 0.125, 0.125)  # the same code and weights: served
 
 
 def test_study_evaluations_of_other_weights_are_computed_again(tmp_path,

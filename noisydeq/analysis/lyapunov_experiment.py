@@ -11,10 +11,11 @@ Output directory::
 
     config.toml                    the resolved experiment (digest line first)
     attack/<variant>-s<seed>.json  one finished (variant, seed) cell, the code that computed
-                                   it and its model's weights digest, written atomically with
-                                   its digest (a damaged or foreign cell is refused, naming
-                                   it; one of other code or weights, or of format 1, is
-                                   computed again)
+                                   it and its model's weights digest, written atomically
+                                   with its digest (a damaged or foreign cell is refused,
+                                   naming it; one of other weights or of format 1 is
+                                   computed again, one of other code too unless
+                                   ``keep_other_code``: :class:`ExperimentDir`)
     attack.csv                     one row per variant × seed × attack × ε
     device/<device>-<group>/       one sweep run directory per device and model group
     device.csv                     their tidy tables, with the model group as ``model``
@@ -22,12 +23,12 @@ Output directory::
 
 Re-running the same experiment into the same directory skips every finished cell of this
 code (:func:`run_attacks`; the device sweeps' keys hold the code too); one
-process writes a directory at a time (its lock, :class:`noisydeq.store.DirLock`). PGD's
+process writes a directory at a time (its lock, :class:`ExperimentDir`). PGD's
 random start is counter-based: a test sample's start depends on (seed, ε, its index) only,
 not on the batch it is attacked in.
 
-Length (about 430 lines): one experiment's spec and driver (attack cells, device sweeps,
-tables) — the report is :mod:`noisydeq.analysis.lyapunov_report`.
+Length (about 590 lines): one experiment's spec, output directory and driver (attack cells,
+device sweeps, tables) — the report is :mod:`noisydeq.analysis.lyapunov_report`.
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ from noisydeq import limits, store
 from noisydeq.attacks.robust import correct
 from noisydeq.errors import CorruptArtefact, NoisyDEQError
 from noisydeq.noise import NoiseStream, derive_seed
+from noisydeq.results import LockedDir, other_code_note, other_weights_note
 from noisydeq.specs.base import InfFloat, StrictModel, build, suggest_name
 from noisydeq.specs.family import FamilySpec
 from noisydeq.specs.model import LYAPUNOV_VARIANTS, LyapunovSpec
@@ -56,6 +58,7 @@ from noisydeq.specs.variant_file import ExperimentName
 #: format tag of an attack cell file; 2: robust = right clean *and* attacked
 #: (noisydeq.attacks.robust); cells of format 1 counted the attacked input only
 CELL_FORMAT = "noisydeq-lyapunov-cell/2"
+FORMAT_1 = "noisydeq-lyapunov-cell/1"
 #: column order of attack.csv (a cell file stores its rows with sorted keys)
 ATTACK_CSV_ORDER = ("variant", "seed", "params", "train_seconds", "test_metric", "mean_steps",
                     "converged_frac", "attack", "eps_255", "steps", "accuracy", "seconds",
@@ -294,63 +297,164 @@ def readout_stats(model: torch.nn.Module, x: torch.Tensor) -> dict[str, float]:
     return stats
 
 
-def run_attacks(spec: LyapunovExperimentSpec, out: Path, task: Any,
-                log: Callable[[str], None]) -> list[dict[str, Any]]:
-    """Every (variant, seed) cell of the attack table, resumed from ``out/attack``: a cell
-    other noisydeq code computed (:func:`~noisydeq.fingerprint.code_fingerprint`), or on
-    other weights of its model (:func:`~noisydeq.store.init_hash`: a family trained again
-    since, its cache cleared), or one written before cells recorded both, is computed again
-    and the log says so (its model comes from the family cache, kept across code
-    versions)."""
-    from noisydeq.families import train_family
-    from noisydeq.fingerprint import code_fingerprint
+class ExperimentDir(LockedDir):
+    """A LyaDEQ experiment's output directory (module docstring), written by one process at
+    a time (its ``--out`` lock, :class:`~noisydeq.results.LockedDir`). Its attack cells,
+    ``attack/<variant>-s<seed>.json`` (key ``<variant>-s<seed>``), record the code that
+    computed them and the weights digest of their model; which are
+    served is decided as for the attack and study runs (:meth:`LockedDir._other_code`): a
+    cell of other weights never, one of other code (or written before cells recorded code
+    and weights) with :attr:`keep_other_code` only. A cell of format 1 (robust samples
+    counted by the attacked input only) is never served: another rule's count, as an attack
+    run's cells of another robust rule."""
 
-    code = code_fingerprint()
+    records_code = True
+
+    def __init__(self, path: str | Path) -> None:
+        super().__init__(path)
+        self.config_path = self.path / "config.toml"
+        self.cells = self.path / "attack"
+        #: the cells of format 1 found while :attr:`keep_other_code` (computed again)
+        self.format_1: set[str] = set()
+
+    def open(self, text: str) -> None:
+        """Lock the directory (waiting for another writer) for the experiment whose
+        resolved spec is ``text``, refusing one that holds another, and record it; nothing
+        is written before the check. :meth:`close` (or leaving ``with``) releases it."""
+        _check_config(self.config_path, text)
+        with self._opening():
+            _check_config(self.config_path, text)  # again: another writer may have started
+            store.atomic_write_text(self.config_path, store.sign_text(text))
+
+    def cell_path(self, key: str) -> Path:
+        return self.cells / f"{key}.json"
+
+    def record(self, key: str, variant: str, seed: int) -> dict[str, Any] | None:
+        """The checked record of cell ``key`` of (``variant``, ``seed``), None when it has
+        not been written: its digest, format and identity checked and, format 2, its rows
+        (a file that fails is a :class:`CorruptArtefact` naming it)."""
+        path = self.cell_path(key)
+        if not path.exists():
+            return None
+        try:
+            data = store.read_signed_json(path, "attack cell")
+            if data.get("format") not in (CELL_FORMAT, FORMAT_1):
+                raise CorruptArtefact(path, f"has format {data.get('format')!r}, not "
+                                      f"{CELL_FORMAT}")
+            if (data.get("variant"), data.get("seed")) != (variant, seed):
+                raise CorruptArtefact(path, f"belongs to variant {data.get('variant')!r} seed "
+                                      f"{data.get('seed')!r}, not {variant!r} seed {seed}")
+            rows = data.get("rows")
+            if data["format"] == CELL_FORMAT and (not isinstance(rows, list) or not rows or
+                                                  not all(isinstance(r, dict) and {
+                    "attack", "eps_255", "accuracy"} <= set(r) for r in rows)):
+                raise CorruptArtefact(path, "holds no attack rows")
+        except CorruptArtefact as err:
+            raise CorruptArtefact(path, f"{err.reason}; delete it to compute that cell again"
+                                  ) from None
+        return data
+
+    def load_cell(self, key: str, data: dict[str, Any] | None) -> list[dict[str, Any]] | None:
+        """The rows of the cell whose checked :meth:`record` is ``data`` when it is served
+        (of these weights, :attr:`weights`, and this code or :attr:`keep_other_code`),
+        else None; those not served are noted in :attr:`other_weights`,
+        :attr:`other_code` or :attr:`format_1`."""
+        if data is None:
+            return None
+        if data["format"] == FORMAT_1:  # unknown code, and another robust rule's count
+            if self.keep_other_code:
+                self.format_1.add(key)
+            else:
+                self.other_code[key] = None
+            return None
+        return None if self._other_code(key, data) else data["rows"]
+
+    def save_cell(self, key: str, variant: str, seed: int, rows: list[dict[str, Any]]) -> None:
+        """Record a computed cell (atomic, digest embedded) with the code and the weights of
+        its model."""
+        store.write_signed_json(self.cell_path(key), {
+            "format": CELL_FORMAT, "variant": variant, "seed": seed, **self.code_record(key),
+            "rows": rows}, indent=2)
+
+    def notes(self, total: int) -> list[str]:
+        """The lines saying how many of the ``total`` cells are computed again, and why
+        (the attack and study runs' lines, :func:`~noisydeq.results.other_code_note`)."""
+        flag = "--keep-other-code"
+        lines = [other_weights_note(self.other_weights, total, self.cells, what="attack cells",
+                                    flag=flag),
+                 other_code_note(self.other_code, total, self.cells, what="attack cells",
+                                 kept=self.keep_other_code, flag=flag,
+                                 recorded="their code and weights")]
+        if self.format_1:
+            lines.append(f"note: {len(self.format_1)} of {total} attack cells in {self.cells} "
+                         "counted robust samples by the attacked input only (cell format 1): "
+                         f"they are computed again ({flag} keeps other code's cells of this "
+                         "robust rule only)")
+        return [line for line in lines if line]
+
+
+def run_attacks(spec: LyapunovExperimentSpec, run: ExperimentDir, task: Any,
+                log: Callable[[str], None]) -> list[dict[str, Any]]:
+    """Every (variant, seed) cell of the attack table, resumed from the open (locked)
+    ``run``'s ``attack/``: a cell other noisydeq code computed
+    (:func:`~noisydeq.fingerprint.code_fingerprint`), or one written before cells recorded
+    code and weights, is computed again unless ``run.keep_other_code``; one on other
+    weights of its model (:func:`~noisydeq.store.init_hash`: a family trained again since,
+    its cache cleared) always; one line each says how many (:meth:`ExperimentDir.notes`).
+    Every model comes from the family cache (kept across code versions), to hash its
+    weights."""
+    from noisydeq.families import train_family
+    from noisydeq.store import init_hash
+
     grid = spec.attack
     assert grid is not None
     x, y = task.x_test, task.y_test
     if grid.max_test_samples is not None:
         x, y = x[:grid.max_test_samples], y[:grid.max_test_samples]
-    rows: list[dict[str, Any]] = []
-    for variant in grid.variants:
-        for seed in spec.seeds:
-            path = out / "attack" / f"{variant}-s{seed}.json"
-            # the model its cell must be of (from the family cache: trained when missing);
-            # the family's line names kind, depth and width, the same for every variant
-            member = train_family(
+    cells = [(v, s) for v in grid.variants for s in spec.seeds]
+    members: dict[str, Any] = {}
+
+    def member(variant: str, seed: int) -> Any:
+        """The trained model of a cell (from the family cache: trained when missing); the
+        family's line names kind, depth and width, the same for every variant."""
+        key = f"{variant}-s{seed}"
+        if key not in members:
+            members[key] = train_family(
                 spec.family_spec(seed, variant), task,
-                log=lambda text, v=variant, s=seed: log(f"{v} seed {s}: {text}")).members[0]
-            weights = store.init_hash(member.model)
-            cell, made_by, on = (_read_cell(path, variant, seed) if path.exists()
-                                 else (None, code, weights))
-            if on is not None and on != weights:  # never served
-                log(f"attack {variant} seed {seed}: computed on other weights of its model "
-                    "(trained again since); computing it again")
-            elif made_by != code or on is None:  # other code's cell: not served
-                older = "" if made_by and on else (" (before cells recorded their code "
-                                                   "and weights)")
-                log(f"attack {variant} seed {seed}: computed by other noisydeq code{older}; "
-                    "computing it again (edits to comments and docstrings do not count as "
-                    "a change)")
-            if cell is not None and made_by == code and on == weights:
-                log(f"attack {variant} seed {seed}: done before")
-            else:
-                t0 = time.perf_counter()
-                base = {"variant": variant, "seed": seed, "params": member.params,
-                        "train_seconds": member.result.seconds,
-                        "test_metric": member.result.test_metric,
-                        **readout_stats(member.model, x[:grid.batch_size])}
-                cell = [{**base, **r} for r in attack_cell(member.model, x, y, grid, seed)]
-                store.write_signed_json(path, {"format": CELL_FORMAT, "variant": variant,
-                                               "seed": seed, "code": code,
-                                               "weights": weights, "rows": cell},
-                                        indent=2)
-                log(f"attack {variant} seed {seed}: {time.perf_counter() - t0:.1f} s")
-            rows.extend(cell)
-    for line in attack_convergence_lines(rows, min(grid.batch_size, len(x)),
-                                         str(out / "attack.csv")):
+                log=lambda text: log(f"{variant} seed {seed}: {text}")).members[0]
+            run.weights[key] = init_hash(members[key].model)
+        return members[key]
+
+    found: dict[str, list[dict[str, Any]]] = {}
+    for variant, seed in cells:  # what the directory serves, before anything is computed
+        key = f"{variant}-s{seed}"
+        data = run.record(key, variant, seed)
+        member(variant, seed)  # its weights (run.weights), for the cell to be of
+        rows = run.load_cell(key, data)
+        if rows is not None:
+            found[key] = rows
+    for line in run.notes(len(cells)):
         log(line)
-    return rows
+    rows_out: list[dict[str, Any]] = []
+    for variant, seed in cells:
+        key = f"{variant}-s{seed}"
+        cell = found.get(key)
+        if cell is not None:
+            log(f"attack {variant} seed {seed}: done before")
+        else:
+            m = member(variant, seed)
+            t0 = time.perf_counter()
+            base = {"variant": variant, "seed": seed, "params": m.params,
+                    "train_seconds": m.result.seconds, "test_metric": m.result.test_metric,
+                    **readout_stats(m.model, x[:grid.batch_size])}
+            cell = [{**base, **r} for r in attack_cell(m.model, x, y, grid, seed)]
+            run.save_cell(key, variant, seed, cell)
+            log(f"attack {variant} seed {seed}: {time.perf_counter() - t0:.1f} s")
+        rows_out.extend(cell)
+    for line in attack_convergence_lines(rows_out, min(grid.batch_size, len(x)),
+                                         str(run.path / "attack.csv")):
+        log(line)
+    return rows_out
 
 
 def attack_convergence_lines(rows: list[dict[str, Any]], n: int,
@@ -370,36 +474,6 @@ def attack_convergence_lines(rows: list[dict[str, Any]], n: int,
             t.add(n, (n - conv) / n, None)
     return report_lines(tallies.values(), "converged_frac (clean inputs, the first batch) "
                         f"and mean_steps in {table}")
-
-
-def _read_cell(path: Path, variant: str, seed: int
-               ) -> tuple[list[dict[str, Any]] | None, str | None, str | None]:
-    """A finished cell's rows, digest, format and identity checked (a file that fails is a
-    :class:`CorruptArtefact` naming it), the code fingerprint and the weights digest of its
-    model it records (None: written before cells recorded them). A cell of format 1
-    (robust samples counted by the attacked input only; now right clean and attacked) is
-    one of unknown code: no rows, computed again."""
-    try:
-        data = store.read_signed_json(path, "attack cell")
-        if (data.get("format") == "noisydeq-lyapunov-cell/1"
-                and (data.get("variant"), data.get("seed")) == (variant, seed)):
-            return None, None, None
-        if data.get("format") != CELL_FORMAT:
-            raise CorruptArtefact(path, f"has format {data.get('format')!r}, not {CELL_FORMAT}")
-        if (data.get("variant"), data.get("seed")) != (variant, seed):
-            raise CorruptArtefact(path, f"belongs to variant {data.get('variant')!r} seed "
-                                  f"{data.get('seed')!r}, not {variant!r} seed {seed}")
-        rows = data.get("rows")
-        if not isinstance(rows, list) or not rows or not all(
-                isinstance(r, dict) and {"attack", "eps_255", "accuracy"} <= set(r)
-                for r in rows):
-            raise CorruptArtefact(path, "holds no attack rows")
-    except CorruptArtefact as err:
-        raise CorruptArtefact(path, f"{err.reason}; delete it to compute that cell again"
-                              ) from None
-    made_by, on = data.get("code"), data.get("weights")
-    return (rows, made_by if isinstance(made_by, str) else None,
-            on if isinstance(on, str) else None)
 
 
 # ------------------------------------------------------------------------ device table
@@ -436,9 +510,11 @@ def run_device(spec: LyapunovExperimentSpec, out: Path, task: Any, progress: boo
 
 def run_experiment(
     spec: LyapunovExperimentSpec, out: str | Path, *, only: str | None = None,
-    progress: bool = True, log: Callable[[str], None] = print,
+    progress: bool = True, log: Callable[[str], None] = print, keep_other_code: bool = False,
 ) -> dict[str, Any]:
-    """Run (or resume) the experiment into ``out``; returns the report's paths and tables."""
+    """Run (or resume) the experiment into ``out``; returns the report's paths and tables.
+    ``keep_other_code``: serve the attack cells other noisydeq code computed
+    (:func:`run_attacks`; the device sweeps' keys hold the code)."""
     from noisydeq.analysis.lyapunov_report import write_report
     from noisydeq.tasks import load_task
 
@@ -446,17 +522,16 @@ def run_experiment(
     store.check_out_dir(out)
     if only not in (None, "attack", "device"):
         raise NoisyDEQError(f"--only: 'attack' or 'device', got '{only}'")
-    config = out / "config.toml"
     text = dumps_toml(spec)
-    _check_config(config, text)
+    _check_config(out / "config.toml", text)
     task = load_task(spec.task, data_dir=spec.data_dir, seed=spec.seeds[0])
-    with store.DirLock(out, "--out"):
-        _check_config(config, text)  # again: another writer may have started meanwhile
-        store.atomic_write_text(config, store.sign_text(text))
+    with ExperimentDir(out) as run:
+        run.open(text)
+        run.keep_other_code = keep_other_code
         attack_rows: list[dict[str, Any]] = []
         device_rows: list[dict[str, Any]] = []
         if spec.attack is not None and only in (None, "attack"):
-            attack_rows = run_attacks(spec, out, task, log)
+            attack_rows = run_attacks(spec, run, task, log)
             store.atomic_write_text(out / "attack.csv", _csv(attack_rows, ATTACK_CSV_ORDER))
         if spec.device is not None and only in (None, "device"):
             device_rows = run_device(spec, out, task, progress, log)

@@ -28,11 +28,15 @@ from noisydeq.progress import with_heartbeat
               help="Run only one of the experiment's tables.")
 @threads_flag("torch threads (as for noisydeq sweep; the evaluation count is used).",
               "auto|N|TRAIN,EVAL")
+@click.option("--keep-other-code", is_flag=True,
+              help="Resuming: serve the attack cells other noisydeq code computed (default: "
+                   "compute them again), the table then mixing two codes' results.")
 @click.option("--quiet", is_flag=True, help="No progress output.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report's paths as JSON.")
 @with_heartbeat("lyapunov")
 def command(experiment: str, out: str | None, data_dir: str | None, seeds: str | None,
-            only: str | None, threads: str | None, quiet: bool, as_json: bool) -> None:
+            only: str | None, threads: str | None, keep_other_code: bool, quiet: bool,
+            as_json: bool) -> None:
     """Reproduce the LyaDEQ paper's Table 1 and compare LyaDEQ/DEQ/FFW on devices.
 
     \b
@@ -63,7 +67,7 @@ def command(experiment: str, out: str | None, data_dir: str | None, seeds: str |
 
     with num_threads(eval_threads):
         report = run_experiment(spec, out_dir, only=only, progress=not (quiet or as_json),
-                                log=log)
+                                log=log, keep_other_code=keep_other_code)
     if as_json:
         click.echo(json.dumps({k: v for k, v in report.items() if k != "markdown"}, indent=2))
         return
