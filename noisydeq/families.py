@@ -126,6 +126,34 @@ def prepared_member(
     return model, tspec, root / config_hash(run_config(model, task, tspec, dev))
 
 
+def cached_weights(
+    spec: FamilySpec, task: Task, kind: str, depth: int, *,
+    cache_dir: str | os.PathLike | None = None, torch_device: str | torch.device | None = None,
+) -> tuple[str, str | None]:
+    """(one member's cache entry — the name :func:`train_family` trains it under, its
+    config hash — and the weights digest (:func:`noisydeq.store.init_hash`) of the finished
+    model that entry holds, None when it holds none), without training the member or
+    loading it into a model: only its initial model is built, for the key. The checkpoint
+    is read with its SHA-256 digest and config hash checked; one that fails counts as
+    none (:func:`train_family` reports it and trains the member again)."""
+    from noisydeq.store import load_tensors, weights_hash
+    from noisydeq.train import MODEL_FILE
+
+    dev = torch.device(torch_device) if torch_device is not None else torch.device("cpu")
+    _, _, entry = prepared_member(spec, task, kind, depth, cache_root(cache_dir) / "models",
+                                  dev)
+    path = entry / MODEL_FILE
+    if not path.is_file():
+        return entry.name, None
+    try:
+        tensors, meta = load_tensors(path)
+    except NoisyDEQError:  # damaged, unreadable or foreign (a CorruptArtefact): none
+        return entry.name, None
+    if meta.get("config_hash") != entry.name:
+        return entry.name, None
+    return entry.name, weights_hash(tensors)
+
+
 def train_family(
     spec: FamilySpec,
     task: Task | None = None,

@@ -559,8 +559,14 @@ def hash_tensor(h: Any, t: Tensor, label: str = "") -> None:
 def init_hash(model: Any) -> str:
     """Hash of a module's current weights (``state_dict``, sorted by name): identifies a
     model's initialisation in its training config and a trained model in cache keys."""
+    return weights_hash(model.state_dict())
+
+
+def weights_hash(tensors: Mapping[str, Tensor]) -> str:
+    """:func:`init_hash` of a model whose ``state_dict`` is ``tensors``: a checkpoint's
+    weights digest, read without building the model."""
     h = hashlib.blake2b(digest_size=10)
-    for name, t in sorted(model.state_dict().items()):
+    for name, t in sorted(tensors.items()):
         hash_tensor(h, t, name)
     return h.hexdigest()
 

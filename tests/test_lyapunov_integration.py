@@ -278,6 +278,7 @@ def test_each_variant_s_training_line_names_the_variant(tmp_path, monkeypatch):
         raise Stop
 
     monkeypatch.setattr(families, "train_family", fake_train)
+    monkeypatch.setattr(families, "cached_weights", lambda *a, **k: ("entry", None))
     exp = tmp_path / "exp.toml"
     exp.write_text('name = "tiny"\ntask = "digits"\nhidden = 16\ntrain_preset = "quick"\n'
                    '[attack]\nvariants = ["orthogonal"]\neps_255 = [2]\n')
@@ -287,3 +288,72 @@ def test_each_variant_s_training_line_names_the_variant(tmp_path, monkeypatch):
         run_attacks(load_experiment(exp, seeds=[2]), run, task, lines.append)
     assert lines == ["orthogonal seed 2: lyadeq d1 w16: accuracy 0.5000 (trained in 0.1 s)"]
 
+
+@pytest.mark.slow
+def test_a_resume_tells_served_cells_without_training_a_model(tmp_path, monkeypatch):
+    """A resume loaded every (variant, seed) model from the family cache — retrained it
+    when the cache had been cleared — only to hash its weights. Now the weights digest
+    comes from the cache entry's checkpoint (digest-checked) or, the entry cleared, from
+    the cell that records that entry (a cell is tied to the weights it was computed on):
+    a finished table resumes without loading a model, and with its cache cleared without
+    training one; an entry holding other weights still has its cell computed again."""
+    import shutil
+
+    from noisydeq import families, store
+    from noisydeq.analysis.lyapunov_experiment import load_experiment, run_experiment
+
+    monkeypatch.setenv("NOISYDEQ_CACHE", str(tmp_path / "cache"))
+    calls = []
+    real = families.train_model
+
+    def counting(*a, **k):
+        res = real(*a, **k)
+        calls.append("loaded" if res.loaded else "trained")
+        return res
+
+    monkeypatch.setattr(families, "train_model", counting)
+    exp = tmp_path / "exp.toml"
+    exp.write_text(
+        'name = "tiny"\ntask = "digits"\nhidden = 16\ntrain_preset = "quick"\n'
+        'train = {epochs = 1, max_train_samples = 128}\n[lyapunov]\nicnn_hidden = [8]\n'
+        '[attack]\nvariants = ["plain", "both"]\nattacks = ["pgd"]\neps_255 = [2]\n'
+        'max_test_samples = 20\n')
+    spec = load_experiment(exp)
+    out = tmp_path / "out"
+
+    def run():
+        said: list[str] = []
+        calls.clear()
+        run_experiment(spec, out, only="attack", progress=False, log=said.append)
+        return (out / "attack.csv").read_text(), said, list(calls)
+
+    table, _, trained = run()
+    assert trained == ["trained", "trained"]
+    entries = {v: store.read_signed_json(out / "attack" / f"{v}-s0.json")["entry"]
+               for v in ("plain", "both")}
+    task = load_task("digits", seed=0)
+    for v in ("plain", "both"):  # the digest read from the checkpoint is the model's
+        fam = families.train_family(spec.family_spec(0, v), task)
+        assert families.cached_weights(spec.family_spec(0, v), task, "lyadeq", 1) == (
+            entries[v], store.init_hash(fam.members[0].model))
+    again, said, trained = run()
+    assert trained == [] and again == table  # nothing loaded, let alone trained
+    assert sum(s.endswith(": done before") for s in said) == 2
+    shutil.rmtree(tmp_path / "cache")
+    again, said, trained = run()  # the cache cleared: every cell still served
+    assert trained == [] and again == table
+    assert not any(s.startswith("note:") for s in said)
+    # the plain model trained again into other weights under its entry: its cell computed
+    fam = families.train_family(spec.family_spec(0, "plain"), task)
+    ckpt = fam.members[0].result.path
+    assert ckpt.parent.name == entries["plain"]
+    tensors, meta = store.load_tensors(ckpt)
+    store.save_checkpoint(ckpt, {k: v + 0.25 if v.is_floating_point() else v
+                                 for k, v in tensors.items()}, meta["config"], meta["extra"])
+    again, said, trained = run()
+    assert trained == ["loaded"]  # the plain model only, to attack it; both's cell served
+    assert [s for s in said if s.startswith("note:")] == [
+        f"note: 1 of 2 attack cells in {out / 'attack'} were computed on other weights of "
+        "their model: they are computed again (--keep-other-code keeps other code's cells, "
+        "never other weights')"]
+    assert again.splitlines()[0] == table.splitlines()[0]

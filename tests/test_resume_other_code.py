@@ -96,6 +96,9 @@ def test_lyapunov_attack_cells_of_other_code_are_computed_again(tmp_path,
                              result=SimpleNamespace(seconds=1.0, test_metric=0.5))
     monkeypatch.setattr(families, "train_family",
                         lambda *a, **k: SimpleNamespace(members=[member]))
+    # the family cache holds the member (its weights digest, read without loading it)
+    monkeypatch.setattr(families, "cached_weights",
+                        lambda *a, **k: ("entry0", store.init_hash(member.model)))
     monkeypatch.setattr(lx, "readout_stats", lambda *a: {"mean_steps": 1.0,
                                                          "converged_frac": 1.0})
 
@@ -129,6 +132,7 @@ def test_lyapunov_attack_cells_of_other_code_are_computed_again(tmp_path,
     again = ("they are computed again (edits to comments and docstrings do not count as a "
              "change; --keep-other-code keeps them instead)")
     resumed(2, 0.25, 0.25)
+    assert store.read_signed_json(cells / "plain-s0.json")["entry"] == "entry0"
     calls["value"] = 0.75  # what a new code computes
     resumed(0, 0.25, 0.25)  # the same code: served
     monkeypatch.setattr(fingerprint, "code_fingerprint", lambda: OTHER)

@@ -11,10 +11,10 @@ Output directory::
 
     config.toml                    the resolved experiment (digest line first)
     attack/<variant>-s<seed>.json  one finished (variant, seed) cell, the code that computed
-                                   it and its model's weights digest, written atomically
-                                   with its digest (a damaged or foreign cell is refused,
-                                   naming it; one of other weights or of format 1 is
-                                   computed again, one of other code too unless
+                                   it, its model's weights digest and family cache entry,
+                                   written atomically with its digest (a damaged or foreign
+                                   cell is refused, naming it; one of other weights or of
+                                   format 1 is computed again, one of other code too unless
                                    ``keep_other_code``: :class:`ExperimentDir`)
     attack.csv                     one row per variant × seed × attack × ε
     device/<device>-<group>/       one sweep run directory per device and model group
@@ -22,8 +22,10 @@ Output directory::
     report.md, figures/            tables and figures (:mod:`noisydeq.analysis.lyapunov_report`)
 
 Re-running the same experiment into the same directory skips every finished cell of this
-code (:func:`run_attacks`; the device sweeps' keys hold the code too); one
-process writes a directory at a time (its lock, :class:`ExperimentDir`). PGD's
+code (:func:`run_attacks`; the device sweeps' keys hold the code too), knowing which are
+served before any model is trained or loaded: a cell is tied to the weights it was
+computed on, so one whose model's cache entry was cleared is served, not retrained for;
+one process writes a directory at a time (its lock, :class:`ExperimentDir`). PGD's
 random start is counter-based: a test sample's start depends on (seed, ε, its index) only,
 not on the batch it is attacked in.
 
@@ -301,7 +303,7 @@ class ExperimentDir(LockedDir):
     """A LyaDEQ experiment's output directory (module docstring), written by one process at
     a time (its ``--out`` lock, :class:`~noisydeq.results.LockedDir`). Its attack cells,
     ``attack/<variant>-s<seed>.json`` (key ``<variant>-s<seed>``), record the code that
-    computed them and the weights digest of their model; which are
+    computed them, the weights digest of their model and its family cache entry; which are
     served is decided as for the attack and study runs (:meth:`LockedDir._other_code`): a
     cell of other weights never, one of other code (or written before cells recorded code
     and weights) with :attr:`keep_other_code` only. A cell of format 1 (robust samples
@@ -314,6 +316,9 @@ class ExperimentDir(LockedDir):
         super().__init__(path)
         self.config_path = self.path / "config.toml"
         self.cells = self.path / "attack"
+        #: key → the family cache entry (:func:`noisydeq.families.cached_weights`) of the
+        #: cell's model, recorded in the cells written
+        self.entries: dict[str, str] = {}
         #: the cells of format 1 found while :attr:`keep_other_code` (computed again)
         self.format_1: set[str] = set()
 
@@ -370,11 +375,12 @@ class ExperimentDir(LockedDir):
         return None if self._other_code(key, data) else data["rows"]
 
     def save_cell(self, key: str, variant: str, seed: int, rows: list[dict[str, Any]]) -> None:
-        """Record a computed cell (atomic, digest embedded) with the code and the weights of
-        its model."""
+        """Record a computed cell (atomic, digest embedded) with the code, the weights of
+        its model and its family cache entry."""
+        entry = self.entries.get(key)
         store.write_signed_json(self.cell_path(key), {
             "format": CELL_FORMAT, "variant": variant, "seed": seed, **self.code_record(key),
-            "rows": rows}, indent=2)
+            **({"entry": entry} if entry else {}), "rows": rows}, indent=2)
 
     def notes(self, total: int) -> list[str]:
         """The lines saying how many of the ``total`` cells are computed again, and why
@@ -399,11 +405,18 @@ def run_attacks(spec: LyapunovExperimentSpec, run: ExperimentDir, task: Any,
     ``run``'s ``attack/``: a cell other noisydeq code computed
     (:func:`~noisydeq.fingerprint.code_fingerprint`), or one written before cells recorded
     code and weights, is computed again unless ``run.keep_other_code``; one on other
-    weights of its model (:func:`~noisydeq.store.init_hash`: a family trained again since,
-    its cache cleared) always; one line each says how many (:meth:`ExperimentDir.notes`).
-    Every model comes from the family cache (kept across code versions), to hash its
-    weights."""
-    from noisydeq.families import train_family
+    weights of its model (:func:`~noisydeq.store.init_hash`: a family trained again since
+    into other weights) always; one line each says how many (:meth:`ExperimentDir.notes`).
+
+    Which cells are served is known before any model is trained or loaded: a model's
+    weights digest is read from its family cache entry (:func:`~noisydeq.families
+    .cached_weights`, digest-checked); when that entry holds no model (the cache cleared)
+    and the cell records the same entry, the cell is served on the weights it records — a
+    cell is tied to the weights it was computed on (their digest is in it), so its numbers
+    are that model's whatever a retraining would give. Only a model whose cell is computed
+    is trained (or loaded) — as is one whose cell records another entry and whose entry
+    holds none, to learn its weights (cells written before cells recorded their entry)."""
+    from noisydeq.families import cached_weights, train_family
     from noisydeq.store import init_hash
 
     grid = spec.attack
@@ -429,7 +442,15 @@ def run_attacks(spec: LyapunovExperimentSpec, run: ExperimentDir, task: Any,
     for variant, seed in cells:  # what the directory serves, before anything is computed
         key = f"{variant}-s{seed}"
         data = run.record(key, variant, seed)
-        member(variant, seed)  # its weights (run.weights), for the cell to be of
+        entry, weights = cached_weights(spec.family_spec(seed, variant), task, "lyadeq", 1)
+        run.entries[key] = entry
+        if weights is None and data is not None and data.get("entry") == entry \
+                and isinstance(data.get("weights"), str):
+            weights = data["weights"]  # no model cached: the cell's own, of this entry
+        if weights is None:
+            member(variant, seed)  # weights known only by training (or loading) it
+        else:
+            run.weights[key] = weights
         rows = run.load_cell(key, data)
         if rows is not None:
             found[key] = rows
