@@ -417,6 +417,18 @@ def remove_manifest(directory: str | os.PathLike) -> None:
     (Path(directory) / MANIFEST).unlink(missing_ok=True)
 
 
+def remove_file(path: str | os.PathLike) -> bool:
+    """Delete the regular file ``path`` (never through a link: a link is unlinked, not its
+    target); True when it was there. The deletions of stored files go through here: the
+    caller holds what guards the file (its directory's lock, or the check that no live
+    process writes it). Raises :class:`OSError` when it cannot be deleted."""
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        return False
+    return True
+
+
 def _manifest_entries(manifest: Path) -> dict[str, str]:
     """``{name: digest}`` of a ``SHA256SUMS`` file, which must be exactly as written."""
     if not manifest.is_file():
