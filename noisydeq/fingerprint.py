@@ -196,6 +196,22 @@ def fingerprint_of(root: Path, cache: Path | None) -> str:
     return code
 
 
+#: the cache the memo lives in when a command names it (:func:`memo_in`); None: the
+#: default cache (``runtime.cache_root()``: ``$NOISYDEQ_CACHE`` or the user cache dir)
+_memo_cache: Path | None = None
+
+
+def memo_in(cache: str | Path | None) -> None:
+    """Keep this process's memo in ``cache`` (None: the default cache again): what a
+    command whose whole cache is given on its command line calls before it fingerprints
+    the code (``noisydeq cache --cache DIR``). A command's ``--cache DIR`` that names its
+    model cache only (``attack``, ``certify``, ``sensitivity``, ...) keeps the default:
+    the entries that record the code — calibrations, chips, figures — are in the default
+    cache, and the memo lives with them."""
+    global _memo_cache
+    _memo_cache = None if cache is None else Path(cache)
+
+
 @functools.lru_cache(maxsize=1)
 def code_fingerprint() -> str:
     """Hash of what the package's code computes (16 hex): every module (``noisydeq.rng``
@@ -210,11 +226,13 @@ def code_fingerprint() -> str:
     files enter the keys by their resolved content (a device spec's JSON, a sweep's
     resolved config), so editing one changes the keys of what it changes.
 
-    Memoised in the process and in the cache (``<cache>/code/``, see the module): a
-    missing, corrupt or unwritable memo is computed again silently."""
+    Memoised in the process and in the cache (``<cache>/code/``, see the module; the
+    cache :func:`memo_in` names, else the default one): a missing, corrupt or unwritable
+    memo is computed again silently."""
     from noisydeq.runtime import cache_root
 
-    return fingerprint_of(package_root(), cache_root())
+    return fingerprint_of(package_root(), cache_root() if _memo_cache is None
+                          else _memo_cache)
 
 
 @functools.lru_cache(maxsize=1)

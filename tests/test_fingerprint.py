@@ -283,3 +283,41 @@ def test_f_string_literal_parts_count_by_their_text_not_their_split():
     halves = ast.parse('f"ab{x}"')
     halves.body[0].value.values[0:1] = [ast.Constant(value="a"), ast.Constant(value="b")]
     assert fingerprint.tree_text(halves) == fingerprint.tree_text(ast.parse('f"ab{x}"'))
+
+
+MEMO_PROBE = """
+import json, sys
+from noisydeq import fingerprint
+calls = []
+real = fingerprint.semantic_digest
+fingerprint.semantic_digest = lambda modules: calls.append(1) or real(modules)
+from noisydeq.cli import main
+try:
+    main(sys.argv[1:])
+except SystemExit:
+    pass
+print(json.dumps({"parsed": len(calls), "code": fingerprint.code_fingerprint()}))
+"""
+
+
+@pytest.mark.parametrize("how", ["--cache", "env"])
+def test_the_memo_follows_the_cache_the_command_reads(tmp_path, how):
+    """``noisydeq cache --cache DIR`` keeps the memo in DIR (not in ``$NOISYDEQ_CACHE``),
+    ``$NOISYDEQ_CACHE`` in that cache; a second process reuses it: the package is parsed
+    (``semantic_digest``) once in the two."""
+    default, custom = tmp_path / "default", tmp_path / "custom"
+    default.mkdir()
+    custom.mkdir()
+    env = {**os.environ, "NOISYDEQ_CACHE": str(default if how == "--cache" else custom)}
+    args = ["cache", "--json", *(["--cache", str(custom)] if how == "--cache" else [])]
+    seen = []
+    for _ in range(2):
+        proc = subprocess.run([sys.executable, "-c", MEMO_PROBE, *args], capture_output=True,
+                              text=True, cwd=tmp_path, env=env, timeout=300)
+        assert proc.returncode == 0, proc.stderr
+        seen.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+    assert [s["parsed"] for s in seen] == [1, 0]
+    assert seen[0]["code"] == seen[1]["code"] == fingerprint.code_fingerprint()
+    (memo,) = (custom / fingerprint.MEMO_DIRECTORY).iterdir()
+    assert store.read_signed_json(memo)["code"] == seen[0]["code"]
+    assert not (default / fingerprint.MEMO_DIRECTORY).exists()

@@ -30,9 +30,14 @@ def _days(ctx: click.Context, param: click.Parameter, value: float | None) -> fl
 
 
 def _root(cache: str | None):
+    """The cache this command reads and prunes; the code fingerprint's memo (compared
+    with what device entries record) follows it (:func:`noisydeq.fingerprint.memo_in`)."""
+    from noisydeq.fingerprint import memo_in
     from noisydeq.runtime import cache_root
 
-    return cache_root(cache)
+    root = cache_root(cache)
+    memo_in(root)
+    return root
 
 
 def summary(inv: Any) -> dict[str, Any]:
