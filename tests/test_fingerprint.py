@@ -219,15 +219,27 @@ def test_the_package_fingerprint_matches_its_parse_and_old_entries_are_stale():
     assert device_status("calibration", meta) == ("stale", f"code {h.hexdigest()}")
 
 
-def test_the_cache_with_a_memo_is_a_cache_and_the_memo_no_entry(tmp_path):
+def test_the_cache_with_a_memo_is_a_cache_and_each_memo_a_code_entry(tmp_path):
+    """The memo directory belongs to a cache; each memo file is an entry of kind ``code``:
+    current when it is the one this code and Python read, else stale (other code: its
+    fingerprint named; these modules' bytes under another name: another Python)."""
     from noisydeq.cachedir.inventory import scan
 
     cache = tmp_path / "cache"
-    (cache / fingerprint.MEMO_DIRECTORY).mkdir(parents=True)
+    memos = cache / fingerprint.MEMO_DIRECTORY
+    memos.mkdir(parents=True)
     (cache / "calibration").mkdir()
-    _forge(cache / fingerprint.MEMO_DIRECTORY / ("a" * 32 + ".json"), "0" * 16, "1" * 16)
+    name, raw = fingerprint.current_memo()
+    _forge(memos / ("a" * 32 + ".json"), "0" * 16, "1" * 16)
+    _forge(memos / ("b" * 32 + ".json"), raw, fingerprint.code_fingerprint())
+    _forge(memos / name, raw, fingerprint.code_fingerprint())
+    (memos / "notes.txt").write_text("mine")
     inv = scan(cache)
-    assert inv.entries == [] and inv.other == []
+    assert sorted((e.name, e.status, e.reason) for e in inv.entries) == sorted([
+        (f"code/{'a' * 32}.json", "stale", "code 1111111111111111"),
+        (f"code/{'b' * 32}.json", "stale", "another Python or memo format"),
+        (f"code/{name}", "current", "")])
+    assert [p.name for p, _ in inv.other] == ["notes.txt"]
 
 
 PROBE = """
