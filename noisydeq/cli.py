@@ -62,7 +62,7 @@ COMMANDS: list[tuple[str, str, str]] = [
     ("runs", "runs",
      "List sweep run directories below DIRS (default: runs) with their specs and status."),
     ("cache", "cache",
-     "Show and prune the on-disk cache of models, calibrations, programmed chips and figures."),
+     "Show and prune the on-disk cache (models, calibrations, chips, figures, code memo)."),
 ]
 # Command modules under noisydeq/commands, in help order.
 COMMAND_MODULES = list(dict.fromkeys(module for _, module, _ in COMMANDS))

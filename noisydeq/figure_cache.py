@@ -151,7 +151,8 @@ def _save(path: Path, key: str, out: Path, paths: list[Path]) -> None:
         files.append({"name": p.name, "data": base64.b64encode(data).decode("ascii"),
                       "sha256": hashlib.sha256(data).hexdigest()})
     entry = {"format": FORMAT, "key": key, "files": files,
-             "env": {"format": FORMAT, "version": __version__, "code": code_fingerprint()}}
+             "env": {"format": FORMAT, "version": __version__, "code": code_fingerprint(),
+                     "libraries": _library_versions()}}
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         store.write_signed_json(path, entry)

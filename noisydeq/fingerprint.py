@@ -18,11 +18,13 @@ the cache under the digest of the modules' bytes (:data:`MEMO_DIRECTORY`), which
 from __future__ import annotations
 
 import ast
+import contextlib
 import functools
 import hashlib
 import platform
 import re
 import sys
+from collections.abc import Iterator
 from importlib import metadata
 from pathlib import Path
 
@@ -176,9 +178,18 @@ def _write_memo(path: Path, raw: str, code: str) -> None:
         if len(memos) > MEMO_KEEP:
             memos.sort(key=lambda p: p.stat().st_mtime)
             for old in memos[:len(memos) - MEMO_KEEP]:
-                old.unlink(missing_ok=True)
+                store.remove_file(old)
     except (OSError, NoisyDEQError):
         pass
+
+
+@functools.lru_cache(maxsize=1)
+def current_memo() -> tuple[str, str]:
+    """(file name, ``raw`` digest) of the memo this process reads and writes: the package's
+    modules as they are now, parsed by this Python (``noisydeq cache`` tells the current
+    memo from stale ones by them, without parsing anything)."""
+    raw = raw_digest(_modules(package_root()))
+    return _memo_path(Path(), raw).name, raw
 
 
 def fingerprint_of(root: Path, cache: Path | None) -> str:
@@ -196,6 +207,28 @@ def fingerprint_of(root: Path, cache: Path | None) -> str:
     return code
 
 
+#: the cache the memo lives in when a command names it (:func:`memo_in`); None: the
+#: default cache (``runtime.cache_root()``: ``$NOISYDEQ_CACHE`` or the user cache dir)
+_memo_cache: Path | None = None
+
+
+@contextlib.contextmanager
+def memo_in(cache: str | Path) -> Iterator[None]:
+    """Inside ``with``, the memo is read and written in ``cache``: what a command whose
+    whole cache is given on its command line wraps its work in (``noisydeq cache --cache
+    DIR``); the fingerprint is computed once per process, so the first ``with`` that needs
+    it places the memo. A command's ``--cache DIR`` that names its model cache only
+    (``attack``, ``certify``, ``sensitivity``, ...) keeps the default: the entries that
+    record the code — calibrations, chips, figures — are in the default cache, and the
+    memo lives with them."""
+    global _memo_cache
+    before, _memo_cache = _memo_cache, Path(cache)
+    try:
+        yield
+    finally:
+        _memo_cache = before
+
+
 @functools.lru_cache(maxsize=1)
 def code_fingerprint() -> str:
     """Hash of what the package's code computes (16 hex): every module (``noisydeq.rng``
@@ -210,11 +243,13 @@ def code_fingerprint() -> str:
     files enter the keys by their resolved content (a device spec's JSON, a sweep's
     resolved config), so editing one changes the keys of what it changes.
 
-    Memoised in the process and in the cache (``<cache>/code/``, see the module): a
-    missing, corrupt or unwritable memo is computed again silently."""
+    Memoised in the process and in the cache (``<cache>/code/``, see the module; the
+    cache :func:`memo_in` names, else the default one): a missing, corrupt or unwritable
+    memo is computed again silently."""
     from noisydeq.runtime import cache_root
 
-    return fingerprint_of(package_root(), cache_root())
+    return fingerprint_of(package_root(), cache_root() if _memo_cache is None
+                          else _memo_cache)
 
 
 @functools.lru_cache(maxsize=1)

@@ -630,7 +630,7 @@ class RunDir(LockedDir):
         store.write_signed_json(path, record)
         for old in self.superseded.pop(key, []):  # replaced: unreachable from now on
             if old != path:
-                old.unlink(missing_ok=True)
+                store.remove_file(old)
         if events.active():
             events.emit("cell", run=str(self.path), key=key, rows=len(record["rows"]),
                         values=[{"model": r.get("model_id"), "chip": r.get("chip"),

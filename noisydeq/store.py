@@ -185,6 +185,21 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+def stale_temp(path: str | os.PathLike, now: float | None = None) -> bool | None:
+    """Whether ``path`` is a temporary file (:func:`atomic_open`'s name) whose writer is gone
+    — its process has ended, or it is older than :data:`STALE_AFTER_S` — (True), one a live
+    process is writing (False); None when its name is no temporary file's."""
+    p = Path(path)
+    m = _TEMP.match(p.name)
+    if m is None:
+        return None
+    now = time.time() if now is None else now
+    try:
+        return not _pid_alive(int(m["pid"])) or now - p.stat().st_mtime > STALE_AFTER_S
+    except OSError:  # gone meanwhile: its writer renamed or removed it
+        return False
+
+
 def clean_stale_temps(directory: str | os.PathLike, *, locked: bool = False) -> int:
     """Remove temporary files killed writers left in ``directory``; returns how many.
 
@@ -198,13 +213,11 @@ def clean_stale_temps(directory: str | os.PathLike, *, locked: bool = False) -> 
     removed = 0
     now = time.time()
     for f in d.iterdir():
-        m = _TEMP.match(f.name)
-        if m is None and not (locked and _LEGACY_TEMP.match(f.name)):
+        temp = stale_temp(f, now)
+        if temp is None and not (locked and _LEGACY_TEMP.match(f.name)):
             continue
         try:
-            stale = locked or not _pid_alive(int(m["pid"])) or (
-                now - f.stat().st_mtime > STALE_AFTER_S)
-            if stale and f.is_file():
+            if (locked or temp) and f.is_file():
                 f.unlink()
                 removed += 1
         except OSError:
@@ -415,6 +428,18 @@ def write_manifest(directory: str | os.PathLike, files: Iterable[str | os.PathLi
 def remove_manifest(directory: str | os.PathLike) -> None:
     """Drop ``directory/SHA256SUMS`` (before the files it lists are rewritten)."""
     (Path(directory) / MANIFEST).unlink(missing_ok=True)
+
+
+def remove_file(path: str | os.PathLike) -> bool:
+    """Delete the regular file ``path`` (never through a link: a link is unlinked, not its
+    target); True when it was there. The deletions of stored files go through here: the
+    caller holds what guards the file (its directory's lock, or the check that no live
+    process writes it). Raises :class:`OSError` when it cannot be deleted."""
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        return False
+    return True
 
 
 def _manifest_entries(manifest: Path) -> dict[str, str]:

@@ -219,15 +219,27 @@ def test_the_package_fingerprint_matches_its_parse_and_old_entries_are_stale():
     assert device_status("calibration", meta) == ("stale", f"code {h.hexdigest()}")
 
 
-def test_the_cache_with_a_memo_is_a_cache_and_the_memo_no_entry(tmp_path):
+def test_the_cache_with_a_memo_is_a_cache_and_each_memo_a_code_entry(tmp_path):
+    """The memo directory belongs to a cache; each memo file is an entry of kind ``code``:
+    current when it is the one this code and Python read, else stale (other code: its
+    fingerprint named; these modules' bytes under another name: another Python)."""
     from noisydeq.cachedir.inventory import scan
 
     cache = tmp_path / "cache"
-    (cache / fingerprint.MEMO_DIRECTORY).mkdir(parents=True)
+    memos = cache / fingerprint.MEMO_DIRECTORY
+    memos.mkdir(parents=True)
     (cache / "calibration").mkdir()
-    _forge(cache / fingerprint.MEMO_DIRECTORY / ("a" * 32 + ".json"), "0" * 16, "1" * 16)
+    name, raw = fingerprint.current_memo()
+    _forge(memos / ("a" * 32 + ".json"), "0" * 16, "1" * 16)
+    _forge(memos / ("b" * 32 + ".json"), raw, fingerprint.code_fingerprint())
+    _forge(memos / name, raw, fingerprint.code_fingerprint())
+    (memos / "notes.txt").write_text("mine")
     inv = scan(cache)
-    assert inv.entries == [] and inv.other == []
+    assert sorted((e.name, e.status, e.reason) for e in inv.entries) == sorted([
+        (f"code/{'a' * 32}.json", "stale", "code 1111111111111111"),
+        (f"code/{'b' * 32}.json", "stale", "another Python or memo format"),
+        (f"code/{name}", "current", "")])
+    assert [p.name for p, _ in inv.other] == ["notes.txt"]
 
 
 PROBE = """
@@ -283,3 +295,41 @@ def test_f_string_literal_parts_count_by_their_text_not_their_split():
     halves = ast.parse('f"ab{x}"')
     halves.body[0].value.values[0:1] = [ast.Constant(value="a"), ast.Constant(value="b")]
     assert fingerprint.tree_text(halves) == fingerprint.tree_text(ast.parse('f"ab{x}"'))
+
+
+MEMO_PROBE = """
+import json, sys
+from noisydeq import fingerprint
+calls = []
+real = fingerprint.semantic_digest
+fingerprint.semantic_digest = lambda modules: calls.append(1) or real(modules)
+from noisydeq.cli import main
+try:
+    main(sys.argv[1:])
+except SystemExit:
+    pass
+print(json.dumps({"parsed": len(calls), "code": fingerprint.code_fingerprint()}))
+"""
+
+
+@pytest.mark.parametrize("how", ["--cache", "env"])
+def test_the_memo_follows_the_cache_the_command_reads(tmp_path, how):
+    """``noisydeq cache --cache DIR`` keeps the memo in DIR (not in ``$NOISYDEQ_CACHE``),
+    ``$NOISYDEQ_CACHE`` in that cache; a second process reuses it: the package is parsed
+    (``semantic_digest``) once in the two."""
+    default, custom = tmp_path / "default", tmp_path / "custom"
+    default.mkdir()
+    custom.mkdir()
+    env = {**os.environ, "NOISYDEQ_CACHE": str(default if how == "--cache" else custom)}
+    args = ["cache", "--json", *(["--cache", str(custom)] if how == "--cache" else [])]
+    seen = []
+    for _ in range(2):
+        proc = subprocess.run([sys.executable, "-c", MEMO_PROBE, *args], capture_output=True,
+                              text=True, cwd=tmp_path, env=env, timeout=300)
+        assert proc.returncode == 0, proc.stderr
+        seen.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+    assert [s["parsed"] for s in seen] == [1, 0]
+    assert seen[0]["code"] == seen[1]["code"] == fingerprint.code_fingerprint()
+    (memo,) = (custom / fingerprint.MEMO_DIRECTORY).iterdir()
+    assert store.read_signed_json(memo)["code"] == seen[0]["code"]
+    assert not (default / fingerprint.MEMO_DIRECTORY).exists()

@@ -4,5 +4,6 @@
 them (:mod:`~noisydeq.cachedir.prune`). Reads files only: no torch.
 """
 
-#: the kinds of entries, each a directory of the cache
-KINDS = ("models", "calibration", "chips", "figures")
+#: the kinds of entries, each a directory of the cache (``code``: the code fingerprint's
+#: memo, :mod:`noisydeq.fingerprint`)
+KINDS = ("models", "calibration", "chips", "figures", "code")

@@ -29,6 +29,8 @@ from noisydeq.fingerprint import code_fingerprint, machine, torch_version
 FORMATS = {"calibration": ("hardware/calibration_store.py", "FORMAT"),
            "chips": ("hardware/chip_store.py", "FORMAT"),
            "figures": ("figure_cache.py", "FORMAT")}
+#: the drawing libraries whose versions a figure entry's key holds
+LIBRARIES = ("figure_cache.py", "LIBRARIES")
 #: the training schema and device-gradient rule of a model's config
 SCHEMA = ("train_config.py", "TRAIN_SCHEMA")
 GRADIENT = ("train_config.py", "DEVICE_GRADIENT")
@@ -48,18 +50,42 @@ def constant(module: str, name: str) -> Any:
     raise LookupError(f"{name} not found in noisydeq/{module}")
 
 
+def library_versions() -> dict[str, str]:
+    """The versions of the drawing libraries (``figure_cache.LIBRARIES``) as a figure entry
+    records them (``""``: not installed), from their metadata: nothing imported."""
+    from importlib import metadata
+
+    out = {}
+    for name in constant(*LIBRARIES):
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = ""
+    return out
+
+
 def device_fields(kind: str) -> dict[str, Any]:
     """The recorded environment fields (``calibration_store.RECORDED`` but the thread
-    count) a ``kind`` entry of this process would carry."""
-    return {"format": constant(*FORMATS[kind]), "version": __version__,
-            "code": code_fingerprint(), "torch": torch_version(), "machine": machine()}
+    count) a ``kind`` entry of this process would carry; a figure entry's also its drawing
+    libraries' versions (in its key; recorded since 2026-12-07: older entries are judged
+    without them)."""
+    fields = {"format": constant(*FORMATS[kind]), "version": __version__,
+              "code": code_fingerprint(), "torch": torch_version(), "machine": machine()}
+    if kind == "figures":
+        fields["libraries"] = library_versions()
+    return fields
 
 
 def _differs(recorded: Mapping[str, Any], wanted: Mapping[str, Any]) -> str:
-    """The first recorded field that is not the wanted one, as ``field value``; ``""``."""
+    """The first recorded field that is not the wanted one, as ``field value`` (a mapping's
+    first differing item as ``key value``); ``""``."""
     for field, value in wanted.items():
         if field in recorded and recorded[field] != value:
-            return f"{field} {recorded[field]}"
+            seen = recorded[field]
+            if isinstance(seen, Mapping) and isinstance(value, Mapping):
+                return next((f"{k} {seen.get(k, '(none)')}" for k in sorted({*seen, *value})
+                             if seen.get(k) != value.get(k)), field)
+            return f"{field} {seen}"
     return ""
 
 
@@ -77,6 +103,21 @@ def device_status(kind: str, meta: Mapping[str, Any]) -> tuple[str, str]:
     if reason:
         return "stale", reason
     return ("current", "") if isinstance(env, Mapping) else ("unknown", "")
+
+
+def memo_status(name: str, memo: Mapping[str, Any]) -> tuple[str, str]:
+    """(status, reason) of the code fingerprint's memo file ``name`` holding ``memo``: the
+    one this process reads is current; one of other modules' bytes (``raw``) is stale for
+    their ``code``, one of these bytes under another name for another Python (or memo
+    format)."""
+    from noisydeq.fingerprint import current_memo
+
+    want, raw = current_memo()
+    if memo.get("raw") != raw:
+        return "stale", f"code {memo.get('code')}"
+    if name != want:
+        return "stale", "another Python or memo format"
+    return "current", ""
 
 
 def model_status(config: Mapping[str, Any]) -> tuple[str, str]:

@@ -2,17 +2,19 @@
 
 Layout (``docs/architecture.md``, "The on-disk cache"): ``models/<20 hex>/`` (one trained
 model: ``model.safetensors`` + ``model.json``, or ``resume.safetensors`` while it trains),
-``calibration/<32 hex>.json``, ``chips/<32 hex>.safetensors`` and ``figures/<32 hex>.json``
-(a sweep's figures, :mod:`noisydeq.figure_cache`). Status comes from the
+``calibration/<32 hex>.json``, ``chips/<32 hex>.safetensors``, ``figures/<32 hex>.json``
+(a sweep's figures, :mod:`noisydeq.figure_cache`) and ``code/<32 hex>.json`` (the code
+fingerprint's memo, :mod:`noisydeq.fingerprint`: the one this process reads is current, a
+memo of other code or another Python stale). Status comes from the
 fields an entry records (:mod:`noisydeq.cachedir.current`): a model's training config and a
 chip file's metadata are read from their safetensors header (no tensor is read), a
 calibration entry is read whole (its digest checked); an entry that cannot be read is stale
 (no run uses it: it is computed again and replaced). Anything else under the cache is
-*other*: counted, never deleted. A model directory holding nothing but its lock file (one
+*other*: counted, never deleted. The temporary files of writers in the kinds' directories
+are counted apart: a live writer's is left alone, a killed one's is removed by ``noisydeq
+cache prune`` and ``clear``. A model directory holding nothing but its lock file (one
 ``noisydeq cache`` emptied, or one a run has just locked) is no entry. A directory that
-holds more than the kinds' directories and ``code/`` is not a cache (:func:`check_root`).
-``code/`` holds the code fingerprint's memo (:mod:`noisydeq.fingerprint`): no entry, never
-listed nor deleted (at most ``MEMO_KEEP`` small files, trimmed by their writer).
+holds more than the kinds' directories is not a cache (:func:`check_root`).
 """
 
 from __future__ import annotations
@@ -28,15 +30,16 @@ from typing import Any
 
 from noisydeq import store
 from noisydeq.cachedir import KINDS
-from noisydeq.cachedir.current import device_status, model_status
+from noisydeq.cachedir.current import device_status, memo_status, model_status
 from noisydeq.errors import NoisyDEQError
-from noisydeq.fingerprint import MEMO_DIRECTORY
+from noisydeq.fingerprint import MEMO_NAME
 
 #: an entry's name per kind
 NAMES = {"models": re.compile(r"^[0-9a-f]{20}$"),
          "calibration": re.compile(r"^[0-9a-f]{32}\.json$"),
          "chips": re.compile(r"^[0-9a-f]{32}\.safetensors$"),
-         "figures": re.compile(r"^[0-9a-f]{32}\.json$")}
+         "figures": re.compile(r"^[0-9a-f]{32}\.json$"),
+         "code": MEMO_NAME}
 #: the files of a model entry whose header holds its training config, in order of trust
 MODEL_FILES = ("model.safetensors", "resume.safetensors")
 #: largest safetensors header read
@@ -62,11 +65,14 @@ class Entry:
 
 @dataclass
 class Inventory:
-    """What the cache ``root`` holds: its entries and the other files (never deleted)."""
+    """What the cache ``root`` holds: its entries, the other files (never deleted) and the
+    temporary files of writers (:func:`noisydeq.store.atomic_open`) in the kinds'
+    directories: (kind, path, size, stale — its writer is gone)."""
 
     root: Path
     entries: list[Entry] = field(default_factory=list)
     other: list[tuple[Path, int]] = field(default_factory=list)
+    temps: list[tuple[str, Path, int, bool]] = field(default_factory=list)
 
     def of(self, kind: str) -> list[Entry]:
         return [e for e in self.entries if e.kind == kind]
@@ -74,14 +80,13 @@ class Inventory:
 
 def check_root(root: Path) -> None:
     """Refuse (one line) a cache path that is a file or a directory holding more than the
-    kinds' directories, the code fingerprint's memo directory and lock files: nothing
-    below it is ever deleted."""
+    kinds' directories and lock files: nothing below it is ever deleted."""
     if not root.exists():
         return
     if not root.is_dir():
         raise NoisyDEQError(f"cache {root} is not a directory")
     foreign = sorted(p.name for p in root.iterdir()
-                     if not (p.name in (*KINDS, MEMO_DIRECTORY) and p.is_dir()
+                     if not (p.name in KINDS and p.is_dir()
                              and not p.is_symlink())
                      and p.name != store.LOCK_FILE)
     if foreign:
@@ -89,7 +94,7 @@ def check_root(root: Path) -> None:
         raise NoisyDEQError(
             f"cache {root} does not look like a noisydeq cache (it holds "
             f"{', '.join(repr(n) for n in foreign[:3])}{more}; a cache holds only "
-            f"{', '.join(k + '/' for k in (*KINDS, MEMO_DIRECTORY))}): nothing read or deleted")
+            f"{', '.join(k + '/' for k in KINDS)}): nothing read or deleted")
 
 
 def header_meta(path: Path) -> dict[str, Any]:
@@ -119,6 +124,8 @@ def _status(kind: str, path: Path) -> tuple[str, str]:
             return model_status(config)
         if kind in ("calibration", "figures"):
             return device_status(kind, store.read_signed_json(path, f"{kind} entry"))
+        if kind == "code":
+            return memo_status(path.name, store.read_signed_json(path, "code memo"))
         return device_status(kind, header_meta(path))
     except (OSError, ValueError, UnicodeDecodeError, RecursionError, AttributeError):
         return "stale", "unreadable"
@@ -152,6 +159,10 @@ def scan(root: str | os.PathLike) -> Inventory:
     check_root(inv.root)
     for kind, p in _walk(inv.root):
         try:
+            temp = store.stale_temp(p)
+            if temp is not None and stat.S_ISREG(p.lstat().st_mode):
+                inv.temps.append((kind, p, p.lstat().st_size, temp))
+                continue
             files = _files(kind, p) if NAMES[kind].match(p.name) else None
             if files is None:
                 if p.name != store.LOCK_FILE:

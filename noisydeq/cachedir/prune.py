@@ -12,7 +12,8 @@ neither checks the one nor recreates the other. Calibration and chip entries are
 files replaced atomically and take no lock: one is skipped while a live process writes it
 (:func:`noisydeq.store.being_written`); a process that has one open keeps reading it after
 it is unlinked (POSIX), and one that looks for it afterwards computes it again (a miss, as
-for an entry never written). Only regular files inside the cache's kind directories are
+for an entry never written). Figure entries and the code fingerprint's memo files are such
+single files too. Only regular files inside the cache's kind directories are
 unlinked (never through a link), after :func:`inventory.check_root`.
 """
 
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from noisydeq import store
 from noisydeq.cachedir.inventory import Entry, Inventory
@@ -29,14 +31,16 @@ DAY = 86400.0
 
 @dataclass
 class Outcome:
-    """Entries removed (or, in a dry run, that would be) and skipped with the reason."""
+    """Entries removed (or, in a dry run, that would be) and skipped with the reason, and
+    the temporary files of killed writers removed: (path, size)."""
 
     removed: list[Entry] = field(default_factory=list)
     skipped: list[tuple[Entry, str]] = field(default_factory=list)
+    temps: list[tuple[Path, int]] = field(default_factory=list)
 
     @property
     def freed(self) -> int:
-        return sum(e.size for e in self.removed)
+        return sum(e.size for e in self.removed) + sum(n for _, n in self.temps)
 
 
 def select(inv: Inventory, kinds: tuple[str, ...] = (), stale: bool = False,
@@ -66,7 +70,7 @@ def _delete(entry: Entry) -> str:
     if entry.kind != "models":
         why = _in_use(entry)
         if not why:
-            entry.path.unlink(missing_ok=True)
+            store.remove_file(entry.path)
         return why
     lock = store.DirLock(entry.path, "model directory")
     if not lock.try_acquire():
@@ -77,16 +81,26 @@ def _delete(entry: Entry) -> str:
             return "changed since it was listed (written by another process)"
         for f in entry.files:
             if f.name != store.LOCK_FILE:  # the lock file and directory stay: see the module
-                f.unlink(missing_ok=True)
+                store.remove_file(f)
     finally:
         lock.release()
     return ""
 
 
-def remove(entries: list[Entry], dry_run: bool = False) -> Outcome:
-    """Delete ``entries`` (see the module); ``dry_run``: delete nothing, say which would go
-    and which would be skipped now."""
+def remove(entries: list[Entry], dry_run: bool = False, inv: Inventory | None = None,
+           kinds: tuple[str, ...] = ()) -> Outcome:
+    """Delete ``entries`` (see the module) and, with ``inv``, the temporary files killed
+    writers left in the directories of ``kinds`` (all when empty; a live writer's are
+    left alone: :func:`noisydeq.store.stale_temp` is asked again just before); ``dry_run``:
+    delete nothing, say which would go and which would be skipped now."""
     out = Outcome()
+    for kind, path, size, stale in inv.temps if inv is not None else ():
+        if stale and (not kinds or kind in kinds) and store.stale_temp(path):
+            try:
+                if dry_run or store.remove_file(path):
+                    out.temps.append((path, size))
+            except OSError:
+                continue
     for entry in entries:
         try:
             why = _in_use(entry) if dry_run else _delete(entry)

@@ -5,7 +5,9 @@ hurting a run that uses them (:mod:`noisydeq.cachedir`). Reads files only: no to
 
 from __future__ import annotations
 
+import contextlib
 import json
+from collections.abc import Iterator
 from typing import Any
 
 import click
@@ -29,10 +31,19 @@ def _days(ctx: click.Context, param: click.Parameter, value: float | None) -> fl
     return value
 
 
-def _root(cache: str | None):
+@contextlib.contextmanager
+def _scanned(ctx: click.Context, cache: str | None) -> Iterator[Any]:
+    """The inventory of the cache this command reads and prunes (``--cache``, given before
+    or after the sub-command, else the default); inside ``with``, the code fingerprint's
+    memo (compared with what the entries record) is that cache's too
+    (:func:`noisydeq.fingerprint.memo_in`)."""
+    from noisydeq.cachedir.inventory import scan
+    from noisydeq.fingerprint import memo_in
     from noisydeq.runtime import cache_root
 
-    return cache_root(cache)
+    root = cache_root(cache if cache is not None else (ctx.obj or {}).get("cache"))
+    with memo_in(root):
+        yield scan(root)
 
 
 def summary(inv: Any) -> dict[str, Any]:
@@ -49,6 +60,8 @@ def summary(inv: Any) -> dict[str, Any]:
     now = device_fields("chips")
     return {"cache": str(inv.root), "exists": inv.root.is_dir(), "kinds": kinds,
             "other": {"files": len(inv.other), "bytes": sum(n for _, n in inv.other)},
+            "temporary": {"files": len(inv.temps), "bytes": sum(t[2] for t in inv.temps),
+                          "stale": sum(t[3] for t in inv.temps)},
             "current": {k: now[k] for k in ("version", "code", "torch", "machine")}}
 
 
@@ -70,6 +83,11 @@ def _table(info: dict[str, Any]) -> str:
     if other["files"]:
         lines.append(f"other: {other['files']} file(s), {fmt_bytes(other['bytes'])} "
                      "(not entries of this noisydeq; never deleted)")
+    temps = info["temporary"]
+    if temps["files"]:
+        lines.append(f"temporary: {temps['files']} file(s), {fmt_bytes(temps['bytes'])} "
+                     f"({temps['files'] - temps['stale']} being written, {temps['stale']} "
+                     "left by killed writers: removed by prune and clear)")
     cur = info["current"]
     lines.append("stale = recorded for another code, torch or machine: no run of this one "
                  f"can hit them\n(this one: noisydeq {cur['version']}, code {cur['code']}, "
@@ -100,7 +118,7 @@ class _Group(click.Group):
 @_json_option
 @click.pass_context
 def command(ctx: click.Context, cache: str | None, as_json: bool) -> None:
-    """Show and prune the on-disk cache of models, calibrations, programmed chips and figures.
+    """Show and prune the on-disk cache (models, calibrations, chips, figures, code memo).
 
     \b
     Examples:
@@ -116,19 +134,15 @@ def command(ctx: click.Context, cache: str | None, as_json: bool) -> None:
       noisydeq cache clear --yes          # every entry of every kind
 
     An entry is stale when the fields it records (format, noisydeq version and code, torch,
-    machine; a model's training schema) differ from this process's: no run of this code can
-    hit it again. Entries in use by another process are skipped and reported.
+    machine; a model's training schema; a figure entry's drawing libraries) differ from this
+    process's: no run of this code can hit it again. A code memo is stale unless it is the
+    one this code and Python read. Entries in use by another process are skipped and
+    reported.
     """
     ctx.ensure_object(dict)
     ctx.obj.update(cache=cache, json=as_json)  # given before the sub-command: theirs too
     if ctx.invoked_subcommand is None:
         ctx.invoke(list_command, cache=cache, as_json=as_json)
-
-
-def _scan(ctx: click.Context, cache: str | None):
-    from noisydeq.cachedir.inventory import scan
-
-    return scan(_root(cache if cache is not None else (ctx.obj or {}).get("cache")))
 
 
 @command.command("list")
@@ -137,7 +151,8 @@ def _scan(ctx: click.Context, cache: str | None):
 @click.pass_context
 def list_command(ctx: click.Context, cache: str | None, as_json: bool) -> None:
     """Entries, size and stale entries per kind, and the cache path."""
-    info = summary(_scan(ctx, cache))
+    with _scanned(ctx, cache) as inv:
+        info = summary(inv)
     as_json = as_json or (ctx.obj or {}).get("json", False)
     click.echo(json.dumps(info, indent=2) if as_json else _table(info))
 
@@ -147,6 +162,7 @@ def _report(outcome: Any, dry_run: bool, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps({
             "dry_run": dry_run, "removed": [e.name for e in outcome.removed],
+            "temporary_removed": [f"{p.parent.name}/{p.name}" for p, _ in outcome.temps],
             "freed_bytes": outcome.freed,
             "skipped": [{"entry": e.name, "reason": why} for e, why in outcome.skipped]},
             indent=2))
@@ -158,6 +174,10 @@ def _report(outcome: Any, dry_run: bool, as_json: bool) -> None:
     n = len(outcome.removed)
     click.echo(f"{verb} {n} entr{'y' if n == 1 else 'ies'}, {freed} {fmt_bytes(outcome.freed)}"
                + (f": {parts}" if parts else ""))
+    if outcome.temps:
+        t = len(outcome.temps)
+        click.echo(f"{verb} {t} temporary file{'s' * (t != 1)} left by killed writers "
+                   f"({fmt_bytes(sum(n for _, n in outcome.temps))})")
     for entry, why in outcome.skipped:
         click.echo(f"skipped {entry.name}: {why}")
 
@@ -166,9 +186,10 @@ def _prune(ctx: click.Context, cache: str | None, kinds: tuple, stale: bool,
            older_than: float | None, dry_run: bool, as_json: bool) -> None:
     from noisydeq.cachedir.prune import remove, select
 
-    inv = _scan(ctx, cache)
     as_json = as_json or (ctx.obj or {}).get("json", False)
-    _report(remove(select(inv, kinds, stale, older_than), dry_run), dry_run, as_json)
+    with _scanned(ctx, cache) as inv:
+        _report(remove(select(inv, kinds, stale, older_than), dry_run, inv, kinds), dry_run,
+                as_json)
 
 
 _KIND = click.option("--kind", "kinds", multiple=True, callback=_kinds, metavar="K",
@@ -205,6 +226,6 @@ def clear_command(ctx: click.Context, kinds: tuple, yes: bool, dry_run: bool,
                   cache: str | None, as_json: bool) -> None:
     """Delete every entry of --kind K (repeatable), or of every kind with --yes."""
     if not kinds and not yes and not dry_run:
-        raise NoisyDEQError("cache clear: name the --kind to delete (models, calibration, "
-                            "chips), or pass --yes to delete every entry")
+        raise NoisyDEQError(f"cache clear: name the --kind to delete ({', '.join(KINDS)}), "
+                            "or pass --yes to delete every entry")
     _prune(ctx, cache, kinds, False, None, dry_run, as_json)

@@ -172,6 +172,7 @@ def execute(
         "cells_computed": res.computed_cells,
         "cells_resumed": res.skipped_cells,
         "cells_superseded": res.superseded_cells,
+        "cells_pruned": res.pruned_cells,
         "extended": res.extended,
         "seconds": round(seconds, 2),
     }

@@ -264,6 +264,81 @@ class CellRunner:
                          f"other test or calibration data: they are computed again{REPLACED}")
         return [line for line in lines if line]
 
+    def prune(self, models: Sequence[SweepModel]) -> tuple[int, list[str]]:
+        """Delete the cell files of the run directory that no cell of this sweep's plan
+        (``models`` × chips × level chunks) reads, once every cell of the plan is written;
+        returns the lines saying how many and why (none when there were none).
+
+        Such a file is never read — the table is built from the plan's cells only
+        (:meth:`take`) — and no resume of this run directory asks for it: a run directory
+        only grows (:func:`~noisydeq.extension.union_spec`), so every grid it was asked for
+        is part of the plan. What leaves files outside it: cells of an older cell format,
+        of models the sweep no longer holds (an id that changed, e.g. a width), of another
+        chunking of the SNR levels (another ``max_rows``: their rows are the plan cells'
+        rows, cut differently) and files a recompute replaced but was stopped before
+        removing (:meth:`superseded`). A file that is no readable cell is left as it is
+        and counted in a line of its own. Call it with the directory locked."""
+        from noisydeq import store
+        from noisydeq.errors import NoisyDEQError
+        from noisydeq.results import CELL_FORMAT
+
+        rd = self.run_dir
+        assert rd is not None
+        if not rd.cells.is_dir():
+            return 0, []
+        keys = [self.key(sm, chip, levels) for sm in models
+                for chip in range(self.spec.chips) for levels in self.chunks]
+        known = {rd.cell_file_name(k) for k in keys}
+        slots = {_slot(k) for k in keys}
+        ids = {sm.model_id for sm in models}
+        why = {"format": "of an older cell format", "models": "of models the sweep no "
+               "longer holds", "chips": "of chips the sweep does not hold",
+               "chunks": "of another chunking of the SNR levels (another max_rows; the "
+               "plan's cells hold their rows)", "replaced": "replaced by the plan's cell of "
+               "the same model, chip and levels (a recompute stopped before removing them)"}
+        found: dict[str, int] = {}
+        unreadable = 0
+        for path in sorted(rd.cells.glob("*.json")):
+            if path.name in known:
+                continue
+            try:
+                record = store.read_signed_json(path, "cell file")
+            except NoisyDEQError:
+                record = {}
+            key = record.get("key")
+            if not isinstance(key, str) or not str(record.get("format", "")).startswith(
+                    "noisydeq-cell/"):
+                unreadable += 1  # not a cell this package wrote (or damaged): left alone
+                continue
+            slot = _slot(key)
+            if record["format"] != CELL_FORMAT or slot is None or not key.startswith(
+                    f"v{CELL_VERSION}|"):
+                reason = "format"
+            elif slot[0] not in ids:
+                reason = "models"
+            elif slot[1] not in {f"chip{c}" for c in range(self.spec.chips)}:
+                reason = "chips"
+            elif slot not in slots:
+                reason = "chunks"
+            else:
+                reason = "replaced"
+            store.remove_file(path)
+            found[reason] = found.get(reason, 0) + 1
+        lines = []
+        n = sum(found.values())
+        if n:
+            parts = "; ".join(f"{found[r]} {text}" for r, text in why.items() if r in found)
+            lines.append(f"note: removed {n} cell file{'s' * (n != 1)} from {rd.cells} that "
+                         f"no cell of this sweep reads ({parts}); results.csv never held "
+                         "them, and a run directory only grows, so no resume of it reads "
+                         "them")
+        if unreadable:
+            lines.append(f"note: {unreadable} file{'s' * (unreadable != 1)} in {rd.cells} "
+                         f"{'are' if unreadable != 1 else 'is'} no readable cell file of "
+                         "this noisydeq: left as "
+                         f"{'they are' if unreadable != 1 else 'it is'} (never read)")
+        return n, lines
+
     def run_pair(
         self, sm: SweepModel, chip: int, on_cell: Callable[[int, str, float], None],
         todo: list[list[float]] | None = None,

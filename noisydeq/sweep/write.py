@@ -49,7 +49,9 @@ class SweepResult:
     #: cells of the run directory computed again because other inputs computed them —
     #: other code, weights or data (:meth:`~noisydeq.sweep.plan.CellRunner.superseded`)
     superseded_cells: int = 0
-
+    #: cell files outside the plan deleted at the end of the run (:meth:`~noisydeq.sweep
+    #: .plan.CellRunner.prune`)
+    pruned_cells: int = 0
 
 
 @dataclass(frozen=True)
@@ -113,6 +115,7 @@ def run_sweep(
     jobs: int | str | None = None,
     backend: Backend | None = None,
     echo: Callable[[str], None] | None = None,
+    prune: bool | None = None,
 ) -> SweepResult:
     """Run (or resume) the sweep ``spec`` into ``out_dir``; returns the tidy table.
 
@@ -130,6 +133,12 @@ def run_sweep(
     cells its files hold from other code, weights or data (their keys hold all three, so
     they are computed again) are counted in one line each, and each old file is removed
     once its cell is written again (:meth:`~noisydeq.sweep.plan.CellRunner.superseded`).
+    ``prune``: once every cell is written, delete the cell files no cell of the plan reads,
+    with a line saying how many and why (:meth:`~noisydeq.sweep.plan.CellRunner.prune`);
+    default (None) when the models come from the spec (``models`` not given, or
+    :func:`family_models`): the plan is then the spec's whole grid. Given models may be a
+    part of what a run directory holds, so their sweep keeps every other file unless
+    ``prune=True``.
 
     Everything is validated before anything is written; the run directory is locked for
     the whole run (a second sweep on the same ``out_dir`` waits for this one).
@@ -140,6 +149,8 @@ def run_sweep(
         from noisydeq.tasks import load_task
 
         task = load_task(spec.task, data_dir=spec.data_dir, seed=spec.data_seed)
+    # the cell files outside the plan go at the end when the plan is the spec's whole grid
+    whole_plan = prune if prune is not None else models is None or models is family_models
     run_dir = RunDir(out_dir)
     # an existing run directory: its grids and these (refused, naming the field, when
     # another field differs), so the checks below see the whole extended sweep
@@ -165,7 +176,7 @@ def run_sweep(
         try:
             return _run_open(spec, run_dir, task, hardware, models, progress, on_cell, plots,
                              title, train_threads, eval_threads, torch_device, jobs, fresh,
-                             backend, echo or _stderr)
+                             backend, echo or _stderr, whole_plan)
         finally:
             run_dir.close()
     finally:
@@ -185,10 +196,11 @@ def _run_open(
     on_cell: Callable[[int], None] | None, plots: bool, title: str,
     train_threads: int | None, eval_threads: int | None, torch_device: torch.device,
     jobs: int | str | None, fresh: bool, backend: Backend,
-    echo: Callable[[str], None] = print,
+    echo: Callable[[str], None] = print, prune: bool = False,
 ) -> SweepResult:
     """The body of :func:`run_sweep` once its run directory is open and locked
-    (``fresh``: created by this run)."""
+    (``fresh``: created by this run; ``prune``: delete the cell files outside the plan at
+    the end)."""
     from noisydeq.progress import TimeLeft, set_time_left
     from noisydeq.progress import progress as progress_bar
 
@@ -296,9 +308,12 @@ def _run_open(
     run_dir.write_table(all_rows)
     if all_layers:
         run_dir.write_layer_table(all_layers)
+    pruned, lines = runner.prune(models) if prune else (0, [])
+    for line in lines:
+        echo(line)
     result = SweepResult(all_rows, run_dir, hardware.native_snr_db(), computed, skipped,
                          native_parts=hardware.native_parts(), extended=dict(run_dir.added),
-                         superseded_cells=superseded)
+                         superseded_cells=superseded, pruned_cells=pruned)
     result.stop_rules = {sm.model_id: stop_rule(sm.model) for sm in models}
     if plots and all_rows:
         from noisydeq.figure_cache import cached_figures
