@@ -21,7 +21,7 @@ from noisydeq.extension import level_groups
 from noisydeq.results import RunDir
 from noisydeq.runtime import job_count, resolve_torch_device
 from noisydeq.specs.sweep import SweepSpec
-from noisydeq.sweep.base import CellKey, SweepModel, level_chunks
+from noisydeq.sweep.base import CELL_VERSION, CellKey, SweepModel, level_chunks
 from noisydeq.sweep.evaluate import evaluate_cell, layer_rows, stats_rows
 from noisydeq.sweep.hardware import Hardware
 
@@ -286,10 +286,10 @@ class CellRunner:
         assert rd is not None
         if not rd.cells.is_dir():
             return 0, []
-        keys = [self.key(sm, chip, levels) for sm in models
+        keys = [self.cell_key(sm, chip, levels) for sm in models
                 for chip in range(self.spec.chips) for levels in self.chunks]
-        known = {rd.cell_file_name(k) for k in keys}
-        slots = {_slot(k) for k in keys}
+        known = {rd.cell_file_name(k.to_key()) for k in keys}
+        slots = {k.slot for k in keys}
         ids = {sm.model_id for sm in models}
         why = {"format": "of an older cell format", "models": "of models the sweep no "
                "longer holds", "chips": "of chips the sweep does not hold",
@@ -310,15 +310,14 @@ class CellRunner:
                     "noisydeq-cell/"):
                 unreadable += 1  # not a cell this package wrote (or damaged): left alone
                 continue
-            slot = _slot(key)
-            if record["format"] != CELL_FORMAT or slot is None or not key.startswith(
-                    f"v{CELL_VERSION}|"):
+            old = CellKey.from_key(key)
+            if record["format"] != CELL_FORMAT or old is None or old.version != CELL_VERSION:
                 reason = "format"
-            elif slot[0] not in ids:
+            elif old.model_id not in ids:
                 reason = "models"
-            elif slot[1] not in {f"chip{c}" for c in range(self.spec.chips)}:
+            elif old.chip not in range(self.spec.chips):
                 reason = "chips"
-            elif slot not in slots:
+            elif old.slot not in slots:
                 reason = "chunks"
             else:
                 reason = "replaced"
