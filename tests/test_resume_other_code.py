@@ -244,3 +244,27 @@ def test_study_ray_worker_of_other_code_is_refused(monkeypatch) -> None:
     assert ray_models._checked(("spec", "task", "sets", here)) == ("spec", "task", "sets")
     with pytest.raises(NoisyDEQError, match="other noisydeq code than the driver"):
         ray_models._checked(("spec", "task", "sets", OTHER))
+
+
+def test_finished_weights_is_the_loaded_models_digest(tmp_path) -> None:
+    """train.finished_weights (what a study resume and families.cached_weights read) is
+    init_hash of the model train_model loads from the same directory; None for another
+    config hash, a damaged file or none."""
+    from noisydeq import train
+    from noisydeq.studies.runner import _keyed_model, load_study_task
+
+    spec = tiny(train_snr_db=["inf"], test_snr_db=["inf"])
+    task = load_study_task(spec)
+    model, tspec, chash = _keyed_model(spec, "deq", task, 0, float("inf"),
+                                       torch.device("cpu"))
+    out = tmp_path / "m"
+    assert train.finished_weights(out, chash) is None
+    res = train.train_model(model, task, tspec, out_dir=out)
+    assert res.config_hash == chash  # the key the resume computes is training's
+    again = train.train_model(_keyed_model(spec, "deq", task, 0, float("inf"),
+                                           torch.device("cpu"))[0], task, tspec, out_dir=out)
+    assert again.loaded and train.finished_weights(out, chash) == store.init_hash(again.model)
+    assert train.finished_weights(out, "0" * len(chash)) is None
+    path = out / train.MODEL_FILE
+    path.write_bytes(path.read_bytes()[:-8] + b"\0" * 8)  # damaged: fails its digest
+    assert train.finished_weights(out, chash) is None
