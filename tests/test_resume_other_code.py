@@ -234,6 +234,24 @@ def test_study_evaluations_of_other_weights_are_computed_again(tmp_path,
     assert _values(fifth.rows) == _values(first.rows)
 
 
+def test_study_damaged_checkpoint_is_trained_again_and_its_cell_judged(tmp_path,
+                                                                       monkeypatch) -> None:
+    """A checkpoint that fails its digest gives no weights digest: the resume trains that
+    model again (training reports it) before deciding, and serves its cell when the
+    weights come back the same — trained, not counted as served."""
+    spec = tiny(train_snr_db=["inf"], test_snr_db=["inf"])
+    out = tmp_path / "run"
+    run = _counting_runs(spec, out, monkeypatch)
+    first, _, _, _ = run()
+    ckpt = sorted((out / "models").glob("*/model.safetensors"))[0]
+    ckpt.write_bytes(ckpt.read_bytes()[:-8] + b"\0" * 8)
+    again, said, evaluated, models = run()
+    assert models == ["trained"] and evaluated == 0 and _notes(said) == []
+    assert (again.trained, again.loaded, again.served) == (1, 0, 1)
+    assert _values(again.rows) == _values(first.rows)
+    assert any(s.startswith(f"{ckpt.parent.name}: ") and "trained in" in s for s in said)
+
+
 def test_study_ray_worker_of_other_code_is_refused(monkeypatch) -> None:
     import pytest
 

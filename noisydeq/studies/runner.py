@@ -271,7 +271,7 @@ def run_study(
         raise NoisyDEQError("run_study: --backend ray needs the Ray model runner "
                             "(noisydeq.studies.ray_models.run_on_ray)")
     rows: list[dict[str, Any]] = []
-    trained = loaded = 0
+    trained = loaded = served = 0
     keys = [(mname, seed, tsnr) for mname in spec.models for seed in spec.seeds
             for tsnr in spec.train_snr_db]
     with session(backend), StudyDir(out) as run:
@@ -299,10 +299,15 @@ def run_study(
                 run.weights[mid] = weights
                 judged.add(mid)
                 done = run.load_cell(mid, expected_rows(spec, mname, model, seed, tsnr, sets))
-                if done is not None:
-                    cells[mid] = done
-                    del todo[mid]
-        served = len(cells)
+                if done is None:
+                    continue
+                cells[mid] = done
+                res = todo.pop(mid)
+                if hasattr(res, "model"):  # loaded (or trained) above: said, not served
+                    say(f"{mid}: {task.metric_name} {res.test_metric:.4g} "
+                        f"({'loaded' if res.loaded else res.trained_in()})")
+                else:
+                    served += 1
         said: set[str] = set()
         _notes(run, len(keys), say, said)
         if backend.ray:
