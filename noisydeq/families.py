@@ -136,22 +136,12 @@ def cached_weights(
     loading it into a model: only its initial model is built, for the key. The checkpoint
     is read with its SHA-256 digest and config hash checked; one that fails counts as
     none (:func:`train_family` reports it and trains the member again)."""
-    from noisydeq.store import load_tensors, weights_hash
-    from noisydeq.train import MODEL_FILE
+    from noisydeq.train import finished_weights
 
     dev = torch.device(torch_device) if torch_device is not None else torch.device("cpu")
     _, _, entry = prepared_member(spec, task, kind, depth, cache_root(cache_dir) / "models",
                                   dev)
-    path = entry / MODEL_FILE
-    if not path.is_file():
-        return entry.name, None
-    try:
-        tensors, meta = load_tensors(path)
-    except NoisyDEQError:  # damaged, unreadable or foreign (a CorruptArtefact): none
-        return entry.name, None
-    if meta.get("config_hash") != entry.name:
-        return entry.name, None
-    return entry.name, weights_hash(tensors)
+    return entry.name, finished_weights(entry, entry.name)
 
 
 def train_family(

@@ -204,6 +204,24 @@ def _result_from_checkpoint(
     )
 
 
+def finished_weights(out: str | Path, chash: str) -> str | None:
+    """The weights digest (:func:`noisydeq.store.weights_hash`, equal to
+    :func:`~noisydeq.store.init_hash` of the loaded model) of the finished model in ``out``
+    when it is one of config hash ``chash``, read without building or loading a model; None
+    when there is none, or it fails its SHA-256 digest or is of another config (then
+    :func:`train_model` reports it and trains again, or refuses it in one line)."""
+    path = Path(out) / MODEL_FILE
+    if not path.is_file():
+        return None
+    try:
+        tensors, meta = store.load_tensors(path)
+    except NoisyDEQError:  # damaged, unreadable or foreign (a CorruptArtefact): none
+        return None
+    if meta.get("config_hash") != chash:
+        return None
+    return store.weights_hash(tensors)
+
+
 def _load_finished(
     model: nn.Module, out: Path, config: dict, dev: torch.device, resume: bool
 ) -> TrainResult | None:

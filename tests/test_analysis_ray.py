@@ -176,6 +176,13 @@ def test_study_on_ray_equals_local_and_resumes(ray_cluster, tmp_path, monkeypatc
     assert (again.trained, again.loaded) == (1, 1)
     assert _untimed(again.rows) == _untimed(local.rows)
     assert weights(ray_out) == weights(tmp_path / "local")
+    # finished: every evaluation served from the checkpoints' digests, no model loaded
+    from noisydeq import train
+
+    monkeypatch.setattr(train, "train_model", _not_here)
+    served = run_study(spec, ray_out, plots=False, backend=Backend("ray"), remote=run_on_ray)
+    assert (served.trained, served.loaded, served.served) == (0, 0, 2)
+    assert served.rows == again.rows
 
 
 def test_study_bad_backend_is_one_line(tmp_path, capsys):

@@ -25,56 +25,77 @@ def _values(rows):
 
 def _counting_runs(spec, out, monkeypatch):
     """A function running the study ``spec`` into ``out`` that returns (its result, the
-    lines it logged, how many models it evaluated) — counted through the runner's
-    ``evaluate_model``, monkeypatched."""
-    evaluate = study_runner.evaluate_model
-    n = {"evaluated": 0}
+    lines it logged, how many models it evaluated, what it did to each model it trained or
+    loaded) — counted through the runner's ``evaluate_model`` and ``train_model``,
+    monkeypatched."""
+    from noisydeq import train
+
+    evaluate, fit = study_runner.evaluate_model, train.train_model
+    n = {"evaluated": 0, "models": []}
 
     def counting(*a, **k):
         n["evaluated"] += 1
         return evaluate(*a, **k)
 
+    def fitting(*a, **k):
+        res = fit(*a, **k)
+        n["models"].append("loaded" if res.loaded else "trained")
+        return res
+
     monkeypatch.setattr(study_runner, "evaluate_model", counting)
+    monkeypatch.setattr(train, "train_model", fitting)
 
     def run():
         said: list[str] = []
-        n["evaluated"] = 0
-        return run_study(spec, out, plots=False, log=said.append), said, n["evaluated"]
+        n["evaluated"], n["models"] = 0, []
+        res = run_study(spec, out, plots=False, log=said.append)
+        return res, said, n["evaluated"], list(n["models"])
 
     return run
 
 
+def _notes(said):
+    return [s for s in said if s.startswith("note:")]
+
+
+AGAIN = "they are computed again (edits to comments and docstrings do not count as a change)"
+
+
 def test_study_evaluations_of_other_code_are_computed_again(tmp_path, monkeypatch) -> None:
+    """Other code's evaluations: their models loaded and evaluated again, one line saying
+    how many (the attack runs' words); the same code's: served, no model loaded."""
     spec = tiny(train_snr_db=["inf"], test_snr_db=["inf"])
     out = tmp_path / "run"
     run = _counting_runs(spec, out, monkeypatch)
-    first, _, evaluated = run()
-    assert evaluated == 2 and first.trained == 2
+    first, _, evaluated, models = run()
+    assert evaluated == 2 and first.trained == 2 and models == ["trained", "trained"]
     cells = sorted((out / "cells").iterdir())
     assert {store.read_signed_json(p)["code"] for p in cells} == {fingerprint.code_fingerprint()}
-    again, said, evaluated = run()  # the same code: every evaluation served
-    assert evaluated == 0 and again.rows == first.rows
-    assert not any("other noisydeq code" in s for s in said)
+    again, said, evaluated, models = run()  # the same code: every evaluation served
+    assert evaluated == 0 and again.rows == first.rows and models == []
+    assert _notes(said) == []
     for p in cells:  # a marked value shows whether a cell is served
         data = store.read_signed_json(p)
         data["rows"] = [{**r, "value": -7.0} for r in data["rows"]]
         store.write_signed_json(p, data)
     monkeypatch.setattr(fingerprint, "code_fingerprint", lambda: OTHER)
-    other, said, evaluated = run()
+    other, said, evaluated, models = run()
     assert evaluated == 2 and other.trained == 0 and other.loaded == 2  # checkpoints kept
+    assert models == ["loaded", "loaded"]
     assert -7.0 not in {r["value"] for r in other.rows}
     assert _values(other.rows) == _values(first.rows)
-    assert sum("evaluated by other noisydeq code: evaluating it again" in s
-               for s in said) == 2
+    assert _notes(said) == [f"note: 2 of 2 model evaluations in {out} were computed by other "
+                            f"noisydeq code: {AGAIN}"]
     assert {store.read_signed_json(p)["code"] for p in cells} == {OTHER}
     # an evaluation written before evaluations recorded their code: unknown code
     data = store.read_signed_json(cells[0])
     del data["code"]
     store.write_signed_json(cells[0], data)
-    old, said, evaluated = run()
-    assert evaluated == 1 and _values(old.rows) == _values(first.rows)
-    assert sum("(before evaluations recorded it): evaluating it again" in s
-               for s in said) == 1
+    old, said, evaluated, models = run()
+    assert evaluated == 1 and _values(old.rows) == _values(first.rows) and models == ["loaded"]
+    assert _notes(said) == [
+        f"note: 1 of 2 model evaluations in {out} were computed by other noisydeq code (all "
+        f"of them before cells recorded their code and weights): {AGAIN}"]
 
 
 def test_lyapunov_attack_cells_of_other_code_are_computed_again(tmp_path,
@@ -175,25 +196,60 @@ def test_lyapunov_attack_cells_of_other_code_are_computed_again(tmp_path,
 def test_study_evaluations_of_other_weights_are_computed_again(tmp_path,
                                                                 monkeypatch) -> None:
     """A study model trained again under its id (here: its checkpoint's weights changed)
-    is evaluated again, whatever code: its cell records the weights it evaluated."""
+    is evaluated again, whatever code: its cell records the weights it evaluated, and the
+    resume reads the checkpoint's digest before loading any model — only that model is
+    loaded; a model whose checkpoint is gone is trained again (the run directory holds its
+    models), and its cell served when the weights it records come back."""
+    import shutil
+
     spec = tiny(train_snr_db=["inf"], test_snr_db=["inf"])
     out = tmp_path / "run"
     run = _counting_runs(spec, out, monkeypatch)
-    first, _, evaluated = run()
+    first, _, evaluated, _ = run()
     assert evaluated == 2
     assert all("weights" in store.read_signed_json(p) for p in (out / "cells").iterdir())
-    again, said, evaluated = run()
-    assert evaluated == 0 and again.rows == first.rows
-    (ckpt, _) = sorted((out / "models").glob("*/model.safetensors"))
+    again, said, evaluated, models = run()
+    assert evaluated == 0 and again.rows == first.rows and models == []
+    assert (again.trained, again.loaded, again.served) == (0, 0, 2)
+    ckpt, second = sorted((out / "models").glob("*/model.safetensors"))
     tensors, meta = store.load_tensors(ckpt)
     tensors = {k: v + 0.25 if v.is_floating_point() else v for k, v in tensors.items()}
     store.save_checkpoint(ckpt, tensors, meta["config"], meta.get("extra"))
-    other, said, evaluated = run()
-    assert evaluated == 1 and other.trained == 0
-    assert sum("evaluated on other weights of this model" in s for s in said) == 1
+    other, said, evaluated, models = run()
+    assert evaluated == 1 and other.trained == 0 and models == ["loaded"]
+    assert _notes(said) == [f"note: 1 of 2 model evaluations in {out} were computed on "
+                            "other weights of their model: they are computed again"]
     assert other.rows != first.rows
-    third, said, evaluated = run()
-    assert evaluated == 0 and third.rows == other.rows
+    third, said, evaluated, models = run()
+    assert evaluated == 0 and third.rows == other.rows and models == []
+    shutil.rmtree(ckpt.parent)  # the checkpoint gone: trained again, into the first weights
+    fourth, said, evaluated, models = run()
+    assert models == ["trained"] and evaluated == 1  # not the weights its cell records
+    assert _notes(said) == [f"note: 1 of 2 model evaluations in {out} were computed on "
+                            "other weights of their model: they are computed again"]
+    assert _values(fourth.rows) == _values(first.rows)
+    shutil.rmtree(second.parent)  # the other's gone: trained again into the weights it records
+    fifth, said, evaluated, models = run()
+    assert models == ["trained"] and evaluated == 0 and _notes(said) == []
+    assert _values(fifth.rows) == _values(first.rows)
+
+
+def test_study_damaged_checkpoint_is_trained_again_and_its_cell_judged(tmp_path,
+                                                                       monkeypatch) -> None:
+    """A checkpoint that fails its digest gives no weights digest: the resume trains that
+    model again (training reports it) before deciding, and serves its cell when the
+    weights come back the same — trained, not counted as served."""
+    spec = tiny(train_snr_db=["inf"], test_snr_db=["inf"])
+    out = tmp_path / "run"
+    run = _counting_runs(spec, out, monkeypatch)
+    first, _, _, _ = run()
+    ckpt = sorted((out / "models").glob("*/model.safetensors"))[0]
+    ckpt.write_bytes(ckpt.read_bytes()[:-8] + b"\0" * 8)
+    again, said, evaluated, models = run()
+    assert models == ["trained"] and evaluated == 0 and _notes(said) == []
+    assert (again.trained, again.loaded, again.served) == (1, 0, 1)
+    assert _values(again.rows) == _values(first.rows)
+    assert any(s.startswith(f"{ckpt.parent.name}: ") and "trained in" in s for s in said)
 
 
 def test_study_ray_worker_of_other_code_is_refused(monkeypatch) -> None:
@@ -206,3 +262,27 @@ def test_study_ray_worker_of_other_code_is_refused(monkeypatch) -> None:
     assert ray_models._checked(("spec", "task", "sets", here)) == ("spec", "task", "sets")
     with pytest.raises(NoisyDEQError, match="other noisydeq code than the driver"):
         ray_models._checked(("spec", "task", "sets", OTHER))
+
+
+def test_finished_weights_is_the_loaded_models_digest(tmp_path) -> None:
+    """train.finished_weights (what a study resume and families.cached_weights read) is
+    init_hash of the model train_model loads from the same directory; None for another
+    config hash, a damaged file or none."""
+    from noisydeq import train
+    from noisydeq.studies.runner import _keyed_model, load_study_task
+
+    spec = tiny(train_snr_db=["inf"], test_snr_db=["inf"])
+    task = load_study_task(spec)
+    model, tspec, chash = _keyed_model(spec, "deq", task, 0, float("inf"),
+                                       torch.device("cpu"))
+    out = tmp_path / "m"
+    assert train.finished_weights(out, chash) is None
+    res = train.train_model(model, task, tspec, out_dir=out)
+    assert res.config_hash == chash  # the key the resume computes is training's
+    again = train.train_model(_keyed_model(spec, "deq", task, 0, float("inf"),
+                                           torch.device("cpu"))[0], task, tspec, out_dir=out)
+    assert again.loaded and train.finished_weights(out, chash) == store.init_hash(again.model)
+    assert train.finished_weights(out, "0" * len(chash)) is None
+    path = out / train.MODEL_FILE
+    path.write_bytes(path.read_bytes()[:-8] + b"\0" * 8)  # damaged: fails its digest
+    assert train.finished_weights(out, chash) is None

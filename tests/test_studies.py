@@ -69,7 +69,8 @@ def test_grid_resume_and_metric(tmp_path):
                and math.isinf(r["train_snr_db"]) and math.isinf(r["test_snr_db"]))
     assert row["value"] == pytest.approx(want)
     again = run_study(spec, tmp_path / "run", plots=False)
-    assert again.trained == 0 and again.loaded == 4 and again.rows == res.rows
+    # every evaluation served: no model trained or loaded
+    assert (again.trained, again.loaded, again.served) == (0, 0, 4) and again.rows == res.rows
     with pytest.raises(NoisyDEQError, match="different config.*n_shift"):
         run_study(tiny(n_shift=5), tmp_path / "run")
 
@@ -92,7 +93,8 @@ def test_run_dir_is_signed_sealed_and_a_corrupt_cell_is_one_line(tmp_path):
         run_study(spec, out, plots=False)
     cell.unlink()  # deleted: that model is evaluated again, the others are loaded
     again = run_study(spec, out, plots=False)
-    assert again.trained == 0 and store.verify_manifest(out)
+    assert (again.trained, again.loaded, again.served) == (0, 1, 1)
+    assert store.verify_manifest(out)
     (out / "study.toml").write_text((out / "study.toml").read_text() + "# edited\n")
     with pytest.raises(NoisyDEQError, match="study.toml"):
         run_study(spec, out, plots=False)

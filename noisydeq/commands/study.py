@@ -84,6 +84,7 @@ def command(experiment: str, variant: str, out: str | None, data_dir: str | None
     if as_json:
         click.echo(json.dumps({"out": str(res.out), "seconds": res.seconds,
                                "trained": res.trained, "loaded": res.loaded,
+                               "served": res.served,
                                "summary": res.summary,
                                "figures": [str(p) for p in res.figures]},
                               indent=2, allow_nan=True, default=str))
@@ -94,8 +95,9 @@ def command(experiment: str, variant: str, out: str | None, data_dir: str | None
     for line in convergence_lines(res.rows, spec.test_solvers,
                                   table=str(res.out / "results.csv")):
         click.echo(line)
+    served = f", {res.served} evaluations served" if res.served else ""
     click.echo(f"{len(res.rows)} rows in {res.seconds:.1f} s ({res.trained} models trained, "
-               f"{res.loaded} loaded); {res.out / 'summary.csv'}")
+               f"{res.loaded} loaded{served}); {res.out / 'summary.csv'}")
     for p in res.figures:
         if p.suffix == ".png":
             click.echo(f"figure: {p}")

@@ -16,10 +16,12 @@ every file atomic and digest-checked)::
     SHA256SUMS        digests of the tables, spec, meta data and figures
 
 Training resumes per epoch (:func:`noisydeq.train.train_model`) and finished models are
-loaded, not retrained; evaluated models are not re-evaluated — unless other noisydeq code
-evaluated them (:func:`~noisydeq.fingerprint.code_fingerprint`; comments and docstrings do
-not count): their evaluation is computed again and the log says so (the checkpoints, like
-the model cache, are kept across code versions). Weights are initialised from
+loaded, not retrained; evaluated models are not re-evaluated, nor loaded: a cell is served
+when it records the weights digest read from its model's checkpoint and this code — other
+noisydeq code (:func:`~noisydeq.fingerprint.code_fingerprint`; comments and docstrings do
+not count) or other weights (a model trained again since) have its model evaluated again,
+and one log line per reason says how many (the checkpoints, like the model cache, are kept
+across code versions; :func:`run_study`). Weights are initialised from
 ``derive_seed(seed, "study", name)``; the task (and every shifted test set) is generated
 from the first seed, so all models see the same data. Test noise and random test-solver caps
 are counter-based, keyed by (seed, model, training SNR, test set, test SNR, sample, cell
@@ -74,6 +76,8 @@ class StudyResult:
     figures: list[Path] = field(default_factory=list)
     trained: int = 0
     loaded: int = 0
+    #: evaluations served from the run directory, their models neither trained nor loaded
+    served: int = 0
     seconds: float = 0.0
 
 
@@ -194,8 +198,38 @@ class ModelJob:
     name: str
     seed: int
     train_snr_db: float
-    train: bool  # no finished checkpoint in the run directory
+    train: bool  # no finished checkpoint (of this config) in the run directory
     evaluate: bool  # no cell
+
+
+def _notes(run: StudyDir, total: int, say: Callable[[str], None],
+           said: set[str]) -> None:
+    """Say, one line per reason (:func:`~noisydeq.results.other_weights_note`,
+    :func:`~noisydeq.results.other_code_note`), how many of the ``total`` model evaluations
+    ``run`` found of other weights or code and not yet ``said`` (updated): the local and the
+    Ray run's words."""
+    weights = {k: v for k, v in run.other_weights.items() if k not in said}
+    code = {k: v for k, v in run.other_code.items() if k not in said}
+    for note in (other_weights_note(weights, total, run.path, what="model evaluations"),
+                 other_code_note(code, total, run.path, what="model evaluations",
+                                 recorded="their code and weights")):
+        if note:
+            say(note)
+    said.update(weights, code)
+
+
+def _keyed_model(spec: StudySpec, name: str, task: Any, seed: int, train_snr_db: float,
+                 dev: torch.device) -> tuple[Any, Any, str]:
+    """(initial model, train spec, the config hash :func:`noisydeq.train.train_model` checks
+    its checkpoint against) of one study model — its overrides applied, as training applies
+    them; computed under the torch thread count it trains with (the hash holds it)."""
+    from noisydeq.store import config_hash
+    from noisydeq.train_config import apply_overrides, run_config
+
+    model = _build(spec, name, task, seed)
+    tspec = spec.train_spec(name, seed, train_snr_db)
+    apply_overrides(model, tspec)
+    return model, tspec, config_hash(run_config(model, task, tspec, dev))
 
 
 def run_study(
@@ -208,11 +242,22 @@ def run_study(
     ``backend``: a :class:`noisydeq.cluster.Backend` (default: this process); with Ray its
     cluster is joined before anything is written and ``remote``
     (:func:`noisydeq.studies.ray_models.run_on_ray`) trains and evaluates each model whose
-    checkpoint or cell is missing as one Ray task, this process writing both."""
+    checkpoint or cell is missing as one Ray task, this process writing both.
+
+    A resume knows which evaluations are served before any model is trained or loaded: a
+    finished model's weights digest is read from its checkpoint in ``models/<id>/``
+    (:func:`noisydeq.train.finished_weights`: SHA-256 digest and config hash checked), and
+    its cell is served when it records these weights and this code. Only the models whose
+    evaluation is computed are loaded (or trained: one without a finished checkpoint, whose
+    cell is judged once its weights are known — a model's checkpoint is part of the run
+    directory, never skipped). Evaluations not served for other code or other weights are
+    counted in one line per reason, local and Ray alike (:func:`_notes`)."""
+    from contextlib import nullcontext
+
     from noisydeq.cluster import Backend, session
     from noisydeq.runtime import num_threads, resolve_torch_device
     from noisydeq.store import init_hash
-    from noisydeq.train import MODEL_FILE, train_model
+    from noisydeq.train import MODEL_FILE, finished_weights, train_model
 
     t0 = time.perf_counter()
     say = log or (lambda _s: None)
@@ -226,39 +271,52 @@ def run_study(
         raise NoisyDEQError("run_study: --backend ray needs the Ray model runner "
                             "(noisydeq.studies.ray_models.run_on_ray)")
     rows: list[dict[str, Any]] = []
-    trained = loaded = 0
+    trained = loaded = served = 0
     keys = [(mname, seed, tsnr) for mname in spec.models for seed in spec.seeds
             for tsnr in spec.train_snr_db]
     with session(backend), StudyDir(out) as run:
         run.open(spec, name)
         cells: dict[str, list[dict[str, Any]]] = {}
+        todo: dict[str, Any] = {}  # model id → its initial model or, loaded, its result
+        judged: set[str] = set()  # cells whose weights were known when read
+        # Ray tasks train with one thread (noisydeq.studies.ray_models): their config hash
+        with num_threads(1) if backend.ray else nullcontext():
+            for mname, seed, tsnr in keys:  # what the run serves, before any model is loaded
+                mid = model_id(mname, seed, tsnr)
+                model, tspec, chash = _keyed_model(spec, mname, task, seed, tsnr, dev)
+                weights = finished_weights(run.models / mid, chash)
+                todo[mid] = model
+                if weights is None and (run.models / mid / MODEL_FILE).is_file():
+                    # damaged (trained again) or of another config (refused in one line)
+                    res = train_model(model, task, tspec, out_dir=run.models / mid,
+                                      torch_device=dev, quiet=not progress, desc=mid)
+                    trained += not res.loaded
+                    loaded += res.loaded
+                    todo[mid] = res
+                    weights = init_hash(res.model)
+                if weights is None:  # no finished model: its cell is judged once trained
+                    continue
+                run.weights[mid] = weights
+                judged.add(mid)
+                done = run.load_cell(mid, expected_rows(spec, mname, model, seed, tsnr, sets))
+                if done is None:
+                    continue
+                cells[mid] = done
+                res = todo.pop(mid)
+                if hasattr(res, "model"):  # loaded (or trained) above: said, not served
+                    say(f"{mid}: {task.metric_name} {res.test_metric:.4g} "
+                        f"({'loaded' if res.loaded else res.trained_in()})")
+                else:
+                    served += 1
+        said: set[str] = set()
+        _notes(run, len(keys), say, said)
         if backend.ray:
             assert remote is not None
-            jobs = []
-            for mname, seed, tsnr in keys:
-                mid = model_id(mname, seed, tsnr)
-                model = _build(spec, mname, task, seed)
-                finished = (run.models / mid / MODEL_FILE).is_file()
-                if finished:  # its evaluation must be of these weights (loaded: cheap; with
-                    # one thread, as Ray tasks train: noisydeq.studies.ray_models)
-                    with num_threads(1):
-                        run.weights[mid] = init_hash(train_model(
-                            model, task, spec.train_spec(mname, seed, tsnr),
-                            out_dir=run.models / mid, torch_device=dev, quiet=True).model)
-                done = run.load_cell(mid, expected_rows(spec, mname, model, seed, tsnr, sets))
-                if done is not None and finished:
-                    cells[mid] = done
-                    loaded += 1
-                else:  # a model trained (again) here is evaluated (its weights may differ)
-                    jobs.append(ModelJob(mname, seed, tsnr, not finished,
-                                         done is None or not finished))
-            for note in (other_weights_note(run.other_weights, len(keys), run.path,
-                                            what="model evaluations"),
-                         other_code_note(run.other_code, len(keys), run.path,
-                                         what="model evaluations",
-                                         recorded="their code and weights")):
-                if note:
-                    say(note)
+            # a model without a finished checkpoint is trained on Ray and evaluated there
+            # (its weights may differ); a finished one is loaded by the driver and sent
+            jobs = [ModelJob(mname, seed, tsnr, mid not in run.weights, True)
+                    for mname, seed, tsnr in keys
+                    if (mid := model_id(mname, seed, tsnr)) in todo]
             for mid, (got, fresh) in remote(spec, task, sets, run, jobs, say).items():
                 cells[mid] = got
                 trained += fresh
@@ -268,24 +326,20 @@ def run_study(
             if mid in cells:
                 rows.extend(cells[mid])
                 continue
-            model = _build(spec, mname, task, seed)
-            res = train_model(model, task, spec.train_spec(mname, seed, tsnr),
-                              out_dir=run.models / mid, torch_device=dev,
-                              quiet=not progress, desc=mid)
-            trained += not res.loaded
-            loaded += res.loaded
+            res = todo.pop(mid)
+            if not hasattr(res, "model"):  # the initial model: load or train it
+                res = train_model(res, task, spec.train_spec(mname, seed, tsnr),
+                                  out_dir=run.models / mid, torch_device=dev,
+                                  quiet=not progress, desc=mid)
+                trained += not res.loaded
+                loaded += res.loaded
             say(f"{mid}: {task.metric_name} {res.test_metric:.4g} "
                 f"({'loaded' if res.loaded else res.trained_in()})")
             expect = expected_rows(spec, mname, res.model, seed, tsnr, sets)
-            run.weights[mid] = init_hash(res.model)  # a model retrained since: evaluated again
-            cell = run.load_cell(mid, expect)
-            if cell is None and mid in run.other_weights:
-                say(f"{mid}: evaluated on other weights of this model (trained again since): "
-                    "evaluating it again")
-            elif cell is None and mid in run.other_code:
-                say(f"{mid}: evaluated by other noisydeq code"
-                    f"{'' if run.other_code[mid] else ' (before evaluations recorded it)'}: "
-                    "evaluating it again")
+            cell = None
+            if mid not in judged:  # trained here: served only on the weights it records
+                run.weights[mid] = init_hash(res.model)
+                cell = run.load_cell(mid, expect)
             if cell is None:
                 params = sum(p.numel() for p in res.model.parameters())
                 cell = evaluate_model(spec, mname, res.model, seed, tsnr, task, sets,
@@ -294,11 +348,13 @@ def run_study(
                 say(f"{mid}: evaluated {len(cell)} rows in "
                     f"{sum(r['eval_seconds'] for r in cell):.1f} s")
             rows.extend(cell)
+        _notes(run, len(keys), say, said)  # cells of models trained here, judged since
         from noisydeq.studies.summary import summarise
 
         summary = summarise(rows)
         run.write_tables(rows, summary)
-        result = StudyResult(rows, summary, run.path, trained=trained, loaded=loaded)
+        result = StudyResult(rows, summary, run.path, trained=trained, loaded=loaded,
+                             served=served)
         if plots:
             from noisydeq.studies.plots import plot_study
 
