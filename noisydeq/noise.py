@@ -323,6 +323,13 @@ class NoiseStream:
             stream._gamma, stream._base, stream._step = gamma[sl], seed[sl], step[sl]
         return out
 
+    @classmethod
+    def table(cls, seeds: Sequence[int], device: torch.device | str = "cpu") -> StreamTable:
+        """A :class:`StreamTable` of the sources ``seeds``: ``table.streams(samples)`` is
+        ``many(seeds, device, samples)`` with the rows taken from a set-up kept across
+        batches (one split per source and sample, not one per batch)."""
+        return StreamTable(seeds, device)
+
     def rows_of(self, samples: Tensor) -> NoiseStream:
         """``from_seed(seed, device, samples)`` of this stream's one seed, its rows' set-up
         (:func:`rng.split`) taken from this stream's rows ``samples`` on its first draw.
@@ -496,6 +503,56 @@ class NoiseStream:
             if subset.real is not None:
                 index = index[subset.real.to(dev)]
             base.index_add_(0, index, step.index_select(0, index))
+        return out
+
+
+class StreamTable:
+    """The row set-up of several one-seed sources for samples 0 … n − 1, kept across
+    batches (:meth:`NoiseStream.table`).
+
+    A row's set-up — its child stream's seed, gamma and call step (:func:`rng.split`) — is
+    a function of (source, sample) alone. :meth:`streams` takes a batch's rows of every
+    source from one (3, sources, n) table by one index instead of splitting them again:
+    the streams :meth:`NoiseStream.many` sets up for the same samples, the same numbers
+    (e.g. every device layer's stream of a training batch, one table per epoch). The table
+    grows to the largest sample asked for, :data:`GROW` rows at a time."""
+
+    #: rows added at a time
+    GROW = 256
+
+    def __init__(self, seeds: Sequence[int], device: torch.device | str = "cpu") -> None:
+        self.seeds = [int(s) for s in seeds]
+        self.device = torch.device(device)
+        self._keys = torch.tensor([rng.stream_key(s) for s in self.seeds], dtype=torch.int64)
+        #: (seed, gamma, call step) of every (source, sample) filled so far
+        self._rows = torch.empty((3, len(self.seeds), 0), dtype=torch.int64, device=self.device)
+
+    def _grow(self, n: int) -> None:
+        have = self._rows.shape[2]
+        if n <= have:
+            return
+        n = -(-n // self.GROW) * self.GROW
+        samples = torch.arange(have, n, dtype=torch.int64).repeat(len(self.seeds))
+        keys = self._keys.repeat_interleave(n - have)
+        seed, gamma = rng.split(keys.to(self.device), samples.to(self.device))
+        new = torch.stack([seed, gamma, rng.call_step(gamma)])
+        self._rows = torch.cat([self._rows, new.reshape(3, len(self.seeds), n - have)], dim=2)
+
+    def streams(self, samples: Tensor | Sequence[int]) -> list[NoiseStream]:
+        """``NoiseStream.many(seeds, device, samples)``, the rows taken from the table."""
+        rows = torch.as_tensor(samples, dtype=torch.int64)
+        if not rows.numel() or not self.seeds:
+            return NoiseStream.many(self.seeds, self.device, rows)
+        low, high = (int(v) for v in torch.aminmax(rows))
+        if low < 0:  # not a table row: split as usual
+            return NoiseStream.many(self.seeds, self.device, rows)
+        self._grow(high + 1)
+        # a fresh (3, sources, batch) tensor: the draw counts advance in place in it
+        seed, gamma, step = (t.unbind(0) for t in
+                             self._rows.index_select(2, rows.to(self.device)).unbind(0))
+        out = [NoiseStream.from_seed(s, self.device, rows) for s in self.seeds]
+        for i, stream in enumerate(out):
+            stream._base, stream._gamma, stream._step = seed[i], gamma[i], step[i]
         return out
 
 

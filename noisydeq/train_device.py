@@ -116,12 +116,14 @@ def _on_chip(net: nn.Module, spec: TrainSpec, chip: int, x_calib: Tensor) -> Non
 
 def _device_streams(net: nn.Module, rng: _Rng, epoch: int, samples: Tensor) -> None:
     """Give every device layer of ``net`` its dynamic-noise source for this batch (the
-    streams ``rng.stream("device", epoch, samples, name)``, set up together)."""
+    streams ``rng.stream("device", epoch, samples, name)``, set up together from the
+    epoch's table: :meth:`_Rng.streams`)."""
     from noisydeq.hardware.controls import device_layers
 
     layers = device_layers(net)
-    keys = [derive_seed(rng.seed, "train", "device", epoch, name) for name in layers]
-    streams = NoiseStream.many(keys, rng.dev, samples)
+    # NoiseStream.many(derive_seed(rng.seed, "train", "device", epoch, name) for every
+    # layer, samples), the rows taken from one table per epoch instead of split per batch
+    streams = rng.streams("device", epoch, samples, list(layers))
     for layer, stream in zip(layers.values(), streams, strict=True):
         layer.stream = stream
     # the first read of every Linear layer that draws one normal per output (rram,

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import math
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -19,7 +20,7 @@ from torch import Tensor, nn
 
 from noisydeq import store
 from noisydeq.errors import CorruptArtefact
-from noisydeq.noise import NoiseStream, derive_seed
+from noisydeq.noise import NoiseStream, StreamTable, derive_seed
 
 
 class _Rng:
@@ -33,8 +34,9 @@ class _Rng:
 
     def __init__(self, seed: int, dev: torch.device) -> None:
         self.seed, self.dev = seed, dev
-        #: the current epoch's row tables, one per source (:meth:`NoiseStream.rows_of`)
-        self._tables: dict[tuple, NoiseStream] = {}
+        #: the current epoch's row tables, one per source (:meth:`NoiseStream.rows_of`) or
+        #: per group of sources (:meth:`streams`)
+        self._tables: dict[tuple, NoiseStream | StreamTable] = {}
 
     def permutation(self, n: int, epoch: int) -> Tensor:
         """The data order of ``epoch``: indices sorted by one uniform per sample (53 bits)."""
@@ -52,8 +54,24 @@ class _Rng:
                 self._tables.clear()
             key = derive_seed(self.seed, "train", what, epoch, *name)
             table = self._tables[address] = NoiseStream.from_seed(key, self.dev)
+        assert isinstance(table, NoiseStream)
         # == NoiseStream.from_seed(key, dev, samples), its rows set up once per epoch
         return table.rows_of(samples)
+
+    def streams(self, what: str, epoch: int, samples: Tensor,
+                names: Sequence[str]) -> list[NoiseStream]:
+        """``[self.stream(what, epoch, samples, name) for name in names]`` (e.g. every
+        device layer's source), the rows of all of them taken by one index from one table
+        per epoch (:class:`noisydeq.noise.StreamTable`): the same streams."""
+        address = (what, epoch, tuple(names))
+        table = self._tables.get(address)
+        if table is None:  # a new epoch: the last one's tables are done with
+            if any(k[1] != epoch for k in self._tables):
+                self._tables.clear()
+            keys = [derive_seed(self.seed, "train", what, epoch, name) for name in names]
+            table = self._tables[address] = NoiseStream.table(keys, self.dev)
+        assert isinstance(table, StreamTable)
+        return table.streams(samples)
 
 
 def _save_resume(

@@ -233,3 +233,26 @@ def test_cuda_draws_equal_cpu_draws():
     u = NoiseStream.from_seed(3, samples=samples).rand((64, 9), torch.float32, CPU)
     v = NoiseStream.from_seed(3, cuda, samples=samples.to(cuda)).rand((64, 9), torch.float32, cuda)
     assert torch.equal(v.cpu(), u)  # integer-built uniforms are exact on both
+
+
+def test_a_stream_table_sets_up_the_streams_many_sets_up():
+    """``NoiseStream.table(seeds).streams(samples)`` (a training epoch's device-layer
+    streams) draws what ``NoiseStream.many(seeds, samples=samples)`` draws, batch after
+    batch, growing past its rows; negative or no samples are split as ``many`` does."""
+    seeds = [31, 32, 33]
+    table = NoiseStream.table(seeds)
+    batches = (torch.tensor([5, 0, 9, 3]), torch.tensor([300, 2]), torch.arange(7),
+               torch.tensor([-4, 1]), torch.tensor([], dtype=torch.int64))
+    for samples in batches:
+        got, ref = table.streams(samples), NoiseStream.many(seeds, samples=samples)
+        n = len(samples)
+        for a, b in zip(got, ref, strict=True):
+            for kind, shape in (("randn", (n, 5)), ("rand", (n, 6)), ("randn", (n, 5))):
+                torch.testing.assert_close(getattr(a, kind)(shape, torch.float32, CPU),
+                                           getattr(b, kind)(shape, torch.float32, CPU),
+                                           rtol=0, atol=0)
+    assert table._rows.shape == (3, 3, 512)  # grown to sample 300 in GROW-row steps
+    again = table.streams(torch.tensor([5, 0]))  # the table's rows were not advanced
+    torch.testing.assert_close(again[1].randn((2, 3), torch.float32, CPU),
+                               NoiseStream.many(seeds, samples=[5, 0])[1].randn(
+                                   (2, 3), torch.float32, CPU), rtol=0, atol=0)
