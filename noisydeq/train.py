@@ -59,6 +59,7 @@ from noisydeq.train_config import (  # noqa: F401 (the constants: still importab
     TRAIN_SCHEMA,
     apply_overrides,
     run_config,
+    training_config,
 )
 from noisydeq.train_device import (
     _deploy,
@@ -262,21 +263,22 @@ def train_model(
     model of the same config is loaded instead of retrained and an epoch checkpoint is
     continued — a file of another config is refused with one line. ``on_epoch(epoch,
     record)`` is called after each epoch's checkpoint is written. ``config``: the
-    :func:`~noisydeq.train_config.run_config` of this model (``spec``'s overrides applied),
-    task, spec and device where the caller has computed it (``noisydeq train`` names its
-    folder after its hash); None computes it here.
+    :func:`~noisydeq.train_config.training_config` of this model, task, spec and device
+    where the caller has computed it (``noisydeq train`` names its folder after its hash);
+    None computes it here.
     """
     t0 = _clock()
     dev = torch.device(torch_device) if torch_device is not None else _param_device(model)
-    apply_overrides(model, spec)
+    if config is None:  # the one function every predictor of its hash calls
+        config = training_config(model, task, spec, dev)  # the overrides applied first
+    else:
+        apply_overrides(model, spec)
     if spec.spectral_cap is not None:  # a model without a cappable W: one line, before writing
         spectral_norm_of(model)
     if spec.digital_layers:  # an unknown layer name: one line, before anything is written
         from noisydeq.hardware.base import check_digital_layers
 
         check_digital_layers(model, spec.digital_layers)
-    if config is None:
-        config = run_config(model, task, spec, dev)
     out = Path(out_dir) if out_dir is not None else None
     if out is not None and out.exists() and not out.is_dir():
         raise NoisyDEQError(f"--out: {out} exists and is not a directory")

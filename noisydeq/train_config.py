@@ -102,6 +102,20 @@ def run_config(
     }
 
 
+def training_config(
+    model: nn.Module, task: Task, spec: TrainSpec, torch_device: torch.device
+) -> dict[str, Any]:
+    """The :func:`run_config` a training run of ``model`` keys its checkpoint with: ``spec``'s
+    overrides applied to ``model`` first (:func:`apply_overrides`, as training applies
+    them). The one place a run's config is made: :func:`noisydeq.train.train_model` and
+    every caller that predicts its checkpoint's config hash (a study's resume and its Ray
+    driver, :func:`noisydeq.studies.runner._keyed_model`) call it, so the keys cannot
+    diverge. Computed under the torch thread count the run trains with (the config holds
+    it)."""
+    apply_overrides(model, spec)
+    return run_config(model, task, spec, torch_device)
+
+
 def selects(spec: TrainSpec) -> bool:
     """Whether the run keeps the epoch of best validation robust accuracy
     (:mod:`noisydeq.adversarial.selection`)."""

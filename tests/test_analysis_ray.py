@@ -145,44 +145,125 @@ def _untimed(rows):
     return [{k: v for k, v in r.items() if k not in TIMING} for r in rows]
 
 
+def _ray_evaluations(monkeypatch) -> list[str]:
+    """The model ids whose rows a Ray study task returns (it evaluated them there) from
+    now on, read off what the driver receives (:func:`noisydeq.cluster.finished`)."""
+    from noisydeq import cluster
+
+    got: list[str] = []
+    real = cluster.finished
+
+    def counting(futures, what):
+        for key, (blob, metric, rows) in real(futures, what):
+            if rows is not None:
+                got.append(key[0])
+            yield key, (blob, metric, rows)
+
+    monkeypatch.setattr(cluster, "finished", counting)
+    return got
+
+
+def _other_weights(cell):
+    """Rewrite a study cell as if computed on other weights of its model."""
+    from noisydeq import store
+
+    data = store.read_signed_json(cell)
+    store.write_signed_json(cell, {**data, "weights": "0" * len(data["weights"])})
+
+
 @pytest.mark.ray
 @pytest.mark.slow
 def test_study_on_ray_equals_local_and_resumes(ray_cluster, tmp_path, monkeypatch):
+    """Ray and local runs of a study with overrides (the model's solver and Jacobian
+    regulariser, the study's learning rate): the same tables, checkpoints and evaluations
+    — a model trained again into the weights its cell records is not evaluated again on
+    Ray either, one trained into other weights is."""
+    import shutil
+
+    from noisydeq.runtime import num_threads
     from noisydeq.store import load_tensors
     from noisydeq.studies import run_study
     from noisydeq.studies import runner as study_runner
     from noisydeq.studies.ray_models import run_on_ray
-    from tests.test_studies import tiny
+    from tests.test_studies import FAST, tiny
 
-    spec = tiny(train_snr_db=["inf"], shifts=[4, 8], budgets=["train"])
-    local = run_study(spec, tmp_path / "local", plots=False)
-    monkeypatch.setattr(study_runner, "evaluate_model", _not_here)  # the workers evaluate
-    ray_out = tmp_path / "ray"
-    res = run_study(spec, ray_out, plots=False, backend=Backend("ray"), remote=run_on_ray)
-    assert (res.trained, res.loaded) == (2, 0)
-    assert _untimed(res.rows) == _untimed(local.rows) and len(res.rows) == 2 * 2 + 2 * 2
+    spec = tiny(train_snr_db=["inf"], shifts=[4, 8], budgets=["train"],
+                train={**FAST, "lr": 0.02},
+                models={"deq": {"kind": "deq", "cell": "conv1d", "width": 3,
+                                "weight_norm": False, "train": {
+                                    "solver": {"name": "unroll", "max_iter": 4, "window": 1},
+                                    "jac_reg": {"weight": 0.5, "n_samples": 1}}},
+                        "ffw": {"kind": "ffw", "cell": "conv1d", "width": 3, "depth": 2,
+                                "weight_norm": False}})
+    local_out, ray_out = tmp_path / "local", tmp_path / "ray"
+    evaluate = study_runner.evaluate_model
+    here: list[str] = []
+
+    def counting(spec_, name, model, seed, tsnr, *rest):
+        here.append(study_runner.model_id(name, seed, tsnr))
+        return evaluate(spec_, name, model, seed, tsnr, *rest)
+
+    def local():
+        here.clear()
+        monkeypatch.setattr(study_runner, "evaluate_model", counting)
+        with num_threads(1):  # as the Ray tasks train
+            res = run_study(spec, local_out, plots=False)
+        monkeypatch.setattr(study_runner, "evaluate_model", _not_here)  # the workers do
+        return res, sorted(here)
+
+    on_ray = _ray_evaluations(monkeypatch)
+
+    def ray():
+        on_ray.clear()
+        res = run_study(spec, ray_out, plots=False, backend=Backend("ray"), remote=run_on_ray)
+        return res, sorted(on_ray)
 
     def weights(root):
         return {p.parent.name: {k: t.numpy().tobytes() for k, t in load_tensors(p)[0].items()}
                 for p in (root / "models").rglob("model.safetensors")}
 
-    assert weights(ray_out) == weights(tmp_path / "local")  # the driver wrote them
-    # one model lost, the other's cell lost: the rerun trains one, evaluates both
-    import shutil
+    def both(edit):
+        for root in (local_out, ray_out):
+            edit(root)
+        (a, here_), (b, there) = local(), ray()
+        assert _untimed(b.rows) == _untimed(a.rows) and there == here_
+        assert (b.trained, b.loaded, b.served) == (a.trained, a.loaded, a.served)
+        assert weights(ray_out) == weights(local_out)  # the driver wrote them
+        return b, there
+
+    first, evaluated = both(lambda root: None)
+    assert (first.trained, first.loaded) == (2, 0) and len(first.rows) == 2 * 2 + 2 * 2
+    assert evaluated == ["deq-s0-tinf", "ffw-s0-tinf"]
+    # one model lost (its cell kept), the other's cell lost: the first is trained again
+    # into the weights its cell records (served, not evaluated), the other loaded, evaluated
+    again, evaluated = both(lambda root: (shutil.rmtree(root / "models" / "deq-s0-tinf"),
+                                          (root / "cells" / "ffw-s0-tinf.json").unlink()))
+    assert (again.trained, again.loaded) == (1, 1) and evaluated == ["ffw-s0-tinf"]
+    assert _untimed(again.rows) == _untimed(first.rows)
+    # lost again, its cell computed on other weights: trained again and evaluated
+    other, evaluated = both(lambda root: (shutil.rmtree(root / "models" / "deq-s0-tinf"),
+                                          _other_weights(root / "cells" / "deq-s0-tinf.json")))
+    assert (other.trained, other.loaded) == (1, 0) and evaluated == ["deq-s0-tinf"]
+    assert _untimed(other.rows) == _untimed(first.rows)
+    # trained into the weights its cell records, yet the driver does not serve it (here:
+    # load_cell patched): evaluated by the driver, the same rows
+    from noisydeq.studies.rundir import StudyDir
 
     shutil.rmtree(ray_out / "models" / "deq-s0-tinf")
-    (ray_out / "cells" / "ffw-s0-tinf.json").unlink()
-    again = run_study(spec, ray_out, plots=False, backend=Backend("ray"), remote=run_on_ray)
-    assert (again.trained, again.loaded) == (1, 1)
-    assert _untimed(again.rows) == _untimed(local.rows)
-    assert weights(ray_out) == weights(tmp_path / "local")
+    load_cell = StudyDir.load_cell
+    monkeypatch.setattr(StudyDir, "load_cell", lambda self, key, expect: None if (
+        key == "deq-s0-tinf") else load_cell(self, key, expect))
+    driver, evaluated = ray()
+    monkeypatch.setattr(StudyDir, "load_cell", load_cell)
+    assert (driver.trained, evaluated) == (1, [])
+    assert _untimed(driver.rows) == _untimed(other.rows)
     # finished: every evaluation served from the checkpoints' digests, no model loaded
     from noisydeq import train
 
     monkeypatch.setattr(train, "train_model", _not_here)
-    served = run_study(spec, ray_out, plots=False, backend=Backend("ray"), remote=run_on_ray)
-    assert (served.trained, served.loaded, served.served) == (0, 0, 2)
-    assert served.rows == again.rows
+    served, evaluated = ray()
+    assert (served.trained, served.loaded, served.served) == (0, 0, 2) and evaluated == []
+    assert _untimed(served.rows) == _untimed(other.rows)
 
 
 def test_study_bad_backend_is_one_line(tmp_path, capsys):

@@ -5,10 +5,14 @@ The driver puts the spec, the task and its test sets into Ray's object store onc
 builds its model exactly as a local run does (:func:`noisydeq.studies.runner._build`: the
 weights from ``derive_seed(seed, "study", name)``), trains it without writing anything
 (:func:`noisydeq.train.train_model` with no ``out_dir``) and evaluates it
-(:func:`~noisydeq.studies.runner.evaluate_model`); it returns the checkpoint bytes
-(:func:`noisydeq.store.checkpoint_blob`) and the rows. A model whose checkpoint the run
-directory already holds is loaded by the driver and sent once; its task only evaluates.
-The driver checks each checkpoint's config hash against the one it computes, writes it
+(:func:`~noisydeq.studies.runner.evaluate_model`) unless its weights are those its cell
+records (the driver's rule, :meth:`~noisydeq.studies.rundir.StudyDir.served_weights`: the
+cell is then served, as a local run serves it, and not computed again); it returns the
+checkpoint bytes (:func:`noisydeq.store.checkpoint_blob`) and the rows. A model whose
+checkpoint the run directory already holds is loaded by the driver and sent once; its task
+only evaluates. The driver checks each checkpoint's config hash against the one the resume
+computed (:attr:`~noisydeq.studies.runner.ModelJob.config_hash`, the key training makes
+through :func:`noisydeq.train_config.training_config`), writes it
 into ``models/<id>/`` (under the model directory's lock, with its signed sidecar) and then
 the model's cell — the run directory's only writer, each file once; a rerun resumes from
 what was written. A worker running other noisydeq code than the driver (whose code the
@@ -45,9 +49,11 @@ def _checked(inputs: tuple[Any, ...]) -> tuple[Any, ...]:
 
 
 def study_model(token: str, box: list[Any], job: ModelJob, trained: Any,
-                device: str) -> tuple[bytes | None, float, list[dict[str, Any]]]:
+                device: str) -> tuple[bytes | None, float, list[dict[str, Any]] | None]:
     """A Ray task: (checkpoint bytes or None, test metric, rows) of one study model —
-    trained here unless ``trained`` (a finished model the driver loaded) is given."""
+    trained here unless ``trained`` (a finished model the driver loaded) is given; rows
+    None, not evaluated, when the trained weights are those its cell is served for
+    (``job.serve``, the driver's decision rule: :meth:`StudyDir.served_weights`)."""
     from noisydeq import store
     from noisydeq.train import train_model
 
@@ -63,6 +69,8 @@ def study_model(token: str, box: list[Any], job: ModelJob, trained: Any,
         seconds, metric = time.perf_counter() - t0, float(res.test_metric)
         blob = store.checkpoint_blob(res.model.state_dict(), res.config, res.extra)
         model = res.model
+        if job.serve is not None and store.init_hash(model) == job.serve:
+            return blob, metric, None  # its cell is served: not evaluated again
     else:
         model, seconds = trained
     params = sum(p.numel() for p in model.parameters())
@@ -81,21 +89,18 @@ def run_on_ray(spec: StudySpec, task: Any, sets: list, run: StudyDir, jobs: list
     from noisydeq.runtime import num_threads, resolve_torch_device
     from noisydeq.studies.runner import expected_rows
     from noisydeq.train import MODEL_FILE, RESUME_FILE, train_model
-    from noisydeq.train_config import run_config
+    from noisydeq.train_config import apply_overrides
 
     dev = resolve_torch_device(spec.torch_device)
     ref = ray.put((spec, task, sets, run.code))
     fn = cluster.remote(study_model, "noisydeq-study-model", gpu=dev.type == "cuda")
-    futures, hashes = {}, {}
-    with num_threads(1):  # keys and loads of one-thread training (study_model)
+    futures = {}
+    with num_threads(1):  # loads of one-thread training (study_model)
         for job in jobs:
             mid = model_id(job.name, job.seed, job.train_snr_db)
             tspec = spec.train_spec(job.name, job.seed, job.train_snr_db)
             trained = None
-            if job.train:
-                model = _build(spec, job.name, task, job.seed)
-                hashes[mid] = store.config_hash(run_config(model, task, tspec, dev))
-            else:  # finished here: load it (a checkpoint of another config is trained again)
+            if not job.train:  # finished here: load it (one of another config is trained)
                 res = train_model(_build(spec, job.name, task, job.seed), task, tspec,
                                   out_dir=run.models / mid, torch_device=dev, quiet=True)
                 run.weights[mid] = store.init_hash(res.model)  # what its cell records
@@ -104,10 +109,10 @@ def run_on_ray(spec: StudySpec, task: Any, sets: list, run: StudyDir, jobs: list
     out: dict[str, tuple[list[dict[str, Any]], bool]] = {}
     for (mid, job), (blob, metric, rows) in cluster.finished(
             futures, lambda k: f"study model {k[0]}"):
-        model = _build(spec, job.name, task, job.seed)
+        model, meta = _build(spec, job.name, task, job.seed), {}
         if blob is not None:
             weights, meta = store.read_tensors_blob(blob, f"checkpoint bytes of {mid}")
-            if meta.get("config_hash") != hashes[mid]:
+            if meta.get("config_hash") != job.config_hash:  # the resume's key (_keyed_model)
                 raise NoisyDEQError(f"study model {mid} on Ray: the worker's training config "
                                     "differs from the driver's (same noisydeq, torch and data "
                                     "on every node?)")
@@ -122,7 +127,14 @@ def run_on_ray(spec: StudySpec, task: Any, sets: list, run: StudyDir, jobs: list
         cell = run.load_cell(mid, expected_rows(spec, job.name, model, job.seed,
                                                 job.train_snr_db, sets))
         if cell is None:
+            if rows is None:  # not evaluated there (its cell was to be served): here
+                apply_overrides(model, spec.train_spec(job.name, job.seed, job.train_snr_db))
+                rows = evaluate_model(spec, job.name, model, job.seed, job.train_snr_db,
+                                      task, sets, sum(p.numel() for p in model.parameters()),
+                                      float(meta.get("extra", {}).get("seconds", 0.0)))
             run.save_cell(mid, rows)
+            say(f"{mid}: evaluated {len(rows)} rows in "
+                f"{sum(r['eval_seconds'] for r in rows):.1f} s")
             cell = rows
         out[mid] = (cell, blob is not None)
     return out

@@ -118,6 +118,33 @@ class StudyDir(LockedDir):
         format, key and each row's identity (``expect``: :data:`ROW_IDENTITY` values, in
         order) are checked; a file that fails is a :class:`CorruptArtefact` naming it."""
         p = self.cell_path(key)
+        data = self._read_cell(key)
+        if data is None or self._other_code(key, data):
+            return None
+        return self._rows(p, data, expect)
+
+    def served_weights(self, key: str, expect: Sequence[dict[str, Any]]) -> str | None:
+        """The weights digest for which :meth:`load_cell` serves cell ``key``: the one it
+        records, when this code (or, with :attr:`keep_other_code`, any) computed it; None
+        when there is none (no cell, one of other code, or one that records no weights —
+        with :attr:`keep_other_code` served whatever the weights, not named here). Checked
+        as :meth:`load_cell` checks it; nothing noted. A study model trained on Ray is
+        evaluated there only when its weights are not these."""
+        p = self.cell_path(key)
+        data = self._read_cell(key)
+        if data is None or not self.records_code:
+            return None
+        found = data.get("weights")
+        if not isinstance(found, str) or not (data.get("code") == self.code
+                                               or self.keep_other_code):
+            return None
+        self._rows(p, data, expect)
+        return found
+
+    def _read_cell(self, key: str) -> dict[str, Any] | None:
+        """Cell ``key``'s record (digest, format and key checked), None when none was
+        written."""
+        p = self.cell_path(key)
         if not p.exists():
             return None
         try:
@@ -126,8 +153,19 @@ class StudyDir(LockedDir):
                 raise CorruptArtefact(p, f"has format {data.get('format')!r}, not {CELL_FORMAT}")
             if data.get("key") != key:
                 raise CorruptArtefact(p, f"belongs to {data.get('key')!r}, not {key!r}")
-            if self._other_code(key, data):
-                return None
+        except CorruptArtefact as err:
+            raise self._delete_it(p, err) from None
+        return data
+
+    @staticmethod
+    def _delete_it(p: Path, err: CorruptArtefact) -> CorruptArtefact:
+        return CorruptArtefact(p, f"{err.reason}; delete it to evaluate that model again")
+
+    def _rows(self, p: Path, data: dict[str, Any], expect: Sequence[dict[str, Any]]
+              ) -> list[dict[str, Any]]:
+        """The rows of the cell record ``data`` (file ``p``), each row's identity checked
+        against ``expect``."""
+        try:
             rows = data.get("rows")
             if not isinstance(rows, list) or len(rows) != len(expect):
                 n = len(rows) if isinstance(rows, list) else "no list of"
@@ -140,8 +178,7 @@ class StudyDir(LockedDir):
                         raise CorruptArtefact(p, f"row {i}: {col} = {row.get(col)!r}, "
                                               f"expected {v!r}")
         except CorruptArtefact as err:
-            raise CorruptArtefact(p, f"{err.reason}; delete it to evaluate that model again"
-                                  ) from None
+            raise self._delete_it(p, err) from None
         return rows
 
     def save_cell(self, key: str, rows: Sequence[dict[str, Any]]) -> None:

@@ -200,6 +200,12 @@ class ModelJob:
     train_snr_db: float
     train: bool  # no finished checkpoint (of this config) in the run directory
     evaluate: bool  # no cell
+    #: the config hash its checkpoint is keyed with (:func:`_keyed_model`, the resume's)
+    config_hash: str = ""
+    #: a model trained in this run: the weights digest its cell is served for
+    #: (:meth:`~noisydeq.studies.rundir.StudyDir.served_weights`; None: none is) — the
+    #: model is evaluated only when its trained weights are other
+    serve: str | None = None
 
 
 def _notes(run: StudyDir, total: int, say: Callable[[str], None],
@@ -221,15 +227,16 @@ def _notes(run: StudyDir, total: int, say: Callable[[str], None],
 def _keyed_model(spec: StudySpec, name: str, task: Any, seed: int, train_snr_db: float,
                  dev: torch.device) -> tuple[Any, Any, str]:
     """(initial model, train spec, the config hash :func:`noisydeq.train.train_model` checks
-    its checkpoint against) of one study model — its overrides applied, as training applies
-    them; computed under the torch thread count it trains with (the hash holds it)."""
+    its checkpoint against) of one study model — through the function training keys its
+    checkpoint with (:func:`noisydeq.train_config.training_config`: its overrides applied),
+    under the torch thread count it trains with (the hash holds it). The local resume and
+    the Ray driver (:attr:`ModelJob.config_hash`) both use it."""
     from noisydeq.store import config_hash
-    from noisydeq.train_config import apply_overrides, run_config
+    from noisydeq.train_config import training_config
 
     model = _build(spec, name, task, seed)
     tspec = spec.train_spec(name, seed, train_snr_db)
-    apply_overrides(model, tspec)
-    return model, tspec, config_hash(run_config(model, task, tspec, dev))
+    return model, tspec, config_hash(training_config(model, task, tspec, dev))
 
 
 def run_study(
@@ -278,6 +285,7 @@ def run_study(
         run.open(spec, name)
         cells: dict[str, list[dict[str, Any]]] = {}
         todo: dict[str, Any] = {}  # model id → its initial model or, loaded, its result
+        hashes: dict[str, str] = {}  # model id → its checkpoint's config hash
         judged: set[str] = set()  # cells whose weights were known when read
         # Ray tasks train with one thread (noisydeq.studies.ray_models): their config hash
         with num_threads(1) if backend.ray else nullcontext():
@@ -285,7 +293,7 @@ def run_study(
                 mid = model_id(mname, seed, tsnr)
                 model, tspec, chash = _keyed_model(spec, mname, task, seed, tsnr, dev)
                 weights = finished_weights(run.models / mid, chash)
-                todo[mid] = model
+                todo[mid], hashes[mid] = model, chash
                 if weights is None and (run.models / mid / MODEL_FILE).is_file():
                     # damaged (trained again) or of another config (refused in one line)
                     res = train_model(model, task, tspec, out_dir=run.models / mid,
@@ -313,10 +321,17 @@ def run_study(
         if backend.ray:
             assert remote is not None
             # a model without a finished checkpoint is trained on Ray and evaluated there
-            # (its weights may differ); a finished one is loaded by the driver and sent
-            jobs = [ModelJob(mname, seed, tsnr, mid not in run.weights, True)
-                    for mname, seed, tsnr in keys
-                    if (mid := model_id(mname, seed, tsnr)) in todo]
+            # unless its weights are the ones its cell is served for (as a local run
+            # decides); a finished one is loaded by the driver and sent
+            jobs = []
+            for mname, seed, tsnr in keys:
+                mid = model_id(mname, seed, tsnr)
+                if mid not in todo:
+                    continue
+                fresh = mid not in run.weights
+                serve = run.served_weights(mid, expected_rows(
+                    spec, mname, todo[mid], seed, tsnr, sets)) if fresh else None
+                jobs.append(ModelJob(mname, seed, tsnr, fresh, True, hashes[mid], serve))
             for mid, (got, fresh) in remote(spec, task, sets, run, jobs, say).items():
                 cells[mid] = got
                 trained += fresh
