@@ -119,29 +119,47 @@ def atomic_open(path: str | os.PathLike) -> Iterator[BinaryIO]:
     """A binary file handle whose content replaces ``path`` atomically when the block ends.
 
     ``with atomic_open(p) as fh: fh.write(...)`` (or ``fig.savefig(fh, format=...)``).
-    On any error the temporary file is removed and ``path`` is left as it was.
+    On any error the temporary file is removed and ``path`` is left as it was; an
+    :class:`OSError` that names no file or only the temporary one (a full disk fails in
+    ``write``/``fsync``/``close``, which name none) is raised again naming ``path``, so the
+    one line the command line prints says which file could not be written.
     """
     p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0) | getattr(
-        os, "O_BINARY", 0)
-    while True:
-        tmp = _temp_path(p)
-        try:
-            fd = os.open(tmp, flags, 0o666)  # the umask applies, as for open()
-            break
-        except FileExistsError:  # pragma: no cover - 32 random bits collided
-            continue
+    tmp = p
+    try:
+        p.parent.mkdir(parents=True, exist_ok=True)
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0) | getattr(
+            os, "O_BINARY", 0)
+        while True:
+            tmp = _temp_path(p)
+            try:
+                fd = os.open(tmp, flags, 0o666)  # the umask applies, as for open()
+                break
+            except FileExistsError:  # pragma: no cover - 32 random bits collided
+                continue
+    except OSError as err:
+        raise _naming(err, p, tmp) from None
     try:
         with os.fdopen(fd, "wb") as fh:
             yield fh
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, p)
+    except OSError as err:
+        tmp.unlink(missing_ok=True)
+        raise _naming(err, p, tmp) from None
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
     _fsync_dir(p.parent)
+
+
+def _naming(err: OSError, target: Path, tmp: Path) -> OSError:
+    """``err`` naming ``target`` when it names no file or the temporary file ``tmp``
+    (``OSError(errno, ...)`` keeps its subclass: ENOSPC, EACCES, EROFS ...)."""
+    if err.errno is None or err.filename not in (None, str(tmp)):
+        return err
+    return OSError(err.errno, err.strerror or str(err), str(target))
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:

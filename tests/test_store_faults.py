@@ -1,0 +1,67 @@
+"""Failure modes of storage and environment: a full disk, an unwritable cache, bad
+environment variables — one line naming what failed, non-zero exit, nothing half-written
+served later, and a rerun that completes."""
+
+from __future__ import annotations
+
+import errno
+import os
+
+import pytest
+
+from noisydeq import store
+from tests.cli_helpers import one_line_error, run_cli
+
+SWEEP = ["sweep", "--device", "snr", "--snr", "0", "--depths", "1", "--chips", "1",
+         "--epochs", "1", "--kinds", "ffw", "--threads", "1", "--jobs", "1", "--quiet"]
+
+
+def _disk_full(*args, **kwargs):
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+
+@pytest.mark.parametrize("where", ["fsync", "write"])
+def test_a_full_disk_names_the_file_and_keeps_the_old_one(tmp_path, monkeypatch, where):
+    """``write``/``fsync`` fail with ENOSPC and name no file: the error names the target."""
+    target = tmp_path / "entry.json"
+    store.atomic_write_bytes(target, b"old")
+    if where == "fsync":
+        monkeypatch.setattr(os, "fsync", _disk_full)
+    with pytest.raises(OSError) as info:
+        with store.atomic_open(target) as fh:
+            if where == "write":
+                _disk_full()
+            fh.write(b"new")
+    monkeypatch.undo()
+    assert info.value.errno == errno.ENOSPC and info.value.filename == str(target)
+    assert target.read_bytes() == b"old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["entry.json"]  # no temp file left
+
+
+def test_an_unwritable_directory_names_the_target_not_the_temp_file(tmp_path, monkeypatch):
+    real_open = os.open
+
+    def denied(path, flags, *args):
+        if str(path).endswith(".tmp"):
+            raise OSError(errno.EACCES, os.strerror(errno.EACCES), str(path))
+        return real_open(path, flags, *args)
+
+    monkeypatch.setattr(os, "open", denied)
+    with pytest.raises(PermissionError) as info:
+        store.atomic_write_bytes(tmp_path / "f.bin", b"x")
+    assert info.value.filename == str(tmp_path / "f.bin")
+
+
+def test_a_sweep_on_a_full_disk_is_one_line_and_resumes(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("NOISYDEQ_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "run"
+    monkeypatch.setattr(os, "fsync", _disk_full)
+    code, _, err = run_cli([*SWEEP, "--out", str(out)], capsys)
+    one_line_error(code, err, str(out / "config.toml"), "No space left on device",
+                   "free some space", "run the same command again")
+    monkeypatch.undo()
+    monkeypatch.setenv("NOISYDEQ_CACHE", str(tmp_path / "cache"))
+    assert not [p for p in out.rglob("*") if p.name.endswith(".tmp")]
+    code, stdout, err = run_cli([*SWEEP, "--out", str(out)], capsys)
+    assert code == 0, err
+    assert (out / "results.csv").is_file() and "cells: 1 computed" in stdout
