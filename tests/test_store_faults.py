@@ -65,3 +65,17 @@ def test_a_sweep_on_a_full_disk_is_one_line_and_resumes(tmp_path, monkeypatch, c
     code, stdout, err = run_cli([*SWEEP, "--out", str(out)], capsys)
     assert code == 0, err
     assert (out / "results.csv").is_file() and "cells: 1 computed" in stdout
+
+
+@pytest.mark.parametrize(("env", "value"), [("NOISYDEQ_THREADS", "abc"), ("NOISYDEQ_THREADS", "0"),
+                                            ("NOISYDEQ_THREADS", "-1"), ("NOISYDEQ_JOBS", "abc"),
+                                            ("NOISYDEQ_JOBS", "0")])
+def test_a_bad_environment_variable_is_named_and_nothing_is_written(tmp_path, monkeypatch,
+                                                                     capsys, env, value):
+    """``NOISYDEQ_THREADS=abc`` said "threads 'abc': ..." to a user who typed no --threads."""
+    monkeypatch.setenv("NOISYDEQ_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv(env, value)
+    argv = SWEEP[:SWEEP.index("--threads")] + ["--quiet"]  # the variable, not the option
+    code, _, err = run_cli([*argv, "--out", str(tmp_path / "run")], capsys)
+    one_line_error(code, err, f"${env} '{value}'")
+    assert not (tmp_path / "run").exists() and not (tmp_path / "cache").exists()
