@@ -50,6 +50,21 @@ def cache_root(cache_dir: str | os.PathLike | None = None) -> Path:
     return Path(platformdirs.user_cache_dir("noisydeq"))
 
 
+def check_cache(cache_dir: str | os.PathLike | None = None) -> Path:
+    """:func:`cache_root`, refused in one line naming where it came from (``--cache``,
+    ``$NOISYDEQ_CACHE`` or the user cache dir) when it is a file, lies below one or cannot
+    be created or written (:func:`noisydeq.store.check_out_dir`): a command checks it before
+    it writes anything — else the first model or lock file failed after the run directory
+    was made, in a line naming neither the cache nor the variable."""
+    from noisydeq.store import check_out_dir
+
+    root = cache_root(cache_dir)
+    what = ("--cache" if cache_dir is not None
+            else f"${ENV_CACHE}" if os.environ.get(ENV_CACHE) else "cache")
+    check_out_dir(root, what)
+    return root
+
+
 #: environment variable with the torch thread counts of the commands (see :func:`thread_plan`)
 ENV_THREADS = "NOISYDEQ_THREADS"
 

@@ -79,3 +79,18 @@ def test_a_bad_environment_variable_is_named_and_nothing_is_written(tmp_path, mo
     code, _, err = run_cli([*argv, "--out", str(tmp_path / "run")], capsys)
     one_line_error(code, err, f"${env} '{value}'")
     assert not (tmp_path / "run").exists() and not (tmp_path / "cache").exists()
+
+
+@pytest.mark.parametrize("below", [False, True])
+def test_a_cache_that_is_a_file_is_refused_before_the_run_directory_is_made(
+        tmp_path, monkeypatch, capsys, below):
+    """It was refused after config.toml, meta.json and cells/ were written, in a line
+    naming a model directory ("cannot create it (Not a directory)"), not the variable."""
+    blocker = tmp_path / "afile"
+    blocker.write_text("x")
+    cache = blocker / "sub" if below else blocker
+    monkeypatch.setenv("NOISYDEQ_CACHE", str(cache))
+    code, _, err = run_cli([*SWEEP, "--out", str(tmp_path / "run")], capsys)
+    one_line_error(code, err, f"$NOISYDEQ_CACHE {cache}",
+                   "lies below the file" if below else "is a file")
+    assert not (tmp_path / "run").exists()
