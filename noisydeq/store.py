@@ -744,10 +744,41 @@ def write_checkpoint_blob(path: str | os.PathLike, blob: bytes) -> Path:
     if meta.get("config_hash") != config_hash(meta.get("config")):
         raise CorruptArtefact(Path(f"checkpoint bytes for {p}"), "carry a wrong config hash")
     atomic_write_bytes(p, blob)
-    sidecar = {"format": FORMAT, "version": meta.get("version", __version__), "weights": p.name,
-               **{k: meta[k] for k in ("config", "config_hash", "extra")}}
-    write_signed_json(p.with_suffix(".json"), sidecar, indent=2)
+    write_signed_json(p.with_suffix(".json"), _sidecar(p, meta), indent=2)
     return p
+
+
+def _sidecar(p: Path, meta: Mapping[str, Any]) -> dict[str, Any]:
+    """The ``.json`` sidecar of the checkpoint ``p`` whose checked metadata is ``meta``."""
+    return {"format": FORMAT, "version": meta.get("version", __version__), "weights": p.name,
+            **{k: meta[k] for k in ("config", "config_hash", "extra")}}
+
+
+def mend_sidecar(path: str | os.PathLike, meta: Mapping[str, Any]) -> str | None:
+    """Check the signed ``.json`` sidecar of the checkpoint ``path`` (``meta``: its metadata,
+    as :func:`load_checkpoint` checked it) and write it again from ``meta`` — the
+    authoritative copy — when it is missing, damaged or says something else. Returns the
+    one line to warn with (naming the sidecar), or ``None`` when it was sound. A sidecar
+    that cannot be written (a read-only cache) is said so; nothing is raised."""
+    p = Path(path)
+    side = p.with_suffix(".json")
+    want = _sidecar(p, meta)
+    if not side.is_file():
+        reason = "is missing"
+    else:
+        try:
+            have = read_signed_json(side, "checkpoint sidecar")
+        except CorruptArtefact as err:
+            reason = err.reason
+        else:
+            if dumps_json(have) == dumps_json(want):
+                return None
+            reason = f"does not match {p.name} ({config_diff(have, want)})"
+    try:
+        write_signed_json(side, want, indent=2)
+    except OSError as err:
+        return f"{side}: {reason}; could not write it again ({err.strerror or err})"
+    return f"{side}: {reason}; written again from {p.name}"
 
 
 def load_checkpoint(

@@ -94,3 +94,41 @@ def test_a_cache_that_is_a_file_is_refused_before_the_run_directory_is_made(
     one_line_error(code, err, f"$NOISYDEQ_CACHE {cache}",
                    "lies below the file" if below else "is a file")
     assert not (tmp_path / "run").exists()
+
+
+def test_a_damaged_checkpoint_sidecar_is_written_again_from_the_checkpoint(
+        tmp_path, monkeypatch, capsys):
+    """model.json (read by people and by `certify` for the IBP radius) was left damaged for
+    good: the model loaded from model.safetensors without a word, and certify read the
+    damaged sidecar as "trained without IBP"."""
+    monkeypatch.setenv("NOISYDEQ_CACHE", str(tmp_path / "cache"))
+    code, _, err = run_cli([*SWEEP, "--out", str(tmp_path / "run1")], capsys)
+    assert code == 0, err
+    (side,) = (tmp_path / "cache" / "models").glob("*/model.json")
+    good = side.read_bytes()
+    for damage in (good[: len(good) // 2], good.replace(b'"format"', b'"formaT"'), None):
+        if damage is None:
+            side.unlink()
+        else:
+            side.write_bytes(damage)
+        code, _, err = run_cli([*SWEEP, "--out", str(tmp_path / "run2")], capsys)
+        assert code == 0, err
+        lines = [ln for ln in err.splitlines() if ln.strip()]
+        assert len(lines) == 1 and lines[0].startswith(f"noisydeq: warning: {side}: "), err
+        assert "written again from model.safetensors" in lines[0]
+        assert side.read_bytes() == good
+        code, _, err = run_cli([*SWEEP, "--out", str(tmp_path / "run2")], capsys)
+        assert code == 0 and not err.strip(), err  # sound now: not a word
+
+
+def test_mend_sidecar_says_when_it_cannot_write(tmp_path, monkeypatch):
+    import torch
+
+    path = tmp_path / "model.safetensors"
+    store.save_checkpoint(path, {"w": torch.ones(2)}, {"a": 1}, {"test_metric": float("nan")})
+    _, meta = store.load_checkpoint(path)
+    assert store.mend_sidecar(path, meta) is None  # sound (a NaN metric compares equal)
+    path.with_suffix(".json").write_text("{}")
+    monkeypatch.setattr(os, "fsync", _disk_full)
+    line = store.mend_sidecar(path, meta)
+    assert line is not None and "could not write it again (No space left on device)" in line
