@@ -87,6 +87,23 @@ def warn(message: str) -> None:
     sys.stderr.flush()
 
 
+#: kinds of optional cache entry this process could not write (said once each)
+_NOT_CACHED: set[str] = set()
+
+
+def not_cached(what: str, path: str | os.PathLike, err: OSError) -> None:
+    """Say once per process and kind ``what`` (``"calibration"``, ``"programmed chips"``,
+    ``"figures"``) that an optional cache entry could not be written — a full disk, a
+    quota, a cache made read-only — naming the file and why: the run goes on (its results
+    do not depend on the entry) and the next run computes it again. Was silent."""
+    if what in _NOT_CACHED:
+        return
+    _NOT_CACHED.add(what)
+    where = err.filename or path
+    warn(f"{where}: {err.strerror or err}; {what} not cached (this run goes on; the next "
+         "computes them again)")
+
+
 # ------------------------------------------------------------------- atomic writes
 
 _TEMP = re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d+)-[0-9a-f]{8}\.tmp$")

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import errno
 import os
+from pathlib import Path
 
 import pytest
 
@@ -132,3 +133,35 @@ def test_mend_sidecar_says_when_it_cannot_write(tmp_path, monkeypatch):
     monkeypatch.setattr(os, "fsync", _disk_full)
     line = store.mend_sidecar(path, meta)
     assert line is not None and "could not write it again (No space left on device)" in line
+
+
+def test_a_full_disk_under_the_optional_caches_is_said_once_each_and_the_run_goes_on(
+        tmp_path, monkeypatch, capsys):
+    """Calibration, programmed-chip and figure entries that could not be written were
+    skipped without a word (a full cache disk: every run computed them again, silently)."""
+    argv = [("rram" if a == "snr" else a) for a in SWEEP] + ["--snr", "0,10,20"]
+    monkeypatch.setenv("NOISYDEQ_CACHE", str(tmp_path / "plain"))
+    code, _, err = run_cli([*argv, "--out", str(tmp_path / "plain-run")], capsys)
+    assert code == 0 and not err.strip(), err
+    cache = tmp_path / "full"
+    monkeypatch.setenv("NOISYDEQ_CACHE", str(cache))
+    monkeypatch.setattr(store, "_NOT_CACHED", set())
+    real_replace = os.replace
+
+    def full(src, dst):
+        if Path(dst).parent in [cache / d for d in ("calibration", "chips", "figures")]:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", full)
+    code, _, err = run_cli([*argv, "--out", str(tmp_path / "run")], capsys)
+    assert code == 0, err
+    lines = sorted(ln for ln in err.splitlines() if ln.strip())
+    assert [ln.split(": ")[2].split("/")[-2] for ln in lines] == ["calibration", "chips",
+                                                                  "figures"], err
+    for ln in lines:
+        assert ln.startswith(f"noisydeq: warning: {cache}/"), ln
+        assert "No space left on device" in ln and "not cached" in ln, ln
+    assert not [p for p in cache.rglob("*.tmp")]
+    want = (tmp_path / "plain-run" / "results.csv").read_text()
+    assert (tmp_path / "run" / "results.csv").read_text() == want
