@@ -10,6 +10,7 @@ resume it.
 
 from __future__ import annotations
 
+import errno
 import importlib
 import importlib.util
 import os
@@ -284,7 +285,9 @@ def _dispatch(argv: list[str]) -> None:
               "rows per forward or fewer SNR levels)", 2)
     except OSError as err:
         where = f"{err.filename}: " if err.filename else ""
-        _fail(f"noisydeq: error: {where}{err.strerror or err}", 2)
+        full = err.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC))
+        hint = f"; free some space; {_resume_hint(argv)}" if full else ""
+        _fail(f"noisydeq: error: {where}{err.strerror or err}{hint}", 2)
     except Exception as err:  # noqa: BLE001 - the last line of defence: never a traceback
         if os.environ.get("NOISYDEQ_DEBUG"):
             raise

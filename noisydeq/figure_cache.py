@@ -141,7 +141,8 @@ def _load(path: Path, key: str, out: Path) -> list[Path] | None:
 
 def _save(path: Path, key: str, out: Path, paths: list[Path]) -> None:
     """Store the drawn ``paths`` (all directly in ``out``) as the entry ``path``; an
-    unwritable cache is ignored (the figures are in the run directory either way)."""
+    unwritable cache is said once (:func:`noisydeq.store.not_cached`) and the run goes on (the
+    figures are in the run directory either way)."""
     files = []
     for p in paths:
         p = Path(p)
@@ -156,7 +157,9 @@ def _save(path: Path, key: str, out: Path, paths: list[Path]) -> None:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         store.write_signed_json(path, entry)
-    except (OSError, NoisyDEQError):
+    except OSError as err:
+        store.not_cached("figures", path, err)
+    except NoisyDEQError:
         pass
 
 

@@ -50,6 +50,21 @@ def cache_root(cache_dir: str | os.PathLike | None = None) -> Path:
     return Path(platformdirs.user_cache_dir("noisydeq"))
 
 
+def check_cache(cache_dir: str | os.PathLike | None = None) -> Path:
+    """:func:`cache_root`, refused in one line naming where it came from (``--cache``,
+    ``$NOISYDEQ_CACHE`` or the user cache dir) when it is a file, lies below one or cannot
+    be created or written (:func:`noisydeq.store.check_out_dir`): a command checks it before
+    it writes anything — else the first model or lock file failed after the run directory
+    was made, in a line naming neither the cache nor the variable."""
+    from noisydeq.store import check_out_dir
+
+    root = cache_root(cache_dir)
+    what = ("--cache" if cache_dir is not None
+            else f"${ENV_CACHE}" if os.environ.get(ENV_CACHE) else "cache")
+    check_out_dir(root, what)
+    return root
+
+
 #: environment variable with the torch thread counts of the commands (see :func:`thread_plan`)
 ENV_THREADS = "NOISYDEQ_THREADS"
 
@@ -70,7 +85,8 @@ def job_count(text: str | int | None = None) -> int:
     if value in ("", "auto"):
         return os.cpu_count() or 1
     if not value.isdigit() or int(value) < 1:
-        raise NoisyDEQError(f"jobs '{value}': expected auto or a positive integer")
+        raise NoisyDEQError(f"{_source('jobs', ENV_JOBS, text)} '{value}': expected auto or a "
+                            "positive integer")
     return int(value)
 
 
@@ -88,6 +104,7 @@ def thread_plan(text: str | None = None) -> tuple[int | None, int | None]:
     trained model's cache key (:func:`noisydeq.train_config.run_config`). ``None`` in the
     result = keep torch's current count.
     """
+    given = text
     text = text if text is not None else os.environ.get(ENV_THREADS, "auto")
     text = str(text).strip().lower()
     if text in ("", "auto"):
@@ -99,10 +116,16 @@ def thread_plan(text: str | None = None) -> tuple[int | None, int | None]:
         values = []
     if len(values) not in (1, 2) or any(v < 1 for v in values):
         raise NoisyDEQError(
-            f"threads '{text}': expected auto, N or TRAIN,EVAL with positive integers "
-            "(e.g. 2 or 1,2)"
+            f"{_source('threads', ENV_THREADS, given)} '{text}': expected auto, N or TRAIN,EVAL "
+            "with positive integers (e.g. 2 or 1,2)"
         )
     return values[0], values[-1]
+
+
+def _source(option: str, env: str, given: object) -> str:
+    """What a bad value came from, for its one line: the option's name, or ``$ENV`` when the
+    command line gave none (a user who typed no ``--threads`` looks for the variable)."""
+    return option if given is not None else f"${env}"
 
 
 class num_threads:

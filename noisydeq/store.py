@@ -87,6 +87,23 @@ def warn(message: str) -> None:
     sys.stderr.flush()
 
 
+#: kinds of optional cache entry this process could not write (said once each)
+_NOT_CACHED: set[str] = set()
+
+
+def not_cached(what: str, path: str | os.PathLike, err: OSError) -> None:
+    """Say once per process and kind ``what`` (``"calibration"``, ``"programmed chips"``,
+    ``"figures"``) that an optional cache entry could not be written — a full disk, a
+    quota, a cache made read-only — naming the file and why: the run goes on (its results
+    do not depend on the entry) and the next run computes it again. Was silent."""
+    if what in _NOT_CACHED:
+        return
+    _NOT_CACHED.add(what)
+    where = err.filename or path
+    warn(f"{where}: {err.strerror or err}; {what} not cached (this run goes on; the next "
+         "computes them again)")
+
+
 # ------------------------------------------------------------------- atomic writes
 
 _TEMP = re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d+)-[0-9a-f]{8}\.tmp$")
@@ -119,29 +136,47 @@ def atomic_open(path: str | os.PathLike) -> Iterator[BinaryIO]:
     """A binary file handle whose content replaces ``path`` atomically when the block ends.
 
     ``with atomic_open(p) as fh: fh.write(...)`` (or ``fig.savefig(fh, format=...)``).
-    On any error the temporary file is removed and ``path`` is left as it was.
+    On any error the temporary file is removed and ``path`` is left as it was; an
+    :class:`OSError` that names no file or only the temporary one (a full disk fails in
+    ``write``/``fsync``/``close``, which name none) is raised again naming ``path``, so the
+    one line the command line prints says which file could not be written.
     """
     p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0) | getattr(
-        os, "O_BINARY", 0)
-    while True:
-        tmp = _temp_path(p)
-        try:
-            fd = os.open(tmp, flags, 0o666)  # the umask applies, as for open()
-            break
-        except FileExistsError:  # pragma: no cover - 32 random bits collided
-            continue
+    tmp = p
+    try:
+        p.parent.mkdir(parents=True, exist_ok=True)
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0) | getattr(
+            os, "O_BINARY", 0)
+        while True:
+            tmp = _temp_path(p)
+            try:
+                fd = os.open(tmp, flags, 0o666)  # the umask applies, as for open()
+                break
+            except FileExistsError:  # pragma: no cover - 32 random bits collided
+                continue
+    except OSError as err:
+        raise _naming(err, p, tmp) from None
     try:
         with os.fdopen(fd, "wb") as fh:
             yield fh
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, p)
+    except OSError as err:
+        tmp.unlink(missing_ok=True)
+        raise _naming(err, p, tmp) from None
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
     _fsync_dir(p.parent)
+
+
+def _naming(err: OSError, target: Path, tmp: Path) -> OSError:
+    """``err`` naming ``target`` when it names no file or the temporary file ``tmp``
+    (``OSError(errno, ...)`` keeps its subclass: ENOSPC, EACCES, EROFS ...)."""
+    if err.errno is None or err.filename not in (None, str(tmp)):
+        return err
+    return OSError(err.errno, err.strerror or str(err), str(target))
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
@@ -757,10 +792,41 @@ def write_checkpoint_blob(path: str | os.PathLike, blob: bytes) -> Path:
     if meta.get("config_hash") != config_hash(meta.get("config")):
         raise CorruptArtefact(Path(f"checkpoint bytes for {p}"), "carry a wrong config hash")
     atomic_write_bytes(p, blob)
-    sidecar = {"format": FORMAT, "version": meta.get("version", __version__), "weights": p.name,
-               **{k: meta[k] for k in ("config", "config_hash", "extra")}}
-    write_signed_json(p.with_suffix(".json"), sidecar, indent=2)
+    write_signed_json(p.with_suffix(".json"), _sidecar(p, meta), indent=2)
     return p
+
+
+def _sidecar(p: Path, meta: Mapping[str, Any]) -> dict[str, Any]:
+    """The ``.json`` sidecar of the checkpoint ``p`` whose checked metadata is ``meta``."""
+    return {"format": FORMAT, "version": meta.get("version", __version__), "weights": p.name,
+            **{k: meta[k] for k in ("config", "config_hash", "extra")}}
+
+
+def mend_sidecar(path: str | os.PathLike, meta: Mapping[str, Any]) -> str | None:
+    """Check the signed ``.json`` sidecar of the checkpoint ``path`` (``meta``: its metadata,
+    as :func:`load_checkpoint` checked it) and write it again from ``meta`` — the
+    authoritative copy — when it is missing, damaged or says something else. Returns the
+    one line to warn with (naming the sidecar), or ``None`` when it was sound. A sidecar
+    that cannot be written (a read-only cache) is said so; nothing is raised."""
+    p = Path(path)
+    side = p.with_suffix(".json")
+    want = _sidecar(p, meta)
+    if not side.is_file():
+        reason = "is missing"
+    else:
+        try:
+            have = read_signed_json(side, "checkpoint sidecar")
+        except CorruptArtefact as err:
+            reason = err.reason
+        else:
+            if dumps_json(have) == dumps_json(want):
+                return None
+            reason = f"does not match {p.name} ({config_diff(have, want)})"
+    try:
+        write_signed_json(side, want, indent=2)
+    except OSError as err:
+        return f"{side}: {reason}; could not write it again ({err.strerror or err})"
+    return f"{side}: {reason}; written again from {p.name}"
 
 
 def load_checkpoint(

@@ -242,9 +242,10 @@ def write_entry(path: Path, text: str) -> bool:
     """Store one calibration entry (signed JSON ``text``) at ``path`` — the one writer of
     the calibration cache, for a local run and for the entries a Ray task returns to the
     driver. An unwritable cache only costs the next run its calibration: nothing is raised
-    (returns False). ``text`` that is not a valid entry (digest) is not written: a
-    one-line warning, False. An entry already there is replaced (one atomic rename: the
-    same key gives the same knobs, and a damaged file found on load is recalibrated)."""
+    (returns False; :func:`noisydeq.store.not_cached` says so once). ``text`` that is not
+    a valid entry (digest) is not written: a one-line warning, False. An entry already
+    there is replaced (one atomic rename: the same key gives the same knobs, and a damaged
+    file found on load is recalibrated)."""
     try:
         store.loads_signed(text, path)
     except CorruptArtefact as err:
@@ -253,7 +254,8 @@ def write_entry(path: Path, text: str) -> bool:
     try:
         store.clean_stale_temps(path.parent)
         store.atomic_write_text(path, text)
-    except OSError:
+    except OSError as err:
+        store.not_cached("calibration", path, err)
         return False
     return True
 

@@ -175,8 +175,9 @@ class ChipCache:
         return sum(len(c) for c in stored.values())
 
     def save(self) -> bool:
-        """Write the entry when a layer added chips (an unwritable cache is ignored: the
-        next run programs them); True when written. The shelves are detached."""
+        """Write the entry when a layer added chips (an unwritable cache is said once
+        and otherwise ignored: the next run programs them); True when written. The shelves
+        are detached."""
         shelves = {n: layer.shelf for n, layer in self.layers.items()
                    if layer.shelf is not None}
         for layer in self.layers.values():
@@ -194,7 +195,8 @@ class ChipCache:
             store.clean_stale_temps(self.path.parent)
             store.save_tensors(self.path, tensors, {"chips": FORMAT, "key": self.key,
                                                     "layers": meta, "env": self.env})
-        except OSError:
+        except OSError as err:
+            store.not_cached("programmed chips", self.path, err)
             return False
         return True
 

@@ -21,7 +21,7 @@ from noisydeq.cluster import Backend
 from noisydeq.convergence import stop_rule
 from noisydeq.errors import NoisyDEQError
 from noisydeq.results import RunDir
-from noisydeq.runtime import cache_root, num_threads, resolve_torch_device, thread_plan
+from noisydeq.runtime import cache_root, check_cache, num_threads, resolve_torch_device, thread_plan
 from noisydeq.specs.sweep import SweepSpec
 from noisydeq.sweep.base import SweepModel
 from noisydeq.sweep.hardware import Hardware
@@ -159,6 +159,7 @@ def run_sweep(
     if models is None:
         from noisydeq.families import check_sweep_families
 
+        check_cache()  # the models, calibrations and chips go there: writable, or one line
         # presets, overrides, memory (in each evaluation process): before any write
         pairs = spec.family_count() * len(spec.depths) * len(spec.kinds) * spec.chips
         local = 1 if backend is not None and backend.ray else resolve_jobs(jobs, spec, pairs)
