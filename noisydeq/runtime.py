@@ -65,12 +65,13 @@ ENV_JOBS = "NOISYDEQ_JOBS"
 def job_count(text: str | int | None = None) -> int:
     """Sweep evaluation processes from ``--jobs`` / ``$NOISYDEQ_JOBS``: ``auto`` (default)
     is one per CPU core, else a positive integer (see :func:`noisydeq.sweep.resolve_jobs`)."""
+    source = "--jobs" if text is not None else f"${ENV_JOBS}"  # what the error names
     value = text if text is not None else os.environ.get(ENV_JOBS, "auto")
     value = str(value).strip().lower()
     if value in ("", "auto"):
         return os.cpu_count() or 1
     if not value.isdigit() or int(value) < 1:
-        raise NoisyDEQError(f"jobs '{value}': expected auto or a positive integer")
+        raise NoisyDEQError(f"{source} '{value}': expected auto or a positive integer")
     return int(value)
 
 
@@ -88,6 +89,7 @@ def thread_plan(text: str | None = None) -> tuple[int | None, int | None]:
     trained model's cache key (:func:`noisydeq.train_config.run_config`). ``None`` in the
     result = keep torch's current count.
     """
+    source = "--threads" if text is not None else f"${ENV_THREADS}"  # what the error names
     text = text if text is not None else os.environ.get(ENV_THREADS, "auto")
     text = str(text).strip().lower()
     if text in ("", "auto"):
@@ -99,7 +101,7 @@ def thread_plan(text: str | None = None) -> tuple[int | None, int | None]:
         values = []
     if len(values) not in (1, 2) or any(v < 1 for v in values):
         raise NoisyDEQError(
-            f"threads '{text}': expected auto, N or TRAIN,EVAL with positive integers "
+            f"{source} '{text}': expected auto, N or TRAIN,EVAL with positive integers "
             "(e.g. 2 or 1,2)"
         )
     return values[0], values[-1]
