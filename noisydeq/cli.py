@@ -77,12 +77,36 @@ def _module_commands(name: str) -> list[click.Command]:
         if err.name == f"noisydeq.commands.{name}":
             return []
         raise
-    return list(getattr(module, "commands", None) or [module.command])
+    cmds = list(getattr(module, "commands", None) or [module.command])
+    for cmd in cmds:  # a group's sub-commands too (``cache prune``)
+        for sub in [cmd, *getattr(cmd, "commands", {}).values()]:
+            _suggesting(sub)
+    return cmds
 
 
 def _installed(module: str) -> bool:
     """Whether ``noisydeq/commands/<module>.py`` is there (found, not imported)."""
     return importlib.util.find_spec(f"noisydeq.commands.{module}") is not None
+
+
+class Choice(click.Choice):
+    """A click choice whose refusal carries the project's "did you mean" (click lists the
+    choices only): ``--noise-site sigal`` → ``'sigal' is not one of 'device', 'signal', …;
+    did you mean 'signal'?``."""
+
+    def get_invalid_choice_message(self, value: Any, ctx: click.Context | None) -> str:
+        text = super().get_invalid_choice_message(value, ctx)
+        hint = did_you_mean(value, [str(c) for c in self.choices])
+        return text.rstrip(".") + hint if hint else text
+
+
+def _suggesting(cmd: click.Command) -> click.Command:
+    """``cmd`` with each plain :class:`click.Choice` option a :class:`Choice` (commands
+    declare click's; every one gets the suggestion here, where they are loaded)."""
+    for p in cmd.params:
+        if type(p.type) is click.Choice:
+            p.type = Choice(p.type.choices, p.type.case_sensitive)
+    return cmd
 
 
 class LazyGroup(click.Group):
@@ -128,7 +152,7 @@ class LazyGroup(click.Group):
 @click.option("--log-json", "log_json", default=None, metavar="PATH",
               help="Append machine-readable JSON-lines events (start, progress, cell, end, "
                    "error) to PATH (also $NOISYDEQ_LOG_JSON).")
-@click.option("--tracker", type=click.Choice(["tensorboard", "wandb", "mlflow"]), default=None,
+@click.option("--tracker", type=Choice(["tensorboard", "wandb", "mlflow"]), default=None,
               help="Also log parameters, training epochs and sweep results to this experiment "
                    "tracker through its own library (off by default).")
 @click.option("--tracker-dir", default=None, metavar="DIR",
@@ -148,6 +172,8 @@ def cli(ctx: click.Context, log_json: str | None, tracker: str | None,
     """
     from noisydeq import events
 
+    if tracker_dir is not None and tracker is None:  # it was ignored without a tracker
+        raise NoisyDEQError("--tracker-dir: needs --tracker (tensorboard, wandb or mlflow)")
     # $NOISYDEQ_LOG_JSON is opened like --log-json: checked before any work, and the start
     # time its events' ``elapsed`` counts from (without it, every ``elapsed`` was -0.0)
     env_log = events.env_log() if log_json is None else None

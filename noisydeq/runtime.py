@@ -125,7 +125,7 @@ def thread_plan(text: str | None = None) -> tuple[int | None, int | None]:
 def _source(option: str, env: str, given: object) -> str:
     """What a bad value came from, for its one line: the option's name, or ``$ENV`` when the
     command line gave none (a user who typed no ``--threads`` looks for the variable)."""
-    return option if given is not None else f"${env}"
+    return f"--{option}" if given is not None else f"${env}"
 
 
 class num_threads:

@@ -135,7 +135,7 @@ print(json.dumps([code, bool(seen), late]))
     (["certify", "{d}", "--chip", "1"], "need --device"),
     (["certify", "certify-mnist", "--eps", "x"], "'x' is not a number"),
     (["certify", "{d}/bad-certify.toml"], "[certify]: eps"),
-    (["certify", "{d}/certify.toml", "--n-test", "0"], "command line: n_test: Input should"),
+    (["certify", "{d}/certify.toml", "--n-test", "0"], "command line: --n-test: must be ≥ 1"),
     # a --device preset is read torch-free (specs.device_presets), by every command taking it
     (["certify", "{d}", "--device", "nope"], "unknown device 'nope'"),
     (["certify", "{d}", "--device", "photonic"], "certify supports rram envelopes and ideal"),
@@ -157,7 +157,7 @@ print(json.dumps([code, bool(seen), late]))
     # line first at load 5-7)
     (["sweep", "--task", "nosuch", "--out", "{d}/o"], "unknown task 'nosuch'"),
     (["sweep", "--device", "snr", "--out", "{d}/file"], "is a file, not a directory"),
-    (["train", "--lr", "-1"], "lr: Input should be greater than 0"),
+    (["train", "--lr", "-1"], "--lr: must be > 0, got -1.0"),
     (["train", "--train-snr", "10:0"], "--train-snr: SNR value '10:0'"),
     (["train", "--out", "{d}/file/sub"], "not a directory"),
     (["spectrum", "--family", "{d}/empty"], "no trained model (model.safetensors)"),

@@ -166,7 +166,7 @@ def test_lyapunov_experiment_validation(tmp_path):
     with pytest.raises(NoisyDEQError, match="did you mean 'plain'"):
         load_experiment(bad)
     bad.write_text('name = "x"\n[lyapunov]\nc = -1\n[attack]\n')
-    with pytest.raises(NoisyDEQError, match="greater than 0"):
+    with pytest.raises(NoisyDEQError, match="c: must be > 0, got -1"):
         load_experiment(bad)
     bad.write_text('name = "x"\n')
     with pytest.raises(NoisyDEQError, match=r"\[attack\] or a \[device\]"):

@@ -250,9 +250,11 @@ def test_analysis_commands_take_a_study_run_dir(tmp_path):
     (["seeds=[abc]"], "[quick] --set: seeds: a list, e.g. seeds = [0] (got '[abc]')"),
     (['models={deq={kind="deq", cell="conv1d", widht=3}}'],
      "[quick] --set: models.deq: unknown key 'widht'; did you mean 'width'?"),
-    (["train={lr=-1}"], "[quick] --set: train: lr: Input should be greater than 0"),
+    (["train={lr=-1}"],
+     "[quick] --set: train: lr: must be > 0, got -1 (allowed: finite, 0 < value ≤ 1000)"),
     (['models={deq={kind="deq", train={lr=-1}}}'],
-     "[quick] --set: models.deq.train: lr: Input should be greater than 0"),
+     "[quick] --set: models.deq.train: lr: must be > 0, got -1 (allowed: finite, 0 < value ≤ "
+     "1000)"),
     (["budget=1"], "[quick] --set: budget: must be a table"),
     (["--full", "fixed_snr_db=5"], "[full]: fixed_snr_db 5 is not in test_snr_db"),
 ])

@@ -113,7 +113,7 @@ def test_a_certify_or_adversarial_error_names_the_table_its_key_was_written_in()
         **exp.section("quick").model_dump(), "pgd_steps": 3}
     with pytest.raises(NoisyDEQError) as err:  # the command line's options: named so
         exp.section("quick", {"n_test": 0})
-    assert str(err.value).startswith("command line: n_test: Input should be greater")
+    assert str(err.value).startswith("command line: n_test: must be ≥ 1, got 0")
     _, _, adv = next(b for b in BUNDLED if b[1] is AdversarialExperimentSpec)
     with pytest.raises(NoisyDEQError) as err:
         build(AdversarialExperimentSpec, {**adv, "grid": {**adv.get("grid", {}), "seedz": [0]}})
@@ -204,11 +204,11 @@ def test_a_certify_file_error_names_the_file_and_the_table():
             ("hidden = 128", "hiden = 128",
              "[family]: unknown key 'hiden'; did you mean 'hidden'?"),
             ("lr = 5e-4", "lrr = 5e-4", "[train]: unknown key 'lrr'; did you mean 'lr'?"),
-            ("kappa = 0.0", "kappa = 2.0", "[ibp]: kappa: Input should be less than or equal"),
+            ("kappa = 0.0", "kappa = 2.0", "[ibp]: kappa: must be ≤ 1, got 2.0"),
             ("train = { epochs = 10 }", "train = { epochz = 10 }",
              "[quick.train]: unknown key 'epochz'; did you mean 'epochs'?"),
             ("family = { hidden = 64 }", "family = { hidden = 0 }",
-             "[quick.family]: hidden: Input should be greater than or equal to 1")]:
+             "[quick.family]: hidden: must be ≥ 1, got 0")]:
         assert old in text
         with pytest.raises(NoisyDEQError) as err:
             loads_toml(CertifyExperimentSpec, text.replace(old, new, 1), where="my.toml")

@@ -36,7 +36,7 @@ from typing import Any, Literal
 from pydantic import Field, field_validator, model_validator
 
 from noisydeq.errors import NoisyDEQError, did_you_mean
-from noisydeq.specs.base import StrictModel, build, build_layers, suggest_name
+from noisydeq.specs.base import Seed, StrictModel, build, build_layers, suggest_name
 from noisydeq.specs.family import FamilySpec, check_kinds
 from noisydeq.specs.optimizer import ADVERSARIAL_METHODS
 from noisydeq.specs.training import TRAIN_PRESETS, TrainSpec
@@ -91,7 +91,7 @@ class GridSpec(StrictModel):
     methods: list[str] = Field(default_factory=lambda: ["pgd", "trades"])
     defences: list[str] = Field(default_factory=lambda: ["none"])
     kinds: list[Literal["deq", "ffw"]] = Field(default_factory=lambda: ["deq", "ffw"])
-    seeds: list[int] = Field(default_factory=lambda: [0])
+    seeds: list[Seed] = Field(default_factory=lambda: [0])
     train_preset: str = "adversarial-quick"
 
     @field_validator("methods")

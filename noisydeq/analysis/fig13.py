@@ -24,7 +24,7 @@ from pydantic import Field, field_validator
 
 from noisydeq.errors import NoisyDEQError
 from noisydeq.noise import derive_seed, make_noise
-from noisydeq.specs.base import InfFloat, StrictModel, build, check_choice
+from noisydeq.specs.base import InfFloat, Seed, StrictModel, build, check_choice
 from noisydeq.specs.family import FamilySpec
 from noisydeq.specs.model import FFW_FORMS
 from noisydeq.specs.solver import JacobianRegSpec, SolverSpec
@@ -54,7 +54,7 @@ class Fig13Spec(StrictModel):
     ffw_form: str | None = None
     test_solver: SolverSpec | None = None
     snr_db: list[InfFloat] = Field(default_factory=lambda: [0.0, 5.0, 10.0, 15.0, 20.0, math.inf])
-    seeds: list[int] = Field(default_factory=lambda: [0])
+    seeds: list[Seed] = Field(default_factory=lambda: [0])
     max_test_samples: int = Field(default=2000, ge=1)
 
     @field_validator("snr_db", mode="before")

@@ -166,6 +166,9 @@ class LyapunovExperimentSpec(StrictModel):
     def _seeds(cls, v: list[int]) -> list[int]:
         if not v:
             raise ValueError("give at least one seed")
+        for s in v:  # as a sweep's and train's seeds (it ran a negative one)
+            if not 0 <= s <= limits.MAX_SEED:
+                raise ValueError(f"seed {s} is outside 0..2^63-1")
         return list(dict.fromkeys(v))
 
     @model_validator(mode="after")

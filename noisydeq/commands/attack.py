@@ -23,7 +23,13 @@ from noisydeq.commands.sensitivity import (
     default_out,
     family_option,
 )
-from noisydeq.commands.sweep import backend_options, check_data_dir, parse_sets, threads_flag
+from noisydeq.commands.sweep import (
+    backend_options,
+    check_data_dir,
+    option_names,
+    parse_sets,
+    threads_flag,
+)
 from noisydeq.errors import NoisyDEQError
 from noisydeq.progress import with_heartbeat
 from noisydeq.specs.attack_run import AttackRunSpec
@@ -178,7 +184,8 @@ def command(family, attacks, eps, pgd_steps, steps, steps_eps, sigma, fraction, 
     }
     # the whole attack grid, torch-free (specs.attack_run), before the heavy imports; a bad
     # option is named before a missing --family, as everywhere, so the family comes after
-    spec = build(AttackRunSpec, data, where="attack")
+    spec = build(AttackRunSpec, data, where="attack",
+                 names=option_names(data, parse_sets(sets), snr_db="snr"))
     if spec.transfer_from is not None:
         raise NoisyDEQError("attack: transfer_from names a training defence of a `noisydeq "
                             "adversarial` grid; a family has none (use --transfer for the "

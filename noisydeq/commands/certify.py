@@ -33,7 +33,7 @@ def _spec(opts: dict[str, Any]):
                             "n_test": opts["n_test"], "batch_size": opts["batch_size"],
                             "pgd_steps": opts["pgd_steps"], "pgd_restarts": opts["pgd_restarts"],
                             "clip": opts["clip"], "seed": opts["seed"]}
-    return build(CertifySpec, data, where="certify")
+    return build(CertifySpec, data, where="certify", names=OPTION_NAMES)
 
 
 # certify options by their CertifySpec field: what the command line sets over an experiment's
@@ -42,6 +42,8 @@ _SETTINGS = {"eps": "eps", "device": "device", "chip": "chip", "coverage": "cove
              "k": "k", "dynamic": "dynamic", "read_noise_k": "read_k", "n_test": "n_test",
              "batch_size": "batch_size", "pgd_steps": "pgd_steps",
              "pgd_restarts": "pgd_restarts", "clip": "clip", "seed": "seed"}
+#: a CertifySpec field by the option that sets it, for its error messages (``--n-test``)
+OPTION_NAMES = {key: "--" + opt.replace("_", "-") for opt, key in _SETTINGS.items()}
 
 
 def _given(opts: dict[str, Any]) -> dict[str, Any]:
@@ -274,7 +276,7 @@ def _experiment_spec(source: Path, opts: dict[str, Any]):
         return exp, out
     if given:  # command-line settings win over the file's [certify] table
         # checked before the (validated) assignment; an error names the option's table
-        _check_device(file.section(opts["variant"], given))
+        _check_device(file.section(opts["variant"], given, names=OPTION_NAMES))
         exp.certify = {**exp.certify, **given}
     return exp, out
 

@@ -82,10 +82,21 @@ def cache_option(f):
                              "(default: $NOISYDEQ_CACHE or the user cache dir).")(f)
 
 
+def _finite_snr(ctx: click.Context, param: click.Parameter, value: float | None
+                ) -> float | None:
+    """``--device-snr`` is a finite level, refused as it is parsed (it was checked only once
+    the family had loaded, and after a missing family's message)."""
+    if value is not None and not math.isfinite(value):
+        raise click.BadParameter("give a finite SNR in dB (∞ is the digital model: --device "
+                                 f"ideal), got {value}", ctx, param)
+    return value
+
+
 def device_options(f):
     """``--device``, ``--chips``, ``--device-snr``: which device the family's models are
     analysed on (:mod:`noisydeq.analysis.on_device`; default: the sweep run's own)."""
     f = click.option("--device-snr", "device_snr", default=None, type=float,
+                     callback=_finite_snr,
                      help="program the chips at the static knob the sweep's calibration finds "
                           "for this SNR in dB (default: the device's native setting).")(f)
     f = click.option("--chips", "chips", default=None, type=click.IntRange(1, limits.MAX_CHIPS),
@@ -182,7 +193,8 @@ def command(family, kind, eta, snr, site, samples, inputs, precision, seed, data
     except NoisyDEQError as err:
         raise NoisyDEQError(f"--snr: {err}") from None
     spec = build(NoiseSpec, {"site": site, "kind": kind, "eta": eta, "snr_db": snr_db},
-                 where="noise")
+                 where="sensitivity", names={"site": "--site", "kind": "--kind",
+                                             "eta": "--eta", "snr_db": "--snr"})
     if kind == "multiplicative" and math.isinf(spec.snr_db):
         raise NoisyDEQError("--snr: multiplicative noise needs a finite SNR in dB")
     if kind == "additive" and eta <= 0:

@@ -124,6 +124,7 @@ def command(names, snr, max_iter, window, width, batch, family, depth, member_se
     elif device is not None or chips is not None or device_snr is not None:
         raise NoisyDEQError("--device/--chips/--device-snr: give --family (the Fig. 4 cell "
                             "is random and digital)")
+    _check_member(family, depth, member_seed, member_train_snr, member_train_device)
     if out is None:
         base = Path(".") if family is None else (family if family.is_dir() else family.parent)
         out = base / "analysis" / "solvers" if family is not None else Path("solvers")
@@ -215,6 +216,24 @@ def _check_window(window: int, cap: int, flag: str) -> None:
     if window > cap:
         raise NoisyDEQError(f"--window {window}: must not exceed {flag} {cap} (mean_rel can "
                             "only stop once its window is full)")
+
+
+def _check_member(family: Path | None, depth: int | None, member_seed: int | None,
+                  member_train_snr: str | None, member_train_device: str | None) -> None:
+    """The options that choose the family's DEQ, before any work: they need ``--family`` (they
+    were ignored without one), a depth is positive and a training SNR is one value."""
+    given = [flag for flag, v in (("--depth", depth), ("--member-seed", member_seed),
+                                  ("--member-train-snr", member_train_snr),
+                                  ("--member-train-device", member_train_device))
+             if v is not None]
+    if given and family is None:
+        raise NoisyDEQError(f"{'/'.join(given)}: choose the DEQ of a --family; give --family "
+                            "(the Fig. 4 cell is random)")
+    if depth is not None and depth < 1:
+        raise NoisyDEQError(f"--depth: must be a positive integer, got {depth}")
+    if member_train_snr is not None and len(parse_grid("--member-train-snr",
+                                                       member_train_snr)) != 1:
+        raise NoisyDEQError(f"--member-train-snr: one value, got {member_train_snr!r}")
 
 
 def _family_deq(family: Path, depth: int | None, member_seed: int | None,

@@ -45,12 +45,28 @@ def parse_seeds(text: str, flag: str = "--seed") -> list[int]:
         raise NoisyDEQError(f"{flag} '{text}': seeds are integers, e.g. 0 or 0,1,2") from None
     if not seeds:
         raise NoisyDEQError(f"{flag}: give at least one integer seed")
+    for seed in seeds:
+        if not 0 <= seed <= limits.MAX_SEED:
+            raise NoisyDEQError(f"{flag}: seed {seed} is outside 0..2^63-1")
     return seeds
 
 
 def parse_sets(items: tuple[str, ...]) -> dict[str, Any]:
     """``--set key=value`` overrides of SweepSpec fields (values parsed as TOML, else text)."""
     return parse_assignments(items, "--set")
+
+
+def option_names(fields: Any, sets: dict[str, Any] | None = None,
+                 **param_of: str) -> dict[str, str]:
+    """The option of the running command that set each spec field in ``fields``, for the
+    spec's error messages (``chips`` → ``--chips``): the option whose parameter is the field,
+    or ``param_of[field]`` (``snr_db="snr"``); a field ``--set`` gave (in ``sets``) keeps
+    its own name."""
+    ctx = click.get_current_context(silent=True)
+    flags = {p.name: p.opts[0] for p in (ctx.command.params if ctx else [])
+             if isinstance(p, click.Option) and p.name}
+    return {f: flags[param_of.get(f, f)] for f in fields
+            if f not in (sets or {}) and param_of.get(f, f) in flags}
 
 
 def threads_flag(help: str = "torch threads (default $NOISYDEQ_THREADS, else 1).",
@@ -342,7 +358,9 @@ def command(
            if train_device_snr is not None else {}),
         **parse_sets(sets),
     }
-    spec = build(SweepSpec, data, where="sweep")
+    names = option_names(data, parse_sets(sets), snr_db="snr", seeds="seed",
+                         train_snr_db="train_snr", train_device_snr_db="train_device_snr")
+    spec = build(SweepSpec, data, where="sweep", names=names)
     check_device_presets(spec)  # torch-free: before execute's heavy imports
     # torch-free too: a bad task or --out is one line before the heartbeat can speak
     from noisydeq.specs.task_names import check_task_name

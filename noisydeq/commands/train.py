@@ -206,7 +206,7 @@ def command(**opts: Any) -> None:
     # torch-free checks of what _command reads after torch loads (seconds under load, when
     # the heartbeat would speak first): the training noise, learning rate and --out
     noise = _noise(opts["train_snr"], opts["train_site"], opts["snr_scale"])
-    TrainSpec.preset(opts["preset"], "deq", noise,
+    TrainSpec.preset(opts["preset"], "deq", noise, _names=TRAIN_OPTIONS,
                      **{k: opts[k] for k in ("epochs", "batch_size", "lr") if opts[k] is not None})
     if opts["out"]:
         check_out_dir(Path(opts["out"]).expanduser())
@@ -258,7 +258,8 @@ def _command(opts: dict[str, Any]) -> None:
                                     f"{opts['kind']} model has no solver")
     from noisydeq.adversarial.hooks import check_spec
 
-    check_spec(TrainSpec.preset(opts["preset"], "deq", noise, **overrides), "deq")
+    check_spec(TrainSpec.preset(opts["preset"], "deq", noise, _names=TRAIN_OPTIONS, **overrides),
+               "deq")
     out = Path(opts["out"]).expanduser() if opts["out"] else None
     if out is not None:
         check_out_dir(out)
@@ -298,7 +299,8 @@ def _command(opts: dict[str, Any]) -> None:
             )
         build(ModelSpec, {"kind": "ffw", "in_features": 1, "out_features": 1,
                           "ffw_form": opts["ffw_form"]}, where="model")
-    tspec = TrainSpec.preset(opts["preset"], opts["kind"], noise, **overrides)
+    tspec = TrainSpec.preset(opts["preset"], opts["kind"], noise, _names=TRAIN_OPTIONS,
+                             **overrides)
     task = load_task(opts["task"], data_dir=opts["data_dir"], seed=opts["data_seed"])
     data = {
         "kind": opts["kind"], "in_features": task.in_features,
@@ -355,6 +357,19 @@ def _monotone(text: str | None) -> dict[str, Any] | None:
         low = value.strip().lower()
         data[key.strip()] = {"true": True, "false": False}.get(low, value.strip())
     return build(MonotoneSpec, data, where="--monotone").model_dump()
+#: TrainSpec fields by the ``train`` option that sets them, for their error messages
+TRAIN_OPTIONS = {"epochs": "--epochs", "batch_size": "--batch-size", "lr": "--lr",
+                 "ibp.eps": "--ibp-eps", "spectral_cap": "--spectral-cap",
+                 "device_snr_db": "--device-snr", "device_noise_mode": "--device-noise-mode",
+                 "digital_layers": "--digital-layers", "seed": "--seed"}
+#: AdversarialSpec / OptimizerSpec fields by their option
+ADVERSARIAL_OPTIONS = {"method": "--adversarial", "eps": "--adv-eps", "step": "--adv-step",
+                       "steps": "--adv-steps", "beta": "--trades-beta",
+                       "val_fraction": "--adv-val", "warmup_epochs": "--adv-warmup"}
+OPTIMIZER_OPTIONS = {"amsgrad": "--amsgrad", "milestones": "--milestones",
+                     "gamma": "--lr-gamma", "grad_clip": "--grad-clip"}
+
+
 def defence_overrides(opts: dict[str, Any], noise: NoiseSpec) -> dict[str, Any]:
     """TrainSpec overrides of the adversarial / defence / optimiser options (validated)."""
     from noisydeq.specs.optimizer import AdversarialSpec, OptimizerSpec, RandomStateSpec
@@ -380,7 +395,9 @@ def defence_overrides(opts: dict[str, Any], noise: NoiseSpec) -> dict[str, Any]:
         adv.update(given)
         if method is not None:
             adv["method"] = method
-        over["adversarial"] = build(AdversarialSpec, adv, where="--adversarial")
+        over["adversarial"] = build(AdversarialSpec, adv, where="train",
+                                    names={k: v for k, v in ADVERSARIAL_OPTIONS.items()
+                                           if k in given or k == "method"})
     if opts["random_threshold"]:
         solver = base.solver
         if solver is None:
@@ -405,7 +422,7 @@ def defence_overrides(opts: dict[str, Any], noise: NoiseSpec) -> dict[str, Any]:
     if opts["grad_clip"] is not None:
         opt["grad_clip"] = opts["grad_clip"]
     if opt != (base.optimizer.model_dump() if base.optimizer is not None else {}):
-        over["optimizer"] = build(OptimizerSpec, opt, where="--optimizer")
+        over["optimizer"] = build(OptimizerSpec, opt, where="train", names=OPTIMIZER_OPTIONS)
     return over
 
 

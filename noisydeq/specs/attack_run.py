@@ -132,7 +132,9 @@ class AttackRunSpec(StrictModel):
     def _ints(cls, v: Any, info: Any) -> list[int]:
         vals = _floats(v, info.field_name)
         if any(x != int(x) or x < 1 for x in vals):
-            raise ValueError(f"{info.field_name}: steps must be positive integers, got {vals}")
+            # pydantic names the field (``steps: …``): the message does not again
+            raise ValueError("steps must be positive integers, got "
+                             + ", ".join(f"{x:g}" for x in vals))
         if max(vals) > limits.MAX_ITER:
             raise ValueError(f"{int(max(vals))} steps is above the largest allowed, "
                              f"{limits.MAX_ITER}")

@@ -13,7 +13,7 @@ import json
 import math
 import re
 from collections.abc import Callable
-from typing import Annotated, Any, TypeVar, Union, get_args, get_origin
+from typing import Annotated, Any, Literal, TypeVar, Union, get_args, get_origin
 
 from pydantic import (
     AfterValidator,
@@ -24,6 +24,7 @@ from pydantic import (
     field_validator,
 )
 
+from noisydeq import limits
 from noisydeq.errors import NoisyDEQError, did_you_mean
 
 M = TypeVar("M", bound="StrictModel")
@@ -48,6 +49,8 @@ def _has_bool(value: Any) -> bool:
 
 #: a float field that may be ``inf`` (an SNR in dB: ``inf`` = no noise)
 InfFloat = Annotated[float, Field(allow_inf_nan=True)]
+#: a training seed: 0 … 2^63 − 1, as ``noisydeq sweep --seed`` and ``train --seed`` take
+Seed = Annotated[int, Field(ge=0, le=limits.MAX_SEED)]
 
 
 class StrictModel(BaseModel):
@@ -121,44 +124,118 @@ def _allowed_range(model: type[BaseModel], loc: tuple) -> str:
     if info is None:
         return ""
     low = high = ""
-    for m in info.metadata:
+    metadata = list(info.metadata)
+    if loc and isinstance(loc[-1], int):  # an item of a list: its own constraints
+        for item in get_args(info.annotation):
+            for extra in getattr(item, "__metadata__", ()):
+                metadata += getattr(extra, "metadata", [extra])
+    for m in metadata:
         for attr, sym, side in (("gt", "<", "low"), ("ge", "≤", "low"),
                                 ("lt", "<", "high"), ("le", "≤", "high")):
             v = getattr(m, attr, None)
             if v is not None:
                 if side == "low":
-                    low = f"{v:g} {sym} "
+                    low = f"{_number(v)} {sym} "
                 else:
-                    high = f" {sym} {v:g}"
+                    high = f" {sym} {_number(v)}"
     finite = "" if _is_int(info.annotation) else "finite, "
     if not (low or high):
         return ""
     return f"allowed: {finite}{low}value{high}"
 
 
+def _number(v: Any) -> str:
+    """A bound as written: an integer in full (``1000000000``, not ``1e+09``), a float by
+    ``:g``."""
+    return str(v) if isinstance(v, int) else f"{v:g}" if isinstance(v, float) else str(v)
+
+
 def _is_int(annotation: Any) -> bool:
     return annotation is int or any(_is_int(a) for a in get_args(annotation))
 
 
-def _error_text(e: Any, model: type[BaseModel]) -> str:
-    """One pydantic error (an item of ``ValidationError.errors()``) in words."""
+def _error_text(e: Any, model: type[BaseModel], names: dict[str, str] | None = None) -> str:
+    """One pydantic error (an item of ``ValidationError.errors()``) in words; ``names`` maps
+    a key (or dotted key path) to what the user wrote for it (``n_test`` → ``--n-test``,
+    ``ibp.eps`` → ``--ibp-eps``)."""
     loc = tuple(e["loc"])
-    name = ".".join(str(p) for p in loc) or model.__name__
+    parts, names = [str(p) for p in loc], names or {}
+    for i in range(len(parts), 0, -1):  # the longest key path ``names`` has
+        if ".".join(parts[:i]) in names:
+            parts = [names[".".join(parts[:i])], *parts[i:]]
+            break
+    name = ".".join(parts) or model.__name__
     if e["type"] == "extra_forbidden":
         known = _known_fields(model, loc)
         hint = did_you_mean(loc[-1], known)
         allowed = f" (allowed: {', '.join(known)})" if known and not hint else ""
         return f"unknown key '{name}'{hint}{allowed}"
     msg = e["msg"].removeprefix("Value error, ")
-    if e["type"] == "finite_number" or "got a boolean" in msg:
+    if "got a boolean" in msg:
         rng = _allowed_range(model, loc)
         msg = f"{msg} ({rng})" if rng else msg
     if e["type"] == "model_type":  # pydantic names the class: say what to write
         msg = "must be a table ({key = value, …})"
-    if e["type"] == "list_type":  # ``seeds = 1``: say how to write the list
+    elif e["type"] == "list_type":  # ``seeds = 1``: say how to write the list
         msg = _list_wanted(model, loc, e.get("input"))
-    # a model-level check (empty location) carries its own field names
+    elif msg.startswith("Input should"):  # pydantic's own wording: the project's words
+        msg = _in_words(e, model, loc)
+    # a model-level check (empty location) carries its own field names: its first, by
+    # ``names`` too (``steps_eps: 2 is outside [0, 1]`` → ``--steps-eps: …``)
+    if not loc:
+        first = re.match(r"(\w+):", msg)
+        if first and first.group(1) in names:
+            msg = names[first.group(1)] + msg[first.end(1):]
     return f"{name}: {msg}" if loc else msg
+
+
+#: pydantic's bound errors: the constraint's key in the error's context and its symbol
+_BOUNDS = {"greater_than": ("gt", ">"), "greater_than_equal": ("ge", "≥"),
+           "less_than": ("lt", "<"), "less_than_equal": ("le", "≤")}
+#: what a value of a pydantic type error should have been
+_WANTED = {"int": "an integer", "float": "a number", "string": "a string", "bool": "true or false",
+           "dict": "a table ({key = value, …})", "list": "a list [value, …]"}
+
+
+def _shown(value: Any) -> str:
+    """``value`` as the user wrote it (TOML's spelling; long ones cut)."""
+    text = _toml_scalar(value)
+    if text is None:
+        text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "…"
+
+
+def _in_words(e: Any, model: type[BaseModel], loc: tuple) -> str:
+    """A pydantic message (``Input should be …``) in the project's words: what the value must
+    be, the value given and, for a number, the key's allowed range."""
+    kind, ctx, got = e["type"], e.get("ctx") or {}, _shown(e.get("input"))
+    rng = _allowed_range(model, loc)
+    rng = f" ({rng})" if rng else ""
+    if kind in _BOUNDS:
+        key, sym = _BOUNDS[kind]
+        bound = ctx.get(key)
+        return f"must be {sym} {_number(bound)}, got {got}{rng}"
+    if kind == "finite_number":
+        return f"must be a finite number, got {got}{rng}"
+    if kind == "literal_error":
+        info = _field_info(model, loc)
+        allowed = [str(a) for a in _literals(info.annotation)] if info is not None else []
+        if allowed:
+            return suggest_name("value", str(e.get("input")), tuple(allowed))
+        return f"must be {ctx.get('expected', 'one of the allowed values')}, got {got}"
+    base = kind.split("_", 1)[0]
+    if kind == "int_from_float":
+        return f"must be an integer, got {got}{rng}"
+    if base in _WANTED and kind.endswith(("_type", "_parsing")):
+        return f"must be {_WANTED[base]}, got {got}{rng}"
+    return f"{e['msg'].replace('Input should', 'must', 1)}, got {got}"
+
+
+def _literals(annotation: Any) -> list[Any]:
+    """The values of the ``Literal`` inside ``annotation`` (Optional, list), else []."""
+    if get_origin(annotation) is Literal:
+        return list(get_args(annotation))
+    return [v for a in get_args(annotation) for v in _literals(a)]
 
 
 def _toml_scalar(value: Any) -> str | None:
@@ -197,16 +274,18 @@ def _list_wanted(model: type[BaseModel], loc: tuple, value: Any) -> str:
 
 
 def format_validation_error(err: ValidationError, model: type[BaseModel], where: str = "",
-                            origin: dict[str, str] | None = None) -> str:
+                            origin: dict[str, str] | None = None,
+                            names: dict[str, str] | None = None) -> str:
     """One readable line for a pydantic error, with a "did you mean" for unknown keys and
     the allowed range for a non-finite or boolean number.
 
     ``origin`` maps a top-level key to the place it was written (``[sweep]``, ``--set``):
     each error is then prefixed by the place of its key (``where`` for the others), so a
-    misspelt key in a file's base table is not reported under the variant merged over it."""
+    misspelt key in a file's base table is not reported under the variant merged over it.
+    ``names``: a key's name as the user wrote it (a command-line option)."""
     groups: dict[str, list[str]] = {}
     for e in err.errors():
-        text = _error_text(e, model)
+        text = _error_text(e, model, names)
         # a model-level check names its key path first (``models.deq.train: lr: ...``)
         path = re.match(r"(\w+)[.:]", text)
         key = str(e["loc"][0]) if e["loc"] else (path.group(1) if path else "")
@@ -216,20 +295,23 @@ def format_validation_error(err: ValidationError, model: type[BaseModel], where:
                      for place, texts in groups.items())
 
 
-def build(model: type[M], data: dict[str, Any] | None = None, where: str = "", **kw: Any) -> M:
-    """Validate ``data`` into ``model``; raise :class:`NoisyDEQError` with one readable line."""
+def build(model: type[M], data: dict[str, Any] | None = None, where: str = "", *,
+          names: dict[str, str] | None = None, **kw: Any) -> M:
+    """Validate ``data`` into ``model``; raise :class:`NoisyDEQError` with one readable line
+    (a key in ``names`` called by that name: the command-line option that set it)."""
     payload = dict(data or {})
     payload.update(kw)
     try:
         return model.model_validate(payload)
     except ValidationError as err:
-        raise NoisyDEQError(format_validation_error(err, model, where)) from None
+        raise NoisyDEQError(format_validation_error(err, model, where, names=names)) from None
 
 
-def build_layers(model: type[M], layers: list[tuple[str, dict[str, Any]]], where: str) -> M:
+def build_layers(model: type[M], layers: list[tuple[str, dict[str, Any]]], where: str, *,
+                 names: dict[str, str] | None = None) -> M:
     """Validate the tables of ``layers`` (place, table), each later one's keys over the
     earlier ones', into ``model``; an error names the place its key was written (an
-    error of no one key: ``where``)."""
+    error of no one key: ``where``) and a key by its ``names`` entry when it has one."""
     payload: dict[str, Any] = {}
     origin: dict[str, str] = {}
     for place, table in layers:
@@ -239,7 +321,7 @@ def build_layers(model: type[M], layers: list[tuple[str, dict[str, Any]]], where
     try:
         return model.model_validate(payload)
     except ValidationError as err:
-        raise NoisyDEQError(format_validation_error(err, model, where, origin)) from None
+        raise NoisyDEQError(format_validation_error(err, model, where, origin, names)) from None
 
 
 def coerce(model: type[M], spec: M | dict[str, Any] | None, where: str) -> M:

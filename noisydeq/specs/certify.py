@@ -9,7 +9,7 @@ from typing import Any, Literal
 from pydantic import Field, field_validator
 
 from noisydeq import limits
-from noisydeq.specs.base import StrictModel, build, build_layers, parse_comma_list
+from noisydeq.specs.base import Seed, StrictModel, build, build_layers, parse_comma_list
 from noisydeq.specs.variant_file import Variant, VariantFile
 
 
@@ -78,7 +78,7 @@ class Fig2Spec(StrictModel):
     m: float = Field(default=0.1, gt=0.0, lt=1.0)
     n_iter: int = Field(default=200, ge=1, le=limits.MAX_ITER)
     n_test: int = Field(default=1000, ge=1, le=limits.MAX_SAMPLES)
-    seeds: list[int] = Field(default_factory=lambda: [0])
+    seeds: list[Seed] = Field(default_factory=lambda: [0])
 
 
 class CertifyExperimentSpec(VariantFile):
@@ -98,7 +98,7 @@ class CertifyExperimentSpec(VariantFile):
     ibp: dict[str, Any] = Field(default_factory=dict)
     eps_train: list[float] = Field(default_factory=lambda: [0.2, 0.3, 0.4])
     params: list[Literal["ibp", "lben", "mon"]] = Field(default_factory=lambda: ["ibp"])
-    seeds: list[int] = Field(default_factory=lambda: [0])
+    seeds: list[Seed] = Field(default_factory=lambda: [0])
     certify: dict[str, Any] = Field(default_factory=dict)
     fig2: dict[str, Any] = Field(default_factory=dict)
 
@@ -119,12 +119,12 @@ class CertifyExperimentSpec(VariantFile):
         data["quick"], data["full"] = {}, {}
         return build(CertifyExperimentSpec, data, where=f"[{variant}]")
 
-    def section(self, variant: Variant, given: dict[str, Any] | None = None
-                ) -> CertifySpec | Fig2Spec:
+    def section(self, variant: Variant, given: dict[str, Any] | None = None, *,
+                names: dict[str, str] | None = None) -> CertifySpec | Fig2Spec:
         """The validated ``certify`` (Table 2) or ``fig2`` section of ``variant``: the base
         table, the variant's over it, ``given`` (the command line's settings) over both; an
         error names the table its key was written in (``[certify]``, ``[quick.certify]``,
-        ``command line``)."""
+        ``command line``) and a given key by its ``names`` entry (its option)."""
         over = self.overrides(variant)
         kind = over.get("kind", self.kind)
         part, model = ("certify", CertifySpec) if kind == "table2" else ("fig2", Fig2Spec)
@@ -133,7 +133,8 @@ class CertifyExperimentSpec(VariantFile):
                                     (f"[{variant}.{part}]", table if isinstance(table, dict)
                                      else {}),
                                     ("command line", given or {})],
-                            where=f"[{variant}.{part}]")
+                            where=f"[{variant}.{part}]",
+                            names={k: v for k, v in (names or {}).items() if k in (given or {})})
 
     def check_variant(self, variant: Variant) -> None:
         """The variant's ``certify`` (Table 2) or ``fig2`` section is a valid spec, and the

@@ -20,7 +20,14 @@ from typing import Any, Literal
 from pydantic import Field, field_validator, model_validator
 
 from noisydeq import limits
-from noisydeq.specs.base import InfFloat, StrictModel, build, build_layers, check_choice
+from noisydeq.specs.base import (
+    InfFloat,
+    Seed,
+    StrictModel,
+    build,
+    build_layers,
+    check_choice,
+)
 from noisydeq.specs.model import ModelSpec
 from noisydeq.specs.noise import SNR_SCALES, NoiseSpec
 from noisydeq.specs.solver import SolverSpec
@@ -114,7 +121,7 @@ class StudySpec(StrictModel):
     budget: BudgetSpec | None = None
     budgets: list[Budget] = Field(default_factory=lambda: ["train"])
     fixed_snr_db: InfFloat | None = None
-    seeds: list[int] = Field(default_factory=lambda: [0], max_length=limits.MAX_SEEDS)
+    seeds: list[Seed] = Field(default_factory=lambda: [0], max_length=limits.MAX_SEEDS)
     torch_device: str = "cpu"
     eval_batch: int = Field(default=256, ge=1, le=limits.MAX_BATCH)
 

@@ -147,9 +147,13 @@ class TrainSpec(StrictModel):
         name: str = "quick",
         kind: Literal["deq", "ffw", "mondeq", "ffw_relu", "lyadeq"] = "deq",
         noise: NoiseSpec | None = None,
+        *,
+        _names: dict[str, str] | None = None,
         **overrides: Any,
     ) -> TrainSpec:
-        """A named training preset for a model ``kind``, with field ``overrides``.
+        """A named training preset for a model ``kind``, with field ``overrides`` (an error
+        calls a field by its ``_names`` entry: the option that set it, ``lr`` → ``--lr``;
+        underscored, as no field is, so that no override is taken for it).
 
         ``quick``: 6 epochs, batch 64; DEQ trained with a 30-step unroll (rel 1e-3) and the
         phantom gradient (5 damped steps, λ = 0.5, App. C), evaluated with :data:`QUICK_TEST_SOLVER`
@@ -202,7 +206,7 @@ class TrainSpec(StrictModel):
             else:
                 data.update(epochs=64, batch_size=16)
         data.update(overrides)
-        return build(cls, data, where=f"train preset '{name}'")
+        return build(cls, data, where=f"train preset '{name}'", names=_names)
 
 
 def _adversarial_preset(name: str, kind: str) -> dict[str, Any]:

@@ -16,7 +16,7 @@ from tests.cli_helpers import run_cli as run
     (["--adversarial", "pgd", "--adv-eps", "-0.1"], "[0, 1]"),
     (["--adversarial", "trades", "--trades-beta", "-1"], "TRADES weight"),
     (["--adversarial", "pgd", "--adv-steps", "0"], "steps"),
-    (["--adversarial", "pgd", "--adv-warmup", "-1"], "warmup_epochs"),
+    (["--adversarial", "pgd", "--adv-warmup", "-1"], "--adv-warmup: must be ≥ 0"),
     (["--adversarial", "pgd", "--adv-warmup", "inf"], "finite number"),
     (["--adv-eps", "0.1"], "give --adversarial pgd|trades"),
     (["--adversarial", "none", "--adv-eps", "0.1"], "need an adversarial method"),
@@ -26,7 +26,7 @@ from tests.cli_helpers import run_cli as run
     (["--milestones", "4,x"], "--milestones"),
     (["--kind", "ffw", "--spectral-cap", "0.9"], "caps the single W of a DEQ"),
     (["--cell", "residual", "--spectral-cap", "0.9"], "caps the single W of a DEQ"),
-    (["--spectral-cap", "0"], "greater than 0"),
+    (["--spectral-cap", "0"], "--spectral-cap: must be > 0, got 0.0"),
     (["--preset", "adversarial-quik"], "did you mean 'adversarial-quick'"),
 ])
 def test_train_bad_input_is_one_line(capsys, tmp_path, monkeypatch, argv, needle):

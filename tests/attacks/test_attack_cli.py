@@ -170,7 +170,7 @@ def test_bad_input_is_one_line(sweep_run, tmp_path, capsys):
         (["--eps", "abc"], "not a number"),
         (["--eps", "0:0.4:0"], "step must be > 0"),
         (["--snr", "abc"], "not a number of dB"),
-        (["--snr", "nan"], "snr_db"),
+        (["--snr", "nan"], "--snr: SNR value 'nan'"),
         (["--eps", "0:inf:0.1"], "finite"),
         (["--sigma", "0:1000:0.01"], "more than 1000 points"),
         (["--chips", "100000"], "chips"),

@@ -422,7 +422,7 @@ def attack_cases() -> list[Case]:
             "--seed": ["a", "-1"], "--steps-eps": ["nan", "-0.1", "2"]}
     for flag, values in ints.items():
         needle = "" if flag in ("--samples", "--val-samples", "--seed") else (
-            flag.lstrip("-").replace("-", "_"))  # click's range message or the field name
+            flag.lstrip("-"))  # click's range message or the option the spec field names
         out += [Case(f"attack {flag} {v!r}", _with(fam, flag, v), needle) for v in values]
     names = {"--attacks": ("pgd-epz", "pgd-eps"), "--estimators": ("exactt", "exact"),
              "--defences": ("erly", "early"), "--norm": ("l3", "linf"),
