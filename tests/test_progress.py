@@ -330,12 +330,14 @@ def _first(seen, at: float):
 @pytest.mark.parametrize("path", RECORDED, ids=[p.stem for p in RECORDED])
 def test_recorded_main_jobs_first_estimate_is_not_high(path):
     """The main job's recorded streams (tests/data/time_left: cold and warm, one and two
-    processes, on a machine shared with other work). With two processes (the largest
-    models first) the rule before (the exponent fitted alone, the pace by finished pairs)
-    said 1.17-2.29x the time left at its first estimate (29 % of the cells, both rules);
-    now less on every such record (0.69-1.69x). With one process (the smallest first) it
-    said 1.12-1.21x, now 0.95-1.23x: the prior's exponent of 1 overshoots going up from
-    the DEQs' small sizes (their own is about 0.6). The cost model's CPU seconds left are
+    processes, on a machine shared with other work; two ran this rule live). With two
+    processes (the largest models first) the rule before (the exponent fitted alone, the
+    pace by finished pairs) said 0.94-2.29x the time left at its first estimate (29 % of
+    the cells, both rules); now less on every such record (0.61-1.69x: where the load rose
+    after it, the old rule's bias upwards had hidden that). With one process (the
+    smallest first) it said 1.12-1.21x, now 0.95-1.23x: the prior's exponent of 1
+    overshoots going up from the DEQs' small sizes (their own is about 0.6). The cost
+    model's CPU seconds left are
     within 0.7-1.4x of what the pairs took from the first estimate on; the rest is the
     machine's load changing (one warm run's processes got 0.09 CPU s per s for a while,
     then 0.35): 0.45-1.8x at half and three quarters of the cells."""
@@ -357,7 +359,7 @@ def test_recorded_main_jobs_first_estimate_is_not_high(path):
 def test_recorded_main_jobs_the_fit_alone_was_high_with_two_processes():
     """With the largest models first (``--jobs 2``) the exponent fitted alone rests on
     the two largest sizes, which cost about the same: it predicted the CPU seconds left at
-    up to 1.4-2.0x what the pairs took; with the prior, up to 1.04-1.16x."""
+    up to 1.39-1.97x what the pairs took; with the prior, up to 1.04-1.16x."""
     worst = []
     for path in RECORDED:
         record = json.loads(path.read_text())
@@ -371,7 +373,7 @@ def test_recorded_main_jobs_the_fit_alone_was_high_with_two_processes():
                             if done >= start and est is not None and true_cpu > 5.0))
         worst.append(high)
     assert len(worst) >= 2, worst
-    assert all(before >= 1.4 and now <= 1.2 for before, now in worst), worst
+    assert all(before >= 1.35 and now <= 1.2 for before, now in worst), worst
 
 
 def test_iteration_and_postfix():
