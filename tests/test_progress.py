@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import io
+import json
+import math
 import os
 import subprocess
 import sys
@@ -152,8 +154,10 @@ def test_the_cost_model_beats_a_mean_per_pair(workers, largest_first):
     (the main job: 1.5-3x); smallest first (a sequential run's order) it understates. The
     cost model, learned from the finished pairs' own seconds by kind and size, says
     'estimating' (None) until it has a basis — two sizes of a kind — and is then closer at
-    every step up to three quarters done: within 12 % with one process, within 25 % on
-    average with two (whose units end in lumps)."""
+    every step up to three quarters done: within 15 % with one process (12 % with the
+    exponent fitted alone: these costs, 1 + params / 10k, have a local exponent of 0.7-0.9,
+    which the prior draws towards 1), within 25 % on average with two (whose units end in
+    lumps)."""
     pairs = _family() if largest_first else _family()[::-1]
     new = _run(pairs, workers, TimeLeft)
     old = _run(pairs, workers, _PerUnit)
@@ -166,7 +170,7 @@ def test_the_cost_model_beats_a_mean_per_pair(workers, largest_first):
         err, err_old = abs(est / true - 1), abs(est_old / true - 1)
         assert err < err_old and err_old > 0.5, (k, est, est_old, true)
         errors.append(err)
-    assert max(errors) <= 0.12 if workers == 1 else sum(errors) / len(errors) <= 0.25, errors
+    assert max(errors) <= 0.15 if workers == 1 else sum(errors) / len(errors) <= 0.25, errors
 
 
 def test_the_cost_model_fits_a_power_of_the_size_and_a_factor_per_kind():
@@ -179,12 +183,27 @@ def test_the_cost_model_fits_a_power_of_the_size_and_a_factor_per_kind():
         for s in (1.0, 8.0):
             left.spend((kind, s), c * s ** 0.5)
             left.finish((kind, s))
+    left.PRIOR_WEIGHT = 0.0  # the fit alone: the exponent the costs have
     costs = left.costs()
     assert costs is not None
     assert costs[("deq", 4.0)] == pytest.approx(12.0)  # 6 * 4 ** 0.5
     assert costs[("ffw", 2.0)] == pytest.approx(1.5 * 2 ** 0.5)
     assert costs[("deq", 8.0)] == pytest.approx(6.0 * 8 ** 0.5)  # measured
     assert costs[("mon", 2.0)] == pytest.approx(0.5 * 3.0 * 2 ** 0.5)  # mean factor, share
+    # with the prior (cost in proportion to size, worth two sizes a factor 2 apart): the
+    # least-squares slope with the prior's points added, sxx = 2 kinds x 2 (ln 8 / 2)^2
+    del left.PRIOR_WEIGHT
+    w, sxx = 2 * (math.log(2) / 2) ** 2, math.log(8.0) ** 2
+    alpha = (0.5 * sxx + w * 1.0) / (sxx + w)
+    assert 0.5 < alpha < 0.6
+    costs = left.costs()
+    assert costs is not None
+    assert costs[("deq", 8.0)] == pytest.approx(6.0 * 8 ** 0.5)  # measured: as it was
+    mean_x = math.log(8.0) / 2  # each kind's factor: the mean of log c - alpha log size
+    assert costs[("deq", 4.0)] == pytest.approx(
+        6.0 * math.exp((0.5 - alpha) * mean_x) * 4.0 ** alpha)
+    assert costs[("ffw", 2.0)] == pytest.approx(
+        1.5 * math.exp((0.5 - alpha) * mean_x) * 2.0 ** alpha)
     # one size per kind: no exponent, so sizes not seen have no basis
     one = TimeLeft({"a": ("deq", 4.0, 1.0), "b": ("deq", 1.0, 1.0)}, clock=clock)
     one.spend("a", 3.0)
@@ -200,6 +219,161 @@ def test_the_cost_model_fits_a_power_of_the_size_and_a_factor_per_kind():
     ray.spend("a", None)
     ray.finish("a")
     assert ray.costs() == {"a": 1.0, "b": 1.0}
+
+
+class _Fitted(TimeLeft):
+    """The rule of the previous commit: the exponent fitted alone (no prior), the pace the
+    predicted cost of the units finished since the first one over the wall time since."""
+
+    PRIOR_WEIGHT = 0.0
+
+    def pace(self):
+        return None
+
+
+def test_the_pace_is_measured_where_the_parts_run():
+    """Equal units of three parts (8, 1, 1 CPU s: the first programs and calibrates the
+    chip) on a loaded machine where a process gets 0.25 CPU s per second, after 40 s of
+    start-up. One process: exact after every unit (as the rule before: the finished units'
+    cost since the first over the wall time since). Two, the second 15 s behind: within
+    15 %; at the end, the other process's last unit (begun when the one before it
+    finished, no cell reported yet) counts what it has done since — the rule before
+    counted it whole (+33 %)."""
+    for workers in (1, 2):
+        clock = FakeClock()
+        units = {u: ("deq", 100.0, 1.0) for u in range(8)}
+        left, old = TimeLeft(units, workers, clock), _Fitted(units, workers, clock)
+        start, seen = clock.t + 40.0, []
+        for u in range(8):  # process u % workers runs its units back to back
+            t = start + (u // workers) * 40.0 + (u % workers) * 15.0  # a worker starts later
+            for part, seconds in enumerate((8.0, 1.0, 1.0)):
+                t += seconds / 0.25
+                seen.append((t, u, seconds, part == 2))
+        end = max(t for t, *_ in seen)
+        errors = []
+        for t, u, seconds, last in sorted(seen):
+            clock.t = t
+            for est in (left, old):
+                est.spend(u, seconds)
+                if last:
+                    est.finish(u)
+            if last and left(t) is not None and end > t:
+                errors.append((left(t) / (end - t) - 1, old(t) / (end - t) - 1))
+        assert len(errors) == 7 - workers, errors  # estimating until a unit per process
+        if workers == 1:
+            assert all(new == pytest.approx(0.0, abs=1e-9) for new, _ in errors), errors
+        else:
+            assert max(abs(new) for new, _ in errors) <= 0.15, errors
+            assert errors[-1][0] == pytest.approx(0.0, abs=1e-9), errors
+            assert errors[-1][1] == pytest.approx(1 / 3), errors
+    # between the parts of a unit: what it spent, then what its process did since
+    clock = FakeClock()
+    one = TimeLeft({u: ("deq", 100.0, 1.0) for u in range(3)}, 1, clock)
+    for u in (0, 1):
+        for seconds in (8.0, 1.0, 1.0):
+            clock.t += seconds / 0.25
+            one.spend(u, seconds)
+        one.finish(u)
+    clock.t += 20.0  # unit 2 under way since unit 1 ended, no part yet: 5 of 10 s done
+    assert one(clock.t) == pytest.approx(20.0)
+    clock.t += 12.0
+    one.spend(2, 8.0)  # its first part: 2 CPU s left of it
+    assert one(clock.t) == pytest.approx(8.0)
+    clock.t += 3.0  # 0.75 CPU s more done, not yet reported
+    assert one(clock.t) == pytest.approx(5.0)
+    clock.t += 10.0  # later than the pace says: nothing left that we know of
+    assert one(clock.t) == 0.0
+
+
+RECORDED = sorted((Path(__file__).parent / "data" / "time_left").glob("*.json"))
+
+
+def _replay(record: dict, estimator=TimeLeft, step: float = 1.0):
+    """Feed a recorded sweep's spend/finish stream to ``estimator`` on a synthetic clock,
+    asking it every ``step`` seconds: (fraction of the cells done, its estimate, the true
+    time left, its predicted CPU seconds left, the true CPU seconds left)."""
+    clock = FakeClock()
+    clock.t = 0.0
+    units = {(i, chip): (kind, size, share) for i, chip, kind, size, share in record["units"]}
+    left = estimator(units, record["workers"], clock)
+    events = record["events"]
+    cells = sum(ev[0] == "spend" for ev in events)
+    cost: dict = {}
+    for ev in events:
+        if ev[0] == "spend":
+            cost[(ev[1], ev[2])] = cost.get((ev[1], ev[2]), 0.0) + ev[3]
+    end, done, k, seen = events[-1][-1], 0, 0, []
+    for n in range(int(end / step) + 1):
+        while k < len(events) and events[k][-1] <= n * step:
+            ev = events[k]
+            clock.t = ev[-1]
+            if ev[0] == "spend":
+                left.spend((ev[1], ev[2]), ev[3])
+                done += 1
+            else:
+                left.finish((ev[1], ev[2]))
+            k += 1
+        clock.t = n * step
+        costs = left.costs()
+        cpu = (None if costs is None
+               else sum(costs[u] - (left.spent.get(u) or 0.0) for u in left.pending))
+        true_cpu = sum(cost[u] - (left.spent.get(u) or 0.0) for u in left.pending)
+        seen.append((done / cells, left(clock.t), end - clock.t, cpu, true_cpu))
+    return seen
+
+
+def _first(seen, at: float):
+    """The first moment with at least ``at`` of the cells done and an estimate."""
+    return next(s for s in seen if s[0] >= at and s[1] is not None and s[2] > 0)
+
+
+@pytest.mark.parametrize("path", RECORDED, ids=[p.stem for p in RECORDED])
+def test_recorded_main_jobs_first_estimate_is_not_high(path):
+    """The main job's recorded streams (tests/data/time_left: cold and warm, one and two
+    processes, on a machine shared with other work; two ran this rule live). With two
+    processes (the largest models first) the rule before (the exponent fitted alone, the
+    pace by finished pairs) said 0.94-2.29x the time left at its first estimate (29 % of
+    the cells, both rules); now less on every such record (0.61-1.69x: where the load rose
+    after it, the old rule's bias upwards had hidden that). With one process (the
+    smallest first) it said 1.12-1.21x, now 0.95-1.23x: the prior's exponent of 1
+    overshoots going up from the DEQs' small sizes (their own is about 0.6). The cost
+    model's CPU seconds left are
+    within 0.7-1.4x of what the pairs took from the first estimate on; the rest is the
+    machine's load changing (one warm run's processes got 0.09 CPU s per s for a while,
+    then 0.35): 0.45-1.8x at half and three quarters of the cells."""
+    record = json.loads(path.read_text())
+    seen, before = _replay(record), _replay(record, _Fitted)
+    first, first_before = _first(seen, 0.0), _first(before, 0.0)
+    assert first[0] == first_before[0]  # the same basis: two sizes of a kind
+    for done, est, _true, cpu, true_cpu in seen:
+        if done >= first[0] and est is not None and true_cpu > 5.0:
+            assert 0.7 <= cpu / true_cpu <= 1.4, (done, cpu, true_cpu)
+    assert 0.6 <= first[1] / first[2] <= 1.8, first
+    if record["workers"] == 2:
+        assert first[1] / first[2] < first_before[1] / first_before[2], (first, first_before)
+    for at in (0.5, 0.75):
+        s = _first(seen, at)
+        assert 0.45 <= s[1] / s[2] <= 1.8, (at, s)
+
+
+def test_recorded_main_jobs_the_fit_alone_was_high_with_two_processes():
+    """With the largest models first (``--jobs 2``) the exponent fitted alone rests on
+    the two largest sizes, which cost about the same: it predicted the CPU seconds left at
+    up to 1.39-1.97x what the pairs took; with the prior, up to 1.04-1.16x."""
+    worst = []
+    for path in RECORDED:
+        record = json.loads(path.read_text())
+        if record["workers"] != 2:
+            continue
+        high = []
+        for estimator in (_Fitted, TimeLeft):
+            seen = _replay(record, estimator)
+            start = _first(seen, 0.0)[0]
+            high.append(max(cpu / true_cpu for done, est, _, cpu, true_cpu in seen
+                            if done >= start and est is not None and true_cpu > 5.0))
+        worst.append(high)
+    assert len(worst) >= 2, worst
+    assert all(before >= 1.35 and now <= 1.2 for before, now in worst), worst
 
 
 def test_iteration_and_postfix():
