@@ -17,7 +17,7 @@ SETS = {"family": {"task": "digits", "hidden": 16},
                   "adversarial": {"steps": 2, "val_steps": 2}},
         "evaluations": {"curves": {"samples": 8, "steps": [1], "eps": [0.0, 0.3],
                                    "attacks": ["pgd-eps", "speckle"], "sigma": [0.5],
-                                   "estimators": ["backprop"]},
+                                   "estimators": ["backprop"], "transfer_from": "none"},
                         "autoattack": {"samples": 4}}}
 
 
@@ -36,7 +36,8 @@ def test_a_resume_trains_and_loads_only_the_models_of_cells_to_compute(tmp_path,
     them when the cache had been cleared, only to hash their weights. Now a finished
     resume trains and loads nothing, the cache cleared retrains nothing (each cell served on
     the weights it records), both giving the same tables and report; a checkpoint holding
-    other weights has that model loaded and its cells computed again, and only that."""
+    other weights has that model loaded and its cells computed again, and only that; a
+    transfer cell to compute has its model and its source model trained or loaded."""
     from noisydeq import families, store
     from noisydeq.analysis import adversarial_experiment as ae
     from noisydeq.bundled import find_experiment
@@ -105,6 +106,20 @@ def test_a_resume_trains_and_loads_only_the_models_of_cells_to_compute(tmp_path,
     for name in ("curves", "autoattack"):  # the other models' rows are served unchanged
         old = [r for r in first.evaluations[name].rows if r["model_id"] != ffw_id]
         assert [r for r in again.evaluations[name].rows if r["model_id"] != ffw_id] == old
+
+    # one transfer cell of the threshold DEQ to compute: it is trained again (its cache
+    # entry cleared above: into the same weights, so its other cells stay served) and its
+    # source, the DEQ trained without a defence, loaded with its family's FFW
+    cells = [p for p in (out / "curves" / "cells").iterdir()
+             if "transfer-source<" in store.read_signed_json(p)["key"]]
+    assert len(cells) == 2  # ε 0 and 0.3, crafted by backprop on the source
+    cells[0].unlink()
+    last, got, trained, lines = run()
+    assert trained == ["trained", "loaded", "loaded"]
+    assert {k: r.computed_cells for k, r in last.evaluations.items()} == {
+        "curves": 1, "autoattack": 0}
+    assert last.evaluations["curves"].rows == again.evaluations["curves"].rows
+    assert not any(line.startswith("note:") for line in lines)
 
 
 def test_a_damaged_models_record_is_refused_naming_it(tmp_path):
