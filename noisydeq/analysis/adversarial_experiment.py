@@ -21,8 +21,11 @@ intermediate-state grid ``unrolled-grid`` go there; an evaluation's ``transfer_f
 examples crafted on its same-kind, -method and -seed twin trained with that defence
 (:func:`transfer_sources`: the closer look's gradient-masking check). Models live in the
 model cache (trained once); each evaluation is a resumable attack run directory under the
-experiment's. ``quick`` and ``full`` override ``family``, ``train``, ``grid`` and any
-evaluation's fields.
+experiment's, and ``models.json`` there records each model's cache entry, weights digest and
+training info (:class:`GridModels`): a resume trains or loads only the models of cells to
+compute — none for a finished run, none either with the model cache cleared (a cell is tied
+to the weights it was computed on). ``quick`` and ``full`` override ``family``, ``train``,
+``grid`` and any evaluation's fields.
 """
 
 from __future__ import annotations
@@ -260,41 +263,167 @@ class ExperimentResult:
     seconds: float
 
 
-def train_grid(res: Resolved, task: Any, *, cache_dir: Any = None, quiet: bool = True,
-               log: Any = None) -> tuple[list[Any], dict[str, dict[str, Any]]]:
-    """Train (or load) every family of the grid: the attack members and, per model id,
-    its grid cell, training seconds and selected epoch."""
-    from noisydeq.attacks.members import defended_model
-    from noisydeq.families import train_family
+#: the experiment directory's record of its models (:class:`GridModels`)
+MODELS_FILE = "models.json"
+MODELS_FORMAT = 1
+#: what the record says of each model: its grid cell and what training said about it (the
+#: report's :attr:`ExperimentResult.info`)
+INFO_KEYS = ("kind", "depth", "width", "method", "defence", "seed", "train_seconds",
+             "epochs", "selected_epoch", "test_accuracy")
 
-    members, info = [], {}
-    for cell in res.cells:
-        if not cell.spec.kinds:
-            continue
-        fam = train_family(cell.spec, task, cache_dir=cache_dir, quiet=quiet)
-        for m in fam.members:
-            mem = defended_model(m.model, m.kind, m.depth, m.width,
-                                 int(m.model.hidden_weight_count()), cell.seed,
-                                 m.result.config["train"])
-            members.append(mem)
-            hist = m.result.history
-            sel = None
-            if hist and "val_robust" in hist[0]:
-                sel = int(max(hist, key=lambda r: (r["val_robust"], r["val_clean"],
-                                                   -r["epoch"]))["epoch"])
-            info[mem.model_id] = {"kind": m.kind, "depth": m.depth, "width": m.width,
-                                  "method": cell.method, "defence": cell.defence,
-                                  "seed": cell.seed, "train_seconds": m.result.seconds,
-                                  "epochs": len(hist), "selected_epoch": sel,
-                                  "test_accuracy": m.result.test_metric}
-            if log is not None:
-                how = "cached" if m.cached else m.result.trained_in(0)
-                # training's test accuracy runs the model without the noise it was trained
-                # with: the noise defences' attacks judge it with that noise
-                bare = ", without its noise" if cell.defence.startswith(("x-", "z-")) else ""
-                log(f"{mem.model_id}: clean test accuracy {m.result.test_metric:.3f}{bare} "
-                    f"({how})")
-    return members, info
+
+def read_models(out: Path) -> dict[str, dict[str, Any]]:
+    """Model id → {``entry``, ``weights``, ``info``} recorded in ``out/models.json`` ({}
+    without one); a damaged or malformed record is refused in one line naming it."""
+    from noisydeq.errors import CorruptArtefact
+    from noisydeq.store import read_signed_json
+
+    path = out / MODELS_FILE
+    if not path.is_file():
+        return {}
+    data = read_signed_json(path, "models record")
+    models = data.get("models")
+    ok = data.get("format") == MODELS_FORMAT and isinstance(models, dict) and all(
+        isinstance(r, dict) and isinstance(r.get("entry"), str)
+        and isinstance(r.get("weights"), str) and isinstance(r.get("info"), dict)
+        and set(r["info"]) == set(INFO_KEYS) for r in models.values())
+    if not ok:
+        raise CorruptArtefact(path, f"is not a models record of format {MODELS_FORMAT} "
+                                    "(remove it to train or load the models again)")
+    return models
+
+
+class GridModels:
+    """The models of a grid, trained (or loaded) only when a cell of theirs is computed.
+
+    Each model's family cache entry (:func:`~noisydeq.families.prepared_member`) and the
+    weights digest of the checkpoint it holds (:func:`~noisydeq.train.finished_weights`,
+    SHA-256 digest and config hash checked) are read without training or loading it. A
+    model the experiment directory's record (:data:`MODELS_FILE`) knows under the same
+    entry, with these weights or none cached (the cache cleared), stays its initial model
+    (architecture, solver and parameter count are all an attack run reads before it
+    computes) with the recorded digest and training info: its cells are judged on the
+    weights they were computed on (:func:`~noisydeq.attacks.runner.run_attacks`' ``weights``)
+    and it is trained or loaded only when one of them is computed (:meth:`materialise`).
+    Any other model's family is trained or loaded up front, as before."""
+
+    def __init__(self, res: Resolved, task: Any, *, out: Path, cache_dir: Any = None,
+                 quiet: bool = True, log: Any = None) -> None:
+        import torch
+
+        from noisydeq.attacks.members import defended_model
+        from noisydeq.families import cache_root, prepared_member
+        from noisydeq.train import finished_weights
+        from noisydeq.train_config import spec_dump
+
+        self.res, self.task, self.out = res, task, out
+        self.cache_dir, self.quiet, self.log = cache_dir, quiet, log
+        self.members: list[Any] = []
+        self.info: dict[str, dict[str, Any]] = {}
+        #: model id → {entry, weights, info}: what :data:`MODELS_FILE` records
+        self.record: dict[str, dict[str, Any]] = {}
+        #: model id → the recorded weights digest of a model not trained here (yet)
+        self.lazy: dict[str, str] = {}
+        self._cell: dict[str, tuple[int, Cell]] = {}  # model id → its grid cell
+        self._families: dict[int, Any] = {}
+        recorded = read_models(out)
+        root = cache_root(cache_dir) / "models"
+        dev = torch.device("cpu")
+        for i, cell in enumerate(res.cells):
+            eager = False
+            mine = []
+            for depth in cell.spec.depths:
+                for kind in cell.spec.kinds:
+                    model, tspec, entry = prepared_member(cell.spec, task, kind, depth, root,
+                                                          dev)
+                    mem = defended_model(model, kind, depth, int(model.width),
+                                         int(model.hidden_weight_count()), cell.seed,
+                                         spec_dump(tspec))
+                    rec = recorded.get(mem.model_id)
+                    cached = finished_weights(entry, entry.name)
+                    if rec is not None and rec["entry"] == entry.name \
+                            and cached in (None, rec["weights"]):
+                        self.lazy[mem.model_id] = rec["weights"]
+                        self.record[mem.model_id] = rec
+                    else:
+                        eager = True
+                        self.record[mem.model_id] = {"entry": entry.name}
+                    self._cell[mem.model_id] = (i, cell)
+                    mine.append(mem)
+            self.members += mine
+            if eager:  # trained or loaded now, every member of its family
+                fam = self._family(i, cell)
+                for mem in mine:
+                    self.lazy.pop(mem.model_id, None)
+                    self._take(mem, fam)
+        # training's order (depth, then kind) as the members list, their info alike
+        for mem in self.members:
+            mid = mem.model_id
+            if mid in self.lazy:
+                self.info[mid] = dict(self.record[mid]["info"])
+                self._say(mem, "recorded: not loaded")
+        self.info = {m.model_id: self.info[m.model_id] for m in self.members}
+
+    def _family(self, i: int, cell: Cell) -> Any:
+        from noisydeq.families import train_family
+
+        if i not in self._families:
+            self._families[i] = train_family(cell.spec, self.task, cache_dir=self.cache_dir,
+                                             quiet=self.quiet)
+        return self._families[i]
+
+    def _take(self, mem: Any, fam: Any) -> None:
+        """Put the trained model of ``fam`` into ``mem``; record its weights and info."""
+        from noisydeq.store import init_hash
+
+        cell = self._cell[mem.model_id][1]
+        m = fam.get(mem.kind, mem.depth)
+        mem.model = m.model
+        hist = m.result.history
+        sel = None
+        if hist and "val_robust" in hist[0]:
+            sel = int(max(hist, key=lambda r: (r["val_robust"], r["val_clean"],
+                                               -r["epoch"]))["epoch"])
+        info = {"kind": m.kind, "depth": m.depth, "width": m.width, "method": cell.method,
+                "defence": cell.defence, "seed": cell.seed,
+                "train_seconds": m.result.seconds, "epochs": len(hist),
+                "selected_epoch": sel, "test_accuracy": m.result.test_metric}
+        self.info[mem.model_id] = info
+        self.record[mem.model_id] = {"entry": self.record[mem.model_id]["entry"],
+                                     "weights": init_hash(m.model), "info": info}
+        self._say(mem, "cached" if m.cached else m.result.trained_in(0))
+
+    def _say(self, mem: Any, how: str) -> None:
+        if self.log is None:
+            return
+        defence = self._cell[mem.model_id][1].defence
+        # training's test accuracy runs the model without the noise it was trained
+        # with: the noise defences' attacks judge it with that noise
+        bare = ", without its noise" if defence.startswith(("x-", "z-")) else ""
+        self.log(f"{mem.model_id}: clean test accuracy "
+                 f"{self.info[mem.model_id]['test_accuracy']:.3f}{bare} ({how})")
+
+    def materialise(self, mem: Any) -> None:
+        """Train (or load) the model of ``mem``, a member not trained here yet (its family
+        once, its other members left as they are until a cell of theirs is computed)."""
+        i, cell = self._cell[mem.model_id]
+        self.lazy.pop(mem.model_id, None)
+        self._take(mem, self._family(i, cell))
+
+    def save(self) -> None:
+        """Write :data:`MODELS_FILE` (atomic, digest embedded)."""
+        from noisydeq.store import write_signed_json
+
+        write_signed_json(self.out / MODELS_FILE, {"format": MODELS_FORMAT,
+                                                   "models": self.record}, indent=2)
+
+
+def train_grid(res: Resolved, task: Any, *, out: Path, cache_dir: Any = None,
+               quiet: bool = True, log: Any = None) -> GridModels:
+    """The grid's models (:class:`GridModels`): the attack members and, per model id, its
+    grid cell, training seconds and selected epoch; a model the experiment directory
+    records (with the weights cached, or none) is not trained or loaded here."""
+    return GridModels(res, task, out=out, cache_dir=cache_dir, quiet=quiet, log=log)
 
 
 def transfer_sources(spec: Any, members: list[Any], info: dict[str, dict[str, Any]]
@@ -340,15 +469,18 @@ def run_experiment(res: Resolved, out: str | Path, *, data_dir: str | None = Non
     specs = {k: build(AttackRunSpec, {**v, "family": str(out), "task": task.name,
                                       "data_dir": data_dir or fam.get("data_dir")},
                       where=f"evaluations.{k}") for k, v in res.evaluations.items()}
-    members, info = train_grid(res, task, cache_dir=cache_dir, quiet=quiet,
-                               log=None if quiet else echo)
+    grid = train_grid(res, task, out=out, cache_dir=cache_dir, quiet=quiet,
+                      log=None if quiet else echo)
+    members, info = grid.members, grid.info
     results, eval_s = {}, {}
     for name, spec in specs.items():
         t1 = time.perf_counter()
         results[name] = run_attacks(spec, members, task, out / name, progress=not quiet,
                                     echo=echo, sources=transfer_sources(spec, members, info),
-                                    keep_other_code=keep_other_code)
+                                    keep_other_code=keep_other_code,
+                                    weights=dict(grid.lazy), materialise=grid.materialise)
         eval_s[name] = time.perf_counter() - t1
+        grid.save()  # after each attack run (validated, its directory written)
     result = ExperimentResult(res, out, members, info, results, eval_s,
                               time.perf_counter() - t0)
     write_report(result, specs)

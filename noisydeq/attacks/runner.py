@@ -686,6 +686,8 @@ def run_attacks(
     progress: bool = True, plots: bool = True, echo: Callable[[str], None] = print,
     backend: Backend | None = None, remote: RemoteCells | None = None,
     sources: Mapping[str, AttackMember] | None = None, keep_other_code: bool = False,
+    weights: Mapping[str, str] | None = None,
+    materialise: Callable[[AttackMember], None] | None = None,
 ) -> AttackResult:
     """Run (or resume) the grid of ``spec`` on ``members`` into ``out`` (module docstring).
 
@@ -702,7 +704,17 @@ def run_attacks(
     on resume, the cells (and early-state selections) computed by other noisydeq code, or
     written before cells recorded their code, are computed again — like a sweep's, whose
     keys hold the code — and one ``echo`` line says how many; ``keep_other_code`` serves
-    them instead, and the line says the table mixes two codes' results."""
+    them instead, and the line says the table mixes two codes' results.
+
+    ``weights`` (with ``materialise``): model id → the weights digest
+    (:func:`~noisydeq.store.init_hash`) of a member whose ``model`` is not yet its trained
+    one but its initial model — same architecture, solver and parameter count, all that
+    validation, planning and the run's lines read. Its cells are judged on that digest, so a
+    resume whose cells are all served trains and loads no model; ``materialise(member)``
+    puts the trained model into ``member.model`` (training or loading it) for the members
+    (and transfer sources) of the cells to compute only. Should the trained model's weights
+    differ from the digest (a model trained again since), its cells are judged again on
+    the weights it has."""
     from noisydeq.cluster import session
     from noisydeq.runtime import resolve_torch_device
 
@@ -725,7 +737,8 @@ def run_attacks(
         rd.keep_other_code = keep_other_code
         rd.open(spec, {"models": [m.model_id for m in members], "cells": len(cells)})
         result = _run_open(spec, [*members, *sources.values()], task, rd, cells, dev,
-                           progress, plots, remote if backend.ray else None, echo)
+                           progress, plots, remote if backend.ray else None, echo,
+                           Lazy(dict(weights or {}), materialise) if materialise else None)
     warning = unconverged_warning(result.rows)
     if warning:
         echo(warning)
@@ -797,25 +810,81 @@ def _noise_text(spec: AttackRunSpec) -> str | None:
     return f"{spec.noise_site} noise"
 
 
-def _run_open(spec: AttackRunSpec, members: Sequence[AttackMember], task: Any,
-              rd: AttackRunDir, cells: Sequence[Cell], dev: torch.device, progress: bool,
-              plots: bool, remote: RemoteCells | None,
-              echo: Callable[[str], None] = print) -> AttackResult:
-    """The body of :func:`run_attacks` once its run directory is open and locked."""
-    for m in members:
-        m.model.to(dev).eval()
-        for p in m.model.parameters():
-            p.requires_grad_(False)
-    runner = Runner(spec, task, rd, dev)
-    rd.weights.update(_weights(spec, cells))  # recorded in each cell, checked on resume
-    found: dict[str, list[dict[str, Any]]] = {}
-    todo: list[Cell] = []
-    for cell in cells:  # what the run holds, before anything is computed
+@dataclass
+class Lazy:
+    """Members not yet trained (:func:`run_attacks`' ``weights`` and ``materialise``):
+    model id → the weights digest their cells are judged on, removed once materialised."""
+
+    digests: dict[str, str]
+    materialise: Callable[[AttackMember], None]
+
+    def needed(self, todo: Sequence[Cell]) -> list[AttackMember]:
+        """The lazy members (and transfer sources) of the cells ``todo``, once each."""
+        out = {m.model_id: m for c in todo for m in (c.member, c.source)
+               if m is not None and m.model_id in self.digests}
+        return list(out.values())
+
+
+def _prepare(m: AttackMember, dev: torch.device) -> None:
+    m.model.to(dev).eval()
+    for p in m.model.parameters():
+        p.requires_grad_(False)
+
+
+def _judge(rd: AttackRunDir, runner: Runner, cells: Sequence[Cell],
+           found: dict[str, list[dict[str, Any]]], todo: list[Cell]) -> None:
+    """Serve ``cells`` from the run directory into ``found``, the others into ``todo``."""
+    for cell in cells:
         got = rd.load_cell(cell.key, runner.expected(cell))
         if got is None:
             todo.append(cell)
         else:
             found[cell.key] = got
+
+
+def _materialise(spec: AttackRunSpec, lazy: Lazy, rd: AttackRunDir, runner: Runner,
+                 cells: Sequence[Cell], found: dict[str, list[dict[str, Any]]],
+                 todo: list[Cell], dev: torch.device) -> None:
+    """Train (or load) the lazy members the cells ``todo`` need; a member whose trained
+    weights are not the digest its cells were judged on has them judged again."""
+    from noisydeq.store import init_hash
+
+    while need := lazy.needed(todo):
+        changed = set()
+        for m in need:
+            lazy.materialise(m)
+            _prepare(m, dev)
+            if init_hash(m.model) != lazy.digests.pop(m.model_id):
+                changed.add(m.model_id)
+        if not changed:
+            continue
+        rd.weights.update(_weights(spec, cells, lazy.digests))
+        again = [c for c in cells if c.key in found and (
+            c.member.model_id in changed
+            or (c.source is not None and c.source.model_id in changed))]
+        for c in again:
+            del found[c.key]
+        _judge(rd, runner, again, found, todo)
+
+
+def _run_open(spec: AttackRunSpec, members: Sequence[AttackMember], task: Any,
+              rd: AttackRunDir, cells: Sequence[Cell], dev: torch.device, progress: bool,
+              plots: bool, remote: RemoteCells | None,
+              echo: Callable[[str], None] = print, lazy: Lazy | None = None
+              ) -> AttackResult:
+    """The body of :func:`run_attacks` once its run directory is open and locked."""
+    for m in members:
+        _prepare(m, dev)
+    runner = Runner(spec, task, rd, dev)
+    # recorded in each cell, checked on resume
+    rd.weights.update(_weights(spec, cells, lazy.digests if lazy else None))
+    found: dict[str, list[dict[str, Any]]] = {}
+    todo: list[Cell] = []
+    _judge(rd, runner, cells, found, todo)  # what the run holds, before anything is computed
+    if lazy is not None:
+        _materialise(spec, lazy, rd, runner, cells, found, todo, dev)
+        order = {c.key: i for i, c in enumerate(cells)}
+        todo.sort(key=lambda c: order[c.key])
     early = _early_keys(spec, cells)
     for key in _early_keys(spec, todo):  # noted in rd.other_code when other code chose them
         rd.load_cell(key, columns=EARLY_COLUMNS, identity=("n",))
@@ -876,16 +945,20 @@ def _run_open(spec: AttackRunSpec, members: Sequence[AttackMember], task: Any,
                         len(rd.other_weights))
 
 
-def _weights(spec: AttackRunSpec, cells: Sequence[Cell]) -> dict[str, str]:
+def _weights(spec: AttackRunSpec, cells: Sequence[Cell],
+             known: Mapping[str, str] | None = None) -> dict[str, str]:
     """Cell key → the weights digest (:func:`noisydeq.store.init_hash`, as the sweep's
     cell keys hold it) of what the cell is computed on: its model's, and a
     ``transfer-source`` cell's source model's too; the early-state selection of a model,
-    level and chip: that model's."""
+    level and chip: that model's. ``known``: model id → the digest of a model not yet
+    trained (:class:`Lazy`)."""
     from noisydeq.store import init_hash
 
     digests: dict[int, str] = {}
 
     def of(m: AttackMember) -> str:
+        if known and m.model_id in known:
+            return known[m.model_id]
         if id(m.model) not in digests:
             digests[id(m.model)] = init_hash(m.model)
         return digests[id(m.model)]

@@ -3,8 +3,10 @@ trained DEQ/FFW families with defences and attack them
 (:mod:`noisydeq.analysis.adversarial_experiment`).
 
 Everything is validated (spec, every training spec of the grid, every attack table, data,
-output directory) before a model is trained. Trained models go to the model cache (a second
-run loads them); each evaluation is a resumable attack run under ``--out``.
+output directory) before a model is trained. Trained models go to the model cache; each
+evaluation is a resumable attack run under ``--out``, which records the models' weights
+digests and training info: a second run loads or trains only the models of cells to compute
+(:class:`~noisydeq.analysis.adversarial_experiment.GridModels`).
 """
 
 from __future__ import annotations

@@ -203,3 +203,53 @@ def test_cells_without_weights_count_as_unknown_code(grid, tmp_path, monkeypatch
     assert again.other_code_cells == 3 and again.other_weights_cells == 0
     third, said, n = _run(grid, out, monkeypatch)  # recorded now: served
     assert n == {"cells": 0, "early": 0} and not said
+
+
+def test_a_model_given_by_its_digest_is_materialised_only_for_cells_to_compute(
+        grid, tmp_path, monkeypatch) -> None:
+    """``weights`` + ``materialise``: a member holding its initial model (same architecture)
+    is judged on the digest given; it is materialised only when a cell of its is computed,
+    and a trained model of other weights than the digest has every cell judged again."""
+    spec, member, task = grid
+    out = tmp_path / "run"
+    first, _, _ = _run(grid, out, monkeypatch)
+    trained, digest = member.model, store.init_hash(member.model)
+    initial = copy.deepcopy(trained)
+    with torch.no_grad():
+        for p in initial.parameters():
+            p.mul_(-1.0)  # not the trained weights: served cells never look at them
+    _mark(out)
+    calls: list[str] = []
+
+    def materialise(m):
+        calls.append(m.model_id)
+        m.model = trained
+
+    lazy = SweepModel(initial, "deq", 1, 12, 64)
+    kw = {"weights": {lazy.model_id: digest}, "materialise": materialise}
+    again, said, n = _run((spec, lazy, task), out, monkeypatch, **kw)
+    assert calls == [] and n == {"cells": 0, "early": 0}
+    assert {r["value"] for r in again.rows} == {MARK} and again.other_weights_cells == 0
+    cells = sorted(p for p in (out / "cells").iterdir()
+                   if store.read_signed_json(p)["key"].startswith("cell|"))
+    cells[0].unlink()  # one cell to compute: the model is materialised for it alone
+    lazy = SweepModel(copy.deepcopy(initial), "deq", 1, 12, 64)
+    again, said, n = _run((spec, lazy, task), out, monkeypatch, **kw)
+    assert calls == [lazy.model_id] and lazy.model is trained
+    assert n == {"cells": 1, "early": 0} and again.computed_cells == 1
+    assert sorted(r["value"] for r in again.rows).count(MARK) == len(again.rows) // 2
+    # materialised into other weights than the digest: every cell is judged again
+    other = copy.deepcopy(trained)
+    with torch.no_grad():
+        next(other.parameters()).add_(0.25)
+    cells[0].unlink()
+    calls.clear()
+    lazy = SweepModel(copy.deepcopy(initial), "deq", 1, 12, 64)
+    again, said, n = _run((spec, lazy, task), out, monkeypatch, weights=kw["weights"],
+                          materialise=lambda m: (calls.append(m.model_id),
+                                                 setattr(m, "model", other)))
+    assert calls == [lazy.model_id] and n == {"cells": 2, "early": 1}
+    assert again.other_weights_cells == 2  # the served cell and the early selection
+    assert MARK not in {r["value"] for r in again.rows}
+    assert {store.read_signed_json(p)["weights"] for p in (out / "cells").iterdir()} == {
+        store.init_hash(other)}
