@@ -448,10 +448,9 @@ def _single(tspec: TrainSpec, task: Any, mspec: ModelSpec, out: Path | None,
     config = None
     if out is None:  # named after the config, as a sweep's: another config, another folder
         from noisydeq import store
-        from noisydeq.train_config import apply_overrides, run_config
+        from noisydeq.train_config import training_config
 
-        apply_overrides(model, tspec)  # (train_model applies them again: the same values)
-        config = run_config(model, task, tspec, dev)  # handed on: computed once
+        config = training_config(model, task, tspec, dev)  # handed on: computed once
         chash = store.config_hash(config)
         out = Path("runs") / "train" / (f"{mspec.kind}-d{mspec.depth}-w{model.width}"
                                          f"-s{opts['seed']}-{chash[:12]}")
