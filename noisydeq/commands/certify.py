@@ -268,6 +268,9 @@ def _experiment_spec(source: Path, opts: dict[str, Any]):
             raise NoisyDEQError(f"--backend ray: '{exp.name}' iterates random layers, not "
                                 "certify cells; run it without --backend ray")
         return exp, out
+    from noisydeq.runtime import check_cache
+
+    check_cache(opts["cache"])  # table2 trains its models there: writable, or one line
     if given:  # command-line settings win over the file's [certify] table
         # checked before the (validated) assignment; an error names the option's table
         _check_device(file.section(opts["variant"], given, names=OPTION_NAMES))
