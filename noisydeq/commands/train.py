@@ -75,7 +75,8 @@ def _fmt(metric: float, name: str) -> str:
 @click.option("--monotone", "monotone", default=None, metavar="KEY=VALUE,...",
               help="mondeq/ffw_relu options, e.g. param=lben,m=0.5 (MonotoneSpec).")
 @click.option("--ibp-eps", type=float, default=None,
-              help="Train with interval bound propagation at this ℓ∞ radius (IBPTrainSpec).")
+              help="Train with interval bound propagation at this ℓ∞ radius, in (0, 1] "
+                   "(inputs lie in [0, 1]; IBPTrainSpec).")
 @click.option("--variant", default=None,
               help="LyaDEQ variant: plain, lyapunov, orthogonal or both (default).")
 @click.option("--width", type=int, default=128, show_default=True,
