@@ -39,7 +39,7 @@ from noisydeq.specs.training import TrainSpec
 from noisydeq.store import config_hash
 from noisydeq.tasks.base import Task
 from noisydeq.train import TrainResult, train_model
-from noisydeq.train_config import apply_overrides, run_config
+from noisydeq.train_config import training_config
 
 
 @dataclass
@@ -122,8 +122,7 @@ def prepared_member(
     member: the single place a member's cache key is made (training and lookup agree)."""
     model = build_member(member_spec(spec, task, kind, depth), spec.seed)
     tspec = spec.train_spec(kind)
-    apply_overrides(model, tspec)
-    return model, tspec, root / config_hash(run_config(model, task, tspec, dev))
+    return model, tspec, root / config_hash(training_config(model, task, tspec, dev))
 
 
 def cached_weights(

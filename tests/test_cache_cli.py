@@ -225,6 +225,7 @@ def test_prune_skips_entries_in_use_and_dry_run_deletes_nothing(tmp_path, monkey
 @pytest.mark.parametrize("args,message", [
     (["cache", "prune", "--stale", "--kind", "chip"], "unknown kind; did you mean 'chips'?"),
     (["cache", "prune", "--older-than", "-1"], "--older-than -1: expected a number of days"),
+    (["cache", "prune", "--older-than", "inf"], "--older-than inf: no entry is that old"),
     (["cache", "prune"], "give --stale and/or --older-than"),
     (["cache", "clear"], "pass --yes to delete every entry"),
     (["cache", "lst"], "did you mean 'list'?"),

@@ -165,3 +165,22 @@ def test_a_full_disk_under_the_optional_caches_is_said_once_each_and_the_run_goe
     assert not [p for p in cache.rglob("*.tmp")]
     want = (tmp_path / "plain-run" / "results.csv").read_text()
     assert (tmp_path / "run" / "results.csv").read_text() == want
+
+
+@pytest.mark.parametrize("argv", [
+    ["train", "--depths", "1", "--epochs", "1", "--threads", "1", "--quiet"],
+    ["adversarial", "adversarial-fig3", "--quick", "--threads", "1", "--quiet"],
+    ["lyapunov", "lyapunov-table1", "--threads", "1", "--quiet"],
+    ["certify", "certify-mnist", "--quick", "--threads", "1", "--quiet"],
+], ids=lambda a: a[0])
+def test_commands_that_train_into_the_cache_check_it_first(tmp_path, monkeypatch, capsys, argv):
+    """As the sweep's check: they trained (or downloaded) first and failed on the first model
+    directory, after their output directory was made."""
+    blocker = tmp_path / "afile"
+    blocker.write_text("x")
+    monkeypatch.setenv("NOISYDEQ_CACHE", str(blocker))
+    monkeypatch.chdir(tmp_path)
+    out = [] if argv[0] == "train" else ["--out", str(tmp_path / "run")]
+    code, _, err = run_cli([*argv, *out], capsys)
+    one_line_error(code, err, f"$NOISYDEQ_CACHE {blocker}", "is a file")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile"]

@@ -232,6 +232,29 @@ def test_plot_command_redraws_a_finished_run_from_its_table(tmp_path, capsys):
     assert "not a finished sweep run directory" in err
 
 
+def test_plot_of_a_read_only_run_says_so_and_suggests_out(tmp_path, capsys, monkeypatch):
+    """A read-only run directory was one line naming its lock file
+    ('<run>/.noisydeq.lock: Read-only file system'), no word of --out."""
+    import errno
+    import os
+
+    run = _toy(tmp_path, "ro", "snr", noise_mode="dynamic").run_dir.path
+    real_open = os.open
+    writes = os.O_WRONLY | os.O_RDWR | os.O_CREAT
+
+    def read_only(path, flags, *args, **kwargs):
+        if flags & writes and Path(path).resolve().is_relative_to(run.resolve()):
+            raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(path))
+        return real_open(path, flags, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", read_only)
+    code, err = _main("plot", str(run), capsys=capsys)
+    err = err.strip()
+    assert code != 0 and len(err.splitlines()) == 1 and "Traceback" not in err, err
+    assert f"cannot write in {run} (Read-only file system)" in err and "--out DIR" in err, err
+    assert not (run / "figures").exists()
+
+
 def test_plot_command_redraws_with_the_runs_own_title(tmp_path, monkeypatch):
     """An experiment run's figures carry its title ("<title> [variant]"); `noisydeq plot RUN`
     redraws them with the same one (meta.json records it, a resume without a title keeps

@@ -264,7 +264,12 @@ def plot_report(rows: Sequence[dict[str, Any]], info: dict[str, dict[str, Any]],
                             ax.set_xscale("log")
                         ax.set_ylabel("accuracy")
                         ax.set_ylim(-0.02, 1.02)
-                        ax.legend(frameon=False, fontsize=7, title="defence")
+                        if ax.get_legend_handles_labels()[1]:
+                            ax.legend(frameon=False, fontsize=7, title="defence")
+                        else:  # this kind was not attacked this way: say so, no empty legend
+                            ax.text(0.5, 0.5, f"no {kind.upper()} runs", ha="center",
+                                    va="center", transform=ax.transAxes, fontsize=8,
+                                    color="0.4")
                 fig.suptitle(context_title(title, band=band), fontsize=10)
                 paths += save_figure(fig, fig_dir / f"pgd_{method}", table)
             paths += _plot_best(plt, save_figure, sub, info, summary, method, fig_dir, title)
@@ -328,7 +333,8 @@ def _plot_best(plt: Any, save: Any, rows: Sequence[dict[str, Any]],
         else:
             ax.set_title(lab, fontsize=9)
             ax.set_xlabel(axis)
-            ax.legend(frameon=False, fontsize=7)
+            if plotted:
+                ax.legend(frameon=False, fontsize=7)
         ax.set_ylim(-0.02, 1.02)
     for ax in list(axes.flat)[n:]:
         ax.axis("off")

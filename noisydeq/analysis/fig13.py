@@ -96,7 +96,7 @@ def _trained_models(spec: Fig13Spec, task, seed: int, dev: torch.device):
     from noisydeq.families import cache_root, member_spec, prepared_member
     from noisydeq.store import config_hash
     from noisydeq.train import train_model
-    from noisydeq.train_config import run_config
+    from noisydeq.train_config import training_config
 
     fam = spec.family(seed)
     root = cache_root() / "models"
@@ -113,7 +113,7 @@ def _trained_models(spec: Fig13Spec, task, seed: int, dev: torch.device):
     jac.spec = mspec  # the form is part of its cache key
     tspec = build(TrainSpec, {**fam.train_spec("ffw").model_dump(), "jac_reg": reg},
                   where="fig13 train")
-    entry = root / config_hash(run_config(jac, task, tspec, dev))
+    entry = root / config_hash(training_config(jac, task, tspec, dev))
     out["ffw_jacreg"] = train_model(jac, task, tspec, out_dir=entry, torch_device=dev).model
     return out
 

@@ -91,7 +91,7 @@ def command(experiment: str, variant: str, out: Path | None, data_dir: str | Non
     """
     from noisydeq.analysis.adversarial_experiment import load_experiment, run_experiment
     from noisydeq.bundled import find_experiment
-    from noisydeq.runtime import num_threads, thread_plan
+    from noisydeq.runtime import check_cache, num_threads, thread_plan
     from noisydeq.store import check_out_dir
 
     train_threads, _ = thread_plan(threads)
@@ -103,6 +103,7 @@ def command(experiment: str, variant: str, out: Path | None, data_dir: str | Non
         raise NoisyDEQError(f"{experiment}: {err}") from None
     out_dir = out or _default_out(exp.name, variant, resolved)
     check_out_dir(out_dir)
+    check_cache(cache)  # the trained models go there: writable, or one line
     echo = (lambda s: None) if quiet or as_json else (lambda s: click.echo(s, err=True))
     echo(f"{exp.name} ({variant}): {exp.title}")
     t0 = time.perf_counter()

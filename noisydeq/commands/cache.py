@@ -28,6 +28,9 @@ def _kinds(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) 
 def _days(ctx: click.Context, param: click.Parameter, value: float | None) -> float | None:
     if value is not None and not value >= 0:
         raise NoisyDEQError(f"--older-than {value:g}: expected a number of days >= 0")
+    if value == float("inf"):  # it would select nothing and say so as a success
+        raise NoisyDEQError("--older-than inf: no entry is that old; expected a finite "
+                            "number of days")
     return value
 
 

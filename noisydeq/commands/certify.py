@@ -231,7 +231,7 @@ def _models(source: Path, out: Path, spec, opts: dict[str, Any], echo
         x, y = x[: spec.n_test], y[: spec.n_test]
     plans = [plan(m, spec, x) for m in members]  # every refusal before any work
     for m in members:
-        m.eps_train = _eps_train(m.path)
+        m.eps_train = _eps_train(m.train)
     with session(opts["backend"]):  # unreachable: one line, nothing written
         rows = certify_members(members, plans, x, y, spec, echo, opts["backend"])
     files = write_outputs(out, lambda: [
@@ -242,19 +242,13 @@ def _models(source: Path, out: Path, spec, opts: dict[str, Any], echo
     return rows, files
 
 
-def _eps_train(path: Path) -> float:
-    """The IBP training radius a checkpoint records (nan when trained without IBP or when its
-    signed sidecar is missing)."""
-    from noisydeq import store
-
-    side = path.with_suffix(".json")
-    if not side.is_file():
-        return math.nan
-    try:
-        ibp = store.read_signed_json(side, "checkpoint sidecar")["config"]["train"].get("ibp")
-        return float((ibp or {}).get("eps", math.nan))
-    except (KeyError, ValueError, TypeError, AttributeError):
-        return math.nan
+def _eps_train(train: dict[str, Any]) -> float:
+    """The IBP training radius in a member's training config (nan: trained without IBP).
+    Read from the checkpoint's own metadata (``Member.train``, digest-checked when the
+    model was loaded), not its ``model.json`` sidecar: a missing or damaged sidecar made it
+    nan in the table, silently."""
+    ibp = train.get("ibp")
+    return float(ibp.get("eps", math.nan)) if isinstance(ibp, dict) else math.nan
 
 
 def _experiment_spec(source: Path, opts: dict[str, Any]):
@@ -274,6 +268,9 @@ def _experiment_spec(source: Path, opts: dict[str, Any]):
             raise NoisyDEQError(f"--backend ray: '{exp.name}' iterates random layers, not "
                                 "certify cells; run it without --backend ray")
         return exp, out
+    from noisydeq.runtime import check_cache
+
+    check_cache(opts["cache"])  # table2 trains its models there: writable, or one line
     if given:  # command-line settings win over the file's [certify] table
         # checked before the (validated) assignment; an error names the option's table
         _check_device(file.section(opts["variant"], given, names=OPTION_NAMES))

@@ -46,7 +46,7 @@ def command(experiment: str, out: str | None, data_dir: str | None, seeds: str |
     """
     from noisydeq.bundled import find_experiment
     from noisydeq.commands.sweep import check_data_dir, parse_seeds
-    from noisydeq.runtime import num_threads, thread_plan
+    from noisydeq.runtime import check_cache, num_threads, thread_plan
 
     _train, eval_threads = thread_plan(threads)
     path = find_experiment(experiment, "lyapunov")
@@ -60,6 +60,7 @@ def command(experiment: str, out: str | None, data_dir: str | None, seeds: str |
     # in runs/<name> (its config.toml holds another experiment)
     stem = spec.name if seed_list is None else f"{spec.name}-seeds-{'-'.join(map(str, seed_list))}"
     out_dir = Path(out) if out else Path("runs") / stem
+    check_cache()  # the trained models go there: writable, or one line, before out_dir
 
     def log(text: str) -> None:
         if not (quiet or as_json):

@@ -27,6 +27,15 @@ def _seal_own(rd, draw) -> list[Path]:
     in its ``SHA256SUMS``, the redrawn ones with new digests."""
     from noisydeq import store
 
+    for folder in (rd.path, rd.figures):  # its lock, SHA256SUMS and figures are written
+        try:
+            if folder.is_dir():
+                store._try_writing(folder)
+        except OSError as err:
+            raise NoisyDEQError(
+                f"plot: cannot write in {folder} ({err.strerror or err}): a run's figures "
+                "are redrawn into its own figures/ by default; pass --out DIR to draw "
+                "them elsewhere") from None
     with rd.lock:
         store.make_dir(rd.figures, "figures")
         paths = draw(rd.figures)

@@ -157,7 +157,8 @@ def check_analysis(family: Path, device: str | None, out: Path | None, name: str
               help="noise samples per input (the paper uses 100).")
 @click.option("--inputs", type=int, default=8, show_default=True, help="test inputs used.")
 @click.option("--precision", type=float, default=0.05, show_default=True,
-              help="largest allowed relative standard error of each mean (0 = no check).")
+              help="largest allowed relative standard error of each mean, at most 1 "
+                   "(0 = no check).")
 @click.option("--seed", type=SEED, default=0, show_default=True,
               help="seed of the noise samples ξ.")
 @click.option("--data-dir", default=None,
@@ -184,8 +185,9 @@ def command(family, kind, eta, snr, site, samples, inputs, precision, seed, data
         raise NoisyDEQError(f"--samples: at most {MAX_COUNT} noise samples, got {samples}")
     if not 1 <= inputs <= MAX_COUNT:
         raise NoisyDEQError(f"--inputs: must be an integer in 1..{MAX_COUNT}, got {inputs}")
-    if not (math.isfinite(precision) and precision >= 0):
-        raise NoisyDEQError(f"--precision: must be a finite number >= 0, got {precision:g}")
+    if not 0 <= precision <= 1:  # a relative standard error above 1: no precision at all
+        raise NoisyDEQError(f"--precision: must be 0 (no check) or a relative standard error "
+                            f"in (0, 1], got {precision:g}")
     if not (math.isfinite(eta) and eta >= 0):
         raise NoisyDEQError(f"--eta: must be a finite number >= 0, got {eta:g}")
     try:

@@ -75,7 +75,8 @@ def _fmt(metric: float, name: str) -> str:
 @click.option("--monotone", "monotone", default=None, metavar="KEY=VALUE,...",
               help="mondeq/ffw_relu options, e.g. param=lben,m=0.5 (MonotoneSpec).")
 @click.option("--ibp-eps", type=float, default=None,
-              help="Train with interval bound propagation at this ℓ∞ radius (IBPTrainSpec).")
+              help="Train with interval bound propagation at this ℓ∞ radius, in (0, 1] "
+                   "(inputs lie in [0, 1]; IBPTrainSpec).")
 @click.option("--variant", default=None,
               help="LyaDEQ variant: plain, lyapunov, orthogonal or both (default).")
 @click.option("--width", type=int, default=128, show_default=True,
@@ -277,6 +278,10 @@ def _command(opts: dict[str, Any]) -> None:
             "train": {k: v for k, v in overrides.items() if k != "seed"},
         }, where="train")
         batch = max(fspec.train_spec(k).batch_size for k in fspec.kinds)  # validate first
+        if out is None:  # the family goes to the model cache: writable, or one line
+            from noisydeq.runtime import check_cache
+
+            check_cache()
         task = load_task(opts["task"], data_dir=opts["data_dir"], seed=opts["data_seed"])
         fit_to_task({"cell": opts["cell"]}, task)  # the cell must fit the task (one line)
         sizes = [member_size(k, d, fspec.hidden, task.in_features, task.out_features)
@@ -448,10 +453,9 @@ def _single(tspec: TrainSpec, task: Any, mspec: ModelSpec, out: Path | None,
     config = None
     if out is None:  # named after the config, as a sweep's: another config, another folder
         from noisydeq import store
-        from noisydeq.train_config import apply_overrides, run_config
+        from noisydeq.train_config import training_config
 
-        apply_overrides(model, tspec)  # (train_model applies them again: the same values)
-        config = run_config(model, task, tspec, dev)  # handed on: computed once
+        config = training_config(model, task, tspec, dev)  # handed on: computed once
         chash = store.config_hash(config)
         out = Path("runs") / "train" / (f"{mspec.kind}-d{mspec.depth}-w{model.width}"
                                          f"-s{opts['seed']}-{chash[:12]}")

@@ -132,3 +132,8 @@ class IBPTrainSpec(StrictModel):
     m_warmup: bool = False
     m_start: float = Field(default=0.99, gt=0.0, lt=1.0)
     grad_clip: float | None = Field(default=10.0, gt=0.0, le=1e30)
+
+    @field_validator("eps")
+    @classmethod
+    def _eps(cls, v: float) -> float:  # above 1 every input box is the whole [0, 1] cube
+        return check_radius(v)

@@ -199,7 +199,6 @@ class ModelJob:
     seed: int
     train_snr_db: float
     train: bool  # no finished checkpoint (of this config) in the run directory
-    evaluate: bool  # no cell
     #: the config hash its checkpoint is keyed with (:func:`_keyed_model`, the resume's)
     config_hash: str = ""
     #: a model trained in this run: the weights digest its cell is served for
@@ -331,7 +330,7 @@ def run_study(
                 fresh = mid not in run.weights
                 serve = run.served_weights(mid, expected_rows(
                     spec, mname, todo[mid], seed, tsnr, sets)) if fresh else None
-                jobs.append(ModelJob(mname, seed, tsnr, fresh, True, hashes[mid], serve))
+                jobs.append(ModelJob(mname, seed, tsnr, fresh, hashes[mid], serve))
             for mid, (got, fresh) in remote(spec, task, sets, run, jobs, say).items():
                 cells[mid] = got
                 trained += fresh

@@ -39,3 +39,22 @@ def test_a_single_strength_is_a_marker_per_model_not_a_curve(tmp_path):
     assert aa.get_xlim() == (-0.6, 1.6)
     pgd = seen["PGD-10"]  # several strengths stay a curve over ε
     assert pgd.get_xlabel() == "ε" and pgd.get_xlim()[0] < 0.0 < 0.3 < pgd.get_xlim()[1]
+
+
+def test_a_panel_without_curves_has_no_legend_and_no_warning(tmp_path):
+    """A kind with no PGD-vs-steps rows left its panel empty and ax.legend() printed
+    matplotlib's two-line "No artists with labels found to put in legend" on a
+    successful `noisydeq adversarial` run."""
+    import warnings
+
+    from noisydeq.analysis.adversarial_report import plot_report
+
+    rows, info, summary = _rows()
+    rows += [{"family": "pgd-steps", "attack": "PGD", "x_name": "steps", "x": s,
+              "defence": "final", "model_id": "deq-0", "estimator": "exact",
+              "mode": "white-box", "value": 0.5 - 0.01 * s} for s in (1, 10)]
+    with warnings.catch_warnings(record=True) as said:
+        warnings.simplefilter("always")
+        paths = plot_report(rows, info, summary, tmp_path, "t")
+    assert any(p.name == "pgd_pgd.png" for p in paths), paths
+    assert not [w for w in said if "legend" in str(w.message)], [str(w.message) for w in said]

@@ -197,3 +197,23 @@ def test_unwritable_out_is_refused_before_any_work(capsys, family, monkeypatch):
     code, _, err = run_certify(capsys, str(family / "good"), "--out", "/sys/noisydeq-certify")
     assert code == 2 and "--out /sys/noisydeq-certify: cannot write in /sys" in err, err
     assert err.count("\n") == 1
+
+
+@pytest.mark.slow
+def test_a_damaged_or_missing_sidecar_does_not_turn_eps_train_into_nan(capsys, family, tmp_path):
+    """eps_train was read from the model.json sidecar: a missing or damaged one gave nan in
+    the table, silently. The checkpoint's own metadata (the authoritative copy) holds it."""
+    import shutil
+
+    src = tmp_path / "good"
+    shutil.copytree(family / "good", src)
+    sides = sorted(src.rglob("*.json"))
+    sides = [p for p in sides if p.with_suffix(".safetensors").is_file()]
+    assert len(sides) == 2, sides
+    sides[0].unlink()
+    sides[1].write_text("{broken")
+    code, stdout, err = run_certify(capsys, str(src), "--eps", "0.05", "--n-test", "20",
+                                    "--pgd-steps", "2", "--out", str(tmp_path / "o"), "--json")
+    assert code == 0, err
+    rows = json.loads(stdout)
+    assert rows and all(r["eps_train"] == pytest.approx(0.05) for r in rows), rows

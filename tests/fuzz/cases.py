@@ -116,7 +116,7 @@ def train_cases() -> list[Case]:
         "--device": ["nosuch"], "--device-snr": ["300", "abc"], "--seed": ["-1", "9" * 25],
         "--task": ["digit"], "--kind": ["cnn"], "--depths": ["1,x", "0", "5000"],
         "--preset": ["papr"], "--torch-device": ["tpu"], "--train-site": ["nowhere"],
-        "--input-act": ["tanh"],
+        "--input-act": ["tanh"], "--ibp-eps": ["1.5", "1e300"],
     }
     field = {"--device-snr": "SNR", "--device": "device", "--task": "task", "--preset": "preset",
              "--depths": "depths", "--batch-size": "batch"}  # else the flag or the field
@@ -325,6 +325,7 @@ def analysis_cases() -> list[Case]:
         ("sensitivity", "--eta", "-1"), ("sensitivity", "--eta", "nan"),
         ("sensitivity", "--snr", "x"), ("sensitivity", "--snr", "-400"),
         ("sensitivity", "--precision", "-1"), ("sensitivity", "--precision", "nan"),
+        ("sensitivity", "--precision", "1e300"), ("sensitivity", "--precision", "1.5"),
         ("sensitivity", "--inputs", "0"), ("sensitivity", "--seed", "-1"),
         ("spectrum", "--inputs", "-1"), ("spectrum", "--inputs", "99999999"),
         ("solvers", "--width", "0"), ("solvers", "--width", "70000"),
