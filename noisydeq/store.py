@@ -292,14 +292,14 @@ def check_out_dir(out: str | os.PathLike, flag: str = "--out") -> None:
             where = "is a file" if parent == out else f"lies below the file {parent}"
             raise NoisyDEQError(f"{flag} {out}: {where}, not a directory")
         try:
-            _try_writing(parent)
+            try_writing(parent)
         except OSError as err:
             raise NoisyDEQError(f"{flag} {out}: cannot write in {parent} "
                                 f"({err.strerror or err})") from None
         return
 
 
-def _try_writing(directory: Path) -> None:
+def try_writing(directory: Path) -> None:
     """Create a file in ``directory`` and let it go (OSError when that fails)."""
     unnamed = getattr(os, "O_TMPFILE", 0)
     if unnamed:

@@ -30,7 +30,7 @@ def _seal_own(rd, draw) -> list[Path]:
     for folder in (rd.path, rd.figures):  # its lock, SHA256SUMS and figures are written
         try:
             if folder.is_dir():
-                store._try_writing(folder)
+                store.try_writing(folder)
         except OSError as err:
             raise NoisyDEQError(
                 f"plot: cannot write in {folder} ({err.strerror or err}): a run's figures "
