@@ -45,3 +45,21 @@ def ray_cluster():
              object_store_memory=80 * 2**20, log_to_driver=False, logging_level="error")
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture
+def family_trainings(monkeypatch):
+    """What ``families.train_model`` did, call by call (``"trained"`` / ``"loaded"``): a resume
+    that serves every cell must leave it empty."""
+    from noisydeq import families
+
+    calls: list[str] = []
+    real = families.train_model
+
+    def counting(*a, **k):
+        res = real(*a, **k)
+        calls.append("loaded" if res.loaded else "trained")
+        return res
+
+    monkeypatch.setattr(families, "train_model", counting)
+    return calls

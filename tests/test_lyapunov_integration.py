@@ -290,7 +290,8 @@ def test_each_variant_s_training_line_names_the_variant(tmp_path, monkeypatch):
 
 
 @pytest.mark.slow
-def test_a_resume_tells_served_cells_without_training_a_model(tmp_path, monkeypatch):
+def test_a_resume_tells_served_cells_without_training_a_model(tmp_path, monkeypatch,
+                                                               family_trainings):
     """A resume loaded every (variant, seed) model from the family cache — retrained it
     when the cache had been cleared — only to hash its weights. Now the weights digest
     comes from the cache entry's checkpoint (digest-checked) or, the entry cleared, from
@@ -303,15 +304,7 @@ def test_a_resume_tells_served_cells_without_training_a_model(tmp_path, monkeypa
     from noisydeq.analysis.lyapunov_experiment import load_experiment, run_experiment
 
     monkeypatch.setenv("NOISYDEQ_CACHE", str(tmp_path / "cache"))
-    calls = []
-    real = families.train_model
-
-    def counting(*a, **k):
-        res = real(*a, **k)
-        calls.append("loaded" if res.loaded else "trained")
-        return res
-
-    monkeypatch.setattr(families, "train_model", counting)
+    calls = family_trainings
     exp = tmp_path / "exp.toml"
     exp.write_text(
         'name = "tiny"\ntask = "digits"\nhidden = 16\ntrain_preset = "quick"\n'

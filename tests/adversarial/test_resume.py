@@ -30,8 +30,8 @@ def _tables(out) -> dict[str, str]:
 
 
 @pytest.mark.slow
-def test_a_resume_trains_and_loads_only_the_models_of_cells_to_compute(tmp_path,
-                                                                         monkeypatch):
+def test_a_resume_trains_and_loads_only_the_models_of_cells_to_compute(
+        tmp_path, monkeypatch, family_trainings):
     """A resume loaded every model of the grid from the model cache, and retrained all of
     them when the cache had been cleared, only to hash their weights. Now a finished
     resume trains and loads nothing, the cache cleared retrains nothing (each cell served on
@@ -43,15 +43,7 @@ def test_a_resume_trains_and_loads_only_the_models_of_cells_to_compute(tmp_path,
     from noisydeq.bundled import find_experiment
 
     monkeypatch.setenv("NOISYDEQ_CACHE", str(tmp_path / "cache"))
-    calls: list[str] = []
-    real = families.train_model
-
-    def counting(*a, **k):
-        res = real(*a, **k)
-        calls.append("loaded" if res.loaded else "trained")
-        return res
-
-    monkeypatch.setattr(families, "train_model", counting)
+    calls = family_trainings
     exp = ae.load_experiment(find_experiment("adversarial-fig3", "adversarial"))
     res = exp.resolve("quick", **SETS)
     out = tmp_path / "e"
