@@ -3,6 +3,7 @@ gives the reference path's answers. No timing is asserted (timings are not tests
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 
@@ -187,6 +188,37 @@ def test_peer_rows_run_both_sides_and_match_accuracies(tmp_path) -> None:
         acc = r.extra["accuracy"]
         assert {c["snr_db"] for c in acc} == {10.0, 20.0}
         assert all(0 <= c["sweep"] <= 1 and 0 <= c["peer"] <= 1 for c in acc)
+
+
+def test_hwaware_aihwkit_peer_learns_at_the_digital_rate() -> None:
+    """The aihwkit peer steps its ω = 1-normalised tile weights at lr / max|W|, so its loss
+    curve follows the digital FFW's; torch's Adam at the bare lr on the same converted model
+    (the peer before 2026-12-07) learns ~10× slower, which this comparison would catch."""
+    pytest.importorskip("aihwkit")
+    from benchmarks.hwaware import _data, _ffw, _Stepper, aihwkit_model, aihwkit_stepper, loss_after
+
+    data, model = _data(32, 4), _ffw()
+    torch.manual_seed(1)
+    digital = _Stepper(copy.deepcopy(model), data, device_streams=False)
+    d0, d = loss_after(digital, 1), loss_after(digital, 40)
+    torch.manual_seed(1)
+    peer = loss_after(aihwkit_stepper(model, data), 40)
+    torch.manual_seed(1)
+    bare = loss_after(_Stepper(aihwkit_model(model), data, device_streams=False), 40)
+    assert d < d0 - 0.5, (d0, d)
+    assert abs(peer - d) < 0.15 * (d0 - d), (d0, d, peer)
+    assert bare - d > 0.5 * (d0 - d), (d0, d, bare)
+
+
+def test_hwaware_rows_run_at_a_tiny_size() -> None:
+    pytest.importorskip("aihwkit")
+    from benchmarks.hwaware import bench_hwaware
+
+    rows = bench_hwaware(steps=2, repeat=1, batch=16)
+    peer_rows = [r for r in rows if "aihwkit" in r.name]
+    assert len(rows) == 11 and len(peer_rows) == 3
+    assert all(r.ok and math.isfinite(r.ratio) for r in rows), [r.check for r in rows]
+    assert all("digital" in r.check and "aihwkit" in r.check for r in peer_rows)
 
 
 def test_a_run_keeps_the_hand_written_sections_of_results_md(tmp_path):
