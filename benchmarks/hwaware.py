@@ -38,6 +38,9 @@ batch 64, Adam 1e-3, cross-entropy. A step is forward, loss, backward, optimiser
   that learns is also a slower peer: its iterative bound management repeats MVMs once the
   trained layers' outputs reach the ADC bound (2.7 → 3.4 ms per step over 120 steps; flat
   at 2.5 ms with the bound management off), a cost the peer that barely learned never paid.
+  So each aihwkit row times a fresh peer first trained to the step its row's device model
+  has reached (one peer shared by the rows timed a more-trained, slower peer in each later
+  row).
 
 Timings are interleaved (ours, peer, ours, ...) so load changes hit both; the ratio is the
 median of the per-pair ratios with its min and max. Check: after the timed steps the
@@ -205,7 +208,7 @@ def bench_hwaware(steps: int = 10, repeat: int = 5, batch: int = 64) -> list[Row
     model = _ffw()
     digital = _Stepper(copy.deepcopy(model), data, device_streams=False)
     rows = []
-    peer, curves = None, None
+    curves = None
     for preset, target, adc, alpha, prog, what in _VARIANTS:
         ours = _ours(preset, model, data, adc, alpha, prog)
         t_o, t_d = timeit_pair(ours, digital, repeat=repeat)
@@ -220,7 +223,11 @@ def bench_hwaware(steps: int = 10, repeat: int = 5, batch: int = 64) -> list[Row
                         extra=s))
         if preset == "rram" and (alpha == "step" or prog == "epoch"):
             try:
-                peer = peer or aihwkit_stepper(model, data)
+                # a fresh peer brought to the step ours has reached: its step cost grows as
+                # it trains (its bound management repeats the MVM once outputs reach the
+                # ADC bound), so each row compares the two at the same stage of training
+                peer = aihwkit_stepper(model, data)
+                loss_after(peer, len(ours.losses))
                 curves = curves or (
                     loss_after(_Stepper(copy.deepcopy(model), data, device_streams=False)),
                     loss_after(_ours("rram", model, data)),
