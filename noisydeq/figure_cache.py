@@ -1,5 +1,9 @@
 """A sweep's figures kept on disk, so a repeated sweep copies them instead of drawing them.
 
+The other drivers' figures are kept the same way (:func:`cached_figures`, each keyed by the
+arguments of its drawing function): an attack run's, an adversarial or LyaDEQ report's and
+a study's, so a finished run resumed draws nothing.
+
 Drawing a sweep's figures (:func:`noisydeq.plots.plot_sweep`: PNG and SVG of each, with
 the CSV of the plotted points) imports matplotlib and renders every figure twice; a warm
 main job spent ~1 CPU s of its ~31 there (2026-12-07, benchmarks/RESULTS.md). The figures

@@ -176,6 +176,7 @@ def test_lyapunov_experiment_validation(tmp_path):
 @pytest.mark.slow
 def test_lyapunov_command_end_to_end(tmp_path, monkeypatch):
     monkeypatch.setenv("NOISYDEQ_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv("NOISYDEQ_FIGURE_CACHE", raising=False)
     exp = tmp_path / "exp.toml"
     exp.write_text(
         'name = "tiny"\ntask = "digits"\nhidden = 16\ntrain_preset = "quick"\n'
@@ -198,9 +199,19 @@ def test_lyapunov_command_end_to_end(tmp_path, monkeypatch):
     assert "I-FGSM" in text and "*96.59*" in text and "rram" in text
     cells = sorted(p.name for p in (out / "attack").iterdir())
     assert cells == ["both-s0.json", "plain-s0.json"]
-    again = runner.invoke(cli, args, catch_exceptions=False)  # resumes: nothing recomputed
+    figures = {p.name: p.read_bytes() for p in (out / "figures").iterdir()}
+    from noisydeq.analysis import lyapunov_report
+
+    def no_drawing(*a, **k):
+        raise AssertionError("drawn although the figure cache holds these figures")
+
+    with monkeypatch.context() as m:  # resumes: nothing recomputed, the figures copied
+        m.setattr(lyapunov_report, "plot_attack", no_drawing)
+        m.setattr(lyapunov_report, "plot_device", no_drawing)
+        again = runner.invoke(cli, args, catch_exceptions=False)
     assert again.exit_code == 0
     assert (out / "attack.csv").read_text().splitlines() == rows
+    assert {p.name: p.read_bytes() for p in (out / "figures").iterdir()} == figures
     # a damaged cell is refused naming it; deleting it recomputes that cell
     cell = out / "attack" / "plain-s0.json"
     cell.write_text(cell.read_text().replace('"accuracy": ', '"accuracy": 1 +', 1))

@@ -380,7 +380,9 @@ def _plot_states(plt: Any, save: Any, rows: Sequence[dict[str, Any]],
 
 def write_report(result: Any, specs: dict[str, Any]) -> list[Path]:
     """Write every evaluation's tables and figures into its run directory."""
+    from noisydeq.figure_cache import cached_figures
     from noisydeq.figures import write_csv
+    from noisydeq.runtime import cache_root
 
     paths: list[Path] = []
     for name, res in result.evaluations.items():
@@ -396,6 +398,14 @@ def write_report(result: Any, specs: dict[str, Any]) -> list[Path]:
                                                                        result.info)
               + f"\nattack run: {result.eval_seconds.get(name, math.nan):.0f} s\n")
         paths.append(atomic_write_text(run / "summary.md", md))
-        paths += plot_report(res.rows, result.info, summary, run / "figures",
-                             f"{result.resolved.name} [{result.resolved.variant}] {name}")
+        title = f"{result.resolved.name} [{result.resolved.variant}] {name}"
+
+        def draw(rows: Any = res.rows, summary: Any = summary, folder: Path = run / "figures",
+                 title: str = title) -> list[Path]:
+            return plot_report(rows, result.info, summary, folder, title)
+
+        # the same rows, models, summary and title (and code): the figures of the cache
+        inputs = {"figures": "adversarial", "rows": res.rows, "info": result.info,
+                  "summary": summary, "title": title}
+        paths += cached_figures(inputs, run / "figures", draw, cache_root())
     return paths

@@ -287,6 +287,16 @@ def plot_device(rows: Sequence[dict[str, Any]], out: Path, task: str | None = No
         return save_figure(fig, out / "device", table)
 
 
+def _cached(folder: Path, inputs: dict[str, Any], draw: Any) -> list[Path]:
+    """The figures ``draw()`` writes into ``folder``, from the figure cache when the same
+    ``inputs`` (rows, options) were drawn by this code and libraries
+    (:func:`noisydeq.figure_cache.cached_figures`)."""
+    from noisydeq.figure_cache import cached_figures
+    from noisydeq.runtime import cache_root
+
+    return cached_figures(inputs, folder, draw, cache_root())
+
+
 def write_report(spec: Any, out: Path, attack_rows: Sequence[dict[str, Any]],
                  device_rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """``report.md`` and the figures for whatever tables were computed; returns their paths
@@ -298,13 +308,17 @@ def write_report(spec: Any, out: Path, attack_rows: Sequence[dict[str, Any]],
         paper = grid is None or (grid.steps is None and grid.alpha_255 == 1.0)
         parts += ["## Accuracy (%) under attack", "", attack_table(attack_rows, paper), "",
                   "## Models and run times (mean over seeds)", "", attack_times(attack_rows), ""]
-        figures += plot_attack(attack_rows, out / "figures", paper, spec.task)
+        figures += _cached(out / "figures", {"figures": "lyapunov-attack", "rows": attack_rows,
+                                             "paper": paper, "task": spec.task},
+                           lambda: plot_attack(attack_rows, out / "figures", paper, spec.task))
     if device_rows:
         have = sorted({float(r["snr_db"]) for r in device_rows})
         levels = have if len(have) <= 8 else [
             s for s in have if math.isinf(s) or s % 6 == 0]
         parts += ["## Accuracy (%) vs device SNR", "", device_table(device_rows, levels), ""]
-        figures += plot_device(device_rows, out / "figures", spec.task)
+        figures += _cached(out / "figures", {"figures": "lyapunov-device", "rows": device_rows,
+                                             "task": spec.task},
+                           lambda: plot_device(device_rows, out / "figures", spec.task))
     text = "\n".join(parts)
     atomic_write_text(out / "report.md", text)
     return {"report": str(out / "report.md"), "figures": [str(p) for p in figures],

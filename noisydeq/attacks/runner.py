@@ -929,17 +929,27 @@ def _run_open(spec: AttackRunSpec, members: Sequence[AttackMember], task: Any,
     store.atomic_write_text(rd.whitebox_path, table_to_csv(wb, WHITEBOX_COLUMNS))
     figures: list[Path] = []
     if plots:
-        from noisydeq.attacks.plots import plot_run
+        from noisydeq.figure_cache import cached_figures
+        from noisydeq.runtime import cache_root
 
         noise = _noise_text(spec)
         title = f"{task.name}: {Path(spec.family).name}" + (f" · {noise}" if noise else "")
-        own = spec.train_noise and any(
-            m.inference_noise is not None and m.inference_noise.active for m in members)
-        figures = plot_run(rows, rd.figures, title=title,
-                           column="mse" if lower else "value", own_noise=own)
-        if is_per_position(task):
-            figures += plot_run(rows, rd.figures, title=title, column="position_value",
-                                own_noise=own)
+        own = bool(spec.train_noise and any(
+            m.inference_noise is not None and m.inference_noise.active for m in members))
+        columns = ["mse" if lower else "value"] + (
+            ["position_value"] if is_per_position(task) else [])
+
+        def draw() -> list[Path]:
+            from noisydeq.attacks.plots import plot_run  # matplotlib: only when drawing
+
+            return [p for column in columns
+                    for p in plot_run(rows, rd.figures, title=title, column=column,
+                                      own_noise=own)]
+
+        # the same rows, title, columns and noise (and code): the figures of the cache
+        inputs = {"figures": "attack", "rows": rows, "title": title, "columns": columns,
+                  "own_noise": own}
+        figures = cached_figures(inputs, rd.figures, draw, cache_root())
     rd.seal(figures, extra=[rd.whitebox_path])
     return AttackResult(rows, rd, wb, figures, computed, skipped, len(rd.other_code),
                         len(rd.other_weights))

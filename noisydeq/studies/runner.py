@@ -370,9 +370,18 @@ def run_study(
         result = StudyResult(rows, summary, run.path, trained=trained, loaded=loaded,
                              served=served)
         if plots:
-            from noisydeq.studies.plots import plot_study
+            from noisydeq.figure_cache import cached_figures
+            from noisydeq.runtime import cache_root
 
-            result.figures = plot_study(summary, spec, run.figures, title=title or name)
+            def draw() -> list[Path]:
+                from noisydeq.studies.plots import plot_study  # matplotlib: only when drawing
+
+                return plot_study(summary, spec, run.figures, title=title or name)
+
+            # the same summary, spec and title (and code): the figures of the cache
+            inputs = {"figures": "study", "summary": summary, "spec": spec,
+                      "title": title or name}
+            result.figures = cached_figures(inputs, run.figures, draw, cache_root())
         run.seal(result.figures)
     result.seconds = time.perf_counter() - t0
     return result

@@ -43,6 +43,7 @@ def test_a_resume_trains_and_loads_only_the_models_of_cells_to_compute(
     from noisydeq.bundled import find_experiment
 
     monkeypatch.setenv("NOISYDEQ_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv("NOISYDEQ_FIGURE_CACHE", raising=False)
     calls = family_trainings
     exp = ae.load_experiment(find_experiment("adversarial-fig3", "adversarial"))
     res = exp.resolve("quick", **SETS)
@@ -63,7 +64,23 @@ def test_a_resume_trains_and_loads_only_the_models_of_cells_to_compute(
         assert rec["weights"] == store.init_hash(member.model)
         assert rec["info"] == first.info[mid]
 
-    again, got, trained, lines = run()
+    figures = {str(p.relative_to(out)): p.read_bytes() for p in sorted(out.rglob("figures/*"))}
+    assert figures
+
+    def no_drawing(*a, **k):
+        raise AssertionError("drawn although the figure cache holds these figures")
+
+    import noisydeq.attacks.plots
+    from noisydeq.analysis import adversarial_report
+
+    with monkeypatch.context() as m:  # a finished resume copies its figures from the cache
+        m.setattr(adversarial_report, "plot_report", no_drawing)
+        m.setattr(noisydeq.attacks.plots, "plot_run", no_drawing)
+        again, got, trained, lines = run()
+    assert {str(p.relative_to(out)): p.read_bytes()
+            for p in sorted(out.rglob("figures/*"))} == figures
+    for name in ("curves", "autoattack"):
+        store.verify_manifest(out / name)
     assert trained == [] and got == tables and again.info == first.info
     assert [m.model_id for m in again.members] == [m.model_id for m in first.members]
     assert sum(line.endswith("(recorded: not loaded)") for line in lines) == 3
