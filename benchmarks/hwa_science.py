@@ -152,14 +152,21 @@ def main(argv: list[str] | None = None) -> int:
     from noisydeq.swept_model import SweepModel
     from noisydeq.tasks import load_task
 
+    try:  # bad input: one line (argparse's), before anything is trained or written
+        seeds = [int(s) for s in a.seeds.split(",")]
+        snr = [float(s) for s in a.snr.split(",")]
+        [float(s) for s in a.train_device_snr.split(",") if s != "native"]
+    except ValueError as e:
+        ap.error(f"--seeds / --snr / --train-device-snr: {e}")
+    try:
+        spec = SweepSpec(task="digits", depths=[a.depth], kinds=a.kinds.split(","),
+                         seeds=seeds, device="rram", snr_db=snr, chips=a.chips,
+                         epochs=a.epochs, train_device=["none", "rram"])
+    except ValueError as e:  # pydantic's ValidationError is a ValueError
+        ap.error(str(e).splitlines()[-2].strip() if "\n" in str(e) else str(e))
+    task = load_task("digits", seed=spec.data_seed)
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
-    seeds = [int(s) for s in a.seeds.split(",")]
-    snr = [float(s) for s in a.snr.split(",")]
-    spec = SweepSpec(task="digits", depths=[a.depth], kinds=a.kinds.split(","), seeds=seeds,
-                     device="rram", snr_db=snr, chips=a.chips, epochs=a.epochs,
-                     train_device=["none", "rram"])
-    task = load_task("digits", seed=spec.data_seed)
     t0, c0 = time.perf_counter(), time.process_time()
     models = []
     for level in a.train_device_snr.split(","):  # digital (first spec) and ours, cached
