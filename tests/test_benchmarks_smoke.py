@@ -271,3 +271,25 @@ def test_scaling_rows_run_at_tiny_sizes() -> None:
         model(torch.rand(5, 8))
     assert int(model.last_solution.steps.max()) == SOLVE_ITERS
     assert int(model.last_solution.steps.min()) == SOLVE_ITERS
+
+
+def test_hwa_science_runs_at_a_tiny_size(tmp_path) -> None:
+    """The issue-16 science check: three ways of training from one init, each evaluated on
+    the rram sweep, at native SNR and on aihwkit; the aihwkit model's weights come back in
+    model units (an untrained conversion round-trips the init)."""
+    pytest.importorskip("aihwkit")
+    from benchmarks.hwa_science import digital_copy, main
+    from benchmarks.hwaware import _ffw, aihwkit_model
+
+    model = _ffw()
+    back = digital_copy(model, aihwkit_model(model))
+    for (name, p), (_n, q) in zip(model.named_parameters(), back.named_parameters(), strict=True):
+        assert torch.allclose(p, q, atol=1e-6), name
+    assert main(["--seeds", "0", "--chips", "1", "--snr", "0,inf", "--epochs", "1",
+                 "--out", str(tmp_path)]) == 0
+    rows = json.loads((tmp_path / "hwa_science.json").read_text())["rows"]
+    ways = {r["way"] for r in rows}
+    assert ways == {"digital", "ours rram@native", "aihwkit HWA"}, ways
+    assert len(rows) == 3 * 4 and all(0 <= r["accuracy"] <= 1 for r in rows)
+    digital_clean = [r["accuracy"] for r in rows if r["snr"] == math.inf]
+    assert all(a > 0.5 for a in digital_clean), digital_clean  # all three learned

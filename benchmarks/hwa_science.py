@@ -1,0 +1,280 @@
+"""Science check of hardware-aware training (issue 16): does training on the device
+(``noisydeq train --device rram``: chips reprogrammed, read noise per MVM, the scaled
+straight-through gradient) give models as robust on the device as aihwkit's own
+hardware-aware training recipe, and both more robust than digital training?
+
+Per seed, one family member (the sweep's FFW 64 → 3 × 128 → 10, Eq. 57x, or the matched
+DEQ with ``--kinds deq,ffw``) from one initial model, on digits, trained three ways with
+the same epochs, batches (the same per-epoch permutations), learning-rate schedule and
+Adam:
+
+* ``digital``: the sweep's digitally trained family member (``noisydeq sweep``).
+* ``ours``: the same member trained on rram at its documented defaults
+  (``--train-device rram``: native SNR, physical mode, everything per step).
+* ``aihwkit``: the initial model through ``convert_to_analog`` with the hardware-aware
+  training recipe of :mod:`benchmarks.hwaware` (``TorchInferenceRPUConfig``, Wan-2022
+  ReRAM at 40 µS, ω = 1, ``ADD_NORMAL`` weight noise σ = 0.02, ``AnalogAdam`` with each
+  tile at lr / s); its trained weights (in model units) are loaded back into the digital
+  model.
+
+Evaluation, of all three on the same chips:
+
+1. ``noisydeq``'s rram preset through the sweep itself (``run_sweep`` with these models:
+   calibrated per layer to each SNR level, 3 chips per seed, the same chips for the three
+   ways of training) and at the native SNR (the chip deployed at its physical knobs and
+   calibrated as ``noisydeq train`` validates: ``hardware.calibrate`` + ``evaluate``).
+2. aihwkit's inference as a cross-check: every Linear an ``AnalogLinear`` with the
+   ``rram-wan2022`` config of :mod:`benchmarks.peers.aihwkit_sweep` at its native knobs,
+   programmed and drifted to t = 1 s, 3 chips (programming seeds) per seed.
+
+Output: one JSON with a row per (seed, way of training, evaluation, level, chip) and a
+printed table (mean ± s.d. over every seed × chip, and the s.d. of the per-seed means).
+
+    OMP_NUM_THREADS=1 python -m benchmarks.hwa_science --seeds 0,1,2 --out /tmp/hwa
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import math
+import statistics
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from benchmarks.hwaware import aihwkit_model, aihwkit_optimizer
+
+
+def way_name(train_device: str | None, snr: float | None) -> str:
+    """The way of training of a model trained on ``train_device`` at ``snr`` (None:
+    its native SNR; device None: digitally)."""
+    if train_device is None:
+        return "digital"
+    if train_device == "aihwkit":
+        return "aihwkit HWA"
+    return f"ours rram@{'native' if snr is None else f'{snr:g} dB'}"
+
+
+def train_aihwkit(model: nn.Module, task, tspec) -> tuple[nn.Module, list[float]]:
+    """``model`` trained by aihwkit's hardware-aware recipe over the batches and learning
+    rates ``noisydeq.train`` gives ``tspec``; returns a digital copy holding the trained
+    weights (model units) and the per-epoch mean losses."""
+    from noisydeq.noise import derive_seed
+    from noisydeq.train import _Rng, epoch_lr, forward_logits
+
+    torch.manual_seed(derive_seed(tspec.seed, "aihwkit", "training") % (2**63))  # its weight noise
+    net = aihwkit_model(model)
+    opt = aihwkit_optimizer(net, tspec.lr)
+    base = [g["lr"] for g in opt.param_groups]
+    rng = _Rng(tspec.seed, torch.device("cpu"))
+    n = len(task.x_train) if tspec.max_train_samples is None else min(
+        tspec.max_train_samples, len(task.x_train))
+    x_all, y_all = task.x_train[:n], task.y_train[:n]
+    losses = []
+    for epoch in range(tspec.epochs):
+        factor = epoch_lr(tspec, epoch) / tspec.lr
+        for group, lr in zip(opt.param_groups, base, strict=True):
+            group["lr"] = lr * factor
+        perm = rng.permutation(n, epoch)
+        net.train()
+        total = 0.0
+        for i in range(0, n, tspec.batch_size):
+            idx = perm[i:i + tspec.batch_size]
+            out, _ = forward_logits(net, x_all[idx], None, None)
+            loss = task.loss(out, y_all[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            total += float(loss.detach()) * len(idx)
+        losses.append(total / n)
+    return digital_copy(model, net), losses
+
+
+def digital_copy(model: nn.Module, net: nn.Module) -> nn.Module:
+    """A copy of ``model`` holding the weights of the aihwkit-converted ``net``."""
+    from aihwkit.nn import AnalogLinear
+
+    out = copy.deepcopy(model)
+    for name, mod in net.named_modules():
+        if isinstance(mod, AnalogLinear):
+            w, b = mod.get_weights()
+            lin = out.get_submodule(name)
+            with torch.no_grad():
+                lin.weight.copy_(w)
+                if b is not None:
+                    lin.bias.copy_(b)
+    return out.eval()
+
+
+def native_accuracy(model: nn.Module, task, seed: int, chip: int) -> float:
+    """Accuracy on rram at its physical knobs: the sweep's chip ``chip`` of ``seed``,
+    calibrated on the sweep's 512 calibration inputs, read noise keyed as ``evaluate``."""
+    from noisydeq import hardware
+    from noisydeq.noise import derive_seed
+    from noisydeq.sweep.plan import CALIBRATION_INPUTS
+    from noisydeq.train import evaluate
+
+    device = hardware.get_device("rram").new_chip(derive_seed(seed, "chip", chip))
+    deployed = device.deploy(model).eval()
+    hardware.calibrate(deployed, task.x_train[:CALIBRATION_INPUTS])
+    return evaluate(deployed, task, device_seed=derive_seed(seed, "native", chip))
+
+
+def aihwkit_accuracy(model: nn.Module, task, seed: int, chip: int) -> float:
+    """Accuracy on aihwkit's rram-wan2022 inference tile at its native knobs (t = 1 s)."""
+    from benchmarks.peers.aihwkit_sweep import accuracy, deploy, linear_names
+
+    analog = deploy(model, {n: (1.0, 1.0) for n in linear_names(model)}, seed, chip)
+    return accuracy(analog, task.x_test, task.y_test, seed * 100 + chip)[0]
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--seeds", default="0,1,2")
+    ap.add_argument("--kinds", default="ffw")
+    ap.add_argument("--depth", type=int, default=3)
+    ap.add_argument("--snr", default="0,5,10,20,inf")
+    ap.add_argument("--chips", type=int, default=3)
+    ap.add_argument("--epochs", type=int, default=None, help="default: the quick preset's")
+    ap.add_argument("--train-device-snr", default="native",
+                    help="ours: training SNRs, 'native' (the documented default) and/or dB")
+    ap.add_argument("--out", required=True)
+    a = ap.parse_args(argv)
+    from noisydeq.families import family_spec_for_sweep, prepared_member
+    from noisydeq.runtime import cache_root
+    from noisydeq.specs.sweep import SweepSpec
+    from noisydeq.sweep.plan import family_models
+    from noisydeq.sweep.write import run_sweep
+    from noisydeq.swept_model import SweepModel
+    from noisydeq.tasks import load_task
+
+    try:  # bad input: one line (argparse's), before anything is trained or written
+        seeds = [int(s) for s in a.seeds.split(",")]
+        snr = [float(s) for s in a.snr.split(",")]
+        [float(s) for s in a.train_device_snr.split(",") if s != "native"]
+    except ValueError as e:
+        ap.error(f"--seeds / --snr / --train-device-snr: {e}")
+    try:
+        spec = SweepSpec(task="digits", depths=[a.depth], kinds=a.kinds.split(","),
+                         seeds=seeds, device="rram", snr_db=snr, chips=a.chips,
+                         epochs=a.epochs, train_device=["none", "rram"])
+    except ValueError as e:  # pydantic's ValidationError is a ValueError
+        ap.error(str(e).splitlines()[-2].strip() if "\n" in str(e) else str(e))
+    task = load_task("digits", seed=spec.data_seed)
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    t0, c0 = time.perf_counter(), time.process_time()
+    models = []
+    for level in a.train_device_snr.split(","):  # digital (first spec) and ours, cached
+        extra = {} if level == "native" else {"train_device_snr_db": [float(level)]}
+        got = family_models(spec.model_copy(update=extra) if extra else spec, task,
+                            progress=False)
+        models += [m for m in got if not models or m.train_device is not None]
+    t_fam = time.process_time() - c0
+    losses = {}
+    for seed in seeds:
+        fspec = family_spec_for_sweep(spec, seed, math.inf)
+        for kind in spec.kinds:
+            init, tspec, _ = prepared_member(fspec, task, kind, a.depth, cache_root(),
+                                             torch.device("cpu"))
+            trained, losses[(seed, kind)] = train_aihwkit(init, task, tspec)
+            ref = next(m for m in models if m.seed == seed and m.kind == kind)
+            models.append(SweepModel(trained, kind, a.depth, ref.width, ref.params, seed,
+                                     math.inf, "aihwkit", None))
+    t_aihwkit = time.process_time() - c0 - t_fam
+
+    def way(m: SweepModel) -> str:
+        return way_name(m.train_device, m.train_device_snr_db)
+
+    result = run_sweep(spec, out / "sweep", task=task, models=models, progress=False,
+                       plots=False, threads="1", jobs=1)
+    rows = []
+    for m in models:
+        for r in (r for r in result.rows if r["model_id"] == m.model_id):
+            rows.append({"seed": m.seed, "kind": m.kind, "way": way(m), "eval": "noisydeq",
+                         "snr": float(r["snr_db"]), "chip": int(r["chip"]),
+                         "accuracy": float(r["value"])})
+        for chip in range(a.chips):
+            rows.append({"seed": m.seed, "kind": m.kind, "way": way(m), "eval": "noisydeq",
+                         "snr": "native", "chip": chip,
+                         "accuracy": native_accuracy(m.model, task, m.seed, chip)})
+            rows.append({"seed": m.seed, "kind": m.kind, "way": way(m), "eval": "aihwkit",
+                         "snr": "native t=1s", "chip": chip,
+                         "accuracy": aihwkit_accuracy(m.model, task, m.seed, chip)})
+    facts = {"wall_s": time.perf_counter() - t0, "cpu_s": time.process_time() - c0,
+             "cpu_s_digital_and_ours_training": t_fam, "cpu_s_aihwkit_training": t_aihwkit,
+             "loadavg": Path("/proc/loadavg").read_text().split()[:3],
+             "aihwkit_epoch_losses": {f"{s}-{k}": v for (s, k), v in losses.items()},
+             "spec": json.loads(spec.model_dump_json())}
+    (out / "hwa_science.json").write_text(json.dumps({"rows": rows, "facts": facts}, indent=1))
+    print(table(rows))
+    print()
+    print(paired(rows))
+    print(json.dumps({k: v for k, v in facts.items() if k != "spec"}))
+    return 0
+
+
+def _label(evaluation: str, snr) -> str:
+    if evaluation == "aihwkit":
+        return f"aihwkit {snr}"
+    if isinstance(snr, str):
+        return f"rram {snr}"
+    return "digital weights" if math.isinf(snr) else f"rram {snr:g} dB"
+
+
+def table(rows: list[dict]) -> str:
+    """Markdown: accuracy mean ± s.d. over seeds × chips [s.d. of the per-seed means]."""
+    levels = list(dict.fromkeys((r["eval"], r["snr"]) for r in rows))
+    kinds = list(dict.fromkeys(r["kind"] for r in rows))
+    ways = list(dict.fromkeys(r["way"] for r in rows))
+    head = "| model | training | " + " | ".join(
+        _label(e, s) for e, s in levels) + " |"
+    lines = [head, "|" + "---|" * (2 + len(levels))]
+    for kind in kinds:
+        for w in ways:
+            cells = []
+            for e, s in levels:
+                sel = [r for r in rows if (r["kind"], r["way"], r["eval"], r["snr"])
+                       == (kind, w, e, s)]
+                acc = [r["accuracy"] for r in sel]
+                per_seed = [statistics.mean(r["accuracy"] for r in sel if r["seed"] == sd)
+                            for sd in sorted({r["seed"] for r in sel})]
+                sd_all = statistics.stdev(acc) if len(acc) > 1 else 0.0
+                sd_seed = statistics.stdev(per_seed) if len(per_seed) > 1 else 0.0
+                cells.append(f"{statistics.mean(acc):.3f} ± {sd_all:.3f} [{sd_seed:.3f}]")
+            lines.append(f"| {kind.upper()} | {w} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def paired(rows: list[dict]) -> str:
+    """Markdown: each way's accuracy − the digital model's, paired by seed and chip (same
+    chips): mean [lowest, highest per-seed mean difference]."""
+    levels = list(dict.fromkeys((r["eval"], r["snr"]) for r in rows))
+    kinds = list(dict.fromkeys(r["kind"] for r in rows))
+    ways = [w for w in dict.fromkeys(r["way"] for r in rows) if w != "digital"]
+    acc = {(r["kind"], r["way"], r["eval"], r["snr"], r["seed"], r["chip"]): r["accuracy"]
+           for r in rows}
+    lines = ["| model | training − digital | " + " | ".join(_label(e, s) for e, s in levels)
+             + " |", "|" + "---|" * (2 + len(levels))]
+    for kind in kinds:
+        for w in ways:
+            cells = []
+            for e, s in levels:
+                per_seed: dict[int, list[float]] = {}
+                for (k, ww, ee, ss, seed, chip), v in acc.items():
+                    if (k, ww, ee, ss) == (kind, w, e, s):
+                        per_seed.setdefault(seed, []).append(
+                            v - acc[(kind, "digital", e, s, seed, chip)])
+                means = [statistics.mean(v) for v in per_seed.values()]
+                cells.append(f"{statistics.mean(means):+.3f} [{min(means):+.3f}, "
+                             f"{max(means):+.3f}]")
+            lines.append(f"| {kind.upper()} | {w} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
