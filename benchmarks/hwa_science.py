@@ -56,18 +56,70 @@ def way_name(train_device: str | None, snr: float | None) -> str:
         return "digital"
     if train_device == "aihwkit":
         return "aihwkit HWA"
+    if train_device.startswith("aihwkit-std"):
+        return f"aihwkit HWA σ={train_device.removeprefix('aihwkit-std')}"
+    if train_device.startswith("aihwkit-match"):
+        return f"aihwkit HWA σ@{train_device.removeprefix('aihwkit-match')[:-2]} dB"
     return f"ours rram@{'native' if snr is None else f'{snr:g} dB'}"
 
 
-def train_aihwkit(model: nn.Module, task, tspec) -> tuple[nn.Module, list[float]]:
+def matched_std(model: nn.Module, x: torch.Tensor, snr_db: float) -> dict[str, dict]:
+    """Per Linear of ``model``, the ``ADD_NORMAL`` σ (fraction of the layer's max|W|) whose
+    weight noise gives the layer a total SNR of ``snr_db`` in noisydeq's sense
+    (Σ‖Wx‖² / Σ‖y − Wx‖², over the layer's own inputs in the network on ``x``): the noise
+    σ·m·ξ (m = max|W|, ξ iid N(0, 1)) adds σ²m²·n_out·‖x‖² to each input's error, so
+    σ² = Σ‖Wx‖² / (10^(snr/10)·m²·n_out·Σ‖x‖²). Also the σ matching the plain weight SNR
+    ‖W‖²/E‖σ·m·ξ‖² (isotropic inputs) for comparison."""
+    sums: dict[str, list[float]] = {}
+    hooks = []
+    for name, lin in model.named_modules():
+        if isinstance(lin, nn.Linear):
+            def hook(mod, inp, _out, name=name):
+                xi = inp[0].detach().reshape(-1, mod.in_features)
+                acc = sums.setdefault(name, [0.0, 0.0])
+                acc[0] += float((xi @ mod.weight.detach().T).square().sum())
+                acc[1] += float(xi.square().sum())
+            hooks.append(lin.register_forward_hook(hook))
+    try:
+        with torch.no_grad():
+            model.eval()(x)
+    finally:
+        for h in hooks:
+            h.remove()
+    out = {}
+    for name, (signal, inputs) in sums.items():
+        w = model.get_submodule(name).weight.detach()
+        m2 = float(w.abs().max()) ** 2
+        gain = 10 ** (snr_db / 10)
+        out[name] = {"std_output_snr": math.sqrt(signal / (gain * m2 * w.shape[0] * inputs)),
+                     "std_weight_snr": math.sqrt(float(w.square().mean()) / (gain * m2))}
+    return out
+
+
+def set_tile_std(net: nn.Module, std: dict[str, float]) -> None:
+    """Each ``AnalogLinear`` of the aihwkit ``net`` at its own ``ADD_NORMAL`` σ."""
+    from aihwkit.nn import AnalogLinear
+
+    for name, mod in net.named_modules():
+        if isinstance(mod, AnalogLinear):
+            for tile in mod.analog_tiles():
+                tile.rpu_config.modifier.std_dev = std[name]
+                tile.tile._modifier.std_dev = std[name]  # the copy its forward reads
+
+
+def train_aihwkit(model: nn.Module, task, tspec,
+                  std: float | dict[str, float] = 0.02) -> tuple[nn.Module, list[float]]:
     """``model`` trained by aihwkit's hardware-aware recipe over the batches and learning
-    rates ``noisydeq.train`` gives ``tspec``; returns a digital copy holding the trained
-    weights (model units) and the per-epoch mean losses."""
+    rates ``noisydeq.train`` gives ``tspec`` (``std``: its weight noise σ, one for every
+    layer or per Linear name); returns a digital copy holding the trained weights (model
+    units) and the per-epoch mean losses."""
     from noisydeq.noise import derive_seed
     from noisydeq.train import _Rng, epoch_lr, forward_logits
 
     torch.manual_seed(derive_seed(tspec.seed, "aihwkit", "training") % (2**63))  # its weight noise
-    net = aihwkit_model(model)
+    net = aihwkit_model(model, std if isinstance(std, float) else 0.02)
+    if isinstance(std, dict):
+        set_tile_std(net, std)
     opt = aihwkit_optimizer(net, tspec.lr)
     base = [g["lr"] for g in opt.param_groups]
     rng = _Rng(tspec.seed, torch.device("cpu"))
@@ -142,6 +194,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--epochs", type=int, default=None, help="default: the quick preset's")
     ap.add_argument("--train-device-snr", default="native",
                     help="ours: training SNRs, 'native' (the documented default) and/or dB")
+    ap.add_argument("--aihwkit-std", default="0.02",
+                    help="aihwkit HWA: training weight-noise σs (fraction of max|W|), "
+                         "comma-separated; 'match' = per layer the σ whose noise gives the "
+                         "--match-snr total SNR on the digital model's calibration inputs")
+    ap.add_argument("--match-snr", type=float, default=10.0)
     ap.add_argument("--out", required=True)
     a = ap.parse_args(argv)
     from noisydeq.families import family_spec_for_sweep, prepared_member
@@ -156,8 +213,11 @@ def main(argv: list[str] | None = None) -> int:
         seeds = [int(s) for s in a.seeds.split(",")]
         snr = [float(s) for s in a.snr.split(",")]
         [float(s) for s in a.train_device_snr.split(",") if s != "native"]
+        stds = [s if s == "match" else float(s) for s in a.aihwkit_std.split(",")]
     except ValueError as e:
-        ap.error(f"--seeds / --snr / --train-device-snr: {e}")
+        ap.error(f"--seeds / --snr / --train-device-snr / --aihwkit-std: {e}")
+    if any(s != "match" and not (0 <= s < math.inf) for s in stds) or len(set(stds)) < len(stds):
+        ap.error(f"--aihwkit-std: want distinct finite σ >= 0 or 'match', got {a.aihwkit_std!r}")
     try:
         spec = SweepSpec(task="digits", depths=[a.depth], kinds=a.kinds.split(","),
                          seeds=seeds, device="rram", snr_db=snr, chips=a.chips,
@@ -175,16 +235,26 @@ def main(argv: list[str] | None = None) -> int:
                             progress=False)
         models += [m for m in got if not models or m.train_device is not None]
     t_fam = time.process_time() - c0
-    losses = {}
+    from noisydeq.sweep.plan import CALIBRATION_INPUTS
+
+    losses, matched = {}, {}
     for seed in seeds:
         fspec = family_spec_for_sweep(spec, seed, math.inf)
         for kind in spec.kinds:
             init, tspec, _ = prepared_member(fspec, task, kind, a.depth, cache_root(),
                                              torch.device("cpu"))
-            trained, losses[(seed, kind)] = train_aihwkit(init, task, tspec)
             ref = next(m for m in models if m.seed == seed and m.kind == kind)
-            models.append(SweepModel(trained, kind, a.depth, ref.width, ref.params, seed,
-                                     math.inf, "aihwkit", None))
+            for std in stds:
+                name = "aihwkit" if std == 0.02 else f"aihwkit-std{std:g}"
+                if std == "match":
+                    layer = matched_std(ref.model, task.x_train[:CALIBRATION_INPUTS],
+                                        a.match_snr)
+                    matched[f"{seed}-{kind}"] = layer
+                    std = {n: v["std_output_snr"] for n, v in layer.items()}
+                    name = f"aihwkit-match{a.match_snr:g}dB"
+                trained, losses[(seed, kind, name)] = train_aihwkit(init, task, tspec, std)
+                models.append(SweepModel(trained, kind, a.depth, ref.width, ref.params, seed,
+                                         math.inf, name, None))
     t_aihwkit = time.process_time() - c0 - t_fam
 
     def way(m: SweepModel) -> str:
@@ -208,7 +278,8 @@ def main(argv: list[str] | None = None) -> int:
     facts = {"wall_s": time.perf_counter() - t0, "cpu_s": time.process_time() - c0,
              "cpu_s_digital_and_ours_training": t_fam, "cpu_s_aihwkit_training": t_aihwkit,
              "loadavg": Path("/proc/loadavg").read_text().split()[:3],
-             "aihwkit_epoch_losses": {f"{s}-{k}": v for (s, k), v in losses.items()},
+             "aihwkit_epoch_losses": {f"{s}-{k}-{n}": v for (s, k, n), v in losses.items()},
+             "aihwkit_matched_std": matched,
              "spec": json.loads(spec.model_dump_json())}
     (out / "hwa_science.json").write_text(json.dumps({"rows": rows, "facts": facts}, indent=1))
     print(table(rows))

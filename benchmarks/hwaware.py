@@ -143,8 +143,9 @@ def _ours(preset: str, model: nn.Module, data, adc_gain: str = "step",
     return _Stepper(net, data, device_streams=True)
 
 
-def aihwkit_model(model: nn.Module) -> nn.Module:
-    """``model`` converted by aihwkit for hardware-aware training (module docstring)."""
+def aihwkit_model(model: nn.Module, std_dev: float = 0.02) -> nn.Module:
+    """``model`` converted by aihwkit for hardware-aware training (module docstring);
+    ``std_dev``: the ``ADD_NORMAL`` training weight noise, a fraction of max|W|."""
     from aihwkit.inference.compensation.drift import GlobalDriftCompensation
     from aihwkit.inference.converter.conductance import SinglePairConductanceConverter
     from aihwkit.inference.noise.reram import ReRamWan2022NoiseModel
@@ -157,7 +158,7 @@ def aihwkit_model(model: nn.Module) -> nn.Module:
     cfg.drift_compensation = GlobalDriftCompensation()
     cfg.mapping.weight_scaling_omega = 1.0
     cfg.modifier.type = WeightModifierType.ADD_NORMAL
-    cfg.modifier.std_dev = 0.02
+    cfg.modifier.std_dev = std_dev
     return convert_to_analog(copy.deepcopy(model), cfg)
 
 

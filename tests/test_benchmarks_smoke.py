@@ -286,10 +286,37 @@ def test_hwa_science_runs_at_a_tiny_size(tmp_path) -> None:
     for (name, p), (_n, q) in zip(model.named_parameters(), back.named_parameters(), strict=True):
         assert torch.allclose(p, q, atol=1e-6), name
     assert main(["--seeds", "0", "--chips", "1", "--snr", "0,inf", "--epochs", "1",
-                 "--out", str(tmp_path)]) == 0
-    rows = json.loads((tmp_path / "hwa_science.json").read_text())["rows"]
+                 "--aihwkit-std", "0.02,match", "--out", str(tmp_path)]) == 0
+    got = json.loads((tmp_path / "hwa_science.json").read_text())
+    rows = got["rows"]
     ways = {r["way"] for r in rows}
-    assert ways == {"digital", "ours rram@native", "aihwkit HWA"}, ways
-    assert len(rows) == 3 * 4 and all(0 <= r["accuracy"] <= 1 for r in rows)
+    assert ways == {"digital", "ours rram@native", "aihwkit HWA", "aihwkit HWA σ@10 dB"}, ways
+    assert len(rows) == 4 * 4 and all(0 <= r["accuracy"] <= 1 for r in rows)
+    matched = got["facts"]["aihwkit_matched_std"]["0-ffw"]
+    assert set(matched) == {"proj.U", "layers.0.W", "layers.1.W", "layers.2.W", "head"}
+    assert all(0.02 < v["std_output_snr"] < 1 for v in matched.values()), matched
     digital_clean = [r["accuracy"] for r in rows if r["snr"] == math.inf]
     assert all(a > 0.5 for a in digital_clean), digital_clean  # all three learned
+
+
+def test_hwa_science_matched_std_gives_the_target_snr() -> None:
+    """The σ matched to an SNR, injected as aihwkit's ADD_NORMAL (σ·max|W|·ξ) into one
+    layer, gives that total SNR on the layer's inputs, measured by sampling."""
+    from benchmarks.hwa_science import matched_std
+    from benchmarks.hwaware import _ffw
+
+    torch.manual_seed(0)
+    model, x = _ffw().eval(), torch.rand(128, 64)
+    std = matched_std(model, x, 7.0)
+    for name in ("proj.U", "layers.1.W", "head"):
+        lin = model.get_submodule(name)
+        seen: list[torch.Tensor] = []
+        hook = lin.register_forward_hook(lambda _m, inp, _o, seen=seen: seen.append(inp[0]))
+        with torch.no_grad():
+            model(x)
+        hook.remove()
+        w = lin.weight.detach()
+        noise = std[name]["std_output_snr"] * w.abs().max() * torch.randn(100, *w.shape)
+        signal = 100 * float((seen[0] @ w.T).square().sum())
+        error = float(torch.einsum("bi,koi->kbo", seen[0], noise).square().sum())
+        assert abs(10 * math.log10(signal / error) - 7.0) < 0.2, name
