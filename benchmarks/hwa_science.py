@@ -27,6 +27,11 @@ Evaluation, of all three on the same chips:
    ``rram-wan2022`` config of :mod:`benchmarks.peers.aihwkit_sweep` at its native knobs,
    programmed and drifted to t = 1 s, 3 chips (programming seeds) per seed.
 
+``--aihwkit-std`` sets aihwkit's training weight noise (several: one aihwkit model each);
+``match`` gives each layer the σ whose ``ADD_NORMAL`` noise yields ``--match-snr`` dB of
+total SNR in noisydeq's sense (Σ‖Wx‖²/Σ‖y − Wx‖²) on that layer's inputs in the digital
+model on the calibration inputs (:func:`matched_std`).
+
 Output: one JSON with a row per (seed, way of training, evaluation, level, chip) and a
 printed table (mean ± s.d. over every seed × chip, and the s.d. of the per-seed means).
 
@@ -218,6 +223,8 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"--seeds / --snr / --train-device-snr / --aihwkit-std: {e}")
     if any(s != "match" and not (0 <= s < math.inf) for s in stds) or len(set(stds)) < len(stds):
         ap.error(f"--aihwkit-std: want distinct finite σ >= 0 or 'match', got {a.aihwkit_std!r}")
+    if not math.isfinite(a.match_snr):
+        ap.error(f"--match-snr: want a finite SNR in dB, got {a.match_snr}")
     try:
         spec = SweepSpec(task="digits", depths=[a.depth], kinds=a.kinds.split(","),
                          seeds=seeds, device="rram", snr_db=snr, chips=a.chips,
@@ -245,13 +252,14 @@ def main(argv: list[str] | None = None) -> int:
                                              torch.device("cpu"))
             ref = next(m for m in models if m.seed == seed and m.kind == kind)
             for std in stds:
-                name = "aihwkit" if std == 0.02 else f"aihwkit-std{std:g}"
                 if std == "match":
                     layer = matched_std(ref.model, task.x_train[:CALIBRATION_INPUTS],
                                         a.match_snr)
                     matched[f"{seed}-{kind}"] = layer
                     std = {n: v["std_output_snr"] for n, v in layer.items()}
                     name = f"aihwkit-match{a.match_snr:g}dB"
+                else:
+                    name = "aihwkit" if std == 0.02 else f"aihwkit-std{std:g}"
                 trained, losses[(seed, kind, name)] = train_aihwkit(init, task, tspec, std)
                 models.append(SweepModel(trained, kind, a.depth, ref.width, ref.params, seed,
                                          math.inf, name, None))
