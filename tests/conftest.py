@@ -63,3 +63,15 @@ def family_trainings(monkeypatch):
 
     monkeypatch.setattr(families, "train_model", counting)
     return calls
+
+
+@pytest.fixture
+def private_cache(tmp_path, monkeypatch):
+    """A fresh ``$NOISYDEQ_CACHE`` under ``tmp_path``, the figure cache on (whatever the
+    environment says)."""
+    from noisydeq import figure_cache
+
+    root = tmp_path / "cache"
+    monkeypatch.setenv("NOISYDEQ_CACHE", str(root))
+    monkeypatch.delenv(figure_cache.ENV, raising=False)
+    return root

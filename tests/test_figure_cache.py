@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import json
 
-import pytest
-
 import noisydeq.plots
 from noisydeq import figure_cache, store
 from noisydeq.cachedir.inventory import scan
@@ -21,19 +19,11 @@ def _figures(run):
     return {p.name: p.read_bytes() for p in sorted((run / "figures").iterdir())}
 
 
-@pytest.fixture()
-def cache(tmp_path, monkeypatch):
-    root = tmp_path / "cache"
-    monkeypatch.setenv("NOISYDEQ_CACHE", str(root))
-    monkeypatch.delenv(figure_cache.ENV, raising=False)
-    return root
-
-
-def test_second_sweep_copies_the_drawn_figures(tmp_path, cache, monkeypatch):
+def test_second_sweep_copies_the_drawn_figures(tmp_path, private_cache, monkeypatch):
     task = toy_task(n=40)
     first = run_sweep(toy_spec(**SPEC), tmp_path / "a", task=task, models=toy_models(task),
                       progress=False)
-    assert first.figures and len(list((cache / "figures").glob("*.json"))) == 1
+    assert first.figures and len(list((private_cache / "figures").glob("*.json"))) == 1
     drawn = _figures(tmp_path / "a")
 
     def no_drawing(*a, **k):
@@ -49,14 +39,14 @@ def test_second_sweep_copies_the_drawn_figures(tmp_path, cache, monkeypatch):
     assert {f"figures/{p.name}" for p in again.figures} <= set(checked)
     # drawing again with the cache off gives the same bytes as the copy
     monkeypatch.undo()
-    monkeypatch.setenv("NOISYDEQ_CACHE", str(cache))
+    monkeypatch.setenv("NOISYDEQ_CACHE", str(private_cache))
     monkeypatch.setenv(figure_cache.ENV, "off")
     run_sweep(toy_spec(**SPEC), tmp_path / "c", task=task, models=toy_models(task),
               progress=False)
     assert _figures(tmp_path / "c") == drawn
 
 
-def test_other_inputs_draw_again(tmp_path, cache, monkeypatch):
+def test_other_inputs_draw_again(tmp_path, private_cache, monkeypatch):
     task = toy_task(n=40)
     run_sweep(toy_spec(**SPEC), tmp_path / "a", task=task, models=toy_models(task),
               progress=False)
@@ -73,7 +63,7 @@ def test_other_inputs_draw_again(tmp_path, cache, monkeypatch):
     run_sweep(toy_spec(**dict(SPEC, snr_db="0,5,10,inf")), tmp_path / "s", task=task,
               models=toy_models(task), progress=False)
     assert calls == ["another title", ""]
-    assert len(list((cache / "figures").glob("*.json"))) == 3
+    assert len(list((private_cache / "figures").glob("*.json"))) == 3
 
 
 def _draw_into(out, calls, content=b"png bytes"):
@@ -88,50 +78,50 @@ def _draw_into(out, calls, content=b"png bytes"):
     return draw
 
 
-def test_damaged_entry_is_reported_and_drawn_again(tmp_path, cache, capsys):
+def test_damaged_entry_is_reported_and_drawn_again(tmp_path, private_cache, capsys):
     calls = []
     inputs = {"rows": [{"a": 1.5}], "title": ""}
     first = figure_cache.cached_figures(inputs, tmp_path / "o1", _draw_into(tmp_path / "o1",
-                                                                              calls), cache)
-    (entry,) = (cache / "figures").glob("*.json")
+                                                                              calls), private_cache)
+    (entry,) = (private_cache / "figures").glob("*.json")
     data = json.loads(entry.read_text())
     data["files"][0]["data"] = "AAAA"  # other bytes, digest not updated
     entry.write_text(json.dumps(data))
     again = figure_cache.cached_figures(inputs, tmp_path / "o2", _draw_into(tmp_path / "o2",
-                                                                              calls), cache)
+                                                                              calls), private_cache)
     assert len(calls) == 2 and [p.name for p in again] == [p.name for p in first]
     assert "drawing the figures again" in capsys.readouterr().err
     # the entry was replaced: a third run copies it
     third = figure_cache.cached_figures(inputs, tmp_path / "o3", _draw_into(tmp_path / "o3",
-                                                                              calls), cache)
+                                                                              calls), private_cache)
     assert len(calls) == 2 and (tmp_path / "o3" / "f.png").read_bytes() == b"png bytes"
     assert [p.name for p in third] == ["f.png", "f.csv"]
 
 
-def test_entry_whose_file_does_not_match_its_digest_is_not_used(tmp_path, cache, capsys):
+def test_entry_whose_file_does_not_match_its_digest_is_not_used(tmp_path, private_cache, capsys):
     calls = []
     inputs = {"rows": [], "title": "t"}
     figure_cache.cached_figures(inputs, tmp_path / "o1", _draw_into(tmp_path / "o1", calls),
-                                cache)
-    (entry,) = (cache / "figures").glob("*.json")
+                                private_cache)
+    (entry,) = (private_cache / "figures").glob("*.json")
     data = store.read_signed_json(entry)
     data["files"][0]["sha256"] = "0" * 64
     store.write_signed_json(entry, data)  # signed again: only the file's own digest is off
     figure_cache.cached_figures(inputs, tmp_path / "o2", _draw_into(tmp_path / "o2", calls),
-                                cache)
+                                private_cache)
     assert len(calls) == 2 and "not matching its SHA-256" in capsys.readouterr().err
 
 
-def test_off_draws_and_stores_nothing(tmp_path, cache, monkeypatch):
+def test_off_draws_and_stores_nothing(tmp_path, private_cache, monkeypatch):
     monkeypatch.setenv(figure_cache.ENV, "off")
     calls = []
     for i in range(2):
         out = tmp_path / f"o{i}"
-        figure_cache.cached_figures({"rows": []}, out, _draw_into(out, calls), cache)
-    assert len(calls) == 2 and not (cache / "figures").exists()
+        figure_cache.cached_figures({"rows": []}, out, _draw_into(out, calls), private_cache)
+    assert len(calls) == 2 and not (private_cache / "figures").exists()
 
 
-def test_key_follows_the_matplotlibrc_and_the_code(tmp_path, cache, monkeypatch):
+def test_key_follows_the_matplotlibrc_and_the_code(tmp_path, private_cache, monkeypatch):
     inputs = {"rows": [{"a": 1}]}
     base = figure_cache.figure_key(inputs)
     rc = tmp_path / "rc"
@@ -146,18 +136,18 @@ def test_key_follows_the_matplotlibrc_and_the_code(tmp_path, cache, monkeypatch)
     assert figure_cache.figure_key(inputs) != base
 
 
-def test_noisydeq_cache_lists_and_prunes_figure_entries(tmp_path, cache, monkeypatch):
+def test_noisydeq_cache_lists_and_prunes_figure_entries(tmp_path, private_cache, monkeypatch):
     calls = []
     figure_cache.cached_figures({"rows": []}, tmp_path / "o", _draw_into(tmp_path / "o", calls),
-                                cache)
-    inv = scan(cache)
+                                private_cache)
+    inv = scan(private_cache)
     (entry,) = inv.of("figures")
     assert entry.status == "current" and entry.size > 0
-    (path,) = (cache / "figures").glob("*.json")
+    (path,) = (private_cache / "figures").glob("*.json")
     data = store.read_signed_json(path)
     data["env"]["code"] = "0" * 16  # written by other code: no run of this one hits it
     store.write_signed_json(path, data)
-    (entry,) = scan(cache).of("figures")
+    (entry,) = scan(private_cache).of("figures")
     assert entry.status == "stale"
     from click.testing import CliRunner
 
@@ -165,4 +155,4 @@ def test_noisydeq_cache_lists_and_prunes_figure_entries(tmp_path, cache, monkeyp
 
     out = CliRunner().invoke(cli, ["cache", "prune", "--stale", "--kind", "figures"])
     assert out.exit_code == 0, out.output
-    assert not list((cache / "figures").glob("*.json"))
+    assert not list((private_cache / "figures").glob("*.json"))

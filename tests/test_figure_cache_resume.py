@@ -26,15 +26,7 @@ def _no_drawing(*a, **k):
     raise AssertionError("drawn although the figure cache holds these figures")
 
 
-@pytest.fixture()
-def cache(tmp_path, monkeypatch):
-    root = tmp_path / "cache"
-    monkeypatch.setenv("NOISYDEQ_CACHE", str(root))
-    monkeypatch.delenv(figure_cache.ENV, raising=False)
-    return root
-
-
-def test_a_resumed_study_copies_its_figures_and_plot_still_draws(tmp_path, cache,
+def test_a_resumed_study_copies_its_figures_and_plot_still_draws(tmp_path, private_cache,
                                                                   monkeypatch):
     from click.testing import CliRunner
 
@@ -42,7 +34,7 @@ def test_a_resumed_study_copies_its_figures_and_plot_still_draws(tmp_path, cache
 
     out = tmp_path / "run"
     first = run_study(tiny(**GRID), out, plots=True)
-    assert first.figures and len(list((cache / "figures").glob("*.json"))) == 1
+    assert first.figures and len(list((private_cache / "figures").glob("*.json"))) == 1
     drawn = _figures(out / "figures")
     for p in first.figures:
         p.unlink()  # the resume writes them again, from the cache
@@ -70,7 +62,7 @@ def test_a_resumed_study_copies_its_figures_and_plot_still_draws(tmp_path, cache
     # noisydeq plot draws on demand, the cache holding these figures or not
     calls.clear()
     monkeypatch.undo()
-    monkeypatch.setenv("NOISYDEQ_CACHE", str(cache))
+    monkeypatch.setenv("NOISYDEQ_CACHE", str(private_cache))
     monkeypatch.setattr(noisydeq.studies.plots, "plot_study",
                         lambda *a, **k: calls.append(1) or real(*a, **k))
     r = CliRunner().invoke(cli, ["plot", str(out)])
