@@ -263,7 +263,7 @@ def run_study(
     from noisydeq.cluster import Backend, session
     from noisydeq.runtime import num_threads, resolve_torch_device
     from noisydeq.store import init_hash
-    from noisydeq.train import MODEL_FILE, finished_weights, train_model
+    from noisydeq.train import MODEL_FILE, TrainResult, finished_weights, train_model
 
     t0 = time.perf_counter()
     say = log or (lambda _s: None)
@@ -310,7 +310,7 @@ def run_study(
                     continue
                 cells[mid] = done
                 res = todo.pop(mid)
-                if hasattr(res, "model"):  # loaded (or trained) above: said, not served
+                if isinstance(res, TrainResult):  # loaded (or trained) above: said, not served
                     say(f"{mid}: {task.metric_name} {res.test_metric:.4g} "
                         f"({'loaded' if res.loaded else res.trained_in()})")
                 else:
@@ -341,7 +341,7 @@ def run_study(
                 rows.extend(cells[mid])
                 continue
             res = todo.pop(mid)
-            if not hasattr(res, "model"):  # the initial model: load or train it
+            if not isinstance(res, TrainResult):  # the initial model: load or train it
                 res = train_model(res, task, spec.train_spec(mname, seed, tsnr),
                                   out_dir=run.models / mid, torch_device=dev,
                                   quiet=not progress, desc=mid)
