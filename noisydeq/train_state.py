@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
@@ -47,13 +47,8 @@ class _Rng:
     def stream(self, what: str, epoch: int, samples: Tensor, *name: str) -> NoiseStream:
         """The ``what`` source (noise, device, threshold) of ``epoch`` for the rows
         ``samples`` (training-set indices); ``name``: e.g. a device layer's."""
-        address = (what, epoch, *name)
-        table = self._tables.get(address)
-        if table is None:  # a new epoch: the last one's tables are done with
-            if any(k[1] != epoch for k in self._tables):
-                self._tables.clear()
-            key = derive_seed(self.seed, "train", what, epoch, *name)
-            table = self._tables[address] = NoiseStream.from_seed(key, self.dev)
+        table = self._table((what, epoch, *name), lambda: NoiseStream.from_seed(
+            derive_seed(self.seed, "train", what, epoch, *name), self.dev))
         assert isinstance(table, NoiseStream)
         # == NoiseStream.from_seed(key, dev, samples), its rows set up once per epoch
         return table.rows_of(samples)
@@ -63,15 +58,21 @@ class _Rng:
         """``[self.stream(what, epoch, samples, name) for name in names]`` (e.g. every
         device layer's source), the rows of all of them taken by one index from one table
         per epoch (:class:`noisydeq.noise.StreamTable`): the same streams."""
-        address = (what, epoch, tuple(names))
-        table = self._tables.get(address)
-        if table is None:  # a new epoch: the last one's tables are done with
-            if any(k[1] != epoch for k in self._tables):
-                self._tables.clear()
-            keys = [derive_seed(self.seed, "train", what, epoch, name) for name in names]
-            table = self._tables[address] = NoiseStream.table(keys, self.dev)
+        table = self._table((what, epoch, tuple(names)), lambda: NoiseStream.table(
+            [derive_seed(self.seed, "train", what, epoch, name) for name in names], self.dev))
         assert isinstance(table, StreamTable)
         return table.streams(samples)
+
+    def _table(self, address: tuple, make: Callable[[], NoiseStream | StreamTable]
+               ) -> NoiseStream | StreamTable:
+        """The row table of ``address`` (``(what, epoch, …)``), made by ``make`` the first
+        time it is asked for in its epoch; a new epoch drops the last one's tables."""
+        table = self._tables.get(address)
+        if table is None:
+            if any(k[1] != address[1] for k in self._tables):
+                self._tables.clear()
+            table = self._tables[address] = make()
+        return table
 
 
 def _save_resume(
