@@ -18,13 +18,11 @@ the cache under the digest of the modules' bytes (:data:`MEMO_DIRECTORY`), which
 from __future__ import annotations
 
 import ast
-import contextlib
 import functools
 import hashlib
 import platform
 import re
 import sys
-from collections.abc import Iterator
 from importlib import metadata
 from pathlib import Path
 
@@ -207,28 +205,6 @@ def fingerprint_of(root: Path, cache: Path | None) -> str:
     return code
 
 
-#: the cache the memo lives in when a command names it (:func:`memo_in`); None: the
-#: default cache (``runtime.cache_root()``: ``$NOISYDEQ_CACHE`` or the user cache dir)
-_memo_cache: Path | None = None
-
-
-@contextlib.contextmanager
-def memo_in(cache: str | Path) -> Iterator[None]:
-    """Inside ``with``, the memo is read and written in ``cache``: what a command whose
-    whole cache is given on its command line wraps its work in (``noisydeq cache --cache
-    DIR``); the fingerprint is computed once per process, so the first ``with`` that needs
-    it places the memo. A command's ``--cache DIR`` that names its model cache only
-    (``attack``, ``certify``, ``sensitivity``, ...) keeps the default: the entries that
-    record the code — calibrations, chips, figures — are in the default cache, and the
-    memo lives with them."""
-    global _memo_cache
-    before, _memo_cache = _memo_cache, Path(cache)
-    try:
-        yield
-    finally:
-        _memo_cache = before
-
-
 @functools.lru_cache(maxsize=1)
 def code_fingerprint() -> str:
     """Hash of what the package's code computes (16 hex): every module (``noisydeq.rng``
@@ -244,12 +220,11 @@ def code_fingerprint() -> str:
     resolved config), so editing one changes the keys of what it changes.
 
     Memoised in the process and in the cache (``<cache>/code/``, see the module; the
-    cache :func:`memo_in` names, else the default one): a missing, corrupt or unwritable
-    memo is computed again silently."""
+    cache :func:`noisydeq.runtime.cache_root` names — a command's ``--cache DIR``, else
+    the default one): a missing, corrupt or unwritable memo is computed again silently."""
     from noisydeq.runtime import cache_root
 
-    return fingerprint_of(package_root(), cache_root() if _memo_cache is None
-                          else _memo_cache)
+    return fingerprint_of(package_root(), cache_root())
 
 
 @functools.lru_cache(maxsize=1)

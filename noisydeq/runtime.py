@@ -6,7 +6,9 @@ torch is imported by the functions that need it, so a command can check its opti
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -37,17 +39,45 @@ def resolve_torch_device(name: str) -> torch.device:
 #: environment variable naming the on-disk cache (see :func:`cache_root`)
 ENV_CACHE = "NOISYDEQ_CACHE"
 
+#: the cache root ``--cache DIR`` chose for this process (:func:`cache_at`); None: none given
+_chosen: Path | None = None
+
 
 def cache_root(cache_dir: str | os.PathLike | None = None) -> Path:
-    """The on-disk cache (models, calibrations, programmed chips): ``cache_dir``, else
+    """The on-disk cache (models, calibrations, programmed chips, figures, code memo):
+    ``cache_dir``, else the one ``--cache DIR`` chose (:func:`cache_at`), else
     ``$NOISYDEQ_CACHE``, else the user cache dir."""
     if cache_dir is not None:
         return Path(cache_dir).expanduser()
+    if _chosen is not None:
+        return _chosen
     if os.environ.get(ENV_CACHE):
         return Path(os.environ[ENV_CACHE]).expanduser()
     import platformdirs
 
     return Path(platformdirs.user_cache_dir("noisydeq"))
+
+
+@contextlib.contextmanager
+def cache_at(cache_dir: str | os.PathLike) -> Iterator[Path]:
+    """Inside ``with``, ``cache_dir`` is the cache root of this process — every kind
+    :func:`cache_root` serves: models, calibrations, chips, figures, code memo — and of
+    the processes it starts (spawned sweep workers read ``$NOISYDEQ_CACHE``, set to it as
+    an absolute path); both are restored after. What ``--cache DIR`` does
+    (:func:`noisydeq.commands.cache_option`). Only the root moves: no cache key names it."""
+    global _chosen
+    root = Path(cache_dir).expanduser()
+    before, env = _chosen, os.environ.get(ENV_CACHE)
+    _chosen = root
+    os.environ[ENV_CACHE] = os.path.abspath(root)
+    try:
+        yield root
+    finally:
+        _chosen = before
+        if env is None:
+            os.environ.pop(ENV_CACHE, None)
+        else:
+            os.environ[ENV_CACHE] = env
 
 
 def check_cache(cache_dir: str | os.PathLike | None = None) -> Path:
@@ -59,7 +89,7 @@ def check_cache(cache_dir: str | os.PathLike | None = None) -> Path:
     from noisydeq.store import check_out_dir
 
     root = cache_root(cache_dir)
-    what = ("--cache" if cache_dir is not None
+    what = ("--cache" if cache_dir is not None or _chosen is not None
             else f"${ENV_CACHE}" if os.environ.get(ENV_CACHE) else "cache")
     check_out_dir(root, what)
     return root

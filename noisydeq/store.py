@@ -584,6 +584,27 @@ class DirLock:
         self.release()
 
 
+#: errno of a directory this process cannot write in: a read-only mount, no permission
+NOT_WRITABLE = frozenset({errno.EROFS, errno.EACCES, errno.EPERM})
+
+
+def reading_lock(directory: str | os.PathLike, what: str = "directory") -> DirLock | None:
+    """The :class:`DirLock` of an existing ``directory`` that a reader holds while it reads
+    (a model entry of the cache: a concurrent ``noisydeq cache clear`` skips it) — the
+    caller releases it —, or None when the lock file cannot be made because the directory
+    is read-only to this process (:data:`NOT_WRITABLE`: a read-only mount, no write
+    permission). A cache that holds what a command reads is then served without the lock:
+    the reader writes nothing there, and what it reads is digest-checked, so an entry
+    another user clears during the read is a miss, never other data."""
+    lock = DirLock(directory, what)
+    try:
+        return lock.acquire()
+    except OSError as err:
+        if err.errno in NOT_WRITABLE:
+            return None
+        raise
+
+
 # ------------------------------------------------------------------ JSON helpers
 
 

@@ -156,14 +156,20 @@ def load_member(path: Path, check: Any = None) -> Member:
 def load_cached_member(path: Path, check: Any = None) -> Member:
     """:func:`load_member` of a model in the model cache, under its entry's lock (the
     :class:`noisydeq.store.DirLock` that ``train_model`` and ``noisydeq cache prune/clear``
-    take): a concurrent clear skips the entry while it is read. An entry emptied after
+    take): a concurrent clear skips the entry while it is read. A cache read-only to this
+    process (a read-only mount, no write permission) is read without the lock, writing
+    nothing (:func:`noisydeq.store.reading_lock`). An entry emptied after
     :func:`noisydeq.analysis.locate.locate` found it (a clear between the two) is a miss,
     said in one line, like a model the cache never held."""
     entry = path.parent
     if entry.is_dir():  # DirLock would create a directory the clear removed
-        with store.DirLock(entry, "model directory"):
+        lock = store.reading_lock(entry, "model directory")
+        try:
             if path.is_file():
                 return load_member(path, check)
+        finally:
+            if lock is not None:
+                lock.release()
     raise NoisyDEQError(
         f"--family: the cached model {path} was removed (by another process: noisydeq cache "
         "clear or prune) after it was found; re-run the sweep to train it again")

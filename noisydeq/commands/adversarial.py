@@ -18,6 +18,7 @@ from typing import Any
 
 import click
 
+from noisydeq.commands import cache_option
 from noisydeq.commands.sweep import check_data_dir, parse_sets, threads_flag, variant_options
 from noisydeq.errors import NoisyDEQError
 from noisydeq.progress import with_heartbeat
@@ -70,8 +71,7 @@ def _default_out(name: str, variant: str, resolved: Any) -> Path:
 @click.option("--set", "sets", multiple=True, metavar="PART.KEY=VALUE",
               help="Override a field: grid.seeds=[0], train.epochs=1, family.hidden=16, "
                    "evaluations.NAME.samples=50 (NAME = * for all).")
-@click.option("--cache", type=click.Path(path_type=Path), default=None,
-              help="Model cache (default $NOISYDEQ_CACHE or the user cache dir).")
+@cache_option
 @threads_flag()
 @click.option("--keep-other-code", is_flag=True,
               help="Resuming: serve the attack cells other noisydeq code computed (default: "
@@ -80,7 +80,7 @@ def _default_out(name: str, variant: str, resolved: Any) -> Path:
 @click.option("--json", "as_json", is_flag=True, help="Print a machine-readable summary.")
 @with_heartbeat("adversarial")
 def command(experiment: str, variant: str, out: Path | None, data_dir: str | None,
-            sets: tuple[str, ...], cache: Path | None, threads: str | None,
+            sets: tuple[str, ...], threads: str | None,
             keep_other_code: bool, quiet: bool, as_json: bool) -> None:
     """Adversarial training grid (PGD-AT/TRADES x defences) and its attack tables.
 
@@ -103,12 +103,12 @@ def command(experiment: str, variant: str, out: Path | None, data_dir: str | Non
         raise NoisyDEQError(f"{experiment}: {err}") from None
     out_dir = out or _default_out(exp.name, variant, resolved)
     check_out_dir(out_dir)
-    check_cache(cache)  # the trained models go there: writable, or one line
+    check_cache()  # the trained models go there: writable, or one line
     echo = (lambda s: None) if quiet or as_json else (lambda s: click.echo(s, err=True))
     echo(f"{exp.name} ({variant}): {exp.title}")
     t0 = time.perf_counter()
     with num_threads(train_threads):
-        res = run_experiment(resolved, out_dir, data_dir=data_dir, cache_dir=cache,
+        res = run_experiment(resolved, out_dir, data_dir=data_dir,
                              quiet=quiet or as_json, echo=echo,
                              keep_other_code=keep_other_code)
     report = {"out": str(out_dir), "models": len(res.members),

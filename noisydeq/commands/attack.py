@@ -15,8 +15,8 @@ from typing import Any
 
 import click
 
+from noisydeq.commands import cache_option
 from noisydeq.commands.sensitivity import (
-    cache_option,
     check_device,
     check_family,
     check_models,
@@ -36,11 +36,11 @@ from noisydeq.specs.attack_run import AttackRunSpec
 from noisydeq.specs.base import build
 
 
-def _members(family: Path, data_dir: str | None, cache: Path | None):
+def _members(family: Path, data_dir: str | None):
     from noisydeq.analysis.family import deq_or_ffw, load_family, load_family_task
     from noisydeq.attacks.members import defended_model
 
-    loaded = load_family(family, "cpu", data_dir=data_dir, cache_dir=cache, check=deq_or_ffw)
+    loaded = load_family(family, "cpu", data_dir=data_dir, check=deq_or_ffw)
     task = load_family_task(loaded, data_dir)
     members = [defended_model(m.model, m.kind, m.depth, m.width, m.params, m.seed, m.train)
                for m in loaded]
@@ -156,7 +156,7 @@ def _per_position_attacks(spec: AttackRunSpec, task: Any) -> dict[str, Any]:
 @with_heartbeat("attack")
 def command(family, attacks, eps, pgd_steps, steps, steps_eps, sigma, fraction, norm, eot,
             estimators, defences, device, noise_site, snr, chips, transfer, train_noise, samples,
-            val_samples, seed, data_dir, sets, out, cache, torch_device, threads,
+            val_samples, seed, data_dir, sets, out, torch_device, threads,
             keep_other_code, quiet, as_json, backend="local", address=None) -> None:
     """Attack a family's DEQs and FFWs (PGD, AutoAttack, noise; DEQ estimators, defences).
 
@@ -197,7 +197,7 @@ def command(family, attacks, eps, pgd_steps, steps, steps_eps, sigma, fraction, 
     from noisydeq.attacks.runner import run_attacks
     from noisydeq.results import spec_hash
 
-    members, task, recorded = _members(Path(family), data_dir, cache)
+    members, task, recorded = _members(Path(family), data_dir)
     spec = spec.model_copy(update={"task": task.name, "data_dir": data_dir or recorded,
                                    **_per_position_attacks(spec, task)})
     out_dir = out or default_out(Path(family), None, f"attack-{spec_hash(spec)}")

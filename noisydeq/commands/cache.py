@@ -5,14 +5,13 @@ hurting a run that uses them (:mod:`noisydeq.cachedir`). Reads files only: no to
 
 from __future__ import annotations
 
-import contextlib
 import json
-from collections.abc import Iterator
 from typing import Any
 
 import click
 
 from noisydeq.cachedir import KINDS
+from noisydeq.commands import cache_option
 from noisydeq.errors import NoisyDEQError, did_you_mean
 from noisydeq.limits import fmt_bytes
 
@@ -34,19 +33,15 @@ def _days(ctx: click.Context, param: click.Parameter, value: float | None) -> fl
     return value
 
 
-@contextlib.contextmanager
-def _scanned(ctx: click.Context, cache: str | None) -> Iterator[Any]:
+def _scanned() -> Any:
     """The inventory of the cache this command reads and prunes (``--cache``, given before
-    or after the sub-command, else the default); inside ``with``, the code fingerprint's
-    memo (compared with what the entries record) is that cache's too
-    (:func:`noisydeq.fingerprint.memo_in`)."""
+    or after the sub-command — the sub-command's wins —, else the default); the code
+    fingerprint's memo (compared with what the entries record) is that cache's too, as it
+    is for every command (:func:`noisydeq.runtime.cache_root`)."""
     from noisydeq.cachedir.inventory import scan
-    from noisydeq.fingerprint import memo_in
     from noisydeq.runtime import cache_root
 
-    root = cache_root(cache if cache is not None else (ctx.obj or {}).get("cache"))
-    with memo_in(root):
-        yield scan(root)
+    return scan(cache_root())
 
 
 def summary(inv: Any) -> dict[str, Any]:
@@ -98,11 +93,6 @@ def _table(info: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _cache_option(f):
-    return click.option("--cache", default=None, metavar="DIR",
-                        help="The cache (default $NOISYDEQ_CACHE or the user cache dir).")(f)
-
-
 def _json_option(f):
     return click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")(f)
 
@@ -117,10 +107,10 @@ class _Group(click.Group):
 
 
 @click.group("cache", cls=_Group, invoke_without_command=True)
-@_cache_option
+@cache_option
 @_json_option
 @click.pass_context
-def command(ctx: click.Context, cache: str | None, as_json: bool) -> None:
+def command(ctx: click.Context, as_json: bool) -> None:
     """Show and prune the on-disk cache (models, calibrations, chips, figures, code memo).
 
     \b
@@ -143,19 +133,18 @@ def command(ctx: click.Context, cache: str | None, as_json: bool) -> None:
     reported.
     """
     ctx.ensure_object(dict)
-    ctx.obj.update(cache=cache, json=as_json)  # given before the sub-command: theirs too
+    ctx.obj.update(json=as_json)  # given before the sub-command: theirs too
     if ctx.invoked_subcommand is None:
-        ctx.invoke(list_command, cache=cache, as_json=as_json)
+        ctx.invoke(list_command, as_json=as_json)
 
 
 @command.command("list")
-@_cache_option
+@cache_option
 @_json_option
 @click.pass_context
-def list_command(ctx: click.Context, cache: str | None, as_json: bool) -> None:
+def list_command(ctx: click.Context, as_json: bool) -> None:
     """Entries, size and stale entries per kind, and the cache path."""
-    with _scanned(ctx, cache) as inv:
-        info = summary(inv)
+    info = summary(_scanned())
     as_json = as_json or (ctx.obj or {}).get("json", False)
     click.echo(json.dumps(info, indent=2) if as_json else _table(info))
 
@@ -185,14 +174,13 @@ def _report(outcome: Any, dry_run: bool, as_json: bool) -> None:
         click.echo(f"skipped {entry.name}: {why}")
 
 
-def _prune(ctx: click.Context, cache: str | None, kinds: tuple, stale: bool,
+def _prune(ctx: click.Context, kinds: tuple, stale: bool,
            older_than: float | None, dry_run: bool, as_json: bool) -> None:
     from noisydeq.cachedir.prune import remove, select
 
     as_json = as_json or (ctx.obj or {}).get("json", False)
-    with _scanned(ctx, cache) as inv:
-        _report(remove(select(inv, kinds, stale, older_than), dry_run, inv, kinds), dry_run,
-                as_json)
+    inv = _scanned()
+    _report(remove(select(inv, kinds, stale, older_than), dry_run, inv, kinds), dry_run, as_json)
 
 
 _KIND = click.option("--kind", "kinds", multiple=True, callback=_kinds, metavar="K",
@@ -206,29 +194,29 @@ _DRY = click.option("--dry-run", is_flag=True, help="Delete nothing; say what wo
               metavar="DAYS", help="Entries last written more than DAYS days ago.")
 @_KIND
 @_DRY
-@_cache_option
+@cache_option
 @_json_option
 @click.pass_context
 def prune_command(ctx: click.Context, stale: bool, older_than: float | None, kinds: tuple,
-                  dry_run: bool, cache: str | None, as_json: bool) -> None:
+                  dry_run: bool, as_json: bool) -> None:
     """Delete the stale (--stale) and/or old (--older-than DAYS) entries (of --kind)."""
     if not stale and older_than is None:
         raise NoisyDEQError("cache prune: give --stale and/or --older-than DAYS (every "
                             "entry of a kind: noisydeq cache clear --kind K)")
-    _prune(ctx, cache, kinds, stale, older_than, dry_run, as_json)
+    _prune(ctx, kinds, stale, older_than, dry_run, as_json)
 
 
 @command.command("clear")
 @_KIND
 @click.option("--yes", is_flag=True, help="Confirm deleting every entry of every kind.")
 @_DRY
-@_cache_option
+@cache_option
 @_json_option
 @click.pass_context
 def clear_command(ctx: click.Context, kinds: tuple, yes: bool, dry_run: bool,
-                  cache: str | None, as_json: bool) -> None:
+                  as_json: bool) -> None:
     """Delete every entry of --kind K (repeatable), or of every kind with --yes."""
     if not kinds and not yes and not dry_run:
         raise NoisyDEQError(f"cache clear: name the --kind to delete ({', '.join(KINDS)}), "
                             "or pass --yes to delete every entry")
-    _prune(ctx, cache, kinds, False, None, dry_run, as_json)
+    _prune(ctx, kinds, False, None, dry_run, as_json)

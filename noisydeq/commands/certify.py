@@ -18,6 +18,7 @@ from typing import Any
 
 import click
 
+from noisydeq.commands import cache_option
 from noisydeq.commands.sweep import backend_options, threads_flag, variant_options
 from noisydeq.errors import NoisyDEQError, did_you_mean
 from noisydeq.progress import with_heartbeat
@@ -133,7 +134,7 @@ def _writable(out: Path) -> None:
 @click.option("--data-dir", default=None,
               help="MNIST directory (else the one a sweep run recorded — a train folder "
                    "records none —, else $NOISYDEQ_MNIST_DIR).")
-@click.option("--cache", default=None, help="model cache (default $NOISYDEQ_CACHE).")
+@cache_option
 @click.option("--out", type=click.Path(path_type=Path), default=None,
               help="output directory (default runs/certify-<source>, an experiment's "
                    "runs/<name>-<variant>; with certify options given, -<hash of them> "
@@ -223,8 +224,7 @@ def _models(source: Path, out: Path, spec, opts: dict[str, Any], echo
     from noisydeq.certify.checks import check_certifiable
     from noisydeq.cluster import session
 
-    members = load_family(source, data_dir=opts["data_dir"], cache_dir=opts["cache"],
-                          check=check_certifiable)
+    members = load_family(source, data_dir=opts["data_dir"], check=check_certifiable)
     task = load_family_task(members, opts["data_dir"])
     x, y = task.x_test, task.y_test
     if spec.n_test is not None:
@@ -270,7 +270,7 @@ def _experiment_spec(source: Path, opts: dict[str, Any]):
         return exp, out
     from noisydeq.runtime import check_cache
 
-    check_cache(opts["cache"])  # table2 trains its models there: writable, or one line
+    check_cache()  # table2 trains its models there: writable, or one line
     if given:  # command-line settings win over the file's [certify] table
         # checked before the (validated) assignment; an error names the option's table
         _check_device(file.section(opts["variant"], given, names=OPTION_NAMES))
@@ -287,7 +287,7 @@ def _experiment(exp, out: Path, opts: dict[str, Any], echo
         return run_fig2(exp, out, data_dir=opts["data_dir"], echo=echo)
     bars = not opts["quiet"] and not opts["as_json"] and sys.stderr.isatty()
     with session(opts["backend"]):  # unreachable: one line, before training writes
-        return run_table2(exp, out, data_dir=opts["data_dir"], cache_dir=opts["cache"],
+        return run_table2(exp, out, data_dir=opts["data_dir"],
                           quiet=not bars, echo=echo, backend=opts["backend"])
 
 

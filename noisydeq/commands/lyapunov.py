@@ -13,6 +13,7 @@ from pathlib import Path
 
 import click
 
+from noisydeq.commands import cache_option
 from noisydeq.commands.sweep import threads_flag
 from noisydeq.progress import with_heartbeat
 
@@ -26,6 +27,7 @@ from noisydeq.progress import with_heartbeat
 @click.option("--seeds", default=None, help="Override the experiment's seeds, e.g. 0,1,2.")
 @click.option("--only", type=click.Choice(["attack", "device"]), default=None,
               help="Run only one of the experiment's tables.")
+@cache_option
 @threads_flag("torch threads (as for noisydeq sweep; the evaluation count is used).",
               "auto|N|TRAIN,EVAL")
 @click.option("--keep-other-code", is_flag=True,

@@ -14,6 +14,7 @@ from pathlib import Path
 import click
 
 from noisydeq.cluster import Backend
+from noisydeq.commands import cache_option
 from noisydeq.commands.sweep import (
     backend_options,
     check_data_dir,
@@ -97,6 +98,7 @@ def _list(as_json: bool) -> None:
               help="Override any sweep-spec field (e.g. --set epochs=1).")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 @click.option("--json", "as_json", is_flag=True, help="Print a machine-readable summary.")
+@cache_option
 @threads_flag("torch threads for training and evaluation (as for noisydeq sweep).",
               "auto|N|TRAIN,EVAL")
 @click.option("--jobs", default=None, metavar="auto|N",

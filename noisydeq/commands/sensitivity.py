@@ -9,6 +9,7 @@ from pathlib import Path
 import click
 
 from noisydeq import limits, store
+from noisydeq.commands import cache_option
 from noisydeq.commands.sweep import threads_flag
 from noisydeq.errors import NoisyDEQError
 from noisydeq.progress import with_heartbeat
@@ -74,12 +75,6 @@ def family_option(f):
                         help="run dir of 'noisydeq sweep', 'noisydeq study' or 'noisydeq "
                              "run' (a bundled sweep or study), output dir of 'noisydeq "
                              "train', or a checkpoint.")(f)
-
-
-def cache_option(f):
-    return click.option("--cache", "cache", default=None, type=click.Path(path_type=Path),
-                        help="model cache a sweep run dir's models are in "
-                             "(default: $NOISYDEQ_CACHE or the user cache dir).")(f)
 
 
 def _finite_snr(ctx: click.Context, param: click.Parameter, value: float | None
@@ -170,7 +165,7 @@ def check_analysis(family: Path, device: str | None, out: Path | None, name: str
 @threads_option
 @with_heartbeat("sensitivity")
 def command(family, kind, eta, snr, site, samples, inputs, precision, seed, data_dir, out,
-            cache, device, chips, device_snr, torch_device, threads) -> None:
+            device, chips, device_snr, torch_device, threads) -> None:
     """E_ξ|dz*/dξ_i| of each DEQ and FFW in a family, the DEQ/FFW ratio and Eq. 12 bounds.
 
     \b
@@ -209,7 +204,7 @@ def command(family, kind, eta, snr, site, samples, inputs, precision, seed, data
 
     with num_threads(threads):
         dev = resolve_torch_device(torch_device)
-        members = load_family(family, dev, data_dir=data_dir, cache_dir=cache)
+        members = load_family(family, dev, data_dir=data_dir)
         x = family_inputs(members, inputs, data_dir, dev)
         members, on = on_device(family, device, chips, device_snr, members, data_dir, dev)
         rows, paths = run_sensitivity(

@@ -8,10 +8,10 @@ from pathlib import Path
 import click
 
 from noisydeq import limits, store
+from noisydeq.commands import cache_option
 from noisydeq.commands.sensitivity import (
     MAX_COUNT,
     SEED,
-    cache_option,
     check_device,
     check_family,
     device_options,
@@ -80,7 +80,7 @@ from noisydeq.progress import with_heartbeat
 def command(names, snr, max_iter, window, width, batch, family, depth, member_seed,
             member_train_snr, member_train_device, count_snr, eps,
             count_max_iter, floors, accuracy_snr, accuracy_solvers, accuracy_max_iter, inputs,
-            seed, data_dir, out, cache, device, chips, device_snr, torch_device,
+            seed, data_dir, out, device, chips, device_snr, torch_device,
             threads) -> None:
     """Noisy fixed-point solving: traces, stop-rule iteration counts, accuracy per solver.
 
@@ -140,7 +140,7 @@ def command(names, snr, max_iter, window, width, batch, family, depth, member_se
         on = None
         if family is not None:  # load (and fail on bad input) before the Fig. 4 work
             model_info = _family_deq(family, depth, member_seed, member_train_snr,
-                                     member_train_device, inputs, data_dir, cache, dev)
+                                     member_train_device, inputs, data_dir, dev)
             model_info, on = _on_device(family, device, chips, device_snr, model_info, data_dir,
                                         dev)
         cell, xt = traces.fig4_cell(width, batch, seed, device=dev)
@@ -238,7 +238,7 @@ def _check_member(family: Path | None, depth: int | None, member_seed: int | Non
 
 def _family_deq(family: Path, depth: int | None, member_seed: int | None,
                 member_train_snr: str | None, member_train_device: str | None, inputs: int,
-                data_dir: str | None, cache: Path | None, dev):
+                data_dir: str | None, dev):
     """The family's DEQ (deepest, or ``depth``; lowest seed, or ``member_seed``; trained
     without noise if there is one, else at the highest SNR, or ``member_train_snr``;
     trained digitally if there is one, else on the first training device, or
@@ -248,7 +248,7 @@ def _family_deq(family: Path, depth: int | None, member_seed: int | None,
     from noisydeq.analysis.family import load_family, load_family_task
     from noisydeq.analysis.outputs import snr_text
 
-    members = [m for m in load_family(family, dev, data_dir=data_dir, cache_dir=cache)
+    members = [m for m in load_family(family, dev, data_dir=data_dir)
                if m.kind == "deq"]
     if not members:
         raise NoisyDEQError(f"--family: no DEQ model under {family}")

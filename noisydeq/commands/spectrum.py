@@ -5,10 +5,10 @@ from __future__ import annotations
 import click
 
 from noisydeq import store
+from noisydeq.commands import cache_option
 from noisydeq.commands.sensitivity import (
     MAX_COUNT,
     SEED,
-    cache_option,
     check_analysis,
     device_options,
     family_option,
@@ -35,7 +35,7 @@ from noisydeq.progress import with_heartbeat
 @torch_device_option
 @threads_option
 @with_heartbeat("spectrum")
-def command(family, inputs, seed, data_dir, out, cache, device, chips, device_snr,
+def command(family, inputs, seed, data_dir, out, device, chips, device_snr,
             torch_device, threads) -> None:
     """Eigen-spectra and spectral radii of every DEQ and FFW of a family.
 
@@ -54,7 +54,7 @@ def command(family, inputs, seed, data_dir, out, cache, device, chips, device_sn
 
     with num_threads(threads):
         dev = resolve_torch_device(torch_device)
-        members = load_family(family, dev, data_dir=data_dir, cache_dir=cache)
+        members = load_family(family, dev, data_dir=data_dir)
         for pair in pairs(members):
             warn = pair.count_warning()
             if warn:

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import click
 
+from noisydeq.commands import cache_option
 from noisydeq.commands.sweep import (
     backend_options,
     check_data_dir,
@@ -37,6 +38,7 @@ def default_out(name: str, variant: str) -> Path:
 @click.option("--torch-device", default=None, help="cpu, cuda, cuda:1, ...")
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
               help="Override a study field (e.g. --set seeds=[0]).")
+@cache_option
 @threads_flag()
 @click.option("--quiet", is_flag=True, help="No progress lines.")
 @click.option("--json", "as_json", is_flag=True, help="Print a machine-readable summary.")

@@ -19,6 +19,7 @@ import click
 
 from noisydeq import limits
 from noisydeq.cluster import Backend
+from noisydeq.commands import cache_option
 from noisydeq.errors import NoisyDEQError
 from noisydeq.progress import with_heartbeat
 from noisydeq.specs.base import build
@@ -301,6 +302,7 @@ def execute(
               help="Override any sweep-spec field (e.g. --set max_rows=8192).")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 @click.option("--json", "as_json", is_flag=True, help="Print a machine-readable summary.")
+@cache_option
 @threads_flag("torch threads for training and evaluation (default $NOISYDEQ_THREADS, else "
               "auto = 1 per process; processes are the parallelism).", "auto|N|TRAIN,EVAL")
 @click.option("--jobs", default=None, metavar="auto|N",

@@ -4,10 +4,11 @@ One model goes to ``--out`` (default ``runs/train/<kind>-d<depth>-w<width>-s<see
 hash>``, so the same command finds its model again and another config gets its own folder):
 ``model.safetensors`` + ``model.json`` (full resolved config and its hash), with a
 per-epoch ``resume.safetensors`` that ``--resume`` continues from. A family goes into the
-model cache (``--out`` overrides it; default ``$NOISYDEQ_CACHE`` or the user cache dir), the
-same cache ``noisydeq sweep`` reuses. Adversarial training (``--adversarial``), the DEQ
-defences (``--random-threshold``, ``--random-state``, noise on x or z with ``--train-site
-input|state``) and the optimiser of Tables 5-6 are :mod:`noisydeq.adversarial`'s.
+cache (``--cache DIR``, default ``$NOISYDEQ_CACHE`` or the user cache dir), the same cache
+``noisydeq sweep`` reuses; ``--out DIR`` puts its models in ``DIR/models/`` instead.
+Adversarial training (``--adversarial``), the DEQ defences (``--random-threshold``,
+``--random-state``, noise on x or z with ``--train-site input|state``) and the optimiser of
+Tables 5-6 are :mod:`noisydeq.adversarial`'s.
 
 Length (about 410 lines): one command; most of it is its options and their one-line checks.
 """
@@ -22,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from noisydeq import limits
+from noisydeq.commands import cache_option
 from noisydeq.commands.sweep import threads_flag
 from noisydeq.errors import NoisyDEQError
 from noisydeq.progress import with_heartbeat
@@ -171,9 +173,10 @@ def _fmt(metric: float, name: str) -> str:
 @click.option("--torch-device", default="cpu", show_default=True, help="cpu, cuda, cuda:1, ...")
 @click.option("--out", default=None,
               help="Output directory (default runs/train/<kind>-d<depth>-w<width>-s<seed>-"
-                   "<config hash>; a family: the model cache).")
+                   "<config hash>; a family: the cache's models/, see --cache).")
 @click.option("--resume/--no-resume", default=True, show_default=True,
               help="Continue an interrupted run / reuse a finished one in --out.")
+@cache_option
 @threads_flag()
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
