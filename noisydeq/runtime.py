@@ -80,18 +80,21 @@ def cache_at(cache_dir: str | os.PathLike) -> Iterator[Path]:
             os.environ[ENV_CACHE] = env
 
 
-def check_cache(cache_dir: str | os.PathLike | None = None) -> Path:
+def check_cache(cache_dir: str | os.PathLike | None = None, *, reading: bool = False) -> Path:
     """:func:`cache_root`, refused in one line naming where it came from (``--cache``,
     ``$NOISYDEQ_CACHE`` or the user cache dir) when it is a file, lies below one or cannot
     be created or written (:func:`noisydeq.store.check_out_dir`): a command checks it before
     it writes anything — else the first model or lock file failed after the run directory
-    was made, in a line naming neither the cache nor the variable."""
+    was made, in a line naming neither the cache nor the variable. ``reading``: an existing
+    directory passes even when it cannot be written (a read-only cache that may hold all a
+    command needs: what it lacks is refused where it would be written, naming the entry)."""
     from noisydeq.store import check_out_dir
 
     root = cache_root(cache_dir)
     what = ("--cache" if cache_dir is not None or _chosen is not None
             else f"${ENV_CACHE}" if os.environ.get(ENV_CACHE) else "cache")
-    check_out_dir(root, what)
+    if not (reading and root.is_dir()):
+        check_out_dir(root, what)
     return root
 
 

@@ -287,13 +287,41 @@ def train_model(
         raise NoisyDEQError(f"--out: {out} exists and is not a directory")
     if out is None:
         return _fit(model, task, spec, config, None, resume, dev, quiet, desc, on_epoch, t0)
-    with store.DirLock(out, "model directory"):  # one writer per model directory
+    lock = store.DirLock(out, "model directory")  # one writer per model directory
+    try:
+        lock.acquire()
+    except OSError as err:
+        if err.errno not in store.NOT_WRITABLE:
+            raise
+        return _read_only_finished(model, out, config, dev, resume, err)
+    try:
         t0 = _clock()  # time waiting for another run's lock is not training time
         store.clean_stale_temps(out, locked=True)
         done = _load_finished(model, out, config, dev, resume)
         if done is not None:
             return done
         return _fit(model, task, spec, config, out, resume, dev, quiet, desc, on_epoch, t0)
+    finally:
+        lock.release()
+
+
+def _read_only_finished(model: nn.Module, out: Path, config: dict, dev: torch.device,
+                        resume: bool, err: OSError) -> TrainResult:
+    """The finished model in ``out``, a directory this process cannot write in (a read-only
+    cache: no lock file can be made), read without the lock; without one — or with a
+    damaged one, which would be trained again — one line saying what would be written."""
+    path = out / MODEL_FILE
+    why = f"model directory {out}: cannot write in it ({err.strerror or err})"
+    if not path.is_file():
+        raise NoisyDEQError(f"{why}: it holds no finished model of this training, and "
+                            "training one writes it there; give a writable cache")
+    if not resume:
+        raise NoisyDEQError(f"{path} exists; use --resume or another --out")
+    try:
+        return _result_from_checkpoint(model, path, config, dev)
+    except CorruptArtefact as bad:
+        raise NoisyDEQError(f"{why}: {bad}; training it again writes it there; give a "
+                            "writable cache") from None
 
 
 def _fit(

@@ -237,3 +237,40 @@ def test_analyses_serve_a_read_only_complete_cache(tmp_path, capsys, monkeypatch
     monkeypatch.undo()
     assert _files(cache) == before
     assert not (tmp_path / "env").exists()
+
+
+def _table2(path: Path, hidden: int) -> Path:
+    """A tiny certify ``table2`` experiment on digits (one epoch, 256 samples)."""
+    path.write_text(
+        'name = "t2"\nkind = "table2"\neps_train = [0.1]\nparams = ["ibp"]\n'
+        f'[family]\ntask = "digits"\nkinds = ["mondeq", "ffw_relu"]\nhidden = {hidden}\n'
+        '[train]\nepochs = 1\nbatch_size = 64\nmax_train_samples = 256\n'
+        '[ibp]\nwarmup_epochs = 0\nramp_epochs = 1\n'
+        '[certify]\neps = [0.05]\nn_test = 40\npgd_steps = 2\n', encoding="utf-8")
+    return path
+
+
+@pytest.mark.slow
+def test_certify_experiment_serves_a_read_only_cache_or_names_the_model_it_lacks(
+        tmp_path, capsys, monkeypatch, read_only):
+    """A certify experiment trains into the cache: a read-only one was refused up front
+    even when it held every model. Now it is served; a model it lacks is one line naming
+    the model directory training would write, and --out is not made."""
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("NOISYDEQ_CACHE", str(tmp_path / "env"))
+    argv = ["certify", str(_table2(tmp_path / "t2.toml", 8)), "--threads", "1", "--quiet",
+            "--cache", str(cache)]
+    code, _, err = run_cli([*argv, "--out", str(tmp_path / "writable")], capsys)
+    assert code == 0, err
+    before = _files(cache)
+    read_only(cache)
+    code, _, err = run_cli([*argv, "--out", str(tmp_path / "read-only")], capsys)
+    assert code == 0 and not err.strip(), err
+    assert _rows(tmp_path / "read-only") == _rows(tmp_path / "writable")
+    other = ["certify", str(_table2(tmp_path / "t3.toml", 6)), "--threads", "1", "--quiet",
+             "--cache", str(cache), "--out", str(tmp_path / "missing")]
+    code, _, err = run_cli(other, capsys)
+    one_line_error(code, err, f"model directory {cache}/models/", "Read-only file system")
+    monkeypatch.undo()
+    assert _files(cache) == before
+    assert not (tmp_path / "missing").exists() and not (tmp_path / "env").exists()

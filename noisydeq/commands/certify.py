@@ -270,7 +270,9 @@ def _experiment_spec(source: Path, opts: dict[str, Any]):
         return exp, out
     from noisydeq.runtime import check_cache
 
-    check_cache()  # table2 trains its models there: writable, or one line
+    # table2 trains its models there: writable, or one line; a read-only cache serves the
+    # models it holds, one it lacks is refused before anything is written to --out
+    check_cache(reading=True)
     if given:  # command-line settings win over the file's [certify] table
         # checked before the (validated) assignment; an error names the option's table
         _check_device(file.section(opts["variant"], given, names=OPTION_NAMES))
