@@ -164,6 +164,19 @@ def read_only(monkeypatch):
     return install
 
 
+def _writable_then_read_only(argv, cache: Path, tmp_path: Path, capsys, read_only):
+    """Run the certify ``argv`` with ``--out tmp_path/writable``, make ``cache`` read-only,
+    run it again with ``--out tmp_path/read-only``: exit 0 and not a word on stderr.
+    Returns the cache's files as they were between the two runs."""
+    code, _, err = run_cli([*argv, "--out", str(tmp_path / "writable")], capsys)
+    assert code == 0, err
+    before = _files(cache)
+    read_only(cache)
+    code, _, err = run_cli([*argv, "--out", str(tmp_path / "read-only")], capsys)
+    assert code == 0 and not err.strip(), err
+    return before
+
+
 @pytest.fixture(scope="module")
 def certify_family(tmp_path_factory):
     """A mondeq / ffw_relu sweep on rram with --cache: (root, run dir, cache)."""
@@ -189,12 +202,7 @@ def test_certify_serves_a_read_only_complete_cache(certify_family, tmp_path, cap
     monkeypatch.setenv("NOISYDEQ_CACHE", str(tmp_path / "env"))
     argv = ["certify", str(run), "--eps", "0.05", "--n-test", "40", "--threads", "1",
             "--quiet", "--cache", str(cache)]
-    code, _, err = run_cli([*argv, "--out", str(tmp_path / "writable")], capsys)
-    assert code == 0, err
-    before = _files(cache)
-    read_only(cache)
-    code, _, err = run_cli([*argv, "--out", str(tmp_path / "read-only")], capsys)
-    assert code == 0 and not err.strip(), err
+    before = _writable_then_read_only(argv, cache, tmp_path, capsys, read_only)
     monkeypatch.undo()
     assert _files(cache) == before
     assert _rows(tmp_path / "read-only") == _rows(tmp_path / "writable")
@@ -260,12 +268,7 @@ def test_certify_experiment_serves_a_read_only_cache_or_names_the_model_it_lacks
     monkeypatch.setenv("NOISYDEQ_CACHE", str(tmp_path / "env"))
     argv = ["certify", str(_table2(tmp_path / "t2.toml", 8)), "--threads", "1", "--quiet",
             "--cache", str(cache)]
-    code, _, err = run_cli([*argv, "--out", str(tmp_path / "writable")], capsys)
-    assert code == 0, err
-    before = _files(cache)
-    read_only(cache)
-    code, _, err = run_cli([*argv, "--out", str(tmp_path / "read-only")], capsys)
-    assert code == 0 and not err.strip(), err
+    before = _writable_then_read_only(argv, cache, tmp_path, capsys, read_only)
     assert _rows(tmp_path / "read-only") == _rows(tmp_path / "writable")
     other = ["certify", str(_table2(tmp_path / "t3.toml", 6)), "--threads", "1", "--quiet",
              "--cache", str(cache), "--out", str(tmp_path / "missing")]
