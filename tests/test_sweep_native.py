@@ -173,3 +173,51 @@ def test_native_without_knobs_is_one_line_and_writes_nothing(tmp_path, monkeypat
     assert stop.value.code not in (0, None) and "Traceback" not in err
     assert len(err.splitlines()) == 1 and says in err, err
     assert not out.exists()
+
+
+def test_table_command_at_the_native_level(tmp_path, capsys):
+    from noisydeq.cli import main
+
+    task = _task()
+    res = _sweep(tmp_path, "table", task)
+    main(["table", str(res.run_dir.path), "--snr", "native"])
+    text = capsys.readouterr().out
+    level = next(r["snr_db"] for r in res.rows if r["native"])
+    assert f"native level ({level:.1f} dB" in text
+    deq = [r["value"] for r in res.rows if r["native"] and r["kind"] == "deq" and r["depth"] == 1]
+    assert f"{sum(deq) / len(deq):.3f}" in text.splitlines()[-2]
+    plain = _sweep(tmp_path, "plain", task, snr="0,10")
+    with pytest.raises(SystemExit) as stop:
+        main(["table", str(plain.run_dir.path), "--snr", "native"])
+    assert stop.value.code != 0 and "no native level" in capsys.readouterr().err
+
+
+def test_summary_and_figure_name_the_native_level(tmp_path, monkeypatch):
+    import csv
+
+    from noisydeq.summary import summary_json, summary_table
+
+    monkeypatch.setenv("NOISYDEQ_CACHE", str(tmp_path / "cache"))
+    task = _task()
+    spec = toy_spec(device="rram", noise_site="device", snr_db="0,10,native", chips=2,
+                    max_rows=400)
+    res = run_sweep(spec, tmp_path / "fig", task=task, models=toy_models(task),
+                    progress=False, plots=True)
+    native = [r for r in res.rows if r["native"]]
+    level = native[0]["snr_db"]
+    text = summary_table(res.rows)
+    head, _, *lines = text.splitlines()
+    assert head.split()[-3:] == ["native", f"{level:.1f}", "dB"] and "0 dB" in head
+    for sm in toy_models(task):  # each model's line ends with its native mean
+        vals = [r["value"] for r in native if r["model_id"] == sm.model_id]
+        line = next(ln for ln in lines if ln.split()[:3] == [sm.kind.upper(), str(sm.depth),
+                                                             str(sm.width)])
+        assert line.split()[-1].rstrip("~*") == f"{sum(vals) / len(vals):.3f}"
+    records = summary_json(res.rows)
+    assert [r["snr_db"] for r in records if r["native"]] == [level] * len(toy_models(task))
+    assert all(r["snr_db"] in (0.0, 10.0) for r in records if not r["native"])
+    points = list(csv.DictReader(open(res.run_dir.figures / "metric_vs_snr.csv")))
+    assert {p["native"] for p in points} == {"True", "False"}
+    assert all(float(p["snr_db"]) == level for p in points if p["native"] == "True")
+    depth = list(csv.DictReader(open(res.run_dir.figures / "metric_vs_depth.csv")))
+    assert {float(p["snr_db"]) for p in depth} <= {0.0, 10.0}  # the grid's levels only
