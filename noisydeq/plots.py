@@ -143,10 +143,11 @@ def plot_metric_vs_snr(
                     continue
                 for s, a in by_snr.items():  # the device as it is: a marker, no line
                     ax.errorbar([pos[s]], [a.mean], yerr=[[a.mean - a.lo], [a.hi - a.mean]],
-                                fmt=NATIVE_MARKER[kind in IMPLICIT], ms=7,
+                                fmt=NATIVE_MARKER[kind in IMPLICIT],
+                                ms=NATIVE_SIZE[kind in IMPLICIT],
                                 color=colours[(kind, depth)], mec="black", mew=0.6,
                                 ecolor=colours[(kind, depth)], elinewidth=1, capsize=2,
-                                zorder=5)
+                                zorder=6 if kind in IMPLICIT else 5)
             if native_snr_db is not None and math.isfinite(native_snr_db):
                 lo, hi = min(pos.values()), max(pos.values())
                 if lo <= native_snr_db <= hi:
@@ -168,7 +169,8 @@ def plot_metric_vs_snr(
         if native_agg:  # what the markers are, once per look; the points CSV says which
             for implicit in sorted({k[0] in IMPLICIT for k in native_agg}, reverse=True):
                 handles.append(plt.Line2D([], [], ls="none", color="grey", mec="black",
-                                          mew=0.6, ms=7, marker=NATIVE_MARKER[implicit]))
+                                          mew=0.6, ms=NATIVE_SIZE[implicit],
+                                          marker=NATIVE_MARKER[implicit]))
                 labels.append(f"{'DEQ' if implicit else 'FFW'} on the device as it is "
                               "(native)")
             table = [{**p, "native": False} for p in table] + [
@@ -182,7 +184,9 @@ def plot_metric_vs_snr(
 
 
 #: marker of a native-level point: implicit models (DEQs) a star, explicit ones a diamond
+#: (smaller: every model's marker sits at the same SNR, the stars are drawn over them)
 NATIVE_MARKER = {True: "*", False: "D"}
+NATIVE_SIZE = {True: 9, False: 5}
 
 
 def _inv(pos: dict[float, float], x: float) -> float:

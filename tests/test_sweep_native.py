@@ -85,13 +85,13 @@ def test_native_is_the_same_device_in_every_noise_mode(tmp_path):
             assert r["noise_mode"] == mode
             assert r["snr_db"] == round(res.native_parts[part], 4)
             assert r["measured_snr_db"] == r[f"{part}_snr_db"]
-        by_mode[mode] = [(r["model_id"], r["chip"], r["value"], r["static_snr_db"],
-                          r["dynamic_snr_db"], r["total_snr_db"]) for r in rows]
+        by_mode[mode] = [{k: v for k, v in r.items()
+                          if k not in ("noise_mode", "snr_db", "measured_snr_db")}
+                         for r in rows]
     assert all(v == by_mode["physical"] for v in by_mode.values())
-    static = {m: [r[0] for r in v] for m, v in by_mode.items()}
-    assert static["static"] == static["dynamic"]
     # rram: programming noise and reads both present, the total below either part
-    for _m, _c, _v, s, d, t in by_mode["physical"]:
+    for r in by_mode["physical"]:
+        s, d, t = r["static_snr_db"], r["dynamic_snr_db"], r["total_snr_db"]
         assert math.isfinite(s) and math.isfinite(d) and t < min(s, d)
 
 
@@ -221,3 +221,20 @@ def test_summary_and_figure_name_the_native_level(tmp_path, monkeypatch):
     assert all(float(p["snr_db"]) == level for p in points if p["native"] == "True")
     depth = list(csv.DictReader(open(res.run_dir.figures / "metric_vs_depth.csv")))
     assert {float(p["snr_db"]) for p in depth} <= {0.0, 10.0}  # the grid's levels only
+
+
+def test_native_in_an_experiment_file_and_the_python_api():
+    from noisydeq.config import SweepSpec, build
+    from noisydeq.specs.experiment import ExperimentSpec
+    from noisydeq.specs.toml import dumps_toml, loads_toml
+
+    text = ('name = "x"\ntitle = "x"\ndescription = "x"\n[sweep]\ndevice = "rram"\n'
+            '[quick]\nsnr_db = [0, 10, "native"]\n[full]\nsnr_db = "0:30:10,native"\n')
+    exp = loads_toml(ExperimentSpec, text)
+    quick, full = exp.resolve("quick"), exp.resolve("full")
+    assert quick.snr_native and quick.snr_db == [0.0, 10.0]
+    assert full.snr_native and full.snr_db == [0.0, 10.0, 20.0, 30.0]
+    api = build(SweepSpec, {"snr_db": [0, 10, "native"]})
+    assert api == quick and loads_toml(SweepSpec, dumps_toml(api)) == api
+    plain = build(SweepSpec, {"snr_db": [0, 10]})
+    assert "native" not in dumps_toml(plain) and "snr_native" not in dumps_toml(api)
