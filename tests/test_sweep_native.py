@@ -238,3 +238,12 @@ def test_native_in_an_experiment_file_and_the_python_api():
     assert api == quick and loads_toml(SweepSpec, dumps_toml(api)) == api
     plain = build(SweepSpec, {"snr_db": [0, 10]})
     assert "native" not in dumps_toml(plain) and "snr_native" not in dumps_toml(api)
+
+
+def test_runs_listing_names_the_native_level(tmp_path):
+    from noisydeq.commands.runs import describe
+
+    task = _task()
+    assert describe(_sweep(tmp_path, "a", task).run_dir.path)["snr_db"] == "0,10,native"
+    assert describe(_sweep(tmp_path, "b", task, snr="native").run_dir.path)["snr_db"] == "native"
+    assert describe(_sweep(tmp_path, "c", task, snr="0,10").run_dir.path)["snr_db"] == "0,10"
