@@ -247,3 +247,12 @@ def test_runs_listing_names_the_native_level(tmp_path):
     assert describe(_sweep(tmp_path, "a", task).run_dir.path)["snr_db"] == "0,10,native"
     assert describe(_sweep(tmp_path, "b", task, snr="native").run_dir.path)["snr_db"] == "native"
     assert describe(_sweep(tmp_path, "c", task, snr="0,10").run_dir.path)["snr_db"] == "0,10"
+
+
+def test_native_sharing_a_grid_level_is_refused_before_any_write(tmp_path):
+    from noisydeq.errors import NoisyDEQError
+
+    task = _task()
+    with pytest.raises(NoisyDEQError, match="native total SNR of device 'rram' is 21.2473 dB"):
+        _sweep(tmp_path, "clash", task, snr="0,21.2473,native")
+    assert not (tmp_path / "clash").exists()

@@ -203,11 +203,6 @@ class SweepSpec(FamilyChoices):
                 "paper's model noise, whose SNR has no native level")
         return self
 
-    def levels(self) -> list[float]:
-        """The numeric SNR levels (``snr_db``), then :data:`NATIVE_LEVEL` when the grid
-        holds the native level: every level a (model, chip) pair is evaluated at."""
-        return [*self.snr_db, *([NATIVE_LEVEL] if self.snr_native else [])]
-
     @model_validator(mode="after")
     def _scale_for_model_noise(self) -> SweepSpec:
         if self.snr_scale != "realised" and self.noise_site == "device":

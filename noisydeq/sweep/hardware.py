@@ -11,8 +11,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from noisydeq.errors import NoisyDEQError
 from noisydeq.noise import NoiseStream, active_subset, derive_seed
-from noisydeq.specs.sweep import SweepSpec
+from noisydeq.specs.sweep import SweepSpec, check_native_device
 from noisydeq.sweep.base import ROW_ALIGN, SweepModel
 
 
@@ -55,15 +56,12 @@ class Hardware:
                                     f"device '{spec.device}' (its reference MVM)",
                                     spec.noise_mode)
         if spec.snr_native:  # before anything is written: a device with knobs, a row apart
-            from noisydeq.errors import NoisyDEQError
-            from noisydeq.specs.sweep import check_native_device
-
             check_native_device(spec, "ideal" if self.direct else self.device.kind)
             if self.native_row_db() in spec.snr_db:
                 raise NoisyDEQError(
-                    f"--snr native: device '{spec.device}''s native {self.swept_part()} SNR "
-                    f"is {self.native_row_db():g} dB, a level of the grid too; drop that "
-                    "level (the native row would share its snr_db)")
+                    f"--snr native: the native {self.swept_part()} SNR of device "
+                    f"'{spec.device}' is {self.native_row_db():g} dB, a level of the grid "
+                    "too; drop that level (the native row would share its snr_db)")
 
     @property
     def device_noise(self) -> bool:
@@ -77,9 +75,7 @@ class Hardware:
 
     def native_snr_db(self) -> float:
         """Native SNR of the part the noise mode sets (the swept axis's native point)."""
-        from noisydeq.hardware.modes import TARGET_PART
-
-        return float(self.native_parts()[TARGET_PART[self.spec.swept_mode]])
+        return float(self.native_parts()[self.swept_part()])
 
     def swept_part(self) -> str:
         """The SNR part the noise mode sets (``total``, ``dynamic`` or ``static``)."""
