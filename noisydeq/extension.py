@@ -26,6 +26,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from noisydeq.specs.base import build
+from noisydeq.specs.noise import NATIVE
 from noisydeq.specs.sweep import SweepSpec
 
 #: the sweep fields a run directory may grow in (every other field identifies its cells)
@@ -46,6 +47,8 @@ def union_spec(recorded: SweepSpec, requested: SweepSpec) -> SweepSpec:
         "seeds": _ordered_union(recorded.seeds, requested.seeds),
         "kinds": _ordered_union(recorded.kinds, requested.kinds),
         "chips": max(recorded.chips, requested.chips),
+        # the native level (serialised in snr_db): held by either, held by the union
+        "snr_native": recorded.snr_native or requested.snr_native,
     }
     return build(SweepSpec, {**requested.model_dump(), **grown}, where="extended sweep")
 
@@ -58,9 +61,11 @@ def added_grids(recorded: SweepSpec, grown: SweepSpec) -> dict[str, Any]:
     """What ``grown`` adds to ``recorded``, JSON-ready (SNR levels as text, ``inf`` spelled
     out; chips as the counts before and after); empty when it adds nothing."""
     out: dict[str, Any] = {}
-    snr = [s for s in grown.snr_db if s not in set(recorded.snr_db)]
+    snr = [_db_text(s) for s in grown.snr_db if s not in set(recorded.snr_db)]
+    if grown.snr_native and not recorded.snr_native:
+        snr.append(NATIVE)  # a cell of its own: no calibration group (level_groups)
     if snr:
-        out["snr_db"] = [_db_text(s) for s in snr]
+        out["snr_db"] = snr
     for name in ("seeds", "depths", "kinds"):
         new = [v for v in getattr(grown, name) if v not in set(getattr(recorded, name))]
         if new:

@@ -13,7 +13,8 @@ apart and explain themselves:
   already hold, under its own name (e.g. ``ffw_form``, ``snr_scale``, ``train_preset``,
   ``epochs``); a field whose value is a list or table is left out (it is what the rows
   enumerate, e.g. ``depths``);
-- the table's own columns keep their types (integers, floats with ``inf``/``nan``).
+- the table's own columns keep their types (integers, floats with ``inf``/``nan``; a
+  sweep's ``native`` column, when its grid held the native level, is boolean).
 
 pandas is an optional dependency (``pip install pandas``); without it the call is one line
 saying so.
@@ -73,13 +74,14 @@ def find_runs(paths: str | os.PathLike | Iterable[str | os.PathLike]) -> list[Pa
 def _rows(run: Path) -> tuple[list[str], list[dict[str, Any]], bool]:
     """Header and rows of a run's table, and whether they are typed (the sweep schema is;
     the tables of other commands are typed by value afterwards)."""
-    from noisydeq.results import COLUMNS, read_csv
+    from noisydeq.results import COLUMNS, NATIVE_COLUMNS, TRAIN_DEVICE_COLUMNS, read_csv
 
     path = run / RESULTS
     store.verify_listed(path)
     text = store.read_text(path, RESULTS)
     header = next(csv.reader([text.splitlines()[0]])) if text else []
-    if header == list(COLUMNS):
+    if header in (list(COLUMNS), [*COLUMNS, *NATIVE_COLUMNS],
+                  [*COLUMNS, *TRAIN_DEVICE_COLUMNS, *NATIVE_COLUMNS]):
         return header, read_csv(path), True
     return header, [dict(r) for r in csv.DictReader(text.splitlines())], False
 

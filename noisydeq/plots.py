@@ -54,6 +54,7 @@ from noisydeq.summary import (  # noqa: E402
     Agg,
     aggregate,
     fmt_db,
+    split_native_rows,
     swept_part,
     training_groups,
 )
@@ -110,13 +111,18 @@ def plot_metric_vs_snr(
     rows: Sequence[dict[str, Any]], out: Path, native_snr_db: float | None = None,
     title: str = "", fig_name: str = "metric_vs_snr",
 ) -> list[Path]:
-    """Metric vs inference SNR per model with chip bands (paper Fig. 7-12)."""
+    """Metric vs inference SNR per model with chip bands (paper Fig. 7-12); the rows of
+    the native level (``native`` true) as one marker per model at their SNR — a star for
+    an implicit model (DEQ), a diamond for an explicit one (FFW), error bars = the band —
+    not joined to the grid's curve."""
     metric = rows[0]["metric"]
-    agg = aggregate(rows)
-    train_snrs = sorted({k[4] for k in agg}, key=lambda v: -v)
-    levels = sorted({float(r["snr_db"]) for r in rows})
-    pos = snr_positions(levels)
-    colours = member_colours([(k[0], k[1]) for k in agg])
+    grid, native_rows = split_native_rows(rows)
+    agg = aggregate(grid)
+    native_agg = aggregate(native_rows)
+    train_snrs = sorted({k[4] for k in [*agg, *native_agg]}, key=lambda v: -v)
+    levels = sorted({float(r["snr_db"]) for r in grid})
+    pos = snr_positions([*levels, *(float(r["snr_db"]) for r in native_rows)])
+    colours = member_colours(list(dict.fromkeys((k[0], k[1]) for k in [*agg, *native_agg])))
     with plt.rc_context(STYLE):
         fig, axes = plt.subplots(
             1, len(train_snrs), figsize=(4.6 * len(train_snrs), 3.5), squeeze=False, sharey=True
@@ -132,6 +138,16 @@ def plot_metric_vs_snr(
                 ax.plot(xs, [p.mean for p in pts], style, marker=marker, ms=3, color=c, lw=1.4,
                         label=f"{member_label(kind, depth, width)} ({_k(params)})")
                 _band(ax, xs, pts, c)
+            for (kind, depth, _w, _p, t), by_snr in native_agg.items():
+                if t != tsnr:
+                    continue
+                for s, a in by_snr.items():  # the device as it is: a marker, no line
+                    ax.errorbar([pos[s]], [a.mean], yerr=[[a.mean - a.lo], [a.hi - a.mean]],
+                                fmt=NATIVE_MARKER[kind in IMPLICIT],
+                                ms=NATIVE_SIZE[kind in IMPLICIT],
+                                color=colours[(kind, depth)], mec="black", mew=0.6,
+                                ecolor=colours[(kind, depth)], elinewidth=1, capsize=2,
+                                zorder=6 if kind in IMPLICIT else 5)
             if native_snr_db is not None and math.isfinite(native_snr_db):
                 lo, hi = min(pos.values()), max(pos.values())
                 if lo <= native_snr_db <= hi:
@@ -148,13 +164,29 @@ def plot_metric_vs_snr(
         axes[0][0].set_ylabel(_metric_label(metric))
         handles, labels = axes[0][0].get_legend_handles_labels()
         order = sorted(range(len(labels)), key=lambda i: (not labels[i].startswith("DEQ"), i))
-        axes[0][-1].legend([handles[i] for i in order], [labels[i] for i in order],
-                           loc="center left", bbox_to_anchor=(1.02, 0.5), frameon=False,
-                           title="model (params)")
+        handles, labels = [handles[i] for i in order], [labels[i] for i in order]
+        table = _points(agg)
+        if native_agg:  # what the markers are, once per look; the points CSV says which
+            for implicit in sorted({k[0] in IMPLICIT for k in native_agg}, reverse=True):
+                handles.append(plt.Line2D([], [], ls="none", color="grey", mec="black",
+                                          mew=0.6, ms=NATIVE_SIZE[implicit],
+                                          marker=NATIVE_MARKER[implicit]))
+                labels.append(f"{'DEQ' if implicit else 'FFW'} on the device as it is "
+                              "(native)")
+            table = [{**p, "native": False} for p in table] + [
+                {**p, "native": True} for p in _points(native_agg)]
+        axes[0][-1].legend(handles, labels, loc="center left", bbox_to_anchor=(1.02, 0.5),
+                           frameon=False, title="model (params)")
         if title:
             fig.suptitle(title)
         layout(fig)
-        return _save(fig, out, fig_name, _points(agg))
+        return _save(fig, out, fig_name, table)
+
+
+#: marker of a native-level point: implicit models (DEQs) a star, explicit ones a diamond
+#: (smaller: every model's marker sits at the same SNR, the stars are drawn over them)
+NATIVE_MARKER = {True: "*", False: "D"}
+NATIVE_SIZE = {True: 9, False: 5}
 
 
 def _inv(pos: dict[float, float], x: float) -> float:
@@ -333,6 +365,7 @@ def plot_sweep(
     bars = f"{head}\n{band_note(rows, 'error bars')}"  # metric_vs_depth draws error bars
     native = native_snr_db if spec.noise_site == "device" else None
     groups = training_groups(rows)
+    # the native level's rows are markers of metric_vs_snr; the other figures show the grid
     if len(groups) > 1:  # families trained on devices: each one's figures, then together
         paths = []
         for i, (label, sub) in enumerate(groups):
@@ -340,13 +373,18 @@ def plot_sweep(
             each_bars = f"{head} — trained {label}\n{band_note(sub, 'error bars')}"
             paths += plot_metric_vs_snr(sub, out, native, each,
                                         fig_name=f"metric_vs_snr-{i + 1}")
-            paths += plot_metric_vs_depth(sub, out, spec.fixed_snr_db, each_bars,
-                                          fig_name=f"metric_vs_depth-{i + 1}")
-        return paths + plot_training_effect(rows, out, title)
+            grid = split_native_rows(sub)[0]
+            if grid:
+                paths += plot_metric_vs_depth(grid, out, spec.fixed_snr_db, each_bars,
+                                              fig_name=f"metric_vs_depth-{i + 1}")
+        grid = split_native_rows(rows)[0]
+        return paths + (plot_training_effect(grid, out, title) if grid else [])
     paths = plot_metric_vs_snr(rows, out, native, title)
-    paths += plot_metric_vs_depth(rows, out, spec.fixed_snr_db, bars)
-    if len({r["train_snr_db"] for r in rows if r["kind"] == "deq"}) > 1:
-        paths += plot_train_snr_effect(rows, out, title)
+    grid = split_native_rows(rows)[0]
+    if grid:
+        paths += plot_metric_vs_depth(grid, out, spec.fixed_snr_db, bars)
+    if len({r["train_snr_db"] for r in grid if r["kind"] == "deq"}) > 1:
+        paths += plot_train_snr_effect(grid, out, title)
     return paths
 
 

@@ -100,12 +100,27 @@ TRAIN_DEVICE_COLUMNS: dict[str, str] = {
 }
 
 
+#: the native level's column, last in the table of a sweep whose grid holds ``native``:
+#: True on the row of the device at its own knobs (its ``snr_db``: the device's native SNR
+#: of the swept part), False on the grid's rows (CSV ``True`` / ``False``, Parquet bool)
+NATIVE_COLUMNS: dict[str, str] = {"native": "bool"}
+
+
 def columns_for(spec: Any) -> dict[str, str]:
-    """The results columns of a sweep ``spec``: :data:`COLUMNS`, plus
+    """The results columns of a sweep ``spec``'s cells: :data:`COLUMNS`, plus
     :data:`TRAIN_DEVICE_COLUMNS` when it trains on devices."""
     if getattr(spec, "train_device", None):
         return {**COLUMNS, **TRAIN_DEVICE_COLUMNS}
     return COLUMNS
+
+
+def table_columns(spec: Any) -> dict[str, str]:
+    """The columns of a sweep ``spec``'s table (``results.csv``): :func:`columns_for`, plus
+    :data:`NATIVE_COLUMNS` when its grid holds the native level (a cell's rows have no
+    such column: a run extended by ``native`` reads the cells it holds as they are)."""
+    if getattr(spec, "snr_native", False):
+        return {**columns_for(spec), **NATIVE_COLUMNS}
+    return columns_for(spec)
 
 
 #: columns that identify a row of a sweep's table (no two rows share them)
@@ -174,7 +189,7 @@ def package_versions() -> dict[str, str]:
 
 #: 3: cells carry their per-layer SNR rows (``layers``)
 CELL_FORMAT = "noisydeq-cell/3"
-_CONVERT = {"str": (str,), "int": (int,), "float": (float, int)}
+_CONVERT = {"str": (str,), "int": (int,), "float": (float, int), "bool": (bool,)}
 
 
 def check_rows(rows: Any, path: Path, expect: Sequence[dict[str, Any]] | None = None,
@@ -194,7 +209,7 @@ def check_rows(rows: Any, path: Path, expect: Sequence[dict[str, Any]] | None = 
             raise CorruptArtefact(path, f"row {i} has the wrong columns ({cols})")
         for col, kind in columns.items():
             v = row[col]
-            if isinstance(v, bool) or not isinstance(v, _CONVERT[kind]):
+            if isinstance(v, bool) != (kind == "bool") or not isinstance(v, _CONVERT[kind]):
                 raise CorruptArtefact(path, f"row {i}: {col} = {v!r} is not a {kind}")
         ident = tuple(row[c] for c in identity)
         if ident in seen:
@@ -639,15 +654,18 @@ class RunDir(LockedDir):
 
     # --------------------------------------------------------------- final table
 
-    def write_table(self, rows: Iterable[dict[str, Any]]) -> tuple[Path, Path]:
+    def write_table(self, rows: Iterable[dict[str, Any]],
+                    columns: dict[str, str] | None = None) -> tuple[Path, Path]:
         """Write the tidy table as CSV and Parquet, each atomically (the digest list is
-        dropped first and rewritten by :meth:`seal`)."""
+        dropped first and rewritten by :meth:`seal`); ``columns``: the table's, when they
+        are not the cells' (:attr:`columns`; a sweep's native column, :func:`table_columns`)."""
         rows = list(rows)
+        columns = self.columns if columns is None else columns
         # columns, types, no duplicated identity (a sweep: model, chip, SNR)
-        check_rows(rows, self.csv_path, columns=self.columns, identity=self.identity)
+        check_rows(rows, self.csv_path, columns=columns, identity=self.identity)
         store.remove_manifest(self.path)
-        store.atomic_write_bytes(self.csv_path, table_to_csv(rows, self.columns).encode())
-        store.atomic_write_bytes(self.parquet_path, table_to_parquet(rows, self.columns))
+        store.atomic_write_bytes(self.csv_path, table_to_csv(rows, columns).encode())
+        store.atomic_write_bytes(self.parquet_path, table_to_parquet(rows, columns))
         return self.csv_path, self.parquet_path
 
     def write_layer_table(self, rows: Iterable[dict[str, Any]]) -> Path:
@@ -684,14 +702,22 @@ def table_to_csv(rows: Sequence[dict[str, Any]], columns: dict[str, str] | None 
     return buf.getvalue()
 
 
+def _read_bool(text: str) -> bool:
+    """A bool column's CSV text (``True`` / ``False``, as :func:`table_to_csv` writes it)."""
+    if text not in ("True", "False"):
+        raise ValueError(f"{text!r} is not True or False")
+    return text == "True"
+
+
 def read_csv(
     path: str | os.PathLike, columns: dict[str, str] | None = None
 ) -> list[dict[str, Any]]:
     """Read a run's results CSV (or, with ``columns=LAYER_COLUMNS``, its layers.csv) back
     into typed rows (checked against its ``SHA256SUMS``)."""
-    columns = {**COLUMNS, **TRAIN_DEVICE_COLUMNS} if columns is None else columns
+    columns = {**COLUMNS, **TRAIN_DEVICE_COLUMNS, **NATIVE_COLUMNS} if columns is None \
+        else columns
     store.verify_listed(path)
-    conv = {"str": str, "int": int, "float": float}
+    conv = {"str": str, "int": int, "float": float, "bool": _read_bool}
     with open(path, newline="", encoding="utf-8") as fh:
         return [
             {c: conv[columns[c]](v) for c, v in row.items()} for row in csv.DictReader(fh)
@@ -708,8 +734,11 @@ def _arrow_column(values: Sequence[Any], kind: str) -> Any:
 
     n = len(values)
     if any(v is None for v in values):  # nulls: pyarrow's own conversion
-        return pa.array(values, type={"str": pa.string(), "int": pa.int64()}.get(
-            kind, pa.float64()))
+        return pa.array(values, type={"str": pa.string(), "int": pa.int64(),
+                                      "bool": pa.bool_()}.get(kind, pa.float64()))
+    if kind == "bool":  # bit-packed, least significant bit first
+        bits = np.packbits(np.array(values, dtype=bool), bitorder="little")
+        return pa.Array.from_buffers(pa.bool_(), n, [None, pa.py_buffer(bits)])
     if kind == "str":
         data = [v.encode("utf-8") for v in values]
         offsets = np.zeros(n + 1, dtype=np.int64)
@@ -731,7 +760,8 @@ def table_to_parquet(rows: Sequence[dict[str, Any]], columns: dict[str, str] | N
     import pyarrow.parquet as pq
 
     columns = COLUMNS if columns is None else columns
-    types = {"str": pa.string(), "int": pa.int64(), "float": pa.float64()}
+    types = {"str": pa.string(), "int": pa.int64(), "float": pa.float64(),
+             "bool": pa.bool_()}
     schema = pa.schema([(c, types[t]) for c, t in columns.items()])
     table = pa.Table.from_arrays([_arrow_column([r[c] for r in rows], t)
                                   for c, t in columns.items()], schema=schema)

@@ -58,6 +58,18 @@ def aggregate(rows: Iterable[dict[str, Any]]) -> dict[ModelKey, dict[float, Agg]
     }
 
 
+def split_native_rows(rows: Iterable[dict[str, Any]]
+                      ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The rows of the SNR grid and those of the native level (``native`` true: the
+    device at its own knobs, :class:`~noisydeq.specs.sweep.SweepSpec`); a table without
+    the ``native`` column is all grid."""
+    grid: list[dict[str, Any]] = []
+    native: list[dict[str, Any]] = []
+    for r in rows:
+        (native if r.get("native") is True else grid).append(r)
+    return grid, native
+
+
 def condensed_levels(levels: Sequence[float], limit: int = 8) -> list[float]:
     """At most about ``limit`` columns: every level if few, else multiples of 5 dB (+ ∞)."""
     levels = sorted(levels)
@@ -152,11 +164,18 @@ def summary_table(rows: Sequence[dict[str, Any]], limit: int = 8) -> str:
     if not rows:
         return "(no results)"
     metric = rows[0]["metric"]
-    agg = aggregate(rows)
-    levels = condensed_levels(sorted({float(r["snr_db"]) for r in rows}), limit)
+    grid, native = split_native_rows(rows)
+    agg = aggregate(grid)
+    native_agg = aggregate(native)
+    for key in native_agg:  # a sweep of the native level alone
+        agg.setdefault(key, {})
+    levels = condensed_levels(sorted({float(r["snr_db"]) for r in grid}), limit)
     multi_train = len({k[4] for k in agg}) > 1
     head = ["model", "depth", "width", "params"] + (["train SNR"] if multi_train else [])
     head += [f"{fmt_db(s, 'table')} dB" for s in levels]
+    native_db = sorted({float(r["snr_db"]) for r in native})
+    if native:  # the device at its own knobs: a column of its own, after the grid's
+        head.append("native " + "/".join(f"{s:.1f}" for s in native_db) + " dB")
     lines = []
     for (kind, depth, width, params, tsnr), by_snr in agg.items():
         cells = [kind.upper(), str(depth), str(width), f"{params:,}"]
@@ -168,6 +187,10 @@ def summary_table(rows: Sequence[dict[str, Any]], limit: int = 8) -> str:
                 cells.append("-")
             else:
                 cells.append(_fmt_value(a.mean, metric) + _marks(a))
+        if native:
+            found = list(native_agg.get((kind, depth, width, params, tsnr), {}).values())
+            cells.append(_fmt_value(found[0].mean, metric) + _marks(found[0])
+                         if found else "-")
         lines.append(cells)
     widths = [max(len(h), *(len(c[i]) for c in lines)) for i, h in enumerate(head)]
     out = ["  ".join(h.rjust(w) for h, w in zip(head, widths, strict=False))]
@@ -208,17 +231,21 @@ def summary_json(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
             hw = {"train_device": first["train_device"],
                   "train_device_snr_db": safe(float(first["train_device_snr_db"])),
                   "train_noise_mode": first["train_noise_mode"]}
-        for (kind, depth, width, params, tsnr), by_snr in aggregate(group).items():
-            for s, a in by_snr.items():
-                out.append(
-                    {
-                        "kind": kind, "depth": depth, "width": width, "params": params,
-                        "train_snr_db": safe(tsnr), **hw, "snr_db": safe(s),
-                        "mean": safe(a.mean), "min": safe(a.lo), "max": safe(a.hi),
-                        "n": a.count, "diverged_frac": a.diverged_frac,
-                        "converged_frac": a.converged_frac,
-                    }
-                )
+        grid, native = split_native_rows(group)
+        flagged = "native" in group[0]  # the sweep's grid held the native level
+        for part, is_native in ((grid, False), (native, True)):
+            for (kind, depth, width, params, tsnr), by_snr in aggregate(part).items():
+                for s, a in by_snr.items():
+                    out.append(
+                        {
+                            "kind": kind, "depth": depth, "width": width, "params": params,
+                            "train_snr_db": safe(tsnr), **hw, "snr_db": safe(s),
+                            **({"native": is_native} if flagged else {}),
+                            "mean": safe(a.mean), "min": safe(a.lo), "max": safe(a.hi),
+                            "n": a.count, "diverged_frac": a.diverged_frac,
+                            "converged_frac": a.converged_frac,
+                        }
+                    )
     return out
 
 
@@ -298,7 +325,8 @@ def convergence_lines(rows: Sequence[dict[str, Any]], rules: dict[str, str] | No
 
     def where(r: dict[str, Any]) -> str:
         chips = f", chip {r['chip']}" if r.get("chip") else ""
-        return f"SNR {fmt_db(float(r['snr_db']))} dB{chips}"
+        native = " (native)" if r.get("native") is True else ""
+        return f"SNR {fmt_db(float(r['snr_db']))} dB{native}{chips}"
 
     tallies = tally_rows(rows, key or (lambda r: r["model_id"]), rules, where,
                          unit="points (SNR, chip)")

@@ -64,11 +64,13 @@ def describe(run: Path) -> dict[str, Any]:
                 "train_snr_db"):
         info[key] = _compact(spec.get(key, ""))
     levels = spec.get("snr_db")
-    if isinstance(levels, list) and levels and all(
-            isinstance(v, (int, float)) for v in levels):
-        from noisydeq.specs.noise import snr_grid_text
+    if isinstance(levels, list) and levels:
+        from noisydeq.specs.noise import NATIVE, snr_grid_text
 
-        info["snr_db"] = snr_grid_text([float(v) for v in levels])  # 0:30, not 31 levels
+        numbers = [v for v in levels if v != NATIVE]  # the native level: its item, last
+        if all(isinstance(v, (int, float)) for v in numbers):
+            text = snr_grid_text([float(v) for v in numbers])  # 0:30, not 31 levels
+            info["snr_db"] = ",".join(p for p in (text, NATIVE * (NATIVE in levels)) if p)
     if _held(run):
         status = "running"
     elif (run / "results.csv").is_file() and (run / store.MANIFEST).is_file():

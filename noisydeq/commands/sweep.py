@@ -23,7 +23,7 @@ from noisydeq.commands import cache_option
 from noisydeq.errors import NoisyDEQError
 from noisydeq.progress import with_heartbeat
 from noisydeq.specs.base import build
-from noisydeq.specs.noise import parse_snr_range
+from noisydeq.specs.noise import NATIVE, parse_snr_range, split_native
 from noisydeq.specs.sweep import SweepSpec, adc_gain_lines, check_device_presets
 from noisydeq.specs.toml import parse_assignments
 
@@ -226,7 +226,8 @@ def execute(
 @click.option("--device", default="rram", show_default=True,
               help="Device preset name or path of a preset .toml (see `noisydeq devices`).")
 @click.option("--snr", "snr", default="0:30", show_default=True,
-              help="Inference SNR grid in dB: 0:30 (1 dB steps), 0:30:2, 0,10,20,inf.")
+              help="Inference SNR grid in dB: 0:30 (1 dB steps), 0:30:2, 0,10,20,inf; "
+                   "'native' adds the device at its own knobs (0:30,native).")
 @click.option("--task", default="digits", show_default=True,
               help="digits, mnist (offline: the seeded mnist10k split), mnist10k, "
                    "regression1d, cifar10 (binary files in --data-dir), prefix_sums, mazes "
@@ -331,6 +332,7 @@ def command(
     Examples:
       noisydeq sweep --device rram --snr 0:30
       noisydeq sweep --device photonic --snr 0,10,20,inf --chips 3 --seed 0,1,2
+      noisydeq sweep --device rram --snr 0:30:5,native   # + the chip as it is
       noisydeq sweep --device rram --noise-mode static --depths 1,3,5
       noisydeq sweep --task mnist --data-dir DIR --train-snr inf,10,0
       noisydeq sweep --snr 0:30:5 --out runs/r1   # extends runs/r1 (was --snr 0:30:10)
@@ -341,7 +343,9 @@ def command(
     thread_plan(threads)  # a bad value is one error before anything runs
     job_count(jobs)
     chosen = Backend.parse(backend, address, jobs)
-    snr_grid = parse_grid("--snr", snr)
+    rest, native = split_native(snr)  # the native level: --snr 0:30,native
+    snr_grid: list[Any] = [] if rest is None else parse_grid("--snr", rest)
+    snr_grid += [NATIVE] * native
     train_grid = parse_grid("--train-snr", train_snr)
     data = {
         "device": device, "snr_db": snr_grid, "task": task, "data_dir": check_data_dir(data_dir),

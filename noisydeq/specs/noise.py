@@ -128,6 +128,29 @@ def snr_grid_text(levels: list[float]) -> str:
     return ",".join(num(v) for v in levels)
 
 
+#: the level of an SNR grid that evaluates a device at its own physical knobs (the preset's
+#: programming and read noise, no SNR scaling): ``--snr 0:30,native``,
+#: ``snr_db = [0, 10, "native"]`` (:class:`noisydeq.specs.sweep.SweepSpec`)
+NATIVE = "native"
+
+
+def split_native(value: Any) -> tuple[Any, bool]:
+    """An SNR grid (a ``--snr`` text or a list) without its ``native`` item, and whether it
+    held one; the rest is left for :func:`snr_list` (``None`` when ``native`` was all)."""
+    if isinstance(value, str):
+        parts = [p.strip() for p in value.split(",")]
+        rest = [p for p in parts if p.lower() != NATIVE]
+        if len(rest) == len(parts):
+            return value, False
+        return (",".join(rest) if rest else None), True
+    if isinstance(value, (list, tuple)):
+        rest = [v for v in value if not (isinstance(v, str) and v.strip().lower() == NATIVE)]
+        if len(rest) == len(value):
+            return value, False
+        return (rest or None), True
+    return value, False
+
+
 SNRValue = float
 
 

@@ -15,8 +15,17 @@ from noisydeq.specs.device import DIGITAL_TRAINING, Calibration, NoiseMode
 from noisydeq.specs.device_presets import load_spec
 from noisydeq.specs.family import FamilyChoices
 from noisydeq.specs.model import LyapunovSpec, MonotoneSpec
-from noisydeq.specs.noise import parse_snr_range, snr_list
+from noisydeq.specs.noise import NATIVE, parse_snr_range, snr_list, split_native
 from noisydeq.specs.solver import SolverSpec
+
+#: the native level inside the package (its cell key and seeds write it ``native``): nan,
+#: which no SNR grid holds (:func:`~noisydeq.specs.noise.parse_snr_value` refuses it)
+NATIVE_LEVEL = math.nan
+
+
+def is_native(level: float) -> bool:
+    """Whether ``level`` is :data:`NATIVE_LEVEL`."""
+    return math.isnan(level)
 
 
 class SweepSpec(FamilyChoices):
@@ -55,6 +64,13 @@ class SweepSpec(FamilyChoices):
     ``train_drift_alpha = "epoch"`` to those with a drift compensation, e.g. ``rram``;
     ``train_programming = "epoch"`` to those with programming noise, ``rram`` and
     ``photonic``).
+    ``snr_db`` may hold ``"native"`` (``--snr 0:30,native``; device noise only): one more
+    level, the device at its own physical knobs — the preset's programming (static) and
+    read (dynamic) noise, no SNR scaling, the same in every noise mode — on the same chips,
+    seeds and test rows as the other levels. It is kept in :attr:`snr_native` (``snr_db``
+    holds the numbers) and written back into ``snr_db`` when the spec is serialised, so a
+    spec without it keeps its identity. Its rows (:mod:`noisydeq.sweep`) carry the
+    device's native SNR of the swept part as ``snr_db`` and ``native = True``.
     """
 
     input_act: Literal["relu", "silu", "identity"] = "relu"
@@ -67,6 +83,8 @@ class SweepSpec(FamilyChoices):
     noise_mode: NoiseMode = "physical"
     calibration: Calibration = "network"
     snr_db: list[InfFloat] = Field(default_factory=lambda: parse_snr_range("0:30"))
+    #: the grid holds the ``native`` level (``snr_db`` serialises it as its last item)
+    snr_native: bool = False
     chips: int = Field(default=3, ge=1, le=limits.MAX_CHIPS)
     seeds: list[int] = Field(default_factory=lambda: [0])
     data_seed: int = Field(default=0, ge=0, le=limits.MAX_SEED)
@@ -137,10 +155,24 @@ class SweepSpec(FamilyChoices):
         :meth:`training_devices` entry (``families.sweep_family_specs`` yields them)."""
         return len(self.seeds) * len(self.train_snr_db) * len(self.training_devices())
 
+    @model_validator(mode="before")
+    @classmethod
+    def _native_level(cls, data: Any) -> Any:
+        """``"native"`` in ``snr_db`` (a list item or a ``--snr`` text item) sets
+        :attr:`snr_native`; the numbers stay in ``snr_db`` (empty when it was all)."""
+        if isinstance(data, dict) and "snr_db" in data:
+            rest, native = split_native(data["snr_db"])
+            if native:
+                data = {**data, "snr_db": [] if rest is None else rest, "snr_native": True}
+        return data
+
     @model_serializer(mode="wrap")
     def _omit_plain_cell(self, handler: Any) -> dict[str, Any]:
         # added later: the default cell is left out so earlier sweeps keep their identity
         data = handler(self)
+        # the native level, added later: an item of snr_db, present only when asked for
+        if data.pop("snr_native", False) and isinstance(data.get("snr_db"), list):
+            data["snr_db"] = [*data["snr_db"], NATIVE]
         if data.get("cell") == "mlp":
             data.pop("cell")
         # hardware-aware training, added later: left out unset (earlier identities stay)
@@ -155,7 +187,21 @@ class SweepSpec(FamilyChoices):
     @field_validator("snr_db", "train_snr_db", "fixed_snr_db", mode="before")
     @classmethod
     def _grid(cls, v: Any, info: Any) -> list[float]:
+        if info.field_name == "snr_db" and isinstance(v, (list, tuple)) and not v:
+            return []  # the native level alone (checked by _native_needs_device)
         return snr_list(v, info.field_name)
+
+    @model_validator(mode="after")
+    def _native_needs_device(self) -> SweepSpec:
+        if not self.snr_db and not self.snr_native:
+            raise ValueError("snr_db must be a non-empty SNR grid such as '0:30' or "
+                             "[0, 10, inf] (or 'native')")
+        if self.snr_native and self.noise_site != "device":
+            raise ValueError(
+                f"snr_db 'native': the device at its own knobs is a level of device noise "
+                f"(noise_site = 'device'); noise_site '{self.noise_site}' sweeps the "
+                "paper's model noise, whose SNR has no native level")
+        return self
 
     @model_validator(mode="after")
     def _scale_for_model_noise(self) -> SweepSpec:
@@ -200,13 +246,21 @@ class SweepSpec(FamilyChoices):
         return v
 
 
+def check_native_device(sweep: SweepSpec, kind: str) -> None:
+    """Refuse (one line) the native level on a device of ``kind`` without noise knobs: the
+    ideal device runs the digital weights, its native point is the ``inf`` level."""
+    if sweep.snr_native and kind == "ideal":
+        raise NoisyDEQError(f"--snr native: device '{sweep.device}' is ideal (no noise, no "
+                            "knobs): its native point is the digital model, the level inf")
+
+
 def check_device_presets(sweep: SweepSpec) -> None:
     """``sweep``'s device and each training device name a readable, valid preset (one line,
     torch-free: ``noisydeq sweep`` checks them before its heavy imports; the reachable SNRs
     are checked on the devices themselves later). The messages are those of the later
     checks (:class:`noisydeq.sweep.hardware.Hardware`,
     :func:`noisydeq.families.check_training_devices`)."""
-    load_spec(sweep.device)
+    check_native_device(sweep, load_spec(sweep.device).kind)
     for dev, _ in sweep.training_devices():
         if dev is None:
             continue

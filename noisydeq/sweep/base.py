@@ -10,11 +10,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from noisydeq.noise import STABLE_ROWS, stacked_chunks
+from noisydeq.specs.noise import NATIVE
+from noisydeq.specs.sweep import is_native
 from noisydeq.summary import fmt_db
 from noisydeq.swept_model import SweepModel
 
 __all__ = ["CELL_VERSION", "ROW_ALIGN", "CellKey", "SweepModel", "fmt_db", "level_chunks",
-           "sample_batches"]
+           "level_text", "sample_batches"]
 
 
 #: a test sample's row in every forward is ≡ its index (mod ROW_ALIGN): GEMM rounding of a
@@ -26,11 +28,17 @@ ROW_ALIGN = 16
 CELL_VERSION = 3
 
 
+def level_text(level: float) -> str:
+    """A level as cell keys and noise seeds write it: :func:`fmt_db` (``12.5``, ``inf``), or
+    ``native`` for the native level (:data:`~noisydeq.specs.sweep.NATIVE_LEVEL`)."""
+    return NATIVE if is_native(level) else fmt_db(level)
+
+
 @dataclass(frozen=True)
 class CellKey:
     """A sweep cell's key, the one definition of its text: ``v<version>|<model id>|<weights
-    digest>|chip<chip>|<levels>|<content digest>`` (levels: :func:`fmt_db` of each, joined
-    by ``,``; the content digest: :meth:`noisydeq.sweep.plan.CellRunner._content`). The
+    digest>|chip<chip>|<levels>|<content digest>`` (levels: :func:`level_text` of each,
+    joined by ``,``; the content digest: :meth:`noisydeq.sweep.plan.CellRunner._content`). The
     text names a cell's file (:meth:`noisydeq.results.RunDir.cell_path`), so it never
     changes for the same fields: run directories written before stay valid."""
 
@@ -46,7 +54,8 @@ class CellKey:
     def of(cls, model_id: str, weights: str, chip: int, levels: Sequence[float],
            content: str) -> CellKey:
         """The key of a cell of this code (:data:`CELL_VERSION`) at SNR ``levels``."""
-        return cls(model_id, weights, int(chip), ",".join(fmt_db(s) for s in levels), content)
+        return cls(model_id, weights, int(chip), ",".join(level_text(s) for s in levels),
+                   content)
 
     def to_key(self) -> str:
         return (f"v{self.version}|{self.model_id}|{self.weights}|chip{self.chip}|"

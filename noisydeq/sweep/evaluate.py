@@ -19,8 +19,8 @@ from torch import Tensor, nn
 from noisydeq.hardware.parts import Parts
 from noisydeq.noise import Noise, NoiseStream, active_subset, derive_seed
 from noisydeq.specs.noise import NoiseSpec
-from noisydeq.specs.sweep import SweepSpec
-from noisydeq.sweep.base import ROW_ALIGN, SweepModel, fmt_db, sample_batches
+from noisydeq.specs.sweep import SweepSpec, is_native
+from noisydeq.sweep.base import ROW_ALIGN, SweepModel, level_text, sample_batches
 from noisydeq.sweep.hardware import Hardware
 from noisydeq.tasks.base import sample_correct
 
@@ -136,7 +136,13 @@ def forward_levels(
     noise: the noise-free reference). Each block is padded to a multiple of ``ROW_ALIGN``
     rows with copies of its samples (their own numbers again; results dropped), and
     ``first_sample`` is a multiple of it: sample s sits at a row ≡ s (mod ``ROW_ALIGN``).
+    The native level (:data:`~noisydeq.specs.sweep.NATIVE_LEVEL`, a forward of its own)
+    runs the device layers at their own knobs: no per-sample target, the chip's native
+    knobs (:meth:`~noisydeq.hardware.layer.DeviceLayer.resolve_controls`).
     """
+    native = [is_native(s) for s in levels]
+    if any(native) and len(levels) > 1:
+        raise ValueError("the native level is evaluated in a forward of its own")
     n, k = x.shape[0], len(levels)
     nb = -(-n // ROW_ALIGN) * ROW_ALIGN  # rows per block: the n samples, then padding
     pos = torch.arange(nb, device=x.device) % n  # padding repeats the block's samples
@@ -148,8 +154,9 @@ def forward_levels(
     real = (torch.arange(k, device=x.device)[:, None] * nb
             + torch.arange(n, device=x.device)).reshape(-1)  # rows of the real samples
     device_noise = spec.noise_site == "device"
-    if on_device:
-        hardware.prepare(deployed, snr, seeds, block_rows, samples, device_noise)
+    if on_device:  # native: no targets (the device's own knobs)
+        hardware.prepare(deployed, snr, seeds, block_rows, samples,
+                         device_noise and not any(native))
     noise = None
     if not device_noise:
         stream = NoiseStream.from_blocks(list(seeds), block_rows, device=x.device,
@@ -220,7 +227,7 @@ def evaluate_cell(
     """
     stats = [LevelStats() for _ in levels]
     device_noise = spec.noise_site == "device"
-    seeds = [derive_seed(sm.seed, sm.model_id, fmt_db(s), chip) for s in levels]
+    seeds = [derive_seed(sm.seed, sm.model_id, level_text(s), chip) for s in levels]
     # SNR = ∞ under device noise is the noise-free reference: the digital model.
     groups = [
         [j for j, s in enumerate(levels) if not (device_noise and math.isinf(s))],

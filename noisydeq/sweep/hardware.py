@@ -11,8 +11,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from noisydeq.errors import NoisyDEQError
 from noisydeq.noise import NoiseStream, active_subset, derive_seed
-from noisydeq.specs.sweep import SweepSpec
+from noisydeq.specs.sweep import SweepSpec, check_native_device
 from noisydeq.sweep.base import ROW_ALIGN, SweepModel
 
 
@@ -54,6 +55,13 @@ class Hardware:
                     check_reachable(target, self.device.snr_range(),
                                     f"device '{spec.device}' (its reference MVM)",
                                     spec.noise_mode)
+        if spec.snr_native:  # before anything is written: a device with knobs, a row apart
+            check_native_device(spec, "ideal" if self.direct else self.device.kind)
+            if self.native_row_db() in spec.snr_db:
+                raise NoisyDEQError(
+                    f"--snr native: the native {self.swept_part()} SNR of device "
+                    f"'{spec.device}' is {self.native_row_db():g} dB, a level of the grid "
+                    "too; drop that level (the native row would share its snr_db)")
 
     @property
     def device_noise(self) -> bool:
@@ -67,9 +75,20 @@ class Hardware:
 
     def native_snr_db(self) -> float:
         """Native SNR of the part the noise mode sets (the swept axis's native point)."""
+        return float(self.native_parts()[self.swept_part()])
+
+    def swept_part(self) -> str:
+        """The SNR part the noise mode sets (``total``, ``dynamic`` or ``static``)."""
         from noisydeq.hardware.modes import TARGET_PART
 
-        return float(self.native_parts()[TARGET_PART[self.spec.swept_mode]])
+        return str(TARGET_PART[self.spec.swept_mode])
+
+    def native_row_db(self) -> float:
+        """The ``snr_db`` of the native level's rows: :meth:`native_snr_db` (the device's
+        native SNR of the swept part, on its reference MVM) to 1e-4 dB, so that every
+        process and thread count writes the same number (a cell's rows are checked
+        against it when read back)."""
+        return round(self.native_snr_db(), 4)
 
     def check_reachable(self, models: Sequence[SweepModel], calib_x: Tensor | None) -> None:
         """Refuse (one line naming model, layer and range) a finite target that some layer

@@ -20,7 +20,7 @@ from torch import Tensor
 from noisydeq.extension import level_groups
 from noisydeq.results import RunDir
 from noisydeq.runtime import job_count, resolve_torch_device
-from noisydeq.specs.sweep import SweepSpec
+from noisydeq.specs.sweep import NATIVE_LEVEL, SweepSpec, is_native
 from noisydeq.sweep.base import CELL_VERSION, CellKey, SweepModel, level_chunks
 from noisydeq.sweep.evaluate import evaluate_cell, layer_rows, stats_rows
 from noisydeq.sweep.hardware import Hardware
@@ -119,10 +119,16 @@ class CellRunner:
         if groups is None:
             assert run_dir is not None
             groups = level_groups(spec.snr_db, run_dir.extensions())
-        hardware.level_groups = groups
+        hardware.level_groups = groups or [[]]  # [[]]: the native level alone
         for group in hardware.level_groups:
             self.rows_per_batch, chunks = level_chunks(group, self.x.shape[0], spec.max_rows)
             self.chunks += chunks
+        #: the native level: a chunk of its own, after the grid's (the grid's cells keep
+        #: their keys whether or not the sweep asks for it); its rows' snr_db
+        self.native_db: float | None = None
+        if spec.snr_native:
+            self.chunks.append([NATIVE_LEVEL])
+            self.native_db = hardware.native_row_db()
         calib_x = getattr(task, "x_train", None)
         self.calib_x = None if calib_x is None else calib_x[:CALIBRATION_INPUTS].to(torch_device)
         self.content = self._content() if content is None else content
@@ -177,7 +183,15 @@ class CellRunner:
                  "chip": int(chip), "metric": self.metric, "n_samples": int(self.x.shape[0]),
                  **{k: v for k, v in sm.training_columns(self.spec).items()
                     if not (isinstance(v, float) and math.isnan(v))}}
-        return [{**fixed, "snr_db": float(s)} for s in levels]
+        return [{**fixed, "snr_db": self.row_level(s)} for s in levels]
+
+    def row_level(self, level: float) -> float:
+        """The ``snr_db`` a level's rows carry: the level, or for the native level the
+        device's native SNR of the swept part (:meth:`Hardware.native_row_db`)."""
+        if is_native(level):
+            assert self.native_db is not None
+            return self.native_db
+        return float(level)
 
     def load(self, sm: SweepModel, chip: int, levels: Sequence[float]) -> list[dict] | None:
         """The saved rows of a cell (checked against :meth:`expected`), or None."""
@@ -362,9 +376,10 @@ class CellRunner:
                 sm, deployed, self.x, self.y, levels, chip, self.spec, self.hardware,
                 self.classification, self.rows_per_batch, self.spec.batched,
             )
-            rows = stats_rows(sm, stats, levels, chip, self.spec, self.task_name, self.metric)
+            shown = [self.row_level(s) for s in levels]
+            rows = stats_rows(sm, stats, shown, chip, self.spec, self.task_name, self.metric)
             key = self.key(sm, chip, levels)
-            save(key, rows, layer_rows(sm, stats, levels, chip, self.spec))
+            save(key, rows, layer_rows(sm, stats, shown, chip, self.spec))
             on_cell(1, key, time.process_time() - since)
             since = time.process_time()  # on_cell's own work (a driver saving workers'
             # cells) is not this pair's

@@ -20,9 +20,9 @@ import torch
 from noisydeq.cluster import Backend
 from noisydeq.convergence import stop_rule
 from noisydeq.errors import NoisyDEQError
-from noisydeq.results import RunDir
+from noisydeq.results import RunDir, table_columns
 from noisydeq.runtime import cache_root, check_cache, num_threads, resolve_torch_device, thread_plan
-from noisydeq.specs.sweep import SweepSpec
+from noisydeq.specs.sweep import SweepSpec, is_native
 from noisydeq.sweep.base import SweepModel
 from noisydeq.sweep.hardware import Hardware
 from noisydeq.sweep.plan import CellRunner, ModelProvider, family_models, resolve_jobs
@@ -296,17 +296,26 @@ def _run_open(
         for chip in range(spec.chips):
             rows_here: list[dict[str, Any]] = []
             layers_here: list[dict[str, Any]] = []
+            native_here: tuple[list[dict[str, Any]], list[dict[str, Any]]] = ([], [])
             for levels in runner.chunks:
                 found = runner.take(sm, chip, levels)
                 if found is None:
                     raise NoisyDEQError(f"sweep: cell {sm.model_id} chip {chip} was not written")
+                if is_native(levels[0]):  # its cell: the native level alone
+                    native_here = found
+                    continue
                 rows_here.extend(found[0])
                 layers_here.extend(found[1])
-            all_rows += sorted(rows_here, key=lambda r: at[r["snr_db"]])
-            all_layers += sorted(layers_here, key=lambda r: at[r["snr_db"]])
+            rows_here.sort(key=lambda r: at[r["snr_db"]])
+            layers_here.sort(key=lambda r: at[r["snr_db"]])
+            if spec.snr_native:  # the table's native column; the native row after the grid's
+                rows_here = [{**r, "native": False} for r in rows_here]
+                rows_here += [{**r, "native": True} for r in native_here[0]]
+            all_rows += rows_here
+            all_layers += layers_here + native_here[1]
     skipped = total - computed
     bar.close()
-    run_dir.write_table(all_rows)
+    run_dir.write_table(all_rows, table_columns(spec))
     if all_layers:
         run_dir.write_layer_table(all_layers)
     pruned, lines = runner.prune(models) if prune else (0, [])
