@@ -75,6 +75,8 @@ KIND_FAMILY = {"deq": "Blues", "ffw": "Oranges", "mondeq": "Greens", "ffw_relu":
                "lyadeq": "Purples"}
 #: implicit kinds whose width is matched to an FFW depth (width ↑ with depth)
 IMPLICIT = ("deq", "mondeq")
+#: kinds whose output is an equilibrium (implicit kinds and the LyaDEQ): drawn as DEQs
+EQUILIBRIUM = (*IMPLICIT, "lyadeq")
 #: the shade of a kind's colour family a single line of that kind takes
 SHADE = 0.8
 #: hues for categories (solvers, attacks, ...): Dark2 without its orange, then greys —
@@ -93,7 +95,7 @@ def member_label(kind: str, depth: int, width: int, matched: bool = False) -> st
     no depth of its own)."""
     name = KIND_LOOK.get(kind, KIND_LOOK["ffw"])[3]
     layers = f"{depth} layer{'s' * (depth != 1)}"
-    if kind not in IMPLICIT and kind != "lyadeq":
+    if kind not in EQUILIBRIUM:
         return f"{name} {layers}"
     return f"{name} w={width}" + (f" (≙ FFW {layers})" if matched and kind in IMPLICIT else "")
 

@@ -35,6 +35,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import FixedLocator  # noqa: E402
 
 from noisydeq.figures import (  # noqa: E402
+    EQUILIBRIUM,
     IMPLICIT,
     KIND_FAMILY,
     KIND_LOOK,
@@ -143,11 +144,11 @@ def plot_metric_vs_snr(
                     continue
                 for s, a in by_snr.items():  # the device as it is: a marker, no line
                     ax.errorbar([pos[s]], [a.mean], yerr=[[a.mean - a.lo], [a.hi - a.mean]],
-                                fmt=NATIVE_MARKER[kind in IMPLICIT],
-                                ms=NATIVE_SIZE[kind in IMPLICIT],
+                                fmt=NATIVE_MARKER[kind in EQUILIBRIUM],
+                                ms=NATIVE_SIZE[kind in EQUILIBRIUM],
                                 color=colours[(kind, depth)], mec="black", mew=0.6,
                                 ecolor=colours[(kind, depth)], elinewidth=1, capsize=2,
-                                zorder=6 if kind in IMPLICIT else 5)
+                                zorder=6 if kind in EQUILIBRIUM else 5)
             if native_snr_db is not None and math.isfinite(native_snr_db):
                 lo, hi = min(pos.values()), max(pos.values())
                 if lo <= native_snr_db <= hi:
@@ -167,7 +168,7 @@ def plot_metric_vs_snr(
         handles, labels = [handles[i] for i in order], [labels[i] for i in order]
         table = _points(agg)
         if native_agg:  # what the markers are, once per look; the points CSV says which
-            for implicit in sorted({k[0] in IMPLICIT for k in native_agg}, reverse=True):
+            for implicit in sorted({k[0] in EQUILIBRIUM for k in native_agg}, reverse=True):
                 handles.append(plt.Line2D([], [], ls="none", color="grey", mec="black",
                                           mew=0.6, ms=NATIVE_SIZE[implicit],
                                           marker=NATIVE_MARKER[implicit]))
