@@ -34,11 +34,12 @@ dynamic SNR at the level, the static part physical; ``static``: the static SNR a
 level, the reads physical; ``both``: one scale on every source), rram in the physical mode
 with its programming error (and drift α) held per epoch (``held``, ``static-held``,
 ``all-epoch``), the ``snr`` device (per-sample, per-MVM output noise ∝ ‖Wx‖ on every
-layer, no static part: ``snr``) and no device at all, the model's own signal-site noise
-(paper Eq. 3-4, ``noisydeq sweep --train-snr``: ``signal``). The reference ``ours rram@10
-dB`` (physical mode, everything per step) comes from ``--train-device-snr 10``. The sweep
-directory's ``train_noise_mode`` column says ``physical`` for every model; the JSON's
-``way`` names the arm.
+layer, no static part: ``snr``; on the hidden MVMs only: ``snr-hidden``; with the input
+projection or the head digital: ``snr-no-proj``, ``snr-no-head``) and no device at all,
+the model's own signal-site noise (paper Eq. 3-4, ``noisydeq sweep --train-snr``:
+``signal``). The reference ``ours rram@10 dB`` (physical mode, everything per step) comes
+from ``--train-device-snr 10``. The sweep directory's ``train_noise_mode`` column says
+``physical`` for every model; the JSON's ``way`` names the arm.
 
 ``--aihwkit-std`` sets aihwkit's training weight noise (several: one aihwkit model each;
 ``none``: no aihwkit model);
@@ -82,6 +83,13 @@ ARMS: dict[str, tuple[str, dict]] = {
                   {"train_programming": "epoch", "train_drift_alpha": "epoch"}),
     "snr": ("the snr device: per-sample per-MVM output noise ∝ ‖Wx‖, no static part",
             {"train_device": ["none", "snr"]}),
+    "snr-hidden": ("the snr device on the hidden MVMs only (proj.U and head digital in "
+                   "training, on the device at evaluation)",
+                   {"train_device": ["none", "snr"], "digital_layers": ["proj.U", "head"]}),
+    "snr-no-proj": ("the snr device, the input projection proj.U digital in training",
+                    {"train_device": ["none", "snr"], "digital_layers": ["proj.U"]}),
+    "snr-no-head": ("the snr device, the head digital in training",
+                    {"train_device": ["none", "snr"], "digital_layers": ["head"]}),
     "signal": ("no device: the model's signal-site noise (Eq. 3-4)",
                {"train_device": []}),
 }
@@ -101,7 +109,8 @@ def way_name(train_device: str | None, snr: float | None, train_snr: float = mat
         return f"aihwkit HWA σ@{train_device.removeprefix('aihwkit-match')[:-2]} dB"
     level = "native" if snr is None else f"{snr:g} dB"
     if train_device.startswith("arm-"):
-        return f"ours rram@{level} {train_device.removeprefix('arm-')}"
+        arm = train_device.removeprefix("arm-")
+        return f"ours {ARMS[arm][1].get('train_device', ['rram'])[-1]}@{level} {arm}"
     return f"ours {train_device}@{level}"
 
 
@@ -301,7 +310,7 @@ def main(argv: list[str] | None = None) -> int:
         got = family_models(spec.model_copy(update=fields), task, progress=False)
         for m in got:
             if arm == "signal" or m.train_device is not None:
-                if m.train_device == "rram":
+                if m.train_device is not None and m.train_device != arm:
                     m.train_device = f"arm-{arm}"  # its own model id and way
                 models.append(m)
         t_arms[arm] = time.process_time() - c1

@@ -334,19 +334,20 @@ def test_hwa_science_ablation_arms(tmp_path) -> None:
     assert way_name(None, None, 10.0) == "signal noise@10 dB"
     assert way_name("arm-static", 10.0) == "ours rram@10 dB static"
     assert way_name("snr", 10.0) == "ours snr@10 dB"
+    assert way_name("arm-snr-hidden", 10.0) == "ours snr@10 dB snr-hidden"
     with pytest.raises(SystemExit) as err:
         main(["--arms", "static,bogus", "--out", str(tmp_path / "no")])
     assert err.value.code == 2 and not (tmp_path / "no").exists()
     assert main(["--seeds", "0", "--chips", "1", "--snr", "0", "--epochs", "1",
                  "--train-device-snr", "10", "--aihwkit-std", "none",
-                 "--arms", "static,snr,signal",
+                 "--arms", "static,snr,snr-hidden,signal",
                  "--out", str(tmp_path)]) == 0
     got = json.loads((tmp_path / "hwa_science.json").read_text())
     rows = got["rows"]
     ways = list(dict.fromkeys(r["way"] for r in rows))
     assert ways == ["digital", "ours rram@10 dB", "ours rram@10 dB static", "ours snr@10 dB",
-                    "signal noise@10 dB"], ways
-    assert len(rows) == 5 * 3  # 0 dB, native and aihwkit's inference, one chip each
-    assert set(got["facts"]["cpu_s_arm_training"]) == {"static", "snr", "signal"}
+                    "ours snr@10 dB snr-hidden", "signal noise@10 dB"], ways
+    assert len(rows) == 6 * 3  # 0 dB, native and aihwkit's inference, one chip each
+    assert set(got["facts"]["cpu_s_arm_training"]) == {"static", "snr", "snr-hidden", "signal"}
     at_native = {r["way"]: r["accuracy"] for r in rows if r["snr"] == "native"}
-    assert len(set(at_native.values())) > 1, at_native  # not one model under five names
+    assert len(set(at_native.values())) > 1, at_native  # not one model under six names
