@@ -27,7 +27,22 @@ Evaluation, of all three on the same chips:
    ``rram-wan2022`` config of :mod:`benchmarks.peers.aihwkit_sweep` at its native knobs,
    programmed and drifted to t = 1 s, 3 chips (programming seeds) per seed.
 
-``--aihwkit-std`` sets aihwkit's training weight noise (several: one aihwkit model each);
+``--arms`` adds ablation ways of training (:data:`ARMS`, issue 16: which part of training on
+the device gives its robustness gain), each from the same initial model, batches and
+schedule at ``--arm-snr`` (default 10 dB): rram in another noise mode (``dynamic``: the
+dynamic SNR at the level, the static part physical; ``static``: the static SNR at the
+level, the reads physical; ``both``: one scale on every source), rram in the physical mode
+with its programming error (and drift α) held per epoch (``held``, ``static-held``,
+``all-epoch``), the ``snr`` device (per-sample, per-MVM output noise ∝ ‖Wx‖ on every
+layer, no static part: ``snr``; on the hidden MVMs only: ``snr-hidden``; with the input
+projection or the head digital: ``snr-no-proj``, ``snr-no-head``) and no device at all,
+the model's own signal-site noise (paper Eq. 3-4, ``noisydeq sweep --train-snr``:
+``signal``). The reference ``ours rram@10 dB`` (physical mode, everything per step) comes
+from ``--train-device-snr 10``. The sweep directory's ``train_noise_mode`` column says
+``physical`` for every model; the JSON's ``way`` names the arm.
+
+``--aihwkit-std`` sets aihwkit's training weight noise (several: one aihwkit model each;
+``none``: no aihwkit model);
 ``match`` gives each layer the σ whose ``ADD_NORMAL`` noise yields ``--match-snr`` dB of
 total SNR in noisydeq's sense (Σ‖Wx‖²/Σ‖y − Wx‖²) on that layer's inputs in the digital
 model on the calibration inputs (:func:`matched_std`).
@@ -53,19 +68,50 @@ from torch import nn
 
 from benchmarks.hwaware import aihwkit_model, aihwkit_optimizer
 
+#: ablation arms (``--arms``): name → (what differs from ``ours rram@<level>``: rram in the
+#: physical mode, chip per epoch, everything per step; the SweepSpec fields that set it)
+ARMS: dict[str, tuple[str, dict]] = {
+    "dynamic": ("rram, dynamic SNR at the level, static part physical",
+                {"train_noise_mode": "dynamic"}),
+    "static": ("rram, static SNR at the level, reads physical", {"train_noise_mode": "static"}),
+    "both": ("rram, total SNR by one scale on every source", {"train_noise_mode": "both"}),
+    "held": ("rram physical, programming error held per epoch",
+             {"train_programming": "epoch"}),
+    "static-held": ("rram static, programming error held per epoch",
+                    {"train_noise_mode": "static", "train_programming": "epoch"}),
+    "all-epoch": ("rram physical, programming error and drift α held per epoch",
+                  {"train_programming": "epoch", "train_drift_alpha": "epoch"}),
+    "snr": ("the snr device: per-sample per-MVM output noise ∝ ‖Wx‖, no static part",
+            {"train_device": ["none", "snr"]}),
+    "snr-hidden": ("the snr device on the hidden MVMs only (proj.U and head digital in "
+                   "training, on the device at evaluation)",
+                   {"train_device": ["none", "snr"], "digital_layers": ["proj.U", "head"]}),
+    "snr-no-proj": ("the snr device, the input projection proj.U digital in training",
+                    {"train_device": ["none", "snr"], "digital_layers": ["proj.U"]}),
+    "snr-no-head": ("the snr device, the head digital in training",
+                    {"train_device": ["none", "snr"], "digital_layers": ["head"]}),
+    "signal": ("no device: the model's signal-site noise (Eq. 3-4)",
+               {"train_device": []}),
+}
 
-def way_name(train_device: str | None, snr: float | None) -> str:
+
+def way_name(train_device: str | None, snr: float | None, train_snr: float = math.inf) -> str:
     """The way of training of a model trained on ``train_device`` at ``snr`` (None:
-    its native SNR; device None: digitally)."""
+    its native SNR; device None: digitally, with signal-site model noise at ``train_snr``;
+    ``arm-<name>``: the rram ablation arm ``name`` of :data:`ARMS`)."""
     if train_device is None:
-        return "digital"
+        return "digital" if math.isinf(train_snr) else f"signal noise@{train_snr:g} dB"
     if train_device == "aihwkit":
         return "aihwkit HWA"
     if train_device.startswith("aihwkit-std"):
         return f"aihwkit HWA σ={train_device.removeprefix('aihwkit-std')}"
     if train_device.startswith("aihwkit-match"):
         return f"aihwkit HWA σ@{train_device.removeprefix('aihwkit-match')[:-2]} dB"
-    return f"ours rram@{'native' if snr is None else f'{snr:g} dB'}"
+    level = "native" if snr is None else f"{snr:g} dB"
+    if train_device.startswith("arm-"):
+        arm = train_device.removeprefix("arm-")
+        return f"ours {ARMS[arm][1].get('train_device', ['rram'])[-1]}@{level} {arm}"
+    return f"ours {train_device}@{level}"
 
 
 def matched_std(model: nn.Module, x: torch.Tensor, snr_db: float) -> dict[str, dict]:
@@ -204,6 +250,11 @@ def main(argv: list[str] | None = None) -> int:
                          "comma-separated; 'match' = per layer the σ whose noise gives the "
                          "--match-snr total SNR on the digital model's calibration inputs")
     ap.add_argument("--match-snr", type=float, default=10.0)
+    ap.add_argument("--arms", default="",
+                    help="ablation ways of training at --arm-snr, comma-separated: "
+                         + ", ".join(ARMS))
+    ap.add_argument("--arm-snr", type=float, default=10.0,
+                    help="the training SNR (dB) of the --arms ways")
     ap.add_argument("--out", required=True)
     a = ap.parse_args(argv)
     from noisydeq.families import family_spec_for_sweep, prepared_member
@@ -218,9 +269,15 @@ def main(argv: list[str] | None = None) -> int:
         seeds = [int(s) for s in a.seeds.split(",")]
         snr = [float(s) for s in a.snr.split(",")]
         [float(s) for s in a.train_device_snr.split(",") if s != "native"]
-        stds = [s if s == "match" else float(s) for s in a.aihwkit_std.split(",")]
+        stds = [] if a.aihwkit_std == "none" else [
+            s if s == "match" else float(s) for s in a.aihwkit_std.split(",")]
     except ValueError as e:
         ap.error(f"--seeds / --snr / --train-device-snr / --aihwkit-std: {e}")
+    arms = [x for x in a.arms.split(",") if x]
+    if any(x not in ARMS for x in arms) or len(set(arms)) < len(arms):
+        ap.error(f"--arms: want distinct names of {', '.join(ARMS)}, got {a.arms!r}")
+    if not math.isfinite(a.arm_snr):
+        ap.error(f"--arm-snr: want a finite SNR in dB, got {a.arm_snr}")
     if any(s != "match" and not (0 <= s < math.inf) for s in stds) or len(set(stds)) < len(stds):
         ap.error(f"--aihwkit-std: want distinct finite σ >= 0 or 'match', got {a.aihwkit_std!r}")
     if not math.isfinite(a.match_snr):
@@ -242,6 +299,21 @@ def main(argv: list[str] | None = None) -> int:
                             progress=False)
         models += [m for m in got if not models or m.train_device is not None]
     t_fam = time.process_time() - c0
+    t_arms = {}
+    for arm in arms:  # the ablation ways, cached as the sweep caches its families
+        c1 = time.process_time()
+        fields = dict(ARMS[arm][1])
+        if arm == "signal":
+            fields["train_snr_db"] = [a.arm_snr]
+        else:
+            fields["train_device_snr_db"] = [a.arm_snr]
+        got = family_models(spec.model_copy(update=fields), task, progress=False)
+        for m in got:
+            if arm == "signal" or m.train_device is not None:
+                if m.train_device is not None and m.train_device != arm:
+                    m.train_device = f"arm-{arm}"  # its own model id and way
+                models.append(m)
+        t_arms[arm] = time.process_time() - c1
     from noisydeq.sweep.plan import CALIBRATION_INPUTS
 
     losses, matched = {}, {}
@@ -263,10 +335,10 @@ def main(argv: list[str] | None = None) -> int:
                 trained, losses[(seed, kind, name)] = train_aihwkit(init, task, tspec, std)
                 models.append(SweepModel(trained, kind, a.depth, ref.width, ref.params, seed,
                                          math.inf, name, None))
-    t_aihwkit = time.process_time() - c0 - t_fam
+    t_aihwkit = time.process_time() - c0 - t_fam - sum(t_arms.values())
 
     def way(m: SweepModel) -> str:
-        return way_name(m.train_device, m.train_device_snr_db)
+        return way_name(m.train_device, m.train_device_snr_db, m.train_snr_db)
 
     result = run_sweep(spec, out / "sweep", task=task, models=models, progress=False,
                        plots=False, threads="1", jobs=1)
@@ -289,6 +361,9 @@ def main(argv: list[str] | None = None) -> int:
              "aihwkit_epoch_losses": {f"{s}-{k}-{n}": v for (s, k, n), v in losses.items()},
              "aihwkit_matched_std": matched,
              "spec": json.loads(spec.model_dump_json())}
+    if arms:
+        facts["cpu_s_arm_training"] = t_arms
+        facts["arms"] = {x: ARMS[x][0] for x in arms}
     (out / "hwa_science.json").write_text(json.dumps({"rows": rows, "facts": facts}, indent=1))
     print(table(rows))
     print()

@@ -320,3 +320,34 @@ def test_hwa_science_matched_std_gives_the_target_snr() -> None:
         signal = 100 * float((seen[0] @ w.T).square().sum())
         error = float(torch.einsum("bi,koi->kbo", seen[0], noise).square().sum())
         assert abs(10 * math.log10(signal / error) - 7.0) < 0.2, name
+
+
+def test_hwa_science_ablation_arms(tmp_path) -> None:
+    """``--arms``: each ablation way of training is its own model (its own id, trained
+    differently from the same init), named by its arm, evaluated on the same cells; an
+    unknown arm is refused in one line before anything runs."""
+    from benchmarks.hwa_science import main, way_name
+
+    assert way_name("rram", 10.0) == "ours rram@10 dB"  # the existing ways keep their names
+    assert way_name("rram", None) == "ours rram@native"
+    assert way_name(None, None) == "digital"
+    assert way_name(None, None, 10.0) == "signal noise@10 dB"
+    assert way_name("arm-static", 10.0) == "ours rram@10 dB static"
+    assert way_name("snr", 10.0) == "ours snr@10 dB"
+    assert way_name("arm-snr-hidden", 10.0) == "ours snr@10 dB snr-hidden"
+    with pytest.raises(SystemExit) as err:
+        main(["--arms", "static,bogus", "--out", str(tmp_path / "no")])
+    assert err.value.code == 2 and not (tmp_path / "no").exists()
+    assert main(["--seeds", "0", "--chips", "1", "--snr", "0", "--epochs", "1",
+                 "--train-device-snr", "10", "--aihwkit-std", "none",
+                 "--arms", "static,snr,snr-hidden,signal",
+                 "--out", str(tmp_path)]) == 0
+    got = json.loads((tmp_path / "hwa_science.json").read_text())
+    rows = got["rows"]
+    ways = list(dict.fromkeys(r["way"] for r in rows))
+    assert ways == ["digital", "ours rram@10 dB", "ours rram@10 dB static", "ours snr@10 dB",
+                    "ours snr@10 dB snr-hidden", "signal noise@10 dB"], ways
+    assert len(rows) == 6 * 3  # 0 dB, native and aihwkit's inference, one chip each
+    assert set(got["facts"]["cpu_s_arm_training"]) == {"static", "snr", "snr-hidden", "signal"}
+    at_native = {r["way"]: r["accuracy"] for r in rows if r["snr"] == "native"}
+    assert len(set(at_native.values())) > 1, at_native  # not one model under six names
