@@ -66,6 +66,8 @@ def test_a_resume_trains_and_loads_only_the_models_of_cells_to_compute(
 
     figures = {str(p.relative_to(out)): p.read_bytes() for p in sorted(out.rglob("figures/*"))}
     assert figures
+    every = {str(p.relative_to(out)): p.read_bytes() for p in sorted(out.rglob("*"))
+             if p.is_file()}
 
     def no_drawing(*a, **k):
         raise AssertionError("drawn although the figure cache holds these figures")
@@ -85,6 +87,11 @@ def test_a_resume_trains_and_loads_only_the_models_of_cells_to_compute(
     assert [m.model_id for m in again.members] == [m.model_id for m in first.members]
     assert sum(line.endswith("(recorded: not loaded)") for line in lines) == 3
     assert all(r.computed_cells == 0 for r in again.evaluations.values())
+    # nothing computed: every file as it was (meta.json, the reports' timing lines and so
+    # SHA256SUMS were rewritten), the reports listed in SHA256SUMS
+    assert {str(p.relative_to(out)): p.read_bytes() for p in sorted(out.rglob("*"))
+            if p.is_file()} == every
+    assert "summary.md" in store.verify_manifest(out / "curves")
 
     shutil.rmtree(tmp_path / "cache" / "models")  # every cell served on its recorded weights
     again, got, trained, lines = run()
