@@ -475,12 +475,17 @@ def run_experiment(res: Resolved, out: str | Path, *, data_dir: str | None = Non
     results, eval_s = {}, {}
     for name, spec in specs.items():
         t1 = time.perf_counter()
+        # the record is written once the attack run's directory is checked and opened,
+        # before its first cell (a run stopped in its first evaluation has it: a resume
+        # loads no model whose cells are all served), and again after it (models trained
+        # or loaded for its cells)
         results[name] = run_attacks(spec, members, task, out / name, progress=not quiet,
                                     echo=echo, sources=transfer_sources(spec, members, info),
                                     keep_other_code=keep_other_code,
-                                    weights=dict(grid.lazy), materialise=grid.materialise)
+                                    weights=dict(grid.lazy), materialise=grid.materialise,
+                                    on_open=grid.save)
         eval_s[name] = time.perf_counter() - t1
-        grid.save()  # after each attack run (validated, its directory written)
+        grid.save()
     result = ExperimentResult(res, out, members, info, results, eval_s,
                               time.perf_counter() - t0)
     write_report(result, specs)
