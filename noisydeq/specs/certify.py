@@ -191,6 +191,14 @@ class CertifyExperimentSpec(VariantFile):
                 f"({', '.join(CERTIFIABLE_KINDS)}); {', '.join(map(repr, bad))} "
                 f"{'has' if len(bad) == 1 else 'have'} no guaranteed interval fixed point "
                 "(IBP certification, Theorem 3.1)")
+        params = over.get("params", self.params)
+        if family.cell.name == "conv" and "mondeq" in family.kinds and isinstance(
+                params, list) and "mon" in params:
+            raise NoisyDEQError(
+                f"{'[' + variant + '] ' if 'params' in over else ''}params 'mon' with "
+                "a convolutional cell: certify needs I − |W| ≻ 0, which cannot be checked "
+                "for a convolution (without it the interval fixed point need not exist, "
+                "Lemma 3.4); use 'ibp' or 'lben'")
         build_layers(TrainSpec, layers("train"), where=f"[{variant}.train]")
         eps_train = over.get("eps_train", self.eps_train)
         for eps in eps_train if isinstance(eps_train, list) else []:

@@ -115,6 +115,27 @@ def test_a_family_certify_cannot_take_is_refused_before_training(
     assert sorted(p.name for p in tmp_path.iterdir()) == ["t2.toml"]
 
 
+@pytest.mark.parametrize("params,quick,place", [('params = ["ibp", "mon"]\n', "", ""),
+                                                ("", '[quick]\nparams = ["mon"]\n', "[quick] ")])
+def test_a_convolutional_mon_parameterisation_is_refused_before_training(
+        capsys, tmp_path, monkeypatch, params, quick, place):
+    """A convolutional monDEQ of param 'mon' was trained and then refused (I − |W| cannot be
+    checked for a convolution, whatever the weights): refused as the file loads."""
+    from noisydeq import families
+
+    monkeypatch.setattr(families, "train_family", lambda *a, **k: pytest.fail("trained"))
+    exp = tmp_path / "t2.toml"
+    exp.write_text(f'name = "t2"\nkind = "table2"\n{params}[family]\ntask = "digits"\n'
+                   'kinds = ["mondeq", "ffw_relu"]\ncell = "conv"\n[certify]\neps = [0.1]\n'
+                   f"{quick}", encoding="utf-8")
+    code, _, err = run_certify(capsys, str(exp), "--out", str(tmp_path / "run"), "--quiet")
+    assert code == 2 and err.strip() == (
+        f"noisydeq: error: {exp}: {place}params 'mon' with a convolutional cell: certify "
+        "needs I − |W| ≻ 0, which cannot be checked for a convolution (without it the "
+        "interval fixed point need not exist, Lemma 3.4); use 'ibp' or 'lben'"), err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["t2.toml"]
+
+
 def test_a_table2_family_without_kinds_is_table_2_s_pair():
     """Without kinds the family was the default deq + ffw, whose tanh DEQ certify refuses
     after training it: a table2 experiment's default is the IBP-MonDEQ and its explicit
