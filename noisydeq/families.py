@@ -125,22 +125,34 @@ def prepared_member(
     return model, tspec, root / config_hash(training_config(model, task, tspec, dev))
 
 
+def cached_member(
+    spec: FamilySpec, task: Task, kind: str, depth: int, *,
+    cache_dir: str | os.PathLike | None = None, torch_device: str | torch.device | None = None,
+) -> tuple[nn.Module, TrainSpec, str, str | None]:
+    """(one member's initial model, its train spec, its cache entry — the name
+    :func:`train_family` trains it under, its config hash — and the weights digest
+    (:func:`noisydeq.store.init_hash`) of the finished model that entry holds, None when it
+    holds none), without training the member or loading it into a model: only its initial
+    model is built, for the key. The checkpoint is read with its SHA-256 digest and config
+    hash checked; one that fails counts as none (:func:`train_family` reports it and trains
+    the member again)."""
+    from noisydeq.train import finished_weights
+
+    dev = torch.device(torch_device) if torch_device is not None else torch.device("cpu")
+    model, tspec, entry = prepared_member(spec, task, kind, depth,
+                                          cache_root(cache_dir) / "models", dev)
+    return model, tspec, entry.name, finished_weights(entry, entry.name)
+
+
 def cached_weights(
     spec: FamilySpec, task: Task, kind: str, depth: int, *,
     cache_dir: str | os.PathLike | None = None, torch_device: str | torch.device | None = None,
 ) -> tuple[str, str | None]:
-    """(one member's cache entry — the name :func:`train_family` trains it under, its
-    config hash — and the weights digest (:func:`noisydeq.store.init_hash`) of the finished
-    model that entry holds, None when it holds none), without training the member or
-    loading it into a model: only its initial model is built, for the key. The checkpoint
-    is read with its SHA-256 digest and config hash checked; one that fails counts as
-    none (:func:`train_family` reports it and trains the member again)."""
-    from noisydeq.train import finished_weights
-
-    dev = torch.device(torch_device) if torch_device is not None else torch.device("cpu")
-    _, _, entry = prepared_member(spec, task, kind, depth, cache_root(cache_dir) / "models",
-                                  dev)
-    return entry.name, finished_weights(entry, entry.name)
+    """(a member's cache entry, the weights digest of the finished model it holds or None):
+    :func:`cached_member` without the initial model."""
+    _, _, entry, weights = cached_member(spec, task, kind, depth, cache_dir=cache_dir,
+                                         torch_device=torch_device)
+    return entry, weights
 
 
 def train_family(

@@ -336,6 +336,8 @@ class LockedDir:
         #: the cells found computed on other weights: key → the digest they record
         self.other_weights: dict[str, str] = {}
         self._code: str | None = None
+        #: a resume's ``meta.json``, written with its first cell (:meth:`write_meta`)
+        self._pending_meta: dict[str, Any] | None = None
 
     @property
     def code(self) -> str:
@@ -375,6 +377,33 @@ class LockedDir:
             return False
         self.other_code[key] = code if isinstance(code, str) and not unknown else None
         return not self.keep_other_code
+
+    #: what a resume changes in ``meta.json`` by itself: its count of resumes and the
+    #: package versions it runs with
+    RESUME_KEYS = ("resumed", "versions")
+
+    def write_meta(self, meta: dict[str, Any], old: dict[str, Any] | None) -> None:
+        """Write ``meta`` as ``meta.json`` (signed) when opening the directory, ``old``
+        being the one recorded (None: none yet). A resume whose meta data differs from
+        ``old`` only in :data:`RESUME_KEYS` waits for its first cell (:meth:`cell_written`):
+        a resume that computes nothing leaves ``meta.json`` — and so ``SHA256SUMS`` — byte
+        for byte as it was, with the counts and versions of the runs that computed."""
+        meta = json.loads(json.dumps(meta, default=str))
+        self._pending_meta = None
+        def lasting(d: dict[str, Any]) -> dict[str, Any]:
+            return {k: v for k, v in d.items() if k not in self.RESUME_KEYS}
+
+        if old is not None and lasting(meta) == lasting(old):
+            self._pending_meta = meta
+            return
+        store.write_signed_json(self.meta_path, meta, indent=2)
+
+    def cell_written(self) -> None:
+        """A cell is about to be written: a resume's ``meta.json`` is written first, once
+        (:meth:`write_meta`)."""
+        if self._pending_meta is not None:
+            meta, self._pending_meta = self._pending_meta, None
+            store.write_signed_json(self.meta_path, meta, indent=2)
 
     @contextmanager
     def _opening(self) -> Iterator[bool]:
@@ -542,8 +571,8 @@ class RunDir(LockedDir):
                 "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                 **(extra_meta or {}),
             }
-            if self.meta_path.exists():
-                old = self.read_meta()
+            old = self.read_meta() if self.meta_path.exists() else None
+            if old is not None:
                 if isinstance(old.get("title"), str):  # a resume without one keeps it
                     meta.setdefault("title", old["title"])
                 resumed_meta(meta, old)
@@ -551,8 +580,7 @@ class RunDir(LockedDir):
                 meta["extensions"] = history
             # the history first: a run killed between the two writes recomputes nothing
             # it holds (level_groups), only records the extension again
-            store.write_signed_json(self.meta_path, json.loads(json.dumps(meta, default=str)),
-                                    indent=2)
+            self.write_meta(meta, old)
             if added:
                 store.atomic_write_text(self.config_path, store.sign_text(dumps_toml(spec)))
             self.cells.mkdir(exist_ok=True)
@@ -642,6 +670,7 @@ class RunDir(LockedDir):
         if layers:
             record["layers"] = list(layers)
         path = self.cell_path(key)
+        self.cell_written()
         store.write_signed_json(path, record)
         for old in self.superseded.pop(key, []):  # replaced: unreachable from now on
             if old != path:

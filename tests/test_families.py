@@ -50,6 +50,29 @@ def test_family_is_matched_trained_then_cached(tmp_path, digits):
     assert len(list((tmp_path / "models").iterdir())) == 7
 
 
+def test_cached_member_is_the_initial_model_and_the_entry_s_weights(tmp_path, digits):
+    """families.cached_member: a member's initial model and train spec (what train_family
+    trains), its cache entry (the one train_family writes) and the weights digest of the
+    finished model it holds (None before training), without training or loading it;
+    cached_weights is the same without the model."""
+    from noisydeq.families import cached_member, cached_weights
+    from noisydeq.store import init_hash
+
+    spec = _spec(depths=[1], kinds=["ffw"])
+    model, tspec, entry, weights = cached_member(spec, digits, "ffw", 1, cache_dir=tmp_path)
+    assert weights is None and tspec == spec.train_spec("ffw")
+    assert cached_weights(spec, digits, "ffw", 1, cache_dir=tmp_path) == (entry, None)
+    member = train_family(spec, digits, cache_dir=tmp_path).get("ffw", 1)
+    assert member.key == entry and not member.cached
+    again, _, entry2, weights = cached_member(spec, digits, "ffw", 1, cache_dir=tmp_path)
+    assert (entry2, weights) == (entry, init_hash(member.model))
+    assert cached_weights(spec, digits, "ffw", 1, cache_dir=tmp_path) == (entry, weights)
+    # the initial model: the architecture trained, the weights before training
+    assert init_hash(again) == init_hash(model) != weights
+    assert {k: v.shape for k, v in again.state_dict().items()} == {
+        k: v.shape for k, v in member.model.state_dict().items()}
+
+
 def test_cache_root_env(monkeypatch, tmp_path):
     monkeypatch.setenv("NOISYDEQ_CACHE", str(tmp_path / "c"))
     assert cache_root() == tmp_path / "c"

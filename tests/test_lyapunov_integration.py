@@ -200,6 +200,8 @@ def test_lyapunov_command_end_to_end(tmp_path, monkeypatch):
     cells = sorted(p.name for p in (out / "attack").iterdir())
     assert cells == ["both-s0.json", "plain-s0.json"]
     figures = {p.name: p.read_bytes() for p in (out / "figures").iterdir()}
+    every = {str(p.relative_to(out)): p.read_bytes() for p in sorted(out.rglob("*"))
+             if p.is_file()}
     from noisydeq.analysis import lyapunov_report
 
     def no_drawing(*a, **k):
@@ -212,6 +214,10 @@ def test_lyapunov_command_end_to_end(tmp_path, monkeypatch):
     assert again.exit_code == 0
     assert (out / "attack.csv").read_text().splitlines() == rows
     assert {p.name: p.read_bytes() for p in (out / "figures").iterdir()} == figures
+    # nothing computed: every file as it was (the device sweeps' meta.json and SHA256SUMS
+    # were rewritten)
+    assert {str(p.relative_to(out)): p.read_bytes() for p in sorted(out.rglob("*"))
+            if p.is_file()} == every
     # a damaged cell is refused naming it; deleting it recomputes that cell
     cell = out / "attack" / "plain-s0.json"
     cell.write_text(cell.read_text().replace('"accuracy": ', '"accuracy": 1 +', 1))

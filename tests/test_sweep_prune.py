@@ -90,23 +90,77 @@ def test_cells_outside_the_plan_never_reach_the_table_and_are_pruned(tmp_path):
     assert not _run(out, task, prune=True)[1][:-1]  # only the damaged file's line again
 
 
-def test_another_max_rows_recomputes_and_prunes_the_old_chunks(tmp_path):
+def test_another_max_rows_serves_the_old_chunks_and_keeps_them(tmp_path):
+    """max_rows only cuts the levels into other cells (the rows are the same, bitwise): a
+    sweep resumed with another max_rows takes every level from the cells it holds instead
+    of computing them all again, and prune keeps the files it took them from. Tables and
+    layers byte-equal to a fresh run of that max_rows."""
     task, out = toy_task(), tmp_path / "run"
-    first, _ = _run(out, task, prune=True)
+    kw = dict(device="snr", noise_site="device")  # cells with per-layer rows
+    first, _ = _run(out, task, prune=True, **kw)
     assert first.computed_cells == 16 and first.pruned_cells == 0
     old = set(_cells(out))
-    wider, said = _run(out, task, prune=True, max_rows=200)  # one chunk of 4 levels
-    assert (wider.computed_cells, wider.pruned_cells) == (8, 16)
-    assert wider.rows == first.rows  # the same table, cut into other cells
-    assert not old & set(_cells(out)) and len(_cells(out)) == 8
-    assert len(said) == 1 and "16 of another chunking of the SNR levels" in said[0]
-    # extending keeps every cell it holds: the new level's chunk is added, nothing pruned
-    ext, said = _run(out, task, prune=True, max_rows=200, snr_db="0,5,10,inf,20")
-    assert (ext.computed_cells, ext.pruned_cells, len(_cells(out))) == (8, 0, 16)
+    fresh = {}
+    for max_rows in (200, 144, 48):  # one chunk of 4 levels; [0, 5, 10] + [inf]; one each
+        res, said = _run(out, task, prune=True, max_rows=max_rows, **kw)
+        assert (res.computed_cells, res.pruned_cells, said) == (0, 0, [])
+        assert res.skipped_cells == 8 * {200: 1, 144: 2, 48: 4}[max_rows]
+        assert set(_cells(out)) == old
+        ref, _ = _run(tmp_path / f"fresh{max_rows}", task, max_rows=max_rows, **kw)
+        fresh[max_rows] = ref
+        for name in ("results.csv", "results.parquet", "layers.csv"):
+            assert (out / name).read_bytes() == (tmp_path / f"fresh{max_rows}" / name
+                                                 ).read_bytes(), (max_rows, name)
+    # extending with another max_rows: the held levels served, the new one computed
+    ext, said = _run(out, task, prune=True, max_rows=200, snr_db="0,5,10,inf,20", **kw)
+    assert (ext.computed_cells, ext.pruned_cells, len(_cells(out))) == (8, 0, 24)
     assert not said
     # asking for fewer levels or chips runs the union: nothing is pruned either
-    fewer, said = _run(out, task, prune=True, max_rows=200, snr_db="0", chips=1)
-    assert (fewer.computed_cells, fewer.pruned_cells, len(_cells(out))) == (0, 0, 16)
+    fewer, said = _run(out, task, prune=True, max_rows=200, snr_db="0", chips=1, **kw)
+    assert (fewer.computed_cells, fewer.pruned_cells, len(_cells(out))) == (0, 0, 24)
+
+
+def test_a_level_no_cell_holds_is_computed_and_the_cells_not_read_are_pruned(tmp_path):
+    """A chunk of the new max_rows is served only when every one of its levels is held; one
+    lacking a level is computed whole, and the old cells of its other levels, now read by
+    no cell, are pruned as another chunking's."""
+    task, out = toy_task(), tmp_path / "run"
+    first, _ = _run(out, task, prune=True)  # chunks [0, 5] and [10, inf]
+    key = {store.read_signed_json(p)["key"]: p for p in _cells(out)}
+    lost = next(p for k, p in key.items() if k.split("|")[4] == "0,5")
+    kept = next(p for k, p in key.items() if k.split("|")[4] == "10,inf"
+                and k.split("|")[:4] == store.read_signed_json(lost)["key"].split("|")[:4])
+    lost.unlink()
+    res, said = _run(out, task, prune=True, max_rows=200)  # one chunk of 4 levels
+    assert (res.computed_cells, res.pruned_cells) == (1, 1) and not kept.exists()
+    assert res.rows == first.rows
+    assert len(said) == 1 and "1 of another chunking of the SNR levels" in said[0]
+    assert len(_cells(out)) == 15  # 14 old chunks served from, the new one
+
+
+@pytest.mark.parametrize("damage", ["digest", "rows"])
+def test_a_damaged_cell_of_another_chunking_is_not_served(tmp_path, damage):
+    """A cell of another chunking that fails its digest, or whose rows are not the ones its
+    key promises (another level), is not served: its chunk is computed. A file that is no
+    readable cell is left as it is; a readable one no cell reads is pruned."""
+    task, out = toy_task(), tmp_path / "run"
+    first, _ = _run(out, task)
+    victim = _cells(out)[0]
+    record = store.read_signed_json(victim)
+    if damage == "digest":
+        victim.write_text(victim.read_text().replace('"value":', '"value":1+', 1))
+    else:
+        record["rows"] = [{**r, "snr_db": 20.0} for r in record["rows"]]
+        store.write_signed_json(victim, record)
+    res, said = _run(out, task, prune=True, max_rows=200)
+    assert res.computed_cells == 1 and res.rows == first.rows
+    assert victim.exists() == (damage == "digest")
+    # the other chunk of the victim's (model, chip), read by no cell now, pruned too
+    if damage == "digest":
+        assert len(said) == 2 and "(1 of another chunking" in said[0]
+        assert "1 file in" in said[1] and "no readable cell file" in said[1]
+    else:
+        assert len(said) == 1 and "(2 of another chunking" in said[0]
 
 
 def test_a_sweep_of_the_specs_models_prunes_by_default(tmp_path, monkeypatch):

@@ -296,9 +296,9 @@ def read_models(out: Path) -> dict[str, dict[str, Any]]:
 class GridModels:
     """The models of a grid, trained (or loaded) only when a cell of theirs is computed.
 
-    Each model's family cache entry (:func:`~noisydeq.families.prepared_member`) and the
-    weights digest of the checkpoint it holds (:func:`~noisydeq.train.finished_weights`,
-    SHA-256 digest and config hash checked) are read without training or loading it. A
+    Each model's family cache entry and the weights digest of the checkpoint it holds
+    (:func:`~noisydeq.families.cached_member`: SHA-256 digest and config hash checked) are
+    read without training or loading it, beside its initial model. A
     model the experiment directory's record (:data:`MODELS_FILE`) knows under the same
     entry, with these weights or none cached (the cache cleared), stays its initial model
     (architecture, solver and parameter count are all an attack run reads before it
@@ -309,11 +309,8 @@ class GridModels:
 
     def __init__(self, res: Resolved, task: Any, *, out: Path, cache_dir: Any = None,
                  quiet: bool = True, log: Any = None) -> None:
-        import torch
-
         from noisydeq.attacks.members import defended_model
-        from noisydeq.families import cache_root, prepared_member
-        from noisydeq.train import finished_weights
+        from noisydeq.families import cached_member
         from noisydeq.train_config import spec_dump
 
         self.res, self.task, self.out = res, task, out
@@ -327,27 +324,24 @@ class GridModels:
         self._cell: dict[str, tuple[int, Cell]] = {}  # model id → its grid cell
         self._families: dict[int, Any] = {}
         recorded = read_models(out)
-        root = cache_root(cache_dir) / "models"
-        dev = torch.device("cpu")
         for i, cell in enumerate(res.cells):
             eager = False
             mine = []
             for depth in cell.spec.depths:
                 for kind in cell.spec.kinds:
-                    model, tspec, entry = prepared_member(cell.spec, task, kind, depth, root,
-                                                          dev)
+                    model, tspec, entry, cached = cached_member(cell.spec, task, kind, depth,
+                                                                cache_dir=cache_dir)
                     mem = defended_model(model, kind, depth, int(model.width),
                                          int(model.hidden_weight_count()), cell.seed,
                                          spec_dump(tspec))
                     rec = recorded.get(mem.model_id)
-                    cached = finished_weights(entry, entry.name)
-                    if rec is not None and rec["entry"] == entry.name \
+                    if rec is not None and rec["entry"] == entry \
                             and cached in (None, rec["weights"]):
                         self.lazy[mem.model_id] = rec["weights"]
                         self.record[mem.model_id] = rec
                     else:
                         eager = True
-                        self.record[mem.model_id] = {"entry": entry.name}
+                        self.record[mem.model_id] = {"entry": entry}
                     self._cell[mem.model_id] = (i, cell)
                     mine.append(mem)
             self.members += mine
@@ -475,12 +469,17 @@ def run_experiment(res: Resolved, out: str | Path, *, data_dir: str | None = Non
     results, eval_s = {}, {}
     for name, spec in specs.items():
         t1 = time.perf_counter()
+        # the record is written once the attack run's directory is checked and opened,
+        # before its first cell (a run stopped in its first evaluation has it: a resume
+        # loads no model whose cells are all served), and again after it (models trained
+        # or loaded for its cells)
         results[name] = run_attacks(spec, members, task, out / name, progress=not quiet,
                                     echo=echo, sources=transfer_sources(spec, members, info),
                                     keep_other_code=keep_other_code,
-                                    weights=dict(grid.lazy), materialise=grid.materialise)
+                                    weights=dict(grid.lazy), materialise=grid.materialise,
+                                    on_open=grid.save)
         eval_s[name] = time.perf_counter() - t1
-        grid.save()  # after each attack run (validated, its directory written)
+        grid.save()
     result = ExperimentResult(res, out, members, info, results, eval_s,
                               time.perf_counter() - t0)
     write_report(result, specs)

@@ -378,8 +378,28 @@ def _plot_states(plt: Any, save: Any, rows: Sequence[dict[str, Any]],
     return save(fig, fig_dir / "states", table)
 
 
+#: how the line of an evaluation's seconds in its ``summary.md`` begins
+TIMING = "attack run:"
+
+
+def timing_line(seconds: float, computed: int, served: int, old_md: Path) -> str:
+    """The ``summary.md`` line of an evaluation's seconds: this run's when it computed
+    every cell; with cells served from an earlier run, how many it computed; a run that
+    computed none keeps the line of the run(s) before (``old_md``'s, when it has one), so a
+    resume that computes nothing leaves the report byte for byte as it was."""
+    if computed == 0 and old_md.is_file():
+        for line in old_md.read_text(encoding="utf-8").splitlines():
+            if line.startswith(TIMING):
+                return line
+    if served == 0:
+        return f"{TIMING} {seconds:.0f} s"
+    return (f"{TIMING} {seconds:.0f} s (this run computed {computed} of {computed + served} "
+            "cells, an earlier run the others)")
+
+
 def write_report(result: Any, specs: dict[str, Any]) -> list[Path]:
-    """Write every evaluation's tables and figures into its run directory."""
+    """Write every evaluation's tables and figures into its run directory and list them,
+    with the attack run's files, in its ``SHA256SUMS`` (under the directory's lock)."""
     from noisydeq.figure_cache import cached_figures
     from noisydeq.figures import write_csv
     from noisydeq.runtime import cache_root
@@ -390,22 +410,28 @@ def write_report(result: Any, specs: dict[str, Any]) -> list[Path]:
         eps = spec.steps_eps
         summary = model_summary(res.rows, eps, result.info)
         agg = aggregate(summary)
-        run = Path(res.run_dir.path)
-        paths.append(write_csv(run / "summary.csv", summary))
-        paths.append(write_csv(run / "summary_mean.csv", agg))
-        md = (f"# {result.resolved.name} [{result.resolved.variant}]: {name}\n\n"
-              + markdown(agg, eps) + entropy_grid(agg) + entropy_stats(res.rows, eps,
-                                                                       result.info)
-              + f"\nattack run: {result.eval_seconds.get(name, math.nan):.0f} s\n")
-        paths.append(atomic_write_text(run / "summary.md", md))
-        title = f"{result.resolved.name} [{result.resolved.variant}] {name}"
+        rd = res.run_dir
+        run = Path(rd.path)
+        with rd.lock:
+            mine = [write_csv(run / "summary.csv", summary),
+                    write_csv(run / "summary_mean.csv", agg)]
+            timing = timing_line(result.eval_seconds.get(name, math.nan), res.computed_cells,
+                                 res.skipped_cells, run / "summary.md")
+            md = (f"# {result.resolved.name} [{result.resolved.variant}]: {name}\n\n"
+                  + markdown(agg, eps) + entropy_grid(agg) + entropy_stats(res.rows, eps,
+                                                                           result.info)
+                  + f"\n{timing}\n")
+            mine.append(atomic_write_text(run / "summary.md", md))
+            title = f"{result.resolved.name} [{result.resolved.variant}] {name}"
 
-        def draw(rows: Any = res.rows, summary: Any = summary, folder: Path = run / "figures",
-                 title: str = title) -> list[Path]:
-            return plot_report(rows, result.info, summary, folder, title)
+            def draw(rows: Any = res.rows, summary: Any = summary,
+                     folder: Path = run / "figures", title: str = title) -> list[Path]:
+                return plot_report(rows, result.info, summary, folder, title)
 
-        # the same rows, models, summary and title (and code): the figures of the cache
-        inputs = {"figures": "adversarial", "rows": res.rows, "info": result.info,
-                  "summary": summary, "title": title}
-        paths += cached_figures(inputs, run / "figures", draw, cache_root())
+            # the same rows, models, summary and title (and code): the figures of the cache
+            inputs = {"figures": "adversarial", "rows": res.rows, "info": result.info,
+                      "summary": summary, "title": title}
+            figures = cached_figures(inputs, run / "figures", draw, cache_root())
+            rd.seal([*res.figures, *figures], extra=[rd.whitebox_path, *mine])
+        paths += mine + figures
     return paths

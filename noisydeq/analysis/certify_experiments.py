@@ -62,7 +62,7 @@ def train_models(exp: CertifyExperimentSpec, task: Any, *, data_dir: str | None,
     from noisydeq.families import train_family
 
     out = []
-    base = build(FamilySpec, {"depths": [1], **exp.family}, where=f"{exp.name} family")
+    base = build(FamilySpec, exp.family_base(exp.family), where=f"{exp.name} family")
     for seed in exp.seeds:
         for eps_train in exp.eps_train:
             for j, param in enumerate(exp.params):
@@ -115,7 +115,7 @@ def run_table2(exp: CertifyExperimentSpec, out: Path, *, data_dir: str | None = 
     from noisydeq.tasks import load_task
 
     cspec = build(CertifySpec, exp.certify, where=f"{exp.name} certify")
-    fam0 = build(FamilySpec, {"depths": [1], **exp.family}, where=f"{exp.name} family")
+    fam0 = build(FamilySpec, exp.family_base(exp.family), where=f"{exp.name} family")
     task = load_task(fam0.task, data_dir=data_dir or fam0.data_dir, seed=exp.seeds[0])
     if task.notice:
         echo(f"note: {task.notice}")

@@ -688,6 +688,7 @@ def run_attacks(
     sources: Mapping[str, AttackMember] | None = None, keep_other_code: bool = False,
     weights: Mapping[str, str] | None = None,
     materialise: Callable[[AttackMember], None] | None = None,
+    on_open: Callable[[], None] | None = None,
 ) -> AttackResult:
     """Run (or resume) the grid of ``spec`` on ``members`` into ``out`` (module docstring).
 
@@ -714,7 +715,11 @@ def run_attacks(
     puts the trained model into ``member.model`` (training or loading it) for the members
     (and transfer sources) of the cells to compute only. Should the trained model's weights
     differ from the digest (a model trained again since), its cells are judged again on
-    the weights it has."""
+    the weights it has.
+
+    ``on_open()`` runs once ``out`` is checked and opened (locked, its config and meta data
+    written), before any cell is computed: what a caller records beside the run (an
+    adversarial experiment's ``models.json``) is then there when the run stops part-way."""
     from noisydeq.cluster import session
     from noisydeq.runtime import resolve_torch_device
 
@@ -736,6 +741,8 @@ def run_attacks(
     with session(backend), AttackRunDir(out, is_per_position(task)) as rd:
         rd.keep_other_code = keep_other_code
         rd.open(spec, {"models": [m.model_id for m in members], "cells": len(cells)})
+        if on_open is not None:
+            on_open()
         result = _run_open(spec, [*members, *sources.values()], task, rd, cells, dev,
                            progress, plots, remote if backend.ray else None, echo,
                            Lazy(dict(weights or {}), materialise) if materialise else None)

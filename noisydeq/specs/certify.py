@@ -9,8 +9,17 @@ from typing import Any, Literal
 from pydantic import Field, field_validator
 
 from noisydeq import limits
+from noisydeq.errors import NoisyDEQError
 from noisydeq.specs.base import Seed, StrictModel, build, build_layers, parse_comma_list
 from noisydeq.specs.variant_file import Variant, VariantFile
+
+#: the model kinds IBP certification takes (:func:`noisydeq.certify.checks.check_certifiable`):
+#: a monotone ReLU DEQ and explicit networks; a tanh ``deq`` or a ``lyadeq`` has no
+#: guaranteed interval fixed point (Theorem 3.1)
+CERTIFIABLE_KINDS = ("mondeq", "ffw_relu", "ffw")
+#: a ``table2`` experiment's family kinds when its ``[family]`` tables set none: Table 2's
+#: pair (a family's own default, deq and ffw, holds a tanh DEQ, which certify refuses)
+TABLE2_KINDS = ("mondeq", "ffw_relu")
 
 
 def _eps_list(v: Any) -> list[float]:
@@ -84,10 +93,12 @@ class Fig2Spec(StrictModel):
 class CertifyExperimentSpec(VariantFile):
     """A certify experiment file (``noisydeq/experiments/certify-*.toml``).
 
-    ``kind = "table2"``: train the ``family`` (FamilySpec fields: task, hidden, kinds,
-    monotone, …) with IBP at each ``eps_train`` (Table 3), each monotone parameterisation of
-    ``params`` and ``seeds`` — training settings in ``train`` (TrainSpec fields) and ``ibp``
-    (IBPTrainSpec fields but ``eps``) — then certify every model with ``certify``.
+    ``kind = "table2"``: train the ``family`` (FamilySpec fields: task, hidden, kinds —
+    default :data:`TABLE2_KINDS`, any outside :data:`CERTIFIABLE_KINDS` refused when the
+    file loads, before training —, monotone, …) with IBP at each ``eps_train`` (Table 3),
+    each monotone parameterisation of ``params`` and ``seeds`` — training settings in
+    ``train`` (TrainSpec fields) and ``ibp`` (IBPTrainSpec fields but ``eps``) — then
+    certify every model with ``certify``.
     ``kind = "fig2"``: the ``fig2`` study. ``quick`` / ``full`` override any of these
     sections (one level deep).
     """
@@ -167,8 +178,27 @@ class CertifyExperimentSpec(VariantFile):
             return [(f"[{part}]", getattr(self, part)),
                     (f"[{variant}.{part}]", table if isinstance(table, dict) else {})]
 
-        build_layers(FamilySpec, [(p, {"depths": [1], **t}) if p == "[family]" else (p, t)
-                                  for p, t in layers("family")], where=f"[{variant}.family]")
+        family = build_layers(FamilySpec, [(p, self.family_base(t)) if p == "[family]"
+                                           else (p, t) for p, t in layers("family")],
+                              where=f"[{variant}.family]")
+        # refused here, not after the family trained (plan refused each model then)
+        bad = [k for k in family.kinds if k not in CERTIFIABLE_KINDS]
+        if bad:
+            place = next((f"{p} kinds" for p, t in reversed(layers("family"))
+                          if "kinds" in t), "[family] kinds")
+            raise NoisyDEQError(
+                f"{place}: certify needs monotone or explicit models "
+                f"({', '.join(CERTIFIABLE_KINDS)}); {', '.join(map(repr, bad))} "
+                f"{'has' if len(bad) == 1 else 'have'} no guaranteed interval fixed point "
+                "(IBP certification, Theorem 3.1)")
+        params = over.get("params", self.params)
+        if family.cell.name == "conv" and "mondeq" in family.kinds and isinstance(
+                params, list) and "mon" in params:
+            raise NoisyDEQError(
+                f"{'[' + variant + '] ' if 'params' in over else ''}params 'mon' with "
+                "a convolutional cell: certify needs I − |W| ≻ 0, which cannot be checked "
+                "for a convolution (without it the interval fixed point need not exist, "
+                "Lemma 3.4); use 'ibp' or 'lben'")
         build_layers(TrainSpec, layers("train"), where=f"[{variant}.train]")
         eps_train = over.get("eps_train", self.eps_train)
         for eps in eps_train if isinstance(eps_train, list) else []:
@@ -180,11 +210,17 @@ class CertifyExperimentSpec(VariantFile):
         valid (what the tables do together: the one-table checks passed)."""
         from noisydeq.specs.family import FamilySpec
 
-        base = build(FamilySpec, {"depths": [1], **self.family}).model_dump()
+        base = build(FamilySpec, self.family_base(self.family)).model_dump()
         for seed in self.seeds:
             for eps in self.eps_train:
                 for j, param in enumerate(self.params):
                     build(FamilySpec, self.member_family(base, seed, eps, j, param))
+
+    @staticmethod
+    def family_base(table: dict[str, Any]) -> dict[str, Any]:
+        """A ``table2`` experiment's ``[family]`` ``table`` with its defaults: depth 1 and
+        :data:`TABLE2_KINDS` where it sets none."""
+        return {"depths": [1], "kinds": list(TABLE2_KINDS), **table}
 
     def member_family(self, base: dict[str, Any], seed: int, eps_train: float, j: int,
                       param: str) -> dict[str, Any]:

@@ -13,7 +13,6 @@ A file that fails its digest or structure check is refused in one line naming it
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from collections.abc import Iterable, Sequence
@@ -100,10 +99,10 @@ class StudyDir(LockedDir):
             meta: dict[str, Any] = {"study": name, "versions": package_versions(),
                                     "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                                     "resumed": 0}
-            if self.meta_path.exists():
-                resumed_meta(meta, self.read_meta())
-            store.write_signed_json(self.meta_path, json.loads(json.dumps(meta, default=str)),
-                                    indent=2)
+            old = self.read_meta() if self.meta_path.exists() else None
+            if old is not None:
+                resumed_meta(meta, old)
+            self.write_meta(meta, old)  # a resume: with its first cell
             self.cells.mkdir(exist_ok=True)
         return resumed
 
@@ -177,15 +176,24 @@ class StudyDir(LockedDir):
                     if col not in row or not _same(row[col], v):
                         raise CorruptArtefact(p, f"row {i}: {col} = {row.get(col)!r}, "
                                               f"expected {v!r}")
+            columns = data.get("columns")
+            if isinstance(columns, list) and all(isinstance(c, str) for c in columns):
+                if any(set(r) != set(columns) for r in rows):
+                    raise CorruptArtefact(p, "holds rows whose columns are not its columns")
+                rows = [{c: r[c] for c in columns} for r in rows]
         except CorruptArtefact as err:
             raise self._delete_it(p, err) from None
         return rows
 
     def save_cell(self, key: str, rows: Sequence[dict[str, Any]]) -> None:
         """Record an evaluated model durably (atomic write, digest embedded)."""
+        self.cell_written()
+        # the rows' column order (a signed record sorts their keys): a served cell's rows
+        # keep it, so results.csv is the same file as the run's that computed them
+        columns = list(rows[0]) if rows else []
         store.write_signed_json(self.cell_path(key),
                                 {"format": CELL_FORMAT, "key": key, "rows": list(rows),
-                                 **self.code_record(key)})
+                                 "columns": columns, **self.code_record(key)})
 
     # ----------------------------------------------------------------- tables
 

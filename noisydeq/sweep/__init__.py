@@ -18,8 +18,10 @@ Every draw is a function of (seed, model, SNR level, chip, layer, solver step, t
 index), so a sample's numbers do not depend on which levels, samples, test batch, chunk or
 process it is evaluated with: the batched results equal the per-point ones
 (``batched=False``) and every ``max_rows`` (which bounds K·n, memory) and ``--jobs`` give
-the same table, byte for byte. Per-sample results are summed exactly (``math.fsum``), so the
-totals do not depend on the batching either. Matmul rounding is kept out of it too: a CPU
+the same table, byte for byte — so a run resumed with another ``max_rows`` takes the levels
+its cells hold from them (:meth:`~noisydeq.sweep.plan.CellRunner.rechunked`). Per-sample
+results are summed exactly (``math.fsum``), so the totals do not depend on the batching
+either. Matmul rounding is kept out of it too: a CPU
 GEMM's result for a row can depend on the row's memory alignment (on this machine, with an
 inner dimension that is not a multiple of 4, e.g. a 287 → 10 head), so every forward places
 test sample s at a row ≡ s (mod :data:`ROW_ALIGN`): test batches start at multiples of it

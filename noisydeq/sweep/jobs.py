@@ -31,7 +31,7 @@ import queue
 import signal
 import sys
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -99,8 +99,8 @@ def _worker(setup: bytes, spec: SweepSpec, out_dir: str, conn: Any) -> None:
             conn.send((_NEXT, None, None))
             if (item := conn.recv()) is None:
                 break
-            i, chip = item
-            runner.run_pair(models[i], chip, send, save=keep)
+            i, chip, chunks = item
+            runner.run_pair(models[i], chip, send, todo=chunks, save=keep)
         conn.send((_DONE, None, None))
     except Exception as exc:  # reported by the parent as one line
         conn.send((_ERROR, f"{type(exc).__name__}: {exc}".splitlines()[0], None))
@@ -161,8 +161,11 @@ def run_parallel(
     setup: Setup,
     facts: Any = None,
     on_arrival: Callable[[str, float | None], None] | None = None,
+    todo: Mapping[tuple[int, int], list[list[float]]] | None = None,
 ) -> None:
-    """Evaluate ``pairs`` with this process and ``jobs - 1`` spawned workers; each worker
+    """Evaluate ``pairs`` with this process and ``jobs - 1`` spawned workers — each pair's
+    level chunks ``todo`` gives (the driver's plan: a chunk it serves from cells of another
+    chunking is not computed again), else the ones its run directory lacks; each worker
     builds its runner and models with ``setup`` (a module-level function, sent by name:
     :func:`noisydeq.sweep.write.worker_runner`). It travels pickled and is unpickled — which imports
     its module, torch included — only after the worker has tied its life to the parent's.
@@ -181,9 +184,12 @@ def run_parallel(
     order = collections.deque(sorted(pairs, key=lambda p: -models[p[0]].params))
     order_lock = threading.Lock()
 
-    def take() -> tuple[int, int] | None:
+    def take() -> tuple[int, int, list[list[float]] | None] | None:
         with order_lock:
-            return order.popleft() if order else None
+            if not order:
+                return None
+            i, chip = order.popleft()
+            return i, chip, None if todo is None else todo[(i, chip)]
 
     n_workers = jobs - 1
     blob = pickle.dumps((setup, facts))
@@ -238,8 +244,8 @@ def run_parallel(
                                   args=([c for c, _ in ends], take, inbox, on_arrival))
         server.start()
         while (item := take()) is not None:
-            i, chip = item
-            runner.run_pair(models[i], chip, own_cell)
+            i, chip, chunks = item
+            runner.run_pair(models[i], chip, own_cell, todo=chunks)
             drain()
         while finished < n_workers:
             drain(wait=1.0)

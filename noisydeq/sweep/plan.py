@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -21,7 +22,7 @@ from noisydeq.extension import level_groups
 from noisydeq.results import RunDir
 from noisydeq.runtime import job_count, resolve_torch_device
 from noisydeq.specs.sweep import NATIVE_LEVEL, SweepSpec, is_native
-from noisydeq.sweep.base import CELL_VERSION, CellKey, SweepModel, level_chunks
+from noisydeq.sweep.base import CELL_VERSION, CellKey, SweepModel, fmt_db, level_chunks
 from noisydeq.sweep.evaluate import evaluate_cell, layer_rows, stats_rows
 from noisydeq.sweep.hardware import Hardware
 
@@ -136,6 +137,9 @@ class CellRunner:
         #: saved cells :meth:`missing` read, until :meth:`take` hands them on: key ->
         #: (rows, per-layer rows)
         self._saved: dict[str, tuple[list[dict], list[dict]]] = {}
+        #: the names of the cell files of another chunking of the levels this run took
+        #: rows from (:meth:`rechunked`), kept by :meth:`prune`
+        self.served_from: set[str] = set()
 
     def _content(self) -> str:
         """Digest of every input of a cell's results besides the model and its place: the
@@ -215,6 +219,103 @@ class CellRunner:
             else:
                 self._saved[self.key(sm, chip, levels)] = found
         return todo
+
+    def rechunked(self, models: Sequence[SweepModel],
+                  todo: dict[tuple[int, int], list[list[float]]]) -> int:
+        """Take out of ``todo`` ((model index, chip) → the level chunks :meth:`missing`
+        gave) the chunks whose every level a saved cell of another chunking holds — a run
+        of another ``max_rows``, whose rows are these, bitwise (noise keyed by test-sample
+        index: the docstring of :mod:`noisydeq.sweep`) — and keep their rows for
+        :meth:`take`; returns how many. Such a cell counts when it has the same model,
+        weights, chip and inputs (content: code, device, data) and its rows pass the
+        checks of a cell read for its own key; its file is then kept by :meth:`prune`
+        (:attr:`served_from`)."""
+        if not any(todo.values()):
+            return 0
+        others = self._other_cells(models)
+        reads: dict[str, tuple[list[dict], list[dict]] | None] = {}  # each file read once
+        served = 0
+        for (i, chip), chunks in todo.items():
+            sm = models[i]
+            group = others.get((sm.model_id, self.model_hash(sm), int(chip), self.content))
+            if not group:
+                continue
+            for levels in list(chunks):
+                found = self._from_cells(sm, chip, levels, group, reads)
+                if found is not None:
+                    chunks.remove(levels)
+                    self._saved[self.key(sm, chip, levels)] = found
+                    served += 1
+        return served
+
+    def _other_cells(self, models: Sequence[SweepModel]
+                     ) -> dict[tuple[str, str, int, str], list[tuple[CellKey, Path]]]:
+        """The readable cell files of this cell version outside the plan of ``models``, by
+        (model id, weights, chip, content), with their keys: cells of other level chunks
+        among them."""
+        from noisydeq.errors import NoisyDEQError
+        from noisydeq.results import CELL_FORMAT
+        from noisydeq.store import read_signed_json
+
+        rd = self.run_dir
+        assert rd is not None
+        found: dict[tuple[str, str, int, str], list[tuple[CellKey, Path]]] = {}
+        if not rd.cells.is_dir():
+            return found
+        known = {rd.cell_file_name(self.key(sm, chip, levels)) for sm in models
+                 for chip in range(self.spec.chips) for levels in self.chunks}
+        for path in sorted(rd.cells.glob("*.json")):
+            if path.name in known:
+                continue
+            try:
+                record = read_signed_json(path, "cell file")
+            except NoisyDEQError:  # not a readable cell: served from never, left alone
+                continue
+            key = record.get("key")
+            old = CellKey.from_key(key) if isinstance(key, str) else None
+            if old is None or old.version != CELL_VERSION or record.get("format") != CELL_FORMAT:
+                continue
+            found.setdefault((old.model_id, old.weights, old.chip, old.content),
+                             []).append((old, path))
+        return found
+
+    def _from_cells(self, sm: SweepModel, chip: int, levels: Sequence[float],
+                    group: list[tuple[CellKey, Path]],
+                    reads: dict[str, tuple[list[dict], list[dict]] | None]
+                    ) -> tuple[list[dict], list[dict]] | None:
+        """The rows and per-layer rows of cell (sm, chip, ``levels``) taken level by level
+        from the cells of ``group`` (:meth:`rechunked`), each read and checked as
+        :meth:`_read` reads a cell (``reads``: key → what a read gave, None for a damaged
+        file, kept across calls); None unless every level is found, once."""
+        from noisydeq.errors import NoisyDEQError
+
+        value = {fmt_db(s): s for chunk in self.chunks for s in chunk}
+        want = [fmt_db(s) for s in levels]
+        rows: dict[str, list[dict]] = {}
+        layers: dict[str, list[dict]] = {}
+        used: list[str] = []
+        for old, path in group:
+            texts = old.levels.split(",")
+            if not set(texts) & (set(want) - set(rows)) or not set(texts) <= set(value):
+                continue
+            key = old.to_key()
+            if key not in reads:
+                try:
+                    reads[key] = self.run_dir.load_cell_and_layers(
+                        key, self.expected(sm, chip, [value[t] for t in texts]))
+                except NoisyDEQError:  # damaged: the chunk is computed, the file left alone
+                    reads[key] = None
+            found = reads[key]
+            if found is None:
+                continue
+            for t in set(texts) & (set(want) - set(rows)):
+                rows[t] = [r for r in found[0] if fmt_db(r["snr_db"]) == t]
+                layers[t] = [r for r in found[1] if fmt_db(r["snr_db"]) == t]
+            used.append(path.name)
+        if set(rows) != set(want) or any(len(rows[t]) != 1 for t in want):
+            return None
+        self.served_from.update(used)
+        return [rows[t][0] for t in want], [r for t in want for r in layers[t]]
 
     def take(self, sm: SweepModel, chip: int,
              levels: Sequence[float]) -> tuple[list[dict], list[dict]] | None:
@@ -302,7 +403,8 @@ class CellRunner:
             return 0, []
         keys = [self.cell_key(sm, chip, levels) for sm in models
                 for chip in range(self.spec.chips) for levels in self.chunks]
-        known = {rd.cell_file_name(k.to_key()) for k in keys}
+        # and the cells of another chunking this run's table took rows from
+        known = {rd.cell_file_name(k.to_key()) for k in keys} | self.served_from
         slots = {k.slot for k in keys}
         ids = {sm.model_id for sm in models}
         why = {"format": "of an older cell format", "models": "of models the sweep no "

@@ -222,6 +222,7 @@ def _run_open(
     runner = CellRunner(spec, task, run_dir, hardware, torch_device)
     pairs = [(i, chip) for i, sm in enumerate(models) for chip in range(spec.chips)]
     todo = {p: runner.missing(models[p[0]], p[1]) for p in pairs}
+    runner.rechunked(models, todo)  # chunks that cells of another max_rows hold: served
     pending = [p for p in pairs if todo[p]]
     for line in runner.superseded(models, todo):  # before any work
         echo(line)
@@ -284,7 +285,7 @@ def _run_open(
 
         with num_threads(1):  # every process evaluates with one thread (see resolve_jobs)
             run_parallel(spec, runner, models, pending, n_jobs, cell_done, worker_runner,
-                         DriverFacts.of(runner, models), on_arrival=account)
+                         DriverFacts.of(runner, models), on_arrival=account, todo=todo)
     else:
         with num_threads(eval_threads):
             for i, chip in pending:

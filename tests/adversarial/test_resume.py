@@ -66,6 +66,8 @@ def test_a_resume_trains_and_loads_only_the_models_of_cells_to_compute(
 
     figures = {str(p.relative_to(out)): p.read_bytes() for p in sorted(out.rglob("figures/*"))}
     assert figures
+    every = {str(p.relative_to(out)): p.read_bytes() for p in sorted(out.rglob("*"))
+             if p.is_file()}
 
     def no_drawing(*a, **k):
         raise AssertionError("drawn although the figure cache holds these figures")
@@ -85,6 +87,11 @@ def test_a_resume_trains_and_loads_only_the_models_of_cells_to_compute(
     assert [m.model_id for m in again.members] == [m.model_id for m in first.members]
     assert sum(line.endswith("(recorded: not loaded)") for line in lines) == 3
     assert all(r.computed_cells == 0 for r in again.evaluations.values())
+    # nothing computed: every file as it was (meta.json, the reports' timing lines and so
+    # SHA256SUMS were rewritten), the reports listed in SHA256SUMS
+    assert {str(p.relative_to(out)): p.read_bytes() for p in sorted(out.rglob("*"))
+            if p.is_file()} == every
+    assert "summary.md" in store.verify_manifest(out / "curves")
 
     shutil.rmtree(tmp_path / "cache" / "models")  # every cell served on its recorded weights
     again, got, trained, lines = run()
@@ -129,6 +136,44 @@ def test_a_resume_trains_and_loads_only_the_models_of_cells_to_compute(
         "curves": 1, "autoattack": 0}
     assert last.evaluations["curves"].rows == again.evaluations["curves"].rows
     assert not any(line.startswith("note:") for line in lines)
+
+
+@pytest.mark.slow
+def test_a_run_stopped_in_its_first_evaluation_has_its_models_record(
+        tmp_path, monkeypatch, family_trainings):
+    """models.json was written after each evaluation only: a run stopped during its first
+    had none, and its resume then trained or loaded every model up front (a cleared cache:
+    trained them all again) to learn which cells were served. Now the record is written
+    once the first evaluation's directory is opened, before any cell: the resume loads
+    only what the cells it computes need, and it records what a run never stopped does."""
+    from noisydeq.analysis import adversarial_experiment as ae
+    from noisydeq.attacks.runner import AttackRunDir
+    from noisydeq.bundled import find_experiment
+
+    monkeypatch.setenv("NOISYDEQ_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv("NOISYDEQ_FIGURE_CACHE", raising=False)
+    sets = {**SETS, "grid": {**SETS["grid"], "defences": ["none"]},
+            "evaluations": {"curves": SETS["evaluations"]["curves"]}}
+    res = ae.load_experiment(find_experiment("adversarial-fig3", "adversarial")).resolve(
+        "quick", **sets)
+    full = ae.run_experiment(res, tmp_path / "full", echo=lambda _: None)
+    want = ae.read_models(tmp_path / "full")
+    assert sorted(want) == sorted(full.info)
+    out = tmp_path / "e"
+    with monkeypatch.context() as m:  # stopped before its first cell is written
+        def stop(*a, **k):
+            raise KeyboardInterrupt
+
+        m.setattr(AttackRunDir, "save_cell", stop)
+        with pytest.raises(KeyboardInterrupt):
+            ae.run_experiment(res, out, echo=lambda _: None)
+    assert not list((out / "curves" / "cells").iterdir())
+    assert ae.read_models(out) == want  # the record of the run never stopped
+    family_trainings.clear()
+    again = ae.run_experiment(res, out, echo=lambda _: None)
+    assert family_trainings == ["loaded", "loaded"]  # the cells' models: the cache's
+    assert again.evaluations["curves"].rows == full.evaluations["curves"].rows
+    assert ae.read_models(out) == want
 
 
 def test_a_damaged_models_record_is_refused_naming_it(tmp_path):

@@ -85,6 +85,71 @@ def test_table2_pipeline_tiny(capsys, tmp_path, monkeypatch):
     assert "ε = 0.1 (train 0.2)" in table and "mondeq (lben)" in table
 
 
+@pytest.mark.parametrize("family,quick,place,bad", [
+    ('kinds = ["deq", "ffw"]', "", "[family]", "'deq' has"),
+    ('kinds = ["mondeq", "lyadeq", "deq"]', "", "[family]", "'lyadeq', 'deq' have"),
+    ('kinds = ["mondeq", "ffw"]', '[quick]\nfamily = {kinds = ["deq"]}\n', "[quick.family]",
+     "'deq' has")])
+def test_a_family_certify_cannot_take_is_refused_before_training(
+        capsys, tmp_path, monkeypatch, family, quick, place, bad):
+    """A table2 family of a tanh DEQ (or a LyaDEQ) was trained (~5 s on digits) and only
+    then refused by the certificate's check of each model: now the file is refused as it
+    loads, one line naming the table and the kinds certify takes; nothing trains, nothing
+    is written."""
+    from noisydeq import families
+
+    def no_training(*a, **k):
+        raise AssertionError("trained before the refusal")
+
+    monkeypatch.setattr(families, "train_family", no_training)
+    monkeypatch.setenv("NOISYDEQ_CACHE", str(tmp_path / "cache"))
+    exp = tmp_path / "t2.toml"
+    exp.write_text(f'name = "t2"\nkind = "table2"\n[family]\ntask = "digits"\n{family}\n'
+                   f'[certify]\neps = [0.1]\n{quick}', encoding="utf-8")
+    code, _, err = run_certify(capsys, str(exp), "--out", str(tmp_path / "run"), "--quiet")
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1, err
+    assert lines[0].startswith(f"noisydeq: error: {exp}: {place} kinds: certify needs "
+                               "monotone or explicit models (mondeq, ffw_relu, ffw); "
+                               f"{bad} no guaranteed interval fixed point"), err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["t2.toml"]
+
+
+@pytest.mark.parametrize("params,quick,place", [('params = ["ibp", "mon"]\n', "", ""),
+                                                ("", '[quick]\nparams = ["mon"]\n', "[quick] ")])
+def test_a_convolutional_mon_parameterisation_is_refused_before_training(
+        capsys, tmp_path, monkeypatch, params, quick, place):
+    """A convolutional monDEQ of param 'mon' was trained and then refused (I − |W| cannot be
+    checked for a convolution, whatever the weights): refused as the file loads."""
+    from noisydeq import families
+
+    monkeypatch.setattr(families, "train_family", lambda *a, **k: pytest.fail("trained"))
+    exp = tmp_path / "t2.toml"
+    exp.write_text(f'name = "t2"\nkind = "table2"\n{params}[family]\ntask = "digits"\n'
+                   'kinds = ["mondeq", "ffw_relu"]\ncell = "conv"\n[certify]\neps = [0.1]\n'
+                   f"{quick}", encoding="utf-8")
+    code, _, err = run_certify(capsys, str(exp), "--out", str(tmp_path / "run"), "--quiet")
+    assert code == 2 and err.strip() == (
+        f"noisydeq: error: {exp}: {place}params 'mon' with a convolutional cell: certify "
+        "needs I − |W| ≻ 0, which cannot be checked for a convolution (without it the "
+        "interval fixed point need not exist, Lemma 3.4); use 'ibp' or 'lben'"), err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["t2.toml"]
+
+
+def test_a_table2_family_without_kinds_is_table_2_s_pair():
+    """Without kinds the family was the default deq + ffw, whose tanh DEQ certify refuses
+    after training it: a table2 experiment's default is the IBP-MonDEQ and its explicit
+    ReLU net."""
+    from noisydeq.specs.base import build
+    from noisydeq.specs.family import FamilySpec
+
+    exp = build(CertifyExperimentSpec, {"name": "x", "family": {"task": "digits"}})
+    base = build(FamilySpec, exp.family_base(exp.family)).model_dump()
+    assert base["kinds"] == ["mondeq", "ffw_relu"]
+    assert [exp.member_family(base, 0, 0.2, j, p)["kinds"] for j, p in
+            enumerate(["ibp", "lben"])] == [["mondeq", "ffw_relu"], ["mondeq"]]
+
+
 def test_the_command_line_s_seed_reaches_an_experiment_and_names_its_folder(capsys, tmp_path,
                                                                             monkeypatch):
     """`certify EXPERIMENT --seed N` was dropped (the options copied over the file's
