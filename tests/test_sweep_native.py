@@ -29,7 +29,7 @@ def _task(n: int = 48):
 
 def _sweep(tmp_path, name, task, snr="0,10,native", **kw):
     spec = toy_spec(device=kw.pop("device", "rram"), noise_site="device", snr_db=snr,
-                    chips=2, max_rows=400, **kw)
+                    chips=2, max_rows=kw.pop("max_rows", 400), **kw)
     return run_sweep(spec, tmp_path / name, task=task, models=toy_models(task), progress=False,
                      plots=False)
 
@@ -129,6 +129,27 @@ def test_native_extends_a_run_and_stays(tmp_path, monkeypatch):
     assert len(saved) == len(toy_models(task)) * 2 and again.rows == grown.rows
     assert 'snr_db = [\n    0.0,\n    10.0,\n    "native",\n]' in \
         grown.run_dir.config_path.read_text()
+
+
+def test_another_max_rows_serves_grid_and_native_cells(tmp_path):
+    """A resume with another max_rows takes the grid's levels from the old chunking's cells
+    and the native cell as it is (its own chunk whatever max_rows): nothing computed, nothing
+    pruned, the table byte-equal to a fresh run of that max_rows."""
+    task = _task()
+    _sweep(tmp_path, "run", task, snr="0,5,10,inf,native", max_rows=100)
+    cells = sorted((tmp_path / "run" / "cells").glob("*.json"))
+    for max_rows in (400, 48):
+        spec = toy_spec(device="rram", noise_site="device", snr_db="0,5,10,inf,native",
+                        chips=2, max_rows=max_rows)
+        said: list[str] = []
+        res = run_sweep(spec, tmp_path / "run", task=task, models=toy_models(task),
+                        progress=False, plots=False, prune=True, echo=said.append)
+        assert (res.computed_cells, res.pruned_cells, said) == (0, 0, [])
+        assert sorted((tmp_path / "run" / "cells").glob("*.json")) == cells
+        _sweep(tmp_path, f"fresh{max_rows}", task, snr="0,5,10,inf,native", max_rows=max_rows)
+        for name in ("results.csv", "layers.csv"):
+            assert (tmp_path / "run" / name).read_bytes() == \
+                (tmp_path / f"fresh{max_rows}" / name).read_bytes(), (max_rows, name)
 
 
 def test_native_alone(tmp_path):
