@@ -181,8 +181,9 @@ def trained_text(snr_db: float, unit: str = "dB") -> str:
 
 
 def snr_positions(levels: Sequence[float]) -> dict[float, float]:
-    """x coordinate of each SNR level (dB); ∞ (no noise) is drawn one grid gap right of the
-    largest finite level, so that every SNR axis of the package ends the same way."""
+    """x coordinate of each SNR level (dB); ∞ (no noise) is drawn right of the largest finite
+    level by an eighth of the finite levels' range (at least 1 dB), so that every SNR axis of
+    the package ends the same way."""
     import math
 
     finite = sorted(s for s in levels if math.isfinite(s))
