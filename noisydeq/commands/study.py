@@ -101,6 +101,10 @@ def command(experiment: str, variant: str, out: str | None, data_dir: str | None
     for p in res.figures:
         if p.suffix == ".png":
             click.echo(f"figure: {p}")
+    if not res.figures:
+        from noisydeq.studies.plots import NO_FIGURE
+
+        click.echo(NO_FIGURE)
 
 
 def _remote(backend):
