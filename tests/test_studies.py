@@ -314,6 +314,26 @@ def test_a_study_whose_grid_draws_no_figure_says_so(tmp_path):
     assert not any(ln.startswith("figure:") for ln in r.output.splitlines()), r.output
 
 
+def test_study_command_shows_each_models_training_batches(tmp_path, capsys, monkeypatch):
+    """A study's models trained with no progress of their own (run_study's progress=False):
+    a log of an hours-long quick study held only 'study: M:SS elapsed' heartbeats. The
+    command now shows each model's batch count as a sweep's training does; --quiet not."""
+    from tests.cli_helpers import run_cli
+    from tests.fuzz.cases import STUDY
+
+    monkeypatch.setenv("NOISYDEQ_PROGRESS", "lines")
+    monkeypatch.setenv("NOISYDEQ_PROGRESS_EVERY", "0")  # a line per batch: the run is short
+    (tmp_path / "s.toml").write_text(STUDY.replace("epochs = 0", "epochs = 1"),
+                                     encoding="utf-8")
+    argv = ["study", str(tmp_path / "s.toml"), "--threads", "1", "--out"]
+    code, _out, err = run_cli([*argv, str(tmp_path / "a")], capsys)
+    assert code == 0, err
+    assert any(ln.startswith("noisydeq: deq-s0-tinf ") and " batches in " in ln
+               for ln in err.splitlines()), err  # the model's closing line
+    code, _out, err = run_cli([*argv, str(tmp_path / "b"), "--quiet"], capsys)
+    assert code == 0 and "batches" not in err, err
+
+
 def test_plot_redraws_a_study_and_merges_runs_of_one_seed_each(tmp_path):
     """``noisydeq plot`` draws a study's figures from its table: alone into its own figures/
     (then listed in SHA256SUMS), or several runs of one task (one seed each) as one figure

@@ -79,6 +79,7 @@ def command(experiment: str, variant: str, out: str | None, data_dir: str | None
     log = (lambda s: click.echo(s, err=True)) if talk else None
     with num_threads(n_threads):
         res = run_study(spec, target, name=f"{exp.name} [{variant}]", log=log,
+                        progress=talk,  # each model's training batches, as a sweep's
                         title=f"{exp.title} [{variant}]" if exp.title else exp.name,
                         backend=chosen, remote=_remote(chosen))
     if as_json:
