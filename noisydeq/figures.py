@@ -224,7 +224,10 @@ def context_title(what: str, *, task: str | None = None, device: str | None = No
     return f"{first}\n{band}" if band else first
 
 
-_MATH = re.compile(r"\$[^$]*\$|\S+")
+#: the words a title wraps between: mathtext whole, a number with its unit "dB" whole (a
+#: white-box figure's "at 10 dB" broke into "10" / "dB" on two lines), else any run of
+#: non-spaces
+_MATH = re.compile(r"\$[^$]*\$|\S*\d\s+dB\S*|\S+")
 
 
 def _wrap_one(text_obj: Any, width_px: float, renderer: Any) -> bool:

@@ -1066,3 +1066,23 @@ def test_fig2_right_tells_the_ibp_lines_apart(tmp_path, kept):
     assert len(fig.legends[0].get_texts()) == 6
     back = _csv(tmp_path / "fig2.csv")
     assert len(back) == 6 * 50 and float(back[0]["mean_gap"]) == pytest.approx(1.1**3 * 1e-3)
+
+
+def test_titles_wrap_a_level_with_its_unit():
+    """The wrapped title of a white-box figure read "... at 10" / "dB (DEQ: ...": at 12 of
+    90 widths from 1.5 to 6 in a line began with "dB". A number and its "dB" now stay on
+    one line (mathtext stays whole, as before)."""
+    import numpy as np
+
+    from noisydeq.figures import wrap_titles
+
+    title = ("digits: fam1 · device rram — white-box at 10 dB (DEQ: worst estimator, final "
+             "state) $\\epsilon = 0.3$")
+    for w in np.arange(1.5, 6.0, 0.05):
+        fig = plt.figure(figsize=(w, 2))
+        fig.suptitle(title)
+        wrap_titles(fig)
+        lines = fig._suptitle.get_text().split("\n")
+        plt.close(fig)
+        assert not any(ln.startswith("dB") for ln in lines), (w, lines)
+        assert " ".join(lines) == title, (w, lines)  # nothing lost or added but the breaks
