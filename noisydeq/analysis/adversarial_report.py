@@ -378,6 +378,15 @@ def _plot_states(plt: Any, save: Any, rows: Sequence[dict[str, Any]],
     return save(fig, fig_dir / "states", table)
 
 
+def report_title(resolved: Any, evaluation: str) -> str:
+    """``mnist10k: adversarial-fig3 [quick] curves``: the figures' title — the task first,
+    as in every other figure's title (the experiment's name alone did not say which data
+    the accuracies are of), then the experiment, its variant and the evaluation."""
+    tasks = sorted({c.spec.task for c in resolved.cells})
+    head = f"{', '.join(tasks)}: " if tasks else ""
+    return f"{head}{resolved.name} [{resolved.variant}] {evaluation}"
+
+
 def write_report(result: Any, specs: dict[str, Any]) -> list[Path]:
     """Write every evaluation's tables and figures into its run directory."""
     from noisydeq.figure_cache import cached_figures
@@ -398,7 +407,7 @@ def write_report(result: Any, specs: dict[str, Any]) -> list[Path]:
                                                                        result.info)
               + f"\nattack run: {result.eval_seconds.get(name, math.nan):.0f} s\n")
         paths.append(atomic_write_text(run / "summary.md", md))
-        title = f"{result.resolved.name} [{result.resolved.variant}] {name}"
+        title = report_title(result.resolved, name)
 
         def draw(rows: Any = res.rows, summary: Any = summary, folder: Path = run / "figures",
                  title: str = title) -> list[Path]:
