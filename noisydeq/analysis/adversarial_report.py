@@ -110,8 +110,8 @@ def _pm(mean: float, sd: float) -> str:
 
 def markdown(agg: Sequence[dict[str, Any]], eps: float) -> str:
     """The seed-averaged table as Markdown."""
-    lines = [f"accuracy at ε = {eps:g} (mean ± sd over seeds; PGD: worst PGD attack and "
-             "estimator; ALL: worst attack)", "",
+    lines = [f"accuracy at ε = {eps:g} on the attacked test inputs (mean ± sd over seeds; "
+             "PGD: worst PGD attack and estimator; ALL: worst attack)", "",
              "| kind | method | training defence | test defence | seeds | clean | PGD | AA "
              "| ALL | train time |", "|---|---|---|---|---|---|---|---|---|---|"]
     for r in agg:

@@ -71,3 +71,11 @@ def test_the_figures_title_names_the_task():
     assert report_title(res, "curves") == "mnist10k: adversarial-fig3 [quick] curves"
     res = exp.resolve("quick", family={"task": "digits"})
     assert report_title(res, "autoattack") == "digits: adversarial-fig3 [quick] autoattack"
+
+
+def test_the_tables_clean_column_is_said_to_be_over_the_attacked_inputs():
+    """The run's log gave a model's clean accuracy over the whole test set (0.756) and its
+    table a clean column over the attacked inputs (0.745) with nothing telling them apart."""
+    from noisydeq.analysis.adversarial_report import markdown
+
+    assert markdown([], 0.3).startswith("accuracy at ε = 0.3 on the attacked test inputs (")
