@@ -76,7 +76,8 @@ def _list(as_json: bool) -> None:
 @click.option("--torch-device", default=None, help="cpu, cuda, cuda:1, ...")
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
               help="Override any sweep-spec field (e.g. --set epochs=1).")
-@click.option("--quiet", is_flag=True, help="No progress bars.")
+@click.option("--quiet", is_flag=True,
+              help="No progress (bars, log lines, heartbeats); results are still printed.")
 @click.option("--json", "as_json", is_flag=True, help="Print a machine-readable summary.")
 @threads_flag("torch threads for training and evaluation (as for noisydeq sweep).",
               "auto|N|TRAIN,EVAL")
