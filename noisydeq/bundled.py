@@ -23,7 +23,7 @@ except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib  # type: ignore[no-redef]
 
 __all__ = ["Bundled", "bundled_experiments", "command_for", "experiment_names",
-           "experiments_dir", "find_experiment", "is_bundled", "runner"]
+           "experiments_dir", "find_experiment", "is_bundled", "refuse_other_command", "runner"]
 
 FIG13 = "python -m noisydeq.analysis.fig13"
 
@@ -118,16 +118,45 @@ def is_bundled(arg: str | Path) -> bool:
             and (experiments_dir() / f"{name}.toml").is_file())
 
 
+#: what each command's experiment file is, for the line refusing a file of another command
+_WHAT = {
+    "run": "a sweep experiment (no [sweep] table)",
+    "study": "a study (no [study] table)",
+    "lyapunov": "a LyaDEQ experiment (no [lyapunov] table)",
+    "adversarial": "an adversarial experiment (no [evaluations] table)",
+    "certify": "a certification experiment (kind 'fig2' or 'table2')",
+    FIG13: "a Fig. 13 experiment (no jac_weight)",
+}
+
+
+def refuse_other_command(path: Path, given: str | Path, command: str) -> None:
+    """An experiment file that another command runs (``noisydeq study fig1-mnist``): one line
+    saying which command runs it. A file that does not parse, or whose command is unknown, is
+    left to the command's own loader, which reports it."""
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError, RecursionError):
+        return
+    other = command_for(data)
+    if other is not None and other != command:
+        what = _WHAT.get(command, f"an experiment of {runner(command)}")
+        raise NoisyDEQError(f"{given}: not {what}; run it with '{runner(other)} {given}'")
+
+
 def find_experiment(arg: str | Path, command: str = "run") -> Path:
     """The experiment file ``arg`` means: an existing path as given, else the shipped file of
-    that name. Anything else is one line naming the bundled experiments (did-you-mean)."""
+    that name. Anything else is one line naming the bundled experiments (did-you-mean), and
+    so is a file that another command runs (:func:`refuse_other_command`)."""
     p = Path(arg)
     if p.is_file():
+        refuse_other_command(p, arg, command)
         return p
     if p.is_dir():
         raise NoisyDEQError(f"{arg}: a directory, not a file (an experiment file or a name)")
     if is_bundled(arg):
-        return experiments_dir() / f"{_bare(str(arg))}.toml"
+        path = experiments_dir() / f"{_bare(str(arg))}.toml"
+        refuse_other_command(path, arg, command)
+        return path
     names = experiment_names()
     stem = p.name[: -len(".toml")] if p.name.endswith(".toml") else p.name
     if stem in names:  # a path whose file is gone, e.g. the old experiments/NAME.toml

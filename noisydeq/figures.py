@@ -183,8 +183,9 @@ def trained_text(snr_db: float, unit: str = "dB") -> str:
 
 
 def snr_positions(levels: Sequence[float]) -> dict[float, float]:
-    """x coordinate of each SNR level (dB); ∞ (no noise) is drawn one grid gap right of the
-    largest finite level, so that every SNR axis of the package ends the same way."""
+    """x coordinate of each SNR level (dB); ∞ (no noise) is drawn right of the largest finite
+    level by an eighth of the finite levels' range (at least 1 dB), so that every SNR axis of
+    the package ends the same way."""
     import math
 
     finite = sorted(s for s in levels if math.isfinite(s))
@@ -225,7 +226,10 @@ def context_title(what: str, *, task: str | None = None, device: str | None = No
     return f"{first}\n{band}" if band else first
 
 
-_MATH = re.compile(r"\$[^$]*\$|\S+")
+#: the words a title wraps between: mathtext whole, a number with its unit "dB" whole (a
+#: white-box figure's "at 10 dB" broke into "10" / "dB" on two lines), else any run of
+#: non-spaces
+_MATH = re.compile(r"\$[^$]*\$|\S*\d\s+dB\S*|\S+")
 
 
 def _wrap_one(text_obj: Any, width_px: float, renderer: Any) -> bool:

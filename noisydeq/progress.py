@@ -83,7 +83,12 @@ class LineProgress:
     def update(self, n: int = 1) -> None:
         self.n += n
         if self.clock() - self.last >= self.every_s:
-            self._line(final=False)
+            if self.total and self.n >= self.total:
+                # done: the closing line says so, with its time ("2/2 models (100%), ~0:00
+                # left" printed just before "2/2 models in 2:12" said nothing more)
+                self.printed = True
+            else:
+                self._line(final=False)
 
     def set_postfix(self, refresh: bool = True, **values: Any) -> None:
         self.postfix = ", ".join(f"{k}={v}" for k, v in values.items())

@@ -107,6 +107,29 @@ def test_run_by_name_resolves_and_refuses_other_kinds(tmp_path, monkeypatch, cap
     assert code == 2 and "--list" in err
 
 
+@pytest.mark.parametrize("cmd,name,owner", [
+    ("study", "fig1-mnist", "run"),
+    ("lyapunov", "certify-mnist", "certify"),
+    ("adversarial", "lyapunov-table1", "lyapunov"),
+    ("certify", "mdeq-mnist", "study"),
+    ("run", "adversarial-fig3", "adversarial"),
+])
+def test_another_commands_experiment_is_one_line_naming_its_command(
+    cmd, name, owner, tmp_path, monkeypatch, capsys
+):
+    monkeypatch.chdir(tmp_path)
+    code, err = _main([cmd, name], capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert f"run it with 'noisydeq {owner} {name}'" in err, err
+    assert "unknown key" not in err and not any(tmp_path.iterdir())
+    # a user's own file of another command likewise, found by its path
+    (tmp_path / "mine.toml").write_text((bundled.experiments_dir() / f"{name}.toml").read_text())
+    code, err = _main([cmd, "mine.toml"], capsys)
+    assert code == 2 and f"'noisydeq {owner} mine.toml'" in err, err
+    # the experiment's own command still finds it
+    assert bundled.find_experiment(name, owner) == bundled.experiments_dir() / f"{name}.toml"
+
+
 def test_other_commands_take_names(tmp_path, monkeypatch, capsys):
     from noisydeq.analysis.fig13 import main as fig13_main
 

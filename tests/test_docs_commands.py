@@ -202,3 +202,41 @@ def test_inline_command_names_real_options(where, command, tmp_path, monkeypatch
         except click.UsageError:
             return
         _check_experiment(target, ctx.params)
+
+
+def _set_keys(command: str) -> list[str]:
+    """The KEY of each ``--set KEY=VALUE`` (or ``--set 'KEY=VALUE'``) in ``command``."""
+    return re.findall(r"--set\s+['\"]?([A-Za-z_][\w.]*)=", command)
+
+
+SETS = [(w, c) for w, c in BLOCKS + INLINE
+        if _set_keys(c) and c.split()[1] in ("sweep", "run", "study", "adversarial")]
+
+
+def test_the_docs_show_set_overrides():
+    assert len(SETS) >= 20, len(SETS)
+
+
+@pytest.mark.parametrize("where,command", SETS, ids=[w for w, _ in SETS])
+def test_set_overrides_name_real_fields(where, command):
+    """Each ``--set KEY=...`` a documented command gives names a field of the spec it
+    overrides (parsing alone accepts any key: a renamed field would only fail when run)."""
+    from noisydeq.analysis.adversarial_experiment import PARTS, GridSpec
+    from noisydeq.specs.family import FamilySpec
+    from noisydeq.specs.study import StudySpec
+    from noisydeq.specs.sweep import SweepSpec
+    from noisydeq.specs.training import TrainSpec
+
+    name = command.split()[1]
+    for key in _set_keys(command):
+        head, _, rest = key.partition(".")
+        if name in ("sweep", "run"):
+            assert head in SweepSpec.model_fields, f"{where}: {key} is no SweepSpec field"
+        elif name == "study":
+            assert head in StudySpec.model_fields, f"{where}: {key} is no StudySpec field"
+        else:
+            assert head in PARTS, f"{where}: {key}: no part {head!r} ({PARTS})"
+            sub = rest.split(".")[0]
+            spec = {"grid": GridSpec, "family": FamilySpec, "train": TrainSpec}.get(head)
+            if spec is not None:
+                assert sub in spec.model_fields, f"{where}: {key} is no {spec.__name__} field"

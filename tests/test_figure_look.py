@@ -250,6 +250,31 @@ def test_lyapunov_device_figure(tmp_path, kept):
     assert {r["model"] for r in _csv(tmp_path / "device.csv")} == {"deq", "ffw", "lyadeq"}
 
 
+def test_lyapunov_figures_keep_a_lone_panel_wide(tmp_path, kept):
+    """One device (or one attack: lyapunov-strong-pgd) drew one panel on a 4.4 in figure whose
+    legend column, right of it, took ~2.7 in: the axes were ~1 in wide and the SNR labels
+    10 and ∞ ran into each other. The legend now has a column of its own."""
+    from noisydeq.analysis.lyapunov_report import plot_attack, plot_device
+
+    models = ("lyadeq", "lyadeq-plain", "lyadeq-lyapunov", "lyadeq-orthogonal", "deq", "ffw")
+    rows = [{"device": "rram", "model": m, "snr_db": s, "value": 0.5, "seed": 0, "chip": 0,
+             "noise_mode": "physical"} for m in models for s in (0.0, 10.0, math.inf)]
+    plot_device(rows, tmp_path / "d", task="digits")
+    one_device = kept[-1]
+    attack = [{"variant": v, "attack": a, "eps_255": e, "accuracy": 0.5, "seed": 0}
+              for v in ("plain", "both") for a, e in (("none", 0.0), ("pgd", 8.0))]
+    plot_attack(attack, tmp_path / "a", task="digits")
+    one_attack = kept[-1]
+    plot_device([{**r, "device": d} for r in rows for d in ("rram", "photonic")],
+                tmp_path / "d2", task="digits")
+    for fig in (one_device, one_attack, kept[-1]):
+        widths = [ax.get_position().width * fig.get_figwidth() for ax in fig.axes]
+        assert min(widths) > 2.0, widths
+    texts = [t for ax in one_device.axes for t in ax.get_xticklabels()]
+    boxes = [t.get_window_extent() for t in texts if t.get_text()]
+    assert not any(a.overlaps(b) for i, a in enumerate(boxes) for b in boxes[i + 1:])
+
+
 def test_study_snr_figure(tmp_path, kept):
     from noisydeq.studies.plots import plot_snr
 
@@ -1041,3 +1066,23 @@ def test_fig2_right_tells_the_ibp_lines_apart(tmp_path, kept):
     assert len(fig.legends[0].get_texts()) == 6
     back = _csv(tmp_path / "fig2.csv")
     assert len(back) == 6 * 50 and float(back[0]["mean_gap"]) == pytest.approx(1.1**3 * 1e-3)
+
+
+def test_titles_wrap_a_level_with_its_unit():
+    """The wrapped title of a white-box figure read "... at 10" / "dB (DEQ: ...": at 12 of
+    90 widths from 1.5 to 6 in a line began with "dB". A number and its "dB" now stay on
+    one line (mathtext stays whole, as before)."""
+    import numpy as np
+
+    from noisydeq.figures import wrap_titles
+
+    title = ("digits: fam1 · device rram — white-box at 10 dB (DEQ: worst estimator, final "
+             "state) $\\epsilon = 0.3$")
+    for w in np.arange(1.5, 6.0, 0.05):
+        fig = plt.figure(figsize=(w, 2))
+        fig.suptitle(title)
+        wrap_titles(fig)
+        lines = fig._suptitle.get_text().split("\n")
+        plt.close(fig)
+        assert not any(ln.startswith("dB") for ln in lines), (w, lines)
+        assert " ".join(lines) == title, (w, lines)  # nothing lost or added but the breaks

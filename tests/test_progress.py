@@ -31,9 +31,18 @@ def test_lines_at_most_every_interval_then_a_closing_line():
         bar.update(1)
     bar.close()
     lines = out.getvalue().splitlines()
-    assert len(lines) == 5, lines
+    assert len(lines) == 4, lines  # 10, 20, 30, then the closing line (no "40/40 (100%)")
     assert lines[0] == "noisydeq: sweep 10/40 cells (25%), 0:10 elapsed, ~0:30 left"
     assert lines[-1] == "noisydeq: sweep 40/40 cells in 0:40"
+    # work that ends as its first interval does still gets its closing line
+    clock, out = FakeClock(), io.StringIO()
+    bar = LineProgress(total=2, desc="family", unit="models", stream=out, clock=clock)
+    clock.t += 4.0
+    bar.update(1)
+    clock.t += 8.0
+    bar.update(1)
+    bar.close()
+    assert out.getvalue().splitlines() == ["noisydeq: family 2/2 models in 0:12"]
     assert "\r" not in out.getvalue() and "\x1b" not in out.getvalue()
 
 

@@ -53,6 +53,26 @@ def test_status_of_each_kind_of_run(root):
     assert "config.toml" in table[6] and table[7].endswith("again to resume"), table
 
 
+def test_modified_is_when_the_run_last_changed(root, tmp_path):
+    """`modified` was config.toml's time, which a resumed or recomputed run never rewrites:
+    a run created long ago and finished now showed its creation time."""
+    import os
+    import time
+
+    run = tmp_path / "old"
+    shutil.copytree(root / "done", run)
+    long_ago = time.time() - 30 * 86400
+    for p in [run / "config.toml", run / "meta.json", run / "SHA256SUMS", run / "cells",
+              *run.glob("cells/*")]:
+        os.utime(p, (long_ago, long_ago))
+    now = time.time()
+    os.utime(run / "results.csv", (now, now))  # written last, e.g. by a resume
+    res = CliRunner().invoke(main, ["runs", str(run), "--json"])
+    assert res.exit_code == 0, res.output
+    (info,) = json.loads(res.output)
+    assert info["modified"] == time.strftime("%Y-%m-%d %H:%M", time.localtime(now)), info
+
+
 def test_bad_directory_is_one_line(tmp_path):
     import subprocess
 

@@ -291,6 +291,49 @@ def test_broken_experiment_file_is_one_line_without_class_names(tmp_path, capsys
                          "(got 'x')")
 
 
+def test_a_study_whose_grid_draws_no_figure_says_so(tmp_path):
+    """One shift, one test SNR, no fixed_snr_db: no figure. `noisydeq plot` of such a study
+    printed nothing and exited 0; it (and the study's own report) now says why in a line."""
+    from noisydeq.studies.plots import NO_FIGURE, plot_study
+
+    grid = {"shifts": [8], "budgets": ["train"], "train_snr_db": ["inf"],
+            "test_snr_db": ["inf"]}
+    a = tmp_path / "s0"
+    res = run_study(tiny(seeds=[0], **grid), a, plots=False)
+    assert plot_study(res.summary, tiny(seeds=[0], **grid), tmp_path / "f") == []
+    r = CliRunner().invoke(cli, ["plot", str(a)])
+    assert r.exit_code == 0 and r.output.strip() == NO_FIGURE, r.output
+    r = CliRunner().invoke(cli, ["plot", str(a), "--out", str(tmp_path / "o")])
+    assert r.exit_code == 0 and NO_FIGURE in r.output, r.output
+    from tests.fuzz.cases import STUDY  # a tiny study file: one shift, one test SNR
+
+    (tmp_path / "s.toml").write_text(STUDY, encoding="utf-8")
+    r = CliRunner().invoke(cli, ["study", str(tmp_path / "s.toml"), "--quiet", "--threads",
+                                 "1", "--out", str(tmp_path / "cli")])
+    assert r.exit_code == 0 and NO_FIGURE in r.output, r.output
+    assert not any(ln.startswith("figure:") for ln in r.output.splitlines()), r.output
+
+
+def test_study_command_shows_each_models_training_batches(tmp_path, capsys, monkeypatch):
+    """A study's models trained with no progress of their own (run_study's progress=False):
+    a log of an hours-long quick study held only 'study: M:SS elapsed' heartbeats. The
+    command now shows each model's batch count as a sweep's training does; --quiet not."""
+    from tests.cli_helpers import run_cli
+    from tests.fuzz.cases import STUDY
+
+    monkeypatch.setenv("NOISYDEQ_PROGRESS", "lines")
+    monkeypatch.setenv("NOISYDEQ_PROGRESS_EVERY", "0")  # a line per batch: the run is short
+    (tmp_path / "s.toml").write_text(STUDY.replace("epochs = 0", "epochs = 1"),
+                                     encoding="utf-8")
+    argv = ["study", str(tmp_path / "s.toml"), "--threads", "1", "--out"]
+    code, _out, err = run_cli([*argv, str(tmp_path / "a")], capsys)
+    assert code == 0, err
+    assert any(ln.startswith("noisydeq: deq-s0-tinf ") and " batches in " in ln
+               for ln in err.splitlines()), err  # the model's closing line
+    code, _out, err = run_cli([*argv, str(tmp_path / "b"), "--quiet"], capsys)
+    assert code == 0 and "batches" not in err, err
+
+
 def test_plot_redraws_a_study_and_merges_runs_of_one_seed_each(tmp_path):
     """``noisydeq plot`` draws a study's figures from its table: alone into its own figures/
     (then listed in SHA256SUMS), or several runs of one task (one seed each) as one figure

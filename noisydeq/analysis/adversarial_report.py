@@ -110,8 +110,8 @@ def _pm(mean: float, sd: float) -> str:
 
 def markdown(agg: Sequence[dict[str, Any]], eps: float) -> str:
     """The seed-averaged table as Markdown."""
-    lines = [f"accuracy at ε = {eps:g} (mean ± sd over seeds; PGD: worst PGD attack and "
-             "estimator; ALL: worst attack)", "",
+    lines = [f"accuracy at ε = {eps:g} on the attacked test inputs (mean ± sd over seeds; "
+             "PGD: worst PGD attack and estimator; ALL: worst attack)", "",
              "| kind | method | training defence | test defence | seeds | clean | PGD | AA "
              "| ALL | train time |", "|---|---|---|---|---|---|---|---|---|---|"]
     for r in agg:
@@ -397,6 +397,15 @@ def timing_line(seconds: float, computed: int, served: int, old_md: Path) -> str
             "cells, an earlier run the others)")
 
 
+def report_title(resolved: Any, evaluation: str) -> str:
+    """``mnist10k: adversarial-fig3 [quick] curves``: the figures' title — the task first,
+    as in every other figure's title (the experiment's name alone did not say which data
+    the accuracies are of), then the experiment, its variant and the evaluation."""
+    tasks = sorted({c.spec.task for c in resolved.cells})
+    head = f"{', '.join(tasks)}: " if tasks else ""
+    return f"{head}{resolved.name} [{resolved.variant}] {evaluation}"
+
+
 def write_report(result: Any, specs: dict[str, Any]) -> list[Path]:
     """Write every evaluation's tables and figures into its run directory and list them,
     with the attack run's files, in its ``SHA256SUMS`` (under the directory's lock)."""
@@ -422,7 +431,7 @@ def write_report(result: Any, specs: dict[str, Any]) -> list[Path]:
                                                                            result.info)
                   + f"\n{timing}\n")
             mine.append(atomic_write_text(run / "summary.md", md))
-            title = f"{result.resolved.name} [{result.resolved.variant}] {name}"
+            title = report_title(result.resolved, name)
 
             def draw(rows: Any = res.rows, summary: Any = summary,
                      folder: Path = run / "figures", title: str = title) -> list[Path]:

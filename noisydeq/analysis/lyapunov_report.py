@@ -189,6 +189,17 @@ def _band(rows: Sequence[dict[str, Any]], *, chips: bool) -> str:
     return f"{what}: min-max over " + " × ".join(parts)
 
 
+#: width (inches) of one panel and of the legend column right of the panels: the legend's
+#: longest name ("LyaDEQ (Eq. 7 + Lyapunov + orthogonal FC)") takes ~2.7 in, which a fixed
+#: 4.4 in per panel took from a lone panel's axes (one attack, one device: ~1 in wide)
+PANEL_W, LEGEND_W = 3.0, 3.0
+
+
+def _figsize(panels: int) -> tuple[float, float]:
+    """Figure size of a row of ``panels`` panels with the legend column right of them."""
+    return PANEL_W * panels + LEGEND_W, 3.6
+
+
 def plot_attack(rows: Sequence[dict[str, Any]], out: Path, paper: bool = True,
                 task: str | None = None) -> list[Path]:
     """Accuracy vs ε (0 = clean) per variant, I-FGSM and PGD panels; bars = min-max over seeds.
@@ -198,7 +209,7 @@ def plot_attack(rows: Sequence[dict[str, Any]], out: Path, paper: bool = True,
     attacks = [a for a in ("ifgsm", "pgd") if any(r["attack"] == a for r in rows)]
     table: list[dict[str, Any]] = []
     with styled() as plt:
-        fig, axes = plt.subplots(1, len(attacks), figsize=(4.4 * len(attacks), 3.6),
+        fig, axes = plt.subplots(1, len(attacks), figsize=_figsize(len(attacks)),
                                  squeeze=False, sharey=True)
         for ax, attack in zip(axes[0], attacks, strict=True):
             for variant in VARIANT_NAMES:
@@ -251,7 +262,7 @@ def plot_device(rows: Sequence[dict[str, Any]], out: Path, task: str | None = No
     modes = sorted({str(r["noise_mode"]) for r in rows if r.get("noise_mode")})
     table: list[dict[str, Any]] = []
     with styled() as plt:
-        fig, axes = plt.subplots(1, len(devices), figsize=(4.4 * len(devices), 3.6),
+        fig, axes = plt.subplots(1, len(devices), figsize=_figsize(len(devices)),
                                  squeeze=False, sharey=True)
         for ax, device in zip(axes[0], devices, strict=True):
             for model in models:

@@ -243,7 +243,7 @@ def _summary(whitebox: list[dict[str, Any]], steps_eps: float,
                    f"its nearest point)")
     what = "MSE, lower is better: worst = largest" if metric == "mse" else "accuracy"
     click.echo(f"white-box robustness at ε = {eps:g} (per defence: worst attack / estimator; "
-               f"robustness = best defence; {what})")
+               f"robustness = best defence, marked *; {what})")
     # columns as wide as their longest entry (an entropy defence's parameters, a
     # transfer-source mode, a defended member's id), so the values stay aligned
     mw = max(24, *(len(str(r["model_id"])) for r in whitebox))

@@ -51,6 +51,7 @@ def command(presets: tuple[str, ...], as_json: bool) -> None:
     \b
     Examples:
       noisydeq devices
+      noisydeq devices rram            # a bare kind: its default preset, rram-wan2022
       noisydeq devices rram-wan2022 photonic --json
       noisydeq devices my-chip.toml
     """

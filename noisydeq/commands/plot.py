@@ -94,6 +94,10 @@ def command(run_dirs: tuple[Path, ...], out: Path | None, title: str | None) -> 
             raise NoisyDEQError(f"plot: {sweeps[0]} is not a study run directory; studies "
                                 "and sweeps are drawn apart")
         paths = _studies(run_dirs, out, title)
+        if not paths:
+            from noisydeq.studies.plots import NO_FIGURE
+
+            click.echo(NO_FIGURE)
     else:
         if len(run_dirs) > 1:
             raise NoisyDEQError("plot: one sweep run directory at a time (several run "

@@ -39,8 +39,7 @@ def resolve_experiment(
     command-line overrides."""
     from noisydeq.bundled import find_experiment
 
-    given, path = path, str(find_experiment(path, "run"))
-    _refuse_other_kind(path, given)
+    given, path = path, str(find_experiment(path, "run"))  # refuses another command's file
     exp = load_toml(ExperimentSpec, path)
     base = exp.resolve(variant).model_dump()
     if data_dir is not None:
@@ -52,24 +51,6 @@ def resolve_experiment(
     # (or --data-dir/--torch-device), so name that, and a bundled experiment by its name
     where = f"{given if path != given and not given.endswith('.toml') else path} [{variant}]"
     return exp, build(SweepSpec, base, where=where + (" --set" if sets else ""))
-
-
-def _refuse_other_kind(path: str, given: str) -> None:
-    """An experiment file of another command (a ``[study]`` table, a LyaDEQ, adversarial,
-    certify or Fig. 13 file): say which command runs it, in one line."""
-    from noisydeq.bundled import command_for, runner
-    from noisydeq.errors import NoisyDEQError
-    from noisydeq.specs.toml import tomllib
-    from noisydeq.store import read_text
-
-    try:
-        data = tomllib.loads(read_text(path, "file"))
-    except (NoisyDEQError, tomllib.TOMLDecodeError, RecursionError):
-        return  # load_toml reports it in one line
-    other = command_for(data)
-    if other not in (None, "run"):
-        raise NoisyDEQError(f"{given}: not a sweep experiment (no [sweep] table); run it with "
-                            f"'{runner(other)} {given}'")
 
 
 def _list(as_json: bool) -> None:
@@ -96,7 +77,8 @@ def _list(as_json: bool) -> None:
 @click.option("--torch-device", default=None, help="cpu, cuda, cuda:1, ...")
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
               help="Override any sweep-spec field (e.g. --set epochs=1).")
-@click.option("--quiet", is_flag=True, help="No progress bars.")
+@click.option("--quiet", is_flag=True,
+              help="No progress (bars, log lines, heartbeats); results are still printed.")
 @click.option("--json", "as_json", is_flag=True, help="Print a machine-readable summary.")
 @cache_option
 @threads_flag("torch threads for training and evaluation (as for noisydeq sweep).",

@@ -82,9 +82,25 @@ def describe(run: Path) -> dict[str, Any]:
     else:
         status = "partial (run the same command again to resume)"
     info["status"] = status
-    info["modified"] = time.strftime("%Y-%m-%d %H:%M",
-                                     time.localtime((run / CONFIG).stat().st_mtime))
+    info["modified"] = time.strftime("%Y-%m-%d %H:%M", time.localtime(_modified(run)))
     return info
+
+
+#: what a sweep writes as it goes (config.toml only when made or extended): the latest is
+#: when the run last changed — a resumed or recomputed run's cells and tables included
+WRITTEN = (CONFIG, "cells", "results.csv", "meta.json", "SHA256SUMS")
+
+
+def _modified(run: Path) -> float:
+    """When ``run`` last changed: the latest mtime of :data:`WRITTEN` (``cells/``: a cell
+    written or replaced in it). Was config.toml's alone, which a resume never rewrites."""
+    times = []
+    for name in WRITTEN:
+        try:
+            times.append((run / name).stat().st_mtime)
+        except OSError:
+            continue
+    return max(times)
 
 
 def find(roots: tuple[str, ...]) -> list[Path]:

@@ -217,7 +217,7 @@ def command(family, kind, eta, snr, site, samples, inputs, precision, seed, data
         for r in rows:
             chip = str(r["chip"]) if on else "-"
             click.echo(f"{chip:>4} {r['depth']:>5} {_i(r['deq_width']):>6} {_i(r['depth']):>4} "
-                       f"{r['deq_sens']:>10.4g} {r['ffw_sens']:>10.4g} {r['ratio']:>8.3g}")
+                       f"{r['deq_sens']:>#10.4g} {r['ffw_sens']:>#10.4g} {r['ratio']:>#8.3g}")
         paths.append(store.write_manifest(out_dir, paths))  # sha256sum -c SHA256SUMS
         for p in paths:
             click.echo(f"wrote {p}")

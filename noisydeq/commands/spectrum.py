@@ -68,9 +68,9 @@ def command(family, inputs, seed, data_dir, out, device, chips, device_snr,
         for r in rows:
             # ρ(J*) is measured at DEQ fixed points only: an FFW (or --inputs 0) has none, "-"
             # here as in the chip column, an empty cell in spectrum.csv
-            jr = f"{r['jac_rho_mean']:.4g}" if "jac_rho_mean" in r else "-"
+            jr = f"{r['jac_rho_mean']:#.4g}" if "jac_rho_mean" in r else "-"
             chip = str(r["chip"]) if on else "-"
             click.echo(f"{chip:>4} {r['kind']:>4} {r['depth']:>5} {r['width']:>5} "
-                       f"{r['rho']:>10.4g} {jr:>13}")
+                       f"{r['rho']:>#10.4g} {jr:>13}")
         for p in paths:
             click.echo(f"wrote {p}")

@@ -81,6 +81,7 @@ def command(experiment: str, variant: str, out: str | None, data_dir: str | None
     log = (lambda s: click.echo(s, err=True)) if talk else None
     with num_threads(n_threads):
         res = run_study(spec, target, name=f"{exp.name} [{variant}]", log=log,
+                        progress=talk,  # each model's training batches, as a sweep's
                         title=f"{exp.title} [{variant}]" if exp.title else exp.name,
                         backend=chosen, remote=_remote(chosen))
     if as_json:
@@ -103,6 +104,10 @@ def command(experiment: str, variant: str, out: str | None, data_dir: str | None
     for p in res.figures:
         if p.suffix == ".png":
             click.echo(f"figure: {p}")
+    if not res.figures:
+        from noisydeq.studies.plots import NO_FIGURE
+
+        click.echo(NO_FIGURE)
 
 
 def _remote(backend):

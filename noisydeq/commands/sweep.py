@@ -301,7 +301,8 @@ def execute(
 @click.option("--torch-device", default="cpu", show_default=True, help="cpu, cuda, cuda:1, ...")
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
               help="Override any sweep-spec field (e.g. --set max_rows=8192).")
-@click.option("--quiet", is_flag=True, help="No progress bars.")
+@click.option("--quiet", is_flag=True,
+              help="No progress (bars, log lines, heartbeats); results are still printed.")
 @click.option("--json", "as_json", is_flag=True, help="Print a machine-readable summary.")
 @cache_option
 @threads_flag("torch threads for training and evaluation (default $NOISYDEQ_THREADS, else "

@@ -179,7 +179,8 @@ def _fmt(metric: float, name: str) -> str:
 @cache_option
 @threads_flag()
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
-@click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
+@click.option("--quiet", "-q", is_flag=True,
+              help="No progress (bars, log lines, heartbeats); results are still printed.")
 @with_heartbeat("train")
 def command(**opts: Any) -> None:
     """Train one model or a depth-matched DEQ/FFW family on a task.

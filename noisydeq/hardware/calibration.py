@@ -194,10 +194,10 @@ def check_reachable(
     if target_db > hi:
         raise NoisyDEQError(
             f"target SNR {target_db:g} dB is above what {what} can reach{in_mode} ({span}); "
-            f"choose snr_db <= {math.floor(hi * 10) / 10:g}"
+            f"choose a target <= {math.floor(hi * 10) / 10:g} dB"
         )
     if target_db < lo:
         raise NoisyDEQError(
             f"target SNR {target_db:g} dB is below what {what} can reach{in_mode} ({span}); "
-            f"choose snr_db >= {math.ceil(lo * 10) / 10:g}"
+            f"choose a target >= {math.ceil(lo * 10) / 10:g} dB"
         )

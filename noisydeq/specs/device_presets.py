@@ -51,8 +51,9 @@ def load_spec(name_or_path: str | os.PathLike) -> DeviceSpec:
         if not path.is_file():
             names = preset_names()
             hint = did_you_mean(text, [*names, *KIND_PRESETS])
+            kinds = "".join(f"; {k} = {v}" for k, v in KIND_PRESETS.items())
             raise NoisyDEQError(
-                f"unknown device '{text}'{hint} (presets: {', '.join(names)}; "
+                f"unknown device '{text}'{hint} (presets: {', '.join(names)}{kinds}; "
                 "or the path of a .toml preset)"
             )
     data = parse_toml(read_text(path, "device preset"), where)

@@ -281,6 +281,12 @@ def plot_params(rows: list[dict[str, Any]], snr: float, stem: Path, title: str) 
         return save_figure(fig, stem, table)
 
 
+#: the line a study whose grid supports none of :func:`plot_study`'s figures prints (its run
+#: and ``noisydeq plot`` of it: otherwise they said nothing of figures, ``plot`` nothing at all)
+NO_FIGURE = ("no figure: this study's grid draws none (extrapolation needs several shifts, "
+             "snr more than two test SNRs, params a fixed_snr_db)")
+
+
 def plot_study(summary: list[dict[str, Any]], spec: StudySpec, out: Path,
                title: str = "") -> list[Path]:
     """Every figure the study's grid supports (see the module docstring)."""

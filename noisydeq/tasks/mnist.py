@@ -242,23 +242,26 @@ def _task(name: str, x_tr, y_tr, x_te, y_te, seed: int, source: str, notice=None
     )
 
 
-def _missing_error(directory: Path, stems: tuple[str, ...], failure: str | None) -> NoisyDEQError:
+def _missing_error(directory: Path, stems: tuple[str, ...], failure: str | None,
+                   named: bool = False) -> NoisyDEQError:
+    """``named``: the directory was given (``--data-dir`` or $NOISYDEQ_MNIST_DIR), so the
+    advice is to point it at the files, not to pass what was passed."""
     names = ", ".join(s + ".gz" for s in stems)
     why = f"; download failed ({failure})" if failure else ""
-    return NoisyDEQError(
-        f"mnist: {names} not found in {directory}{why}; pass --data-dir or set {ENV_DIR}"
-    )
+    advice = (f"point --data-dir (or {ENV_DIR}) at the folder that holds them" if named
+              else f"pass --data-dir or set {ENV_DIR}")
+    return NoisyDEQError(f"mnist: {names} not found in {directory}{why}; {advice}")
 
 
 def load_mnist10k(
     data_dir: str | os.PathLike | None = None, seed: int = 0, download: bool | None = None
 ) -> Task:
     """``mnist10k``: seeded stratified 8,000 / 2,000 split of the official MNIST test set."""
-    directory, _ = resolve_dir(data_dir)
+    directory, named = resolve_dir(data_dir)
     failure = _ensure_files(directory, download)
     ti, tl = find_file(directory, TEST_IMAGES), find_file(directory, TEST_LABELS)
     if ti is None or tl is None:
-        raise _missing_error(directory, (TEST_IMAGES, TEST_LABELS), failure)
+        raise _missing_error(directory, (TEST_IMAGES, TEST_LABELS), failure, named)
     x, y = _read_pair(ti, tl, N_OFFICIAL[TEST_IMAGES])
     train_idx, test_idx = stratified_split(y, MNIST10K_TEST, seed)
     return _task(
@@ -274,13 +277,13 @@ def load_mnist(
 
     ``seed`` does not change the official split (it is kept for provenance and training).
     """
-    directory, _ = resolve_dir(data_dir)
+    directory, named = resolve_dir(data_dir)
     failure = _ensure_files(directory, download)
     paths = {s: find_file(directory, s) for s in (TRAIN_IMAGES, TRAIN_LABELS, TEST_IMAGES,
                                                   TEST_LABELS)}
     if paths[TRAIN_IMAGES] is None or paths[TRAIN_LABELS] is None:
         if paths[TEST_IMAGES] is None or paths[TEST_LABELS] is None:
-            raise _missing_error(directory, tuple(paths), failure)
+            raise _missing_error(directory, tuple(paths), failure, named)
         task = load_mnist10k(directory, seed, download=False)
         notice = (
             f"mnist: training files not found in {directory}; using mnist10k "

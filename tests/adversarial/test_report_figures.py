@@ -58,3 +58,24 @@ def test_a_panel_without_curves_has_no_legend_and_no_warning(tmp_path):
         paths = plot_report(rows, info, summary, tmp_path, "t")
     assert any(p.name == "pgd_pgd.png" for p in paths), paths
     assert not [w for w in said if "legend" in str(w.message)], [str(w.message) for w in said]
+
+
+def test_the_figures_title_names_the_task():
+    """The adversarial figures' titles were 'adversarial-fig3 [quick] curves': no task."""
+    from noisydeq.analysis import adversarial_experiment as ae
+    from noisydeq.analysis.adversarial_report import report_title
+    from noisydeq.bundled import find_experiment
+
+    exp = ae.load_experiment(find_experiment("adversarial-fig3", "adversarial"))
+    res = exp.resolve("quick", grid={"seeds": [0], "methods": ["pgd"], "defences": ["none"]})
+    assert report_title(res, "curves") == "mnist10k: adversarial-fig3 [quick] curves"
+    res = exp.resolve("quick", family={"task": "digits"})
+    assert report_title(res, "autoattack") == "digits: adversarial-fig3 [quick] autoattack"
+
+
+def test_the_tables_clean_column_is_said_to_be_over_the_attacked_inputs():
+    """The run's log gave a model's clean accuracy over the whole test set (0.756) and its
+    table a clean column over the attacked inputs (0.745) with nothing telling them apart."""
+    from noisydeq.analysis.adversarial_report import markdown
+
+    assert markdown([], 0.3).startswith("accuracy at ε = 0.3 on the attacked test inputs (")

@@ -88,6 +88,9 @@ def test_spectrum_command_matches_eigvals(family, tmp_path, capsys):
     assert float(printed[("deq", "3")][-1]) == pytest.approx(
         float(table[("deq", 3)]["jac_rho_mean"]), rel=1e-3)
     assert table[("ffw", 3)]["jac_rho_mean"] == ""
+    # four significant digits, trailing zeros kept (ρ printed "6.9" under "7.644" before)
+    for kind in ("deq", "ffw"):
+        assert printed[(kind, "3")][4] == f"{float(table[(kind, 3)]['rho']):#.4g}"
 
 
 def _one_line_error(code, err, *needles):

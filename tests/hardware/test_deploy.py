@@ -146,6 +146,8 @@ def test_presets_lookup_and_errors(tmp_path) -> None:
         hw.get_device("rram-wan")
     with pytest.raises(NoisyDEQError, match="did you mean 'rram'"):  # bare kinds too
         hw.get_device("rarm")
+    with pytest.raises(NoisyDEQError, match="rram = rram-wan2022; or the path"):
+        hw.get_device("nothing-like-it")  # the list names what the bare kind means
     own = tmp_path / "mine.toml"
     own.write_text('kind = "rram"\nt_inference_s = 86400\nout_noise = 0.02\n')
     dev = hw.get_device(str(own))

@@ -207,3 +207,9 @@ def test_check_reachable_formats_any_value() -> None:
         msg = str(err.value)
         assert word in msg and "-inf" not in msg.replace("-inf dB", "") and "\n" not in msg
     check_reachable(12.0, (-math.inf, math.inf), "layer 'x'")  # nothing to refuse
+    # the advice names no field: the target came from --snr, --device-snr, a preset's
+    # snr_db or at_snr(); it said "choose snr_db <= 32.7" to a user who typed --snr 50
+    with pytest.raises(NoisyDEQError, match=r"; choose a target <= 29\.9 dB$"):
+        check_reachable(50.0, (-27.33, 29.99), "device 'rram'")
+    with pytest.raises(NoisyDEQError, match=r"; choose a target >= -27\.3 dB$"):
+        check_reachable(-40.0, (-27.33, 29.99), "device 'rram'")

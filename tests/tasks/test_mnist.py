@@ -75,8 +75,17 @@ def test_env_dir_and_empty_dir_without_download(tmp_path, monkeypatch):
     with pytest.raises(NoisyDEQError, match=M.ENV_DIR):
         load_task("mnist10k")
     monkeypatch.setenv(M.ENV_DIR, str(tmp_path))
-    with pytest.raises(NoisyDEQError, match="not found in"):
+    with pytest.raises(NoisyDEQError, match="not found in") as e:
         load_task("mnist", download=False)
+    # a folder the user named lacks the files: point it at them (it said "pass --data-dir"
+    # to a user who had passed --data-dir)
+    assert "point --data-dir" in str(e.value) and "pass --data-dir" not in str(e.value)
+    monkeypatch.delenv(M.ENV_DIR)
+    with pytest.raises(NoisyDEQError, match="point --data-dir") as e:
+        load_task("mnist10k", data_dir=tmp_path, download=False)
+    monkeypatch.setattr(M, "default_dir", lambda: tmp_path)  # nothing named: the default
+    with pytest.raises(NoisyDEQError, match="pass --data-dir or set"):
+        load_task("mnist10k", download=False)
 
 
 def test_raw_files_structural_checks(tmp_path):
