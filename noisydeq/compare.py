@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 import statistics
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +25,7 @@ from noisydeq.results import read_csv
 from noisydeq.specs.model import FFW_FORMS
 from noisydeq.specs.sweep import SweepSpec
 from noisydeq.specs.toml import loads_toml
-from noisydeq.summary import _fmt_value, fmt_db
+from noisydeq.summary import _fmt_value, fmt_db, rows_at_level
 
 Key = tuple[float, int]  # (training SNR, FFW depth)
 
@@ -60,6 +60,23 @@ def load_run(path: str | Path, what: str = "compare") -> Run:
         )
     spec = loads_toml(SweepSpec, config.read_text(encoding="utf-8"), where=str(config))
     return Run(p, spec, read_csv(csv_path))
+
+
+def at_level(runs: list[Run], level: float | None) -> tuple[list[Run], float]:
+    """``runs`` and the inference level (dB) to compare them at: ``level``, or with ``level``
+    None (``--snr native``) each run's native level rows (their level, one for all runs)."""
+    if level is not None:
+        return runs, level
+    found = []
+    for run in runs:
+        rows, at = rows_at_level(run.rows, None, f"compare: {run.path}")
+        found.append((replace(run, rows=rows), at))
+    levels = sorted({at for _, at in found})
+    if len(levels) > 1:
+        raise NoisyDEQError("compare: the runs' native levels differ ("
+                            + ", ".join(f"{v:.4f}" for v in levels) + " dB): compare them "
+                            "one at a time")
+    return [r for r, _ in found], levels[0]
 
 
 @dataclass
@@ -171,8 +188,9 @@ def markdown(data: dict[str, Any]) -> str:
     head = ["training SNR", "FFW depth", "DEQ width", f"DEQ {metric}", "DEQ converged"]
     for f in forms:
         head += [f"FFW {f} {metric}", f"DEQ − FFW {f}", "better (every seed)"]
-    lines = [f"{metric} at {fmt_db(snr, 'legend')} inference SNR; mean ± sample std over "
-             "seeds (per seed)",
+    at = f"the native level ({snr:.1f} dB: the device at its own knobs)" \
+        if data.get("native") else f"{fmt_db(snr, 'legend')} inference SNR"
+    lines = [f"{metric} at {at}; mean ± sample std over seeds (per seed)",
              "",
              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for key in keys:

@@ -13,8 +13,16 @@ apart and explain themselves:
   already hold, under its own name (e.g. ``ffw_form``, ``snr_scale``, ``train_preset``,
   ``epochs``); a field whose value is a list or table is left out (it is what the rows
   enumerate, e.g. ``depths``);
-- the table's own columns keep their types (integers, floats with ``inf``/``nan``; a
-  sweep's ``native`` column, when its grid held the native level, is boolean).
+- the table's own columns typed as the command that wrote the table declares them
+  (:func:`declared_columns`), one type per column name whatever the run or command:
+  ``int`` columns are ``int64`` (pandas' nullable ``Int64`` where a cell is empty or a run
+  of the frame lacks the column), ``float`` columns ``float64`` (``inf``/``nan`` as
+  written, an empty cell ``nan``), ``bool`` columns (a sweep's ``native``) ``bool``
+  (nullable ``boolean`` where a value is missing), ``str`` columns pandas' text dtype
+  (``str`` from pandas 3, ``object`` before: what its ``read_csv`` gives); a
+  column no command declares (a table of another version) is typed by its values:
+  numbers when every cell is one, else text. The ``config.toml`` fields keep their TOML
+  types the same way (``Int64`` / ``boolean`` where a run lacks the field).
 
 pandas is an optional dependency (``pip install pandas``); without it the call is one line
 saying so.
@@ -23,6 +31,8 @@ saying so.
 from __future__ import annotations
 
 import csv
+import io
+import math
 import os
 import sys
 from collections.abc import Iterable
@@ -30,7 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from noisydeq import store
-from noisydeq.errors import NoisyDEQError
+from noisydeq.errors import CorruptArtefact, NoisyDEQError
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -71,19 +81,108 @@ def find_runs(paths: str | os.PathLike | Iterable[str | os.PathLike]) -> list[Pa
     return runs
 
 
-def _rows(run: Path) -> tuple[list[str], list[dict[str, Any]], bool]:
-    """Header and rows of a run's table, and whether they are typed (the sweep schema is;
-    the tables of other commands are typed by value afterwards)."""
-    from noisydeq.results import COLUMNS, NATIVE_COLUMNS, TRAIN_DEVICE_COLUMNS, read_csv
+def declared_columns() -> dict[str, str]:
+    """Every column a ``results.csv`` writer declares, name → ``str``/``int``/``float``/
+    ``bool``, from the writers' own declarations: the sweep's (``noisydeq sweep`` / ``run``
+    and the device sweeps of ``lyapunov``: :data:`noisydeq.results.SWEEP_TABLE_COLUMNS`),
+    ``noisydeq attack``'s and ``adversarial``'s (:data:`noisydeq.attacks.runner.ATTACK_COLUMNS`
+    and ``POSITION_COLUMNS``), ``noisydeq certify``'s (:data:`noisydeq.analysis.certified.
+    COLUMNS`) and ``noisydeq study``'s (:data:`noisydeq.studies.merge.COLUMNS`). A name two
+    writers declare with two types is refused (one type per column name)."""
+    from noisydeq.results import SWEEP_TABLE_COLUMNS
 
+    out = dict(SWEEP_TABLE_COLUMNS)
+    return _merge(out, _other_tables())
+
+
+def _other_tables() -> dict[str, dict[str, str]]:
+    """The declarations of the tables other than a sweep's (their modules import torch:
+    read only when a table holds a column a sweep does not)."""
+    from noisydeq.analysis.certified import COLUMNS as CERTIFY_COLUMNS
+    from noisydeq.attacks.runner import ATTACK_COLUMNS, POSITION_COLUMNS
+    from noisydeq.studies.merge import COLUMNS as STUDY_COLUMNS
+
+    return {"attack": {**ATTACK_COLUMNS, **POSITION_COLUMNS}, "certify": CERTIFY_COLUMNS,
+            "study": STUDY_COLUMNS}
+
+
+def _merge(out: dict[str, str], tables: dict[str, dict[str, str]]) -> dict[str, str]:
+    for table, columns in tables.items():
+        for name, kind in columns.items():
+            if out.setdefault(name, kind) != kind:
+                raise NoisyDEQError(f"load_results: column {name} is declared {out[name]} and "
+                                    f"{kind} ({table}'s table)")
+    return out
+
+
+def _types_for(header: list[str]) -> dict[str, str]:
+    """The declared type of each column of ``header`` that a writer declares."""
+    from noisydeq.results import SWEEP_TABLE_COLUMNS
+
+    known = SWEEP_TABLE_COLUMNS if set(header) <= set(SWEEP_TABLE_COLUMNS) \
+        else declared_columns()
+    return {c: known[c] for c in header if c in known}
+
+
+def _typed_column(pd: Any, values: list[str], kind: str, path: Path, name: str) -> Any:
+    """One declared column (its cells from line 2 on) as a pandas Series of its type (the
+    module docstring); a cell that is not of the type is one error naming line and column."""
+    from noisydeq.results import _read_bool
+
+    if kind == "str":
+        return pd.Series(values, dtype=_text(pd))
+    conv = {"int": int, "float": float, "bool": _read_bool}[kind]
+    out: list[Any] = []
+    for i, v in enumerate(values):
+        if v == "":
+            out.append(math.nan if kind == "float" else None)
+            continue
+        try:
+            out.append(conv(v))
+        except ValueError:
+            raise CorruptArtefact(path, f"line {i + 2}: column {name} holds {v!r}, not "
+                                  f"a{'n' if kind == 'int' else ''} {kind}") from None
+    if kind == "float":
+        return pd.Series(out, dtype="float64")
+    missing = any(v is None for v in out)
+    if kind == "int":
+        return pd.Series(out, dtype="Int64" if missing else "int64")
+    return pd.Series(out, dtype="boolean" if missing else "bool")
+
+
+def _text(pd: Any) -> Any:
+    """pandas' own dtype for text (``str`` from pandas 3, ``object`` before): the one its
+    ``read_csv`` and ``read_parquet`` give."""
+    return pd.Series(["text"]).dtype
+
+
+def _by_value(pd: Any, values: list[str]) -> Any:
+    """A column no writer declares: numbers when every cell converts, else text."""
+    text = pd.Series(values, dtype=_text(pd))
+    converted = pd.to_numeric(text, errors="coerce")
+    return converted if converted.notna().sum() == text.notna().sum() else text
+
+
+def _table(pd: Any, run: Path) -> Any:
+    """A run's table (digest checked) as a DataFrame with its columns typed."""
     path = run / RESULTS
     store.verify_listed(path)
     text = store.read_text(path, RESULTS)
-    header = next(csv.reader([text.splitlines()[0]])) if text else []
-    if header in (list(COLUMNS), [*COLUMNS, *NATIVE_COLUMNS],
-                  [*COLUMNS, *TRAIN_DEVICE_COLUMNS, *NATIVE_COLUMNS]):
-        return header, read_csv(path), True
-    return header, [dict(r) for r in csv.DictReader(text.splitlines())], False
+    records = list(csv.reader(io.StringIO(text)))
+    if not records:
+        return pd.DataFrame()
+    header, body = records[0], records[1:]
+    for i, r in enumerate(body):
+        if len(r) != len(header):
+            raise CorruptArtefact(path, f"line {i + 2} has {len(r)} cells, the header "
+                                  f"{len(header)}")
+    types = _types_for(header)
+    columns = {}
+    for j, name in enumerate(header):
+        values = [r[j] for r in body]
+        columns[name] = _typed_column(pd, values, types[name], path, name) \
+            if name in types else _by_value(pd, values)
+    return pd.DataFrame(columns, columns=header)
 
 
 def read_run_config(run: Path) -> dict[str, Any]:
@@ -106,21 +205,51 @@ def _spec_fields(run: Path, table_columns: Iterable[str]) -> dict[str, Any]:
             if k not in taken and isinstance(v, (str, int, float, bool))}
 
 
+def _spec_column(pd: Any, value: Any, n: int) -> Any:
+    """A ``config.toml`` field as a column of ``n`` rows, of its TOML type."""
+    if isinstance(value, bool):
+        return pd.Series([value] * n, dtype="bool")
+    if isinstance(value, int):
+        return pd.Series([value] * n, dtype="int64")
+    if isinstance(value, float):
+        return pd.Series([value] * n, dtype="float64")
+    return pd.Series([value] * n, dtype=_text(pd) if isinstance(value, str) else None)
+
+
+def _settle(pd: Any, frame: Any) -> Any:
+    """After concatenation: an ``Int64`` / ``boolean`` column without a missing value
+    ``int64`` / ``bool``, a ``Float64`` one (an int field of one run, a float of another)
+    ``float64``."""
+    for name in frame.columns:
+        dtype = str(frame[name].dtype)
+        if dtype in ("Int64", "boolean") and not frame[name].isna().any():
+            frame[name] = frame[name].astype("int64" if dtype == "Int64" else "bool")
+        elif dtype == "Float64":
+            frame[name] = frame[name].astype("float64")
+    return frame
+
+
 def load_results(paths: str | os.PathLike | Iterable[str | os.PathLike]) -> Any:
-    """One tidy ``pandas.DataFrame`` of the results of every run named by ``paths``."""
+    """One tidy ``pandas.DataFrame`` of the results of every run named by ``paths``.
+
+    Each column has one type whatever run or command it came from (the module docstring):
+    the type the command that writes the table declares (:func:`declared_columns`) —
+    ``int64`` (``Int64`` where a value is missing), ``float64`` with ``inf``/``nan``,
+    ``bool`` (``boolean`` where a value is missing), text — and, for a column no command
+    declares, the type its values give."""
     pd = _pandas()
     frames = []
     for run in find_runs(paths):
-        header, rows, typed = _rows(run)
-        frame = pd.DataFrame(rows, columns=header)
-        if not typed:  # the tables of other commands: numbers as numbers
-            for col in frame.columns:
-                converted = pd.to_numeric(frame[col], errors="coerce")
-                if converted.notna().sum() == frame[col].notna().sum():
-                    frame[col] = converted
+        frame = _table(pd, run)
+        header = list(frame.columns)
         for name, value in _spec_fields(run, header).items():
-            frame[name] = value
+            frame[name] = _spec_column(pd, value, len(frame))
         frame.insert(0, "run_path", str(run))
         frame.insert(0, "run", run.name)
         frames.append(frame)
-    return pd.concat(frames, ignore_index=True, sort=False)
+    nullable = {"int64": "Int64", "bool": "boolean"}
+    for f in frames:  # an int / bool column some run lacks: nullable, not float / object
+        for c in f.columns:
+            if str(f[c].dtype) in nullable and any(c not in g.columns for g in frames):
+                f[c] = f[c].astype(nullable[str(f[c].dtype)])
+    return _settle(pd, pd.concat(frames, ignore_index=True, sort=False))

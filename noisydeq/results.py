@@ -105,6 +105,10 @@ TRAIN_DEVICE_COLUMNS: dict[str, str] = {
 #: of the swept part), False on the grid's rows (CSV ``True`` / ``False``, Parquet bool)
 NATIVE_COLUMNS: dict[str, str] = {"native": "bool"}
 
+#: every column a sweep's table may hold, with its type (the tables read back by
+#: :func:`read_csv` and :func:`noisydeq.load_results`)
+SWEEP_TABLE_COLUMNS: dict[str, str] = {**COLUMNS, **TRAIN_DEVICE_COLUMNS, **NATIVE_COLUMNS}
+
 
 def columns_for(spec: Any) -> dict[str, str]:
     """The results columns of a sweep ``spec``'s cells: :data:`COLUMNS`, plus
@@ -743,8 +747,7 @@ def read_csv(
 ) -> list[dict[str, Any]]:
     """Read a run's results CSV (or, with ``columns=LAYER_COLUMNS``, its layers.csv) back
     into typed rows (checked against its ``SHA256SUMS``)."""
-    columns = {**COLUMNS, **TRAIN_DEVICE_COLUMNS, **NATIVE_COLUMNS} if columns is None \
-        else columns
+    columns = SWEEP_TABLE_COLUMNS if columns is None else columns
     store.verify_listed(path)
     conv = {"str": str, "int": int, "float": float, "bool": _read_bool}
     with open(path, newline="", encoding="utf-8") as fh:

@@ -13,6 +13,8 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from noisydeq.errors import NoisyDEQError
+
 
 @dataclass(frozen=True)
 class Agg:
@@ -331,3 +333,17 @@ def convergence_lines(rows: Sequence[dict[str, Any]], rules: dict[str, str] | No
     tallies = tally_rows(rows, key or (lambda r: r["model_id"]), rules, where,
                          unit="points (SNR, chip)")
     return report_lines(tallies, columns.format(table=table), limit)
+
+
+def rows_at_level(rows: list[dict[str, Any]], level: float | None, run: Any
+                  ) -> tuple[list[dict[str, Any]], float]:
+    """A sweep's rows and the level in dB to read them at: all rows at ``level``, or with
+    ``level`` None its native level's rows (the ``native`` column) at their ``snr_db``;
+    one line naming ``run`` when it has no native level."""
+    if level is not None:
+        return rows, level
+    rows = [r for r in rows if r.get("native") is True]
+    if not rows:
+        raise NoisyDEQError(f"{run}: no native level in its results (a sweep with "
+                            "--snr ...,native has one)")
+    return rows, rows[0]["snr_db"]

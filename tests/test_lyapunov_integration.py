@@ -116,6 +116,9 @@ def test_sweep_runs_lyadeq_deq_and_ffw_on_a_device(tmp_path):
     ly = [r for r in res.rows if r["kind"] == "lyadeq"]
     assert len(ly) == 2 and all(0.0 <= r["value"] <= 1.0 for r in ly)
     assert any(p.name == "metric_vs_depth.png" for p in res.figures)
+    from tests.load_helpers import assert_loads_declared
+
+    assert_loads_declared(tmp_path / "run")  # noisydeq.load_results: declared types
     # the family members come from the cache on a second call (same hash)
     fam = train_family(build(FamilySpec, {
         "kinds": ["lyadeq"], "depths": [1], "hidden": 16, "lyapunov": {"icnn_hidden": [8]},

@@ -44,6 +44,10 @@ def test_grid_resume_and_metric(tmp_path):
     # deq: 2 train SNRs x 3 sizes x 2 budgets x 2 test SNRs; ffw: no budgets
     assert len(res.rows) == 2 * 3 * 2 * 2 + 2 * 3 * 2
     assert res.trained == 4 and res.loaded == 0
+    from tests.load_helpers import assert_loads_declared
+
+    df = assert_loads_declared(tmp_path / "run")  # load_results: the declared types
+    assert df["shift"].dtype == "float64" and df["max_iter"].dtype == "int64"
     caps = {(r["shift"], r["budget"]): r["max_iter"] for r in res.rows if r["kind"] == "deq"}
     assert caps[(16.0, "scaled")] == 12 and caps[(4.0, "scaled")] == 3
     assert caps[(16.0, "train")] == 6

@@ -277,3 +277,31 @@ def test_native_sharing_a_grid_level_is_refused_before_any_write(tmp_path):
     with pytest.raises(NoisyDEQError, match="native total SNR of device 'rram' is 21.2473 dB"):
         _sweep(tmp_path, "clash", task, snr="0,21.2473,native")
     assert not (tmp_path / "clash").exists()
+
+
+def test_compare_command_at_the_native_level(tmp_path, capsys):
+    import json
+
+    from noisydeq.cli import main
+
+    task = _task()
+    res = _sweep(tmp_path, "compare", task)
+    main(["compare", str(res.run_dir.path), "--snr", "native"])
+    text = capsys.readouterr().out
+    level = next(r["snr_db"] for r in res.rows if r["native"])
+    assert f"at the native level ({level:.1f} dB" in text
+    deq = [r["value"] for r in res.rows if r["native"] and r["kind"] == "deq" and r["depth"] == 1]
+    mean = sum(deq) / len(deq)
+    assert f"{mean:.3f}" in text or f"{mean:.4g}" in text, text
+    main(["compare", str(res.run_dir.path), "--snr", "native", "--json"])
+    data = json.loads(capsys.readouterr().out)
+    assert data["native"] is True and data["snr_db"] == level
+    cell = next(c for c in data["deq"] if c["depth"] == 1)
+    assert cell["mean"] == pytest.approx(mean)
+    main(["compare", str(res.run_dir.path), "--snr", "10", "--json"])
+    assert json.loads(capsys.readouterr().out)["native"] is False
+    plain = _sweep(tmp_path, "plain", task, snr="0,10")
+    with pytest.raises(SystemExit) as stop:
+        main(["compare", str(plain.run_dir.path), "--snr", "native"])
+    err = capsys.readouterr().err
+    assert stop.value.code != 0 and "no native level" in err and len(err.strip().splitlines()) == 1

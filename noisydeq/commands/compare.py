@@ -1,4 +1,4 @@
-"""``noisydeq compare RUN_DIR... [--snr 0]``: DEQ vs matched FFW(s) across finished sweeps.
+"""``noisydeq compare RUN_DIR... [--snr 0|native]``: DEQ vs matched FFW(s) across finished sweeps.
 
 Prints Markdown tables (:mod:`noisydeq.compare`): per training SNR and depth, the DEQ's and
 each FFW form's metric at one inference SNR over seeds, DEQ − FFW, which model is better in
@@ -12,14 +12,12 @@ import math
 
 import click
 
-from noisydeq.errors import NoisyDEQError
-from noisydeq.specs.noise import parse_snr_value
-
 
 @click.command("compare")
 @click.argument("runs", nargs=-1, required=True)
 @click.option("--snr", "snr", default="0", show_default=True,
-              help="Inference SNR in dB at which the models are compared (inf = no noise).")
+              help="Inference SNR in dB at which the models are compared (inf = no noise), or "
+                   "native (the native level of sweeps run with --snr ...,native).")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def command(runs: tuple[str, ...], snr: str, as_json: bool) -> None:
     """Compare DEQs with their parameter-matched FFWs (e.g. one run per FFW form).
@@ -28,14 +26,15 @@ def command(runs: tuple[str, ...], snr: str, as_json: bool) -> None:
     Examples:
       noisydeq compare runs/sweep-1a2b3c --snr 0
       noisydeq compare runs/sweep-new-form runs/sweep-old-form --snr 0 --json
+      noisydeq compare runs/sweep-1a2b3c --snr native
     """
-    from noisydeq.compare import comparison, load_run, markdown
+    from noisydeq.commands.table import parse_level
+    from noisydeq.compare import at_level, comparison, load_run, markdown
 
-    try:
-        level = parse_snr_value(snr)
-    except NoisyDEQError as err:
-        raise NoisyDEQError(f"--snr: {err}") from None
-    data = comparison([load_run(r) for r in runs], level)
+    wanted = parse_level(snr)  # dB, or None: the native level
+    found, level = at_level([load_run(r) for r in runs], wanted)
+    data = comparison(found, level)
+    data["native"] = wanted is None
     if not as_json:
         click.echo(markdown(data))
         return
@@ -49,6 +48,7 @@ def command(runs: tuple[str, ...], snr: str, as_json: bool) -> None:
                  "converged_frac": c.converged_frac} for k, c in sorted(cells.items())]
 
     click.echo(json.dumps({
-        "metric": data["metric"], "snr_db": safe(level), "deq": table(data["deq"]),
+        "metric": data["metric"], "snr_db": safe(level), "native": data["native"],
+        "deq": table(data["deq"]),
         "ffw": {form: table(c) for form, c in data["ffw"].items()}, "notes": data["notes"],
     }, indent=2))

@@ -8,7 +8,6 @@ docs/reproduction.md — or at the native level (``--snr native``).
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import click
@@ -16,6 +15,17 @@ import click
 from noisydeq.commands.sweep import parse_grid
 from noisydeq.errors import NoisyDEQError
 from noisydeq.specs.noise import NATIVE
+
+
+def parse_level(snr: str) -> float | None:
+    """The one level of a finished sweep's table that ``--snr`` names: dB, or ``None`` for
+    ``native`` (the device at its own knobs, in sweeps run with ``--snr ...,native``)."""
+    if snr.strip().lower() == NATIVE:
+        return None
+    levels = parse_grid("--snr", snr)
+    if len(levels) != 1:
+        raise NoisyDEQError(f"--snr '{snr}': give one level, e.g. --snr 0 (or native)")
+    return levels[0]
 
 
 @click.command("table")
@@ -33,25 +43,16 @@ def command(run_dirs: tuple[str, ...], snr: str) -> None:
       noisydeq table runs/sweep-1a2b3c --snr native
     """
     from noisydeq.results import read_csv
-    from noisydeq.summary import paired_table, swept_description
+    from noisydeq.summary import paired_table, rows_at_level, swept_description
 
-    native = snr.strip().lower() == NATIVE  # the device at its own knobs (sweep --snr native)
-    levels = [math.nan] if native else parse_grid("--snr", snr)
-    if len(levels) != 1:
-        raise NoisyDEQError(f"--snr '{snr}': give one level, e.g. --snr 0 (or native)")
-    level = levels[0]
+    wanted = parse_level(snr)
+    native = wanted is None
     tables = []
     for run in run_dirs:
         path = Path(run) / "results.csv"
         if not path.is_file():
             raise NoisyDEQError(f"{run}: no results.csv (not a finished sweep's run directory)")
-        rows = read_csv(path)
-        if native:
-            rows = [r for r in rows if r.get("native") is True]
-            if not rows:
-                raise NoisyDEQError(f"{run}: no native level in its results (a sweep with "
-                                    "--snr ...,native has one)")
-            level = rows[0]["snr_db"]
+        rows, level = rows_at_level(read_csv(path), wanted, run)
         at = [r for r in rows if r["snr_db"] == level]
         if not at:
             from noisydeq.specs.noise import snr_grid_text

@@ -28,10 +28,17 @@ from noisydeq.specs.study import StudySpec
 from noisydeq.studies.rundir import ROW_IDENTITY, StudyDir
 
 #: text columns of a study's results.csv; every other column not in :data:`INT_COLUMNS`
-#: is a float (``inf`` / ``nan`` spelled out)
+#: is a float (``inf`` / ``nan`` spelled out): those a study writes are :data:`FLOAT_COLUMNS`
 TEXT_COLUMNS = ("task", "model", "kind", "cell", "shift_name", "budget", "solver",
                 "solver_name", "noise_site", "metric")
 INT_COLUMNS = ("width", "depth", "params", "seed", "max_iter", "n", "iterations_run")
+FLOAT_COLUMNS = ("train_snr_db", "shift", "test_snr_db", "value", "position_acc",
+                 "mean_steps", "converged_frac", "diverged_frac", "eval_seconds",
+                 "train_seconds")
+#: the columns of a study's results.csv and their types (:func:`noisydeq.load_results`)
+COLUMNS: dict[str, str] = {**dict.fromkeys(TEXT_COLUMNS, "str"),
+                           **dict.fromkeys(INT_COLUMNS, "int"),
+                           **dict.fromkeys(FLOAT_COLUMNS, "float")}
 
 
 @dataclass

@@ -100,6 +100,11 @@ def test_experiment_end_to_end_on_digits(capsys, tmp_path, monkeypatch):
     assert all(0.0 <= float(r["clean"]) <= 1.0 for r in rows)
     figs = list((summary.parent / "figures").glob("*.png"))
     assert figs
+    from tests.load_helpers import assert_loads_declared
+
+    # every evaluation's attack table, loaded as one frame with the declared types
+    df = assert_loads_declared(tmp_path / "e")
+    assert df["value"].dtype == "float64" and df["early_n"].dtype == "int64"
     first = summary.read_text()
     code, out, err = run(argv, capsys)
     assert code == 0, err

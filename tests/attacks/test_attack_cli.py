@@ -159,6 +159,10 @@ def test_attack_on_a_device_with_transfer_and_json(sweep_run, tmp_path, capsys):
     assert ("transfer", "10.0", "1") in modes and ("white-box", "inf", "0") in modes
     assert not any(r["mode"] == "transfer" and math.isinf(float(r["snr_db"])) for r in rows)
     assert any(p.endswith("robust_vs_snr.png") for p in report["figures"])
+    from tests.load_helpers import assert_loads_declared
+
+    df = assert_loads_declared(out)  # noisydeq.load_results: the declared column types
+    assert df["snr_db"].dtype == "float64" and df["eot"].dtype == "int64"
 
 
 @pytest.mark.slow

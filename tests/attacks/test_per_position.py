@@ -184,6 +184,9 @@ def test_attack_runs_a_per_position_family_end_to_end(family, tmp_path, capsys):
     with open(out / "results.csv", newline="") as fh:
         rows = list(csv.DictReader(fh))
     assert list(rows[0]) == [*ATTACK_COLUMNS, "position_value"]
+    from tests.load_helpers import assert_loads_declared
+
+    assert assert_loads_declared(out)["position_value"].dtype == "float64"
     assert {r["attack"] for r in rows} == {"PGD-3", "PGD ε=0.3", "speckle", "salt-pepper"}
     assert {r["defence"] for r in rows if r["kind"] == "deq"} == {"final", "early", "ensemble"}
     for name in ("attacks_white-box_inf", "positions_white-box_inf"):

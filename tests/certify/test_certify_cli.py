@@ -152,6 +152,9 @@ def test_certify_family_digital_and_measured_chip(capsys, tmp_path, family, monk
         assert len(list(csv.DictReader(fh))) == len(rows)
     assert (out / "results.parquet").is_file()
     assert (out / "figures" / "certified_vs_eps.png").is_file()
+    from tests.load_helpers import assert_loads_declared
+
+    assert_loads_declared(out)  # noisydeq.load_results: the declared column types
     assert not math.isnan(rows[0]["seconds"])
     listed = store.verify_manifest(out)  # every output digest-listed (sha256sum -c format)
     assert {"results.csv", "results.parquet", "figures/certified_vs_eps.png"} <= set(listed)
