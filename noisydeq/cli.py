@@ -177,9 +177,10 @@ def cli(ctx: click.Context, log_json: str | None, tracker: str | None,
     # $NOISYDEQ_LOG_JSON is opened like --log-json: checked before any work, and the start
     # time its events' ``elapsed`` counts from (without it, every ``elapsed`` was -0.0)
     env_log = events.env_log() if log_json is None else None
+    t0 = _RUN["t0"] or None  # when main() began (None: the group called some other way)
     if log_json is not None or env_log is not None:
         events.open_log(log_json or env_log,
-                        "--log-json" if log_json is not None else events.ENV)
+                        "--log-json" if log_json is not None else events.ENV, t0=t0)
         _RUN["opened"] = True
     if tracker is not None:
         import time
@@ -187,7 +188,7 @@ def cli(ctx: click.Context, log_json: str | None, tracker: str | None,
         from noisydeq.trackers import open_tracker
 
         name = f"{ctx.invoked_subcommand}-{time.strftime('%Y%m%d-%H%M%S')}"
-        events.set_sink(open_tracker(tracker, tracker_dir, name))
+        events.set_sink(open_tracker(tracker, tracker_dir, name), t0=t0)
         _RUN["tracker"] = True
     if events.active() and not _RUN["started"]:
         _RUN["started"] = True
@@ -198,7 +199,7 @@ def cli(ctx: click.Context, log_json: str | None, tracker: str | None,
 
 #: the current invocation, for its events (``--log-json``)
 _RUN: dict[str, Any] = {"argv": [], "started": False, "opened": False, "command": None,
-                        "t0": 0.0, "tracker": False}
+                        "t0": 0.0, "tracker": False}  # t0: Unix time the invocation began
 
 
 class Terminated(KeyboardInterrupt):
@@ -244,7 +245,7 @@ def _run(argv: list[str]) -> None:
     from noisydeq import events
 
     _RUN.update(argv=list(argv), started=False, opened=False, command=None,
-                t0=time.monotonic(), tracker=False)
+                t0=time.time(), tracker=False)
     try:
         _dispatch(argv)
     except SystemExit as ex:
@@ -255,6 +256,7 @@ def _run(argv: list[str]) -> None:
     else:
         _event_end(0)
     finally:
+        _RUN["t0"] = 0.0
         if _RUN["opened"]:
             events.close_log()
         if _RUN["tracker"]:  # closed by the last event; here if none came (an interrupt)
@@ -272,12 +274,15 @@ def _event_end(status: int, message: str | None = None) -> None:
     if not (_RUN["started"] and events.active()):
         return
     _RUN["started"] = False
+    # ``seconds`` is the whole invocation on the events' own clock: the same value as the
+    # event's ``elapsed`` (both count from _RUN["t0"], start-up included)
+    now = time.time()
     fields = {"command": _RUN["command"], "status": status,
-              "seconds": round(time.monotonic() - _RUN["t0"], 3)}
+              "seconds": events.since_start(now)}
     if message is None:
-        events.emit("end", **fields)
+        events.emit("end", _now=now, **fields)
     else:
-        events.emit("error", message=message, **fields)
+        events.emit("error", _now=now, message=message, **fields)
 
 
 def _fail(line: str, status: int) -> None:

@@ -9,9 +9,12 @@ object per line to PATH::
     {"event": "end", "command": "sweep", "status": 0, "seconds": 164.2, ...}
     {"event": "error", "command": "sweep", "message": "...", "status": 2, ...}
 
-Every event carries ``ts`` (Unix time, s), ``elapsed`` (s since the command started) and
-``pid``. ``start`` is first and ``end`` (success, ``status`` 0) or ``error`` (one line's
-message and the exit status; interrupts are errors with status 130/143) is last.
+Every event carries ``ts`` (Unix time, s), ``elapsed`` (s since the invocation started,
+start-up included: the ``start`` event's ``elapsed`` is the start-up time) and ``pid``.
+``end``/``error`` also carry ``seconds``: the whole invocation, the same clock and the same
+value as their ``elapsed``. ``start`` is first and ``end`` (success, ``status`` 0) or
+``error`` (one line's message and the exit status; interrupts are errors with status
+130/143) is last.
 ``epoch`` after every training epoch (``model``, ``epoch`` and the epoch record: loss,
 metric, learning rate, ...). ``progress`` events come at most every
 ``NOISYDEQ_PROGRESS_EVERY`` seconds per bar (default 10) and once when a bar closes;
@@ -46,17 +49,19 @@ _T0_ENV = "NOISYDEQ_LOG_JSON_T0"
 _state: dict[str, Any] = {"path": None, "t0": None, "sink": None}
 
 
-def open_log(path: str | os.PathLike, source: str = "--log-json") -> None:
+def open_log(path: str | os.PathLike, source: str = "--log-json",
+             t0: float | None = None) -> None:
     """Send events to ``path`` (created if missing, appended to) from now on, in this process
     and in the worker processes it starts; ``source`` (the option or variable that named
-    it) is what an error names."""
+    it) is what an error names; ``t0`` (Unix time; default now) is when the invocation
+    started, what every ``elapsed`` counts from."""
     path = os.fspath(path)
     try:
         store.append_bytes(path)
     except OSError as err:
         raise NoisyDEQError(f"{source}: cannot append to {path} "
                             f"({err.strerror or err})") from None
-    t0 = time.time()
+    t0 = time.time() if t0 is None else float(t0)
     _state.update(path=path, t0=t0)
     os.environ[ENV] = path
     os.environ[_T0_ENV] = repr(t0)
@@ -77,13 +82,13 @@ def close_log() -> None:
     os.environ.pop(_T0_ENV, None)
 
 
-def set_sink(sink: Any) -> None:
+def set_sink(sink: Any, t0: float | None = None) -> None:
     """Also hand every event of this process (a dict, as written to the log) to
     ``sink(record)`` — an experiment tracker (:mod:`noisydeq.trackers`); ``None`` stops.
-    The sink is not inherited by worker processes."""
+    The sink is not inherited by worker processes. ``t0`` as for :func:`open_log`."""
     _state["sink"] = sink
     if sink is not None and _state["t0"] is None and not os.environ.get(_T0_ENV):
-        _state["t0"] = time.time()
+        _state["t0"] = time.time() if t0 is None else float(t0)
 
 
 def take_sink() -> Any:
@@ -100,6 +105,11 @@ def active() -> bool:
 
 def _path() -> str | None:
     return _state["path"] or os.environ.get(ENV) or None
+
+
+def since_start(now: float) -> float:
+    """Seconds from the invocation's start (what ``elapsed`` counts from) to ``now``."""
+    return round(now - _t0(), 3)
 
 
 def _t0() -> float:
@@ -124,13 +134,14 @@ def _clean(value: Any) -> Any:
     return str(value)
 
 
-def emit(event: str, **fields: Any) -> None:
-    """Append one event (a no-op without a log)."""
+def emit(event: str, /, *, _now: float | None = None, **fields: Any) -> None:
+    """Append one event (a no-op without a log); ``_now`` (Unix time) is its time when the
+    caller already read the clock for one of its fields (default: now)."""
     path, sink = _path(), _state["sink"]
     if path is None and sink is None:
         return
-    now = time.time()
-    record = {"event": event, "ts": round(now, 3), "elapsed": round(now - _t0(), 3),
+    now = time.time() if _now is None else _now
+    record = {"event": event, "ts": round(now, 3), "elapsed": since_start(now),
               "pid": os.getpid(), **_clean(fields)}
     if path is not None:
         line = (json.dumps(record, ensure_ascii=False, separators=(",", ":")) + "\n").encode()

@@ -96,6 +96,16 @@ MODE_TEXT = {
     "static": "static SNR (the chip's weight error); reads at their physical level",
     "both": "total SNR; one scale on static and dynamic noise",
 }
+#: what a swept SNR sets on a device with no static noise (static SNR ∞ at every level it ran,
+#: e.g. the ``snr`` presets): its total SNR is its dynamic SNR; ``static`` mode adds one
+NO_STATIC_TEXT = {
+    "physical": "total SNR, which is the dynamic SNR: this device has no static noise "
+                "(static SNR ∞)",
+    "dynamic": "dynamic SNR (read noise, converters); this device has no static noise "
+               "(static SNR ∞)",
+    "both": "total SNR, one scale on the dynamic noise: this device has no static noise "
+            "(static SNR ∞)",
+}
 #: the device that runs the digital weights as they are, adding no noise at any SNR level
 IDEAL = "ideal"
 #: what a sweep of device noise on the ideal device varied (figure titles, summary line)
@@ -126,7 +136,18 @@ def swept_description(rows: Sequence[dict[str, Any]]) -> str:
     if r.get("device") == IDEAL:
         return f"swept: nothing ({IDEAL_TEXT}; it runs the digital weights)"
     mode = r.get("noise_mode", "")
-    return f"swept: device {r.get('device')}, noise mode {mode}: {MODE_TEXT.get(mode, mode)}"
+    text = NO_STATIC_TEXT[mode] if mode in NO_STATIC_TEXT and no_static_noise(rows) \
+        else MODE_TEXT.get(mode, mode)
+    return f"swept: device {r.get('device')}, noise mode {mode}: {text}"
+
+
+def no_static_noise(rows: Sequence[dict[str, Any]]) -> bool:
+    """True when the device-noise ``rows`` measured no static noise at any finite level
+    (``static_snr_db`` +∞ on every such row: the device has none, so no mode's level moves
+    it); False when a row has some, or when nothing says (no finite level, no column)."""
+    finite = [r for r in rows if math.isfinite(float(r.get("snr_db", math.inf)))]
+    static = [float(r.get("static_snr_db", math.nan)) for r in finite]
+    return bool(static) and all(v == math.inf for v in static)
 
 
 def _fmt_value(v: float, metric: str) -> str:

@@ -32,7 +32,9 @@ resumed run adds its own, counted from when it holds ``out_dir``'s lock to the s
 (setup, epochs, final test metric). Work after an interrupted run's last resume state is lost
 and not counted; the resumed run redoes that epoch and counts it once. The part of the run
 that finished the model is ``seconds_last_run`` in ``model.json``;
-``TrainResult.run_seconds`` is the part spent by this call (0 for a loaded model).
+``TrainResult.run_seconds`` is the part spent by this call (0 for a loaded model), and
+``TrainResult.epoch_seconds`` the part of that in the epochs, the span the training bar times
+(:meth:`TrainResult.trained_in` says both).
 """
 
 from __future__ import annotations
@@ -95,6 +97,10 @@ class TrainResult:
     seconds: float = 0.0
     #: the part of ``seconds`` spent by this call (0 for a loaded model)
     run_seconds: float = 0.0
+    #: the part of ``run_seconds`` spent in the epochs (what the training bar times: the
+    #: batches, per-epoch validation and resume states); the rest of ``run_seconds`` is
+    #: set-up (data, model, a resume state read) and the final test metric
+    epoch_seconds: float = 0.0
     path: Path | None = None
     start_epoch: int = 0
     loaded: bool = False
@@ -107,13 +113,20 @@ class TrainResult:
     convergence: list[Tally] = field(default_factory=list)
 
     def trained_in(self, digits: int = 1) -> str:
-        """``trained in 300.0 s``; for a resumed run also this run's part and the epoch it
-        resumed at: ``trained in 300.0 s (100.0 s of them in this run, resumed at epoch 2)``."""
-        text = f"trained in {self.seconds:.{digits}f} s"
-        if self.start_epoch > 0 and not self.loaded:
-            text += (f" ({self.run_seconds:.{digits}f} s of them in this run, resumed at "
-                     f"epoch {self.start_epoch})")
-        return text
+        """``trained in 10.0 s: epochs 8.1 s, set-up and test 1.9 s`` (the epochs are what the
+        training bar times); for a resumed run the total over its runs, then this run's part
+        and the epoch it resumed at: ``trained in 300.0 s (100.0 s of them in this run,
+        resumed at epoch 2: epochs 80.0 s, set-up and test 20.0 s)``."""
+        f = f".{digits}f"
+        split = (f"epochs {self.epoch_seconds:{f}} s, set-up and test "
+                 f"{max(self.run_seconds - self.epoch_seconds, 0.0):{f}} s")
+        text = f"trained in {self.seconds:{f}} s"
+        if self.loaded:
+            return text
+        if self.start_epoch > 0:
+            return (f"{text} ({self.run_seconds:{f}} s of them in this run, resumed at "
+                    f"epoch {self.start_epoch}: {split})")
+        return f"{text}: {split}"
 
 
 # --------------------------------------------------------------------------- loop
@@ -367,6 +380,7 @@ def _fit(
 
     bar = progress(total=(spec.epochs - start) * n_batches, desc=desc or "training",
                    unit="batches", disable=quiet)
+    t_epochs = _clock()  # the span the bar times (TrainResult.epoch_seconds)
     x_calib = x_all[:CALIB_SAMPLES]
     validation: list[Tally] = []  # the last validated epoch's solves (messages only)
     try:
@@ -398,6 +412,7 @@ def _fit(
             _epoch_event(desc, spec.epochs, record)
     finally:
         bar.close()
+    epoch_seconds = _clock() - t_epochs
 
     selected = hooks.selected_weights() if hooks is not None else None
     if selected is not None:  # the selected epoch's weights (deployed layers keep digital ones)
@@ -416,7 +431,8 @@ def _fit(
     seconds = before + run_seconds
     result = TrainResult(model=model, config=config, config_hash=chash, history=history,
                          test_metric=test_metric, metric_name=task.metric_name,
-                         seconds=seconds, run_seconds=run_seconds, start_epoch=start)
+                         seconds=seconds, run_seconds=run_seconds, start_epoch=start,
+                         epoch_seconds=epoch_seconds)
     result.convergence = [test, *validation]
     result.extra = {"history": history, "test_metric": test_metric,
                     "metric_name": task.metric_name, "seconds": seconds,

@@ -145,13 +145,45 @@ def test_training_time_adds_up_across_a_resume(tmp_path, digits, monkeypatch):
     assert resumed.start_epoch == 2 and _same(resumed.model, ref.model)
     assert resumed.run_seconds == 100.0
     assert resumed.seconds == meta["seconds"] + resumed.run_seconds == 300.0
-    assert ref.trained_in() == "trained in 300.0 s"
+    # the bar times the epochs; set-up and the test metric are the rest of the run's time
+    assert ref.epoch_seconds == 300.0 and resumed.epoch_seconds == 100.0
+    assert ref.trained_in() == "trained in 300.0 s: epochs 300.0 s, set-up and test 0.0 s"
     assert resumed.trained_in() == ("trained in 300.0 s (100.0 s of them in this run, "
-                                    "resumed at epoch 2)")
+                                    "resumed at epoch 2: epochs 100.0 s, set-up and test "
+                                    "0.0 s)")
     _, saved = store.load_checkpoint(tmp_path / "cut" / "model.safetensors")
     assert saved["extra"]["seconds"] == 300.0 and saved["extra"]["seconds_last_run"] == 100.0
     again = train_model(_tiny(), digits, spec, out_dir=tmp_path / "cut")
     assert again.loaded and again.seconds == 300.0 and again.run_seconds == 0.0
+
+
+def test_trained_in_splits_the_epochs_the_bar_times_from_set_up_and_test(digits,
+                                                                         monkeypatch):
+    """A bar said "750/750 in 0:08" beside "trained in 10.0 s": the bar times the epochs, the
+    total also set-up and the final test metric. A fake clock: each epoch 100 s, the test
+    metric 7 s, nothing else; the line names both parts and they add up to the total."""
+    import noisydeq.train as train_mod
+
+    clock = [50.0]
+    monkeypatch.setattr(train_mod, "_clock", lambda: clock[0])
+    real_epoch, real_eval = train_mod._train_epoch, train_mod.evaluate
+
+    def epoch_of_100_s(*args, **kwargs):
+        out = real_epoch(*args, **kwargs)
+        clock[0] += 100.0
+        return out
+
+    def test_of_7_s(*args, **kwargs):
+        clock[0] += 7.0
+        return real_eval(*args, **kwargs)
+
+    monkeypatch.setattr(train_mod, "_train_epoch", epoch_of_100_s)
+    monkeypatch.setattr(train_mod, "evaluate", test_of_7_s)
+    res = train_model(_tiny(), digits, TrainSpec(epochs=2, batch_size=64,
+                                                 max_train_samples=128), quiet=True)
+    assert (res.seconds, res.run_seconds, res.epoch_seconds) == (207.0, 207.0, 200.0)
+    assert res.trained_in() == "trained in 207.0 s: epochs 200.0 s, set-up and test 7.0 s"
+    assert res.trained_in(0) == "trained in 207 s: epochs 200 s, set-up and test 7 s"
 
 
 def test_resume_state_of_other_config_is_refused(tmp_path, digits):

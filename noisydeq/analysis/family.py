@@ -188,8 +188,11 @@ def load_family(root: str | Path, device: torch.device | str = "cpu", *,
                 check: Any = None) -> list[Member]:
     """All members of ``root`` (sweep run dir, train output, checkpoint), sorted by group,
     kind and depth. ``data_dir`` overrides the data directory a sweep recorded; members
-    carry the one to use (``Member.data_dir``). ``check``: see :func:`load_member`."""
+    carry the one to use (``Member.data_dir``); given for a task that reads no data files
+    (digits, the generated tasks) it is refused in one line, as the analysis commands
+    refuse their other options that do not apply. ``check``: see :func:`load_member`."""
     from noisydeq.analysis.locate import locate
+    from noisydeq.tasks.registry import FILE_TASKS
 
     source = locate(root, data_dir=data_dir, cache_dir=cache_dir)
     if source.origin == "sweep":
@@ -199,6 +202,10 @@ def load_family(root: str | Path, device: torch.device | str = "cpu", *,
     tasks = {m.task for m in members}
     if len(tasks) > 1:
         raise NoisyDEQError(f"--family: members were trained on different tasks {sorted(tasks)}")
+    if data_dir not in (None, "") and tasks and not tasks & set(FILE_TASKS):
+        raise NoisyDEQError(f"--data-dir {data_dir}: the family's task '{next(iter(tasks))}' "
+                            f"reads no data files (only {', '.join(FILE_TASKS)} do); leave "
+                            "--data-dir out")
     for m in members:
         m.model.to(device)
         m.data_dir = data_dir or source.data_dir

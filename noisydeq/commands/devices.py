@@ -17,8 +17,13 @@ def _db(v: float) -> float | None:
 def _row(name: str, listing: bool = False) -> dict[str, object]:
     # imported here: the hardware package loads torch, which `noisydeq --help` does not need
     from noisydeq.hardware.presets import device_from_spec, load_spec
+    from noisydeq.specs.device_presets import is_preset_file
 
     spec = load_spec(name)
+    # the preset's own name (a file's ``name``, a bare kind's default preset), and the
+    # file it came from when given a path
+    where = {"path": str(name)} if is_preset_file(name) else {}
+    name = spec.name
     try:
         device = device_from_spec(spec)
     except NoisyDEQError as err:  # e.g. rram without its optional aihwkit
@@ -26,7 +31,7 @@ def _row(name: str, listing: bool = False) -> dict[str, object]:
             raise
         return {"name": name, "kind": spec.kind, "native_snr_db": None,
                 "native_static_snr_db": None, "native_dynamic_snr_db": None, "params": {},
-                "description": spec.description, "unavailable": str(err)}
+                "description": spec.description, **where, "unavailable": str(err)}
     parts = device.native_parts()
     return {
         "name": name,
@@ -36,6 +41,7 @@ def _row(name: str, listing: bool = False) -> dict[str, object]:
         "native_dynamic_snr_db": _db(parts["dynamic"]),
         "params": device.describe(),
         "description": spec.description,
+        **where,
     }
 
 
@@ -44,6 +50,9 @@ def _row(name: str, listing: bool = False) -> dict[str, object]:
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON list instead of text.")
 def command(presets: tuple[str, ...], as_json: bool) -> None:
     """List device presets (or the given names / .toml paths) with their native SNR.
+
+    Each row shows the preset's name (a .toml file's ``name``, its file name without one)
+    and, for a file, the path it came from.
 
     The native SNR (total, and its static and dynamic parts) is measured on the reference
     MVM: a 467x467 nn.Linear (default init, seed 0) with inputs uniform in [-1, 1].
@@ -73,4 +82,5 @@ def command(presets: tuple[str, ...], as_json: bool) -> None:
                f" dynamic {fmt(r['native_dynamic_snr_db'])})")
         params = " ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}"
                           for k, v in r["params"].items())
-        click.echo(f"{r['name']:<{width}}  {r['kind']:<8}  {snr}  {params}")
+        source = f"  (from {r['path']})" if "path" in r else ""
+        click.echo(f"{r['name']:<{width}}  {r['kind']:<8}  {snr}  {params}{source}")

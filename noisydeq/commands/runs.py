@@ -1,6 +1,8 @@
-"""``noisydeq runs [DIR...]``: the run directories below DIR (default ``runs``), their specs
-and status — finished (table written, digests good), partial (cells written, resumable),
-running (another process holds the directory's lock) or damaged (a file fails its check).
+"""``noisydeq runs [DIR...]``: the run directories below DIR (default ``runs``), what each is
+(``kind``: a sweep, an attack run, or a sweep of a LyaDEQ experiment's device table, with
+the experiment it belongs to), their specs and status — finished (table written, digests
+good), partial (cells written, resumable), running (another process holds the directory's
+lock) or damaged (a file fails its check).
 
 Reads only; takes no lock and writes nothing.
 """
@@ -50,19 +52,60 @@ def _held(run: Path) -> bool:
     return False
 
 
+#: the kinds of run directory (``kind``): a sweep; an attack run (``noisydeq attack``, its
+#: config an attack grid on a family); a sweep a LyaDEQ experiment ran for its device table
+#: (``<experiment>/device/<device>-<group>``, ``noisydeq lyapunov``)
+SWEEP, ATTACK, LYAPUNOV_SWEEP = "sweep", "attack", "lyapunov sweep"
+
+
+def _experiment_of(run: Path) -> Path | None:
+    """The LyaDEQ experiment directory that ran ``run`` for its device table, if any: its
+    config (digest checked) names the experiment and holds an attack or device table."""
+    from noisydeq.loading import read_run_config
+
+    top = run.parent.parent
+    if run.parent.name != "device" or not (top / CONFIG).is_file():
+        return None
+    try:
+        spec = read_run_config(top)
+    except NoisyDEQError:
+        return None
+    tables = [spec.get("attack"), spec.get("device")]
+    return top if "name" in spec and any(isinstance(t, dict) for t in tables) else None
+
+
+def run_kind(run: Path, spec: dict[str, Any]) -> tuple[str, Path | None]:
+    """What ``run`` is (:data:`SWEEP`, :data:`ATTACK`, :data:`LYAPUNOV_SWEEP`) and the
+    experiment directory it belongs to (a LyaDEQ experiment's sweep; else None)."""
+    if "attacks" in spec and "family" in spec:
+        return ATTACK, None
+    experiment = _experiment_of(run)
+    return (LYAPUNOV_SWEEP, experiment) if experiment is not None else (SWEEP, None)
+
+
 def describe(run: Path) -> dict[str, Any]:
-    """One run directory: its spec's main fields, cell count and status."""
+    """One run directory: what it is, its spec's main fields, cell count and status. A
+    purely digital attack (the ideal device, no model noise) has no device or noise site
+    (None, ``-`` in the table): it attacks the digital weights."""
     from noisydeq import store
     from noisydeq.loading import read_run_config
 
-    info: dict[str, Any] = {"run": str(run), "cells": len(list(run.glob("cells/*.json")))}
+    info: dict[str, Any] = {"run": str(run), "kind": "", "cells":
+                            len(list(run.glob("cells/*.json")))}
     try:
         spec = read_run_config(run)
     except NoisyDEQError as err:
         return {**info, "status": f"damaged ({str(err).splitlines()[0]})"}
+    kind, experiment = run_kind(run, spec)
+    info["kind"] = kind
+    if experiment is not None:
+        info["experiment"] = str(experiment)
     for key in ("task", "device", "noise_site", "depths", "snr_db", "chips", "seeds",
                 "train_snr_db"):
         info[key] = _compact(spec.get(key, ""))
+    if kind == ATTACK and spec.get("device", "ideal") == "ideal" \
+            and spec.get("noise_site", "device") == "device":
+        info["device"] = info["noise_site"] = None
     levels = spec.get("snr_db")
     if isinstance(levels, list) and levels:
         from noisydeq.specs.noise import NATIVE, snr_grid_text
@@ -121,7 +164,8 @@ def find(roots: tuple[str, ...]) -> list[Path]:
 @click.argument("dirs", nargs=-1)
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def command(dirs: tuple[str, ...], as_json: bool) -> None:
-    """List sweep run directories below DIRS (default: runs) with their specs and status.
+    """List run directories below DIRS (default: runs): what each is (sweep, attack,
+    lyapunov sweep), its spec and status.
 
     \b
     Examples:
@@ -137,7 +181,7 @@ def command(dirs: tuple[str, ...], as_json: bool) -> None:
             " (there is no runs/ here yet: a sweep writes its run directory there by default)")
         click.echo(f"no run directories below {', '.join(dirs or ('runs',))}{absent}")
         return
-    cols = ["run", "status", "cells", "task", "device", "noise_site", "depths", "snr_db",
+    cols = ["run", "kind", "status", "cells", "task", "device", "noise_site", "depths", "snr_db",
             "chips", "seeds", "train_snr_db", "modified"]
     # the table holds the status word; why a run is damaged (a path and a digest message)
     # or how to resume it follows the table, so one long reason does not push every column
@@ -145,9 +189,11 @@ def command(dirs: tuple[str, ...], as_json: bool) -> None:
     rows = []
     for i in infos:
         word, _, why = str(i.get("status", "")).partition(" (")
-        rows.append({**i, "status": word})
+        rows.append({**{k: "-" if v is None else v for k, v in i.items()}, "status": word})
         if why:
             notes.append(f"{i['run']}: {word}: {why[:-1] if why.endswith(')') else why}")
+        if "experiment" in i:
+            notes.append(f"{i['run']}: {i['kind']} of the experiment in {i['experiment']}")
     width = {c: max(len(c), *(len(str(i.get(c, ""))) for i in rows)) for c in cols}
     click.echo("  ".join(c.ljust(width[c]) for c in cols).rstrip())
     for i in rows:

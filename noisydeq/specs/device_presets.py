@@ -35,11 +35,18 @@ def preset_names() -> list[str]:
     return sorted(p.stem for p in presets_dir().glob("*.toml"))
 
 
+def is_preset_file(name_or_path: str | os.PathLike) -> bool:
+    """True when ``name_or_path`` names a TOML file (what :func:`load_spec` reads as a
+    path), False for a shipped preset's name or a bare kind."""
+    text = str(name_or_path)
+    return text.endswith(".toml") or Path(text).is_file()
+
+
 def load_spec(name_or_path: str | os.PathLike) -> DeviceSpec:
     """Spec of a shipped preset (by name) or of a TOML file (by path); also bare kinds."""
     text = str(name_or_path)
     path = Path(text)
-    if text.endswith(".toml") or path.is_file():
+    if is_preset_file(text):
         if not path.is_file():
             raise NoisyDEQError(f"device preset file not found: {path}")
         where = str(path)
