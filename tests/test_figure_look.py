@@ -632,6 +632,30 @@ def test_snr_texts_have_one_writer():
             ln for ln in inspect.getsource(module).splitlines() if 'dB"' in ln)
 
 
+def test_a_flat_fig5_says_why_on_its_axes(tmp_path, kept):
+    """Every curve at the cap: the note of :func:`capped_note` is written inside the axes,
+    wrapped, whole (no line cut by the frame)."""
+    from noisydeq.analysis import solver_runs
+
+    rows = [{"stop": stop, "window": w, "snr_db": s, "mean_steps": 100.0,
+             "converged_frac": 0.0}
+            for stop, w in (("rel", 1), ("mean_rel", 5)) for s in (0.0, 10.0, 20.0)]
+    floors = solver_runs.floor_rows([{"snr_db": s, "window": 5, "rel_floor": 1.1 / (1 + s),
+                                      "mean_rel_floor": 0.3 / (1 + s)}
+                                     for s in (0.0, 10.0, 20.0)], 0.01)
+    note = solver_runs.capped_note(rows, floors, 0.01, 100, on_device=True)
+    solver_runs.plot_counts(rows, 0.01, 100, tmp_path / "it", note=note)
+    fig = kept[-1]
+    ax = fig.axes[0]
+    (text,) = ax.texts
+    assert text.get_text().replace("\n", " ") == note
+    renderer = fig.canvas.get_renderer()
+    box, frame = text.get_window_extent(renderer), ax.get_window_extent(renderer)
+    assert frame.x0 <= box.x0 and box.x1 <= frame.x1 and frame.y0 <= box.y0 <= box.y1 <= frame.y1
+    solver_runs.plot_counts(rows, 0.01, 100, tmp_path / "plain")
+    assert not kept[-1].axes[0].texts
+
+
 def test_fig5_ticks_are_the_counted_snr_levels(tmp_path, kept):
     from noisydeq.analysis import solver_runs
 

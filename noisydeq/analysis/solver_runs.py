@@ -88,8 +88,11 @@ def _curve_label(stop: str, window: int) -> str:
 
 
 def plot_counts(rows: list[dict[str, Any]], eps: float, max_iter: int, stem: Path,
-                title: str = "") -> list[Path]:
-    """Fig. 5: mean iterations against SNR for rel and mean_rel (one curve per window)."""
+                title: str = "", note: str | None = None) -> list[Path]:
+    """Fig. 5: mean iterations against SNR for rel and mean_rel (one curve per window);
+    ``note`` (:func:`capped_note`: why no solve stopped) is written on the axes."""
+    import textwrap
+
     from noisydeq.figures import snr_axis, snr_positions
 
     curves = list(dict.fromkeys((r["stop"], r["window"]) for r in rows))
@@ -114,6 +117,10 @@ def plot_counts(rows: list[dict[str, Any]], eps: float, max_iter: int, stem: Pat
         # over the curves: seen where a curve runs along it
         ax.axhline(max_iter, color="crimson", ls=":", lw=1.2, label=f"cap ({max_iter})",
                    zorder=4)
+        if note:  # below the capped curves: a flat figure says why it is flat
+            ax.text(0.02, 0.04, textwrap.fill(note, 60, break_on_hyphens=False),
+                    transform=ax.transAxes, fontsize=6.5,
+                    va="bottom", ha="left", color="crimson")
         ax.set_xlabel("signal SNR (dB)")
         ax.set_ylabel("mean iterations (unroll)")
         ax.set_title(f"Stop-rule iterations (Fig. 5), ε = {eps:g}"
@@ -123,6 +130,49 @@ def plot_counts(rows: list[dict[str, Any]], eps: float, max_iter: int, stem: Pat
         ax.legend(frameon=False, fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0))
         layout(fig)
         return save_figure(fig, stem, rows)
+
+
+def capped_note(counts: list[dict[str, Any]], floors: list[dict[str, Any]] | None,
+                eps: float, max_iter: int, on_device: bool = False) -> str | None:
+    """One line saying why no Fig. 5 solve met ε at any probe SNR, or ``None`` when some
+    did (or only noise-free levels were counted).
+
+    ``counts`` are :func:`count_rows`, ``floors`` :func:`floor_rows` (``None``: not measured).
+    The lowest mean_rel floor over the noisy SNRs and windows is named with the window and
+    SNR it was measured at, and what would let mean_rel stop there: a window of
+    ``window_needed`` (1/w law) or an ε at least that floor. ``on_device``: the DEQ is a chip
+    model, whose static weights add no floor (:mod:`noisydeq.analysis.on_device`)."""
+    noisy = [r for r in counts if math.isfinite(r["snr_db"])]
+    if not noisy or any(r["converged_frac"] > 0 for r in noisy):
+        return None
+    levels = sorted({r["snr_db"] for r in noisy})
+    span = (snr_text(levels[0]) if len(levels) == 1
+            else f"{levels[0]:g}–{levels[-1]:g} dB")
+    head = (f"no solve met ε = {eps:g} at any probe SNR ({span}) within {max_iter} steps: "
+            "every residual stalls at the probe noise's floor")
+    where = (" (the chip model holds static weights only: the floor is the probe noise's, "
+             "not the device's)" if on_device else "")
+    rows = [r for r in (floors or []) if math.isfinite(r["snr_db"])
+            and math.isfinite(r["mean_rel_floor"])]
+    if not rows:
+        return head + where + "; --floors measures it"
+    best = min(rows, key=lambda r: (r["mean_rel_floor"], r["window"]))
+    rel = min(r["rel_floor"] for r in rows)
+    if best["mean_rel_floor"] <= eps:  # a floor below ε: the cap ended the solves first
+        return (f"no solve met ε = {eps:g} at any probe SNR ({span}) within {max_iter} steps, "
+                f"though the lowest mean_rel floor {best['mean_rel_floor']:.3g} "
+                f"(w={best['window']}, {snr_text(best['snr_db'])}) is below ε: the cap ends "
+                "the solves first; pass a larger --threshold")
+    fits = [r for r in rows if math.isfinite(r["window_needed"])]
+    reach = min(fits, key=lambda r: (r["window_needed"], -r["snr_db"])) if fits else None
+    window = ("" if reach is None else
+              f"--window ≳ {reach['window_needed']}"
+              + (f" --threshold ≥ {reach['window_needed']}"
+                 if reach["window_needed"] > max_iter else "")
+              + f" (1/w law, at {snr_text(reach['snr_db'])}) or ")
+    return (f"{head}, lowest mean_rel {best['mean_rel_floor']:.3g} (w={best['window']}, "
+            f"{snr_text(best['snr_db'])}) > ε, rel ≥ {rel:.3g}{where}; for mean_rel to stop "
+            f"pass {window}--eps ≳ {best['mean_rel_floor']:.3g}")
 
 
 def floor_rows(rows: list[dict[str, Any]], eps: float) -> list[dict[str, Any]]:
@@ -189,15 +239,9 @@ def write_traces(traces: list[TraceSet], out: Path) -> list[Path]:
 
 
 def write_counts(counts: list, eps: float, max_iter: int, out: Path,
-                 title: str = "") -> tuple[list, list[Path]]:
+                 title: str = "", note: str | None = None) -> tuple[list, list[Path]]:
     rows = count_rows(counts)
-    return rows, plot_counts(rows, eps, max_iter, out / "iterations", title)
-
-
-def write_floors(rows: list[dict[str, Any]], eps: float, out: Path,
-                 title: str = "") -> tuple[list, list[Path]]:
-    rows = floor_rows(rows, eps)
-    return rows, plot_floors(rows, eps, out / "floors", title)
+    return rows, plot_counts(rows, eps, max_iter, out / "iterations", title, note)
 
 
 def write_accuracy(rows: list[dict[str, Any]], out: Path, title: str = "") -> list[Path]:

@@ -156,7 +156,15 @@ def command(names, snr, max_iter, window, width, batch, family, depth, member_se
             title = solver_runs.member_title(m, len(x), on)
             counts = traces.iteration_counts(m.model, x, count_snrs, eps=eps,
                                              max_iter=count_max_iter, seed=seed, window=windows)
-            rows, more = solver_runs.write_counts(counts, eps, count_max_iter, out, title)
+            frows = None
+            if floors:  # measured first: a Fig. 5 where nothing stopped names their floor
+                n_iter = max(count_max_iter, 2 * max(windows))
+                frows = solver_runs.floor_rows(
+                    traces.residual_floors(m.model, x, count_snrs, windows, n_iter=n_iter,
+                                           seed=seed), eps)
+            note = solver_runs.capped_note(solver_runs.count_rows(counts), frows, eps,
+                                           count_max_iter, on_device=on is not None)
+            rows, more = solver_runs.write_counts(counts, eps, count_max_iter, out, title, note)
             paths += more
             click.echo(f"Fig. 5 (DEQ width {m.width}, seed {m.seed}, "
                        f"{training_text(m)}, unroll, ε = {eps:g}, threshold "
@@ -165,18 +173,16 @@ def command(names, snr, max_iter, window, width, batch, family, depth, member_se
                 label = "rel" if r["stop"] == "rel" else f"mean_rel w={r['window']}"
                 click.echo(f"  {label:>14} SNR {r['snr_db']:>5g}: {r['mean_steps']:.1f} "
                            f"(converged {r['converged_frac']:.0%})")
-            if floors:
-                n_iter = max(count_max_iter, 2 * max(windows))
-                frows, more = solver_runs.write_floors(
-                    traces.residual_floors(m.model, x, count_snrs, windows, n_iter=n_iter,
-                                           seed=seed), eps, out, title)
-                paths += more
+            if frows is not None:
+                paths += solver_runs.plot_floors(frows, eps, out / "floors", title)
                 click.echo(f"noise floors (median of the last {n_iter - n_iter // 2} of {n_iter} "
                            "steps):")
                 for r in frows:
                     click.echo(f"  SNR {r['snr_db']:>5g} w={r['window']:<4} "
                                f"rel {r['rel_floor']:.3g}  mean_rel {r['mean_rel_floor']:.3g}"
                                f"  (window for ε: ~{r['window_needed']})")
+            if note:
+                click.echo(f"Fig. 5: {note}")
             if task.kind == "classification":
                 acc = traces.accuracy_under_noise(m.model, x, y, acc_snrs, acc_solvers, seed=seed,
                                                   max_iter=accuracy_max_iter, window=windows[0])
