@@ -61,7 +61,8 @@ COMMANDS: list[tuple[str, str, str]] = [
     ("adversarial", "adversarial",
      "Adversarial training grid (PGD-AT/TRADES x defences) and its attack tables."),
     ("runs", "runs",
-     "List sweep run directories below DIRS (default: runs) with their specs and status."),
+     "List run directories below DIRS (default: runs): what each is (sweep, attack, "
+     "lyapunov sweep), its spec and status."),
     ("cache", "cache",
      "Show and prune the on-disk cache (models, calibrations, chips, figures, code memo)."),
 ]
