@@ -156,3 +156,53 @@ def test_another_command_s_run_directory_is_refused_writing_nothing(capsys, tmp_
     code, _, err = run_certify(capsys, str(family), "--out", str(out), *ARGS)
     one_line_error(code, err, "holds a run of another command")
     assert sorted(p.name for p in out.iterdir()) == ["config.toml"]
+
+
+SLOW_CELLS = """
+import sys, time
+from noisydeq.analysis import certify_run
+real = certify_run.CertifyDir.save_cell
+def save_cell(self, *a, **k):
+    real(self, *a, **k)
+    time.sleep(0.5)  # a cell written, the next one not begun: where Ctrl-C lands
+certify_run.CertifyDir.save_cell = save_cell
+from noisydeq.cli import main
+main(sys.argv[1:])
+"""
+
+
+@pytest.mark.slow
+def test_a_real_ctrl_c_between_cells_resumes(capsys, tmp_path, family):
+    """SIGINT to a certify process once its first cell is on disk: exit 130 with the resume
+    line, the cell kept; the same command then computes only the others."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    out = tmp_path / "out"
+    argv = [str(family), "--out", str(out), *ARGS, "--eps", "0.02,0.05"]
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    proc = subprocess.Popen([sys.executable, "-c", SLOW_CELLS, "certify", *argv], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    try:
+        while not ((out / "cells").is_dir() and any((out / "cells").glob("*.json"))):
+            assert proc.poll() is None, proc.communicate()
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130 and "run the same command again to resume" in err, err
+    kept = len(cell_files(out))
+    assert 1 <= kept < 4 and not (out / "results.csv").exists()
+    stdout = certify(capsys, family, out, "--eps", "0.02,0.05")
+    assert f"cells: {4 - kept} computed, {kept} served from {out}" in stdout
+    full = tmp_path / "full"
+    certify(capsys, family, full, "--eps", "0.02,0.05")
+    assert untimed(table(out)) == untimed(table(full))
