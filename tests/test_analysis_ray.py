@@ -124,6 +124,15 @@ def test_certify_on_ray_equals_local(ray_cluster, certifiable, tmp_path, capsys,
     local = _without_seconds(tmp_path / "local" / "results.csv")
     assert len(local) == 1 + 2 * 2 * 2  # header + models x envelopes x radii
     assert _without_seconds(tmp_path / "ray" / "results.csv") == local
+    # the driver wrote a cell per (model, ε); one lost is the one the resume sends to Ray
+    cells = sorted((tmp_path / "ray" / "cells").iterdir())
+    assert len(cells) == 4
+    cells[1].unlink()
+    code, stdout, err = run_cli([*base, "--out", str(tmp_path / "ray"), "--backend", "ray"],
+                                capsys)
+    assert code == 0, err
+    assert "cells: 1 computed, 3 served" in stdout
+    assert _without_seconds(tmp_path / "ray" / "results.csv") == local
 
 
 def test_certify_bad_backend_is_one_line(certifiable, tmp_path, capsys, monkeypatch):

@@ -135,3 +135,48 @@ def test_the_adversarial_report_s_timing_line(tmp_path, computed, served, old, w
     if old is not None:
         md.write_text(old)
     assert timing_line(3.2, computed, served, md) == want
+
+
+def test_a_certify_resume_that_computes_nothing_rewrites_nothing(tmp_path, capsys,
+                                                                 monkeypatch):
+    """Certify's cells (one per model and ε) are served with the ``seconds`` their run
+    measured: table, table2.md, figures, meta.json and SHA256SUMS of a table2 experiment
+    (which trains its own models) come back byte for byte."""
+    from tests.cli_helpers import run_cli
+
+    monkeypatch.setenv("NOISYDEQ_CACHE", str(tmp_path / "cache"))
+    exp = tmp_path / "t2.toml"
+    exp.write_text(
+        'name = "t2"\nkind = "table2"\neps_train = [0.05]\nparams = ["ibp"]\n'
+        '[family]\ntask = "digits"\nkinds = ["mondeq", "ffw_relu"]\nhidden = 8\n'
+        '[train]\nepochs = 1\nbatch_size = 64\n[ibp]\nwarmup_epochs = 0\nramp_epochs = 1\n'
+        '[certify]\neps = [0.02, 0.05]\nn_test = 30\npgd_steps = 2\n', encoding="utf-8")
+    out = tmp_path / "t2"
+    argv = ["certify", str(exp), "--out", str(out), "--threads", "1", "--quiet"]
+    code, stdout, err = run_cli(argv, capsys)
+    assert code == 0, err
+    assert "cells: 4 computed" in stdout
+    before = files(out)
+    assert {"meta.json", "SHA256SUMS", "results.csv", "table2.md"} <= set(before)
+    code, stdout, err = run_cli(argv, capsys)
+    assert code == 0, err
+    assert f"cells: 0 computed, 4 served from {out}" in stdout
+    assert changed(before, files(out)) == []
+
+
+def test_a_certify_resume_of_a_family_rewrites_nothing(tmp_path, capsys):
+    from tests.certify.test_certify_resume import ARGS, tiny_family
+    from tests.cli_helpers import run_cli
+
+    run = tmp_path / "run"
+    argv = ["certify", str(tiny_family(tmp_path)), "--out", str(run), *ARGS, "--eps",
+            "0.02,0.05"]
+    code, _, err = run_cli(argv, capsys)
+    assert code == 0, err
+    before = files(run)
+    assert {"meta.json", "SHA256SUMS", "results.csv", "results.parquet"} <= set(before)
+    assert any(k.startswith("figures/") for k in before)
+    code, stdout, err = run_cli(argv, capsys)
+    assert code == 0 and "cells: 0 computed, 4 served" in stdout, err
+    assert changed(before, files(run)) == []
+    assert json.loads((run / "meta.json").read_text())["run"] == "certify"

@@ -31,7 +31,7 @@ from noisydeq.analysis.certified import (
     write_outputs,
     write_table,
 )
-from noisydeq.analysis.certify_ray import certify_members
+from noisydeq.analysis.certify_run import CertifyResult, certify_run, check_out
 from noisydeq.certify.spec import CertifyExperimentSpec, CertifySpec, Fig2Spec
 from noisydeq.specs.base import build
 from noisydeq.specs.family import FamilySpec
@@ -109,10 +109,13 @@ def table2_markdown(rows: list[dict[str, Any]]) -> str:
 def run_table2(exp: CertifyExperimentSpec, out: Path, *, data_dir: str | None = None,
                cache_dir: str | None = None, quiet: bool = True,
                echo: Callable[[str], None] = print,
-               backend: Any = None) -> tuple[list[dict[str, Any]], list[Path]]:
-    """Train, certify (on Ray with a Ray ``backend``: :func:`certify_members`; training
-    stays in this process), write ``results.csv/parquet``, ``table2.md`` and the figure."""
+               backend: Any = None) -> CertifyResult:
+    """Train, certify (resumable cells, :func:`~noisydeq.analysis.certify_run.certify_run`;
+    on Ray with a Ray ``backend``, training staying in this process), write
+    ``results.csv/parquet``, ``table2.md`` and the figure."""
     from noisydeq.tasks import load_task
+
+    check_out(out)  # another command's run: one line, before training
 
     cspec = build(CertifySpec, exp.certify, where=f"{exp.name} certify")
     fam0 = build(FamilySpec, exp.family_base(exp.family), where=f"{exp.name} family")
@@ -126,12 +129,13 @@ def run_table2(exp: CertifyExperimentSpec, out: Path, *, data_dir: str | None = 
     if cspec.n_test is not None:
         x, y = x[: cspec.n_test], y[: cspec.n_test]
     plans = [plan(m, cspec, x) for m in models]  # every refusal before certifying
-    rows = certify_members(models, plans, x, y, cspec, echo, backend)
-    files = write_outputs(out, lambda: _write_table2(exp, rows, out))
+    result = certify_run(models, plans, x, y, cspec, out,
+                         lambda rows: _write_table2(exp, rows, out), echo=echo,
+                         backend=backend, meta={"experiment": exp.name, "task": task.name})
     trained = sum(m.train_seconds for m in models)
     echo(f"{len(models)} models ({trained:.0f} s training), certified in "
          f"{time.perf_counter() - t0 - trained:.0f} s")
-    return rows, files
+    return result
 
 
 def _write_table2(exp: CertifyExperimentSpec, rows: list[dict[str, Any]], out: Path

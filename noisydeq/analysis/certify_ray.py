@@ -5,9 +5,10 @@ The driver puts the test tensors and the :class:`~noisydeq.certify.spec.CertifyS
 Ray's object store once and each model once (with its envelopes and margins from
 :func:`noisydeq.analysis.certified.plan`, computed and checked on the driver before any
 work); a task runs :func:`~noisydeq.analysis.certified.certify_member` for its one radius
-and returns that radius's rows (one per envelope). The driver puts them in the local order
-(model, envelope, ε) and alone writes the table. Certification writes no cells (a run is
-not resumable, on either backend): a worker that dies is retried by Ray
+and returns that radius's rows (one per envelope). Only the cells the run directory lacks
+are sent (:mod:`noisydeq.analysis.certify_run`); the driver writes each cell as its task
+finishes and alone writes the table, in the local order (model, envelope, ε), so a run
+stopped part-way resumes on either backend. A worker that dies is retried by Ray
 (:data:`noisydeq.cluster.MAX_RETRIES`); an exception in a task ends the run with its one line.
 
 Same rows as a local run with one torch thread: bounds are computed in float64 and each
@@ -41,45 +42,49 @@ def certify_radius(token: str, inputs: list[Any], model: list[Any], i: int,
     return certify_member(member, x, y, one, None, plans)
 
 
-def certify_members(
+def certify_cells(
     members: Sequence[Any], plans: Sequence[list[Plan]], x: torch.Tensor, y: torch.Tensor,
-    spec: CertifySpec, echo: Callable[[str], None] | None = None,
-    backend: Backend | None = None,
-) -> list[dict[str, Any]]:
-    """Rows of every member (in order: member, envelope, ε; ``plans`` from
-    :func:`~noisydeq.analysis.certified.plan`), in this process or — ``backend`` a Ray
-    :class:`~noisydeq.cluster.Backend`, its cluster joined — one Ray task per (member, ε)
-    (:func:`certify_on_ray`: the same rows but ``seconds``)."""
+    spec: CertifySpec, cells: Sequence[Any],
+    saved: Callable[[Any, list[dict[str, Any]]], None],
+    echo: Callable[[str], None] | None = None, backend: Backend | None = None,
+) -> None:
+    """Compute ``cells`` (:class:`~noisydeq.analysis.certify_run.CertifyCell`: model
+    ``i`` at radius ``eps``; ``plans`` from :func:`~noisydeq.analysis.certified.plan`) in
+    this process or — ``backend`` a Ray :class:`~noisydeq.cluster.Backend`, its cluster
+    joined — one Ray task each (:func:`certify_on_ray`: the same rows but ``seconds``);
+    ``saved(cell, rows)`` is called in this process as each one finishes (it writes)."""
     if backend is not None and backend.ray:
-        return certify_on_ray(members, plans, x, y, spec, echo)
-    rows: list[dict[str, Any]] = []
-    for m, pl in zip(members, plans, strict=True):
-        rows += certify_member(m, x, y, spec, echo, pl)
-    return rows
+        certify_on_ray(members, plans, x, y, spec, cells, saved, echo)
+        return
+    for c in cells:
+        one = spec.model_copy(update={"eps": [c.eps]})
+        saved(c, certify_member(members[c.i], x, y, one, echo, plans[c.i]))
 
 
 def certify_on_ray(
     members: Sequence[Any], plans: Sequence[list[Plan]], x: torch.Tensor, y: torch.Tensor,
-    spec: CertifySpec, echo: Callable[[str], None] | None = None,
-) -> list[dict[str, Any]]:
-    """The rows of :func:`~noisydeq.analysis.certified.certify_members` computed on the
-    connected Ray cluster (module docstring), echoed as their tasks finish."""
+    spec: CertifySpec, cells: Sequence[Any],
+    saved: Callable[[Any, list[dict[str, Any]]], None],
+    echo: Callable[[str], None] | None = None,
+) -> None:
+    """The cells of :func:`certify_cells` computed on the connected Ray cluster (module
+    docstring), handed to ``saved`` and echoed as their tasks finish."""
     import ray
 
-
+    if not cells:
+        return
     ref = ray.put((x.cpu(), y.cpu(), spec))
     token = ref.hex()
-    model_refs = [ray.put((m, list(pl))) for m, pl in zip(members, plans, strict=True)]
+    needed = sorted({c.i for c in cells})
+    model_refs = {i: ray.put((members[i], list(plans[i]))) for i in needed}
     fn = cluster.remote(certify_radius, "noisydeq-certify-radius")
-    order = sorted(range(len(members)), key=lambda i: (-int(members[i].params), i))
-    futures = {fn.remote(token, [ref], [model_refs[i]], i, e): (i, e)
-               for i in order for e in spec.eps}
-    got: dict[tuple[int, float], list[dict[str, Any]]] = {}
-    for key, rows in cluster.finished(
-            futures, lambda k: f"certifying {model_label(members[k[0]])} at ε {k[1]:g}"):
-        got[key] = rows
+    order = sorted(range(len(cells)), key=lambda k: (-int(members[cells[k].i].params), k))
+    futures = {fn.remote(token, [ref], [model_refs[cells[k].i]], cells[k].i, cells[k].eps): k
+               for k in order}
+    for k, rows in cluster.finished(
+            futures, lambda k: f"certifying {model_label(members[cells[k].i])} at ε "
+                               f"{cells[k].eps:g}"):
+        saved(cells[k], rows)
         if echo is not None:
             for r in rows:
                 echo(row_line(r))
-    return [got[(i, e)][p] for i, pl in enumerate(plans) for p in range(len(pl))
-            for e in spec.eps]

@@ -5,7 +5,9 @@ chip in a device envelope.
 the run dir of a ``noisydeq sweep`` — or a certify experiment (a bundled name such as
 ``certify-mnist``, or a ``.toml`` file; ``--quick``/``--full``) that trains its models with
 IBP first. Writes ``results.csv``, ``results.parquet`` and ``figures/`` into ``--out``; nothing
-is written when the input is refused.
+is written when the input is refused. Certificates are kept per (model, ε) in ``--out``'s
+``cells/`` (:mod:`noisydeq.analysis.certify_run`): the same command resumes a stopped run,
+another ε grid computes only its new radii.
 """
 
 from __future__ import annotations
@@ -175,9 +177,9 @@ def command(source: Path, **opts: Any) -> None:
         check_models(source, "certify")  # last: the other checks' messages first
     with num_threads(threads):
         if experiment:
-            rows, files = _experiment(exp, out, opts, echo)
+            rows, files, line = _experiment(exp, out, opts, echo)
         else:
-            rows, files = _models(source, out, spec, opts, echo)
+            rows, files, line = _models(source, out, spec, opts, echo)
     if opts["as_json"]:
         click.echo(json.dumps(rows, indent=2, allow_nan=True))
         return
@@ -186,6 +188,8 @@ def command(source: Path, **opts: Any) -> None:
     bad = sum(r.get("violations", 0) for r in rows)
     if bad:
         raise NoisyDEQError(f"{bad} certified sample(s) were broken by PGD: a bound is wrong")
+    if line:
+        click.echo(line)
     for f in files:
         click.echo(f"wrote {f}")
 
@@ -212,18 +216,14 @@ def _check_source(source: Path, opts: dict[str, Any]) -> Path:
 
 
 def _models(source: Path, out: Path, spec, opts: dict[str, Any], echo
-            ) -> tuple[list[dict], list[Path]]:
-    from noisydeq.analysis.certified import (
-        plan,
-        plot_accuracy,
-        write_outputs,
-        write_table,
-    )
-    from noisydeq.analysis.certify_ray import certify_members
+            ) -> tuple[list[dict], list[Path], str]:
+    from noisydeq.analysis.certified import plan, plot_accuracy, write_table
+    from noisydeq.analysis.certify_run import cells_line, certify_run, check_out
     from noisydeq.analysis.family import load_family, load_family_task
     from noisydeq.certify.checks import check_certifiable
     from noisydeq.cluster import session
 
+    check_out(out)  # another command's run: one line, before any model loads
     members = load_family(source, data_dir=opts["data_dir"], check=check_certifiable)
     task = load_family_task(members, opts["data_dir"])
     x, y = task.x_test, task.y_test
@@ -233,13 +233,12 @@ def _models(source: Path, out: Path, spec, opts: dict[str, Any], echo
     for m in members:
         m.eps_train = _eps_train(m.train)
     with session(opts["backend"]):  # unreachable: one line, nothing written
-        rows = certify_members(members, plans, x, y, spec, echo, opts["backend"])
-    files = write_outputs(out, lambda: [
-        *write_table(rows, out),
-        *plot_accuracy(rows, out / "figures" / "certified_vs_eps",
-                       f"{task.name}: certify {source.name}"),
-    ])
-    return rows, files
+        result = certify_run(members, plans, x, y, spec, out, lambda rows: [
+            *write_table(rows, out),
+            *plot_accuracy(rows, out / "figures" / "certified_vs_eps",
+                           f"{task.name}: certify {source.name}"),
+        ], echo=echo, backend=opts["backend"], meta={"task": task.name})
+    return result.rows, result.files, cells_line(result, out)
 
 
 def _eps_train(train: dict[str, Any]) -> float:
@@ -281,16 +280,18 @@ def _experiment_spec(source: Path, opts: dict[str, Any]):
 
 
 def _experiment(exp, out: Path, opts: dict[str, Any], echo
-                ) -> tuple[list[dict], list[Path]]:
+                ) -> tuple[list[dict], list[Path], str]:
     from noisydeq.analysis.certify_experiments import run_fig2, run_table2
+    from noisydeq.analysis.certify_run import cells_line
     from noisydeq.cluster import session
 
     if exp.kind == "fig2":
-        return run_fig2(exp, out, data_dir=opts["data_dir"], echo=echo)
+        return (*run_fig2(exp, out, data_dir=opts["data_dir"], echo=echo), "")
     bars = not opts["quiet"] and not opts["as_json"] and sys.stderr.isatty()
     with session(opts["backend"]):  # unreachable: one line, before training writes
-        return run_table2(exp, out, data_dir=opts["data_dir"],
-                          quiet=not bars, echo=echo, backend=opts["backend"])
+        result = run_table2(exp, out, data_dir=opts["data_dir"],
+                            quiet=not bars, echo=echo, backend=opts["backend"])
+    return result.rows, result.files, cells_line(result, out)
 
 
 def _print(rows: list[dict]) -> None:

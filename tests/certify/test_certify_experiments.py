@@ -156,10 +156,11 @@ def test_the_command_line_s_seed_reaches_an_experiment_and_names_its_folder(caps
     [certify] table left out --seed); and a run with options given goes to its own default
     folder, not the plain run's runs/<name>-<variant>."""
     from noisydeq.analysis import certify_experiments
+    from noisydeq.analysis.certify_run import CertifyResult
 
     seen = []
-    monkeypatch.setattr(certify_experiments, "run_table2",
-                        lambda exp, out, **kw: seen.append((exp.certify, out)) or ([], []))
+    monkeypatch.setattr(certify_experiments, "run_table2", lambda exp, out, **kw: seen.append(
+        (exp.certify, out)) or CertifyResult([], []))
     monkeypatch.chdir(tmp_path)
     exp = tmp_path / "t2.toml"
     exp.write_text('name = "t2"\nkind = "table2"\n[family]\ntask = "digits"\n'

@@ -1,0 +1,208 @@
+"""``noisydeq certify`` resumes like the other long runs: one signed cell per (model, ε),
+an interrupted run computes only its missing cells, another ε grid only its new radii, a
+served cell keeps the ``seconds`` its computing run measured, a damaged cell is refused
+naming it (deleting it computes that cell again), and a cell of other code is computed
+again with one line."""
+
+from __future__ import annotations
+
+import csv
+
+import pytest
+import torch
+
+from noisydeq.analysis.certify_run import CertifyDir
+from tests.certify.helpers import run_certify
+from tests.cli_helpers import one_line_error
+
+
+def tiny_family(root):
+    """An IBP-trained monDEQ and ReLU net on digits (hidden 8, one epoch) in ``root/fam``."""
+    from noisydeq.config import FamilySpec, build
+    from noisydeq.families import train_family
+
+    torch.manual_seed(0)
+    spec = build(FamilySpec, {"task": "digits", "depths": [1], "kinds": ["mondeq", "ffw_relu"],
+                              "hidden": 8, "train": {"epochs": 1, "batch_size": 64,
+                                                     "ibp": {"eps": 0.05, "warmup_epochs": 0,
+                                                             "ramp_epochs": 1}}})
+    train_family(spec, cache_dir=root / "fam")
+    return root / "fam"
+
+
+@pytest.fixture(scope="module")
+def family(tmp_path_factory):
+    return tiny_family(tmp_path_factory.mktemp("certify-resume"))
+
+
+ARGS = ["--n-test", "30", "--pgd-steps", "2", "--threads", "1", "--quiet"]
+
+
+def certify(capsys, family, out, *argv):
+    code, stdout, err = run_certify(capsys, str(family), "--out", str(out), *ARGS, *argv)
+    assert code == 0, err
+    return stdout
+
+
+def table(out) -> list[dict[str, str]]:
+    with open(out / "results.csv", newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def untimed(rows):
+    return [{k: v for k, v in r.items() if k != "seconds"} for r in rows]
+
+
+def cell_files(out):
+    return sorted((out / "cells").iterdir())
+
+
+def test_an_interrupted_run_resumes_computing_only_its_missing_cells(
+        capsys, tmp_path, family, monkeypatch):
+    full = tmp_path / "full"
+    assert "cells: 4 computed" in certify(capsys, family, full, "--eps", "0.02,0.05")
+    out = tmp_path / "out"
+    real = CertifyDir.save_cell
+    written: list[str] = []
+
+    def stop_after_one(self, key, rows, layers=()):
+        if written:
+            raise KeyboardInterrupt  # Ctrl-C between the first and the second cell
+        written.append(key)
+        real(self, key, rows, layers)
+
+    with monkeypatch.context() as m:
+        m.setattr(CertifyDir, "save_cell", stop_after_one)
+        code, _, err = run_certify(capsys, str(family), "--out", str(out), *ARGS,
+                                   "--eps", "0.02,0.05")
+    assert code == 130 and "run the same command again to resume" in err, err
+    assert len(cell_files(out)) == 1 and not (out / "results.csv").exists()
+    assert not (out / "SHA256SUMS").exists()
+    computed = []
+    monkeypatch.setattr(CertifyDir, "save_cell",
+                        lambda self, key, *a: computed.append(key) or real(self, key, *a))
+    stdout = certify(capsys, family, out, "--eps", "0.02,0.05")
+    assert f"cells: 3 computed, 1 served from {out}" in stdout
+    assert written[0] not in computed and len(set(computed)) == 3
+    assert untimed(table(out)) == untimed(table(full))
+    from noisydeq import store
+
+    assert "results.csv" in store.verify_manifest(out)
+
+
+def test_another_eps_grid_computes_only_its_new_radii_and_keeps_their_seconds(
+        capsys, tmp_path, family):
+    out = tmp_path / "out"
+    assert "cells: 2 computed" in certify(capsys, family, out, "--eps", "0.05")
+    first = table(out)
+    stdout = certify(capsys, family, out, "--eps", "0,0.05")
+    assert f"cells: 2 computed, 2 served from {out}" in stdout
+    grown = table(out)
+    assert len(grown) == 4 and {r["eps"] for r in grown} == {"0.0", "0.05"}
+    # a served cell's row, seconds included, is the row of the run that computed it
+    assert [r for r in grown if r["eps"] == "0.05"] == first
+    # back to the first grid: everything served, the first table again, byte for byte
+    before = (out / "results.csv").read_bytes()
+    assert "cells: 0 computed, 2 served" in certify(capsys, family, out, "--eps", "0.05")
+    assert table(out) == first and (out / "results.csv").read_bytes() != before
+    # another setting (PGD steps) is another cell: computed, not served
+    stdout = certify(capsys, family, out, "--eps", "0.05", "--pgd-steps", "3")
+    assert "cells: 2 computed" in stdout and "served" not in stdout
+    assert len(cell_files(out)) == 6
+
+
+def test_a_damaged_cell_is_refused_naming_it_and_computed_once_deleted(
+        capsys, tmp_path, family):
+    from noisydeq import store
+
+    out = tmp_path / "out"
+    certify(capsys, family, out, "--eps", "0.05")
+    cell = cell_files(out)[0]
+    data = store.read_signed_json(cell, "cell")
+    store.write_signed_json(cell, {**data, "rows": data["rows"] * 2})
+    before = (out / "results.csv").read_bytes()
+    code, _, err = run_certify(capsys, str(family), "--out", str(out), *ARGS, "--eps", "0.05")
+    one_line_error(code, err, cell.name, "delete it to compute that cell again")
+    assert (out / "results.csv").read_bytes() == before
+    cell.write_bytes(b"{not json")
+    code, _, err = run_certify(capsys, str(family), "--out", str(out), *ARGS, "--eps", "0.05")
+    one_line_error(code, err, cell.name)
+    cell.unlink()
+    assert f"cells: 1 computed, 1 served from {out}" in certify(capsys, family, out,
+                                                                 "--eps", "0.05")
+    assert untimed(table(out)) == untimed([{**r} for r in csv.DictReader(
+        before.decode().splitlines())])
+
+
+def test_cells_of_other_code_are_computed_again_with_a_note(capsys, tmp_path, family,
+                                                           monkeypatch):
+    from noisydeq import fingerprint
+
+    out = tmp_path / "out"
+    certify(capsys, family, out, "--eps", "0.05")
+    monkeypatch.setattr(fingerprint, "code_fingerprint", lambda: "0" * 16)
+    code, stdout, err = run_certify(capsys, str(family), "--out", str(out), "--n-test", "30",
+                                    "--pgd-steps", "2", "--threads", "1", "--eps", "0.05")
+    assert code == 0, err
+    assert "cells: 2 computed" in stdout and "served" not in stdout
+    assert f"note: 2 of 2 cells in {out} were computed by other noisydeq code" in err
+
+
+def test_another_command_s_run_directory_is_refused_writing_nothing(capsys, tmp_path,
+                                                                    family):
+    out = tmp_path / "sweep"
+    out.mkdir()
+    (out / "config.toml").write_text("x")
+    code, _, err = run_certify(capsys, str(family), "--out", str(out), *ARGS)
+    one_line_error(code, err, "holds a run of another command")
+    assert sorted(p.name for p in out.iterdir()) == ["config.toml"]
+
+
+SLOW_CELLS = """
+import sys, time
+from noisydeq.analysis import certify_run
+real = certify_run.CertifyDir.save_cell
+def save_cell(self, *a, **k):
+    real(self, *a, **k)
+    time.sleep(0.5)  # a cell written, the next one not begun: where Ctrl-C lands
+certify_run.CertifyDir.save_cell = save_cell
+from noisydeq.cli import main
+main(sys.argv[1:])
+"""
+
+
+@pytest.mark.slow
+def test_a_real_ctrl_c_between_cells_resumes(capsys, tmp_path, family):
+    """SIGINT to a certify process once its first cell is on disk: exit 130 with the resume
+    line, the cell kept; the same command then computes only the others."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    out = tmp_path / "out"
+    argv = [str(family), "--out", str(out), *ARGS, "--eps", "0.02,0.05"]
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    proc = subprocess.Popen([sys.executable, "-c", SLOW_CELLS, "certify", *argv], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    try:
+        while not ((out / "cells").is_dir() and any((out / "cells").glob("*.json"))):
+            assert proc.poll() is None, proc.communicate()
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130 and "run the same command again to resume" in err, err
+    kept = len(cell_files(out))
+    assert 1 <= kept < 4 and not (out / "results.csv").exists()
+    stdout = certify(capsys, family, out, "--eps", "0.02,0.05")
+    assert f"cells: {4 - kept} computed, {kept} served from {out}" in stdout
+    full = tmp_path / "full"
+    certify(capsys, family, full, "--eps", "0.02,0.05")
+    assert untimed(table(out)) == untimed(table(full))
