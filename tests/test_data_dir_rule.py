@@ -8,7 +8,7 @@ import pytest
 
 from noisydeq.errors import NoisyDEQError
 from noisydeq.specs.task_names import refuse_data_dir
-from tests.cli_helpers import one_line_error, run_cli
+from tests.cli_helpers import one_line_error, refused_writing_nothing, run_cli
 from tests.fuzz.cases import EXPERIMENT, LYAPUNOV_OK, STUDY
 
 FIG2 = 'name = "f"\nkind = "fig2"\n[fig2]\ntask = "digits"\nwidth = 4\n'
@@ -47,14 +47,11 @@ def test_data_dir_on_a_run_without_file_tasks_is_one_line(name, tmp_path, monkey
     data = tmp_path / "data"
     data.mkdir()
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("NOISYDEQ_CACHE", str(tmp_path / "cache"))
     argv = [a.replace("{d}", str(tmp_path)) for a in argv]
-    code, _, err = run_cli([*argv, "--data-dir", str(data), "--out", str(tmp_path / "out")],
-                           capsys)
-    one_line_error(code, err, f"--data-dir {data}: {words} no data files "
-                   "(only mnist, mnist10k, cifar10 do); leave --data-dir out")
-    assert not (tmp_path / "out").exists() and not (tmp_path / "runs").exists()
-    assert not (tmp_path / "cache").exists()
+    refused_writing_nothing([*argv, "--data-dir", str(data)], tmp_path, monkeypatch, capsys,
+                            f"--data-dir {data}: {words} no data files (only mnist, mnist10k, "
+                            "cifar10 do); leave --data-dir out")
+    assert not (tmp_path / "runs").exists()
 
 
 def test_the_rule_refuses_only_a_run_with_no_file_task(tmp_path):
