@@ -251,11 +251,22 @@ def same_code(driver: str, worker: str) -> None:
 
 def remote(fn: Callable[..., Any], name: str, gpu: bool = False) -> Any:
     """``fn`` as a Ray task of one CPU (and one GPU with ``gpu``), retried
-    :data:`MAX_RETRIES` times when its worker dies, never when it raises."""
+    :data:`MAX_RETRIES` times when its worker dies, never when it raises.
+
+    Its worker's ``$NOISYDEQ_CACHE`` is this driver's cache root now (``--cache DIR`` or the
+    driver's own; an absolute path), set by Ray's ``runtime_env``: a cluster's workers are
+    not this process's children (it may have been started before, with another cache), so
+    what a task reads or writes there — the code memo of :func:`noisydeq.fingerprint.
+    code_fingerprint` — goes where the command's other entries go. A node without that
+    directory writes no memo (it never creates a cache)."""
     import ray
 
+    from noisydeq.runtime import ENV_CACHE, cache_root
+
+    env = {"env_vars": {ENV_CACHE: os.path.abspath(cache_root())}}
     return ray.remote(fn).options(num_cpus=1, num_gpus=1 if gpu else 0,
-                                  max_retries=MAX_RETRIES, retry_exceptions=False, name=name)
+                                  max_retries=MAX_RETRIES, retry_exceptions=False, name=name,
+                                  runtime_env=env)
 
 
 def finished(futures: dict[Any, K], what: Callable[[K], str]) -> Iterator[tuple[K, Any]]:

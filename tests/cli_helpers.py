@@ -21,3 +21,13 @@ def one_line_error(code, err, *needles):
     assert len(lines) == 1 and lines[0].startswith("noisydeq: error:"), err
     for n in needles:
         assert n in lines[0], lines[0]
+
+
+def refused_writing_nothing(argv, tmp_path, monkeypatch, capsys, *needles):
+    """``noisydeq ARGV --out TMP/out`` with a fresh ``$NOISYDEQ_CACHE`` (TMP/cache) is one
+    line holding every needle (:func:`one_line_error`) and makes neither directory."""
+    monkeypatch.setenv("NOISYDEQ_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "out"
+    code, _, err = run_cli([*argv, "--out", str(out)], capsys)
+    one_line_error(code, err, *needles)
+    assert not out.exists() and not (tmp_path / "cache").exists()

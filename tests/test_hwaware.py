@@ -20,6 +20,7 @@ from noisydeq.hardware.base import DeviceLayer, calibrate, device_layers
 from noisydeq.noise import NoiseStream, derive_seed
 from noisydeq.tasks import load_task
 from noisydeq.train import train_model
+from tests.cli_helpers import refused_writing_nothing
 
 
 class Tiny(nn.Module):
@@ -300,17 +301,9 @@ def test_sweep_spec_training_devices_and_identity():
 ])
 def test_sweep_bad_training_input_is_one_line_and_writes_nothing(tmp_path, args, message,
                                                                    monkeypatch, capsys):
-    from noisydeq.cli import main
-
-    monkeypatch.setenv("NOISYDEQ_CACHE", str(tmp_path / "cache"))
-    out = tmp_path / "run"
-    with pytest.raises(SystemExit) as exc:
-        main(["sweep", "--depths", "1", "--snr", "0,10", "--chips", "1", "--epochs", "1",
-              "--out", str(out), "--quiet", *args])
-    err = capsys.readouterr().err
-    assert exc.value.code != 0 and message in err, err
-    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
-    assert not out.exists() and not (tmp_path / "cache" / "models").exists()
+    refused_writing_nothing(["sweep", "--depths", "1", "--snr", "0,10", "--chips", "1",
+                             "--epochs", "1", "--quiet", *args],
+                            tmp_path, monkeypatch, capsys, message)
 
 
 @pytest.mark.slow

@@ -17,6 +17,7 @@ from noisydeq.noise import NoiseStream, derive_seed
 from noisydeq.results import COLUMNS, read_csv
 from noisydeq.sweep import run_sweep
 from noisydeq.sweep.plan import CALIBRATION_INPUTS
+from tests.cli_helpers import refused_writing_nothing
 from tests.sweep_helpers import count_cell_saves, toy_models, toy_spec, toy_task
 
 
@@ -184,16 +185,8 @@ def test_native_table_loads_typed(tmp_path):
 ])
 def test_native_without_knobs_is_one_line_and_writes_nothing(tmp_path, monkeypatch, capsys,
                                                              args, says):
-    from noisydeq.cli import main
-
-    monkeypatch.setenv("NOISYDEQ_CACHE", str(tmp_path / "cache"))
-    out = tmp_path / "out"
-    with pytest.raises(SystemExit) as stop:
-        main(["sweep", *args, "--depths", "1", "--chips", "1", "--quiet", "--out", str(out)])
-    err = capsys.readouterr().err.strip()
-    assert stop.value.code not in (0, None) and "Traceback" not in err
-    assert len(err.splitlines()) == 1 and says in err, err
-    assert not out.exists()
+    refused_writing_nothing(["sweep", *args, "--depths", "1", "--chips", "1", "--quiet"],
+                            tmp_path, monkeypatch, capsys, says)
 
 
 def test_table_command_at_the_native_level(tmp_path, capsys):

@@ -83,6 +83,37 @@ def test_the_table_columns_line_up_for_long_kind_names(capsys):
     assert len({ln.index(" 128 ") for ln in lines[1:]}) == 1, lines
 
 
+def test_the_table_splits_time_as_the_log_line_does(capsys):
+    """The table's time was the total with no split while the log line says 'trained in
+    10.0 s: epochs 8.1 s, set-up and test 1.9 s': an epochs column now holds that part; a
+    resumed model's time (over its runs) is marked and said, a cached one has no epochs."""
+    from noisydeq.commands.train import _report
+
+    base = {"depth": 1, "width": 4, "params": 10, "metric": "accuracy", "value": 0.5,
+            "path": "p"}
+    rows = [{**base, "kind": "deq", "loaded": False, "seconds": 10.0,
+             "seconds_this_run": 10.0, "epoch_seconds": 8.1},
+            {**base, "kind": "ffw", "loaded": False, "seconds": 300.0,
+             "seconds_this_run": 100.0, "epoch_seconds": 80.0},
+            {**base, "kind": "deq", "loaded": True, "seconds": 5.0,
+             "seconds_this_run": 0.0, "epoch_seconds": 0.0}]
+    _report(rows, as_json=False)
+    head, fresh, resumed, cached, note = capsys.readouterr().out.splitlines()
+    assert head.split()[-3:] == ["time", "epochs", "path"]
+    assert fresh.split()[-3:] == ["10.0s", "8.1s", "p"]
+    assert resumed.split()[-3:] == ["300.0s*", "80.0s", "p"]
+    assert cached.split()[-3:] == ["cached", "-", "p"]
+    assert note.startswith("* resumed: time is over every run")
+    for col in ("time", "epochs"):  # right-aligned under their headings
+        end = head.index(col) + len(col)
+        assert {fresh[:end].split()[-1], resumed[:end].split()[-1],
+                cached[:end].split()[-1]} == {"10.0s" if col == "time" else "8.1s",
+                                              "300.0s*" if col == "time" else "80.0s",
+                                              "cached" if col == "time" else "-"}
+    _report(rows[:1], as_json=False)
+    assert len(capsys.readouterr().out.splitlines()) == 2  # no note without a resumed row
+
+
 def test_the_default_folder_is_named_after_the_config(capsys, tmp_path, monkeypatch):
     """The default --out was runs/train/<kind>-d<depth>-w<width>-s<seed> whatever else was
     asked: the README's `noisydeq train --kind deq --device rram ...` and then its
@@ -97,6 +128,7 @@ def test_the_default_folder_is_named_after_the_config(capsys, tmp_path, monkeypa
     again = json.loads(_call(capsys, [*base, "--epochs", "1"])[0])[0]
     assert first["path"] != other["path"] and again["path"] == first["path"]
     assert again["loaded"] and not first["loaded"] and not other["loaded"]
+    assert 0 < first["epoch_seconds"] <= first["seconds_this_run"] == first["seconds"]
     folder = tmp_path / first["path"]
     assert folder.parent.name == f"ffw-d1-w128-s0-{first['config_hash'][:12]}"
     assert sorted(p.name for p in (tmp_path / "runs" / "train").iterdir()) == sorted(

@@ -192,7 +192,7 @@ def load_family(root: str | Path, device: torch.device | str = "cpu", *,
     (digits, the generated tasks) it is refused in one line, as the analysis commands
     refuse their other options that do not apply. ``check``: see :func:`load_member`."""
     from noisydeq.analysis.locate import locate
-    from noisydeq.tasks.registry import FILE_TASKS
+    from noisydeq.specs.task_names import refuse_data_dir
 
     source = locate(root, data_dir=data_dir, cache_dir=cache_dir)
     if source.origin == "sweep":
@@ -202,10 +202,7 @@ def load_family(root: str | Path, device: torch.device | str = "cpu", *,
     tasks = {m.task for m in members}
     if len(tasks) > 1:
         raise NoisyDEQError(f"--family: members were trained on different tasks {sorted(tasks)}")
-    if data_dir not in (None, "") and tasks and not tasks & set(FILE_TASKS):
-        raise NoisyDEQError(f"--data-dir {data_dir}: the family's task '{next(iter(tasks))}' "
-                            f"reads no data files (only {', '.join(FILE_TASKS)} do); leave "
-                            "--data-dir out")
+    refuse_data_dir(data_dir, tasks, "the family's")
     for m in members:
         m.model.to(device)
         m.data_dir = data_dir or source.data_dir

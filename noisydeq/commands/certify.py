@@ -255,10 +255,12 @@ def _experiment_spec(source: Path, opts: dict[str, Any]):
     command line's settings over its ``[certify]`` table, their device preset included) and
     its ``--out``, checked without torch."""
     from noisydeq.specs.certify import CertifyExperimentSpec
+    from noisydeq.specs.task_names import refuse_data_dir
     from noisydeq.specs.toml import load_toml
 
     file = load_toml(CertifyExperimentSpec, source)
     exp = file.resolve(opts["variant"])
+    refuse_data_dir(opts["data_dir"], [exp.task()], "the experiment's")
     given = _given(opts)
     out = opts["out"] or _default_out(f"{exp.name}-{opts['variant']}", given)
     _writable(out)

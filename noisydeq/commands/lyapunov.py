@@ -49,6 +49,7 @@ def command(experiment: str, out: str | None, data_dir: str | None, seeds: str |
     from noisydeq.bundled import find_experiment
     from noisydeq.commands.sweep import check_data_dir, parse_seeds
     from noisydeq.runtime import check_cache, num_threads, thread_plan
+    from noisydeq.specs.task_names import refuse_data_dir
 
     _train, eval_threads = thread_plan(threads)
     path = find_experiment(experiment, "lyapunov")
@@ -58,6 +59,7 @@ def command(experiment: str, out: str | None, data_dir: str | None, seeds: str |
     from noisydeq.analysis.lyapunov_experiment import load_experiment, run_experiment
 
     spec = load_experiment(path, data_dir=data_dir, seeds=seed_list)
+    refuse_data_dir(data_dir, [spec.task], "the experiment's")
     # a subset of the seeds gets its own folder: the run with every seed would be refused
     # in runs/<name> (its config.toml holds another experiment)
     stem = spec.name if seed_list is None else f"{spec.name}-seeds-{'-'.join(map(str, seed_list))}"

@@ -28,6 +28,7 @@ from noisydeq.progress import with_heartbeat
 from noisydeq.specs.base import build
 from noisydeq.specs.experiment import ExperimentSpec
 from noisydeq.specs.sweep import SweepSpec, check_device_presets
+from noisydeq.specs.task_names import refuse_data_dir
 from noisydeq.specs.toml import load_toml
 
 
@@ -50,7 +51,9 @@ def resolve_experiment(
     # the file's own variant was validated by resolve(): what fails here is the user's --set
     # (or --data-dir/--torch-device), so name that, and a bundled experiment by its name
     where = f"{given if path != given and not given.endswith('.toml') else path} [{variant}]"
-    return exp, build(SweepSpec, base, where=where + (" --set" if sets else ""))
+    spec = build(SweepSpec, base, where=where + (" --set" if sets else ""))
+    refuse_data_dir(data_dir, [spec.task], "the experiment's")
+    return exp, spec
 
 
 def _list(as_json: bool) -> None:

@@ -59,6 +59,7 @@ def command(experiment: str, variant: str, out: str | None, data_dir: str | None
     from noisydeq.cluster import Backend
     from noisydeq.runtime import num_threads, thread_plan
     from noisydeq.specs.study import StudyFile
+    from noisydeq.specs.task_names import refuse_data_dir
     from noisydeq.specs.toml import load_toml
 
     chosen = Backend.parse(backend, address)
@@ -71,6 +72,7 @@ def command(experiment: str, variant: str, out: str | None, data_dir: str | None
         over["torch_device"] = torch_device
     exp = load_toml(StudyFile, path)  # the file and --set: checked before torch loads
     spec = exp.resolve(variant, over)
+    refuse_data_dir(data_dir, [spec.task], "the study's")
     # the command line is checked: now the heavy imports (torch), seconds under load
     from noisydeq.studies import run_study
 

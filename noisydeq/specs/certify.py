@@ -216,6 +216,14 @@ class CertifyExperimentSpec(VariantFile):
                 for j, param in enumerate(self.params):
                     build(FamilySpec, self.member_family(base, seed, eps, j, param))
 
+    def task(self) -> str:
+        """The task this experiment reads: its ``fig2`` table's, or its family's."""
+        if self.kind == "fig2":
+            return self.fig2.get("task", Fig2Spec.model_fields["task"].default)
+        from noisydeq.specs.family import FamilySpec
+
+        return self.family.get("task", FamilySpec.model_fields["task"].default)
+
     @staticmethod
     def family_base(table: dict[str, Any]) -> dict[str, Any]:
         """A ``table2`` experiment's ``[family]`` ``table`` with its defaults: depth 1 and

@@ -13,7 +13,11 @@ from pathlib import Path
 from typing import Any
 
 from noisydeq.errors import NoisyDEQError, did_you_mean
-from noisydeq.specs.task_names import TASK_NAMES, check_task_name  # noqa: F401 (re-exported)
+from noisydeq.specs.task_names import (  # noqa: F401 (re-exported)
+    FILE_TASKS,
+    TASK_NAMES,
+    check_task_name,
+)
 from noisydeq.tasks.base import Task
 
 Loader = Callable[..., Task]
@@ -32,11 +36,6 @@ def _registry() -> dict[str, Loader]:
         "mazes": mazes.load,
         "matrix_add": matrix_add.load,
     }
-
-
-#: tasks read from files (``data_dir`` / ``download`` matter); the others are generated
-#: or ship with a package
-FILE_TASKS = ("mnist", "mnist10k", "cifar10")
 
 
 def task_names() -> list[str]:
