@@ -23,7 +23,7 @@ def _run(capsys, *argv):
         (["--depths", "0,3"], "depth '0' is not a positive integer"),
         (["--depths", "-3"], "depth '-3' is not a positive integer"),
         (["--task", "digit"], "did you mean 'digits'"),
-        (["--task", "mnist", "--data-dir", "/nonexistent/mnist"], "directory not found"),
+        (["--task", "mnist", "--data-dir", "/nonexistent/mnist"], "no such directory"),
         (["--torch-device", "gpu7"], "--torch-device"),
         (["--train-snr", "loud"], "--train-snr"),
         (["--preset", "papr"], "did you mean 'paper'"),

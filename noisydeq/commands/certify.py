@@ -158,8 +158,10 @@ def command(source: Path, **opts: Any) -> None:
     from noisydeq.bundled import find_experiment, is_bundled
     from noisydeq.cluster import Backend
     from noisydeq.runtime import num_threads, thread_plan
+    from noisydeq.specs.task_names import check_data_dir
 
     threads = thread_plan(opts["threads"])[0]  # a bad value: one line, first
+    opts["data_dir"] = check_data_dir(opts["data_dir"])
     opts["backend"] = Backend.parse(opts["backend"], opts["address"])
     echo = (lambda s: None) if opts["quiet"] or opts["as_json"] else (
         lambda s: click.echo(s, err=True))

@@ -15,6 +15,7 @@ from noisydeq.errors import NoisyDEQError
 from noisydeq.progress import with_heartbeat
 from noisydeq.specs.base import build
 from noisydeq.specs.noise import NoiseSpec, parse_snr_value
+from noisydeq.specs.task_names import check_data_dir
 
 #: a seed option's type (seeds are 63-bit: ``derive_seed``, torch generators)
 SEED = click.IntRange(0, limits.MAX_SEED)
@@ -174,6 +175,7 @@ def command(family, kind, eta, snr, site, samples, inputs, precision, seed, data
       noisydeq sensitivity --family runs/sweep-1a2b3c --kind multiplicative --snr 10 --samples 100
       noisydeq sensitivity --family runs/sweep-1a2b3c --device ideal
     """
+    data_dir = check_data_dir(data_dir)
     if samples < 2:
         raise NoisyDEQError(f"--samples: need at least 2 noise samples, got {samples}")
     if samples > MAX_COUNT:

@@ -21,6 +21,7 @@ from noisydeq.commands.sensitivity import (
 from noisydeq.commands.sweep import parse_grid
 from noisydeq.errors import NoisyDEQError
 from noisydeq.progress import with_heartbeat
+from noisydeq.specs.task_names import check_data_dir
 
 
 @click.command("solvers")
@@ -92,6 +93,7 @@ def command(names, snr, max_iter, window, width, batch, family, depth, member_se
     """
     from noisydeq.analysis.solver_names import check_solvers, parse_windows
 
+    data_dir = check_data_dir(data_dir)
     solvers = check_solvers(names.split(","))
     acc_solvers = check_solvers(accuracy_solvers.split(","))
     windows = parse_windows(window)

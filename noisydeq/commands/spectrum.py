@@ -19,6 +19,7 @@ from noisydeq.commands.sensitivity import (
 )
 from noisydeq.errors import NoisyDEQError
 from noisydeq.progress import with_heartbeat
+from noisydeq.specs.task_names import check_data_dir
 
 
 @click.command("spectrum")
@@ -45,6 +46,7 @@ def command(family, inputs, seed, data_dir, out, device, chips, device_snr,
       noisydeq spectrum --family runs/sweep-1a2b3c --inputs 64 --out runs/spectra
       noisydeq spectrum --family runs/sweep-1a2b3c --device rram --chips 3
     """
+    data_dir = check_data_dir(data_dir)
     if not 0 <= inputs <= MAX_COUNT:
         raise NoisyDEQError(f"--inputs: must be an integer in 0..{MAX_COUNT}, got {inputs}")
     out_dir = check_analysis(family, device, out, "spectrum")

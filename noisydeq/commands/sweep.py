@@ -25,6 +25,7 @@ from noisydeq.progress import with_heartbeat
 from noisydeq.specs.base import build
 from noisydeq.specs.noise import NATIVE, parse_snr_range, split_native
 from noisydeq.specs.sweep import SweepSpec, adc_gain_lines, check_device_presets
+from noisydeq.specs.task_names import check_data_dir
 from noisydeq.specs.toml import parse_assignments
 
 
@@ -128,16 +129,6 @@ def variant_options(quick: str, full: str) -> Any:
         return click.option("--quick", "quick_flag", is_flag=True, help=quick)(command)
 
     return decorate
-
-
-def check_data_dir(path: str | None) -> str | None:
-    """A ``--data-dir`` that exists, or one clear error."""
-    if path is None:
-        return None
-    p = Path(path).expanduser()
-    if not p.is_dir():
-        raise NoisyDEQError(f"--data-dir {path}: no such directory")
-    return str(p)
 
 
 def default_out(spec: SweepSpec, prefix: str = "sweep") -> Path:

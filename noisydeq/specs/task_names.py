@@ -5,6 +5,7 @@ heavy imports."""
 from __future__ import annotations
 
 from collections.abc import Iterable
+from pathlib import Path
 
 from noisydeq.errors import NoisyDEQError
 from noisydeq.specs.base import suggest_name
@@ -36,3 +37,15 @@ def refuse_data_dir(data_dir: object, tasks: Iterable[str], whose: str) -> None:
     what = f"task {listed} reads" if len(names) == 1 else f"tasks {listed} read"
     raise NoisyDEQError(f"--data-dir {data_dir}: {whose} {what} no data files (only "
                         f"{', '.join(FILE_TASKS)} do); leave --data-dir out")
+
+
+def check_data_dir(path: str | None) -> str | None:
+    """A ``--data-dir`` that exists (tilde expanded), None when not given or empty (an empty
+    one names none, as in :func:`refuse_data_dir`), or one line: every command that takes
+    ``--data-dir`` checks it so, before reading or writing anything."""
+    if path is None or str(path) == "":
+        return None
+    p = Path(path).expanduser()
+    if not p.is_dir():
+        raise NoisyDEQError(f"--data-dir {path}: no such directory")
+    return str(p)

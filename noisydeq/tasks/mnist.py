@@ -10,6 +10,10 @@ Download (``download``): ``True`` fetches every missing official file; ``False``
 the network; ``None`` (default, overridable by ``NOISYDEQ_DOWNLOAD=0/1``) fetches only into a
 directory that holds no MNIST file yet, so a directory with just the test set is used as it is.
 Downloads go to a temporary file, are verified against the MD5 sum, then renamed into place.
+The mirrors (``MIRRORS``) are tried in turn, each with a ``DOWNLOAD_TIMEOUT_S`` timeout; the
+first file that none of them gives ends the download, and a load that then lacks its files is
+one line naming the directory, the files expected and the last download error (offline: the
+network error at once, or after the timeouts where connections hang).
 
 ``mnist10k`` — used when only the official *test* files (10,000 images) are present, or when
 asked for by name: a seeded, class-stratified split of the test set into 8,000 training and
@@ -23,6 +27,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import http.client
 import os
 import struct
 import urllib.request
@@ -194,8 +199,10 @@ def download_file(directory: Path, name: str, timeout: float = DOWNLOAD_TIMEOUT_
             return None
         except _ChecksumMismatch as err:
             last = f"{base}{name}: checksum mismatch (md5 {err})"
-        except OSError as err:  # URLError, timeouts and HTTP errors are OSErrors
-            last = f"{base}{name}: {err}"
+        except (OSError, http.client.HTTPException) as err:
+            # URLError, timeouts and HTTP errors are OSErrors; a cut-off body is an
+            # IncompleteRead (HTTPException)
+            last = f"{base}{name}: {' '.join(str(err).split()) or type(err).__name__}"
     return last
 
 
@@ -219,8 +226,11 @@ def _ensure_files(directory: Path, download: bool | None) -> str | None:
         return None
     if policy is None and len(missing) < len(stems):
         return None  # a partly filled directory (e.g. test set only) is used as it is
-    errors = [e for s in missing if (e := download_file(directory, s + ".gz")) is not None]
-    return errors[-1] if errors else None
+    for s in missing:  # the first file no mirror gives ends it: offline, one wait, not four
+        error = download_file(directory, s + ".gz")
+        if error is not None:
+            return error
+    return None
 
 
 # ------------------------------------------------------------------------------ tasks

@@ -126,7 +126,7 @@ def train_cases() -> list[Case]:
         Case("train --out is a file", _with(TRAIN, "--out", "{d}/file"), "is a file",
              {"file": "x"}),
         Case("train mnist without data", [*TRAIN, "--task", "mnist", "--data-dir", "{d}/none"],
-             "not found"),
+             "no such directory"),
         Case("train device SNR out of reach", [*TRAIN, "--device", "rram", "--device-snr",
                                                "150"], "SNR"),
         Case("train family of huge models", [*TRAIN, "--depths", "999", "--width", "65536"],
