@@ -1,8 +1,9 @@
 """``noisydeq runs [DIR...]``: the run directories below DIR (default ``runs``), what each is
-(``kind``: a sweep, an attack run, or a sweep of a LyaDEQ experiment's device table, with
-the experiment it belongs to), their specs and status — finished (table written, digests
-good), partial (cells written, resumable), running (another process holds the directory's
-lock) or damaged (a file fails its check).
+(``kind``: a sweep, an attack run — its seed and the family or checkpoint it attacked —, a
+LyaDEQ experiment's own folder, or a sweep of its device table, with the experiment it
+belongs to), their specs and status — finished (table written, digests good; an experiment:
+report and the tables of its spec written), partial (cells written, resumable), running
+(another process holds the directory's lock) or damaged (a file fails its check).
 
 Reads only; takes no lock and writes nothing.
 """
@@ -53,32 +54,48 @@ def _held(run: Path) -> bool:
 
 
 #: the kinds of run directory (``kind``): a sweep; an attack run (``noisydeq attack``, its
-#: config an attack grid on a family); a sweep a LyaDEQ experiment ran for its device table
-#: (``<experiment>/device/<device>-<group>``, ``noisydeq lyapunov``)
-SWEEP, ATTACK, LYAPUNOV_SWEEP = "sweep", "attack", "lyapunov sweep"
+#: config an attack grid on a family); a LyaDEQ experiment's own folder (``noisydeq
+#: lyapunov``: its attack cells, tables and report); a sweep it ran for its device table
+#: (``<experiment>/device/<device>-<group>``)
+SWEEP, ATTACK, LYAPUNOV, LYAPUNOV_SWEEP = "sweep", "attack", "lyapunov", "lyapunov sweep"
 
 
-def _experiment_of(run: Path) -> Path | None:
-    """The LyaDEQ experiment directory that ran ``run`` for its device table, if any: its
-    config (digest checked) names the experiment and holds an attack or device table."""
+def _is_experiment(spec: dict[str, Any]) -> bool:
+    """Whether a config is a LyaDEQ experiment's: it names the experiment and holds an
+    attack or device table."""
+    tables = [spec.get("attack"), spec.get("device")]
+    return "name" in spec and any(isinstance(t, dict) for t in tables)
+
+
+def _experiment_config(top: Path) -> dict[str, Any] | None:
+    """The LyaDEQ experiment config of directory ``top`` (digest checked), else None."""
     from noisydeq.loading import read_run_config
 
-    top = run.parent.parent
-    if run.parent.name != "device" or not (top / CONFIG).is_file():
+    if not (top / CONFIG).is_file():
         return None
     try:
         spec = read_run_config(top)
     except NoisyDEQError:
         return None
-    tables = [spec.get("attack"), spec.get("device")]
-    return top if "name" in spec and any(isinstance(t, dict) for t in tables) else None
+    return spec if _is_experiment(spec) else None
+
+
+def _experiment_of(run: Path) -> Path | None:
+    """The LyaDEQ experiment directory that ran ``run`` for its device table, if any."""
+    top = run.parent.parent
+    if run.parent.name != "device" or _experiment_config(top) is None:
+        return None
+    return top
 
 
 def run_kind(run: Path, spec: dict[str, Any]) -> tuple[str, Path | None]:
-    """What ``run`` is (:data:`SWEEP`, :data:`ATTACK`, :data:`LYAPUNOV_SWEEP`) and the
-    experiment directory it belongs to (a LyaDEQ experiment's sweep; else None)."""
+    """What ``run`` is (:data:`SWEEP`, :data:`ATTACK`, :data:`LYAPUNOV`,
+    :data:`LYAPUNOV_SWEEP`) and the experiment directory it belongs to (a LyaDEQ
+    experiment's sweep; else None)."""
     if "attacks" in spec and "family" in spec:
         return ATTACK, None
+    if _is_experiment(spec):
+        return LYAPUNOV, None
     experiment = _experiment_of(run)
     return (LYAPUNOV_SWEEP, experiment) if experiment is not None else (SWEEP, None)
 
@@ -98,22 +115,23 @@ def describe(run: Path) -> dict[str, Any]:
         return {**info, "status": f"damaged ({str(err).splitlines()[0]})"}
     kind, experiment = run_kind(run, spec)
     info["kind"] = kind
+    if kind == LYAPUNOV:
+        return {**info, **_describe_experiment(run, spec)}
     if experiment is not None:
         info["experiment"] = str(experiment)
     for key in ("task", "device", "noise_site", "depths", "snr_db", "chips", "seeds",
                 "train_snr_db"):
         info[key] = _compact(spec.get(key, ""))
-    if kind == ATTACK and spec.get("device", "ideal") == "ideal" \
-            and spec.get("noise_site", "device") == "device":
-        info["device"] = info["noise_site"] = None
-    levels = spec.get("snr_db")
-    if isinstance(levels, list) and levels:
-        from noisydeq.specs.noise import NATIVE, snr_grid_text
-
-        numbers = [v for v in levels if v != NATIVE]  # the native level: its item, last
-        if all(isinstance(v, (int, float)) for v in numbers):
-            text = snr_grid_text([float(v) for v in numbers])  # 0:30, not 31 levels
-            info["snr_db"] = ",".join(p for p in (text, NATIVE * (NATIVE in levels)) if p)
+    if kind == ATTACK:
+        # one seed (its noise, starts and samples), on the family or checkpoint recorded;
+        # the depths and training SNRs are the family's, which the config does not hold
+        info["seeds"] = _compact(spec.get("seed", ""))
+        info["depths"] = info["train_snr_db"] = None
+        info["attacked"] = str(spec.get("family", "")) or None
+        if spec.get("device", "ideal") == "ideal" \
+                and spec.get("noise_site", "device") == "device":
+            info["device"] = info["noise_site"] = None
+    info["snr_db"] = _snr_text(spec.get("snr_db"), info["snr_db"])
     if _held(run):
         status = "running"
     elif (run / "results.csv").is_file() and (run / store.MANIFEST).is_file():
@@ -132,13 +150,62 @@ def describe(run: Path) -> dict[str, Any]:
 #: what a sweep writes as it goes (config.toml only when made or extended): the latest is
 #: when the run last changed — a resumed or recomputed run's cells and tables included
 WRITTEN = (CONFIG, "cells", "results.csv", "meta.json", "SHA256SUMS")
+#: what a LyaDEQ experiment writes in its own folder (its sweeps: ``device/``)
+EXPERIMENT_WRITTEN = (CONFIG, "attack", "attack.csv", "device", "device.csv", "report.md")
 
 
-def _modified(run: Path) -> float:
-    """When ``run`` last changed: the latest mtime of :data:`WRITTEN` (``cells/``: a cell
+def _snr_text(levels: Any, text: str) -> str:
+    """An SNR grid as its compact range text (0:30, not 31 levels; the native level last),
+    else ``text``."""
+    if isinstance(levels, list) and levels:
+        from noisydeq.specs.noise import NATIVE, snr_grid_text
+
+        numbers = [v for v in levels if v != NATIVE]  # the native level: its item, last
+        if all(isinstance(v, (int, float)) for v in numbers):
+            grid = snr_grid_text([float(v) for v in numbers])
+            return ",".join(p for p in (grid, NATIVE * (NATIVE in levels)) if p)
+    return text
+
+
+def _describe_experiment(run: Path, spec: dict[str, Any]) -> dict[str, Any]:
+    """A LyaDEQ experiment's folder: its task and seeds, the devices, depths, SNRs and
+    chips of its device table, its attack cells written (``cells``) and its status —
+    finished when ``report.md`` and the table of each of its spec's tables (``attack.csv``,
+    ``device.csv``) are written (the cells and sweeps were checked by the run that wrote
+    them; each sweep is listed on its own), partial when one is missing (``--only``, or
+    stopped), running while its lock is held."""
+    device = spec.get("device") if isinstance(spec.get("device"), dict) else None
+    info: dict[str, Any] = {
+        "cells": len(list(run.glob("attack/*.json"))), "task": _compact(spec.get("task", "")),
+        "device": _compact(list(device.get("groups", {}))) if device else None,
+        "noise_site": "device" if device else None,
+        "depths": None,  # the LyaDEQs are one cell; the device table's depths: its baselines
+        "snr_db": _snr_text(device.get("snr_db"), _compact(device.get("snr_db", "")))
+        if device else None,
+        "chips": _compact(device.get("chips", "")) if device else None,
+        "seeds": _compact(spec.get("seeds", "")), "train_snr_db": None,
+    }
+    missing = [f"{t}.csv" for t in ("attack", "device")
+               if isinstance(spec.get(t), dict) and not (run / f"{t}.csv").is_file()]
+    if not (run / "report.md").is_file():
+        missing.append("report.md")
+    if _held(run):
+        info["status"] = "running"
+    elif missing:
+        info["status"] = (f"partial ({', '.join(missing)} not written yet: run `noisydeq "
+                          "lyapunov` on the experiment again, without --only, to resume)")
+    else:
+        info["status"] = "finished"
+    info["modified"] = time.strftime("%Y-%m-%d %H:%M",
+                                     time.localtime(_modified(run, EXPERIMENT_WRITTEN)))
+    return info
+
+
+def _modified(run: Path, written: tuple[str, ...] = WRITTEN) -> float:
+    """When ``run`` last changed: the latest mtime of ``written`` (``cells/``: a cell
     written or replaced in it). Was config.toml's alone, which a resume never rewrites."""
     times = []
-    for name in WRITTEN:
+    for name in written:
         try:
             times.append((run / name).stat().st_mtime)
         except OSError:
@@ -153,11 +220,18 @@ def find(roots: tuple[str, ...]) -> list[Path]:
     for root in map(Path, roots or ("runs",)):
         if not root.is_dir():
             raise NoisyDEQError(f"runs: {root} is not a directory")
-        cands = [root] if (root / CONFIG).is_file() else sorted(
-            p.parent for p in root.rglob(CONFIG))
+        # a run given itself: that run; else (an experiment's folder too: it, then its
+        # sweeps) every run below
+        one = (root / CONFIG).is_file() and _is_run(root) and _experiment_config(root) is None
+        cands = [root] if one else sorted(p.parent for p in root.rglob(CONFIG))
         out += [p for p in cands if p not in out
-                and ((p / "cells").is_dir() or (p / "results.csv").is_file())]
+                and (_is_run(p) or _experiment_config(p) is not None)]
     return out
+
+
+def _is_run(p: Path) -> bool:
+    """A sweep or attack run directory: cells or a results table written."""
+    return (p / "cells").is_dir() or (p / "results.csv").is_file()
 
 
 @click.command("runs")
@@ -165,7 +239,7 @@ def find(roots: tuple[str, ...]) -> list[Path]:
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def command(dirs: tuple[str, ...], as_json: bool) -> None:
     """List run directories below DIRS (default: runs): what each is (sweep, attack,
-    lyapunov sweep), its spec and status.
+    lyapunov experiment, lyapunov sweep), its spec and status.
 
     \b
     Examples:
@@ -194,6 +268,8 @@ def command(dirs: tuple[str, ...], as_json: bool) -> None:
             notes.append(f"{i['run']}: {word}: {why[:-1] if why.endswith(')') else why}")
         if "experiment" in i:
             notes.append(f"{i['run']}: {i['kind']} of the experiment in {i['experiment']}")
+        if i.get("attacked"):
+            notes.append(f"{i['run']}: attack on {i['attacked']}")
     width = {c: max(len(c), *(len(str(i.get(c, ""))) for i in rows)) for c in cols}
     click.echo("  ".join(c.ljust(width[c]) for c in cols).rstrip())
     for i in rows:
