@@ -19,9 +19,10 @@ from typing import Any
 import click
 
 from noisydeq.commands import cache_option
-from noisydeq.commands.sweep import check_data_dir, parse_sets, threads_flag, variant_options
+from noisydeq.commands.sweep import parse_sets, threads_flag, variant_options
 from noisydeq.errors import NoisyDEQError
 from noisydeq.progress import with_heartbeat
+from noisydeq.specs.task_names import check_data_dir
 
 
 def nested_sets(items: tuple[str, ...], evaluations: list[str]) -> dict[str, Any]:

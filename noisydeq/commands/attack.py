@@ -25,7 +25,6 @@ from noisydeq.commands.sensitivity import (
 )
 from noisydeq.commands.sweep import (
     backend_options,
-    check_data_dir,
     option_names,
     parse_sets,
     threads_flag,
@@ -34,6 +33,7 @@ from noisydeq.errors import NoisyDEQError
 from noisydeq.progress import with_heartbeat
 from noisydeq.specs.attack_run import AttackRunSpec
 from noisydeq.specs.base import build
+from noisydeq.specs.task_names import check_data_dir
 
 
 def _members(family: Path, data_dir: str | None):

@@ -47,9 +47,9 @@ def command(experiment: str, out: str | None, data_dir: str | None, seeds: str |
       noisydeq lyapunov lyapunov-device --data-dir DIR --seeds 0 --only device
     """
     from noisydeq.bundled import find_experiment
-    from noisydeq.commands.sweep import check_data_dir, parse_seeds
+    from noisydeq.commands.sweep import parse_seeds
     from noisydeq.runtime import check_cache, num_threads, thread_plan
-    from noisydeq.specs.task_names import refuse_data_dir
+    from noisydeq.specs.task_names import check_data_dir, refuse_data_dir
 
     _train, eval_threads = thread_plan(threads)
     path = find_experiment(experiment, "lyapunov")

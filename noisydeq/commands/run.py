@@ -17,7 +17,6 @@ from noisydeq.cluster import Backend
 from noisydeq.commands import cache_option
 from noisydeq.commands.sweep import (
     backend_options,
-    check_data_dir,
     default_out,
     execute,
     parse_sets,
@@ -28,7 +27,7 @@ from noisydeq.progress import with_heartbeat
 from noisydeq.specs.base import build
 from noisydeq.specs.experiment import ExperimentSpec
 from noisydeq.specs.sweep import SweepSpec, check_device_presets
-from noisydeq.specs.task_names import refuse_data_dir
+from noisydeq.specs.task_names import check_data_dir, refuse_data_dir
 from noisydeq.specs.toml import load_toml
 
 

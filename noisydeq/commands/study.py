@@ -17,12 +17,12 @@ import click
 from noisydeq.commands import cache_option
 from noisydeq.commands.sweep import (
     backend_options,
-    check_data_dir,
     parse_sets,
     threads_flag,
     variant_options,
 )
 from noisydeq.progress import with_heartbeat
+from noisydeq.specs.task_names import check_data_dir
 
 
 def default_out(name: str, variant: str) -> Path:
