@@ -127,11 +127,11 @@ def _types_for(header: list[str]) -> dict[str, str]:
 def _typed_column(pd: Any, values: list[str], kind: str, path: Path, name: str) -> Any:
     """One declared column (its cells from line 2 on) as a pandas Series of its type (the
     module docstring); a cell that is not of the type is one error naming line and column."""
-    from noisydeq.results import _read_bool
+    from noisydeq.results import CSV_READERS
 
     if kind == "str":
         return pd.Series(values, dtype=_text(pd))
-    conv = {"int": int, "float": float, "bool": _read_bool}[kind]
+    conv = CSV_READERS[kind]
     out: list[Any] = []
     for i, v in enumerate(values):
         if v == "":

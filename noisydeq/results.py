@@ -742,6 +742,12 @@ def _read_bool(text: str) -> bool:
     return text == "True"
 
 
+#: how a declared column's CSV text reads back (``str``/``int``/``float``/``bool``, the
+#: kinds :func:`table_to_csv` writes): :func:`read_csv` and :func:`noisydeq.load_results`
+CSV_READERS: dict[str, Callable[[str], Any]] = {"str": str, "int": int, "float": float,
+                                                 "bool": _read_bool}
+
+
 def read_csv(
     path: str | os.PathLike, columns: dict[str, str] | None = None
 ) -> list[dict[str, Any]]:
@@ -749,10 +755,10 @@ def read_csv(
     into typed rows (checked against its ``SHA256SUMS``)."""
     columns = SWEEP_TABLE_COLUMNS if columns is None else columns
     store.verify_listed(path)
-    conv = {"str": str, "int": int, "float": float, "bool": _read_bool}
     with open(path, newline="", encoding="utf-8") as fh:
         return [
-            {c: conv[columns[c]](v) for c, v in row.items()} for row in csv.DictReader(fh)
+            {c: CSV_READERS[columns[c]](v) for c, v in row.items()}
+            for row in csv.DictReader(fh)
         ]
 
 

@@ -363,7 +363,7 @@ def rows_at_level(rows: list[dict[str, Any]], level: float | None, run: Any
     one line naming ``run`` when it has no native level."""
     if level is not None:
         return rows, level
-    rows = [r for r in rows if r.get("native") is True]
+    _grid, rows = split_native_rows(rows)
     if not rows:
         raise NoisyDEQError(f"{run}: no native level in its results (a sweep with "
                             "--snr ...,native has one)")

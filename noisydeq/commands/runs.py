@@ -158,12 +158,13 @@ def _snr_text(levels: Any, text: str) -> str:
     """An SNR grid as its compact range text (0:30, not 31 levels; the native level last),
     else ``text``."""
     if isinstance(levels, list) and levels:
-        from noisydeq.specs.noise import NATIVE, snr_grid_text
+        from noisydeq.specs.noise import NATIVE, snr_grid_text, split_native
 
-        numbers = [v for v in levels if v != NATIVE]  # the native level: its item, last
+        numbers, native = split_native(levels)  # the native level: its item, last
+        numbers = numbers or []
         if all(isinstance(v, (int, float)) for v in numbers):
-            grid = snr_grid_text([float(v) for v in numbers])
-            return ",".join(p for p in (grid, NATIVE * (NATIVE in levels)) if p)
+            grid = snr_grid_text([float(v) for v in numbers]) if numbers else ""
+            return ",".join(p for p in (grid, NATIVE if native else "") if p)
     return text
 
 
