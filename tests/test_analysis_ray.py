@@ -124,14 +124,33 @@ def test_certify_on_ray_equals_local(ray_cluster, certifiable, tmp_path, capsys,
     local = _without_seconds(tmp_path / "local" / "results.csv")
     assert len(local) == 1 + 2 * 2 * 2  # header + models x envelopes x radii
     assert _without_seconds(tmp_path / "ray" / "results.csv") == local
-    # the driver wrote a cell per (model, ε); one lost is the one the resume sends to Ray
+    # the driver wrote a cell per (model, ε) and its digital cell; one lost is the one the
+    # resume sends to Ray: its envelope row alone (the digital row served), or both rows
+    from noisydeq import store
+
     cells = sorted((tmp_path / "ray" / "cells").iterdir())
-    assert len(cells) == 4
-    cells[1].unlink()
+    assert len(cells) == 8
+    rows = {p: len(store.read_signed_json(p)["rows"]) for p in cells}
+    both = [p for p in cells if rows[p] == 2]
+    assert len(both) == 4
+    both[1].unlink()
     code, stdout, err = run_cli([*base, "--out", str(tmp_path / "ray"), "--backend", "ray"],
                                 capsys)
     assert code == 0, err
-    assert "cells: 1 computed, 3 served" in stdout
+    assert "cells: 1 computed, 3 served" in stdout and "1 of the computed only in" in stdout
+    assert _without_seconds(tmp_path / "ray" / "results.csv") == local
+    def head(p):  # model, weights, ε and inputs: what a cell and its digital cell share
+        return store.read_signed_json(p)["key"].rsplit("|", 1)[0]
+
+    lost = [both[2], *(p for p in cells if rows[p] == 1 and head(p) == head(both[2]))]
+    assert len(lost) == 2
+    for p in lost:  # a cell and its digital cell: both rows computed on Ray
+        p.unlink()
+    code, stdout, err = run_cli([*base, "--out", str(tmp_path / "ray"), "--backend", "ray"],
+                                capsys)
+    assert code == 0, err
+    assert "cells: 1 computed, 3 served" in stdout and "only in" not in stdout
+    assert all(p.is_file() for p in lost)
     assert _without_seconds(tmp_path / "ray" / "results.csv") == local
 
 

@@ -31,15 +31,16 @@ from noisydeq.cluster import Backend
 
 
 def certify_radius(token: str, inputs: list[Any], model: list[Any], i: int,
-                   eps: float) -> list[dict[str, Any]]:
-    """A Ray task: the rows (one per envelope) of model ``i`` at radius ``eps``.
-    ``inputs`` / ``model`` hold an object reference each (in a list, so Ray passes the
-    reference and the worker unpacks it once): (x, y, spec) and (member, plans)."""
+                   eps: float, first: int = 0) -> list[dict[str, Any]]:
+    """A Ray task: the rows (one per envelope, from the ``first``-th: the digital one
+    served) of model ``i`` at radius ``eps``. ``inputs`` / ``model`` hold an object
+    reference each (in a list, so Ray passes the reference and the worker unpacks it once):
+    (x, y, spec) and (member, plans)."""
     torch.set_num_threads(1)
     x, y, spec = cluster.kept(token, "inputs", inputs, run=True)
     member, plans = cluster.kept(token, f"model/{i}", model)
     one = spec.model_copy(update={"eps": [eps]})
-    return certify_member(member, x, y, one, None, plans)
+    return certify_member(member, x, y, one, None, plans[first:])
 
 
 def certify_cells(
@@ -49,7 +50,8 @@ def certify_cells(
     echo: Callable[[str], None] | None = None, backend: Backend | None = None,
 ) -> None:
     """Compute ``cells`` (:class:`~noisydeq.analysis.certify_run.CertifyCell`: model
-    ``i`` at radius ``eps``; ``plans`` from :func:`~noisydeq.analysis.certified.plan`) in
+    ``i`` at radius ``eps``, its envelopes from the ``first``-th — the digital one when its
+    rows were not served —; ``plans`` from :func:`~noisydeq.analysis.certified.plan`) in
     this process or — ``backend`` a Ray :class:`~noisydeq.cluster.Backend`, its cluster
     joined — one Ray task each (:func:`certify_on_ray`: the same rows but ``seconds``);
     ``saved(cell, rows)`` is called in this process as each one finishes (it writes)."""
@@ -58,7 +60,7 @@ def certify_cells(
         return
     for c in cells:
         one = spec.model_copy(update={"eps": [c.eps]})
-        saved(c, certify_member(members[c.i], x, y, one, echo, plans[c.i]))
+        saved(c, certify_member(members[c.i], x, y, one, echo, plans[c.i][c.first:]))
 
 
 def certify_on_ray(
@@ -79,8 +81,8 @@ def certify_on_ray(
     model_refs = {i: ray.put((members[i], list(plans[i]))) for i in needed}
     fn = cluster.remote(certify_radius, "noisydeq-certify-radius")
     order = sorted(range(len(cells)), key=lambda k: (-int(members[cells[k].i].params), k))
-    futures = {fn.remote(token, [ref], [model_refs[cells[k].i]], cells[k].i, cells[k].eps): k
-               for k in order}
+    futures = {fn.remote(token, [ref], [model_refs[cells[k].i]], cells[k].i, cells[k].eps,
+                         cells[k].first): k for k in order}
     for k, rows in cluster.finished(
             futures, lambda k: f"certifying {model_label(members[cells[k].i])} at ε "
                                f"{cells[k].eps:g}"):

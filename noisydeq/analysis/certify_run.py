@@ -12,7 +12,14 @@ Layout of ``<out>/`` (the sweep's rules, :class:`noisydeq.results.RunDir`)::
 A cell's key holds what its rows depend on: the model's label and weights digest
 (:func:`noisydeq.store.init_hash`), the radius, a digest of the test inputs and labels, and
 the settings (envelope: the device preset's content, chip, coverage, k, dynamic, read-noise
-K; PGD steps, restarts and seed; clipping; batch size). A rerun serves every cell it finds
+K; PGD steps, restarts and seed; clipping; batch size). The digital row of a model at a
+radius (envelope ``none``: exact weights) depends on no envelope setting, so it has a
+*digital cell* of its own, keyed by the settings with the envelope ones at their defaults
+(:data:`ENVELOPE_FIELDS`) — the very cell a run without ``--device`` writes. A run with a
+device keeps one cell per (model, ε) holding the digital row and the envelope's (its key
+unchanged by the digital cells), and writes the digital cell beside it when it computes
+that row: another device, chip or coverage on the same ``--out`` computes only the
+envelope rows, the digital ones served from their cells. A rerun serves every cell it finds
 and computes the others, so an interrupted run (Ctrl-C between cells) resumes where it
 stopped, another ε grid computes only its new radii, and a served cell keeps the
 ``seconds`` the run that computed it measured: a resume that computes nothing leaves every
@@ -103,6 +110,19 @@ def inputs_digest(x: torch.Tensor, y: torch.Tensor) -> str:
     return h.hexdigest()
 
 
+#: the CertifySpec fields that shape only a device envelope: a digital row depends on none
+ENVELOPE_FIELDS = ("device", "chip", "coverage", "k", "dynamic", "read_k")
+
+
+def digital_spec(spec: Any) -> Any:
+    """``spec`` with its envelope settings (:data:`ENVELOPE_FIELDS`) at their defaults: what
+    the digital rows' cells are keyed by (a run without ``--device``'s own spec, unless it
+    gave ``--coverage`` or ``--k``, which shape no row without a device)."""
+    fields = type(spec).model_fields
+    return spec.model_copy(update={f: fields[f].get_default(call_default_factory=True)
+                                   for f in ENVELOPE_FIELDS})
+
+
 def settings_digest(spec: Any) -> str:
     """Digest of what a cell's rows depend on besides its model, radius and inputs: the
     settings of ``spec`` but its ε grid and ``n_test`` (the inputs digest holds the
@@ -117,28 +137,43 @@ def settings_digest(spec: Any) -> str:
 
 @dataclass
 class CertifyCell:
-    """One model (index ``i`` of the run's members) at one radius."""
+    """One model (index ``i`` of the run's members) at one radius. ``digital``: the key of
+    its digital cell when this cell holds envelope rows too (a run with a device; None: the
+    cell is the digital one); ``served``: the digital rows taken from that cell, when this
+    one is computed (then only its envelope rows are)."""
 
     i: int
     eps: float
     key: str
     weights: str
     expect: list[dict[str, Any]]
+    digital: str | None = None
+    served: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def first(self) -> int:
+        """The index of the first plan (envelope) this cell computes."""
+        return len(self.served)
 
 
 def plan_cells(members: Sequence[Any], plans: Sequence[list[Plan]], x: torch.Tensor,
                y: torch.Tensor, spec: Any) -> list[CertifyCell]:
     """The cells of the run, in the table's order (model, then ε; a cell's rows: one per
-    envelope)."""
+    envelope, the digital row first)."""
     inputs, settings = inputs_digest(x, y), settings_digest(spec)
+    digital = settings_digest(digital_spec(spec))
     out = []
     for i, (m, pl) in enumerate(zip(members, plans, strict=True)):
         label, weights = model_label(m), store.init_hash(m.model)
         envs = ["none" if p.envelope is None else p.envelope.label for p in pl]
         for eps in spec.eps:
-            key = f"{RUN_KIND}|{label}|{weights}|{float(eps)!r}|{inputs}|{settings}"
+            head = f"{RUN_KIND}|{label}|{weights}|{float(eps)!r}|{inputs}"
             expect = [{"model_id": label, "eps": float(eps), "envelope": e} for e in envs]
-            out.append(CertifyCell(i, float(eps), key, weights, expect))
+            if len(pl) == 1:  # the digital row alone: the digital cell
+                out.append(CertifyCell(i, float(eps), f"{head}|{digital}", weights, expect))
+            else:
+                out.append(CertifyCell(i, float(eps), f"{head}|{settings}", weights, expect,
+                                       digital=f"{head}|{digital}"))
     return out
 
 
@@ -150,6 +185,9 @@ class CertifyResult:
     served: int = 0
     other_code: int = 0
     cells: list[CertifyCell] = field(default_factory=list)
+    #: of the ``computed`` cells, those whose digital rows were served from their digital
+    #: cells (only their envelope rows computed)
+    digital_served: int = 0
 
 
 def rows_of(cells: Sequence[CertifyCell], plans: Sequence[list[Plan]],
@@ -181,14 +219,17 @@ def certify_run(
     with CertifyDir(out) as rd:
         rd.open_run({"settings": spec.model_dump(mode="json"), **(meta or {})})
         rd.weights.update({c.key: c.weights for c in cells})
+        rd.weights.update({c.digital: c.weights for c in cells if c.digital is not None})
         found: dict[str, list[dict[str, Any]]] = {}
         todo = []
         for c in {c.key: c for c in cells}.values():  # a radius given twice: one cell
             got = rd.served(c.key, c.expect)
-            if got is None:
-                todo.append(c)
-            else:
+            if got is not None:
                 found[c.key] = got
+                continue
+            if c.digital is not None:  # its digital row may be served: not computed again
+                c.served = rd.served(c.digital, c.expect[:1]) or []
+            todo.append(c)
         note = other_code_note(rd.other_code, len(cells), rd.path,
                                recorded="their code and weights")
         if note and echo is not None:
@@ -196,6 +237,9 @@ def certify_run(
 
         def saved(cell: CertifyCell, rows: list[dict[str, Any]]) -> None:
             rows = [{c: r[c] for c in COLUMNS} for r in rows]
+            if cell.digital is not None and not cell.served:  # its digital row: for any
+                rd.save_cell(cell.digital, rows[:1])         # other envelope's run too
+            rows = cell.served + rows
             rd.save_cell(cell.key, rows)
             found[cell.key] = rows
 
@@ -204,13 +248,18 @@ def certify_run(
         files = write(rows)
         files.append(store.write_manifest(rd.path, [*files, rd.meta_path]))
     return CertifyResult(rows, files, len(todo), len(found) - len(todo),
-                         len(rd.other_code), cells)
+                         len(rd.other_code), cells, sum(bool(c.served) for c in todo))
 
 
 def cells_line(result: CertifyResult, out: Path) -> str:
-    """What a run computed and what it served."""
-    return (f"cells: {result.computed} computed, {result.served} served from {out}"
+    """What a run computed and what it served (and of the computed cells, those whose
+    digital rows were served: another envelope of the models and radii it holds)."""
+    line = (f"cells: {result.computed} computed, {result.served} served from {out}"
             if result.served else f"cells: {result.computed} computed")
+    if result.digital_served:
+        line += (f" ({result.digital_served} of the computed only in their envelope rows: "
+                 f"the digital rows served from {out})")
+    return line
 
 
 def check_out(out: Path) -> None:

@@ -206,3 +206,66 @@ def test_a_real_ctrl_c_between_cells_resumes(capsys, tmp_path, family):
     full = tmp_path / "full"
     certify(capsys, family, full, "--eps", "0.02,0.05")
     assert untimed(table(out)) == untimed(table(full))
+
+
+def computed_rows(err):
+    """The envelopes of the rows a run computed (its progress lines: ``... [envelope]: ...``)."""
+    return [line.split("[", 1)[1].split("]", 1)[0] for line in err.splitlines()
+            if " eps " in line and "]: clean" in line]
+
+
+def cell_keys(out):
+    from noisydeq import store
+
+    return {store.read_signed_json(p, "cell")["key"]: p.name for p in cell_files(out)}
+
+
+def test_another_device_computes_only_the_envelope_rows(capsys, tmp_path, family):
+    """The digital rows (envelope none) depend on no envelope setting: a run with another
+    device, chip or k on the same --out serves them from their own cells — the cells
+    a run without --device writes, under its unchanged keys — and computes only the
+    envelope rows; the table's digital rows are the first run's, seconds included."""
+    from noisydeq.analysis import certify_run as cr
+    from noisydeq.specs.certify import CertifySpec
+
+    def run(out, *argv):
+        code, stdout, err = run_certify(capsys, str(family), "--out", str(out),
+                                        "--n-test", "30", "--pgd-steps", "2", "--threads",
+                                        "1", "--eps", "0.05", *argv)
+        assert code == 0, err
+        return stdout, computed_rows(err)
+
+    digital = tmp_path / "digital"
+    stdout, rows = run(digital)
+    assert "cells: 2 computed" in stdout and rows == ["none", "none"]
+    plain = cell_keys(digital)
+    # the digital cells' keys are those of the cell format before digital cells had their own
+    spec = CertifySpec(eps=[0.05], n_test=30, pgd_steps=2)
+    assert all(k.endswith("|" + cr.settings_digest(spec)) for k in plain)
+    assert cr.settings_digest(cr.digital_spec(spec)) == cr.settings_digest(spec)
+
+    out = tmp_path / "out"
+    stdout, rows = run(out, "--device", "rram", "--k", "1")
+    assert "cells: 2 computed" in stdout and "served" not in stdout
+    assert sorted(rows) == ["none", "none", "rram-wan2022:k=1", "rram-wan2022:k=1"], rows
+    first = table(out)
+    keys = cell_keys(out)
+    assert len(keys) == 4 and set(plain.items()) < set(keys.items())  # the digital cells
+    # another chip, another coverage: only the envelope rows computed
+    for argv, env in ((["--chip", "0"], "rram-wan2022:chip0"),
+                      (["--k", "0.5"], "rram-wan2022:k=0.5")):
+        stdout, rows = run(out, "--device", "rram", *argv)
+        assert rows == [env, env], rows
+        assert (f"cells: 2 computed (2 of the computed only in their envelope rows: the "
+                f"digital rows served from {out})") in stdout, stdout
+        got = table(out)
+        assert [r for r in got if r["envelope"] == "none"] == \
+            [r for r in first if r["envelope"] == "none"]
+    assert len(cell_files(out)) == 8
+    # without a device, and the first device again: everything served
+    stdout, rows = run(out)
+    assert f"cells: 0 computed, 2 served from {out}" in stdout and rows == []
+    assert table(out) == [r for r in first if r["envelope"] == "none"]
+    stdout, rows = run(out, "--device", "rram", "--k", "1")
+    assert f"cells: 0 computed, 2 served from {out}" in stdout and rows == []
+    assert table(out) == first and len(cell_files(out)) == 8
