@@ -27,6 +27,12 @@ file byte for byte as it was. A cell computed by other noisydeq code is computed
 line says how many); a damaged cell file is refused in one line naming it, as a sweep's is
 (deleting it computes that cell again), before the table is touched. On Ray the workers
 compute the missing cells and this process alone writes.
+
+Cells of other radii, models or settings than a run's stay (a run asking for them again
+serves them) but are never read into its table; the run's last line counts them, and
+``prune=True`` (``noisydeq certify --prune``) removes them once its table is written —
+with a line saying how many. Nothing is removed otherwise; a file in ``cells/`` that is no
+readable cell is left as it is either way, in a line of its own.
 """
 
 from __future__ import annotations
@@ -91,6 +97,28 @@ class CertifyDir(RunDir):
             self.cells.mkdir(exist_ok=True)
         self.created = created
         return old is not None
+
+    def others(self, keys: set[str], prune: bool) -> tuple[int, int]:
+        """The cell files of ``cells/`` that no key in ``keys`` reads — cells of other
+        radii, models, settings or an older cell format —, removed with ``prune``; and the
+        files there that are no readable cell (left as they are). Call it locked."""
+        known = {self.cell_file_name(k) for k in keys}
+        other = unreadable = 0
+        for path in sorted(self.cells.glob("*.json")):
+            if path.name in known:
+                continue
+            try:
+                record = store.read_signed_json(path, "cell file")
+            except NoisyDEQError:
+                record = {}
+            if not (isinstance(record.get("key"), str)
+                    and str(record.get("format", "")).startswith("noisydeq-cell/")):
+                unreadable += 1  # not a cell this package wrote (or damaged): left alone
+                continue
+            other += 1
+            if prune:
+                store.remove_file(path)
+        return other, unreadable
 
     def served(self, key: str, expect: Sequence[dict[str, Any]]
                ) -> list[dict[str, Any]] | None:
@@ -188,6 +216,11 @@ class CertifyResult:
     #: of the ``computed`` cells, those whose digital rows were served from their digital
     #: cells (only their envelope rows computed)
     digital_served: int = 0
+    #: cell files of ``cells/`` no cell of this run reads (other radii, models, settings,
+    #: an older format): kept, or removed when ``pruned``; files there that are no cell
+    other_cells: int = 0
+    pruned: bool = False
+    unreadable: int = 0
 
 
 def rows_of(cells: Sequence[CertifyCell], plans: Sequence[list[Plan]],
@@ -205,14 +238,15 @@ def certify_run(
     members: Sequence[Any], plans: Sequence[list[Plan]], x: torch.Tensor, y: torch.Tensor,
     spec: Any, out: Path, write: Callable[[list[dict[str, Any]]], list[Path]], *,
     echo: Callable[[str], None] | None = None, backend: Any = None,
-    meta: dict[str, Any] | None = None,
+    meta: dict[str, Any] | None = None, prune: bool = False,
 ) -> CertifyResult:
     """Certify ``members`` (``plans`` from :func:`~noisydeq.analysis.certified.plan`) into
     the run directory ``out`` (module docstring), serving the cells it holds; then, still
     holding its lock, ``write(rows)`` (atomic writers: the tables and figures, returning
     their paths) and ``SHA256SUMS`` over them and ``meta.json``. ``backend``: a Ray
     :class:`~noisydeq.cluster.Backend` computes the missing cells there (its session
-    joined by the caller)."""
+    joined by the caller). ``prune``: then remove the cell files no cell of this run reads
+    (:meth:`CertifyDir.others`; counted in :attr:`CertifyResult.other_cells` either way)."""
     from noisydeq.analysis.certify_ray import certify_cells
 
     cells = plan_cells(members, plans, x, y, spec)
@@ -247,8 +281,11 @@ def certify_run(
         rows = rows_of(cells, plans, found)  # the manifest went with open_run: unsealed
         files = write(rows)
         files.append(store.write_manifest(rd.path, [*files, rd.meta_path]))
+        keys = {c.key for c in cells} | {c.digital for c in cells if c.digital is not None}
+        other, unreadable = rd.others(keys, prune)
     return CertifyResult(rows, files, len(todo), len(found) - len(todo),
-                         len(rd.other_code), cells, sum(bool(c.served) for c in todo))
+                         len(rd.other_code), cells, sum(bool(c.served) for c in todo),
+                         other, prune, unreadable)
 
 
 def cells_line(result: CertifyResult, out: Path) -> str:
@@ -259,6 +296,22 @@ def cells_line(result: CertifyResult, out: Path) -> str:
     if result.digital_served:
         line += (f" ({result.digital_served} of the computed only in their envelope rows: "
                  f"the digital rows served from {out})")
+    n, cells = result.other_cells, Path(out) / "cells"
+    files = f"{n} cell file{'s' * (n != 1)}"
+    if n and result.pruned:
+        line += (f"\nremoved {files} from {cells} that no cell of this run reads (other "
+                 "radii, models or settings, or an older cell format)")
+    elif n:
+        line += (f"\nnote: {files} in {cells} {'belong' if n != 1 else 'belongs'} to no cell "
+                 "of this run (other radii, models or settings, or an older cell format): "
+                 "never in its table, kept so that a run asking for "
+                 f"{'them serves them' if n != 1 else 'it serves it'}; --prune removes "
+                 f"{'them' if n != 1 else 'it'}")
+    if result.unreadable:
+        k = result.unreadable
+        line += (f"\nnote: {k} file{'s' * (k != 1)} in {cells} {'are' if k != 1 else 'is'} "
+                 "no readable cell file of this noisydeq: left as "
+                 f"{'they are' if k != 1 else 'it is'} (never read)")
     return line
 
 

@@ -7,7 +7,8 @@ the run dir of a ``noisydeq sweep`` — or a certify experiment (a bundled name 
 IBP first. Writes ``results.csv``, ``results.parquet`` and ``figures/`` into ``--out``; nothing
 is written when the input is refused. Certificates are kept per (model, ε) in ``--out``'s
 ``cells/`` (:mod:`noisydeq.analysis.certify_run`): the same command resumes a stopped run,
-another ε grid computes only its new radii.
+another ε grid computes only its new radii (the other grid's cells kept and counted;
+``--prune`` removes them).
 """
 
 from __future__ import annotations
@@ -141,6 +142,10 @@ def _writable(out: Path) -> None:
               help="output directory (default runs/certify-<source>, an experiment's "
                    "runs/<name>-<variant>; with certify options given, -<hash of them> "
                    "appended).")
+@click.option("--prune", is_flag=True,
+              help="once the table is written, remove the cell files of --out that no cell "
+                   "of this run reads (other radii, models or settings; kept otherwise, and "
+                   "counted: a run asking for them serves them).")
 @threads_flag()
 @click.option("--json", "as_json", is_flag=True, help="print the rows as JSON.")
 @click.option("--quiet", "-q", is_flag=True, help="no per-model lines.")
@@ -239,7 +244,8 @@ def _models(source: Path, out: Path, spec, opts: dict[str, Any], echo
             *write_table(rows, out),
             *plot_accuracy(rows, out / "figures" / "certified_vs_eps",
                            f"{task.name}: certify {source.name}"),
-        ], echo=echo, backend=opts["backend"], meta={"task": task.name})
+        ], echo=echo, backend=opts["backend"], meta={"task": task.name},
+            prune=opts["prune"])
     return result.rows, result.files, cells_line(result, out)
 
 
@@ -294,7 +300,8 @@ def _experiment(exp, out: Path, opts: dict[str, Any], echo
     bars = not opts["quiet"] and not opts["as_json"] and sys.stderr.isatty()
     with session(opts["backend"]):  # unreachable: one line, before training writes
         result = run_table2(exp, out, data_dir=opts["data_dir"],
-                            quiet=not bars, echo=echo, backend=opts["backend"])
+                            quiet=not bars, echo=echo, backend=opts["backend"],
+                            prune=opts["prune"])
     return result.rows, result.files, cells_line(result, out)
 
 

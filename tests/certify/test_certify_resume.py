@@ -269,3 +269,39 @@ def test_another_device_computes_only_the_envelope_rows(capsys, tmp_path, family
     stdout, rows = run(out, "--device", "rram", "--k", "1")
     assert f"cells: 0 computed, 2 served from {out}" in stdout and rows == []
     assert table(out) == first and len(cell_files(out)) == 8
+
+
+def test_cells_of_no_current_grid_are_counted_and_removed_only_with_prune(
+        capsys, tmp_path, family):
+    """Another ε grid keeps the first grid's cells (a run asking for them serves them) but
+    never reads them into its table: its output counts them and says how to remove them;
+    --prune removes them (with a line saying how many), and only them — a file that is no
+    cell is left as it is either way, in a line of its own."""
+    out = tmp_path / "out"
+    certify(capsys, family, out, "--eps", "0.05")
+    first = set(cell_files(out))
+    stdout = certify(capsys, family, out, "--eps", "0.02")
+    cells = out / "cells"
+    assert (f"note: 2 cell files in {cells} belong to no cell of this run (other radii, "
+            "models or settings, or an older cell format): never in its table, kept so that "
+            "a run asking for them serves them; --prune removes them") in stdout, stdout
+    assert first < set(cell_files(out)) and len(cell_files(out)) == 4
+    assert {r["eps"] for r in table(out)} == {"0.02"}
+    stray = cells / "0123456789abcdef0123.json"
+    stray.write_text('{"not": "a cell"}\n')
+    stdout = certify(capsys, family, out, "--eps", "0.02", "--prune")
+    assert "cells: 0 computed, 2 served" in stdout
+    assert (f"removed 2 cell files from {cells} that no cell of this run reads (other radii, "
+            "models or settings, or an older cell format)") in stdout, stdout
+    assert (f"note: 1 file in {cells} is no readable cell file of this noisydeq: left as it "
+            "is (never read)") in stdout
+    assert not first & set(cell_files(out)) and stray.is_file()
+    assert len(cell_files(out)) == 3
+    stray.unlink()
+    stdout = certify(capsys, family, out, "--eps", "0.02", "--prune")
+    assert "note:" not in stdout and "removed" not in stdout
+    # the digital cells of a device run are cells of that run: never counted, never pruned
+    stdout = certify(capsys, family, out, "--eps", "0.02", "--device", "rram", "--k", "1",
+                     "--prune")
+    assert "cells: 2 computed (2 of the computed only in their envelope rows" in stdout
+    assert "removed" not in stdout and "note:" not in stdout and len(cell_files(out)) == 4
