@@ -175,19 +175,44 @@ def capped_note(counts: list[dict[str, Any]], floors: list[dict[str, Any]] | Non
             f"pass {window}--eps ≳ {best['mean_rel_floor']:.3g}")
 
 
+#: why a noise-free level's ``w_times_ratio`` and ``window_needed`` are empty: the tail of
+#: its run is the solve's own convergence residual, no floor a window averages down
+NO_FLOOR = "no probe noise: no floor, no window for ε"
+
+
 def floor_rows(rows: list[dict[str, Any]], eps: float) -> list[dict[str, Any]]:
-    """Add ``window_needed`` = ⌈w · floor / ε⌉: the window whose mean_rel floor is ε (1/w law)."""
+    """Add ``w_times_ratio`` = w · mean_rel floor / rel floor (≈ 1 under the 1/w law) and
+    ``window_needed`` = ⌈w · floor / ε⌉: the window whose mean_rel floor is ε (1/w law).
+    Both are None (an empty cell in ``floors.csv``) at a noise-free level (SNR ∞,
+    :data:`NO_FLOOR`): without probe noise the residual keeps falling as the solve
+    converges, so there is no floor for a window to average down and no window to ask for
+    (it read ~1 there, whatever ε)."""
     out = []
     for r in rows:
+        if not math.isfinite(r["snr_db"]):
+            out.append({**r, "w_times_ratio": None, "window_needed": None})
+            continue
         need = r["window"] * r["mean_rel_floor"] / eps
         out.append({**r, "w_times_ratio": r["window"] * r["mean_rel_floor"] / r["rel_floor"],
                     "window_needed": math.ceil(need) if math.isfinite(need) else math.nan})
     return out
 
 
+def floor_line(r: dict[str, Any]) -> str:
+    """The console line of one :func:`floor_rows` row (what ``floors.csv`` and the figure
+    hold: a noise-free level's residual with :data:`NO_FLOOR`, no window)."""
+    head = (f"  SNR {r['snr_db']:>5g} w={r['window']:<4} rel {r['rel_floor']:.3g}  "
+            f"mean_rel {r['mean_rel_floor']:.3g}")
+    if r["window_needed"] is None:
+        return f"{head}  ({NO_FLOOR})"
+    return f"{head}  (window for ε: ~{r['window_needed']})"
+
+
 def plot_floors(rows: list[dict[str, Any]], eps: float, stem: Path,
                 title: str = "") -> list[Path]:
-    """mean_rel noise floor against the window length per SNR, with ε and a 1/w guide."""
+    """mean_rel noise floor against the window length per SNR, with ε and a 1/w guide; a
+    noise-free level (no floor: :func:`floor_rows`) is drawn grey and hollow, without a
+    guide, its legend entry saying so."""
     snrs = sorted({r["snr_db"] for r in rows})
     colour = dict(zip(snrs, shades("deq", len(snrs)), strict=True))
     with styled() as plt:
@@ -195,6 +220,11 @@ def plot_floors(rows: list[dict[str, Any]], eps: float, stem: Path,
         for snr in snrs:
             rs = sorted((r for r in rows if r["snr_db"] == snr), key=lambda r: r["window"])
             ws = [r["window"] for r in rs]
+            if not math.isfinite(snr):  # the solve's own residual, no floor
+                ax.plot(ws, [r["mean_rel_floor"] for r in rs], "o--", color="0.55",
+                        mfc="white", lw=1,
+                        label=f"{snr_text(snr)}: the solve's residual, no floor")
+                continue
             ax.plot(ws, [r["mean_rel_floor"] for r in rs], "o-", color=colour[snr],
                     label=snr_text(snr))
             ax.plot(ws, [rs[0]["mean_rel_floor"] * ws[0] / w for w in ws], ":",

@@ -180,9 +180,7 @@ def command(names, snr, max_iter, window, width, batch, family, depth, member_se
                 click.echo(f"noise floors (median of the last {n_iter - n_iter // 2} of {n_iter} "
                            "steps):")
                 for r in frows:
-                    click.echo(f"  SNR {r['snr_db']:>5g} w={r['window']:<4} "
-                               f"rel {r['rel_floor']:.3g}  mean_rel {r['mean_rel_floor']:.3g}"
-                               f"  (window for ε: ~{r['window_needed']})")
+                    click.echo(solver_runs.floor_line(r))
             if note:
                 click.echo(f"Fig. 5: {note}")
             if task.kind == "classification":

@@ -112,3 +112,49 @@ def test_bad_windows_are_one_line(family, tmp_path, capsys, argv, msg):
                        capsys)
     assert code == 2 and len(err.strip().splitlines()) == 1 and msg in err
     assert not (tmp_path / "x").exists()
+
+
+def test_a_noise_free_level_has_no_floor_and_no_window(family, tmp_path, capsys,
+                                                       monkeypatch):
+    """At SNR ∞ the run's tail is the solve's own convergence residual (~1e-8 here), no
+    floor: floors.csv leaves w_times_ratio and window_needed empty there (the column read
+    ~1 whatever ε), the console line says why instead of 'window for ε: ~1', and the
+    figure draws that level grey and hollow, without a 1/w guide, its legend saying so.
+    The noisy level keeps both numbers."""
+    import matplotlib.pyplot as plt
+
+    from noisydeq.analysis import solver_runs
+
+    kept = []
+    monkeypatch.setattr(plt, "close", lambda fig=None: kept.append(fig))
+    out = tmp_path / "o"
+    code, stdout, err = run(
+        ["solvers", "--family", str(family), "--solvers", "unroll", "--snr", "10",
+         "--max-iter", "20", "--width", "10", "--batch", "2", "--inputs", "32",
+         "--count-snr", "10,inf", "--window", "4,16", "--tol", "0.05", "--threshold", "40",
+         "--accuracy-snr", "inf", "--accuracy-solvers", "unroll", "--accuracy-max-iter", "8",
+         "--out", str(out)], capsys)
+    monkeypatch.undo()
+    assert code == 0, err
+    with open(out / "floors.csv") as fh:
+        floors = {(float(r["snr_db"]), int(r["window"])): r for r in csv.DictReader(fh)}
+    assert set(floors) == {(10.0, 4), (10.0, 16), (math.inf, 4), (math.inf, 16)}
+    lines = [ln for ln in stdout.splitlines() if ln.startswith("  SNR ") and " w=" in ln]
+    assert len(lines) == 4
+    for (snr, w), r in floors.items():
+        line = next(ln for ln in lines if ln.split()[1] == f"{snr:g}" and f"w={w} " in ln)
+        if math.isinf(snr):
+            assert r["window_needed"] == "" and r["w_times_ratio"] == ""
+            assert float(r["mean_rel_floor"]) < 1e-3  # converged: no floor
+            assert line.endswith(f"({solver_runs.NO_FLOOR})") and "~" not in line
+        else:
+            need = math.ceil(w * float(r["mean_rel_floor"]) / 0.05)
+            assert int(r["window_needed"]) == need and float(r["w_times_ratio"]) > 0
+            assert line.endswith(f"(window for ε: ~{need})")
+    fig = next(f for f in kept if f is not None and "noise floor" in f.axes[0].get_title())
+    ax = fig.axes[0]
+    labels = [ln.get_label() for ln in ax.get_lines()]
+    assert "no noise: the solve's residual, no floor" in labels and "10 dB" in labels
+    # per level its points, a 1/w guide for the noisy one only; and the ε line
+    assert len([ln for ln in ax.get_lines() if ln.get_linestyle() == ":"]) == 1
+    plt.close("all")
