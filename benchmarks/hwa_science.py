@@ -38,8 +38,12 @@ layer, no static part: ``snr``; on the hidden MVMs only: ``snr-hidden``; with th
 projection or the head digital: ``snr-no-proj``, ``snr-no-head``) and no device at all,
 the model's own signal-site noise (paper Eq. 3-4, ``noisydeq sweep --train-snr``:
 ``signal``). The reference ``ours rram@10 dB`` (physical mode, everything per step) comes
-from ``--train-device-snr 10``. The sweep directory's ``train_noise_mode`` column says
-``physical`` for every model; the JSON's ``way`` names the arm.
+from ``--train-device-snr 10``. The sweep directory's ``train_noise_mode`` column says the
+mode each model was trained in (an arm's: ``dynamic``, ``static`` or ``both`` for those
+arms, else the sweep's ``physical``; :class:`ArmModel`), its ``train_device`` the arm
+(``arm-<name>``); the JSON's ``way`` names the arm. (A ``--out`` whose sweep was written
+before the column said so holds arm cells labelled ``physical``: the sweep refuses them in
+one line naming the file; use another ``--out`` or delete ``sweep/``.)
 
 ``--aihwkit-std`` sets aihwkit's training weight noise (several: one aihwkit model each;
 ``none``: no aihwkit model);
@@ -57,16 +61,19 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import json
 import math
 import statistics
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
 
 from benchmarks.hwaware import aihwkit_model, aihwkit_optimizer
+from noisydeq.swept_model import SweepModel
 
 #: ablation arms (``--arms``): name → (what differs from ``ours rram@<level>``: rram in the
 #: physical mode, chip per epoch, everything per step; the SweepSpec fields that set it)
@@ -93,6 +100,32 @@ ARMS: dict[str, tuple[str, dict]] = {
     "signal": ("no device: the model's signal-site noise (Eq. 3-4)",
                {"train_device": []}),
 }
+
+
+def arm_noise_mode(arm: str, default: str) -> str:
+    """The training noise mode of ablation arm ``arm`` (its :data:`ARMS` fields), else
+    ``default`` (the sweep spec's, which every arm's fields override)."""
+    return ARMS[arm][1].get("train_noise_mode", default)
+
+
+@dataclasses.dataclass
+class ArmModel(SweepModel):
+    """An ablation arm's model in the evaluation sweep: its rows' ``train_noise_mode`` is
+    the mode it was trained in (``noise_mode``), not the sweep spec's (``physical``, the
+    reference's) that a :class:`~noisydeq.swept_model.SweepModel` reports."""
+
+    noise_mode: str = "physical"
+
+    @classmethod
+    def of(cls, m: SweepModel, noise_mode: str) -> ArmModel:
+        return cls(**{f.name: getattr(m, f.name) for f in dataclasses.fields(SweepModel)},
+                   noise_mode=noise_mode)
+
+    def training_columns(self, spec: Any) -> dict[str, Any]:
+        cols = super().training_columns(spec)
+        if cols and self.train_device is not None:
+            cols["train_noise_mode"] = self.noise_mode
+        return cols
 
 
 def way_name(train_device: str | None, snr: float | None, train_snr: float = math.inf) -> str:
@@ -262,7 +295,6 @@ def main(argv: list[str] | None = None) -> int:
     from noisydeq.specs.sweep import SweepSpec
     from noisydeq.sweep.plan import family_models
     from noisydeq.sweep.write import run_sweep
-    from noisydeq.swept_model import SweepModel
     from noisydeq.tasks import load_task
 
     try:  # bad input: one line (argparse's), before anything is trained or written
@@ -312,6 +344,8 @@ def main(argv: list[str] | None = None) -> int:
             if arm == "signal" or m.train_device is not None:
                 if m.train_device is not None and m.train_device != arm:
                     m.train_device = f"arm-{arm}"  # its own model id and way
+                if m.train_device is not None:  # its table rows: the mode it trained in
+                    m = ArmModel.of(m, arm_noise_mode(arm, spec.train_noise_mode))
                 models.append(m)
         t_arms[arm] = time.process_time() - c1
     from noisydeq.sweep.plan import CALIBRATION_INPUTS

@@ -4,6 +4,7 @@ gives the reference path's answers. No timing is asserted (timings are not tests
 from __future__ import annotations
 
 import copy
+import csv
 import json
 import math
 
@@ -340,14 +341,26 @@ def test_hwa_science_ablation_arms(tmp_path) -> None:
     assert err.value.code == 2 and not (tmp_path / "no").exists()
     assert main(["--seeds", "0", "--chips", "1", "--snr", "0", "--epochs", "1",
                  "--train-device-snr", "10", "--aihwkit-std", "none",
-                 "--arms", "static,snr,snr-hidden,signal",
+                 "--arms", "static,dynamic,snr,snr-hidden,signal",
                  "--out", str(tmp_path)]) == 0
     got = json.loads((tmp_path / "hwa_science.json").read_text())
     rows = got["rows"]
     ways = list(dict.fromkeys(r["way"] for r in rows))
-    assert ways == ["digital", "ours rram@10 dB", "ours rram@10 dB static", "ours snr@10 dB",
-                    "ours snr@10 dB snr-hidden", "signal noise@10 dB"], ways
-    assert len(rows) == 6 * 3  # 0 dB, native and aihwkit's inference, one chip each
-    assert set(got["facts"]["cpu_s_arm_training"]) == {"static", "snr", "snr-hidden", "signal"}
+    assert ways == ["digital", "ours rram@10 dB", "ours rram@10 dB static",
+                    "ours rram@10 dB dynamic", "ours snr@10 dB", "ours snr@10 dB snr-hidden",
+                    "signal noise@10 dB"], ways
+    assert len(rows) == 7 * 3  # 0 dB, native and aihwkit's inference, one chip each
+    assert set(got["facts"]["cpu_s_arm_training"]) == {"static", "dynamic", "snr",
+                                                       "snr-hidden", "signal"}
     at_native = {r["way"]: r["accuracy"] for r in rows if r["snr"] == "native"}
-    assert len(set(at_native.values())) > 1, at_native  # not one model under six names
+    assert len(set(at_native.values())) > 1, at_native  # not one model under seven names
+    # the sweep directory's table labels each model with the noise mode it trained in (it
+    # said physical for every arm): the static and dynamic arms theirs, the others the
+    # reference's physical, the digitally trained models none
+    with open(tmp_path / "sweep" / "results.csv", newline="") as fh:
+        modes = {(r["train_device"], r["train_snr_db"]): r["train_noise_mode"]
+                 for r in csv.DictReader(fh)}
+    assert modes == {("none", "inf"): "none", ("rram", "inf"): "physical",
+                     ("arm-static", "inf"): "static", ("arm-dynamic", "inf"): "dynamic",
+                     ("snr", "inf"): "physical", ("arm-snr-hidden", "inf"): "physical",
+                     ("none", "10.0"): "none"}, modes
