@@ -264,7 +264,8 @@ def certify_run(
             if c.digital is not None:  # its digital row may be served: not computed again
                 c.served = rd.served(c.digital, c.expect[:1]) or []
             todo.append(c)
-        note = other_code_note(rd.other_code, len(cells), rd.path,
+        keys = {c.key for c in cells} | {c.digital for c in cells if c.digital is not None}
+        note = other_code_note(rd.other_code, len(keys), rd.path,  # digital cells too
                                recorded="their code and weights")
         if note and echo is not None:
             echo(note)
@@ -281,7 +282,6 @@ def certify_run(
         rows = rows_of(cells, plans, found)  # the manifest went with open_run: unsealed
         files = write(rows)
         files.append(store.write_manifest(rd.path, [*files, rd.meta_path]))
-        keys = {c.key for c in cells} | {c.digital for c in cells if c.digital is not None}
         other, unreadable = rd.others(keys, prune)
     return CertifyResult(rows, files, len(todo), len(found) - len(todo),
                          len(rd.other_code), cells, sum(bool(c.served) for c in todo),

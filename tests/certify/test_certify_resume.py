@@ -148,6 +148,26 @@ def test_cells_of_other_code_are_computed_again_with_a_note(capsys, tmp_path, fa
     assert f"note: 2 of 2 cells in {out} were computed by other noisydeq code" in err
 
 
+def test_a_device_run_of_other_code_counts_its_digital_cells_too(capsys, tmp_path, family,
+                                                                  monkeypatch):
+    """A device run's cells and their digital cells, all of other code: '4 of 4 cells' are
+    computed again (not '4 of 2'), every row of them."""
+    from noisydeq import fingerprint
+
+    out = tmp_path / "out"
+    argv = ["--out", str(out), "--n-test", "30", "--pgd-steps", "2", "--threads", "1",
+            "--eps", "0.05", "--device", "rram", "--k", "1"]
+    code, _, err = run_certify(capsys, str(family), *argv)
+    assert code == 0, err
+    monkeypatch.setattr(fingerprint, "code_fingerprint", lambda: "0" * 16)
+    code, stdout, err = run_certify(capsys, str(family), *argv)
+    assert code == 0, err
+    assert "cells: 2 computed" in stdout and "served" not in stdout
+    assert f"note: 4 of 4 cells in {out} were computed by other noisydeq code" in err
+    assert sorted(computed_rows(err)) == ["none", "none", "rram-wan2022:k=1",
+                                          "rram-wan2022:k=1"]
+
+
 def test_another_command_s_run_directory_is_refused_writing_nothing(capsys, tmp_path,
                                                                     family):
     out = tmp_path / "sweep"
