@@ -189,6 +189,8 @@ def command(source: Path, **opts: Any) -> None:
             rows, files, line = _models(source, out, spec, opts, echo)
     if opts["as_json"]:
         click.echo(json.dumps(rows, indent=2, allow_nan=True))
+        for note in line.splitlines()[1:]:  # cells kept or removed: said, on stderr
+            click.echo(note, err=True)
         return
     if rows and "model_id" in rows[0]:
         _print(rows)

@@ -320,6 +320,12 @@ def test_cells_of_no_current_grid_are_counted_and_removed_only_with_prune(
     stray.unlink()
     stdout = certify(capsys, family, out, "--eps", "0.02", "--prune")
     assert "note:" not in stdout and "removed" not in stdout
+    # --json prints the rows alone on stdout: what is kept or removed goes to stderr
+    certify(capsys, family, out, "--eps", "0.05")
+    code, stdout, err = run_certify(capsys, str(family), "--out", str(out), *ARGS,
+                                    "--eps", "0.02", "--json", "--prune")
+    assert code == 0 and stdout.lstrip().startswith("["), err
+    assert f"removed 2 cell files from {cells}" in err and len(cell_files(out)) == 2
     # the digital cells of a device run are cells of that run: never counted, never pruned
     stdout = certify(capsys, family, out, "--eps", "0.02", "--device", "rram", "--k", "1",
                      "--prune")
