@@ -260,3 +260,32 @@ def test_noisydeq_cache_compares_a_device_entry_with_the_device_code():
     whole = fingerprint.code_fingerprint()
     meta["env"]["code"] = whole  # recorded by the package-wide fingerprint: stale
     assert device_status("calibration", meta) == ("stale", f"code {whole}")
+
+
+def test_no_caller_hands_the_calibration_code_a_forward_from_outside_the_device_code():
+    """``calibrate_levels(..., forward=f)`` would run ``f``'s code inside a device entry:
+    a caller that passes one must be inside the device closure."""
+    modules = fingerprint._modules(fingerprint.package_root())
+    graph = {}
+    for rel, data in modules:
+        name = fingerprint.module_name(rel)
+        graph[name] = fingerprint.imports(ast.parse(data), name, rel.endswith("__init__.py"))
+    device = fingerprint.closure(fingerprint.KINDS["device"].roots, graph)
+    callers = set()
+    for rel, data in modules:
+        for node in ast.walk(ast.parse(data)):
+            if isinstance(node, ast.Call) and fingerprint._call_name(node.func) in (
+                    "calibrate_levels", "calibrate_in_network") and any(
+                    k.arg == "forward" for k in node.keywords):
+                callers.add(fingerprint.module_name(rel))
+    assert callers <= device
+
+
+def test_noisydeq_cache_shows_the_device_and_figure_codes(tmp_path):
+    from noisydeq.cachedir.inventory import scan
+    from noisydeq.commands.cache import summary
+
+    (tmp_path / "calibration").mkdir()
+    current = summary(scan(tmp_path))["current"]
+    assert current["codes"] == {"device": fingerprint.code_fingerprint("device"),
+                                "figures": fingerprint.code_fingerprint("figures")}
