@@ -31,8 +31,8 @@ followed everywhere) 152, 164 and 165. Outside every kind: the CLI and its comma
 cached calibration, chip, figure and sweep cell; an edit to :mod:`noisydeq.plots` keeps the
 calibrations and chips.
 
-Parsing the package's ~220 modules and reading their imports takes ~0.85 CPU s (the syntax
-alone ~0.45), so the values are memoised in the cache under the digest of the modules'
+Parsing the package's ~220 modules and reading their imports takes ~0.8 CPU s (the syntax
+alone ~0.4), so the values are memoised in the cache under the digest of the modules'
 bytes (:data:`MEMO_DIRECTORY`), which takes ~6 ms to compute: a fresh process pays about
 that (plus ~10 ms of imports where :mod:`noisydeq.store` is not imported yet).
 """
@@ -40,7 +40,6 @@ that (plus ~10 ms of imports where :mod:`noisydeq.store` is not imported yet).
 from __future__ import annotations
 
 import ast
-import dataclasses
 import functools
 import hashlib
 import platform
@@ -175,13 +174,19 @@ def semantic_digest(modules: list[tuple[str, bytes]]) -> str:
 PACKAGE = "noisydeq"
 
 
-@dataclasses.dataclass(frozen=True)
 class Kind:
     """The code a kind of cache entry is computed by: the ``roots`` (dotted module names;
     one ending in ``.*`` names every module below that package, the package included) and
-    every module they can import (:func:`closure`)."""
+    every module they can import (:func:`closure`). (Plain classes here: ``dataclasses``
+    would add ~7 ms to importing this module, which ``noisydeq cache`` pays.)"""
 
-    roots: tuple[str, ...]
+    __slots__ = ("roots",)
+
+    def __init__(self, roots: tuple[str, ...]) -> None:
+        self.roots = tuple(roots)
+
+    def __repr__(self) -> str:
+        return f"Kind({self.roots!r})"
 
 
 #: where the objects a device entry's computation receives from its caller are defined:
@@ -249,27 +254,29 @@ def _leading_text(arg: ast.expr) -> tuple[str, bool]:
     return "", False
 
 
-@dataclasses.dataclass
 class Imports:
     """What one module can import (:func:`imports`)."""
 
-    #: dotted names it imports anywhere — at its top, in functions, under conditions — and
-    #: package prefixes ending in ``.`` (every module below), except ``served``
-    found: set[str] = dataclasses.field(default_factory=set)
-    #: code imported or run by a name no static reading bounds (the kind falls back)
-    unbounded: bool = False
-    #: a module-level ``__getattr__``'s imports under ``if name == "X"`` (or ``in``): the
-    #: names X -> the imports they run; they count where a module of the closure may ask
-    #: this module for X (:attr:`names`, or a dynamic ``getattr`` on a module it holds)
-    served: dict[str, set[str]] = dataclasses.field(default_factory=dict)
-    #: every identifier, attribute name, imported name and string constant (docstrings
-    #: aside) it holds; ``*P`` for ``from P import *``
-    names: set[str] = dataclasses.field(default_factory=set)
-    #: the dotted names of the objects it reaches through the names its imports bind that
-    #: it uses otherwise than by reading a named attribute (passes on, assigns, hands to
-    #: ``getattr``): a module there may be asked for any attribute; ``*``: any module
-    #: (``sys.modules``, ``import_module``)
-    escapes: set[str] = dataclasses.field(default_factory=set)
+    __slots__ = ("escapes", "found", "names", "served", "unbounded")
+
+    def __init__(self, unbounded: bool = False) -> None:
+        #: dotted names it imports anywhere — at its top, in functions, under conditions —
+        #: and package prefixes ending in ``.`` (every module below), except ``served``
+        self.found: set[str] = set()
+        #: code imported or run by a name no static reading bounds (the kind falls back)
+        self.unbounded = unbounded
+        #: a module-level ``__getattr__``'s imports under ``if name == "X"`` (or ``in``):
+        #: the names X -> the imports they run; they count where a module of the closure
+        #: may ask this module for X (:func:`_asks`)
+        self.served: dict[str, set[str]] = {}
+        #: every identifier, attribute name, imported name and string constant (docstrings
+        #: aside) it holds; ``*P`` for ``from P import *``
+        self.names: set[str] = set()
+        #: the dotted names of the objects it reaches through the names its imports bind
+        #: that it uses otherwise than by reading a named attribute (passes on, assigns,
+        #: hands to ``getattr``): a module there may be asked for any attribute; ``*``: any
+        #: module (``sys.modules[name]``, ``import_module`` of a name not a constant)
+        self.escapes: set[str] = set()
 
 
 def _guard_names(test: ast.expr, param: str) -> set[str] | None:
