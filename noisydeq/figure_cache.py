@@ -12,9 +12,10 @@ and title give the same bytes: the SVG hash salt is fixed and no date is written
 are stored under ``<cache>/figures/<32 hex>.json``, keyed by:
 
 * the rows, the spec, the native SNR and the title (canonical JSON, :func:`store.dumps_json`);
-* the code: the hash of the whole package's syntax, docstrings and comments aside
-  (:func:`noisydeq.fingerprint.code_fingerprint`, as the device caches key theirs), so any
-  change to the plotting code — or to anything it calls — draws again;
+* the code: the hash of the syntax of the modules the figure code can import (this module,
+  :mod:`noisydeq.plots` and every driver handing it a drawing function), docstrings and
+  comments aside (:func:`noisydeq.fingerprint.code_fingerprint` of kind :data:`CODE`), so
+  any change to the plotting code — or to anything it calls — draws again;
 * the drawing libraries' versions (matplotlib, Pillow, NumPy) and the bytes of every
   ``matplotlibrc`` that matplotlib could read instead of its own (the working directory's,
   ``$MATPLOTLIBRC``, the user's config directory), so a changed style draws again.
@@ -44,8 +45,11 @@ from noisydeq import __version__, store
 from noisydeq.errors import CorruptArtefact, NoisyDEQError
 from noisydeq.fingerprint import code_fingerprint
 
-#: format of an entry (part of its key: a new format is a new file)
-FORMAT = "noisydeq-figures/1"
+#: format of an entry (part of its key: a new format is a new file); 2: the code in the key
+#: is the figure code's fingerprint (:data:`CODE`), not the whole package's
+FORMAT = "noisydeq-figures/2"
+#: the code fingerprint an entry is keyed by (:func:`~noisydeq.fingerprint.code_fingerprint`)
+CODE = "figures"
 #: the entries' directory under the cache
 DIRECTORY = "figures"
 #: environment variable that turns the cache off (``off``, ``0``, ``no``, ``false``)
@@ -102,7 +106,7 @@ def _rc_digest() -> str:
 def figure_key(inputs: Any) -> str:
     """The entry name (32 hex) of the figures drawn from ``inputs`` (any JSON-able value:
     the rows, spec, native SNR and title) by this code, these libraries and rc files."""
-    head = {"format": FORMAT, "code": code_fingerprint(), "libraries": _library_versions(),
+    head = {"format": FORMAT, "code": code_fingerprint(CODE), "libraries": _library_versions(),
             "rc": _rc_digest()}
     text = store.dumps_json({"head": head, "inputs": inputs})
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:32]
@@ -156,7 +160,7 @@ def _save(path: Path, key: str, out: Path, paths: list[Path]) -> None:
         files.append({"name": p.name, "data": base64.b64encode(data).decode("ascii"),
                       "sha256": hashlib.sha256(data).hexdigest()})
     entry = {"format": FORMAT, "key": key, "files": files,
-             "env": {"format": FORMAT, "version": __version__, "code": code_fingerprint(),
+             "env": {"format": FORMAT, "version": __version__, "code": code_fingerprint(CODE),
                      "libraries": _library_versions()}}
     try:
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -52,7 +52,7 @@ def test_a_resumed_study_copies_its_figures_and_plot_still_draws(tmp_path, priva
     assert _figures(out / "figures") == drawn
     # the same summary drawn by other code is drawn again
     monkeypatch.delenv(figure_cache.ENV)
-    monkeypatch.setattr(figure_cache, "code_fingerprint", lambda: "other code")
+    monkeypatch.setattr(figure_cache, "code_fingerprint", lambda *kind: "other code")
     calls = []
     real = noisydeq.studies.plots.plot_study
     monkeypatch.setattr(noisydeq.studies.plots, "plot_study",

@@ -77,14 +77,14 @@ def fresh(monkeypatch, tmp_path):
 
     def compute(root):
         monkeypatch.setattr(noisydeq, "__file__", str(root / "__init__.py"))
-        fingerprint.code_fingerprint.cache_clear()
+        fingerprint.code_fingerprints.cache_clear()
         try:
             return fingerprint.code_fingerprint()
         finally:
-            fingerprint.code_fingerprint.cache_clear()
+            fingerprint.code_fingerprints.cache_clear()
 
     yield compute
-    fingerprint.code_fingerprint.cache_clear()
+    fingerprint.code_fingerprints.cache_clear()
 
 
 @pytest.mark.parametrize("edit", sorted(SAME))
@@ -116,12 +116,16 @@ def test_the_fingerprint_is_16_hex_and_the_memo_holds_it(fresh, tmp_path):
     memos = list((tmp_path / "cache" / fingerprint.MEMO_DIRECTORY).iterdir())
     assert len(memos) == 1
     memo = store.read_signed_json(memos[0])
-    assert memo["code"] == value
+    assert memo["code"] == memo["codes"]["package"] == value
+    assert set(memo["codes"]) == {"package", *fingerprint.KINDS}
     assert memo["raw"] == fingerprint.raw_digest(fingerprint._modules(root))
 
 
 def _forge(path, raw, code):
-    store.write_signed_json(path, {"format": fingerprint.MEMO_FORMAT, "raw": raw, "code": code})
+    """A memo of ``raw`` giving ``code`` for every kind."""
+    codes = dict.fromkeys(("package", *fingerprint.KINDS), code)
+    store.write_signed_json(path, {"format": fingerprint.MEMO_FORMAT, "raw": raw, "code": code,
+                                   "codes": codes})
 
 
 def test_the_memo_is_served_only_for_the_bytes_it_was_written_for(fresh, tmp_path):
@@ -252,7 +256,7 @@ for args in json.loads(sys.argv[1]):
     except SystemExit:
         pass
     fp = sys.modules.get("noisydeq.fingerprint")
-    seen[" ".join(args)] = 0 if fp is None else fp.code_fingerprint.cache_info().misses
+    seen[" ".join(args)] = 0 if fp is None else fp.code_fingerprints.cache_info().misses
 print(json.dumps(seen))
 """
 
@@ -301,8 +305,8 @@ MEMO_PROBE = """
 import json, sys
 from noisydeq import fingerprint
 calls = []
-real = fingerprint.semantic_digest
-fingerprint.semantic_digest = lambda modules: calls.append(1) or real(modules)
+real = fingerprint.digests
+fingerprint.digests = lambda modules: calls.append(1) or real(modules)
 from noisydeq.cli import main
 try:
     main(sys.argv[1:])
@@ -316,7 +320,7 @@ print(json.dumps({"parsed": len(calls), "code": fingerprint.code_fingerprint()})
 def test_the_memo_follows_the_cache_the_command_reads(tmp_path, how):
     """``noisydeq cache --cache DIR`` keeps the memo in DIR (not in ``$NOISYDEQ_CACHE``),
     ``$NOISYDEQ_CACHE`` in that cache; a second process reuses it: the package is parsed
-    (``semantic_digest``) once in the two."""
+    (``digests``) once in the two."""
     default, custom = tmp_path / "default", tmp_path / "custom"
     default.mkdir()
     custom.mkdir()

@@ -132,13 +132,14 @@ def test_the_driver_fingerprints_the_code_once(tmp_path, monkeypatch):
     calls = []
     real = store_mod.code_fingerprint
     monkeypatch.setattr(store_mod, "code_fingerprint",
-                        lambda: calls.append(1) or real())
+                        lambda *kind: calls.append(kind) or real(*kind))
     task = toy_task()
     spec = toy_spec(device="ideal", noise_site="signal", snr_db="0,inf", chips=1)
     driver = CellRunner(spec, task, RunDir(tmp_path / "run"), Hardware(spec),
                         torch.device("cpu"))
     facts = DriverFacts.of(driver, toy_models(task))
-    assert len(calls) == 1 and facts.code == real() and facts.content == driver.content
+    assert calls == [("sweep",)] and facts.code == real("sweep")
+    assert facts.content == driver.content
 
 
 @pytest.mark.slow

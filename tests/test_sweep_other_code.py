@@ -41,7 +41,7 @@ def test_cells_of_other_code_are_computed_again_and_replaced(tmp_path, monkeypat
     again, said = _run(out, task)  # the same code and weights: every cell served
     assert again.computed_cells == 0 and not said and again.rows == first.rows
     old = _cells(out)
-    monkeypatch.setattr(calibration_store, "code_fingerprint", lambda: OTHER)
+    monkeypatch.setattr(calibration_store, "code_fingerprint", lambda *kind: OTHER)
     other, said = _run(out, task)
     assert other.computed_cells == 16 and other.superseded_cells == 16
     assert said == [f"note: 16 of 16 cells in {out} were computed by other noisydeq code: "
@@ -55,7 +55,7 @@ def test_cells_of_other_code_are_computed_again_and_replaced(tmp_path, monkeypat
     data = store.read_signed_json(now[0])
     del data["code"]
     store.write_signed_json(now[0], data)
-    monkeypatch.setattr(calibration_store, "code_fingerprint", lambda: here)
+    monkeypatch.setattr(calibration_store, "code_fingerprint", lambda *kind: here)
     back, said = _run(out, task)
     assert back.computed_cells == 16 and len(_cells(out)) == 16
     assert len(said) == 1 and "(1 of them before cells recorded their code)" in said[0]
@@ -67,7 +67,7 @@ def test_an_interrupted_recompute_keeps_the_old_files_it_has_not_replaced(tmp_pa
 
     task, out = toy_task(), tmp_path / "run"
     _run(out, task)
-    monkeypatch.setattr(calibration_store, "code_fingerprint", lambda: OTHER)
+    monkeypatch.setattr(calibration_store, "code_fingerprint", lambda *kind: OTHER)
 
     def stop(n):
         if n == 5:

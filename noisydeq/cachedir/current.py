@@ -2,9 +2,10 @@
 fields can still match it — without importing torch or the modules that write the entries.
 
 An entry is *stale* when a field it records differs from this process's: the package
-version, code fingerprint, torch version or machine (device entries), the entry format, and
-for trained models the training schema, versions and device-gradient rule. The thread count
-is recorded but never makes an entry stale: any run can ask for it again (``--threads``).
+version, code fingerprint (the kind's, :data:`CODES`), torch version or machine (device
+entries), the entry format, and for trained models the training schema, versions and
+device-gradient rule. The thread count is recorded but never makes an entry stale: any run
+can ask for it again (``--threads``).
 *Current* means only that the recorded fields match (the rest of the key — weights, specs,
 data — is a hash). An entry that records none of them (written before they were) is
 *unknown*.
@@ -29,6 +30,11 @@ from noisydeq.fingerprint import code_fingerprint, machine, torch_version
 FORMATS = {"calibration": ("hardware/calibration_store.py", "FORMAT"),
            "chips": ("hardware/chip_store.py", "FORMAT"),
            "figures": ("figure_cache.py", "FORMAT")}
+#: the module and constant naming the code fingerprint each kind is keyed by
+#: (:func:`~noisydeq.fingerprint.code_fingerprint`; chips share the calibration head)
+CODES = {"calibration": ("hardware/calibration_store.py", "CODE"),
+         "chips": ("hardware/calibration_store.py", "CODE"),
+         "figures": ("figure_cache.py", "CODE")}
 #: the drawing libraries whose versions a figure entry's key holds
 LIBRARIES = ("figure_cache.py", "LIBRARIES")
 #: the training schema and device-gradient rule of a model's config
@@ -70,7 +76,8 @@ def device_fields(kind: str) -> dict[str, Any]:
     libraries' versions (in its key; recorded since 2026-12-07: older entries are judged
     without them)."""
     fields = {"format": constant(*FORMATS[kind]), "version": __version__,
-              "code": code_fingerprint(), "torch": torch_version(), "machine": machine()}
+              "code": code_fingerprint(constant(*CODES[kind])), "torch": torch_version(),
+              "machine": machine()}
     if kind == "figures":
         fields["libraries"] = library_versions()
     return fields

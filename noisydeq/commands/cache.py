@@ -56,11 +56,13 @@ def summary(inv: Any) -> dict[str, Any]:
                           for s in ("stale", "current", "unknown")},
                        "stale_bytes": sum(e.size for e in es if e.status == "stale")}
     now = device_fields("chips")
+    codes = {"device": now["code"], "figures": device_fields("figures")["code"]}
     return {"cache": str(inv.root), "exists": inv.root.is_dir(), "kinds": kinds,
             "other": {"files": len(inv.other), "bytes": sum(n for _, n in inv.other)},
             "temporary": {"files": len(inv.temps), "bytes": sum(t[2] for t in inv.temps),
                           "stale": sum(t[3] for t in inv.temps)},
-            "current": {k: now[k] for k in ("version", "code", "torch", "machine")}}
+            "current": {"version": now["version"], "codes": codes, "torch": now["torch"],
+                        "machine": now["machine"]}}
 
 
 def _table(info: dict[str, Any]) -> str:
@@ -88,8 +90,9 @@ def _table(info: dict[str, Any]) -> str:
                      "left by killed writers: removed by prune and clear)")
     cur = info["current"]
     lines.append("stale = recorded for another code, torch or machine: no run of this one "
-                 f"can hit them\n(this one: noisydeq {cur['version']}, code {cur['code']}, "
-                 f"torch {cur['torch']}, {cur['machine']}); unknown = the entry records none")
+                 f"can hit them\n(this one: noisydeq {cur['version']}, code "
+                 + ", ".join(f"{k} {v}" for k, v in cur["codes"].items())
+                 + f", torch {cur['torch']}, {cur['machine']}); unknown = the entry records none")
     return "\n".join(lines)
 
 

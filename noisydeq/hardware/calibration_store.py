@@ -8,11 +8,13 @@ model's configuration (solvers, forms: :func:`model_config`), the device spec, t
 seed, the noise mode, the calibration kind and its settings (rounds, samples), the
 calibration inputs, the target levels and the order in which they are searched (a layer's
 :class:`KnobTable` reuses the measurements of earlier targets), plus the arithmetic of the
-code (a hash of the whole package's syntax, docstrings and comments aside: the in-network
-forward runs models and solvers), torch version and intra-op thread count. Their hash names
-a small JSON file under ``<cache>/calibration/``: a second sweep of the same models on the
-same device loads the knobs instead of searching. The chips themselves are still programmed
-at the loaded knobs, so the results are the ones of a run that calibrated (tested).
+code (a hash of the syntax of the modules the device code can import — the stores, models,
+solvers, layers and devices and what they import — docstrings and comments aside:
+:data:`CODE`; the in-network forward runs models and solvers), torch version and intra-op
+thread count. Their hash names a small JSON file under ``<cache>/calibration/``: a second
+sweep of the same models on the same device loads the knobs instead of searching. The chips
+themselves are still programmed at the loaded knobs, so the results are the ones of a run
+that calibrated (tested).
 
 Targets are calibrated in ascending order up front, so the controls no longer depend on the
 order in which a sweep — or a resumed sweep with some cells done — first asks for them (on
@@ -50,8 +52,13 @@ from noisydeq.store import hash_tensor, init_hash
 
 #: 2: digests (integrity); 3: counter-based calibration noise (noisydeq.rng); 4: two knobs
 #: (static, dynamic) per level, noise mode and in-network calibration in the key; 5: the
-#: in-network estimator measures anchor levels and interpolates between them (SPACING)
-FORMAT = "noisydeq-calibration/5"
+#: in-network estimator measures anchor levels and interpolates between them (SPACING); 6: the
+#: code in the key is the device code's fingerprint (:data:`CODE`), not the whole package's
+FORMAT = "noisydeq-calibration/6"
+#: the code fingerprint a device entry (calibration or chips) is keyed by
+#: (:func:`~noisydeq.fingerprint.code_fingerprint`): the modules the stores and the models,
+#: layers, solvers and devices they run can import — not the commands, plots or reports
+CODE = "device"
 
 
 def model_config(model: nn.Module) -> str:
@@ -77,7 +84,7 @@ def device_head(fmt: str, device: Any, threads: int | None = None) -> tuple:
     import noisydeq
 
     spec = device.spec.model_dump_json() if hasattr(device.spec, "model_dump_json") else ""
-    return (fmt, noisydeq.__version__, code_fingerprint(), torch.__version__,
+    return (fmt, noisydeq.__version__, code_fingerprint(CODE), torch.__version__,
             machine(), torch.get_num_threads() if threads is None else int(threads),
             device.kind, spec, int(device.chip_seed))
 

@@ -7,10 +7,10 @@ errors and reads out its drift compensation α; a sweep's evaluation does this o
 normalised weights W_t, α and the RMS of W_t — is a deterministic function of: the layer's
 weights, the device spec, the layer's chip seed (chip seed and layer name), the noise
 scale, the programming mode (full programming; chips of a layer that holds its programming
-error or its α across weight versions are never stored), the code (a hash of the whole
-package's syntax, as for calibration entries: :func:`~noisydeq.hardware.calibration_store.
-code_fingerprint`), the torch version, the machine and the intra-op thread count (α is a
-mean). Their hash names one safetensors file per deployed (model, chip) under
+error or its α across weight versions are never stored), the code (a hash of the syntax of
+the modules the device code can import, as for calibration entries: :data:`~noisydeq.
+hardware.calibration_store.CODE`), the torch version, the machine and the intra-op thread
+count (α is a mean). Their hash names one safetensors file per deployed (model, chip) under
 ``<cache>/chips/``: every device layer's chips at the scales its evaluation used, written
 after the pair's evaluation when it programmed chips the file lacked. A chip read from it is
 placed in the memory layout a programmed one has, so its reads are the same bit for bit
@@ -45,7 +45,8 @@ from noisydeq.hardware.rram import RRAMLayer
 from noisydeq.store import hash_tensor
 
 #: format of an entry (part of its key: a new format is a new file)
-FORMAT = "noisydeq-chips/1"
+#: 2: the code in the key is the device code's fingerprint, not the whole package's
+FORMAT = "noisydeq-chips/2"
 #: the entries' directory under the cache
 DIRECTORY = "chips"
 #: environment variable that turns the cache off (``off``, ``0``, ``no``, ``false``)

@@ -96,13 +96,13 @@ class CellRunner:
         """``run_dir`` None: a runner without a run directory (a Ray worker's, which only
         computes: :mod:`noisydeq.sweep.ray_cells`); it is given the driver's calibration
         ``groups`` and cell ``content`` digest instead of reading them. ``code``: the
-        package's :func:`~noisydeq.fingerprint.code_fingerprint` when the
+        sweep's :func:`~noisydeq.fingerprint.code_fingerprint` (kind ``sweep``) when the
         caller has it (a worker, after checking it is the driver's); else computed here,
         once, for the content digest and what the driver tells its workers
         (:attr:`code`)."""
         from noisydeq.hardware.calibration_store import code_fingerprint
 
-        self.code = code_fingerprint() if code is None else code
+        self.code = code_fingerprint("sweep") if code is None else code
         self.spec, self.run_dir, self.hardware = spec, run_dir, hardware
         from noisydeq.results import columns_for
 
@@ -144,8 +144,8 @@ class CellRunner:
     def _content(self) -> str:
         """Digest of every input of a cell's results besides the model and its place: the
         resolved device spec (not its path), noise mode, calibration, the test and
-        calibration data and the package's code (:func:`~noisydeq.hardware.calibration_store
-        .code_fingerprint`)."""
+        calibration data and the sweep's code (:func:`~noisydeq.hardware.calibration_store
+        .code_fingerprint` of kind ``sweep``: the modules the sweep package can import)."""
         import hashlib
 
         from noisydeq.results import device_identity

@@ -74,7 +74,7 @@ def _build_runner(payload: Payload) -> CellRunner:
     """The cell runner of a sweep's payload (refused if the worker runs other code)."""
     from noisydeq.hardware.calibration_store import code_fingerprint
 
-    cluster.same_code(payload.code, code_fingerprint())
+    cluster.same_code(payload.code, code_fingerprint("sweep"))
     return CellRunner(payload.spec, payload.task, None, payload.hardware,
                       torch.device(payload.torch_device), groups=payload.groups,
                       content=payload.content, code=payload.code)

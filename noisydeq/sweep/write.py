@@ -81,7 +81,7 @@ def worker_runner(spec: SweepSpec, out_dir: str,
     from noisydeq.hardware.calibration_store import code_fingerprint
     from noisydeq.tasks import load_task
 
-    if code_fingerprint() != facts.code:
+    if code_fingerprint("sweep") != facts.code:
         raise NoisyDEQError("the noisydeq code changed since the sweep started: run the "
                             "command again (the cells finished so far hold the earlier "
                             "code in their keys, so they are computed again; edits to "
