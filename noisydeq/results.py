@@ -49,8 +49,7 @@ import os
 import platform
 import shutil
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable, Sequence
 from importlib import metadata
 from pathlib import Path
 from typing import Any, TypeVar
@@ -312,9 +311,11 @@ _Dir = TypeVar("_Dir", bound="LockedDir")
 
 
 class LockedDir:
-    """A run directory written by one process at a time: ``path`` and its ``--out`` lock
-    (:class:`noisydeq.store.DirLock`), taken by a subclass's ``open`` (:meth:`_opening`) and
-    released by :meth:`close`; a context manager that releases the lock on exit."""
+    """A run directory written by one process at a time: ``path``, its signed ``meta.json``
+    (:attr:`meta_path`; a LyaDEQ experiment has none) and its ``--out`` lock
+    (:class:`noisydeq.store.DirLock`), taken by a subclass's ``open``
+    (:func:`noisydeq.store.open_for_writing`) and released by :meth:`close`; a context
+    manager that releases the lock on exit."""
 
     #: whether each cell file records the code that computed it (``code``: :attr:`code`)
     #: and a cell of other code — or one written before cells recorded it — is not served
@@ -325,6 +326,7 @@ class LockedDir:
     def __init__(self, path: str | os.PathLike) -> None:
         self.path = Path(path)
         self.lock = store.DirLock(self.path, "--out")
+        self.meta_path = self.path / "meta.json"
         #: serve cells of other code (the run's ``--keep-other-code``) instead of treating
         #: them as missing
         self.keep_other_code = False
@@ -382,16 +384,28 @@ class LockedDir:
         self.other_code[key] = code if isinstance(code, str) and not unknown else None
         return not self.keep_other_code
 
+    def read_meta(self) -> dict[str, Any]:
+        """``meta.json``, digest checked (a damaged one refused in one line naming it)."""
+        return read_recorded_meta(self.path, self.meta_path)
+
+    def recorded_meta(self) -> dict[str, Any] | None:
+        """``meta.json`` as :meth:`read_meta` reads it; None when there is none yet."""
+        return self.read_meta() if self.meta_path.exists() else None
+
     #: what a resume changes in ``meta.json`` by itself: its count of resumes and the
     #: package versions it runs with
     RESUME_KEYS = ("resumed", "versions")
 
     def write_meta(self, meta: dict[str, Any], old: dict[str, Any] | None) -> None:
         """Write ``meta`` as ``meta.json`` (signed) when opening the directory, ``old``
-        being the one recorded (None: none yet). A resume whose meta data differs from
-        ``old`` only in :data:`RESUME_KEYS` waits for its first cell (:meth:`cell_written`):
-        a resume that computes nothing leaves ``meta.json`` — and so ``SHA256SUMS`` — byte
-        for byte as it was, with the counts and versions of the runs that computed."""
+        being the one recorded (:meth:`recorded_meta`; None: none yet), whose start time
+        and count of resumes, one more, ``meta`` takes (:func:`resumed_meta`). A resume
+        whose meta data differs from ``old`` only in :data:`RESUME_KEYS` waits for its first
+        cell (:meth:`cell_written`): a resume that computes nothing leaves ``meta.json`` —
+        and so ``SHA256SUMS`` — byte for byte as it was, with the counts and versions of the
+        runs that computed."""
+        if old is not None:
+            resumed_meta(meta, old)
         meta = json.loads(json.dumps(meta, default=str))
         self._pending_meta = None
         def lasting(d: dict[str, Any]) -> dict[str, Any]:
@@ -408,21 +422,6 @@ class LockedDir:
         if self._pending_meta is not None:
             meta, self._pending_meta = self._pending_meta, None
             store.write_signed_json(self.meta_path, meta, indent=2)
-
-    @contextmanager
-    def _opening(self) -> Iterator[bool]:
-        """Take the lock (waiting for another writer) for the body of an ``open``; yields
-        whether the directory did not exist before. An error in the body releases the lock
-        and removes the directory when this opening created it."""
-        created = not self.path.exists()
-        self.lock.acquire()
-        try:
-            yield created
-        except BaseException:
-            self.close()
-            if created:
-                shutil.rmtree(self.path, ignore_errors=True)
-            raise
 
     def close(self) -> None:
         """Release the lock taken by ``open``."""
@@ -462,7 +461,6 @@ class RunDir(LockedDir):
         self.figures = self.path / "figures"
         self.config_path = self.path / "config.toml"
         self.identity_path = self.path / "identity.json"
-        self.meta_path = self.path / "meta.json"
         self.layers_path = self.path / "layers.csv"
         self.csv_path = self.path / "results.csv"
         self.parquet_path = self.path / "results.parquet"
@@ -473,10 +471,6 @@ class RunDir(LockedDir):
     def read_config(self) -> Any:
         """The run's recorded spec, digest checked (one line naming the file otherwise)."""
         return read_recorded_spec(self.path, self.config_path, self.spec_cls, self.what)
-
-    def read_meta(self) -> dict[str, Any]:
-        """``meta.json``, digest checked."""
-        return read_recorded_meta(self.path, self.meta_path)
 
     def check(self, spec: Any) -> Any:
         """Refuse, writing nothing, an ``--out`` that cannot hold ``spec``'s run; returns
@@ -506,8 +500,7 @@ class RunDir(LockedDir):
             raise NoisyDEQError(
                 f"--out {self.path}: holds results without a config.toml; choose another --out"
             )
-        if self.meta_path.exists():
-            self.read_meta()
+        self.recorded_meta()
         return existing
 
     def union(self, spec: Any) -> Any:
@@ -515,10 +508,14 @@ class RunDir(LockedDir):
         directory, else the union of its grids and the recorded ones
         (:func:`~noisydeq.extension.union_spec`); refused, writing nothing, like
         :meth:`check`."""
+        return self._recorded_and_union(spec)[1]
+
+    def _recorded_and_union(self, spec: Any) -> tuple[Any, Any]:
+        """The spec recorded here (:meth:`check`; None for a new run) and :meth:`union`'s."""
         existing = self.check(spec)
         if existing is None or not self.growable:
-            return spec
-        return union_spec(existing, spec)
+            return existing, spec
+        return existing, union_spec(existing, spec)
 
     def extensions(self) -> list[dict[str, Any]]:
         """The extensions recorded in ``meta.json`` (oldest first; empty for none)."""
@@ -547,21 +544,18 @@ class RunDir(LockedDir):
         ``meta.json``'s ``extensions`` records what was added (:attr:`added`). Everything is
         checked before anything is written; :meth:`close` (or leaving ``with``) releases
         the lock."""
-        self.union(spec)
-        with self._opening() as created:
-            existing = self.check(spec)  # again: another writer may have finished meanwhile
+        asked = spec
+        # unsealed by the opening: a resumed run is no longer the sealed one (meta.json
+        # changes below), so a resume that stops reads as partial, not damaged
+        with store.open_for_writing(self.lock, lambda: self._recorded_and_union(asked),
+                                    temps=(self.cells, self.figures)) as (checked, created):
+            existing, spec = checked
             added: dict[str, Any] = {}
             if existing is not None and self.growable:
-                spec = union_spec(existing, spec)
                 added = added_grids(existing, spec)
             history = self.extensions()
             if added:
                 history.append(history_entry(added))
-            for d in (self.path, self.cells, self.figures):
-                store.clean_stale_temps(d, locked=True)
-            # a resumed run is no longer the sealed one (meta.json changes below): unsealed
-            # until it seals again, so a resume that stops reads as partial, not damaged
-            store.remove_manifest(self.path)
             if existing is None:
                 store.atomic_write_text(self.config_path, store.sign_text(dumps_toml(spec)))
             if isinstance(spec, SweepSpec) and (existing is None
@@ -575,11 +569,9 @@ class RunDir(LockedDir):
                 "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                 **(extra_meta or {}),
             }
-            old = self.read_meta() if self.meta_path.exists() else None
-            if old is not None:
-                if isinstance(old.get("title"), str):  # a resume without one keeps it
-                    meta.setdefault("title", old["title"])
-                resumed_meta(meta, old)
+            old = self.recorded_meta()
+            if old is not None and isinstance(old.get("title"), str):
+                meta.setdefault("title", old["title"])  # a resume without one keeps it
             if history:
                 meta["extensions"] = history
             # the history first: a run killed between the two writes recomputes nothing

@@ -23,6 +23,10 @@ The rules (``docs/architecture.md``, "Persistence"):
 * **Stale temporary files** (left by a killed writer) are removed by the next writer that
   holds the directory's lock (:func:`clean_stale_temps`), or, without a lock, once the
   process that made them is gone.
+* **Run directories** are opened for writing in one step, :func:`open_for_writing`: refused
+  writing nothing when they cannot be written or hold another run, then locked, checked
+  again, cleaned of stale temporary files and unsealed (``SHA256SUMS`` dropped until the
+  run writes it again).
 
 Checkpoints are **one** ``.safetensors`` file: the tensors plus string metadata holding the
 full resolved config (JSON), its hash, the package version and the digest; a human-readable
@@ -46,11 +50,12 @@ import math
 import os
 import re
 import secrets
+import shutil
 import sys
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO, TypeVar
 
 from noisydeq import __version__
 from noisydeq.errors import CorruptArtefact, NoisyDEQError
@@ -602,6 +607,48 @@ def reading_lock(directory: str | os.PathLike, what: str = "directory") -> DirLo
     except OSError as err:
         if err.errno in NOT_WRITABLE:
             return None
+        raise
+
+
+_T = TypeVar("_T")
+
+
+@contextlib.contextmanager
+def open_for_writing(lock: DirLock, check: Callable[[], _T], *,
+                     temps: Iterable[str | os.PathLike] = (), unseal: bool = True
+                     ) -> Iterator[tuple[_T, bool]]:
+    """Open the run directory ``lock.directory`` for writing: the one opening of every
+    resumable run store (sweep, attack, certify and study runs, a LyaDEQ experiment).
+
+    1. Refuse, writing nothing, a directory that cannot be written (:func:`check_out_dir`:
+       one line naming ``lock.what``, e.g. ``--out``) or that ``check()`` refuses (another
+       run's, or a damaged signed file: :class:`CorruptArtefact` naming it).
+    2. Take ``lock`` (creating the directory), waiting for another writer.
+    3. ``check()`` again: another writer may have finished meanwhile.
+    4. Remove the temporary files killed writers left in the directory and in ``temps``
+       (:func:`clean_stale_temps`: the lock is held, so every one is stale).
+    5. With ``unseal``, drop its ``SHA256SUMS`` (:func:`remove_manifest`): the files it
+       lists may change from now on, so a run that stops before it seals again
+       (:func:`write_manifest`) reads as partial, never as damaged.
+
+    Yields what the second ``check()`` returned and whether this opening created the
+    directory. The caller releases the lock (``lock.release()``); an error in steps 3 to 5
+    or in the body releases it and removes the directory when this opening created it."""
+    check_out_dir(lock.directory, lock.what)
+    check()
+    created = not lock.directory.exists()
+    lock.acquire()
+    try:
+        checked = check()
+        for d in (lock.directory, *temps):
+            clean_stale_temps(d, locked=True)
+        if unseal:
+            remove_manifest(lock.directory)
+        yield checked, created
+    except BaseException:
+        lock.release()
+        if created:
+            shutil.rmtree(lock.directory, ignore_errors=True)
         raise
 
 

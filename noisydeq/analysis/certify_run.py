@@ -49,7 +49,7 @@ import torch
 from noisydeq import store
 from noisydeq.analysis.certified import COLUMNS, Plan, model_label
 from noisydeq.errors import NoisyDEQError
-from noisydeq.results import RunDir, other_code_note, package_versions, resumed_meta
+from noisydeq.results import RunDir, other_code_note, package_versions
 
 #: what names a certify run in its ``meta.json`` (and a cell key's first field)
 RUN_KIND = "certify"
@@ -67,32 +67,29 @@ class CertifyDir(RunDir):
     columns = COLUMNS
     identity = IDENTITY
 
-    def check_out(self) -> None:
-        """Refuse, writing nothing, an ``--out`` that holds another command's run (a sweep's
-        or an attack's: its ``config.toml``) or a ``meta.json`` that is not a certify run's."""
+    def check_out(self) -> dict[str, Any] | None:
+        """Refuse, writing nothing, an ``--out`` that cannot be written, holds another
+        command's run (a sweep's or an attack's: its ``config.toml``) or a ``meta.json``
+        that is not a certify run's; returns that ``meta.json`` (None: none yet)."""
         store.check_out_dir(self.path)
         if self.config_path.exists():
             raise NoisyDEQError(f"--out {self.path}: holds a run of another command "
                                 "(config.toml); choose another --out")
-        if self.meta_path.exists() and self.read_meta().get("run") != RUN_KIND:
+        old = self.recorded_meta()
+        if old is not None and old.get("run") != RUN_KIND:
             raise NoisyDEQError(f"--out {self.path}: its meta.json is not a certify run's; "
                                 "choose another --out")
+        return old
 
     def open_run(self, meta: dict[str, Any]) -> bool:
         """Lock the directory (waiting for another writer) and record ``meta`` (a resume
         whose meta data differs only in its count and versions writes it with its first
         cell); True when resuming."""
-        self.check_out()
-        with self._opening() as created:
-            self.check_out()  # again: another writer may have finished meanwhile
-            for d in (self.path, self.cells, self.figures):
-                store.clean_stale_temps(d, locked=True)
-            store.remove_manifest(self.path)  # unsealed until this run seals again
+        opening = store.open_for_writing(self.lock, self.check_out,
+                                         temps=(self.cells, self.figures))
+        with opening as (old, created):  # unsealed until this run seals again
             full = {"run": RUN_KIND, **meta, "versions": package_versions(),
                     "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-            old = self.read_meta() if self.meta_path.exists() else None
-            if old is not None:
-                resumed_meta(full, old)
             self.write_meta(full, old)
             self.cells.mkdir(exist_ok=True)
         self.created = created

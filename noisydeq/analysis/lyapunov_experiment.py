@@ -328,10 +328,12 @@ class ExperimentDir(LockedDir):
     def open(self, text: str) -> None:
         """Lock the directory (waiting for another writer) for the experiment whose
         resolved spec is ``text``, refusing one that holds another, and record it; nothing
-        is written before the check. :meth:`close` (or leaving ``with``) releases it."""
-        _check_config(self.config_path, text)
-        with self._opening():
-            _check_config(self.config_path, text)  # again: another writer may have started
+        is written before the check. :meth:`close` (or leaving ``with``) releases it. It
+        is never sealed (``SHA256SUMS``: its sweeps are, in ``device/``)."""
+        def check() -> None:
+            _check_config(self.config_path, text)
+
+        with store.open_for_writing(self.lock, check, temps=(self.cells,), unseal=False):
             store.atomic_write_text(self.config_path, store.sign_text(text))
 
     def cell_path(self, key: str) -> Path:

@@ -24,9 +24,7 @@ from noisydeq.errors import CorruptArtefact, NoisyDEQError
 from noisydeq.results import (
     LockedDir,
     package_versions,
-    read_recorded_meta,
     read_recorded_spec,
-    resumed_meta,
 )
 from noisydeq.specs.study import StudySpec
 from noisydeq.specs.toml import dumps_toml
@@ -54,7 +52,6 @@ class StudyDir(LockedDir):
     def __init__(self, path: str | Path) -> None:
         super().__init__(path)
         self.spec_path = self.path / "study.toml"
-        self.meta_path = self.path / "meta.json"
         self.cells = self.path / "cells"
         self.models = self.path / "models"
         self.figures = self.path / "figures"
@@ -64,45 +61,36 @@ class StudyDir(LockedDir):
         return read_recorded_spec(self.path, self.spec_path, StudySpec, "study")
 
     def check(self, spec: StudySpec) -> bool:
-        """Refuse, writing nothing, an ``--out`` that cannot hold ``spec``'s study; True
-        when it already holds it (a resume)."""
-        store.check_out_dir(self.path)
+        """Refuse, writing nothing, an ``--out`` that cannot hold ``spec``'s study (one
+        that cannot be written: :func:`~noisydeq.store.open_for_writing`); True when it
+        already holds it (a resume)."""
         if self.spec_path.exists():
             a, b = self.read_spec().model_dump(mode="json"), spec.model_dump(mode="json")
             diff = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
             if diff:
                 raise NoisyDEQError(f"--out {self.path}: holds a study with a different config "
                                     f"(differs in: {', '.join(diff)}); choose another --out")
-            if self.meta_path.exists():
-                self.read_meta()
+            self.recorded_meta()
             return True
         if self.path.is_dir() and any(p.name != store.LOCK_FILE for p in self.path.iterdir()):
             raise NoisyDEQError(f"--out {self.path}: exists and holds no study.toml; "
                                 "choose another --out")
         return False
 
-    def read_meta(self) -> dict[str, Any]:
-        """``meta.json``, digest checked."""
-        return read_recorded_meta(self.path, self.meta_path)
-
     def open(self, spec: StudySpec, name: str) -> bool:
         """Lock the directory (waiting for another writer), create it for ``spec`` or check
         that it holds the same study; True when resuming. Checked before anything is
         written; :meth:`close` (or leaving ``with``) releases the lock."""
-        self.check(spec)
-        with self._opening():
-            resumed = self.check(spec)  # again: another writer may have finished meanwhile
-            for d in (self.path, self.cells, self.figures):
-                store.clean_stale_temps(d, locked=True)
+        # a study's SHA256SUMS is dropped by write_tables, not on opening (unseal=False)
+        opening = store.open_for_writing(self.lock, lambda: self.check(spec),
+                                         temps=(self.cells, self.figures), unseal=False)
+        with opening as (resumed, _created):
             if not resumed:
                 store.atomic_write_text(self.spec_path, store.sign_text(dumps_toml(spec)))
             meta: dict[str, Any] = {"study": name, "versions": package_versions(),
                                     "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                                     "resumed": 0}
-            old = self.read_meta() if self.meta_path.exists() else None
-            if old is not None:
-                resumed_meta(meta, old)
-            self.write_meta(meta, old)  # a resume: with its first cell
+            self.write_meta(meta, self.recorded_meta())  # a resume: with its first cell
             self.cells.mkdir(exist_ok=True)
         return resumed
 
