@@ -180,3 +180,32 @@ def test_a_certify_resume_of_a_family_rewrites_nothing(tmp_path, capsys):
     assert code == 0 and "cells: 0 computed, 4 served" in stdout, err
     assert changed(before, files(run)) == []
     assert json.loads((run / "meta.json").read_text())["run"] == "certify"
+
+
+def test_a_study_resume_that_stops_leaves_no_stale_seal(tmp_path, monkeypatch):
+    """A study resume that computed a cell (and so rewrote meta.json) and then stopped
+    before its tables left the old SHA256SUMS over the new meta.json: the run read as
+    damaged although the same command resumes it. Opening a study for more work unseals
+    it, as a sweep's run."""
+    from noisydeq.studies import run_study
+    from noisydeq.studies.rundir import StudyDir
+    from tests.test_studies import tiny
+
+    spec = tiny(train_snr_db=["inf"], test_snr_db=["inf"], shifts=[4])
+    out = tmp_path / "run"
+    run_study(spec, out, plots=False)
+    assert (out / "SHA256SUMS").exists()
+    (out / "cells" / "ffw-s0-tinf.json").unlink()
+
+    def stop(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as m:
+        m.setattr(StudyDir, "write_tables", stop)
+        with pytest.raises(KeyboardInterrupt):
+            run_study(spec, out, plots=False)
+    assert (out / "cells" / "ffw-s0-tinf.json").exists()
+    assert json.loads((out / "meta.json").read_text())["resumed"] == 1
+    assert not (out / "SHA256SUMS").exists()
+    run_study(spec, out, plots=False)
+    assert "meta.json" in store.verify_manifest(out)

@@ -81,9 +81,10 @@ class StudyDir(LockedDir):
         """Lock the directory (waiting for another writer), create it for ``spec`` or check
         that it holds the same study; True when resuming. Checked before anything is
         written; :meth:`close` (or leaving ``with``) releases the lock."""
-        # a study's SHA256SUMS is dropped by write_tables, not on opening (unseal=False)
+        # unsealed on opening, as a sweep's run: a resume that writes a cell (and so
+        # meta.json) and then stops must not leave the old SHA256SUMS over the new files
         opening = store.open_for_writing(self.lock, lambda: self.check(spec),
-                                         temps=(self.cells, self.figures), unseal=False)
+                                         temps=(self.cells, self.figures))
         with opening as (resumed, _created):
             if not resumed:
                 store.atomic_write_text(self.spec_path, store.sign_text(dumps_toml(spec)))
