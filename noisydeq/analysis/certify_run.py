@@ -144,8 +144,8 @@ ENVELOPE_FIELDS = ("device", "chip", "coverage", "k", "dynamic", "read_k")
 
 def digital_spec(spec: Any) -> Any:
     """``spec`` with its envelope settings (:data:`ENVELOPE_FIELDS`) at their defaults: what
-    the digital rows' cells are keyed by (a run without ``--device``'s own spec, unless it
-    gave ``--coverage`` or ``--k``, which shape no row without a device)."""
+    the digital rows' cells are keyed by (a run without ``--device``'s own spec: an envelope
+    setting without a device is refused, :func:`~noisydeq.specs.certify.check_device_options`)."""
     fields = type(spec).model_fields
     return spec.model_copy(update={f: fields[f].get_default(call_default_factory=True)
                                    for f in ENVELOPE_FIELDS})
