@@ -239,7 +239,8 @@ def _models(source: Path, out: Path, spec, opts: dict[str, Any], echo
             *write_table(rows, out),
             *plot_accuracy(rows, out / "figures" / "certified_vs_eps",
                            f"{task.name}: certify {source.name}"),
-        ], echo=echo, backend=opts["backend"], meta={"task": task.name},
+        ], echo=echo, backend=opts["backend"],
+            meta={"task": task.name, "source": str(source.resolve())},
             prune=opts["prune"])
     return result.rows, result.files, cells_line(result, out)
 
