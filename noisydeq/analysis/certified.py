@@ -35,6 +35,7 @@ from noisydeq.certify.pgd import pgd_robust
 from noisydeq.certify.propagate import bounds
 from noisydeq.certify.spec import CertifySpec
 from noisydeq.noise import derive_seed
+from noisydeq.specs.certify import check_device_options
 
 COLUMNS = {
     "model_id": "str", "kind": "str", "param": "str", "depth": "int", "width": "int",
@@ -78,10 +79,12 @@ def certify_copy(model: torch.nn.Module) -> torch.nn.Module:
 def plan(member: Any, spec: CertifySpec, x: torch.Tensor) -> list[Plan]:
     """The envelopes of ``member`` with their margins μ — every refusal (unknown device,
     unbounded noise, an envelope too wide for the interval fixed point, a non-monotone
-    model) is raised here, before anything runs or is written."""
+    model, an envelope setting without a device) is raised here, before anything runs or is
+    written."""
     from noisydeq.certify.checks import check_certifiable
     from noisydeq.errors import NoisyDEQError
 
+    check_device_options(spec)
     check_certifiable(member.model)
     try:
         env = build_envelope(member.model, spec.device, chip=spec.chip,

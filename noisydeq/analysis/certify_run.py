@@ -2,7 +2,8 @@
 
 Layout of ``<out>/`` (the sweep's rules, :class:`noisydeq.results.RunDir`)::
 
-    meta.json        the certify settings, package versions, start time (signed)
+    meta.json        the certify settings, the models' labels, the file names of the cells
+                     of the run's grid, package versions, start time (signed)
     cells/<h>.json   the rows (one per envelope) of one model at one radius, with the code
                      and the weights digest that computed them (signed, written atomically)
     results.csv      the table over the cells of this run's grid, and results.parquet
@@ -55,6 +56,10 @@ from noisydeq.results import RunDir, other_code_note, package_versions
 RUN_KIND = "certify"
 #: the columns no two rows of one cell share
 IDENTITY = ("model_id", "envelope", "eps")
+#: the ``meta.json`` entry listing the file names of the cells of the run's grid (its
+#: digital cells too): ``noisydeq runs`` counts them complete or missing, the others as of
+#: no current grid (:mod:`noisydeq.commands.runs`, which reads it without this module)
+GRID = "grid_cells"
 
 
 class CertifyDir(RunDir):
@@ -141,8 +146,8 @@ ENVELOPE_FIELDS = ("device", "chip", "coverage", "k", "dynamic", "read_k")
 
 def digital_spec(spec: Any) -> Any:
     """``spec`` with its envelope settings (:data:`ENVELOPE_FIELDS`) at their defaults: what
-    the digital rows' cells are keyed by (a run without ``--device``'s own spec, unless it
-    gave ``--coverage`` or ``--k``, which shape no row without a device)."""
+    the digital rows' cells are keyed by (a run without ``--device``'s own spec: an envelope
+    setting without a device is refused, :func:`~noisydeq.specs.certify.check_device_options`)."""
     fields = type(spec).model_fields
     return spec.model_copy(update={f: fields[f].get_default(call_default_factory=True)
                                    for f in ENVELOPE_FIELDS})
@@ -247,8 +252,13 @@ def certify_run(
     from noisydeq.analysis.certify_ray import certify_cells
 
     cells = plan_cells(members, plans, x, y, spec)
+    keys = {c.key for c in cells} | {c.digital for c in cells if c.digital is not None}
     with CertifyDir(out) as rd:
-        rd.open_run({"settings": spec.model_dump(mode="json"), **(meta or {})})
+        # what ``noisydeq runs`` tells this run by, without loading a model: the models'
+        # labels and the file names of the cells of this grid (digital cells too)
+        rd.open_run({"settings": spec.model_dump(mode="json"),
+                     "models": list(dict.fromkeys(model_label(m) for m in members)),
+                     GRID: sorted(rd.cell_file_name(k) for k in keys), **(meta or {})})
         rd.weights.update({c.key: c.weights for c in cells})
         rd.weights.update({c.digital: c.weights for c in cells if c.digital is not None})
         found: dict[str, list[dict[str, Any]]] = {}
@@ -261,7 +271,6 @@ def certify_run(
             if c.digital is not None:  # its digital row may be served: not computed again
                 c.served = rd.served(c.digital, c.expect[:1]) or []
             todo.append(c)
-        keys = {c.key for c in cells} | {c.digital for c in cells if c.digital is not None}
         note = other_code_note(rd.other_code, len(keys), rd.path,  # digital cells too
                                recorded="their code and weights")
         if note and echo is not None:

@@ -29,15 +29,12 @@ from noisydeq.specs.base import build
 
 
 def _spec(opts: dict[str, Any]):
+    """The run's settings: the options given, the others at CertifySpec's defaults (the
+    options' own), so that the spec knows which were given (``--coverage``: refused
+    without ``--device``, :func:`~noisydeq.specs.certify.check_device_options`)."""
     from noisydeq.specs.certify import CertifySpec
 
-    data: dict[str, Any] = {"eps": opts["eps"], "device": opts["device"], "chip": opts["chip"],
-                            "coverage": opts["coverage"], "k": opts["k"],
-                            "dynamic": opts["dynamic"], "read_k": opts["read_noise_k"],
-                            "n_test": opts["n_test"], "batch_size": opts["batch_size"],
-                            "pgd_steps": opts["pgd_steps"], "pgd_restarts": opts["pgd_restarts"],
-                            "clip": opts["clip"], "seed": opts["seed"]}
-    return build(CertifySpec, data, where="certify", names=OPTION_NAMES)
+    return build(CertifySpec, _given(opts), where="certify", names=OPTION_NAMES)
 
 
 # certify options by their CertifySpec field: what the command line sets over an experiment's
@@ -69,17 +66,13 @@ def _default_out(stem: str, given: dict[str, Any]) -> Path:
     return Path("runs") / f"{stem}-{hashlib.sha256(text.encode()).hexdigest()[:8]}"
 
 
-def _check_device_options(spec) -> None:
-    """The device options that need ``--device`` (torch-free)."""
-    if spec.device is None and (spec.chip is not None or spec.dynamic
-                                or spec.read_k is not None):
-        raise NoisyDEQError("--chip/--dynamic/--read-noise-k need --device")
-
-
 def _check_device(spec) -> None:
-    """The device options and the ``--device`` preset: it exists and is one certify bounds
-    (torch-free: the preset is read by :mod:`noisydeq.specs.device_presets`)."""
-    _check_device_options(spec)
+    """The device options (none given without ``--device``: they would change nothing)
+    and the ``--device`` preset: it exists and is one certify bounds (torch-free: the
+    preset is read by :mod:`noisydeq.specs.device_presets`)."""
+    from noisydeq.specs.certify import check_device_options
+
+    check_device_options(spec, OPTION_NAMES, "--device")
     if spec.device is None:
         return
     from noisydeq.specs.device_presets import load_spec
@@ -246,7 +239,8 @@ def _models(source: Path, out: Path, spec, opts: dict[str, Any], echo
             *write_table(rows, out),
             *plot_accuracy(rows, out / "figures" / "certified_vs_eps",
                            f"{task.name}: certify {source.name}"),
-        ], echo=echo, backend=opts["backend"], meta={"task": task.name},
+        ], echo=echo, backend=opts["backend"],
+            meta={"task": task.name, "source": str(source.resolve())},
             prune=opts["prune"])
     return result.rows, result.files, cells_line(result, out)
 

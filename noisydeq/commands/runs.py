@@ -1,9 +1,11 @@
 """``noisydeq runs [DIR...]``: the run directories below DIR (default ``runs``), what each is
 (``kind``: a sweep, an attack run — its seed and the family or checkpoint it attacked —, a
 LyaDEQ experiment's own folder, or a sweep of its device table, with the experiment it
-belongs to), their specs and status — finished (table written, digests good; an experiment:
-report and the tables of its spec written), partial (cells written, resumable), running
-(another process holds the directory's lock) or damaged (a file fails its check).
+belongs to, or a certify run — ``noisydeq certify --out``: what it certified, its device and
+ε grid and its cells complete, missing or of no current grid), their specs and status —
+finished (table written, digests good; an experiment: report and the tables of its spec
+written), partial (cells written, resumable), running (another process holds the
+directory's lock) or damaged (a file fails its check).
 
 Reads only; takes no lock and writes nothing.
 """
@@ -22,6 +24,7 @@ from noisydeq.errors import NoisyDEQError
 
 CONFIG = "config.toml"
 LOCK = ".noisydeq.lock"
+META = "meta.json"
 
 
 def _compact(values: Any) -> str:
@@ -58,6 +61,12 @@ def _held(run: Path) -> bool:
 #: lyapunov``: its attack cells, tables and report); a sweep it ran for its device table
 #: (``<experiment>/device/<device>-<group>``)
 SWEEP, ATTACK, LYAPUNOV, LYAPUNOV_SWEEP = "sweep", "attack", "lyapunov", "lyapunov sweep"
+#: a certify run (``noisydeq certify --out``: no config.toml, its meta.json says
+#: ``"run": "certify"``, :mod:`noisydeq.analysis.certify_run`)
+CERTIFY = "certify"
+#: the meta.json entry of a certify run listing its grid's cell files
+#: (:data:`noisydeq.analysis.certify_run.GRID`, not imported: it loads torch)
+GRID = "grid_cells"
 
 
 def _is_experiment(spec: dict[str, Any]) -> bool:
@@ -104,11 +113,12 @@ def describe(run: Path) -> dict[str, Any]:
     """One run directory: what it is, its spec's main fields, cell count and status. A
     purely digital attack (the ideal device, no model noise) has no device or noise site
     (None, ``-`` in the table): it attacks the digital weights."""
-    from noisydeq import store
     from noisydeq.loading import read_run_config
 
     info: dict[str, Any] = {"run": str(run), "kind": "", "cells":
                             len(list(run.glob("cells/*.json")))}
+    if _is_certify(run):
+        return _describe_certify(run, info)
     try:
         spec = read_run_config(run)
     except NoisyDEQError as err:
@@ -132,19 +142,28 @@ def describe(run: Path) -> dict[str, Any]:
                 and spec.get("noise_site", "device") == "device":
             info["device"] = info["noise_site"] = None
     info["snr_db"] = _snr_text(spec.get("snr_db"), info["snr_db"])
-    if _held(run):
-        status = "running"
-    elif (run / "results.csv").is_file() and (run / store.MANIFEST).is_file():
-        try:
-            store.verify_manifest(run)
-            status = "finished"
-        except NoisyDEQError as err:
-            status = f"damaged ({str(err).splitlines()[0]})"
-    else:
-        status = "partial (run the same command again to resume)"
-    info["status"] = status
+    info["status"] = _table_status(run)
     info["modified"] = time.strftime("%Y-%m-%d %H:%M", time.localtime(_modified(run)))
     return info
+
+
+def _table_status(run: Path, damaged: str = "") -> str:
+    """The status of a run of cells and a sealed table: running (its lock held), damaged
+    (``damaged``: a file the caller found failing its check; or the tables fail
+    ``SHA256SUMS``), finished (table written, digests good), else partial."""
+    from noisydeq import store
+
+    if _held(run):
+        return "running"
+    if damaged:
+        return f"damaged ({damaged})"
+    if (run / "results.csv").is_file() and (run / store.MANIFEST).is_file():
+        try:
+            store.verify_manifest(run)
+        except NoisyDEQError as err:
+            return f"damaged ({str(err).splitlines()[0]})"
+        return "finished"
+    return "partial (run the same command again to resume)"
 
 
 #: what a sweep writes as it goes (config.toml only when made or extended): the latest is
@@ -202,6 +221,136 @@ def _describe_experiment(run: Path, spec: dict[str, Any]) -> dict[str, Any]:
     return info
 
 
+#: what a certify run writes (no config.toml)
+CERTIFY_WRITTEN = (META, "cells", "results.csv", "SHA256SUMS")
+
+
+def _loose_json(path: Path) -> dict[str, Any] | None:
+    """The JSON object in ``path``, its digest unchecked (to tell what a directory is);
+    None when there is none."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _is_certify(p: Path) -> bool:
+    """A certify run directory: no config.toml, cells or a table written, and its
+    meta.json a certify run's — or, a meta.json damaged past reading, a cell of one (a
+    study's directory holds cells and a meta.json too)."""
+    if (p / CONFIG).exists() or not _is_run(p):
+        return False
+    meta = _loose_json(p / META)
+    if meta is not None:
+        return meta.get("run") == CERTIFY
+    cell = next(iter(sorted(p.glob("cells/*.json"))), None)
+    key = (_loose_json(cell) or {}).get("key") if cell is not None else None
+    return isinstance(key, str) and key.startswith(f"{CERTIFY}|")
+
+
+def _grid_cells(run: Path, grid: set[str] | None) -> tuple[dict[str, int | None], str]:
+    """The cells of a certify run: of its grid (file names, None: a run from before the
+    grid was recorded) complete and missing, the other cells (of no current grid: another
+    ε grid, models or settings; None without a grid) and the files of ``cells/`` that are
+    no readable cell; and the first grid cell that fails its check ('' for none) — what the
+    same command would refuse. Digests and keys are checked; nothing is loaded or
+    written."""
+    from noisydeq import store
+    from noisydeq.results import CELL_FORMAT, RunDir
+
+    complete = other = unreadable = 0
+    damaged = ""
+    files = sorted(run.glob("cells/*.json"))
+    for path in files:
+        ours = grid is not None and path.name in grid
+        try:
+            record = store.read_signed_json(path, "cell file")
+            key = record.get("key")
+            if record.get("format") != CELL_FORMAT or not isinstance(key, str):
+                raise NoisyDEQError(f"{path}: has format {record.get('format')!r}, not "
+                                    f"{CELL_FORMAT}")
+            if RunDir.cell_file_name(key) != path.name:
+                raise NoisyDEQError(f"{path}: holds the cell of another key ({key!r})")
+        except NoisyDEQError as err:
+            if ours:
+                damaged = damaged or str(err).splitlines()[0]
+            else:
+                unreadable += 1
+            continue
+        complete += ours
+        other += not ours
+    if grid is None:
+        return {"complete": None, "missing": None, "other": None,
+                "unreadable": unreadable}, ""
+    return {"complete": complete, "missing": len(grid - {p.name for p in files}),
+            "other": other, "unreadable": unreadable}, damaged
+
+
+def _describe_certify(run: Path, info: dict[str, Any]) -> dict[str, Any]:
+    """A certify run (``noisydeq certify --out``), from its meta.json and cell files alone
+    (no model read): what it certified (``certified``: the source, or the experiment), its
+    models' labels, task, device (``-``: the digital weights alone), chip, PGD seed and ε
+    grid; its cells complete, missing and of no current grid; and its status by the rules
+    of the other kinds — damaged when meta.json, a cell of its grid or a table fails its
+    check, finished when its table is written and sealed (its grid complete), else partial
+    (the same command resumes it), running while its lock is held."""
+    from noisydeq import store
+
+    info["kind"] = CERTIFY
+    modified = time.strftime("%Y-%m-%d %H:%M",
+                             time.localtime(_modified(run, CERTIFY_WRITTEN)))
+    try:
+        meta = store.read_signed_json(run / META, "meta.json")
+    except NoisyDEQError as err:
+        return {**info, "status": f"damaged ({str(err).splitlines()[0]})",
+                "modified": modified}
+    settings = meta.get("settings") if isinstance(meta.get("settings"), dict) else {}
+    grid = meta.get(GRID)
+    grid = set(map(str, grid)) if isinstance(grid, list) else None
+    counts, damaged = _grid_cells(run, grid)
+    chip, models = settings.get("chip"), meta.get("models")
+    experiment = meta.get("experiment")
+    info.update({
+        "task": _compact(meta.get("task", "")), "device": settings.get("device"),
+        "noise_site": None, "depths": None, "snr_db": None,
+        "chips": None if chip is None else _compact(chip),
+        "seeds": _compact(settings.get("seed", "")), "train_snr_db": None,
+        "eps": _compact(settings.get("eps", "")),
+        "certified": meta.get("source") or (f"experiment {experiment}" if experiment
+                                            else None),
+        "models": models if isinstance(models, list) else None,
+        **{f"cells_{k}": v for k, v in counts.items()},
+    })
+    missing = counts["missing"]
+    status = _table_status(run, damaged)
+    if status == "finished" and missing:  # a cell of its grid gone since the table
+        status = (f"partial ({missing} cell{'s' * (missing != 1)} of its grid missing: "
+                  "run the same command again to resume)")
+    return {**info, "status": status, "modified": modified}
+
+
+def _certify_note(i: dict[str, Any]) -> str:
+    """The line after the table that tells a certify run from another: what it certified,
+    its models, device and ε grid, and its cells."""
+    models = i.get("models") or []
+    shown = ", ".join(models[:3]) + (f", … ({len(models)} models)" if len(models) > 3 else "")
+    what = f"certify of {i.get('certified') or '?'}" + (f" ({shown})" if shown else "")
+    if i.get("device"):
+        where = f"on {i['device']}" + (f" chip {i['chips']}" if i.get("chips") else "")
+    else:
+        where = "digital weights only"
+    if i.get("cells_complete") is None:
+        parts = ["its grid not recorded (a certify run of an older noisydeq)"]
+    else:
+        parts = [f"{i['cells_complete']} complete", f"{i['cells_missing']} missing"]
+    if i.get("cells_other"):
+        parts.append(f"{i['cells_other']} of no current grid")
+    if i.get("cells_unreadable"):
+        parts.append(f"{i['cells_unreadable']} no readable cell")
+    return f"{i['run']}: {what}, {where}, ε {i.get('eps') or '?'}; cells: {', '.join(parts)}"
+
+
 def _modified(run: Path, written: tuple[str, ...] = WRITTEN) -> float:
     """When ``run`` last changed: the latest mtime of ``written`` (``cells/``: a cell
     written or replaced in it). Was config.toml's alone, which a resume never rewrites."""
@@ -222,9 +371,12 @@ def find(roots: tuple[str, ...]) -> list[Path]:
         if not root.is_dir():
             raise NoisyDEQError(f"runs: {root} is not a directory")
         # a run given itself: that run; else (an experiment's folder too: it, then its
-        # sweeps) every run below
-        one = (root / CONFIG).is_file() and _is_run(root) and _experiment_config(root) is None
-        cands = [root] if one else sorted(p.parent for p in root.rglob(CONFIG))
+        # sweeps) every run below, certify runs (no config.toml: their meta.json) too
+        one = ((root / CONFIG).is_file() and _is_run(root)
+               and _experiment_config(root) is None) or _is_certify(root)
+        cands = [root] if one else sorted(
+            {p.parent for p in root.rglob(CONFIG)}
+            | {p.parent for p in root.rglob(META) if _is_certify(p.parent)})
         out += [p for p in cands if p not in out
                 and (_is_run(p) or _experiment_config(p) is not None)]
     return out
@@ -240,7 +392,7 @@ def _is_run(p: Path) -> bool:
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def command(dirs: tuple[str, ...], as_json: bool) -> None:
     """List run directories below DIRS (default: runs): what each is (sweep, attack,
-    lyapunov experiment, lyapunov sweep), its spec and status.
+    lyapunov experiment, lyapunov sweep, certify), its spec and status.
 
     \b
     Examples:
@@ -271,6 +423,8 @@ def command(dirs: tuple[str, ...], as_json: bool) -> None:
             notes.append(f"{i['run']}: {i['kind']} of the experiment in {i['experiment']}")
         if i.get("attacked"):
             notes.append(f"{i['run']}: attack on {i['attacked']}")
+        if i.get("kind") == CERTIFY and "cells_missing" in i:
+            notes.append(_certify_note(i))
     width = {c: max(len(c), *(len(str(i.get(c, ""))) for i in rows)) for c in cols}
     click.echo("  ".join(c.ljust(width[c]) for c in cols).rstrip())
     for i in rows:

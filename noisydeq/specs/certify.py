@@ -74,6 +74,30 @@ class CertifySpec(StrictModel):
         return _eps_list(v)
 
 
+#: the CertifySpec fields that shape only a device envelope (besides ``device`` itself):
+#: without a device they change nothing (only the digital weights are certified)
+DEVICE_ONLY = ("chip", "coverage", "k", "dynamic", "read_k")
+
+
+def check_device_options(spec: CertifySpec, names: dict[str, str] | None = None,
+                         device: str = "device") -> None:
+    """Refuse in one line the envelope settings of ``spec`` given without a device
+    (:data:`DEVICE_ONLY` set — ``coverage`` given at all, the others on): they would change
+    nothing. ``names``: a field's name as the user wrote it (``--k``, ``[certify] k``);
+    ``device``: how the device is given there (``--device``)."""
+    if spec.device is not None:
+        return
+    given = [f for f in DEVICE_ONLY
+             if f in spec.model_fields_set and getattr(spec, f) is not None
+             and getattr(spec, f) is not False]  # chip 0 is a chip
+    if given:
+        what = ", ".join((names or {}).get(f, f) for f in given)
+        it, s = ("it", "s") if len(given) == 1 else ("they", "")
+        raise NoisyDEQError(
+            f"{what} need{s} {device}: {it} shape{s} a device's envelope, and without one "
+            f"only the digital weights are certified ({it} would change nothing)")
+
+
 class Fig2Spec(StrictModel):
     """Fig. 2 right: mean z̄_k − z̲_k of the interval iteration (A.1) of randomly initialised
     dense monDEQ and IBP-MonDEQ layers (``width`` units) on test inputs at radius ``eps``,
@@ -154,7 +178,13 @@ class CertifyExperimentSpec(VariantFile):
         kind = over.get("kind", self.kind)
         part = "certify" if kind == "table2" else "fig2"
         if kind in ("table2", "fig2") and isinstance(over.get(part, {}), dict):
-            self.section(variant)  # before resolve: its error would name the variant
+            spec = self.section(variant)  # before resolve: its error would name the variant
+            if kind == "table2":  # an envelope setting without a device: by its table
+                table = over.get(part, {})
+                check_device_options(spec, {f: f"[{variant}.certify] {f}"
+                                            if isinstance(table, dict) and f in table
+                                            else f"[certify] {f}" for f in DEVICE_ONLY},
+                                     "a device (its key device)")
         if kind == "table2":
             self._check_training(variant)
         if self.quick or self.full:

@@ -50,7 +50,7 @@ def family(tmp_path_factory):
     (["--device", "rram-wan2022-1day", "--k", "40"], "too wide"),
     (["--device", "no-such-device"], "unknown device"),
     (["--coverage", "1.5"], "coverage"),
-    (["--chip", "3"], "need --device"),
+    (["--chip", "3"], "--chip needs --device"),
     (["--threads", "0"], "threads '0': expected auto, N or TRAIN,EVAL"),
 ])
 def test_bad_input_is_one_line_and_writes_nothing(capsys, tmp_path, family, argv, needle):

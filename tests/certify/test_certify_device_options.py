@@ -1,0 +1,115 @@
+"""The envelope settings of ``noisydeq certify`` (``--chip``, ``--coverage``, ``--k``,
+``--dynamic``, ``--read-noise-k``) shape only a device's envelope: without ``--device`` they
+change nothing. ``--chip``, ``--dynamic`` and ``--read-noise-k`` were refused then, while
+``--coverage`` and ``--k`` were accepted and did nothing; now each is refused in one line
+naming it and ``--device`` — on the command line, in an experiment file's ``[certify]``
+table (as the file loads) and by the Python API (:func:`noisydeq.analysis.certified.plan`).
+Nothing is written; a run without them keeps its cells (their keys: test_certify_resume)."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from noisydeq.errors import NoisyDEQError
+from noisydeq.specs.certify import CertifySpec, check_device_options
+from tests.certify.helpers import run_certify, small_model
+from tests.cli_helpers import one_line_error
+
+
+@pytest.mark.parametrize("argv, named", [
+    (["--coverage", "0.9"], "--coverage needs"),
+    (["--coverage", "0.99"], "--coverage needs"),  # the default's value, given: still refused
+    (["--k", "1"], "--k needs"),
+    (["--chip", "0"], "--chip needs"),  # chip 0 is a chip
+    (["--dynamic"], "--dynamic needs"),
+    (["--read-noise-k", "2"], "--read-noise-k needs"),
+    (["--k", "1", "--dynamic"], "--k, --dynamic need"),
+])
+def test_an_envelope_option_without_device_is_one_line_naming_it(capsys, tmp_path, argv,
+                                                                  named):
+    out = tmp_path / "out"
+    (tmp_path / "fam").mkdir()
+    code, _, err = run_certify(capsys, str(tmp_path / "fam"), "--out", str(out), *argv)
+    one_line_error(code, err, f"error: {named} --device: ",
+                   "only the digital weights are certified")
+    assert not out.exists()
+
+
+def test_a_bad_value_is_still_named_before_the_missing_device(capsys, tmp_path):
+    """The value's own check comes first (the click-tree fuzz gives ``--k nan``)."""
+    (tmp_path / "fam").mkdir()
+    code, _, err = run_certify(capsys, str(tmp_path / "fam"), "--k", "nan")
+    one_line_error(code, err, "--k")
+    assert "needs --device" not in err
+
+
+def test_the_defaults_and_a_device_pass():
+    check_device_options(CertifySpec())
+    check_device_options(CertifySpec(eps=[0.1], dynamic=False, chip=None))  # off: not given
+    for spec in (CertifySpec(device="rram", coverage=0.9), CertifySpec(device="rram", k=1.0),
+                 CertifySpec(device="rram", chip=0, dynamic=True, read_k=3.0)):
+        check_device_options(spec)
+
+
+def test_the_python_api_refuses_them_before_any_work():
+    member = SimpleNamespace(model=small_model())
+    x = torch.rand(4, 16, dtype=torch.float64)
+    from noisydeq.analysis.certified import plan
+
+    for spec, named in ((CertifySpec(coverage=0.99), "coverage needs device"),
+                        (CertifySpec(k=2.0), "k needs device"),
+                        (CertifySpec(chip=1, read_k=2.0), "chip, read_k need device")):
+        with pytest.raises(NoisyDEQError, match=named):
+            plan(member, spec, x)
+    assert len(plan(member, CertifySpec(), x)) == 1  # the digital row alone
+
+
+TABLE = 'name = "t2"\nkind = "table2"\n[family]\ntask = "digits"\n[certify]\neps = [0.1]\n'
+
+
+@pytest.mark.parametrize("extra, named", [
+    ("coverage = 0.9\n", "[certify] coverage needs"),
+    ("k = 1.0\nchip = 2\n", "[certify] chip, [certify] k need"),
+    ("[quick.certify]\nk = 1.0\n", "[quick.certify] k needs"),
+])
+def test_an_experiment_file_s_envelope_setting_without_device_is_refused_as_it_loads(
+        capsys, tmp_path, monkeypatch, extra, named):
+    from noisydeq import families
+
+    monkeypatch.setattr(families, "train_family", lambda *a, **k: pytest.fail("trained"))
+    exp = tmp_path / "t2.toml"
+    exp.write_text(TABLE + extra, encoding="utf-8")
+    code, _, err = run_certify(capsys, str(exp), "--out", str(tmp_path / "run"), "--quiet")
+    one_line_error(code, err, f"{exp}: {named} a device (its key device): ",
+                   "only the digital weights are certified")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["t2.toml"]
+
+
+def test_an_experiment_takes_them_with_its_own_or_the_command_line_s_device(
+        capsys, tmp_path, monkeypatch):
+    from noisydeq.analysis import certify_experiments
+    from noisydeq.analysis.certify_run import CertifyResult
+
+    seen = []
+    monkeypatch.setattr(certify_experiments, "run_table2", lambda exp, out, **kw: seen.append(
+        exp.certify) or CertifyResult([], []))
+    exp = tmp_path / "t2.toml"
+    exp.write_text(TABLE + 'device = "rram"\ncoverage = 0.9\n', encoding="utf-8")
+    code, _, err = run_certify(capsys, str(exp), "--out", str(tmp_path / "a"), "--quiet",
+                               "--k", "1")
+    assert code == 0, err
+    plain = tmp_path / "plain.toml"
+    plain.write_text(TABLE, encoding="utf-8")
+    code, _, err = run_certify(capsys, str(plain), "--out", str(tmp_path / "b"), "--quiet",
+                               "--device", "rram", "--coverage", "0.9")
+    assert code == 0, err
+    assert seen == [{"eps": [0.1], "device": "rram", "coverage": 0.9, "k": 1.0},
+                    {"eps": [0.1], "device": "rram", "coverage": 0.9}]
+    # the command line's option without any device: refused, naming the option
+    code, _, err = run_certify(capsys, str(plain), "--out", str(tmp_path / "c"), "--quiet",
+                               "--k", "1")
+    one_line_error(code, err, "--k needs --device: ")
+    assert len(seen) == 2 and not (tmp_path / "c").exists()
