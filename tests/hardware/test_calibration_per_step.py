@@ -214,3 +214,19 @@ def test_drift_benchmark_probe_leaves_the_training_unchanged() -> None:
     assert {r["layer"] for r in rows} == {"a", "b"}
     first = [r["total_snr_db"] for r in rows if r["batch"] == 0]
     assert all(abs(t - 10.0) < 1.5 for t in first), first
+
+
+@pytest.mark.parametrize("value", ["step", 10])
+def test_toml_specs_round_trip(value) -> None:
+    from noisydeq.specs.sweep import SweepSpec
+    from noisydeq.specs.toml import dumps_toml, loads_toml
+
+    train = _spec(device_calibration=value)
+    assert f"device_calibration = {value!r}".replace("'", '"') in dumps_toml(train)
+    assert loads_toml(TrainSpec, dumps_toml(train)) == train
+    sweep = build(SweepSpec, {"task": "digits", "depths": [1], "train_device": ["rram"],
+                              "train_device_snr_db": [10], "train_calibration": value},
+                  where="sweep")
+    assert loads_toml(SweepSpec, dumps_toml(sweep)) == sweep
+    assert loads_toml(TrainSpec, 'device = "rram"\ndevice_snr_db = 10\n'
+                      'device_calibration = "epoch"\n').device_calibration is None
