@@ -412,6 +412,8 @@ def family_spec_for_sweep(
         for key, held in HELD_QUANTITIES.items():
             if getattr(sweep, held.sweep_field) == "epoch" and held.has(train_device):
                 train[key] = "epoch"
+        if sweep.train_calibration != "epoch" and train_device_snr_db is not None:
+            train["device_calibration"] = sweep.train_calibration
     if sweep.epochs is not None:
         train["epochs"] = sweep.epochs
     if sweep.max_train_samples is not None:

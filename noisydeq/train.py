@@ -64,9 +64,11 @@ from noisydeq.train_config import (  # noqa: F401 (the constants: still importab
     training_config,
 )
 from noisydeq.train_device import (
+    _calibrate,
     _deploy,
     _device_streams,
     _on_chip,
+    calibration_due,
     chip_of_epoch,
     validation_chip,
 )
@@ -387,7 +389,8 @@ def _fit(
         for epoch in range(start, spec.epochs):
             if spec.device is not None:  # a fresh chip per epoch (static noise as a law)
                 _on_chip(net, spec, chip_of_epoch(spec.seed, epoch), x_calib)
-            record = _train_epoch(net, opt, task, spec, rng, x_all, y_all, epoch, bar, hooks)
+            record = _train_epoch(net, opt, task, spec, rng, x_all, y_all, epoch, bar, hooks,
+                                  x_calib=x_calib)
             if spec.device is not None:
                 validation = [Tally(f"{desc or 'model'} ({where}, epoch {epoch + 1})",
                                     stop_rule(model), unit="batches")
@@ -510,8 +513,11 @@ def epoch_lr(spec: TrainSpec, epoch: int) -> float:
 def _train_epoch(
     net: nn.Module, opt: torch.optim.Optimizer, task: Task, spec: TrainSpec, rng: _Rng,
     x_all: Tensor, y_all: Tensor, epoch: int, bar: Any, hooks: Any = None,
+    x_calib: Tensor | None = None,
 ) -> dict[str, float]:
-    """One pass over the training data; returns the epoch record (mean loss, metric, time)."""
+    """One pass over the training data; returns the epoch record (mean loss, metric, time).
+    A training device is calibrated again on ``x_calib`` before the steps
+    ``spec.device_calibration`` asks for (:func:`~noisydeq.train_device.calibration_due`)."""
     t0 = time.perf_counter()
     net.train()
     reg = getattr(net, "jac_reg", None)
@@ -536,6 +542,8 @@ def _train_epoch(
             noise = (Noise(spec.noise, rng.stream("noise", epoch, idx)) if spec.noise.active
                      else None)
             if spec.device is not None:
+                if x_calib is not None and calibration_due(spec, b):
+                    _calibrate(net, spec, x_calib)  # the noise scale for this step's weights
                 _device_streams(net, rng, epoch, idx)
             threshold = rng.stream("threshold", epoch, idx)
             if hooks is not None:

@@ -47,7 +47,8 @@ SELECTION_RULE = ROBUST_RULE
 #: every earlier config keeps its hash
 LATE_OPTIONAL = ("monotone", "ibp", "adversarial", "random_state", "optimizer",
                  "device_noise_mode", "digital_layers", "device_adc_gain",
-                 "device_drift_alpha", "spectral_cap", "device_programming")
+                 "device_drift_alpha", "spectral_cap", "device_programming",
+                 "device_calibration")
 
 
 def spec_dump(spec: Any) -> dict[str, Any]:

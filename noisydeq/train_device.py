@@ -11,7 +11,10 @@ is reprogrammed with every step's weights; a photonic device's calibrated ADC ga
 rram device's drift-compensation α are measured again at every step too, or once per chip
 with ``device_adc_gain = "epoch"`` / ``device_drift_alpha = "epoch"`` (:func:`_hold_per_chip`).
 With ``device_programming = "epoch"`` the chip is programmed in full once per epoch (and
-noise scale) and that programming's error is held on every later step's weights.
+noise scale) and that programming's error is held on every later step's weights. The noise
+scale is calibrated to ``spec.device_snr_db`` when each epoch's chip is deployed, or also
+before every step (``device_calibration = "step"``) or every N steps (an integer N):
+:func:`calibration_due`.
 """
 
 from __future__ import annotations
@@ -105,6 +108,16 @@ def _calibrate(net: nn.Module, spec: TrainSpec, x: Tensor) -> None:
         calibrate(net, x)
     finally:
         net.train(was)
+
+
+def calibration_due(spec: TrainSpec, batch: int) -> bool:
+    """Whether the device is calibrated again before step ``batch`` (0-based, within an
+    epoch) of ``spec``: every ``spec.device_calibration`` steps (``"step"``: every step; None,
+    the default, only at the epoch's start, where :func:`_on_chip` calibrates it)."""
+    every = spec.device_calibration
+    if every is None or spec.device_snr_db is None or batch <= 0:
+        return False
+    return every == "step" or batch % int(every) == 0
 
 
 def _on_chip(net: nn.Module, spec: TrainSpec, chip: int, x_calib: Tensor) -> None:

@@ -252,6 +252,11 @@ def execute(
               help="rram or photonic training devices: program the chip with every step's "
                    "weights (step, default) or once per epoch's chip, holding its "
                    "programming error on later weights (epoch).")
+@click.option("--train-device-calibration", "train_calibration", default=None,
+              metavar="epoch|step|N",
+              help="Training devices at a --train-device-snr: calibrate the noise scale to it "
+                   "once per epoch's chip (epoch, default), before every step (step) or every "
+                   "N steps.")
 @click.option("--digital-layers", default=None, metavar="NAME,...",
               help="Layers kept digital on the devices (training and evaluation), e.g. "
                    "proj.U,head.")
@@ -315,7 +320,7 @@ def command(
     train_device: str | None = None, train_device_snr: str | None = None,
     train_noise_mode: str | None = None, digital_layers: str | None = None,
     train_adc_gain: str | None = None, train_drift_alpha: str | None = None,
-    train_programming: str | None = None,
+    train_programming: str | None = None, train_calibration: str | None = None,
     backend: str = "local", address: str | None = None,
 ) -> None:
     """Sweep parameter-matched DEQ vs FFW accuracy across SNR on a simulated device.
@@ -351,6 +356,7 @@ def command(
                              ("train_adc_gain", train_adc_gain),
                              ("train_drift_alpha", train_drift_alpha),
                              ("train_programming", train_programming),
+                             ("train_calibration", train_calibration),
                              ("digital_layers", digital_layers)) if v is not None},
         **({"train_device_snr_db": parse_grid("--train-device-snr", train_device_snr)}
            if train_device_snr is not None else {}),

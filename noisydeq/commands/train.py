@@ -164,6 +164,10 @@ def _fmt(metric: float, name: str) -> str:
               help="rram or photonic training device: program the chip with every step's "
                    "weights (step, default) or once per epoch's chip, holding its "
                    "programming error on later weights (epoch).")
+@click.option("--device-calibration", default=None, metavar="epoch|step|N",
+              help="Training device at a --device-snr: calibrate its noise scale to it once "
+                   "per epoch's chip (epoch, default), before every step (step) or every N "
+                   "steps.")
 @click.option("--seed", type=click.IntRange(0, limits.MAX_SEED), default=0, show_default=True,
               help="Seed of the weights, data order and training noise.")
 @click.option("--data-seed", type=click.IntRange(0, limits.MAX_SEED), default=0,
@@ -210,6 +214,8 @@ def command(**opts: Any) -> None:
             if opts["device"] is None:
                 raise NoisyDEQError(f"{flag}: needs a training --device")
             check_held(key, opts["device"], flag)
+    if opts["device_calibration"] is not None:  # torch-free: one line
+        _calibration_option(opts["device"], opts["device_snr"], opts["device_calibration"])
     # torch-free checks of what _command reads after torch loads (seconds under load, when
     # the heartbeat would speak first): the training noise, learning rate and --out
     noise = _noise(opts["train_snr"], opts["train_site"], opts["snr_scale"])
@@ -250,6 +256,8 @@ def _command(opts: dict[str, Any]) -> None:
     for key in HELD_QUANTITIES:
         if opts[key] is not None:  # checked (command)
             overrides[key] = opts[key]
+    if opts["device_calibration"] is not None:  # checked (command)
+        overrides["device_calibration"] = opts["device_calibration"]
     if opts["ibp_eps"] is not None:
         overrides["ibp"] = {"eps": opts["ibp_eps"]}
     if opts["spectral_cap"] is not None:
@@ -346,6 +354,22 @@ def device_options(device: str | None, noise_mode: str | None,
     return out
 
 
+def _calibration_option(device: str | None, snr: str | None, value: str) -> None:
+    """``--device-calibration``: needs a training ``--device`` at a ``--device-snr`` and
+    ``epoch``, ``step`` or a step count; one line otherwise."""
+    from noisydeq.specs.training import parse_calibration
+
+    if device is None:
+        raise NoisyDEQError("--device-calibration: needs a training --device")
+    if snr is None:
+        raise NoisyDEQError("--device-calibration: calibrates the device to --device-snr; at "
+                            "the native SNR (no --device-snr) nothing is calibrated")
+    try:
+        parse_calibration(value)
+    except ValueError as err:
+        raise NoisyDEQError(f"--device-calibration: {err}") from None
+
+
 def _check_memory(sizes: list[tuple[int, int]], batch: int, dev: torch.device) -> None:
     """Refuse models that cannot be trained in this machine's memory (one line)."""
     width, params = max(sizes, key=lambda s: s[1])
@@ -372,7 +396,8 @@ def _monotone(text: str | None) -> dict[str, Any] | None:
 TRAIN_OPTIONS = {"epochs": "--epochs", "batch_size": "--batch-size", "lr": "--lr",
                  "ibp.eps": "--ibp-eps", "spectral_cap": "--spectral-cap",
                  "device_snr_db": "--device-snr", "device_noise_mode": "--device-noise-mode",
-                 "digital_layers": "--digital-layers", "seed": "--seed"}
+                 "digital_layers": "--digital-layers", "seed": "--seed",
+                 "device_calibration": "--device-calibration"}
 #: AdversarialSpec / OptimizerSpec fields by their option
 ADVERSARIAL_OPTIONS = {"method": "--adversarial", "eps": "--adv-eps", "step": "--adv-step",
                        "steps": "--adv-steps", "beta": "--trades-beta",

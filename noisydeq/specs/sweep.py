@@ -17,6 +17,7 @@ from noisydeq.specs.family import FamilyChoices
 from noisydeq.specs.model import LyapunovSpec, MonotoneSpec
 from noisydeq.specs.noise import NATIVE, parse_snr_range, snr_list, split_native
 from noisydeq.specs.solver import SolverSpec
+from noisydeq.specs.training import CalibrationSteps, parse_calibration
 
 #: the native level inside the package (its cell key and seeds write it ``native``): nan,
 #: which no SNR grid holds (:func:`~noisydeq.specs.noise.parse_snr_value` refuses it)
@@ -63,7 +64,8 @@ class SweepSpec(FamilyChoices):
     applies to the training devices that measure an ADC gain, e.g. ``photonic``;
     ``train_drift_alpha = "epoch"`` to those with a drift compensation, e.g. ``rram``;
     ``train_programming = "epoch"`` to those with programming noise, ``rram`` and
-    ``photonic``).
+    ``photonic``; ``train_calibration`` is every training device's ``device_calibration``:
+    ``epoch``, ``step`` or a step count N, with a ``train_device_snr_db`` grid).
     ``snr_db`` may hold ``"native"`` (``--snr 0:30,native``; device noise only): one more
     level, the device at its own physical knobs — the preset's programming (static) and
     read (dynamic) noise, no SNR scaling, the same in every noise mode — on the same chips,
@@ -104,6 +106,7 @@ class SweepSpec(FamilyChoices):
     train_adc_gain: Literal["step", "epoch"] = "step"
     train_drift_alpha: Literal["step", "epoch"] = "step"
     train_programming: Literal["step", "epoch"] = "step"
+    train_calibration: Literal["epoch", "step"] | CalibrationSteps = "epoch"
     digital_layers: list[str] = Field(default_factory=list)
 
     @field_validator("train_device", "digital_layers", mode="before")
@@ -117,6 +120,11 @@ class SweepSpec(FamilyChoices):
             raise ValueError(f"{info.field_name}: {len(v)} entries; at most {limits.MAX_SEEDS}")
         return list(dict.fromkeys(v))
 
+    @field_validator("train_calibration", mode="before")
+    @classmethod
+    def _train_calibration(cls, v: Any) -> Any:
+        return parse_calibration(v) or "epoch"
+
     @field_validator("train_device_snr_db", mode="before")
     @classmethod
     def _train_device_grid(cls, v: Any) -> list[float]:
@@ -128,10 +136,14 @@ class SweepSpec(FamilyChoices):
         if not hardware:
             for name, unset in (("train_device_snr_db", []), ("train_noise_mode", "physical"),
                                 ("train_adc_gain", "step"), ("train_drift_alpha", "step"),
-                                ("train_programming", "step")):
+                                ("train_programming", "step"), ("train_calibration", "epoch")):
                 if getattr(self, name) != unset:
                     raise ValueError(f"{name}: set for a training device, but train_device "
                                      "names none")
+        elif self.train_calibration != "epoch" and not self.train_device_snr_db:
+            raise ValueError("train_calibration: calibrates the training device to "
+                             "train_device_snr_db; at the native SNR (no train_device_snr_db) "
+                             "nothing is calibrated")
         return self
 
     def training_devices(self) -> list[tuple[str | None, float | None]]:
@@ -179,7 +191,7 @@ class SweepSpec(FamilyChoices):
         for key, unset in (("train_device", []), ("train_device_snr_db", []),
                            ("train_noise_mode", "physical"), ("digital_layers", []),
                            ("train_adc_gain", "step"), ("train_drift_alpha", "step"),
-                           ("train_programming", "step")):
+                           ("train_programming", "step"), ("train_calibration", "epoch")):
             if key in data and data[key] == unset:
                 data.pop(key)
         return data

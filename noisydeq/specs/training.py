@@ -3,7 +3,7 @@ its named presets."""
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
@@ -37,6 +37,29 @@ TRAIN_PRESETS = ("quick", "paper", "adversarial", "adversarial-quick")
 QUICK_TEST_SOLVER = SolverSpec(name="unroll", max_iter=40, tol=0.05, stop="mean_rel", window=20)
 
 
+#: the largest ``device_calibration`` step count
+MAX_CALIBRATION_STEPS = 2**31
+#: ``device_calibration = N``: every N ≥ 2 steps (1 is ``"step"``)
+CalibrationSteps = Annotated[int, Field(ge=2, le=MAX_CALIBRATION_STEPS)]
+
+
+def parse_calibration(v: Any) -> str | int | None:
+    """A ``device_calibration`` value as the spec holds it: ``epoch`` (the default) → None,
+    ``step`` or 1 → ``"step"``, a step count N ≥ 2 (an integer or its text) → N; anything
+    else a ValueError (one line)."""
+    if v is None or v == "epoch":
+        return None
+    n = v
+    if isinstance(v, str) and v.strip().isdigit():
+        n = int(v.strip())
+    if isinstance(n, int) and not isinstance(n, bool) and 1 <= n <= MAX_CALIBRATION_STEPS:
+        return "step" if n == 1 else n
+    if v == "step":
+        return "step"
+    raise ValueError(f"want 'epoch', 'step' or a number of steps in 1..{MAX_CALIBRATION_STEPS}, "
+                     f"got {v!r}")
+
+
 def check_preset(name: str) -> str:
     """``name`` if it is a training preset, else a "did you mean" error (pydantic validators)."""
     if name not in TRAIN_PRESETS:
@@ -66,6 +89,12 @@ class TrainSpec(StrictModel):
     (None) programs the chip afresh with every step's weights, ``epoch`` programs it once
     per epoch's chip and noise scale and holds that programming's error (in units of
     max|W|) on every later step's weights (docs/devices.md, "Programming per epoch").
+    ``device_calibration`` (with ``device_snr_db``): when the device's noise scale is
+    calibrated to ``device_snr_db`` on the clean training activations — ``epoch`` (None)
+    once per epoch's chip, with the weights of the epoch's start; ``step`` before every
+    step, with that step's weights; an integer N every N steps (N = 1 is ``step``) — so
+    that the realised SNR stays at the target while the weights change within an epoch
+    (docs/devices.md, "Calibration per step").
     DEQ only: ``solver`` (training), ``test_solver`` (evaluation), ``gradient`` and
     ``jac_reg`` replace the model's own when set. ``max_train_samples``: use only the
     first N training samples. ``ibp``: interval-bound-propagation training
@@ -90,6 +119,7 @@ class TrainSpec(StrictModel):
     device_adc_gain: Literal["step", "epoch"] | None = None
     device_drift_alpha: Literal["step", "epoch"] | None = None
     device_programming: Literal["step", "epoch"] | None = None
+    device_calibration: Literal["step"] | CalibrationSteps | None = None
     digital_layers: list[str] | None = None
     solver: SolverSpec | None = None
     test_solver: SolverSpec | None = None
@@ -113,6 +143,11 @@ class TrainSpec(StrictModel):
     def _adc_gain(cls, v: str | None) -> str | None:
         return None if v == "step" else v  # the default: the cache key of earlier models
 
+    @field_validator("device_calibration", mode="before")
+    @classmethod
+    def _calibration(cls, v: Any) -> Any:
+        return parse_calibration(v)
+
     @field_validator("digital_layers")
     @classmethod
     def _digital(cls, v: list[str] | None) -> list[str] | None:
@@ -122,9 +157,13 @@ class TrainSpec(StrictModel):
     def _device_options(self) -> TrainSpec:
         if self.device is None:
             for name in ("device_snr_db", "device_noise_mode", "device_adc_gain",
-                         "device_drift_alpha", "device_programming", "digital_layers"):
+                         "device_drift_alpha", "device_programming", "device_calibration",
+                         "digital_layers"):
                 if getattr(self, name) is not None:
                     raise ValueError(f"{name}: set for a training device, but device is unset")
+        elif self.device_calibration is not None and self.device_snr_db is None:
+            raise ValueError("device_calibration: calibrates the device to device_snr_db; at "
+                             "the native SNR (device_snr_db unset) nothing is calibrated")
         return self
 
     @model_validator(mode="after")
