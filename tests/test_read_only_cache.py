@@ -211,6 +211,17 @@ def test_adversarial_serves_a_read_only_cache(cache, tmp_path, capsys, read_only
               "grid.defences=['none','threshold']"], tmp_path / "x", capsys,
              "lacks the model entry of deq d1 w16 seed 0 (models/")
     assert _files(cache) == before
+    # a finished experiment whose record would serve its models, from a read-only cache
+    # without them: refused too (a cell computed again would train one mid-run)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    read_only(empty)
+    done = _files(tmp_path / "w")
+    code, _, err = run_cli([*ADVERSARIAL, "--set", "grid.defences=['none']", "--cache",
+                            str(empty), "--out", str(tmp_path / "w")], capsys)
+    one_line_error(code, err, f"--cache {empty}: read-only, and it lacks the model entry of "
+                   "deq d1 w16 seed 0 (models/", TAIL)
+    assert _files(tmp_path / "w") == done
 
 
 def _untimed(path: Path) -> list[dict[str, str]]:
