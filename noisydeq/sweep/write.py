@@ -176,21 +176,20 @@ def run_sweep(
         local = 1 if backend is not None and backend.ray else resolve_jobs(jobs, spec, pairs)
         check_sweep_families(spec, task, local)
     backend = backend or Backend()
+    loaded = None
+    if read_only:  # every entry found and the models loaded, or one line naming the
+        # first entry the cache lacks: before the run directory (and a Ray cluster)
+        from noisydeq.sweep.cached import check_read_only_sweep
+
+        loaded = check_read_only_sweep(spec, out_dir, task, hardware, torch_device,
+                                       train_threads=train_threads, eval_threads=eval_threads,
+                                       jobs=jobs, ray=backend.ray, progress=progress)
     joined = False
     if backend.ray:  # unreachable: one line, before anything is written
         from noisydeq.cluster import connect
 
         joined = connect(backend)
     try:
-        loaded = None
-        if read_only and models is None:  # every entry found and the models loaded, or
-            # one line naming the first entry the cache lacks: before the run directory
-            from noisydeq.sweep.cached import check_read_only_sweep
-
-            loaded = check_read_only_sweep(spec, out_dir, task, hardware, torch_device,
-                                           train_threads=train_threads,
-                                           eval_threads=eval_threads, jobs=jobs,
-                                           ray=backend.ray, progress=progress)
         # the figures' title is recorded: `noisydeq plot` redraws them with it
         fresh = not run_dir.open(spec, {"title": title} if title else None)
         if run_dir.spec != spec:  # another writer extended it meanwhile: the cache's
