@@ -117,6 +117,36 @@ def test_sweep_serves_a_read_only_complete_cache(base, cache, tmp_path, capsys, 
     assert _files(cache) == before
 
 
+def test_sweep_serves_a_cache_without_write_permission(base, cache, tmp_path, capsys):
+    """``chmod -R a-w`` (a colleague's cache: EACCES, not EROFS): served the same table, a
+    missing entry one line. Skipped where chmod cannot stop this process (root with
+    CAP_DAC_OVERRIDE: ``os.access`` would say yes either way, so writing is tried)."""
+    from noisydeq.store import try_writing
+
+    before = _files(cache)
+    modes = {p: p.stat().st_mode for p in [cache, *cache.rglob("*")]}
+    for p, mode in modes.items():
+        p.chmod(mode & ~0o222)
+    try:
+        try:
+            try_writing(cache)
+        except PermissionError:
+            pass
+        else:
+            pytest.skip("chmod a-w does not stop this process from writing (root)")
+        argv = [*SWEEP, "--chips", "2", "--jobs", "1", "--cache", str(cache)]
+        code, _, err = run_cli([*argv, "--out", str(tmp_path / "r")], capsys)
+        assert code == 0 and not err.strip(), err
+        assert (tmp_path / "r" / "results.csv").read_bytes() == (
+            base[1] / "results.csv").read_bytes()
+        _refused([*argv, "--depths", "1,3"], tmp_path / "x", capsys,
+                 "lacks the model entry of deq d3 w14 seed 0 (models/")
+    finally:
+        for p, mode in modes.items():
+            p.chmod(mode)
+    assert _files(cache) == before
+
+
 def test_sweep_names_the_first_entry_a_read_only_cache_lacks(base, cache, tmp_path, capsys,
                                                              read_only):
     """A model, a chip's calibration, an extension's calibration and the programmed chips
