@@ -19,7 +19,7 @@ from __future__ import annotations
 import math
 import os
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,7 +29,7 @@ from torch import nn
 
 from noisydeq.errors import NoisyDEQError
 from noisydeq.noise import derive_seed
-from noisydeq.runtime import cache_root
+from noisydeq.runtime import cache_root, read_only_cache
 from noisydeq.specs.base import build
 from noisydeq.specs.device_presets import HELD_QUANTITIES, check_held
 from noisydeq.specs.family import FamilySpec
@@ -155,6 +155,29 @@ def cached_weights(
     return entry, weights
 
 
+def require_members(specs: Iterable[FamilySpec], task: Task, *,
+                    cache_dir: str | os.PathLike | None = None,
+                    torch_device: str | torch.device | None = None) -> None:
+    """Refuse in one line (:func:`noisydeq.runtime.cache_lacks`) the first member of the
+    families ``specs`` (in :func:`train_family`'s order) whose cache entry holds no finished
+    model: what a command checks before it writes anything when the cache is read-only
+    (:func:`noisydeq.runtime.read_only_cache`), training being out of the question. Only
+    initial models are built, for the keys (under the caller's thread count, which is part
+    of them); a damaged model is refused when it is loaded, before the command writes."""
+    from noisydeq.runtime import cache_lacks
+    from noisydeq.train import MODEL_FILE
+
+    dev = torch.device(torch_device) if torch_device is not None else torch.device("cpu")
+    root = cache_root(cache_dir) / "models"
+    for spec in specs:
+        for depth in spec.depths:
+            for kind in spec.kinds:
+                model, _, entry = prepared_member(spec, task, kind, depth, root, dev)
+                if not (entry / MODEL_FILE).is_file():
+                    raise cache_lacks("model", f"{kind} d{depth} w{model.width} seed {spec.seed}",
+                                      entry, cache_dir)
+
+
 def train_family(
     spec: FamilySpec,
     task: Task | None = None,
@@ -167,7 +190,10 @@ def train_family(
     """Train (or load from the cache) every member of ``spec``; FFW and DEQ per depth.
 
     ``task`` defaults to ``load_task(spec.task, spec.data_dir, spec.data_seed)``. ``log(text)``
-    receives one line per member (trained / loaded, metric, seconds).
+    receives one line per member (trained / loaded, metric, seconds). A read-only cache
+    (:func:`noisydeq.runtime.read_only_cache`) serves a family it holds whole; else the
+    first member it lacks is refused in one line (:func:`require_members`) before any is
+    loaded.
     """
     t0 = time.perf_counter()
     if task is None:
@@ -175,6 +201,8 @@ def train_family(
 
         task = load_task(spec.task, data_dir=spec.data_dir, seed=spec.data_seed)
     dev = torch.device(torch_device) if torch_device is not None else torch.device("cpu")
+    if read_only_cache(cache_dir):  # every member cached, or one line naming the first not
+        require_members([spec], task, cache_dir=cache_dir, torch_device=dev)
     root = cache_root(cache_dir) / "models"
     family = Family(spec=spec, task_name=task.name)
     from noisydeq.progress import progress

@@ -91,11 +91,54 @@ def check_cache(cache_dir: str | os.PathLike | None = None, *, reading: bool = F
     from noisydeq.store import check_out_dir
 
     root = cache_root(cache_dir)
-    what = ("--cache" if cache_dir is not None or _chosen is not None
-            else f"${ENV_CACHE}" if os.environ.get(ENV_CACHE) else "cache")
     if not (reading and root.is_dir()):
-        check_out_dir(root, what)
+        check_out_dir(root, cache_source(cache_dir))
     return root
+
+
+def cache_source(cache_dir: str | os.PathLike | None = None) -> str:
+    """Where :func:`cache_root` came from, as a one-line refusal names it: ``--cache``,
+    ``$NOISYDEQ_CACHE`` or ``cache`` (the user cache dir)."""
+    return ("--cache" if cache_dir is not None or _chosen is not None
+            else f"${ENV_CACHE}" if os.environ.get(ENV_CACHE) else "cache")
+
+
+def read_only_cache(cache_dir: str | os.PathLike | None = None) -> bool:
+    """Whether the cache (:func:`cache_root`) is an existing directory this process cannot
+    write in (:data:`noisydeq.store.NOT_WRITABLE`: a read-only mount, a colleague's
+    directory without write permission). Writing is tried, not predicted
+    (:func:`noisydeq.store.try_writing`: ``os.access`` says yes to root everywhere). A
+    command that writes into the cache then runs only when the cache holds every entry it
+    needs, checked before it writes anything (:func:`cache_lacks` names the first missing
+    one); what it writes goes to its own run directory."""
+    from noisydeq.store import NOT_WRITABLE, try_writing
+
+    root = cache_root(cache_dir)
+    if not root.is_dir():
+        return False
+    try:
+        try_writing(root)
+    except OSError as err:
+        return err.errno in NOT_WRITABLE
+    return False
+
+
+def cache_lacks(kind: str, what: str, path: str | os.PathLike,
+                cache_dir: str | os.PathLike | None = None) -> NoisyDEQError:
+    """The one line refusing a read-only cache (:func:`read_only_cache`; ``cache_dir`` as
+    :func:`cache_root` takes it) that lacks an entry a command needs: ``kind`` (model,
+    calibration, programmed chips), ``what`` it is of and the entry's ``path`` (its key),
+    before the command wrote anything."""
+    root = cache_root(cache_dir)
+    where = Path(path)
+    try:
+        where = where.relative_to(root)
+    except ValueError:
+        pass
+    return NoisyDEQError(
+        f"{cache_source(cache_dir)} {root}: read-only, and it lacks the {kind} entry of {what} "
+        f"({where}); nothing was written: run the command once with a writable cache "
+        "(--cache DIR) to make it")
 
 
 #: environment variable with the torch thread counts of the commands (see :func:`thread_plan`)

@@ -109,59 +109,61 @@ def test_cache_at_nests_and_restores(tmp_path, monkeypatch):
     assert "NOISYDEQ_CACHE" not in os.environ and runtime._chosen is None
 
 
+def install_read_only(monkeypatch, root: Path) -> None:
+    """From now on (until ``monkeypatch`` is undone) every write below ``root`` fails with
+    EROFS, as on a read-only mount (opening for writing, ``open`` for writing, creating,
+    renaming and removing files or directories)."""
+    root = root.resolve()
+
+    def below(path) -> bool:
+        try:
+            return Path(os.fsdecode(path)).resolve().is_relative_to(root)
+        except TypeError:  # a file descriptor
+            return False
+
+    def refuse(path):
+        raise OSError(errno.EROFS, os.strerror(errno.EROFS), os.fsdecode(path))
+
+    real_open, real_builtin_open = os.open, builtins.open
+    writes = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_TRUNC
+
+    def os_open(path, flags, *args, **kwargs):
+        if flags & writes and below(path):
+            refuse(path)
+        return real_open(path, flags, *args, **kwargs)
+
+    def builtin_open(file, mode="r", *args, **kwargs):
+        if any(c in mode for c in "wax+") and below(file):
+            refuse(file)
+        return real_builtin_open(file, mode, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", os_open)
+    monkeypatch.setattr(builtins, "open", builtin_open)
+    for name in ("mkdir", "rmdir", "unlink", "remove"):
+        real = getattr(os, name)
+
+        def one(path, *args, _real=real, **kwargs):
+            if below(path) and not (_real is os.mkdir and Path(path).is_dir()):
+                refuse(path)
+            return _real(path, *args, **kwargs)
+
+        monkeypatch.setattr(os, name, one)
+    for name in ("replace", "rename"):
+        real = getattr(os, name)
+
+        def two(src, dst, *args, _real=real, **kwargs):
+            if below(src) or below(dst):
+                refuse(dst)
+            return _real(src, dst, *args, **kwargs)
+
+        monkeypatch.setattr(os, name, two)
+
+
 @pytest.fixture
 def read_only(monkeypatch):
-    """``read_only(root)``: from now on every write below ``root`` fails with EROFS, as on
-    a read-only mount (opening for writing, ``open`` for writing, creating, renaming and
-    removing files or directories)."""
-
-    def install(root: Path) -> None:
-        root = root.resolve()
-
-        def below(path) -> bool:
-            try:
-                return Path(os.fsdecode(path)).resolve().is_relative_to(root)
-            except TypeError:  # a file descriptor
-                return False
-
-        def refuse(path):
-            raise OSError(errno.EROFS, os.strerror(errno.EROFS), os.fsdecode(path))
-
-        real_open, real_builtin_open = os.open, builtins.open
-        writes = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_TRUNC
-
-        def os_open(path, flags, *args, **kwargs):
-            if flags & writes and below(path):
-                refuse(path)
-            return real_open(path, flags, *args, **kwargs)
-
-        def builtin_open(file, mode="r", *args, **kwargs):
-            if any(c in mode for c in "wax+") and below(file):
-                refuse(file)
-            return real_builtin_open(file, mode, *args, **kwargs)
-
-        monkeypatch.setattr(os, "open", os_open)
-        monkeypatch.setattr(builtins, "open", builtin_open)
-        for name in ("mkdir", "rmdir", "unlink", "remove"):
-            real = getattr(os, name)
-
-            def one(path, *args, _real=real, **kwargs):
-                if below(path) and not (_real is os.mkdir and Path(path).is_dir()):
-                    refuse(path)
-                return _real(path, *args, **kwargs)
-
-            monkeypatch.setattr(os, name, one)
-        for name in ("replace", "rename"):
-            real = getattr(os, name)
-
-            def two(src, dst, *args, _real=real, **kwargs):
-                if below(src) or below(dst):
-                    refuse(dst)
-                return _real(src, dst, *args, **kwargs)
-
-            monkeypatch.setattr(os, name, two)
-
-    return install
+    """``read_only(root)``: :func:`install_read_only` (every write below ``root`` fails
+    with EROFS)."""
+    return lambda root: install_read_only(monkeypatch, root)
 
 
 def _writable_then_read_only(argv, cache: Path, tmp_path: Path, capsys, read_only):
@@ -263,7 +265,8 @@ def test_certify_experiment_serves_a_read_only_cache_or_names_the_model_it_lacks
         tmp_path, capsys, monkeypatch, read_only):
     """A certify experiment trains into the cache: a read-only one was refused up front
     even when it held every model. Now it is served; a model it lacks is one line naming
-    the model directory training would write, and --out is not made."""
+    the member and its entry (noisydeq.families.require_members), and --out is not
+    made."""
     cache = tmp_path / "cache"
     monkeypatch.setenv("NOISYDEQ_CACHE", str(tmp_path / "env"))
     argv = ["certify", str(_table2(tmp_path / "t2.toml", 8)), "--threads", "1", "--quiet",
@@ -273,7 +276,8 @@ def test_certify_experiment_serves_a_read_only_cache_or_names_the_model_it_lacks
     other = ["certify", str(_table2(tmp_path / "t3.toml", 6)), "--threads", "1", "--quiet",
              "--cache", str(cache), "--out", str(tmp_path / "missing")]
     code, _, err = run_cli(other, capsys)
-    one_line_error(code, err, f"model directory {cache}/models/", "Read-only file system")
+    one_line_error(code, err, f"--cache {cache}: read-only, and it lacks the model entry of "
+                   "mondeq d1 w6 seed 0 (models/", "nothing was written")
     monkeypatch.undo()
     assert _files(cache) == before
     assert not (tmp_path / "missing").exists() and not (tmp_path / "env").exists()

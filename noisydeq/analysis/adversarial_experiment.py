@@ -305,14 +305,21 @@ class GridModels:
     computes) with the recorded digest and training info: its cells are judged on the
     weights they were computed on (:func:`~noisydeq.attacks.runner.run_attacks`' ``weights``)
     and it is trained or loaded only when one of them is computed (:meth:`materialise`).
-    Any other model's family is trained or loaded up front, as before."""
+    Any other model's family is trained or loaded up front, as before. A read-only cache
+    (:func:`noisydeq.runtime.read_only_cache`) must hold every model of the grid, those
+    the record serves too: the first it lacks is one line, before anything is written."""
 
     def __init__(self, res: Resolved, task: Any, *, out: Path, cache_dir: Any = None,
                  quiet: bool = True, log: Any = None) -> None:
         from noisydeq.attacks.members import defended_model
-        from noisydeq.families import cached_member
+        from noisydeq.families import cached_member, require_members
+        from noisydeq.runtime import read_only_cache
         from noisydeq.train_config import spec_dump
 
+        if read_only_cache(cache_dir):  # every model, or one line before anything is
+            # written: one the record serves would be trained mid-run were a cell of its
+            # computed again (other code)
+            require_members([cell.spec for cell in res.cells], task, cache_dir=cache_dir)
         self.res, self.task, self.out = res, task, out
         self.cache_dir, self.quiet, self.log = cache_dir, quiet, log
         self.members: list[Any] = []

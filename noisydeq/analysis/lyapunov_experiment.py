@@ -551,6 +551,10 @@ def run_experiment(
     text = dumps_toml(spec)
     _check_config(out / "config.toml", text)
     task = load_task(spec.task, data_dir=spec.data_dir, seed=spec.seeds[0])
+    from noisydeq.runtime import read_only_cache
+
+    if read_only_cache():  # every model, calibration and chip it needs, or one line
+        check_read_only_cache(spec, out, task, only)
     with ExperimentDir(out) as run:
         run.open(text)
         run.keep_other_code = keep_other_code
@@ -563,6 +567,34 @@ def run_experiment(
             device_rows = run_device(spec, out, task, progress, log)
             store.atomic_write_text(out / "device.csv", _csv(device_rows))
         return write_report(spec, out, attack_rows, device_rows)
+
+
+def check_read_only_cache(spec: LyapunovExperimentSpec, out: Path, task: Any,
+                          only: str | None) -> None:
+    """Refuse in one line, before the experiment directory is written, the first entry a
+    read-only cache (:func:`noisydeq.runtime.read_only_cache`) lacks: the attack table's
+    models (:func:`noisydeq.families.require_members`; each is needed, as a cell served
+    from the directory may be computed again) and, per device sweep, what
+    :func:`noisydeq.sweep.cached.check_read_only_sweep` needs (run as :func:`run_device`
+    runs them: one process, the default thread plan)."""
+    from noisydeq.families import require_members
+    from noisydeq.runtime import resolve_torch_device, thread_plan
+    from noisydeq.sweep.cached import check_read_only_sweep
+    from noisydeq.sweep.hardware import Hardware
+
+    if spec.attack is not None and only in (None, "attack"):
+        require_members([spec.family_spec(s, v) for v in spec.attack.variants
+                         for s in spec.seeds], task)
+    if spec.device is None or only not in (None, "device"):
+        return
+    train_threads, eval_threads = thread_plan(None)  # run_sweep's, as run_device calls it
+    for device, groups in spec.device.groups.items():
+        for group in groups:
+            sspec = spec.sweep_spec(device, group)
+            check_read_only_sweep(sspec, out / "device" / f"{device}-{group}", task,
+                                  Hardware(sspec), resolve_torch_device(sspec.torch_device),
+                                  train_threads=train_threads, eval_threads=eval_threads,
+                                  jobs=1, progress=False)
 
 
 def _check_config(config: Path, text: str) -> None:

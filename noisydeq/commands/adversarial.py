@@ -106,7 +106,10 @@ def command(experiment: str, variant: str, out: Path | None, data_dir: str | Non
     refuse_data_dir(data_dir, [c.spec.task for c in resolved.cells], "the experiment's")
     out_dir = out or _default_out(exp.name, variant, resolved)
     check_out_dir(out_dir)
-    check_cache()  # the trained models go there: writable, or one line
+    # the trained models go there: writable, or one line; a read-only cache serves the
+    # families it holds whole (noisydeq.families.train_family: the first member it lacks
+    # is one line, before the experiment writes)
+    check_cache(reading=True)
     echo = (lambda s: None) if quiet or as_json else (lambda s: click.echo(s, err=True))
     echo(f"{exp.name} ({variant}): {exp.title}")
     t0 = time.perf_counter()

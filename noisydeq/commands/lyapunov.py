@@ -64,7 +64,9 @@ def command(experiment: str, out: str | None, data_dir: str | None, seeds: str |
     # in runs/<name> (its config.toml holds another experiment)
     stem = spec.name if seed_list is None else f"{spec.name}-seeds-{'-'.join(map(str, seed_list))}"
     out_dir = Path(out) if out else Path("runs") / stem
-    check_cache()  # the trained models go there: writable, or one line, before out_dir
+    # the trained models go there: writable, or one line, before out_dir; a read-only
+    # cache serves the experiment when it holds all it needs (run_experiment checks)
+    check_cache(reading=True)
 
     def log(text: str) -> None:
         if not (quiet or as_json):

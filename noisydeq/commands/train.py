@@ -292,10 +292,12 @@ def _command(opts: dict[str, Any]) -> None:
             "train": {k: v for k, v in overrides.items() if k != "seed"},
         }, where="train")
         batch = max(fspec.train_spec(k).batch_size for k in fspec.kinds)  # validate first
-        if out is None:  # the family goes to the model cache: writable, or one line
+        if out is None:  # the family goes to the model cache: writable, or one line; a
+            # read-only one serves a family it holds whole (train_family: the first member
+            # it lacks is one line, before any is loaded)
             from noisydeq.runtime import check_cache
 
-            check_cache()
+            check_cache(reading=True)
         task = load_task(opts["task"], data_dir=opts["data_dir"], seed=opts["data_seed"])
         fit_to_task({"cell": opts["cell"]}, task)  # the cell must fit the task (one line)
         sizes = [member_size(k, d, fspec.hidden, task.in_features, task.out_features)

@@ -21,7 +21,14 @@ from noisydeq.cluster import Backend
 from noisydeq.convergence import stop_rule
 from noisydeq.errors import NoisyDEQError
 from noisydeq.results import RunDir, table_columns
-from noisydeq.runtime import cache_root, check_cache, num_threads, resolve_torch_device, thread_plan
+from noisydeq.runtime import (
+    cache_root,
+    check_cache,
+    num_threads,
+    read_only_cache,
+    resolve_torch_device,
+    thread_plan,
+)
 from noisydeq.specs.sweep import SweepSpec, is_native
 from noisydeq.sweep.base import SweepModel
 from noisydeq.sweep.hardware import Hardware
@@ -156,15 +163,27 @@ def run_sweep(
     # another field differs), so the checks below see the whole extended sweep
     spec = run_dir.union(spec)
     hardware = Hardware(spec)  # validates the device before anything is written
+    read_only = False
     if models is None:
         from noisydeq.families import check_sweep_families
 
-        check_cache()  # the models, calibrations and chips go there: writable, or one line
+        # the models, calibrations and chips go to the cache: writable, or one line; a
+        # read-only one serves a run that finds every entry it needs there (checked below)
+        check_cache(reading=True)
+        read_only = read_only_cache()
         # presets, overrides, memory (in each evaluation process): before any write
         pairs = spec.family_count() * len(spec.depths) * len(spec.kinds) * spec.chips
         local = 1 if backend is not None and backend.ray else resolve_jobs(jobs, spec, pairs)
         check_sweep_families(spec, task, local)
     backend = backend or Backend()
+    loaded = None
+    if read_only:  # every entry found and the models loaded, or one line naming the
+        # first entry the cache lacks: before the run directory (and a Ray cluster)
+        from noisydeq.sweep.cached import check_read_only_sweep
+
+        loaded = check_read_only_sweep(spec, out_dir, task, hardware, torch_device,
+                                       train_threads=train_threads, eval_threads=eval_threads,
+                                       jobs=jobs, ray=backend.ray, progress=progress)
     joined = False
     if backend.ray:  # unreachable: one line, before anything is written
         from noisydeq.cluster import connect
@@ -173,11 +192,13 @@ def run_sweep(
     try:
         # the figures' title is recorded: `noisydeq plot` redraws them with it
         fresh = not run_dir.open(spec, {"title": title} if title else None)
-        spec = run_dir.spec  # another writer may have extended it meanwhile
+        if run_dir.spec != spec:  # another writer extended it meanwhile: the cache's
+            loaded = None  # models of the grown spec are loaded (or refused) once open
+        spec = run_dir.spec
         try:
             return _run_open(spec, run_dir, task, hardware, models, progress, on_cell, plots,
                              title, train_threads, eval_threads, torch_device, jobs, fresh,
-                             backend, echo or _stderr, whole_plan)
+                             backend, echo or _stderr, whole_plan, loaded)
         finally:
             run_dir.close()
     finally:
@@ -198,18 +219,20 @@ def _run_open(
     train_threads: int | None, eval_threads: int | None, torch_device: torch.device,
     jobs: int | str | None, fresh: bool, backend: Backend,
     echo: Callable[[str], None] = print, prune: bool = False,
+    loaded: list[SweepModel] | None = None,
 ) -> SweepResult:
     """The body of :func:`run_sweep` once its run directory is open and locked
     (``fresh``: created by this run; ``prune``: delete the cell files outside the plan at
-    the end)."""
+    the end; ``loaded``: the family's models, loaded from a read-only cache before the
+    directory was opened)."""
     from noisydeq.progress import TimeLeft, set_time_left
     from noisydeq.progress import progress as progress_bar
 
     if models is None:
-        models = family_models
+        models = family_models if loaded is None else loaded
     # worker processes can rebuild the models only when they come from the family cache
-    models_from_cache = models is family_models
-    if models_from_cache and backend.ray:  # members not yet cached train as Ray tasks
+    models_from_cache = models is family_models or models is loaded
+    if models is family_models and backend.ray:  # members not yet cached train as Ray tasks
         from noisydeq.family_tasks import train_sweep_families_on_ray
 
         train_sweep_families_on_ray(spec, task, progress)
