@@ -169,6 +169,10 @@ def train_family(
     ``task`` defaults to ``load_task(spec.task, spec.data_dir, spec.data_seed)``. ``log(text)``
     receives one line per member (trained / loaded, metric, seconds).
     """
+    from noisydeq.specs.task_names import check_run_data_dir
+
+    # the spec's data directory: the commands' one rule (exists; a task that reads files)
+    check_run_data_dir(spec.data_dir, [spec.task], "the family's")
     t0 = time.perf_counter()
     if task is None:
         from noisydeq.tasks import load_task

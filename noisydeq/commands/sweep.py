@@ -361,11 +361,13 @@ def command(
     spec = build(SweepSpec, data, where="sweep", names=names)
     check_device_presets(spec)  # torch-free: before execute's heavy imports
     # torch-free too: a bad task or --out is one line before the heartbeat can speak
-    from noisydeq.specs.task_names import check_task_name, refuse_data_dir
+    from noisydeq.specs.task_names import check_run_data_dir, check_task_name, data_dir_name
     from noisydeq.store import check_out_dir
 
     check_task_name(spec.task)
-    refuse_data_dir(data_dir, [spec.task], "the sweep's")
+    # one rule however the directory arrives (--data-dir or --set data_dir=...)
+    check_run_data_dir(spec.data_dir, [spec.task], "the sweep's",
+                       data_dir_name(data_dir, parse_sets(sets)))
     if out:
         check_out_dir(out)
     execute(spec, Path(out) if out else default_out(spec), quiet=quiet or as_json,
