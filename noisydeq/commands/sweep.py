@@ -22,7 +22,7 @@ from noisydeq.cluster import Backend
 from noisydeq.commands import cache_option
 from noisydeq.errors import NoisyDEQError
 from noisydeq.progress import with_heartbeat
-from noisydeq.specs.base import build
+from noisydeq.specs.base import build, refuse_repeats
 from noisydeq.specs.noise import NATIVE, parse_snr_range, split_native
 from noisydeq.specs.sweep import SweepSpec, adc_gain_lines, check_device_presets
 from noisydeq.specs.task_names import check_data_dir
@@ -50,7 +50,10 @@ def parse_seeds(text: str, flag: str = "--seed") -> list[int]:
     for seed in seeds:
         if not 0 <= seed <= limits.MAX_SEED:
             raise NoisyDEQError(f"{flag}: seed {seed} is outside 0..2^63-1")
-    return seeds
+    try:
+        return refuse_repeats(seeds)  # as every spec's grid (StrictModel.NO_REPEATS)
+    except ValueError as err:
+        raise NoisyDEQError(f"{flag}: {err}") from None
 
 
 def parse_sets(items: tuple[str, ...]) -> dict[str, Any]:
