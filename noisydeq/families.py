@@ -195,6 +195,10 @@ def train_family(
     first member it lacks is refused in one line (:func:`require_members`) before any is
     loaded.
     """
+    from noisydeq.specs.task_names import check_run_data_dir
+
+    # the spec's data directory: the commands' one rule (exists; a task that reads files)
+    check_run_data_dir(spec.data_dir, [spec.task], "the family's")
     t0 = time.perf_counter()
     if task is None:
         from noisydeq.tasks import load_task

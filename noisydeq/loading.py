@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import csv
 import io
-import math
 import os
 import sys
 from collections.abc import Iterable
@@ -127,21 +126,11 @@ def _types_for(header: list[str]) -> dict[str, str]:
 def _typed_column(pd: Any, values: list[str], kind: str, path: Path, name: str) -> Any:
     """One declared column (its cells from line 2 on) as a pandas Series of its type (the
     module docstring); a cell that is not of the type is one error naming line and column."""
-    from noisydeq.results import CSV_READERS
+    from noisydeq.results import read_cell
 
     if kind == "str":
         return pd.Series(values, dtype=_text(pd))
-    conv = CSV_READERS[kind]
-    out: list[Any] = []
-    for i, v in enumerate(values):
-        if v == "":
-            out.append(math.nan if kind == "float" else None)
-            continue
-        try:
-            out.append(conv(v))
-        except ValueError:
-            raise CorruptArtefact(path, f"line {i + 2}: column {name} holds {v!r}, not "
-                                  f"a{'n' if kind == 'int' else ''} {kind}") from None
+    out = [read_cell(v, kind, path, i + 2, name) for i, v in enumerate(values)]
     if kind == "float":
         return pd.Series(out, dtype="float64")
     missing = any(v is None for v in out)

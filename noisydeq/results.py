@@ -45,6 +45,7 @@ import csv
 import hashlib
 import io
 import json
+import math
 import os
 import platform
 import shutil
@@ -727,31 +728,65 @@ def table_to_csv(rows: Sequence[dict[str, Any]], columns: dict[str, str] | None 
     return buf.getvalue()
 
 
-def _read_bool(text: str) -> bool:
-    """A bool column's CSV text (``True`` / ``False``, as :func:`table_to_csv` writes it)."""
+def _read_float(text: str) -> float:
+    """A float column's CSV text (``repr``, ``inf`` / ``nan`` spelled out); an empty cell
+    is ``nan``."""
+    return math.nan if text == "" else float(text)
+
+
+def _read_int(text: str) -> int | None:
+    """An int column's CSV text; an empty cell is None."""
+    return None if text == "" else int(text)
+
+
+def _read_bool(text: str) -> bool | None:
+    """A bool column's CSV text (``True`` / ``False``, as :func:`table_to_csv` writes it);
+    an empty cell is None."""
+    if text == "":
+        return None
     if text not in ("True", "False"):
         raise ValueError(f"{text!r} is not True or False")
     return text == "True"
 
 
 #: how a declared column's CSV text reads back (``str``/``int``/``float``/``bool``, the
-#: kinds :func:`table_to_csv` writes): :func:`read_csv` and :func:`noisydeq.load_results`
-CSV_READERS: dict[str, Callable[[str], Any]] = {"str": str, "int": int, "float": float,
-                                                 "bool": _read_bool}
+#: kinds :func:`table_to_csv` writes): :func:`read_csv` and :func:`noisydeq.load_results`.
+#: An empty cell — a value its writer left out: the training-device SNR of a digitally
+#: trained model in a table of an earlier version, a column a study's row lacks
+#: (:func:`noisydeq.figures.csv_text`) — is a missing value: ``nan`` (float), None (int,
+#: bool); a text cell reads as written, empty included (``noisydeq certify``'s ``param`` of
+#: a model without one: its Parquet table holds the same empty text).
+CSV_READERS: dict[str, Callable[[str], Any]] = {"str": str, "int": _read_int,
+                                                 "float": _read_float, "bool": _read_bool}
+
+
+def read_cell(text: str, kind: str, path: str | os.PathLike, line: int, column: str) -> Any:
+    """One declared cell of a CSV table (:data:`CSV_READERS`); a cell that is not of its
+    ``kind`` is one :class:`CorruptArtefact` naming ``path``, ``line`` and ``column``."""
+    try:
+        return CSV_READERS[kind](text)
+    except ValueError:
+        raise CorruptArtefact(Path(path), f"line {line}: column {column} holds {text!r}, not "
+                              f"a{'n' if kind == 'int' else ''} {kind}") from None
 
 
 def read_csv(
     path: str | os.PathLike, columns: dict[str, str] | None = None
 ) -> list[dict[str, Any]]:
     """Read a run's results CSV (or, with ``columns=LAYER_COLUMNS``, its layers.csv) back
-    into typed rows (checked against its ``SHA256SUMS``)."""
+    into typed rows (checked against its ``SHA256SUMS``): an empty cell is a missing value
+    (:data:`CSV_READERS`); a column ``columns`` does not declare, or a cell not of its type,
+    is one :class:`CorruptArtefact` naming the file."""
     columns = SWEEP_TABLE_COLUMNS if columns is None else columns
     store.verify_listed(path)
     with open(path, newline="", encoding="utf-8") as fh:
-        return [
-            {c: CSV_READERS[columns[c]](v) for c, v in row.items()}
-            for row in csv.DictReader(fh)
-        ]
+        reader = csv.DictReader(fh)
+        unknown = [c for c in reader.fieldnames or [] if c not in columns]
+        if unknown:
+            raise CorruptArtefact(Path(path), f"has column {unknown[0]}, which its table "
+                                  "does not declare (a table of another command or version)")
+        return [{c: read_cell(v, columns[c], path, line, c) for c, v in row.items()}
+                for line, row in enumerate(reader, start=2)]
 
 
 def _arrow_column(values: Sequence[Any], kind: str) -> Any:

@@ -83,7 +83,7 @@ def test_coerce_accepts_spec_dict_or_none_and_names_bad_types():
 
 
 @pytest.mark.parametrize("value,expected", [
-    ("5,3, 1 ,3", [1, 3, 5]), (3, [3]), (["2", 2.0], [2]),
+    ("5,3, 1 ", [1, 3, 5]), (3, [3]), (["2", 3.0], [2, 3]),
 ])
 def test_depth_lists_share_the_comma_grammar(value, expected):
     from noisydeq.specs.family import parse_depths
@@ -95,6 +95,7 @@ def test_depth_lists_share_the_comma_grammar(value, expected):
     ("1,,3", "depth '' is not a positive integer"), ("inf", "depth 'inf' is not a positive"),
     ("1e999", "depth '1e999' is not a positive"), (1.5, "depths must be a non-empty list"),
     ([], "depths must be a non-empty list"), ("1,0", "depth '0' is not"),
+    ("5,3, 1 ,3", "3 is given twice"), (["2", 2.0], "2 is given twice"),  # were dropped
 ])
 def test_bad_depth_lists_are_one_value_error(value, needle):
     """``inf`` / ``1e999`` were an OverflowError (an internal error on the command line)."""
@@ -105,7 +106,7 @@ def test_bad_depth_lists_are_one_value_error(value, needle):
 
 
 @pytest.mark.parametrize("value,expected", [
-    (" 0.2 , 0.1 ,,0.2,", [0.1, 0.2]), (0.3, [0.3]), ([0, "0.5"], [0.0, 0.5]),
+    (" 0.2 , 0.1 ,,", [0.1, 0.2]), (0.3, [0.3]), ([0, "0.5"], [0.0, 0.5]),
 ])
 def test_radius_lists_share_the_comma_grammar(value, expected):
     from noisydeq.specs.certify import CertifySpec
@@ -117,6 +118,7 @@ def test_radius_lists_share_the_comma_grammar(value, expected):
     ("0. 1", "'0. 1' is not a number"), ("-1", "ε must be ≥ 0"), ("nan", "ε must be ≥ 0"),
     ("0.1,1.5", r"ε 1.5 is outside \[0, 1\]"),
     ("", "non-empty list of radii"), (True, "non-empty list of radii"),
+    (" 0.2 , 0.1 ,,0.20,", "0.2 is given twice"),  # was dropped
 ])
 def test_bad_radius_lists_are_one_error(value, needle):
     from noisydeq.specs.base import build

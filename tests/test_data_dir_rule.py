@@ -86,3 +86,108 @@ def test_every_command_with_data_dir_is_covered():
     taking = {path for path, cmd in _commands()
               if any("--data-dir" in getattr(p, "opts", ()) for p in cmd.params)}
     assert taking == covered, taking ^ covered
+
+
+#: the other ways a data directory arrives: (command line, files, how the refusal names it,
+#: the words after it). ``{d}``: the test's directory; ``{data}``: an existing folder.
+ROUTES = {
+    "sweep --set": (["sweep", "--set", "data_dir={data}", *CASES["sweep"][0][1:]], {},
+                    "--set data_dir", "the sweep's task 'digits' reads"),
+    "run --set": (["run", "{d}/exp.toml", "--quiet", "--set", "data_dir={data}"],
+                  {"exp.toml": EXPERIMENT}, "--set data_dir",
+                  "the experiment's task 'digits' reads"),
+    "run file": (["run", "{d}/exp.toml", "--quiet"],
+                 {"exp.toml": EXPERIMENT.replace("[sweep]\n", '[sweep]\ndata_dir = "{data}"\n')},
+                 "{d}/exp.toml [quick]: data_dir", "the experiment's task 'digits' reads"),
+    "study --set": (["study", "{d}/s.toml", "--quiet", "--set", "data_dir={data}"],
+                    {"s.toml": STUDY}, "--set data_dir", "the study's task 'prefix_sums' reads"),
+    "study file": (["study", "{d}/s.toml", "--quiet"],
+                   {"s.toml": STUDY.replace("[study]\n", '[study]\ndata_dir = "{data}"\n')},
+                   "{d}/s.toml [quick]: data_dir", "the study's task 'prefix_sums' reads"),
+    "lyapunov file": (["lyapunov", "{d}/lya.toml", "--quiet"],
+                      {"lya.toml": LYAPUNOV_OK.replace("\n", '\ndata_dir = "{data}"\n', 1)},
+                      "{d}/lya.toml: data_dir", "the experiment's task 'digits' reads"),
+    "adversarial --set": (["adversarial", "adversarial-fig3", "--set", "family.task='digits'",
+                           "--set", "family.data_dir='{data}'", "--quiet"], {},
+                          "--set family.data_dir", "the experiment's task 'digits' reads"),
+    "certify fig2 file": (["certify", "{d}/fig2.toml"],
+                          {"fig2.toml": FIG2 + 'data_dir = "{data}"\n'},
+                          "{d}/fig2.toml: fig2.data_dir", "the experiment's task 'digits' reads"),
+    "certify table2 file": (["certify", "{d}/t.toml"],
+                            {"t.toml": TABLE2 + 'data_dir = "{data}"\n'},
+                            "{d}/t.toml: family.data_dir", "the experiment's task 'digits' reads"),
+}
+
+
+def _route(name, tmp_path, data):
+    argv, files, as_named, words = ROUTES[name]
+
+    def fill(text):
+        return text.replace("{data}", str(data)).replace("{d}", str(tmp_path))
+
+    for file, text in files.items():
+        (tmp_path / file).write_text(fill(text), encoding="utf-8")
+    return [fill(a) for a in argv], fill(as_named), words
+
+
+@pytest.mark.parametrize("name", list(ROUTES))
+def test_data_dir_is_one_rule_however_it_arrives(name, tmp_path, monkeypatch, capsys):
+    """``--set data_dir=...`` and an experiment file's ``data_dir`` escaped the rule of
+    ``--data-dir``: a run whose tasks read no files took them without a word (sweep, run,
+    study, lyapunov, adversarial, certify), and a folder that does not exist went unchecked
+    (or reached the loader's own message). Now one rule, naming how the value arrived."""
+    monkeypatch.chdir(tmp_path)
+    data = tmp_path / "data"
+    data.mkdir()
+    argv, as_named, words = _route(name, tmp_path, data)
+    refused_writing_nothing(argv, tmp_path, monkeypatch, capsys,
+                            f"{as_named} {data}: {words} no data files (only mnist, "
+                            f"mnist10k, cifar10 do); leave {as_named.split(': ')[-1]} out")
+    assert not (tmp_path / "runs").exists()
+    missing = tmp_path / "no-such-data"  # and a folder that is not there: the same check
+    argv, as_named, _ = _route(name, tmp_path, missing)
+    refused_writing_nothing(argv, tmp_path, monkeypatch, capsys,
+                            f"{as_named} {missing}: no such directory")
+
+
+def test_attack_checks_a_set_data_dir(tmp_path, monkeypatch, capsys):
+    """``noisydeq attack --set data_dir=...`` was ignored (the family loaded with the
+    option's directory): checked as ``--data-dir`` is, before the family is read."""
+    monkeypatch.chdir(tmp_path)
+    missing = tmp_path / "no-such-data"
+    refused_writing_nothing(["attack", "--family", str(tmp_path / "family"), "--quiet",
+                             "--set", f"data_dir={missing}"], tmp_path, monkeypatch, capsys,
+                            f"--set data_dir {missing}: no such directory")
+
+
+def test_a_spec_given_to_the_python_api_follows_the_rule(tmp_path):
+    """``run_sweep``, ``train_family`` and ``run_study`` take a spec whose ``data_dir`` no
+    command checked: the same rule, before anything is written."""
+    from noisydeq.families import train_family
+    from noisydeq.specs.base import build
+    from noisydeq.specs.family import FamilySpec
+    from noisydeq.specs.study import StudyFile
+    from noisydeq.specs.sweep import SweepSpec
+    from noisydeq.specs.toml import parse_toml
+    from noisydeq.studies import run_study
+    from noisydeq.sweep import run_sweep
+
+    data = tmp_path / "data"
+    data.mkdir()
+    study = build(StudyFile, parse_toml(STUDY, "s.toml"), where="s.toml").resolve("quick", {})
+    calls = {
+        "the sweep's task 'digits'": lambda d: run_sweep(
+            SweepSpec(task="digits", data_dir=d, depths=[1], snr_db=[0.0]), tmp_path / "out",
+            progress=False),
+        "the family's task 'digits'": lambda d: train_family(
+            FamilySpec(task="digits", data_dir=d, depths=[1]), cache_dir=tmp_path / "cache"),
+        "the study's task 'prefix_sums'": lambda d: run_study(
+            study.model_copy(update={"data_dir": d}), tmp_path / "out"),
+    }
+    for words, call in calls.items():
+        with pytest.raises(NoisyDEQError, match=rf"^data_dir {data}: {words} reads no data "
+                           r"files \(only mnist, mnist10k, cifar10 do\); leave data_dir out$"):
+            call(str(data))
+        with pytest.raises(NoisyDEQError, match=rf"^data_dir {tmp_path}/gone: no such dir"):
+            call(str(tmp_path / "gone"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data"]

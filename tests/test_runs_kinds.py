@@ -137,3 +137,36 @@ def test_runs_list_a_lyapunov_experiment_folder(tmp_path, capsys):
     assert row[1:3] == ["lyapunov", "finished"] and len(row) == len(head) + 1  # date, time
     (out / "device.csv").unlink()  # a table gone: partial again, named
     assert listed(root)["tiny"]["status"].startswith("partial (device.csv not written")
+    # its config damaged (edited after it was signed): listed as damaged, with its kind and
+    # its sweep still named as the experiment's, as a damaged sweep is listed
+    cfg = out / "config.toml"
+    cfg.write_text(cfg.read_text().replace('task = "digits"', 'task = "mnist"'))
+    for by in (listed(root), listed(out)):
+        assert list(by) == ["tiny", "tiny/device/snr-lyadeq-plain"]
+        assert by["tiny"]["kind"] == "lyapunov" and by["tiny"]["cells"] == 1
+        assert by["tiny"]["status"].startswith("damaged (") and "config.toml" in by["tiny"][
+            "status"]
+        assert by["tiny/device/snr-lyadeq-plain"]["experiment"] == str(out)
+
+
+def test_runs_list_a_lyapunov_experiment_folder_whose_config_is_damaged(tmp_path):
+    """A LyaDEQ experiment's folder whose config.toml fails its check (unsigned, or not
+    TOML) was not listed at all: it has no cells/ or results table, and its config could not
+    say it is an experiment's. Its layout does: listed as damaged, kind lyapunov; a folder
+    with a damaged config and none of the experiment's files is not a run."""
+    root = tmp_path / "runs"
+    for name, body in (("unsigned", 'name = "x"\n[attack]\nvariants = ["plain"]\n'),
+                       ("garbage", "\x00 not toml [[[")):
+        (root / name / "attack").mkdir(parents=True)
+        (root / name / "config.toml").write_text(body)
+    (root / "garbage" / "report.md").write_text("# report\n")
+    (root / "stray").mkdir()
+    (root / "stray" / "config.toml").write_text("not a run")
+    res = CliRunner().invoke(main, ["runs", str(root), "--json"])
+    assert res.exit_code == 0, res.output
+    by = {Path(i["run"]).name: i for i in json.loads(res.output)}
+    assert sorted(by) == ["garbage", "unsigned"]
+    for info in by.values():
+        assert info["kind"] == "lyapunov" and info["status"].startswith("damaged ("), info
+    table = CliRunner().invoke(main, ["runs", str(root)]).output
+    assert f"{root / 'unsigned'}: damaged: " in table

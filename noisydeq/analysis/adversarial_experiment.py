@@ -91,6 +91,8 @@ class GridSpec(StrictModel):
     """The training grid: ``methods`` × ``defences`` × ``seeds`` (families of ``kinds``),
     each trained with ``train_preset`` plus the experiment's ``train`` overrides."""
 
+    NO_REPEATS = frozenset({"methods", "defences", "kinds", "seeds"})
+
     methods: list[str] = Field(default_factory=lambda: ["pgd", "trades"])
     defences: list[str] = Field(default_factory=lambda: ["none"])
     kinds: list[Literal["deq", "ffw"]] = Field(default_factory=lambda: ["deq", "ffw"])
@@ -106,7 +108,7 @@ class GridSpec(StrictModel):
             if m not in METHODS:
                 raise ValueError(suggest_name("method", m, METHODS))
             out.append(m)
-        return list(dict.fromkeys(out))
+        return out
 
     @field_validator("kinds", mode="before")
     @classmethod
@@ -116,7 +118,7 @@ class GridSpec(StrictModel):
     @field_validator("defences")
     @classmethod
     def _defences(cls, v: list[str]) -> list[str]:
-        return list(dict.fromkeys(check_defence(d) for d in v))
+        return [check_defence(d) for d in v]
 
     @field_validator("train_preset")
     @classmethod

@@ -185,12 +185,13 @@ def deq_or_ffw(model: nn.Module) -> str:
 
 def load_family(root: str | Path, device: torch.device | str = "cpu", *,
                 data_dir: str | None = None, cache_dir: str | None = None,
-                check: Any = None) -> list[Member]:
+                check: Any = None, data_dir_as: str = "--data-dir") -> list[Member]:
     """All members of ``root`` (sweep run dir, train output, checkpoint), sorted by group,
     kind and depth. ``data_dir`` overrides the data directory a sweep recorded; members
     carry the one to use (``Member.data_dir``); given for a task that reads no data files
     (digits, the generated tasks) it is refused in one line, as the analysis commands
-    refuse their other options that do not apply. ``check``: see :func:`load_member`."""
+    refuse their other options that do not apply (``data_dir_as``: how it arrived, leading
+    the refusal). ``check``: see :func:`load_member`."""
     from noisydeq.analysis.locate import locate
     from noisydeq.specs.task_names import refuse_data_dir
 
@@ -202,7 +203,7 @@ def load_family(root: str | Path, device: torch.device | str = "cpu", *,
     tasks = {m.task for m in members}
     if len(tasks) > 1:
         raise NoisyDEQError(f"--family: members were trained on different tasks {sorted(tasks)}")
-    refuse_data_dir(data_dir, tasks, "the family's")
+    refuse_data_dir(data_dir, tasks, "the family's", data_dir_as)
     for m in members:
         m.model.to(device)
         m.data_dir = data_dir or source.data_dir

@@ -42,6 +42,8 @@ class Fig13Spec(StrictModel):
     place of the preset's (give the same one as the sweep whose models are reused).
     """
 
+    NO_REPEATS = frozenset({"seeds"})
+
     task: str = "mnist10k"
     data_dir: str | None = None
     depth: int = Field(default=9, ge=1)

@@ -80,13 +80,15 @@ def _choices(values: list[str], allowed: tuple[str, ...], field: str) -> list[st
             raise ValueError(suggest_name(field, v, allowed))
     if not values:
         raise ValueError(f"give at least one {field} (allowed: {', '.join(allowed)})")
-    return list(dict.fromkeys(values))
+    return values
 
 
 class AttackGrid(StrictModel):
     """The attack table: ``variants`` × ``attacks`` × ``eps_255`` (ε in units of 1/255),
     step size ``alpha_255``/255 and the paper's step count (or ``steps`` at every ε);
     ``max_test_samples`` caps the test set (all of it by default)."""
+
+    NO_REPEATS = frozenset({"variants", "attacks", "eps_255"})
 
     variants: list[str] = Field(default_factory=lambda: list(LYAPUNOV_VARIANTS))
     attacks: list[str] = Field(default_factory=lambda: list(ATTACKS))
@@ -111,7 +113,7 @@ class AttackGrid(StrictModel):
     def _eps(cls, v: list[float]) -> list[float]:
         if not v or any(not 0.0 < e <= 255.0 for e in v):
             raise ValueError(f"eps_255: values in (0, 255] (ε·255), got {v}")
-        return sorted(set(v))
+        return sorted(v)
 
 
 class DeviceGrid(StrictModel):
@@ -119,6 +121,8 @@ class DeviceGrid(StrictModel):
     (:data:`DEVICE_GROUPS`) at ``snr_db`` (device noise, ``chips`` instances). The ``deq``
     and ``ffw`` groups are the family members of ``depths`` trained with
     ``baseline_preset`` (and ``baseline_epochs`` when set)."""
+
+    NO_REPEATS = frozenset({"depths"})
 
     groups: dict[str, list[str]] = Field(
         default_factory=lambda: {"rram": list(DEVICE_GROUPS), "photonic": list(DEVICE_GROUPS)})
@@ -146,6 +150,8 @@ class LyapunovExperimentSpec(StrictModel):
     """An experiment file: shared model/training settings and the ``attack`` and ``device``
     tables (at least one). ``lyapunov`` holds c, d and the ICNN sizes (the variant comes
     from the tables); ``train_preset``/``train`` as in :class:`~noisydeq.config.FamilySpec`."""
+
+    NO_REPEATS = frozenset({"seeds"})
 
     name: ExperimentName
     title: str = ""

@@ -93,7 +93,7 @@ def command(experiment: str, variant: str, out: Path | None, data_dir: str | Non
     from noisydeq.analysis.adversarial_experiment import load_experiment, run_experiment
     from noisydeq.bundled import find_experiment
     from noisydeq.runtime import check_cache, num_threads, thread_plan
-    from noisydeq.specs.task_names import refuse_data_dir
+    from noisydeq.specs.task_names import check_run_data_dir, data_dir_name
     from noisydeq.store import check_out_dir
 
     train_threads, _ = thread_plan(threads)
@@ -103,7 +103,12 @@ def command(experiment: str, variant: str, out: Path | None, data_dir: str | Non
         resolved = exp.resolve(variant, **nested_sets(sets, list(exp.evaluations)))
     except ValueError as err:
         raise NoisyDEQError(f"{experiment}: {err}") from None
-    refuse_data_dir(data_dir, [c.spec.task for c in resolved.cells], "the experiment's")
+    # one rule however the directory arrives (--data-dir, which wins, --set
+    # family.data_dir=..., the file's family table)
+    check_run_data_dir(
+        data_dir or resolved.family.get("data_dir"), [c.spec.task for c in resolved.cells],
+        "the experiment's", "--data-dir" if data_dir else data_dir_name(
+            None, parse_sets(sets), f"{experiment} [{variant}]", "family.data_dir"))
     out_dir = out or _default_out(exp.name, variant, resolved)
     check_out_dir(out_dir)
     # the trained models go there: writable, or one line; a read-only cache serves the

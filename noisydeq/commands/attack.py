@@ -33,14 +33,15 @@ from noisydeq.errors import NoisyDEQError
 from noisydeq.progress import with_heartbeat
 from noisydeq.specs.attack_run import AttackRunSpec
 from noisydeq.specs.base import build
-from noisydeq.specs.task_names import check_data_dir
+from noisydeq.specs.task_names import check_data_dir, data_dir_name
 
 
-def _members(family: Path, data_dir: str | None):
+def _members(family: Path, data_dir: str | None, data_dir_as: str = "--data-dir"):
     from noisydeq.analysis.family import deq_or_ffw, load_family, load_family_task
     from noisydeq.attacks.members import defended_model
 
-    loaded = load_family(family, "cpu", data_dir=data_dir, check=deq_or_ffw)
+    loaded = load_family(family, "cpu", data_dir=data_dir, check=deq_or_ffw,
+                         data_dir_as=data_dir_as)
     task = load_family_task(loaded, data_dir)
     members = [defended_model(m.model, m.kind, m.depth, m.width, m.params, m.seed, m.train)
                for m in loaded]
@@ -186,6 +187,10 @@ def command(family, attacks, eps, pgd_steps, steps, steps_eps, sigma, fraction, 
     # option is named before a missing --family, as everywhere, so the family comes after
     spec = build(AttackRunSpec, data, where="attack",
                  names=option_names(data, parse_sets(sets), snr_db="snr"))
+    # --data-dir or --set data_dir=...: one check (the family's tasks refuse it, if they
+    # read no data files, when the family loads)
+    data_dir_as = data_dir_name(data_dir, parse_sets(sets))
+    data_dir = check_data_dir(spec.data_dir, data_dir_as)
     if spec.transfer_from is not None:
         raise NoisyDEQError("attack: transfer_from names a training defence of a `noisydeq "
                             "adversarial` grid; a family has none (use --transfer for the "
@@ -197,7 +202,7 @@ def command(family, attacks, eps, pgd_steps, steps, steps_eps, sigma, fraction, 
     from noisydeq.attacks.runner import run_attacks
     from noisydeq.results import spec_hash
 
-    members, task, recorded = _members(Path(family), data_dir)
+    members, task, recorded = _members(Path(family), data_dir, data_dir_as)
     spec = spec.model_copy(update={"task": task.name, "data_dir": data_dir or recorded,
                                    **_per_position_attacks(spec, task)})
     out_dir = out or default_out(Path(family), None, f"attack-{spec_hash(spec)}")

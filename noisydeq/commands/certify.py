@@ -259,12 +259,17 @@ def _experiment_spec(source: Path, opts: dict[str, Any]):
     command line's settings over its ``[certify]`` table, their device preset included) and
     its ``--out``, checked without torch."""
     from noisydeq.specs.certify import CertifyExperimentSpec
-    from noisydeq.specs.task_names import refuse_data_dir
+    from noisydeq.specs.task_names import check_run_data_dir, data_dir_name
     from noisydeq.specs.toml import load_toml
 
     file = load_toml(CertifyExperimentSpec, source)
     exp = file.resolve(opts["variant"])
-    refuse_data_dir(opts["data_dir"], [exp.task()], "the experiment's")
+    # one rule however the directory arrives (--data-dir, which wins, or the file's table)
+    table = "fig2" if exp.kind == "fig2" else "family"
+    check_run_data_dir(
+        opts["data_dir"] or getattr(exp, table).get("data_dir"), [exp.task()],
+        "the experiment's", data_dir_name(opts["data_dir"], {}, str(source),
+                                          f"{table}.data_dir"))
     given = _given(opts)
     out = opts["out"] or _default_out(f"{exp.name}-{opts['variant']}", given)
     _writable(out)

@@ -49,17 +49,19 @@ def command(experiment: str, out: str | None, data_dir: str | None, seeds: str |
     from noisydeq.bundled import find_experiment
     from noisydeq.commands.sweep import parse_seeds
     from noisydeq.runtime import check_cache, num_threads, thread_plan
-    from noisydeq.specs.task_names import check_data_dir, refuse_data_dir
+    from noisydeq.specs.task_names import check_data_dir, check_run_data_dir, data_dir_name
 
     _train, eval_threads = thread_plan(threads)
     path = find_experiment(experiment, "lyapunov")
+    data_dir_as = data_dir_name(data_dir, {}, str(path))
     data_dir = check_data_dir(data_dir)
     seed_list = parse_seeds(seeds, "--seeds") if seeds is not None else None
     # the command line is checked: now the heavy imports (torch), seconds under load
     from noisydeq.analysis.lyapunov_experiment import load_experiment, run_experiment
 
     spec = load_experiment(path, data_dir=data_dir, seeds=seed_list)
-    refuse_data_dir(data_dir, [spec.task], "the experiment's")
+    # one rule however the directory arrives (--data-dir or the file's data_dir)
+    check_run_data_dir(spec.data_dir, [spec.task], "the experiment's", data_dir_as)
     # a subset of the seeds gets its own folder: the run with every seed would be refused
     # in runs/<name> (its config.toml holds another experiment)
     stem = spec.name if seed_list is None else f"{spec.name}-seeds-{'-'.join(map(str, seed_list))}"

@@ -27,7 +27,7 @@ from noisydeq.progress import with_heartbeat
 from noisydeq.specs.base import build
 from noisydeq.specs.experiment import ExperimentSpec
 from noisydeq.specs.sweep import SweepSpec, check_device_presets
-from noisydeq.specs.task_names import check_data_dir, refuse_data_dir
+from noisydeq.specs.task_names import check_data_dir, check_run_data_dir, data_dir_name
 from noisydeq.specs.toml import load_toml
 
 
@@ -51,7 +51,10 @@ def resolve_experiment(
     # (or --data-dir/--torch-device), so name that, and a bundled experiment by its name
     where = f"{given if path != given and not given.endswith('.toml') else path} [{variant}]"
     spec = build(SweepSpec, base, where=where + (" --set" if sets else ""))
-    refuse_data_dir(data_dir, [spec.task], "the experiment's")
+    # one rule however the directory arrives (--data-dir, --set data_dir=..., the file)
+    check_run_data_dir(
+        spec.data_dir, [spec.task], "the experiment's",
+        data_dir_name(data_dir, parse_sets(sets), where))
     return exp, spec
 
 

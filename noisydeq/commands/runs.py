@@ -76,23 +76,31 @@ def _is_experiment(spec: dict[str, Any]) -> bool:
     return "name" in spec and any(isinstance(t, dict) for t in tables)
 
 
-def _experiment_config(top: Path) -> dict[str, Any] | None:
-    """The LyaDEQ experiment config of directory ``top`` (digest checked), else None."""
+#: what a LyaDEQ experiment's own folder holds beside its config (its sweeps, below
+#: ``device/``, hold cells and tables of their own)
+EXPERIMENT_OWN = ("attack", "attack.csv", "device", "device.csv", "report.md")
+
+
+def _is_experiment_dir(top: Path) -> bool:
+    """Whether directory ``top`` is a LyaDEQ experiment's folder: its config (digest
+    checked) is an experiment's, or — a config that fails its check, so cannot say — it is
+    no sweep or attack run and holds what an experiment's folder holds
+    (:data:`EXPERIMENT_OWN`): listed as damaged, as a damaged sweep is."""
     from noisydeq.loading import read_run_config
 
     if not (top / CONFIG).is_file():
-        return None
+        return False
     try:
         spec = read_run_config(top)
     except NoisyDEQError:
-        return None
-    return spec if _is_experiment(spec) else None
+        return not _is_run(top) and any((top / name).exists() for name in EXPERIMENT_OWN)
+    return _is_experiment(spec)
 
 
 def _experiment_of(run: Path) -> Path | None:
     """The LyaDEQ experiment directory that ran ``run`` for its device table, if any."""
     top = run.parent.parent
-    if run.parent.name != "device" or _experiment_config(top) is None:
+    if run.parent.name != "device" or not _is_experiment_dir(top):
         return None
     return top
 
@@ -122,6 +130,8 @@ def describe(run: Path) -> dict[str, Any]:
     try:
         spec = read_run_config(run)
     except NoisyDEQError as err:
+        if _is_experiment_dir(run):  # an experiment's folder (its layout says so)
+            info.update(kind=LYAPUNOV, cells=len(list(run.glob("attack/*.json"))))
         return {**info, "status": f"damaged ({str(err).splitlines()[0]})"}
     kind, experiment = run_kind(run, spec)
     info["kind"] = kind
@@ -373,12 +383,12 @@ def find(roots: tuple[str, ...]) -> list[Path]:
         # a run given itself: that run; else (an experiment's folder too: it, then its
         # sweeps) every run below, certify runs (no config.toml: their meta.json) too
         one = ((root / CONFIG).is_file() and _is_run(root)
-               and _experiment_config(root) is None) or _is_certify(root)
+               and not _is_experiment_dir(root)) or _is_certify(root)
         cands = [root] if one else sorted(
             {p.parent for p in root.rglob(CONFIG)}
             | {p.parent for p in root.rglob(META) if _is_certify(p.parent)})
         out += [p for p in cands if p not in out
-                and (_is_run(p) or _experiment_config(p) is not None)]
+                and (_is_run(p) or _is_experiment_dir(p))]
     return out
 
 

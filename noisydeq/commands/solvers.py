@@ -95,7 +95,7 @@ def command(names, snr, max_iter, window, width, batch, family, depth, member_se
 
     data_dir = check_data_dir(data_dir)
     solvers = check_solvers(names.split(","))
-    acc_solvers = check_solvers(accuracy_solvers.split(","))
+    acc_solvers = check_solvers(accuracy_solvers.split(","), "--accuracy-solvers")
     windows = parse_windows(window)
     for name, v, top in (("--max-iter", max_iter, limits.MAX_ITER),
                          ("--count-max-iter", count_max_iter, limits.MAX_ITER),

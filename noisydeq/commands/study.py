@@ -22,7 +22,6 @@ from noisydeq.commands.sweep import (
     variant_options,
 )
 from noisydeq.progress import with_heartbeat
-from noisydeq.specs.task_names import check_data_dir
 
 
 def default_out(name: str, variant: str) -> Path:
@@ -59,7 +58,7 @@ def command(experiment: str, variant: str, out: str | None, data_dir: str | None
     from noisydeq.cluster import Backend
     from noisydeq.runtime import num_threads, thread_plan
     from noisydeq.specs.study import StudyFile
-    from noisydeq.specs.task_names import refuse_data_dir
+    from noisydeq.specs.task_names import check_data_dir, check_run_data_dir, data_dir_name
     from noisydeq.specs.toml import load_toml
 
     chosen = Backend.parse(backend, address)
@@ -72,7 +71,11 @@ def command(experiment: str, variant: str, out: str | None, data_dir: str | None
         over["torch_device"] = torch_device
     exp = load_toml(StudyFile, path)  # the file and --set: checked before torch loads
     spec = exp.resolve(variant, over)
-    refuse_data_dir(data_dir, [spec.task], "the study's")
+    # one rule however the directory arrives (--data-dir, --set data_dir=..., the file)
+    check_run_data_dir(
+        spec.data_dir, [spec.task], "the study's",
+        "--data-dir" if data_dir is not None  # it wins over --set data_dir=... here
+        else data_dir_name(None, over, f"{experiment} [{variant}]"))
     # the command line is checked: now the heavy imports (torch), seconds under load
     from noisydeq.studies import run_study
 

@@ -22,7 +22,7 @@ from noisydeq.cluster import Backend
 from noisydeq.commands import cache_option
 from noisydeq.errors import NoisyDEQError
 from noisydeq.progress import with_heartbeat
-from noisydeq.specs.base import build
+from noisydeq.specs.base import build, refuse_repeats
 from noisydeq.specs.noise import NATIVE, parse_snr_range, split_native
 from noisydeq.specs.sweep import SweepSpec, adc_gain_lines, check_device_presets
 from noisydeq.specs.task_names import check_data_dir
@@ -50,7 +50,10 @@ def parse_seeds(text: str, flag: str = "--seed") -> list[int]:
     for seed in seeds:
         if not 0 <= seed <= limits.MAX_SEED:
             raise NoisyDEQError(f"{flag}: seed {seed} is outside 0..2^63-1")
-    return seeds
+    try:
+        return refuse_repeats(seeds)  # as every spec's grid (StrictModel.NO_REPEATS)
+    except ValueError as err:
+        raise NoisyDEQError(f"{flag}: {err}") from None
 
 
 def parse_sets(items: tuple[str, ...]) -> dict[str, Any]:
@@ -367,11 +370,13 @@ def command(
     spec = build(SweepSpec, data, where="sweep", names=names)
     check_device_presets(spec)  # torch-free: before execute's heavy imports
     # torch-free too: a bad task or --out is one line before the heartbeat can speak
-    from noisydeq.specs.task_names import check_task_name, refuse_data_dir
+    from noisydeq.specs.task_names import check_run_data_dir, check_task_name, data_dir_name
     from noisydeq.store import check_out_dir
 
     check_task_name(spec.task)
-    refuse_data_dir(data_dir, [spec.task], "the sweep's")
+    # one rule however the directory arrives (--data-dir or --set data_dir=...)
+    check_run_data_dir(spec.data_dir, [spec.task], "the sweep's",
+                       data_dir_name(data_dir, parse_sets(sets)))
     if out:
         check_out_dir(out)
     execute(spec, Path(out) if out else default_out(spec), quiet=quiet or as_json,

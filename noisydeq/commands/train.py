@@ -290,7 +290,7 @@ def _command(opts: dict[str, Any]) -> None:
             "snr_scale": opts["snr_scale"], "monotone": monotone,
             **({"kinds": [opts["kind"], "ffw_relu"]} if opts["kind"] == "mondeq" else {}),
             "train": {k: v for k, v in overrides.items() if k != "seed"},
-        }, where="train")
+        }, where="train", names={"depths": "--depths"})
         batch = max(fspec.train_spec(k).batch_size for k in fspec.kinds)  # validate first
         if out is None:  # the family goes to the model cache: writable, or one line; a
             # read-only one serves a family it holds whole (train_family: the first member

@@ -16,7 +16,8 @@ ALIASES = {"autoattack": "aa", "sp": "salt-pepper", "salt-and-pepper": "salt-pep
 
 
 def attack_families(v: Any) -> list[str]:
-    """The attack families of a comma list (or list) of names, in order, once each;
+    """The attack families of a comma list (or list) of names, in order (an alias as its
+    name: a spec refuses one given twice, :data:`~noisydeq.specs.base.StrictModel.NO_REPEATS`);
     ValueError naming the allowed ones for an unknown or ambiguous name."""
     if isinstance(v, str):
         v = [p.strip() for p in v.split(",") if p.strip()]
@@ -32,4 +33,4 @@ def attack_families(v: Any) -> list[str]:
         out.append(a)
     if not out:
         raise ValueError("attacks must name at least one attack")
-    return list(dict.fromkeys(out))
+    return out

@@ -87,6 +87,9 @@ class AttackRunSpec(StrictModel):
     intermediate-state attacks (Eq. 11, :func:`noisydeq.attacks.spec.expand_estimator`).
     """
 
+    NO_REPEATS = frozenset({"attacks", "eps", "pgd_steps", "steps", "sigma", "fraction",
+                            "estimators", "defences", "snr_db"})
+
     family: str
     task: str = ""
     data_dir: str | None = None
@@ -158,7 +161,7 @@ class AttackRunSpec(StrictModel):
         parse = expand_estimator if info.field_name == "estimators" else parse_defence
         for item in v:
             parse(item)  # one line with a suggestion for a bad name
-        return list(dict.fromkeys(str(i) for i in v))
+        return [str(i) for i in v]
 
     @model_validator(mode="after")
     def _check(self) -> AttackRunSpec:

@@ -13,7 +13,7 @@ import json
 import math
 import re
 from collections.abc import Callable
-from typing import Annotated, Any, Literal, TypeVar, Union, get_args, get_origin
+from typing import Annotated, Any, ClassVar, Literal, TypeVar, Union, get_args, get_origin
 
 from pydantic import (
     AfterValidator,
@@ -63,6 +63,12 @@ class StrictModel(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False,
                               allow_inf_nan=False)
 
+    #: list fields that are a grid or a set (seeds, depths, kinds, radii, ...): a value given
+    #: twice is refused (:func:`refuse_repeats`), however the list arrives — a comma option,
+    #: ``--set``, an experiment file, the Python API. The grids parsed by
+    #: :func:`parse_comma_list` and :func:`~noisydeq.specs.noise.snr_list` are checked there.
+    NO_REPEATS: ClassVar[frozenset[str]] = frozenset()
+
     @field_validator("*", mode="before")
     @classmethod
     def _no_bool_numbers(cls, value: Any, info: Any) -> Any:
@@ -71,6 +77,35 @@ class StrictModel(BaseModel):
                 _accepts_bool(field.annotation)):
             raise ValueError(f"expected a number, got a boolean ({str(value).lower()})")
         return value
+
+    @field_validator("*", mode="after")
+    @classmethod
+    def _no_repeats(cls, value: Any, info: Any) -> Any:
+        if info.field_name in cls.NO_REPEATS and isinstance(value, list):
+            refuse_repeats(value)
+        return value
+
+
+def shown(value: Any) -> str:
+    """A list item as a refusal names it: a number as written short (``0.1``, ``inf``, ``3``),
+    text quoted."""
+    if isinstance(value, float):
+        return f"{value:g}"
+    return repr(value) if isinstance(value, str) else str(value)
+
+
+def refuse_repeats(values: list[T]) -> list[T]:
+    """``values`` as given, or the ValueError naming the first value given twice (equal
+    values: ``10`` and ``10.0``, an alias and its name once resolved): every grid and set of
+    a spec — seeds, depths, kinds, SNR levels, radii, attacks — holds each value once, and a
+    repeat is refused in one line (the caller names the option), never computed twice or
+    dropped without a word."""
+    seen: list[T] = []
+    for v in values:
+        if v in seen:
+            raise ValueError(f"{shown(v)} is given twice (each value once)")
+        seen.append(v)
+    return values
 
 
 def _accepts_bool(annotation: Any) -> bool:
@@ -344,9 +379,10 @@ def parse_comma_list(v: Any, item: Callable[[Any], T], empty: str, *,
     """A set of values given as a list, one bare value (of the ``scalars`` types, never a
     boolean) or a comma string (pieces stripped; blank pieces dropped with
     ``skip_blank``, else passed to ``item``), each turned into its value by ``item`` (which
-    raises ValueError with its own rule); sorted, duplicates dropped. Nothing at all is
+    raises ValueError with its own rule); sorted. Nothing at all is
     the ValueError ``empty``. One grammar for the depth list of a family and the radii of
-    a certification (their element rules are their own)."""
+    a certification (their element rules are their own); a value given twice is refused
+    (:func:`refuse_repeats`)."""
     if isinstance(v, str):
         v = [p.strip() for p in v.split(",")]
         if skip_blank:
@@ -355,7 +391,7 @@ def parse_comma_list(v: Any, item: Callable[[Any], T], empty: str, *,
         v = [v]
     if not isinstance(v, (list, tuple)) or not v:
         raise ValueError(empty)
-    return sorted(set(item(e) for e in v))
+    return sorted(refuse_repeats([item(e) for e in v]))
 
 
 def suggest_name(kind: str, value: str, allowed: tuple[str, ...]) -> str:

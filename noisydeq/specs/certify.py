@@ -54,6 +54,8 @@ class CertifySpec(StrictModel):
     ``clip``: intersect the ε-box with the valid input range [0, 1].
     """
 
+    NO_REPEATS = frozenset({"eps"})
+
     eps: list[float] = Field(default_factory=lambda: [0.1, 0.2, 0.3, 0.4])
     device: str | None = None
     chip: int | None = Field(default=None, ge=0, le=limits.MAX_CHIPS)
@@ -103,6 +105,8 @@ class Fig2Spec(StrictModel):
     dense monDEQ and IBP-MonDEQ layers (``width`` units) on test inputs at radius ``eps``,
     forward–backward with step ``alpha``, ``n_iter`` iterations, ``n_test`` inputs."""
 
+    NO_REPEATS = frozenset({"alpha", "seeds"})
+
     task: str = "mnist"
     data_dir: str | None = None
     width: int = Field(default=128, ge=1, le=limits.MAX_WIDTH)
@@ -126,6 +130,8 @@ class CertifyExperimentSpec(VariantFile):
     ``kind = "fig2"``: the ``fig2`` study. ``quick`` / ``full`` override any of these
     sections (one level deep).
     """
+
+    NO_REPEATS = frozenset({"eps_train", "params", "seeds"})
 
     kind: Literal["table2", "fig2"] = "table2"
     family: dict[str, Any] = Field(default_factory=dict)

@@ -34,7 +34,7 @@ def check_kinds(v: Any, allowed: tuple[str, ...] = MODEL_KINDS) -> Any:
 
 def parse_depths(v: Any) -> list[int]:
     """FFW depths of a family or sweep: a list, one integer or a comma string (``1,3,5,7``),
-    each a positive integer up to ``limits.MAX_DEPTH``; sorted, duplicates dropped."""
+    each a positive integer up to ``limits.MAX_DEPTH``, each once; sorted."""
     out = parse_comma_list(
         v, _depth, "depths must be a non-empty list of positive integers, e.g. 1,3,5,7",
         scalars=(int,))
@@ -73,6 +73,8 @@ class FamilyChoices(StrictModel):
     ``kinds`` has no ``ffw`` member; ``snr_scale`` (:data:`SNR_SCALES`) is how model-noise
     SNRs are read (:class:`NoiseSpec`).
     """
+
+    NO_REPEATS = frozenset({"depths", "kinds"})
 
     ffw_form: FfwForm | None = None
     snr_scale: SnrScale = "realised"

@@ -13,7 +13,7 @@ from pydantic import Field, field_validator, model_validator
 
 from noisydeq import limits
 from noisydeq.errors import NoisyDEQError
-from noisydeq.specs.base import InfFloat, StrictModel, choice_of
+from noisydeq.specs.base import InfFloat, StrictModel, choice_of, refuse_repeats
 
 #: SNR scales of multiplicative noise (``noisydeq.noise``): ``realised`` (the realised SNR
 #: equals the nominal one at every width) or ``paper`` (Eq. 4 literally per element:
@@ -56,7 +56,8 @@ def parse_snr_range(text: str) -> list[float]:
 
     ``a:b`` is a to b inclusive in 1 dB steps, ``a:b:s`` uses step s, and a comma list
     (``0,10,20,inf``) is taken as given; forms can be mixed (``0:20:5,inf``).
-    The result is sorted and de-duplicated.
+    The result is sorted; a level given twice (``0:30:5,10``) is refused
+    (:func:`~noisydeq.specs.base.refuse_repeats`).
     """
     if not isinstance(text, str) or not text.strip():
         raise NoisyDEQError("--snr: empty SNR grid (use e.g. 0:30, 0:30:2 or 0,10,20,inf)")
@@ -90,7 +91,10 @@ def parse_snr_range(text: str) -> list[float]:
         raise NoisyDEQError(
             f"--snr: {len(values)} levels; a grid holds at most {limits.MAX_SNR_LEVELS}"
         )
-    return sorted(set(values))
+    try:
+        return sorted(refuse_repeats(values))
+    except ValueError as err:
+        raise NoisyDEQError(f"--snr '{text}': {err}") from None
 
 
 def snr_grid_text(levels: list[float]) -> str:
@@ -169,7 +173,7 @@ def snr_list(value: Any, field: str) -> list[float]:
         raise ValueError(f"{field}: {len(value)} levels; a grid holds at most "
                          f"{limits.MAX_SNR_LEVELS}")
     try:
-        return sorted({parse_snr_value(v) for v in value})
+        return sorted(refuse_repeats([parse_snr_value(v) for v in value]))
     except NoisyDEQError as err:
         raise ValueError(f"{field}: {err}") from None
 

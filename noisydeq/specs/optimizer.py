@@ -95,6 +95,8 @@ class OptimizerSpec(StrictModel):
     [45], 0.1). ``grad_clip``: largest ℓ₂ norm of the whole gradient (None = off).
     """
 
+    NO_REPEATS = frozenset({"milestones"})
+
     amsgrad: bool = False
     milestones: list[int] = Field(default_factory=list)
     gamma: float = Field(default=0.1, gt=0.0, le=1.0)
@@ -105,7 +107,7 @@ class OptimizerSpec(StrictModel):
     def _milestones(cls, v: list[int]) -> list[int]:
         if any(m < 1 for m in v):
             raise ValueError(f"milestones must be positive epochs, got {v}")
-        return sorted(set(v))
+        return sorted(v)
 
     def lr_factor(self, epoch: int) -> float:
         """The learning-rate multiplier of 0-based ``epoch``: gamma^(milestones passed)."""

@@ -105,6 +105,8 @@ class StudySpec(StrictModel):
     of the metric-vs-parameters figure (Fig. 1e).
     """
 
+    NO_REPEATS = frozenset({"shifts", "train_snr_db", "test_snr_db", "budgets", "seeds"})
+
     task: str
     task_options: dict[str, Any] = Field(default_factory=dict)
     data_dir: str | None = None
@@ -167,7 +169,7 @@ class StudySpec(StrictModel):
     def _non_empty(cls, v: list, info: Any) -> list:
         if not v:
             raise ValueError(f"{info.field_name} must not be empty")
-        return list(dict.fromkeys(v))
+        return v
 
     @field_validator("train")
     @classmethod

@@ -75,6 +75,10 @@ class SweepSpec(FamilyChoices):
     device's native SNR of the swept part as ``snr_db`` and ``native = True``.
     """
 
+    NO_REPEATS = FamilyChoices.NO_REPEATS | frozenset({
+        "seeds", "train_snr_db", "snr_db", "fixed_snr_db", "train_device",
+        "train_device_snr_db", "digital_layers"})
+
     input_act: Literal["relu", "silu", "identity"] = "relu"
     train_snr_db: list[InfFloat] = Field(default_factory=lambda: [math.inf])
     train_site: Literal["signal", "state", "input"] = "signal"
@@ -118,7 +122,7 @@ class SweepSpec(FamilyChoices):
             raise ValueError(f"{info.field_name} must be a list of names")
         if len(v) > limits.MAX_SEEDS:
             raise ValueError(f"{info.field_name}: {len(v)} entries; at most {limits.MAX_SEEDS}")
-        return list(dict.fromkeys(v))
+        return list(v)
 
     @field_validator("train_calibration", mode="before")
     @classmethod
@@ -232,7 +236,7 @@ class SweepSpec(FamilyChoices):
             raise ValueError(f"{info.field_name} must not be empty")
         if len(v) > limits.MAX_SEEDS:
             raise ValueError(f"{info.field_name}: {len(v)} entries; at most {limits.MAX_SEEDS}")
-        return list(dict.fromkeys(v))
+        return v
 
     @model_validator(mode="after")
     def _mode_needs_device(self) -> SweepSpec:

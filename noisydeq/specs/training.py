@@ -107,6 +107,8 @@ class TrainSpec(StrictModel):
     Presets: :meth:`TrainSpec.preset` (``quick``, ``paper``).
     """
 
+    NO_REPEATS = frozenset({"digital_layers"})
+
     epochs: int = Field(default=6, ge=0, le=limits.MAX_EPOCHS)
     batch_size: int = Field(default=64, ge=1, le=limits.MAX_BATCH)
     lr: float = Field(default=1e-3, gt=0.0, le=1e3)
@@ -151,7 +153,7 @@ class TrainSpec(StrictModel):
     @field_validator("digital_layers")
     @classmethod
     def _digital(cls, v: list[str] | None) -> list[str] | None:
-        return None if not v else list(dict.fromkeys(v))
+        return None if not v else list(v)
 
     @model_validator(mode="after")
     def _device_options(self) -> TrainSpec:

@@ -24,6 +24,7 @@ from typing import Any
 
 from noisydeq import store
 from noisydeq.errors import CorruptArtefact, NoisyDEQError
+from noisydeq.results import CSV_READERS
 from noisydeq.specs.study import StudySpec
 from noisydeq.studies.rundir import ROW_IDENTITY, StudyDir
 
@@ -57,9 +58,10 @@ def is_study(path: str | Path) -> bool:
 
 
 def _typed(value: str, column: str) -> Any:
-    if column in TEXT_COLUMNS:
-        return value
-    return int(value) if column in INT_COLUMNS else float(value)
+    """A cell of column ``column`` as :func:`noisydeq.results.read_csv` reads it (an empty
+    one, a column a row lacked when written, a missing value); a column not in
+    :data:`COLUMNS` is a float."""
+    return CSV_READERS[COLUMNS.get(column, "float")](value)
 
 
 def read_rows(path: Path) -> list[dict[str, Any]]:

@@ -262,9 +262,12 @@ def run_study(
 
     from noisydeq.cluster import Backend, session
     from noisydeq.runtime import num_threads, resolve_torch_device
+    from noisydeq.specs.task_names import check_run_data_dir
     from noisydeq.store import init_hash
     from noisydeq.train import MODEL_FILE, TrainResult, finished_weights, train_model
 
+    # the spec's data directory: the commands' one rule (exists; a task that reads files)
+    check_run_data_dir(spec.data_dir, [spec.task], "the study's")
     t0 = time.perf_counter()
     say = log or (lambda _s: None)
     dev = resolve_torch_device(spec.torch_device)

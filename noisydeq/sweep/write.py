@@ -150,6 +150,10 @@ def run_sweep(
     Everything is validated before anything is written; the run directory is locked for
     the whole run (a second sweep on the same ``out_dir`` waits for this one).
     """
+    from noisydeq.specs.task_names import check_run_data_dir
+
+    # the spec's data directory: the commands' one rule (exists; a task that reads files)
+    check_run_data_dir(spec.data_dir, [spec.task], "the sweep's")
     train_threads, eval_threads = thread_plan(threads)
     torch_device = resolve_torch_device(spec.torch_device)
     if task is None:

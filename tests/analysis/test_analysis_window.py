@@ -59,7 +59,9 @@ def test_floor_law_is_one_over_w_not_one_over_sqrt_w():
 
 def test_parse_windows():
     assert traces.parse_windows("5") == [5]
-    assert traces.parse_windows("20, 5,20") == [20, 5]
+    assert traces.parse_windows("20, 5") == [20, 5]
+    with pytest.raises(NoisyDEQError, match="^--window: 20 is given twice"):  # was dropped
+        traces.parse_windows("20, 5,20")
     for bad in ("0", "a", "5,-1", ""):
         with pytest.raises(NoisyDEQError, match="--window"):
             traces.parse_windows(bad)
