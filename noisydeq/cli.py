@@ -62,7 +62,7 @@ COMMANDS: list[tuple[str, str, str]] = [
      "Adversarial training grid (PGD-AT/TRADES x defences) and its attack tables."),
     ("runs", "runs",
      "List run directories below DIRS (default: runs): what each is (sweep, attack, "
-     "lyapunov experiment, lyapunov sweep), its spec and status."),
+     "lyapunov experiment, lyapunov sweep, certify), its spec and status."),
     ("cache", "cache",
      "Show and prune the on-disk cache (models, calibrations, chips, figures, code memo)."),
 ]
