@@ -480,6 +480,9 @@ def test_the_cell_stores_record_their_kinds_code():
     for cls, kind in ((AttackRunDir, "attacks"), (StudyDir, "studies"),
                       (CertifyDir, "certify"), (ExperimentDir, "lyapunov")):
         assert cls.records_code and cls("unused").code == fingerprint.code_fingerprint(kind)
+        # the models, solvers and devices their callers hand them (checked above for the
+        # device roots: every nn.Module and autograd.Function class)
+        assert set(fingerprint._MODEL_CODE) <= set(fingerprint.KINDS[kind].roots)
         assert fingerprint.code_fingerprint(kind) != fingerprint.code_fingerprint()
 
 
