@@ -323,9 +323,11 @@ def test_noisydeq_cache_shows_the_device_and_figure_codes(tmp_path):
 # --- the cell stores' kinds, checked at run time ------------------------------------------
 
 
-def _ran_within(entries, run):
+def _ran_within(entries, run, skip=()):
     """The modules of the package whose functions ran while one of ``entries`` (module,
-    function name) — a cell's computation — was on the stack, while ``run()`` ran."""
+    function name) — a cell's computation — was on the stack, while ``run()`` ran; not
+    counting what ran inside one of ``skip`` (what a run does besides its cells: the
+    figures, a caller's table writer)."""
     import sys
     from pathlib import Path
 
@@ -339,7 +341,7 @@ def _ran_within(entries, run):
                                if path.is_relative_to(root) else None)
         return names[filename]
 
-    depth, ran = [0], set()
+    depth, skipped, ran = [0], [0], set()
 
     def profile(frame, event, arg):
         if event not in ("call", "return"):
@@ -348,20 +350,22 @@ def _ran_within(entries, run):
         name = module(code.co_filename)
         if name is None:
             return
-        entry = (name, code.co_name) in entries
+        entry, aside = (name, code.co_name) in entries, (name, code.co_name) in skip
         if event == "call":
             depth[0] += entry
-            if depth[0]:
+            skipped[0] += aside
+            if depth[0] and not skipped[0]:
                 ran.add(name)
-        elif entry:
-            depth[0] -= 1
+        else:
+            depth[0] -= entry
+            skipped[0] -= aside
 
     sys.setprofile(profile)
     try:
         run()
     finally:
         sys.setprofile(None)
-    assert depth[0] == 0
+    assert depth[0] == 0 and skipped[0] == 0
     return ran
 
 
@@ -504,3 +508,62 @@ def test_the_ray_workers_check_their_kinds_code(monkeypatch):
         assert (got.spec if kind == "attacks" else got[0]) == value
         with pytest.raises(NoisyDEQError, match="other noisydeq code than the driver"):
             check(ok(fingerprint.code_fingerprint()))  # the whole package's: another code
+
+
+@pytest.mark.slow
+def test_noisydeq_attack_computes_its_cells_with_the_attacks_code_only(tmp_path, capsys):
+    """``noisydeq attack`` on a trained family (on an RRAM chip): what loads its members
+    and task (:func:`noisydeq.analysis.family.attack_members`) and computes its cells
+    (``run_attacks``, its figures aside: kind ``figures``) runs only code of the
+    ``attacks`` closure — the command's own code is outside it, and hands on only the
+    grid it records and the family's path."""
+    from tests.analysis.analysis_family import tiny_sweep
+    from tests.cli_helpers import run_cli
+
+    with tiny_sweep(tmp_path, "--depths", "1", "--snr", "inf", "--chips", "1", "--device",
+                    "ideal", "--noise-site", "signal", "--jobs", "1") as family:
+        argv = ["attack", "--family", str(family), "--attacks", "pgd-eps", "--eps", "0,0.1",
+                "--pgd-steps", "2", "--samples", "6", "--val-samples", "4", "--device",
+                "rram", "--snr", "20", "--threads", "1", "--quiet", "--out",
+                str(tmp_path / "attack")]
+        result = {}
+        ran = _ran_within({("noisydeq.analysis.family", "attack_members"),
+                           ("noisydeq.attacks.runner", "run_attacks")},
+                          lambda: result.update(zip(("code", "out", "err"),
+                                                    run_cli(argv, capsys), strict=True)),
+                          skip={("noisydeq.figure_cache", "cached_figures")})
+    assert result["code"] in (0, None), result["err"]
+    assert {"noisydeq.analysis.family", "noisydeq.attacks.runner",
+            "noisydeq.hardware.rram"} <= ran
+    assert _outside("attacks", ran) == []
+
+
+@pytest.mark.slow
+def test_noisydeq_certify_computes_its_cells_with_the_certify_code_only(tmp_path, capsys):
+    """``noisydeq certify`` of a trained monDEQ family on a device: loading the members
+    and test data, planning their envelopes and certifying (the table and figure the
+    command writes aside) run only code of the ``certify`` closure."""
+    import torch
+
+    from noisydeq.config import FamilySpec, build
+    from noisydeq.families import train_family
+    from tests.cli_helpers import run_cli
+
+    torch.manual_seed(0)
+    spec = build(FamilySpec, {"task": "digits", "depths": [1], "kinds": ["mondeq"],
+                              "hidden": 16, "train": {"epochs": 1, "batch_size": 64}})
+    train_family(spec, cache_dir=tmp_path / "fam")
+    argv = ["certify", str(tmp_path / "fam"), "--eps", "0.01", "--n-test", "20", "--device",
+            "rram", "--k", "0.5", "--pgd-steps", "2", "--quiet", "--out",
+            str(tmp_path / "out")]
+    result = {}
+    ran = _ran_within({("noisydeq.analysis.family", "load_family"),
+                       ("noisydeq.analysis.family", "load_family_task"),
+                       ("noisydeq.analysis.certified", "plan"),
+                       ("noisydeq.analysis.certify_run", "certify_run")},
+                      lambda: result.update(zip(("code", "out", "err"),
+                                                run_cli(argv, capsys), strict=True)),
+                      skip={("noisydeq.commands.certify", "<lambda>")})
+    assert result["code"] in (0, None), result["err"]
+    assert {"noisydeq.analysis.certified", "noisydeq.certify.pgd"} <= ran
+    assert _outside("certify", ran) == []
