@@ -2,7 +2,9 @@
 
 The device caches (:mod:`noisydeq.hardware.calibration_store`, :mod:`~noisydeq.hardware.
 chip_store`), the figure cache and a sweep's cell keys hold the code that computes them
-(:func:`code_fingerprint`), the torch version and the machine, among others; ``noisydeq
+(:func:`code_fingerprint`), the torch version and the machine, among others; the cells of
+attack runs, studies, certify runs and LyaDEQ experiments record it beside their key
+(:attr:`noisydeq.results.LockedDir.code_kind`); ``noisydeq
 cache`` compares what an entry recorded with what this process would key
 (:func:`torch_version`, :func:`machine`) to tell the entries no run of this code can hit
 again, without paying for ``import torch``.
@@ -25,11 +27,12 @@ figure roots.
 
 Measured on this package (218 modules, 2026-12-08): ``device`` reaches 97 modules (44 %),
 ``sweep`` 144 (66 %), ``figures`` 160 (73 %); without the ``__getattr__`` rule (its import
-followed everywhere) 152, 164 and 165. Outside every kind: the CLI and its commands,
-:mod:`noisydeq.cachedir`, :mod:`noisydeq.loading`, :mod:`noisydeq.compare`,
-:mod:`noisydeq.config` and most of :mod:`noisydeq.analysis` — an edit there keeps every
-cached calibration, chip, figure and sweep cell; an edit to :mod:`noisydeq.plots` keeps the
-calibrations and chips.
+followed everywhere) 152, 164 and 165. ``attacks`` 154 (71 %), ``studies`` 144 (66 %),
+``certify`` 149 (68 %), ``lyapunov`` 148 (68 %). Outside every kind: the CLI and its
+commands, :mod:`noisydeq.cachedir`, :mod:`noisydeq.loading`, :mod:`noisydeq.compare`,
+:mod:`noisydeq.config` and a few analyses (``analysis.runs``, ``fig13``, ...) — an edit
+there keeps every cached calibration, chip, figure and every cell; an edit to
+:mod:`noisydeq.plots` keeps the calibrations and chips.
 
 Parsing the package's ~220 modules and reading their imports takes ~0.8 CPU s (the syntax
 alone ~0.4), so the values are memoised in the cache under the digest of the modules'
@@ -214,6 +217,27 @@ KINDS: dict[str, Kind] = {
                      "noisydeq.studies.runner", "noisydeq.attacks.runner",
                      "noisydeq.analysis.adversarial_report",
                      "noisydeq.analysis.lyapunov_report")),
+    # an attack run's cells (``noisydeq attack``, an adversarial experiment's evaluations;
+    # they record their code, :class:`noisydeq.results.LockedDir`): the attack package (the
+    # grid, the runner, its Ray workers) over the model code, and the callers' code that
+    # loads or trains the members and the task they are handed — the family loader
+    # (``noisydeq attack``) and the adversarial experiment
+    "attacks": Kind(("noisydeq.attacks.*", "noisydeq.results", "noisydeq.analysis.family",
+                     "noisydeq.analysis.adversarial_experiment", *_MODEL_CODE)),
+    # a study's model evaluations: the studies package (it builds, trains and evaluates its
+    # models from the recorded spec, on Ray too) over the model code
+    "studies": Kind(("noisydeq.studies.*", "noisydeq.results", *_MODEL_CODE)),
+    # a certify run's cells: the run and its Ray workers, the certification (plans, bounds,
+    # the certify package) and the callers handing it models (the family loader, the
+    # certify experiments), over the model code
+    "certify": Kind(("noisydeq.analysis.certify_run", "noisydeq.analysis.certify_ray",
+                     "noisydeq.analysis.certified", "noisydeq.analysis.certify_experiments",
+                     "noisydeq.certify.*", "noisydeq.analysis.family", "noisydeq.results",
+                     *_MODEL_CODE)),
+    # a LyaDEQ experiment's attack cells: the experiment (it trains its models through the
+    # family cache and attacks them) over the model code
+    "lyapunov": Kind(("noisydeq.analysis.lyapunov_experiment", "noisydeq.results",
+                      *_MODEL_CODE)),
 }
 #: calls that import code named at run time: their module name is read when it is a
 #: string or starts with one (an f-string or ``+``): a name of a module of the package, or
@@ -597,7 +621,8 @@ def code_fingerprint(kind: str = "package") -> str:
     """Hash of what the package's code computes (16 hex): ``package``, every module
     (``noisydeq.rng`` included) below the package directory, as its syntax tree with its
     path; a kind of :data:`KINDS` (``device``: calibration entries and programmed chips;
-    ``sweep``: a sweep's cells; ``figures``: figure entries), the same hash over only the
+    ``sweep``: a sweep's cells; ``figures``: figure entries; ``attacks``, ``studies``,
+    ``certify``, ``lyapunov``: the cells of those runs), the same hash over only the
     modules that kind's computing code can import (:func:`closure`; the whole package
     when an import there is named at run time beyond static reading).
 

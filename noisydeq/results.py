@@ -323,6 +323,10 @@ class LockedDir:
     #: unless :attr:`keep_other_code` (:meth:`_other_code`; the sweep's cells hold the code
     #: in their keys instead)
     records_code: bool = False
+    #: the kind of code fingerprint the cells record (:data:`noisydeq.fingerprint.KINDS`:
+    #: the modules their computation can reach, so an edit elsewhere — a command's
+    #: message — keeps them; ``package``: every module)
+    code_kind: str = "package"
 
     def __init__(self, path: str | os.PathLike) -> None:
         self.path = Path(path)
@@ -348,9 +352,10 @@ class LockedDir:
 
     @property
     def code(self) -> str:
-        """This process's :func:`~noisydeq.fingerprint.code_fingerprint` (read once)."""
+        """This process's :func:`~noisydeq.fingerprint.code_fingerprint` of kind
+        :attr:`code_kind` (read once)."""
         if self._code is None:
-            self._code = fingerprint.code_fingerprint()
+            self._code = fingerprint.code_fingerprint(self.code_kind)
         return self._code
 
     @code.setter

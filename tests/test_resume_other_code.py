@@ -70,7 +70,9 @@ def test_study_evaluations_of_other_code_are_computed_again(tmp_path, monkeypatc
     first, _, evaluated, models = run()
     assert evaluated == 2 and first.trained == 2 and models == ["trained", "trained"]
     cells = sorted((out / "cells").iterdir())
-    assert {store.read_signed_json(p)["code"] for p in cells} == {fingerprint.code_fingerprint()}
+    # each records the studies' code (kind "studies": not the whole package's)
+    assert {store.read_signed_json(p)["code"] for p in cells} == {
+        fingerprint.code_fingerprint("studies")} != {fingerprint.code_fingerprint()}
     again, said, evaluated, models = run()  # the same code: every evaluation served
     assert evaluated == 0 and again.rows == first.rows and models == []
     assert _notes(said) == []
@@ -78,7 +80,7 @@ def test_study_evaluations_of_other_code_are_computed_again(tmp_path, monkeypatc
         data = store.read_signed_json(p)
         data["rows"] = [{**r, "value": -7.0} for r in data["rows"]]
         store.write_signed_json(p, data)
-    monkeypatch.setattr(fingerprint, "code_fingerprint", lambda: OTHER)
+    monkeypatch.setattr(fingerprint, "code_fingerprint", lambda *kind: OTHER)
     other, said, evaluated, models = run()
     assert evaluated == 2 and other.trained == 0 and other.loaded == 2  # checkpoints kept
     assert models == ["loaded", "loaded"]
@@ -156,7 +158,7 @@ def test_lyapunov_attack_cells_of_other_code_are_computed_again(tmp_path,
     assert store.read_signed_json(cells / "plain-s0.json")["entry"] == "entry0"
     calls["value"] = 0.75  # what a new code computes
     resumed(0, 0.25, 0.25)  # the same code: served
-    monkeypatch.setattr(fingerprint, "code_fingerprint", lambda: OTHER)
+    monkeypatch.setattr(fingerprint, "code_fingerprint", lambda *kind: OTHER)
     resumed(0, 0.25, 0.25, "2 of 2 attack cells in CELLS were computed by other noisydeq "
             "code; kept (--keep-other-code): the table mixes their results with this code's",
             keep=True)  # other code, kept: served, and said
@@ -258,7 +260,7 @@ def test_study_ray_worker_of_other_code_is_refused(monkeypatch) -> None:
     from noisydeq.errors import NoisyDEQError
     from noisydeq.studies import ray_models
 
-    here = fingerprint.code_fingerprint()
+    here = fingerprint.code_fingerprint("studies")
     assert ray_models._checked(("spec", "task", "sets", here)) == ("spec", "task", "sets")
     with pytest.raises(NoisyDEQError, match="other noisydeq code than the driver"):
         ray_models._checked(("spec", "task", "sets", OTHER))

@@ -30,14 +30,25 @@ from noisydeq.certify.spec import CertifySpec
 from noisydeq.cluster import Backend
 
 
+def _checked(inputs: tuple[Any, ...]) -> tuple[Any, ...]:
+    """(x, y, spec) of the driver's inputs, refused in one line if this worker runs other
+    noisydeq code than the driver — the code its cells record (kind ``certify``,
+    :attr:`noisydeq.analysis.certify_run.CertifyDir.code_kind`)."""
+    from noisydeq.fingerprint import code_fingerprint
+
+    *rest, code = inputs
+    cluster.same_code(code, code_fingerprint("certify"))
+    return tuple(rest)
+
+
 def certify_radius(token: str, inputs: list[Any], model: list[Any], i: int,
                    eps: float, first: int = 0) -> list[dict[str, Any]]:
     """A Ray task: the rows (one per envelope, from the ``first``-th: the digital one
     served) of model ``i`` at radius ``eps``. ``inputs`` / ``model`` hold an object
     reference each (in a list, so Ray passes the reference and the worker unpacks it once):
-    (x, y, spec) and (member, plans)."""
+    (x, y, spec, the driver's code fingerprint) and (member, plans)."""
     torch.set_num_threads(1)
-    x, y, spec = cluster.kept(token, "inputs", inputs, run=True)
+    x, y, spec = cluster.kept(token, "inputs", inputs, run=True, make=_checked)
     member, plans = cluster.kept(token, f"model/{i}", model)
     one = spec.model_copy(update={"eps": [eps]})
     return certify_member(member, x, y, one, None, plans[first:])
@@ -73,9 +84,11 @@ def certify_on_ray(
     docstring), handed to ``saved`` and echoed as their tasks finish."""
     import ray
 
+    from noisydeq.fingerprint import code_fingerprint
+
     if not cells:
         return
-    ref = ray.put((x.cpu(), y.cpu(), spec))
+    ref = ray.put((x.cpu(), y.cpu(), spec, code_fingerprint("certify")))
     token = ref.hex()
     needed = sorted({c.i for c in cells})
     model_refs = {i: ray.put((members[i], list(plans[i]))) for i in needed}

@@ -68,6 +68,7 @@ class CertifyDir(RunDir):
 
     what = "certify run"
     records_code = True  # a cell of other code is computed again
+    code_kind = "certify"  # the code its computation reaches (noisydeq.fingerprint)
     growable = ()
     columns = COLUMNS
     identity = IDENTITY

@@ -230,6 +230,29 @@ def load_family_task(members: list[Member], data_dir: str | None = None):
     return task
 
 
+def attack_members(root: str | Path, data_dir: str | None = None,
+                   data_dir_as: str = "--data-dir") -> tuple[list[Any], Any, str | None]:
+    """(the members of the family at ``root`` as ``noisydeq attack`` attacks them — each
+    with its recorded training's defences, :func:`noisydeq.attacks.members.defended_model`
+    —, the family's task, the data directory it recorded). What the attack cells are
+    computed on, so it lives here, in the code of the cells' fingerprint (kind ``attacks``,
+    :mod:`noisydeq.fingerprint`), not in the command. Two members of one id are refused in
+    one line; ``data_dir_as``: how the data directory arrived (:func:`load_family`)."""
+    from noisydeq.attacks.members import defended_model
+
+    loaded = load_family(root, "cpu", data_dir=data_dir, check=deq_or_ffw,
+                         data_dir_as=data_dir_as)
+    task = load_family_task(loaded, data_dir)
+    members = [defended_model(m.model, m.kind, m.depth, m.width, m.params, m.seed, m.train)
+               for m in loaded]
+    ids = [m.model_id for m in members]
+    dup = sorted({i for i in ids if ids.count(i) > 1})
+    if dup:
+        raise NoisyDEQError(f"--family: several models share the id {dup[0]} (same kind, "
+                            "depth, width, seed and training); attack them one run at a time")
+    return members, task, loaded[0].data_dir
+
+
 @dataclass
 class Pair:
     """A DEQ and an FFW of the same depth and group (either may be missing)."""

@@ -320,6 +320,7 @@ class ExperimentDir(LockedDir):
     run's cells of another robust rule."""
 
     records_code = True
+    code_kind = "lyapunov"  # the code its computation reaches (noisydeq.fingerprint)
 
     def __init__(self, path: str | Path) -> None:
         super().__init__(path)

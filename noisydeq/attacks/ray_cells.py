@@ -30,6 +30,7 @@ from noisydeq import cluster
 from noisydeq.attacks.grid import AttackRunSpec
 from noisydeq.attacks.runner import (
     AttackMember,
+    AttackRunDir,
     Cell,
     Runner,
     early_key,
@@ -83,10 +84,11 @@ class MemoryCells:
 
 
 def _checked(payload: Payload) -> Payload:
-    """``payload``, refused if this worker runs other noisydeq code than the driver."""
-    from noisydeq.hardware.calibration_store import code_fingerprint
+    """``payload``, refused if this worker runs other noisydeq code than the driver (the
+    code the cells record: kind ``attacks``, :attr:`AttackRunDir.code_kind`)."""
+    from noisydeq.fingerprint import code_fingerprint
 
-    cluster.same_code(payload.code, code_fingerprint())
+    cluster.same_code(payload.code, code_fingerprint(AttackRunDir.code_kind))
     return payload
 
 
@@ -123,13 +125,15 @@ def run_on_ray(runner: Runner, members: Sequence[AttackMember], todo: Sequence[C
     import ray
 
     from noisydeq.attacks.runner import EARLY_COLUMNS
-    from noisydeq.hardware.calibration_store import code_fingerprint
+    from noisydeq.fingerprint import code_fingerprint
 
     spec, task, rd = runner.spec, runner.task, runner.rd
     inputs = TestInputs(task.name, getattr(task, "kind", "classification"),
                         int(task.out_features), task.x_test.cpu(), task.y_test.cpu(),
                         task.x_train[:512].cpu(), is_per_position(task))
-    ref = ray.put(Payload(spec, inputs, code_fingerprint(), str(runner.dev)))
+    # the code the run directory's cells record (:attr:`AttackRunDir.code`)
+    ref = ray.put(Payload(spec, inputs, code_fingerprint(AttackRunDir.code_kind),
+                          str(runner.dev)))
     token = ref.hex()
     index = {id(m): i for i, m in enumerate(members)}
     groups: dict[tuple[int, float, int], list[str]] = {}

@@ -186,6 +186,7 @@ class AttackRunDir(RunDir):
     spec_cls = AttackRunSpec
     what = "attack run"
     records_code = True  # a cell of other code is computed again (run_attacks)
+    code_kind = "attacks"  # the code its computation reaches (noisydeq.fingerprint)
     growable = ()  # an attack run does not grow: any other spec is refused
     columns = ATTACK_COLUMNS
     identity = ATTACK_IDENTITY

@@ -36,23 +36,6 @@ from noisydeq.specs.base import build
 from noisydeq.specs.task_names import check_data_dir, data_dir_name
 
 
-def _members(family: Path, data_dir: str | None, data_dir_as: str = "--data-dir"):
-    from noisydeq.analysis.family import deq_or_ffw, load_family, load_family_task
-    from noisydeq.attacks.members import defended_model
-
-    loaded = load_family(family, "cpu", data_dir=data_dir, check=deq_or_ffw,
-                         data_dir_as=data_dir_as)
-    task = load_family_task(loaded, data_dir)
-    members = [defended_model(m.model, m.kind, m.depth, m.width, m.params, m.seed, m.train)
-               for m in loaded]
-    ids = [m.model_id for m in members]
-    dup = sorted({i for i in ids if ids.count(i) > 1})
-    if dup:
-        raise NoisyDEQError(f"--family: several models share the id {dup[0]} (same kind, "
-                            "depth, width, seed and training); attack them one run at a time")
-    return members, task, loaded[0].data_dir
-
-
 def _per_position_attacks(spec: AttackRunSpec, task: Any) -> dict[str, Any]:
     """A per-position task (prefix sums, mazes) attacked with the default ``--attacks``:
     the default without AutoAttack's curves (torchattacks scores one class per sample), said
@@ -198,11 +181,12 @@ def command(family, attacks, eps, pgd_steps, steps, steps_eps, sigma, fraction, 
     check_device(device)  # the preset, torch-free; its SNR levels are checked on the device
     check_family(Path(family))
     check_models(Path(family))
+    from noisydeq.analysis.family import attack_members
     from noisydeq.attacks.ray_cells import run_on_ray
     from noisydeq.attacks.runner import run_attacks
     from noisydeq.results import spec_hash
 
-    members, task, recorded = _members(Path(family), data_dir, data_dir_as)
+    members, task, recorded = attack_members(Path(family), data_dir, data_dir_as)
     spec = spec.model_copy(update={"task": task.name, "data_dir": data_dir or recorded,
                                    **_per_position_attacks(spec, task)})
     out_dir = out or default_out(Path(family), None, f"attack-{spec_hash(spec)}")

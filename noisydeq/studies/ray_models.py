@@ -44,7 +44,7 @@ def _checked(inputs: tuple[Any, ...]) -> tuple[Any, ...]:
     from noisydeq.fingerprint import code_fingerprint
 
     *rest, code = inputs
-    cluster.same_code(code, code_fingerprint())
+    cluster.same_code(code, code_fingerprint(StudyDir.code_kind))
     return tuple(rest)
 
 

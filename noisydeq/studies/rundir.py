@@ -48,6 +48,7 @@ class StudyDir(LockedDir):
     #: an evaluation records the code that computed it: one of other code (or written
     #: before evaluations recorded it) is not served, the model is evaluated again
     records_code = True
+    code_kind = "studies"  # the code its computation reaches (noisydeq.fingerprint)
 
     def __init__(self, path: str | Path) -> None:
         super().__init__(path)

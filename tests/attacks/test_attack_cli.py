@@ -101,7 +101,7 @@ def test_attack_command_writes_table_figures_and_resumes(sweep_run, tmp_path, ca
     # (tests/attacks/test_other_code.py: without it they are computed again)
     from noisydeq import fingerprint
 
-    monkeypatch.setattr(fingerprint, "code_fingerprint", lambda: "0123456789abcdef")
+    monkeypatch.setattr(fingerprint, "code_fingerprint", lambda *kind: "0123456789abcdef")
     code, stdout, err = run([*argv, "--keep-other-code"], capsys)
     assert code == 0, err
     assert "0 computed" in stdout and (out / "results.csv").read_text() == first

@@ -80,7 +80,9 @@ def test_same_code_serves_every_cell(grid, tmp_path, monkeypatch) -> None:
     out = tmp_path / "run"
     first, said, n = _run(grid, out, monkeypatch)
     assert n == {"cells": 2, "early": 1} and first.computed_cells == 2
-    assert _codes(out) == {fingerprint.code_fingerprint()}  # each cell records its code
+    # each cell records its code: the attack cells' kind, not the whole package's
+    assert _codes(out) == {fingerprint.code_fingerprint("attacks")}
+    assert fingerprint.code_fingerprint("attacks") != fingerprint.code_fingerprint()
     _mark(out)
     again, said, n = _run(grid, out, monkeypatch)
     assert n == {"cells": 0, "early": 0} and again.skipped_cells == 2
@@ -92,7 +94,7 @@ def test_other_code_recomputes_and_says_so(grid, tmp_path, monkeypatch) -> None:
     out = tmp_path / "run"
     first, _, _ = _run(grid, out, monkeypatch)
     _mark(out)
-    monkeypatch.setattr(fingerprint, "code_fingerprint", lambda: OTHER)
+    monkeypatch.setattr(fingerprint, "code_fingerprint", lambda *kind: OTHER)
     again, said, n = _run(grid, out, monkeypatch)
     assert n == {"cells": 2, "early": 1}  # every cell and the early selection
     assert again.computed_cells == 2 and again.skipped_cells == 0
@@ -113,7 +115,7 @@ def test_keep_other_code_serves_them_and_says_so(grid, tmp_path, monkeypatch) ->
     out = tmp_path / "run"
     _run(grid, out, monkeypatch)
     _mark(out)
-    monkeypatch.setattr(fingerprint, "code_fingerprint", lambda: OTHER)
+    monkeypatch.setattr(fingerprint, "code_fingerprint", lambda *kind: OTHER)
     kept, said, n = _run(grid, out, monkeypatch, keep_other_code=True)
     assert n == {"cells": 0, "early": 0} and {r["value"] for r in kept.rows} == {MARK}
     (note,) = [s for s in said if "other noisydeq code" in s]
@@ -151,7 +153,7 @@ def test_cells_from_before_the_code_record_load(grid, tmp_path, monkeypatch) -> 
     again, said, n = _run(grid, out, monkeypatch)
     assert n == {"cells": 2, "early": 1} and again.rows == first.rows
     assert any("computed again" in s and "before cells recorded" in s for s in said)
-    assert _codes(out) == {fingerprint.code_fingerprint()}
+    assert _codes(out) == {fingerprint.code_fingerprint("attacks")}
 
 
 def test_other_weights_recompute_even_when_keeping_other_code(grid, tmp_path,

@@ -140,7 +140,7 @@ def test_cells_of_other_code_are_computed_again_with_a_note(capsys, tmp_path, fa
 
     out = tmp_path / "out"
     certify(capsys, family, out, "--eps", "0.05")
-    monkeypatch.setattr(fingerprint, "code_fingerprint", lambda: "0" * 16)
+    monkeypatch.setattr(fingerprint, "code_fingerprint", lambda *kind: "0" * 16)
     code, stdout, err = run_certify(capsys, str(family), "--out", str(out), "--n-test", "30",
                                     "--pgd-steps", "2", "--threads", "1", "--eps", "0.05")
     assert code == 0, err
@@ -159,7 +159,7 @@ def test_a_device_run_of_other_code_counts_its_digital_cells_too(capsys, tmp_pat
             "--eps", "0.05", "--device", "rram", "--k", "1"]
     code, _, err = run_certify(capsys, str(family), *argv)
     assert code == 0, err
-    monkeypatch.setattr(fingerprint, "code_fingerprint", lambda: "0" * 16)
+    monkeypatch.setattr(fingerprint, "code_fingerprint", lambda *kind: "0" * 16)
     code, stdout, err = run_certify(capsys, str(family), *argv)
     assert code == 0, err
     assert "cells: 2 computed" in stdout and "served" not in stdout
