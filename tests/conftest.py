@@ -17,6 +17,17 @@ def _one_intra_op_thread():
     torch.set_num_threads(before)
 
 
+@pytest.fixture(autouse=True)
+def _fresh_not_cached_warnings():
+    """The "not cached" warnings ``store.not_cached`` says once per process (and kind) are
+    said again in each test: one test's warning never hides the same one in a later test."""
+    from noisydeq import store
+
+    store._NOT_CACHED.clear()
+    yield
+    store._NOT_CACHED.clear()
+
+
 @pytest.fixture(autouse=True, scope="session")
 def _private_model_cache(tmp_path_factory):
     """Tests never read or fill the user's model cache: $NOISYDEQ_CACHE points to a temp dir

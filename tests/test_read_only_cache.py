@@ -57,12 +57,9 @@ def read_only(monkeypatch):
 
 @pytest.fixture
 def cache(base, tmp_path, monkeypatch):
-    """A copy of the base cache (each test may fill its own), ``$NOISYDEQ_CACHE`` elsewhere;
-    the warnings said once per process (entries not cached) said again in this test, and
-    not taken from the tests after it."""
-    from noisydeq import store
-
-    monkeypatch.setattr(store, "_NOT_CACHED", set())
+    """A copy of the base cache (each test may fill its own), ``$NOISYDEQ_CACHE`` elsewhere
+    (the warnings said once per process, entries not cached, are said again in each test:
+    tests/conftest.py)."""
     monkeypatch.setenv("NOISYDEQ_CACHE", str(tmp_path / "env"))
     monkeypatch.delenv("NOISYDEQ_FIGURE_CACHE", raising=False)
     shutil.copytree(base[0], tmp_path / "cache")
