@@ -122,7 +122,7 @@ def _in_process(grid: dict[str, Any], work: Path, cache: Path) -> dict[str, Any]
                              "chips": grid["chips"], "epochs": grid.get("epochs")})
     with private_cache(cache):  # the family the CLI trained
         loaded = peer.load_family("digits", depths, 0, "deq,ffw", grid.get("epochs"))
-    levels = snr_list(grid["snr"], "snr")
+    levels = snr_list(grid["snr"])
     warm_cache = work / "inproc-warm-cache"
     count = [0]
 

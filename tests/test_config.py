@@ -63,6 +63,27 @@ def test_bad_snr_grids_are_one_clear_error(text):
         parse_snr_range(text)
 
 
+@pytest.mark.parametrize("text, rest", [
+    ("0,0", "0 is given twice (each value once)"),
+    ("0:10:5,5", "5 is given twice (each value once)"),
+    ("0:30:0", "range '0:30:0': step must be positive, got 0"),
+    ("1,,2", "'1,,2' has an empty item"),
+    ("abc", "SNR value 'abc' is not a number of dB or 'inf'"),
+])
+def test_an_snr_grid_error_names_its_option_once(text, rest):
+    """``--snr: snr_db '0,0': ...`` named the option twice when a spec's field parsed the
+    grid; now the parser's own message names none (the caller does, once), as
+    ``refuse_repeats``' does."""
+    from noisydeq.specs.noise import snr_list
+
+    with pytest.raises(NoisyDEQError) as err:
+        parse_snr_range(text, "--accuracy-snr")
+    assert str(err.value) == f"--accuracy-snr: {rest}"
+    with pytest.raises(ValueError) as verr:
+        snr_list(text)
+    assert str(verr.value) == rest
+
+
 def test_atomic_write_leaves_no_temp_files(tmp_path):
     atomic_write_text(tmp_path / "a.txt", "hello")
     assert (tmp_path / "a.txt").read_text() == "hello"

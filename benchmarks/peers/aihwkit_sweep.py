@@ -277,7 +277,11 @@ def main(argv: list[str] | None = None) -> int:
     from noisydeq.specs.noise import snr_list
 
     try:
-        snr = snr_list(args.snr, "--snr")
+        snr = snr_list(args.snr)
+    except ValueError as e:
+        print(f"aihwkit_sweep: error: --snr: {e}", file=sys.stderr)
+        return 2
+    try:
         depths = [int(v) for v in args.depths.split(",")]
     except ValueError as e:
         print(f"aihwkit_sweep: error: {e}", file=sys.stderr)

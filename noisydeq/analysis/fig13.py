@@ -64,7 +64,7 @@ class Fig13Spec(StrictModel):
     def _grid(cls, v: Any) -> list[float]:
         from noisydeq.specs.noise import snr_list
 
-        return snr_list(v, "snr_db")
+        return snr_list(v)
 
     @field_validator("ffw_form")
     @classmethod

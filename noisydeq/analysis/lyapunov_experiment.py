@@ -143,7 +143,7 @@ class DeviceGrid(StrictModel):
     @field_validator("snr_db", mode="before")
     @classmethod
     def _snr(cls, v: Any) -> list[float]:
-        return snr_list(v, "snr_db")
+        return snr_list(v)
 
 
 class LyapunovExperimentSpec(StrictModel):

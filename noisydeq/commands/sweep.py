@@ -30,13 +30,8 @@ from noisydeq.specs.toml import parse_assignments
 
 
 def parse_grid(flag: str, text: str) -> list[float]:
-    """An SNR grid for ``flag``; errors name the flag."""
-    try:
-        return parse_snr_range(text)
-    except NoisyDEQError as err:
-        msg = str(err)
-        msg = msg.replace("--snr", flag) if msg.startswith("--snr") else f"{flag}: {msg}"
-        raise NoisyDEQError(msg) from None
+    """An SNR grid for ``flag``; errors name the flag once (``--snr: 0 is given twice``)."""
+    return parse_snr_range(text, flag)
 
 
 def parse_seeds(text: str, flag: str = "--seed") -> list[int]:

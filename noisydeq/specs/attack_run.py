@@ -145,8 +145,8 @@ class AttackRunSpec(StrictModel):
 
     @field_validator("snr_db", mode="before")
     @classmethod
-    def _snr(cls, v: Any, info: Any) -> list[float]:
-        return snr_list(v, info.field_name)
+    def _snr(cls, v: Any) -> list[float]:
+        return snr_list(v)
 
     @field_validator("norm", mode="before")
     @classmethod

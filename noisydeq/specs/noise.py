@@ -51,37 +51,47 @@ def parse_snr_value(text: str | float | int) -> float:
     return value
 
 
-def parse_snr_range(text: str) -> list[float]:
+def parse_snr_range(text: str, name: str = "--snr") -> list[float]:
     """Parse an SNR grid in dB.
 
     ``a:b`` is a to b inclusive in 1 dB steps, ``a:b:s`` uses step s, and a comma list
     (``0,10,20,inf``) is taken as given; forms can be mixed (``0:20:5,inf``).
     The result is sorted; a level given twice (``0:30:5,10``) is refused
-    (:func:`~noisydeq.specs.base.refuse_repeats`).
+    (:func:`~noisydeq.specs.base.refuse_repeats`). An error is one line led by ``name``
+    once (the option or field that gave the grid: ``--snr: 10 is given twice``).
     """
+    try:
+        return _snr_levels(text)
+    except (NoisyDEQError, ValueError) as err:
+        raise NoisyDEQError(f"{name}: {err}") from None
+
+
+def _snr_levels(text: str) -> list[float]:
+    """:func:`parse_snr_range` without a name: its errors name no option (the caller does,
+    as for :func:`~noisydeq.specs.base.refuse_repeats`)."""
     if not isinstance(text, str) or not text.strip():
-        raise NoisyDEQError("--snr: empty SNR grid (use e.g. 0:30, 0:30:2 or 0,10,20,inf)")
+        raise NoisyDEQError("empty SNR grid (use e.g. 0:30, 0:30:2 or 0,10,20,inf)")
     values: list[float] = []
     for part in text.split(","):
         part = part.strip()
         if not part:
-            raise NoisyDEQError(f"--snr '{text}': empty item in the list")
+            raise NoisyDEQError(f"'{text}' has an empty item")
         if ":" in part:
             fields = part.split(":")
             if len(fields) not in (2, 3):
-                raise NoisyDEQError(f"--snr '{part}': a range is start:stop or start:stop:step")
+                raise NoisyDEQError(f"range '{part}': a range is start:stop or start:stop:step")
             start, stop = parse_snr_value(fields[0]), parse_snr_value(fields[1])
             step = parse_snr_value(fields[2]) if len(fields) == 3 else 1.0
             if math.isinf(start) or math.isinf(stop) or math.isinf(step):
-                raise NoisyDEQError(f"--snr '{part}': range ends and step must be finite")
+                raise NoisyDEQError(f"range '{part}': its ends and step must be finite")
             if step <= 0:
-                raise NoisyDEQError(f"--snr '{part}': step must be positive, got {step:g}")
+                raise NoisyDEQError(f"range '{part}': step must be positive, got {step:g}")
             if start > stop:
-                raise NoisyDEQError(f"--snr '{part}': start {start:g} is above stop {stop:g}")
+                raise NoisyDEQError(f"range '{part}': start {start:g} is above stop {stop:g}")
             n = int(math.floor((stop - start) / step + 1e-9)) + 1
             if n + len(values) > limits.MAX_SNR_LEVELS:
                 raise NoisyDEQError(
-                    f"--snr '{part}': {n} levels; a grid holds at most "
+                    f"range '{part}': {n} levels; a grid holds at most "
                     f"{limits.MAX_SNR_LEVELS} (use a larger step)"
                 )
             values.extend(round(start + i * step, 10) for i in range(n))
@@ -89,12 +99,9 @@ def parse_snr_range(text: str) -> list[float]:
             values.append(parse_snr_value(part))
     if len(values) > limits.MAX_SNR_LEVELS:
         raise NoisyDEQError(
-            f"--snr: {len(values)} levels; a grid holds at most {limits.MAX_SNR_LEVELS}"
+            f"{len(values)} levels; a grid holds at most {limits.MAX_SNR_LEVELS}"
         )
-    try:
-        return sorted(refuse_repeats(values))
-    except ValueError as err:
-        raise NoisyDEQError(f"--snr '{text}': {err}") from None
+    return sorted(refuse_repeats(values))
 
 
 def snr_grid_text(levels: list[float]) -> str:
@@ -158,24 +165,23 @@ def split_native(value: Any) -> tuple[Any, bool]:
 SNRValue = float
 
 
-def snr_list(value: Any, field: str) -> list[float]:
-    """An SNR grid from a string (``0:30:2,inf``), one number, or a list of numbers/strings."""
-    if isinstance(value, str):
-        try:
-            return parse_snr_range(value)
-        except NoisyDEQError as err:
-            raise ValueError(str(err).replace("--snr", field)) from None
+def snr_list(value: Any) -> list[float]:
+    """An SNR grid from a string (``0:30:2,inf``), one number, or a list of numbers/strings;
+    else a ValueError naming no field (a spec's validator: the error names the field, or
+    the option that set it, once — ``--snr: 0 is given twice``)."""
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         value = [value]
-    if not isinstance(value, (list, tuple)) or not value:
-        raise ValueError(f"{field} must be a non-empty SNR grid such as '0:30' or [0, 10, inf]")
-    if len(value) > limits.MAX_SNR_LEVELS:
-        raise ValueError(f"{field}: {len(value)} levels; a grid holds at most "
-                         f"{limits.MAX_SNR_LEVELS}")
+    if not isinstance(value, (str, list, tuple)) or not value:
+        raise ValueError("must be a non-empty SNR grid such as '0:30' or [0, 10, inf]")
     try:
+        if isinstance(value, str):
+            return _snr_levels(value)
+        if len(value) > limits.MAX_SNR_LEVELS:
+            raise ValueError(f"{len(value)} levels; a grid holds at most "
+                             f"{limits.MAX_SNR_LEVELS}")
         return sorted(refuse_repeats([parse_snr_value(v) for v in value]))
     except NoisyDEQError as err:
-        raise ValueError(f"{field}: {err}") from None
+        raise ValueError(str(err)) from None
 
 
 class NoiseSpec(StrictModel):

@@ -142,10 +142,10 @@ class StudySpec(StrictModel):
 
     @field_validator("train_snr_db", "test_snr_db", mode="before")
     @classmethod
-    def _grid(cls, v: Any, info: Any) -> list[float]:
+    def _grid(cls, v: Any) -> list[float]:
         from noisydeq.specs.noise import snr_list
 
-        return snr_list(v, info.field_name)
+        return snr_list(v)
 
     @field_validator("fixed_snr_db", mode="before")
     @classmethod

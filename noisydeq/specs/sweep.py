@@ -132,7 +132,7 @@ class SweepSpec(FamilyChoices):
     @field_validator("train_device_snr_db", mode="before")
     @classmethod
     def _train_device_grid(cls, v: Any) -> list[float]:
-        return [] if v in ([], (), None, "") else snr_list(v, "train_device_snr_db")
+        return [] if v in ([], (), None, "") else snr_list(v)
 
     @model_validator(mode="after")
     def _train_device_options(self) -> SweepSpec:
@@ -205,7 +205,7 @@ class SweepSpec(FamilyChoices):
     def _grid(cls, v: Any, info: Any) -> list[float]:
         if info.field_name == "snr_db" and isinstance(v, (list, tuple)) and not v:
             return []  # the native level alone (checked by _native_needs_device)
-        return snr_list(v, info.field_name)
+        return snr_list(v)
 
     @model_validator(mode="after")
     def _native_needs_device(self) -> SweepSpec:

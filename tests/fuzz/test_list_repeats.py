@@ -10,6 +10,8 @@ the grid parsers).
 
 from __future__ import annotations
 
+import re
+
 import click
 import pytest
 
@@ -94,13 +96,15 @@ def test_a_value_given_twice_is_one_line_naming_option_and_value(path, flag, ite
         base = base[:base.index(flag)] + base[base.index(flag) + 2:]
     argv = [*path.split(), *base, *NEEDS.get((path, flag), []), flag, f"{item},{item}"]
     line = _run(argv, tmp_path, monkeypatch, capsys)
-    assert flag in line, line
+    # named once (``attack --snr 0,0`` said ``--snr: snr_db '0,0': ...``)
+    assert len(re.findall(rf"(?<![\w-]){re.escape(flag)}(?![\w-])", line)) == 1, line
     if (path, flag) not in SINGLE:
-        assert "is given twice" in line and item in line, line
+        assert re.search(rf"{re.escape(flag)}: '?{re.escape(item)}'? is given twice",
+                         line), line
 
 
 @pytest.mark.parametrize("argv,needle", [
-    (["sweep", "--snr", "0:30:5,10"], "--snr '0:30:5,10': 10 is given twice"),
+    (["sweep", "--snr", "0:30:5,10"], "--snr: 10 is given twice"),
     (["sweep", "--depths", "3,1,03"], "--depths: 3 is given twice"),
     (["sweep", "--set", "seeds=[1, 2, 1]"], "seeds: 1 is given twice"),
     (["attack", "--attacks", "aa,autoattack"], "--attacks: 'aa' is given twice"),  # an alias
