@@ -66,13 +66,15 @@ def _default_out(stem: str, given: dict[str, Any]) -> Path:
     return Path("runs") / f"{stem}-{hashlib.sha256(text.encode()).hexdigest()[:8]}"
 
 
-def _check_device(spec) -> None:
-    """The device options (none given without ``--device``: they would change nothing)
-    and the ``--device`` preset: it exists and is one certify bounds (torch-free: the
-    preset is read by :mod:`noisydeq.specs.device_presets`)."""
+def _check_device(spec, names: dict[str, str] | None = None) -> None:
+    """The device options (none given without ``--device``: they would change nothing;
+    nor ``--coverage``/``--k`` with ``--chip``) and the ``--device`` preset: it exists and
+    is one certify bounds (torch-free: the preset is read by
+    :mod:`noisydeq.specs.device_presets`). ``names``: a setting's name where it was given
+    (default: its option)."""
     from noisydeq.specs.certify import check_device_options
 
-    check_device_options(spec, OPTION_NAMES, "--device")
+    check_device_options(spec, {**OPTION_NAMES, **(names or {})}, "--device")
     if spec.device is None:
         return
     from noisydeq.specs.device_presets import load_spec
@@ -285,7 +287,10 @@ def _experiment_spec(source: Path, opts: dict[str, Any]):
     check_cache(reading=True)
     if given:  # command-line settings win over the file's [certify] table
         # checked before the (validated) assignment; an error names the option's table
-        _check_device(file.section(opts["variant"], given, names=OPTION_NAMES))
+        # a setting the command line did not give is named by the file's table
+        _check_device(file.section(opts["variant"], given, names=OPTION_NAMES),
+                      {f: name for f, name in file.key_names(opts["variant"]).items()
+                       if f not in given})
         exp.certify = {**exp.certify, **given}
     return exp, out
 

@@ -79,6 +79,9 @@ class CertifySpec(StrictModel):
 #: the CertifySpec fields that shape only a device envelope (besides ``device`` itself):
 #: without a device they change nothing (only the digital weights are certified)
 DEVICE_ONLY = ("chip", "coverage", "k", "dynamic", "read_k")
+#: the CertifySpec fields that shape only the model envelope (Wan-2022, ``k`` from
+#: ``coverage``): a measured chip's envelope (``chip``) ignores them
+MODEL_ENVELOPE_ONLY = ("coverage", "k")
 
 
 def check_device_options(spec: CertifySpec, names: dict[str, str] | None = None,
@@ -86,17 +89,29 @@ def check_device_options(spec: CertifySpec, names: dict[str, str] | None = None,
     """Refuse in one line the envelope settings of ``spec`` given without a device
     (:data:`DEVICE_ONLY` set — ``coverage`` given at all, the others on): they would change
     nothing. ``names``: a field's name as the user wrote it (``--k``, ``[certify] k``);
-    ``device``: how the device is given there (``--device``)."""
+    ``device``: how the device is given there (``--device``). With a device, ``coverage``
+    or ``k`` given beside ``chip`` is refused too (:data:`MODEL_ENVELOPE_ONLY`)."""
+    def given(fields: tuple[str, ...]) -> list[str]:
+        return [f for f in fields
+                if f in spec.model_fields_set and getattr(spec, f) is not None
+                and getattr(spec, f) is not False]  # chip 0 is a chip
+
+    def what(fields: list[str]) -> tuple[str, str, str]:
+        it, s = ("it", "s") if len(fields) == 1 else ("they", "")
+        return ", ".join((names or {}).get(f, f) for f in fields), it, s
+
     if spec.device is not None:
-        return
-    given = [f for f in DEVICE_ONLY
-             if f in spec.model_fields_set and getattr(spec, f) is not None
-             and getattr(spec, f) is not False]  # chip 0 is a chip
-    if given:
-        what = ", ".join((names or {}).get(f, f) for f in given)
-        it, s = ("it", "s") if len(given) == 1 else ("they", "")
+        if spec.chip is None or not given(MODEL_ENVELOPE_ONLY):
+            return
+        text, it, s = what(given(MODEL_ENVELOPE_ONLY))
         raise NoisyDEQError(
-            f"{what} need{s} {device}: {it} shape{s} a device's envelope, and without one "
+            f"{text} with {(names or {}).get('chip', 'chip')}: {it} shape{s} the model "
+            f"envelope, and a measured chip's envelope is the chip's own error, with no "
+            f"coverage or k ({it} would change nothing)")
+    if given(DEVICE_ONLY):
+        text, it, s = what(given(DEVICE_ONLY))
+        raise NoisyDEQError(
+            f"{text} need{s} {device}: {it} shape{s} a device's envelope, and without one "
             f"only the digital weights are certified ({it} would change nothing)")
 
 
@@ -177,6 +192,14 @@ class CertifyExperimentSpec(VariantFile):
                             where=f"[{variant}.{part}]",
                             names={k: v for k, v in (names or {}).items() if k in (given or {})})
 
+    def key_names(self, variant: Variant) -> dict[str, str]:
+        """Each envelope setting of the ``certify`` section by the table that sets it in
+        ``variant`` (``[quick.certify] k``, else ``[certify] k``), for
+        :func:`check_device_options`."""
+        table = self.overrides(variant).get("certify", {})
+        return {f: f"[{variant}.certify] {f}" if isinstance(table, dict) and f in table
+                else f"[certify] {f}" for f in DEVICE_ONLY}
+
     def check_variant(self, variant: Variant) -> None:
         """The variant's ``certify`` (Table 2) or ``fig2`` section is a valid spec, and the
         rest of the variant resolves."""
@@ -186,11 +209,7 @@ class CertifyExperimentSpec(VariantFile):
         if kind in ("table2", "fig2") and isinstance(over.get(part, {}), dict):
             spec = self.section(variant)  # before resolve: its error would name the variant
             if kind == "table2":  # an envelope setting without a device: by its table
-                table = over.get(part, {})
-                check_device_options(spec, {f: f"[{variant}.certify] {f}"
-                                            if isinstance(table, dict) and f in table
-                                            else f"[certify] {f}" for f in DEVICE_ONLY},
-                                     "a device (its key device)")
+                check_device_options(spec, self.key_names(variant), "a device (its key device)")
         if kind == "table2":
             self._check_training(variant)
         if self.quick or self.full:

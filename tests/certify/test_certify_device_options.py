@@ -113,3 +113,59 @@ def test_an_experiment_takes_them_with_its_own_or_the_command_line_s_device(
                                "--k", "1")
     one_line_error(code, err, "--k needs --device: ")
     assert len(seen) == 2 and not (tmp_path / "c").exists()
+
+
+@pytest.mark.parametrize("argv, named", [
+    (["--coverage", "0.9"], "--coverage with --chip: it shapes"),
+    (["--coverage", "0.99"], "--coverage with --chip: it shapes"),  # the default's value
+    (["--k", "1"], "--k with --chip: it shapes"),
+    (["--k", "1", "--coverage", "0.9", "--dynamic"], "--coverage, --k with --chip: they"),
+])
+def test_coverage_or_k_beside_a_measured_chip_is_one_line(capsys, tmp_path, argv, named):
+    """A measured chip's envelope (``--chip``) is the chip's own error: ``--coverage`` and
+    ``--k`` shape only the model envelope, and were accepted beside it, changing nothing."""
+    out = tmp_path / "out"
+    (tmp_path / "fam").mkdir()
+    code, _, err = run_certify(capsys, str(tmp_path / "fam"), "--out", str(out),
+                               "--device", "rram", "--chip", "0", *argv)
+    one_line_error(code, err, f"error: {named}", "a measured chip's envelope is the chip's "
+                   "own error, with no coverage or k")
+    assert not out.exists()
+
+
+def test_the_python_api_refuses_coverage_or_k_beside_a_chip_and_takes_the_rest():
+    member = SimpleNamespace(model=small_model())
+    x = torch.rand(4, 16, dtype=torch.float64)
+    from noisydeq.analysis.certified import plan
+
+    for spec, named in ((CertifySpec(device="rram", chip=0, coverage=0.9), "^coverage with chip"),
+                        (CertifySpec(device="rram", chip=3, k=1.0), "^k with chip"),
+                        (CertifySpec(device="rram", chip=0, coverage=0.5, k=1.0),
+                         "^coverage, k with chip: they shape the model envelope")):
+        with pytest.raises(NoisyDEQError, match=named):
+            plan(member, spec, x)
+    for spec in (CertifySpec(device="rram", chip=0, dynamic=True, read_k=3.0),
+                 CertifySpec(device="rram", coverage=0.9), CertifySpec(device="rram", k=1.0),
+                 CertifySpec(device="rram", k=1.0, coverage=0.9)):  # k wins: the file's case
+        check_device_options(spec)
+
+
+@pytest.mark.parametrize("extra, argv, named", [
+    ('device = "rram"\nchip = 2\nk = 1.0\n', [], "[certify] k with [certify] chip: "),
+    ('device = "rram"\nchip = 2\n[quick.certify]\ncoverage = 0.9\n', [],
+     "[quick.certify] coverage with [certify] chip: "),
+    ('device = "rram"\nchip = 2\n', ["--coverage", "0.9"], "--coverage with [certify] chip: "),
+    ('device = "rram"\ncoverage = 0.9\n', ["--chip", "1"], "[certify] coverage with --chip: "),
+])
+def test_an_experiment_s_coverage_or_k_beside_a_chip_is_one_line_naming_where(
+        capsys, tmp_path, monkeypatch, extra, argv, named):
+    from noisydeq import families
+
+    monkeypatch.setattr(families, "train_family", lambda *a, **k: pytest.fail("trained"))
+    exp = tmp_path / "t2.toml"
+    exp.write_text(TABLE + extra, encoding="utf-8")
+    code, _, err = run_certify(capsys, str(exp), "--out", str(tmp_path / "run"), "--quiet",
+                               *argv)
+    prefix = "" if argv else f"{exp}: "
+    one_line_error(code, err, f"{prefix}{named}", "(it would change nothing)")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["t2.toml"]
