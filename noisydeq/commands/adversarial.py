@@ -93,18 +93,20 @@ def command(experiment: str, variant: str, out: Path | None, data_dir: str | Non
     from noisydeq.analysis.adversarial_experiment import load_experiment, run_experiment
     from noisydeq.bundled import find_experiment
     from noisydeq.runtime import check_cache, num_threads, thread_plan
-    from noisydeq.specs.task_names import check_run_data_dir, data_dir_name
+    from noisydeq.specs.task_names import check_run_data_dir, data_dir_name, one_data_dir
     from noisydeq.store import check_out_dir
 
     train_threads, _ = thread_plan(threads)
+    # --data-dir and --set family.data_dir=...: one value
+    one_data_dir(data_dir, parse_sets(sets), "family.data_dir")
     data_dir = check_data_dir(data_dir)
     exp = load_experiment(find_experiment(experiment, "adversarial"))
     try:
         resolved = exp.resolve(variant, **nested_sets(sets, list(exp.evaluations)))
     except ValueError as err:
         raise NoisyDEQError(f"{experiment}: {err}") from None
-    # one rule however the directory arrives (--data-dir, which wins, --set
-    # family.data_dir=..., the file's family table)
+    # one rule however the directory arrives (--data-dir, --set family.data_dir=... — the
+    # same value, if both: one_data_dir —, the file's family table)
     check_run_data_dir(
         data_dir or resolved.family.get("data_dir"), [c.spec.task for c in resolved.cells],
         "the experiment's", "--data-dir" if data_dir else data_dir_name(

@@ -33,7 +33,7 @@ from noisydeq.errors import NoisyDEQError
 from noisydeq.progress import with_heartbeat
 from noisydeq.specs.attack_run import AttackRunSpec
 from noisydeq.specs.base import build
-from noisydeq.specs.task_names import check_data_dir, data_dir_name
+from noisydeq.specs.task_names import check_data_dir, data_dir_name, one_data_dir
 
 
 def _per_position_attacks(spec: AttackRunSpec, task: Any) -> dict[str, Any]:
@@ -156,6 +156,7 @@ def command(family, attacks, eps, pgd_steps, steps, steps_eps, sigma, fraction, 
 
     chosen = Backend.parse(backend, address)
     _, eval_threads = thread_plan(threads)
+    one_data_dir(data_dir, parse_sets(sets))  # --data-dir and --set data_dir=...: one value
     data_dir = check_data_dir(data_dir)
     data: dict[str, Any] = {
         "family": str(Path(family).resolve()), "attacks": attacks, "eps": eps,

@@ -27,7 +27,12 @@ from noisydeq.progress import with_heartbeat
 from noisydeq.specs.base import build
 from noisydeq.specs.experiment import ExperimentSpec
 from noisydeq.specs.sweep import SweepSpec, check_device_presets
-from noisydeq.specs.task_names import check_data_dir, check_run_data_dir, data_dir_name
+from noisydeq.specs.task_names import (
+    check_data_dir,
+    check_run_data_dir,
+    data_dir_name,
+    one_data_dir,
+)
 from noisydeq.specs.toml import load_toml
 
 
@@ -42,6 +47,7 @@ def resolve_experiment(
     given, path = path, str(find_experiment(path, "run"))  # refuses another command's file
     exp = load_toml(ExperimentSpec, path)
     base = exp.resolve(variant).model_dump()
+    one_data_dir(data_dir, parse_sets(sets))  # --data-dir and --set data_dir=...: one value
     if data_dir is not None:
         base["data_dir"] = check_data_dir(data_dir)
     if torch_device is not None:

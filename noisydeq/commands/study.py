@@ -58,13 +58,19 @@ def command(experiment: str, variant: str, out: str | None, data_dir: str | None
     from noisydeq.cluster import Backend
     from noisydeq.runtime import num_threads, thread_plan
     from noisydeq.specs.study import StudyFile
-    from noisydeq.specs.task_names import check_data_dir, check_run_data_dir, data_dir_name
+    from noisydeq.specs.task_names import (
+        check_data_dir,
+        check_run_data_dir,
+        data_dir_name,
+        one_data_dir,
+    )
     from noisydeq.specs.toml import load_toml
 
     chosen = Backend.parse(backend, address)
     n_threads = thread_plan(threads)[0]  # $NOISYDEQ_THREADS, else one thread
     path = find_experiment(experiment, "study")
     over = parse_sets(sets)
+    one_data_dir(data_dir, over)  # --data-dir and --set data_dir=...: one value
     if data_dir is not None:
         over["data_dir"] = check_data_dir(data_dir)
     if torch_device is not None:
@@ -74,7 +80,7 @@ def command(experiment: str, variant: str, out: str | None, data_dir: str | None
     # one rule however the directory arrives (--data-dir, --set data_dir=..., the file)
     check_run_data_dir(
         spec.data_dir, [spec.task], "the study's",
-        "--data-dir" if data_dir is not None  # it wins over --set data_dir=... here
+        "--data-dir" if data_dir is not None  # the same as any --set data_dir=...
         else data_dir_name(None, over, f"{experiment} [{variant}]"))
     # the command line is checked: now the heavy imports (torch), seconds under load
     from noisydeq.studies import run_study

@@ -25,7 +25,7 @@ from noisydeq.progress import with_heartbeat
 from noisydeq.specs.base import build, refuse_repeats
 from noisydeq.specs.noise import NATIVE, parse_snr_range, split_native
 from noisydeq.specs.sweep import SweepSpec, adc_gain_lines, check_device_presets
-from noisydeq.specs.task_names import check_data_dir
+from noisydeq.specs.task_names import check_data_dir, one_data_dir
 from noisydeq.specs.toml import parse_assignments
 
 
@@ -342,6 +342,7 @@ def command(
     snr_grid: list[Any] = [] if rest is None else parse_grid("--snr", rest)
     snr_grid += [NATIVE] * native
     train_grid = parse_grid("--train-snr", train_snr)
+    one_data_dir(data_dir, parse_sets(sets))  # --data-dir and --set data_dir=...: one value
     data = {
         "device": device, "snr_db": snr_grid, "task": task, "data_dir": check_data_dir(data_dir),
         "depths": depths, "train_snr_db": train_grid, "chips": chips, "epochs": epochs,
@@ -369,7 +370,8 @@ def command(
     from noisydeq.store import check_out_dir
 
     check_task_name(spec.task)
-    # one rule however the directory arrives (--data-dir or --set data_dir=...)
+    # one rule however the directory arrives (--data-dir or --set data_dir=..., which
+    # agree: one_data_dir)
     check_run_data_dir(spec.data_dir, [spec.task], "the sweep's",
                        data_dir_name(data_dir, parse_sets(sets)))
     if out:

@@ -69,6 +69,31 @@ def check_run_data_dir(data_dir: str | None, tasks: Iterable[str], whose: str,
     return path
 
 
+def one_data_dir(option: str | None, sets: Mapping[str, object],
+                 key: str = "data_dir") -> None:
+    """Refuse in one line a command given its data directory twice, by ``--data-dir`` and
+    by ``--set KEY=...`` (``key``: its place in the spec), with different values: neither
+    wins silently. The same directory twice is fine (compared tilde expanded and resolved;
+    an empty value names none, as in :func:`check_data_dir`). Every command that takes
+    both calls this before it merges them."""
+    if option is None or key not in sets:
+        return
+
+    def where(value: object) -> object:
+        if value is None or value == "":
+            return None
+        if isinstance(value, str):
+            return Path(value).expanduser().resolve()
+        return value  # a --set value of another type: never a directory name
+
+    value = sets[key]
+    if where(option) != where(value):
+        shown = f"'{value}'" if isinstance(value, str) else repr(value)
+        raise NoisyDEQError(
+            f"--data-dir '{option}' and --set {key}={shown}: two different data "
+            f"directories; give one of them (or the same in both)")
+
+
 def data_dir_name(option: str | None, sets: Mapping[str, object], where: str = "",
                   key: str = "data_dir") -> str:
     """How a command's data directory arrived, to lead its refusal: ``--set data_dir``
