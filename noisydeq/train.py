@@ -195,10 +195,38 @@ def _tally_batch(tally: Tally, model: nn.Module, out: Tensor) -> None:
     tally.add(n, unc / n, int(div.sum()) / n)
 
 
+#: ``train_model(..., resume=False)`` on a folder that holds a finished model
+EXISTS = ("{path} exists: load it (resume=True; noisydeq train --resume) or train into "
+          "another folder (out_dir; --out)")
+
+
+def _other_start(path: Path, config: dict) -> str:
+    """What to do when the checkpoint at ``path`` differs from ``config`` in the model's
+    initial weights alone (``init``): a model built again without seeding torch first (a
+    notebook cell run twice) — else ""."""
+    try:
+        _, meta = store.load_tensors(path)
+    except NoisyDEQError:
+        return ""
+    old = meta.get("config")
+    if not isinstance(old, dict) or old.get("init") == config.get("init"):
+        return ""
+    if store.config_hash({**old, "init": None}) != store.config_hash({**config, "init": None}):
+        return ""
+    return ("; only the initial weights differ: the model given was built from another "
+            "random state than the one trained there — call torch.manual_seed(SEED) before "
+            "building it to load that model, or train into another folder")
+
+
 def _result_from_checkpoint(
     model: nn.Module, path: Path, config: dict, dev: torch.device
 ) -> TrainResult:
-    tensors, meta = store.load_checkpoint(path, config)
+    try:
+        tensors, meta = store.load_checkpoint(path, config)
+    except CorruptArtefact:
+        raise
+    except NoisyDEQError as err:  # another config: say so when only the start differs
+        raise NoisyDEQError(f"{err}{_other_start(path, config)}") from None
     try:
         extra = meta.get("extra", {})
         history = extra.get("history", [])
@@ -248,7 +276,7 @@ def _load_finished(
     if not path.is_file():
         return None
     if not resume:
-        raise NoisyDEQError(f"{path} exists; use --resume or another --out")
+        raise NoisyDEQError(EXISTS.format(path=path))
     try:
         return _result_from_checkpoint(model, path, config, dev)
     except CorruptArtefact as err:
@@ -329,7 +357,7 @@ def _read_only_finished(model: nn.Module, out: Path, config: dict, dev: torch.de
         raise NoisyDEQError(f"{why}: it holds no finished model of this training, and "
                             "training one writes it there; give a writable cache")
     if not resume:
-        raise NoisyDEQError(f"{path} exists; use --resume or another --out")
+        raise NoisyDEQError(EXISTS.format(path=path))
     try:
         return _result_from_checkpoint(model, path, config, dev)
     except CorruptArtefact as bad:

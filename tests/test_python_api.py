@@ -1,0 +1,44 @@
+"""The Python API as a notebook uses it (docs/python-api.md): what a user meets when a cell
+is run again or an argument is wrong is one clear line in the API's own terms."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from noisydeq.config import ModelSpec, TrainSpec
+from noisydeq.errors import NoisyDEQError
+from noisydeq.models import build_model
+from noisydeq.tasks import load_task
+from noisydeq.train import train_model
+
+
+def _deq(seed: int | None):
+    if seed is not None:
+        torch.manual_seed(seed)
+    return build_model(ModelSpec(kind="deq", in_features=64, out_features=10, width=8))
+
+
+def test_a_training_cell_run_again_loads_its_model_or_says_why_not(tmp_path):
+    """A notebook cell that builds and trains a model into a folder, run twice: with the
+    same seed the second run loads the model; without seeding, the other random start was
+    one line naming ``init`` and two hashes — it now says that only the start differs and
+    what to do. ``resume=False`` named the CLI's ``--resume``/``--out`` alone."""
+    task = load_task("digits")
+    spec = TrainSpec.preset("quick", "deq", None, epochs=1, batch_size=256)
+    first = train_model(_deq(0), task, spec, out_dir=tmp_path / "m")
+    again = train_model(_deq(0), task, spec, out_dir=tmp_path / "m")
+    assert again.loaded and not first.loaded and again.config_hash == first.config_hash
+    with pytest.raises(NoisyDEQError) as err:
+        train_model(_deq(1), task, spec, out_dir=tmp_path / "m")
+    msg = str(err.value)
+    assert "only the initial weights differ" in msg and "torch.manual_seed" in msg, msg
+    assert "\n" not in msg
+    with pytest.raises(NoisyDEQError) as err:  # another config: no such hint
+        train_model(_deq(0), task, TrainSpec.preset("quick", "deq", None, epochs=2,
+                                                    batch_size=256), out_dir=tmp_path / "m")
+    assert "train.epochs 1 → 2" in str(err.value)
+    assert "initial weights" not in str(err.value)
+    with pytest.raises(NoisyDEQError, match=r"exists: load it \(resume=True; noisydeq train "
+                       r"--resume\) or train into another folder \(out_dir; --out\)"):
+        train_model(_deq(0), task, spec, out_dir=tmp_path / "m", resume=False)
