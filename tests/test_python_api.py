@@ -42,3 +42,41 @@ def test_a_training_cell_run_again_loads_its_model_or_says_why_not(tmp_path):
     with pytest.raises(NoisyDEQError, match=r"exists: load it \(resume=True; noisydeq train "
                        r"--resume\) or train into another folder \(out_dir; --out\)"):
         train_model(_deq(0), task, spec, out_dir=tmp_path / "m", resume=False)
+
+
+def test_a_sweep_from_python_resumes_and_shows_itself_in_one_line(tmp_path):
+    """``run_sweep`` stopped after its first cell (a notebook's interrupted kernel) and run
+    again continues from its cell files and gives the same table as one run through; the
+    result's repr is one line with its path (it printed every row of the table), and
+    ``load_results(result.path)`` reads that table back."""
+    import math
+
+    import noisydeq
+    from noisydeq.config import SweepSpec
+    from noisydeq.sweep import run_sweep
+
+    spec = SweepSpec(device="snr", snr_db=[10, math.inf], depths=[1], hidden=8, chips=2,
+                     epochs=1, max_test_samples=64)
+
+    class Stop(Exception):
+        pass
+
+    def stop(n: int) -> None:
+        if n == 1:
+            raise Stop
+
+    with pytest.raises(Stop):
+        run_sweep(spec, tmp_path / "a", threads="1", jobs=1, progress=False, on_cell=stop,
+                  plots=False)
+    resumed = run_sweep(spec, tmp_path / "a", threads="1", jobs=1, progress=False,
+                        plots=False)
+    whole = run_sweep(spec, tmp_path / "b", threads="1", jobs=1, progress=False,
+                      plots=False)
+    assert (resumed.skipped_cells, resumed.computed_cells) == (1, 3)
+    assert resumed.rows == whole.rows and len(whole.rows) == 2 * 2 * 2
+    text = repr(resumed)
+    assert text == (f"SweepResult(path={str(tmp_path / 'a')!r}, rows=8, computed_cells=3, "
+                    "skipped_cells=1, figures=0)")
+    df = noisydeq.load_results(resumed.path)
+    assert len(df) == 8 and set(df.kind) == {"deq", "ffw"}
+    assert sorted(df.value) == sorted(r["value"] for r in whole.rows)

@@ -53,6 +53,16 @@ class SweepResult:
     #: .plan.CellRunner.prune`)
     pruned_cells: int = 0
 
+    @property
+    def path(self) -> Path:
+        """The run directory (``noisydeq.load_results(result.path)`` reads its table)."""
+        return self.run_dir.path
+
+    def __repr__(self) -> str:  # a notebook shows this: the rows are in ``rows`` / the CSV
+        return (f"SweepResult(path={str(self.path)!r}, rows={len(self.rows)}, "
+                f"computed_cells={self.computed_cells}, skipped_cells={self.skipped_cells}, "
+                f"figures={len(self.figures)})")
+
 
 @dataclass(frozen=True)
 class DriverFacts:
