@@ -153,10 +153,12 @@ def forward_logits(
 def evaluate(model: nn.Module, task: Task, batch_size: int = EVAL_BATCH,
              limit: int | None = None, device_seed: int | None = None,
              tally: Tally | None = None) -> float:
-    """Clean test metric (no noise, digital weights) of ``model`` on ``task``'s test split
-    (its first ``limit`` samples). For a deployed ``model``, ``device_seed`` keys the
-    dynamic device noise of each layer by (seed, layer, test-sample index): the same draws
-    at every call. ``tally``: gets each batch's solve (a DEQ's; samples that missed the
+    """Test metric of ``model`` on ``task``'s test split (its first ``limit`` samples), with
+    no model noise (``noise=None``): a digital model's clean metric; a deployed one
+    (:meth:`~noisydeq.hardware.Device.deploy`) is measured on its chip, static and dynamic
+    device noise included. Its dynamic noise continues each layer's stream (another draw
+    at every call) unless ``device_seed`` keys it by (seed, layer, test-sample index): the
+    same draws at every call. ``tally``: gets each batch's solve (a DEQ's; samples that missed the
     stop rule, diverged — the solver's flag or non-finite outputs), the metric unchanged."""
     from noisydeq.hardware.controls import device_layers
 

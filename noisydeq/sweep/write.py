@@ -121,7 +121,7 @@ def run_sweep(
     on_cell: Callable[[int], None] | None = None,
     plots: bool = True,
     title: str = "",
-    threads: str | None = None,
+    threads: str | int | None = None,
     jobs: int | str | None = None,
     backend: Backend | None = None,
     echo: Callable[[str], None] | None = None,
