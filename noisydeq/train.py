@@ -149,6 +149,19 @@ def forward_logits(
     return getattr(out, "logits", out), getattr(out, "jac_loss", None)
 
 
+def check_fits(model: nn.Module, task: Task) -> None:
+    """One line when a noisydeq model's ``in_features`` / ``out_features`` are not the
+    task's (torch said ``mat1 and mat2 shapes cannot be multiplied`` or ``Target 6 is out of
+    bounds`` mid-way); a module without them is not checked."""
+    for name in ("in_features", "out_features"):
+        got, want = getattr(model, name, None), getattr(task, name, None)
+        if isinstance(got, int) and isinstance(want, int) and got != want:
+            raise NoisyDEQError(
+                f"model: {name} is {got}, but task '{task.name}' has {want} "
+                f"({task.in_features} → {task.out_features}); build the model with "
+                "ModelSpec(in_features=task.in_features, out_features=task.out_features, ...)")
+
+
 @torch.no_grad()
 def evaluate(model: nn.Module, task: Task, batch_size: int = EVAL_BATCH,
              limit: int | None = None, device_seed: int | None = None,
@@ -162,6 +175,7 @@ def evaluate(model: nn.Module, task: Task, batch_size: int = EVAL_BATCH,
     stop rule, diverged — the solver's flag or non-finite outputs), the metric unchanged."""
     from noisydeq.hardware.controls import device_layers
 
+    check_fits(model, task)
     was_training = model.training
     model.eval()
     dev = _param_device(model)
@@ -314,6 +328,7 @@ def train_model(
     None computes it here.
     """
     t0 = _clock()
+    check_fits(model, task)
     dev = torch.device(torch_device) if torch_device is not None else _param_device(model)
     if config is None:  # the one function every predictor of its hash calls
         config = training_config(model, task, spec, dev)  # the overrides applied first

@@ -80,3 +80,39 @@ def test_a_sweep_from_python_resumes_and_shows_itself_in_one_line(tmp_path):
     df = noisydeq.load_results(resumed.path)
     assert len(df) == 8 and set(df.kind) == {"deq", "ffw"}
     assert sorted(df.value) == sorted(r["value"] for r in whole.rows)
+
+
+def test_a_model_of_other_sizes_than_the_task_is_one_line(tmp_path):
+    """A model built for MNIST (784 features) trained or evaluated on ``digits`` (64), or
+    with 3 classes for 10: torch's ``mat1 and mat2 shapes cannot be multiplied`` /
+    ``Target 6 is out of bounds`` mid-way, now one line before any work naming both."""
+    from noisydeq.train import evaluate
+
+    task = load_task("digits")
+    wide = build_model(ModelSpec(kind="deq", in_features=784, out_features=10, width=8))
+    few = build_model(ModelSpec(kind="ffw", in_features=64, out_features=3, width=8))
+    spec = TrainSpec.preset("quick", "ffw", None, epochs=1)
+    for call, text in [(lambda: evaluate(wide, task), "in_features is 784, but task "
+                        "'digits' has 64"),
+                       (lambda: train_model(few, task, spec, out_dir=tmp_path / "m"),
+                        "out_features is 3, but task 'digits' has 10")]:
+        with pytest.raises(NoisyDEQError, match=f"^model: {text} \\(64 → 10\\); build"):
+            call()
+    assert not (tmp_path / "m").exists()  # refused before anything is written
+
+
+def test_an_attack_norm_that_is_not_linf_or_l2_is_refused():
+    """``pgd(..., norm="l8")`` took ℓ2 steps (every name but ``linf`` did)."""
+    from noisydeq import attacks
+
+    torch.manual_seed(0)
+    model = torch.nn.Linear(4, 3)
+    x, y = torch.rand(5, 4), torch.tensor([0, 1, 2, 0, 1])
+    with pytest.raises(NoisyDEQError, match=r"unknown norm 'l8' \(allowed: linf, l2\)"):
+        attacks.pgd(model, x, y, eps=0.1, norm="l8")
+    with pytest.raises(NoisyDEQError, match="unknown norm"):
+        attacks.ifgsm(model, x, y, eps=0.1, norm="l1")
+    g = torch.Generator()
+    same = [attacks.pgd(model, x, y, eps=0.1, norm=n, generator=g.manual_seed(1))
+            for n in ("L2", "l2")]  # the spec's spellings (check_norm) mean the same norm
+    assert torch.equal(same[0], same[1])
