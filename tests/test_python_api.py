@@ -116,3 +116,23 @@ def test_an_attack_norm_that_is_not_linf_or_l2_is_refused():
     same = [attacks.pgd(model, x, y, eps=0.1, norm=n, generator=g.manual_seed(1))
             for n in ("L2", "l2")]  # the spec's spellings (check_norm) mean the same norm
     assert torch.equal(same[0], same[1])
+
+
+def test_calibrating_in_the_network_at_one_level_takes_a_number():
+    """``calibrate_in_network(chip, x, 10.0)`` was a TypeError ('float' object is not
+    iterable); one level is a number or a list of one, with the same knobs."""
+    from noisydeq import hardware
+
+    torch.manual_seed(0)
+    model = build_model(ModelSpec(kind="ffw", in_features=16, out_features=4, width=8))
+    x = torch.rand(64, 16)
+    device = hardware.get_device("snr", noise_mode="dynamic").at_snr(10.0).new_chip(0)
+    chips = [device.deploy(model), device.deploy(model)]
+    reports = [hardware.calibrate_in_network(chips[0], x, 10.0),
+               hardware.calibrate_in_network(chips[1], x, [10.0])]
+    assert reports[0].levels == reports[1].levels == [10.0]
+    layers = [hardware.device_layers(c) for c in chips]
+    assert layers[0] and all(layers[0][n].control_for(10.0) == layers[1][n].control_for(10.0)
+                             for n in layers[0])
+    with pytest.raises(NoisyDEQError, match="rounds must be >= 0"):
+        hardware.calibrate_in_network(chips[0], x, 10.0, rounds=-1)
