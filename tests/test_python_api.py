@@ -136,3 +136,38 @@ def test_calibrating_in_the_network_at_one_level_takes_a_number():
                              for n in layers[0])
     with pytest.raises(NoisyDEQError, match="rounds must be >= 0"):
         hardware.calibrate_in_network(chips[0], x, 10.0, rounds=-1)
+
+
+SCRIPT = """
+import math
+from noisydeq.config import SweepSpec
+from noisydeq.sweep import run_sweep
+
+print("top level ran")
+spec = SweepSpec(device="snr", snr_db=[10, math.inf], depths=[1, 2], hidden=8, chips=2,
+                 epochs=1, max_test_samples=64)
+result = run_sweep(spec, "run", threads="1", jobs=2, progress=False, plots=False)
+print(result.computed_cells, result.skipped_cells, len(result.rows))
+"""
+
+
+def test_a_script_without_a_main_guard_sweeps_with_workers(tmp_path):
+    """A script calling ``run_sweep(..., jobs=2)`` at its top level (no ``if __name__ ==
+    "__main__":``): Python's spawn ran the script again in the worker, whose own
+    ``run_sweep`` then waited for the parent's lock on ``run`` for ever ("another noisydeq
+    process is writing --out run; waiting"). The worker now imports noisydeq alone: the
+    script's top level runs once and the sweep ends. (The timeout only guards the suite
+    against that hang.)"""
+    import os
+    import subprocess
+    import sys
+
+    (tmp_path / "sweep_script.py").write_text(SCRIPT, encoding="utf-8")
+    env = {**os.environ, "NOISYDEQ_CACHE": str(tmp_path / "cache"), "NOISYDEQ_THREADS": "1",
+           "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, "sweep_script.py"], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.count("top level ran") == 1, done.stdout
+    assert done.stdout.splitlines()[-1] == "8 0 16", done.stdout
+    assert "waiting" not in done.stderr, done.stderr
