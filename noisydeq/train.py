@@ -149,15 +149,24 @@ def forward_logits(
     return getattr(out, "logits", out), getattr(out, "jac_loss", None)
 
 
-def check_fits(model: nn.Module, task: Task) -> None:
-    """One line when a noisydeq model's ``in_features`` / ``out_features`` are not the
-    task's (torch said ``mat1 and mat2 shapes cannot be multiplied`` or ``Target 6 is out of
-    bounds`` mid-way); a module without them is not checked."""
+def check_fits(model: nn.Module, task: Task, what: str = "train_model") -> None:
+    """One line when ``model`` is not an ``nn.Module`` or ``task`` not a :class:`Task` (a
+    :class:`TrainResult` given for its ``model``, the two swapped: an AttributeError on
+    ``.training`` before), or when a noisydeq model's ``in_features`` / ``out_features``
+    are not the task's (torch said ``mat1 and mat2 shapes cannot be multiplied`` or
+    ``Target 6 is out of bounds`` mid-way); a module without them is not checked."""
+    if not isinstance(model, nn.Module):
+        hint = " (its .model is the trained model)" if isinstance(model, TrainResult) else ""
+        raise NoisyDEQError(f"{what}: model: expected a torch nn.Module, got "
+                            f"{type(model).__name__}{hint}")
+    if not isinstance(task, Task):
+        raise NoisyDEQError(f"{what}: task: expected a noisydeq Task "
+                            f"(noisydeq.tasks.load_task), got {type(task).__name__}")
     for name in ("in_features", "out_features"):
         got, want = getattr(model, name, None), getattr(task, name, None)
         if isinstance(got, int) and isinstance(want, int) and got != want:
             raise NoisyDEQError(
-                f"model: {name} is {got}, but task '{task.name}' has {want} "
+                f"{what}: model: {name} is {got}, but task '{task.name}' has {want} "
                 f"({task.in_features} → {task.out_features}); build the model with "
                 "ModelSpec(in_features=task.in_features, out_features=task.out_features, ...)")
 
@@ -175,7 +184,7 @@ def evaluate(model: nn.Module, task: Task, batch_size: int = EVAL_BATCH,
     stop rule, diverged — the solver's flag or non-finite outputs), the metric unchanged."""
     from noisydeq.hardware.controls import device_layers
 
-    check_fits(model, task)
+    check_fits(model, task, "evaluate")
     was_training = model.training
     model.eval()
     dev = _param_device(model)

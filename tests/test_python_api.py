@@ -92,13 +92,25 @@ def test_a_model_of_other_sizes_than_the_task_is_one_line(tmp_path):
     wide = build_model(ModelSpec(kind="deq", in_features=784, out_features=10, width=8))
     few = build_model(ModelSpec(kind="ffw", in_features=64, out_features=3, width=8))
     spec = TrainSpec.preset("quick", "ffw", None, epochs=1)
-    for call, text in [(lambda: evaluate(wide, task), "in_features is 784, but task "
-                        "'digits' has 64"),
+    for call, text in [(lambda: evaluate(wide, task), "evaluate: model: in_features is "
+                        "784, but task 'digits' has 64"),
                        (lambda: train_model(few, task, spec, out_dir=tmp_path / "m"),
-                        "out_features is 3, but task 'digits' has 10")]:
-        with pytest.raises(NoisyDEQError, match=f"^model: {text} \\(64 → 10\\); build"):
+                        "train_model: model: out_features is 3, but task 'digits' has 10")]:
+        with pytest.raises(NoisyDEQError, match=f"^{text} \\(64 → 10\\); build"):
             call()
     assert not (tmp_path / "m").exists()  # refused before anything is written
+    # a TrainResult for its model, or the arguments swapped: AttributeError '.training'
+    result = train_model(build_model(ModelSpec(kind="ffw", in_features=64, out_features=10,
+                                               width=8)), task, spec)
+    with pytest.raises(NoisyDEQError, match=r"^evaluate: model: expected a torch nn.Module, "
+                       r"got TrainResult \(its .model is the trained model\)$"):
+        evaluate(result, task)
+    with pytest.raises(NoisyDEQError, match="^evaluate: model: expected a torch nn.Module, "
+                       "got Task$"):
+        evaluate(task, result.model)
+    with pytest.raises(NoisyDEQError, match=r"^train_model: task: expected a noisydeq Task "
+                       r"\(noisydeq.tasks.load_task\), got str$"):
+        train_model(result.model, "digits", spec)
 
 
 def test_an_attack_norm_that_is_not_linf_or_l2_is_refused():
