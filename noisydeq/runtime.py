@@ -166,7 +166,7 @@ def job_count(text: str | int | None = None) -> int:
     return int(value)
 
 
-def thread_plan(text: str | None = None) -> tuple[int | None, int | None]:
+def thread_plan(text: str | int | None = None) -> tuple[int | None, int | None]:
     """(training, evaluation) torch thread counts from ``--threads`` / ``$NOISYDEQ_THREADS``.
 
     ``N`` uses N threads in both phases, ``T,E`` T for training and E for evaluation, and

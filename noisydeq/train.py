@@ -151,17 +151,42 @@ def forward_logits(
     return getattr(out, "logits", out), getattr(out, "jac_loss", None)
 
 
+def check_fits(model: nn.Module, task: Task, what: str = "train_model") -> None:
+    """One line when ``model`` is not an ``nn.Module`` or ``task`` not a :class:`Task` (a
+    :class:`TrainResult` given for its ``model``, the two swapped: an AttributeError on
+    ``.training`` before), or when a noisydeq model's ``in_features`` / ``out_features``
+    are not the task's (torch said ``mat1 and mat2 shapes cannot be multiplied`` or
+    ``Target 6 is out of bounds`` mid-way); a module without them is not checked."""
+    if not isinstance(model, nn.Module):
+        hint = " (its .model is the trained model)" if isinstance(model, TrainResult) else ""
+        raise NoisyDEQError(f"{what}: model: expected a torch nn.Module, got "
+                            f"{type(model).__name__}{hint}")
+    if not isinstance(task, Task):
+        raise NoisyDEQError(f"{what}: task: expected a noisydeq Task "
+                            f"(noisydeq.tasks.load_task), got {type(task).__name__}")
+    for name in ("in_features", "out_features"):
+        got, want = getattr(model, name, None), getattr(task, name, None)
+        if isinstance(got, int) and isinstance(want, int) and got != want:
+            raise NoisyDEQError(
+                f"{what}: model: {name} is {got}, but task '{task.name}' has {want} "
+                f"({task.in_features} → {task.out_features}); build the model with "
+                "ModelSpec(in_features=task.in_features, out_features=task.out_features, ...)")
+
+
 @torch.no_grad()
 def evaluate(model: nn.Module, task: Task, batch_size: int = EVAL_BATCH,
              limit: int | None = None, device_seed: int | None = None,
              tally: Tally | None = None) -> float:
-    """Clean test metric (no noise, digital weights) of ``model`` on ``task``'s test split
-    (its first ``limit`` samples). For a deployed ``model``, ``device_seed`` keys the
-    dynamic device noise of each layer by (seed, layer, test-sample index): the same draws
-    at every call. ``tally``: gets each batch's solve (a DEQ's; samples that missed the
+    """Test metric of ``model`` on ``task``'s test split (its first ``limit`` samples), with
+    no model noise (``noise=None``): a digital model's clean metric; a deployed one
+    (:meth:`~noisydeq.hardware.Device.deploy`) is measured on its chip, static and dynamic
+    device noise included. Its dynamic noise continues each layer's stream (another draw
+    at every call) unless ``device_seed`` keys it by (seed, layer, test-sample index): the
+    same draws at every call. ``tally``: gets each batch's solve (a DEQ's; samples that missed the
     stop rule, diverged — the solver's flag or non-finite outputs), the metric unchanged."""
     from noisydeq.hardware.controls import device_layers
 
+    check_fits(model, task, "evaluate")
     was_training = model.training
     model.eval()
     dev = _param_device(model)
@@ -197,10 +222,38 @@ def _tally_batch(tally: Tally, model: nn.Module, out: Tensor) -> None:
     tally.add(n, unc / n, int(div.sum()) / n)
 
 
+#: ``train_model(..., resume=False)`` on a folder that holds a finished model
+EXISTS = ("{path} exists: load it (resume=True; noisydeq train --resume) or train into "
+          "another folder (out_dir; --out)")
+
+
+def _other_start(path: Path, config: dict) -> str:
+    """What to do when the checkpoint at ``path`` differs from ``config`` in the model's
+    initial weights alone (``init``): a model built again without seeding torch first (a
+    notebook cell run twice) — else ""."""
+    try:
+        _, meta = store.load_tensors(path)
+    except NoisyDEQError:
+        return ""
+    old = meta.get("config")
+    if not isinstance(old, dict) or old.get("init") == config.get("init"):
+        return ""
+    if store.config_hash({**old, "init": None}) != store.config_hash({**config, "init": None}):
+        return ""
+    return ("; only the initial weights differ: the model given was built from another "
+            "random state than the one trained there — call torch.manual_seed(SEED) before "
+            "building it to load that model, or train into another folder")
+
+
 def _result_from_checkpoint(
     model: nn.Module, path: Path, config: dict, dev: torch.device
 ) -> TrainResult:
-    tensors, meta = store.load_checkpoint(path, config)
+    try:
+        tensors, meta = store.load_checkpoint(path, config)
+    except CorruptArtefact:
+        raise
+    except NoisyDEQError as err:  # another config: say so when only the start differs
+        raise NoisyDEQError(f"{err}{_other_start(path, config)}") from None
     try:
         extra = meta.get("extra", {})
         history = extra.get("history", [])
@@ -250,7 +303,7 @@ def _load_finished(
     if not path.is_file():
         return None
     if not resume:
-        raise NoisyDEQError(f"{path} exists; use --resume or another --out")
+        raise NoisyDEQError(EXISTS.format(path=path))
     try:
         return _result_from_checkpoint(model, path, config, dev)
     except CorruptArtefact as err:
@@ -286,6 +339,7 @@ def train_model(
     None computes it here.
     """
     t0 = _clock()
+    check_fits(model, task)
     dev = torch.device(torch_device) if torch_device is not None else _param_device(model)
     if config is None:  # the one function every predictor of its hash calls
         config = training_config(model, task, spec, dev)  # the overrides applied first
@@ -331,7 +385,7 @@ def _read_only_finished(model: nn.Module, out: Path, config: dict, dev: torch.de
         raise NoisyDEQError(f"{why}: it holds no finished model of this training, and "
                             "training one writes it there; give a writable cache")
     if not resume:
-        raise NoisyDEQError(f"{path} exists; use --resume or another --out")
+        raise NoisyDEQError(EXISTS.format(path=path))
     try:
         return _result_from_checkpoint(model, path, config, dev)
     except CorruptArtefact as bad:

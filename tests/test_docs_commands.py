@@ -30,7 +30,7 @@ DOCS = ["README.md", "docs/index.md", "docs/devices.md", "docs/analysis.md", "do
         "docs/architecture.md", "docs/reproduction.md", "docs/robustness.md",
         "docs/robustness-standard.md", "docs/robustness-attack-cost.md",
         "docs/robustness-adversarial.md", "docs/robustness-conv.md",
-        "docs/robustness-lyapunov-certified.md", "CHANGELOG.md"]
+        "docs/robustness-lyapunov-certified.md", "CHANGELOG.md", "docs/python-api.md"]
 #: commands whose first argument may name a bundled experiment
 RUNS_EXPERIMENTS = {"run", "study", "adversarial", "lyapunov", "certify"}
 #: placeholder values the docs use for an option's value (``--noise-mode MODE``)

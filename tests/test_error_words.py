@@ -119,3 +119,30 @@ def test_negative_seeds_are_refused_in_experiment_files(spec, data):
     model = getattr(importlib.import_module(module), name)
     with pytest.raises(NoisyDEQError, match=r"seeds.0: must be ≥ 0, got -1 \(allowed: 0 ≤ "):
         build(model, data)
+
+
+def test_a_spec_built_in_python_is_one_line_too():
+    """``SweepSpec(noise_mode="dynamc")`` in a notebook said pydantic's three-line report
+    ("1 validation error for SweepSpec … For further information visit …"): the direct
+    constructor and an assignment now say what ``build`` says, with the spec's name."""
+    from noisydeq.config import ModelSpec, SweepSpec
+
+    cases = [(lambda: SweepSpec(noise_mode="dynamc"),
+              "SweepSpec: noise_mode: unknown value 'dynamc'; did you mean 'dynamic'?"),
+             (lambda: SweepSpec(snr=[0, 10]),
+              "SweepSpec: unknown key 'snr'; did you mean 'snr_db'?"),
+             (lambda: ModelSpec(kind="deqq", in_features=4, out_features=2),
+              "ModelSpec: kind: unknown value 'deqq'; did you mean 'deq'?"),
+             (lambda: setattr(SweepSpec(), "chips", 0), "SweepSpec: chips: must be ≥ 1, got 0")]
+    for make, start in cases:
+        with pytest.raises(NoisyDEQError) as err:
+            make()
+        msg = str(err.value)
+        assert msg.startswith(start), msg
+        assert "Input should" not in msg and "validation error" not in msg and "\n" not in msg
+    spec = SweepSpec(chips=2)
+    spec.chips = 4  # a good value is assigned as before
+    assert spec.chips == 4 and SweepSpec(chips=4) == spec
+    # validation (a file's table, a nested spec) keeps its place and option names
+    with pytest.raises(NoisyDEQError, match=r"^\[sweep\]: chips: must be ≥ 1"):
+        build(SweepSpec, {"chips": 0}, where="[sweep]")

@@ -42,6 +42,7 @@ from torch.nn import functional as F
 
 from noisydeq.attacks.norms import Source, clip_box, direction, project, random_start
 from noisydeq.errors import NoisyDEQError
+from noisydeq.specs.attack import check_norm
 
 Model = Callable[[Tensor], Tensor]
 
@@ -176,6 +177,7 @@ def pgd(
     targets) or ``"mse"`` (a regression task; module docstring).
     """
     _check_loss(loss)
+    norm = check_norm(norm)  # any other name took ℓ2 steps (norms.direction / project)
     if eps < 0:
         raise NoisyDEQError(f"eps: must be >= 0, got {eps:g}")
     if steps < 1:

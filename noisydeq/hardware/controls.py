@@ -82,8 +82,9 @@ def subsample_rows(rows: Tensor, n: int = CALIB_ROWS) -> Tensor:
 def calibrate(model: nn.Module, x: Tensor, *args: Any, **kwargs: Any) -> None:
     """Calibrate every device layer on the clean activations it sees for the batch ``x``.
 
-    Runs one noise-free forward (targets at ``inf`` are not used: the exact MVM feeds the
-    next layer), captures each layer's input vectors (at most 512 rows, from every call: a
+    Runs one noise-free forward ``model(x, *args, **kwargs)`` (the extra arguments go to
+    the model's forward; targets at ``inf`` are not used: the exact MVM feeds the next
+    layer), captures each layer's input vectors (at most 512 rows, from every call: a
     DEQ's cell contributes every iteration) and forgets the controls calibrated before.
     Calibration inside the noisy network (each layer on the inputs it sees when upstream
     layers are noisy): :func:`noisydeq.hardware.in_network.calibrate_in_network`.

@@ -186,7 +186,7 @@ def restored_streams(layers: dict[str, DeviceLayer]) -> Iterator[None]:
 def calibrate_in_network(
     model: nn.Module,
     x: Tensor,
-    levels: Sequence[float],
+    levels: float | Sequence[float],
     *,
     rounds: int = ROUNDS,
     samples: int | None = SAMPLES,
@@ -197,7 +197,8 @@ def calibrate_in_network(
     spacing: float = SPACING,
 ) -> NetworkReport:
     """Calibrate every device layer of the deployed ``model`` to each finite SNR of
-    ``levels`` on the inputs it sees in the noisy network (module docstring).
+    ``levels`` (dB: one number or several) on the inputs it sees in the noisy network
+    (module docstring).
 
     ``x``: network inputs (training data); the clean calibration uses all of them, the
     noisy forwards the first ``samples`` (None: all), each run ``draws`` times with
@@ -213,8 +214,11 @@ def calibrate_in_network(
     the estimator of calibration format 4).
     """
     if rounds < 0 or draws < 1:
-        raise ValueError("rounds must be >= 0 and draws >= 1")
+        raise NoisyDEQError(f"calibrate_in_network: rounds must be >= 0 and draws >= 1, got "
+                            f"rounds={rounds}, draws={draws}")
     forward = forward if forward is not None else (lambda m, inp: m(inp))
+    if isinstance(levels, (int, float)):  # one level (a TypeError said 'not iterable')
+        levels = [levels]
     finite = sorted({float(v) for v in levels if math.isfinite(v)})
     layers = device_layers(model)
     report = NetworkReport(finite, rounds)

@@ -69,6 +69,30 @@ class StrictModel(BaseModel):
     #: :func:`parse_comma_list` and :func:`~noisydeq.specs.noise.snr_list` are checked there.
     NO_REPEATS: ClassVar[frozenset[str]] = frozenset()
 
+    def __init__(self, /, **data: Any) -> None:
+        """Validate ``data``; a bad value is one :class:`NoisyDEQError` line in the
+        project's words (``SweepSpec: noise_mode: unknown value 'dynamc'; did you mean
+        'dynamic'? …``), as the command line says it, not pydantic's multi-line report."""
+        try:
+            super().__init__(**data)
+        except ValidationError as err:
+            raise NoisyDEQError(format_validation_error(err, type(self), type(self).__name__)
+                                ) from None
+
+    # pydantic's own marker (as its RootModel's): validation (``model_validate``, a nested
+    # spec) does not call this ``__init__``, so its errors stay pydantic's for the caller
+    # (:func:`build`) to word with the place and the option that set the key
+    __init__.__pydantic_base_init__ = True  # type: ignore[attr-defined]
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        """Assignment is validated (``validate_assignment``); a bad value is one line, as
+        in ``__init__``."""
+        try:
+            super().__setattr__(name, value)
+        except ValidationError as err:
+            raise NoisyDEQError(format_validation_error(err, type(self), type(self).__name__)
+                                ) from None
+
     @field_validator("*", mode="before")
     @classmethod
     def _no_bool_numbers(cls, value: Any, info: Any) -> Any:

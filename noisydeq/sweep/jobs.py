@@ -31,7 +31,8 @@ import queue
 import signal
 import sys
 import threading
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +46,31 @@ _PR_SET_PDEATHSIG = 1
 #: one); the facts (:class:`noisydeq.sweep.write.DriverFacts`) are what the worker checks
 #: itself against
 Setup = Callable[[SweepSpec, str, Any], tuple[Any, Sequence[Any]]]
+
+
+@contextmanager
+def _main_left_alone() -> Iterator[None]:
+    """While workers start: Python's spawn runs the parent's ``__main__`` again in each
+    worker (as ``__mp_main__``, from its ``__file__`` or ``__spec__``) — a user's script
+    whose ``run_sweep`` call is not under ``if __name__ == "__main__":`` ran that sweep
+    again in every worker, which waited for the parent's lock on the run directory for
+    ever. A worker needs noisydeq alone (its target and ``setup`` live in noisydeq; the
+    models come from the cache), so the parent's main module is hidden from the
+    preparation data while :meth:`Process.start` reads it, and restored."""
+    main = sys.modules.get("__main__")
+    if main is None:
+        yield
+        return
+    hidden = {k: main.__dict__.pop(k) for k in ("__file__",) if k in main.__dict__}
+    spec = getattr(main, "__spec__", None)
+    if spec is not None:
+        main.__spec__ = None
+    try:
+        yield
+    finally:
+        main.__dict__.update(hidden)
+        if spec is not None:
+            main.__spec__ = spec
 
 
 def _die_with_parent() -> None:
@@ -233,8 +259,9 @@ def run_parallel(
         ignore = threading.current_thread() is threading.main_thread()
         before = signal.signal(signal.SIGINT, signal.SIG_IGN) if ignore else None
         try:
-            for p in procs:
-                p.start()
+            with _main_left_alone():
+                for p in procs:
+                    p.start()
         finally:
             if before is not None:
                 signal.signal(signal.SIGINT, before)

@@ -60,6 +60,16 @@ class SweepResult:
     #: .plan.CellRunner.prune`)
     pruned_cells: int = 0
 
+    @property
+    def path(self) -> Path:
+        """The run directory (``noisydeq.load_results(result.path)`` reads its table)."""
+        return self.run_dir.path
+
+    def __repr__(self) -> str:  # a notebook shows this: the rows are in ``rows`` / the CSV
+        return (f"SweepResult(path={str(self.path)!r}, rows={len(self.rows)}, "
+                f"computed_cells={self.computed_cells}, skipped_cells={self.skipped_cells}, "
+                f"figures={len(self.figures)})")
+
 
 @dataclass(frozen=True)
 class DriverFacts:
@@ -118,7 +128,7 @@ def run_sweep(
     on_cell: Callable[[int], None] | None = None,
     plots: bool = True,
     title: str = "",
-    threads: str | None = None,
+    threads: str | int | None = None,
     jobs: int | str | None = None,
     backend: Backend | None = None,
     echo: Callable[[str], None] | None = None,
