@@ -94,13 +94,16 @@ def test_sweep_option_without_a_measuring_device_is_one_line(
 
 def test_sweep_refusal_is_the_single_device_check_over_the_list() -> None:
     """The sweep's check is :func:`check_held` over its training devices: the whole line,
-    each device named once, the wording the single-device refusal uses otherwise."""
+    each device named once (a device given twice is refused before: refuse_repeats), the
+    wording the single-device refusal uses otherwise."""
     from noisydeq.config import SweepSpec, build
     from noisydeq.errors import NoisyDEQError
     from noisydeq.families import check_training_devices
     from noisydeq.specs.device_presets import check_held
 
-    sweep = build(SweepSpec, {"train_device": "snr,snr-additive,snr",
+    with pytest.raises(NoisyDEQError, match="'snr' is given twice"):
+        build(SweepSpec, {"train_device": "snr,snr-additive,snr"}, where="sweep")
+    sweep = build(SweepSpec, {"train_device": "snr,snr-additive",
                               "train_programming": "epoch"}, where="sweep")
     with pytest.raises(NoisyDEQError) as err:
         check_training_devices(sweep)
