@@ -50,7 +50,7 @@ import os
 import platform
 import shutil
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from importlib import metadata
 from pathlib import Path
 from typing import Any, TypeVar
@@ -611,6 +611,30 @@ class RunDir(LockedDir):
 
     def cell_path(self, key: str) -> Path:
         return self.cells / self.cell_file_name(key)
+
+    def stray_cells(self, known: Collection[str]
+                    ) -> tuple[list[tuple[Path, dict[str, Any]]], int]:
+        """The files of ``cells/`` whose names are not in ``known`` (file names, as
+        :meth:`cell_file_name` gives them), in name order: those that are cells this
+        package wrote (a digest that checks, a string key and a ``noisydeq-cell/`` format
+        of any version), each with its record; and how many are no readable cell (damaged,
+        or not a cell file). Nothing is removed or written: what a prune removes and what it
+        says is its caller's."""
+        cells: list[tuple[Path, dict[str, Any]]] = []
+        unreadable = 0
+        for path in sorted(self.cells.glob("*.json")):
+            if path.name in known:
+                continue
+            try:
+                record = store.read_signed_json(path, "cell file")
+            except NoisyDEQError:
+                record = {}
+            if not (isinstance(record.get("key"), str)
+                    and str(record.get("format", "")).startswith("noisydeq-cell/")):
+                unreadable += 1  # not a cell this package wrote (or damaged): left alone
+                continue
+            cells.append((path, record))
+        return cells, unreadable
 
     def load_cell(
         self, key: str, expect: Sequence[dict[str, Any]] | None = None, *,

@@ -14,6 +14,27 @@ def _run(capsys, *argv):
     return e.value.code, out.out, out.err
 
 
+def test_train_and_sweep_take_the_same_train_preset_spelling():
+    """``--train-preset`` is the name of the training preset in both commands (found through
+    the click tree); ``train --preset``, its older spelling, is the same option."""
+    import click
+
+    from noisydeq.cli import cli
+
+    ctx = click.Context(cli)
+    found = {}
+    for name in ("train", "sweep"):
+        cmd = cli.get_command(ctx, name)
+        [param] = [p for p in cmd.params if "--train-preset" in p.opts]
+        assert param.opts[0] == "--train-preset", param.opts  # the name help shows first
+        found[name] = param
+        for flag in ["--train-preset", *param.opts[1:]]:
+            sub = cmd.make_context(name, [flag, "paper"], resilient_parsing=True)
+            assert sub.params[param.name] == "paper", (name, flag)
+    assert found["train"].opts == ["--train-preset", "--preset"]
+    assert found["sweep"].opts == ["--train-preset"]
+
+
 @pytest.mark.parametrize(
     "argv, needle",
     [
@@ -27,6 +48,7 @@ def _run(capsys, *argv):
         (["--torch-device", "gpu7"], "--torch-device"),
         (["--train-snr", "loud"], "--train-snr"),
         (["--preset", "papr"], "did you mean 'paper'"),
+        (["--train-preset", "papr"], "did you mean 'paper'"),
         (["--kind", "cnn"], "--kind"),
         (["--width", "0"], "--width"),
         (["--device", "no-such-device"], "unknown device"),

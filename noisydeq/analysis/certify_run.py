@@ -106,21 +106,11 @@ class CertifyDir(RunDir):
         radii, models, settings or an older cell format —, removed with ``prune``; and the
         files there that are no readable cell (left as they are). Call it locked."""
         known = {self.cell_file_name(k) for k in keys}
-        other = unreadable = 0
-        for path in sorted(self.cells.glob("*.json")):
-            if path.name in known:
-                continue
-            try:
-                record = store.read_signed_json(path, "cell file")
-            except NoisyDEQError:
-                record = {}
-            if not (isinstance(record.get("key"), str)
-                    and str(record.get("format", "")).startswith("noisydeq-cell/")):
-                unreadable += 1  # not a cell this package wrote (or damaged): left alone
-                continue
-            other += 1
-            if prune:
+        cells, unreadable = self.stray_cells(known)
+        if prune:
+            for path, _ in cells:
                 store.remove_file(path)
+        other = len(cells)
         return other, unreadable
 
     def served(self, key: str, expect: Sequence[dict[str, Any]]

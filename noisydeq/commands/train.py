@@ -87,8 +87,10 @@ def _fmt(metric: float, name: str) -> str:
               help="FFW layers; for a DEQ the FFW depth whose parameter count it matches.")
 @click.option("--depths", default=None,
               help="Train a matched DEQ/FFW family at these FFW depths, e.g. 1,3,5,7.")
-@click.option("--preset", default="quick", show_default=True,
-              help="quick, paper (Tables 1-2), adversarial (Tables 5-6) or adversarial-quick.")
+@click.option("--train-preset", "--preset", "preset", default="quick", show_default=True,
+              help="Training preset, as sweep's --train-preset: quick, paper (Tables 1-2), "
+                   "adversarial (Tables 5-6) or adversarial-quick (--preset: the same option, "
+                   "its older spelling).")
 @click.option("--epochs", type=click.IntRange(min=0), default=None,
               help="Epochs (default: the preset's).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=None,

@@ -35,7 +35,7 @@ from torch.nn.utils import parametrize
 
 from noisydeq.errors import NoisyDEQError, did_you_mean
 from noisydeq.hardware import modes
-from noisydeq.hardware.controls import calibrate, device_layers  # noqa: F401 (moved)
+from noisydeq.hardware.controls import KEPT_DIGITAL, calibrate, device_layers  # noqa: F401 (moved)
 from noisydeq.hardware.gradient import input_peaks, straight_through  # noqa: F401 (moved)
 from noisydeq.hardware.layer import DeviceLayer
 
@@ -174,9 +174,13 @@ class Device:
         keep = check_digital_layers(model, digital_layers)
         out = copy.deepcopy(model)
         if isinstance(out, MAPPABLE):
-            return out if "" in keep else self.layer_class(self, out, "")
-        _check_mappable(out, keep)
-        _replace(out, self, prefix="", keep=keep)
+            if "" not in keep:
+                return self.layer_class(self, out, "")
+        else:
+            _check_mappable(out, keep)
+            _replace(out, self, prefix="", keep=keep)
+        # what a call that finds no device layer tells apart: deployed, every layer digital
+        setattr(out, KEPT_DIGITAL, tuple(sorted(keep)))
         return out
 
     def rechip(self, model: nn.Module) -> None:

@@ -14,10 +14,22 @@ from torch import Tensor, nn
 from noisydeq.hardware.layer import CALIB_ROWS, CALIB_SEED, DeviceLayer
 from noisydeq.noise import NoiseStream, seeded_generator
 
+#: attribute :meth:`~noisydeq.hardware.base.Device.deploy` sets on the model it returns: the
+#: qualified names of the modules it kept digital (a tuple; underscored, so no model
+#: configuration or cache key reads it)
+KEPT_DIGITAL = "_noisydeq_kept_digital"
+
 
 def device_layers(model: nn.Module) -> dict[str, DeviceLayer]:
     """All deployed layers of ``model`` by qualified name."""
     return {n: m for n, m in model.named_modules() if isinstance(m, DeviceLayer)}
+
+
+def kept_digital(model: nn.Module) -> tuple[str, ...] | None:
+    """The modules :meth:`~noisydeq.hardware.base.Device.deploy` kept digital in ``model``
+    (qualified names, sorted), or None when ``model`` is no model ``deploy`` returned."""
+    kept = getattr(model, KEPT_DIGITAL, None)
+    return tuple(kept) if isinstance(kept, tuple) else None
 
 
 def set_stream(model: nn.Module, stream: NoiseStream) -> None:

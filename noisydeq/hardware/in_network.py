@@ -47,6 +47,7 @@ from noisydeq.hardware import modes
 from noisydeq.hardware.controls import (
     calibrate,
     device_layers,
+    kept_digital,
     set_sample_snr,
     subsample_rows,
 )
@@ -183,6 +184,25 @@ def restored_streams(layers: dict[str, DeviceLayer]) -> Iterator[None]:
             layer._sample_controls = None
 
 
+def _no_device_layer(model: nn.Module) -> None:
+    """Say why :func:`calibrate_in_network` has nothing to calibrate in ``model``: refused
+    when ``model`` was never deployed (no device layer at all: a digital model, calibrated by
+    mistake); one warning line when :meth:`~noisydeq.hardware.base.Device.deploy` kept
+    every layer digital as asked (``digital_layers``: such a model runs exact, as chosen)."""
+    kept = kept_digital(model)
+    if kept is None:
+        raise NoisyDEQError(
+            f"calibrate_in_network: the {type(model).__name__} has no device layer (it was "
+            "never deployed): deploy it first, e.g. model = hardware.get_device('rram')"
+            ".deploy(model)")
+    from noisydeq import store
+
+    names = ", ".join(n or "the model itself" for n in kept) or "none"
+    store.warn(f"calibrate_in_network: every layer of the {type(model).__name__} was kept "
+               f"digital when it was deployed (digital_layers: {names}): it runs exact, "
+               "nothing to calibrate")
+
+
 def calibrate_in_network(
     model: nn.Module,
     x: Tensor,
@@ -211,7 +231,9 @@ def calibrate_in_network(
     (``layer.control_for``); its noise streams and per-sample targets are restored
     afterwards. ``spacing`` (dB): the levels run through the network are at least this far
     apart, those between them are interpolated (module docstring; 0: every level is run,
-    the estimator of calibration format 4).
+    the estimator of calibration format 4). A ``model`` with no device layer is refused
+    when it was never deployed, and told in one warning line when ``deploy`` kept every
+    layer digital (``digital_layers``): nothing is calibrated.
     """
     if rounds < 0 or draws < 1:
         raise NoisyDEQError(f"calibrate_in_network: rounds must be >= 0 and draws >= 1, got "
@@ -222,7 +244,10 @@ def calibrate_in_network(
     finite = sorted({float(v) for v in levels if math.isfinite(v)})
     layers = device_layers(model)
     report = NetworkReport(finite, rounds)
-    if not finite or not layers:
+    if not layers:
+        _no_device_layer(model)
+        return report
+    if not finite:
         return report
     if clean_start:
         calibrate(model, x)  # clean start: knobs on the clean activations

@@ -253,9 +253,7 @@ class CellRunner:
         """The readable cell files of this cell version outside the plan of ``models``, by
         (model id, weights, chip, content), with their keys: cells of other level chunks
         among them."""
-        from noisydeq.errors import NoisyDEQError
         from noisydeq.results import CELL_FORMAT
-        from noisydeq.store import read_signed_json
 
         rd = self.run_dir
         assert rd is not None
@@ -264,15 +262,8 @@ class CellRunner:
             return found
         known = {rd.cell_file_name(self.key(sm, chip, levels)) for sm in models
                  for chip in range(self.spec.chips) for levels in self.chunks}
-        for path in sorted(rd.cells.glob("*.json")):
-            if path.name in known:
-                continue
-            try:
-                record = read_signed_json(path, "cell file")
-            except NoisyDEQError:  # not a readable cell: served from never, left alone
-                continue
-            key = record.get("key")
-            old = CellKey.from_key(key) if isinstance(key, str) else None
+        for path, record in rd.stray_cells(known)[0]:  # no readable cell: served from never
+            old = CellKey.from_key(record["key"])
             if old is None or old.version != CELL_VERSION or record.get("format") != CELL_FORMAT:
                 continue
             found.setdefault((old.model_id, old.weights, old.chip, old.content),
@@ -394,7 +385,6 @@ class CellRunner:
         removing (:meth:`superseded`). A file that is no readable cell is left as it is
         and counted in a line of its own. Call it with the directory locked."""
         from noisydeq import store
-        from noisydeq.errors import NoisyDEQError
         from noisydeq.results import CELL_FORMAT
 
         rd = self.run_dir
@@ -413,19 +403,9 @@ class CellRunner:
                "plan's cells hold their rows)", "replaced": "replaced by the plan's cell of "
                "the same model, chip and levels (a recompute stopped before removing them)"}
         found: dict[str, int] = {}
-        unreadable = 0
-        for path in sorted(rd.cells.glob("*.json")):
-            if path.name in known:
-                continue
-            try:
-                record = store.read_signed_json(path, "cell file")
-            except NoisyDEQError:
-                record = {}
-            key = record.get("key")
-            if not isinstance(key, str) or not str(record.get("format", "")).startswith(
-                    "noisydeq-cell/"):
-                unreadable += 1  # not a cell this package wrote (or damaged): left alone
-                continue
+        cells, unreadable = rd.stray_cells(known)
+        for path, record in cells:
+            key = record["key"]
             old = CellKey.from_key(key)
             if record["format"] != CELL_FORMAT or old is None or old.version != CELL_VERSION:
                 reason = "format"

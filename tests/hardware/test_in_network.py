@@ -133,3 +133,50 @@ def test_interpolated_levels_agree_with_running_every_level(family) -> None:
             if math.isfinite(a):
                 worst = max(worst, abs(a - b))
     assert worst < 0.3, worst
+
+
+def _mlp() -> torch.nn.Module:
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Linear(6, 8), torch.nn.ReLU(), torch.nn.Linear(8, 3))
+
+
+def test_a_model_never_deployed_is_refused_in_one_line() -> None:
+    """No device layer at all: the model was never deployed, and calibrating it is a
+    mistake (it used to return an empty report without a word)."""
+    from noisydeq.errors import NoisyDEQError
+
+    model = _mlp()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(NoisyDEQError, match=r"the Sequential has no device layer \(it was "
+                       r"never deployed\): deploy it first") as err:
+        calibrate_in_network(model, torch.rand(16, 6), [10.0])
+    assert "\n" not in str(err.value)
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+    with pytest.raises(NoisyDEQError, match="never deployed"):  # whatever the levels
+        calibrate_in_network(model, torch.rand(16, 6), [math.inf])
+
+
+def test_a_model_deployed_with_every_layer_digital_is_told_in_one_warning(capsys) -> None:
+    """``deploy(digital_layers=...)`` naming every layer is a choice docs/devices.md allows
+    (the named modules stay exact): calibrating it runs, does nothing and says so once;
+    with one layer on the device it calibrates that layer without a word."""
+    x = torch.rand(16, 6)
+    device = hw.get_device("rram")
+    digital = device.deploy(_mlp(), digital_layers=["0", "2"]).eval()
+    capsys.readouterr()
+    report = calibrate_in_network(digital, x, [10.0], rounds=0)
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("noisydeq: warning: calibrate_in_network:")
+    assert "every layer of the Sequential was kept digital" in err
+    assert "(digital_layers: 0, 2)" in err and "nothing to calibrate" in err
+    assert report.levels == [10.0]
+    assert torch.equal(digital(x), _mlp()(x))  # exact, as deployed
+    one = device.deploy(_mlp(), digital_layers=["2"]).eval()
+    capsys.readouterr()
+    calibrate_in_network(one, x, [10.0], rounds=0)
+    assert capsys.readouterr().err == ""
+    assert 10.0 in one[0]._controls
+    alone = device.deploy(torch.nn.Linear(6, 3), digital_layers=[""])
+    capsys.readouterr()
+    calibrate_in_network(alone, x, [10.0], rounds=0)
+    assert "(digital_layers: the model itself)" in capsys.readouterr().err
