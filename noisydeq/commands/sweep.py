@@ -263,8 +263,8 @@ def execute(
 @click.option("--epochs", type=click.IntRange(min=0), default=None,
               help="Training epochs (default: the training preset's).")
 @click.option("--train-preset", default="quick", show_default=True,
-              help="quick (minutes on CPU) or paper (Tables 1-2); train takes the same "
-                   "option.")
+              help="quick (minutes on CPU), paper (Tables 1-2), adversarial (Tables "
+                   "5-6) or adversarial-quick; train takes the same option.")
 @click.option("--noise-site", type=click.Choice(["device", "signal", "state", "input"]),
               default="device", show_default=True,
               help="Where the swept SNR applies: the device's MVMs, or the paper's model noise.")

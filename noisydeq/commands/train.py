@@ -28,14 +28,14 @@ from noisydeq.commands.sweep import threads_flag
 from noisydeq.errors import NoisyDEQError
 from noisydeq.progress import with_heartbeat
 from noisydeq.runtime import resolve_torch_device
-from noisydeq.specs.base import build
+from noisydeq.specs.base import build, suggest_name
 from noisydeq.specs.cell import CELL_OPTIONS
 from noisydeq.specs.device_presets import HELD_QUANTITIES, check_held, load_spec
 from noisydeq.specs.family import FamilySpec
 from noisydeq.specs.model import LyapunovSpec, ModelSpec
 from noisydeq.specs.noise import NoiseSpec, parse_snr_value
 from noisydeq.specs.task_names import check_data_dir, check_task_name, refuse_data_dir
-from noisydeq.specs.training import TrainSpec
+from noisydeq.specs.training import TRAIN_PRESETS, TrainSpec
 from noisydeq.store import check_out_dir, make_dir
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -221,6 +221,9 @@ def command(**opts: Any) -> None:
     # torch-free checks of what _command reads after torch loads (seconds under load, when
     # the heartbeat would speak first): the training noise, learning rate and --out
     noise = _noise(opts["train_snr"], opts["train_site"], opts["snr_scale"])
+    if opts["preset"] not in TRAIN_PRESETS:  # named by its option, as sweep names it
+        raise NoisyDEQError(f"--train-preset: "
+                            f"{suggest_name('preset', opts['preset'], TRAIN_PRESETS)}")
     TrainSpec.preset(opts["preset"], "deq", noise, _names=TRAIN_OPTIONS,
                      **{k: opts[k] for k in ("epochs", "batch_size", "lr") if opts[k] is not None})
     if opts["out"]:
