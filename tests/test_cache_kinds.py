@@ -229,3 +229,60 @@ def test_clear_names_every_kind(capsys):
         assert ex.code == 2
     err = capsys.readouterr().err
     assert f"({', '.join(KINDS)})" in err and "figures, code" in err
+
+
+def test_entries_no_process_can_delete_share_one_line(filled, capsys, monkeypatch):
+    """A read-only cache (a lab's shared mount): prune and clear skip every entry for one
+    reason, which was one line per entry (a shared cache's thousands); now one line with the
+    count and the first few names, ``--json`` listing each as before."""
+    import errno
+
+    from noisydeq.cachedir import prune
+
+    cache, made, _, _ = filled
+
+    def read_only(entry):
+        raise OSError(errno.EROFS, os.strerror(errno.EROFS))
+
+    monkeypatch.setattr(prune, "_delete", read_only)
+    why = f"cannot be deleted ({os.strerror(errno.EROFS)})"
+    code, out = _cli(capsys, "cache", "prune", "--stale", "--cache", str(cache))
+    lines = out.splitlines()
+    assert code == 0 and lines[0].startswith("removed 0 entries"), out
+    skipped = [ln for ln in lines if ln.startswith("skipped ")]
+    assert len(skipped) == 1, out
+    assert skipped[0].startswith(f"skipped {len(made['stale'])} entries: {why}: ")
+    assert skipped[0].endswith(", … (--json lists them)") and skipped[0].count("/") == 3
+    code, out = _cli(capsys, "cache", "prune", "--stale", "--json", "--cache", str(cache))
+    assert [s["reason"] for s in json.loads(out)["skipped"]] == [why] * len(made["stale"])
+    code, out = _cli(capsys, "cache", "clear", "--kind", "chips", "--cache", str(cache))
+    chips = sorted(f"chips/{p.name}" for v in made.values() for p in v
+                   if p.parent.name == "chips")
+    assert len(chips) == 2 and out.splitlines()[1:] == [
+        f"skipped 2 entries: {why}: {', '.join(chips)}"], out
+    assert all(p.exists() for v in made.values() for p in v)
+
+
+def test_a_dry_run_on_a_cache_it_cannot_write_says_nothing_would_go(filled, capsys,
+                                                                     monkeypatch):
+    """``--dry-run`` deletes nothing to find out: on a cache this process cannot write it
+    said 'would remove' every stale entry, which the real prune then skipped one by one."""
+    import errno
+
+    cache, made, _, _ = filled
+    real = os.access
+
+    def access(path, mode, *a, **k):
+        if mode == os.W_OK and Path(path).resolve().is_relative_to(cache.resolve()):
+            return False
+        return real(path, mode, *a, **k)
+
+    monkeypatch.setattr(os, "access", access)
+    why = f"cannot be deleted ({os.strerror(errno.EACCES)})"
+    code, out = _cli(capsys, "cache", "prune", "--stale", "--dry-run", "--cache", str(cache))
+    lines = out.splitlines()
+    assert code == 0 and lines[0] == "would remove 0 entries, would free 0 B", out
+    assert lines[-1].startswith(f"skipped {len(made['stale'])} entries: {why}: "), out
+    monkeypatch.setattr(os, "access", real)
+    code, out = _cli(capsys, "cache", "prune", "--stale", "--dry-run", "--cache", str(cache))
+    assert out.startswith(f"would remove {len(made['stale'])} entries"), out

@@ -176,6 +176,32 @@ def test_lyapunov_experiment_validation(tmp_path):
         load_experiment(bad)
 
 
+@pytest.mark.parametrize(("tables", "variant"), [
+    ('[attack]\nvariants = ["plain", "both"]\n', "both"),
+    ('[device]\nsnr_db = "10"\n[device.groups]\nrram = ["lyadeq-orthogonal", "ffw"]\n',
+     "orthogonal"),
+])
+def test_an_orthogonal_head_wider_than_hidden_is_one_line_writing_nothing(
+        tmp_path, monkeypatch, capsys, tables, variant):
+    """The model refused it as it was built, after the run directory (its config.toml)
+    was made: the corrected file was then refused too ('holds another experiment')."""
+    from noisydeq import families
+    from noisydeq.cli import main
+
+    monkeypatch.setattr(families, "train_family", lambda *a, **k: pytest.fail("trained"))
+    monkeypatch.setenv("NOISYDEQ_CACHE", str(tmp_path / "cache"))
+    exp = tmp_path / "lya.toml"
+    exp.write_text(f'name = "lya"\ntask = "digits"\nseeds = [0]\nhidden = 8\n{tables}')
+    out = tmp_path / "run"
+    with pytest.raises(SystemExit) as exc:
+        main(["lyapunov", str(exp), "--out", str(out), "--quiet"])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and err.count("\n") == 1, err
+    assert (f"lyapunov variant '{variant}': an orthogonal head needs the task's 10 outputs "
+            "<= hidden (Z^T Z = I), got hidden = 8; set hidden >= 10") in err
+    assert not out.exists() and not (tmp_path / "cache").exists()
+
+
 @pytest.mark.slow
 def test_lyapunov_command_end_to_end(tmp_path, monkeypatch):
     monkeypatch.setenv("NOISYDEQ_CACHE", str(tmp_path / "cache"))

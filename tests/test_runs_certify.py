@@ -213,3 +213,19 @@ def test_a_certify_experiment_s_run_names_its_experiment(capsys, tmp_path, monke
     assert (info["kind"], info["status"], info["certified"], info["eps"]) == (
         "certify", "finished", "experiment t2", "0.05")
     assert len(info["models"]) == 2 and info["cells_complete"] == 2
+
+
+def test_a_measured_chip_is_named_as_a_chip_not_counted_as_chips(capsys, tmp_path, family):
+    """``--chip 0`` is chip 0's measured error, not zero chips: the table's ``chips`` column
+    (a sweep's or an attack's count) showed ``0`` for it (``3`` for ``--chip 3``); it is now
+    empty, the index in ``chip`` (``--json``) and in the line after the table."""
+    root = tmp_path / "runs"
+    certify(capsys, family, root / "chip", "--eps", "0.05", "--device", "rram", "--chip", "0")
+    run = listed(root)["chip"]
+    assert (run["chip"], run["chips"], run["device"]) == ("0", None, "rram")
+    lines = table(root)
+    head = lines[0].split()
+    row = next(ln for ln in lines if ln.startswith(f"{root / 'chip'} ")).split()
+    assert row[head.index("chips")] == "-", lines
+    assert any(ln.startswith(f"{root / 'chip'}: certify of ") and ", on rram chip 0, ε 0.05;"
+               in ln for ln in lines), lines

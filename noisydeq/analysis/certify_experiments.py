@@ -109,7 +109,8 @@ def table2_markdown(rows: list[dict[str, Any]]) -> str:
 def run_table2(exp: CertifyExperimentSpec, out: Path, *, data_dir: str | None = None,
                cache_dir: str | None = None, quiet: bool = True,
                echo: Callable[[str], None] = print,
-               backend: Any = None, prune: bool = False) -> CertifyResult:
+               backend: Any = None, prune: bool = False,
+               notes: Callable[[str], None] | None = None) -> CertifyResult:
     """Train, certify (resumable cells, :func:`~noisydeq.analysis.certify_run.certify_run`;
     on Ray with a Ray ``backend``, training staying in this process), write
     ``results.csv/parquet``, ``table2.md`` and the figure; ``prune``: then remove the cell
@@ -133,7 +134,7 @@ def run_table2(exp: CertifyExperimentSpec, out: Path, *, data_dir: str | None = 
     result = certify_run(models, plans, x, y, cspec, out,
                          lambda rows: _write_table2(exp, rows, out), echo=echo,
                          backend=backend, meta={"experiment": exp.name, "task": task.name},
-                         prune=prune)
+                         prune=prune, notes=notes)
     trained = sum(m.train_seconds for m in models)
     echo(f"{len(models)} models ({trained:.0f} s training), certified in "
          f"{time.perf_counter() - t0 - trained:.0f} s")

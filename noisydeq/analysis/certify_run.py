@@ -232,6 +232,7 @@ def certify_run(
     spec: Any, out: Path, write: Callable[[list[dict[str, Any]]], list[Path]], *,
     echo: Callable[[str], None] | None = None, backend: Any = None,
     meta: dict[str, Any] | None = None, prune: bool = False,
+    notes: Callable[[str], None] | None = None,
 ) -> CertifyResult:
     """Certify ``members`` (``plans`` from :func:`~noisydeq.analysis.certified.plan`) into
     the run directory ``out`` (module docstring), serving the cells it holds; then, still
@@ -239,7 +240,9 @@ def certify_run(
     their paths) and ``SHA256SUMS`` over them and ``meta.json``. ``backend``: a Ray
     :class:`~noisydeq.cluster.Backend` computes the missing cells there (its session
     joined by the caller). ``prune``: then remove the cell files no cell of this run reads
-    (:meth:`CertifyDir.others`; counted in :attr:`CertifyResult.other_cells` either way)."""
+    (:meth:`CertifyDir.others`; counted in :attr:`CertifyResult.other_cells` either way).
+    ``echo``: progress lines; ``notes`` (default ``echo``): the line on cells of other code
+    computed again, which a quiet run still says."""
     from noisydeq.analysis.certify_ray import certify_cells
 
     cells = plan_cells(members, plans, x, y, spec)
@@ -264,8 +267,9 @@ def certify_run(
             todo.append(c)
         note = other_code_note(rd.other_code, len(keys), rd.path,  # digital cells too
                                recorded="their code and weights")
-        if note and echo is not None:
-            echo(note)
+        say = notes or echo  # notes: the lines a quiet run still says (cells of other code)
+        if note and say is not None:
+            say(note)
 
         def saved(cell: CertifyCell, rows: list[dict[str, Any]]) -> None:
             rows = [{c: r[c] for c in COLUMNS} for r in rows]

@@ -558,6 +558,7 @@ def run_experiment(
     text = dumps_toml(spec)
     _check_config(out / "config.toml", text)
     task = load_task(spec.task, data_dir=spec.data_dir, seed=spec.seeds[0])
+    check_heads(spec, task, only)
     from noisydeq.runtime import read_only_cache
 
     if read_only_cache():  # every model, calibration and chip it needs, or one line
@@ -574,6 +575,28 @@ def run_experiment(
             device_rows = run_device(spec, out, task, progress, log)
             store.atomic_write_text(out / "device.csv", _csv(device_rows))
         return write_report(spec, out, attack_rows, device_rows)
+
+
+def check_heads(spec: LyapunovExperimentSpec, task: Any, only: str | None = None) -> None:
+    """Every LyaDEQ variant the run trains can be built for ``task``: an orthogonal head
+    (variants ``orthogonal`` and ``both``) needs the task's outputs <= ``hidden``, which the
+    model refuses as it is built — after the run directory was made, whose config.toml then
+    refused the corrected file ('holds another experiment'). One line, before anything."""
+    variants = set()
+    if spec.attack is not None and only in (None, "attack"):
+        variants |= set(spec.attack.variants)
+    if spec.device is not None and only in (None, "device"):
+        variants |= {"both" if g == "lyadeq" else g.removeprefix("lyadeq-")
+                     for groups in spec.device.groups.values() for g in groups
+                     if g.startswith("lyadeq")}
+    out_features = getattr(task, "out_features", None)
+    for variant in sorted(variants):
+        if (LyapunovSpec(variant=variant).uses_orthogonal and out_features is not None
+                and out_features > spec.hidden):
+            raise NoisyDEQError(
+                f"lyapunov variant '{variant}': an orthogonal head needs the task's "
+                f"{out_features} outputs <= hidden (Z^T Z = I), got hidden = {spec.hidden}; "
+                f"set hidden >= {out_features}")
 
 
 def check_read_only_cache(spec: LyapunovExperimentSpec, out: Path, task: Any,

@@ -19,6 +19,8 @@ unlinked (never through a link), after :func:`inventory.check_root`.
 
 from __future__ import annotations
 
+import errno
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -65,6 +67,23 @@ def _in_use(entry: Entry) -> str:
     return ""
 
 
+def _undeletable(entry: Entry) -> str:
+    """Why this process cannot delete ``entry`` (``""``: it may), as the deletion would say
+    it: its directory on a read-only file system, or not writable to this process — what a
+    dry run reports for a read-only cache (it deletes nothing to find out)."""
+    return _unwritable(entry.path if entry.kind == "models" else entry.path.parent)
+
+
+def _unwritable(where: Path) -> str:
+    """Why no file in directory ``where`` can be deleted by this process (``""``: it may)."""
+    try:
+        if os.statvfs(where).f_flag & os.ST_RDONLY:
+            return f"cannot be deleted ({os.strerror(errno.EROFS)})"
+    except (OSError, AttributeError):  # no statvfs (Windows): the access check alone
+        pass
+    return "" if os.access(where, os.W_OK) else f"cannot be deleted ({os.strerror(errno.EACCES)})"
+
+
 def _delete(entry: Entry) -> str:
     """Delete ``entry`` (a model's directory under its lock); why it was not, or ``""``."""
     if entry.kind != "models":
@@ -97,13 +116,13 @@ def remove(entries: list[Entry], dry_run: bool = False, inv: Inventory | None = 
     for kind, path, size, stale in inv.temps if inv is not None else ():
         if stale and (not kinds or kind in kinds) and store.stale_temp(path):
             try:
-                if dry_run or store.remove_file(path):
+                if (not _unwritable(path.parent) if dry_run else store.remove_file(path)):
                     out.temps.append((path, size))
             except OSError:
                 continue
     for entry in entries:
         try:
-            why = _in_use(entry) if dry_run else _delete(entry)
+            why = (_undeletable(entry) or _in_use(entry)) if dry_run else _delete(entry)
         except OSError as err:
             why = f"cannot be deleted ({err.strerror or err})"
         if why:

@@ -173,8 +173,32 @@ def _report(outcome: Any, dry_run: bool, as_json: bool) -> None:
         t = len(outcome.temps)
         click.echo(f"{verb} {t} temporary file{'s' * (t != 1)} left by killed writers "
                    f"({fmt_bytes(sum(n for _, n in outcome.temps))})")
-    for entry, why in outcome.skipped:
-        click.echo(f"skipped {entry.name}: {why}")
+    for line in _skipped_lines(outcome.skipped):
+        click.echo(line)
+
+
+#: entries named on one "skipped" line for one reason (``--json`` lists every one)
+_NAMED = 3
+
+
+def _skipped_lines(skipped: list[tuple[Any, str]]) -> list[str]:
+    """A line per skipped entry, except that the entries no process could delete for one
+    reason (a read-only cache: every entry ``cannot be deleted (Read-only file system)``)
+    share one line, naming the first few: a lab's shared cache listed each of them."""
+    lines, stuck = [], {}
+    for entry, why in skipped:
+        if why.startswith("cannot be deleted"):
+            stuck.setdefault(why, []).append(entry.name)
+        else:
+            lines.append(f"skipped {entry.name}: {why}")
+    for why, names in stuck.items():
+        if len(names) == 1:
+            lines.append(f"skipped {names[0]}: {why}")
+            continue
+        shown = ", ".join(names[:_NAMED]) + (", … (--json lists them)"
+                                            if len(names) > _NAMED else "")
+        lines.append(f"skipped {len(names)} entries: {why}: {shown}")
+    return lines
 
 
 def _prune(ctx: click.Context, kinds: tuple, stale: bool,

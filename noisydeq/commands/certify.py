@@ -243,8 +243,13 @@ def _models(source: Path, out: Path, spec, opts: dict[str, Any], echo
                            f"{task.name}: certify {source.name}"),
         ], echo=echo, backend=opts["backend"],
             meta={"task": task.name, "source": str(source.resolve())},
-            prune=opts["prune"])
+            prune=opts["prune"], notes=_note)
     return result.rows, result.files, cells_line(result, out)
+
+
+def _note(line: str) -> None:
+    """What --quiet and --json still say, on stderr: cells of other code computed again."""
+    click.echo(line, err=True)
 
 
 def _eps_train(train: dict[str, Any]) -> float:
@@ -307,7 +312,7 @@ def _experiment(exp, out: Path, opts: dict[str, Any], echo
     with session(opts["backend"]):  # unreachable: one line, before training writes
         result = run_table2(exp, out, data_dir=opts["data_dir"],
                             quiet=not bars, echo=echo, backend=opts["backend"],
-                            prune=opts["prune"])
+                            prune=opts["prune"], notes=_note)
     return result.rows, result.files, cells_line(result, out)
 
 

@@ -300,7 +300,8 @@ def _grid_cells(run: Path, grid: set[str] | None) -> tuple[dict[str, int | None]
 def _describe_certify(run: Path, info: dict[str, Any]) -> dict[str, Any]:
     """A certify run (``noisydeq certify --out``), from its meta.json and cell files alone
     (no model read): what it certified (``certified``: the source, or the experiment), its
-    models' labels, task, device (``-``: the digital weights alone), chip, PGD seed and ε
+    models' labels, task, device (``-``: the digital weights alone), chip (``chip``: a
+    measured chip's index; ``chips`` stays empty, a count of the other kinds), PGD seed and ε
     grid; its cells complete, missing and of no current grid; and its status by the rules
     of the other kinds — damaged when meta.json, a cell of its grid or a table fails its
     check, finished when its table is written and sealed (its grid complete), else partial
@@ -324,7 +325,9 @@ def _describe_certify(run: Path, info: dict[str, Any]) -> dict[str, Any]:
     info.update({
         "task": _compact(meta.get("task", "")), "device": settings.get("device"),
         "noise_site": None, "depths": None, "snr_db": None,
-        "chips": None if chip is None else _compact(chip),
+        # the chips column counts a sweep's or an attack's simulated chips; a certify run's
+        # envelope covers every chip, or one measured chip (``chip``: its index)
+        "chips": None, "chip": None if chip is None else _compact(chip),
         "seeds": _compact(settings.get("seed", "")), "train_snr_db": None,
         "eps": _compact(settings.get("eps", "")),
         "certified": meta.get("source") or (f"experiment {experiment}" if experiment
@@ -347,7 +350,7 @@ def _certify_note(i: dict[str, Any]) -> str:
     shown = ", ".join(models[:3]) + (f", … ({len(models)} models)" if len(models) > 3 else "")
     what = f"certify of {i.get('certified') or '?'}" + (f" ({shown})" if shown else "")
     if i.get("device"):
-        where = f"on {i['device']}" + (f" chip {i['chips']}" if i.get("chips") else "")
+        where = f"on {i['device']}" + (f" chip {i['chip']}" if i.get("chip") else "")
     else:
         where = "digital weights only"
     if i.get("cells_complete") is None:

@@ -82,6 +82,9 @@ DEVICE_ONLY = ("chip", "coverage", "k", "dynamic", "read_k")
 #: the CertifySpec fields that shape only the model envelope (Wan-2022, ``k`` from
 #: ``coverage``): a measured chip's envelope (``chip``) ignores them
 MODEL_ENVELOPE_ONLY = ("coverage", "k")
+#: the CertifySpec fields that shape only the per-read (dynamic) bound: without ``dynamic``
+#: the envelope is static and ignores them
+DYNAMIC_ONLY = ("read_k",)
 
 
 def check_device_options(spec: CertifySpec, names: dict[str, str] | None = None,
@@ -90,7 +93,8 @@ def check_device_options(spec: CertifySpec, names: dict[str, str] | None = None,
     (:data:`DEVICE_ONLY` set — ``coverage`` given at all, the others on): they would change
     nothing. ``names``: a field's name as the user wrote it (``--k``, ``[certify] k``);
     ``device``: how the device is given there (``--device``). With a device, ``coverage``
-    or ``k`` given beside ``chip`` is refused too (:data:`MODEL_ENVELOPE_ONLY`)."""
+    or ``k`` given beside ``chip`` is refused too (:data:`MODEL_ENVELOPE_ONLY`), and
+    ``read_k`` without ``dynamic`` (:data:`DYNAMIC_ONLY`)."""
     def given(fields: tuple[str, ...]) -> list[str]:
         return [f for f in fields
                 if f in spec.model_fields_set and getattr(spec, f) is not None
@@ -101,13 +105,18 @@ def check_device_options(spec: CertifySpec, names: dict[str, str] | None = None,
         return ", ".join((names or {}).get(f, f) for f in fields), it, s
 
     if spec.device is not None:
-        if spec.chip is None or not given(MODEL_ENVELOPE_ONLY):
-            return
-        text, it, s = what(given(MODEL_ENVELOPE_ONLY))
-        raise NoisyDEQError(
-            f"{text} with {(names or {}).get('chip', 'chip')}: {it} shape{s} the model "
-            f"envelope, and a measured chip's envelope is the chip's own error, with no "
-            f"coverage or k ({it} would change nothing)")
+        if spec.chip is not None and given(MODEL_ENVELOPE_ONLY):
+            text, it, s = what(given(MODEL_ENVELOPE_ONLY))
+            raise NoisyDEQError(
+                f"{text} with {(names or {}).get('chip', 'chip')}: {it} shape{s} the model "
+                f"envelope, and a measured chip's envelope is the chip's own error, with no "
+                f"coverage or k ({it} would change nothing)")
+        if given(DYNAMIC_ONLY) and not spec.dynamic:
+            dynamic = (names or {}).get("dynamic", "dynamic")
+            raise NoisyDEQError(
+                f"{what(given(DYNAMIC_ONLY))[0]} needs {dynamic}: it bounds each read's "
+                f"noise, which only {dynamic} adds to the envelope (it would change nothing)")
+        return
     if given(DEVICE_ONLY):
         text, it, s = what(given(DEVICE_ONLY))
         raise NoisyDEQError(

@@ -142,12 +142,12 @@ class SweepSpec(FamilyChoices):
                                 ("train_adc_gain", "step"), ("train_drift_alpha", "step"),
                                 ("train_programming", "step"), ("train_calibration", "epoch")):
                 if getattr(self, name) != unset:
-                    raise ValueError(f"{name}: set for a training device, but train_device "
-                                     "names none")
+                    raise ValueError(f"{name}: set for a training device, but none is "
+                                     "given (--train-device, train_device)")
         elif self.train_calibration != "epoch" and not self.train_device_snr_db:
-            raise ValueError("train_calibration: calibrates the training device to "
-                             "train_device_snr_db; at the native SNR (no train_device_snr_db) "
-                             "nothing is calibrated")
+            raise ValueError("train_calibration: calibrates the training device to its SNR "
+                             "(--train-device-snr, train_device_snr_db); at the native SNR "
+                             "(none given) nothing is calibrated")
         return self
 
     def training_devices(self) -> list[tuple[str | None, float | None]]:

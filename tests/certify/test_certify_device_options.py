@@ -169,3 +169,33 @@ def test_an_experiment_s_coverage_or_k_beside_a_chip_is_one_line_naming_where(
     prefix = "" if argv else f"{exp}: "
     one_line_error(code, err, f"{prefix}{named}", "(it would change nothing)")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["t2.toml"]
+
+
+@pytest.mark.parametrize("argv", [["--read-noise-k", "2"],
+                                  ["--read-noise-k", "2", "--chip", "0"],
+                                  ["--read-noise-k", "2", "--k", "0.5"]])
+def test_read_noise_k_without_dynamic_is_one_line(capsys, tmp_path, argv):
+    """``--read-noise-k`` bounds only the per-read noise of ``--dynamic``: with a device but
+    a static envelope it was accepted, changing no row, only the cells' keys and --out."""
+    out = tmp_path / "out"
+    (tmp_path / "fam").mkdir()
+    code, _, err = run_certify(capsys, str(tmp_path / "fam"), "--out", str(out),
+                               "--device", "rram", *argv)
+    one_line_error(code, err, "error: --read-noise-k needs --dynamic: it bounds each read's "
+                   "noise", "(it would change nothing)")
+    assert not out.exists()
+
+
+def test_read_noise_k_without_dynamic_is_refused_by_the_api_and_the_file(
+        capsys, tmp_path, monkeypatch):
+    with pytest.raises(NoisyDEQError, match="^read_k needs dynamic: "):
+        check_device_options(CertifySpec(device="rram", read_k=2.0))
+    check_device_options(CertifySpec(device="rram", dynamic=True, read_k=2.0))
+    from noisydeq import families
+
+    monkeypatch.setattr(families, "train_family", lambda *a, **k: pytest.fail("trained"))
+    exp = tmp_path / "t2.toml"
+    exp.write_text(TABLE + 'device = "rram"\nread_k = 2.0\n', encoding="utf-8")
+    code, _, err = run_certify(capsys, str(exp), "--out", str(tmp_path / "run"), "--quiet")
+    one_line_error(code, err, f"{exp}: [certify] read_k needs [certify] dynamic: ")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["t2.toml"]

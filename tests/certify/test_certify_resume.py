@@ -148,6 +148,23 @@ def test_cells_of_other_code_are_computed_again_with_a_note(capsys, tmp_path, fa
     assert f"note: 2 of 2 cells in {out} were computed by other noisydeq code" in err
 
 
+@pytest.mark.parametrize("flag", ["--quiet", "--json"])
+def test_a_quiet_run_still_says_its_cells_of_other_code(capsys, tmp_path, family, monkeypatch,
+                                                        flag):
+    """--quiet ('no per-model lines') and --json hid the line, so a resume after an upgrade
+    computed every cell again unsaid (noisydeq attack --quiet says it)."""
+    from noisydeq import fingerprint
+
+    out = tmp_path / "out"
+    certify(capsys, family, out, "--eps", "0.05")
+    monkeypatch.setattr(fingerprint, "code_fingerprint", lambda *kind: "0" * 16)
+    code, stdout, err = run_certify(capsys, str(family), "--out", str(out), "--n-test", "30",
+                                    "--pgd-steps", "2", "--threads", "1", "--eps", "0.05", flag)
+    assert code == 0, err
+    assert f"note: 2 of 2 cells in {out} were computed by other noisydeq code" in err, err
+    assert "computed by other" not in stdout
+
+
 def test_a_device_run_of_other_code_counts_its_digital_cells_too(capsys, tmp_path, family,
                                                                   monkeypatch):
     """A device run's cells and their digital cells, all of other code: '4 of 4 cells' are

@@ -159,11 +159,19 @@ def test_train_cli_refusals_are_one_line(tmp_path, monkeypatch, capsys, args,
                              *args], tmp_path, monkeypatch, capsys, message)
 
 
-def test_sweep_cli_refusal_is_one_line(tmp_path, monkeypatch, capsys) -> None:
+@pytest.mark.parametrize(("args", "message"), [
+    (["--train-device", "rram", "--train-device-snr", "10", "--train-device-calibration",
+      "often"], "--train-device-calibration: want 'epoch', 'step'"),
+    # the options a command-line user gives are named, not the spec fields alone
+    (["--train-device-calibration", "step"], "--train-device-calibration: set for a training "
+     "device, but none is given (--train-device, train_device)"),
+    (["--train-device", "rram", "--train-device-calibration", "step"],
+     "--train-device-calibration: calibrates the training device to its SNR "
+     "(--train-device-snr, train_device_snr_db)"),
+])
+def test_sweep_cli_refusal_is_one_line(tmp_path, monkeypatch, capsys, args, message) -> None:
     refused_writing_nothing(["sweep", "--task", "digits", "--depths", "1", "--snr", "10",
-                             "--train-device", "rram", "--train-device-snr", "10",
-                             "--train-device-calibration", "often"], tmp_path, monkeypatch,
-                            capsys, "--train-device-calibration: want 'epoch', 'step'")
+                             *args], tmp_path, monkeypatch, capsys, message)
 
 
 def test_resumed_training_ends_with_the_same_weights_and_differs_from_per_epoch(
