@@ -208,7 +208,8 @@ def command(family, attacks, eps, pgd_steps, steps, steps_eps, sigma, fraction, 
     if as_json:
         click.echo(json.dumps({**report, "whitebox": res.whitebox}, indent=2, default=str))
         return
-    _summary(res.whitebox, spec.steps_eps, getattr(task, "metric_name", "accuracy"))
+    _summary(res.whitebox, spec.steps_eps, getattr(task, "metric_name", "accuracy"),
+             uses=_steps_eps_uses(spec, "steps_eps" in parse_sets(sets)))
     resumed = f", {res.skipped_cells} resumed" if res.skipped_cells else ""
     click.echo(f"cells: {res.computed_cells} computed{resumed}; {seconds:.1f} s")
     click.echo(f"results: {res.run_dir.csv_path}\n         {res.run_dir.parquet_path}")
@@ -219,18 +220,35 @@ def command(family, attacks, eps, pgd_steps, steps, steps_eps, sigma, fraction, 
     sys.stdout.flush()
 
 
+def _steps_eps_uses(spec: AttackRunSpec, set_given: bool = False) -> list[str] | None:
+    """What ran at ``--steps-eps`` besides the summary, for the off-grid line: the
+    pgd-steps curve, the early-state selection; ``None`` where nothing did and the user
+    never gave it (the default ε then says nothing the user asked about: no line)."""
+    uses = (["the pgd-steps curve"] if "pgd-steps" in spec.attacks else []) + (
+        ["the early-state selection"]
+        if any(d.split(":")[0] == "early" for d in spec.defences) else [])
+    ctx = click.get_current_context(silent=True)
+    given = set_given or (ctx is not None and ctx.get_parameter_source("steps_eps") not in (
+        click.core.ParameterSource.DEFAULT, click.core.ParameterSource.DEFAULT_MAP, None))
+    return uses if (uses or given) else None
+
+
 def _summary(whitebox: list[dict[str, Any]], steps_eps: float,
-             metric: str = "accuracy") -> None:
+             metric: str = "accuracy", uses: list[str] | None = None) -> None:
     """The white-box table (``whitebox.csv``) at its ε: ``--steps-eps``, or the point of the
-    ε grid nearest to it (said in one line); one line why where there is none."""
+    ε grid nearest to it; one line why where there is none. The off-grid case is said in
+    one line where ``uses`` is not None (the user gave ``--steps-eps``, or something else
+    ran at it: ``uses`` names those), never for an untouched default."""
     if not whitebox:
         click.echo("(no white-box summary: no attack ran over the --eps grid; pgd-eps, "
                    "ifgsm, aa, aa-rand, apgd-ce, apgd-t, fab and square do)")
         return
     eps = whitebox[0]["eps"]
-    if abs(eps - steps_eps) > 1e-12:
-        click.echo(f"(--steps-eps {steps_eps:g} is not on the --eps grid: the summary is at "
-                   f"its nearest point)")
+    if abs(eps - steps_eps) > 1e-12 and uses is not None:
+        ran = f"; {' and '.join(uses)} ran at ε = {steps_eps:g}" if uses else ""
+        click.echo(f"(--steps-eps {steps_eps:g} is not on the --eps grid: the summary below "
+                   f"is at its nearest point, ε = {eps:g}{ran}; add {steps_eps:g} to --eps "
+                   f"for a summary at ε = {steps_eps:g})")
     what = "MSE, lower is better: worst = largest" if metric == "mse" else "accuracy"
     click.echo(f"white-box robustness at ε = {eps:g} (per defence: worst attack / estimator; "
                f"robustness = best defence, marked *; {what})")

@@ -347,3 +347,47 @@ def test_a_steps_eps_off_the_grid_still_gets_a_summary_and_a_run_without_noise_s
     assert code == 0, err
     lines = [ln for ln in stdout.splitlines() if "white-box" in ln and "summary" in ln]
     assert len(lines) == 1 and "no attack ran over the --eps grid" in lines[0], stdout
+
+
+def test_the_off_grid_steps_eps_line_only_where_it_tells_the_user_something(capsys):
+    """The default --steps-eps 0.3 off a user's --eps grid printed "(--steps-eps 0.3 is not
+    on the --eps grid …)" though nothing ran at 0.3 and the user never named it: the line
+    now comes where the user gave --steps-eps (--set too), or the pgd-steps curve or the
+    early-state selection ran at it, and says what ran at which ε."""
+    import click
+    from click.core import ParameterSource
+
+    from noisydeq.attacks.grid import AttackRunSpec
+    from noisydeq.commands.attack import _steps_eps_uses, _summary
+    from noisydeq.commands.attack import command as attack_command
+    from noisydeq.specs.base import build
+
+    rows = [{"eps": 0.25, "snr_db": float("inf"), "chip": 0, "worst_value": 0.5,
+             "worst_attack": "PGD-10 / exact", "best_defence": "final",
+             "model_id": "deq-d1-w128-s0-tinf", "mode": "white-box", "defence": "final"}]
+
+    def spec(**kw):
+        return build(AttackRunSpec, {"family": "x", **kw})
+
+    with click.Context(attack_command) as ctx:
+        ctx.set_parameter_source("steps_eps", ParameterSource.DEFAULT)
+        assert _steps_eps_uses(spec(attacks="pgd-eps", eps="0,0.25")) is None
+        assert _steps_eps_uses(spec(attacks="pgd-eps"), set_given=True) == []
+        assert _steps_eps_uses(spec()) == ["the pgd-steps curve"]
+        assert _steps_eps_uses(spec(attacks="pgd-eps", defences="final,early")) == [
+            "the early-state selection"]
+        ctx.set_parameter_source("steps_eps", ParameterSource.COMMANDLINE)
+        assert _steps_eps_uses(spec(attacks="pgd-eps")) == []
+    _summary(rows, 0.3, uses=None)
+    out = capsys.readouterr().out
+    assert "steps-eps" not in out and "white-box robustness at ε = 0.25" in out, out
+    _summary(rows, 0.3, uses=[])
+    first = capsys.readouterr().out.splitlines()[0]
+    assert first == ("(--steps-eps 0.3 is not on the --eps grid: the summary below is at "
+                     "its nearest point, ε = 0.25; add 0.3 to --eps for a summary at "
+                     "ε = 0.3)"), first
+    _summary(rows, 0.3, uses=["the pgd-steps curve"])
+    first = capsys.readouterr().out.splitlines()[0]
+    assert "ε = 0.25; the pgd-steps curve ran at ε = 0.3; add 0.3" in first, first
+    _summary([{**rows[0], "eps": 0.3}], 0.3, uses=[])
+    assert "steps-eps" not in capsys.readouterr().out
