@@ -248,7 +248,7 @@ def test_entries_no_process_can_delete_share_one_line(filled, capsys, monkeypatc
     why = f"cannot be deleted ({os.strerror(errno.EROFS)})"
     code, out = _cli(capsys, "cache", "prune", "--stale", "--cache", str(cache))
     lines = out.splitlines()
-    assert code == 0 and lines[0].startswith("removed 0 entries"), out
+    assert code == 2 and lines[0].startswith("removed 0 entries"), out
     skipped = [ln for ln in lines if ln.startswith("skipped ")]
     assert len(skipped) == 1, out
     assert skipped[0].startswith(f"skipped {len(made['stale'])} entries: {why}: ")
@@ -261,6 +261,59 @@ def test_entries_no_process_can_delete_share_one_line(filled, capsys, monkeypatc
     assert len(chips) == 2 and out.splitlines()[1:] == [
         f"skipped 2 entries: {why}: {', '.join(chips)}"], out
     assert all(p.exists() for v in made.values() for p in v)
+
+
+def test_a_prune_or_clear_that_could_not_delete_what_was_due_fails(filled, capsys,
+                                                                   monkeypatch):
+    """On a cache this process cannot write, prune and clear ended 'removed 0 entries' with
+    exit 0 though entries were due and every one was skipped: now the report, then one
+    line on stderr saying how many of those due were skipped and why, exit 2 (``--json``
+    too); ``--dry-run`` deletes nothing, so it stays 0; an entry another process uses is
+    no failure (tested above: exit 0)."""
+    import errno
+
+    from noisydeq.cachedir import prune
+
+    cache, made, _, _ = filled
+    n = len(made["stale"])
+
+    def read_only(entry):
+        raise OSError(errno.EROFS, os.strerror(errno.EROFS))
+
+    monkeypatch.setattr(prune, "_delete", read_only)
+    why = f"cannot be deleted ({os.strerror(errno.EROFS)})"
+
+    def cli(*args):
+        try:
+            main(list(args))
+            code = 0
+        except SystemExit as ex:
+            code = ex.code
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    code, out, err = cli("cache", "prune", "--stale", "--cache", str(cache))
+    assert code == 2 and out.startswith("removed 0 entries"), out
+    assert err.strip() == (f"noisydeq: error: cache prune: {n} of {n} entries due for "
+                           f"removal were skipped: {why}; the cache is not writable by this "
+                           "process"), err
+    code, out, err = cli("cache", "clear", "--kind", "chips", "--json", "--cache", str(cache))
+    assert code == 2 and len(json.loads(out)["skipped"]) == 2, out
+    assert "cache clear: 2 of 2 entries due for removal were skipped" in err, err
+    code, out, err = cli("cache", "prune", "--stale", "--dry-run", "--cache", str(cache))
+    assert code == 0 and not err and out.startswith(f"would remove {n} entries"), (out, err)
+    calls = []
+
+    def some(entry):  # one entry deletable (its file kept here), the rest not
+        calls.append(entry)
+        if len(calls) > 1:
+            read_only(entry)
+        return ""
+
+    monkeypatch.setattr(prune, "_delete", some)
+    code, out, err = cli("cache", "prune", "--stale", "--cache", str(cache))
+    assert code == 2 and out.startswith("removed 1 entry"), out
+    assert f"cache prune: {n - 1} of {n} entries due for removal were skipped" in err, err
 
 
 def test_a_dry_run_on_a_cache_it_cannot_write_says_nothing_would_go(filled, capsys,

@@ -207,7 +207,18 @@ def _prune(ctx: click.Context, kinds: tuple, stale: bool,
 
     as_json = as_json or (ctx.obj or {}).get("json", False)
     inv = _scanned()
-    _report(remove(select(inv, kinds, stale, older_than), dry_run, inv, kinds), dry_run, as_json)
+    due = select(inv, kinds, stale, older_than)
+    outcome = remove(due, dry_run, inv, kinds)
+    _report(outcome, dry_run, as_json)
+    stuck = [why for _, why in outcome.skipped if why.startswith("cannot be deleted")]
+    if stuck and not dry_run:
+        # entries were due and this process could not delete them (a read-only cache): the
+        # command did not do what was asked, so it fails (exit 2), after the report; entries
+        # another process was using are not a failure (the next prune takes them)
+        why = stuck[0] if len(set(stuck)) == 1 else "cannot be deleted"
+        cmd = "prune" if stale or older_than is not None else "clear"
+        raise NoisyDEQError(f"cache {cmd}: {len(stuck)} of {len(due)} entries due for removal "
+                            f"were skipped: {why}; the cache is not writable by this process")
 
 
 _KIND = click.option("--kind", "kinds", multiple=True, callback=_kinds, metavar="K",
