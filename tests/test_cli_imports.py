@@ -136,7 +136,7 @@ print(json.dumps([code, bool(seen), late]))
     (["certify", "{d}", "--k", "1"], "--k needs --device"),
     (["certify", "certify-mnist", "--eps", "x"], "'x' is not a number"),
     (["certify", "{d}/bad-certify.toml"], "[certify]: eps"),
-    (["certify", "{d}/certify.toml", "--n-test", "0"], "command line: --n-test: must be ≥ 1"),
+    (["certify", "{d}/certify.toml", "--n-test", "0"], "command line: --inputs: must be ≥ 1"),
     # a --device preset is read torch-free (specs.device_presets), by every command taking it
     (["certify", "{d}", "--device", "nope"], "unknown device 'nope'"),
     (["certify", "{d}", "--device", "photonic"], "certify supports rram envelopes and ideal"),

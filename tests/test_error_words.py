@@ -89,7 +89,9 @@ def _one_line(argv, tmp_path, monkeypatch, capsys) -> str:
     # should be greater than or equal to 1", "--optimizer: gamma: …")
     (["sweep", "--threads", "0"], "--threads '0': expected auto, N"),
     (["sweep", "--jobs", "x"], "--jobs 'x': expected auto"),
-    (["certify", "{d}", "--n-test", "0"], "certify: --n-test: must be ≥ 1, got 0"),
+    (["certify", "{d}", "--inputs", "0"], "certify: --inputs: must be ≥ 1, got 0"),
+    # the older spelling is the same option, named by its documented spelling
+    (["certify", "{d}", "--n-test", "0"], "certify: --inputs: must be ≥ 1, got 0"),
     (["train", "--lr", "-1"], "train preset 'quick': --lr: must be > 0, got -1.0"),
     (["train", "--lr-gamma", "2"], "train: --lr-gamma: must be ≤ 1, got 2.0"),
     (["sweep", "--chips", "20000"], "sweep: --chips: must be ≤ 10000, got 20000"),

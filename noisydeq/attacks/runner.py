@@ -368,7 +368,7 @@ def validate(spec: AttackRunSpec, task: Any, members: Sequence[AttackMember]) ->
     n_test = len(task.x_test)
     if spec.samples + spec.val_samples > n_test:
         raise NoisyDEQError(
-            f"--samples {spec.samples} + --val-samples {spec.val_samples} exceed the "
+            f"--inputs {spec.samples} + --val-samples {spec.val_samples} exceed the "
             f"{n_test} test inputs of '{task.name}' (the two splits must be disjoint)"
         )
     lo, hi = float(task.x_test.min()), float(task.x_test.max())

@@ -113,8 +113,10 @@ def _per_position_attacks(spec: AttackRunSpec, task: Any) -> dict[str, Any]:
               help="also judge examples crafted on the noise-free digital twin.")
 @click.option("--train-noise/--no-train-noise", default=True, show_default=True,
               help="models trained with noise on x or z (a defence) run with it at inference.")
-@click.option("--samples", type=click.IntRange(min=1), default=200, show_default=True,
-              help="test inputs attacked (the first of the test split).")
+@click.option("--inputs", "--samples", "samples", type=click.IntRange(min=1), default=200,
+              show_default=True,
+              help="test inputs attacked (the first of the test split; --samples: the same "
+                   "option, its older spelling).")
 @click.option("--val-samples", type=click.IntRange(min=0), default=100, show_default=True,
               help="validation inputs (the last of the test split) for the early state.")
 @click.option("--seed", type=int, default=0, show_default=True,

@@ -43,8 +43,9 @@ _SETTINGS = {"eps": "eps", "device": "device", "chip": "chip", "coverage": "cove
              "k": "k", "dynamic": "dynamic", "read_noise_k": "read_k", "n_test": "n_test",
              "batch_size": "batch_size", "pgd_steps": "pgd_steps",
              "pgd_restarts": "pgd_restarts", "clip": "clip", "seed": "seed"}
-#: a CertifySpec field by the option that sets it, for its error messages (``--n-test``)
-OPTION_NAMES = {key: "--" + opt.replace("_", "-") for opt, key in _SETTINGS.items()}
+#: a CertifySpec field by the option that sets it, for its error messages (``--inputs``)
+OPTION_NAMES = {key: "--" + opt.replace("_", "-") for opt, key in _SETTINGS.items()} | {
+    "n_test": "--inputs"}
 
 
 def _given(opts: dict[str, Any]) -> dict[str, Any]:
@@ -116,7 +117,9 @@ def _writable(out: Path) -> None:
               help="also bound each read's DAC/ADC rounding and read noise.")
 @click.option("--read-noise-k", type=float, default=None,
               help="with --dynamic: read noise within this many σ (it is Gaussian).")
-@click.option("--n-test", type=int, default=None, help="first N test samples (default all).")
+@click.option("--inputs", "--n-test", "n_test", type=int, default=None,
+              help="test inputs: the first N of the test split (default all; --n-test: the "
+                   "same option, its older spelling).")
 @click.option("--batch-size", type=int, default=500, show_default=True,
               help="test samples bounded per batch.")
 @click.option("--pgd-steps", type=int, default=20, show_default=True,

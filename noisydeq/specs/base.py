@@ -215,7 +215,7 @@ def _is_int(annotation: Any) -> bool:
 
 def _error_text(e: Any, model: type[BaseModel], names: dict[str, str] | None = None) -> str:
     """One pydantic error (an item of ``ValidationError.errors()``) in words; ``names`` maps
-    a key (or dotted key path) to what the user wrote for it (``n_test`` → ``--n-test``,
+    a key (or dotted key path) to what the user wrote for it (``n_test`` → ``--inputs``,
     ``ibp.eps`` → ``--ibp-eps``)."""
     loc = tuple(e["loc"])
     parts, names = [str(p) for p in loc], names or {}

@@ -116,9 +116,41 @@ def test_the_walk_finds_every_command_and_enough_options():
             "table", "compare", "lyapunov", "cache", "run", "study",
             "adversarial"} <= commands, commands
     flags = {(path, flag) for path, flag, _ in CASES}
-    assert {("certify", "--n-test"), ("train", "--lr"), ("sweep", "--noise-site"),
+    assert {("certify", "--inputs"), ("train", "--lr"), ("sweep", "--noise-site"),
             ("cache prune", "--older-than"), ("", "--tracker")} <= flags
     assert len(CASES) >= 100, len(CASES)
+
+
+def test_every_command_spells_its_test_input_count_inputs():
+    """The number of test inputs was ``--n-test`` in certify, ``--samples`` in attack and
+    ``--inputs`` in sensitivity, spectrum and solvers: every option whose help says it
+    counts test inputs is now ``--inputs`` first (help and errors name that), the older
+    spellings the same option, documented in its help."""
+    found, ctx = {}, click.Context(cli)
+
+    def walk(group, prefix):
+        for name in group.list_commands(ctx):
+            cmd = group.get_command(ctx, name)
+            if isinstance(cmd, click.Group):
+                walk(cmd, f"{prefix}{name} ")
+                continue
+            for p in cmd.params:
+                if isinstance(p, click.Option) and (p.help or "").startswith("test inputs"):
+                    found[prefix + name] = p
+
+    walk(cli, "")
+    assert {"attack", "certify", "sensitivity", "spectrum", "solvers"} <= set(found), found
+    assert all(p.opts[0] == "--inputs" for p in found.values()), {
+        k: p.opts for k, p in found.items()}
+    old = {"attack": "--samples", "certify": "--n-test"}
+    for name, p in found.items():
+        cmd = cli.get_command(ctx, name)
+        for flag in ("--inputs", *[o for o in p.opts[1:]]):
+            got = cmd.make_context(name, [flag, "7"], resilient_parsing=True).params
+            assert got[p.name] == 7, (name, flag, got)
+        assert p.opts[1:] == ([old[name]] if name in old else []), (name, p.opts)
+        if name in old:
+            assert f"{old[name]}: the same option, its older spelling" in p.help, p.help
 
 
 @pytest.mark.parametrize("path,flag,value", CASES,
