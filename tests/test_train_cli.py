@@ -108,7 +108,9 @@ def test_the_table_columns_line_up_for_long_kind_names(capsys):
 def test_the_table_splits_time_as_the_log_line_does(capsys):
     """The table's time was the total with no split while the log line says 'trained in
     10.0 s: epochs 8.1 s, set-up and test 1.9 s': an epochs column now holds that part; a
-    resumed model's time (over its runs) is marked and said, a cached one has no epochs."""
+    resumed model's time (over its runs) is marked and said, a cached one has no epochs.
+    The headers say which time is which, "total" and "epochs" as the log line (the header
+    "time epochs" over "1.5s 0.6s" was unclear)."""
     from noisydeq.commands.train import _report
 
     base = {"depth": 1, "width": 4, "params": 10, "metric": "accuracy", "value": 0.5,
@@ -121,17 +123,17 @@ def test_the_table_splits_time_as_the_log_line_does(capsys):
              "seconds_this_run": 0.0, "epoch_seconds": 0.0}]
     _report(rows, as_json=False)
     head, fresh, resumed, cached, note = capsys.readouterr().out.splitlines()
-    assert head.split()[-3:] == ["time", "epochs", "path"]
+    assert head.split()[-3:] == ["total", "epochs", "path"]
     assert fresh.split()[-3:] == ["10.0s", "8.1s", "p"]
     assert resumed.split()[-3:] == ["300.0s*", "80.0s", "p"]
     assert cached.split()[-3:] == ["cached", "-", "p"]
-    assert note.startswith("* resumed: time is over every run")
-    for col in ("time", "epochs"):  # right-aligned under their headings
+    assert note.startswith("* resumed: total is the training time over every run"), note
+    for col in ("total", "epochs"):  # right-aligned under their headings
         end = head.index(col) + len(col)
         assert {fresh[:end].split()[-1], resumed[:end].split()[-1],
-                cached[:end].split()[-1]} == {"10.0s" if col == "time" else "8.1s",
-                                              "300.0s*" if col == "time" else "80.0s",
-                                              "cached" if col == "time" else "-"}
+                cached[:end].split()[-1]} == {"10.0s" if col == "total" else "8.1s",
+                                              "300.0s*" if col == "total" else "80.0s",
+                                              "cached" if col == "total" else "-"}
     _report(rows[:1], as_json=False)
     assert len(capsys.readouterr().out.splitlines()) == 2  # no note without a resumed row
 

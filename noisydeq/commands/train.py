@@ -544,27 +544,28 @@ def _family(fspec: FamilySpec, task: Any, out: Path | None, dev: torch.device, o
 
 
 def _report(rows: list[dict[str, Any]], as_json: bool) -> None:
-    """The models' table: ``time`` is the training time (over every run that trained the
+    """The models' table: ``total`` is the training time (over every run that trained the
     model), ``epochs`` the part of this run in the epochs (what the training bar times), as
-    the log line's 'trained in 10.0 s: epochs 8.1 s, set-up and test 1.9 s'."""
+    the log line's 'trained in 10.0 s: epochs 8.1 s, set-up and test 1.9 s'; both in
+    seconds (the header "time epochs" over "1.5s 0.6s" read as one column)."""
     if as_json:
         click.echo(json.dumps(rows, indent=2, allow_nan=True))
         return
     k = max([4, *(len(r["kind"]) for r in rows)])  # mondeq, ffw_relu, lyadeq: wider
     click.echo(f"{'kind':<{k}} {'depth':>5} {'width':>5} {'params':>8}  {'metric':<8} "
-               f"{'value':>9} {'time':>8} {'epochs':>8}  path")
+               f"{'value':>9} {'total':>8} {'epochs':>8}  path")
     resumed = False
     for r in rows:
         if r["loaded"]:
             how, epochs = "cached", "-"
         else:
             this_run = r.get("seconds_this_run", r["seconds"])
-            mark = "*" if r["seconds"] > this_run else ""  # resumed: time is over its runs
+            mark = "*" if r["seconds"] > this_run else ""  # resumed: total is over its runs
             resumed |= bool(mark)
             how, epochs = f"{r['seconds']:.1f}s{mark}", f"{r.get('epoch_seconds', 0.0):.1f}s"
         click.echo(f"{r['kind']:<{k}} {r['depth']:>5} {r['width']:>5} {r['params']:>8}  "
                    f"{r['metric']:<8} {_fmt(r['value'], r['metric']):>9} {how:>8} "
                    f"{epochs:>8}  {r['path']}")
     if resumed:
-        click.echo("* resumed: time is over every run that trained the model, epochs this "
-                   "run's only")
+        click.echo("* resumed: total is the training time over every run that trained the "
+                   "model, epochs this run's time in the epochs only")
