@@ -347,6 +347,12 @@ def test_a_steps_eps_off_the_grid_still_gets_a_summary_and_a_run_without_noise_s
     assert code == 0, err
     lines = [ln for ln in stdout.splitlines() if "white-box" in ln and "summary" in ln]
     assert len(lines) == 1 and "no attack ran over the --eps grid" in lines[0], stdout
+    # the default --steps-eps (0.3) off the grid, with nothing run at it: no line about it
+    code, stdout, err = run(["attack", "--family", str(sweep_run), "--attacks", "pgd-eps",
+                             "--eps", "0,0.1", *small, "--out", str(tmp_path / "quiet")],
+                            capsys)
+    assert code == 0, err
+    assert "white-box robustness at ε = 0.1" in stdout and "steps-eps" not in stdout, stdout
 
 
 def test_the_off_grid_steps_eps_line_only_where_it_tells_the_user_something(capsys):
