@@ -368,7 +368,7 @@ def validate(spec: AttackRunSpec, task: Any, members: Sequence[AttackMember]) ->
     n_test = len(task.x_test)
     if spec.samples + spec.val_samples > n_test:
         raise NoisyDEQError(
-            f"--inputs {spec.samples} + --val-samples {spec.val_samples} exceed the "
+            f"--inputs {spec.samples} + --val-inputs {spec.val_samples} exceed the "
             f"{n_test} test inputs of '{task.name}' (the two splits must be disjoint)"
         )
     lo, hi = float(task.x_test.min()), float(task.x_test.max())
@@ -378,8 +378,8 @@ def validate(spec: AttackRunSpec, task: Any, members: Sequence[AttackMember]) ->
     needs_val = any(parse_defence(d).name == "early" and parse_defence(d).n is None
                     for d in spec.defences)
     if needs_val and spec.val_samples < 1 and any(m.kind == "deq" for m in members):
-        raise NoisyDEQError("--val-samples: the early-state defence chooses n on a validation "
-                            "split; give --val-samples >= 1 or fix n (early:n=3)")
+        raise NoisyDEQError("--val-inputs: the early-state defence chooses n on a validation "
+                            "split; give --val-inputs >= 1 or fix n (early:n=3)")
     if any(p.attack.needs_gradient for p in expand(spec)):
         probe_gradients(spec, members, task)
     for m in members:

@@ -117,8 +117,10 @@ def _per_position_attacks(spec: AttackRunSpec, task: Any) -> dict[str, Any]:
               show_default=True,
               help="test inputs attacked (the first of the test split; --samples: the same "
                    "option, its older spelling).")
-@click.option("--val-samples", type=click.IntRange(min=0), default=100, show_default=True,
-              help="validation inputs (the last of the test split) for the early state.")
+@click.option("--val-inputs", "--val-samples", "val_samples", type=click.IntRange(min=0),
+              default=100, show_default=True,
+              help="validation inputs (the last of the test split) for the early state "
+                   "(--val-samples: the same option, its older spelling).")
 @click.option("--seed", type=int, default=0, show_default=True,
               help="seed of the attacks' random starts and of the noise draws.")
 @click.option("--data-dir", default=None,

@@ -153,6 +153,23 @@ def test_every_command_spells_its_test_input_count_inputs():
             assert f"{old[name]}: the same option, its older spelling" in p.help, p.help
 
 
+def test_attack_spells_its_validation_input_count_val_inputs():
+    """attack's validation split (the early state's) was only ``--val-samples``, beside
+    ``--inputs`` for the attacked inputs: it is ``--val-inputs`` first, the older spelling
+    the same option, said in its help; a bad value names ``--val-inputs``."""
+    ctx = click.Context(cli)
+    cmd = cli.get_command(ctx, "attack")
+    (p,) = [q for q in cmd.params if q.name == "val_samples"]
+    assert p.opts == ["--val-inputs", "--val-samples"], p.opts
+    assert "--val-samples: the same option, its older spelling" in p.help, p.help
+    for flag in p.opts:
+        got = cmd.make_context("attack", [flag, "7"], resilient_parsing=True).params
+        assert got["val_samples"] == 7, (flag, got)
+    with pytest.raises(click.BadParameter) as err:
+        cmd.make_context("attack", ["--val-samples", "-1"])
+    assert "--val-inputs" in err.value.format_message(), err.value.format_message()
+
+
 @pytest.mark.parametrize("path,flag,value", CASES,
                          ids=[f"{p or 'noisydeq'} {f} {v}" for p, f, v in CASES])
 def test_bad_option_value_is_one_line_naming_the_option(path, flag, value, tmp_path,
