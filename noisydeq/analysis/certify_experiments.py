@@ -114,7 +114,8 @@ def run_table2(exp: CertifyExperimentSpec, out: Path, *, data_dir: str | None = 
     """Train, certify (resumable cells, :func:`~noisydeq.analysis.certify_run.certify_run`;
     on Ray with a Ray ``backend``, training staying in this process), write
     ``results.csv/parquet``, ``table2.md`` and the figure; ``prune``: then remove the cell
-    files of ``out`` no cell of this run reads."""
+    files of ``out`` no cell of this run reads. ``notes`` (default ``echo``): the lines a
+    quiet run still says (the task's notice, cells of other code)."""
     from noisydeq.tasks import load_task
 
     check_out(out)  # another command's run: one line, before training
@@ -122,8 +123,8 @@ def run_table2(exp: CertifyExperimentSpec, out: Path, *, data_dir: str | None = 
     cspec = build(CertifySpec, exp.certify, where=f"{exp.name} certify")
     fam0 = build(FamilySpec, exp.family_base(exp.family), where=f"{exp.name} family")
     task = load_task(fam0.task, data_dir=data_dir or fam0.data_dir, seed=exp.seeds[0])
-    if task.notice:
-        echo(f"note: {task.notice}")
+    if task.notice:  # the task or its data fell back: said under --quiet too (notes)
+        (notes or echo)(f"note: {task.notice}")
     t0 = time.perf_counter()
     models = train_models(exp, task, data_dir=data_dir, cache_dir=cache_dir, quiet=quiet,
                           echo=echo)
@@ -184,14 +185,18 @@ def fig2_gaps(spec: Fig2Spec, task: Any) -> list[dict[str, Any]]:
 
 
 def run_fig2(exp: CertifyExperimentSpec, out: Path, *, data_dir: str | None = None,
-             echo: Callable[[str], None] = print) -> tuple[list[dict[str, Any]], list[Path]]:
-    """Fig. 2 right: ``fig2.csv`` and ``figures/fig2_right``."""
+             echo: Callable[[str], None] = print,
+             notes: Callable[[str], None] | None = None
+             ) -> tuple[list[dict[str, Any]], list[Path]]:
+    """Fig. 2 right: ``fig2.csv`` and ``figures/fig2_right``. ``echo``: progress lines;
+    ``notes`` (default ``echo``): the task's notice (e.g. a data fallback), which a quiet
+    run still says."""
     from noisydeq.tasks import load_task
 
     spec = build(Fig2Spec, exp.fig2, where=f"{exp.name} fig2")
     task = load_task(spec.task, data_dir=data_dir or spec.data_dir, seed=spec.seeds[0])
     if task.notice:
-        echo(f"note: {task.notice}")
+        (notes or echo)(f"note: {task.notice}")
     rows = fig2_gaps(spec, task)
     return rows, write_outputs(out, lambda: _write_fig2(exp, spec, rows, out, echo))
 

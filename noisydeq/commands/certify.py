@@ -251,7 +251,8 @@ def _models(source: Path, out: Path, spec, opts: dict[str, Any], echo
 
 
 def _note(line: str) -> None:
-    """What --quiet and --json still say, on stderr: cells of other code computed again."""
+    """What --quiet and --json still say, on stderr: cells of other code computed again,
+    the task's notice (e.g. MNIST's training files absent: mnist10k instead)."""
     click.echo(line, err=True)
 
 
@@ -310,7 +311,7 @@ def _experiment(exp, out: Path, opts: dict[str, Any], echo
     from noisydeq.cluster import session
 
     if exp.kind == "fig2":
-        return (*run_fig2(exp, out, data_dir=opts["data_dir"], echo=echo), "")
+        return (*run_fig2(exp, out, data_dir=opts["data_dir"], echo=echo, notes=_note), "")
     bars = not opts["quiet"] and not opts["as_json"] and sys.stderr.isatty()
     with session(opts["backend"]):  # unreachable: one line, before training writes
         result = run_table2(exp, out, data_dir=opts["data_dir"],

@@ -171,3 +171,52 @@ def test_the_command_line_s_seed_reaches_an_experiment_and_names_its_folder(caps
     (plain, out0), (seeded, out1) = seen
     assert plain["seed"] == 1 and seeded["seed"] == 7
     assert out0 == Path("runs") / "t2-quick" and out1.name.startswith("t2-quick-")
+
+
+@pytest.mark.skipif(not (MNIST / "t10k-images-idx3-ubyte.gz").is_file()
+                    or (MNIST / "train-images-idx3-ubyte.gz").is_file(),
+                    reason="needs an MNIST directory with the test files only")
+@pytest.mark.parametrize("flags", [["--quiet"], ["--json"], []])
+def test_a_quiet_experiment_still_says_the_task_notice(capsys, tmp_path, flags):
+    """``certify EXPERIMENT -q`` hid the task's notice (task mnist, its training files absent:
+    mnist10k instead): the user then did not know which data the figure is of. Like attack's
+    and the cells-of-other-code lines, it is said on stderr under --quiet and --json too."""
+    exp = tmp_path / "fig2.toml"
+    exp.write_text('name = "f"\nkind = "fig2"\n[fig2]\ntask = "mnist"\nwidth = 8\n'
+                   'alpha = [1.0]\nn_iter = 20\nn_test = 5\n', encoding="utf-8")
+    code, out, err = run_certify(capsys, str(exp), "--data-dir", str(MNIST), "--out",
+                                 str(tmp_path / "run"), *flags)
+    assert code == 0, err
+    notes = [ln for ln in err.splitlines() if ln.startswith("note: ")]
+    assert len(notes) == 1 and "mnist10k" in notes[0], err
+    assert "note:" not in out
+
+
+def test_a_quiet_table2_run_says_the_task_notice(tmp_path, monkeypatch):
+    """run_table2 hands the task's notice to ``notes`` (what --quiet still says), not to
+    ``echo`` (silenced by --quiet); without ``notes`` it goes to ``echo`` as before."""
+    from dataclasses import replace
+
+    import noisydeq.analysis.certify_experiments as ce
+    import noisydeq.tasks
+    from noisydeq.certify.spec import CertifyExperimentSpec
+    from noisydeq.tasks import load_task
+
+    class Stop(Exception):
+        pass
+
+    def no_training(*a, **k):
+        raise Stop
+
+    task = replace(load_task("digits", seed=0), notice="digits stands in for mnist")
+    monkeypatch.setattr(noisydeq.tasks, "load_task", lambda *a, **k: task)
+    monkeypatch.setattr(ce, "train_models", no_training)
+    exp = CertifyExperimentSpec.model_validate(
+        {"name": "t2", "kind": "table2", "family": {"task": "digits"}}).resolve("quick")
+    for notes in (True, False):
+        said, echoed = [], []
+        with pytest.raises(Stop):
+            ce.run_table2(exp, tmp_path / f"run-{notes}", echo=echoed.append,
+                          notes=said.append if notes else None)
+        assert (said if notes else echoed) == ["note: digits stands in for mnist"]
+        assert not (echoed if notes else said)
