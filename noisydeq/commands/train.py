@@ -34,7 +34,7 @@ from noisydeq.specs.device_presets import HELD_QUANTITIES, check_held, load_spec
 from noisydeq.specs.family import FamilySpec
 from noisydeq.specs.model import LyapunovSpec, ModelSpec
 from noisydeq.specs.noise import NoiseSpec, parse_snr_value
-from noisydeq.specs.task_names import check_data_dir, check_task_name, refuse_data_dir
+from noisydeq.specs.task_names import check_run_data_dir, check_task_name
 from noisydeq.specs.training import TRAIN_PRESETS, TrainSpec
 from noisydeq.store import check_out_dir, make_dir
 
@@ -206,8 +206,9 @@ def command(**opts: Any) -> None:
         if not 1 <= opts[name] <= top:  # before torch is imported: one line, at once
             raise NoisyDEQError(f"--{name}: must be an integer in 1..{top}, got {opts[name]}")
     check_task_name(opts["task"])  # torch-free, before num_threads loads torch
-    opts["data_dir"] = check_data_dir(opts["data_dir"])  # as every command: exists, or one line
-    refuse_data_dir(opts["data_dir"], [opts["task"]], "the")
+    # as every command: a directory that exists, for a task that reads files, or one line
+    opts["data_dir"] = check_run_data_dir(opts["data_dir"], [opts["task"]], "the",
+                                          "--data-dir")
     if opts["device"] is not None:
         load_spec(opts["device"])  # unknown device: one line, torch-free
     for key in HELD_QUANTITIES:  # a per-chip quantity held for an epoch: torch-free
