@@ -170,12 +170,12 @@ def test_attack_spells_its_validation_input_count_val_inputs():
     assert "--val-inputs" in err.value.format_message(), err.value.format_message()
 
 
-@pytest.mark.parametrize("path,flag,value", CASES,
-                         ids=[f"{p or 'noisydeq'} {f} {v}" for p, f, v in CASES])
-def test_bad_option_value_is_one_line_naming_the_option(path, flag, value, tmp_path,
-                                                        monkeypatch, capsys):
-    d = tmp_path
-    (d / "empty").mkdir()
+def run_exiting(argv: list[str], d: Path, monkeypatch, capsys) -> tuple[object, str, str]:
+    """(exit code, stdout, stderr) of ``noisydeq ARGV`` run in folder ``d`` — which holds
+    an empty folder and the experiment, study and LyaDEQ files the options may name — with
+    its cache there and no thread, job or log settings from the environment; the command
+    must end by ``SystemExit``."""
+    (d / "empty").mkdir(exist_ok=True)
     (d / "exp.toml").write_text(EXPERIMENT)
     (d / "s.toml").write_text(STUDY)
     (d / "lya.toml").write_text(LYAPUNOV_OK)
@@ -185,10 +185,19 @@ def test_bad_option_value_is_one_line_naming_the_option(path, flag, value, tmp_p
         monkeypatch.delenv(env, raising=False)
     capsys.readouterr()
     with pytest.raises(SystemExit) as exit_:
-        main(_argv(path, flag, value, d))
+        main(argv)
     out, err = capsys.readouterr()
+    return exit_.value.code, out, err
+
+
+@pytest.mark.parametrize("path,flag,value", CASES,
+                         ids=[f"{p or 'noisydeq'} {f} {v}" for p, f, v in CASES])
+def test_bad_option_value_is_one_line_naming_the_option(path, flag, value, tmp_path,
+                                                        monkeypatch, capsys):
+    d = tmp_path
+    code, out, err = run_exiting(_argv(path, flag, value, d), d, monkeypatch, capsys)
     lines = [ln for ln in err.splitlines() if ln.strip()]
-    assert exit_.value.code not in (0, None), (out, err)
+    assert code not in (0, None), (out, err)
     assert len(lines) == 1, err
     line = lines[0]
     assert line.startswith("noisydeq: error: "), line

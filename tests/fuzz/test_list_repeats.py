@@ -15,9 +15,8 @@ import re
 import click
 import pytest
 
-from noisydeq.cli import main
 from tests.fuzz.cases import EXPERIMENT, LYAPUNOV_OK, STUDY
-from tests.fuzz.test_click_tree import BASE, _commands, _numbers
+from tests.fuzz.test_click_tree import BASE, _commands, _numbers, run_exiting
 
 #: list options whose default says nothing of their grammar (None, one name): a valid item
 EXTRA = {
@@ -59,20 +58,9 @@ CASES = _cases()
 
 
 def _run(argv, d, monkeypatch, capsys):
-    (d / "empty").mkdir(exist_ok=True)
-    (d / "exp.toml").write_text(EXPERIMENT)
-    (d / "s.toml").write_text(STUDY)
-    (d / "lya.toml").write_text(LYAPUNOV_OK)
-    monkeypatch.chdir(d)
-    monkeypatch.setenv("NOISYDEQ_CACHE", str(d / "cache"))
-    for env in ("NOISYDEQ_THREADS", "NOISYDEQ_JOBS", "NOISYDEQ_LOG_JSON"):
-        monkeypatch.delenv(env, raising=False)
-    capsys.readouterr()
-    with pytest.raises(SystemExit) as exit_:
-        main(argv)
-    _, err = capsys.readouterr()
+    code, _, err = run_exiting(argv, d, monkeypatch, capsys)
     lines = [ln for ln in err.splitlines() if ln.strip()]
-    assert exit_.value.code not in (0, None) and len(lines) == 1, err
+    assert code not in (0, None) and len(lines) == 1, err
     assert lines[0].startswith("noisydeq: error: ") and "Traceback" not in err, err
     assert not (d / "out").exists() and not (d / "cache").exists()
     return lines[0]
