@@ -16,9 +16,8 @@ import pytest
 from click.testing import CliRunner
 
 from noisydeq import store
-from noisydeq.analysis.certify_run import CertifyDir
 from noisydeq.cli import cli as main
-from tests.certify.helpers import run_certify
+from tests.certify.helpers import run_certify, run_certify_stopped
 from tests.certify.test_certify_resume import tiny_family
 
 ARGS = ["--n-test", "20", "--pgd-steps", "2", "--threads", "1", "--quiet"]
@@ -100,19 +99,8 @@ def test_a_stopped_grid_is_partial_counting_missing_cells_and_the_other_grid_s(
         capsys, tmp_path, family, monkeypatch):
     out = tmp_path / "run"
     certify(capsys, family, out, "--eps", "0.05")
-    real = CertifyDir.save_cell
-    written: list[str] = []
-
-    def stop_after_one(self, key, rows, layers=()):
-        if written:
-            raise KeyboardInterrupt
-        written.append(key)
-        real(self, key, rows, layers)
-
-    with monkeypatch.context() as m:
-        m.setattr(CertifyDir, "save_cell", stop_after_one)
-        code, _, err = run_certify(capsys, str(family), "--out", str(out), *ARGS,
-                                   "--eps", "0.02")
+    code, _, err, _ = run_certify_stopped(monkeypatch, capsys, str(family), "--out",
+                                          str(out), *ARGS, "--eps", "0.02")
     assert code == 130, err
     (info,) = listed(out).values()
     assert info["status"] == "partial (run the same command again to resume)"

@@ -39,3 +39,22 @@ def run_certify(capsys, *argv):
     from tests.cli_helpers import run_cli
 
     return run_cli(["certify", *argv], capsys)
+
+
+def run_certify_stopped(monkeypatch, capsys, *argv):
+    """(exit code, stdout, stderr, [the key of the one cell saved]) of ``noisydeq certify
+    ARGV`` stopped by a Ctrl-C between its first and its second cell."""
+    from noisydeq.analysis.certify_run import CertifyDir
+
+    real = CertifyDir.save_cell
+    written: list[str] = []
+
+    def stop_after_one(self, key, rows, layers=()):
+        if written:
+            raise KeyboardInterrupt  # Ctrl-C between the first and the second cell
+        written.append(key)
+        real(self, key, rows, layers)
+
+    with monkeypatch.context() as m:
+        m.setattr(CertifyDir, "save_cell", stop_after_one)
+        return (*run_certify(capsys, *argv), written)

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from noisydeq.analysis.certify_run import CertifyDir
-from tests.certify.helpers import run_certify
+from tests.certify.helpers import run_certify, run_certify_stopped
 from tests.cli_helpers import one_line_error
 
 
@@ -62,23 +62,13 @@ def test_an_interrupted_run_resumes_computing_only_its_missing_cells(
     full = tmp_path / "full"
     assert "cells: 4 computed" in certify(capsys, family, full, "--eps", "0.02,0.05")
     out = tmp_path / "out"
-    real = CertifyDir.save_cell
-    written: list[str] = []
-
-    def stop_after_one(self, key, rows, layers=()):
-        if written:
-            raise KeyboardInterrupt  # Ctrl-C between the first and the second cell
-        written.append(key)
-        real(self, key, rows, layers)
-
-    with monkeypatch.context() as m:
-        m.setattr(CertifyDir, "save_cell", stop_after_one)
-        code, _, err = run_certify(capsys, str(family), "--out", str(out), *ARGS,
-                                   "--eps", "0.02,0.05")
+    code, _, err, written = run_certify_stopped(monkeypatch, capsys, str(family), "--out",
+                                                str(out), *ARGS, "--eps", "0.02,0.05")
     assert code == 130 and "run the same command again to resume" in err, err
     assert len(cell_files(out)) == 1 and not (out / "results.csv").exists()
     assert not (out / "SHA256SUMS").exists()
     computed = []
+    real = CertifyDir.save_cell
     monkeypatch.setattr(CertifyDir, "save_cell",
                         lambda self, key, *a: computed.append(key) or real(self, key, *a))
     stdout = certify(capsys, family, out, "--eps", "0.02,0.05")
