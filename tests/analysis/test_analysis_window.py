@@ -73,14 +73,20 @@ def family(tmp_path_factory):
 
 
 
-def test_window_list_gives_one_mean_rel_curve_per_window(family, tmp_path, capsys):
-    out = tmp_path / "o"
-    code, stdout, err = run(
+def solvers_windows(family, out, count_snr: str, capsys):
+    """(exit code, stdout, stderr) of ``noisydeq solvers`` on ``family`` into ``out``: the
+    unroll solver at 10 dB, windows 4 and 16 counted at the levels ``count_snr``."""
+    return run(
         ["solvers", "--family", str(family), "--solvers", "unroll", "--snr", "10",
          "--max-iter", "20", "--width", "10", "--batch", "2", "--inputs", "32",
-         "--count-snr", "10,20", "--window", "4,16", "--tol", "0.05", "--threshold", "40",
+         "--count-snr", count_snr, "--window", "4,16", "--tol", "0.05", "--threshold", "40",
          "--accuracy-snr", "inf", "--accuracy-solvers", "unroll", "--accuracy-max-iter", "8",
          "--out", str(out)], capsys)
+
+
+def test_window_list_gives_one_mean_rel_curve_per_window(family, tmp_path, capsys):
+    out = tmp_path / "o"
+    code, stdout, err = solvers_windows(family, out, "10,20", capsys)
     assert code == 0, err
     with open(out / "iterations.csv") as fh:
         rows = list(csv.DictReader(fh))
@@ -130,12 +136,7 @@ def test_a_noise_free_level_has_no_floor_and_no_window(family, tmp_path, capsys,
     kept = []
     monkeypatch.setattr(plt, "close", lambda fig=None: kept.append(fig))
     out = tmp_path / "o"
-    code, stdout, err = run(
-        ["solvers", "--family", str(family), "--solvers", "unroll", "--snr", "10",
-         "--max-iter", "20", "--width", "10", "--batch", "2", "--inputs", "32",
-         "--count-snr", "10,inf", "--window", "4,16", "--tol", "0.05", "--threshold", "40",
-         "--accuracy-snr", "inf", "--accuracy-solvers", "unroll", "--accuracy-max-iter", "8",
-         "--out", str(out)], capsys)
+    code, stdout, err = solvers_windows(family, out, "10,inf", capsys)
     monkeypatch.undo()
     assert code == 0, err
     with open(out / "floors.csv") as fh:
