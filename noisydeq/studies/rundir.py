@@ -189,11 +189,10 @@ class StudyDir(LockedDir):
 
     def write_tables(self, rows: Sequence[dict[str, Any]], summary: Sequence[dict[str, Any]]
                      ) -> tuple[Path, Path]:
-        """``results.csv`` and ``summary.csv``, each atomically (the digest list is dropped
-        first and rewritten by :meth:`seal`)."""
+        """``results.csv`` and ``summary.csv``, each atomically, in a run :meth:`open` has
+        unsealed (its digest list is written again by :meth:`seal`)."""
         from noisydeq.figures import write_csv
 
-        store.remove_manifest(self.path)
         return write_csv(self.path / "results.csv", rows), write_csv(
             self.path / "summary.csv", summary)
 
