@@ -28,14 +28,14 @@ from noisydeq.commands.sweep import threads_flag
 from noisydeq.errors import NoisyDEQError
 from noisydeq.progress import with_heartbeat
 from noisydeq.runtime import resolve_torch_device
-from noisydeq.specs.base import build, suggest_name
+from noisydeq.specs.base import build
 from noisydeq.specs.cell import CELL_OPTIONS
 from noisydeq.specs.device_presets import HELD_QUANTITIES, check_held, load_spec
 from noisydeq.specs.family import FamilySpec
 from noisydeq.specs.model import LyapunovSpec, ModelSpec
 from noisydeq.specs.noise import NoiseSpec, parse_snr_value
 from noisydeq.specs.task_names import check_run_data_dir, check_task_name
-from noisydeq.specs.training import TRAIN_PRESETS, TrainSpec
+from noisydeq.specs.training import TrainSpec
 from noisydeq.store import check_out_dir, make_dir
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -222,9 +222,6 @@ def command(**opts: Any) -> None:
     # torch-free checks of what _command reads after torch loads (seconds under load, when
     # the heartbeat would speak first): the training noise, learning rate and --out
     noise = _noise(opts["train_snr"], opts["train_site"], opts["snr_scale"])
-    if opts["preset"] not in TRAIN_PRESETS:  # named by its option, as sweep names it
-        raise NoisyDEQError(f"--train-preset: "
-                            f"{suggest_name('preset', opts['preset'], TRAIN_PRESETS)}")
     TrainSpec.preset(opts["preset"], "deq", noise, _names=TRAIN_OPTIONS,
                      **{k: opts[k] for k in ("epochs", "batch_size", "lr") if opts[k] is not None})
     if opts["out"]:
@@ -405,7 +402,7 @@ TRAIN_OPTIONS = {"epochs": "--epochs", "batch_size": "--batch-size", "lr": "--lr
                  "ibp.eps": "--ibp-eps", "spectral_cap": "--spectral-cap",
                  "device_snr_db": "--device-snr", "device_noise_mode": "--device-noise-mode",
                  "digital_layers": "--digital-layers", "seed": "--seed",
-                 "device_calibration": "--device-calibration"}
+                 "device_calibration": "--device-calibration", "preset": "--train-preset"}
 #: AdversarialSpec / OptimizerSpec fields by their option
 ADVERSARIAL_OPTIONS = {"method": "--adversarial", "eps": "--adv-eps", "step": "--adv-step",
                        "steps": "--adv-steps", "beta": "--trades-beta",

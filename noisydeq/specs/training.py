@@ -193,8 +193,9 @@ class TrainSpec(StrictModel):
         **overrides: Any,
     ) -> TrainSpec:
         """A named training preset for a model ``kind``, with field ``overrides`` (an error
-        calls a field by its ``_names`` entry: the option that set it, ``lr`` → ``--lr``;
-        underscored, as no field is, so that no override is taken for it).
+        calls a field by its ``_names`` entry: the option that set it, ``lr`` → ``--lr``, and
+        an unknown preset by its entry ``preset``; underscored, as no field is, so that no
+        override is taken for it).
 
         ``quick``: 6 epochs, batch 64; DEQ trained with a 30-step unroll (rel 1e-3) and the
         phantom gradient (5 damped steps, λ = 0.5, App. C), evaluated with :data:`QUICK_TEST_SOLVER`
@@ -218,7 +219,8 @@ class TrainSpec(StrictModel):
         the first 3 epochs. A ``lyadeq`` under them keeps its own solver and gradient.
         """
         if name not in TRAIN_PRESETS:
-            raise NoisyDEQError(f"train preset: {suggest_name('preset', name, TRAIN_PRESETS)}")
+            called = (_names or {}).get("preset", "train preset")
+            raise NoisyDEQError(f"{called}: {suggest_name('preset', name, TRAIN_PRESETS)}")
         noise = noise if noise is not None else NoiseSpec()
         data: dict[str, Any] = {"noise": noise, "lr": 1e-3, "weight_decay": 0.0}
         if name.startswith("adversarial"):
