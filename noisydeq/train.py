@@ -64,12 +64,11 @@ from noisydeq.train_config import (  # noqa: F401 (the constants: still importab
     training_config,
 )
 from noisydeq.train_device import (
-    _calibrate,
     _deploy,
     _device_streams,
     _on_chip,
-    calibration_due,
     chip_of_epoch,
+    recalibrate_if_due,
     validation_chip,
 )
 from noisydeq.train_state import _load_resume, _Rng, _save_resume
@@ -571,7 +570,7 @@ def _train_epoch(
 ) -> dict[str, float]:
     """One pass over the training data; returns the epoch record (mean loss, metric, time).
     A training device is calibrated again on ``x_calib`` before the steps
-    ``spec.device_calibration`` asks for (:func:`~noisydeq.train_device.calibration_due`)."""
+    ``spec.device_calibration`` asks for (:func:`~noisydeq.train_device.recalibrate_if_due`)."""
     t0 = time.perf_counter()
     net.train()
     reg = getattr(net, "jac_reg", None)
@@ -596,8 +595,8 @@ def _train_epoch(
             noise = (Noise(spec.noise, rng.stream("noise", epoch, idx)) if spec.noise.active
                      else None)
             if spec.device is not None:
-                if x_calib is not None and calibration_due(spec, b):
-                    _calibrate(net, spec, x_calib)  # the noise scale for this step's weights
+                if x_calib is not None:  # the noise scale for this step's weights
+                    recalibrate_if_due(net, spec, x_calib, b)
                 _device_streams(net, rng, epoch, idx)
             threshold = rng.stream("threshold", epoch, idx)
             if hooks is not None:

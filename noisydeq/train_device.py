@@ -14,7 +14,7 @@ With ``device_programming = "epoch"`` the chip is programmed in full once per ep
 noise scale) and that programming's error is held on every later step's weights. The noise
 scale is calibrated to ``spec.device_snr_db`` when each epoch's chip is deployed, or also
 before every step (``device_calibration = "step"``) or every N steps (an integer N):
-:func:`calibration_due`.
+:func:`calibration_due`, :func:`recalibrate_if_due`.
 """
 
 from __future__ import annotations
@@ -118,6 +118,14 @@ def calibration_due(spec: TrainSpec, batch: int) -> bool:
     if every is None or spec.device_snr_db is None or batch <= 0:
         return False
     return every == "step" or batch % int(every) == 0
+
+
+def recalibrate_if_due(net: nn.Module, spec: TrainSpec, x_calib: Tensor, batch: int) -> None:
+    """Calibrate the device's noise scale again on ``x_calib`` for this step's weights when
+    step ``batch`` is one :func:`calibration_due` names (the epoch's start is
+    :func:`_on_chip`'s)."""
+    if calibration_due(spec, batch):
+        _calibrate(net, spec, x_calib)
 
 
 def _on_chip(net: nn.Module, spec: TrainSpec, chip: int, x_calib: Tensor) -> None:
